@@ -1,0 +1,1 @@
+"""Iterative self-play preference optimisation (SPPO, WPO, DPO) of chat LLMs."""
