@@ -1,0 +1,632 @@
+"""Typed configuration: the schema of every node of `conf/`, its resolvers, and validation.
+
+Hydra composes `conf/config.yaml` into an untyped tree; `validate` merges that tree into the
+dataclasses below, so an unknown key or a wrong type fails with the key's full name, then
+builds the typed objects whose `__post_init__` checks ranges. Stages receive a `Config`, never
+a DictConfig; only the command-line entry points know Hydra.
+
+Iteration-dependent values are plain interpolations resolved here: the prompt split
+(`data.prompts: ...iter${iter}`) and the policy of iteration iter-1 (`run.init_policy`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line that names the key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolvers. Registered at import so Hydra's `--cfg job --resolve`, the compose API in tests and
+# `validate` all see them.
+
+
+def previous_policy(iteration: int, base_model: str, run_dir: str) -> str:
+    """The policy pi_{t-1}: the base model for iteration 1, else iteration t-1's checkpoint.
+
+    It is the generator, the initial weights and the reference model of iteration t.
+    """
+    if int(iteration) <= 1:
+        return str(base_model)
+    return str(Path(run_dir) / f"iter{int(iteration) - 1}" / "train" / "checkpoint")
+
+
+def _number(x: Any, _node_: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{_node_._get_full_key(None)} is computed from {x!r}, which is not a number"
+        ) from None
+
+
+def _reciprocal(x: Any, _node_: Any) -> float:
+    value = _number(x, _node_)
+    if value == 0:
+        raise ConfigError(f"{_node_._get_full_key(None)} = 1/0: eta and beta must be > 0")
+    return 1.0 / value
+
+
+def _compact_number(x: Any, _node_: Any) -> str:
+    """1000.0 -> '1000', 5e-07 -> '5e-07': short, stable run-directory names."""
+    return f"{_number(x, _node_):g}"
+
+
+def _required(why: Any, _node_: Any) -> None:
+    """`key: ${required:why}` in a preset: the preset cannot run until the user sets `key`.
+
+    (`???` cannot express this: OmegaConf's merge never lets `???` replace a value.)
+    """
+    key = _node_._get_full_key(None)
+    raise ConfigError(f"{key} is required: {why}; set {key}=<value>")
+
+
+def _gpus(device: Any, processes_per_node: Any) -> int:
+    """GPUs a SLURM job asks for per node: one per process on CUDA hardware, none on CPU."""
+    return int(processes_per_node) if str(device) == "cuda" else 0
+
+
+_RESOLVERS = {
+    "repo": lambda rel: str(REPO_ROOT / str(rel)),
+    "abspath": lambda p: str(Path(str(p)).expanduser().resolve()),
+    "previous_policy": previous_policy,
+    "reciprocal": _reciprocal,
+    "num": _compact_number,
+    "gpus": _gpus,
+    "required": _required,
+}
+for _name, _fn in _RESOLVERS.items():
+    OmegaConf.register_new_resolver(_name, _fn, replace=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choices. Enum *names* are what a config file or an override writes; OmegaConf lists them in its
+# error message when a value is not one of them.
+
+
+class Stage(str, Enum):
+    all = "all"
+    generate = "generate"
+    rank = "rank"
+    pairs = "pairs"
+    train = "train"
+    eval = "eval"
+
+
+class MethodName(str, Enum):
+    sppo = "sppo"
+    wpo = "wpo"
+    dpo = "dpo"
+
+
+class Loss(str, Enum):
+    sppo = "sppo"  # soft SPPO, DESIGN §6.2 (the reference trainer's)
+    sppo_single = "sppo_single"  # uses the pairwise P_wl instead of the two win rates
+    sppo_hard = "sppo_hard"  # TRL's hard-label variant
+    sigmoid = "sigmoid"  # DPO, with label smoothing
+    ipo = "ipo"
+
+
+class PairSelection(str, Enum):
+    argmax_argmin = "argmax_argmin"  # SPPO: chosen = argmax score, rejected = argmin
+    wpo_tiebreak = "wpo_tiebreak"  # WPO v2: ties -> shortest chosen, rejected closest in length
+
+
+class ModelFamily(str, Enum):
+    mistral = "mistral"
+    gemma2 = "gemma2"
+
+
+class Dtype(str, Enum):
+    auto = "auto"  # bf16 on a GPU that supports it, fp32 on CPU
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Backend(str, Enum):
+    hf = "hf"
+    vllm = "vllm"
+
+
+class LongPrompts(str, Enum):
+    skip = "skip"  # leave the prompt out and count it in the completion record
+    truncate = "truncate"  # keep the end of the prompt
+
+
+class JudgeKind(str, Enum):
+    pairrm = "pairrm"
+    reward_model = "reward_model"
+
+
+class WinProb(str, Enum):
+    bt = "bt"  # P_ij = sigmoid(s_i - s_j), Bradley-Terry on aggregated scores (reference)
+    direct = "direct"  # P_ij = sigmoid(C_ij), PairRM's own pairwise logit
+
+
+class TiePolicy(str, Enum):
+    drop = "drop"  # all K scores equal: no pair, counted
+    keep = "keep"  # the reference's behaviour: a pair whose chosen equals rejected
+
+
+class PromptFormat(str, Enum):
+    chat_template = "chat_template"  # what the reference passes to PairRM
+    raw = "raw"
+
+
+class Optimizer(str, Enum):
+    rmsprop = "rmsprop"
+    adamw = "adamw"
+
+
+class Scheduler(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class RefLogprobs(str, Enum):
+    precompute = "precompute"  # one forward-only pass of the frozen reference before training
+    online = "online"  # reference forward every step, as the original code does
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Distributed(str, Enum):
+    none = "none"
+    ddp = "ddp"
+    deepspeed = "deepspeed"
+
+
+class LoggerBackend(str, Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks used by the schemas' __post_init__: each names the full key and the value it got.
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _positive(key: str, value: float | int) -> None:
+    _check(value > 0, key, value, "must be > 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas, one per config group.
+
+
+@dataclass
+class ModelConfig:
+    """A policy model (conf/model/)."""
+
+    name: str  # short name, used in run directories
+    path: str  # hub id or local directory (tiny models: built into paths.tiny_dir on demand)
+    family: ModelFamily
+    dtype: Dtype = Dtype.auto
+    # Gemma-2 trains best with eager attention (logit soft-capping); null: transformers' default
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the prompts come from (conf/data/)."""
+
+    name: str
+    prompts: str  # hub dataset id or local .jsonl / .parquet; may depend on ${iter}
+    split: str = "train"
+    prompt_column: str = "prompt"
+    id_column: str | None = None  # null: prompt_id derived from the prompt text
+    max_prompts: int | None = None  # first N prompts only (smoke runs)
+    eval_prompts: str | None = None  # held-out prompts for the eval stage
+    eval_split: str = "train"
+    # hybrid pool (WPO-HB): JSONL of external responses keyed by prompt_id or prompt text
+    external_responses: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_prompts is not None:
+            _positive("data.max_prompts", self.max_prompts)
+
+
+@dataclass
+class MethodConfig:
+    """The preference-optimisation method (conf/method/)."""
+
+    name: MethodName
+    loss: Loss
+    K: int = 5  # responses sampled per prompt
+    eta: float = 1000.0  # SPPO's eta; always 1/beta
+    beta: float = 0.001
+    label_smoothing: float = 0.0  # DPO sigmoid only
+    wpo_weight: bool = False  # multiply the pairwise loss by the WPO weight (DESIGN §6.3)
+    wpo_clamp: float | None = 1.0  # W = min(clamp, exp(m_w + m_l)); null: unclamped
+    pair_selection: PairSelection = PairSelection.argmax_argmin
+    tag: str = ""  # short hyper-parameter tag used in the default run_name
+
+    def __post_init__(self) -> None:
+        _check(self.K >= 2, "method.K", self.K, "must be >= 2 (a pair needs two responses)")
+        _positive("method.eta", self.eta)
+        _positive("method.beta", self.beta)
+        _check(
+            math.isclose(self.eta * self.beta, 1.0, rel_tol=1e-9),
+            "method.beta",
+            self.beta,
+            f"must equal 1/method.eta (eta={self.eta:g}); set one of them, the other follows",
+        )
+        _check(
+            0.0 <= self.label_smoothing < 0.5,
+            "method.label_smoothing",
+            self.label_smoothing,
+            "must be in [0, 0.5)",
+        )
+        if self.wpo_clamp is not None:
+            _positive("method.wpo_clamp", self.wpo_clamp)
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling K responses per prompt (conf/generation/)."""
+
+    backend: Backend
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 2048
+    # one seed per sample k; null: 50*k, the SPPO reference's choice
+    seeds: list[int] | None = None
+    batch_size: int = 8  # prompts per HF generate call (each expands to K sequences)
+    max_prompt_length: int = 512  # in policy tokens, after the chat template
+    long_prompts: LongPrompts = LongPrompts.skip
+    shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
+    num_shards: int | None = None  # null: SLURM_ARRAY_TASK_COUNT when set, else 1
+    tensor_parallel_size: int = 1  # vLLM only
+    gpu_memory_utilization: float = 0.9  # vLLM only
+
+    def __post_init__(self) -> None:
+        _check(self.temperature >= 0, "generation.temperature", self.temperature, "must be >= 0")
+        _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "must be in (0, 1]")
+        _positive("generation.max_new_tokens", self.max_new_tokens)
+        _positive("generation.batch_size", self.batch_size)
+        _positive("generation.max_prompt_length", self.max_prompt_length)
+        _positive("generation.tensor_parallel_size", self.tensor_parallel_size)
+        _check(
+            0 < self.gpu_memory_utilization <= 1,
+            "generation.gpu_memory_utilization",
+            self.gpu_memory_utilization,
+            "must be in (0, 1]",
+        )
+        if self.num_shards is not None:
+            _positive("generation.num_shards", self.num_shards)
+        if self.shard is not None:
+            limit = self.num_shards if self.num_shards is not None else 1
+            _check(
+                0 <= self.shard < limit,
+                "generation.shard",
+                self.shard,
+                f"must be in [0, generation.num_shards={limit})",
+            )
+
+
+@dataclass
+class RankerConfig:
+    """The judge that scores the K responses (conf/ranker/)."""
+
+    name: str
+    kind: JudgeKind
+    model: str  # hub id or local directory
+    batch_size: int = 32  # comparisons (PairRM) or sequences (reward model) per forward
+    source_max_length: int = 1224  # PairRM truncation of the prompt, in PairRM tokens
+    candidate_max_length: int = 412  # PairRM truncation of each response
+    prompt_format: PromptFormat = PromptFormat.chat_template
+    win_prob: WinProb = WinProb.bt
+    self_term: bool = True  # win rate includes P_ii = 1/2, so the K win rates sum to K/2
+    ties: TiePolicy = TiePolicy.drop
+    trust_remote_code: bool = False  # ArmoRM needs it: opt in explicitly
+
+    def __post_init__(self) -> None:
+        _positive("ranker.batch_size", self.batch_size)
+        _positive("ranker.source_max_length", self.source_max_length)
+        _positive("ranker.candidate_max_length", self.candidate_max_length)
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation recipe (conf/training/)."""
+
+    optimizer: Optimizer = Optimizer.rmsprop
+    learning_rate: float = 5e-7
+    lr_scheduler: Scheduler = Scheduler.linear
+    warmup_ratio: float = 0.1
+    num_epochs: float = 1.0
+    # The SPPO model cards: the schedule spans 18 epochs and training stops after 1.
+    # null: the schedule spans num_epochs.
+    schedule_epochs: float | None = None
+    global_batch_size: int = 64
+    per_device_batch_size: int = 8
+    max_length: int = 1024
+    max_prompt_length: int = 512
+    gradient_checkpointing: bool = True
+    precision: Dtype = Dtype.auto
+    ref_logprobs: RefLogprobs = RefLogprobs.precompute
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("training.learning_rate", self.learning_rate)
+        _check(
+            0 <= self.warmup_ratio < 1,
+            "training.warmup_ratio",
+            self.warmup_ratio,
+            "must be in [0, 1)",
+        )
+        _positive("training.num_epochs", self.num_epochs)
+        if self.schedule_epochs is not None:
+            _check(
+                self.schedule_epochs >= self.num_epochs,
+                "training.schedule_epochs",
+                self.schedule_epochs,
+                f"must be >= training.num_epochs={self.num_epochs:g}",
+            )
+        _positive("training.global_batch_size", self.global_batch_size)
+        _positive("training.per_device_batch_size", self.per_device_batch_size)
+        _positive("training.max_prompt_length", self.max_prompt_length)
+        _check(
+            self.max_length > self.max_prompt_length,
+            "training.max_length",
+            self.max_length,
+            f"must be > training.max_prompt_length={self.max_prompt_length}",
+        )
+        _check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "must be >= 0")
+        _positive("training.max_grad_norm", self.max_grad_norm)
+        _positive("training.logging_steps", self.logging_steps)
+
+
+@dataclass
+class SlurmConfig:
+    """Resources of one SLURM job; the sbatch templates and the submitit launcher read these."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 240
+    cpus_per_task: int = 8
+    mem_gb: int = 64
+    constraint: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive("hardware.slurm.time_min", self.time_min)
+        _positive("hardware.slurm.cpus_per_task", self.cpus_per_task)
+        _positive("hardware.slurm.mem_gb", self.mem_gb)
+
+
+@dataclass
+class HardwareConfig:
+    """Where the work runs (conf/hardware/)."""
+
+    name: str
+    device: Device
+    num_nodes: int = 1
+    processes_per_node: int = 1  # GPUs per node; on CPU, gloo processes
+    distributed: Distributed = Distributed.none
+    zero_stage: int = 3  # DeepSpeed only
+    slurm: SlurmConfig | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.processes_per_node
+
+    def __post_init__(self) -> None:
+        _positive("hardware.num_nodes", self.num_nodes)
+        _positive("hardware.processes_per_node", self.processes_per_node)
+        _check(
+            self.zero_stage in (0, 1, 2, 3), "hardware.zero_stage", self.zero_stage, "must be 0-3"
+        )
+        _check(
+            self.distributed != Distributed.none or self.world_size == 1,
+            "hardware.distributed",
+            self.distributed.value,
+            f"'none' needs exactly one process, but num_nodes x processes_per_node = {self.world_size}",
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking (conf/logger/). Every run also writes a local metrics.json."""
+
+    backend: LoggerBackend
+    project: str = "selfplay-lab"
+    entity: str | None = None
+    mode: WandbMode = WandbMode.online
+    tags: list[str] = field(default_factory=list)
+    dir: str = "wandb"
+
+
+@dataclass
+class PathsConfig:
+    """Directories (conf/paths/). All absolute after resolution."""
+
+    root: str  # run directories live under here
+    data_dir: str  # the project's own prompt files
+    tiny_dir: str  # cache of the locally built tiny models
+
+
+@dataclass
+class RunConfig:
+    """Derived locations of this run; interpolated in conf/config.yaml, overridable."""
+
+    dir: str  # ${paths.root}/${model.name}/${method.name}/${run_name}
+    iter_dir: str  # ${run.dir}/iter${iter}
+    init_policy: str  # generator, initial weights and reference of this iteration
+
+
+@dataclass
+class Config:
+    """The whole composed configuration of one invocation."""
+
+    iter: int
+    stage: Stage
+    run_name: str
+    run: RunConfig
+    model: ModelConfig
+    method: MethodConfig
+    data: DataConfig
+    generation: GenerationConfig
+    ranker: RankerConfig
+    training: TrainingConfig
+    hardware: HardwareConfig
+    logger: LoggerConfig
+    paths: PathsConfig
+
+    def __post_init__(self) -> None:
+        _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
+        _check(
+            self.run_name != "" and "/" not in self.run_name,
+            "run_name",
+            self.run_name,
+            "must be a non-empty directory name without '/'",
+        )
+        if self.generation.seeds is not None:
+            _check(
+                len(self.generation.seeds) == self.method.K,
+                "generation.seeds",
+                self.generation.seeds,
+                f"needs one seed per sample: method.K={self.method.K} seeds",
+            )
+        per_step = self.training.per_device_batch_size * self.hardware.world_size
+        _check(
+            self.training.global_batch_size % per_step == 0,
+            "training.global_batch_size",
+            self.training.global_batch_size,
+            f"must be a multiple of per_device_batch_size x world size "
+            f"= {self.training.per_device_batch_size} x {self.hardware.world_size} = {per_step}",
+        )
+        _check(
+            self.generation.max_prompt_length <= self.training.max_prompt_length
+            or self.generation.long_prompts == LongPrompts.skip,
+            "generation.max_prompt_length",
+            self.generation.max_prompt_length,
+            f"truncating to more than training.max_prompt_length={self.training.max_prompt_length} "
+            "would be truncated again in training",
+        )
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        per_step = self.training.per_device_batch_size * self.hardware.world_size
+        return self.training.global_batch_size // per_step
+
+    @property
+    def sample_seeds(self) -> list[int]:
+        """The seed of each of the K samples (50*k by default, as the SPPO reference)."""
+        if self.generation.seeds is not None:
+            return list(self.generation.seeds)
+        return [50 * k for k in range(self.method.K)]
+
+    def stage_dir(self, stage: Stage | str) -> Path:
+        return Path(self.run.iter_dir) / Stage(stage).value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation.
+
+
+def allowed_keys(dotted_path: str) -> list[str] | None:
+    """The keys the schema accepts at `dotted_path` ('' for the top), or None if not a node."""
+    schema: Any = Config
+    for part in [p for p in dotted_path.split(".") if p]:
+        match = {f.name: f for f in fields(schema)}.get(part)
+        if match is None:
+            return None
+        schema = _dataclass_of(match.type)
+        if schema is None:
+            return None
+    return [f.name for f in fields(schema)]
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    # Annotations are strings (from __future__ import annotations): look the class up by name.
+    name = str(annotation).replace(" | None", "").strip()
+    candidate = globals().get(name)
+    return candidate if is_dataclass(candidate) else None
+
+
+def describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's multi-line errors as one line that names the key."""
+    inner: BaseException | None = exc
+    while inner is not None:  # raised by one of our resolvers, possibly wrapped twice
+        if isinstance(inner, ConfigError):
+            return str(inner)
+        inner = inner.__cause__ or inner.__context__
+    key = getattr(exc, "full_key", None) or "?"
+    msg = (getattr(exc, "msg", None) or str(exc) or type(exc).__name__).splitlines()[0]
+    if isinstance(exc, ConfigKeyError):
+        parent = key.rpartition(".")[0]
+        keys = allowed_keys(parent)
+        where = parent or "the top level"
+        accepted = f"; {where} accepts: {', '.join(keys)}" if keys else ""
+        return f"unknown config key '{key}'{accepted}"
+    if isinstance(exc, ValidationError):
+        return f"{key}: {msg}"
+    return f"{key}: {msg}" if key != "?" else msg
+
+
+def validate(cfg: DictConfig | dict) -> Config:
+    """Check `cfg` against the schema and return the typed, fully resolved Config.
+
+    Raises ConfigError with a one-line message naming the key on any unknown key, wrong type,
+    value out of range or failed interpolation.
+    """
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        typed = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as exc:
+        raise ConfigError(describe_omegaconf_error(exc)) from exc
+    assert isinstance(typed, Config)
+    return typed
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, as saved beside every stage's output."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "REPO_ROOT",
+    "Stage",
+    "allowed_keys",
+    "describe_omegaconf_error",
+    "previous_policy",
+    "to_yaml",
+    "validate",
+]
