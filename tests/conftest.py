@@ -2,7 +2,19 @@
 
 import os
 
+import pytest
+
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir():
+    """The folder holding the tiny models, built once into <repo>/.cache/tiny and reused."""
+    from src import tiny
+
+    for name in tiny.TINY_NAMES:
+        tiny.ensure(name, tiny.DEFAULT_CACHE_DIR)
+    return tiny.DEFAULT_CACHE_DIR

@@ -1,0 +1,82 @@
+"""The one place that makes llm-blender 0.0.2 work on transformers 5, and loads PairRM.
+
+llm-blender 0.0.2 (its only release) was written for transformers 4 and uses two names that
+transformers 5 removed. We restore exactly those two, before llm_blender is first imported:
+
+- `transformers.utils.hub.TRANSFORMERS_CACHE`, imported at module load by llm_blender.blender.
+  It was an alias of the hub cache directory, so it becomes huggingface_hub's HF_HUB_CACHE.
+- `PreTrainedTokenizerBase.batch_encode_plus`, called by the pair-ranker collator at rank
+  time. It was the batched form of `__call__`, so it becomes a thin alias of `__call__`.
+
+Everything else in llm-blender runs unchanged. Import it only through `import_llm_blender()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from huggingface_hub import constants as hub_constants
+
+PAIRRM_HUB_ID = "llm-blender/PairRM"
+
+
+class PairRMLoadError(RuntimeError):
+    """A ranker could not be loaded; the message says what to pass instead."""
+
+
+def _batch_encode_plus(self, batch_text_or_text_pairs, *args: Any, **kwargs: Any):
+    return self(batch_text_or_text_pairs, *args, **kwargs)
+
+
+def import_llm_blender() -> ModuleType:
+    """Restore the two transformers-4 names llm-blender needs, then import it (idempotent)."""
+    import transformers.utils.hub as hf_hub_utils
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    if not hasattr(hf_hub_utils, "TRANSFORMERS_CACHE"):
+        hf_hub_utils.TRANSFORMERS_CACHE = hub_constants.HF_HUB_CACHE
+    if not hasattr(PreTrainedTokenizerBase, "batch_encode_plus"):
+        PreTrainedTokenizerBase.batch_encode_plus = _batch_encode_plus
+    return importlib.import_module("llm_blender")
+
+
+def _cannot_fetch(path_or_id: str, why: str) -> str:
+    return (
+        f"cannot load the ranker {path_or_id!r}: it is not a local directory and the Hugging "
+        f"Face Hub {why}. A hub id such as {PAIRRM_HUB_ID!r} cannot be fetched offline: pass "
+        "a local ranker directory instead (for tests, the tiny PairRM that "
+        "`python -m src.tiny tiny-pairrm` builds)."
+    )
+
+
+def load_pairrm(path_or_id: str, device: str = "cpu", **kwargs: Any):
+    """Load a pairwise ranker with `Blender.loadranker` and return the `llm_blender.Blender`.
+
+    `path_or_id` is a local ranker folder (a RankerConfig `config.json` plus weights) or a hub
+    id. When llm-blender cannot fetch a hub id it goes on and fails later with "reward model
+    type ... not supported", which hides the cause; we raise PairRMLoadError instead.
+    `kwargs` go to `loadranker` (RankerConfig fields, `cache_dir`).
+    """
+    llm_blender = import_llm_blender()
+    # llm-blender looks for a hub id under cache_dir/<id> before trying to download it.
+    cache_dir = Path(kwargs.get("cache_dir", hub_constants.HF_HUB_CACHE))
+    folder = Path(path_or_id) if Path(path_or_id).is_dir() else cache_dir / path_or_id
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise PairRMLoadError(
+            f"{folder} has no config.json: a ranker folder holds llm-blender's RankerConfig "
+            "as config.json beside the weights (model.safetensors or pytorch_model.bin)."
+        )
+    if not folder.is_dir() and hub_constants.is_offline_mode():
+        raise PairRMLoadError(_cannot_fetch(path_or_id, "is in offline mode (HF_HUB_OFFLINE)"))
+
+    blender = llm_blender.Blender()
+    try:
+        blender.loadranker(str(path_or_id), device=device, **kwargs)
+    except ValueError as err:
+        if folder.is_dir() or "not supported" not in str(err):
+            raise
+        raise PairRMLoadError(_cannot_fetch(path_or_id, "could not be reached")) from err
+    return blender

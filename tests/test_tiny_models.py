@@ -1,0 +1,241 @@
+"""The tiny offline models: real classes, the real chat templates, reproducible builds, and a
+PairRM that llm-blender loads and ranks with (through src.blender_compat)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from jinja2.exceptions import TemplateError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from src import blender_compat, tiny
+
+LMS = {"tiny-mistral": "MistralForCausalLM", "tiny-gemma2": "Gemma2ForCausalLM"}
+USER_HI = [{"role": "user", "content": "hi"}]
+THREE_TURNS = USER_HI + [
+    {"role": "assistant", "content": "hello"},
+    {"role": "user", "content": "how?"},
+]
+
+
+def render(tok, messages) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tiny_dir):
+    return {name: AutoTokenizer.from_pretrained(tiny_dir / name) for name in LMS}
+
+
+# -----------------------------------------------------------------------------
+# causal LMs
+
+
+@pytest.mark.parametrize("name", LMS)
+def test_lm_loads_as_the_real_class(tiny_dir, name):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir / name)
+    assert type(model).__name__ == LMS[name]
+    assert model.num_parameters() < 1_000_000
+    assert (tiny_dir / name / "model.safetensors").is_file()
+
+
+def test_mistral_chat_template(tokenizers):
+    tok = tokenizers["tiny-mistral"]
+    assert render(tok, USER_HI) == "<s>[INST] hi [/INST]"
+    assert render(tok, THREE_TURNS) == "<s>[INST] hi [/INST]hello</s>[INST] how? [/INST]"
+    with pytest.raises(TemplateError, match="must alternate"):
+        render(tok, [{"role": "system", "content": "be brief"}] + USER_HI)
+    with pytest.raises(TemplateError, match="must alternate"):
+        render(tok, USER_HI + USER_HI)
+
+
+def test_gemma2_chat_template(tokenizers):
+    tok = tokenizers["tiny-gemma2"]
+    assert (
+        render(tok, USER_HI) == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert tok.apply_chat_template(USER_HI, tokenize=False) == (
+        "<bos><start_of_turn>user\nhi<end_of_turn>\n"
+    )
+    assert render(tok, THREE_TURNS) == (
+        "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\nhello<end_of_turn>\n"
+        "<start_of_turn>user\nhow?<end_of_turn>\n<start_of_turn>model\n"
+    )
+    # the real template trims every message
+    assert render(tok, [{"role": "user", "content": "  hi \n"}]) == render(tok, USER_HI)
+    with pytest.raises(TemplateError, match="System role not supported"):
+        render(tok, [{"role": "system", "content": "be brief"}] + USER_HI)
+    with pytest.raises(TemplateError, match="must alternate"):
+        render(tok, USER_HI + USER_HI)
+
+
+@pytest.mark.parametrize(
+    ("name", "markers"),
+    [("tiny-mistral", ["[INST]", "[/INST]", "</s>"]), ("tiny-gemma2", ["<end_of_turn>"])],
+)
+def test_rendered_prompt_has_one_bos(tokenizers, name, markers):
+    tok = tokenizers[name]
+    prompt = render(tok, THREE_TURNS)
+    ids = tok(prompt, add_special_tokens=False).input_ids
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    # the template already holds BOS: adding special tokens again doubles it
+    assert tok(prompt).input_ids[:2] == [tok.bos_token_id, tok.bos_token_id]
+    for marker in markers:  # the turn markers are single special tokens
+        assert tok.convert_tokens_to_ids(marker) in ids
+    assert tok.decode(ids) == prompt
+
+
+@pytest.mark.parametrize("name", LMS)
+def test_generate_five_samples(tiny_dir, tokenizers, name):
+    tok = tokenizers[name]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir / name)
+    inputs = tok(render(tok, USER_HI), add_special_tokens=False, return_tensors="pt")
+    torch.manual_seed(0)
+    out = model.generate(
+        **inputs, do_sample=True, num_return_sequences=5, max_new_tokens=8, pad_token_id=0
+    )
+    assert out.shape[0] == 5
+    assert out.shape[1] <= inputs.input_ids.shape[1] + 8
+    assert torch.equal(out[:, : inputs.input_ids.shape[1]], inputs.input_ids.expand(5, -1))
+
+
+def test_generation_stops_at_the_end_of_a_turn(tiny_dir, tokenizers):
+    mistral = AutoModelForCausalLM.from_pretrained(tiny_dir / "tiny-mistral").generation_config
+    assert mistral.eos_token_id == tokenizers["tiny-mistral"].eos_token_id
+    gemma_tok = tokenizers["tiny-gemma2"]
+    gemma = AutoModelForCausalLM.from_pretrained(tiny_dir / "tiny-gemma2").generation_config
+    assert gemma.eos_token_id == [
+        gemma_tok.eos_token_id,
+        gemma_tok.convert_tokens_to_ids("<end_of_turn>"),
+    ]
+    assert gemma.pad_token_id == gemma_tok.pad_token_id == 0
+
+
+# -----------------------------------------------------------------------------
+# building: reproducible, atomic, cached
+
+
+WEIGHTS = {
+    "tiny-mistral": ["model.safetensors", "tokenizer.json"],
+    "tiny-gemma2": ["model.safetensors", "tokenizer.json"],
+    "tiny-pairrm": ["model.safetensors", "backbone/model.safetensors", "backbone/tokenizer.json"],
+}
+
+
+@pytest.mark.parametrize("name", tiny.TINY_NAMES)
+def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, name):
+    a, b, c = (tiny.build(name, tmp_path / d, seed=s) for d, s in [("a", 0), ("b", 0), ("c", 1)])
+    for file in WEIGHTS[name]:
+        assert (a / file).read_bytes() == (b / file).read_bytes(), file
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    assert not list(tmp_path.glob(".*")), "a staging folder was left behind"
+
+
+def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
+    folder = tiny.ensure("tiny-gemma2", tmp_path)
+    assert folder == tmp_path / "tiny-gemma2"
+    record = folder / tiny.RECORD
+    built_at = record.stat().st_mtime_ns
+    assert tiny.ensure("tiny-gemma2", tmp_path) == folder
+    assert record.stat().st_mtime_ns == built_at  # reused
+
+    (folder / "model.safetensors").write_bytes(b"half-written")
+    record.unlink()  # as if killed before the record was written
+    tiny.ensure("tiny-gemma2", tmp_path)
+    assert record.is_file() and (folder / "model.safetensors").stat().st_size > 100_000
+
+    tiny.ensure("tiny-gemma2", tmp_path, seed=3)  # another seed is another build
+    assert '"seed": 3' in record.read_text()
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    folder.rename(moved / "tiny-gemma2")  # a copied cache is rebuilt where it now lies
+    tiny.ensure("tiny-gemma2", moved, seed=3)
+    assert str(moved / "tiny-gemma2") in (moved / "tiny-gemma2" / tiny.RECORD).read_text()
+
+
+def test_cli_rejects_an_unknown_name(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tiny.main(["tiny-llama"])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "unknown tiny model" in err and "tiny-llama" in err and "tiny-mistral" in err
+
+
+def test_cli_prints_the_built_folders(tiny_dir, capsys):
+    tiny.main(["--cache-dir", str(tiny_dir), "tiny-mistral", "tiny-pairrm"])
+    out = capsys.readouterr().out.split()
+    assert out == [str(tiny_dir / "tiny-mistral"), str(tiny_dir / "tiny-pairrm")]
+
+
+# -----------------------------------------------------------------------------
+# PairRM through llm-blender
+
+
+def test_compat_restores_the_removed_transformers_names(tokenizers):
+    import transformers.utils.hub
+
+    llm_blender = blender_compat.import_llm_blender()
+    assert blender_compat.import_llm_blender() is llm_blender
+    assert isinstance(transformers.utils.hub.TRANSFORMERS_CACHE, str)
+    tok = tokenizers["tiny-gemma2"]  # (tiny-mistral, like Mistral, has no pad token)
+    texts = ["hi there", "a longer text to pad against"]
+    batch = tok.batch_encode_plus(texts, padding="max_length", max_length=12, truncation=True)
+    assert batch["input_ids"] == tok(texts, padding="max_length", max_length=12).input_ids
+
+
+@pytest.fixture(scope="module")
+def blender(tiny_dir):
+    return blender_compat.load_pairrm(str(tiny_dir / "tiny-pairrm"))
+
+
+def test_tiny_pairrm_is_llm_blenders_pair_ranker(blender, tiny_dir):
+    assert blender.ranker_config.ranker_type == "pairranker"
+    assert (blender.ranker_config.source_maxlength, blender.ranker_config.candidate_maxlength) == (
+        1224,
+        412,
+    )
+    backbone = AutoTokenizer.from_pretrained(tiny_dir / "tiny-pairrm" / "backbone")
+    assert type(backbone).__name__ == "DebertaV2Tokenizer" and len(backbone) > 500
+    # llm-blender's collator added its 4 prefix tokens and the embeddings were resized to match
+    assert len(blender.ranker_tokenizer) == len(backbone) + 4
+    embeddings = blender.ranker.pretrained_model.get_input_embeddings()
+    assert embeddings.num_embeddings == len(backbone) + 4
+
+
+def test_tiny_pairrm_ranks(blender):
+    inputs = ["What is 2 + 2?", "Say hello."]
+    candidates = [["4", "5", "four, clearly"], ["hello", "goodbye", "hi there, friend"]]
+    scores = blender.rank(inputs, candidates, return_scores=True, batch_size=2, disable_tqdm=True)
+    assert scores.shape == (2, 3)
+    assert all(math.isfinite(s) for s in scores.flatten())
+    assert scores.std() > 1e-3  # the texts move the scores: no ties up to rounding
+    again = blender.rank(inputs, candidates, return_scores=True, batch_size=1, disable_tqdm=True)
+    assert again == pytest.approx(scores, abs=1e-5)
+
+
+def test_pairrm_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(blender_compat.hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(blender_compat.PairRMLoadError, match="cannot be fetched offline"):
+        blender_compat.load_pairrm("llm-blender/PairRM", cache_dir=tmp_path)
+
+
+def test_pairrm_hub_unreachable_is_a_clear_error(tmp_path, monkeypatch):
+    # online mode, but the download fails: llm-blender would say "reward model type ... not
+    # supported"
+    llm_blender = blender_compat.import_llm_blender()
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(blender_compat.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(llm_blender.blender.blender, "snapshot_download", no_network)
+    with pytest.raises(blender_compat.PairRMLoadError, match="could not be reached"):
+        blender_compat.load_pairrm("llm-blender/PairRM", cache_dir=tmp_path)
+
+
+def test_pairrm_folder_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(blender_compat.PairRMLoadError, match="no config.json"):
+        blender_compat.load_pairrm(str(tmp_path))
