@@ -1,0 +1,80 @@
+# selfplay-lab: `make help` lists the targets. `make demo` and `make test` work as the first
+# command on a fresh clone: they install what is missing first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+EXTRAS ?= slurm,dev
+PYTEST_ARGS ?=
+ARGS ?=
+
+# Tests and the demo never touch the network: every hub client is offline, W&B writes locally.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
+	TOKENIZERS_PARALLELISM=false
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-vllm tiny demo test test-fast lint format config clean clean-runs
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Variables: ARGS='key=value ...' for config/demo, PYTEST_ARGS for test, EXTRAS=$(EXTRAS)"
+
+install: $(VENV)/.installed ## Create .venv and install everything (CPU-only torch where there is no CUDA)
+
+# Torch goes first: a bare `torch` requirement on a machine without CUDA pulls the CUDA build
+# and several GB of nvidia wheels. `+cpu` only matches CPU builds: a local/mirrored wheel when
+# there is one, else PyTorch's CPU index. The project's own ranges then accept what is there.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PIP) install --quiet ".[$(EXTRAS)]"
+	@$(PY) -c "import torch, transformers, deepspeed, llm_blender, hydra; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)" 2>&1 | grep installed
+	@touch $@
+
+install-vllm: install ## Add the vLLM generation backend (GPU machines only)
+	$(PIP) install ".[vllm,$(EXTRAS)]"
+
+tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm
+	$(OFFLINE) $(PY) -m src.tiny --force
+
+demo: install ## The pipeline on the tiny models, on CPU, offline (ARGS adds overrides)
+	$(OFFLINE) $(PY) -m src.tiny
+	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 --cfg job $(ARGS) | head -n 12
+	@$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 logger=none $(ARGS); rc=$$?; \
+	if [ $$rc -eq 3 ]; then \
+		echo "demo: stopped where the project stops today (the stage above is not implemented yet);"; \
+		echo "demo: the tiny models are built in .cache/tiny and the config system is complete."; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi
+
+test: install ## Run the test suite (what CI runs)
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## The tests not marked slow, distributed or slurm
+	$(OFFLINE) $(PY) -m pytest -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
+
+lint: install ## Check style and common bugs (ruff)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: install ## Format the code and apply safe fixes (ruff)
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+config: install ## Print the resolved config, e.g. make config ARGS="method=wpo iter=2"
+	@$(PY) -m src.main $(ARGS) --cfg job
+
+clean: ## Remove caches (tiny models included; runs/ is kept)
+	rm -rf .cache .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+clean-runs: ## Remove every run directory under runs/ (asks first)
+	@read -p "delete runs/ ? [y/N] " ans && [ "$$ans" = y ] && rm -rf runs || echo kept
