@@ -95,7 +95,14 @@ for _name, _fn in _RESOLVERS.items():
 # error message when a value is not one of them.
 
 
-class Stage(str, Enum):
+class Choice(str, Enum):
+    """A config choice that reads as its plain value in interpolations, paths and logs."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Stage(Choice):
     all = "all"
     generate = "generate"
     rank = "rank"
@@ -104,13 +111,13 @@ class Stage(str, Enum):
     eval = "eval"
 
 
-class MethodName(str, Enum):
+class MethodName(Choice):
     sppo = "sppo"
     wpo = "wpo"
     dpo = "dpo"
 
 
-class Loss(str, Enum):
+class Loss(Choice):
     sppo = "sppo"  # soft SPPO, DESIGN §6.2 (the reference trainer's)
     sppo_single = "sppo_single"  # uses the pairwise P_wl instead of the two win rates
     sppo_hard = "sppo_hard"  # TRL's hard-label variant
@@ -118,86 +125,86 @@ class Loss(str, Enum):
     ipo = "ipo"
 
 
-class PairSelection(str, Enum):
+class PairSelection(Choice):
     argmax_argmin = "argmax_argmin"  # SPPO: chosen = argmax score, rejected = argmin
     wpo_tiebreak = "wpo_tiebreak"  # WPO v2: ties -> shortest chosen, rejected closest in length
 
 
-class ModelFamily(str, Enum):
+class ModelFamily(Choice):
     mistral = "mistral"
     gemma2 = "gemma2"
 
 
-class Dtype(str, Enum):
+class Dtype(Choice):
     auto = "auto"  # bf16 on a GPU that supports it, fp32 on CPU
     bfloat16 = "bfloat16"
     float16 = "float16"
     float32 = "float32"
 
 
-class Backend(str, Enum):
+class Backend(Choice):
     hf = "hf"
     vllm = "vllm"
 
 
-class LongPrompts(str, Enum):
+class LongPrompts(Choice):
     skip = "skip"  # leave the prompt out and count it in the completion record
     truncate = "truncate"  # keep the end of the prompt
 
 
-class JudgeKind(str, Enum):
+class JudgeKind(Choice):
     pairrm = "pairrm"
     reward_model = "reward_model"
 
 
-class WinProb(str, Enum):
+class WinProb(Choice):
     bt = "bt"  # P_ij = sigmoid(s_i - s_j), Bradley-Terry on aggregated scores (reference)
     direct = "direct"  # P_ij = sigmoid(C_ij), PairRM's own pairwise logit
 
 
-class TiePolicy(str, Enum):
+class TiePolicy(Choice):
     drop = "drop"  # all K scores equal: no pair, counted
     keep = "keep"  # the reference's behaviour: a pair whose chosen equals rejected
 
 
-class PromptFormat(str, Enum):
+class PromptFormat(Choice):
     chat_template = "chat_template"  # what the reference passes to PairRM
     raw = "raw"
 
 
-class Optimizer(str, Enum):
+class Optimizer(Choice):
     rmsprop = "rmsprop"
     adamw = "adamw"
 
 
-class Scheduler(str, Enum):
+class Scheduler(Choice):
     linear = "linear"
     cosine = "cosine"
     constant = "constant"
 
 
-class RefLogprobs(str, Enum):
+class RefLogprobs(Choice):
     precompute = "precompute"  # one forward-only pass of the frozen reference before training
     online = "online"  # reference forward every step, as the original code does
 
 
-class Device(str, Enum):
+class Device(Choice):
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Distributed(str, Enum):
+class Distributed(Choice):
     none = "none"
     ddp = "ddp"
     deepspeed = "deepspeed"
 
 
-class LoggerBackend(str, Enum):
+class LoggerBackend(Choice):
     wandb = "wandb"
     none = "none"
 
 
-class WandbMode(str, Enum):
+class WandbMode(Choice):
     online = "online"
     offline = "offline"
     disabled = "disabled"

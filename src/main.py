@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -62,9 +63,9 @@ def load_stage(stage: Stage) -> Callable[[Config], object]:
     return importlib.import_module(module_name).run
 
 
-def prepare_run_dir(cfg: Config, stages: list[Stage]) -> None:
+def prepare_run_dir(cfg: Config, stages: list[Stage], command: str) -> None:
     """Create the iteration directory and save the resolved config beside each stage's output."""
-    text = to_yaml(cfg)
+    text = f"# {command}\n{to_yaml(cfg)}"
     for stage in stages:
         atomic_write_text(cfg.stage_dir(stage) / "config.yaml", text)
 
@@ -81,10 +82,10 @@ def ensure_tiny_models(cfg: Config) -> None:
                 tiny.ensure(path.name, tiny_dir)
 
 
-def dispatch(cfg: Config) -> None:
+def dispatch(cfg: Config, command: str) -> None:
     stages = list(PIPELINE) if cfg.stage == Stage.all else [cfg.stage]
     runners = [load_stage(s) for s in stages]  # every stage must exist before any work starts
-    prepare_run_dir(cfg, stages)
+    prepare_run_dir(cfg, stages, command)
     ensure_tiny_models(cfg)
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
@@ -101,8 +102,9 @@ def _hydra_main(raw: DictConfig) -> None:
         cfg = validate(raw)
     except ConfigError as exc:
         _fail(f"config error: {exc}", EXIT_CONFIG_ERROR)
+    command = " ".join(["python -m src.main", *HydraConfig.get().overrides.task])
     try:
-        dispatch(cfg)
+        dispatch(cfg, command)
     except StageUnavailable as exc:
         _fail(f"error: {exc}", EXIT_STAGE_UNAVAILABLE)
 

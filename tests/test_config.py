@@ -1,0 +1,348 @@
+"""The Hydra config tree: every combination composes, presets carry the recipes, bad input fails.
+
+Configs are composed through Hydra's own compose API (the same composition `python -m src.main`
+does) and validated with the project's schemas; the command-line behaviour is checked by running
+the real entry point in a subprocess.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from src.config import REPO_ROOT, Config, ConfigError, Stage, previous_policy, validate
+
+CONF = REPO_ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+MODELS = options("model")
+METHODS = options("method")
+HARDWARE = options("hardware")
+EXPERIMENTS = [None, *options("experiment")]
+# The only preset that cannot start without a user-supplied file (its hybrid pool).
+PRESET_REQUIREMENTS = {"gemma-2-9b-it-wpo-hb": ["data.external_responses=/data/gpt4_answers.jsonl"]}
+
+
+def compose_raw(*overrides: str, hydra_node: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def compose_cfg(*overrides: str) -> Config:
+    return validate(compose_raw(*overrides))
+
+
+@pytest.fixture(autouse=True)
+def runs_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+
+
+def test_groups_have_the_options_the_project_promises():
+    assert set(MODELS) >= {
+        "mistral-7b-instruct-v0.2",
+        "gemma-2-9b-it",
+        "tiny-mistral",
+        "tiny-gemma2",
+    }
+    assert set(METHODS) == {"sppo", "wpo", "dpo"}
+    assert set(options("generation")) >= {"hf", "vllm"}
+    assert set(options("ranker")) >= {"pairrm", "reward-model"}
+    assert set(HARDWARE) >= {"cpu", "gpu-1", "node-8gpu", "multinode"}
+    assert any(h.startswith("slurm-") for h in HARDWARE)
+    assert set(options("logger")) == {"wandb", "none"}
+    assert set(options("experiment")) == {
+        "gemma-2-9b-it-sppo",
+        "mistral-7b-instruct-sppo",
+        "gemma-2-9b-it-wpo-hb",
+    }
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_method_hardware_experiment_combination(experiment, model):
+    """Each combination composes; validation passes or rejects only an impossible batch split."""
+    failures, valid = [], 0
+    for method, hardware in itertools.product(METHODS, HARDWARE):
+        overrides = [f"model={model}", f"method={method}", f"hardware={hardware}"]
+        if experiment:
+            overrides += [f"experiment={experiment}", *PRESET_REQUIREMENTS.get(experiment, [])]
+        raw = compose_raw(*overrides)
+        try:
+            cfg = validate(raw)
+        except ConfigError as exc:
+            t = raw.training
+            world = raw.hardware.num_nodes * raw.hardware.processes_per_node
+            if t.global_batch_size % (t.per_device_batch_size * world) != 0:
+                assert str(exc).startswith("training.global_batch_size="), (overrides, exc)
+                continue
+            failures.append(f"{' '.join(overrides)}: {exc}")
+            continue
+        valid += 1
+        assert cfg.model.name == model
+        assert cfg.method.name.value == method
+        assert cfg.hardware.name.endswith(hardware.removeprefix("slurm-"))
+        assert cfg.method.eta * cfg.method.beta == pytest.approx(1.0)
+        assert Path(cfg.run.iter_dir) == Path(cfg.run.dir) / "iter1"
+        assert cfg.gradient_accumulation_steps >= 1
+    assert not failures, "\n".join(failures)
+    assert valid >= len(METHODS) * 4  # at least the single-process and 8-GPU hardware
+
+
+def test_iter_selects_the_prompt_split_and_the_previous_checkpoint():
+    cfg = compose_cfg("method=sppo", "iter=3")
+    assert cfg.data.prompts == "UCLA-AGI/data-mistral-7b-instruct-sppo-iter3"
+    run_dir = Path(cfg.run.dir)
+    assert run_dir == Path(cfg.paths.root) / "mistral-7b-instruct-v0.2" / "sppo" / cfg.run_name
+    assert Path(cfg.run.init_policy) == run_dir / "iter2" / "train" / "checkpoint"
+    assert cfg.stage_dir("generate") == run_dir / "iter3" / "generate"
+
+
+def test_iteration_one_starts_from_the_base_model():
+    cfg = compose_cfg("iter=1")
+    assert cfg.run.init_policy == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert previous_policy(2, "base", "/r") == "/r/iter1/train/checkpoint"
+
+
+@pytest.mark.parametrize("iteration", [1, 2, 3])
+def test_tiny_models_read_the_projects_own_prompt_splits(iteration):
+    cfg = compose_cfg("model=tiny-gemma2", f"iter={iteration}")
+    prompts = Path(cfg.data.prompts)
+    assert prompts == REPO_ROOT / "data" / "prompts" / f"iter{iteration}.jsonl"
+    assert prompts.is_file() and Path(cfg.data.eval_prompts).is_file()
+    assert cfg.hardware.name == "cpu" and cfg.ranker.name == "tiny-pairrm"
+    assert Path(cfg.model.path) == Path(cfg.paths.tiny_dir) / "tiny-gemma2"
+
+
+def test_command_line_choices_win_over_what_a_tiny_model_selects():
+    cfg = compose_cfg("model=tiny-mistral", "hardware=gpu-1", "data=sppo", "ranker=pairrm")
+    assert (cfg.hardware.name, cfg.data.name, cfg.ranker.name) == ("gpu-1", "sppo", "pairrm")
+
+
+def test_sppo_sets_eta_and_beta_follows():
+    cfg = compose_cfg("method=sppo", "method.eta=5000")
+    assert cfg.method.beta == pytest.approx(1 / 5000)
+    assert cfg.run_name == "eta5000-lr5e-07-K5"
+    wpo = compose_cfg("method=wpo", "method.beta=0.05")
+    assert wpo.method.eta == pytest.approx(20.0)
+
+
+def test_default_seeds_are_the_sppo_reference_choice():
+    assert compose_cfg().sample_seeds == [0, 50, 100, 150, 200]
+    assert compose_cfg("method.K=3").sample_seeds == [0, 50, 100]
+
+
+# --- the presets carry DESIGN §6.4 -------------------------------------------------------------
+
+
+def test_mistral_sppo_preset_is_the_reference_recipe():
+    c = compose_cfg("experiment=mistral-7b-instruct-sppo", "iter=2")
+    assert c.model.path == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert c.data.prompts == "UCLA-AGI/data-mistral-7b-instruct-sppo-iter2"
+    assert (c.method.name.value, c.method.loss.value, c.method.K) == ("sppo", "sppo", 5)
+    assert (c.method.eta, c.method.beta) == (1000.0, pytest.approx(0.001))
+    g = c.generation
+    assert (g.temperature, g.top_p, g.max_new_tokens) == (0.7, 0.9, 2048)
+    assert c.sample_seeds == [0, 50, 100, 150, 200]
+    assert c.ranker.kind.value == "pairrm" and c.ranker.model == "llm-blender/PairRM"
+    assert (c.ranker.source_max_length, c.ranker.candidate_max_length) == (1224, 412)
+    t = c.training
+    assert (t.optimizer.value, t.learning_rate, t.lr_scheduler.value) == ("rmsprop", 5e-7, "linear")
+    assert (t.warmup_ratio, t.num_epochs, t.global_batch_size) == (0.1, 1.0, 64)
+    assert (t.max_length, t.max_prompt_length, t.seed) == (1024, 512, 42)
+    assert t.gradient_checkpointing
+    assert (c.hardware.world_size, c.hardware.distributed.value, c.hardware.zero_stage) == (
+        8,
+        "deepspeed",
+        3,
+    )
+    assert (t.per_device_batch_size, c.gradient_accumulation_steps) == (8, 1)
+
+
+def test_gemma_sppo_preset_splits_the_batch_four_by_two():
+    c = compose_cfg("experiment=gemma-2-9b-it-sppo")
+    assert c.model.path == "google/gemma-2-9b-it" and c.method.eta == 1000.0
+    assert (c.training.per_device_batch_size, c.gradient_accumulation_steps) == (4, 2)
+    assert c.training.global_batch_size == 64 and c.training.optimizer.value == "rmsprop"
+    # the same split applies to gemma x sppo without the preset (model_method specialisation)
+    assert compose_cfg("model=gemma-2-9b-it", "method=sppo").training.per_device_batch_size == 4
+
+
+def test_wpo_hb_preset_is_the_reference_recipe():
+    c = compose_cfg("experiment=gemma-2-9b-it-wpo-hb", *PRESET_REQUIREMENTS["gemma-2-9b-it-wpo-hb"])
+    assert c.model.path == "google/gemma-2-9b-it"
+    assert (
+        c.data.prompts == "HuggingFaceH4/ultrafeedback_binarized" and c.data.split == "train_prefs"
+    )
+    assert c.data.external_responses == "/data/gpt4_answers.jsonl"
+    m = c.method
+    assert (m.name.value, m.loss.value, m.beta, m.wpo_weight, m.wpo_clamp) == (
+        "wpo",
+        "sigmoid",
+        0.01,
+        True,
+        1.0,
+    )
+    assert m.pair_selection.value == "wpo_tiebreak"
+    g = c.generation
+    assert (g.temperature, g.top_p, g.max_new_tokens) == (0.8, 0.95, 4096)
+    assert c.sample_seeds == [13, 21, 42, 79, 100]
+    assert c.ranker.kind.value == "reward_model" and c.ranker.trust_remote_code
+    t = c.training
+    assert (t.optimizer.value, t.learning_rate, t.lr_scheduler.value) == ("adamw", 1e-6, "cosine")
+    assert (t.num_epochs, t.global_batch_size, t.per_device_batch_size) == (2.0, 128, 1)
+    assert (t.max_length, t.max_prompt_length, t.seed) == (2048, 1800, 1)
+    assert c.gradient_accumulation_steps == 16
+
+
+def test_mistral_wpo_differs_from_gemma_wpo_as_the_recipe_says():
+    c = compose_cfg("model=mistral-7b-instruct-v0.2", "method=wpo")
+    t = c.training
+    assert (t.optimizer.value, t.learning_rate, t.num_epochs) == ("adamw", 5e-7, 1.0)
+    assert (t.max_length, t.max_prompt_length, t.global_batch_size) == (1024, 512, 128)
+
+
+def test_wpo_hb_preset_refuses_to_start_without_its_hybrid_pool():
+    with pytest.raises(ConfigError, match=r"^data\.external_responses is required"):
+        compose_cfg("experiment=gemma-2-9b-it-wpo-hb")
+
+
+def test_slurm_hardware_switches_hydra_to_the_submitit_launcher():
+    raw = compose_raw("hardware=slurm-node-8gpu", "hardware.slurm.partition=gpu", hydra_node=True)
+    assert raw.hydra.runtime.choices["hydra/launcher"] == "slurm"
+    launcher = OmegaConf.to_container(raw.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["partition"], launcher["gpus_per_node"], launcher["nodes"]) == ("gpu", 8, 1)
+    cpu = compose_raw("hardware=slurm-cpu", hydra_node=True)
+    assert OmegaConf.to_container(cpu.hydra.launcher, resolve=True)["gpus_per_node"] == 0
+    assert (
+        compose_raw("hardware=gpu-1", hydra_node=True).hydra.runtime.choices["hydra/launcher"]
+        == "basic"
+    )
+
+
+def test_every_config_file_says_what_it_is_and_how_to_launch_it():
+    missing = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        header = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line)
+        if not header or "python -m src.main" not in "\n".join(header):
+            missing.append(str(path.relative_to(REPO_ROOT)))
+    assert not missing, f"config files without a header comment naming the command: {missing}"
+
+
+# --- bad input: in-process validation -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("method.eta=-1", r"^method\.eta=-1\.0: must be > 0$"),
+        ("iter=0", r"^iter=0: must be >= 1"),
+        ("method.K=1", r"^method\.K=1: must be >= 2"),
+        ("+method.foo=1", r"^unknown config key 'method\.foo'; method accepts: name, loss, K, eta"),
+        ("iter=abc", r"^iter: Value 'abc' of type 'str' could not be converted to Integer$"),
+        ("stage=bogus", r"^stage: Invalid value 'bogus', expected one of \[all, generate"),
+        ("method.beta=0.5", r"^method\.beta=0\.5: must equal 1/method\.eta"),
+        ("generation.top_p=0", r"^generation\.top_p=0\.0: must be in \(0, 1\]$"),
+        (
+            "training.max_length=100",
+            r"^training\.max_length=100: must be > training\.max_prompt_length",
+        ),
+        ("generation.seeds=[1,2]", r"^generation\.seeds=\[1, 2\]: needs one seed per sample"),
+        (
+            "hardware.processes_per_node=3",
+            r"^hardware\.distributed='none': 'none' needs exactly one",
+        ),
+        (
+            "generation.shard=4",
+            r"^generation\.shard=4: must be in \[0, generation\.num_shards=1\)$",
+        ),
+        ("method.eta=abc", r"^method\.tag is computed from 'abc', which is not a number$"),
+    ],
+)
+def test_bad_values_fail_validation_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_cfg(override)
+
+
+# --- bad input: the real command line -----------------------------------------------------------
+
+
+def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "SELFPLAY_RUNS": str(env_root)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "src.main", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["method=spo"],
+            "config error: method=spo: no such option in config group 'method'; choose one of: dpo, sppo, wpo",
+        ),
+        (
+            ["method.foo=1"],
+            "config error: unknown config key 'method.foo'; method accepts: name, loss, K, eta,",
+        ),
+        (
+            ["method.eta=oops"],
+            "config error: method.tag is computed from 'oops', which is not a number",
+        ),
+        (["method.eta=-1"], "config error: method.eta=-1.0: must be > 0"),
+        (["iter=0"], "config error: iter=0: must be >= 1"),
+        (["method.K=1"], "config error: method.K=1: must be >= 2"),
+        (
+            ["training.optimizer=sgd"],
+            "config error: training.optimizer: Invalid value 'sgd', expected one of [rmsprop, adamw]",
+        ),
+        (["model=[oops"], "config error: cannot parse override 'model=[oops'"),
+    ],
+)
+def test_command_line_rejects_bad_config_with_one_line(args, expected, tmp_path):
+    result = run_main(*args, env_root=tmp_path / "runs")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(expected), lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "runs").exists(), "a rejected config must not create anything"
+
+
+def test_cfg_job_prints_the_resolved_iteration_three_config(tmp_path):
+    result = run_main("method=sppo", "iter=3", "--cfg", "job", env_root=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.iter == 3
+    assert printed.data.prompts == "UCLA-AGI/data-mistral-7b-instruct-sppo-iter3"
+    assert printed.run.init_policy.endswith("/iter2/train/checkpoint")
+    assert "${" not in result.stdout, "interpolations left unresolved"
+
+
+def test_main_stage_set_matches_the_stage_enum():
+    from src.main import PIPELINE, STAGE_MODULES
+
+    assert set(STAGE_MODULES) == set(Stage) - {Stage.all}
+    assert list(PIPELINE) == [Stage.generate, Stage.rank, Stage.pairs, Stage.train]
