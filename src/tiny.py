@@ -370,6 +370,9 @@ def ensure(name: str, cache_dir: Path, seed: int = 0, force: bool = False) -> Pa
     # One builder at a time: processes that start together share one build.
     with FileLock(folder.parent / f".{name}.lock"):
         if force or not is_built(folder, name, seed):
+            for stale in folder.parent.glob(f".{name}.*"):  # staging left by a killed build
+                if stale.is_dir():
+                    shutil.rmtree(stale)
             build(name, folder, seed)
     return folder
 
