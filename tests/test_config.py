@@ -13,12 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from src.config import REPO_ROOT, Config, ConfigError, Stage, previous_policy, validate
-
-CONF = REPO_ROOT / "conf"
+from src.config import REPO_ROOT, ConfigError, Stage, previous_policy, validate
+from tests.helpers import CONF, compose_cfg, compose_raw
 
 
 def options(group: str) -> list[str]:
@@ -31,15 +29,6 @@ HARDWARE = options("hardware")
 EXPERIMENTS = [None, *options("experiment")]
 # The only preset that cannot start without a user-supplied file (its hybrid pool).
 PRESET_REQUIREMENTS = {"gemma-2-9b-it-wpo-hb": ["data.external_responses=/data/gpt4_answers.jsonl"]}
-
-
-def compose_raw(*overrides: str, hydra_node: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
-
-
-def compose_cfg(*overrides: str) -> Config:
-    return validate(compose_raw(*overrides))
 
 
 @pytest.fixture(autouse=True)
