@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -567,20 +567,12 @@ def allowed_keys(dotted_path: str) -> list[str] | None:
     """The keys the schema accepts at `dotted_path` ('' for the top), or None if not a node."""
     schema: Any = Config
     for part in [p for p in dotted_path.split(".") if p]:
-        match = {f.name: f for f in fields(schema)}.get(part)
-        if match is None:
-            return None
-        schema = _dataclass_of(match.type)
+        hint = get_type_hints(schema).get(part)
+        # `SlurmConfig | None` -> SlurmConfig; a leaf type (str, list, an enum) has no keys
+        schema = next((t for t in (hint, *get_args(hint)) if is_dataclass(t)), None)
         if schema is None:
             return None
     return [f.name for f in fields(schema)]
-
-
-def _dataclass_of(annotation: Any) -> type | None:
-    # Annotations are strings (from __future__ import annotations): look the class up by name.
-    name = str(annotation).replace(" | None", "").strip()
-    candidate = globals().get(name)
-    return candidate if is_dataclass(candidate) else None
 
 
 def describe_omegaconf_error(exc: OmegaConfBaseException) -> str:

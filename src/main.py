@@ -127,8 +127,10 @@ def describe_hydra_error(exc: Exception) -> str:
     unknown = re.match(r"Could not override '([^']+)'", str(exc))
     if unknown and "not in struct" in str(exc.__cause__ or ""):
         key = unknown.group(1)
-        parent = key.rpartition(".")[0]
+        parent, _, leaf = key.rpartition(".")
         keys = allowed_keys(parent)
+        if keys and leaf in keys:  # a known key under a node this composition leaves null
+            return f"cannot set '{key}': '{parent}' is null with the options chosen (e.g. hardware.slurm needs hardware=slurm-*)"
         accepted = f"; {parent or 'the top level'} accepts: {', '.join(keys)}" if keys else ""
         return f"unknown config key '{key}'{accepted}"
     if isinstance(exc, OmegaConfBaseException):

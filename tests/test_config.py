@@ -259,7 +259,10 @@ def test_every_config_file_says_what_it_is_and_how_to_launch_it():
             "generation.shard=4",
             r"^generation\.shard=4: must be in \[0, generation\.num_shards=1\)$",
         ),
-        ("method.eta=abc", r"^method\.tag is computed from 'abc', which is not a number$"),
+        (
+            "method.eta=abc",
+            r"^method\.eta: Value 'abc' of type 'str' could not be converted to Float$",
+        ),
     ],
 )
 def test_bad_values_fail_validation_naming_the_key(override, message):
@@ -298,6 +301,10 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
         ),
         (
             ["method.eta=oops"],
+            "config error: method.eta: Value 'oops' of type 'str' could not be converted to Float",
+        ),
+        (  # --cfg job resolves without validating: the resolver names what it computes
+            ["method.eta=oops", "--cfg", "job"],
             "config error: method.tag is computed from 'oops', which is not a number",
         ),
         (["method.eta=-1"], "config error: method.eta=-1.0: must be > 0"),
@@ -308,6 +315,14 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
             "config error: training.optimizer: Invalid value 'sgd', expected one of [rmsprop, adamw]",
         ),
         (["model=[oops"], "config error: cannot parse override 'model=[oops'"),
+        (
+            ["hardware=slurm-gpu-1", "+hardware.slurm.foo=1"],
+            "config error: unknown config key 'hardware.slurm.foo'; hardware.slurm accepts: partition,",
+        ),
+        (
+            ["hardware.slurm.time_min=5"],
+            "config error: cannot set 'hardware.slurm.time_min': 'hardware.slurm' is null",
+        ),
     ],
 )
 def test_command_line_rejects_bad_config_with_one_line(args, expected, tmp_path):
