@@ -60,7 +60,13 @@ def load_stage(stage: Stage) -> Callable[[Config], object]:
             f"stage '{stage.value}' is not implemented in this version: {path} does not exist, "
             "so nothing was run"
         )
-    return importlib.import_module(module_name).run
+    run = getattr(importlib.import_module(module_name), "run", None)
+    if not callable(run):
+        raise StageUnavailable(
+            f"stage '{stage.value}' is not implemented in this version: {module_name} has no "
+            "run(cfg), so nothing was run"
+        )
+    return run
 
 
 def prepare_run_dir(cfg: Config, stages: list[Stage], command: str) -> None:
