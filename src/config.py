@@ -11,6 +11,7 @@ Iteration-dependent values are plain interpolations resolved here: the prompt sp
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -365,6 +366,7 @@ class RankerConfig:
 class TrainingConfig:
     """The optimisation recipe (conf/training/)."""
 
+    pairs: str  # the pairs file of the pairs stage (or a fixture: .parquet / .jsonl)
     optimizer: Optimizer = Optimizer.rmsprop
     learning_rate: float = 5e-7
     lr_scheduler: Scheduler = Scheduler.linear
@@ -384,6 +386,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     logging_steps: int = 1
+    save_steps: int = 200  # Trainer checkpoints, what an interrupted run resumes from
 
     def __post_init__(self) -> None:
         _positive("training.learning_rate", self.learning_rate)
@@ -413,6 +416,7 @@ class TrainingConfig:
         _check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "must be >= 0")
         _positive("training.max_grad_norm", self.max_grad_norm)
         _positive("training.logging_steps", self.logging_steps)
+        _positive("training.save_steps", self.save_steps)
 
 
 @dataclass
@@ -613,6 +617,13 @@ def validate(cfg: DictConfig | dict) -> Config:
     return typed
 
 
+def fingerprint(cfg: Config) -> str:
+    """sha256 of the resolved config without `stage`: the same work whether run alone or in `all`."""
+    node = OmegaConf.structured(cfg)
+    node.stage = Stage.all
+    return hashlib.sha256(OmegaConf.to_yaml(node).encode()).hexdigest()
+
+
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML, as saved beside every stage's output."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
@@ -625,6 +636,7 @@ __all__ = [
     "Stage",
     "allowed_keys",
     "describe_omegaconf_error",
+    "fingerprint",
     "previous_policy",
     "to_yaml",
     "validate",

@@ -1,0 +1,15 @@
+"""One training worker, started by `accelerate launch` (see src/training/__init__.py):
+
+python -m src.training <stage_dir>/config.yaml
+"""
+
+import sys
+
+from omegaconf import OmegaConf
+
+from src.config import Stage, validate
+from src.training import train
+
+if __name__ == "__main__":
+    cfg = validate(OmegaConf.load(sys.argv[1]))
+    train(cfg, cfg.stage_dir(Stage.train))

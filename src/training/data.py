@@ -1,0 +1,217 @@
+"""The pairs dataset (DESIGN §5) as token ids, and the collator of the concatenated forward.
+
+A pair is rendered as the policy saw it at generation time: the prompt through the chat template
+with `add_generation_prompt=True`, the response as the assistant turn's continuation, ending
+with the end-of-turn token (it belongs to the response: the policy must learn when to stop).
+The template's BOS is the only BOS, so everything is tokenised with add_special_tokens=False.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REQUIRED_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
+# what the SPPO losses read (DESIGN §6.2); DPO/WPO need none of them
+PROBABILITY_COLUMNS = {
+    "sppo": ("chosen_probs_win", "chosen_probs_lose"),
+    "sppo_single": ("chosen_probs",),
+}
+
+
+class PairsError(ValueError):
+    """The pairs file cannot be trained on; the message says what and where."""
+
+
+def read_pairs(path: str | Path, loss: str) -> list[dict[str, Any]]:
+    """Rows of a pairs file (.parquet, or .jsonl for hand-made fixtures), columns checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise PairsError(
+            f"pairs file not found: {path} (run stage=pairs first, or set training.pairs)"
+        )
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    elif path.suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as f:
+            rows = []
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise PairsError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    else:
+        raise PairsError(f"{path}: pairs must be .parquet or .jsonl, got '{path.suffix}'")
+    if not rows:
+        raise PairsError(f"{path} holds no pairs")
+    needed = (*REQUIRED_COLUMNS, *PROBABILITY_COLUMNS.get(loss, ()))
+    missing = [c for c in needed if c not in rows[0]]
+    if missing:
+        raise PairsError(f"{path} lacks column(s) {', '.join(missing)} needed by loss '{loss}'")
+    for n, row in enumerate(rows):
+        for column in PROBABILITY_COLUMNS.get(loss, ()):
+            value = row[column]
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not 0 <= value <= 1
+            ):
+                raise PairsError(
+                    f"{path}: row {n} (prompt_id {row['prompt_id']!r}): {column}={value!r} "
+                    "is not a probability in [0, 1]"
+                )
+    return rows
+
+
+@dataclass
+class TokenisedPair:
+    index: int  # position in the pairs file: the key of the reference log-prob cache
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    probs: dict[str, float]
+
+
+@dataclass
+class TokenisationReport:
+    kept: int = 0
+    dropped_identical: int = 0  # chosen == rejected: no preference to learn (documented)
+    dropped_empty: int = 0  # a response with no token left after truncation
+    truncated_prompts: int = 0
+    truncated_responses: int = 0
+
+
+class PairTokenizer:
+    """Chat-template rendering and TRL-style truncation for one policy's tokenizer."""
+
+    def __init__(
+        self, tokenizer, end_of_turn_ids: list[int], max_length: int, max_prompt_length: int
+    ):
+        self.tokenizer = tokenizer
+        self.end_of_turn_ids = set(end_of_turn_ids)
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+
+    def prompt_text(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+
+    def response_text(self, prompt_text: str, prompt: str, response: str) -> str:
+        """The assistant turn as the template writes it after the generation prompt."""
+        full = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            tokenize=False,
+        )
+        if not full.startswith(prompt_text):
+            raise PairsError(
+                "the chat template renders the prompt differently with and without the answer; "
+                "cannot locate the response tokens"
+            )
+        return full[len(prompt_text) :]
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _end_at_turn_end(self, ids: list[int]) -> list[int]:
+        # Gemma's template writes "<end_of_turn>\n": the model stops at <end_of_turn>, so the
+        # newline after it is not part of what it generates.
+        for i in range(len(ids) - 1, -1, -1):
+            if ids[i] in self.end_of_turn_ids:
+                return ids[: i + 1]
+        return ids
+
+    def __call__(
+        self, rows: list[dict[str, Any]], loss: str
+    ) -> tuple[list[TokenisedPair], TokenisationReport]:
+        report = TokenisationReport()
+        prompt_texts = [self.prompt_text(r["prompt"]) for r in rows]
+        prompts = self._ids(prompt_texts)
+        chosen = self._ids(
+            [
+                self.response_text(p, r["prompt"], r["chosen"])
+                for p, r in zip(prompt_texts, rows, strict=True)
+            ]
+        )
+        rejected = self._ids(
+            [
+                self.response_text(p, r["prompt"], r["rejected"])
+                for p, r in zip(prompt_texts, rows, strict=True)
+            ]
+        )
+        pairs = []
+        for index, (row, p, c, r) in enumerate(zip(rows, prompts, chosen, rejected, strict=True)):
+            if row["chosen"] == row["rejected"]:
+                report.dropped_identical += 1
+                continue
+            c, r = self._end_at_turn_end(c), self._end_at_turn_end(r)
+            p, c, r = self._truncate(p, c, r, report)
+            if not c or not r:
+                report.dropped_empty += 1
+                continue
+            probs = {k: float(row[k]) for k in PROBABILITY_COLUMNS.get(loss, ())}
+            pairs.append(TokenisedPair(index, p, c, r, probs))
+        report.kept = len(pairs)
+        return pairs, report
+
+    def _truncate(self, p: list[int], c: list[int], r: list[int], report: TokenisationReport):
+        """Prompt keeps its end (the question), responses keep their start; TRL's order."""
+        if len(p) + max(len(c), len(r)) > self.max_length and len(p) > self.max_prompt_length:
+            p = p[-self.max_prompt_length :]
+            report.truncated_prompts += 1
+        room = self.max_length - len(p)
+        if len(c) > room or len(r) > room:
+            report.truncated_responses += 1
+            c, r = c[:room], r[:room]
+        return p, c, r
+
+
+class PairCollator:
+    """Pads a batch of pairs into one [2B, L] tensor: the B chosen rows, then the B rejected.
+
+    One forward over both halves shares the kernel launches and, under ZeRO-3, the parameter
+    all-gathers. Padding is on the right; `response_mask` marks the response tokens, already
+    shifted to the positions whose logits score them (row t scores token t+1).
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[TokenisedPair]) -> dict[str, torch.Tensor]:
+        sequences = [p.prompt_ids + p.chosen_ids for p in batch] + [
+            p.prompt_ids + p.rejected_ids for p in batch
+        ]
+        prompt_lengths = [len(p.prompt_ids) for p in batch] * 2
+        length = max(map(len, sequences))
+        input_ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        response_mask = torch.zeros((len(sequences), length), dtype=torch.bool)
+        for i, (seq, start) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            attention_mask[i, : len(seq)] = 1
+            # token j (j >= start) is scored by the logits at row j - 1
+            response_mask[i, start - 1 : len(seq) - 1] = True
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_mask": response_mask,
+            "pair_index": torch.tensor([p.index for p in batch]),
+        }
+        for key in batch[0].probs:
+            out[key] = torch.tensor([p.probs[key] for p in batch], dtype=torch.float64)
+        return out
+
+
+def shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:
+    """labels[:, t] = input_ids[:, t + 1]: the token the logits of row t score (last row: pad)."""
+    labels = torch.zeros_like(input_ids)
+    labels[:, :-1] = input_ids[:, 1:]
+    return labels

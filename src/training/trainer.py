@@ -1,0 +1,252 @@
+"""`PreferenceTrainer`: the SPPO / WPO / DPO step on top of `transformers.Trainer`.
+
+The library brings accelerate, DeepSpeed, checkpoints, schedules and W&B reporting; this class
+adds only what a preference step needs: one concatenated forward over chosen and rejected,
+memory-bounded response log-probs, the reference log-probs, the loss of src/training/losses.py,
+and per-step metrics (rewards, WPO weights, tokens/s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+
+from src.artifacts import atomic_write_json
+from src.training.data import shifted_labels
+from src.training.losses import pair_metrics, preference_loss, response_logps, wpo_weight
+
+
+class ReferenceLogps:
+    """log pi_ref of every pair's chosen and rejected response, keyed by the pair's index.
+
+    `precompute`: filled once before the first step by a forward-only pass, and saved beside the
+    checkpoint so that a resumed run (whose weights are no longer pi_ref) reads them back.
+    """
+
+    def __init__(self, path: Path, identity: dict):
+        self.path = path
+        self.identity = identity  # what the numbers depend on: a saved file must match it
+        self.values: dict[int, tuple[float, float]] = {}
+
+    def load(self) -> bool:
+        import json
+
+        if not self.path.is_file():
+            return False
+        saved = json.loads(self.path.read_text())
+        if saved.get("identity") != self.identity:
+            return False
+        self.values = {int(k): tuple(v) for k, v in saved["logps"].items()}
+        return True
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {"identity": self.identity, "logps": self.values})
+
+    def lookup(self, pair_index: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.values[int(i)] for i in pair_index]
+        table = torch.tensor(rows, dtype=torch.float32, device=device)
+        return table[:, 0], table[:, 1]
+
+
+class PreferenceTrainer(Trainer):
+    def __init__(
+        self,
+        *args,
+        loss_type: str,
+        beta: float,
+        eta: float,
+        label_smoothing: float,
+        wpo: bool,
+        wpo_clamp: float | None,
+        reference: ReferenceLogps | None,
+        ref_model: torch.nn.Module | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if (reference is None) == (ref_model is None):
+            raise ValueError(
+                "give exactly one of precomputed reference log-probs or a reference model"
+            )
+        self.loss_type, self.beta, self.eta = loss_type, beta, eta
+        self.label_smoothing, self.wpo, self.wpo_clamp = label_smoothing, wpo, wpo_clamp
+        self.reference, self.ref_model = reference, ref_model
+        self._ref_prepared = False
+        self._sums: dict[str, torch.Tensor] = defaultdict(
+            lambda: torch.zeros((), dtype=torch.float64)
+        )
+        self._counts: dict[str, int] = defaultdict(int)
+        self._tokens = 0
+        self._clock = time.perf_counter()
+        if reference is not None:
+            self.add_callback(_PrecomputeReference(self))
+
+    # --- forward ----------------------------------------------------------------------------
+
+    def _response_logps(self, model, inputs, with_alignment: bool):
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        ).logits
+        return response_logps(
+            logits,
+            shifted_labels(inputs["input_ids"]),
+            inputs["response_mask"],
+            with_alignment=with_alignment,
+        )
+
+    def _online_reference(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._ref_prepared:
+            self.ref_model = self._prepare_reference_model(self.ref_model)
+            self._ref_prepared = True
+        with torch.no_grad():
+            logps, _ = self._response_logps(self.ref_model, inputs, with_alignment=False)
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:]
+
+    def _prepare_reference_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen copy of pi_ref placed like the policy: on its device, or sharded by ZeRO-3."""
+        model.eval().requires_grad_(False)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return model.to(self.accelerator.device)
+        import deepspeed
+
+        config = deepcopy(plugin.deepspeed_config)
+        if config["zero_optimization"]["stage"] != 3:
+            config["zero_optimization"]["stage"] = 0  # ZeRO-1/2 shard optimiser state only
+        config.pop("optimizer", None)
+        config.pop("scheduler", None)
+        engine, *_ = deepspeed.initialize(model=model, config=config)
+        engine.eval()
+        return engine
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pairs = inputs["pair_index"].shape[0]
+        logps, alignment = self._response_logps(model, inputs, with_alignment=self.wpo)
+        policy_chosen, policy_rejected = logps[:pairs], logps[pairs:]
+        if self.reference is not None:
+            ref_chosen, ref_rejected = self.reference.lookup(inputs["pair_index"], logps.device)
+        else:
+            ref_chosen, ref_rejected = self._online_reference(inputs)
+        weights = None
+        if self.wpo:
+            weights = wpo_weight(alignment[:pairs], alignment[pairs:], clamp=self.wpo_clamp)
+        probs = {
+            k: inputs[k].to(logps.dtype)
+            for k in ("chosen_probs", "chosen_probs_win", "chosen_probs_lose")
+            if k in inputs
+        }
+        out = preference_loss(
+            self.loss_type,
+            policy_chosen_logps=policy_chosen,
+            policy_rejected_logps=policy_rejected,
+            ref_chosen_logps=ref_chosen.to(logps.dtype),
+            ref_rejected_logps=ref_rejected.to(logps.dtype),
+            beta=self.beta,
+            eta=self.eta,
+            label_smoothing=self.label_smoothing,
+            weights=weights,
+            **probs,
+        )
+        loss = out.losses.mean()
+        self._accumulate(
+            {
+                **pair_metrics(out),
+                "logps/chosen": policy_chosen.detach().mean().item(),
+                "logps/rejected": policy_rejected.detach().mean().item(),
+            }
+        )
+        self._tokens += int(inputs["attention_mask"].sum())
+        return (loss, out) if return_outputs else loss
+
+    # --- reference precompute ---------------------------------------------------------------
+
+    def precompute_reference(self) -> None:
+        """One forward-only pass of pi_ref (the untrained policy: same weights) over all pairs."""
+        assert self.reference is not None
+        if self.reference.load():
+            return
+        if self.state.global_step > 0:
+            raise RuntimeError(
+                f"resuming at step {self.state.global_step} but the reference log-probs "
+                f"({self.reference.path}) are missing or were made for other inputs: the policy "
+                "is no longer pi_ref, so they cannot be recomputed from it; rerun this stage from scratch"
+            )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            shuffle=False,
+        )
+        loader = self.accelerator.prepare(loader)
+        model = self.model_wrapped
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                logps, _ = self._response_logps(model, batch, with_alignment=False)
+                half = logps.shape[0] // 2
+                rows = torch.stack(
+                    [batch["pair_index"].to(logps), logps[:half], logps[half:]], dim=1
+                )
+                for index, chosen, rejected in self.accelerator.gather_for_metrics(rows).tolist():
+                    self.reference.values[int(index)] = (chosen, rejected)
+        model.train(was_training)
+        if self.accelerator.is_main_process:
+            self.reference.save()
+        self.accelerator.wait_for_everyone()
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def _accumulate(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._sums[key] += value
+            self._counts[key] += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the preference metrics, averaged over the steps since the last log and over ranks."""
+        if self._counts and "loss" in logs:
+            keys = sorted(self._counts)
+            local = torch.tensor(
+                [float(self._sums[k]) for k in keys]
+                + [float(self._counts[k]) for k in keys]
+                + [float(self._tokens)],
+                device=self.accelerator.device,
+            )
+            total = self.accelerator.reduce(local, reduction="sum").tolist()
+            n = len(keys)
+            for i, key in enumerate(keys):
+                logs[key] = total[i] / max(total[n + i], 1.0)
+            now = time.perf_counter()
+            logs["tokens_per_second"] = total[-1] / max(now - self._clock, 1e-9)
+            self._clock, self._tokens = now, 0
+            self._sums.clear()
+            self._counts.clear()
+        super().log(logs, start_time)
+
+
+class _PrecomputeReference(TrainerCallback):
+    """Runs the reference pass once the model is wrapped (DDP / ZeRO-3) and before step 1."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.precompute_reference()
+
+
+class StopAfterEpochs(TrainerCallback):
+    """The SPPO model cards: the schedule spans `schedule_epochs`, training stops after `epochs`."""
+
+    def __init__(self, epochs: float):
+        self.epochs = epochs
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.epoch is not None and state.epoch >= self.epochs - 1e-9:
+            control.should_training_stop = True
+            control.should_save = True
