@@ -32,7 +32,9 @@ from src.config import (
     to_yaml,
     validate,
 )
+from src.errors import StageError
 
+EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
 EXIT_STAGE_UNAVAILABLE = 3
 
@@ -113,6 +115,8 @@ def _hydra_main(raw: DictConfig) -> None:
         dispatch(cfg, command)
     except StageUnavailable as exc:
         _fail(f"error: {exc}", EXIT_STAGE_UNAVAILABLE)
+    except StageError as exc:
+        _fail(f"error: {exc}", EXIT_STAGE_ERROR)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -22,11 +22,12 @@ import torch
 
 from src.artifacts import atomic_write_json, write_completion_record
 from src.config import Config, Device, Distributed, Dtype, RefLogprobs, Stage, fingerprint
+from src.errors import StageError
 
 WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
 
 
-class TrainingError(RuntimeError):
+class TrainingError(StageError):
     """The stage cannot train; the message says what and where."""
 
 
@@ -175,19 +176,22 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
 def load_policy(cfg: Config, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(
+        cfg.run.init_policy,
+        dtype=dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        revision=cfg.model.revision,
+    )
+
+
+def check_previous_policy(cfg: Config) -> None:
     path = cfg.run.init_policy
     if cfg.iter > 1 and not Path(path).is_dir():
         raise TrainingError(
             f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint, which does "
             f"not exist: {path} (run: python -m src.main iter={cfg.iter - 1})"
         )
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision,
-    )
 
 
 def end_of_turn_ids(path: str, tokenizer) -> list[int]:
@@ -224,6 +228,7 @@ def train(cfg: Config, stage_dir: Path) -> dict:
     pairs_path = Path(t.pairs).resolve()
 
     # setup
+    check_previous_policy(cfg)
     rows = read_pairs(pairs_path, method.loss.value)
     tokenizer = AutoTokenizer.from_pretrained(cfg.run.init_policy, revision=cfg.model.revision)
     tokenise = PairTokenizer(

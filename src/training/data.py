@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from src.errors import StageError
+
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
 # what the SPPO losses read (DESIGN §6.2); DPO/WPO need none of them
 PROBABILITY_COLUMNS = {
@@ -24,7 +26,7 @@ PROBABILITY_COLUMNS = {
 }
 
 
-class PairsError(ValueError):
+class PairsError(StageError):
     """The pairs file cannot be trained on; the message says what and where."""
 
 

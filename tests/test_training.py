@@ -1,0 +1,214 @@
+"""Stage `train` on the tiny models: real Trainer, real accelerate / DeepSpeed, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from src.config import REPO_ROOT
+from src.training import TrainingError, run
+from src.training.data import PairsError
+from tests.helpers import compose_cfg
+
+FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
+FIXTURE_ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+
+
+def train_cfg(*overrides: str, pairs: Path = FIXTURE):
+    return compose_cfg("stage=train", "logger=none", f"training.pairs={pairs}", *overrides)
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def trained(cfg) -> tuple[dict, dict, Path]:
+    run(cfg)
+    stage = cfg.stage_dir("train")
+    return (
+        json.loads((stage / "metrics.json").read_text()),
+        json.loads((stage / "done.json").read_text()),
+        stage,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sppo", "wpo"])
+@pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
+def test_a_few_steps_change_every_parameter(model, method):
+    cfg = train_cfg(f"model={model}", f"method={method}", "training.warmup_ratio=0")
+    metrics, done, stage = trained(cfg)
+
+    losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
+    assert len(losses) == done["counts"]["steps"] == 2 and all(
+        map(torch.isfinite, torch.tensor(losses))
+    )
+    if method == "wpo":
+        weights = [e["wpo/weight_mean"] for e in metrics["log_history"] if "loss" in e]
+        assert all(0 < w <= 1 for w in weights), weights  # clamped at 1 by default
+    before = dict(AutoModelForCausalLM.from_pretrained(cfg.model.path).named_parameters())
+    after = dict(AutoModelForCausalLM.from_pretrained(stage / "checkpoint").named_parameters())
+    assert before.keys() == after.keys()
+    unchanged = [name for name, p in before.items() if torch.equal(p, after[name])]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+    assert done["counts"]["pairs_trained"] == len(FIXTURE_ROWS)
+    assert not (stage / "checkpoint.partial").exists()
+
+
+@pytest.mark.slow
+def test_precomputed_and_online_reference_give_the_same_step_zero_loss():
+    first = {}
+    for mode in ("precompute", "online"):
+        metrics, _, _ = trained(
+            train_cfg("model=tiny-mistral", f"training.ref_logprobs={mode}", f"run_name={mode}")
+        )
+        first[mode] = metrics["log_history"][0]
+    assert first["online"]["loss"] == pytest.approx(first["precompute"]["loss"], rel=1e-5)
+    # at step 0 the policy is the reference: every reward is 0
+    assert (
+        abs(first["precompute"]["rewards/margins"]) < 1e-4
+        and abs(first["online"]["rewards/margins"]) < 1e-4
+    )
+
+
+@pytest.mark.slow
+def test_sppo_card_schedule_spans_18_epochs_and_stops_after_one():
+    cfg = train_cfg("model=tiny-mistral", "training.schedule_epochs=18", "training.warmup_ratio=0")
+    metrics, done, _ = trained(cfg)
+    assert done["counts"]["steps"] == 2  # 12 pairs, global batch 8: one epoch is 2 steps
+    last_lr = [e["learning_rate"] for e in metrics["log_history"] if "learning_rate" in e][-1]
+    # a linear schedule over 36 steps has barely decayed after 2; over 2 steps it would be ~0
+    assert last_lr > 0.9 * cfg.training.learning_rate
+
+
+@pytest.mark.slow
+def test_identical_empty_and_overlong_pairs_are_handled_as_documented(tmp_path):
+    rows = [dict(r) for r in FIXTURE_ROWS[:8]]
+    rows[0]["rejected"] = rows[0]["chosen"]  # no preference: dropped, counted
+    rows[1]["chosen"] = ""  # an empty answer is still the end-of-turn token: kept
+    rows[2]["prompt"] = "Explain this. " * 400  # longer than max_length: the prompt keeps its end
+    metrics, done, _ = trained(
+        train_cfg("model=tiny-gemma2", "method=wpo", pairs=write_pairs(tmp_path / "p.jsonl", rows))
+    )
+    counts = done["counts"]
+    assert (counts["dropped_identical"], counts["pairs_trained"], counts["truncated_prompts"]) == (
+        1,
+        7,
+        1,
+    )
+    assert all(
+        torch.isfinite(torch.tensor(e["loss"])) for e in metrics["log_history"] if "loss" in e
+    )
+
+
+def test_a_pairs_file_missing_columns_names_them(tmp_path):
+    rows = [{k: v for k, v in r.items() if not k.startswith("chosen_probs")} for r in FIXTURE_ROWS]
+    path = write_pairs(tmp_path / "p.jsonl", rows)
+    with pytest.raises(
+        PairsError,
+        match=r"lacks column\(s\) chosen_probs_win, chosen_probs_lose needed by loss 'sppo'",
+    ):
+        run(train_cfg("model=tiny-mistral", "method=sppo", pairs=path))
+    bare = write_pairs(tmp_path / "bare.jsonl", [{"prompt": "hi", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(PairsError, match=r"lacks column\(s\) prompt_id needed by loss 'sigmoid'"):
+        run(train_cfg("model=tiny-mistral", "method=dpo", pairs=bare))
+
+
+def test_a_probability_that_is_not_one_is_named_with_its_prompt(tmp_path):
+    rows = [dict(r) for r in FIXTURE_ROWS]
+    rows[3]["chosen_probs_win"] = float("nan")
+    with pytest.raises(
+        PairsError, match=r"row 3 \(prompt_id 'fx03'\): chosen_probs_win=nan is not a probability"
+    ):
+        run(train_cfg("model=tiny-mistral", pairs=write_pairs(tmp_path / "p.jsonl", rows)))
+
+
+def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
+    with pytest.raises(
+        TrainingError,
+        match=r"iteration 1's checkpoint, which does not exist: .*\(run: python -m src.main iter=1\)",
+    ):
+        run(train_cfg("model=tiny-mistral", "iter=2"))
+
+
+@pytest.mark.slow
+def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.main",
+        "stage=train",
+        "model=tiny-mistral",
+        "method=sppo",
+        "logger=none",
+    ]
+    result = subprocess.run(
+        [*cmd, f"training.pairs={FIXTURE}"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stage = next((tmp_path / "runs").glob("tiny-mistral/sppo/*/iter1/train"))
+    model = AutoModelForCausalLM.from_pretrained(stage / "checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(stage / "checkpoint")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    assert json.loads((stage / "done.json").read_text())["counts"]["steps"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["deepspeed", "ddp"])
+def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, strategy):
+    """2 gloo processes x 4 pairs = 1 process x 4 pairs x 2 accumulation steps: same first loss."""
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
+    base = [
+        sys.executable,
+        "-m",
+        "src.main",
+        "stage=train",
+        "model=tiny-mistral",
+        "logger=none",
+        f"training.pairs={FIXTURE}",
+    ]
+    first_losses = {}
+    for name, extra in {
+        "one": [],
+        "two": ["hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
+    }.items():
+        result = subprocess.run(
+            [*base, f"run_name={name}", *extra],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        stage = next((tmp_path / "runs").glob(f"tiny-mistral/sppo/{name}/iter1/train"))
+        first_losses[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0][
+            "loss"
+        ]
+        AutoModelForCausalLM.from_pretrained(stage / "checkpoint")  # gathered: loads whole
+    assert first_losses["two"] == pytest.approx(first_losses["one"], rel=1e-5)
