@@ -144,28 +144,24 @@ def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
         run(train_cfg("model=tiny-mistral", "iter=2"))
 
 
-@pytest.mark.slow
-def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
-    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "src.main",
-        "stage=train",
-        "model=tiny-mistral",
-        "method=sppo",
-        "logger=none",
-    ]
+def train_on_the_command_line(runs: Path, *overrides: str) -> Path:
+    """`python -m src.main stage=train model=tiny-mistral ...` for real; returns the stage dir."""
+    cmd = [sys.executable, "-m", "src.main", "stage=train", "model=tiny-mistral", "logger=none"]
     result = subprocess.run(
-        [*cmd, f"training.pairs={FIXTURE}"],
+        [*cmd, f"training.pairs={FIXTURE}", *overrides],
         cwd=REPO_ROOT,
-        env=env,
+        env={**os.environ, "SELFPLAY_RUNS": str(runs)},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    stage = next((tmp_path / "runs").glob("tiny-mistral/sppo/*/iter1/train"))
+    return next(runs.glob("tiny-mistral/*/*/iter1/train"))
+
+
+@pytest.mark.slow
+def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
+    stage = train_on_the_command_line(tmp_path / "runs", "method=sppo")
     model = AutoModelForCausalLM.from_pretrained(stage / "checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(stage / "checkpoint")
     prompt = tokenizer.apply_chat_template(
@@ -182,31 +178,12 @@ def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
 @pytest.mark.parametrize("strategy", ["deepspeed", "ddp"])
 def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, strategy):
     """2 gloo processes x 4 pairs = 1 process x 4 pairs x 2 accumulation steps: same first loss."""
-    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
-    base = [
-        sys.executable,
-        "-m",
-        "src.main",
-        "stage=train",
-        "model=tiny-mistral",
-        "logger=none",
-        f"training.pairs={FIXTURE}",
-    ]
     first_losses = {}
     for name, extra in {
         "one": [],
         "two": ["hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
     }.items():
-        result = subprocess.run(
-            [*base, f"run_name={name}", *extra],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        stage = next((tmp_path / "runs").glob(f"tiny-mistral/sppo/{name}/iter1/train"))
+        stage = train_on_the_command_line(tmp_path / name, f"run_name={name}", *extra)
         first_losses[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0][
             "loss"
         ]

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -216,28 +217,28 @@ def file_sha256(path: Path) -> str:
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def train(cfg: Config, stage_dir: Path) -> dict:
+@dataclass
+class Setup:
+    trainer: object  # PreferenceTrainer
+    counts: dict  # what tokenisation kept, dropped and truncated
+
+
+def setup(cfg: Config, stage_dir: Path) -> Setup:
+    """Pairs tokenised, policy loaded (sharded under ZeRO-3), reference arranged, Trainer built."""
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from src.training.data import PairCollator, PairTokenizer, read_pairs
     from src.training.trainer import PreferenceTrainer, ReferenceLogps, StopAfterEpochs
 
-    started = time.time()
     t, method = cfg.training, cfg.method
     pairs_path = Path(t.pairs).resolve()
-
-    # setup
     check_previous_policy(cfg)
     rows = read_pairs(pairs_path, method.loss.value)
     tokenizer = AutoTokenizer.from_pretrained(cfg.run.init_policy, revision=cfg.model.revision)
-    tokenise = PairTokenizer(
-        tokenizer,
-        end_of_turn_ids(cfg.run.init_policy, tokenizer),
-        t.max_length,
-        t.max_prompt_length,
+    eot = end_of_turn_ids(cfg.run.init_policy, tokenizer)
+    pairs, report = PairTokenizer(tokenizer, eot, t.max_length, t.max_prompt_length)(
+        rows, method.loss.value
     )
-    pairs, report = tokenise(rows, method.loss.value)
     if not pairs:
         raise TrainingError(f"{pairs_path}: no pair left to train on ({report})")
     dtype = precision(cfg)
@@ -273,19 +274,6 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         reference=reference,
         ref_model=ref_model,
     )
-
-    # run
-    resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if resume:
-        print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
-    result = trainer.train(resume_from_checkpoint=resume)
-
-    # cleanup: the checkpoint appears whole or not at all
-    final, partial = stage_dir / "checkpoint", stage_dir / "checkpoint.partial"
-    if trainer.is_world_process_zero() and partial.exists():
-        shutil.rmtree(partial)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(partial))  # gathers ZeRO-3 shards (collective: every rank calls it)
     counts = {
         "pairs_in_file": len(rows),
         "pairs_trained": report.kept,
@@ -293,18 +281,40 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         "dropped_empty": report.dropped_empty,
         "truncated_prompts": report.truncated_prompts,
         "truncated_responses": report.truncated_responses,
-        "steps": trainer.state.global_step,
     }
+    return Setup(trainer, counts)
+
+
+def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds: float) -> dict:
+    """The checkpoint appears whole or not at all; metrics.json; done.json last."""
+    trainer = setup_.trainer
+    final, partial = stage_dir / "checkpoint", stage_dir / "checkpoint.partial"
+    if trainer.is_world_process_zero() and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))  # gathers ZeRO-3 shards (collective: every rank calls it)
+    counts = {**setup_.counts, "steps": trainer.state.global_step}
     if trainer.is_world_process_zero():
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
         atomic_write_json(
             stage_dir / "metrics.json",
-            {"summary": {**result.metrics, **counts}, "log_history": trainer.state.log_history},
+            {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
-        write_completion_record(
-            stage_dir, fingerprint(cfg), counts, {"seconds": time.time() - started}
-        )
+        write_completion_record(stage_dir, fingerprint(cfg), counts, {"seconds": seconds})
     trainer.accelerator.wait_for_everyone()
     return counts
+
+
+def train(cfg: Config, stage_dir: Path) -> dict:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    started = time.time()
+    ready = setup(cfg, stage_dir)
+    output_dir = ready.trainer.args.output_dir
+    resume = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if resume:
+        print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
+    result = ready.trainer.train(resume_from_checkpoint=resume)
+    return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started)
