@@ -16,7 +16,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm tiny demo test test-fast lint format config clean clean-runs
+.PHONY: help install install-vllm tiny demo test test-fast bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +60,10 @@ test: install ## Run the test suite (what CI runs)
 
 test-fast: install ## The tests not marked slow, distributed or slurm
 	$(OFFLINE) $(PY) -m pytest -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
+
+bench: install ## Benchmarks against the peer tools (installs TRL; ~10 min on 2 cores)
+	$(PIP) install --quiet ".[bench,$(EXTRAS)]"
+	$(OFFLINE) $(PY) -m benchmarks.bench_trainer $(ARGS)
 
 lint: install ## Check style and common bugs (ruff)
 	$(PY) -m ruff check src tests benchmarks
