@@ -189,3 +189,33 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
         ]
         AutoModelForCausalLM.from_pretrained(stage / "checkpoint")  # gathered: loads whole
     assert first_losses["two"] == pytest.approx(first_losses["one"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_trainers_wandb_run_holds_the_preference_metrics(tmp_path):
+    """logger=wandb in offline mode (conftest): read the run back with wandb's own tooling."""
+    cfg = train_cfg(
+        "model=tiny-mistral", "method=wpo", "logger=wandb", f"logger.dir={tmp_path / 'wandb'}"
+    )
+    trained(cfg)
+    (run_file,) = (tmp_path / "wandb").rglob("run-*.wandb")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    shown = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_file.parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)["summary"]
+    for key in (
+        "loss",
+        "rewards/margins",
+        "logps/chosen",
+        "wpo/weight_mean",
+        "tokens_per_second",
+        "learning_rate",
+        "grad_norm",
+    ):
+        assert f"train/{key}" in summary, (key, sorted(summary))
+    assert summary["train/global_step"] == 2

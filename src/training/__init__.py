@@ -131,6 +131,17 @@ def deepspeed_on_cpu_state(cfg: Config) -> dict | None:
     return {"use_configured_state": True}
 
 
+def point_wandb_at_the_config(cfg: Config) -> None:
+    """The Trainer's W&B reporting reads these; the logger group says where and how."""
+    if cfg.logger.backend.value != "wandb":
+        return
+    Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
+    os.environ["WANDB_DIR"] = cfg.logger.dir
+    os.environ["WANDB_MODE"] = cfg.logger.mode.value
+    if cfg.logger.entity:
+        os.environ["WANDB_ENTITY"] = cfg.logger.entity
+
+
 def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
     from transformers import TrainingArguments
 
@@ -162,6 +173,7 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
         save_steps=t.save_steps,
         save_total_limit=2,
         report_to=["wandb"] if cfg.logger.backend.value == "wandb" else "none",
+        project=cfg.logger.project,
         run_name=f"{cfg.run_name}-it{cfg.iter}-train",
         remove_unused_columns=False,
         # use_cpu makes accelerate drop the DeepSpeed plugin; DeepSpeed finds the CPU itself
@@ -242,6 +254,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     if not pairs:
         raise TrainingError(f"{pairs_path}: no pair left to train on ({report})")
     dtype = precision(cfg)
+    point_wandb_at_the_config(cfg)
     args = training_arguments(cfg, stage_dir, dtype)  # before the model: ZeRO-3 shards at load
     model = load_policy(cfg, dtype)
     reference, ref_model = None, None
@@ -303,6 +316,11 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
         write_completion_record(stage_dir, fingerprint(cfg), counts, {"seconds": seconds})
+    if cfg.logger.backend.value == "wandb":
+        import wandb
+
+        if wandb.run is not None:  # the Trainer's callback leaves its run open: close it here
+            wandb.finish()
     trainer.accelerator.wait_for_everyone()
     return counts
 
