@@ -308,6 +308,7 @@ class GenerationConfig:
     # one seed per sample k; null: 50*k, the SPPO reference's choice
     seeds: list[int] | None = None
     batch_size: int = 8  # prompts per HF generate call (each expands to K sequences)
+    chunk_size: int = 64  # prompts per file written: the unit of resume
     max_prompt_length: int = 512  # in policy tokens, after the chat template
     long_prompts: LongPrompts = LongPrompts.skip
     shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
@@ -320,6 +321,7 @@ class GenerationConfig:
         _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "must be in (0, 1]")
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.batch_size", self.batch_size)
+        _positive("generation.chunk_size", self.chunk_size)
         _positive("generation.max_prompt_length", self.max_prompt_length)
         _positive("generation.tensor_parallel_size", self.tensor_parallel_size)
         _check(

@@ -1,0 +1,148 @@
+"""Hugging Face generation: K samples per prompt from one shared prefill, each sample seeded.
+
+Two things `generate(num_return_sequences=K)` does not give:
+
+- **Shared prefill.** It repeats every prompt K times *before* the prefill, so the prompt is
+  encoded K times. Here a batch of prompts is prefilled once and its KV cache repeated K times;
+  `generate` then only decodes.
+- **Per-sample seeds.** It samples every row from one global RNG, so a response depends on which
+  other prompts shared its batch. Here row (prompt, k) draws from its own generator, seeded from
+  the recipe's seed for sample k (50·k in the SPPO reference) and the prompt_id: the same config
+  gives the same responses whatever the batch size, shard or resume point.
+
+`SeededSampler` does temperature and top-p itself (transformers applies its own warpers after
+custom processors) and hands `generate` a one-hot distribution, so its multinomial just takes
+the token chosen by the Gumbel-max draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor
+
+
+def sample_seed(base_seed: int, prompt_id: str) -> int:
+    """The generator seed of one (prompt, sample): stable across runs, machines and batches."""
+    digest = hashlib.sha256(f"{base_seed}|{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class SeededSampler(LogitsProcessor):
+    """Temperature, nucleus (top-p) filtering, then a Gumbel-max draw with one generator per row."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        z = scores.float()
+        if self.temperature == 0:  # greedy
+            choice = z.argmax(dim=-1)
+        else:
+            z = z / self.temperature
+            if self.top_p < 1.0:
+                z = self._nucleus(z)
+            # Gumbel-max: argmax(z + G) is a sample of softmax(z); each row uses its own stream
+            noise = torch.stack(
+                [torch.rand(z.shape[-1], generator=g, device=z.device) for g in self.generators]
+            )
+            gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
+            choice = (z + gumbel).argmax(dim=-1)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, choice[:, None], 0.0)
+        return out
+
+    def _nucleus(self, z: torch.Tensor) -> torch.Tensor:
+        """Keep the smallest set of tokens whose probability reaches top_p (at least one)."""
+        sorted_z, order = z.sort(dim=-1, descending=True)
+        cumulative = sorted_z.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative - sorted_z.softmax(dim=-1) >= self.top_p  # mass before the token
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        return z.masked_fill(drop, float("-inf"))
+
+
+@dataclass
+class Sample:
+    text: str
+    finish_reason: str  # "stop": an end-of-turn token was generated; "length": max_new_tokens
+    num_tokens: int  # generated tokens, the end-of-turn token included
+
+
+class HFGenerator:
+    """K seeded samples for a batch of rendered prompts, on one model."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        eos_ids: list[int],
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_ids = eos_ids
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else eos_ids[0]
+
+    @torch.no_grad()
+    def __call__(
+        self, prompt_ids: list[list[int]], prompt_keys: list[str], base_seeds: list[int]
+    ) -> list[list[Sample]]:
+        """prompt_ids: tokenised rendered prompts; prompt_keys: their prompt_ids (seed material)."""
+        k = len(base_seeds)
+        device = self.model.device
+        width = max(map(len, prompt_ids))
+        ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompt_ids):  # left padding: every prompt ends where decoding starts
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+
+        # Prefill all but the last prompt token once; generate() feeds the last one and decodes.
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = self.model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+        ).past_key_values
+        cache.batch_repeat_interleave(k)
+
+        seeds = [
+            sample_seed(s, key) for key in prompt_keys for s in base_seeds
+        ]  # row = (prompt, k)
+        sampler = SeededSampler(seeds, self.temperature, self.top_p, device)
+        config = GenerationConfig(
+            do_sample=True,  # our processor has already chosen: the distribution is one-hot
+            temperature=1.0,
+            top_p=1.0,
+            top_k=None,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+        )
+        out = self.model.generate(
+            input_ids=ids.repeat_interleave(k, 0),
+            attention_mask=mask.repeat_interleave(k, 0),
+            past_key_values=cache,
+            generation_config=config,
+            logits_processor=[sampler],
+        )
+        new = out[:, width:].tolist()
+        samples = [self._sample(tokens) for tokens in new]
+        return [samples[i * k : (i + 1) * k] for i in range(len(prompt_ids))]
+
+    def _sample(self, tokens: list[int]) -> Sample:
+        end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        body = tokens if end is None else tokens[:end]
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        if end is None:
+            return Sample(text, "length", len(tokens))
+        return Sample(text, "stop", end + 1)
