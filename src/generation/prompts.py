@@ -1,0 +1,401 @@
+"""The prompts of a generation run: load them, give each a stable id, split them into shards.
+
+A prompt source is either a local file (JSON Lines: `.jsonl` / `.json`, or `.parquet`) or a
+Hugging Face dataset id (`owner/name`, e.g. the SPPO iteration splits). Either way the result
+is the same list of `Prompt(prompt_id, prompt)` in the source's own order, so that the same
+config always sees the same prompts in the same order (DESIGN §5: rows are keyed by
+`prompt_id` from here to the trainer).
+
+Every bad input raises `PromptsError` (a `StageError`) whose one-line message says what is
+wrong and where: the file and line / row, and the prompt_id when there is one. Nothing is
+skipped silently; the only rows left out are exact duplicates, and those are counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from src.errors import StageError
+
+# Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
+# hub id, so a typo in a file name says "not found" instead of trying the network.
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+# `owner/name` as the Hub spells repository ids (letters, digits, '-', '_', '.').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+_TRUE = ("1", "true", "yes", "on")
+
+
+class PromptsError(StageError):
+    """A prompt source that cannot be used; the message names the file, row and prompt_id."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    prompt: str  # the raw user text; the chat template is applied later, by the backend
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """What `load_prompts` returns: the prompts plus what the completion record should count.
+
+    `duplicates_dropped` counts rows that repeated an earlier (prompt_id, prompt) exactly;
+    real datasets repeat prompts and generating twice for one id would break the
+    one-row-per-prompt_id contract downstream. `source` is the source as given.
+    """
+
+    prompts: list[Prompt]
+    duplicates_dropped: int = 0
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return iter(self.prompts)
+
+
+def derive_prompt_id(prompt: str) -> str:
+    """A stable id from the text alone: same text -> same id, on every machine and run.
+
+    64 bits of SHA-256: a collision among even millions of prompts is vanishingly unlikely, and
+    if one happened it would be caught as "same id, different text" rather than merge prompts.
+    """
+    return "p" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_prompts(
+    source: str,
+    *,
+    split: str = "train",
+    prompt_column: str = "prompt",
+    id_column: str | None = None,
+    max_prompts: int | None = None,
+) -> PromptSet:
+    """Read the prompts of `source`, validated, de-duplicated, in the source's order.
+
+    `source`: an existing local file (.jsonl / .json as JSON Lines, or .parquet), or else a
+    Hugging Face dataset id `owner/name` read with `datasets.load_dataset(source, split=split)`
+    (a dataset already in the local cache also loads offline).
+    `id_column`: the column holding each prompt's id (coerced to str); None derives the id from
+    the text (`derive_prompt_id`).
+    `max_prompts`: keep only the first N unique prompts (smoke runs); rows after them are
+    neither read nor validated.
+    """
+    if max_prompts is not None and max_prompts < 1:
+        raise PromptsError(f"max_prompts must be >= 1 or None, got {max_prompts}")
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in JSONL_SUFFIXES:
+            rows = _jsonl_rows(path)
+        elif suffix in PARQUET_SUFFIXES:
+            rows = _parquet_rows(path, [prompt_column, id_column])
+        else:
+            raise PromptsError(
+                f"unsupported prompt file type {suffix or '(no suffix)'!r}: {source} "
+                "(use .jsonl / .json with one JSON object per line, or .parquet)"
+            )
+    elif path.exists():
+        raise PromptsError(f"prompt source is not a file: {source} (pass a .jsonl or .parquet)")
+    elif _looks_like_hub_id(source):
+        rows = _hub_rows(source, split, [prompt_column, id_column])
+    else:
+        raise PromptsError(
+            f"prompt file not found: {source} (nor is it a Hugging Face dataset id 'owner/name')"
+        )
+    return _collect(rows, source, prompt_column, id_column, max_prompts)
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    # A relative path like "prompts/x" matches owner/name too; it only reaches here when no
+    # such file exists, and then trying the Hub is the right guess.
+    return bool(_HUB_ID.match(source)) and not source.lower().endswith(
+        JSONL_SUFFIXES + PARQUET_SUFFIXES
+    )
+
+
+# A row source yields (where, row): `where` locates the row in messages ("file.jsonl:7").
+Rows = Iterator[tuple[str, Mapping[str, Any]]]
+
+
+def _jsonl_rows(path: Path) -> Rows:
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():  # blank lines (a trailing newline, say) are not rows
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    hint = (
+                        " (the file looks like one JSON array; write one object per line)"
+                        if lineno == 1 and line.lstrip().startswith("[")
+                        else ""
+                    )
+                    raise PromptsError(
+                        f"{where}: malformed JSON line: {err.msg} at column {err.colno}{hint}"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise PromptsError(
+                        f"{where}: row is a JSON {type(row).__name__}, expected an object "
+                        'like {"prompt_id": ..., "prompt": ...}'
+                    )
+                yield where, row
+    except UnicodeDecodeError as err:
+        raise PromptsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _parquet_rows(path: Path, wanted: list[str | None]) -> Rows:
+    import pyarrow  # lazy: a JSONL run never needs it
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as err:
+        raise PromptsError(f"{path}: cannot read as parquet: {err}") from None
+    names = parquet.schema_arrow.names
+    columns = _check_columns(wanted, names, str(path))
+    # Read only the two columns we need, batch by batch: a preference dataset's other columns
+    # (full conversations) are most of its size.
+    row_number = 0
+    for batch in parquet.iter_batches(batch_size=4096, columns=columns):
+        for row in batch.to_pylist():
+            row_number += 1
+            yield f"{path} row {row_number}", row
+
+
+def _hub_rows(source: str, split: str, wanted: list[str | None]) -> Rows:
+    import datasets  # lazy: only hub ids need it, and importing it costs about a second
+
+    try:
+        dataset = datasets.load_dataset(source, split=split)
+    except Exception as err:
+        translated = _hub_error(source, split, err)
+        if translated is None:
+            raise
+        raise translated from None  # the message carries the cause; no ConnectionError trace
+    where = f"dataset {source!r} split {split!r}"
+    columns = _check_columns(wanted, list(dataset.column_names), where)
+    row_number = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=4096):
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            row_number += 1
+            yield f"{where} row {row_number}", dict(zip(columns, values, strict=True))
+
+
+def _check_columns(wanted: list[str | None], names: list[str], where: str) -> list[str]:
+    """Columnar sources share one schema: a missing column is missing from every row."""
+    columns = [c for c in wanted if c is not None]
+    for column in columns:
+        if column not in names:
+            raise PromptsError(f"{where}: no column {column!r} (its columns: {_names(names)})")
+    return list(dict.fromkeys(columns))  # prompt_column may equal id_column
+
+
+def _hub_error(source: str, split: str, err: Exception) -> PromptsError | None:
+    """One line for the ways a hub load fails on bad input; None: a bug, keep its traceback."""
+    what = f"Hugging Face dataset {source!r} (split {split!r})"
+    if isinstance(err, ValueError) and "split" in str(err).lower():
+        return PromptsError(f"{what}: {err}")  # e.g. 'Unknown split "iter9"'
+    offline = [v for v in _OFFLINE_VARS if os.environ.get(v, "").strip().lower() in _TRUE]
+    # offline, a dataset missing from the cache surfaces as a connection or a not-found error
+    if _is_network_error(err) or (offline and isinstance(err, FileNotFoundError)):
+        reason = (
+            f"{', '.join(offline)} set"
+            if offline
+            else f"the Hub is unreachable: {type(err).__name__}: {err}"
+        )
+        return PromptsError(
+            f"{what} cannot be fetched offline ({reason}) and is not in the local cache: "
+            "pass a local .jsonl or .parquet prompt file instead"
+        )
+    if _is_a(err, "DatasetNotFoundError"):
+        return PromptsError(f"{what} not found on the Hub (or it is private / gated): {err}")
+    return None
+
+
+def _is_a(err: BaseException, *names: str) -> bool:
+    return any(cls.__name__ in names for cls in type(err).__mro__)
+
+
+def _is_network_error(err: BaseException | None) -> bool:
+    # The HF clients wrap requests / httpx errors in their own; match by class name along the
+    # cause chain rather than import every HTTP library that might be underneath.
+    network = (
+        "ConnectionError",
+        "TimeoutError",
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "OfflineModeIsEnabled",
+        "LocalEntryNotFoundError",
+    )
+    seen = 0
+    while err is not None and seen < 10:
+        if _is_a(err, *network):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def _names(names: Sequence[str] | Any) -> str:
+    return ", ".join(repr(str(n)) for n in names) or "none"
+
+
+def _collect(
+    rows: Rows,
+    source: str,
+    prompt_column: str,
+    id_column: str | None,
+    max_prompts: int | None,
+) -> PromptSet:
+    prompts: list[Prompt] = []
+    first_seen: dict[str, tuple[str, str]] = {}  # prompt_id -> (prompt, where it was first)
+    duplicates = 0
+    for where, row in rows:
+        prompt = _prompt_of(where, row, prompt_column, id_column)
+        earlier = first_seen.get(prompt.prompt_id)
+        if earlier is not None:
+            text, first_where = earlier
+            if text != prompt.prompt:
+                raise PromptsError(
+                    f"{where}: prompt_id {prompt.prompt_id!r} is also used at {first_where} "
+                    "with a different prompt text (ids must identify one prompt)"
+                )
+            duplicates += 1  # same id, same text: a repeat, keep the first
+            continue
+        first_seen[prompt.prompt_id] = (prompt.prompt, where)
+        prompts.append(prompt)
+        if max_prompts is not None and len(prompts) >= max_prompts:
+            break
+    if not prompts:
+        raise PromptsError(f"{source} holds no prompts")
+    return PromptSet(prompts, duplicates, source)
+
+
+def _prompt_of(
+    where: str, row: Mapping[str, Any], prompt_column: str, id_column: str | None
+) -> Prompt:
+    # The id first, so every later message about this row can name it.
+    if id_column is not None:
+        if id_column not in row:
+            raise PromptsError(
+                f"{where}: row has no id column {id_column!r} (its columns: {_names(row)})"
+            )
+        raw_id = row[id_column]
+        # ints are common ids (and parquet keeps them as ints); anything else is a mistake
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise PromptsError(
+                f"{where}: {id_column!r} is {_kind(raw_id)}, expected a string or an integer id"
+            )
+        prompt_id = str(raw_id)
+        if not prompt_id.strip():
+            raise PromptsError(f"{where}: {id_column!r} is empty")
+        named = f"{where} (prompt_id {prompt_id!r})"
+    else:
+        prompt_id = None
+        named = where
+    if prompt_column not in row:
+        raise PromptsError(
+            f"{named}: row has no column {prompt_column!r} (its columns: {_names(row)})"
+        )
+    text = row[prompt_column]
+    if not isinstance(text, str):
+        # e.g. a chat-format column (a list of messages) picked by mistake, or a null
+        raise PromptsError(f"{named}: {prompt_column!r} is {_kind(text)}, expected a string")
+    if not text.strip():
+        raise PromptsError(f"{named}: the prompt is empty or only whitespace")
+    return Prompt(prompt_id if prompt_id is not None else derive_prompt_id(text), text)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__} ({str(value)[:40]!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding
+
+
+def resolve_shard(
+    shard: int | None,
+    num_shards: int | None,
+    env: Mapping[str, str] = os.environ,
+) -> tuple[int, int]:
+    """(shard, num_shards) for this process: explicit values win, then a SLURM array, else (0, 1).
+
+    In a SLURM job array task, shard = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / step and
+    num_shards = SLURM_ARRAY_TASK_COUNT, so `--array=1-8` and `--array=0-14:2` both give shards
+    0..7 of 8. The result is checked: a shard outside [0, num_shards) would silently leave
+    prompts out of the run, so it is an error.
+    """
+    from_slurm = []
+    if "SLURM_ARRAY_TASK_ID" in env and (shard is None or num_shards is None):
+        task_id = _env_int(env, "SLURM_ARRAY_TASK_ID")
+        if num_shards is None:
+            if "SLURM_ARRAY_TASK_COUNT" not in env:
+                raise PromptsError(
+                    "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: "
+                    "set generation.num_shards"
+                )
+            num_shards = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+            from_slurm.append(f"SLURM_ARRAY_TASK_COUNT={num_shards}")
+        if shard is None:
+            low = _env_int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+            step = _env_int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
+            offset = task_id - low
+            # an index that is not on the step grid gives a non-integer shard: make it fail below
+            shard = offset // step if step > 0 and offset % step == 0 else -1
+            from_slurm.append(f"SLURM_ARRAY_TASK_ID={task_id}, SLURM_ARRAY_TASK_MIN={low}")
+    shard = 0 if shard is None else shard
+    num_shards = 1 if num_shards is None else num_shards
+    if num_shards < 1:
+        raise PromptsError(f"num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard < num_shards:
+        origin = f" (from {'; '.join(from_slurm)})" if from_slurm else ""
+        hint = (
+            "; the array's task ids must be consecutive, or set generation.shard"
+            if from_slurm
+            else ""
+        )
+        raise PromptsError(
+            f"shard {shard} is out of range for num_shards={num_shards}{origin}: "
+            f"need 0 <= shard < num_shards{hint}"
+        )
+    return shard, num_shards
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise PromptsError(f"{name}={env[name]!r} is not an integer") from None
+
+
+def shard_prompts(prompts: Iterable[Prompt], shard: int, num_shards: int) -> list[Prompt]:
+    """The prompts of one shard: every num_shards-th prompt, starting at position `shard`.
+
+    Round-robin rather than contiguous blocks because datasets are often ordered by source,
+    topic or length: blocks would give one shard all the long prompts (and the slowest job),
+    while interleaving spreads them. Shard sizes differ by at most one, the shards are disjoint
+    and cover every prompt, and a prompt's shard depends only on its position, so raising
+    max_prompts never moves an already-generated prompt to another shard.
+    """
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise PromptsError(f"shard {shard} is out of range for num_shards={num_shards}")
+    return [p for i, p in enumerate(prompts) if i % num_shards == shard]
