@@ -1,0 +1,282 @@
+"""Stage `generate`: K responses to every prompt of the iteration's split, sampled from pi_{t-1}.
+
+    python -m src.main stage=generate model=tiny-gemma2 iter=1
+    python -m src.main stage=generate generation.shard=3 generation.num_shards=8
+
+setup (this shard's prompts, rendered with the chat template and length-checked; the policy)
+-> run (chunks of prompts, each written atomically; a re-run skips finished chunks, so a run
+killed at any point and re-run ends with every prompt exactly once) -> cleanup (the shard's
+`responses-shardSSS-of-NNN.jsonl`; `done.json` once every shard is there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from src.artifacts import atomic_write_json, atomic_write_text, write_completion_record
+from src.config import Backend, Config, Device, LongPrompts, Stage, fingerprint
+from src.errors import StageError
+
+
+class GenerationError(StageError):
+    """The stage cannot generate; the message says what and where."""
+
+
+@dataclass
+class Counts:
+    prompts_in_split: int = 0
+    prompts_in_shard: int = 0
+    duplicates_dropped: int = 0
+    skipped_too_long: int = 0
+    truncated: int = 0
+    generated: int = 0
+    reused_from_earlier_run: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def run(cfg: Config) -> dict:
+    from src.generation.prompts import load_prompts, resolve_shard, shard_prompts
+
+    stage_dir = cfg.stage_dir(Stage.generate)
+    shard, num_shards = resolve_shard(cfg.generation.shard, cfg.generation.num_shards)
+    counts = Counts()
+
+    # setup
+    d = cfg.data
+    prompt_set = load_prompts(
+        d.prompts,
+        split=d.split,
+        prompt_column=d.prompt_column,
+        id_column=d.id_column,
+        max_prompts=d.max_prompts,
+    )
+    mine = shard_prompts(prompt_set.prompts, shard, num_shards)
+    counts.prompts_in_split, counts.prompts_in_shard = len(prompt_set.prompts), len(mine)
+    counts.duplicates_dropped = prompt_set.duplicates_dropped
+    work = stage_dir / f"shard{shard:03d}-of-{num_shards:03d}"
+    guard_against_other_config(work, cfg)
+    model, tokenizer, eos_ids = load_policy(cfg)
+    rendered = render(cfg, tokenizer, mine, counts)
+    generator = make_generator(cfg, model, tokenizer, eos_ids)
+
+    # run: chunk by chunk, each chunk's file complete or absent
+    started = time.time()
+    size = cfg.generation.chunk_size
+    chunks = [rendered[i : i + size] for i in range(0, len(rendered), size)]
+    for c, chunk in enumerate(chunks):
+        path = work / f"chunk{c:05d}.jsonl"
+        if path.exists():
+            counts.reused_from_earlier_run += len(chunk)
+            continue
+        rows = generate_chunk(cfg, generator, chunk)
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        counts.generated += len(rows)
+        counts.tokens += sum(sum(r["num_tokens"]) for r in rows)
+        elapsed = time.time() - started
+        print(
+            f"[generate] shard {shard}/{num_shards} chunk {c + 1}/{len(chunks)}: "
+            f"{counts.generated / elapsed:.2f} prompts/s, {counts.tokens / elapsed:.0f} tokens/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    counts.seconds = time.time() - started
+
+    # cleanup: the shard's file, then the stage's record once all shards are there
+    shard_file = stage_dir / f"responses-shard{shard:03d}-of-{num_shards:03d}.jsonl"
+    text = "".join((work / f"chunk{c:05d}.jsonl").read_text() for c in range(len(chunks)))
+    atomic_write_text(shard_file, text)
+    atomic_write_json(work / "counts.json", asdict(counts))
+    shard_files = [
+        stage_dir / f"responses-shard{s:03d}-of-{num_shards:03d}.jsonl" for s in range(num_shards)
+    ]
+    if all(f.exists() for f in shard_files):
+        totals = merged_counts(stage_dir, num_shards)
+        write_completion_record(stage_dir, fingerprint(cfg), totals, {"seconds": totals["seconds"]})
+    return asdict(counts)
+
+
+def merged_counts(stage_dir: Path, num_shards: int) -> dict:
+    per_shard = [
+        json.loads((stage_dir / f"shard{s:03d}-of-{num_shards:03d}" / "counts.json").read_text())
+        for s in range(num_shards)
+    ]
+    keys = [k for k in per_shard[0] if k not in ("prompts_in_split", "duplicates_dropped")]
+    totals = {k: sum(c[k] for c in per_shard) for k in keys}
+    totals["prompts_in_split"] = per_shard[0]["prompts_in_split"]
+    totals["duplicates_dropped"] = per_shard[0]["duplicates_dropped"]
+    totals["shards"] = num_shards
+    return totals
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+def generation_identity(cfg: Config) -> str:
+    """What the responses depend on: a chunk made under another identity is never reused."""
+    g = cfg.generation
+    identity = {
+        "policy": cfg.run.init_policy,
+        "data": asdict(cfg.data),
+        "K": cfg.method.K,
+        "seeds": cfg.sample_seeds,
+        "sampling": [g.backend.value, g.temperature, g.top_p, g.max_new_tokens],
+        "prompt_limit": [g.max_prompt_length, g.long_prompts.value],
+        "chunk_size": g.chunk_size,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def guard_against_other_config(work: Path, cfg: Config) -> None:
+    marker = work / "identity.txt"
+    identity = generation_identity(cfg)
+    if marker.exists() and marker.read_text().strip() != identity:
+        raise GenerationError(
+            f"{work} holds responses generated with a different configuration (policy, prompts, "
+            "sampling or K changed); delete that directory to regenerate, or restore the config"
+        )
+    if not marker.exists():
+        atomic_write_text(marker, identity + "\n")
+
+
+def device_for(cfg: Config) -> torch.device:
+    if cfg.hardware.device == Device.cuda:
+        if not torch.cuda.is_available():
+            raise GenerationError(
+                f"hardware={cfg.hardware.name} asks for CUDA, but no GPU is visible; use hardware=cpu"
+            )
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_policy(cfg: Config):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    path = cfg.run.init_policy
+    if cfg.iter > 1 and not Path(path).is_dir():
+        raise GenerationError(
+            f"iteration {cfg.iter} samples from iteration {cfg.iter - 1}'s checkpoint, which does "
+            f"not exist: {path} (run: python -m src.main iter={cfg.iter - 1})"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
+    if cfg.generation.backend == Backend.vllm:
+        model = None  # vLLM loads the weights itself
+    else:
+        device = device_for(cfg)
+        dtype = (
+            torch.bfloat16
+            if device.type == "cuda" and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation=cfg.model.attn_implementation,
+            trust_remote_code=cfg.model.trust_remote_code,
+            revision=cfg.model.revision,
+        )
+        model.to(device).eval()
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:
+        eos = None
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    return model, tokenizer, list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+@dataclass
+class RenderedPrompt:
+    prompt_id: str
+    prompt: str  # the raw user text (possibly truncated), as the contract stores it
+    ids: list[int]  # the chat-templated prompt, tokenised once, add_generation_prompt=True
+
+
+def render(cfg: Config, tokenizer, prompts, counts: Counts) -> list[RenderedPrompt]:
+    limit = cfg.generation.max_prompt_length
+
+    def ids_of(text: str) -> list[int]:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(rendered, add_special_tokens=False)[
+            "input_ids"
+        ]  # the template has the BOS
+
+    out = []
+    for p in prompts:
+        ids = ids_of(p.prompt)
+        text = p.prompt
+        if len(ids) > limit:
+            if cfg.generation.long_prompts == LongPrompts.skip:
+                counts.skipped_too_long += 1
+                continue
+            # keep the end of the user's text (the question), re-rendered inside the template
+            room = limit - len(ids_of(""))
+            if room <= 0:
+                raise GenerationError(
+                    f"generation.max_prompt_length={limit} leaves no room for any text after the chat template"
+                )
+            body = tokenizer(text, add_special_tokens=False)["input_ids"]
+            text = tokenizer.decode(body[-room:], skip_special_tokens=True)
+            ids = ids_of(text)
+            while len(ids) > limit and text:  # re-tokenisation can merge differently: trim again
+                text = text[1:]
+                ids = ids_of(text)
+            counts.truncated += 1
+        out.append(RenderedPrompt(p.prompt_id, text, ids))
+    return out
+
+
+def make_generator(cfg: Config, model, tokenizer, eos_ids: list[int]):
+    g = cfg.generation
+    if g.backend == Backend.vllm:
+        from src.generation.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(cfg, eos_ids)
+    from src.generation.hf_backend import HFGenerator
+
+    return HFGenerator(
+        model,
+        tokenizer,
+        eos_ids=eos_ids,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_new_tokens=g.max_new_tokens,
+    )
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+
+def generate_chunk(cfg: Config, generator, chunk: list[RenderedPrompt]) -> list[dict]:
+    """Length-sorted batches (little padding), rows back in the chunk's order."""
+    seeds = cfg.sample_seeds
+    order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].ids))
+    results: dict[int, list] = {}
+    size = cfg.generation.batch_size
+    for start in range(0, len(order), size):
+        batch = [chunk[i] for i in order[start : start + size]]
+        samples = generator([p.ids for p in batch], [p.prompt_id for p in batch], seeds)
+        for i, s in zip(order[start : start + size], samples, strict=True):
+            results[i] = s
+    rows = []
+    for i, p in enumerate(chunk):
+        samples = results[i]
+        rows.append(
+            {
+                "prompt_id": p.prompt_id,
+                "prompt": p.prompt,
+                "responses": [s.text for s in samples],
+                "finish_reasons": [s.finish_reason for s in samples],
+                "num_tokens": [s.num_tokens for s in samples],
+                "seeds": seeds,
+            }
+        )
+    return rows
