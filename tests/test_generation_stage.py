@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -236,3 +237,12 @@ def test_command_line_writes_the_iteration_one_split(tmp_path):
     assert skipped <= 2, "the tiny prompt limit (128 tokens) leaves out only the longest prompts"
     assert all(len(r["responses"]) == 5 for r in rows)
     assert "prompts/s" in result.stderr and "tokens/s" in result.stderr  # progress shown
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_backend_without_vllm_says_how_to_install_it():
+    cfg = gen_cfg("model=tiny-mistral", "generation=vllm", "data.max_prompts=2")
+    with pytest.raises(
+        StageError, match=r"generation=vllm needs vLLM, which is not installed: .*make install-vllm"
+    ):
+        run(cfg)
