@@ -96,3 +96,17 @@ def test_samples_depend_on_their_seed_not_on_their_batch(generator_parts):
         for r in together
         for s in r
     )
+
+
+def test_counter_noise_is_uniform_and_a_pure_function_of_key_step_and_token():
+    from src.generation.hf_backend import counter_uniform
+
+    keys = torch.tensor([sample_seed(s, "p") for s in (0, 50, 100)])
+    u = counter_uniform(keys, step=3, vocab=50000)
+    assert u.shape == (3, 50000) and bool((u > 0).all() and (u < 1).all())
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+    assert torch.equal(counter_uniform(keys[1:2], step=3, vocab=50000), u[1:2]), (
+        "rows are independent"
+    )
+    assert not torch.equal(counter_uniform(keys, step=4, vocab=50000), u)
+    assert (u[0] - u[1]).abs().mean() > 0.2, "different keys, different streams"

@@ -6,7 +6,7 @@ Two things `generate(num_return_sequences=K)` does not give:
   encoded K times. Here a batch of prompts is prefilled once and its KV cache repeated K times;
   `generate` then only decodes.
 - **Per-sample seeds.** It samples every row from one global RNG, so a response depends on which
-  other prompts shared its batch. Here row (prompt, k) draws from its own generator, seeded from
+  other prompts shared its batch. Here row (prompt, k) draws from its own noise stream, keyed by
   the recipe's seed for sample k (50·k in the SPPO reference) and the prompt_id: the same config
   gives the same responses whatever the batch size, shard or resume point.
 
@@ -30,12 +30,44 @@ def sample_seed(base_seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def _signed(constant: int) -> int:
+    return constant - (1 << 64) if constant >= 1 << 63 else constant
+
+
+_GOLDEN, _MIX1, _MIX2 = (
+    _signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+)
+
+
+def _shift_right(x: torch.Tensor, n: int) -> torch.Tensor:
+    return (x >> n) & ((1 << (64 - n)) - 1)  # logical shift on int64
+
+
+def counter_uniform(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """U(0, 1) noise [rows, vocab], a pure function of (row key, step, token): SplitMix64.
+
+    A counter-based generator: one vectorised kernel for every row, where a torch.Generator per
+    row would cost one launch per row per decoding step, and still a stream of its own per row.
+    int64 products wrap modulo 2^64, which is what SplitMix64 needs.
+    """
+    counter = step * vocab + torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    x = keys[:, None] + (counter[None, :] + 1) * _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    x = x ^ _shift_right(x, 31)
+    # the top 23 bits: (bits + 1/2) / 2^23 lies in [2^-24, 1 - 2^-24], all exact in float32, so
+    # never 0 or 1 (with 24 bits the largest value would round to 1.0 and its Gumbel to +inf)
+    bits = _shift_right(x, 41)
+    return (bits.float() + 0.5) / float(1 << 23)
+
+
 class SeededSampler(LogitsProcessor):
-    """Temperature, nucleus (top-p) filtering, then a Gumbel-max draw with one generator per row."""
+    """Temperature, nucleus (top-p) filtering, then a Gumbel-max draw with a noise stream per row."""
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
         self.temperature, self.top_p = temperature, top_p
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.keys = torch.tensor(seeds, dtype=torch.int64, device=device)
+        self.step = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         z = scores.float()
@@ -46,11 +78,9 @@ class SeededSampler(LogitsProcessor):
             if self.top_p < 1.0:
                 z = self._nucleus(z)
             # Gumbel-max: argmax(z + G) is a sample of softmax(z); each row uses its own stream
-            noise = torch.stack(
-                [torch.rand(z.shape[-1], generator=g, device=z.device) for g in self.generators]
-            )
-            gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
-            choice = (z + gumbel).argmax(dim=-1)
+            noise = counter_uniform(self.keys, self.step, z.shape[-1])
+            choice = (z - torch.log(-torch.log(noise))).argmax(dim=-1)
+        self.step += 1
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, choice[:, None], 0.0)
         return out
