@@ -11,8 +11,8 @@ Two things `generate(num_return_sequences=K)` does not give:
   gives the same responses whatever the batch size, shard or resume point.
 
 `SeededSampler` does temperature and top-p itself (transformers applies its own warpers after
-custom processors) and hands `generate` a one-hot distribution, so its multinomial just takes
-the token chosen by the Gumbel-max draw.
+custom processors) and leaves only the drawn token with a finite score, so `generate`, run in
+greedy mode, just takes the token chosen by the Gumbel-max draw.
 """
 
 from __future__ import annotations
@@ -150,10 +150,10 @@ class HFGenerator:
         ]  # row = (prompt, k)
         sampler = SeededSampler(seeds, self.temperature, self.top_p, device)
         config = GenerationConfig(
-            do_sample=True,  # our processor has already chosen: the distribution is one-hot
-            temperature=1.0,
-            top_p=1.0,
-            top_k=None,
+            # Our processor has already drawn the token and left it the only finite score, so
+            # generate's greedy pick is that draw, without a softmax and multinomial over the
+            # vocabulary (and without its own temperature / top-p warpers).
+            do_sample=False,
             max_new_tokens=self.max_new_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
