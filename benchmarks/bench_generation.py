@@ -1,0 +1,896 @@
+"""Generation throughput on CPU: K samples per prompt from one shared prefill (ours) against the
+reference code's approach (K separate passes over the prompts, one seed each).
+
+    python -m benchmarks.bench_generation                       # ~9 minutes on 2 cores
+    python -m benchmarks.bench_generation --repeats 1 --models tiny-mistral --batch-sizes 8  # ~1 min
+    python -m benchmarks.bench_generation --render benchmarks/results/generation_cpu.json  # tables
+
+Three ways to get K=5 samples of every prompt of the iteration-1 split, on the same tiny model,
+the same prompts (chat-rendered, length-sorted, left-padded batches of B prompts), the same
+sampling (temperature 0.7, top-p 0.9, no top-k) and the same work: every sample generates exactly
+`max_new_tokens` tokens (the end-of-sequence id is one that never occurs), fp32, 1 CPU process.
+
+- `ours`: `src.generation.hf_backend.HFGenerator`, one call per batch with the K seeds: the batch
+  is prefilled once, its KV cache repeated K times, each (prompt, sample) row seeded on its own.
+- `hf-nrs`: plain `model.generate(num_return_sequences=K)` per batch: the prompts are repeated K
+  times before the prefill, one global RNG.
+- `reference`: SPPO's scripts/generate.py on HF: for sample k, `set_seed(50*k)`, then a full pass
+  over all batches with `model.generate(do_sample=True, num_return_sequences=1)`.
+
+Each (approach, model, B) runs in a fresh subprocess, `--repeats` times, interleaved; medians are
+reported. A separate profile pass (also fresh processes) splits one split's time into model
+forward, top-p, our Gumbel noise, the final multinomial and the rest of `generate`. See
+benchmarks/README.md for what is measured and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import gc
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.bench_trainer import OFFLINE_ENV, machine_busy_s, status_kb, wait_for_quiet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+MODELS = ("tiny-mistral", "tiny-gemma2")
+APPROACHES = ("ours", "hf-nrs", "reference")
+BATCH_SIZES = (8, 16)
+# the attention implementation conf/model/<model>.yaml gives the stage
+ATTENTION = {"tiny-mistral": None, "tiny-gemma2": "eager"}
+
+# The stage's settings for the tiny models (conf/generation/hf.yaml, conf/method/sppo.yaml,
+# conf/training/tiny.yaml), except max_new_tokens (tiny.yaml: 48) and EOS, which is disabled
+# so that every sample does the same work.
+SETTINGS = {
+    "prompts": "data/prompts/iter1.jsonl",
+    "K": 5,
+    "seeds": [50 * k for k in range(5)],  # the SPPO reference: sample k uses seed 50*k
+    "temperature": 0.7,
+    "top_p": 0.9,
+    # off (SPPO's vLLM SamplingParams: top_k=-1; our sampler has none). For the HF baselines
+    # top_k=0: top_k=None reads as "unset", and transformers then applies its default top-k 50
+    "top_k": 0,
+    "max_new_tokens": 64,
+    "max_prompt_length": 128,  # generation.max_prompt_length = training.max_prompt_length
+    "long_prompts": "skip",  # as the stage: prompts over the limit are left out (for all)
+    "padding": "left",
+    "batch_order": "length-sorted (as the stage), the same batches for every approach",
+    "eos": "an id outside the vocabulary: no sample stops early",
+    "pad": "the tokenizer's pad token, else its EOS (as SPPO's generate.py and the stage)",
+    "precision": "float32",
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    approach: str
+    model: str
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.approach}/{self.model}/B{self.batch}"
+
+
+# --- one configuration (a fresh process) ------------------------------------------------------
+
+
+def load(model_name: str, max_prompt_length: int):
+    """The model, its tokenizer and the prompts as the stage renders them (chat template with
+    add_generation_prompt=True, tokenised without extra special tokens: the template has the
+    BOS), length-sorted; prompts over `max_prompt_length` tokens are skipped, as the stage does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from src import tiny
+    from src.generation.prompts import load_prompts
+
+    path = tiny.ensure(model_name, tiny.DEFAULT_CACHE_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # tiny-mistral, like Mistral-7B: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=ATTENTION[model_name]
+    ).eval()
+    prompt_set = load_prompts(
+        str(REPO_ROOT / SETTINGS["prompts"]), prompt_column="prompt", id_column="prompt_id"
+    )
+    prompts, skipped = [], 0
+    for p in prompt_set.prompts:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_prompt_length and len(ids) > max_prompt_length:
+            skipped += 1
+            continue
+        prompts.append((p.prompt_id, ids))
+    prompts.sort(key=lambda p: len(p[1]))  # stable: ties keep the file's order
+    return model, tokenizer, prompts, skipped
+
+
+def left_pad(batch: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(batch):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
+def make_runner(spec: Spec, model, tokenizer, never_id: int):
+    """`unit(batch)` (one call: what the approach does for one batch; for the reference, one
+    batch under one seed) and `split(batches)` (the whole split: every sample of every prompt).
+    Both return the generated token ids, one list per sample, in a fixed order."""
+    import torch
+    from transformers import GenerationConfig, set_seed
+
+    k, seeds = SETTINGS["K"], SETTINGS["seeds"]
+    pad_id = tokenizer.pad_token_id
+
+    if spec.approach == "ours":
+        from src.generation.hf_backend import HFGenerator
+
+        generator = HFGenerator(
+            model,
+            tokenizer,
+            eos_ids=[never_id],
+            temperature=SETTINGS["temperature"],
+            top_p=SETTINGS["top_p"],
+            max_new_tokens=SETTINGS["max_new_tokens"],
+        )
+        calls: list = []  # the token ids of the last call, caught on their way to decoding
+        inner = generator._sample
+
+        def catch(tokens):
+            calls.append(tokens)
+            return inner(tokens)
+
+        generator._sample = catch
+
+        def unit(batch, seed_list=seeds):
+            calls.clear()
+            samples = generator([ids for _, ids in batch], [pid for pid, _ in batch], seed_list)
+            assert sum(len(s) for s in samples) == len(batch) * len(seed_list)
+            return list(calls)
+
+        def split(batches):
+            return [t for b in batches for t in unit(b)]
+
+        return unit, split
+
+    def config(n: int) -> GenerationConfig:
+        return GenerationConfig(
+            do_sample=True,
+            temperature=SETTINGS["temperature"],
+            top_p=SETTINGS["top_p"],
+            top_k=0,  # None would mean "unset": transformers then applies its default top-k 50
+            max_new_tokens=SETTINGS["max_new_tokens"],
+            num_return_sequences=n,
+            eos_token_id=[never_id],
+            pad_token_id=pad_id,
+        )
+
+    @torch.no_grad()
+    def generate(batch, n: int):
+        ids, mask = left_pad([ids for _, ids in batch], pad_id)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config(n))
+        new = out[:, ids.shape[1] :].tolist()
+        tokenizer.batch_decode(new, skip_special_tokens=True)  # the texts, as ours decodes them
+        return new
+
+    if spec.approach == "hf-nrs":
+
+        def unit(batch):
+            return generate(batch, k)
+
+        def split(batches):
+            set_seed(seeds[0])
+            return [t for b in batches for t in generate(b, k)]
+
+        return unit, split
+
+    def unit(batch):  # reference: one batch, one seed
+        return generate(batch, 1)
+
+    def split(batches):
+        out = []
+        for seed in seeds:  # SPPO: for p in range(pairs): set_seed(p * 50); llm.generate(prompts)
+            set_seed(seed)
+            out += [t for b in batches for t in generate(b, 1)]
+        return out
+
+    return unit, split
+
+
+def record_processors(into: list) -> None:
+    """Note the logits processors `generate` builds (their class names), to show in the results
+    what each approach really applies."""
+    from transformers.generation import utils
+
+    build = utils.GenerationMixin._get_logits_processor
+
+    def spy(self, *args, **kwargs):
+        processors = build(self, *args, **kwargs)
+        into[:] = [type(p).__name__ for p in processors]
+        return processors
+
+    utils.GenerationMixin._get_logits_processor = spy
+
+
+def trim_heap() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak() -> str:
+    """Reset the kernel's high-water mark of this process (VmHWM); returns the method used."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "VmHWM after clear_refs"
+    except OSError:
+        return "VmHWM since process start (clear_refs not allowed): an upper bound"
+
+
+def code_hashes() -> dict:
+    """The code measured, whatever git says about it (a file may be uncommitted or change
+    while the benchmark runs: every run records what it imported)."""
+    return {
+        str(path.relative_to(REPO_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in [REPO_ROOT / "src" / "generation" / "hf_backend.py", Path(__file__).resolve()]
+    }
+
+
+def run_worker(spec: Spec, max_prompt_length: int) -> dict:
+    import torch
+    import transformers
+
+    code = code_hashes()
+    transformers.logging.set_verbosity_error()
+    started = time.perf_counter()
+    model, tokenizer, prompts, skipped = load(spec.model, max_prompt_length)
+    never_id = model.config.vocab_size + 1  # outside the vocabulary: never generated
+    batches = [prompts[i : i + spec.batch] for i in range(0, len(prompts), spec.batch)]
+    unit, split = make_runner(spec, model, tokenizer, never_id)
+    setup_s = time.perf_counter() - started
+
+    # warm-up: the approach's own unit of work on the first batch, not timed
+    processors: list[str] = []
+    record_processors(processors)
+    t0 = time.perf_counter()
+    unit(batches[0])
+    warmup_s = time.perf_counter() - t0
+
+    trim_heap()
+    rss_before_kb = status_kb("VmRSS")
+    memory_method = reset_peak()
+    machine0, process0 = machine_busy_s(), time.process_time()
+    t0 = time.perf_counter()
+    samples = split(batches)
+    seconds = time.perf_counter() - t0
+    machine1, process1 = machine_busy_s(), time.process_time()
+    peak_kb = status_kb("VmHWM")
+
+    k, new = SETTINGS["K"], SETTINGS["max_new_tokens"]
+    tokens = sum(map(len, samples))
+    expected = len(prompts) * k * new
+    if len(samples) != len(prompts) * k or tokens != expected:
+        raise RuntimeError(
+            f"{spec.name}: {tokens} tokens in {len(samples)} samples, {expected} expected"
+        )
+    cores = len(os.sched_getaffinity(0))
+    calls = len(batches) * (k if spec.approach == "reference" else 1)
+    return {
+        "spec": asdict(spec),
+        "prompts": len(prompts),
+        "prompts_skipped_too_long": skipped,
+        "prompt_tokens": sum(len(ids) for _, ids in prompts),
+        "batches": len(batches),
+        "generate_calls": calls,
+        "samples": len(samples),
+        "tokens": tokens,
+        "split_s": seconds,
+        "tokens_per_s": tokens / seconds,
+        "prompts_per_s": len(prompts) / seconds,
+        # one decoding step of one generate call, its share of the prefill included
+        "step_ms": 1000 * seconds / (calls * new),
+        "warmup_s": warmup_s,
+        "setup_s": setup_s,
+        "peak_rss_delta_mb": (peak_kb - rss_before_kb) / 1024,
+        "rss_before_mb": rss_before_kb / 1024,
+        "peak_rss_process_mb": peak_kb / 1024,
+        "memory_method": memory_method,
+        "other_cpu_share": max((machine1 - machine0) - (process1 - process0), 0.0)
+        / (seconds * cores),
+        "torch_threads": torch.get_num_threads(),
+        "logits_processors": processors,
+        "code_sha256": code,
+        # the responses' token ids: ours should give the same ones in every repeat
+        "tokens_sha256": hashlib.sha256(json.dumps(samples).encode()).hexdigest()[:16],
+    }
+
+
+# --- the profile (a fresh process per approach) ---------------------------------------------
+
+
+def profile_worker(spec: Spec, max_prompt_length: int) -> dict:
+    """One split under timers: where a decoding step's time goes.
+
+    Timers (perf_counter around the calls, summed): every model forward (prefill included),
+    top-p and temperature (ours: `SeededSampler._nucleus` and its scaling; HF: the Temperature
+    and TopP warpers), ours' Gumbel noise (`counter_uniform`: the uniforms of every row), the
+    whole `SeededSampler`, and `torch.multinomial` (HF's draw; for ours the draw
+    `generate` still makes from the one-hot distribution our sampler returns). The rest of the
+    split is `generate`'s own work (logits slicing, softmax, cache and stopping bookkeeping,
+    concatenation) and decoding to text. Then a micro-benchmark of the noise alone (see
+    `noise_microbench`).
+    """
+    import torch
+    import transformers
+    from transformers.generation import logits_process
+
+    transformers.logging.set_verbosity_error()
+    model, tokenizer, prompts, _ = load(spec.model, max_prompt_length)
+    never_id = model.config.vocab_size + 1
+    batches = [prompts[i : i + spec.batch] for i in range(0, len(prompts), spec.batch)]
+    unit, split = make_runner(spec, model, tokenizer, never_id)
+    timers: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timers[key] = timers.get(key, 0.0) + time.perf_counter() - t
+                counts[key] = counts.get(key, 0) + 1
+
+        return wrapper
+
+    model.forward = timed(model.forward, "model_forward")
+    torch.multinomial = timed(torch.multinomial, "multinomial")
+    if spec.approach == "ours":
+        from src.generation import hf_backend
+
+        sampler = hf_backend.SeededSampler
+        sampler.__call__ = timed(sampler.__call__, "sampler_total")
+        sampler._nucleus = timed(sampler._nucleus, "top_p")
+        # the Gumbel noise's uniforms: one counter-based (SplitMix64) kernel for all rows
+        hf_backend.counter_uniform = timed(hf_backend.counter_uniform, "gumbel_noise")
+    else:
+        for cls, key in (
+            (logits_process.TemperatureLogitsWarper, "temperature"),
+            (logits_process.TopPLogitsWarper, "top_p"),
+        ):
+            cls.__call__ = timed(cls.__call__, key)
+    # any top-k transformers would add (its default 50, where top_k is left unset)
+    cls = logits_process.TopKLogitsWarper
+    cls.__call__ = timed(cls.__call__, "top_k")
+
+    unit(batches[0])  # warm-up
+    timers.clear()
+    counts.clear()
+    t0 = time.perf_counter()
+    split(batches)
+    seconds = time.perf_counter() - t0
+    k, new = SETTINGS["K"], SETTINGS["max_new_tokens"]
+    calls = len(batches) * (k if spec.approach == "reference" else 1)
+    steps = calls * new
+    parts = {
+        "model_forward": timers.get("model_forward", 0.0),
+        "top_p": timers.get("top_p", 0.0) + timers.get("temperature", 0.0),
+        "gumbel_noise": timers.get("gumbel_noise", 0.0),
+        "sampler_other": 0.0,
+        "top_k": timers.get("top_k", 0.0),
+        "multinomial": timers.get("multinomial", 0.0),
+    }
+    if spec.approach == "ours":
+        # the sampler's own remainder: temperature scaling, log-log, argmax, one-hot scatter
+        parts["sampler_other"] = timers["sampler_total"] - parts["top_p"] - parts["gumbel_noise"]
+    parts["rest_of_generate"] = seconds - sum(parts.values())
+    result = {
+        "spec": asdict(spec),
+        "split_s": seconds,
+        "steps": steps,
+        "step_ms": 1000 * seconds / steps,
+        "ms_per_step": {key: 1000 * v / steps for key, v in parts.items()},
+        "share": {key: v / seconds for key, v in parts.items()},
+        "calls": counts,
+    }
+    # rows decoded per step, averaged over the split's calls
+    rows = [len(b) * (k if spec.approach != "reference" else 1) for b in batches]
+    result["rows_per_step"] = statistics.mean(rows)
+    if spec.approach == "ours":
+        result["sampler_share"] = timers["sampler_total"] / seconds
+        result["sampler_ms_per_step"] = 1000 * timers["sampler_total"] / steps
+        result["noise_microbench"] = noise_microbench(max(rows), model.config.vocab_size)
+    return result
+
+
+def noise_microbench(rows: int, vocab: int, repeats: int = 300) -> dict:
+    """The uniforms of one step's Gumbel noise for `rows` rows, three ways: ours (the
+    counter-based SplitMix64 kernel, `counter_uniform`), one `torch.Generator` per row in a
+    Python loop (what our sampler did before commit b2b4d9c), and one `torch.rand(rows, V)` (a
+    single shared generator: the floor, without per-row streams)."""
+    import torch
+
+    from src.generation.hf_backend import counter_uniform, sample_seed
+
+    keys = torch.tensor([sample_seed(50 * (i % 5), f"p{i // 5:04d}") for i in range(rows)])
+    generators = [torch.Generator().manual_seed(i) for i in range(rows)]
+    variants = {
+        "counter_kernel_ms": lambda: counter_uniform(keys, 7, vocab),
+        "per_row_generators_ms": lambda: torch.stack(
+            [torch.rand(vocab, generator=g) for g in generators]
+        ),
+        "one_draw_ms": lambda: torch.rand(rows, vocab),
+    }
+    out = {"rows": rows, "vocab": vocab}
+    for key, fn in variants.items():
+        fn()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[key] = 1000 * (time.perf_counter() - t) / repeats
+    return out
+
+
+def worker_main(argv: list[str]) -> None:
+    mode, spec, options, out = argv[0], Spec(**json.loads(argv[1])), json.loads(argv[2]), argv[3]
+    SETTINGS["max_new_tokens"] = options["max_new_tokens"]
+    fn = run_worker if mode == "run" else profile_worker
+    Path(out).write_text(json.dumps(fn(spec, options["max_prompt_length"]), indent=1))
+
+
+# --- the whole benchmark ----------------------------------------------------------------------
+
+
+def run_fresh(mode: str, spec: Spec, options: dict, timeout: int):
+    """One configuration in a fresh interpreter: (its measurements, None) or (None, the error)."""
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable, "-m", "benchmarks.bench_generation", "--worker", mode,
+            json.dumps(asdict(spec)), json.dumps(options), str(out),
+        ]  # fmt: skip
+        try:
+            proc = subprocess.run(
+                cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"timed out after {timeout} s"
+        if proc.returncode != 0 or not out.is_file():
+            sys.stderr.write(proc.stderr[-4000:])
+            return None, (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return json.loads(out.read_text()), None
+
+
+def machine_info() -> dict:
+    from importlib.metadata import version
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in ("torch", "transformers", "accelerate")},
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "code_sha256": code_hashes(),
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    configs: dict[str, list[dict]] = {}
+    for run in runs:
+        configs.setdefault(Spec(**run["spec"]).name, []).append(run)
+    out = {}
+    for name, group in configs.items():
+        tps = [r["tokens_per_s"] for r in group]
+        out[name] = {
+            "spec": group[0]["spec"],
+            "repeats": len(group),
+            "prompts": group[0]["prompts"],
+            "tokens": group[0]["tokens"],
+            "generate_calls": group[0]["generate_calls"],
+            "tokens_per_s": statistics.median(tps),
+            "tokens_per_s_min": min(tps),
+            "tokens_per_s_max": max(tps),
+            "prompts_per_s": statistics.median(r["prompts_per_s"] for r in group),
+            "split_s": statistics.median(r["split_s"] for r in group),
+            "step_ms": statistics.median(r["step_ms"] for r in group),
+            "peak_rss_delta_mb": statistics.median(r["peak_rss_delta_mb"] for r in group),
+            "peak_rss_process_mb": statistics.median(r["peak_rss_process_mb"] for r in group),
+            "tokens_sha256": sorted({r["tokens_sha256"] for r in group}),
+        }
+    return out
+
+
+# (numerator, denominator, target) at the same model and batch size
+RATIOS = [("ours", "reference", ">= 3.0"), ("ours", "hf-nrs", None), ("hf-nrs", "reference", None)]
+
+
+def ratios(summary: dict, runs: list[dict]) -> list[dict]:
+    """Ratios of the medians (tokens/s) at the same model and B, with the range of the same ratio
+    taken repeat by repeat; and ours at its best B against the reference at its best B."""
+    by_repeat = {(Spec(**r["spec"]).name, r["repeat"]): r for r in runs}
+    repeats = sorted({r["repeat"] for r in runs})
+    rows = []
+
+    def add(model, what, a: Spec, b: Spec, target):
+        sa, sb = summary.get(a.name), summary.get(b.name)
+        if not (sa and sb):
+            return
+        per_repeat = [
+            by_repeat[a.name, i]["tokens_per_s"] / by_repeat[b.name, i]["tokens_per_s"]
+            for i in repeats
+            if (a.name, i) in by_repeat and (b.name, i) in by_repeat
+        ]
+        value = sa["tokens_per_s"] / sb["tokens_per_s"]
+        rows.append(
+            {
+                "model": model,
+                "ratio": what,
+                "value": value,
+                "per_repeat_min": min(per_repeat) if per_repeat else None,
+                "per_repeat_max": max(per_repeat) if per_repeat else None,
+                "target": target,
+                "met": value >= float(target.split()[1]) if target else None,
+            }
+        )
+
+    models = sorted({s["spec"]["model"] for s in summary.values()}, key=MODELS.index)
+    batches = sorted({s["spec"]["batch"] for s in summary.values()})
+    for model in models:
+        for batch in batches:
+            for a, b, target in RATIOS:
+                add(
+                    model,
+                    f"{a}/{b} at B={batch}",
+                    Spec(a, model, batch),
+                    Spec(b, model, batch),
+                    target,
+                )
+
+        a, b = best(summary, "ours", model), best(summary, "reference", model)
+        if a and b and len(batches) > 1:
+            add(
+                model,
+                f"ours (B={a.batch}) / reference (B={b.batch}), each at its best B",
+                a,
+                b,
+                ">= 3.0",
+            )
+    return rows
+
+
+def best(summary: dict, approach: str, model: str) -> Spec | None:
+    """The batch size at which `approach` was fastest on `model`."""
+    found = [
+        r
+        for r in summary.values()
+        if (r["spec"]["approach"], r["spec"]["model"]) == (approach, model)
+    ]
+    return Spec(**max(found, key=lambda r: r["tokens_per_s"])["spec"]) if found else None
+
+
+APPROACH_LABEL = {
+    "ours": "ours (shared prefill, seeded rows)",
+    "hf-nrs": "HF generate(num_return_sequences=K)",
+    "reference": "reference (K passes, set_seed(50k))",
+}
+PARTS = [
+    ("model_forward", "model forward"),
+    ("top_p", "temperature + top-p"),
+    ("gumbel_noise", "our Gumbel uniforms"),
+    ("sampler_other", "rest of our sampler"),
+    ("top_k", "top-k"),
+    ("multinomial", "torch.multinomial"),
+    ("rest_of_generate", "rest of generate + decode"),
+]
+
+
+def markdown(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    v = m["versions"]
+    first = next(iter(result["summary"].values()), None)
+    lines = [
+        "# Generation throughput on CPU: shared prefill vs one pass per seed",
+        "",
+        f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · torch {v['torch']} · "
+        f"transformers {v['transformers']} · commit {m['git_commit'][:10]}"
+        f"{' (dirty)' if m['git_dirty'] else ''}",
+        "",
+        f"`{s['prompts']}` ({first['prompts'] if first else '?'} prompts: those of ≤ "
+        f"{s['max_prompt_length']} tokens, as the stage), K={s['K']} seeds {s['seeds']}, temperature "
+        f"{s['temperature']}, top-p {s['top_p']}, no top-k, exactly {s['max_new_tokens']} new "
+        f"tokens per sample, fp32, 1 process; the whole split timed after one warm-up batch; "
+        f"median of {s['repeats']} fresh-process repeats. Peak Δ = peak RSS during the split "
+        "above the RSS before it.",
+        "",
+        "| approach | model | B | tokens/s (min–max) | prompts/s | split s | generate calls "
+        "| ms/step | peak Δ MB |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["summary"].values():
+        sp = r["spec"]
+        lines.append(
+            f"| {APPROACH_LABEL[sp['approach']]} | {sp['model']} | {sp['batch']} | "
+            f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–{r['tokens_per_s_max']:,.0f}) | "
+            f"{r['prompts_per_s']:.2f} | {r['split_s']:.2f} | {r['generate_calls']} | "
+            f"{r['step_ms']:.1f} | {r['peak_rss_delta_mb']:.1f} |"
+        )
+    lines += [
+        "",
+        "| model | ratio (tokens/s) | ratio of medians | per-repeat range | target | met |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for r in result["ratios"]:
+        met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
+        rng = (
+            f"{r['per_repeat_min']:.2f}–{r['per_repeat_max']:.2f}"
+            if r["per_repeat_min"] is not None
+            else "–"
+        )
+        lines.append(
+            f"| {r['model']} | {r['ratio']} | {r['value']:.2f} | {rng} | {r['target'] or '–'} | {met} |"
+        )
+    if result.get("profile"):
+        # the parts some approach spends time on (a timer that never ran is left out)
+        parts = [
+            (k, label)
+            for k, label in PARTS
+            if any(p["ms_per_step"][k] > 0 for p in result["profile"])
+        ]
+        lines += [
+            "",
+            "Where a decoding step goes (profile pass, one split under timers; ms per step, "
+            "share of the split in brackets; rows = sequences decoded per step):",
+            "",
+            "| approach | model | B | rows | step ms | "
+            + " | ".join(label for _, label in parts)
+            + " |",
+            "|---|---|---:|---:|---:|" + "---:|" * len(parts),
+        ]
+        for p in result["profile"]:
+            sp = p["spec"]
+            cells = [
+                f"{p['ms_per_step'][key]:.2f} ({p['share'][key]:.0%})"
+                if p["ms_per_step"][key] > 0
+                else "–"
+                for key, _ in parts
+            ]
+            lines.append(
+                f"| {sp['approach']} | {sp['model']} | {sp['batch']} | {p['rows_per_step']:.0f} | "
+                f"{p['step_ms']:.1f} | " + " | ".join(cells) + " |"
+            )
+        for p in result["profile"]:
+            if p["spec"]["approach"] == "ours":
+                g = p["noise_microbench"]
+                lines.append("")
+                lines.append(
+                    f"{p['spec']['model']}, B={p['spec']['batch']}: our `SeededSampler` takes "
+                    f"{p['sampler_ms_per_step']:.2f} ms of a {p['step_ms']:.1f} ms step "
+                    f"({p['sampler_share']:.0%}), of which its noise uniforms "
+                    f"{p['ms_per_step']['gumbel_noise']:.2f} ms ({p['share']['gumbel_noise']:.0%}). "
+                    f"Noise uniforms alone for {g['rows']} rows × {g['vocab']}: counter kernel (ours) "
+                    f"{g['counter_kernel_ms']:.3f} ms, a torch.Generator per row "
+                    f"{g['per_row_generators_ms']:.3f} ms, one shared draw {g['one_draw_ms']:.3f} ms."
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        worker_main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_generation", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process runs per configuration"
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--approaches",
+        nargs="+",
+        default=list(APPROACHES),
+        choices=APPROACHES,
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=SETTINGS["max_new_tokens"], help="(default 64)"
+    )
+    parser.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=SETTINGS["max_prompt_length"],
+        help="skip longer prompts, as the stage does (0: keep all; default 128)",
+    )
+    parser.add_argument(
+        "--profile-batch",
+        type=int,
+        default=8,
+        help="B of the profile pass (0: no profile; default 8)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "benchmarks/results/generation_cpu.json"
+    )
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per configuration run")
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=0.1,
+        help="share of the CPUs other processes may use during a run before it is measured again",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements of a disturbed run")
+    parser.add_argument(
+        "--max-wait", type=float, default=300, help="seconds to wait for a quiet machine per run"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only rewrite the Markdown table (next to JSON) from a results file, measuring nothing",
+    )
+    args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(args.render.read_text(encoding="utf-8"))
+        result["ratios"] = ratios(result["summary"], result["runs"])
+        args.render.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        args.render.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+        print(markdown(result))
+        return
+    SETTINGS["max_new_tokens"] = args.max_new_tokens
+    SETTINGS["max_prompt_length"] = args.max_prompt_length
+    options = {"max_new_tokens": args.max_new_tokens, "max_prompt_length": args.max_prompt_length}
+
+    started = time.time()
+    from src import tiny
+
+    for model in args.models:  # built once, before anything is timed
+        tiny.ensure(model, tiny.DEFAULT_CACHE_DIR)
+
+    specs = [
+        Spec(approach, model, batch)
+        for model in args.models
+        for batch in args.batch_sizes
+        for approach in args.approaches
+    ]
+    runs, failures, waited = [], [], 0.0
+    total = len(specs) * args.repeats
+    for repeat in range(args.repeats):
+        for i, spec in enumerate(specs):
+            n = repeat * len(specs) + i + 1
+            tries = []
+            for attempt in range(1 + args.retries):
+                waited += wait_for_quiet(args.max_load, args.max_wait)
+                t0 = time.time()
+                run, error = run_fresh("run", spec, options, args.timeout)
+                if run is None:
+                    failures.append({"spec": asdict(spec), "repeat": repeat, "error": error})
+                    print(f"[{n}/{total}] {spec.name}: FAILED: {error}", flush=True)
+                    break
+                run["repeat"], run["attempt"] = repeat, attempt
+                tries.append(run)
+                busy = run["other_cpu_share"]
+                print(
+                    f"[{n}/{total}] {spec.name}: {run['tokens_per_s']:,.0f} tok/s, "
+                    f"{run['prompts_per_s']:.2f} prompts/s, split {run['split_s']:.2f} s, "
+                    f"peak Δ {run['peak_rss_delta_mb']:.1f} MB, other load {busy:.0%} "
+                    f"({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+                if busy <= args.max_load:
+                    break
+                print(
+                    f"    other processes took {busy:.0%} of the CPUs: measuring again", flush=True
+                )
+            if tries:
+                best = min(tries, key=lambda r: r["other_cpu_share"])
+                best["contended"] = best["other_cpu_share"] > args.max_load
+                runs.append(best)
+
+    profile = []
+    if args.profile_batch:
+        for model in args.models:
+            for approach in args.approaches:
+                spec = Spec(approach, model, args.profile_batch)
+                waited += wait_for_quiet(args.max_load, args.max_wait)
+                prof, error = run_fresh("profile", spec, options, args.timeout)
+                if prof is None:
+                    failures.append({"spec": asdict(spec), "profile": True, "error": error})
+                    print(f"[profile] {spec.name}: FAILED: {error}", flush=True)
+                    continue
+                profile.append(prof)
+                shares = ", ".join(
+                    f"{label} {prof['share'][key]:.0%}"
+                    for key, label in PARTS
+                    if prof["share"][key] > 0
+                )
+                print(f"[profile] {spec.name}: step {prof['step_ms']:.1f} ms: {shares}", flush=True)
+
+    summary = summarise(runs)
+    versions = {json.dumps(r["code_sha256"], sort_keys=True) for r in runs}
+    if len(versions) > 1:
+        print(
+            f"WARNING: the measured code changed during the benchmark ({len(versions)} versions "
+            "of src/generation/hf_backend.py or this script): run it again",
+            flush=True,
+        )
+    result = {
+        "benchmark": "generation throughput, K samples per prompt: shared prefill (ours) vs "
+        "K passes (reference) vs generate(num_return_sequences=K), CPU",
+        "command": "python -m benchmarks.bench_generation " + " ".join(argv),
+        "machine": machine_info(),
+        "settings": {
+            **SETTINGS,
+            "batch_sizes": args.batch_sizes,
+            "repeats": args.repeats,
+            "warmup": "one unit of the approach's own work on the first batch, not timed",
+            "max_other_load": args.max_load,
+        },
+        "summary": summary,
+        "ratios": ratios(summary, runs),
+        "profile": profile,
+        "failures": failures,
+        "runs": runs,
+        "contended_runs": sum(r["contended"] for r in runs),
+        "code_versions": len(versions),
+        "seconds_waited_for_quiet": round(waited, 1),
+        "wall_s": round(time.time() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    md = args.out.with_suffix(".md")
+    md.write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    print(f"wrote {args.out} and {md} ({result['wall_s']:.0f} s)")
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
