@@ -51,8 +51,8 @@ demo: install ## The pipeline on the tiny models, on CPU, offline (ARGS adds ove
 	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 --cfg job $(ARGS) | head -n 12
 	@$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 logger=none $(ARGS); rc=$$?; \
 	if [ $$rc -eq 3 ]; then \
-		echo "demo: stopped where the project stops today (the stage above is not implemented yet);"; \
-		echo "demo: the tiny models are built in .cache/tiny and the config system is complete."; \
+		echo "demo: stopped where the project stops today: the stage named above is not implemented"; \
+		echo "demo: yet; what ran before it is under runs/tiny-mistral/ (tiny models: .cache/tiny)."; \
 	elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
 test: install ## Run the test suite (what CI runs)
