@@ -246,3 +246,11 @@ def test_the_vllm_backend_without_vllm_says_how_to_install_it():
         StageError, match=r"generation=vllm needs vLLM, which is not installed: .*make install-vllm"
     ):
         run(cfg)
+
+
+def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
+    with pytest.raises(
+        StageError,
+        match=r"iteration 1's checkpoint, which does not exist: .*\(run: python -m src.main iter=1\)",
+    ):
+        run(gen_cfg("model=tiny-mistral", "iter=2"))

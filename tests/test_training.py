@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.config import REPO_ROOT
-from src.training import TrainingError, run
+from src.errors import StageError
+from src.training import run
 from src.training.data import PairsError
 from tests.helpers import compose_cfg
 
@@ -138,7 +139,7 @@ def test_a_probability_that_is_not_one_is_named_with_its_prompt(tmp_path):
 
 def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
     with pytest.raises(
-        TrainingError,
+        StageError,
         match=r"iteration 1's checkpoint, which does not exist: .*\(run: python -m src.main iter=1\)",
     ):
         run(train_cfg("model=tiny-mistral", "iter=2"))

@@ -23,6 +23,7 @@ import torch
 from src.artifacts import atomic_write_json, atomic_write_text, write_completion_record
 from src.config import Backend, Config, Device, LongPrompts, Stage, fingerprint
 from src.errors import StageError
+from src.policy import end_of_turn_ids, require_previous_policy
 
 
 class GenerationError(StageError):
@@ -157,14 +158,9 @@ def device_for(cfg: Config) -> torch.device:
 
 
 def load_policy(cfg: Config):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = cfg.run.init_policy
-    if cfg.iter > 1 and not Path(path).is_dir():
-        raise GenerationError(
-            f"iteration {cfg.iter} samples from iteration {cfg.iter - 1}'s checkpoint, which does "
-            f"not exist: {path} (run: python -m src.main iter={cfg.iter - 1})"
-        )
+    path = require_previous_policy(cfg)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
     if cfg.generation.backend == Backend.vllm:
         model = None  # vLLM loads the weights itself
@@ -183,12 +179,7 @@ def load_policy(cfg: Config):
             revision=cfg.model.revision,
         )
         model.to(device).eval()
-    try:
-        eos = GenerationConfig.from_pretrained(path).eos_token_id
-    except OSError:
-        eos = None
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    return model, tokenizer, list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    return model, tokenizer, end_of_turn_ids(path, tokenizer)
 
 
 @dataclass

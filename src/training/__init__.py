@@ -24,6 +24,7 @@ import torch
 from src.artifacts import atomic_write_json, write_completion_record
 from src.config import Config, Device, Distributed, Dtype, RefLogprobs, Stage, fingerprint
 from src.errors import StageError
+from src.policy import end_of_turn_ids, require_previous_policy
 
 WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
 
@@ -198,26 +199,6 @@ def load_policy(cfg: Config, dtype: torch.dtype):
     )
 
 
-def check_previous_policy(cfg: Config) -> None:
-    path = cfg.run.init_policy
-    if cfg.iter > 1 and not Path(path).is_dir():
-        raise TrainingError(
-            f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint, which does "
-            f"not exist: {path} (run: python -m src.main iter={cfg.iter - 1})"
-        )
-
-
-def end_of_turn_ids(path: str, tokenizer) -> list[int]:
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(path).eos_token_id
-    except OSError:
-        eos = None
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -244,7 +225,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
 
     t, method = cfg.training, cfg.method
     pairs_path = Path(t.pairs).resolve()
-    check_previous_policy(cfg)
+    require_previous_policy(cfg)
     rows = read_pairs(pairs_path, method.loss.value)
     tokenizer = AutoTokenizer.from_pretrained(cfg.run.init_policy, revision=cfg.model.revision)
     eot = end_of_turn_ids(cfg.run.init_policy, tokenizer)
