@@ -28,12 +28,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import datetime as dt
 import gc
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,7 +40,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.bench_trainer import OFFLINE_ENV, machine_busy_s, status_kb, wait_for_quiet
+from benchmarks.bench_trainer import (
+    OFFLINE_ENV,
+    code_hashes,
+    machine_busy_s,
+    machine_info,
+    status_kb,
+    wait_for_quiet,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for _key, _value in OFFLINE_ENV.items():
@@ -252,20 +257,19 @@ def reset_peak() -> str:
         return "VmHWM since process start (clear_refs not allowed): an upper bound"
 
 
-def code_hashes() -> dict:
+def measured_code() -> dict:
     """The code measured, whatever git says about it (a file may be uncommitted or change
     while the benchmark runs: every run records what it imported)."""
-    return {
-        str(path.relative_to(REPO_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        for path in [REPO_ROOT / "src" / "generation" / "hf_backend.py", Path(__file__).resolve()]
-    }
+    return code_hashes(
+        [REPO_ROOT / "src" / "generation" / "hf_backend.py", Path(__file__).resolve()]
+    )
 
 
 def run_worker(spec: Spec, max_prompt_length: int) -> dict:
     import torch
     import transformers
 
-    code = code_hashes()
+    code = measured_code()
     transformers.logging.set_verbosity_error()
     started = time.perf_counter()
     model, tokenizer, prompts, skipped = load(spec.model, max_prompt_length)
@@ -484,41 +488,6 @@ def run_fresh(mode: str, spec: Spec, options: dict, timeout: int):
             sys.stderr.write(proc.stderr[-4000:])
             return None, (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return json.loads(out.read_text()), None
-
-
-def machine_info() -> dict:
-    from importlib.metadata import version
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: version(name) for name in ("torch", "transformers", "accelerate")},
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "code_sha256": code_hashes(),
-    }
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -864,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "generation throughput, K samples per prompt: shared prefill (ours) vs "
         "K passes (reference) vs generate(num_return_sequences=K), CPU",
         "command": "python -m benchmarks.bench_generation " + " ".join(argv),
-        "machine": machine_info(),
+        "machine": machine_info(("torch", "transformers", "accelerate"), measured_code()),
         "settings": {
             **SETTINGS,
             "batch_sizes": args.batch_sizes,

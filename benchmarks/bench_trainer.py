@@ -550,7 +550,8 @@ def worker_main(argv: list[str]) -> None:
 # --- the whole benchmark ----------------------------------------------------------------------
 
 
-def machine_info() -> dict:
+def machine_info(packages: tuple[str, ...], code_sha256: dict) -> dict:
+    """Where and what was measured: CPU, memory, versions of `packages`, git state, code hashes."""
     from importlib.metadata import version
 
     cpu = next(
@@ -578,20 +579,18 @@ def machine_info() -> dict:
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {
-            name: version(name)
-            for name in ("torch", "transformers", "accelerate", "trl", "datasets")
-        },
+        "versions": {name: version(name) for name in packages},
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         # the code measured, whatever git says about it (a file may be uncommitted)
-        "code_sha256": {
-            str(path.relative_to(REPO_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-            for path in [
-                *sorted((REPO_ROOT / "src" / "training").glob("*.py")),
-                Path(__file__).resolve(),
-            ]
-        },
+        "code_sha256": code_sha256,
+    }
+
+
+def code_hashes(paths: list[Path]) -> dict:
+    return {
+        str(path.relative_to(REPO_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in paths
     }
 
 
@@ -881,7 +880,12 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "trainer step throughput and peak memory, ours vs TRL DPOTrainer, CPU",
         "command": "python -m benchmarks.bench_trainer " + " ".join(argv),
-        "machine": machine_info(),
+        "machine": machine_info(
+            ("torch", "transformers", "accelerate", "trl", "datasets"),
+            code_hashes(
+                [*sorted((REPO_ROOT / "src" / "training").glob("*.py")), Path(__file__).resolve()]
+            ),
+        ),
         "settings": {
             **SHARED,
             "loss_settings": LOSS_SETTINGS,
