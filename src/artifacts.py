@@ -11,8 +11,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from src.errors import StageError
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -60,3 +63,39 @@ def write_completion_record(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return atomic_write_json(Path(stage_dir) / "done.json", record)
+
+
+def read_jsonl(
+    path: str | os.PathLike[str], error: type[StageError] = StageError, example: str = "{...}"
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) for each JSON object line of `path`; `where` is "file.jsonl:7" for messages.
+
+    Blank lines are skipped; a malformed line, a non-object row or non-UTF-8 text raises
+    `error` naming the file and line. `example` shows the expected row shape in the message.
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():  # blank lines (a trailing newline, say) are not rows
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    hint = (
+                        " (the file looks like one JSON array; write one object per line)"
+                        if lineno == 1 and line.lstrip().startswith("[")
+                        else ""
+                    )
+                    raise error(
+                        f"{where}: malformed JSON line: {err.msg} at column {err.colno}{hint}"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise error(
+                        f"{where}: row is a JSON {type(row).__name__}, expected an object "
+                        f"like {example}"
+                    )
+                yield where, row
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None

@@ -13,8 +13,8 @@ from src.generation.prompts import (
     derive_prompt_id,
     load_prompts,
     resolve_shard,
-    shard_prompts,
 )
+from src.shards import take_shard
 
 ITER1 = Path(__file__).resolve().parents[1] / "data" / "prompts" / "iter1.jsonl"
 
@@ -373,14 +373,14 @@ def test_max_prompts_keeps_the_first_unique_prompts_and_reads_no_further(tmp_pat
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 5])
 def test_shards_partition_the_prompts_evenly_and_stably(total, num_shards):
     prompts = load_prompts(str(ITER1), id_column="prompt_id").prompts[:total]
-    shards = [shard_prompts(prompts, s, num_shards) for s in range(num_shards)]
+    shards = [take_shard(prompts, s, num_shards) for s in range(num_shards)]
     ids = [[p.prompt_id for p in shard] for shard in shards]
     flat = [i for shard in ids for i in shard]
     assert sorted(flat) == sorted(p.prompt_id for p in prompts)  # covering
     assert len(flat) == len(set(flat))  # disjoint
     sizes = [len(shard) for shard in shards]
     assert max(sizes) - min(sizes) <= 1
-    assert shards == [shard_prompts(prompts, s, num_shards) for s in range(num_shards)]
+    assert shards == [take_shard(prompts, s, num_shards) for s in range(num_shards)]
     for shard in shards:  # each shard keeps the loaded order
         positions = [prompts.index(p) for p in shard]
         assert positions == sorted(positions)
@@ -388,16 +388,16 @@ def test_shards_partition_the_prompts_evenly_and_stably(total, num_shards):
 
 def test_shard_membership_is_round_robin_on_the_loaded_order():
     loaded = load_prompts(str(ITER1), id_column="prompt_id")
-    assert [p.prompt_id for p in shard_prompts(loaded, 1, 4)][:3] == ["p0002", "p0006", "p0010"]
+    assert [p.prompt_id for p in take_shard(loaded, 1, 4)][:3] == ["p0002", "p0006", "p0010"]
     # more prompts later (a larger max_prompts) never moves an earlier prompt to another shard
-    small = shard_prompts(loaded.prompts[:10], 2, 3)
-    assert shard_prompts(loaded.prompts, 2, 3)[: len(small)] == small
+    small = take_shard(loaded.prompts[:10], 2, 3)
+    assert take_shard(loaded.prompts, 2, 3)[: len(small)] == small
 
 
 @pytest.mark.parametrize(("shard", "num_shards"), [(3, 3), (-1, 2), (0, 0)])
 def test_shard_prompts_rejects_out_of_range(shard, num_shards):
-    with pytest.raises(PromptsError, match="out of range"):
-        shard_prompts([Prompt("a", "x")], shard, num_shards)
+    with pytest.raises(StageError, match="out of range"):
+        take_shard([Prompt("a", "x")], shard, num_shards)
 
 
 @pytest.mark.parametrize(

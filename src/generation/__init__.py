@@ -16,14 +16,13 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
-from src.artifacts import atomic_write_json, atomic_write_text, write_completion_record
 from src.config import Backend, Config, Device, LongPrompts, Stage, fingerprint
 from src.errors import StageError
 from src.policy import end_of_turn_ids, require_previous_policy
+from src.shards import Shard, claim, finish_shard, run_chunks, take_shard
 
 
 class GenerationError(StageError):
@@ -44,10 +43,10 @@ class Counts:
 
 
 def run(cfg: Config) -> dict:
-    from src.generation.prompts import load_prompts, resolve_shard, shard_prompts
+    from src.generation.prompts import load_prompts, resolve_shard
 
-    stage_dir = cfg.stage_dir(Stage.generate)
-    shard, num_shards = resolve_shard(cfg.generation.shard, cfg.generation.num_shards)
+    index, num_shards = resolve_shard(cfg.generation.shard, cfg.generation.num_shards)
+    shard = Shard(cfg.stage_dir(Stage.generate), "responses", index, num_shards)
     counts = Counts()
 
     # setup
@@ -59,62 +58,52 @@ def run(cfg: Config) -> dict:
         id_column=d.id_column,
         max_prompts=d.max_prompts,
     )
-    mine = shard_prompts(prompt_set.prompts, shard, num_shards)
+    mine = take_shard(prompt_set.prompts, index, num_shards)
     counts.prompts_in_split, counts.prompts_in_shard = len(prompt_set.prompts), len(mine)
     counts.duplicates_dropped = prompt_set.duplicates_dropped
-    work = stage_dir / f"shard{shard:03d}-of-{num_shards:03d}"
-    guard_against_other_config(work, cfg)
+    claim(
+        shard,
+        generation_identity(cfg),
+        GenerationError,
+        "responses generated with a different configuration (policy, prompts, sampling or K)",
+    )
     model, tokenizer, eos_ids = load_policy(cfg)
     rendered = render(cfg, tokenizer, mine, counts)
     generator = make_generator(cfg, model, tokenizer, eos_ids)
 
     # run: chunk by chunk, each chunk's file complete or absent
     started = time.time()
-    size = cfg.generation.chunk_size
-    chunks = [rendered[i : i + size] for i in range(0, len(rendered), size)]
-    for c, chunk in enumerate(chunks):
-        path = work / f"chunk{c:05d}.jsonl"
-        if path.exists():
-            counts.reused_from_earlier_run += len(chunk)
-            continue
-        rows = generate_chunk(cfg, generator, chunk)
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    def progress(c: int, num_chunks: int, rows: list[dict]) -> None:
         counts.generated += len(rows)
         counts.tokens += sum(sum(r["num_tokens"]) for r in rows)
         elapsed = time.time() - started
         print(
-            f"[generate] shard {shard}/{num_shards} chunk {c + 1}/{len(chunks)}: "
+            f"[generate] shard {index}/{num_shards} chunk {c + 1}/{num_chunks}: "
             f"{counts.generated / elapsed:.2f} prompts/s, {counts.tokens / elapsed:.0f} tokens/s",
             file=sys.stderr,
             flush=True,
         )
+
+    tally = run_chunks(
+        shard,
+        rendered,
+        cfg.generation.chunk_size,
+        lambda chunk: generate_chunk(cfg, generator, chunk),
+        progress,
+    )
+    counts.reused_from_earlier_run = tally.reused
     counts.seconds = time.time() - started
 
     # cleanup: the shard's file, then the stage's record once all shards are there
-    shard_file = stage_dir / f"responses-shard{shard:03d}-of-{num_shards:03d}.jsonl"
-    text = "".join((work / f"chunk{c:05d}.jsonl").read_text() for c in range(len(chunks)))
-    atomic_write_text(shard_file, text)
-    atomic_write_json(work / "counts.json", asdict(counts))
-    shard_files = [
-        stage_dir / f"responses-shard{s:03d}-of-{num_shards:03d}.jsonl" for s in range(num_shards)
-    ]
-    if all(f.exists() for f in shard_files):
-        totals = merged_counts(stage_dir, num_shards)
-        write_completion_record(stage_dir, fingerprint(cfg), totals, {"seconds": totals["seconds"]})
+    finish_shard(
+        shard,
+        tally.chunks,
+        asdict(counts),
+        fingerprint(cfg),
+        shared_keys=("prompts_in_split", "duplicates_dropped"),
+    )
     return asdict(counts)
-
-
-def merged_counts(stage_dir: Path, num_shards: int) -> dict:
-    per_shard = [
-        json.loads((stage_dir / f"shard{s:03d}-of-{num_shards:03d}" / "counts.json").read_text())
-        for s in range(num_shards)
-    ]
-    keys = [k for k in per_shard[0] if k not in ("prompts_in_split", "duplicates_dropped")]
-    totals = {k: sum(c[k] for c in per_shard) for k in keys}
-    totals["prompts_in_split"] = per_shard[0]["prompts_in_split"]
-    totals["duplicates_dropped"] = per_shard[0]["duplicates_dropped"]
-    totals["shards"] = num_shards
-    return totals
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -133,18 +122,6 @@ def generation_identity(cfg: Config) -> str:
         "chunk_size": g.chunk_size,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def guard_against_other_config(work: Path, cfg: Config) -> None:
-    marker = work / "identity.txt"
-    identity = generation_identity(cfg)
-    if marker.exists() and marker.read_text().strip() != identity:
-        raise GenerationError(
-            f"{work} holds responses generated with a different configuration (policy, prompts, "
-            "sampling or K changed); delete that directory to regenerate, or restore the config"
-        )
-    if not marker.exists():
-        atomic_write_text(marker, identity + "\n")
 
 
 def device_for(cfg: Config) -> torch.device:

@@ -14,14 +14,14 @@ skipped silently; the only rows left out are exact duplicates, and those are cou
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from src.artifacts import read_jsonl
 from src.errors import StageError
 
 # Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
@@ -133,31 +133,7 @@ Rows = Iterator[tuple[str, Mapping[str, Any]]]
 
 
 def _jsonl_rows(path: Path) -> Rows:
-    try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():  # blank lines (a trailing newline, say) are not rows
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    hint = (
-                        " (the file looks like one JSON array; write one object per line)"
-                        if lineno == 1 and line.lstrip().startswith("[")
-                        else ""
-                    )
-                    raise PromptsError(
-                        f"{where}: malformed JSON line: {err.msg} at column {err.colno}{hint}"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise PromptsError(
-                        f"{where}: row is a JSON {type(row).__name__}, expected an object "
-                        'like {"prompt_id": ..., "prompt": ...}'
-                    )
-                yield where, row
-    except UnicodeDecodeError as err:
-        raise PromptsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return read_jsonl(path, PromptsError, example='{"prompt_id": ..., "prompt": ...}')
 
 
 def _parquet_rows(path: Path, wanted: list[str | None]) -> Rows:
@@ -385,17 +361,3 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
         return int(env[name])
     except ValueError:
         raise PromptsError(f"{name}={env[name]!r} is not an integer") from None
-
-
-def shard_prompts(prompts: Iterable[Prompt], shard: int, num_shards: int) -> list[Prompt]:
-    """The prompts of one shard: every num_shards-th prompt, starting at position `shard`.
-
-    Round-robin rather than contiguous blocks because datasets are often ordered by source,
-    topic or length: blocks would give one shard all the long prompts (and the slowest job),
-    while interleaving spreads them. Shard sizes differ by at most one, the shards are disjoint
-    and cover every prompt, and a prompt's shard depends only on its position, so raising
-    max_prompts never moves an already-generated prompt to another shard.
-    """
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise PromptsError(f"shard {shard} is out of range for num_shards={num_shards}")
-    return [p for i, p in enumerate(prompts) if i % num_shards == shard]

@@ -1,0 +1,156 @@
+"""Sharded, chunked, resumable row-by-row stage output, shared by `generate` and `rank`.
+
+A stage that works prompt by prompt splits its input round-robin into shards (one per process
+or SLURM array task), and each shard into chunks:
+
+    <stage>/shardSSS-of-NNN/identity.txt       what the chunks were made from
+    <stage>/shardSSS-of-NNN/chunkCCCCC.jsonl   one per chunk, each written atomically
+    <stage>/shardSSS-of-NNN/counts.json        the shard's counts, once it is complete
+    <stage>/<prefix>-shardSSS-of-NNN.jsonl     the shard's rows, once it is complete
+    <stage>/done.json                          once every shard is complete
+
+A re-run skips the chunks that exist, so a shard killed at any point and re-run ends with every
+row exactly once. Chunks are trusted only under the identity they were made with: a changed
+config is refused rather than silently mixed with the old rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from src.artifacts import atomic_write_json, atomic_write_text, read_jsonl, write_completion_record
+from src.errors import StageError
+
+T = TypeVar("T")
+
+
+def take_shard(items: Iterable[T], shard: int, num_shards: int) -> list[T]:
+    """Every num_shards-th item, starting at position `shard`.
+
+    Round-robin rather than contiguous blocks because datasets are often ordered by source,
+    topic or length: blocks would give one shard all the long prompts (and the slowest job).
+    Shards are disjoint, cover every item and differ in size by at most one.
+    """
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise StageError(f"shard {shard} is out of range for num_shards={num_shards}")
+    return [x for i, x in enumerate(items) if i % num_shards == shard]
+
+
+@dataclass(frozen=True)
+class Shard:
+    stage_dir: Path
+    prefix: str  # the rows file: <prefix>-shardSSS-of-NNN.jsonl
+    index: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return f"shard{self.index:03d}-of-{self.count:03d}"
+
+    @property
+    def work(self) -> Path:
+        return self.stage_dir / self.name
+
+    @property
+    def output(self) -> Path:
+        return self.stage_dir / f"{self.prefix}-{self.name}.jsonl"
+
+    def siblings(self) -> list[Shard]:
+        return [Shard(self.stage_dir, self.prefix, i, self.count) for i in range(self.count)]
+
+
+def claim(shard: Shard, identity: str, error: type[StageError], what: str) -> None:
+    """Refuse a shard directory holding chunks made from another `identity`, else mark it ours."""
+    marker = shard.work / "identity.txt"
+    if marker.exists() and marker.read_text().strip() != identity:
+        raise error(
+            f"{shard.work} holds {what}; delete that directory to redo it, or restore the config"
+        )
+    if not marker.exists():
+        atomic_write_text(marker, identity + "\n")
+
+
+@dataclass
+class ChunkTally:
+    chunks: int = 0
+    made: int = 0  # rows processed in this run
+    reused: int = 0  # rows found in chunks of an earlier, interrupted run
+
+
+def run_chunks(
+    shard: Shard,
+    items: Sequence[T],
+    chunk_size: int,
+    process: Callable[[list[T]], list[dict[str, Any]]],
+    on_chunk: Callable[[int, int, list[dict[str, Any]]], None] = lambda c, n, rows: None,
+) -> ChunkTally:
+    """Process `items` chunk by chunk, each chunk's file complete or absent.
+
+    `on_chunk(chunk_index, num_chunks, rows)` runs after each newly written chunk (progress).
+    """
+    chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
+    tally = ChunkTally(chunks=len(chunks))
+    for c, chunk in enumerate(chunks):
+        path = shard.work / f"chunk{c:05d}.jsonl"
+        if path.exists():
+            tally.reused += len(chunk)
+            continue
+        rows = process(chunk)
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        tally.made += len(chunk)
+        on_chunk(c, len(chunks), rows)
+    return tally
+
+
+def finish_shard(
+    shard: Shard,
+    num_chunks: int,
+    counts: dict[str, Any],
+    fingerprint: str,
+    shared_keys: Sequence[str] = (),
+) -> dict[str, Any] | None:
+    """Write the shard's rows and counts; when every shard is complete, the stage's done.json.
+
+    Returns the totals over all shards once the stage is complete, else None. Counts are summed
+    over the shards except `shared_keys` (the same in every shard, e.g. the input's size).
+    """
+    text = "".join((shard.work / f"chunk{c:05d}.jsonl").read_text() for c in range(num_chunks))
+    atomic_write_text(shard.output, text)
+    atomic_write_json(shard.work / "counts.json", counts)
+    if not all(s.output.exists() for s in shard.siblings()):
+        return None
+    per_shard = [json.loads((s.work / "counts.json").read_text()) for s in shard.siblings()]
+    totals = {
+        k: (v if k in shared_keys else sum(c[k] for c in per_shard))
+        for k, v in per_shard[0].items()
+    }
+    totals["shards"] = shard.count
+    write_completion_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]})
+    return totals
+
+
+def finished_rows(
+    stage_dir: Path, prefix: str, error: type[StageError], command: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) for every row of a finished stage, shard after shard.
+
+    A stage without its done.json is unfinished (or killed): its files are never read, and the
+    message names the command that finishes it.
+    """
+    record = stage_dir / "done.json"
+    if not record.is_file():
+        raise error(
+            f"{stage_dir} is not finished (no done.json): run `{command}` first "
+            "(with every shard, if it is sharded)"
+        )
+    num_shards = int(json.loads(record.read_text())["counts"].get("shards", 1))
+    rows = []
+    for s in Shard(stage_dir, prefix, 0, num_shards).siblings():
+        if not s.output.is_file():
+            raise error(f"{s.output} is missing although {record} says the stage finished")
+        rows += list(read_jsonl(s.output, error))
+    return rows
