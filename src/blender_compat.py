@@ -14,6 +14,7 @@ Everything else in llm-blender runs unchanged. Import it only through `import_ll
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,7 +73,12 @@ def load_pairrm(path_or_id: str, device: str = "cpu", **kwargs: Any):
     if not folder.is_dir() and hub_constants.is_offline_mode():
         raise PairRMLoadError(_cannot_fetch(path_or_id, "is in offline mode (HF_HUB_OFFLINE)"))
 
-    blender = llm_blender.Blender()
+    # Blender() warns on the root logger that no ranker is loaded yet: we load one next
+    logging.disable(logging.WARNING)
+    try:
+        blender = llm_blender.Blender()
+    finally:
+        logging.disable(logging.NOTSET)
     try:
         blender.loadranker(str(path_or_id), device=device, **kwargs)
     except ValueError as err:

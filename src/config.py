@@ -168,6 +168,11 @@ class TiePolicy(Choice):
     keep = "keep"  # the reference's behaviour: a pair whose chosen equals rejected
 
 
+class EmptyResponses(Choice):
+    drop = "drop"  # leave empty responses out of the candidates, counted
+    keep = "keep"  # rank them like any other response (the reference's behaviour)
+
+
 class PromptFormat(Choice):
     chat_template = "chat_template"  # what the reference passes to PairRM
     raw = "raw"
@@ -222,6 +227,20 @@ def _check(ok: bool, key: str, value: Any, rule: str) -> None:
 
 def _positive(key: str, value: float | int) -> None:
     _check(value > 0, key, value, "must be > 0")
+
+
+def _check_shard(section: str, shard: int | None, num_shards: int | None) -> None:
+    """`<section>.shard` / `.num_shards`: null means "from the SLURM array, else 0 of 1"."""
+    if num_shards is not None:
+        _positive(f"{section}.num_shards", num_shards)
+    if shard is not None:
+        limit = num_shards if num_shards is not None else 1
+        _check(
+            0 <= shard < limit,
+            f"{section}.shard",
+            shard,
+            f"must be in [0, {section}.num_shards={limit})",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,16 +349,7 @@ class GenerationConfig:
             self.gpu_memory_utilization,
             "must be in (0, 1]",
         )
-        if self.num_shards is not None:
-            _positive("generation.num_shards", self.num_shards)
-        if self.shard is not None:
-            limit = self.num_shards if self.num_shards is not None else 1
-            _check(
-                0 <= self.shard < limit,
-                "generation.shard",
-                self.shard,
-                f"must be in [0, generation.num_shards={limit})",
-            )
+        _check_shard("generation", self.shard, self.num_shards)
 
 
 @dataclass
@@ -356,12 +366,24 @@ class RankerConfig:
     win_prob: WinProb = WinProb.bt
     self_term: bool = True  # win rate includes P_ii = 1/2, so the K win rates sum to K/2
     ties: TiePolicy = TiePolicy.drop
+    empty_responses: EmptyResponses = EmptyResponses.drop
     trust_remote_code: bool = False  # ArmoRM needs it: opt in explicitly
+    chunk_size: int = 64  # prompts per file written: the unit of resume
+    shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
+    num_shards: int | None = None  # null: SLURM_ARRAY_TASK_COUNT when set, else 1
 
     def __post_init__(self) -> None:
         _positive("ranker.batch_size", self.batch_size)
         _positive("ranker.source_max_length", self.source_max_length)
         _positive("ranker.candidate_max_length", self.candidate_max_length)
+        _positive("ranker.chunk_size", self.chunk_size)
+        _check(
+            self.win_prob == WinProb.bt or self.kind == JudgeKind.pairrm,
+            "ranker.win_prob",
+            self.win_prob.value,
+            "'direct' needs PairRM's pairwise logits; a reward model gives only scores (use bt)",
+        )
+        _check_shard("ranker", self.shard, self.num_shards)
 
 
 @dataclass

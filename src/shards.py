@@ -17,7 +17,8 @@ config is refused rather than silently mixed with the old rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,63 @@ from src.artifacts import atomic_write_json, atomic_write_text, read_jsonl, writ
 from src.errors import StageError
 
 T = TypeVar("T")
+
+
+def resolve_shard(
+    shard: int | None,
+    num_shards: int | None,
+    env: Mapping[str, str] = os.environ,
+    section: str = "generation",
+) -> tuple[int, int]:
+    """(shard, num_shards) for this process: explicit values win, then a SLURM array, else (0, 1).
+
+    In a SLURM job array task, shard = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / step and
+    num_shards = SLURM_ARRAY_TASK_COUNT, so `--array=1-8` and `--array=0-14:2` both give shards
+    0..7 of 8. The result is checked: a shard outside [0, num_shards) would silently leave
+    prompts out of the run, so it is an error. `section` names the config keys in messages
+    (`generation.shard`, `ranker.shard`).
+    """
+    from_slurm = []
+    if "SLURM_ARRAY_TASK_ID" in env and (shard is None or num_shards is None):
+        task_id = _env_int(env, "SLURM_ARRAY_TASK_ID")
+        if num_shards is None:
+            if "SLURM_ARRAY_TASK_COUNT" not in env:
+                raise StageError(
+                    "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: "
+                    f"set {section}.num_shards"
+                )
+            num_shards = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+            from_slurm.append(f"SLURM_ARRAY_TASK_COUNT={num_shards}")
+        if shard is None:
+            low = _env_int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+            step = _env_int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
+            offset = task_id - low
+            # an index that is not on the step grid gives a non-integer shard: make it fail below
+            shard = offset // step if step > 0 and offset % step == 0 else -1
+            from_slurm.append(f"SLURM_ARRAY_TASK_ID={task_id}, SLURM_ARRAY_TASK_MIN={low}")
+    shard = 0 if shard is None else shard
+    num_shards = 1 if num_shards is None else num_shards
+    if num_shards < 1:
+        raise StageError(f"num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard < num_shards:
+        origin = f" (from {'; '.join(from_slurm)})" if from_slurm else ""
+        hint = (
+            f"; the array's task ids must be consecutive, or set {section}.shard"
+            if from_slurm
+            else ""
+        )
+        raise StageError(
+            f"shard {shard} is out of range for num_shards={num_shards}{origin}: "
+            f"need 0 <= shard < num_shards{hint}"
+        )
+    return shard, num_shards
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise StageError(f"{name}={env[name]!r} is not an integer") from None
 
 
 def take_shard(items: Iterable[T], shard: int, num_shards: int) -> list[T]:

@@ -3,6 +3,7 @@
 - tiny-mistral: MistralForCausalLM with the chat template of mistralai/Mistral-7B-Instruct-v0.2
 - tiny-gemma2:  Gemma2ForCausalLM with the chat template of google/gemma-2-9b-it
 - tiny-pairrm:  a PairRM-style pair ranker in llm-blender's format (DeBERTa-v2 backbone)
+- tiny-rm:      a reward model, MistralForSequenceClassification (1 label) with Mistral's template
 
 The architectures are the real classes with tiny configs (random weights); the tokenizers are
 trained here on the repository's prompt texts, so nothing is downloaded. The same seed and data
@@ -31,7 +32,7 @@ from filelock import FileLock
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tiny"
 DATA_DIR = REPO_ROOT / "data"
-TINY_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm")
+TINY_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm", "tiny-rm")
 RECORD = "tiny_build.json"  # written last: a folder without it (or with a stale one) is rebuilt
 
 # The chat templates, verbatim from the tokenizer_config.json of the real models.
@@ -210,6 +211,42 @@ def build_gemma2(out: Path, final: Path, seed: int, texts: list[str]) -> None:
     save_lm(model, tok, generation, out)
 
 
+def build_reward_model(out: Path, final: Path, seed: int, texts: list[str]) -> None:
+    """A scalar reward model read at the last non-pad token, as ArmoRM-style judges are.
+
+    Unlike the policies it has a pad token of its own (real reward models ship one), so the
+    end-of-turn </s> the template puts after the response is read, not mistaken for padding.
+    """
+    from transformers import MistralConfig, MistralForSequenceClassification
+
+    tok = lm_tokenizer(
+        texts,
+        ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<pad>"],
+        MISTRAL_CHAT_TEMPLATE,
+        bos="<s>",
+        eos="</s>",
+        unk="<unk>",
+        pad="<pad>",
+    )
+    config = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        sliding_window=None,
+        num_labels=1,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    MistralForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
 # -----------------------------------------------------------------------------
 # PairRM: a DeBERTa-v2 backbone folder + llm-blender's pair ranker built on top of it
 
@@ -311,6 +348,7 @@ BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], None]] = {
     "tiny-mistral": build_mistral,
     "tiny-gemma2": build_gemma2,
     "tiny-pairrm": build_pairrm,
+    "tiny-rm": build_reward_model,
 }
 
 

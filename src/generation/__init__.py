@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from src.config import Backend, Config, Device, LongPrompts, Stage, fingerprint
+from src.config import Backend, Config, LongPrompts, Stage, fingerprint
+from src.devices import device_for
 from src.errors import StageError
 from src.policy import end_of_turn_ids, require_previous_policy
-from src.shards import Shard, claim, finish_shard, run_chunks, take_shard
+from src.shards import Shard, claim, finish_shard, resolve_shard, run_chunks, take_shard
 
 
 class GenerationError(StageError):
@@ -43,7 +44,7 @@ class Counts:
 
 
 def run(cfg: Config) -> dict:
-    from src.generation.prompts import load_prompts, resolve_shard
+    from src.generation.prompts import load_prompts
 
     index, num_shards = resolve_shard(cfg.generation.shard, cfg.generation.num_shards)
     shard = Shard(cfg.stage_dir(Stage.generate), "responses", index, num_shards)
@@ -122,16 +123,6 @@ def generation_identity(cfg: Config) -> str:
         "chunk_size": g.chunk_size,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def device_for(cfg: Config) -> torch.device:
-    if cfg.hardware.device == Device.cuda:
-        if not torch.cuda.is_available():
-            raise GenerationError(
-                f"hardware={cfg.hardware.name} asks for CUDA, but no GPU is visible; use hardware=cpu"
-            )
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def load_policy(cfg: Config):

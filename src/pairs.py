@@ -1,0 +1,139 @@
+"""Stage `pairs`: one (chosen, rejected) pair per ranked prompt, the training set (DESIGN §5).
+
+    python -m src.main stage=pairs model=tiny-mistral iter=1
+    python -m src.main stage=pairs model=tiny-mistral method=wpo ranker=tiny-reward-model
+
+SPPO (`method.pair_selection=argmax_argmin`, DESIGN §6.1): chosen w = argmax of the scores,
+rejected l = argmin, with chosen_probs = P_wl, chosen_probs_win = p_w, chosen_probs_lose = p_l.
+WPO (`wpo_tiebreak`, the WPO v2 recipe): chosen = highest score, ties broken by the shortest
+response; rejected = lowest score, ties broken by the length closest to the chosen one's
+(lengths in characters, so that external responses compare with the policy's).
+
+When every response of a prompt scored the same there is no preference: `ranker.ties=drop`
+leaves the prompt out and counts it; `keep` keeps the pair the selection gives (the SPPO
+reference's behaviour: argmax = argmin, chosen equals rejected).
+
+Writes `pairs.parquet` (rows sorted by prompt_id, so sharding never changes the file) and
+`done.json` with the counts, each atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from src.artifacts import atomic_path, write_completion_record
+from src.config import Config, PairSelection, Stage, TiePolicy, fingerprint
+from src.errors import StageError
+from src.ranking.candidates import EXTERNAL
+from src.ranking.preferences import TIE_ATOL, all_tied
+from src.shards import finished_rows
+
+RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
+
+
+class PairsBuildError(StageError):
+    """The ranked rows cannot make pairs; the message says what and where."""
+
+
+def select_pair(
+    scores: np.ndarray, lengths: list[int], selection: PairSelection
+) -> tuple[int, int]:
+    """(chosen, rejected) indices among the K responses."""
+    if selection == PairSelection.argmax_argmin:  # the first index among equal scores, as numpy
+        return int(np.argmax(scores)), int(np.argmin(scores))
+    K = len(scores)
+    top = [i for i in range(K) if scores[i] >= scores.max() - TIE_ATOL]
+    chosen = min(top, key=lambda i: (lengths[i], i))
+    # when every score ties, the rejected one is any other response
+    bottom = [i for i in range(K) if scores[i] <= scores.min() + TIE_ATOL and i not in top]
+    bottom = bottom or [i for i in range(K) if i != chosen]
+    rejected = min(bottom, key=lambda i: (abs(lengths[i] - lengths[chosen]), i))
+    return chosen, rejected
+
+
+def pair_of(row: dict[str, Any], where: str, selection: PairSelection) -> dict[str, Any]:
+    missing = [k for k in RANKED_KEYS if k not in row]
+    if missing:
+        raise PairsBuildError(f"{where}: the ranked row lacks {', '.join(missing)}")
+    scores = np.asarray(row["scores"], dtype=np.float64)
+    P = np.asarray(row["win_matrix"], dtype=np.float64)
+    p = np.asarray(row["win_rate"], dtype=np.float64)
+    K = len(row["responses"])
+    if K < 2 or scores.shape != (K,) or P.shape != (K, K) or p.shape != (K,):
+        raise PairsBuildError(
+            f"{where}: prompt_id {row['prompt_id']!r}: {K} responses but scores, win_matrix and "
+            f"win_rate of shapes {scores.shape}, {P.shape}, {p.shape}"
+        )
+    win, lose = select_pair(scores, [len(r) for r in row["responses"]], selection)
+    return {
+        "prompt_id": row["prompt_id"],
+        "prompt": row["prompt"],
+        "chosen": row["responses"][win],
+        "rejected": row["responses"][lose],
+        "chosen_probs": float(P[win, lose]),
+        "chosen_probs_win": float(p[win]),
+        "chosen_probs_lose": float(p[lose]),
+        "chosen_score": float(scores[win]),
+        "rejected_score": float(scores[lose]),
+        "chosen_index": win,
+        "rejected_index": lose,
+        "chosen_source": row["sources"][win],
+        "rejected_source": row["sources"][lose],
+    }
+
+
+def run(cfg: Config) -> dict:
+    started = time.time()
+    stage_dir = cfg.stage_dir(Stage.pairs)
+    ranked = finished_rows(
+        cfg.stage_dir(Stage.rank),
+        "ranked",
+        PairsBuildError,
+        f"python -m src.main stage=rank iter={cfg.iter} (with this run's model and method)",
+    )
+    pairs, ties = [], 0
+    for where, row in ranked:
+        if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
+            ties += 1
+            if cfg.ranker.ties == TiePolicy.drop:
+                continue
+        pairs.append(pair_of(row, where, cfg.method.pair_selection))
+    if not pairs:
+        raise PairsBuildError(
+            f"no pairs: all {len(ranked)} ranked prompts have tied scores (ranker.ties=drop); "
+            "the judge does not tell these responses apart"
+        )
+    pairs.sort(key=lambda r: r["prompt_id"])
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_path(stage_dir / "pairs.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(pairs), tmp)
+    counts = {
+        "prompts": len(ranked),
+        "pairs": len(pairs),
+        "ties_dropped": ties if cfg.ranker.ties == TiePolicy.drop else 0,
+        "ties_kept": ties if cfg.ranker.ties == TiePolicy.keep else 0,
+        "chosen_external": sum(r["chosen_source"] == EXTERNAL for r in pairs),
+        "rejected_external": sum(r["rejected_source"] == EXTERNAL for r in pairs),
+        "mean_chosen_probs": float(np.mean([r["chosen_probs"] for r in pairs])),
+        "mean_chosen_win_rate": float(np.mean([r["chosen_probs_win"] for r in pairs])),
+        "mean_rejected_win_rate": float(np.mean([r["chosen_probs_lose"] for r in pairs])),
+        "mean_score_margin": float(
+            np.mean([r["chosen_score"] - r["rejected_score"] for r in pairs])
+        ),
+    }
+    seconds = time.time() - started
+    write_completion_record(stage_dir, fingerprint(cfg), counts, {"seconds": seconds})
+    print(
+        f"[pairs] {counts['pairs']} pairs from {counts['prompts']} prompts "
+        f"({ties} with tied scores, {cfg.ranker.ties.value}); mean P(chosen > rejected) "
+        f"{counts['mean_chosen_probs']:.3f}",
+        file=sys.stderr,
+    )
+    return counts

@@ -1,0 +1,111 @@
+"""PairRM through llm-blender, batched across prompts.
+
+llm-blender's `Blender.rank(inputs, candidates, batch_size=1)` (the SPPO reference's call)
+runs, for every prompt, K(K-1) forward passes of ONE comparison each. Here the same model
+(`blender.ranker`, llm-blender's CrossCompareReranker) compares many (prompt, i, j) triples
+per forward, sorted by length so that a batch holds similar lengths and little padding.
+
+Inputs are tokenised by llm-blender's own collator, one prompt at a time, exactly as
+`rank(batch_size=1)` tokenises them: its candidate truncation depends on the batch (a
+candidate may use `candidate_max_length + (source_max_length - longest source) // 2`
+tokens), so per-prompt encoding is what makes the logits equal the reference's. Padding is
+then stripped and the triples re-batched; the ranker moves padding to the end of each row and
+masks it, so batching changes the logits only by float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EncodedPrompt:
+    source: torch.Tensor  # [S] PairRM token ids, no padding
+    candidates: list[torch.Tensor]  # K x [L_k]
+
+
+class PairRMJudge:
+    """Raw comparison logits C (C_ij > 0: response i beats response j) for each prompt."""
+
+    def __init__(
+        self, blender, source_max_length: int, candidate_max_length: int, batch_size: int
+    ) -> None:
+        self.ranker = blender.ranker
+        self.collator = copy.copy(blender.ranker_collator)  # as rank() does, then set the limits
+        self.collator.source_maxlength = source_max_length
+        self.collator.candidate_maxlength = candidate_max_length
+        self.pad_id = self.collator.tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.device = next(self.ranker.parameters()).device
+
+    def encode(self, source: str, candidates: list[str]) -> EncodedPrompt:
+        batch = self.collator([{"index": 0, "source": source, "candidates": candidates}])
+        src = batch["source_ids"][0][batch["source_attention_mask"][0].bool()]
+        cands = [
+            ids[mask.bool()]
+            for ids, mask in zip(
+                batch["candidate_ids"][0], batch["candidate_attention_mask"][0], strict=True
+            )
+        ]
+        return EncodedPrompt(src, cands)
+
+    def _pad(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for n, r in enumerate(rows):
+            ids[n, : len(r)] = r
+            mask[n, : len(r)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def compare(self, sources: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
+        """One K_p x K_p matrix of comparison logits per prompt (diagonal 0).
+
+        Prompts may have different numbers of candidates.
+        """
+        encoded = [self.encode(s, c) for s, c in zip(sources, candidates, strict=True)]
+        triples = [
+            (p, i, j)
+            for p, e in enumerate(encoded)
+            for i in range(len(e.candidates))
+            for j in range(len(e.candidates))
+            if i != j
+        ]
+
+        def length(t: tuple[int, int, int]) -> int:
+            e = encoded[t[0]]
+            return len(e.source) + len(e.candidates[t[1]]) + len(e.candidates[t[2]])
+
+        triples.sort(key=length)
+        logits = [np.zeros((len(e.candidates),) * 2, dtype=np.float64) for e in encoded]
+        for start in range(0, len(triples), self.batch_size):
+            batch = triples[start : start + self.batch_size]
+            source = self._pad([encoded[p].source for p, _, _ in batch])
+            left = self._pad([encoded[p].candidates[i] for p, i, _ in batch])
+            right = self._pad([encoded[p].candidates[j] for p, _, j in batch])
+            out = self.ranker._forward(*source, *left, *right)["logits"]
+            for (p, i, j), value in zip(batch, out.float().cpu().tolist(), strict=True):
+                logits[p][i, j] = value
+        return logits
+
+
+def load_pairrm_judge(
+    model: str,
+    source_max_length: int,
+    candidate_max_length: int,
+    batch_size: int,
+    device: str = "cpu",
+) -> PairRMJudge:
+    from src.blender_compat import load_pairrm
+
+    started = time.time()
+    blender = load_pairrm(model, device=device)
+    print(f"[rank] PairRM {model} loaded in {time.time() - started:.1f}s", file=sys.stderr)
+    return PairRMJudge(blender, source_max_length, candidate_max_length, batch_size)

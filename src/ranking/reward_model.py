@@ -1,0 +1,128 @@
+"""A reward-model judge: any `AutoModelForSequenceClassification` that gives one score per
+(prompt, response) conversation, rendered with the reward model's own chat template.
+
+Every (prompt, response) of a chunk goes into one length-sorted list, scored `batch_size`
+sequences per forward. Remote code (ArmoRM's scoring head) runs only when the config opts in
+with `ranker.trust_remote_code=true`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from src.errors import StageError
+
+
+class RewardModelError(StageError):
+    """The reward model cannot be used as a judge; the message says why."""
+
+
+class RewardModelJudge:
+    """Scores r_k for each response of each prompt (higher is better)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        source_max_length: int,
+        candidate_max_length: int,
+        batch_size: int,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source_max_length = source_max_length
+        self.candidate_max_length = candidate_max_length
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+
+    def _truncate(self, text: str, limit: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= limit else self.tokenizer.decode(ids[:limit])
+
+    def encode(self, prompt: str, response: str) -> list[int]:
+        messages = [
+            {"role": "user", "content": self._truncate(prompt, self.source_max_length)},
+            {"role": "assistant", "content": self._truncate(response, self.candidate_max_length)},
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        # the template writes the BOS itself when the model wants one
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
+        sequences = [
+            ((p, k), self.encode(prompt, response))
+            for p, (prompt, responses) in enumerate(zip(prompts, candidates, strict=True))
+            for k, response in enumerate(responses)
+        ]
+        sequences.sort(key=lambda s: len(s[1]))
+        scores = [np.zeros(len(c), dtype=np.float64) for c in candidates]
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(sequences), self.batch_size):
+            batch = sequences[start : start + self.batch_size]
+            width = max(len(ids) for _, ids in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for n, (_, row) in enumerate(batch):
+                ids[n, : len(row)] = torch.tensor(row)
+                mask[n, : len(row)] = 1
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            # ArmoRM-style models return a preference `score`; plain ones a [B, 1] logit
+            values = getattr(out, "score", None)
+            values = out.logits[:, 0] if values is None else values.reshape(len(batch))
+            for ((p, k), _), v in zip(batch, values.float().cpu().tolist(), strict=True):
+                scores[p][k] = v
+        return scores
+
+
+def load_reward_model_judge(
+    path: str,
+    source_max_length: int,
+    candidate_max_length: int,
+    batch_size: int,
+    trust_remote_code: bool,
+    device: torch.device,
+) -> RewardModelJudge:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    started = time.time()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:  # a missing folder, or a hub id with the hub offline
+        raise RewardModelError(
+            f"cannot load the reward model {path!r}: {str(err).splitlines()[0]} "
+            "(offline, point ranker.model at a local folder)"
+        ) from None
+    except ValueError as err:
+        if "trust_remote_code" not in str(err) or trust_remote_code:
+            raise
+        raise RewardModelError(
+            f"the reward model {path!r} needs its own code (remote code); if you trust it, "
+            "opt in with ranker.trust_remote_code=true"
+        ) from None
+    if tokenizer.chat_template is None:
+        raise RewardModelError(
+            f"the reward model {path!r} has no chat template: it cannot render "
+            "(prompt, response) conversations the way it was trained"
+        )
+    num_labels = model.config.num_labels
+    if num_labels != 1 and not trust_remote_code:
+        raise RewardModelError(
+            f"the reward model {path!r} has {num_labels} labels; a judge needs one score per "
+            "response (a 1-label head, or a remote-code model that returns `score`)"
+        )
+    if tokenizer.pad_token_id is None:  # batches need padding; the last real token is read
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device).eval()
+    print(f"[rank] reward model {path} loaded in {time.time() - started:.1f}s", file=sys.stderr)
+    return RewardModelJudge(model, tokenizer, source_max_length, candidate_max_length, batch_size)
