@@ -12,9 +12,8 @@ from src.generation.prompts import (
     PromptsError,
     derive_prompt_id,
     load_prompts,
-    resolve_shard,
 )
-from src.shards import take_shard
+from src.shards import resolve_shard, take_shard
 
 ITER1 = Path(__file__).resolve().parents[1] / "data" / "prompts" / "iter1.jsonl"
 
@@ -400,6 +399,11 @@ def test_shard_prompts_rejects_out_of_range(shard, num_shards):
         take_shard([Prompt("a", "x")], shard, num_shards)
 
 
+def test_resolve_shard_names_the_section_it_is_for():
+    with pytest.raises(StageError, match=r"ranker\.num_shards"):
+        resolve_shard(None, None, env={"SLURM_ARRAY_TASK_ID": "1"}, section="ranker")
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -475,7 +479,7 @@ def test_resolve_shard_reads_os_environ_by_default(monkeypatch):
     ],
 )
 def test_resolve_shard_rejects_what_would_leave_prompts_out(shard, num_shards, env, pattern):
-    with pytest.raises(PromptsError, match=pattern):
+    with pytest.raises(StageError, match=pattern):
         resolve_shard(shard, num_shards, env=env)
 
 
