@@ -45,7 +45,7 @@ def test_groups_have_the_options_the_project_promises():
     }
     assert set(METHODS) == {"sppo", "wpo", "dpo"}
     assert set(options("generation")) >= {"hf", "vllm"}
-    assert set(options("ranker")) >= {"pairrm", "reward-model"}
+    assert set(options("ranker")) >= {"pairrm", "reward-model", "tiny-pairrm", "tiny-reward-model"}
     assert set(HARDWARE) >= {"cpu", "gpu-1", "node-8gpu", "multinode"}
     assert any(h.startswith("slurm-") for h in HARDWARE)
     assert set(options("logger")) == {"wandb", "none"}
@@ -53,7 +53,19 @@ def test_groups_have_the_options_the_project_promises():
         "gemma-2-9b-it-sppo",
         "mistral-7b-instruct-sppo",
         "gemma-2-9b-it-wpo-hb",
+        "tiny-wpo-hb",
     }
+
+
+def test_the_tiny_wpo_hb_preset_is_wpo_hb_at_toy_scale():
+    c = compose_cfg("experiment=tiny-wpo-hb")
+    assert (c.model.name, c.method.name.value, c.ranker.name) == (
+        "tiny-mistral",
+        "wpo",
+        "tiny-reward-model",
+    )
+    assert c.ranker.kind.value == "reward_model" and c.method.pair_selection.value == "wpo_tiebreak"
+    assert c.hardware.name == "cpu" and Path(c.data.external_responses).is_file()
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -121,7 +121,42 @@ WEIGHTS = {
     "tiny-mistral": ["model.safetensors", "tokenizer.json"],
     "tiny-gemma2": ["model.safetensors", "tokenizer.json"],
     "tiny-pairrm": ["model.safetensors", "backbone/model.safetensors", "backbone/tokenizer.json"],
+    "tiny-rm": ["model.safetensors", "tokenizer.json"],
 }
+
+
+def test_tiny_reward_model_scores_the_last_real_token_of_a_conversation(tiny_dir):
+    """One score per (prompt, response) in Mistral's template; its own pad token, so right
+    padding in a batch does not change a score."""
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        MistralForSequenceClassification,
+    )
+
+    folder = tiny_dir / "tiny-rm"
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert isinstance(model, MistralForSequenceClassification) and model.config.num_labels == 1
+    assert tok.pad_token_id not in (tok.eos_token_id, tok.bos_token_id)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        tokenize=False,
+    )
+    assert text == "<s>[INST] hi [/INST]hello</s>"
+    short = tok(text, add_special_tokens=False)["input_ids"]
+    long = tok(text.replace("hello", "hello there, how are you"), add_special_tokens=False)[
+        "input_ids"
+    ]
+    padded = torch.full((2, len(long)), tok.pad_token_id)
+    padded[0, : len(short)] = torch.tensor(short)
+    padded[1] = torch.tensor(long)
+    with torch.no_grad():
+        batch = model(input_ids=padded, attention_mask=(padded != tok.pad_token_id).long()).logits
+        alone = model(input_ids=torch.tensor([short])).logits
+    assert batch.shape == (2, 1)
+    assert torch.allclose(batch[0], alone[0], atol=1e-5) and not torch.allclose(batch[0], batch[1])
 
 
 @pytest.mark.parametrize("name", tiny.TINY_NAMES)
