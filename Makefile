@@ -43,20 +43,16 @@ $(VENV)/.installed: pyproject.toml
 install-vllm: install ## Add the vLLM generation backend (GPU machines only)
 	$(PIP) install ".[vllm,$(EXTRAS)]"
 
-tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm
+tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm
 	$(OFFLINE) $(PY) -m src.tiny --force
 
 demo: install ## The pipeline on the tiny models, on CPU, offline (ARGS adds overrides)
 	$(OFFLINE) $(PY) -m src.tiny
 	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 --cfg job $(ARGS) | head -n 12
-	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 stage=generate logger=none $(ARGS)
-	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 stage=train logger=none \
-		training.pairs=tests/data/pairs_tiny.jsonl $(ARGS)
-	@$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 logger=none $(ARGS); rc=$$?; \
-	if [ $$rc -eq 3 ]; then \
-		echo "demo: generation (iteration-1 split) and training (on the pairs fixture) ran, see"; \
-		echo "demo: runs/tiny-mistral/; the whole pipeline stops at the stage named above, not built yet."; \
-	elif [ $$rc -ne 0 ]; then exit $$rc; fi
+	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 stage=all logger=none $(ARGS)
+	$(OFFLINE) $(PY) -m src.main experiment=tiny-wpo-hb iter=1 stage=all logger=none $(ARGS)
+	@echo "demo: iteration 1 of SPPO (tiny PairRM judge) and of WPO-HB (tiny reward model, hybrid"
+	@echo "demo: pool) ran generate -> rank -> pairs -> train; see runs/tiny-mistral/."
 
 test: install ## Run the test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
