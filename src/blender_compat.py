@@ -21,10 +21,12 @@ from typing import Any
 
 from huggingface_hub import constants as hub_constants
 
+from src.errors import StageError
+
 PAIRRM_HUB_ID = "llm-blender/PairRM"
 
 
-class PairRMLoadError(RuntimeError):
+class PairRMLoadError(StageError):
     """A ranker could not be loaded; the message says what to pass instead."""
 
 

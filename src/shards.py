@@ -124,12 +124,14 @@ class Shard:
 def claim(shard: Shard, identity: str, error: type[StageError], what: str) -> None:
     """Refuse a shard directory holding chunks made from another `identity`, else mark it ours."""
     marker = shard.work / "identity.txt"
-    if marker.exists() and marker.read_text().strip() != identity:
+    if marker.exists() and marker.read_text().strip() == identity:
+        return
+    # a run that failed before its first chunk (a judge that would not load) left nothing to protect
+    if marker.exists() and any(shard.work.glob("chunk*.jsonl")):
         raise error(
             f"{shard.work} holds {what}; delete that directory to redo it, or restore the config"
         )
-    if not marker.exists():
-        atomic_write_text(marker, identity + "\n")
+    atomic_write_text(marker, identity + "\n")
 
 
 @dataclass

@@ -472,3 +472,11 @@ def test_command_line_rank_then_pairs(tmp_path):
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "is not finished (no done.json)" in last
+
+
+def test_a_run_that_failed_before_its_first_chunk_does_not_block_a_corrected_config():
+    cfg = cfg_for("ranker=pairrm")  # a hub id, offline: fails when the judge loads
+    write_generation(cfg, generation_rows(2))
+    with pytest.raises(PairRMLoadError):
+        rank_stage.run(cfg)
+    assert rank_stage.run(cfg_for())["ranked"] == 2

@@ -21,7 +21,9 @@ TIE_ATOL = 1e-6
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # exact at 0 and stable for large |x|
+    """1 / (1 + e^-x) without overflow for large |x|; exactly 1/2 at 0."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def scores_from_comparisons(C: np.ndarray) -> np.ndarray:
