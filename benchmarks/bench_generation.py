@@ -26,32 +26,33 @@ benchmarks/README.md for what is measured and how to read it.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.bench_trainer import (
-    OFFLINE_ENV,
+from benchmarks.common import (
+    REPO_ROOT,
+    OtherCpu,
+    add_common_args,
     code_hashes,
-    machine_busy_s,
+    group_runs,
+    is_worker,
     machine_info,
+    measure_interleaved,
+    per_repeat_ratios,
+    rerender,
+    reset_peak,
+    run_fresh,
     status_kb,
+    target_met,
+    trim_heap,
     wait_for_quiet,
+    write_results,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _key, _value in OFFLINE_ENV.items():
-    os.environ.setdefault(_key, _value)
 
 MODELS = ("tiny-mistral", "tiny-gemma2")
 APPROACHES = ("ours", "hf-nrs", "reference")
@@ -242,21 +243,6 @@ def record_processors(into: list) -> None:
     utils.GenerationMixin._get_logits_processor = spy
 
 
-def trim_heap() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def reset_peak() -> str:
-    """Reset the kernel's high-water mark of this process (VmHWM); returns the method used."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return "VmHWM after clear_refs"
-    except OSError:
-        return "VmHWM since process start (clear_refs not allowed): an upper bound"
-
-
 def measured_code() -> dict:
     """The code measured, whatever git says about it (a file may be uncommitted or change
     while the benchmark runs: every run records what it imported)."""
@@ -288,11 +274,12 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
     trim_heap()
     rss_before_kb = status_kb("VmRSS")
     memory_method = reset_peak()
-    machine0, process0 = machine_busy_s(), time.process_time()
+    window = OtherCpu()
+    window.start()
     t0 = time.perf_counter()
     samples = split(batches)
     seconds = time.perf_counter() - t0
-    machine1, process1 = machine_busy_s(), time.process_time()
+    other_cpu_share = window.share(seconds)
     peak_kb = status_kb("VmHWM")
 
     k, new = SETTINGS["K"], SETTINGS["max_new_tokens"]
@@ -302,7 +289,6 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
         raise RuntimeError(
             f"{spec.name}: {tokens} tokens in {len(samples)} samples, {expected} expected"
         )
-    cores = len(os.sched_getaffinity(0))
     calls = len(batches) * (k if spec.approach == "reference" else 1)
     return {
         "spec": asdict(spec),
@@ -324,8 +310,7 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
         "rss_before_mb": rss_before_kb / 1024,
         "peak_rss_process_mb": peak_kb / 1024,
         "memory_method": memory_method,
-        "other_cpu_share": max((machine1 - machine0) - (process1 - process0), 0.0)
-        / (seconds * cores),
+        "other_cpu_share": other_cpu_share,
         "torch_threads": torch.get_num_threads(),
         "logits_processors": processors,
         "code_sha256": code,
@@ -461,7 +446,8 @@ def noise_microbench(rows: int, vocab: int, repeats: int = 300) -> dict:
 
 
 def worker_main(argv: list[str]) -> None:
-    mode, spec, options, out = argv[0], Spec(**json.loads(argv[1])), json.loads(argv[2]), argv[3]
+    out, mode = argv[0], argv[1]
+    spec, options = Spec(**json.loads(argv[2])), json.loads(argv[3])
     SETTINGS["max_new_tokens"] = options["max_new_tokens"]
     fn = run_worker if mode == "run" else profile_worker
     Path(out).write_text(json.dumps(fn(spec, options["max_prompt_length"]), indent=1))
@@ -470,32 +456,20 @@ def worker_main(argv: list[str]) -> None:
 # --- the whole benchmark ----------------------------------------------------------------------
 
 
-def run_fresh(mode: str, spec: Spec, options: dict, timeout: int):
-    """One configuration in a fresh interpreter: (its measurements, None) or (None, the error)."""
-    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable, "-m", "benchmarks.bench_generation", "--worker", mode,
-            json.dumps(asdict(spec)), json.dumps(options), str(out),
-        ]  # fmt: skip
-        try:
-            proc = subprocess.run(
-                cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            return None, f"timed out after {timeout} s"
-        if proc.returncode != 0 or not out.is_file():
-            sys.stderr.write(proc.stderr[-4000:])
-            return None, (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return json.loads(out.read_text()), None
+def run_config(mode: str, spec: Spec, options: dict, timeout: int):
+    """One configuration (mode "run" or "profile") in a fresh interpreter: (its measurements,
+    None) or (None, the error)."""
+    worker_args = [mode, json.dumps(asdict(spec)), json.dumps(options)]
+    return run_fresh("benchmarks.bench_generation", worker_args, timeout)
+
+
+def run_name(run: dict) -> str:
+    return Spec(**run["spec"]).name
 
 
 def summarise(runs: list[dict]) -> dict:
-    configs: dict[str, list[dict]] = {}
-    for run in runs:
-        configs.setdefault(Spec(**run["spec"]).name, []).append(run)
     out = {}
-    for name, group in configs.items():
+    for name, group in group_runs(runs, run_name).items():
         tps = [r["tokens_per_s"] for r in group]
         out[name] = {
             "spec": group[0]["spec"],
@@ -523,19 +497,13 @@ RATIOS = [("ours", "reference", ">= 3.0"), ("ours", "hf-nrs", None), ("hf-nrs", 
 def ratios(summary: dict, runs: list[dict]) -> list[dict]:
     """Ratios of the medians (tokens/s) at the same model and B, with the range of the same ratio
     taken repeat by repeat; and ours at its best B against the reference at its best B."""
-    by_repeat = {(Spec(**r["spec"]).name, r["repeat"]): r for r in runs}
-    repeats = sorted({r["repeat"] for r in runs})
     rows = []
 
     def add(model, what, a: Spec, b: Spec, target):
         sa, sb = summary.get(a.name), summary.get(b.name)
         if not (sa and sb):
             return
-        per_repeat = [
-            by_repeat[a.name, i]["tokens_per_s"] / by_repeat[b.name, i]["tokens_per_s"]
-            for i in repeats
-            if (a.name, i) in by_repeat and (b.name, i) in by_repeat
-        ]
+        per_repeat = per_repeat_ratios(runs, run_name, a.name, b.name, "tokens_per_s")
         value = sa["tokens_per_s"] / sb["tokens_per_s"]
         rows.append(
             {
@@ -545,7 +513,7 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
                 "per_repeat_min": min(per_repeat) if per_repeat else None,
                 "per_repeat_max": max(per_repeat) if per_repeat else None,
                 "target": target,
-                "met": value >= float(target.split()[1]) if target else None,
+                "met": target_met(value, target),
             }
         )
 
@@ -690,16 +658,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe(run: dict) -> str:
+    return (
+        f"{run['tokens_per_s']:,.0f} tok/s, {run['prompts_per_s']:.2f} prompts/s, "
+        f"split {run['split_s']:.2f} s, peak Δ {run['peak_rss_delta_mb']:.1f} MB"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--worker":
+    if is_worker(argv):
         worker_main(argv[1:])
         return
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_generation", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="fresh-process runs per configuration"
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument(
@@ -724,33 +696,14 @@ def main(argv: list[str] | None = None) -> None:
         default=8,
         help="B of the profile pass (0: no profile; default 8)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "benchmarks/results/generation_cpu.json"
-    )
-    parser.add_argument("--timeout", type=int, default=300, help="seconds per configuration run")
-    parser.add_argument(
-        "--max-load",
-        type=float,
-        default=0.1,
-        help="share of the CPUs other processes may use during a run before it is measured again",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="re-measurements of a disturbed run")
-    parser.add_argument(
-        "--max-wait", type=float, default=300, help="seconds to wait for a quiet machine per run"
-    )
-    parser.add_argument(
-        "--render",
-        type=Path,
-        metavar="JSON",
-        help="only rewrite the Markdown table (next to JSON) from a results file, measuring nothing",
-    )
+    add_common_args(parser, out=REPO_ROOT / "benchmarks/results/generation_cpu.json", timeout=300)
     args = parser.parse_args(argv)
     if args.render:
-        result = json.loads(args.render.read_text(encoding="utf-8"))
-        result["ratios"] = ratios(result["summary"], result["runs"])
-        args.render.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        args.render.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-        print(markdown(result))
+
+        def refresh(result: dict) -> None:
+            result["ratios"] = ratios(result["summary"], result["runs"])
+
+        rerender(args.render, refresh, markdown)
         return
     SETTINGS["max_new_tokens"] = args.max_new_tokens
     SETTINGS["max_prompt_length"] = args.max_prompt_length
@@ -768,39 +721,9 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch_sizes
         for approach in args.approaches
     ]
-    runs, failures, waited = [], [], 0.0
-    total = len(specs) * args.repeats
-    for repeat in range(args.repeats):
-        for i, spec in enumerate(specs):
-            n = repeat * len(specs) + i + 1
-            tries = []
-            for attempt in range(1 + args.retries):
-                waited += wait_for_quiet(args.max_load, args.max_wait)
-                t0 = time.time()
-                run, error = run_fresh("run", spec, options, args.timeout)
-                if run is None:
-                    failures.append({"spec": asdict(spec), "repeat": repeat, "error": error})
-                    print(f"[{n}/{total}] {spec.name}: FAILED: {error}", flush=True)
-                    break
-                run["repeat"], run["attempt"] = repeat, attempt
-                tries.append(run)
-                busy = run["other_cpu_share"]
-                print(
-                    f"[{n}/{total}] {spec.name}: {run['tokens_per_s']:,.0f} tok/s, "
-                    f"{run['prompts_per_s']:.2f} prompts/s, split {run['split_s']:.2f} s, "
-                    f"peak Δ {run['peak_rss_delta_mb']:.1f} MB, other load {busy:.0%} "
-                    f"({time.time() - t0:.0f} s)",
-                    flush=True,
-                )
-                if busy <= args.max_load:
-                    break
-                print(
-                    f"    other processes took {busy:.0%} of the CPUs: measuring again", flush=True
-                )
-            if tries:
-                best = min(tries, key=lambda r: r["other_cpu_share"])
-                best["contended"] = best["other_cpu_share"] > args.max_load
-                runs.append(best)
+    runs, failures, waited = measure_interleaved(
+        specs, args, lambda spec: run_config("run", spec, options, args.timeout), describe
+    )
 
     profile = []
     if args.profile_batch:
@@ -808,7 +731,7 @@ def main(argv: list[str] | None = None) -> None:
             for approach in args.approaches:
                 spec = Spec(approach, model, args.profile_batch)
                 waited += wait_for_quiet(args.max_load, args.max_wait)
-                prof, error = run_fresh("profile", spec, options, args.timeout)
+                prof, error = run_config("profile", spec, options, args.timeout)
                 if prof is None:
                     failures.append({"spec": asdict(spec), "profile": True, "error": error})
                     print(f"[profile] {spec.name}: FAILED: {error}", flush=True)
@@ -851,12 +774,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds_waited_for_quiet": round(waited, 1),
         "wall_s": round(time.time() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    md = args.out.with_suffix(".md")
-    md.write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
-    print(f"wrote {args.out} and {md} ({result['wall_s']:.0f} s)")
+    write_results(args.out, result, markdown)
     if failures:
         sys.exit(1)
 

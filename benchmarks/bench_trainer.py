@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import datetime as dt
 import gc
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,17 +34,23 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "TQDM_DISABLE": "1",  # TRL's precompute progress bar
-}
-for _key, _value in OFFLINE_ENV.items():
-    os.environ.setdefault(_key, _value)
+from benchmarks.common import (
+    REPO_ROOT,
+    add_common_args,
+    code_hashes,
+    group_runs,
+    is_worker,
+    machine_busy_s,
+    machine_info,
+    measure_interleaved,
+    median,
+    per_repeat_ratios,
+    rerender,
+    run_fresh,
+    status_kb,
+    target_met,
+    write_results,
+)
 
 MODELS = ("tiny-mistral", "tiny-gemma2")
 # Opt-in variants (--models): a tiny model whose LM head is widened to a real vocabulary size
@@ -180,27 +183,6 @@ def make_pairs(n: int, seed: int, models: list[str], max_length: int) -> list[di
 
 
 # --- measurement ------------------------------------------------------------------------------
-
-
-def status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def other_load(seconds: float) -> float:
-    """Share of the machine's cores kept busy by other processes over `seconds` (this one idles)."""
-    busy = machine_busy_s()
-    time.sleep(seconds)
-    return (machine_busy_s() - busy) / (seconds * len(os.sched_getaffinity(0)))
 
 
 class PeakRss:
@@ -540,8 +522,8 @@ def run_worker(spec: Spec, pairs_path: Path, workdir: Path, warmup: int, steps: 
 
 
 def worker_main(argv: list[str]) -> None:
-    spec = Spec(**json.loads(argv[0]))
-    pairs_path, out, warmup, steps = Path(argv[1]), Path(argv[2]), int(argv[3]), int(argv[4])
+    out, spec = Path(argv[0]), Spec(**json.loads(argv[1]))
+    pairs_path, warmup, steps = Path(argv[2]), int(argv[3]), int(argv[4])
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as workdir:
         result = run_worker(spec, pairs_path, Path(workdir), warmup, steps)
     out.write_text(json.dumps(result, indent=1))
@@ -550,73 +532,26 @@ def worker_main(argv: list[str]) -> None:
 # --- the whole benchmark ----------------------------------------------------------------------
 
 
-def machine_info(packages: tuple[str, ...], code_sha256: dict) -> dict:
-    """Where and what was measured: CPU, memory, versions of `packages`, git state, code hashes."""
-    from importlib.metadata import version
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: version(name) for name in packages},
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        # the code measured, whatever git says about it (a file may be uncommitted)
-        "code_sha256": code_sha256,
-    }
-
-
-def code_hashes(paths: list[Path]) -> dict:
-    return {
-        str(path.relative_to(REPO_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        for path in paths
-    }
+def run_name(run: dict) -> str:
+    return Spec(**run["spec"]).name
 
 
 def summarise(runs: list[dict]) -> dict:
-    def med(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
-
-    configs = {}
-    for run in runs:
-        configs.setdefault(Spec(**run["spec"]).name, []).append(run)
     out = {}
-    for name, group in configs.items():
+    for name, group in group_runs(runs, run_name).items():
         tps = [r["tokens_per_s"] for r in group]
         out[name] = {
             "spec": group[0]["spec"],
             "repeats": len(group),
-            "tokens_per_s": med(tps),
+            "tokens_per_s": median(tps),
             "tokens_per_s_min": min(tps),
             "tokens_per_s_max": max(tps),
-            "step_ms": 1000 * med([r["step_s_median"] for r in group]),
-            "tokens_per_step": med([r["tokens_per_step_mean"] for r in group]),
-            "peak_rss_delta_mb": med([r["peak_rss_delta_mb"] for r in group]),
-            "steady_peak_delta_mb": med([r["steady_peak_delta_mb"] for r in group]),
-            "peak_rss_process_mb": med([r["peak_rss_process_mb"] for r in group]),
-            "precompute_s": med([r["precompute_s"] for r in group]),
+            "step_ms": 1000 * median([r["step_s_median"] for r in group]),
+            "tokens_per_step": median([r["tokens_per_step_mean"] for r in group]),
+            "peak_rss_delta_mb": median([r["peak_rss_delta_mb"] for r in group]),
+            "steady_peak_delta_mb": median([r["steady_peak_delta_mb"] for r in group]),
+            "peak_rss_process_mb": median([r["peak_rss_process_mb"] for r in group]),
+            "precompute_s": median([r["precompute_s"] for r in group]),
         }
     return out
 
@@ -638,25 +573,13 @@ PRECOMPUTE_GAIN = [("ours", ">= 1.25"), ("trl", None)]
 def ratios(summary: dict, runs: list[dict]) -> list[dict]:
     """The ratios of the medians, each with its targets, and the range of the same ratio taken
     repeat by repeat (repeat i of one configuration against repeat i of the other)."""
-    by_repeat: dict[tuple[str, int], dict] = {
-        (Spec(**r["spec"]).name, r["repeat"]): r for r in runs
-    }
-    repeats = sorted({r["repeat"] for r in runs})
 
     def ratio(model, loss, what, modes, a: Spec, b: Spec, key, target):
         sa, sb = summary.get(a.name), summary.get(b.name)
         if not (sa and sb and sb[key]):
             return None
-        per_repeat = [
-            by_repeat[a.name, i][key] / by_repeat[b.name, i][key]
-            for i in repeats
-            if (a.name, i) in by_repeat and (b.name, i) in by_repeat
-        ]
+        per_repeat = per_repeat_ratios(runs, run_name, a.name, b.name, key)
         value = sa[key] / sb[key]
-        met = None
-        if target:
-            op, bound = target.split()
-            met = value >= float(bound) if op == ">=" else value <= float(bound)
         return {
             "model": model,
             "loss": loss,
@@ -666,7 +589,7 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
             "per_repeat_min": min(per_repeat),
             "per_repeat_max": max(per_repeat),
             "target": target,
-            "met": met,
+            "met": target_met(value, target),
         }
 
     rows = []
@@ -730,38 +653,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_config(
-    spec: Spec, pairs_path: Path, warmup: int, steps: int, timeout: int
-) -> tuple[dict | None, str | None]:
-    """One configuration in a fresh interpreter: (its measurements, None) or (None, the error)."""
-    with tempfile.TemporaryDirectory(prefix="bench-result-") as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable, "-m", "benchmarks.bench_trainer", "--worker",
-            json.dumps(asdict(spec)), str(pairs_path), str(out), str(warmup), str(steps),
-        ]  # fmt: skip
-        try:
-            proc = subprocess.run(
-                cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            return None, f"timed out after {timeout} s"
-        if proc.returncode != 0 or not out.is_file():
-            sys.stderr.write(proc.stderr[-4000:])
-            return None, (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return json.loads(out.read_text()), None
-
-
-def wait_for_quiet(max_load: float, max_wait: float) -> float:
-    """Wait (up to `max_wait` s) until other processes use at most `max_load` of the CPUs: on a
-    2-core machine one busy neighbour halves a measurement. Returns the seconds waited."""
-    started = time.time()
-    while (load := other_load(0.5)) > max_load and time.time() - started < max_wait:
-        print(f"    waiting for a quiet machine (other load {load:.0%})", flush=True)
-        time.sleep(10)
-    return time.time() - started
-
-
 def specs_for(args) -> list[Spec]:
     return [
         Spec(tool, model, loss, ref)
@@ -772,9 +663,16 @@ def specs_for(args) -> list[Spec]:
     ]
 
 
+def describe(run: dict) -> str:
+    return (
+        f"{run['tokens_per_s']:,.0f} tok/s, step {1000 * run['step_s_median']:.1f} ms, "
+        f"peak Δ {run['peak_rss_delta_mb']:.1f} MB (steady {run['steady_peak_delta_mb']:.1f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--worker":
+    if is_worker(argv):
         worker_main(argv[1:])
         return
     parser = argparse.ArgumentParser(
@@ -786,9 +684,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--warmup", type=int, default=3, help="steps before the measurement (default 3)"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="fresh-process runs per configuration"
-    )
     parser.add_argument("--pairs", type=int, default=128, help="synthetic pairs (default 128)")
     parser.add_argument(
         "--models", nargs="+", default=list(MODELS), choices=[*MODELS, *WIDE_MODELS]
@@ -796,33 +691,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--refs", nargs="+", default=list(REFS), choices=REFS)
-    parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "benchmarks/results/trainer_cpu.json"
-    )
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration run")
-    parser.add_argument(
-        "--max-load",
-        type=float,
-        default=0.1,
-        help="share of the CPUs other processes may use during a run before it is measured again",
-    )
-    parser.add_argument("--retries", type=int, default=2, help="re-measurements of a disturbed run")
-    parser.add_argument(
-        "--max-wait", type=float, default=300, help="seconds to wait for a quiet machine per run"
-    )
-    parser.add_argument(
-        "--render",
-        type=Path,
-        metavar="JSON",
-        help="only rewrite the Markdown table (next to JSON) from a results file, measuring nothing",
-    )
+    add_common_args(parser, out=REPO_ROOT / "benchmarks/results/trainer_cpu.json", timeout=600)
     args = parser.parse_args(argv)
     if args.render:
-        result = json.loads(args.render.read_text(encoding="utf-8"))
-        result["ratios"] = ratios(result["summary"], result["runs"])
-        args.render.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        args.render.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-        print(markdown(result))
+
+        def refresh(result: dict) -> None:
+            result["ratios"] = ratios(result["summary"], result["runs"])
+
+        rerender(args.render, refresh, markdown)
         return
     if args.warmup < 2 or args.steps < 2:
         parser.error("--warmup and --steps must be >= 2")
@@ -841,40 +717,11 @@ def main(argv: list[str] | None = None) -> None:
     pairs_path = bench_dir / f"pairs_{args.pairs}.jsonl"
     pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
-    specs = specs_for(args)
-    runs, failures, waited = [], [], 0.0
-    total = len(specs) * args.repeats
-    for repeat in range(args.repeats):
-        for i, spec in enumerate(specs):
-            n = repeat * len(specs) + i + 1
-            tries = []
-            for attempt in range(1 + args.retries):
-                waited += wait_for_quiet(args.max_load, args.max_wait)
-                t0 = time.time()
-                run, error = run_config(spec, pairs_path, args.warmup, args.steps, args.timeout)
-                if run is None:
-                    failures.append({"spec": asdict(spec), "repeat": repeat, "error": error})
-                    print(f"[{n}/{total}] {spec.name}: FAILED: {error}", flush=True)
-                    break
-                run["repeat"], run["attempt"] = repeat, attempt
-                tries.append(run)
-                busy = run["other_cpu_share"]
-                print(
-                    f"[{n}/{total}] {spec.name}: {run['tokens_per_s']:,.0f} tok/s, "
-                    f"step {1000 * run['step_s_median']:.1f} ms, peak Δ {run['peak_rss_delta_mb']:.1f} MB "
-                    f"(steady {run['steady_peak_delta_mb']:.1f}), "
-                    f"other load {busy:.0%} ({time.time() - t0:.0f} s)",
-                    flush=True,
-                )
-                if busy <= args.max_load:
-                    break
-                print(
-                    f"    other processes took {busy:.0%} of the CPUs: measuring again", flush=True
-                )
-            if tries:  # the least disturbed attempt; flagged if even that one was disturbed
-                best = min(tries, key=lambda r: r["other_cpu_share"])
-                best["contended"] = best["other_cpu_share"] > args.max_load
-                runs.append(best)
+    def run_one(spec: Spec):
+        worker_args = [json.dumps(asdict(spec)), str(pairs_path), str(args.warmup), str(args.steps)]
+        return run_fresh("benchmarks.bench_trainer", worker_args, args.timeout)
+
+    runs, failures, waited = measure_interleaved(specs_for(args), args, run_one, describe)
 
     summary = summarise(runs)
     result = {
@@ -904,12 +751,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds_waited_for_quiet": round(waited, 1),
         "wall_s": round(time.time() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    md = args.out.with_suffix(".md")
-    md.write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
-    print(f"wrote {args.out} and {md} ({result['wall_s']:.0f} s)")
+    write_results(args.out, result, markdown)
     if failures:
         sys.exit(1)
 

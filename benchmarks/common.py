@@ -1,0 +1,325 @@
+"""What the benchmark scripts share: the offline environment, the machine's load, provenance,
+running one configuration in a fresh interpreter, the interleaved repeats with disturbance
+detection, summary helpers and writing the results (JSON + Markdown).
+
+Each script keeps what is its own: what it measures (its worker), its summary fields, its ratios
+and its tables. A script's `main()` then reads:
+
+    parser = argparse.ArgumentParser(...); add_common_args(parser, out=..., timeout=...)
+    if args.render: rerender(args.render, refresh, markdown); return
+    runs, failures, waited = measure_interleaved(specs, args, run_one, describe)
+    write_results(args.out, {... "runs": runs ...}, markdown)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import gc
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Set on import, before any script imports transformers or huggingface_hub (they read these once).
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TQDM_DISABLE": "1",  # TRL's precompute progress bar
+}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+
+# --- the machine and this process -------------------------------------------------------------
+
+
+def status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(seconds: float) -> float:
+    """Share of the machine's cores kept busy by other processes over `seconds` (this one idles)."""
+    busy = machine_busy_s()
+    time.sleep(seconds)
+    return (machine_busy_s() - busy) / (seconds * len(os.sched_getaffinity(0)))
+
+
+class OtherCpu:
+    """The share of the CPUs that other processes took during a timed window: the machine's busy
+    time minus this process's CPU time. /proc/stat sees processes that `ps` here may not (other
+    containers on the same VM), and on 2 cores one busy neighbour spoils a timing."""
+
+    def start(self) -> None:
+        self.machine, self.process = machine_busy_s(), time.process_time()
+
+    def share(self, seconds: float) -> float:
+        machine = machine_busy_s() - self.machine
+        own = time.process_time() - self.process
+        return max(machine - own, 0.0) / (seconds * len(os.sched_getaffinity(0)))
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> float:
+    """Wait (up to `max_wait` s) until other processes use at most `max_load` of the CPUs: on a
+    2-core machine one busy neighbour halves a measurement. Returns the seconds waited."""
+    started = time.time()
+    while (load := other_load(0.5)) > max_load and time.time() - started < max_wait:
+        print(f"    waiting for a quiet machine (other load {load:.0%})", flush=True)
+        time.sleep(10)
+    return time.time() - started
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap back to the OS, so that setup garbage does not hide
+    (or stand in for) the peak of what is measured next."""
+    gc.collect()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak() -> str:
+    """Reset the kernel's high-water mark of this process (VmHWM); returns the method used."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "VmHWM after clear_refs"
+    except OSError:
+        return "VmHWM since process start (clear_refs not allowed): an upper bound"
+
+
+# --- provenance -------------------------------------------------------------------------------
+
+
+def machine_info(packages: tuple[str, ...], code_sha256: dict) -> dict:
+    """Where and what was measured: CPU, memory, versions of `packages`, git state, code hashes."""
+    from importlib.metadata import version
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in packages},
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # the code measured, whatever git says about it (a file may be uncommitted)
+        "code_sha256": code_sha256,
+    }
+
+
+def code_hashes(paths: list[Path]) -> dict:
+    return {
+        str(path.relative_to(REPO_ROOT)): hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        for path in paths
+    }
+
+
+# --- running configurations -------------------------------------------------------------------
+
+
+def is_worker(argv: list[str]) -> bool:
+    """`python -m benchmarks.X --worker OUT ...`: one configuration, run by `run_fresh`."""
+    return bool(argv) and argv[0] == "--worker"
+
+
+def run_fresh(module: str, args: list[str], timeout: int) -> tuple[dict | None, str | None]:
+    """One configuration in a fresh interpreter (so that neither memory peaks nor warm caches
+    carry over between configurations): `python -m module --worker OUT *args`, where the worker
+    writes its measurements as JSON to OUT. Returns (them, None) or (None, the error)."""
+    with tempfile.TemporaryDirectory(prefix="bench-result-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", module, "--worker", str(out), *args]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"timed out after {timeout} s"
+        if proc.returncode != 0 or not out.is_file():
+            sys.stderr.write(proc.stderr[-4000:])
+            return None, (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return json.loads(out.read_text()), None
+
+
+def measure_interleaved(
+    specs: list,
+    args: argparse.Namespace,
+    run_one: Callable[[object], tuple[dict | None, str | None]],
+    describe: Callable[[dict], str],
+) -> tuple[list[dict], list[dict], float]:
+    """Every spec `args.repeats` times, interleaved (repeat 1 of everything, then repeat 2, ...)
+    so that slow drift of the machine hits all configurations alike.
+
+    Before each run: wait for a quiet machine. A run whose timed window saw other processes
+    take more than `args.max_load` of the CPUs (its `other_cpu_share`) is measured again, up to
+    `args.retries` times; the least disturbed attempt is kept, flagged `contended` if even that
+    one was disturbed. `run_one(spec)` returns (measurements, None) or (None, error); `describe`
+    gives the progress line's middle. Returns (kept runs, failures, seconds waited).
+    """
+    runs, failures, waited = [], [], 0.0
+    total = len(specs) * args.repeats
+    for repeat in range(args.repeats):
+        for i, spec in enumerate(specs):
+            n = repeat * len(specs) + i + 1
+            tries = []
+            for attempt in range(1 + args.retries):
+                waited += wait_for_quiet(args.max_load, args.max_wait)
+                t0 = time.time()
+                run, error = run_one(spec)
+                if run is None:
+                    failures.append({"spec": asdict(spec), "repeat": repeat, "error": error})
+                    print(f"[{n}/{total}] {spec.name}: FAILED: {error}", flush=True)
+                    break
+                run["repeat"], run["attempt"] = repeat, attempt
+                tries.append(run)
+                busy = run["other_cpu_share"]
+                print(
+                    f"[{n}/{total}] {spec.name}: {describe(run)}, "
+                    f"other load {busy:.0%} ({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+                if busy <= args.max_load:
+                    break
+                print(
+                    f"    other processes took {busy:.0%} of the CPUs: measuring again", flush=True
+                )
+            if tries:
+                best = min(tries, key=lambda r: r["other_cpu_share"])
+                best["contended"] = best["other_cpu_share"] > args.max_load
+                runs.append(best)
+    return runs, failures, waited
+
+
+# --- summaries --------------------------------------------------------------------------------
+
+
+def median(values: Iterable) -> float | None:
+    """The median of the values that are there (None: not measured in that run)."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def group_runs(runs: list[dict], name_of: Callable[[dict], str]) -> dict[str, list[dict]]:
+    """The runs of each configuration, in the order the configurations first ran."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(name_of(run), []).append(run)
+    return groups
+
+
+def per_repeat_ratios(
+    runs: list[dict], name_of: Callable[[dict], str], a: str, b: str, key: str
+) -> list[float]:
+    """`key` of configuration `a` over `key` of configuration `b`, repeat i against repeat i:
+    the spread of a ratio, beside the ratio of the medians."""
+    by_repeat = {(name_of(r), r["repeat"]): r for r in runs}
+    repeats = sorted({r["repeat"] for r in runs})
+    return [
+        by_repeat[a, i][key] / by_repeat[b, i][key]
+        for i in repeats
+        if (a, i) in by_repeat and (b, i) in by_repeat
+    ]
+
+
+def target_met(value: float, target: str | None) -> bool | None:
+    """Whether `value` meets a target written ">= 3.0" or "<= 1.0" (None: no target)."""
+    if not target:
+        return None
+    op, bound = target.split()
+    return value >= float(bound) if op == ">=" else value <= float(bound)
+
+
+# --- command line and results -----------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser, out: Path, timeout: int) -> None:
+    """The flags every benchmark has: repeats, output, per-run timeout, disturbance handling,
+    and --render."""
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fresh-process runs per configuration"
+    )
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument(
+        "--timeout", type=int, default=timeout, help="seconds per configuration run"
+    )
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=0.1,
+        help="share of the CPUs other processes may use during a run before it is measured again",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements of a disturbed run")
+    parser.add_argument(
+        "--max-wait", type=float, default=300, help="seconds to wait for a quiet machine per run"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only rewrite the Markdown table (next to JSON) from a results file, measuring nothing",
+    )
+
+
+def rerender(path: Path, refresh: Callable[[dict], None], markdown: Callable[[dict], str]) -> None:
+    """--render: recompute what is derived from the runs (`refresh` updates the result in place,
+    e.g. its ratios), rewrite the JSON and the Markdown next to it, print the tables."""
+    result = json.loads(path.read_text(encoding="utf-8"))
+    refresh(result)
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+
+
+def write_results(out: Path, result: dict, markdown: Callable[[dict], str]) -> None:
+    """The results as JSON (every run, settings, machine) and the tables as Markdown beside it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    md = out.with_suffix(".md")
+    md.write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    print(f"wrote {out} and {md} ({result['wall_s']:.0f} s)")
