@@ -1,0 +1,118 @@
+"""The three plots of `python -m src.compare`, drawn with matplotlib's Agg backend (no display).
+
+Each is written atomically and always: a plot with nothing to show says so in its middle,
+so the set of files a comparison leaves is the same whatever the runs hold.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window, also on machines with a display
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from src.artifacts import atomic_path  # noqa: E402
+from src.compare import Iteration, num  # noqa: E402
+
+
+def draw_all(iterations: list[Iteration], out: Path, metric: str) -> list[Path]:
+    return [
+        save(training_curves(iterations, metric), out / "training_curves.png"),
+        save(win_rate_by_iteration(iterations), out / "win_rate_by_iteration.png"),
+        save(final_vs_hparams(iterations), out / "final_vs_hparams.png"),
+    ]
+
+
+def save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)  # the temporary name has no .png to go by
+    plt.close(fig)
+    return path
+
+
+def no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes)
+
+
+def curve(history: list[dict], metric: str) -> tuple[list[float], list[float]]:
+    points = [(num(e.get("step")), num(e.get(metric))) for e in history]
+    points = [(s, v) for s, v in points if s is not None and v is not None]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def training_curves(iterations: list[Iteration], metric: str):
+    # One panel per loss type: SPPO's squared error (~1e3 at eta=1000) and DPO's log-sigmoid
+    # (~0.7) on one axis would flatten one of them.
+    panels = defaultdict(list)
+    for it in iterations:
+        steps, values = curve(it.history, metric)
+        if steps:
+            label = f"{it.lineage} iter{it.row['iter']}"
+            panels[str(it.row.get("loss_type"))].append((label, steps, values))
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(7 * n, 4.5), squeeze=False)
+    for ax, (loss_type, lines) in zip(axes[0], sorted(panels.items()), strict=False):
+        for label, steps, values in lines:
+            ax.plot(steps, values, marker=".", label=label)
+        ax.set(title=f"{metric} ({loss_type} loss)", xlabel="step", ylabel=metric)
+        ax.legend(fontsize="x-small")
+    if not panels:
+        no_data(axes[0][0], f"training log with '{metric}'")
+    fig.tight_layout()
+    return fig
+
+
+def win_rate_by_iteration(iterations: list[Iteration]):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    lineages = defaultdict(list)
+    for it in iterations:
+        lineages[it.lineage].append(it.row)
+    series = (("mean_chosen_win_rate", "-o", "pairs chosen"), ("eval_win_rate", "--s", "eval"))
+    drawn = False
+    for lineage, rows in lineages.items():
+        colour = None
+        for key, style, name in series:
+            points = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                (line,) = ax.plot(xs, ys, style, color=colour, label=f"{lineage} ({name})")
+                colour, drawn = line.get_color(), True  # eval shares its lineage's colour
+    ax.set(title="win rate by iteration", xlabel="iteration", ylabel="win rate")
+    ax.set_xticks(sorted({it.row["iter"] for it in iterations}))  # iterations are whole numbers
+    if drawn:
+        ax.legend(fontsize="x-small")
+    else:
+        no_data(ax, "pairs or eval win rates")
+    fig.tight_layout()
+    return fig
+
+
+def final_vs_hparams(iterations: list[Iteration]):
+    # eta and lr are swept over decades, so they get a log axis; K is a small integer.
+    ys = (("train_loss_final", "final train loss"), ("margin_last", "final reward margin"))
+    xs = (("eta", "log"), ("lr", "log"), ("K", "linear"))
+    fig, axes = plt.subplots(len(ys), len(xs), figsize=(14, 8), squeeze=False)
+    for (y_key, y_label), ax_row in zip(ys, axes, strict=True):
+        for (x_key, x_scale), ax in zip(xs, ax_row, strict=True):
+            by_method = defaultdict(list)
+            for it in iterations:
+                x, y = num(it.row.get(x_key)), num(it.row.get(y_key))
+                if x is not None and y is not None and (x > 0 or x_scale == "linear"):
+                    by_method[it.row["method"]].append((x, y))
+            for method, points in sorted(by_method.items()):
+                ax.scatter(*zip(*points, strict=True), label=method)
+            ax.set(xlabel=x_key, ylabel=y_label, xscale=x_scale)
+            # losses of different methods differ by orders of magnitude (see training_curves)
+            values = [y for pts in by_method.values() for _, y in pts]
+            if y_key == "train_loss_final" and values and min(values) > 0:
+                ax.set_yscale("log")
+            if by_method:
+                ax.legend(fontsize="x-small")
+            else:
+                no_data(ax, "finished training")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,348 @@
+"""`python -m src.compare`: the table, the CSV and the plots from run directories written here
+by hand in the exact formats the stages write (config.yaml, done.json, metrics.json), plus
+every refusal: no runs, malformed files, an unknown --metric, an unreachable W&B server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from src.compare import main
+from src.config import REPO_ROOT
+
+EVAL = {"win_rate": 0.31, "lc_win_rate": 0.27}  # eval/eval.json of SPPO eta=5000, iteration 2
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("training_curves.png", "win_rate_by_iteration.png", "final_vs_hparams.png")
+MODEL = "tiny-mistral"
+SPPO_1000, SPPO_5000, WPO = "eta1000-lr5e-07-K5", "eta5000-lr5e-07-K5", "beta0.01-lr1e-06-K3"
+# (method, run_name, eta, lr, K, loss)
+LINEAGES = {
+    SPPO_1000: ("sppo", 1000.0, 5e-07, 5, "sppo"),
+    SPPO_5000: ("sppo", 5000.0, 5e-07, 5, "sppo"),
+    WPO: ("wpo", 100.0, 1e-06, 3, "sigmoid"),
+}
+
+
+# --- the files the stages write ---
+
+
+def config_text(root: Path, run_name: str, t: int, stage: str) -> str:
+    method, eta, lr, k, loss = LINEAGES[run_name]
+    run_dir = f"{root}/{MODEL}/{method}/{run_name}"
+    cfg = {
+        "iter": t,
+        "stage": stage,
+        "run_name": run_name,
+        "run": {"dir": run_dir, "iter_dir": f"{run_dir}/iter{t}", "init_policy": "base"},
+        "model": {"name": MODEL, "path": "/cache/tiny/tiny-mistral", "family": "mistral"},
+        "method": {
+            "name": method,
+            "loss": loss,
+            "K": k,
+            "eta": eta,
+            "beta": 1 / eta,
+            "wpo_weight": method == "wpo",
+            "tag": run_name.split("-")[0],
+        },  # fmt: skip
+        "training": {"optimizer": "rmsprop", "learning_rate": lr, "global_batch_size": 8},
+        "logger": {"backend": "none", "project": "selfplay-lab", "entity": None},
+        "paths": {"root": str(root)},
+    }
+    return f"# python -m src.main model={MODEL} iter={t} stage={stage}\n" + yaml.safe_dump(cfg)
+
+
+def done_record(counts: dict, seconds: float) -> dict:
+    return {
+        "fingerprint": "ab" * 32,
+        "counts": counts,
+        "timings": {"seconds": seconds},
+        "versions": {"torch": "2.13.0+cpu", "transformers": "5.23.0"},
+        "finished_at": "2026-11-21T09:14:05+0000",
+    }
+
+
+def log_history(first_loss: float, steps: int, wpo: bool) -> list[dict]:
+    """The Trainer's log_history: one entry per step, then its end-of-training summary."""
+    history = []
+    for step in range(1, steps + 1):
+        entry = {"epoch": step / steps, "step": step, "loss": first_loss * (1 - 0.1 * step),
+                 "learning_rate": 5e-07, "grad_norm": 1.5, "rewards/accuracies": step / 10,
+                 "rewards/margins": 0.01 * step, "rewards/chosen": 0.0, "rewards/rejected": -0.01,
+                 "logps/chosen": -440.0, "logps/rejected": -450.0,
+                 "tokens_per_second": 150.0}  # fmt: skip
+        if wpo:
+            entry.update({"wpo/weight_mean": 0.97, "wpo/weight_min": 0.95, "wpo/weight_max": 0.99})
+        history.append(entry)
+    history.append({"epoch": 1.0, "step": steps, "train_loss": first_loss * 0.8,
+                    "train_runtime": 25.7, "total_flos": 9.9e9})  # fmt: skip
+    return history
+
+
+def write_stage(iter_dir: Path, root: Path, run_name: str, t: int, stage: str, **files) -> None:
+    stage_dir = iter_dir / stage
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "config.yaml").write_text(config_text(root, run_name, t, stage))
+    for name, content in files.items():
+        text = content if isinstance(content, str) else json.dumps(content, indent=2)
+        (stage_dir / name.replace("_", ".")).write_text(text)
+
+
+def write_iteration(root: Path, run_name: str, t: int, train_done: bool = True, eval_=None):
+    """An iteration whose numbers all derive from (lineage, t), so tests can recompute them."""
+    method = LINEAGES[run_name][0]
+    iter_dir = root / MODEL / method / run_name / f"iter{t}"
+    seed = list(LINEAGES).index(run_name) + t
+    generate = {"generated": 39, "tokens": 9000 + 100 * seed, "seconds": 80.0 + seed,
+                "prompts_in_split": 40, "duplicates_dropped": 0}  # fmt: skip
+    rank = {"ranked": 39, "comparisons": 772, "all_tied": 0, "empty_responses_dropped": 1}
+    pairs = {"pairs": 30 + seed, "prompts": 39, "ties_dropped": 0, "ties_kept": 0,
+             "chosen_external": 0, "rejected_external": 0, "mean_chosen_probs": 0.5 + 0.01 * seed,
+             "mean_chosen_win_rate": 0.52 + 0.01 * seed, "mean_rejected_win_rate": 0.46,
+             "mean_score_margin": 0.3 + 0.02 * seed}  # fmt: skip
+    write_stage(iter_dir, root, run_name, t, "generate", done_json=done_record(generate, 88.4))
+    write_stage(iter_dir, root, run_name, t, "rank", done_json=done_record(rank, 18.3))
+    write_stage(iter_dir, root, run_name, t, "pairs", done_json=done_record(pairs, 0.6))
+    history = log_history(1000.0 * seed if method == "sppo" else 0.7, 5, wpo=method == "wpo")
+    summary = {"train_loss": history[-1]["train_loss"], "pairs_trained": 30, "steps": 5}
+    metrics = {"log_history": history, "summary": summary}
+    if train_done:
+        counts = {"pairs_in_file": 30, "pairs_trained": 30, "steps": 5}
+        write_stage(iter_dir, root, run_name, t, "train", metrics_json=metrics,
+                    done_json=done_record(counts, 26.6))  # fmt: skip
+    else:  # crashed: a leftover metrics.json from an earlier attempt, no done.json
+        write_stage(iter_dir, root, run_name, t, "train", metrics_json=metrics)
+    if eval_ is not None:
+        write_stage(iter_dir, root, run_name, t, "eval", eval_json=eval_,
+                    done_json=done_record({"prompts": 805}, 300.0))  # fmt: skip
+    return iter_dir, generate, pairs, history
+
+
+def build_runs(root: Path) -> dict:
+    """Two SPPO lineages (eta 1000 and 5000) x 2 iterations, the eta=1000 one's second training
+    unfinished and the eta=5000 one's evaluated; one WPO iteration whose generate stage already
+    writes its own metrics.json."""
+    written = {
+        (SPPO_1000, 1): write_iteration(root, SPPO_1000, 1),
+        (SPPO_1000, 2): write_iteration(root, SPPO_1000, 2, train_done=False),
+        (SPPO_5000, 1): write_iteration(root, SPPO_5000, 1),
+        (SPPO_5000, 2): write_iteration(root, SPPO_5000, 2, eval_=EVAL),
+        (WPO, 1): write_iteration(root, WPO, 1),
+    }
+    wpo_generate = written[(WPO, 1)][0] / "generate"
+    (wpo_generate / "metrics.json").write_text(json.dumps({"tokens": 12000, "seconds": 40.0}))
+    (root / "wandb").mkdir()  # other folders under the root are not runs
+    (root / "multirun" / "20261121-091405" / "0").mkdir(parents=True)
+    return written
+
+
+def run_main(argv: list[str]) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        main(argv)
+    return out.getvalue(), err.getvalue()
+
+
+def read_csv(path: Path) -> dict[tuple[str, int], dict[str, str]]:
+    with path.open(newline="") as f:
+        return {(r["run_name"], int(r["iter"])): r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One comparison of the runs above (drawing plots takes a second; the tests share it)."""
+    root = tmp_path_factory.mktemp("runs")
+    written = build_runs(root)
+    stdout, stderr = run_main(["--root", str(root)])
+    rows = read_csv(root / "compare" / "compare.csv")
+    return SimpleNamespace(root=root, written=written, stdout=stdout, stderr=stderr, rows=rows)
+
+
+# --- what a comparison shows ---
+
+
+def test_every_run_and_iteration_is_listed_with_its_hyper_parameters(compared):
+    written, rows = compared.written, compared.rows
+    assert sorted(rows) == sorted(written)
+    for (run_name, t), row in rows.items():
+        method, eta, lr, k, loss = LINEAGES[run_name]
+        assert (row["model"], row["method"], row["iter"]) == (MODEL, method, str(t))
+        assert (float(row["eta"]), float(row["lr"]), int(row["K"])) == (eta, lr, k)
+        assert float(row["beta"]) == pytest.approx(1 / eta)
+        assert row["loss_type"] == loss
+    assert compared.stderr == ""  # nothing malformed, nothing to warn about
+
+
+def test_values_match_the_files(compared):
+    written, rows = compared.written, compared.rows
+    for key, (_, generate, pairs, history) in written.items():
+        row = rows[key]
+        for column in ("pairs", "mean_chosen_probs", "mean_chosen_win_rate", "mean_score_margin"):
+            assert float(row[column]) == pytest.approx(pairs[column]), (key, column)
+        if key != (WPO, 1):
+            tokens_per_s = generate["tokens"] / generate["seconds"]
+            assert float(row["gen_tokens_per_s"]) == pytest.approx(tokens_per_s)
+        if key == (SPPO_1000, 2):
+            continue  # unfinished training: checked below
+        steps = history[:-1]
+        accuracies = [e["rewards/accuracies"] for e in steps]
+        margins = [e["rewards/margins"] for e in steps]
+        evaluated = "+eval" if key == (SPPO_5000, 2) else ""
+        assert row["stages_done"] == "generate+rank+pairs+train" + evaluated
+        assert float(row["train_loss_final"]) == pytest.approx(steps[-1]["loss"])
+        assert float(row["accuracy_last"]) == pytest.approx(accuracies[-1])
+        assert float(row["accuracy_mean"]) == pytest.approx(sum(accuracies) / len(accuracies))
+        assert float(row["margin_last"]) == pytest.approx(margins[-1])
+        assert float(row["margin_mean"]) == pytest.approx(sum(margins) / len(margins))
+
+
+def test_an_unfinished_stage_shows_as_not_done_and_its_leftovers_are_not_read(compared):
+    row = compared.rows[(SPPO_1000, 2)]
+    assert row["stages_done"] == "generate+rank+pairs"
+    for column in ("train_loss_final", "accuracy_last", "margin_mean"):
+        assert row[column] == ""
+
+
+def test_a_stage_metrics_json_wins_over_its_done_json_counts(compared):
+    assert float(compared.rows[(WPO, 1)]["gen_tokens_per_s"]) == pytest.approx(12000 / 40.0)
+
+
+def test_eval_win_rates_are_shown_where_present(compared):
+    for key, row in compared.rows.items():
+        expected = EVAL if key == (SPPO_5000, 2) else {"win_rate": None, "lc_win_rate": None}
+        for name, value in expected.items():
+            assert (float(row[f"eval_{name}"]) if row[f"eval_{name}"] else None) == value
+
+
+def test_eval_columns_are_left_out_when_no_run_was_evaluated(tmp_path):
+    write_iteration(tmp_path, WPO, 1)
+    run_main(["--root", str(tmp_path)])
+    header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
+    assert "mean_chosen_win_rate" in header and "eval_win_rate" not in header
+
+
+def test_markdown_table_is_written_and_printed_with_the_output_paths(compared):
+    root, written, stdout = compared.root, compared.written, compared.stdout
+    table = (root / "compare" / "compare.md").read_text()
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | method | run_name | iter | eta |")
+    assert len(lines) == 2 + len(written)
+    assert f"| {MODEL} | sppo | {SPPO_5000} | 2 | 5000 |" in table
+    assert table in stdout
+    for name in ("compare.md", "compare.csv", *PLOTS):
+        assert f"wrote {root / 'compare' / name}" in stdout
+
+
+def test_the_three_plots_are_valid_pngs(compared):
+    out = compared.root / "compare"
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE, name
+        assert len(data) > 1024, name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_metric_picks_the_training_curve_and_an_unknown_one_is_refused(tmp_path, capsys):
+    write_iteration(tmp_path, WPO, 1)
+    run_main(["--root", str(tmp_path), "--metric", "wpo/weight_mean"])
+    assert (tmp_path / "compare" / "training_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(tmp_path), "--out", str(tmp_path / "other"), "--metric", "los"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --metric los: no training log has it; logged keys:")
+    assert "rewards/margins" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "other").exists()  # refused before writing anything
+
+
+def test_root_and_out_default_to_selfplay_runs(tmp_path, monkeypatch):
+    write_iteration(tmp_path, SPPO_1000, 1)
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
+    run_main([])
+    assert read_csv(tmp_path / "compare" / "compare.csv").keys() == {(SPPO_1000, 1)}
+
+
+# --- refusals ---
+
+
+def test_no_runs_names_the_root(tmp_path, capsys):
+    (tmp_path / "wandb").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        f"error: no runs found under {tmp_path}: expected <model>/<method>/<run_name>/iter<t>/"
+        "<stage>/ directories there (set --root or $SELFPLAY_RUNS)\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["--root", str(tmp_path / "missing")])
+    assert f"{tmp_path / 'missing'} is not a directory" in capsys.readouterr().err
+
+
+def test_no_runs_from_the_command_line_is_one_line_and_exit_1(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "src.compare", "--root", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: no runs found under {tmp_path}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("stage", "name", "text", "problem"),
+    [
+        ("train", "metrics.json", '{"log_history": [', "malformed JSON"),
+        ("train", "done.json", "[1, 2]", "a JSON list, expected an object"),
+        ("pairs", "done.json", "", "malformed JSON"),
+        ("train", "config.yaml", "method: [unclosed\n", "malformed YAML"),
+    ],
+)
+def test_a_malformed_file_is_named_and_skipped(tmp_path, stage, name, text, problem):
+    iter_dir = write_iteration(tmp_path, SPPO_1000, 1)[0]
+    write_iteration(tmp_path, SPPO_5000, 1)
+    bad = iter_dir / stage / name
+    bad.write_text(text)
+    _, stderr = run_main(["--root", str(tmp_path)])
+    assert stderr.startswith(f"warning: {bad}: {problem}")
+    assert stderr.rstrip().endswith("; skipped") and len(stderr.splitlines()) == 1
+    rows = read_csv(tmp_path / "compare" / "compare.csv")
+    assert float(rows[(SPPO_5000, 1)]["train_loss_final"]) > 0  # the other run is whole
+    row = rows[(SPPO_1000, 1)]
+    if name == "done.json":  # the stage no longer counts as finished
+        assert stage not in row["stages_done"].split("+")
+    if stage == "train" and name != "config.yaml":
+        assert row["train_loss_final"] == ""
+    if name == "config.yaml":  # the hyper-parameters come from the next stage's copy
+        assert float(row["eta"]) == 1000.0
+
+
+# --- W&B ---
+
+
+def test_wandb_without_a_reachable_server_fails_fast_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(tmp_path), "--wandb", "my-team/selfplay-lab"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --wandb: cannot reach the W&B server at http://127.0.0.1:9 (")
+    assert err.rstrip().endswith("compare the local run directories with --root instead")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "compare").exists()
+
+
+def test_wandb_path_must_be_entity_slash_project(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--wandb", "selfplay-lab"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == "error: --wandb 'selfplay-lab': expected ENTITY/PROJECT\n"
