@@ -11,7 +11,6 @@ Iteration-dependent values are plain interpolations resolved here: the prompt sp
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -522,6 +521,22 @@ class RunConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """How `stage=all` chains iterations and treats finished stages (conf/config.yaml)."""
+
+    require_previous: bool = False  # refuse, rather than run, missing earlier iterations
+    redo: list[Stage] = field(default_factory=list)  # redo these stages of this iteration
+
+    def __post_init__(self) -> None:
+        _check(
+            Stage.all not in self.redo,
+            "pipeline.redo",
+            [s.value for s in self.redo],
+            "name stages, not 'all'",
+        )
+
+
+@dataclass
 class Config:
     """The whole composed configuration of one invocation."""
 
@@ -538,6 +553,7 @@ class Config:
     hardware: HardwareConfig
     logger: LoggerConfig
     paths: PathsConfig
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
@@ -641,13 +657,6 @@ def validate(cfg: DictConfig | dict) -> Config:
     return typed
 
 
-def fingerprint(cfg: Config) -> str:
-    """sha256 of the resolved config without `stage`: the same work whether run alone or in `all`."""
-    node = OmegaConf.structured(cfg)
-    node.stage = Stage.all
-    return hashlib.sha256(OmegaConf.to_yaml(node).encode()).hexdigest()
-
-
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML, as saved beside every stage's output."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
@@ -660,7 +669,6 @@ __all__ = [
     "Stage",
     "allowed_keys",
     "describe_omegaconf_error",
-    "fingerprint",
     "previous_policy",
     "to_yaml",
     "validate",

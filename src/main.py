@@ -11,21 +11,24 @@ import importlib
 import importlib.util
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.artifacts import atomic_write_text
 from src.config import (
     Config,
     ConfigError,
+    PipelineConfig,
     Stage,
     allowed_keys,
     describe_omegaconf_error,
@@ -33,6 +36,7 @@ from src.config import (
     validate,
 )
 from src.errors import StageError
+from src.pipeline import state_of
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -71,11 +75,9 @@ def load_stage(stage: Stage) -> Callable[[Config], object]:
     return run
 
 
-def prepare_run_dir(cfg: Config, stages: list[Stage], command: str) -> None:
-    """Create the iteration directory and save the resolved config beside each stage's output."""
-    text = f"# {command}\n{to_yaml(cfg)}"
-    for stage in stages:
-        atomic_write_text(cfg.stage_dir(stage) / "config.yaml", text)
+def save_config(cfg: Config, stage: Stage, command: str) -> None:
+    """The resolved config beside the stage's output, headed by the command that made it."""
+    atomic_write_text(cfg.stage_dir(stage) / "config.yaml", f"# {command}\n{to_yaml(cfg)}")
 
 
 def ensure_tiny_models(cfg: Config) -> None:
@@ -90,16 +92,78 @@ def ensure_tiny_models(cfg: Config) -> None:
                 tiny.ensure(path.name, tiny_dir)
 
 
-def dispatch(cfg: Config, command: str) -> None:
+def dispatch(
+    cfg: Config, command: str, config_for_iter: Callable[[int], Config] | None = None
+) -> None:
+    """Run the stage(s) of `cfg` — for `stage=all`, first any earlier iteration not yet done.
+
+    `config_for_iter(t)` is the same configuration at iteration t (the command line's, with
+    `iter=t`); without it only iteration `cfg.iter` is considered.
+    """
     stages = list(PIPELINE) if cfg.stage == Stage.all else [cfg.stage]
-    runners = [load_stage(s) for s in stages]  # every stage must exist before any work starts
-    prepare_run_dir(cfg, stages, command)
+    runners = {s: load_stage(s) for s in stages}  # every stage must exist before any work starts
     ensure_tiny_models(cfg)
+    if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
+        run_earlier_iterations(cfg, runners, command, config_for_iter)
+    run_iteration(cfg, runners, command)
+
+
+def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
+    if cfg.pipeline.require_previous:
+        previous = Path(cfg.run.init_policy)
+        if not (previous.parent / "done.json").is_file():
+            raise StageError(
+                f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
+                "which is not finished (pipeline.require_previous=true): run "
+                f"`{command_at(command, cfg.iter - 1)}` first"
+            )
+        return
+    for t in range(1, cfg.iter):
+        earlier = replace(config_for_iter(t), pipeline=PipelineConfig())  # never redo implicitly
+        if all(state_of(earlier, s).status == "done" for s in runners):
+            print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
+            continue
+        print(f"[main] iteration {t} is not done: running it first", file=sys.stderr)
+        run_iteration(earlier, runners, command_at(command, t))
+
+
+def command_at(command: str, iteration: int) -> str:
+    """`command` as it would be typed for another iteration."""
+    if re.search(r"(^|\s)iter=\d+", command):
+        return re.sub(r"(^|\s)iter=\d+", rf"\g<1>iter={iteration}", command)
+    return f"{command} iter={iteration}"
+
+
+def run_iteration(cfg: Config, runners: dict, command: str) -> None:
+    """Skip the stages finished under this config, refuse those finished under another (before
+    any work), redo what `pipeline.redo` names and everything after it, run the rest."""
+    states = [state_of(cfg, s) for s in runners]
+    redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
+    for i, st in enumerate(states):
+        if st.status == "stale" and (redo_from is None or i < redo_from):
+            why = "; ".join(st.changed) or "the output of an earlier stage changed"
+            raise StageError(
+                f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); "
+                f"to redo it and the stages after it: `{command} pipeline.redo=[{st.stage.value}]`"
+                ", or restore the config"
+            )
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
-    for stage, run in zip(stages, runners, strict=True):
-        print(f"[main] stage {stage.value} -> {cfg.stage_dir(stage)}", file=sys.stderr)
-        run(cfg)
+    for i, st in enumerate(states):
+        stage_dir = cfg.stage_dir(st.stage)
+        redo = redo_from is not None and i >= redo_from
+        if st.status == "done" and not redo:
+            print(
+                f"[main] stage {st.stage.value}: finished with this config, skipped",
+                file=sys.stderr,
+            )
+            continue
+        if redo and stage_dir.exists():
+            print(f"[main] stage {st.stage.value}: redoing (pipeline.redo)", file=sys.stderr)
+            shutil.rmtree(stage_dir)
+        print(f"[main] stage {st.stage.value} -> {stage_dir}", file=sys.stderr)
+        save_config(cfg, st.stage, command)
+        runners[st.stage](cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -111,8 +175,12 @@ def _hydra_main(raw: DictConfig) -> None:
     except ConfigError as exc:
         _fail(f"config error: {exc}", EXIT_CONFIG_ERROR)
     command = " ".join(["python -m src.main", *HydraConfig.get().overrides.task])
+
+    def config_for_iter(t: int) -> Config:
+        return validate(OmegaConf.merge(raw, {"iter": t}))
+
     try:
-        dispatch(cfg, command)
+        dispatch(cfg, command, config_for_iter)
     except StageUnavailable as exc:
         _fail(f"error: {exc}", EXIT_STAGE_UNAVAILABLE)
     except StageError as exc:

@@ -13,8 +13,8 @@ When every response of a prompt scored the same there is no preference: `ranker.
 leaves the prompt out and counts it; `keep` keeps the pair the selection gives (the SPPO
 reference's behaviour: argmax = argmin, chosen equals rejected).
 
-Writes `pairs.parquet` (rows sorted by prompt_id, so sharding never changes the file) and
-`done.json` with the counts, each atomically.
+Writes `pairs.parquet` (rows sorted by prompt_id, so sharding never changes the file), the
+counts in `metrics.json`, then `done.json`, each atomically.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from src.artifacts import atomic_path, write_completion_record
-from src.config import Config, PairSelection, Stage, TiePolicy, fingerprint
+from src.artifacts import atomic_path, atomic_write_json, write_completion_record
+from src.config import Config, PairSelection, Stage, TiePolicy
 from src.errors import StageError
+from src.pipeline import stage_fingerprint
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
 from src.shards import finished_rows
@@ -129,7 +130,10 @@ def run(cfg: Config) -> dict:
         ),
     }
     seconds = time.time() - started
-    write_completion_record(stage_dir, fingerprint(cfg), counts, {"seconds": seconds})
+    atomic_write_json(stage_dir / "metrics.json", counts)
+    write_completion_record(
+        stage_dir, stage_fingerprint(cfg, Stage.pairs), counts, {"seconds": seconds}
+    )
     print(
         f"[pairs] {counts['pairs']} pairs from {counts['prompts']} prompts "
         f"({ties} with tied scores, {cfg.ranker.ties.value}); mean P(chosen > rejected) "

@@ -7,7 +7,7 @@ or SLURM array task), and each shard into chunks:
     <stage>/shardSSS-of-NNN/chunkCCCCC.jsonl   one per chunk, each written atomically
     <stage>/shardSSS-of-NNN/counts.json        the shard's counts, once it is complete
     <stage>/<prefix>-shardSSS-of-NNN.jsonl     the shard's rows, once it is complete
-    <stage>/done.json                          once every shard is complete
+    <stage>/metrics.json, <stage>/done.json    once every shard is complete (done.json last)
 
 A re-run skips the chunks that exist, so a shard killed at any point and re-run ends with every
 row exactly once. Chunks are trusted only under the identity they were made with: a changed
@@ -121,16 +121,19 @@ class Shard:
         return [Shard(self.stage_dir, self.prefix, i, self.count) for i in range(self.count)]
 
 
-def claim(shard: Shard, identity: str, error: type[StageError], what: str) -> None:
-    """Refuse a shard directory holding chunks made from another `identity`, else mark it ours."""
-    marker = shard.work / "identity.txt"
+def claim(
+    work: Path, identity: str, error: type[StageError], what: str, leftovers: str = "chunk*.jsonl"
+) -> None:
+    """Refuse a work directory holding `leftovers` made from another `identity`, else mark it ours.
+
+    Used for a shard's chunks and for the Trainer's checkpoints: what a re-run resumes from.
+    """
+    marker = work / "identity.txt"
     if marker.exists() and marker.read_text().strip() == identity:
         return
-    # a run that failed before its first chunk (a judge that would not load) left nothing to protect
-    if marker.exists() and any(shard.work.glob("chunk*.jsonl")):
-        raise error(
-            f"{shard.work} holds {what}; delete that directory to redo it, or restore the config"
-        )
+    # a run that failed before leaving anything (a judge that would not load) has nothing to protect
+    if marker.exists() and any(work.glob(leftovers)):
+        raise error(f"{work} holds {what}; delete that directory to redo it, or restore the config")
     atomic_write_text(marker, identity + "\n")
 
 
@@ -189,6 +192,7 @@ def finish_shard(
         for k, v in per_shard[0].items()
     }
     totals["shards"] = shard.count
+    atomic_write_json(shard.stage_dir / "metrics.json", totals)
     write_completion_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]})
     return totals
 

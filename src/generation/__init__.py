@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from src.config import Backend, Config, LongPrompts, Stage, fingerprint
+from src.config import Backend, Config, LongPrompts, Stage
 from src.devices import device_for
 from src.errors import StageError
+from src.pipeline import stage_fingerprint
 from src.policy import end_of_turn_ids, require_previous_policy
 from src.shards import Shard, claim, finish_shard, resolve_shard, run_chunks, take_shard
 
@@ -63,7 +64,7 @@ def run(cfg: Config) -> dict:
     counts.prompts_in_split, counts.prompts_in_shard = len(prompt_set.prompts), len(mine)
     counts.duplicates_dropped = prompt_set.duplicates_dropped
     claim(
-        shard,
+        shard.work,
         generation_identity(cfg),
         GenerationError,
         "responses generated with a different configuration (policy, prompts, sampling or K)",
@@ -101,7 +102,7 @@ def run(cfg: Config) -> dict:
         shard,
         tally.chunks,
         asdict(counts),
-        fingerprint(cfg),
+        stage_fingerprint(cfg, Stage.generate),
         shared_keys=("prompts_in_split", "duplicates_dropped"),
     )
     return asdict(counts)

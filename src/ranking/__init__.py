@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from src.config import Config, EmptyResponses, JudgeKind, PromptFormat, Stage, WinProb, fingerprint
+from src.config import Config, EmptyResponses, JudgeKind, PromptFormat, Stage, WinProb
 from src.errors import StageError
+from src.pipeline import stage_fingerprint
 from src.ranking.candidates import (
     Candidates,
     RankInputError,
@@ -99,7 +100,7 @@ def run(cfg: Config) -> dict:
     counts.prompts_in_shard = len(mine)
     identity = rank_identity(cfg, [row for _, row in generated], external_sha)
     claim(
-        shard,
+        shard.work,
         identity,
         RankError,
         "rankings made with a different configuration (judge or its options, the responses, "
@@ -135,7 +136,11 @@ def run(cfg: Config) -> dict:
         for line in (shard.work / f"chunk{c:05d}.jsonl").read_text().splitlines()
     )
     finish_shard(
-        shard, tally.chunks, asdict(counts), fingerprint(cfg), shared_keys=("prompts_in_input",)
+        shard,
+        tally.chunks,
+        asdict(counts),
+        stage_fingerprint(cfg, Stage.rank),
+        shared_keys=("prompts_in_input",),
     )
     return asdict(counts)
 

@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from src.artifacts import atomic_write_json, write_completion_record
-from src.config import Config, Device, Distributed, Dtype, RefLogprobs, Stage, fingerprint
+from src.config import Config, Device, Distributed, Dtype, RefLogprobs, Stage
 from src.errors import StageError
+from src.pipeline import stage_fingerprint
 from src.policy import end_of_turn_ids, require_previous_policy
+from src.shards import claim
 
 WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
 
@@ -296,7 +298,9 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             stage_dir / "metrics.json",
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
-        write_completion_record(stage_dir, fingerprint(cfg), counts, {"seconds": seconds})
+        write_completion_record(
+            stage_dir, stage_fingerprint(cfg, Stage.train), counts, {"seconds": seconds}
+        )
     if cfg.logger.backend.value == "wandb":
         import wandb
 
@@ -312,7 +316,15 @@ def train(cfg: Config, stage_dir: Path) -> dict:
     started = time.time()
     ready = setup(cfg, stage_dir)
     output_dir = ready.trainer.args.output_dir
-    resume = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    claim(
+        Path(output_dir),
+        stage_fingerprint(cfg, Stage.train),
+        TrainingError,
+        "Trainer checkpoints of a run with another configuration (add pipeline.redo=[train] "
+        "to start over)",
+        leftovers="checkpoint-*",
+    )
+    resume = get_last_checkpoint(output_dir)
     if resume:
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
     result = ready.trainer.train(resume_from_checkpoint=resume)

@@ -1,0 +1,175 @@
+"""`stage=all` across iterations on the tiny models, through the command line: iteration t
+starts from iteration t-1's checkpoint, finished stages are skipped, work made under another
+config is refused unless redone, a killed training resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from src.config import REPO_ROOT
+
+SMALL = [
+    "model=tiny-mistral",
+    "logger=none",
+    "method.K=3",
+    "data.max_prompts=4",
+    "generation.max_new_tokens=8",
+    "training.global_batch_size=4",
+    "training.per_device_batch_size=2",
+]
+
+
+def cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SELFPLAY_RUNS": str(root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "-m", "src.main", *SMALL, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dir(root: Path) -> Path:
+    return next(root.glob("tiny-mistral/sppo/*"))
+
+
+def records(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("done.json")}
+
+
+@pytest.fixture(scope="module")
+def two_iterations(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    result = cli(root, "iter=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result.stderr
+
+
+@pytest.mark.slow
+def test_iteration_two_runs_iteration_one_first_and_starts_from_its_checkpoint(two_iterations):
+    root, stderr = two_iterations
+    assert "[main] iteration 1 is not done: running it first" in stderr
+    lineage = run_dir(root)
+    for t in (1, 2):
+        for stage in ("generate", "rank", "pairs", "train"):
+            assert (lineage / f"iter{t}" / stage / "done.json").is_file(), (t, stage)
+    checkpoint = str(lineage / "iter1" / "train" / "checkpoint")
+    # the generator, the initial weights and the reference of iteration 2: iteration 1's model
+    for stage in ("generate", "train"):
+        saved = (lineage / "iter2" / stage / "config.yaml").read_text()
+        assert f"init_policy: {checkpoint}" in saved, stage
+        assert (
+            saved.splitlines()[0].startswith("# python -m src.main")
+            and "iter=2" in saved.splitlines()[0]
+        )
+    assert "iter=1" in (lineage / "iter1" / "train" / "config.yaml").read_text().splitlines()[0]
+    reference = json.loads((lineage / "iter2" / "train" / "reference_logps.json").read_text())
+    assert reference["identity"]["reference"] == checkpoint
+    # each stage's counts are also in metrics.json
+    for stage in ("generate", "rank", "pairs", "train"):
+        assert json.loads((lineage / "iter2" / stage / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_second_invocation_does_no_work(two_iterations):
+    root, _ = two_iterations
+    before = records(root)
+    again = cli(root, "iter=2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[main] iteration 1: finished with this config" in again.stderr
+    assert again.stderr.count("finished with this config, skipped") == 4  # iteration 2's stages
+    assert "running it first" not in again.stderr
+    assert records(root) == before, "no stage rewrote its record"
+
+
+@pytest.mark.slow
+def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
+    root, _ = two_iterations
+    before = records(root)
+    refused = cli(root, "iter=2", "ranker.self_term=false")
+    assert refused.returncode == 1
+    line = refused.stderr.strip().splitlines()[-1]
+    # iteration 1 was ranked with the old judge config too: it is named first, with its command
+    assert (
+        "iter1/rank was made with a different configuration (ranker.self_term: True -> False)"
+        in line
+    )
+    assert "iter=1 ranker.self_term=false pipeline.redo=[rank]`" in line
+    assert records(root) == before, "nothing ran"
+
+    # a change in a later stage's input: only that stage is named
+    refused = cli(root, "iter=2", "training.warmup_ratio=0.2")
+    assert refused.returncode == 1
+    assert (
+        "iter1/train was made with a different configuration (training.warmup_ratio: 0.1 -> 0.2)"
+        in refused.stderr
+    )
+    assert records(root) == before
+
+
+@pytest.mark.slow
+def test_require_previous_refuses_and_names_the_command(tmp_path):
+    refused = cli(tmp_path, "iter=2", "pipeline.require_previous=true")
+    assert refused.returncode == 1
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "iteration 2 starts from iteration 1's checkpoint" in line
+    assert "run `python -m src.main" in line and "iter=1" in line
+    assert not list(tmp_path.rglob("done.json"))
+
+
+@pytest.mark.slow
+def test_redo_reruns_the_named_stage_and_those_after_it(tmp_path):
+    first = cli(tmp_path, "iter=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = records(tmp_path)
+    redo = cli(tmp_path, "iter=1", "ranker.self_term=false", "pipeline.redo=[rank]")
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    after = records(tmp_path)
+    changed = {k.split("/")[-2] for k in after if after[k] != before[k]}
+    assert changed == {"rank", "pairs", "train"}
+    assert "stage generate: finished with this config, skipped" in redo.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    args = [
+        "iter=1",
+        "training.num_epochs=4",  # 8 steps: time to kill it after the first checkpoint
+        "training.save_steps=1",
+        "training.global_batch_size=2",
+        "training.per_device_batch_size=1",
+    ]
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.main", *SMALL, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if list(tmp_path.rglob("train/trainer/checkpoint-1/trainer_state.json")):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "training should still be running after its first checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(tmp_path.rglob("train/done.json"))
+
+    rerun = cli(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "[train] resuming from" in rerun.stderr
+    assert "stage pairs: finished with this config, skipped" in rerun.stderr
+    done = json.loads(next(tmp_path.rglob("train/done.json")).read_text())
+    assert done["counts"]["steps"] == 8  # 4 pairs, 2 per step, 4 epochs: the resumed run finished
