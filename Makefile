@@ -16,7 +16,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm tiny demo test test-fast bench lint format config clean clean-runs
+.PHONY: help install install-vllm tiny demo compare test test-fast bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,13 +46,17 @@ install-vllm: install ## Add the vLLM generation backend (GPU machines only)
 tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm
 	$(OFFLINE) $(PY) -m src.tiny --force
 
-demo: install ## The pipeline on the tiny models, on CPU, offline (ARGS adds overrides)
+demo: install ## Three SPPO iterations and a WPO-HB run on the tiny models (CPU, offline), then the comparison
 	$(OFFLINE) $(PY) -m src.tiny
 	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 --cfg job $(ARGS) | head -n 12
-	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=1 stage=all logger=none $(ARGS)
-	$(OFFLINE) $(PY) -m src.main experiment=tiny-wpo-hb iter=1 stage=all logger=none $(ARGS)
-	@echo "demo: iteration 1 of SPPO (tiny PairRM judge) and of WPO-HB (tiny reward model, hybrid"
-	@echo "demo: pool) ran generate -> rank -> pairs -> train; see runs/tiny-mistral/."
+	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 logger=none $(ARGS)
+	$(OFFLINE) $(PY) -m src.main experiment=tiny-wpo-hb iter=1 logger=none $(ARGS)
+	$(OFFLINE) $(PY) -m src.compare
+	@echo "demo: SPPO iterations 1-3 (tiny PairRM) and WPO-HB (tiny reward model, hybrid pool) are in"
+	@echo "demo: runs/tiny-mistral/; the comparison table and plots are in runs/compare/."
+
+compare: install ## Compare runs: table + plots from the run directories into <root>/compare (ARGS='--root DIR ...')
+	$(OFFLINE) $(PY) -m src.compare $(ARGS)
 
 test: install ## Run the test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
