@@ -24,6 +24,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from src import tracking
 from src.artifacts import atomic_write_text
 from src.config import (
     Config,
@@ -163,7 +164,22 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
             shutil.rmtree(stage_dir)
         print(f"[main] stage {st.stage.value} -> {stage_dir}", file=sys.stderr)
         save_config(cfg, st.stage, command)
-        runners[st.stage](cfg)
+        run_tracked(cfg, st.stage, runners[st.stage])
+
+
+def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:
+    """The stage inside its W&B run. Training opens its own, on its rank-0 process, where the
+    Trainer's W&B callback logs the curves into it."""
+    if stage == Stage.train:
+        run(cfg)
+        return
+    tracking.start(cfg, stage)
+    try:
+        counts = run(cfg)
+    except BaseException:
+        tracking.finish(cfg, {}, failed=True)
+        raise
+    tracking.finish(cfg, counts if isinstance(counts, dict) else {})
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -173,3 +173,55 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert "stage pairs: finished with this config, skipped" in rerun.stderr
     done = json.loads(next(tmp_path.rglob("train/done.json")).read_text())
     assert done["counts"]["steps"] == 8  # 4 pairs, 2 per step, 4 epochs: the resumed run finished
+
+
+@pytest.mark.slow
+def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_path, monkeypatch):
+    from src import tracking
+    from src.config import Stage
+    from tests.helpers import compose_cfg
+
+    result = cli(tmp_path, "iter=1", "logger=wandb", "logger.mode=offline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    runs = {}
+    for run_file in (tmp_path / "wandb").rglob("run-*.wandb"):
+        shown = subprocess.run(
+            [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_file.parent)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr
+        run = json.loads(shown.stdout)
+        runs[run["config"]["stage"]] = run
+    assert set(runs) == {"generate", "rank", "pairs", "train"}
+
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))  # the run directory the command line used
+    cfg = compose_cfg(*SMALL, "iter=1", "logger=wandb", "logger.mode=offline")
+    for stage, run in runs.items():
+        assert run["state"] == "finished" and run["exit_code"] == 0
+        assert run["run_id"] == tracking.run_id(cfg, Stage(stage)), (
+            "deterministic id: a requeue resumes it"
+        )
+        assert run["name"] == f"eta1000-lr0.0001-K3-iter1-{stage}"
+        config = run["config"]
+        expected = {
+            "eta": 1000,
+            "beta": 0.001,
+            "lr": 0.0001,
+            "K": 3,
+            "iter": 1,
+            "method": "sppo",
+            "model": "tiny-mistral",
+        }
+        assert {k: config[k] for k in expected} == expected
+        assert config["ranker"]["name"] == "tiny-pairrm", "the resolved config is there too"
+    assert runs["generate"]["summary"]["tokens_per_second"] > 0
+    assert runs["rank"]["summary"]["comparisons"] == 4 * 3 * 2
+    assert (
+        runs["pairs"]["summary"]["pairs"] == 4
+        and "mean_chosen_win_rate" in runs["pairs"]["summary"]
+    )
+    train = runs["train"]["summary"]
+    assert {"train/loss", "train/rewards/margins", "train_loss", "pairs_trained"} <= set(train)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from src import tracking
 from src.artifacts import atomic_write_json, write_completion_record
 from src.config import Config, Device, Distributed, Dtype, RefLogprobs, Stage
 from src.errors import StageError
@@ -134,17 +135,6 @@ def deepspeed_on_cpu_state(cfg: Config) -> dict | None:
     return {"use_configured_state": True}
 
 
-def point_wandb_at_the_config(cfg: Config) -> None:
-    """The Trainer's W&B reporting reads these; the logger group says where and how."""
-    if cfg.logger.backend.value != "wandb":
-        return
-    Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
-    os.environ["WANDB_DIR"] = cfg.logger.dir
-    os.environ["WANDB_MODE"] = cfg.logger.mode.value
-    if cfg.logger.entity:
-        os.environ["WANDB_ENTITY"] = cfg.logger.entity
-
-
 def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
     from transformers import TrainingArguments
 
@@ -237,7 +227,6 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     if not pairs:
         raise TrainingError(f"{pairs_path}: no pair left to train on ({report})")
     dtype = precision(cfg)
-    point_wandb_at_the_config(cfg)
     args = training_arguments(cfg, stage_dir, dtype)  # before the model: ZeRO-3 shards at load
     model = load_policy(cfg, dtype)
     reference, ref_model = None, None
@@ -301,11 +290,8 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
         write_completion_record(
             stage_dir, stage_fingerprint(cfg, Stage.train), counts, {"seconds": seconds}
         )
-    if cfg.logger.backend.value == "wandb":
-        import wandb
-
-        if wandb.run is not None:  # the Trainer's callback leaves its run open: close it here
-            wandb.finish()
+    if trainer.is_world_process_zero():
+        tracking.finish(cfg, {**metrics, **counts})
     trainer.accelerator.wait_for_everyone()
     return counts
 
@@ -325,6 +311,8 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         leftovers="checkpoint-*",
     )
     resume = get_last_checkpoint(output_dir)
+    if ready.trainer.is_world_process_zero():
+        tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
     if resume:
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
     result = ready.trainer.train(resume_from_checkpoint=resume)

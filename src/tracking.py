@@ -1,0 +1,128 @@
+"""Weights & Biases: one run per (lineage, iteration, stage), on rank 0 only (DESIGN §8).
+
+- group = the lineage `<model>/<method>/<run_name>`, job_type = the stage, name
+  `<run_name>-iter<t>-<stage>`, tags = `logger.tags` + method + model;
+- the run id is a hash of the run directory, the iteration and the stage (and the shard, for
+  a sharded stage), with resume "allow": a requeued job continues its run instead of starting
+  a second one;
+- config: the resolved config plus flat `eta beta lr K iter method model stage` to filter
+  and plot by; the summary: the stage's `metrics.json` numbers (training adds its curves
+  through the Trainer's own W&B callback, which finds this run already open and logs into it).
+
+`logger=none` tracks nothing; `logger.mode=offline` (or WANDB_MODE=offline) needs no server
+(`wandb sync` uploads later). Every stage writes its local metrics.json either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from src.config import Config, LoggerBackend, Stage
+from src.errors import StageError
+from src.pipeline import as_tree, flatten
+
+
+def enabled(cfg: Config) -> bool:
+    return cfg.logger.backend == LoggerBackend.wandb
+
+
+def lineage(cfg: Config) -> str:
+    return f"{cfg.model.name}/{cfg.method.name.value}/{cfg.run_name}"
+
+
+def part(cfg: Config, stage: Stage) -> str:
+    """ "" or "-shard<i>of<n>": each shard of a sharded stage (a SLURM array task) is its own run."""
+    from src.shards import resolve_shard
+
+    section = {Stage.generate: cfg.generation, Stage.rank: cfg.ranker}.get(stage)
+    if section is None:
+        return ""
+    index, count = resolve_shard(section.shard, section.num_shards, section=stage.value)
+    return f"-shard{index}of{count}" if count > 1 else ""
+
+
+def run_id(cfg: Config, stage: Stage) -> str:
+    key = f"{Path(cfg.run.dir).resolve()}|iter{cfg.iter}|{stage.value}{part(cfg, stage)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
+    flat = {
+        "eta": cfg.method.eta,
+        "beta": cfg.method.beta,
+        "lr": cfg.training.learning_rate,
+        "K": cfg.method.K,
+        "iter": cfg.iter,
+        "method": cfg.method.name.value,
+        "model": cfg.model.name,
+        "stage": stage.value,
+    }
+    return {**as_tree(cfg), **flat}
+
+
+def start(cfg: Config, stage: Stage) -> None:
+    """Open (or resume) the stage's run; a no-op with `logger=none`."""
+    if not enabled(cfg):
+        return
+    import wandb
+
+    log = cfg.logger
+    Path(log.dir).mkdir(parents=True, exist_ok=True)
+    # the Trainer's callback and any child process read these: they join this run
+    os.environ.update(
+        {
+            "WANDB_DIR": log.dir,
+            "WANDB_MODE": log.mode.value,
+            "WANDB_PROJECT": log.project,
+            "WANDB_RUN_ID": run_id(cfg, stage),
+            "WANDB_RESUME": "allow",
+            "WANDB_RUN_GROUP": lineage(cfg),
+            "WANDB_JOB_TYPE": stage.value,
+        }
+    )
+    if log.entity:
+        os.environ["WANDB_ENTITY"] = log.entity
+    try:
+        wandb.init(
+            project=log.project,
+            entity=log.entity,
+            group=lineage(cfg),
+            job_type=stage.value,
+            name=f"{cfg.run_name}-iter{cfg.iter}-{stage.value}{part(cfg, stage)}",
+            id=run_id(cfg, stage),
+            resume="allow",
+            tags=[*log.tags, cfg.method.name.value, cfg.model.name],
+            dir=log.dir,
+            mode=log.mode.value,
+            config=tracked_config(cfg, stage),
+        )
+    except wandb.errors.UsageError as err:  # e.g. online without an API key
+        raise StageError(
+            f"W&B: {str(err).splitlines()[0]} (logger.mode={log.mode.value}); run `wandb login`, "
+            "or track locally with logger.mode=offline, or not at all with logger=none"
+        ) from None
+
+
+def finish(cfg: Config, metrics: dict[str, Any], failed: bool = False) -> None:
+    """Put the stage's numbers (and rates derived from them) in the run's summary; close it."""
+    if not enabled(cfg):
+        return
+    import wandb
+
+    if wandb.run is None:
+        return
+    numbers = {
+        k: v
+        for k, v in flatten(metrics).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    seconds = numbers.get("seconds")
+    for count in ("tokens", "comparisons"):  # generation tokens/s, judge comparisons/s
+        if seconds and count in numbers:
+            numbers[f"{count}_per_second"] = numbers[count] / seconds
+    if numbers:
+        wandb.run.summary.update(numbers)
+    wandb.finish(exit_code=1 if failed else 0)
