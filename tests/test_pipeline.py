@@ -225,3 +225,18 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
     )
     train = runs["train"]["summary"]
     assert {"train/loss", "train/rewards/margins", "train_loss", "pairs_trained"} <= set(train)
+
+
+def test_online_wandb_without_an_api_key_is_one_clear_line(tmp_path, monkeypatch):
+    from src import tracking
+    from src.config import Stage
+    from src.errors import StageError
+    from tests.helpers import compose_cfg
+
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc holding a key
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=online")
+    with pytest.raises(StageError, match=r"W&B: .*API key.*logger\.mode=offline.*logger=none"):
+        tracking.start(cfg, Stage.generate)
