@@ -24,6 +24,10 @@ from src.config import Config, LoggerBackend, Stage
 from src.errors import StageError
 from src.pipeline import as_tree, flatten
 
+# Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
+# cleared when it closes, so that nothing started later in this process resumes it by accident.
+RUN_VARS = ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE")
+
 
 def enabled(cfg: Config) -> bool:
     return cfg.logger.backend == LoggerBackend.wandb
@@ -100,6 +104,8 @@ def start(cfg: Config, stage: Stage) -> None:
             config=tracked_config(cfg, stage),
         )
     except wandb.errors.UsageError as err:  # e.g. online without an API key
+        for var in RUN_VARS:
+            os.environ.pop(var, None)
         raise StageError(
             f"W&B: {str(err).splitlines()[0]} (logger.mode={log.mode.value}); run `wandb login`, "
             "or track locally with logger.mode=offline, or not at all with logger=none"
@@ -112,6 +118,8 @@ def finish(cfg: Config, metrics: dict[str, Any], failed: bool = False) -> None:
         return
     import wandb
 
+    for var in RUN_VARS:
+        os.environ.pop(var, None)
     if wandb.run is None:
         return
     numbers = {
