@@ -220,3 +220,20 @@ def test_the_trainers_wandb_run_holds_the_preference_metrics(tmp_path):
     ):
         assert f"train/{key}" in summary, (key, sorted(summary))
     assert summary["train/global_step"] == 2
+
+
+def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
+    from src.training import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path) is None
+    for step, whole in ((1, True), (2, True), (10, True), (11, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        if whole:  # the Trainer writes trainer_state.json last
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10"), (
+        "10 > 2: numeric order"
+    )
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")

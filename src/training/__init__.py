@@ -296,9 +296,21 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
     return counts
 
 
-def train(cfg: Config, stage_dir: Path) -> dict:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest Trainer checkpoint that was saved whole.
 
+    The Trainer writes trainer_state.json last; a run killed while saving leaves a checkpoint
+    without it, which `resume_from_checkpoint` would fail on. The one before it is whole.
+    """
+    complete = [
+        (int(d.name.split("-")[1]), d)
+        for d in output_dir.glob("checkpoint-*")
+        if d.name.split("-")[1].isdigit() and (d / "trainer_state.json").is_file()
+    ]
+    return str(max(complete)[1]) if complete else None
+
+
+def train(cfg: Config, stage_dir: Path) -> dict:
     started = time.time()
     ready = setup(cfg, stage_dir)
     output_dir = ready.trainer.args.output_dir
@@ -310,7 +322,7 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         "to start over)",
         leftovers="checkpoint-*",
     )
-    resume = get_last_checkpoint(output_dir)
+    resume = last_complete_checkpoint(Path(output_dir))
     if ready.trainer.is_world_process_zero():
         tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
     if resume:
