@@ -240,3 +240,23 @@ def test_online_wandb_without_an_api_key_is_one_clear_line(tmp_path, monkeypatch
     cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=online")
     with pytest.raises(StageError, match=r"W&B: .*API key.*logger\.mode=offline.*logger=none"):
         tracking.start(cfg, Stage.generate)
+
+
+@pytest.mark.slow
+def test_the_compare_tool_lists_the_real_iterations_and_writes_its_plots(two_iterations, tmp_path):
+    import csv
+
+    from src.compare import main as compare
+
+    root, _ = two_iterations
+    compare(["--root", str(root), "--out", str(tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert [(r["method"], r["iter"], r["K"], float(r["eta"])) for r in rows] == [
+        ("sppo", "1", "3", 1000.0),
+        ("sppo", "2", "3", 1000.0),
+    ]
+    assert all(
+        r["stages_done"] == "generate+rank+pairs+train" and r["train_loss_final"] for r in rows
+    )
+    for plot in ("training_curves.png", "win_rate_by_iteration.png", "final_vs_hparams.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
