@@ -1,0 +1,196 @@
+"""Submit iterations of the pipeline to SLURM as sbatch jobs chained with `afterok`.
+
+    python -m src.slurm --iterations 3 --dry-run experiment=gemma-2-9b-it-sppo hardware=slurm-node-8gpu
+    python -m src.slurm --iterations 2 model=tiny-mistral hardware=slurm-cpu
+
+For each iteration t: a generation array (one task per `generation.num_shards` shard) ->
+a ranking array (`ranker.num_shards`) -> pairs -> training (one node, or `hardware.num_nodes`
+nodes with one srun task each) -> iteration t+1's generation. Every job carries
+`--kill-on-invalid-dep=yes`, so a failed stage cancels its dependents instead of leaving them
+pending; `--requeue` and a warning signal before the time limit let a preempted stage resume
+(stages resume from their chunks and Trainer checkpoints). The scripts come from
+`slurm/templates/`, filled from the resolved config, and are written to `<run.dir>/slurm/`
+(logs `<run.dir>/slurm/logs/%x_%A_%a.out`). `--dry-run` prints scripts and sbatch lines only.
+
+Unlike `python -m src.main -m ... hardware=slurm-*` (Hydra's submitit launcher, which waits
+until the array ends), this returns as soon as the jobs are queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, validate
+from src.errors import StageError
+
+TEMPLATES = REPO_ROOT / "slurm" / "templates"
+WARNING_SIGNAL_S = 300  # seconds before the time limit at which the job requeues itself
+
+
+class SubmitError(StageError):
+    """The chain cannot be rendered or submitted; the message says why."""
+
+
+@dataclass
+class Job:
+    name: str  # <run_name>-it<t>-<stage>
+    stage: Stage
+    iteration: int
+    script: str
+    array: int | None  # number of array tasks, None for a single job
+    after: str | None = None  # name of the job this one waits for (afterok)
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    text = (TEMPLATES / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+def resource_lines(cfg: Config, gpus: int) -> str:
+    s = cfg.hardware.slurm
+    lines = [f"#SBATCH --gpus-per-node={gpus}"] if gpus else []
+    for option, value in (
+        ("partition", s.partition),
+        ("account", s.account),
+        ("qos", s.qos),
+        ("constraint", s.constraint),
+    ):
+        if value:
+            lines.append(f"#SBATCH --{option}={value}")
+    return "\n".join(lines)
+
+
+def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None) -> Job:
+    s, hw = cfg.hardware.slurm, cfg.hardware
+    name = f"{cfg.run_name}-it{cfg.iter}-{stage.value}"
+    on_gpu = hw.device == Device.cuda
+    # unset shard counts: one shard per GPU of the training allocation, one on CPU
+    per_gpu = hw.world_size if on_gpu else 1
+    shards = {Stage.generate: cfg.generation.num_shards, Stage.rank: cfg.ranker.num_shards}
+    array = (shards[stage] or per_gpu) if stage in shards else None
+    gpus = (
+        {
+            Stage.generate: cfg.generation.tensor_parallel_size,
+            Stage.rank: 1,
+            Stage.pairs: 0,
+            Stage.train: hw.processes_per_node,
+        }[stage]
+        if on_gpu
+        else 0
+    )
+    args = [*overrides, f"stage={stage.value}", f"iter={cfg.iter}"]
+    if stage in shards:  # the shard comes from SLURM_ARRAY_TASK_ID, the count from here
+        section = "generation" if stage == Stage.generate else "ranker"
+        args.append(f"{section}.num_shards={array}")
+    log_dir = Path(cfg.run.dir) / "slurm" / "logs"
+    values = {
+        "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
+        "job_name": name,
+        "log_dir": str(log_dir),
+        "time": str(s.time_min),
+        "cpus": str(s.cpus_per_task),
+        "mem": str(s.mem_gb),
+        "signal_s": str(WARNING_SIGNAL_S),
+        "resource_lines": resource_lines(cfg, gpus),
+        "repo": shlex.quote(str(REPO_ROOT)),
+        "python": shlex.quote(sys.executable),
+        "overrides": " ".join(shlex.quote(a) for a in args),
+        "nodes": str(hw.num_nodes),
+        "port": "29500",
+    }
+    multinode = stage == Stage.train and hw.num_nodes > 1
+    script = fill("train-multinode.sbatch" if multinode else "stage.sbatch", values)
+    if array is not None:
+        script = script.replace(
+            "#SBATCH --time=", f"#SBATCH --array=0-{array - 1}\n#SBATCH --time=", 1
+        )
+    return Job(name, stage, cfg.iter, script, array, after)
+
+
+def chain(configs: list[Config], overrides: list[str]) -> list[Job]:
+    """The jobs of consecutive iterations, each waiting for the one before it."""
+    jobs: list[Job] = []
+    for cfg in configs:
+        for stage in (Stage.generate, Stage.rank, Stage.pairs, Stage.train):
+            after = jobs[-1].name if jobs else None
+            jobs.append(stage_job(cfg, stage, overrides, after))
+    return jobs
+
+
+def sbatch_line(job: Job, script_path: Path, ids: dict[str, str]) -> list[str]:
+    cmd = ["sbatch", "--parsable", "--kill-on-invalid-dep=yes"]
+    if job.after:
+        cmd.append(f"--dependency=afterok:{ids.get(job.after, '<' + job.after + '>')}")
+    return [*cmd, str(script_path)]
+
+
+def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
+    """Write the scripts, then sbatch them in order; returns job name -> SLURM job id."""
+    ids: dict[str, str] = {}
+    for job in jobs:
+        path = script_dir / f"{job.name}.sbatch"
+        line = sbatch_line(job, path, ids)
+        job.script = job.script.replace("@submit_line@", shlex.join(line))
+        if dry_run:
+            print(f"# ---- {path}\n{job.script}\n# $ {shlex.join(line)}\n")
+            ids[job.name] = f"<{job.name}>"
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (script_dir / "logs").mkdir(parents=True, exist_ok=True)
+        path.write_text(job.script)
+        done = subprocess.run(line, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SubmitError(
+                f"sbatch refused {path}: {done.stderr.strip() or done.stdout.strip()} "
+                f"(jobs already queued: {', '.join(f'{n}={i}' for n, i in ids.items()) or 'none'})"
+            )
+        ids[job.name] = done.stdout.strip().split(";")[0]
+        print(f"[slurm] {job.name}: job {ids[job.name]}", file=sys.stderr)
+    return ids
+
+
+def compose(overrides: list[str], iteration: int) -> Config:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        raw = hydra_compose("config", overrides=[*overrides, f"iter={iteration}"])
+    return validate(raw)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.slurm", description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=1, help="submit iterations 1..N")
+    parser.add_argument("--from-iter", type=int, default=1, help="first iteration to submit")
+    parser.add_argument("--dry-run", action="store_true", help="print scripts and sbatch lines")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
+    args = parser.parse_args(argv)
+    overrides = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
+    try:
+        configs = [compose(overrides, t) for t in range(args.from_iter, args.iterations + 1)]
+        if not configs:
+            raise SubmitError(
+                f"no iterations to submit: --from-iter {args.from_iter} > --iterations {args.iterations}"
+            )
+        if configs[0].hardware.slurm is None:
+            raise SubmitError(
+                f"hardware={configs[0].hardware.name} has no SLURM resources: choose one of the "
+                "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
+            )
+        configs = [replace(c, stage=Stage.all) for c in configs]
+        jobs = chain(configs, overrides)
+        submit(jobs, Path(configs[0].run.dir) / "slurm", args.dry_run)
+    except (ConfigError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
+
+
+if __name__ == "__main__":
+    main()
