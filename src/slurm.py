@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-iter", type=int, default=1, help="first iteration to submit")
     parser.add_argument("--dry-run", action="store_true", help="print scripts and sbatch lines")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
     try:
         configs = [compose(overrides, t) for t in range(args.from_iter, args.iterations + 1)]

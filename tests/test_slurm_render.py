@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from src.config import REPO_ROOT
 from src.slurm import main
 
 
@@ -80,3 +81,63 @@ def test_a_hardware_without_slurm_resources_is_refused(capsys):
         "hardware=cpu has no SLURM resources: choose one of the hardware=slurm-* options"
         in capsys.readouterr().err
     )
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
+    from src.sweep import main as sweep
+
+    sweep(["sweeps/grid.yaml", "--dry-run", "--parallel", "4", "--iterations", "3",
+           "model=tiny-mistral", "hardware=slurm-cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    points = out.split("# ---- ")[1].split("\n", 1)[1].strip().splitlines()
+    assert len(points) == 27 == len(set(points))
+    assert points[0] == "method.eta=1000 training.learning_rate=2.5e-07 method.K=3"
+    script = out.split("# ---- ")[2]
+    assert "#SBATCH --array=0-26%4" in script
+    assert '-m src.main model=tiny-mistral hardware=slurm-cpu "${POINT[@]}" iter=3 &' in script
+    body = script.split("\n", 1)[1].split("\n# $ ")[0]
+    assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["eta", "lr", "k", "grid"])
+def test_every_sweep_file_expands_into_distinct_valid_points(name):
+    from src.sweep import check_points, grid_points, load_sweep
+
+    points = grid_points(load_sweep(REPO_ROOT / "sweeps" / f"{name}.yaml"))
+    configs = check_points(points, ["model=tiny-mistral", "hardware=slurm-cpu"], 1)
+    assert len({c.run.dir for c in configs}) == len(points) >= 3
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        (
+            "method: random\nparameters: {method.eta: {values: [1, 2]}}\n",
+            [],
+            "method 'random' is for W&B agents",
+        ),
+        (
+            "parameters: {method.eta: {min: 1, max: 2}}\n",
+            [],
+            "parameter 'method.eta' needs `values: \\[...\\]`",
+        ),
+        (
+            "parameters: {method.eta: {values: [1000, 5000]}}\n",
+            ["run_name=fixed"],
+            "share a run directory",
+        ),
+        ("method: grid\n", [], "needs a `parameters:` mapping"),
+    ],
+)
+def test_bad_sweeps_are_refused_with_a_reason(tmp_path, capsys, content, extra, message):
+    from src.sweep import main as sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(content)
+    with pytest.raises(SystemExit):
+        sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu", *extra])
+    assert re.search(message, capsys.readouterr().err)

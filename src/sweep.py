@@ -1,0 +1,162 @@
+"""Sweeps: one YAML in W&B's sweep format with Hydra keys -> grid points -> ONE SLURM array.
+
+    python -m src.sweep sweeps/eta.yaml --dry-run model=tiny-mistral hardware=slurm-cpu
+    python -m src.sweep sweeps/grid.yaml --iterations 3 --parallel 4 hardware=slurm-node-8gpu
+
+The same file drives W&B agents (`wandb sweep sweeps/eta.yaml`) when a server is reachable.
+Here its grid is expanded into a points file (one line of `key=value` overrides per point)
+and one array task per point runs the whole pipeline for that point — iterations 1..N with
+`python -m src.main ... iter=N`, which runs the earlier iterations first. Each point has its
+own run lineage (the swept values are in the default run_name) and so its own W&B group, which
+`python -m src.compare` ranks. `--parallel N` throttles the array (`%N`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.artifacts import atomic_write_text
+from src.config import REPO_ROOT, Config, ConfigError, Device
+from src.errors import StageError
+from src.slurm import WARNING_SIGNAL_S, SubmitError, compose, fill, resource_lines
+
+
+def load_sweep(path: Path) -> dict[str, list[Any]]:
+    """The grid of a sweep file: Hydra key -> the values it takes."""
+    if not path.is_file():
+        raise SubmitError(f"sweep file not found: {path}")
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SubmitError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict):
+        raise SubmitError(f"{path}: a sweep needs a `parameters:` mapping (W&B's sweep format)")
+    if sweep.get("method", "grid") != "grid":
+        raise SubmitError(
+            f"{path}: method {sweep['method']!r} is for W&B agents (`wandb sweep {path}`); "
+            "a SLURM array needs method: grid"
+        )
+    grid = {}
+    for key, spec in sweep["parameters"].items():
+        if isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
+            grid[key] = spec["values"]
+        elif isinstance(spec, dict) and "value" in spec:
+            grid[key] = [spec["value"]]
+        else:
+            raise SubmitError(f"{path}: parameter {key!r} needs `values: [...]` (or `value:`)")
+    return grid
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
+    """Every combination, as Hydra overrides, in the file's order (the last key varies fastest)."""
+    keys = list(grid)
+    return [
+        [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
+        for values in itertools.product(*grid.values())
+    ]
+
+
+def check_points(points: list[list[str]], base: list[str], iterations: int) -> list[Config]:
+    """Every point composes and validates before anything is submitted; lineages are distinct."""
+    configs = [compose([*base, *point], iterations) for point in points]
+    dirs = [c.run.dir for c in configs]
+    if len(set(dirs)) != len(dirs):
+        raise SubmitError(
+            "two points of the sweep share a run directory (their run_name is the same): "
+            "put the swept keys in run_name, e.g. run_name='sweep-${method.eta}-${method.K}'"
+        )
+    if configs[0].hardware.slurm is None:
+        raise SubmitError(
+            f"hardware={configs[0].hardware.name} has no SLURM resources: choose a hardware=slurm-* option"
+        )
+    if configs[0].hardware.num_nodes > 1:
+        raise SubmitError(
+            "a sweep array task runs on one node; for multi-node training submit each point "
+            "with python -m src.slurm"
+        )
+    return configs
+
+
+def render(
+    name: str,
+    cfg: Config,
+    points_file: Path,
+    base: list[str],
+    count: int,
+    iterations: int,
+    parallel: int | None,
+) -> str:
+    s, hw = cfg.hardware.slurm, cfg.hardware
+    values = {
+        "description": f"sweep {name}: {count} points, iterations 1..{iterations}",
+        "job_name": f"sweep-{name}",
+        "log_dir": str(points_file.parent / "logs"),
+        "last_task": str(count - 1),
+        "throttle": f"%{parallel}" if parallel else "",
+        "time": str(s.time_min),
+        "cpus": str(s.cpus_per_task),
+        "mem": str(s.mem_gb),
+        "signal_s": str(WARNING_SIGNAL_S),
+        "resource_lines": resource_lines(
+            cfg, hw.processes_per_node if hw.device == Device.cuda else 0
+        ),
+        "repo": shlex.quote(str(REPO_ROOT)),
+        "python": shlex.quote(sys.executable),
+        "points": shlex.quote(str(points_file)),
+        "overrides": " ".join(shlex.quote(a) for a in base),
+        "iterations": str(iterations),
+    }
+    return fill("sweep-array.sbatch", values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep", type=Path, help="a sweeps/*.yaml file")
+    parser.add_argument("--iterations", type=int, default=1, help="iterations per point")
+    parser.add_argument("--parallel", type=int, default=None, help="at most N tasks at once")
+    parser.add_argument("--dry-run", action="store_true", help="print the points and the script")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every point")
+    args = parser.parse_intermixed_args(argv)
+    base = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
+    try:
+        points = grid_points(load_sweep(args.sweep))
+        configs = check_points(points, base, args.iterations)
+        name = args.sweep.stem
+        sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
+        points_file = sweep_dir / "points.txt"
+        script = render(
+            name, configs[0], points_file, base, len(points), args.iterations, args.parallel
+        )
+        line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
+        script = script.replace("@submit_line@", shlex.join(line))
+        text = "".join(shlex.join(p) + "\n" for p in points)
+        if args.dry_run:
+            print(
+                f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shlex.join(line)}"
+            )
+            return
+        atomic_write_text(points_file, text)
+        atomic_write_text(sweep_dir / f"{name}.sbatch", script)
+        (sweep_dir / "logs").mkdir(exist_ok=True)
+        done = subprocess.run(line, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SubmitError(f"sbatch refused {line[-1]}: {done.stderr.strip()}")
+        job = done.stdout.strip().split(";")[0]
+        print(
+            f"[sweep] {name}: {len(points)} points, array job {job}; logs in {sweep_dir / 'logs'}"
+        )
+    except (ConfigError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
+
+
+if __name__ == "__main__":
+    main()
