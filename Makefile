@@ -9,6 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= slurm,dev
 PYTEST_ARGS ?=
+SWEEP ?= sweeps/eta.yaml
 ARGS ?=
 
 # Tests and the demo never touch the network: every hub client is offline, W&B writes locally.
@@ -16,7 +17,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm tiny demo compare test test-fast bench lint format config clean clean-runs
+.PHONY: help install install-vllm tiny demo compare submit sweep test test-fast bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +58,21 @@ demo: install ## Three SPPO iterations and a WPO-HB run on the tiny models (CPU,
 
 compare: install ## Compare runs: table + plots from the run directories into <root>/compare (ARGS='--root DIR ...')
 	$(OFFLINE) $(PY) -m src.compare $(ARGS)
+
+# `make submit` alone dry-runs the reference chain: Gemma-2-9B SPPO, 3 iterations, on one 8-GPU
+# node and on two. Submit for real with SUBMIT_ARGS (no --dry-run), e.g.
+#   make submit SUBMIT_ARGS="--iterations 3 experiment=gemma-2-9b-it-sppo hardware=slurm-node-8gpu hardware.slurm.partition=gpu"
+SUBMIT_ARGS ?=
+submit: install ## SLURM: render (and submit) iteration chains; alone, dry-runs a Gemma-2-9B SPPO chain on 1 and 2 nodes
+ifeq ($(strip $(SUBMIT_ARGS)),)
+	$(OFFLINE) $(PY) -m src.slurm --dry-run --iterations 3 experiment=gemma-2-9b-it-sppo hardware=slurm-node-8gpu
+	$(OFFLINE) $(PY) -m src.slurm --dry-run --iterations 3 experiment=gemma-2-9b-it-sppo hardware=slurm-multinode
+else
+	$(OFFLINE) $(PY) -m src.slurm $(SUBMIT_ARGS)
+endif
+
+sweep: install ## SLURM: a sweep as one array, e.g. SWEEP=sweeps/eta.yaml ARGS='--dry-run model=tiny-mistral hardware=slurm-cpu'
+	$(OFFLINE) $(PY) -m src.sweep $(SWEEP) $(ARGS)
 
 test: install ## Run the test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
