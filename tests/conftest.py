@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the session SLURM cluster)
+
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ["WANDB_MODE"] = "offline"

@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# A real one-node SLURM cluster on this machine (munged + slurmctld + slurmd on localhost), for
+# the tests and for trying the SLURM path without a cluster. Everything it writes (munge key,
+# slurm.conf, state, spool, logs, pid files) lives in one state directory.
+#
+#   slurm/cluster.sh start  [STATE_DIR]   install the packages when missing (root), start, wait
+#   slurm/cluster.sh stop   [STATE_DIR]   cancel the jobs, stop the daemons by their pid files
+#   slurm/cluster.sh status [STATE_DIR]   up or down (exit 0 / 1); sinfo when up
+#   slurm/cluster.sh env    [STATE_DIR]   eval "$(slurm/cluster.sh env)" points the clients at it
+#
+# STATE_DIR defaults to ${SELFPLAY_SLURM_DIR:-/tmp/selfplay-slurm}. Other settings (environment):
+#   SELFPLAY_SLURM_PARTITION   partition name                    [debug]
+#   SELFPLAY_SLURMCTLD_PORT    slurmctld port                    [6817]
+#   SELFPLAY_SLURMD_PORT       slurmd port                       [6818]
+#   SELFPLAY_SLURM_WAIT        seconds to wait for the cluster   [30]
+# Exit status of start: 0 up; 1 cannot run here (not root, no apt, install failed);
+# 2 the daemons did not come up (the message names the log files).
+set -euo pipefail
+
+PROG="slurm/cluster.sh"
+PACKAGES=(slurmctld slurmd slurm-client munge)
+PARTITION="${SELFPLAY_SLURM_PARTITION:-debug}"
+CTLD_PORT="${SELFPLAY_SLURMCTLD_PORT:-6817}"
+SLURMD_PORT="${SELFPLAY_SLURMD_PORT:-6818}"
+WAIT_S="${SELFPLAY_SLURM_WAIT:-30}"
+# every line this script writes into slurm.conf starts below this marker; tests look for it
+CONF_MARKER="# written by selfplay-lab slurm/cluster.sh"
+
+usage() {
+    echo "usage: $PROG {start|stop|status|env} [STATE_DIR]" >&2
+    exit 64
+}
+
+say() { echo "$PROG: $*"; }
+err() { echo "$PROG: $*" >&2; }
+
+set_paths() {
+    STATE_DIR="${1:-${SELFPLAY_SLURM_DIR:-/tmp/selfplay-slurm}}"
+    case "$STATE_DIR" in
+        /*) ;;
+        *) STATE_DIR="$PWD/$STATE_DIR" ;;
+    esac
+    CONF="$STATE_DIR/slurm.conf"
+    LOG_DIR="$STATE_DIR/log"
+    RUN_DIR="$STATE_DIR/run"
+    MUNGE_DIR="$STATE_DIR/munge"
+    MUNGE_KEY="$MUNGE_DIR/munge.key"
+    MUNGE_SOCKET="$RUN_DIR/munge.socket"
+    PID_MUNGED="$RUN_DIR/munged.pid"
+    PID_CTLD="$RUN_DIR/slurmctld.pid"
+    PID_SLURMD="$RUN_DIR/slurmd.pid"
+    LOGS="$LOG_DIR/munged.log, $LOG_DIR/slurmctld.log, $LOG_DIR/slurmd.log"
+}
+
+# the pid in a pid file when that process is alive, else nothing (exit 1)
+live_pid() {
+    local pid
+    [ -s "$1" ] || return 1
+    pid="$(tr -dc '0-9' <"$1")"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+# the slurmctld answers (bounded: scontrol gives up after a few seconds with no controller)
+ctld_answers() {
+    [ -f "$CONF" ] || return 1
+    SLURM_CONF="$CONF" timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'
+}
+
+is_up() {
+    live_pid "$PID_MUNGED" >/dev/null && live_pid "$PID_CTLD" >/dev/null &&
+        live_pid "$PID_SLURMD" >/dev/null && ctld_answers
+}
+
+any_running() {
+    live_pid "$PID_MUNGED" >/dev/null || live_pid "$PID_CTLD" >/dev/null ||
+        live_pid "$PID_SLURMD" >/dev/null
+}
+
+install_packages() {
+    local missing=()
+    command -v munged >/dev/null 2>&1 || missing+=(munge)
+    command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
+    command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
+    command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        err "missing ${missing[*]} and there is no apt-get to install them; install ${PACKAGES[*]}"
+        exit 1
+    fi
+    say "installing ${PACKAGES[*]} (apt-get)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${PACKAGES[@]}"; } >"${TMPDIR:-/tmp}/selfplay-slurm-apt.log" 2>&1; then
+        err "apt-get could not install ${PACKAGES[*]}; see ${TMPDIR:-/tmp}/selfplay-slurm-apt.log"
+        tail -n 5 "${TMPDIR:-/tmp}/selfplay-slurm-apt.log" >&2 || true
+        exit 1
+    fi
+}
+
+write_config() {
+    local node cpus mem_total mem
+    node="$(hostname -s)"
+    # `slurmd -C` prints this machine as a NodeName line: CPUs=.. RealMemory=.. (MB)
+    local probe
+    probe="$(slurmd -C 2>/dev/null | head -n 1)"
+    cpus="$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$probe")"
+    mem_total="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$probe")"
+    cpus="${cpus:-$(nproc)}"
+    mem_total="${mem_total:-1024}"
+    mem=$((mem_total * 9 / 10))
+
+    mkdir -p "$STATE_DIR" "$LOG_DIR" "$RUN_DIR" "$MUNGE_DIR" "$STATE_DIR/ctld" "$STATE_DIR/spool"
+    # munged wants its socket's folder (and the folders above it) open to all: jobs of every
+    # user reach it; the key stays private
+    chmod 0755 "$STATE_DIR" "$RUN_DIR"
+    chmod 0700 "$MUNGE_DIR"
+    if [ ! -s "$MUNGE_KEY" ]; then
+        (umask 077 && head -c 1024 /dev/urandom >"$MUNGE_KEY")
+    fi
+    chmod 0400 "$MUNGE_KEY"
+
+    cat >"$CONF" <<EOF
+$CONF_MARKER: a one-node cluster on this machine; rewritten by every start
+ClusterName=selfplay
+SlurmctldHost=$node(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$MUNGE_SOCKET
+StateSaveLocation=$STATE_DIR/ctld
+SlurmdSpoolDir=$STATE_DIR/spool
+SlurmctldPidFile=$PID_CTLD
+SlurmdPidFile=$PID_SLURMD
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# no cgroups in containers: track processes through /proc, no task binding
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+# cores and memory are consumable, so jobs share the node; without a default memory per CPU
+# every job would ask for the whole node's memory and jobs would run one at a time
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=512
+# schedule a submitted batch job at once (the default waits for the next 3 s tick)
+SchedulerParameters=batch_sched_delay=0
+# cancel a job whose dependency can never be met (afterok on a failed job), instead of leaving
+# it pending forever (in 22.05 this is a DependencyParameters option, not a SchedulerParameters one)
+DependencyParameters=kill_invalid_depend
+KillWait=5
+MailProg=/bin/true
+ReturnToService=2
+# no slurmdbd here, so no sacct: keep finished jobs in slurmctld (scontrol show job) for a day,
+# and log every finished job to a text file
+MinJobAge=86400
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$STATE_DIR/jobcomp.log
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=04:00:00 State=UP
+EOF
+    NODE="$node"
+}
+
+fail_start() {
+    err "$1"
+    err "daemon logs: $LOGS"
+    local f
+    for f in "$LOG_DIR/munged.log" "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log"; do
+        if [ -s "$f" ]; then
+            err "--- last lines of $f"
+            tail -n 8 "$f" >&2 || true
+        fi
+    done
+    stop_daemons quiet
+    exit 2
+}
+
+# wait (bounded) until a pid file names a live process
+wait_pid_file() {
+    local file="$1" what="$2" deadline=$((SECONDS + WAIT_S))
+    until live_pid "$file" >/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || fail_start "$what did not start within ${WAIT_S}s"
+        sleep 0.2
+    done
+}
+
+cmd_start() {
+    if is_up; then
+        say "already up ($STATE_DIR)"
+        echo "export SLURM_CONF=$CONF"
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        err "needs root (installs packages; slurmd runs jobs as their users); run it with sudo"
+        exit 1
+    fi
+    install_packages
+    if any_running; then
+        say "partly up in $STATE_DIR: stopping what runs before starting again"
+        stop_daemons quiet
+    fi
+    local t0=$SECONDS port
+    for port in "$CTLD_PORT" "$SLURMD_PORT"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            err "port $port is in use (another SLURM cluster?); pick free ones with"
+            err "SELFPLAY_SLURMCTLD_PORT / SELFPLAY_SLURMD_PORT (now $CTLD_PORT / $SLURMD_PORT)"
+            exit 2
+        fi
+    done
+    write_config
+    rm -f "$PID_MUNGED" "$PID_CTLD" "$PID_SLURMD"
+    export SLURM_CONF="$CONF"
+
+    munged --key-file="$MUNGE_KEY" --socket="$MUNGE_SOCKET" --pid-file="$PID_MUNGED" \
+        --log-file="$LOG_DIR/munged.log" --seed-file="$MUNGE_DIR/munged.seed" ||
+        fail_start "munged did not start"
+    wait_pid_file "$PID_MUNGED" munged
+
+    slurmctld -f "$CONF" || fail_start "slurmctld did not start"
+    wait_pid_file "$PID_CTLD" slurmctld
+    local deadline=$((SECONDS + WAIT_S))
+    until ctld_answers; do
+        [ "$SECONDS" -lt "$deadline" ] || fail_start "slurmctld did not answer 'scontrol ping' within ${WAIT_S}s"
+        live_pid "$PID_CTLD" >/dev/null || fail_start "slurmctld exited"
+        sleep 0.2
+    done
+
+    slurmd -f "$CONF" -N "$NODE" || fail_start "slurmd did not start"
+    wait_pid_file "$PID_SLURMD" slurmd
+    local state=""
+    until [[ "$state" == IDLE* ]]; do
+        [ "$SECONDS" -lt "$deadline" ] ||
+            fail_start "node $NODE not idle within ${WAIT_S}s (state: ${state:-none})"
+        live_pid "$PID_SLURMD" >/dev/null || fail_start "slurmd exited"
+        sleep 0.2
+        state="$(timeout 10 scontrol show node -o "$NODE" 2>/dev/null |
+            sed -n 's/.* State=\([^ ]*\).*/\1/p')" || state=""
+    done
+    say "up in $((SECONDS - t0))s: node $NODE, partition $PARTITION, state in $STATE_DIR"
+    say "logs: $LOGS; finished jobs: $STATE_DIR/jobcomp.log"
+    say "point the SLURM clients at it with:"
+    echo "export SLURM_CONF=$CONF"
+}
+
+# TERM the daemons named by pid files, all at once (each takes 1-2 s to shut down), wait
+# (bounded), KILL what is left; remove the pid files
+stop_pids() {
+    local file pid i names=() pids=()
+    for file in "$@"; do
+        if pid="$(live_pid "$file")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+            names+=("$(basename "$file" .pid)")
+        fi
+    done
+    for ((i = 0; i < ${#pids[@]}; i++)); do
+        local deadline=$((SECONDS + 10))
+        while kill -0 "${pids[$i]}" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+            sleep 0.1
+        done
+        if kill -0 "${pids[$i]}" 2>/dev/null; then
+            err "${names[$i]} (pid ${pids[$i]}) still runs 10s after TERM: KILL"
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
+        fi
+    done
+    rm -f "$@"
+}
+
+stop_daemons() {
+    # cancel the jobs first, so slurmd's job steps end with the cluster (bounded)
+    if [ "${1:-}" != quiet ] && live_pid "$PID_CTLD" >/dev/null && ctld_answers; then
+        SLURM_CONF="$CONF" timeout 10 scancel --partition="$PARTITION" 2>/dev/null || true
+        local deadline=$((SECONDS + 15)) left
+        while [ "$SECONDS" -lt "$deadline" ]; do
+            left="$(SLURM_CONF="$CONF" timeout 10 squeue -h -o %i 2>/dev/null | wc -l)" || left=0
+            [ "$left" -eq 0 ] && break
+            sleep 0.5
+        done
+    fi
+    stop_pids "$PID_SLURMD" "$PID_CTLD" "$PID_MUNGED"
+}
+
+cmd_stop() {
+    if ! any_running; then
+        say "not running ($STATE_DIR)"
+        rm -f "$PID_MUNGED" "$PID_CTLD" "$PID_SLURMD"
+        return 0
+    fi
+    local t0=$SECONDS
+    stop_daemons
+    say "stopped in $((SECONDS - t0))s ($STATE_DIR)"
+}
+
+cmd_status() {
+    if is_up; then
+        say "up ($STATE_DIR)"
+        SLURM_CONF="$CONF" timeout 20 sinfo || true
+        return 0
+    fi
+    if any_running; then
+        say "down: some daemons run but the cluster does not answer ($STATE_DIR; logs: $LOGS)"
+    else
+        say "down ($STATE_DIR)"
+    fi
+    return 1
+}
+
+[ $# -ge 1 ] || usage
+cmd="$1"
+shift
+[ $# -le 1 ] || usage
+set_paths "${1:-}"
+case "$cmd" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) echo "export SLURM_CONF=$CONF" ;;
+    *) usage ;;
+esac
