@@ -165,6 +165,25 @@ def compose(overrides: list[str], iteration: int) -> Config:
     return validate(raw)
 
 
+def submit_chain(
+    overrides: list[str], iterations: int, from_iter: int = 1, dry_run: bool = False
+) -> dict[str, str]:
+    """Render and submit iterations from_iter..iterations; returns job name -> SLURM job id."""
+    overrides = [o for o in overrides if not o.startswith(("iter=", "stage="))]
+    configs = [compose(overrides, t) for t in range(from_iter, iterations + 1)]
+    if not configs:
+        raise SubmitError(
+            f"no iterations to submit: --from-iter {from_iter} > --iterations {iterations}"
+        )
+    if configs[0].hardware.slurm is None:
+        raise SubmitError(
+            f"hardware={configs[0].hardware.name} has no SLURM resources: choose one of the "
+            "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
+        )
+    configs = [replace(c, stage=Stage.all) for c in configs]
+    return submit(chain(configs, overrides), Path(configs[0].run.dir) / "slurm", dry_run)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.slurm", description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=1, help="submit iterations 1..N")
@@ -172,21 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print scripts and sbatch lines")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
     args = parser.parse_intermixed_args(argv)
-    overrides = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
     try:
-        configs = [compose(overrides, t) for t in range(args.from_iter, args.iterations + 1)]
-        if not configs:
-            raise SubmitError(
-                f"no iterations to submit: --from-iter {args.from_iter} > --iterations {args.iterations}"
-            )
-        if configs[0].hardware.slurm is None:
-            raise SubmitError(
-                f"hardware={configs[0].hardware.name} has no SLURM resources: choose one of the "
-                "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
-            )
-        configs = [replace(c, stage=Stage.all) for c in configs]
-        jobs = chain(configs, overrides)
-        submit(jobs, Path(configs[0].run.dir) / "slurm", args.dry_run)
+        submit_chain(args.overrides, args.iterations, args.from_iter, args.dry_run)
     except (ConfigError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)

@@ -117,6 +117,40 @@ def render(
     return fill("sweep-array.sbatch", values)
 
 
+def submit_sweep(
+    path: Path, overrides: list[str], iterations: int, parallel: int | None, dry_run: bool
+) -> str | None:
+    """Expand, validate, write and submit the sweep's array; returns its SLURM job id."""
+    base = [o for o in overrides if not o.startswith(("iter=", "stage="))]
+    # an array task here is a whole point, not a shard: its SLURM_ARRAY_* must not shard stages
+    base += [
+        f"{s}.{k}={v}"
+        for s in ("generation", "ranker")
+        for k, v in (("shard", 0), ("num_shards", 1))
+    ]
+    points = grid_points(load_sweep(path))
+    configs = check_points(points, base, iterations)
+    name = path.stem
+    sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
+    points_file = sweep_dir / "points.txt"
+    script = render(name, configs[0], points_file, base, len(points), iterations, parallel)
+    line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
+    script = script.replace("@submit_line@", shlex.join(line))
+    text = "".join(shlex.join(p) + "\n" for p in points)
+    if dry_run:
+        print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shlex.join(line)}")
+        return None
+    atomic_write_text(points_file, text)
+    atomic_write_text(sweep_dir / f"{name}.sbatch", script)
+    (sweep_dir / "logs").mkdir(exist_ok=True)
+    done = subprocess.run(line, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SubmitError(f"sbatch refused {line[-1]}: {done.stderr.strip()}")
+    job = done.stdout.strip().split(";")[0]
+    print(f"[sweep] {name}: {len(points)} points, array job {job}; logs in {sweep_dir / 'logs'}")
+    return job
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path, help="a sweeps/*.yaml file")
@@ -125,34 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the points and the script")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every point")
     args = parser.parse_intermixed_args(argv)
-    base = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
     try:
-        points = grid_points(load_sweep(args.sweep))
-        configs = check_points(points, base, args.iterations)
-        name = args.sweep.stem
-        sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
-        points_file = sweep_dir / "points.txt"
-        script = render(
-            name, configs[0], points_file, base, len(points), args.iterations, args.parallel
-        )
-        line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
-        script = script.replace("@submit_line@", shlex.join(line))
-        text = "".join(shlex.join(p) + "\n" for p in points)
-        if args.dry_run:
-            print(
-                f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shlex.join(line)}"
-            )
-            return
-        atomic_write_text(points_file, text)
-        atomic_write_text(sweep_dir / f"{name}.sbatch", script)
-        (sweep_dir / "logs").mkdir(exist_ok=True)
-        done = subprocess.run(line, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SubmitError(f"sbatch refused {line[-1]}: {done.stderr.strip()}")
-        job = done.stdout.strip().split(";")[0]
-        print(
-            f"[sweep] {name}: {len(points)} points, array job {job}; logs in {sweep_dir / 'logs'}"
-        )
+        submit_sweep(args.sweep, args.overrides, args.iterations, args.parallel, args.dry_run)
     except (ConfigError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)

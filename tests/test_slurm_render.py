@@ -97,7 +97,11 @@ def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
     assert points[0] == "method.eta=1000 training.learning_rate=2.5e-07 method.K=3"
     script = out.split("# ---- ")[2]
     assert "#SBATCH --array=0-26%4" in script
-    assert '-m src.main model=tiny-mistral hardware=slurm-cpu "${POINT[@]}" iter=3 &' in script
+    pinned = "generation.shard=0 generation.num_shards=1 ranker.shard=0 ranker.num_shards=1"
+    assert (
+        f'-m src.main model=tiny-mistral hardware=slurm-cpu {pinned} "${{POINT[@]}}" iter=3 &'
+        in script
+    )
     body = script.split("\n", 1)[1].split("\n# $ ")[0]
     assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0
     assert not (tmp_path / "runs").exists()

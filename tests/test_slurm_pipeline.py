@@ -1,0 +1,136 @@
+"""The pipeline through a real one-node SLURM cluster (tests/slurm_cluster.py): an afterok
+chain of two tiny iterations, a 4-point sweep array, and a failing stage cancelling what waits
+for it. Every wait is bounded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config import REPO_ROOT
+
+pytestmark = pytest.mark.slurm
+
+SMALL = [
+    "model=tiny-mistral",
+    "logger=none",
+    "data.max_prompts=4",
+    "generation.max_new_tokens=8",
+    "training.global_batch_size=4",
+    "training.per_device_batch_size=2",
+    "hardware=slurm-cpu",
+    "hardware.slurm.time_min=10",
+    "hardware.slurm.mem_gb=2",
+]
+
+
+@pytest.fixture
+def on_cluster(slurm_cluster, tmp_path, monkeypatch, tiny_dir):
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))  # the jobs inherit it
+    return slurm_cluster, [*SMALL, f"hardware.slurm.partition={slurm_cluster.partition}"]
+
+
+def responses(stage_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted(stage_dir.glob("responses-shard*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
+    from src.slurm import submit_chain
+
+    cluster, overrides = on_cluster
+    ids = submit_chain([*overrides, "method.K=3"], iterations=2)
+    assert len(ids) == 8
+    states = cluster.wait(ids.values(), timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    name = "eta1000-lr0.0001-K3-it{}-{}"
+    first_train = cluster.job_record(ids[name.format(1, "train")])
+    (second_gen,) = cluster.job_records(ids[name.format(2, "generate")])
+    assert second_gen["StartTime"] >= first_train["EndTime"], "iteration 2 waited for iteration 1"
+    for earlier, later in zip(list(ids.values()), list(ids.values())[1:], strict=False):
+        start = cluster.job_records(later)[0]["StartTime"]
+        assert all(start >= r["EndTime"] for r in cluster.job_records(earlier))
+
+    lineage = next((tmp_path / "runs").glob("tiny-mistral/sppo/*"))
+    logs = list((lineage / "slurm" / "logs").glob("*_*_*.out"))
+    assert len(logs) == 8, "one %x_%A_%a log per job"
+    # the same outputs as the pipeline run without SLURM
+    local = tmp_path / "local"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.main",
+            *[o for o in SMALL if "slurm" not in o],
+            "method.K=3",
+            "iter=2",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "SELFPLAY_RUNS": str(local)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    here = next(local.glob("tiny-mistral/sppo/*"))
+    for t in (1, 2):
+        assert responses(lineage / f"iter{t}" / "generate") == responses(
+            here / f"iter{t}" / "generate"
+        )
+    assert (lineage / "iter2" / "train" / "done.json").is_file()
+
+
+def test_a_four_point_sweep_is_one_array_and_the_compare_tool_ranks_it(on_cluster, tmp_path):
+    from src.compare import main as compare
+    from src.sweep import submit_sweep
+
+    cluster, overrides = on_cluster
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(
+        "method: grid\nparameters:\n  method.eta: {values: [1000, 5000]}\n  method.K: {values: [2, 3]}\n"
+    )
+    job = submit_sweep(sweep, overrides, iterations=1, parallel=2, dry_run=False)
+    states = cluster.wait([job], timeout=900)
+    assert list(states.values()) == ["COMPLETED"] * 4, states
+    assert all(
+        r["ArrayTaskThrottle"] == "2" for r in cluster.job_records(job) if "ArrayTaskThrottle" in r
+    )
+
+    compare(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")])
+    rows = list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))
+    points = sorted((float(r["eta"]), int(r["K"])) for r in rows)
+    assert points == [(1000.0, 2), (1000.0, 3), (5000.0, 2), (5000.0, 3)]
+    assert all(r["stages_done"] == "generate+rank+pairs+train" for r in rows)
+
+
+def test_a_failing_stage_cancels_its_dependents(on_cluster, tmp_path):
+    from src.slurm import submit_chain
+
+    cluster, overrides = on_cluster
+    ids = submit_chain(
+        [*overrides, "method.K=2", f"ranker.model={tmp_path / 'no-such-judge'}"], iterations=2
+    )
+    states = cluster.wait(ids.values(), timeout=600)
+    by_stage = {
+        name.split("-it", 1)[1]: states_of(cluster, job, states) for name, job in ids.items()
+    }
+    assert by_stage["1-generate"] == {"COMPLETED"}
+    assert by_stage["1-rank"] == {"FAILED"}
+    for later in ("1-pairs", "1-train", "2-generate", "2-rank", "2-pairs", "2-train"):
+        assert by_stage[later] == {"CANCELLED"}, (later, by_stage)
+    log = next((tmp_path / "runs").rglob("*-it1-rank_*_*.out")).read_text()
+    assert "error: " in log and "no-such-judge" in log
+
+
+def states_of(cluster, job: str, states: dict[str, str]) -> set[str]:
+    return {s for rid, s in states.items() if rid == job or rid.startswith(f"{job}_")}
