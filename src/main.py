@@ -24,7 +24,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src import tracking
+from src import preemption, tracking
 from src.artifacts import atomic_write_text
 from src.config import (
     Config,
@@ -195,10 +195,13 @@ def _hydra_main(raw: DictConfig) -> None:
     def config_for_iter(t: int) -> Config:
         return validate(OmegaConf.merge(raw, {"iter": t}))
 
+    preemption.install()
     try:
         dispatch(cfg, command, config_for_iter)
     except StageUnavailable as exc:
         _fail(f"error: {exc}", EXIT_STAGE_UNAVAILABLE)
+    except preemption.Preempted as exc:
+        _fail(f"preempted: {exc}", preemption.EXIT_PREEMPTED)
     except StageError as exc:
         _fail(f"error: {exc}", EXIT_STAGE_ERROR)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from src import preemption
 from src.artifacts import atomic_write_json, atomic_write_text, read_jsonl, write_completion_record
 from src.errors import StageError
 
@@ -166,6 +167,7 @@ def run_chunks(
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         tally.made += len(chunk)
         on_chunk(c, len(chunks), rows)
+        preemption.check(f"chunk {c + 1} of {len(chunks)} of {shard.work}")
     return tally
 
 

@@ -260,3 +260,44 @@ def test_the_compare_tool_lists_the_real_iterations_and_writes_its_plots(two_ite
     )
     for plot in ("training_curves.png", "win_rate_by_iteration.png", "final_vs_hparams.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resumes(tmp_path):
+    # no periodic checkpoints: whatever is saved, the signal made it be saved
+    args = [
+        "iter=1",
+        "training.num_epochs=20",
+        "training.save_steps=1000",
+        "training.global_batch_size=2",
+        "training.per_device_batch_size=1",
+    ]
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.main", *SMALL, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if list(tmp_path.rglob("train/trainer/identity.txt")):  # training has started
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 4, stderr[-2000:]
+    assert (
+        "preempted: stopped on request after saving checkpoint-" in stderr.strip().splitlines()[-1]
+    )
+    (saved,) = tmp_path.rglob("train/trainer/checkpoint-*")
+    assert (saved / "trainer_state.json").is_file() and int(saved.name.split("-")[1]) < 40
+    assert not list(tmp_path.rglob("train/done.json")), "a preempted stage is not finished"
+
+    rerun = cli(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"[train] resuming from {saved}" in rerun.stderr
+    done = json.loads(next(tmp_path.rglob("train/done.json")).read_text())
+    assert done["counts"]["steps"] == 40

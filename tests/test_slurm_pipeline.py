@@ -134,3 +134,31 @@ def test_a_failing_stage_cancels_its_dependents(on_cluster, tmp_path):
 
 def states_of(cluster, job: str, states: dict[str, str]) -> set[str]:
     return {s for rid, s in states.items() if rid == job or rid.startswith(f"{job}_")}
+
+
+def test_the_warning_signal_saves_requeues_and_the_requeued_training_resumes(on_cluster, tmp_path):
+    import time
+
+    from src.slurm import submit_chain
+
+    cluster, overrides = on_cluster
+    more_steps = ["training.num_epochs=20", "training.save_steps=1000", "training.global_batch_size=2",
+                  "training.per_device_batch_size=1", "method.K=2"]  # fmt: skip
+    ids = submit_chain([*overrides, *more_steps], iterations=1)
+    train = ids["eta1000-lr0.0001-K2-it1-train"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        started = list((tmp_path / "runs").rglob("train/trainer/identity.txt"))
+        if started and cluster.job_record(train)["JobState"] == "RUNNING":
+            break
+        time.sleep(0.1)
+    # what SLURM does --signal=B:USR1@300 seconds before the time limit
+    subprocess.run(["scancel", "--batch", "--signal=USR1", train], check=True, env=cluster.env)
+    states = cluster.wait(ids.values(), timeout=600)
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert int(cluster.job_record(train)["Restarts"]) == 1, "requeued once"
+    log = next((tmp_path / "runs").rglob("*-it1-train_*.out")).read_text()
+    assert "time limit near: stopping the stage, requeueing" in log
+    assert "[train] resuming from" in log and "checkpoint-" in log
+    done = json.loads(next((tmp_path / "runs").rglob("train/done.json")).read_text())
+    assert done["counts"]["steps"] == 40  # 4 pairs, 2 per step, 20 epochs: all of them

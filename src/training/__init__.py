@@ -10,6 +10,7 @@ With more than one process (`hardware.world_size > 1`) the stage relaunches itse
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from src import tracking
-from src.artifacts import atomic_write_json, write_completion_record
+from src import preemption, tracking
+from src.artifacts import atomic_write_json, atomic_write_text, write_completion_record
 from src.config import Config, Device, Distributed, Dtype, RefLogprobs, Stage
 from src.errors import StageError
 from src.pipeline import stage_fingerprint
@@ -76,10 +77,19 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
     if cfg.hardware.device == Device.cpu and cfg.hardware.distributed != Distributed.deepspeed:
         env["ACCELERATE_USE_CPU"] = "1"  # `--cpu` alone would start a single process
     print(f"[train] launching {cfg.hardware.world_size} processes", file=sys.stderr, flush=True)
-    result = subprocess.run(launch_command(cfg, config_path), env=env)
-    if result.returncode != 0:
+    stop_file = preemption_stop_file(stage_dir)
+    stop_file.unlink(missing_ok=True)
+    workers = subprocess.Popen(launch_command(cfg, config_path), env=env)
+    while workers.poll() is None:
+        if preemption.requested() and not stop_file.exists():
+            atomic_write_text(stop_file, "stop\n")  # the workers save and stop at a step end
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            workers.wait(timeout=1)
+    if preemption.requested():
+        preemption.check("the training workers saved a checkpoint")
+    if workers.returncode != 0:
         raise TrainingError(
-            f"training workers failed (exit code {result.returncode}); see their output above"
+            f"training workers failed (exit code {workers.returncode}); see their output above"
         )
     return {"workers": cfg.hardware.world_size}
 
@@ -249,7 +259,10 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         train_dataset=pairs,
         data_collator=PairCollator(pad_id),
         processing_class=tokenizer,
-        callbacks=[StopAfterEpochs(t.num_epochs)] if t.schedule_epochs else None,
+        callbacks=[
+            preemption.trainer_callback(preemption_stop_file(stage_dir)),
+            *([StopAfterEpochs(t.num_epochs)] if t.schedule_epochs else []),
+        ],
         loss_type=method.loss.value,
         beta=method.beta,
         eta=method.eta,
@@ -296,6 +309,10 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
     return counts
 
 
+def preemption_stop_file(stage_dir: Path) -> Path:
+    return stage_dir / "trainer" / "STOP"
+
+
 def last_complete_checkpoint(output_dir: Path) -> str | None:
     """The newest Trainer checkpoint that was saved whole.
 
@@ -312,6 +329,8 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
 
 def train(cfg: Config, stage_dir: Path) -> dict:
     started = time.time()
+    if not os.environ.get(WORKER_ENV):  # a stop request left by an earlier, preempted run
+        preemption_stop_file(stage_dir).unlink(missing_ok=True)
     ready = setup(cfg, stage_dir)
     output_dir = ready.trainer.args.output_dir
     claim(
@@ -328,4 +347,9 @@ def train(cfg: Config, stage_dir: Path) -> dict:
     if resume:
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
     result = ready.trainer.train(resume_from_checkpoint=resume)
+    if preemption.stop_requested(preemption_stop_file(stage_dir)):
+        raise preemption.Preempted(
+            f"stopped on request after saving checkpoint-{ready.trainer.state.global_step}; "
+            "re-run the same command to resume"
+        )
     return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started)
