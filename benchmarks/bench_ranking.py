@@ -1,7 +1,7 @@
 """PairRM ranking throughput: comparisons batched across prompts (ours) against llm-blender's own
 `Blender.rank(inputs, candidates, return_scores=True, batch_size=1)` (the SPPO reference's call).
 
-    python -m benchmarks.bench_ranking                                   # ~40 minutes on 2 cores
+    python -m benchmarks.bench_ranking                                   # ~45 minutes on 2 cores
     python -m benchmarks.bench_ranking --datasets short --batch-sizes 32 --repeats 1   # ~1 min
     python -m benchmarks.bench_ranking --render benchmarks/results/ranking_cpu.json   # tables only
     python -m benchmarks.bench_ranking --backbone large --device cuda \\
@@ -75,11 +75,18 @@ LIMITS = {"source_max_length": 1224, "candidate_max_length": 412}  # PairRM's de
 # llm-blender lets a candidate use 412 + (1224 - the source's length) // 2 PairRM tokens, ~1,000
 # for these prompts, not 412: only "long" has responses that are cut.
 DATASETS = {
-    "short": {"prompts": 48, "words": (20, 60)},  # 40-130 tokens: the per-call overhead case
-    "medium": {"prompts": 48, "words": (60, 200)},  # 130-480: many over 412, none cut
+    "short": {"prompts": 48, "words": (20, 60)},  # 31-223 tokens: per-forward overhead matters
+    "medium": {"prompts": 48, "words": (60, 200)},  # 97-610: 29 of 240 over 412, none cut
     # fewer prompts: a comparison costs ~50x a short one on CPU
-    "long": {"prompts": 8, "words": (350, 700)},  # 750-1,450: most cut at ~1,000 tokens
+    "long": {"prompts": 8, "words": (350, 700)},  # 752-1,819: 26 of 40 cut at ~1,000 tokens
 }
+
+# --malloc-no-mmap, for both approaches: glibc serves every allocation from its heap and never
+# hands memory back, so that a freed [B*heads, L, L] attention temporary is reused. By default
+# glibc gives each allocation over 32 MB (its largest mmap threshold) fresh pages from mmap,
+# which the kernel zeroes on first touch: at B >= 32 that page-faulting is most of ours' time
+# on CPU (see benchmarks/README.md). Memory: the process keeps its peak.
+NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
 BENCH_CACHE = REPO_ROOT / ".cache" / "bench"
 # --backbone large: DeBERTa-v3-large's shape (PairRM's backbone); random weights, the tiny
@@ -455,7 +462,8 @@ def worker_main(argv: list[str]) -> None:
 
 def run_config(mode: str, spec: Spec, options: dict, timeout: int):
     worker_args = [mode, json.dumps(asdict(spec)), json.dumps(options)]
-    return run_fresh("benchmarks.bench_ranking", worker_args, timeout)
+    env = NO_MMAP_ENV if options["malloc_no_mmap"] else None
+    return run_fresh("benchmarks.bench_ranking", worker_args, timeout, env)
 
 
 def run_name(run: dict) -> str:
@@ -549,6 +557,10 @@ def score_scale(result: dict, data: str) -> str:
     return f"{max(abs(x) for row in scores for x in row):.2g}" if scores else "–"
 
 
+def malloc_label(env) -> str:
+    return env if isinstance(env, str) else " ".join(f"{k}={v}" for k, v in env.items())
+
+
 def markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     v = m["versions"]
@@ -556,6 +568,7 @@ def markdown(result: dict) -> str:
         "# PairRM ranking throughput: batched across prompts vs llm-blender's rank(batch_size=1)",
         "",
         f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · {s['device']} · "
+        f"malloc: {malloc_label(s.get('malloc_env', 'glibc defaults'))} · "
         f"torch {v['torch']} · transformers {v['transformers']} · llm-blender {v['llm-blender']} · "
         f"commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''}",
         "",
@@ -670,6 +683,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", choices=("tiny", "large"), default="tiny")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
+        "--malloc-no-mmap",
+        action="store_true",
+        help=f"run both approaches with {' '.join(f'{k}={v}' for k, v in NO_MMAP_ENV.items())}",
+    )
+    parser.add_argument(
         "--profile-batches",
         nargs="*",
         type=int,
@@ -685,7 +703,12 @@ def main(argv: list[str] | None = None) -> None:
 
         rerender(args.render, refresh, markdown)
         return
-    options = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts}
+    options = {
+        "backbone": args.backbone,
+        "device": args.device,
+        "max_prompts": args.max_prompts,
+        "malloc_no_mmap": args.malloc_no_mmap,
+    }
 
     started = time.time()
     pairrm_path(args.backbone)  # built once, before anything is timed
@@ -741,6 +764,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.backbone == "tiny"
             else "hidden 1024, 24 layers, 16 heads, intermediate 4096",
             "device": args.device,
+            "malloc_env": NO_MMAP_ENV if args.malloc_no_mmap else "glibc defaults",
             "K": K,
             "limits": LIMITS,
             "datasets": {

@@ -167,16 +167,24 @@ def is_worker(argv: list[str]) -> bool:
     return bool(argv) and argv[0] == "--worker"
 
 
-def run_fresh(module: str, args: list[str], timeout: int) -> tuple[dict | None, str | None]:
+def run_fresh(
+    module: str, args: list[str], timeout: int, env: dict | None = None
+) -> tuple[dict | None, str | None]:
     """One configuration in a fresh interpreter (so that neither memory peaks nor warm caches
     carry over between configurations): `python -m module --worker OUT *args`, where the worker
-    writes its measurements as JSON to OUT. Returns (them, None) or (None, the error)."""
+    writes its measurements as JSON to OUT; `env` adds to its environment (read at its start,
+    e.g. by the C allocator). Returns (them, None) or (None, the error)."""
     with tempfile.TemporaryDirectory(prefix="bench-result-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", module, "--worker", str(out), *args]
         try:
             proc = subprocess.run(
-                cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+                cmd,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, **env} if env else None,
             )
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout} s"
