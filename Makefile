@@ -80,9 +80,10 @@ test: install ## Run the test suite (what CI runs)
 test-fast: install ## The tests not marked slow, distributed or slurm
 	$(OFFLINE) $(PY) -m pytest -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
 
-bench: install ## Benchmarks against the peer tools (installs TRL; ~10 min on 2 cores)
+BENCH ?= trainer
+bench: install ## A benchmark against its peer tool: BENCH=trainer (vs TRL, ~10 min) | generation | ranking (~45 min)
 	$(PIP) install --quiet ".[bench,$(EXTRAS)]"
-	$(OFFLINE) $(PY) -m benchmarks.bench_trainer $(ARGS)
+	$(OFFLINE) $(PY) -m benchmarks.bench_$(BENCH) $(ARGS)
 
 lint: install ## Check style and common bugs (ruff)
 	$(PY) -m ruff check src tests benchmarks
