@@ -60,8 +60,8 @@ from benchmarks.common import (
 )
 
 APPROACHES = ("ours", "reference")
-# ours: comparisons per forward. 32 and 64 are the rank stage's (conf/ranker: pairrm 32,
-# tiny-pairrm 64); 4 is near the best on 2 CPU cores (see benchmarks/README.md)
+# ours: comparisons per forward. 32 is conf/ranker/pairrm.yaml's, 64 was tiny-pairrm's until
+# 1ba330a and 4 is its value since (the fastest measured here on 2 CPU cores)
 BATCH_SIZES = (4, 32, 64)
 K = 5
 SEED = 0
