@@ -100,6 +100,7 @@ LARGE_BACKBONE = {
     "num_hidden_layers": 24,
     "num_attention_heads": 16,
     "intermediate_size": 4096,
+    "position_buckets": 256,
 }
 
 
@@ -157,21 +158,25 @@ def build_large_pairrm(final: Path) -> None:
     """A PairRM in llm-blender's format whose backbone has DeBERTa-v3-large's shape: src/tiny.py's
     builder of the tiny one with LARGE_BACKBONE's sizes; staged, then renamed into place. About
     1.7 GB on disk."""
+    import torch
+
     from src import tiny
+    from src.tiny import architectures
 
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    tiny.build_pairrm(
+    torch.manual_seed(SEED)
+    blender = architectures.pairrm(
         staging,
         final,
-        SEED,
         tiny.training_texts(),
         **LARGE_BACKBONE,
-        # larger than the usual 0.02, as the tiny one's, so that scores differ between
-        # responses (at 0.02 they are all ~1e-5, and a score check against 1e-5 would say nothing)
+        # random weights, larger than the usual 0.02 so that scores differ between responses
+        # (at 0.02 they are all ~1e-5, and a score check against 1e-5 would say nothing)
         initializer_range=0.1,
     )
+    architectures.save_pairrm(blender, staging)
     staging.rename(final)
 
 

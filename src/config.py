@@ -412,6 +412,9 @@ class EvalConfig:
     outcome: Outcome = Outcome.discrete  # what a comparison scores (win_rate and lc_win_rate)
     bootstrap: int = 1000  # resamples of the prompts for the confidence intervals
     confidence: float = 0.95
+    # the judge of the eval, a ranker config (`ranker@eval.judge=<option>`); null: the ranker
+    # that ranked the training data (the real recipes judge with another model: GPT-4)
+    judge: RankerConfig | None = None
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0")

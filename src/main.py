@@ -84,7 +84,10 @@ def save_config(cfg: Config, stage: Stage, command: str) -> None:
 def ensure_tiny_models(cfg: Config) -> None:
     """Build the tiny models this config points at (cached; seconds on first use)."""
     tiny_dir = Path(cfg.paths.tiny_dir)
-    wanted = [Path(p) for p in (cfg.model.path, cfg.ranker.model) if Path(p).parent == tiny_dir]
+    models = [cfg.model.path, cfg.ranker.model]
+    if cfg.eval.judge is not None and (cfg.stage == Stage.eval or cfg.eval.enabled):
+        models.append(cfg.eval.judge.model)
+    wanted = [Path(p) for p in models if Path(p).parent == tiny_dir]
     if wanted:
         from src import tiny  # torch and transformers load only when tiny models are used
 

@@ -29,14 +29,15 @@ ORDER = (Stage.generate, Stage.rank, Stage.pairs, Stage.train, Stage.eval)
 # What each stage's output depends on (beyond the stage before it). Not listed on purpose:
 # where and how fast the work runs (hardware, batch sizes, shards, chunk sizes), the logger,
 # and names (run_name, ranker.name) — none of them changes the result.
-# What makes a judge's verdicts: the rank stage's and the eval stage's.
+# What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
+# the eval stage's is `eval.judge` (or `ranker`, when it is null).
 JUDGE_INPUTS = (
-    "ranker.kind",
-    "ranker.model",
-    "ranker.source_max_length",
-    "ranker.candidate_max_length",
-    "ranker.prompt_format",
-    "ranker.win_prob",
+    "kind",
+    "model",
+    "source_max_length",
+    "candidate_max_length",
+    "prompt_format",
+    "win_prob",
 )
 STAGE_INPUTS: dict[Stage, tuple[str, ...]] = {
     Stage.generate: (
@@ -59,7 +60,7 @@ STAGE_INPUTS: dict[Stage, tuple[str, ...]] = {
         "generation.long_prompts",
     ),
     Stage.rank: (
-        *JUDGE_INPUTS,
+        *(f"ranker.{key}" for key in JUDGE_INPUTS),
         "ranker.self_term",
         "ranker.empty_responses",
         "data.external_responses",
@@ -80,7 +81,8 @@ STAGE_INPUTS: dict[Stage, tuple[str, ...]] = {
         "eval.bootstrap",
         "eval.confidence",
         "generation.backend",
-        *JUDGE_INPUTS,
+        *(f"ranker.{key}" for key in JUDGE_INPUTS),
+        *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
     ),
 }
 

@@ -2,6 +2,7 @@
 
     python -m src.sweep sweeps/eta.yaml --dry-run model=tiny-mistral hardware=slurm-cpu
     python -m src.sweep sweeps/grid.yaml --iterations 3 --parallel 4 hardware=slurm-node-8gpu
+    python -m src.sweep sweeps/eta-tiny.yaml --local --iterations 3   # here, one after another
 
 The same file drives W&B agents (`wandb sweep sweeps/eta.yaml`) when a server is reachable.
 Here its grid is expanded into a points file (one line of `key=value` overrides per point)
@@ -64,8 +65,11 @@ def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
     ]
 
 
-def check_points(points: list[list[str]], base: list[str], iterations: int) -> list[Config]:
-    """Every point composes and validates before anything is submitted; lineages are distinct."""
+def check_points(
+    points: list[list[str]], base: list[str], iterations: int, slurm: bool = True
+) -> list[Config]:
+    """Every point composes and validates before anything is submitted; lineages are distinct;
+    for a SLURM array (`slurm`), the hardware has SLURM resources and one node."""
     configs = [compose([*base, *point], iterations) for point in points]
     dirs = [c.run.dir for c in configs]
     if len(set(dirs)) != len(dirs):
@@ -73,6 +77,8 @@ def check_points(points: list[list[str]], base: list[str], iterations: int) -> l
             "two points of the sweep share a run directory (their run_name is the same): "
             "put the swept keys in run_name, e.g. run_name='sweep-${method.eta}-${method.K}'"
         )
+    if not slurm:
+        return configs
     if configs[0].hardware.slurm is None:
         raise SubmitError(
             f"hardware={configs[0].hardware.name} has no SLURM resources: choose a hardware=slurm-* option"
@@ -117,6 +123,25 @@ def render(
     return fill("sweep-array.sbatch", values)
 
 
+def run_local(path: Path, overrides: list[str], iterations: int) -> None:
+    """Every point of the sweep on this machine, one after another: iterations 1..N of its
+    lineage with `python -m src.main`, as an array task runs it (finished stages are skipped, so
+    a re-run resumes). Compare the points with `python -m src.compare`."""
+    base = [o for o in overrides if not o.startswith(("iter=", "stage="))]
+    points = grid_points(load_sweep(path))
+    check_points(points, base, iterations, slurm=False)
+    for i, point in enumerate(points, 1):
+        print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shlex.join(point)}", flush=True)
+        command = [sys.executable, "-m", "src.main", *base, *point, f"iter={iterations}"]
+        done = subprocess.run(command, cwd=REPO_ROOT)
+        if done.returncode != 0:
+            raise StageError(
+                f"point {i} ({shlex.join(point)}) failed with exit code {done.returncode}; "
+                f"the points before it are done, and a re-run resumes: {shlex.join(command)}"
+            )
+    print(f"[sweep] {path.stem}: {len(points)} points done; compare: python -m src.compare")
+
+
 def submit_sweep(
     path: Path, overrides: list[str], iterations: int, parallel: int | None, dry_run: bool
 ) -> str | None:
@@ -157,10 +182,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=1, help="iterations per point")
     parser.add_argument("--parallel", type=int, default=None, help="at most N tasks at once")
     parser.add_argument("--dry-run", action="store_true", help="print the points and the script")
+    parser.add_argument(
+        "--local", action="store_true", help="run the points here, one after another (no SLURM)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every point")
     args = parser.parse_intermixed_args(argv)
+    if args.local and (args.dry_run or args.parallel):
+        parser.error("--local runs the points here, one after another: no --dry-run, no --parallel")
     try:
-        submit_sweep(args.sweep, args.overrides, args.iterations, args.parallel, args.dry_run)
+        if args.local:
+            run_local(args.sweep, args.overrides, args.iterations)
+        else:
+            submit_sweep(args.sweep, args.overrides, args.iterations, args.parallel, args.dry_run)
     except (ConfigError, StageError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)

@@ -39,12 +39,12 @@ def _write_parquet(path, rows):
 # The project's own prompts
 
 
-def test_iter1_loads_40_prompts_with_the_file_ids_in_file_order():
+def test_iter1_loads_120_prompts_with_the_file_ids_in_file_order():
     loaded = load_prompts(str(ITER1), id_column="prompt_id")
     rows = _file_rows()
-    assert len(rows) == 40
+    assert len(rows) == 120
     assert loaded.prompts == [Prompt(r["prompt_id"], r["prompt"]) for r in rows]
-    assert len(loaded) == 40 and list(loaded) == loaded.prompts
+    assert len(loaded) == 120 and list(loaded) == loaded.prompts
     assert loaded.duplicates_dropped == 0
     assert loaded.source == str(ITER1)
 
@@ -54,7 +54,7 @@ def test_derived_ids_are_stable_distinct_and_depend_only_on_the_text():
     second = load_prompts(str(ITER1))
     assert first.prompts == second.prompts
     ids = [p.prompt_id for p in first.prompts]
-    assert len(set(ids)) == 40
+    assert len(set(ids)) == 120
     for p in first.prompts:
         assert p.prompt_id == derive_prompt_id(p.prompt)
         assert p.prompt_id.startswith("p") and len(p.prompt_id) == 17

@@ -183,11 +183,11 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
         assert run["run_id"] == tracking.run_id(cfg, Stage(stage)), (
             "deterministic id: a requeue resumes it"
         )
-        assert run["name"] == f"eta1000-lr0.0001-K3-iter1-{stage}"
+        assert run["name"] == f"eta10-lr0.0001-K3-iter1-{stage}"
         config = run["config"]
         expected = {
-            "eta": 1000,
-            "beta": 0.001,
+            "eta": 10,  # the tiny models' SPPO (conf/model_method/tiny-mistral_sppo.yaml)
+            "beta": 0.1,
             "lr": 0.0001,
             "K": 3,
             "iter": 1,
@@ -234,8 +234,8 @@ def test_the_compare_tool_lists_the_real_iterations_and_writes_its_plots(two_ite
     compare(["--root", str(root), "--out", str(tmp_path)])
     rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
     assert [(r["method"], r["iter"], r["K"], float(r["eta"])) for r in rows] == [
-        ("sppo", "1", "3", 1000.0),
-        ("sppo", "2", "3", 1000.0),
+        ("sppo", "1", "3", 10.0),
+        ("sppo", "2", "3", 10.0),
     ]
     assert all(
         r["stages_done"] == "generate+rank+pairs+train" and r["train_loss_final"] for r in rows

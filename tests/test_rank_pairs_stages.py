@@ -19,7 +19,7 @@ import pytest
 
 import src.pairs as pairs_stage
 import src.ranking as rank_stage
-from src.artifacts import atomic_write_text, write_completion_record
+from src.artifacts import atomic_write_text, read_jsonl, write_completion_record
 from src.blender_compat import PairRMLoadError, load_pairrm
 from src.config import REPO_ROOT, ConfigError
 from src.errors import StageError
@@ -71,7 +71,7 @@ def write_generation(cfg, rows: list[dict], shards: int = 1, finished: bool = Tr
 def ranked(cfg) -> list[dict]:
     rows = []
     for path in sorted(cfg.stage_dir("rank").glob("ranked-shard*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines()]
+        rows += [row for _, row in read_jsonl(path)]
     return rows
 
 
@@ -225,6 +225,19 @@ def test_all_tied_prompts_are_dropped_and_counted_or_kept(policy):
             done["ties_kept"] == 1
             and pairs["q001"]["chosen_index"] == pairs["q001"]["rejected_index"]
         )
+
+
+def test_responses_with_unicode_line_separators_rank_whole():
+    """JSON leaves U+2028, U+2029 and U+0085 unescaped, and str.splitlines() splits at them: a
+    sampled response holding one must stay one row, not break the stage."""
+    cfg = cfg_for()
+    rows = generation_rows(2)
+    rows[0]["responses"][1] = "one\u2028two\u2029three\x85four"
+    write_generation(cfg, rows)
+    assert rank_stage.run(cfg)["ranked"] == 2
+    assert ranked(cfg)[0]["responses"][1] == "one\u2028two\u2029three\x85four"
+    pairs_stage.run(cfg)
+    assert len(pairs_of(cfg)) == 2
 
 
 def test_every_prompt_tied_is_an_error_not_an_empty_training_set():

@@ -53,7 +53,7 @@ def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
     states = cluster.wait(ids.values(), timeout=900)
     assert set(states.values()) == {"COMPLETED"}, states
 
-    name = "eta1000-lr0.0001-K3-it{}-{}"
+    name = "eta10-lr0.0001-K3-it{}-{}"
     first_train = cluster.job_record(ids[name.format(1, "train")])
     (second_gen,) = cluster.job_records(ids[name.format(2, "generate")])
     assert second_gen["StartTime"] >= first_train["EndTime"], "iteration 2 waited for iteration 1"
@@ -145,7 +145,7 @@ def test_the_warning_signal_saves_requeues_and_the_requeued_training_resumes(on_
     more_steps = ["training.num_epochs=20", "training.save_steps=1000", "training.global_batch_size=2",
                   "training.per_device_batch_size=1", "method.K=2"]  # fmt: skip
     ids = submit_chain([*overrides, *more_steps], iterations=1)
-    train = ids["eta1000-lr0.0001-K2-it1-train"]
+    train = ids["eta10-lr0.0001-K2-it1-train"]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         started = list((tmp_path / "runs").rglob("train/trainer/identity.txt"))

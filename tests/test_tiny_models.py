@@ -3,6 +3,7 @@ PairRM that llm-blender loads and ranks with (through src.blender_compat)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -122,6 +123,7 @@ WEIGHTS = {
     "tiny-gemma2": ["model.safetensors", "tokenizer.json"],
     "tiny-pairrm": ["model.safetensors", "backbone/model.safetensors", "backbone/tokenizer.json"],
     "tiny-rm": ["model.safetensors", "tokenizer.json"],
+    "tiny-judge": ["model.safetensors", "tokenizer.json"],
 }
 
 
@@ -159,36 +161,48 @@ def test_tiny_reward_model_scores_the_last_real_token_of_a_conversation(tiny_dir
     assert torch.allclose(batch[0], alone[0], atol=1e-5) and not torch.allclose(batch[0], batch[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", tiny.TINY_NAMES)
-def test_same_seed_same_bytes_other_seed_other_weights(tmp_path, name):
-    a, b, c = (tiny.build(name, tmp_path / d, seed=s) for d, s in [("a", 0), ("b", 0), ("c", 1)])
+def test_same_seed_same_bytes(tmp_path, tiny_dir, name):
+    """Training included: a rebuild from seed 0 is byte for byte the cached seed-0 build."""
+    again = tiny.build(name, tmp_path / name, seed=0)
     for file in WEIGHTS[name]:
-        assert (a / file).read_bytes() == (b / file).read_bytes(), file
-    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+        assert (again / file).read_bytes() == (tiny_dir / name / file).read_bytes(), file
     assert not list(tmp_path.glob(".*")), "a staging folder was left behind"
 
 
+def test_another_seed_gives_other_weights_and_data(tmp_path, tiny_dir):
+    other = tiny.build("tiny-rm", tmp_path / "tiny-rm", seed=1)
+    assert (other / "model.safetensors").read_bytes() != (
+        tiny_dir / "tiny-rm" / "model.safetensors"
+    ).read_bytes()
+    trained = [
+        json.loads((d / tiny.RECORD).read_text())["training"] for d in (other, tiny_dir / "tiny-rm")
+    ]
+    assert trained[0] != trained[1]
+
+
 def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
-    folder = tiny.ensure("tiny-gemma2", tmp_path)
-    assert folder == tmp_path / "tiny-gemma2"
+    folder = tiny.ensure("tiny-rm", tmp_path)  # the quickest to build
+    assert folder == tmp_path / "tiny-rm"
     record = folder / tiny.RECORD
     built_at = record.stat().st_mtime_ns
-    assert tiny.ensure("tiny-gemma2", tmp_path) == folder
+    assert tiny.ensure("tiny-rm", tmp_path) == folder
     assert record.stat().st_mtime_ns == built_at  # reused
 
     (folder / "model.safetensors").write_bytes(b"half-written")
     record.unlink()  # as if killed before the record was written
-    tiny.ensure("tiny-gemma2", tmp_path)
+    tiny.ensure("tiny-rm", tmp_path)
     assert record.is_file() and (folder / "model.safetensors").stat().st_size > 100_000
 
-    tiny.ensure("tiny-gemma2", tmp_path, seed=3)  # another seed is another build
+    tiny.ensure("tiny-rm", tmp_path, seed=3)  # another seed is another build
     assert '"seed": 3' in record.read_text()
 
     moved = tmp_path / "moved"
     moved.mkdir()
-    folder.rename(moved / "tiny-gemma2")  # a copied cache is rebuilt where it now lies
-    tiny.ensure("tiny-gemma2", moved, seed=3)
-    assert str(moved / "tiny-gemma2") in (moved / "tiny-gemma2" / tiny.RECORD).read_text()
+    folder.rename(moved / "tiny-rm")  # a copied cache is rebuilt where it now lies
+    tiny.ensure("tiny-rm", moved, seed=3)
+    assert str(moved / "tiny-rm") in (moved / "tiny-rm" / tiny.RECORD).read_text()
 
 
 def test_cli_rejects_an_unknown_name(capsys):

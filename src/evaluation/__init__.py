@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from src.artifacts import atomic_write_json, atomic_write_text, write_completion_record
-from src.config import Config, Outcome, Stage, WinProb
+from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.winrate import length_covariate, outcomes, win_rates
 from src.generation.prompts import Prompt, load_prompts
@@ -79,7 +79,7 @@ def run(cfg: Config) -> dict:
         "policy": policy.label,
         "policy_path": policy.path,
         "reference": reference_label,
-        "judge": cfg.ranker.name,
+        "judge": eval_judge(cfg).name,
         "outcome": cfg.eval.outcome.value,
         "instructions": len(instructions),
         "compared": rates.n,
@@ -244,6 +244,11 @@ def read_alpaca_eval(path: Path) -> list[dict]:
 # --- run --------------------------------------------------------------------------------------------
 
 
+def eval_judge(cfg: Config) -> RankerConfig:
+    """eval.judge, or the ranker when it is null."""
+    return cfg.eval.judge or cfg.ranker
+
+
 def judge(cfg: Config, compared: list[Prompt], ours: list[str], theirs: list[str]) -> np.ndarray:
     """P(policy's answer beats the reference's) per instruction; identical answers: 1/2."""
     preferences = np.full(len(compared), 0.5)
@@ -252,9 +257,10 @@ def judge(cfg: Config, compared: list[Prompt], ours: list[str], theirs: list[str
         return preferences
     from src.ranking import Judge
 
-    judged = Judge(cfg)
-    size = cfg.ranker.chunk_size
-    direct = cfg.ranker.win_prob == WinProb.direct
+    r = eval_judge(cfg)
+    judged = Judge(cfg, r)
+    size = r.chunk_size
+    direct = r.win_prob == WinProb.direct
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
         results = judged([compared[i].prompt for i in batch], [[ours[i], theirs[i]] for i in batch])

@@ -26,7 +26,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from src.config import Config, EmptyResponses, JudgeKind, PromptFormat, Stage, WinProb
+from src.artifacts import read_jsonl
+from src.config import (
+    Config,
+    EmptyResponses,
+    JudgeKind,
+    PromptFormat,
+    RankerConfig,
+    Stage,
+    WinProb,
+)
 from src.errors import StageError
 from src.pipeline import stage_fingerprint
 from src.ranking.candidates import (
@@ -106,7 +115,7 @@ def run(cfg: Config) -> dict:
         "rankings made with a different configuration (judge or its options, the responses, "
         "the external pool)",
     )
-    judge = Judge(cfg)
+    judge = Judge(cfg, cfg.ranker)
 
     # run
     started = time.time()
@@ -129,11 +138,12 @@ def run(cfg: Config) -> dict:
     counts.reused_from_earlier_run = tally.reused
     counts.seconds = time.time() - started
 
-    # cleanup
+    # cleanup (read as JSON Lines: str.splitlines would also split a response at U+2028 and
+    # the like, which JSON leaves unescaped)
     counts.all_tied = sum(
-        all_tied(np.asarray(json.loads(line)["scores"]))
+        all_tied(np.asarray(row["scores"]))
         for c in range(tally.chunks)
-        for line in (shard.work / f"chunk{c:05d}.jsonl").read_text().splitlines()
+        for _, row in read_jsonl(shard.work / f"chunk{c:05d}.jsonl", RankError)
     )
     finish_shard(
         shard,
@@ -160,28 +170,25 @@ def rank_identity(cfg: Config, generated: list[dict], external_sha: str | None) 
         "responses": hashlib.sha256(json.dumps(generated, sort_keys=True).encode()).hexdigest(),
         "external": external_sha,
         # PairRM sees the prompt through pi_{t-1}'s chat template
-        "template_of": cfg.run.init_policy if uses_chat_template(cfg) else None,
+        "template_of": cfg.run.init_policy if uses_chat_template(cfg.ranker) else None,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def uses_chat_template(cfg: Config) -> bool:
-    return (
-        cfg.ranker.kind == JudgeKind.pairrm
-        and cfg.ranker.prompt_format == PromptFormat.chat_template
-    )
+def uses_chat_template(judge: RankerConfig) -> bool:
+    return judge.kind == JudgeKind.pairrm and judge.prompt_format == PromptFormat.chat_template
 
 
 # --- setup ----------------------------------------------------------------------------------------
 
 
 class Judge:
-    """The configured judge as one call: (prompts, candidates) -> [(scores, comparisons | None)]."""
+    """A judge (`r`: the ranker, or the eval's judge) as one call: (prompts, candidates) ->
+    [(scores, comparisons | None)]."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, r: RankerConfig) -> None:
         from src.devices import device_for
 
-        r = cfg.ranker
         device = device_for(cfg)
         self.render = lambda prompt: prompt
         if r.kind == JudgeKind.pairrm:
@@ -190,7 +197,7 @@ class Judge:
             self.pairrm = load_pairrm_judge(
                 r.model, r.source_max_length, r.candidate_max_length, r.batch_size, str(device)
             )
-            if uses_chat_template(cfg):
+            if uses_chat_template(r):
                 self.render = policy_chat_template(cfg)
         else:
             from src.ranking.reward_model import load_reward_model_judge

@@ -55,7 +55,7 @@ class PairRMJudge:
         ]
         return EncodedPrompt(src, cands)
 
-    def _pad(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -87,9 +87,9 @@ class PairRMJudge:
         logits = [np.zeros((len(e.candidates),) * 2, dtype=np.float64) for e in encoded]
         for start in range(0, len(triples), self.batch_size):
             batch = triples[start : start + self.batch_size]
-            source = self._pad([encoded[p].source for p, _, _ in batch])
-            left = self._pad([encoded[p].candidates[i] for p, i, _ in batch])
-            right = self._pad([encoded[p].candidates[j] for p, _, j in batch])
+            source = self.pad([encoded[p].source for p, _, _ in batch])
+            left = self.pad([encoded[p].candidates[i] for p, i, _ in batch])
+            right = self.pad([encoded[p].candidates[j] for p, _, j in batch])
             out = self.ranker._forward(*source, *left, *right)["logits"]
             for (p, i, j), value in zip(batch, out.float().cpu().tolist(), strict=True):
                 logits[p][i, j] = value

@@ -1,0 +1,212 @@
+"""Builds the tiny models: offline, deterministic, and taught the toy task (src/tiny/toy.py).
+
+They stand in for the real models in the tests and the demo:
+
+- tiny-mistral: MistralForCausalLM, Mistral-7B-Instruct-v0.2's chat template, pretrained on toy
+  conversations: it answers in toy sentences of both registers, helpful and evasive
+- tiny-gemma2:  Gemma2ForCausalLM, gemma-2-9b-it's chat template, pretrained the same way
+- tiny-pairrm:  a PairRM in llm-blender's format (DeBERTa-v2 backbone), trained on the toy
+  preference: the judge that ranks the training data (SPPO, DPO)
+- tiny-rm:      a reward model (MistralForSequenceClassification, 1 label, Mistral's template),
+  trained on the toy preference: the judge of WPO-HB
+- tiny-judge:   a second PairRM, trained on the same preference from other synthetic pairs and
+  another seed: the eval judge (the toy's GPT-4), never the one that ranked the training data
+
+Architectures and tokenizers: src/tiny/architectures.py; the training: src/tiny/teach.py. The
+same seed and data give byte-identical folders. `ensure()` builds a model once into a cache
+directory (about a minute for all five on 2 CPU cores):
+
+    python -m src.tiny [--cache-dir DIR] [--seed N] [--force] [NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from src.tiny import architectures, teach, toy
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tiny"
+DATA_DIR = REPO_ROOT / "data"
+TINY_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm", "tiny-rm", "tiny-judge")
+RECORD = "tiny_build.json"  # written last: a folder without it (or with a stale one) is rebuilt
+
+# How long each kind of model learns (steps x batch): enough to converge on the toy, little
+# enough to build all five in about a minute on 2 cores.
+POLICY_PRETRAINING = {"steps": 300, "batch_size": 16, "lr": 5e-3}  # 2 answers per row
+JUDGE_TRAINING = {"steps": 120, "batch_size": 32, "lr": 2e-3}
+
+
+def training_texts() -> list[str]:
+    """The texts the tokenizers learn from: every prompt of data/prompts (the eval set's
+    instructions, a JSON array, then the training splits, JSON Lines), the corpus, then toy
+    answers (so that the toy's words are single tokens)."""
+    texts = []
+    for path in sorted((DATA_DIR / "prompts").glob("*.json*")):
+        if path.suffix == ".json":
+            texts += [row["instruction"] for row in json.loads(path.read_text(encoding="utf-8"))]
+            continue
+        with path.open(encoding="utf-8") as f:
+            texts += [json.loads(line)["prompt"] for line in f if line.strip()]
+    corpus = DATA_DIR / "tiny" / "corpus.txt"
+    if corpus.is_file():
+        texts += [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise FileNotFoundError(f"no tokenizer training text under {DATA_DIR}/prompts or /tiny")
+    return texts + toy.tokenizer_texts()
+
+
+def seed_of(name: str, seed: int) -> int:
+    """Each model's own seed (weights and synthetic data) for the build seed `seed`."""
+    return int.from_bytes(hashlib.sha256(f"{name}:{seed}".encode()).digest()[:4], "little")
+
+
+# -----------------------------------------------------------------------------
+# builders: each writes into `out` (a staging folder) the model that will live at `final`,
+# from its seed and the tokenizer texts, and returns what its training measured
+
+
+def build_policy(make: Callable) -> Callable[[Path, Path, int, list[str]], dict]:
+    def build(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
+        from transformers import GenerationConfig
+
+        torch.manual_seed(seed)
+        model, tokenizer, generation = make(texts)
+        model.generation_config = GenerationConfig(**generation)
+        eos = generation["eos_token_id"]
+        stats = teach.pretrain_policy(
+            model, tokenizer, eos if isinstance(eos, list) else [eos], seed, **POLICY_PRETRAINING
+        )
+        model.save_pretrained(out)  # safetensors
+        tokenizer.save_pretrained(out)
+        return stats
+
+    return build
+
+
+def build_pairrm(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
+    from src.ranking.pairrm import PairRMJudge
+
+    torch.manual_seed(seed)
+    blender = architectures.pairrm(out, final, texts)
+    # Limits above every toy text (so the encodings are the rank stage's, with its 1224 / 412)
+    # and far below PairRM's: llm-blender pads every text to them before stripping the padding.
+    judge = PairRMJudge(blender, 320, 160, JUDGE_TRAINING["batch_size"])
+    stats = teach.train_pairrm(judge, architectures.policy_prompt, seed, **JUDGE_TRAINING)
+    architectures.save_pairrm(blender, out)
+    return stats
+
+
+def build_reward_model(family: str) -> Callable[[Path, Path, int, list[str]], dict]:
+    def build(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
+        from src.ranking.reward_model import RewardModelJudge
+
+        torch.manual_seed(seed)
+        model, tokenizer = architectures.reward_model(texts, family)
+        judge = RewardModelJudge(model, tokenizer, 1224, 412, JUDGE_TRAINING["batch_size"])
+        stats = teach.train_reward_model(judge, seed, **JUDGE_TRAINING)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return stats
+
+    return build
+
+
+BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], dict]] = {
+    "tiny-mistral": build_policy(architectures.mistral),
+    "tiny-gemma2": build_policy(architectures.gemma2),
+    "tiny-pairrm": build_pairrm,
+    "tiny-rm": build_reward_model("mistral"),
+    "tiny-judge": build_reward_model("gemma2"),
+}
+
+
+# -----------------------------------------------------------------------------
+# building into a folder, once
+
+
+def build_identity(name: str, folder: Path, seed: int, texts: list[str]) -> dict:
+    """What a finished folder must have been built from; any change means a rebuild."""
+    packages = ["torch", "transformers", "tokenizers", "sentencepiece", "llm-blender"]
+    code = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+    return {
+        "name": name,
+        # a moved folder is rebuilt: a PairRM's config.json names its backbone by path
+        "folder": str(folder),
+        "seed": seed,
+        "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        "builder_sha256": hashlib.sha256(code).hexdigest(),
+        "versions": {p: version(p) for p in packages},
+    }
+
+
+def build(name: str, out_dir: Path, seed: int = 0) -> Path:
+    """Build `name` into `out_dir` (replacing it): staged beside it, then renamed into place."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(TINY_NAMES)}")
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    texts = training_texts()
+    start = time.perf_counter()
+    teach.log(f"building {name} (seed {seed})")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    try:
+        trained = BUILDERS[name](staging, out_dir, seed_of(name, seed), texts)
+        record = {**build_identity(name, out_dir, seed, texts), "training": trained}
+        (staging / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    teach.log(f"built {name} (seed {seed}) in {time.perf_counter() - start:.1f}s: {out_dir}")
+    return out_dir
+
+
+def is_built(folder: Path, name: str, seed: int) -> bool:
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    record.pop("training", None)
+    return record == build_identity(name, folder, seed, training_texts())
+
+
+def ensure(name: str, cache_dir: Path, seed: int = 0, force: bool = False) -> Path:
+    """Return cache_dir/name, building it first unless a finished build of it is there."""
+    folder = Path(cache_dir).resolve() / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: processes that start together share one build.
+    with FileLock(folder.parent / f".{name}.lock"):
+        if force or not is_built(folder, name, seed):
+            for stale in folder.parent.glob(f".{name}.*"):  # staging left by a killed build
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+            build(name, folder, seed)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.tiny", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {TINY_NAMES}")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild even if already built")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in TINY_NAMES]
+    if unknown:
+        parser.error(f"unknown tiny model(s) {', '.join(unknown)}; choose from {TINY_NAMES}")
+    for name in args.names or TINY_NAMES:
+        print(ensure(name, args.cache_dir, args.seed, force=args.force))

@@ -1,0 +1,88 @@
+"""The loop learns: on the tiny models (src/tiny/toy.py), three SPPO iterations raise the eval
+judge's win rate against the base model, iteration after iteration — and the same loop fed
+swapped preferences unlearns, so a sign error anywhere in generate -> rank -> pairs -> train ->
+eval fails these tests.
+
+Every run is the tiny preset as `make demo` runs it (120 prompts per iteration, K = 5, 150
+eval instructions judged by tiny-judge, which never ranks training data); the numbers it
+reaches are in the README ("The loop learns").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from src.config import Stage
+from src.main import dispatch
+from tests.helpers import compose_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def curve(root: Path, model: str, run_name: str) -> list[dict]:
+    lineage = root / model / "sppo" / run_name
+    return [
+        json.loads((lineage / f"iter{t}" / "eval" / "eval.json").read_text()) for t in (1, 2, 3)
+    ]
+
+
+def run(root: Path, *overrides: str, stage: str = "all", iteration: int = 3) -> None:
+    """`python -m src.main <overrides> iter=<iteration> stage=<stage>`, in this process; for
+    stage=all, the earlier iterations first."""
+    args = [*overrides, "logger=none", "eval.enabled=true", f"paths.root={root}"]
+    cfg = compose_cfg(*args, f"iter={iteration}", f"stage={stage}")
+    command = " ".join(["python -m src.main", *args])
+    dispatch(cfg, command, lambda t: compose_cfg(*args, f"iter={t}", f"stage={stage}"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, tiny_dir):
+    # one root: the base model answers the eval set once for every run of this module
+    return tmp_path_factory.mktemp("learning")
+
+
+@pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
+def test_three_sppo_iterations_climb(root, model):
+    run(root, f"model={model}", "run_name=climb")
+    rates = curve(root, model, "climb")
+    wins = [r["win_rate"] for r in rates]
+    assert all(r["judge"] == "tiny-judge" and r["reference"] == model for r in rates)
+    assert rates[0]["win_rate_low"] > 0.5, wins  # iteration 1 already beats the base
+    assert wins[0] < wins[1] < wins[2], wins  # and every iteration beats the one before
+    assert wins[2] >= 0.70 and rates[2]["lc_win_rate_low"] > 0.5, rates[2]
+
+
+def test_the_climb_is_not_one_seeds(root):
+    """Other training and sampling seeds: other pairs, other batches, the same climb."""
+    seeds = ["training.seed=7", "generation.seeds=[1,2,3,4,5]", "eval.seed=3"]
+    run(root, "model=tiny-mistral", "run_name=seed7", *seeds)
+    rates = curve(root, "tiny-mistral", "seed7")
+    wins = [r["win_rate"] for r in rates]
+    assert rates[0]["win_rate_low"] > 0.5 and wins[2] > wins[0], wins
+    assert rates[2]["win_rate_low"] > 0.5, rates[2]
+
+
+def test_swapped_preferences_unlearn(root):
+    """The negative control: each iteration's pairs file with chosen and rejected swapped (the
+    win probabilities left as the judge gave them) — the policy learns the opposite of the
+    judges' preference, and the eval judge sees it lose to the base."""
+    overrides = ("model=tiny-mistral", "run_name=swapped")
+    for t in (1, 2, 3):
+        for stage in (Stage.generate, Stage.rank, Stage.pairs):
+            run(root, *overrides, stage=stage.value, iteration=t)
+        pairs = root / "tiny-mistral" / "sppo" / "swapped" / f"iter{t}" / "pairs" / "pairs.parquet"
+        table = pq.read_table(pairs)
+        swapped = table.rename_columns(
+            ["rejected" if c == "chosen" else "chosen" if c == "rejected" else c
+             for c in table.column_names]
+        )  # fmt: skip
+        pq.write_table(swapped.select(table.column_names), pairs)
+        for stage in (Stage.train, Stage.eval):
+            run(root, *overrides, stage=stage.value, iteration=t)
+    rates = curve(root, "tiny-mistral", "swapped")
+    wins = [r["win_rate"] for r in rates]
+    assert wins[2] < 0.5 and rates[2]["win_rate_high"] < 0.5, wins
