@@ -17,7 +17,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm tiny demo compare submit sweep test test-fast bench lint format config clean clean-runs
+.PHONY: help install install-vllm tiny demo compare submit sweep sweep-tiny test test-fast bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,18 +44,22 @@ $(VENV)/.installed: pyproject.toml
 install-vllm: install ## Add the vLLM generation backend (GPU machines only)
 	$(PIP) install ".[vllm,$(EXTRAS)]"
 
-tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm
+tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm, tiny-judge (~1 min)
 	$(OFFLINE) $(PY) -m src.tiny --force
 
-demo: install ## Three SPPO iterations and a WPO-HB run on the tiny models (CPU, offline), each evaluated, then the comparison
+demo: install ## The loop learns, on the tiny models (CPU, offline): SPPO iterations 1-3, WPO-HB and DPO, each judged against the base model by the eval judge; then the comparison
 	$(OFFLINE) $(PY) -m src.tiny
 	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 --cfg job $(ARGS) | head -n 12
 	$(OFFLINE) $(PY) -m src.main model=tiny-mistral iter=3 logger=none eval.enabled=true $(ARGS)
 	$(OFFLINE) $(PY) -m src.main experiment=tiny-wpo-hb iter=1 logger=none eval.enabled=true $(ARGS)
+	$(OFFLINE) $(PY) -m src.main model=tiny-mistral method=dpo iter=1 logger=none eval.enabled=true $(ARGS)
 	$(OFFLINE) $(PY) -m src.compare
-	@echo "demo: SPPO iterations 1-3 (tiny PairRM) and WPO-HB (tiny reward model, hybrid pool), each"
-	@echo "demo: evaluated against the base model, are in runs/tiny-mistral/; the comparison table and"
-	@echo "demo: plots (the win-rate curve: runs/compare/win_rate_by_iteration.png) are in runs/compare/."
+	$(OFFLINE) $(PY) -m src.tiny.audit
+	@echo "demo: SPPO iterations 1-3 (ranked by tiny-pairrm), WPO-HB (tiny-rm, hybrid pool) and DPO, each"
+	@echo "demo: judged against the base model by tiny-judge (the eval judge, which ranks no training"
+	@echo "demo: data): runs/tiny-mistral/; table and plots (the win-rate curve:"
+	@echo "demo: runs/compare/win_rate_by_iteration.png) in runs/compare/; the audit above reads the"
+	@echo "demo: toy's rule off the answers. What the toy is: README, 'The loop learns'."
 
 compare: install ## Compare runs: table + plots from the run directories into <root>/compare (ARGS='--root DIR ...')
 	$(OFFLINE) $(PY) -m src.compare $(ARGS)
@@ -74,6 +78,11 @@ endif
 
 sweep: install ## SLURM: a sweep as one array, e.g. SWEEP=sweeps/eta.yaml ARGS='--dry-run model=tiny-mistral hardware=slurm-cpu'
 	$(OFFLINE) $(PY) -m src.sweep $(SWEEP) $(ARGS)
+
+sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta-tiny.yaml, 4 points x 3 iterations, ~3 min), then the comparison
+	$(OFFLINE) $(PY) -m src.sweep sweeps/eta-tiny.yaml --local --iterations 3 $(ARGS)
+	$(OFFLINE) $(PY) -m src.compare
+	$(OFFLINE) $(PY) -m src.tiny.audit
 
 test: install ## Run the test suite (what CI runs)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)

@@ -67,21 +67,25 @@ def training_curves(iterations: list[Iteration], metric: str):
 
 
 def win_rate_by_iteration(iterations: list[Iteration]):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    # Two panels, two judges: the eval judge's win rate against the reference (what a run is
+    # for: it should rise with the iterations) and the training judge's win rate of each
+    # pair's chosen response among its K (it falls as the K samples become alike).
+    fig, (ev, tr) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     lineages = defaultdict(list)
     for it in iterations:
         lineages[it.lineage].append(it.row)
-    # (key, style, name, x offset: the two eval series side by side, their error bars apart)
+    # (axes, key, style, name, x offset: the two eval series side by side, their error bars apart)
     series = (
-        ("mean_chosen_win_rate", "-o", "pairs chosen", 0.0),
-        ("eval_win_rate", "--s", "eval vs reference", -0.03),
-        ("eval_lc_win_rate", ":^", "eval, length-controlled", 0.03),
+        (ev, "eval_win_rate", "-s", "win rate", -0.03),
+        (ev, "eval_lc_win_rate", ":^", "length-controlled", 0.03),
+        (tr, "mean_chosen_win_rate", "-o", "chosen", 0.0),
     )
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="-", zorder=0)  # parity
-    drawn = False
-    for lineage, rows in lineages.items():
-        colour = None
-        for key, style, name, offset in series:
+    ev.axhline(0.5, color="grey", linewidth=0.8, linestyle="-", zorder=0)  # parity
+    drawn = {ev: False, tr: False}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (lineage, rows) in enumerate(lineages.items()):
+        colour = palette[n % len(palette)]  # a lineage keeps its colour in both panels
+        for ax, key, style, name, offset in series:
             points = [
                 (r["iter"] + offset, r[key], r.get(f"{key}_ci"))
                 for r in rows
@@ -93,15 +97,18 @@ def win_rate_by_iteration(iterations: list[Iteration]):
             # the eval's bootstrap interval as an error bar, where there is one
             err = [[y - ci[0] if ci else 0 for y, ci in zip(ys, cis, strict=True)],
                    [ci[1] - y if ci else 0 for y, ci in zip(ys, cis, strict=True)]]  # fmt: skip
-            line = ax.errorbar(xs, ys, yerr=err if any(cis) else None, fmt=style, color=colour,
-                               capsize=3, label=f"{lineage} ({name})")  # fmt: skip
-            colour, drawn = line.lines[0].get_color(), True  # eval shares its lineage's colour
-    ax.set(title="win rate by iteration", xlabel="iteration", ylabel="win rate")
-    ax.set_xticks(sorted({it.row["iter"] for it in iterations}))  # iterations are whole numbers
-    if drawn:
-        ax.legend(fontsize="x-small")
-    else:
-        no_data(ax, "pairs or eval win rates")
+            ax.errorbar(xs, ys, yerr=err if any(cis) else None, fmt=style, color=colour,
+                        capsize=3, label=f"{lineage} ({name})")  # fmt: skip
+            drawn[ax] = True
+    ev.set(title="eval: against the reference, by the eval judge", ylabel="win rate")
+    tr.set(title="pairs: chosen among the K samples, by the ranker", ylabel="mean win rate")
+    for ax, what in ((ev, "eval win rates"), (tr, "pairs")):
+        ax.set_xlabel("iteration")
+        ax.set_xticks(sorted({it.row["iter"] for it in iterations}))  # whole numbers
+        if drawn[ax]:
+            ax.legend(fontsize="x-small")
+        else:
+            no_data(ax, what)
     fig.tight_layout()
     return fig
 

@@ -217,6 +217,13 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+# Nodes that some compositions leave null, and what fills them.
+NULL_NODES = {
+    "hardware.slurm": "hardware.slurm needs hardware=slurm-*",
+    "eval.judge": "the ranker judges; choose a judge with ranker@eval.judge=<ranker option>",
+}
+
+
 def describe_hydra_error(exc: Exception) -> str:
     """Hydra's multi-line composition errors, as one line that names the key and the choices."""
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
@@ -233,7 +240,8 @@ def describe_hydra_error(exc: Exception) -> str:
         parent, _, leaf = key.rpartition(".")
         keys = allowed_keys(parent)
         if keys and leaf in keys:  # a known key under a node this composition leaves null
-            return f"cannot set '{key}': '{parent}' is null with the options chosen (e.g. hardware.slurm needs hardware=slurm-*)"
+            fill = NULL_NODES.get(parent, "choose the option that sets it")
+            return f"cannot set '{key}': '{parent}' is null with the options chosen ({fill})"
         accepted = f"; {parent or 'the top level'} accepts: {', '.join(keys)}" if keys else ""
         return f"unknown config key '{key}'{accepted}"
     if isinstance(exc, OmegaConfBaseException):

@@ -45,7 +45,13 @@ def test_groups_have_the_options_the_project_promises():
     }
     assert set(METHODS) == {"sppo", "wpo", "dpo"}
     assert set(options("generation")) >= {"hf", "vllm"}
-    assert set(options("ranker")) >= {"pairrm", "reward-model", "tiny-pairrm", "tiny-reward-model"}
+    assert set(options("ranker")) >= {
+        "pairrm",
+        "reward-model",
+        "tiny-pairrm",
+        "tiny-reward-model",
+        "tiny-judge",
+    }
     assert set(HARDWARE) >= {"cpu", "gpu-1", "node-8gpu", "multinode"}
     assert any(h.startswith("slurm-") for h in HARDWARE)
     assert set(options("logger")) == {"wandb", "none"}
@@ -128,6 +134,29 @@ def test_tiny_models_read_the_projects_own_prompt_splits(iteration):
 def test_command_line_choices_win_over_what_a_tiny_model_selects():
     cfg = compose_cfg("model=tiny-mistral", "hardware=gpu-1", "data=sppo", "ranker=pairrm")
     assert (cfg.hardware.name, cfg.data.name, cfg.ranker.name) == ("gpu-1", "sppo", "pairrm")
+
+
+def test_the_eval_judge_is_the_ranker_unless_one_is_chosen():
+    real = compose_cfg()
+    assert real.eval.judge is None  # the real recipes: point eval.judge at another judge
+    tiny = compose_cfg("model=tiny-gemma2", "method=dpo")
+    assert (tiny.eval.judge.name, tiny.eval.judge.kind.value) == ("tiny-judge", "reward_model")
+    assert tiny.eval.judge.model != tiny.ranker.model
+    chosen = compose_cfg("model=tiny-mistral", "ranker@eval.judge=tiny-pairrm")
+    assert chosen.eval.judge == chosen.ranker  # any ranker option, in the ranker's schema
+    assert compose_cfg("model=tiny-mistral", "eval.judge=null").eval.judge is None
+
+
+def test_a_bad_eval_judge_value_names_its_key():
+    with pytest.raises(ConfigError, match=r"^eval\.judge\.kind: Invalid value 'gpt4', expected"):
+        compose_cfg("model=tiny-mistral", "eval.judge.kind=gpt4")
+
+
+def test_the_tiny_sppo_eta_is_the_toys_and_the_command_line_wins():
+    for model in ("tiny-mistral", "tiny-gemma2"):
+        assert compose_cfg(f"model={model}").method.eta == 10.0
+        assert compose_cfg(f"model={model}", "method.eta=1000").method.eta == 1000.0
+    assert compose_cfg("model=tiny-mistral", "method=wpo").method.beta == 0.01
 
 
 def test_sppo_sets_eta_and_beta_follows():
@@ -343,6 +372,11 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
         (
             ["hardware.slurm.time_min=5"],
             "config error: cannot set 'hardware.slurm.time_min': 'hardware.slurm' is null",
+        ),
+        (
+            ["eval.judge.model=/judges/mine"],
+            "config error: cannot set 'eval.judge.model': 'eval.judge' is null with the options "
+            "chosen (the ranker judges; choose a judge with ranker@eval.judge=<ranker option>)",
         ),
     ],
 )

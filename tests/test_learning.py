@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import mean
 
 import pyarrow.parquet as pq
 import pytest
 
 from src.config import Stage
 from src.main import dispatch
+from src.tiny.audit import main as audit
+from src.tiny.toy import helpful_share, well_formed
 from tests.helpers import compose_cfg
 
 pytestmark = pytest.mark.slow
@@ -45,8 +48,15 @@ def root(tmp_path_factory, tiny_dir):
     return tmp_path_factory.mktemp("learning")
 
 
+def answers(root: Path, model: str, run_name: str, t: int) -> tuple[list[str], list[str]]:
+    """(the policy's eval answers, the base model's) of iteration t."""
+    path = root / model / "sppo" / run_name / f"iter{t}" / "eval" / "judgements.jsonl"
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line]
+    return [r["output"] for r in rows], [r["reference_output"] for r in rows]
+
+
 @pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
-def test_three_sppo_iterations_climb(root, model):
+def test_three_sppo_iterations_climb(root, model, capsys):
     run(root, f"model={model}", "run_name=climb")
     rates = curve(root, model, "climb")
     wins = [r["win_rate"] for r in rates]
@@ -54,6 +64,14 @@ def test_three_sppo_iterations_climb(root, model):
     assert rates[0]["win_rate_low"] > 0.5, wins  # iteration 1 already beats the base
     assert wins[0] < wins[1] < wins[2], wins  # and every iteration beats the one before
     assert wins[2] >= 0.70 and rates[2]["lc_win_rate_low"] > 0.5, rates[2]
+    # the rule the judges learned from, read off the answers: more helpful, still sentences
+    policy, base = answers(root, model, "climb", 3)
+    assert mean(map(helpful_share, policy)) > mean(map(helpful_share, base)) + 0.2
+    assert mean(map(well_formed, policy)) >= 0.8
+    # which the audit prints for every iteration
+    audit(["--root", str(root)])
+    printed = capsys.readouterr().out.split(f"{model}/sppo/climb\n")[1]
+    assert printed.count("tiny-judge win rate") >= 3
 
 
 def test_the_climb_is_not_one_seeds(root):

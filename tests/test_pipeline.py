@@ -283,3 +283,14 @@ def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resume
     assert f"[train] resuming from {saved}" in rerun.stderr
     done = json.loads(next(tmp_path.rglob("train/done.json")).read_text())
     assert done["counts"]["steps"] == 40
+
+
+def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
+    from src.config import Stage
+    from src.pipeline import stage_fingerprint
+    from tests.helpers import compose_cfg
+
+    a = compose_cfg("model=tiny-mistral")
+    b = compose_cfg("model=tiny-mistral", "eval.judge.model=/judges/another")
+    assert stage_fingerprint(a, Stage.train) == stage_fingerprint(b, Stage.train)
+    assert stage_fingerprint(a, Stage.eval) != stage_fingerprint(b, Stage.eval)

@@ -1,0 +1,76 @@
+"""Audits tiny-model runs with the toy's own rule: what the judges could only learn, read off the text.
+
+    python -m src.tiny.audit [--root runs]
+
+For every lineage of the tiny models under the root and every iteration: the share of helpful
+sentences and the share of well-formed answers (src/tiny/toy.py) of the policy's samples (the
+generate stage) and of its eval answers, beside the eval judge's win rate against the reference.
+A win rate that rises while the rule's share does not, or while answers stop being whole
+sentences, is the eval judge being exploited, not the policy getting better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+
+from src.artifacts import read_jsonl
+from src.tiny.toy import helpful_share, well_formed
+
+TINY_MODELS = ("tiny-mistral", "tiny-gemma2")
+
+
+def measure(texts: list[str]) -> str:
+    if not texts:
+        return "-"
+    shares = [helpful_share(t) or 0.0 for t in texts]
+    return f"helpful {mean(shares):.2f}, well-formed {mean(map(well_formed, texts)):.2f}"
+
+
+def audit_iteration(iteration: Path) -> str | None:
+    generated = [
+        response
+        for path in sorted((iteration / "generate").glob("responses-*.jsonl"))
+        for _, row in read_jsonl(path)
+        for response in row["responses"]
+    ]
+    report, judged = iteration / "eval" / "eval.json", iteration / "eval" / "judgements.jsonl"
+    if not generated and not report.is_file():
+        return None
+    line = f"  {iteration.name}: samples {measure(generated)}"
+    if report.is_file() and judged.is_file():
+        r = json.loads(report.read_text())
+        rows = [row for _, row in read_jsonl(judged)]
+        line += (
+            f" | eval answers {measure([j['output'] for j in rows])}"
+            f" (reference {measure([j['reference_output'] for j in rows])})"
+            f" | {r['judge']} win rate {r['win_rate']:.3f}"
+            f" [{r['win_rate_low']:.3f}, {r['win_rate_high']:.3f}]"
+        )
+    return line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.tiny.audit", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--root", type=Path, default=Path("runs"), help="paths.root (default: runs)"
+    )
+    args = parser.parse_args(argv)
+    lineages = sorted(p for m in TINY_MODELS for p in args.root.glob(f"{m}/*/*") if p.is_dir())
+    if not lineages:
+        print(f"no runs of the tiny models under {args.root}", file=sys.stderr)
+        sys.exit(1)
+    for lineage in lineages:
+        lines = [
+            audit_iteration(i) for i in sorted(lineage.glob("iter*"), key=lambda p: int(p.name[4:]))
+        ]
+        print("\n".join([str(lineage.relative_to(args.root)), *filter(None, lines)]))
+
+
+if __name__ == "__main__":
+    main()
