@@ -66,6 +66,7 @@ ATTENTION = {"tiny-mistral": None, "tiny-gemma2": "eager"}
 # so that every sample does the same work.
 SETTINGS = {
     "prompts": "data/prompts/iter1.jsonl",
+    "max_prompts": 40,  # its hand-written prompts, those the recorded results were measured on
     "K": 5,
     "seeds": [50 * k for k in range(5)],  # the SPPO reference: sample k uses seed 50*k
     "temperature": 0.7,
@@ -116,7 +117,10 @@ def load(model_name: str, max_prompt_length: int):
         path, dtype=torch.float32, attn_implementation=ATTENTION[model_name]
     ).eval()
     prompt_set = load_prompts(
-        str(REPO_ROOT / SETTINGS["prompts"]), prompt_column="prompt", id_column="prompt_id"
+        str(REPO_ROOT / SETTINGS["prompts"]),
+        prompt_column="prompt",
+        id_column="prompt_id",
+        max_prompts=SETTINGS["max_prompts"],
     )
     prompts, skipped = [], 0
     for p in prompt_set.prompts:

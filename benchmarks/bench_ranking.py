@@ -7,7 +7,7 @@
     python -m benchmarks.bench_ranking --backbone large --device cuda \\
         --out benchmarks/results/ranking_cuda_large.json                 # a GPU machine (opt-in)
 
-Both sides load the same PairRM (the tiny one of src/tiny.py, or with --backbone large a PairRM
+Both sides load the same PairRM (the tiny one of src/tiny, or with --backbone large a PairRM
 whose backbone has DeBERTa-v3-large's shape, random weights, built once under .cache/bench/) and
 score the same K=5 responses of the same prompts with the same limits (source 1224, candidate 412
 PairRM tokens, llm-blender's collator on both sides):
@@ -155,7 +155,7 @@ def pairrm_path(backbone: str) -> Path:
 
 
 def build_large_pairrm(final: Path) -> None:
-    """A PairRM in llm-blender's format whose backbone has DeBERTa-v3-large's shape: src/tiny.py's
+    """A PairRM in llm-blender's format whose backbone has DeBERTa-v3-large's shape: src/tiny's
     builder of the tiny one with LARGE_BACKBONE's sizes; staged, then renamed into place. About
     1.7 GB on disk."""
     import torch

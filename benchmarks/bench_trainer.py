@@ -4,7 +4,7 @@
     python -m benchmarks.bench_trainer                      # ~10 minutes on 2 cores
     python -m benchmarks.bench_trainer --steps 10 --repeats 1 --models tiny-mistral   # a smoke run
 
-Both tools train the same tiny model (built offline by src/tiny.py) on the same synthetic pairs
+Both tools train the same tiny model (built offline by src/tiny) on the same synthetic pairs
 (~90–250 tokens per sequence), with the same batch (4 pairs = 8 sequences, no accumulation),
 fp32, one CPU process, the same optimiser, learning rate, schedule, clipping and seed. Only
 `trainer.train()` is measured: model loading, tokenisation and trainer construction are not.
@@ -64,7 +64,7 @@ BENCH_CACHE = REPO_ROOT / ".cache" / "bench"
 
 
 def model_path(name: str) -> Path:
-    """The model folder: a tiny model (src/tiny.py), or a widened copy built once under
+    """The model folder: a tiny model (src/tiny), or a widened copy built once under
     .cache/bench from it (seeded, so every build is the same)."""
     from src import tiny
 

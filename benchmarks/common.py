@@ -166,14 +166,18 @@ def code_hashes(paths: list[Path]) -> dict:
 
 
 def project_prompts() -> list[str]:
-    """Every prompt of data/prompts/iter*.jsonl, in file order: the prompts of the benchmarks'
-    synthetic data."""
-    return [
-        json.loads(line)["prompt"]
+    """The 120 hand-written prompts of data/prompts/iter*.jsonl (p0001-p0120), in file order:
+    the prompts of the benchmarks' synthetic data (the generated ones that follow them in the
+    files are left out, so the data sets stay what the recorded results were measured on)."""
+    from src.tiny.data import FIRST_GENERATED_ID
+
+    rows = [
+        json.loads(line)
         for path in sorted((REPO_ROOT / "data" / "prompts").glob("iter*.jsonl"))
-        for line in path.read_text(encoding="utf-8").splitlines()
+        for line in path.read_text(encoding="utf-8").split("\n")
         if line.strip()
     ]
+    return [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
 
 
 def corpus_words() -> list[str]:

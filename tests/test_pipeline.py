@@ -294,3 +294,30 @@ def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
     b = compose_cfg("model=tiny-mistral", "eval.judge.model=/judges/another")
     assert stage_fingerprint(a, Stage.train) == stage_fingerprint(b, Stage.train)
     assert stage_fingerprint(a, Stage.eval) != stage_fingerprint(b, Stage.eval)
+
+
+@pytest.mark.slow
+def test_a_local_sweep_runs_every_point_here(tmp_path):
+    sweep = tmp_path / "two.yaml"
+    sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "src.sweep", str(sweep), "--local", *SMALL]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for eta in (1, 10):
+        assert (
+            tmp_path
+            / "runs"
+            / "tiny-mistral"
+            / "sppo"
+            / f"eta{eta}-lr0.0001-K3"
+            / "iter1"
+            / "train"
+            / "done.json"
+        ).is_file()
+    assert "point 2/2: method.eta=10" in done.stdout
+
+    refused = subprocess.run(
+        [*command, "--dry-run"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "--local runs the points here" in refused.stderr

@@ -87,6 +87,10 @@ def test_data_holds_what_the_generator_makes(tmp_path):
         assert [r["prompt"] for r in rows[40:]] == training[t - 1]
         ids |= {r["prompt_id"] for r in rows}
     assert len(ids) == 3 * (40 + data.GENERATED_TRAINING)
+    texts = toy.training_prompts() + [
+        r["instruction"] for r in json.loads((DATA / "prompts" / "eval.json").read_text())
+    ]
+    assert len(set(texts)) == len(texts) == 510
     eval_rows = json.loads((DATA / "prompts" / "eval.json").read_text())
     assert len(eval_rows) == 30 + data.GENERATED_EVAL >= 100
     assert [r["instruction"] for r in eval_rows[30:]] == evaluation
