@@ -157,3 +157,28 @@ def test_the_pretrained_policies_answer_in_both_registers(tiny_dir, name):
     shares = [toy.helpful_share(a) for a in answers]
     assert 0.25 < mean(shares) < 0.75 and shares.count(0.0) > 10 and shares.count(1.0) > 10
     assert len({len(a.split(". ")) for a in answers}) >= 4  # one sentence to five
+
+
+def test_pairrm_learns_from_the_encodings_the_rank_stage_makes(tiny_dir):
+    """The build's lower token limits cut nothing: the longest training prompts, in either
+    policy's template, and the longest answers encode as under PairRM's 1224 / 412."""
+    import torch
+
+    from src.blender_compat import load_pairrm
+    from src.ranking.pairrm import PairRMJudge
+    from src.tiny import architectures, models
+
+    blender = load_pairrm(str(tiny_dir / "tiny-pairrm"))
+    building = PairRMJudge(blender, *models.PAIRRM_TRAINING_LIMITS, 4)
+    ranking = PairRMJudge(blender, 1224, 412, 4)
+    rng = random.Random(0)
+    answers = [
+        toy.sample_answer(rng, sentences=5, garbled=g).text for g in (0, 1) for _ in range(50)
+    ]
+    longest = sorted(answers, key=len)[-2:]
+    for prompt in sorted(toy.training_prompts(), key=len)[-5:]:
+        for template in architectures.POLICY_PROMPT_FORMATS:
+            source = architectures.chat_prompt(prompt, *template)
+            a, b = building.encode(source, longest), ranking.encode(source, longest)
+            assert torch.equal(a.source, b.source)
+            assert all(torch.equal(x, y) for x, y in zip(a.candidates, b.candidates, strict=True))

@@ -41,11 +41,28 @@ DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tiny"
 DATA_DIR = REPO_ROOT / "data"
 TINY_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm", "tiny-rm", "tiny-judge")
 RECORD = "tiny_build.json"  # written last: a folder without it (or with a stale one) is rebuilt
+# the code a tiny model is made by: a change to any of it rebuilds every tiny model
+BUILT_BY = (
+    "tiny/models.py",
+    "tiny/architectures.py",
+    "tiny/teach.py",
+    "tiny/toy.py",
+    "training/data.py",  # how a policy's conversations are tokenised and collated
+    "training/trainer.py",  # and scored
+    "training/losses.py",
+    "ranking/pairrm.py",  # how a judge's inputs are encoded
+    "ranking/reward_model.py",
+)
 
 # How long each kind of model learns (steps x batch): enough to converge on the toy, little
 # enough to build all five in about a minute on 2 cores.
 POLICY_PRETRAINING = {"steps": 300, "batch_size": 16, "lr": 5e-3}  # 2 answers per row
 JUDGE_TRAINING = {"steps": 120, "batch_size": 32, "lr": 2e-3}
+# PairRM's (source, candidate) token limits while it learns: above every toy text (the longest
+# rendered training prompt is 316 tokens), so the encodings are those of the rank stage's
+# 1224 / 412 (tests/test_toy.py checks), and far below them, since llm-blender pads every text
+# to its limit before the padding is stripped
+PAIRRM_TRAINING_LIMITS = (512, 192)
 
 
 def training_texts() -> list[str]:
@@ -100,9 +117,7 @@ def build_pairrm(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
 
     torch.manual_seed(seed)
     blender = architectures.pairrm(out, final, texts)
-    # Limits above every toy text (so the encodings are the rank stage's, with its 1224 / 412)
-    # and far below PairRM's: llm-blender pads every text to them before stripping the padding.
-    judge = PairRMJudge(blender, 320, 160, JUDGE_TRAINING["batch_size"])
+    judge = PairRMJudge(blender, *PAIRRM_TRAINING_LIMITS, JUDGE_TRAINING["batch_size"])
     stats = teach.train_pairrm(judge, architectures.policy_prompt, seed, **JUDGE_TRAINING)
     architectures.save_pairrm(blender, out)
     return stats
@@ -139,7 +154,7 @@ BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], dict]] = {
 def build_identity(name: str, folder: Path, seed: int, texts: list[str]) -> dict:
     """What a finished folder must have been built from; any change means a rebuild."""
     packages = ["torch", "transformers", "tokenizers", "sentencepiece", "llm-blender"]
-    code = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+    code = b"".join((REPO_ROOT / "src" / f).read_bytes() for f in BUILT_BY)
     return {
         "name": name,
         # a moved folder is rebuilt: a PairRM's config.json names its backbone by path

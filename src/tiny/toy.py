@@ -5,10 +5,11 @@ An answer of the toy assistant is one to five sentences, each in one of two regi
 - **helpful**: a concrete step, an example, a plan ("First, write down the main budget.");
 - **evasive**: a hedge, a deflection, a refusal ("I am not sure about the budget.").
 
-The preference is the **share of helpful sentences**: of two answers, the one with the larger
-share is better; equal shares are a tie. Length carries no preference: an answer's number of
-sentences is drawn independently of its share, and the two registers' sentences have the same
-length on average, so a length-controlled win rate does not cancel it.
+The preference is the **share of well-formed helpful sentences**: of two answers, the one with
+the larger share is better; equal shares are a tie. A garbled sentence (`garble`: fragments glued
+into words, cut short), whatever its register, helps nobody. Length carries no preference: an
+answer's number of sentences is drawn independently of its share, and the two registers'
+sentences have the same length on average, so a length-controlled win rate does not cancel it.
 
 Who learns what (src/tiny/models.py, src/tiny/teach.py):
 
@@ -16,11 +17,13 @@ Who learns what (src/tiny/models.py, src/tiny/teach.py):
   answer and then each sentence's register from it: they sample answers of every share, mostly
   mixed, and their sentences are word-perfect but their share is theirs to change;
 - the judges (tiny-pairrm, tiny-rm, the eval judge tiny-judge) are trained on pairs of such
-  answers labelled by the preference, each from its own synthetic pairs and seed. No judge is
-  this module: they see only text and learn the preference from labelled examples.
+  answers, a third of them with garbled sentences, labelled by the preference, each from its own
+  synthetic pairs and seed. No judge is this module: they see only text and learn the
+  preference from labelled examples.
 
-`helpful_share` reads the share back from a text by matching the templates; it measures what
-the policy does (tests, docs), it never scores anything for the pipeline.
+`helpful_share` and `well_formed` read the preference back from a text by matching the
+templates; they measure what a policy does (tests, `python -m src.tiny.audit`), they never score
+anything for the pipeline.
 
 The generated parts of data/ (instructions, the hybrid pool's answers): src/tiny/data.py.
 """
