@@ -377,18 +377,20 @@ class RankerConfig:
     shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
     num_shards: int | None = None  # null: SLURM_ARRAY_TASK_COUNT when set, else 1
 
-    def __post_init__(self) -> None:
-        _positive("ranker.batch_size", self.batch_size)
-        _positive("ranker.source_max_length", self.source_max_length)
-        _positive("ranker.candidate_max_length", self.candidate_max_length)
-        _positive("ranker.chunk_size", self.chunk_size)
+    def check(self, section: str) -> None:
+        """Range checks, naming the keys under `section` (`ranker` or `eval.judge`): called by
+        Config, which knows where each ranker config sits."""
+        _positive(f"{section}.batch_size", self.batch_size)
+        _positive(f"{section}.source_max_length", self.source_max_length)
+        _positive(f"{section}.candidate_max_length", self.candidate_max_length)
+        _positive(f"{section}.chunk_size", self.chunk_size)
         _check(
             self.win_prob == WinProb.bt or self.kind == JudgeKind.pairrm,
-            "ranker.win_prob",
+            f"{section}.win_prob",
             self.win_prob.value,
             "'direct' needs PairRM's pairwise logits; a reward model gives only scores (use bt)",
         )
-        _check_shard("ranker", self.shard, self.num_shards)
+        _check_shard(section, self.shard, self.num_shards)
 
 
 @dataclass
@@ -606,6 +608,9 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
+        self.ranker.check("ranker")
+        if self.eval.judge is not None:
+            self.eval.judge.check("eval.judge")
         _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
         _check(
             self.run_name != "" and "/" not in self.run_name,

@@ -147,9 +147,17 @@ def test_the_eval_judge_is_the_ranker_unless_one_is_chosen():
     assert compose_cfg("model=tiny-mistral", "eval.judge=null").eval.judge is None
 
 
-def test_a_bad_eval_judge_value_names_its_key():
-    with pytest.raises(ConfigError, match=r"^eval\.judge\.kind: Invalid value 'gpt4', expected"):
-        compose_cfg("model=tiny-mistral", "eval.judge.kind=gpt4")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.judge.kind=gpt4", r"^eval\.judge\.kind: Invalid value 'gpt4', expected"),
+        ("eval.judge.batch_size=0", r"^eval\.judge\.batch_size=0: must be > 0$"),
+        ("eval.judge.win_prob=direct", r"^eval\.judge\.win_prob='direct': 'direct' needs PairRM"),
+    ],
+)
+def test_a_bad_eval_judge_value_names_its_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_cfg("model=tiny-mistral", override)
 
 
 def test_the_tiny_sppo_eta_is_the_toys_and_the_command_line_wins():
