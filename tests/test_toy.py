@@ -57,7 +57,7 @@ def test_the_preference_is_the_share_and_is_antisymmetric():
     assert toy.preference(one_helpful, toy.ToyAnswer("y z", 4, 5)) == 1.0  # not the longer one
 
 
-def test_the_judges_learn_from_different_pairs():
+def test_synthetic_pairs_follow_their_seed_and_eval_instructions_are_held_out():
     assert toy.preference_data("a", 50) != toy.preference_data("b", 50)
     assert toy.preference_data("a", 50) == toy.preference_data("a", 50)
     # the eval instructions are never training prompts

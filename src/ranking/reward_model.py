@@ -52,6 +52,20 @@ class RewardModelJudge:
         # the template writes the BOS itself when the model wants one
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def rewards(self, sequences: list[list[int]]) -> torch.Tensor:
+        """The reward of each encoded conversation, one right-padded forward ([B]; with grad
+        when the caller trains the model, as src/tiny/teach.py does)."""
+        width = max(len(row) for row in sequences)
+        ids = torch.full((len(sequences), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for n, row in enumerate(sequences):
+            ids[n, : len(row)] = torch.tensor(row)
+            mask[n, : len(row)] = 1
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        # ArmoRM-style models return a preference `score`; plain ones a [B, 1] logit
+        values = getattr(out, "score", None)
+        return out.logits[:, 0] if values is None else values.reshape(len(sequences))
+
     @torch.no_grad()
     def score(self, prompts: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
         sequences = [
@@ -61,19 +75,9 @@ class RewardModelJudge:
         ]
         sequences.sort(key=lambda s: len(s[1]))
         scores = [np.zeros(len(c), dtype=np.float64) for c in candidates]
-        pad = self.tokenizer.pad_token_id
         for start in range(0, len(sequences), self.batch_size):
             batch = sequences[start : start + self.batch_size]
-            width = max(len(ids) for _, ids in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for n, (_, row) in enumerate(batch):
-                ids[n, : len(row)] = torch.tensor(row)
-                mask[n, : len(row)] = 1
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-            # ArmoRM-style models return a preference `score`; plain ones a [B, 1] logit
-            values = getattr(out, "score", None)
-            values = out.logits[:, 0] if values is None else values.reshape(len(batch))
+            values = self.rewards([ids for _, ids in batch])
             for ((p, k), _), v in zip(batch, values.float().cpu().tolist(), strict=True):
                 scores[p][k] = v
         return scores

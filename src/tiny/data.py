@@ -87,7 +87,7 @@ def write_data(data_dir: Path = DATA_DIR) -> None:
     all_ids = []
     for t, generated in enumerate(training, 1):
         path = data_dir / "prompts" / f"iter{t}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
         rows = [r for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
         for text in generated:
             rows.append({"prompt_id": f"p{next_id:04d}", "prompt": text})

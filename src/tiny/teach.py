@@ -162,24 +162,17 @@ def train_pairrm(
 
 def train_reward_model(judge, seed: int, steps: int, batch_size: int, lr: float) -> dict:
     """A reward model (`judge`: src.ranking.reward_model.RewardModelJudge over the model being
-    trained) learns the toy preference by Bradley-Terry: -log sigma(r_a - r_b) weighted by
-    P(a preferred), on (prompt, answer) conversations in its own chat template."""
+    trained) learns the toy preference by Bradley-Terry: binary cross-entropy of sigma(r_a - r_b)
+    against P(a preferred), on (prompt, answer) conversations in its own chat template, scored by
+    the judge's own forward (`rewards`)."""
     model = judge.model
     rows = [
         (judge.encode(p, a), judge.encode(p, b), y)
         for p, a, b, y in toy.preference_data(seed, steps * batch_size)
     ]
-    pad = judge.tokenizer.pad_token_id
-
-    def rewards(sequences: list[list[int]]) -> torch.Tensor:
-        width = max(map(len, sequences))
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        for n, row in enumerate(sequences):
-            ids[n, : len(row)] = torch.tensor(row)
-        return model(input_ids=ids, attention_mask=(ids != pad).long()).logits[:, 0]
 
     def loss_of(batch: list) -> torch.Tensor:
-        r = rewards([a for a, _, _ in batch] + [b for _, b, _ in batch])
+        r = judge.rewards([a for a, _, _ in batch] + [b for _, b, _ in batch])
         margin = r[: len(batch)] - r[len(batch) :]
         target = torch.tensor([y for _, _, y in batch], dtype=margin.dtype)
         return torch.nn.functional.binary_cross_entropy_with_logits(margin, target)
