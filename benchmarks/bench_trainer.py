@@ -55,29 +55,34 @@ from benchmarks.common import (
 )
 
 MODELS = ("tiny-mistral", "tiny-gemma2")
-# Opt-in variants (--models): a tiny model whose LM head is widened to a real vocabulary size
-# (Mistral-7B's 32,000 rows; the tokenizer is unchanged, so the extra rows are never targets).
-# The LM head then dominates compute and memory, as in real models; the tiny models' 2,048-row
-# head does not show that.
-WIDE_MODELS = {"tiny-mistral-32k": ("tiny-mistral", 32000)}
+# Opt-in variants (--models): a tiny model whose embedding and LM head are widened to a real
+# vocabulary size (Mistral-7B's 32,000 rows, Gemma-2's 256,000; the tokenizer is unchanged, so
+# the extra rows are never targets). The LM head then dominates compute and memory, as in real
+# models; the tiny models' 2,048-row head does not show that.
+WIDE_MODELS = {
+    "tiny-mistral-32k": ("tiny-mistral", 32000),
+    "tiny-gemma2-256k": ("tiny-gemma2", 256000),
+}
 BENCH_CACHE = REPO_ROOT / ".cache" / "bench"
 
 
 def model_path(name: str) -> Path:
-    """The model folder: a tiny model (src/tiny), or a widened copy built once under
-    .cache/bench from it (seeded, so every build is the same)."""
+    """The model folder: a tiny model (src/tiny), or a widened copy made under .cache/bench
+    from it (seeded, so every build is the same) and remade when the tiny model is rebuilt."""
     from src import tiny
 
     if name not in WIDE_MODELS:
         return tiny.ensure(name, tiny.DEFAULT_CACHE_DIR)
     base_name, vocab = WIDE_MODELS[name]
+    base = tiny.ensure(base_name, tiny.DEFAULT_CACHE_DIR)
     out = BENCH_CACHE / name
-    if (out / "config.json").is_file():
+    if (out / tiny.RECORD).is_file() and (out / tiny.RECORD).read_bytes() == (
+        base / tiny.RECORD
+    ).read_bytes():
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = tiny.ensure(base_name, tiny.DEFAULT_CACHE_DIR)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.resize_token_embeddings(vocab, mean_resizing=False)
@@ -85,6 +90,8 @@ def model_path(name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    shutil.copyfile(base / tiny.RECORD, tmp / tiny.RECORD)  # which build it was widened from
+    shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
 
@@ -93,7 +100,10 @@ def base_model(name: str) -> str:
     return WIDE_MODELS[name][0] if name in WIDE_MODELS else name
 
 
-TOOLS = ("ours", "trl")
+# ours: the stage's trainer as configured by default (the streamed LM head); ours-logits: the
+# same with training.lm_head_chunk=null (the model's own head computes full logits)
+TOOLS = ("ours", "ours-logits", "trl")
+TOOL_LABELS = {"ours": "ours", "ours-logits": "ours, full logits", "trl": "TRL"}
 LOSSES = ("sppo_hard", "wpo")
 REFS = ("precompute", "online")
 
@@ -105,8 +115,6 @@ LOSS_SETTINGS = {
 }
 SHARED = {
     "per_device_batch_size": 4,  # pairs per step: 8 sequences (chosen + rejected)
-    "max_length": 256,
-    "max_prompt_length": 128,  # ours only: TRL 1.16 truncates the whole sequence (none is cut here)
     "learning_rate": 1.0e-4,
     "lr_scheduler": "constant (no warm-up)",
     "max_grad_norm": 1.0,
@@ -119,25 +127,37 @@ SHARED = {
 }
 
 
+# Sequence lengths (--lengths): the pairs' responses, in corpus words, and the length limits;
+# max_prompt_length is ours only (TRL 1.16 truncates the whole sequence; none is cut here).
+LENGTHS = {
+    "short": {"max_length": 256, "max_prompt_length": 128, "chosen": (40, 95), "rejected": (20, 95)},
+    "long": {"max_length": 1024, "max_prompt_length": 128, "chosen": (150, 300), "rejected": (150, 300)},
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Spec:
     tool: str
     model: str
     loss: str
     ref: str
+    lengths: str = "short"
 
     @property
     def name(self) -> str:
-        return f"{self.tool}/{self.model}/{self.loss}/{self.ref}"
+        suffix = "" if self.lengths == "short" else f"/{self.lengths}"
+        return f"{self.tool}/{self.model}/{self.loss}/{self.ref}{suffix}"
 
 
 # --- the pairs --------------------------------------------------------------------------------
 
 
-def make_pairs(n: int, seed: int, models: list[str], max_length: int) -> list[dict]:
-    """`n` pairs: the project's prompts, responses cut from the tiny corpus (40–95 and 20–95
-    words, ~90–250 tokens per sequence), shortened until every model's tokenizer fits the whole
-    chat-rendered sequence within `max_length`, so neither tool truncates anything."""
+def make_pairs(n: int, seed: int, models: list[str], lengths: dict) -> list[dict]:
+    """`n` pairs: the project's prompts, responses cut from the tiny corpus (`lengths`' word
+    ranges: short, 40–95 and 20–95 words, ~90–250 tokens per sequence), shortened until every
+    model's tokenizer fits the whole chat-rendered sequence within `max_length`, so neither tool
+    truncates anything."""
+    max_length = lengths["max_length"]
     from transformers import AutoTokenizer
 
     tokenizers = [AutoTokenizer.from_pretrained(model_path(m)) for m in models]
@@ -169,8 +189,8 @@ def make_pairs(n: int, seed: int, models: list[str], max_length: int) -> list[di
             {
                 "prompt_id": f"bench{i:04d}",
                 "prompt": prompt,
-                "chosen": response(prompt, 40, 95),
-                "rejected": response(prompt, 20, 95),
+                "chosen": response(prompt, *lengths["chosen"]),
+                "rejected": response(prompt, *lengths["rejected"]),
                 "chosen_probs": p_win,
                 "chosen_probs_win": p_win,
                 "chosen_probs_lose": round(1 - p_win, 3),
@@ -336,6 +356,7 @@ def build_ours(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, cl
         if spec.model in WIDE_MODELS
         else []
     )
+    lengths = LENGTHS[spec.lengths]
     batch = SHARED["per_device_batch_size"]
     n_pairs = sum(1 for line in pairs_path.read_text().splitlines() if line.strip())
     overrides = [
@@ -352,8 +373,9 @@ def build_ours(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, cl
         f"training.per_device_batch_size={batch}",
         f"training.global_batch_size={batch}",
         f"training.num_epochs={math.ceil(total_steps / (n_pairs // batch))}",
-        f"training.max_length={SHARED['max_length']}",
-        f"training.max_prompt_length={SHARED['max_prompt_length']}",
+        f"training.max_length={lengths['max_length']}",
+        f"training.max_prompt_length={lengths['max_prompt_length']}",
+        *(["training.lm_head_chunk=null"] if spec.tool == "ours-logits" else []),
         "training.gradient_checkpointing=false",
         "training.precision=float32",
         f"training.ref_logprobs={spec.ref}",
@@ -416,7 +438,7 @@ def build_trl(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, clo
         use_cpu=True,
         dataloader_num_workers=0,
         max_steps=total_steps,
-        max_length=SHARED["max_length"],
+        max_length=LENGTHS[spec.lengths]["max_length"],
         loss_type=["sigmoid" if spec.loss == "wpo" else "sppo_hard"],
         beta=settings["beta"],
         use_weighting=spec.loss == "wpo",
@@ -461,7 +483,8 @@ def build_trl(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, clo
         len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"]))
         for r in trainer.train_dataset
     ]
-    extra["sequences_over_max_length"] = sum(n > SHARED["max_length"] for n in lengths)
+    limit = LENGTHS[spec.lengths]["max_length"]
+    extra["sequences_over_max_length"] = sum(n > limit for n in lengths)
     return trainer
 
 
@@ -478,7 +501,7 @@ def run_worker(spec: Spec, pairs_path: Path, workdir: Path, warmup: int, steps: 
     clock = step_clock(warmup, total)
     extra: dict = {}
     started = time.perf_counter()
-    build = build_ours if spec.tool == "ours" else build_trl
+    build = build_trl if spec.tool == "trl" else build_ours
     trainer = build(spec, pairs_path, workdir, total, clock, extra)
     count_tokens(trainer, clock)
     setup_s = time.perf_counter() - started
@@ -553,18 +576,33 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-# (what, ours' reference mode, TRL's reference mode, metric, target); ours' default reference
-# mode is precompute (training.ref_logprobs), TRL's is online (precompute_ref_log_probs=False)
-VERSUS_TRL = [
-    ("ours/TRL throughput", "precompute", "precompute", "tokens_per_s", ">= 1.0"),
-    ("ours/TRL throughput", "online", "online", "tokens_per_s", ">= 1.0"),
-    ("ours/TRL throughput (defaults)", "precompute", "online", "tokens_per_s", ">= 1.0"),
-    ("ours/TRL peak memory", "precompute", "precompute", "peak_rss_delta_mb", "<= 1.0"),
-    ("ours/TRL peak memory", "online", "online", "peak_rss_delta_mb", "<= 1.0"),
-    ("ours/TRL steady-step memory", "precompute", "precompute", "steady_peak_delta_mb", None),
-    ("ours/TRL steady-step memory", "online", "online", "steady_peak_delta_mb", None),
-]
-PRECOMPUTE_GAIN = [("ours", ">= 1.25"), ("trl", None)]
+# (what, tool a, tool b, a's reference mode, b's reference mode, metric, target); ours' default
+# reference mode is precompute (training.ref_logprobs), TRL's is online
+# (precompute_ref_log_probs=False). A target may differ by model: the 256k-vocabulary model's
+# are what the streamed LM head is for.
+VERSUS = [
+    ("ours/TRL throughput", "ours", "trl", "precompute", "precompute", "tokens_per_s",
+     {"tiny-gemma2-256k": ">= 2.0", "*": ">= 1.0"}),
+    ("ours/TRL throughput", "ours", "trl", "online", "online", "tokens_per_s", ">= 1.0"),
+    ("ours/TRL throughput (defaults)", "ours", "trl", "precompute", "online", "tokens_per_s",
+     ">= 1.0"),
+    ("ours/TRL peak memory", "ours", "trl", "precompute", "precompute", "peak_rss_delta_mb",
+     {"tiny-gemma2-256k": "<= 0.5", "*": "<= 1.0"}),
+    ("ours/TRL peak memory", "ours", "trl", "online", "online", "peak_rss_delta_mb", "<= 1.0"),
+    ("ours/TRL steady-step memory", "ours", "trl", "precompute", "precompute",
+     "steady_peak_delta_mb", None),
+    ("ours/TRL steady-step memory", "ours", "trl", "online", "online", "steady_peak_delta_mb",
+     None),
+    ("streamed/full-logits throughput", "ours", "ours-logits", "precompute", "precompute",
+     "tokens_per_s", None),
+    ("streamed/full-logits throughput", "ours", "ours-logits", "online", "online",
+     "tokens_per_s", None),
+    ("streamed/full-logits peak memory", "ours", "ours-logits", "precompute", "precompute",
+     "peak_rss_delta_mb", {"tiny-gemma2-256k": "<= 0.35", "*": None}),
+    ("streamed/full-logits peak memory", "ours", "ours-logits", "online", "online",
+     "peak_rss_delta_mb", None),
+]  # fmt: skip
+PRECOMPUTE_GAIN = [("ours", ">= 1.25"), ("ours-logits", None), ("trl", None)]
 
 
 def ratios(summary: dict, runs: list[dict]) -> list[dict]:
@@ -590,18 +628,25 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
         }
 
     rows = []
-    models = sorted({s["spec"]["model"] for s in summary.values()})
+    cases = sorted(
+        {(s["spec"]["model"], s["spec"].get("lengths", "short")) for s in summary.values()}
+    )
     losses = sorted({s["spec"]["loss"] for s in summary.values()})
-    for model in models:
+    for model, lengths in cases:
+        label = model if lengths == "short" else f"{model} ({lengths})"
         for loss in losses:
-            for what, ours_ref, trl_ref, key, target in VERSUS_TRL:
-                a, b = Spec("ours", model, loss, ours_ref), Spec("trl", model, loss, trl_ref)
-                modes = f"{ours_ref} vs {trl_ref}"
-                rows.append(ratio(model, loss, what, modes, a, b, key, target))
+            for what, tool_a, tool_b, ref_a, ref_b, key, target in VERSUS:
+                a = Spec(tool_a, model, loss, ref_a, lengths)
+                b = Spec(tool_b, model, loss, ref_b, lengths)
+                if isinstance(target, dict):
+                    target = target.get(model, target["*"])
+                modes = f"{ref_a} vs {ref_b}"
+                rows.append(ratio(label, loss, what, modes, a, b, key, target))
             for tool, target in PRECOMPUTE_GAIN:
-                a, b = Spec(tool, model, loss, "precompute"), Spec(tool, model, loss, "online")
-                what = f"{'ours' if tool == 'ours' else 'TRL'} precompute/online throughput"
-                rows.append(ratio(model, loss, what, "", a, b, "tokens_per_s", target))
+                a = Spec(tool, model, loss, "precompute", lengths)
+                b = Spec(tool, model, loss, "online", lengths)
+                what = f"{TOOL_LABELS[tool]} precompute/online throughput"
+                rows.append(ratio(label, loss, what, "", a, b, "tokens_per_s", target))
     return [r for r in rows if r is not None]
 
 
@@ -616,7 +661,8 @@ def markdown(result: dict) -> str:
         f"commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''}",
         "",
         f"{s['pairs']} pairs, batch {s['per_device_batch_size']} pairs ({2 * s['per_device_batch_size']} "
-        f"sequences), fp32, 1 process; {s['warmup_steps']} warm-up + {s['measured_steps']} measured "
+        f"sequences), max_length {s.get('max_length', 256)}, "
+        f"fp32, 1 process; {s['warmup_steps']} warm-up + {s['measured_steps']} measured "
         f"steps; median of {s['repeats']} fresh-process repeats. Tokens = non-pad tokens of chosen + "
         "rejected. Peak Δ = peak RSS during `train()` above the RSS just before it; steady Δ = "
         "peak RSS of the steady steps above the RSS before them (heap trimmed).",
@@ -629,7 +675,7 @@ def markdown(result: dict) -> str:
         sp = r["spec"]
         pre = f"{r['precompute_s']:.2f}" if r["precompute_s"] is not None else "–"
         lines.append(
-            f"| {'ours' if sp['tool'] == 'ours' else 'TRL'} | {sp['model']} | {sp['loss']} | {sp['ref']} | "
+            f"| {TOOL_LABELS[sp['tool']]} | {sp['model']} | {sp['loss']} | {sp['ref']} | "
             f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–{r['tokens_per_s_max']:,.0f}) | "
             f"{r['step_ms']:.1f} | {r['tokens_per_step']:.0f} | {r['peak_rss_delta_mb']:.1f} | "
             f"{r['steady_peak_delta_mb']:.1f} | "
@@ -637,7 +683,7 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| model | loss | ratio | modes (ours vs TRL) | ratio of medians | per-repeat range "
+        "| model | loss | ratio | reference modes | ratio of medians | per-repeat range "
         "| target | met |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -652,7 +698,7 @@ def markdown(result: dict) -> str:
 
 def specs_for(args) -> list[Spec]:
     return [
-        Spec(tool, model, loss, ref)
+        Spec(tool, model, loss, ref, args.lengths)
         for model in args.models
         for loss in args.losses
         for tool in args.tools
@@ -688,6 +734,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--refs", nargs="+", default=list(REFS), choices=REFS)
+    parser.add_argument(
+        "--lengths", default="short", choices=LENGTHS, help="pair lengths (default short)"
+    )
     add_common_args(parser, out=REPO_ROOT / "benchmarks/results/trainer_cpu.json", timeout=600)
     args = parser.parse_args(argv)
     if args.render:
@@ -704,10 +753,12 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models:
         model_path(model)
     # checked against every tiny tokenizer, whatever --models says: the pairs never change
-    rows = make_pairs(args.pairs, SHARED["seed"], list(MODELS), SHARED["max_length"])
+    lengths = LENGTHS[args.lengths]
+    rows = make_pairs(args.pairs, SHARED["seed"], list(MODELS), lengths)
     bench_dir = BENCH_CACHE
     bench_dir.mkdir(parents=True, exist_ok=True)
-    pairs_path = bench_dir / f"pairs_{args.pairs}.jsonl"
+    suffix = "" if args.lengths == "short" else f"_{args.lengths}"
+    pairs_path = bench_dir / f"pairs_{args.pairs}{suffix}.jsonl"
     pairs_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
     def run_one(spec: Spec):
@@ -728,6 +779,10 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "settings": {
             **SHARED,
+            "lengths": args.lengths,
+            "max_length": lengths["max_length"],
+            "max_prompt_length": lengths["max_prompt_length"],
+            "response_words": {"chosen": lengths["chosen"], "rejected": lengths["rejected"]},
             "loss_settings": LOSS_SETTINGS,
             "pairs": len(rows),
             "pairs_file_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(),

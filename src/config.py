@@ -454,6 +454,10 @@ class TrainingConfig:
     max_length: int = 1024
     max_prompt_length: int = 512
     gradient_checkpointing: bool = True
+    # Response tokens per chunk of the streamed LM head (src/training/policy_logps.py): the
+    # [B, T, V] logits never exist; each chunk holds two or three chunk x vocabulary fp32
+    # buffers (512 x 256k: 0.5 GB each). null: the model's own head computes full logits.
+    lm_head_chunk: int | None = 512
     precision: Dtype = Dtype.auto
     ref_logprobs: RefLogprobs = RefLogprobs.precompute
     weight_decay: float = 0.0
@@ -481,6 +485,8 @@ class TrainingConfig:
         _positive("training.global_batch_size", self.global_batch_size)
         _positive("training.per_device_batch_size", self.per_device_batch_size)
         _positive("training.max_prompt_length", self.max_prompt_length)
+        if self.lm_head_chunk is not None:
+            _positive("training.lm_head_chunk", self.lm_head_chunk)
         _check(
             self.max_length > self.max_prompt_length,
             "training.max_length",

@@ -52,7 +52,7 @@ def test_logits_only_from_the_first_response_row_give_the_full_sequence_log_prob
     log-probs and WPO's m(y) must equal those of the whole [B, T, V] logits (Gemma-2's
     soft-capping included)."""
     from src.training.data import PairCollator, TokenisedPair, shifted_labels
-    from src.training.trainer import batch_response_logps
+    from src.training.policy_logps import batch_response_logps
 
     policy = AutoModelForCausalLM.from_pretrained(tiny_dir / model, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(0)
@@ -176,9 +176,9 @@ def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
         run(train_cfg("model=tiny-mistral", "iter=2"))
 
 
-def train_on_the_command_line(runs: Path, *overrides: str) -> Path:
-    """`python -m src.main stage=train model=tiny-mistral ...` for real; returns the stage dir."""
-    cmd = [sys.executable, "-m", "src.main", "stage=train", "model=tiny-mistral", "logger=none"]
+def train_on_the_command_line(runs: Path, *overrides: str, model: str = "tiny-mistral") -> Path:
+    """`python -m src.main stage=train model=... ...` for real; returns the stage dir."""
+    cmd = [sys.executable, "-m", "src.main", "stage=train", f"model={model}", "logger=none"]
     result = subprocess.run(
         [*cmd, f"training.pairs={FIXTURE}", *overrides],
         cwd=REPO_ROOT,
@@ -188,7 +188,7 @@ def train_on_the_command_line(runs: Path, *overrides: str) -> Path:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return next(runs.glob("tiny-mistral/*/*/iter1/train"))
+    return next(runs.glob(f"{model}/*/*/iter1/train"))
 
 
 @pytest.mark.slow
@@ -207,20 +207,30 @@ def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy", ["deepspeed", "ddp"])
-def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, strategy):
-    """2 gloo processes x 4 pairs = 1 process x 4 pairs x 2 accumulation steps: same first loss."""
-    first_losses = {}
+@pytest.mark.parametrize(
+    "strategy, model",
+    [("deepspeed", "tiny-mistral"), ("deepspeed", "tiny-gemma2"), ("ddp", "tiny-mistral")],
+)
+def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, strategy, model):
+    """2 gloo processes x 4 pairs = 1 process x 4 pairs x 2 accumulation steps: the same first
+    step — loss, log-probs and gradient norm — with the streamed LM head (under ZeRO-3 its weight
+    is partitioned; Gemma-2 ties it to the embeddings and soft-caps the logits) and with the
+    model's own full-logits head. (At step 1 the policy is the reference, so the loss alone does
+    not depend on the log-probs; the logged log-probs and the gradient norm do.)"""
+    first = {}
     for name, extra in {
         "one": [],
         "two": ["hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
+        "one-full-logits": ["training.lm_head_chunk=null"],
     }.items():
-        stage = train_on_the_command_line(tmp_path / name, f"run_name={name}", *extra)
-        first_losses[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0][
-            "loss"
-        ]
+        stage = train_on_the_command_line(
+            tmp_path / name, f"run_name={name}", "training.lm_head_chunk=16", *extra, model=model
+        )
+        first[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0]
         AutoModelForCausalLM.from_pretrained(stage / "checkpoint")  # gathered: loads whole
-    assert first_losses["two"] == pytest.approx(first_losses["one"], rel=1e-5)
+    for name in ("two", "one-full-logits"):
+        for key in ("loss", "logps/chosen", "logps/rejected", "grad_norm"):
+            assert first[name][key] == pytest.approx(first["one"][key], rel=1e-5), (name, key)
 
 
 @pytest.mark.slow

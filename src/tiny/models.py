@@ -48,7 +48,7 @@ BUILT_BY = (
     "tiny/teach.py",
     "tiny/toy.py",
     "training/data.py",  # how a policy's conversations are tokenised and collated
-    "training/trainer.py",  # and scored
+    "training/policy_logps.py",  # and scored
     "training/losses.py",
     "ranking/pairrm.py",  # how a judge's inputs are encoded
     "ranking/reward_model.py",

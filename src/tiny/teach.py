@@ -72,7 +72,7 @@ def pretrain_policy(
 ) -> dict:
     """Next-token loss on the answers of toy conversations (two answers per prompt)."""
     from src.training.data import PairCollator, PairTokenizer
-    from src.training.trainer import batch_response_logps
+    from src.training.policy_logps import batch_response_logps
 
     rows = [
         {"prompt_id": str(i), "prompt": p, "chosen": a, "rejected": b}

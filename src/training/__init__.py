@@ -190,15 +190,25 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
 
 
 def load_policy(cfg: Config, dtype: torch.dtype):
+    """The generating policy (sharded at load under ZeRO-3), its LM head streamed unless
+    training.lm_head_chunk is null — before DDP or DeepSpeed wraps it."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    from src.training.policy_logps import stream_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(
         cfg.run.init_policy,
         dtype=dtype,
         attn_implementation=cfg.model.attn_implementation,
         trust_remote_code=cfg.model.trust_remote_code,
         revision=cfg.model.revision,
     )
+    if cfg.training.lm_head_chunk is not None:
+        try:
+            stream_lm_head(model, cfg.training.lm_head_chunk)
+        except ValueError as error:
+            raise TrainingError(f"{cfg.run.init_policy}: {error}") from None
+    return model
 
 
 def file_sha256(path: Path) -> str:

@@ -7,9 +7,10 @@ log-probs; the subscript w is the chosen response, l the rejected one; ``Δ = r_
 Every loss function takes per-pair tensors of shape [B] and returns per-pair losses [B]
 (no reduction: the caller takes the mean), differentiable w.r.t. the policy log-probs.
 
-``response_logps`` turns next-token logits into those summed log-probs (and the WPO alignment
-statistic) chunk by chunk, so that no full-vocabulary fp32 copy of the logits ever exists:
-for Gemma's 256k vocabulary that copy alone is several GB per micro-batch.
+``response_logps`` turns the final hidden states and the LM head's weight (or ready-made
+logits) into those summed log-probs (and the WPO alignment statistic) chunk by chunk over the
+response tokens, so that the [B, T, V] logits never exist, forward or backward: for Gemma-2's
+256k vocabulary one copy of them is several GB per micro-batch.
 """
 
 from __future__ import annotations
@@ -124,99 +125,135 @@ def wpo_weight(align_chosen: Tensor, align_rejected: Tensor, clamp: float | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Token statistics, chunked (DESIGN §6 notation; §6.3 "compute it in chunks")
+# Token statistics, chunked: the LM head streamed over response tokens (DESIGN §6 notation;
+# §6.3 "compute it in chunks")
 # ---------------------------------------------------------------------------------------------
+
+
+def _chunk_logits(states, head, rows_b, rows_t, softcap, work_dtype):
+    """One chunk's logits in ``work_dtype``, soft-capped, as a private copy (safe to modify in
+    place), and the chunk's rows of ``states`` (the head's input, for its gradient)."""
+    x = states[rows_b, rows_t]  # advanced indexing: a copy of just these rows
+    z = x.to(work_dtype) if head is None else (x.to(head.dtype) @ head.T).to(work_dtype)
+    if softcap is not None:  # Gemma-2's final-logit soft-capping, s = c·tanh(z/c)
+        z = z.div_(softcap).tanh_().mul_(softcap)
+    return z, x
 
 
 class _ChunkedTokenLogps(torch.autograd.Function):
     """Per-token ``log p_t(y_t)`` (and WPO's ``a_t``) over the response tokens, chunk by chunk.
 
-    Forward visits only the rows with ``mask`` set (prompt and padding rows are never read, so
-    their logits and labels — -100 included — cannot matter), ``chunk_size`` rows at a time:
-    each chunk is copied to fp32, reduced to a logsumexp and a gathered logit, and dropped.
-    Saved for backward: the logits themselves (no copy), the row indices, the labels and the
-    per-row logsumexp — O(rows), not O(rows·V). Backward recomputes each chunk's softmax from
-    the saved logsumexp and writes ``g_t·(onehot(y_t) − softmax(z_t))`` into one gradient
-    tensor of the logits' dtype, which is the only full-size allocation.
+    Each chunk's logits are made from ``states`` — the final hidden states times the LM head's
+    weight ``head`` (then the model's soft-capping), or, with ``head`` None, the logits
+    themselves — reduced to a logsumexp, a gathered logit and WPO's alignment term, and
+    dropped. Only rows with ``mask`` set are visited (prompt and padding rows are never read,
+    so their values and labels — -100 included — cannot matter), ``chunk_size`` rows at a time.
+    Saved for backward: ``states`` and ``head`` themselves (no copy), the row indices, the
+    labels and the per-row logsumexp — O(rows), not O(rows·V). Backward rebuilds each chunk's
+    logits and softmax, forms ``g_t·(onehot(y_t) − softmax(s_t))`` (times the soft-capping's
+    derivative ``1 − tanh²``) and, with a head, turns it into the chunk's hidden-state gradient
+    and one ``addmm`` into the head's: no [rows, V] tensor outlives its chunk, forward or
+    backward. Matmuls run in the head's dtype, with autocast off, forward and backward alike.
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, mask, chunk_size, with_alignment):
-        bsz, seq, _ = logits.shape
-        work_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    def forward(ctx, states, head, labels, mask, softcap, chunk_size, with_alignment):
+        bsz, seq, _ = states.shape
+        vocab = states.shape[-1] if head is None else head.shape[0]
+        wide = states.dtype == torch.float64 or (head is not None and head.dtype == torch.float64)
+        work_dtype = torch.float64 if wide else torch.float32
         rows_b, rows_t = mask.nonzero(as_tuple=True)  # response tokens, row-major order
         targets = labels[rows_b, rows_t]
         n_rows = targets.numel()
-        if n_rows and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[-1]):
+        if n_rows and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
             # gather would fail (CPU) or trip a device assert (CUDA): say which contract broke
             raise ValueError(
-                "response_logps: a label under mask == 1 is outside [0, vocab_size="
-                f"{logits.shape[-1]}); ids such as -100 belong only where mask == 0"
+                f"response_logps: a label under mask == 1 is outside [0, vocab_size={vocab}); "
+                "ids such as -100 belong only where mask == 0"
             )
 
-        token_logp = torch.empty(n_rows, dtype=work_dtype, device=logits.device)
-        row_lse = torch.empty(n_rows, dtype=work_dtype, device=logits.device)
-        align = torch.empty(n_rows if with_alignment else 0, dtype=work_dtype, device=logits.device)
-        for start in range(0, n_rows, chunk_size):
-            end = min(start + chunk_size, n_rows)
-            # advanced indexing copies just this chunk; .to() upcasts it (no-op for fp32/fp64),
-            # so the in-place ops below never touch the caller's logits
-            z = logits[rows_b[start:end], rows_t[start:end]].to(work_dtype)
-            z_target = z.gather(-1, targets[start:end, None]).squeeze(-1)
-            z_max = z.amax(-1, keepdim=True)
-            e = z.sub_(z_max).exp_()  # exp(z − max) ∈ [0, 1]: one exp pass serves both sums
-            sum_e = e.sum(-1)  # ≥ 1 (the max's own term), so its log is safe
-            lse = z_max.squeeze(-1) + sum_e.log()
-            row_lse[start:end] = lse
-            token_logp[start:end] = z_target - lse
-            if with_alignment:
-                # a_t = log p(y_t) − log Σ_v p(v)², with log Σ p² = lse(2z) − 2·lse(z)
-                # = log Σ e² − 2·log Σ e: no p² is formed, so it cannot underflow to log 0
-                sum_e2 = e.square_().sum(-1)
-                align[start:end] = token_logp[start:end] - (sum_e2.log() - 2 * sum_e.log())
-            del z, e
+        device = states.device
+        token_logp = torch.empty(n_rows, dtype=work_dtype, device=device)
+        row_lse = torch.empty(n_rows, dtype=work_dtype, device=device)
+        align = torch.empty(n_rows if with_alignment else 0, dtype=work_dtype, device=device)
+        with torch.autocast(device.type, enabled=False):
+            for start in range(0, n_rows, chunk_size):
+                end = min(start + chunk_size, n_rows)
+                z, _ = _chunk_logits(
+                    states, head, rows_b[start:end], rows_t[start:end], softcap, work_dtype
+                )
+                z_target = z.gather(-1, targets[start:end, None]).squeeze(-1)
+                z_max = z.amax(-1, keepdim=True)
+                e = z.sub_(z_max).exp_()  # exp(z − max) ∈ [0, 1]: one exp pass serves both sums
+                sum_e = e.sum(-1)  # ≥ 1 (the max's own term), so its log is safe
+                lse = z_max.squeeze(-1) + sum_e.log()
+                row_lse[start:end] = lse
+                token_logp[start:end] = z_target - lse
+                if with_alignment:
+                    # a_t = log p(y_t) − log Σ_v p(v)², with log Σ p² = lse(2z) − 2·lse(z)
+                    # = log Σ e² − 2·log Σ e: no p² is formed, so it cannot underflow to log 0
+                    sum_e2 = e.square_().sum(-1)
+                    align[start:end] = token_logp[start:end] - (sum_e2.log() - 2 * sum_e.log())
+                del z, e
 
-        per_token = torch.zeros((bsz, seq), dtype=work_dtype, device=logits.device)
+        per_token = torch.zeros((bsz, seq), dtype=work_dtype, device=device)
         per_token[rows_b, rows_t] = token_logp
         per_token_align = torch.zeros(
-            (bsz, seq) if with_alignment else (0,), dtype=work_dtype, device=logits.device
+            (bsz, seq) if with_alignment else (0,), dtype=work_dtype, device=device
         )
         if with_alignment:
             per_token_align[rows_b, rows_t] = align
 
-        ctx.save_for_backward(logits, rows_b, rows_t, targets, row_lse)
-        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(states, head, rows_b, rows_t, targets, row_lse)
+        ctx.softcap, ctx.chunk_size = softcap, chunk_size
         ctx.mark_non_differentiable(per_token_align)  # the WPO weight is a constant of the loss
         return per_token, per_token_align
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_per_token, _grad_align):
-        logits, rows_b, rows_t, targets, row_lse = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+        states, head, rows_b, rows_t, targets, row_lse = ctx.saved_tensors
+        need_states, need_head = ctx.needs_input_grad[:2]
         # zeros: masked rows get exactly no gradient
-        grad_logits = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad_states = torch.zeros_like(states) if need_states else None
+        grad_head = torch.zeros_like(head) if need_head else None
+        if not (need_states or need_head):
+            return None, None, None, None, None, None, None
         grad_rows = grad_per_token[rows_b, rows_t].to(row_lse.dtype)
-        chunk_size = ctx.chunk_size
-        for start in range(0, targets.numel(), chunk_size):
-            end = min(start + chunk_size, targets.numel())
-            rb, rt = rows_b[start:end], rows_t[start:end]
-            g = grad_rows[start:end, None]
-            # d log p(y)/dz = onehot(y) − softmax(z); softmax rebuilt from the saved logsumexp,
-            # in place on the chunk's private copy
-            grad = logits[rb, rt].to(row_lse.dtype).sub_(row_lse[start:end, None]).exp_()
-            grad.mul_(-g).scatter_add_(-1, targets[start:end, None], g)
-            grad_logits[rb, rt] = grad.to(logits.dtype)
-            del grad
-        return grad_logits, None, None, None, None
+        softcap, chunk_size = ctx.softcap, ctx.chunk_size
+        with torch.autocast(states.device.type, enabled=False):
+            for start in range(0, targets.numel(), chunk_size):
+                end = min(start + chunk_size, targets.numel())
+                rb, rt = rows_b[start:end], rows_t[start:end]
+                g = grad_rows[start:end, None]
+                s, x = _chunk_logits(states, head, rb, rt, softcap, row_lse.dtype)
+                # ds/dz = 1 − tanh²(z/c) = 1 − (s/c)²: taken before s turns into the softmax
+                dcap = (s / softcap).square_().neg_().add_(1) if softcap is not None else None
+                # d log p(y)/ds = onehot(y) − softmax(s); softmax from the saved logsumexp
+                grad = s.sub_(row_lse[start:end, None]).exp_()
+                grad.mul_(-g).scatter_add_(-1, targets[start:end, None], g)
+                if dcap is not None:
+                    grad.mul_(dcap)
+                del s, dcap
+                if head is None:
+                    grad_states[rb, rt] = grad.to(states.dtype)
+                    continue
+                grad = grad.to(head.dtype)
+                if need_states:
+                    grad_states[rb, rt] = (grad @ head).to(states.dtype)
+                if need_head:
+                    grad_head.addmm_(grad.T, x.to(head.dtype))
+                del grad
+        return grad_states, grad_head, None, None, None, None, None
 
 
 def response_logps(
-    logits: Tensor,
+    states: Tensor,
     labels: Tensor,
     mask: Tensor,
     *,
+    head: Tensor | None = None,
+    softcap: float | None = None,
     with_alignment: bool = False,
     chunk_size: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
@@ -224,35 +261,49 @@ def response_logps(
     optionally, WPO's ``m(y) = mean_t a_t`` (DESIGN §6.3).
 
     Args:
-        logits: [B, T, V] next-token logits, ALREADY shifted: row t scores ``labels[:, t]``.
+        states: with ``head``, the model's final hidden states [B, T, H]; without, next-token
+            logits [B, T, V]. Either way ALREADY shifted: row t scores ``labels[:, t]``.
             Any float dtype; bf16 stays bf16 (no full fp32 copy is made).
         labels: [B, T] token ids (int64). Where ``mask == 0`` any value is allowed (e.g. -100):
             those positions are never read.
         mask: [B, T], nonzero = response token. Prompt and padding positions contribute
             nothing, to the value or to the gradient.
+        head: the LM head's weight [V, H] (no bias): the logits are made chunk by chunk and
+            never exist whole; its gradient is accumulated chunk by chunk too.
+        softcap: the model's final-logit soft-capping c (logits become ``c·tanh(z/c)``;
+            Gemma-2's ``final_logit_softcapping``); None for none.
         with_alignment: also return ``m(y)``, the mean over response tokens of
             ``a_t = log p_t(y_t) − log Σ_v p_t(v)²`` (0 for a response with no tokens).
-        chunk_size: rows (response tokens) per chunk; peak extra memory is a few
-            ``chunk_size × V`` fp32 buffers. Lower it for very large vocabularies.
+        chunk_size: rows (response tokens) per chunk; peak extra memory is two or three
+            ``chunk_size × V`` fp32 buffers.
 
     Returns:
         ``(logp_sum [B], alignment_mean [B] | None)``: ``logp_sum`` in float32 (float64 for
-        float64 logits), differentiable w.r.t. ``logits``; ``alignment_mean`` detached, same dtype.
+        float64 inputs), differentiable w.r.t. ``states`` and ``head``; ``alignment_mean``
+        detached, same dtype.
     """
-    if logits.dim() != 3:
-        raise ValueError(f"response_logps: logits must be [B, T, V], got {tuple(logits.shape)}")
-    if labels.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+    if states.dim() != 3:
+        raise ValueError(
+            f"response_logps: states must be [B, T, H or V], got {tuple(states.shape)}"
+        )
+    if labels.shape != states.shape[:2] or mask.shape != states.shape[:2]:
         raise ValueError(
             "response_logps: labels and mask must be [B, T] = "
-            f"{tuple(logits.shape[:2])}, got {tuple(labels.shape)} and {tuple(mask.shape)}"
+            f"{tuple(states.shape[:2])}, got {tuple(labels.shape)} and {tuple(mask.shape)}"
         )
-    if not logits.is_floating_point():
-        raise ValueError(f"response_logps: logits must be floating point, got {logits.dtype}")
+    if not states.is_floating_point():
+        raise ValueError(f"response_logps: states must be floating point, got {states.dtype}")
+    if head is not None and (head.dim() != 2 or head.shape[1] != states.shape[-1]):
+        raise ValueError(
+            f"response_logps: head must be [V, {states.shape[-1]}], got {tuple(head.shape)}"
+        )
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"response_logps: softcap must be > 0 or None, got {softcap!r}")
     if chunk_size < 1:
         raise ValueError(f"response_logps: chunk_size must be >= 1, got {chunk_size}")
     in_response = mask != 0
     per_token, per_token_align = _ChunkedTokenLogps.apply(
-        logits, labels.long(), in_response, int(chunk_size), bool(with_alignment)
+        states, head, labels.long(), in_response, softcap, int(chunk_size), bool(with_alignment)
     )
     logp_sum = per_token.sum(-1)
     if not with_alignment:

@@ -18,32 +18,8 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from src.artifacts import atomic_write_json
-from src.training.data import shifted_labels
-from src.training.losses import pair_metrics, preference_loss, response_logps, wpo_weight
-
-
-def batch_response_logps(model, inputs: dict[str, torch.Tensor], with_alignment: bool):
-    """`response_logps` of a collated batch (src/training/data.py: PairCollator) under `model`.
-
-    [B, T, V] logits (and their gradient) are a step's largest tensors, and the rows before the
-    batch's first response token score prompt tokens only: the model computes logits from that
-    row on (`logits_to_keep`: the last T - first positions), not for the whole sequence.
-    """
-    mask = inputs["response_mask"]
-    in_any = mask.bool().any(0).nonzero()
-    first = int(in_any[0]) if len(in_any) else mask.shape[1] - 1
-    logits = model(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        use_cache=False,
-        logits_to_keep=mask.shape[1] - first,
-    ).logits
-    return response_logps(
-        logits,
-        shifted_labels(inputs["input_ids"])[:, first:],
-        mask[:, first:],
-        with_alignment=with_alignment,
-    )
+from src.training.losses import pair_metrics, preference_loss, wpo_weight
+from src.training.policy_logps import batch_response_logps
 
 
 class ReferenceLogps:
