@@ -455,9 +455,9 @@ class TrainingConfig:
     max_prompt_length: int = 512
     gradient_checkpointing: bool = True
     # Response tokens per chunk of the streamed LM head (src/training/policy_logps.py): the
-    # [B, T, V] logits never exist; each chunk holds two or three chunk x vocabulary fp32
-    # buffers (512 x 256k: 0.5 GB each). null: the model's own head computes full logits.
-    lm_head_chunk: int | None = 512
+    # [B, T, V] logits never exist; a chunk holds about two chunk x vocabulary fp32 buffers at
+    # a time (256 x 256k: 0.26 GB each). null: the model's own head computes full logits.
+    lm_head_chunk: int | None = 256
     precision: Dtype = Dtype.auto
     ref_logprobs: RefLogprobs = RefLogprobs.precompute
     weight_decay: float = 0.0
