@@ -241,3 +241,29 @@ def test_architectures_the_stream_does_not_know_are_refused_with_the_way_out():
     )
     with pytest.raises(ValueError, match=r"not 'llama'.*training\.lm_head_chunk=null"):
         stream_lm_head(llama, 8)
+
+
+def test_bf16_weights_stream_in_bf16_and_autocast_changes_nothing(tiny_dir):
+    """bf16 (the GPU recipe): matmuls in bf16, softmax statistics in fp32, gradients in the
+    weights' dtype, values as the full bf16 logits give them (to bf16 rounding: one ulp of a
+    logit is ~0.4 %). Under autocast the head keeps its weights' precision, forward and backward."""
+    policy = load(tiny_dir, "tiny-gemma2", dtype=torch.bfloat16).eval()
+    softcap = policy.config.final_logit_softcapping
+    hidden, weight, labels, mask = head_inputs(policy, collated(policy.config.vocab_size))
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logps, _ = response_logps(h, labels, mask, head=w, softcap=softcap, chunk_size=5)
+    full, _ = full_logits_stats(hidden.float(), weight.float(), labels, mask, softcap)
+    assert logps.dtype == torch.float32
+    torch.testing.assert_close(logps, full, rtol=2e-2, atol=0)
+    grad_h, grad_w = torch.autograd.grad(logps.sum(), (h, w))
+    assert grad_h.dtype == grad_w.dtype == torch.bfloat16
+    assert torch.isfinite(grad_w.float()).all() and grad_w.abs().sum() > 0
+
+    h32, w32 = hidden.float().requires_grad_(), weight.float().requires_grad_()
+    plain, _ = response_logps(h32, labels, mask, head=w32, softcap=softcap, chunk_size=5)
+    plain_grads = torch.autograd.grad(plain.sum(), (h32, w32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast, _ = response_logps(h32, labels, mask, head=w32, softcap=softcap, chunk_size=5)
+        autocast_grads = torch.autograd.grad(autocast.sum(), (h32, w32))
+    assert torch.equal(autocast, plain)
+    assert all(map(torch.equal, autocast_grads, plain_grads))
