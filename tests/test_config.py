@@ -300,6 +300,7 @@ def test_every_config_file_says_what_it_is_and_how_to_launch_it():
             "training.max_length=100",
             r"^training\.max_length=100: must be > training\.max_prompt_length",
         ),
+        ("training.lm_head_chunk=0", r"^training\.lm_head_chunk=0: must be > 0$"),
         ("generation.seeds=[1,2]", r"^generation\.seeds=\[1, 2\]: needs one seed per sample"),
         (
             "hardware.processes_per_node=3",
