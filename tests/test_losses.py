@@ -13,7 +13,6 @@ import torch
 from src.training import losses as L
 
 DATA = Path(__file__).resolve().parent / "data" / "preference_math.json"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "preference_math.json"
 REF = json.loads(DATA.read_text())
 F64 = torch.float64
 
@@ -49,15 +48,6 @@ def random_batch(b=3, t=7, v=11, dtype=torch.float32, seed=0):
         mask[i, i + 1 : t - (b - 1 - i)] = 1
     labels[mask == 0] = -100
     return logits, labels, mask
-
-
-# --- the reference file ------------------------------------------------------------------------
-
-
-def test_reference_copy_matches_shared():
-    if not SHARED.exists():
-        pytest.skip("../shared is not beside this checkout")
-    assert json.loads(SHARED.read_text()) == REF
 
 
 # --- SPPO (DESIGN §6.2) --------------------------------------------------------------------------
