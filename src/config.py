@@ -119,7 +119,7 @@ class MethodName(Choice):
 
 
 class Loss(Choice):
-    sppo = "sppo"  # soft SPPO, DESIGN §6.2 (the reference trainer's)
+    sppo = "sppo"  # soft SPPO, docs/design.md §6.2 (the reference trainer's)
     sppo_single = "sppo_single"  # uses the pairwise P_wl instead of the two win rates
     sppo_hard = "sppo_hard"  # TRL's hard-label variant
     sigmoid = "sigmoid"  # DPO, with label smoothing
@@ -296,7 +296,7 @@ class MethodConfig:
     eta: float = 1000.0  # SPPO's eta; always 1/beta
     beta: float = 0.001
     label_smoothing: float = 0.0  # DPO sigmoid only
-    wpo_weight: bool = False  # multiply the pairwise loss by the WPO weight (DESIGN §6.3)
+    wpo_weight: bool = False  # multiply the pairwise loss by the WPO weight (docs/design.md §6.3)
     wpo_clamp: float | None = 1.0  # W = min(clamp, exp(m_w + m_l)); null: unclamped
     pair_selection: PairSelection = PairSelection.argmax_argmin
     tag: str = ""  # short hyper-parameter tag used in the default run_name

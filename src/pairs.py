@@ -1,9 +1,10 @@
-"""Stage `pairs`: one (chosen, rejected) pair per ranked prompt, the training set (DESIGN §5).
+"""Stage `pairs`: one (chosen, rejected) pair per ranked prompt, the training set
+(docs/design.md §5).
 
     python -m src.main stage=pairs model=tiny-mistral iter=1
     python -m src.main stage=pairs model=tiny-mistral method=wpo ranker=tiny-reward-model
 
-SPPO (`method.pair_selection=argmax_argmin`, DESIGN §6.1): chosen w = argmax of the scores,
+SPPO (`method.pair_selection=argmax_argmin`, docs/design.md §6.1): chosen w = argmax of the scores,
 rejected l = argmin, with chosen_probs = P_wl, chosen_probs_win = p_w, chosen_probs_lose = p_l.
 WPO (`wpo_tiebreak`, the WPO v2 recipe): chosen = highest score, ties broken by the shortest
 response; rejected = lowest score, ties broken by the length closest to the chosen one's

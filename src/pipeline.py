@@ -1,4 +1,4 @@
-"""Stage records and their fingerprints: which finished work a run may reuse (DESIGN §5).
+"""Stage records and their fingerprints: which finished work a run may reuse (docs/design.md §5).
 
 A stage's output depends on a few config keys (STAGE_INPUTS) and on the output of the stage
 before it — for `generate`, on the previous iteration's checkpoint. Its fingerprint hashes

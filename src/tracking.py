@@ -1,4 +1,4 @@
-"""Weights & Biases: one run per (lineage, iteration, stage), on rank 0 only (DESIGN §8).
+"""Weights & Biases: one run per (lineage, iteration, stage), on rank 0 only (docs/design.md §8).
 
 - group = the lineage `<model>/<method>/<run_name>`, job_type = the stage, name
   `<run_name>-iter<t>-<stage>`, tags = `logger.tags` + method + model;

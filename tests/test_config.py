@@ -180,7 +180,7 @@ def test_default_seeds_are_the_sppo_reference_choice():
     assert compose_cfg("method.K=3").sample_seeds == [0, 50, 100]
 
 
-# --- the presets carry DESIGN §6.4 -------------------------------------------------------------
+# --- the presets carry docs/design.md §6.4 -----------------------------------------------------
 
 
 def test_mistral_sppo_preset_is_the_reference_recipe():

@@ -1,5 +1,5 @@
-"""Tests of src/training/losses.py: the hand-computed numbers of DESIGN §6.2–§6.3 and the chunked
-token statistics (values, gradients, masking, memory)."""
+"""Tests of src/training/losses.py: the hand-computed numbers of docs/design.md §6.2–§6.3 and
+the chunked token statistics (values, gradients, masking, memory)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def random_batch(b=3, t=7, v=11, dtype=torch.float32, seed=0):
     return logits, labels, mask
 
 
-# --- SPPO (DESIGN §6.2) --------------------------------------------------------------------------
+# --- SPPO (docs/design.md §6.2) -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("case", REF["sppo"], ids=lambda c: c["name"])
@@ -111,7 +111,7 @@ def test_sppo_win_rate_inputs_from_reference():
     assert all(close(g, e) for g, e in zip(got.tolist(), expected, strict=True))
 
 
-# --- WPO (DESIGN §6.3) ---------------------------------------------------------------------------
+# --- WPO (docs/design.md §6.3) ------------------------------------------------------------------
 
 
 def _wpo_side(side):

@@ -2,7 +2,7 @@
 hybrid pool, shards, resume, refusal of another config's chunks, and every bad input's message.
 
 The generation output the stages read is written here by hand in the contract's format
-(DESIGN §5), so each test controls exactly what the judge sees.
+(docs/design.md §5), so each test controls exactly what the judge sees.
 """
 
 from __future__ import annotations

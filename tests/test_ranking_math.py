@@ -1,4 +1,4 @@
-"""Win probabilities, win rates and pair selection (DESIGN §6.1), and PairRM batched across
+"""Win probabilities, win rates and pair selection (docs/design.md §6.1), and PairRM batched across
 prompts against llm-blender's own `Blender.rank(..., return_scores=True)`. Offline."""
 
 from __future__ import annotations

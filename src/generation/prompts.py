@@ -4,7 +4,7 @@ A prompt source is either a local file (JSON Lines: `.jsonl` / `.json`; a `.json
 JSON array, as AlpacaEval's `alpaca_eval.json`; or `.parquet`) or a
 Hugging Face dataset id (`owner/name`, e.g. the SPPO iteration splits). Either way the result
 is the same list of `Prompt(prompt_id, prompt)` in the source's own order, so that the same
-config always sees the same prompts in the same order (DESIGN §5: rows are keyed by
+config always sees the same prompts in the same order (docs/design.md §5: rows are keyed by
 `prompt_id` from here to the trainer).
 
 Every bad input raises `PromptsError` (a `StageError`) whose one-line message says what is

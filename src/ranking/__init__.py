@@ -13,7 +13,7 @@ model; each chunk written atomically, so a re-run resumes) -> cleanup (the shard
 
 A ranked row is the generation row (its per-response lists aligned with the candidates) plus
 `sources`, `scores`, `win_matrix`, `win_rate`, `judge`, and for PairRM the raw logits
-`comparisons` (DESIGN §5, §6.1).
+`comparisons` (docs/design.md §5, §6.1).
 """
 
 from __future__ import annotations

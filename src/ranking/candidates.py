@@ -41,7 +41,7 @@ class Candidates:
 
 
 def from_generation_row(where: str, row: dict[str, Any], K: int) -> Candidates:
-    """Check one `responses*.jsonl` row (DESIGN §5) and return its candidates."""
+    """Check one `responses*.jsonl` row (docs/design.md §5) and return its candidates."""
     pid = row.get("prompt_id")
     if not isinstance(pid, str) or not pid:
         raise RankInputError(f"{where}: the row has no prompt_id (a non-empty string)")

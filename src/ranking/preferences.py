@@ -1,4 +1,4 @@
-"""From a judge's outputs to win probabilities (DESIGN §6.1), as small pure functions.
+"""From a judge's outputs to win probabilities (docs/design.md §6.1), as small pure functions.
 
 PairRM gives comparison logits C (C_ij > 0: response i beats response j); a reward model gives
 scores r directly. The SPPO reference code then computes

@@ -1,4 +1,5 @@
-"""The pairs dataset (DESIGN §5) as token ids, and the collator of the concatenated forward.
+"""The pairs dataset (docs/design.md §5) as token ids, and the collator of the concatenated
+forward.
 
 A pair is rendered as the policy saw it at generation time: the prompt through the chat template
 with `add_generation_prompt=True`, the response as the assistant turn's continuation, ending
@@ -19,7 +20,7 @@ import torch
 from src.errors import StageError
 
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
-# what the SPPO losses read (DESIGN §6.2); DPO/WPO need none of them
+# what the SPPO losses read (docs/design.md §6.2); DPO/WPO need none of them
 PROBABILITY_COLUMNS = {
     "sppo": ("chosen_probs_win", "chosen_probs_lose"),
     "sppo_single": ("chosen_probs",),

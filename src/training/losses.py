@@ -1,6 +1,7 @@
-"""Preference losses of self-play training: SPPO, DPO, IPO and the WPO weight (DESIGN §6.2–§6.3).
+"""Preference losses of self-play training: SPPO, DPO, IPO and the WPO weight
+(docs/design.md §6.2–§6.3).
 
-Pure maths on tensors; imports only torch. Notation follows DESIGN §6:
+Pure maths on tensors; imports only torch. Notation follows docs/design.md §6:
 ``r = log π_θ(y|x) − log π_ref(y|x)``, where a log-prob is the SUM of the response tokens'
 log-probs; the subscript w is the chosen response, l the rejected one; ``Δ = r_w − r_l``.
 
@@ -31,14 +32,15 @@ _SPPO_PROBS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# SPPO (DESIGN §6.2; Wu et al. 2024, "Self-Play Preference Optimization", arXiv 2405.00675)
+# SPPO (docs/design.md §6.2; Wu et al. 2024, "Self-Play Preference Optimization", arXiv 2405.00675)
 # ---------------------------------------------------------------------------------------------
 
 
 def sppo_loss(
     r_chosen: Tensor, r_rejected: Tensor, p_win: Tensor, p_lose: Tensor, eta: float
 ) -> Tensor:
-    """Soft SPPO (DESIGN §6.2): ``½[(r_w − η(p̂_w − ½))² + (r_l − η(p̂_l − ½))²]``.
+    """Soft SPPO (docs/design.md §6.2):
+    ``½[(r_w − η(p̂_w − ½))² + (r_l − η(p̂_l − ½))²]``.
 
     ``p_win``/``p_lose`` are the win rates p̂ of the chosen and rejected responses against the
     whole sample (``chosen_probs_win``/``chosen_probs_lose`` of the pairs file). The squared
@@ -51,7 +53,7 @@ def sppo_loss(
 
 
 def sppo_single_loss(r_chosen: Tensor, r_rejected: Tensor, p_chosen: Tensor, eta: float) -> Tensor:
-    """SPPO on the pair's own preference (DESIGN §6.2 ``sppo_single``).
+    """SPPO on the pair's own preference (docs/design.md §6.2 ``sppo_single``).
 
     ``½[(r_w − η(P_wl − ½))² + (r_l + η(P_wl − ½))²]`` with ``P_wl`` = P(chosen ≻ rejected)
     (``chosen_probs``): the rejected target is the mirror image, since P_lw = 1 − P_wl.
@@ -61,7 +63,7 @@ def sppo_single_loss(r_chosen: Tensor, r_rejected: Tensor, p_chosen: Tensor, eta
 
 
 def sppo_hard_loss(r_chosen: Tensor, r_rejected: Tensor, eta: float) -> Tensor:
-    """Hard-label SPPO as TRL implements it (DESIGN §6.2 ``sppo_hard``).
+    """Hard-label SPPO as TRL implements it (docs/design.md §6.2 ``sppo_hard``).
 
     ``(r_w − η/2)² + (r_l + η/2)²``: the soft loss with p̂_w = 1, p̂_l = 0, summed rather than
     halved (TRL's convention, kept so that numbers compare with TRL runs).
@@ -71,14 +73,14 @@ def sppo_hard_loss(r_chosen: Tensor, r_rejected: Tensor, eta: float) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# DPO and IPO (DESIGN §6.3)
+# DPO and IPO (docs/design.md §6.3)
 # ---------------------------------------------------------------------------------------------
 
 
 def dpo_sigmoid_loss(
     r_chosen: Tensor, r_rejected: Tensor, beta: float, label_smoothing: float = 0.0
 ) -> Tensor:
-    """DPO (Rafailov et al. 2023, eq. 7) with conservative label smoothing (DESIGN §6.3).
+    """DPO (Rafailov et al. 2023, eq. 7) with conservative label smoothing (docs/design.md §6.3).
 
     ``ℓ = −(1−ε) log σ(βΔ) − ε log σ(−βΔ)``, ``Δ = r_w − r_l``. ``logsigmoid`` keeps it finite
     for any |βΔ| (``log(sigmoid(x))`` is −inf for x ≲ −104 in fp32).
@@ -101,13 +103,13 @@ def ipo_loss(r_chosen: Tensor, r_rejected: Tensor, beta: float) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# WPO weight (DESIGN §6.3; Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference
+# WPO weight (docs/design.md §6.3; Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference
 # Optimization", arXiv 2406.11827, with the sampling-aligned normalisation)
 # ---------------------------------------------------------------------------------------------
 
 
 def wpo_weight(align_chosen: Tensor, align_rejected: Tensor, clamp: float | None = 1.0) -> Tensor:
-    """Pair weight ``W = min(clamp, exp(m(y_w) + m(y_l)))`` (DESIGN §6.3), detached.
+    """Pair weight ``W = min(clamp, exp(m(y_w) + m(y_l)))`` (docs/design.md §6.3), detached.
 
     ``align_*`` are the token means m(y) returned by ``response_logps(..., with_alignment=True)``.
     The weight is a constant of the loss (WPO differentiates only through ℓ), so it is
@@ -125,7 +127,7 @@ def wpo_weight(align_chosen: Tensor, align_rejected: Tensor, clamp: float | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Token statistics, chunked: the LM head streamed over response tokens (DESIGN §6 notation;
+# Token statistics, chunked: the LM head streamed over response tokens (docs/design.md §6 notation;
 # §6.3 "compute it in chunks")
 # ---------------------------------------------------------------------------------------------
 
@@ -257,8 +259,8 @@ def response_logps(
     with_alignment: bool = False,
     chunk_size: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
-    """Summed response log-probs ``log π(y|x) = Σ_t log p_t(y_t)`` (DESIGN §6 notation) and,
-    optionally, WPO's ``m(y) = mean_t a_t`` (DESIGN §6.3).
+    """Summed response log-probs ``log π(y|x) = Σ_t log p_t(y_t)`` (docs/design.md §6
+    notation) and, optionally, WPO's ``m(y) = mean_t a_t`` (docs/design.md §6.3).
 
     Args:
         states: with ``head``, the model's final hidden states [B, T, H]; without, next-token
@@ -314,7 +316,7 @@ def response_logps(
 
 
 # ---------------------------------------------------------------------------------------------
-# Dispatch (DESIGN §6.2–§6.3)
+# Dispatch (docs/design.md §6.2–§6.3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -348,11 +350,11 @@ def preference_loss(
     chosen_probs_lose: Tensor | None = None,
     weights: Tensor | None = None,
 ) -> PairLossOutput:
-    """Per-pair preference loss for ``loss_type`` in ``LOSS_TYPES`` (DESIGN §6.2–§6.3).
+    """Per-pair preference loss for ``loss_type`` in ``LOSS_TYPES`` (docs/design.md §6.2–§6.3).
 
-    ``eta`` is SPPO's η (None: η = 1/β, DESIGN §6.2). ``weights`` (WPO, from ``wpo_weight``)
-    multiply the per-pair losses and are treated as constants; the batch loss is the plain mean
-    of ``W·ℓ`` — no division by ΣW (DESIGN §6.3).
+    ``eta`` is SPPO's η (None: η = 1/β, docs/design.md §6.2). ``weights`` (WPO, from
+    ``wpo_weight``) multiply the per-pair losses and are treated as constants; the batch loss is
+    the plain mean of ``W·ℓ`` — no division by ΣW (docs/design.md §6.3).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(
