@@ -218,14 +218,13 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     model's own full-logits head. (At step 1 the policy is the reference, so the loss alone does
     not depend on the log-probs; the logged log-probs and the gradient norm do.)"""
     first = {}
+    streamed = "training.lm_head_chunk=16"  # several chunks per batch
     for name, extra in {
-        "one": [],
-        "two": ["hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
+        "one": [streamed],
+        "two": [streamed, "hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
         "one-full-logits": ["training.lm_head_chunk=null"],
     }.items():
-        stage = train_on_the_command_line(
-            tmp_path / name, f"run_name={name}", "training.lm_head_chunk=16", *extra, model=model
-        )
+        stage = train_on_the_command_line(tmp_path / name, f"run_name={name}", *extra, model=model)
         first[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0]
         AutoModelForCausalLM.from_pretrained(stage / "checkpoint")  # gathered: loads whole
     for name in ("two", "one-full-logits"):

@@ -88,15 +88,12 @@ class PreferenceTrainer(Trainer):
 
     # --- forward ----------------------------------------------------------------------------
 
-    def _response_logps(self, model, inputs, with_alignment: bool):
-        return batch_response_logps(model, inputs, with_alignment)
-
     def _online_reference(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._ref_prepared:
             self.ref_model = self._prepare_reference_model(self.ref_model)
             self._ref_prepared = True
         with torch.no_grad():
-            logps, _ = self._response_logps(self.ref_model, inputs, with_alignment=False)
+            logps, _ = batch_response_logps(self.ref_model, inputs, with_alignment=False)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:]
 
@@ -119,7 +116,7 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pairs = inputs["pair_index"].shape[0]
-        logps, alignment = self._response_logps(model, inputs, with_alignment=self.wpo)
+        logps, alignment = batch_response_logps(model, inputs, with_alignment=self.wpo)
         policy_chosen, policy_rejected = logps[:pairs], logps[pairs:]
         if self.reference is not None:
             ref_chosen, ref_rejected = self.reference.lookup(inputs["pair_index"], logps.device)
@@ -181,7 +178,7 @@ class PreferenceTrainer(Trainer):
         model.eval()
         with torch.no_grad():
             for batch in loader:
-                logps, _ = self._response_logps(model, batch, with_alignment=False)
+                logps, _ = batch_response_logps(model, batch, with_alignment=False)
                 half = logps.shape[0] // 2
                 rows = torch.stack(
                     [batch["pair_index"].to(logps), logps[:half], logps[half:]], dim=1
