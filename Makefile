@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
 	fi
 	$(PIP) install --quiet ".[$(EXTRAS)]"
-	$(PY) -c "import torch, transformers, deepspeed, hydra; from src.blender_compat import import_llm_blender; import_llm_blender(); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
+	$(PY) -c "import torch, transformers, deepspeed, hydra; from src.ranking.blender_compat import import_llm_blender; import_llm_blender(); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 
 install-vllm: install ## Add the vLLM generation backend (GPU machines only)

@@ -183,7 +183,7 @@ def build_large_pairrm(final: Path) -> None:
 def load_blender(options: dict):
     import transformers
 
-    from src.blender_compat import load_pairrm
+    from src.ranking.blender_compat import load_pairrm
 
     transformers.logging.set_verbosity_error()
     path = pairrm_path(options["backbone"])
@@ -266,7 +266,10 @@ def data_stats(blender, prompts: list[str], responses: list[list[str]], batch: i
 def measured_code() -> dict:
     """The code measured (every run records what it imported)."""
     return code_hashes(
-        [REPO_ROOT / "src" / "ranking" / "pairrm.py", REPO_ROOT / "src" / "blender_compat.py"]
+        [
+            REPO_ROOT / "src" / "ranking" / "pairrm.py",
+            REPO_ROOT / "src" / "ranking" / "blender_compat.py",
+        ]
         + [Path(__file__).resolve()]
     )
 
@@ -712,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
 
     summary = summarise(runs)
     versions = warn_if_code_changed(
-        runs, "src/ranking/pairrm.py, src/blender_compat.py or this script"
+        runs, "src/ranking/pairrm.py, src/ranking/blender_compat.py or this script"
     )
     result = {
         "benchmark": "PairRM ranking throughput: comparisons batched across prompts (ours) vs "

@@ -335,14 +335,14 @@ def timed(fn, into: dict, key: str):
 
 def build_ours(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, clock, extra: dict):
     """The PreferenceTrainer of `python -m src.main stage=train ...`: the project's own config
-    (Hydra compose + validation) given to `src.training.setup`, the stage's own setup step; the
+    (Hydra compose + validation) given to `src.stages.train.setup`, the stage's own setup step; the
     stage's cleanup (checkpoint save, metrics.json) is left out."""
     import math
 
     from hydra import compose, initialize_config_dir
 
     from src.config import Stage, validate
-    from src.training import setup
+    from src.stages.train import setup
 
     os.environ["SELFPLAY_RUNS"] = str(workdir / "runs")
     settings = LOSS_SETTINGS[spec.loss]

@@ -131,11 +131,6 @@ class PairSelection(Choice):
     wpo_tiebreak = "wpo_tiebreak"  # WPO v2: ties -> shortest chosen, rejected closest in length
 
 
-class ModelFamily(Choice):
-    mistral = "mistral"
-    gemma2 = "gemma2"
-
-
 class Dtype(Choice):
     auto = "auto"  # bf16 on a GPU that supports it, fp32 on CPU
     bfloat16 = "bfloat16"
@@ -258,8 +253,6 @@ class ModelConfig:
 
     name: str  # short name, used in run directories
     path: str  # hub id or local directory (tiny models: built into paths.tiny_dir on demand)
-    family: ModelFamily
-    dtype: Dtype = Dtype.auto
     # Gemma-2 trains best with eager attention (logit soft-capping); null: transformers' default
     attn_implementation: str | None = None
     trust_remote_code: bool = False

@@ -7,8 +7,6 @@ stage function(s). A bad config ends with one line on stderr naming the key, and
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
 import shutil
@@ -24,8 +22,6 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src import preemption, tracking
-from src.artifacts import atomic_write_text
 from src.config import (
     Config,
     ConfigError,
@@ -36,44 +32,29 @@ from src.config import (
     to_yaml,
     validate,
 )
-from src.errors import StageError
-from src.pipeline import state_of
+from src.core import preemption, tracking
+from src.core.artifacts import atomic_write_text
+from src.core.errors import StageError
+from src.core.records import state_of
+from src.core.registry import iteration_stages
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
-EXIT_STAGE_UNAVAILABLE = 3
-
-# Stage name -> the module whose `run(cfg: Config)` performs it, in pipeline order.
-STAGE_MODULES = {
-    Stage.generate: "src.generation",
-    Stage.rank: "src.ranking",
-    Stage.pairs: "src.pairs",
-    Stage.train: "src.training",
-    Stage.eval: "src.evaluation",
-}
-# What `stage=all` runs; eval joins after training with `eval.enabled=true`.
-PIPELINE = (Stage.generate, Stage.rank, Stage.pairs, Stage.train)
 
 
-class StageUnavailable(RuntimeError):
-    """The requested stage is not part of this version of the project."""
+def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
+    """Each stage's `run(cfg)`, from its module in src/stages/ (imported once the config is
+    valid: the stages load torch and transformers)."""
+    from src.stages import eval, generate, pairs, rank, train
 
-
-def load_stage(stage: Stage) -> Callable[[Config], object]:
-    module_name = STAGE_MODULES[stage]
-    if importlib.util.find_spec(module_name) is None:
-        path = module_name.replace(".", "/") + ".py"
-        raise StageUnavailable(
-            f"stage '{stage.value}' is not implemented in this version: {path} does not exist, "
-            "so nothing was run"
-        )
-    run = getattr(importlib.import_module(module_name), "run", None)
-    if not callable(run):
-        raise StageUnavailable(
-            f"stage '{stage.value}' is not implemented in this version: {module_name} has no "
-            "run(cfg), so nothing was run"
-        )
-    return run
+    run = {
+        Stage.generate: generate.run,
+        Stage.rank: rank.run,
+        Stage.pairs: pairs.run,
+        Stage.train: train.run,
+        Stage.eval: eval.run,
+    }
+    return {stage: run[stage] for stage in stages}
 
 
 def save_config(cfg: Config, stage: Stage, command: str) -> None:
@@ -104,11 +85,7 @@ def dispatch(
     `config_for_iter(t)` is the same configuration at iteration t (the command line's, with
     `iter=t`); without it only iteration `cfg.iter` is considered.
     """
-    if cfg.stage == Stage.all:
-        stages = [*PIPELINE, Stage.eval] if cfg.eval.enabled else list(PIPELINE)
-    else:
-        stages = [cfg.stage]
-    runners = {s: load_stage(s) for s in stages}  # every stage must exist before any work starts
+    runners = stage_runners(iteration_stages(cfg))
     ensure_tiny_models(cfg)
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
         run_earlier_iterations(cfg, runners, command, config_for_iter)
@@ -148,11 +125,16 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):
+            redo = f"`{command} pipeline.redo=[{st.stage.value}]`"
+            if st.earlier_version:
+                raise StageError(
+                    f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, "
+                    f"whose records this one cannot check; to redo it and the stages after it: {redo}"
+                )
             why = "; ".join(st.changed) or "the output of an earlier stage changed"
             raise StageError(
                 f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); "
-                f"to redo it and the stages after it: `{command} pipeline.redo=[{st.stage.value}]`"
-                ", or restore the config"
+                f"to redo it and the stages after it: {redo}, or restore the config"
             )
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
@@ -204,8 +186,6 @@ def _hydra_main(raw: DictConfig) -> None:
     preemption.install()
     try:
         dispatch(cfg, command, config_for_iter)
-    except StageUnavailable as exc:
-        _fail(f"error: {exc}", EXIT_STAGE_UNAVAILABLE)
     except preemption.Preempted as exc:
         _fail(f"preempted: {exc}", preemption.EXIT_PREEMPTED)
     except StageError as exc:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, validate
-from src.errors import StageError
+from src.core.errors import StageError
+from src.core.registry import STAGES, iteration_stages, shard_section
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
 WARNING_SIGNAL_S = 300  # seconds before the time limit at which the job requeues itself
@@ -71,26 +72,15 @@ def resource_lines(cfg: Config, gpus: int) -> str:
 def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None) -> Job:
     s, hw = cfg.hardware.slurm, cfg.hardware
     name = f"{cfg.run_name}-it{cfg.iter}-{stage.value}"
+    spec = STAGES[stage]
     on_gpu = hw.device == Device.cuda
-    # unset shard counts: one shard per GPU of the training allocation, one on CPU
-    per_gpu = hw.world_size if on_gpu else 1
-    shards = {Stage.generate: cfg.generation.num_shards, Stage.rank: cfg.ranker.num_shards}
-    array = (shards[stage] or per_gpu) if stage in shards else None
-    gpus = (
-        {
-            Stage.generate: cfg.generation.tensor_parallel_size,
-            Stage.rank: 1,
-            Stage.pairs: 0,
-            Stage.train: hw.processes_per_node,
-            Stage.eval: cfg.generation.tensor_parallel_size,
-        }[stage]
-        if on_gpu
-        else 0
-    )
+    gpus = spec.gpus(cfg) if on_gpu else 0
     args = [*overrides, f"stage={stage.value}", f"iter={cfg.iter}"]
-    if stage in shards:  # the shard comes from SLURM_ARRAY_TASK_ID, the count from here
-        section = "generation" if stage == Stage.generate else "ranker"
-        args.append(f"{section}.num_shards={array}")
+    array = None
+    if spec.sharded_by:  # the shard comes from SLURM_ARRAY_TASK_ID, the count from here
+        # unset shard counts: one shard per GPU of the training allocation, one on CPU
+        array = shard_section(cfg, stage).num_shards or (hw.world_size if on_gpu else 1)
+        args.append(f"{spec.sharded_by}.num_shards={array}")
     log_dir = Path(cfg.run.dir) / "slurm" / "logs"
     values = {
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
@@ -121,13 +111,15 @@ def chain(configs: list[Config], overrides: list[str]) -> list[Job]:
     `eval.enabled`, iteration t's eval waits for its training, off the chain's critical path
     (iteration t+1 does not wait for it)."""
     jobs: list[Job] = []
-    after = None
+    previous_policy = None  # the job that trains the iteration's policy pi_{t-1}
     for cfg in configs:
-        for stage in (Stage.generate, Stage.rank, Stage.pairs, Stage.train):
+        names: dict[Stage, str] = {}
+        for stage in iteration_stages(cfg):
+            consumes = STAGES[stage].consumes
+            after = names[consumes] if consumes else previous_policy
             jobs.append(stage_job(cfg, stage, overrides, after))
-            after = jobs[-1].name
-        if cfg.eval.enabled:
-            jobs.append(stage_job(cfg, Stage.eval, overrides, after))
+            names[stage] = jobs[-1].name
+        previous_policy = names[Stage.train]
     return jobs
 
 

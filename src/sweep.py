@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from src.artifacts import atomic_write_text
 from src.config import REPO_ROOT, Config, ConfigError, Device
-from src.errors import StageError
+from src.core.artifacts import atomic_write_text
+from src.core.errors import StageError
 from src.slurm import WARNING_SIGNAL_S, SubmitError, compose, fill, resource_lines
 
 

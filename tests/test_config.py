@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.config import REPO_ROOT, ConfigError, Stage, previous_policy, validate
+from src.config import REPO_ROOT, ConfigError, previous_policy, validate
 from tests.helpers import CONF, compose_cfg, compose_raw
 
 
@@ -407,10 +407,3 @@ def test_cfg_job_prints_the_resolved_iteration_three_config(tmp_path):
     assert printed.data.prompts == "UCLA-AGI/data-mistral-7b-instruct-sppo-iter3"
     assert printed.run.init_policy.endswith("/iter2/train/checkpoint")
     assert "${" not in result.stdout, "interpolations left unresolved"
-
-
-def test_main_stage_set_matches_the_stage_enum():
-    from src.main import PIPELINE, STAGE_MODULES
-
-    assert set(STAGE_MODULES) == set(Stage) - {Stage.all}
-    assert list(PIPELINE) == [Stage.generate, Stage.rank, Stage.pairs, Stage.train]

@@ -174,11 +174,11 @@ def test_bad_input_is_one_line_and_writes_no_evaluation(tmp_path, evaluated):
 
 
 def test_an_unset_eval_set_is_refused_with_where_to_get_one():
-    from src import evaluation
     from src.evaluation.answers import EvalError
+    from src.stages import eval as eval_stage
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg("stage=eval", "iter=2", "logger=none")  # the SPPO recipe: no eval set
     with pytest.raises(EvalError, match=r"data\.eval_prompts is not set: .*alpaca_eval\.json"):
-        evaluation.run(cfg)
+        eval_stage.run(cfg)
     assert not cfg.stage_dir("eval").exists()

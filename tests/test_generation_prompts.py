@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from src.errors import StageError
+from src.core.chunks import resolve_shard, take_shard
+from src.core.errors import StageError
 from src.generation import prompts as P
 from src.generation.prompts import (
     Prompt,
@@ -13,7 +14,6 @@ from src.generation.prompts import (
     derive_prompt_id,
     load_prompts,
 )
-from src.shards import resolve_shard, take_shard
 
 ITER1 = Path(__file__).resolve().parents[1] / "data" / "prompts" / "iter1.jsonl"
 

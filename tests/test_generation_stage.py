@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
-from src.errors import StageError
-from src.generation import run
+from src.core.errors import StageError
+from src.stages.generate import run
 from tests.helpers import compose_cfg
 
 ITER1 = REPO_ROOT / "data" / "prompts" / "iter1.jsonl"

@@ -1,8 +1,8 @@
-"""The dispatcher: validates first, says plainly when a stage is missing, saves the config, runs."""
+"""The dispatcher: validates first, saves the config, runs the stages in the registry's order."""
 
 from __future__ import annotations
 
-import textwrap
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,9 @@ from omegaconf import OmegaConf
 
 import src.main as main
 from src.config import Config, Stage, to_yaml
+from src.core.errors import StageError
+from src.core.records import as_tree
+from src.core.registry import STAGES
 from tests.helpers import compose_cfg
 
 
@@ -19,32 +22,22 @@ def runs_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def recording_stage(tmp_path, monkeypatch):
-    """A real stage module on disk (the plug-in point later issues fill) that records its calls."""
-    (tmp_path / "recording_stage.py").write_text(
-        textwrap.dedent(
-            """
-            CALLS = []
+def recorded(monkeypatch):
+    """Every stage replaced by one that records (stage, cfg): what dispatch runs, in order."""
+    calls = []
 
-            def run(cfg):
-                CALLS.append(cfg)
-            """
-        )
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib
+    def runners(stages):
+        return {s: (lambda cfg, s=s: calls.append((s, cfg))) for s in stages}
 
-    module = importlib.import_module("recording_stage")
-    module.CALLS.clear()
-    return module
+    monkeypatch.setattr(main, "stage_runners", runners)
+    return calls
 
 
-def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recording_stage, monkeypatch):
-    monkeypatch.setitem(main.STAGE_MODULES, Stage.rank, "recording_stage")
+def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
     cfg = compose_cfg("stage=rank", "iter=2", "logger=none")
     main.dispatch(cfg, "python -m src.main stage=rank iter=2 logger=none")
 
-    assert len(recording_stage.CALLS) == 1 and isinstance(recording_stage.CALLS[0], Config)
+    assert [s for s, _ in recorded] == [Stage.rank] and isinstance(recorded[0][1], Config)
     saved = cfg.stage_dir(Stage.rank) / "config.yaml"
     text = saved.read_text()
     assert text.splitlines()[0] == "# python -m src.main stage=rank iter=2 logger=none"
@@ -53,34 +46,59 @@ def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recording_stage,
     assert list(saved.parent.iterdir()) == [saved], "no temporary files left behind"
 
 
-def test_stage_all_runs_the_pipeline_in_order(recording_stage, monkeypatch):
-    order = []
-    for stage in main.PIPELINE:
-        monkeypatch.setitem(main.STAGE_MODULES, stage, "recording_stage")
-    monkeypatch.setattr(recording_stage, "run", lambda cfg: order.append(len(order)))
-    cfg = compose_cfg("stage=all", "logger=none")
+@pytest.mark.parametrize(
+    ("evaluate", "stages"),
+    [
+        ("false", [Stage.generate, Stage.rank, Stage.pairs, Stage.train]),
+        ("true", [Stage.generate, Stage.rank, Stage.pairs, Stage.train, Stage.eval]),
+    ],
+)
+def test_stage_all_runs_the_pipeline_in_order(recorded, evaluate, stages):
+    cfg = compose_cfg("stage=all", "logger=none", f"eval.enabled={evaluate}")
     main.dispatch(cfg, "python -m src.main")
-    assert order == [0, 1, 2, 3]
-    assert all((cfg.stage_dir(s) / "config.yaml").is_file() for s in main.PIPELINE)
+    assert [s for s, _ in recorded] == stages
+    assert all((cfg.stage_dir(s) / "config.yaml").is_file() for s in stages)
 
 
-def test_a_missing_stage_is_reported_before_any_work(recording_stage, monkeypatch):
-    for stage in main.PIPELINE:
-        monkeypatch.setitem(main.STAGE_MODULES, stage, "recording_stage")
-    monkeypatch.setitem(main.STAGE_MODULES, Stage.train, "src.no_such_stage_module")
-    cfg = compose_cfg("stage=all", "logger=none")
+def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorded):
+    cfg = compose_cfg("stage=pairs", "logger=none")
+    stage_dir = cfg.stage_dir(Stage.pairs)
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "done.json").write_text(json.dumps({"fingerprint": "of-an-earlier-version"}))
+    command = "python -m src.main stage=pairs logger=none"
     with pytest.raises(
-        main.StageUnavailable,
-        match=r"stage 'train' is not implemented .*src/no_such_stage_module\.py",
+        StageError,
+        match=r"recorded by an earlier version of selfplay-lab, .*; to redo it .*"
+        r"`python -m src\.main stage=pairs logger=none pipeline\.redo=\[pairs\]`",
     ):
-        main.dispatch(cfg, "python -m src.main")
-    assert recording_stage.CALLS == [], "no stage may run when a later one is missing"
-    assert not Path(cfg.run.dir).exists(), "nothing is written for a run that cannot start"
+        main.dispatch(cfg, command)
+    assert recorded == [], "nothing runs over a record it cannot read"
 
 
-def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recording_stage):
+def test_every_stage_input_is_a_config_key():
+    """A misspelt key in a StageSpec's inputs would hash as null and never change: every one
+    names a key of the composed config (eval.judge's keys: with a judge chosen, as model=tiny-* does)."""
+    tree = as_tree(compose_cfg("model=tiny-mistral"))
+    for spec in STAGES.values():
+        for key in spec.inputs:
+            node = tree
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{spec.stage.value}: {key}"
+                node = node[part]
+
+
+def test_every_stage_has_its_run_function():
+    """The registry declares every stage, and main finds the run function of each in
+    src/stages/ (the real modules, imported)."""
+    declared = [s for s in Stage if s != Stage.all]
+    assert list(STAGES) == declared
+    runners = main.stage_runners(declared)
+    for stage, run in runners.items():
+        assert callable(run) and run.__module__ == f"src.stages.{stage.value}"
+
+
+def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded):
     monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
-    monkeypatch.setitem(main.STAGE_MODULES, Stage.generate, "recording_stage")
     cfg = compose_cfg("model=tiny-gemma2", "stage=generate")
     assert Path(cfg.model.path) == tmp_path / "tiny" / "tiny-gemma2"
     main.dispatch(cfg, "python -m src.main model=tiny-gemma2 stage=generate")

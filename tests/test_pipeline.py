@@ -158,8 +158,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_path, monkeypatch):
-    from src import tracking
     from src.config import Stage
+    from src.core import tracking
     from tests.helpers import compose_cfg
 
     result = cli(tmp_path, "iter=1", "logger=wandb", "logger.mode=offline", "eval.enabled=true")
@@ -212,9 +212,9 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
 
 
 def test_online_wandb_without_an_api_key_is_one_clear_line(tmp_path, monkeypatch):
-    from src import tracking
     from src.config import Stage
-    from src.errors import StageError
+    from src.core import tracking
+    from src.core.errors import StageError
     from tests.helpers import compose_cfg
 
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
@@ -289,7 +289,7 @@ def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resume
 
 def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
     from src.config import Stage
-    from src.pipeline import stage_fingerprint
+    from src.core.records import stage_fingerprint
     from tests.helpers import compose_cfg
 
     a = compose_cfg("model=tiny-mistral")

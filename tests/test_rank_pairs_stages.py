@@ -17,12 +17,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import src.pairs as pairs_stage
-import src.ranking as rank_stage
-from src.artifacts import atomic_write_text, read_jsonl, write_completion_record
-from src.blender_compat import PairRMLoadError, load_pairrm
+import src.stages.pairs as pairs_stage
+import src.stages.rank as rank_stage
 from src.config import REPO_ROOT, ConfigError
-from src.errors import StageError
+from src.core.artifacts import atomic_write_text, read_jsonl
+from src.core.contracts import PairRow, RankedRow
+from src.core.errors import StageError
+from src.core.records import write_record
+from src.ranking.blender_compat import PairRMLoadError, load_pairrm
+from src.ranking.judge import policy_chat_template
 from src.ranking.preferences import all_tied
 from tests.helpers import compose_cfg
 
@@ -65,7 +68,7 @@ def write_generation(cfg, rows: list[dict], shards: int = 1, finished: bool = Tr
             "".join(json.dumps(r) + "\n" for r in mine),
         )
     if finished:
-        write_completion_record(stage, "test", {"shards": shards}, {})
+        write_record(stage, "test", {"shards": shards}, {})
 
 
 def ranked(cfg) -> list[dict]:
@@ -92,6 +95,9 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
     out = ranked(cfg)
     assert [r["prompt_id"] for r in out] == [r["prompt_id"] for r in rows]
     for r, g in zip(out, rows, strict=True):
+        assert set(r) == set(RankedRow.__annotations__), (
+            "a PairRM row has every key of the contract"
+        )
         assert {k: r[k] for k in g} == g, "the generation row is kept as it was"
         assert r["sources"] == ["policy"] * 3 and r["judge"] == "tiny-pairrm"
         P, p = np.array(r["win_matrix"]), np.array(r["win_rate"])
@@ -101,7 +107,7 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
         np.testing.assert_allclose(r["scores"], (C - C.T).mean(-1), atol=1e-12)
 
     # the scores are llm-blender's own, for the prompt as pi_{t-1}'s chat template renders it
-    render = rank_stage.policy_chat_template(cfg)
+    render = policy_chat_template(cfg)
     assert render("hi").startswith("<s>[INST] hi [/INST]")
     blender = load_pairrm(str(tiny_dir / "tiny-pairrm"))
     reference = blender.rank(
@@ -116,6 +122,9 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
     pairs_counts = pairs_stage.run(cfg)
     pairs = pairs_of(cfg)
     assert pairs_counts["pairs"] == len(pairs) == 4
+    assert all(list(pair) == list(PairRow.__annotations__) for pair in pairs), (
+        "the contract's columns"
+    )
     assert [p["prompt_id"] for p in pairs] == sorted(p["prompt_id"] for p in pairs)
     by_id = {r["prompt_id"]: r for r in out}
     for pair in pairs:

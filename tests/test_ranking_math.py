@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.blender_compat import load_pairrm
 from src.config import PairSelection
-from src.pairs import pair_of, select_pair
+from src.ranking.blender_compat import load_pairrm
 from src.ranking.pairrm import PairRMJudge
 from src.ranking.preferences import (
     TIE_ATOL,
@@ -21,6 +20,7 @@ from src.ranking.preferences import (
     win_matrix,
     win_rates,
 )
+from src.stages.pairs import pair_of, select_pair
 
 REF = json.loads((Path(__file__).parent / "data" / "preference_math.json").read_text())
 CORPUS = (Path(__file__).resolve().parents[1] / "data" / "tiny" / "corpus.txt").read_text()

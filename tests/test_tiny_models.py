@@ -1,5 +1,5 @@
 """The tiny offline models: real classes, the real chat templates, reproducible builds, and a
-PairRM that llm-blender loads and ranks with (through src.blender_compat)."""
+PairRM that llm-blender loads and ranks with (through src.ranking.blender_compat)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from src import blender_compat, tiny
+from src import tiny
+from src.ranking import blender_compat
 
 LMS = {"tiny-mistral": "MistralForCausalLM", "tiny-gemma2": "Gemma2ForCausalLM"}
 USER_HI = [{"role": "user", "content": "hi"}]

@@ -12,7 +12,7 @@ from statistics import mean
 import pytest
 
 from src.config import REPO_ROOT
-from src.ranking import Judge
+from src.ranking.judge import Judge
 from src.tiny import data, toy
 from tests.helpers import compose_cfg
 
@@ -164,7 +164,7 @@ def test_pairrm_learns_from_the_encodings_the_rank_stage_makes(tiny_dir):
     policy's template, and the longest answers encode as under PairRM's 1224 / 412."""
     import torch
 
-    from src.blender_compat import load_pairrm
+    from src.ranking.blender_compat import load_pairrm
     from src.ranking.pairrm import PairRMJudge
     from src.tiny import architectures, models
 

@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.config import REPO_ROOT
-from src.errors import StageError
-from src.training import run
+from src.core.errors import StageError
+from src.stages.train import run
 from src.training.data import PairsError
 from tests.helpers import compose_cfg
 
@@ -263,7 +263,7 @@ def test_the_trainers_wandb_run_holds_the_preference_metrics(tmp_path):
 
 
 def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
-    from src.training import last_complete_checkpoint
+    from src.stages.train import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path) is None
     for step, whole in ((1, True), (2, True), (10, True), (11, False)):

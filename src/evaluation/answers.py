@@ -20,14 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Config, LongPrompts
-from src.errors import StageError
+from src.core.chunks import ChunkCounts, Shard, claim, finished_rows, process_shard
+from src.core.contracts import AnswerRow
+from src.core.errors import StageError
 from src.generation.prompts import Prompt
-from src.shards import Shard, claim, finish_shard, finished_rows, run_chunks
+from src.generation.sampling import RenderedPrompt, load_model, make_generator, render, sample_chunk
 
 
 class EvalError(StageError):
@@ -44,13 +45,18 @@ class Answerer:
 
 
 @dataclass
-class AnswerCounts:
+class AnswerCounts(ChunkCounts):
     answered: int = 0
     skipped_too_long: int = 0
     truncated: int = 0
-    reused: int = 0
     tokens: int = 0
-    seconds: float = 0.0
+
+    def add(self, rows: list[AnswerRow]) -> None:
+        self.answered += len(rows)
+        self.tokens += sum(r["num_tokens"] for r in rows)
+
+    def rate(self, elapsed: float) -> str:
+        return f"{self.answered} answers, {self.tokens / elapsed:.0f} tokens/s"
 
 
 def eval_generation(cfg: Config):
@@ -86,9 +92,8 @@ def cache_dir(cfg: Config, key: str) -> Path:
     return Path(cfg.paths.root) / "eval_answers" / cfg.model.name / key[:16]
 
 
-def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str, dict]:
-    """prompt_id -> {prompt_id, instruction, output, finish_reason, num_tokens} for every
-    instruction the model answered (an over-long one is left out, and said so)."""
+def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str, AnswerRow]:
+    """prompt_id -> its answer for every instruction the model answered (an over-long one is left out, and said so)."""
     key = identity(cfg, who, instructions)
     where = cache_dir(cfg, key)
     shard = Shard(where, "answers", 0, 1)
@@ -104,8 +109,6 @@ def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str,
 
 
 def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shard, key: str):
-    from src.generation import load_model, make_generator, render, sample_chunk
-
     g = eval_generation(cfg)
     counts = AnswerCounts()
     claim(shard.work, key, EvalError, "answers of another model or decoding")
@@ -119,32 +122,20 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             file=sys.stderr,
         )
     generator = make_generator(cfg, g, who.path, model, tokenizer, eos_ids)
-    started = time.time()
 
-    def answer_chunk(chunk) -> list[dict]:
+    def answer_chunk(chunk: list[RenderedPrompt]) -> list[AnswerRow]:
         samples = sample_chunk(generator, chunk, [cfg.eval.seed], g.batch_size)
         return [
-            {
-                "prompt_id": p.prompt_id,
-                "instruction": p.prompt,
-                "output": s.text,
-                "finish_reason": s.finish_reason,
-                "num_tokens": s.num_tokens,
-            }
+            AnswerRow(
+                prompt_id=p.prompt_id,
+                instruction=p.prompt,
+                output=s.text,
+                finish_reason=s.finish_reason,
+                num_tokens=s.num_tokens,
+            )
             for p, (s,) in zip(chunk, samples, strict=True)
         ]
 
-    def progress(c: int, num_chunks: int, rows: list[dict]) -> None:
-        counts.answered += len(rows)
-        counts.tokens += sum(r["num_tokens"] for r in rows)
-        elapsed = time.time() - started
-        print(
-            f"[eval] {who.label}: chunk {c + 1}/{num_chunks}, {counts.answered} answers, "
-            f"{counts.tokens / elapsed:.0f} tokens/s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    tally = run_chunks(shard, rendered, g.chunk_size, answer_chunk, progress)
-    counts.reused, counts.seconds = tally.reused, time.time() - started
-    finish_shard(shard, tally.chunks, asdict(counts), key)
+    process_shard(
+        shard, rendered, g.chunk_size, answer_chunk, counts, key, label=f"eval {who.label}"
+    )

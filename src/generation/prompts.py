@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.artifacts import read_jsonl
-from src.errors import StageError
+from src.core.artifacts import read_jsonl
+from src.core.errors import StageError
 
 # Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
 # hub id, so a typo in a file name says "not found" instead of trying the network.

@@ -8,14 +8,12 @@ share its prefill. Tensor parallelism spans `generation.tensor_parallel_size` GP
 from __future__ import annotations
 
 from src.config import GenerationConfig
-from src.errors import StageError
+from src.core.errors import StageError
 from src.generation.hf_backend import Sample, sample_seed
 
 
 class VLLMGenerator:
-    def __init__(
-        self, g: GenerationConfig, path: str, trust_remote_code: bool, eos_ids: list[int]
-    ):
+    def __init__(self, g: GenerationConfig, path: str, trust_remote_code: bool, eos_ids: list[int]):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:

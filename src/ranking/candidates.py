@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from src.artifacts import read_jsonl
-from src.errors import StageError
+from src.core.artifacts import read_jsonl
+from src.core.errors import StageError
 
 POLICY, EXTERNAL = "policy", "external"
 ALIGNED = ("responses", "sources", "finish_reasons", "num_tokens", "seeds")

@@ -103,7 +103,7 @@ def load_pairrm_judge(
     batch_size: int,
     device: str = "cpu",
 ) -> PairRMJudge:
-    from src.blender_compat import load_pairrm
+    from src.ranking.blender_compat import load_pairrm
 
     started = time.time()
     blender = load_pairrm(model, device=device)

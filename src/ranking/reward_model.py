@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from src.errors import StageError
+from src.core.errors import StageError
 
 
 class RewardModelError(StageError):

@@ -292,7 +292,7 @@ def pairrm(
     """
     from transformers import DebertaV2Config, DebertaV2Model
 
-    from src.blender_compat import import_llm_blender
+    from src.ranking.blender_compat import import_llm_blender
 
     llm_blender = import_llm_blender()
     from llm_blender.blender.blender_utils import load_ranker

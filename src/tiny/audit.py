@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from src.artifacts import read_jsonl
+from src.core.artifacts import read_jsonl
 from src.tiny.toy import helpful_share, well_formed
 
 TINY_MODELS = ("tiny-mistral", "tiny-gemma2")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from src.errors import StageError
+from src.core.errors import StageError
 
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
 # what the SPPO losses read (docs/design.md §6.2); DPO/WPO need none of them

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from src.artifacts import atomic_write_json
+from src.core.artifacts import atomic_write_json
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
 from src.training.policy_logps import batch_response_logps
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.config import Config
-from src.errors import StageError
+from src.core.errors import StageError
 
 
 def require_previous_policy(cfg: Config) -> str:

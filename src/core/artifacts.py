@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from src.errors import StageError
+from src.core.errors import StageError
 
 
 @contextmanager
@@ -45,33 +44,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_completion_record(
-    stage_dir: str | os.PathLike[str], fingerprint: str, counts: dict, timings: dict
-) -> Path:
-    """`done.json`, written atomically and LAST: the only mark that a stage finished.
-
-    A stage whose record exists with the same config fingerprint can be skipped; without one,
-    whatever else is in the directory is a leftover to redo, never to trust.
-    """
-    from importlib.metadata import version
-
-    packages = ("torch", "transformers", "accelerate", "deepspeed", "datasets", "llm-blender")
-    versions = {}
-    for name in packages:
-        try:
-            versions[name] = version(name)
-        except Exception:  # not installed (e.g. an optional extra): record its absence
-            versions[name] = None
-    record = {
-        "fingerprint": fingerprint,
-        "counts": counts,
-        "timings": timings,
-        "versions": versions,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 
 def read_jsonl(

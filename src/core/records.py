@@ -1,7 +1,7 @@
 """Stage records and their fingerprints: which finished work a run may reuse (docs/design.md §5).
 
-A stage's output depends on a few config keys (STAGE_INPUTS) and on the output of the stage
-before it — for `generate`, on the previous iteration's checkpoint. Its fingerprint hashes
+A stage's output depends on a few config keys (its `inputs` in src/core/registry.py) and on the
+output of the stage it consumes — for `generate`, on the previous iteration's checkpoint. Its fingerprint hashes
 both, chaining back to iteration 1, so a change anywhere upstream changes every fingerprint
 after it. A stage's `done.json` stores the fingerprint it was made under:
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,69 +24,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from src.config import Config, Stage
+from src.core.artifacts import atomic_write_json
+from src.core.registry import STAGES, shard_section
 
-# The order in which the stages of an iteration consume each other's output.
-ORDER = (Stage.generate, Stage.rank, Stage.pairs, Stage.train, Stage.eval)
-
-# What each stage's output depends on (beyond the stage before it). Not listed on purpose:
-# where and how fast the work runs (hardware, batch sizes, shards, chunk sizes), the logger,
-# and names (run_name, ranker.name) — none of them changes the result.
-# What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
-# the eval stage's is `eval.judge` (or `ranker`, when it is null).
-JUDGE_INPUTS = (
-    "kind",
-    "model",
-    "source_max_length",
-    "candidate_max_length",
-    "prompt_format",
-    "win_prob",
-)
-STAGE_INPUTS: dict[Stage, tuple[str, ...]] = {
-    Stage.generate: (
-        "iter",
-        "run.init_policy",
-        "model.path",
-        "model.revision",
-        "data.prompts",
-        "data.split",
-        "data.prompt_column",
-        "data.id_column",
-        "data.max_prompts",
-        "method.K",
-        "generation.backend",
-        "generation.temperature",
-        "generation.top_p",
-        "generation.max_new_tokens",
-        "generation.seeds",
-        "generation.max_prompt_length",
-        "generation.long_prompts",
-    ),
-    Stage.rank: (
-        *(f"ranker.{key}" for key in JUDGE_INPUTS),
-        "ranker.self_term",
-        "ranker.empty_responses",
-        "data.external_responses",
-    ),
-    Stage.pairs: ("method.pair_selection", "ranker.ties"),
-    Stage.train: ("method", "training", "model.dtype", "model.attn_implementation"),
-    Stage.eval: (
-        "data.eval_prompts",
-        "data.eval_split",
-        "eval.reference",
-        "eval.reference_outputs",
-        "eval.temperature",
-        "eval.top_p",
-        "eval.max_new_tokens",
-        "eval.seed",
-        "eval.max_prompt_length",
-        "eval.outcome",
-        "eval.bootstrap",
-        "eval.confidence",
-        "generation.backend",
-        *(f"ranker.{key}" for key in JUDGE_INPUTS),
-        *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
-    ),
-}
+# Bumped when what a fingerprint hashes changes: a record of another format was made by another
+# version of this project, and is refused with that reason rather than as a config change.
+RECORD_FORMAT = 2
 
 
 def as_tree(cfg: Config) -> dict[str, Any]:
@@ -100,7 +45,7 @@ def lookup(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def stage_inputs(tree: dict[str, Any], stage: Stage) -> dict[str, Any]:
-    return {key: lookup(tree, key) for key in STAGE_INPUTS[stage]}
+    return {key: lookup(tree, key) for key in STAGES[stage].inputs}
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:
@@ -113,13 +58,39 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def write_record(
+    stage_dir: str | os.PathLike[str], fingerprint: str, counts: dict, timings: dict
+) -> Path:
+    """`done.json`, written atomically and LAST: the only mark that a stage finished.
+
+    A stage whose record exists with the same config fingerprint can be skipped; without one,
+    whatever else is in the directory is a leftover to redo, never to trust.
+    """
+    from importlib.metadata import version
+
+    packages = ("torch", "transformers", "accelerate", "deepspeed", "datasets", "llm-blender")
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = version(name)
+        except Exception:  # not installed (e.g. an optional extra): record its absence
+            versions[name] = None
+    record = {
+        "format": RECORD_FORMAT,
+        "fingerprint": fingerprint,
+        "counts": counts,
+        "timings": timings,
+        "versions": versions,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return atomic_write_json(Path(stage_dir) / "done.json", record)
+
+
 def stage_fingerprint(cfg: Config, stage: Stage) -> str:
     """sha256 of the stage's inputs and of the fingerprint of what it consumes."""
-    position = ORDER.index(stage)
-    if stage == Stage.eval:
-        upstream: str | None = stage_fingerprint(cfg, Stage.train)
-    elif position > 0:
-        upstream = stage_fingerprint(cfg, ORDER[position - 1])
+    consumes = STAGES[stage].consumes
+    if consumes is not None:
+        upstream: str | None = stage_fingerprint(cfg, consumes)
     elif cfg.iter > 1:  # the previous iteration's checkpoint, as recorded when it was trained
         record = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")
         upstream = record["fingerprint"] if record else "unfinished"
@@ -138,6 +109,7 @@ class StageState:
     stage: Stage
     status: str  # "done" | "stale" | "todo"
     changed: list[str] = field(default_factory=list)  # for "stale": the input keys that differ
+    earlier_version: bool = False  # for "stale": recorded by another version of this project
 
 
 def state_of(cfg: Config, stage: Stage) -> StageState:
@@ -146,6 +118,8 @@ def state_of(cfg: Config, stage: Stage) -> StageState:
         return StageState(stage, "todo")
     if record.get("fingerprint") == stage_fingerprint(cfg, stage):
         return StageState(stage, "done")
+    if record.get("format") != RECORD_FORMAT:
+        return StageState(stage, "stale", earlier_version=True)
     return StageState(stage, "stale", changed_inputs(cfg, stage))
 
 
@@ -167,3 +141,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def chunk_identity(cfg: Config, stage: Stage, **content: str | None) -> str:
+    """What a sharded stage's chunks are made from, so that a chunk made under another identity
+    is never reused: the stage's fingerprint, its chunk size (a chunk's file is one slice of the
+    shard) and `content`, hashes of inputs read from files whose names alone do not say what
+    they hold (the responses being ranked, an external responses file)."""
+    payload = {
+        "fingerprint": stage_fingerprint(cfg, stage),
+        "chunk_size": shard_section(cfg, stage).chunk_size,
+        **content,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 import numpy as np
 
-from src.artifacts import atomic_path, atomic_write_json, write_completion_record
 from src.config import Config, PairSelection, Stage, TiePolicy
-from src.errors import StageError
-from src.pipeline import stage_fingerprint
+from src.core.artifacts import atomic_path, atomic_write_json
+from src.core.chunks import stage_rows
+from src.core.contracts import PairRow, RankedRow
+from src.core.errors import StageError
+from src.core.records import stage_fingerprint, write_record
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
-from src.shards import finished_rows
 
+# what a pair is made from, of each `RankedRow`
 RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
 
 
@@ -41,62 +42,14 @@ class PairsBuildError(StageError):
     """The ranked rows cannot make pairs; the message says what and where."""
 
 
-def select_pair(
-    scores: np.ndarray, lengths: list[int], selection: PairSelection
-) -> tuple[int, int]:
-    """(chosen, rejected) indices among the K responses."""
-    if selection == PairSelection.argmax_argmin:  # the first index among equal scores, as numpy
-        return int(np.argmax(scores)), int(np.argmin(scores))
-    K = len(scores)
-    top = [i for i in range(K) if scores[i] >= scores.max() - TIE_ATOL]
-    chosen = min(top, key=lambda i: (lengths[i], i))
-    # when every score ties, the rejected one is any other response
-    bottom = [i for i in range(K) if scores[i] <= scores.min() + TIE_ATOL and i not in top]
-    bottom = bottom or [i for i in range(K) if i != chosen]
-    rejected = min(bottom, key=lambda i: (abs(lengths[i] - lengths[chosen]), i))
-    return chosen, rejected
-
-
-def pair_of(row: dict[str, Any], where: str, selection: PairSelection) -> dict[str, Any]:
-    missing = [k for k in RANKED_KEYS if k not in row]
-    if missing:
-        raise PairsBuildError(f"{where}: the ranked row lacks {', '.join(missing)}")
-    scores = np.asarray(row["scores"], dtype=np.float64)
-    P = np.asarray(row["win_matrix"], dtype=np.float64)
-    p = np.asarray(row["win_rate"], dtype=np.float64)
-    K = len(row["responses"])
-    if K < 2 or scores.shape != (K,) or P.shape != (K, K) or p.shape != (K,):
-        raise PairsBuildError(
-            f"{where}: prompt_id {row['prompt_id']!r}: {K} responses but scores, win_matrix and "
-            f"win_rate of shapes {scores.shape}, {P.shape}, {p.shape}"
-        )
-    win, lose = select_pair(scores, [len(r) for r in row["responses"]], selection)
-    return {
-        "prompt_id": row["prompt_id"],
-        "prompt": row["prompt"],
-        "chosen": row["responses"][win],
-        "rejected": row["responses"][lose],
-        "chosen_probs": float(P[win, lose]),
-        "chosen_probs_win": float(p[win]),
-        "chosen_probs_lose": float(p[lose]),
-        "chosen_score": float(scores[win]),
-        "rejected_score": float(scores[lose]),
-        "chosen_index": win,
-        "rejected_index": lose,
-        "chosen_source": row["sources"][win],
-        "rejected_source": row["sources"][lose],
-    }
-
-
 def run(cfg: Config) -> dict:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.pairs)
-    ranked = finished_rows(
-        cfg.stage_dir(Stage.rank),
-        "ranked",
-        PairsBuildError,
-        f"python -m src.main stage=rank iter={cfg.iter} (with this run's model and method)",
-    )
+
+    # setup
+    ranked = stage_rows(cfg, Stage.rank, PairsBuildError)
+
+    # run: one pair per prompt with a preference
     pairs, ties = [], 0
     for where, row in ranked:
         if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
@@ -111,6 +64,7 @@ def run(cfg: Config) -> dict:
         )
     pairs.sort(key=lambda r: r["prompt_id"])
 
+    # cleanup: every file atomically, done.json last
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -132,9 +86,7 @@ def run(cfg: Config) -> dict:
     }
     seconds = time.time() - started
     atomic_write_json(stage_dir / "metrics.json", counts)
-    write_completion_record(
-        stage_dir, stage_fingerprint(cfg, Stage.pairs), counts, {"seconds": seconds}
-    )
+    write_record(stage_dir, stage_fingerprint(cfg, Stage.pairs), counts, {"seconds": seconds})
     print(
         f"[pairs] {counts['pairs']} pairs from {counts['prompts']} prompts "
         f"({ties} with tied scores, {cfg.ranker.ties.value}); mean P(chosen > rejected) "
@@ -142,3 +94,50 @@ def run(cfg: Config) -> dict:
         file=sys.stderr,
     )
     return counts
+
+
+def select_pair(
+    scores: np.ndarray, lengths: list[int], selection: PairSelection
+) -> tuple[int, int]:
+    """(chosen, rejected) indices among the K responses."""
+    if selection == PairSelection.argmax_argmin:  # the first index among equal scores, as numpy
+        return int(np.argmax(scores)), int(np.argmin(scores))
+    K = len(scores)
+    top = [i for i in range(K) if scores[i] >= scores.max() - TIE_ATOL]
+    chosen = min(top, key=lambda i: (lengths[i], i))
+    # when every score ties, the rejected one is any other response
+    bottom = [i for i in range(K) if scores[i] <= scores.min() + TIE_ATOL and i not in top]
+    bottom = bottom or [i for i in range(K) if i != chosen]
+    rejected = min(bottom, key=lambda i: (abs(lengths[i] - lengths[chosen]), i))
+    return chosen, rejected
+
+
+def pair_of(row: RankedRow, where: str, selection: PairSelection) -> PairRow:
+    missing = [k for k in RANKED_KEYS if k not in row]
+    if missing:
+        raise PairsBuildError(f"{where}: the ranked row lacks {', '.join(missing)}")
+    scores = np.asarray(row["scores"], dtype=np.float64)
+    P = np.asarray(row["win_matrix"], dtype=np.float64)
+    p = np.asarray(row["win_rate"], dtype=np.float64)
+    K = len(row["responses"])
+    if K < 2 or scores.shape != (K,) or P.shape != (K, K) or p.shape != (K,):
+        raise PairsBuildError(
+            f"{where}: prompt_id {row['prompt_id']!r}: {K} responses but scores, win_matrix and "
+            f"win_rate of shapes {scores.shape}, {P.shape}, {p.shape}"
+        )
+    win, lose = select_pair(scores, [len(r) for r in row["responses"]], selection)
+    return PairRow(
+        prompt_id=row["prompt_id"],
+        prompt=row["prompt"],
+        chosen=row["responses"][win],
+        rejected=row["responses"][lose],
+        chosen_probs=float(P[win, lose]),
+        chosen_probs_win=float(p[win]),
+        chosen_probs_lose=float(p[lose]),
+        chosen_score=float(scores[win]),
+        rejected_score=float(scores[lose]),
+        chosen_index=win,
+        rejected_index=lose,
+        chosen_source=row["sources"][win],
+        rejected_source=row["sources"][lose],
+    )

@@ -1,4 +1,5 @@
-"""Sharded, chunked, resumable row-by-row stage output, shared by `generate` and `rank`.
+"""Sharded, chunked, resumable row-by-row stage output: the one skeleton of `generate`, `rank`
+and the eval stage's answers.
 
 A stage that works prompt by prompt splits its input round-robin into shards (one per process
 or SLURM array task), and each shard into chunks:
@@ -12,20 +13,28 @@ or SLURM array task), and each shard into chunks:
 A re-run skips the chunks that exist, so a shard killed at any point and re-run ends with every
 row exactly once. Chunks are trusted only under the identity they were made with: a changed
 config is refused rather than silently mixed with the old rows.
+
+A chunked stage is `claim` (before its models load) then `process_shard`; a later stage reads
+the rows back with `finished_rows`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from src import preemption
-from src.artifacts import atomic_write_json, atomic_write_text, read_jsonl, write_completion_record
-from src.errors import StageError
+from src.config import Config, Stage
+from src.core import preemption
+from src.core.artifacts import atomic_write_json, atomic_write_text, read_jsonl
+from src.core.errors import StageError
+from src.core.records import write_record
+from src.core.registry import STAGES, shard_section
 
 T = TypeVar("T")
 
@@ -78,6 +87,14 @@ def resolve_shard(
             f"need 0 <= shard < num_shards{hint}"
         )
     return shard, num_shards
+
+
+def stage_shard(cfg: Config, stage: Stage, env: Mapping[str, str] = os.environ) -> Shard:
+    """This process's shard of a sharded stage, from its config section (or a SLURM array)."""
+    spec = STAGES[stage]
+    section = shard_section(cfg, stage)
+    index, count = resolve_shard(section.shard, section.num_shards, env, section=spec.sharded_by)
+    return Shard(cfg.stage_dir(stage), spec.rows, index, count)
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int:
@@ -171,6 +188,62 @@ def run_chunks(
     return tally
 
 
+@dataclass
+class ChunkCounts:
+    """What every chunked stage counts; a stage's own counts subclass it and add their fields."""
+
+    reused_from_earlier_run: int = 0  # rows found in chunks of an earlier, interrupted run
+    seconds: float = 0.0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Count the rows of a chunk made in this run."""
+
+    def rate(self, elapsed: float) -> str:
+        """How fast the work goes, for the progress line."""
+        return ""
+
+    def summarise(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Counts over every row of the shard, reused ones too (read only if overridden)."""
+
+
+def process_shard(
+    shard: Shard,
+    items: Sequence[T],
+    chunk_size: int,
+    process: Callable[[list[T]], list[dict[str, Any]]],
+    counts: ChunkCounts,
+    fingerprint: str,
+    label: str,
+    shared_keys: Sequence[str] = (),
+) -> dict[str, Any] | None:
+    """Run a claimed shard chunk by chunk with a progress line per chunk, then finish it.
+
+    Returns the totals over all shards once the stage is complete, else None.
+    """
+    started = time.time()
+
+    def progress(c: int, num_chunks: int, rows: list[dict[str, Any]]) -> None:
+        counts.add(rows)
+        print(
+            f"[{label}] {shard.name} chunk {c + 1}/{num_chunks}: "
+            f"{counts.rate(time.time() - started)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    tally = run_chunks(shard, items, chunk_size, process, progress)
+    counts.reused_from_earlier_run = tally.reused
+    counts.seconds = time.time() - started
+    # read as JSON Lines: str.splitlines would also split a text at U+2028 and the like,
+    # which JSON leaves unescaped
+    counts.summarise(
+        row
+        for c in range(tally.chunks)
+        for _, row in read_jsonl(shard.work / f"chunk{c:05d}.jsonl", StageError)
+    )
+    return finish_shard(shard, tally.chunks, asdict(counts), fingerprint, shared_keys)
+
+
 def finish_shard(
     shard: Shard,
     num_chunks: int,
@@ -195,7 +268,7 @@ def finish_shard(
     }
     totals["shards"] = shard.count
     atomic_write_json(shard.stage_dir / "metrics.json", totals)
-    write_completion_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]})
+    write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]})
     return totals
 
 
@@ -220,3 +293,16 @@ def finished_rows(
             raise error(f"{s.output} is missing although {record} says the stage finished")
         rows += list(read_jsonl(s.output, error))
     return rows
+
+
+def stage_rows(
+    cfg: Config, stage: Stage, error: type[StageError]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) for every row of this iteration's finished `stage`, shard after shard."""
+    command = f"python -m src.main stage={stage.value} iter={cfg.iter}"
+    return finished_rows(
+        cfg.stage_dir(stage),
+        STAGES[stage].rows,
+        error,
+        f"{command} (with this run's model and method)",
+    )

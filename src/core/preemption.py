@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from src.errors import StageError
+from src.core.errors import StageError
 
 EXIT_PREEMPTED = 4
 _requested = False

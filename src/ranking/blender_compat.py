@@ -21,7 +21,7 @@ from typing import Any
 
 from huggingface_hub import constants as hub_constants
 
-from src.errors import StageError
+from src.core.errors import StageError
 
 PAIRRM_HUB_ID = "llm-blender/PairRM"
 

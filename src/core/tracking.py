@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config, LoggerBackend, Stage
-from src.errors import StageError
-from src.pipeline import as_tree, flatten
+from src.core.chunks import stage_shard
+from src.core.errors import StageError
+from src.core.records import as_tree, flatten
+from src.core.registry import STAGES
 
 # Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
 # cleared when it closes, so that nothing started later in this process resumes it by accident.
@@ -39,13 +41,10 @@ def lineage(cfg: Config) -> str:
 
 def part(cfg: Config, stage: Stage) -> str:
     """ "" or "-shard<i>of<n>": each shard of a sharded stage (a SLURM array task) is its own run."""
-    from src.shards import resolve_shard
-
-    section = {Stage.generate: cfg.generation, Stage.rank: cfg.ranker}.get(stage)
-    if section is None:
+    if STAGES[stage].sharded_by is None:
         return ""
-    index, count = resolve_shard(section.shard, section.num_shards, section=stage.value)
-    return f"-shard{index}of{count}" if count > 1 else ""
+    shard = stage_shard(cfg, stage)
+    return f"-shard{shard.index}of{shard.count}" if shard.count > 1 else ""
 
 
 def run_id(cfg: Config, stage: Stage) -> str:

@@ -15,8 +15,8 @@ matplotlib.use("Agg")  # files only; never a window, also on machines with a dis
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from src.artifacts import atomic_path  # noqa: E402
-from src.compare import Iteration, num  # noqa: E402
+from src.compare.runs import Iteration, num  # noqa: E402
+from src.core.artifacts import atomic_path  # noqa: E402
 
 
 def draw_all(iterations: list[Iteration], out: Path, metric: str) -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from src.config import Config, Device
-from src.errors import StageError
+from src.core.errors import StageError
 
 
 def device_for(cfg: Config) -> torch.device:

@@ -1,0 +1,6 @@
+"""python -m src.compare [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--metric NAME]"""
+
+from src.compare.table import main
+
+if __name__ == "__main__":
+    main()

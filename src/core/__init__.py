@@ -1,0 +1,1 @@
+"""Infrastructure every stage shares: atomic files, records, chunks, the policy, devices, preemption, tracking."""

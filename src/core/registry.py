@@ -1,0 +1,141 @@
+"""The stages of an iteration, each declared once (docs/design.md §5).
+
+A `StageSpec` says what a stage is to everything around it: the order of the pipeline
+(`src/main.py`), what its finished output depends on (the stage records and chunk identities,
+`src/core/records.py`), whether it is split into shards and by which config section (the
+chunks, `src/core/chunks.py`; one W&B run per shard, `src/core/tracking.py`; one SLURM array
+task per shard, `src/slurm.py`) and how many GPUs one of its tasks uses (`src/slurm.py`).
+The code that runs a stage is its module in `src/stages/`.
+
+Adding a config key that changes a stage's output means adding it to that stage's `inputs`
+here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from src.config import Config, Stage
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: Stage
+    # the stage whose output this one reads; None: pi_{t-1}, the previous iteration's checkpoint
+    consumes: Stage | None
+    # the config keys its output depends on (beyond what it consumes). Not listed on purpose:
+    # where and how fast the work runs (hardware, batch sizes, shards, chunk sizes), the logger,
+    # and names (run_name, ranker.name) — none of them changes the result.
+    inputs: tuple[str, ...]
+    gpus: Callable[[Config], int]  # per task, on a GPU machine
+    # the config section whose `shard`, `num_shards` and `chunk_size` split the work
+    sharded_by: str | None = None
+    rows: str | None = None  # its rows files: <rows>-shardSSS-of-NNN.jsonl
+    optional: bool = False  # in `stage=all` only with `eval.enabled=true`
+
+
+# What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
+# the eval stage's is `eval.judge` (or `ranker`, when it is null).
+JUDGE_INPUTS = (
+    "kind",
+    "model",
+    "source_max_length",
+    "candidate_max_length",
+    "prompt_format",
+    "win_prob",
+)
+
+# In pipeline order: each stage consumes the output of one before it.
+STAGES: dict[Stage, StageSpec] = {
+    spec.stage: spec
+    for spec in (
+        StageSpec(
+            Stage.generate,
+            consumes=None,
+            inputs=(
+                "iter",
+                "run.init_policy",
+                "model.path",
+                "model.revision",
+                "data.prompts",
+                "data.split",
+                "data.prompt_column",
+                "data.id_column",
+                "data.max_prompts",
+                "method.K",
+                "generation.backend",
+                "generation.temperature",
+                "generation.top_p",
+                "generation.max_new_tokens",
+                "generation.seeds",
+                "generation.max_prompt_length",
+                "generation.long_prompts",
+            ),
+            gpus=lambda cfg: cfg.generation.tensor_parallel_size,
+            sharded_by="generation",
+            rows="responses",
+        ),
+        StageSpec(
+            Stage.rank,
+            consumes=Stage.generate,
+            inputs=(
+                *(f"ranker.{key}" for key in JUDGE_INPUTS),
+                "ranker.self_term",
+                "ranker.empty_responses",
+                "data.external_responses",
+            ),
+            gpus=lambda cfg: 1,
+            sharded_by="ranker",
+            rows="ranked",
+        ),
+        StageSpec(
+            Stage.pairs,
+            consumes=Stage.rank,
+            inputs=("method.pair_selection", "ranker.ties"),
+            gpus=lambda cfg: 0,
+        ),
+        StageSpec(
+            Stage.train,
+            consumes=Stage.pairs,
+            inputs=("method", "training", "model.attn_implementation"),
+            gpus=lambda cfg: cfg.hardware.processes_per_node,
+        ),
+        StageSpec(
+            Stage.eval,
+            consumes=Stage.train,
+            inputs=(
+                "data.eval_prompts",
+                "data.eval_split",
+                "eval.reference",
+                "eval.reference_outputs",
+                "eval.temperature",
+                "eval.top_p",
+                "eval.max_new_tokens",
+                "eval.seed",
+                "eval.max_prompt_length",
+                "eval.outcome",
+                "eval.bootstrap",
+                "eval.confidence",
+                "generation.backend",
+                *(f"ranker.{key}" for key in JUDGE_INPUTS),
+                *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
+            ),
+            gpus=lambda cfg: cfg.generation.tensor_parallel_size,
+            optional=True,
+        ),
+    )
+}
+
+
+def iteration_stages(cfg: Config) -> list[Stage]:
+    """What `stage=all` runs for `cfg`, in order; any other `stage=` runs that one alone."""
+    if cfg.stage != Stage.all:
+        return [cfg.stage]
+    return [s for s, spec in STAGES.items() if not spec.optional or cfg.eval.enabled]
+
+
+def shard_section(cfg: Config, stage: Stage):
+    """The config section that shards `stage` (`cfg.generation`, `cfg.ranker`), or None."""
+    section = STAGES[stage].sharded_by
+    return getattr(cfg, section) if section else None

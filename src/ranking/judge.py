@@ -1,0 +1,70 @@
+"""A judge as one call, shared by the rank stage (`ranker`) and the eval stage (`eval.judge`):
+PairRM (llm-blender's pair ranker; all K(K-1) ordered comparisons of each prompt, batched across
+prompts) or a reward model (one score per response), loaded on the configured device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from src.config import Config, JudgeKind, PromptFormat, RankerConfig
+from src.core.devices import device_for
+from src.core.policy import require_previous_policy
+from src.ranking.preferences import scores_from_comparisons
+
+
+def uses_chat_template(judge: RankerConfig) -> bool:
+    return judge.kind == JudgeKind.pairrm and judge.prompt_format == PromptFormat.chat_template
+
+
+class Judge:
+    """A judge (`r`: the ranker, or the eval's judge) as one call: (prompts, candidates) ->
+    [(scores, comparisons | None)]."""
+
+    def __init__(self, cfg: Config, r: RankerConfig) -> None:
+        device = device_for(cfg)
+        self.render = lambda prompt: prompt
+        if r.kind == JudgeKind.pairrm:
+            from src.ranking.pairrm import load_pairrm_judge
+
+            self.pairrm = load_pairrm_judge(
+                r.model, r.source_max_length, r.candidate_max_length, r.batch_size, str(device)
+            )
+            if uses_chat_template(r):
+                self.render = policy_chat_template(cfg)
+        else:
+            from src.ranking.reward_model import load_reward_model_judge
+
+            self.reward_model = load_reward_model_judge(
+                r.model,
+                r.source_max_length,
+                r.candidate_max_length,
+                r.batch_size,
+                r.trust_remote_code,
+                device,
+            )
+        self.kind = r.kind
+
+    def __call__(
+        self, prompts: list[str], candidates: list[list[str]]
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        if self.kind == JudgeKind.pairrm:
+            logits = self.pairrm.compare([self.render(p) for p in prompts], candidates)
+            return [(scores_from_comparisons(C), C) for C in logits]
+        return [(s, None) for s in self.reward_model.score(prompts, candidates)]
+
+
+def policy_chat_template(cfg: Config):
+    """The prompt as pi_{t-1} saw it (the reference passes PairRM the chat-templated prompt)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        require_previous_policy(cfg), revision=cfg.model.revision
+    )
+
+    def render(prompt: str) -> str:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+
+    return render

@@ -1,0 +1,3 @@
+"""The stages of an iteration, one module each: generate, rank, pairs, train, eval. Each is a
+`run(cfg)` that reads setup -> run -> cleanup; what each one is to the rest of the project (its
+inputs, order, sharding, GPUs) is declared in src/core/registry.py."""

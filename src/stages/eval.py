@@ -1,0 +1,260 @@
+"""Stage `eval`: the policy of iteration t against a reference on held-out instructions.
+
+    python -m src.main stage=eval model=tiny-mistral iter=2
+    python -m src.main stage=eval iter=3 eval.reference=iter1 data.eval_prompts=alpaca_eval.json
+    python -m src.main model=tiny-mistral iter=3 eval.enabled=true   # after every iteration
+
+setup (the instructions, AlpacaEval's format; the policy pi_t, iteration t's checkpoint; the
+reference: the base model, an earlier iteration, any model, or a file of reference answers;
+both models' answers, generated once and cached, src/evaluation/answers.py) -> run (the
+configured judge compares each pair of answers, PairRM in both orders; identical answers tie)
+-> cleanup (eval.json, metrics.json, judgements.jsonl; model_outputs.json and
+reference_outputs.json in AlpacaEval's format; lm_eval.sh, the Open LLM Leaderboard command for
+this checkpoint; done.json last).
+
+eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their bootstrap intervals
+(`*_low`, `*_high`), the standard error, wins / losses / ties, average answer lengths (characters) of both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from src.config import Config, Outcome, RankerConfig, Stage, WinProb
+from src.core.artifacts import atomic_write_json, atomic_write_text
+from src.core.records import stage_fingerprint, write_record
+from src.evaluation.alpaca_eval import reference_from_file, write_alpaca_eval
+from src.evaluation.answers import Answerer, EvalError, answers
+from src.evaluation.winrate import length_covariate, outcomes, win_rates
+from src.generation.prompts import Prompt, load_prompts
+from src.ranking.judge import Judge
+from src.ranking.preferences import win_matrix
+
+
+def run(cfg: Config) -> dict:
+    started = time.time()
+    stage_dir = cfg.stage_dir(Stage.eval)
+
+    # setup
+    instructions = load_instructions(cfg)
+    policy = answerer(cfg, f"iter{cfg.iter}")
+    # both sides checked before any generation: a bad reference fails in seconds, not after
+    # the policy has answered
+    if cfg.eval.reference_outputs is None:
+        reference = answerer(cfg, cfg.eval.reference)
+        policy_answers = answers(cfg, policy, instructions)
+        reference_label, reference_answers = reference.label, answers(cfg, reference, instructions)
+    else:
+        reference_label, reference_answers = reference_from_file(cfg, instructions)
+        policy_answers = answers(cfg, policy, instructions)
+    compared = [
+        p
+        for p in instructions
+        if p.prompt_id in policy_answers and p.prompt_id in reference_answers
+    ]
+    if not compared:
+        raise EvalError(
+            f"no instruction of {cfg.data.eval_prompts} was answered by both the policy and the "
+            f"reference (all over eval.max_prompt_length={cfg.eval.max_prompt_length} tokens?)"
+        )
+    ours = [policy_answers[p.prompt_id]["output"] for p in compared]
+    theirs = [reference_answers[p.prompt_id]["output"] for p in compared]
+
+    # run
+    preferences = judge(cfg, compared, ours, theirs)
+    y = outcomes(preferences, discrete=cfg.eval.outcome == Outcome.discrete)
+    ours_len = np.array([len(a) for a in ours])
+    theirs_len = np.array([len(a) for a in theirs])
+    rates = win_rates(
+        y, length_covariate(ours_len, theirs_len), cfg.eval.bootstrap, cfg.eval.confidence
+    )
+    hard = outcomes(preferences, discrete=True)
+    report = {
+        "policy": policy.label,
+        "policy_path": policy.path,
+        "reference": reference_label,
+        "judge": eval_judge(cfg).name,
+        "outcome": cfg.eval.outcome.value,
+        "instructions": len(instructions),
+        "compared": rates.n,
+        "left_out": len(instructions) - rates.n,
+        "win_rate": rates.win_rate,
+        "lc_win_rate": rates.lc_win_rate,
+        # the bootstrap interval at `confidence`, flat so that W&B's summary keeps it
+        "win_rate_low": rates.win_rate_ci[0],
+        "win_rate_high": rates.win_rate_ci[1],
+        "lc_win_rate_low": rates.lc_win_rate_ci[0],
+        "lc_win_rate_high": rates.lc_win_rate_ci[1],
+        "confidence": cfg.eval.confidence,
+        "standard_error": rates.standard_error,
+        "length_coefficient": rates.length_coefficient,
+        "discrete_win_rate": float(hard.mean()),
+        "probability_win_rate": float(np.mean(preferences)),
+        "wins": int((hard == 1).sum()),
+        "losses": int((hard == 0).sum()),
+        "ties": int((hard == 0.5).sum()),
+        "identical_answers": sum(a == b for a, b in zip(ours, theirs, strict=True)),
+        "avg_length": float(ours_len.mean()),
+        "reference_avg_length": float(theirs_len.mean()),
+        "seconds": time.time() - started,
+    }
+    print(
+        f"[eval] {policy.label} vs {reference_label} on {rates.n} instructions: "
+        f"win rate {rates.win_rate:.3f} [{rates.win_rate_ci[0]:.3f}, {rates.win_rate_ci[1]:.3f}], "
+        f"length-controlled {rates.lc_win_rate:.3f} "
+        f"[{rates.lc_win_rate_ci[0]:.3f}, {rates.lc_win_rate_ci[1]:.3f}]; "
+        f"average length {report['avg_length']:.0f} vs {report['reference_avg_length']:.0f} chars",
+        file=sys.stderr,
+    )
+
+    # cleanup: every file atomically, done.json last
+    judgements = [
+        {
+            "prompt_id": p.prompt_id,
+            "instruction": p.prompt,
+            "output": a,
+            "reference_output": b,
+            "preference": float(pref),
+            "outcome": float(out),
+        }
+        for p, a, b, pref, out in zip(compared, ours, theirs, preferences, y, strict=True)
+    ]
+    atomic_write_text(
+        stage_dir / "judgements.jsonl",
+        "".join(json.dumps(j, ensure_ascii=False) + "\n" for j in judgements),
+    )
+    dataset = Path(cfg.data.eval_prompts or "eval").stem
+    write_alpaca_eval(
+        stage_dir / "model_outputs.json", instructions, policy_answers, policy.label, dataset
+    )
+    write_alpaca_eval(
+        stage_dir / "reference_outputs.json",
+        instructions,
+        reference_answers,
+        reference_label,
+        dataset,
+    )
+    script = atomic_write_text(
+        stage_dir / "lm_eval.sh", lm_eval_script(policy.path, stage_dir / "lm_eval")
+    )
+    script.chmod(0o755)
+    atomic_write_json(stage_dir / "eval.json", report)
+    atomic_write_json(stage_dir / "metrics.json", report)
+    write_record(
+        stage_dir, stage_fingerprint(cfg, Stage.eval), report, {"seconds": report["seconds"]}
+    )
+    return report
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+def load_instructions(cfg: Config) -> list[Prompt]:
+    """The evaluation instructions: AlpacaEval's format (`instruction`, optional `dataset`), as
+    its own `alpaca_eval.json` (a JSON array), JSON Lines, parquet or a hub dataset."""
+    if not cfg.data.eval_prompts:
+        raise EvalError(
+            "data.eval_prompts is not set: point it at the evaluation instructions, e.g. "
+            "AlpacaEval's 805 (data.eval_prompts=/path/to/alpaca_eval.json, downloaded from "
+            "https://huggingface.co/datasets/tatsu-lab/alpaca_eval)"
+        )
+    return load_prompts(
+        cfg.data.eval_prompts, split=cfg.data.eval_split, prompt_column="instruction"
+    ).prompts
+
+
+def answerer(cfg: Config, which: str) -> Answerer:
+    """The model `which` names: 'base', 'iter<s>' (this lineage's checkpoint), or a path / hub id."""
+    earlier = re.fullmatch(r"iter(\d+)", which)
+    if which == "base":
+        path, label = cfg.model.path, cfg.model.name
+    elif earlier:
+        s = int(earlier[1])
+        path = str(Path(cfg.run.dir) / f"iter{s}" / "train" / "checkpoint")
+        label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{s}"
+        if not (Path(path).parent / "done.json").is_file():
+            raise EvalError(
+                f"iteration {s} is not trained: {path} has no finished training record "
+                f"(run: python -m src.main model={cfg.model.name} method={cfg.method.name.value} "
+                f"iter={s})"
+            )
+    else:
+        path, label = which, Path(which).name
+    return Answerer(label, path, weights_signature(path, cfg.model.revision))
+
+
+def weights_signature(path: str, revision: str | None) -> str:
+    """What identifies the weights at `path`: for a local folder its files' sizes and modification
+    times (a retrained or rebuilt model gets new answers); for a hub id, the id and revision."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{path}@{revision or 'main'}"
+    stats = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model")
+    )
+    return hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()
+
+
+# --- run --------------------------------------------------------------------------------------------
+
+
+def eval_judge(cfg: Config) -> RankerConfig:
+    """eval.judge, or the ranker when it is null."""
+    return cfg.eval.judge or cfg.ranker
+
+
+def judge(cfg: Config, compared: list[Prompt], ours: list[str], theirs: list[str]) -> np.ndarray:
+    """P(policy's answer beats the reference's) per instruction; identical answers: 1/2."""
+    preferences = np.full(len(compared), 0.5)
+    todo = [i for i in range(len(compared)) if ours[i] != theirs[i]]
+    if not todo:
+        return preferences
+    r = eval_judge(cfg)
+    judged = Judge(cfg, r)
+    size = r.chunk_size
+    direct = r.win_prob == WinProb.direct
+    for start in range(0, len(todo), size):
+        batch = todo[start : start + size]
+        results = judged([compared[i].prompt for i in batch], [[ours[i], theirs[i]] for i in batch])
+        for i, (scores, comparisons) in zip(batch, results, strict=True):
+            p = win_matrix(scores, comparisons, direct=direct)[0, 1]
+            if not np.isfinite(p):
+                raise EvalError(
+                    f"the judge gave a non-finite preference ({p}) for prompt_id "
+                    f"{compared[i].prompt_id!r} ({compared[i].prompt[:60]!r}): check the "
+                    "judge's weights and precision"
+                )
+            preferences[i] = p
+        print(
+            f"[eval] judged {min(start + size, len(todo))}/{len(todo)} pairs of answers",
+            file=sys.stderr,
+            flush=True,
+        )
+    return preferences
+
+
+def lm_eval_script(checkpoint: str, output: Path) -> str:
+    """The Open LLM Leaderboard (v2) tasks on this checkpoint with lm-evaluation-harness."""
+    command = [
+        "lm_eval", "--model", "hf",
+        "--model_args", f"pretrained={checkpoint},dtype=bfloat16",
+        "--tasks", "leaderboard", "--apply_chat_template", "--fewshot_as_multiturn",
+        "--batch_size", "auto", "--output_path", str(output),
+    ]  # fmt: skip
+    return (
+        "#!/bin/sh\n"
+        "# The Open LLM Leaderboard v2 tasks (IFEval, BBH, MATH lvl 5, GPQA, MuSR, MMLU-Pro) on\n"
+        "# this iteration's checkpoint: needs `pip install lm-eval` and the Hub (its data sets).\n"
+        "# Several GPUs: replace `lm_eval` with `accelerate launch -m lm_eval`.\n"
+        f'{shlex.join(command)} "$@"\n'
+    )

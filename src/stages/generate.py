@@ -1,0 +1,103 @@
+"""Stage `generate`: K responses to every prompt of the iteration's split, sampled from pi_{t-1}.
+
+    python -m src.main stage=generate model=tiny-gemma2 iter=1
+    python -m src.main stage=generate generation.shard=3 generation.num_shards=8
+
+setup (this shard's prompts, rendered with the chat template and length-checked; the policy)
+-> run (chunks of prompts, each written atomically; a re-run skips finished chunks, so a run
+killed at any point and re-run ends with every prompt exactly once) -> cleanup (the shard's
+`responses-shardSSS-of-NNN.jsonl`; `done.json` once every shard is there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from src.config import Config, Stage
+from src.core.chunks import ChunkCounts, claim, process_shard, stage_shard, take_shard
+from src.core.contracts import ResponseRow
+from src.core.policy import require_previous_policy
+from src.core.records import chunk_identity, stage_fingerprint
+from src.generation.prompts import load_prompts
+from src.generation.sampling import (
+    GenerationError,
+    RenderedPrompt,
+    load_model,
+    make_generator,
+    render,
+    sample_chunk,
+)
+
+
+@dataclass
+class Counts(ChunkCounts):
+    prompts_in_split: int = 0
+    prompts_in_shard: int = 0
+    duplicates_dropped: int = 0
+    skipped_too_long: int = 0
+    truncated: int = 0
+    generated: int = 0
+    tokens: int = 0
+
+    def add(self, rows: list[ResponseRow]) -> None:
+        self.generated += len(rows)
+        self.tokens += sum(sum(r["num_tokens"]) for r in rows)
+
+    def rate(self, elapsed: float) -> str:
+        return f"{self.generated / elapsed:.2f} prompts/s, {self.tokens / elapsed:.0f} tokens/s"
+
+
+def run(cfg: Config) -> dict:
+    g, d = cfg.generation, cfg.data
+    shard = stage_shard(cfg, Stage.generate)
+    counts = Counts()
+
+    # setup
+    prompt_set = load_prompts(
+        d.prompts,
+        split=d.split,
+        prompt_column=d.prompt_column,
+        id_column=d.id_column,
+        max_prompts=d.max_prompts,
+    )
+    mine = take_shard(prompt_set.prompts, shard.index, shard.count)
+    counts.prompts_in_split, counts.prompts_in_shard = len(prompt_set.prompts), len(mine)
+    counts.duplicates_dropped = prompt_set.duplicates_dropped
+    claim(
+        shard.work,
+        chunk_identity(cfg, Stage.generate),
+        GenerationError,
+        "responses generated with a different configuration (policy, prompts, sampling or K)",
+    )
+    path = require_previous_policy(cfg)
+    model, tokenizer, eos_ids = load_model(cfg, path)
+    rendered = render(g, tokenizer, mine, counts)
+    generator = make_generator(cfg, g, path, model, tokenizer, eos_ids)
+
+    def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
+        seeds = cfg.sample_seeds
+        samples = sample_chunk(generator, chunk, seeds, g.batch_size)
+        return [
+            ResponseRow(
+                prompt_id=p.prompt_id,
+                prompt=p.prompt,
+                responses=[s.text for s in drawn],
+                finish_reasons=[s.finish_reason for s in drawn],
+                num_tokens=[s.num_tokens for s in drawn],
+                seeds=seeds,
+            )
+            for p, drawn in zip(chunk, samples, strict=True)
+        ]
+
+    # run, then cleanup: the shard's file, the stage's record once all shards are there
+    process_shard(
+        shard,
+        rendered,
+        g.chunk_size,
+        generate_chunk,
+        counts,
+        stage_fingerprint(cfg, Stage.generate),
+        label="generate",
+        shared_keys=("prompts_in_split", "duplicates_dropped"),
+    )
+    return asdict(counts)

@@ -1,0 +1,169 @@
+"""Stage `rank`: the judge's scores and win probabilities for every prompt's responses.
+
+    python -m src.main stage=rank model=tiny-mistral iter=1
+    python -m src.main stage=rank model=tiny-mistral method=wpo ranker=tiny-reward-model \
+        data.external_responses=data/tiny/external_responses.jsonl
+    python -m src.main stage=rank ranker.shard=3 ranker.num_shards=8
+
+setup (the generation output, checked; the hybrid pool's external responses; empty responses
+dropped when configured; the judge) -> run (chunks of prompts: all K(K-1) PairRM comparisons of
+a chunk batched across its prompts, or all its (prompt, response) sequences through the reward
+model; each chunk written atomically, so a re-run resumes) -> cleanup (the shard's
+`ranked-shardSSS-of-NNN.jsonl`; `done.json` once every shard is there).
+
+A ranked row (`RankedRow`, src/core/contracts.py) is the generation row, its per-response lists
+aligned with the candidates, plus `sources`, `scores`, `win_matrix`, `win_rate`, `judge`, and for
+PairRM the raw logits `comparisons` (docs/design.md §5, §6.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import InitVar, asdict, dataclass
+
+import numpy as np
+
+from src.config import Config, EmptyResponses, JudgeKind, Stage, WinProb
+from src.core.chunks import (
+    ChunkCounts,
+    claim,
+    process_shard,
+    stage_rows,
+    stage_shard,
+    take_shard,
+)
+from src.core.contracts import RankedRow
+from src.core.errors import StageError
+from src.core.records import chunk_identity, stage_fingerprint
+from src.ranking.candidates import (
+    Candidates,
+    RankInputError,
+    add_external,
+    check_unique,
+    drop_empty,
+    from_generation_row,
+    load_external,
+)
+from src.ranking.judge import Judge
+from src.ranking.preferences import all_tied, win_matrix, win_rates
+
+
+class RankError(StageError):
+    """The judge's output cannot be trusted (e.g. a NaN score); the message names the prompt."""
+
+
+@dataclass
+class Counts(ChunkCounts):
+    prompts_in_input: int = 0
+    prompts_in_shard: int = 0
+    external_added: int = 0
+    empty_responses_dropped: int = 0
+    prompts_dropped_too_few: int = 0  # fewer than 2 responses left after dropping empties
+    ranked: int = 0
+    comparisons: int = 0  # judge evaluations: K(K-1) per prompt for PairRM, K for a reward model
+    all_tied: int = 0  # prompts whose responses all scored the same
+    pairwise: InitVar[bool] = True  # PairRM (else a reward model): what `comparisons` counts
+
+    def __post_init__(self, pairwise: bool) -> None:
+        self.per_prompt = (lambda K: K * (K - 1)) if pairwise else (lambda K: K)
+        self.unit = "comparisons" if pairwise else "responses"
+
+    def add(self, rows: list[RankedRow]) -> None:
+        self.ranked += len(rows)
+        self.comparisons += sum(self.per_prompt(len(r["responses"])) for r in rows)
+
+    def rate(self, elapsed: float) -> str:
+        per_second = self.comparisons / elapsed
+        return f"{self.ranked / elapsed:.2f} prompts/s, {per_second:.1f} {self.unit}/s"
+
+    def summarise(self, rows: Iterable[RankedRow]) -> None:
+        self.all_tied = sum(all_tied(np.asarray(row["scores"])) for row in rows)
+
+
+def run(cfg: Config) -> dict:
+    r = cfg.ranker
+    shard = stage_shard(cfg, Stage.rank)
+    counts = Counts(pairwise=r.kind == JudgeKind.pairrm)
+
+    # setup
+    generated = stage_rows(cfg, Stage.generate, RankInputError)
+    candidates = [from_generation_row(where, row, cfg.method.K) for where, row in generated]
+    check_unique(candidates)
+    counts.prompts_in_input = len(candidates)
+    mine = take_shard(candidates, shard.index, shard.count)
+    external_sha = None
+    if cfg.data.external_responses:
+        by_id, by_prompt, external_sha = load_external(cfg.data.external_responses)
+        add_external(mine, by_id, by_prompt, cfg.data.external_responses)
+        counts.external_added = len(mine)
+    if r.empty_responses == EmptyResponses.drop:
+        mine, counts.empty_responses_dropped, counts.prompts_dropped_too_few = drop_empty(mine)
+        if counts.empty_responses_dropped:
+            print(
+                f"[rank] dropped {counts.empty_responses_dropped} empty response(s); "
+                f"{counts.prompts_dropped_too_few} prompt(s) left with fewer than 2",
+                file=sys.stderr,
+            )
+    counts.prompts_in_shard = len(mine)
+    responses = json.dumps([row for _, row in generated], sort_keys=True).encode()
+    claim(
+        shard.work,
+        chunk_identity(
+            cfg,
+            Stage.rank,
+            responses=hashlib.sha256(responses).hexdigest(),
+            external=external_sha,
+        ),
+        RankError,
+        "rankings made with a different configuration (judge or its options, the responses, "
+        "the external pool)",
+    )
+    judge = Judge(cfg, r)
+
+    def rank_chunk(chunk: list[Candidates]) -> list[RankedRow]:
+        judged = judge([c.prompt for c in chunk], [c.responses for c in chunk])
+        rows = []
+        for c, (scores, comparisons) in zip(chunk, judged, strict=True):
+            check_finite(c, scores)
+            P = win_matrix(scores, comparisons, direct=r.win_prob == WinProb.direct)
+            row = RankedRow(
+                prompt_id=c.prompt_id,
+                prompt=c.prompt,
+                **c.lists,
+                scores=scores.tolist(),
+                win_matrix=P.tolist(),
+                win_rate=win_rates(P, r.self_term).tolist(),
+                judge=r.name,
+            )
+            if comparisons is not None:
+                row["comparisons"] = comparisons.tolist()
+            rows.append(row)
+        return rows
+
+    # run, then cleanup: the shard's file, the stage's record once all shards are there
+    process_shard(
+        shard,
+        mine,
+        r.chunk_size,
+        rank_chunk,
+        counts,
+        stage_fingerprint(cfg, Stage.rank),
+        label="rank",
+        shared_keys=("prompts_in_input",),
+    )
+    return asdict(counts)
+
+
+def check_finite(c: Candidates, scores: np.ndarray) -> None:
+    """A NaN logit anywhere in C makes the scores NaN too, so checking the scores suffices."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        k = int(bad[0])
+        raise RankError(
+            f"the judge gave a non-finite score ({scores[k]}) to response {k} of prompt_id "
+            f"{c.prompt_id!r} ({c.where}): a NaN or infinite score would corrupt every win "
+            "probability of this prompt; check the judge's weights and precision"
+        )

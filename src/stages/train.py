@@ -1,0 +1,200 @@
+"""Stage `train`: pi_t from pi_{t-1} on the iteration's preference pairs.
+
+    python -m src.main stage=train model=tiny-mistral training.pairs=tests/data/pairs_tiny.jsonl
+
+setup (tokenise the pairs, build the Trainer) -> run (train, resuming from the last Trainer
+checkpoint) -> cleanup (save the gathered checkpoint atomically, metrics.json, done.json).
+With more than one process (`hardware.world_size > 1`) the stage relaunches itself under
+`accelerate launch`, one worker per process, each reading the config saved in the stage dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from src.config import Config, RefLogprobs, Stage, validate
+from src.core import preemption, tracking
+from src.core.artifacts import atomic_write_json
+from src.core.chunks import claim
+from src.core.policy import end_of_turn_ids, require_previous_policy
+from src.core.records import stage_fingerprint, write_record
+from src.training.arguments import TrainingError, load_policy, precision, training_arguments
+from src.training.launch import WORKER_ENV, launch_workers, preemption_stop_file
+
+
+def run(cfg: Config) -> dict:
+    stage_dir = cfg.stage_dir(Stage.train)
+    if cfg.hardware.world_size > 1 and os.environ.get(WORKER_ENV) != "1":
+        return launch_workers(cfg, stage_dir)
+    return train(cfg, stage_dir)
+
+
+def train(cfg: Config, stage_dir: Path) -> dict:
+    started = time.time()
+    if not os.environ.get(WORKER_ENV):  # a stop request left by an earlier, preempted run
+        preemption_stop_file(stage_dir).unlink(missing_ok=True)
+    ready = setup(cfg, stage_dir)
+    output_dir = ready.trainer.args.output_dir
+    claim(
+        Path(output_dir),
+        stage_fingerprint(cfg, Stage.train),
+        TrainingError,
+        "Trainer checkpoints of a run with another configuration (add pipeline.redo=[train] "
+        "to start over)",
+        leftovers="checkpoint-*",
+    )
+    resume = last_complete_checkpoint(Path(output_dir))
+    if ready.trainer.is_world_process_zero():
+        tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
+    if resume:
+        print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
+    result = ready.trainer.train(resume_from_checkpoint=resume)
+    if preemption.stop_requested(preemption_stop_file(stage_dir)):
+        raise preemption.Preempted(
+            f"stopped on request after saving checkpoint-{ready.trainer.state.global_step}; "
+            "re-run the same command to resume"
+        )
+    return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started)
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    trainer: object  # PreferenceTrainer
+    counts: dict  # what tokenisation kept, dropped and truncated
+
+
+def setup(cfg: Config, stage_dir: Path) -> Setup:
+    """Pairs tokenised, policy loaded (sharded under ZeRO-3), reference arranged, Trainer built."""
+    from transformers import AutoTokenizer
+
+    from src.training.data import PairCollator, PairTokenizer, read_pairs
+    from src.training.trainer import PreferenceTrainer, ReferenceLogps, StopAfterEpochs
+
+    t, method = cfg.training, cfg.method
+    pairs_path = Path(t.pairs).resolve()
+    require_previous_policy(cfg)
+    rows = read_pairs(pairs_path, method.loss.value)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.run.init_policy, revision=cfg.model.revision)
+    eot = end_of_turn_ids(cfg.run.init_policy, tokenizer)
+    pairs, report = PairTokenizer(tokenizer, eot, t.max_length, t.max_prompt_length)(
+        rows, method.loss.value
+    )
+    if not pairs:
+        raise TrainingError(f"{pairs_path}: no pair left to train on ({report})")
+    dtype = precision(cfg)
+    args = training_arguments(cfg, stage_dir, dtype)  # before the model: ZeRO-3 shards at load
+    model = load_policy(cfg, dtype)
+    reference, ref_model = None, None
+    if t.ref_logprobs == RefLogprobs.precompute:
+        identity = {
+            "pairs_sha256": file_sha256(pairs_path),
+            "reference": cfg.run.init_policy,
+            "max_length": t.max_length,
+            "max_prompt_length": t.max_prompt_length,
+        }
+        reference = ReferenceLogps(stage_dir / "reference_logps.json", identity)
+    else:
+        ref_model = load_policy(cfg, dtype)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=pairs,
+        data_collator=PairCollator(pad_id),
+        processing_class=tokenizer,
+        callbacks=[
+            preemption.trainer_callback(preemption_stop_file(stage_dir)),
+            *([StopAfterEpochs(t.num_epochs)] if t.schedule_epochs else []),
+        ],
+        loss_type=method.loss.value,
+        beta=method.beta,
+        eta=method.eta,
+        label_smoothing=method.label_smoothing,
+        wpo=method.wpo_weight,
+        wpo_clamp=method.wpo_clamp,
+        reference=reference,
+        ref_model=ref_model,
+    )
+    counts = {
+        "pairs_in_file": len(rows),
+        "pairs_trained": report.kept,
+        "dropped_identical": report.dropped_identical,
+        "dropped_empty": report.dropped_empty,
+        "truncated_prompts": report.truncated_prompts,
+        "truncated_responses": report.truncated_responses,
+    }
+    return Setup(trainer, counts)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- cleanup --------------------------------------------------------------------------------------
+
+
+def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds: float) -> dict:
+    """The checkpoint appears whole or not at all; metrics.json; done.json last."""
+    trainer = setup_.trainer
+    final, partial = stage_dir / "checkpoint", stage_dir / "checkpoint.partial"
+    if trainer.is_world_process_zero() and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))  # gathers ZeRO-3 shards (collective: every rank calls it)
+    counts = {**setup_.counts, "steps": trainer.state.global_step}
+    if trainer.is_world_process_zero():
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        atomic_write_json(
+            stage_dir / "metrics.json",
+            {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
+        )
+        write_record(stage_dir, stage_fingerprint(cfg, Stage.train), counts, {"seconds": seconds})
+    if trainer.is_world_process_zero():
+        tracking.finish(cfg, {**metrics, **counts})
+    trainer.accelerator.wait_for_everyone()
+    return counts
+
+
+# --- resume ---------------------------------------------------------------------------------------
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest Trainer checkpoint that was saved whole.
+
+    The Trainer writes trainer_state.json last; a run killed while saving leaves a checkpoint
+    without it, which `resume_from_checkpoint` would fail on. The one before it is whole.
+    """
+    complete = [
+        (int(d.name.split("-")[1]), d)
+        for d in output_dir.glob("checkpoint-*")
+        if d.name.split("-")[1].isdigit() and (d / "trainer_state.json").is_file()
+    ]
+    return str(max(complete)[1]) if complete else None
+
+
+if __name__ == "__main__":  # one training worker, started by `accelerate launch` (launch.py)
+    worker_cfg = validate(OmegaConf.load(sys.argv[1]))
+    try:
+        train(worker_cfg, worker_cfg.stage_dir(Stage.train))
+    except preemption.Preempted as stopped:
+        print(f"[train] {stopped}", file=sys.stderr)
+        sys.exit(preemption.EXIT_PREEMPTED)

@@ -1,0 +1,131 @@
+"""How the policy is trained: the dtype, the HF TrainingArguments (and through them the DeepSpeed
+config, the one place it comes from), and the policy loaded for training with its streamed LM head.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from src.config import Config, Device, Distributed, Dtype
+from src.core.errors import StageError
+
+
+class TrainingError(StageError):
+    """The stage cannot train; the message says what and where."""
+
+
+def precision(cfg: Config) -> torch.dtype:
+    wanted = cfg.training.precision
+    if wanted == Dtype.auto:
+        on_gpu = cfg.hardware.device == Device.cuda and torch.cuda.is_available()
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    return {
+        Dtype.bfloat16: torch.bfloat16,
+        Dtype.float16: torch.float16,
+        Dtype.float32: torch.float32,
+    }[wanted]
+
+
+def deepspeed_config(cfg: Config, dtype: torch.dtype) -> dict:
+    """ZeRO from `hardware`; batch sizes and clipping left "auto" for the Trainer to fill."""
+    return {
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "zero_optimization": {
+            "stage": cfg.hardware.zero_stage,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,  # save_model writes a whole model
+        },
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+    }
+
+
+def deepspeed_on_cpu_state(cfg: Config) -> dict | None:
+    """DeepSpeed across CPU processes: a gloo process state made before the Trainer's.
+
+    On a host without CUDA, accelerate's DeepSpeed path picks no backend and then counts one
+    process (DeepSpeed asserts `train_batch_size ... 8 != 4 * 1 * 1`). A PartialState created
+    first with gloo, in DeepSpeed mode, is kept by TrainingArguments when told to use it.
+    """
+    hw = cfg.hardware
+    if not (
+        hw.device == Device.cpu and hw.distributed == Distributed.deepspeed and hw.world_size > 1
+    ):
+        return None
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return {"use_configured_state": True}
+
+
+def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
+    from transformers import TrainingArguments
+
+    t, hw = cfg.training, cfg.hardware
+    scheduler = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
+        t.lr_scheduler.value
+    ]
+    distributed_cpu = hw.device == Device.cpu and hw.world_size > 1
+    return TrainingArguments(
+        output_dir=str(stage_dir / "trainer"),
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        num_train_epochs=t.schedule_epochs or t.num_epochs,
+        optim={"rmsprop": "rmsprop", "adamw": "adamw_torch"}[t.optimizer.value],
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if t.gradient_checkpointing
+        else None,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        report_to=["wandb"] if cfg.logger.backend.value == "wandb" else "none",
+        project=cfg.logger.project,
+        run_name=f"{cfg.run_name}-it{cfg.iter}-train",
+        remove_unused_columns=False,
+        # use_cpu makes accelerate drop the DeepSpeed plugin; DeepSpeed finds the CPU itself
+        use_cpu=hw.device == Device.cpu and hw.distributed != Distributed.deepspeed,
+        # accelerate leaves the backend unset on a CPU-only host and then sees one process
+        ddp_backend="gloo" if distributed_cpu else None,
+        deepspeed=deepspeed_config(cfg, dtype) if hw.distributed == Distributed.deepspeed else None,
+        dataloader_num_workers=0,
+        accelerator_config=deepspeed_on_cpu_state(cfg),
+    )
+
+
+def load_policy(cfg: Config, dtype: torch.dtype):
+    """The generating policy (sharded at load under ZeRO-3), its LM head streamed unless
+    training.lm_head_chunk is null — before DDP or DeepSpeed wraps it."""
+    from transformers import AutoModelForCausalLM
+
+    from src.training.policy_logps import stream_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.run.init_policy,
+        dtype=dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        revision=cfg.model.revision,
+    )
+    if cfg.training.lm_head_chunk is not None:
+        try:
+            stream_lm_head(model, cfg.training.lm_head_chunk)
+        except ValueError as error:
+            raise TrainingError(f"{cfg.run.init_policy}: {error}") from None
+    return model
