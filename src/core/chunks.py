@@ -20,6 +20,7 @@ the rows back with `finished_rows`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 
 from src.config import Config, Stage
 from src.core import preemption
-from src.core.artifacts import atomic_write_json, atomic_write_text, read_jsonl
+from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
 from src.core.errors import StageError
 from src.core.records import write_record
 from src.core.registry import STAGES, shard_section
@@ -177,11 +178,17 @@ def run_chunks(
     tally = ChunkTally(chunks=len(chunks))
     for c, chunk in enumerate(chunks):
         path = shard.work / f"chunk{c:05d}.jsonl"
-        if path.exists():
+        damage = chunk_damage(path, len(chunk))
+        if damage is None:
             tally.reused += len(chunk)
             continue
+        if path.exists():
+            print(f"[chunks] {path}: {damage}; making it again", file=sys.stderr, flush=True)
         rows = process(chunk)
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+        atomic_write_text(path, text)
+        # the seal last: a chunk without one (a crash between the two writes) is made again
+        atomic_write_json(seal_of(path), seal(text))
         tally.made += len(chunk)
         on_chunk(c, len(chunks), rows)
         preemption.check(f"chunk {c + 1} of {len(chunks)} of {shard.work}")
@@ -244,6 +251,33 @@ def process_shard(
     return finish_shard(shard, tally.chunks, asdict(counts), fingerprint, shared_keys)
 
 
+def seal_of(rows_file: Path) -> Path:
+    """A rows file's seal: its row count and sha256, written after it."""
+    return rows_file.with_suffix(".sealed.json")
+
+
+def seal(text: str) -> dict[str, Any]:
+    return {"rows": text.count("\n"), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def chunk_damage(path: Path, expected_rows: int) -> str | None:
+    """Why the chunk at `path` cannot be reused (None: it can): a chunk is trusted only whole,
+    as its seal describes it, with one row per item of its slice of the shard."""
+    if not path.exists():
+        return "missing"
+    try:
+        seal = json.loads(seal_of(path).read_text())
+        rows, sha = int(seal["rows"]), str(seal["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has no valid seal (made by an interrupted write or an earlier version)"
+    if rows != expected_rows:
+        return f"its seal says {rows} rows where its slice of the shard has {expected_rows}"
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha:
+        return f"its content ({len(data)} bytes) does not match its seal (truncated or edited?)"
+    return None
+
+
 def finish_shard(
     shard: Shard,
     num_chunks: int,
@@ -258,6 +292,7 @@ def finish_shard(
     """
     text = "".join((shard.work / f"chunk{c:05d}.jsonl").read_text() for c in range(num_chunks))
     atomic_write_text(shard.output, text)
+    atomic_write_json(seal_of(shard.output), seal(text))
     atomic_write_json(shard.work / "counts.json", counts)
     if not all(s.output.exists() for s in shard.siblings()):
         return None
@@ -268,7 +303,8 @@ def finish_shard(
     }
     totals["shards"] = shard.count
     atomic_write_json(shard.stage_dir / "metrics.json", totals)
-    write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]})
+    outputs = {s.output.name: json.loads(seal_of(s.output).read_text()) for s in shard.siblings()}
+    write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]}, outputs)
     return totals
 
 
@@ -284,13 +320,20 @@ def finished_rows(
     if not record.is_file():
         raise error(
             f"{stage_dir} is not finished (no done.json): run `{command}` first "
-            "(with every shard, if it is sharded)"
+            "(with this run's model and method, and every shard if it is sharded)"
         )
-    num_shards = int(json.loads(record.read_text())["counts"].get("shards", 1))
+    finished = json.loads(record.read_text())
+    num_shards = int(finished["counts"].get("shards", 1))
+    redo = f"redo the stage ({command} pipeline.redo=[{stage_dir.name}])"
     rows = []
     for s in Shard(stage_dir, prefix, 0, num_shards).siblings():
         if not s.output.is_file():
-            raise error(f"{s.output} is missing although {record} says the stage finished")
+            raise error(f"{s.output} is missing although {record} says the stage finished; {redo}")
+        sealed = finished.get("outputs", {}).get(s.output.name)
+        if sealed is not None and file_sha256(s.output) != sealed["sha256"]:
+            raise error(
+                f"{s.output} is not the file {record} recorded (truncated or edited?); {redo}"
+            )
         rows += list(read_jsonl(s.output, error))
     return rows
 
@@ -300,9 +343,4 @@ def stage_rows(
 ) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) for every row of this iteration's finished `stage`, shard after shard."""
     command = f"python -m src.main stage={stage.value} iter={cfg.iter}"
-    return finished_rows(
-        cfg.stage_dir(stage),
-        STAGES[stage].rows,
-        error,
-        f"{command} (with this run's model and method)",
-    )
+    return finished_rows(cfg.stage_dir(stage), STAGES[stage].rows, error, command)

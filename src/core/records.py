@@ -59,12 +59,17 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
 
 
 def write_record(
-    stage_dir: str | os.PathLike[str], fingerprint: str, counts: dict, timings: dict
+    stage_dir: str | os.PathLike[str],
+    fingerprint: str,
+    counts: dict,
+    timings: dict,
+    outputs: dict | None = None,
 ) -> Path:
     """`done.json`, written atomically and LAST: the only mark that a stage finished.
 
     A stage whose record exists with the same config fingerprint can be skipped; without one,
-    whatever else is in the directory is a leftover to redo, never to trust.
+    whatever else is in the directory is a leftover to redo, never to trust. `outputs`: the
+    seal (rows, sha256) of each rows file, checked by the stages that read them.
     """
     from importlib.metadata import version
 
@@ -83,6 +88,8 @@ def write_record(
         "versions": versions,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if outputs is not None:
+        record["outputs"] = outputs
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 

@@ -125,6 +125,13 @@ def pair_of(row: RankedRow, where: str, selection: PairSelection) -> PairRow:
             f"{where}: prompt_id {row['prompt_id']!r}: {K} responses but scores, win_matrix and "
             f"win_rate of shapes {scores.shape}, {P.shape}, {p.shape}"
         )
+    for name, values in (("scores", scores), ("win_matrix", P), ("win_rate", p)):
+        if not np.isfinite(values).all():
+            raise PairsBuildError(
+                f"{where}: prompt_id {row['prompt_id']!r}: `{name}` holds NaN or infinity, which "
+                "would make a pair of any two responses; the rank stage's output was edited or "
+                "corrupted: redo it (pipeline.redo=[rank])"
+            )
     win, lose = select_pair(scores, [len(r) for r in row["responses"]], selection)
     return PairRow(
         prompt_id=row["prompt_id"],

@@ -10,7 +10,6 @@ With more than one process (`hardware.world_size > 1`) the stage relaunches itse
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -22,7 +21,7 @@ from omegaconf import OmegaConf
 
 from src.config import Config, RefLogprobs, Stage, validate
 from src.core import preemption, tracking
-from src.core.artifacts import atomic_write_json
+from src.core.artifacts import atomic_write_json, file_sha256
 from src.core.chunks import claim
 from src.core.policy import end_of_turn_ids, require_previous_policy
 from src.core.records import stage_fingerprint, write_record
@@ -137,14 +136,6 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         "truncated_responses": report.truncated_responses,
     }
     return Setup(trainer, counts)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- cleanup --------------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""What the stages trust: sealed chunks and rows files, file modes, no NaN in the data path."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from src.core.artifacts import atomic_write_json, atomic_write_text
+from src.core.chunks import Shard, finish_shard, finished_rows, run_chunks, seal_of
+from src.core.errors import StageError
+from tests.helpers import compose_cfg
+
+ITEMS = [f"q{i:02d}" for i in range(10)]  # chunks of 3: [0-2] [3-5] [6-8] [9]
+
+
+def process(made: list[list[str]]):
+    def rows_of(chunk: list[str]) -> list[dict]:
+        made.append(chunk)
+        return [
+            {"prompt_id": q, "text": f"answer to {q}\u2028with a line separator"} for q in chunk
+        ]
+
+    return rows_of
+
+
+def run_shard(stage_dir, made: list[list[str]]) -> bytes:
+    shard = Shard(stage_dir, "rows", 0, 1)
+    tally = run_chunks(shard, ITEMS, 3, process(made))
+    finish_shard(shard, tally.chunks, {"seconds": 0.0}, "fingerprint")
+    return shard.output.read_bytes()
+
+
+def damage_empty(path):
+    path.write_bytes(b"")
+
+
+def damage_truncated(path):
+    path.write_bytes(path.read_bytes()[:-20])
+
+
+def damage_spliced(path):  # a valid line of another chunk in place of one of its own
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[0] + lines[2])
+
+
+def damage_extra_row(path):
+    path.write_bytes(path.read_bytes() + b'{"prompt_id": "q99"}\n')
+
+
+def damage_unsealed(path):  # killed between the chunk's write and its seal's
+    seal_of(path).unlink()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [damage_empty, damage_truncated, damage_spliced, damage_extra_row, damage_unsealed],
+)
+def test_a_damaged_chunk_is_made_again_and_the_output_is_byte_identical(tmp_path, damage, capsys):
+    clean = run_shard(tmp_path / "clean", [])
+
+    stage_dir = tmp_path / "damaged"
+    run_shard(stage_dir, [])
+    (stage_dir / "done.json").unlink()
+    (stage_dir / "rows-shard000-of-001.jsonl").unlink()
+    chunk = stage_dir / "shard000-of-001" / "chunk00001.jsonl"
+    damage(chunk)
+    made: list[list[str]] = []
+    assert run_shard(stage_dir, made) == clean
+    assert made == [ITEMS[3:6]], "only the damaged chunk is made again"
+    assert f"[chunks] {chunk}: " in capsys.readouterr().err, "the console says which and why"
+
+
+def test_a_rows_file_that_differs_from_its_record_is_never_read(tmp_path):
+    run_shard(tmp_path, [])
+    output = tmp_path / "rows-shard000-of-001.jsonl"
+    assert len(finished_rows(tmp_path, "rows", StageError, "python -m src.main")) == 10
+    output.write_bytes(output.read_bytes()[:-30])
+    with pytest.raises(
+        StageError, match=r"rows-shard000-of-001\.jsonl is not the file .*done\.json"
+    ):
+        finished_rows(tmp_path, "rows", StageError, "python -m src.main stage=x iter=1")
+
+
+def test_atomic_files_get_the_mode_an_ordinary_file_gets(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        written = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+
+
+def test_json_files_never_hold_nan(tmp_path):
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "metrics.json", {"mean": float("nan")})
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypatch):
+    from src.core.records import write_record
+    from src.stages import pairs
+
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    cfg = compose_cfg("model=tiny-mistral", "logger=none", "method.K=3", "stage=pairs")
+    P = np.full((3, 3), 0.5).tolist()
+    row = {
+        "prompt_id": "q1",
+        "prompt": "a question",
+        "responses": ["a", "bb", "ccc"],
+        "sources": ["policy"] * 3,
+        "scores": [0.5, float("nan"), -0.5],
+        "win_matrix": P,
+        "win_rate": [0.5] * 3,
+    }
+    rank_dir = cfg.stage_dir("rank")
+    atomic_write_text(rank_dir / "ranked-shard000-of-001.jsonl", json.dumps(row) + "\n")
+    write_record(rank_dir, "test", {"shards": 1}, {})
+    with pytest.raises(StageError, match=r"ranked-shard000-of-001\.jsonl:1: prompt_id 'q1': .*NaN"):
+        pairs.run(cfg)
+    assert not cfg.stage_dir("pairs").exists(), "nothing a re-run would trust"
