@@ -624,6 +624,21 @@ class Config:
                 self.generation.seeds,
                 f"needs one seed per sample: method.K={self.method.K} seeds",
             )
+            repeated = sorted({s for s in self.generation.seeds if self.generation.seeds.count(s) > 1})
+            _check(
+                not repeated,
+                "generation.seeds",
+                self.generation.seeds,
+                f"repeats {repeated}: samples with the same seed are the same response, "
+                "and a pair of equal responses teaches nothing; give each sample its own seed",
+            )
+        _check(
+            self.generation.temperature > 0,
+            "generation.temperature",
+            self.generation.temperature,
+            f"0 decodes greedily: the method.K={self.method.K} responses to a prompt would all be "
+            "the same, and no pair could be preferred; sample with a temperature > 0 (e.g. 0.7)",
+        )
         per_step = self.training.per_device_batch_size * self.hardware.world_size
         _check(
             self.training.global_batch_size % per_step == 0,

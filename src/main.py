@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.config import (
+    REPO_ROOT,
     Config,
     ConfigError,
     PipelineConfig,
@@ -34,12 +35,20 @@ from src.config import (
 )
 from src.core import preemption, tracking
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError
+from src.core.errors import (
+    EXIT_CONFIG_ERROR,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    StageError,
+    describe,
+    describe_os_error,
+    redo,
+    with_overrides,
+)
 from src.core.records import state_of
 from src.core.registry import iteration_stages
 
-EXIT_STAGE_ERROR = 1
-EXIT_CONFIG_ERROR = 2
+_WANTS_TRACEBACK = False  # HYDRA_FULL_ERROR=1: every failure keeps its traceback
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
@@ -98,8 +107,8 @@ def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
         if not (previous.parent / "done.json").is_file():
             raise StageError(
                 f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
-                "which is not finished (pipeline.require_previous=true): run "
-                f"`{command_at(command, cfg.iter - 1)}` first"
+                "which is not finished (pipeline.require_previous=true); finish it first",
+                fix=f"iter={cfg.iter - 1}",
             )
         return
     for t in range(1, cfg.iter):
@@ -108,14 +117,7 @@ def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
             continue
         print(f"[main] iteration {t} is not done: running it first", file=sys.stderr)
-        run_iteration(earlier, runners, command_at(command, t))
-
-
-def command_at(command: str, iteration: int) -> str:
-    """`command` as it would be typed for another iteration."""
-    if re.search(r"(^|\s)iter=\d+", command):
-        return re.sub(r"(^|\s)iter=\d+", rf"\g<1>iter={iteration}", command)
-    return f"{command} iter={iteration}"
+        run_iteration(earlier, runners, with_overrides(command, f"iter={t}"))
 
 
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:
@@ -125,29 +127,31 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):
-            redo = f"`{command} pipeline.redo=[{st.stage.value}]`"
+            fix = redo(cfg.iter, st.stage.value)
             if st.earlier_version:
                 raise StageError(
                     f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, "
-                    f"whose records this one cannot check; to redo it and the stages after it: {redo}"
+                    "whose records this one cannot check; to redo it and the stages after it",
+                    fix,
                 )
             why = "; ".join(st.changed) or "the output of an earlier stage changed"
             raise StageError(
                 f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); "
-                f"to redo it and the stages after it: {redo}, or restore the config"
+                "restore the config, or redo it and the stages after it",
+                fix,
             )
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
     for i, st in enumerate(states):
         stage_dir = cfg.stage_dir(st.stage)
-        redo = redo_from is not None and i >= redo_from
-        if st.status == "done" and not redo:
+        redoing = redo_from is not None and i >= redo_from
+        if st.status == "done" and not redoing:
             print(
                 f"[main] stage {st.stage.value}: finished with this config, skipped",
                 file=sys.stderr,
             )
             continue
-        if redo and stage_dir.exists():
+        if redoing and stage_dir.exists():
             print(f"[main] stage {st.stage.value}: redoing (pipeline.redo)", file=sys.stderr)
             shutil.rmtree(stage_dir)
         print(f"[main] stage {st.stage.value} -> {stage_dir}", file=sys.stderr)
@@ -186,13 +190,15 @@ def _hydra_main(raw: DictConfig) -> None:
     preemption.install()
     try:
         dispatch(cfg, command, config_for_iter)
-    except preemption.Preempted as exc:
-        _fail(f"preempted: {exc}", preemption.EXIT_PREEMPTED)
     except StageError as exc:
-        _fail(f"error: {exc}", EXIT_STAGE_ERROR)
+        _fail(describe(exc, command), exc.exit_code, exc)
+    except OSError as exc:  # the file system refused (full, read-only, not permitted, ...)
+        _fail(f"error: {describe_os_error(exc)}", EXIT_ENVIRONMENT, exc)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
+    if exc is not None and _WANTS_TRACEBACK:
+        raise exc
     print(message, file=sys.stderr)
     sys.exit(code)
 
@@ -240,16 +246,37 @@ def main() -> None:
     )
     if shows_job and "--resolve" not in args:
         sys.argv.append("--resolve")
+    if shows_job:  # Hydra prints without calling the task: check the schema first
+        check_config([a for a in args if "=" in a and not a.startswith("-")])
     # Hydra prints its errors over several lines plus a hint; let them reach us instead,
     # unless the user asked for Hydra's full traceback themselves.
-    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    global _WANTS_TRACEBACK
+    _WANTS_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as exc:
-        if wants_traceback:
-            raise
-        _fail(f"config error: {describe_hydra_error(exc)}", EXIT_CONFIG_ERROR)
+        _fail(f"config error: {describe_hydra_error(exc)}", EXIT_CONFIG_ERROR, exc)
+    except KeyboardInterrupt as exc:
+        _fail(
+            "interrupted: stopped by Ctrl-C; re-run the same command to resume from the "
+            "finished chunks and the last Trainer checkpoint",
+            EXIT_INTERRUPTED,
+            exc,
+        )
+
+
+def check_config(overrides: list[str]) -> None:
+    """Compose and validate as a run would, so that `--cfg job` shows only configs a run accepts."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+            validate(compose("config", overrides=overrides))
+    except ConfigError as exc:
+        _fail(f"config error: {exc}", EXIT_CONFIG_ERROR, exc)
+    except (HydraException, OmegaConfBaseException) as exc:
+        _fail(f"config error: {describe_hydra_error(exc)}", EXIT_CONFIG_ERROR, exc)
 
 
 if __name__ == "__main__":

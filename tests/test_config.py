@@ -303,6 +303,11 @@ def test_every_config_file_says_what_it_is_and_how_to_launch_it():
         ("training.lm_head_chunk=0", r"^training\.lm_head_chunk=0: must be > 0$"),
         ("generation.seeds=[1,2]", r"^generation\.seeds=\[1, 2\]: needs one seed per sample"),
         (
+            "generation.seeds=[1,2,1,3,2]",
+            r"^generation\.seeds=\[1, 2, 1, 3, 2\]: repeats \[1, 2\]: samples with the same seed",
+        ),
+        ("generation.temperature=0", r"^generation\.temperature=0\.0: 0 decodes greedily: the method\.K=5"),
+        (
             "hardware.processes_per_node=3",
             r"^hardware\.distributed='none': 'none' needs exactly one",
         ),
@@ -362,10 +367,12 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
             ["method.eta=oops"],
             "config error: method.eta: Value 'oops' of type 'str' could not be converted to Float",
         ),
-        (  # --cfg job resolves without validating: the resolver names what it computes
+        (  # --cfg job shows only what a run accepts: the schema is checked first
             ["method.eta=oops", "--cfg", "job"],
-            "config error: method.tag is computed from 'oops', which is not a number",
+            "config error: method.eta: Value 'oops' of type 'str' could not be converted to Float",
         ),
+        (["iter=0", "--cfg", "job"], "config error: iter=0: must be >= 1"),
+        (["generation.top_p=5", "--cfg", "job"], "config error: generation.top_p=5.0: must be in"),
         (["method.eta=-1"], "config error: method.eta=-1.0: must be > 0"),
         (["iter=0"], "config error: iter=0: must be >= 1"),
         (["method.K=1"], "config error: method.K=1: must be >= 2"),

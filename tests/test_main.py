@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 import src.main as main
 from src.config import Config, Stage, to_yaml
-from src.core.errors import StageError
+from src.core.errors import StageError, describe
 from src.core.records import as_tree
 from src.core.registry import STAGES
 from tests.helpers import compose_cfg
@@ -66,12 +67,13 @@ def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorde
     stage_dir.mkdir(parents=True)
     (stage_dir / "done.json").write_text(json.dumps({"fingerprint": "of-an-earlier-version"}))
     command = "python -m src.main stage=pairs logger=none"
-    with pytest.raises(
-        StageError,
-        match=r"recorded by an earlier version of selfplay-lab, .*; to redo it .*"
-        r"`python -m src\.main stage=pairs logger=none pipeline\.redo=\[pairs\]`",
-    ):
+    with pytest.raises(StageError) as refused:
         main.dispatch(cfg, command)
+    assert re.fullmatch(
+        r"error: .* was recorded by an earlier version of selfplay-lab, .*; to redo it .*; "
+        r"run `python -m src\.main stage=pairs logger=none iter=1 pipeline\.redo=\[pairs\]`",
+        describe(refused.value, command),
+    )
     assert recorded == [], "nothing runs over a record it cannot read"
 
 

@@ -102,7 +102,8 @@ def test_require_previous_refuses_and_names_the_command(tmp_path):
     assert refused.returncode == 1
     line = refused.stderr.strip().splitlines()[-1]
     assert "iteration 2 starts from iteration 1's checkpoint" in line
-    assert "run `python -m src.main" in line and "iter=1" in line
+    # the user's own command, with only the iteration changed (model, sizes and root kept)
+    assert f"run `python -m src.main {' '.join(SMALL)} iter=1 pipeline.require_previous=true`" in line
     assert not list(tmp_path.rglob("done.json"))
 
 

@@ -17,14 +17,16 @@ import signal
 import sys
 from pathlib import Path
 
-from src.core.errors import StageError
+from src.core.errors import EXIT_PREEMPTED, StageError
 
-EXIT_PREEMPTED = 4
 _requested = False
 
 
 class Preempted(StageError):
     """The stage stopped early on request, after saving what a re-run resumes from."""
+
+    exit_code = EXIT_PREEMPTED
+    label = "preempted"
 
 
 def _on_signal(signum, frame) -> None:
