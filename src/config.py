@@ -624,7 +624,9 @@ class Config:
                 self.generation.seeds,
                 f"needs one seed per sample: method.K={self.method.K} seeds",
             )
-            repeated = sorted({s for s in self.generation.seeds if self.generation.seeds.count(s) > 1})
+            repeated = sorted(
+                {s for s in self.generation.seeds if self.generation.seeds.count(s) > 1}
+            )
             _check(
                 not repeated,
                 "generation.seeds",

@@ -127,7 +127,7 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):
-            fix = redo(cfg.iter, st.stage.value)
+            fix = redo(cfg, st.stage.value)
             if st.earlier_version:
                 raise StageError(
                     f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, "
@@ -199,6 +199,10 @@ def _hydra_main(raw: DictConfig) -> None:
 def _fail(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
     if exc is not None and _WANTS_TRACEBACK:
         raise exc
+    # a progress bar the failure interrupted would be drawn again at exit, after the message
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
     print(message, file=sys.stderr)
     sys.exit(code)
 

@@ -306,7 +306,10 @@ def test_every_config_file_says_what_it_is_and_how_to_launch_it():
             "generation.seeds=[1,2,1,3,2]",
             r"^generation\.seeds=\[1, 2, 1, 3, 2\]: repeats \[1, 2\]: samples with the same seed",
         ),
-        ("generation.temperature=0", r"^generation\.temperature=0\.0: 0 decodes greedily: the method\.K=5"),
+        (
+            "generation.temperature=0",
+            r"^generation\.temperature=0\.0: 0 decodes greedily: the method\.K=5",
+        ),
         (
             "hardware.processes_per_node=3",
             r"^hardware\.distributed='none': 'none' needs exactly one",

@@ -12,7 +12,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.evaluation.winrate import lc_win_rate, length_covariate
-from tests.helpers import cli
+from tests.helpers import SMALL, cli
 
 EVAL_SET = REPO_ROOT / "data" / "prompts" / "eval.json"
 EXPORT_KEYS = {"instruction", "output", "generator", "dataset"}
@@ -158,7 +158,8 @@ def test_bad_input_is_one_line_and_writes_no_evaluation(tmp_path, evaluated):
     untrained = cli(root, "iter=2", "stage=eval")
     assert untrained.returncode == 1
     assert "error: iteration 2 is not trained" in untrained.stderr
-    assert "python -m src.main model=tiny-mistral method=sppo iter=2" in untrained.stderr
+    # the user's own command, running the whole iteration 2 instead of its eval
+    assert f"run `python -m src.main {' '.join(SMALL)} iter=2 stage=all`" in untrained.stderr
     assert not eval_dir(root, 2).joinpath("eval.json").exists()
 
     bad = tmp_path / "eval.json"

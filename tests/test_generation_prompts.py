@@ -295,6 +295,12 @@ def test_a_malformed_json_line_names_file_and_line(tmp_path):
     path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c",}\n', encoding="utf-8")
     with pytest.raises(PromptsError, match=rf"^{path}:3: malformed JSON line"):
         load_prompts(str(path))
+    path.write_text('{"prompt": "a"}\n{"prompt": "b', encoding="utf-8")  # cut short
+    with pytest.raises(PromptsError) as cut:
+        load_prompts(str(path))
+    assert str(cut.value) == (
+        f"{path}:2: malformed JSON line: Unterminated string starting at (column 12)"
+    )
 
 
 def test_a_json_array_in_a_jsonl_file_or_a_non_object_row_is_explained(tmp_path):

@@ -182,16 +182,22 @@ def test_chunks_made_with_another_config_are_never_reused():
         run(gen_cfg("model=tiny-mistral", "data.max_prompts=2", "generation.temperature=1.3"))
 
 
-def test_long_prompts_are_skipped_or_truncated_and_counted(tmp_path):
+def test_long_prompts_are_skipped_or_truncated_and_counted(tmp_path, capsys):
     path = tmp_path / "prompts.jsonl"
     rows = [
         {"prompt_id": "short", "prompt": "Hi"},
         {"prompt_id": "long", "prompt": "Tell me more. " * 200},
     ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]))  # one repeat
     limit = "generation.max_prompt_length=40"
     skip = gen_cfg("model=tiny-gemma2", f"data.prompts={path}", limit, "run_name=skip")
     run(skip)
+    said = capsys.readouterr().err  # what done.json counts is said on the console too
+    assert f"[generate] 1 rows of {path} repeat an earlier row: dropped" in said
+    assert (
+        "[generate] 1 prompts are longer than generation.max_prompt_length=40 tokens: skipped"
+        in said
+    )
     assert [r["prompt_id"] for r in responses(skip.stage_dir("generate"))] == ["short"]
     assert (
         json.loads((skip.stage_dir("generate") / "done.json").read_text())["counts"][
@@ -207,6 +213,7 @@ def test_long_prompts_are_skipped_or_truncated_and_counted(tmp_path):
         "run_name=cut",
     )
     run(cut)
+    assert "[generate] 1 prompts are longer than" in capsys.readouterr().err
     kept = responses(cut.stage_dir("generate"))
     assert [r["prompt_id"] for r in kept] == ["short", "long"]
     assert rows[1]["prompt"].endswith(kept[1]["prompt"]), "the end of the prompt is what is kept"
@@ -268,7 +275,7 @@ def test_the_vllm_backend_without_vllm_says_how_to_install_it():
 
 def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
     with pytest.raises(
-        StageError,
-        match=r"iteration 1's checkpoint, which does not exist: .*\(run: python -m src.main iter=1\)",
-    ):
+        StageError, match=r"iteration 1's checkpoint, which is not trained: .*; finish iteration 1"
+    ) as refused:
         run(gen_cfg("model=tiny-mistral", "iter=2"))
+    assert refused.value.fix == "stage=all iter=1"

@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from src.core.artifacts import atomic_write_json, atomic_write_text
+from src.core.artifacts import atomic_write_json, atomic_write_text, umask
 from src.core.chunks import Shard, finish_shard, finished_rows, run_chunks, seal_of
 from src.core.errors import StageError
 from tests.helpers import compose_cfg
@@ -77,21 +77,25 @@ def test_a_damaged_chunk_is_made_again_and_the_output_is_byte_identical(tmp_path
 def test_a_rows_file_that_differs_from_its_record_is_never_read(tmp_path):
     run_shard(tmp_path, [])
     output = tmp_path / "rows-shard000-of-001.jsonl"
-    assert len(finished_rows(tmp_path, "rows", StageError, "python -m src.main")) == 10
+    assert len(finished_rows(tmp_path, "rows", StageError, "stage=x", "pipeline.redo=[x]")) == 10
     output.write_bytes(output.read_bytes()[:-30])
     with pytest.raises(
         StageError, match=r"rows-shard000-of-001\.jsonl is not the file .*done\.json"
-    ):
-        finished_rows(tmp_path, "rows", StageError, "python -m src.main stage=x iter=1")
+    ) as refused:
+        finished_rows(tmp_path, "rows", StageError, "stage=x", "pipeline.redo=[x]")
+    assert refused.value.fix == "pipeline.redo=[x]"
 
 
-def test_atomic_files_get_the_mode_an_ordinary_file_gets(tmp_path):
-    previous = os.umask(0o022)
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_files_get_the_mode_an_ordinary_file_gets(tmp_path, mask, mode):
+    previous = os.umask(mask)
+    umask.cache_clear()  # the process's umask is read once; this test changes it
     try:
         written = atomic_write_text(tmp_path / "a.txt", "x")
     finally:
         os.umask(previous)
-    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+        umask.cache_clear()
+    assert stat.S_IMODE(written.stat().st_mode) == mode
 
 
 def test_json_files_never_hold_nan(tmp_path):
@@ -119,6 +123,40 @@ def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypat
     rank_dir = cfg.stage_dir("rank")
     atomic_write_text(rank_dir / "ranked-shard000-of-001.jsonl", json.dumps(row) + "\n")
     write_record(rank_dir, "test", {"shards": 1}, {})
-    with pytest.raises(StageError, match=r"ranked-shard000-of-001\.jsonl:1: prompt_id 'q1': .*NaN"):
+    with pytest.raises(
+        StageError, match=r"ranked-shard000-of-001\.jsonl:1: prompt_id 'q1': .*NaN"
+    ) as stopped:
         pairs.run(cfg)
+    assert stopped.value.fix == "stage=rank iter=1 pipeline.redo=[rank]"  # then pairs again
     assert not cfg.stage_dir("pairs").exists(), "nothing a re-run would trust"
+
+
+def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
+    tmp_path, monkeypatch, tiny_dir
+):
+    from src.core.records import write_record
+    from src.stages import pairs, train
+
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    cfg = compose_cfg("model=tiny-mistral", "logger=none", "method.K=3", "stage=train")
+    row = {
+        "prompt_id": "q1",
+        "prompt": "a question",
+        "responses": ["a", "bb", "ccc"],
+        "sources": ["policy"] * 3,
+        "scores": [0.5, 0.1, -0.5],
+        "win_matrix": np.full((3, 3), 0.5).tolist(),
+        "win_rate": [0.5] * 3,
+    }
+    rank_dir = cfg.stage_dir("rank")
+    atomic_write_text(rank_dir / "ranked-shard000-of-001.jsonl", json.dumps(row) + "\n")
+    write_record(rank_dir, "test", {"shards": 1}, {})
+    pairs.run(cfg)
+    _, rows = train.read_inputs(cfg)
+    assert [r["prompt_id"] for r in rows] == ["q1"]
+
+    parquet = cfg.stage_dir("pairs") / "pairs.parquet"
+    parquet.write_bytes(parquet.read_bytes() + b"\0")  # still readable: only the seal tells
+    with pytest.raises(StageError, match=r"pairs\.parquet is not the file .*done\.json") as refused:
+        train.read_inputs(cfg)
+    assert refused.value.fix == "stage=pairs iter=1 pipeline.redo=[pairs]"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,13 +98,41 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
 
 
 @pytest.mark.slow
+def test_a_copied_run_root_keeps_its_finished_stages_and_goes_on(tmp_path):
+    here, there = tmp_path / "here", tmp_path / "elsewhere" / "runs"
+    first = cli(here, "iter=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(here, there, copy_function=shutil.copy)  # as `cp -r`: new modification times
+    shutil.rmtree(here)  # nothing may be read from where the run was made
+    before = records(there)
+
+    again = cli(there, "iter=1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("finished with this config, skipped") == 4
+    assert records(there) == before, "no stage of the copy was made again"
+
+    on = cli(there, "iter=2")
+    assert on.returncode == 0, on.stderr[-2000:]
+    assert "[main] iteration 1: finished with this config" in on.stderr
+    assert "running it first" not in on.stderr
+    lineage = run_dir(there)
+    for stage in ("generate", "rank", "pairs", "train"):
+        assert (lineage / "iter2" / stage / "done.json").is_file(), stage
+    saved = (lineage / "iter2" / "generate" / "config.yaml").read_text()
+    assert f"init_policy: {lineage / 'iter1' / 'train' / 'checkpoint'}" in saved
+    assert records(there).items() >= before.items(), "iteration 1 untouched"
+
+
+@pytest.mark.slow
 def test_require_previous_refuses_and_names_the_command(tmp_path):
     refused = cli(tmp_path, "iter=2", "pipeline.require_previous=true")
     assert refused.returncode == 1
     line = refused.stderr.strip().splitlines()[-1]
     assert "iteration 2 starts from iteration 1's checkpoint" in line
     # the user's own command, with only the iteration changed (model, sizes and root kept)
-    assert f"run `python -m src.main {' '.join(SMALL)} iter=1 pipeline.require_previous=true`" in line
+    assert (
+        f"run `python -m src.main {' '.join(SMALL)} iter=1 pipeline.require_previous=true`" in line
+    )
     assert not list(tmp_path.rglob("done.json"))
 
 

@@ -494,6 +494,8 @@ def test_command_line_rank_then_pairs(tmp_path):
     assert failed.returncode == 1
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "is not finished (no done.json)" in last
+    # the user's own command, with the stage that makes the missing input
+    assert last.endswith(f"run `python -m src.main stage=generate {' '.join(common)}`"), last
 
 
 def test_a_run_that_failed_before_its_first_chunk_does_not_block_a_corrected_config():

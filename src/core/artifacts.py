@@ -7,6 +7,7 @@ flushed to disk, then renamed over the final name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,12 +37,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
         sync_directory(path.parent)  # the rename itself survives a crash of the node
+    except OSError as err:  # a write that failed (a full disk): say which file it was
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+@functools.cache
 def umask() -> int:
+    """The process's umask, read once (reading it means setting it)."""
     current = os.umask(0o022)
     os.umask(current)
     return current
@@ -100,7 +108,7 @@ def read_jsonl(
                         else ""
                     )
                     raise error(
-                        f"{where}: malformed JSON line: {err.msg} at column {err.colno}{hint}"
+                        f"{where}: malformed JSON line: {err.msg} (column {err.colno}){hint}"
                     ) from None
                 if not isinstance(row, dict):
                     raise error(

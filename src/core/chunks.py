@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from src.config import Config, Stage
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
-from src.core.errors import StageError
+from src.core.errors import StageError, redo
 from src.core.records import write_record
 from src.core.registry import STAGES, shard_section
 
@@ -141,18 +141,25 @@ class Shard:
 
 
 def claim(
-    work: Path, identity: str, error: type[StageError], what: str, leftovers: str = "chunk*.jsonl"
+    work: Path,
+    identity: str,
+    error: type[StageError],
+    what: str,
+    fix: str | None,
+    leftovers: str = "chunk*.jsonl",
 ) -> None:
     """Refuse a work directory holding `leftovers` made from another `identity`, else mark it ours.
 
     Used for a shard's chunks and for the Trainer's checkpoints: what a re-run resumes from.
+    `fix`: the overrides that start the stage over (None: deleting `work` does).
     """
     marker = work / "identity.txt"
     if marker.exists() and marker.read_text().strip() == identity:
         return
     # a run that failed before leaving anything (a judge that would not load) has nothing to protect
     if marker.exists() and any(work.glob(leftovers)):
-        raise error(f"{work} holds {what}; delete that directory to redo it, or restore the config")
+        start_over = "start the stage over" if fix else "delete that directory to redo it"
+        raise error(f"{work} holds {what}; restore the config, or {start_over}", fix)
     atomic_write_text(marker, identity + "\n")
 
 
@@ -309,38 +316,51 @@ def finish_shard(
 
 
 def finished_rows(
-    stage_dir: Path, prefix: str, error: type[StageError], command: str
+    stage_dir: Path, prefix: str, error: type[StageError], finish: str | None, redo_it: str | None
 ) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) for every row of a finished stage, shard after shard.
 
-    A stage without its done.json is unfinished (or killed): its files are never read, and the
-    message names the command that finishes it.
+    A stage without its done.json is unfinished (or killed): its files are never read. `finish`
+    and `redo_it` are the overrides that make the stage, and make it again (None: a cache that
+    the next run remakes once its folder is deleted).
     """
     record = stage_dir / "done.json"
     if not record.is_file():
-        raise error(
-            f"{stage_dir} is not finished (no done.json): run `{command}` first "
-            "(with this run's model and method, and every shard if it is sharded)"
-        )
+        raise error(f"{stage_dir} is not finished (no done.json); make it first", finish)
     finished = json.loads(record.read_text())
     num_shards = int(finished["counts"].get("shards", 1))
-    redo = f"redo the stage ({command} pipeline.redo=[{stage_dir.name}])"
     rows = []
     for s in Shard(stage_dir, prefix, 0, num_shards).siblings():
-        if not s.output.is_file():
-            raise error(f"{s.output} is missing although {record} says the stage finished; {redo}")
-        sealed = finished.get("outputs", {}).get(s.output.name)
-        if sealed is not None and file_sha256(s.output) != sealed["sha256"]:
-            raise error(
-                f"{s.output} is not the file {record} recorded (truncated or edited?); {redo}"
-            )
+        require_sealed(s.output, error, redo_it, finished)
         rows += list(read_jsonl(s.output, error))
     return rows
+
+
+def require_sealed(
+    output: Path, error: type[StageError], redo_it: str | None, finished: dict | None = None
+) -> None:
+    """`output` as its stage's record (`finished`, else read from done.json beside it) sealed
+    it: present, and the same bytes when the record holds its sha256."""
+    record = output.parent / "done.json"
+    if finished is None:
+        finished = json.loads(record.read_text()) if record.is_file() else {}
+    again = "redo the stage" if redo_it else f"delete {output.parent} to make it again"
+    if not output.is_file():
+        raise error(
+            f"{output} is missing although {record} says the stage finished; {again}", redo_it
+        )
+    sealed = finished.get("outputs", {}).get(output.name)
+    if sealed is not None and file_sha256(output) != sealed["sha256"]:
+        raise error(
+            f"{output} is not the file {record} recorded (truncated or edited?); {again}", redo_it
+        )
 
 
 def stage_rows(
     cfg: Config, stage: Stage, error: type[StageError]
 ) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) for every row of this iteration's finished `stage`, shard after shard."""
-    command = f"python -m src.main stage={stage.value} iter={cfg.iter}"
-    return finished_rows(cfg.stage_dir(stage), STAGES[stage].rows, error, command)
+    finish = f"stage={stage.value} iter={cfg.iter}"
+    return finished_rows(
+        cfg.stage_dir(stage), STAGES[stage].rows, error, finish, redo(cfg, stage.value)
+    )

@@ -47,9 +47,13 @@ class EnvironmentFailure(StageError):
     exit_code = EXIT_ENVIRONMENT
 
 
-def redo(iteration: int, stage: str) -> str:
-    """The overrides that redo `stage` of `iteration` and the stages after it."""
-    return f"iter={iteration} pipeline.redo=[{stage}]"
+def redo(cfg, stage: str, iteration: int | None = None) -> str:
+    """The overrides that make `stage` of `iteration` (the config's by default) again, with the
+    stages after it that the command runs. `pipeline.redo` acts on the stages a command runs, so
+    a command that runs one other stage is pointed at `stage` itself."""
+    fix = f"iter={cfg.iter if iteration is None else iteration} pipeline.redo=[{stage}]"
+    running = getattr(cfg.stage, "value", cfg.stage)
+    return fix if running in ("all", stage) else f"stage={stage} {fix}"
 
 
 def with_overrides(command: str, overrides: str) -> str:

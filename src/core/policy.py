@@ -1,22 +1,117 @@
-"""The policy every stage of iteration t starts from: pi_{t-1}, and the tokens that end its turn."""
+"""The policy every stage of iteration t starts from: pi_{t-1}, checked whole before it is loaded,
+and the tokens that end its turn."""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 from src.config import Config
-from src.core.errors import StageError
+from src.core.errors import EnvironmentFailure, StageError, redo
+from src.core.records import read_record
 
 
 def require_previous_policy(cfg: Config) -> str:
-    """pi_{t-1}'s path; for t > 1 it must be iteration t-1's checkpoint, already trained."""
+    """pi_{t-1}'s path. For t > 1 it is iteration t-1's checkpoint, trained and whole; for t = 1
+    the base model, a local folder (whole) or a hub id this machine can load."""
     path = cfg.run.init_policy
-    if cfg.iter > 1 and not Path(path).is_dir():
+    if cfg.iter == 1:
+        require_loadable(path, cfg.model.revision)
+        return path
+    previous = cfg.iter - 1
+    record = read_record(Path(path).parent)
+    if record is None or not Path(path).is_dir():
         raise StageError(
-            f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint, which does "
-            f"not exist: {path} (run: python -m src.main iter={cfg.iter - 1})"
+            f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint, which is not "
+            f"trained: {path}; finish iteration {previous} first",
+            fix=f"stage=all iter={previous}",
+        )
+    damage = checkpoint_damage(Path(path), record.get("outputs", {}))
+    if damage:
+        raise StageError(
+            f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint {path}, which is "
+            f"damaged ({damage}); train iteration {previous} again",
+            fix=redo(cfg, "train", previous),
         )
     return path
+
+
+def require_loadable(path: str, revision: str | None) -> None:
+    """A local model folder must be whole; a hub id must be in the local cache when the Hub is
+    offline (else from_pretrained fails after a long traceback)."""
+    if Path(path).is_dir():
+        damage = checkpoint_damage(Path(path), {})
+        if damage:
+            raise StageError(f"model.path={path}: the model is damaged ({damage})")
+        return
+    if Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).exists():
+        raise StageError(f"model.path={path}: no such model folder")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.is_offline_mode() and not isinstance(
+        try_to_load_from_cache(path, "config.json", revision=revision), str
+    ):
+        raise EnvironmentFailure(
+            f"model.path={path!r} is neither a local folder nor in the Hugging Face cache, and "
+            "the Hub is offline (HF_HUB_OFFLINE=1): download it where the Hub is reachable "
+            f"(`hf download {path}`), or point model.path at a local folder"
+        )
+
+
+# --- a checkpoint saved whole ---------------------------------------------------------------------
+
+
+def seal_checkpoint(folder: Path) -> dict[str, dict[str, int]]:
+    """What the train stage's record keeps of its checkpoint: every file's size, by name."""
+    return {
+        f"{folder.name}/{f.name}": {"bytes": f.stat().st_size}
+        for f in sorted(folder.iterdir())
+        if f.is_file()
+    }
+
+
+def checkpoint_damage(folder: Path, outputs: dict) -> str | None:
+    """Why the checkpoint in `folder` is not whole (a file missing, cut short or replaced since
+    `outputs` recorded it; a safetensors file shorter than its header says), or None."""
+    for name, sealed in outputs.items():
+        prefix, _, file = name.partition("/")
+        if prefix != folder.name or "bytes" not in sealed:
+            continue
+        if not (folder / file).is_file():
+            return f"{file} is missing"
+        size = (folder / file).stat().st_size
+        if size != sealed["bytes"]:
+            return f"{file} has {size} bytes where training saved {sealed['bytes']}"
+    for weights in sorted(folder.glob("*.safetensors")):
+        why = safetensors_damage(weights)
+        if why:
+            return f"{weights.name} {why}"
+    return None
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header of tensor offsets, then the
+    data: it is whole when its size is where the last tensor ends. Read without loading it."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"is cut short ({size} bytes)"
+        (header_bytes,) = struct.unpack("<Q", head)
+        if 8 + header_bytes > size:
+            return f"is cut short ({size} bytes; its header alone is {header_bytes})"
+        try:
+            header = json.loads(f.read(header_bytes))
+        except (UnicodeDecodeError, ValueError):
+            return "has an unreadable header"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    expected = 8 + header_bytes + max(ends, default=0)
+    if size != expected:
+        return (
+            f"is cut short ({size} bytes of {expected})" if size < expected else "has extra bytes"
+        )
+    return None
 
 
 def end_of_turn_ids(path: str, tokenizer) -> list[int]:

@@ -9,6 +9,10 @@ after it. A stage's `done.json` stores the fingerprint it was made under:
 - another fingerprint: it was made under another config; never reused silently — refused,
   naming the keys that changed, unless the user asks to redo it (`pipeline.redo=[stage]`);
 - no record: the stage has not finished (it resumes from whatever it left, or starts).
+
+A fingerprint does not depend on where the run sits: a path inside the run directory enters it
+as `<run>/...`, one elsewhere under `paths.root` as `<root>/...` (`fingerprint_form`), so a run
+root moved or copied elsewhere keeps its finished stages.
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ from src.core.registry import STAGES, shard_section
 
 # Bumped when what a fingerprint hashes changes: a record of another format was made by another
 # version of this project, and is refused with that reason rather than as a config change.
-RECORD_FORMAT = 2
+# Format 3 hashes the paths inside the run relative to it; format 2 hashed them absolute, and its
+# records are still checked as it made them, where the run then sat (`state_of`).
+RECORD_FORMAT = 3
+ABSOLUTE_PATHS_FORMAT = 2
+
+# What a fingerprint writes, at the head of a path, for the run directory and for paths.root.
+PORTABLE = ("<run>", "<root>")
 
 
 def as_tree(cfg: Config) -> dict[str, Any]:
@@ -44,8 +54,33 @@ def lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def stage_inputs(tree: dict[str, Any], stage: Stage) -> dict[str, Any]:
-    return {key: lookup(tree, key) for key in STAGES[stage].inputs}
+def fingerprint_form(value: Any, tree: dict[str, Any], at: tuple[str, str] = PORTABLE) -> Any:
+    """`value`, from the config `tree`, as fingerprints hash it and `changed` shows it.
+
+    A path inside the run directory (`run.dir`) is written `<run>/...`, another inside
+    `paths.root` `<root>/...`, so that a fingerprint depends on paths relative to the run, not on
+    where its root sits; anything else (a model dir, a prompt file elsewhere) is kept as it is;
+    sections and lists item by item. `at`: what to write for the run directory and the root
+    instead — format 2 hashed the absolute paths, which is `at=(its run.dir, its paths.root)`.
+    """
+    if isinstance(value, dict):
+        return {k: fingerprint_form(v, tree, at) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fingerprint_form(v, tree, at) for v in value]
+    if isinstance(value, str):
+        places = (lookup(tree, "run.dir"), lookup(tree, "paths.root"))
+        for place, written in zip(places, at, strict=True):
+            base = str(place).rstrip("/")
+            if place and (value == base or value.startswith(base + "/")):
+                return written.rstrip("/") + value[len(base) :]
+    return value
+
+
+def stage_inputs(
+    tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE
+) -> dict[str, Any]:
+    """The stage's inputs in `tree`, in their fingerprint form."""
+    return fingerprint_form({key: lookup(tree, key) for key in STAGES[stage].inputs}, tree, at)
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:
@@ -93,11 +128,14 @@ def write_record(
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 
-def stage_fingerprint(cfg: Config, stage: Stage) -> str:
-    """sha256 of the stage's inputs and of the fingerprint of what it consumes."""
+def stage_fingerprint(cfg: Config, stage: Stage, at: tuple[str, str] = PORTABLE) -> str:
+    """sha256 of the stage's inputs and of the fingerprint of what it consumes.
+
+    `at`: see `fingerprint_form`; the default makes the fingerprint of this format.
+    """
     consumes = STAGES[stage].consumes
     if consumes is not None:
-        upstream: str | None = stage_fingerprint(cfg, consumes)
+        upstream: str | None = stage_fingerprint(cfg, consumes, at)
     elif cfg.iter > 1:  # the previous iteration's checkpoint, as recorded when it was trained
         record = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")
         upstream = record["fingerprint"] if record else "unfinished"
@@ -105,7 +143,7 @@ def stage_fingerprint(cfg: Config, stage: Stage) -> str:
         upstream = None
     payload = {
         "stage": stage.value,
-        "inputs": stage_inputs(as_tree(cfg), stage),
+        "inputs": stage_inputs(as_tree(cfg), stage, at),
         "upstream": upstream,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -125,17 +163,36 @@ def state_of(cfg: Config, stage: Stage) -> StageState:
         return StageState(stage, "todo")
     if record.get("fingerprint") == stage_fingerprint(cfg, stage):
         return StageState(stage, "done")
-    if record.get("format") != RECORD_FORMAT:
+    if record.get("format") == ABSOLUTE_PATHS_FORMAT:
+        # made before fingerprints were relative to the run: checked as it was made, with the
+        # absolute paths of where the run sat then (its saved config says), moved or not
+        saved = saved_config(cfg, stage) or {}
+        then = (
+            lookup(saved, "run.dir") or cfg.run.dir,
+            lookup(saved, "paths.root") or cfg.paths.root,
+        )
+        if record.get("fingerprint") == stage_fingerprint(cfg, stage, then):
+            return StageState(stage, "done")
+    elif record.get("format") != RECORD_FORMAT:
         return StageState(stage, "stale", earlier_version=True)
     return StageState(stage, "stale", changed_inputs(cfg, stage))
 
 
-def changed_inputs(cfg: Config, stage: Stage) -> list[str]:
-    """`key: old -> new` for the inputs that differ from the config the stage last ran with."""
+def saved_config(cfg: Config, stage: Stage) -> dict[str, Any] | None:
+    """The config the stage last ran with (its `config.yaml`), as plain data, or None."""
     saved = cfg.stage_dir(stage) / "config.yaml"
     if not saved.is_file():
+        return None
+    return OmegaConf.to_container(OmegaConf.load(saved))
+
+
+def changed_inputs(cfg: Config, stage: Stage) -> list[str]:
+    """`key: old -> new` for the inputs that differ from the config the stage last ran with,
+    in their fingerprint form (paths inside the run relative to it: a move changes none)."""
+    saved = saved_config(cfg, stage)
+    if saved is None:
         return []
-    before = flatten(stage_inputs(OmegaConf.to_container(OmegaConf.load(saved)), stage))
+    before = flatten(stage_inputs(saved, stage))
     now = flatten(stage_inputs(as_tree(cfg), stage))
     return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
 

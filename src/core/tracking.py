@@ -10,25 +10,33 @@
   through the Trainer's own W&B callback, which finds this run already open and logs into it).
 
 `logger=none` tracks nothing; `logger.mode=offline` (or WANDB_MODE=offline) needs no server
-(`wandb sync` uploads later). Every stage writes its local metrics.json either way.
+(`wandb sync` uploads later). Every stage writes its local metrics.json either way. Online, a
+server that cannot be reached ends the stage at once with one line (exit 3), not after wandb's
+own retries (~100 s) and a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from src.config import Config, LoggerBackend, Stage
+from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.chunks import stage_shard
-from src.core.errors import StageError
+from src.core.errors import EnvironmentFailure, StageError
 from src.core.records import as_tree, flatten
 from src.core.registry import STAGES
 
 # Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
 # cleared when it closes, so that nothing started later in this process resumes it by accident.
 RUN_VARS = ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE")
+
+# Seconds to wait for the W&B server's TCP handshake: a live server answers in far less.
+CONNECT_TIMEOUT = 5.0
 
 
 def enabled(cfg: Config) -> bool:
@@ -66,6 +74,63 @@ def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
     return {**as_tree(cfg), **flat}
 
 
+def unreachable(url: str, proxy: str | None = None, timeout: float = CONNECT_TIMEOUT) -> str | None:
+    """Why a TCP connection to `url`'s host and port (or to `proxy`'s, the way requests go out
+    through one) cannot be opened within `timeout` seconds; None when it opens. Sends nothing."""
+    parts = urlsplit(proxy or url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except OSError as err:  # refused, timed out, unknown host, no route, ...
+        return (
+            f"cannot connect to {parts.hostname}:{port}"
+            + (f" (proxy {proxy})" if proxy else "")
+            + f": {err.strerror or err}"
+        )
+
+
+def server() -> tuple[str, str | None]:
+    """The server URL wandb.init will talk to (WANDB_BASE_URL, `wandb login --host`'s setting, or
+    wandb's default) and the proxy it goes through, if any: wandb's own setting, else the
+    environment's HTTP(S)_PROXY unless NO_PROXY exempts the host."""
+    from wandb.sdk import wandb_setup  # wandb's settings, as wandb.init loads them (wandb 0.31)
+
+    settings = wandb_setup.singleton().settings
+    url = settings.base_url
+    https = urlsplit(url).scheme == "https"
+    proxy = settings.https_proxy if https else settings.http_proxy
+    if not proxy and not urllib.request.proxy_bypass(urlsplit(url).hostname or ""):
+        proxy = urllib.request.getproxies().get("https" if https else "http")
+    return url, proxy
+
+
+def signed_in(url: str) -> bool:
+    """Whether wandb finds well-formed credentials for `url` (WANDB_API_KEY, ~/.netrc, its
+    settings) without prompting. Without them wandb.init fails at once, before it calls the
+    server, and its message (`wandb login`) is the one to show."""
+    from wandb.errors import Error
+    from wandb.sdk.lib import wbauth
+
+    try:
+        found = wbauth.authenticate_session(
+            host=url, source="wandb.init()", prompt=False, update_session=False
+        )
+    except Error:  # a malformed key: wandb.init names it
+        return False
+    return found is not None
+
+
+def _offline_instead(url: str, what: str) -> EnvironmentFailure:
+    for var in RUN_VARS:  # nothing started later in this process joins a run that never opened
+        os.environ.pop(var, None)
+    return EnvironmentFailure(
+        f"W&B server {url} (logger.mode=online): {what}; check WANDB_BASE_URL and the network, "
+        "or track offline and upload the run later with `wandb sync`",
+        fix="logger.mode=offline",
+    )
+
+
 def start(cfg: Config, stage: Stage) -> None:
     """Open (or resume) the stage's run; a no-op with `logger=none`."""
     if not enabled(cfg):
@@ -88,6 +153,12 @@ def start(cfg: Config, stage: Stage) -> None:
     )
     if log.entity:
         os.environ["WANDB_ENTITY"] = log.entity
+    if log.mode == WandbMode.online:
+        # wandb.init retries an unreachable server for ~100 s, then fails with a traceback: probe
+        # it first, once there is a key (without one, wandb.init's own message comes at once)
+        url, proxy = server()
+        if signed_in(url) and (why := unreachable(url, proxy)):
+            raise _offline_instead(url, why)
     try:
         wandb.init(
             project=log.project,
@@ -102,12 +173,17 @@ def start(cfg: Config, stage: Stage) -> None:
             mode=log.mode.value,
             config=tracked_config(cfg, stage),
         )
-    except wandb.errors.UsageError as err:  # e.g. online without an API key
+    # online without an API key, or a malformed or rejected one (a CommError, but not the server's)
+    except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
         for var in RUN_VARS:
             os.environ.pop(var, None)
         raise StageError(
             f"W&B: {str(err).splitlines()[0]} (logger.mode={log.mode.value}); run `wandb login`, "
             "or track locally with logger.mode=offline, or not at all with logger=none"
+        ) from None
+    except (wandb.errors.CommError, TimeoutError) as err:  # reachable, yet init did not go through
+        raise _offline_instead(
+            server()[0], (str(err) or "init timed out").splitlines()[0]
         ) from None
 
 

@@ -102,16 +102,14 @@ def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str,
         print(f"[eval] answers of {who.label}: reused from {where}", file=sys.stderr)
     else:
         generate(cfg, who, instructions, shard, key)
-    rows = finished_rows(
-        where, "answers", EvalError, f"python -m src.main stage=eval iter={cfg.iter}"
-    )
+    rows = finished_rows(where, "answers", EvalError, finish=None, redo_it=None)
     return {row["prompt_id"]: row for _, row in rows}
 
 
 def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shard, key: str):
     g = eval_generation(cfg)
     counts = AnswerCounts()
-    claim(shard.work, key, EvalError, "answers of another model or decoding")
+    claim(shard.work, key, EvalError, "answers of another model or decoding", fix=None)
     print(f"[eval] answers of {who.label} ({who.path}) -> {shard.stage_dir}", file=sys.stderr)
     model, tokenizer, eos_ids = load_model(cfg, who.path)
     rendered = render(g, tokenizer, instructions, counts)

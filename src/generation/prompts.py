@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from src.core.artifacts import read_jsonl
-from src.core.errors import StageError
+from src.core.errors import EnvironmentFailure, StageError
 
 # Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
 # hub id, so a typo in a file name says "not found" instead of trying the network.
@@ -37,6 +37,10 @@ _TRUE = ("1", "true", "yes", "on")
 
 class PromptsError(StageError):
     """A prompt source that cannot be used; the message names the file, row and prompt_id."""
+
+
+class PromptsUnreachable(PromptsError, EnvironmentFailure):
+    """A hub dataset that cannot be fetched: the Hub is offline or unreachable."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def _json_array_rows(path: Path) -> Rows:
         raise PromptsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise PromptsError(
-            f"{path}: malformed JSON array: {err.msg} at line {err.lineno} column {err.colno}"
+            f"{path}: malformed JSON array: {err.msg} (line {err.lineno}, column {err.colno})"
         ) from None
     if not isinstance(rows, list):
         raise PromptsError(f"{path}: a JSON {type(rows).__name__}, expected an array of objects")
@@ -231,7 +235,7 @@ def _hub_error(source: str, split: str, err: Exception) -> PromptsError | None:
             if offline
             else f"the Hub is unreachable: {type(err).__name__}: {err}"
         )
-        return PromptsError(
+        return PromptsUnreachable(
             f"{what} cannot be fetched offline ({reason}) and is not in the local cache: "
             "pass a local .jsonl or .parquet prompt file instead"
         )

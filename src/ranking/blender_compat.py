@@ -21,13 +21,17 @@ from typing import Any
 
 from huggingface_hub import constants as hub_constants
 
-from src.core.errors import StageError
+from src.core.errors import EnvironmentFailure, StageError
 
 PAIRRM_HUB_ID = "llm-blender/PairRM"
 
 
 class PairRMLoadError(StageError):
     """A ranker could not be loaded; the message says what to pass instead."""
+
+
+class PairRMUnreachable(PairRMLoadError, EnvironmentFailure):
+    """A ranker hub id that cannot be fetched: the Hub is offline or unreachable."""
 
 
 def _batch_encode_plus(self, batch_text_or_text_pairs, *args: Any, **kwargs: Any):
@@ -73,7 +77,7 @@ def load_pairrm(path_or_id: str, device: str = "cpu", **kwargs: Any):
             "as config.json beside the weights (model.safetensors or pytorch_model.bin)."
         )
     if not folder.is_dir() and hub_constants.is_offline_mode():
-        raise PairRMLoadError(_cannot_fetch(path_or_id, "is in offline mode (HF_HUB_OFFLINE)"))
+        raise PairRMUnreachable(_cannot_fetch(path_or_id, "is in offline mode (HF_HUB_OFFLINE)"))
 
     # Blender() warns on the root logger that no ranker is loaded yet: we load one next
     logging.disable(logging.WARNING)
@@ -86,5 +90,5 @@ def load_pairrm(path_or_id: str, device: str = "cpu", **kwargs: Any):
     except ValueError as err:
         if folder.is_dir() or "not supported" not in str(err):
             raise
-        raise PairRMLoadError(_cannot_fetch(path_or_id, "could not be reached")) from err
+        raise PairRMUnreachable(_cannot_fetch(path_or_id, "could not be reached")) from err
     return blender

@@ -182,9 +182,8 @@ def answerer(cfg: Config, which: str) -> Answerer:
         label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{s}"
         if not (Path(path).parent / "done.json").is_file():
             raise EvalError(
-                f"iteration {s} is not trained: {path} has no finished training record "
-                f"(run: python -m src.main model={cfg.model.name} method={cfg.method.name.value} "
-                f"iter={s})"
+                f"iteration {s} is not trained: {path} has no finished training record",
+                fix=f"stage=all iter={s}",
             )
     else:
         path, label = which, Path(which).name

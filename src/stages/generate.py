@@ -11,11 +11,13 @@ killed at any point and re-run ends with every prompt exactly once) -> cleanup (
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 from src.config import Config, Stage
 from src.core.chunks import ChunkCounts, claim, process_shard, stage_shard, take_shard
 from src.core.contracts import ResponseRow
+from src.core.errors import redo
 from src.core.policy import require_previous_policy
 from src.core.records import chunk_identity, stage_fingerprint
 from src.generation.prompts import load_prompts
@@ -68,10 +70,12 @@ def run(cfg: Config) -> dict:
         chunk_identity(cfg, Stage.generate),
         GenerationError,
         "responses generated with a different configuration (policy, prompts, sampling or K)",
+        redo(cfg, Stage.generate.value),
     )
     path = require_previous_policy(cfg)
     model, tokenizer, eos_ids = load_model(cfg, path)
     rendered = render(g, tokenizer, mine, counts)
+    say_left_out(cfg, counts)
     generator = make_generator(cfg, g, path, model, tokenizer, eos_ids)
 
     def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
@@ -101,3 +105,20 @@ def run(cfg: Config) -> dict:
         shared_keys=("prompts_in_split", "duplicates_dropped"),
     )
     return asdict(counts)
+
+
+def say_left_out(cfg: Config, counts: Counts) -> None:
+    """What of the prompt file this shard does not answer as written, on the console (done.json
+    keeps the counts)."""
+    limit = f"generation.max_prompt_length={cfg.generation.max_prompt_length} tokens"
+    for count, what in (
+        (counts.duplicates_dropped, f"rows of {cfg.data.prompts} repeat an earlier row: dropped"),
+        (
+            counts.skipped_too_long,
+            f"prompts are longer than {limit}: skipped (generation.long_prompts=truncate keeps "
+            "their end)",
+        ),
+        (counts.truncated, f"prompts are longer than {limit}: their beginning cut"),
+    ):
+        if count:
+            print(f"[generate] {count} {what}", file=sys.stderr)

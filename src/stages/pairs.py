@@ -26,10 +26,10 @@ import time
 import numpy as np
 
 from src.config import Config, PairSelection, Stage, TiePolicy
-from src.core.artifacts import atomic_path, atomic_write_json
+from src.core.artifacts import atomic_path, atomic_write_json, file_sha256
 from src.core.chunks import stage_rows
 from src.core.contracts import PairRow, RankedRow
-from src.core.errors import StageError
+from src.core.errors import StageError, redo
 from src.core.records import stage_fingerprint, write_record
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
@@ -56,7 +56,10 @@ def run(cfg: Config) -> dict:
             ties += 1
             if cfg.ranker.ties == TiePolicy.drop:
                 continue
-        pairs.append(pair_of(row, where, cfg.method.pair_selection))
+        try:
+            pairs.append(pair_of(row, where, cfg.method.pair_selection))
+        except PairsBuildError as bad:  # the rank stage's output: making it again fixes it
+            raise PairsBuildError(str(bad), redo(cfg, Stage.rank.value)) from None
     if not pairs:
         raise PairsBuildError(
             f"no pairs: all {len(ranked)} ranked prompts have tied scores (ranker.ties=drop); "
@@ -86,7 +89,13 @@ def run(cfg: Config) -> dict:
     }
     seconds = time.time() - started
     atomic_write_json(stage_dir / "metrics.json", counts)
-    write_record(stage_dir, stage_fingerprint(cfg, Stage.pairs), counts, {"seconds": seconds})
+    write_record(
+        stage_dir,
+        stage_fingerprint(cfg, Stage.pairs),
+        counts,
+        {"seconds": seconds},
+        {"pairs.parquet": {"rows": len(pairs), "sha256": file_sha256(stage_dir / "pairs.parquet")}},
+    )
     print(
         f"[pairs] {counts['pairs']} pairs from {counts['prompts']} prompts "
         f"({ties} with tied scores, {cfg.ranker.ties.value}); mean P(chosen > rejected) "
@@ -130,7 +139,7 @@ def pair_of(row: RankedRow, where: str, selection: PairSelection) -> PairRow:
             raise PairsBuildError(
                 f"{where}: prompt_id {row['prompt_id']!r}: `{name}` holds NaN or infinity, which "
                 "would make a pair of any two responses; the rank stage's output was edited or "
-                "corrupted: redo it (pipeline.redo=[rank])"
+                "corrupted: rank again"
             )
     win, lose = select_pair(scores, [len(r) for r in row["responses"]], selection)
     return PairRow(

@@ -36,7 +36,7 @@ from src.core.chunks import (
     take_shard,
 )
 from src.core.contracts import RankedRow
-from src.core.errors import StageError
+from src.core.errors import StageError, redo
 from src.core.records import chunk_identity, stage_fingerprint
 from src.ranking.candidates import (
     Candidates,
@@ -120,6 +120,7 @@ def run(cfg: Config) -> dict:
         RankError,
         "rankings made with a different configuration (judge or its options, the responses, "
         "the external pool)",
+        redo(cfg, Stage.rank.value),
     )
     judge = Judge(cfg, r)
 

@@ -10,10 +10,13 @@ With more than one process (`hardware.world_size > 1`) the stage relaunches itse
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +25,23 @@ from omegaconf import OmegaConf
 from src.config import Config, RefLogprobs, Stage, validate
 from src.core import preemption, tracking
 from src.core.artifacts import atomic_write_json, file_sha256
-from src.core.chunks import claim
-from src.core.policy import end_of_turn_ids, require_previous_policy
-from src.core.records import stage_fingerprint, write_record
+from src.core.chunks import claim, require_sealed
+from src.core.errors import StageError, redo
+from src.core.policy import end_of_turn_ids, require_previous_policy, seal_checkpoint
+from src.core.records import as_tree, fingerprint_form, stage_fingerprint, write_record
 from src.training.arguments import TrainingError, load_policy, precision, training_arguments
-from src.training.launch import WORKER_ENV, launch_workers, preemption_stop_file
+from src.training.launch import (
+    WORKER_ENV,
+    launch_workers,
+    preemption_stop_file,
+    report_failure,
+)
 
 
 def run(cfg: Config) -> dict:
     stage_dir = cfg.stage_dir(Stage.train)
     if cfg.hardware.world_size > 1 and os.environ.get(WORKER_ENV) != "1":
+        read_inputs(cfg)  # bad input ends here, on one line, before any worker starts
         return launch_workers(cfg, stage_dir)
     return train(cfg, stage_dir)
 
@@ -46,8 +56,8 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         Path(output_dir),
         stage_fingerprint(cfg, Stage.train),
         TrainingError,
-        "Trainer checkpoints of a run with another configuration (add pipeline.redo=[train] "
-        "to start over)",
+        "Trainer checkpoints of a run with another configuration",
+        redo(cfg, Stage.train.value),
         leftovers="checkpoint-*",
     )
     resume = last_complete_checkpoint(Path(output_dir))
@@ -55,13 +65,33 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
     if resume:
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
-    result = ready.trainer.train(resume_from_checkpoint=resume)
+    with saving_to(stage_dir):
+        result = ready.trainer.train(resume_from_checkpoint=resume)
     if preemption.stop_requested(preemption_stop_file(stage_dir)):
         raise preemption.Preempted(
             f"stopped on request after saving checkpoint-{ready.trainer.state.global_step}; "
             "re-run the same command to resume"
         )
-    return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started)
+    with saving_to(stage_dir):
+        return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started)
+
+
+@contextlib.contextmanager
+def saving_to(stage_dir: Path) -> Iterator[None]:
+    """torch and safetensors report a full disk in their own words ("unexpected pos",
+    "file write failed", "StorageFull"), not as an OSError: when a write fails with the disk
+    (nearly) full, say it as the file system would."""
+    try:
+        yield
+    except (OSError, StageError):
+        raise
+    except Exception as err:
+        if shutil.disk_usage(stage_dir).free >= FULL_DISK_BYTES:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(stage_dir)) from err
+
+
+FULL_DISK_BYTES = 64 << 20  # less free space than this after a failed save: the disk is full
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -77,13 +107,11 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     """Pairs tokenised, policy loaded (sharded under ZeRO-3), reference arranged, Trainer built."""
     from transformers import AutoTokenizer
 
-    from src.training.data import PairCollator, PairTokenizer, read_pairs
+    from src.training.data import PairCollator, PairTokenizer
     from src.training.trainer import PreferenceTrainer, ReferenceLogps, StopAfterEpochs
 
     t, method = cfg.training, cfg.method
-    pairs_path = Path(t.pairs).resolve()
-    require_previous_policy(cfg)
-    rows = read_pairs(pairs_path, method.loss.value)
+    pairs_path, rows = read_inputs(cfg)
     tokenizer = AutoTokenizer.from_pretrained(cfg.run.init_policy, revision=cfg.model.revision)
     eot = end_of_turn_ids(cfg.run.init_policy, tokenizer)
     pairs, report = PairTokenizer(tokenizer, eot, t.max_length, t.max_prompt_length)(
@@ -98,7 +126,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     if t.ref_logprobs == RefLogprobs.precompute:
         identity = {
             "pairs_sha256": file_sha256(pairs_path),
-            "reference": cfg.run.init_policy,
+            "reference": fingerprint_form(cfg.run.init_policy, as_tree(cfg)),  # a moved root too
             "max_length": t.max_length,
             "max_prompt_length": t.max_prompt_length,
         }
@@ -138,6 +166,27 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     return Setup(trainer, counts)
 
 
+def read_inputs(cfg: Config) -> tuple[Path, list[dict]]:
+    """pi_{t-1} checked whole, and the pairs: the file its record sealed (when it is the pairs
+    stage's output), every row checked."""
+    from src.training.data import read_pairs
+
+    require_previous_policy(cfg)
+    pairs_path = Path(cfg.training.pairs).resolve()
+    remake = remake_pairs(cfg, pairs_path)
+    if remake is not None and pairs_path.is_file():
+        require_sealed(pairs_path, TrainingError, remake)
+    return pairs_path, read_pairs(pairs_path, cfg.method.loss.value, remake)
+
+
+def remake_pairs(cfg: Config, pairs_path: Path) -> str | None:
+    """The overrides that remake a bad pairs file when it is the pairs stage's output; None for a
+    file of the user's own (training.pairs), which only its author can correct."""
+    if pairs_path.parent != cfg.stage_dir(Stage.pairs).resolve():
+        return None
+    return redo(cfg, Stage.pairs.value)
+
+
 # --- cleanup --------------------------------------------------------------------------------------
 
 
@@ -158,7 +207,13 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             stage_dir / "metrics.json",
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
-        write_record(stage_dir, stage_fingerprint(cfg, Stage.train), counts, {"seconds": seconds})
+        write_record(
+            stage_dir,
+            stage_fingerprint(cfg, Stage.train),
+            counts,
+            {"seconds": seconds},
+            seal_checkpoint(final),
+        )
     if trainer.is_world_process_zero():
         tracking.finish(cfg, {**metrics, **counts})
     trainer.accelerator.wait_for_everyone()
@@ -186,6 +241,5 @@ if __name__ == "__main__":  # one training worker, started by `accelerate launch
     worker_cfg = validate(OmegaConf.load(sys.argv[1]))
     try:
         train(worker_cfg, worker_cfg.stage_dir(Stage.train))
-    except preemption.Preempted as stopped:
-        print(f"[train] {stopped}", file=sys.stderr)
-        sys.exit(preemption.EXIT_PREEMPTED)
+    except (StageError, OSError) as failure:  # the launching process says it, once
+        sys.exit(report_failure(worker_cfg.stage_dir(Stage.train), failure))

@@ -9,69 +9,106 @@ The template's BOS is the only BOS, so everything is tokenised with add_special_
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from src.core.artifacts import read_jsonl
 from src.core.errors import StageError
 
-REQUIRED_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
-# what the SPPO losses read (docs/design.md §6.2); DPO/WPO need none of them
+# every pair's text (src/core/contracts.py: PairRow); prompt, chosen and rejected go through the
+# chat template, which needs strings (a null fails deep inside jinja)
+TEXT_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
+# the only numbers of the file a loss reads: SPPO's targets (docs/design.md §6.2); DPO/IPO read
+# none, and WPO's weights come from the policy's own log-probs, not from the file
 PROBABILITY_COLUMNS = {
     "sppo": ("chosen_probs_win", "chosen_probs_lose"),
     "sppo_single": ("chosen_probs",),
 }
+PAIR_EXAMPLE = '{"prompt_id": ..., "prompt": ..., "chosen": ..., "rejected": ...}'
 
 
 class PairsError(StageError):
     """The pairs file cannot be trained on; the message says what and where."""
 
 
-def read_pairs(path: str | Path, loss: str) -> list[dict[str, Any]]:
-    """Rows of a pairs file (.parquet, or .jsonl for hand-made fixtures), columns checked."""
+def read_pairs(path: str | Path, loss: str, fix: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a pairs file (.parquet, or .jsonl for hand-made fixtures), every one checked.
+
+    All rows are checked before training starts, so that a bad one stops the stage with its
+    file, row and prompt_id rather than a traceback from the chat template or a NaN loss hours
+    later. `fix`: the overrides that remake the file when it is the pairs stage's output; None
+    for a file of the user's own, where the message says what to correct.
+    """
     path = Path(path)
-    if not path.is_file():
+    try:
+        rows = [checked_pair(where, row, loss) for where, row in located_rows(path)]
+        if not rows:
+            raise PairsError(f"{path} holds no pairs")
+    except PairsError as err:
+        raise PairsError(str(err), fix) from None  # one remedy for every defect of the file
+    return rows
+
+
+def located_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each row; `where` counts from 1 as every input error does:
+    "pairs.jsonl:7" (the line), "pairs.parquet: row 7"."""
+    if not path.exists():
         raise PairsError(
             f"pairs file not found: {path} (run stage=pairs first, or set training.pairs)"
         )
+    if not path.is_file():
+        raise PairsError(f"{path} is not a file (training.pairs names a .parquet or .jsonl file)")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        return parquet_rows(path)
+    if path.suffix in (".jsonl", ".json"):
+        return read_jsonl(path, PairsError, example=PAIR_EXAMPLE)
+    raise PairsError(f"{path}: pairs must be .parquet or .jsonl, got '{path.suffix}'")
 
+
+def parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow  # lazy: a .jsonl fixture never needs it
+    import pyarrow.parquet as pq
+
+    try:
         rows = pq.read_table(path).to_pylist()
-    elif path.suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
-            rows = []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise PairsError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-    else:
-        raise PairsError(f"{path}: pairs must be .parquet or .jsonl, got '{path.suffix}'")
-    if not rows:
-        raise PairsError(f"{path} holds no pairs")
-    needed = (*REQUIRED_COLUMNS, *PROBABILITY_COLUMNS.get(loss, ()))
-    missing = [c for c in needed if c not in rows[0]]
+    except pyarrow.ArrowException as err:  # not parquet, or truncated: no footer to read
+        raise PairsError(f"{path}: cannot read as parquet ({err})") from None
+    for number, row in enumerate(rows, start=1):
+        yield f"{path}: row {number}", row
+
+
+def checked_pair(where: str, row: dict[str, Any], loss: str) -> dict[str, Any]:
+    """`row` when `loss` can train on it, else a PairsError saying what to correct, and where."""
+    probabilities = PROBABILITY_COLUMNS.get(loss, ())
+    if isinstance(row.get("prompt_id"), str):  # so that every message about the row names it
+        where = f"{where} (prompt_id {row['prompt_id']!r})"
+    missing = [c for c in (*TEXT_COLUMNS, *probabilities) if c not in row]
     if missing:
-        raise PairsError(f"{path} lacks column(s) {', '.join(missing)} needed by loss '{loss}'")
-    for n, row in enumerate(rows):
-        for column in PROBABILITY_COLUMNS.get(loss, ()):
-            value = row[column]
-            if (
-                not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or not 0 <= value <= 1
-            ):
-                raise PairsError(
-                    f"{path}: row {n} (prompt_id {row['prompt_id']!r}): {column}={value!r} "
-                    "is not a probability in [0, 1]"
-                )
-    return rows
+        raise PairsError(f"{where}: lacks column(s) {', '.join(missing)} needed by loss '{loss}'")
+    for column in TEXT_COLUMNS:
+        if not isinstance(row[column], str):
+            raise PairsError(f"{where}: {column!r} is {shown(row[column])}, expected a string")
+    for column in probabilities:
+        value = row[column]
+        # the comparisons are false for NaN and out of range for infinities
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise PairsError(
+                f"{where}: {column!r} is {shown(value)}, expected a probability in [0, 1]"
+            )
+    return row
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: null, a number as itself, else its type and its start."""
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return f"a {type(value).__name__} ({str(value)[:40]!r})"
 
 
 @dataclass

@@ -6,6 +6,7 @@ preemption request on to them through a stop file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from src.config import Config, Device, Distributed
 from src.core import preemption
-from src.core.artifacts import atomic_write_text
+from src.core.artifacts import atomic_write_json, atomic_write_text
+from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure, StageError, describe_os_error
 from src.training.arguments import TrainingError
 
 WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
@@ -55,6 +57,8 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
     print(f"[train] launching {cfg.hardware.world_size} processes", file=sys.stderr, flush=True)
     stop_file = preemption_stop_file(stage_dir)
     stop_file.unlink(missing_ok=True)
+    for left in (stage_dir / "trainer").glob("failure-rank*.json"):  # an earlier run's
+        left.unlink()
     workers = subprocess.Popen(launch_command(cfg, config_path), env=env)
     while workers.poll() is None:
         if preemption.requested() and not stop_file.exists():
@@ -64,7 +68,38 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
     if preemption.requested():
         preemption.check("the training workers saved a checkpoint")
     if workers.returncode != 0:
+        failure = worker_failure(stage_dir)
+        if failure is not None:
+            raise failure
         raise TrainingError(
             f"training workers failed (exit code {workers.returncode}); see their output above"
         )
     return {"workers": cfg.hardware.world_size}
+
+
+# A worker that meets a failure a user can cause or fix (a StageError, the file system) leaves
+# it here and exits; the launching process raises it again, so the command ends on one line.
+
+
+def failure_file(stage_dir: Path, rank: int) -> Path:
+    return stage_dir / "trainer" / f"failure-rank{rank}.json"
+
+
+def report_failure(stage_dir: Path, failure: BaseException) -> int:
+    """Leave `failure` for the launching process; the exit code it ends with."""
+    if isinstance(failure, StageError):
+        report = {"message": str(failure), "fix": failure.fix, "exit_code": failure.exit_code}
+    else:
+        assert isinstance(failure, OSError)
+        report = {"message": describe_os_error(failure), "fix": None, "exit_code": EXIT_ENVIRONMENT}
+    atomic_write_json(failure_file(stage_dir, int(os.environ.get("RANK", 0))), report)
+    return report["exit_code"]
+
+
+def worker_failure(stage_dir: Path) -> StageError | None:
+    """The first failure a worker left (rank 0's when it has one), as the error to raise."""
+    for path in sorted((stage_dir / "trainer").glob("failure-rank*.json")):
+        report = json.loads(path.read_text())
+        kind = EnvironmentFailure if report["exit_code"] == EXIT_ENVIRONMENT else TrainingError
+        return kind(report["message"], report["fix"])
+    return None

@@ -85,6 +85,8 @@ class PreferenceTrainer(Trainer):
         self._clock = time.perf_counter()
         if reference is not None:
             self.add_callback(_PrecomputeReference(self))
+        self._resume = _LogAtCheckpoints()  # last: it sees every other callback's should_save
+        self.add_callback(self._resume)
 
     # --- forward ----------------------------------------------------------------------------
 
@@ -216,7 +218,30 @@ class PreferenceTrainer(Trainer):
             self._clock, self._tokens = now, 0
             self._sums.clear()
             self._counts.clear()
+        if "train_loss" in logs:  # the end-of-training summary, logged and then returned
+            logs["train_loss"] = self._train_loss_of_every_step(logs["train_loss"])
         super().log(logs, start_time)
+
+    def _train_loss_of_every_step(self, reported: float) -> float:
+        """The mean loss over all steps, those before a resumed-from checkpoint included.
+
+        The Trainer's train_loss is the loss summed in this `train()` call over the steps it ran:
+        after a resume, the steps since the checkpoint only. The steps before it are in the
+        restored log_history — each logged loss is its steps' summed loss / their count, and
+        `_LogAtCheckpoints` makes every checkpoint's step a logged one — so their sum comes
+        back exactly (to float rounding): sum(loss x steps it covers).
+        """
+        start, steps = self._resume.started_at, self.state.global_step
+        if not start or steps <= start:
+            return reported
+        before, covered = 0.0, 0
+        for entry in self.state.log_history:
+            if "loss" in entry and entry["step"] <= start:
+                before += entry["loss"] * (entry["step"] - covered)
+                covered = entry["step"]
+        if covered != start:  # a checkpoint saved by a run that did not log its step
+            return reported
+        return (reported * (steps - start) + before) / steps
 
 
 class _PrecomputeReference(TrainerCallback):
@@ -227,6 +252,23 @@ class _PrecomputeReference(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.precompute_reference()
+
+
+class _LogAtCheckpoints(TrainerCallback):
+    """Logs the loss at every step a checkpoint is saved, so that its log_history holds the loss
+    of every step up to it (with logging_steps > 1 the steps since the last log would otherwise
+    be lost with the process); notes the step `train()` starts at (> 0: resumed)."""
+
+    started_at = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started_at = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # the Trainer logs before it saves
+            control.should_log = True
+
+    on_epoch_end = on_step_end
 
 
 class StopAfterEpochs(TrainerCallback):

@@ -1,0 +1,235 @@
+"""Bad input and a hostile environment through the real command line: each failure ends with one
+line (no traceback) naming what and where, the user's own command with what changes where a
+command fixes it, its documented exit code, and nothing a re-run would trust.
+
+The pairs-file cases are in test_bad_pairs.py, W&B's in test_tracking_offline_server.py, the
+config cases in test_config.py; damaged chunks and rows files in test_integrity.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from src.config import REPO_ROOT
+from src.core.errors import describe_os_error, with_overrides
+from src.core.policy import safetensors_damage, seal_checkpoint
+from tests.helpers import SMALL, cli, compose_cfg
+
+GENERATE = ["stage=generate"]  # with SMALL's sizes (cli runs them)
+
+
+def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:
+    """The failure's line, after checking it is the only thing that looks like one."""
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    failures = [
+        ln for ln in result.stderr.splitlines() if ln.startswith(("error:", "interrupted:"))
+    ]
+    assert failures == [last], result.stderr[-3000:]
+    return last
+
+
+def records(root: Path) -> list[Path]:
+    return sorted(root.rglob("done.json"))
+
+
+# --- suggested commands -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "expected"),
+    [
+        ("python -m src.main iter=2", "iter=1", "python -m src.main iter=1"),
+        (
+            "python -m src.main model=m stage=train iter=3 paths.root=/r",
+            "stage=train iter=2 pipeline.redo=[train]",
+            "python -m src.main model=m stage=train iter=2 paths.root=/r pipeline.redo=[train]",
+        ),
+        (
+            "python -m src.main",
+            "iter=1 pipeline.redo=[rank]",
+            "python -m src.main iter=1 pipeline.redo=[rank]",
+        ),
+        ("python -m src.main +iter=4", "iter=1", "python -m src.main iter=1"),
+    ],
+)
+def test_a_fix_is_the_users_command_with_what_changes(command, overrides, expected):
+    assert with_overrides(command, overrides) == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "the disk is full"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission denied"),
+        (errno.ENOTDIR, "a file, not a folder"),
+    ],
+)
+def test_file_system_errors_are_one_line_with_what_to_do(code, advice):
+    line = describe_os_error(OSError(code, os.strerror(code), "/runs/x/done.json"))
+    assert line.startswith(f"{os.strerror(code)}: /runs/x/done.json; ") and advice in line
+    assert "\n" not in line
+
+
+# --- the file system ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("root", "said"),
+    [
+        ("/etc/hostname", "Not a directory: /etc/hostname/"),
+        ("/sys/selfplay-runs", ""),  # EPERM as root, EACCES otherwise
+    ],
+)
+def test_a_root_that_cannot_hold_a_run_is_one_line(tmp_path, root, said):
+    line = one_line_failure(cli(tmp_path, *GENERATE, f"paths.root={root}"), 3)
+    assert line.startswith(f"error: {said}") and root in line and "paths.root" in line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system of its own (a tmpfs), or a skip where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_stage_and_a_rerun_finishes_it(small_disk):
+    root = small_disk / "runs"
+    filler = small_disk / "filler"
+    args = [*GENERATE, "generation.chunk_size=1", f"paths.root={root}"]
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 8192))  # two blocks left
+    line = one_line_failure(cli(small_disk, *args), 3)
+    assert line.startswith("error: No space left on device: ") and "the disk is full" in line
+    assert not records(root), "no stage recorded as finished"
+
+    filler.unlink()
+    rerun = cli(small_disk, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    (done,) = records(root)
+    counts = json.loads(done.read_text())["counts"]
+    assert counts["generated"] + counts["reused_from_earlier_run"] == 4
+
+
+def test_a_full_disk_while_training_is_one_line(small_disk):
+    pairs = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
+    root = small_disk / "runs"  # 1 MiB: less than the tiny model's checkpoint
+    result = cli(small_disk, "stage=train", f"training.pairs={pairs}", f"paths.root={root}")
+    line = one_line_failure(result, 3)
+    assert line.startswith("error: No space left on device: ") and line.endswith(
+        "finished chunks and Trainer checkpoints are kept"
+    )
+    assert not records(root)
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_resumes(tmp_path):
+    args = ["model=tiny-mistral", "logger=none", *GENERATE, "method.K=2", "data.max_prompts=40"]
+    args += ["generation.chunk_size=2", "generation.batch_size=1", "generation.max_new_tokens=16"]
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.main", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.rglob("chunk*.jsonl")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    line = one_line_failure(result, 130)
+    assert line.startswith("interrupted: stopped by Ctrl-C; re-run the same command to resume")
+    assert not records(tmp_path)
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("model.path=some-org/some-model-7b", "model.path='some-org/some-model-7b' is neither a"),
+        ("data.prompts=some-org/some-prompts", "Hugging Face dataset 'some-org/some-prompts'"),
+    ],
+)
+def test_a_hub_id_with_the_hub_offline_is_one_line(tmp_path, override, said):
+    line = one_line_failure(cli(tmp_path, *GENERATE, override), 3)
+    assert line.startswith(f"error: {said}") and "HF_HUB_OFFLINE" in line
+    assert not records(tmp_path)
+
+
+def test_a_missing_local_policy_folder_is_one_line(tmp_path):
+    line = one_line_failure(cli(tmp_path, *GENERATE, f"model.path={tmp_path}/nothing"), 1)
+    assert line == f"error: model.path={tmp_path}/nothing: no such model folder"
+
+
+@pytest.fixture
+def trained_iteration_one(tmp_path, tiny_dir, monkeypatch):
+    """Iteration 1's training record and checkpoint (the tiny model's weights), as the train
+    stage leaves them."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
+    cfg = compose_cfg(*SMALL, "iter=2")
+    checkpoint = Path(cfg.run.init_policy)
+    shutil.copytree(cfg.model.path, checkpoint)
+    (checkpoint.parent / "done.json").write_text(
+        json.dumps({"format": 2, "fingerprint": "x", "outputs": seal_checkpoint(checkpoint)})
+    )
+    return checkpoint
+
+
+@pytest.mark.parametrize("damage", ["truncated", "removed", "truncated, unrecorded"])
+def test_a_damaged_previous_checkpoint_names_the_training_to_redo(
+    tmp_path, trained_iteration_one, damage
+):
+    weights = trained_iteration_one / "model.safetensors"
+    if damage == "removed":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:-100])
+    if damage == "truncated, unrecorded":  # a record without sizes: the file's own header tells
+        record = trained_iteration_one.parent / "done.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "outputs": {}}))
+    before = records(tmp_path)
+    line = one_line_failure(cli(tmp_path, *GENERATE, "iter=2"), 1)
+    assert f"iteration 1's checkpoint {trained_iteration_one}, which is damaged (" in line
+    why = {
+        "truncated": "model.safetensors has ",
+        "removed": "model.safetensors is missing",
+        "truncated, unrecorded": "model.safetensors is cut short",
+    }[damage]
+    assert why in line
+    assert line.endswith(
+        f"run `python -m src.main {' '.join(SMALL)} stage=train iter=1 pipeline.redo=[train]`"
+    )
+    assert records(tmp_path) == before, "nothing recorded as finished"
+
+
+def test_a_whole_checkpoint_passes_the_check(trained_iteration_one):
+    assert safetensors_damage(trained_iteration_one / "model.safetensors") is None
+
+
+def test_a_debug_run_keeps_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    result = cli(tmp_path, *GENERATE, f"model.path={tmp_path}/nothing")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "no such model folder" in result.stderr

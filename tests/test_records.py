@@ -1,0 +1,156 @@
+"""Stage records across a moved run root: fingerprints hash the paths inside the run relative to
+it, so a root copied or moved elsewhere keeps its finished stages (docs/design.md §5)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from src.config import Config, Stage, to_yaml
+from src.core.artifacts import atomic_write_json
+from src.core.records import (
+    as_tree,
+    chunk_identity,
+    fingerprint_form,
+    lookup,
+    read_record,
+    stage_fingerprint,
+    state_of,
+    write_record,
+)
+from src.core.registry import STAGES
+from tests.helpers import compose_cfg
+
+
+def at_root(monkeypatch, root: Path, *overrides: str) -> Config:
+    """The config `python -m src.main` composes with SELFPLAY_RUNS=root."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(root))
+    return compose_cfg("model=tiny-mistral", "logger=none", *overrides)
+
+
+def finish(cfg: Config, fingerprint=stage_fingerprint, fmt: int | None = None) -> None:
+    """Every stage of cfg's iteration recorded as finished, with its saved config, as a run
+    leaves it; `fmt`: the record's format, when not this version's."""
+    for stage in STAGES:
+        stage_dir = cfg.stage_dir(stage)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_record(stage_dir, fingerprint(cfg, stage), {}, {})
+        if fmt is not None:
+            record = read_record(stage_dir)
+            atomic_write_json(stage_dir / "done.json", {**record, "format": fmt})
+
+
+def move(old: Path, new: Path) -> None:
+    """`cp -r old new` (new modification times), and the old place gone."""
+    shutil.copytree(old, new, copy_function=shutil.copy)
+    shutil.rmtree(old)
+
+
+def test_a_moved_run_root_keeps_its_finished_stages_and_their_chunks(tmp_path, monkeypatch):
+    here, there = tmp_path / "here" / "runs", tmp_path / "there" / "runs"
+    made = {}
+    for t in (1, 2):
+        made[t] = at_root(monkeypatch, here, f"iter={t}")
+        finish(made[t])
+    fingerprints = {t: {s: stage_fingerprint(made[t], s) for s in STAGES} for t in (1, 2)}
+    chunks = {
+        t: (
+            chunk_identity(made[t], Stage.generate),
+            chunk_identity(made[t], Stage.rank, responses="sha", external=None),
+        )
+        for t in (1, 2)
+    }
+    move(here, there)
+
+    for t in (1, 2):
+        cfg = at_root(monkeypatch, there, f"iter={t}")
+        assert Path(cfg.run.dir).is_relative_to(there)
+        assert {s: state_of(cfg, s).status for s in STAGES} == dict.fromkeys(STAGES, "done"), t
+        assert {s: stage_fingerprint(cfg, s) for s in STAGES} == fingerprints[t]
+        assert (
+            chunk_identity(cfg, Stage.generate),
+            chunk_identity(cfg, Stage.rank, responses="sha", external=None),
+        ) == chunks[t], "an interrupted stage's chunks are reused after a move"
+
+
+def test_what_changed_is_named_relative_to_the_run(tmp_path, monkeypatch):
+    here, there = tmp_path / "here" / "runs", tmp_path / "there" / "runs"
+    finish(at_root(monkeypatch, here))
+    move(here, there)
+    other = at_root(monkeypatch, there).run.dir + "/iter1/pairs/other.parquet"
+    cfg = at_root(monkeypatch, there, f"training.pairs={other}")
+
+    assert state_of(cfg, Stage.pairs).status == "done"
+    train = state_of(cfg, Stage.train)
+    assert (train.status, train.earlier_version) == ("stale", False)
+    assert train.changed == [
+        "training.pairs: '<run>/iter1/pairs/pairs.parquet' -> '<run>/iter1/pairs/other.parquet'"
+    ]
+
+
+def test_only_paths_inside_the_run_root_are_written_relative_to_it(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    cfg = at_root(monkeypatch, root, "iter=2")
+    tree = as_tree(cfg)
+    assert fingerprint_form(cfg.run.init_policy, tree) == "<run>/iter1/train/checkpoint"
+    assert fingerprint_form({"pairs": [cfg.training.pairs, 3, None]}, tree) == {
+        "pairs": ["<run>/iter2/pairs/pairs.parquet", 3, None]
+    }
+    # another lineage's checkpoint, a pool kept beside the runs: under the root
+    lineage = str(root / "tiny-mistral" / "sppo" / "other" / "iter1" / "train" / "checkpoint")
+    assert (
+        fingerprint_form(lineage, tree) == "<root>/tiny-mistral/sppo/other/iter1/train/checkpoint"
+    )
+    # outside the root: the user's own prompt file, the tiny models, a folder named like the root
+    outside = [cfg.data.prompts, cfg.model.path, str(tmp_path / "runs2" / "x"), "org/model", ""]
+    assert [fingerprint_form(v, tree) for v in outside] == outside
+
+
+def format2_fingerprint(cfg: Config, stage: Stage) -> str:
+    """What records of format 2 hold: the inputs hashed as they are, absolute paths included."""
+    spec = STAGES[stage]
+    if spec.consumes is not None:
+        upstream = format2_fingerprint(cfg, spec.consumes)
+    elif cfg.iter > 1:
+        upstream = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")["fingerprint"]
+    else:
+        upstream = None
+    payload = {
+        "stage": stage.value,
+        "inputs": {key: lookup(as_tree(cfg), key) for key in spec.inputs},
+        "upstream": upstream,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
+    tmp_path, monkeypatch
+):
+    here, there = tmp_path / "here" / "runs", tmp_path / "there" / "runs"
+    for t in (1, 2):
+        finish(at_root(monkeypatch, here, f"iter={t}"), format2_fingerprint, fmt=2)
+    assert (
+        json.loads((at_root(monkeypatch, here).stage_dir(Stage.train) / "done.json").read_text())[
+            "format"
+        ]
+        == 2
+    )
+    for root in (here, there):
+        if root == there:
+            move(here, there)
+        for t in (1, 2):
+            cfg = at_root(monkeypatch, root, f"iter={t}")
+            assert {s: state_of(cfg, s).status for s in STAGES} == dict.fromkeys(STAGES, "done")
+
+    # a changed input is still named; the stages after it changed upstream
+    cfg = at_root(monkeypatch, there, "ranker.self_term=false")
+    rank, pairs = state_of(cfg, Stage.rank), state_of(cfg, Stage.pairs)
+    assert (rank.status, rank.changed, rank.earlier_version) == (
+        "stale",
+        ["ranker.self_term: True -> False"],
+        False,
+    )
+    assert (pairs.status, pairs.changed, pairs.earlier_version) == ("stale", [], False)
