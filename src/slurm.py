@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, validate
-from src.core.errors import StageError
+from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
 from src.core.registry import STAGES, iteration_stages, shard_section
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
@@ -192,9 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     try:
         submit_chain(args.overrides, args.iterations, args.from_iter, args.dry_run)
-    except (ConfigError, StageError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except StageError as err:
+        command = " ".join(["python -m src.slurm", *(sys.argv[1:] if argv is None else argv)])
+        print(describe(err, command), file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

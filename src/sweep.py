@@ -26,7 +26,7 @@ import yaml
 
 from src.config import REPO_ROOT, Config, ConfigError, Device
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError
+from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
 from src.slurm import WARNING_SIGNAL_S, SubmitError, compose, fill, resource_lines
 
 
@@ -194,9 +194,13 @@ def main(argv: list[str] | None = None) -> None:
             run_local(args.sweep, args.overrides, args.iterations)
         else:
             submit_sweep(args.sweep, args.overrides, args.iterations, args.parallel, args.dry_run)
-    except (ConfigError, StageError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except StageError as err:
+        command = " ".join(["python -m src.sweep", *(sys.argv[1:] if argv is None else argv)])
+        print(describe(err, command), file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -129,10 +129,16 @@ def test_a_full_disk_stops_the_stage_and_a_rerun_finishes_it(small_disk):
     assert counts["generated"] + counts["reused_from_earlier_run"] == 4
 
 
-def test_a_full_disk_while_training_is_one_line(small_disk):
+@pytest.mark.parametrize(
+    "processes",
+    [[], ["hardware.processes_per_node=2", "hardware.distributed=ddp"]],
+    ids=["one process", "two processes"],  # two: the worker's failure reaches the launcher
+)
+def test_a_full_disk_while_training_is_one_line(small_disk, processes):
     pairs = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
     root = small_disk / "runs"  # 1 MiB: less than the tiny model's checkpoint
-    result = cli(small_disk, "stage=train", f"training.pairs={pairs}", f"paths.root={root}")
+    args = ["stage=train", f"training.pairs={pairs}", f"paths.root={root}", *processes]
+    result = cli(small_disk, *args, "training.per_device_batch_size=1")
     line = one_line_failure(result, 3)
     assert line.startswith("error: No space left on device: ") and line.endswith(
         "finished chunks and Trainer checkpoints are kept"

@@ -242,4 +242,4 @@ if __name__ == "__main__":  # one training worker, started by `accelerate launch
     try:
         train(worker_cfg, worker_cfg.stage_dir(Stage.train))
     except (StageError, OSError) as failure:  # the launching process says it, once
-        sys.exit(report_failure(worker_cfg.stage_dir(Stage.train), failure))
+        sys.exit(report_failure(failure))

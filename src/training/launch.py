@@ -5,12 +5,16 @@ preemption request on to them through a stop file.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import IO
 
 from src.config import Config, Device, Distributed
 from src.core import preemption
@@ -51,54 +55,68 @@ def launch_command(cfg: Config, config_path: Path) -> list[str]:
 
 def launch_workers(cfg: Config, stage_dir: Path) -> dict:
     config_path = stage_dir / "config.yaml"  # saved by src.main before any stage runs
-    env = {**os.environ, WORKER_ENV: "1"}
-    if cfg.hardware.device == Device.cpu and cfg.hardware.distributed != Distributed.deepspeed:
-        env["ACCELERATE_USE_CPU"] = "1"  # `--cpu` alone would start a single process
     print(f"[train] launching {cfg.hardware.world_size} processes", file=sys.stderr, flush=True)
     stop_file = preemption_stop_file(stage_dir)
     stop_file.unlink(missing_ok=True)
-    for left in (stage_dir / "trainer").glob("failure-rank*.json"):  # an earlier run's
-        left.unlink()
-    workers = subprocess.Popen(launch_command(cfg, config_path), env=env)
-    while workers.poll() is None:
-        if preemption.requested() and not stop_file.exists():
-            atomic_write_text(stop_file, "stop\n")  # the workers save and stop at a step end
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            workers.wait(timeout=1)
-    if preemption.requested():
-        preemption.check("the training workers saved a checkpoint")
-    if workers.returncode != 0:
-        failure = worker_failure(stage_dir)
-        if failure is not None:
-            raise failure
-        raise TrainingError(
-            f"training workers failed (exit code {workers.returncode}); see their output above"
+    # off the run's disk: a worker that stops because that disk is full can still say so
+    with tempfile.TemporaryDirectory(prefix="selfplay-train-") as failures:
+        env = {**os.environ, WORKER_ENV: "1", FAILURES_ENV: failures}
+        if cfg.hardware.device == Device.cpu and cfg.hardware.distributed != Distributed.deepspeed:
+            env["ACCELERATE_USE_CPU"] = "1"  # `--cpu` alone would start a single process
+        workers = subprocess.Popen(
+            launch_command(cfg, config_path), env=env, stderr=subprocess.PIPE
         )
+        pump = threading.Thread(target=forward_until_failure, args=(workers.stderr, Path(failures)))
+        pump.start()
+        while workers.poll() is None:
+            if preemption.requested() and not stop_file.exists():
+                atomic_write_text(stop_file, "stop\n")  # the workers save and stop at a step end
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                workers.wait(timeout=1)
+        pump.join()
+        if preemption.requested():
+            preemption.check("the training workers saved a checkpoint")
+        if workers.returncode != 0:
+            raise worker_failure(Path(failures)) or TrainingError(
+                f"training workers failed (exit code {workers.returncode}); see their output above"
+            )
     return {"workers": cfg.hardware.world_size}
 
 
-# A worker that meets a failure a user can cause or fix (a StageError, the file system) leaves
-# it here and exits; the launching process raises it again, so the command ends on one line.
+# A worker that meets a failure a user can cause or fix (a StageError, the file system) reports
+# it and exits; the launching process raises it again, so the command ends on its one line.
+
+FAILURES_ENV = "SELFPLAY_TRAIN_FAILURES"  # the folder the workers report failures in
 
 
-def failure_file(stage_dir: Path, rank: int) -> Path:
-    return stage_dir / "trainer" / f"failure-rank{rank}.json"
+def forward_until_failure(stream: IO[bytes], failures: Path) -> None:
+    """The workers' stderr, as it comes (progress bars included), until one reports a failure:
+    what follows is its echo — the other ranks losing their peer, the launcher's summary."""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in iter(lambda: os.read(stream.fileno(), 1 << 16), b""):
+        if not any(failures.iterdir()):
+            sys.stderr.write(decode.decode(chunk))
+            sys.stderr.flush()
 
 
-def report_failure(stage_dir: Path, failure: BaseException) -> int:
-    """Leave `failure` for the launching process; the exit code it ends with."""
+def report_failure(failure: BaseException) -> int:
+    """Report `failure` to the launching process; the exit code the worker ends with."""
     if isinstance(failure, StageError):
         report = {"message": str(failure), "fix": failure.fix, "exit_code": failure.exit_code}
     else:
         assert isinstance(failure, OSError)
         report = {"message": describe_os_error(failure), "fix": None, "exit_code": EXIT_ENVIRONMENT}
-    atomic_write_json(failure_file(stage_dir, int(os.environ.get("RANK", 0))), report)
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        atomic_write_json(Path(os.environ[FAILURES_ENV]) / f"rank{rank:05d}.json", report)
+    except (KeyError, OSError):  # run by hand, or nowhere to write: say it here
+        print(f"error: {report['message']}", file=sys.stderr)
     return report["exit_code"]
 
 
-def worker_failure(stage_dir: Path) -> StageError | None:
-    """The first failure a worker left (rank 0's when it has one), as the error to raise."""
-    for path in sorted((stage_dir / "trainer").glob("failure-rank*.json")):
+def worker_failure(failures: Path) -> StageError | None:
+    """The failure the lowest rank that reported one reported, as the error to raise."""
+    for path in sorted(failures.glob("rank*.json")):
         report = json.loads(path.read_text())
         kind = EnvironmentFailure if report["exit_code"] == EXIT_ENVIRONMENT else TrainingError
         return kind(report["message"], report["fix"])
