@@ -85,7 +85,7 @@ def test_the_climb_is_not_one_seeds(root):
 
 
 def test_swapped_preferences_unlearn(root):
-    """The negative control: each iteration's pairs file with chosen and rejected swapped (the
+    """The negative control: each iteration's pairs with chosen and rejected swapped (the
     win probabilities left as the judge gave them) — the policy learns the opposite of the
     judges' preference, and the eval judge sees it lose to the base."""
     overrides = ("model=tiny-mistral", "run_name=swapped")
@@ -98,9 +98,12 @@ def test_swapped_preferences_unlearn(root):
             ["rejected" if c == "chosen" else "chosen" if c == "rejected" else c
              for c in table.column_names]
         )  # fmt: skip
-        pq.write_table(swapped.select(table.column_names), pairs)
+        # a file of the user's own: the stage's output, sealed in its record, is never edited
+        mine = root / "swapped-pairs" / f"iter{t}.parquet"
+        mine.parent.mkdir(exist_ok=True)
+        pq.write_table(swapped.select(table.column_names), mine)
         for stage in (Stage.train, Stage.eval):
-            run(root, *overrides, stage=stage.value, iteration=t)
+            run(root, *overrides, f"training.pairs={mine}", stage=stage.value, iteration=t)
     rates = curve(root, "tiny-mistral", "swapped")
     wins = [r["win_rate"] for r in rates]
     assert wins[2] < 0.5 and rates[2]["win_rate_high"] < 0.5, wins

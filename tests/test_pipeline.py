@@ -54,7 +54,8 @@ def test_iteration_two_runs_iteration_one_first_and_starts_from_its_checkpoint(t
         )
     assert "iter=1" in (lineage / "iter1" / "train" / "config.yaml").read_text().splitlines()[0]
     reference = json.loads((lineage / "iter2" / "train" / "reference_logps.json").read_text())
-    assert reference["identity"]["reference"] == checkpoint
+    # named relative to the run, so that a moved run resumes its training too
+    assert reference["identity"]["reference"] == "<run>/iter1/train/checkpoint"
     # each stage's counts are also in metrics.json
     for stage in ("generate", "rank", "pairs", "train"):
         assert json.loads((lineage / "iter2" / stage / "metrics.json").read_text())

@@ -66,8 +66,11 @@ def test_a_failed_wandb_init_is_one_line_and_leaves_no_run_variables(
     monkeypatch.setattr(tracking, "signed_in", lambda _: True)
     monkeypatch.setattr(tracking, "unreachable", lambda *_: None)
     monkeypatch.setattr(wandb, "init", init)
-    for var in tracking.RUN_VARS:  # start sets them; monkeypatch restores what was there
-        monkeypatch.delenv(var, raising=False)
+    # start sets these for the process: monkeypatch puts back what was there (set first, so
+    # that a variable absent before is removed again)
+    for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=online")
     with pytest.raises(EnvironmentFailure, match="context deadline exceeded.*wandb sync") as err:
         tracking.start(cfg, Stage.generate)

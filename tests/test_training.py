@@ -147,10 +147,10 @@ def test_identical_empty_and_overlong_pairs_are_handled_as_documented(tmp_path):
 
 def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
     with pytest.raises(
-        StageError,
-        match=r"iteration 1's checkpoint, which does not exist: .*\(run: python -m src.main iter=1\)",
-    ):
+        StageError, match=r"iteration 1's checkpoint, which is not trained: .*; finish iteration 1"
+    ) as refused:
         run(train_cfg("model=tiny-mistral", "iter=2"))
+    assert refused.value.fix == "stage=all iter=1"
 
 
 def train_on_the_command_line(runs: Path, *overrides: str, model: str = "tiny-mistral") -> Path:

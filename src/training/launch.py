@@ -93,10 +93,15 @@ def forward_until_failure(stream: IO[bytes], failures: Path) -> None:
     """The workers' stderr, as it comes (progress bars included), until one reports a failure:
     what follows is its echo — the other ranks losing their peer, the launcher's summary."""
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    last = "\n"
     for chunk in iter(lambda: os.read(stream.fileno(), 1 << 16), b""):
         if not any(failures.iterdir()):
-            sys.stderr.write(decode.decode(chunk))
+            text = decode.decode(chunk)
+            sys.stderr.write(text)
             sys.stderr.flush()
+            last = text[-1:] or last
+    if last != "\n":  # a progress bar left mid-line: what is said next starts a line of its own
+        sys.stderr.write("\n")
 
 
 def report_failure(failure: BaseException) -> int:
