@@ -234,6 +234,30 @@ def test_a_whole_checkpoint_passes_the_check(trained_iteration_one):
     assert safetensors_damage(trained_iteration_one / "model.safetensors") is None
 
 
+def safetensors_bytes(header: object, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (safetensors_bytes({"w": {"data_offsets": [0, 4]}}, b"abcd"), None),
+        (safetensors_bytes({"w": {"data_offsets": [0, 4]}}, b"ab"), "is cut short"),
+        (safetensors_bytes({"w": {"data_offsets": [0, 4]}}, b"abcdef"), "has extra bytes"),
+        (safetensors_bytes([1, 2], b""), "has an unreadable header"),
+        (safetensors_bytes({"w": {"dtype": "F32"}}, b""), "has an unreadable header"),
+        (b"\xff" * 8 + b"{}", "is cut short"),  # a header length past the end
+        (b"abc", "is cut short"),
+    ],
+)
+def test_a_safetensors_file_is_checked_against_its_header(tmp_path, content, why):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    said = safetensors_damage(path)
+    assert said is None if why is None else said.startswith(why)
+
+
 def test_a_debug_run_keeps_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     result = cli(tmp_path, *GENERATE, f"model.path={tmp_path}/nothing")

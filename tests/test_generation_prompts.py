@@ -279,7 +279,7 @@ def test_an_empty_or_whitespace_prompt_names_row_and_id(tmp_path, text):
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [(None, "null"), (42, "a int"), ([{"role": "user", "content": "hi"}], "a list")],
+    [(None, "null"), (42, "42"), ([{"role": "user", "content": "hi"}], "a list")],
 )
 def test_a_non_string_prompt_names_row_id_and_type(tmp_path, value, kind):
     path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": "q7", "prompt": value}])

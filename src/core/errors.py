@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import errno
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # src.config does not import this module; the type is for readers only
+    from src.config import Config
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -47,7 +51,7 @@ class EnvironmentFailure(StageError):
     exit_code = EXIT_ENVIRONMENT
 
 
-def redo(cfg, stage: str, iteration: int | None = None) -> str:
+def redo(cfg: Config, stage: str, iteration: int | None = None) -> str:
     """The overrides that make `stage` of `iteration` (the config's by default) again, with the
     stages after it that the command runs. `pipeline.redo` acts on the stages a command runs, so
     a command that runs one other stage is pointed at `stage` itself."""
@@ -68,6 +72,15 @@ def with_overrides(command: str, overrides: str) -> str:
         else:
             words.append(override)
     return " ".join(words)
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: null, a number as itself, else its type and start."""
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return f"a {type(value).__name__} ({str(value)[:40]!r})"
 
 
 def describe(exc: StageError, command: str) -> str:

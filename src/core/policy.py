@@ -103,9 +103,9 @@ def safetensors_damage(path: Path) -> str | None:
             return f"is cut short ({size} bytes; its header alone is {header_bytes})"
         try:
             header = json.loads(f.read(header_bytes))
-        except (UnicodeDecodeError, ValueError):
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, AttributeError, KeyError, IndexError, TypeError):
             return "has an unreadable header"
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
     expected = 8 + header_bytes + max(ends, default=0)
     if size != expected:
         return (

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from src.core.artifacts import read_jsonl
-from src.core.errors import EnvironmentFailure, StageError
+from src.core.errors import EnvironmentFailure, StageError, shown
 
 # Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
 # hub id, so a typo in a file name says "not found" instead of trying the network.
@@ -317,7 +317,7 @@ def _prompt_of(
         # ints are common ids (and parquet keeps them as ints); anything else is a mistake
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
             raise PromptsError(
-                f"{where}: {id_column!r} is {_kind(raw_id)}, expected a string or an integer id"
+                f"{where}: {id_column!r} is {shown(raw_id)}, expected a string or an integer id"
             )
         prompt_id = str(raw_id)
         if not prompt_id.strip():
@@ -333,7 +333,7 @@ def _prompt_of(
     text = row[prompt_column]
     if not isinstance(text, str):
         # e.g. a chat-format column (a list of messages) picked by mistake, or a null
-        raise PromptsError(f"{named}: {prompt_column!r} is {_kind(text)}, expected a string")
+        raise PromptsError(f"{named}: {prompt_column!r} is {shown(text)}, expected a string")
     if not text.strip():
         raise PromptsError(f"{named}: the prompt is empty or only whitespace")
     dataset = row.get("dataset")
@@ -342,7 +342,3 @@ def _prompt_of(
         text,
         dataset if isinstance(dataset, str) else None,
     )
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__} ({str(value)[:40]!r})"

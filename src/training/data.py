@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from src.core.artifacts import read_jsonl
-from src.core.errors import StageError
+from src.core.errors import StageError, shown
 
 # every pair's text (src/core/contracts.py: PairRow); prompt, chosen and rejected go through the
 # chat template, which needs strings (a null fails deep inside jinja)
@@ -100,15 +100,6 @@ def checked_pair(where: str, row: dict[str, Any], loss: str) -> dict[str, Any]:
                 f"{where}: {column!r} is {shown(value)}, expected a probability in [0, 1]"
             )
     return row
-
-
-def shown(value: Any) -> str:
-    """A value as a message shows it: null, a number as itself, else its type and its start."""
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value)
-    return f"a {type(value).__name__} ({str(value)[:40]!r})"
 
 
 @dataclass
