@@ -3,11 +3,15 @@
     pip install ".[bench]"          # TRL, the peer tool
     python -m benchmarks.bench_trainer                      # ~10 minutes on 2 cores
     python -m benchmarks.bench_trainer --steps 10 --repeats 1 --models tiny-mistral   # a smoke run
+    python -m benchmarks.bench_trainer --models tiny-mistral-32k --tools ours ours-lora \
+        --losses sppo_hard --refs precompute      # opt-in: LoRA vs full-weight training of ours
 
 Both tools train the same tiny model (built offline by src/tiny) on the same synthetic pairs
 (~90–250 tokens per sequence), with the same batch (4 pairs = 8 sequences, no accumulation),
 fp32, one CPU process, the same optimiser, learning rate, schedule, clipping and seed. Only
 `trainer.train()` is measured: model loading, tokenisation and trainer construction are not.
+The opt-in tool `ours-lora` is our trainer with `training.peft=lora` (a LoRA adapter on the
+frozen policy, the project's default adapter settings), to set against `ours` (full weights).
 
 Each (tool, model, loss, reference mode) runs in a fresh subprocess, so peak memory never
 mixes between configurations; every configuration runs `--repeats` times (interleaved, so slow
@@ -103,7 +107,17 @@ def base_model(name: str) -> str:
 # ours: the stage's trainer as configured by default (the streamed LM head); ours-logits: the
 # same with training.lm_head_chunk=null (the model's own head computes full logits)
 TOOLS = ("ours", "ours-logits", "trl")
-TOOL_LABELS = {"ours": "ours", "ours-logits": "ours, full logits", "trl": "TRL"}
+# Opt-in (--tools): ours with training.peft=lora (conf/training/default.yaml's adapter: rank 16,
+# alpha 32, dropout 0.05, every attention and MLP projection; the streamed head as in `ours`).
+# Not in the default run, which compares full-weight training against TRL (whose DPOTrainer here
+# trains full weights too): LoRA vs full weights is a question about ours alone.
+OPT_IN_TOOLS = ("ours-lora",)
+TOOL_LABELS = {
+    "ours": "ours",
+    "ours-logits": "ours, full logits",
+    "ours-lora": "ours, LoRA",
+    "trl": "TRL",
+}
 LOSSES = ("sppo_hard", "wpo")
 REFS = ("precompute", "online")
 
@@ -376,6 +390,7 @@ def build_ours(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, cl
         f"training.max_length={lengths['max_length']}",
         f"training.max_prompt_length={lengths['max_prompt_length']}",
         *(["training.lm_head_chunk=null"] if spec.tool == "ours-logits" else []),
+        *(["training.peft=lora"] if spec.tool == "ours-lora" else []),
         "training.gradient_checkpointing=false",
         "training.precision=float32",
         f"training.ref_logprobs={spec.ref}",
@@ -388,6 +403,14 @@ def build_ours(spec: Spec, pairs_path: Path, workdir: Path, total_steps: int, cl
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = validate(compose("config", overrides=overrides))
     extra["overrides"] = overrides
+    if spec.tool == "ours-lora":  # the adapter's settings, the config's defaults
+        lora = cfg.training.lora
+        extra["lora"] = {
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "target_modules": list(lora.target_modules),
+        }
     ready = setup(cfg, cfg.stage_dir(Stage.train))
     extra["tokenisation"] = ready.counts
     trainer = ready.trainer
@@ -505,6 +528,11 @@ def run_worker(spec: Spec, pairs_path: Path, workdir: Path, warmup: int, steps: 
     trainer = build(spec, pairs_path, workdir, total, clock, extra)
     count_tokens(trainer, clock)
     setup_s = time.perf_counter() - started
+    # what the optimiser updates (full weights: all; LoRA: the adapter), of all the policy's
+    # parameters (LoRA: the frozen base and the adapter; tied weights counted once)
+    params = list(trainer.model.parameters())
+    extra["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
+    extra["total_params"] = sum(p.numel() for p in params)
 
     memory = PeakRss()
     clock.on_warm = memory.mark_warm
@@ -572,6 +600,9 @@ def summarise(runs: list[dict]) -> dict:
             "steady_peak_delta_mb": median([r["steady_peak_delta_mb"] for r in group]),
             "peak_rss_process_mb": median([r["peak_rss_process_mb"] for r in group]),
             "precompute_s": median([r["precompute_s"] for r in group]),
+            # None in results recorded before the counts were
+            "trainable_params": group[0].get("trainable_params"),
+            "total_params": group[0].get("total_params"),
         }
     return out
 
@@ -601,8 +632,25 @@ VERSUS = [
      "peak_rss_delta_mb", {"tiny-gemma2-256k": "<= 0.35", "*": None}),
     ("streamed/full-logits peak memory", "ours", "ours-logits", "online", "online",
      "peak_rss_delta_mb", None),
+    # opt-in (--tools ours-lora): LoRA against full-weight training, both ours, same batch
+    ("LoRA/full-weight throughput", "ours-lora", "ours", "precompute", "precompute",
+     "tokens_per_s", None),
+    ("LoRA/full-weight throughput", "ours-lora", "ours", "online", "online", "tokens_per_s",
+     None),
+    ("LoRA/full-weight peak memory", "ours-lora", "ours", "precompute", "precompute",
+     "peak_rss_delta_mb", None),
+    ("LoRA/full-weight peak memory", "ours-lora", "ours", "online", "online",
+     "peak_rss_delta_mb", None),
+    ("LoRA/full-weight steady-step memory", "ours-lora", "ours", "precompute", "precompute",
+     "steady_peak_delta_mb", None),
+    ("LoRA/full-weight steady-step memory", "ours-lora", "ours", "online", "online",
+     "steady_peak_delta_mb", None),
+    ("LoRA/full-weight process peak memory", "ours-lora", "ours", "precompute", "precompute",
+     "peak_rss_process_mb", None),
+    ("LoRA/full-weight process peak memory", "ours-lora", "ours", "online", "online",
+     "peak_rss_process_mb", None),
 ]  # fmt: skip
-PRECOMPUTE_GAIN = [("ours", ">= 1.25"), ("ours-logits", None), ("trl", None)]
+PRECOMPUTE_GAIN = [("ours", ">= 1.25"), ("ours-logits", None), ("ours-lora", None), ("trl", None)]
 
 
 def ratios(summary: dict, runs: list[dict]) -> list[dict]:
@@ -653,11 +701,18 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
 def markdown(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     v = m["versions"]
+    tools = {r["spec"]["tool"] for r in result["summary"].values()}
+    title = (
+        "ours with a LoRA adapter vs full weights"
+        if "ours-lora" in tools and "trl" not in tools
+        else "ours vs TRL DPOTrainer"
+    )
+    peft = f" · peft {v['peft']}" if "peft" in v else ""
     lines = [
-        "# Trainer throughput on CPU: ours vs TRL DPOTrainer",
+        f"# Trainer throughput on CPU: {title}",
         "",
         f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · torch {v['torch']} · "
-        f"transformers {v['transformers']} · accelerate {v['accelerate']} · trl {v['trl']} · "
+        f"transformers {v['transformers']} · accelerate {v['accelerate']} · trl {v['trl']}{peft} · "
         f"commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''}",
         "",
         f"{s['pairs']} pairs, batch {s['per_device_batch_size']} pairs ({2 * s['per_device_batch_size']} "
@@ -668,18 +723,20 @@ def markdown(result: dict) -> str:
         "peak RSS of the steady steps above the RSS before them (heap trimmed).",
         "",
         "| tool | model | loss | reference | tokens/s (min–max) | step ms | tokens/step "
-        "| peak Δ MB | steady Δ MB | process peak MB | ref precompute s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak Δ MB | steady Δ MB | process peak MB | ref precompute s | trainable params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"].values():
         sp = r["spec"]
         pre = f"{r['precompute_s']:.2f}" if r["precompute_s"] is not None else "–"
+        trainable = r.get("trainable_params")
+        params = "–" if trainable is None else f"{trainable:,} of {r['total_params']:,}"
         lines.append(
             f"| {TOOL_LABELS[sp['tool']]} | {sp['model']} | {sp['loss']} | {sp['ref']} | "
             f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–{r['tokens_per_s_max']:,.0f}) | "
             f"{r['step_ms']:.1f} | {r['tokens_per_step']:.0f} | {r['peak_rss_delta_mb']:.1f} | "
             f"{r['steady_peak_delta_mb']:.1f} | "
-            f"{r['peak_rss_process_mb']:.0f} | {pre} |"
+            f"{r['peak_rss_process_mb']:.0f} | {pre} | {params} |"
         )
     lines += [
         "",
@@ -731,7 +788,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", nargs="+", default=list(MODELS), choices=[*MODELS, *WIDE_MODELS]
     )
-    parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        default=list(TOOLS),
+        choices=[*TOOLS, *OPT_IN_TOOLS],
+        help=f"default: {' '.join(TOOLS)}; opt-in: {' '.join(OPT_IN_TOOLS)} (ours, training.peft=lora)",
+    )
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--refs", nargs="+", default=list(REFS), choices=REFS)
     parser.add_argument(
@@ -769,10 +832,15 @@ def main(argv: list[str] | None = None) -> None:
 
     summary = summarise(runs)
     result = {
-        "benchmark": "trainer step throughput and peak memory, ours vs TRL DPOTrainer, CPU",
+        "benchmark": "trainer step throughput and peak memory, "
+        + (
+            "ours with a LoRA adapter vs full weights, CPU"
+            if "ours-lora" in args.tools and "trl" not in args.tools
+            else "ours vs TRL DPOTrainer, CPU"
+        ),
         "command": "python -m benchmarks.bench_trainer " + " ".join(argv),
         "machine": machine_info(
-            ("torch", "transformers", "accelerate", "trl", "datasets"),
+            ("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
             code_hashes(
                 [*sorted((REPO_ROOT / "src" / "training").glob("*.py")), Path(__file__).resolve()]
             ),

@@ -194,6 +194,12 @@ class RefLogprobs(Choice):
     online = "online"  # reference forward every step, as the original code does
 
 
+class Peft(Choice):
+    none = "none"  # every weight trained (the recipes' setting)
+    lora = "lora"  # a LoRA adapter on the frozen policy (peft)
+    qlora = "qlora"  # a LoRA adapter on the policy loaded in 4 bits (bitsandbytes, CUDA only)
+
+
 class Device(Choice):
     cpu = "cpu"
     cuda = "cuda"
@@ -430,6 +436,32 @@ class EvalConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """The adapter of training.peft=lora|qlora (conf/training/default.yaml, `lora:`)."""
+
+    rank: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    dropout: float = 0.05
+    # every linear layer of the attention and MLP blocks of Mistral and Gemma-2 (module names)
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ]
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _positive("training.lora.rank", self.rank)
+        _positive("training.lora.alpha", self.alpha)
+        _check(0 <= self.dropout < 1, "training.lora.dropout", self.dropout, "must be in [0, 1)")
+        _check(
+            bool(self.target_modules),
+            "training.lora.target_modules",
+            self.target_modules,
+            "names at least one module, e.g. [q_proj,v_proj]",
+        )
+
+
+@dataclass
 class TrainingConfig:
     """The optimisation recipe (conf/training/)."""
 
@@ -458,6 +490,9 @@ class TrainingConfig:
     seed: int = 42
     logging_steps: int = 1
     save_steps: int = 200  # Trainer checkpoints, what an interrupted run resumes from
+    # none: full weights; lora / qlora: an adapter, merged into the checkpoint at the end
+    peft: Peft = Peft.none
+    lora: AdapterConfig = field(default_factory=AdapterConfig)
 
     def __post_init__(self) -> None:
         _positive("training.learning_rate", self.learning_rate)
@@ -641,6 +676,21 @@ class Config:
             f"0 decodes greedily: the method.K={self.method.K} responses to a prompt would all be "
             "the same, and no pair could be preferred; sample with a temperature > 0 (e.g. 0.7)",
         )
+        if self.training.peft == Peft.qlora:
+            _check(
+                self.hardware.device == Device.cuda,
+                "training.peft",
+                "qlora",
+                f"a 4-bit base needs a CUDA GPU (bitsandbytes), and hardware={self.hardware.name} "
+                "trains on the CPU; train a LoRA adapter on full weights there: training.peft=lora",
+            )
+            _check(
+                self.hardware.distributed != Distributed.deepspeed,
+                "training.peft",
+                "qlora",
+                "DeepSpeed cannot shard a 4-bit base; QLoRA trains on one GPU or under DDP "
+                "(hardware.distributed=ddp), or use training.peft=lora with ZeRO-3",
+            )
         per_step = self.training.per_device_batch_size * self.hardware.world_size
         _check(
             self.training.global_batch_size % per_step == 0,

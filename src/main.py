@@ -35,6 +35,7 @@ from src.config import (
 )
 from src.core import preemption, tracking
 from src.core.artifacts import atomic_write_text
+from src.core.devices import release_gpu_memory
 from src.core.errors import (
     EXIT_CONFIG_ERROR,
     EXIT_ENVIRONMENT,
@@ -157,6 +158,7 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
         print(f"[main] stage {st.stage.value} -> {stage_dir}", file=sys.stderr)
         save_config(cfg, st.stage, command)
         run_tracked(cfg, st.stage, runners[st.stage])
+        release_gpu_memory()
 
 
 def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:

@@ -46,3 +46,15 @@ def cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProce
         text=True,
         timeout=timeout,
     )
+
+
+def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:
+    """The failure's line, after checking it is the only thing that looks like one."""
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    failures = [
+        ln for ln in result.stderr.splitlines() if ln.startswith(("error:", "interrupted:"))
+    ]
+    assert failures == [last], result.stderr[-3000:]
+    return last

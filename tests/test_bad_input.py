@@ -23,21 +23,9 @@ import pytest
 from src.config import REPO_ROOT
 from src.core.errors import describe_os_error, with_overrides
 from src.core.policy import safetensors_damage, seal_checkpoint
-from tests.helpers import SMALL, cli, compose_cfg
+from tests.helpers import SMALL, cli, compose_cfg, one_line_failure
 
 GENERATE = ["stage=generate"]  # with SMALL's sizes (cli runs them)
-
-
-def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:
-    """The failure's line, after checking it is the only thing that looks like one."""
-    assert result.returncode == code, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    failures = [
-        ln for ln in result.stderr.splitlines() if ln.startswith(("error:", "interrupted:"))
-    ]
-    assert failures == [last], result.stderr[-3000:]
-    return last
 
 
 def records(root: Path) -> list[Path]:

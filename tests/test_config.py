@@ -61,6 +61,8 @@ def test_groups_have_the_options_the_project_promises():
         "mistral-7b-instruct-sppo",
         "gemma-2-9b-it-wpo-hb",
         "tiny-wpo-hb",
+        "mistral-7b-instruct-sppo-qlora",
+        "gemma-2-9b-it-sppo-qlora",
     }
 
 
@@ -93,6 +95,11 @@ def test_every_model_method_hardware_experiment_combination(experiment, model):
             if t.global_batch_size % (t.per_device_batch_size * world) != 0:
                 assert str(exc).startswith("training.global_batch_size="), (overrides, exc)
                 continue
+            if t.peft == "qlora" and (
+                raw.hardware.device == "cpu" or raw.hardware.distributed == "deepspeed"
+            ):  # a 4-bit base needs CUDA, and DeepSpeed cannot shard it
+                assert str(exc).startswith("training.peft='qlora'"), (overrides, exc)
+                continue
             failures.append(f"{' '.join(overrides)}: {exc}")
             continue
         valid += 1
@@ -103,7 +110,11 @@ def test_every_model_method_hardware_experiment_combination(experiment, model):
         assert Path(cfg.run.iter_dir) == Path(cfg.run.dir) / "iter1"
         assert cfg.gradient_accumulation_steps >= 1
     assert not failures, "\n".join(failures)
-    assert valid >= len(METHODS) * 4  # at least the single-process and 8-GPU hardware
+    # at least the single-process and 8-GPU hardware; QLoRA: the one-GPU hardware
+    one_gpu = (
+        compose_raw(f"experiment={experiment}").training.peft == "qlora" if experiment else False
+    )
+    assert valid >= len(METHODS) * (2 if one_gpu else 4)
 
 
 def test_iter_selects_the_prompt_split_and_the_previous_checkpoint():
@@ -205,6 +216,39 @@ def test_mistral_sppo_preset_is_the_reference_recipe():
         3,
     )
     assert (t.per_device_batch_size, c.gradient_accumulation_steps) == (8, 1)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "full", "path"),
+    [
+        (
+            "mistral-7b-instruct-sppo-qlora",
+            "mistral-7b-instruct-sppo",
+            "mistralai/Mistral-7B-Instruct-v0.2",
+        ),
+        ("gemma-2-9b-it-sppo-qlora", "gemma-2-9b-it-sppo", "google/gemma-2-9b-it"),
+    ],
+)
+def test_one_gpu_qlora_presets_keep_the_recipe_but_the_adapter(experiment, full, path):
+    """One GPU, a 4-bit base under a LoRA adapter, the recipe's global batch of 64 as 2 x 32
+    accumulation steps, gradient checkpointing; every other recipe value as the full preset's."""
+    c, recipe = compose_cfg(f"experiment={experiment}"), compose_cfg(f"experiment={full}")
+    assert c.model.path == path and c.hardware.name == "gpu-1" and c.hardware.world_size == 1
+    t = c.training
+    assert (t.peft.value, t.lora.rank, t.lora.alpha) == ("qlora", 16, 32.0)
+    assert len(t.lora.target_modules) == 7
+    assert (t.global_batch_size, t.per_device_batch_size, c.gradient_accumulation_steps) == (
+        64,
+        2,
+        32,
+    )
+    assert t.gradient_checkpointing and t.learning_rate == 5e-6
+    assert c.generation.backend.value == "hf" and c.run_name == "eta1000-qlora-lr5e-06-K5"
+    changed = {"peft", "learning_rate", "per_device_batch_size", "pairs"}  # pairs: in its run dir
+    for key in vars(recipe.training):
+        if key not in changed:
+            assert getattr(t, key) == getattr(recipe.training, key), key
+    assert (c.method, c.data, c.ranker) == (recipe.method, recipe.data, recipe.ranker)
 
 
 def test_gemma_sppo_preset_splits_the_batch_four_by_two():

@@ -11,6 +11,8 @@ from src.config import Config
 from src.core.errors import EnvironmentFailure, StageError, redo
 from src.core.records import read_record
 
+ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter's weights
+
 
 def require_previous_policy(cfg: Config) -> str:
     """pi_{t-1}'s path. For t > 1 it is iteration t-1's checkpoint, trained and whole; for t = 1
@@ -41,6 +43,14 @@ def require_loadable(path: str, revision: str | None) -> None:
     """A local model folder must be whole; a hub id must be in the local cache when the Hub is
     offline (else from_pretrained fails after a long traceback)."""
     if Path(path).is_dir():
+        adapter = Path(path) / ADAPTER_CONFIG
+        if adapter.is_file() and not (Path(path) / "config.json").is_file():
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+            raise StageError(
+                f"model.path={path}: a LoRA adapter (of the base {base!r}), not a whole model; "
+                "merge it into its base first (peft's merge_and_unload) and point model.path "
+                "at the merged folder"
+            )
         damage = checkpoint_damage(Path(path), {})
         if damage:
             raise StageError(f"model.path={path}: the model is damaged ({damage})")

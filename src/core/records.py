@@ -79,8 +79,17 @@ def fingerprint_form(value: Any, tree: dict[str, Any], at: tuple[str, str] = POR
 def stage_inputs(
     tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE
 ) -> dict[str, Any]:
-    """The stage's inputs in `tree`, in their fingerprint form."""
-    return fingerprint_form({key: lookup(tree, key) for key in STAGES[stage].inputs}, tree, at)
+    """The stage's inputs in `tree`, in their fingerprint form.
+
+    `training.lora` shapes an adapter only: with `training.peft=none` neither key enters the
+    fingerprint, so a full-weight run's records (made before the keys existed, too) stay valid
+    whatever the adapter settings say.
+    """
+    inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
+    training = inputs.get("training")
+    if isinstance(training, dict) and training.get("peft", "none") == "none":
+        inputs["training"] = {k: v for k, v in training.items() if k not in ("peft", "lora")}
+    return fingerprint_form(inputs, tree, at)
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:

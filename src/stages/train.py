@@ -4,6 +4,8 @@
 
 setup (tokenise the pairs, build the Trainer) -> run (train, resuming from the last Trainer
 checkpoint) -> cleanup (save the gathered checkpoint atomically, metrics.json, done.json).
+With `training.peft=lora|qlora` the policy trains a LoRA adapter (src/training/adapters.py),
+saved as `adapter/` and merged into a whole `checkpoint/`.
 With more than one process (`hardware.world_size > 1`) the stage relaunches itself under
 `accelerate launch`, one worker per process, each reading the config saved in the stage dir.
 """
@@ -22,13 +24,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.config import Config, RefLogprobs, Stage, validate
+from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption, tracking
 from src.core.artifacts import atomic_write_json, file_sha256
 from src.core.chunks import claim, require_sealed
 from src.core.errors import StageError, redo
 from src.core.policy import end_of_turn_ids, require_previous_policy, seal_checkpoint
 from src.core.records import as_tree, fingerprint_form, stage_fingerprint, write_record
+from src.training.adapters import (
+    merge,
+    outside_zero3,
+    require_adapter_base,
+    require_qlora_support,
+)
 from src.training.arguments import TrainingError, load_policy, precision, training_arguments
 from src.training.launch import (
     WORKER_ENV,
@@ -61,6 +69,8 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         leftovers="checkpoint-*",
     )
     resume = last_complete_checkpoint(Path(output_dir))
+    if resume and cfg.training.peft != Peft.none:
+        require_adapter_base(Path(resume), cfg.run.init_policy)
     if ready.trainer.is_world_process_zero():
         tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
     if resume:
@@ -131,7 +141,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
             "max_prompt_length": t.max_prompt_length,
         }
         reference = ReferenceLogps(stage_dir / "reference_logps.json", identity)
-    else:
+    elif t.peft == Peft.none:  # with an adapter, pi_ref is the policy with it switched off
         ref_model = load_policy(cfg, dtype)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -167,11 +177,13 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
 
 
 def read_inputs(cfg: Config) -> tuple[Path, list[dict]]:
-    """pi_{t-1} checked whole, and the pairs: the file its record sealed (when it is the pairs
-    stage's output), every row checked."""
+    """pi_{t-1} checked whole, QLoRA's GPU and library present, and the pairs: the file its
+    record sealed (when it is the pairs stage's output), every row checked."""
     from src.training.data import read_pairs
 
     require_previous_policy(cfg)
+    if cfg.training.peft == Peft.qlora:
+        require_qlora_support()
     pairs_path = Path(cfg.training.pairs).resolve()
     remake = remake_pairs(cfg, pairs_path)
     if remake is not None and pairs_path.is_file():
@@ -191,18 +203,31 @@ def remake_pairs(cfg: Config, pairs_path: Path) -> str | None:
 
 
 def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds: float) -> dict:
-    """The checkpoint appears whole or not at all; metrics.json; done.json last."""
+    """The checkpoint (and, with an adapter, the adapter) appear whole or not at all;
+    metrics.json; done.json last."""
     trainer = setup_.trainer
-    final, partial = stage_dir / "checkpoint", stage_dir / "checkpoint.partial"
-    if trainer.is_world_process_zero() and partial.exists():
-        shutil.rmtree(partial)
+    outputs = ["checkpoint"] + (["adapter"] if cfg.training.peft != Peft.none else [])
+    if trainer.is_world_process_zero():
+        for name in outputs:
+            shutil.rmtree(stage_dir / f"{name}.partial", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(partial))  # gathers ZeRO-3 shards (collective: every rank calls it)
+    # gathers ZeRO-3 shards (collective: every rank calls it); with an adapter, the adapter only
+    trainer.save_model(str(stage_dir / f"{outputs[-1]}.partial"))
     counts = {**setup_.counts, "steps": trainer.state.global_step}
     if trainer.is_world_process_zero():
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
+        if cfg.training.peft != Peft.none:
+            with outside_zero3(trainer.args):
+                merge(
+                    cfg,
+                    stage_dir / "adapter.partial",
+                    stage_dir / "checkpoint.partial",
+                    precision(cfg),
+                    trainer.processing_class,
+                )
+        for name in outputs:
+            if (stage_dir / name).exists():
+                shutil.rmtree(stage_dir / name)
+            (stage_dir / f"{name}.partial").rename(stage_dir / name)
         atomic_write_json(
             stage_dir / "metrics.json",
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
@@ -212,7 +237,7 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             stage_fingerprint(cfg, Stage.train),
             counts,
             {"seconds": seconds},
-            seal_checkpoint(final),
+            {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},
         )
     if trainer.is_world_process_zero():
         tracking.finish(cfg, {**metrics, **counts})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from src.config import Config, Device, Distributed, Dtype
+from src.config import Config, Device, Distributed, Dtype, Peft
 from src.core.errors import StageError
 
 
@@ -111,21 +111,25 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
 
 def load_policy(cfg: Config, dtype: torch.dtype):
     """The generating policy (sharded at load under ZeRO-3), its LM head streamed unless
-    training.lm_head_chunk is null — before DDP or DeepSpeed wraps it."""
+    training.lm_head_chunk is null — before DDP or DeepSpeed wraps it. With training.peft set,
+    frozen (QLoRA: in 4 bits) under a fresh LoRA adapter."""
     from transformers import AutoModelForCausalLM
 
+    from src.training.adapters import add_adapter, quantization
     from src.training.policy_logps import stream_lm_head
 
+    with_adapter = cfg.training.peft != Peft.none
     model = AutoModelForCausalLM.from_pretrained(
         cfg.run.init_policy,
         dtype=dtype,
         attn_implementation=cfg.model.attn_implementation,
         trust_remote_code=cfg.model.trust_remote_code,
         revision=cfg.model.revision,
+        **(quantization(cfg, dtype) if with_adapter else {}),
     )
     if cfg.training.lm_head_chunk is not None:
         try:
             stream_lm_head(model, cfg.training.lm_head_chunk)
         except ValueError as error:
             raise TrainingError(f"{cfg.run.init_policy}: {error}") from None
-    return model
+    return add_adapter(model, cfg) if with_adapter else model

@@ -63,9 +63,14 @@ class StreamedLMHead(torch.nn.Module):
 
 
 def unwrapped(model: torch.nn.Module) -> PreTrainedModel:
-    """The Hugging Face model inside a DDP module or a DeepSpeed engine."""
-    while not isinstance(model, PreTrainedModel) and hasattr(model, "module"):
-        model = model.module
+    """The Hugging Face model inside a DDP module, a DeepSpeed engine or a peft adapter."""
+    while not isinstance(model, PreTrainedModel):
+        if hasattr(model, "get_base_model"):  # peft's PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "module"):
+            model = model.module
+        else:
+            break
     return model
 
 

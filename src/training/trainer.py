@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from src.core.artifacts import atomic_write_json
+from src.training.adapters import adapter_off, peft_model
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
 from src.training.policy_logps import batch_response_logps
 
@@ -69,9 +70,12 @@ class PreferenceTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if (reference is None) == (ref_model is None):
+        # pi_ref: precomputed log-probs, a frozen copy, or (LoRA) the policy with its adapter off
+        if reference is not None and ref_model is not None:
+            raise ValueError("give precomputed reference log-probs or a reference model, not both")
+        if reference is None and ref_model is None and peft_model(self.model) is None:
             raise ValueError(
-                "give exactly one of precomputed reference log-probs or a reference model"
+                "no reference: give precomputed log-probs, a reference model or an adapter model"
             )
         self.loss_type, self.beta, self.eta = loss_type, beta, eta
         self.label_smoothing, self.wpo, self.wpo_clamp = label_smoothing, wpo, wpo_clamp
@@ -90,7 +94,12 @@ class PreferenceTrainer(Trainer):
 
     # --- forward ----------------------------------------------------------------------------
 
-    def _online_reference(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _online_reference(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ref_model is None:  # LoRA: the policy with its adapter off
+            with torch.no_grad(), adapter_off(model):
+                logps, _ = batch_response_logps(model, inputs, with_alignment=False)
+            half = logps.shape[0] // 2
+            return logps[:half], logps[half:]
         if not self._ref_prepared:
             self.ref_model = self._prepare_reference_model(self.ref_model)
             self._ref_prepared = True
@@ -123,7 +132,7 @@ class PreferenceTrainer(Trainer):
         if self.reference is not None:
             ref_chosen, ref_rejected = self.reference.lookup(inputs["pair_index"], logps.device)
         else:
-            ref_chosen, ref_rejected = self._online_reference(inputs)
+            ref_chosen, ref_rejected = self._online_reference(model, inputs)
         weights = None
         if self.wpo:
             weights = wpo_weight(alignment[:pairs], alignment[pairs:], clamp=self.wpo_clamp)
@@ -178,7 +187,7 @@ class PreferenceTrainer(Trainer):
         model = self.model_wrapped
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), adapter_off(model):  # LoRA: exactly pi_{t-1}'s weights
             for batch in loader:
                 logps, _ = batch_response_logps(model, batch, with_alignment=False)
                 half = logps.shape[0] // 2
