@@ -118,11 +118,12 @@ def format2_fingerprint(cfg: Config, stage: Stage) -> str:
         upstream = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")["fingerprint"]
     else:
         upstream = None
-    payload = {
-        "stage": stage.value,
-        "inputs": {key: lookup(as_tree(cfg), key) for key in spec.inputs},
-        "upstream": upstream,
-    }
+    inputs = {key: lookup(as_tree(cfg), key) for key in spec.inputs}
+    if "training" in inputs:  # format 2 predates training.peft and training.lora
+        inputs["training"] = {
+            k: v for k, v in inputs["training"].items() if k not in ("peft", "lora")
+        }
+    payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -154,3 +155,20 @@ def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
         False,
     )
     assert (pairs.status, pairs.changed, pairs.earlier_version) == ("stale", [], False)
+
+
+def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_trains():
+    """A full-weight run's records do not depend on training.lora (nor on training.peft's
+    existence: records made before it stay valid); a LoRA run's depend on both."""
+    def train_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(compose_cfg("model=tiny-mistral", *overrides), Stage.train)
+
+    full = train_fingerprint()
+    assert train_fingerprint("training.lora.rank=4") == full
+    lora = train_fingerprint("training.peft=lora")
+    assert lora != full
+    assert train_fingerprint("training.peft=lora", "training.lora.rank=4") != lora
+    generate = compose_cfg("model=tiny-mistral", "training.peft=lora")
+    assert stage_fingerprint(generate, Stage.generate) == stage_fingerprint(
+        compose_cfg("model=tiny-mistral"), Stage.generate
+    )
