@@ -160,6 +160,7 @@ def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
 def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_trains():
     """A full-weight run's records do not depend on training.lora (nor on training.peft's
     existence: records made before it stay valid); a LoRA run's depend on both."""
+
     def train_fingerprint(*overrides: str) -> str:
         return stage_fingerprint(compose_cfg("model=tiny-mistral", *overrides), Stage.train)
 

@@ -69,6 +69,21 @@ def require_loadable(path: str, revision: str | None) -> None:
         )
 
 
+def causal_lm(cfg: Config, path: str, dtype, **extra):
+    """The policy at `path` as a transformers causal LM, loaded with the model's settings
+    (attention kernel, remote code, revision); `extra`: more `from_pretrained` arguments."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        revision=cfg.model.revision,
+        **extra,
+    )
+
+
 # --- a checkpoint saved whole ---------------------------------------------------------------------
 
 

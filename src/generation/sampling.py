@@ -12,7 +12,7 @@ import torch
 from src.config import Backend, Config, GenerationConfig, LongPrompts
 from src.core.devices import device_for
 from src.core.errors import StageError
-from src.core.policy import end_of_turn_ids
+from src.core.policy import causal_lm, end_of_turn_ids
 
 
 class GenerationError(StageError):
@@ -22,7 +22,7 @@ class GenerationError(StageError):
 def load_model(cfg: Config, path: str):
     """(model, tokenizer, end-of-turn ids) of the policy at `path`; with vLLM, no model: it
     loads the weights itself."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
     if cfg.generation.backend == Backend.vllm:
@@ -34,13 +34,7 @@ def load_model(cfg: Config, path: str):
             if device.type == "cuda" and torch.cuda.is_bf16_supported()
             else torch.float32
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            attn_implementation=cfg.model.attn_implementation,
-            trust_remote_code=cfg.model.trust_remote_code,
-            revision=cfg.model.revision,
-        )
+        model = causal_lm(cfg, path, dtype)
         model.to(device).eval()
     return model, tokenizer, end_of_turn_ids(path, tokenizer)
 

@@ -21,7 +21,7 @@ import torch
 
 from src.config import Config, Peft
 from src.core.errors import EnvironmentFailure
-from src.core.policy import ADAPTER_CONFIG
+from src.core.policy import ADAPTER_CONFIG, causal_lm
 from src.training.arguments import TrainingError
 
 
@@ -155,17 +155,9 @@ def merge(cfg: Config, adapter_dir: Path, out_dir: Path, dtype: torch.dtype, tok
     adapter goes onto the weights that were quantised, not onto their 4-bit approximation),
     the adapter added into its weights, saved like a full-weight checkpoint."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    base = cfg.run.init_policy
-    require_adapter_base(adapter_dir, base)
-    model = AutoModelForCausalLM.from_pretrained(
-        base,
-        dtype=dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision,
-    )
+    require_adapter_base(adapter_dir, cfg.run.init_policy)
+    model = causal_lm(cfg, cfg.run.init_policy, dtype)
     with _peft_quietly():
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model.save_pretrained(out_dir)

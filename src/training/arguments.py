@@ -113,19 +113,13 @@ def load_policy(cfg: Config, dtype: torch.dtype):
     """The generating policy (sharded at load under ZeRO-3), its LM head streamed unless
     training.lm_head_chunk is null — before DDP or DeepSpeed wraps it. With training.peft set,
     frozen (QLoRA: in 4 bits) under a fresh LoRA adapter."""
-    from transformers import AutoModelForCausalLM
-
+    from src.core.policy import causal_lm
     from src.training.adapters import add_adapter, quantization
     from src.training.policy_logps import stream_lm_head
 
     with_adapter = cfg.training.peft != Peft.none
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.run.init_policy,
-        dtype=dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision,
-        **(quantization(cfg, dtype) if with_adapter else {}),
+    model = causal_lm(
+        cfg, cfg.run.init_policy, dtype, **(quantization(cfg, dtype) if with_adapter else {})
     )
     if cfg.training.lm_head_chunk is not None:
         try:
