@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from src.config import Config, Peft
-from src.core.errors import EnvironmentFailure
+from src.core.errors import EnvironmentFailure, StageError
 from src.core.policy import ADAPTER_CONFIG, causal_lm
-from src.training.arguments import TrainingError
 
 
 def require_qlora_support() -> None:
@@ -68,7 +67,7 @@ def add_adapter(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     unmatched = [t for t in lora.target_modules if not any(_names(n, t) for n in linear)]
     if unmatched:
         known = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise TrainingError(
+        raise StageError(
             f"training.lora.target_modules: {unmatched} match no linear layer of "
             f"{cfg.run.init_policy} (its linear layers: {known})"
         )
@@ -129,13 +128,13 @@ def require_adapter_base(adapter_dir: Path, base: str) -> None:
     """An adapter trained on another base than `base` (pi_{t-1}) is refused, on one line."""
     path = Path(adapter_dir) / ADAPTER_CONFIG
     if not path.is_file():
-        raise TrainingError(
+        raise StageError(
             f"{adapter_dir}: holds no LoRA adapter ({ADAPTER_CONFIG} missing) although "
             "training.peft is lora / qlora"
         )
     recorded = json.loads(path.read_text()).get("base_model_name_or_path")
     if not _same_model(recorded, base):
-        raise TrainingError(
+        raise StageError(
             f"{path}: a LoRA adapter of the base {recorded!r}, but this iteration's base "
             f"(pi_t-1) is {base!r}"
         )
