@@ -12,6 +12,7 @@ from src.core.errors import EnvironmentFailure, StageError, redo
 from src.core.records import read_record
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter's weights
+CARD = "README.md"  # a checkpoint's model card: rewritten after training, so never sealed
 
 
 def require_previous_policy(cfg: Config) -> str:
@@ -88,11 +89,12 @@ def causal_lm(cfg: Config, path: str, dtype, **extra):
 
 
 def seal_checkpoint(folder: Path) -> dict[str, dict[str, int]]:
-    """What the train stage's record keeps of its checkpoint: every file's size, by name."""
+    """What the train stage's record keeps of its checkpoint: every file's size, by name (the
+    model card aside: the eval stage writes it again)."""
     return {
         f"{folder.name}/{f.name}": {"bytes": f.stat().st_size}
         for f in sorted(folder.iterdir())
-        if f.is_file()
+        if f.is_file() and f.name != CARD
     }
 
 

@@ -30,10 +30,12 @@ import numpy as np
 
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
+from src.core.policy import CARD
 from src.core.records import stage_fingerprint, write_record
 from src.evaluation.alpaca_eval import reference_from_file, write_alpaca_eval
 from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.winrate import length_covariate, outcomes, win_rates
+from src.export.cards import write_model_card
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.judge import Judge
 from src.ranking.preferences import win_matrix
@@ -148,6 +150,9 @@ def run(cfg: Config) -> dict:
     script.chmod(0o755)
     atomic_write_json(stage_dir / "eval.json", report)
     atomic_write_json(stage_dir / "metrics.json", report)
+    checkpoint = cfg.stage_dir(Stage.train) / "checkpoint"
+    if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
+        write_model_card(cfg, checkpoint)  # the iteration's card, now with these results
     write_record(
         stage_dir, stage_fingerprint(cfg, Stage.eval), report, {"seconds": report["seconds"]}
     )

@@ -31,6 +31,7 @@ from src.core.chunks import claim, require_sealed
 from src.core.errors import StageError, redo
 from src.core.policy import end_of_turn_ids, require_previous_policy, seal_checkpoint
 from src.core.records import as_tree, fingerprint_form, stage_fingerprint, write_record
+from src.export.cards import write_model_card
 from src.training.adapters import (
     merge,
     outside_zero3,
@@ -232,6 +233,7 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             stage_dir / "metrics.json",
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
+        write_model_card(cfg, stage_dir / "checkpoint")
         write_record(
             stage_dir,
             stage_fingerprint(cfg, Stage.train),

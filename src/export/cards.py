@@ -1,0 +1,208 @@
+"""The model card of an iteration's checkpoint: `train/checkpoint/README.md` in the Hugging Face
+Hub's format, made with huggingface_hub's `ModelCard` / `ModelCardData`.
+
+The metadata says what the Hub indexes (the real base model, datasets, license, library, tags, and
+the eval results as `model-index`); the body says what made the checkpoint: its lineage, the
+recipe read from the run's resolved config, the training summary, the eval results with their
+intervals, the exact command and the project's version. The train stage writes it; the eval
+stage of the same iteration writes it again with its results.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from statistics import mean
+
+from src.config import REPO_ROOT, Config, Peft, Stage
+from src.core.artifacts import atomic_write_text
+from src.core.policy import CARD
+
+# Licenses of the bases this project knows; any other base: "other" (its own card says which)
+BASE_LICENSES = {
+    "mistralai/Mistral-7B-Instruct-v0.2": "apache-2.0",
+    "google/gemma-2-9b-it": "gemma",
+}
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+Iteration {{ iteration }} of {{ method }} self-play preference optimisation of
+`{{ base_model }}`, made by selfplay-lab {{ project_version }}.
+
+## Lineage
+
+{{ lineage }}
+
+## Recipe
+
+| setting | value |
+|---|---|
+{% for key, value in recipe %}| {{ key }} | {{ value }} |
+{% endfor %}
+## Training
+
+| metric | value |
+|---|---|
+{% for key, value in training %}| {{ key }} | {{ value }} |
+{% endfor %}
+## Evaluation
+
+{{ evaluation }}
+
+## Reproduce
+
+```bash
+{{ command }}
+```
+"""
+
+
+def write_model_card(cfg: Config, checkpoint: Path) -> Path:
+    """`checkpoint/README.md` from the train stage's metrics.json and config.yaml and, when the
+    iteration's eval finished, its eval.json. Returns the card's path."""
+    stage_dir = cfg.stage_dir(Stage.train)
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    report = cfg.stage_dir(Stage.eval) / "eval.json"
+    evaluation = json.loads(report.read_text()) if report.is_file() else None
+    command = (stage_dir / "config.yaml").read_text().splitlines()[0].removeprefix("# ")
+    return atomic_write_text(checkpoint / CARD, model_card(cfg, metrics, evaluation, command))
+
+
+def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str) -> str:
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    base = cfg.model.path
+    is_hub_id = not Path(base).is_absolute() and not Path(base).exists()
+    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{cfg.iter}"
+    results = []
+    if evaluation is not None:
+        dataset = Path(cfg.data.eval_prompts or "eval").stem
+        for metric in ("win_rate", "lc_win_rate"):
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    metric_type=metric,
+                    metric_name=f"{metric} vs {evaluation['reference']} ({evaluation['judge']})",
+                    metric_value=round(evaluation[metric], 4),
+                )
+            )
+    data = ModelCardData(
+        model_name=name,
+        base_model=base if is_hub_id else None,
+        datasets=[cfg.data.prompts] if _is_dataset_id(cfg.data.prompts) else None,
+        license=BASE_LICENSES.get(base, "other"),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["selfplay-lab", cfg.method.name.value, f"iter{cfg.iter}"]
+        + ([cfg.training.peft.value] if cfg.training.peft != Peft.none else []),
+        eval_results=results or None,
+    )
+    card = ModelCard.from_template(
+        data,
+        template_str=TEMPLATE,
+        title=name,
+        iteration=cfg.iter,
+        method=cfg.method.name.value.upper(),
+        base_model=base if is_hub_id else cfg.model.name,
+        project_version=project_version(),
+        lineage=lineage(cfg),
+        recipe=recipe(cfg),
+        training=training_summary(metrics),
+        evaluation=evaluation_text(evaluation),
+        command=command,
+    )
+    return str(card)
+
+
+def lineage(cfg: Config) -> str:
+    if cfg.iter == 1:
+        return f"pi_1, trained from the base model `{cfg.run.init_policy}` (pi_0)."
+    return (
+        f"pi_{cfg.iter}, trained from iteration {cfg.iter - 1}'s checkpoint "
+        f"(`{cfg.run.init_policy}`), itself descended from `{cfg.model.path}`; pi_{cfg.iter - 1} "
+        "generated the responses and was the reference model."
+    )
+
+
+def recipe(cfg: Config) -> list[tuple[str, object]]:
+    """The values that made the checkpoint, as the run's resolved config holds them."""
+    m, g, t, r = cfg.method, cfg.generation, cfg.training, cfg.ranker
+    rows = [
+        ("method.loss", m.loss.value),
+        ("method.eta / method.beta", f"{m.eta:g} / {m.beta:g}"),
+        ("method.K", m.K),
+        ("method.wpo_weight", m.wpo_weight),
+        ("ranker", f"{r.kind.value}: {r.model}"),
+        ("generation", f"temperature {g.temperature:g}, top_p {g.top_p:g}, {g.max_new_tokens} new tokens"),
+        ("data.prompts", cfg.data.prompts),
+        ("training.optimizer", t.optimizer.value),
+        ("training.learning_rate", f"{t.learning_rate:g}"),
+        ("training.lr_scheduler", f"{t.lr_scheduler.value}, warm-up {t.warmup_ratio:g}"),
+        ("training.global_batch_size", f"{t.global_batch_size} = {t.per_device_batch_size} per device x {cfg.hardware.world_size} x {cfg.gradient_accumulation_steps} accumulation"),
+        ("training.num_epochs", f"{t.num_epochs:g}" + (f" (schedule of {t.schedule_epochs:g})" if t.schedule_epochs else "")),
+        ("training.max_length / max_prompt_length", f"{t.max_length} / {t.max_prompt_length}"),
+        ("training.seed", t.seed),
+        ("training.peft", t.peft.value if t.peft == Peft.none else f"{t.peft.value}: rank {t.lora.rank}, alpha {t.lora.alpha:g}, merged"),
+    ]  # fmt: skip
+    return rows
+
+
+def training_summary(metrics: dict) -> list[tuple[str, str]]:
+    steps = [e for e in metrics["log_history"] if "loss" in e]
+    summary = metrics["summary"]
+    rows = [
+        ("steps", str(summary.get("steps", len(steps)))),
+        ("pairs trained", str(summary.get("pairs_trained", "-"))),
+        ("train_loss (mean over steps)", f"{summary['train_loss']:.4f}"),
+    ]
+    for key in ("rewards/accuracies", "rewards/margins"):
+        values = [e[key] for e in steps if key in e]
+        if values:
+            rows.append((f"{key} (mean; last step)", f"{mean(values):.4f}; {values[-1]:.4f}"))
+    return rows
+
+
+def evaluation_text(evaluation: dict | None) -> str:
+    if evaluation is None:
+        return "Not evaluated yet: `eval.enabled=true` or `stage=eval` writes the results here."
+    confidence = round(100 * evaluation["confidence"])
+    return (
+        f"Against `{evaluation['reference']}` on {evaluation['compared']} instructions, judged by "
+        f"`{evaluation['judge']}`: win rate {evaluation['win_rate']:.3f} "
+        f"[{evaluation['win_rate_low']:.3f}, {evaluation['win_rate_high']:.3f}], "
+        f"length-controlled {evaluation['lc_win_rate']:.3f} "
+        f"[{evaluation['lc_win_rate_low']:.3f}, {evaluation['lc_win_rate_high']:.3f}] "
+        f"({confidence} % bootstrap intervals)."
+    )
+
+
+def _is_dataset_id(value: str) -> bool:
+    return "/" in value and not Path(value).is_absolute() and not Path(value).exists()
+
+
+def project_version() -> str:
+    """The version in pyproject.toml and, in a git checkout, the commit."""
+    try:
+        release = version("selfplay-lab")
+    except PackageNotFoundError:
+        release = next(
+            line.split('"')[1]
+            for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
+            if line.startswith("version = ")
+        )
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return release
+    return f"{release} (commit {commit})"
