@@ -7,6 +7,7 @@ stage function(s). A bad config ends with one line on stderr naming the key, and
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -35,7 +36,6 @@ from src.config import (
 )
 from src.core import preemption, tracking
 from src.core.artifacts import atomic_write_text
-from src.core.devices import release_gpu_memory
 from src.core.errors import (
     EXIT_CONFIG_ERROR,
     EXIT_ENVIRONMENT,
@@ -159,6 +159,17 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
         save_config(cfg, st.stage, command)
         run_tracked(cfg, st.stage, runners[st.stage])
         release_gpu_memory()
+
+
+def release_gpu_memory() -> None:
+    """Give what a finished stage held on its GPU back to the driver. On one GPU (the one-GPU
+    QLoRA presets) generation, ranking, training and eval run one after the other in this
+    process; the caching allocator would otherwise keep the previous stage's blocks, which
+    another process (a training worker, vLLM) cannot use. torch is not imported for it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:

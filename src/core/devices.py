@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 from src.config import Config, Device
@@ -19,13 +17,3 @@ def device_for(cfg: Config) -> torch.device:
             )
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def release_gpu_memory() -> None:
-    """Give what a finished stage held on its GPU back to the driver. On one GPU (e.g. the
-    one-GPU QLoRA presets) generation, ranking, training and eval run one after the other in
-    one process; the caching allocator would otherwise keep the previous stage's blocks, which
-    another process (a training worker, vLLM) cannot use."""
-    gc.collect()
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
