@@ -1,0 +1,108 @@
+"""Hand on what an iteration made: its model (checkpoint + model card) and its data (ranked
+responses and pairs as parquet + dataset card), as folders, optionally pushed to the Hub.
+
+    python -m src.export iter=3 model=tiny-mistral                  # -> <run.dir>/export/iter3/
+    python -m src.export iter=1 --what data --out /tmp/it1
+    python -m src.export iter=3 experiment=gemma-2-9b-it-sppo --push ORG/NAME [--private]
+
+`--push ORG/NAME` uploads the model to the model repository ORG/NAME and the data to the dataset
+repository ORG/NAME-data, each in one commit (huggingface_hub's `upload_folder`). The Hub is
+checked first (reachable, a token that may write): with it offline or no token, one line and
+exit 3, before anything is assembled or uploaded. Nothing is pushed without --push.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from src.config import ConfigError
+from src.core.errors import EXIT_CONFIG_ERROR, EnvironmentFailure, StageError, describe
+from src.export.folders import counts_of, export_data, export_model
+from src.slurm import compose
+
+
+def require_hub_writable(repo: str) -> None:
+    """The Hub reachable and a token present, before any upload: a push is all or nothing."""
+    from huggingface_hub import constants, get_token
+
+    if "/" not in repo or repo.count("/") != 1:
+        raise StageError(f"--push {repo}: name a repository as ORG/NAME")
+    if constants.is_offline_mode():
+        raise EnvironmentFailure(
+            f"--push {repo}: the Hub is offline (HF_HUB_OFFLINE); the folders were not made "
+            "or pushed; unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE where the Hub is reachable"
+        )
+    if get_token() is None:
+        raise EnvironmentFailure(
+            f"--push {repo}: no Hugging Face token on this machine; nothing was pushed; "
+            "run `hf auth login` (or set HF_TOKEN) with a token that may write"
+        )
+
+
+def push(folder: Path, repo: str, repo_type: str, private: bool) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo,
+            repo_type=repo_type,
+            folder_path=str(folder),
+            commit_message=f"selfplay-lab export: {folder.parent.name}",
+        )
+    except (HfHubHTTPError, OSError) as err:  # refused, or the network went away: no commit
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise EnvironmentFailure(f"--push {repo} ({repo_type}): the Hub refused: {first}") from None
+    return commit.commit_url
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.export", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, help="folder to write (default <run.dir>/export/iter<t>)"
+    )
+    parser.add_argument("--what", choices=("model", "data", "all"), default="all")
+    parser.add_argument("--push", metavar="ORG/NAME", help="upload to the Hub (opt-in)")
+    parser.add_argument("--private", action="store_true", help="create the repositories private")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
+    args = parser.parse_intermixed_args(argv)
+    command = " ".join(["python -m src.export", *(sys.argv[1:] if argv is None else argv)])
+    iteration = [o.split("=", 1)[1] for o in args.overrides if o.startswith("iter=")] or ["1"]
+    overrides = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
+    if not iteration[-1].isdigit():
+        print(f"config error: iter={iteration[-1]}: must be an iteration number", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    try:
+        cfg = compose(overrides, int(iteration[-1]))
+        if args.push:
+            require_hub_writable(args.push)
+        out = args.out or Path(cfg.run.dir) / "export" / f"iter{cfg.iter}"
+        made = []
+        if args.what in ("model", "all"):
+            made.append(("model", export_model(cfg, out)))
+        if args.what in ("data", "all"):
+            made.append(("dataset", export_data(cfg, out)))
+        for kind, folder in made:
+            rows = counts_of(folder)
+            print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)
+        for kind, folder in made if args.push else []:
+            repo = args.push if kind == "model" else f"{args.push}-data"
+            print(
+                f"[export] pushed {kind}: {push(folder, repo, kind, args.private)}", file=sys.stderr
+            )
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
+    except StageError as err:
+        print(describe(err, command), file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""What an iteration made, handed on: each checkpoint carries a model card the Hub's own library
+parses (metadata that round-trips, the eval results as model-index once the iteration's eval
+ran, a recipe that is the run's resolved config); `python -m src.export` assembles the model and
+data folders, loadable with `datasets`, and refuses a push it cannot finish before doing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_type_hints
+
+import pytest
+from huggingface_hub import ModelCard
+from omegaconf import OmegaConf
+
+from src.config import REPO_ROOT
+from src.core.contracts import PairRow, RankedRow
+from src.core.policy import seal_checkpoint
+from tests.helpers import cli, one_line_failure
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory, tiny_dir) -> Path:
+    root = tmp_path_factory.mktemp("cards")
+    result = cli(root, "eval.enabled=true", "iter=2", "training.seed=7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (root / "tiny-mistral" / "sppo").iterdir()
+    return run
+
+
+def table(text: str, heading: str) -> dict[str, str]:
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|$", section, re.M)[1:])
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_the_card_parses_and_round_trips(lineage, t):
+    checkpoint = lineage / f"iter{t}" / "train" / "checkpoint"
+    card = ModelCard.load(checkpoint / "README.md")
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-generation"
+    assert set(data["tags"]) == {"selfplay-lab", "sppo", f"iter{t}"}
+    assert "README.md" not in "".join(seal_checkpoint(checkpoint)), "the card is never sealed"
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_the_eval_results_are_the_model_index(lineage, t):
+    evaluation = json.loads((lineage / f"iter{t}" / "eval" / "eval.json").read_text())
+    card = ModelCard.load(lineage / f"iter{t}" / "train" / "checkpoint" / "README.md")
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {
+        "win_rate": round(evaluation["win_rate"], 4),
+        "lc_win_rate": round(evaluation["lc_win_rate"], 4),
+    }
+    assert f"[{evaluation['win_rate_low']:.3f}, {evaluation['win_rate_high']:.3f}]" in card.text
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_the_recipe_is_the_runs_resolved_config(lineage, t):
+    stage = lineage / f"iter{t}" / "train"
+    config = OmegaConf.load(stage / "config.yaml")
+    text = (stage / "checkpoint" / "README.md").read_text()
+    recipe = table(text, "Recipe")
+    tr = config.training
+    assert recipe["method.K"] == str(config.method.K) == "3"
+    assert recipe["method.eta / method.beta"] == f"{config.method.eta:g} / {config.method.beta:g}"
+    assert recipe["method.loss"] == config.method.loss
+    assert recipe["training.learning_rate"] == f"{tr.learning_rate:g}"
+    assert recipe["training.seed"] == str(tr.seed) == "7"
+    assert recipe["training.global_batch_size"].startswith(f"{tr.global_batch_size} = ")
+    assert recipe["training.max_length / max_prompt_length"] == (
+        f"{tr.max_length} / {tr.max_prompt_length}"
+    )
+    assert recipe["data.prompts"] == config.data.prompts
+    summary = json.loads((stage / "metrics.json").read_text())["summary"]
+    training = table(text, "Training")
+    assert training["steps"] == str(summary["steps"])
+    assert training["train_loss (mean over steps)"] == f"{summary['train_loss']:.4f}"
+    command = (stage / "config.yaml").read_text().splitlines()[0].removeprefix("# ")
+    assert f"```bash\n{command}\n```" in text
+    if t == 2:
+        assert str(lineage / "iter1" / "train" / "checkpoint") in text
+
+
+def export(lineage: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    root = lineage.parents[2]
+    command = [sys.executable, "-m", "src.export", "model=tiny-mistral", f"paths.root={root}"]
+    return subprocess.run(
+        [*command, f"run_name={lineage.name}", *args],
+        cwd=REPO_ROOT,
+        env=env or os.environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_exported_data_loads_with_datasets_and_counts_what_the_stages_counted(
+    lineage, tmp_path
+):
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    result = export(lineage, "iter=2", "--what", "data", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = tmp_path / "data"
+    ranked = load_dataset("parquet", data_files=str(data / "ranked.parquet"))["train"]
+    pairs = load_dataset("parquet", data_files=str(data / "pairs.parquet"))["train"]
+    contract = {k for k in get_type_hints(RankedRow) if k != "comparisons"}
+    assert contract <= set(ranked.column_names), contract - set(ranked.column_names)
+    assert set(get_type_hints(PairRow)) <= set(pairs.column_names)
+    rank_done = json.loads((lineage / "iter2" / "rank" / "done.json").read_text())["counts"]
+    pairs_done = json.loads((lineage / "iter2" / "pairs" / "done.json").read_text())["counts"]
+    assert len(ranked) == rank_done["ranked"] and len(pairs) == pairs_done["pairs"]
+    assert all(len(r) == 3 for r in ranked["responses"]) and all(
+        len(m) == 3 for m in ranked["win_matrix"]
+    )
+    card = DatasetCard.load(data / "README.md")
+    assert [c["config_name"] for c in card.data.to_dict()["configs"]] == ["ranked", "pairs"]
+    assert f"| pairs (`pairs.parquet` rows) | {pairs_done['pairs']} |" in card.text
+    assert not (lineage / "export").exists(), "--out: nothing written elsewhere"
+
+
+def test_the_exported_model_is_the_checkpoint_with_its_card(lineage, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = export(lineage, "iter=1", "--what", "model", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = tmp_path / "model"
+    AutoModelForCausalLM.from_pretrained(model)
+    checkpoint = lineage / "iter1" / "train" / "checkpoint"
+    assert (model / "README.md").read_text() == (checkpoint / "README.md").read_text()
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("offline", "said"),
+    [
+        (True, "--push org/name: the Hub is offline (HF_HUB_OFFLINE); the folders were not made"),
+        (False, "--push org/name: no Hugging Face token on this machine; nothing was pushed"),
+    ],
+)
+def test_a_push_that_cannot_finish_is_one_line_and_leaves_nothing(lineage, tmp_path, offline, said):
+    hub = ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # either says "offline"
+    env = {k: v for k, v in os.environ.items() if k not in hub}
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # no stored token either
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "out"
+    result = export(lineage, "iter=1", "--out", str(out), "--push", "org/name", env=env)
+    line = one_line_failure(result, 3)
+    assert line.startswith(f"error: {said}"), line
+    assert not out.exists()
+
+
+def test_exporting_an_unfinished_iteration_is_one_line(lineage, tmp_path):
+    line = one_line_failure(export(lineage, "iter=3", "--out", str(tmp_path / "o")), 1)
+    assert "iter3/train is not finished (no done.json); make it first" in line, line
+    assert "iter=3" in line and "stage=all" in line  # the command that makes it
