@@ -55,11 +55,13 @@ demo: install ## The loop learns, on the tiny models (CPU, offline): SPPO iterat
 	$(OFFLINE) $(PY) -m src.main model=tiny-mistral method=dpo iter=1 logger=none eval.enabled=true $(ARGS)
 	$(OFFLINE) $(PY) -m src.compare
 	$(OFFLINE) $(PY) -m src.tiny.audit
+	$(OFFLINE) $(PY) -m src.export model=tiny-mistral iter=3 $(ARGS)
 	@echo "demo: SPPO iterations 1-3 (ranked by tiny-pairrm), WPO-HB (tiny-rm, hybrid pool) and DPO, each"
 	@echo "demo: judged against the base model by tiny-judge (the eval judge, which ranks no training"
 	@echo "demo: data): runs/tiny-mistral/; table and plots (the win-rate curve:"
 	@echo "demo: runs/compare/win_rate_by_iteration.png) in runs/compare/; the audit above reads the"
 	@echo "demo: toy's rule off the answers. What the toy is: README, 'The loop learns'."
+	@echo "demo: iteration 3's model (with its model card) and data: runs/tiny-mistral/sppo/*/export/iter3/"
 
 compare: install ## Compare runs: table + plots from the run directories into <root>/compare (ARGS='--root DIR ...')
 	$(OFFLINE) $(PY) -m src.compare $(ARGS)

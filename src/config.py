@@ -640,6 +640,9 @@ class Config:
     logger: LoggerConfig
     paths: PathsConfig
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # What a preset says about itself in every model card it makes: how it departs from the
+    # published recipe it reproduces (src/export/cards.py)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ranker.check("ranker")

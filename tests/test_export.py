@@ -164,3 +164,31 @@ def test_exporting_an_unfinished_iteration_is_one_line(lineage, tmp_path):
     line = one_line_failure(export(lineage, "iter=3", "--out", str(tmp_path / "o")), 1)
     assert "iter3/train is not finished (no done.json); make it first" in line, line
     assert "iter=3" in line and "stage=all" in line  # the command that makes it
+
+
+@pytest.mark.parametrize(
+    ("experiment", "said", "license"),
+    [
+        ("gemma-2-9b-it-sppo", "gives 8 per device x 1: the same global batch", "gemma"),
+        ("mistral-7b-instruct-sppo-qlora", "learning rate 5e-6 instead of 5e-7", "apache-2.0"),
+        ("mistral-7b-instruct-sppo", None, "apache-2.0"),
+    ],
+)
+def test_a_preset_that_departs_from_its_published_card_says_so_in_its_cards(
+    experiment, said, license
+):
+    """The real recipes' cards, made from their resolved configs (training summary stubbed):
+    the Hub base model and license, the prompt dataset, and the preset's `notes`."""
+    from src.export.cards import model_card
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(f"experiment={experiment}")
+    metrics = {"summary": {"train_loss": 0.5, "steps": 1}, "log_history": [{"loss": 0.5}]}
+    card = ModelCard(model_card(cfg, metrics, None, "python -m src.main"))
+    data = card.data.to_dict()
+    assert data["base_model"] == cfg.model.path and data["license"] == license
+    assert data["datasets"] == [cfg.data.prompts]
+    if said is None:
+        assert "Departures from the published recipe" not in card.text
+    else:
+        assert said in card.text.replace("\n", " ")

@@ -45,7 +45,11 @@ Iteration {{ iteration }} of {{ method }} self-play preference optimisation of
 |---|---|
 {% for key, value in recipe %}| {{ key }} | {{ value }} |
 {% endfor %}
-## Training
+{% if notes %}Departures from the published recipe:
+{% for note in notes %}
+- {{ note }}
+{% endfor %}
+{% endif %}## Training
 
 | metric | value |
 |---|---|
@@ -115,6 +119,7 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
         project_version=project_version(),
         lineage=lineage(cfg),
         recipe=recipe(cfg),
+        notes=[" ".join(note.split()) for note in cfg.notes],
         training=training_summary(metrics),
         evaluation=evaluation_text(evaluation),
         command=command,
