@@ -74,8 +74,18 @@ def write_model_card(cfg: Config, checkpoint: Path) -> Path:
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     report = cfg.stage_dir(Stage.eval) / "eval.json"
     evaluation = json.loads(report.read_text()) if report.is_file() else None
-    command = (stage_dir / "config.yaml").read_text().splitlines()[0].removeprefix("# ")
-    return atomic_write_text(checkpoint / CARD, model_card(cfg, metrics, evaluation, command))
+    return atomic_write_text(
+        checkpoint / CARD, model_card(cfg, metrics, evaluation, saved_command(stage_dir))
+    )
+
+
+def saved_command(stage_dir: Path) -> str:
+    """The command that made the stage: the first line of the config.yaml that `python -m
+    src.main` saves beside its output (a stage run from Python has none)."""
+    saved = stage_dir / "config.yaml"
+    if not saved.is_file():
+        return "# not recorded: the stage was run from Python, not by python -m src.main"
+    return saved.read_text().splitlines()[0].removeprefix("# ")
 
 
 def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str) -> str:
