@@ -163,7 +163,9 @@ def test_a_push_that_cannot_finish_is_one_line_and_leaves_nothing(lineage, tmp_p
 def test_exporting_an_unfinished_iteration_is_one_line(lineage, tmp_path):
     line = one_line_failure(export(lineage, "iter=3", "--out", str(tmp_path / "o")), 1)
     assert "iter3/train is not finished (no done.json); make it first" in line, line
-    assert "iter=3" in line and "stage=all" in line  # the command that makes it
+    root = lineage.parents[2]  # the fix is the pipeline's command that makes it, not an export
+    made_by = f"python -m src.main model=tiny-mistral paths.root={root} run_name={lineage.name} iter=3 stage=all"
+    assert line.endswith(f"run `{made_by}`"), line
 
 
 @pytest.mark.parametrize(

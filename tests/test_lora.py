@@ -263,12 +263,22 @@ def test_target_modules_that_match_nothing_are_one_line(tmp_path):
     assert not list(tmp_path.rglob("done.json"))
 
 
-def test_a_lora_adapter_as_the_policy_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        (
+            json.dumps({"base_model_name_or_path": "x/y"}),
+            "model.path={}: a LoRA adapter (of the base 'x/y')",
+        ),
+        ("{not json", "{}/adapter_config.json: unreadable (not the JSON object peft writes)"),
+    ],
+)
+def test_a_lora_adapter_as_the_policy_is_one_line(tmp_path, config, said):
     adapter = tmp_path / "my-adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x/y"}))
+    (adapter / "adapter_config.json").write_text(config)
     line = one_line_failure(cli(tmp_path, "stage=generate", f"model.path={adapter}"), 1)
-    assert line.startswith(f"error: model.path={adapter}: a LoRA adapter (of the base 'x/y')")
+    assert line.startswith("error: " + said.format(adapter)), line
 
 
 # --- QLoRA on a GPU -------------------------------------------------------------------------------

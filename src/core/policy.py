@@ -44,9 +44,8 @@ def require_loadable(path: str, revision: str | None) -> None:
     """A local model folder must be whole; a hub id must be in the local cache when the Hub is
     offline (else from_pretrained fails after a long traceback)."""
     if Path(path).is_dir():
-        adapter = Path(path) / ADAPTER_CONFIG
-        if adapter.is_file() and not (Path(path) / "config.json").is_file():
-            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if (Path(path) / ADAPTER_CONFIG).is_file() and not (Path(path) / "config.json").is_file():
+            base = adapter_base(Path(path))
             raise StageError(
                 f"model.path={path}: a LoRA adapter (of the base {base!r}), not a whole model; "
                 "merge it into its base first (peft's merge_and_unload) and point model.path "
@@ -68,6 +67,16 @@ def require_loadable(path: str, revision: str | None) -> None:
             "the Hub is offline (HF_HUB_OFFLINE=1): download it where the Hub is reachable "
             f"(`hf download {path}`), or point model.path at a local folder"
         )
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The base model a LoRA adapter folder names (peft's adapter_config.json)."""
+    path = folder / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+        return config.get("base_model_name_or_path")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        raise StageError(f"{path}: unreadable (not the JSON object peft writes)") from None
 
 
 def causal_lm(cfg: Config, path: str, dtype, **extra):

@@ -27,7 +27,7 @@ def require_hub_writable(repo: str) -> None:
     """The Hub reachable and a token present, before any upload: a push is all or nothing."""
     from huggingface_hub import constants, get_token
 
-    if "/" not in repo or repo.count("/") != 1:
+    if repo.count("/") != 1:
         raise StageError(f"--push {repo}: name a repository as ORG/NAME")
     if constants.is_offline_mode():
         raise EnvironmentFailure(
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--private", action="store_true", help="create the repositories private")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
     args = parser.parse_intermixed_args(argv)
-    command = " ".join(["python -m src.export", *(sys.argv[1:] if argv is None else argv)])
+    # what fixes an export is making the stages it reads: the pipeline's command, same overrides
+    command = " ".join(["python -m src.main", *args.overrides])
     iteration = [o.split("=", 1)[1] for o in args.overrides if o.startswith("iter=")] or ["1"]
     overrides = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
     if not iteration[-1].isdigit():

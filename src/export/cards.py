@@ -92,7 +92,7 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = cfg.model.path
-    is_hub_id = not Path(base).is_absolute() and not Path(base).exists()
+    is_hub_id = _hub_id(base)
     name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{cfg.iter}"
     results = []
     if evaluation is not None:
@@ -111,7 +111,7 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
     data = ModelCardData(
         model_name=name,
         base_model=base if is_hub_id else None,
-        datasets=[cfg.data.prompts] if _is_dataset_id(cfg.data.prompts) else None,
+        datasets=[cfg.data.prompts] if _hub_id(cfg.data.prompts) else None,
         license=BASE_LICENSES.get(base, "other"),
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -150,7 +150,7 @@ def lineage(cfg: Config) -> str:
 def recipe(cfg: Config) -> list[tuple[str, object]]:
     """The values that made the checkpoint, as the run's resolved config holds them."""
     m, g, t, r = cfg.method, cfg.generation, cfg.training, cfg.ranker
-    rows = [
+    return [
         ("method.loss", m.loss.value),
         ("method.eta / method.beta", f"{m.eta:g} / {m.beta:g}"),
         ("method.K", m.K),
@@ -167,7 +167,6 @@ def recipe(cfg: Config) -> list[tuple[str, object]]:
         ("training.seed", t.seed),
         ("training.peft", t.peft.value if t.peft == Peft.none else f"{t.peft.value}: rank {t.lora.rank}, alpha {t.lora.alpha:g}, merged"),
     ]  # fmt: skip
-    return rows
 
 
 def training_summary(metrics: dict) -> list[tuple[str, str]]:
@@ -199,7 +198,8 @@ def evaluation_text(evaluation: dict | None) -> str:
     )
 
 
-def _is_dataset_id(value: str) -> bool:
+def _hub_id(value: str) -> bool:
+    """A Hub repository id (org/name), not a local path."""
     return "/" in value and not Path(value).is_absolute() and not Path(value).exists()
 
 

@@ -11,7 +11,6 @@ model, exactly as after full-weight training.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import torch
 
 from src.config import Config, Peft
 from src.core.errors import EnvironmentFailure, StageError
-from src.core.policy import ADAPTER_CONFIG, causal_lm
+from src.core.policy import ADAPTER_CONFIG, adapter_base, causal_lm
 
 
 def require_qlora_support() -> None:
@@ -132,7 +131,7 @@ def require_adapter_base(adapter_dir: Path, base: str) -> None:
             f"{adapter_dir}: holds no LoRA adapter ({ADAPTER_CONFIG} missing) although "
             "training.peft is lora / qlora"
         )
-    recorded = json.loads(path.read_text()).get("base_model_name_or_path")
+    recorded = adapter_base(Path(adapter_dir))
     if not _same_model(recorded, base):
         raise StageError(
             f"{path}: a LoRA adapter of the base {recorded!r}, but this iteration's base "
