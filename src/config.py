@@ -528,21 +528,61 @@ class TrainingConfig:
 
 
 @dataclass
+class StageRequest:
+    """What one task of a stage asks SLURM for (`hardware.slurm.stages.<stage>.*`); null: derived
+    from the node by `src/slurm.py` (a GPU task its GPUs' share of the node's CPUs and memory,
+    pairs a small CPU job, training the whole node)."""
+
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    time_min: int | None = None
+
+
+@dataclass
+class StageRequests:
+    """One request per stage of an iteration (`hardware.slurm.stages`)."""
+
+    generate: StageRequest = field(default_factory=StageRequest)
+    rank: StageRequest = field(default_factory=StageRequest)
+    pairs: StageRequest = field(default_factory=StageRequest)
+    train: StageRequest = field(default_factory=StageRequest)
+    eval: StageRequest = field(default_factory=StageRequest)
+
+
+@dataclass
 class SlurmConfig:
-    """Resources of one SLURM job; the sbatch templates and the submitit launcher read these."""
+    """The SLURM node a hardware runs on (conf/hardware/slurm/node.yaml): what a whole-node job
+    asks for, and what each stage's share is cut from (`stages`). The sbatch templates and the
+    submitit launcher read these."""
 
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    time_min: int = 240
-    cpus_per_task: int = 8
-    mem_gb: int = 64
+    time_min: int = 240  # every stage's time limit, unless its own is set (pairs: at most 60)
+    cpus_per_task: int = 8  # the node's CPUs
+    mem_gb: int = 64  # the node's memory
     constraint: str | None = None
+    stages: StageRequests = field(default_factory=StageRequests)
 
     def __post_init__(self) -> None:
         _positive("hardware.slurm.time_min", self.time_min)
         _positive("hardware.slurm.cpus_per_task", self.cpus_per_task)
         _positive("hardware.slurm.mem_gb", self.mem_gb)
+        for stage in fields(StageRequests):
+            request, key = getattr(self.stages, stage.name), f"hardware.slurm.stages.{stage.name}"
+            for name, node in (("cpus_per_task", self.cpus_per_task), ("mem_gb", self.mem_gb)):
+                value = getattr(request, name)
+                if value is not None:
+                    _positive(f"{key}.{name}", value)
+                    _check(
+                        value <= node,
+                        f"{key}.{name}",
+                        value,
+                        f"is more than a node has (hardware.slurm.{name}={node}): one task "
+                        "runs on one node",
+                    )
+            if request.time_min is not None:
+                _positive(f"{key}.time_min", request.time_min)
 
 
 @dataclass

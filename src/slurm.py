@@ -9,9 +9,15 @@ nodes with one srun task each) -> iteration t+1's generation; with `eval.enabled
 t's eval after its training, beside the chain. Every job carries
 `--kill-on-invalid-dep=yes`, so a failed stage cancels its dependents instead of leaving them
 pending; `--requeue` and a warning signal before the time limit let a preempted stage resume
-(stages resume from their chunks and Trainer checkpoints). The scripts come from
-`slurm/templates/`, filled from the resolved config, and are written to `<run.dir>/slurm/`
-(logs `<run.dir>/slurm/logs/%x_%A_%a.out`). `--dry-run` prints scripts and sbatch lines only.
+(stages resume from their chunks and Trainer checkpoints).
+
+`hardware.slurm` describes the node; each stage asks for its part of it (`request`): a
+generation, ranking or eval task its GPUs' share of the node's CPUs and memory (so the 8
+one-GPU shards of an 8-GPU node run side by side on it), pairs a small CPU job, training the
+whole node(s); any value can be set per stage (`hardware.slurm.stages.<stage>.cpus_per_task`,
+`.mem_gb`, `.time_min`). The scripts come from `slurm/templates/`, filled from the resolved
+config, and are written to `<run.dir>/slurm/` (logs `<run.dir>/slurm/logs/%x_%A_%a.out`).
+`--dry-run` prints the requests, the scripts and the sbatch lines only.
 
 Unlike `python -m src.main -m ... hardware=slurm-*` (Hydra's submitit launcher, which waits
 until the array ends), this returns as soon as the jobs are queued.
@@ -24,14 +30,18 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
-from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, validate
+from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest, validate
 from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
 from src.core.registry import STAGES, iteration_stages, shard_section
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
 WARNING_SIGNAL_S = 300  # seconds before the time limit at which the job requeues itself
+# A stage that takes no slot (pairs: seconds of CPU work on the ranked rows, whose memory is a
+# few GB at most) asks for this, capped at the node's
+SMALL_JOB = StageRequest(cpus_per_task=2, mem_gb=8, time_min=60)
 
 
 class SubmitError(StageError):
@@ -55,6 +65,95 @@ def fill(template: str, values: dict[str, str]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one job (one array task) of a stage asks SLURM for."""
+
+    tasks: int  # array tasks; 1: a single job
+    nodes: int
+    gpus: int  # per node
+    cpus: int  # per node task (one task per node)
+    mem_gb: int  # per node
+    time_min: int
+    share: Fraction  # the largest part of one node's GPUs, CPUs or memory it takes
+
+    def describe(self) -> str:
+        gpus = f"{self.gpus} GPU{'s' if self.gpus > 1 else ''}" if self.gpus else "no GPU"
+        if self.nodes > 1:
+            where = f"per node, on {self.nodes} whole nodes"
+        else:
+            where = "(a whole node)" if self.share == 1 else f"({self.share} of a node)"
+        tasks = f"; so does each of its {self.tasks} array tasks" if self.tasks > 1 else ""
+        return f"{gpus}, {self.cpus} CPUs, {self.mem_gb} GB {where}, {self.time_min} min{tasks}"
+
+
+def request(cfg: Config, stage: Stage) -> Request:
+    """The resources of one task of `stage`: its share of the node (`StageSpec.slots` of
+    `hardware.processes_per_node`), or SMALL_JOB for a stage that takes no slot; values set in
+    `hardware.slurm.stages.<stage>` win. Raises ConfigError when a task needs more than a node."""
+    s, hw, spec = cfg.hardware.slurm, cfg.hardware, STAGES[stage]
+    slots = spec.slots(cfg)
+    if slots > hw.processes_per_node:
+        raise ConfigError(
+            f"{stage.value}: one task takes {slots} GPUs (generation.tensor_parallel_size) but a "
+            f"node has hardware.processes_per_node={hw.processes_per_node}; a task runs on one node"
+        )
+    if slots:
+        share = Fraction(slots, hw.processes_per_node)
+        derived = StageRequest(
+            cpus_per_task=max(1, int(s.cpus_per_task * share)),
+            mem_gb=max(1, int(s.mem_gb * share)),
+            time_min=s.time_min,
+        )
+    else:
+        derived = StageRequest(
+            cpus_per_task=min(SMALL_JOB.cpus_per_task, s.cpus_per_task),
+            mem_gb=min(SMALL_JOB.mem_gb, s.mem_gb),
+            time_min=min(SMALL_JOB.time_min, s.time_min),
+        )
+    own = getattr(s.stages, stage.value)
+    cpus = own.cpus_per_task or derived.cpus_per_task
+    mem_gb = own.mem_gb or derived.mem_gb
+    tasks = 1
+    if spec.sharded_by:  # unset shard counts: one shard per task's worth of the allocation
+        tasks = shard_section(cfg, stage).num_shards or max(1, hw.world_size // max(slots, 1))
+    return Request(
+        tasks=tasks,
+        nodes=hw.num_nodes if stage == Stage.train else 1,
+        gpus=slots if hw.device == Device.cuda else 0,
+        cpus=cpus,
+        mem_gb=mem_gb,
+        time_min=own.time_min or derived.time_min,
+        # the largest part of a node it takes: of its GPUs (slots), CPUs or memory
+        share=max(
+            Fraction(slots, hw.processes_per_node),
+            Fraction(cpus, s.cpus_per_task),
+            Fraction(mem_gb, s.mem_gb),
+        ),
+    )
+
+
+def requests_table(cfg: Config) -> str:
+    """A markdown table of what each stage of an iteration asks for (the dry run prints it; the
+    README shows it for every slurm-* hardware)."""
+    s, hw = cfg.hardware.slurm, cfg.hardware
+    rows = [
+        f"hardware={hw.name}, per node: {'GPUs' if hw.device == Device.cuda else 'processes'} "
+        f"{hw.processes_per_node}, CPUs {s.cpus_per_task}, memory {s.mem_gb} GB; training on "
+        f"{hw.num_nodes} node{'s' if hw.num_nodes > 1 else ''}",
+        "",
+        "| stage | tasks | nodes | GPUs per node | CPUs | memory (GB) | time (min) | of a node |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stage in iteration_stages(replace(cfg, stage=Stage.all)):
+        r = request(cfg, stage)
+        rows.append(
+            f"| {stage.value} | {r.tasks} | {r.nodes} | {r.gpus} | {r.cpus} | {r.mem_gb} "
+            f"| {r.time_min} | {'whole' if r.share == 1 else r.share} |"
+        )
+    return "\n".join(rows)
+
+
 def resource_lines(cfg: Config, gpus: int) -> str:
     s = cfg.hardware.slurm
     lines = [f"#SBATCH --gpus-per-node={gpus}"] if gpus else []
@@ -70,34 +169,32 @@ def resource_lines(cfg: Config, gpus: int) -> str:
 
 
 def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None) -> Job:
-    s, hw = cfg.hardware.slurm, cfg.hardware
     name = f"{cfg.run_name}-it{cfg.iter}-{stage.value}"
     spec = STAGES[stage]
-    on_gpu = hw.device == Device.cuda
-    gpus = spec.gpus(cfg) if on_gpu else 0
+    need = request(cfg, stage)
     args = [*overrides, f"stage={stage.value}", f"iter={cfg.iter}"]
     array = None
     if spec.sharded_by:  # the shard comes from SLURM_ARRAY_TASK_ID, the count from here
-        # unset shard counts: one shard per GPU of the training allocation, one on CPU
-        array = shard_section(cfg, stage).num_shards or (hw.world_size if on_gpu else 1)
+        array = need.tasks
         args.append(f"{spec.sharded_by}.num_shards={array}")
     log_dir = Path(cfg.run.dir) / "slurm" / "logs"
     values = {
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
+        "request": need.describe(),
         "job_name": name,
         "log_dir": str(log_dir),
-        "time": str(s.time_min),
-        "cpus": str(s.cpus_per_task),
-        "mem": str(s.mem_gb),
+        "time": str(need.time_min),
+        "cpus": str(need.cpus),
+        "mem": str(need.mem_gb),
         "signal_s": str(WARNING_SIGNAL_S),
-        "resource_lines": resource_lines(cfg, gpus),
+        "resource_lines": resource_lines(cfg, need.gpus),
         "repo": shlex.quote(str(REPO_ROOT)),
         "python": shlex.quote(sys.executable),
         "overrides": " ".join(shlex.quote(a) for a in args),
-        "nodes": str(hw.num_nodes),
+        "nodes": str(need.nodes),
         "port": "29500",
     }
-    multinode = stage == Stage.train and hw.num_nodes > 1
+    multinode = need.nodes > 1
     script = fill("train-multinode.sbatch" if multinode else "stage.sbatch", values)
     if array is not None:
         script = script.replace(
@@ -180,7 +277,13 @@ def submit_chain(
             "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
         )
     configs = [replace(c, stage=Stage.all) for c in configs]
-    return submit(chain(configs, overrides), Path(configs[0].run.dir) / "slurm", dry_run)
+    jobs = chain(configs, overrides)  # every request checked before anything is written
+    print(
+        "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
+        f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
+        file=sys.stdout if dry_run else sys.stderr,
+    )
+    return submit(jobs, Path(configs[0].run.dir) / "slurm", dry_run)
 
 
 def main(argv: list[str] | None = None) -> None:

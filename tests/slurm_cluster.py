@@ -125,6 +125,14 @@ class SlurmCluster:
             raise ValueError(f"job {job_id} has {len(records)} records; use job_records")
         return records[0]
 
+    def node(self) -> dict[str, str]:
+        """The fields of the cluster's one node (`CPUTot`, `RealMemory` in MB, `State`, ...)."""
+        result = _run(["scontrol", "show", "node", "-o"], env=self.env)
+        if result.returncode != 0:
+            raise RuntimeError(f"scontrol show node: {result.stderr.strip()}")
+        (line,) = [line for line in result.stdout.splitlines() if line.strip()]
+        return parse_record(line)
+
     @staticmethod
     def record_id(record: dict[str, str]) -> str:
         """`<id>` for a job, `<array id>_<task>` for an array task."""

@@ -74,6 +74,21 @@ def test_a_damaged_chunk_is_made_again_and_the_output_is_byte_identical(tmp_path
     assert f"[chunks] {chunk}: " in capsys.readouterr().err, "the console says which and why"
 
 
+def test_shards_finishing_at_the_same_time_leave_one_complete_record(tmp_path):
+    """Two array tasks: shard 1 finishes while shard 0 is still writing its rows file (present,
+    not yet sealed). Shard 1 must leave the stage unfinished, not read half of shard 0; shard 0,
+    finishing last, writes done.json over both."""
+    shards = [Shard(tmp_path, "rows", i, 2) for i in range(2)]
+    tallies = [run_chunks(s, ITEMS[s.index :: 2], 3, process([])) for s in shards]
+    shards[0].output.write_text("")  # its write begun: no seal, no counts yet
+    assert finish_shard(shards[1], tallies[1].chunks, {"seconds": 1.0}, "fingerprint") is None
+    assert not (tmp_path / "done.json").exists()
+    totals = finish_shard(shards[0], tallies[0].chunks, {"seconds": 2.0}, "fingerprint")
+    assert totals == {"seconds": 3.0, "shards": 2}
+    rows = finished_rows(tmp_path, "rows", StageError, "stage=x", "pipeline.redo=[x]")
+    assert sorted(row["prompt_id"] for _, row in rows) == ITEMS
+
+
 def test_a_rows_file_that_differs_from_its_record_is_never_read(tmp_path):
     run_shard(tmp_path, [])
     output = tmp_path / "rows-shard000-of-001.jsonl"

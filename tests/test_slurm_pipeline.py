@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from src.config import REPO_ROOT
@@ -36,12 +37,26 @@ def on_cluster(slurm_cluster, tmp_path, monkeypatch, tiny_dir):
     return slurm_cluster, [*SMALL, f"hardware.slurm.partition={slurm_cluster.partition}"]
 
 
-def responses(stage_dir: Path) -> list[dict]:
+def shard_rows(stage_dir: Path, prefix: str = "responses") -> list[dict]:
     return [
         json.loads(line)
-        for path in sorted(stage_dir.glob("responses-shard*.jsonl"))
+        for path in sorted(stage_dir.glob(f"{prefix}-shard*.jsonl"))
         for line in path.read_text().splitlines()
     ]
+
+
+def run_here(overrides: list[str], root: Path) -> Path:
+    """The pipeline run without SLURM (SLURM's keys dropped); returns its lineage folder."""
+    run = subprocess.run(
+        [sys.executable, "-m", "src.main", *[o for o in overrides if "slurm" not in o]],
+        cwd=REPO_ROOT,
+        env={**os.environ, "SELFPLAY_RUNS": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return next(root.glob("tiny-mistral/sppo/*"))
 
 
 def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
@@ -65,29 +80,63 @@ def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
     logs = list((lineage / "slurm" / "logs").glob("*_*_*.out"))
     assert len(logs) == 8, "one %x_%A_%a log per job"
     # the same outputs as the pipeline run without SLURM
-    local = tmp_path / "local"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.main",
-            *[o for o in SMALL if "slurm" not in o],
-            "method.K=3",
-            "iter=2",
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, "SELFPLAY_RUNS": str(local)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    here = next(local.glob("tiny-mistral/sppo/*"))
+    here = run_here([*SMALL, "method.K=3", "iter=2"], tmp_path / "local")
     for t in (1, 2):
-        assert responses(lineage / f"iter{t}" / "generate") == responses(
+        assert shard_rows(lineage / f"iter{t}" / "generate") == shard_rows(
             here / f"iter{t}" / "generate"
         )
     assert (lineage / "iter2" / "train" / "done.json").is_file()
+
+
+def test_two_generation_shards_share_the_node_and_run_at_the_same_time(on_cluster, tmp_path):
+    """A node of 2 processes, as an 8-GPU node has 8 GPUs: each generation and ranking shard
+    asks for half of it, so SLURM runs both at once; training takes the whole node."""
+    from src.slurm import submit_chain
+
+    cluster, overrides = on_cluster
+    node = cluster.node()
+    cpus, mem_gb = int(node["CPUTot"]), int(node["RealMemory"]) // 1024
+    if cpus < 2:
+        pytest.skip(f"the local cluster's node has {cpus} CPU: two one-CPU tasks cannot share it")
+    two_slots = [*overrides, "method.K=3", "hardware.processes_per_node=2",
+                 "hardware.distributed=ddp", f"hardware.slurm.cpus_per_task={cpus}",
+                 f"hardware.slurm.mem_gb={mem_gb}"]  # fmt: skip
+    ids = submit_chain(two_slots, iterations=1)
+    states = cluster.wait(ids.values(), timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    for stage in ("generate", "rank"):
+        tasks = cluster.job_records(ids[f"eta10-lr0.0001-K3-it1-{stage}"])
+        assert len(tasks) == 2
+        assert [int(t["NumCPUs"]) for t in tasks] == [cpus // 2] * 2, stage
+        assert [t["MinMemoryNode"] for t in tasks] == [f"{mem_gb // 2}G"] * 2, stage
+        # both ran at once: each started before the other ended (SLURM's own times)
+        assert max(t["StartTime"] for t in tasks) < min(t["EndTime"] for t in tasks), tasks
+    (train,) = cluster.job_records(ids["eta10-lr0.0001-K3-it1-train"])
+    assert (int(train["NumCPUs"]), train["MinMemoryNode"]) == (cpus, f"{mem_gb}G")
+
+    lineage = next((tmp_path / "runs").glob("tiny-mistral/sppo/*"))
+    here = run_here([*two_slots, "hardware=cpu", "iter=1"], tmp_path / "local")
+    generated = sorted((lineage / "iter1" / "generate").glob("responses-shard*.jsonl"))
+    assert [p.name for p in generated] == [
+        "responses-shard000-of-002.jsonl",
+        "responses-shard001-of-002.jsonl",
+    ]
+    for stage, rows in (("generate", "responses"), ("rank", "ranked")):
+        ours, theirs = (
+            sorted(shard_rows(d / "iter1" / stage, rows), key=lambda r: r["prompt_id"])
+            for d in (lineage, here)
+        )
+        assert ours == theirs, stage
+    ours, theirs = (
+        pq.read_table(d / "iter1/pairs/pairs.parquet").to_pylist() for d in (lineage, here)
+    )
+    assert ours == theirs
+    ours, theirs = (
+        json.loads((d / "iter1/train/metrics.json").read_text())["summary"] for d in (lineage, here)
+    )
+    assert ours["steps"] == theirs["steps"] > 0
+    assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
 
 
 def test_a_four_point_sweep_is_one_array_and_the_compare_tool_ranks_it(on_cluster, tmp_path):

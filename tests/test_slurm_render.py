@@ -95,6 +95,120 @@ def test_a_two_node_training_expands_the_node_rank_inside_each_task(capsys, tmp_
         assert checked.returncode == 0, (name, checked.stderr)
 
 
+def sbatch(script: str, option: str) -> int:
+    """An integer #SBATCH option of a rendered script (0 when absent; `--mem=64G` -> 64)."""
+    found = re.search(rf"^#SBATCH --{option}=(\d+)", script, re.MULTILINE)
+    return int(found[1]) if found else 0
+
+
+def test_the_8_one_gpu_shards_of_a_stage_fit_on_one_node_and_pairs_takes_little(capsys):
+    scripts = dry_run(capsys, "experiment=gemma-2-9b-it-sppo", "hardware=slurm-node-8gpu",
+                      "hardware.slurm.cpus_per_task=96", "hardware.slurm.mem_gb=1024")  # fmt: skip
+    node = {"gpus-per-node": 8, "cpus-per-task": 96, "mem": 1024}
+    for stage in ("generate", "rank"):
+        script = scripts[f"eta1000-lr5e-07-K5-it1-{stage}"]
+        tasks = int(re.search(r"^#SBATCH --array=0-(\d+)$", script, re.MULTILINE)[1]) + 1
+        assert tasks == 8
+        for option, whole in node.items():
+            assert 0 < tasks * sbatch(script, option) <= whole, (stage, option)
+        assert sbatch(script, "cpus-per-task") == 12 and sbatch(script, "mem") == 128
+        assert "# Asks for: 1 GPU, 12 CPUs, 128 GB (1/8 of a node)" in script
+    pairs = scripts["eta1000-lr5e-07-K5-it1-pairs"]
+    assert "--gpus" not in pairs and "--gres" not in pairs
+    assert sbatch(pairs, "cpus-per-task") * 16 <= 96 and sbatch(pairs, "mem") * 16 <= 1024
+    assert sbatch(pairs, "time") <= 60 < sbatch(scripts["eta1000-lr5e-07-K5-it1-train"], "time")
+    train = scripts["eta1000-lr5e-07-K5-it1-train"]
+    assert [sbatch(train, o) for o in node] == list(node.values()), "training takes the node"
+
+
+def test_the_printed_table_is_what_the_scripts_ask_for(capsys):
+    main(["--dry-run", "experiment=gemma-2-9b-it-sppo", "hardware=slurm-multinode",
+          "eval.enabled=true", "hardware.slurm.stages.eval.time_min=90"])  # fmt: skip
+    out = capsys.readouterr().out
+    rows = {
+        cells[0]: cells[1:]
+        for line in out.split("# ---- ")[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| stage")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert rows == {
+        "generate": ["16", "1", "1", "8", "64", "1440", "1/8"],
+        "rank": ["16", "1", "1", "8", "64", "1440", "1/8"],
+        "pairs": ["1", "1", "0", "2", "8", "60", "1/32"],
+        "train": ["1", "2", "8", "64", "512", "1440", "whole"],
+        "eval": ["1", "1", "1", "8", "64", "90", "1/8"],
+    }
+    evaluation = out.split("eta1000-lr5e-07-K5-it1-eval.sbatch\n", 1)[1]
+    assert sbatch(evaluation, "time") == 90 and sbatch(evaluation, "gpus-per-node") == 1
+
+
+def test_a_stage_request_set_by_hand_wins_and_is_checked_against_the_node(capsys):
+    scripts = dry_run(capsys, "experiment=gemma-2-9b-it-sppo", "hardware=slurm-node-8gpu",
+                      "hardware.slurm.stages.generate.cpus_per_task=4",
+                      "hardware.slurm.stages.generate.mem_gb=32")  # fmt: skip
+    generate = next(v for k, v in scripts.items() if k.endswith("-generate"))
+    assert (sbatch(generate, "cpus-per-task"), sbatch(generate, "mem")) == (4, 32)
+    rank = next(v for k, v in scripts.items() if k.endswith("-rank"))
+    assert (sbatch(rank, "cpus-per-task"), sbatch(rank, "mem")) == (8, 64), "only generate"
+
+    for overrides, message in [
+        (
+            ["hardware.slurm.stages.rank.mem_gb=600"],
+            "error: hardware.slurm.stages.rank.mem_gb=600: is more than a node has "
+            "(hardware.slurm.mem_gb=512): one task runs on one node",
+        ),
+        (
+            ["hardware.slurm.stages.train.cpus_per_task=0"],
+            "error: hardware.slurm.stages.train.cpus_per_task=0: must be > 0",
+        ),
+        (
+            ["generation=vllm", "generation.tensor_parallel_size=16"],
+            "error: generate: one task takes 16 GPUs (generation.tensor_parallel_size) "
+            "but a node has hardware.processes_per_node=8; a task runs on one node",
+        ),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                [
+                    "--dry-run",
+                    "experiment=gemma-2-9b-it-sppo",
+                    "hardware=slurm-node-8gpu",
+                    *overrides,
+                ]
+            )
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip() == message and "# ---- " not in captured.out
+
+
+def test_a_tensor_parallel_generation_task_takes_its_gpus_share(capsys):
+    scripts = dry_run(capsys, "experiment=gemma-2-9b-it-sppo", "hardware=slurm-node-8gpu",
+                      "generation=vllm", "generation.tensor_parallel_size=2")  # fmt: skip
+    generate = next(v for k, v in scripts.items() if k.endswith("-generate"))
+    assert "#SBATCH --array=0-3" in generate, "one task per 2 GPUs of the node"
+    assert [sbatch(generate, o) for o in ("gpus-per-node", "cpus-per-task", "mem")] == [2, 16, 128]
+
+
+def test_every_stage_has_a_request_section():
+    from dataclasses import fields
+
+    from src.config import StageRequests
+    from src.core.registry import STAGES
+
+    assert [f.name for f in fields(StageRequests)] == [s.value for s in STAGES]
+
+
+@pytest.mark.parametrize(
+    "hardware", ["slurm-cpu", "slurm-gpu-1", "slurm-node-8gpu", "slurm-multinode"]
+)
+def test_the_readme_shows_what_each_stage_asks_for(hardware):
+    from src.slurm import compose, requests_table
+
+    base = "model=tiny-mistral" if hardware == "slurm-cpu" else "experiment=gemma-2-9b-it-sppo"
+    table = requests_table(compose([base, f"hardware={hardware}", "eval.enabled=true"], 1))
+    assert table in (REPO_ROOT / "README.md").read_text()
+
+
 def test_a_hardware_without_slurm_resources_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--dry-run", "model=tiny-mistral"])

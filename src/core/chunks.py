@@ -296,12 +296,16 @@ def finish_shard(
 
     Returns the totals over all shards once the stage is complete, else None. Counts are summed
     over the shards except `shared_keys` (the same in every shard, e.g. the input's size).
+
+    Shards run at the same time (a SLURM array): a shard's seal is written last, so a shard
+    that sees every seal reads complete siblings; the last one to finish writes done.json (two
+    finishing together both write it, atomically, with the same content).
     """
     text = "".join((shard.work / f"chunk{c:05d}.jsonl").read_text() for c in range(num_chunks))
+    atomic_write_json(shard.work / "counts.json", counts)
     atomic_write_text(shard.output, text)
     atomic_write_json(seal_of(shard.output), seal(text))
-    atomic_write_json(shard.work / "counts.json", counts)
-    if not all(s.output.exists() for s in shard.siblings()):
+    if not all(seal_of(s.output).exists() for s in shard.siblings()):
         return None
     per_shard = [json.loads((s.work / "counts.json").read_text()) for s in shard.siblings()]
     totals = {

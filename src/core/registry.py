@@ -4,7 +4,7 @@ A `StageSpec` says what a stage is to everything around it: the order of the pip
 (`src/main.py`), what its finished output depends on (the stage records and chunk identities,
 `src/core/records.py`), whether it is split into shards and by which config section (the
 chunks, `src/core/chunks.py`; one W&B run per shard, `src/core/tracking.py`; one SLURM array
-task per shard, `src/slurm.py`) and how many GPUs one of its tasks uses (`src/slurm.py`).
+task per shard, `src/slurm.py`) and how much of a node one of its tasks takes (`src/slurm.py`).
 The code that runs a stage is its module in `src/stages/`.
 
 Adding a config key that changes a stage's output means adding it to that stage's `inputs`
@@ -28,7 +28,10 @@ class StageSpec:
     # where and how fast the work runs (hardware, batch sizes, shards, chunk sizes), the logger,
     # and names (run_name, ranker.name) — none of them changes the result.
     inputs: tuple[str, ...]
-    gpus: Callable[[Config], int]  # per task, on a GPU machine
+    # the node's process slots one task takes: GPUs on a GPU machine (gloo processes on CPU), of
+    # hardware.processes_per_node; its SLURM job gets that share of the node's CPUs and memory.
+    # 0: a small CPU job (src/slurm.py: SMALL_JOB)
+    slots: Callable[[Config], int]
     # the config section whose `shard`, `num_shards` and `chunk_size` split the work
     sharded_by: str | None = None
     rows: str | None = None  # its rows files: <rows>-shardSSS-of-NNN.jsonl
@@ -72,7 +75,7 @@ STAGES: dict[Stage, StageSpec] = {
                 "generation.max_prompt_length",
                 "generation.long_prompts",
             ),
-            gpus=lambda cfg: cfg.generation.tensor_parallel_size,
+            slots=lambda cfg: cfg.generation.tensor_parallel_size,
             sharded_by="generation",
             rows="responses",
         ),
@@ -85,7 +88,7 @@ STAGES: dict[Stage, StageSpec] = {
                 "ranker.empty_responses",
                 "data.external_responses",
             ),
-            gpus=lambda cfg: 1,
+            slots=lambda cfg: 1,
             sharded_by="ranker",
             rows="ranked",
         ),
@@ -93,13 +96,13 @@ STAGES: dict[Stage, StageSpec] = {
             Stage.pairs,
             consumes=Stage.rank,
             inputs=("method.pair_selection", "ranker.ties"),
-            gpus=lambda cfg: 0,
+            slots=lambda cfg: 0,
         ),
         StageSpec(
             Stage.train,
             consumes=Stage.pairs,
             inputs=("method", "training", "model.attn_implementation"),
-            gpus=lambda cfg: cfg.hardware.processes_per_node,
+            slots=lambda cfg: cfg.hardware.processes_per_node,
         ),
         StageSpec(
             Stage.eval,
@@ -121,7 +124,7 @@ STAGES: dict[Stage, StageSpec] = {
                 *(f"ranker.{key}" for key in JUDGE_INPUTS),
                 *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
             ),
-            gpus=lambda cfg: cfg.generation.tensor_parallel_size,
+            slots=lambda cfg: cfg.generation.tensor_parallel_size,
             optional=True,
         ),
     )
