@@ -192,7 +192,6 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
         "python": shlex.quote(sys.executable),
         "overrides": " ".join(shlex.quote(a) for a in args),
         "nodes": str(need.nodes),
-        "port": "29500",
     }
     multinode = need.nodes > 1
     script = fill("train-multinode.sbatch" if multinode else "stage.sbatch", values)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the session SLURM cluster)
+from tests.slurm_cluster import slurm_cluster, two_nodes  # noqa: F401  (the session SLURM cluster)
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"

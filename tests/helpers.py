@@ -36,16 +36,37 @@ SMALL = [
 ]
 
 
-def cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+# An iteration on the local SLURM cluster (tests/slurm_cluster.py): CPU jobs with a short limit
+SLURM_SMALL = [
+    *(o for o in SMALL if not o.startswith("method.K=")),
+    "hardware=slurm-cpu",
+    "hardware.slurm.time_min=10",
+    "hardware.slurm.mem_gb=2",
+]
+
+
+def run_without_slurm(overrides: list[str], root: Path) -> Path:
+    """`python -m src.main` with `overrides` less SLURM's, here; returns its lineage folder."""
+    run = run_main(root, *[o for o in overrides if "slurm" not in o])
+    assert run.returncode == 0, run.stderr[-2000:]
+    return next(root.glob("tiny-mistral/sppo/*"))
+
+
+def run_main(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m src.main ARGS` for real, offline, its runs under `root`."""
     env = {**os.environ, "SELFPLAY_RUNS": str(root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
-        [sys.executable, "-m", "src.main", *SMALL, *args],
+        [sys.executable, "-m", "src.main", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_main(root, *SMALL, *args, timeout=timeout)
 
 
 def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:

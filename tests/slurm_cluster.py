@@ -1,11 +1,14 @@
-"""A real one-node SLURM cluster for the tests: the session fixture `slurm_cluster`.
+"""A real SLURM cluster for the tests: the session fixtures `slurm_cluster` and `two_nodes`.
 
-The fixture starts munged + slurmctld + slurmd with `slurm/cluster.sh start <temp dir>` (root
-only: it installs the Debian packages when missing), points `SLURM_CONF` at it for the session
-and stops it at the end, whatever happened. When `SLURM_CONF` already names a running cluster
-that slurm/cluster.sh wrote (CI starts one before the tests), the fixture uses that one and
-leaves it running. Without root, or when the packages cannot be installed, the tests skip with
-the reason; `SELFPLAY_SLURM_UNAVAILABLE=<reason>` makes them skip at once.
+The fixture starts munged + slurmctld + two slurmd nodes, each in a network namespace of its
+own, with `slurm/cluster.sh start --nodes 2 <temp dir>` (root only: it installs the Debian
+packages when missing); where namespaces cannot be made it starts the one-node form, and the
+multi-node tests (`two_nodes`) skip with the reason. It points `SLURM_CONF` at the cluster for
+the session and stops it at the end, whatever happened. When `SLURM_CONF` already names a
+running cluster that slurm/cluster.sh wrote (CI starts one before the tests), the fixture uses
+that one and leaves it running. Without root, or when the packages cannot be installed, the
+tests skip with the reason; `SELFPLAY_SLURM_UNAVAILABLE=<reason>` makes them skip at once, and
+`SELFPLAY_SLURM_MULTINODE_UNAVAILABLE=<reason>` says why a running one-node cluster has one node.
 
 Accounting (slurmdbd, sacct) is off: job state comes from `scontrol show job -o`, which keeps
 finished jobs for a day (MinJobAge).
@@ -67,6 +70,8 @@ class SlurmCluster:
 
     state_dir: Path
     partition: str = "debug"
+    # why the cluster has one node only (None: it has several, or nobody said)
+    multinode_unavailable: str | None = None
     conf: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,13 +130,26 @@ class SlurmCluster:
             raise ValueError(f"job {job_id} has {len(records)} records; use job_records")
         return records[0]
 
-    def node(self) -> dict[str, str]:
-        """The fields of the cluster's one node (`CPUTot`, `RealMemory` in MB, `State`, ...)."""
+    def nodes(self) -> list[dict[str, str]]:
+        """The fields of each node (`NodeName`, `CPUTot`, `RealMemory` in MB, `State`, ...)."""
         result = _run(["scontrol", "show", "node", "-o"], env=self.env)
         if result.returncode != 0:
             raise RuntimeError(f"scontrol show node: {result.stderr.strip()}")
-        (line,) = [line for line in result.stdout.splitlines() if line.strip()]
-        return parse_record(line)
+        return [parse_record(line) for line in result.stdout.splitlines() if line.strip()]
+
+    def node_processes(self, node: str, pattern: str) -> list[int]:
+        """The pids of the job processes running on `node` whose command line holds `pattern`
+        (read from /proc: every node of the local cluster is this machine)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            try:
+                environ = (proc / "environ").read_bytes().split(b"\0")
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError):
+                continue  # not a process, or gone
+            if f"SLURMD_NODENAME={node}".encode() in environ and pattern in cmdline:
+                pids.append(int(proc.name))
+        return pids
 
     @staticmethod
     def record_id(record: dict[str, str]) -> str:
@@ -168,7 +186,7 @@ class SlurmCluster:
             time.sleep(poll)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """`n` distinct TCP ports free on this machine now (held open together while chosen)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
@@ -178,6 +196,9 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+MULTINODE_ENV = "SELFPLAY_SLURM_MULTINODE_UNAVAILABLE"
 
 
 def _running_cluster_from_env() -> SlurmCluster | None:
@@ -192,7 +213,13 @@ def _running_cluster_from_env() -> SlurmCluster | None:
     if "is UP" not in ping.stdout:
         return None
     match = re.search(r"^PartitionName=(\S+)", text, re.MULTILINE)
-    return SlurmCluster(Path(conf).parent, match.group(1) if match else "debug")
+    return SlurmCluster(
+        Path(conf).parent,
+        match.group(1) if match else "debug",
+        os.environ.get(MULTINODE_ENV)
+        or "the running cluster (SLURM_CONF) has one node; start it with "
+        "slurm/cluster.sh start --nodes 2",
+    )
 
 
 def _missing_packages() -> list[str]:
@@ -218,7 +245,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     state_dir = Path(tempfile.mkdtemp(prefix="selfplay-slurm-test-"))
     state_dir.chmod(0o755)
     partition = "debug"
-    ctld_port, slurmd_port = _free_ports(2)
+    ctld_port, slurmd_port = free_ports(2)
     env = {
         **os.environ,
         "SELFPLAY_SLURM_PARTITION": partition,
@@ -231,7 +258,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     old_conf = os.environ.get("SLURM_CONF")
     try:
         try:
-            result = _run([str(CLUSTER_SH), "start", str(state_dir)], timeout=300, env=env)
+            start = [str(CLUSTER_SH), "start", "--nodes", "2", str(state_dir)]
+            result = _run(start, timeout=300, env=env)
+            if result.returncode == 3:  # no network namespaces here: one node, no multi-node tests
+                cluster.multinode_unavailable = (result.stderr.strip().splitlines() or ["?"])[-1]
+                result = _run([str(CLUSTER_SH), "start", str(state_dir)], timeout=300, env=env)
         except subprocess.TimeoutExpired:
             pytest.fail("slurm/cluster.sh start took more than 300 s")
         if result.returncode != 0:
@@ -251,3 +282,11 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
             shutil.rmtree(state_dir, ignore_errors=True)
         else:
             print(f"slurm/cluster.sh stop failed; state left in {state_dir}:\n{stop.stderr}")
+
+
+@pytest.fixture(scope="session")
+def two_nodes(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The session cluster when it has two nodes (or more), else the tests skip with why not."""
+    if len(slurm_cluster.nodes()) < 2:
+        pytest.skip(f"no two-node SLURM cluster: {slurm_cluster.multinode_unavailable}")
+    return slurm_cluster

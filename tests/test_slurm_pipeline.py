@@ -1,40 +1,27 @@
-"""The pipeline through a real one-node SLURM cluster (tests/slurm_cluster.py): an afterok
-chain of two tiny iterations, a 4-point sweep array, and a failing stage cancelling what waits
-for it. Every wait is bounded."""
+"""The pipeline through a real SLURM cluster (tests/slurm_cluster.py): an afterok chain of two
+tiny iterations, shards sharing a node, a 4-point sweep array, a failing stage cancelling what
+waits for it, and a requeue. Every wait is bounded. Multi-node training is in
+test_slurm_multinode.py."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from src.config import REPO_ROOT
+from tests.helpers import SLURM_SMALL, run_without_slurm
 
 pytestmark = pytest.mark.slurm
-
-SMALL = [
-    "model=tiny-mistral",
-    "logger=none",
-    "data.max_prompts=4",
-    "generation.max_new_tokens=8",
-    "training.global_batch_size=4",
-    "training.per_device_batch_size=2",
-    "hardware=slurm-cpu",
-    "hardware.slurm.time_min=10",
-    "hardware.slurm.mem_gb=2",
-]
 
 
 @pytest.fixture
 def on_cluster(slurm_cluster, tmp_path, monkeypatch, tiny_dir):
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))  # the jobs inherit it
-    return slurm_cluster, [*SMALL, f"hardware.slurm.partition={slurm_cluster.partition}"]
+    return slurm_cluster, [*SLURM_SMALL, f"hardware.slurm.partition={slurm_cluster.partition}"]
 
 
 def shard_rows(stage_dir: Path, prefix: str = "responses") -> list[dict]:
@@ -43,20 +30,6 @@ def shard_rows(stage_dir: Path, prefix: str = "responses") -> list[dict]:
         for path in sorted(stage_dir.glob(f"{prefix}-shard*.jsonl"))
         for line in path.read_text().splitlines()
     ]
-
-
-def run_here(overrides: list[str], root: Path) -> Path:
-    """The pipeline run without SLURM (SLURM's keys dropped); returns its lineage folder."""
-    run = subprocess.run(
-        [sys.executable, "-m", "src.main", *[o for o in overrides if "slurm" not in o]],
-        cwd=REPO_ROOT,
-        env={**os.environ, "SELFPLAY_RUNS": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    return next(root.glob("tiny-mistral/sppo/*"))
 
 
 def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
@@ -80,7 +53,7 @@ def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
     logs = list((lineage / "slurm" / "logs").glob("*_*_*.out"))
     assert len(logs) == 8, "one %x_%A_%a log per job"
     # the same outputs as the pipeline run without SLURM
-    here = run_here([*SMALL, "method.K=3", "iter=2"], tmp_path / "local")
+    here = run_without_slurm([*SLURM_SMALL, "method.K=3", "iter=2"], tmp_path / "local")
     for t in (1, 2):
         assert shard_rows(lineage / f"iter{t}" / "generate") == shard_rows(
             here / f"iter{t}" / "generate"
@@ -94,7 +67,7 @@ def test_two_generation_shards_share_the_node_and_run_at_the_same_time(on_cluste
     from src.slurm import submit_chain
 
     cluster, overrides = on_cluster
-    node = cluster.node()
+    node = cluster.nodes()[0]
     cpus, mem_gb = int(node["CPUTot"]), int(node["RealMemory"]) // 1024
     if cpus < 2:
         pytest.skip(f"the local cluster's node has {cpus} CPU: two one-CPU tasks cannot share it")
@@ -110,13 +83,14 @@ def test_two_generation_shards_share_the_node_and_run_at_the_same_time(on_cluste
         assert len(tasks) == 2
         assert [int(t["NumCPUs"]) for t in tasks] == [cpus // 2] * 2, stage
         assert [t["MinMemoryNode"] for t in tasks] == [f"{mem_gb // 2}G"] * 2, stage
-        # both ran at once: each started before the other ended (SLURM's own times)
+        # both ran at once on one node: each started before the other ended (SLURM's own times)
+        assert tasks[0]["NodeList"] == tasks[1]["NodeList"], tasks
         assert max(t["StartTime"] for t in tasks) < min(t["EndTime"] for t in tasks), tasks
     (train,) = cluster.job_records(ids["eta10-lr0.0001-K3-it1-train"])
     assert (int(train["NumCPUs"]), train["MinMemoryNode"]) == (cpus, f"{mem_gb}G")
 
     lineage = next((tmp_path / "runs").glob("tiny-mistral/sppo/*"))
-    here = run_here([*two_slots, "hardware=cpu", "iter=1"], tmp_path / "local")
+    here = run_without_slurm([*two_slots, "hardware=cpu", "iter=1"], tmp_path / "local")
     generated = sorted((lineage / "iter1" / "generate").glob("responses-shard*.jsonl"))
     assert [p.name for p in generated] == [
         "responses-shard000-of-002.jsonl",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.stages.train import run
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, run_main
 
 FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
 FIXTURE_ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
@@ -155,14 +154,13 @@ def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
 
 def train_on_the_command_line(runs: Path, *overrides: str, model: str = "tiny-mistral") -> Path:
     """`python -m src.main stage=train model=... ...` for real; returns the stage dir."""
-    cmd = [sys.executable, "-m", "src.main", "stage=train", f"model={model}", "logger=none"]
-    result = subprocess.run(
-        [*cmd, f"training.pairs={FIXTURE}", *overrides],
-        cwd=REPO_ROOT,
-        env={**os.environ, "SELFPLAY_RUNS": str(runs)},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_main(
+        runs,
+        "stage=train",
+        f"model={model}",
+        "logger=none",
+        f"training.pairs={FIXTURE}",
+        *overrides,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return next(runs.glob(f"{model}/*/*/iter1/train"))

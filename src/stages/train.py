@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -234,6 +235,11 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
         write_model_card(cfg, stage_dir / "checkpoint")
+        print(
+            f"[train] rank 0 on {socket.gethostname()} saved {stage_dir / 'checkpoint'}",
+            file=sys.stderr,
+            flush=True,
+        )
         write_record(
             stage_dir,
             stage_fingerprint(cfg, Stage.train),

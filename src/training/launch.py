@@ -9,6 +9,7 @@ import codecs
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,12 @@ def preemption_stop_file(stage_dir: Path) -> Path:
     return stage_dir / "trainer" / "STOP"
 
 
+def node_rank() -> str | None:
+    """This node's rank among the training's nodes: SLURM's (one srun task per node), else
+    NODE_RANK as set by hand."""
+    return os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK"))
+
+
 def launch_command(cfg: Config, config_path: Path) -> list[str]:
     """`accelerate launch` for the hardware; DeepSpeed itself is configured by TrainingArguments
     (the one place its config comes from), so the launcher only starts the processes."""
@@ -36,14 +43,13 @@ def launch_command(cfg: Config, config_path: Path) -> list[str]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     cmd += ["--num_processes", str(hw.world_size), "--num_machines", str(hw.num_nodes)]
     if hw.num_nodes > 1:
-        node_rank = os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK"))
-        master = os.environ.get("MASTER_ADDR")
-        if node_rank is None or master is None:
+        rank, master = node_rank(), os.environ.get("MASTER_ADDR")
+        if rank is None or master is None:
             raise TrainingError(
                 f"hardware.num_nodes={hw.num_nodes}: set MASTER_ADDR and NODE_RANK (SLURM sets "
                 "SLURM_NODEID), one launcher per node"
             )
-        cmd += ["--machine_rank", node_rank, "--main_process_ip", master]
+        cmd += ["--machine_rank", rank, "--main_process_ip", master]
         cmd += [
             "--main_process_port",
             os.environ.get("MASTER_PORT", "29500"),
@@ -55,7 +61,16 @@ def launch_command(cfg: Config, config_path: Path) -> list[str]:
 
 def launch_workers(cfg: Config, stage_dir: Path) -> dict:
     config_path = stage_dir / "config.yaml"  # saved by src.main before any stage runs
-    print(f"[train] launching {cfg.hardware.world_size} processes", file=sys.stderr, flush=True)
+    hw = cfg.hardware
+    if hw.num_nodes > 1:  # one launcher per node: each says where it runs
+        print(
+            f"[train] {socket.gethostname()}, node {node_rank()} of {hw.num_nodes}: launching "
+            f"{hw.processes_per_node} of {hw.world_size} processes",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(f"[train] launching {hw.world_size} processes", file=sys.stderr, flush=True)
     stop_file = preemption_stop_file(stage_dir)
     stop_file.unlink(missing_ok=True)
     # off the run's disk: a worker that stops because that disk is full can still say so
@@ -77,8 +92,10 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
         if preemption.requested():
             preemption.check("the training workers saved a checkpoint")
         if workers.returncode != 0:
+            code = workers.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             raise worker_failure(Path(failures)) or TrainingError(
-                f"training workers failed (exit code {workers.returncode}); see their output above"
+                f"training workers failed ({how}); see their output above"
             )
     return {"workers": cfg.hardware.world_size}
 

@@ -1,0 +1,120 @@
+"""Multi-node training for real: `python -m src.slurm` on the two-node local cluster
+(`slurm/cluster.sh start --nodes 2`: each node a network namespace of its own, its own address
+and hostname), 2 nodes x 1 gloo process under ZeRO-3, as `hardware=slurm-multinode` is 2 nodes x
+8 GPUs. The training job's `srun` starts one launcher per node; they meet at the first node
+(c10d rendezvous) and train as one. Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from src.stages.train import last_complete_checkpoint
+from tests.helpers import SLURM_SMALL, run_without_slurm
+
+pytestmark = pytest.mark.slurm
+
+TWO_NODES = [
+    "hardware.num_nodes=2",
+    "hardware.processes_per_node=1",
+    "hardware.distributed=deepspeed",
+    "hardware.zero_stage=3",
+]
+FIRST_STEP = ("loss", "logps/chosen", "logps/rejected", "grad_norm")
+
+
+@pytest.fixture
+def on_two_nodes(two_nodes, tmp_path, monkeypatch, tiny_dir):
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))  # the jobs inherit it
+    return two_nodes, [*SLURM_SMALL, f"hardware.slurm.partition={two_nodes.partition}", *TWO_NODES]
+
+
+def train_log(root: Path, job: str) -> str:
+    """The output of training job `job` (both nodes' tasks write into it)."""
+    (log,) = root.rglob(f"*-train_{job}_*.out")
+    return log.read_text()
+
+
+def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path):
+    from src.slurm import submit_chain
+
+    cluster, overrides = on_two_nodes
+    ids = submit_chain([*overrides, "method.K=3"], iterations=2)
+    states = cluster.wait(ids.values(), timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    runs = tmp_path / "runs"
+    lineage = next(runs.glob("tiny-mistral/sppo/*"))
+    for t in (1, 2):
+        job = ids[f"eta10-lr0.0001-K3-it{t}-train"]
+        (train,) = cluster.job_records(job)
+        assert (train["NumNodes"], train["NodeList"]) == ("2", "node[1-2]"), train
+        log = train_log(runs, job)
+        # one launcher per node, each on its own host, each knowing its rank
+        launched = sorted(re.findall(r"\[train\] (node\d), node (\d) of 2: launching 1 of 2", log))
+        assert launched == [("node1", "0"), ("node2", "1")], log[-3000:]
+        # the checkpoint is written once, by rank 0
+        saved = re.findall(r"\[train\] rank 0 on (node\d) saved (\S+)", log)
+        assert len(saved) == 1 and saved[0][1] == str(lineage / f"iter{t}" / "train" / "checkpoint")
+        assert (lineage / f"iter{t}" / "train" / "done.json").is_file()
+    AutoModelForCausalLM.from_pretrained(lineage / "iter2" / "train" / "checkpoint")
+
+    # the two ranks are one training: the first step of 2 nodes x 2 pairs = that of one process
+    # with 2 pairs x 2 accumulation steps, on the same pairs
+    here = run_without_slurm(
+        [*overrides[: -len(TWO_NODES)], "method.K=3", "iter=1"], tmp_path / "one"
+    )
+    first = [
+        json.loads((d / "iter1" / "train" / "metrics.json").read_text())["log_history"][0]
+        for d in (lineage, here)
+    ]
+    for key in FIRST_STEP:
+        assert first[0][key] == pytest.approx(first[1][key], rel=1e-5), key
+
+
+def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_two_nodes, tmp_path):
+    from src.slurm import submit_chain
+
+    cluster, overrides = on_two_nodes
+    longer = [*overrides, "method.K=2", "training.num_epochs=40", "training.save_steps=5",
+              "training.global_batch_size=2", "training.per_device_batch_size=1"]  # fmt: skip
+    ids = submit_chain(longer, iterations=2)
+    train = ids["eta10-lr0.0001-K2-it1-train"]
+    trainer = None
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # until a complete Trainer checkpoint exists
+        found = list((tmp_path / "runs").rglob("iter1/train/trainer"))
+        if found and last_complete_checkpoint(found[0]):
+            trainer = found[0]
+            break
+        time.sleep(0.1)
+    assert trainer is not None, cluster.job_record(train)
+    # node2's training worker (not its launcher) dies mid-run
+    (worker,) = cluster.node_processes("node2", "python -u -m src.stages.train")
+    os.kill(worker, signal.SIGKILL)
+
+    lost = time.monotonic()
+    states = cluster.wait(ids.values(), timeout=300)
+    assert time.monotonic() - lost < 240, "the job ended on its own, long before its time limit"
+    assert states[train] == "FAILED", states
+    for name, job in ids.items():
+        if "-it2-" in name:
+            assert {s for rid, s in states.items() if rid.split("_")[0] == job} == {"CANCELLED"}
+    resume_from = last_complete_checkpoint(trainer)
+    assert resume_from is not None
+    assert not (trainer.parent / "done.json").exists()
+
+    again = submit_chain(longer, iterations=1)
+    states = cluster.wait(again.values(), timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    log = train_log(tmp_path / "runs", again["eta10-lr0.0001-K2-it1-train"])
+    assert f"[train] resuming from {resume_from}" in log
+    done = json.loads((trainer.parent / "done.json").read_text())
+    assert done["counts"]["steps"] == 80  # 2 pairs per step, 40 epochs: all of them
