@@ -175,7 +175,7 @@ make_network() {
         ip addr add "$CTLD_ADDR/24" dev "$bridge" && ip link set "$bridge" up; } \
         2>"$LOG_DIR/network.log" ||
         undo_network_and_fail "cannot make the bridge $bridge: $(tail -n 1 "$LOG_DIR/network.log")"
-    local hosts="127.0.0.1 localhost"$'\n'"$CTLD_ADDR controller"
+    local hosts="127.0.0.1 localhost"
     for ((i = 1; i <= NODES; i++)); do
         NODE_ADDR[i]="$subnet.$((i + 1))"
         hosts+=$'\n'"${NODE_ADDR[i]} node$i"
@@ -190,6 +190,9 @@ make_network() {
             ip -n "$ns" link set sp0 up && ip -n "$ns" link set lo up; } \
             2>>"$LOG_DIR/network.log" ||
             undo_network_and_fail "cannot make node$i's namespace $ns: $(tail -n 1 "$LOG_DIR/network.log")"
+        if [ ! -d /etc/netns ]; then # ours to remove when empty again (other clusters share it)
+            mkdir /etc/netns && made emptydir /etc/netns
+        fi
         mkdir -p "/etc/netns/$ns" && made dir "/etc/netns/$ns"
         echo "$hosts" >"/etc/netns/$ns/hosts"
     done
@@ -204,6 +207,7 @@ undo_network() {
             netns) ip netns delete "$name" 2>/dev/null || true ;;
             link) ip link delete "$name" 2>/dev/null || true ;;
             dir) rm -rf "$name" ;;
+            emptydir) rmdir "$name" 2>/dev/null || true ;;
         esac
     done < <(tac "$MADE")
     rm -f "$MADE"

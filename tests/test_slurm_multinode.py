@@ -100,9 +100,8 @@ def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_tw
     (worker,) = cluster.node_processes("node2", "python -u -m src.stages.train")
     os.kill(worker, signal.SIGKILL)
 
-    lost = time.monotonic()
-    states = cluster.wait(ids.values(), timeout=300)
-    assert time.monotonic() - lost < 240, "the job ended on its own, long before its time limit"
+    # no hang: the job ends on its own, well before its 10-minute limit (the wait is bounded)
+    states = cluster.wait(ids.values(), timeout=240)
     assert states[train] == "FAILED", states
     for name, job in ids.items():
         if "-it2-" in name:
