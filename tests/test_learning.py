@@ -55,22 +55,37 @@ def answers(root: Path, model: str, run_name: str, t: int) -> tuple[list[str], l
     return [r["output"] for r in rows], [r["reference_output"] for r in rows]
 
 
-@pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
-def test_three_sppo_iterations_climb(root, model, capsys):
-    run(root, f"model={model}", "run_name=climb")
-    rates = curve(root, model, "climb")
+# vLLM samples the responses and the eval answers as the HF backend does, from its own random
+# streams: the same climb, other draws (tests/test_vllm_backend.py)
+VLLM = ("generation=vllm", "generation.enforce_eager=true")
+
+
+@pytest.mark.parametrize(
+    ("model", "engine"),
+    [
+        ("tiny-mistral", ()),
+        ("tiny-gemma2", ()),
+        pytest.param("tiny-mistral", VLLM, id="tiny-mistral-vllm", marks=pytest.mark.vllm),
+    ],
+)
+def test_three_sppo_iterations_climb(root, model, engine, capsys):
+    if engine:
+        pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
+    name = "climb-vllm" if engine else "climb"
+    run(root, f"model={model}", f"run_name={name}", *engine)
+    rates = curve(root, model, name)
     wins = [r["win_rate"] for r in rates]
     assert all(r["judge"] == "tiny-judge" and r["reference"] == model for r in rates)
     assert rates[0]["win_rate_low"] > 0.5, wins  # iteration 1 already beats the base
     assert wins[0] < wins[1] < wins[2], wins  # and every iteration beats the one before
     assert wins[2] >= 0.70 and rates[2]["lc_win_rate_low"] > 0.5, rates[2]
     # the rule the judges learned from, read off the answers: more helpful, still sentences
-    policy, base = answers(root, model, "climb", 3)
+    policy, base = answers(root, model, name, 3)
     assert mean(map(helpful_share, policy)) > mean(map(helpful_share, base)) + 0.2
     assert mean(map(well_formed, policy)) >= 0.8
     # which the audit prints for every iteration
     audit(["--root", str(root)])
-    printed = capsys.readouterr().out.split(f"{model}/sppo/climb\n")[1]
+    printed = capsys.readouterr().out.split(f"{model}/sppo/{name}\n")[1]
     assert printed.count("tiny-judge win rate") >= 3
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +29,13 @@ from src.core.chunks import ChunkCounts, Shard, claim, finished_rows, process_sh
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.generation.prompts import Prompt
-from src.generation.sampling import RenderedPrompt, load_model, make_generator, render, sample_chunk
+from src.generation.sampling import (
+    RenderedPrompt,
+    load_tokenizer,
+    open_generator,
+    render,
+    sample_chunk,
+)
 
 
 class EvalError(StageError):
@@ -111,7 +118,7 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
     counts = AnswerCounts()
     claim(shard.work, key, EvalError, "answers of another model or decoding", fix=None)
     print(f"[eval] answers of {who.label} ({who.path}) -> {shard.stage_dir}", file=sys.stderr)
-    model, tokenizer, eos_ids = load_model(cfg, who.path)
+    tokenizer, eos_ids = load_tokenizer(cfg, who.path)
     rendered = render(g, tokenizer, instructions, counts)
     if counts.skipped_too_long:
         print(
@@ -119,10 +126,10 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             f"eval.max_prompt_length={g.max_prompt_length} tokens are left out for {who.label}",
             file=sys.stderr,
         )
-    generator = make_generator(cfg, g, who.path, model, tokenizer, eos_ids)
+    generator = open_generator(cfg, g, who.path, tokenizer, eos_ids)
 
     def answer_chunk(chunk: list[RenderedPrompt]) -> list[AnswerRow]:
-        samples = sample_chunk(generator, chunk, [cfg.eval.seed], g.batch_size)
+        samples = sample_chunk(generator, chunk, [cfg.eval.seed])
         return [
             AnswerRow(
                 prompt_id=p.prompt_id,
@@ -134,6 +141,7 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             for p, (s,) in zip(chunk, samples, strict=True)
         ]
 
-    process_shard(
-        shard, rendered, g.chunk_size, answer_chunk, counts, key, label=f"eval {who.label}"
-    )
+    with closing(generator):
+        process_shard(
+            shard, rendered, g.chunk_size, answer_chunk, counts, key, label=f"eval {who.label}"
+        )

@@ -101,8 +101,20 @@ class Sample:
     num_tokens: int  # generated tokens, the end-of-turn token included
 
 
+def decode_sample(tokens: list[int], eos_ids: list[int], tokenizer) -> Sample:
+    """A sample from its generated token ids, as both backends report it: the text up to the
+    first end-of-turn token, special tokens dropped."""
+    end = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
+    body = tokens if end is None else tokens[:end]
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    if end is None:
+        return Sample(text, "length", len(tokens))
+    return Sample(text, "stop", end + 1)
+
+
 class HFGenerator:
-    """K seeded samples for a batch of rendered prompts, on one model."""
+    """K seeded samples for a batch of rendered prompts, on one model; `batch_size`: the prompts
+    per call that `sampling.sample_chunk` gives it."""
 
     def __init__(
         self,
@@ -113,10 +125,12 @@ class HFGenerator:
         temperature: float,
         top_p: float,
         max_new_tokens: int,
+        batch_size: int | None = None,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_ids
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.batch_size = batch_size
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else eos_ids[0]
 
@@ -170,9 +184,8 @@ class HFGenerator:
         return [samples[i * k : (i + 1) * k] for i in range(len(prompt_ids))]
 
     def _sample(self, tokens: list[int]) -> Sample:
-        end = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
-        body = tokens if end is None else tokens[:end]
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
-        if end is None:
-            return Sample(text, "length", len(tokens))
-        return Sample(text, "stop", end + 1)
+        return decode_sample(tokens, self.eos_ids, self.tokenizer)
+
+    def close(self) -> None:
+        """Let the model go (the stage's memory returns with it)."""
+        self.model = None

@@ -1,6 +1,6 @@
-"""Sampling from a policy, shared by the generate stage and the eval stage's answers: load the
-policy, render prompts through its chat template (over-long ones skipped or truncated), and
-draw one sample per seed for a chunk of prompts with the configured backend (HF or vLLM).
+"""Sampling from a policy, shared by the generate stage and the eval stage's answers: its
+tokenizer, the prompts through its chat template (over-long ones skipped or truncated), then the
+configured backend (HF or vLLM) drawing one sample per seed for each chunk of prompts.
 """
 
 from __future__ import annotations
@@ -19,24 +19,21 @@ class GenerationError(StageError):
     """The stage cannot generate; the message says what and where."""
 
 
-def load_model(cfg: Config, path: str):
-    """(model, tokenizer, end-of-turn ids) of the policy at `path`; with vLLM, no model: it
-    loads the weights itself."""
+def load_tokenizer(cfg: Config, path: str):
+    """(tokenizer, end-of-turn ids) of the policy at `path`: enough to render the prompts before
+    any weights load."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
-    if cfg.generation.backend == Backend.vllm:
-        model = None  # vLLM loads the weights itself
-    else:
-        device = device_for(cfg)
-        dtype = (
-            torch.bfloat16
-            if device.type == "cuda" and torch.cuda.is_bf16_supported()
-            else torch.float32
-        )
-        model = causal_lm(cfg, path, dtype)
-        model.to(device).eval()
-    return model, tokenizer, end_of_turn_ids(path, tokenizer)
+    return tokenizer, end_of_turn_ids(path, tokenizer)
+
+
+def generation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype both backends sample in: bf16 on a GPU that has it, else fp32 (vLLM's default
+    would turn an fp32 checkpoint into bf16, and its greedy rows then differ from HF's)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 @dataclass
@@ -84,16 +81,28 @@ def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedProm
     return out
 
 
-def make_generator(
-    cfg: Config, g: GenerationConfig, path: str, model, tokenizer, eos_ids: list[int]
-):
-    """The sampler of `g`'s backend for the policy at `path` (`model` from `load_model`)."""
+def open_generator(cfg: Config, g: GenerationConfig, path: str, tokenizer, eos_ids: list[int]):
+    """The sampler of `g`'s backend for the policy at `path`; `close()` it when done (vLLM's
+    engine runs in processes of its own)."""
+    device = device_for(cfg)
+    dtype = generation_dtype(device)
     if g.backend == Backend.vllm:
-        from src.generation.vllm_backend import VLLMGenerator
+        from src.generation.vllm_backend import VLLMGenerator, engine_args, engine_env
 
-        return VLLMGenerator(g, path, cfg.model.trust_remote_code, eos_ids)
+        model = cfg.model
+        return VLLMGenerator(
+            engine_args(g, path, device, dtype, model.revision, model.trust_remote_code),
+            tokenizer,
+            env=engine_env(device),
+            eos_ids=eos_ids,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            max_new_tokens=g.max_new_tokens,
+        )
     from src.generation.hf_backend import HFGenerator
 
+    model = causal_lm(cfg, path, dtype)
+    model.to(device).eval()
     return HFGenerator(
         model,
         tokenizer,
@@ -101,13 +110,16 @@ def make_generator(
         temperature=g.temperature,
         top_p=g.top_p,
         max_new_tokens=g.max_new_tokens,
+        batch_size=g.batch_size,
     )
 
 
-def sample_chunk(generator, chunk: list[RenderedPrompt], seeds: list[int], batch_size: int):
-    """One sample per seed for every prompt: length-sorted batches (little padding), the
-    samples back in the chunk's order."""
+def sample_chunk(generator, chunk: list[RenderedPrompt], seeds: list[int]):
+    """One sample per seed for every prompt: length-sorted batches of the generator's
+    `batch_size` (little padding; None: the whole chunk at once), the samples back in the
+    chunk's order."""
     order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].ids))
+    batch_size = generator.batch_size or len(chunk)
     results: dict[int, list] = {}
     for start in range(0, len(order), batch_size):
         batch = [chunk[i] for i in order[start : start + batch_size]]

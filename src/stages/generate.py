@@ -3,15 +3,17 @@
     python -m src.main stage=generate model=tiny-gemma2 iter=1
     python -m src.main stage=generate generation.shard=3 generation.num_shards=8
 
-setup (this shard's prompts, rendered with the chat template and length-checked; the policy)
--> run (chunks of prompts, each written atomically; a re-run skips finished chunks, so a run
-killed at any point and re-run ends with every prompt exactly once) -> cleanup (the shard's
-`responses-shardSSS-of-NNN.jsonl`; `done.json` once every shard is there).
+setup (this shard's prompts, rendered with the chat template and length-checked; the policy's
+sampler, HF or vLLM) -> run (chunks of prompts, each written atomically; a re-run skips finished
+chunks, so a run killed at any point and re-run ends with every prompt exactly once) -> cleanup
+(the sampler closed, vLLM's engine with it; the shard's `responses-shardSSS-of-NNN.jsonl`;
+`done.json` once every shard is there).
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import closing
 from dataclasses import asdict, dataclass
 
 from src.config import Config, Stage
@@ -24,8 +26,8 @@ from src.generation.prompts import load_prompts
 from src.generation.sampling import (
     GenerationError,
     RenderedPrompt,
-    load_model,
-    make_generator,
+    load_tokenizer,
+    open_generator,
     render,
     sample_chunk,
 )
@@ -73,14 +75,14 @@ def run(cfg: Config) -> dict:
         redo(cfg, Stage.generate.value),
     )
     path = require_previous_policy(cfg)
-    model, tokenizer, eos_ids = load_model(cfg, path)
+    tokenizer, eos_ids = load_tokenizer(cfg, path)
     rendered = render(g, tokenizer, mine, counts)
     say_left_out(cfg, counts)
-    generator = make_generator(cfg, g, path, model, tokenizer, eos_ids)
+    generator = open_generator(cfg, g, path, tokenizer, eos_ids)
 
     def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
         seeds = cfg.sample_seeds
-        samples = sample_chunk(generator, chunk, seeds, g.batch_size)
+        samples = sample_chunk(generator, chunk, seeds)
         return [
             ResponseRow(
                 prompt_id=p.prompt_id,
@@ -93,17 +95,19 @@ def run(cfg: Config) -> dict:
             for p, drawn in zip(chunk, samples, strict=True)
         ]
 
-    # run, then cleanup: the shard's file, the stage's record once all shards are there
-    process_shard(
-        shard,
-        rendered,
-        g.chunk_size,
-        generate_chunk,
-        counts,
-        stage_fingerprint(cfg, Stage.generate),
-        label="generate",
-        shared_keys=("prompts_in_split", "duplicates_dropped"),
-    )
+    # run, then cleanup: the sampler (vLLM's engine processes), the shard's file, the stage's
+    # record once all shards are there
+    with closing(generator):
+        process_shard(
+            shard,
+            rendered,
+            g.chunk_size,
+            generate_chunk,
+            counts,
+            stage_fingerprint(cfg, Stage.generate),
+            label="generate",
+            shared_keys=("prompts_in_split", "duplicates_dropped"),
+        )
     return asdict(counts)
 
 

@@ -54,6 +54,11 @@ MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]  # ids as in Mi
 GEMMA2_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 # the sizes of every tiny transformer: 2 layers of width 64
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+# The policies' attention: 2 query heads sharing 1 key/value head (grouped-query, as both real
+# models), each of 32 dims. vLLM's CPU attention kernels take head sizes 32, 64, 80 and up
+# ("Unsupported CPU attention configuration: head_dim=16"), so 32 is the smallest it serves; the
+# projections keep the sizes that 4 heads of 16 over 2 key/value heads had.
+POLICY_ATTENTION = {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
 
 
 @functools.cache
@@ -136,8 +141,7 @@ def mistral(texts: list[str]):
     config = MistralConfig(
         vocab_size=len(tok),
         **TINY,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **POLICY_ATTENTION,
         max_position_embeddings=4096,
         rope_theta=1e6,  # v0.2's
         sliding_window=None,  # v0.2 has none
@@ -161,10 +165,8 @@ def gemma2(texts: list[str]):
     config = Gemma2Config(
         vocab_size=len(tok),
         **TINY,  # one sliding-window layer, one global layer
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        query_pre_attn_scalar=16,  # = head_dim, as in gemma-2-9b
+        **POLICY_ATTENTION,
+        query_pre_attn_scalar=POLICY_ATTENTION["head_dim"],  # = head_dim, as in gemma-2-9b
         sliding_window=4096,
         max_position_embeddings=8192,
         pad_token_id=tok.pad_token_id,

@@ -13,8 +13,9 @@ They stand in for the real models in the tests and the demo:
   another seed: the eval judge (the toy's GPT-4), never the one that ranked the training data
 
 Architectures and tokenizers: src/tiny/architectures.py; the training: src/tiny/teach.py. The
-same seed and data give byte-identical folders. `ensure()` builds a model once into a cache
-directory (about a minute for all five on 2 CPU cores):
+same seed and data give byte-identical folders on any machine (`BUILD_THREADS`). `ensure()`
+builds a model once into a cache directory (about a minute and a half for all five on 2 CPU
+cores):
 
     python -m src.tiny [--cache-dir DIR] [--seed N] [--force] [NAME ...]
 """
@@ -53,6 +54,11 @@ BUILT_BY = (
     "ranking/pairrm.py",  # how a judge's inputs are encoded
     "ranking/reward_model.py",
 )
+
+# torch's threads while a model is built: CPU kernels split their sums by thread, so another
+# count gives other bytes (tiny-gemma2 and both PairRMs, seen with 1 and 2); one thread gives
+# the same folder on every machine, whatever its cores or its load.
+BUILD_THREADS = 1
 
 # How long each kind of model learns (steps x batch): enough to converge on the toy, little
 # enough to build all five in about a minute on 2 cores.
@@ -177,6 +183,8 @@ def build(name: str, out_dir: Path, seed: int = 0) -> Path:
     teach.log(f"building {name} (seed {seed})")
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
     try:
         trained = BUILDERS[name](staging, out_dir, seed_of(name, seed), texts)
         record = {**build_identity(name, out_dir, seed, texts), "training": trained}
@@ -185,6 +193,7 @@ def build(name: str, out_dir: Path, seed: int = 0) -> Path:
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     finally:
+        torch.set_num_threads(threads)
         shutil.rmtree(staging, ignore_errors=True)
     teach.log(f"built {name} (seed {seed}) in {time.perf_counter() - start:.1f}s: {out_dir}")
     return out_dir

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from src.config import Config, Device, Distributed
-from src.core import preemption
+from src.core import preemption, threads
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure, StageError, describe_os_error
 from src.training.arguments import TrainingError
@@ -76,6 +76,9 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
     # off the run's disk: a worker that stops because that disk is full can still say so
     with tempfile.TemporaryDirectory(prefix="selfplay-train-") as failures:
         env = {**os.environ, WORKER_ENV: "1", FAILURES_ENV: failures}
+        # each worker its share of the CPUs this process may use (else each would start the
+        # count this process was given, or accelerate's cores / processes)
+        env["OMP_NUM_THREADS"] = str(threads.threads_per_process(hw.processes_per_node))
         if cfg.hardware.device == Device.cpu and cfg.hardware.distributed != Distributed.deepspeed:
             env["ACCELERATE_USE_CPU"] = "1"  # `--cpu` alone would start a single process
         workers = subprocess.Popen(
