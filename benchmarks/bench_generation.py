@@ -23,8 +23,8 @@ end-of-sequence id is one that never occurs; vLLM: `min_tokens` holds the end of
 
 Threads (`--threads`, ours only): `auto` is what every entry point of the project sets before
 torch loads (src/core/threads.py: a thread per CPU the process may use, OpenMP's spinning cut
-short); `torch` leaves torch's defaults; `one` runs one thread; `spin10000` is auto with a
-shorter spin. Load (`--loads`): that many busy processes run
+short); `torch` leaves torch's defaults; `one` runs one thread; `spin100000` is auto with a
+ten times longer spin. Load (`--loads`): that many busy processes run
 beside the configuration, and what they took is recorded. Each configuration runs in a fresh
 subprocess, `--repeats` times, interleaved; medians are reported. A separate profile pass (quiet,
 fresh processes) splits one split's time into model forward, top-p, our Gumbel noise, the final
@@ -72,9 +72,9 @@ HF_APPROACHES = APPROACHES[:3]
 BATCH_SIZES = (8, 16)
 WHOLE_SPLIT = 0  # vLLM's B: the whole split in one call, its scheduler batches it
 # Thread settings of ours (the other approaches run with auto): auto, the project's
-# (src/core/threads.py); torch, torch's defaults; one, a single thread; spin10000, the
-# project's with a shorter OpenMP spin. The last two run at the first batch size only.
-THREADS = ("auto", "torch", "one", "spin10000")
+# (src/core/threads.py); torch, torch's defaults; one, a single thread; spin100000, the
+# project's with a ten times longer OpenMP spin. The last two run at the first batch size only.
+THREADS = ("auto", "torch", "one", "spin100000")
 LOADS = (0, 2)
 # the attention implementation conf/model/<model>.yaml gives the stage
 ATTENTION = {"tiny-mistral": None, "tiny-gemma2": "eager"}
@@ -583,8 +583,8 @@ def set_threads(policy: str) -> None:
 
     if policy == "one":
         os.environ["OMP_NUM_THREADS"] = "1"
-    elif policy == "spin10000":
-        os.environ["GOMP_SPINCOUNT"] = "10000"
+    elif policy == "spin100000":
+        os.environ["GOMP_SPINCOUNT"] = "100000"
     if policy != "torch":
         threads.configure()
 

@@ -135,7 +135,7 @@ def request(cfg: Config, stage: Stage) -> Request:
 
 def requests_table(cfg: Config) -> str:
     """A markdown table of what each stage of an iteration asks for (the dry run prints it; the
-    README shows it for every slurm-* hardware)."""
+    slurm/README.md shows it for every slurm-* hardware)."""
     s, hw = cfg.hardware.slurm, cfg.hardware
     rows = [
         f"hardware={hw.name}, per node: {'GPUs' if hw.device == Device.cuda else 'processes'} "

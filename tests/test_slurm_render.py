@@ -201,12 +201,12 @@ def test_every_stage_has_a_request_section():
 @pytest.mark.parametrize(
     "hardware", ["slurm-cpu", "slurm-gpu-1", "slurm-node-8gpu", "slurm-multinode"]
 )
-def test_the_readme_shows_what_each_stage_asks_for(hardware):
+def test_the_slurm_readme_shows_what_each_stage_asks_for(hardware):
     from src.slurm import compose, requests_table
 
     base = "model=tiny-mistral" if hardware == "slurm-cpu" else "experiment=gemma-2-9b-it-sppo"
     table = requests_table(compose([base, f"hardware={hardware}", "eval.enabled=true"], 1))
-    assert table in (REPO_ROOT / "README.md").read_text()
+    assert table in (REPO_ROOT / "slurm" / "README.md").read_text()
 
 
 def test_a_hardware_without_slurm_resources_is_refused(capsys):

@@ -83,8 +83,14 @@ def backends(request, tiny_dir):
     # tiny-mistral's engine compiles (the default); tiny-gemma2's runs eagerly: both paths run
     eager = "true" if request.param == "tiny-gemma2" else "false"
     both = Backends(request.param, f"generation.enforce_eager={eager}")
+    environ = both.vllm.environ  # as the engine started
+    assert "LD_PRELOAD" in set(os.environ) - set(environ), "vLLM on CPU preloads its libraries"
     yield both
     both.vllm.close()
+    # what vLLM wrote into the environment is gone: a process started now (a training worker)
+    # loads no library of vLLM's before it sets its threads
+    running = "PYTEST_CURRENT_TEST"  # the test's name, which pytest keeps there
+    assert {**os.environ, running: ""} == {**environ, running: ""}
 
 
 def test_greedy_rows_equal_the_hf_backends(backends):

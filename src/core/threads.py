@@ -10,10 +10,11 @@ wrong where the CPUs are shared:
   invisible to torch, which starts a thread per core of the node.
 - Other processes share the cores (a CI machine, a workstation, a node without core binding).
   A spinning thread then burns the time slice that the thread it waits for needed. On 2 cores
-  beside two busy processes, HF generation of a tiny model fell from 5,800-7,600 tokens/s to
-  470-1,770 with torch's defaults; with `GOMP_SPINCOUNT=10000` it ran at 7,000-7,500 quiet and
-  2,300-2,800 beside them, about what one thread gives there (3,100), without giving up the
-  second core on a quiet machine (benchmarks/README.md, "Threads").
+  beside two busy processes, HF generation of a tiny model fell from 4,600-6,400 tokens/s quiet
+  to 730-960 (medians) with torch's defaults; with `GOMP_SPINCOUNT=10000` it ran at 4,900-6,100
+  quiet and 1,100-2,400 beside them. One thread does best there (2,300-2,400) but gives up a
+  quarter to a third on a quiet machine, so it is the user's choice (`OMP_NUM_THREADS=1`), not
+  this module's (benchmarks/README.md, "Threads, beside busy processes").
 
 `configure()` runs first in every entry point (`python -m src.main`, the tests, the benchmarks'
 workers), before torch loads: it sets `OMP_NUM_THREADS` to the CPUs the process may use and
@@ -33,7 +34,7 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # libgomp's spins before a waiting thread sleeps: long enough to bridge the gaps between the
 # small ops of one forward on a quiet machine, short enough not to starve a shared core
-SPIN_COUNT = "100000"
+SPIN_COUNT = "10000"
 
 
 def cgroup_cpu_quota(

