@@ -14,6 +14,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.core.errors import StageError
+from src.generation.vllm_backend import QUIET_ENV
 from src.stages.generate import run
 from tests.helpers import compose_cfg
 
@@ -266,11 +267,14 @@ def test_command_line_writes_the_iteration_one_split(tmp_path):
 def test_the_vllm_backend_without_vllm_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as where it is absent
     cfg = gen_cfg("model=tiny-mistral", "generation=vllm", "data.max_prompts=2")
+    environ = dict(os.environ)
     with pytest.raises(
         StageError,
         match=r"generation=vllm needs vLLM, which cannot be imported here .*make install-vllm",
     ):
         run(cfg)
+    added = set(os.environ) - set(environ)
+    assert not added & set(QUIET_ENV), "the settings given to vLLM are taken back"
 
 
 def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():

