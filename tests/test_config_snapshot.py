@@ -16,7 +16,6 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -130,7 +129,9 @@ def test_a_composition_resolves_as_recorded(name, now, recorded):
         if tree is None:  # refused by validation, as recorded
             continue
         after = flat(tree)
-        changed = {k: (v, after.get(k, "<missing>")) for k, v in before.items() if after.get(k) != v}
+        changed = {
+            k: (v, after.get(k, "<missing>")) for k, v in before.items() if after.get(k) != v
+        }
         assert not changed, f"{what} of {name}: {{key: (recorded, now)}} {changed}"
         added = sorted(set(after) - set(before))
         assert not added, f"{what} of {name} has keys the record lacks: {added}"
@@ -138,4 +139,7 @@ def test_a_composition_resolves_as_recorded(name, now, recorded):
 
 if __name__ == "__main__":
     SNAPSHOT.write_text(json.dumps(take(), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {SNAPSHOT.relative_to(REPO_ROOT)}: {len(compositions())} compositions", file=sys.stderr)
+    print(
+        f"wrote {SNAPSHOT.relative_to(REPO_ROOT)}: {len(compositions())} compositions",
+        file=sys.stderr,
+    )
