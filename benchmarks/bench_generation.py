@@ -79,8 +79,8 @@ LOADS = (0, 2)
 # the attention implementation conf/model/<model>.yaml gives the stage
 ATTENTION = {"tiny-mistral": None, "tiny-gemma2": "eager"}
 
-# The stage's settings for the tiny models (conf/generation/hf.yaml, conf/method/sppo.yaml,
-# conf/training/tiny.yaml), except max_new_tokens (tiny.yaml: 48) and EOS, which is disabled
+# The stage's settings for the tiny models (`python -m src.main model=tiny-mistral --cfg job`:
+# generation, method, training), except max_new_tokens (tiny.yaml: 48) and EOS, which is disabled
 # so that every sample does the same work.
 SETTINGS = {
     "prompts": "data/prompts/iter1.jsonl",

@@ -64,7 +64,7 @@ from benchmarks.common import (
 )
 
 APPROACHES = ("ours", "reference")
-# ours: comparisons per forward. 32 is conf/ranker/pairrm.yaml's, 64 was tiny-pairrm's until
+# ours: comparisons per forward. 32 is the PairRM ranker's default (ranker.batch_size), 64 was tiny-pairrm's until
 # 1ba330a and 4 is its value since (the fastest measured here on 2 CPU cores)
 BATCH_SIZES = (4, 32, 64)
 K = 5

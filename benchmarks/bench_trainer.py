@@ -107,7 +107,7 @@ def base_model(name: str) -> str:
 # ours: the stage's trainer as configured by default (the streamed LM head); ours-logits: the
 # same with training.lm_head_chunk=null (the model's own head computes full logits)
 TOOLS = ("ours", "ours-logits", "trl")
-# Opt-in (--tools): ours with training.peft=lora (conf/training/default.yaml's adapter: rank 16,
+# Opt-in (--tools): ours with training.peft=lora (the default adapter, src/config.py AdapterConfig: rank 16,
 # alpha 32, dropout 0.05, every attention and MLP projection; the streamed head as in `ours`).
 # Not in the default run, which compares full-weight training against TRL (whose DPOTrainer here
 # trains full weights too): LoRA vs full weights is a question about ours alone.

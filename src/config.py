@@ -1,9 +1,13 @@
-"""Typed configuration: the schema of every node of `conf/`, its resolvers, and validation.
+"""Typed configuration: the schema of every node of `conf/`, its resolvers, composition and
+validation.
 
-Hydra composes `conf/config.yaml` into an untyped tree; `validate` merges that tree into the
-dataclasses below, so an unknown key or a wrong type fails with the key's full name, then
-builds the typed objects whose `__post_init__` checks ranges. Stages receive a `Config`, never
-a DictConfig; only the command-line entry points know Hydra.
+The dataclasses below are the config: each key's default and its documentation live here, once.
+`Config` is Hydra's base schema (`register_schema`): `conf/config.yaml` composes its options onto
+it, so the YAML files hold only what an option chooses or changes, and an unknown key or a value
+of the wrong type fails as it is composed. `compose` (Hydra's compose API) and `validate` turn
+the tree into typed objects whose `__post_init__` checks ranges; every failure is a ConfigError
+of one line that names the key. Stages receive a `Config`, never a DictConfig; only the
+command-line entry points know Hydra.
 
 Iteration-dependent values are plain interpolations resolved here: the prompt split
 (`data.prompts: ...iter${iter}`) and the policy of iteration iter-1 (`run.init_policy`).
@@ -13,13 +17,20 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import SI, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -292,13 +303,13 @@ class MethodConfig:
     name: MethodName
     loss: Loss
     K: int = 5  # responses sampled per prompt
-    eta: float = 1000.0  # SPPO's eta; always 1/beta
-    beta: float = 0.001
+    eta: float = 1000.0  # SPPO's eta; always 1/beta: a method sets one, the other follows
+    beta: float = SI("${reciprocal:${.eta}}")
     label_smoothing: float = 0.0  # DPO sigmoid only
     wpo_weight: bool = False  # multiply the pairwise loss by the WPO weight (docs/design.md §6.3)
     wpo_clamp: float | None = 1.0  # W = min(clamp, exp(m_w + m_l)); null: unclamped
     pair_selection: PairSelection = PairSelection.argmax_argmin
-    tag: str = ""  # short hyper-parameter tag used in the default run_name
+    tag: str = SI("eta${num:${.eta}}")  # the hyper-parameters' part of the default run_name
 
     def __post_init__(self) -> None:
         _check(self.K >= 2, "method.K", self.K, "must be >= 2 (a pair needs two responses)")
@@ -332,7 +343,8 @@ class GenerationConfig:
     seeds: list[int] | None = None
     batch_size: int = 8  # prompts per HF generate call (each expands to K sequences)
     chunk_size: int = 64  # prompts per file written: the unit of resume
-    max_prompt_length: int = 512  # in policy tokens, after the chat template
+    # in policy tokens, after the chat template: by default what training keeps
+    max_prompt_length: int = SI("${training.max_prompt_length}")
     long_prompts: LongPrompts = LongPrompts.skip
     shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
     num_shards: int | None = None  # null: SLURM_ARRAY_TASK_COUNT when set, else 1
@@ -449,7 +461,7 @@ class EvalConfig:
 
 @dataclass
 class AdapterConfig:
-    """The adapter of training.peft=lora|qlora (conf/training/default.yaml, `lora:`)."""
+    """The adapter of training.peft=lora|qlora (`training.lora`)."""
 
     rank: int = 16
     alpha: float = 32.0  # the update is scaled by alpha / rank
@@ -477,7 +489,8 @@ class AdapterConfig:
 class TrainingConfig:
     """The optimisation recipe (conf/training/)."""
 
-    pairs: str  # the pairs file of the pairs stage (or a fixture: .parquet / .jsonl)
+    # the pairs stage's file, or one of your own (.parquet / .jsonl, e.g. tests/data/pairs_tiny.jsonl)
+    pairs: str = SI("${run.iter_dir}/pairs/pairs.parquet")
     optimizer: Optimizer = Optimizer.rmsprop
     learning_rate: float = 5e-7
     lr_scheduler: Scheduler = Scheduler.linear
@@ -634,35 +647,47 @@ class LoggerConfig:
     backend: LoggerBackend
     project: str = "selfplay-lab"
     entity: str | None = None
-    mode: WandbMode = WandbMode.online
+    mode: WandbMode = SI("${oc.env:WANDB_MODE,online}")  # $WANDB_MODE, else online
     tags: list[str] = field(default_factory=list)
-    dir: str = "wandb"
+    dir: str = SI("${paths.root}/wandb")
 
 
 @dataclass
 class PathsConfig:
     """Directories (conf/paths/). All absolute after resolution."""
 
-    root: str  # run directories live under here
-    data_dir: str  # the project's own prompt files
-    tiny_dir: str  # cache of the locally built tiny models
+    # run directories live under here: $SELFPLAY_RUNS, else runs/ (relative paths resolve
+    # against the directory you launch from), e.g. paths.root=/scratch/$USER/runs
+    root: str = SI("${abspath:${oc.env:SELFPLAY_RUNS,runs}}")
+    data_dir: str = SI("${repo:data}")  # the project's own prompt files (data/prompts/)
+    # cache of the locally built tiny models ($SELFPLAY_TINY_DIR, else .cache/tiny); `make tiny`
+    # rebuilds them
+    tiny_dir: str = SI("${abspath:${oc.env:SELFPLAY_TINY_DIR,${repo:.cache/tiny}}}")
 
 
 @dataclass
 class RunConfig:
-    """Derived locations of this run; interpolated in conf/config.yaml, overridable."""
+    """Derived locations of this run (docs/design.md §5); override only to point at another
+    lineage's checkpoint."""
 
-    dir: str  # ${paths.root}/${model.name}/${method.name}/${run_name}
-    iter_dir: str  # ${run.dir}/iter${iter}
-    init_policy: str  # generator, initial weights and reference of this iteration
+    # one run directory per hyper-parameter lineage; its iterations share it
+    dir: str = SI("${paths.root}/${model.name}/${method.name}/${run_name}")
+    iter_dir: str = SI("${run.dir}/iter${iter}")
+    # generator, initial weights and reference of this iteration: pi_{iter-1}
+    init_policy: str = SI("${previous_policy:${iter},${model.path},${run.dir}}")
 
 
 @dataclass
 class PipelineConfig:
-    """How `stage=all` chains iterations and treats finished stages (conf/config.yaml)."""
+    """How `stage=all` chains iterations and treats finished stages (their records: each
+    stage's done.json)."""
 
-    require_previous: bool = False  # refuse, rather than run, missing earlier iterations
-    redo: list[Stage] = field(default_factory=list)  # redo these stages of this iteration
+    # false: iteration t with iterations < t not done runs them first, saying so; true: refuse
+    # instead, naming the missing checkpoint and the command that makes it
+    require_previous: bool = False
+    # stages of THIS iteration to redo although they were finished under another config (the
+    # later stages of the iteration are redone with them), e.g. pipeline.redo=[rank]
+    redo: list[Stage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(
@@ -673,24 +698,26 @@ class PipelineConfig:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Config:
     """The whole composed configuration of one invocation."""
 
-    iter: int
-    stage: Stage
-    run_name: str
-    run: RunConfig
+    # iteration t (1-based): generator, initial weights and reference are iteration t-1's policy
+    iter: int = 1
+    stage: Stage = Stage.all
+    # one run directory per hyper-parameter lineage; iterations of a lineage share it
+    run_name: str = SI("${method.tag}-lr${num:${training.learning_rate}}-K${method.K}")
+    run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig
     method: MethodConfig
     data: DataConfig
     generation: GenerationConfig
     ranker: RankerConfig
     training: TrainingConfig
-    eval: EvalConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
     hardware: HardwareConfig
     logger: LoggerConfig
-    paths: PathsConfig
+    paths: PathsConfig = field(default_factory=PathsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     # What a preset says about itself in every model card it makes: how it departs from the
     # published recipe it reproduces (src/export/cards.py)
@@ -788,6 +815,19 @@ class Config:
         return Path(self.run.iter_dir) / Stage(stage).value
 
 
+def register_schema() -> None:
+    """Hydra composes conf/ onto `Config`: conf/config.yaml's defaults list starts with
+    `base_config`, so each default above is the config's default, a typo in a key or a value of
+    the wrong type fails as it is composed, and a config file holds only what it chooses or
+    changes (tests/test_config.py checks that none repeats what it would get anyway)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+register_schema()
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation.
 
@@ -813,7 +853,7 @@ def describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
         inner = inner.__cause__ or inner.__context__
     key = getattr(exc, "full_key", None) or "?"
     msg = (getattr(exc, "msg", None) or str(exc) or type(exc).__name__).splitlines()[0]
-    if isinstance(exc, ConfigKeyError):
+    if isinstance(exc, ConfigKeyError | ConfigAttributeError):
         parent = key.rpartition(".")[0]
         keys = allowed_keys(parent)
         where = parent or "the top level"
@@ -832,7 +872,9 @@ def validate(cfg: DictConfig | dict) -> Config:
     """
     raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        # as plain data: a key added to a typed node (`+method.foo=1`) meets the schema here
+        plain = OmegaConf.to_container(raw, resolve=False, enum_to_str=True)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
         typed = OmegaConf.to_object(merged)
     except ConfigError:
         raise
@@ -840,6 +882,80 @@ def validate(cfg: DictConfig | dict) -> Config:
         raise ConfigError(describe_omegaconf_error(exc)) from exc
     assert isinstance(typed, Config)
     return typed
+
+
+# Nodes that some compositions leave null, and what fills them.
+NULL_NODES = {
+    "hardware.slurm": "hardware.slurm needs hardware=slurm-*",
+    "eval.judge": "the ranker judges; choose a judge with ranker@eval.judge=<ranker option>",
+}
+
+
+def compose_tree(overrides: Sequence[str], hydra_node: bool = False) -> DictConfig:
+    """conf/config.yaml with `overrides` (`python -m src.main`'s arguments), composed by Hydra's
+    compose API; a composition Hydra refuses raises ConfigError, one line naming the key."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            return hydra_compose(
+                "config", overrides=list(overrides), return_hydra_config=hydra_node
+            )
+    except (HydraException, OmegaConfBaseException, AssertionError) as exc:
+        raise ConfigError(describe_composition_error(exc, overrides)) from exc
+
+
+def compose(overrides: Sequence[str]) -> Config:
+    """The validated config that `python -m src.main <overrides>` runs with."""
+    return validate(compose_tree(overrides))
+
+
+def describe_composition_error(exc: BaseException, overrides: Sequence[str]) -> str:
+    """Hydra's multi-line composition errors, as one line that names the key and the choices.
+
+    Re-raises what is not a composition error (an AssertionError of another origin)."""
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        return (
+            f"{group}={option}: no such option in config group '{group}'; "
+            f"choose one of: {', '.join(sorted(exc.options))}"
+        )
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override '{exc.override}': {exc.message.splitlines()[0]}"
+    if isinstance(exc, AssertionError):
+        # OmegaConf's update of a key under a null node (`hardware.slurm.time_min=5` where no
+        # hardware=slurm-* made hardware.slurm)
+        if "Unexpected type for root" not in str(exc):
+            raise exc
+        for override in overrides:
+            key = override.lstrip("+~").partition("=")[0]
+            parent = next((n for n in NULL_NODES if key.startswith(f"{n}.")), None)
+            if parent is not None and _is_null(parent, overrides):
+                return (
+                    f"cannot set '{key}': '{parent}' is null with the options chosen "
+                    f"({NULL_NODES[parent]})"
+                )
+    inner: BaseException | None = exc
+    while inner is not None:  # Hydra wraps OmegaConf's error, which names the key
+        if isinstance(inner, OmegaConfBaseException) and getattr(inner, "full_key", None):
+            return describe_omegaconf_error(inner)
+        inner = inner.__cause__
+    if isinstance(exc, OmegaConfBaseException):
+        return describe_omegaconf_error(exc)
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
+    return " ".join(filter(None, [lines[0] if lines else type(exc).__name__, cause]))
+
+
+def _is_null(node: str, overrides: Sequence[str]) -> bool:
+    """Whether `node` is null in the composition of the overrides that set nothing under a
+    null node."""
+    kept = [o for o in overrides if not any(f"{n}." in o.partition("=")[0] for n in NULL_NODES)]
+    try:
+        return OmegaConf.select(compose_tree(kept), node) is None
+    except ConfigError:
+        return False
 
 
 def to_yaml(cfg: Config) -> str:
@@ -853,6 +969,9 @@ __all__ = [
     "REPO_ROOT",
     "Stage",
     "allowed_keys",
+    "compose",
+    "compose_tree",
+    "describe_composition_error",
     "describe_omegaconf_error",
     "previous_policy",
     "to_yaml",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -19,18 +18,17 @@ from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.config import (
-    REPO_ROOT,
     Config,
     ConfigError,
     PipelineConfig,
     Stage,
-    allowed_keys,
-    describe_omegaconf_error,
+    compose,
+    describe_composition_error,
     to_yaml,
     validate,
 )
@@ -220,40 +218,6 @@ def _fail(message: str, code: int, exc: BaseException | None = None) -> NoReturn
     sys.exit(code)
 
 
-# Nodes that some compositions leave null, and what fills them.
-NULL_NODES = {
-    "hardware.slurm": "hardware.slurm needs hardware=slurm-*",
-    "eval.judge": "the ranker judges; choose a judge with ranker@eval.judge=<ranker option>",
-}
-
-
-def describe_hydra_error(exc: Exception) -> str:
-    """Hydra's multi-line composition errors, as one line that names the key and the choices."""
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
-        group, _, option = exc.missing_cfg_file.rpartition("/")
-        return (
-            f"{group}={option}: no such option in config group '{group}'; "
-            f"choose one of: {', '.join(sorted(exc.options))}"
-        )
-    if isinstance(exc, OverrideParseException):
-        return f"cannot parse override '{exc.override}': {exc.message.splitlines()[0]}"
-    unknown = re.match(r"Could not override '([^']+)'", str(exc))
-    if unknown and "not in struct" in str(exc.__cause__ or ""):
-        key = unknown.group(1)
-        parent, _, leaf = key.rpartition(".")
-        keys = allowed_keys(parent)
-        if keys and leaf in keys:  # a known key under a node this composition leaves null
-            fill = NULL_NODES.get(parent, "choose the option that sets it")
-            return f"cannot set '{key}': '{parent}' is null with the options chosen ({fill})"
-        accepted = f"; {parent or 'the top level'} accepts: {', '.join(keys)}" if keys else ""
-        return f"unknown config key '{key}'{accepted}"
-    if isinstance(exc, OmegaConfBaseException):
-        return describe_omegaconf_error(exc)
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
-    return " ".join(filter(None, [lines[0] if lines else type(exc).__name__, cause]))
-
-
 def main() -> None:
     threads.configure()  # before torch loads: OpenMP reads its settings once
     # `--cfg job` prints the config; show it resolved (the iteration's split, the previous
@@ -264,8 +228,12 @@ def main() -> None:
     )
     if shows_job and "--resolve" not in args:
         sys.argv.append("--resolve")
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
     if shows_job:  # Hydra prints without calling the task: check the schema first
-        check_config([a for a in args if "=" in a and not a.startswith("-")])
+        try:
+            compose(overrides)
+        except ConfigError as exc:
+            _fail(f"config error: {exc}", EXIT_CONFIG_ERROR, exc)
     # Hydra prints its errors over several lines plus a hint; let them reach us instead,
     # unless the user asked for Hydra's full traceback themselves.
     global _WANTS_TRACEBACK
@@ -273,8 +241,9 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
-    except (HydraException, OmegaConfBaseException) as exc:
-        _fail(f"config error: {describe_hydra_error(exc)}", EXIT_CONFIG_ERROR, exc)
+    except (HydraException, OmegaConfBaseException, AssertionError) as exc:
+        message = describe_composition_error(exc, overrides)
+        _fail(f"config error: {message}", EXIT_CONFIG_ERROR, exc)
     except KeyboardInterrupt as exc:
         _fail(
             "interrupted: stopped by Ctrl-C; re-run the same command to resume from the "
@@ -282,19 +251,6 @@ def main() -> None:
             EXIT_INTERRUPTED,
             exc,
         )
-
-
-def check_config(overrides: list[str]) -> None:
-    """Compose and validate as a run would, so that `--cfg job` shows only configs a run accepts."""
-    from hydra import compose, initialize_config_dir
-
-    try:
-        with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
-            validate(compose("config", overrides=overrides))
-    except ConfigError as exc:
-        _fail(f"config error: {exc}", EXIT_CONFIG_ERROR, exc)
-    except (HydraException, OmegaConfBaseException) as exc:
-        _fail(f"config error: {describe_hydra_error(exc)}", EXIT_CONFIG_ERROR, exc)
 
 
 if __name__ == "__main__":

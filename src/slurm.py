@@ -33,7 +33,8 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest, validate
+from src import config
+from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest
 from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
 from src.core.registry import STAGES, iteration_stages, shard_section
 
@@ -252,12 +253,7 @@ def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
 
 
 def compose(overrides: list[str], iteration: int) -> Config:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        raw = hydra_compose("config", overrides=[*overrides, f"iter={iteration}"])
-    return validate(raw)
+    return config.compose([*overrides, f"iter={iteration}"])
 
 
 def submit_chain(

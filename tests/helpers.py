@@ -8,20 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from src.config import REPO_ROOT, Config, validate
+from src.config import REPO_ROOT, Config, compose, compose_tree
 
 CONF = REPO_ROOT / "conf"
 
 
 def compose_raw(*overrides: str, hydra_node: bool = False):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
+    return compose_tree(overrides, hydra_node=hydra_node)
 
 
 def compose_cfg(*overrides: str) -> Config:
-    return validate(compose_raw(*overrides))
+    return compose(overrides)
 
 
 # A whole iteration in seconds on the tiny models: few prompts, short responses, small batches.

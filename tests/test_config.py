@@ -8,6 +8,7 @@ the real entry point in a subprocess.
 from __future__ import annotations
 
 import itertools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -324,6 +325,78 @@ def test_every_config_file_says_what_it_is_and_how_to_launch_it():
         if not header or "python -m src.main" not in "\n".join(header):
             missing.append(str(path.relative_to(REPO_ROOT)))
     assert not missing, f"config files without a header comment naming the command: {missing}"
+
+
+# --- one home for every value: a config file holds only what it chooses or changes -------------
+
+
+def file_composition(path: Path) -> list[str] | None:
+    """The overrides of the plainest composition that reads `path` (None: not a config node)."""
+    rel = path.relative_to(CONF).with_suffix("")
+    group, name = str(rel.parent), rel.name
+    if group == ".":
+        return []  # config.yaml
+    if group == "model_method":
+        model, method = name.rsplit("_", 1)
+        return [f"model={model}", f"method={method}"]
+    if group == "hardware/slurm":
+        return ["hardware=slurm-cpu"]
+    if group.startswith("hydra"):
+        return None  # Hydra's own node: no schema default to repeat
+    return [f"{group}={name}", *PRESET_REQUIREMENTS.get(name, [])]
+
+
+def own_values(path: Path) -> tuple[dict, str]:
+    """The leaves a file sets itself (its body, without `defaults`), by full key, and the
+    header that sets its package."""
+    text = path.read_text()
+    body = OmegaConf.to_container(OmegaConf.create(text), resolve=False) or {}
+    body.pop("defaults", None)
+    rel = path.relative_to(CONF).parent
+    package = "" if "@package _global_" in text or str(rel) == "." else str(rel).replace("/", ".")
+    leaves = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            leaves[prefix.rstrip(".")] = node
+
+    walk(body, f"{package}." if package else "")
+    headers = [ln for ln in text.splitlines() if ln.startswith("# @package")]
+    return leaves, "\n".join(headers)
+
+
+def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
+    """Each value a file sets differs from what the composition would hold without it: the
+    schema's default (src/config.py) or what the options it builds on chose. A repeated value is
+    a second home for one fact: remove it from the file."""
+    from hydra import compose, initialize_config_dir
+
+    conf = tmp_path / "conf"
+    repeated = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        overrides = file_composition(path)
+        if overrides is None:
+            continue
+        leaves, header = own_values(path)
+        if not leaves:
+            continue
+        shutil.rmtree(conf, ignore_errors=True)
+        shutil.copytree(CONF, conf)
+        defaults = OmegaConf.create(path.read_text()).get("defaults")
+        stripped = {"defaults": OmegaConf.to_container(defaults)} if defaults else {}
+        (conf / path.relative_to(CONF)).write_text(f"{header}\n{OmegaConf.to_yaml(stripped)}")
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            without = compose("config", overrides=overrides)
+        plain = OmegaConf.create(OmegaConf.to_container(without, resolve=False, enum_to_str=True))
+        for key, value in leaves.items():
+            if key.startswith("hydra."):  # Hydra's own settings
+                continue
+            if OmegaConf.select(plain, key, throw_on_missing=False) == value:
+                repeated.append(f"{path.relative_to(REPO_ROOT)}: {key}: {value!r}")
+    assert not repeated, "values a file repeats:\n" + "\n".join(repeated)
 
 
 # --- bad input: in-process validation -----------------------------------------------------------
