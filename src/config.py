@@ -814,6 +814,11 @@ class Config:
     def stage_dir(self, stage: Stage | str) -> Path:
         return Path(self.run.iter_dir) / Stage(stage).value
 
+    def stage_run_name(self, stage: Stage | str) -> str:
+        """A stage's name wherever it runs: its SLURM job, its W&B run, the Trainer's run_name:
+        `<run_name>-it<t>-<stage>`."""
+        return f"{self.run_name}-it{self.iter}-{Stage(stage).value}"
+
 
 def register_schema() -> None:
     """Hydra composes conf/ onto `Config`: conf/config.yaml's defaults list starts with

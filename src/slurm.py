@@ -170,7 +170,7 @@ def resource_lines(cfg: Config, gpus: int) -> str:
 
 
 def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None) -> Job:
-    name = f"{cfg.run_name}-it{cfg.iter}-{stage.value}"
+    name = cfg.stage_run_name(stage)
     spec = STAGES[stage]
     need = request(cfg, stage)
     args = [*overrides, f"stage={stage.value}", f"iter={cfg.iter}"]

@@ -216,7 +216,7 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
         assert run["run_id"] == tracking.run_id(cfg, Stage(stage)), (
             "deterministic id: a requeue resumes it"
         )
-        assert run["name"] == f"eta10-lr0.0001-K3-iter1-{stage}"
+        assert run["name"] == f"eta10-lr0.0001-K3-it1-{stage}"
         config = run["config"]
         expected = {
             "eta": 10,  # the tiny models' SPPO (conf/model_method/tiny-mistral_sppo.yaml)

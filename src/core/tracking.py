@@ -1,7 +1,7 @@
 """Weights & Biases: one run per (lineage, iteration, stage), on rank 0 only (docs/design.md §8).
 
 - group = the lineage `<model>/<method>/<run_name>`, job_type = the stage, name
-  `<run_name>-iter<t>-<stage>`, tags = `logger.tags` + method + model;
+  `Config.stage_run_name` (`<run_name>-it<t>-<stage>`, `-shard<i>of<n>` added per shard), tags = `logger.tags` + method + model;
 - the run id is a hash of the run directory, the iteration and the stage (and the shard, for
   a sharded stage), with resume "allow": a requeued job continues its run instead of starting
   a second one;
@@ -165,7 +165,7 @@ def start(cfg: Config, stage: Stage) -> None:
             entity=log.entity,
             group=lineage(cfg),
             job_type=stage.value,
-            name=f"{cfg.run_name}-iter{cfg.iter}-{stage.value}{part(cfg, stage)}",
+            name=f"{cfg.stage_run_name(stage)}{part(cfg, stage)}",
             id=run_id(cfg, stage),
             resume="allow",
             tags=[*log.tags, cfg.method.name.value, cfg.model.name],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from src.config import Config, Device, Distributed, Dtype, Peft
+from src.config import Config, Device, Distributed, Dtype, Peft, Stage
 from src.core.errors import StageError
 
 
@@ -97,7 +97,7 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
         save_total_limit=2,
         report_to=["wandb"] if cfg.logger.backend.value == "wandb" else "none",
         project=cfg.logger.project,
-        run_name=f"{cfg.run_name}-it{cfg.iter}-train",
+        run_name=cfg.stage_run_name(Stage.train),
         remove_unused_columns=False,
         # use_cpu makes accelerate drop the DeepSpeed plugin; DeepSpeed finds the CPU itself
         use_cpu=hw.device == Device.cpu and hw.distributed != Distributed.deepspeed,
