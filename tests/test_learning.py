@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from src.config import Stage
-from src.main import dispatch
+from src.schedule import dispatch
 from src.tiny.audit import main as audit
 from src.tiny.toy import helpful_share, well_formed
 from tests.helpers import compose_cfg

@@ -1,7 +1,7 @@
 """The stages of an iteration, each declared once (docs/design.md §5).
 
 A `StageSpec` says what a stage is to everything around it: the order of the pipeline
-(`src/main.py`), what its finished output depends on (the stage records and chunk identities,
+(`src/schedule.py`), what its finished output depends on (the stage records and chunk identities,
 `src/core/records.py`), whether it is split into shards and by which config section (the
 chunks, `src/core/chunks.py`; one W&B run per shard, `src/core/tracking.py`; one SLURM array
 task per shard, `src/slurm.py`) and how much of a node one of its tasks takes (`src/slurm.py`).

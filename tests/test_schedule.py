@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import src.main as main
+import src.schedule as schedule
 from src.config import Config, Stage, to_yaml
 from src.core.errors import StageError, describe
 from src.core.records import as_tree
@@ -30,13 +30,13 @@ def recorded(monkeypatch):
     def runners(stages):
         return {s: (lambda cfg, s=s: calls.append((s, cfg))) for s in stages}
 
-    monkeypatch.setattr(main, "stage_runners", runners)
+    monkeypatch.setattr(schedule, "stage_runners", runners)
     return calls
 
 
 def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
     cfg = compose_cfg("stage=rank", "iter=2", "logger=none")
-    main.dispatch(cfg, "python -m src.main stage=rank iter=2 logger=none")
+    schedule.dispatch(cfg, "python -m src.main stage=rank iter=2 logger=none")
 
     assert [s for s, _ in recorded] == [Stage.rank] and isinstance(recorded[0][1], Config)
     saved = cfg.stage_dir(Stage.rank) / "config.yaml"
@@ -56,7 +56,7 @@ def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
 )
 def test_stage_all_runs_the_pipeline_in_order(recorded, evaluate, stages):
     cfg = compose_cfg("stage=all", "logger=none", f"eval.enabled={evaluate}")
-    main.dispatch(cfg, "python -m src.main")
+    schedule.dispatch(cfg, "python -m src.main")
     assert [s for s, _ in recorded] == stages
     assert all((cfg.stage_dir(s) / "config.yaml").is_file() for s in stages)
 
@@ -68,7 +68,7 @@ def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorde
     (stage_dir / "done.json").write_text(json.dumps({"fingerprint": "of-an-earlier-version"}))
     command = "python -m src.main stage=pairs logger=none"
     with pytest.raises(StageError) as refused:
-        main.dispatch(cfg, command)
+        schedule.dispatch(cfg, command)
     assert re.fullmatch(
         r"error: .* was recorded by an earlier version of selfplay-lab, .*; to redo it .*; "
         r"run `python -m src\.main stage=pairs logger=none iter=1 pipeline\.redo=\[pairs\]`",
@@ -90,11 +90,11 @@ def test_every_stage_input_is_a_config_key():
 
 
 def test_every_stage_has_its_run_function():
-    """The registry declares every stage, and main finds the run function of each in
+    """The registry declares every stage, and the scheduler finds the run function of each in
     src/stages/ (the real modules, imported)."""
     declared = [s for s in Stage if s != Stage.all]
     assert list(STAGES) == declared
-    runners = main.stage_runners(declared)
+    runners = schedule.stage_runners(declared)
     for stage, run in runners.items():
         assert callable(run) and run.__module__ == f"src.stages.{stage.value}"
 
@@ -103,7 +103,7 @@ def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded):
     monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
     cfg = compose_cfg("model=tiny-gemma2", "stage=generate")
     assert Path(cfg.model.path) == tmp_path / "tiny" / "tiny-gemma2"
-    main.dispatch(cfg, "python -m src.main model=tiny-gemma2 stage=generate")
+    schedule.dispatch(cfg, "python -m src.main model=tiny-gemma2 stage=generate")
     built = sorted(p.name for p in (tmp_path / "tiny").iterdir() if not p.name.startswith("."))
     assert built == ["tiny-gemma2", "tiny-pairrm"], (
         "the policy and the judge it names, nothing else"

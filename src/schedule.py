@@ -1,0 +1,155 @@
+"""The iteration scheduler: which stages of which iterations run, are skipped as finished, are
+refused as made under another config, or are redone (`pipeline.redo`); each stage runs inside
+its W&B run, after its resolved config is saved beside its output.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from src.config import Config, PipelineConfig, Stage, to_yaml
+from src.core import tracking
+from src.core.artifacts import atomic_write_text
+from src.core.errors import StageError, redo, with_overrides
+from src.core.records import state_of
+from src.core.registry import iteration_stages
+
+
+def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
+    """Each stage's `run(cfg)`, from its module in src/stages/ (imported once the config is
+    valid: the stages load torch and transformers)."""
+    from src.stages import eval, generate, pairs, rank, train
+
+    run = {
+        Stage.generate: generate.run,
+        Stage.rank: rank.run,
+        Stage.pairs: pairs.run,
+        Stage.train: train.run,
+        Stage.eval: eval.run,
+    }
+    return {stage: run[stage] for stage in stages}
+
+
+def save_config(cfg: Config, stage: Stage, command: str) -> None:
+    """The resolved config beside the stage's output, headed by the command that made it."""
+    atomic_write_text(cfg.stage_dir(stage) / "config.yaml", f"# {command}\n{to_yaml(cfg)}")
+
+
+def ensure_tiny_models(cfg: Config) -> None:
+    """Build the tiny models this config points at (cached; seconds on first use)."""
+    tiny_dir = Path(cfg.paths.tiny_dir)
+    models = [cfg.model.path, cfg.ranker.model]
+    if cfg.eval.judge is not None and (cfg.stage == Stage.eval or cfg.eval.enabled):
+        models.append(cfg.eval.judge.model)
+    wanted = [Path(p) for p in models if Path(p).parent == tiny_dir]
+    if wanted:
+        from src import tiny  # torch and transformers load only when tiny models are used
+
+        for path in wanted:
+            if path.name in tiny.TINY_NAMES:
+                tiny.ensure(path.name, tiny_dir)
+
+
+def dispatch(
+    cfg: Config, command: str, config_for_iter: Callable[[int], Config] | None = None
+) -> None:
+    """Run the stage(s) of `cfg` — for `stage=all`, first any earlier iteration not yet done.
+
+    `config_for_iter(t)` is the same configuration at iteration t (the command line's, with
+    `iter=t`); without it only iteration `cfg.iter` is considered.
+    """
+    runners = stage_runners(iteration_stages(cfg))
+    ensure_tiny_models(cfg)
+    if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
+        run_earlier_iterations(cfg, runners, command, config_for_iter)
+    run_iteration(cfg, runners, command)
+
+
+def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
+    if cfg.pipeline.require_previous:
+        previous = Path(cfg.run.init_policy)
+        if not (previous.parent / "done.json").is_file():
+            raise StageError(
+                f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
+                "which is not finished (pipeline.require_previous=true); finish it first",
+                fix=f"iter={cfg.iter - 1}",
+            )
+        return
+    for t in range(1, cfg.iter):
+        earlier = replace(config_for_iter(t), pipeline=PipelineConfig())  # never redo implicitly
+        if all(state_of(earlier, s).status == "done" for s in runners):
+            print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
+            continue
+        print(f"[main] iteration {t} is not done: running it first", file=sys.stderr)
+        run_iteration(earlier, runners, with_overrides(command, f"iter={t}"))
+
+
+def run_iteration(cfg: Config, runners: dict, command: str) -> None:
+    """Skip the stages finished under this config, refuse those finished under another (before
+    any work), redo what `pipeline.redo` names and everything after it, run the rest."""
+    states = [state_of(cfg, s) for s in runners]
+    redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
+    for i, st in enumerate(states):
+        if st.status == "stale" and (redo_from is None or i < redo_from):
+            fix = redo(cfg, st.stage.value)
+            if st.earlier_version:
+                raise StageError(
+                    f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, "
+                    "whose records this one cannot check; to redo it and the stages after it",
+                    fix,
+                )
+            why = "; ".join(st.changed) or "the output of an earlier stage changed"
+            raise StageError(
+                f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); "
+                "restore the config, or redo it and the stages after it",
+                fix,
+            )
+    print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
+    print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
+    for i, st in enumerate(states):
+        stage_dir = cfg.stage_dir(st.stage)
+        redoing = redo_from is not None and i >= redo_from
+        if st.status == "done" and not redoing:
+            print(
+                f"[main] stage {st.stage.value}: finished with this config, skipped",
+                file=sys.stderr,
+            )
+            continue
+        if redoing and stage_dir.exists():
+            print(f"[main] stage {st.stage.value}: redoing (pipeline.redo)", file=sys.stderr)
+            shutil.rmtree(stage_dir)
+        print(f"[main] stage {st.stage.value} -> {stage_dir}", file=sys.stderr)
+        save_config(cfg, st.stage, command)
+        run_tracked(cfg, st.stage, runners[st.stage])
+        release_gpu_memory()
+
+
+def release_gpu_memory() -> None:
+    """Give what a finished stage held on its GPU back to the driver. On one GPU (the one-GPU
+    QLoRA presets) generation, ranking, training and eval run one after the other in this
+    process; the caching allocator would otherwise keep the previous stage's blocks, which
+    another process (a training worker, vLLM) cannot use. torch is not imported for it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:
+    """The stage inside its W&B run. Training opens its own, on its rank-0 process, where the
+    Trainer's W&B callback logs the curves into it."""
+    if stage == Stage.train:
+        run(cfg)
+        return
+    tracking.start(cfg, stage)
+    try:
+        counts = run(cfg)
+    except BaseException:
+        tracking.finish(cfg, {}, failed=True)
+        raise
+    tracking.finish(cfg, counts if isinstance(counts, dict) else {})
