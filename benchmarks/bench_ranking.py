@@ -396,7 +396,7 @@ def profile_worker(spec: Spec, options: dict) -> dict:
     if spec.approach == "ours":
         from src.ranking.pairrm import PairRMJudge
 
-        timed(PairRMJudge, "_pad", "batch")
+        timed(PairRMJudge, "pad", "batch")
     timed(ranker, "_forward", "forward")
     timed(ranker.pretrained_model, "forward", "backbone")
     timed(deberta, "build_relative_position", "relative_positions")
