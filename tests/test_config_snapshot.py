@@ -88,10 +88,16 @@ def resolved(overrides: list[str]) -> dict:
     return json.loads(text.replace(str(REPO_ROOT), "<repo>"))
 
 
-def take() -> dict:
+def resolve_all() -> dict:
     with placeholder_env():
-        runs = {name: resolved(overrides) for name, overrides in compositions().items()}
-    return {name: {k: v for k, v in run.items() if k != "typed"} for name, run in runs.items()}
+        return {name: resolved(overrides) for name, overrides in compositions().items()}
+
+
+def take() -> dict:
+    """The record: every composition less its validated config (checked against `config`)."""
+    return {
+        name: {k: v for k, v in run.items() if k != "typed"} for name, run in resolve_all().items()
+    }
 
 
 def flat(tree, prefix: str = "") -> dict:
@@ -105,8 +111,7 @@ def flat(tree, prefix: str = "") -> dict:
 
 @pytest.fixture(scope="module")
 def now() -> dict:
-    with placeholder_env():
-        return {name: resolved(overrides) for name, overrides in compositions().items()}
+    return resolve_all()
 
 
 @pytest.fixture(scope="module")
