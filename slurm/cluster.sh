@@ -257,7 +257,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# a requeued job may start again once its launch credential has expired (cred_expire, 120 s by
+# default): 15 s keeps a requeue real and a test short
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=15
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/spool/%n
 SlurmctldPidFile=$PID_CTLD
@@ -275,8 +277,9 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=512
-# schedule a submitted batch job at once (the default waits for the next 3 s tick)
-SchedulerParameters=batch_sched_delay=0
+# schedule a submitted batch job at once (the default waits for the next 3 s tick), and look at
+# pending jobs every 2 s (60 s by default), so a requeued job starts once it may
+SchedulerParameters=batch_sched_delay=0,sched_interval=2
 # cancel a job whose dependency can never be met (afterok on a failed job), instead of leaving
 # it pending forever (in 22.05 this is a DependencyParameters option, not a SchedulerParameters one)
 DependencyParameters=kill_invalid_depend
