@@ -19,7 +19,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
@@ -31,6 +30,9 @@ from omegaconf.errors import (
     OmegaConfBaseException,
     ValidationError,
 )
+
+from src.core.choice import Choice
+from src.core.registry import STAGES, Stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,22 +107,6 @@ for _name, _fn in _RESOLVERS.items():
 # ---------------------------------------------------------------------------------------------
 # Choices. Enum *names* are what a config file or an override writes; OmegaConf lists them in its
 # error message when a value is not one of them.
-
-
-class Choice(str, Enum):
-    """A config choice that reads as its plain value in interpolations, paths and logs."""
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Stage(Choice):
-    all = "all"
-    generate = "generate"
-    rank = "rank"
-    pairs = "pairs"
-    train = "train"
-    eval = "eval"
 
 
 class MethodName(Choice):
@@ -274,6 +260,15 @@ class ModelConfig:
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     revision: str | None = None
+
+    @property
+    def loading(self) -> dict[str, Any]:
+        """The `from_pretrained` arguments every load of this model's policies takes."""
+        return {
+            "attn_implementation": self.attn_implementation,
+            "trust_remote_code": self.trust_remote_code,
+            "revision": self.revision,
+        }
 
 
 @dataclass
@@ -813,6 +808,17 @@ class Config:
 
     def stage_dir(self, stage: Stage | str) -> Path:
         return Path(self.run.iter_dir) / Stage(stage).value
+
+    def shard_section(self, stage: Stage) -> GenerationConfig | RankerConfig | None:
+        """The section whose `shard`, `num_shards` and `chunk_size` split `stage`
+        (`generation`, `ranker`), or None for a stage that is not sharded."""
+        section = STAGES[stage].sharded_by
+        return getattr(self, section) if section else None
+
+    def as_tree(self) -> dict[str, Any]:
+        """The config as plain, resolved data (enums as their values), as config.yaml stores it:
+        what stage records, fingerprints and W&B receive."""
+        return OmegaConf.to_container(OmegaConf.structured(self), resolve=True, enum_to_str=True)
 
     def stage_run_name(self, stage: Stage | str) -> str:
         """A stage's name wherever it runs: its SLURM job, its W&B run, the Trainer's run_name:

@@ -13,11 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from src.config import Config, PipelineConfig, Stage, to_yaml
-from src.core import tracking
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError, redo, with_overrides
+from src.core.errors import StageError, with_overrides
 from src.core.records import state_of
 from src.core.registry import iteration_stages
+from src.stages import tracking
+from src.stages.common import redo
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
@@ -63,7 +64,7 @@ def dispatch(
     `config_for_iter(t)` is the same configuration at iteration t (the command line's, with
     `iter=t`); without it only iteration `cfg.iter` is considered.
     """
-    runners = stage_runners(iteration_stages(cfg))
+    runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
     ensure_tiny_models(cfg)
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
         run_earlier_iterations(cfg, runners, command, config_for_iter)
@@ -82,7 +83,7 @@ def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
         return
     for t in range(1, cfg.iter):
         earlier = replace(config_for_iter(t), pipeline=PipelineConfig())  # never redo implicitly
-        if all(state_of(earlier, s).status == "done" for s in runners):
+        if all(state_of(earlier.as_tree(), s).status == "done" for s in runners):
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
             continue
         print(f"[main] iteration {t} is not done: running it first", file=sys.stderr)
@@ -92,7 +93,8 @@ def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     """Skip the stages finished under this config, refuse those finished under another (before
     any work), redo what `pipeline.redo` names and everything after it, run the rest."""
-    states = [state_of(cfg, s) for s in runners]
+    tree = cfg.as_tree()
+    states = [state_of(tree, s) for s in runners]
     redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):

@@ -31,12 +31,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from operator import attrgetter
 from pathlib import Path
 
 from src import config
 from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest
 from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
-from src.core.registry import STAGES, iteration_stages, shard_section
+from src.core.registry import STAGES, iteration_stages
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
 WARNING_SIGNAL_S = 300  # seconds before the time limit at which the job requeues itself
@@ -93,10 +94,10 @@ def request(cfg: Config, stage: Stage) -> Request:
     `hardware.processes_per_node`), or SMALL_JOB for a stage that takes no slot; values set in
     `hardware.slurm.stages.<stage>` win. Raises ConfigError when a task needs more than a node."""
     s, hw, spec = cfg.hardware.slurm, cfg.hardware, STAGES[stage]
-    slots = spec.slots(cfg)
+    slots = spec.slots if isinstance(spec.slots, int) else attrgetter(spec.slots)(cfg)
     if slots > hw.processes_per_node:
         raise ConfigError(
-            f"{stage.value}: one task takes {slots} GPUs (generation.tensor_parallel_size) but a "
+            f"{stage.value}: one task takes {slots} GPUs ({spec.slots}) but a "
             f"node has hardware.processes_per_node={hw.processes_per_node}; a task runs on one node"
         )
     if slots:
@@ -117,7 +118,7 @@ def request(cfg: Config, stage: Stage) -> Request:
     mem_gb = own.mem_gb or derived.mem_gb
     tasks = 1
     if spec.sharded_by:  # unset shard counts: one shard per task's worth of the allocation
-        tasks = shard_section(cfg, stage).num_shards or max(1, hw.world_size // max(slots, 1))
+        tasks = cfg.shard_section(stage).num_shards or max(1, hw.world_size // max(slots, 1))
     return Request(
         tasks=tasks,
         nodes=hw.num_nodes if stage == Stage.train else 1,
@@ -146,7 +147,7 @@ def requests_table(cfg: Config) -> str:
         "| stage | tasks | nodes | GPUs per node | CPUs | memory (GB) | time (min) | of a node |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for stage in iteration_stages(replace(cfg, stage=Stage.all)):
+    for stage in iteration_stages(Stage.all, cfg.eval.enabled):
         r = request(cfg, stage)
         rows.append(
             f"| {stage.value} | {r.tasks} | {r.nodes} | {r.gpus} | {r.cpus} | {r.mem_gb} "
@@ -211,7 +212,7 @@ def chain(configs: list[Config], overrides: list[str]) -> list[Job]:
     previous_policy = None  # the job that trains the iteration's policy pi_{t-1}
     for cfg in configs:
         names: dict[Stage, str] = {}
-        for stage in iteration_stages(cfg):
+        for stage in iteration_stages(cfg.stage, cfg.eval.enabled):
             consumes = STAGES[stage].consumes
             after = names[consumes] if consumes else previous_policy
             jobs.append(stage_job(cfg, stage, overrides, after))

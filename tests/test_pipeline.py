@@ -190,7 +190,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_path, monkeypatch):
     from src.config import Stage
-    from src.core import tracking
+    from src.stages import tracking
     from tests.helpers import compose_cfg
 
     result = cli(tmp_path, "iter=1", "logger=wandb", "logger.mode=offline", "eval.enabled=true")
@@ -244,8 +244,8 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
 
 def test_online_wandb_without_an_api_key_is_one_clear_line(tmp_path, monkeypatch):
     from src.config import Stage
-    from src.core import tracking
     from src.core.errors import StageError
+    from src.stages import tracking
     from tests.helpers import compose_cfg
 
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
@@ -325,6 +325,7 @@ def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
 
     a = compose_cfg("model=tiny-mistral")
     b = compose_cfg("model=tiny-mistral", "eval.judge.model=/judges/another")
+    a, b = a.as_tree(), b.as_tree()
     assert stage_fingerprint(a, Stage.train) == stage_fingerprint(b, Stage.train)
     assert stage_fingerprint(a, Stage.eval) != stage_fingerprint(b, Stage.eval)
 

@@ -107,7 +107,7 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
         np.testing.assert_allclose(r["scores"], (C - C.T).mean(-1), atol=1e-12)
 
     # the scores are llm-blender's own, for the prompt as pi_{t-1}'s chat template renders it
-    render = policy_chat_template(cfg)
+    render = policy_chat_template(cfg.run.init_policy, cfg.model.revision)
     assert render("hi").startswith("<s>[INST] hi [/INST]")
     blender = load_pairrm(str(tiny_dir / "tiny-pairrm"))
     reference = blender.rank(

@@ -11,7 +11,6 @@ from pathlib import Path
 from src.config import Config, Stage, to_yaml
 from src.core.artifacts import atomic_write_json
 from src.core.records import (
-    as_tree,
     chunk_identity,
     fingerprint_form,
     lookup,
@@ -30,14 +29,15 @@ def at_root(monkeypatch, root: Path, *overrides: str) -> Config:
     return compose_cfg("model=tiny-mistral", "logger=none", *overrides)
 
 
-def finish(cfg: Config, fingerprint=stage_fingerprint, fmt: int | None = None) -> None:
+def finish(cfg: Config, fingerprint=None, fmt: int | None = None) -> None:
     """Every stage of cfg's iteration recorded as finished, with its saved config, as a run
     leaves it; `fmt`: the record's format, when not this version's."""
     for stage in STAGES:
         stage_dir = cfg.stage_dir(stage)
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "config.yaml").write_text(to_yaml(cfg))
-        write_record(stage_dir, fingerprint(cfg, stage), {}, {})
+        made = fingerprint(cfg, stage) if fingerprint else stage_fingerprint(cfg.as_tree(), stage)
+        write_record(stage_dir, made, {}, {})
         if fmt is not None:
             record = read_record(stage_dir)
             atomic_write_json(stage_dir / "done.json", {**record, "format": fmt})
@@ -55,11 +55,11 @@ def test_a_moved_run_root_keeps_its_finished_stages_and_their_chunks(tmp_path, m
     for t in (1, 2):
         made[t] = at_root(monkeypatch, here, f"iter={t}")
         finish(made[t])
-    fingerprints = {t: {s: stage_fingerprint(made[t], s) for s in STAGES} for t in (1, 2)}
+    fingerprints = {t: {s: stage_fingerprint(made[t].as_tree(), s) for s in STAGES} for t in (1, 2)}
     chunks = {
         t: (
-            chunk_identity(made[t], Stage.generate),
-            chunk_identity(made[t], Stage.rank, responses="sha", external=None),
+            chunk_identity(made[t].as_tree(), Stage.generate),
+            chunk_identity(made[t].as_tree(), Stage.rank, responses="sha", external=None),
         )
         for t in (1, 2)
     }
@@ -68,11 +68,13 @@ def test_a_moved_run_root_keeps_its_finished_stages_and_their_chunks(tmp_path, m
     for t in (1, 2):
         cfg = at_root(monkeypatch, there, f"iter={t}")
         assert Path(cfg.run.dir).is_relative_to(there)
-        assert {s: state_of(cfg, s).status for s in STAGES} == dict.fromkeys(STAGES, "done"), t
-        assert {s: stage_fingerprint(cfg, s) for s in STAGES} == fingerprints[t]
+        assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(
+            STAGES, "done"
+        ), t
+        assert {s: stage_fingerprint(cfg.as_tree(), s) for s in STAGES} == fingerprints[t]
         assert (
-            chunk_identity(cfg, Stage.generate),
-            chunk_identity(cfg, Stage.rank, responses="sha", external=None),
+            chunk_identity(cfg.as_tree(), Stage.generate),
+            chunk_identity(cfg.as_tree(), Stage.rank, responses="sha", external=None),
         ) == chunks[t], "an interrupted stage's chunks are reused after a move"
 
 
@@ -83,8 +85,8 @@ def test_what_changed_is_named_relative_to_the_run(tmp_path, monkeypatch):
     other = at_root(monkeypatch, there).run.dir + "/iter1/pairs/other.parquet"
     cfg = at_root(monkeypatch, there, f"training.pairs={other}")
 
-    assert state_of(cfg, Stage.pairs).status == "done"
-    train = state_of(cfg, Stage.train)
+    assert state_of(cfg.as_tree(), Stage.pairs).status == "done"
+    train = state_of(cfg.as_tree(), Stage.train)
     assert (train.status, train.earlier_version) == ("stale", False)
     assert train.changed == [
         "training.pairs: '<run>/iter1/pairs/pairs.parquet' -> '<run>/iter1/pairs/other.parquet'"
@@ -94,7 +96,7 @@ def test_what_changed_is_named_relative_to_the_run(tmp_path, monkeypatch):
 def test_only_paths_inside_the_run_root_are_written_relative_to_it(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     cfg = at_root(monkeypatch, root, "iter=2")
-    tree = as_tree(cfg)
+    tree = cfg.as_tree()
     assert fingerprint_form(cfg.run.init_policy, tree) == "<run>/iter1/train/checkpoint"
     assert fingerprint_form({"pairs": [cfg.training.pairs, 3, None]}, tree) == {
         "pairs": ["<run>/iter2/pairs/pairs.parquet", 3, None]
@@ -118,7 +120,7 @@ def format2_fingerprint(cfg: Config, stage: Stage) -> str:
         upstream = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")["fingerprint"]
     else:
         upstream = None
-    inputs = {key: lookup(as_tree(cfg), key) for key in spec.inputs}
+    inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs}
     if "training" in inputs:  # format 2 predates training.peft and training.lora
         inputs["training"] = {
             k: v for k, v in inputs["training"].items() if k not in ("peft", "lora")
@@ -144,11 +146,13 @@ def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
             move(here, there)
         for t in (1, 2):
             cfg = at_root(monkeypatch, root, f"iter={t}")
-            assert {s: state_of(cfg, s).status for s in STAGES} == dict.fromkeys(STAGES, "done")
+            assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(
+                STAGES, "done"
+            )
 
     # a changed input is still named; the stages after it changed upstream
     cfg = at_root(monkeypatch, there, "ranker.self_term=false")
-    rank, pairs = state_of(cfg, Stage.rank), state_of(cfg, Stage.pairs)
+    rank, pairs = state_of(cfg.as_tree(), Stage.rank), state_of(cfg.as_tree(), Stage.pairs)
     assert (rank.status, rank.changed, rank.earlier_version) == (
         "stale",
         ["ranker.self_term: True -> False"],
@@ -162,7 +166,9 @@ def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_tr
     existence: records made before it stay valid); a LoRA run's depend on both."""
 
     def train_fingerprint(*overrides: str) -> str:
-        return stage_fingerprint(compose_cfg("model=tiny-mistral", *overrides), Stage.train)
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train
+        )
 
     full = train_fingerprint()
     assert train_fingerprint("training.lora.rank=4") == full
@@ -170,6 +176,6 @@ def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_tr
     assert lora != full
     assert train_fingerprint("training.peft=lora", "training.lora.rank=4") != lora
     generate = compose_cfg("model=tiny-mistral", "training.peft=lora")
-    assert stage_fingerprint(generate, Stage.generate) == stage_fingerprint(
-        compose_cfg("model=tiny-mistral"), Stage.generate
+    assert stage_fingerprint(generate.as_tree(), Stage.generate) == stage_fingerprint(
+        compose_cfg("model=tiny-mistral").as_tree(), Stage.generate
     )

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 import src.schedule as schedule
 from src.config import Config, Stage, to_yaml
 from src.core.errors import StageError, describe
-from src.core.records import as_tree
 from src.core.registry import STAGES
 from tests.helpers import compose_cfg
 
@@ -80,7 +79,7 @@ def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorde
 def test_every_stage_input_is_a_config_key():
     """A misspelt key in a StageSpec's inputs would hash as null and never change: every one
     names a key of the composed config (eval.judge's keys: with a judge chosen, as model=tiny-* does)."""
-    tree = as_tree(compose_cfg("model=tiny-mistral"))
+    tree = compose_cfg("model=tiny-mistral").as_tree()
     for spec in STAGES.values():
         for key in spec.inputs:
             node = tree

@@ -12,7 +12,7 @@ from statistics import mean
 import pytest
 
 from src.config import REPO_ROOT
-from src.ranking.judge import Judge
+from src.stages.common import load_judge
 from src.tiny import data, toy
 from tests.helpers import compose_cfg
 
@@ -114,7 +114,7 @@ def test_data_holds_what_the_generator_makes(tmp_path):
 def test_each_trained_judge_agrees_with_the_preference(tiny_dir, ranker, name):
     """Through the stages' own Judge, on 200 fresh pairs of answers with different shares."""
     cfg = compose_cfg("model=tiny-mistral", "logger=none", f"ranker={ranker}")
-    judge = Judge(cfg, cfg.ranker)
+    judge = load_judge(cfg, cfg.ranker)
     rows = [r for r in toy.preference_data("unseen", 300) if r[3] != 0.5][:200]
     verdicts = judge([p for p, *_ in rows], [[a, b] for _, a, b, _ in rows])
     agree = mean(

@@ -35,7 +35,7 @@ def dead_server(monkeypatch) -> str:
 
 
 def test_the_reachability_check_tells_a_listening_port_from_a_closed_one():
-    from src.core.tracking import unreachable
+    from src.stages.tracking import unreachable
 
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
@@ -53,8 +53,8 @@ def test_a_failed_wandb_init_is_one_line_and_leaves_no_run_variables(
     import wandb
 
     from src.config import Stage
-    from src.core import tracking
     from src.core.errors import EnvironmentFailure
+    from src.stages import tracking
     from tests.helpers import compose_cfg
 
     def init(**_):

@@ -1,1 +1,3 @@
-"""Infrastructure every stage shares: atomic files, records, chunks, the policy, devices, preemption, tracking."""
+"""The ground floor every stage shares: atomic files, records, chunks, checkpoints, devices,
+threads, preemption, errors. It takes plain values and imports nothing above it (not src.config,
+not src.stages): tests/test_layers.py."""

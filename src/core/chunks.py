@@ -30,12 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from src.config import Config, Stage
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
-from src.core.errors import StageError, redo
+from src.core.errors import StageError
 from src.core.records import write_record
-from src.core.registry import STAGES, shard_section
 
 T = TypeVar("T")
 
@@ -88,14 +86,6 @@ def resolve_shard(
             f"need 0 <= shard < num_shards{hint}"
         )
     return shard, num_shards
-
-
-def stage_shard(cfg: Config, stage: Stage, env: Mapping[str, str] = os.environ) -> Shard:
-    """This process's shard of a sharded stage, from its config section (or a SLURM array)."""
-    spec = STAGES[stage]
-    section = shard_section(cfg, stage)
-    index, count = resolve_shard(section.shard, section.num_shards, env, section=spec.sharded_by)
-    return Shard(cfg.stage_dir(stage), spec.rows, index, count)
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int:
@@ -358,13 +348,3 @@ def require_sealed(
         raise error(
             f"{output} is not the file {record} recorded (truncated or edited?); {again}", redo_it
         )
-
-
-def stage_rows(
-    cfg: Config, stage: Stage, error: type[StageError]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(where, row) for every row of this iteration's finished `stage`, shard after shard."""
-    finish = f"stage={stage.value} iter={cfg.iter}"
-    return finished_rows(
-        cfg.stage_dir(stage), STAGES[stage].rows, error, finish, redo(cfg, stage.value)
-    )

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import errno
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # src.config does not import this module; the type is for readers only
-    from src.config import Config
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -49,15 +45,6 @@ class EnvironmentFailure(StageError):
     """The machine, not the input: the file system, the Hub or W&B cannot do what is needed."""
 
     exit_code = EXIT_ENVIRONMENT
-
-
-def redo(cfg: Config, stage: str, iteration: int | None = None) -> str:
-    """The overrides that make `stage` of `iteration` (the config's by default) again, with the
-    stages after it that the command runs. `pipeline.redo` acts on the stages a command runs, so
-    a command that runs one other stage is pointed at `stage` itself."""
-    fix = f"iter={cfg.iter if iteration is None else iteration} pipeline.redo=[{stage}]"
-    running = getattr(cfg.stage, "value", cfg.stage)
-    return fix if running in ("all", stage) else f"stage={stage} {fix}"
 
 
 def with_overrides(command: str, overrides: str) -> str:

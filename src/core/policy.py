@@ -7,37 +7,10 @@ import json
 import struct
 from pathlib import Path
 
-from src.config import Config
-from src.core.errors import EnvironmentFailure, StageError, redo
-from src.core.records import read_record
+from src.core.errors import EnvironmentFailure, StageError
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter's weights
 CARD = "README.md"  # a checkpoint's model card: rewritten after training, so never sealed
-
-
-def require_previous_policy(cfg: Config) -> str:
-    """pi_{t-1}'s path. For t > 1 it is iteration t-1's checkpoint, trained and whole; for t = 1
-    the base model, a local folder (whole) or a hub id this machine can load."""
-    path = cfg.run.init_policy
-    if cfg.iter == 1:
-        require_loadable(path, cfg.model.revision)
-        return path
-    previous = cfg.iter - 1
-    record = read_record(Path(path).parent)
-    if record is None or not Path(path).is_dir():
-        raise StageError(
-            f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint, which is not "
-            f"trained: {path}; finish iteration {previous} first",
-            fix=f"stage=all iter={previous}",
-        )
-    damage = checkpoint_damage(Path(path), record.get("outputs", {}))
-    if damage:
-        raise StageError(
-            f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint {path}, which is "
-            f"damaged ({damage}); train iteration {previous} again",
-            fix=redo(cfg, "train", previous),
-        )
-    return path
 
 
 def require_loadable(path: str, revision: str | None) -> None:
@@ -79,19 +52,13 @@ def adapter_base(folder: Path) -> str | None:
         raise StageError(f"{path}: unreadable (not the JSON object peft writes)") from None
 
 
-def causal_lm(cfg: Config, path: str, dtype, **extra):
-    """The policy at `path` as a transformers causal LM, loaded with the model's settings
-    (attention kernel, remote code, revision); `extra`: more `from_pretrained` arguments."""
+def causal_lm(path: str, dtype, **settings):
+    """The policy at `path` as a transformers causal LM; `settings`: more `from_pretrained`
+    arguments — the model's own (`ModelConfig.loading`: attention kernel, remote code, revision)
+    and any a caller adds."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=dtype,
-        attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision,
-        **extra,
-    )
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **settings)
 
 
 # --- a checkpoint saved whole ---------------------------------------------------------------------

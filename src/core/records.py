@@ -10,6 +10,9 @@ after it. A stage's `done.json` stores the fingerprint it was made under:
   naming the keys that changed, unless the user asks to redo it (`pipeline.redo=[stage]`);
 - no record: the stage has not finished (it resumes from whatever it left, or starts).
 
+Each function takes the config as plain data (`Config.as_tree()`): a tree that holds `iter`,
+`run.dir`, `run.iter_dir`, `paths.root` and the stages' inputs.
+
 A fingerprint does not depend on where the run sits: a path inside the run directory enters it
 as `<run>/...`, one elsewhere under `paths.root` as `<root>/...` (`fingerprint_form`), so a run
 root moved or copied elsewhere keeps its finished stages.
@@ -27,9 +30,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json
-from src.core.registry import STAGES, shard_section
+from src.core.registry import STAGES, Stage
 
 # Bumped when what a fingerprint hashes changes: a record of another format was made by another
 # version of this project, and is refused with that reason rather than as a config change.
@@ -42,9 +44,8 @@ ABSOLUTE_PATHS_FORMAT = 2
 PORTABLE = ("<run>", "<root>")
 
 
-def as_tree(cfg: Config) -> dict[str, Any]:
-    """The config as plain, resolved data (enums as their values), as config.yaml stores it."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+def stage_dir(tree: dict[str, Any], stage: Stage) -> Path:
+    return Path(lookup(tree, "run.iter_dir")) / stage.value
 
 
 def lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -137,24 +138,21 @@ def write_record(
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 
-def stage_fingerprint(cfg: Config, stage: Stage, at: tuple[str, str] = PORTABLE) -> str:
+def stage_fingerprint(tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE) -> str:
     """sha256 of the stage's inputs and of the fingerprint of what it consumes.
 
     `at`: see `fingerprint_form`; the default makes the fingerprint of this format.
     """
     consumes = STAGES[stage].consumes
+    iteration = tree["iter"]
     if consumes is not None:
-        upstream: str | None = stage_fingerprint(cfg, consumes, at)
-    elif cfg.iter > 1:  # the previous iteration's checkpoint, as recorded when it was trained
-        record = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")
+        upstream: str | None = stage_fingerprint(tree, consumes, at)
+    elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
+        record = read_record(Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train")
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None
-    payload = {
-        "stage": stage.value,
-        "inputs": stage_inputs(as_tree(cfg), stage, at),
-        "upstream": upstream,
-    }
+    payload = {"stage": stage.value, "inputs": stage_inputs(tree, stage, at), "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -166,43 +164,43 @@ class StageState:
     earlier_version: bool = False  # for "stale": recorded by another version of this project
 
 
-def state_of(cfg: Config, stage: Stage) -> StageState:
-    record = read_record(cfg.stage_dir(stage))
+def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
+    record = read_record(stage_dir(tree, stage))
     if record is None:
         return StageState(stage, "todo")
-    if record.get("fingerprint") == stage_fingerprint(cfg, stage):
+    if record.get("fingerprint") == stage_fingerprint(tree, stage):
         return StageState(stage, "done")
     if record.get("format") == ABSOLUTE_PATHS_FORMAT:
         # made before fingerprints were relative to the run: checked as it was made, with the
         # absolute paths of where the run sat then (its saved config says), moved or not
-        saved = saved_config(cfg, stage) or {}
+        saved = saved_config(tree, stage) or {}
         then = (
-            lookup(saved, "run.dir") or cfg.run.dir,
-            lookup(saved, "paths.root") or cfg.paths.root,
+            lookup(saved, "run.dir") or lookup(tree, "run.dir"),
+            lookup(saved, "paths.root") or lookup(tree, "paths.root"),
         )
-        if record.get("fingerprint") == stage_fingerprint(cfg, stage, then):
+        if record.get("fingerprint") == stage_fingerprint(tree, stage, then):
             return StageState(stage, "done")
     elif record.get("format") != RECORD_FORMAT:
         return StageState(stage, "stale", earlier_version=True)
-    return StageState(stage, "stale", changed_inputs(cfg, stage))
+    return StageState(stage, "stale", changed_inputs(tree, stage))
 
 
-def saved_config(cfg: Config, stage: Stage) -> dict[str, Any] | None:
+def saved_config(tree: dict[str, Any], stage: Stage) -> dict[str, Any] | None:
     """The config the stage last ran with (its `config.yaml`), as plain data, or None."""
-    saved = cfg.stage_dir(stage) / "config.yaml"
+    saved = stage_dir(tree, stage) / "config.yaml"
     if not saved.is_file():
         return None
     return OmegaConf.to_container(OmegaConf.load(saved))
 
 
-def changed_inputs(cfg: Config, stage: Stage) -> list[str]:
+def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
     """`key: old -> new` for the inputs that differ from the config the stage last ran with,
     in their fingerprint form (paths inside the run relative to it: a move changes none)."""
-    saved = saved_config(cfg, stage)
+    saved = saved_config(tree, stage)
     if saved is None:
         return []
     before = flatten(stage_inputs(saved, stage))
-    now = flatten(stage_inputs(as_tree(cfg), stage))
+    now = flatten(stage_inputs(tree, stage))
     return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
 
 
@@ -216,14 +214,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def chunk_identity(cfg: Config, stage: Stage, **content: str | None) -> str:
+def chunk_identity(tree: dict[str, Any], stage: Stage, **content: str | None) -> str:
     """What a sharded stage's chunks are made from, so that a chunk made under another identity
     is never reused: the stage's fingerprint, its chunk size (a chunk's file is one slice of the
     shard) and `content`, hashes of inputs read from files whose names alone do not say what
     they hold (the responses being ranked, an external responses file)."""
     payload = {
-        "fingerprint": stage_fingerprint(cfg, stage),
-        "chunk_size": shard_section(cfg, stage).chunk_size,
+        "fingerprint": stage_fingerprint(tree, stage),
+        "chunk_size": lookup(tree, f"{STAGES[stage].sharded_by}.chunk_size"),
         **content,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

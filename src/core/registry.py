@@ -3,7 +3,7 @@
 A `StageSpec` says what a stage is to everything around it: the order of the pipeline
 (`src/schedule.py`), what its finished output depends on (the stage records and chunk identities,
 `src/core/records.py`), whether it is split into shards and by which config section (the
-chunks, `src/core/chunks.py`; one W&B run per shard, `src/core/tracking.py`; one SLURM array
+chunks, `src/core/chunks.py`; one W&B run per shard, `src/stages/tracking.py`; one SLURM array
 task per shard, `src/slurm.py`) and how much of a node one of its tasks takes (`src/slurm.py`).
 The code that runs a stage is its module in `src/stages/`.
 
@@ -13,10 +13,18 @@ here, and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from src.config import Config, Stage
+from src.core.choice import Choice
+
+
+class Stage(Choice):
+    all = "all"  # every stage of the iteration, in order (`stage=all`)
+    generate = "generate"
+    rank = "rank"
+    pairs = "pairs"
+    train = "train"
+    eval = "eval"
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,8 @@ class StageSpec:
     inputs: tuple[str, ...]
     # the node's process slots one task takes: GPUs on a GPU machine (gloo processes on CPU), of
     # hardware.processes_per_node; its SLURM job gets that share of the node's CPUs and memory.
-    # 0: a small CPU job (src/slurm.py: SMALL_JOB)
-    slots: Callable[[Config], int]
+    # 0: a small CPU job (src/slurm.py: SMALL_JOB). A config key names a count the config sets.
+    slots: int | str
     # the config section whose `shard`, `num_shards` and `chunk_size` split the work
     sharded_by: str | None = None
     rows: str | None = None  # its rows files: <rows>-shardSSS-of-NNN.jsonl
@@ -75,7 +83,7 @@ STAGES: dict[Stage, StageSpec] = {
                 "generation.max_prompt_length",
                 "generation.long_prompts",
             ),
-            slots=lambda cfg: cfg.generation.tensor_parallel_size,
+            slots="generation.tensor_parallel_size",
             sharded_by="generation",
             rows="responses",
         ),
@@ -88,7 +96,7 @@ STAGES: dict[Stage, StageSpec] = {
                 "ranker.empty_responses",
                 "data.external_responses",
             ),
-            slots=lambda cfg: 1,
+            slots=1,
             sharded_by="ranker",
             rows="ranked",
         ),
@@ -96,13 +104,13 @@ STAGES: dict[Stage, StageSpec] = {
             Stage.pairs,
             consumes=Stage.rank,
             inputs=("method.pair_selection", "ranker.ties"),
-            slots=lambda cfg: 0,
+            slots=0,
         ),
         StageSpec(
             Stage.train,
             consumes=Stage.pairs,
             inputs=("method", "training", "model.attn_implementation"),
-            slots=lambda cfg: cfg.hardware.processes_per_node,
+            slots="hardware.processes_per_node",
         ),
         StageSpec(
             Stage.eval,
@@ -124,21 +132,16 @@ STAGES: dict[Stage, StageSpec] = {
                 *(f"ranker.{key}" for key in JUDGE_INPUTS),
                 *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
             ),
-            slots=lambda cfg: cfg.generation.tensor_parallel_size,
+            slots="generation.tensor_parallel_size",
             optional=True,
         ),
     )
 }
 
 
-def iteration_stages(cfg: Config) -> list[Stage]:
-    """What `stage=all` runs for `cfg`, in order; any other `stage=` runs that one alone."""
-    if cfg.stage != Stage.all:
-        return [cfg.stage]
-    return [s for s, spec in STAGES.items() if not spec.optional or cfg.eval.enabled]
-
-
-def shard_section(cfg: Config, stage: Stage):
-    """The config section that shards `stage` (`cfg.generation`, `cfg.ranker`), or None."""
-    section = STAGES[stage].sharded_by
-    return getattr(cfg, section) if section else None
+def iteration_stages(stage: Stage, with_eval: bool) -> list[Stage]:
+    """What `stage=` runs, in order: `all` every stage (the optional ones `with_eval`, i.e. with
+    `eval.enabled=true`), any other stage that one alone."""
+    if stage != Stage.all:
+        return [stage]
+    return [s for s, spec in STAGES.items() if not spec.optional or with_eval]

@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 
 from src.config import Config, Stage
-from src.core.chunks import require_sealed, stage_rows
-from src.core.errors import StageError, redo
+from src.core.chunks import require_sealed
+from src.core.errors import StageError
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record
+from src.stages.common import redo, stage_rows
 
 
 class ExportError(StageError):

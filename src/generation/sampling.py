@@ -84,7 +84,7 @@ def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedProm
 def open_generator(cfg: Config, g: GenerationConfig, path: str, tokenizer, eos_ids: list[int]):
     """The sampler of `g`'s backend for the policy at `path`; `close()` it when done (vLLM's
     engine runs in processes of its own)."""
-    device = device_for(cfg)
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
     dtype = generation_dtype(device)
     if g.backend == Backend.vllm:
         from src.generation.vllm_backend import VLLMGenerator, engine_args, engine_env
@@ -101,7 +101,7 @@ def open_generator(cfg: Config, g: GenerationConfig, path: str, tokenizer, eos_i
         )
     from src.generation.hf_backend import HFGenerator
 
-    model = causal_lm(cfg, path, dtype)
+    model = causal_lm(path, dtype, **cfg.model.loading)
     model.to(device).eval()
     return HFGenerator(
         model,

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.config import Config, JudgeKind, PromptFormat, RankerConfig
-from src.core.devices import device_for
-from src.core.policy import require_previous_policy
+from src.config import JudgeKind, PromptFormat, RankerConfig
 from src.ranking.preferences import scores_from_comparisons
 
 
@@ -19,10 +17,12 @@ def uses_chat_template(judge: RankerConfig) -> bool:
 
 class Judge:
     """A judge (`r`: the ranker, or the eval's judge) as one call: (prompts, candidates) ->
-    [(scores, comparisons | None)]."""
+    [(scores, comparisons | None)], on `device`. `policy`: the path of pi_{t-1}, whose chat
+    template renders the prompts of a PairRM judge with `prompt_format=chat_template`."""
 
-    def __init__(self, cfg: Config, r: RankerConfig) -> None:
-        device = device_for(cfg)
+    def __init__(
+        self, r: RankerConfig, device, policy: str | None = None, revision: str | None = None
+    ) -> None:
         self.render = lambda prompt: prompt
         if r.kind == JudgeKind.pairrm:
             from src.ranking.pairrm import load_pairrm_judge
@@ -31,7 +31,7 @@ class Judge:
                 r.model, r.source_max_length, r.candidate_max_length, r.batch_size, str(device)
             )
             if uses_chat_template(r):
-                self.render = policy_chat_template(cfg)
+                self.render = policy_chat_template(policy, revision)
         else:
             from src.ranking.reward_model import load_reward_model_judge
 
@@ -54,13 +54,11 @@ class Judge:
         return [(s, None) for s in self.reward_model.score(prompts, candidates)]
 
 
-def policy_chat_template(cfg: Config):
+def policy_chat_template(policy: str, revision: str | None):
     """The prompt as pi_{t-1} saw it (the reference passes PairRM the chat-templated prompt)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        require_previous_policy(cfg), revision=cfg.model.revision
-    )
+    tokenizer = AutoTokenizer.from_pretrained(policy, revision=revision)
 
     def render(prompt: str) -> str:
         return tokenizer.apply_chat_template(

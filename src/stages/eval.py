@@ -37,8 +37,8 @@ from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.winrate import length_covariate, outcomes, win_rates
 from src.export.cards import write_model_card
 from src.generation.prompts import Prompt, load_prompts
-from src.ranking.judge import Judge
 from src.ranking.preferences import win_matrix
+from src.stages.common import load_judge
 
 
 def run(cfg: Config) -> dict:
@@ -154,7 +154,10 @@ def run(cfg: Config) -> dict:
     if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
         write_model_card(cfg, checkpoint)  # the iteration's card, now with these results
     write_record(
-        stage_dir, stage_fingerprint(cfg, Stage.eval), report, {"seconds": report["seconds"]}
+        stage_dir,
+        stage_fingerprint(cfg.as_tree(), Stage.eval),
+        report,
+        {"seconds": report["seconds"]},
     )
     return report
 
@@ -224,7 +227,7 @@ def judge(cfg: Config, compared: list[Prompt], ours: list[str], theirs: list[str
     if not todo:
         return preferences
     r = eval_judge(cfg)
-    judged = Judge(cfg, r)
+    judged = load_judge(cfg, r)
     size = r.chunk_size
     direct = r.win_prob == WinProb.direct
     for start in range(0, len(todo), size):

@@ -17,10 +17,8 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 
 from src.config import Config, Stage
-from src.core.chunks import ChunkCounts, claim, process_shard, stage_shard, take_shard
+from src.core.chunks import ChunkCounts, claim, process_shard, take_shard
 from src.core.contracts import ResponseRow
-from src.core.errors import redo
-from src.core.policy import require_previous_policy
 from src.core.records import chunk_identity, stage_fingerprint
 from src.generation.prompts import load_prompts
 from src.generation.sampling import (
@@ -31,6 +29,7 @@ from src.generation.sampling import (
     render,
     sample_chunk,
 )
+from src.stages.common import redo, require_previous_policy, stage_shard
 
 
 @dataclass
@@ -69,7 +68,7 @@ def run(cfg: Config) -> dict:
     counts.duplicates_dropped = prompt_set.duplicates_dropped
     claim(
         shard.work,
-        chunk_identity(cfg, Stage.generate),
+        chunk_identity(cfg.as_tree(), Stage.generate),
         GenerationError,
         "responses generated with a different configuration (policy, prompts, sampling or K)",
         redo(cfg, Stage.generate.value),
@@ -104,7 +103,7 @@ def run(cfg: Config) -> dict:
             g.chunk_size,
             generate_chunk,
             counts,
-            stage_fingerprint(cfg, Stage.generate),
+            stage_fingerprint(cfg.as_tree(), Stage.generate),
             label="generate",
             shared_keys=("prompts_in_split", "duplicates_dropped"),
         )

@@ -27,12 +27,12 @@ import numpy as np
 
 from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256
-from src.core.chunks import stage_rows
 from src.core.contracts import PairRow, RankedRow
-from src.core.errors import StageError, redo
+from src.core.errors import StageError
 from src.core.records import stage_fingerprint, write_record
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
+from src.stages.common import redo, stage_rows
 
 # what a pair is made from, of each `RankedRow`
 RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
@@ -91,7 +91,7 @@ def run(cfg: Config) -> dict:
     atomic_write_json(stage_dir / "metrics.json", counts)
     write_record(
         stage_dir,
-        stage_fingerprint(cfg, Stage.pairs),
+        stage_fingerprint(cfg.as_tree(), Stage.pairs),
         counts,
         {"seconds": seconds},
         {"pairs.parquet": {"rows": len(pairs), "sha256": file_sha256(stage_dir / "pairs.parquet")}},

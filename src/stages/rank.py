@@ -31,12 +31,10 @@ from src.core.chunks import (
     ChunkCounts,
     claim,
     process_shard,
-    stage_rows,
-    stage_shard,
     take_shard,
 )
 from src.core.contracts import RankedRow
-from src.core.errors import StageError, redo
+from src.core.errors import StageError
 from src.core.records import chunk_identity, stage_fingerprint
 from src.ranking.candidates import (
     Candidates,
@@ -47,8 +45,8 @@ from src.ranking.candidates import (
     from_generation_row,
     load_external,
 )
-from src.ranking.judge import Judge
 from src.ranking.preferences import all_tied, win_matrix, win_rates
+from src.stages.common import load_judge, redo, stage_rows, stage_shard
 
 
 class RankError(StageError):
@@ -112,7 +110,7 @@ def run(cfg: Config) -> dict:
     claim(
         shard.work,
         chunk_identity(
-            cfg,
+            cfg.as_tree(),
             Stage.rank,
             responses=hashlib.sha256(responses).hexdigest(),
             external=external_sha,
@@ -122,7 +120,7 @@ def run(cfg: Config) -> dict:
         "the external pool)",
         redo(cfg, Stage.rank.value),
     )
-    judge = Judge(cfg, r)
+    judge = load_judge(cfg, r)
 
     def rank_chunk(chunk: list[Candidates]) -> list[RankedRow]:
         judged = judge([c.prompt for c in chunk], [c.responses for c in chunk])
@@ -151,7 +149,7 @@ def run(cfg: Config) -> dict:
         r.chunk_size,
         rank_chunk,
         counts,
-        stage_fingerprint(cfg, Stage.rank),
+        stage_fingerprint(cfg.as_tree(), Stage.rank),
         label="rank",
         shared_keys=("prompts_in_input",),
     )

@@ -26,13 +26,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from src.config import Config, Peft, RefLogprobs, Stage, validate
-from src.core import preemption, tracking
+from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256
 from src.core.chunks import claim, require_sealed
-from src.core.errors import StageError, redo
-from src.core.policy import end_of_turn_ids, require_previous_policy, seal_checkpoint
-from src.core.records import as_tree, fingerprint_form, stage_fingerprint, write_record
+from src.core.errors import StageError
+from src.core.policy import end_of_turn_ids, seal_checkpoint
+from src.core.records import fingerprint_form, stage_fingerprint, write_record
 from src.export.cards import write_model_card
+from src.stages import tracking
+from src.stages.common import redo, require_previous_policy
 from src.training.adapters import (
     merge,
     outside_zero3,
@@ -64,7 +66,7 @@ def train(cfg: Config, stage_dir: Path) -> dict:
     output_dir = ready.trainer.args.output_dir
     claim(
         Path(output_dir),
-        stage_fingerprint(cfg, Stage.train),
+        stage_fingerprint(cfg.as_tree(), Stage.train),
         TrainingError,
         "Trainer checkpoints of a run with another configuration",
         redo(cfg, Stage.train.value),
@@ -138,7 +140,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     if t.ref_logprobs == RefLogprobs.precompute:
         identity = {
             "pairs_sha256": file_sha256(pairs_path),
-            "reference": fingerprint_form(cfg.run.init_policy, as_tree(cfg)),  # a moved root too
+            "reference": fingerprint_form(cfg.run.init_policy, cfg.as_tree()),  # a moved root too
             "max_length": t.max_length,
             "max_prompt_length": t.max_prompt_length,
         }
@@ -242,7 +244,7 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
         )
         write_record(
             stage_dir,
-            stage_fingerprint(cfg, Stage.train),
+            stage_fingerprint(cfg.as_tree(), Stage.train),
             counts,
             {"seconds": seconds},
             {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},

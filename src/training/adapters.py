@@ -155,7 +155,7 @@ def merge(cfg: Config, adapter_dir: Path, out_dir: Path, dtype: torch.dtype, tok
     from peft import PeftModel
 
     require_adapter_base(adapter_dir, cfg.run.init_policy)
-    model = causal_lm(cfg, cfg.run.init_policy, dtype)
+    model = causal_lm(cfg.run.init_policy, dtype, **cfg.model.loading)
     with _peft_quietly():
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model.save_pretrained(out_dir)

@@ -118,9 +118,8 @@ def load_policy(cfg: Config, dtype: torch.dtype):
     from src.training.policy_logps import stream_lm_head
 
     with_adapter = cfg.training.peft != Peft.none
-    model = causal_lm(
-        cfg, cfg.run.init_policy, dtype, **(quantization(cfg, dtype) if with_adapter else {})
-    )
+    quantized = quantization(cfg, dtype) if with_adapter else {}
+    model = causal_lm(cfg.run.init_policy, dtype, **cfg.model.loading, **quantized)
     if cfg.training.lm_head_chunk is not None:
         try:
             stream_lm_head(model, cfg.training.lm_head_chunk)

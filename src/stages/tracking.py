@@ -26,10 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from src.config import Config, LoggerBackend, Stage, WandbMode
-from src.core.chunks import stage_shard
 from src.core.errors import EnvironmentFailure, StageError
-from src.core.records import as_tree, flatten
+from src.core.records import flatten
 from src.core.registry import STAGES
+from src.stages.common import stage_shard
 
 # Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
 # cleared when it closes, so that nothing started later in this process resumes it by accident.
@@ -71,7 +71,7 @@ def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
         "model": cfg.model.name,
         "stage": stage.value,
     }
-    return {**as_tree(cfg), **flat}
+    return {**cfg.as_tree(), **flat}
 
 
 def unreachable(url: str, proxy: str | None = None, timeout: float = CONNECT_TIMEOUT) -> str | None:
