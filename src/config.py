@@ -258,8 +258,8 @@ class ModelConfig:
     path: str  # hub id or local directory (tiny models: built into paths.tiny_dir on demand)
     # Gemma-2 trains best with eager attention (logit soft-capping); null: transformers' default
     attn_implementation: str | None = None
-    trust_remote_code: bool = False
-    revision: str | None = None
+    trust_remote_code: bool = False  # run the model repository's own code (transformers)
+    revision: str | None = None  # the hub branch, tag or commit to load; null: the default
 
     @property
     def loading(self) -> dict[str, Any]:
@@ -275,14 +275,14 @@ class ModelConfig:
 class DataConfig:
     """Where the prompts come from (conf/data/)."""
 
-    name: str
+    name: str  # the prompt set's name, a label (the files are `prompts`)
     prompts: str  # hub dataset id or local .jsonl / .parquet; may depend on ${iter}
-    split: str = "train"
-    prompt_column: str = "prompt"
+    split: str = "train"  # the split of `prompts` to read
+    prompt_column: str = "prompt"  # the column that holds the prompt text
     id_column: str | None = None  # null: prompt_id derived from the prompt text
     max_prompts: int | None = None  # first N prompts only (smoke runs)
     eval_prompts: str | None = None  # held-out prompts for the eval stage
-    eval_split: str = "train"
+    eval_split: str = "train"  # the split of `eval_prompts` to read
     # hybrid pool (WPO-HB): JSONL of external responses keyed by prompt_id or prompt text
     external_responses: str | None = None
 
@@ -295,15 +295,15 @@ class DataConfig:
 class MethodConfig:
     """The preference-optimisation method (conf/method/)."""
 
-    name: MethodName
-    loss: Loss
+    name: MethodName  # names the run directory and tags the runs
+    loss: Loss  # the preference loss (docs/design.md §6)
     K: int = 5  # responses sampled per prompt
     eta: float = 1000.0  # SPPO's eta; always 1/beta: a method sets one, the other follows
-    beta: float = SI("${reciprocal:${.eta}}")
+    beta: float = SI("${reciprocal:${.eta}}")  # the loss's beta, 1/eta
     label_smoothing: float = 0.0  # DPO sigmoid only
     wpo_weight: bool = False  # multiply the pairwise loss by the WPO weight (docs/design.md §6.3)
     wpo_clamp: float | None = 1.0  # W = min(clamp, exp(m_w + m_l)); null: unclamped
-    pair_selection: PairSelection = PairSelection.argmax_argmin
+    pair_selection: PairSelection = PairSelection.argmax_argmin  # which two responses pair up
     tag: str = SI("eta${num:${.eta}}")  # the hyper-parameters' part of the default run_name
 
     def __post_init__(self) -> None:
@@ -330,17 +330,17 @@ class MethodConfig:
 class GenerationConfig:
     """Sampling K responses per prompt (conf/generation/)."""
 
-    backend: Backend
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 2048
+    backend: Backend  # hf: transformers' generate; vllm: vLLM's engine (make install-vllm)
+    temperature: float = 0.7  # > 0: the K samples of a prompt must differ
+    top_p: float = 0.9  # nucleus sampling: the smallest set of tokens with this much probability
+    max_new_tokens: int = 2048  # a longer response is cut (finish_reason: length)
     # one seed per sample k; null: 50*k, the SPPO reference's choice
     seeds: list[int] | None = None
     batch_size: int = 8  # prompts per HF generate call (each expands to K sequences)
     chunk_size: int = 64  # prompts per file written: the unit of resume
     # in policy tokens, after the chat template: by default what training keeps
     max_prompt_length: int = SI("${training.max_prompt_length}")
-    long_prompts: LongPrompts = LongPrompts.skip
+    long_prompts: LongPrompts = LongPrompts.skip  # a prompt longer than max_prompt_length
     shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
     num_shards: int | None = None  # null: SLURM_ARRAY_TASK_COUNT when set, else 1
     tensor_parallel_size: int = 1  # vLLM only
@@ -379,17 +379,17 @@ class GenerationConfig:
 class RankerConfig:
     """The judge that scores the K responses (conf/ranker/)."""
 
-    name: str
-    kind: JudgeKind
+    name: str  # the judge's name, as records and model cards show it
+    kind: JudgeKind  # pairrm: llm-blender's pairwise PairRM; reward_model: one score per response
     model: str  # hub id or local directory
     batch_size: int = 32  # comparisons (PairRM) or sequences (reward model) per forward
     source_max_length: int = 1224  # PairRM truncation of the prompt, in PairRM tokens
     candidate_max_length: int = 412  # PairRM truncation of each response
-    prompt_format: PromptFormat = PromptFormat.chat_template
-    win_prob: WinProb = WinProb.bt
+    prompt_format: PromptFormat = PromptFormat.chat_template  # the prompt as PairRM reads it
+    win_prob: WinProb = WinProb.bt  # how the probability P_ij that i beats j is computed
     self_term: bool = True  # win rate includes P_ii = 1/2, so the K win rates sum to K/2
-    ties: TiePolicy = TiePolicy.drop
-    empty_responses: EmptyResponses = EmptyResponses.drop
+    ties: TiePolicy = TiePolicy.drop  # a prompt whose K responses all score the same
+    empty_responses: EmptyResponses = EmptyResponses.drop  # empty or whitespace-only responses
     trust_remote_code: bool = False  # ArmoRM needs it: opt in explicitly
     chunk_size: int = 64  # prompts per file written: the unit of resume
     shard: int | None = None  # null: SLURM_ARRAY_TASK_ID when set, else 0
@@ -423,15 +423,15 @@ class EvalConfig:
     # of generating them, e.g. AlpacaEval 2's GPT-4 Turbo outputs downloaded beforehand
     reference_outputs: str | None = None
     temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
+    top_p: float = 1.0  # nucleus sampling, when temperature > 0
+    max_new_tokens: int = 2048  # a longer answer is cut
     seed: int = 0  # the sampling seed when temperature > 0
     max_prompt_length: int = 2048  # in policy tokens, after the chat template
     batch_size: int = 8  # prompts per generate call
     chunk_size: int = 64  # prompts per answers file written: the unit of resume
     outcome: Outcome = Outcome.discrete  # what a comparison scores (win_rate and lc_win_rate)
     bootstrap: int = 1000  # resamples of the prompts for the confidence intervals
-    confidence: float = 0.95
+    confidence: float = 0.95  # the confidence level of those intervals
     # the judge of the eval, a ranker config (`ranker@eval.judge=<option>`); null: the ranker
     # that ranked the training data (the real recipes judge with another model: GPT-4)
     judge: RankerConfig | None = None
@@ -458,9 +458,9 @@ class EvalConfig:
 class AdapterConfig:
     """The adapter of training.peft=lora|qlora (`training.lora`)."""
 
-    rank: int = 16
+    rank: int = 16  # r, the rank of each adapted layer's update
     alpha: float = 32.0  # the update is scaled by alpha / rank
-    dropout: float = 0.05
+    dropout: float = 0.05  # dropout on the adapter's input
     # every linear layer of the attention and MLP blocks of Mistral and Gemma-2 (module names)
     target_modules: list[str] = field(
         default_factory=lambda: [
@@ -486,29 +486,31 @@ class TrainingConfig:
 
     # the pairs stage's file, or one of your own (.parquet / .jsonl, e.g. tests/data/pairs_tiny.jsonl)
     pairs: str = SI("${run.iter_dir}/pairs/pairs.parquet")
-    optimizer: Optimizer = Optimizer.rmsprop
-    learning_rate: float = 5e-7
-    lr_scheduler: Scheduler = Scheduler.linear
-    warmup_ratio: float = 0.1
-    num_epochs: float = 1.0
+    optimizer: Optimizer = Optimizer.rmsprop  # rmsprop: the SPPO recipes' optimizer
+    learning_rate: float = 5e-7  # the peak, reached after the warm-up
+    lr_scheduler: Scheduler = Scheduler.linear  # the learning rate's schedule after the warm-up
+    warmup_ratio: float = 0.1  # the share of the schedule's steps that warm up linearly from 0
+    num_epochs: float = 1.0  # passes over the pairs (a fraction stops part-way)
     # The SPPO model cards: the schedule spans 18 epochs and training stops after 1.
     # null: the schedule spans num_epochs.
     schedule_epochs: float | None = None
+    # pairs per optimizer step over all processes: per_device_batch_size x world size x the
+    # gradient accumulation steps this implies
     global_batch_size: int = 64
-    per_device_batch_size: int = 8
-    max_length: int = 1024
-    max_prompt_length: int = 512
-    gradient_checkpointing: bool = True
+    per_device_batch_size: int = 8  # pairs per forward pass of one process (GPU)
+    max_length: int = 1024  # prompt + response tokens kept; a longer pair is cut
+    max_prompt_length: int = 512  # of a pair too long for max_length: the prompt's last tokens
+    gradient_checkpointing: bool = True  # recompute activations in the backward: less memory
     # Response tokens per chunk of the streamed LM head (src/training/policy_logps.py): the
     # [B, T, V] logits never exist; a chunk holds about two chunk x vocabulary fp32 buffers at
     # a time (256 x 256k: 0.26 GB each). null: the model's own head computes full logits.
     lm_head_chunk: int | None = 256
-    precision: Dtype = Dtype.auto
-    ref_logprobs: RefLogprobs = RefLogprobs.precompute
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    logging_steps: int = 1
+    precision: Dtype = Dtype.auto  # the dtype training computes in
+    ref_logprobs: RefLogprobs = RefLogprobs.precompute  # where the reference's log-probs come from
+    weight_decay: float = 0.0  # the optimizer's weight decay
+    max_grad_norm: float = 1.0  # gradients are clipped to this global norm
+    seed: int = 42  # the Trainer's seed: the order of the pairs, dropout, a fresh adapter
+    logging_steps: int = 1  # optimizer steps between logged losses and metrics
     save_steps: int = 200  # Trainer checkpoints, what an interrupted run resumes from
     # none: full weights; lora / qlora: an adapter, merged into the checkpoint at the end
     peft: Peft = Peft.none
@@ -553,9 +555,9 @@ class StageRequest:
     from the node by `src/slurm.py` (a GPU task its GPUs' share of the node's CPUs and memory,
     pairs a small CPU job, training the whole node)."""
 
-    cpus_per_task: int | None = None
-    mem_gb: int | None = None
-    time_min: int | None = None
+    cpus_per_task: int | None = None  # CPUs of one task
+    mem_gb: int | None = None  # memory of one task, in GB
+    time_min: int | None = None  # the task's time limit, in minutes
 
 
 @dataclass
@@ -575,13 +577,13 @@ class SlurmConfig:
     asks for, and what each stage's share is cut from (`stages`). The sbatch templates and the
     submitit launcher read these."""
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = None  # sbatch --partition; null: the cluster's default
+    account: str | None = None  # sbatch --account; null: yours by default
+    qos: str | None = None  # sbatch --qos; null: the default
     time_min: int = 240  # every stage's time limit, unless its own is set (pairs: at most 60)
     cpus_per_task: int = 8  # the node's CPUs
     mem_gb: int = 64  # the node's memory
-    constraint: str | None = None
+    constraint: str | None = None  # sbatch --constraint (node features, e.g. a GPU type)
     stages: StageRequests = field(default_factory=StageRequests)
 
     def __post_init__(self) -> None:
@@ -609,11 +611,11 @@ class SlurmConfig:
 class HardwareConfig:
     """Where the work runs (conf/hardware/)."""
 
-    name: str
-    device: Device
-    num_nodes: int = 1
+    name: str  # the hardware option's name, as messages show it
+    device: Device  # cuda: one process per GPU; cpu: gloo processes
+    num_nodes: int = 1  # nodes that train together (through SLURM)
     processes_per_node: int = 1  # GPUs per node; on CPU, gloo processes
-    distributed: Distributed = Distributed.none
+    distributed: Distributed = Distributed.none  # how training processes share the work
     zero_stage: int = 3  # DeepSpeed only
     slurm: SlurmConfig | None = None
 
@@ -639,12 +641,12 @@ class HardwareConfig:
 class LoggerConfig:
     """Experiment tracking (conf/logger/). Every run also writes a local metrics.json."""
 
-    backend: LoggerBackend
-    project: str = "selfplay-lab"
-    entity: str | None = None
+    backend: LoggerBackend  # wandb: a W&B run per stage; none: the local metrics.json alone
+    project: str = "selfplay-lab"  # the W&B project
+    entity: str | None = None  # the W&B team or user; null: your default
     mode: WandbMode = SI("${oc.env:WANDB_MODE,online}")  # $WANDB_MODE, else online
-    tags: list[str] = field(default_factory=list)
-    dir: str = SI("${paths.root}/wandb")
+    tags: list[str] = field(default_factory=list)  # on every run, beside the method and model
+    dir: str = SI("${paths.root}/wandb")  # W&B's local files (offline runs: `wandb sync`)
 
 
 @dataclass
@@ -667,7 +669,7 @@ class RunConfig:
 
     # one run directory per hyper-parameter lineage; its iterations share it
     dir: str = SI("${paths.root}/${model.name}/${method.name}/${run_name}")
-    iter_dir: str = SI("${run.dir}/iter${iter}")
+    iter_dir: str = SI("${run.dir}/iter${iter}")  # this iteration's folder: one per stage in it
     # generator, initial weights and reference of this iteration: pi_{iter-1}
     init_policy: str = SI("${previous_policy:${iter},${model.path},${run.dir}}")
 
@@ -699,6 +701,7 @@ class Config:
 
     # iteration t (1-based): generator, initial weights and reference are iteration t-1's policy
     iter: int = 1
+    # the stage of iteration `iter` to run; all: every stage in order (eval with eval.enabled=true)
     stage: Stage = Stage.all
     # one run directory per hyper-parameter lineage; iterations of a lineage share it
     run_name: str = SI("${method.tag}-lr${num:${training.learning_rate}}-K${method.K}")
