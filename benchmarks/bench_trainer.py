@@ -43,18 +43,18 @@ from benchmarks.common import (
     add_common_args,
     code_hashes,
     corpus_words,
-    finish,
     group_runs,
     is_worker,
     machine_busy_s,
-    machine_info,
     measure_interleaved,
     median,
     per_repeat_ratios,
     project_prompts,
+    report,
     rerender,
     run_fresh,
     status_kb,
+    summary_of,
     target_met,
 )
 
@@ -587,19 +587,19 @@ def run_name(run: dict) -> str:
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for name, group in group_runs(runs, run_name).items():
-        tps = [r["tokens_per_s"] for r in group]
         out[name] = {
-            "spec": group[0]["spec"],
-            "repeats": len(group),
-            "tokens_per_s": median(tps),
-            "tokens_per_s_min": min(tps),
-            "tokens_per_s_max": max(tps),
+            **summary_of(
+                group,
+                "tokens_per_s",
+                medians=(
+                    "peak_rss_delta_mb",
+                    "steady_peak_delta_mb",
+                    "peak_rss_process_mb",
+                    "precompute_s",
+                ),
+            ),  # fmt: skip
             "step_ms": 1000 * median([r["step_s_median"] for r in group]),
             "tokens_per_step": median([r["tokens_per_step_mean"] for r in group]),
-            "peak_rss_delta_mb": median([r["peak_rss_delta_mb"] for r in group]),
-            "steady_peak_delta_mb": median([r["steady_peak_delta_mb"] for r in group]),
-            "peak_rss_process_mb": median([r["peak_rss_process_mb"] for r in group]),
-            "precompute_s": median([r["precompute_s"] for r in group]),
             # None in results recorded before the counts were
             "trainable_params": group[0].get("trainable_params"),
             "total_params": group[0].get("total_params"),
@@ -831,21 +831,25 @@ def main(argv: list[str] | None = None) -> None:
     runs, failures, waited = measure_interleaved(specs_for(args), args, run_one, describe)
 
     summary = summarise(runs)
-    result = {
-        "benchmark": "trainer step throughput and peak memory, "
+    # no code_versions: the trainer's runs do not record the code they imported
+    report(
+        args,
+        argv,
+        "benchmarks.bench_trainer",
+        started,
+        markdown,
+        (runs, failures, waited),
+        benchmark="trainer step throughput and peak memory, "
         + (
             "ours with a LoRA adapter vs full weights, CPU"
             if "ours-lora" in args.tools and "trl" not in args.tools
             else "ours vs TRL DPOTrainer, CPU"
         ),
-        "command": "python -m benchmarks.bench_trainer " + " ".join(argv),
-        "machine": machine_info(
-            ("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
-            code_hashes(
-                [*sorted((REPO_ROOT / "src" / "training").glob("*.py")), Path(__file__).resolve()]
-            ),
+        packages=("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
+        code=code_hashes(
+            [*sorted((REPO_ROOT / "src" / "training").glob("*.py")), Path(__file__).resolve()]
         ),
-        "settings": {
+        settings={
             **SHARED,
             "lengths": args.lengths,
             "max_length": lengths["max_length"],
@@ -856,14 +860,10 @@ def main(argv: list[str] | None = None) -> None:
             "pairs_file_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(),
             "warmup_steps": args.warmup,
             "measured_steps": args.steps,
-            "repeats": args.repeats,
-            "max_other_load": args.max_load,
         },
-        "summary": summary,
-        "ratios": ratios(summary, runs),
-    }
-    # no code_versions: the trainer's runs do not record the code they imported
-    finish(args.out, result, markdown, runs, failures, waited, started)
+        summary=summary,
+        ratios=ratios(summary, runs),
+    )
 
 
 if __name__ == "__main__":

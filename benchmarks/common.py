@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,9 +185,18 @@ def reset_peak() -> str:
 # --- provenance -------------------------------------------------------------------------------
 
 
+def installed(package: str) -> str | None:
+    """The version of `package`, or None where it is not installed (a peer a run leaves out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_info(packages: tuple[str, ...], code_sha256: dict) -> dict:
     """Where and what was measured: CPU, memory, versions of `packages`, git state, code hashes."""
-    from importlib.metadata import version
 
     cpu = next(
         (
@@ -213,7 +223,7 @@ def machine_info(packages: tuple[str, ...], code_sha256: dict) -> dict:
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": {name: version(name) for name in packages},
+        "versions": {name: installed(name) for name in packages},
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         # the code measured, whatever git says about it (a file may be uncommitted)
@@ -389,6 +399,30 @@ def group_runs(runs: list[dict], name_of: Callable[[dict], str]) -> dict[str, li
     return groups
 
 
+def summary_of(
+    group: list[dict],
+    rate: str,
+    first: tuple[str, ...] = (),
+    medians: tuple[str, ...] = (),
+    distinct: tuple[str, ...] = (),
+) -> dict:
+    """The summary of one configuration's runs: its spec and number of repeats; `first`, what
+    every run of it shares (the first run's); `rate`, the key it is measured by (median, and
+    `_min` / `_max` over the repeats); `medians`, the median of each key (None where no run
+    measured it); `distinct`, the sorted distinct values of each key (e.g. output hashes)."""
+    rates = [r[rate] for r in group]
+    return {
+        "spec": group[0]["spec"],
+        "repeats": len(group),
+        **{key: group[0][key] for key in first},
+        rate: median(rates),
+        f"{rate}_min": min(rates),
+        f"{rate}_max": max(rates),
+        **{key: median(r.get(key) for r in group) for key in medians},
+        **{key: sorted({r[key] for r in group}) for key in distinct},
+    }
+
+
 def per_repeat_ratios(
     runs: list[dict], name_of: Callable[[dict], str], a: str, b: str, key: str
 ) -> list[float]:
@@ -465,6 +499,40 @@ def write_results(out: Path, result: dict, markdown: Callable[[dict], str]) -> N
     md.write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
     print(f"wrote {out} and {md} ({result['wall_s']:.0f} s)")
+
+
+def report(
+    args: argparse.Namespace,
+    argv: list[str],
+    module: str,
+    started: float,
+    markdown: Callable[[dict], str],
+    measured: tuple[list[dict], list[dict], float],
+    *,
+    benchmark: str,
+    packages: tuple[str, ...],
+    code: dict,
+    settings: dict,
+    summary: dict,
+    ratios: list[dict],
+    code_versions: int | None = None,
+    **extra: Any,
+) -> None:
+    """End a benchmark: its result (what it measured, the command, the machine with `packages`'
+    versions and the hashes of the measured `code`, its `settings` with the repeats and the
+    load allowed, the summary, the ratios and any `extra` parts), finished with `measured`, its
+    (runs, failures, seconds waited), and written (`finish`)."""
+    result = {
+        "benchmark": benchmark,
+        "command": f"python -m {module} " + " ".join(argv),
+        "machine": machine_info(packages, code),
+        "settings": {**settings, "repeats": args.repeats, "max_other_load": args.max_load},
+        "summary": summary,
+        "ratios": ratios,
+        **extra,
+    }
+    runs, failures, waited = measured
+    finish(args.out, result, markdown, runs, failures, waited, started, code_versions)
 
 
 def finish(
