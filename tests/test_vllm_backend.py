@@ -56,15 +56,14 @@ class Backends:
     def __init__(self, model: str, *overrides: str):
         cfg = compose_cfg(f"model={model}", "logger=none", *overrides)
         self.cfg, self.path = cfg, cfg.model.path
-        self.tokenizer, self.eos_ids = load_tokenizer(cfg, self.path)
+        self.tokenizer, self.eos_ids = load_tokenizer(self.path, cfg.model.revision)
         g = cfg.generation
         self.prompts = render(g, self.tokenizer, prompts(cfg), Counts())
         long_g = replace(g, backend="vllm", max_prompt_length=ENGINE_PROMPT_TOKENS[model])
         self.g_long = long_g
-        self.vllm = open_generator(cfg, long_g, self.path, self.tokenizer, self.eos_ids)
-        self.hf = open_generator(
-            cfg, replace(g, backend="hf"), self.path, self.tokenizer, self.eos_ids
-        )
+        loaded = (self.tokenizer, self.eos_ids, cfg.model, cfg.hardware)
+        self.vllm = open_generator(long_g, self.path, *loaded)
+        self.hf = open_generator(replace(g, backend="hf"), self.path, *loaded)
 
     def sample(self, backend: str, prompts, seeds, temperature: float) -> list[list[tuple]]:
         generator = self.vllm if backend == "vllm" else self.hf

@@ -7,23 +7,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from src.config import Config
 from src.core.artifacts import atomic_write_text
 from src.evaluation.answers import EvalError
 from src.generation.prompts import Prompt
 
 
-def reference_from_file(cfg: Config, instructions: list[Prompt]) -> tuple[str, dict[str, dict]]:
-    """(label, prompt_id -> answer row) from eval.reference_outputs, which must answer every
-    instruction."""
-    path = Path(cfg.eval.reference_outputs)
+def reference_from_file(
+    outputs: str, instructions: list[Prompt], source: str
+) -> tuple[str, dict[str, dict]]:
+    """(label, prompt_id -> answer row) from `outputs` (eval.reference_outputs), which must
+    answer every instruction read from `source` (data.eval_prompts)."""
+    path = Path(outputs)
     rows = read_alpaca_eval(path)
     by_text = {r["instruction"]: r for r in rows}
     missing = [p.prompt for p in instructions if p.prompt not in by_text]
     if missing:
         raise EvalError(
             f"{path}: no reference output for {len(missing)} instruction(s) of "
-            f"{cfg.data.eval_prompts}, e.g. {missing[0][:80]!r}"
+            f"{source}, e.g. {missing[0][:80]!r}"
         )
     label = str(rows[0].get("generator") or path.stem)
     return label, {p.prompt_id: by_text[p.prompt] for p in instructions}

@@ -118,7 +118,7 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
     counts = AnswerCounts()
     claim(shard.work, key, EvalError, "answers of another model or decoding", fix=None)
     print(f"[eval] answers of {who.label} ({who.path}) -> {shard.stage_dir}", file=sys.stderr)
-    tokenizer, eos_ids = load_tokenizer(cfg, who.path)
+    tokenizer, eos_ids = load_tokenizer(who.path, cfg.model.revision)
     rendered = render(g, tokenizer, instructions, counts)
     if counts.skipped_too_long:
         print(
@@ -126,7 +126,7 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             f"eval.max_prompt_length={g.max_prompt_length} tokens are left out for {who.label}",
             file=sys.stderr,
         )
-    generator = open_generator(cfg, g, who.path, tokenizer, eos_ids)
+    generator = open_generator(g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware)
 
     def answer_chunk(chunk: list[RenderedPrompt]) -> list[AnswerRow]:
         samples = sample_chunk(generator, chunk, [cfg.eval.seed])

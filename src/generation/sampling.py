@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from src.config import Backend, Config, GenerationConfig, LongPrompts
+from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
 from src.core.devices import device_for
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
@@ -19,12 +19,12 @@ class GenerationError(StageError):
     """The stage cannot generate; the message says what and where."""
 
 
-def load_tokenizer(cfg: Config, path: str):
+def load_tokenizer(path: str, revision: str | None):
     """(tokenizer, end-of-turn ids) of the policy at `path`: enough to render the prompts before
     any weights load."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     return tokenizer, end_of_turn_ids(path, tokenizer)
 
 
@@ -81,15 +81,21 @@ def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedProm
     return out
 
 
-def open_generator(cfg: Config, g: GenerationConfig, path: str, tokenizer, eos_ids: list[int]):
-    """The sampler of `g`'s backend for the policy at `path`; `close()` it when done (vLLM's
-    engine runs in processes of its own)."""
-    device = device_for(cfg.hardware.device, cfg.hardware.name)
+def open_generator(
+    g: GenerationConfig,
+    path: str,
+    tokenizer,
+    eos_ids: list[int],
+    model: ModelConfig,
+    hardware: HardwareConfig,
+):
+    """The sampler of `g`'s backend for the policy at `path` (loaded with `model`'s settings, on
+    `hardware`'s device); `close()` it when done (vLLM's engine runs in processes of its own)."""
+    device = device_for(hardware.device, hardware.name)
     dtype = generation_dtype(device)
     if g.backend == Backend.vllm:
         from src.generation.vllm_backend import VLLMGenerator, engine_args, engine_env
 
-        model = cfg.model
         return VLLMGenerator(
             engine_args(g, path, device, dtype, model.revision, model.trust_remote_code),
             tokenizer,
@@ -101,10 +107,10 @@ def open_generator(cfg: Config, g: GenerationConfig, path: str, tokenizer, eos_i
         )
     from src.generation.hf_backend import HFGenerator
 
-    model = causal_lm(path, dtype, **cfg.model.loading)
-    model.to(device).eval()
+    policy = causal_lm(path, dtype, **model.loading)
+    policy.to(device).eval()
     return HFGenerator(
-        model,
+        policy,
         tokenizer,
         eos_ids=eos_ids,
         temperature=g.temperature,

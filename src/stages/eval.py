@@ -55,7 +55,9 @@ def run(cfg: Config) -> dict:
         policy_answers = answers(cfg, policy, instructions)
         reference_label, reference_answers = reference.label, answers(cfg, reference, instructions)
     else:
-        reference_label, reference_answers = reference_from_file(cfg, instructions)
+        reference_label, reference_answers = reference_from_file(
+            cfg.eval.reference_outputs, instructions, cfg.data.eval_prompts
+        )
         policy_answers = answers(cfg, policy, instructions)
     compared = [
         p

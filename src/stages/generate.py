@@ -74,10 +74,10 @@ def run(cfg: Config) -> dict:
         redo(cfg, Stage.generate.value),
     )
     path = require_previous_policy(cfg)
-    tokenizer, eos_ids = load_tokenizer(cfg, path)
+    tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
     rendered = render(g, tokenizer, mine, counts)
     say_left_out(cfg, counts)
-    generator = open_generator(cfg, g, path, tokenizer, eos_ids)
+    generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
 
     def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
         seeds = cfg.sample_seeds

@@ -54,7 +54,7 @@ def run(cfg: Config) -> dict:
     stage_dir = cfg.stage_dir(Stage.train)
     if cfg.hardware.world_size > 1 and os.environ.get(WORKER_ENV) != "1":
         read_inputs(cfg)  # bad input ends here, on one line, before any worker starts
-        return launch_workers(cfg, stage_dir)
+        return launch_workers(cfg.hardware, stage_dir)
     return train(cfg, stage_dir)
 
 

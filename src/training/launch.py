@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from src.config import Config, Device, Distributed
+from src.config import Device, Distributed, HardwareConfig
 from src.core import preemption, threads
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure, StageError, describe_os_error
@@ -36,10 +36,9 @@ def node_rank() -> str | None:
     return os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK"))
 
 
-def launch_command(cfg: Config, config_path: Path) -> list[str]:
+def launch_command(hw: HardwareConfig, config_path: Path) -> list[str]:
     """`accelerate launch` for the hardware; DeepSpeed itself is configured by TrainingArguments
     (the one place its config comes from), so the launcher only starts the processes."""
-    hw = cfg.hardware
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     cmd += ["--num_processes", str(hw.world_size), "--num_machines", str(hw.num_nodes)]
     if hw.num_nodes > 1:
@@ -59,9 +58,10 @@ def launch_command(cfg: Config, config_path: Path) -> list[str]:
     return [*cmd, "-m", "src.stages.train", str(config_path)]
 
 
-def launch_workers(cfg: Config, stage_dir: Path) -> dict:
+def launch_workers(hw: HardwareConfig, stage_dir: Path) -> dict:
+    """The training processes `hw` asks for, each running src.stages.train on the stage's saved
+    config; their first failure is raised here again."""
     config_path = stage_dir / "config.yaml"  # saved by src.main before any stage runs
-    hw = cfg.hardware
     if hw.num_nodes > 1:  # one launcher per node: each says where it runs
         print(
             f"[train] {socket.gethostname()}, node {node_rank()} of {hw.num_nodes}: launching "
@@ -79,11 +79,9 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
         # each worker its share of the CPUs this process may use (else each would start the
         # count this process was given, or accelerate's cores / processes)
         env["OMP_NUM_THREADS"] = str(threads.threads_per_process(hw.processes_per_node))
-        if cfg.hardware.device == Device.cpu and cfg.hardware.distributed != Distributed.deepspeed:
+        if hw.device == Device.cpu and hw.distributed != Distributed.deepspeed:
             env["ACCELERATE_USE_CPU"] = "1"  # `--cpu` alone would start a single process
-        workers = subprocess.Popen(
-            launch_command(cfg, config_path), env=env, stderr=subprocess.PIPE
-        )
+        workers = subprocess.Popen(launch_command(hw, config_path), env=env, stderr=subprocess.PIPE)
         pump = threading.Thread(target=forward_until_failure, args=(workers.stderr, Path(failures)))
         pump.start()
         while workers.poll() is None:
@@ -100,7 +98,7 @@ def launch_workers(cfg: Config, stage_dir: Path) -> dict:
             raise worker_failure(Path(failures)) or TrainingError(
                 f"training workers failed ({how}); see their output above"
             )
-    return {"workers": cfg.hardware.world_size}
+    return {"workers": hw.world_size}
 
 
 # A worker that meets a failure a user can cause or fix (a StageError, the file system) reports
