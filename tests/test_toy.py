@@ -103,6 +103,26 @@ def test_data_holds_what_the_generator_makes(tmp_path):
     assert mean(toy.helpful_share(r["response"]) for r in external) > 0.7  # a stronger model's
 
 
+def test_the_recipe_sized_splits_load_as_a_split_does(tmp_path):
+    """`python -m src.tiny.data --scale N`: N distinct prompts per iteration, none shared
+    between iterations, in the SPPO splits' columns, loaded by the path every local split takes
+    (ids derived from the text, as data=sppo derives them)."""
+    from src.generation.prompts import derive_prompt_id, load_prompts
+
+    splits = data.scale_prompts(500)
+    assert [len(s) for s in splits] == [500] * 3
+    assert len({p for s in splits for p in s}) == 1500
+    data.main(["--scale", "300", "--out", str(tmp_path)])
+    loaded = load_prompts(str(tmp_path / "iter2.parquet"), max_prompts=200)
+    assert [p.prompt for p in loaded] == data.scale_prompts(300)[1][:200]
+    assert loaded.duplicates_dropped == 0
+    assert [p.prompt_id for p in loaded] == [derive_prompt_id(p.prompt) for p in loaded]
+    row = data.scale_row(loaded.prompts[0].prompt)
+    assert set(row) == {"prompt", "prompt_id", "chosen", "rejected", "messages"}
+    assert [m["role"] for m in row["chosen"]] == ["user", "assistant"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"iter{t}.parquet" for t in (1, 2, 3)]
+
+
 @pytest.mark.parametrize(
     ("ranker", "name"),
     [

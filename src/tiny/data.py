@@ -9,14 +9,23 @@ training prompt, mostly helpful (the stand-in for a stronger model's answers in 
     python -m src.tiny.data      # rewrites them; tests/test_toy.py checks data/ matches
 
 Run it after changing this module; the hand-written rows are kept as they are.
+
+Recipe-sized splits are made on demand, not kept in data/: `--scale N` writes N distinct toy
+prompts per iteration (three iterations, none repeated across them) as parquet files in the
+columns of the SPPO splits (prompt, prompt_id, chosen, rejected, messages), read by `data=scale`:
+
+    python -m src.tiny.data --scale 20000      # .cache/scale/iter{1,2,3}.parquet
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
 
+from src.core.artifacts import atomic_path
+from src.generation.prompts import derive_prompt_id
 from src.tiny.toy import DATA_DIR, sample_answer
 
 TASKS = (
@@ -56,6 +65,27 @@ SUBJECTS = (
     "hosting a dinner party", "knitting a scarf",
 )  # fmt: skip
 WHO = ("my manager", "a neighbour", "my landlord", "a colleague", "my teacher", "the team")
+# What makes the recipe-sized splits' prompts distinct: each task x subject is asked for one of
+# these readers, under one of these limits (20 x 40 x 10 x 8 = 64,000 prompts).
+READERS = (
+    "a teenager",
+    "a busy parent",
+    "a retired engineer",
+    "a complete beginner",
+    "a student",
+    "a small business owner",
+    "a nurse on night shifts",
+    "a first-time home owner",
+    "someone who hates jargon",
+    "a visitor from abroad",
+)
+LIMITS = (
+    "Keep it under 50 words.", "Use plain language.", "Use a numbered list.",
+    "Be encouraging.", "Mention one common pitfall.", "End with a question.",
+    "Keep it to three sentences.", "Add one practical example.",
+)  # fmt: skip
+SCALE_ITERATIONS = 3
+SCALE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "scale"
 GENERATED_TRAINING = 80  # per iteration file, after its 40 hand-written prompts
 GENERATED_EVAL = 120  # after the 30 hand-written eval instructions
 FIRST_GENERATED_ID = 121
@@ -108,5 +138,68 @@ def write_data(data_dir: Path = DATA_DIR) -> None:
     )
 
 
+def scale_prompts(n: int, iterations: int = SCALE_ITERATIONS) -> list[list[str]]:
+    """`iterations` lists of `n` distinct prompts each, none shared between them: every task x
+    subject x reader x limit once at most, in a fixed shuffled order."""
+    combos = [(t, s, r, c) for t in TASKS for s in SUBJECTS for r in READERS for c in LIMITS]
+    if n * iterations > len(combos):
+        raise ValueError(f"at most {len(combos) // iterations} prompts per iteration, not {n}")
+    rng = random.Random("scale")
+    rng.shuffle(combos)
+    texts = [
+        f"{task.format(topic=subject, who=rng.choice(WHO))} Write it for {reader}. {limit}"
+        for task, subject, reader, limit in combos[: n * iterations]
+    ]
+    return [texts[i * n : (i + 1) * n] for i in range(iterations)]
+
+
+def scale_row(prompt: str) -> dict:
+    """A row as the SPPO splits hold one: the prompt, its id, and the chosen and rejected
+    conversations (toy answers; the pipeline reads the prompt alone)."""
+    prompt_id = derive_prompt_id(prompt)
+    rng = random.Random(prompt_id)
+    answers = sorted((sample_answer(rng) for _ in range(2)), key=lambda a: -a.share)
+
+    def turn(answer: str) -> list[dict]:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+    return {
+        "prompt": prompt,
+        "prompt_id": prompt_id,
+        "chosen": turn(answers[0].text),
+        "rejected": turn(answers[1].text),
+        "messages": turn(answers[0].text),
+    }
+
+
+def write_scale(n: int, out_dir: Path = SCALE_DIR) -> list[Path]:
+    """out_dir/iter{t}.parquet, t = 1..3, of `n` prompts each, written through `datasets` (as
+    the splits on the Hub are) and atomically: a file there is always whole."""
+    from datasets import Dataset
+
+    paths = []
+    for t, prompts in enumerate(scale_prompts(n), 1):
+        path = out_dir / f"iter{t}.parquet"
+        with atomic_path(path) as tmp:
+            Dataset.from_list([scale_row(p) for p in prompts]).to_parquet(tmp)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.tiny.data", description=__doc__)
+    parser.add_argument("--scale", type=int, help="write N prompts per iteration instead")
+    parser.add_argument("--out", type=Path, default=SCALE_DIR, help="where --scale writes")
+    args = parser.parse_args(argv)
+    if args.scale is None:
+        write_data()
+        return
+    most = len(TASKS) * len(SUBJECTS) * len(READERS) * len(LIMITS) // SCALE_ITERATIONS
+    if not 1 <= args.scale <= most:
+        parser.error(f"--scale must be between 1 and {most}")
+    for path in write_scale(args.scale, args.out):
+        print(f"wrote {path} ({args.scale} prompts)")
+
+
 if __name__ == "__main__":
-    write_data()
+    main()
