@@ -135,8 +135,10 @@ def test_a_full_disk_while_training_is_one_line(small_disk, processes):
 
 
 def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_resumes(tmp_path):
-    args = ["model=tiny-mistral", "logger=none", *GENERATE, "method.K=2", "data.max_prompts=40"]
-    args += ["generation.chunk_size=2", "generation.batch_size=1", "generation.max_new_tokens=16"]
+    # ~10 s of work at full speed: the first chunk appears long before the last, even on a busy
+    # machine that is slow to notice it (40 prompts of 16 tokens once ended before the signal)
+    args = ["model=tiny-mistral", "logger=none", *GENERATE, "method.K=2", "data.max_prompts=120"]
+    args += ["generation.chunk_size=2", "generation.batch_size=1", "generation.max_new_tokens=48"]
     env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "src.main", *args],

@@ -25,13 +25,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from src.core import preemption
-from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
+from src.core.artifacts import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    read_jsonl,
+)
 from src.core.errors import StageError
 from src.core.records import write_record
 
@@ -291,10 +297,18 @@ def finish_shard(
     that sees every seal reads complete siblings; the last one to finish writes done.json (two
     finishing together both write it, atomically, with the same content).
     """
-    text = "".join((shard.work / f"chunk{c:05d}.jsonl").read_text() for c in range(num_chunks))
     atomic_write_json(shard.work / "counts.json", counts)
-    atomic_write_text(shard.output, text)
-    atomic_write_json(seal_of(shard.output), seal(text))
+    # the chunks copied into the rows file block by block, sealed as they pass: a shard's rows
+    # are never all in memory
+    digest, rows = hashlib.sha256(), 0
+    with atomic_path(shard.output) as tmp, open(tmp, "wb") as out:
+        for c in range(num_chunks):
+            with open(shard.work / f"chunk{c:05d}.jsonl", "rb") as chunk:
+                while block := chunk.read(1 << 20):
+                    digest.update(block)
+                    rows += block.count(b"\n")
+                    out.write(block)
+    atomic_write_json(seal_of(shard.output), {"rows": rows, "sha256": digest.hexdigest()})
     if not all(seal_of(s.output).exists() for s in shard.siblings()):
         return None
     per_shard = [json.loads((s.work / "counts.json").read_text()) for s in shard.siblings()]
@@ -311,8 +325,9 @@ def finish_shard(
 
 def finished_rows(
     stage_dir: Path, prefix: str, error: type[StageError], finish: str | None, redo_it: str | None
-) -> list[tuple[str, dict[str, Any]]]:
-    """(where, row) for every row of a finished stage, shard after shard.
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) for every row of a finished stage, shard after shard, read as they are used
+    (every shard's file is checked against its seal first).
 
     A stage without its done.json is unfinished (or killed): its files are never read. `finish`
     and `redo_it` are the overrides that make the stage, and make it again (None: a cache that
@@ -323,11 +338,10 @@ def finished_rows(
         raise error(f"{stage_dir} is not finished (no done.json); make it first", finish)
     finished = json.loads(record.read_text())
     num_shards = int(finished["counts"].get("shards", 1))
-    rows = []
-    for s in Shard(stage_dir, prefix, 0, num_shards).siblings():
+    shards = Shard(stage_dir, prefix, 0, num_shards).siblings()
+    for s in shards:  # every file checked before the first row is used
         require_sealed(s.output, error, redo_it, finished)
-        rows += list(read_jsonl(s.output, error))
-    return rows
+    return (row for s in shards for row in read_jsonl(s.output, error))
 
 
 def require_sealed(

@@ -131,11 +131,10 @@ def drop_empty(candidates: list[Candidates]) -> tuple[list[Candidates], int, int
     return kept, responses_dropped, prompts_dropped
 
 
-def check_unique(candidates: list[Candidates]) -> None:
-    seen: dict[str, str] = {}
-    for c in candidates:
-        if c.prompt_id in seen:
-            raise RankInputError(
-                f"{c.where}: prompt_id {c.prompt_id!r} appears again (first at {seen[c.prompt_id]})"
-            )
-        seen[c.prompt_id] = c.where
+def check_unique(c: Candidates, seen: dict[str, str]) -> None:
+    """`c`'s prompt_id is new among `seen` ({prompt_id: where}, which it joins)."""
+    if c.prompt_id in seen:
+        raise RankInputError(
+            f"{c.where}: prompt_id {c.prompt_id!r} appears again (first at {seen[c.prompt_id]})"
+        )
+    seen[c.prompt_id] = c.where

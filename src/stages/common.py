@@ -5,7 +5,7 @@ is in src/core and takes plain values."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +38,9 @@ def stage_shard(cfg: Config, stage: Stage, env: Mapping[str, str] = os.environ) 
 
 def stage_rows(
     cfg: Config, stage: Stage, error: type[StageError]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(where, row) for every row of this iteration's finished `stage`, shard after shard."""
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) for every row of this iteration's finished `stage`, shard after shard, read
+    as they are used."""
     finish = f"stage={stage.value} iter={cfg.iter}"
     return finished_rows(
         cfg.stage_dir(stage), STAGES[stage].rows, error, finish, redo(cfg, stage.value)

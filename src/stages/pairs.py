@@ -46,12 +46,10 @@ def run(cfg: Config) -> dict:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.pairs)
 
-    # setup
-    ranked = stage_rows(cfg, Stage.rank, PairsBuildError)
-
-    # run: one pair per prompt with a preference
-    pairs, ties = [], 0
-    for where, row in ranked:
+    # run: one pair per prompt with a preference, the ranked rows read as they are used
+    pairs, ties, prompts = [], 0, 0
+    for where, row in stage_rows(cfg, Stage.rank, PairsBuildError):
+        prompts += 1
         if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
             ties += 1
             if cfg.ranker.ties == TiePolicy.drop:
@@ -62,7 +60,7 @@ def run(cfg: Config) -> dict:
             raise PairsBuildError(str(bad), redo(cfg, Stage.rank.value)) from None
     if not pairs:
         raise PairsBuildError(
-            f"no pairs: all {len(ranked)} ranked prompts have tied scores (ranker.ties=drop); "
+            f"no pairs: all {prompts} ranked prompts have tied scores (ranker.ties=drop); "
             "the judge does not tell these responses apart"
         )
     pairs.sort(key=lambda r: r["prompt_id"])
@@ -74,7 +72,7 @@ def run(cfg: Config) -> dict:
     with atomic_path(stage_dir / "pairs.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(pairs), tmp)
     counts = {
-        "prompts": len(ranked),
+        "prompts": prompts,
         "pairs": len(pairs),
         "ties_dropped": ties if cfg.ranker.ties == TiePolicy.drop else 0,
         "ties_kept": ties if cfg.ranker.ties == TiePolicy.keep else 0,

@@ -31,7 +31,6 @@ from src.core.chunks import (
     ChunkCounts,
     claim,
     process_shard,
-    take_shard,
 )
 from src.core.contracts import RankedRow
 from src.core.errors import StageError
@@ -86,12 +85,19 @@ def run(cfg: Config) -> dict:
     shard = stage_shard(cfg, Stage.rank)
     counts = Counts(pairwise=r.kind == JudgeKind.pairrm)
 
-    # setup
-    generated = stage_rows(cfg, Stage.generate, RankInputError)
-    candidates = [from_generation_row(where, row, cfg.method.K) for where, row in generated]
-    check_unique(candidates)
-    counts.prompts_in_input = len(candidates)
-    mine = take_shard(candidates, shard.index, shard.count)
+    # setup: the generated rows stream past once, checked and hashed; this shard keeps its own
+    responses = hashlib.sha256()  # of the rows as one JSON array, as chunk identities hash them
+    seen: dict[str, str] = {}
+    mine = []
+    for i, (where, row) in enumerate(stage_rows(cfg, Stage.generate, RankInputError)):
+        responses.update(("[" if i == 0 else ", ").encode())
+        responses.update(json.dumps(row, sort_keys=True).encode())
+        candidates = from_generation_row(where, row, cfg.method.K)
+        check_unique(candidates, seen)
+        if i % shard.count == shard.index:  # round-robin, as take_shard splits a list
+            mine.append(candidates)
+    responses.update(b"]" if seen else b"[]")
+    counts.prompts_in_input = len(seen)
     external_sha = None
     if cfg.data.external_responses:
         by_id, by_prompt, external_sha = load_external(cfg.data.external_responses)
@@ -106,13 +112,12 @@ def run(cfg: Config) -> dict:
                 file=sys.stderr,
             )
     counts.prompts_in_shard = len(mine)
-    responses = json.dumps([row for _, row in generated], sort_keys=True).encode()
     claim(
         shard.work,
         chunk_identity(
             cfg.as_tree(),
             Stage.rank,
-            responses=hashlib.sha256(responses).hexdigest(),
+            responses=responses.hexdigest(),
             external=external_sha,
         ),
         RankError,

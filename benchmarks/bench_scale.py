@@ -1,0 +1,321 @@
+"""An iteration at the recipe's size: generate -> rank -> pairs -> train on the tiny models, at
+1,000 / 5,000 / 20,000 prompts (K = 5), as one shard and as eight SLURM array tasks.
+
+Every stage runs as `python -m src.main model=tiny-mistral data=scale data.max_prompts=N
+stage=<stage>`, exactly as a user runs it, inside a measuring wrapper that records its wall time,
+the peak resident memory of its whole process tree (the sum of every process's RSS, sampled
+every 50 ms) and the kernel's high-water mark of its largest process (VmHWM), and the bytes the
+stage left on disk. Eight shards run as one `sbatch --array=0-7` per sharded stage on a SLURM
+cluster (`slurm/cluster.sh`; one is started here when SLURM_CONF is not set), the wrapper inside
+each task. What the targets ask: time per prompt and peak memory at the largest size within
+1.2x and 1.25x of the smallest, per stage and per task.
+
+    python -m src.tiny.data --scale 20000          # the prompts (.cache/scale), once
+    python -m benchmarks.bench_scale --sizes 1000 5000 20000 --shards 1 8
+    python -m benchmarks.bench_scale --render benchmarks/results/scale_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import (
+    REPO_ROOT,
+    add_common_args,
+    is_worker,
+    machine_info,
+    other_load,
+    write_results,
+)
+
+STAGES = ("generate", "rank", "pairs", "train")
+SHARDED = ("generate", "rank")  # split into array tasks; the others are one task each
+BENCH_DIR = REPO_ROOT / ".cache" / "bench-scale"
+SCALE_DIR = REPO_ROOT / ".cache" / "scale"
+# The tiny recipe as `model=tiny-mistral` sets it, at K = 5; no tracking, no eval
+OVERRIDES = ("model=tiny-mistral", "data=scale", "logger=none", "method.K=5", "hardware=cpu")
+TARGETS = {"time_per_prompt": 1.2, "peak_memory": 1.25}  # largest size / smallest, at most
+SAMPLE_S = 0.05
+
+
+# --- the measuring wrapper ----------------------------------------------------------------------
+
+
+def tree_rss_kb(root: int) -> tuple[int, dict[int, int]]:
+    """(the summed RSS of `root` and its descendants, {pid: VmHWM}) in kB, from /proc."""
+    import psutil
+
+    total, hwm = 0, {}
+    try:
+        procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    except psutil.Error:
+        return 0, {}
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError, ValueError):
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            total += int(fields["VmRSS"].split()[0])
+            hwm[proc.pid] = int(fields["VmHWM"].split()[0])
+    return total, hwm
+
+
+def measure(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` (its output appended to `log`) and measure it."""
+    started = time.monotonic()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        peak, hwm = 0, {}
+        while proc.poll() is None:
+            total, marks = tree_rss_kb(proc.pid)
+            peak = max(peak, total)
+            for pid, mark in marks.items():
+                hwm[pid] = max(hwm.get(pid, 0), mark)
+            time.sleep(SAMPLE_S)
+    return {
+        "returncode": proc.returncode,
+        "wall_s": round(time.monotonic() - started, 2),
+        "peak_tree_rss_mb": round(peak / 1024, 1),
+        "peak_process_hwm_mb": round(max(hwm.values(), default=0) / 1024, 1),
+        "processes": len(hwm),
+    }
+
+
+def worker_main(argv: list[str]) -> None:
+    """`--worker OUT -- CMD...`: measure CMD, write the measurement to OUT (an array task's)."""
+    out, cmd = Path(argv[0].replace("%a", os.environ.get("SLURM_ARRAY_TASK_ID", "0"))), argv[2:]
+    result = measure(cmd, out.with_suffix(".log"))
+    result["task"] = os.environ.get("SLURM_ARRAY_TASK_ID")
+    out.write_text(json.dumps(result))
+    sys.exit(result["returncode"])
+
+
+# --- one iteration, stage by stage ---------------------------------------------------------------
+
+
+def du_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def stage_command(size: int, root: Path, stage: str) -> list[str]:
+    overrides = [*OVERRIDES, f"data.max_prompts={size}", f"paths.root={root}", f"stage={stage}"]
+    return [sys.executable, "-m", "src.main", *overrides, "iter=1"]
+
+
+def run_local(size: int, root: Path, stage: str) -> list[dict]:
+    return [measure(stage_command(size, root, stage), root / f"{stage}.log")]
+
+
+def run_array(size: int, root: Path, stage: str, shards: int, env: dict) -> list[dict]:
+    """The stage as one SLURM array of `shards` tasks, the wrapper inside each task."""
+    out = root / f"{stage}-task%a.json"
+    wrapped = [sys.executable, "-m", "benchmarks.bench_scale", "--worker", str(out), "--"]
+    cpus = max(1, len(os.sched_getaffinity(0)) // shards)
+    submit = [
+        "sbatch", "--parsable", "--wait", f"--array=0-{shards - 1}", f"--cpus-per-task={cpus}",
+        "--mem=1G", f"--output={root}/{stage}-slurm-%a.out", f"--chdir={REPO_ROOT}",
+        "--wrap", " ".join([*wrapped, *stage_command(size, root, stage)]),
+    ]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(submit, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    tasks = [json.loads(p.read_text()) for p in sorted(root.glob(f"{stage}-task*.json"))]
+    if done.returncode != 0 or len(tasks) != shards:
+        raise RuntimeError(f"{stage}: the array failed ({done.stderr.strip()}); see {root}")
+    for task in tasks:
+        task["array_wall_s"] = round(wall, 2)
+    return tasks
+
+
+def run_iteration(size: int, shards: int, stages: list[str], env: dict | None) -> list[dict]:
+    root = BENCH_DIR / f"{size}-{shards}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    rows = []
+    for stage in stages:
+        load = other_load(0.5)
+        if shards > 1 and stage in SHARDED:
+            tasks = run_array(size, root, stage, shards, env)
+        else:
+            tasks = run_local(size, root, stage)
+            if tasks[0]["returncode"] != 0:
+                raise RuntimeError(f"{stage} failed at {size} prompts; see {root}/{stage}.log")
+        stage_dir = next(root.rglob(f"iter1/{stage}"))
+        wall = max(t.get("array_wall_s", t["wall_s"]) for t in tasks)
+        rows.append(
+            {
+                "size": size,
+                "shards": shards if stage in SHARDED else 1,
+                "stage": stage,
+                "wall_s": wall,
+                "ms_per_prompt": round(1000 * wall / size, 3),
+                "task_ms_per_prompt": round(
+                    1000 * max(t["wall_s"] for t in tasks) / (size / len(tasks)), 3
+                ),
+                "peak_tree_rss_mb": max(t["peak_tree_rss_mb"] for t in tasks),
+                "peak_process_hwm_mb": max(t["peak_process_hwm_mb"] for t in tasks),
+                "bytes_written": du_bytes(stage_dir),
+                "other_load_before": round(load, 3),
+                "tasks": tasks,
+            }
+        )
+        print(
+            f"  {size:>6} prompts, {rows[-1]['shards']} task(s), {stage:>8}: {wall:8.1f} s "
+            f"({rows[-1]['ms_per_prompt']:.2f} ms/prompt), peak {rows[-1]['peak_tree_rss_mb']:.0f}"
+            f" MB, {rows[-1]['bytes_written'] / 1e6:.1f} MB written",
+            flush=True,
+        )
+    return rows
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def growth(rows: list[dict]) -> list[dict]:
+    """Per stage and layout: the largest size over the smallest, per prompt (time per prompt of
+    a task) and in peak memory, against the targets."""
+    out = []
+    for shards in sorted({r["shards"] for r in rows}):
+        for stage in STAGES:
+            mine = sorted(
+                (r for r in rows if r["stage"] == stage and r["shards"] == shards),
+                key=lambda r: r["size"],
+            )
+            if len(mine) < 2:
+                continue
+            small, large = mine[0], mine[-1]
+            time_ratio = large["task_ms_per_prompt"] / small["task_ms_per_prompt"]
+            memory_ratio = large["peak_tree_rss_mb"] / small["peak_tree_rss_mb"]
+            out.append(
+                {
+                    "stage": stage,
+                    "shards": shards,
+                    "sizes": [small["size"], large["size"]],
+                    "time_per_prompt": round(time_ratio, 3),
+                    "peak_memory": round(memory_ratio, 3),
+                    "memory_per_prompt_kb": round(
+                        1024
+                        * (large["peak_tree_rss_mb"] - small["peak_tree_rss_mb"])
+                        / (large["size"] - small["size"]),
+                        2,
+                    ),
+                    "met": time_ratio <= TARGETS["time_per_prompt"]
+                    and memory_ratio <= TARGETS["peak_memory"],
+                }
+            )
+    return out
+
+
+def markdown(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"# {result['benchmark']}",
+        "",
+        f"{m['cpu_model']} · {m['cpu_affinity']} CPUs · {m['memory_gib']} GiB · "
+        f"commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''} · "
+        f"{m['date_utc']}",
+        "",
+        f"`{' '.join(s['overrides'])}`; peak = the summed RSS of the stage's process tree "
+        f"(sampled every {int(SAMPLE_S * 1000)} ms), of the largest task for an array; ms/prompt "
+        "of a task = its wall time over its prompts; other load = the share of the CPUs other "
+        "processes used just before the stage.",
+        "",
+        "| prompts | tasks | stage | wall s | ms/prompt | ms/prompt of a task | peak MB "
+        "| largest process MB | MB written | other load |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['size']:,} | {r['shards']} | {r['stage']} | {r['wall_s']:.1f} | "
+            f"{r['ms_per_prompt']:.2f} | {r['task_ms_per_prompt']:.2f} | "
+            f"{r['peak_tree_rss_mb']:.0f} | {r['peak_process_hwm_mb']:.0f} | "
+            f"{r['bytes_written'] / 1e6:.1f} | {r['other_load_before']:.0%} |"
+        )
+    lines += [
+        "",
+        f"Growth, largest size over smallest (targets: time per prompt <= "
+        f"{TARGETS['time_per_prompt']}, peak memory <= {TARGETS['peak_memory']}):",
+        "",
+        "| stage | tasks | sizes | time per prompt | peak memory | memory per added prompt (kB) "
+        "| met |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for g in result["growth"]:
+        lines.append(
+            f"| {g['stage']} | {g['shards']} | {g['sizes'][0]:,} -> {g['sizes'][1]:,} | "
+            f"{g['time_per_prompt']:.2f}x | {g['peak_memory']:.2f}x | "
+            f"{g['memory_per_prompt_kb']:.2f} | {'yes' if g['met'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def slurm_cluster():
+    """SLURM_CONF's cluster, or one started here (slurm/cluster.sh) and stopped after."""
+    if os.environ.get("SLURM_CONF"):
+        yield dict(os.environ)
+        return
+    state = Path(tempfile.mkdtemp(prefix="bench-scale-slurm-"))
+    state.chmod(0o755)
+    cluster = str(REPO_ROOT / "slurm" / "cluster.sh")
+    subprocess.run([cluster, "start", str(state)], check=True)
+    try:
+        yield {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
+    finally:
+        subprocess.run([cluster, "stop", str(state)], check=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if is_worker(argv):
+        worker_main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_scale", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000])
+    parser.add_argument("--shards", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    add_common_args(parser, out=REPO_ROOT / "benchmarks/results/scale_cpu.json", timeout=0)
+    args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(result))
+        return
+    import pyarrow.parquet as pq
+
+    from src.tiny import data
+
+    made = SCALE_DIR / "iter1.parquet"
+    if not made.exists() or pq.ParquetFile(made).metadata.num_rows < max(args.sizes):
+        data.write_scale(max(args.sizes), SCALE_DIR)
+    started = time.time()
+    rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        env = stack.enter_context(slurm_cluster()) if max(args.shards) > 1 else None
+        for shards in args.shards:
+            for size in args.sizes:
+                rows += run_iteration(size, shards, args.stages, env)
+    result = {
+        "benchmark": "one tiny-model iteration at 1k-20k prompts, K = 5, one shard and SLURM "
+        "arrays, CPU",
+        "command": "python -m benchmarks.bench_scale " + " ".join(argv),
+        "machine": machine_info(("torch", "transformers", "datasets", "llm-blender"), {}),
+        "settings": {"overrides": list(OVERRIDES), "sizes": args.sizes, "shards": args.shards},
+        "rows": rows,
+        "growth": growth(rows),
+        "wall_s": round(time.time() - started, 1),
+    }
+    write_results(args.out, result, markdown)
+
+
+if __name__ == "__main__":
+    main()
