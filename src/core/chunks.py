@@ -21,6 +21,7 @@ the rows back with `finished_rows`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -168,18 +169,24 @@ class ChunkTally:
 
 def run_chunks(
     shard: Shard,
-    items: Sequence[T],
+    items: Iterable[T],
     chunk_size: int,
     process: Callable[[list[T]], list[dict[str, Any]]],
     on_chunk: Callable[[int, int, list[dict[str, Any]]], None] = lambda c, n, rows: None,
+    total: int | None = None,
 ) -> ChunkTally:
     """Process `items` chunk by chunk, each chunk's file complete or absent.
 
-    `on_chunk(chunk_index, num_chunks, rows)` runs after each newly written chunk (progress).
+    `items` is read a chunk at a time (a stream of `total` items, or a sequence), so a shard's
+    work is never all in memory. `on_chunk(chunk_index, num_chunks, rows)` runs after each
+    newly written chunk (progress).
     """
-    chunks = [list(items[i : i + chunk_size]) for i in range(0, len(items), chunk_size)]
-    tally = ChunkTally(chunks=len(chunks))
-    for c, chunk in enumerate(chunks):
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    num_chunks = -(-total // chunk_size)
+    tally = ChunkTally(chunks=num_chunks)
+    stream = iter(items)
+    for c in range(num_chunks):
+        chunk = list(itertools.islice(stream, chunk_size))
         path = shard.work / f"chunk{c:05d}.jsonl"
         damage = chunk_damage(path, len(chunk))
         if damage is None:
@@ -193,8 +200,8 @@ def run_chunks(
         # the seal last: a chunk without one (a crash between the two writes) is made again
         atomic_write_json(seal_of(path), seal(text))
         tally.made += len(chunk)
-        on_chunk(c, len(chunks), rows)
-        preemption.check(f"chunk {c + 1} of {len(chunks)} of {shard.work}")
+        on_chunk(c, num_chunks, rows)
+        preemption.check(f"chunk {c + 1} of {num_chunks} of {shard.work}")
     return tally
 
 
@@ -216,32 +223,65 @@ class ChunkCounts:
         """Counts over every row of the shard, reused ones too (read only if overridden)."""
 
 
+class Progress:
+    """A shard's progress: rows done of its total, the rate of this run and the time left. On a
+    terminal one line rewritten in place; in a log (a SLURM task's) a line at most every
+    `every_s` seconds, and at the end."""
+
+    def __init__(self, label: str, total: int, chunk_size: int, every_s: float = 30.0):
+        self.label, self.total, self.chunk_size, self.every_s = label, total, chunk_size, every_s
+        self.started = self.shown_at = time.time()
+        self.made = 0  # rows made by this run (chunks of an earlier one are not its speed)
+        self.tty = sys.stderr.isatty()
+
+    def update(self, c: int, num_chunks: int, rows: int, rate: Callable[[float], str]) -> None:
+        """Chunk `c` of `num_chunks` made, of `rows` rows; `rate(elapsed)` says how fast."""
+        self.made += rows
+        now = time.time()
+        if not (self.tty or c + 1 == num_chunks or now - self.shown_at >= self.every_s):
+            return
+        self.shown_at, elapsed = now, max(now - self.started, 1e-9)
+        done = min((c + 1) * self.chunk_size, self.total)  # chunks run in order
+        left = (self.total - done) * elapsed / self.made
+        text = (
+            f"{self.label} chunk {c + 1}/{num_chunks}: {done}/{self.total} rows "
+            f"({done / max(self.total, 1):.0%}), {rate(elapsed)}, {clock(left)} left"
+        )
+        end = "" if self.tty and c + 1 < num_chunks else "\n"
+        print(f"\r{text}\x1b[K" if self.tty else text, end=end, file=sys.stderr, flush=True)
+
+
+def clock(seconds: float) -> str:
+    """h:mm:ss"""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def process_shard(
     shard: Shard,
-    items: Sequence[T],
+    items: Iterable[T],
     chunk_size: int,
     process: Callable[[list[T]], list[dict[str, Any]]],
     counts: ChunkCounts,
     fingerprint: str,
     label: str,
     shared_keys: Sequence[str] = (),
+    total: int | None = None,
 ) -> dict[str, Any] | None:
-    """Run a claimed shard chunk by chunk with a progress line per chunk, then finish it.
+    """Run a claimed shard chunk by chunk with a progress line, then finish it.
 
-    Returns the totals over all shards once the stage is complete, else None.
+    `items`: a sequence, or a stream of `total` items. Returns the totals over all shards once
+    the stage is complete, else None.
     """
     started = time.time()
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    line = Progress(f"[{label}] {shard.name}", total, chunk_size)
 
     def progress(c: int, num_chunks: int, rows: list[dict[str, Any]]) -> None:
         counts.add(rows)
-        print(
-            f"[{label}] {shard.name} chunk {c + 1}/{num_chunks}: "
-            f"{counts.rate(time.time() - started)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        line.update(c, num_chunks, len(rows), counts.rate)
 
-    tally = run_chunks(shard, items, chunk_size, process, progress)
+    tally = run_chunks(shard, items, chunk_size, process, progress, total)
     counts.reused_from_earlier_run = tally.reused
     counts.seconds = time.time() - started
     # read as JSON Lines: str.splitlines would also split a text at U+2028 and the like,

@@ -95,40 +95,34 @@ def load_external(path: str | Path) -> tuple[dict[str, str], dict[str, str], str
     return by_id, by_prompt, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def add_external(
-    candidates: list[Candidates], by_id: dict[str, str], by_prompt: dict[str, str], path: str
-) -> None:
-    """Append each prompt's external response (matched by prompt_id, else by prompt text)."""
-    missing = [
-        c.prompt_id for c in candidates if c.prompt_id not in by_id and c.prompt not in by_prompt
-    ]
-    if missing:
-        raise RankInputError(
-            f"{path} has no external response for {len(missing)} of {len(candidates)} prompts "
-            f"(e.g. prompt_id {', '.join(map(repr, missing[:3]))}); the hybrid pool needs one "
-            "per prompt, matched by prompt_id or by the exact prompt text"
-        )
-    for c in candidates:
-        response = by_id.get(c.prompt_id, by_prompt.get(c.prompt))
-        for key, value in zip(ALIGNED, (response, EXTERNAL, EXTERNAL, None, None), strict=True):
-            c.lists[key].append(value)
+def external_response(c: Candidates, by_id: dict[str, str], by_prompt: dict[str, str]):
+    """The prompt's external response, matched by prompt_id, else by prompt text; or None."""
+    return by_id.get(c.prompt_id, by_prompt.get(c.prompt))
 
 
-def drop_empty(candidates: list[Candidates]) -> tuple[list[Candidates], int, int]:
-    """Leave out blank responses; a prompt left with fewer than 2 is left out entirely.
+def no_external(path: str, missing: list[str], prompts: int) -> RankInputError:
+    return RankInputError(
+        f"{path} has no external response for {len(missing)} of {prompts} prompts "
+        f"(e.g. prompt_id {', '.join(map(repr, missing[:3]))}); the hybrid pool needs one "
+        "per prompt, matched by prompt_id or by the exact prompt text"
+    )
 
-    Returns (the kept prompts, responses dropped, prompts dropped).
-    """
-    kept, responses_dropped, prompts_dropped = [], 0, 0
-    for c in candidates:
-        indices = [i for i, r in enumerate(c.responses) if r.strip()]
-        responses_dropped += len(c.responses) - len(indices)
-        if len(indices) < 2:
-            prompts_dropped += 1
-            continue
-        c.keep(indices)
-        kept.append(c)
-    return kept, responses_dropped, prompts_dropped
+
+def add_external(c: Candidates, response: str) -> None:
+    """Append the prompt's external response to its candidates."""
+    for key, value in zip(ALIGNED, (response, EXTERNAL, EXTERNAL, None, None), strict=True):
+        c.lists[key].append(value)
+
+
+def drop_empty(c: Candidates) -> tuple[Candidates | None, int]:
+    """Leave out blank responses: (the candidates kept, or None when fewer than 2 are left;
+    the responses dropped)."""
+    indices = [i for i, r in enumerate(c.responses) if r.strip()]
+    dropped = len(c.responses) - len(indices)
+    if len(indices) < 2:
+        return None, dropped
+    c.keep(indices)
+    return c, dropped
 
 
 def check_unique(c: Candidates, seen: dict[str, str]) -> None:

@@ -38,6 +38,9 @@ from src.stages.common import redo, stage_rows
 RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
 
 
+BATCH = 1024  # pairs made into one Arrow table at a time
+
+
 class PairsBuildError(StageError):
     """The ranked rows cannot make pairs; the message says what and where."""
 
@@ -46,8 +49,12 @@ def run(cfg: Config) -> dict:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.pairs)
 
-    # run: one pair per prompt with a preference, the ranked rows read as they are used
-    pairs, ties, prompts = [], 0, 0
+    # run: one pair per prompt with a preference, the ranked rows read as they are used and the
+    # pairs kept as Arrow batches (compact columns, not Python objects)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches, batch, ties, prompts = [], [], 0, 0
     for where, row in stage_rows(cfg, Stage.rank, PairsBuildError):
         prompts += 1
         if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
@@ -55,34 +62,41 @@ def run(cfg: Config) -> dict:
             if cfg.ranker.ties == TiePolicy.drop:
                 continue
         try:
-            pairs.append(pair_of(row, where, cfg.method.pair_selection))
+            batch.append(pair_of(row, where, cfg.method.pair_selection))
         except PairsBuildError as bad:  # the rank stage's output: making it again fixes it
             raise PairsBuildError(str(bad), redo(cfg, Stage.rank.value)) from None
-    if not pairs:
+        if len(batch) == BATCH:
+            batches.append(pa.Table.from_pylist(batch))
+            batch = []
+    if batch:
+        batches.append(pa.Table.from_pylist(batch))
+    if not batches:
         raise PairsBuildError(
             f"no pairs: all {prompts} ranked prompts have tied scores (ranker.ties=drop); "
             "the judge does not tell these responses apart"
         )
-    pairs.sort(key=lambda r: r["prompt_id"])
+    pairs = pa.concat_tables(batches).sort_by("prompt_id").combine_chunks()
+    del batches
 
     # cleanup: every file atomically, done.json last
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     with atomic_path(stage_dir / "pairs.parquet") as tmp:
-        pq.write_table(pa.Table.from_pylist(pairs), tmp)
+        pq.write_table(pairs, tmp)
+
+    def mean(column: str) -> float:
+        return float(np.mean(pairs[column].to_numpy()))
+
     counts = {
         "prompts": prompts,
-        "pairs": len(pairs),
+        "pairs": pairs.num_rows,
         "ties_dropped": ties if cfg.ranker.ties == TiePolicy.drop else 0,
         "ties_kept": ties if cfg.ranker.ties == TiePolicy.keep else 0,
-        "chosen_external": sum(r["chosen_source"] == EXTERNAL for r in pairs),
-        "rejected_external": sum(r["rejected_source"] == EXTERNAL for r in pairs),
-        "mean_chosen_probs": float(np.mean([r["chosen_probs"] for r in pairs])),
-        "mean_chosen_win_rate": float(np.mean([r["chosen_probs_win"] for r in pairs])),
-        "mean_rejected_win_rate": float(np.mean([r["chosen_probs_lose"] for r in pairs])),
+        "chosen_external": sum(s == EXTERNAL for s in pairs["chosen_source"].to_pylist()),
+        "rejected_external": sum(s == EXTERNAL for s in pairs["rejected_source"].to_pylist()),
+        "mean_chosen_probs": mean("chosen_probs"),
+        "mean_chosen_win_rate": mean("chosen_probs_win"),
+        "mean_rejected_win_rate": mean("chosen_probs_lose"),
         "mean_score_margin": float(
-            np.mean([r["chosen_score"] - r["rejected_score"] for r in pairs])
+            np.mean(pairs["chosen_score"].to_numpy() - pairs["rejected_score"].to_numpy())
         ),
     }
     seconds = time.time() - started
@@ -92,7 +106,12 @@ def run(cfg: Config) -> dict:
         stage_fingerprint(cfg.as_tree(), Stage.pairs),
         counts,
         {"seconds": seconds},
-        {"pairs.parquet": {"rows": len(pairs), "sha256": file_sha256(stage_dir / "pairs.parquet")}},
+        {
+            "pairs.parquet": {
+                "rows": pairs.num_rows,
+                "sha256": file_sha256(stage_dir / "pairs.parquet"),
+            }
+        },
     )
     print(
         f"[pairs] {counts['pairs']} pairs from {counts['prompts']} prompts "

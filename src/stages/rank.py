@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import InitVar, asdict, dataclass
 
 import numpy as np
@@ -41,8 +41,10 @@ from src.ranking.candidates import (
     add_external,
     check_unique,
     drop_empty,
+    external_response,
     from_generation_row,
     load_external,
+    no_external,
 )
 from src.ranking.preferences import all_tied, win_matrix, win_rates
 from src.stages.common import load_judge, redo, stage_rows, stage_shard
@@ -85,40 +87,62 @@ def run(cfg: Config) -> dict:
     shard = stage_shard(cfg, Stage.rank)
     counts = Counts(pairwise=r.kind == JudgeKind.pairrm)
 
-    # setup: the generated rows stream past once, checked and hashed; this shard keeps its own
+    # setup: a first pass over the generated rows checks, hashes and counts them, and this
+    # shard's prompts; the ranking streams them again, so no shard is ever all in memory
+    external = load_external(cfg.data.external_responses) if cfg.data.external_responses else None
+    drop = r.empty_responses == EmptyResponses.drop
+
+    def prepared(c: Candidates) -> tuple[Candidates | None, int]:
+        """This shard's candidates as ranked: with the external response, without empty ones."""
+        if external is not None:
+            add_external(c, external_response(c, *external[:2]))
+        return drop_empty(c) if drop else (c, 0)
+
     responses = hashlib.sha256()  # of the rows as one JSON array, as chunk identities hash them
     seen: dict[str, str] = {}
-    mine = []
+    missing: list[str] = []
     for i, (where, row) in enumerate(stage_rows(cfg, Stage.generate, RankInputError)):
         responses.update(("[" if i == 0 else ", ").encode())
         responses.update(json.dumps(row, sort_keys=True).encode())
-        candidates = from_generation_row(where, row, cfg.method.K)
-        check_unique(candidates, seen)
-        if i % shard.count == shard.index:  # round-robin, as take_shard splits a list
-            mine.append(candidates)
+        c = from_generation_row(where, row, cfg.method.K)
+        check_unique(c, seen)
+        if i % shard.count != shard.index:  # round-robin, as take_shard splits a list
+            continue
+        if external is not None and external_response(c, *external[:2]) is None:
+            missing.append(c.prompt_id)
+            continue
+        kept, dropped = prepared(c)
+        counts.external_added += external is not None
+        counts.empty_responses_dropped += dropped
+        counts.prompts_dropped_too_few += kept is None
+        counts.prompts_in_shard += kept is not None
     responses.update(b"]" if seen else b"[]")
     counts.prompts_in_input = len(seen)
-    external_sha = None
-    if cfg.data.external_responses:
-        by_id, by_prompt, external_sha = load_external(cfg.data.external_responses)
-        add_external(mine, by_id, by_prompt, cfg.data.external_responses)
-        counts.external_added = len(mine)
-    if r.empty_responses == EmptyResponses.drop:
-        mine, counts.empty_responses_dropped, counts.prompts_dropped_too_few = drop_empty(mine)
-        if counts.empty_responses_dropped:
-            print(
-                f"[rank] dropped {counts.empty_responses_dropped} empty response(s); "
-                f"{counts.prompts_dropped_too_few} prompt(s) left with fewer than 2",
-                file=sys.stderr,
-            )
-    counts.prompts_in_shard = len(mine)
+    if missing:
+        prompts = counts.external_added + len(missing)
+        raise no_external(cfg.data.external_responses, missing, prompts)
+    if counts.empty_responses_dropped:
+        print(
+            f"[rank] dropped {counts.empty_responses_dropped} empty response(s); "
+            f"{counts.prompts_dropped_too_few} prompt(s) left with fewer than 2",
+            file=sys.stderr,
+        )
+
+    def mine() -> Iterator[Candidates]:
+        """This shard's candidates again, as they are ranked."""
+        for i, (where, row) in enumerate(stage_rows(cfg, Stage.generate, RankInputError)):
+            if i % shard.count == shard.index:
+                kept, _ = prepared(from_generation_row(where, row, cfg.method.K))
+                if kept is not None:
+                    yield kept
+
     claim(
         shard.work,
         chunk_identity(
             cfg.as_tree(),
             Stage.rank,
             responses=responses.hexdigest(),
-            external=external_sha,
+            external=external[2] if external else None,
         ),
         RankError,
         "rankings made with a different configuration (judge or its options, the responses, "
@@ -150,13 +174,14 @@ def run(cfg: Config) -> dict:
     # run, then cleanup: the shard's file, the stage's record once all shards are there
     process_shard(
         shard,
-        mine,
+        mine(),
         r.chunk_size,
         rank_chunk,
         counts,
         stage_fingerprint(cfg.as_tree(), Stage.rank),
         label="rank",
         shared_keys=("prompts_in_input",),
+        total=counts.prompts_in_shard,
     )
     return asdict(counts)
 
