@@ -5,6 +5,7 @@ configured backend (HF or vLLM) drawing one sample per seed for each chunk of pr
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,9 @@ def generation_dtype(device: torch.device) -> torch.dtype:
 class RenderedPrompt:
     prompt_id: str
     prompt: str  # the raw user text (possibly truncated), as the contract stores it
-    ids: list[int]  # the chat-templated prompt, tokenised once, add_generation_prompt=True
+    # the chat-templated prompt, tokenised once, add_generation_prompt=True; 4 bytes a token
+    # (a list of ints takes ~36): a shard's prompts are all rendered before the first chunk
+    ids: array
 
 
 def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedPrompt]:
@@ -77,7 +80,7 @@ def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedProm
                 text = text[1:]
                 ids = ids_of(text)
             counts.truncated += 1
-        out.append(RenderedPrompt(p.prompt_id, text, ids))
+        out.append(RenderedPrompt(p.prompt_id, text, array("i", ids)))
     return out
 
 
@@ -129,7 +132,7 @@ def sample_chunk(generator, chunk: list[RenderedPrompt], seeds: list[int]):
     results: dict[int, list] = {}
     for start in range(0, len(order), batch_size):
         batch = [chunk[i] for i in order[start : start + batch_size]]
-        samples = generator([p.ids for p in batch], [p.prompt_id for p in batch], seeds)
+        samples = generator([list(p.ids) for p in batch], [p.prompt_id for p in batch], seeds)
         for i, s in zip(order[start : start + batch_size], samples, strict=True):
             results[i] = s
     return [results[i] for i in range(len(chunk))]
