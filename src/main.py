@@ -24,7 +24,7 @@ from src.config import (
     describe_composition_error,
     validate,
 )
-from src.core import preemption, threads
+from src.core import memory, preemption, threads
 from src.core.errors import (
     EXIT_CONFIG_ERROR,
     EXIT_ENVIRONMENT,
@@ -73,6 +73,7 @@ def _fail(message: str, code: int, exc: BaseException | None = None) -> NoReturn
 
 def main() -> None:
     threads.configure()  # before torch loads: OpenMP reads its settings once
+    memory.pin_mmap_threshold()
     args = sys.argv[1:]
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     if any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:], strict=False)):

@@ -20,13 +20,18 @@ counts in `metrics.json`, then `done.json`, each atomically.
 
 from __future__ import annotations
 
+import heapq
+import json
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from src.config import Config, PairSelection, Stage, TiePolicy
-from src.core.artifacts import atomic_path, atomic_write_json, file_sha256
+from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow
 from src.core.errors import StageError
 from src.core.records import stage_fingerprint, write_record
@@ -38,7 +43,7 @@ from src.stages.common import redo, stage_rows
 RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
 
 
-BATCH = 1024  # pairs made into one Arrow table at a time
+BATCH = 256  # pairs sorted in memory at a time (one run of the merge), and written at a time
 
 
 class PairsBuildError(StageError):
@@ -49,55 +54,55 @@ def run(cfg: Config) -> dict:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.pairs)
 
-    # run: one pair per prompt with a preference, the ranked rows read as they are used and the
-    # pairs kept as Arrow batches (compact columns, not Python objects)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    # run: one pair per prompt with a preference, the ranked rows read as they are used; the
+    # pairs sorted by prompt_id (the same file however the ranking was sharded) in runs of
+    # BATCH pairs merged into the file, so no more than a few batches are ever in memory
+    pairs, ties, prompts = 0, 0, 0
+    stats: list[tuple[str, float, float, float, float, bool, bool]] = []
+    # the runs beside the stage's folder, on the run's disk: a failure leaves no pairs folder
+    for left in stage_dir.parent.glob(".pairs-sorting-*"):  # a killed run's runs
+        shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".pairs-sorting-", dir=stage_dir.parent) as sorting:
+        runs, batch = [], []
+        for where, row in stage_rows(cfg, Stage.rank, PairsBuildError):
+            prompts += 1
+            if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
+                ties += 1
+                if cfg.ranker.ties == TiePolicy.drop:
+                    continue
+            try:
+                pair = pair_of(row, where, cfg.method.pair_selection)
+            except PairsBuildError as bad:  # the rank stage's output: making it again fixes it
+                raise PairsBuildError(str(bad), redo(cfg, Stage.rank.value)) from None
+            batch.append(pair)
+            stats.append(pair_stats(pair))
+            if len(batch) == BATCH:
+                runs.append(sorted_run(batch, Path(sorting) / f"run{len(runs):05d}.jsonl"))
+                batch = []
+        if batch:
+            runs.append(sorted_run(batch, Path(sorting) / f"run{len(runs):05d}.jsonl"))
+        if not runs:
+            raise PairsBuildError(
+                f"no pairs: all {prompts} ranked prompts have tied scores (ranker.ties=drop); "
+                "the judge does not tell these responses apart"
+            )
+        # cleanup: every file atomically, done.json last
+        with atomic_path(stage_dir / "pairs.parquet") as tmp:
+            pairs = merge_runs(runs, tmp)
 
-    batches, batch, ties, prompts = [], [], 0, 0
-    for where, row in stage_rows(cfg, Stage.rank, PairsBuildError):
-        prompts += 1
-        if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
-            ties += 1
-            if cfg.ranker.ties == TiePolicy.drop:
-                continue
-        try:
-            batch.append(pair_of(row, where, cfg.method.pair_selection))
-        except PairsBuildError as bad:  # the rank stage's output: making it again fixes it
-            raise PairsBuildError(str(bad), redo(cfg, Stage.rank.value)) from None
-        if len(batch) == BATCH:
-            batches.append(pa.Table.from_pylist(batch))
-            batch = []
-    if batch:
-        batches.append(pa.Table.from_pylist(batch))
-    if not batches:
-        raise PairsBuildError(
-            f"no pairs: all {prompts} ranked prompts have tied scores (ranker.ties=drop); "
-            "the judge does not tell these responses apart"
-        )
-    pairs = pa.concat_tables(batches).sort_by("prompt_id").combine_chunks()
-    del batches
-
-    # cleanup: every file atomically, done.json last
-    with atomic_path(stage_dir / "pairs.parquet") as tmp:
-        pq.write_table(pairs, tmp)
-
-    def mean(column: str) -> float:
-        return float(np.mean(pairs[column].to_numpy()))
-
+    stats.sort()
+    ids, chosen_probs, win, lose, margin, chosen_ext, rejected_ext = zip(*stats, strict=True)
     counts = {
         "prompts": prompts,
-        "pairs": pairs.num_rows,
+        "pairs": pairs,
         "ties_dropped": ties if cfg.ranker.ties == TiePolicy.drop else 0,
         "ties_kept": ties if cfg.ranker.ties == TiePolicy.keep else 0,
-        "chosen_external": sum(s == EXTERNAL for s in pairs["chosen_source"].to_pylist()),
-        "rejected_external": sum(s == EXTERNAL for s in pairs["rejected_source"].to_pylist()),
-        "mean_chosen_probs": mean("chosen_probs"),
-        "mean_chosen_win_rate": mean("chosen_probs_win"),
-        "mean_rejected_win_rate": mean("chosen_probs_lose"),
-        "mean_score_margin": float(
-            np.mean(pairs["chosen_score"].to_numpy() - pairs["rejected_score"].to_numpy())
-        ),
+        "chosen_external": sum(chosen_ext),
+        "rejected_external": sum(rejected_ext),
+        "mean_chosen_probs": float(np.mean(chosen_probs)),
+        "mean_chosen_win_rate": float(np.mean(win)),
+        "mean_rejected_win_rate": float(np.mean(lose)),
+        "mean_score_margin": float(np.mean(margin)),
     }
     seconds = time.time() - started
     atomic_write_json(stage_dir / "metrics.json", counts)
@@ -108,7 +113,7 @@ def run(cfg: Config) -> dict:
         {"seconds": seconds},
         {
             "pairs.parquet": {
-                "rows": pairs.num_rows,
+                "rows": pairs,
                 "sha256": file_sha256(stage_dir / "pairs.parquet"),
             }
         },
@@ -120,6 +125,57 @@ def run(cfg: Config) -> dict:
         file=sys.stderr,
     )
     return counts
+
+
+def pair_stats(pair: PairRow) -> tuple[str, float, float, float, float, bool, bool]:
+    """What the stage's counts average over a pair, keyed by its prompt_id (small: kept for
+    every pair, and averaged in the file's order)."""
+    return (
+        pair["prompt_id"],
+        pair["chosen_probs"],
+        pair["chosen_probs_win"],
+        pair["chosen_probs_lose"],
+        pair["chosen_score"] - pair["rejected_score"],
+        pair["chosen_source"] == EXTERNAL,
+        pair["rejected_source"] == EXTERNAL,
+    )
+
+
+def sorted_run(pairs: list[PairRow], path: Path) -> Path:
+    """`pairs` sorted by prompt_id, as JSON Lines: one run of the merge."""
+    rows = sorted(pairs, key=lambda r: r["prompt_id"])
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def merge_runs(runs: list[Path], out: Path) -> int:
+    """The sorted runs merged by prompt_id into one parquet file at `out`, one pair of each run
+    in memory at a time (and BATCH of the file); returns the number of pairs."""
+
+    streams = [(row for _, row in read_jsonl(run)) for run in runs]
+    writer, written, batch = None, 0, []
+    for row in heapq.merge(*streams, key=lambda r: r["prompt_id"]):
+        batch.append(row)
+        if len(batch) == BATCH:
+            writer = write_batch(writer, batch, out)
+            written, batch = written + len(batch), []
+    if batch:
+        writer = write_batch(writer, batch, out)
+        written += len(batch)
+    writer.close()
+    return written
+
+
+def write_batch(writer, batch: list[PairRow], out: Path):
+    """`batch` appended to the parquet file at `out` (its writer opened on the first batch,
+    with the first batch's schema)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
+    writer = writer or pq.ParquetWriter(out, table.schema)
+    writer.write_table(table)
+    return writer
 
 
 def select_pair(

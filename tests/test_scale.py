@@ -1,0 +1,82 @@
+"""Memory that does not grow with the prompts: the rank and pairs stages at 300 and at 3,000
+prompts, each in a fresh process, measured by the kernel (the process's peak resident memory).
+
+A stage that held its input or its output whole would grow by the size of the rows; the rows
+here are made large (responses of 2 kB) so that holding them costs far more than the noise of a
+process's peak (2,700 extra rows x 5 responses x 2 kB = 27 MB of text, more as Python objects).
+The bench at the recipe's size is benchmarks/bench_scale.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from src.config import REPO_ROOT
+from src.core.artifacts import atomic_write_text
+from src.core.records import write_record
+from src.tiny.toy import sample_answer
+from tests.helpers import compose_cfg
+
+K = 5
+SMALL, LARGE = 300, 3000  # both over what a stage holds at a time (the pairs' BATCH)
+# What a stage may grow by from SMALL to LARGE prompts: holding the rows would take 27 MB+
+MAX_GROWTH_MB = 12
+RESPONSE_CHARS = 2000
+STAGE = ("model=tiny-mistral", "logger=none", f"method.K={K}", "ranker=tiny-reward-model")
+
+
+def write_generation(root, n: int) -> None:
+    """A finished generate stage of `n` prompts whose responses are RESPONSE_CHARS long."""
+    cfg = compose_cfg(*STAGE, f"paths.root={root}")
+    rows = (
+        {
+            "prompt_id": f"p{i:06d}",
+            "prompt": f"Tell me everything about topic number {i:06d}.",
+            "responses": [response(random.Random(f"{i}-{k}")) for k in range(K)],
+            "finish_reasons": ["stop"] * K,
+            "num_tokens": [1000] * K,
+            "seeds": [50 * k for k in range(K)],
+        }
+        for i in range(n)
+    )  # fmt: skip
+    stage = cfg.stage_dir("generate")
+    atomic_write_text(
+        stage / "responses-shard000-of-001.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    write_record(stage, "made by the test", {"shards": 1}, {})
+
+
+def response(rng: random.Random) -> str:
+    """RESPONSE_CHARS characters of toy answer: every chunk of every size has the same shape, so the
+    judge's own working memory is the same at any number of prompts."""
+    text = ""
+    while len(text) < RESPONSE_CHARS:
+        text += sample_answer(rng, sentences=5).text + " "
+    return text[:RESPONSE_CHARS]
+
+
+def peak_mb(root, stage: str) -> float:
+    """The kernel's record of the stage process's peak resident memory (ru_maxrss)."""
+    cmd = [sys.executable, "-m", "src.main", *STAGE, f"paths.root={root}", f"stage={stage}"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()[-3000:]
+    proc.stderr.close()
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_rank_and_pairs_memory_does_not_grow_with_the_prompts(tiny_dir, tmp_path):
+    peaks = {}
+    for n in (SMALL, LARGE):
+        write_generation(tmp_path / str(n), n)
+        peaks[n] = {stage: peak_mb(tmp_path / str(n), stage) for stage in ("rank", "pairs")}
+    for stage in ("rank", "pairs"):
+        grew = peaks[LARGE][stage] - peaks[SMALL][stage]
+        assert grew <= MAX_GROWTH_MB, (stage, peaks)
