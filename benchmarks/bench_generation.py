@@ -33,11 +33,9 @@ multinomial and the rest of `generate`. See benchmarks/README.md for how to read
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -47,8 +45,8 @@ from benchmarks.common import (
     OtherCpu,
     add_common_args,
     code_hashes,
+    command_line,
     group_runs,
-    is_worker,
     measure_interleaved,
     per_repeat_ratios,
     profile_pass,
@@ -855,13 +853,10 @@ def describe_profile(profile: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if is_worker(argv):
-        worker_main(argv[1:])
+    started = command_line(argv, worker_main, "benchmarks.bench_generation", __doc__)
+    if started is None:
         return
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_generation", description=__doc__.split("\n")[0]
-    )
+    argv, parser = started
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument(
         "--approaches",

@@ -27,13 +27,11 @@ llm-blender's glue around it. See benchmarks/README.md for what is measured and 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,9 +41,9 @@ from benchmarks.common import (
     OtherCpu,
     add_common_args,
     code_hashes,
+    command_line,
     corpus_words,
     group_runs,
-    is_worker,
     measure_interleaved,
     per_repeat_ratios,
     profile_pass,
@@ -650,13 +648,10 @@ def describe_profile(profile: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if is_worker(argv):
-        worker_main(argv[1:])
+    started = command_line(argv, worker_main, "benchmarks.bench_ranking", __doc__)
+    if started is None:
         return
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_ranking", description=__doc__.split("\n")[0]
-    )
+    argv, parser = started
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
     parser.add_argument(

@@ -17,7 +17,6 @@ each task. What the targets ask: time per prompt and peak memory at the largest 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 from benchmarks.common import (
     REPO_ROOT,
     add_common_args,
-    is_worker,
+    command_line,
     machine_info,
     other_load,
     write_results,
@@ -274,13 +273,10 @@ def slurm_cluster():
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if is_worker(argv):
-        worker_main(argv[1:])
+    started = command_line(argv, worker_main, "benchmarks.bench_scale", __doc__)
+    if started is None:
         return
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_scale", description=__doc__.split("\n")[0]
-    )
+    argv, parser = started
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000])
     parser.add_argument("--shards", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)

@@ -21,7 +21,6 @@ benchmarks/README.md for what is measured and how to read it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -31,7 +30,6 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -42,9 +40,9 @@ from benchmarks.common import (
     REPO_ROOT,
     add_common_args,
     code_hashes,
+    command_line,
     corpus_words,
     group_runs,
-    is_worker,
     machine_busy_s,
     measure_interleaved,
     median,
@@ -771,13 +769,10 @@ def describe(run: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if is_worker(argv):
-        worker_main(argv[1:])
+    started = command_line(argv, worker_main, "benchmarks.bench_trainer", __doc__)
+    if started is None:
         return
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_trainer", description=__doc__.split("\n")[0]
-    )
+    argv, parser = started
     parser.add_argument(
         "--steps", type=int, default=20, help="measured optimiser steps (default 20)"
     )

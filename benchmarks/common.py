@@ -264,6 +264,19 @@ def corpus_words() -> list[str]:
 # --- running configurations -------------------------------------------------------------------
 
 
+def command_line(
+    argv: list[str] | None, worker_main: Callable[[list[str]], None], module: str, doc: str
+) -> tuple[list[str], argparse.ArgumentParser] | None:
+    """A benchmark's command line: `--worker OUT ...` runs one configuration (`worker_main`)
+    and gives None; else (the arguments, the parser of `python -m <module>`, described by the
+    first line of `doc`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if is_worker(argv):
+        worker_main(argv[1:])
+        return None
+    return argv, argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
+
+
 def is_worker(argv: list[str]) -> bool:
     """`python -m benchmarks.X --worker OUT ...`: one configuration, run by `run_fresh`."""
     return bool(argv) and argv[0] == "--worker"
