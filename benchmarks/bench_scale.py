@@ -59,7 +59,7 @@ def tree_rss_kb(root: int) -> tuple[int, dict[int, int]]:
     except psutil.Error:
         return 0, {}
     for proc in procs:
-        with contextlib.suppress(psutil.Error, OSError, ValueError):
+        with contextlib.suppress(psutil.Error, OSError, ValueError, KeyError):  # KeyError: a zombie
             status = Path(f"/proc/{proc.pid}/status").read_text()
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
             total += int(fields["VmRSS"].split()[0])
@@ -148,6 +148,8 @@ def run_iteration(size: int, shards: int, stages: list[str], env: dict | None) -
             if tasks[0]["returncode"] != 0:
                 raise RuntimeError(f"{stage} failed at {size} prompts; see {root}/{stage}.log")
         stage_dir = next(root.rglob(f"iter1/{stage}"))
+        # the stage's own seconds (its record): its work, without the process's start-up
+        work = json.loads((stage_dir / "done.json").read_text())["timings"]["seconds"]
         wall = max(t.get("array_wall_s", t["wall_s"]) for t in tasks)
         rows.append(
             {
@@ -159,6 +161,9 @@ def run_iteration(size: int, shards: int, stages: list[str], env: dict | None) -
                 "task_ms_per_prompt": round(
                     1000 * max(t["wall_s"] for t in tasks) / (size / len(tasks)), 3
                 ),
+                # summed over a sharded stage's tasks: a task's time per prompt of its share
+                "work_s": round(work, 2),
+                "work_ms_per_prompt": round(1000 * work / size, 3),
                 "peak_tree_rss_mb": max(t["peak_tree_rss_mb"] for t in tasks),
                 "peak_process_hwm_mb": max(t["peak_process_hwm_mb"] for t in tasks),
                 "bytes_written": du_bytes(stage_dir),
@@ -179,8 +184,8 @@ def run_iteration(size: int, shards: int, stages: list[str], env: dict | None) -
 
 
 def growth(rows: list[dict]) -> list[dict]:
-    """Per stage and layout: the largest size over the smallest, per prompt (time per prompt of
-    a task) and in peak memory, against the targets."""
+    """Per stage and layout: the largest size over the smallest, in time per prompt (the stage's
+    own seconds, without start-up) and in peak memory, against the targets."""
     out = []
     for shards in sorted({r["shards"] for r in rows}):
         for stage in STAGES:
@@ -191,7 +196,7 @@ def growth(rows: list[dict]) -> list[dict]:
             if len(mine) < 2:
                 continue
             small, large = mine[0], mine[-1]
-            time_ratio = large["task_ms_per_prompt"] / small["task_ms_per_prompt"]
+            time_ratio = large["work_ms_per_prompt"] / small["work_ms_per_prompt"]
             memory_ratio = large["peak_tree_rss_mb"] / small["peak_tree_rss_mb"]
             out.append(
                 {
@@ -223,18 +228,19 @@ def markdown(result: dict) -> str:
         f"{m['date_utc']}",
         "",
         f"`{' '.join(s['overrides'])}`; peak = the summed RSS of the stage's process tree "
-        f"(sampled every {int(SAMPLE_S * 1000)} ms), of the largest task for an array; ms/prompt "
-        "of a task = its wall time over its prompts; other load = the share of the CPUs other "
+        f"(sampled every {int(SAMPLE_S * 1000)} ms), of the largest task for an array; work = the "
+        "stage's own seconds (its record, summed over tasks), without the start-up; ms/prompt of "
+        "a task = its wall time over its prompts; other load = the share of the CPUs other "
         "processes used just before the stage.",
         "",
-        "| prompts | tasks | stage | wall s | ms/prompt | ms/prompt of a task | peak MB "
-        "| largest process MB | MB written | other load |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| prompts | tasks | stage | wall s | work s | work ms/prompt | ms/prompt of a task "
+        "| peak MB | largest process MB | MB written | other load |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['size']:,} | {r['shards']} | {r['stage']} | {r['wall_s']:.1f} | "
-            f"{r['ms_per_prompt']:.2f} | {r['task_ms_per_prompt']:.2f} | "
+            f"{r['work_s']:.1f} | {r['work_ms_per_prompt']:.2f} | {r['task_ms_per_prompt']:.2f} | "
             f"{r['peak_tree_rss_mb']:.0f} | {r['peak_process_hwm_mb']:.0f} | "
             f"{r['bytes_written'] / 1e6:.1f} | {r['other_load_before']:.0%} |"
         )
