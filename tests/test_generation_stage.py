@@ -156,10 +156,10 @@ def test_killed_mid_run_then_rerun_gives_every_prompt_once_and_the_same_output(t
     assert [r["prompt_id"] for r in responses(killed_stage)] == ITER1_IDS[:12]
 
 
-def test_a_truncated_chunk_is_generated_again_to_the_same_bytes():
+def test_a_truncated_chunk_is_generated_again_to_the_same_bytes(capsys):
     """A node that crashed after a chunk's rename but before its data reached the disk leaves a
     short chunk: the re-run makes it again instead of writing a responses file that lacks
-    prompts, and the file equals the uninterrupted run's byte for byte."""
+    prompts, says how much it kept, and the file equals the uninterrupted run's byte for byte."""
     cfg = gen_cfg("model=tiny-mistral", "data.max_prompts=12", "generation.chunk_size=4")
     run(cfg)
     stage = cfg.stage_dir("generate")
@@ -169,8 +169,12 @@ def test_a_truncated_chunk_is_generated_again_to_the_same_bytes():
     output.unlink()
     chunk = stage / "shard000-of-001" / "chunk00001.jsonl"
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    capsys.readouterr()
     counts = run(cfg)
     assert counts["reused_from_earlier_run"] == 8 and counts["generated"] == 4
+    assert "shard000-of-001: 8 of 12 rows kept from an earlier run, 4 made in this one" in (
+        capsys.readouterr().err
+    )
     assert output.read_bytes() == clean
 
 

@@ -283,6 +283,13 @@ def process_shard(
 
     tally = run_chunks(shard, items, chunk_size, process, progress, total)
     counts.reused_from_earlier_run = tally.reused
+    if tally.reused:
+        print(
+            f"[{label}] {shard.name}: {tally.reused} of {total} rows kept from an earlier run, "
+            f"{tally.made} made in this one",
+            file=sys.stderr,
+            flush=True,
+        )
     counts.seconds = time.time() - started
     # read as JSON Lines: str.splitlines would also split a text at U+2028 and the like,
     # which JSON leaves unescaped
