@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,54 @@ def run_array(size: int, root: Path, stage: str, shards: int, env: dict) -> list
     return tasks
 
 
-def run_iteration(size: int, shards: int, stages: list[str], env: dict | None) -> list[dict]:
+def kill_midway(cmd: list[str], work: Path, chunks: int, log: Path) -> None:
+    """Run `cmd` and kill -9 its whole process tree once `work` holds half of its `chunks`."""
+    import psutil
+
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        while proc.poll() is None and len(list(work.glob("chunk*.jsonl"))) < chunks // 2:
+            time.sleep(0.2)
+        tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def resume_check(size: int, root: Path, stage: str) -> dict:
+    """The stage killed (-9) halfway and run again, in a copy of the run made before it: are
+    its rows the uninterrupted run's, byte for byte, and how many rows did the re-run make?"""
+    again = root.with_name(root.name + "-resumed")
+    shutil.rmtree(again, ignore_errors=True)
+    shutil.copytree(root, again, ignore=shutil.ignore_patterns(stage, f"{stage}*.log"))
+    stage_dir = next(root.rglob(f"iter1/{stage}"))
+    resumed_dir = again / stage_dir.relative_to(root)
+    chunks = -(-size // 64)  # generation.chunk_size and ranker.chunk_size: 64
+    kill_midway(
+        stage_command(size, again, stage), resumed_dir / "shard000-of-001", chunks,
+        again / f"{stage}.log",
+    )  # fmt: skip
+    left = len(list((resumed_dir / "shard000-of-001").glob("chunk*.jsonl")))
+    measured = measure(stage_command(size, again, stage), again / f"{stage}.log")
+    counts = json.loads((resumed_dir / "done.json").read_text())["counts"]
+    rows = sorted(p.name for p in stage_dir.glob("*-shard*.jsonl"))
+    same = all(
+        (stage_dir / name).read_bytes() == (resumed_dir / name).read_bytes() for name in rows
+    )
+    return {
+        "chunks": chunks,
+        "chunks_left_by_the_killed_run": left,
+        "rows_kept": counts["reused_from_earlier_run"],
+        "rows_made_again": size - counts["reused_from_earlier_run"],
+        "rows_identical": same,
+        "rerun_wall_s": measured["wall_s"],
+    }
+
+
+def run_iteration(
+    size: int, shards: int, stages: list[str], env: dict | None, resume: bool = False
+) -> list[dict]:
     root = BENCH_DIR / f"{size}-{shards}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -171,6 +219,9 @@ def run_iteration(size: int, shards: int, stages: list[str], env: dict | None) -
                 "tasks": tasks,
             }
         )
+        if resume and shards == 1 and stage in SHARDED:
+            rows[-1]["resume"] = resume_check(size, root, stage)
+            print(f"  resumed after kill -9: {rows[-1]['resume']}", flush=True)
         print(
             f"  {size:>6} prompts, {rows[-1]['shards']} task(s), {stage:>8}: {wall:8.1f} s "
             f"({rows[-1]['ms_per_prompt']:.2f} ms/prompt), peak {rows[-1]['peak_tree_rss_mb']:.0f}"
@@ -244,6 +295,23 @@ def markdown(result: dict) -> str:
             f"{r['peak_tree_rss_mb']:.0f} | {r['peak_process_hwm_mb']:.0f} | "
             f"{r['bytes_written'] / 1e6:.1f} | {r['other_load_before']:.0%} |"
         )
+    resumed = [r for r in result["rows"] if "resume" in r]
+    if resumed:
+        lines += [
+            "",
+            "Killed (-9) halfway and run again (a copy of the run made before the stage):",
+            "",
+            "| prompts | stage | chunks | left by the killed run | rows kept | rows made again "
+            "| rows identical to the uninterrupted run's |",
+            "|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for r in resumed:
+            c = r["resume"]
+            lines.append(
+                f"| {r['size']:,} | {r['stage']} | {c['chunks']} | "
+                f"{c['chunks_left_by_the_killed_run']} | {c['rows_kept']:,} | "
+                f"{c['rows_made_again']:,} | {'yes' if c['rows_identical'] else 'NO'} |"
+            )
     lines += [
         "",
         f"Growth, largest size over smallest (targets: time per prompt <= "
@@ -286,6 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000])
     parser.add_argument("--shards", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument(
+        "--resume-check",
+        action="store_true",
+        help="also kill -9 each one-shard generate and rank halfway and run it again",
+    )
     add_common_args(parser, out=REPO_ROOT / "benchmarks/results/scale_cpu.json", timeout=0)
     args = parser.parse_args(argv)
     if args.render:
@@ -305,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         env = stack.enter_context(slurm_cluster()) if max(args.shards) > 1 else None
         for shards in args.shards:
             for size in args.sizes:
-                rows += run_iteration(size, shards, args.stages, env)
+                rows += run_iteration(size, shards, args.stages, env, args.resume_check)
     result = {
         "benchmark": "one tiny-model iteration at 1k-20k prompts, K = 5, one shard and SLURM "
         "arrays, CPU",
