@@ -21,6 +21,7 @@ SCRIPT = {  # results file prefix -> the script that measures it
     "generation": "bench_generation",
     "ranking": "bench_ranking",
     "trainer": "bench_trainer",
+    "scale": "bench_scale",
 }
 
 
