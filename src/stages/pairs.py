@@ -151,7 +151,6 @@ def sorted_run(pairs: list[PairRow], path: Path) -> Path:
 def merge_runs(runs: list[Path], out: Path) -> int:
     """The sorted runs merged by prompt_id into one parquet file at `out`, one pair of each run
     in memory at a time (and BATCH of the file); returns the number of pairs."""
-
     streams = [(row for _, row in read_jsonl(run)) for run in runs]
     writer, written, batch = None, 0, []
     for row in heapq.merge(*streams, key=lambda r: r["prompt_id"]):
