@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -114,16 +113,21 @@ def run_local(size: int, root: Path, stage: str) -> list[dict]:
     return [measure(stage_command(size, root, stage), root / f"{stage}.log")]
 
 
+def array_submit(root: Path, stage: str, shards: int, cmd: list[str]) -> list[str]:
+    """`sbatch --wait` of `cmd` as an array of `shards` tasks, the CPUs shared among them."""
+    cpus = max(1, len(os.sched_getaffinity(0)) // shards)
+    return [
+        "sbatch", "--parsable", "--wait", f"--array=0-{shards - 1}", f"--cpus-per-task={cpus}",
+        "--mem=1G", f"--output={root}/{stage}-slurm-%a.out", f"--chdir={REPO_ROOT}",
+        "--wrap", " ".join(cmd),
+    ]  # fmt: skip
+
+
 def run_array(size: int, root: Path, stage: str, shards: int, env: dict) -> list[dict]:
     """The stage as one SLURM array of `shards` tasks, the wrapper inside each task."""
     out = root / f"{stage}-task%a.json"
     wrapped = [sys.executable, "-m", "benchmarks.bench_scale", "--worker", str(out), "--"]
-    cpus = max(1, len(os.sched_getaffinity(0)) // shards)
-    submit = [
-        "sbatch", "--parsable", "--wait", f"--array=0-{shards - 1}", f"--cpus-per-task={cpus}",
-        "--mem=1G", f"--output={root}/{stage}-slurm-%a.out", f"--chdir={REPO_ROOT}",
-        "--wrap", " ".join([*wrapped, *stage_command(size, root, stage)]),
-    ]  # fmt: skip
+    submit = array_submit(root, stage, shards, [*wrapped, *stage_command(size, root, stage)])
     started = time.monotonic()
     done = subprocess.run(submit, env=env, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -135,48 +139,78 @@ def run_array(size: int, root: Path, stage: str, shards: int, env: dict) -> list
     return tasks
 
 
-def kill_midway(cmd: list[str], work: Path, chunks: int, log: Path) -> None:
-    """Run `cmd` and kill -9 its whole process tree once `work` holds half of its `chunks`."""
+def kill_midway(proc: subprocess.Popen, work: Path, chunks: int, victims) -> None:
+    """Once `work` holds half of its `chunks`, kill -9 the processes `victims()` names and
+    their children; then wait for `proc` to end."""
     import psutil
 
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-        while proc.poll() is None and len(list(work.glob("chunk*.jsonl"))) < chunks // 2:
-            time.sleep(0.2)
-        tree = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
+    while proc.poll() is None and len(list(work.glob("chunk*.jsonl"))) < chunks // 2:
+        time.sleep(0.2)
+    for pid in victims():
+        with contextlib.suppress(psutil.Error):
+            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            for victim in tree:
+                with contextlib.suppress(psutil.Error):
+                    victim.kill()
+    proc.wait()
 
 
-def resume_check(size: int, root: Path, stage: str) -> dict:
-    """The stage killed (-9) halfway and run again, in a copy of the run made before it: are
-    its rows the uninterrupted run's, byte for byte, and how many rows did the re-run make?"""
+def array_task_pids(root: Path, task: int) -> list[int]:
+    """The stage processes (`python -m src.main ... paths.root=<root>`) of one array task."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        with contextlib.suppress(psutil.Error):
+            mine = "src.main" in cmdline and f"paths.root={root}" in cmdline
+            if mine and proc.environ().get("SLURM_ARRAY_TASK_ID") == str(task):
+                found.append(proc.pid)
+    return found
+
+
+def resume_check(size: int, root: Path, stage: str, shards: int, env: dict | None) -> dict:
+    """The stage killed (-9) halfway and run again, in a copy of the run made before it; of an
+    array, one task (the middle one) killed halfway through its shard and the whole array
+    submitted again, as a user would. Are the rows the uninterrupted run's, byte for byte, and
+    how many rows of the killed shard did the re-run make?"""
     again = root.with_name(root.name + "-resumed")
     shutil.rmtree(again, ignore_errors=True)
-    shutil.copytree(root, again, ignore=shutil.ignore_patterns(stage, f"{stage}*.log"))
+    ignore = shutil.ignore_patterns(stage, f"{stage}*.log", f"{stage}-*")
+    shutil.copytree(root, again, ignore=ignore)
     stage_dir = next(root.rglob(f"iter1/{stage}"))
     resumed_dir = again / stage_dir.relative_to(root)
-    chunks = -(-size // 64)  # generation.chunk_size and ranker.chunk_size: 64
-    kill_midway(
-        stage_command(size, again, stage), resumed_dir / "shard000-of-001", chunks,
-        again / f"{stage}.log",
-    )  # fmt: skip
-    left = len(list((resumed_dir / "shard000-of-001").glob("chunk*.jsonl")))
-    measured = measure(stage_command(size, again, stage), again / f"{stage}.log")
-    counts = json.loads((resumed_dir / "done.json").read_text())["counts"]
+    task = shards // 2
+    work = resumed_dir / f"shard{task:03d}-of-{shards:03d}"
+    shard_rows = len(range(task, size, shards))  # round-robin shards (src/core/chunks.py)
+    chunks = -(-shard_rows // 64)  # generation.chunk_size and ranker.chunk_size: 64
+    cmd, log = stage_command(size, again, stage), again / f"{stage}.log"
+    with open(log, "ab") as out:
+        if shards == 1:
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            kill_midway(proc, work, chunks, lambda: [proc.pid])
+        else:
+            submit = array_submit(again, stage, shards, cmd)
+            proc = subprocess.Popen(submit, env=env, stdout=out, stderr=subprocess.STDOUT)
+            kill_midway(proc, work, chunks, lambda: array_task_pids(again, task))
+    left = len(list(work.glob("chunk*.jsonl")))
+    if shards == 1:
+        rerun = measure(cmd, log)["wall_s"]
+    else:
+        rerun = run_array(size, again, stage, shards, env)[0]["array_wall_s"]
+    kept = json.loads((work / "counts.json").read_text())["reused_from_earlier_run"]
     rows = sorted(p.name for p in stage_dir.glob("*-shard*.jsonl"))
     same = all(
         (stage_dir / name).read_bytes() == (resumed_dir / name).read_bytes() for name in rows
     )
     return {
+        "killed": work.name,
         "chunks": chunks,
         "chunks_left_by_the_killed_run": left,
-        "rows_kept": counts["reused_from_earlier_run"],
-        "rows_made_again": size - counts["reused_from_earlier_run"],
-        "rows_identical": same,
-        "rerun_wall_s": measured["wall_s"],
+        "rows_kept": kept,
+        "rows_made_again": shard_rows - kept,
+        "rows_identical": same and len(rows) == shards,
+        "rerun_wall_s": rerun,
     }
 
 
@@ -202,6 +236,7 @@ def run_iteration(
         rows.append(
             {
                 "size": size,
+                "layout": shards,  # the run's shard count; a stage not sharded runs as one task
                 "shards": shards if stage in SHARDED else 1,
                 "stage": stage,
                 "wall_s": wall,
@@ -219,8 +254,8 @@ def run_iteration(
                 "tasks": tasks,
             }
         )
-        if resume and shards == 1 and stage in SHARDED:
-            rows[-1]["resume"] = resume_check(size, root, stage)
+        if resume and stage in SHARDED:
+            rows[-1]["resume"] = resume_check(size, root, stage, shards, env)
             print(f"  resumed after kill -9: {rows[-1]['resume']}", flush=True)
         print(
             f"  {size:>6} prompts, {rows[-1]['shards']} task(s), {stage:>8}: {wall:8.1f} s "
@@ -238,10 +273,10 @@ def growth(rows: list[dict]) -> list[dict]:
     """Per stage and layout: the largest size over the smallest, in time per prompt (the stage's
     own seconds, without start-up) and in peak memory, against the targets."""
     out = []
-    for shards in sorted({r["shards"] for r in rows}):
+    for layout in sorted({r["layout"] for r in rows}):
         for stage in STAGES:
             mine = sorted(
-                (r for r in rows if r["stage"] == stage and r["shards"] == shards),
+                (r for r in rows if r["stage"] == stage and r["layout"] == layout),
                 key=lambda r: r["size"],
             )
             if len(mine) < 2:
@@ -252,7 +287,7 @@ def growth(rows: list[dict]) -> list[dict]:
             out.append(
                 {
                     "stage": stage,
-                    "shards": shards,
+                    "shards": large["shards"],
                     "sizes": [small["size"], large["size"]],
                     "time_per_prompt": round(time_ratio, 3),
                     "peak_memory": round(memory_ratio, 3),
@@ -270,13 +305,16 @@ def growth(rows: list[dict]) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    m, s = result["machine"], result["settings"]
-    lines = [
-        f"# {result['benchmark']}",
-        "",
-        f"{m['cpu_model']} · {m['cpu_affinity']} CPUs · {m['memory_gib']} GiB · "
-        f"commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''} · "
-        f"{m['date_utc']}",
+    s = result["settings"]
+    lines = [f"# {result['benchmark']}", ""]
+    for i, run in enumerate(result["runs"]):
+        m = run["machine"]
+        lines.append(
+            f"- run {i}: {m['cpu_model']} · {m['cpu_affinity']} CPUs · {m['memory_gib']} GiB · "
+            f"commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''} · "
+            f"{m['date_utc']} · `{run['command']}`"
+        )
+    lines += [
         "",
         f"`{' '.join(s['overrides'])}`; peak = the summed RSS of the stage's process tree "
         f"(sampled every {int(SAMPLE_S * 1000)} ms), of the largest task for an array; work = the "
@@ -284,13 +322,13 @@ def markdown(result: dict) -> str:
         "a task = its wall time over its prompts; other load = the share of the CPUs other "
         "processes used just before the stage.",
         "",
-        "| prompts | tasks | stage | wall s | work s | work ms/prompt | ms/prompt of a task "
+        "| run | prompts | tasks | stage | wall s | work s | work ms/prompt | ms/prompt of a task "
         "| peak MB | largest process MB | MB written | other load |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['size']:,} | {r['shards']} | {r['stage']} | {r['wall_s']:.1f} | "
+            f"| {r['run']} | {r['size']:,} | {r['shards']} | {r['stage']} | {r['wall_s']:.1f} | "
             f"{r['work_s']:.1f} | {r['work_ms_per_prompt']:.2f} | {r['task_ms_per_prompt']:.2f} | "
             f"{r['peak_tree_rss_mb']:.0f} | {r['peak_process_hwm_mb']:.0f} | "
             f"{r['bytes_written'] / 1e6:.1f} | {r['other_load_before']:.0%} |"
@@ -301,14 +339,15 @@ def markdown(result: dict) -> str:
             "",
             "Killed (-9) halfway and run again (a copy of the run made before the stage):",
             "",
-            "| prompts | stage | chunks | left by the killed run | rows kept | rows made again "
-            "| rows identical to the uninterrupted run's |",
-            "|---:|---|---:|---:|---:|---:|---|",
+            "| prompts | tasks | stage | killed | its chunks | left by the killed run | rows kept "
+            "| rows made again | rows identical to the uninterrupted run's |",
+            "|---:|---:|---|---|---:|---:|---:|---:|---|",
         ]
         for r in resumed:
             c = r["resume"]
             lines.append(
-                f"| {r['size']:,} | {r['stage']} | {c['chunks']} | "
+                f"| {r['size']:,} | {r['shards']} | {r['stage']} | "
+                f"{c['killed']} | {c['chunks']} | "
                 f"{c['chunks_left_by_the_killed_run']} | {c['rows_kept']:,} | "
                 f"{c['rows_made_again']:,} | {'yes' if c['rows_identical'] else 'NO'} |"
             )
@@ -357,7 +396,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume-check",
         action="store_true",
-        help="also kill -9 each one-shard generate and rank halfway and run it again",
+        help="also kill -9 each generate and rank halfway (of an array, one task), run it again",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of --out at the sizes and layouts this run does not measure",
     )
     add_common_args(parser, out=REPO_ROOT / "benchmarks/results/scale_cpu.json", timeout=0)
     args = parser.parse_args(argv)
@@ -379,17 +423,38 @@ def main(argv: list[str] | None = None) -> None:
         for shards in args.shards:
             for size in args.sizes:
                 rows += run_iteration(size, shards, args.stages, env, args.resume_check)
-    result = {
-        "benchmark": "one tiny-model iteration at 1k-20k prompts, K = 5, one shard and SLURM "
-        "arrays, CPU",
+    run = {
         "command": "python -m benchmarks.bench_scale " + " ".join(argv),
         "machine": machine_info(("torch", "transformers", "datasets", "llm-blender"), {}),
-        "settings": {"overrides": list(OVERRIDES), "sizes": args.sizes, "shards": args.shards},
-        "rows": rows,
-        "growth": growth(rows),
         "wall_s": round(time.time() - started, 1),
     }
-    write_results(args.out, result, markdown)
+    earlier = json.loads(args.out.read_text()) if args.merge and args.out.exists() else None
+    write_results(args.out, merged(earlier, run, rows), markdown)
+
+
+def merged(earlier: dict | None, run: dict, rows: list[dict]) -> dict:
+    """The result of this run, with the rows of an earlier result at the sizes and layouts this
+    run did not measure (each row names the run, its commit and date, that measured it)."""
+    runs, kept = [], []
+    if earlier is not None:
+        runs = earlier["runs"]
+        measured = {(r["size"], r["layout"]) for r in rows}
+        kept = [r for r in earlier["rows"] if (r["size"], r["layout"]) not in measured]
+        used = sorted({r["run"] for r in kept})
+        runs = [runs[i] for i in used]
+        kept = [{**r, "run": used.index(r["run"])} for r in kept]
+    rows = [*kept, *({**r, "run": len(runs)} for r in rows)]
+    runs.append(run)
+    rows.sort(key=lambda r: (r["layout"], r["size"], STAGES.index(r["stage"])))
+    return {
+        "benchmark": "one tiny-model iteration at 1k-20k prompts, K = 5, one shard and SLURM "
+        "arrays, CPU",
+        "settings": {"overrides": list(OVERRIDES)},
+        "runs": runs,
+        "rows": rows,
+        "growth": growth(rows),
+        "wall_s": run["wall_s"],
+    }
 
 
 if __name__ == "__main__":
