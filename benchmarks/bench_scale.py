@@ -12,6 +12,8 @@ each task. What the targets ask: time per prompt and peak memory at the largest 
 
     python -m src.tiny.data --scale 20000          # the prompts (.cache/scale), once
     python -m benchmarks.bench_scale --sizes 1000 5000 20000 --shards 1 8
+    # after a change to one stage: that stage again on the kept runs, merged into the results
+    python -m benchmarks.bench_scale --sizes 20000 --shards 1 --stages train --keep --merge
     python -m benchmarks.bench_scale --render benchmarks/results/scale_cpu.json
 """
 
@@ -215,13 +217,18 @@ def resume_check(size: int, root: Path, stage: str, shards: int, env: dict | Non
 
 
 def run_iteration(
-    size: int, shards: int, stages: list[str], env: dict | None, resume: bool = False
+    size: int, shards: int, stages: list[str], env: dict | None, resume: bool, keep: bool
 ) -> list[dict]:
+    """`stages` of one iteration at `size` prompts, in a new run folder, or (`keep`) in the
+    last one made at this size and layout: its other stages' outputs kept, these made again."""
     root = BENCH_DIR / f"{size}-{shards}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
     rows = []
     for stage in stages:
+        for earlier in root.rglob(f"iter1/{stage}"):
+            shutil.rmtree(earlier)
         load = other_load(0.5)
         if shards > 1 and stage in SHARDED:
             tasks = run_array(size, root, stage, shards, env)
@@ -401,7 +408,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="keep the rows of --out at the sizes and layouts this run does not measure",
+        help="keep the rows of --out at the sizes, layouts and stages this run does not measure",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="run --stages in the last run folder of each size and layout, on its earlier "
+        "stages' outputs (e.g. --stages train after a change to training)",
     )
     add_common_args(parser, out=REPO_ROOT / "benchmarks/results/scale_cpu.json", timeout=0)
     args = parser.parse_args(argv)
@@ -422,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         env = stack.enter_context(slurm_cluster()) if max(args.shards) > 1 else None
         for shards in args.shards:
             for size in args.sizes:
-                rows += run_iteration(size, shards, args.stages, env, args.resume_check)
+                rows += run_iteration(size, shards, args.stages, env, args.resume_check, args.keep)
     run = {
         "command": "python -m benchmarks.bench_scale " + " ".join(argv),
         "machine": machine_info(("torch", "transformers", "datasets", "llm-blender"), {}),
@@ -433,13 +446,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def merged(earlier: dict | None, run: dict, rows: list[dict]) -> dict:
-    """The result of this run, with the rows of an earlier result at the sizes and layouts this
-    run did not measure (each row names the run, its commit and date, that measured it)."""
+    """The result of this run, with the rows of an earlier result at the sizes, layouts and
+    stages this run did not measure (each row names the run, its commit and date, that measured it)."""
     runs, kept = [], []
     if earlier is not None:
         runs = earlier["runs"]
-        measured = {(r["size"], r["layout"]) for r in rows}
-        kept = [r for r in earlier["rows"] if (r["size"], r["layout"]) not in measured]
+        measured = {(r["size"], r["layout"], r["stage"]) for r in rows}
+        kept = [r for r in earlier["rows"] if (r["size"], r["layout"], r["stage"]) not in measured]
         used = sorted({r["run"] for r in kept})
         runs = [runs[i] for i in used]
         kept = [{**r, "run": used.index(r["run"])} for r in kept]

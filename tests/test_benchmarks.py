@@ -42,7 +42,7 @@ def test_a_results_file_rerenders_as_committed(result, tmp_path, capsys):
     assert copy.with_suffix(".md").read_text() == result.with_suffix(".md").read_text()
 
 
-def test_a_scale_run_merged_into_an_earlier_result_replaces_only_what_it_measured():
+def test_a_scale_run_merged_into_an_earlier_result_replaces_only_the_rows_it_measured():
     from benchmarks.bench_scale import merged
 
     def row(size, layout, stage, **extra):
@@ -70,3 +70,9 @@ def test_a_scale_run_merged_into_an_earlier_result_replaces_only_what_it_measure
         (1000, 1, 2), (5000, 1, 0), (1000, 8, 1), (1000, 8, 1),
     ]  # fmt: skip
     assert [(g["stage"], g["sizes"]) for g in fourth["growth"]] == [("rank", [1000, 5000])]
+    # one stage measured again (--keep --stages pairs): the other stages' rows stay
+    fifth = merged(fourth, run("e"), [row(1000, 8, "pairs", again=True)])
+    assert [(r["layout"], r["stage"], r["run"]) for r in fifth["rows"]][2:] == [
+        (8, "rank", 1), (8, "pairs", 3),
+    ]  # fmt: skip
+    assert fifth["rows"][3]["again"]
