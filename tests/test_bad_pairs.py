@@ -155,6 +155,15 @@ CASES = {
         parquet(rows_with(6, chosen_probs_win=float("nan"))),
         r"{path}: row 7 \(prompt_id 'fx06'\): 'chosen_probs_win' is nan, expected a probability",
     ),
+    # read a batch at a time (TOKENISE_BATCH rows): a row in a later batch keeps its number
+    "parquet-a-bad-row-in-a-later-batch": Bad(
+        "p.parquet",
+        parquet(
+            [dict(ROWS[i % len(ROWS)], prompt_id=f"r{i}") for i in range(299)]
+            + [dict(ROWS[0], prompt_id="r299", rejected=None)]
+        ),
+        r"{path}: row 300 \(prompt_id 'r299'\): 'rejected' is null, expected a string$",
+    ),
     "parquet-lacks-a-column": Bad(
         "p.parquet",
         parquet([{k: v for k, v in r.items() if k != "rejected"} for r in ROWS]),

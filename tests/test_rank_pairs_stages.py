@@ -142,7 +142,7 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
     # the training stage reads them: the default training.pairs is this file
     from src.training.data import read_pairs
 
-    assert len(read_pairs(cfg.training.pairs, "sppo")) == 4
+    assert len(list(read_pairs(cfg.training.pairs, "sppo"))) == 4
 
 
 def test_direct_probabilities_and_no_self_term_are_switches():

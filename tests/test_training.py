@@ -75,6 +75,33 @@ def test_logits_only_from_the_first_response_row_give_the_full_sequence_log_prob
     torch.testing.assert_close(align.double(), expected_align, rtol=1e-5, atol=1e-5)
 
 
+def test_pairs_are_tokenised_a_batch_at_a_time_into_4_byte_ids_keyed_by_their_row(tiny_dir):
+    """More pairs than one tokenising batch, one dropped in the second: a kept pair's index is its
+    row in the file (the reference log-prob cache's key), its ids are 4-byte arrays, and they are
+    the ids of the pair tokenised alone."""
+    from array import array
+
+    from src.core.policy import end_of_turn_ids
+    from src.training.data import TOKENISE_BATCH, PairTokenizer
+
+    path = tiny_dir / "tiny-gemma2"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenise = PairTokenizer(tokenizer, end_of_turn_ids(str(path), tokenizer), 256, 128)
+    n, dropped = TOKENISE_BATCH + 10, TOKENISE_BATCH + 3
+    rows = [dict(FIXTURE_ROWS[i % len(FIXTURE_ROWS)], prompt_id=f"p{i}") for i in range(n)]
+    rows[dropped]["rejected"] = rows[dropped]["chosen"]
+    pairs, report = tokenise(iter(rows), "sppo")
+    assert (report.read, report.kept, report.dropped_identical) == (n, n - 1, 1)
+    assert [p.index for p in pairs] == [i for i in range(n) if i != dropped]
+    for pair in pairs[TOKENISE_BATCH - 2 :]:
+        (alone,), _ = tokenise([rows[pair.index]], "sppo")
+        for name in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            ids = getattr(pair, name)
+            assert isinstance(ids, array) and ids.itemsize == 4
+            assert ids == getattr(alone, name)
+        assert pair.probs == alone.probs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sppo", "wpo"])
 @pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])

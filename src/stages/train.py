@@ -53,7 +53,9 @@ from src.training.launch import (
 def run(cfg: Config) -> dict:
     stage_dir = cfg.stage_dir(Stage.train)
     if cfg.hardware.world_size > 1 and os.environ.get(WORKER_ENV) != "1":
-        read_inputs(cfg)  # bad input ends here, on one line, before any worker starts
+        _, rows = read_inputs(cfg)
+        for _ in rows:  # every row read and checked: bad input ends here, before any worker starts
+            pass
         return launch_workers(cfg.hardware, stage_dir)
     return train(cfg, stage_dir)
 
@@ -170,7 +172,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         ref_model=ref_model,
     )
     counts = {
-        "pairs_in_file": len(rows),
+        "pairs_in_file": report.read,
         "pairs_trained": report.kept,
         "dropped_identical": report.dropped_identical,
         "dropped_empty": report.dropped_empty,
@@ -180,7 +182,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     return Setup(trainer, counts)
 
 
-def read_inputs(cfg: Config) -> tuple[Path, list[dict]]:
+def read_inputs(cfg: Config) -> tuple[Path, Iterator[dict]]:
     """pi_{t-1} checked whole, QLoRA's GPU and library present, and the pairs: the file its
     record sealed (when it is the pairs stage's output), every row checked."""
     from src.training.data import read_pairs

@@ -9,7 +9,9 @@ The template's BOS is the only BOS, so everything is tokenised with add_special_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,28 +31,33 @@ PROBABILITY_COLUMNS = {
     "sppo_single": ("chosen_probs",),
 }
 PAIR_EXAMPLE = '{"prompt_id": ..., "prompt": ..., "chosen": ..., "rejected": ...}'
+# pairs read and tokenised at a time: the texts of a batch are in memory, only the ids stay
+TOKENISE_BATCH = 256
 
 
 class PairsError(StageError):
     """The pairs file cannot be trained on; the message says what and where."""
 
 
-def read_pairs(path: str | Path, loss: str, fix: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a pairs file (.parquet, or .jsonl for hand-made fixtures), every one checked.
+def read_pairs(path: str | Path, loss: str, fix: str | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a pairs file (.parquet, or .jsonl for hand-made fixtures), every one checked, read
+    as they are used (a parquet file a batch of rows at a time: the file is never all in memory).
 
-    All rows are checked before training starts, so that a bad one stops the stage with its
-    file, row and prompt_id rather than a traceback from the chat template or a NaN loss hours
-    later. `fix`: the overrides that remake the file when it is the pairs stage's output; None
-    for a file of the user's own, where the message says what to correct.
+    Every row is checked as it is tokenised, before training starts, so that a bad one stops the
+    stage with its file, row and prompt_id rather than a traceback from the chat template or a
+    NaN loss hours later. `fix`: the overrides that remake the file when it is the pairs stage's
+    output; None for a file of the user's own, where the message says what to correct.
     """
     path = Path(path)
     try:
-        rows = [checked_pair(where, row, loss) for where, row in located_rows(path)]
-        if not rows:
+        empty = True
+        for where, row in located_rows(path):
+            yield checked_pair(where, row, loss)
+            empty = False
+        if empty:
             raise PairsError(f"{path} holds no pairs")
     except PairsError as err:
         raise PairsError(str(err), fix) from None  # one remedy for every defect of the file
-    return rows
 
 
 def located_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -73,12 +80,14 @@ def parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow  # lazy: a .jsonl fixture never needs it
     import pyarrow.parquet as pq
 
+    number = 0
     try:
-        rows = pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=TOKENISE_BATCH):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path}: row {number}", row
     except pyarrow.ArrowException as err:  # not parquet, or truncated: no footer to read
         raise PairsError(f"{path}: cannot read as parquet ({err})") from None
-    for number, row in enumerate(rows, start=1):
-        yield f"{path}: row {number}", row
 
 
 def checked_pair(where: str, row: dict[str, Any], loss: str) -> dict[str, Any]:
@@ -104,15 +113,19 @@ def checked_pair(where: str, row: dict[str, Any], loss: str) -> dict[str, Any]:
 
 @dataclass
 class TokenisedPair:
+    """A pair's token ids. PairTokenizer keeps them as 4-byte arrays: a list of Python ints
+    costs ~36 bytes a token, ~9x the memory, over every pair of an iteration."""
+
     index: int  # position in the pairs file: the key of the reference log-prob cache
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
+    prompt_ids: array | list[int]
+    chosen_ids: array | list[int]
+    rejected_ids: array | list[int]
     probs: dict[str, float]
 
 
 @dataclass
 class TokenisationReport:
+    read: int = 0  # pairs in the file
     kept: int = 0
     dropped_identical: int = 0  # chosen == rejected: no preference to learn (documented)
     dropped_empty: int = 0  # a response with no token left after truncation
@@ -161,9 +174,18 @@ class PairTokenizer:
         return ids
 
     def __call__(
-        self, rows: list[dict[str, Any]], loss: str
+        self, rows: Iterable[dict[str, Any]], loss: str
     ) -> tuple[list[TokenisedPair], TokenisationReport]:
-        report = TokenisationReport()
+        """Every row of `rows` (read a batch at a time) tokenised; what was dropped, counted."""
+        report, pairs, stream = TokenisationReport(), [], iter(rows)
+        while batch := list(itertools.islice(stream, TOKENISE_BATCH)):
+            pairs += self._batch(batch, loss, report)
+        report.kept = len(pairs)
+        return pairs, report
+
+    def _batch(
+        self, rows: list[dict[str, Any]], loss: str, report: TokenisationReport
+    ) -> list[TokenisedPair]:
         prompt_texts = [self.prompt_text(r["prompt"]) for r in rows]
         prompts = self._ids(prompt_texts)
         chosen = self._ids(
@@ -179,7 +201,8 @@ class PairTokenizer:
             ]
         )
         pairs = []
-        for index, (row, p, c, r) in enumerate(zip(rows, prompts, chosen, rejected, strict=True)):
+        rows_ids = zip(rows, prompts, chosen, rejected, strict=True)
+        for index, (row, p, c, r) in enumerate(rows_ids, start=report.read):
             if row["chosen"] == row["rejected"]:
                 report.dropped_identical += 1
                 continue
@@ -189,9 +212,9 @@ class PairTokenizer:
                 report.dropped_empty += 1
                 continue
             probs = {k: float(row[k]) for k in PROBABILITY_COLUMNS.get(loss, ())}
-            pairs.append(TokenisedPair(index, p, c, r, probs))
-        report.kept = len(pairs)
-        return pairs, report
+            pairs.append(TokenisedPair(index, array("i", p), array("i", c), array("i", r), probs))
+        report.read += len(rows)
+        return pairs
 
     def _truncate(self, p: list[int], c: list[int], r: list[int], report: TokenisationReport):
         """Prompt keeps its end (the question), responses keep their start; TRL's order."""
