@@ -225,7 +225,10 @@ def machine_info(packages: tuple[str, ...], code_sha256: dict) -> dict:
         "python": platform.python_version(),
         "versions": {name: installed(name) for name in packages},
         "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # uncommitted changes to what runs; results files written by an earlier run are not code
+        "git_dirty": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+        ),
         # the code measured, whatever git says about it (a file may be uncommitted)
         "code_sha256": code_sha256,
     }
