@@ -184,7 +184,8 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
 
 def read_inputs(cfg: Config) -> tuple[Path, Iterator[dict]]:
     """pi_{t-1} checked whole, QLoRA's GPU and library present, and the pairs: the file its
-    record sealed (when it is the pairs stage's output), every row checked."""
+    record sealed (when it is the pairs stage's output), its rows read and each one checked as
+    they are used."""
     from src.training.data import read_pairs
 
     require_previous_policy(cfg)
