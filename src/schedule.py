@@ -11,12 +11,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from src.config import Config, PipelineConfig, Stage, to_yaml
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
-from src.core.records import state_of
-from src.core.registry import iteration_stages
+from src.core.records import StageState, read_record, state_of
+from src.core.registry import STAGES, iteration_stages
 from src.stages import tracking
 from src.stages.common import redo
 
@@ -74,7 +75,7 @@ def dispatch(
 def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
     if cfg.pipeline.require_previous:
         previous = Path(cfg.run.init_policy)
-        if not (previous.parent / "done.json").is_file():
+        if read_record(previous.parent, fix=redo(cfg, "train", cfg.iter - 1)) is None:
             raise StageError(
                 f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
                 "which is not finished (pipeline.require_previous=true); finish it first",
@@ -92,24 +93,22 @@ def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
 
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     """Skip the stages finished under this config, refuse those finished under another (before
-    any work), redo what `pipeline.redo` names and everything after it, run the rest."""
+    any work) and those that would read an earlier stage's output made under another, redo what
+    `pipeline.redo` names and everything after it, run the rest."""
     tree = cfg.as_tree()
     states = [state_of(tree, s) for s in runners]
     redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):
-            fix = redo(cfg, st.stage.value)
-            if st.earlier_version:
-                raise StageError(
-                    f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, "
-                    "whose records this one cannot check; to redo it and the stages after it",
-                    fix,
-                )
-            why = "; ".join(st.changed) or "the output of an earlier stage changed"
-            raise StageError(
-                f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); "
-                "restore the config, or redo it and the stages after it",
-                fix,
+            refuse(cfg, st, "restore the config, or redo it and the stages after it")
+    upstream = read_upstream(cfg, states[0].stage)
+    if upstream is not None and upstream not in runners:
+        st = state_of(tree, upstream)
+        if st.status == "stale":  # its rows would be read as if made under this config
+            refuse(
+                cfg,
+                st,
+                f"stage {states[0].stage.value} reads it: restore the config, or redo it first",
             )
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
@@ -129,6 +128,32 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
         save_config(cfg, st.stage, command)
         run_tracked(cfg, st.stage, runners[st.stage])
         release_gpu_memory()
+
+
+def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
+    """A stage finished under another config (or version) than `cfg`: never trusted, and never
+    redone without being asked; the fix redoes it."""
+    fix = redo(cfg, st.stage.value)
+    if st.earlier_version:
+        raise StageError(
+            f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, whose "
+            "records this one cannot check; to redo it and the stages after it",
+            fix,
+        )
+    why = "; ".join(st.changed) or "the output of an earlier stage changed"
+    raise StageError(
+        f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); {advice}", fix
+    )
+
+
+def read_upstream(cfg: Config, stage: Stage) -> Stage | None:
+    """The stage whose output `stage` reads under `cfg`: the one it consumes, unless training
+    reads a pairs file of the user's own (`training.pairs`)."""
+    upstream = STAGES[stage].consumes
+    if upstream == Stage.pairs:
+        pairs = Path(cfg.training.pairs).resolve()
+        return upstream if pairs.parent == cfg.stage_dir(Stage.pairs).resolve() else None
+    return upstream
 
 
 def release_gpu_memory() -> None:

@@ -23,6 +23,7 @@ import pytest
 from src.config import REPO_ROOT
 from src.core.errors import describe_os_error, with_overrides
 from src.core.policy import safetensors_damage, seal_checkpoint
+from src.core.records import write_record
 from tests.helpers import SMALL, cli, compose_cfg, one_line_failure
 
 GENERATE = ["stage=generate"]  # with SMALL's sizes (cli runs them)
@@ -181,6 +182,20 @@ def test_a_missing_local_policy_folder_is_one_line(tmp_path):
     assert line == f"error: model.path={tmp_path}/nothing: no such model folder"
 
 
+@pytest.mark.parametrize("damage", ["empty folder", "tokenizer.json not JSON"])
+def test_a_policy_folder_that_cannot_be_loaded_is_one_line(tmp_path, tiny_dir, damage):
+    folder = tmp_path / "model"
+    if damage == "empty folder":
+        folder.mkdir()
+        said = "not a model folder: it has no config.json"
+    else:
+        shutil.copytree(tiny_dir / "tiny-mistral", folder)
+        (folder / "tokenizer.json").write_text('{"version": ')
+        said = "tokenizer.json is not valid JSON"
+    line = one_line_failure(cli(tmp_path, *GENERATE, f"model.path={folder}"), 1)
+    assert line.startswith(f"error: model.path={folder}: {said}"), line
+
+
 @pytest.fixture
 def trained_iteration_one(tmp_path, tiny_dir, monkeypatch):
     """Iteration 1's training record and checkpoint (the tiny model's weights), as the train
@@ -189,24 +204,31 @@ def trained_iteration_one(tmp_path, tiny_dir, monkeypatch):
     cfg = compose_cfg(*SMALL, "iter=2")
     checkpoint = Path(cfg.run.init_policy)
     shutil.copytree(cfg.model.path, checkpoint)
-    (checkpoint.parent / "done.json").write_text(
-        json.dumps({"format": 2, "fingerprint": "x", "outputs": seal_checkpoint(checkpoint)})
-    )
+    write_record(checkpoint.parent, "x", {}, {}, seal_checkpoint(checkpoint))
     return checkpoint
 
 
-@pytest.mark.parametrize("damage", ["truncated", "removed", "truncated, unrecorded"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "removed", "truncated, unrecorded", "overwritten in place", "tokenizer edited"],
+)
 def test_a_damaged_previous_checkpoint_names_the_training_to_redo(
     tmp_path, trained_iteration_one, damage
 ):
     weights = trained_iteration_one / "model.safetensors"
     if damage == "removed":
         weights.unlink()
+    elif damage == "overwritten in place":  # the same size: only the content tells
+        with open(weights, "r+b") as f:
+            f.seek(weights.stat().st_size - 4096)
+            f.write(os.urandom(4096))
+    elif damage == "tokenizer edited":
+        tokenizer = trained_iteration_one / "tokenizer.json"
+        tokenizer.write_bytes(tokenizer.read_bytes().replace(b'"', b"'", 1))
     else:
         weights.write_bytes(weights.read_bytes()[:-100])
     if damage == "truncated, unrecorded":  # a record without sizes: the file's own header tells
-        record = trained_iteration_one.parent / "done.json"
-        record.write_text(json.dumps({**json.loads(record.read_text()), "outputs": {}}))
+        write_record(trained_iteration_one.parent, "x", {}, {}, {})
     before = records(tmp_path)
     line = one_line_failure(cli(tmp_path, *GENERATE, "iter=2"), 1)
     assert f"iteration 1's checkpoint {trained_iteration_one}, which is damaged (" in line
@@ -214,6 +236,8 @@ def test_a_damaged_previous_checkpoint_names_the_training_to_redo(
         "truncated": "model.safetensors has ",
         "removed": "model.safetensors is missing",
         "truncated, unrecorded": "model.safetensors is cut short",
+        "overwritten in place": "model.safetensors is not the file training saved",
+        "tokenizer edited": "tokenizer.json is not the file training saved",
     }[damage]
     assert why in line
     assert line.endswith(

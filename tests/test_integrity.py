@@ -29,7 +29,7 @@ def process(made: list[list[str]]):
 
 def run_shard(stage_dir, made: list[list[str]]) -> bytes:
     shard = Shard(stage_dir, "rows", 0, 1)
-    tally = run_chunks(shard, ITEMS, 3, process(made))
+    tally = run_chunks(shard, ITEMS, 3, process(made), "identity")
     finish_shard(shard, tally.chunks, {"seconds": 0.0}, "fingerprint")
     return shard.output.read_bytes()
 
@@ -79,7 +79,7 @@ def test_shards_finishing_at_the_same_time_leave_one_complete_record(tmp_path):
     not yet sealed). Shard 1 must leave the stage unfinished, not read half of shard 0; shard 0,
     finishing last, writes done.json over both."""
     shards = [Shard(tmp_path, "rows", i, 2) for i in range(2)]
-    tallies = [run_chunks(s, ITEMS[s.index :: 2], 3, process([])) for s in shards]
+    tallies = [run_chunks(s, ITEMS[s.index :: 2], 3, process([]), "identity") for s in shards]
     shards[0].output.write_text("")  # its write begun: no seal, no counts yet
     assert finish_shard(shards[1], tallies[1].chunks, {"seconds": 1.0}, "fingerprint") is None
     assert not (tmp_path / "done.json").exists()

@@ -150,7 +150,7 @@ def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
                 STAGES, "done"
             )
 
-    # a changed input is still named; the stages after it changed upstream
+    # a changed input is still named, for the stages after it as their upstream's
     cfg = at_root(monkeypatch, there, "ranker.self_term=false")
     rank, pairs = state_of(cfg.as_tree(), Stage.rank), state_of(cfg.as_tree(), Stage.pairs)
     assert (rank.status, rank.changed, rank.earlier_version) == (
@@ -158,7 +158,11 @@ def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
         ["ranker.self_term: True -> False"],
         False,
     )
-    assert (pairs.status, pairs.changed, pairs.earlier_version) == ("stale", [], False)
+    assert (pairs.status, pairs.changed, pairs.earlier_version) == (
+        "stale",
+        ["rank's ranker.self_term: True -> False"],
+        False,
+    )
 
 
 def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_trains():

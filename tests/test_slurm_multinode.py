@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from src.stages.train import last_complete_checkpoint
+from src.training.checkpoints import SEAL, checkpoints
 from tests.helpers import SLURM_SMALL, run_without_slurm
 
 pytestmark = pytest.mark.slurm
@@ -91,7 +91,7 @@ def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_tw
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # until a complete Trainer checkpoint exists
         found = list((tmp_path / "runs").rglob("iter1/train/trainer"))
-        if found and last_complete_checkpoint(found[0]):
+        if found and list(found[0].glob(f"checkpoint-*/{SEAL}")):  # saved whole
             trainer = found[0]
             break
         time.sleep(0.1)
@@ -106,7 +106,7 @@ def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_tw
     for name, job in ids.items():
         if "-it2-" in name:
             assert {s for rid, s in states.items() if rid.split("_")[0] == job} == {"CANCELLED"}
-    resume_from = last_complete_checkpoint(trainer)
+    resume_from = next((d for d in checkpoints(trainer) if (d / SEAL).is_file()), None)
     assert resume_from is not None
     assert not (trainer.parent / "done.json").exists()
 

@@ -264,21 +264,38 @@ def test_the_trainers_wandb_run_holds_the_preference_metrics(tmp_path):
     assert summary["train/global_step"] == 2
 
 
-def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
-    from src.stages.train import last_complete_checkpoint
+def test_a_checkpoint_killed_while_saving_or_damaged_since_is_not_resumed_from(tmp_path, capsys):
+    from src.training import checkpoints
 
-    assert last_complete_checkpoint(tmp_path) is None
+    assert checkpoints.resume_point(tmp_path, "id", remove_damaged=True) is None
     for step, whole in ((1, True), (2, True), (10, True), (11, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"x")
-        if whole:  # the Trainer writes trainer_state.json last
-            (folder / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10"), (
-        "10 > 2: numeric order"
+        (folder / "optimizer.pt").write_bytes(b"x" * 64)
+        (folder / "trainer_state.json").write_text("{}")
+        if whole:  # sealed after every process saved its part
+            checkpoints.seal(folder, "id")
+    assert checkpoints.resume_point(tmp_path, "id", remove_damaged=True) == str(
+        tmp_path / "checkpoint-10"
+    ), "10 > 2: numeric order; 11 was never sealed"
+    assert not (tmp_path / "checkpoint-11").exists()
+    assert "checkpoint-11 cannot be resumed from: it has no seal" in capsys.readouterr().err
+
+    # damaged in place at the same size: the content, not the size, decides
+    with open(tmp_path / "checkpoint-10" / "optimizer.pt", "r+b") as f:
+        f.write(b"y")
+    assert checkpoints.resume_point(tmp_path, "id", remove_damaged=False) == str(
+        tmp_path / "checkpoint-2"
     )
-    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    err = capsys.readouterr().err
+    assert "checkpoint-10 cannot be resumed from: optimizer.pt is not the file" in err
+    assert (tmp_path / "checkpoint-10").exists(), "only the deciding process removes"
+    (tmp_path / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 10)  # cut short
+    assert checkpoints.resume_point(tmp_path, "id", remove_damaged=True) == str(
+        tmp_path / "checkpoint-1"
+    )
+    assert "optimizer.pt has 10 bytes where it was saved with 64" in capsys.readouterr().err
+    assert checkpoints.resume_point(tmp_path, "another", remove_damaged=False) is None
 
 
 @pytest.mark.slow

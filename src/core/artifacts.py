@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,16 @@ def umask() -> int:
     return current
 
 
+def share(folder: str | os.PathLike[str]) -> None:
+    """Give every file and folder under `folder` the mode the umask gives a new one (0644 and
+    0755 under umask 022). Libraries save some files through a private temporary file (0600):
+    a checkpoint the rest of a team cannot read is not shared."""
+    files, dirs = 0o666 & ~umask(), 0o777 & ~umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, dirs if path.is_dir() else files)
+
+
 def sync_directory(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -69,6 +80,52 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def files_sha256(paths: Iterable[Path]) -> dict[Path, str]:
+    """sha256 of each file, several files at once (hashlib releases the GIL on large blocks, so
+    a sharded checkpoint hashes at the disk's speed rather than one core's, ~2 GB/s). A file
+    hashed before by this process and unchanged since (the same size, inode, mtime and ctime:
+    any write changes ctime) is not read again: stages run one after another each check pi_{t-1}."""
+    from src.core.threads import allowed_cpus
+
+    stats = {Path(p): _identity(Path(p)) for p in paths}
+    todo = [p for p, key in stats.items() if key not in _HASHED]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(todo), len(allowed_cpus())))) as pool:
+            for path, digest in zip(todo, pool.map(file_sha256, todo), strict=True):
+                _HASHED[stats[path]] = digest
+    return {p: _HASHED[key] for p, key in stats.items()}
+
+
+_HASHED: dict[tuple, str] = {}
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_json(
+    path: str | os.PathLike[str],
+    error: type[StageError],
+    fix: str | None = None,
+    again: str = "make it again",
+) -> dict[str, Any]:
+    """The JSON object in `path`, which this project wrote; a file that is not one (edited, or
+    damaged) raises `error` naming it, with `fix`, the overrides that `again` makes it."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}; edited or damaged?); {again}", fix) from None
+    if not isinstance(obj, dict):
+        raise error(
+            f"{path} holds a JSON {type(obj).__name__}, not the object this project writes "
+            f"(edited or damaged?); {again}",
+            fix,
+        )
+    return obj
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

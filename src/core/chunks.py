@@ -37,10 +37,11 @@ from src.core.artifacts import (
     atomic_write_json,
     atomic_write_text,
     file_sha256,
+    read_json,
     read_jsonl,
 )
-from src.core.errors import StageError
-from src.core.records import write_record
+from src.core.errors import StageError, shown
+from src.core.records import read_record, write_record
 
 T = TypeVar("T")
 
@@ -144,20 +145,38 @@ def claim(
     what: str,
     fix: str | None,
     leftovers: str = "chunk*.jsonl",
+    seals: str = "chunk*.sealed.json",
 ) -> None:
     """Refuse a work directory holding `leftovers` made from another `identity`, else mark it ours.
 
     Used for a shard's chunks and for the Trainer's checkpoints: what a re-run resumes from.
-    `fix`: the overrides that start the stage over (None: deleting `work` does).
+    What they were made from is read from the directory's `identity.txt` and from each leftover's
+    seal (`seals`), so that a lost or replaced identity.txt never lets another config's work
+    through. `fix`: the overrides that start the stage over (None: deleting `work` does).
     """
     marker = work / "identity.txt"
+    start_over = "start the stage over" if fix else "delete that directory to redo it"
+    foreign = [p for p in sorted(work.glob(seals)) if sealed_identity(p) not in (None, identity)]
+    if foreign:
+        raise error(
+            f"{work} holds {what}, as {foreign[0].name} says; restore the config, or {start_over}",
+            fix,
+        )
     if marker.exists() and marker.read_text().strip() == identity:
         return
     # a run that failed before leaving anything (a judge that would not load) has nothing to protect
     if marker.exists() and any(work.glob(leftovers)):
-        start_over = "start the stage over" if fix else "delete that directory to redo it"
         raise error(f"{work} holds {what}; restore the config, or {start_over}", fix)
     atomic_write_text(marker, identity + "\n")
+
+
+def sealed_identity(seal_path: Path) -> str | None:
+    """The identity a seal says its file was made under (None: unreadable, or none recorded)."""
+    try:
+        made_under = json.loads(seal_path.read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return made_under if isinstance(made_under, str) else None
 
 
 @dataclass
@@ -172,14 +191,17 @@ def run_chunks(
     items: Iterable[T],
     chunk_size: int,
     process: Callable[[list[T]], list[dict[str, Any]]],
+    identity: str,
     on_chunk: Callable[[int, int, list[dict[str, Any]]], None] = lambda c, n, rows: None,
     total: int | None = None,
 ) -> ChunkTally:
     """Process `items` chunk by chunk, each chunk's file complete or absent.
 
     `items` is read a chunk at a time (a stream of `total` items, or a sequence), so a shard's
-    work is never all in memory. `on_chunk(chunk_index, num_chunks, rows)` runs after each
-    newly written chunk (progress).
+    work is never all in memory. `identity`: what the shard was claimed under; each chunk's seal
+    records it with the chunk's place, so a chunk is reused only under that identity and only
+    in its own place. `on_chunk(chunk_index, num_chunks, rows)` runs after each newly written
+    chunk (progress).
     """
     total = len(items) if total is None else total  # type: ignore[arg-type]
     num_chunks = -(-total // chunk_size)
@@ -188,7 +210,8 @@ def run_chunks(
     for c in range(num_chunks):
         chunk = list(itertools.islice(stream, chunk_size))
         path = shard.work / f"chunk{c:05d}.jsonl"
-        damage = chunk_damage(path, len(chunk))
+        place = {"identity": identity, "shard": shard.name, "chunk": c}
+        damage = chunk_damage(path, len(chunk), place)
         if damage is None:
             tally.reused += len(chunk)
             continue
@@ -198,7 +221,7 @@ def run_chunks(
         text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
         atomic_write_text(path, text)
         # the seal last: a chunk without one (a crash between the two writes) is made again
-        atomic_write_json(seal_of(path), seal(text))
+        atomic_write_json(seal_of(path), {**seal(text), **place})
         tally.made += len(chunk)
         on_chunk(c, num_chunks, rows)
         preemption.check(f"chunk {c + 1} of {num_chunks} of {shard.work}")
@@ -264,11 +287,12 @@ def process_shard(
     process: Callable[[list[T]], list[dict[str, Any]]],
     counts: ChunkCounts,
     fingerprint: str,
+    identity: str,
     label: str,
     shared_keys: Sequence[str] = (),
     total: int | None = None,
 ) -> dict[str, Any] | None:
-    """Run a claimed shard chunk by chunk with a progress line, then finish it.
+    """Run a shard claimed under `identity` chunk by chunk with a progress line, then finish it.
 
     `items`: a sequence, or a stream of `total` items. Returns the totals over all shards once
     the stage is complete, else None.
@@ -281,7 +305,7 @@ def process_shard(
         counts.add(rows)
         line.update(c, num_chunks, len(rows), counts.rate)
 
-    tally = run_chunks(shard, items, chunk_size, process, progress, total)
+    tally = run_chunks(shard, items, chunk_size, process, identity, progress, total)
     counts.reused_from_earlier_run = tally.reused
     if tally.reused:
         print(
@@ -310,16 +334,21 @@ def seal(text: str) -> dict[str, Any]:
     return {"rows": text.count("\n"), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
-def chunk_damage(path: Path, expected_rows: int) -> str | None:
+def chunk_damage(path: Path, expected_rows: int, place: dict[str, Any]) -> str | None:
     """Why the chunk at `path` cannot be reused (None: it can): a chunk is trusted only whole,
-    as its seal describes it, with one row per item of its slice of the shard."""
+    as its seal describes it, made for this `place` (the identity, shard and chunk index it is
+    wanted for: a chunk copied from elsewhere is not), with one row per item of its slice."""
     if not path.exists():
         return "missing"
     try:
         seal = json.loads(seal_of(path).read_text())
         rows, sha = int(seal["rows"]), str(seal["sha256"])
+        made_for = {key: seal[key] for key in place}
     except (OSError, ValueError, KeyError, TypeError):
         return "it has no valid seal (made by an interrupted write or an earlier version)"
+    if made_for != place:
+        wrong = ", ".join(f"{k} {made_for[k]!r}" for k in place if made_for[k] != place[k])
+        return f"its seal says it was made for another place ({wrong})"
     if rows != expected_rows:
         return f"its seal says {rows} rows where its slice of the shard has {expected_rows}"
     data = path.read_bytes()
@@ -358,14 +387,14 @@ def finish_shard(
     atomic_write_json(seal_of(shard.output), {"rows": rows, "sha256": digest.hexdigest()})
     if not all(seal_of(s.output).exists() for s in shard.siblings()):
         return None
-    per_shard = [json.loads((s.work / "counts.json").read_text()) for s in shard.siblings()]
+    per_shard = [read_json(s.work / "counts.json", StageError) for s in shard.siblings()]
     totals = {
         k: (v if k in shared_keys else sum(c[k] for c in per_shard))
         for k, v in per_shard[0].items()
     }
     totals["shards"] = shard.count
     atomic_write_json(shard.stage_dir / "metrics.json", totals)
-    outputs = {s.output.name: json.loads(seal_of(s.output).read_text()) for s in shard.siblings()}
+    outputs = {s.output.name: read_json(seal_of(s.output), StageError) for s in shard.siblings()}
     write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]}, outputs)
     return totals
 
@@ -381,11 +410,23 @@ def finished_rows(
     the next run remakes once its folder is deleted).
     """
     record = stage_dir / "done.json"
-    if not record.is_file():
+    finished = read_record(stage_dir, fix=redo_it)
+    if finished is None:
         raise error(f"{stage_dir} is not finished (no done.json); make it first", finish)
-    finished = json.loads(record.read_text())
-    num_shards = int(finished["counts"].get("shards", 1))
-    shards = Shard(stage_dir, prefix, 0, num_shards).siblings()
+    again = "redo the stage" if redo_it else f"delete {stage_dir} to make it again"
+    num_shards = finished["counts"].get("shards", 1)
+    shards = (
+        Shard(stage_dir, prefix, 0, num_shards).siblings()
+        if isinstance(num_shards, int) and not isinstance(num_shards, bool) and num_shards >= 1
+        else []
+    )
+    sealed = set(finished.get("outputs", {}))
+    if not shards or (sealed and sealed != {s.output.name for s in shards}):
+        raise error(
+            f"{record}: its shard count ({shown(num_shards)}) does not match the rows files it "
+            f"sealed ({', '.join(sorted(sealed)) or 'none'}); {again}",
+            redo_it,
+        )
     for s in shards:  # every file checked before the first row is used
         require_sealed(s.output, error, redo_it, finished)
     return (row for s in shards for row in read_jsonl(s.output, error))
@@ -398,14 +439,14 @@ def require_sealed(
     it: present, and the same bytes when the record holds its sha256."""
     record = output.parent / "done.json"
     if finished is None:
-        finished = json.loads(record.read_text()) if record.is_file() else {}
+        finished = read_record(output.parent, fix=redo_it) or {}
     again = "redo the stage" if redo_it else f"delete {output.parent} to make it again"
     if not output.is_file():
         raise error(
             f"{output} is missing although {record} says the stage finished; {again}", redo_it
         )
     sealed = finished.get("outputs", {}).get(output.name)
-    if sealed is not None and file_sha256(output) != sealed["sha256"]:
+    if sealed is not None and file_sha256(output) != sealed.get("sha256"):
         raise error(
             f"{output} is not the file {record} recorded (truncated or edited?); {again}", redo_it
         )

@@ -7,6 +7,7 @@ import json
 import struct
 from pathlib import Path
 
+from src.core.artifacts import files_sha256
 from src.core.errors import EnvironmentFailure, StageError
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter's weights
@@ -24,9 +25,9 @@ def require_loadable(path: str, revision: str | None) -> None:
                 "merge it into its base first (peft's merge_and_unload) and point model.path "
                 "at the merged folder"
             )
-        damage = checkpoint_damage(Path(path), {})
+        damage = model_folder_damage(Path(path))
         if damage:
-            raise StageError(f"model.path={path}: the model is damaged ({damage})")
+            raise StageError(f"model.path={path}: {damage}")
         return
     if Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).exists():
         raise StageError(f"model.path={path}: no such model folder")
@@ -40,6 +41,26 @@ def require_loadable(path: str, revision: str | None) -> None:
             "the Hub is offline (HF_HUB_OFFLINE=1): download it where the Hub is reachable "
             f"(`hf download {path}`), or point model.path at a local folder"
         )
+
+
+# The JSON files of a model folder that loading reads (tokenizer.json: tens of MB, parsed in
+# well under a second): one that is not JSON fails here, named, not deep inside transformers.
+MODEL_JSON = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def model_folder_damage(folder: Path) -> str | None:
+    """Why `folder` is not a whole model transformers can load (None: it is)."""
+    if not (folder / "config.json").is_file():
+        present = ", ".join(sorted(f.name for f in folder.iterdir())[:5]) or "nothing"
+        return f"not a model folder: it has no config.json (it holds {present})"
+    for name in MODEL_JSON:
+        try:
+            if (folder / name).is_file():
+                json.loads((folder / name).read_bytes())
+        except ValueError as err:
+            return f"{name} is not valid JSON ({err}): the model is damaged"
+    damage = checkpoint_damage(folder, {})
+    return f"the model is damaged ({damage})" if damage else None
 
 
 def adapter_base(folder: Path) -> str | None:
@@ -64,28 +85,35 @@ def causal_lm(path: str, dtype, **settings):
 # --- a checkpoint saved whole ---------------------------------------------------------------------
 
 
-def seal_checkpoint(folder: Path) -> dict[str, dict[str, int]]:
-    """What the train stage's record keeps of its checkpoint: every file's size, by name (the
-    model card aside: the eval stage writes it again)."""
+def seal_checkpoint(folder: Path) -> dict[str, dict[str, int | str]]:
+    """What the train stage's record keeps of its checkpoint: every file's size and sha256, by
+    name (the model card aside: the eval stage writes it again)."""
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and f.name != CARD]
+    digests = files_sha256(files)
     return {
-        f"{folder.name}/{f.name}": {"bytes": f.stat().st_size}
-        for f in sorted(folder.iterdir())
-        if f.is_file() and f.name != CARD
+        f"{folder.name}/{f.name}": {"bytes": f.stat().st_size, "sha256": digests[f]} for f in files
     }
 
 
 def checkpoint_damage(folder: Path, outputs: dict) -> str | None:
-    """Why the checkpoint in `folder` is not whole (a file missing, cut short or replaced since
-    `outputs` recorded it; a safetensors file shorter than its header says), or None."""
-    for name, sealed in outputs.items():
+    """Why the checkpoint in `folder` is not whole (a file missing, cut short, or with other
+    content than `outputs` recorded when it was made; a safetensors file shorter than its
+    header says), or None."""
+    sealed = {}
+    for name, seal in outputs.items():
         prefix, _, file = name.partition("/")
-        if prefix != folder.name or "bytes" not in sealed:
+        if prefix != folder.name or "bytes" not in seal:
             continue
         if not (folder / file).is_file():
             return f"{file} is missing"
         size = (folder / file).stat().st_size
-        if size != sealed["bytes"]:
-            return f"{file} has {size} bytes where training saved {sealed['bytes']}"
+        if size != seal["bytes"]:
+            return f"{file} has {size} bytes where training saved {seal['bytes']}"
+        if "sha256" in seal:  # records of earlier versions kept sizes only
+            sealed[folder / file] = seal["sha256"]
+    for path, digest in files_sha256(sealed).items():
+        if digest != sealed[path]:
+            return f"{path.name} is not the file training saved (its content changed)"
     for weights in sorted(folder.glob("*.safetensors")):
         why = safetensors_damage(weights)
         if why:

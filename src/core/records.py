@@ -30,15 +30,20 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from src.core.artifacts import atomic_write_json
+from src.core.artifacts import atomic_write_json, read_json
+from src.core.errors import StageError, shown
 from src.core.registry import STAGES, Stage
 
-# Bumped when what a fingerprint hashes changes: a record of another format was made by another
-# version of this project, and is refused with that reason rather than as a config change.
-# Format 3 hashes the paths inside the run relative to it; format 2 hashed them absolute, and its
-# records are still checked as it made them, where the run then sat (`state_of`).
-RECORD_FORMAT = 3
+# Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
+# inside the run relative to it); format 4 adds the record's own sha256, so a record edited by
+# hand or damaged is refused rather than believed. Format 2 hashed the paths absolute, and its
+# records are still checked as it made them, where the run then sat (`state_of`). A record of
+# any other format was made by another version of this project, and is refused with that reason
+# rather than as a config change.
+RECORD_FORMAT = 4
+PORTABLE_FORMATS = (3, RECORD_FORMAT)
 ABSOLUTE_PATHS_FORMAT = 2
+KNOWN_FORMATS = (ABSOLUTE_PATHS_FORMAT, *PORTABLE_FORMATS)
 
 # What a fingerprint writes, at the head of a path, for the run directory and for paths.root.
 PORTABLE = ("<run>", "<root>")
@@ -93,14 +98,60 @@ def stage_inputs(
     return fingerprint_form(inputs, tree, at)
 
 
-def read_record(stage_dir: Path) -> dict[str, Any] | None:
-    path = stage_dir / "done.json"
+def redo_overrides(stage: str, iteration: int, running: str | None) -> str:
+    """The overrides that make `stage` of `iteration` again, with the stages after it that the
+    command runs. `pipeline.redo` acts on the stages a command runs, so a command that runs one
+    other stage (`running`: its `stage=`) is pointed at `stage` itself."""
+    fix = f"iter={iteration} pipeline.redo=[{stage}]"
+    return fix if running in ("all", stage) else f"stage={stage} {fix}"
+
+
+def record_sha256(record: dict[str, Any]) -> str:
+    """What a record's `sha256` holds: the hash of everything else in it."""
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_record(
+    stage_dir: Path, running: str | None = "all", fix: str | None = None
+) -> dict[str, Any] | None:
+    """A stage's `done.json`, checked; None when there is none (the stage has not finished).
+
+    The one reader of records: a record that is not what `write_record` wrote (not JSON, not an
+    object, a field missing or of the wrong type, content that does not match its own sha256)
+    raises a StageError naming the file and the command that makes the stage again — never
+    read as "unfinished" (its outputs would be trusted by nobody, but redone silently) and never
+    believed. `fix`: that command's overrides, else made from the folder (`iterT/<stage>`) for a
+    command that runs `running`.
+    """
+    path = Path(stage_dir) / "done.json"
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:  # written atomically, so only a hand edit gets here: treat as unfinished
-        return None
+    if fix is None:
+        stage, iteration = path.parent.name, path.parent.parent.name.removeprefix("iter")
+        if stage in {s.value for s in STAGES} and iteration.isdigit():
+            fix = redo_overrides(stage, int(iteration), running)
+    again = "make the stage again" if fix else f"delete {path.parent} to make it again"
+    record = read_json(path, StageError, fix, again)
+    problem = record_problem(record)
+    if problem:
+        raise StageError(f"{path}: {problem} (edited or damaged?); {again}", fix)
+    return record
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed record (None: nothing)."""
+    if record.get("format") not in KNOWN_FORMATS:
+        return None  # another version's (whose fields may differ): state_of refuses it as such
+    fields = {"fingerprint": str, "counts": dict, "timings": dict}
+    for key, kind in fields.items():
+        if not isinstance(record.get(key), kind):
+            return f"its {key!r} is {shown(record.get(key))}, not a {kind.__name__}"
+    if "outputs" in record and not isinstance(record["outputs"], dict):
+        return f"its 'outputs' is {shown(record['outputs'])}, not an object"
+    if record["format"] >= RECORD_FORMAT and record.get("sha256") != record_sha256(record):
+        return "its content does not match its sha256"
+    return None
 
 
 def write_record(
@@ -135,6 +186,7 @@ def write_record(
     }
     if outputs is not None:
         record["outputs"] = outputs
+    record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 
@@ -148,7 +200,9 @@ def stage_fingerprint(tree: dict[str, Any], stage: Stage, at: tuple[str, str] = 
     if consumes is not None:
         upstream: str | None = stage_fingerprint(tree, consumes, at)
     elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
-        record = read_record(Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train")
+        record = read_record(
+            Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train", lookup(tree, "stage")
+        )
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None
@@ -160,12 +214,13 @@ def stage_fingerprint(tree: dict[str, Any], stage: Stage, at: tuple[str, str] = 
 class StageState:
     stage: Stage
     status: str  # "done" | "stale" | "todo"
-    changed: list[str] = field(default_factory=list)  # for "stale": the input keys that differ
+    # for "stale": the input keys that differ (none of its own: the nearest earlier stage's)
+    changed: list[str] = field(default_factory=list)
     earlier_version: bool = False  # for "stale": recorded by another version of this project
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
-    record = read_record(stage_dir(tree, stage))
+    record = read_record(stage_dir(tree, stage), lookup(tree, "stage"))
     if record is None:
         return StageState(stage, "todo")
     if record.get("fingerprint") == stage_fingerprint(tree, stage):
@@ -180,9 +235,9 @@ def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
         )
         if record.get("fingerprint") == stage_fingerprint(tree, stage, then):
             return StageState(stage, "done")
-    elif record.get("format") != RECORD_FORMAT:
+    elif record.get("format") not in PORTABLE_FORMATS:
         return StageState(stage, "stale", earlier_version=True)
-    return StageState(stage, "stale", changed_inputs(tree, stage))
+    return StageState(stage, "stale", changed_inputs(tree, stage) or upstream_changes(tree, stage))
 
 
 def saved_config(tree: dict[str, Any], stage: Stage) -> dict[str, Any] | None:
@@ -202,6 +257,18 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
     before = flatten(stage_inputs(saved, stage))
     now = flatten(stage_inputs(tree, stage))
     return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+
+
+def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
+    """`changed_inputs` of the nearest earlier stage whose inputs changed: why a stage whose
+    own inputs did not is stale."""
+    upstream = STAGES[stage].consumes
+    while upstream is not None:
+        changed = changed_inputs(tree, upstream)
+        if changed:
+            return [f"{upstream.value}'s {change}" for change in changed]
+        upstream = STAGES[upstream].consumes
+    return []
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from src.config import Config, LongPrompts
 from src.core.chunks import ChunkCounts, Shard, claim, finished_rows, process_shard
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
+from src.core.records import read_record
 from src.generation.prompts import Prompt
 from src.generation.sampling import (
     RenderedPrompt,
@@ -104,13 +105,24 @@ def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str,
     key = identity(cfg, who, instructions)
     where = cache_dir(cfg, key)
     shard = Shard(where, "answers", 0, 1)
-    record = where / "done.json"
-    if record.is_file() and json.loads(record.read_text()).get("fingerprint") == key:
+    if cached_record(where, key):
         print(f"[eval] answers of {who.label}: reused from {where}", file=sys.stderr)
     else:
         generate(cfg, who, instructions, shard, key)
     rows = finished_rows(where, "answers", EvalError, finish=None, redo_it=None)
     return {row["prompt_id"]: row for _, row in rows}
+
+
+def cached_record(where: Path, key: str) -> bool:
+    """Whether the cache at `where` holds a finished record of answers made under `key`; a
+    record that is damaged is said, and the answers made again."""
+    try:
+        record = read_record(where)
+    except StageError:
+        print(f"[eval] {where / 'done.json'} is damaged: making the answers again", file=sys.stderr)
+        (where / "done.json").unlink()
+        return False
+    return record is not None and record["fingerprint"] == key
 
 
 def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shard, key: str):
@@ -143,5 +155,5 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
 
     with closing(generator):
         process_shard(
-            shard, rendered, g.chunk_size, answer_chunk, counts, key, label=f"eval {who.label}"
+            shard, rendered, g.chunk_size, answer_chunk, counts, key, key, label=f"eval {who.label}"
         )

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from src.config import Config, RankerConfig, Stage
 from src.core.chunks import Shard, finished_rows, resolve_shard
 from src.core.errors import StageError
-from src.core.policy import checkpoint_damage, require_loadable
-from src.core.records import read_record
+from src.core.policy import checkpoint_damage, model_folder_damage, require_loadable
+from src.core.records import read_record, redo_overrides
 from src.core.registry import STAGES
 
 if TYPE_CHECKING:
@@ -22,10 +22,8 @@ if TYPE_CHECKING:
 
 def redo(cfg: Config, stage: str, iteration: int | None = None) -> str:
     """The overrides that make `stage` of `iteration` (the config's by default) again, with the
-    stages after it that the command runs. `pipeline.redo` acts on the stages a command runs, so
-    a command that runs one other stage is pointed at `stage` itself."""
-    fix = f"iter={cfg.iter if iteration is None else iteration} pipeline.redo=[{stage}]"
-    return fix if str(cfg.stage) in ("all", stage) else f"stage={stage} {fix}"
+    stages after it that `cfg`'s command runs."""
+    return redo_overrides(stage, cfg.iter if iteration is None else iteration, str(cfg.stage))
 
 
 def stage_shard(cfg: Config, stage: Stage, env: Mapping[str, str] = os.environ) -> Shard:
@@ -55,14 +53,16 @@ def require_previous_policy(cfg: Config) -> str:
         require_loadable(path, cfg.model.revision)
         return path
     previous = cfg.iter - 1
-    record = read_record(Path(path).parent)
+    record = read_record(Path(path).parent, fix=redo(cfg, "train", previous))
     if record is None or not Path(path).is_dir():
         raise StageError(
             f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint, which is not "
             f"trained: {path}; finish iteration {previous} first",
             fix=f"stage=all iter={previous}",
         )
-    damage = checkpoint_damage(Path(path), record.get("outputs", {}))
+    damage = checkpoint_damage(Path(path), record.get("outputs", {})) or model_folder_damage(
+        Path(path)
+    )
     if damage:
         raise StageError(
             f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint {path}, which is "

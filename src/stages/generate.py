@@ -66,9 +66,10 @@ def run(cfg: Config) -> dict:
     mine = take_shard(prompt_set.prompts, shard.index, shard.count)
     counts.prompts_in_split, counts.prompts_in_shard = len(prompt_set.prompts), len(mine)
     counts.duplicates_dropped = prompt_set.duplicates_dropped
+    identity = chunk_identity(cfg.as_tree(), Stage.generate)
     claim(
         shard.work,
-        chunk_identity(cfg.as_tree(), Stage.generate),
+        identity,
         GenerationError,
         "responses generated with a different configuration (policy, prompts, sampling or K)",
         redo(cfg, Stage.generate.value),
@@ -104,6 +105,7 @@ def run(cfg: Config) -> dict:
             generate_chunk,
             counts,
             stage_fingerprint(cfg.as_tree(), Stage.generate),
+            identity,
             label="generate",
             shared_keys=("prompts_in_split", "duplicates_dropped"),
         )

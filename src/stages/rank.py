@@ -136,14 +136,15 @@ def run(cfg: Config) -> dict:
                 if kept is not None:
                     yield kept
 
+    identity = chunk_identity(
+        cfg.as_tree(),
+        Stage.rank,
+        responses=responses.hexdigest(),
+        external=external[2] if external else None,
+    )
     claim(
         shard.work,
-        chunk_identity(
-            cfg.as_tree(),
-            Stage.rank,
-            responses=responses.hexdigest(),
-            external=external[2] if external else None,
-        ),
+        identity,
         RankError,
         "rankings made with a different configuration (judge or its options, the responses, "
         "the external pool)",
@@ -179,6 +180,7 @@ def run(cfg: Config) -> dict:
         rank_chunk,
         counts,
         stage_fingerprint(cfg.as_tree(), Stage.rank),
+        identity,
         label="rank",
         shared_keys=("prompts_in_input",),
         total=counts.prompts_in_shard,

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
-from src.core.artifacts import atomic_write_json, file_sha256
+from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.chunks import claim, require_sealed
 from src.core.errors import StageError
 from src.core.policy import end_of_turn_ids, seal_checkpoint
@@ -35,16 +35,25 @@ from src.core.records import fingerprint_form, stage_fingerprint, write_record
 from src.export.cards import write_model_card
 from src.stages import tracking
 from src.stages.common import redo, require_previous_policy
+from src.training import checkpoints
 from src.training.adapters import (
     merge,
     outside_zero3,
     require_adapter_base,
     require_qlora_support,
 )
-from src.training.arguments import TrainingError, load_policy, precision, training_arguments
+from src.training.arguments import (
+    TRAINER_DIR,
+    TrainingError,
+    load_policy,
+    precision,
+    training_arguments,
+)
 from src.training.launch import (
+    RESUME_ENV,
     WORKER_ENV,
     launch_workers,
+    node_rank,
     preemption_stop_file,
     report_failure,
 )
@@ -56,25 +65,18 @@ def run(cfg: Config) -> dict:
         _, rows = read_inputs(cfg)
         for _ in rows:  # every row read and checked: bad input ends here, before any worker starts
             pass
-        return launch_workers(cfg.hardware, stage_dir)
+        return launch_workers(cfg.hardware, stage_dir, resume_from(cfg, stage_dir))
     return train(cfg, stage_dir)
 
 
 def train(cfg: Config, stage_dir: Path) -> dict:
     started = time.time()
-    if not os.environ.get(WORKER_ENV):  # a stop request left by an earlier, preempted run
-        preemption_stop_file(stage_dir).unlink(missing_ok=True)
+    if os.environ.get(WORKER_ENV):  # the launching process chose the checkpoint for all workers
+        resume = os.environ.get(RESUME_ENV) or None
+    else:
+        preemption_stop_file(stage_dir).unlink(missing_ok=True)  # left by a preempted run
+        resume = resume_from(cfg, stage_dir)
     ready = setup(cfg, stage_dir)
-    output_dir = ready.trainer.args.output_dir
-    claim(
-        Path(output_dir),
-        stage_fingerprint(cfg.as_tree(), Stage.train),
-        TrainingError,
-        "Trainer checkpoints of a run with another configuration",
-        redo(cfg, Stage.train.value),
-        leftovers="checkpoint-*",
-    )
-    resume = last_complete_checkpoint(Path(output_dir))
     if resume and cfg.training.peft != Peft.none:
         require_adapter_base(Path(resume), cfg.run.init_policy)
     if ready.trainer.is_world_process_zero():
@@ -146,7 +148,9 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
             "max_length": t.max_length,
             "max_prompt_length": t.max_prompt_length,
         }
-        reference = ReferenceLogps(stage_dir / "reference_logps.json", identity)
+        reference = ReferenceLogps(
+            stage_dir / "reference_logps.json", identity, redo(cfg, Stage.train.value)
+        )
     elif t.peft == Peft.none:  # with an adapter, pi_ref is the policy with it switched off
         ref_model = load_policy(cfg, dtype)
     pad_id = (
@@ -159,6 +163,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         data_collator=PairCollator(pad_id),
         processing_class=tokenizer,
         callbacks=[
+            checkpoints.SealCheckpoints(stage_fingerprint(cfg.as_tree(), Stage.train)),
             preemption.trainer_callback(preemption_stop_file(stage_dir)),
             *([StopAfterEpochs(t.num_epochs)] if t.schedule_epochs else []),
         ],
@@ -232,6 +237,7 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
                     trainer.processing_class,
                 )
         for name in outputs:
+            share(stage_dir / f"{name}.partial")  # some files are saved 0600 by the libraries
             if (stage_dir / name).exists():
                 shutil.rmtree(stage_dir / name)
             (stage_dir / f"{name}.partial").rename(stage_dir / name)
@@ -261,18 +267,23 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
 # --- resume ---------------------------------------------------------------------------------------
 
 
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest Trainer checkpoint that was saved whole.
-
-    The Trainer writes trainer_state.json last; a run killed while saving leaves a checkpoint
-    without it, which `resume_from_checkpoint` would fail on. The one before it is whole.
-    """
-    complete = [
-        (int(d.name.split("-")[1]), d)
-        for d in output_dir.glob("checkpoint-*")
-        if d.name.split("-")[1].isdigit() and (d / "trainer_state.json").is_file()
-    ]
-    return str(max(complete)[1]) if complete else None
+def resume_from(cfg: Config, stage_dir: Path) -> str | None:
+    """The Trainer checkpoint this run resumes from: the newest one of this configuration saved
+    whole and unchanged since (src/training/checkpoints.py), or None. Checkpoints of another
+    configuration are refused. Decided once per node, before any worker starts; node 0 removes
+    the damaged ones."""
+    output_dir = stage_dir / TRAINER_DIR
+    identity = stage_fingerprint(cfg.as_tree(), Stage.train)
+    claim(
+        output_dir,
+        identity,
+        TrainingError,
+        "Trainer checkpoints of a run with another configuration",
+        redo(cfg, Stage.train.value),
+        leftovers="checkpoint-*",
+        seals=f"checkpoint-*/{checkpoints.SEAL}",
+    )
+    return checkpoints.resume_point(output_dir, identity, node_rank() in (None, "0"))
 
 
 if __name__ == "__main__":  # one training worker, started by `accelerate launch` (launch.py)

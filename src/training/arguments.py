@@ -12,6 +12,8 @@ import torch
 from src.config import Config, Device, Distributed, Dtype, Peft, Stage
 from src.core.errors import StageError
 
+TRAINER_DIR = "trainer"  # the Trainer's output_dir in the stage dir: its checkpoints, STOP
+
 
 class TrainingError(StageError):
     """The stage cannot train; the message says what and where."""
@@ -74,7 +76,7 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
     ]
     distributed_cpu = hw.device == Device.cpu and hw.world_size > 1
     return TrainingArguments(
-        output_dir=str(stage_dir / "trainer"),
+        output_dir=str(stage_dir / TRAINER_DIR),
         per_device_train_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=t.learning_rate,

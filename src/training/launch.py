@@ -21,13 +21,14 @@ from src.config import Device, Distributed, HardwareConfig
 from src.core import preemption, threads
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure, StageError, describe_os_error
-from src.training.arguments import TrainingError
+from src.training.arguments import TRAINER_DIR, TrainingError
 
 WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
+RESUME_ENV = "SELFPLAY_RESUME_FROM"  # the checkpoint they resume from ("": none), chosen once
 
 
 def preemption_stop_file(stage_dir: Path) -> Path:
-    return stage_dir / "trainer" / "STOP"
+    return stage_dir / TRAINER_DIR / "STOP"
 
 
 def node_rank() -> str | None:
@@ -58,9 +59,10 @@ def launch_command(hw: HardwareConfig, config_path: Path) -> list[str]:
     return [*cmd, "-m", "src.stages.train", str(config_path)]
 
 
-def launch_workers(hw: HardwareConfig, stage_dir: Path) -> dict:
+def launch_workers(hw: HardwareConfig, stage_dir: Path, resume: str | None) -> dict:
     """The training processes `hw` asks for, each running src.stages.train on the stage's saved
-    config; their first failure is raised here again."""
+    config and resuming from the Trainer checkpoint `resume`; their first failure is raised
+    here again."""
     config_path = stage_dir / "config.yaml"  # saved by src.main before any stage runs
     if hw.num_nodes > 1:  # one launcher per node: each says where it runs
         print(
@@ -75,7 +77,7 @@ def launch_workers(hw: HardwareConfig, stage_dir: Path) -> dict:
     stop_file.unlink(missing_ok=True)
     # off the run's disk: a worker that stops because that disk is full can still say so
     with tempfile.TemporaryDirectory(prefix="selfplay-train-") as failures:
-        env = {**os.environ, WORKER_ENV: "1", FAILURES_ENV: failures}
+        env = {**os.environ, WORKER_ENV: "1", FAILURES_ENV: failures, RESUME_ENV: resume or ""}
         # each worker its share of the CPUs this process may use (else each would start the
         # count this process was given, or accelerate's cores / processes)
         env["OMP_NUM_THREADS"] = str(threads.threads_per_process(hw.processes_per_node))

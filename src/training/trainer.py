@@ -8,6 +8,7 @@ and per-step metrics (rewards, WPO weights, tokens/s).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from copy import deepcopy
@@ -17,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from src.core.artifacts import atomic_write_json
+from src.core.artifacts import atomic_write_json, read_json
 from src.training.adapters import adapter_off, peft_model
+from src.training.arguments import TrainingError
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
 from src.training.policy_logps import batch_response_logps
 
@@ -30,20 +32,25 @@ class ReferenceLogps:
     checkpoint so that a resumed run (whose weights are no longer pi_ref) reads them back.
     """
 
-    def __init__(self, path: Path, identity: dict):
+    def __init__(self, path: Path, identity: dict, redo: str | None):
         self.path = path
         self.identity = identity  # what the numbers depend on: a saved file must match it
+        self.redo = redo  # the overrides that train the stage again from pi_ref
         self.values: dict[int, tuple[float, float]] = {}
 
     def load(self) -> bool:
-        import json
-
+        """Read the saved log-probs back; False when there are none for these inputs (or the
+        file is not what `save` wrote: then they are made again, or refused on resume)."""
         if not self.path.is_file():
             return False
-        saved = json.loads(self.path.read_text())
-        if saved.get("identity") != self.identity:
+        try:
+            saved = read_json(self.path, TrainingError)
+            if saved.get("identity") != self.identity:
+                return False
+            self.values = {int(k): (float(c), float(r)) for k, (c, r) in saved["logps"].items()}
+        except (TrainingError, KeyError, TypeError, ValueError, AttributeError):
+            print(f"[train] {self.path} is damaged", file=sys.stderr, flush=True)
             return False
-        self.values = {int(k): tuple(v) for k, v in saved["logps"].items()}
         return True
 
     def save(self) -> None:
@@ -172,10 +179,12 @@ class PreferenceTrainer(Trainer):
         if self.reference.load():
             return
         if self.state.global_step > 0:
-            raise RuntimeError(
+            raise TrainingError(
                 f"resuming at step {self.state.global_step} but the reference log-probs "
-                f"({self.reference.path}) are missing or were made for other inputs: the policy "
-                "is no longer pi_ref, so they cannot be recomputed from it; rerun this stage from scratch"
+                f"({self.reference.path}) are missing, damaged or made for other inputs: the "
+                "policy is no longer pi_ref, so they cannot be made again from it; train again "
+                "from pi_ref",
+                self.reference.redo,
             )
         loader = DataLoader(
             self.train_dataset,
