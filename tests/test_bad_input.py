@@ -196,6 +196,21 @@ def test_a_policy_folder_that_cannot_be_loaded_is_one_line(tmp_path, tiny_dir, d
     assert line.startswith(f"error: model.path={folder}: {said}"), line
 
 
+def test_a_stage_never_reads_an_earlier_stage_made_under_another_config(tmp_path):
+    """stage=rank with another generation.* would rank responses sampled under the old one and
+    record them under the new one."""
+    assert cli(tmp_path, *GENERATE).returncode == 0
+    before = records(tmp_path)
+    line = one_line_failure(cli(tmp_path, "stage=rank", "generation.temperature=0.9"), 1)
+    assert (
+        "/iter1/generate was made with a different configuration (generation.temperature: " in line
+    )
+    assert "0.7 -> 0.9); stage rank reads it" in line
+    fix = "stage=generate generation.temperature=0.9 iter=1 pipeline.redo=[generate]"
+    assert line.endswith(f"run `python -m src.main {' '.join(SMALL)} {fix}`"), line
+    assert records(tmp_path) == before, "nothing recorded as finished"
+
+
 @pytest.fixture
 def trained_iteration_one(tmp_path, tiny_dir, monkeypatch):
     """Iteration 1's training record and checkpoint (the tiny model's weights), as the train

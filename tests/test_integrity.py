@@ -177,3 +177,51 @@ def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     with pytest.raises(StageError, match=r"pairs\.parquet is not the file .*done\.json") as refused:
         train.read_inputs(cfg)
     assert refused.value.fix == "stage=pairs iter=1 pipeline.redo=[pairs]"
+
+
+def test_a_chunk_copied_over_another_with_its_seal_is_made_again(tmp_path, capsys):
+    """The same identity, another place: the shard would hold one range twice, lose another."""
+    clean = run_shard(tmp_path / "clean", [])
+    stage_dir = tmp_path / "copied"
+    run_shard(stage_dir, [])
+    for made in ("done.json", "rows-shard000-of-001.jsonl"):
+        (stage_dir / made).unlink()
+    work = stage_dir / "shard000-of-001"
+    for suffix in (".jsonl", ".sealed.json"):
+        (work / f"chunk00001{suffix}").write_bytes((work / f"chunk00000{suffix}").read_bytes())
+    made: list[list[str]] = []
+    assert run_shard(stage_dir, made) == clean
+    assert made == [ITEMS[3:6]]
+    assert "made for another place (chunk 0)" in capsys.readouterr().err
+
+
+def test_chunks_of_another_identity_are_refused_even_without_their_identity_file(tmp_path):
+    from src.core.chunks import claim
+
+    shard = Shard(tmp_path, "rows", 0, 1)
+    claim(shard.work, "made at temperature 0.7", StageError, "rows of another config", "fix")
+    run_chunks(shard, ITEMS[:6], 3, process([]), "made at temperature 0.7")
+    (shard.work / "identity.txt").unlink()  # lost: the chunks' seals still say what made them
+    with pytest.raises(StageError, match=r"rows of another config, as chunk00000\.sealed\.json"):
+        claim(shard.work, "made at temperature 0.9", StageError, "rows of another config", "fix")
+    claim(shard.work, "made at temperature 0.7", StageError, "rows of another config", "fix")
+    assert (shard.work / "identity.txt").read_text() == "made at temperature 0.7\n"
+
+
+@pytest.mark.parametrize(("mask", "files", "dirs"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_a_folder_saved_private_by_a_library_is_given_the_umasks_modes(tmp_path, mask, files, dirs):
+    from src.core.artifacts import share
+
+    (tmp_path / "model" / "sub").mkdir(parents=True, mode=0o700)
+    for name in ("model/model.safetensors", "model/sub/rng_state_1.pth"):
+        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).chmod(0o600)  # as safetensors writes it, through a private temp file
+    previous = os.umask(mask)
+    umask.cache_clear()
+    try:
+        share(tmp_path / "model")
+    finally:
+        os.umask(previous)
+        umask.cache_clear()
+    for path in (tmp_path / "model").rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (dirs if path.is_dir() else files), path

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
+from src.training.checkpoints import checkpoints
 from tests.helpers import SMALL, cli
 
 
@@ -151,7 +152,11 @@ def test_redo_reruns_the_named_stage_and_those_after_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_killed_training_resumes_from_its_last_whole_checkpoint(tmp_path, damaged):
+    """Killed after a checkpoint; with `damaged`, that checkpoint's optimizer state is then cut
+    short: the re-run names it, resumes from the one before it (or from the start) and ends
+    with the weights of a run never interrupted."""
     args = [
         "iter=1",
         "training.num_epochs=4",  # 8 steps: time to kill it after the first checkpoint
@@ -171,19 +176,34 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         # the first whole checkpoint seen, whichever it is: save_total_limit=2 removes the older
         # ones while training goes on, so checkpoint-1 may be gone before a poll sees it
-        if list(tmp_path.rglob("train/trainer/checkpoint-*/trainer_state.json")):
+        if list(tmp_path.rglob("train/trainer/checkpoint-*/seal.json")):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "training should still be running after a checkpoint"
     assert not list(tmp_path.rglob("train/done.json"))
+    if damaged:
+        (trainer,) = tmp_path.rglob("train/trainer")
+        newest = next(d for d in checkpoints(trainer) if (d / "seal.json").is_file())
+        os.truncate(newest / "optimizer.pt", 1000)
 
     rerun = cli(tmp_path, *args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "[train] resuming from" in rerun.stderr
+    if damaged:
+        said = f"[train] {newest} cannot be resumed from: optimizer.pt has 1000 bytes where"
+        assert said in rerun.stderr, rerun.stderr[-2000:]
+        clean = cli(tmp_path / "clean", *args)
+        assert clean.returncode == 0, clean.stderr[-2000:]
+        weights = [
+            next(root.glob("tiny-mistral/*/*/iter1/train/checkpoint/model.safetensors"))
+            for root in (tmp_path, tmp_path / "clean")
+        ]
+        assert weights[0].read_bytes() == weights[1].read_bytes()
+    else:
+        assert "[train] resuming from" in rerun.stderr
     assert "stage pairs: finished with this config, skipped" in rerun.stderr
-    done = json.loads(next(tmp_path.rglob("train/done.json")).read_text())
+    done = json.loads(next(tmp_path.glob("tiny-mistral/*/*/iter1/train/done.json")).read_text())
     assert done["counts"]["steps"] == 8  # 4 pairs, 2 per step, 4 epochs: the resumed run finished
 
 
@@ -308,7 +328,7 @@ def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resume
         "preempted: stopped on request after saving checkpoint-" in stderr.strip().splitlines()[-1]
     )
     (saved,) = tmp_path.rglob("train/trainer/checkpoint-*")
-    assert (saved / "trainer_state.json").is_file() and int(saved.name.split("-")[1]) < 40
+    assert (saved / "seal.json").is_file() and int(saved.name.split("-")[1]) < 40
     assert not list(tmp_path.rglob("train/done.json")), "a preempted stage is not finished"
 
     rerun = cli(tmp_path, *args)

@@ -8,8 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from src.config import Config, Stage, to_yaml
 from src.core.artifacts import atomic_write_json
+from src.core.errors import StageError
 from src.core.records import (
     chunk_identity,
     fingerprint_form,
@@ -183,3 +186,30 @@ def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_tr
     assert stage_fingerprint(generate.as_tree(), Stage.generate) == stage_fingerprint(
         compose_cfg("model=tiny-mistral").as_tree(), Stage.generate
     )
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda r: {**r, "counts": {**r["counts"], "shards": 0}}, "does not match its sha256"),
+        (lambda r: [], "holds a JSON list, not the object"),
+        (lambda r: {k: v for k, v in r.items() if k != "counts"}, "its 'counts' is null"),
+        (None, "is not valid JSON"),
+    ],
+)
+def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
+    tmp_path, monkeypatch, edit, said
+):
+    """Never believed (0 shards: nothing to rank, a record written over it), never read as
+    'unfinished' and redone silently: one error that names the file and the command."""
+    cfg = at_root(monkeypatch, tmp_path / "runs", "stage=rank")
+    stage_dir = cfg.stage_dir(Stage.generate)
+    write_record(stage_dir, "fp", {"shards": 1}, {"seconds": 1.0}, {})
+    path = stage_dir / "done.json"
+    path.write_text("{x" if edit is None else json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(StageError) as refused:
+        read_record(stage_dir, running="rank")
+    assert str(refused.value).startswith(f"{path}") and said in str(refused.value)
+    assert refused.value.fix == "stage=generate iter=1 pipeline.redo=[generate]"
+    with pytest.raises(StageError, match="does not match|not the object|is null|not valid"):
+        state_of(cfg.as_tree(), Stage.generate)

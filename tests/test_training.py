@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,9 @@ def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
     out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids.shape[1]
     assert json.loads((stage / "done.json").read_text())["counts"]["steps"] == 2
+    # readable by the group as the umask says: safetensors saves through a private (0600) file
+    private = [f for f in stage.rglob("*") if f.is_file() and f.stat().st_mode & 0o777 != 0o644]
+    assert os.umask(0o022) == 0o022 and private == [], private
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from src.core.artifacts import share
 from src.tiny import architectures, teach, toy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -182,13 +183,13 @@ def build(name: str, out_dir: Path, seed: int = 0) -> Path:
     start = time.perf_counter()
     teach.log(f"building {name} (seed {seed})")
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
     threads = torch.get_num_threads()
     torch.set_num_threads(BUILD_THREADS)
     try:
         trained = BUILDERS[name](staging, out_dir, seed_of(name, seed), texts)
         record = {**build_identity(name, out_dir, seed, texts), "training": trained}
         (staging / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        share(staging)  # mkdtemp and safetensors make their files private; the cache may be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
