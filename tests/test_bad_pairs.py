@@ -144,7 +144,85 @@ CASES = {
         jsonl(rows_with(6, chosen_probs_lose=None)),
         r"{path}:7 \(prompt_id 'fx06'\): 'chosen_probs_lose' is null, expected a probability",
     ),
+    # text a loss cannot learn from: the chat template renders it, so it would be trained on
+    "an-empty-prompt": Bad(
+        "p.jsonl",
+        jsonl(rows_with(2, prompt="")),
+        r"{path}:3 \(prompt_id 'fx02'\): 'prompt' is empty, expected text$",
+    ),
+    "an-empty-rejected": Bad(
+        "p.jsonl",
+        jsonl(rows_with(5, rejected="")),
+        r"{path}:6 \(prompt_id 'fx05'\): 'rejected' is empty, expected text$",
+        method=("method=dpo",),
+    ),
+    "a-whitespace-only-chosen": Bad(
+        "p.jsonl",
+        jsonl(rows_with(8, chosen=" \n\t ")),
+        r"{path}:9 \(prompt_id 'fx08'\): 'chosen' is only whitespace, expected text$",
+    ),
+    "a-blank-prompt-id": Bad(
+        "p.jsonl",
+        jsonl(rows_with(1, prompt_id="  ")),
+        r"{path}:2: 'prompt_id' is only whitespace, expected text$",
+    ),
+    # columns of the contract a loss does not read are still the contract's: a file holding a
+    # NaN score or a probability of 1.7 is not what its author meant
+    "a-nan-score": Bad(
+        "p.jsonl",
+        jsonl(rows_with(4, chosen_score=float("nan"))),
+        r"{path}:5 \(prompt_id 'fx04'\): 'chosen_score' is nan, expected a finite number$",
+        method=("method=dpo",),
+    ),
+    "an-infinite-score": Bad(
+        "p.jsonl",
+        jsonl(rows_with(7, rejected_score=float("-inf"))),
+        r"{path}:8 \(prompt_id 'fx07'\): 'rejected_score' is -inf, expected a finite number$",
+    ),
+    "a-probability-the-loss-does-not-read-above-one": Bad(
+        "p.jsonl",
+        jsonl(rows_with(3, chosen_probs=1.7)),
+        r"{path}:4 \(prompt_id 'fx03'\): 'chosen_probs' is 1.7, expected a probability "
+        r"in \[0, 1\]$",
+    ),
+    "a-fractional-index": Bad(
+        "p.jsonl",
+        jsonl(rows_with(0, chosen_index=1.5, rejected_index=0)),
+        r"{path}:1 \(prompt_id 'fx00'\): 'chosen_index' is 1.5, expected a response index",
+    ),
+    "a-negative-index": Bad(
+        "p.jsonl",
+        jsonl(rows_with(0, chosen_index=2, rejected_index=-1)),
+        r"{path}:1 \(prompt_id 'fx00'\): 'rejected_index' is -1, expected a response index",
+    ),
     # the same checks on parquet, whose rows are named "file: row N"
+    "parquet-an-empty-prompt": Bad(
+        "p.parquet",
+        parquet(rows_with(9, prompt="")),
+        r"{path}: row 10 \(prompt_id 'fx09'\): 'prompt' is empty, expected text$",
+    ),
+    "parquet-an-empty-rejected": Bad(
+        "p.parquet",
+        parquet(rows_with(3, rejected="")),
+        r"{path}: row 4 \(prompt_id 'fx03'\): 'rejected' is empty, expected text$",
+    ),
+    "parquet-a-whitespace-only-chosen": Bad(
+        "p.parquet",
+        parquet(rows_with(11, chosen="\n\n")),
+        r"{path}: row 12 \(prompt_id 'fx11'\): 'chosen' is only whitespace, expected text$",
+    ),
+    "parquet-a-probability-the-loss-does-not-read-above-one": Bad(
+        "p.parquet",
+        parquet(rows_with(2, chosen_probs=1.7)),
+        r"{path}: row 3 \(prompt_id 'fx02'\): 'chosen_probs' is 1.7, expected a "
+        r"probability in \[0, 1\]$",
+    ),
+    "parquet-a-nan-score": Bad(
+        "p.parquet",
+        parquet(rows_with(6, rejected_score=float("nan"))),
+        r"{path}: row 7 \(prompt_id 'fx06'\): 'rejected_score' is nan, expected a finite number$",
+        method=("method=dpo", "method.loss=ipo"),
+    ),
     "parquet-a-null-chosen": Bad(
         "p.parquet",
         parquet(rows_with(4, chosen=None)),
@@ -227,7 +305,16 @@ def test_a_bad_pairs_file_is_one_line_naming_file_row_and_key(tmp_path, bad):
 
 @pytest.mark.parametrize(
     "case",
-    ["a-missing-file", "random-bytes-as-parquet", "parquet-a-null-chosen", "an-empty-parquet"],
+    [
+        "a-missing-file",
+        "random-bytes-as-parquet",
+        "parquet-a-null-chosen",
+        "an-empty-parquet",
+        "parquet-an-empty-prompt",
+        "parquet-an-empty-rejected",
+        "parquet-a-whitespace-only-chosen",
+        "parquet-a-probability-the-loss-does-not-read-above-one",
+    ],
 )
 @pytest.mark.parametrize("stage, fix", [("train", REMAKE), ("all", "iter=1 pipeline.redo=[pairs]")])
 def test_a_bad_pairs_stage_output_names_the_command_that_makes_it_again(case, stage, fix):
@@ -274,3 +361,30 @@ def test_the_command_line_ends_a_bad_stage_output_with_the_command_that_remakes_
     assert line.startswith(f"error: {path}: cannot read as parquet (")
     assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE}`")
     assert not (cfg.stage_dir("train") / "done.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case, own",
+    [("a-whitespace-only-chosen", True), ("parquet-an-empty-rejected", False)],
+)
+def test_the_command_line_refuses_blank_text_with_one_line(tmp_path, case, own):
+    """A user's file: the line says what to correct and offers no command; the pairs stage's
+    output: the command that makes it again."""
+    cfg = compose_cfg(*SMALL, "stage=train")  # the run dir the command below trains in
+    if own:
+        path = tmp_path.resolve() / CASES[case].file
+        args = ("stage=train", f"training.pairs={path}")
+    else:
+        path = cfg.stage_dir("pairs").resolve() / "pairs.parquet"
+        path.parent.mkdir(parents=True)
+        args = ("stage=train",)
+    CASES[case].write(path)
+    result = cli(tmp_path / "runs", *args)
+    line = error_line(result)
+    if own:
+        assert re.fullmatch("error: " + expected(CASES[case], path), line), line
+    else:
+        assert re.match("error: " + expected(CASES[case], path).rstrip("$"), line), line
+        assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE}`"), line
+    assert not list((tmp_path / "runs").rglob("train/done.json"))

@@ -8,6 +8,8 @@ The generation output the stages read is written here by hand in the contract's 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,15 +21,15 @@ import pytest
 
 import src.stages.pairs as pairs_stage
 import src.stages.rank as rank_stage
-from src.config import REPO_ROOT, ConfigError
-from src.core.artifacts import atomic_write_text, read_jsonl
+from src.config import REPO_ROOT, ConfigError, Stage
+from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow
 from src.core.errors import StageError
-from src.core.records import write_record
+from src.core.records import stage_fingerprint, write_record
 from src.ranking.blender_compat import PairRMLoadError, load_pairrm
 from src.ranking.judge import policy_chat_template
 from src.ranking.preferences import all_tied
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, one_line_failure
 
 CORPUS = (REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text().split()
 
@@ -67,8 +69,10 @@ def write_generation(cfg, rows: list[dict], shards: int = 1, finished: bool = Tr
             stage / f"responses-shard{s:03d}-of-{shards:03d}.jsonl",
             "".join(json.dumps(r) + "\n" for r in mine),
         )
-    if finished:
-        write_record(stage, "test", {"shards": shards}, {})
+    if finished:  # as the generate stage of this config records it: the command line checks
+        write_record(
+            stage, stage_fingerprint(cfg.as_tree(), Stage.generate), {"shards": shards}, {}
+        )
 
 
 def ranked(cfg) -> list[dict]:
@@ -458,6 +462,124 @@ def test_an_unreachable_reward_model_gets_a_clear_message():
         rank_stage.run(cfg)
 
 
+# --- bad ranked rows: each the rank stage could have written (a judge's or an older version's
+# output, an external response), sealed with its record, so only the row's own check tells ------
+
+
+def write_ranked_row(cfg, line: int, change) -> Path:
+    """Rank 3 prompts for real, then `change` the ranked row on `line` (from 1) and seal the
+    file again, as the rank stage seals what it writes."""
+    write_generation(cfg, generation_rows(3))
+    rank_stage.run(cfg)
+    path = cfg.stage_dir("rank") / "ranked-shard000-of-001.jsonl"
+    rows = [row for _, row in read_jsonl(path)]
+    change(rows[line - 1])
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    seal = {"rows": len(rows), "sha256": file_sha256(path)}
+    atomic_write_json(path.with_suffix(".sealed.json"), seal)
+    record = json.loads((cfg.stage_dir("rank") / "done.json").read_text())
+    outputs = {**record["outputs"], path.name: seal}
+    write_record(cfg.stage_dir("rank"), record["fingerprint"], record["counts"], {}, outputs)
+    return path
+
+
+def _set(key, value, *index):
+    def change(row):
+        target = row[key]
+        for i in index[:-1]:
+            target = target[i]
+        target[index[-1]] = value
+
+    return change
+
+
+def _drop(key):
+    return lambda row: row.pop(key)
+
+
+def _append(key, value):
+    return lambda row: row[key].append(value)
+
+
+BAD_RANKED = {
+    "win-rate-above-one": (
+        _set("win_rate", 1.7, 0),
+        r"'win_rate'\[0\] is 1\.7, expected a probability in \[0, 1\]$",
+    ),
+    "a-negative-win-rate": (
+        _set("win_rate", -0.2, 2),
+        r"'win_rate'\[2\] is -0\.2, expected a probability in \[0, 1\]$",
+    ),
+    "a-nan-win-probability": (
+        _set("win_matrix", float("nan"), 1, 2),
+        r"'win_matrix'\[1\]\[2\] is nan, expected a probability in \[0, 1\]$",
+    ),
+    "an-infinite-score": (
+        _set("scores", float("inf"), 1),
+        r"'scores'\[1\] is inf, expected a finite score \(a NaN or infinite score",
+    ),
+    "a-score-as-text": (
+        _set("scores", "0.3", 0),
+        r"'scores'\[0\] is a str \('0\.3'\), expected a finite score",
+    ),
+    "a-win-rate-too-many": (
+        _append("win_rate", 0.5),
+        r"'win_rate' is a list of 4, expected one item per response \(3\)$",
+    ),
+    "a-sources-too-few": (
+        lambda row: row["sources"].pop(),
+        r"'sources' is a list of 2, expected one item per response \(3\)$",
+    ),
+    "a-short-win-matrix-row": (
+        lambda row: row["win_matrix"][2].pop(),
+        r"'win_matrix'\[2\] is a list of 2, expected 3 items, one per response$",
+    ),
+    "a-response-not-a-string": (
+        _set("responses", 7, 1),
+        r"'responses'\[1\] is 7, expected a string$",
+    ),
+    "no-win-rate": (_drop("win_rate"), r"lacks win_rate$"),
+    "a-blank-prompt": (
+        lambda row: row.update(prompt="  "),
+        r"'prompt' is only whitespace, expected text$",
+    ),
+}
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_RANKED.values(), ids=BAD_RANKED.keys())
+def test_a_bad_ranked_row_names_its_line_and_field_and_ranks_again(change, message):
+    cfg = cfg_for("stage=pairs")
+    path = write_ranked_row(cfg, 2, change)
+    with pytest.raises(pairs_stage.PairsBuildError) as refused:
+        pairs_stage.run(cfg)
+    assert re.match(rf"{re.escape(str(path))}:2: prompt_id 'q001': {message}", str(refused.value))
+    # making the pairs again would make the same pair: ranking again is the fix
+    assert refused.value.fix == "stage=rank iter=1 pipeline.redo=[rank]"
+    assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
+
+
+def test_a_blank_response_kept_by_the_ranker_makes_no_pair():
+    """`ranker.empty_responses=keep` ranks blank responses like any other; a pair with one on a
+    side is refused where it is made, naming the ranked row, not left for training to find."""
+    cfg = cfg_for("stage=pairs", "ranker.empty_responses=keep")
+    rows = generation_rows(3)
+    # of three responses two blank: one of them is the chosen or the rejected one
+    rows[1]["responses"][0], rows[1]["responses"][2] = "", " \n"
+    write_generation(cfg, rows)
+    rank_stage.run(cfg)
+    with pytest.raises(pairs_stage.PairsBuildError) as refused:
+        pairs_stage.run(cfg)
+    path = cfg.stage_dir("rank") / "ranked-shard000-of-001.jsonl"
+    assert re.match(
+        rf"{re.escape(str(path))}:2: prompt_id 'q001': the pair of responses \d and \d: "
+        r"'(chosen|rejected)' is (empty|only whitespace), expected text; a pair needs text on "
+        r"both sides \(ranker\.empty_responses=drop",
+        str(refused.value),
+    ), str(refused.value)
+    assert refused.value.fix == "stage=rank iter=1 pipeline.redo=[rank] ranker.empty_responses=drop"
+    assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -502,3 +624,26 @@ def test_a_run_that_failed_before_its_first_chunk_does_not_block_a_corrected_con
     with pytest.raises(PairRMLoadError):
         rank_stage.run(cfg)
     assert rank_stage.run(cfg_for())["ranked"] == 2
+
+
+def test_the_command_line_ends_a_bad_ranked_row_with_the_command_that_ranks_again(tmp_path):
+    cfg = cfg_for()
+    path = write_ranked_row(cfg, 3, _set("win_rate", 1.7, 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "src.main", "model=tiny-mistral", "logger=none", "method.K=3"]
+        + ["stage=pairs"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = one_line_failure(result, 1)
+    assert line.startswith(
+        f"error: {path}:3: prompt_id 'q002': 'win_rate'[1] is 1.7, expected a probability in [0, 1]"
+    ), line
+    assert line.endswith(
+        "; run `python -m src.main model=tiny-mistral logger=none method.K=3 stage=rank iter=1 "
+        "pipeline.redo=[rank]`"
+    ), line
+    assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()

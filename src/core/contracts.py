@@ -3,11 +3,19 @@ readers check against: `responses-*.jsonl` (generate), `ranked-*.jsonl` (rank), 
 (pairs) and the eval stage's cached answers.
 
 Every per-response list of a row is aligned: item k of each belongs to response k.
+
+A row read from another stage (or from the user) is checked by its type's one check below, which
+says what is wrong in words; the reader that calls it adds the file, row and prompt_id, and the
+command that fixes the file where one does.
 """
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NotRequired, TypedDict
+
+from src.core.errors import shown
 
 
 class ResponseRow(TypedDict):
@@ -65,3 +73,138 @@ class AnswerRow(TypedDict):
     output: str
     finish_reason: str
     num_tokens: int
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # JSON true is no 1
+
+
+def is_finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+def is_probability(value: Any) -> bool:
+    return is_number(value) and 0 <= value <= 1  # false for NaN; infinities are out of range
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_index(value: Any) -> bool:
+    return is_integer(value) and value >= 0
+
+
+def text_problem(key: str, value: Any) -> str | None:
+    """What is wrong with `value` as a row's text: a blank prompt or response is nothing a
+    judge or a loss can learn from, and a non-string fails deep inside the chat template."""
+    if not isinstance(value, str):
+        return f"{key!r} is {shown(value)}, expected a string"
+    if not value.strip():
+        return f"{key!r} is {'empty' if not value else 'only whitespace'}, expected text"
+    return None
+
+
+# what a pair is made from; the rest of RankedRow is checked where a row has it
+RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
+FINITE_SCORE = "a finite score (a NaN or infinite score would make a pair of any two responses)"
+# RankedRow's per-response lists: what each item must be
+RANKED_ITEMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    # blank ones too: ranker.empty_responses=keep ranks them (a pair of one is refused)
+    "responses": ("a string", lambda v: isinstance(v, str)),
+    "sources": ("a string", lambda v: isinstance(v, str)),
+    "finish_reasons": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "num_tokens": ("a token count or null", lambda v: v is None or is_index(v)),
+    "seeds": ("an integer or null", lambda v: v is None or is_integer(v)),
+    "scores": (FINITE_SCORE, is_finite),
+    "win_rate": ("a probability in [0, 1]", is_probability),
+}
+RANKED_MATRICES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "win_matrix": ("a probability in [0, 1]", is_probability),
+    "comparisons": ("a finite logit", is_finite),
+}
+
+
+def ranked_row_problem(row: Mapping[str, Any]) -> str | None:
+    """What makes `row` no `RankedRow` (stage rank's row, as stage pairs reads it), or None."""
+    missing = [k for k in RANKED_KEYS if k not in row]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("prompt_id", "prompt"):
+        if problem := text_problem(key, row[key]):
+            return problem
+    responses = row["responses"]
+    if not isinstance(responses, list) or len(responses) < 2:
+        return f"'responses' is {shown(responses)}, expected a list of at least 2 strings"
+    K = len(responses)
+    for key, (expected, ok) in RANKED_ITEMS.items():
+        if key not in row:
+            continue
+        values = row[key]
+        if not isinstance(values, list) or len(values) != K:
+            return f"{key!r} is {aligned(values)}, expected one item per response ({K})"
+        for k, value in enumerate(values):
+            if not ok(value):
+                return f"{key!r}[{k}] is {shown(value)}, expected {expected}"
+    for key, (expected, ok) in RANKED_MATRICES.items():
+        if key not in row:
+            continue
+        matrix = row[key]
+        if not isinstance(matrix, list) or len(matrix) != K:
+            return f"{key!r} is {aligned(matrix)}, expected {K} rows of {K}, one per response"
+        for i, values in enumerate(matrix):
+            if not isinstance(values, list) or len(values) != K:
+                return f"{key!r}[{i}] is {aligned(values)}, expected {K} items, one per response"
+            for j, value in enumerate(values):
+                if not ok(value):
+                    return f"{key!r}[{i}][{j}] is {shown(value)}, expected {expected}"
+    if "judge" in row and not isinstance(row["judge"], str):
+        return f"'judge' is {shown(row['judge'])}, expected a string"
+    return None
+
+
+def aligned(values: Any) -> str:
+    """A per-response list as a message about its length shows it."""
+    return f"a list of {len(values)}" if isinstance(values, list) else shown(values)
+
+
+# PairRow's columns by what each holds; text is required of every pair, the others where the
+# reader needs them (a DPO file may have text alone), and checked wherever a row has them
+PAIR_TEXT = ("prompt_id", "prompt", "chosen", "rejected")
+PAIR_COLUMNS = tuple(PairRow.__annotations__)
+PAIR_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "chosen_probs": ("a probability in [0, 1]", is_probability),
+    "chosen_probs_win": ("a probability in [0, 1]", is_probability),
+    "chosen_probs_lose": ("a probability in [0, 1]", is_probability),
+    "chosen_score": ("a finite number", is_finite),
+    "rejected_score": ("a finite number", is_finite),
+    "chosen_index": ("a response index (an integer from 0)", is_index),
+    "rejected_index": ("a response index (an integer from 0)", is_index),
+    "chosen_source": ("a string", lambda v: isinstance(v, str)),
+    "rejected_source": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def pair_row_problem(
+    row: Mapping[str, Any], required: Sequence[str] = PAIR_COLUMNS, needed_by: str = "a pair"
+) -> str | None:
+    """What makes `row` no `PairRow` a loss can train on, or None. `required`: the columns the
+    reader needs besides the text (`needed_by` says who, in the message); any other column of the
+    contract is checked where the row has it, a null there read as absent (a parquet file's
+    column that some rows lack)."""
+    missing = [c for c in dict.fromkeys((*PAIR_TEXT, *required)) if c not in row]
+    if missing:
+        return f"lacks column(s) {', '.join(missing)} needed by {needed_by}"
+    for column in PAIR_TEXT:
+        if problem := text_problem(column, row[column]):
+            return problem
+    for column, (expected, ok) in PAIR_VALUES.items():
+        value = row.get(column)
+        if column not in row or (value is None and column not in required):
+            continue
+        if not ok(value):
+            return f"{column!r} is {shown(value)}, expected {expected}"
+    return None

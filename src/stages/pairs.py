@@ -14,6 +14,11 @@ When every response of a prompt scored the same there is no preference: `ranker.
 leaves the prompt out and counts it; `keep` keeps the pair the selection gives (the SPPO
 reference's behaviour: argmax = argmin, chosen equals rejected).
 
+Every ranked row is checked against `RankedRow` as it is read, and every pair against `PairRow`
+as it is made (src/core/contracts.py, the checks the train stage makes of the file): the ranked
+rows are all a pair is made of, so a bad pair names its ranked file and line and the command
+that ranks again.
+
 Writes `pairs.parquet` (rows sorted by prompt_id, so sharding never changes the file), the
 counts in `metrics.json`, then `done.json`, each atomically.
 """
@@ -26,22 +31,19 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
-from src.core.contracts import PairRow, RankedRow
+from src.core.contracts import PairRow, RankedRow, pair_row_problem, ranked_row_problem
 from src.core.errors import StageError
 from src.core.records import stage_fingerprint, write_record
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
 from src.stages.common import redo, stage_rows
-
-# what a pair is made from, of each `RankedRow`
-RANKED_KEYS = ("prompt_id", "prompt", "responses", "sources", "scores", "win_matrix", "win_rate")
-
 
 BATCH = 256  # pairs sorted in memory at a time (one run of the merge), and written at a time
 
@@ -64,16 +66,17 @@ def run(cfg: Config) -> dict:
         shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".pairs-sorting-", dir=stage_dir.parent) as sorting:
         runs, batch = [], []
-        for where, row in stage_rows(cfg, Stage.rank, PairsBuildError):
+        for where, row in ranked_rows(cfg):
             prompts += 1
-            if all_tied(np.asarray(row.get("scores", [0.0]), dtype=np.float64)):
+            if all_tied(np.asarray(row["scores"], dtype=np.float64)):
                 ties += 1
                 if cfg.ranker.ties == TiePolicy.drop:
                     continue
             try:
                 pair = pair_of(row, where, cfg.method.pair_selection)
-            except PairsBuildError as bad:  # the rank stage's output: making it again fixes it
-                raise PairsBuildError(str(bad), redo(cfg, Stage.rank.value)) from None
+            except PairsBuildError as bad:  # a blank response, which only ranking again leaves out
+                fix = f"{redo(cfg, Stage.rank.value)} ranker.empty_responses=drop"
+                raise PairsBuildError(str(bad), fix) from None
             batch.append(pair)
             stats.append(pair_stats(pair))
             if len(batch) == BATCH:
@@ -193,28 +196,27 @@ def select_pair(
     return chosen, rejected
 
 
+def ranked_rows(cfg: Config) -> Iterator[tuple[str, RankedRow]]:
+    """(where, row) for every ranked row of the iteration, each checked against `RankedRow` as it
+    is read: a bad one names its file, line and prompt_id, and the command that ranks again."""
+    for where, row in stage_rows(cfg, Stage.rank, PairsBuildError):
+        problem = ranked_row_problem(row)
+        if problem:
+            pid = row.get("prompt_id")
+            named = f"{where}: prompt_id {pid!r}" if isinstance(pid, str) and pid.strip() else where
+            raise PairsBuildError(f"{named}: {problem}", redo(cfg, Stage.rank.value))
+        yield where, row
+
+
 def pair_of(row: RankedRow, where: str, selection: PairSelection) -> PairRow:
-    missing = [k for k in RANKED_KEYS if k not in row]
-    if missing:
-        raise PairsBuildError(f"{where}: the ranked row lacks {', '.join(missing)}")
+    """The pair `selection` makes of a ranked row that passed its check (`where` names it), or a
+    PairsBuildError when the train stage would refuse the pair: a blank response chosen or
+    rejected, which `ranker.empty_responses=keep` ranks like any other."""
     scores = np.asarray(row["scores"], dtype=np.float64)
     P = np.asarray(row["win_matrix"], dtype=np.float64)
     p = np.asarray(row["win_rate"], dtype=np.float64)
-    K = len(row["responses"])
-    if K < 2 or scores.shape != (K,) or P.shape != (K, K) or p.shape != (K,):
-        raise PairsBuildError(
-            f"{where}: prompt_id {row['prompt_id']!r}: {K} responses but scores, win_matrix and "
-            f"win_rate of shapes {scores.shape}, {P.shape}, {p.shape}"
-        )
-    for name, values in (("scores", scores), ("win_matrix", P), ("win_rate", p)):
-        if not np.isfinite(values).all():
-            raise PairsBuildError(
-                f"{where}: prompt_id {row['prompt_id']!r}: `{name}` holds NaN or infinity, which "
-                "would make a pair of any two responses; the rank stage's output was edited or "
-                "corrupted: rank again"
-            )
     win, lose = select_pair(scores, [len(r) for r in row["responses"]], selection)
-    return PairRow(
+    pair = PairRow(
         prompt_id=row["prompt_id"],
         prompt=row["prompt"],
         chosen=row["responses"][win],
@@ -229,3 +231,11 @@ def pair_of(row: RankedRow, where: str, selection: PairSelection) -> PairRow:
         chosen_source=row["sources"][win],
         rejected_source=row["sources"][lose],
     )
+    problem = pair_row_problem(pair)
+    if problem:
+        raise PairsBuildError(
+            f"{where}: prompt_id {pair['prompt_id']!r}: the pair of responses {win} and {lose}: "
+            f"{problem}; a pair needs text on both sides (ranker.empty_responses=drop leaves "
+            "blank responses out of the ranking)"
+        )
+    return pair

@@ -19,11 +19,9 @@ from typing import Any
 import torch
 
 from src.core.artifacts import read_jsonl
-from src.core.errors import StageError, shown
+from src.core.contracts import pair_row_problem
+from src.core.errors import StageError
 
-# every pair's text (src/core/contracts.py: PairRow); prompt, chosen and rejected go through the
-# chat template, which needs strings (a null fails deep inside jinja)
-TEXT_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
 # the only numbers of the file a loss reads: SPPO's targets (docs/design.md §6.2); DPO/IPO read
 # none, and WPO's weights come from the policy's own log-probs, not from the file
 PROBABILITY_COLUMNS = {
@@ -91,23 +89,14 @@ def parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def checked_pair(where: str, row: dict[str, Any], loss: str) -> dict[str, Any]:
-    """`row` when `loss` can train on it, else a PairsError saying what to correct, and where."""
-    probabilities = PROBABILITY_COLUMNS.get(loss, ())
-    if isinstance(row.get("prompt_id"), str):  # so that every message about the row names it
-        where = f"{where} (prompt_id {row['prompt_id']!r})"
-    missing = [c for c in (*TEXT_COLUMNS, *probabilities) if c not in row]
-    if missing:
-        raise PairsError(f"{where}: lacks column(s) {', '.join(missing)} needed by loss '{loss}'")
-    for column in TEXT_COLUMNS:
-        if not isinstance(row[column], str):
-            raise PairsError(f"{where}: {column!r} is {shown(row[column])}, expected a string")
-    for column in probabilities:
-        value = row[column]
-        # the comparisons are false for NaN and out of range for infinities
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise PairsError(
-                f"{where}: {column!r} is {shown(value)}, expected a probability in [0, 1]"
-            )
+    """`row` when `loss` can train on it (src/core/contracts.py: PairRow), else a PairsError
+    saying what to correct, and where."""
+    pid = row.get("prompt_id")
+    if isinstance(pid, str) and pid.strip():  # so that every message about the row names it
+        where = f"{where} (prompt_id {pid!r})"
+    problem = pair_row_problem(row, PROBABILITY_COLUMNS.get(loss, ()), f"loss {loss!r}")
+    if problem:
+        raise PairsError(f"{where}: {problem}")
     return row
 
 
