@@ -10,15 +10,16 @@ stage of the same iteration writes it again with its results.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from statistics import mean
 
 from src.config import REPO_ROOT, Config, Peft, Stage
-from src.core.artifacts import atomic_write_text
+from src.core.artifacts import atomic_write_text, read_json
+from src.core.errors import StageError
 from src.core.policy import CARD
+from src.stages.common import redo
 
 # Licenses of the bases this project knows; any other base: "other" (its own card says which)
 BASE_LICENSES = {
@@ -71,9 +72,11 @@ def write_model_card(cfg: Config, checkpoint: Path) -> Path:
     """`checkpoint/README.md` from the train stage's metrics.json and config.yaml and, when the
     iteration's eval finished, its eval.json. Returns the card's path."""
     stage_dir = cfg.stage_dir(Stage.train)
-    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    metrics = read_json(stage_dir / "metrics.json", StageError, redo(cfg, Stage.train.value))
     report = cfg.stage_dir(Stage.eval) / "eval.json"
-    evaluation = json.loads(report.read_text()) if report.is_file() else None
+    evaluation = (
+        read_json(report, StageError, redo(cfg, Stage.eval.value)) if report.is_file() else None
+    )
     return atomic_write_text(
         checkpoint / CARD, model_card(cfg, metrics, evaluation, saved_command(stage_dir))
     )
