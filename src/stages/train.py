@@ -81,7 +81,7 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         require_adapter_base(Path(resume), cfg.run.init_policy)
     if ready.trainer.is_world_process_zero():
         tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
-    if resume:
+    if resume and ready.trainer.is_world_process_zero():
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
     with saving_to(stage_dir):
         result = ready.trainer.train(resume_from_checkpoint=resume)
