@@ -246,6 +246,20 @@ def _check_shard(section: str, shard: int | None, num_shards: int | None) -> Non
         )
 
 
+# A hub id: ORG/NAME, letters, digits, '-', '_' and '.' (huggingface_hub's rule, less the ids of
+# the few models that predate organisations)
+HUB_ID = re.compile(r"(?!.*(--|\.\.))[\w][\w.-]*/[\w.-]*[\w]")
+
+
+def _model_location(value: str) -> bool:
+    """Whether `value` can name a model: a path (absolute, `./`, `../`), a folder here, or a hub
+    id ORG/NAME. Whether the model is there is the stage's to find out: a path may be made by a
+    job that runs first."""
+    if value.startswith(("/", "./", "../")) or Path(value).is_dir():
+        return True
+    return len(value) <= 96 and HUB_ID.fullmatch(value) is not None
+
+
 # ---------------------------------------------------------------------------------------------
 # Schemas, one per config group.
 
@@ -451,6 +465,14 @@ class EvalConfig:
             "eval.reference",
             self.reference,
             "iterations count from 1 (the base model is 'base')",
+        )
+        _check(
+            self.reference == "base" or earlier is not None or _model_location(self.reference),
+            "eval.reference",
+            self.reference,
+            "not a model the eval stage can load; allowed: base (the model itself), iter<s> (this "
+            "lineage's iteration s, 1 <= s <= iter), a model folder (an absolute or ./ path) or "
+            "a hub id ORG/NAME",
         )
 
 
@@ -661,6 +683,16 @@ class PathsConfig:
     # rebuilds them
     tiny_dir: str = SI("${abspath:${oc.env:SELFPLAY_TINY_DIR,${repo:.cache/tiny}}}")
 
+    def __post_init__(self) -> None:
+        # an empty root would put every run directory at the file system's root
+        _check(
+            self.root.strip() != "",
+            "paths.root",
+            self.root,
+            "names no folder; set a folder for the run directories, e.g. "
+            "paths.root=/scratch/$USER/runs (unset, it is $SELFPLAY_RUNS, else ./runs)",
+        )
+
 
 @dataclass
 class RunConfig:
@@ -683,16 +715,22 @@ class PipelineConfig:
     # instead, naming the missing checkpoint and the command that makes it
     require_previous: bool = False
     # stages of THIS iteration to redo although they were finished under another config (the
-    # later stages of the iteration are redone with them), e.g. pipeline.redo=[rank]
-    redo: list[Stage] = field(default_factory=list)
+    # later stages of the iteration are redone with them): a list, e.g. pipeline.redo=[rank], or
+    # one stage bare (pipeline.redo=rank); typed Any, as Hydra refuses a bare name for a list
+    redo: Any = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        given = self.redo if isinstance(self.redo, list | tuple) else [self.redo]
+        given = [str(s) for s in given if s is not None]
+        names = [s.value for s in Stage if s != Stage.all]
         _check(
-            Stage.all not in self.redo,
+            all(s in names for s in given),
             "pipeline.redo",
-            [s.value for s in self.redo],
-            "name stages, not 'all'",
+            given,
+            f"names stages of an iteration: {', '.join(names)} (e.g. pipeline.redo=[rank]: rank "
+            "and the stages after it)",
         )
+        self.redo = [Stage(s) for s in given]
 
 
 @dataclass(kw_only=True)
@@ -953,13 +991,27 @@ def describe_composition_error(exc: BaseException, overrides: Sequence[str]) -> 
     inner: BaseException | None = exc
     while inner is not None:  # Hydra wraps OmegaConf's error, which names the key
         if isinstance(inner, OmegaConfBaseException) and getattr(inner, "full_key", None):
-            return describe_omegaconf_error(inner)
-        inner = inner.__cause__
+            return _unpackaged(exc, inner) or describe_omegaconf_error(inner)
+        inner = inner.__cause__ or inner.__context__
     if isinstance(exc, OmegaConfBaseException):
         return describe_omegaconf_error(exc)
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ else ""
     return " ".join(filter(None, [lines[0] if lines else type(exc).__name__, cause]))
+
+
+def _unpackaged(exc: BaseException, inner: OmegaConfBaseException) -> str | None:
+    """The error of a config file whose keys Hydra put under its group's name, which the schema
+    does not have (conf/local/default.yaml without `# @package _global_`); else None."""
+    top = str(getattr(inner, "full_key", "")).split(".")[0]
+    where = re.match(r"In '([\w./-]+)'", str(exc))  # Hydra's "In 'local/default': ..."
+    if not where or where[1].split("/")[0] != top or top in {f.name for f in fields(Config)}:
+        return None
+    return (
+        f"conf/{where[1]}.yaml: its keys are read under '{top}', which the config does not "
+        "have; make `# @package _global_` its first line, so that they apply from the top of "
+        "the config"
+    )
 
 
 def _is_null(node: str, overrides: Sequence[str]) -> bool:

@@ -25,8 +25,8 @@ until the array ends), this returns as soon as the jobs are queued.
 
 from __future__ import annotations
 
-import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -36,7 +36,8 @@ from pathlib import Path
 
 from src import config
 from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest
-from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
+from src.core.cli import ArgumentParser, failures
+from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
 from src.core.registry import STAGES, iteration_stages
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
@@ -47,7 +48,7 @@ SMALL_JOB = StageRequest(cpus_per_task=2, mem_gb=8, time_min=60)
 
 
 class SubmitError(StageError):
-    """The chain cannot be rendered or submitted; the message says why."""
+    """sbatch refused a job; the message says which, why and what is queued already."""
 
 
 @dataclass
@@ -174,11 +175,12 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
     name = cfg.stage_run_name(stage)
     spec = STAGES[stage]
     need = request(cfg, stage)
-    args = [*overrides, f"stage={stage.value}", f"iter={cfg.iter}"]
+    own = [f"stage={stage.value}", f"iter={cfg.iter}"]
     array = None
     if spec.sharded_by:  # the shard comes from SLURM_ARRAY_TASK_ID, the count from here
         array = need.tasks
-        args.append(f"{spec.sharded_by}.num_shards={array}")
+        own.append(f"{spec.sharded_by}.num_shards={array}")
+    args = set_overrides(overrides, own)
     log_dir = Path(cfg.run.dir) / "slurm" / "logs"
     values = {
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
@@ -229,7 +231,8 @@ def sbatch_line(job: Job, script_path: Path, ids: dict[str, str]) -> list[str]:
 
 
 def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
-    """Write the scripts, then sbatch them in order; returns job name -> SLURM job id."""
+    """Write the scripts into `script_dir` (made, with its logs/, unless `dry_run`), sbatch them
+    in order; returns job name -> SLURM job id."""
     ids: dict[str, str] = {}
     for job in jobs:
         path = script_dir / f"{job.name}.sbatch"
@@ -239,8 +242,6 @@ def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
             print(f"# ---- {path}\n{job.script}\n# $ {shlex.join(line)}\n")
             ids[job.name] = f"<{job.name}>"
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (script_dir / "logs").mkdir(parents=True, exist_ok=True)
         path.write_text(job.script)
         done = subprocess.run(line, capture_output=True, text=True)
         if done.returncode != 0:
@@ -253,51 +254,58 @@ def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
     return ids
 
 
+def require_sbatch() -> None:
+    """sbatch on this machine, before anything is written or said: the environment's failure."""
+    if shutil.which("sbatch") is None:
+        raise EnvironmentFailure(
+            "sbatch: no such command on this machine; submit from a SLURM login node, or print "
+            "the scripts with --dry-run"
+        )
+
+
 def compose(overrides: list[str], iteration: int) -> Config:
-    return config.compose([*overrides, f"iter={iteration}"])
+    return config.compose(set_overrides(overrides, [f"iter={iteration}"]))
 
 
 def submit_chain(
     overrides: list[str], iterations: int, from_iter: int = 1, dry_run: bool = False
 ) -> dict[str, str]:
     """Render and submit iterations from_iter..iterations; returns job name -> SLURM job id."""
-    overrides = [o for o in overrides if not o.startswith(("iter=", "stage="))]
+    overrides = without_keys(overrides, "iter", "stage")
     configs = [compose(overrides, t) for t in range(from_iter, iterations + 1)]
     if not configs:
-        raise SubmitError(
+        raise ConfigError(
             f"no iterations to submit: --from-iter {from_iter} > --iterations {iterations}"
         )
     if configs[0].hardware.slurm is None:
-        raise SubmitError(
+        raise ConfigError(
             f"hardware={configs[0].hardware.name} has no SLURM resources: choose one of the "
             "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
         )
     configs = [replace(c, stage=Stage.all) for c in configs]
     jobs = chain(configs, overrides)  # every request checked before anything is written
+    script_dir = Path(configs[0].run.dir) / "slurm"
+    if not dry_run:  # a folder the scripts cannot go to, or no sbatch: before anything is said
+        (script_dir / "logs").mkdir(parents=True, exist_ok=True)
+        require_sbatch()
     print(
         "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
         file=sys.stdout if dry_run else sys.stderr,
     )
-    return submit(jobs, Path(configs[0].run.dir) / "slurm", dry_run)
+    return submit(jobs, script_dir, dry_run)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.slurm", description=__doc__.split("\n")[0])
+    words = sys.argv[1:] if argv is None else argv
+    parser = ArgumentParser(prog="python -m src.slurm", description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=1, help="submit iterations 1..N")
     parser.add_argument("--from-iter", type=int, default=1, help="first iteration to submit")
     parser.add_argument("--dry-run", action="store_true", help="print scripts and sbatch lines")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    args = parser.parse_intermixed_args(argv)
-    try:
+    with failures(" ".join(["python -m src.slurm", *words])):
+        args = parser.parse_intermixed_args(words)
         submit_chain(args.overrides, args.iterations, args.from_iter, args.dry_run)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except StageError as err:
-        command = " ".join(["python -m src.slurm", *(sys.argv[1:] if argv is None else argv)])
-        print(describe(err, command), file=sys.stderr)
-        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

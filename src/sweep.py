@@ -14,7 +14,6 @@ own run lineage (the swept values are in the default run_name) and so its own W&
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import shlex
 import subprocess
@@ -26,22 +25,30 @@ import yaml
 
 from src.config import REPO_ROOT, Config, ConfigError, Device
 from src.core.artifacts import atomic_write_text
-from src.core.errors import EXIT_CONFIG_ERROR, StageError, describe
-from src.slurm import WARNING_SIGNAL_S, SubmitError, compose, fill, resource_lines
+from src.core.cli import ArgumentParser, failures
+from src.core.errors import StageError, set_overrides, without_keys
+from src.slurm import (
+    WARNING_SIGNAL_S,
+    SubmitError,
+    compose,
+    fill,
+    require_sbatch,
+    resource_lines,
+)
 
 
 def load_sweep(path: Path) -> dict[str, list[Any]]:
     """The grid of a sweep file: Hydra key -> the values it takes."""
     if not path.is_file():
-        raise SubmitError(f"sweep file not found: {path}")
+        raise ConfigError(f"sweep file not found: {path}")
     try:
         sweep = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SubmitError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict):
-        raise SubmitError(f"{path}: a sweep needs a `parameters:` mapping (W&B's sweep format)")
+        raise ConfigError(f"{path}: a sweep needs a `parameters:` mapping (W&B's sweep format)")
     if sweep.get("method", "grid") != "grid":
-        raise SubmitError(
+        raise ConfigError(
             f"{path}: method {sweep['method']!r} is for W&B agents (`wandb sweep {path}`); "
             "a SLURM array needs method: grid"
         )
@@ -52,7 +59,7 @@ def load_sweep(path: Path) -> dict[str, list[Any]]:
         elif isinstance(spec, dict) and "value" in spec:
             grid[key] = [spec["value"]]
         else:
-            raise SubmitError(f"{path}: parameter {key!r} needs `values: [...]` (or `value:`)")
+            raise ConfigError(f"{path}: parameter {key!r} needs `values: [...]` (or `value:`)")
     return grid
 
 
@@ -70,21 +77,21 @@ def check_points(
 ) -> list[Config]:
     """Every point composes and validates before anything is submitted; lineages are distinct;
     for a SLURM array (`slurm`), the hardware has SLURM resources and one node."""
-    configs = [compose([*base, *point], iterations) for point in points]
+    configs = [compose(set_overrides(base, point), iterations) for point in points]
     dirs = [c.run.dir for c in configs]
     if len(set(dirs)) != len(dirs):
-        raise SubmitError(
+        raise ConfigError(
             "two points of the sweep share a run directory (their run_name is the same): "
             "put the swept keys in run_name, e.g. run_name='sweep-${method.eta}-${method.K}'"
         )
     if not slurm:
         return configs
     if configs[0].hardware.slurm is None:
-        raise SubmitError(
+        raise ConfigError(
             f"hardware={configs[0].hardware.name} has no SLURM resources: choose a hardware=slurm-* option"
         )
     if configs[0].hardware.num_nodes > 1:
-        raise SubmitError(
+        raise ConfigError(
             "a sweep array task runs on one node; for multi-node training submit each point "
             "with python -m src.slurm"
         )
@@ -127,12 +134,13 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
     """Every point of the sweep on this machine, one after another: iterations 1..N of its
     lineage with `python -m src.main`, as an array task runs it (finished stages are skipped, so
     a re-run resumes). Compare the points with `python -m src.compare`."""
-    base = [o for o in overrides if not o.startswith(("iter=", "stage="))]
+    base = without_keys(overrides, "iter", "stage")
     points = grid_points(load_sweep(path))
     check_points(points, base, iterations, slurm=False)
     for i, point in enumerate(points, 1):
         print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shlex.join(point)}", flush=True)
-        command = [sys.executable, "-m", "src.main", *base, *point, f"iter={iterations}"]
+        run = set_overrides(base, [*point, f"iter={iterations}"])
+        command = [sys.executable, "-m", "src.main", *run]
         done = subprocess.run(command, cwd=REPO_ROOT)
         if done.returncode != 0:
             raise StageError(
@@ -146,13 +154,15 @@ def submit_sweep(
     path: Path, overrides: list[str], iterations: int, parallel: int | None, dry_run: bool
 ) -> str | None:
     """Expand, validate, write and submit the sweep's array; returns its SLURM job id."""
-    base = [o for o in overrides if not o.startswith(("iter=", "stage="))]
     # an array task here is a whole point, not a shard: its SLURM_ARRAY_* must not shard stages
-    base += [
-        f"{s}.{k}={v}"
-        for s in ("generation", "ranker")
-        for k, v in (("shard", 0), ("num_shards", 1))
-    ]
+    base = set_overrides(
+        without_keys(overrides, "iter", "stage"),
+        [
+            f"{s}.{k}={v}"
+            for s in ("generation", "ranker")
+            for k, v in (("shard", 0), ("num_shards", 1))
+        ],
+    )
     points = grid_points(load_sweep(path))
     configs = check_points(points, base, iterations)
     name = path.stem
@@ -165,9 +175,10 @@ def submit_sweep(
     if dry_run:
         print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shlex.join(line)}")
         return None
+    (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
+    require_sbatch()
     atomic_write_text(points_file, text)
     atomic_write_text(sweep_dir / f"{name}.sbatch", script)
-    (sweep_dir / "logs").mkdir(exist_ok=True)
     done = subprocess.run(line, capture_output=True, text=True)
     if done.returncode != 0:
         raise SubmitError(f"sbatch refused {line[-1]}: {done.stderr.strip()}")
@@ -177,7 +188,8 @@ def submit_sweep(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n")[0])
+    words = sys.argv[1:] if argv is None else argv
+    parser = ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path, help="a sweeps/*.yaml file")
     parser.add_argument("--iterations", type=int, default=1, help="iterations per point")
     parser.add_argument("--parallel", type=int, default=None, help="at most N tasks at once")
@@ -186,21 +198,16 @@ def main(argv: list[str] | None = None) -> None:
         "--local", action="store_true", help="run the points here, one after another (no SLURM)"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every point")
-    args = parser.parse_intermixed_args(argv)
-    if args.local and (args.dry_run or args.parallel):
-        parser.error("--local runs the points here, one after another: no --dry-run, no --parallel")
-    try:
+    with failures(" ".join(["python -m src.sweep", *words])):
+        args = parser.parse_intermixed_args(words)
+        if args.local and (args.dry_run or args.parallel):
+            parser.error(
+                "--local runs the points here, one after another: no --dry-run, no --parallel"
+            )
         if args.local:
             run_local(args.sweep, args.overrides, args.iterations)
         else:
             submit_sweep(args.sweep, args.overrides, args.iterations, args.parallel, args.dry_run)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except StageError as err:
-        command = " ".join(["python -m src.sweep", *(sys.argv[1:] if argv is None else argv)])
-        print(describe(err, command), file=sys.stderr)
-        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

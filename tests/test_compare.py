@@ -344,7 +344,7 @@ def test_wandb_without_a_reachable_server_fails_fast_with_one_line(tmp_path, mon
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(SystemExit) as exit_:
         main(["--root", str(tmp_path), "--wandb", "my-team/selfplay-lab"])
-    assert exit_.value.code == 1
+    assert exit_.value.code == 3  # the environment
     err = capsys.readouterr().err
     assert err.startswith("error: --wandb: cannot reach the W&B server at http://127.0.0.1:9 (")
     assert err.rstrip().endswith("compare the local run directories with --root instead")

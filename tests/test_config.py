@@ -447,11 +447,66 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
         ("eval.confidence=95", r"^eval\.confidence=95\.0: must be in \(0, 1\)$"),
         ("eval.bootstrap=0", r"^eval\.bootstrap=0: must be > 0$"),
         ("eval.outcome=hard", r"^eval\.outcome: Invalid value 'hard', expected one of \[discrete"),
+        *(
+            (
+                f"eval.reference={bad}",
+                rf"^eval\.reference='{bad}': not a model the eval stage can "
+                r"load; allowed: base \(the model itself\), iter<s> \(this lineage's iteration s",
+            )
+            for bad in ("iterX", "iter-1", "Base", "gpt2", "org/name/extra", "a b")
+        ),  # fmt: skip
+        ("paths.root=", r"^paths\.root='': names no folder; set a folder for the run directories"),
+        (
+            "pipeline.redo=[rank,foo]",
+            r"^pipeline\.redo=\['rank', 'foo'\]: names stages of an iteration: generate, rank, "
+            r"pairs, train, eval \(e\.g\. pipeline\.redo=\[rank\]",
+        ),
+        ("pipeline.redo=all", r"^pipeline\.redo=\['all'\]: names stages of an iteration"),
     ],
 )
 def test_bad_values_fail_validation_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         compose_cfg(override)
+
+
+@pytest.mark.parametrize(
+    "reference", ["base", "iter1", "iter2", "/models/mine", "./mine", "../mine", "org/name-v0.2"]
+)
+def test_eval_reference_takes_what_the_eval_stage_can_load(reference):
+    # a model folder is looked for when the eval stage runs: a job before it may make it
+    assert compose_cfg("iter=2", f"eval.reference={reference}").eval.reference == reference
+
+
+@pytest.mark.parametrize(
+    ("override", "stages"),
+    [
+        (None, []),
+        ("pipeline.redo=rank", ["rank"]),
+        ("pipeline.redo=[rank]", ["rank"]),
+        ("pipeline.redo=[generate,train]", ["generate", "train"]),
+        ("pipeline.redo=null", []),
+    ],
+)
+def test_pipeline_redo_is_a_list_of_stages_or_one_bare_stage(override, stages):
+    from src.config import Stage
+
+    cfg = compose_cfg(*([override] if override else []))
+    assert cfg.pipeline.redo == [Stage(s) for s in stages]
+    assert cfg.as_tree()["pipeline"]["redo"] == stages
+
+
+def test_a_local_file_applies_from_the_top_with_its_package_line(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "local").mkdir(exist_ok=True)
+    (conf / "local" / "default.yaml").write_text(
+        "# @package _global_\nhardware:\n  slurm:\n    account: mine\n"
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        tree = compose("config", overrides=["hardware=slurm-cpu"])
+    assert validate(tree).hardware.slurm.account == "mine"
 
 
 # --- bad input: the real command line -----------------------------------------------------------

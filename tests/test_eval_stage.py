@@ -12,7 +12,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.evaluation.winrate import lc_win_rate, length_covariate
-from tests.helpers import SMALL, cli
+from tests.helpers import SMALL, cli, one_line_failure
 
 EVAL_SET = REPO_ROOT / "data" / "prompts" / "eval.json"
 EXPORT_KEYS = {"instruction", "output", "generator", "dataset"}
@@ -172,6 +172,15 @@ def test_bad_input_is_one_line_and_writes_no_evaluation(tmp_path, evaluated):
     later = cli(root, "iter=1", "stage=eval", "eval.reference=iter3")
     assert later.returncode == 2
     assert "eval.reference='iter3': must be an iteration up to iter=1" in later.stderr
+
+    # a reference that cannot load fails before any answer is made, naming the key
+    for reference, code, said in [
+        (f"{tmp_path}/no-model", 1, f"eval.reference={tmp_path}/no-model: no such model folder"),
+        ("some-org/not-cached", 3, "eval.reference='some-org/not-cached' is neither a local"),
+    ]:
+        refused = cli(root, "iter=1", "stage=eval", f"eval.reference={reference}")
+        assert one_line_failure(refused, code).startswith(f"error: {said}"), refused.stderr
+        assert "[eval] answers of" not in refused.stderr
 
 
 def test_an_unset_eval_set_is_refused_with_where_to_get_one():

@@ -154,16 +154,16 @@ def test_a_stage_request_set_by_hand_wins_and_is_checked_against_the_node(capsys
     for overrides, message in [
         (
             ["hardware.slurm.stages.rank.mem_gb=600"],
-            "error: hardware.slurm.stages.rank.mem_gb=600: is more than a node has "
+            "config error: hardware.slurm.stages.rank.mem_gb=600: is more than a node has "
             "(hardware.slurm.mem_gb=512): one task runs on one node",
         ),
         (
             ["hardware.slurm.stages.train.cpus_per_task=0"],
-            "error: hardware.slurm.stages.train.cpus_per_task=0: must be > 0",
+            "config error: hardware.slurm.stages.train.cpus_per_task=0: must be > 0",
         ),
         (
             ["generation=vllm", "generation.tensor_parallel_size=16"],
-            "error: generate: one task takes 16 GPUs (generation.tensor_parallel_size) "
+            "config error: generate: one task takes 16 GPUs (generation.tensor_parallel_size) "
             "but a node has hardware.processes_per_node=8; a task runs on one node",
         ),
     ]:
@@ -212,7 +212,7 @@ def test_the_slurm_readme_shows_what_each_stage_asks_for(hardware):
 def test_a_hardware_without_slurm_resources_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--dry-run", "model=tiny-mistral"])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert (
         "hardware=cpu has no SLURM resources: choose one of the hardware=slurm-* options"
         in capsys.readouterr().err

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from src.core.errors import StageError
+from src.core.errors import EnvironmentFailure, StageError
 
 STAGES = ("generate", "rank", "pairs", "train", "eval")
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
@@ -216,7 +216,7 @@ def probe_server(url: str, timeout: float) -> None:
     thread.join(timeout)
     if not outcome.get("ok"):
         reason = outcome.get("error", f"no answer in {timeout:g} s")
-        raise CompareError(
+        raise EnvironmentFailure(
             f"--wandb: cannot reach the W&B server at {url} ({reason}); "
             "compare the local run directories with --root instead"
         )

@@ -12,7 +12,9 @@ Only finished stages count: values come from a stage whose done.json exists, as 
 themselves trust nothing else in a directory. A malformed config.yaml, done.json, metrics.json
 or eval.json is skipped with one warning line naming the file: its values stay blank (a
 malformed done.json makes its stage unfinished) and every other run is still compared.
-Exit code 1 with one line when there is nothing to compare or the W&B server cannot be reached.
+A failure is one line (src.core.cli): exit code 1 when there is nothing to compare, --metric
+names no logged key or the W&B server cannot be reached; 2 for a bad option; 3 when the file
+system refuses (--out where a file is, or read-only; --root a file).
 
 This module holds the outputs (the table, the CSV, the printed win rates) and the command line;
 src.compare.runs reads the runs and src.compare.plots draws them.
@@ -30,7 +32,8 @@ from typing import Any
 
 from src.compare.runs import CompareError, Iteration, discover, fetch_wandb, num
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError
+from src.core.cli import ArgumentParser, failures
+from src.core.errors import EnvironmentFailure
 
 COLUMNS = (
     "model", "method", "run_name", "iter", "eta", "beta", "lr", "K", "loss_type", "stages_done",
@@ -104,9 +107,7 @@ def check_metric(iterations: list[Iteration], metric: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m src.compare", description=__doc__.split("\n")[0]
-    )
+    parser = ArgumentParser(prog="python -m src.compare", description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=None,
                         help="run directories (default: $SELFPLAY_RUNS, else ./runs)")  # fmt: skip
     parser.add_argument(
@@ -118,15 +119,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    with failures(" ".join(["python -m src.compare", *words]), where="--out"):
+        compare(parse_args(words))
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Read the runs, write the outputs, print the table and the win-rate curves."""
     root = (args.root or Path(os.environ.get("SELFPLAY_RUNS") or "runs")).resolve()
     out = args.out.resolve() if args.out else root / "compare"
-    try:
-        iterations = fetch_wandb(args.wandb) if args.wandb else discover(root)
-        table, paths = write_outputs(iterations, out, args.metric)
-    except StageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if root.exists() and not root.is_dir() and not args.wandb:  # as the stages see paths.root
+        raise EnvironmentFailure(
+            f"--root {root}: a file, not a folder; point --root (or $SELFPLAY_RUNS) at the "
+            "folder of run directories"
+        )
+    iterations = fetch_wandb(args.wandb) if args.wandb else discover(root)
+    table, paths = write_outputs(iterations, out, args.metric)
     print(table)
     curves = win_rate_curves(iterations)
     if curves:

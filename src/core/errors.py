@@ -1,7 +1,9 @@
-"""The failures a user can cause or meet, and the exit code each ends `python -m src.main` with.
+"""The failures a user can cause or meet, and the exit code each ends every command with
+(`python -m src.main`, `src.slurm`, `src.sweep`, `src.export`, `src.compare`).
 
-Each ends the process with one line on stderr that says what and where, followed by the user's
-own command with what changes when a command fixes it, and its exit code:
+Each ends the process at one boundary (src.core.cli) with one line on stderr that says what and
+where, followed by the user's own command with what changes when a command fixes it, and its
+exit code:
 
     1    bad input or state (`StageError`): a missing, malformed or damaged file or checkpoint
     2    a bad configuration (`src.config.ConfigError`, Hydra's composition errors)
@@ -17,7 +19,7 @@ of every failure.
 from __future__ import annotations
 
 import errno
-import re
+from collections.abc import Sequence
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -47,18 +49,65 @@ class EnvironmentFailure(StageError):
     exit_code = EXIT_ENVIRONMENT
 
 
+def override_key(word: str) -> str:
+    """The key an override sets, adds or deletes: `key` of `key=v`, `+key=v`, `++key=v`, `~key`."""
+    return word.lstrip("+~").partition("=")[0]
+
+
+def set_overrides(words: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """`words` with each `key=value` of `overrides` set: in place of the first word that sets,
+    adds or deletes the same key (any other such word dropped: Hydra applies them in order, so a
+    later one would win over the fix), else appended."""
+    out = list(words)
+    for override in overrides:
+        key = override_key(override)
+        out = [w for w in (_less_nested(w, key) for w in out) if w is not None]
+        same = [i for i, w in enumerate(out) if override_key(w) == key]
+        if not same:
+            out.append(override)
+            continue
+        out[same[0]] = override
+        for i in reversed(same[1:]):
+            del out[i]
+    return out
+
+
+def _less_nested(word: str, key: str) -> str | None:
+    """`word` less what it sets of `key` when it sets a section holding it as a dict
+    (`pipeline={redo:[rank]}` for `pipeline.redo`); None when nothing else is left."""
+    parent, _, value = word.lstrip("+~").partition("=")
+    if not (key.startswith(f"{parent}.") and value.startswith("{")):
+        return word
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Override
+    from hydra.errors import HydraException
+
+    try:
+        tree = OverridesParser.create().parse_override(word).value()
+    except HydraException:  # not an override Hydra accepts: the command failed on it already
+        return word
+    *sections, leaf = key[len(parent) + 1 :].split(".")
+    holder = tree
+    for part in sections:
+        holder = holder.get(part) if isinstance(holder, dict) else None
+    if not isinstance(holder, dict) or leaf not in holder:
+        return word
+    del holder[leaf]
+    if not tree:
+        return None
+    prefix = word[: len(word) - len(word.lstrip("+~"))]
+    return f"{prefix}{parent}={Override._get_value_element_as_str(tree)}"
+
+
+def without_keys(words: Sequence[str], *keys: str) -> list[str]:
+    """`words` less every override that sets, adds or deletes one of `keys`."""
+    return [w for w in words if override_key(w) not in keys]
+
+
 def with_overrides(command: str, overrides: str) -> str:
-    """`command` with each `key=value` of `overrides` set: in place of the same key's value where
-    the command already sets it, else appended."""
-    words = command.split()  # as the entry point joined them: one word per override
-    for override in overrides.split():
-        key = override.split("=", 1)[0]
-        same = [i for i, w in enumerate(words) if re.match(rf"[+~]*{re.escape(key)}=", w)]
-        if same:
-            words[same[0]] = override
-        else:
-            words.append(override)
-    return " ".join(words)
+    """`command` with each `key=value` of `overrides` set (`set_overrides`)."""
+    # as the entry point joined them: one word per override
+    return " ".join(set_overrides(command.split(), overrides.split()))
 
 
 def shown(value: object) -> str:
@@ -76,24 +125,25 @@ def describe(exc: StageError, command: str) -> str:
     return f"{line}; run `{with_overrides(command, exc.fix)}`" if exc.fix else line
 
 
-# What the file system's refusals mean for a run, by errno.
+# What the file system's refusals mean for a run, by errno; `{where}`: the setting that places
+# the files (paths.root for a run, --out for an export or a comparison).
 OS_ADVICE = {
-    errno.ENOSPC: "the disk is full: free space (or point paths.root elsewhere) and re-run; "
+    errno.ENOSPC: "the disk is full: free space (or point {where} elsewhere) and re-run; "
     "finished chunks and Trainer checkpoints are kept",
-    errno.EDQUOT: "the disk quota is used up: free space (or point paths.root elsewhere) and re-run",
-    errno.EROFS: "the file system is read-only: point paths.root at a writable folder",
-    errno.EACCES: "permission denied: point paths.root at a folder you can write to",
-    errno.EPERM: "permission denied: point paths.root at a folder you can write to",
-    errno.ENOTDIR: "a path on the way is a file, not a folder: check paths.root",
-    errno.EEXIST: "a file is in the way of a folder: check paths.root",
+    errno.EDQUOT: "the disk quota is used up: free space (or point {where} elsewhere) and re-run",
+    errno.EROFS: "the file system is read-only: point {where} at a writable folder",
+    errno.EACCES: "permission denied: point {where} at a folder you can write to",
+    errno.EPERM: "permission denied: point {where} at a folder you can write to",
+    errno.ENOTDIR: "a path on the way is a file, not a folder: check {where}",
+    errno.EEXIST: "a file is in the way of a folder: check {where}",
 }
 
 
-def describe_os_error(exc: OSError) -> str:
+def describe_os_error(exc: OSError, where: str = "paths.root") -> str:
     """An OSError as one line: what the system said, the file, and what to do about it."""
-    where = exc.filename if exc.filename is not None else ""
+    path = exc.filename if exc.filename is not None else ""
     if exc.filename2 is not None:
-        where = f"{where} -> {exc.filename2}"
+        path = f"{path} -> {exc.filename2}"
     said = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
-    advice = OS_ADVICE.get(exc.errno or -1)
-    return "; ".join(filter(None, [f"{said}: {where}" if where else said, advice]))
+    advice = OS_ADVICE.get(exc.errno or -1, "").format(where=where)
+    return "; ".join(filter(None, [f"{said}: {path}" if path else said, advice]))

@@ -14,32 +14,33 @@ ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter'
 CARD = "README.md"  # a checkpoint's model card: rewritten after training, so never sealed
 
 
-def require_loadable(path: str, revision: str | None) -> None:
+def require_loadable(path: str, revision: str | None, key: str = "model.path") -> None:
     """A local model folder must be whole; a hub id must be in the local cache when the Hub is
-    offline (else from_pretrained fails after a long traceback)."""
+    offline (else from_pretrained fails after a long traceback). `key`: the setting that names
+    it, for the messages."""
     if Path(path).is_dir():
         if (Path(path) / ADAPTER_CONFIG).is_file() and not (Path(path) / "config.json").is_file():
             base = adapter_base(Path(path))
             raise StageError(
-                f"model.path={path}: a LoRA adapter (of the base {base!r}), not a whole model; "
-                "merge it into its base first (peft's merge_and_unload) and point model.path "
+                f"{key}={path}: a LoRA adapter (of the base {base!r}), not a whole model; "
+                f"merge it into its base first (peft's merge_and_unload) and point {key} "
                 "at the merged folder"
             )
         damage = model_folder_damage(Path(path))
         if damage:
-            raise StageError(f"model.path={path}: {damage}")
+            raise StageError(f"{key}={path}: {damage}")
         return
     if Path(path).is_absolute() or path.startswith((".", "~")) or Path(path).exists():
-        raise StageError(f"model.path={path}: no such model folder")
+        raise StageError(f"{key}={path}: no such model folder")
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.is_offline_mode() and not isinstance(
         try_to_load_from_cache(path, "config.json", revision=revision), str
     ):
         raise EnvironmentFailure(
-            f"model.path={path!r} is neither a local folder nor in the Hugging Face cache, and "
+            f"{key}={path!r} is neither a local folder nor in the Hugging Face cache, and "
             "the Hub is offline (HF_HUB_OFFLINE=1): download it where the Hub is reachable "
-            f"(`hf download {path}`), or point model.path at a local folder"
+            f"(`hf download {path}`), or point {key} at a local folder"
         )
 
 

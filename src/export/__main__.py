@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from src.config import ConfigError
-from src.core.errors import EXIT_CONFIG_ERROR, EnvironmentFailure, StageError, describe
+from src.core.cli import ArgumentParser, failures
+from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
 from src.export.folders import counts_of, export_data, export_model
 from src.slurm import compose
 
@@ -61,9 +62,8 @@ def push(folder: Path, repo: str, repo_type: str, private: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m src.export", description=__doc__.split("\n")[0]
-    )
+    words = sys.argv[1:] if argv is None else argv
+    parser = ArgumentParser(prog="python -m src.export", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--out", type=Path, help="folder to write (default <run.dir>/export/iter<t>)"
     )
@@ -71,38 +71,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--push", metavar="ORG/NAME", help="upload to the Hub (opt-in)")
     parser.add_argument("--private", action="store_true", help="create the repositories private")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    args = parser.parse_intermixed_args(argv)
+    with failures(" ".join(["python -m src.export", *words])):
+        args = parser.parse_intermixed_args(words)
     # what fixes an export is making the stages it reads: the pipeline's command, same overrides
     command = " ".join(["python -m src.main", *args.overrides])
-    iteration = [o.split("=", 1)[1] for o in args.overrides if o.startswith("iter=")] or ["1"]
-    overrides = [o for o in args.overrides if not o.startswith(("iter=", "stage="))]
+    with failures(command, where="--out" if args.out else "paths.root"):
+        export(args)
+
+
+def export(args: argparse.Namespace) -> None:
+    """Make the folders the arguments ask for, and push them with --push."""
+    iteration = [o.partition("=")[2] for o in args.overrides if override_key(o) == "iter"] or ["1"]
     if not iteration[-1].isdigit():
-        print(f"config error: iter={iteration[-1]}: must be an iteration number", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    try:
-        cfg = compose(overrides, int(iteration[-1]))
-        if args.push:
-            require_hub_writable(args.push)
-        out = args.out or Path(cfg.run.dir) / "export" / f"iter{cfg.iter}"
-        made = []
-        if args.what in ("model", "all"):
-            made.append(("model", export_model(cfg, out)))
-        if args.what in ("data", "all"):
-            made.append(("dataset", export_data(cfg, out)))
-        for kind, folder in made:
-            rows = counts_of(folder)
-            print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)
-        for kind, folder in made if args.push else []:
-            repo = args.push if kind == "model" else f"{args.push}-data"
-            print(
-                f"[export] pushed {kind}: {push(folder, repo, kind, args.private)}", file=sys.stderr
-            )
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG_ERROR)
-    except StageError as err:
-        print(describe(err, command), file=sys.stderr)
-        sys.exit(err.exit_code)
+        raise ConfigError(f"iter={iteration[-1]}: must be an iteration number")
+    cfg = compose(without_keys(args.overrides, "iter", "stage"), int(iteration[-1]))
+    if args.push:
+        require_hub_writable(args.push)
+    out = args.out or Path(cfg.run.dir) / "export" / f"iter{cfg.iter}"
+    made = []
+    if args.what in ("model", "all"):
+        made.append(("model", export_model(cfg, out)))
+    if args.what in ("data", "all"):
+        made.append(("dataset", export_data(cfg, out)))
+    for kind, folder in made:
+        rows = counts_of(folder)
+        print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)
+    for kind, folder in made if args.push else []:
+        repo = args.push if kind == "model" else f"{args.push}-data"
+        print(f"[export] pushed {kind}: {push(folder, repo, kind, args.private)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

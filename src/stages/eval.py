@@ -30,15 +30,15 @@ import numpy as np
 
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
-from src.core.policy import CARD
-from src.core.records import stage_fingerprint, write_record
+from src.core.policy import CARD, checkpoint_damage, require_loadable
+from src.core.records import read_record, stage_fingerprint, write_record
 from src.evaluation.alpaca_eval import reference_from_file, write_alpaca_eval
 from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.winrate import length_covariate, outcomes, win_rates
 from src.export.cards import write_model_card
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix
-from src.stages.common import load_judge
+from src.stages.common import load_judge, redo
 
 
 def run(cfg: Config) -> dict:
@@ -190,13 +190,21 @@ def answerer(cfg: Config, which: str) -> Answerer:
         s = int(earlier[1])
         path = str(Path(cfg.run.dir) / f"iter{s}" / "train" / "checkpoint")
         label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{s}"
-        if not (Path(path).parent / "done.json").is_file():
+        record = read_record(Path(path).parent, fix=redo(cfg, Stage.train.value, s))
+        if record is None:
             raise EvalError(
                 f"iteration {s} is not trained: {path} has no finished training record",
                 fix=f"stage=all iter={s}",
             )
-    else:
+        damage = checkpoint_damage(Path(path), record.get("outputs", {}))
+        if damage:
+            raise EvalError(
+                f"iteration {s}'s checkpoint {path} is damaged ({damage}); train it again",
+                fix=redo(cfg, Stage.train.value, s),
+            )
+    else:  # before any answer is made: a reference that cannot load fails first
         path, label = which, Path(which).name
+        require_loadable(path, cfg.model.revision, key="eval.reference")
     return Answerer(label, path, weights_signature(path, cfg.model.revision))
 
 

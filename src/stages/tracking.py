@@ -11,8 +11,8 @@
 
 `logger=none` tracks nothing; `logger.mode=offline` (or WANDB_MODE=offline) needs no server
 (`wandb sync` uploads later). Every stage writes its local metrics.json either way. Online, a
-server that cannot be reached ends the stage at once with one line (exit 3), not after wandb's
-own retries (~100 s) and a traceback.
+server that cannot be reached, or no API key (WANDB_API_KEY, `wandb login`), ends the stage at
+once with one line (exit 3), not after wandb's own retries (~100 s) and a traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from src.config import Config, LoggerBackend, Stage, WandbMode
-from src.core.errors import EnvironmentFailure, StageError
+from src.core.errors import EnvironmentFailure
 from src.core.records import flatten
 from src.core.registry import STAGES
 from src.stages.common import stage_shard
@@ -173,13 +173,17 @@ def start(cfg: Config, stage: Stage) -> None:
             mode=log.mode.value,
             config=tracked_config(cfg, stage),
         )
-    # online without an API key, or a malformed or rejected one (a CommError, but not the server's)
+    # online without an API key, or a malformed or rejected one (a CommError, but not the
+    # server's): the machine's credentials, not the config
     except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
         for var in RUN_VARS:
             os.environ.pop(var, None)
-        raise StageError(
-            f"W&B: {str(err).splitlines()[0]} (logger.mode={log.mode.value}); run `wandb login`, "
-            "or track locally with logger.mode=offline, or not at all with logger=none"
+        said = str(err).splitlines()[0].rstrip(".")
+        raise EnvironmentFailure(
+            f"W&B (logger.mode={log.mode.value}): {said}; set WANDB_API_KEY or run `wandb login` "
+            "on this machine, or track offline (upload later with `wandb sync`) or not at all "
+            "(logger=none)",
+            fix="logger.mode=offline" if log.mode == WandbMode.online else None,
         ) from None
     except (wandb.errors.CommError, TimeoutError) as err:  # reachable, yet init did not go through
         raise _offline_instead(

@@ -1,0 +1,116 @@
+"""The one boundary at which every command of the project ends a failure: one line on stderr and
+the exit code of src.core.errors (README, "Failures").
+
+    with failures("python -m src.slurm --iterations 2 model=tiny-mistral", overrides):
+        ...
+
+Inside it a `ConfigError` or a composition error Hydra or OmegaConf raises ends with exit code 2,
+a `StageError` with its own (and the user's command with its fix), an `OSError` with 3 and
+Ctrl-C with 130; anything else is a bug and keeps its traceback. `HYDRA_FULL_ERROR=1` keeps the
+traceback of every failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from src.config import ConfigError, describe_composition_error
+from src.core.errors import (
+    EXIT_CONFIG_ERROR,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    StageError,
+    describe,
+    describe_os_error,
+)
+
+# The user's own HYDRA_FULL_ERROR, kept once `hydra_raises` has set the variable for Hydra
+_full_error: bool | None = None
+
+
+def wants_traceback() -> bool:
+    """Whether the user asked for every failure's traceback (HYDRA_FULL_ERROR=1)."""
+    if _full_error is not None:
+        return _full_error
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def hydra_raises() -> None:
+    """Have `@hydra.main` raise its errors to the boundary: by itself it prints them over
+    several lines with a hint, and exits 1."""
+    global _full_error
+    if _full_error is None:
+        _full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+
+
+def exit_with(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
+    """End the process with `message` as one line on stderr and exit code `code`."""
+    if exc is not None and wants_traceback():
+        raise exc
+    # a progress bar the failure interrupted would be drawn again at exit, after the message
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+    print(" ".join(message.split("\n")).strip(), file=sys.stderr)
+    sys.exit(code)
+
+
+def failure_line(
+    exc: BaseException, command: str, overrides: Sequence[str] = (), where: str = "paths.root"
+) -> tuple[str, int]:
+    """The line and exit code `exc` ends a command with; re-raises what is a bug."""
+    if isinstance(exc, ConfigError):
+        return f"config error: {exc}", EXIT_CONFIG_ERROR
+    if isinstance(exc, StageError):
+        return describe(exc, command), exc.exit_code
+    # before OSError: Hydra's MissingConfigException (an option that does not exist) is one too
+    if isinstance(exc, HydraException | OmegaConfBaseException | AssertionError):
+        # an AssertionError that OmegaConf did not raise while composing is re-raised here
+        return f"config error: {describe_composition_error(exc, overrides)}", EXIT_CONFIG_ERROR
+    if isinstance(exc, OSError):
+        return f"error: {describe_os_error(exc, where)}", EXIT_ENVIRONMENT
+    raise exc
+
+
+@contextmanager
+def failures(
+    command: str,
+    overrides: Sequence[str] = (),
+    where: str = "paths.root",
+    interrupted: str = "stopped by Ctrl-C",
+) -> Iterator[None]:
+    """End any failure a user can cause or meet inside with one line and its exit code.
+
+    `command`: the user's command, which a StageError's fix is set on; `overrides`: its Hydra
+    overrides (a composition error names the one at fault); `where`: the setting that places the
+    files a refused write names; `interrupted`: what Ctrl-C leaves behind."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        exit_with(f"interrupted: {interrupted}", EXIT_INTERRUPTED, exc)
+    except (
+        ConfigError,
+        StageError,
+        OSError,
+        HydraException,
+        OmegaConfBaseException,
+        AssertionError,
+    ) as exc:
+        exit_with(*failure_line(exc, command, overrides, where), exc)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of the arguments is a ConfigError: inside `failures`, one
+    line and exit code 2 (argparse's own prints the usage first, over several lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
