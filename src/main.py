@@ -2,7 +2,7 @@
 
 Composes conf/config.yaml with Hydra, validates it against the typed schemas (src/config.py)
 before any work and hands it to the scheduler (src/schedule.py). A failure ends with one line on
-stderr and the exit code of src/core/errors.py (src/core/cli.py): a bad config with 2, naming the
+stderr and the exit code of src/core/errors.py (src/cli.py): a bad config with 2, naming the
 key; `--cfg job` prints the validated config, resolved.
 """
 
@@ -15,9 +15,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from src.cli import ArgumentParser, failures, hydra_raises
 from src.config import Config, compose_tree, validate
 from src.core import memory, preemption, threads
-from src.core.cli import ArgumentParser, failures, hydra_raises
 from src.schedule import dispatch
 
 # What Ctrl-C leaves: every stage resumes

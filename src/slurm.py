@@ -35,8 +35,8 @@ from operator import attrgetter
 from pathlib import Path
 
 from src import config
+from src.cli import ArgumentParser, failures
 from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest
-from src.core.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
 from src.core.registry import STAGES, iteration_stages
 

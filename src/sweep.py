@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
+from src.cli import ArgumentParser, failures
 from src.config import REPO_ROOT, Config, ConfigError, Device
 from src.core.artifacts import atomic_write_text
-from src.core.cli import ArgumentParser, failures
 from src.core.errors import StageError, set_overrides, without_keys
 from src.slurm import (
     WARNING_SIGNAL_S,

@@ -1,4 +1,4 @@
-"""Every command ends a failure at one boundary (src/core/cli.py): one line on stderr, no
+"""Every command ends a failure at one boundary (src/cli.py): one line on stderr, no
 traceback, and the exit code of README's table — 1 bad input, 2 bad configuration (a key, an
 option, a value, a command's own arguments, a sweep file), 3 the environment (the file system,
 sbatch, W&B credentials). Each case runs the real command, offline.

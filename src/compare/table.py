@@ -12,7 +12,7 @@ Only finished stages count: values come from a stage whose done.json exists, as 
 themselves trust nothing else in a directory. A malformed config.yaml, done.json, metrics.json
 or eval.json is skipped with one warning line naming the file: its values stay blank (a
 malformed done.json makes its stage unfinished) and every other run is still compared.
-A failure is one line (src.core.cli): exit code 1 when there is nothing to compare, --metric
+A failure is one line (src.cli): exit code 1 when there is nothing to compare, --metric
 names no logged key or the W&B server cannot be reached; 2 for a bad option; 3 when the file
 system refuses (--out where a file is, or read-only; --root a file).
 
@@ -30,9 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from src.cli import ArgumentParser, failures
 from src.compare.runs import CompareError, Iteration, discover, fetch_wandb, num
 from src.core.artifacts import atomic_write_text
-from src.core.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure
 
 COLUMNS = (

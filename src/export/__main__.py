@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from src.cli import ArgumentParser, failures
 from src.config import ConfigError
-from src.core.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
 from src.export.folders import counts_of, export_data, export_model
 from src.slurm import compose
