@@ -137,11 +137,16 @@ def test_a_preempted_lora_run_resumes_to_the_same_adapter(monkeypatch):
 
 
 def test_a_resumed_adapter_of_another_base_is_refused():
+    from src.training import checkpoints
+
     cfg = lora_cfg("training.save_steps=1")
     run(cfg)
     for config in (cfg.stage_dir("train") / "trainer").glob("checkpoint-*/adapter_config.json"):
         edited = {**json.loads(config.read_text()), "base_model_name_or_path": "other/model"}
         config.write_text(json.dumps(edited))
+        # saved whole so (sealed), not damaged since: resumable but for its base
+        made_by = json.loads((config.parent / checkpoints.SEAL).read_text())["identity"]
+        checkpoints.seal(config.parent, made_by)
     shutil.rmtree(cfg.stage_dir("train") / "checkpoint")
     (cfg.stage_dir("train") / "done.json").unlink()
     with pytest.raises(

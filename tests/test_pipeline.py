@@ -273,8 +273,12 @@ def test_online_wandb_without_an_api_key_is_one_clear_line(tmp_path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc holding a key
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=online")
-    with pytest.raises(StageError, match=r"W&B: .*API key.*logger\.mode=offline.*logger=none"):
+    with pytest.raises(
+        StageError, match=r"W&B \(logger\.mode=online\): .*API key.*logger=none"
+    ) as e:
         tracking.start(cfg, Stage.generate)
+    assert e.value.exit_code == 3  # the environment, not the input
+    assert e.value.fix == "logger.mode=offline"
 
 
 @pytest.mark.slow

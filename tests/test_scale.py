@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from src.config import REPO_ROOT
+from src.config import REPO_ROOT, Stage
 from src.core.artifacts import atomic_write_text
-from src.core.records import write_record
+from src.core.records import stage_fingerprint, write_record
 from src.tiny.toy import sample_answer
 from tests.helpers import compose_cfg
 
@@ -49,7 +49,8 @@ def write_generation(root, n: int) -> None:
     atomic_write_text(
         stage / "responses-shard000-of-001.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
     )
-    write_record(stage, "made by the test", {"shards": 1}, {})
+    # as the generate stage of this config records it: a stage run alone checks what it reads
+    write_record(stage, stage_fingerprint(cfg.as_tree(), Stage.generate), {"shards": 1}, {})
 
 
 def response(rng: random.Random) -> str:
