@@ -153,10 +153,10 @@ def test_sppo_card_schedule_spans_18_epochs_and_stops_after_one():
 
 
 @pytest.mark.slow
-def test_identical_empty_and_overlong_pairs_are_handled_as_documented(tmp_path):
+def test_identical_and_overlong_pairs_are_handled_as_documented(tmp_path):
+    """(A blank chosen or rejected is a bad row, refused: tests/test_bad_pairs.py.)"""
     rows = [dict(r) for r in FIXTURE_ROWS[:8]]
     rows[0]["rejected"] = rows[0]["chosen"]  # no preference: dropped, counted
-    rows[1]["chosen"] = ""  # an empty answer is still the end-of-turn token: kept
     rows[2]["prompt"] = "Explain this. " * 400  # longer than max_length: the prompt keeps its end
     metrics, done, _ = trained(
         train_cfg("model=tiny-gemma2", "method=wpo", pairs=write_pairs(tmp_path / "p.jsonl", rows))
