@@ -51,6 +51,29 @@ def records(root: Path) -> list[Path]:
             "python -m src.main iter=1 pipeline.redo=[rank]",
         ),
         ("python -m src.main +iter=4", "iter=1", "python -m src.main iter=1"),
+        # each key set once: a later word would win over the fix
+        (
+            "python -m src.main stage=pairs stage=rank",
+            "stage=generate iter=1",
+            "python -m src.main stage=generate iter=1",
+        ),
+        (
+            "python -m src.main ++stage=rank +iter=3 m=x",
+            "stage=generate iter=1",
+            "python -m src.main stage=generate iter=1 m=x",
+        ),
+        ("python -m src.main ~stage m=x", "stage=rank", "python -m src.main stage=rank m=x"),
+        (
+            "python -m src.main pipeline={redo:[rank],require_previous:true} m=x",
+            "iter=1 pipeline.redo=[train]",
+            "python -m src.main pipeline={require_previous:True} m=x iter=1 pipeline.redo=[train]",
+        ),
+        (
+            "python -m src.main pipeline={redo:[rank]} m=x",
+            "pipeline.redo=[train]",
+            "python -m src.main m=x pipeline.redo=[train]",
+        ),
+        ("python -m src.main iter=3", "iter=2 iter=1", "python -m src.main iter=1"),
     ],
 )
 def test_a_fix_is_the_users_command_with_what_changes(command, overrides, expected):

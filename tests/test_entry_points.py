@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
-from src.core.errors import set_overrides, with_overrides
+from src.core.errors import set_overrides
 from src.core.policy import seal_checkpoint
 from src.core.records import write_record
 from tests.helpers import one_line_failure
@@ -282,40 +282,6 @@ def test_wandb_without_an_api_key_is_the_environment(tmp_path, tiny_dir):
     assert "WANDB_API_KEY" in line and "`wandb login`" in line
     assert line.endswith("logger.mode=offline stage=generate data.max_prompts=2 method.K=2 "
                          "generation.max_new_tokens=4`"), line  # fmt: skip
-
-
-# --- a fix's command sets each key once --------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("command", "fix", "expected"),
-    [
-        (
-            "python -m src.main stage=pairs stage=rank",
-            "stage=generate iter=1",
-            "python -m src.main stage=generate iter=1",
-        ),
-        (
-            "python -m src.main ++stage=rank +iter=3 m=x",
-            "stage=generate iter=1",
-            "python -m src.main stage=generate iter=1 m=x",
-        ),
-        ("python -m src.main ~stage m=x", "stage=rank", "python -m src.main stage=rank m=x"),
-        (
-            "python -m src.main pipeline={redo:[rank],require_previous:true} m=x",
-            "iter=1 pipeline.redo=[train]",
-            "python -m src.main pipeline={require_previous:True} m=x iter=1 pipeline.redo=[train]",
-        ),
-        (
-            "python -m src.main pipeline={redo:[rank]} m=x",
-            "pipeline.redo=[train]",
-            "python -m src.main m=x pipeline.redo=[train]",
-        ),
-        ("python -m src.main iter=3", "iter=2 iter=1", "python -m src.main iter=1"),
-    ],
-)
-def test_a_fix_sets_each_key_once(command, fix, expected):
-    assert with_overrides(command, fix) == expected
 
 
 def test_the_commands_a_submission_writes_set_each_key_once():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.config import REPO_ROOT
+from src.core.artifacts import umask
 from src.core.errors import StageError
 from src.stages.train import run
 from tests.helpers import compose_cfg, run_main
@@ -207,8 +207,9 @@ def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
     assert out.shape[1] > ids.shape[1]
     assert json.loads((stage / "done.json").read_text())["counts"]["steps"] == 2
     # readable by the group as the umask says: safetensors saves through a private (0600) file
-    private = [f for f in stage.rglob("*") if f.is_file() and f.stat().st_mode & 0o777 != 0o644]
-    assert os.umask(0o022) == 0o022 and private == [], private
+    wanted = 0o666 & ~umask()
+    private = [f for f in stage.rglob("*") if f.is_file() and f.stat().st_mode & 0o777 != wanted]
+    assert private == [], private
 
 
 @pytest.mark.slow
