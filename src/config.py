@@ -449,6 +449,10 @@ class EvalConfig:
     # the judge of the eval, a ranker config (`ranker@eval.judge=<option>`); null: the ranker
     # that ranked the training data (the real recipes judge with another model: GPT-4)
     judge: RankerConfig | None = None
+    # also judge the answers with AlpacaEval 2 itself (alpaca_eval's evaluator: GPT-4 Turbo
+    # through OpenAI's API, against its GPT-4 Turbo reference, on its 805 instructions): needs
+    # OPENAI_API_KEY and the network; its leaderboard row goes to eval.json and the model card
+    alpaca_eval: bool = False
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0")

@@ -28,3 +28,32 @@ def tiny_dir():
     for name in tiny.TINY_NAMES:
         tiny.ensure(name, tiny.DEFAULT_CACHE_DIR)
     return tiny.DEFAULT_CACHE_DIR
+
+
+@pytest.fixture
+def alpaca_eval_offline(tmp_path, monkeypatch):
+    """alpaca_eval's glm_winrate module, its one Hub download answered by a local df_gamed.csv
+    (AlpacaEval's gamed baselines and instruction difficulties, which the minimal GLM does not
+    read: only the columns it indexes, made up here)."""
+    import numpy as np
+    import pandas as pd
+    from alpaca_eval.metrics import glm_winrate
+
+    from tests.helpers import ALPACA_EVAL_INSTRUCTIONS
+
+    gamed = tmp_path / "df_gamed.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame(
+        {
+            "index": np.arange(ALPACA_EVAL_INSTRUCTIONS),
+            "instruction_difficulty": rng.normal(0, 1, ALPACA_EVAL_INSTRUCTIONS),
+            "model": "gamed",
+        }
+    ).to_csv(gamed, index=False)
+
+    def download(repo_id, filename, **_):
+        assert (repo_id, filename) == ("tatsu-lab/alpaca_eval", "df_gamed.csv")
+        return str(gamed)
+
+    monkeypatch.setattr(glm_winrate, "hf_hub_download", download)
+    return glm_winrate

@@ -76,3 +76,27 @@ def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:
     ]
     assert failures == [last], result.stderr[-3000:]
     return last
+
+
+ALPACA_EVAL_INSTRUCTIONS = 805  # AlpacaEval 2's evaluation set
+
+
+def alpaca_eval_annotations(y, policy_lengths, reference_lengths):
+    """alpaca_eval's annotation format for outcomes y (the policy's answer is output_2): a
+    DataFrame."""
+    import numpy as np
+    import pandas as pd
+
+    n = len(y)
+    return pd.DataFrame(
+        {
+            "instruction": [f"instruction {i}" for i in range(n)],
+            "output_1": ["r" * int(k) for k in reference_lengths],
+            "output_2": ["p" * int(k) for k in policy_lengths],
+            "generator_1": "reference",
+            "generator_2": "policy",
+            "annotator": "judge",
+            "index": np.arange(n),
+            "preference": 1.0 + np.asarray(y, np.float64),
+        }
+    )

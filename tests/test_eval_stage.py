@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from src.config import REPO_ROOT
-from src.evaluation.winrate import lc_win_rate, length_covariate
-from tests.helpers import SMALL, cli, one_line_failure
+from src.evaluation.winrate import GLM
+from tests.helpers import SMALL, alpaca_eval_annotations, cli, one_line_failure
 
 EVAL_SET = REPO_ROOT / "data" / "prompts" / "eval.json"
 EXPORT_KEYS = {"instruction", "output", "generator", "dataset"}
@@ -60,8 +60,7 @@ def test_stage_all_evaluates_the_trained_iteration_against_the_base_model(evalua
 
 @pytest.mark.slow
 def test_the_reported_rates_follow_from_the_judgements(evaluated):
-    """Recomputed from the per-instruction records: the raw rate, the length-controlled rate and
-    the average lengths."""
+    """Recomputed from the per-instruction records: the raw rate and the average lengths."""
     root, _ = evaluated
     r, rows = report(root), judgements(root)
     outcome = np.array([j["outcome"] for j in rows])
@@ -75,8 +74,6 @@ def test_the_reported_rates_follow_from_the_judgements(evaluated):
     theirs = np.array([len(j["reference_output"]) for j in rows])
     assert r["avg_length"] == pytest.approx(ours.mean())
     assert r["reference_avg_length"] == pytest.approx(theirs.mean())
-    x = length_covariate(ours, theirs)
-    assert r["lc_win_rate"] == pytest.approx(lc_win_rate(outcome, x), abs=1e-12)
     assert r["probability_win_rate"] == pytest.approx(preference.mean(), abs=1e-12)
 
 
@@ -125,6 +122,39 @@ def test_the_policy_against_itself_is_exactly_one_half(evaluated):
         == len(json.loads(EVAL_SET.read_text()))
     )
     assert r["length_coefficient"] == 0.0
+
+
+@pytest.mark.slow
+def test_the_length_controlled_rate_is_alpaca_evals_own(evaluated, alpaca_eval_offline, tmp_path):
+    """Against reference answers of varied lengths (the base model's, some cut to their first
+    sentence, some said twice): eval.json's lc_win_rate and standard error are what alpaca_eval's
+    own code computes from the stage's judgements.jsonl."""
+    root, _ = evaluated
+    assert cli(root, "iter=1", "stage=eval", "pipeline.redo=[eval]").returncode == 0
+    rows = json.loads((eval_dir(root) / "reference_outputs.json").read_text())
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            row["output"] = row["output"].split(". ")[0] + "."
+        elif i % 3 == 1:
+            row["output"] = f"{row['output']} {row['output']}"
+    varied = tmp_path / "varied.json"
+    varied.write_text(json.dumps(rows))
+    result = cli(
+        root, "iter=1", "stage=eval", "pipeline.redo=[eval]", f"eval.reference_outputs={varied}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r, judged = report(root), judgements(root)
+    outcome = np.array([j["outcome"] for j in judged])
+    ours = np.array([len(j["output"]) for j in judged])
+    theirs = np.array([len(j["reference_output"]) for j in judged])
+    assert len(set(outcome)) > 1 and np.std(ours - theirs) > 0, "a set with a length signal"
+    expected = alpaca_eval_offline.get_length_controlled_winrate(
+        alpaca_eval_annotations(outcome, ours, theirs), glm_name=GLM, save_weights_dir=None
+    )
+    assert r["lc_win_rate"] == pytest.approx(expected["length_controlled_winrate"] / 100, abs=1e-6)
+    assert r["win_rate"] == pytest.approx(expected["win_rate"] / 100, abs=1e-6)
+    assert r["standard_error"] == pytest.approx(expected["standard_error"] / 100, abs=1e-6)
+    assert r["lc_win_rate_low"] <= r["lc_win_rate"] <= r["lc_win_rate_high"]
 
 
 @pytest.mark.slow

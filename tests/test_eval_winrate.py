@@ -1,53 +1,72 @@
-"""Raw and length-controlled win rates (`src.evaluation.winrate`). Pure numpy, offline, fast.
+"""Raw and length-controlled win rates (`src.evaluation.winrate`), offline.
 
-Tested: the judge's probabilities to outcomes (ties count half); the length covariate
-x = tanh(d / std(d)); the length-controlled win rate sigmoid(a) of the logistic fit
-sigmoid(a + b x) -- equal to the raw rate exactly when lengths do not vary, 1/2 for the
-reference against itself, 0 or 1 without NaN when every comparison is lost or won, at a
-stationary maximum of the penalised likelihood (checked against an objective written out
-here, not the module's helpers), recovering a known intercept and length bias from synthetic
-judgements, finite under perfect separation by length -- and the bootstrap summary `win_rates`.
+Tested: the judge's probabilities to outcomes (ties count half); the length-controlled win rate
+equal to 1e-6 to what alpaca_eval's own `get_length_controlled_winrate(...,
+glm_name="length_controlled_minimal")` returns for the same annotations (its format: preference
+in [1, 2], output_1 the reference's answer, output_2 the policy's) on sets made here -- the
+judge favouring long answers, short ones, neither, every comparison won, every one lost,
+n = 10 and n = 805, discrete and probability outcomes -- and the raw rate and standard error
+equal to its `get_winrate`; where alpaca_eval cannot fit (fewer than 5 comparisons, no spread of
+the length difference); and the bootstrap summary `win_rates`.
+
+The Hub file alpaca_eval downloads for every length-controlled fit is a local one
+(conftest.py's `alpaca_eval_offline`): the test never reaches the network.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
+from src.evaluation import winrate
 from src.evaluation.winrate import (
-    LENGTH_PRIOR,
+    FOLDS,
+    GLM,
     TIE_ATOL,
-    fit_length_model,
-    lc_win_rate,
-    length_covariate,
+    length_controlled,
     outcomes,
     win_rates,
 )
+from tests.helpers import ALPACA_EVAL_INSTRUCTIONS, alpaca_eval_annotations
 
 
 def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def penalised_log_likelihood(a: float, b: float, y: np.ndarray, x: np.ndarray) -> float:
-    """sum_i [y_i log s_i + (1 - y_i) log(1 - s_i)] - LENGTH_PRIOR b^2 / 2, s_i = sigmoid(a + b x_i)."""
-    z = a + b * x
-    log_s, log_1_minus_s = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
-    return float(np.sum(y * log_s + (1 - y) * log_1_minus_s) - LENGTH_PRIOR * b**2 / 2)
+def alpaca_eval_lc(glm_winrate, y, policy_lengths, reference_lengths) -> dict:
+    return glm_winrate.get_length_controlled_winrate(
+        alpaca_eval_annotations(y, policy_lengths, reference_lengths),
+        glm_name=GLM,
+        save_weights_dir=None,
+        is_warn_extreme_changes=False,
+    )
 
 
-def penalised_gradient(a: float, b: float, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    residual = y - sigmoid(a + b * x)
-    return np.array([residual.sum(), (residual * x).sum() - LENGTH_PRIOR * b])
+def comparisons(n: int, bias: float, intercept: float = 0.2, discrete: bool = True, seed: int = 0):
+    """n judgements whose log-odds are intercept + bias * (length difference / 500 characters)."""
+    rng = np.random.default_rng(seed)
+    reference = rng.integers(200, 3000, n)
+    policy = np.maximum(reference + rng.integers(-800, 1500, n), 1)
+    p = sigmoid(intercept + bias * (policy - reference) / 500 + rng.normal(0, 0.5, n))
+    y = outcomes((rng.random(n) < p).astype(float), True) if discrete else p
+    return y, policy, reference
 
 
-def random_lengths(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer character counts, the policy's answers a little longer on average."""
-    reference = rng.integers(200, 2000, n)
-    policy = np.maximum(reference + np.round(rng.normal(150, 400, n)).astype(int), 1)
-    return policy, reference
+SETS = {
+    "long-answer-bias": lambda: comparisons(300, bias=1.5),
+    "short-answer-bias": lambda: comparisons(300, bias=-1.5, seed=1),
+    "no-length-signal": lambda: comparisons(300, bias=0.0, seed=2),
+    "all-wins": lambda: (np.ones(60), *comparisons(60, 0.0, seed=3)[1:]),
+    "all-losses": lambda: (np.zeros(60), *comparisons(60, 0.0, seed=4)[1:]),
+    "n=10": lambda: comparisons(10, bias=1.0, seed=5),
+    "n=805": lambda: comparisons(ALPACA_EVAL_INSTRUCTIONS, bias=0.8, seed=6),
+    "n=805-probabilities": lambda: comparisons(805, bias=0.8, discrete=False, seed=7),
+    "ties": lambda: (
+        np.random.default_rng(8).choice([0.0, 0.5, 1.0], 120),
+        *comparisons(120, 0.0, seed=8)[1:],
+    ),
+}
 
 
 # --- outcomes --------------------------------------------------------------------------------
@@ -79,59 +98,81 @@ def test_probability_outcomes_are_the_judge_probabilities_unchanged():
     np.testing.assert_array_equal(outcomes(list(p), discrete=False), p)
 
 
-# --- length covariate ------------------------------------------------------------------------
+# --- AlpacaEval's own numbers ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("policy", "reference"),
-    [
-        ([300, 300, 300, 300], [300, 300, 300, 300]),  # every length equal
-        ([310, 520, 77, 1000], [300, 510, 67, 990]),  # every difference +10
-        ([100, 200, 300], [150, 250, 350]),  # every difference -50
-        ([812], [100]),  # a single comparison
-    ],
-    ids=["equal-lengths", "constant-positive-difference", "constant-negative-difference", "n=1"],
-)
-def test_length_covariate_is_zero_when_the_length_difference_does_not_vary(policy, reference):
-    x = length_covariate(np.array(policy), np.array(reference))
-    assert x.shape == (len(policy),)
-    np.testing.assert_array_equal(x, np.zeros(len(policy)))
+@pytest.mark.parametrize("name", SETS)
+def test_lc_win_rate_equals_alpaca_evals_own_length_controlled_win_rate(alpaca_eval_offline, name):
+    y, policy, reference = SETS[name]()
+    theirs = alpaca_eval_lc(alpaca_eval_offline, y, policy, reference)
+    ours = win_rates(y, policy, reference, bootstrap=20, confidence=0.95)
+    assert ours.lc_win_rate == pytest.approx(theirs["length_controlled_winrate"] / 100, abs=1e-6)
+    assert ours.win_rate == pytest.approx(theirs["win_rate"] / 100, abs=1e-6)
+    assert ours.standard_error == pytest.approx(theirs["standard_error"] / 100, abs=1e-6)
 
 
-def test_length_covariate_is_zero_for_a_constant_fractional_length_difference():
-    """Lengths passed as floats (e.g. normalised lengths): a difference that does not vary must
-    not turn into x = +-1 through the rounding of std(d) of identical values."""
-    policy, reference = np.full(3, 0.1), np.zeros(3)
-    np.testing.assert_array_equal(length_covariate(policy, reference), np.zeros(3))
+def test_the_length_bias_moves_the_raw_rate_and_the_lc_rate_takes_it_out(alpaca_eval_offline):
+    """The sets above are what they say: a judge that favours long answers raises the raw rate of
+    a policy that writes longer ones, and its fitted length coefficient is positive; the LC rate
+    sits nearer the intercept's 0.5 + (the sets' intercept 0.2)."""
+    long_bias = length_controlled(*SETS["long-answer-bias"]())
+    short_bias = length_controlled(*SETS["short-answer-bias"]())
+    none = length_controlled(*SETS["no-length-signal"]())
+    assert long_bias.length_coefficient > 0.5
+    assert short_bias.length_coefficient < -0.5
+    assert abs(none.length_coefficient) < 0.5
+    raw_long = SETS["long-answer-bias"]()[0].mean()
+    assert abs(long_bias.lc_win_rate - sigmoid(0.2)) < abs(raw_long - sigmoid(0.2))
 
 
-def test_length_covariate_is_tanh_of_the_difference_over_its_sample_std():
-    rng = np.random.default_rng(1)
-    reference = rng.integers(100, 1000, 64)
-    policy = reference + rng.integers(-300, 300, 64)
-    d = (policy - reference).astype(np.float64)
-    x = length_covariate(policy, reference)
-    np.testing.assert_allclose(x, np.tanh(d / np.std(d, ddof=1)), rtol=1e-15, atol=0)
-    assert np.all(np.abs(x) < 1)
-    np.testing.assert_array_equal(np.sign(x), np.sign(d))  # x > 0: the policy's answer is longer
+def test_alpaca_evals_edges_are_reported_as_it_computes_them(alpaca_eval_offline):
+    """Every comparison won: LC near 1; every one lost: alpaca_eval's fit keeps its coefficients
+    at zero and gives 1/2 -- the docs say to read the raw rate there."""
+    won = length_controlled(*SETS["all-wins"]())
+    lost = length_controlled(*SETS["all-losses"]())
+    assert won.lc_win_rate > 0.999
+    assert lost.lc_win_rate == 0.5 and lost.length_coefficient == 0.0
 
 
-# --- the length-controlled win rate when lengths do not vary ---------------------------------
+def test_a_refit_at_the_chosen_penalty_is_the_cross_validated_fit():
+    """The bootstrap refits at the penalty chosen on all prompts: on the same prompts that gives
+    the cross-validated fit's own number."""
+    y, policy, reference = SETS["n=805"]()
+    fit = length_controlled(y, policy, reference)
+    again = length_controlled(y, policy, reference, penalty_c=fit.penalty_c)
+    assert again.lc_win_rate == pytest.approx(fit.lc_win_rate, abs=1e-9)
+    assert again.length_coefficient == pytest.approx(fit.length_coefficient, abs=1e-9)
 
 
-@pytest.mark.parametrize("seed", range(20))
-@pytest.mark.parametrize("n", [2, 3, 7, 50, 805])
-def test_lc_win_rate_equals_the_raw_win_rate_exactly_when_lengths_are_equal(n, seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 2000, n)
-    x = length_covariate(lengths, lengths)
-    for y in (rng.choice([0.0, 0.5, 1.0], n), rng.random(n)):  # discrete, then probabilities
-        if y.mean() in (0.0, 1.0):
-            continue
-        assert lc_win_rate(y, x) == y.mean()
-        a, b = fit_length_model(y, x)
-        assert b == 0.0
-        assert sigmoid(a) == pytest.approx(y.mean(), rel=1e-12)
+# --- where alpaca_eval's fit cannot run ------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", range(1, FOLDS))
+def test_fewer_comparisons_than_folds_give_no_lc_rate(n):
+    y, policy, reference = comparisons(n, 1.0)
+    assert length_controlled(y, policy, reference) is None
+    result = win_rates(y, policy, reference, bootstrap=10, confidence=0.95)
+    assert result.lc_win_rate is None and result.lc_win_rate_ci is None
+    assert result.length_coefficient is None
+    assert result.win_rate == y.mean()
+
+
+def test_folds_is_alpaca_evals_own_split_count(alpaca_eval_offline):
+    y, policy, reference = comparisons(FOLDS - 1, 1.0)
+    with pytest.raises(ValueError, match="number of splits"):
+        alpaca_eval_lc(alpaca_eval_offline, y, policy, reference)
+    y, policy, reference = comparisons(FOLDS, 1.0)
+    assert alpaca_eval_lc(alpaca_eval_offline, y, policy, reference)["n_total"] == FOLDS
+
+
+def test_equal_lengths_give_the_length_term_zero():
+    """d = 0 everywhere: alpaca_eval would divide 0 by 0; here the length column is 0."""
+    y, policy, _ = comparisons(200, 0.0, seed=9)
+    frame = winrate.design(y, policy, policy)
+    assert (frame["std_delta_len"] == 0).all()
+    fit = length_controlled(y, policy, policy)
+    assert fit.length_coefficient == 0.0
+    assert 0.0 < fit.lc_win_rate < 1.0
 
 
 @pytest.mark.parametrize("varying_lengths", [False, True], ids=["equal-lengths", "varying"])
@@ -142,8 +183,7 @@ def test_the_reference_against_itself_wins_exactly_half_with_a_point_interval(va
     rng = np.random.default_rng(2)
     reference = rng.integers(100, 1000, n)
     policy = reference + rng.integers(-200, 200, n) if varying_lengths else reference
-    x = length_covariate(policy, reference)
-    result = win_rates(y, x, bootstrap=100, confidence=0.95, seed=0)
+    result = win_rates(y, policy, reference, bootstrap=50, confidence=0.95, seed=0)
     assert result.win_rate == 0.5
     assert result.lc_win_rate == 0.5
     assert result.length_coefficient == 0.0
@@ -152,122 +192,42 @@ def test_the_reference_against_itself_wins_exactly_half_with_a_point_interval(va
     assert result.lc_win_rate_ci == (0.5, 0.5)
 
 
-@pytest.mark.parametrize("outcome", [1.0, 0.0], ids=["all-wins", "all-losses"])
-def test_winning_or_losing_every_comparison_gives_a_rate_of_one_or_zero_without_nan(outcome):
-    n = 30
-    policy, reference = random_lengths(np.random.default_rng(3), n)
-    x = length_covariate(policy, reference)
-    y = np.full(n, outcome)
-    with warnings.catch_warnings(), np.errstate(all="raise"):
-        warnings.simplefilter("error")
-        result = win_rates(y, x, bootstrap=50, confidence=0.9, seed=0)
-        lc = lc_win_rate(y, x)
-    assert lc == outcome
-    assert result.win_rate == outcome
-    assert result.lc_win_rate == outcome
-    assert result.win_rate_ci == (outcome, outcome)
-    assert result.lc_win_rate_ci == (outcome, outcome)
-    assert result.standard_error == 0.0
-    assert not np.isnan(result.length_coefficient)
+# --- the bootstrap summary -------------------------------------------------------------------
 
 
-# --- the fit ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "probability"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_fit_is_a_stationary_maximum_of_the_penalised_likelihood(seed, discrete):
-    rng = np.random.default_rng(seed)
-    n = 400
-    policy, reference = random_lengths(rng, n)
-    x = length_covariate(policy, reference)
-    p = sigmoid(0.3 + 1.5 * x + rng.normal(0, 1, n))
-    y = outcomes(p, discrete=discrete)
-    a, b = fit_length_model(y, x)
-    assert np.all(np.isfinite([a, b]))
-    assert np.max(np.abs(penalised_gradient(a, b, y, x))) < 1e-8
-    best = penalised_log_likelihood(a, b, y, x)
-    for da, db in [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)]:
-        assert penalised_log_likelihood(a + 1e-3 * da, b + 1e-3 * db, y, x) < best
-    assert lc_win_rate(y, x) == pytest.approx(sigmoid(a), rel=1e-12)
-
-
-def test_the_fit_recovers_a_known_intercept_and_length_bias():
-    """The judge prefers longer answers (b0 > 0) and the policy writes longer answers, so the
-    raw rate is inflated; the length-controlled rate is the rate at equal length, sigmoid(a0)."""
-    a0, b0, n = -0.4, 2.0, 20_000
-    rng = np.random.default_rng(1234)
-    policy, reference = random_lengths(rng, n)
-    x = length_covariate(policy, reference)
-    y = (rng.random(n) < sigmoid(a0 + b0 * x)).astype(np.float64)
-    a, b = fit_length_model(y, x)
-    assert abs(a - a0) < 0.05
-    assert abs(b - b0) < 0.1
-    result = win_rates(y, x, bootstrap=20, confidence=0.95, seed=0)
-    assert result.length_coefficient == b
-    assert abs(result.lc_win_rate - sigmoid(a0)) < 0.015
-    assert result.win_rate - sigmoid(a0) > 0.05  # the length bias LC removes
-
-
-def test_perfect_separation_by_length_keeps_the_fit_finite():
-    """Every longer answer wins and every shorter loses: without the prior on b the likelihood
-    would grow without bound as b -> inf."""
-    n = 200
-    policy, reference = random_lengths(np.random.default_rng(5), n)
-    policy[policy == reference] += 1
-    x = length_covariate(policy, reference)
-    y = (x > 0).astype(np.float64)
-    assert 0 < y.mean() < 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        a, b = fit_length_model(y, x)
-        lc = lc_win_rate(y, x)
-    assert np.isfinite(a) and np.isfinite(b)
-    assert b > 0
-    assert 0 < lc < 1
-    assert np.max(np.abs(penalised_gradient(a, b, y, x))) < 1e-8
-
-
-# --- win_rates -------------------------------------------------------------------------------
-
-
-def _comparisons(n: int = 120, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    policy, reference = random_lengths(rng, n)
-    x = length_covariate(policy, reference)
-    y = outcomes(sigmoid(0.2 + 1.0 * x + rng.normal(0, 1.5, n)), discrete=True)
-    return y, x
-
-
-def test_win_rates_reports_the_raw_rate_its_standard_error_and_the_fitted_model():
-    y, x = _comparisons()
-    result = win_rates(y, x, bootstrap=100, confidence=0.95, seed=0)
-    a, b = fit_length_model(y, x)
+def test_win_rates_reports_the_raw_rate_its_standard_error_and_the_fit():
+    y, policy, reference = SETS["long-answer-bias"]()
+    result = win_rates(y, policy, reference, bootstrap=50, confidence=0.95, seed=0)
+    fit = length_controlled(y, policy, reference)
     assert result.n == len(y)
     assert result.win_rate == y.mean()
     assert result.standard_error == pytest.approx(np.std(y, ddof=1) / np.sqrt(len(y)), rel=1e-12)
-    assert result.lc_win_rate == pytest.approx(sigmoid(a), rel=1e-12)
-    assert result.length_coefficient == b
+    assert result.lc_win_rate == fit.lc_win_rate
+    assert result.length_coefficient == fit.length_coefficient
 
 
-def test_win_rate_intervals_are_ordered_and_within_zero_and_one():
-    y, x = _comparisons()
-    result = win_rates(y, x, bootstrap=200, confidence=0.95, seed=0)
-    for low, high in (result.win_rate_ci, result.lc_win_rate_ci):
-        assert 0.0 <= low <= high <= 1.0
+def test_win_rate_intervals_are_ordered_within_zero_and_one_and_hold_the_estimate():
+    y, policy, reference = SETS["long-answer-bias"]()
+    result = win_rates(y, policy, reference, bootstrap=200, confidence=0.95, seed=0)
+    for (low, high), estimate in (
+        (result.win_rate_ci, result.win_rate),
+        (result.lc_win_rate_ci, result.lc_win_rate),
+    ):
+        assert 0.0 <= low <= estimate <= high <= 1.0
+        assert high - low > 0.02  # 300 comparisons: an interval, not a point
 
 
 def test_win_rates_are_identical_for_the_same_seed():
-    y, x = _comparisons()
-    first = win_rates(y, x, bootstrap=100, confidence=0.9, seed=11)
-    second = win_rates(y, x, bootstrap=100, confidence=0.9, seed=11)
+    y, policy, reference = SETS["n=10"]()
+    first = win_rates(y, policy, reference, bootstrap=50, confidence=0.9, seed=11)
+    second = win_rates(y, policy, reference, bootstrap=50, confidence=0.9, seed=11)
     assert first == second
 
 
 def test_a_higher_confidence_gives_an_interval_containing_the_lower_confidence_one():
-    y, x = _comparisons()
-    narrow = win_rates(y, x, bootstrap=200, confidence=0.8, seed=3)
-    wide = win_rates(y, x, bootstrap=200, confidence=0.99, seed=3)
+    y, policy, reference = SETS["no-length-signal"]()
+    narrow = win_rates(y, policy, reference, bootstrap=200, confidence=0.8, seed=3)
+    wide = win_rates(y, policy, reference, bootstrap=200, confidence=0.99, seed=3)
     for (low, high), (wide_low, wide_high) in (
         (narrow.win_rate_ci, wide.win_rate_ci),
         (narrow.lc_win_rate_ci, wide.lc_win_rate_ci),
@@ -277,12 +237,22 @@ def test_a_higher_confidence_gives_an_interval_containing_the_lower_confidence_o
 
 
 def test_win_rates_of_a_single_comparison_has_zero_standard_error():
-    result = win_rates(np.array([1.0]), np.zeros(1), bootstrap=10, confidence=0.95, seed=0)
+    result = win_rates(np.array([1.0]), [10], [20], bootstrap=10, confidence=0.95, seed=0)
     assert result.n == 1
     assert result.win_rate == 1.0
     assert result.standard_error == 0.0
 
 
-def test_win_rates_of_no_comparisons_raises():
-    with pytest.raises(ValueError):
-        win_rates(np.array([]), np.array([]), bootstrap=10, confidence=0.95)
+@pytest.mark.parametrize(
+    ("y", "confidence", "match"),
+    [
+        ([], 0.95, "no comparisons"),
+        ([0.5, 1.5, 0.0, 1.0, 1.0], 0.95, r"in \[0, 1\]"),
+        ([0.5, np.nan, 0.0, 1.0, 1.0], 0.95, r"in \[0, 1\]"),
+        ([0.5, 1.0, 0.0, 1.0, 1.0], 1.0, "confidence"),
+    ],
+)
+def test_win_rates_refuses_what_it_cannot_rate(y, confidence, match):
+    lengths = np.full(len(y), 10)
+    with pytest.raises(ValueError, match=match):
+        win_rates(np.array(y), lengths, lengths + 1, bootstrap=10, confidence=confidence)

@@ -1,11 +1,18 @@
-"""AlpacaEval's files: a reference's answers read from its outputs format, and a model's answers
-written in it (`alpaca_eval --model_outputs model_outputs.json` judges them).
+"""AlpacaEval's files and AlpacaEval 2 itself: a reference's answers read from its outputs
+format, a model's answers written in it, and (eval.alpaca_eval=true) alpaca_eval's own evaluator
+run on them, its leaderboard row read back.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from src.core.artifacts import atomic_write_text
 from src.evaluation.answers import EvalError
@@ -68,3 +75,101 @@ def write_alpaca_eval(
         if p.prompt_id in answered
     ]
     atomic_write_text(path, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+
+
+# --- AlpacaEval 2 itself: its judge, its reference, its leaderboard row -------------------------
+
+ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2's default judge (OpenAI's API)
+# AlpacaEval 2's 805 instructions with the GPT-4 Turbo answers it compares against. Read as a
+# file: the dataset's loading script no longer runs under datasets >= 4.
+REFERENCE_REPO, REFERENCE_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"
+# what the leaderboard's length control reads from the Hub (alpaca_eval's glm_winrate)
+GLM_FILES = ("df_gamed.csv",)
+OPENAI_URL = "https://api.openai.com/v1/models"
+RESULTS = "alpaca_eval"  # the folder of alpaca_eval's own files in the eval stage's folder
+# alpaca_eval's leaderboard columns -> eval.json's keys (rates as fractions, as the stage's own)
+LEADERBOARD_COLUMNS = {
+    "length_controlled_winrate": "lc_win_rate",
+    "lc_standard_error": "lc_standard_error",
+    "win_rate": "win_rate",
+    "standard_error": "standard_error",
+}
+LEADERBOARD_COUNTS = ("avg_length", "n_total", "n_wins", "n_wins_base", "n_draws")
+
+
+def alpaca_eval_missing(environ=os.environ) -> str | None:
+    """What stops alpaca_eval's evaluator from running here, or None: the OpenAI key, the Hub's
+    files it reads (unless cached), an answer from OpenAI's API."""
+    if not environ.get("OPENAI_API_KEY"):
+        return "OPENAI_API_KEY is not set"
+    if hub_constants.is_offline_mode():
+        uncached = [
+            name
+            for name in (REFERENCE_FILE, *GLM_FILES)
+            if not isinstance(
+                try_to_load_from_cache(REFERENCE_REPO, name, repo_type="dataset"), str
+            )
+        ]
+        if uncached:
+            return f"the Hub is offline (HF_HUB_OFFLINE) and {REFERENCE_REPO}'s {uncached[0]} is not cached"
+    try:
+        urllib.request.urlopen(urllib.request.Request(OPENAI_URL, method="HEAD"), timeout=10)
+    except urllib.error.HTTPError:
+        pass  # it answered (401 without a key's scope, say): the network is there
+    except (urllib.error.URLError, OSError) as err:
+        return f"{OPENAI_URL} does not answer ({getattr(err, 'reason', err)})"
+    return None
+
+
+def judge_with_alpaca_eval(model_outputs: Path, out_dir: Path, name: str) -> dict:
+    """AlpacaEval 2 on `model_outputs` (AlpacaEval's format): its default judge against its GPT-4
+    Turbo reference; alpaca_eval writes leaderboard.csv and annotations.json under
+    `out_dir`/ANNOTATOR and caches the judge's answers there (a re-run pays only for the rest).
+    Returns the leaderboard row (`leaderboard_row`)."""
+    from alpaca_eval.main import evaluate
+
+    reference = hf_hub_download(REFERENCE_REPO, REFERENCE_FILE, repo_type="dataset")
+    known = {r["instruction"] for r in read_alpaca_eval(Path(reference))}
+    ours = read_alpaca_eval(model_outputs)
+    unknown = [r["instruction"] for r in ours if r["instruction"] not in known]
+    if unknown:
+        raise EvalError(
+            f"eval.alpaca_eval=true judges AlpacaEval 2's {len(known)} instructions, but "
+            f"{len(unknown)} of {model_outputs}'s are not among them, e.g. {unknown[0][:80]!r}; "
+            f"set data.eval_prompts to AlpacaEval's {REFERENCE_FILE}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluate(
+        model_outputs=str(model_outputs),
+        reference_outputs=reference,
+        annotators_config=ANNOTATOR,
+        name=name,
+        output_path=str(out_dir),
+        precomputed_leaderboard=None,
+        is_return_instead_of_print=True,
+        caching_path=str(out_dir / "annotator_cache.json"),
+    )
+    return leaderboard_row(out_dir / ANNOTATOR / "leaderboard.csv", name)
+
+
+def leaderboard_row(path: Path, name: str) -> dict:
+    """The row `name` of alpaca_eval's leaderboard.csv: LC and raw win rates with their
+    standard errors as fractions, average length (characters) and counts, the judge."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, index_col=0)
+    except (FileNotFoundError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise EvalError(f"{path}: not alpaca_eval's leaderboard file ({err})") from None
+    if name not in table.index:
+        raise EvalError(f"{path}: no row for {name!r} (it has {', '.join(map(str, table.index))})")
+    row = table.loc[name]
+    missing = [c for c in (*LEADERBOARD_COLUMNS, "avg_length", "n_total") if c not in row.index]
+    if missing:
+        raise EvalError(f"{path}: the row {name!r} has no {', '.join(missing)}")
+    out = {
+        key: (None if pd.isna(row[column]) else float(row[column]) / 100)
+        for column, key in LEADERBOARD_COLUMNS.items()
+    }
+    out |= {key: int(row[key]) for key in LEADERBOARD_COUNTS if key in row.index}
+    return out | {"annotator": path.parent.name, "leaderboard": str(path)}

@@ -1,36 +1,65 @@
 """Win rates of a policy against a reference, raw and length-controlled, with intervals.
 
-Pure numpy. One comparison per prompt i gives the judge's probability p_i that the policy's
-answer beats the reference's; identical answers are a tie, p_i = 1/2, without asking the judge
+One comparison per instruction i gives the judge's probability p_i that the policy's answer
+beats the reference's; identical answers are a tie, p_i = 1/2, without asking the judge
 (AlpacaEval does the same). The outcome scored is either
 
 - discrete: y_i = 1 if p_i > 1/2, 0 if p_i < 1/2, 1/2 on a tie (ties counted half), or
 - probability: y_i = p_i (AlpacaEval 2's "weighted" win rate),
 
-and the raw win rate is mean(y).
+and the raw win rate is mean(y), its standard error std(y) / sqrt(n) (ddof 1): AlpacaEval's
+`win_rate` and `standard_error`.
 
-Length control (Dubois et al. 2024, "Length-Controlled AlpacaEval", arXiv 2404.04475): fit a
-logistic model of the outcome with the length difference as a covariate,
+Length control is AlpacaEval's own (Dubois et al. 2024, "Length-Controlled AlpacaEval",
+arXiv 2404.04475), computed by the `alpaca_eval` package's code: `lc_win_rate` equals what
+`alpaca_eval.metrics.get_length_controlled_winrate(annotations,
+glm_name="length_controlled_minimal")` returns for the same judgements (tests/test_eval_winrate.py
+checks this to 1e-6). That GLM, in its own terms:
 
-    P(policy wins | x_i) = sigmoid(a + b x_i),   x_i = tanh(d_i / std(d)),
-    d_i = len(policy answer_i) - len(reference answer_i)   (characters, as AlpacaEval),
+    P(policy wins | i) = sigmoid(w_len tanh(s_i) + w_0),   s_i = d_i / std(d),
+    d_i = len(reference answer_i) - len(policy answer_i)   (characters; std with ddof 1),
 
-by maximum likelihood with fractional targets y_i, and report sigmoid(a): the win rate the
-model predicts at zero length difference. AlpacaEval's GLM has two more terms that need its own
-data (an instruction-difficulty term fitted on its 805 instructions, and annotations of "gamed"
-baselines), so this is its `length_controlled_minimal` form. A Gaussian prior N(0, 1) on b
-keeps the fit finite when length alone separates wins from losses; a has none, so with no
-length variation (x = 0) the fit gives exactly sigmoid(a) = mean(y): LC equals the raw rate.
+fitted by alpaca_eval's `fit_LogisticRegressionCV`: a logistic regression without intercept
+(w_0 is the coefficient of its constant `not_gamed_baseline` column) with an L1 penalty whose
+strength is chosen among ten by 5-fold cross-validation of the log loss, the outcomes y_i as
+fractional targets (liblinear, random_state 123). `lc_win_rate` is the fit's prediction at zero
+length difference, sigmoid(w_0).
+
+The AlpacaEval 2 leaderboard uses `length_controlled_v1`, which adds two things that exist only
+for AlpacaEval's own 805 instructions judged by its GPT-4 Turbo annotator: an instruction-
+difficulty term (one number per instruction, fitted on every leaderboard model's annotations)
+and a regularisation towards two deliberately length-gamed baselines. A local judge on other
+instructions has neither, so the eval stage reports the minimal GLM; `eval.alpaca_eval=true`
+(src/evaluation/alpaca_eval.py) gets the leaderboard's own figures from alpaca_eval itself.
+
+What alpaca_eval's fit gives at the edges, reported as it is: with every comparison won,
+LC ~ 1; with every comparison lost, LC = 1/2 (the fitted coefficients stay at zero), so read the
+raw rate there. Where alpaca_eval cannot fit, this module says so: fewer than 5 comparisons
+(no 5-fold split) give no LC (None); a length difference with no spread (0 / 0) gives the length
+term 0, the intercept alone.
 """
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+
+with warnings.catch_warnings():  # alpaca_eval 0.6.6 imports setuptools' deprecated pkg_resources
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    from alpaca_eval.metrics.glm_winrate import (
+        GLM_INFO,
+        fit_LogisticRegressionCV,
+        make_dmatrix_for_model,
+    )
 
 TIE_ATOL = 1e-6  # |p - 1/2| below this is a tie (the judge cannot tell the answers apart)
-LENGTH_PRIOR = 1.0  # precision of the N(0, 1/LENGTH_PRIOR) prior on the length coefficient b
+GLM = "length_controlled_minimal"  # alpaca_eval's GLM without the 805-instruction terms
+FOLDS = GLM_INFO[GLM]["kwargs"]["n_splits"]  # the fewest comparisons its cross-validation takes
+LENGTH_TERM = "np.tanh(std_delta_len)"  # the length column of its design matrix
 
 
 def outcomes(preferences: np.ndarray, discrete: bool) -> np.ndarray:
@@ -41,79 +70,89 @@ def outcomes(preferences: np.ndarray, discrete: bool) -> np.ndarray:
     return np.where(np.abs(p - 0.5) <= TIE_ATOL, 0.5, (p > 0.5).astype(np.float64))
 
 
-def length_covariate(policy_lengths: np.ndarray, reference_lengths: np.ndarray) -> np.ndarray:
-    """x_i = tanh(d_i / std(d)); all zeros when the differences do not vary (or n < 2)."""
-    d = np.asarray(policy_lengths, np.float64) - np.asarray(reference_lengths, np.float64)
-    # a constant difference has std 0, or float rounding noise that would saturate the tanh
-    if len(d) < 2 or np.all(d == d[0]):
-        return np.zeros_like(d)
-    return np.tanh(d / d.std(ddof=1))
+def design(y: np.ndarray, policy_lengths: np.ndarray, reference_lengths: np.ndarray):
+    """alpaca_eval's training frame for the minimal GLM (its `_get_featurized_data` without the
+    instruction-difficulty columns that GLM does not read): the target, s_i and the constant."""
+    d = pd.Series(
+        np.asarray(reference_lengths, np.float64) - np.asarray(policy_lengths, np.float64)
+    )
+    s = (d / d.std()).fillna(0.0)  # 0 / 0: no spread, or a single comparison: no length term
+    return pd.DataFrame({"preference": y, "std_delta_len": s, "not_gamed_baseline": True})
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
+@contextmanager
+def _sklearn_quietly():
+    # scikit-learn 1.9 warns on every fit about the arguments alpaca_eval 0.6.6 passes (it still
+    # applies them: penalty="l1"), and liblinear on a set every comparison of which is won
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"sklearn\.")
+        yield
 
 
-def fit_length_model(y: np.ndarray, x: np.ndarray, iterations: int = 100) -> tuple[float, float]:
-    """(a, b) maximising sum_i [y_i log s_i + (1 - y_i) log(1 - s_i)] - LENGTH_PRIOR b^2 / 2,
-    s_i = sigmoid(a + b x_i), by damped Newton steps (the objective is concave).
-
-    When every y_i is 0 (or every one is 1) a goes to -inf (+inf): returned as +-inf, so that
-    sigmoid(a) is the limit, 0 (1).
-    """
-    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-    mean = y.mean()
-    if mean <= 0.0 or mean >= 1.0:
-        return (float("inf") if mean >= 1.0 else float("-inf")), 0.0
-    if not np.any(x):  # no length variation: the intercept alone, exactly
-        return float(np.log(mean) - np.log1p(-mean)), 0.0
-    X = np.stack([np.ones_like(x), x], axis=1)
-    prior = np.diag([0.0, LENGTH_PRIOR])
-
-    def objective(theta: np.ndarray) -> float:
-        z = X @ theta  # log sigmoid(z) = -logaddexp(0, -z), log(1 - sigmoid(z)) = -logaddexp(0, z)
-        return float(-(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)).sum()
-                     - theta @ prior @ theta / 2)  # fmt: skip
-
-    theta = np.array([np.log(mean) - np.log1p(-mean), 0.0])
-    for _ in range(iterations):
-        s = _sigmoid(X @ theta)
-        gradient = X.T @ (y - s) - prior @ theta
-        hessian = (X * (s * (1 - s))[:, None]).T @ X + prior
-        step = np.linalg.solve(hessian, gradient)
-        while objective(theta + step) < objective(theta) and np.max(np.abs(step)) > 1e-12:
-            step = step / 2  # damped Newton: never a step that lowers the likelihood
-        theta = theta + step
-        if np.max(np.abs(step)) < 1e-12:
-            return float(theta[0]), float(theta[1])
-    raise ArithmeticError(f"the length model did not converge in {iterations} Newton steps")
+@dataclass(frozen=True)
+class LengthControl:
+    lc_win_rate: float  # sigmoid(w_0): the predicted win rate at zero length difference
+    length_coefficient: float  # -w_len: > 0 means the judge favours the longer answer
+    penalty_c: float  # the inverse L1 strength the cross-validation chose
 
 
-def lc_win_rate(y: np.ndarray, x: np.ndarray) -> float:
-    """The fitted model's win rate at zero length difference, sigmoid(a); with no length
-    variation that is mean(y), returned as such (log-odds and back can be 1 ulp off)."""
-    if not np.any(x):
-        return float(np.mean(y))
-    a, _ = fit_length_model(y, x)
-    return float(_sigmoid(np.array(a)))
+def length_controlled(
+    y: np.ndarray,
+    policy_lengths: np.ndarray,
+    reference_lengths: np.ndarray,
+    penalty_c: float | None = None,
+) -> LengthControl | None:
+    """alpaca_eval's minimal GLM fitted to outcomes y and the answers' lengths; None below
+    FOLDS comparisons. `penalty_c`: refit at this strength instead of cross-validating it."""
+    y = np.asarray(y, np.float64)
+    if len(y) < FOLDS:
+        return None
+    frame = design(y, policy_lengths, reference_lengths)
+    at_zero = frame.drop(columns="preference").assign(std_delta_len=0.0)
+    train, test = make_dmatrix_for_model(frame, at_zero, formula=GLM_INFO[GLM]["formula"])
+    with _sklearn_quietly():
+        if penalty_c is None:
+            model = fit_LogisticRegressionCV(
+                train, "preference", is_ytrue_proba=True, **GLM_INFO[GLM]["kwargs"]
+            )
+            penalty_c = float(np.ravel(model.C_)[0])
+        else:
+            model = fit_LogisticRegressionCV(
+                train, "preference", is_ytrue_proba=True, n_splits=0, C=penalty_c
+            )
+        predicted = model.predict_proba(test)[:, 1]
+    weights = dict(zip(train.columns.drop("preference"), model.coef_[0], strict=True))
+    return LengthControl(
+        lc_win_rate=float(predicted.mean()),
+        length_coefficient=float(-weights[LENGTH_TERM]),
+        penalty_c=penalty_c,
+    )
 
 
 @dataclass
 class WinRates:
     n: int
     win_rate: float
-    lc_win_rate: float
-    length_coefficient: float  # b: > 0 means the judge favours the longer answer
+    lc_win_rate: float | None  # None below FOLDS comparisons
+    length_coefficient: float | None  # > 0 means the judge favours the longer answer
     standard_error: float  # of win_rate: std(y) / sqrt(n), as AlpacaEval reports it
     win_rate_ci: tuple[float, float]
-    lc_win_rate_ci: tuple[float, float]
+    lc_win_rate_ci: tuple[float, float] | None
 
 
 def win_rates(
-    y: np.ndarray, x: np.ndarray, bootstrap: int, confidence: float, seed: int = 0
+    y: np.ndarray,
+    policy_lengths: np.ndarray,
+    reference_lengths: np.ndarray,
+    bootstrap: int,
+    confidence: float,
+    seed: int = 0,
 ) -> WinRates:
-    """Raw and length-controlled win rates with percentile bootstrap intervals over prompts."""
-    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+    """Raw and length-controlled win rates with percentile bootstrap intervals over prompts.
+    Each resample refits the GLM at the penalty the cross-validation chose on all prompts
+    (cross-validating every resample again would cost ~16 times as much)."""
+    y = np.asarray(y, np.float64)
+    ours, theirs = np.asarray(policy_lengths), np.asarray(reference_lengths)
     n = len(y)
     if n == 0:
         raise ValueError("no comparisons to compute a win rate from")
@@ -121,13 +160,14 @@ def win_rates(
         raise ValueError("outcomes must be numbers in [0, 1]")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence}: must be in (0, 1)")
-    _, b = fit_length_model(y, x)
+    fit = length_controlled(y, ours, theirs)
     rng = np.random.default_rng(seed)
     raw, lc = np.empty(bootstrap), np.empty(bootstrap)
     for r in range(bootstrap):
         take = rng.integers(0, n, n)
         raw[r] = y[take].mean()
-        lc[r] = lc_win_rate(y[take], x[take])
+        if fit is not None:
+            lc[r] = length_controlled(y[take], ours[take], theirs[take], fit.penalty_c).lc_win_rate
     tail = (1 - confidence) / 2 * 100
 
     def interval(samples: np.ndarray) -> tuple[float, float]:
@@ -137,9 +177,9 @@ def win_rates(
     return WinRates(
         n=n,
         win_rate=float(y.mean()),
-        lc_win_rate=lc_win_rate(y, x),
-        length_coefficient=b,
+        lc_win_rate=None if fit is None else fit.lc_win_rate,
+        length_coefficient=None if fit is None else fit.length_coefficient,
         standard_error=float(y.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
         win_rate_ci=interval(raw),
-        lc_win_rate_ci=interval(lc),
+        lc_win_rate_ci=None if fit is None else interval(lc),
     )

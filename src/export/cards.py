@@ -19,6 +19,7 @@ from src.config import REPO_ROOT, Config, Peft, Stage
 from src.core.artifacts import atomic_write_text, read_json
 from src.core.errors import StageError
 from src.core.policy import CARD
+from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.stages.common import redo
 
 # Licenses of the bases this project knows; any other base: "other" (its own card says which)
@@ -101,6 +102,8 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
     if evaluation is not None:
         dataset = Path(cfg.data.eval_prompts or "eval").stem
         for metric in ("win_rate", "lc_win_rate"):
+            if evaluation[metric] is None:  # no LC below AlpacaEval's 5 folds
+                continue
             results.append(
                 EvalResult(
                     task_type="text-generation",
@@ -109,6 +112,18 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
                     metric_type=metric,
                     metric_name=f"{metric} vs {evaluation['reference']} ({evaluation['judge']})",
                     metric_value=round(evaluation[metric], 4),
+                )
+            )
+        leaderboard = evaluation.get("alpaca_eval")
+        for metric in ("lc_win_rate", "win_rate") if leaderboard else ():
+            results.append(  # in percent, as AlpacaEval's leaderboard
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=REFERENCE_REPO,
+                    dataset_name="AlpacaEval 2",
+                    metric_type=metric,
+                    metric_name=f"AlpacaEval 2 {metric} % ({leaderboard['annotator']})",
+                    metric_value=round(100 * leaderboard[metric], 2),
                 )
             )
     data = ModelCardData(
@@ -191,14 +206,28 @@ def evaluation_text(evaluation: dict | None) -> str:
     if evaluation is None:
         return "Not evaluated yet: `eval.enabled=true` or `stage=eval` writes the results here."
     confidence = round(100 * evaluation["confidence"])
-    return (
+    lc = (
+        f"length-controlled {evaluation['lc_win_rate']:.3f} "
+        f"[{evaluation['lc_win_rate_low']:.3f}, {evaluation['lc_win_rate_high']:.3f}] "
+        if evaluation["lc_win_rate"] is not None
+        else "no length-controlled rate (fewer instructions than AlpacaEval's 5 folds) "
+    )
+    text = (
         f"Against `{evaluation['reference']}` on {evaluation['compared']} instructions, judged by "
         f"`{evaluation['judge']}`: win rate {evaluation['win_rate']:.3f} "
         f"[{evaluation['win_rate_low']:.3f}, {evaluation['win_rate_high']:.3f}], "
-        f"length-controlled {evaluation['lc_win_rate']:.3f} "
-        f"[{evaluation['lc_win_rate_low']:.3f}, {evaluation['lc_win_rate_high']:.3f}] "
-        f"({confidence} % bootstrap intervals)."
+        f"{lc}({confidence} % bootstrap intervals; length control: AlpacaEval's GLM "
+        "`length_controlled_minimal`)."
     )
+    leaderboard = evaluation.get("alpaca_eval")
+    if leaderboard:
+        text += (
+            f" AlpacaEval 2 (`{leaderboard['annotator']}`, {leaderboard['n_total']} instructions): "
+            f"length-controlled win rate {100 * leaderboard['lc_win_rate']:.2f} %, win rate "
+            f"{100 * leaderboard['win_rate']:.2f} % (SE {100 * leaderboard['standard_error']:.2f}), "
+            f"average length {leaderboard['avg_length']} characters."
+        )
+    return text
 
 
 def _hub_id(value: str) -> bool:

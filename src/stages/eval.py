@@ -30,11 +30,19 @@ import numpy as np
 
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
+from src.core.errors import EnvironmentFailure
 from src.core.policy import CARD, checkpoint_damage, require_loadable
 from src.core.records import read_record, stage_fingerprint, write_record
-from src.evaluation.alpaca_eval import reference_from_file, write_alpaca_eval
+from src.evaluation.alpaca_eval import (
+    ANNOTATOR,
+    RESULTS,
+    alpaca_eval_missing,
+    judge_with_alpaca_eval,
+    reference_from_file,
+    write_alpaca_eval,
+)
 from src.evaluation.answers import Answerer, EvalError, answers
-from src.evaluation.winrate import length_covariate, outcomes, win_rates
+from src.evaluation.winrate import FOLDS, outcomes, win_rates
 from src.export.cards import write_model_card
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix
@@ -46,6 +54,15 @@ def run(cfg: Config) -> dict:
     stage_dir = cfg.stage_dir(Stage.eval)
 
     # setup
+    if cfg.eval.alpaca_eval:  # before any answer is made: what it needs is there or not
+        missing = alpaca_eval_missing()
+        if missing:
+            raise EnvironmentFailure(
+                f"eval.alpaca_eval=true runs AlpacaEval 2's judge ({ANNOTATOR}, OpenAI's API), "
+                f"but {missing}: run this command again where the key and the network are "
+                "(answers made before are reused), or make the answers here without it",
+                fix="eval.alpaca_eval=false",
+            )
     instructions = load_instructions(cfg)
     policy = answerer(cfg, f"iter{cfg.iter}")
     # both sides checked before any generation: a bad reference fails in seconds, not after
@@ -77,9 +94,8 @@ def run(cfg: Config) -> dict:
     y = outcomes(preferences, discrete=cfg.eval.outcome == Outcome.discrete)
     ours_len = np.array([len(a) for a in ours])
     theirs_len = np.array([len(a) for a in theirs])
-    rates = win_rates(
-        y, length_covariate(ours_len, theirs_len), cfg.eval.bootstrap, cfg.eval.confidence
-    )
+    rates = win_rates(y, ours_len, theirs_len, cfg.eval.bootstrap, cfg.eval.confidence)
+    lc_low, lc_high = rates.lc_win_rate_ci or (None, None)
     hard = outcomes(preferences, discrete=True)
     report = {
         "policy": policy.label,
@@ -95,8 +111,8 @@ def run(cfg: Config) -> dict:
         # the bootstrap interval at `confidence`, flat so that W&B's summary keeps it
         "win_rate_low": rates.win_rate_ci[0],
         "win_rate_high": rates.win_rate_ci[1],
-        "lc_win_rate_low": rates.lc_win_rate_ci[0],
-        "lc_win_rate_high": rates.lc_win_rate_ci[1],
+        "lc_win_rate_low": lc_low,
+        "lc_win_rate_high": lc_high,
         "confidence": cfg.eval.confidence,
         "standard_error": rates.standard_error,
         "length_coefficient": rates.length_coefficient,
@@ -113,9 +129,13 @@ def run(cfg: Config) -> dict:
     print(
         f"[eval] {policy.label} vs {reference_label} on {rates.n} instructions: "
         f"win rate {rates.win_rate:.3f} [{rates.win_rate_ci[0]:.3f}, {rates.win_rate_ci[1]:.3f}], "
-        f"length-controlled {rates.lc_win_rate:.3f} "
-        f"[{rates.lc_win_rate_ci[0]:.3f}, {rates.lc_win_rate_ci[1]:.3f}]; "
-        f"average length {report['avg_length']:.0f} vs {report['reference_avg_length']:.0f} chars",
+        + (
+            f"length-controlled {rates.lc_win_rate:.3f} [{lc_low:.3f}, {lc_high:.3f}]; "
+            if rates.lc_win_rate is not None
+            else f"no length-controlled rate (AlpacaEval's {FOLDS}-fold fit needs {FOLDS} "
+            "instructions); "
+        )
+        + f"average length {report['avg_length']:.0f} vs {report['reference_avg_length']:.0f} chars",
         file=sys.stderr,
     )
 
@@ -146,6 +166,8 @@ def run(cfg: Config) -> dict:
         reference_label,
         dataset,
     )
+    if cfg.eval.alpaca_eval:
+        report["alpaca_eval"] = alpaca_eval_row(stage_dir, policy.label)
     script = atomic_write_text(
         stage_dir / "lm_eval.sh", lm_eval_script(policy.path, stage_dir / "lm_eval")
     )
@@ -258,6 +280,27 @@ def judge(cfg: Config, compared: list[Prompt], ours: list[str], theirs: list[str
             flush=True,
         )
     return preferences
+
+
+def alpaca_eval_row(stage_dir: Path, label: str) -> dict:
+    """AlpacaEval 2's leaderboard row for this stage's model_outputs.json; a failure of its
+    judge or of the network is the environment's (exit 3), its answers so far kept."""
+    from openai import OpenAIError
+
+    try:
+        row = judge_with_alpaca_eval(stage_dir / "model_outputs.json", stage_dir / RESULTS, label)
+    except (OpenAIError, OSError) as err:  # OSError: requests' and the Hub's connection errors
+        raise EnvironmentFailure(
+            f"AlpacaEval 2's evaluator failed: {type(err).__name__}: {str(err).splitlines()[0]}; "
+            f"the judge's answers so far are cached in {stage_dir / RESULTS}: run this command again"
+        ) from None
+    print(
+        f"[eval] AlpacaEval 2 ({row['annotator']}): length-controlled "
+        f"{100 * row['lc_win_rate']:.2f} %, win rate {100 * row['win_rate']:.2f} % "
+        f"(SE {100 * row['standard_error']:.2f}), average length {row['avg_length']} chars",
+        file=sys.stderr,
+    )
+    return row
 
 
 def lm_eval_script(checkpoint: str, output: Path) -> str:
