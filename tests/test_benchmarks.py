@@ -18,6 +18,7 @@ from src.config import REPO_ROOT
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 SCRIPT = {  # results file prefix -> the script that measures it
     "generation_gpu": "bench_generation_gpu",
+    "train_memory_gpu": "bench_train_memory_gpu",
     "generation": "bench_generation",
     "ranking": "bench_ranking",
     "trainer": "bench_trainer",
