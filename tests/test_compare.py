@@ -22,7 +22,8 @@ from src.config import REPO_ROOT
 
 # eval/eval.json of SPPO eta=5000, iteration 2 (the stage writes more keys; these are read)
 EVAL = {"win_rate": 0.31, "lc_win_rate": 0.27, "win_rate_low": 0.22, "win_rate_high": 0.4,
-        "lc_win_rate_low": 0.18, "lc_win_rate_high": 0.37}  # fmt: skip
+        "lc_win_rate_low": 0.18, "lc_win_rate_high": 0.37,
+        "alpaca_eval": {"lc_win_rate": 0.5397, "win_rate": 0.4823, "avg_length": 1803}}  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("training_curves.png", "win_rate_by_iteration.png", "final_vs_hparams.png")
 MODEL = "tiny-mistral"
@@ -224,6 +225,9 @@ def test_eval_win_rates_are_shown_where_present(compared):
         for name in ("win_rate", "lc_win_rate"):
             value = EVAL[name] if evaluated else None
             assert (float(row[f"eval_{name}"]) if row[f"eval_{name}"] else None) == value
+        for column, name in (("alpaca_eval_lc", "lc_win_rate"), ("alpaca_eval_wr", "win_rate")):
+            value = EVAL["alpaca_eval"][name] if evaluated else None
+            assert (float(row[column]) if row[column] else None) == value
 
 
 def test_the_win_rate_curve_is_printed_with_its_intervals(compared):
@@ -239,6 +243,7 @@ def test_eval_columns_are_left_out_when_no_run_was_evaluated(tmp_path):
     run_main(["--root", str(tmp_path)])
     header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
     assert "mean_chosen_win_rate" in header and "eval_win_rate" not in header
+    assert "alpaca_eval_lc" not in header
 
 
 def test_markdown_table_is_written_and_printed_with_the_output_paths(compared):

@@ -146,6 +146,9 @@ def eval_columns(m: dict) -> dict[str, Any]:
         row[f"eval_{key}"] = num(m.get(key))
         low, high = num(m.get(f"{key}_low")), num(m.get(f"{key}_high"))
         row[f"eval_{key}_ci"] = (low, high) if low is not None and high is not None else None
+    leaderboard = m.get("alpaca_eval") if isinstance(m.get("alpaca_eval"), dict) else {}
+    row["alpaca_eval_lc"] = num(leaderboard.get("lc_win_rate"))  # AlpacaEval 2's own row
+    row["alpaca_eval_wr"] = num(leaderboard.get("win_rate"))
     return row
 
 

@@ -39,9 +39,10 @@ COLUMNS = (
     "model", "method", "run_name", "iter", "eta", "beta", "lr", "K", "loss_type", "stages_done",
     "train_loss_final", "accuracy_last", "accuracy_mean", "margin_last", "margin_mean",
     "pairs", "mean_chosen_probs", "mean_chosen_win_rate", "mean_score_margin",
-    "gen_tokens_per_s", "eval_win_rate", "eval_lc_win_rate",
+    "gen_tokens_per_s", "eval_win_rate", "eval_lc_win_rate", "alpaca_eval_lc", "alpaca_eval_wr",
 )  # fmt: skip
-OPTIONAL_COLUMNS = ("eval_win_rate", "eval_lc_win_rate")  # shown once any run has been evaluated
+# shown once any run has been evaluated (by AlpacaEval 2 itself: eval.alpaca_eval=true)
+OPTIONAL_COLUMNS = ("eval_win_rate", "eval_lc_win_rate", "alpaca_eval_lc", "alpaca_eval_wr")
 
 
 def columns_for(rows: list[dict]) -> list[str]:

@@ -32,8 +32,9 @@ and a regularisation towards two deliberately length-gamed baselines. A local ju
 instructions has neither, so the eval stage reports the minimal GLM; `eval.alpaca_eval=true`
 (src/evaluation/alpaca_eval.py) gets the leaderboard's own figures from alpaca_eval itself.
 
-What alpaca_eval's fit gives at the edges, reported as it is: with every comparison won,
-LC ~ 1; with every comparison lost, LC = 1/2 (the fitted coefficients stay at zero), so read the
+What alpaca_eval's fit gives, reported as it is: the L1 penalty shrinks w_0 as well, so LC sits
+a little nearer 1/2 than the raw rate even where the length term is 0; with every comparison
+won, LC ~ 1; with every comparison lost, LC = 1/2 (the coefficients stay at zero), so read the
 raw rate there. Where alpaca_eval cannot fit, this module says so: fewer than 5 comparisons
 (no 5-fold split) give no LC (None); a length difference with no spread (0 / 0) gives the length
 term 0, the intercept alone.
@@ -124,7 +125,7 @@ def length_controlled(
     weights = dict(zip(train.columns.drop("preference"), model.coef_[0], strict=True))
     return LengthControl(
         lc_win_rate=float(predicted.mean()),
-        length_coefficient=float(-weights[LENGTH_TERM]),
+        length_coefficient=0.0 - float(weights[LENGTH_TERM]),  # 0.0 - 0.0: no "-0.0"
         penalty_c=penalty_c,
     )
 
