@@ -643,6 +643,9 @@ class HardwareConfig:
     processes_per_node: int = 1  # GPUs per node; on CPU, gloo processes
     distributed: Distributed = Distributed.none  # how training processes share the work
     zero_stage: int = 3  # DeepSpeed only
+    # each GPU's memory, what `python -m src.plan` checks every stage against (A100 / H100:
+    # 80); null: not known (CPU), the plan shows the memory without checking it
+    gpu_memory_gb: float | None = 80.0
     slurm: SlurmConfig | None = None
 
     @property
@@ -654,6 +657,12 @@ class HardwareConfig:
         _positive("hardware.processes_per_node", self.processes_per_node)
         _check(
             self.zero_stage in (0, 1, 2, 3), "hardware.zero_stage", self.zero_stage, "must be 0-3"
+        )
+        _check(
+            self.gpu_memory_gb is None or self.gpu_memory_gb > 0,
+            "hardware.gpu_memory_gb",
+            self.gpu_memory_gb,
+            "must be > 0 or null",
         )
         _check(
             self.distributed != Distributed.none or self.world_size == 1,
@@ -711,6 +720,14 @@ class RunConfig:
 
 
 @dataclass
+class PlanConfig:
+    """What `python -m src.slurm` checks before it queues (`python -m src.plan` shows it)."""
+
+    # false: queue even a stage the memory model says does not fit hardware.gpu_memory_gb
+    check: bool = True
+
+
+@dataclass
 class PipelineConfig:
     """How `stage=all` chains iterations and treats finished stages (their records: each
     stage's done.json)."""
@@ -759,6 +776,7 @@ class Config:
     logger: LoggerConfig
     paths: PathsConfig = field(default_factory=PathsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     # What a preset says about itself in every model card it makes: how it departs from the
     # published recipe it reproduces (src/export/cards.py)
     notes: list[str] = field(default_factory=list)

@@ -283,6 +283,10 @@ def submit_chain(
             "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
         )
     configs = [replace(c, stage=Stage.all) for c in configs]
+    if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
+        from src.plan.stages import require_fit
+
+        require_fit(configs[0], overrides)
     jobs = chain(configs, overrides)  # every request checked before anything is written
     script_dir = Path(configs[0].run.dir) / "slurm"
     if not dry_run:  # a folder the scripts cannot go to, or no sbatch: before anything is said

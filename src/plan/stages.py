@@ -1,0 +1,268 @@
+"""The plan of one iteration: each stage's processes and per-GPU memory for a resolved config
+(`src.plan.memory`'s model), checked against `hardware.gpu_memory_gb`, with the largest
+per-device batch that fits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from src.config import (
+    Backend,
+    Config,
+    ConfigError,
+    Device,
+    Distributed,
+    Optimizer,
+    Peft,
+    RefLogprobs,
+    compose,
+)
+from src.core.errors import EXIT_CONFIG_ERROR, StageError
+from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
+from src.plan.shapes import Shape, shape_of
+
+# The hub judges' parameters (their model cards): PairRM is DeBERTa-v3-large with a pairwise
+# head, ArmoRM Llama-3-8B with its reward heads. A local judge's are read from its files.
+JUDGE_PARAMS = {"llm-blender/PairRM": 0.436e9, "RLHFlow/ArmoRM-Llama3-8B-v0.1": 7.51e9}
+LARGEST_BATCH = 4096  # the search for the largest per-device batch stops here
+
+
+class PlanError(StageError):
+    """What the plan cannot know: a model's shape."""
+
+
+class DoesNotFit(StageError):
+    """A stage the memory model says does not fit the GPU: a configuration to change, exit 2."""
+
+    exit_code = EXIT_CONFIG_ERROR
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    processes: str  # how many, and on what
+    memory: Memory | None  # per GPU; None where the stage runs on CPUs only
+    batch_key: str | None = None  # the setting of the stage's per-device batch
+    batch: int | None = None
+    largest_batch: int | None = None  # the largest that fits; None: not checked or none fits
+    note: str = ""
+
+    def fits(self, gpu_gb: float | None) -> bool | None:
+        if self.memory is None or gpu_gb is None:
+            return None
+        return self.memory.footprint <= gpu_gb * 1e9
+
+
+def policy_shape(cfg: Config) -> Shape:
+    shape = shape_of(cfg.model.path, cfg.model.attn_implementation)
+    if shape is None:
+        raise PlanError(
+            f"model.path={cfg.model.path}: its shape is not known here (no config.json there, "
+            "and not one of the real models this project describes); point model.path at a "
+            "folder holding its config.json"
+        )
+    return shape
+
+
+def training_mode(cfg: Config) -> tuple[str, int]:
+    """(the memory model's mode, the devices ZeRO-3 shards over)."""
+    hw = cfg.hardware
+    if cfg.training.peft != Peft.none:
+        return cfg.training.peft.value, 1
+    if hw.distributed == Distributed.deepspeed and hw.zero_stage == 3:
+        return "zero3", hw.world_size
+    return "full", 1
+
+
+def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
+    t, hw = cfg.training, cfg.hardware
+    mode, devices = training_mode(cfg)
+    step = Step(
+        sequences=2 * t.per_device_batch_size,  # chosen and rejected
+        tokens=t.max_length,
+        rank=t.lora.rank,
+        optimizer_states=1 if t.optimizer == Optimizer.rmsprop else 2,
+        chunk=t.lm_head_chunk,
+        gradient_checkpointing=t.gradient_checkpointing,
+    )
+
+    def memory(pairs: int) -> Memory:
+        m = train_memory(shape, replace(step, sequences=2 * pairs), mode, devices)
+        if t.ref_logprobs == RefLogprobs.online and t.peft == Peft.none:
+            m.kept["reference model (bf16)"] = shape.params * step.b  # a second, frozen copy
+        return m
+
+    # a per-device batch the global batch divides into, over the processes
+    per_process = t.global_batch_size // hw.world_size
+    allowed = [n for n in range(1, per_process + 1) if per_process % n == 0]
+    largest = largest_fitting(memory, gpu_gb, allowed)
+    label = {"zero3": f"DeepSpeed ZeRO-3 over {devices}", "full": "full weights"}.get(mode, mode)
+    return StagePlan(
+        "train",
+        f"{hw.world_size} ({label})",
+        memory(t.per_device_batch_size),
+        "training.per_device_batch_size",
+        t.per_device_batch_size,
+        largest,
+    )
+
+
+def generate_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
+    g = cfg.generation
+    shards = g.num_shards or cfg.hardware.world_size
+    if g.backend == Backend.vllm:
+        weights = shape.params * 2 / g.tensor_parallel_size
+        if g.kv_cache_gb is not None:
+            kv = g.kv_cache_gb * 1e9
+        elif gpu_gb is not None:
+            kv = max(g.gpu_memory_utilization * gpu_gb * 1e9 - weights - CUDA_CONTEXT, 0.0)
+        else:
+            kv = 0.0
+        memory = Memory({"weights (bf16)": weights, "vLLM's KV cache": kv})
+        return StagePlan(
+            "generate", f"{shards} vLLM engines", memory, note="vLLM takes its share of the GPU"
+        )
+    tokens = g.max_prompt_length + g.max_new_tokens
+
+    def memory(prompts: int) -> Memory:
+        return generation_memory(shape, prompts, cfg.method.K, tokens)
+
+    return StagePlan(
+        "generate",
+        f"{shards} (one per GPU)",
+        memory(g.batch_size),
+        "generation.batch_size",
+        g.batch_size,
+        largest_fitting(memory, gpu_gb),
+    )
+
+
+def judge_weights(model: str) -> float | None:
+    """The judge's weights in bytes: a hub judge's parameters in bf16, or a local judge's files
+    as saved (an upper bound: a reward model loads in bf16 on a GPU)."""
+    if model in JUDGE_PARAMS:
+        return JUDGE_PARAMS[model] * 2
+    files = list(Path(model).glob("*.safetensors")) + list(Path(model).glob("*.bin"))
+    return float(sum(f.stat().st_size for f in files)) if files else None
+
+
+def rank_plan(cfg: Config) -> StagePlan:
+    r = cfg.ranker
+    weights = judge_weights(r.model)
+    memory = None if weights is None else Memory({f"{r.model} weights": weights})
+    note = "" if memory else f"{r.model}: its size is not known here"
+    shards = r.num_shards or cfg.hardware.world_size
+    return StagePlan("rank", f"{shards} (one per GPU)", memory, note=note)
+
+
+def eval_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
+    e = cfg.eval
+
+    def memory(prompts: int) -> Memory:
+        return generation_memory(shape, prompts, 1, e.max_prompt_length + e.max_new_tokens)
+
+    return StagePlan(
+        "eval",
+        "1 GPU (the policy, then the reference, then the judge)",
+        memory(e.batch_size),
+        "eval.batch_size",
+        e.batch_size,
+        largest_fitting(memory, gpu_gb),
+    )
+
+
+def largest_fitting(memory, gpu_gb: float | None, allowed: list[int] | None = None) -> int | None:
+    """The largest batch (of `allowed`, ascending, if given) whose footprint fits the GPU; None
+    when the GPU's memory is not known or not even the smallest fits."""
+    if gpu_gb is None:
+        return None
+    if allowed is not None:
+        fitting = [n for n in allowed if memory(n).footprint <= gpu_gb * 1e9]
+        return fitting[-1] if fitting else None
+    if memory(1).footprint > gpu_gb * 1e9:
+        return None
+    low, high = 1, 2
+    while high <= LARGEST_BATCH and memory(high).footprint <= gpu_gb * 1e9:
+        low, high = high, high * 2
+    high = min(high, LARGEST_BATCH + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if memory(middle).footprint <= gpu_gb * 1e9 else (low, middle)
+    return low
+
+
+def plan(cfg: Config) -> list[StagePlan]:
+    """Every stage of an iteration, in order."""
+    gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
+    shape = policy_shape(cfg)
+    stages = [
+        generate_plan(cfg, shape, gpu_gb),
+        rank_plan(cfg),
+        StagePlan("pairs", "1 (CPU)", None),
+        train_plan(cfg, shape, gpu_gb),
+    ]
+    if cfg.eval.enabled:
+        stages.append(eval_plan(cfg, shape, gpu_gb))
+    return stages
+
+
+def gib(value: float) -> str:
+    return f"{value / GIB:.1f} GiB"
+
+
+def remedies(cfg: Config, stage: StagePlan) -> list[str]:
+    """Overrides that may make `stage` fit, the least departure from the recipe first."""
+    if stage.largest_batch is not None:  # a smaller per-device batch (training: more accumulation)
+        return [f"{stage.batch_key}={stage.largest_batch}"]
+    if stage.stage == "generate" and cfg.generation.backend == Backend.hf:
+        return ["generation=vllm"]  # its paged KV cache takes what the weights leave
+    if stage.stage != "train":
+        return []
+    t, hw = cfg.training, cfg.hardware
+    out = []
+    if not t.gradient_checkpointing:
+        out.append("training.gradient_checkpointing=true")
+    if training_mode(cfg)[0] == "full" and hw.world_size > 1:
+        out.append("hardware.distributed=deepspeed hardware.zero_stage=3")
+    if t.peft == Peft.none:
+        out.append("training.peft=lora")
+    if t.peft != Peft.qlora:
+        ddp = " hardware.distributed=ddp" if hw.distributed == Distributed.deepspeed else ""
+        out.append(f"training.peft=qlora{ddp}")  # DeepSpeed cannot shard a 4-bit base
+    return out
+
+
+def require_fit(cfg: Config, overrides: list[str]) -> None:
+    """Refuse (exit 2) when a stage of the iteration does not fit `hardware.gpu_memory_gb`: one
+    line naming each such stage, what it needs and has, and the overrides the plan says fit."""
+    gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
+    has = f"hardware.gpu_memory_gb={gpu_gb:g} ({gpu_gb * 1e9 / GIB:.1f} GiB)" if gpu_gb else ""
+    needs, fixed_needs, fixes = [], [], []
+    for stage in plan(cfg):
+        if stage.fits(gpu_gb) is not False:
+            continue
+        needs.append(f"stage {stage.stage} needs {stage.memory.footprint / GIB:.1f} GiB per GPU")
+        for remedy in remedies(cfg, stage):
+            try:
+                tried = compose([*overrides, *fixes, *remedy.split()])
+            except ConfigError:  # not a combination the config allows (QLoRA under ZeRO-3)
+                continue
+            fixed = next(p for p in plan(tried) if p.stage == stage.stage)
+            if fixed.fits(gpu_gb):
+                fixes += remedy.split()
+                fixed_needs.append(f"{stage.stage} {fixed.memory.footprint / GIB:.1f} GiB")
+                break
+        else:
+            raise DoesNotFit(
+                f"{'; '.join(needs)} where {has}, and no smaller batch, adapter or sharding fits "
+                "it: use GPUs with more memory (python -m src.plan shows every term; "
+                "plan.check=false queues it anyway)"
+            )
+    if needs:
+        raise DoesNotFit(
+            f"{'; '.join(needs)} where {has}; with {' '.join(fixes)}: "
+            f"{', '.join(fixed_needs)} (python -m src.plan shows every term; plan.check=false "
+            "queues it anyway)",
+            fix=" ".join(fixes),
+        )

@@ -1,0 +1,112 @@
+"""`python -m src.plan` and the check `python -m src.slurm` makes with it (`src.plan.stages`):
+every stage of an iteration with its memory per GPU, the largest per-device batch that fits,
+and a chain that cannot fit refused before anything is queued, with the overrides that fit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from src.config import REPO_ROOT
+from src.plan.memory import GIB
+from src.plan.stages import DoesNotFit, plan, require_fit
+from tests.helpers import compose_cfg, one_line_failure
+
+GEMMA = ["experiment=gemma-2-9b-it-sppo"]
+ON_24GB = ["hardware=slurm-gpu-1", "hardware.gpu_memory_gb=24"]
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def stages(*overrides: str) -> dict:
+    return {p.stage: p for p in plan(compose_cfg(*overrides))}
+
+
+def test_the_plan_of_a_recipe_on_one_8_gpu_node_fits_every_stage():
+    result = run("src.plan", *GEMMA, "hardware=node-8gpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert out.startswith(
+        "plan: gemma-2-9b-it, sppo, iteration 1 on hardware=node-8gpu (8 GPU(s) of 80 GB)"
+    )
+    for stage in ("generate", "rank", "pairs", "train"):
+        assert f"| {stage} |" in out
+    assert "| train | 8 (DeepSpeed ZeRO-3 over 8) |" in out
+    assert "**no**" not in out
+    assert "model states / devices" in out  # the terms at the training step's peak
+
+
+@pytest.mark.parametrize("stage", ["generate", "train"])
+def test_the_largest_batch_is_the_largest_that_fits(stage):
+    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu")
+    p = stages(*GEMMA, "hardware=node-8gpu")[stage]
+    key, largest = p.batch_key, p.largest_batch
+    assert largest and largest >= p.batch
+    gpu = cfg.hardware.gpu_memory_gb
+    assert stages(*GEMMA, "hardware=node-8gpu", f"{key}={largest}")[stage].fits(gpu)
+    if stage == "generate":
+        over = stages(*GEMMA, "hardware=node-8gpu", f"{key}={largest + 1}")[stage]
+        assert not over.fits(gpu)
+    else:  # a per-device batch the global batch divides into: 64 pairs over 8 GPUs
+        assert largest == 8 == cfg.training.global_batch_size // cfg.hardware.world_size
+
+
+def test_memory_grows_with_the_batch_and_with_lengths():
+    small = stages(*GEMMA, "training.per_device_batch_size=1")["train"].memory.footprint
+    large = stages(*GEMMA, "training.per_device_batch_size=4")["train"].memory.footprint
+    longer = stages(*GEMMA, "training.per_device_batch_size=4", "training.max_length=2048")
+    assert small < large < longer["train"].memory.footprint
+
+
+def test_full_weights_on_a_24_gb_card_are_refused_with_the_overrides_that_fit():
+    cfg = compose_cfg(*GEMMA, *ON_24GB)
+    with pytest.raises(DoesNotFit) as refused:
+        require_fit(cfg, [*GEMMA, *ON_24GB])
+    assert refused.value.exit_code == 2
+    assert refused.value.fix == "generation=vllm training.peft=qlora"
+    message = str(refused.value)
+    assert message.startswith("stage generate needs ")
+    assert "stage train needs " in message and "hardware.gpu_memory_gb=24 (22.4 GiB)" in message
+    fixed = compose_cfg(*GEMMA, *ON_24GB, *refused.value.fix.split())
+    require_fit(fixed, [*GEMMA, *ON_24GB, *refused.value.fix.split()])  # nothing left to refuse
+
+
+def test_src_slurm_refuses_in_one_line_with_exit_2_and_queues_nothing(tmp_path):
+    args = ["--dry-run", *GEMMA, *ON_24GB, f"paths.root={tmp_path}"]
+    line = one_line_failure(run("src.slurm", *args), 2)
+    assert line.startswith("error: stage generate needs "), line
+    assert line.endswith(
+        f"run `python -m src.slurm {' '.join(args)} generation=vllm training.peft=qlora`"
+    ), line
+    assert not list(tmp_path.rglob("*.sbatch"))
+    assert run("src.slurm", *args, "plan.check=false").returncode == 0
+    assert run("src.slurm", *args, "generation=vllm", "training.peft=qlora").returncode == 0
+
+
+def test_the_mistral_qlora_preset_fits_a_24_gb_card():
+    cfg = compose_cfg("experiment=mistral-7b-instruct-sppo-qlora", *ON_24GB)
+    require_fit(cfg, ["experiment=mistral-7b-instruct-sppo-qlora", *ON_24GB])
+    train = stages("experiment=mistral-7b-instruct-sppo-qlora", *ON_24GB)["train"]
+    assert train.memory.footprint < 24e9 and train.memory.peak / GIB < 12
+
+
+def test_a_model_whose_shape_is_not_known_is_one_line_with_exit_1():
+    result = run("src.plan", "model.path=some-org/not-here")
+    line = one_line_failure(result, 1)
+    assert line.startswith("error: model.path=some-org/not-here: its shape is not known here")
+
+
+def test_on_cpu_the_memory_is_shown_and_not_checked(tiny_dir):
+    result = run("src.plan", "model=tiny-mistral")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no GPU memory to check" in result.stdout and "not checked" in result.stdout

@@ -1,0 +1,96 @@
+"""The memory model (`src.plan.memory`, `src.plan.shapes`): its parameter counts are the real
+models' and peft's, its training peaks are the H200's (every configuration of
+benchmarks/results/train_memory_gpu.json within 10 %), and the README's table is the one it
+prints."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from src.config import REPO_ROOT
+from src.plan.memory import GIB, Step, table, train_memory
+from src.plan.shapes import GEMMA_2_9B, MISTRAL_7B, REAL_MODELS, Shape, real_shape, shape_of
+from src.training.adapters import add_adapter
+from tests.helpers import compose_cfg
+
+MEASURED = REPO_ROOT / "benchmarks" / "results" / "train_memory_gpu.json"
+BENCHMARK_NAMES = {  # the benchmark's names of the real models
+    "mistral-7b-instruct-v0.2": "mistralai/Mistral-7B-Instruct-v0.2",
+    "gemma-2-9b-it": "google/gemma-2-9b-it",
+}
+
+
+@pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
+def test_parameter_and_adapter_counts_are_the_real_models(model, tiny_dir):
+    """On the tiny models of both architectures, their shapes read from their config.json: the
+    model's parameters (norms aside) and the trainable parameters peft adds with the default
+    targets at rank 16."""
+    cfg = compose_cfg(f"model={model}", "training.peft=lora")
+    policy = AutoModelForCausalLM.from_pretrained(cfg.run.init_policy)
+    shape = shape_of(cfg.run.init_policy)
+    assert shape.tied == bool(policy.config.tie_word_embeddings)
+    norms = sum(p.numel() for n, p in policy.named_parameters() if "norm" in n)
+    assert shape.params == policy.num_parameters() - norms
+    adapted = add_adapter(policy, cfg)
+    trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    assert shape.lora_params(cfg.training.lora.rank) == trainable
+
+
+def test_the_real_models_shapes_give_their_published_sizes():
+    assert MISTRAL_7B.params == pytest.approx(7.24e9, rel=1e-3)  # Mistral-7B: 7.24B
+    assert GEMMA_2_9B.params == pytest.approx(9.24e9, rel=1e-3)  # Gemma-2-9B: 9.24B
+    assert GEMMA_2_9B.tied and GEMMA_2_9B.eager_attention and GEMMA_2_9B.softcapped
+    assert not (MISTRAL_7B.tied or MISTRAL_7B.eager_attention or MISTRAL_7B.softcapped)
+    config = AutoConfig.for_model("mistral").to_dict()  # the library's defaults: Mistral-7B's
+    assert Shape.from_config("Mistral-7B", config, "sdpa") == MISTRAL_7B
+
+
+@pytest.mark.parametrize("model", list(REAL_MODELS))
+def test_the_real_models_configs_build_with_their_config_classes(model):
+    import transformers
+
+    config_class, _, kwargs, attention = REAL_MODELS[model]
+    config = getattr(transformers, config_class)(**kwargs, attn_implementation=attention)
+    assert Shape.from_config(real_shape(model).name, config.to_dict(), attention) == real_shape(
+        model
+    )
+
+
+def measured_rows() -> list[dict]:
+    return json.loads(MEASURED.read_text())["rows"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    measured_rows(),
+    ids=lambda r: f"{r['model']}-{r['mode']}-{r['head']}-{r['sequences']}x{r['tokens']}",
+)
+def test_a_training_steps_peak_is_the_h200s_within_ten_percent(row):
+    """One SPPO step of each real model, LoRA and full weights, streamed head and the model's
+    own, at 4 x 1,024 and 8 x 2,048 (torch's peak allocation of the second step)."""
+    shape = real_shape(BENCHMARK_NAMES[row["model"]])
+    step = Step(
+        sequences=row["sequences"],
+        tokens=row["tokens"],
+        response_rows=row["rows_own_head"],
+        chunk=256 if row["head"] == "streamed" else None,
+    )
+    memory = train_memory(shape, step, row["mode"])
+    measured = row["measured"]["step_2_peak"]
+    assert memory.peak == pytest.approx(measured, rel=0.10), (
+        f"model {memory.peak / GIB:.2f} GiB ({memory.peak_phase}), measured {measured / GIB:.2f}"
+    )
+    # and the phase that holds the peak is the one the GPU's peak fell in
+    optimiser = row["measured"]["step_2_peak_phase"].endswith("optimiser step")
+    assert (memory.peak_phase == "optimiser step") == optimiser
+
+
+def test_the_readmes_table_is_the_models():
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = table().splitlines()[2:]
+    assert rows and all(row in readme for row in rows), "re-run python -m src.plan.memory"
+    assert re.search(r"Gemma-2-9B \| QLoRA r=16, one GPU \| [\d.]+ \| fits", readme)
