@@ -283,9 +283,9 @@ def submit_chain(
             "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
         )
     configs = [replace(c, stage=Stage.all) for c in configs]
-    if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
-        from src.plan.stages import require_fit
+    from src.plan.stages import plan_text, require_fit
 
+    if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
         require_fit(configs[0], overrides)
     jobs = chain(configs, overrides)  # every request checked before anything is written
     script_dir = Path(configs[0].run.dir) / "slurm"
@@ -293,6 +293,7 @@ def submit_chain(
         (script_dir / "logs").mkdir(parents=True, exist_ok=True)
         require_sbatch()
     print(
+        f"{plan_text(configs[0])}\n\n"
         "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
         file=sys.stdout if dry_run else sys.stderr,

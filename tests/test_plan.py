@@ -110,3 +110,11 @@ def test_on_cpu_the_memory_is_shown_and_not_checked(tiny_dir):
     result = run("src.plan", "model=tiny-mistral")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no GPU memory to check" in result.stdout and "not checked" in result.stdout
+
+
+def test_the_dry_run_prints_the_plan_src_plan_prints(tmp_path):
+    args = [*GEMMA, "hardware=slurm-node-8gpu", f"paths.root={tmp_path}"]
+    planned = run("src.plan", *args)
+    dry = run("src.slurm", "--dry-run", *args)
+    assert planned.returncode == dry.returncode == 0, dry.stderr[-2000:]
+    assert dry.stdout.startswith(planned.stdout.rstrip("\n") + "\n\n")

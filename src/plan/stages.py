@@ -207,10 +207,6 @@ def plan(cfg: Config) -> list[StagePlan]:
     return stages
 
 
-def gib(value: float) -> str:
-    return f"{value / GIB:.1f} GiB"
-
-
 def remedies(cfg: Config, stage: StagePlan) -> list[str]:
     """Overrides that may make `stage` fit, the least departure from the recipe first."""
     if stage.largest_batch is not None:  # a smaller per-device batch (training: more accumulation)
@@ -266,3 +262,44 @@ def require_fit(cfg: Config, overrides: list[str]) -> None:
             "queues it anyway)",
             fix=" ".join(fixes),
         )
+
+
+# --- the plan as text ---------------------------------------------------------------------------
+
+
+def row(p: StagePlan, gpu_gb: float | None) -> str:
+    if p.memory is None:
+        memory, fits = ("–", "CPU") if not p.note else ("?", p.note)
+    else:
+        memory = f"{p.memory.footprint / GIB:.1f}"
+        fits = {None: "not checked", True: "yes", False: "**no**"}[p.fits(gpu_gb)]
+    batch = "" if p.batch_key is None else f"{p.batch_key}={p.batch}"
+    if p.batch_key is not None and gpu_gb is not None:
+        batch += f" (fits up to {p.largest_batch})" if p.largest_batch else " (none fits)"
+    return f"| {p.stage} | {p.processes} | {memory} | {fits} | {batch} |"
+
+
+def plan_text(cfg: Config) -> str:
+    """The plan as `python -m src.plan` and `python -m src.slurm --dry-run` print it."""
+    hw = cfg.hardware
+    gpu_gb = hw.gpu_memory_gb if hw.device.value == "cuda" else None
+    stages = plan(cfg)
+    gpus = f"{hw.world_size} GPU(s) of {gpu_gb:g} GB" if gpu_gb else "no GPU memory to check"
+    lines = [
+        f"plan: {cfg.model.name}, {cfg.method.name.value}, iteration {cfg.iter} on "
+        f"hardware={hw.name} ({gpus})",
+        "",
+        "| stage | processes | GiB per GPU | fits | per-device batch |",
+        "|---|---|---|---|---|",
+        *(row(p, gpu_gb) for p in stages),
+        "",
+        "GiB per GPU: the peak allocation, the allocator's slack over the activations and the CUDA "
+        "context (docs/memory.md). Terms at each stage's peak:",
+    ]
+    for p in stages:
+        if p.memory is None:
+            continue
+        phase = f", peak in the {p.memory.peak_phase}" if p.memory.peak_phase else ""
+        lines.append(f"  {p.stage}{phase}:")
+        lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
+    return "\n".join(lines)
