@@ -5,6 +5,8 @@ Mistral-7B-Instruct-v0.2 and Gemma-2-9B-It.
     python -m benchmarks.bench_train_memory_gpu --out benchmarks/results/train_memory_gpu.json
     python -m benchmarks.bench_train_memory_gpu --render benchmarks/results/train_memory_gpu.json
     python -m benchmarks.bench_train_memory_gpu --tiny --device cpu --out /tmp/t.json  # smoke
+    python -m benchmarks.bench_train_memory_gpu --modes zero3 \
+        --out benchmarks/results/train_memory_gpu_zero3.json  # DeepSpeed ZeRO-3, one process
 
 No weights are downloaded: each architecture is built from its config class
 (`bench_generation_gpu.ARCHITECTURES`: the real shapes, vocabularies and attention — eager for
@@ -25,6 +27,17 @@ in bf16) and `lora` (peft LoRA on the frozen bf16 model with `src.config.Adapter
 settings: r 16, alpha 32, dropout 0.05, the seven linear layers of every block; peft keeps the
 adapter's weights in fp32). QLoRA needs bitsandbytes and is not measured here.
 
+`zero3` (only when asked for: `--modes zero3`; needs DeepSpeed): the same step under DeepSpeed
+ZeRO-3 with one process on the one GPU (D = 1, the only data-parallel degree one GPU allows:
+every partition is the whole model). The model is built as above, then `deepspeed.initialize`
+gets it with torch's RMSprop and the project's config (`DEEPSPEED`, restated from
+`src.training.arguments.deepspeed_config`, with its "auto" values filled as the HF Trainer fills
+them), as the Trainer does when the config has no optimizer section. No autocast (accelerate
+leaves mixed precision to DeepSpeed); the engine's `backward`, then its `step` (clipping and the
+optimiser, one sub-group at a time), as accelerate's backward takes them. Besides the phases,
+each row keeps the stage-3 optimiser's buffers (`zero3_buffers`), the peak of
+`deepspeed.initialize` and the parameters gathered at a time (`Gathered`).
+
 Each (model, mode, head, B x T) runs in a fresh interpreter and takes two steps: the first
 allocates the optimiser's state, the second is the one reported. Memory is torch's own
 accounting (`memory_allocated`, `max_memory_allocated`, reset at each phase boundary): the
@@ -39,8 +52,8 @@ glibc's bytes in use stand in for torch's statistics, at the phase boundaries on
 the code, not a measurement. Each row carries the
 memory model's terms for the same shape (`step_terms`; the model's own-head figure is
 docs/memory.md's formula), so that the Markdown sets term beside term. Needs torch, transformers,
-peft and accelerate only (not hydra or the project's other dependencies): every import from
-src/ below stays clear of src.config.
+peft and accelerate only (and DeepSpeed for `zero3`; not hydra or the project's other
+dependencies): every import from src/ below stays clear of src.config.
 """
 
 from __future__ import annotations
@@ -103,7 +116,68 @@ DEFAULT_PLAN = [
     ("gemma-2-9b-it", "full", "own", 8, 2048),
     ("mistral-7b-instruct-v0.2", "lora", "own", 8, 2048),
     ("mistral-7b-instruct-v0.2", "full", "own", 8, 2048),
+    # DeepSpeed ZeRO-3 with one process on the one GPU (D = 1): `--modes zero3`
+    ("mistral-7b-instruct-v0.2", "zero3", "streamed", 4, 1024),
+    ("gemma-2-9b-it", "zero3", "streamed", 4, 1024),
+    ("gemma-2-9b-it", "zero3", "streamed", 8, 2048),
+    ("mistral-7b-instruct-v0.2", "zero3", "streamed", 8, 2048),
+    ("mistral-7b-instruct-v0.2", "zero3", "own", 4, 1024),
 ]
+
+
+# src.training.arguments.deepspeed_config for bf16 and hardware.zero_stage 3 (restated, as LORA
+# is: `deepspeed_settings_match_project` checks it wherever src.config imports)
+DEEPSPEED = {
+    "bf16": {"enabled": True},
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+}
+MAX_GRAD_NORM = 1.0  # training.max_grad_norm
+
+
+def deepspeed_config(pairs: int) -> dict:
+    """DEEPSPEED with its "auto" values filled as the HF Trainer fills them (per-device batch =
+    pairs, one accumulation step, one process), and `zero_allow_untested_optimizer`, which the
+    Trainer sets when the config has no optimizer section and it hands DeepSpeed its own torch
+    optimizer (transformers.integrations.deepspeed.deepspeed_optim_sched). The stage-3 sizes the
+    project does not set keep DeepSpeed's defaults: reduce_bucket_size 5e8,
+    stage3_prefetch_bucket_size 5e7, stage3_max_live_parameters 1e9, sub_group_size 1e9,
+    stage3_param_persistence_threshold 1e5."""
+    import copy
+
+    config = copy.deepcopy(DEEPSPEED)
+    config.update(
+        train_batch_size=pairs,
+        train_micro_batch_size_per_gpu=pairs,
+        gradient_accumulation_steps=1,
+        gradient_clipping=MAX_GRAD_NORM,
+        zero_allow_untested_optimizer=True,
+        steps_per_print=10**9,
+    )
+    return config
+
+
+def deepspeed_settings_match_project() -> bool | None:
+    """True where DEEPSPEED is what src.training.arguments.deepspeed_config makes for bf16 and
+    the default hardware.zero_stage; None where src.config cannot be imported (no hydra)."""
+    try:
+        import torch
+
+        from src.config import HardwareConfig
+        from src.training.arguments import deepspeed_config as project_config
+    except ImportError:
+        return None
+    zero_stage = HardwareConfig.__dataclass_fields__["zero_stage"].default
+    hardware = type("Hardware", (), {"zero_stage": zero_stage})
+    return project_config(type("Cfg", (), {"hardware": hardware}), torch.bfloat16) == DEEPSPEED
 
 
 def lora_settings_match_config() -> bool | None:
@@ -385,6 +459,139 @@ def train_step(model, optimizer, inputs, phases: Phases, params) -> float:
     return float(loss.detach())
 
 
+def train_step_zero3(engine, inputs, phases: Phases) -> float:
+    """The same step under DeepSpeed as the Trainer takes it: accelerate's backward is the
+    engine's `backward` then its `step` (which clips to gradient_clipping, steps the optimiser
+    one sub-group at a time and clears the gradients); the Trainer's own clipping and
+    `optimizer.step()` do nothing under DeepSpeed; then `model.zero_grad()`."""
+    phases.start()
+    phases.recording = True
+    loss = compute_loss(engine, inputs)
+    phases.recording = False
+    phases.mark("forward")
+    engine.backward(loss)
+    phases.mark("layer 0 backward + embeddings")
+    engine.step()
+    phases.mark("clip + optimiser step")
+    engine.zero_grad()
+    phases.mark("zero_grad")
+    return float(loss.detach())
+
+
+# --- DeepSpeed ZeRO-3 with one process --------------------------------------------------------
+
+
+def init_distributed(device) -> None:
+    """One process, rank 0 of 1 (D = 1: the only data-parallel degree one GPU allows), on a free
+    local port; nccl on a GPU, gloo on a CPU."""
+    import socket
+
+    import torch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+    )
+    if device.type == "cuda":
+        torch.cuda.set_device(0)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+
+
+class Gathered:
+    """ZeRO-3's gathered parameters, sampled at the end of every parameter-holding module's
+    forward (its hook is registered before DeepSpeed's, so it runs before DeepSpeed releases that
+    module's parameters), in the step's forward and in the backward's recomputes: the bytes of
+    every parameter then available (gathered or persistent), and of those whose data is not a
+    view of this process's own partition (a gathered copy; with one process, gathering a
+    parameter makes it a view of its partition, no copy)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.on = False
+        self.available_peak = 0
+        self.copies_peak = 0
+        self.samples = 0
+        for module in model.modules():
+            if next(module.parameters(recurse=False), None) is not None:
+                module.register_forward_hook(self.sample)
+
+    def sample(self, module, args, output) -> None:
+        if not self.on:
+            return
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        available = copies = 0
+        for p in self.params:
+            if getattr(p, "ds_status", None) != ZeroParamStatus.AVAILABLE:
+                continue
+            n = p.ds_numel * p.element_size()
+            available += n
+            if p.data.untyped_storage().data_ptr() != p.ds_tensor.untyped_storage().data_ptr():
+                copies += n
+        self.available_peak = max(self.available_peak, available)
+        self.copies_peak = max(self.copies_peak, copies)
+        self.samples += 1
+
+    def start(self) -> None:
+        self.params = list(self.model.parameters())
+        self.on = True
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (views counted once)."""
+    seen = {}
+    for t in tensors:
+        if t is not None and t.numel():
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def zero3_buffers(engine) -> dict:
+    """The buffers DeepSpeed's stage-3 optimiser holds between steps (D = 1: a partition is the
+    whole model), read from the optimiser itself."""
+    import torch
+
+    opt = engine.optimizer
+    states = [
+        v for state in opt.optimizer.state.values() for v in state.values()
+        if torch.is_tensor(v) and v.dim() > 0  # not the step count
+    ]  # fmt: skip
+    buckets = [getattr(b, "buffer", None) for b in getattr(opt, "ipg_buckets", {}).values()]
+    zero = engine._config.zero_config
+    return {
+        "bf16_params": storage_bytes(opt.fp16_partitioned_groups_flat),
+        "fp32_master": storage_bytes(opt.fp32_partitioned_groups_flat),
+        "grad_partitions": storage_bytes([opt.grad_partitions_flat_buffer]),
+        "optimizer_states": storage_bytes(states),
+        "optimizer_state_names": sorted(
+            {k for state in opt.optimizer.state.values() for k in state}
+        ),
+        "reduce_bucket": storage_bytes(buckets),
+        "sub_groups": len(opt.fp16_partitioned_groups_flat),
+        "sub_group_numel_max": max(t.numel() for t in opt.fp16_partitioned_groups_flat),
+        "persistent_params": sum(
+            p.ds_numel for p in engine.module.parameters() if getattr(p, "ds_persist", False)
+        ),
+        "grad_dtype": str(opt.gradient_accumulation_dtype).removeprefix("torch."),
+        "world_size": engine.world_size,
+        "config": {
+            "reduce_bucket_size": zero.reduce_bucket_size,
+            "stage3_prefetch_bucket_size": zero.prefetch_bucket_size,
+            "stage3_max_live_parameters": zero.max_live_parameters,
+            "stage3_max_reuse_distance": zero.max_reuse_distance,
+            "stage3_param_persistence_threshold": zero.param_persistence_threshold,
+            "sub_group_size": zero.sub_group_size,
+            "overlap_comm": zero.overlap_comm,
+            "contiguous_gradients": zero.contiguous_gradients,
+        },
+    }
+
+
 def transient(row: dict) -> int:
     """A phase's peak above the larger of what it started with and what it left: what stays
     (a layer's weight gradients) is not counted as the phase's own."""
@@ -424,6 +631,9 @@ def worker(spec: dict) -> dict:
 
     device = torch.device(spec["device"])
     memory = Memory(device)
+    zero3 = spec["mode"] == "zero3"
+    if zero3:
+        init_distributed(device)
     if memory.cuda:
         torch.zeros(1, device=device)  # the CUDA context
     context_init = memory.context()
@@ -441,32 +651,62 @@ def worker(spec: dict) -> dict:
     adapter = memory.allocated() - base - weights
     enable_checkpointing(model)
     model.train()
-    as_trainer_prepares(model, device)
+    if not zero3:  # under DeepSpeed accelerate adds no autocast: bf16 weights compute in bf16
+        as_trainer_prepares(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     trainable_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
     optimizer = torch.optim.RMSprop(params, lr=LEARNING_RATE)  # the Trainer's optim="rmsprop"
+    phases = Phases(memory)
+    watch_layers(model, phases)
+    zero3_row = None
+    if zero3:  # what the Trainer's deepspeed_init and accelerate's prepare do
+        import deepspeed
+
+        gathered = Gathered(model)  # its hooks before DeepSpeed's
+        before = memory.allocated()
+        memory.reset_peak()
+        engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(spec["sequences"] // 2)
+        )
+        zero3_row = {
+            "before_init": before - base,
+            "after_init": memory.allocated() - base,
+            "init_peak": memory.peak() - base,
+        }
+        model = engine
     prompt_range = TINY_PROMPT_TOKENS if spec["tiny"] else PROMPT_TOKENS
     inputs, prompts = collated_batch(
-        spec["sequences"], spec["tokens"], model.config.vocab_size, prompt_range, device
+        spec["sequences"], spec["tokens"], shape.vocab, prompt_range, device
     )
     response_rows = int(inputs["response_mask"].sum())
     in_any = inputs["response_mask"].bool().any(0).nonzero()
     rows_own = spec["sequences"] * (spec["tokens"] - int(in_any[0]))  # logits_to_keep's rows
-    phases = Phases(memory)
-    watch_layers(model, phases)
     steps = []
-    for _ in range(2):
-        loss = train_step(model, optimizer, inputs, phases, params)
+    for index in range(2):
+        if zero3:
+            if index == 1:
+                gathered.start()
+            loss = train_step_zero3(model, inputs, phases)
+        else:
+            loss = train_step(model, optimizer, inputs, phases, params)
         steps.append({"loss": loss, "phases": phases.rows})
     context_end = memory.context()
+    if zero3:
+        zero3_row.update(
+            **zero3_buffers(engine),  # the optimiser's state exists from the first step on
+            gathered_available_peak=gathered.available_peak,
+            gathered_copies_peak=gathered.copies_peak,
+            gathered_samples=gathered.samples,
+            after_steps=memory.allocated() - base,
+        )
     seconds = time.perf_counter() - started
 
     first, second = steps
     p2 = {r["phase"]: r for r in second["phases"]}
     start2 = second["phases"][0]["start"]
     layer_params = sum(
-        p.numel() * p.element_size()
+        getattr(p, "ds_numel", p.numel()) * p.element_size()
         for p in decoder_layers(model)[0].parameters()
         if p.requires_grad
     )
@@ -496,11 +736,11 @@ def worker(spec: dict) -> dict:
     }
     return {
         **{k: spec[k] for k in ("model", "mode", "head", "sequences", "tokens", "tiny", "device")},
-        "attention": model.config._attn_implementation,
+        "attention": decoder_layers(model)[0].self_attn.config._attn_implementation,
         "prompt_tokens": prompts,
         "response_rows": response_rows,
         "rows_own_head": rows_own,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         "trainable": trainable,
         "trainable_dtypes": trainable_dtypes,
         "losses": [s["loss"] for s in steps],
@@ -512,6 +752,7 @@ def worker(spec: dict) -> dict:
         "model_shape": shape.__dict__,
         "model_params": shape.params,
         "model_lora_params": shape.lora_params(LORA["r"]),
+        **({"zero3": zero3_row} if zero3 else {}),
         "seconds": seconds,
     }
 
@@ -524,7 +765,19 @@ def worker_main(argv: list[str]) -> None:
         row = worker(spec)
     except torch.OutOfMemoryError as error:
         row = {**spec, "oom": True, "error": str(error).splitlines()[0]}
+        if torch.cuda.is_available():
+            row["allocated_at_oom"] = torch.cuda.memory_allocated()
+            row["peak_at_oom"] = torch.cuda.max_memory_allocated()
+        import traceback
+
+        row["where"] = [f"{f.filename.rsplit('/', 3)[-1]}:{f.lineno} {f.name}"
+                        for f in traceback.extract_tb(error.__traceback__)[-6:]]  # fmt: skip
     out.write_text(json.dumps(row))
+    if spec["mode"] == "zero3":
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -567,7 +820,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny configs and T (a smoke run)")
     parser.add_argument("--models", nargs="+", choices=list(ARCHITECTURES))
-    parser.add_argument("--modes", nargs="+", choices=["full", "lora"])
+    parser.add_argument("--modes", nargs="+", choices=["full", "lora", "zero3"])
     parser.add_argument("--heads", nargs="+", choices=["streamed", "own"])
     parser.add_argument("--shapes", nargs="+", help="BxT, e.g. 4x1024 (default: the plan's)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for all runs")
@@ -581,12 +834,14 @@ def main(argv: list[str] | None = None) -> None:
         (m, mode, head, b, t)
         for m, mode, head, b, t in DEFAULT_PLAN
         if (args.models is None or m in args.models)
-        and (args.modes is None or mode in args.modes)
+        and (mode in args.modes if args.modes else mode != "zero3")
         and (args.heads is None or head in args.heads)
         and (args.shapes is None or f"{b}x{t}" in args.shapes)
     ]
     if args.tiny:  # the same plan at T / 16: prompts of 8-16 tokens, responses filling T
         plan = [(m, mode, head, b, t // 16) for m, mode, head, b, t in plan]
+    zero3 = any(mode == "zero3" for _, mode, *_ in plan)
+    packages = ("torch", "transformers", "peft", "accelerate") + ("deepspeed",) * zero3
     files = [Path(__file__), REPO_ROOT / "src/training/policy_logps.py",
              REPO_ROOT / "src/training/losses.py", REPO_ROOT / "src/training/data.py",
              REPO_ROOT / "benchmarks/memory_model.py"]  # fmt: skip
@@ -596,7 +851,7 @@ def main(argv: list[str] | None = None) -> None:
         "measured term by term beside benchmarks/memory_model.py",
         "command": f"python -m {MODULE} " + " ".join(argv),
         "machine": {
-            **machine_info(("torch", "transformers", "peft", "accelerate"), code_hashes(files)),
+            **machine_info(packages, code_hashes(files)),
             "gpu": gpu_name(),
         },
         "settings": {
@@ -608,6 +863,15 @@ def main(argv: list[str] | None = None) -> None:
             "loss": "sppo, eta 1000",
             "device": args.device,
             "tiny": args.tiny,
+            **(
+                {
+                    "deepspeed": DEEPSPEED,
+                    "deepspeed_matches_project": deepspeed_settings_match_project(),
+                    "processes": 1,
+                }
+                if zero3
+                else {}
+            ),
         },
         "rows": [],
     }
@@ -667,7 +931,26 @@ def term_pairs(r: dict) -> list[tuple[str, float, float | None]]:
     """(term, the model's bytes, measured bytes) for one run."""
     t, m = r["model_terms"], {**r["measured"], **layer_transients(r["phases_step_2"])}
     b = 2
-    if r["mode"] == "full":
+    if r["mode"] == "zero3":
+        z, psi = r["zero3"], r["model_params"]
+        gather_key = next(k for k in t if k.startswith("parameters gathered"))
+        rows = [
+            ("bf16 parameters (flat partition)", psi * b, z["bf16_params"]),
+            ("bf16 gradient partitions", psi * b, z["grad_partitions"]),
+            ("fp32 master weights", psi * 4, z["fp32_master"]),
+            ("optimiser state (RMSprop, fp32)", psi * 4, z["optimizer_states"]),
+            ("model states Ψ(2+2+4+4k)/D, D = 1 (allocated after step 1, with the bucket)",
+             t["model states / devices"], m["after_step_1"]),
+            ("reduce bucket (contiguous_gradients, reduce_bucket_size × b)", 0.0,
+             z["reduce_bucket"]),
+            ("parameters gathered at a time (≤ 1e9 × b): copies beside the partition",
+             t[gather_key], z["gathered_copies_peak"]),
+            ("parameters available at a time (views of the partition at D = 1)",
+             t[gather_key], z["gathered_available_peak"]),
+            ("deepspeed.initialize (transient above what it leaves)", 0.0,
+             z["init_peak"] - max(z["after_init"], z["before_init"])),
+        ]  # fmt: skip
+    elif r["mode"] == "full":
         psi_b = r["model_params"] * b
         rows = [
             ("weights", psi_b, m["weights"]),
@@ -683,6 +966,11 @@ def term_pairs(r: dict) -> list[tuple[str, float, float | None]]:
             ("adapter optimiser state", adapter, m["optimizer_states"]),
         ]
     head_key = next(k for k in t if "LM head" in k and "gradient" not in k)
+    if r["mode"] == "zero3":  # formed whole at D = 1, inside the head's (or layer 0's) phase
+        rows.append(
+            ("LM head gradient before reduce-scatter (V H b; in the phases below)",
+             t["LM head gradient before reduce-scatter"], None)
+        )  # fmt: skip
     rows += [
         ("kept after the forward (checkpointed layer inputs)",
          t["layer inputs kept (gradient checkpointing)"], m["kept_after_forward"]),
@@ -719,12 +1007,31 @@ def markdown(result: dict) -> str:
         "its 1 GiB CUDA-context term, set beside torch's peak allocation; the last two columns "
         "are the whole device footprint (context + peak reserved) beside the model's total.",
         "",
+    ]
+    if any(r.get("mode") == "zero3" for r in result["rows"]):
+        lines[-1:-1] = [
+            "",
+            "zero3: DeepSpeed ZeRO-3 with one process on the one GPU (D = 1, the only "
+            "data-parallel degree one GPU allows), `deepspeed.initialize` with the project's "
+            "settings (`src.training.arguments.deepspeed_config`: bf16, stage 3, overlap_comm, "
+            "contiguous_gradients"
+            + {True: "; checked against it", False: "; DIFFERS from it", None: ""}[
+                s.get("deepspeed_matches_project")
+            ]
+            + "; DeepSpeed's defaults for the stage-3 sizes) and torch's RMSprop handed to it, "
+            "as the HF Trainer does when the config has no optimizer section. No autocast "
+            "(accelerate leaves mixed precision to DeepSpeed: bf16 weights compute in bf16); "
+            "the engine's backward, then its step (clipping to 1, the optimiser by sub-group).",
+        ]
+    lines += [
         "| model | mode | head | B x T | weights | weights + states | peak allocated (phase) | model | measured / model | context + peak reserved | model total |",
         "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         if "measured" not in r:
             why = "out of memory" if r.get("oom") else (r.get("skipped") or r.get("error"))
+            if r.get("oom") and "peak_at_oom" in r:
+                why += f" (peak {g(r['peak_at_oom'])} allocated; {r['where'][-1]})"
             lines.append(f"| {label(r)} | {why} | | | | | | |")
             continue
         x = r["measured"]
@@ -750,6 +1057,21 @@ def markdown(result: dict) -> str:
         "`optimizer.step()`.",
         "",
     ]
+    if any(r.get("mode") == "zero3" for r in result["rows"]):
+        lines[-1:-1] = [
+            "",
+            "zero3: the four model states are the sizes of the stage-3 optimiser's own buffers "
+            "after the steps (its flat bf16 partition, its bf16 gradient partitions, its fp32 "
+            "master partition, RMSprop's state on it), the reduce bucket its contiguous-gradients "
+            "buffer; gathered and available = the largest sum, sampled at the end of every "
+            "parameter-holding module's forward (the step's and the recomputes'), of the "
+            "parameters then gathered: those whose data is a copy beside the partition, and all "
+            "of them (views of the partition at D = 1, persistent ones included); "
+            "deepspeed.initialize = its peak above what was there before or after it; optimiser "
+            "step = the peak above its start during the engine's step. The LM head's gradient "
+            "is formed whole at D = 1 and has no row of its own: it lies in the head's phase "
+            "(untied) or in what that phase leaves until layer 0's (tied).",
+        ]
     for r in result["rows"]:
         if "measured" not in r:
             continue
@@ -757,6 +1079,19 @@ def markdown(result: dict) -> str:
             f"**{label(r).replace(' | ', ', ')}** (N = {r['rows_own_head']:,} rows from the "
             f"first response row, {r['response_rows']:,} response tokens)",
             "",
+        ]
+        if "zero3" in r:
+            z = r["zero3"]
+            lines += [
+                f"ZeRO-3 with {z['world_size']} process: {z['sub_groups']} optimiser sub-groups "
+                f"(largest {z['sub_group_numel_max']:,} elements), gradients in {z['grad_dtype']}, "
+                f"RMSprop state {', '.join(z['optimizer_state_names'])}; "
+                + ", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool)
+                            else f"{k} {v}" for k, v in z["config"].items())
+                + f"; peak in deepspeed.initialize {g(z['init_peak'])} {unit}.",
+                "",
+            ]  # fmt: skip
+        lines += [
             f"| term | model {unit} | measured {unit} | measured / model |",
             "|---|---:|---:|---:|",
         ]

@@ -17,7 +17,10 @@ from src.plan.shapes import GEMMA_2_9B, MISTRAL_7B, REAL_MODELS, Shape, real_sha
 from src.training.adapters import add_adapter
 from tests.helpers import compose_cfg
 
-MEASURED = REPO_ROOT / "benchmarks" / "results" / "train_memory_gpu.json"
+MEASURED = [  # one GPU: LoRA and full weights; ZeRO-3 over that one GPU (D = 1)
+    REPO_ROOT / "benchmarks" / "results" / f"{name}.json"
+    for name in ("train_memory_gpu", "train_memory_gpu_zero3")
+]
 BENCHMARK_NAMES = {  # the benchmark's names of the real models
     "mistral-7b-instruct-v0.2": "mistralai/Mistral-7B-Instruct-v0.2",
     "gemma-2-9b-it": "google/gemma-2-9b-it",
@@ -61,17 +64,10 @@ def test_the_real_models_configs_build_with_their_config_classes(model):
 
 
 def measured_rows() -> list[dict]:
-    return json.loads(MEASURED.read_text())["rows"]
+    return [row for path in MEASURED for row in json.loads(path.read_text())["rows"]]
 
 
-@pytest.mark.parametrize(
-    "row",
-    measured_rows(),
-    ids=lambda r: f"{r['model']}-{r['mode']}-{r['head']}-{r['sequences']}x{r['tokens']}",
-)
-def test_a_training_steps_peak_is_the_h200s_within_ten_percent(row):
-    """One SPPO step of each real model, LoRA and full weights, streamed head and the model's
-    own, at 4 x 1,024 and 8 x 2,048 (torch's peak allocation of the second step)."""
+def modelled(row: dict):
     shape = real_shape(BENCHMARK_NAMES[row["model"]])
     step = Step(
         sequences=row["sequences"],
@@ -79,7 +75,17 @@ def test_a_training_steps_peak_is_the_h200s_within_ten_percent(row):
         response_rows=row["rows_own_head"],
         chunk=256 if row["head"] == "streamed" else None,
     )
-    memory = train_memory(shape, step, row["mode"])
+    return train_memory(shape, step, row["mode"], devices=1)
+
+
+ROW_ID = "{model}-{mode}-{head}-{sequences}x{tokens}".format
+
+
+@pytest.mark.parametrize("row", measured_rows(), ids=lambda r: ROW_ID(**r))
+def test_a_training_steps_peak_is_the_h200s_within_ten_percent(row):
+    """One SPPO step of each real model, LoRA, full weights and ZeRO-3, streamed head and the
+    model's own, at 4 x 1,024 and 8 x 2,048 (torch's peak allocation of the second step)."""
+    memory = modelled(row)
     measured = row["measured"]["step_2_peak"]
     assert memory.peak == pytest.approx(measured, rel=0.10), (
         f"model {memory.peak / GIB:.2f} GiB ({memory.peak_phase}), measured {measured / GIB:.2f}"
@@ -87,6 +93,35 @@ def test_a_training_steps_peak_is_the_h200s_within_ten_percent(row):
     # and the phase that holds the peak is the one the GPU's peak fell in
     optimiser = row["measured"]["step_2_peak_phase"].endswith("optimiser step")
     assert (memory.peak_phase == "optimiser step") == optimiser
+
+
+@pytest.mark.parametrize(
+    "row", [r for r in measured_rows() if r["head"] == "streamed"], ids=lambda r: ROW_ID(**r)
+)
+def test_what_the_gpu_holds_is_the_h200s_within_twelve_percent(row):
+    """With the streamed head (the default): the CUDA context and the allocator's reservation
+    at its peak, against the footprint the plan checks a GPU's memory with."""
+    memory = modelled(row)
+    measured = row["measured"]["reserved_peak"] + row["measured"]["context_end"]
+    assert memory.footprint == pytest.approx(measured, rel=0.12), (
+        f"model {memory.footprint / GIB:.2f} GiB, measured {measured / GIB:.2f}"
+    )
+
+
+def test_deepspeeds_defaults_are_the_models_and_the_project_leaves_them():
+    import torch
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from src.plan.memory import GATHERED, REDUCE_BUCKET, SUB_GROUP
+    from src.training.arguments import deepspeed_config
+
+    defaults = DeepSpeedZeroConfig()
+    assert (defaults.max_live_parameters, defaults.reduce_bucket_size, defaults.sub_group_size) == (
+        GATHERED, REDUCE_BUCKET, SUB_GROUP
+    )  # fmt: skip
+    zero = deepspeed_config(compose_cfg("hardware=node-8gpu"), torch.bfloat16)["zero_optimization"]
+    for key in ("stage3_max_live_parameters", "reduce_bucket_size", "sub_group_size"):
+        assert key not in zero
 
 
 def test_the_readmes_table_is_the_models():

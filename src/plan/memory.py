@@ -26,8 +26,17 @@ CUDA_CONTEXT = 0.75 * GIB  # measured on an H200 after a step (torch 2.11): 0.74
 # what torch's allocator reserves above the allocation, as a share of a phase's activations
 # (their many sizes fragment its blocks): measured 11-22 % on the H200
 ALLOCATOR_SLACK = 0.25
-WHOLE = ("gradients (bf16)", "RMSprop's temporary")  # allocated once per step, not fragmenting
-GATHERED = 1e9  # DeepSpeed's stage3_max_live_parameters, its default
+WHOLE = (
+    "gradients (bf16)",
+    "RMSprop's temporary",
+    "LM head gradient before reduce-scatter",
+)  # allocated once per step, not fragmenting
+# DeepSpeed's ZeRO-3 defaults, which the project's config leaves as they are (elements)
+GATHERED = 1e9  # stage3_max_live_parameters: parameters gathered at a time
+REDUCE_BUCKET = 5e8  # reduce_bucket_size: gradients flattened for a reduce, held throughout
+SUB_GROUP = 1e9  # sub_group_size: parameters the optimiser steps at a time
+ZERO3_CONTEXT = 1.7 * GIB  # CUDA context with DeepSpeed's and NCCL's kernels: 1.66-1.68 (H200)
+ZERO3_SLACK = 0.23  # reserved above the peak under ZeRO-3, a share of it: 14-23 % (H200, D = 1)
 NORM_BACKWARD = 18  # bytes per B T H element: the final RMSNorm's fp32 backward (measured)
 LORA_SAVED = 6  # bytes per B T input element of every adapted layer: peft's dropout + A's output
 OWN_HEAD = {False: 8, True: 10}  # bytes per logit the model's own head keeps (soft-capped: 10)
@@ -56,6 +65,8 @@ class Memory:
 
     kept: dict[str, float]
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    context: float = CUDA_CONTEXT
+    slack_of_peak: float = 0.0  # the allocator's slack as a share of the peak (ZeRO-3)
 
     @property
     def peak_phase(self) -> str | None:
@@ -77,7 +88,7 @@ class Memory:
             + ALLOCATOR_SLACK * sum(v for k, v in terms.items() if k not in WHOLE)
             for terms in self.phases.values()
         ]
-        return kept + max(phases, default=0.0) + CUDA_CONTEXT
+        return kept + max(phases, default=0.0) + self.slack_of_peak * self.peak + self.context
 
     def terms(self) -> dict[str, float]:
         """Every term at the peak: the kept ones, then the peak phase's."""
@@ -111,9 +122,11 @@ def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
         step_temporary = psi * b
     elif mode == "zero3":  # bf16 weights and gradients, fp32 master weights and states, sharded
         kept["model states / devices"] = psi * (2 + 2 + 4 + 4 * k) / devices
-        kept["parameters gathered at a time"] = min(GATHERED, psi) * b
-        kept["LM head gradient before reduce-scatter"] = m.vocab * m.hidden * b
-        step_temporary = psi * 4 / devices
+        kept["reduce bucket"] = REDUCE_BUCKET * b
+        if devices > 1:  # on one device a gathered parameter is a view of its partition
+            kept["parameters gathered at a time"] = min(GATHERED, psi) * b
+        # the step runs on one sub-group at a time: its fp32 gradient and RMSprop's square root
+        step_temporary = 8 * min(psi / devices, SUB_GROUP + m.vocab * m.hidden / devices)
     else:
         adapter = m.lora_params(s.rank)
         if mode == "lora":
@@ -150,9 +163,15 @@ def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
             backward["gradients (bf16)"] = gradients
     else:
         backward[head_name] = head
+    if mode == "zero3":  # held from the head's backward on (through it all when tied)
+        backward["LM head gradient before reduce-scatter"] = m.vocab * m.hidden * b
     step = {"RMSprop's temporary": step_temporary}
     if gradients:
         step = {"gradients (bf16)": gradients, **step}
+    if mode == "zero3":
+        return Memory(
+            kept, {"backward": backward, "optimiser step": step}, ZERO3_CONTEXT, ZERO3_SLACK
+        )
     return Memory(kept, {"backward": backward, "optimiser step": step})
 
 
