@@ -725,6 +725,21 @@ class PlanConfig:
 
     # false: queue even a stage the memory model says does not fit hardware.gpu_memory_gb
     check: bool = True
+    # prompts of an iteration; null: data.max_prompts, else the previous iteration's, else the
+    # SPPO recipe's 20,000
+    prompts: int | None = None
+    gpu_tflops: float = 989.0  # each GPU's dense bf16 peak: H100 SXM 989 (A100: 312)
+    mfu: float = 0.3  # an assumption: the share of that peak ranking and training reach
+    # HF generation per GPU; null: measured on an H100 for the real models (src/plan/hours.py)
+    generate_tokens_per_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None:
+            _positive("plan.prompts", self.prompts)
+        _positive("plan.gpu_tflops", self.gpu_tflops)
+        _check(0 < self.mfu <= 1, "plan.mfu", self.mfu, "must be in (0, 1]")
+        if self.generate_tokens_per_s is not None:
+            _positive("plan.generate_tokens_per_s", self.generate_tokens_per_s)
 
 
 @dataclass

@@ -4,8 +4,10 @@ and a chain that cannot fit refused before anything is queued, with the override
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +120,53 @@ def test_the_dry_run_prints_the_plan_src_plan_prints(tmp_path):
     dry = run("src.slurm", "--dry-run", *args)
     assert planned.returncode == dry.returncode == 0, dry.stderr[-2000:]
     assert dry.stdout.startswith(planned.stdout.rstrip("\n") + "\n\n")
+
+
+# --- hours ---------------------------------------------------------------------------------------
+
+
+def hours(*overrides: str) -> dict:
+    from src.plan.hours import iteration_hours
+    from src.plan.stages import policy_shape
+
+    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", *overrides)
+    return {s.stage: s for s in iteration_hours(cfg, policy_shape(cfg))}
+
+
+def test_without_a_previous_iteration_the_work_is_the_configs_limits():
+    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", "plan.prompts=1000")
+    generate = hours("plan.prompts=1000")["generate"]
+    assert generate.tokens == 1000 * cfg.method.K * cfg.generation.max_new_tokens
+    assert generate.basis == "measured, H100, HF" and generate.gpus == 8
+    # 1,000 prompts x 5 x 2,048 tokens at the H100's 984 tokens/s on each of 8 GPUs
+    assert generate.hours == pytest.approx(1000 * 5 * 2048 / (984 * 8) / 3600)
+
+
+def test_the_rates_are_the_plans_settings():
+    base = hours()
+    assert hours("plan.mfu=0.6")["train"].hours == pytest.approx(base["train"].hours / 2)
+    assert hours("plan.mfu=0.6")["rank"].hours == pytest.approx(base["rank"].hours / 2)
+    assert hours("plan.generate_tokens_per_s=1968")["generate"].hours == pytest.approx(
+        base["generate"].hours / 2
+    )
+    assert hours("plan.gpu_tflops=312")["train"].hours == pytest.approx(
+        base["train"].hours * 989 / 312
+    )
+
+
+def test_a_previous_iterations_generation_gives_the_prompts_and_lengths(tmp_path):
+    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", "iter=2", f"paths.root={tmp_path}")
+    record = Path(cfg.run.dir) / "iter1" / "generate" / "done.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"counts": {"generated": 400, "tokens": 400 * 5 * 300}}))
+    generate = hours("iter=2", f"paths.root={tmp_path}")["generate"]
+    assert generate.tokens == 400 * 5 * 300  # 300 tokens a sample, as iteration 1 made them
+
+
+def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain():
+    out = run("src.plan", *GEMMA, "hardware=node-8gpu", "iter=3").stdout
+    per_iteration = next(line for line in out.splitlines() if line.startswith("| iteration |"))
+    gpu_hours = float(per_iteration.split("|")[5])
+    chain = next(line for line in out.splitlines() if line.startswith("Iterations 1..3:"))
+    assert float(chain.split()[2]) == pytest.approx(3 * gpu_hours, abs=2)
+    assert "assumed: the SPPO recipe's 20,000" in out and "assumed MFU 0.3" in out

@@ -302,4 +302,30 @@ def plan_text(cfg: Config) -> str:
         phase = f", peak in the {p.memory.peak_phase}" if p.memory.peak_phase else ""
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *hours_text(cfg)])
+
+
+def hours_text(cfg: Config) -> list[str]:
+    from src.plan.hours import iteration_hours, previous_generation, prompt_count
+
+    stages = iteration_hours(cfg, policy_shape(cfg))
+    measured = previous_generation(cfg)
+    prompts, source = prompt_count(cfg, measured)
+    lengths = (
+        "measured in the previous iteration" if measured else "the config's limits: an upper bound"
+    )
+    total = sum(s.gpu_hours for s in stages)
+    return [
+        f"Time of one iteration: {prompts:,} prompts ({source}), K = {cfg.method.K}, lengths "
+        f"{lengths}:",
+        "",
+        "| stage | tokens | GPUs | hours | GPU-hours | rate |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {s.stage} | {s.tokens:.3g} | {s.gpus} | {s.hours:.1f} | {s.gpu_hours:.0f} | {s.basis} |"
+            for s in stages
+        ),
+        f"| iteration | | | {sum(s.hours for s in stages):.1f} | {total:.0f} | |",
+        "",
+        f"Iterations 1..{cfg.iter}: {cfg.iter * total:.0f} GPU-hours.",
+    ]

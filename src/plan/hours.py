@@ -1,0 +1,115 @@
+"""How long each stage of an iteration takes, and its GPU-hours: the stage's work (tokens from
+the prompts, K and the lengths: measured from the previous iteration's generation when it exists,
+else the config's limits) over a per-GPU rate (`plan.*`). Which figures are measured and which
+are assumptions is said in every row.
+
+- generation: tokens per second per GPU, measured for the real models on an H100 by
+  benchmarks/bench_generation_gpu.py (HF, 32 prompts x 5 samples a call); other models: the
+  Mistral-7B rate scaled by parameters (an assumption: decoding reads every weight per step);
+- ranking and training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption):
+  a judge's forward 2 Psi_judge per token; a training token 6 Psi (forward 2, backward 4) plus 2 Psi
+  when gradient checkpointing recomputes the forward, and the reference's forward 2 Psi once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.config import Config, JudgeKind, RefLogprobs
+from src.plan.shapes import MISTRAL_7B, Shape
+from src.plan.stages import JUDGE_PARAMS, judge_weights
+
+# HF generation tokens/s per GPU (benchmarks/results/generation_gpu.md: H100, "ours", B = 32)
+MEASURED_GENERATE = {"mistralai/Mistral-7B-Instruct-v0.2": 1722.0, "google/gemma-2-9b-it": 984.0}
+RECIPE_PROMPTS = (
+    20_000  # prompts of an SPPO iteration (UCLA-AGI/data-mistral-7b-instruct-sppo-iter*)
+)
+ALPACA_EVAL_INSTRUCTIONS = 805
+
+
+@dataclass
+class StageHours:
+    stage: str
+    tokens: float  # the stage's tokens (generated, judged or trained)
+    gpus: int
+    hours: float  # wall-clock, the GPUs working together
+    basis: str  # where the rate comes from
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.hours * self.gpus
+
+
+def previous_generation(cfg: Config) -> dict | None:
+    """The counts of the previous iteration's generate stage (this iteration's, at iter 1)."""
+    iteration = max(cfg.iter - 1, 1)
+    record = Path(cfg.run.dir) / f"iter{iteration}" / "generate" / "done.json"
+    try:
+        counts = json.loads(record.read_text()).get("counts", {})
+    except (OSError, ValueError):
+        return None
+    return counts if counts.get("generated") and counts.get("tokens") else None
+
+
+def prompt_count(cfg: Config, measured: dict | None) -> tuple[int, str]:
+    if cfg.plan.prompts is not None:
+        return cfg.plan.prompts, "plan.prompts"
+    if cfg.data.max_prompts is not None:
+        return cfg.data.max_prompts, "data.max_prompts"
+    if measured is not None:
+        return int(measured["generated"]), "the previous iteration's"
+    return RECIPE_PROMPTS, f"assumed: the SPPO recipe's {RECIPE_PROMPTS:,}"
+
+
+def generate_rate(cfg: Config, shape: Shape) -> tuple[float, str]:
+    if cfg.plan.generate_tokens_per_s is not None:
+        return cfg.plan.generate_tokens_per_s, "plan.generate_tokens_per_s"
+    if cfg.model.path in MEASURED_GENERATE:
+        return MEASURED_GENERATE[cfg.model.path], "measured, H100, HF"
+    rate = (
+        MEASURED_GENERATE["mistralai/Mistral-7B-Instruct-v0.2"] * MISTRAL_7B.params / shape.params
+    )
+    return rate, "assumed: Mistral-7B's H100 rate scaled by parameters"
+
+
+def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
+    measured = previous_generation(cfg)
+    prompts, _ = prompt_count(cfg, measured)
+    k, g, t = cfg.method.K, cfg.generation, cfg.training
+    world = cfg.hardware.world_size
+    if measured is not None:  # tokens per sample as the previous iteration generated them
+        response = measured["tokens"] / (measured["generated"] * k)
+    else:
+        response = g.max_new_tokens  # the limit: an upper bound
+    prompt = g.max_prompt_length  # the limit: an upper bound
+    flops_per_s = cfg.plan.mfu * cfg.plan.gpu_tflops * 1e12
+    mfu = f"assumed MFU {cfg.plan.mfu:g} of {cfg.plan.gpu_tflops:g} TFLOP/s"
+
+    rate, basis = generate_rate(cfg, shape)
+    generated = prompts * k * response
+    stages = [StageHours("generate", generated, world, generated / (rate * world) / 3600, basis)]
+
+    judge_bytes = judge_weights(cfg.ranker.model)
+    judge_params = JUDGE_PARAMS.get(cfg.ranker.model) or (judge_bytes or 0) / 2
+    if cfg.ranker.kind == JudgeKind.pairrm:  # every ordered pair of responses, with the prompt
+        judged = prompts * k * (k - 1) * (prompt + 2 * response)
+    else:  # one score per response
+        judged = prompts * k * (prompt + response)
+    rank_hours = judged * 2 * judge_params / (flops_per_s * world) / 3600
+    stages.append(StageHours("rank", judged, world, rank_hours, mfu))
+
+    trained = prompts * t.num_epochs * 2 * (prompt + response)  # a pair per prompt at most
+    per_token = (8 if t.gradient_checkpointing else 6) * shape.params
+    if t.ref_logprobs == RefLogprobs.precompute:
+        per_token += 2 * shape.params / t.num_epochs  # the reference's one forward pass
+    else:
+        per_token += 2 * shape.params  # its forward every step
+    train_hours = trained * per_token / (flops_per_s * world) / 3600
+    stages.append(StageHours("train", trained, world, train_hours, mfu))
+
+    if cfg.eval.enabled:
+        answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
+        stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
+    return stages
