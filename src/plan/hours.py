@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.config import Config, JudgeKind, RefLogprobs
-from src.plan.shapes import MISTRAL_7B, Shape
-from src.plan.stages import JUDGE_PARAMS, judge_weights
+from src.plan.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
 # HF generation tokens/s per GPU (benchmarks/results/generation_gpu.md: H100, "ours", B = 32)
 MEASURED_GENERATE = {"mistralai/Mistral-7B-Instruct-v0.2": 1722.0, "google/gemma-2-9b-it": 984.0}
@@ -113,3 +112,28 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
         answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
         stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
     return stages
+
+
+def hours_text(cfg: Config, shape: Shape) -> list[str]:
+    """The hours table `python -m src.plan` prints."""
+    stages = iteration_hours(cfg, shape)
+    measured = previous_generation(cfg)
+    prompts, source = prompt_count(cfg, measured)
+    lengths = (
+        "measured in the previous iteration" if measured else "the config's limits: an upper bound"
+    )
+    total = sum(s.gpu_hours for s in stages)
+    return [
+        f"Time of one iteration: {prompts:,} prompts ({source}), K = {cfg.method.K}, lengths "
+        f"{lengths}:",
+        "",
+        "| stage | tokens | GPUs | hours | GPU-hours | rate |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {s.stage} | {s.tokens:.3g} | {s.gpus} | {s.hours:.1f} | {s.gpu_hours:.0f} | {s.basis} |"
+            for s in stages
+        ),
+        f"| iteration | | | {sum(s.hours for s in stages):.1f} | {total:.0f} | |",
+        "",
+        f"Iterations 1..{cfg.iter}: {cfg.iter * total:.0f} GPU-hours.",
+    ]

@@ -36,6 +36,9 @@ REAL_MODELS = {
         "eager",  # as conf/model/gemma-2-9b-it.yaml: soft-capping needs the eager kernel
     ),
 }  # fmt: skip
+# The hub judges' parameters (their model cards): PairRM is DeBERTa-v3-large with a pairwise
+# head, ArmoRM Llama-3-8B with its reward heads. A local judge's are read from its files.
+JUDGE_PARAMS = {"llm-blender/PairRM": 0.436e9, "RLHFlow/ArmoRM-Llama3-8B-v0.1": 7.51e9}
 TIED_BY_DEFAULT = {
     "gemma2": True,
     "mistral": False,
@@ -134,3 +137,12 @@ def shape_of(model: str, attention: str | None = None) -> Shape | None:
         return Shape.from_config(Path(model).name, json.loads(config.read_text()), attention)
     except (KeyError, TypeError, ValueError):  # not a decoder's config, or not JSON
         return None
+
+
+def judge_weights(model: str) -> float | None:
+    """The judge's weights in bytes: a hub judge's parameters in bf16, or a local judge's files
+    as saved (an upper bound: a reward model loads in bf16 on a GPU)."""
+    if model in JUDGE_PARAMS:
+        return JUDGE_PARAMS[model] * 2
+    files = list(Path(model).glob("*.safetensors")) + list(Path(model).glob("*.bin"))
+    return float(sum(f.stat().st_size for f in files)) if files else None

@@ -5,7 +5,6 @@ per-device batch that fits."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from src.config import (
     Backend,
@@ -19,12 +18,10 @@ from src.config import (
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
+from src.plan.hours import hours_text
 from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
-from src.plan.shapes import Shape, shape_of
+from src.plan.shapes import Shape, judge_weights, shape_of
 
-# The hub judges' parameters (their model cards): PairRM is DeBERTa-v3-large with a pairwise
-# head, ArmoRM Llama-3-8B with its reward heads. A local judge's are read from its files.
-JUDGE_PARAMS = {"llm-blender/PairRM": 0.436e9, "RLHFlow/ArmoRM-Llama3-8B-v0.1": 7.51e9}
 LARGEST_BATCH = 4096  # the search for the largest per-device batch stops here
 
 
@@ -136,15 +133,6 @@ def generate_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         g.batch_size,
         largest_fitting(memory, gpu_gb),
     )
-
-
-def judge_weights(model: str) -> float | None:
-    """The judge's weights in bytes: a hub judge's parameters in bf16, or a local judge's files
-    as saved (an upper bound: a reward model loads in bf16 on a GPU)."""
-    if model in JUDGE_PARAMS:
-        return JUDGE_PARAMS[model] * 2
-    files = list(Path(model).glob("*.safetensors")) + list(Path(model).glob("*.bin"))
-    return float(sum(f.stat().st_size for f in files)) if files else None
 
 
 def rank_plan(cfg: Config) -> StagePlan:
@@ -302,30 +290,4 @@ def plan_text(cfg: Config) -> str:
         phase = f", peak in the {p.memory.peak_phase}" if p.memory.peak_phase else ""
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
-    return "\n".join([*lines, "", *hours_text(cfg)])
-
-
-def hours_text(cfg: Config) -> list[str]:
-    from src.plan.hours import iteration_hours, previous_generation, prompt_count
-
-    stages = iteration_hours(cfg, policy_shape(cfg))
-    measured = previous_generation(cfg)
-    prompts, source = prompt_count(cfg, measured)
-    lengths = (
-        "measured in the previous iteration" if measured else "the config's limits: an upper bound"
-    )
-    total = sum(s.gpu_hours for s in stages)
-    return [
-        f"Time of one iteration: {prompts:,} prompts ({source}), K = {cfg.method.K}, lengths "
-        f"{lengths}:",
-        "",
-        "| stage | tokens | GPUs | hours | GPU-hours | rate |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {s.stage} | {s.tokens:.3g} | {s.gpus} | {s.hours:.1f} | {s.gpu_hours:.0f} | {s.basis} |"
-            for s in stages
-        ),
-        f"| iteration | | | {sum(s.hours for s in stages):.1f} | {total:.0f} | |",
-        "",
-        f"Iterations 1..{cfg.iter}: {cfg.iter * total:.0f} GPU-hours.",
-    ]
+    return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg))])
