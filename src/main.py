@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.cli import ArgumentParser, failures, hydra_raises
 from src.config import Config, compose_tree, validate
 from src.core import memory, preemption, threads
+from src.plan.stages import require_fit_here
 from src.schedule import dispatch
 
 # What Ctrl-C leaves: every stage resumes
@@ -36,6 +37,7 @@ def _hydra_main(raw: DictConfig) -> None:
     command = " ".join(["python -m src.main", *overrides])
     with failures(command, overrides, interrupted=INTERRUPTED):
         cfg = validate(raw)
+        require_fit_here(cfg, overrides)  # on a GPU: what cannot fit it stops here, exit 2
 
         def config_for_iter(t: int) -> Config:
             return validate(OmegaConf.merge(raw, {"iter": t}))

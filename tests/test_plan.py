@@ -170,3 +170,21 @@ def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain():
     chain = next(line for line in out.splitlines() if line.startswith("Iterations 1..3:"))
     assert float(chain.split()[2]) == pytest.approx(3 * gpu_hours, abs=2)
     assert "assumed: the SPPO recipe's 20,000" in out and "assumed MFU 0.3" in out
+
+
+def test_src_main_on_a_gpu_checks_the_stages_it_runs_against_that_gpu(monkeypatch):
+    """The GPU is the one part faked here: CUDA says it is there, with 24 GB."""
+    import torch
+
+    from src.plan.stages import require_fit_here
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (20e9, 24e9))
+    cfg = compose_cfg(*GEMMA, "stage=train")
+    with pytest.raises(DoesNotFit) as refused:
+        require_fit_here(cfg, [*GEMMA, "stage=train"])
+    assert str(refused.value).startswith("stage train needs ")  # generate is not this command's
+    assert "this GPU's memory=24 (22.4 GiB)" in str(refused.value)
+    assert refused.value.fix == "training.peft=qlora hardware.distributed=ddp"  # node-8gpu
+    require_fit_here(compose_cfg(*GEMMA, "stage=train", "plan.check=false"), [])
+    require_fit_here(compose_cfg(*GEMMA, "stage=pairs"), [])  # a CPU stage: nothing to check

@@ -217,14 +217,15 @@ def remedies(cfg: Config, stage: StagePlan) -> list[str]:
     return out
 
 
-def require_fit(cfg: Config, overrides: list[str]) -> None:
-    """Refuse (exit 2) when a stage of the iteration does not fit `hardware.gpu_memory_gb`: one
-    line naming each such stage, what it needs and has, and the overrides the plan says fit."""
+def require_fit(cfg: Config, overrides: list[str], gpu: str = "hardware.gpu_memory_gb") -> None:
+    """Refuse (exit 2) when a stage `cfg` runs (every stage of the iteration with stage=all) does
+    not fit `hardware.gpu_memory_gb`: one line naming each such stage, what it needs and has,
+    and the overrides the plan says fit. `gpu`: what the GPU's memory was read from."""
     gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
-    has = f"hardware.gpu_memory_gb={gpu_gb:g} ({gpu_gb * 1e9 / GIB:.1f} GiB)" if gpu_gb else ""
+    has = f"{gpu}={gpu_gb:g} ({gpu_gb * 1e9 / GIB:.1f} GiB)" if gpu_gb else ""
     needs, fixed_needs, fixes = [], [], []
     for stage in plan(cfg):
-        if stage.fits(gpu_gb) is not False:
+        if stage.fits(gpu_gb) is not False or cfg.stage.value not in ("all", stage.stage):
             continue
         needs.append(f"stage {stage.stage} needs {stage.memory.footprint / GIB:.1f} GiB per GPU")
         for remedy in remedies(cfg, stage):
@@ -291,3 +292,17 @@ def plan_text(cfg: Config) -> str:
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
     return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg))])
+
+
+def require_fit_here(cfg: Config, overrides: list[str]) -> None:
+    """`python -m src.main` on a GPU: the stages it runs checked against this GPU's memory, as
+    CUDA reports it (plan.check=false: not checked)."""
+    if not cfg.plan.check or cfg.hardware.device != Device.cuda:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        return  # no GPU here: the stage says so itself
+    total = torch.cuda.mem_get_info()[1] / 1e9
+    here = replace(cfg, hardware=replace(cfg.hardware, gpu_memory_gb=total))
+    require_fit(here, overrides, gpu="this GPU's memory")
