@@ -6,13 +6,13 @@ against the reference code's approach (one pass over the prompts per seed) and p
     python -m benchmarks.bench_generation_gpu --render benchmarks/results/generation_gpu.json
 
 No weights are downloaded: each architecture is built from its config class (the real models'
-shapes, vocabularies and attention) with random bf16 weights on the GPU, and the prompts are
-random token ids of the lengths in `PROMPT_LENGTHS`. What is measured is the work per token, which random weights do not change:
-every sample generates exactly `--max-new-tokens` tokens (the end-of-turn id is one outside the
-vocabulary), K = 5, temperature 0.7, top-p 0.9, no top-k. Each (model, approach, B) is timed
-after a warm-up call of every approach on the same batch; peak memory is torch's peak allocation during the
-timed split. Needs only torch and transformers (the GPU machine's own), not the project's other
-dependencies.
+shapes, vocabularies and attention: `src.plan.shapes.REAL_MODELS`) with random bf16 weights on the
+GPU, and the prompts are random token ids of the lengths in `PROMPT_LENGTHS`. What is measured is
+the work per token, which random weights do not change: every sample generates exactly
+`--max-new-tokens` tokens (the end-of-turn id is one outside the vocabulary), K = 5, temperature
+0.7, top-p 0.9, no top-k. Each (model, approach, B) is timed after a warm-up call of every approach
+on the same batch; peak memory is torch's peak allocation during the timed split. Needs only torch
+and transformers (the GPU machine's own), not the project's other dependencies.
 """
 
 from __future__ import annotations
@@ -27,37 +27,18 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from src.plan.shapes import REAL_MODELS  # noqa: E402  (pure Python: no hydra needed)
+
 K, SEEDS, TEMPERATURE, TOP_P = 5, [0, 50, 100, 150, 200], 0.7, 0.9
 # Prompt lengths (tokens, chat template included), drawn from these: most chat prompts are
 # short, a few reach the recipe's 512-token limit (an assumption; the real split's lengths
 # under the real tokenizers need the Hub).
 PROMPT_LENGTHS = (40, 60, 80, 100, 120, 150, 150, 180, 220, 260, 320, 400, 512)
 
-# The real models' configs (config.json of mistralai/Mistral-7B-Instruct-v0.2 and
-# google/gemma-2-9b-it), as keyword arguments of their config classes.
-ARCHITECTURES = {
-    "mistral-7b-instruct-v0.2": (
-        "MistralConfig",
-        "MistralForCausalLM",
-        dict(
-            vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-            num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
-            rope_theta=1e6, sliding_window=None, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        ),
-        None,
-    ),
-    "gemma-2-9b-it": (
-        "Gemma2Config",
-        "Gemma2ForCausalLM",
-        dict(
-            vocab_size=256000, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
-            num_attention_heads=16, num_key_value_heads=8, head_dim=256,
-            query_pre_attn_scalar=256, sliding_window=4096, max_position_embeddings=8192,
-            attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-        ),
-        "eager",  # as conf/model/gemma-2-9b-it.yaml: soft-capping needs the eager kernel
-    ),
-}  # fmt: skip
+# The benchmark's names of the real models (the hub id's name, lower-cased) and their configs:
+# (config class, model class, config keyword arguments, attention kernel)
+HUB_IDS = {hub_id.split("/")[-1].lower(): hub_id for hub_id in REAL_MODELS}
+ARCHITECTURES = {name: REAL_MODELS[hub_id] for name, hub_id in HUB_IDS.items()}
 APPROACHES = ("ours", "hf-nrs", "reference")
 
 

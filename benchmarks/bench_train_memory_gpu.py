@@ -1,5 +1,5 @@
 """Peak GPU memory of one preference training step at the real models' size, measured term by term
-and set beside the memory model (`benchmarks/memory_model.py`, docs/memory.md), for
+and set beside the memory model (`src/plan/memory.py`, docs/memory.md), for
 Mistral-7B-Instruct-v0.2 and Gemma-2-9B-It.
 
     python -m benchmarks.bench_train_memory_gpu --out benchmarks/results/train_memory_gpu.json
@@ -9,23 +9,23 @@ Mistral-7B-Instruct-v0.2 and Gemma-2-9B-It.
         --out benchmarks/results/train_memory_gpu_zero3.json  # DeepSpeed ZeRO-3, one process
 
 No weights are downloaded: each architecture is built from its config class
-(`bench_generation_gpu.ARCHITECTURES`: the real shapes, vocabularies and attention — eager for
-Gemma-2, as conf/model/gemma-2-9b-it.yaml sets, torch's SDPA for Mistral) with random bf16 weights
-directly on the GPU. What is measured is the project's step, not a look-alike: a batch of random
-token ids collated by `src.training.data.PairCollator` (B sequences = B/2 pairs, chosen then
-rejected, each prompt 100–200 tokens and its response filling the sequence to T), the summed
-response log-probs of `src.training.policy_logps.batch_response_logps` through the streamed LM
-head (`stream_lm_head`, 256-token chunks, the default `training.lm_head_chunk`) or the model's own
-head, and the SPPO loss of `src.training.losses.preference_loss` against precomputed reference
-log-probs (the default `training.ref_logprobs`), as `PreferenceTrainer.compute_loss` combines
-them; then what the HF Trainer does around it on one GPU with `bf16=True`: the forward under
-bf16 autocast with its outputs cast to fp32 (accelerate's `prepare_model`), gradient
-checkpointing with `use_reentrant=False`, `loss.backward()`, gradient clipping to norm 1,
-`torch.optim.RMSprop` (the Trainer's `optim="rmsprop"`: torch's defaults, the foreach
-implementation on CUDA) and `zero_grad(set_to_none=True)`. Modes: `full` (every weight trained
-in bf16) and `lora` (peft LoRA on the frozen bf16 model with `src.config.AdapterConfig`'s
-settings: r 16, alpha 32, dropout 0.05, the seven linear layers of every block; peft keeps the
-adapter's weights in fp32). QLoRA needs bitsandbytes and is not measured here.
+(`src.plan.shapes.REAL_MODELS`, by `bench_generation_gpu`'s names: the real shapes, vocabularies and
+attention — eager for Gemma-2, as conf/model/gemma-2-9b-it.yaml sets, torch's SDPA for Mistral) with
+random bf16 weights directly on the GPU. What is measured is the project's step, not a look-alike: a
+batch of random token ids collated by `src.training.data.PairCollator` (B sequences = B/2 pairs,
+chosen then rejected, each prompt 100–200 tokens and its response filling the sequence to T), the
+summed response log-probs of `src.training.policy_logps.batch_response_logps` through the streamed
+LM head (`stream_lm_head`, 256-token chunks, the default `training.lm_head_chunk`) or the model's
+own head, and the SPPO loss of `src.training.losses.preference_loss` against precomputed reference
+log-probs (the default `training.ref_logprobs`), as `PreferenceTrainer.compute_loss` combines them;
+then what the HF Trainer does around it on one GPU with `bf16=True`: the forward under bf16 autocast
+with its outputs cast to fp32 (accelerate's `prepare_model`), gradient checkpointing with
+`use_reentrant=False`, `loss.backward()`, gradient clipping to norm 1, `torch.optim.RMSprop` (the
+Trainer's `optim="rmsprop"`: torch's defaults, the foreach implementation on CUDA) and
+`zero_grad(set_to_none=True)`. Modes: `full` (every weight trained in bf16) and `lora` (peft LoRA on
+the frozen bf16 model with `src.config.AdapterConfig`'s settings: r 16, alpha 32, dropout 0.05, the
+seven linear layers of every block; peft keeps the adapter's weights in fp32). QLoRA needs
+bitsandbytes and is not measured here.
 
 `zero3` (only when asked for: `--modes zero3`; needs DeepSpeed): the same step under DeepSpeed
 ZeRO-3 with one process on the one GPU (D = 1, the only data-parallel degree one GPU allows:
@@ -50,10 +50,13 @@ per-layer figures from the phases the results file keeps (`phases_step_2`), so a
 they are read needs no new run. On a CPU (`--device cpu`, with `--tiny`) the same code runs and
 glibc's bytes in use stand in for torch's statistics, at the phase boundaries only: a check of
 the code, not a measurement. Each row carries the
-memory model's terms for the same shape (`step_terms`; the model's own-head figure is
-docs/memory.md's formula), so that the Markdown sets term beside term. Needs torch, transformers,
-peft and accelerate only (and DeepSpeed for `zero3`; not hydra or the project's other
-dependencies): every import from src/ below stays clear of src.config.
+memory model's figures for the same run (`src.plan.memory.train_memory` at D = 1: what stays,
+each phase's terms, the peak and its phase, the footprint) as the model stood when the run was
+made, so that the Markdown sets term beside term from the results file alone; rows of earlier
+runs keep the earlier model's terms (`model_terms`) and render as they were. Needs torch,
+transformers, peft and accelerate only (and DeepSpeed for `zero3`; not hydra or the project's
+other dependencies): every import from src/ below stays clear of src.config (src.plan.shapes and
+src.plan.memory are pure Python).
 """
 
 from __future__ import annotations
@@ -65,14 +68,16 @@ import random
 import sys
 import time
 from array import array
+from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks import memory_model as mm  # noqa: E402
-from benchmarks.bench_generation_gpu import ARCHITECTURES  # noqa: E402
+from benchmarks.bench_generation_gpu import ARCHITECTURES, HUB_IDS  # noqa: E402
 from benchmarks.common import code_hashes, machine_info, run_fresh  # noqa: E402
+from src.plan.memory import Step, train_memory  # noqa: E402
+from src.plan.shapes import Shape, real_shape  # noqa: E402
 
 GIB = 2**30
 MODULE = "benchmarks.bench_train_memory_gpu"
@@ -95,7 +100,6 @@ TINY = dict(
     vocab_size=1024, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
 )  # fmt: skip
-MODEL_SHAPES = {"mistral-7b-instruct-v0.2": mm.MISTRAL_7B, "gemma-2-9b-it": mm.GEMMA_2_9B}
 
 # What runs, most informative first: a run that would pass the time budget is left out.
 # (model, mode, head, sequences, tokens)
@@ -309,23 +313,13 @@ def build(name: str, tiny: bool, device):
     return model
 
 
-def shape_of(config, name: str) -> mm.Shape:
-    """The memory model's Shape of `config` (for the real models: the model's own constant)."""
-    shape = mm.Shape(
-        name,
-        config.num_hidden_layers,
-        config.hidden_size,
-        config.intermediate_size,
-        config.vocab_size,
-        config.num_attention_heads,
-        config.num_key_value_heads,
-        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-        tied=bool(config.tie_word_embeddings),
-        eager_attention=config._attn_implementation == "eager",
-    )
-    known = MODEL_SHAPES.get(name)
-    if known is not None and config.vocab_size == known.vocab:
-        assert shape == mm.Shape(**{**known.__dict__, "name": name}), (shape, known)
+def shape_of(config, name: str) -> Shape:
+    """The memory model's Shape of the built model's `config` (for the real models, checked
+    against `src.plan.shapes.real_shape` and returned as that)."""
+    shape = Shape.from_config(name, config.to_dict(), config._attn_implementation)
+    known = real_shape(HUB_IDS[name]) if name in HUB_IDS else None
+    if known is not None and config.vocab_size == known.vocab:  # not a tiny (smoke) run
+        assert shape == replace(known, name=name), (shape, known)
         return known
     return shape
 
@@ -610,20 +604,26 @@ def layer_transients(phases: list[dict]) -> dict:
     }
 
 
-def predicted(shape: mm.Shape, mode: str, head: str, sequences: int, tokens: int, rows_own: int):
-    """The memory model's terms (bytes) for this run; with the model's own head the streamed-head
-    term is replaced by docs/memory.md's full-logits formula."""
-    terms = mm.step_terms(shape, mm.Step(sequences=sequences, tokens=tokens, chunk=CHUNK), mode)
-    if head == "own":
-        b = 2
-        del terms["streamed LM head chunk"]
-        if shape.tied:  # soft-capped (Gemma-2): 3 N V b + the log-softmax's 1,024-row fp32 chunk
-            terms["own LM head: 3 N V b + 1024 V 4"] = 3 * rows_own * shape.vocab * b + (
-                1024 * shape.vocab * 4
-            )
-        else:
-            terms["own LM head: 2 N V b"] = 2 * rows_own * shape.vocab * b
-    return terms
+def predicted(shape: Shape, mode: str, head: str, sequences: int, tokens: int, rows_own: int):
+    """The memory model's figures (bytes) for this run, one process (D = 1): what stays through
+    the step, each transient phase's terms, the peak (torch's allocation) and its phase, the CUDA
+    context and the footprint (context and allocator slack included). Kept in the row, so that the
+    tables read the model as it stood when the run was made."""
+    step = Step(
+        sequences=sequences,
+        tokens=tokens,
+        response_rows=rows_own,
+        chunk=CHUNK if head == "streamed" else None,
+    )
+    memory = train_memory(shape, step, mode, devices=1)
+    return {
+        "kept": memory.kept,
+        "phases": memory.phases,
+        "peak": memory.peak,
+        "peak_phase": memory.peak_phase,
+        "context": memory.context,
+        "footprint": memory.footprint,
+    }
 
 
 def worker(spec: dict) -> dict:
@@ -746,7 +746,7 @@ def worker(spec: dict) -> dict:
         "losses": [s["loss"] for s in steps],
         "measured": measured,
         "phases_step_2": second["phases"],
-        "model_terms": predicted(
+        "model_memory": predicted(
             shape, spec["mode"], spec["head"], spec["sequences"], spec["tokens"], rows_own
         ),
         "model_shape": shape.__dict__,
@@ -844,11 +844,11 @@ def main(argv: list[str] | None = None) -> None:
     packages = ("torch", "transformers", "peft", "accelerate") + ("deepspeed",) * zero3
     files = [Path(__file__), REPO_ROOT / "src/training/policy_logps.py",
              REPO_ROOT / "src/training/losses.py", REPO_ROOT / "src/training/data.py",
-             REPO_ROOT / "benchmarks/memory_model.py"]  # fmt: skip
+             REPO_ROOT / "src/plan/memory.py", REPO_ROOT / "src/plan/shapes.py"]  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "peak GPU memory of one SPPO training step at the real model shapes, "
-        "measured term by term beside benchmarks/memory_model.py",
+        "measured term by term beside the memory model of src/plan/memory.py",
         "command": f"python -m {MODULE} " + " ".join(argv),
         "machine": {
             **machine_info(packages, code_hashes(files)),
@@ -913,22 +913,115 @@ def label(r: dict) -> str:
     return f"{r['model']} | {r['mode']} | {r['head']} | {r['sequences']}x{r['tokens']}"
 
 
+def earlier_model(r: dict) -> bool:
+    """A row of a run set beside the memory model before the H200 measurements: it keeps that
+    model's terms (`model_terms`, bytes, a 1 GiB CUDA-context term among them), summed to its
+    total; later rows keep `src.plan.memory`'s figures (`model_memory`: `predicted`)."""
+    return "model_terms" in r
+
+
+def model_peak(r: dict) -> float:
+    """The model's allocation at the step's peak (the CUDA context aside)."""
+    if earlier_model(r):
+        return sum(v for k, v in r["model_terms"].items() if k != "CUDA context")
+    return r["model_memory"]["peak"]
+
+
+def model_total(r: dict) -> float:
+    """What the model says the GPU holds: the earlier model's terms summed, or the footprint."""
+    if earlier_model(r):
+        return sum(r["model_terms"].values())
+    return r["model_memory"]["footprint"]
+
+
 def summary_line(r: dict) -> str:
     if "measured" not in r:
         return f"{label(r)}: {r.get('error') or r.get('skipped') or 'out of memory'}"
     m = {**r["measured"], **layer_transients(r["phases_step_2"])}
-    model = sum(v for k, v in r["model_terms"].items() if k != "CUDA context")
+    phase = "" if earlier_model(r) else f" ({r['model_memory']['peak_phase']})"
     return (
         f"{label(r)}: peak {g(m['step_2_peak'])} GiB ({m['step_2_peak_phase']}), model "
-        f"{g(model)} GiB + context; weights {g(m['weights'])}, states {g(m['optimizer_states'])}, "
-        f"gradients {g(m['gradients'])}, kept {g(m['kept_after_forward'])}, layer "
+        f"{g(model_peak(r))} GiB{phase} + context; weights {g(m['weights'])}, states "
+        f"{g(m['optimizer_states'])}, gradients {g(m['gradients'])}, kept "
+        f"{g(m['kept_after_forward'])}, layer "
         f"{g(m['layer_backward_transient'])}, head {g(m['head_backward_transient'])}, optimiser step "
         f"{g(m['optimizer_step_peak'])}, context {g(m['context_end'])}"
     )
 
 
-def term_pairs(r: dict) -> list[tuple[str, float, float | None]]:
-    """(term, the model's bytes, measured bytes) for one run."""
+def measured_for(term: str, r: dict, m: dict) -> float | None:
+    """The measured bytes `src.plan.memory`'s term `term` is set beside (None: not measured
+    apart, e.g. the QLoRA terms, or the head's gradient that lies inside the phases)."""
+    z = r.get("zero3", {})
+    figures = {
+        "weights (bf16)": lambda: m["weights"],
+        "frozen weights (bf16)": lambda: m["weights"],
+        "optimiser state (bf16)": lambda: m["optimizer_states"],
+        "adapter: fp32 weights, gradients, states": lambda: (
+            m["adapter"] + m["gradients"] + m["optimizer_states"]
+        ),
+        "model states / devices": lambda: sum(
+            z[k] for k in ("bf16_params", "grad_partitions", "fp32_master", "optimizer_states")
+        ),
+        "reduce bucket": lambda: z["reduce_bucket"],
+        "parameters gathered at a time": lambda: z["gathered_copies_peak"],
+        "layer inputs kept (gradient checkpointing)": lambda: m["kept_after_forward"],
+        "every layer's activations (no checkpointing)": lambda: m["kept_after_forward"],
+        "one layer recomputed and its backward": lambda: m["layer_backward_transient"],
+        "streamed LM head and the final norm's backward": lambda: m["head_backward_transient"],
+        "the model's own LM head: full logits": lambda: m["head_backward_transient"],
+        "gradients (bf16)": lambda: m["gradients"],
+        "RMSprop's temporary": lambda: m["optimizer_step_peak"],
+    }
+    return figures[term]() if term in figures else None
+
+
+def term_pairs(r: dict) -> list[tuple[str, float | None, float | None]]:
+    """(term, the model's bytes, measured bytes) for one run: each of the model's terms as the
+    row keeps them (what stays, then each phase's), then what was measured beside no term of its
+    own, then the peak, the CUDA context, the allocator's slack and the footprint."""
+    if earlier_model(r):
+        return earlier_term_pairs(r)
+    mm, m = r["model_memory"], {**r["measured"], **layer_transients(r["phases_step_2"])}
+    rows: list[tuple[str, float | None, float | None]] = [
+        (term, value, measured_for(term, r, m)) for term, value in mm["kept"].items()
+    ]
+    for phase, terms in mm["phases"].items():
+        rows += [(f"{phase}: {term}", v, measured_for(term, r, m)) for term, v in terms.items()]
+    modelled = {term for terms in mm["phases"].values() for term in terms}
+    head = "streamed" if r["head"] == "streamed" else "own"
+    rows.append(("layer 0 + the embeddings' backward (transient)", None,
+                 m["layer_0_and_embeddings_transient"]))  # fmt: skip
+    if "one layer recomputed and its backward" not in modelled:  # the head's phase is larger
+        rows.append(("one layer recomputed + its backward (transient; layers 1 to L-1)", None,
+                     m["layer_backward_transient"]))  # fmt: skip
+    if not any("LM head" in term and "gradient" not in term for term in modelled):
+        rows.append((f"LM head backward ({head}, transient)", None, m["head_backward_transient"]))
+    if r["mode"] == "zero3":
+        z = r["zero3"]
+        if "parameters gathered at a time" not in mm["kept"]:  # D = 1: none beside the partition
+            rows.append(("parameters gathered at a time: copies beside the partition", None,
+                         z["gathered_copies_peak"]))  # fmt: skip
+        rows += [
+            ("parameters available at a time (views of the partition at D = 1)", None,
+             z["gathered_available_peak"]),
+            ("deepspeed.initialize (transient above what it leaves)", None,
+             z["init_peak"] - max(z["after_init"], z["before_init"])),
+        ]  # fmt: skip
+    rows += [
+        (f"peak allocated (the model's: {mm['peak_phase']})", mm["peak"], m["step_2_peak"]),
+        ("CUDA context", mm["context"], m["context_end"]),
+        ("allocator slack (peak reserved - peak allocated)",
+         mm["footprint"] - mm["peak"] - mm["context"], m["reserved_peak"] - m["step_2_peak"]),
+        ("footprint (context + peak reserved)", mm["footprint"],
+         m["context_end"] + m["reserved_peak"]),
+    ]  # fmt: skip
+    return rows
+
+
+def earlier_term_pairs(r: dict) -> list[tuple[str, float, float | None]]:
+    """(term, the earlier model's bytes, measured bytes) for a row that keeps that model's
+    terms (`earlier_model`)."""
     t, m = r["model_terms"], {**r["measured"], **layer_transients(r["phases_step_2"])}
     b = 2
     if r["mode"] == "zero3":
@@ -992,6 +1085,23 @@ def markdown(result: dict) -> str:
     unit = UNIT["name"] = "MiB" if s["tiny"] else "GiB"
     UNIT["bytes"] = 2**20 if s["tiny"] else GIB
     v = m.get("versions", {})
+    measured = [r for r in result["rows"] if "measured" in r]
+    earlier = bool(measured) and all(earlier_model(r) for r in measured)
+    if earlier:
+        model_is = (
+            '"model" is the earlier memory model\'s total (the terms this results file keeps, '
+            "from before these measurements; `src/plan/memory.py` has replaced that model) less "
+            "its 1 GiB CUDA-context term, set beside torch's peak allocation; the last two columns "
+            "are the whole device footprint (context + peak reserved) beside the model's total."
+        )
+    else:
+        model_is = (
+            '"model" is `src/plan/memory.py`\'s peak allocation for the same run at D = 1, and '
+            "the phase it falls in, as the results file keeps them (the model when the run was "
+            "made), set beside torch's peak allocation; the last two columns are the whole device "
+            "footprint (context + peak reserved) beside the model's (its CUDA context and the "
+            "allocator's slack included)."
+        )
     lines = [
         "# Peak GPU memory of one SPPO step, measured beside the memory model",
         "",
@@ -1003,9 +1113,7 @@ def markdown(result: dict) -> str:
         f"precomputed reference; bf16 autocast, gradient checkpointing, RMSprop, clipping; "
         f"LM head streamed in {s['chunk']}-token chunks or the model's own; LoRA r "
         f"{s['lora']['r']} on {len(s['lora']['target_modules'])} linear layers per block. "
-        f"The second step's figures; {unit}. \"model\" is `benchmarks/memory_model.py`'s total less "
-        "its 1 GiB CUDA-context term, set beside torch's peak allocation; the last two columns "
-        "are the whole device footprint (context + peak reserved) beside the model's total.",
+        f"The second step's figures; {unit}. " + model_is,
         "",
     ]
     if any(r.get("mode") == "zero3" for r in result["rows"]):
@@ -1023,8 +1131,15 @@ def markdown(result: dict) -> str:
             "(accelerate leaves mixed precision to DeepSpeed: bf16 weights compute in bf16); "
             "the engine's backward, then its step (clipping to 1, the optimiser by sub-group).",
         ]
+    model_columns = "model | measured / model | context + peak reserved | model total"
+    if not earlier:
+        model_columns = (
+            "model (phase) | measured / model | context + peak reserved | model footprint"
+        )
     lines += [
-        "| model | mode | head | B x T | weights | weights + states | peak allocated (phase) | model | measured / model | context + peak reserved | model total |",
+        "| model | mode | head | B x T | weights | weights + states | peak allocated (phase) | "
+        + model_columns
+        + " |",
         "|---|---|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
@@ -1035,13 +1150,13 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label(r)} | {why} | | | | | | |")
             continue
         x = r["measured"]
-        total = sum(r["model_terms"].values())
-        model = total - r["model_terms"]["CUDA context"]
+        model = model_peak(r)
+        phase = "" if earlier_model(r) else f" ({r['model_memory']['peak_phase']})"
         lines.append(
             f"| {label(r)} | {g(x['weights'] + x['adapter'])} | {g(x['after_step_1'])} | "
-            f"{g(x['step_2_peak'])} ({x['step_2_peak_phase']}) | {g(model)} | "
+            f"{g(x['step_2_peak'])} ({x['step_2_peak_phase']}) | {g(model)}{phase} | "
             f"{x['step_2_peak'] / model:.2f} | {g(x['context_end'] + x['reserved_peak'])} | "
-            f"{g(total)} |"
+            f"{g(model_total(r))} |"
         )
     lines += ["", "## Term by term", ""]
     lines += [

@@ -126,7 +126,8 @@ def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
         if devices > 1:  # on one device a gathered parameter is a view of its partition
             kept["parameters gathered at a time"] = min(GATHERED, psi) * b
         # the step runs on one sub-group at a time: its fp32 gradient and RMSprop's square root
-        step_temporary = 8 * min(psi / devices, SUB_GROUP + m.vocab * m.hidden / devices)
+        # (a sub-group of SUB_GROUP parameters and the part of a weight that overflows it)
+        step_temporary = 8 * min(psi / devices, SUB_GROUP + m.hidden * m.intermediate / devices)
     else:
         adapter = m.lora_params(s.rank)
         if mode == "lora":
