@@ -137,16 +137,25 @@ def test_without_a_previous_iteration_the_work_is_the_configs_limits():
     cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", "plan.prompts=1000")
     generate = hours("plan.prompts=1000")["generate"]
     assert generate.tokens == 1000 * cfg.method.K * cfg.generation.max_new_tokens
-    assert generate.basis == "measured, H100, HF" and generate.gpus == 8
-    # 1,000 prompts x 5 x 2,048 tokens at the H100's 984 tokens/s on each of 8 GPUs
-    assert generate.hours == pytest.approx(1000 * 5 * 2048 / (984 * 8) / 3600)
+    assert generate.basis == "H100, HF, measured at 8 and 32 prompts a call"
+    assert generate.gpus == 8 and cfg.generation.batch_size == 8
+    # 1,000 prompts x 5 x 2,048 tokens at the H100's 694 tokens/s (8 prompts a call) on 8 GPUs
+    assert generate.hours == pytest.approx(1000 * 5 * 2048 / (694 * 8) / 3600)
+
+
+@pytest.mark.parametrize(
+    ("batch", "rate"), [(8, 694.0), (32, 984.0), (20, (694 + 984) / 2), (4, 347.0), (64, 984.0)]
+)
+def test_the_generation_rate_follows_the_measured_batches(batch, rate):
+    generate = hours("plan.prompts=1000", f"generation.batch_size={batch}")["generate"]
+    assert generate.hours == pytest.approx(generate.tokens / (rate * 8) / 3600)
 
 
 def test_the_rates_are_the_plans_settings():
     base = hours()
     assert hours("plan.mfu=0.6")["train"].hours == pytest.approx(base["train"].hours / 2)
     assert hours("plan.mfu=0.6")["rank"].hours == pytest.approx(base["rank"].hours / 2)
-    assert hours("plan.generate_tokens_per_s=1968")["generate"].hours == pytest.approx(
+    assert hours("plan.generate_tokens_per_s=1388")["generate"].hours == pytest.approx(
         base["generate"].hours / 2
     )
     assert hours("plan.gpu_tflops=312")["train"].hours == pytest.approx(
@@ -170,6 +179,7 @@ def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain():
     chain = next(line for line in out.splitlines() if line.startswith("Iterations 1..3:"))
     assert float(chain.split()[2]) == pytest.approx(3 * gpu_hours, abs=2)
     assert "assumed: the SPPO recipe's 20,000" in out and "assumed MFU 0.3" in out
+    assert "H100, HF, measured at 8 and 32 prompts a call" in out
 
 
 def test_src_main_on_a_gpu_checks_the_stages_it_runs_against_that_gpu(monkeypatch):

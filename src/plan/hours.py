@@ -20,8 +20,12 @@ from pathlib import Path
 from src.config import Config, JudgeKind, RefLogprobs
 from src.plan.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
-# HF generation tokens/s per GPU (benchmarks/results/generation_gpu.md: H100, "ours", B = 32)
-MEASURED_GENERATE = {"mistralai/Mistral-7B-Instruct-v0.2": 1722.0, "google/gemma-2-9b-it": 984.0}
+# HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
+# "ours", 5 samples a prompt)
+MEASURED_GENERATE = {
+    "mistralai/Mistral-7B-Instruct-v0.2": {8: 680.0, 32: 1722.0},
+    "google/gemma-2-9b-it": {8: 694.0, 32: 984.0},
+}
 RECIPE_PROMPTS = (
     20_000  # prompts of an SPPO iteration (UCLA-AGI/data-mistral-7b-instruct-sppo-iter*)
 )
@@ -62,15 +66,27 @@ def prompt_count(cfg: Config, measured: dict | None) -> tuple[int, str]:
     return RECIPE_PROMPTS, f"assumed: the SPPO recipe's {RECIPE_PROMPTS:,}"
 
 
-def generate_rate(cfg: Config, shape: Shape) -> tuple[float, str]:
+def measured_rate(rates: dict[int, float], batch: int) -> tuple[float, str]:
+    """The rate at `batch` prompts a call: measured at two batches, linear between them; below
+    the smaller one proportional to the batch, above the larger one flat (assumptions)."""
+    (small, r_small), (large, r_large) = sorted(rates.items())
+    if batch < small:
+        return r_small * batch / small, f"measured at {small} prompts a call, scaled down"
+    if batch > large:
+        return r_large, f"measured at {large} prompts a call"
+    rate = r_small + (r_large - r_small) * (batch - small) / (large - small)
+    return rate, f"measured at {small} and {large} prompts a call"
+
+
+def generate_rate(cfg: Config, shape: Shape, batch: int) -> tuple[float, str]:
     if cfg.plan.generate_tokens_per_s is not None:
         return cfg.plan.generate_tokens_per_s, "plan.generate_tokens_per_s"
     if cfg.model.path in MEASURED_GENERATE:
-        return MEASURED_GENERATE[cfg.model.path], "measured, H100, HF"
-    rate = (
-        MEASURED_GENERATE["mistralai/Mistral-7B-Instruct-v0.2"] * MISTRAL_7B.params / shape.params
-    )
-    return rate, "assumed: Mistral-7B's H100 rate scaled by parameters"
+        rate, basis = measured_rate(MEASURED_GENERATE[cfg.model.path], batch)
+        return rate, f"H100, HF, {basis}"
+    rate, basis = measured_rate(MEASURED_GENERATE["mistralai/Mistral-7B-Instruct-v0.2"], batch)
+    scaled = rate * MISTRAL_7B.params / shape.params
+    return scaled, f"assumed: Mistral-7B's H100 rate ({basis}) scaled by parameters"
 
 
 def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
@@ -86,7 +102,7 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     flops_per_s = cfg.plan.mfu * cfg.plan.gpu_tflops * 1e12
     mfu = f"assumed MFU {cfg.plan.mfu:g} of {cfg.plan.gpu_tflops:g} TFLOP/s"
 
-    rate, basis = generate_rate(cfg, shape)
+    rate, basis = generate_rate(cfg, shape, g.batch_size)
     generated = prompts * k * response
     stages = [StageHours("generate", generated, world, generated / (rate * world) / 3600, basis)]
 
@@ -110,6 +126,7 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
 
     if cfg.eval.enabled:
         answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
+        rate, basis = generate_rate(cfg, shape, cfg.eval.batch_size)
         stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
     return stages
 
