@@ -124,8 +124,26 @@ def test_deepspeeds_defaults_are_the_models_and_the_project_leaves_them():
         assert key not in zero
 
 
-def test_the_readmes_table_is_the_models():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_the_docs_table_is_the_models():
+    doc = (REPO_ROOT / "docs" / "memory.md").read_text()
     rows = table().splitlines()[2:]
-    assert rows and all(row in readme for row in rows), "re-run python -m src.plan.memory"
-    assert re.search(r"Gemma-2-9B \| QLoRA r=16, one GPU \| [\d.]+ \| fits", readme)
+    assert rows and all(row in doc for row in rows), "re-run python -m src.plan.memory"
+    assert re.search(r"Gemma-2-9B \| QLoRA r=16, one GPU \| [\d.]+ \| fits", doc)
+
+
+def test_the_readmes_plan_figures_are_the_plans():
+    """The README's "Will it fit?" rows, from the plan of each command they name."""
+    from src.plan.stages import plan
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    for command, generate, train in [
+        ("experiment=mistral-7b-instruct-sppo hardware=node-8gpu", 29.9, 29.0),
+        ("experiment=gemma-2-9b-it-sppo hardware=node-8gpu", 59.1, 31.4),
+        ("experiment=mistral-7b-instruct-sppo-qlora hardware.gpu_memory_gb=24", 18.1, 9.1),
+        ("experiment=gemma-2-9b-it-sppo-qlora hardware.gpu_memory_gb=24", 28.2, 13.4),
+    ]:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{command}` |"))
+        planned = plan(compose_cfg(*command.split()))
+        stages = {p.stage: p.memory.footprint / GIB for p in planned if p.memory is not None}
+        assert (round(stages["generate"], 1), round(stages["train"], 1)) == (generate, train)
+        assert f"{generate} GiB" in row and f"{train} GiB" in row

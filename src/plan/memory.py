@@ -2,7 +2,7 @@
 QLoRA), HF generation, and the judge; term by term (docs/memory.md gives each term and where it
 was measured: the training terms on an H200 at the real models' sizes).
 
-    python -m src.plan.memory            # the README's table (Markdown)
+    python -m src.plan.memory            # the table of docs/memory.md (Markdown)
     python -m src.plan.memory --terms    # every term of every row
 
 A step's memory is what stays through it (weights, gradients, optimiser state) plus the larger
@@ -191,7 +191,7 @@ def generation_memory(m: Shape, prompts: int, k: int, tokens: int, b: int = 2) -
     )
 
 
-# --- the README's table ------------------------------------------------------------------------
+# --- the table of docs/memory.md--------------------------------------------------------------------
 
 GPUS = (24, 40, 48, 80)
 MODES = {
