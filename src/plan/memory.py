@@ -191,7 +191,7 @@ def generation_memory(m: Shape, prompts: int, k: int, tokens: int, b: int = 2) -
     )
 
 
-# --- the table of docs/memory.md--------------------------------------------------------------------
+# --- the table of docs/memory.md -----------------------------------------------------------------
 
 GPUS = (24, 40, 48, 80)
 MODES = {
