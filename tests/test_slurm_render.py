@@ -127,7 +127,8 @@ def test_the_printed_table_is_what_the_scripts_ask_for(capsys):
     out = capsys.readouterr().out
     rows = {
         cells[0]: cells[1:]
-        for line in out.split("# ---- ")[0].splitlines()
+        # the requests table: after the plan (src.plan's tables), before the scripts
+        for line in out.split("What each stage asks for")[1].split("# ---- ")[0].splitlines()
         if line.startswith("| ") and not line.startswith("| stage")
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
