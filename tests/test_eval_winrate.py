@@ -25,6 +25,7 @@ from src.evaluation.winrate import (
     TIE_ATOL,
     length_controlled,
     outcomes,
+    refit_lc,
     win_rates,
 )
 from tests.helpers import ALPACA_EVAL_INSTRUCTIONS, alpaca_eval_annotations
@@ -142,6 +143,23 @@ def test_a_refit_at_the_chosen_penalty_is_the_cross_validated_fit():
     again = length_controlled(y, policy, reference, penalty_c=fit.penalty_c)
     assert again.lc_win_rate == pytest.approx(fit.lc_win_rate, abs=1e-9)
     assert again.length_coefficient == pytest.approx(fit.length_coefficient, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name", ["long-answer-bias", "n=10", "ties", "all-wins", "n=805-probabilities"]
+)
+def test_the_bootstraps_refit_is_alpaca_evals_fixed_penalty_fit(name):
+    """refit_lc (no patsy, no pandas) against alpaca_eval's own code at the same penalty, on
+    resamples like the bootstrap's, one with every length difference equal among them: the same
+    coefficients; the rate one prediction where alpaca_eval averages n equal ones (an ulp)."""
+    y, policy, reference = SETS[name]()
+    c = length_controlled(y, policy, reference).penalty_c
+    rng = np.random.default_rng(0)
+    takes = [rng.integers(0, len(y), len(y)) for _ in range(20)] + [np.zeros(len(y), int)]
+    for take in takes:
+        expected = length_controlled(y[take], policy[take], reference[take], penalty_c=c)
+        got = refit_lc(y[take], policy[take], reference[take], c)
+        assert got == pytest.approx(expected.lc_win_rate, rel=0, abs=1e-12)
 
 
 # --- where alpaca_eval's fit cannot run ------------------------------------------------------

@@ -130,6 +130,31 @@ def length_controlled(
     )
 
 
+def refit_lc(
+    y: np.ndarray, policy_lengths: np.ndarray, reference_lengths: np.ndarray, penalty_c: float
+) -> float:
+    """`length_controlled(..., penalty_c).lc_win_rate` in a third of its time, for the bootstrap:
+    the same design (the formula's two columns, tanh(s) and the constant, in its order) and the
+    same fit as alpaca_eval's fixed-penalty path (each outcome twice, label 1 weighted y and label
+    0 weighted 1 - y; liblinear, L1, no intercept, random_state 123), without patsy or pandas.
+    tests/test_eval_winrate.py checks the two agree."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y, np.float64)
+    s = design(y, policy_lengths, reference_lengths)["std_delta_len"].to_numpy()
+    x = np.column_stack([np.tanh(s), np.ones_like(s)])
+    model = LogisticRegression(
+        C=penalty_c, penalty="l1", solver="liblinear", fit_intercept=False, random_state=123
+    )
+    with _sklearn_quietly():
+        model.fit(
+            np.vstack([x, x]),
+            np.r_[np.ones_like(y), np.zeros_like(y)],
+            sample_weight=np.r_[y, 1.0 - y],
+        )
+        return float(model.predict_proba(np.array([[0.0, 1.0]]))[0, 1])
+
+
 @dataclass
 class WinRates:
     n: int
@@ -168,7 +193,7 @@ def win_rates(
         take = rng.integers(0, n, n)
         raw[r] = y[take].mean()
         if fit is not None:
-            lc[r] = length_controlled(y[take], ours[take], theirs[take], fit.penalty_c).lc_win_rate
+            lc[r] = refit_lc(y[take], ours[take], theirs[take], fit.penalty_c)
     tail = (1 - confidence) / 2 * 100
 
     def interval(samples: np.ndarray) -> tuple[float, float]:
