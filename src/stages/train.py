@@ -292,3 +292,8 @@ if __name__ == "__main__":  # one training worker, started by `accelerate launch
         train(worker_cfg, worker_cfg.stage_dir(Stage.train))
     except (StageError, OSError) as failure:  # the launching process says it, once
         sys.exit(report_failure(failure))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # its threads stopped here, not torn down by the exit (SIGABRT)
+        dist.barrier()
+        dist.destroy_process_group()
