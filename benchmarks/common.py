@@ -35,6 +35,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from src.core.memory import status_bytes
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Set on import, before any script imports transformers or huggingface_hub (they read these once).
@@ -55,10 +57,10 @@ for _key, _value in OFFLINE_ENV.items():
 
 def status_kb(field: str) -> int:
     """A field of /proc/self/status in kB (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+    value = status_bytes(field)
+    if value is None:
+        raise KeyError(field)
+    return value // 1024
 
 
 def machine_busy_s() -> float:

@@ -150,12 +150,14 @@ class HFGenerator:
         ids, mask = ids.to(device), mask.to(device)
 
         # Prefill all but the last prompt token once; generate() feeds the last one and decodes.
+        # Only the cache is wanted: one logit row per prompt, not [prompts, width, vocabulary].
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = self.model(
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
             position_ids=positions[:, :-1],
             use_cache=True,
+            logits_to_keep=1,
         ).past_key_values
         cache.batch_repeat_interleave(k)
 

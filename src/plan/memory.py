@@ -27,10 +27,10 @@ CUDA_CONTEXT = 0.75 * GIB  # measured on an H200 after a step (torch 2.11): 0.74
 # (their many sizes fragment its blocks): measured 11-22 % on the H200
 ALLOCATOR_SLACK = 0.25
 WHOLE = (
-    "gradients (bf16)",
+    "gradients",
     "RMSprop's temporary",
     "LM head gradient before reduce-scatter",
-)  # allocated once per step, not fragmenting
+)  # the names of terms allocated once per step, not fragmenting
 # DeepSpeed's ZeRO-3 defaults, which the project's config leaves as they are (elements)
 GATHERED = 1e9  # stage3_max_live_parameters: parameters gathered at a time
 REDUCE_BUCKET = 5e8  # reduce_bucket_size: gradients flattened for a reduce, held throughout
@@ -38,8 +38,18 @@ SUB_GROUP = 1e9  # sub_group_size: parameters the optimiser steps at a time
 ZERO3_CONTEXT = 1.7 * GIB  # CUDA context with DeepSpeed's and NCCL's kernels: 1.66-1.68 (H200)
 ZERO3_SLACK = 0.23  # reserved above the peak under ZeRO-3, a share of it: 14-23 % (H200, D = 1)
 NORM_BACKWARD = 18  # bytes per B T H element: the final RMSNorm's fp32 backward (measured)
-LORA_SAVED = 6  # bytes per B T input element of every adapted layer: peft's dropout + A's output
-OWN_HEAD = {False: 8, True: 10}  # bytes per logit the model's own head keeps (soft-capped: 10)
+# bytes per B T input element of every adapted layer, by b: peft's dropout output and mask, A's
+# output (bf16: measured on the H200; fp32: on CPU, the tiny models)
+LORA_SAVED = {2: 6, 4: 5}
+# bytes per logit the model's own head keeps, by (soft-capped, b): on a GPU under the Trainer's
+# bf16 autocast (measured on the H200); in fp32 on CPU two [N, V] copies, three soft-capped
+OWN_HEAD = {(False, 2): 8, (True, 2): 10, (False, 4): 8, (True, 4): 12}
+DTYPES = {2: "bf16", 4: "fp32"}
+EAGER_SAVED = 8  # bytes per attention score autograd keeps: tanh's output and the fp32 softmax's
+# On CPU (fp32, glibc, which maps large tensors and returns them when freed: no allocator slack)
+# what a stage adds to the process's resident set besides its tensors: the Trainer's, autograd's
+# and oneDNN's buffers and threads (measured on the tiny models, 2 cores)
+CPU_CONTEXT = {"train": 40 * 2**20, "generate": 13 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,12 @@ class Memory:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     context: float = CUDA_CONTEXT
     slack_of_peak: float = 0.0  # the allocator's slack as a share of the peak (ZeRO-3)
+    slack_of_activations: float = ALLOCATOR_SLACK
+
+    def on_cpu(self, stage: str) -> Memory:
+        """The same tensors in a CPU process: its context instead of CUDA's, no allocator slack."""
+        self.context, self.slack_of_peak, self.slack_of_activations = CPU_CONTEXT[stage], 0.0, 0.0
+        return self
 
     @property
     def peak_phase(self) -> str | None:
@@ -85,7 +101,8 @@ class Memory:
         kept = sum(self.kept.values())
         phases = [
             sum(terms.values())
-            + ALLOCATOR_SLACK * sum(v for k, v in terms.items() if k not in WHOLE)
+            + self.slack_of_activations
+            * sum(v for k, v in terms.items() if not k.startswith(WHOLE))
             for terms in self.phases.values()
         ]
         return kept + max(phases, default=0.0) + self.slack_of_peak * self.peak + self.context
@@ -109,15 +126,36 @@ def layer_activations(m: Shape, s: Step) -> float:
     return attention + 6 * bt * m.intermediate * s.b
 
 
+def layer_saved(m: Shape, s: Step) -> float:
+    """What autograd keeps of one decoder layer for its backward without checkpointing: each
+    norm's input and output, q after the rotary embedding, k and v, the attention's output and
+    o_proj's contiguous input, the MLP's gate, up, activation and product; with the eager kernel
+    the soft-capped scores and the softmax."""
+    bt = s.sequences * s.tokens
+    q, kv = m.heads * m.head_dim, m.kv_heads * m.head_dim
+    linear = bt * (2 * m.norms * m.hidden + 3 * q + 2 * kv + 4 * m.intermediate) * s.b
+    if not m.eager_attention:
+        return linear
+    return linear + EAGER_SAVED * s.sequences * m.heads * s.tokens**2
+
+
+def layer_backward(m: Shape, s: Step) -> float:
+    """One layer's backward beside what autograd kept: the scores' fp32 gradient (the eager
+    kernel), else the MLP's three gradients."""
+    bt = s.sequences * s.tokens
+    scores = 4 * s.sequences * m.heads * s.tokens**2 if m.eager_attention else 0
+    return max(scores, 3 * bt * m.intermediate * s.b)
+
+
 def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
     """A training step per device. mode: full | zero3 | lora | qlora."""
     psi, b, k = m.params, s.b, s.optimizer_states
-    bt = s.sequences * s.tokens
+    bt, dtype = s.sequences * s.tokens, DTYPES[s.b]
     kept: dict[str, float] = {}
     gradients = 0.0  # gradients as large as the weights, complete from the last layer's backward
     if mode == "full":  # HF Trainer, the model loaded in bf16: weights, gradients, states in bf16
-        kept["weights (bf16)"] = psi * b
-        kept["optimiser state (bf16)"] = psi * b * k
+        kept[f"weights ({dtype})"] = psi * b
+        kept[f"optimiser state ({dtype})"] = psi * b * k
         gradients = psi * b
         step_temporary = psi * b
     elif mode == "zero3":  # bf16 weights and gradients, fp32 master weights and states, sharded
@@ -131,44 +169,43 @@ def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
     else:
         adapter = m.lora_params(s.rank)
         if mode == "lora":
-            kept["frozen weights (bf16)"] = psi * b
+            kept[f"frozen weights ({dtype})"] = psi * b
         else:  # QLoRA: linear layers in NF4; peft's k-bit preparation upcasts the rest to fp32
             kept["frozen linear layers (NF4)"] = m.linear_params * NF4_BYTES
             kept["embeddings / LM head (fp32)"] = m.embedding_params * 4
             kept["one layer's weight dequantised"] = m.hidden * m.intermediate * b
         kept["adapter: fp32 weights, gradients, states"] = adapter * 4 * (2 + k)
         step_temporary = adapter * 4
+    masks = 2 * s.sequences * s.tokens**2 * b if m.eager_attention else 0  # the eager kernel's
+    lora = LORA_SAVED[b] * bt * m.lora_input_width() if mode in ("lora", "qlora") else 0
     if s.gradient_checkpointing:  # each layer's input, the final norm's output and fp32 input
-        inputs = (m.layers + 3) * bt * m.hidden * b
-        if m.eager_attention:
-            inputs += 2 * s.sequences * s.tokens**2 * b  # the eager kernel's causal masks
+        inputs = (m.layers + 3) * bt * m.hidden * b + masks
         backward = {"layer inputs kept (gradient checkpointing)": inputs}
-    else:
-        backward = {
-            "every layer's activations (no checkpointing)": m.layers * layer_activations(m, s)
-        }
-    layer = layer_activations(m, s)
-    if mode in ("lora", "qlora"):
-        layer += LORA_SAVED * bt * m.lora_input_width()
+        layer = layer_activations(m, s) + lora  # one layer's forward again, then its backward
+    else:  # every layer's saved activations (and the embeddings' output, the final norm's)
+        saved = m.layers * (layer_saved(m, s) + lora) + 3 * bt * m.hidden * b + masks
+        backward = {"every layer's saved activations (no checkpointing)": saved}
+        layer = layer_backward(m, s)
     if s.chunk is not None:
         head = max(s.chunk * m.vocab * (8 + b), NORM_BACKWARD * bt * m.hidden)
         head_name = "streamed LM head and the final norm's backward"
     else:
         rows = bt if s.response_rows is None else s.response_rows
-        head = OWN_HEAD[m.softcapped] * rows * m.vocab + 8192 * m.vocab
+        head = OWN_HEAD[m.softcapped, b] * rows * m.vocab + 8192 * m.vocab
         head_name = "the model's own LM head: full logits"
     # the head's backward comes first, before any layer's gradient; a layer's may come last
     if layer + gradients >= head:
-        backward["one layer recomputed and its backward"] = layer
+        recomputed = " recomputed and its" if s.gradient_checkpointing else "'s"
+        backward[f"one layer{recomputed} backward"] = layer
         if gradients:
-            backward["gradients (bf16)"] = gradients
+            backward[f"gradients ({dtype})"] = gradients
     else:
         backward[head_name] = head
     if mode == "zero3":  # held from the head's backward on (through it all when tied)
         backward["LM head gradient before reduce-scatter"] = m.vocab * m.hidden * b
     step = {"RMSprop's temporary": step_temporary}
     if gradients:
-        step = {"gradients (bf16)": gradients, **step}
+        step = {f"gradients ({dtype})": gradients, **step}
     if mode == "zero3":
         return Memory(
             kept, {"backward": backward, "optimiser step": step}, ZERO3_CONTEXT, ZERO3_SLACK
@@ -176,17 +213,34 @@ def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
     return Memory(kept, {"backward": backward, "optimiser step": step})
 
 
-def generation_memory(m: Shape, prompts: int, k: int, tokens: int, b: int = 2) -> Memory:
-    """HF generation of `prompts` prompts x K samples of up to `tokens` (prompt + new): the model
-    and the KV cache, and the last position's fp32 logits and probabilities while sampling."""
+def generation_memory(
+    m: Shape, prompts: int, k: int, prompt_tokens: int, new_tokens: int, b: int = 2
+) -> Memory:
+    """HF generation of `prompts` prompts (padded to `prompt_tokens`) x K samples of up to
+    `new_tokens`: the model, then the larger of two phases. The prefill runs the prompts once:
+    their KV cache and one layer's largest activation (the eager kernel's [prompts, heads, T, T]
+    scores: the step being computed, its input and the fp32 softmax; else the MLP's three
+    [prompts, T, I] tensors). Sampling holds the K-fold cache of prompt and new tokens, one
+    layer's copy more while the cache grows by concatenation, and the last position's logits."""
     sequences = prompts * k
+    kv = m.kv_bytes_per_token(b)
+    if m.eager_attention:
+        layer = 3 * 4 * prompts * m.heads * prompt_tokens**2 + prompts * prompt_tokens**2 * b
+    else:
+        layer = 3 * prompts * prompt_tokens * m.intermediate * b
+    cache = sequences * (prompt_tokens + new_tokens) * kv
     return Memory(
-        {"weights (bf16)": m.params * b},
+        {f"weights ({DTYPES[b]})": m.params * b},
         {
+            "prefill": {
+                "the prompts' KV cache": prompts * prompt_tokens * kv,
+                "one layer's activations": layer,
+            },
             "sampling": {
-                "KV cache": sequences * tokens * m.kv_bytes_per_token(b),
+                "KV cache": cache,
+                "one layer's cache copied as it grows": cache / m.layers,
                 "logits and probabilities (fp32)": 2 * sequences * m.vocab * 4,
-            }
+            },
         },
     )
 
@@ -222,7 +276,7 @@ def table() -> str:
             rows.append(row(m.name, label, train_memory(m, s, mode, devices=8)))
         for prompts in (1, 2, 8):
             label = f"(generation, {prompts} prompt{'s' * (prompts > 1)} x 5 samples, bf16)"
-            rows.append(row(m.name, label, generation_memory(m, prompts, 5, 512 + 2048)))
+            rows.append(row(m.name, label, generation_memory(m, prompts, 5, 512, 2048)))
     return "\n".join(rows)
 
 

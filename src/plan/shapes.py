@@ -58,6 +58,7 @@ class Shape:
     tied: bool  # embeddings and LM head one matrix
     eager_attention: bool  # T^2 scores materialised (Gemma-2's soft-capping)
     softcapped: bool = False  # the logits soft-capped (Gemma-2's final_logit_softcapping)
+    norms: int = 2  # RMSNorms per decoder block (Gemma-2: four, around attention and MLP)
 
     @classmethod
     def from_config(cls, name: str, config: dict, attention: str | None = None) -> Shape:
@@ -76,6 +77,7 @@ class Shape:
             tied=config.get("tie_word_embeddings", TIED_BY_DEFAULT.get(model_type, False)),
             eager_attention=(attention or config.get("attn_implementation")) == "eager",
             softcapped=bool(config.get("final_logit_softcapping")),
+            norms=4 if model_type == "gemma2" else 2,
         )
 
     def linear_per_layer(self) -> dict[str, tuple[int, int]]:

@@ -12,9 +12,11 @@ from src.config import (
     ConfigError,
     Device,
     Distributed,
+    Dtype,
     Optimizer,
     Peft,
     RefLogprobs,
+    Stage,
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
@@ -62,6 +64,19 @@ def policy_shape(cfg: Config) -> Shape:
     return shape
 
 
+def on_gpu(cfg: Config) -> bool:
+    return cfg.hardware.device == Device.cuda
+
+
+def dtype_bytes(cfg: Config) -> int:
+    """Bytes per element of the dtype training computes in (`training.precision`; auto: bf16 on
+    a GPU, fp32 on CPU, as the stages choose)."""
+    wanted = cfg.training.precision
+    if wanted == Dtype.auto:
+        return 2 if on_gpu(cfg) else 4
+    return 4 if wanted == Dtype.float32 else 2
+
+
 def training_mode(cfg: Config) -> tuple[str, int]:
     """(the memory model's mode, the devices ZeRO-3 shards over)."""
     hw = cfg.hardware
@@ -81,14 +96,15 @@ def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         rank=t.lora.rank,
         optimizer_states=1 if t.optimizer == Optimizer.rmsprop else 2,
         chunk=t.lm_head_chunk,
+        b=dtype_bytes(cfg),
         gradient_checkpointing=t.gradient_checkpointing,
     )
 
     def memory(pairs: int) -> Memory:
         m = train_memory(shape, replace(step, sequences=2 * pairs), mode, devices)
         if t.ref_logprobs == RefLogprobs.online and t.peft == Peft.none:
-            m.kept["reference model (bf16)"] = shape.params * step.b  # a second, frozen copy
-        return m
+            m.kept["reference model"] = shape.params * step.b  # a second, frozen copy
+        return m if on_gpu(cfg) else m.on_cpu("train")
 
     # a per-device batch the global batch divides into, over the processes
     per_process = t.global_batch_size // hw.world_size
@@ -120,10 +136,13 @@ def generate_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         return StagePlan(
             "generate", f"{shards} vLLM engines", memory, note="vLLM takes its share of the GPU"
         )
-    tokens = g.max_prompt_length + g.max_new_tokens
 
     def memory(prompts: int) -> Memory:
-        return generation_memory(shape, prompts, cfg.method.K, tokens)
+        b = 2 if on_gpu(cfg) else 4
+        m = generation_memory(
+            shape, prompts, cfg.method.K, g.max_prompt_length, g.max_new_tokens, b
+        )
+        return m if on_gpu(cfg) else m.on_cpu("generate")
 
     return StagePlan(
         "generate",
@@ -148,7 +167,9 @@ def eval_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
     e = cfg.eval
 
     def memory(prompts: int) -> Memory:
-        return generation_memory(shape, prompts, 1, e.max_prompt_length + e.max_new_tokens)
+        b = 2 if on_gpu(cfg) else 4
+        m = generation_memory(shape, prompts, 1, e.max_prompt_length, e.max_new_tokens, b)
+        return m if on_gpu(cfg) else m.on_cpu("generate")
 
     return StagePlan(
         "eval",
@@ -274,16 +295,23 @@ def plan_text(cfg: Config) -> str:
     gpu_gb = hw.gpu_memory_gb if hw.device.value == "cuda" else None
     stages = plan(cfg)
     gpus = f"{hw.world_size} GPU(s) of {gpu_gb:g} GB" if gpu_gb else "no GPU memory to check"
+    unit, held = (
+        (
+            "GPU",
+            "the peak allocation, the allocator's slack over the activations and the CUDA context",
+        )
+        if on_gpu(cfg)
+        else ("process", "the tensors in fp32 and the stage's own buffers, as the resident set")
+    )
     lines = [
         f"plan: {cfg.model.name}, {cfg.method.name.value}, iteration {cfg.iter} on "
         f"hardware={hw.name} ({gpus})",
         "",
-        "| stage | processes | GiB per GPU | fits | per-device batch |",
+        f"| stage | processes | GiB per {unit} | fits | per-device batch |",
         "|---|---|---|---|---|",
         *(row(p, gpu_gb) for p in stages),
         "",
-        "GiB per GPU: the peak allocation, the allocator's slack over the activations and the CUDA "
-        "context (docs/memory.md). Terms at each stage's peak:",
+        f"GiB per {unit}: {held} (docs/memory.md). Terms at each stage's peak:",
     ]
     for p in stages:
         if p.memory is None:
@@ -306,3 +334,17 @@ def require_fit_here(cfg: Config, overrides: list[str]) -> None:
     total = torch.cuda.mem_get_info()[1] / 1e9
     here = replace(cfg, hardware=replace(cfg.hardware, gpu_memory_gb=total))
     require_fit(here, overrides, gpu="this GPU's memory")
+
+
+def peak_line(cfg: Config, stage: Stage, measured: int) -> str:
+    """The console's line for a stage's measured peak memory, beside the plan's figure for it: on
+    a GPU torch's peak allocation and the plan's; on CPU the resident set's peak increase and
+    what the plan says the process holds."""
+    where = "allocated on the GPU" if on_gpu(cfg) else "resident (RSS) above the stage's start"
+    line = f"[{stage.value}] peak memory {measured / GIB:.3f} GiB {where}"
+    try:
+        memory = next(p.memory for p in plan(cfg) if p.stage == stage.value)
+    except StageError:  # a model whose shape the plan does not know
+        return line
+    planned = memory.peak if on_gpu(cfg) else memory.footprint
+    return f"{line}; the plan: {planned / GIB:.3f} GiB (python -m src.plan)"

@@ -16,9 +16,10 @@ import sys
 from contextlib import closing
 from dataclasses import asdict, dataclass
 
-from src.config import Config, Stage
+from src.config import Backend, Config, Device, Stage
 from src.core.chunks import ChunkCounts, claim, process_shard, take_shard
 from src.core.contracts import ResponseRow
+from src.core.memory import Peak
 from src.core.records import chunk_identity, stage_fingerprint
 from src.generation.prompts import load_prompts
 from src.generation.sampling import (
@@ -29,6 +30,7 @@ from src.generation.sampling import (
     render,
     sample_chunk,
 )
+from src.plan.stages import peak_line
 from src.stages.common import redo, require_previous_policy, stage_shard
 
 
@@ -78,6 +80,7 @@ def run(cfg: Config) -> dict:
     tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
     rendered = render(g, tokenizer, mine, counts)
     say_left_out(cfg, counts)
+    peak = Peak(cfg.hardware.device == Device.cuda and g.backend == Backend.hf)
     generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
 
     def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
@@ -109,6 +112,9 @@ def run(cfg: Config) -> dict:
             label="generate",
             shared_keys=("prompts_in_split", "duplicates_dropped"),
         )
+    measured = peak.bytes()
+    if measured is not None and g.backend == Backend.hf:  # vLLM's engine is another process
+        print(peak_line(cfg, Stage.generate, measured), file=sys.stderr, flush=True)
     return asdict(counts)
 
 

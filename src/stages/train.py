@@ -30,9 +30,11 @@ from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.chunks import claim, require_sealed
 from src.core.errors import StageError
+from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
 from src.export.cards import write_model_card
+from src.plan.stages import peak_line
 from src.stages import tracking
 from src.stages.common import redo, require_previous_policy
 from src.training import checkpoints
@@ -85,13 +87,14 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
     with saving_to(stage_dir):
         result = ready.trainer.train(resume_from_checkpoint=resume)
+    peak = ready.peak.bytes()
     if preemption.stop_requested(preemption_stop_file(stage_dir)):
         raise preemption.Preempted(
             f"stopped on request after saving checkpoint-{ready.trainer.state.global_step}; "
             "re-run the same command to resume"
         )
     with saving_to(stage_dir):
-        return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started)
+        return cleanup(cfg, stage_dir, ready, result.metrics, time.time() - started, peak)
 
 
 @contextlib.contextmanager
@@ -119,6 +122,7 @@ FULL_DISK_BYTES = 64 << 20  # less free space than this after a failed save: the
 class Setup:
     trainer: object  # PreferenceTrainer
     counts: dict  # what tokenisation kept, dropped and truncated
+    peak: Peak  # memory from the policy's loading on
 
 
 def setup(cfg: Config, stage_dir: Path) -> Setup:
@@ -139,6 +143,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         raise TrainingError(f"{pairs_path}: no pair left to train on ({report})")
     dtype = precision(cfg)
     args = training_arguments(cfg, stage_dir, dtype)  # before the model: ZeRO-3 shards at load
+    peak = Peak(args.device.type == "cuda")
     model = load_policy(cfg, dtype)
     reference, ref_model = None, None
     if t.ref_logprobs == RefLogprobs.precompute:
@@ -184,7 +189,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         "truncated_prompts": report.truncated_prompts,
         "truncated_responses": report.truncated_responses,
     }
-    return Setup(trainer, counts)
+    return Setup(trainer, counts, peak)
 
 
 def read_inputs(cfg: Config) -> tuple[Path, Iterator[dict]]:
@@ -214,10 +219,18 @@ def remake_pairs(cfg: Config, pairs_path: Path) -> str | None:
 # --- cleanup --------------------------------------------------------------------------------------
 
 
-def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds: float) -> dict:
+def cleanup(
+    cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds: float, peak: int | None
+) -> dict:
     """The checkpoint (and, with an adapter, the adapter) appear whole or not at all;
-    metrics.json; done.json last."""
+    metrics.json; done.json last. `peak`: the training's peak memory above the process's before
+    the policy was loaded (bytes; None: not known here)."""
     trainer = setup_.trainer
+    timings = {"seconds": seconds}
+    if peak is not None:
+        timings["peak_memory_gib"] = peak / 2**30
+        if trainer.is_world_process_zero():
+            print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     outputs = ["checkpoint"] + (["adapter"] if cfg.training.peft != Peft.none else [])
     if trainer.is_world_process_zero():
         for name in outputs:
@@ -255,7 +268,7 @@ def cleanup(cfg: Config, stage_dir: Path, setup_: Setup, metrics: dict, seconds:
             stage_dir,
             stage_fingerprint(cfg.as_tree(), Stage.train),
             counts,
-            {"seconds": seconds},
+            timings,
             {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},
         )
     if trainer.is_world_process_zero():
