@@ -122,6 +122,38 @@ def test_the_dry_run_prints_the_plan_src_plan_prints(tmp_path):
     assert dry.stdout.startswith(planned.stdout.rstrip("\n") + "\n\n")
 
 
+def test_cfg_job_and_the_plan_show_the_same_settings(tmp_path):
+    """What `python -m src.main --cfg job` resolves is what the plan reads: the per-device
+    batches, the processes and the GPU's memory it prints."""
+    import yaml
+
+    args = [
+        *GEMMA,
+        "hardware=slurm-node-8gpu",
+        "training.per_device_batch_size=2",
+        "eval.enabled=true",
+    ]
+    job = run("src.main", "--cfg", "job", *args)
+    planned = run("src.plan", *args)
+    assert job.returncode == planned.returncode == 0, job.stderr[-2000:] + planned.stderr[-2000:]
+    cfg = yaml.safe_load(job.stdout)
+    hw = cfg["hardware"]
+    world = hw["num_nodes"] * hw["processes_per_node"]
+    assert (
+        f"on hardware={hw['name']} ({world} GPU(s) of {hw['gpu_memory_gb']:g} GB)" in planned.stdout
+    )
+    memory_table = planned.stdout.split("\n\n")[1]  # before the terms and the hours
+    rows = {r.split("|")[1].strip(): r for r in memory_table.splitlines() if r.startswith("| ")}
+    batch = cfg["training"]["per_device_batch_size"]
+    assert f"training.per_device_batch_size={batch} " in rows["train"]
+    assert f"| {world} (DeepSpeed ZeRO-3 over {world}) |" in rows["train"]
+    assert f"generation.batch_size={cfg['generation']['batch_size']} " in rows["generate"]
+    if cfg["eval"]["enabled"]:
+        assert f"eval.batch_size={cfg['eval']['batch_size']} " in rows["eval"]
+    else:
+        assert "eval" not in rows
+
+
 # --- hours ---------------------------------------------------------------------------------------
 
 
