@@ -71,7 +71,7 @@ def test_training_peak_is_the_plans(model, pairs_per_step, tokens, peft, tmp_pat
     result = run_main(tmp_path / "runs", *overrides)
     measured, printed = measured_and_planned(result, Stage.train)
     planned = next(p for p in plan(compose_cfg(*overrides)) if p.stage == "train").memory
-    assert printed == pytest.approx(planned.footprint / GIB * GIB, abs=0.0005 * GIB)
+    assert printed == pytest.approx(planned.footprint, abs=0.0005 * GIB)
     record = json.loads(next((tmp_path / "runs").glob("**/train/done.json")).read_text())
     counts = record["counts"]
     assert counts["truncated_responses"] == counts["pairs_trained"]  # every pair the plan's length
@@ -115,7 +115,7 @@ def test_generation_peak_is_the_plans(model, prompts, prompt_tokens, tmp_path, t
     rows = [json.loads(r) for r in next((tmp_path / "runs").glob("**/responses-*.jsonl")).open()]
     assert max(n for r in rows for n in r["num_tokens"]) == NEW_TOKENS  # the plan's length
     planned = next(p for p in plan(compose_cfg(*overrides)) if p.stage == "generate").memory
-    assert printed == pytest.approx(planned.footprint / GIB * GIB, abs=0.0005 * GIB)
+    assert printed == pytest.approx(planned.footprint, abs=0.0005 * GIB)
     assert planned.context < measured / 3
     print(f"{model}: measured {measured / 2**20:.1f} MiB, plan {planned.footprint / 2**20:.1f}")
     assert abs(planned.footprint - measured) <= TOLERANCE * measured, (

@@ -48,6 +48,9 @@ class Peak:
         if cuda:
             import torch
 
+            if not torch.cuda.is_available():  # the stage itself says there is no GPU
+                self.start = None
+                return
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return

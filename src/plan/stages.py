@@ -77,6 +77,17 @@ def dtype_bytes(cfg: Config) -> int:
     return 4 if wanted == Dtype.float32 else 2
 
 
+def sampling_bytes(cfg: Config) -> int:
+    """Bytes per element generation samples in (src.generation.sampling.generation_dtype: bf16
+    on a GPU, fp32 on CPU)."""
+    return 2 if on_gpu(cfg) else 4
+
+
+def on_device(cfg: Config, memory: Memory, stage: str) -> Memory:
+    """`memory` as the configured device holds it: on CPU a process's context, no CUDA's."""
+    return memory if on_gpu(cfg) else memory.on_cpu(stage)
+
+
 def training_mode(cfg: Config) -> tuple[str, int]:
     """(the memory model's mode, the devices ZeRO-3 shards over)."""
     hw = cfg.hardware
@@ -104,7 +115,7 @@ def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         m = train_memory(shape, replace(step, sequences=2 * pairs), mode, devices)
         if t.ref_logprobs == RefLogprobs.online and t.peft == Peft.none:
             m.kept["reference model"] = shape.params * step.b  # a second, frozen copy
-        return m if on_gpu(cfg) else m.on_cpu("train")
+        return on_device(cfg, m, "train")
 
     # a per-device batch the global batch divides into, over the processes
     per_process = t.global_batch_size // hw.world_size
@@ -138,11 +149,10 @@ def generate_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         )
 
     def memory(prompts: int) -> Memory:
-        b = 2 if on_gpu(cfg) else 4
         m = generation_memory(
-            shape, prompts, cfg.method.K, g.max_prompt_length, g.max_new_tokens, b
+            shape, prompts, cfg.method.K, g.max_prompt_length, g.max_new_tokens, sampling_bytes(cfg)
         )
-        return m if on_gpu(cfg) else m.on_cpu("generate")
+        return on_device(cfg, m, "generate")
 
     return StagePlan(
         "generate",
@@ -167,9 +177,9 @@ def eval_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
     e = cfg.eval
 
     def memory(prompts: int) -> Memory:
-        b = 2 if on_gpu(cfg) else 4
+        b = sampling_bytes(cfg)
         m = generation_memory(shape, prompts, 1, e.max_prompt_length, e.max_new_tokens, b)
-        return m if on_gpu(cfg) else m.on_cpu("generate")
+        return on_device(cfg, m, "generate")
 
     return StagePlan(
         "eval",

@@ -80,7 +80,8 @@ def run(cfg: Config) -> dict:
     tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
     rendered = render(g, tokenizer, mine, counts)
     say_left_out(cfg, counts)
-    peak = Peak(cfg.hardware.device == Device.cuda and g.backend == Backend.hf)
+    # HF's model is in this process (vLLM's engine is another: its memory is not measured here)
+    peak = Peak(cfg.hardware.device == Device.cuda) if g.backend == Backend.hf else None
     generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
 
     def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
@@ -112,8 +113,8 @@ def run(cfg: Config) -> dict:
             label="generate",
             shared_keys=("prompts_in_split", "duplicates_dropped"),
         )
-    measured = peak.bytes()
-    if measured is not None and g.backend == Backend.hf:  # vLLM's engine is another process
+    measured = peak.bytes() if peak is not None else None
+    if measured is not None:
         print(peak_line(cfg, Stage.generate, measured), file=sys.stderr, flush=True)
     return asdict(counts)
 

@@ -229,8 +229,6 @@ def cleanup(
     timings = {"seconds": seconds}
     if peak is not None:
         timings["peak_memory_gib"] = peak / 2**30
-        if trainer.is_world_process_zero():
-            print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     outputs = ["checkpoint"] + (["adapter"] if cfg.training.peft != Peft.none else [])
     if trainer.is_world_process_zero():
         for name in outputs:
@@ -273,6 +271,8 @@ def cleanup(
         )
     if trainer.is_world_process_zero():
         tracking.finish(cfg, {**metrics, **counts})
+        if peak is not None:  # after the record: the plan's figure is advice, the work is saved
+            print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     trainer.accelerator.wait_for_everyone()
     return counts
 
