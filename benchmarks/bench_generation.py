@@ -263,15 +263,15 @@ def make_runner(spec: Spec, model, tokenizer, never_id: int):
 
 def vllm_runner(generator, tokenizer):
     """`unit` and `split` of the vLLM backend: every sample made to generate max_new_tokens
-    tokens (the end of turn held back by `min_tokens`), token ids caught before decoding."""
+    tokens (`forced_length`), token ids caught before decoding."""
     k, seeds = SETTINGS["K"], SETTINGS["seeds"]
-    generator.min_new_tokens = generator.max_new_tokens
+    generator.forced_length = lambda prompt_id, seed: generator.max_new_tokens
     calls: list = []
     inner = generator._sample
 
-    def catch(output):
-        calls.append(list(output.token_ids))
-        return inner(output)
+    def catch(tokens, finish_reason):
+        calls.append(list(tokens))
+        return inner(tokens, finish_reason)
 
     generator._sample = catch
 

@@ -365,6 +365,13 @@ class GenerationConfig:
     # vLLM only: skip torch.compile (and CUDA graphs): on CPU the engine starts in ~30 s
     # instead of ~60 s, and decodes more slowly
     enforce_eager: bool = False
+    # vLLM only: the sequences its engine decodes in one step at most; null: vLLM's default
+    # (the KV cache may hold fewer: generation.kv_cache_gb, gpu_memory_utilization)
+    max_num_seqs: int | None = None
+    # vLLM only: samples handed to the engine ahead of those that have ended, read from the
+    # shard's prompts as samples end (a stream: a slot that frees is refilled at the next step,
+    # and memory stays flat at any shard size); null: twice the engine's max_num_seqs
+    in_flight: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "generation.temperature", self.temperature, "must be >= 0")
@@ -386,6 +393,9 @@ class GenerationConfig:
             self.kv_cache_gb,
             "must be > 0 or null",
         )
+        for key in ("max_num_seqs", "in_flight"):
+            if getattr(self, key) is not None:
+                _positive(f"generation.{key}", getattr(self, key))
         _check_shard("generation", self.shard, self.num_shards)
 
 
@@ -730,8 +740,13 @@ class PlanConfig:
     prompts: int | None = None
     gpu_tflops: float = 989.0  # each GPU's dense bf16 peak: H100 SXM 989 (A100: 312)
     mfu: float = 0.3  # an assumption: the share of that peak ranking and training reach
-    # HF generation per GPU; null: measured on an H100 for the real models (src/plan/hours.py)
+    # generation per GPU; null: HF measured on an H100 for the real models, vLLM a share of the
+    # decode bound (src/plan/hours.py)
     generate_tokens_per_s: float | None = None
+    gpu_memory_tbs: float = 3.35  # each GPU's memory bandwidth, TB/s: H100 SXM 3.35 (A100: 2.0)
+    # an assumption until vLLM is measured on a GPU: the share of the decode bound it reaches
+    # (each step reads the weights once and the KV cache of the sequences in it)
+    vllm_bound_share: float = 0.3
 
     def __post_init__(self) -> None:
         if self.prompts is not None:
@@ -740,6 +755,13 @@ class PlanConfig:
         _check(0 < self.mfu <= 1, "plan.mfu", self.mfu, "must be in (0, 1]")
         if self.generate_tokens_per_s is not None:
             _positive("plan.generate_tokens_per_s", self.generate_tokens_per_s)
+        _positive("plan.gpu_memory_tbs", self.gpu_memory_tbs)
+        _check(
+            0 < self.vllm_bound_share <= 1,
+            "plan.vllm_bound_share",
+            self.vllm_bound_share,
+            "must be in (0, 1]",
+        )
 
 
 @dataclass

@@ -23,6 +23,7 @@ SCRIPT = {  # results file prefix -> the script that measures it
     "ranking": "bench_ranking",
     "trainer": "bench_trainer",
     "scale": "bench_scale",
+    "stream": "bench_stream",
 }
 
 

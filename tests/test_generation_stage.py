@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -265,7 +266,11 @@ def test_command_line_writes_the_iteration_one_split(tmp_path):
     assert ids == [i for i in ITER1_IDS if i in ids] and len(ids) + skipped == len(ITER1_IDS)
     assert skipped <= 2, "the tiny prompt limit (128 tokens) leaves out only the longest prompts"
     assert all(len(r["responses"]) == 5 for r in rows)
-    assert "prompts/s" in result.stderr and "tokens/s" in result.stderr  # progress shown
+    # the progress line: prompts done of the shard's, tokens/s, the time taken
+    assert re.search(
+        rf"shard000-of-001: {len(ids)}/{len(ids)} prompts \(100%\), [\d,]+ tokens/s, done in",
+        result.stderr,
+    )
 
 
 def test_the_vllm_backend_without_vllm_says_how_to_install_it(monkeypatch):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from src.core.artifacts import atomic_write_json, atomic_write_text, umask
-from src.core.chunks import Shard, finish_shard, finished_rows, run_chunks, seal_of
+from src.core.chunks import Shard, chunk_by_chunk, finish_shard, finished_rows, run_chunks, seal_of
 from src.core.errors import StageError
 from tests.helpers import compose_cfg
 
@@ -29,7 +29,7 @@ def process(made: list[list[str]]):
 
 def run_shard(stage_dir, made: list[list[str]]) -> bytes:
     shard = Shard(stage_dir, "rows", 0, 1)
-    tally = run_chunks(shard, ITEMS, 3, process(made), "identity")
+    tally = run_chunks(shard, ITEMS, 3, chunk_by_chunk(process(made)), "identity")
     finish_shard(shard, tally.chunks, {"seconds": 0.0}, "fingerprint")
     return shard.output.read_bytes()
 
@@ -74,12 +74,38 @@ def test_a_damaged_chunk_is_made_again_and_the_output_is_byte_identical(tmp_path
     assert f"[chunks] {chunk}: " in capsys.readouterr().err, "the console says which and why"
 
 
+def test_a_chunk_damaged_while_later_ones_are_made_never_reaches_the_rows_file(tmp_path):
+    """A stream writes chunks while another hand truncates one it already sealed: finishing the
+    shard refuses with one line naming the chunk, writes no rows file; the re-run makes that
+    chunk again and ends with the clean rows."""
+    clean = run_shard(tmp_path / "clean", [])
+    shard = Shard(tmp_path / "damaged", "rows", 0, 1)
+    first = shard.work / "chunk00000.jsonl"
+    rows_of = process([])
+
+    def damaging(chunk: list[str]) -> list[dict]:
+        if first.exists():
+            first.write_bytes(first.read_bytes()[:-20])
+        return rows_of(chunk)
+
+    tally = run_chunks(shard, ITEMS, 3, chunk_by_chunk(damaging), "identity")
+    with pytest.raises(StageError, match=r"chunk00000\.jsonl changed after it was written"):
+        finish_shard(shard, tally.chunks, {"seconds": 0.0}, "fingerprint")
+    assert not shard.output.exists()
+    made: list[list[str]] = []
+    assert run_shard(shard.stage_dir, made) == clean
+    assert made == [ITEMS[:3]]
+
+
 def test_shards_finishing_at_the_same_time_leave_one_complete_record(tmp_path):
     """Two array tasks: shard 1 finishes while shard 0 is still writing its rows file (present,
     not yet sealed). Shard 1 must leave the stage unfinished, not read half of shard 0; shard 0,
     finishing last, writes done.json over both."""
     shards = [Shard(tmp_path, "rows", i, 2) for i in range(2)]
-    tallies = [run_chunks(s, ITEMS[s.index :: 2], 3, process([]), "identity") for s in shards]
+    tallies = [
+        run_chunks(s, ITEMS[s.index :: 2], 3, chunk_by_chunk(process([])), "identity")
+        for s in shards
+    ]
     shards[0].output.write_text("")  # its write begun: no seal, no counts yet
     assert finish_shard(shards[1], tallies[1].chunks, {"seconds": 1.0}, "fingerprint") is None
     assert not (tmp_path / "done.json").exists()
@@ -200,7 +226,7 @@ def test_chunks_of_another_identity_are_refused_even_without_their_identity_file
 
     shard = Shard(tmp_path, "rows", 0, 1)
     claim(shard.work, "made at temperature 0.7", StageError, "rows of another config", "fix")
-    run_chunks(shard, ITEMS[:6], 3, process([]), "made at temperature 0.7")
+    run_chunks(shard, ITEMS[:6], 3, chunk_by_chunk(process([])), "made at temperature 0.7")
     (shard.work / "identity.txt").unlink()  # lost: the chunks' seals still say what made them
     with pytest.raises(StageError, match=r"rows of another config, as chunk00000\.sealed\.json"):
         claim(shard.work, "made at temperature 0.9", StageError, "rows of another config", "fix")

@@ -195,6 +195,36 @@ def test_the_rates_are_the_plans_settings():
     )
 
 
+def test_vllms_rate_is_an_assumed_share_of_the_decode_bound_and_says_so():
+    """Gemma-2-9B on one 80 GB GPU, generation=vllm: a step reads the bf16 weights once and the
+    KV cache of every sequence it holds (42 layers x 8 KV heads x 256 x K and V x 2 bytes a
+    token; a sequence holds its prompt and half its response on average); the sequences are as
+    many as the KV cache holds (0.9 of the GPU less the weights), fewer than max_num_seqs."""
+    from src.plan.stages import policy_shape
+
+    vllm = ("hardware=gpu-1", "generation=vllm", "plan.prompts=1000")
+    generate = hours(*vllm)["generate"]
+    assert generate.basis.startswith("assumed (vLLM not yet measured on a GPU)")
+    cfg = compose_cfg(*GEMMA, *vllm)
+    context = cfg.generation.max_prompt_length + cfg.generation.max_new_tokens / 2
+    weights, per_sequence = 2 * policy_shape(cfg).params, context * 42 * 8 * 256 * 2 * 2
+    sequences = int((80 * 2**30 * 0.9 - weights) // per_sequence)
+    assert 10 < sequences < 1024
+    assert f"at {sequences} sequences of {context:,.0f} tokens" in generate.basis
+    bound = sequences / ((weights + sequences * per_sequence) / 3.35e12)
+    assert generate.hours == pytest.approx(generate.tokens / (0.3 * bound) / 3600)
+    # the plan's settings move it as the formula says; a rate given wins
+    assert hours(*vllm, "plan.vllm_bound_share=0.6")["generate"].hours == pytest.approx(
+        generate.hours / 2
+    )
+    assert hours(*vllm, "plan.gpu_memory_tbs=6.7")["generate"].hours == pytest.approx(
+        generate.hours / 2
+    )
+    assert hours(*vllm, "plan.generate_tokens_per_s=1000")["generate"].basis == (
+        "plan.generate_tokens_per_s"
+    )
+
+
 def test_a_previous_iterations_generation_gives_the_prompts_and_lengths(tmp_path):
     cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", "iter=2", f"paths.root={tmp_path}")
     record = Path(cfg.run.dir) / "iter1" / "generate" / "done.json"

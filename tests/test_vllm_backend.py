@@ -157,6 +157,84 @@ def test_a_prompt_longer_than_the_prefill_budget(backends):
     assert vllm == hf and vllm[0][0][2] > 0
 
 
+def test_the_stream_holds_its_bound_and_flat_memory_at_any_shard_size(backends):
+    """The stage's stream over shards of 120 and 480 prompts (chunks of 7, at most 40 samples in
+    the engine): never more than 40 samples handed over, never more chunks open than those
+    samples can hold up plus the one being fed, and the same peak of Python memory for the
+    shard four times the size; its rows are the chunk-by-chunk calls' rows, whatever the bound."""
+    import tracemalloc
+
+    from src.core.chunks import Progress
+    from src.generation.hf_backend import EngineLoad
+    from src.generation.sampling import RenderedPrompt, sample_stream
+
+    generator, seeds = backends.vllm, SEEDS
+    generator.temperature = backends.cfg.generation.temperature
+    base = backends.prompts
+    default_bound, generator.in_flight = generator.in_flight, 40
+
+    def shard(n: int) -> list[RenderedPrompt]:
+        return [
+            RenderedPrompt(f"{p.prompt_id}-{i // len(base)}", p.prompt, p.ids)
+            for i, p in ((i, base[i % len(base)]) for i in range(n))
+        ]
+
+    def stream(prompts: list[RenderedPrompt]):
+        """(peak Python bytes, most chunks open at once, rows of the first 3 chunks)"""
+        chunks = [(c, prompts[i : i + 7]) for c, i in enumerate(range(0, len(prompts), 7))]
+        taken, most_open, first = [0], 0, {}
+
+        def todo():
+            for chunk in chunks:
+                taken[0] += 1
+                yield chunk
+
+        generator.load = EngineLoad()
+        tracemalloc.start()
+        try:
+            made = sample_stream(generator, todo(), seeds, Progress(None, len(prompts)))
+            for done, (c, _, samples) in enumerate(made, start=1):
+                most_open = max(most_open, taken[0] - done + 1)
+                if c < 3:
+                    first[c] = samples
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert generator.load.prompts == len(prompts)
+        assert 0 < generator.load.most_in_flight <= 40
+        return peak, most_open, first
+
+    try:
+        small, large = stream(shard(120)), stream(shard(480))
+    finally:
+        generator.in_flight = default_bound
+    for _, most_open, _ in (small, large):
+        assert most_open <= 40 // len(seeds) + 1
+    assert large[0] < 1.25 * small[0], f"peak {large[0]} B at 480 prompts, {small[0]} B at 120"
+    one_by_one = {c: generator([list(p.ids) for p in shard(120)[7 * c : 7 * c + 7]],
+                               [p.prompt_id for p in shard(120)[7 * c : 7 * c + 7]], seeds)
+                  for c in range(3)}  # fmt: skip
+    assert small[2] == one_by_one == large[2]
+
+
+def test_the_eval_stages_answers_stream_through_vllm_as_hfs_greedy_answers(tmp_path, tiny_dir):
+    """eval's answers with generation=vllm, greedy: streamed in chunks of 5,
+    the HF backend's answers, byte for byte."""
+    from src.evaluation.answers import Answerer, answers
+    from src.stages.eval import load_instructions
+
+    common = ("model=tiny-mistral", "logger=none", f"paths.root={tmp_path}", "eval.chunk_size=5",
+              "eval.temperature=0")  # fmt: skip
+    made = {}
+    for backend in ("vllm", "hf"):
+        cfg = compose_cfg(*common, f"generation={backend}", "generation.enforce_eager=true")
+        who = Answerer("tiny-mistral", cfg.model.path, f"{backend}: a cache of its own")
+        instructions = load_instructions(cfg)
+        made[backend] = answers(cfg, who, instructions)
+    assert len(made["vllm"]) == len(instructions) > 5
+    assert made["vllm"] == made["hf"]
+
+
 def engine_processes() -> set[int]:
     """This process's descendants, less multiprocessing's resource tracker (one per process,
     for its lifetime)."""
@@ -196,7 +274,7 @@ def generate_command(*overrides: str) -> list[str]:
     return [
         sys.executable, "-m", "src.main", "stage=generate", "model=tiny-mistral",
         "generation=vllm", "generation.enforce_eager=true", "logger=none",
-        "data.max_prompts=24", *overrides,
+        "data.max_prompts=63", "generation.long_prompts=truncate", *overrides,
     ]  # fmt: skip
 
 
@@ -217,37 +295,145 @@ def rows_file(stage: Path) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_dir) -> Path:
     """The stage's rows in one shard, in chunks of the default 64 prompts."""
-    return rows_file(generate(tmp_path_factory.mktemp("uninterrupted")))
+    stage = generate(tmp_path_factory.mktemp("uninterrupted"))
+    counts = json.loads((stage / "done.json").read_text())["counts"]
+    assert counts["generated"] == 63, "every prompt answered (the long one truncated)"
+    return rows_file(stage)
 
 
-def test_a_killed_shard_resumes_to_the_same_rows_in_other_chunks(tmp_path, uninterrupted):
-    """Shard 0 of 2 in chunks of 4 prompts, kill -9 after two chunks: the engine dies with the
+# 63 prompts: 21 a shard of 3, three chunks of 7 each. The engine is handed one prompt's samples
+# at a time (in_flight=5), and paused (SIGSTOP) the moment the first chunk is sealed: the stream
+# is then interrupted mid-way whatever the machine's speed. The re-runs stream with the default
+# bound (in_flight does not change a row).
+SMALL_STREAM = ("generation.chunk_size=7", "generation.in_flight=5")
+
+
+def shard_of_three(s: int) -> tuple[str, ...]:
+    return ("generation.chunk_size=7", f"generation.shard={s}", "generation.num_shards=3")
+
+
+def start_stage(root: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "SELFPLAY_RUNS": str(root)}
+    return subprocess.Popen(
+        generate_command(*overrides), cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+
+
+def engine_core(proc: subprocess.Popen) -> psutil.Process:
+    (core,) = [p for p in psutil.Process(proc.pid).children() if "EngineCore" in p.name()]
+    return core
+
+
+def pause_after_chunks(root: Path, proc: subprocess.Popen, count: int) -> psutil.Process:
+    """Wait until `count` chunks are sealed, then stop vLLM's engine core (SIGSTOP): the
+    stream waits for it from then on. Returns it."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(root.rglob("chunk*.sealed.json"))) >= count:
+            core = engine_core(proc)
+            core.suspend()
+            return core
+        time.sleep(0.02)
+    pytest.fail(f"the stage ended or stalled before {count} sealed chunk(s): {proc.poll()}")
+
+
+def sealed_chunks(root: Path) -> int:
+    return len(list(root.rglob("chunk*.sealed.json")))
+
+
+def resumed_rows(root: Path, s: int, sealed_before: int) -> str:
+    """Shard s re-run: only the chunks not sealed are made; its rows file."""
+    stage = generate(root, *shard_of_three(s))
+    counts = json.loads((stage / f"shard00{s}-of-003" / "counts.json").read_text())
+    assert counts["reused_from_earlier_run"] == 7 * sealed_before, "sealed chunks are kept"
+    assert counts["generated"] == 21 - 7 * sealed_before, "and never generated again"
+    return (stage / f"responses-shard00{s}-of-003.jsonl").read_text()
+
+
+def test_a_stream_killed_mid_way_resumes_to_the_rows_of_one_shard_in_chunks_of_64(
+    tmp_path, uninterrupted
+):
+    """Shard 0 of 3 in chunks of 7, kill -9 once a chunk is sealed: the engine dies with the
     stage, the re-run makes only the missing chunks, and the shard holds the one-shard run's
     rows (chunks of 64) for its prompts, byte for byte."""
-    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path)}
-    shard = ("generation.shard=0", "generation.num_shards=2", "generation.chunk_size=4")
-    proc = subprocess.Popen(
-        generate_command(*shard), cwd=REPO_ROOT, env=env, stderr=subprocess.DEVNULL
-    )
-    deadline, chunks, engine = time.time() + 300, [], set()
-    while time.time() < deadline and proc.poll() is None:
-        chunks = list(tmp_path.rglob("chunk*.jsonl"))
-        if len(chunks) >= 2:
-            engine = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None and len(chunks) >= 2, "still going after two chunks"
+    proc = start_stage(tmp_path, *shard_of_three(0), *SMALL_STREAM)
+    pause_after_chunks(tmp_path, proc, 1)
+    engine = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert engine, "vLLM's engine ran in processes of its own"
     gone = psutil.wait_procs([psutil.Process(pid) for pid in engine if psutil.pid_exists(pid)], 30)
     assert not gone[1], f"engine processes outlived the killed stage: {gone[1]}"
     assert not list(tmp_path.rglob("responses-shard*.jsonl")), "killed before its rows file"
+    sealed = sealed_chunks(tmp_path)
+    assert 1 <= sealed < 3, "killed mid-stream"
 
-    stage = generate(tmp_path, *shard)
-    counts = json.loads((stage / "shard000-of-002" / "counts.json").read_text())
-    assert counts["reused_from_earlier_run"] >= 8
-    assert counts["reused_from_earlier_run"] + counts["generated"] == 12
     whole = uninterrupted.read_text().splitlines(keepends=True)
-    mine = (stage / "responses-shard000-of-002.jsonl").read_text()
-    assert mine == "".join(take_shard(whole, 0, 2))
+    assert resumed_rows(tmp_path, 0, sealed) == "".join(take_shard(whole, 0, 3))
+
+
+def test_an_engine_that_dies_ends_the_stage_with_one_line_and_a_rerun_resumes(
+    tmp_path, uninterrupted
+):
+    """Shard 1 of 3: vLLM's engine process killed mid-stream. The stage does not wait for
+    outputs that never come: exit 3, one line naming the engine, no rows file; the re-run
+    resumes to the same rows."""
+    proc = start_stage(tmp_path, *shard_of_three(1), *SMALL_STREAM)
+    pause_after_chunks(tmp_path, proc, 1).kill()
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the stage still waits for an engine that was killed 120 s ago")
+    assert proc.returncode == 3, stderr[-2000:]
+    # one line of ours (multiprocessing's resource tracker may add its warning about the
+    # shared memory the killed engine left behind, as the process exits)
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert (
+        line.startswith("error: vLLM's engine process (pid ") and "ended while generating" in line
+    )
+    assert "re-run the same command to resume" in line and "Traceback" not in stderr
+    assert not list(tmp_path.rglob("responses-shard*.jsonl"))
+    sealed = sealed_chunks(tmp_path)
+    assert 1 <= sealed < 3, "the engine died mid-stream"
+
+    whole = uninterrupted.read_text().splitlines(keepends=True)
+    assert resumed_rows(tmp_path, 1, sealed) == "".join(take_shard(whole, 1, 3))
+
+
+def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, uninterrupted):
+    """Shard 2 of 3: the first sealed chunk truncated while the stream goes on to seal the next,
+    then SIGTERM (what scancel sends). A re-run with another temperature is refused before any
+    engine starts; the re-run trusts neither the damaged chunk nor anything unsealed, says which
+    chunk it makes again, and ends with the rows of the one-shard run."""
+    proc = start_stage(tmp_path, *shard_of_three(2), *SMALL_STREAM)
+    core = pause_after_chunks(tmp_path, proc, 1)
+    chunk = next(tmp_path.rglob("chunk*.jsonl"))
+    chunk.write_bytes(chunk.read_bytes()[:-10])
+    core.resume()
+    pause_after_chunks(tmp_path, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not list(tmp_path.rglob("responses-shard*.jsonl"))
+
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path)}
+    refused = subprocess.run(
+        generate_command(*shard_of_three(2), "generation.temperature=0.9"), cwd=REPO_ROOT,
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "[vllm] engine started" not in refused.stderr
+    assert "generated with a different configuration" in refused.stderr.strip().splitlines()[-1]
+
+    rerun = subprocess.run(
+        generate_command(*shard_of_three(2)), cwd=REPO_ROOT, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"[chunks] {chunk}: its content" in rerun.stderr, "the damaged chunk, named"
+    counts = json.loads(next(tmp_path.rglob("shard002-of-003/counts.json")).read_text())
+    assert counts["reused_from_earlier_run"] == 7 and counts["generated"] == 14
+    stage = next(tmp_path.rglob("iter1/generate"))
+    whole = uninterrupted.read_text().splitlines(keepends=True)
+    mine = (stage / "responses-shard002-of-003.jsonl").read_text()
+    assert mine == "".join(take_shard(whole, 2, 3))

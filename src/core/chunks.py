@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,46 +187,84 @@ class ChunkTally:
     reused: int = 0  # rows found in chunks of an earlier, interrupted run
 
 
+Rows = list[dict[str, Any]]
+# The chunks a run still has to make, in order: (chunk index, its items). Read lazily: a stream
+# takes the next chunk when it has room for its work.
+Todo = Iterator[tuple[int, list[T]]]
+# A stage's work over the todo: (chunk index, its rows) for each chunk once every row of it is
+# made, in any order. It may tell `progress` what it has under way between chunks.
+Stream = Callable[[Todo, "Progress"], Iterable[tuple[int, Rows]]]
+
+
+def chunk_by_chunk(process: Callable[[list[T]], Rows]) -> Stream:
+    """The stream of a stage that makes one whole chunk at a time (`process(chunk) -> rows`)."""
+
+    def stream(todo: Todo, progress: Progress) -> Iterator[tuple[int, Rows]]:
+        for c, chunk in todo:
+            yield c, process(chunk)
+
+    return stream
+
+
 def run_chunks(
     shard: Shard,
     items: Iterable[T],
     chunk_size: int,
-    process: Callable[[list[T]], list[dict[str, Any]]],
+    stream: Stream,
     identity: str,
-    on_chunk: Callable[[int, int, list[dict[str, Any]]], None] = lambda c, n, rows: None,
+    counts: ChunkCounts | None = None,
+    progress: Progress | None = None,
     total: int | None = None,
 ) -> ChunkTally:
-    """Process `items` chunk by chunk, each chunk's file complete or absent.
+    """Make the chunks of `items` that a run has not made yet, each chunk's file complete or absent.
 
     `items` is read a chunk at a time (a stream of `total` items, or a sequence), so a shard's
-    work is never all in memory. `identity`: what the shard was claimed under; each chunk's seal
-    records it with the chunk's place, so a chunk is reused only under that identity and only
-    in its own place. `on_chunk(chunk_index, num_chunks, rows)` runs after each newly written
-    chunk (progress).
+    work is never all in memory. A chunk whose file an earlier run sealed is not handed to
+    `stream` again. `stream` may make several chunks at once and finish them in any order: each
+    is written the moment the stream yields it. `identity`: what the shard was claimed under;
+    each chunk's seal records it with the chunk's place, so a chunk is reused only under that
+    identity and only in its own place. `counts.add(rows)` counts each chunk made.
     """
     total = len(items) if total is None else total  # type: ignore[arg-type]
     num_chunks = -(-total // chunk_size)
     tally = ChunkTally(chunks=num_chunks)
-    stream = iter(items)
-    for c in range(num_chunks):
-        chunk = list(itertools.islice(stream, chunk_size))
-        path = shard.work / f"chunk{c:05d}.jsonl"
-        place = {"identity": identity, "shard": shard.name, "chunk": c}
-        damage = chunk_damage(path, len(chunk), place)
-        if damage is None:
-            tally.reused += len(chunk)
-            continue
-        if path.exists():
-            print(f"[chunks] {path}: {damage}; making it again", file=sys.stderr, flush=True)
-        rows = process(chunk)
+    progress = progress or Progress(None, total)
+    counts = counts or ChunkCounts()
+
+    def place(c: int) -> dict[str, Any]:
+        return {"identity": identity, "shard": shard.name, "chunk": c}
+
+    def todo() -> Todo:
+        stream_of_items = iter(items)
+        for c in range(num_chunks):
+            chunk = list(itertools.islice(stream_of_items, chunk_size))
+            path = chunk_path(shard, c)
+            damage = chunk_damage(path, len(chunk), place(c))
+            if damage is None:
+                tally.reused += len(chunk)
+                progress.reused(len(chunk))
+                continue
+            if path.exists():
+                print(f"[chunks] {path}: {damage}; making it again", file=sys.stderr, flush=True)
+            yield c, chunk
+
+    for made_chunks, (c, rows) in enumerate(stream(todo(), progress), start=1):
+        path = chunk_path(shard, c)
         text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
         atomic_write_text(path, text)
         # the seal last: a chunk without one (a crash between the two writes) is made again
-        atomic_write_json(seal_of(path), {**seal(text), **place})
-        tally.made += len(chunk)
-        on_chunk(c, num_chunks, rows)
-        preemption.check(f"chunk {c + 1} of {num_chunks} of {shard.work}")
+        atomic_write_json(seal_of(path), {**seal(text), **place(c)})
+        tally.made += len(rows)
+        counts.add(rows)
+        progress.update(done=tally.made, work=counts.work)
+        # the stream is closed on the way out: the work it has under way is dropped, unsealed
+        preemption.check(f"{made_chunks} chunk(s) of {shard.work} made in this run")
+    progress.end()
     return tally
+
+
+def chunk_path(shard: Shard, c: int) -> Path:
+    return shard.work / f"chunk{c:05d}.jsonl"
 
 
 @dataclass
@@ -235,43 +274,98 @@ class ChunkCounts:
     reused_from_earlier_run: int = 0  # rows found in chunks of an earlier, interrupted run
     seconds: float = 0.0
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        """Count the rows of a chunk made in this run."""
+    # what the progress line measures the stage's work in, and how much this run made
+    unit = "rows"
 
-    def rate(self, elapsed: float) -> str:
-        """How fast the work goes, for the progress line."""
-        return ""
+    @property
+    def work(self) -> float:
+        return 0.0
+
+    def add(self, rows: Rows) -> None:
+        """Count the rows of a chunk made in this run."""
 
     def summarise(self, rows: Iterable[dict[str, Any]]) -> None:
         """Counts over every row of the shard, reused ones too (read only if overridden)."""
 
 
+RATE_WINDOW_S = 60.0  # the progress line's rate is over this much of the recent past
+
+
 class Progress:
-    """A shard's progress: rows done of its total, the rate of this run and the time left. On a
-    terminal one line rewritten in place; in a log (a SLURM task's) a line at most every
-    `every_s` seconds, and at the end."""
+    """A shard's progress line: items done of its total, what is in flight, the rate of the last
+    minute and the time left, e.g.
 
-    def __init__(self, label: str, total: int, chunk_size: int, every_s: float = 30.0):
-        self.label, self.total, self.chunk_size, self.every_s = label, total, chunk_size, every_s
-        self.started = self.shown_at = time.time()
-        self.made = 0  # rows made by this run (chunks of an earlier one are not its speed)
+        [generate] shard000-of-001: 1,234/20,000 prompts (6%), 320 samples in flight,
+        2,345 tokens/s, 1:23:45 left
+
+    On a terminal one line rewritten in place at most every `tty_every_s`; in a log (a SLURM
+    task's) a line at most every `every_s` seconds, and at the end. `label` None: silent."""
+
+    def __init__(
+        self,
+        label: str | None,
+        total: int,
+        unit: str = "rows",
+        every_s: float = 30.0,
+        tty_every_s: float = 1.0,
+    ):
+        self.label, self.total, self.unit = label, total, unit
         self.tty = sys.stderr.isatty()
+        self.every_s = tty_every_s if self.tty else every_s
+        self.started = self.shown_at = time.monotonic()
+        self.kept = 0  # items an earlier run made
+        self.done = 0  # items this run finished
+        self.work = 0.0  # units (tokens, comparisons) this run made
+        self.in_flight: int | None = None
+        self.history: deque[tuple[float, float]] = deque([(self.started, 0.0)])
 
-    def update(self, c: int, num_chunks: int, rows: int, rate: Callable[[float], str]) -> None:
-        """Chunk `c` of `num_chunks` made, of `rows` rows; `rate(elapsed)` says how fast."""
-        self.made += rows
-        now = time.time()
-        if not (self.tty or c + 1 == num_chunks or now - self.shown_at >= self.every_s):
+    def reused(self, items: int) -> None:
+        self.kept += items
+
+    def update(self, done: int, work: float, in_flight: int | None = None) -> None:
+        """What this run has finished (`done` items, `work` units) and has `in_flight`; the
+        figures only grow (the chunk runner says what it wrote, a stream what it finished)."""
+        self.done, self.work = max(self.done, done), max(self.work, work)
+        if in_flight is not None:
+            self.in_flight = in_flight
+        now = time.monotonic()
+        if now - self.history[-1][0] >= 1.0:
+            self.history.append((now, self.work))
+            while len(self.history) > 2 and now - self.history[1][0] >= RATE_WINDOW_S:
+                self.history.popleft()
+        if now - self.shown_at >= self.every_s:
+            self.show(now, final=False)
+
+    def end(self) -> None:
+        if self.done:
+            self.in_flight = None
+            self.show(time.monotonic(), final=True)
+
+    def line(self, now: float, final: bool = False) -> str:
+        done = self.kept + self.done
+        parts = [f"{done:,}/{self.total:,} prompts ({done / max(self.total, 1):.0%})"]
+        if self.in_flight is not None:
+            parts.append(f"{self.in_flight:,} samples in flight")
+        then, work_then = self.history[0]
+        if now - then > 0 and self.work > 0:
+            parts.append(f"{(self.work - work_then) / (now - then):,.0f} {self.unit}/s")
+        elapsed = now - self.started
+        if final:
+            parts.append(f"done in {clock(elapsed)}")
+        elif self.done:
+            parts.append(f"{clock((self.total - done) * elapsed / self.done)} left")
+        else:
+            parts.append(f"{clock(elapsed)} in")
+        return f"{self.label}: " + ", ".join(parts)
+
+    def show(self, now: float, final: bool) -> None:
+        if self.label is None:
             return
-        self.shown_at, elapsed = now, max(now - self.started, 1e-9)
-        done = min((c + 1) * self.chunk_size, self.total)  # chunks run in order
-        left = (self.total - done) * elapsed / self.made
-        text = (
-            f"{self.label} chunk {c + 1}/{num_chunks}: {done}/{self.total} rows "
-            f"({done / max(self.total, 1):.0%}), {rate(elapsed)}, {clock(left)} left"
-        )
-        end = "" if self.tty and c + 1 < num_chunks else "\n"
-        print(f"\r{text}\x1b[K" if self.tty else text, end=end, file=sys.stderr, flush=True)
+        self.shown_at, text = now, self.line(now, final)
+        if self.tty:
+            print(f"\r{text}\x1b[K", end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
 
 def clock(seconds: float) -> str:
@@ -284,7 +378,7 @@ def process_shard(
     shard: Shard,
     items: Iterable[T],
     chunk_size: int,
-    process: Callable[[list[T]], list[dict[str, Any]]],
+    stream: Stream,
     counts: ChunkCounts,
     fingerprint: str,
     identity: str,
@@ -292,20 +386,16 @@ def process_shard(
     shared_keys: Sequence[str] = (),
     total: int | None = None,
 ) -> dict[str, Any] | None:
-    """Run a shard claimed under `identity` chunk by chunk with a progress line, then finish it.
+    """Run a shard claimed under `identity` with a progress line, then finish it.
 
-    `items`: a sequence, or a stream of `total` items. Returns the totals over all shards once
-    the stage is complete, else None.
+    `items`: a sequence, or a stream of `total` items; `stream`: the stage's work over the
+    chunks left to make (`chunk_by_chunk(process)` for a stage that makes one at a time).
+    Returns the totals over all shards once the stage is complete, else None.
     """
     started = time.time()
     total = len(items) if total is None else total  # type: ignore[arg-type]
-    line = Progress(f"[{label}] {shard.name}", total, chunk_size)
-
-    def progress(c: int, num_chunks: int, rows: list[dict[str, Any]]) -> None:
-        counts.add(rows)
-        line.update(c, num_chunks, len(rows), counts.rate)
-
-    tally = run_chunks(shard, items, chunk_size, process, identity, progress, total)
+    line = Progress(f"[{label}] {shard.name}", total, counts.unit)
+    tally = run_chunks(shard, items, chunk_size, stream, identity, counts, line, total)
     counts.reused_from_earlier_run = tally.reused
     if tally.reused:
         print(
@@ -318,9 +408,7 @@ def process_shard(
     # read as JSON Lines: str.splitlines would also split a text at U+2028 and the like,
     # which JSON leaves unescaped
     counts.summarise(
-        row
-        for c in range(tally.chunks)
-        for _, row in read_jsonl(shard.work / f"chunk{c:05d}.jsonl", StageError)
+        row for c in range(tally.chunks) for _, row in read_jsonl(chunk_path(shard, c), StageError)
     )
     return finish_shard(shard, tally.chunks, asdict(counts), fingerprint, shared_keys)
 
@@ -375,15 +463,24 @@ def finish_shard(
     """
     atomic_write_json(shard.work / "counts.json", counts)
     # the chunks copied into the rows file block by block, sealed as they pass: a shard's rows
-    # are never all in memory
+    # are never all in memory. Each chunk is checked against its seal on the way: one changed
+    # since it was written (by hand, or by another process) never reaches the rows file.
     digest, rows = hashlib.sha256(), 0
     with atomic_path(shard.output) as tmp, open(tmp, "wb") as out:
         for c in range(num_chunks):
-            with open(shard.work / f"chunk{c:05d}.jsonl", "rb") as chunk:
+            path, own = chunk_path(shard, c), hashlib.sha256()
+            with open(path, "rb") as chunk:
                 while block := chunk.read(1 << 20):
                     digest.update(block)
+                    own.update(block)
                     rows += block.count(b"\n")
                     out.write(block)
+            sealed = read_json(seal_of(path), StageError).get("sha256")
+            if own.hexdigest() != sealed:
+                raise StageError(
+                    f"{path} changed after it was written (it no longer matches "
+                    f"{seal_of(path).name}); re-run the same command to make it again"
+                )
     atomic_write_json(seal_of(shard.output), {"rows": rows, "sha256": digest.hexdigest()})
     if not all(seal_of(s.output).exists() for s in shard.siblings()):
         return None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Config, LongPrompts
-from src.core.chunks import ChunkCounts, Shard, claim, finished_rows, process_shard
+from src.core.chunks import ChunkCounts, Progress, Shard, Todo, claim, finished_rows, process_shard
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.core.records import read_record
@@ -35,7 +35,7 @@ from src.generation.sampling import (
     load_tokenizer,
     open_generator,
     render,
-    sample_chunk,
+    sample_stream,
 )
 
 
@@ -59,12 +59,15 @@ class AnswerCounts(ChunkCounts):
     truncated: int = 0
     tokens: int = 0
 
+    unit = "tokens"
+
+    @property
+    def work(self) -> float:
+        return self.tokens
+
     def add(self, rows: list[AnswerRow]) -> None:
         self.answered += len(rows)
         self.tokens += sum(r["num_tokens"] for r in rows)
-
-    def rate(self, elapsed: float) -> str:
-        return f"{self.answered} answers, {self.tokens / elapsed:.0f} tokens/s"
 
 
 def eval_generation(cfg: Config):
@@ -140,20 +143,23 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
         )
     generator = open_generator(g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware)
 
-    def answer_chunk(chunk: list[RenderedPrompt]) -> list[AnswerRow]:
-        samples = sample_chunk(generator, chunk, [cfg.eval.seed])
-        return [
-            AnswerRow(
-                prompt_id=p.prompt_id,
-                instruction=p.prompt,
-                output=s.text,
-                finish_reason=s.finish_reason,
-                num_tokens=s.num_tokens,
+    def answer(todo: Todo[RenderedPrompt], progress: Progress):
+        for c, chunk, samples in sample_stream(generator, todo, [cfg.eval.seed], progress):
+            yield (
+                c,
+                [
+                    AnswerRow(
+                        prompt_id=p.prompt_id,
+                        instruction=p.prompt,
+                        output=s.text,
+                        finish_reason=s.finish_reason,
+                        num_tokens=s.num_tokens,
+                    )
+                    for p, (s,) in zip(chunk, samples, strict=True)
+                ],
             )
-            for p, (s,) in zip(chunk, samples, strict=True)
-        ]
 
     with closing(generator):
         process_shard(
-            shard, rendered, g.chunk_size, answer_chunk, counts, key, key, label=f"eval {who.label}"
+            shard, rendered, g.chunk_size, answer, counts, key, key, label=f"eval {who.label}"
         )

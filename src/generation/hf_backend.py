@@ -18,6 +18,7 @@ greedy mode, just takes the token chosen by the Gumbel-max draw.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,42 @@ class SeededSampler(LogitsProcessor):
         return z.masked_fill(drop, float("-inf"))
 
 
+class ForcedLength(LogitsProcessor):
+    """Row i ends at exactly lengths[i] tokens: its end-of-turn ids barred before, forced then
+    (the benchmarks' fixed work per sample; runs before the sampler draws)."""
+
+    def __init__(self, lengths: list[int], eos_ids: list[int], device: torch.device):
+        self.last = torch.tensor(lengths, device=device)[:, None] - 1
+        self.eos = torch.tensor(eos_ids, device=device)
+        self.step = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        ending = self.last == self.step  # [rows, 1]
+        barred = torch.zeros_like(scores, dtype=torch.bool)
+        barred[:, self.eos] = True  # before its end a row may not stop; at it, only stop
+        self.step += 1
+        return scores.masked_fill(torch.where(ending, ~barred, barred), float("-inf"))
+
+
+@dataclass
+class EngineLoad:
+    """What a sampler's decoding loop has done, summed over its calls: how full its batches ran.
+
+    A step is one token for every sequence in the batch; a sequence counts in a step while it
+    is still being generated. HF's `generate` steps a batch until its longest sample ends, its
+    finished rows idle meanwhile; vLLM refills a finished sequence's slot."""
+
+    steps: int = 0  # decoding steps that made a token
+    sequences: int = 0  # over those steps, the sequences that made one: mean fill = this / steps
+    tokens: int = 0  # tokens made
+    prompts: int = 0  # prompts whose every sample has ended
+    in_flight: int = 0  # samples begun and not ended
+    most_in_flight: int = 0
+    # the sequences of every step, in order, where a list is given (the benchmarks' fill over
+    # time; vLLM only)
+    trace: list[int] | None = None
+
+
 @dataclass
 class Sample:
     text: str
@@ -131,6 +168,10 @@ class HFGenerator:
         self.eos_ids = eos_ids
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.batch_size = batch_size
+        # each sample's length forced, from its prompt_id and base seed (the benchmarks: both
+        # backends do the same work); None: samples end where the policy ends them
+        self.forced_length: Callable[[str, int], int] | None = None
+        self.load = EngineLoad()
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else eos_ids[0]
 
@@ -164,13 +205,18 @@ class HFGenerator:
         seeds = [
             sample_seed(s, key) for key in prompt_keys for s in base_seeds
         ]  # row = (prompt, k)
-        sampler = SeededSampler(seeds, self.temperature, self.top_p, device)
+        processors = [SeededSampler(seeds, self.temperature, self.top_p, device)]
+        max_new_tokens = self.max_new_tokens
+        if self.forced_length is not None:
+            lengths = [self.forced_length(key, s) for key in prompt_keys for s in base_seeds]
+            processors.insert(0, ForcedLength(lengths, self.eos_ids, device))
+            max_new_tokens = max(lengths)
         config = GenerationConfig(
             # Our processor has already drawn the token and left it the only finite score, so
             # generate's greedy pick is that draw, without a softmax and multinomial over the
             # vocabulary (and without its own temperature / top-p warpers).
             do_sample=False,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
         )
@@ -179,10 +225,16 @@ class HFGenerator:
             attention_mask=mask.repeat_interleave(k, 0),
             past_key_values=cache,
             generation_config=config,
-            logits_processor=[sampler],
+            logits_processor=processors,
         )
         new = out[:, width:].tolist()
         samples = [self._sample(tokens) for tokens in new]
+        made = [s.num_tokens for s in samples]
+        self.load.steps += max(made)
+        self.load.sequences += sum(made)
+        self.load.tokens += sum(made)
+        self.load.prompts += len(prompt_ids)
+        self.load.most_in_flight = max(self.load.most_in_flight, len(samples))
         return [samples[i * k : (i + 1) * k] for i in range(len(prompt_ids))]
 
     def _sample(self, tokens: list[int]) -> Sample:

@@ -1,16 +1,19 @@
 """Sampling from a policy, shared by the generate stage and the eval stage's answers: its
 tokenizer, the prompts through its chat template (over-long ones skipped or truncated), then the
-configured backend (HF or vLLM) drawing one sample per seed for each chunk of prompts.
+configured backend (HF or vLLM) drawing one sample per seed for every prompt of a shard's chunks:
+vLLM as one stream over the shard, HF chunk by chunk (`sample_stream`).
 """
 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
+from src.core.chunks import Progress, Todo
 from src.core.devices import device_for
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
@@ -107,6 +110,7 @@ def open_generator(
             temperature=g.temperature,
             top_p=g.top_p,
             max_new_tokens=g.max_new_tokens,
+            in_flight=g.in_flight,
         )
     from src.generation.hf_backend import HFGenerator
 
@@ -123,10 +127,44 @@ def open_generator(
     )
 
 
-def sample_chunk(generator, chunk: list[RenderedPrompt], seeds: list[int]):
+def sample_stream(
+    generator, todo: Todo[RenderedPrompt], seeds: list[int], progress: Progress
+) -> Iterator[tuple[int, list[RenderedPrompt], list[list]]]:
+    """(chunk index, its prompts, their samples: one per seed) for every chunk of `todo`, each
+    as soon as the last of its samples is drawn.
+
+    vLLM: one stream over the whole todo, the engine kept full across chunks (a chunk's file is
+    the unit of resume, not of batching), chunks ending in any order. HF: chunk after chunk
+    (`sample_chunk`): `generate` cannot take a new prompt into a running batch."""
+    load = generator.load
+
+    def show() -> None:
+        progress.update(done=load.prompts, work=load.tokens, in_flight=load.in_flight)
+
+    if not hasattr(generator, "stream"):
+        for c, chunk in todo:
+            yield c, chunk, sample_chunk(generator, chunk, seeds, show)
+        return
+    open_chunks: dict[int, tuple[list[RenderedPrompt], list[list | None]]] = {}
+
+    def requests():
+        for c, chunk in todo:
+            open_chunks[c] = (chunk, [None] * len(chunk))
+            for i, p in enumerate(chunk):
+                yield (c, i), (p.ids, p.prompt_id)
+
+    for (c, i), samples in generator.stream(requests(), seeds, on_step=show):
+        chunk, drawn = open_chunks[c]
+        drawn[i] = samples
+        if all(d is not None for d in drawn):
+            del open_chunks[c]
+            yield c, chunk, drawn
+
+
+def sample_chunk(generator, chunk: list[RenderedPrompt], seeds: list[int], after_batch=None):
     """One sample per seed for every prompt: length-sorted batches of the generator's
     `batch_size` (little padding; None: the whole chunk at once), the samples back in the
-    chunk's order."""
+    chunk's order. `after_batch()` runs after each batch (progress)."""
     order = sorted(range(len(chunk)), key=lambda i: len(chunk[i].ids))
     batch_size = generator.batch_size or len(chunk)
     results: dict[int, list] = {}
@@ -135,4 +173,6 @@ def sample_chunk(generator, chunk: list[RenderedPrompt], seeds: list[int]):
         samples = generator([list(p.ids) for p in batch], [p.prompt_id for p in batch], seeds)
         for i, s in zip(order[start : start + batch_size], samples, strict=True):
             results[i] = s
+        if after_batch is not None:
+            after_batch()
     return [results[i] for i in range(len(chunk))]

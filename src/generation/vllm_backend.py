@@ -21,32 +21,46 @@ generator cannot do: "CPU Generator does not use offset"); its CPU attention tak
 32, 64, 80 and up (the tiny models have 32); its worker's OpenMP threads stay on the CPUs this
 process may use (src/core/threads.py).
 
+The shard is one stream (`stream`): the engine is handed requests as it frees room for them, up
+to `generation.in_flight` samples at a time (twice its `max_num_seqs` by default, so that the
+slot of a sequence that ends is refilled at the next step, and memory stays flat at any shard
+size), and the loop steps the engine itself (`LLMEngine.add_request` / `step`, vLLM's own
+offline loop). A call on a list of prompts (`__call__`) is the stream over that list.
+
 The engine starts with the generator and runs in processes of its own; `close()` shuts them
-down, returning their memory before the next stage runs in this process.
+down, returning their memory before the next stage runs in this process. The loop watches
+those processes: one that dies (killed, out of memory) ends the stage with one line instead of
+a wait for outputs that never come.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import psutil
 import torch
 
 from src.config import GenerationConfig
 from src.core import threads
-from src.core.errors import StageError
-from src.generation.hf_backend import Sample, decode_sample, sample_seed
+from src.core.errors import EnvironmentFailure, StageError
+from src.generation.hf_backend import EngineLoad, Sample, decode_sample, sample_seed
 
 CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when generation.kv_cache_gb is null
 SHUTDOWN_TIMEOUT_S = 60  # the engine's processes exit in ~5 s; after this vLLM kills them
+LIVENESS_EVERY_S = 0.5  # how often a loop waiting for the engine checks that it still runs
 # What vLLM reads from the environment, unless the user set it: no usage reports from a
 # machine that may be offline, and its warnings without its per-step INFO lines.
 QUIET_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+
+Tag = TypeVar("Tag")
 
 
 class VLLMGenerator:
@@ -65,16 +79,23 @@ class VLLMGenerator:
         temperature: float,
         top_p: float,
         max_new_tokens: int,
+        in_flight: int | None = None,
     ):
         self.engine_args, self.env = engine_args, env
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
-        # end-of-turn ids held back until this many tokens (benchmarks/bench_generation.py sets
-        # it to max_new_tokens: every sample then does the same work)
-        self.min_new_tokens = 0
+        # each sample's length forced (end-of-turn held back until it, cut at it), from its
+        # prompt_id and base seed: the benchmarks set it so that both ways of feeding the
+        # engine do the same work (None: samples end where the policy ends them)
+        self.forced_length: Callable[[str, int], int] | None = None
         self.path = engine_args["model"]
         self.llm = None
+        self.load = EngineLoad()
+        self.request_ids = itertools.count()
         self.start()
+        max_num_seqs = self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        # samples handed to the engine at a time: room for a full batch and a full batch waiting
+        self.in_flight = in_flight or 2 * max_num_seqs
 
     def start(self) -> None:
         # vLLM writes its workers' settings into this process's environment as it starts
@@ -105,8 +126,11 @@ class VLLMGenerator:
             raise StageError(
                 f"vLLM could not start on {self.path}: {first} (vLLM's output above says more)"
             ) from exc
-        self.sampling_params = SamplingParams
-        self.watchdog = watch(engine_processes(before), environ)
+        from vllm.sampling_params import RequestOutputKind
+
+        self.sampling_params, self.delta = SamplingParams, RequestOutputKind.DELTA
+        self.engine_pids = engine_processes(before)
+        self.watchdog = watch(self.engine_pids, environ)
         print(
             f"[vllm] engine started in {time.perf_counter() - started:.0f} s: {self.path}, "
             f"{args['dtype']}, max_model_len {args['max_model_len']}",
@@ -117,33 +141,135 @@ class VLLMGenerator:
     def __call__(
         self, prompt_ids: list[list[int]], prompt_keys: list[str], base_seeds: list[int]
     ) -> list[list[Sample]]:
-        requests, params = [], []
-        for ids, key in zip(prompt_ids, prompt_keys, strict=True):
-            for s in base_seeds:
-                requests.append({"prompt_token_ids": ids})
-                params.append(
-                    self.sampling_params(
-                        n=1,
-                        temperature=self.temperature,
-                        top_p=self.top_p,
-                        max_tokens=self.max_new_tokens,
-                        min_tokens=self.min_new_tokens,
-                        seed=sample_seed(s, key),
-                        # the end-of-turn ids are the stops, as in the HF backend: not also
-                        # whatever vLLM takes for the tokenizer's EOS
-                        ignore_eos=True,
-                        stop_token_ids=self.eos_ids,
-                        detokenize=False,  # decoded below, as the HF backend decodes
-                    )
-                )
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        samples = [self._sample(out.outputs[0]) for out in outputs]
-        k = len(base_seeds)
-        return [samples[i * k : (i + 1) * k] for i in range(len(prompt_ids))]
+        """The samples of a list of prompts (prompt_ids: tokenised rendered prompts, prompt_keys:
+        their prompt_ids, the seeds' material): the stream over the list, waited for whole."""
+        done = dict(self.stream(enumerate(zip(prompt_ids, prompt_keys, strict=True)), base_seeds))
+        return [done[i] for i in range(len(prompt_ids))]
 
-    def _sample(self, output) -> Sample:
-        tokens = list(output.token_ids)
-        if output.finish_reason == "stop" and not any(t in self.eos_ids for t in tokens):
+    def stream(
+        self,
+        prompts: Iterable[tuple[Tag, tuple[list[int], str]]],
+        base_seeds: list[int],
+        on_step: Callable[[], None] = lambda: None,
+    ) -> Iterator[tuple[Tag, list[Sample]]]:
+        """(tag, its K samples) for each (tag, (prompt ids, prompt_id)) of `prompts`, as soon as
+        the last of its samples ends: in the order they end, not the order they came.
+
+        `prompts` is read as room frees up, never more than `self.in_flight` samples ahead of
+        what has ended; `on_step()` runs after every engine step (`self.load` says what the
+        engine holds). Leaving the loop early (an error, the consumer closing it) aborts what
+        is still in the engine.
+        """
+        engine = self.llm.llm_engine
+        # the engine's input from token ids: its renderer's where it has one (vLLM >= 0.30),
+        # else the prompt as given (what vLLM before that takes)
+        render = getattr(getattr(engine, "renderer", None), "render_cmpl", None)
+        k, load = len(base_seeds), self.load
+        source = iter(prompts)
+        waiting: dict[int, tuple[Tag, list[Sample | None]]] = {}  # prompt number -> its samples
+        tokens: dict[str, list[int]] = {}  # request id -> the tokens it has made so far
+        more = True
+        try:
+            while True:
+                while more and len(tokens) + k <= max(self.in_flight, k):
+                    try:
+                        tag, (ids, key) = next(source)
+                    except StopIteration:
+                        more = False
+                        break
+                    n = next(self.request_ids)
+                    waiting[n] = (tag, [None] * k)
+                    for j, seed in enumerate(base_seeds):
+                        request, prompt = f"{n}.{j}", {"prompt_token_ids": list(ids)}
+                        if render is not None:
+                            (prompt,) = render([prompt])
+                        engine.add_request(request, prompt, self.params(key, seed))
+                        tokens[request] = []
+                if not tokens:
+                    return
+                load.in_flight = len(tokens)
+                load.most_in_flight = max(load.most_in_flight, len(tokens))
+                outputs = self.step()
+                if outputs:
+                    load.steps += 1
+                    load.sequences += len(outputs)
+                    if load.trace is not None:
+                        load.trace.append(len(outputs))
+                for out in outputs:
+                    request, made = out.request_id, out.outputs[0]
+                    tokens[request].extend(made.token_ids)
+                    load.tokens += len(made.token_ids)
+                    if not out.finished:
+                        continue
+                    number, j = map(int, request.split("."))
+                    tag, samples = waiting[number]
+                    samples[j] = self._sample(tokens.pop(request), made.finish_reason)
+                    if all(s is not None for s in samples):
+                        del waiting[number]
+                        load.prompts += 1
+                        yield tag, samples
+                load.in_flight = len(tokens)
+                on_step()
+        finally:
+            if tokens and self.llm is not None:
+                # the engine may be gone already: the error that ends the loop says so
+                with contextlib.suppress(Exception):
+                    engine.abort_request(list(tokens))
+
+    def params(self, key: str, seed: int) -> Any:
+        """The sampling parameters of one sample: seeded as the HF backend seeds it, the tokens
+        of each step reported (DELTA), the end of turn the stop."""
+        length = None if self.forced_length is None else self.forced_length(key, seed)
+        return self.sampling_params(
+            n=1,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=length or self.max_new_tokens,
+            min_tokens=length or 0,
+            seed=sample_seed(seed, key),
+            # the end-of-turn ids are the stops, as in the HF backend: not also whatever vLLM
+            # takes for the tokenizer's EOS
+            ignore_eos=True,
+            stop_token_ids=self.eos_ids,
+            detokenize=False,  # decoded below, as the HF backend decodes
+            output_kind=self.delta,  # each step's new tokens: the engine's fill, live tokens/s
+        )
+
+    def step(self) -> list:
+        """One engine step's outputs; an engine whose processes are gone is one line.
+
+        vLLM's client waits on a queue that a dead engine core never fills (its own monitor
+        shuts the client down without a word to the waiting loop), so the wait happens here,
+        with a look at the engine's processes every LIVENESS_EVERY_S; a worker that dies makes
+        the core send an error, or end."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        engine = self.llm.llm_engine
+        queue = getattr(engine.engine_core, "outputs_queue", None)
+        try:
+            if queue is not None:  # None: an engine in this process, where step() cannot hang
+                with queue.not_empty:
+                    while not queue.queue:
+                        if not queue.not_empty.wait(LIVENESS_EVERY_S):
+                            self.require_engine()
+            return engine.step()
+        except EngineDeadError as exc:
+            self.require_engine()
+            raise EnvironmentFailure(self.died(f"vLLM's engine failed ({exc})")) from exc
+
+    def require_engine(self) -> None:
+        dead = [pid for pid in self.engine_pids if not running(pid)]
+        if dead:
+            raise EnvironmentFailure(self.died(f"vLLM's engine process (pid {dead[0]}) ended"))
+
+    def died(self, what: str) -> str:
+        return (
+            f"{what} while generating with {self.path} (killed, or out of memory: see the "
+            "system log); the chunks made so far are kept: re-run the same command to resume"
+        )
+
+    def _sample(self, tokens: list[int], finish_reason: str | None) -> Sample:
+        if finish_reason == "stop" and not any(t in self.eos_ids for t in tokens):
             # a stop token that vLLM left out of the ids: the HF backend counts it
             tokens.append(self.eos_ids[0])
         return decode_sample(tokens, self.eos_ids, self.tokenizer)
@@ -202,6 +328,14 @@ for process in doomed:
 """
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def engine_processes(before: set[int]) -> list[int]:
     """The pids of this process's children that are not in `before`, less multiprocessing's
     resource tracker (it stays for the process's lifetime and ends with it by itself)."""
@@ -254,6 +388,8 @@ def engine_args(
         args["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
     else:
         args["gpu_memory_utilization"] = g.gpu_memory_utilization
+    if g.max_num_seqs is not None:
+        args["max_num_seqs"] = g.max_num_seqs
     if on_cpu:
         args["enable_chunked_prefill"] = False
     return args

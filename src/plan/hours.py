@@ -3,9 +3,11 @@ the prompts, K and the lengths: measured from the previous iteration's generatio
 else the config's limits) over a per-GPU rate (`plan.*`). Which figures are measured and which
 are assumptions is said in every row.
 
-- generation: tokens per second per GPU, measured for the real models on an H100 by
-  benchmarks/bench_generation_gpu.py (HF, 32 prompts x 5 samples a call); other models: the
-  Mistral-7B rate scaled by parameters (an assumption: decoding reads every weight per step);
+- generation: tokens per second per GPU. HF: measured for the real models on an H100 by
+  benchmarks/bench_generation_gpu.py (32 prompts x 5 samples a call); other models: the
+  Mistral-7B rate scaled by parameters (an assumption: decoding reads every weight per step).
+  vLLM (one stream over the shard, its engine kept full): `plan.vllm_bound_share` of the decode
+  bound, an assumption until measured on a GPU;
 - ranking and training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption):
   a judge's forward 2 Psi_judge per token; a training token 6 Psi (forward 2, backward 4) plus 2 Psi
   when gradient checkpointing recomputes the forward, and the reference's forward 2 Psi once.
@@ -17,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.config import Config, JudgeKind, RefLogprobs
+from src.config import Backend, Config, JudgeKind, RefLogprobs
 from src.plan.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
 # HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
@@ -78,9 +80,41 @@ def measured_rate(rates: dict[int, float], batch: int) -> tuple[float, str]:
     return rate, f"measured at {small} and {large} prompts a call"
 
 
-def generate_rate(cfg: Config, shape: Shape, batch: int) -> tuple[float, str]:
+# vLLM's max_num_seqs on a GPU of 70 GB or more (vLLM 0.26-0.33), when generation.max_num_seqs
+# is null
+VLLM_MAX_NUM_SEQS = 1024
+
+
+def decode_bound(cfg: Config, shape: Shape, context: float) -> tuple[float, int]:
+    """(tokens/s per GPU, sequences) at the decode bound: a step makes one token for each of the
+    sequences the engine holds and reads, at the GPU's bandwidth, the bf16 weights once and the
+    KV cache of every sequence (`context` tokens each, on average). The sequences: max_num_seqs,
+    or fewer where the KV cache (what gpu_memory_utilization leaves beside the weights) holds
+    fewer. Per GPU: tensor parallelism splits both reads and the tokens alike."""
+    g, weights = cfg.generation, 2 * shape.params
+    per_sequence = context * shape.kv_bytes_per_token()
+    gpus = g.tensor_parallel_size
+    room = gpus * (cfg.hardware.gpu_memory_gb or 80.0) * 2**30 * g.gpu_memory_utilization - weights
+    if g.kv_cache_gb is not None:
+        room = gpus * g.kv_cache_gb * 2**30
+    sequences = max(1, min(g.max_num_seqs or VLLM_MAX_NUM_SEQS, int(room // per_sequence)))
+    step_s = (weights + sequences * per_sequence) / (gpus * cfg.plan.gpu_memory_tbs * 1e12)
+    return sequences / step_s / gpus, sequences
+
+
+def generate_rate(cfg: Config, shape: Shape, batch: int, context: float) -> tuple[float, str]:
+    """Tokens/s per GPU of the configured backend: HF at `batch` prompts a call, vLLM at
+    sequences of `context` tokens on average in its KV cache."""
     if cfg.plan.generate_tokens_per_s is not None:
         return cfg.plan.generate_tokens_per_s, "plan.generate_tokens_per_s"
+    if cfg.generation.backend == Backend.vllm:
+        bound, sequences = decode_bound(cfg, shape, context)
+        share = cfg.plan.vllm_bound_share
+        return share * bound, (
+            f"assumed (vLLM not yet measured on a GPU): plan.vllm_bound_share={share:g} of the "
+            f"decode bound, {bound:,.0f} tokens/s at {sequences} sequences of {context:,.0f} "
+            f"tokens on {cfg.plan.gpu_memory_tbs:g} TB/s"
+        )
     if cfg.model.path in MEASURED_GENERATE:
         rate, basis = measured_rate(MEASURED_GENERATE[cfg.model.path], batch)
         return rate, f"H100, HF, {basis}"
@@ -102,7 +136,8 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     flops_per_s = cfg.plan.mfu * cfg.plan.gpu_tflops * 1e12
     mfu = f"assumed MFU {cfg.plan.mfu:g} of {cfg.plan.gpu_tflops:g} TFLOP/s"
 
-    rate, basis = generate_rate(cfg, shape, g.batch_size)
+    # a sequence holds its prompt and, on average, half its response in the KV cache
+    rate, basis = generate_rate(cfg, shape, g.batch_size, context=prompt + response / 2)
     generated = prompts * k * response
     stages = [StageHours("generate", generated, world, generated / (rate * world) / 3600, basis)]
 
@@ -126,7 +161,9 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
 
     if cfg.eval.enabled:
         answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
-        rate, basis = generate_rate(cfg, shape, cfg.eval.batch_size)
+        e = cfg.eval
+        context = e.max_prompt_length + e.max_new_tokens / 2
+        rate, basis = generate_rate(cfg, shape, e.batch_size, context)
         stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
     return stages
 

@@ -4,7 +4,8 @@
     python -m src.main stage=generate generation.shard=3 generation.num_shards=8
 
 setup (this shard's prompts, rendered with the chat template and length-checked; the policy's
-sampler, HF or vLLM) -> run (chunks of prompts, each written atomically; a re-run skips finished
+sampler, HF or vLLM) -> run (vLLM: one stream over the shard; HF: chunk after chunk; each chunk
+of prompts written atomically the moment its last sample is drawn; a re-run skips finished
 chunks, so a run killed at any point and re-run ends with every prompt exactly once) -> cleanup
 (the sampler closed, vLLM's engine with it; the shard's `responses-shardSSS-of-NNN.jsonl`;
 `done.json` once every shard is there).
@@ -17,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 
 from src.config import Backend, Config, Device, Stage
-from src.core.chunks import ChunkCounts, claim, process_shard, take_shard
+from src.core.chunks import ChunkCounts, Progress, Todo, claim, process_shard, take_shard
 from src.core.contracts import ResponseRow
 from src.core.memory import Peak
 from src.core.records import chunk_identity, stage_fingerprint
@@ -28,7 +29,7 @@ from src.generation.sampling import (
     load_tokenizer,
     open_generator,
     render,
-    sample_chunk,
+    sample_stream,
 )
 from src.plan.stages import peak_line
 from src.stages.common import redo, require_previous_policy, stage_shard
@@ -43,13 +44,20 @@ class Counts(ChunkCounts):
     truncated: int = 0
     generated: int = 0
     tokens: int = 0
+    # the sampler's decoding steps in this run, and the sequences they held summed over them:
+    # their ratio is how full the batch ran (vLLM's engine, or HF's batches of prompts x K)
+    decoding_steps: int = 0
+    step_sequences: int = 0
+
+    unit = "tokens"
+
+    @property
+    def work(self) -> float:
+        return self.tokens
 
     def add(self, rows: list[ResponseRow]) -> None:
         self.generated += len(rows)
         self.tokens += sum(sum(r["num_tokens"]) for r in rows)
-
-    def rate(self, elapsed: float) -> str:
-        return f"{self.generated / elapsed:.2f} prompts/s, {self.tokens / elapsed:.0f} tokens/s"
 
 
 def run(cfg: Config) -> dict:
@@ -84,20 +92,27 @@ def run(cfg: Config) -> dict:
     peak = Peak(cfg.hardware.device == Device.cuda) if g.backend == Backend.hf else None
     generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
 
-    def generate_chunk(chunk: list[RenderedPrompt]) -> list[ResponseRow]:
+    def generate(todo: Todo[RenderedPrompt], progress: Progress):
         seeds = cfg.sample_seeds
-        samples = sample_chunk(generator, chunk, seeds)
-        return [
-            ResponseRow(
-                prompt_id=p.prompt_id,
-                prompt=p.prompt,
-                responses=[s.text for s in drawn],
-                finish_reasons=[s.finish_reason for s in drawn],
-                num_tokens=[s.num_tokens for s in drawn],
-                seeds=seeds,
+        for c, chunk, samples in sample_stream(generator, todo, seeds, progress):
+            yield (
+                c,
+                [
+                    ResponseRow(
+                        prompt_id=p.prompt_id,
+                        prompt=p.prompt,
+                        responses=[s.text for s in drawn],
+                        finish_reasons=[s.finish_reason for s in drawn],
+                        num_tokens=[s.num_tokens for s in drawn],
+                        seeds=seeds,
+                    )
+                    for p, drawn in zip(chunk, samples, strict=True)
+                ],
             )
-            for p, drawn in zip(chunk, samples, strict=True)
-        ]
+        counts.decoding_steps, counts.step_sequences = (
+            generator.load.steps,
+            generator.load.sequences,
+        )
 
     # run, then cleanup: the sampler (vLLM's engine processes), the shard's file, the stage's
     # record once all shards are there
@@ -106,7 +121,7 @@ def run(cfg: Config) -> dict:
             shard,
             rendered,
             g.chunk_size,
-            generate_chunk,
+            generate,
             counts,
             stage_fingerprint(cfg.as_tree(), Stage.generate),
             identity,

@@ -27,11 +27,7 @@ from dataclasses import InitVar, asdict, dataclass
 import numpy as np
 
 from src.config import Config, EmptyResponses, JudgeKind, Stage, WinProb
-from src.core.chunks import (
-    ChunkCounts,
-    claim,
-    process_shard,
-)
+from src.core.chunks import ChunkCounts, chunk_by_chunk, claim, process_shard
 from src.core.contracts import RankedRow
 from src.core.errors import StageError
 from src.core.records import chunk_identity, stage_fingerprint
@@ -74,9 +70,9 @@ class Counts(ChunkCounts):
         self.ranked += len(rows)
         self.comparisons += sum(self.per_prompt(len(r["responses"])) for r in rows)
 
-    def rate(self, elapsed: float) -> str:
-        per_second = self.comparisons / elapsed
-        return f"{self.ranked / elapsed:.2f} prompts/s, {per_second:.1f} {self.unit}/s"
+    @property
+    def work(self) -> float:
+        return self.comparisons
 
     def summarise(self, rows: Iterable[RankedRow]) -> None:
         self.all_tied = sum(all_tied(np.asarray(row["scores"])) for row in rows)
@@ -177,7 +173,7 @@ def run(cfg: Config) -> dict:
         shard,
         mine(),
         r.chunk_size,
-        rank_chunk,
+        chunk_by_chunk(rank_chunk),
         counts,
         stage_fingerprint(cfg.as_tree(), Stage.rank),
         identity,
