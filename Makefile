@@ -110,7 +110,7 @@ test-fast: install ## The tests not marked slow, distributed or slurm
 	$(OFFLINE) $(PY) -m pytest -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
 
 BENCH ?= trainer
-bench: install ## A benchmark against its peer tool: BENCH=trainer (vs TRL, ~10 min) | generation | ranking (~45 min)
+bench: install ## A benchmark against its peer tool: BENCH=trainer (vs TRL, ~10 min) | generation | ranking (~45 min) | stream (vLLM streamed vs chunked, ~8 min)
 	$(PIP) install --quiet ".[bench,$(EXTRAS)]"
 	$(OFFLINE) $(PY) -m benchmarks.bench_$(BENCH) $(ARGS)
 

@@ -192,6 +192,14 @@ def hf_fill(generator, rendered, seeds: list[int]) -> dict:
     }
 
 
+def summary_of(runs: list[dict]) -> dict:
+    """Per mode, the median of each figure over the repeats."""
+    keys = ("steps", "mean_sequences", "full_until_last_chunk", "wall_s", "tokens_per_s")
+    return {
+        m: {k: statistics.median(r[k] for r in runs if r["mode"] == m) for k in keys} for m in MODES
+    }
+
+
 def ratios(summary: dict, runs: list[dict]) -> list[dict]:
     """chunked / streamed per repeat: decoding steps and wall time."""
     by = {m: [r for r in runs if r["mode"] == m] for m in MODES}
@@ -288,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "settings": {**SETTINGS, "prompts": args.prompts, "repeats": args.repeats},
         "rows_equal": rows["chunked"] == rows["streamed"],
+        "summary": summary_of(runs),
         "runs": runs,
         "ratios": ratios({}, runs),
         "hf": hf_result,

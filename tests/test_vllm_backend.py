@@ -298,6 +298,8 @@ def uninterrupted(tmp_path_factory, tiny_dir) -> Path:
     stage = generate(tmp_path_factory.mktemp("uninterrupted"))
     counts = json.loads((stage / "done.json").read_text())["counts"]
     assert counts["generated"] == 63, "every prompt answered (the long one truncated)"
+    # the record says how full the engine ran: sequences per decoding step
+    assert 1 < counts["step_sequences"] / counts["decoding_steps"] <= 63 * 5
     return rows_file(stage)
 
 
