@@ -10,7 +10,6 @@ The bench at the recipe's size is benchmarks/bench_scale.py.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -62,14 +61,27 @@ def response(rng: random.Random) -> str:
     return text[:RESPONSE_CHARS]
 
 
+# Starts a command and prints its peak resident memory (kB) as the kernel records it. A child's
+# ru_maxrss counts what it held before its exec: forked from this test process, it would carry
+# this process's size (which grows as the test writes its rows), so the stage is forked from this
+# small interpreter instead.
+PEAK_OF = (
+    "import os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "print(usage.ru_maxrss)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def peak_mb(root, stage: str) -> float:
     """The kernel's record of the stage process's peak resident memory (ru_maxrss)."""
     cmd = [sys.executable, "-m", "src.main", *STAGE, f"paths.root={root}", f"stage={stage}"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read().decode()[-3000:]
-    proc.stderr.close()
-    return usage.ru_maxrss / 1024
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_OF, *cmd], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return int(result.stdout) / 1024
 
 
 @pytest.mark.slow
