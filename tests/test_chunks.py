@@ -125,3 +125,25 @@ def test_resolve_shard_reads_os_environ_by_default(monkeypatch):
 def test_resolve_shard_rejects_what_would_leave_prompts_out(shard, num_shards, env, pattern):
     with pytest.raises(StageError, match=pattern):
         resolve_shard(shard, num_shards, env=env)
+
+
+def test_the_progress_line_says_done_in_flight_rate_and_time_left(monkeypatch):
+    """Prompts done (kept from an earlier run included) of the shard's, the samples in flight
+    only where a stream reports them, the rate over the last minute, the time left at this
+    run's own pace; the last line says how long it took."""
+    from src.core import chunks
+
+    clock = iter([0.0, 30.0, 90.0, 100.0, 100.0])
+    monkeypatch.setattr(chunks.time, "monotonic", lambda: next(clock))
+    line = chunks.Progress("[generate] shard000-of-001", total=100, unit="tokens")  # t = 0
+    line.reused(20)
+    line.update(done=10, work=3000.0, in_flight=40)  # t = 30
+    line.update(done=40, work=9000.0)  # t = 90: the window starts at t = 30
+    assert line.line(100.0) == (
+        "[generate] shard000-of-001: 60/100 prompts (60%), 40 samples in flight, "
+        "86 tokens/s, 0:01:40 left"
+    )  # (9000 - 3000) / (100 - 30) tokens/s; 40 prompts in 100 s, 40 left
+    line.in_flight = None
+    assert line.line(100.0, final=True).endswith(
+        "60/100 prompts (60%), 86 tokens/s, done in 0:01:40"
+    )

@@ -124,8 +124,8 @@ class EngineLoad:
     sequences: int = 0  # over those steps, the sequences that made one: mean fill = this / steps
     tokens: int = 0  # tokens made
     prompts: int = 0  # prompts whose every sample has ended
-    in_flight: int = 0  # samples begun and not ended
-    most_in_flight: int = 0
+    in_flight: int = 0  # samples handed to vLLM's engine and not ended (HF: 0 between calls)
+    most_in_flight: int = 0  # the most samples at once: vLLM's handed over, HF's rows a call
     # the sequences of every step, in order, where a list is given (the benchmarks' fill over
     # time; vLLM only)
     trace: list[int] | None = None

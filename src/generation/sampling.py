@@ -136,12 +136,13 @@ def sample_stream(
     vLLM: one stream over the whole todo, the engine kept full across chunks (a chunk's file is
     the unit of resume, not of batching), chunks ending in any order. HF: chunk after chunk
     (`sample_chunk`): `generate` cannot take a new prompt into a running batch."""
-    load = generator.load
+    load, streams = generator.load, hasattr(generator, "stream")
 
-    def show() -> None:
-        progress.update(done=load.prompts, work=load.tokens, in_flight=load.in_flight)
+    def show() -> None:  # HF has nothing in flight between its calls
+        in_flight = load.in_flight if streams else None
+        progress.update(done=load.prompts, work=load.tokens, in_flight=in_flight)
 
-    if not hasattr(generator, "stream"):
+    if not streams:
         for c, chunk in todo:
             yield c, chunk, sample_chunk(generator, chunk, seeds, show)
         return
