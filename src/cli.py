@@ -6,7 +6,7 @@ the exit code of src.core.errors (README, "Failures").
 
 Inside it a `ConfigError` or a composition error Hydra or OmegaConf raises ends with exit code 2,
 a `StageError` with its own (and the user's command with its fix), an `OSError` with 3 and
-Ctrl-C with 130; anything else is a bug and keeps its traceback. `HYDRA_FULL_ERROR=1` keeps the
+Ctrl-C with 130, SIGTERM with 143; anything else is a bug and keeps its traceback. `HYDRA_FULL_ERROR=1` keeps the
 traceback of every failure.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
@@ -27,7 +29,9 @@ from src.core.errors import (
     EXIT_CONFIG_ERROR,
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     StageError,
+    Terminated,
     describe,
     describe_os_error,
 )
@@ -86,26 +90,52 @@ def failures(
     command: str,
     overrides: Sequence[str] = (),
     where: str = "paths.root",
-    interrupted: str = "stopped by Ctrl-C",
+    interrupted: str = "",
 ) -> Iterator[None]:
     """End any failure a user can cause or meet inside with one line and its exit code.
 
     `command`: the user's command, which a StageError's fix is set on; `overrides`: its Hydra
     overrides (a composition error names the one at fault); `where`: the setting that places the
-    files a refused write names; `interrupted`: what Ctrl-C leaves behind."""
+    files a refused write names; `interrupted`: what Ctrl-C or SIGTERM leaves behind."""
+    with terminated_as_raised():
+        try:
+            yield
+        except Terminated as exc:
+            stopped = "SIGTERM (scancel, a time limit, or a preemption without warning)"
+            exit_with(_stopped_line(stopped, interrupted), EXIT_TERMINATED, exc)
+        except KeyboardInterrupt as exc:
+            exit_with(_stopped_line("Ctrl-C", interrupted), EXIT_INTERRUPTED, exc)
+        except (
+            ConfigError,
+            StageError,
+            OSError,
+            HydraException,
+            OmegaConfBaseException,
+            AssertionError,
+        ) as exc:
+            exit_with(*failure_line(exc, command, overrides, where), exc)
+
+
+def _stopped_line(by: str, leaves: str) -> str:
+    return f"interrupted: stopped by {by}" + (f"; {leaves}" if leaves else "")
+
+
+@contextmanager
+def terminated_as_raised() -> Iterator[None]:
+    """SIGTERM raised as `Terminated` inside the block (by default it ends the process at once,
+    with no line in the job's log). Signals reach the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
-    except KeyboardInterrupt as exc:
-        exit_with(f"interrupted: {interrupted}", EXIT_INTERRUPTED, exc)
-    except (
-        ConfigError,
-        StageError,
-        OSError,
-        HydraException,
-        OmegaConfBaseException,
-        AssertionError,
-    ) as exc:
-        exit_with(*failure_line(exc, command, overrides, where), exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -21,10 +21,9 @@ from src.core import memory, preemption, threads
 from src.plan.stages import require_fit_here
 from src.schedule import dispatch
 
-# What Ctrl-C leaves: every stage resumes
+# What Ctrl-C or SIGTERM leaves: every stage resumes
 INTERRUPTED = (
-    "stopped by Ctrl-C; re-run the same command to resume from the finished chunks and the "
-    "last Trainer checkpoint"
+    "re-run the same command to resume from the finished chunks and the last Trainer checkpoint"
 )
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from src.config import Config, PipelineConfig, Stage, to_yaml
+from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
 from src.core.records import StageState, read_record, state_of
 from src.core.registry import STAGES, iteration_stages
 from src.stages import tracking
-from src.stages.common import redo
+from src.stages.common import redo, stage_shard
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
@@ -113,21 +114,38 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
     for i, st in enumerate(states):
-        stage_dir = cfg.stage_dir(st.stage)
         redoing = redo_from is not None and i >= redo_from
         if st.status == "done" and not redoing:
-            print(
-                f"[main] stage {st.stage.value}: finished with this config, skipped",
-                file=sys.stderr,
-            )
+            skipped(st.stage)
             continue
-        if redoing and stage_dir.exists():
-            print(f"[main] stage {st.stage.value}: redoing (pipeline.redo)", file=sys.stderr)
-            shutil.rmtree(stage_dir)
-        print(f"[main] stage {st.stage.value} -> {stage_dir}", file=sys.stderr)
-        save_config(cfg, st.stage, command)
-        run_tracked(cfg, st.stage, runners[st.stage])
+        with writing(cfg, st.stage, command, whole=redoing):
+            run_stage(cfg, st.stage, runners[st.stage], command, redoing)
         release_gpu_memory()
+
+
+def writing(cfg: Config, stage: Stage, command: str, whole: bool):
+    """The lock on what `stage` writes (src/core/locks.py): its shard's folder for a sharded
+    stage, all of it otherwise or when it is redone (the redo deletes the folder)."""
+    shard = None if whole or STAGES[stage].sharded_by is None else stage_shard(cfg, stage).name
+    return locks.writing(cfg.stage_dir(stage), command, shard)
+
+
+def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: bool) -> None:
+    stage_dir = cfg.stage_dir(stage)
+    # the stage may have finished between the check of its state and the taking of its lock
+    if not redoing and state_of(cfg.as_tree(), stage).status == "done":
+        skipped(stage)
+        return
+    if redoing and stage_dir.exists():
+        print(f"[main] stage {stage.value}: redoing (pipeline.redo)", file=sys.stderr)
+        shutil.rmtree(stage_dir)
+    print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
+    save_config(cfg, stage, command)
+    run_tracked(cfg, stage, run)
+
+
+def skipped(stage: Stage) -> None:
+    print(f"[main] stage {stage.value}: finished with this config, skipped", file=sys.stderr)
 
 
 def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:

@@ -158,7 +158,17 @@ def test_a_full_disk_while_training_is_one_line(small_disk, processes):
     assert not records(root)
 
 
-def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [
+        (signal.SIGINT, 130, "Ctrl-C"),
+        # what scancel, a time limit and a preemption without the warning signal send
+        (signal.SIGTERM, 143, "SIGTERM (scancel, a time limit, or a preemption without warning)"),
+    ],
+)
+def test_ctrl_c_and_sigterm_are_one_line_and_their_exit_code_and_leave_no_record(
+    tmp_path, signum, code, said
+):
     # ~10 s of work at full speed: the first chunk appears long before the last
     args = ["model=tiny-mistral", "logger=none", *GENERATE, "method.K=2", "data.max_prompts=120"]
     args += ["generation.chunk_size=2", "generation.batch_size=1", "generation.max_new_tokens=48"]
@@ -176,11 +186,11 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_rerun_resumes(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not list(tmp_path.rglob("chunk*.jsonl")):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=300)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
-    line = one_line_failure(result, 130)
-    assert line.startswith("interrupted: stopped by Ctrl-C; re-run the same command to resume")
+    line = one_line_failure(result, code)
+    assert line.startswith(f"interrupted: stopped by {said}; re-run the same command to resume")
     assert not records(tmp_path)
 
 

@@ -11,6 +11,8 @@ exit code:
          read-only, permission denied, no space left), the Hugging Face Hub or W&B unreachable
     4    preempted (`src.core.preemption.Preempted`): a re-run resumes
     130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM: what `scancel`, a job's time limit and a preemption without the
+         warning signal send): a re-run resumes
 
 Any other exception is a bug and keeps its traceback; `HYDRA_FULL_ERROR=1` shows the traceback
 of every failure.
@@ -26,6 +28,12 @@ EXIT_CONFIG_ERROR = 2
 EXIT_ENVIRONMENT = 3
 EXIT_PREEMPTED = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, as Ctrl-C is: what is under way unwinds the same
+    way (atomic writes dropped, engines shut down) and the boundary says what stopped it."""
 
 
 class StageError(RuntimeError):
