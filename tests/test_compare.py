@@ -342,6 +342,47 @@ def test_a_malformed_file_is_named_and_skipped(tmp_path, stage, name, text, prob
         assert float(row["eta"]) == 1000.0
 
 
+def test_a_value_of_the_wrong_type_is_blanked_with_one_warning_naming_file_key_and_value(
+    tmp_path,
+):
+    evaluated = {**EVAL, "win_rate": "0.31", "lc_win_rate_high": True,
+                 "alpaca_eval": {**EVAL["alpaca_eval"], "lc_win_rate": [0.54]}}  # fmt: skip
+    iter_dir, _, pairs, history = write_iteration(tmp_path, SPPO_5000, 2, eval_=evaluated)
+    pairs_done = iter_dir / "pairs" / "done.json"
+    pairs_done.write_text(json.dumps(done_record({**pairs, "mean_score_margin": "n/a"}, 0.6)))
+    train_metrics = iter_dir / "train" / "metrics.json"
+    metrics = json.loads(train_metrics.read_text())
+    metrics["log_history"][2]["loss"] = "nan"
+    train_metrics.write_text(json.dumps(metrics))
+    other = write_iteration(tmp_path, SPPO_1000, 1, eval_={**EVAL, "alpaca_eval": "skipped"})[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "src.compare", "--root", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "compare" / "compare.md").read_text() in result.stdout
+    evaluation = iter_dir / "eval" / "eval.json"
+    assert sorted(result.stderr.splitlines()) == sorted(
+        f"warning: {where}: {key} is {value}, not {expected}; left blank"
+        for where, key, value, expected in [
+            (evaluation, "win_rate", "'0.31'", "a finite number"),
+            (evaluation, "lc_win_rate_high", "True", "a finite number"),
+            (evaluation, "alpaca_eval.lc_win_rate", "[0.54]", "a finite number"),
+            (pairs_done, "counts.mean_score_margin", "'n/a'", "a finite number"),
+            (train_metrics, "log_history[2].loss", "'nan'", "a finite number"),
+            (other / "eval" / "eval.json", "alpaca_eval", "'skipped'", "an object"),
+        ]
+    )
+    row = read_csv(tmp_path / "compare" / "compare.csv")[(SPPO_5000, 2)]
+    blank = ("eval_win_rate", "alpaca_eval_lc", "mean_score_margin")
+    assert [row.get(c, "") for c in blank] == ["", "", ""]  # a column all blank is left out
+    assert float(row["eval_lc_win_rate"]) == EVAL["lc_win_rate"]  # the rest is read as before
+    assert float(row["alpaca_eval_wr"]) == EVAL["alpaca_eval"]["win_rate"]
+    assert float(row["pairs"]) == pairs["pairs"]
+    assert float(row["train_loss_final"]) == pytest.approx(history[-2]["loss"])
+
+
 # --- W&B ---
 
 

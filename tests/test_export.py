@@ -1,7 +1,8 @@
 """What an iteration made, handed on: each checkpoint carries a model card the Hub's own library
 parses (metadata that round-trips, the eval results as model-index once the iteration's eval
 ran, a recipe that is the run's resolved config); `python -m src.export` assembles the model and
-data folders, loadable with `datasets`, and refuses a push it cannot finish before doing anything."""
+data folders, loadable with `datasets`, refuses a push it cannot finish before doing anything, and
+replaces only its own export of the same run and iteration, leaving no `.partial` folder behind."""
 
 from __future__ import annotations
 
@@ -89,7 +90,9 @@ def test_the_recipe_is_the_runs_resolved_config(lineage, t):
         assert str(lineage / "iter1" / "train" / "checkpoint") in text
 
 
-def export(lineage: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def export(
+    lineage: Path, *args: str, env: dict | None = None, preexec_fn=None
+) -> subprocess.CompletedProcess:
     root = lineage.parents[2]
     command = [sys.executable, "-m", "src.export", "model=tiny-mistral", f"paths.root={root}"]
     return subprocess.run(
@@ -99,6 +102,7 @@ def export(lineage: Path, *args: str, env: dict | None = None) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -194,3 +198,144 @@ def test_a_preset_that_departs_from_its_published_card_says_so_in_its_cards(
         assert "Departures from the published recipe" not in card.text
     else:
         assert said in card.text.replace("\n", " ")
+
+
+# --- what export may replace (only its own export of the same run and iteration) ---
+
+
+def refused(result: subprocess.CompletedProcess, lineage: Path, out: Path, *args: str) -> str:
+    """The refusal's line, after checking that it ends with this very export's command, --force
+    added."""
+    line = one_line_failure(result, 1)
+    root = lineage.parents[2]
+    command = f"python -m src.export model=tiny-mistral paths.root={root} run_name={lineage.name}"
+    assert line.endswith(f"; run `{command} {' '.join(args)} --force`"), line
+    return line
+
+
+@pytest.mark.parametrize("occupied", ["model", "data"])
+def test_a_folder_export_did_not_write_is_refused_and_force_replaces_it(
+    lineage, tmp_path, occupied
+):
+    notes = tmp_path / occupied / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("my own notes")
+    args = ("iter=1", "--out", str(tmp_path))
+    line = refused(export(lineage, *args), lineage, tmp_path, *args)
+    assert line.startswith(
+        f"error: {tmp_path / occupied} holds files export did not write (notes.txt); "
+        "nothing was exported, --force replaces it;"
+    ), line
+    assert notes.read_text() == "my own notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [occupied], "nothing else made either"
+
+    result = export(lineage, *args, "--force")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not notes.exists()
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert (tmp_path / "data" / "pairs.parquet").is_file()
+
+
+def test_an_export_replaces_its_own_export_of_the_same_run_and_iteration_only(lineage, tmp_path):
+    args = ("--what", "data", "--out", str(tmp_path))
+    first = export(lineage, "iter=1", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = tmp_path / "data"
+    stale = data / "ranked.parquet"
+    stale.write_bytes(b"not what export wrote here")  # it wrote the file: replaced regardless
+
+    again = export(lineage, "iter=1", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert stale.read_bytes()[:4] == b"PAR1", "the export was made again"
+
+    line = refused(export(lineage, "iter=2", *args), lineage, tmp_path, "iter=2", *args)
+    assert f"error: {data} is this run's export of iteration 1, not of iteration 2;" in line
+
+    (data / "adapter").mkdir()
+    (data / "adapter" / "mine.json").write_text("{}")
+    line = refused(export(lineage, "iter=1", *args), lineage, tmp_path, "iter=1", *args)
+    assert f"{data} holds files export did not write (adapter, adapter/mine.json)" in line
+    assert (data / "adapter" / "mine.json").read_text() == "{}"
+
+
+def test_an_export_of_another_run_is_refused(lineage, tmp_path):
+    import shutil
+
+    other = tmp_path / "runs" / lineage.relative_to(lineage.parents[2])  # the same run, moved
+    shutil.copytree(lineage, other, symlinks=True)
+    out = tmp_path / "out"
+    made = export(other, "iter=1", "--what", "model", "--out", str(out))
+    assert made.returncode == 0, made.stderr[-3000:]
+    args = ("iter=1", "--what", "model", "--out", str(out))
+    line = refused(export(lineage, *args), lineage, out, *args)
+    assert line.startswith(
+        f"error: {out / 'model'} is the export of another run ({other} iteration 1), not of "
+        f"{lineage};"
+    ), line
+
+
+def test_a_symbolic_link_in_the_way_is_named_and_what_it_points_to_is_kept(lineage, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own notes")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model").symlink_to(mine)
+    args = ("iter=1", "--what", "model", "--out", str(out))
+    line = refused(export(lineage, *args), lineage, out, *args)
+    assert line.startswith(
+        f"error: {out / 'model'} is a symbolic link (to {mine}), which export neither follows "
+        "nor removes;"
+    ), line
+
+    result = export(lineage, *args, "--force")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "model").is_symlink() and (out / "model" / "config.json").is_file()
+    assert (mine / "notes.txt").read_text() == "my own notes"
+
+
+def test_a_failed_export_leaves_no_partial_folder_and_keeps_the_earlier_export(lineage, tmp_path):
+    """A real failure half-way through assembling: the file size limit (RLIMIT_FSIZE, which
+    binds root too) lets export claim its .partial folder but not write ranked.parquet."""
+    import resource
+
+    args = ("iter=1", "--what", "data", "--out", str(tmp_path))
+    earlier = export(lineage, *args)
+    assert earlier.returncode == 0, earlier.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    assert (tmp_path / "data" / "ranked.parquet").stat().st_size > 2048
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    result = export(lineage, *args, preexec_fn=small_files)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"], "no data.partial left"
+    line = one_line_failure(result, 3)
+    assert line.startswith("error: ") and line.endswith(f"File too large: {tmp_path / 'data'}")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before
+
+
+def test_a_partial_folder_a_kill_left_is_removed_and_one_export_did_not_make_is_refused(
+    lineage, tmp_path
+):
+    args = ("iter=1", "--out", str(tmp_path))
+    made = export(lineage, *args)
+    assert made.returncode == 0, made.stderr[-3000:]
+    # a kill after assembling, before the rename, leaves the whole folder under its .partial name
+    (tmp_path / "model").rename(tmp_path / "model.partial")
+    (tmp_path / "model.partial" / "model.safetensors").unlink()  # or earlier: cut short
+    notes = tmp_path / "data.partial" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("my own notes")
+
+    line = refused(export(lineage, *args), lineage, tmp_path, *args)
+    assert (
+        f"error: {tmp_path / 'data.partial'} holds files export did not write (notes.txt)" in line
+    )
+    assert (tmp_path / "model.partial").is_dir(), "refused before anything was removed"
+
+    notes.unlink()  # the user moved their notes away
+    result = export(lineage, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]
+    assert (tmp_path / "model" / "model.safetensors").is_file()

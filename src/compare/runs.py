@@ -2,7 +2,9 @@
 from the local run directories the stages write or from a W&B project.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
-warning line naming it, its values left blank. The command that uses this: src/compare/table.py.
+warning line naming it, its values left blank, and so is a value of the wrong type (text where a
+number belongs), with one warning line naming the file, the key and the value. The command that
+uses this: src/compare/table.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import socket
 import sys
 import threading
@@ -61,6 +64,39 @@ def num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60  # a warning stays one readable line
+
+
+@dataclass
+class Record:
+    """Values a stage wrote and where: a value of the wrong type is blanked with a warning
+    naming the file, the key and the value, as a blank alone reads as "not measured"."""
+
+    values: dict[str, Any]
+    where: str = ""  # the file, or the W&B run
+    prefix: str = ""  # the values' place in it: "counts." in a done.json
+
+    def number(self, key: str) -> float | None:
+        value = self.values.get(key)
+        number = num(value)
+        if number is None and value is not None:
+            self.warn(key, value, "a finite number")
+        return number
+
+    def section(self, key: str) -> Record:
+        value = self.values.get(key)
+        if value is not None and not isinstance(value, dict):
+            self.warn(key, value, "an object")
+        inner = value if isinstance(value, dict) else {}
+        return Record(inner, self.where, f"{self.prefix}{key}.")
+
+    def warn(self, key: str, value: Any, expected: str) -> None:
+        warn(
+            f"{self.where}: {self.prefix}{key} is {_SHORT.repr(value)}, not {expected}; left blank"
+        )
+
+
 def dig(tree: Any, dotted: str) -> Any:
     for key in dotted.split("."):
         if not isinstance(tree, dict) or key not in tree:
@@ -98,26 +134,32 @@ def read_config(path: Path) -> dict | None:
     return cfg
 
 
-def finished_stage(stage_dir: Path) -> dict | None:
+def finished_stage(stage_dir: Path) -> Record | None:
     """The metrics of a finished stage (None if unfinished): its metrics.json when it writes
     one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet)."""
     done = read_json(stage_dir / "done.json")
     if done is None:
         return None
     metrics = read_json(stage_dir / "metrics.json")
-    if metrics is None:
-        metrics = done.get("counts") if isinstance(done.get("counts"), dict) else {}
-    if num(metrics.get("seconds")) is None:  # tokens/s needs a duration; done.json always has one
-        metrics = {**metrics, "seconds": dig(done, "timings.seconds")}
-    return metrics
+    if metrics is not None:
+        record = Record(metrics, str(stage_dir / "metrics.json"))
+    else:
+        counts = done.get("counts") if isinstance(done.get("counts"), dict) else {}
+        record = Record(counts, str(stage_dir / "done.json"), "counts.")
+    if record.values.get("seconds") is None:  # tokens/s needs a duration; done.json has one
+        record.values = {**record.values, "seconds": dig(done, "timings.seconds")}
+    return record
 
 
 # --- the columns each stage contributes (shared by local directories and W&B) ---
 
 
-def train_columns(history: list[dict]) -> dict[str, float | None]:
+def train_columns(history: list[dict], where: str, name: str) -> dict[str, float | None]:
+    """`name`: what `where` calls the history (a warning names an entry as `name[i].key`)."""
+    entries = [Record(e, where, f"{name}[{i}].") for i, e in enumerate(history)]
+
     def series(key: str) -> list[float]:
-        return [v for e in history if (v := num(e.get(key))) is not None]
+        return [v for e in entries if (v := e.number(key)) is not None]
 
     loss, acc, margin = series("loss"), series("rewards/accuracies"), series("rewards/margins")
     return {
@@ -129,26 +171,26 @@ def train_columns(history: list[dict]) -> dict[str, float | None]:
     }
 
 
-def pairs_columns(m: dict) -> dict[str, float | None]:
+def pairs_columns(m: Record) -> dict[str, float | None]:
     keys = ("pairs", "mean_chosen_probs", "mean_chosen_win_rate", "mean_score_margin")
-    return {k: num(m.get(k)) for k in keys}
+    return {k: m.number(k) for k in keys}
 
 
-def generate_columns(m: dict) -> dict[str, float | None]:
-    tokens, seconds = num(m.get("tokens")), num(m.get("seconds"))
+def generate_columns(m: Record) -> dict[str, float | None]:
+    tokens, seconds = m.number("tokens"), m.number("seconds")
     return {"gen_tokens_per_s": tokens / seconds if tokens is not None and seconds else None}
 
 
-def eval_columns(m: dict) -> dict[str, Any]:
+def eval_columns(m: Record) -> dict[str, Any]:
     """The win rates, and their intervals (not table columns: the plot's error bars)."""
     row: dict[str, Any] = {}
     for key in ("win_rate", "lc_win_rate"):
-        row[f"eval_{key}"] = num(m.get(key))
-        low, high = num(m.get(f"{key}_low")), num(m.get(f"{key}_high"))
+        row[f"eval_{key}"] = m.number(key)
+        low, high = m.number(f"{key}_low"), m.number(f"{key}_high")
         row[f"eval_{key}_ci"] = (low, high) if low is not None and high is not None else None
-    leaderboard = m.get("alpaca_eval") if isinstance(m.get("alpaca_eval"), dict) else {}
-    row["alpaca_eval_lc"] = num(leaderboard.get("lc_win_rate"))  # AlpacaEval 2's own row
-    row["alpaca_eval_wr"] = num(leaderboard.get("win_rate"))
+    leaderboard = m.section("alpaca_eval")  # AlpacaEval 2's own row
+    row["alpaca_eval_lc"] = leaderboard.number("lc_win_rate")
+    row["alpaca_eval_wr"] = leaderboard.number("win_rate")
     return row
 
 
@@ -170,12 +212,15 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     row.update({col: dig(cfg, key) for col, key in HPARAMS.items()})
     stages = {s: m for s in STAGES if (m := finished_stage(iter_dir / s)) is not None}
     row["stages_done"] = "+".join(stages) or "none"
-    it = Iteration(row, log_history(stages.get("train", {})))
-    row.update(train_columns(it.history))
-    row.update(pairs_columns(stages.get("pairs", {})))
-    row.update(generate_columns(stages.get("generate", {})))
+    train = stages.get("train", Record({}))
+    it = Iteration(row, log_history(train.values))
+    row.update(train_columns(it.history, train.where, "log_history"))
+    row.update(pairs_columns(stages.get("pairs", Record({}))))
+    row.update(generate_columns(stages.get("generate", Record({}))))
     if "eval" in stages:
-        row.update(eval_columns(read_json(iter_dir / "eval" / "eval.json") or stages["eval"]))
+        evaluation = read_json(iter_dir / "eval" / "eval.json")
+        source = str(iter_dir / "eval" / "eval.json")
+        row.update(eval_columns(Record(evaluation, source) if evaluation else stages["eval"]))
     return it
 
 
@@ -238,6 +283,7 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
     found: dict[tuple[str, int], Iteration] = {}
     for run in runs:
         cfg, summary = dict(run.config), dict(run.summary)
+        where = f"W&B run {project}/{run.id}"
         group, t = run.group or run.name, int(cfg.get("iter") or 0)
         row = {"model": cfg.get("model"), "method": cfg.get("method"), "run_name": group, "iter": t}
         row.update({col: cfg.get(col if col != "loss_type" else "loss") for col in HPARAMS})
@@ -247,10 +293,10 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
             for logged in run.scan_history():
                 entry = {k.removeprefix("train/"): v for k, v in logged.items()}
                 it.history.append({**entry, "step": entry.get("global_step", entry.get("_step"))})
-            it.row.update(train_columns(it.history))
+            it.row.update(train_columns(it.history, where, "history"))
         columns = {"pairs": pairs_columns, "generate": generate_columns, "eval": eval_columns}
         if run.job_type in columns:
-            it.row.update(columns[run.job_type](summary))
+            it.row.update(columns[run.job_type](Record(summary, where, "summary.")))
     if not found:
         raise CompareError(f"no runs found in W&B project {project}")
     return sorted(found.values(), key=lambda it: (it.lineage, it.row["iter"]))

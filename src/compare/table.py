@@ -11,7 +11,9 @@ that training_curves.png draws (default: loss). --wandb reads the same from a W&
 Only finished stages count: values come from a stage whose done.json exists, as the stages
 themselves trust nothing else in a directory. A malformed config.yaml, done.json, metrics.json
 or eval.json is skipped with one warning line naming the file: its values stay blank (a
-malformed done.json makes its stage unfinished) and every other run is still compared.
+malformed done.json makes its stage unfinished) and every other run is still compared. A value
+of the wrong type (text where a number belongs) is blanked with one warning line naming the file,
+the key and the value.
 A failure is one line (src.cli): exit code 1 when there is nothing to compare, --metric
 names no logged key or the W&B server cannot be reached; 2 for a bad option; 3 when the file
 system refuses (--out where a file is, or read-only; --root a file).

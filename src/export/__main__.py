@@ -9,6 +9,10 @@ responses and pairs as parquet + dataset card), as folders, optionally pushed to
 repository ORG/NAME-data, each in one commit (huggingface_hub's `upload_folder`). The Hub is
 checked first (reachable, a token that may write): with it offline or no token, one line and
 exit 3, before anything is assembled or uploaded. Nothing is pushed without --push.
+
+Export replaces a `model/` or `data/` in the way only when it is its own export of the same run
+and iteration (`--force`: whatever is there); anything else ends with one line naming it, exit 1,
+before anything is made.
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.cli import ArgumentParser, failures
+from src.cli import ArgumentParser, exit_with, failure_line, failures
 from src.config import ConfigError
 from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
-from src.export.folders import counts_of, export_data, export_model
+from src.export.folders import (
+    MARKER,
+    InTheWay,
+    counts_of,
+    export_data,
+    export_model,
+    require_replaceable,
+)
 from src.slurm import compose
 
 
@@ -53,6 +64,7 @@ def push(folder: Path, repo: str, repo_type: str, private: bool) -> str:
             repo_id=repo,
             repo_type=repo_type,
             folder_path=str(folder),
+            ignore_patterns=[MARKER],
             commit_message=f"selfplay-lab export: {folder.parent.name}",
         )
     except (HfHubHTTPError, OSError) as err:  # refused, or the network went away: no commit
@@ -70,13 +82,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--what", choices=("model", "data", "all"), default="all")
     parser.add_argument("--push", metavar="ORG/NAME", help="upload to the Hub (opt-in)")
     parser.add_argument("--private", action="store_true", help="create the repositories private")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace whatever is in the way (by default only this run's own earlier export)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    with failures(" ".join(["python -m src.export", *words])):
+    own_command = " ".join(["python -m src.export", *words])
+    with failures(own_command):
         args = parser.parse_intermixed_args(words)
     # what fixes an export is making the stages it reads: the pipeline's command, same overrides
     command = " ".join(["python -m src.main", *args.overrides])
     with failures(command, where="--out" if args.out else "paths.root"):
-        export(args)
+        try:
+            export(args)
+        except InTheWay as err:  # fixed by this command itself, with --force
+            exit_with(*failure_line(err, own_command), err)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -88,11 +109,12 @@ def export(args: argparse.Namespace) -> None:
     if args.push:
         require_hub_writable(args.push)
     out = args.out or Path(cfg.run.dir) / "export" / f"iter{cfg.iter}"
-    made = []
-    if args.what in ("model", "all"):
-        made.append(("model", export_model(cfg, out)))
-    if args.what in ("data", "all"):
-        made.append(("dataset", export_data(cfg, out)))
+    # per folder: the repository type the Hub files it under, and what makes it
+    folders = {"model": ("model", export_model), "data": ("dataset", export_data)}
+    wanted = list(folders) if args.what == "all" else [args.what]
+    for name in wanted:  # every one refused before any is made: no export left half done
+        require_replaceable(out / name, cfg, args.force)
+    made = [(kind, make(cfg, out, args.force)) for kind, make in (folders[n] for n in wanted)]
     for kind, folder in made:
         rows = counts_of(folder)
         print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)

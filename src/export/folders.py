@@ -4,15 +4,24 @@ win matrix and win rates, and the training pairs, as parquet with a dataset card
 
 Both are read from finished stages only (their done.json), the rows checked against their seals;
 a folder appears whole or not at all (assembled beside its place, renamed into it).
+
+Export replaces only what it wrote itself: each folder carries a record (MARKER) of the run and
+iteration it came from and of every file in it. A folder in the way without one, of another run
+or iteration, holding anything the record does not list, or a link or a file, is refused unless
+`force` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from src.config import Config, Stage
+from src.core.artifacts import atomic_write_json
 from src.core.chunks import require_sealed
 from src.core.errors import StageError
 from src.core.policy import CARD, checkpoint_damage
@@ -22,6 +31,16 @@ from src.stages.common import redo, stage_rows
 
 class ExportError(StageError):
     """What the export needs is not there; the message says what and where."""
+
+
+class InTheWay(ExportError):
+    """Something export did not write is where it would put a folder. Its fix, `--force`, is an
+    option of the export's own command, not an override of the pipeline's."""
+
+
+# The record of where an exported folder came from and what export wrote into it. Hidden, and
+# left out of a push: it names the run's local path, which means nothing on the Hub.
+MARKER = ".selfplay-export.json"
 
 
 # How each column of the data folder was made (the dataset card's schema)
@@ -56,7 +75,7 @@ PAIRS_COLUMNS = {
 }
 
 
-def export_model(cfg: Config, out: Path) -> Path:
+def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     """`out/model/`: iteration t's checkpoint (merged, with its card) and, after LoRA, the adapter
     as `out/model/adapter/`. Files are hard-linked where the file system allows (checkpoints are
     GBs), else copied."""
@@ -75,10 +94,10 @@ def export_model(cfg: Config, out: Path) -> Path:
         if (train / "adapter").is_dir():
             _link_tree(train / "adapter", folder / "adapter")
 
-    return _whole(out / "model", assemble)
+    return _whole(out / "model", assemble, cfg, force)
 
 
-def export_data(cfg: Config, out: Path) -> Path:
+def export_data(cfg: Config, out: Path, force: bool = False) -> Path:
     """`out/data/`: ranked.parquet (one row per prompt), pairs.parquet (one per pair) and a
     dataset card (README.md) whose configs name both files."""
     import pyarrow as pa
@@ -91,14 +110,13 @@ def export_data(cfg: Config, out: Path) -> Path:
     rank_record = read_record(cfg.stage_dir(Stage.rank))
 
     def assemble(folder: Path) -> None:
-        folder.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(ranked), folder / "ranked.parquet")
         shutil.copyfile(pairs_dir / "pairs.parquet", folder / "pairs.parquet")
         (folder / CARD).write_text(
             dataset_card(cfg, len(ranked), rank_record["counts"], pairs_record["counts"])
         )
 
-    return _whole(out / "data", assemble)
+    return _whole(out / "data", assemble, cfg, force)
 
 
 def finished(stage_dir: Path, finish: str) -> dict:
@@ -157,20 +175,104 @@ pairs = load_dataset("parquet", data_files="pairs.parquet")["train"]
     return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
-def _whole(folder: Path, assemble) -> Path:
-    """`folder` made by `assemble` beside it, then renamed into place (an older one replaced)."""
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+def require_replaceable(folder: Path, cfg: Config, force: bool = False) -> None:
+    """Refuse `folder`, and the `.partial` beside it that it is assembled in, unless each is
+    absent or export's own of this run and iteration (`force`: anything goes)."""
+    if force:
+        return
+    origin = _origin(cfg)
+    for path, whole in ((_partial(folder), False), (folder, True)):
+        reason = _not_ours(path, origin, whole)
+        if reason:
+            raise InTheWay(f"{path} {reason}; nothing was exported, --force replaces it", "--force")
+
+
+def _origin(cfg: Config) -> dict:
+    return {"run": str(Path(cfg.run.dir).resolve()), "iter": cfg.iter}
+
+
+def _partial(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".partial")
+
+
+def _not_ours(path: Path, origin: dict, whole: bool) -> str | None:
+    """Why export may not replace `path`; None when it may. `whole`: a finished folder, whose
+    record must list everything in it (a `.partial` is cut short at any point)."""
+    if path.is_symlink():
+        return (
+            f"is a symbolic link (to {os.readlink(path)}), which export neither follows nor removes"
+        )
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "is a file, not a folder export made"
+    entries = _entries(path)
+    try:
+        record = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, or not a record export wrote
+        record = None
+    if not isinstance(record, dict):  # an empty folder holds nothing to lose
+        return f"holds files export did not write ({_some(entries)})" if entries else None
+    run, t = record.get("run"), record.get("iter")
+    if run != origin["run"]:
+        return f"is the export of another run ({run} iteration {t}), not of {origin['run']}"
+    if t != origin["iter"]:
+        return f"is this run's export of iteration {t}, not of iteration {origin['iter']}"
+    unlisted = sorted(set(entries) - set(record.get("files") or ())) if whole else []
+    return f"holds files export did not write ({_some(unlisted)})" if unlisted else None
+
+
+def _entries(folder: Path) -> list[str]:
+    """Every file, link and folder under `folder` but the record, relative; links not followed."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        inside = Path(here).relative_to(folder)
+        found += [(inside / name).as_posix() for name in dirs + files]
+    return sorted(set(found) - {MARKER})
+
+
+def _some(names: list[str]) -> str:
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(names[:3]) + more
+
+
+def _whole(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: bool) -> Path:
+    """`folder` made by `assemble` beside it, then renamed into place, replacing only what
+    `require_replaceable` allows. A failure or Ctrl-C leaves no `.partial` behind; one a kill
+    left is removed by the next export of the same run and iteration."""
+    require_replaceable(folder, cfg, force)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    assemble(partial)
-    if folder.exists():
-        shutil.rmtree(folder)
-    partial.rename(folder)
+    partial = _partial(folder)
+    _remove(partial)
+    origin = _origin(cfg)
+    partial.mkdir()
+    try:
+        # claimed before anything goes in: a `.partial` a kill leaves is known as export's own
+        atomic_write_json(partial / MARKER, {**origin, "files": []})
+        assemble(partial)
+        atomic_write_json(partial / MARKER, {**origin, "files": _entries(partial)})
+        _remove(folder)
+        partial.rename(folder)
+    except BaseException as err:
+        with contextlib.suppress(OSError):  # the failure that stopped the export is the news
+            _remove(partial)
+        if isinstance(err, OSError) and err.filename is None:  # pyarrow's name no file
+            said = err.strerror or " ".join(str(err).split())
+            raise OSError(err.errno, said, str(folder)) from err
+        raise
     return folder
 
 
+def _remove(path: Path) -> None:
+    """Remove a folder, or a file or link (a link itself, never what it points to)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
+
+
 def _link_tree(source: Path, target: Path) -> None:
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
     for f in sorted(source.iterdir()):
         if f.is_file():
             try:
