@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,3 +155,19 @@ def test_a_second_generate_on_the_same_run_directory_stops_at_once_and_mixes_not
             next((tmp_path / r).rglob(name)).read_text() for r in ("runs", "alone")
         )
         assert mixed == uninterrupted
+
+
+def test_a_cache_reader_waits_for_the_writer_then_takes_over(stage_dir, capsys):
+    """`wait=True` (the eval answers' cache, shared by the runs of a sweep): the second process
+    waits, saying for whom, and writes once the first is gone."""
+    proc, killed = holder(stage_dir), threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        proc.kill()
+
+    threading.Timer(1.0, kill).start()
+    with writing(stage_dir, "python -m src.main second", wait=True):
+        assert killed.is_set(), "entered while the holder still held it"
+    proc.wait()
+    assert f"is being written by pid {proc.pid} " in capsys.readouterr().err

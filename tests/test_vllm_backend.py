@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +40,7 @@ from src.generation.sampling import load_tokenizer, open_generator, render, samp
 from src.generation.vllm_backend import VLLMGenerator
 from src.stages.generate import Counts
 from src.tiny.toy import helpful_share, well_formed
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, one_line_failure
 
 pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm adds it)")
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -391,8 +393,8 @@ def test_an_engine_that_dies_ends_the_stage_with_one_line_and_a_rerun_resumes(
     # one line of ours (multiprocessing's resource tracker may add its warning about the
     # shared memory the killed engine left behind, as the process exits)
     (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert (
-        line.startswith("error: vLLM's engine process (pid ") and "ended while generating" in line
+    assert re.match(
+        r"error: vLLM's engine process \(pid \d+\) ended( \(signal 9\))? while generating", line
     )
     assert "re-run the same command to resume" in line and "Traceback" not in stderr
     assert not list(tmp_path.rglob("responses-shard*.jsonl"))
@@ -439,3 +441,98 @@ def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, 
     whole = uninterrupted.read_text().splitlines(keepends=True)
     mine = (stage / "responses-shard002-of-003.jsonl").read_text()
     assert mine == "".join(take_shard(whole, 2, 3))
+
+
+# --- vLLM's start ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("generation.max_prompt_length=5000", "= 5048 tokens is more than"),
+        ("generation.tensor_parallel_size=3", "does not divide the 2 attention heads"),
+        ("generation.kv_cache_gb=0.00001", "cannot hold one sequence of 176 tokens"),
+        ("generation.kv_cache_gb=100000", "GiB free on this machine's memory"),
+    ],
+)
+def test_settings_that_cannot_work_here_are_refused_before_the_engine_starts(override, said):
+    from src.config import ConfigError
+    from src.core.devices import device_for
+    from src.generation.sampling import generation_dtype
+    from src.generation.vllm_backend import refuse_unworkable
+
+    cfg = compose_cfg("model=tiny-mistral", "generation=vllm", override)
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
+    with pytest.raises(ConfigError, match=said):
+        refuse_unworkable(
+            cfg.generation, cfg.model.path, device, generation_dtype(device), "generation"
+        )
+
+
+def failed_start(
+    root: Path, *overrides: str, env: dict | None = None, kill_at: str | None = None
+) -> tuple[subprocess.CompletedProcess, list[psutil.Process]]:
+    """The generate stage with vLLM, and (with `kill_at`) its engine core killed -9 the moment
+    its log says `kill_at`; the stage's result and the engine's processes it had then."""
+    env = {**os.environ, "SELFPLAY_RUNS": str(root), **(env or {})}
+    proc = subprocess.Popen(
+        generate_command("data.max_prompts=4", *overrides), cwd=REPO_ROOT, env=env,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    engine = []
+    deadline = time.time() + 300
+    while kill_at is not None and time.time() < deadline and proc.poll() is None:
+        log = next(root.rglob("vllm.log"), None)
+        if log is not None and kill_at in log.read_text(errors="replace"):
+            engine = psutil.Process(proc.pid).children(recursive=True)
+            engine_core(proc).kill()
+            break
+        time.sleep(0.01)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the stage still waits for an engine that could not start")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), engine
+
+
+def test_an_engine_that_fails_to_start_is_one_line_with_its_cause_and_its_log(tmp_path):
+    """A KV cache that holds one sequence's tokens but not vLLM's blocks for it: the engine's
+    own ValueError in the line, its traceback in the log the line names, not on the console."""
+    result, _ = failed_start(tmp_path, "generation.kv_cache_gb=0.0001")
+    line = one_line_failure(result, 3)
+    assert line.startswith("error: vLLM could not start on ") and "ValueError: " in line
+    log = next(tmp_path.rglob("vllm.log"))
+    assert line.endswith(f"; vLLM's log: {log}") and "KV cache" in line
+    assert "Traceback" in log.read_text() and not list(tmp_path.rglob("done.json"))
+
+
+def test_an_engine_killed_while_vllm_starts_ends_the_stage_with_one_line(tmp_path):
+    """The engine core killed -9 as its log says it is ready: no wait for an answer that never
+    comes (exit 3 in seconds), the engine's other processes gone."""
+    result, engine = failed_start(
+        tmp_path, env={"VLLM_LOGGING_LEVEL": "INFO"}, kill_at="init engine (profile"
+    )
+    line = one_line_failure(result, 3)
+    assert re.match(
+        r"error: vLLM could not start on .*: vLLM's engine process \(pid \d+\) ended", line
+    )
+    assert engine, "killed while vLLM started"
+    assert not psutil.wait_procs([p for p in engine if p.is_running()], timeout=30)[1]
+
+
+def test_a_dead_engine_process_interrupts_a_wait_with_no_timeout():
+    """What vLLM's client does after its handshake (`call_utility`: a Future waited for with no
+    timeout), with a real process that vLLM would name `VLLM::EngineCore`, killed -9."""
+    from concurrent.futures import Future
+
+    from src.generation.vllm_backend import EngineGone, engine_deaths_raised
+
+    before = {child.pid for child in psutil.Process().children()}
+    name = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'VLLM::EngineCore'); time.sleep(60)"
+    core = subprocess.Popen([sys.executable, "-c", name])
+    threading.Timer(2.0, core.kill).start()
+    gone = pytest.raises(EngineGone, match=rf"engine process \(pid {core.pid}\) ended")
+    with gone, engine_deaths_raised(before):
+        Future().result()  # would wait forever
+    core.wait()

@@ -18,7 +18,7 @@ lock writes who it is into the file (host, pid, start time, command); a writer t
 taken stops at once naming it (`Locked`, exit 3). `flock` works on local file systems, NFSv4
 (Linux maps it onto NFS's byte-range locks) and Lustre mounted with `-o flock`; where a file
 system ignores it (Lustre with `-o localflock` across nodes, some FUSE mounts) two nodes do not
-see each other's locks (README, "Running twice").
+see each other's locks (docs/runs.md, "One writer per stage").
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,35 +50,52 @@ def lock_path(stage_dir: Path, shard: str | None = None) -> Path:
 
 
 @contextmanager
-def writing(stage_dir: Path, command: str, shard: str | None = None) -> Iterator[None]:
+def writing(
+    stage_dir: Path, command: str | None = None, shard: str | None = None, wait: bool = False
+) -> Iterator[None]:
     """Hold the right to write `stage_dir` (`shard` None: all of it) while the block runs; raise
-    `Locked` at once if another process holds it."""
+    `Locked` at once if another process holds it (`wait`: wait for it to let go, as a cache's
+    reader does). `command`: the holder's, as the lock names it (None: this process's)."""
+    command = command or shlex.join(sys.orig_argv)
     whole = lock_path(stage_dir)
     if shard is None:
-        # refused by the shards that hold it shared (they do not sign it), name one of them
-        with _hold(whole, command, False, stage_dir, lambda: [*held_shards(stage_dir), whole]):
+
+        def holders() -> list[Path]:  # the shards hold it shared and do not sign it: one of them
+            return [*held_shards(stage_dir), whole]
+
+        with _hold(whole, command, False, stage_dir, holders, wait):
             yield
         return
-    with _hold(whole, command, True, stage_dir, lambda: [whole]):
+    with _hold(whole, command, True, stage_dir, lambda: [whole], wait):
         part = lock_path(stage_dir, shard)
-        with _hold(part, command, False, stage_dir / shard, lambda: [part]):
+        with _hold(part, command, False, stage_dir / shard, lambda: [part], wait):
             yield
 
 
 @contextmanager
 def _hold(
-    path: Path, command: str, shared: bool, what: Path, holders: Callable[[], list[Path]]
+    path: Path,
+    command: str,
+    shared: bool,
+    what: Path,
+    holders: Callable[[], list[Path]],
+    wait: bool,
 ) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Locked(
-                f"{what} is being written by {described(holders()[0])}; wait for it to end or "
-                f"stop it, then re-run (the lock goes with its process)"
-            ) from None
+            holder = described(holders()[0])
+            if not wait:
+                raise Locked(
+                    f"{what} is being written by {holder}; wait for it to end or stop it, then "
+                    "re-run (the lock goes with its process)"
+                ) from None
+            print(f"[lock] {what} is being written by {holder}: waiting", file=sys.stderr)
+            fcntl.flock(fd, kind)
         if not shared:  # a shared lock has several holders: only an exclusive one signs it
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(signature(command)) + "\n").encode(), 0)

@@ -25,12 +25,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Config, LongPrompts
+from src.core import locks
 from src.core.chunks import ChunkCounts, Progress, Shard, Todo, claim, finished_rows, process_shard
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.core.records import read_record
 from src.generation.prompts import Prompt
 from src.generation.sampling import (
+    VLLM_LOG,
     RenderedPrompt,
     load_tokenizer,
     open_generator,
@@ -108,10 +110,13 @@ def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str,
     key = identity(cfg, who, instructions)
     where = cache_dir(cfg, key)
     shard = Shard(where, "answers", 0, 1)
-    if cached_record(where, key):
-        print(f"[eval] answers of {who.label}: reused from {where}", file=sys.stderr)
-    else:
-        generate(cfg, who, instructions, shard, key)
+    # runs share the cache (a sweep's runs all answer with the base model): one makes the
+    # answers, the others wait for it and reuse them
+    with locks.writing(where, wait=True):
+        if cached_record(where, key):
+            print(f"[eval] answers of {who.label}: reused from {where}", file=sys.stderr)
+        else:
+            generate(cfg, who, instructions, shard, key)
     rows = finished_rows(where, "answers", EvalError, finish=None, redo_it=None)
     return {row["prompt_id"]: row for _, row in rows}
 
@@ -141,7 +146,10 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             f"eval.max_prompt_length={g.max_prompt_length} tokens are left out for {who.label}",
             file=sys.stderr,
         )
-    generator = open_generator(g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware)
+    log = shard.work / VLLM_LOG
+    generator = open_generator(
+        g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log, section="eval"
+    )
 
     def answer(todo: Todo[RenderedPrompt], progress: Progress):
         for c, chunk, samples in sample_stream(generator, todo, [cfg.eval.seed], progress):

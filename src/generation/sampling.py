@@ -9,6 +9,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -87,6 +88,9 @@ def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedProm
     return out
 
 
+VLLM_LOG = "vllm.log"  # vLLM's own output, in the folder of the chunks it makes
+
+
 def open_generator(
     g: GenerationConfig,
     path: str,
@@ -94,14 +98,23 @@ def open_generator(
     eos_ids: list[int],
     model: ModelConfig,
     hardware: HardwareConfig,
+    log: Path | None = None,
+    section: str = "generation",
 ):
     """The sampler of `g`'s backend for the policy at `path` (loaded with `model`'s settings, on
-    `hardware`'s device); `close()` it when done (vLLM's engine runs in processes of its own)."""
+    `hardware`'s device); `close()` it when done (vLLM's engine runs in processes of its own,
+    whose output goes to `log`). `section`: where `g`'s lengths are set, for messages."""
     device = device_for(hardware.device, hardware.name)
     dtype = generation_dtype(device)
     if g.backend == Backend.vllm:
-        from src.generation.vllm_backend import VLLMGenerator, engine_args, engine_env
+        from src.generation.vllm_backend import (
+            VLLMGenerator,
+            engine_args,
+            engine_env,
+            refuse_unworkable,
+        )
 
+        refuse_unworkable(g, path, device, dtype, section)
         return VLLMGenerator(
             engine_args(g, path, device, dtype, model.revision, model.trust_remote_code),
             tokenizer,
@@ -111,6 +124,7 @@ def open_generator(
             top_p=g.top_p,
             max_new_tokens=g.max_new_tokens,
             in_flight=g.in_flight,
+            log=log,
         )
     from src.generation.hf_backend import HFGenerator
 

