@@ -16,8 +16,9 @@ Iteration-dependent values are plain interpolations resolved here: the prompt sp
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -232,6 +233,65 @@ def _positive(key: str, value: float | int) -> None:
     _check(value > 0, key, value, "must be > 0")
 
 
+# The characters of a value that SLURM scripts hold as it is (an #SBATCH directive, a job name):
+# an allow-list, not a list of the shell's metacharacters, so that nothing a shell or sbatch reads
+# specially (a newline ends the #SBATCH line and starts a command; ; | & $ ` ( ) < > quotes,
+# blanks, #) gets through, whatever the shell
+SHELL_WORD = re.compile(r"[A-Za-z0-9_.,:=+@%-]*")
+SHELL_WORD_TEXT = "letters, digits and _.,:=+@%-"
+# The operators of an sbatch --constraint expression ("a100&ib", "[rack1*2&rack2*4]"): written
+# only into its #SBATCH directive, a comment to the shell, and quoted there for sbatch
+CONSTRAINT_OPERATORS = "&|[]*()"
+
+_CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL byte",
+                    "\t": "a tab", " ": "a space"}  # fmt: skip
+
+
+def _first_bad(value: str, ok: Callable[[str], bool]) -> str | None:
+    """How the first character of `value` that `ok` refuses reads in a message; None if none."""
+    bad = next((c for c in value if not ok(c)), None)
+    return None if bad is None else _CHARACTER_NAMES.get(bad, repr(bad))
+
+
+def check_shell_word(key: str, value: str | None, operators: str = "") -> None:
+    """`key`'s value goes into SLURM scripts (a directive, a job name): refuse any character but
+    SHELL_WORD's (and `operators`), naming the key, the value and the first bad character."""
+    if value is None:
+        return
+    bad = _first_bad(value, lambda c: SHELL_WORD.fullmatch(c) is not None or c in operators)
+    allowed = SHELL_WORD_TEXT + (f" and the operators {operators}" if operators else "")
+    if bad is not None:
+        raise ConfigError(
+            f"{key}={value!r} holds {bad}; it is written into SLURM scripts, where it must be "
+            f"one word of {allowed}"
+        )
+
+
+def check_one_line(key: str, value: str) -> None:
+    """`key`'s value is written on one line of a SLURM script (a path on a comment or #SBATCH
+    line) or of a sweep's points file: a line break (or another control character) in it would
+    start a line of its own, which the shell runs or the array reads as another point."""
+    bad = _first_bad(value, str.isprintable)
+    if bad is not None:
+        raise ConfigError(
+            f"{key}={value!r} holds {bad}; it is written on one line of a SLURM script or "
+            "file, and must be printable characters only"
+        )
+
+
+def check_path_component(key: str, value: str) -> None:
+    """`key`'s value names one folder of a path under paths.root (model.name, run_name, a
+    sweep's name): '/', '..' or an absolute path would put what is written outside it."""
+    bad = _first_bad(value, lambda c: c != "/" and c.isprintable())
+    if value in ("", ".", "..") or bad is not None:
+        special = {"": "is empty", ".": "is the folder itself", "..": "is the folder above"}
+        what = f"holds {bad}" if bad else special[value]
+        raise ConfigError(
+            f"{key}={value!r} {what}; it names one folder under paths.root: a name without "
+            "'/' or control characters, other than '.' and '..'"
+        )
+
+
 def _check_shard(section: str, shard: int | None, num_shards: int | None) -> None:
     """`<section>.shard` / `.num_shards`: null means "from the SLURM array, else 0 of 1"."""
     if num_shards is not None:
@@ -274,6 +334,9 @@ class ModelConfig:
     attn_implementation: str | None = None
     trust_remote_code: bool = False  # run the model repository's own code (transformers)
     revision: str | None = None  # the hub branch, tag or commit to load; null: the default
+
+    def __post_init__(self) -> None:
+        check_path_component("model.name", self.name)
 
     @property
     def loading(self) -> dict[str, Any]:
@@ -321,6 +384,7 @@ class MethodConfig:
     tag: str = SI("eta${num:${.eta}}")  # the hyper-parameters' part of the default run_name
 
     def __post_init__(self) -> None:
+        check_path_component("method.tag", self.tag)  # the default run_name starts with it
         _check(self.K >= 2, "method.K", self.K, "must be >= 2 (a pair needs two responses)")
         _positive("method.eta", self.eta)
         _positive("method.beta", self.beta)
@@ -623,6 +687,9 @@ class SlurmConfig:
     stages: StageRequests = field(default_factory=StageRequests)
 
     def __post_init__(self) -> None:
+        for key in ("partition", "account", "qos"):
+            check_shell_word(f"hardware.slurm.{key}", getattr(self, key))
+        check_shell_word("hardware.slurm.constraint", self.constraint, CONSTRAINT_OPERATORS)
         _positive("hardware.slurm.time_min", self.time_min)
         _positive("hardware.slurm.cpus_per_task", self.cpus_per_task)
         _positive("hardware.slurm.mem_gb", self.mem_gb)
@@ -715,6 +782,7 @@ class PathsConfig:
             "names no folder; set a folder for the run directories, e.g. "
             "paths.root=/scratch/$USER/runs (unset, it is $SELFPLAY_RUNS, else ./runs)",
         )
+        check_one_line("paths.root", self.root)
 
 
 @dataclass
@@ -823,11 +891,19 @@ class Config:
         if self.eval.judge is not None:
             self.eval.judge.check("eval.judge")
         _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
+        check_path_component("run_name", self.run_name)
+        if self.hardware.slurm is not None:  # the SLURM jobs are named after it
+            check_shell_word("run_name", self.run_name)
+        check_one_line("run.dir", self.run.dir)
+        # lexically, not through symlinks: a root whose folders link to scratch space is fine,
+        # a run.dir override that climbs out of the root is not
+        root, run_dir = os.path.abspath(self.paths.root), os.path.abspath(self.run.dir)
         _check(
-            self.run_name != "" and "/" not in self.run_name,
-            "run_name",
-            self.run_name,
-            "must be a non-empty directory name without '/'",
+            run_dir.startswith(root.rstrip("/") + "/"),
+            "run.dir",
+            self.run.dir,
+            f"lies outside paths.root={self.paths.root!r}: a run's files go under the root; "
+            "move them with paths.root",
         )
         if self.generation.seeds is not None:
             _check(
@@ -1094,6 +1170,9 @@ __all__ = [
     "REPO_ROOT",
     "Stage",
     "allowed_keys",
+    "check_one_line",
+    "check_path_component",
+    "check_shell_word",
     "compose",
     "compose_tree",
     "describe_composition_error",

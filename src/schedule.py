@@ -5,6 +5,7 @@ its W&B run, after its resolved config is saved beside its output.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import shutil
 import sys
@@ -126,6 +127,11 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
 def writing(cfg: Config, stage: Stage, command: str, whole: bool):
     """The lock on what `stage` writes (src/core/locks.py): its shard's folder for a sharded
     stage, all of it otherwise or when it is redone (the redo deletes the folder)."""
+    if stage == Stage.train and cfg.hardware.num_nodes > 1:
+        from src.training.launch import node_rank
+
+        if node_rank() not in (None, "0"):  # one training on several nodes is one writer:
+            return contextlib.nullcontext()  # its node 0 holds the lock for all of them
     shard = None if whole or STAGES[stage].sharded_by is None else stage_shard(cfg, stage).name
     return locks.writing(cfg.stage_dir(stage), command, shard)
 

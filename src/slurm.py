@@ -25,6 +25,7 @@ until the array ends), this returns as soon as the jobs are queued.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from src import config
 from src.cli import ArgumentParser, failures
-from src.config import REPO_ROOT, Config, ConfigError, Device, Stage, StageRequest
+from src.config import REPO_ROOT, SHELL_WORD, Config, ConfigError, Device, Stage, StageRequest
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
 from src.core.registry import STAGES, iteration_stages
 
@@ -63,9 +64,24 @@ class Job:
 
 def fill(template: str, values: dict[str, str]) -> str:
     text = (TEMPLATES / template).read_text()
+    # A value on a comment or #SBATCH line is outside any shell quoting: a line break in it would
+    # start a line that bash runs. The config refuses such values; this keeps a script that
+    # slipped past it from being written at all.
+    for line in text.splitlines():
+        for key in re.findall(r"@(\w+)@", line) if line.startswith("#") else ():
+            if key in values and not values[key].isprintable():
+                raise ValueError(f"{template}: @{key}@={values[key]!r} would break its line")
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
     return text
+
+
+def sbatch_value(value: str) -> str:
+    """`value` as one argument of an #SBATCH line: sbatch splits the line at blanks and ends it at
+    an unquoted '#', and takes double quotes (backslash escapes inside) to group characters."""
+    if SHELL_WORD.fullmatch(value.replace("/", "")):  # a path of plain names needs no quotes
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass(frozen=True)
@@ -167,7 +183,7 @@ def resource_lines(cfg: Config, gpus: int) -> str:
         ("constraint", s.constraint),
     ):
         if value:
-            lines.append(f"#SBATCH --{option}={value}")
+            lines.append(f"#SBATCH --{option}={sbatch_value(value)}")
     return "\n".join(lines)
 
 
@@ -185,8 +201,8 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
     values = {
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
         "request": need.describe(),
-        "job_name": name,
-        "log_dir": str(log_dir),
+        "job_name": sbatch_value(name),
+        "output": sbatch_value(f"{log_dir}/%x_%A_%a.out"),
         "time": str(need.time_min),
         "cpus": str(need.cpus),
         "mem": str(need.mem_gb),

@@ -14,6 +14,7 @@ own run lineage (the swept values are in the default run_name) and so its own W&
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import shlex
 import subprocess
@@ -24,7 +25,15 @@ from typing import Any
 import yaml
 
 from src.cli import ArgumentParser, failures
-from src.config import REPO_ROOT, Config, ConfigError, Device
+from src.config import (
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    Device,
+    check_one_line,
+    check_path_component,
+    check_shell_word,
+)
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, set_overrides, without_keys
 from src.slurm import (
@@ -34,6 +43,7 @@ from src.slurm import (
     fill,
     require_sbatch,
     resource_lines,
+    sbatch_value,
 )
 
 
@@ -60,7 +70,30 @@ def load_sweep(path: Path) -> dict[str, list[Any]]:
             grid[key] = [spec["value"]]
         else:
             raise ConfigError(f"{path}: parameter {key!r} needs `values: [...]` (or `value:`)")
+        # the points file holds one point per line, which an array task reads back with sed
+        check_one_line(f"{path}: parameters", str(key))
+        for value in grid[key]:
+            check_one_line(f"{path}: parameters.{key}", str(value))
     return grid
+
+
+def sweep_name(path: Path) -> str:
+    """The sweep's name, its file's stem: the folder of its points and script under paths.root
+    (`sweeps/<name>`), and its SLURM job's name."""
+    check_path_component("sweep name", path.stem)
+    check_shell_word("sweep name", path.stem)
+    return path.stem
+
+
+def positive_int(text: str) -> int:
+    """--parallel: the array's throttle `%N`, which SLURM reads only for N >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return value
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
@@ -110,8 +143,8 @@ def render(
     s, hw = cfg.hardware.slurm, cfg.hardware
     values = {
         "description": f"sweep {name}: {count} points, iterations 1..{iterations}",
-        "job_name": f"sweep-{name}",
-        "log_dir": str(points_file.parent / "logs"),
+        "job_name": sbatch_value(f"sweep-{name}"),
+        "output": sbatch_value(f"{points_file.parent / 'logs'}/%x_%A_%a.out"),
         "last_task": str(count - 1),
         "throttle": f"%{parallel}" if parallel else "",
         "time": str(s.time_min),
@@ -163,9 +196,9 @@ def submit_sweep(
             for k, v in (("shard", 0), ("num_shards", 1))
         ],
     )
+    name = sweep_name(path)
     points = grid_points(load_sweep(path))
     configs = check_points(points, base, iterations)
-    name = path.stem
     sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
     points_file = sweep_dir / "points.txt"
     script = render(name, configs[0], points_file, base, len(points), iterations, parallel)
@@ -192,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path, help="a sweeps/*.yaml file")
     parser.add_argument("--iterations", type=int, default=1, help="iterations per point")
-    parser.add_argument("--parallel", type=int, default=None, help="at most N tasks at once")
+    parser.add_argument(
+        "--parallel", type=positive_int, default=None, help="at most N tasks at once (N >= 1)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the points and the script")
     parser.add_argument(
         "--local", action="store_true", help="run the points here, one after another (no SLURM)"

@@ -327,3 +327,30 @@ def test_a_debug_run_keeps_the_traceback(tmp_path, monkeypatch):
     result = cli(tmp_path, *GENERATE, f"model.path={tmp_path}/nothing")
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert "no such model folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "said"),
+    [
+        # valid JSON, not text a tokenizer can read
+        (
+            "bad \ud800 text",
+            [],
+            "{path}:2 (prompt_id 'b'): the prompt holds '\\ud800' at character 4, a lone surrogate",
+        ),
+        (
+            "Hello",
+            ["generation.max_prompt_length=4", "generation.long_prompts=skip"],
+            "all 2 prompts read from {path} are longer than generation.max_prompt_length=4 tokens",
+        ),
+    ],
+    ids=["a-lone-surrogate", "every-prompt-too-long"],
+)
+def test_prompts_left_unusable_stop_generate_with_one_line(tmp_path, text, overrides, said):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt_id": "a", "prompt": "Hi"}, {"prompt_id": "b", "prompt": text}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = cli(tmp_path, *GENERATE, f"data.prompts={path}", *overrides)
+    line = one_line_failure(result, 1)
+    assert line.startswith(f"error: {said.format(path=path)}"), line
+    assert not records(tmp_path), "nothing a re-run would trust"

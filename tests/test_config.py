@@ -469,6 +469,89 @@ def test_bad_values_fail_validation_naming_the_key(override, message):
         compose_cfg(override)
 
 
+# --- values that become folder names and SLURM script text -------------------------------------
+
+PLAIN_NAME_RULE = (
+    r"; it names one folder under paths\.root: a name without '/' or control characters, other "
+    r"than '\.' and '\.\.'$"
+)
+SHELL_WORD_RULE = (
+    r"; it is written into SLURM scripts, where it must be one word of letters, digits and "
+    r"_\.,:=\+@%-"
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=../../escaped", r"^model\.name='\.\./\.\./escaped' holds '/'"),
+        ("model.name=/abs", r"^model\.name='/abs' holds '/'"),
+        ("model.name=..", r"^model\.name='\.\.' is the folder above"),
+        ("run_name=..", r"^run_name='\.\.' is the folder above"),
+        ("run_name=.", r"^run_name='\.' is the folder itself"),
+        ("run_name=''", r"^run_name='' is empty"),
+        ("run_name=a/b", r"^run_name='a/b' holds '/'"),
+        ('run_name="a\x00b"', r"^run_name='a\\x00b' holds a NUL byte"),
+        ('run_name="a\nb"', r"^run_name='a\\nb' holds a newline"),
+        ("method.tag=../up", r"^method\.tag='\.\./up' holds '/'"),
+    ],
+)
+def test_a_name_that_is_not_one_folder_is_refused(override, message):
+    with pytest.raises(ConfigError, match=message + PLAIN_NAME_RULE):
+        compose_cfg(override)
+
+
+@pytest.mark.parametrize("name", ["a..b", "..a", "my model", "mistral-7b_v0.2"])
+def test_a_name_with_dots_or_blanks_inside_is_still_one_folder(name, tmp_path):
+    cfg = compose_cfg(f"model.name='{name}'", f"run_name='{name}'")
+    root = Path(cfg.paths.root)
+    assert Path(cfg.run.dir) == root / name / "sppo" / name
+
+
+def test_the_run_directory_stays_under_paths_root(tmp_path):
+    inside = compose_cfg(f"paths.root={tmp_path}/r", f"run.dir={tmp_path}/r/other/lineage")
+    assert inside.run.dir == f"{tmp_path}/r/other/lineage"  # another lineage's checkpoint
+    for escaped in (f"{tmp_path}/elsewhere", f"{tmp_path}/r/../x", f"{tmp_path}/r"):
+        with pytest.raises(ConfigError, match=r"^run\.dir='.*': lies outside paths\.root="):
+            compose_cfg(f"paths.root={tmp_path}/r", f"run.dir={escaped}")
+    with pytest.raises(ConfigError, match=r"^paths\.root='/tmp/a\\nb' holds a newline; it is"):
+        compose_cfg('paths.root="/tmp/a\nb"')
+
+
+@pytest.mark.parametrize("key", ["partition", "account", "qos", "constraint"])
+@pytest.mark.parametrize(
+    ("value", "bad"),
+    [
+        ("debug\ntouch /tmp/x", "a newline"),
+        ("debug;touch /tmp/x", "';'"),
+        ("$(touch /tmp/x)", "'\\$'"),
+        ("`id`", "'`'"),
+        ("gpu debug", "a space"),
+        ("gpu'", '"\'"'),
+        ("gpu#x", "'#'"),
+    ],
+)
+def test_a_slurm_field_that_is_not_one_plain_word_is_refused(key, value, bad):
+    rule = rf"^hardware\.slurm\.{key}=.* holds {bad}{SHELL_WORD_RULE}"
+    with pytest.raises(ConfigError, match=rule):
+        compose_cfg("hardware=slurm-cpu", f'hardware.slurm.{key}="{value}"')
+
+
+def test_slurm_fields_take_what_sbatch_names():
+    cfg = compose_cfg(
+        "hardware=slurm-cpu",
+        "hardware.slurm.partition='gpu,debug'",
+        "hardware.slurm.account=proj-123_x",
+        "hardware.slurm.qos=high",
+        'hardware.slurm.constraint="[rack1*2&rack2*4]|(a100&ib)"',
+        "run_name=eta1e+06-lr5e-07-K5",
+    )
+    assert cfg.hardware.slurm.constraint == "[rack1*2&rack2*4]|(a100&ib)"
+    # the jobs are named after run_name: on SLURM hardware it is one word too
+    with pytest.raises(ConfigError, match=rf"^run_name='my run' holds a space{SHELL_WORD_RULE}"):
+        compose_cfg("hardware=slurm-cpu", "run_name='my run'")
+
+
 @pytest.mark.parametrize(
     "reference", ["base", "iter1", "iter2", "/models/mine", "./mine", "../mine", "org/name-v0.2"]
 )
@@ -568,6 +651,21 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
             ["eval.judge.model=/judges/mine"],
             "config error: cannot set 'eval.judge.model': 'eval.judge' is null with the options "
             "chosen (the ranker judges; choose a judge with ranker@eval.judge=<ranker option>)",
+        ),
+        (
+            ["model.name=../../escaped"],
+            "config error: model.name='../../escaped' holds '/'; it names one folder under "
+            "paths.root: a name without '/' or control characters, other than '.' and '..'",
+        ),
+        (
+            ["run_name=.."],
+            "config error: run_name='..' is the folder above; it names one folder under paths.root",
+        ),
+        (  # the reported submission: the second line ran as a command of the job
+            ["hardware=slurm-cpu", 'hardware.slurm.partition="debug\ntouch /tmp/x"'],
+            "config error: hardware.slurm.partition='debug\\ntouch /tmp/x' holds a newline; it is "
+            "written into SLURM scripts, where it must be one word of letters, digits and "
+            "_.,:=+@%-",
         ),
     ],
 )

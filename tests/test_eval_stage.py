@@ -5,6 +5,8 @@ file of reference answers; the AlpacaEval export; bad input refused with nothing
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +35,14 @@ def judgements(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """Iteration 1 of SPPO, trained then evaluated against the base model by `stage=all`."""
+    """Iteration 1 of SPPO, trained then evaluated against the base model by `stage=all`, in a
+    private run (umask 077)."""
     root = tmp_path_factory.mktemp("eval")
-    result = cli(root, "iter=1", "eval.enabled=true")
+    mask = os.umask(0o077)  # inherited by the run's process
+    try:
+        result = cli(root, "iter=1", "eval.enabled=true")
+    finally:
+        os.umask(mask)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result.stderr
 
@@ -59,6 +66,14 @@ def test_stage_all_evaluates_the_trained_iteration_against_the_base_model(evalua
 
 
 @pytest.mark.slow
+def test_a_private_runs_script_is_readable_by_no_one_else(evaluated):
+    """`lm_eval.sh` is executable for whom the umask lets read it, as a shell makes a script (it
+    was 0755 whatever the umask: the one file of a private run others could read)."""
+    root, _ = evaluated
+    mode = {f.name: stat.S_IMODE(f.stat().st_mode) for f in eval_dir(root).iterdir()}
+    assert mode["lm_eval.sh"] == 0o700 and mode["eval.json"] == 0o600
+
+
 def test_the_reported_rates_follow_from_the_judgements(evaluated):
     """Recomputed from the per-instruction records: the raw rate and the average lengths."""
     root, _ = evaluated

@@ -1,6 +1,7 @@
 """Prompt loading, ids and bad-input messages (src/generation/prompts.py). Offline."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,48 @@ def test_not_utf8(tmp_path):
     path.write_bytes(b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(PromptsError, match=r"p\.jsonl: not UTF-8"):
         load_prompts(str(path))
+
+
+LONE = "\ud800"  # half of a UTF-16 surrogate pair: valid JSON escaped, not encodable text
+
+
+@pytest.mark.parametrize(
+    ("row", "id_column", "said"),
+    [
+        (
+            {"prompt_id": "b", "prompt": f"bad {LONE} text"},
+            "prompt_id",
+            r" \(prompt_id 'b'\): the prompt",
+        ),
+        ({"prompt": f"bad {LONE} text"}, None, r": the prompt"),  # the derived id hashes UTF-8
+        ({"prompt_id": f"b{LONE}", "prompt": "fine"}, "prompt_id", r": 'prompt_id'"),
+        ({"prompt": "fine", "dataset": f"d{LONE}"}, None, r": 'dataset'"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_naming_the_row_and_where_it_is(tmp_path, row, id_column, said):
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt_id": "a", "prompt": "x"}, row])
+    assert "\\ud800" in path.read_text(), "json.dumps escapes it, as a file in the wild does"
+    with pytest.raises(PromptsError) as refused:
+        load_prompts(str(path), id_column=id_column)
+    message = str(refused.value)
+    assert re.match(
+        rf"^{re.escape(str(path))}:2{said} holds '\\ud800' at character \d+, a lone surrogate",
+        message,
+    ), message
+    assert "replace it" in message
+
+
+def test_a_lone_surrogate_in_a_json_array_names_its_index_and_a_pair_is_one_character(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text('[{"instruction": "smile \\ud83d\\ude00"}, {"instruction": "cut \\ud83d"}]')
+    with pytest.raises(
+        PromptsError, match=r"eval\.json\[1\]: the prompt holds '\\ud83d' at character 4"
+    ):
+        load_prompts(str(path), prompt_column="instruction")
+    path.write_text('[{"instruction": "smile \\ud83d\\ude00"}]')
+    assert (
+        load_prompts(str(path), prompt_column="instruction").prompts[0].prompt == "smile \U0001f600"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.core.errors import StageError
+from src.generation.sampling import GenerationError
 from src.generation.vllm_backend import QUIET_ENV
 from src.stages.generate import run
 from tests.helpers import compose_cfg
@@ -292,3 +293,78 @@ def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
     ) as refused:
         run(gen_cfg("model=tiny-mistral", "iter=2"))
     assert refused.value.fix == "stage=all iter=1"
+
+
+def test_a_split_whose_every_prompt_is_too_long_stops_and_records_nothing(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt_id": f"q{i}", "prompt": f"Question {i}: " + "more " * 60}) + "\n"
+            for i in range(2)
+        )
+    )
+    # 4 tokens leave no room for any text in the chat template: raising the limit is the fix
+    for limit, fix in [(4, None), (40, "generation.long_prompts=truncate")]:
+        for shard in range(3):  # shard 2 of 3 has no prompt of its own: it refuses too
+            cfg = gen_cfg(
+                "model=tiny-mistral",
+                f"data.prompts={path}",
+                f"generation.max_prompt_length={limit}",
+                f"generation.shard={shard}",
+                "generation.num_shards=3",
+            )
+            with pytest.raises(
+                GenerationError,
+                match=rf"^all 2 prompts read from {re.escape(str(path))} are longer than "
+                rf"generation\.max_prompt_length={limit} tokens in the chat template \(the "
+                r"shortest takes \d+\), so all are skipped and none is left to answer; raise "
+                r"generation\.max_prompt_length to \d+ or more",
+            ) as refused:
+                run(cfg)
+            assert refused.value.fix == fix
+            assert ("long_prompts=truncate to keep their end" in str(refused.value)) == bool(fix)
+    stage = cfg.stage_dir("generate")
+    assert not list(stage.glob("responses-shard*.jsonl")) and not (stage / "done.json").exists()
+
+
+def test_a_shard_left_without_prompts_goes_on_while_the_split_has_some(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt_id": "long", "prompt": "Tell me more. " * 200},
+        {"prompt_id": "short", "prompt": "Hi"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # shard 0's one prompt is too long, shard 2 has none (more shards than prompts)
+    for shard in range(3):
+        run(
+            gen_cfg(
+                "model=tiny-mistral",
+                f"data.prompts={path}",
+                "generation.max_prompt_length=40",
+                f"generation.shard={shard}",
+                "generation.num_shards=3",
+            )
+        )
+    cfg = gen_cfg("model=tiny-mistral", f"data.prompts={path}", "generation.num_shards=3")
+    stage = cfg.stage_dir("generate")
+    assert [r["prompt_id"] for r in responses(stage)] == ["short"]
+    counts = json.loads((stage / "done.json").read_text())["counts"]
+    assert counts["generated"] == 1 and counts["skipped_too_long"] == 1 and counts["shards"] == 3
+
+
+def test_the_eval_answers_refuse_instructions_all_too_long(tiny_dir):
+    from src.evaluation.answers import Answerer, answers, cache_dir
+    from src.stages.eval import load_instructions
+
+    cfg = gen_cfg("model=tiny-mistral", "eval.max_prompt_length=4")
+    instructions = load_instructions(cfg)
+    who = Answerer("base", str(tiny_dir / "tiny-mistral"), "tiny-mistral@test")
+    with pytest.raises(
+        GenerationError,
+        match=rf"^all {len(instructions)} prompts read from {re.escape(cfg.data.eval_prompts)} "
+        r"are longer than "
+        r"eval\.max_prompt_length=4 tokens .*; raise eval\.max_prompt_length to \d+ or more$",
+    ) as refused:
+        answers(cfg, who, instructions)
+    assert refused.value.fix is None  # an instruction is answered whole: nothing to truncate
+    assert not list(cache_dir(cfg, "").parent.rglob("done.json"))

@@ -49,9 +49,8 @@ def stage_dir(tmp_path) -> Path:
 
 
 def refusal(stage_dir: Path, shard: str | None = None) -> str:
-    with pytest.raises(Locked) as refused:
-        with writing(stage_dir, "python -m src.main second", shard):
-            pytest.fail("a second writer got the lock")
+    with pytest.raises(Locked) as refused, writing(stage_dir, "python -m src.main second", shard):
+        pytest.fail("a second writer got the lock")
     return str(refused.value)
 
 

@@ -405,6 +405,10 @@ def test_an_unfinished_generation_is_never_read():
         ('{"prompt_id": "q000"}\n', r":1: no `response` string"),
         ('{"response": "x"}\n', r":1: a row needs a `prompt_id` or a `prompt`"),
         ("not json\n", r":1: malformed JSON line"),
+        (
+            '{"prompt_id": "q000", "response": "x"}\n{"prompt_id": "q001", "response": "a\\ud800"}\n',
+            r":2: 'response' holds '\\ud800' at character 1, a lone surrogate",
+        ),
     ],
 )
 def test_bad_external_responses_are_named(tmp_path, content, message):
@@ -647,3 +651,55 @@ def test_the_command_line_ends_a_bad_ranked_row_with_the_command_that_ranks_agai
         "pipeline.redo=[rank]`"
     ), line
     assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
+
+
+# --- nothing to work on -------------------------------------------------------------------------
+
+
+def test_a_generation_with_no_rows_is_refused_by_rank_and_an_empty_ranking_by_pairs():
+    """Records an older version could leave (generate finished with every prompt skipped): a
+    stage with nothing to work on stops, naming the stage to redo, instead of blaming ties."""
+    cfg = cfg_for()
+    write_generation(cfg, [])
+    with pytest.raises(rank_stage.RankError) as refused:
+        rank_stage.run(cfg)
+    assert str(refused.value) == (
+        f"{cfg.stage_dir('generate')} holds no responses: nothing to rank; generate again"
+    )
+    assert refused.value.fix == "iter=1 pipeline.redo=[generate]"  # stage=all: and on
+    assert not (cfg.stage_dir("rank") / "done.json").exists()
+
+    rank = cfg.stage_dir("rank")
+    atomic_write_text(rank / "ranked-shard000-of-001.jsonl", "")
+    write_record(rank, stage_fingerprint(cfg.as_tree(), Stage.rank), {"shards": 1}, {})
+    with pytest.raises(pairs_stage.PairsBuildError) as no_pairs:
+        pairs_stage.run(cfg)
+    assert str(no_pairs.value) == f"no pairs: {rank} holds no ranked prompts; rank again"
+    assert no_pairs.value.fix == "iter=1 pipeline.redo=[rank]"
+    assert not (cfg.stage_dir("pairs") / "done.json").exists()
+
+
+def test_every_prompt_short_of_responses_is_refused_but_an_empty_shard_goes_on():
+    rows = generation_rows(2)
+    for r in rows:
+        r["responses"][1] = r["responses"][2] = " "
+    cfg = cfg_for("ranker.shard=1", "ranker.num_shards=3")  # shard 1 of 3: one prompt of its own
+    write_generation(cfg, rows)
+    with pytest.raises(
+        rank_stage.RankError,
+        match=r"^all 2 prompts of .*/generate have fewer than 2 non-empty responses once blank "
+        r"ones are dropped \(ranker\.empty_responses=drop\): nothing to rank",
+    ):
+        rank_stage.run(cfg)
+    assert not list(cfg.stage_dir("rank").glob("ranked-shard*.jsonl"))
+
+    # one prompt left to rank: shard 1 (its prompt dropped) and shard 2 (none) finish empty
+    rows[0]["responses"][1] = "An answer after all."
+    for s in range(3):
+        cfg = cfg_for("run_name=some", f"ranker.shard={s}", "ranker.num_shards=3")
+        if s == 0:
+            write_generation(cfg, rows)
+        rank_stage.run(cfg)
+    assert [r["prompt_id"] for r in ranked(cfg)] == ["q000"]
+    done = json.loads((cfg.stage_dir("rank") / "done.json").read_text())["counts"]
+    assert done["ranked"] == 1 and done["prompts_dropped_too_few"] == 1 and done["shards"] == 3

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from src.config import REPO_ROOT
-from src.slurm import main
+from src.config import REPO_ROOT, Stage
+from src.slurm import fill, main, sbatch_value
+from tests.helpers import SLURM_SMALL
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +92,8 @@ def test_a_two_node_training_expands_the_node_rank_inside_each_task(capsys, tmp_
     # single-quoted: the batch shell leaves $SLURM_NODEID for each task's own shell
     (srun,) = [line for line in train.splitlines() if line.startswith("srun ")]
     assert re.fullmatch(
-        r"srun --kill-on-bad-exit=1 bash -c 'NODE_RANK=\$SLURM_NODEID exec \S+python -m src\.main .*stage=train iter=1' &",
+        r"srun --kill-on-bad-exit=1 bash -c 'NODE_RANK=\$SLURM_NODEID exec \"\$@\"' node-task "
+        r"\S+python -m src\.main .*stage=train iter=1 &",
         srun,
     )
     for name, script in scripts.items():
@@ -220,6 +227,117 @@ def test_a_hardware_without_slurm_resources_is_refused(capsys):
     )
 
 
+# --- what a config value can do to a script ---------------------------------------------------
+
+
+def test_the_reported_partition_is_refused_before_any_script_is_rendered(tmp_path):
+    """`hardware.slurm.partition="debug\ntouch ..."` put `touch ...` on a line of its own, which
+    the submitted job ran."""
+    marker = tmp_path / "injected"
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "src.slurm", "--dry-run", "model=tiny-mistral",
+         "hardware=slurm-cpu", f'hardware.slurm.partition="debug\ntouch {marker}"'],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"config error: hardware.slurm.partition='debug\\ntouch {marker}' holds a newline; it "
+        "is written into SLURM scripts, where it must be one word of letters, digits and "
+        "_.,:=+@%-"
+    ]
+    assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_directives_quote_a_path_with_blanks_and_a_constraint_expression(capsys, monkeypatch):
+    root = Path(os.environ["SELFPLAY_RUNS"]) / "runs #1"  # '#' ends an #SBATCH line unquoted
+    monkeypatch.setenv("SELFPLAY_RUNS", str(root))
+    scripts = dry_run(capsys, "model=tiny-mistral", "hardware=slurm-cpu",
+                      'hardware.slurm.constraint="a100&(ib|nvlink)"')  # fmt: skip
+    assert len(scripts) == 4
+    assert not root.exists(), "a dry run writes nothing"
+    for name, script in scripts.items():
+        assert re.search(rf'^#SBATCH --output="{re.escape(str(root))}/tiny-mistral/sppo/[^"/]+'
+                         r'/slurm/logs/%x_%A_%a\.out"$', script, re.MULTILINE)  # fmt: skip
+        assert f"\n#SBATCH --job-name={name}\n" in script
+        assert '\n#SBATCH --constraint="a100&(ib|nvlink)"\n' in script
+        body = script.split("\n# $ ")[0]
+        checked = subprocess.run(["bash", "-n"], input=body, text=True, capture_output=True)
+        assert checked.returncode == 0, (name, checked.stderr)
+
+
+def test_each_node_task_gets_the_overrides_as_words_and_runs_none_of_them(capsys, tmp_path):
+    """The srun line of a two-node training, run here: a fake srun runs the task's command with,
+    in place of the stage, a Python that prints its node rank and arguments."""
+    marker = tmp_path / "injected"
+    hostile = f"data.name='x $(touch {marker}) `touch {marker}` \"y\"'"
+    scripts = dry_run(capsys, "experiment=gemma-2-9b-it-sppo", "hardware=slurm-multinode", hostile)
+    (srun,) = [
+        line
+        for line in scripts["eta1000-lr5e-07-K5-it1-train"].splitlines()
+        if line.startswith("srun ")
+    ]
+    fake_srun = (
+        "srun() {\n"
+        "  shift  # --kill-on-bad-exit=1\n"
+        '  local task=("$@")  # bash -c CODE NAME PYTHON ARGS...\n'
+        '  "${task[@]:0:4}" "$PY" -c "$REPORT" "${task[@]:5}"\n'
+        "}\n"
+    )
+    report = "import json, os, sys; print(json.dumps([os.environ['NODE_RANK'], sys.argv[1:]]))"
+    done = subprocess.run(
+        ["bash", "-c", f"{fake_srun}{srun}\nwait $!"],
+        env={**os.environ, "SLURM_NODEID": "1", "PY": sys.executable, "REPORT": report},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert not marker.exists(), "no shell read the override as code"
+    assert done.returncode == 0, done.stderr
+    rank, argv = json.loads(done.stdout)
+    assert rank == "1", "the node rank is expanded inside the task"
+    assert argv[:2] == ["-m", "src.main"] and argv[-2:] == ["stage=train", "iter=1"]
+    assert hostile in argv, "the override arrives as one word, as it was given"
+
+
+def test_a_line_break_never_reaches_a_comment_or_directive_line():
+    """The last guard, for a value the config did not check: the script is not rendered."""
+    values = {"description": "iteration 1\ntouch /tmp/x", "job_name": "j", "output": "o"}
+    with pytest.raises(ValueError, match=r"stage\.sbatch: @description@='iteration 1\\ntouch"):
+        fill("stage.sbatch", values)
+    with pytest.raises(ValueError, match=r"@job_name@"):
+        fill("stage.sbatch", {"job_name": "j\rk"})
+    # a shell-quoted value may hold one: it stays inside its quotes on the command line
+    assert "'a\nb'" in fill("stage.sbatch", {"overrides": shlex.quote("a\nb")})
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [("gpu", "gpu"), ("/a/b_c-1/%x.out", "/a/b_c-1/%x.out"), ("a b#c", '"a b#c"'),
+     ('say "hi"\\', '"say \\"hi\\"\\\\"')],
+)  # fmt: skip
+def test_an_sbatch_value_is_quoted_when_sbatch_would_split_it(value, written):
+    assert sbatch_value(value) == written
+
+
+@pytest.mark.slurm
+def test_sbatch_reads_a_quoted_output_path_back(slurm_cluster, tmp_path, monkeypatch):
+    """A run root with a blank and a '#': the job's log lands where --output says."""
+    from src.slurm import compose, stage_job, submit
+
+    root = tmp_path / "runs #1"
+    monkeypatch.setenv("SELFPLAY_RUNS", str(root))  # the job inherits it
+    overrides = [*SLURM_SMALL, f"hardware.slurm.partition={slurm_cluster.partition}"]
+    cfg = compose(overrides, 1)
+    job = stage_job(cfg, Stage.pairs, overrides, after=None)
+    script_dir = Path(cfg.run.dir) / "slurm"
+    (script_dir / "logs").mkdir(parents=True)
+    ids = submit([job], script_dir, dry_run=False)
+    assert set(slurm_cluster.wait(ids.values(), timeout=180).values()) == {"FAILED"}
+    # the pairs of an iteration that is not ranked: the stage fails, and its log says why
+    (log,) = (script_dir / "logs").glob(f"{job.name}_*.out")
+    text = log.read_text()
+    assert "[main] stage pairs ->" in text and "/iter1/rank is not finished" in text, text
+
+
 # --- sweeps ---------------------------------------------------------------------------------
 
 
@@ -282,3 +400,66 @@ def test_bad_sweeps_are_refused_with_a_reason(tmp_path, capsys, content, extra, 
     with pytest.raises(SystemExit):
         sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu", *extra])
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("parallel", ["-3", "0"])
+def test_the_throttle_takes_one_task_at_least(capsys, parallel):
+    from src.sweep import main as sweep
+
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(["sweeps/eta.yaml", "--dry-run", "--parallel", parallel,
+               "model=tiny-mistral", "hardware=slurm-cpu"])  # fmt: skip
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "no array is rendered (it was --array=0-2%-3)"
+    assert captured.err.splitlines() == [
+        f"config error: python -m src.sweep: argument --parallel: must be a whole number >= 1, "
+        f"not {parallel!r}; see `python -m src.sweep --help`"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stem", "message"),
+    [
+        ("..", "sweep name='..' is the folder above; it names one folder under paths.root"),
+        ("a b", "sweep name='a b' holds a space; it is written into SLURM scripts"),
+        ("a;id", "sweep name='a;id' holds ';'; it is written into SLURM scripts"),
+        ("$(id)", "sweep name='$(id)' holds '$'; it is written into SLURM scripts"),
+    ],
+)
+def test_a_sweep_is_named_by_one_plain_folder_name(tmp_path, capsys, stem, message):
+    from src.sweep import main as sweep
+
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text((REPO_ROOT / "sweeps" / "eta.yaml").read_text())
+    with pytest.raises(SystemExit) as exit_info:
+        sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"config error: {message}")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (  # the points file holds a point per line: this one would be read as two
+            '{data.name: {values: ["a\\nb"]}}',
+            r"s\.yaml: parameters\.data\.name='a\\nb' holds a newline",
+        ),
+        ('{"data.\\nname": {value: a}}', r"s\.yaml: parameters='data\.\\nname' holds a newline"),
+        ("{run_name: {values: [a, ..]}}", r"run_name='\.\.' is the folder above"),
+    ],
+)
+def test_a_sweep_point_that_would_break_its_line_or_leave_the_root_is_refused(
+    tmp_path, capsys, parameters, message
+):
+    from src.sweep import main as sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"parameters: {parameters}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.search(f"^config error: .*{message}", captured.err)
+    assert not (tmp_path / "runs").exists()

@@ -37,6 +37,7 @@ from src.generation.sampling import (
     load_tokenizer,
     open_generator,
     render,
+    require_one_fits,
     sample_stream,
 )
 
@@ -140,6 +141,8 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
     print(f"[eval] answers of {who.label} ({who.path}) -> {shard.stage_dir}", file=sys.stderr)
     tokenizer, eos_ids = load_tokenizer(who.path, cfg.model.revision)
     rendered = render(g, tokenizer, instructions, counts)
+    if not rendered:
+        require_one_fits(g, tokenizer, instructions, cfg.data.eval_prompts, section="eval")
     if counts.skipped_too_long:
         print(
             f"[eval] {counts.skipped_too_long} instruction(s) longer than "

@@ -50,42 +50,70 @@ class RenderedPrompt:
     ids: array
 
 
+def prompt_ids(tokenizer, text: str) -> list[int]:
+    """`text` as the policy sees it: a user turn in the chat template, ready for the answer."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]  # the template has the BOS
+
+
 def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedPrompt]:
     """The prompts through the chat template, over-long ones skipped or truncated as `g` says
     (`counts.skipped_too_long` / `counts.truncated` count them)."""
     limit = g.max_prompt_length
-
-    def ids_of(text: str) -> list[int]:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
-        return tokenizer(rendered, add_special_tokens=False)[
-            "input_ids"
-        ]  # the template has the BOS
-
     out = []
     for p in prompts:
-        ids = ids_of(p.prompt)
+        ids = prompt_ids(tokenizer, p.prompt)
         text = p.prompt
         if len(ids) > limit:
             if g.long_prompts == LongPrompts.skip:
                 counts.skipped_too_long += 1
                 continue
             # keep the end of the user's text (the question), re-rendered inside the template
-            room = limit - len(ids_of(""))
+            room = limit - len(prompt_ids(tokenizer, ""))
             if room <= 0:
                 raise GenerationError(
                     f"generation.max_prompt_length={limit} leaves no room for any text after the chat template"
                 )
             body = tokenizer(text, add_special_tokens=False)["input_ids"]
             text = tokenizer.decode(body[-room:], skip_special_tokens=True)
-            ids = ids_of(text)
+            ids = prompt_ids(tokenizer, text)
             while len(ids) > limit and text:  # re-tokenisation can merge differently: trim again
                 text = text[1:]
-                ids = ids_of(text)
+                ids = prompt_ids(tokenizer, text)
             counts.truncated += 1
         out.append(RenderedPrompt(p.prompt_id, text, array("i", ids)))
     return out
+
+
+def require_one_fits(
+    g: GenerationConfig, tokenizer, prompts, source: str, section: str = "generation"
+) -> None:
+    """Refuse `prompts` of which `render` keeps none: a stage that went on would finish with
+    no rows, and the stage after it blame something else (tied scores). Called for the whole
+    split when a shard's `render` kept nothing, it stops at the first prompt that fits: a shard
+    left empty while others have prompts (more shards than prompts) goes on. `section`: where
+    `g`'s lengths are set, for the message."""
+    limit = g.max_prompt_length
+    if g.long_prompts == LongPrompts.truncate:
+        return  # truncation keeps every prompt, or `render` has refused the limit already
+    lengths = []
+    for p in prompts:
+        lengths.append(len(prompt_ids(tokenizer, p.prompt)))
+        if lengths[-1] <= limit:
+            return
+    # eval answers an instruction whole or not at all; truncation needs room beside the template
+    truncate = section == "generation" and limit > len(prompt_ids(tokenizer, ""))
+    shortest = min(lengths)
+    raise GenerationError(
+        f"all {len(lengths)} prompts read from {source} are longer than "
+        f"{section}.max_prompt_length={limit} tokens in the chat template (the shortest takes "
+        f"{shortest}), so all are skipped and none is left to answer; raise "
+        f"{section}.max_prompt_length to {shortest} or more"
+        + (f", or set {section}.long_prompts=truncate to keep their end" if truncate else ""),
+        f"{section}.long_prompts=truncate" if truncate else None,
+    )
 
 
 VLLM_LOG = "vllm.log"  # vLLM's own output, in the folder of the chunks it makes

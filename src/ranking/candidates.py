@@ -16,6 +16,7 @@ from typing import Any
 
 from src.core.artifacts import read_jsonl
 from src.core.errors import StageError
+from src.generation.prompts import require_encodable
 
 POLICY, EXTERNAL = "policy", "external"
 ALIGNED = ("responses", "sources", "finish_reasons", "num_tokens", "seeds")
@@ -85,6 +86,9 @@ def load_external(path: str | Path) -> tuple[dict[str, str], dict[str, str], str
         if not isinstance(response, str):
             raise RankInputError(f"{where}: no `response` string (rows look like {example})")
         keys = [(by_id, row.get("prompt_id")), (by_prompt, row.get("prompt"))]
+        for key, text in row.items():  # the judge tokenises them, the rows file holds them
+            if isinstance(text, str):
+                require_encodable(where, repr(key), text, RankInputError)
         if not any(isinstance(k, str) for _, k in keys):
             raise RankInputError(f"{where}: a row needs a `prompt_id` or a `prompt` to match on")
         for index, key in keys:

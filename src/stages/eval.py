@@ -168,10 +168,9 @@ def run(cfg: Config) -> dict:
     )
     if cfg.eval.alpaca_eval:
         report["alpaca_eval"] = alpaca_eval_row(stage_dir, policy.label)
-    script = atomic_write_text(
-        stage_dir / "lm_eval.sh", lm_eval_script(policy.path, stage_dir / "lm_eval")
+    atomic_write_text(  # executable for whom the umask lets read it, as the shell would make it
+        stage_dir / "lm_eval.sh", lm_eval_script(policy.path, stage_dir / "lm_eval"), mode=0o777
     )
-    script.chmod(0o755)
     atomic_write_json(stage_dir / "eval.json", report)
     atomic_write_json(stage_dir / "metrics.json", report)
     checkpoint = cfg.stage_dir(Stage.train) / "checkpoint"

@@ -30,6 +30,7 @@ from src.generation.sampling import (
     load_tokenizer,
     open_generator,
     render,
+    require_one_fits,
     sample_stream,
 )
 from src.plan.stages import peak_line
@@ -88,6 +89,8 @@ def run(cfg: Config) -> dict:
     path = require_previous_policy(cfg)
     tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
     rendered = render(g, tokenizer, mine, counts)
+    if not rendered:  # over the whole split: a shard may be empty while others have prompts
+        require_one_fits(g, tokenizer, prompt_set, d.prompts)
     say_left_out(cfg, counts)
     # HF's model is in this process (vLLM's engine is another: its memory is not measured here)
     peak = Peak(cfg.hardware.device == Device.cuda) if g.backend == Backend.hf else None

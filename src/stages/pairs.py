@@ -84,6 +84,11 @@ def run(cfg: Config) -> dict:
                 batch = []
         if batch:
             runs.append(sorted_run(batch, Path(sorting) / f"run{len(runs):05d}.jsonl"))
+        if not prompts:  # a ranking recorded before the rank stage refused to finish empty
+            raise PairsBuildError(
+                f"no pairs: {cfg.stage_dir(Stage.rank)} holds no ranked prompts; rank again",
+                redo(cfg, Stage.rank.value),
+            )
         if not runs:
             raise PairsBuildError(
                 f"no pairs: all {prompts} ranked prompts have tied scores (ranker.ties=drop); "

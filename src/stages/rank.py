@@ -97,26 +97,32 @@ def run(cfg: Config) -> dict:
     responses = hashlib.sha256()  # of the rows as one JSON array, as chunk identities hash them
     seen: dict[str, str] = {}
     missing: list[str] = []
+    to_rank = 0  # over every shard: a shard may be left empty while others have prompts
     for i, (where, row) in enumerate(stage_rows(cfg, Stage.generate, RankInputError)):
         responses.update(("[" if i == 0 else ", ").encode())
         responses.update(json.dumps(row, sort_keys=True).encode())
         c = from_generation_row(where, row, cfg.method.K)
         check_unique(c, seen)
-        if i % shard.count != shard.index:  # round-robin, as take_shard splits a list
-            continue
+        ours = i % shard.count == shard.index  # round-robin, as take_shard splits a list
         if external is not None and external_response(c, *external[:2]) is None:
-            missing.append(c.prompt_id)
+            if ours:
+                missing.append(c.prompt_id)
+            to_rank += 1  # not short of responses: its shard refuses it, naming the missing one
             continue
         kept, dropped = prepared(c)
-        counts.external_added += external is not None
-        counts.empty_responses_dropped += dropped
-        counts.prompts_dropped_too_few += kept is None
-        counts.prompts_in_shard += kept is not None
+        to_rank += kept is not None
+        if ours:
+            counts.external_added += external is not None
+            counts.empty_responses_dropped += dropped
+            counts.prompts_dropped_too_few += kept is None
+            counts.prompts_in_shard += kept is not None
     responses.update(b"]" if seen else b"[]")
     counts.prompts_in_input = len(seen)
     if missing:
         prompts = counts.external_added + len(missing)
         raise no_external(cfg.data.external_responses, missing, prompts)
+    if not to_rank:
+        raise nothing_to_rank(cfg, len(seen))
     if counts.empty_responses_dropped:
         print(
             f"[rank] dropped {counts.empty_responses_dropped} empty response(s); "
@@ -182,6 +188,23 @@ def run(cfg: Config) -> dict:
         total=counts.prompts_in_shard,
     )
     return asdict(counts)
+
+
+def nothing_to_rank(cfg: Config, prompts: int) -> RankError:
+    """Why a ranking would finish with no rows, which the pairs stage would take for a judge
+    that cannot tell responses apart."""
+    generated = cfg.stage_dir(Stage.generate)
+    if not prompts:  # a generation recorded before the generate stage refused to finish empty
+        return RankError(
+            f"{generated} holds no responses: nothing to rank; generate again",
+            redo(cfg, Stage.generate.value),
+        )
+    return RankError(
+        f"all {prompts} prompts of {generated} have fewer than 2 non-empty responses once "
+        "blank ones are dropped (ranker.empty_responses=drop): nothing to rank, and no pair "
+        "could be made of a blank response; check that the policy answers at all (its chat "
+        "template, its end-of-turn tokens, generation.max_new_tokens)"
+    )
 
 
 def check_finite(c: Candidates, scores: np.ndarray) -> None:
