@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_VERSION ?= 2.13.0
+# where nvidia-smi runs: the torch that vLLM 0.26's CUDA build (the vllm extra) pins
+CUDA_TORCH_VERSION ?= 2.11.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= slurm,dev
 # `make install` adds the vLLM generation engine (generation=vllm) unless VLLM=0
@@ -45,7 +47,7 @@ else
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+		$(PIP) install --quiet "torch==$(CUDA_TORCH_VERSION)"; \
 	else \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
 		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \

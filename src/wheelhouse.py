@@ -73,6 +73,18 @@ SOURCE_ONLY = ["deepspeed==0.19.8", "llm-blender==0.0.2", "antlr4-python3-runtim
 REPO = Path(__file__).resolve().parent.parent
 
 
+def install_line(target: str) -> str:
+    """What a run's nodes install, in one line (`python -m src.plan` ends with it)."""
+    spec = TARGETS[target]
+    pins = ", ".join([*spec["pins"], *spec["no_deps"]])
+    return (
+        f"Install: the `{target}` set ({pins}; the project with {spec['extras']}): `make install`, "
+        f"or with no internet `make wheelhouse WHEELHOUSE=<dir> TARGET={target}` where a package "
+        "registry answers, then `make install WHEELHOUSE=<dir>` on the nodes "
+        "(docs/installation.md)."
+    )
+
+
 class WheelhouseError(Exception):
     """A wheelhouse that cannot be used; the message names the file."""
 

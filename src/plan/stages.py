@@ -23,6 +23,7 @@ from src.core.errors import EXIT_CONFIG_ERROR, StageError
 from src.plan.hours import hours_text
 from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
 from src.plan.shapes import Shape, judge_weights, shape_of
+from src.wheelhouse import install_line
 
 LARGEST_BATCH = 4096  # the search for the largest per-device batch stops here
 
@@ -329,7 +330,8 @@ def plan_text(cfg: Config) -> str:
         phase = f", peak in the {p.memory.peak_phase}" if p.memory.peak_phase else ""
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
-    return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg))])
+    target = "cuda" if hw.device == Device.cuda else "cpu"
+    return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg)), "", install_line(target)])
 
 
 def require_fit_here(cfg: Config, overrides: list[str]) -> None:
