@@ -77,7 +77,8 @@ $(VENV)/.vllm-installed: $(VENV)/.installed
 # On a machine that reaches a package registry (a login node), for a node that reaches none
 wheelhouse: ## Every wheel TARGET=cpu|cuda needs, into WHEELHOUSE=<dir>, with its manifest (PYTHON_VERSION=3.12 PLATFORM=manylinux_2_28_x86_64 HAVE=<pip freeze of the target image>)
 	@test -n "$(WHEELHOUSE)" || { echo "error: make wheelhouse needs WHEELHOUSE=<dir> (and TARGET=cpu|cuda)" >&2; exit 2; }
-	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) $(PYTHON) -m src.wheelhouse build $(WHEELHOUSE) --target $(TARGET) \
+	$(MAKE) install WHEELHOUSE=   # this machine's own environment, from the registry
+	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) $(PY) -m src.wheelhouse build $(WHEELHOUSE) --target $(TARGET) \
 		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM)) \
 		$(if $(HAVE),--have $(HAVE))
 

@@ -205,6 +205,12 @@ def build(folder: Path, target: str, python_version: str, platform: str, have: P
     spec, on = TARGETS[target], platform_options(python_version, platform)
     folder.mkdir(parents=True, exist_ok=True)
     pip("wheel", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
+    if spec["index"]:  # torch's own index only where the configured sources lack its build
+        try:
+            pip("download", "--quiet", "--no-deps", "--dest", str(folder), *on, spec["pins"][0])
+            spec = {**spec, "index": []}
+        except subprocess.CalledProcessError:
+            print(f"[wheelhouse] {spec['pins'][0]}: from {spec['index'][-1]}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         if have is not None:  # what the image holds is kept: the resolve starts from it
             held = Path(tmp) / "held.txt"  # less local labels (+cu130), which no index has
