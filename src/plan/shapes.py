@@ -8,7 +8,7 @@ Pure Python: the GPU benchmarks import it where only torch and transformers are 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The real models' configs (config.json of mistralai/Mistral-7B-Instruct-v0.2 and
@@ -59,7 +59,9 @@ class Shape:
     eager_attention: bool  # T^2 scores materialised (Gemma-2's soft-capping)
     softcapped: bool = False  # the logits soft-capped (Gemma-2's final_logit_softcapping)
     norms: int = 2  # RMSNorms per decoder block (Gemma-2: four, around attention and MLP)
-    positions: int | None = None  # max_position_embeddings: the longest sequence it takes
+    # max_position_embeddings, the longest sequence it takes: no part of its size (the library's
+    # default Mistral config has 131,072 where Mistral-7B-Instruct-v0.2 has 32,768)
+    positions: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_config(cls, name: str, config: dict, attention: str | None = None) -> Shape:
