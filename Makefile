@@ -18,6 +18,9 @@ PYTEST_ARGS ?=
 # against its manifest; `make wheelhouse` fills it for TARGET=cpu|cuda (src/wheelhouse.py)
 WHEELHOUSE ?=
 TARGET ?= cpu
+# VENV_ARGS=--system-site-packages: the environment over a cluster image's own packages (a
+# wheelhouse made with HAVE=<its pip freeze> holds only what the image lacks)
+VENV_ARGS ?=
 PIP_SOURCE := $(if $(strip $(WHEELHOUSE)),--no-index --find-links $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt)
 SWEEP ?= sweeps/eta.yaml
 ARGS ?=
@@ -41,7 +44,7 @@ install: $(VENV)/.installed $(if $(filter 1,$(VLLM)),$(VENV)/.vllm-installed) ##
 $(VENV)/.installed: pyproject.toml
 ifneq ($(strip $(WHEELHOUSE)),)
 	$(PYTHON) -m src.wheelhouse verify $(WHEELHOUSE)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install --quiet $(PIP_SOURCE) torch
 else
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

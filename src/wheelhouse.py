@@ -212,19 +212,27 @@ def build(folder: Path, target: str, python_version: str, platform: str, have: P
         except subprocess.CalledProcessError:
             print(f"[wheelhouse] {spec['pins'][0]}: from {spec['index'][-1]}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        if have is not None:  # what the image holds is kept: the resolve starts from it
+        chosen = None
+        if have is not None:  # what the image holds is kept where the project's ranges allow
             held = Path(tmp) / "held.txt"  # less local labels (+cu130), which no index has
             held.write_text("\n".join(sorted(_frozen(have))) + "\n")
-            spec = {**spec, "index": [*spec["index"], "-c", str(held)]}
-        chosen = resolve(folder, spec, on, [], Path(tmp))
+            try:
+                kept = {**spec, "index": [*spec["index"], "-c", str(held)]}
+                chosen, spec = resolve(folder, kept, on, [], Path(tmp)), kept
+            except subprocess.CalledProcessError:
+                print(
+                    f"[wheelhouse] {have}: the image's versions do not all fit the set (above); "
+                    "resolving without them: what differs is downloaded (missing.txt)",
+                    file=sys.stderr,
+                )
+        chosen = chosen or resolve(folder, spec, on, [], Path(tmp))
         extra = []
         for line in spec["no_deps"]:  # installed alone, then its requirements less some
             pip("download", "--no-deps", "--dest", str(folder), *on, *spec["index"], line)
             extra += no_deps_requirements(folder, line, chosen)
         if extra:
             chosen = resolve(folder, spec, on, extra, Path(tmp))
-        held = _frozen(have) if have else set()
-        missing = [pin for pin in chosen if _key(pin) not in held]
+        missing = lacking(chosen, have)
         listed = Path(tmp) / "download.txt"
         listed.write_text("\n".join(missing) + "\n")
         pip(
@@ -263,6 +271,13 @@ def no_deps_requirements(folder: Path, line: str, chosen: list[str]) -> list[str
         if name.lower() in PINNED_AS_INSTALLED:
             pinned[name.lower()] = version
     return kept_requirements(requires, pinned)
+
+
+def lacking(chosen: list[str], freeze: Path | None) -> list[str]:
+    """The pins of `chosen` that the image whose `pip freeze` is `freeze` does not hold at that
+    version (its local labels, +cu130, aside): what the wheelhouse carries to it."""
+    held = _frozen(freeze) if freeze is not None else set()
+    return [pin for pin in chosen if _key(pin) not in held]
 
 
 def _key(pin: str) -> str:

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
-from src.wheelhouse import CONSTRAINTS, MANIFEST, platform_options, verify, write_manifest
+from src.wheelhouse import (
+    CONSTRAINTS,
+    MANIFEST,
+    lacking,
+    platform_options,
+    verify,
+    write_manifest,
+)
 
 
 def wheel_of(tmp: Path, name: str, requires: list[str], out: Path) -> None:
@@ -117,6 +124,16 @@ def test_the_platform_options_name_every_manylinux_tag_up_to_the_targets_glibc()
 
 
 GPU_NODE = "manylinux_2_31_x86_64"
+
+
+def test_an_image_keeps_what_it_holds_at_the_chosen_version(tmp_path):
+    """HAVE=<pip freeze of the image>: only what it lacks, or holds at another version, goes in
+    the wheelhouse; a CUDA build's local label is the same release."""
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("torch==2.11.0+cu130\ntransformers==5.17.0\n-e git+https://x/y#egg=y\n")
+    chosen = ["torch==2.11.0", "transformers==5.23.0", "vllm==0.26.0"]
+    assert lacking(chosen, freeze) == ["transformers==5.23.0", "vllm==0.26.0"]
+    assert lacking(chosen, None) == chosen
 
 
 def registry_unreachable(tmp: Path) -> str | None:
