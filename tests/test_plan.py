@@ -47,10 +47,14 @@ def test_the_plan_of_a_recipe_on_one_8_gpu_node_fits_every_stage():
     assert "**no**" not in out
     assert "model states / devices" in out  # the terms at the training step's peak
     # what the nodes install: the GPU set, and how without internet
-    assert out.rstrip().splitlines()[-1].startswith(
-        "Install: the `cuda` set (torch==2.11.0, vllm==0.26.0; the project with "
-        "slurm,dev,vllm,qlora): `make install`, or with no internet `make wheelhouse "
-        "WHEELHOUSE=<dir> TARGET=cuda`"
+    assert (
+        out.rstrip()
+        .splitlines()[-1]
+        .startswith(
+            "Install: the `cuda` set (torch==2.11.0, vllm==0.26.0; the project with "
+            "slurm,dev,vllm,qlora): `make install`, or with no internet `make wheelhouse "
+            "WHEELHOUSE=<dir> TARGET=cuda`"
+        )
     )
 
 

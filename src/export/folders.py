@@ -85,7 +85,7 @@ def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     if damage:
         raise ExportError(f"{train / 'checkpoint'} is damaged ({damage})", redo(cfg, "train"))
     if not (train / "checkpoint" / CARD).is_file():  # trained before cards existed
-        from src.export.cards import write_model_card
+        from src.stages.cards import write_model_card
 
         write_model_card(cfg, train / "checkpoint")
 

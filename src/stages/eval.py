@@ -43,9 +43,9 @@ from src.evaluation.alpaca_eval import (
 )
 from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.winrate import FOLDS, outcomes, win_rates
-from src.export.cards import write_model_card
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix
+from src.stages.cards import write_model_card
 from src.stages.common import load_judge, redo
 
 

@@ -33,9 +33,9 @@ from src.core.errors import StageError
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
-from src.export.cards import write_model_card
 from src.plan.stages import peak_line
 from src.stages import tracking
+from src.stages.cards import write_model_card
 from src.stages.common import redo, require_previous_policy
 from src.training import checkpoints
 from src.training.adapters import (
