@@ -203,6 +203,12 @@ def build(folder: Path, target: str, python_version: str, platform: str, have: P
     (less what `have`, a `pip freeze` of the target image, already holds) and write the
     manifest."""
     spec, on = TARGETS[target], platform_options(python_version, platform)
+    # the build removes the wheels its set does not take: never from a folder it did not make
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
+        raise WheelhouseError(
+            f"{folder} holds files and no {MANIFEST}: it is no wheelhouse, and building one there "
+            "would remove wheels it did not put there; choose an empty or new folder"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     pip("wheel", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
     if spec["index"]:  # torch's own index only where the configured sources lack its build

@@ -115,6 +115,24 @@ def test_a_wheelhouse_that_lacks_or_damages_a_wheel_is_one_line_naming_it(house,
     assert line.startswith(said), line
 
 
+def test_a_wheelhouse_is_never_built_over_a_folder_of_other_files(tmp_path):
+    """The build removes the wheels its set does not take: a folder it did not make is refused
+    before pip runs, and what is in it stays."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = subprocess.run(
+        [sys.executable, "-m", "src.wheelhouse", "build", str(folder), "--target", "cpu"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "[wheelhouse]" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: {folder} holds files and no {MANIFEST}: it is no wheelhouse, and building one "
+        "there would remove wheels it did not put there; choose an empty or new folder"
+    )
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
 def test_the_platform_options_name_every_manylinux_tag_up_to_the_targets_glibc():
     options = platform_options("3.12", "manylinux_2_28_x86_64")
     tags = [options[i + 1] for i, o in enumerate(options) if o == "--platform"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from src.config import Config, LongPrompts
 from src.core import locks
-from src.core.chunks import ChunkCounts, Progress, Shard, Todo, claim, finished_rows, process_shard
+from src.core.chunks import Progress, Shard, Todo, claim, finished_rows, process_shard
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.core.records import read_record
@@ -34,6 +34,7 @@ from src.generation.prompts import Prompt
 from src.generation.sampling import (
     VLLM_LOG,
     RenderedPrompt,
+    SampleCounts,
     load_tokenizer,
     open_generator,
     render,
@@ -56,17 +57,8 @@ class Answerer:
 
 
 @dataclass
-class AnswerCounts(ChunkCounts):
+class AnswerCounts(SampleCounts):
     answered: int = 0
-    skipped_too_long: int = 0
-    truncated: int = 0
-    tokens: int = 0
-
-    unit = "tokens"
-
-    @property
-    def work(self) -> float:
-        return self.tokens
 
     def add(self, rows: list[AnswerRow]) -> None:
         self.answered += len(rows)

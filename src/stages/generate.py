@@ -18,7 +18,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 
 from src.config import Backend, Config, Device, Stage
-from src.core.chunks import ChunkCounts, Progress, Todo, claim, process_shard, take_shard
+from src.core.chunks import Progress, Todo, claim, process_shard, take_shard
 from src.core.contracts import ResponseRow
 from src.core.memory import Peak
 from src.core.records import chunk_identity, stage_fingerprint
@@ -27,6 +27,7 @@ from src.generation.sampling import (
     VLLM_LOG,
     GenerationError,
     RenderedPrompt,
+    SampleCounts,
     load_tokenizer,
     open_generator,
     render,
@@ -38,24 +39,15 @@ from src.stages.common import redo, require_previous_policy, stage_shard
 
 
 @dataclass
-class Counts(ChunkCounts):
+class Counts(SampleCounts):
     prompts_in_split: int = 0
     prompts_in_shard: int = 0
     duplicates_dropped: int = 0
-    skipped_too_long: int = 0
-    truncated: int = 0
     generated: int = 0
-    tokens: int = 0
     # the sampler's decoding steps in this run, and the sequences they held summed over them:
     # their ratio is how full the batch ran (vLLM's engine, or HF's batches of prompts x K)
     decoding_steps: int = 0
     step_sequences: int = 0
-
-    unit = "tokens"
-
-    @property
-    def work(self) -> float:
-        return self.tokens
 
     def add(self, rows: list[ResponseRow]) -> None:
         self.generated += len(rows)
