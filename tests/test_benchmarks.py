@@ -1,47 +1,37 @@
-"""The committed benchmark results are what the benchmark scripts make of their runs: each
-results file, re-rendered by its script (`--render`: ratios recomputed from the runs, tables
-rewritten), comes out as committed. A change to a script's ratios or tables that is not
-re-rendered into benchmarks/results/ fails here."""
+"""The committed benchmark results are what the harness renders from their JSON: each results
+file's Markdown comes out of `benchmarks.harness.render` as committed, and names the command and
+the commit that made it. A results file edited by hand, or a renderer change not re-rendered
+into benchmarks/results/ (`python -m benchmarks --render`), fails here."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from benchmarks.common import rerender
-from src.config import REPO_ROOT
-
-RESULTS = REPO_ROOT / "benchmarks" / "results"
-SCRIPT = {  # results file prefix -> the script that measures it
-    "generation_gpu": "bench_generation_gpu",
-    "train_memory_gpu": "bench_train_memory_gpu",
-    "generation": "bench_generation",
-    "ranking": "bench_ranking",
-    "trainer": "bench_trainer",
-    "scale": "bench_scale",
-    "stream": "bench_stream",
-}
-
-
-def script_of(result: Path) -> str:
-    return next(s for prefix, s in SCRIPT.items() if result.stem.startswith(prefix))
+from benchmarks.harness import RESULTS, render, table, text
 
 
 @pytest.mark.parametrize("result", sorted(RESULTS.glob("*.json")), ids=lambda p: p.stem)
-def test_a_results_file_rerenders_as_committed(result, tmp_path, capsys):
-    script = importlib.import_module(f"benchmarks.{script_of(result)}")
-    copy = tmp_path / result.name
-    shutil.copy(result, copy)
-    if hasattr(script, "ratios"):
-        rerender(copy, script.ratios, script.markdown)
-    else:  # a script that measures no ratios renders its tables alone
-        copy.with_suffix(".md").write_text(script.markdown(json.loads(copy.read_text())))
-    assert copy.read_text() == result.read_text(), f"run --render on {result}"
-    assert copy.with_suffix(".md").read_text() == result.with_suffix(".md").read_text()
+def test_a_results_file_renders_as_committed_and_names_its_command_and_commit(result):
+    data = json.loads(result.read_text())
+    assert result.with_suffix(".md").read_text() == render(data), f"run --render on {result}"
+    assert data["command"].startswith("python -m benchmarks")
+    assert len(data["commit"]) == 40 and int(data["commit"], 16) >= 0
+
+
+def test_render_writes_tables_from_data():
+    result = {
+        "title": "T",
+        "command": "python -m benchmarks x",
+        "commit": "a" * 40,
+        "dirty": True,
+        "blocks": [text("one", "two"), table(["a", "b"], [[1, 2.5]], rule=["---", "---:"])],
+    }
+    assert render(result) == (
+        "# T\n\nMade by `python -m benchmarks x` at commit aaaaaaaaaaaa (with uncommitted "
+        "changes).\n\none\ntwo\n\n| a | b |\n|---|---:|\n| 1 | 2.5 |\n"
+    )
 
 
 def test_a_scale_run_merged_into_an_earlier_result_replaces_only_the_rows_it_measured():

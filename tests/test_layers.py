@@ -1,12 +1,27 @@
 """Imports run one way (docs/design.md §3): commands → scheduler → stages → libraries → config →
-core. The ground floor, src/core, imports nothing above it."""
+core. Every module of src/ and benchmarks/ is read; an import from a lower layer to a higher one
+fails here, as does a module no layer names and a circle of imports between folders."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+
+# lowest first; a module may import its own layer and the layers below it
+LAYERS = {
+    "core": ("src", "src/core"),
+    "config": ("src/config",),
+    "libraries": (
+        "src/cli", "src/explain", "src/generation", "src/training", "src/ranking",
+        "src/evaluation", "src/compare", "src/plan", "src/wheelhouse", "src/tiny",
+    ),
+    "stages": ("src/stages",),
+    "scheduler": ("src/schedule",),
+    "commands": ("src/main", "src/export", "src/slurm", "src/sweep", "benchmarks"),
+}  # fmt: skip
+RANK = {unit: rank for rank, units in enumerate(LAYERS.values()) for unit in units}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -21,16 +36,84 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
+def unit_of(module: str) -> str | None:
+    """The folder or top-level module of src/ or benchmarks/ that `module` lies in (src.core.x ->
+    src/core, src.main -> src/main), or None for another package."""
+    parts = [p for p in module.split(".") if p != "__init__"]
+    if parts[0] == "benchmarks":
+        return "benchmarks"
+    if parts[0] != "src":
+        return None
+    return "/".join(parts[:2])
+
+
+def modules() -> list[Path]:
+    return sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])
+
+
+def imports_between_units() -> dict[str, dict[str, list[str]]]:
+    """unit -> the units it imports -> the files that do, for every module of the house."""
+    edges: dict[str, dict[str, list[str]]] = {}
+    for path in modules():
+        rel = path.relative_to(ROOT)
+        unit = unit_of(".".join(rel.with_suffix("").parts))
+        for module in imported_modules(path):
+            target = unit_of(module)
+            if target not in (None, unit):
+                edges.setdefault(unit, {}).setdefault(target, []).append(str(rel))
+    return edges
+
+
+def test_every_module_has_a_layer():
+    units = {unit_of(".".join(p.relative_to(ROOT).with_suffix("").parts)) for p in modules()}
+    assert sorted(units - RANK.keys()) == []
+
+
+def test_no_import_runs_up_a_layer():
+    up = [
+        f"{file}: imports {target} ({layer_of(target)}) from {layer_of(unit)}"
+        for unit, targets in imports_between_units().items()
+        for target, files in targets.items()
+        if target in RANK and RANK[target] > RANK[unit]
+        for file in sorted(set(files))
+    ]
+    assert up == []
+
+
+def layer_of(unit: str) -> str:
+    return list(LAYERS)[RANK[unit]]
+
+
+def test_no_circle_of_imports_between_folders():
+    edges = {u: set(t) for u, t in imports_between_units().items()}
+    done: set[str] = set()
+
+    def visit(unit: str, path: list[str]) -> list[str] | None:
+        if unit in path:
+            return path[path.index(unit) :] + [unit]
+        if unit in done:
+            return None
+        for target in sorted(edges.get(unit, ())):
+            if circle := visit(target, [*path, unit]):
+                return circle
+        done.add(unit)
+        return None
+
+    circles = [c for u in sorted(edges) if (c := visit(u, []))]
+    assert circles == []
+
+
 def test_core_imports_nothing_above_it():
     above = []
-    for path in sorted((SRC / "core").glob("*.py")):
+    for path in sorted((ROOT / "src" / "core").glob("*.py")):
         for module in sorted(imported_modules(path)):
             if module.startswith("src.") and not module.startswith("src.core"):
-                above.append(f"{path.relative_to(SRC.parent)}: {module}")
+                above.append(f"{path.relative_to(ROOT)}: {module}")
     assert above == []
 
 
-def test_the_check_sees_imports_inside_functions(tmp_path):
+def test_the_check_sees_imports_inside_functions_and_an_upward_one(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from src.config import Config\n")
-    assert "src.config" in imported_modules(module)
+    module.write_text("def f():\n    from src.stages.train import run\n")
+    assert "src.stages.train" in imported_modules(module)
+    assert RANK[unit_of("src.stages.train")] > RANK[unit_of("src.generation.sampling")]

@@ -1,4 +1,4 @@
-"""The memory model (`src.plan.memory`, `src.plan.shapes`): its parameter counts are the real
+"""The memory model (`src.plan.memory`, `src.core.shapes`): its parameter counts are the real
 models' and peft's, its training peaks are the H200's (every configuration of
 benchmarks/results/train_memory_gpu.json within 10 %), and the README's table is the one it
 prints."""
@@ -12,8 +12,8 @@ import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from src.config import REPO_ROOT
+from src.core.shapes import GEMMA_2_9B, MISTRAL_7B, REAL_MODELS, Shape, real_shape, shape_of
 from src.plan.memory import GIB, Step, table, train_memory
-from src.plan.shapes import GEMMA_2_9B, MISTRAL_7B, REAL_MODELS, Shape, real_shape, shape_of
 from src.training.adapters import add_adapter
 from tests.helpers import compose_cfg
 

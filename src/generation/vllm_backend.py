@@ -541,7 +541,7 @@ def refuse_unworkable(
     """Refuse (exit 2) the engine settings that cannot work with this model on this machine,
     before vLLM starts and fails on them with its own traceback. `section`: where the lengths
     are set (`generation`, or `eval` for the eval stage's answers)."""
-    from src.plan.shapes import shape_of
+    from src.core.shapes import shape_of
 
     shape = shape_of(path)
     longest = g.max_prompt_length + g.max_new_tokens

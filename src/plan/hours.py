@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.config import Backend, Config, JudgeKind, RefLogprobs
-from src.plan.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
+from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
 # HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
 # "ours", 5 samples a prompt)

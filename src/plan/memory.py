@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from src.plan.shapes import GEMMA_2_9B, MISTRAL_7B, Shape
+from src.core.shapes import GEMMA_2_9B, MISTRAL_7B, Shape
 
 GIB = 1024**3
 NF4_BYTES = (4 + 0.127) / 8  # 4-bit NF4 plus double-quantised absmax constants (QLoRA paper)

@@ -20,9 +20,9 @@ from src.config import (
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
+from src.core.shapes import Shape, judge_weights, shape_of
 from src.plan.hours import hours_text
 from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
-from src.plan.shapes import Shape, judge_weights, shape_of
 from src.wheelhouse import install_line
 
 LARGEST_BATCH = 4096  # the search for the largest per-device batch stops here
