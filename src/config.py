@@ -615,6 +615,10 @@ class TrainingConfig:
     # none: full weights; lora / qlora: an adapter, merged into the checkpoint at the end
     peft: Peft = Peft.none
     lora: AdapterConfig = field(default_factory=AdapterConfig)
+    # true: done.json keeps each step's memory by phase (forward, backward, optimizer step: its
+    # peak and what it holds at its end) beside the plan's terms, `timings.memory_phases`
+    # (src/training/memory_phases.py); a few reads of the allocator a step. Not in the fingerprint.
+    record_memory_phases: bool = False
 
     def __post_init__(self) -> None:
         _positive("training.learning_rate", self.learning_rate)

@@ -124,10 +124,9 @@ def format2_fingerprint(cfg: Config, stage: Stage) -> str:
     else:
         upstream = None
     inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs}
-    if "training" in inputs:  # format 2 predates training.peft and training.lora
-        inputs["training"] = {
-            k: v for k, v in inputs["training"].items() if k not in ("peft", "lora")
-        }
+    if "training" in inputs:  # format 2 predates these keys
+        newer = ("peft", "lora", "record_memory_phases")
+        inputs["training"] = {k: v for k, v in inputs["training"].items() if k not in newer}
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

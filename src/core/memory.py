@@ -41,10 +41,17 @@ class Peak:
     """The peak memory of a stretch of a stage above what the process held when it began: on a
     GPU torch's peak allocation (the plan's "peak allocated"), on CPU the resident set's
     high-water mark (VmHWM, which Linux resets on `clear_refs` = 5). `bytes()` is None where it
-    cannot be known (another kernel, or the reset refused)."""
+    cannot be known (another kernel, or the reset refused).
+
+    `lap()` splits the stretch into parts (a training step's phases, src/training/memory_phases.py):
+    the peak and what is held since the last lap, then the high-water mark reset; `bytes()` stays
+    the peak of the whole stretch. On CPU a lap also says what glibc has `allocated` (its bytes in
+    use): the tensors themselves, as torch's allocation counts them on a GPU, where the resident
+    set does not grow when they reuse memory the process freed earlier."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
+        self.earlier = 0  # the largest peak of the laps before the current one, above `start`
         if cuda:
             import torch
 
@@ -55,28 +62,115 @@ class Peak:
             self.start = torch.cuda.memory_allocated()
             return
         self.start = status_bytes("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
+        self.start_allocated = malloc_in_use()
+        if not reset_high_water_mark():
             self.start = None
 
     def bytes(self) -> int | None:
         if self.start is None:
             return None
+        peak = self._now()[0]
+        return None if peak is None else max(self.earlier, peak)
+
+    def lap(self) -> dict[str, int] | None:
+        """Since the last lap (or the start): `peak`, and what is `held` now, above `start`
+        (bytes; on a GPU also torch's `reserved_peak`, on CPU glibc's `allocated`); the
+        high-water mark then starts again from what is held. None where the peak cannot be
+        known."""
+        if self.start is None:
+            return None
+        peak, held, reserved = self._now()
+        if peak is None or held is None:
+            return None
+        self.earlier = max(self.earlier, peak)
         if self.cuda:
             import torch
 
-            return torch.cuda.max_memory_allocated() - self.start
-        peak = status_bytes("VmHWM")
-        return None if peak is None else peak - self.start
+            torch.cuda.reset_peak_memory_stats()
+        elif not reset_high_water_mark():
+            self.start = None  # the mark can no longer be reset: from here on, not known
+        out = {"peak": peak, "held": held}
+        if reserved is not None:
+            out["reserved_peak"] = reserved
+        allocated = None if self.cuda else malloc_in_use()
+        if allocated is not None and self.start_allocated is not None:
+            out["allocated"] = allocated - self.start_allocated
+        return out
+
+    def _now(self) -> tuple[int | None, int | None, int | None]:
+        """(peak, held, peak reserved) above `start`, read together: the peak is never below
+        what is held."""
+        if self.cuda:
+            import torch
+
+            held = torch.cuda.memory_allocated()
+            return (
+                torch.cuda.max_memory_allocated() - self.start,
+                held - self.start,
+                torch.cuda.max_memory_reserved() - self.start,
+            )
+        fields = status_fields("VmHWM", "VmRSS")
+        peak, held = fields.get("VmHWM"), fields.get("VmRSS")
+        return (
+            None if peak is None else peak - self.start,
+            None if held is None else held - self.start,
+            None,
+        )
+
+
+def malloc_in_use() -> int | None:
+    """glibc's bytes in use: its heaps' allocated chunks and the blocks it mapped on its own
+    (mallinfo2); None where this is not glibc 2.33 or later."""
+    global _MALLINFO2
+    if _MALLINFO2 is None:
+        try:
+            _MALLINFO2 = ctypes.CDLL("libc.so.6").mallinfo2
+        except (OSError, AttributeError):
+            _MALLINFO2 = False
+            return None
+        _MALLINFO2.restype = Mallinfo2
+    if _MALLINFO2 is False:
+        return None
+    info = _MALLINFO2()
+    return info.uordblks + info.hblkhd
+
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+_MALLINFO2 = None  # glibc's mallinfo2, looked up once (False: not there)
+
+
+def reset_high_water_mark() -> bool:
+    """VmHWM set back to the resident set now; False where Linux refuses it (or is not here)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def status_bytes(field: str) -> int | None:
     """A field of /proc/self/status (VmRSS, VmHWM) in bytes; None where there is none."""
+    return status_fields(field).get(field)
+
+
+def status_fields(*names: str) -> dict[str, int]:
+    """Fields of /proc/self/status (VmRSS, VmHWM) in bytes, read at once; those missing are
+    left out."""
+    found = {}
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
+            name = line.split(":", 1)[0]
+            if name in names:
+                found[name] = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    return found

@@ -89,12 +89,16 @@ def stage_inputs(
 
     `training.lora` shapes an adapter only: with `training.peft=none` neither key enters the
     fingerprint, so a full-weight run's records (made before the keys existed, too) stay valid
-    whatever the adapter settings say.
+    whatever the adapter settings say. `training.record_memory_phases` says what the record
+    keeps, not what the stage makes: it never enters it.
     """
     inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
     training = inputs.get("training")
-    if isinstance(training, dict) and training.get("peft", "none") == "none":
-        inputs["training"] = {k: v for k, v in training.items() if k not in ("peft", "lora")}
+    if isinstance(training, dict):
+        left_out = {"record_memory_phases"}
+        if training.get("peft", "none") == "none":
+            left_out |= {"peft", "lora"}
+        inputs["training"] = {k: v for k, v in training.items() if k not in left_out}
     return fingerprint_form(inputs, tree, at)
 
 

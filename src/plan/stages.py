@@ -354,9 +354,35 @@ def peak_line(cfg: Config, stage: Stage, measured: int) -> str:
     what the plan says the process holds."""
     where = "allocated on the GPU" if on_gpu(cfg) else "resident (RSS) above the stage's start"
     line = f"[{stage.value}] peak memory {measured / GIB:.3f} GiB {where}"
-    try:
-        memory = next(p.memory for p in plan(cfg) if p.stage == stage.value)
-    except StageError:  # a model whose shape the plan does not know
+    memory = planned_memory(cfg, stage)
+    if memory is None:
         return line
     planned = memory.peak if on_gpu(cfg) else memory.footprint
     return f"{line}; the plan: {planned / GIB:.3f} GiB (python -m src.plan)"
+
+
+def planned_memory(cfg: Config, stage: Stage) -> Memory | None:
+    """The plan's memory of `stage` per device; None for a model whose shape it does not know
+    (or a stage it gives none)."""
+    try:
+        return next(p.memory for p in plan(cfg) if p.stage == stage.value)
+    except (StageError, StopIteration):
+        return None
+
+
+def memory_terms(memory: Memory) -> dict:
+    """The plan's figures as a stage's record keeps them beside what it measured (GiB): what
+    stays through the step, each transient phase's terms, the peak allocation and its phase,
+    the context and the footprint."""
+
+    def gib(terms: dict[str, float]) -> dict[str, float]:
+        return {k: v / GIB for k, v in terms.items()}
+
+    return {
+        "kept": gib(memory.kept),
+        "phases": {phase: gib(terms) for phase, terms in memory.phases.items()},
+        "peak": memory.peak / GIB,
+        "peak_phase": memory.peak_phase,
+        "context": memory.context / GIB,
+        "footprint": memory.footprint / GIB,
+    }

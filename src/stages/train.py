@@ -33,7 +33,7 @@ from src.core.errors import StageError
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
-from src.plan.stages import peak_line
+from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card
 from src.stages.common import redo, require_previous_policy
@@ -123,6 +123,7 @@ class Setup:
     trainer: object  # PreferenceTrainer
     counts: dict  # what tokenisation kept, dropped and truncated
     peak: Peak  # memory from the policy's loading on
+    phases: object | None = None  # MemoryPhases: each step's memory by phase (opt-in)
 
 
 def setup(cfg: Config, stage_dir: Path) -> Setup:
@@ -130,6 +131,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     from transformers import AutoTokenizer
 
     from src.training.data import PairCollator, PairTokenizer
+    from src.training.memory_phases import MemoryPhases
     from src.training.trainer import PreferenceTrainer, ReferenceLogps, StopAfterEpochs
 
     t, method = cfg.training, cfg.method
@@ -144,6 +146,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     dtype = precision(cfg)
     args = training_arguments(cfg, stage_dir, dtype)  # before the model: ZeRO-3 shards at load
     peak = Peak(args.device.type == "cuda")
+    phases = MemoryPhases(peak) if t.record_memory_phases else None
     model = load_policy(cfg, dtype)
     reference, ref_model = None, None
     if t.ref_logprobs == RefLogprobs.precompute:
@@ -180,6 +183,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         wpo_clamp=method.wpo_clamp,
         reference=reference,
         ref_model=ref_model,
+        memory_phases=phases,
     )
     counts = {
         "pairs_in_file": report.read,
@@ -189,7 +193,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         "truncated_prompts": report.truncated_prompts,
         "truncated_responses": report.truncated_responses,
     }
-    return Setup(trainer, counts, peak)
+    return Setup(trainer, counts, peak, phases)
 
 
 def read_inputs(cfg: Config) -> tuple[Path, Iterator[dict]]:
@@ -229,6 +233,8 @@ def cleanup(
     timings = {"seconds": seconds}
     if peak is not None:
         timings["peak_memory_gib"] = peak / 2**30
+    if setup_.phases is not None:
+        timings["memory_phases"] = memory_phases_record(cfg, setup_.phases)
     outputs = ["checkpoint"] + (["adapter"] if cfg.training.peft != Peft.none else [])
     if trainer.is_world_process_zero():
         for name in outputs:
@@ -275,6 +281,17 @@ def cleanup(
             print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     trainer.accelerator.wait_for_everyone()
     return counts
+
+
+def memory_phases_record(cfg: Config, phases) -> dict:
+    """`timings.memory_phases` (training.record_memory_phases): this process's steps by phase
+    (src/training/memory_phases.py), and the plan's terms for the same config, when it knows
+    the model's shape; `steps` 0 where nothing could be measured (no GPU or no /proc)."""
+    record = phases.record() or {"steps": 0}
+    memory = planned_memory(cfg, Stage.train)
+    if memory is not None:
+        record["plan"] = memory_terms(memory)
+    return record
 
 
 # --- resume ---------------------------------------------------------------------------------------

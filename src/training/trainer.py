@@ -22,6 +22,7 @@ from src.core.artifacts import atomic_write_json, read_json
 from src.training.adapters import adapter_off, peft_model
 from src.training.arguments import TrainingError
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
+from src.training.memory_phases import MemoryPhases
 from src.training.policy_logps import batch_response_logps
 
 
@@ -74,6 +75,7 @@ class PreferenceTrainer(Trainer):
         wpo_clamp: float | None,
         reference: ReferenceLogps | None,
         ref_model: torch.nn.Module | None = None,
+        memory_phases: MemoryPhases | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -96,6 +98,9 @@ class PreferenceTrainer(Trainer):
         self._clock = time.perf_counter()
         if reference is not None:
             self.add_callback(_PrecomputeReference(self))
+        self.memory_phases = memory_phases  # training.record_memory_phases: each step's phases
+        if memory_phases is not None:
+            memory_phases.attach(self)
         self._resume = _LogAtCheckpoints()  # last: it sees every other callback's should_save
         self.add_callback(self._resume)
 
@@ -131,6 +136,14 @@ class PreferenceTrainer(Trainer):
         engine, *_ = deepspeed.initialize(model=model, config=config)
         engine.eval()
         return engine
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.memory_phases is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        self.memory_phases.forward_begins()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.memory_phases.backward_done()
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pairs = inputs["pair_index"].shape[0]
@@ -169,6 +182,8 @@ class PreferenceTrainer(Trainer):
             }
         )
         self._tokens += int(inputs["attention_mask"].sum())
+        if self.memory_phases is not None:
+            self.memory_phases.forward_done()
         return (loss, out) if return_outputs else loss
 
     # --- reference precompute ---------------------------------------------------------------
