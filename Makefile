@@ -134,9 +134,9 @@ test-fast: install ## The tests not marked slow, distributed or slurm
 	$(OFFLINE) $(PY) -m pytest -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
 
 BENCH ?= trainer
-bench: install ## A benchmark against its peer tool: BENCH=trainer (vs TRL, ~10 min) | generation | ranking (~45 min) | stream (vLLM streamed vs chunked, ~8 min)
+bench: install ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)
 	$(PIP) install --quiet ".[bench,$(EXTRAS)]"
-	$(OFFLINE) $(PY) -m benchmarks.bench_$(BENCH) $(ARGS)
+	$(OFFLINE) $(PY) -m benchmarks $(BENCH) $(ARGS)
 
 lint: install ## Check style and common bugs (ruff)
 	$(PY) -m ruff check src tests benchmarks

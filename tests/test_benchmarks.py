@@ -35,7 +35,7 @@ def test_render_writes_tables_from_data():
 
 
 def test_a_scale_run_merged_into_an_earlier_result_replaces_only_the_rows_it_measured():
-    from benchmarks.bench_scale import merged
+    from benchmarks.scale import merged
 
     def row(size, layout, stage, **extra):
         return {"size": size, "layout": layout, "shards": layout if stage == "rank" else 1,

@@ -4,7 +4,7 @@ prompts, each in a fresh process, measured by the kernel (the process's peak res
 A stage that held its input or its output whole would grow by the size of the rows; the rows
 here are made large (responses of 2 kB) so that holding them costs far more than the noise of a
 process's peak (2,700 extra rows x 5 responses x 2 kB = 27 MB of text, more as Python objects).
-The bench at the recipe's size is benchmarks/bench_scale.py.
+The bench at the recipe's size is `python -m benchmarks scale`.
 """
 
 from __future__ import annotations

@@ -206,6 +206,27 @@ def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
     assert str(moved / "tiny-rm") in (moved / "tiny-rm" / tiny.RECORD).read_text()
 
 
+@pytest.mark.parametrize("name", LMS)
+def test_a_widened_model_has_the_new_rows_the_same_tokenizer_and_is_made_once(
+    tiny_dir, tmp_path, name
+):
+    from src.tiny.widen import widened
+
+    out = widened(name, 4096, tmp_path / "wide", tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.get_input_embeddings().num_embeddings == 4096 == model.config.vocab_size
+    assert model.get_output_embeddings().weight.shape[0] == 4096
+    assert len(AutoTokenizer.from_pretrained(out)) == len(
+        AutoTokenizer.from_pretrained(tiny_dir / name)
+    )
+    made = (out / "model.safetensors").stat().st_mtime_ns
+    assert widened(name, 4096, out, tiny_dir) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == made  # reused: same tiny build
+    (out / tiny.RECORD).write_text("{}")  # as if the tiny model had been rebuilt since
+    widened(name, 4096, out, tiny_dir)
+    assert (out / tiny.RECORD).read_bytes() == (tiny_dir / name / tiny.RECORD).read_bytes()
+
+
 def test_cli_rejects_an_unknown_name(capsys):
     with pytest.raises(SystemExit) as exit_info:
         tiny.main(["tiny-llama"])

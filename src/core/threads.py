@@ -14,7 +14,7 @@ wrong where the CPUs are shared:
   to 730-960 (medians) with torch's defaults; with `GOMP_SPINCOUNT=10000` it ran at 4,900-6,100
   quiet and 1,100-2,400 beside them. One thread does best there (2,300-2,400) but gives up a
   quarter to a third on a quiet machine, so it is the user's choice (`OMP_NUM_THREADS=1`), not
-  this module's (benchmarks/README.md, "Threads, beside busy processes").
+  this module's (docs/performance.md, "Threads, beside busy processes").
 
 `configure()` runs first in every entry point (`python -m src.main`, the tests, the benchmarks'
 workers), before torch loads: it sets `OMP_NUM_THREADS` to the CPUs the process may use and

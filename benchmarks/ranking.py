@@ -1,0 +1,330 @@
+"""PairRM ranking throughput: the rank stage's judge (all K(K-1) comparisons of a chunk of prompts,
+B per forward) against llm-blender's own `Blender.rank(prompts, responses, return_scores=True,
+batch_size=1)` (the SPPO reference's call: K(K-1) forwards of one comparison per prompt).
+
+    python -m benchmarks ranking        # 3 data sets x (B 4, 32; llm-blender) x 3 repeats: ~20 min
+    python -m benchmarks ranking --datasets short --max-prompts 4 --batch-sizes 4 --repeats 1 \\
+        --out /tmp/ranking-smoke.json   # smoke run: ~1 min on a quiet machine
+    python -m benchmarks ranking --loads 2 --datasets short medium --batch-sizes 4 \\
+        --out benchmarks/results/ranking_cpu_load.json       # beside 2 busy processes
+    python -m benchmarks ranking --malloc no-mmap --out benchmarks/results/ranking_cpu_nommap.json
+    python -m benchmarks ranking --backbone large --device cuda \\
+        --out benchmarks/results/ranking_cuda_large.json     # on a GPU machine
+
+Ours: the judge the rank stage runs, `load_judge(cfg, cfg.ranker)` on the validated config of
+`python -m src.main <RANK_STAGE> ranker.batch_size=B` (raw prompts: a chat template would render
+them alike on both sides), called as `rank_chunk` calls it (48 prompts: one chunk), in a process
+set up as `python -m src.main` sets it up (threads; glibc's mmap threshold pinned). The peer: the
+same ranker folder through src/ranking/blender_compat.py, the same limits, glibc's defaults (as
+SPPO's script runs). Timed: the whole call (tokenisation included, loading not) after an untimed
+call on the first prompt; peak memory by the stages' `Peak`; scores checked within SCORE_ATOL.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from itertools import permutations, product
+from pathlib import Path
+
+from benchmarks import harness
+from benchmarks.harness import Case, fmt
+
+K = 5
+TARGET = ">= 5.0"  # ours / llm-blender, comparisons per second
+SCORE_ATOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}  # max abs score difference
+# 32: the PairRM ranker's default; 4: tiny-pairrm's (conf/ranker/). 64 was never faster than 32
+# in any earlier run and needs up to 15 GB on long (results/ranking_cpu_nommap.md): opt-in.
+BATCH_SIZES = (4, 32)
+# Responses: runs of words cut from data/tiny/corpus.txt, lengths uniform in `words`. llm-blender
+# lets a candidate use 412 + (1224 - source length) // 2 tokens (~1,000 here): only long is cut.
+DATASETS = {
+    "short": {"prompts": 48, "words": (20, 60)},  # per-forward overhead matters
+    "medium": {"prompts": 48, "words": (60, 200)},
+    "long": {"prompts": 8, "words": (350, 700)},  # a comparison costs ~50x a short one on CPU
+}
+# no-mmap: glibc serves everything from its heap and never trims it, so a freed [B*heads, L, L]
+# attention temporary is reused, not page-faulted afresh (docs/performance.md, Ranking); RSS keeps its peak
+MALLOC = {"default": {}, "no-mmap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}}
+# ours: the judge of `python -m src.main <RANK_STAGE> ranker.batch_size=B hardware=<HARDWARE>`
+RANK_STAGE = ["stage=rank", "model=tiny-mistral", "ranker=tiny-pairrm", "ranker.prompt_format=raw"]
+HARDWARE = {"cpu": "cpu", "cuda": "gpu-1"}
+# --backbone large: DeBERTa-v3-large's shape (PairRM's), random weights, the tiny tokenizer
+LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+         "intermediate_size": 4096, "position_buckets": 256}  # fmt: skip
+LARGE_DIR = harness.REPO_ROOT / ".cache" / "bench" / "pairrm-large"
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
+    parser.add_argument("--loads", nargs="+", type=int, default=[0], help="busy processes beside")
+    parser.add_argument("--malloc", nargs="+", default=["default"], choices=MALLOC)
+    parser.add_argument("--max-prompts", type=int, help="at most this many prompts per data set")
+    parser.add_argument("--backbone", choices=("tiny", "large"), default="tiny")
+    parser.add_argument("--device", choices=HARDWARE, default="cpu")
+
+
+def cases(args) -> list[Case]:
+    if args.backbone == "large" and not (LARGE_DIR / "config.json").is_file():
+        build_large_pairrm(LARGE_DIR)  # once, before anything is timed
+    shared = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts}
+    out = []
+    for load, malloc, data, peer in product(args.loads, args.malloc, args.datasets, args.peers):
+        for b in args.batch_sizes if peer == "ours" else [1]:
+            name = f"{peer}/{data}/B{b}" + (f"/load{load}" if load else "")
+            name += "" if malloc == "default" else f"/{malloc}"
+            params = {**shared, "data": data, "batch": b, "malloc": malloc}
+            out.append(Case(name, peer, params, env=MALLOC[malloc], load=load))
+    return out
+
+
+def build_large_pairrm(final: Path) -> None:
+    """src/tiny's PairRM builder at LARGE's sizes, untrained (~1.7 GB). Initializer range 0.1:
+    at 0.02 every score is ~1e-5 and a check against 1e-5 would say nothing."""
+    import torch
+
+    from src import tiny
+    from src.tiny import architectures
+
+    staging = final.with_name(final.name + ".partial")
+    torch.manual_seed(0)
+    blender = architectures.pairrm(staging, final, tiny.training_texts(), **LARGE,
+                                   initializer_range=0.1)  # fmt: skip
+    architectures.save_pairrm(blender, staging)
+    staging.rename(final)
+
+
+def make_data(name: str, max_prompts: int | None) -> tuple[list[str], list[list[str]]]:
+    """The first prompts of data/prompts/iter*.jsonl (the hand-written ones) and K responses
+    each, the same for a name always (the old script's seed, so its data sets stay)."""
+    from src.tiny.data import FIRST_GENERATED_ID
+
+    root = harness.REPO_ROOT / "data"
+    files = sorted((root / "prompts").glob("iter*.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    prompts = [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
+    prompts = prompts[: min(DATASETS[name]["prompts"], max_prompts or 10**9)]
+    words = (root / "tiny" / "corpus.txt").read_text(encoding="utf-8").split()
+    rng = random.Random(f"bench_ranking/{name}/0")  # a str seed is hashed stably
+
+    def response() -> str:
+        n = rng.randint(*DATASETS[name]["words"])
+        start = rng.randrange(len(words) - n)
+        return " ".join(words[start : start + n])
+
+    return prompts, [[response() for _ in range(K)] for _ in prompts]
+
+
+# --- the two sides: (rank(prompts, responses) -> scores [n, K], the PairRMJudge underneath) ---
+
+
+def ours(cfg, device: str):
+    import numpy as np
+
+    from src.stages.common import load_judge
+
+    judge = load_judge(cfg, cfg.ranker)
+    return lambda p, r: np.stack([s for s, _ in judge(p, r)]), judge.pairrm
+
+
+def llm_blender(cfg, device: str):
+    from src.ranking.blender_compat import load_pairrm
+    from src.ranking.pairrm import PairRMJudge
+
+    r, blender = cfg.ranker, load_pairrm(cfg.ranker.model, device=device)
+    limits = {"source_max_length": r.source_max_length,
+              "candidate_max_length": r.candidate_max_length}  # fmt: skip
+
+    def rank(prompts, responses):
+        return blender.rank(prompts, responses, return_scores=True, batch_size=1,
+                            disable_tqdm=True, **limits)  # fmt: skip
+
+    return rank, PairRMJudge(blender, *limits.values(), 1)  # its encoder, for the data's lengths
+
+
+PEERS = {"ours": ours, "llm-blender": llm_blender}
+
+
+def measure(case: Case) -> dict:
+    from src.core import memory, threads
+
+    threads.configure()  # before torch loads, as in every entry point
+    if case.peer == "ours":
+        memory.pin_mmap_threshold()  # as `python -m src.main` does before any work
+    import torch
+
+    from src.config import compose
+    from src.schedule import ensure_tiny_models
+
+    p = case.params
+    large = [f"ranker.model={LARGE_DIR}"] if p["backbone"] == "large" else []
+    cfg = compose([*RANK_STAGE, f"ranker.batch_size={p['batch']}",
+                   f"hardware={HARDWARE[p['device']]}", *large])  # fmt: skip
+    ensure_tiny_models(cfg)
+    prompts, responses = make_data(p["data"], p["max_prompts"])
+    rank, pairrm = PEERS[case.peer](cfg, p["device"])
+    sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)
+    rank(prompts[:1], responses[:1])  # warm-up, untimed
+    peak, window = memory.Peak(p["device"] == "cuda"), harness.OtherCpu()
+    window.start()
+    sync()
+    started = time.perf_counter()
+    scores = rank(prompts, responses)
+    sync()
+    seconds = time.perf_counter() - started
+    comparisons = sum(len(c) * (len(c) - 1) for c in responses)
+    return {
+        "other_cpu_share": window.share(seconds),  # the call's window, not the model's loading
+        **p,
+        "load": case.load,
+        "prompts": len(prompts),
+        "comparisons": comparisons,
+        "forwards": -(-comparisons // p["batch"]),
+        "seconds": seconds,
+        "comparisons_per_s": comparisons / seconds,
+        "ms_per_comparison": 1000 * seconds / comparisons,
+        "peak_mb": None if (peak_b := peak.bytes()) is None else peak_b / 2**20,
+        "dtype": str(next(pairrm.ranker.parameters()).dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "scores": [[float(x) for x in row] for row in scores],  # checked, then dropped: summarise
+        "tokens": lengths(pairrm, prompts, responses, p["batch"]),
+    }
+
+
+def lengths(pairrm, prompts, responses, batch: int) -> dict:
+    """PairRM tokens (untimed): responses whole and as the collator keeps them, comparisons
+    (prompt + 2 responses), and the padding of ours' length-sorted batches of `batch`."""
+    whole, kept, comps = [], [], []
+    for prompt, cands in zip(prompts, responses, strict=True):
+        e = pairrm.encode(prompt, cands)
+        whole += [len(pairrm.collator.tokenizer(c)["input_ids"]) for c in cands]
+        kept += [len(c) for c in e.candidates]
+        comps += [len(e.source) + len(a) + len(b) for a, b in permutations(e.candidates, 2)]
+    comps.sort()  # as ours batches them, each batch padded to its longest
+    batches = [comps[i : i + batch] for i in range(0, len(comps), batch)]
+    return {
+        "response": [min(whole), harness.median(whole), max(whole)],
+        "over_limit": sum(n > pairrm.collator.candidate_maxlength for n in whole),
+        "cut": sum(w > k for w, k in zip(whole, kept, strict=True)),
+        "comparison": [harness.median(comps), comps[-1]],
+        "padding_share": 1 - sum(comps) / sum(len(b) * max(b) for b in batches),
+    }
+
+
+SAME_IN_EVERY_RUN = ("peer", "data", "batch", "load", "malloc", "prompts", "forwards", "dtype",
+                     "tokens")  # fmt: skip
+MEDIANS = ("comparisons_per_s", "ms_per_comparison", "seconds", "peak_mb", "load_cpu_share")
+
+
+def summarise(runs: list[dict], args) -> dict:
+    """Every run's scores against the first llm-blender run's on the same data (their max abs
+    difference stays in the run, the scores leave it; llm-blender's are kept per data set), the
+    medians per case, and ours over llm-blender on the same data, load and allocator."""
+    import numpy as np
+
+    reference = {r["data"]: r["scores"] for r in reversed(runs) if r["peer"] == "llm-blender"}
+    for run in runs:
+        ref, mine = reference.get(run["data"]), np.array(run.pop("scores"))
+        run["max_abs_score_diff"] = None if ref is None else float(np.abs(mine - ref).max())
+    summary, ratios = {}, []
+    for name, group in harness.by_case(runs).items():
+        cps = [r["comparisons_per_s"] for r in group]
+        summary[name] = s = {
+            **{k: group[0][k] for k in SAME_IN_EVERY_RUN},
+            **{k: harness.median(r.get(k) for r in group) for k in MEDIANS},
+            "comparisons_per_s_range": [min(cps), max(cps)],
+            "max_abs_score_diff": max((r["max_abs_score_diff"] for r in group
+                                       if r["max_abs_score_diff"] is not None), default=None),
+        }  # fmt: skip
+        if s["peer"] == "ours":
+            peer = "/".join(["llm-blender", name.split("/")[1], "B1", *name.split("/")[3:]])
+            diff, atol = s["max_abs_score_diff"], SCORE_ATOL.get(s["dtype"], SCORE_ATOL["float32"])
+            ratios.append({**harness.ratio(runs, name, peer, "comparisons_per_s", TARGET),
+                           **{k: s[k] for k in ("data", "batch", "load", "malloc")},
+                           "max_abs_score_diff": diff, "score_atol": atol,
+                           "scores_within": None if diff is None else diff <= atol})  # fmt: skip
+    return {"summary": summary, "ratios": ratios, "reference_scores": reference}
+
+
+def tables(result: dict) -> list[dict]:
+    s, m = result["settings"], result["machine"]
+    summary, ratios = result["summary"], result["ratios"]
+    v, yes = m["versions"], {True: "yes", False: "**no**", None: "–"}
+
+    def sci(x: float | None) -> str:
+        return "–" if x is None else f"{x:.1e}"
+
+    shape = "hidden 32, 2 layers" if s["backbone"] == "tiny" else "DeBERTa-v3-large's shape"
+    setting = harness.text(
+        f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · {s['device']} · "
+        f"torch {v['torch']} · transformers {v['transformers']} · llm-blender {v['llm-blender']}",
+        "",
+        f"PairRM backbone: {s['backbone']} ({shape}); K={K}, K(K-1) comparisons per prompt; "
+        "limits 1224/412 PairRM tokens; raw prompts; the whole call timed after a warm-up call; "
+        f"median of {s['repeats']} fresh-process repeats. Ours runs with the rank stage's pinned "
+        "mmap threshold, llm-blender with glibc's defaults (malloc `no-mmap`: both with "
+        "MALLOC_MMAP_MAX_=0). Peak Δ: the stages' `Peak` (RSS high-water mark above the RSS "
+        "before the call; torch's peak allocation on a GPU).",
+    )
+    per_data, scores = {r["data"]: r for r in summary.values()}, result["reference_scores"]
+    data = harness.table(
+        ["data", "prompts", "response tokens (min–median–max)", "> 412", "cut",
+         "comparison tokens (median, max)", "llm-blender scores, max abs"],
+        [[name, r["prompts"], "–".join(f"{x:.0f}" for x in t["response"]),
+          f"{t['over_limit']} of {r['prompts'] * K}", t["cut"],
+          ", ".join(f"{x:.0f}" for x in t["comparison"]),
+          fmt(max((abs(x) for row in scores.get(name, []) for x in row), default=None), 2)]
+         for name, r in per_data.items() for t in [r["tokens"]]],
+        ["---", "---:", "---", "---:", "---:", "---", "---:"],
+    )  # fmt: skip
+    cases = harness.table(
+        ["peer", "data", "B", "load", "malloc", "comparisons/s (min–max)", "ms/comparison",
+         "call s", "forwards", "padding", "peak Δ MB", "max abs score diff"],
+        [[r["peer"], r["data"], r["batch"],
+          f"{r['load']}" + ("" if r["load_cpu_share"] is None else f" ({r['load_cpu_share']:.0%})"),
+          r["malloc"],
+          f"{fmt(r['comparisons_per_s'])} ({'–'.join(map(fmt, r['comparisons_per_s_range']))})",
+          fmt(r["ms_per_comparison"], 2), fmt(r["seconds"], 2), r["forwards"],
+          f"{r['tokens']['padding_share'] if r['peer'] == 'ours' else 0:.0%}", fmt(r["peak_mb"]),
+          sci(r["max_abs_score_diff"])]
+         for r in summary.values()],
+        ["---", "---", "---:", "---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"],
+    )  # fmt: skip
+    ratio = harness.table(
+        ["data", "B", "load", "malloc", "ours / llm-blender (comparisons/s)", "per-repeat range",
+         "target", "met", "max abs score diff", "within"],
+        [[r["data"], r["batch"], r["load"], r["malloc"], fmt(r["median"], 2),
+          f"{min(per):.2f}–{max(per):.2f}" if (per := r["per_repeat"]) else "–", r["target"],
+          yes[r.get("met")], sci(r["max_abs_score_diff"]),
+          f"{yes[r['scores_within']]} (≤ {r['score_atol']:.0e})"]
+         for r in ratios],
+        ["---", "---:", "---:", "---", "---:", "---", "---", "---", "---:", "---"],
+    )  # fmt: skip
+    measured = [r for r in ratios if r["median"] is not None]
+    if not measured:
+        return [setting, data, cases, harness.text("llm-blender was not measured: no ratio.")]
+    lo, hi = (f(measured, key=lambda r: r["median"]) for f in (min, max))
+    where = "{0[data]}, B = {0[batch]}, load {0[load]}, malloc {0[malloc]}".format
+    met, within = (sum(bool(r[k]) for r in measured) for k in ("met", "scores_within"))
+    reading = harness.text(
+        f"Ours / llm-blender's rank(batch_size=1): {lo['median']:.2f}× ({where(lo)}) to "
+        f"{hi['median']:.2f}× ({where(hi)}); the {TARGET} target is met in {met} of "
+        f"{len(measured)}; ours' scores are within the tolerance in {within} of {len(measured)}."
+    )
+    return [setting, data, cases, ratio, reading]
+
+
+BENCHMARK = harness.Benchmark(
+    name="ranking",
+    title="PairRM ranking throughput: the rank stage's judge vs llm-blender's rank(batch_size=1)",
+    results="ranking_cpu",
+    cases=cases, measure=measure, summarise=summarise, tables=tables, add_args=add_args,
+    packages=("torch", "transformers", "llm-blender", "tokenizers"),
+    code=("src/ranking/pairrm.py", "src/ranking/judge.py", "src/ranking/blender_compat.py",
+          "src/stages/common.py", "src/core/memory.py", "benchmarks/ranking.py"),
+    repeats=3,
+    timeout=900,
+)  # fmt: skip
