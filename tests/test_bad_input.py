@@ -124,6 +124,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_stage_and_a_rerun_finishes_it(small_disk):
     root = small_disk / "runs"
     filler = small_disk / "filler"
@@ -143,7 +144,13 @@ def test_a_full_disk_stops_the_stage_and_a_rerun_finishes_it(small_disk):
 
 @pytest.mark.parametrize(
     "processes",
-    [[], ["hardware.processes_per_node=2", "hardware.distributed=ddp"]],
+    [
+        [],
+        pytest.param(
+            ["hardware.processes_per_node=2", "hardware.distributed=ddp"],
+            marks=pytest.mark.distributed,  # two gloo processes
+        ),
+    ],
     ids=["one process", "two processes"],  # two: the worker's failure reaches the launcher
 )
 def test_a_full_disk_while_training_is_one_line(small_disk, processes):
@@ -184,7 +191,10 @@ def test_ctrl_c_and_sigterm_are_one_line_and_their_exit_code_and_leave_no_record
         text=True,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not list(tmp_path.rglob("chunk*.jsonl")):
+    # (a run that ended before its first chunk fails below with its output, not after the wait)
+    while (
+        time.time() < deadline and proc.poll() is None and not list(tmp_path.rglob("chunk*.jsonl"))
+    ):
         time.sleep(0.05)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=300)
@@ -229,6 +239,7 @@ def test_a_policy_folder_that_cannot_be_loaded_is_one_line(tmp_path, tiny_dir, d
     assert line.startswith(f"error: model.path={folder}: {said}"), line
 
 
+@pytest.mark.slow
 def test_a_stage_never_reads_an_earlier_stage_made_under_another_config(tmp_path):
     """stage=rank with another generation.* would rank responses sampled under the old one and
     record them under the new one."""

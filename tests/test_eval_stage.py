@@ -74,6 +74,7 @@ def test_a_private_runs_script_is_readable_by_no_one_else(evaluated):
     assert mode["lm_eval.sh"] == 0o700 and mode["eval.json"] == 0o600
 
 
+@pytest.mark.slow
 def test_the_reported_rates_follow_from_the_judgements(evaluated):
     """Recomputed from the per-instruction records: the raw rate and the average lengths."""
     root, _ = evaluated

@@ -245,6 +245,7 @@ def test_bad_prompt_files_fail_with_a_clear_message(tmp_path, content, message):
     assert not list(cfg.stage_dir("generate").glob("responses-shard*.jsonl"))
 
 
+@pytest.mark.slow
 def test_command_line_writes_the_iteration_one_split(tmp_path):
     env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
     cmd = [

@@ -121,6 +121,7 @@ def stopped_after_a_chunk(root: Path, proc: subprocess.Popen) -> None:
     pytest.fail(f"the stage ended before a chunk was sealed (exit {proc.poll()})")
 
 
+@pytest.mark.slow
 def test_a_second_generate_on_the_same_run_directory_stops_at_once_and_mixes_nothing(tmp_path):
     """The first writer stopped mid-stage; a second with another temperature, and a redo of the
     stage, are refused with one line naming it (exit 3); shard 1 of 2 of the same stage may run

@@ -181,33 +181,47 @@ def test_two_lora_sppo_iterations_and_a_lora_wpo_iteration_run_end_to_end(tmp_pa
     assert "wpo/weight_mean" in metrics["log_history"][0]
 
 
+def first_lora_step(root: Path, *overrides: str) -> dict:
+    """The first logged step of a LoRA training on the command line, its merged checkpoint
+    loaded."""
+    result = cli(
+        root,
+        "stage=train",
+        "training.peft=lora",
+        f"training.pairs={FIXTURE}",
+        "training.global_batch_size=8",
+        "training.per_device_batch_size=4",
+        "training.lm_head_chunk=16",
+        "training.lora.dropout=0",  # each rank would draw its own dropout masks
+        *overrides,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (stage,) = root.glob("tiny-mistral/*/*/iter1/train")
+    AutoModelForCausalLM.from_pretrained(stage / "checkpoint")
+    return json.loads((stage / "metrics.json").read_text())["log_history"][0]
+
+
+@pytest.fixture(scope="module")
+def one_process_lora_step(tmp_path_factory) -> dict:
+    """One process's first step, made once: both strategies compare with it."""
+    return first_lora_step(tmp_path_factory.mktemp("lora-one-process") / "one")
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
-def test_two_cpu_processes_train_the_same_adapter_step_as_one(tmp_path, strategy):
+def test_two_cpu_processes_train_the_same_adapter_step_as_one(
+    tmp_path, one_process_lora_step, strategy
+):
     """LoRA under 2-process DDP and ZeRO-3 (the frozen base partitioned too): the first step's
     loss, log-probs and gradient norm equal one process's at the same global batch, and rank 0
     merges one whole checkpoint."""
-    first = {}
-    for name, extra in {
-        "one": [],
-        "two": ["hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
-    }.items():
-        result = cli(
-            tmp_path / name,
-            "stage=train",
-            "training.peft=lora",
-            f"training.pairs={FIXTURE}",
-            "training.global_batch_size=8",
-            "training.per_device_batch_size=4",
-            "training.lm_head_chunk=16",
-            "training.lora.dropout=0",  # each rank would draw its own dropout masks
-            *extra,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        (stage,) = (tmp_path / name).glob("tiny-mistral/*/*/iter1/train")
-        first[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0]
-        AutoModelForCausalLM.from_pretrained(stage / "checkpoint")
+    first = {
+        "one": one_process_lora_step,
+        "two": first_lora_step(
+            tmp_path / "two", "hardware.processes_per_node=2", f"hardware.distributed={strategy}"
+        ),
+    }
     for key in ("loss", "logps/chosen", "logps/rejected", "grad_norm"):
         assert first["two"][key] == pytest.approx(first["one"][key], rel=1e-5), key
 

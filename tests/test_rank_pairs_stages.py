@@ -587,6 +587,7 @@ def test_a_blank_response_kept_by_the_ranker_makes_no_pair():
 # --- the command line ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_command_line_rank_then_pairs(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "SELFPLAY_RUNS": str(tmp_path / "cli"), "HF_HUB_OFFLINE": "1"}
     common = ["model=tiny-mistral", "iter=1", "logger=none", "method.K=3"]

@@ -98,6 +98,7 @@ def test_every_stage_has_its_run_function():
         assert callable(run) and run.__module__ == f"src.stages.{stage.value}"
 
 
+@pytest.mark.slow
 def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded):
     monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
     cfg = compose_cfg("model=tiny-gemma2", "stage=generate")

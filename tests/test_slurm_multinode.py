@@ -17,7 +17,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from src.training.checkpoints import SEAL, checkpoints
-from tests.helpers import SLURM_SMALL, run_without_slurm
+from tests.helpers import SLURM_SMALL
 
 pytestmark = pytest.mark.slurm
 
@@ -42,7 +42,7 @@ def train_log(root: Path, job: str) -> str:
     return log.read_text()
 
 
-def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path):
+def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path, chain_here):
     from src.slurm import submit_chain
 
     cluster, overrides = on_two_nodes
@@ -67,10 +67,9 @@ def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path):
     AutoModelForCausalLM.from_pretrained(lineage / "iter2" / "train" / "checkpoint")
 
     # the two ranks are one training: the first step of 2 nodes x 2 pairs = that of one process
-    # with 2 pairs x 2 accumulation steps, on the same pairs
-    here = run_without_slurm(
-        [*overrides[: -len(TWO_NODES)], "method.K=3", "iter=1"], tmp_path / "one"
-    )
+    # with 2 pairs x 2 accumulation steps, on the same pairs (iteration 1 of the same overrides
+    # less SLURM's and TWO_NODES, run here)
+    here = chain_here
     first = [
         json.loads((d / "iter1" / "train" / "metrics.json").read_text())["log_history"][0]
         for d in (lineage, here)

@@ -32,7 +32,7 @@ def shard_rows(stage_dir: Path, prefix: str = "responses") -> list[dict]:
     ]
 
 
-def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
+def test_two_iterations_chained_through_slurm(on_cluster, tmp_path, chain_here):
     from src.slurm import submit_chain
 
     cluster, overrides = on_cluster
@@ -52,8 +52,8 @@ def test_two_iterations_chained_through_slurm(on_cluster, tmp_path):
     lineage = next((tmp_path / "runs").glob("tiny-mistral/sppo/*"))
     logs = list((lineage / "slurm" / "logs").glob("*_*_*.out"))
     assert len(logs) == 8, "one %x_%A_%a log per job"
-    # the same outputs as the pipeline run without SLURM
-    here = run_without_slurm([*SLURM_SMALL, "method.K=3", "iter=2"], tmp_path / "local")
+    # the same outputs as the pipeline run without SLURM (the same overrides)
+    here = chain_here
     for t in (1, 2):
         assert shard_rows(lineage / f"iter{t}" / "generate") == shard_rows(
             here / f"iter{t}" / "generate"

@@ -183,6 +183,7 @@ def test_another_seed_gives_other_weights_and_data(tmp_path, tiny_dir):
     assert trained[0] != trained[1]
 
 
+@pytest.mark.slow
 def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
     folder = tiny.ensure("tiny-rm", tmp_path)  # the quickest to build
     assert folder == tmp_path / "tiny-rm"

@@ -212,28 +212,48 @@ def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
     assert private == [], private
 
 
+STREAMED = "training.lm_head_chunk=16"  # several chunks per batch
+ONE_PROCESS = {"one": [STREAMED], "one-full-logits": ["training.lm_head_chunk=null"]}
+
+
+def first_step(root: Path, name: str, *overrides: str, model: str) -> dict:
+    """The first logged step of `name`'s training on the command line, its checkpoint loaded."""
+    stage = train_on_the_command_line(root / name, f"run_name={name}", *overrides, model=model)
+    AutoModelForCausalLM.from_pretrained(stage / "checkpoint")  # gathered: loads whole
+    return json.loads((stage / "metrics.json").read_text())["log_history"][0]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """model -> the first steps of its one-process trainings (ONE_PROCESS), made once for the
+    module: the strategies compare with the same ones."""
+    made = {}
+
+    def first_steps(model: str) -> dict[str, dict]:
+        if model not in made:
+            root = tmp_path_factory.mktemp(f"one-process-{model}")
+            made[model] = {n: first_step(root, n, *o, model=model) for n, o in ONE_PROCESS.items()}
+        return made[model]
+
+    return first_steps
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "strategy, model",
     [("deepspeed", "tiny-mistral"), ("deepspeed", "tiny-gemma2"), ("ddp", "tiny-mistral")],
 )
-def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, strategy, model):
+def test_two_cpu_processes_match_one_process_on_the_same_global_batch(
+    tmp_path, one_process, strategy, model
+):
     """2 gloo processes x 4 pairs = 1 process x 4 pairs x 2 accumulation steps: the same first
     step — loss, log-probs and gradient norm — with the streamed LM head (under ZeRO-3 its weight
     is partitioned; Gemma-2 ties it to the embeddings and soft-caps the logits) and with the
     model's own full-logits head. (At step 1 the policy is the reference, so the loss alone does
     not depend on the log-probs; the logged log-probs and the gradient norm do.)"""
-    first = {}
-    streamed = "training.lm_head_chunk=16"  # several chunks per batch
-    for name, extra in {
-        "one": [streamed],
-        "two": [streamed, "hardware.processes_per_node=2", f"hardware.distributed={strategy}"],
-        "one-full-logits": ["training.lm_head_chunk=null"],
-    }.items():
-        stage = train_on_the_command_line(tmp_path / name, f"run_name={name}", *extra, model=model)
-        first[name] = json.loads((stage / "metrics.json").read_text())["log_history"][0]
-        AutoModelForCausalLM.from_pretrained(stage / "checkpoint")  # gathered: loads whole
+    two = [STREAMED, "hardware.processes_per_node=2", f"hardware.distributed={strategy}"]
+    first = {**one_process(model), "two": first_step(tmp_path, "two", *two, model=model)}
     for name in ("two", "one-full-logits"):
         for key in ("loss", "logps/chosen", "logps/rejected", "grad_norm"):
             assert first[name][key] == pytest.approx(first["one"][key], rel=1e-5), (name, key)

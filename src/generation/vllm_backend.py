@@ -326,12 +326,18 @@ for pid in sys.argv[2:]:
         engine.append(psutil.Process(int(pid)))
     except psutil.Error:
         pass
-while client.is_running() and client.status() != psutil.STATUS_ZOMBIE:
+def client_runs():
+    try:
+        return client.is_running() and client.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone between the two reads (reaped): gone
+        return False
+while client_runs():
     time.sleep(0.5)
 doomed = []
 for process in engine:
+    doomed.append(process)
     try:
-        doomed += [process, *process.children(recursive=True)]
+        doomed += process.children(recursive=True)
     except psutil.Error:
         pass
 for process in doomed:
