@@ -52,9 +52,6 @@ SIZES = {  # T divided by, prompt words, the overrides of the size
 RECIPE = ["stage=train", "logger=none", "training.record_memory_phases=true",
           "training.gradient_checkpointing=true", "training.save_steps=1000000"]  # fmt: skip
 PHASES = ("forward", "backward", "optimizer_step")
-# DeepSpeed in one process: what a launcher sets (the stage starts none; DeepSpeed looks for MPI)
-ONE_PROCESS = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": "29517"}  # fmt: skip
 
 
 def add_args(parser) -> None:
@@ -140,10 +137,9 @@ def measure(case: Case) -> dict:
     overrides = [*RECIPE, *model, *SIZES[p["tiny"]][2], *MODES[p["mode"]], *HEADS[p["head"]],
                  f"training.max_length={p['tokens']}", f"training.per_device_batch_size={pairs}",
                  f"training.global_batch_size={pairs}", f"training.pairs={p['pairs']}"]  # fmt: skip
-    env = ONE_PROCESS if p["mode"] == "zero3" else {}
     runs = Path(tempfile.mkdtemp(prefix="runs-", dir=CACHE))  # a checkpoint of 15-18 GB each
     try:
-        harness.run_stage(overrides, env={**env, "SELFPLAY_RUNS": str(runs)}, timeout=1800)
+        harness.run_stage(overrides, env={"SELFPLAY_RUNS": str(runs)}, timeout=1800)
         done = harness.record(next(runs.glob("**/train/done.json")).parent)
     except RuntimeError as error:
         if "out of memory" not in str(error).lower():

@@ -274,7 +274,9 @@ def measure(case: Case) -> dict:
         params = [(x.numel(), x.requires_grad) for x in trainer.model.parameters()]  # tied: once
         process_hwm = status_bytes("VmHWM")
         trim()
-        meters["train"] = Peak(cuda=False)  # start None: the kernel refused clear_refs
+        meters["train"] = Peak(cuda=False)
+        if meters["train"].start is None:
+            raise RuntimeError("the kernel refused to reset VmHWM (clear_refs): no peak to read")
         trainer.train()
     if len(ends) != total or len(tokens) != total:
         raise RuntimeError(f"{case.name}: {len(ends)} steps ran, {total} expected")

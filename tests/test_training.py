@@ -260,6 +260,21 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(
 
 
 @pytest.mark.slow
+@pytest.mark.distributed  # a process group of one; beside the trainings it compares with
+def test_deepspeed_in_one_process_needs_no_launcher(tmp_path, one_process, monkeypatch):
+    """hardware.distributed=deepspeed with one process, started as a user starts it (no launcher's
+    variables): the stage sets them itself, where DeepSpeed would look for an MPI launch, and the
+    first step is one process's without DeepSpeed."""
+    for variable in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(variable, raising=False)
+    zero3 = first_step(
+        tmp_path, "zero3", STREAMED, "hardware.distributed=deepspeed", model="tiny-mistral"
+    )
+    for key in ("loss", "logps/chosen", "logps/rejected", "grad_norm"):
+        assert zero3[key] == pytest.approx(one_process("tiny-mistral")["one"][key], rel=1e-5), key
+
+
+@pytest.mark.slow
 def test_the_trainers_wandb_run_holds_the_preference_metrics(tmp_path):
     """logger=wandb in offline mode (conftest): read the run back with wandb's own tooling."""
     cfg = train_cfg(

@@ -206,17 +206,21 @@ def test_the_stream_holds_its_bound_and_flat_memory_at_any_shard_size(backends):
         assert 0 < generator.load.most_in_flight <= 40
         return peak, most_open, first
 
+    # twice each, interleaved, the least peak of each size: the engine runs ahead of a client
+    # slowed by other work on the machine, and its outputs wait in this process until read (at
+    # most the in-flight samples' tokens, whatever the shard): that adds to a peak now and then
     try:
-        small, large = stream(shard(120)), stream(shard(480))
+        runs = [stream(shard(n)) for n in (120, 480, 120, 480)]
     finally:
         generator.in_flight = default_bound
-    for _, most_open, _ in (small, large):
+    for _, most_open, _ in runs:
         assert most_open <= 40 // len(seeds) + 1
+    small, large = (min(runs[i::2], key=lambda run: run[0]) for i in (0, 1))
     assert large[0] < 1.25 * small[0], f"peak {large[0]} B at 480 prompts, {small[0]} B at 120"
     one_by_one = {c: generator([list(p.ids) for p in shard(120)[7 * c : 7 * c + 7]],
                                [p.prompt_id for p in shard(120)[7 * c : 7 * c + 7]], seeds)
                   for c in range(3)}  # fmt: skip
-    assert small[2] == one_by_one == large[2]
+    assert all(run[2] == one_by_one for run in runs)
 
 
 def test_the_eval_stages_answers_stream_through_vllm_as_hfs_greedy_answers(tmp_path, tiny_dir):

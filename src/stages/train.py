@@ -54,10 +54,12 @@ from src.training.arguments import (
 from src.training.launch import (
     RESUME_ENV,
     WORKER_ENV,
+    as_one_process_group,
     launch_workers,
     node_rank,
     preemption_stop_file,
     report_failure,
+    report_finished,
 )
 
 
@@ -68,6 +70,7 @@ def run(cfg: Config) -> dict:
         for _ in rows:  # every row read and checked: bad input ends here, before any worker starts
             pass
         return launch_workers(cfg.hardware, stage_dir, resume_from(cfg, stage_dir))
+    as_one_process_group(cfg.hardware)
     return train(cfg, stage_dir)
 
 
@@ -326,4 +329,5 @@ if __name__ == "__main__":  # one training worker, started by `accelerate launch
 
     if dist.is_initialized():  # its threads stopped here, not torn down by the exit (SIGABRT)
         dist.barrier()
+        report_finished()
         dist.destroy_process_group()

@@ -290,7 +290,7 @@ def pairrm(
     by `final`, the folder's absolute path once in place: loadranker() reads it as given); returns
     the ranker in a Blender-like namespace (`ranker`, `ranker_collator`). The weights are the
     caller's to train and save (`save_pairrm`). The keywords give other sizes
-    (benchmarks/bench_ranking.py builds a PairRM of the real backbone's shape with them).
+    (benchmarks/ranking.py builds a PairRM of the real backbone's shape with them).
     """
     from transformers import DebertaV2Config, DebertaV2Model
 

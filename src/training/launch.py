@@ -37,6 +37,20 @@ def node_rank() -> str | None:
     return os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK"))
 
 
+def as_one_process_group(hw: HardwareConfig) -> None:
+    """DeepSpeed in this one process: the variables a launcher would set (rank 0 of 1, a free
+    port here), which the stage starts none for. Without them `deepspeed.init_distributed` looks
+    for an MPI launch and fails for want of mpi4py. A launch that set them already is kept."""
+    if hw.distributed != Distributed.deepspeed or hw.world_size != 1 or "RANK" in os.environ:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
 def launch_command(hw: HardwareConfig, config_path: Path) -> list[str]:
     """`accelerate launch` for the hardware; DeepSpeed itself is configured by TrainingArguments
     (the one place its config comes from), so the launcher only starts the processes."""
@@ -97,7 +111,17 @@ def launch_workers(hw: HardwareConfig, stage_dir: Path, resume: str | None) -> d
         if workers.returncode != 0:
             code = workers.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            raise worker_failure(Path(failures)) or TrainingError(
+            failure = worker_failure(Path(failures))
+            if failure is None and finished(Path(failures)) == hw.processes_per_node:
+                # past the last barrier every rank's work is on disk: what failed is the exit
+                print(
+                    f"[train] the workers ended with {how} after the training finished on every "
+                    "rank (the checkpoint is saved); going on",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return {"workers": hw.world_size}
+            raise failure or TrainingError(
                 f"training workers failed ({how}); see their output above"
             )
     return {"workers": hw.world_size}
@@ -137,6 +161,20 @@ def report_failure(failure: BaseException) -> int:
     except (KeyError, OSError):  # run by hand, or nowhere to write: say it here
         print(f"error: {report['message']}", file=sys.stderr)
     return report["exit_code"]
+
+
+def report_finished() -> None:
+    """Said by a worker past its last barrier (every rank's training and checkpoint done), for
+    its launcher: a worker may still abort in the teardown that follows (gloo's threads, C++
+    destructors at exit: SIGABRT), which then loses nothing."""
+    if FAILURES_ENV in os.environ:
+        rank = int(os.environ.get("RANK", 0))
+        atomic_write_text(Path(os.environ[FAILURES_ENV]) / f"finished-rank{rank:05d}", "")
+
+
+def finished(failures: Path) -> int:
+    """How many of this launcher's workers said `report_finished`."""
+    return len(list(failures.glob("finished-rank*")))
 
 
 def worker_failure(failures: Path) -> StageError | None:

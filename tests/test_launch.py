@@ -1,0 +1,53 @@
+"""The launching side of a multi-process training (src/training/launch.py): how the end of its
+workers is read. The workers here are small scripts in place of `python -m src.stages.train`,
+started by the same launcher code; the real workers run in tests/test_training.py."""
+
+import sys
+
+import pytest
+
+from src.config import Device, Distributed, HardwareConfig
+from src.training import launch
+from src.training.arguments import TrainingError
+
+TWO = HardwareConfig(
+    name="cpu", device=Device.cpu, processes_per_node=2, distributed=Distributed.ddp
+)
+
+
+def workers(monkeypatch, script: str) -> None:
+    """`launch_workers` starts two copies of `script` (ranks 0 and 1) in place of accelerate's."""
+    each = f"import os, sys\nos.environ['RANK'] = sys.argv[1]\n{script}"
+    both = (
+        "import subprocess, sys\n"
+        f"codes = [subprocess.call([sys.executable, '-c', {each!r}, str(r)]) for r in (0, 1)]\n"
+        "sys.exit(next((c for c in codes if c), 0) and 1)"
+    )
+    monkeypatch.setattr(launch, "launch_command", lambda hw, path: [sys.executable, "-c", both])
+
+
+def test_a_worker_that_aborts_after_every_rank_finished_loses_nothing(tmp_path, monkeypatch, capfd):
+    """Past the last barrier each worker says so; an abort in the teardown after it (gloo's
+    threads at exit: SIGABRT) leaves the training done, and the stage goes on, saying why."""
+    workers(
+        monkeypatch,
+        "from src.training.launch import report_finished\n"
+        "report_finished()\n"
+        "if os.environ['RANK'] == '1': os.abort()",
+    )
+    assert launch.launch_workers(TWO, tmp_path, None) == {"workers": 2}
+    assert "after the training finished on every rank" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("finishing", ["0", ""], ids=["one rank finished", "none finished"])
+def test_a_worker_that_aborts_before_every_rank_finished_fails_the_stage(
+    tmp_path, monkeypatch, finishing
+):
+    workers(
+        monkeypatch,
+        "from src.training.launch import report_finished\n"
+        f"if os.environ['RANK'] in {finishing!r}.split(): report_finished()\n"
+        "if os.environ['RANK'] == '1': os.abort()",
+    )
+    with pytest.raises(TrainingError, match=r"training workers failed \(exit code 1\)"):
+        launch.launch_workers(TWO, tmp_path, None)
