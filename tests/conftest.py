@@ -28,32 +28,31 @@ os.environ.setdefault(
 # `make test` runs the suite on pytest-xdist workers (`-n auto --dist loadgroup`): one worker per
 # CPU this process may use, each a pytest session of its own. What two workers must not do at
 # once runs on one worker, in one group (xdist_group below):
-# - "processes": the SLURM tests (one cluster per session: a second worker would start another;
-#   its jobs share this machine's CPUs) and the `distributed` ones, which start several training
-#   processes here (`accelerate launch` on one node meets at port 29500, taken when it looks
-#   free: two launches at once can both pick it; a test that starts them is marked so).
+# - "slurm": the SLURM tests (one cluster per session: a second worker would start another).
 # - "vllm": vLLM's engines (each binds its threads to every CPU this process may use and holds a
 #   1 GiB KV cache; tests/test_vllm_backend.py starts each tiny model's once for the module).
 # - a module whose tests share a module-scoped set-up (SHARED_SETUP): made once, on one worker,
 #   and used in the module's order, as in a run without workers.
 # The rest is safe side by side: the tiny models are built under a file lock each
 # (src/tiny/models.py), DeepSpeed's extension under torch's own in TORCH_EXTENSIONS_DIR, every test
-# writes under its own tmp_path (each worker has its own base), and no port is fixed but those.
+# writes under its own tmp_path (each worker has its own base), and a training of several
+# processes on one machine meets at a free port (src/training/launch.py), not a fixed one.
 SHARED_SETUP = {
     "test_config_snapshot.py": "every composition, resolved",
     "test_eval_stage.py": "iteration 1 trained and evaluated",
     "test_export.py": "two iterations with their model cards",
     "test_learning.py": "one runs folder: the base model answers the eval set once",
+    "test_lora.py": "one process's first LoRA step, which both strategies compare with",
     "test_pipeline.py": "two iterations through the command line",
+    "test_training.py": "one process's first steps, which every strategy compares with",
 }
 
 
 def xdist_group(item: pytest.Item) -> str | None:
     """The group `item` runs in under `--dist loadgroup` (None: any worker, beside anything)."""
-    if item.get_closest_marker("slurm") or item.get_closest_marker("distributed"):
-        return "processes"
-    if item.get_closest_marker("vllm"):
-        return "vllm"
+    for mark in ("slurm", "vllm"):
+        if item.get_closest_marker(mark):
+            return mark
     module = item.path.name
     return module.removesuffix(".py") if module in SHARED_SETUP else None
 

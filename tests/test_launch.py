@@ -51,3 +51,29 @@ def test_a_worker_that_aborts_before_every_rank_finished_fails_the_stage(
     )
     with pytest.raises(TrainingError, match=r"training workers failed \(exit code 1\)"):
         launch.launch_workers(TWO, tmp_path, None)
+
+
+def test_a_training_on_one_machine_meets_at_a_free_port_and_one_over_nodes_at_master_port(
+    tmp_path, monkeypatch
+):
+    """Two trainings on one machine (a sweep, two users) each ask accelerate for a free port (0),
+    unless MASTER_PORT says one; the nodes of one training meet at MASTER_PORT."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+
+    def port(hw: HardwareConfig) -> str:
+        cmd = launch.launch_command(hw, tmp_path / "config.yaml")
+        return cmd[cmd.index("--main_process_port") + 1]
+
+    assert port(TWO) == "0"
+    monkeypatch.setenv("MASTER_PORT", "29611")
+    assert port(TWO) == "29611"
+    monkeypatch.setenv("NODE_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    nodes = HardwareConfig(
+        name="cpu",
+        device=Device.cpu,
+        num_nodes=2,
+        processes_per_node=2,
+        distributed=Distributed.ddp,
+    )
+    assert port(nodes) == "29611"

@@ -70,6 +70,8 @@ def launch_command(hw: HardwareConfig, config_path: Path) -> list[str]:
             "--rdzv_backend",
             "c10d",
         ]
+    else:  # a free port here (0: accelerate's pick), not 29500, which another training may hold
+        cmd += ["--main_process_port", os.environ.get("MASTER_PORT", "0")]
     return [*cmd, "-m", "src.stages.train", str(config_path)]
 
 
