@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import shutil
 import sys
 from collections.abc import Callable
@@ -25,20 +26,15 @@ from src.stages.common import redo, stage_shard
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
-    """Each stage's `run(cfg)`, from its module in src/stages/ (imported once the config is
-    valid: the stages load torch and transformers). All five, before any stage starts: a stage's
-    peak memory is measured from its start, and what an import left in the heap during the stage
-    would count in it (tests/test_plan_measured.py: +130 MiB over the plan's generate peak)."""
-    from src.stages import eval, generate, pairs, rank, train
-
-    run = {
-        Stage.generate: generate.run,
-        Stage.rank: rank.run,
-        Stage.pairs: pairs.run,
-        Stage.train: train.run,
-        Stage.eval: eval.run,
-    }
-    return {stage: run[stage] for stage in stages}
+    """Each stage's `run(cfg)`, from its module in src/stages/, imported once the config is valid
+    and only for the stages that run: a command that runs pairs alone does not wait ~6 s for
+    torch, the Trainer and alpaca_eval. transformers' model code goes in here too, before any
+    stage starts, where one of them loads a model: a stage's peak memory is measured from its
+    start, and that import (~150 MiB) during it would count in it (tests/test_plan_measured.py)."""
+    runners = {s: importlib.import_module(f"src.stages.{s.value}").run for s in stages}
+    if any(STAGES[s].loads_model for s in stages):
+        importlib.import_module("transformers.modeling_utils")
+    return runners
 
 
 def save_config(cfg: Config, stage: Stage, command: str) -> None:

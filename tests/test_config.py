@@ -78,6 +78,7 @@ def test_the_tiny_wpo_hb_preset_is_wpo_hb_at_toy_scale():
     assert c.hardware.name == "cpu" and Path(c.data.external_responses).is_file()
 
 
+@pytest.mark.slow  # ~1,000 compositions, ~7 s a point: make test, not the edit-test loop
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_method_hardware_experiment_combination(experiment, model):

@@ -29,6 +29,9 @@ NEW_TOKENS = 16
 TOLERANCE = 0.20  # the plan within 20 % of the measured peak
 PEAK = re.compile(r"\[(\w+)\] peak memory ([\d.]+) GiB .*; the plan: ([\d.]+) GiB")
 
+# each test trains or generates at the measured shapes in a fresh process (~10 s)
+pytestmark = pytest.mark.slow
+
 
 def text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))

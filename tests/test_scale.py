@@ -27,7 +27,13 @@ SMALL, LARGE = 300, 3000  # both over what a stage holds at a time (the pairs' B
 # What a stage may grow by from SMALL to LARGE prompts: holding the rows would take 27 MB+
 MAX_GROWTH_MB = 12
 RESPONSE_CHARS = 2000
-STAGE = ("model=tiny-mistral", "logger=none", f"method.K={K}", "ranker=tiny-reward-model")
+# The judge reads each response's first JUDGED tokens: the stage still reads and writes every
+# character of every row, while the judge's own work (the same per chunk at any size) stays small
+JUDGED = 16
+STAGE = (
+    "model=tiny-mistral", "logger=none", f"method.K={K}", "ranker=tiny-reward-model",
+    f"ranker.candidate_max_length={JUDGED}",
+)  # fmt: skip
 
 
 def write_generation(root, n: int) -> None:

@@ -44,6 +44,9 @@ class StageSpec:
     sharded_by: str | None = None
     rows: str | None = None  # its rows files: <rows>-shardSSS-of-NNN.jsonl
     optional: bool = False  # in `stage=all` only with `eval.enabled=true`
+    # it loads a model through transformers (a policy or a judge): src/schedule.py imports
+    # transformers' model code before any stage starts, so that no stage's peak memory counts it
+    loads_model: bool = True
 
 
 # What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
@@ -105,6 +108,7 @@ STAGES: dict[Stage, StageSpec] = {
             consumes=Stage.rank,
             inputs=("method.pair_selection", "ranker.ties"),
             slots=0,
+            loads_model=False,
         ),
         StageSpec(
             Stage.train,
