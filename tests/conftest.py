@@ -104,10 +104,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def tiny_dir():
     """The folder holding the tiny models, built once into <repo>/.cache/tiny and reused (each
-    under a file lock: workers side by side build it once)."""
+    under a file lock: workers side by side build it once). Each worker starts at another model,
+    so that on a fresh clone the workers build different ones at once instead of queueing."""
     from src import tiny
 
-    for name in tiny.TINY_NAMES:
+    names = tiny.TINY_NAMES
+    start = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    for name in names[start % len(names) :] + names[: start % len(names)]:
         tiny.ensure(name, tiny.DEFAULT_CACHE_DIR)
     return tiny.DEFAULT_CACHE_DIR
 
