@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 import src.schedule as schedule
-from src.config import Config, Stage, to_yaml
+from src.config import REPO_ROOT, Config, Stage, to_yaml
 from src.core.errors import StageError, describe
 from src.core.registry import STAGES
 from tests.helpers import compose_cfg
@@ -96,6 +98,26 @@ def test_every_stage_has_its_run_function():
     runners = schedule.stage_runners(declared)
     for stage, run in runners.items():
         assert callable(run) and run.__module__ == f"src.stages.{stage.value}"
+
+
+@pytest.mark.parametrize(("stage", "model_code"), [(Stage.pairs, False), (Stage.generate, True)])
+def test_a_command_imports_the_stages_it_runs_and_the_model_code_before_them(stage, model_code):
+    """A fresh interpreter: pairs alone loads neither the other stages nor transformers' model
+    code; a stage that loads a model has that code in before it starts (its peak excludes it)."""
+    code = (
+        "import sys; import src.schedule as s; from src.config import Stage; "
+        f"s.stage_runners([Stage.{stage.value}]); "
+        "print(sorted(m for m in sys.modules if m.startswith('src.stages.') and m.count('.') == 2)); "
+        "print('transformers.modeling_utils' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    modules, loaded = out.stdout.split("\n")[:2]
+    assert f"'src.stages.{stage.value}'" in modules
+    assert not any(f"'src.stages.{o.value}'" in modules for o in (Stage.train, Stage.eval))
+    assert loaded == str(model_code)
 
 
 @pytest.mark.slow
