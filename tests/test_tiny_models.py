@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src import tiny
 from src.ranking import blender_compat
+from tests.helpers import REPO_ROOT
 
 LMS = {"tiny-mistral": "MistralForCausalLM", "tiny-gemma2": "Gemma2ForCausalLM"}
 USER_HI = [{"role": "user", "content": "hi"}]
@@ -256,6 +259,22 @@ def test_compat_restores_the_removed_transformers_names(tokenizers):
     texts = ["hi there", "a longer text to pad against"]
     batch = tok.batch_encode_plus(texts, padding="max_length", max_length=12, truncation=True)
     assert batch["input_ids"] == tok(texts, padding="max_length", max_length=12).input_ids
+
+
+def test_llm_blender_is_imported_without_vllm_and_vllm_stays_importable():
+    """A fresh interpreter (this one may hold vLLM): llm-blender, which imports vLLM wherever
+    it is installed, goes without it; `import vllm` afterwards still works where vLLM is."""
+    pytest.importorskip("vllm", reason="vLLM is not installed here: nothing to keep out")
+    code = (
+        "import sys; from src.ranking.blender_compat import import_llm_blender; "
+        "m = import_llm_blender(); print('vllm' in sys.modules, m.blender.blender.is_vllm_imported); "
+        "import vllm; print(vllm.LLM.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["False False", "LLM"]
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,17 @@ transformers 5 removed. We restore exactly those two, before llm_blender is firs
 - `PreTrainedTokenizerBase.batch_encode_plus`, called by the pair-ranker collator at rank
   time. It was the batched form of `__call__`, so it becomes a thin alias of `__call__`.
 
-Everything else in llm-blender runs unchanged. Import it only through `import_llm_blender()`.
+Everything else in llm-blender runs unchanged. Import it only through `import_llm_blender()`,
+which also keeps it from importing vLLM: llm_blender.blender imports vLLM wherever it is
+installed, for a generation helper that ranking never calls, and that import costs each stage
+that ranks or judges ~1 s of CPU (vLLM brings in torch's compiler).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,7 +43,8 @@ def _batch_encode_plus(self, batch_text_or_text_pairs, *args: Any, **kwargs: Any
 
 
 def import_llm_blender() -> ModuleType:
-    """Restore the two transformers-4 names llm-blender needs, then import it (idempotent)."""
+    """Restore the two transformers-4 names llm-blender needs, then import it without vLLM
+    (idempotent)."""
     import transformers.utils.hub as hf_hub_utils
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -47,7 +52,14 @@ def import_llm_blender() -> ModuleType:
         hf_hub_utils.TRANSFORMERS_CACHE = hub_constants.HF_HUB_CACHE
     if not hasattr(PreTrainedTokenizerBase, "batch_encode_plus"):
         PreTrainedTokenizerBase.batch_encode_plus = _batch_encode_plus
-    return importlib.import_module("llm_blender")
+    hidden = "vllm" not in sys.modules  # a process that has vLLM already lends it, at no cost
+    if hidden:
+        sys.modules["vllm"] = None  # `import vllm` raises ImportError: llm-blender goes without
+    try:
+        return importlib.import_module("llm_blender")
+    finally:
+        if hidden:
+            del sys.modules["vllm"]
 
 
 def _cannot_fetch(path_or_id: str, why: str) -> str:
