@@ -540,3 +540,27 @@ def test_a_dead_engine_process_interrupts_a_wait_with_no_timeout():
     with gone, engine_deaths_raised(before):
         Future().result(timeout=60)  # vLLM's waits forever: a TimeoutError here fails the test
     core.wait()
+
+
+def test_the_watchdog_of_a_stage_killed_before_it_started_still_ends_the_engine():
+    """On a busy machine the stage may be killed -9, and reaped, before its watchdog process has
+    read the stage's pid: the watchdog then ends the engine's processes at once (and their
+    children), rather than failing on the missing stage and leaving them running."""
+    from src.generation.vllm_backend import WATCHDOG
+
+    stage = subprocess.Popen([sys.executable, "-c", "pass"])
+    stage.wait()  # killed and reaped: its pid names no process
+    core = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"]
+    )  # fmt: skip
+    deadline = time.time() + 30
+    while not psutil.Process(core.pid).children() and time.time() < deadline:
+        time.sleep(0.05)
+    engine = [psutil.Process(core.pid), *psutil.Process(core.pid).children()]
+    assert len(engine) == 2, "the engine core and its worker"
+    watchdog = subprocess.run(
+        [sys.executable, "-c", WATCHDOG, str(stage.pid), str(core.pid)], timeout=60
+    )
+    assert watchdog.returncode == 0
+    assert not psutil.wait_procs(engine, timeout=10)[1], "the engine's processes outlived it"
+    core.wait()

@@ -319,7 +319,10 @@ def restore_environ(before: dict[str, str]) -> None:
 WATCHDOG = """
 import sys, time
 import psutil
-client = psutil.Process(int(sys.argv[1]))
+try:
+    client = psutil.Process(int(sys.argv[1]))
+except psutil.Error:  # the stage ended (killed) before this process started: the engine goes
+    client = None
 engine = []
 for pid in sys.argv[2:]:
     try:
@@ -327,6 +330,8 @@ for pid in sys.argv[2:]:
     except psutil.Error:
         pass
 def client_runs():
+    if client is None:
+        return False
     try:
         return client.is_running() and client.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:  # gone between the two reads (reaped): gone
