@@ -21,6 +21,20 @@ def compose_cfg(*overrides: str) -> Config:
     return compose(overrides)
 
 
+# The files of each tiny model that a build from the same seed reproduces byte for byte
+TINY_WEIGHTS = {
+    "tiny-mistral": ["model.safetensors", "tokenizer.json"],
+    "tiny-gemma2": ["model.safetensors", "tokenizer.json"],
+    "tiny-pairrm": ["model.safetensors", "backbone/model.safetensors", "backbone/tokenizer.json"],
+    "tiny-rm": ["model.safetensors", "tokenizer.json"],
+    "tiny-judge": ["model.safetensors", "tokenizer.json"],
+}
+# The two a `model=tiny-gemma2` command builds where none is cached: tests/test_schedule.py
+# builds them so and compares them with the shared build (tests/test_tiny_models.py rebuilds
+# the others)
+BUILT_ON_DEMAND = ("tiny-gemma2", "tiny-pairrm")
+
+
 # A whole iteration in seconds on the tiny models: few prompts, short responses, small batches.
 SMALL = [
     "model=tiny-mistral",

@@ -15,7 +15,7 @@ import src.schedule as schedule
 from src.config import REPO_ROOT, Config, Stage, to_yaml
 from src.core.errors import StageError, describe
 from src.core.registry import STAGES
-from tests.helpers import compose_cfg
+from tests.helpers import BUILT_ON_DEMAND, TINY_WEIGHTS, compose_cfg
 
 
 @pytest.fixture(autouse=True)
@@ -121,13 +121,16 @@ def test_a_command_imports_the_stages_it_runs_and_the_model_code_before_them(sta
 
 
 @pytest.mark.slow
-def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded):
+def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded, tiny_dir):
     monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
     cfg = compose_cfg("model=tiny-gemma2", "stage=generate")
     assert Path(cfg.model.path) == tmp_path / "tiny" / "tiny-gemma2"
     schedule.dispatch(cfg, "python -m src.main model=tiny-gemma2 stage=generate")
     built = sorted(p.name for p in (tmp_path / "tiny").iterdir() if not p.name.startswith("."))
-    assert built == ["tiny-gemma2", "tiny-pairrm"], (
-        "the policy and the judge it names, nothing else"
-    )
+    assert built == sorted(BUILT_ON_DEMAND), "the policy and the judge it names, nothing else"
     assert (tmp_path / "tiny" / "tiny-gemma2" / "config.json").is_file()
+    for name in built:  # from seed 0, as the shared build: the same bytes, training included
+        for file in TINY_WEIGHTS[name]:
+            assert (tmp_path / "tiny" / name / file).read_bytes() == (
+                tiny_dir / name / file
+            ).read_bytes(), (name, file)
