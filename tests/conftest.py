@@ -44,10 +44,11 @@ os.environ.setdefault(
 
 # --- parallel runs ------------------------------------------------------------------------------
 # `make test` runs the suite on pytest-xdist workers (`-n auto --dist loadgroup`): one worker per
-# CPU this process may use, each a pytest session of its own. What two workers must not do at
+# CPU this process may use, each a pytest session of its own on a CPU of its own (pin_worker
+# above). What two workers must not do at
 # once runs on one worker, in one group (xdist_group below):
 # - "slurm": the SLURM tests (one cluster per session: a second worker would start another).
-# - "vllm": vLLM's engines (each binds its threads to every CPU this process may use and holds a
+# - "vllm": vLLM's engines (each binds its threads to the CPUs its worker may use and holds a
 #   1 GiB KV cache; tests/test_vllm_backend.py starts each tiny model's once for the module).
 # - a module whose tests share a module-scoped set-up (SHARED_SETUP): made once, on one worker,
 #   and used in the module's order, as in a run without workers.
