@@ -65,18 +65,22 @@ VLLM = ("generation=vllm", "generation.enforce_eager=true")
 OTHER_SEEDS = ("training.seed=7", "generation.seeds=[1,2,3,4,5]", "eval.seed=3")
 
 
+CLIMB = "climb"  # the run at the defaults, whose first pairs the runs below reuse
+
+
 @pytest.mark.parametrize(
-    ("model", "options"),
+    ("model", "name", "options"),
     [
-        pytest.param("tiny-mistral", (), id="tiny-mistral"),
-        pytest.param("tiny-gemma2", OTHER_SEEDS, id="tiny-gemma2-other-seeds"),
-        pytest.param("tiny-mistral", VLLM, id="tiny-mistral-vllm", marks=pytest.mark.vllm),
+        pytest.param("tiny-mistral", CLIMB, (), id="tiny-mistral"),
+        pytest.param("tiny-gemma2", "climb-seed7", OTHER_SEEDS, id="tiny-gemma2-other-seeds"),
+        pytest.param(
+            "tiny-mistral", "climb-vllm", VLLM, id="tiny-mistral-vllm", marks=pytest.mark.vllm
+        ),
     ],
 )
-def test_three_sppo_iterations_climb(root, model, options, capsys):
+def test_three_sppo_iterations_climb(root, model, name, options, capsys):
     if options == VLLM:
         pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
-    name = {VLLM: "climb-vllm", OTHER_SEEDS: "climb-seed7"}.get(options, "climb")
     run(root, f"model={model}", f"run_name={name}", *options)
     rates = curve(root, model, name)
     wins = [r["win_rate"] for r in rates]
@@ -94,13 +98,19 @@ def test_three_sppo_iterations_climb(root, model, options, capsys):
     assert printed.count("tiny-judge win rate") >= 3
 
 
-def first_pairs(root: Path, model: str) -> Path:
-    """Iteration 1's pairs of the climb's run. Iteration 1 samples the base model with the
-    default seeds, so these are every such run's first pairs: the runs below train on them
-    instead of making them again (where the climb ran, its stages are done and nothing runs)."""
+def made_pairs(root: Path, model: str, run_name: str, t: int) -> Path:
+    """Iteration t's pairs of a run, its generate, rank and pairs stages run first (each does
+    nothing where it is done already)."""
     for stage in (Stage.generate, Stage.rank, Stage.pairs):
-        run(root, f"model={model}", "run_name=climb", stage=stage.value, iteration=1)
-    return root / model / "sppo" / "climb" / "iter1" / "pairs" / "pairs.parquet"
+        run(root, f"model={model}", f"run_name={run_name}", stage=stage.value, iteration=t)
+    return root / model / "sppo" / run_name / f"iter{t}" / "pairs" / "pairs.parquet"
+
+
+def first_pairs(root: Path, model: str) -> Path:
+    """Iteration 1's pairs of the CLIMB run. Iteration 1 samples the base model with the
+    default seeds, so these are every such run's first pairs: the runs below train on them
+    instead of making them again (where the climb ran, nothing runs)."""
+    return made_pairs(root, model, CLIMB, 1)
 
 
 def test_swapped_preferences_unlearn(root):
@@ -112,11 +122,7 @@ def test_swapped_preferences_unlearn(root):
         if t == 1:
             pairs = first_pairs(root, "tiny-mistral")
         else:
-            for stage in (Stage.generate, Stage.rank, Stage.pairs):
-                run(root, *overrides, stage=stage.value, iteration=t)
-            pairs = (
-                root / "tiny-mistral" / "sppo" / "swapped" / f"iter{t}" / "pairs" / "pairs.parquet"
-            )
+            pairs = made_pairs(root, "tiny-mistral", "swapped", t)
         table = pq.read_table(pairs)
         swapped = table.rename_columns(
             ["rejected" if c == "chosen" else "chosen" if c == "rejected" else c
