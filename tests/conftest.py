@@ -161,3 +161,42 @@ def alpaca_eval_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(glm_winrate, "hf_hub_download", download)
     return glm_winrate
+
+
+# A GPU, as the processes the stages start see it: the one part of the GPU path faked here
+FAKE_GPU_SITE = """
+import torch
+
+torch.cuda.is_available = lambda: True
+torch.cuda.mem_get_info = lambda device=None: ({free}, {total})
+torch.cuda.is_bf16_supported = lambda including_emulation=True: {bf16}
+"""
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """`fake_gpu(free, total, bf16)`: CUDA is there for this process, and a process it starts
+    reads that GPU (a sitecustomize on PYTHONPATH); in this process anything that would open a
+    CUDA context fails the test (no stage may hold one before vLLM's engine starts)."""
+    import torch
+
+    from src.core import devices
+
+    def context_opened(*args, **kwargs):
+        raise AssertionError("a CUDA context was opened in the stage's own process")
+
+    def install(free: float = 70e9, total: float = 80e9, bf16: bool = True) -> None:
+        site = tmp_path / "fake-gpu-site"
+        site.mkdir(exist_ok=True)
+        code = FAKE_GPU_SITE.format(free=int(free), total=int(total), bf16=bf16)
+        (site / "sitecustomize.py").write_text(code)
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), repo]))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # counted without a context
+        for name in ("mem_get_info", "is_bf16_supported", "current_device", "init", "_lazy_init"):
+            monkeypatch.setattr(torch.cuda, name, context_opened)
+        devices.gpu_computes_bf16.cache_clear()
+
+    yield install
+    devices.gpu_computes_bf16.cache_clear()

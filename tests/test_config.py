@@ -296,6 +296,26 @@ def test_mistral_wpo_differs_from_gemma_wpo_as_the_recipe_says():
     assert (t.max_length, t.max_prompt_length, t.global_batch_size) == (1024, 512, 128)
 
 
+def test_full_weights_in_fp16_are_refused_without_deepspeed_naming_what_trains():
+    """fp16 needs loss scaling, which unscales fp32 gradients: the Trainer fails deep inside its
+    first step on fp16 weights. An adapter (fp32) or DeepSpeed (fp32 master weights) trains."""
+    with pytest.raises(ConfigError) as refused:
+        compose_cfg("model=tiny-mistral", "training.precision=float16")
+    assert str(refused.value).startswith("training.precision='float16': full weights in fp16")
+    assert "hardware.distributed=deepspeed" in str(refused.value)
+    compose_cfg("model=tiny-mistral", "training.precision=float16", "training.peft=lora")
+    compose_cfg("training.precision=float16", "hardware=node-8gpu")
+
+
+def test_deepspeed_on_cpu_in_16_bits_is_refused_before_the_trainer_fails_on_it():
+    with pytest.raises(ConfigError) as refused:
+        compose_cfg(
+            "model=tiny-mistral", "hardware.distributed=deepspeed", "training.precision=bfloat16"
+        )
+    assert str(refused.value).startswith("training.precision='bfloat16': DeepSpeed on CPU")
+    compose_cfg("model=tiny-mistral", "hardware.distributed=deepspeed")  # fp32: trains
+
+
 def test_wpo_hb_preset_refuses_to_start_without_its_hybrid_pool():
     with pytest.raises(ConfigError, match=r"^data\.external_responses is required"):
         compose_cfg("experiment=gemma-2-9b-it-wpo-hb")

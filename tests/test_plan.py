@@ -254,14 +254,12 @@ def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain():
     assert "H100, HF, measured at 8 and 32 prompts a call" in out
 
 
-def test_src_main_on_a_gpu_checks_the_stages_it_runs_against_that_gpu(monkeypatch):
-    """The GPU is the one part faked here: CUDA says it is there, with 24 GB."""
-    import torch
-
+def test_src_main_on_a_gpu_checks_the_stages_it_runs_against_that_gpu(fake_gpu):
+    """The GPU is the one part faked here: CUDA says it is there, with 24 GB, to the process that
+    reads it (not this one: no CUDA context may stay here before vLLM starts)."""
     from src.plan.stages import require_fit_here
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (20e9, 24e9))
+    fake_gpu(free=20e9, total=24e9)
     cfg = compose_cfg(*GEMMA, "stage=train")
     with pytest.raises(DoesNotFit) as refused:
         require_fit_here(cfg, [*GEMMA, "stage=train"])
@@ -270,3 +268,24 @@ def test_src_main_on_a_gpu_checks_the_stages_it_runs_against_that_gpu(monkeypatc
     assert refused.value.fix == "training.peft=qlora hardware.distributed=ddp"  # node-8gpu
     require_fit_here(compose_cfg(*GEMMA, "stage=train", "plan.check=false"), [])
     require_fit_here(compose_cfg(*GEMMA, "stage=pairs"), [])  # a CPU stage: nothing to check
+
+
+def test_full_weights_on_one_gpu_are_planned_with_what_keeps_their_bf16_updates():
+    """The default command (Mistral-7B, full weights, one GPU, bf16): Kahan's compensation beside
+    the weights and state, fitting 80 GB; fp32 master weights and state do not, and the plan's
+    first remedy is Kahan; the tiny models train in fp32 on CPU, with torch's optimizer."""
+    kahan = stages("stage=train")["train"]
+    terms = kahan.memory.terms()
+    assert terms["Kahan compensation (bf16)"] == terms["weights (bf16)"]
+    assert "Kahan-compensated bf16" in kahan.processes and kahan.fits(80)
+    master = compose_cfg("stage=train", "training.weight_updates=fp32")
+    held = next(p for p in plan(master) if p.stage == "train").memory
+    assert held.terms()["master weights (fp32)"] == 2 * terms["weights (bf16)"]
+    with pytest.raises(DoesNotFit) as refused:
+        require_fit(master, ["stage=train", "training.weight_updates=fp32"])
+    assert refused.value.fix == "training.weight_updates=kahan"
+    require_fit(
+        compose_cfg("stage=train", "training.weight_updates=fp32", "hardware.gpu_memory_gb=141"), []
+    )
+    tiny = stages("model=tiny-mistral")["train"].memory.terms()
+    assert "weights (fp32)" in tiny and not any("Kahan" in k or "master" in k for k in tiny)

@@ -125,7 +125,7 @@ def format2_fingerprint(cfg: Config, stage: Stage) -> str:
         upstream = None
     inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs}
     if "training" in inputs:  # format 2 predates these keys
-        newer = ("peft", "lora", "record_memory_phases")
+        newer = ("peft", "lora", "record_memory_phases", "weight_updates")
         inputs["training"] = {k: v for k, v in inputs["training"].items() if k not in newer}
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -185,6 +185,24 @@ def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_tr
     assert stage_fingerprint(generate.as_tree(), Stage.generate) == stage_fingerprint(
         compose_cfg("model=tiny-mistral").as_tree(), Stage.generate
     )
+
+
+def test_weight_updates_enter_the_training_fingerprint_only_where_bf16_weights_train():
+    """training.weight_updates acts on full weights in 16 bits: a run that trains in fp32 (the
+    tiny models, every CPU run so far) or an adapter keeps its records whatever it says."""
+
+    def train_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train
+        )
+
+    assert train_fingerprint("training.weight_updates=fp32") == train_fingerprint()
+    bf16 = ["training.precision=bfloat16"]
+    assert train_fingerprint(*bf16, "training.weight_updates=fp32") != train_fingerprint(*bf16)
+    lora = [*bf16, "training.peft=lora"]
+    assert train_fingerprint(*lora, "training.weight_updates=fp32") == train_fingerprint(*lora)
+    gpu = ["model=mistral-7b-instruct-v0.2"]  # precision auto on a GPU: bf16
+    assert train_fingerprint(*gpu, "training.weight_updates=fp32") != train_fingerprint(*gpu)
 
 
 @pytest.mark.parametrize(

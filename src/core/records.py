@@ -89,15 +89,24 @@ def stage_inputs(
 
     `training.lora` shapes an adapter only: with `training.peft=none` neither key enters the
     fingerprint, so a full-weight run's records (made before the keys existed, too) stay valid
-    whatever the adapter settings say. `training.record_memory_phases` says what the record
-    keeps, not what the stage makes: it never enters it.
+    whatever the adapter settings say. `training.weight_updates` acts on full weights in 16 bits
+    only: trained in fp32 (as on CPU) or with an adapter, it does not enter either.
+    `training.record_memory_phases` says what the record keeps, not what the stage makes: it
+    never enters it.
     """
     inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
     training = inputs.get("training")
     if isinstance(training, dict):
         left_out = {"record_memory_phases"}
-        if training.get("peft", "none") == "none":
+        adapter = training.get("peft", "none") != "none"
+        if not adapter:
             left_out |= {"peft", "lora"}
+        precision = training.get("precision", "auto")
+        in_fp32 = precision == "float32" or (
+            precision == "auto" and lookup(tree, "hardware.device") == "cpu"
+        )
+        if adapter or in_fp32:
+            left_out.add("weight_updates")
         inputs["training"] = {k: v for k, v in training.items() if k not in left_out}
     return fingerprint_form(inputs, tree, at)
 

@@ -15,7 +15,7 @@ import torch
 
 from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
 from src.core.chunks import ChunkCounts, Progress, Todo
-from src.core.devices import device_for
+from src.core.devices import device_for, gpu_computes_bf16
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
 
@@ -35,8 +35,9 @@ def load_tokenizer(path: str, revision: str | None):
 
 def generation_dtype(device: torch.device) -> torch.dtype:
     """The dtype both backends sample in: bf16 on a GPU that has it, else fp32 (vLLM's default
-    would turn an fp32 checkpoint into bf16, and its greedy rows then differ from HF's)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    would turn an fp32 checkpoint into bf16, and its greedy rows then differ from HF's). Asked
+    without a CUDA context here: vLLM's engine starts after it."""
+    if device.type == "cuda" and gpu_computes_bf16():
         return torch.bfloat16
     return torch.float32
 

@@ -21,6 +21,12 @@ generator cannot do: "CPU Generator does not use offset"); its CPU attention tak
 32, 64, 80 and up (the tiny models have 32); its worker's OpenMP threads stay on the CPUs this
 process may use (src/core/threads.py).
 
+On a GPU (vLLM 0.26) the engine's first start compiles nothing: the compilation passes whose
+kernels FlashInfer JIT-builds with nvcc (`JIT_FUSIONS`: the all-reduce + RMSNorm fusion, on by
+default at tensor parallelism > 1 on Hopper) are off where FlashInfer would find no nvcc or ninja
+(`jit_toolchain_missing`), a line of vLLM's log saying which and why; FlashInfer's sampler, which
+seeded requests never use, is off (`engine_env`).
+
 The shard is one stream (`stream`): the engine is handed requests as it frees room for them, up
 to `generation.in_flight` samples at a time (twice its `max_num_seqs` by default, so that the
 slot of a sequence that ends is refilled at the next step, and memory stays flat at any shard
@@ -40,6 +46,7 @@ import gc
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +62,7 @@ import torch
 
 from src.config import ConfigError, GenerationConfig
 from src.core import threads
+from src.core.devices import gpu_state
 from src.core.errors import EnvironmentFailure, StageError
 from src.generation.hf_backend import EngineLoad, Sample, decode_sample, sample_seed
 
@@ -128,6 +136,8 @@ class VLLMGenerator:
         starting = StartWatch(before)
         try:
             with output_to(self.log), engine_deaths_raised(before) as starting:
+                if note := jit_fusions_note(args):
+                    print(note, file=sys.stderr, flush=True)
                 self.llm = LLM(**args)
         except Exception as exc:  # vLLM's start-up failures, in this process or its engine's
             gone = starting.ended()
@@ -511,6 +521,49 @@ def watch(engine_pids: list[int], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+# vLLM's compilation passes whose kernels FlashInfer JIT-builds with nvcc and ninja at the
+# engine's first start (then cached in ~/.cache/flashinfer), and their names in the log. vLLM
+# 0.26 turns the all-reduce + RMSNorm fusion on by default at tensor parallelism > 1 on Hopper
+# and Blackwell where an nvcc is on PATH (or flashinfer-cubin is installed); FlashInfer then runs
+# the nvcc of CUDA_HOME first, and ninja, which that check does not look for.
+JIT_FUSIONS = {"fuse_allreduce_rms": "FlashInfer's all-reduce + RMSNorm fusion"}
+DEFAULT_CUDA_HOME = "/usr/local/cuda"  # where FlashInfer looks for nvcc last
+
+
+def jit_toolchain_missing() -> str | None:
+    """What FlashInfer's JIT would miss here, in a few words (None: nothing): the nvcc it runs,
+    found as `flashinfer.jit.cpp_ext.get_cuda_path` finds it (CUDA_HOME, else CUDA_PATH, else
+    the toolkit of the nvcc on PATH, else /usr/local/cuda), or the ninja it runs from PATH."""
+    named = next((key for key in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(key)), None)
+    if named is not None:
+        home = os.environ[named]
+    else:
+        on_path = shutil.which("nvcc")
+        home = os.path.dirname(os.path.dirname(on_path)) if on_path else DEFAULT_CUDA_HOME
+    if shutil.which(os.path.join(home, "bin", "nvcc")) is None:
+        if named is not None:
+            return f"no nvcc in {named}={home}"
+        if on_path:
+            return f"no nvcc in {home}/bin, the CUDA folder of the nvcc on PATH"
+        return f"no nvcc (none on PATH, CUDA_HOME and CUDA_PATH unset, none in {home}/bin)"
+    if shutil.which("ninja") is None:
+        return "no ninja on PATH"
+    return None
+
+
+def jit_fusions_note(args: dict) -> str | None:
+    """The line for vLLM's log that names the fusions `args` turn off, and why (None: none)."""
+    passes = args.get("compilation_config", {}).get("pass_config", {})
+    off = [name for key, name in JIT_FUSIONS.items() if passes.get(key) is False]
+    if not off:
+        return None
+    why = jit_toolchain_missing() or "no nvcc or ninja where FlashInfer looks"
+    return (
+        f"[vllm] {', '.join(off)} off: {why} (it compiles its kernels with nvcc at the "
+        "engine's first start)"
+    )
+
+
 def engine_args(
     g: GenerationConfig,
     path: str,
@@ -519,7 +572,9 @@ def engine_args(
     revision: str | None,
     trust_remote_code: bool,
 ) -> dict:
-    """The `vllm.LLM` arguments of `g` for the policy at `path` on `device`."""
+    """The `vllm.LLM` arguments of `g` for the policy at `path` on `device`; on a GPU, with
+    tensor parallelism and compilation, the fusions that JIT-build kernels (JIT_FUSIONS) off
+    where FlashInfer's JIT would find no nvcc or ninja (`jit_toolchain_missing`)."""
     on_cpu = device.type == "cpu"
     args = {
         "model": path,
@@ -543,6 +598,10 @@ def engine_args(
         args["max_num_seqs"] = g.max_num_seqs
     if on_cpu:
         args["enable_chunked_prefill"] = False
+    compiled = device.type == "cuda" and g.tensor_parallel_size > 1 and not g.enforce_eager
+    if compiled and jit_toolchain_missing() is not None:
+        # then it builds nothing at the engine's first start (jit_fusions_note: the log's line)
+        args["compilation_config"] = {"pass_config": dict.fromkeys(JIT_FUSIONS, False)}
     return args
 
 
@@ -591,9 +650,8 @@ def refuse_unworkable(
                 f"generation.kv_cache_gb={cache / 2**30:.4g} cannot hold one sequence of {longest} "
                 f"tokens of {path} ({one / 2**30:.3g} GiB): raise it"
             )
-    free = (
-        torch.cuda.mem_get_info()[0] if device.type == "cuda" else psutil.virtual_memory().available
-    )
+    # the GPU's read apart: a CUDA context here would hold part of it while the engine runs
+    free = gpu_state()["free"] if device.type == "cuda" else psutil.virtual_memory().available
     if cache > free:
         raise ConfigError(
             f"generation.kv_cache_gb={cache / 2**30:.4g} is more than the {free / 2**30:.3g} GiB "
@@ -609,9 +667,16 @@ def kv_cache_bytes(g: GenerationConfig, device: torch.device) -> int | None:
 
 
 def engine_env(device: torch.device) -> dict[str, str]:
-    """What vLLM should find in the environment (where the user has not set it): QUIET_ENV, and
-    on CPU the binding of its worker's threads to the CPUs this process may use."""
+    """What vLLM should find in the environment (where the user has not set it): QUIET_ENV; on a
+    GPU its FlashInfer sampler off; on CPU the binding of its worker's threads to the CPUs this
+    process may use."""
     env = dict(QUIET_ENV)
+    if device.type == "cuda":
+        # Every request brings its own seed, and vLLM samples seeded requests with torch
+        # (FlashInfer's sampler takes no per-request generator): the sampler would only run in
+        # the engine's warm-up, whose first start JIT-builds its kernels with nvcc (and fails
+        # where there is none). Off, no output changes.
+        env["VLLM_USE_FLASHINFER_SAMPLER"] = "0"
     bind = cpu_binding() if device.type == "cpu" else None
     if bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind

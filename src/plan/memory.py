@@ -29,6 +29,7 @@ ALLOCATOR_SLACK = 0.25
 WHOLE = (
     "gradients",
     "RMSprop's temporary",
+    "the step's fp32 slices",
     "LM head gradient before reduce-scatter",
 )  # the names of terms allocated once per step, not fragmenting
 # DeepSpeed's ZeRO-3 defaults, which the project's config leaves as they are (elements)
@@ -45,6 +46,11 @@ LORA_SAVED = {2: 6, 4: 5}
 # bf16 autocast (measured on the H200); in fp32 on CPU two [N, V] copies, three soft-capped
 OWN_HEAD = {(False, 2): 8, (True, 2): 10, (False, 4): 8, (True, 4): 12}
 DTYPES = {2: "bf16", 4: "fp32"}
+# The optimizers for bf16 weights (src/training/optimizers.py) step a parameter this many elements
+# at a time, holding at most this many fp32 slices of it at once, k its states per weight
+# (measured on CPU: RMSprop 5 and 2, AdamW 6 and 3)
+OPTIMIZER_SLICE = 1 << 24
+STEP_SLICES = {"kahan": lambda k: 4 + k, "master": lambda k: 1 + k}
 EAGER_SAVED = 8  # bytes per attention score autograd keeps: tanh's output and the fp32 softmax's
 # On CPU (fp32, glibc, which maps large tensors and returns them when freed: no allocator slack)
 # what a stage adds to the process's resident set besides its tensors: the Trainer's, autograd's
@@ -148,16 +154,29 @@ def layer_backward(m: Shape, s: Step) -> float:
 
 
 def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
-    """A training step per device. mode: full | zero3 | lora | qlora."""
+    """A training step per device. mode: full (the Trainer's own optimizer on the weights as
+    loaded: fp32 on CPU) | kahan | master (bf16 weights and their optimizer, by
+    `training.weight_updates`) | zero3 | lora | qlora."""
     psi, b, k = m.params, s.b, s.optimizer_states
     bt, dtype = s.sequences * s.tokens, DTYPES[s.b]
     kept: dict[str, float] = {}
     gradients = 0.0  # gradients as large as the weights, complete from the last layer's backward
-    if mode == "full":  # HF Trainer, the model loaded in bf16: weights, gradients, states in bf16
+    if mode == "full":  # torch's optimizer: weights, gradients and states in the weights' dtype
         kept[f"weights ({dtype})"] = psi * b
         kept[f"optimiser state ({dtype})"] = psi * b * k
         gradients = psi * b
         step_temporary = psi * b
+    elif mode in STEP_SLICES:  # bf16 weights and what keeps their updates beside them
+        kept[f"weights ({dtype})"] = psi * b
+        if mode == "kahan":
+            kept[f"Kahan compensation ({dtype})"] = psi * b
+            kept[f"optimiser state ({dtype})"] = psi * b * k
+        else:
+            kept["master weights (fp32)"] = psi * 4
+            kept["optimiser state (fp32)"] = psi * 4 * k
+        gradients = psi * b
+        largest = max(m.vocab * m.hidden, m.hidden * m.intermediate)
+        step_temporary = 4 * min(OPTIMIZER_SLICE, largest) * STEP_SLICES[mode](k)
     elif mode == "zero3":  # bf16 weights and gradients, fp32 master weights and states, sharded
         kept["model states / devices"] = psi * (2 + 2 + 4 + 4 * k) / devices
         kept["reduce bucket"] = REDUCE_BUCKET * b
@@ -203,7 +222,8 @@ def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
         backward[head_name] = head
     if mode == "zero3":  # held from the head's backward on (through it all when tied)
         backward["LM head gradient before reduce-scatter"] = m.vocab * m.hidden * b
-    step = {"RMSprop's temporary": step_temporary}
+    step_name = "the step's fp32 slices" if mode in STEP_SLICES else "RMSprop's temporary"
+    step = {step_name: step_temporary}
     if gradients:
         step = {f"gradients ({dtype})": gradients, **step}
     if mode == "zero3":
@@ -247,9 +267,10 @@ def generation_memory(
 
 # --- the table of docs/memory.md -----------------------------------------------------------------
 
-GPUS = (24, 40, 48, 80)
+GPUS = (24, 40, 48, 80, 141)  # ... an A100 or H100 of 80 GB, an H200 of 141
 MODES = {
-    "full": "full weights, one GPU",
+    "kahan": "full weights, bf16 + Kahan, one GPU",
+    "master": "full weights, fp32 master, one GPU",
     "zero3": "full weights, ZeRO-3 over 8 GPUs",
     "lora": "LoRA r=16, one GPU",
     "qlora": "QLoRA r=16, one GPU",

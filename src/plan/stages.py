@@ -17,6 +17,7 @@ from src.config import (
     Peft,
     RefLogprobs,
     Stage,
+    WeightUpdates,
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
@@ -96,6 +97,10 @@ def training_mode(cfg: Config) -> tuple[str, int]:
         return cfg.training.peft.value, 1
     if hw.distributed == Distributed.deepspeed and hw.zero_stage == 3:
         return "zero3", hw.world_size
+    if dtype_bytes(cfg) == 2 and hw.distributed != Distributed.deepspeed:  # bf16 weights
+        return {WeightUpdates.kahan: "kahan", WeightUpdates.fp32: "master"}[
+            cfg.training.weight_updates
+        ], 1
     return "full", 1
 
 
@@ -122,7 +127,12 @@ def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
     per_process = t.global_batch_size // hw.world_size
     allowed = [n for n in range(1, per_process + 1) if per_process % n == 0]
     largest = largest_fitting(memory, gpu_gb, allowed)
-    label = {"zero3": f"DeepSpeed ZeRO-3 over {devices}", "full": "full weights"}.get(mode, mode)
+    label = {
+        "zero3": f"DeepSpeed ZeRO-3 over {devices}",
+        "full": "full weights",
+        "kahan": "full weights, Kahan-compensated bf16",
+        "master": "full weights, fp32 master weights",
+    }.get(mode, mode)
     return StagePlan(
         "train",
         f"{hw.world_size} ({label})",
@@ -236,10 +246,13 @@ def remedies(cfg: Config, stage: StagePlan) -> list[str]:
     if stage.stage != "train":
         return []
     t, hw = cfg.training, cfg.hardware
+    mode = training_mode(cfg)[0]
     out = []
     if not t.gradient_checkpointing:
         out.append("training.gradient_checkpointing=true")
-    if training_mode(cfg)[0] == "full" and hw.world_size > 1:
+    if mode == "master":  # Kahan's compensation in place of fp32 master weights and state
+        out.append("training.weight_updates=kahan")
+    if mode in ("full", "kahan", "master") and hw.world_size > 1:
         out.append("hardware.distributed=deepspeed hardware.zero_stage=3")
     if t.peft == Peft.none:
         out.append("training.peft=lora")
@@ -341,9 +354,11 @@ def require_fit_here(cfg: Config, overrides: list[str]) -> None:
         return
     import torch
 
+    from src.core.devices import gpu_state
+
     if not torch.cuda.is_available():
         return  # no GPU here: the stage says so itself
-    total = torch.cuda.mem_get_info()[1] / 1e9
+    total = gpu_state()["total"] / 1e9  # read apart: no CUDA context in this process
     here = replace(cfg, hardware=replace(cfg.hardware, gpu_memory_gb=total))
     require_fit(here, overrides, gpu="this GPU's memory")
 

@@ -46,10 +46,13 @@ from src.training.adapters import (
 )
 from src.training.arguments import (
     TRAINER_DIR,
+    UPDATES,
     TrainingError,
     load_policy,
+    optimizer_override,
     precision,
     training_arguments,
+    weight_updates,
 )
 from src.training.launch import (
     RESUME_ENV,
@@ -86,6 +89,14 @@ def train(cfg: Config, stage_dir: Path) -> dict:
         require_adapter_base(Path(resume), cfg.run.init_policy)
     if ready.trainer.is_world_process_zero():
         tracking.start(cfg, Stage.train)  # the Trainer's W&B callback logs into this run
+        updates = weight_updates(cfg, precision(cfg))
+        if updates is not None:
+            print(
+                f"[train] full weights: {UPDATES[updates]} (training.weight_updates="
+                f"{updates.value})",
+                file=sys.stderr,
+                flush=True,
+            )
     if resume and ready.trainer.is_world_process_zero():
         print(f"[train] resuming from {resume}", file=sys.stderr, flush=True)
     with saving_to(stage_dir):
@@ -187,6 +198,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         reference=reference,
         ref_model=ref_model,
         memory_phases=phases,
+        optimizer_cls_and_kwargs=optimizer_override(cfg, args, model, dtype),
     )
     counts = {
         "pairs_in_file": report.read,

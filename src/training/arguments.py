@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from src.config import Config, Device, Distributed, Dtype, Peft, Stage
+from src.config import Config, Device, Distributed, Dtype, Peft, Stage, WeightUpdates
 from src.core.errors import StageError
 
 TRAINER_DIR = "trainer"  # the Trainer's output_dir in the stage dir: its checkpoints, STOP
@@ -31,10 +31,43 @@ def precision(cfg: Config) -> torch.dtype:
     }[wanted]
 
 
+def weight_updates(cfg: Config, dtype: torch.dtype) -> WeightUpdates | None:
+    """How the Trainer's optimizer keeps updates smaller than a 16-bit weight's spacing when it
+    updates 16-bit weights itself (`training.weight_updates`); None where it does not: training
+    in fp32, an adapter (fp32), DeepSpeed (fp32 partitions)."""
+    if (
+        dtype == torch.float32
+        or cfg.training.peft != Peft.none
+        or cfg.hardware.distributed == Distributed.deepspeed
+    ):
+        return None
+    return cfg.training.weight_updates
+
+
+# what the train stage says of each as it starts
+UPDATES = {
+    WeightUpdates.kahan: "bf16 weights, each update added with Kahan summation",
+    WeightUpdates.fp32: "bf16 weights rewritten from fp32 master weights after each step",
+}
+
+
+def optimizer_override(cfg: Config, args, model, dtype: torch.dtype) -> tuple | None:
+    """`Trainer(optimizer_cls_and_kwargs=...)`: where the Trainer's optimizer updates bf16
+    weights itself, its update for them (src/training/optimizers.py); None: the Trainer's
+    optimizer as it is."""
+    keep = weight_updates(cfg, dtype)
+    if keep is None:
+        return None
+    from src.training.optimizers import for_trainer
+
+    return for_trainer(args, model, keep)
+
+
 def deepspeed_config(cfg: Config, dtype: torch.dtype) -> dict:
     """ZeRO from `hardware`; batch sizes and clipping left "auto" for the Trainer to fill."""
     return {
         "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},  # dynamic loss scaling by default
         "zero_optimization": {
             "stage": cfg.hardware.zero_stage,
             "overlap_comm": True,
