@@ -101,8 +101,7 @@ def failures(
         try:
             yield
         except Terminated as exc:
-            stopped = "SIGTERM (scancel, a time limit, or a preemption without warning)"
-            exit_with(_stopped_line(stopped, interrupted), EXIT_TERMINATED, exc)
+            exit_with(_stopped_line(STOPPED_BY[exc.signal], interrupted), EXIT_TERMINATED, exc)
         except KeyboardInterrupt as exc:
             exit_with(_stopped_line("Ctrl-C", interrupted), EXIT_INTERRUPTED, exc)
         except (
@@ -120,22 +119,36 @@ def _stopped_line(by: str, leaves: str) -> str:
     return f"interrupted: stopped by {by}" + (f"; {leaves}" if leaves else "")
 
 
+# The signals that end a command by default, at once, with no line and its temporary files left:
+# raised as `Terminated` instead (SIGUSR1, SLURM's warning before a time limit, is the stages'
+# request to stop where a re-run resumes: src/core/preemption.py takes it over while they run)
+STOPPED_BY = {
+    "SIGTERM": "SIGTERM (scancel, a time limit, or a preemption without warning)",
+    "SIGHUP": "SIGHUP (its terminal or session closed)",
+    "SIGUSR1": "SIGUSR1 (a preemption warning, where no stage was running to save its work)",
+}
+
+
 @contextmanager
 def terminated_as_raised() -> Iterator[None]:
-    """SIGTERM raised as `Terminated` inside the block (by default it ends the process at once,
-    with no line in the job's log). Signals reach the main thread only."""
+    """SIGTERM, SIGHUP and SIGUSR1 raised as `Terminated` inside the block (by default each ends
+    the process at once, with no line in the job's log). Signals reach the main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def raise_terminated(signum, frame):
-        raise Terminated()
+        raise Terminated(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = {
+        getattr(signal, name): signal.signal(getattr(signal, name), raise_terminated)
+        for name in STOPPED_BY
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -171,9 +171,10 @@ def test_a_full_disk_while_training_is_one_line(small_disk, processes):
         (signal.SIGINT, 130, "Ctrl-C"),
         # what scancel, a time limit and a preemption without the warning signal send
         (signal.SIGTERM, 143, "SIGTERM (scancel, a time limit, or a preemption without warning)"),
+        (signal.SIGHUP, 143, "SIGHUP (its terminal or session closed)"),  # an ssh session ends
     ],
 )
-def test_ctrl_c_and_sigterm_are_one_line_and_their_exit_code_and_leave_no_record(
+def test_ctrl_c_sigterm_and_sighup_are_one_line_and_their_exit_code_and_leave_no_record(
     tmp_path, signum, code, said
 ):
     # ~10 s of work at full speed: the first chunk appears long before the last
@@ -202,6 +203,28 @@ def test_ctrl_c_and_sigterm_are_one_line_and_their_exit_code_and_leave_no_record
     line = one_line_failure(result, code)
     assert line.startswith(f"interrupted: stopped by {said}; re-run the same command to resume")
     assert not records(tmp_path)
+    assert not list(tmp_path.rglob("*.tmp"))  # no atomic write left half-made
+
+
+def test_sigusr1_outside_a_stage_is_one_line_not_a_silent_end(tmp_path):
+    """SIGUSR1 (SLURM's warning before a time limit) asks a running stage to stop where a re-run
+    resumes; where none runs (an export, a comparison, the checks before a stage) it ended the
+    command at once with no line and its temporary files left: now the boundary says so."""
+    code = (
+        "import os, signal, time\n"
+        "from src.cli import failures\n"
+        "with failures('python -m src.export', interrupted='nothing was exported'):\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    time.sleep(60)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    line = one_line_failure(result, 143)
+    assert line == (
+        "interrupted: stopped by SIGUSR1 (a preemption warning, where no stage was running to "
+        "save its work); nothing was exported"
+    )
 
 
 # --- the policy ---------------------------------------------------------------------------------

@@ -68,3 +68,24 @@ def test_a_scale_run_merged_into_an_earlier_result_replaces_only_the_rows_it_mea
         (8, "rank", 1), (8, "pairs", 3),
     ]  # fmt: skip
     assert fifth["rows"][3]["again"]
+
+
+def test_render_names_a_missing_or_malformed_file_in_one_line_and_renders_the_others(
+    tmp_path, capsys
+):
+    from benchmarks.__main__ import main
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"title": "T", "command": "c", "commit": "0" * 40, "blocks": []}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"title": "T"}))
+    missing = tmp_path / "missing.json"
+    assert main(["--render", str(missing), str(broken), str(partial), str(good)]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert errors[0].startswith(f"error: {missing}: No such file")
+    assert errors[1].startswith(f"error: {broken}: not a results file the harness wrote")
+    assert errors[2] == f"error: {partial}: not a results file the harness wrote (no 'command')"
+    assert good.with_suffix(".md").read_text().startswith("# T\n")
+    assert not broken.with_suffix(".md").exists() and not partial.with_suffix(".md").exists()

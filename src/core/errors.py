@@ -32,8 +32,13 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process the signal 
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, as Ctrl-C is: what is under way unwinds the same
-    way (atomic writes dropped, engines shut down) and the boundary says what stopped it."""
+    """SIGTERM (or SIGHUP, SIGUSR1: `signal`, its name), raised where the process is, as Ctrl-C
+    is: what is under way unwinds the same way (atomic writes dropped, engines shut down) and
+    the boundary says what stopped it."""
+
+    def __init__(self, signal: str = "SIGTERM") -> None:
+        super().__init__(signal)
+        self.signal = signal
 
 
 class StageError(RuntimeError):
