@@ -23,14 +23,18 @@ PYTEST_ARGS ?=
 # src/core/threads.py); 0 runs every test in pytest's own process, one at a time
 PYTEST_WORKERS ?= auto
 PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
-# WHEELHOUSE=<dir>: `make install` installs from that folder only (no index), checked first
-# against its manifest; `make wheelhouse` fills it for TARGET=cpu|cuda (src/wheelhouse.py)
+# WHEELHOUSE=<dir>: `make install` installs from that folder only (no index), each recipe that
+# installs from it checking it first (its wheels, manifest.json and constraints.txt, which then
+# holds pins alone); `make wheelhouse` fills it for TARGET=cpu|cuda (src/wheelhouse.py). The
+# recipes take it as one shell word, blanks and quotes in it too.
 WHEELHOUSE ?=
+quote = '$(subst ','\'',$(1))'
 TARGET ?= cpu
 # VENV_ARGS=--system-site-packages: the environment over a cluster image's own packages (a
 # wheelhouse made with HAVE=<its pip freeze> holds only what the image lacks)
 VENV_ARGS ?=
-PIP_SOURCE := $(if $(strip $(WHEELHOUSE)),--no-index --find-links $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt)
+PIP_SOURCE := $(if $(strip $(WHEELHOUSE)),--isolated --no-index --find-links $(call quote,$(WHEELHOUSE)) -c $(call quote,$(WHEELHOUSE)/constraints.txt))
+VERIFY_WHEELHOUSE := $(if $(strip $(WHEELHOUSE)),$(PYTHON) -m src.wheelhouse verify $(call quote,$(WHEELHOUSE)))
 SWEEP ?= sweeps/eta.yaml
 ARGS ?=
 
@@ -52,7 +56,7 @@ install: $(VENV)/.installed $(if $(filter 1,$(VLLM)),$(VENV)/.vllm-installed) ##
 # there is one, else PyTorch's CPU index. The project's own ranges then accept what is there.
 $(VENV)/.installed: pyproject.toml
 ifneq ($(strip $(WHEELHOUSE)),)
-	$(PYTHON) -m src.wheelhouse verify $(WHEELHOUSE)
+	$(VERIFY_WHEELHOUSE)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install --quiet $(PIP_SOURCE) torch
 else
@@ -75,6 +79,7 @@ install-vllm: $(VENV)/.vllm-installed ## Add vLLM (generation=vllm): its CUDA bu
 # transformers (pinned as installed) and the CUDA-only media packages it lists: see
 # src/generation/vllm_install.py. triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
 $(VENV)/.vllm-installed: $(VENV)/.installed
+	$(VERIFY_WHEELHOUSE)
 ifneq ($(NVIDIA_SMI),)
 	$(PIP) install --quiet $(PIP_SOURCE) ".[vllm,$(INSTALL_EXTRAS)]"
 else
@@ -88,11 +93,11 @@ endif
 
 # On a machine that reaches a package registry (a login node), for a node that reaches none
 wheelhouse: ## Every wheel TARGET=cpu|cuda needs, into WHEELHOUSE=<dir>, with its manifest (PYTHON_VERSION=3.12 PLATFORM=manylinux_2_31_x86_64 HAVE=<pip freeze of the target image>)
-	@test -n "$(WHEELHOUSE)" || { echo "error: make wheelhouse needs WHEELHOUSE=<dir> (and TARGET=cpu|cuda)" >&2; exit 2; }
+	@test -n $(call quote,$(strip $(WHEELHOUSE))) || { echo "error: make wheelhouse needs WHEELHOUSE=<dir> (and TARGET=cpu|cuda)" >&2; exit 2; }
 	$(MAKE) install WHEELHOUSE=   # this machine's own environment, from the registry
-	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) $(PY) -m src.wheelhouse build $(WHEELHOUSE) --target $(TARGET) \
+	TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) $(PY) -m src.wheelhouse build $(call quote,$(WHEELHOUSE)) --target $(TARGET) \
 		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM)) \
-		$(if $(HAVE),--have $(HAVE))
+		$(if $(HAVE),--have $(call quote,$(HAVE)))
 
 tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm, tiny-judge (~1 min)
 	$(OFFLINE) $(PY) -m src.tiny --force

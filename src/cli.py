@@ -6,8 +6,8 @@ the exit code of src.core.errors (README, "Failures").
 
 Inside it a `ConfigError` or a composition error Hydra or OmegaConf raises ends with exit code 2,
 a `StageError` with its own (and the user's command with its fix), an `OSError` with 3 and
-Ctrl-C with 130, SIGTERM with 143; anything else is a bug and keeps its traceback. `HYDRA_FULL_ERROR=1` keeps the
-traceback of every failure.
+Ctrl-C with 130, SIGTERM, SIGHUP and SIGUSR1 with 143 (`STOPPED_BY`); anything else is a bug and
+keeps its traceback. `HYDRA_FULL_ERROR=1` keeps the traceback of every failure.
 """
 
 from __future__ import annotations

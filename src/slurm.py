@@ -17,7 +17,10 @@ one-GPU shards of an 8-GPU node run side by side on it), pairs a small CPU job, 
 whole node(s); any value can be set per stage (`hardware.slurm.stages.<stage>.cpus_per_task`,
 `.mem_gb`, `.time_min`). The scripts come from `slurm/templates/`, filled from the resolved
 config, and are written to `<run.dir>/slurm/` (logs `<run.dir>/slurm/logs/%x_%A_%a.out`).
-`--dry-run` prints the requests, the scripts and the sbatch lines only.
+`--dry-run` prints the requests, the scripts and the sbatch lines only. Every value lands in a
+script as written (a value holding `@key@` is not filled in again), each word of a command
+quoted onto its one line. A chain takes at most `MAX_ITERATIONS` iterations (later ones go in
+with `--from-iter`), an array at most `MAX_ARRAY_TASKS` tasks (SLURM's default MaxArraySize).
 
 Unlike `python -m src.main -m ... hardware=slurm-*` (Hydra's submitit launcher, which waits
 until the array ends), this returns as soon as the jobs are queued.
@@ -30,10 +33,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 from src import config
 from src.cli import ArgumentParser, failures
@@ -42,10 +47,23 @@ from src.core.errors import EnvironmentFailure, StageError, set_overrides, witho
 from src.core.registry import STAGES, iteration_stages
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
+PLACEHOLDER = re.compile(r"@(\w+)@")  # a template's @key@
 WARNING_SIGNAL_S = 300  # seconds before the time limit at which the job requeues itself
+# SLURM's default MaxArraySize: an array's task ids run 0..1000, and sbatch refuses a larger
+# array; a chain whose later array is refused would be left half queued
+MAX_ARRAY_TASKS = 1001
+# The most iterations one chain submits: all its jobs (4 an iteration, 5 with eval) wait in the
+# queue from the start, where per-user limits (MaxSubmitJobs) apply, and each iteration's config
+# takes about 0.3 s to compose; SPPO's recipes run 3. Later ones go in with --from-iter.
+MAX_ITERATIONS = 100
+# Composing a config takes about 0.3 s: a chain or a sweep with more iterations or points than
+# this says on stderr, after each this many, how far it is
+PROGRESS_EVERY = 25
 # A stage that takes no slot (pairs: seconds of CPU work on the ranked rows, whose memory is a
 # few GB at most) asks for this, capped at the node's
 SMALL_JOB = StageRequest(cpus_per_task=2, mem_gb=8, time_min=60)
+
+Item = TypeVar("Item")
 
 
 class SubmitError(StageError):
@@ -57,23 +75,78 @@ class Job:
     name: str  # <run_name>-it<t>-<stage>
     stage: Stage
     iteration: int
-    script: str
+    template: str  # its script's, in slurm/templates/
+    # the template's values but @submit_line@'s, which names the ids of the jobs it waits for
+    values: dict[str, str]
     array: int | None  # number of array tasks, None for a single job
     after: str | None = None  # name of the job this one waits for (afterok)
 
+    def script(self, submit_line: list[str]) -> str:
+        return fill(self.template, {**self.values, "submit_line": shell_line(submit_line)})
+
 
 def fill(template: str, values: dict[str, str]) -> str:
+    """slurm/templates/<template> with each @key@ replaced by values[key] (one without a value
+    stays), in one pass: a value is written as it is, never searched for placeholders itself."""
     text = (TEMPLATES / template).read_text()
-    # A value on a comment or #SBATCH line is outside any shell quoting: a line break in it would
-    # start a line that bash runs. The config refuses such values; this keeps a script that
-    # slipped past it from being written at all.
-    for line in text.splitlines():
-        for key in re.findall(r"@(\w+)@", line) if line.startswith("#") else ():
-            if key in values and not values[key].isprintable():
-                raise ValueError(f"{template}: @{key}@={values[key]!r} would break its line")
-    for key, value in values.items():
-        text = text.replace(f"@{key}@", value)
-    return text
+
+    def value(found: re.Match[str]) -> str:
+        if found[1] not in values:
+            return found[0]
+        check_lines(template, found[1], values[found[1]], fills_its_line(text, found))
+        return values[found[1]]
+
+    return PLACEHOLDER.sub(value, text)
+
+
+def fills_its_line(text: str, found: re.Match[str]) -> bool:
+    """Whether the placeholder `found` in `text` is the whole of its line."""
+    before, after = text[found.start() - 1 : found.start()], text[found.end() : found.end() + 1]
+    return before in ("", "\n") and after in ("", "\n")
+
+
+def check_lines(template: str, key: str, value: str, own_line: bool) -> None:
+    """A value starts no line that bash runs: it is one line of printable characters (a word on a
+    command line quoted by `shell_word`, text on a comment or #SBATCH line), or, filling a line of
+    its own, lines that are all comments (#SBATCH directives). The config refuses values that
+    could break a line; this keeps a script that slipped past it from being written at all."""
+    lines = value.split("\n")
+    directives = own_line and all(line.startswith("#") for line in lines)
+    if not all(line.isprintable() for line in lines) or (len(lines) > 1 and not directives):
+        raise ValueError(f"{template}: @{key}@={value!r} would break its line")
+
+
+def shell_word(value: str) -> str:
+    """`value` as one word of a bash command that stays on its line of the script: in single
+    quotes (shlex.quote), or, holding a line break or another control character, in bash's $'...'
+    with that character as the \\xHH escapes of its UTF-8 bytes (in single quotes a line break
+    would carry the rest of the word onto a line of its own)."""
+    if value.isprintable():
+        return shlex.quote(value)
+    return "$'" + "".join(_ansi_c_character(c) for c in value) + "'"
+
+
+def _ansi_c_character(c: str) -> str:
+    if c in "\\'":
+        return "\\" + c
+    if c.isprintable():
+        return c
+    # surrogateescape: the bytes of an argument that was not UTF-8 come back as they were
+    return "".join(f"\\x{byte:02x}" for byte in c.encode("utf-8", "surrogateescape"))
+
+
+def shell_line(words: Sequence[str]) -> str:
+    """`words` as one line of a bash command (shlex.join's, with `shell_word`'s quoting)."""
+    return " ".join(shell_word(w) for w in words)
+
+
+def counted(items: Sequence[Item], what: str) -> Iterator[Item]:
+    """`items` one by one; when there are more than PROGRESS_EVERY, a line on stderr after every
+    PROGRESS_EVERY of them says how many of how many `what` (e.g. "[slurm] iterations composed")."""
+    for done, item in enumerate(items, 1):
+        yield item
+        if done % PROGRESS_EVERY == 0 and done < len(items):
+            print(f"{what}: {done}/{len(items)}", file=sys.stderr, flush=True)
 
 
 def sbatch_value(value: str) -> str:
@@ -136,6 +209,11 @@ def request(cfg: Config, stage: Stage) -> Request:
     tasks = 1
     if spec.sharded_by:  # unset shard counts: one shard per task's worth of the allocation
         tasks = cfg.shard_section(stage).num_shards or max(1, hw.world_size // max(slots, 1))
+    if tasks > MAX_ARRAY_TASKS:
+        raise ConfigError(
+            f"{spec.sharded_by}.num_shards={tasks}: is more array tasks than one SLURM array "
+            f"takes ({MAX_ARRAY_TASKS}, SLURM's default MaxArraySize)"
+        )
     return Request(
         tasks=tasks,
         nodes=hw.num_nodes if stage == Stage.train else 1,
@@ -173,7 +251,8 @@ def requests_table(cfg: Config) -> str:
     return "\n".join(rows)
 
 
-def resource_lines(cfg: Config, gpus: int) -> str:
+def resource_lines(cfg: Config, gpus: int) -> list[str]:
+    """The #SBATCH lines of the node's GPUs and of the options set in `hardware.slurm`."""
     s = cfg.hardware.slurm
     lines = [f"#SBATCH --gpus-per-node={gpus}"] if gpus else []
     for option, value in (
@@ -184,7 +263,7 @@ def resource_lines(cfg: Config, gpus: int) -> str:
     ):
         if value:
             lines.append(f"#SBATCH --{option}={sbatch_value(value)}")
-    return "\n".join(lines)
+    return lines
 
 
 def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None) -> Job:
@@ -198,6 +277,7 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
         own.append(f"{spec.sharded_by}.num_shards={array}")
     args = set_overrides(overrides, own)
     log_dir = Path(cfg.run.dir) / "slurm" / "logs"
+    directives = [f"#SBATCH --array=0-{array - 1}"] if array is not None else []
     values = {
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
         "request": need.describe(),
@@ -207,19 +287,15 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
         "cpus": str(need.cpus),
         "mem": str(need.mem_gb),
         "signal_s": str(WARNING_SIGNAL_S),
-        "resource_lines": resource_lines(cfg, need.gpus),
-        "repo": shlex.quote(str(REPO_ROOT)),
-        "python": shlex.quote(sys.executable),
-        "overrides": " ".join(shlex.quote(a) for a in args),
+        "resource_lines": "\n".join([*directives, *resource_lines(cfg, need.gpus)]),
+        "repo": shell_word(str(REPO_ROOT)),
+        "python": shell_word(sys.executable),
+        "overrides": shell_line(args),
         "nodes": str(need.nodes),
     }
-    multinode = need.nodes > 1
-    script = fill("train-multinode.sbatch" if multinode else "stage.sbatch", values)
-    if array is not None:
-        script = script.replace(
-            "#SBATCH --time=", f"#SBATCH --array=0-{array - 1}\n#SBATCH --time=", 1
-        )
-    return Job(name, stage, cfg.iter, script, array, after)
+    template = "train-multinode.sbatch" if need.nodes > 1 else "stage.sbatch"
+    fill(template, values)  # a value that would break its line stops the chain before any sbatch
+    return Job(name, stage, cfg.iter, template, values, array, after)
 
 
 def chain(configs: list[Config], overrides: list[str]) -> list[Job]:
@@ -253,12 +329,12 @@ def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
     for job in jobs:
         path = script_dir / f"{job.name}.sbatch"
         line = sbatch_line(job, path, ids)
-        job.script = job.script.replace("@submit_line@", shlex.join(line))
+        script = job.script(line)
         if dry_run:
-            print(f"# ---- {path}\n{job.script}\n# $ {shlex.join(line)}\n")
+            print(f"# ---- {path}\n{script}\n# $ {shell_line(line)}\n")
             ids[job.name] = f"<{job.name}>"
             continue
-        path.write_text(job.script)
+        path.write_text(script)
         done = subprocess.run(line, capture_output=True, text=True)
         if done.returncode != 0:
             raise SubmitError(
@@ -283,12 +359,25 @@ def compose(overrides: list[str], iteration: int) -> Config:
     return config.compose(set_overrides(overrides, [f"iter={iteration}"]))
 
 
+def check_chain_length(iterations: int, from_iter: int) -> None:
+    """At most MAX_ITERATIONS iterations in one chain, refused before any is composed."""
+    if iterations - from_iter + 1 > MAX_ITERATIONS:
+        last = from_iter + MAX_ITERATIONS - 1
+        raise ConfigError(
+            f"--iterations {iterations} --from-iter {from_iter}: one chain submits at most "
+            f"{MAX_ITERATIONS} iterations (its jobs all wait in the queue from the start): "
+            f"submit --iterations {last} now and --from-iter {last + 1} once they end"
+        )
+
+
 def submit_chain(
     overrides: list[str], iterations: int, from_iter: int = 1, dry_run: bool = False
 ) -> dict[str, str]:
     """Render and submit iterations from_iter..iterations; returns job name -> SLURM job id."""
     overrides = without_keys(overrides, "iter", "stage")
-    configs = [compose(overrides, t) for t in range(from_iter, iterations + 1)]
+    check_chain_length(iterations, from_iter)
+    iters = range(from_iter, iterations + 1)
+    configs = [compose(overrides, t) for t in counted(iters, "[slurm] iterations composed")]
     if not configs:
         raise ConfigError(
             f"no iterations to submit: --from-iter {from_iter} > --iterations {iterations}"
@@ -320,7 +409,12 @@ def submit_chain(
 def main(argv: list[str] | None = None) -> None:
     words = sys.argv[1:] if argv is None else argv
     parser = ArgumentParser(prog="python -m src.slurm", description=__doc__.split("\n")[0])
-    parser.add_argument("--iterations", type=int, default=1, help="submit iterations 1..N")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help=f"submit iterations 1..N ({MAX_ITERATIONS} at most in one chain)",
+    )
     parser.add_argument("--from-iter", type=int, default=1, help="first iteration to submit")
     parser.add_argument("--dry-run", action="store_true", help="print scripts and sbatch lines")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")

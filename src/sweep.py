@@ -9,14 +9,15 @@ Here its grid is expanded into a points file (one line of `key=value` overrides 
 and one array task per point runs the whole pipeline for that point — iterations 1..N with
 `python -m src.main ... iter=N`, which runs the earlier iterations first. Each point has its
 own run lineage (the swept values are in the default run_name) and so its own W&B group, which
-`python -m src.compare` ranks. `--parallel N` throttles the array (`%N`).
+`python -m src.compare` ranks. `--parallel N` throttles the array (`%N`). A grid of more points
+than one SLURM array takes (`src.slurm.MAX_ARRAY_TASKS`) is refused before any is composed.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,17 @@ from src.config import (
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, set_overrides, without_keys
 from src.slurm import (
+    MAX_ARRAY_TASKS,
     WARNING_SIGNAL_S,
     SubmitError,
     compose,
+    counted,
     fill,
     require_sbatch,
     resource_lines,
     sbatch_value,
+    shell_line,
+    shell_word,
 )
 
 
@@ -96,6 +101,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def check_array_size(path: Path, grid: dict[str, list[Any]]) -> None:
+    """One array task per point: a grid of more points than a SLURM array takes is refused
+    before its points are expanded or composed."""
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_ARRAY_TASKS:
+        shape = " x ".join(str(len(values)) for values in grid.values())
+        raise ConfigError(
+            f"{path}: {count} points ({shape} values) is more than one SLURM array takes "
+            f"({MAX_ARRAY_TASKS} tasks, SLURM's default MaxArraySize): split the grid over "
+            "several sweep files"
+        )
+
+
 def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
     """Every combination, as Hydra overrides, in the file's order (the last key varies fastest)."""
     keys = list(grid)
@@ -110,7 +128,10 @@ def check_points(
 ) -> list[Config]:
     """Every point composes and validates before anything is submitted; lineages are distinct;
     for a SLURM array (`slurm`), the hardware has SLURM resources and one node."""
-    configs = [compose(set_overrides(base, point), iterations) for point in points]
+    configs = [
+        compose(set_overrides(base, point), iterations)
+        for point in counted(points, "[sweep] points composed")
+    ]
     dirs = [c.run.dir for c in configs]
     if len(set(dirs)) != len(dirs):
         raise ConfigError(
@@ -139,6 +160,7 @@ def render(
     count: int,
     iterations: int,
     parallel: int | None,
+    submit_line: list[str],
 ) -> str:
     s, hw = cfg.hardware.slurm, cfg.hardware
     values = {
@@ -151,14 +173,15 @@ def render(
         "cpus": str(s.cpus_per_task),
         "mem": str(s.mem_gb),
         "signal_s": str(WARNING_SIGNAL_S),
-        "resource_lines": resource_lines(
-            cfg, hw.processes_per_node if hw.device == Device.cuda else 0
+        "resource_lines": "\n".join(
+            resource_lines(cfg, hw.processes_per_node if hw.device == Device.cuda else 0)
         ),
-        "repo": shlex.quote(str(REPO_ROOT)),
-        "python": shlex.quote(sys.executable),
-        "points": shlex.quote(str(points_file)),
-        "overrides": " ".join(shlex.quote(a) for a in base),
+        "repo": shell_word(str(REPO_ROOT)),
+        "python": shell_word(sys.executable),
+        "points": shell_word(str(points_file)),
+        "overrides": shell_line(base),
         "iterations": str(iterations),
+        "submit_line": shell_line(submit_line),
     }
     return fill("sweep-array.sbatch", values)
 
@@ -171,14 +194,14 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
     points = grid_points(load_sweep(path))
     check_points(points, base, iterations, slurm=False)
     for i, point in enumerate(points, 1):
-        print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shlex.join(point)}", flush=True)
+        print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shell_line(point)}", flush=True)
         run = set_overrides(base, [*point, f"iter={iterations}"])
         command = [sys.executable, "-m", "src.main", *run]
         done = subprocess.run(command, cwd=REPO_ROOT)
         if done.returncode != 0:
             raise StageError(
-                f"point {i} ({shlex.join(point)}) failed with exit code {done.returncode}; "
-                f"the points before it are done, and a re-run resumes: {shlex.join(command)}"
+                f"point {i} ({shell_line(point)}) failed with exit code {done.returncode}; "
+                f"the points before it are done, and a re-run resumes: {shell_line(command)}"
             )
     print(f"[sweep] {path.stem}: {len(points)} points done; compare: python -m src.compare")
 
@@ -197,16 +220,17 @@ def submit_sweep(
         ],
     )
     name = sweep_name(path)
-    points = grid_points(load_sweep(path))
+    grid = load_sweep(path)
+    check_array_size(path, grid)
+    points = grid_points(grid)
     configs = check_points(points, base, iterations)
     sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
     points_file = sweep_dir / "points.txt"
-    script = render(name, configs[0], points_file, base, len(points), iterations, parallel)
     line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
-    script = script.replace("@submit_line@", shlex.join(line))
-    text = "".join(shlex.join(p) + "\n" for p in points)
+    script = render(name, configs[0], points_file, base, len(points), iterations, parallel, line)
+    text = "".join(shell_line(p) + "\n" for p in points)
     if dry_run:
-        print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shlex.join(line)}")
+        print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shell_line(line)}")
         return None
     (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
     require_sbatch()

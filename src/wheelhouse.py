@@ -33,8 +33,12 @@ The targets:
 DeepSpeed, llm-blender and antlr4 (Hydra's parser) publish no wheels: their pure-Python wheels
 are built here first (`pip wheel --no-deps`), for any Python and platform.
 
-`verify` and the install need nothing but Python's standard library and pip: a compute node has
-no virtual environment yet. `build` needs uv (the `dev` extra, which `make install` installs).
+`verify` checks the manifest's every entry, each wheel whole, that the folder holds nothing else
+pip's `--find-links` would take (another wheel, a source archive, an HTML page of links), and
+that constraints.txt holds exactly the manifest's pins: pip takes a constraints file's option
+lines too (`--find-links` another folder). `verify` and the install need nothing but Python's
+standard library and pip: a compute node has no virtual environment yet. `build` needs uv (the
+`dev` extra, which `make install` installs).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ import argparse
 import ast
 import hashlib
 import importlib.util
+import itertools
 import json
+import mimetypes
 import os
 import platform
 import re
@@ -104,9 +110,89 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# an entry of manifest.json: its fields and their types
+FIELDS = {"name": str, "version": str, "file": str, "sha256": str, "size": int}
+WHEEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!%-]*\.whl")
+# what pip's --find-links takes from a folder beside HTML pages (pip's ARCHIVE_EXTENSIONS)
+ARCHIVES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
+            ".tlz", ".tar.lz", ".tar.lzma")  # fmt: skip
+
+
+def entries(manifest: Path, wheels: object) -> list[dict]:
+    """The manifest's entries, each an object with the fields and types of FIELDS, its file the
+    name of a wheel in the wheelhouse itself (no path separator, no `..`) whose name and version
+    are the entry's, none listed twice; raise WheelhouseError naming the first that is not."""
+    if not isinstance(wheels, list):
+        raise WheelhouseError(f'{manifest} is not a wheelhouse manifest ("wheels" is not a list)')
+    files = set()
+    for number, entry in enumerate(wheels, 1):
+        shown = json.dumps(entry)
+        where = f"{manifest}: wheel {number} ({shown if len(shown) <= 60 else shown[:57] + '...'})"
+        again = "; build the wheelhouse again"
+        if not isinstance(entry, dict):
+            raise WheelhouseError(f"{where} is not an object{again}")
+        for field, kind in FIELDS.items():
+            if field not in entry:
+                raise WheelhouseError(f'{where} lacks "{field}"{again}')
+            if not isinstance(entry[field], kind) or isinstance(entry[field], bool):
+                what = "an integer" if kind is int else "a string"
+                raise WheelhouseError(f'{where}: its "{field}" is not {what}{again}')
+        if re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is None:
+            raise WheelhouseError(f'{where}: its "sha256" is not 64 hexadecimal digits{again}')
+        file = entry["file"]
+        if WHEEL_FILE.fullmatch(file) is None or ".." in file:
+            raise WheelhouseError(
+                f'{where}: its "file" is not the name of a wheel in the wheelhouse itself (one '
+                f'name ending in .whl: no path separator, no ".."){again}'
+            )
+        if file.split("-")[:2] != [entry["name"], entry["version"]]:
+            raise WheelhouseError(f'{where}: its "name" and "version" are not its file\'s{again}')
+        if file in files:
+            raise WheelhouseError(f"{where} lists {file} a second time{again}")
+        files.add(file)
+    return wheels
+
+
+def pins(wheels: list[dict]) -> str:
+    """constraints.txt: name==version of every wheel, one a line, sorted."""
+    return "\n".join(sorted(f"{w['name']}=={w['version']}" for w in wheels)) + "\n"
+
+
+def check_constraints(folder: Path, wheels: list[dict]) -> None:
+    """constraints.txt holds exactly the manifest's pins (pins): pip takes a constraints file's
+    option lines too, `--find-links` among them, a source beside the wheelhouse. Raise
+    WheelhouseError naming its first line that is not the manifest's, or the pin it lacks."""
+    constraints = folder / CONSTRAINTS
+    try:
+        found = constraints.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise WheelhouseError(
+            f"{constraints} is missing: the install takes the set's pins from it; copy it again "
+            "from where the wheelhouse was built"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise WheelhouseError(f"{constraints} cannot be read ({err})") from None
+    wanted = pins(wheels).splitlines()
+    for number, (line, pin) in enumerate(itertools.zip_longest(found, wanted), 1):
+        if line == pin:
+            continue
+        if line is None:
+            raise WheelhouseError(
+                f"{constraints} lacks {json.dumps(pin)}, a pin of {MANIFEST}, at line {number} "
+                "(the file ends before it); build the wheelhouse again"
+            )
+        expected = json.dumps(pin) if pin is not None else "the file's end"
+        raise WheelhouseError(
+            f"{constraints} line {number} {json.dumps(line)} is not a pin of {MANIFEST}, in "
+            f"order: the file holds those name==version pins and nothing else (expected there: "
+            f"{expected}); build the wheelhouse again"
+        )
+
+
 def verify(folder: Path) -> list[dict]:
-    """The manifest's wheels, each present in `folder` with its size and sha256; raise
-    WheelhouseError naming the first that is not (or a wheel the manifest does not list)."""
+    """The manifest's wheels, each present in `folder` with its size and sha256, nothing else
+    there that pip would install from, and constraints.txt their pins alone; raise
+    WheelhouseError naming the first entry, file or line that is not so."""
     manifest = folder / MANIFEST
     try:
         wheels = json.loads(manifest.read_text())["wheels"]
@@ -117,26 +203,40 @@ def verify(folder: Path) -> list[dict]:
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise WheelhouseError(f"{manifest} is not a wheelhouse manifest ({err})") from None
-    listed = set()
+    wheels = entries(manifest, wheels)
     for wheel in wheels:
         path = folder / wheel["file"]
-        listed.add(wheel["file"])
         if not path.is_file():
             raise WheelhouseError(
                 f"{path} is missing: the wheelhouse lacks {wheel['name']} {wheel['version']}; "
                 "copy it again from where it was built"
             )
-        if path.stat().st_size != wheel["size"] or sha256(path) != wheel["sha256"]:
+        try:
+            whole = path.stat().st_size == wheel["size"] and sha256(path) == wheel["sha256"]
+        except OSError as err:
+            raise WheelhouseError(f"{path} cannot be read ({err.strerror})") from None
+        if not whole:
             raise WheelhouseError(
                 f"{path} is damaged: its size or sha256 is not the manifest's "
                 f"({wheel['size']} bytes, sha256 {wheel['sha256'][:16]}...); copy it again"
             )
-    strangers = sorted(p.name for p in folder.glob("*.whl") if p.name not in listed)
+    listed = {wheel["file"] for wheel in wheels}
+    strangers = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in listed
+        and (
+            p.name.lower().endswith(ARCHIVES)
+            or mimetypes.guess_type(p.name, strict=False)[0] == "text/html"
+        )
+    )
     if strangers:
         raise WheelhouseError(
-            f"{folder / strangers[0]} is not in {manifest}: a wheel the set was not resolved "
-            "with; remove it, or build the wheelhouse again"
+            f"{folder / strangers[0]} is not in {manifest}: pip would take it from the folder "
+            "(a wheel or source the set was not resolved with, or a page of links); remove it, "
+            "or build the wheelhouse again"
         )
+    check_constraints(folder, wheels)
     return wheels
 
 
@@ -155,8 +255,7 @@ def write_manifest(folder: Path, missing: list[str] | None = None) -> list[dict]
             }
         )
     (folder / MANIFEST).write_text(json.dumps({"wheels": wheels}, indent=1) + "\n")
-    pins = sorted(f"{w['name']}=={w['version']}" for w in wheels)
-    (folder / CONSTRAINTS).write_text("\n".join(pins) + "\n")
+    (folder / CONSTRAINTS).write_text(pins(wheels), encoding="utf-8")
     if missing is not None:
         (folder / MISSING).write_text("\n".join(missing) + "\n")
     return wheels

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT, Stage
-from src.slurm import fill, main, sbatch_value
+from src.slurm import TEMPLATES, fill, main, sbatch_value
 from tests.helpers import SLURM_SMALL
 
 
@@ -227,6 +227,58 @@ def test_a_hardware_without_slurm_resources_is_refused(capsys):
     )
 
 
+class Composed(Exception):
+    """Raised by a stand-in for `compose`: the command got as far as composing a config."""
+
+
+def composing(*_args: object) -> None:
+    raise Composed
+
+
+def test_a_chain_longer_than_one_submission_takes_is_refused_at_once(capsys, monkeypatch):
+    """A chain of 1000 iterations composed its configs for minutes, then queued 4000 jobs."""
+    import src.slurm
+
+    monkeypatch.setattr(src.slurm, "compose", composing)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dry-run", "--iterations", "1000", "model=tiny-mistral", "hardware=slurm-cpu"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [
+        "config error: --iterations 1000 --from-iter 1: one chain submits at most 100 "
+        "iterations (its jobs all wait in the queue from the start): submit --iterations 100 "
+        "now and --from-iter 101 once they end"
+    ]
+    with pytest.raises(Composed):  # 100 iterations, the most one chain takes
+        main(["--dry-run", "--from-iter", "901", "--iterations", "1000", "model=tiny-mistral"])
+
+
+def test_a_shard_array_larger_than_slurm_takes_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dry-run", "model=tiny-mistral", "hardware=slurm-cpu",
+              "generation.num_shards=1002"])  # fmt: skip
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "# ---- " not in captured.out and captured.err.splitlines() == [
+        "config error: generation.num_shards=1002: is more array tasks than one SLURM array "
+        "takes (1001, SLURM's default MaxArraySize)"
+    ]
+    scripts = dry_run(capsys, "model=tiny-mistral", "hardware=slurm-cpu", "ranker.num_shards=1001")
+    rank = next(v for k, v in scripts.items() if k.endswith("-rank"))
+    assert "\n#SBATCH --array=0-1000\n" in rank
+
+
+def test_a_long_composition_says_how_far_it_is(capsys):
+    from src.slurm import PROGRESS_EVERY, counted
+
+    assert list(counted(range(60), "[slurm] iterations composed")) == list(range(60))
+    assert capsys.readouterr().err.splitlines() == [
+        f"[slurm] iterations composed: {n}/60" for n in range(PROGRESS_EVERY, 60, PROGRESS_EVERY)
+    ]
+    assert list(counted(range(PROGRESS_EVERY), "[sweep] points composed"))
+    assert capsys.readouterr().err == "", "as many as PROGRESS_EVERY: silent"
+
+
 # --- what a config value can do to a script ---------------------------------------------------
 
 
@@ -305,8 +357,106 @@ def test_a_line_break_never_reaches_a_comment_or_directive_line():
         fill("stage.sbatch", values)
     with pytest.raises(ValueError, match=r"@job_name@"):
         fill("stage.sbatch", {"job_name": "j\rk"})
-    # a shell-quoted value may hold one: it stays inside its quotes on the command line
-    assert "'a\nb'" in fill("stage.sbatch", {"overrides": shlex.quote("a\nb")})
+    # on a command line too: even inside quotes it would continue the word on a line of its own
+    with pytest.raises(ValueError, match=r"@overrides@"):
+        fill("stage.sbatch", {"overrides": shlex.quote("a\nb")})
+
+
+def shell_lines(text: str) -> list[str]:
+    """The lines of a script or template that bash runs: neither blank nor comments (#SBATCH
+    lines are comments to it); a template's block of directives, @resource_lines@, is none."""
+    return [
+        line
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("#") and line != "@resource_lines@"
+    ]
+
+
+def command_words(script: str) -> list[str]:
+    """The words bash passes to `python -m src.main` on the script's command line: printf prints
+    them in place of running it."""
+    (line,) = [line for line in shell_lines(script) if " -m src.main " in line]
+    words = line.split(" -m src.main ", 1)[1].removesuffix(" &")
+    done = subprocess.run(["bash", "-c", f"printf '%s\\0' {words}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\0")[:-1]
+
+
+def assert_runs_only_its_template(script: str, template: str, marker: Path) -> None:
+    """The script runs its template's commands and no other line: bash reads it, and running
+    everything before `set -euo pipefail` (the header, where values on comment and #SBATCH lines
+    land) does nothing."""
+    body = script.split("\n# $ ")[0]
+    assert len(shell_lines(body)) == len(shell_lines((TEMPLATES / template).read_text())), body
+    checked = subprocess.run(["bash", "-n"], input=body, text=True, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
+    header = body.split("\nset -euo pipefail\n")[0]
+    subprocess.run(["bash", "-c", header], capture_output=True, timeout=30)
+    assert not marker.exists(), "a value ran as a command"
+
+
+@pytest.mark.parametrize("where", ["hardware.slurm.partition", "run_name", "paths.root"])
+def test_a_value_naming_a_placeholder_is_written_as_it_is(capsys, tmp_path, monkeypatch, where):
+    """`@overrides@` in a partition, a run name or the run root stays that text: it is not
+    replaced by the quoted overrides, whose line break (in `notes`) would otherwise land on a
+    comment or #SBATCH line and start a command of its own."""
+    marker = tmp_path / "injected"
+    note = f'notes=["x\ntouch {marker} #"]'
+    overrides = ["model=tiny-mistral", "hardware=slurm-cpu", note]
+    if where == "paths.root":
+        monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "@overrides@"))
+    else:
+        overrides.append(f"{where}=@overrides@")
+    scripts = dry_run(capsys, *overrides)
+    assert len(scripts) == 4
+    for name, script in scripts.items():
+        written = {
+            "hardware.slurm.partition": "\n#SBATCH --partition=@overrides@\n",
+            "run_name": f"\n#SBATCH --job-name=@overrides@-it1-{name.rsplit('-', 1)[1]}\n",
+            "paths.root": f"\n#SBATCH --output={tmp_path}/@overrides@/tiny-mistral/sppo/",
+        }[where]
+        assert script.count(written) == 1, script
+        assert_runs_only_its_template(script, "stage.sbatch", marker)
+        assert command_words(script)[: len(overrides)] == overrides, "each override as given"
+
+
+def test_a_sweep_named_like_a_placeholder_is_written_as_it_is(capsys, tmp_path):
+    from src.sweep import main as sweep
+
+    marker = tmp_path / "injected"
+    note = f'notes=["x\ntouch {marker} #"]'
+    path = tmp_path / "@overrides@.yaml"
+    path.write_text((REPO_ROOT / "sweeps" / "eta.yaml").read_text())
+    sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu", note])
+    script = capsys.readouterr().out.split("# ---- ")[2].split("\n", 1)[1]
+    assert script.count("\n#SBATCH --job-name=sweep-@overrides@\n") == 1
+    assert script.count(f"{tmp_path}/runs/sweeps/@overrides@/logs/%x_%A_%a.out") == 1
+    assert_runs_only_its_template(script, "sweep-array.sbatch", marker)
+    assert command_words(script)[:3] == ["model=tiny-mistral", "hardware=slurm-cpu", note]
+
+
+def test_each_placeholder_is_replaced_once_whatever_the_values_hold():
+    script = fill(
+        "stage.sbatch",
+        {"job_name": "@overrides@", "overrides": "@job_name@", "description": "@@signal_s@@"},
+    )
+    assert "\n#SBATCH --job-name=@overrides@\n" in script
+    assert " -m src.main @job_name@ &\n" in script and "\n# @@signal_s@@\n" in script
+    assert "#SBATCH --signal=B:USR1@@signal_s@" in script, "a placeholder without a value stays"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", "it's", "a b", "back\\slash", "a\nb", "cr\r", "tab\t", "\x1b[31m", "é\u2028x",
+     "$(id)"],
+)  # fmt: skip
+def test_a_shell_word_is_one_line_that_bash_reads_back_as_the_value(value):
+    from src.slurm import shell_word
+
+    word = shell_word(value)
+    assert word.isprintable(), "no line break nor control character on the script's line"
+    done = subprocess.run(["bash", "-c", f"printf '%s' {word}"], capture_output=True)
+    assert done.stdout.decode() == value
 
 
 @pytest.mark.parametrize(
@@ -400,6 +550,33 @@ def test_bad_sweeps_are_refused_with_a_reason(tmp_path, capsys, content, extra, 
     with pytest.raises(SystemExit):
         sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu", *extra])
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_grid_larger_than_one_array_is_refused_before_its_points_are_composed(
+    tmp_path, capsys, monkeypatch
+):
+    """A 100 x 100 grid composed its 10,000 points for most of an hour before rendering."""
+    import src.sweep
+    from src.sweep import main as sweep
+
+    monkeypatch.setattr(src.sweep, "compose", composing)
+    path = tmp_path / "s.yaml"
+    values = ", ".join(str(v) for v in range(1, 101))
+    path.write_text(f"parameters:\n  method.eta: {{values: [{values}]}}\n"
+                    f"  method.K: {{values: [{values}]}}\n")  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [
+        f"config error: {path}: 10000 points (100 x 100 values) is more than one SLURM array "
+        "takes (1001 tasks, SLURM's default MaxArraySize): split the grid over several sweep "
+        "files"
+    ]
+    path.write_text(f"parameters:\n  method.eta: {{values: [{values}]}}\n"
+                    "  method.K: {values: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n")  # fmt: skip
+    with pytest.raises(Composed):  # 1000 points: one array takes them
+        sweep([str(path), "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu"])
 
 
 @pytest.mark.parametrize("parallel", ["-3", "0"])

@@ -1,13 +1,16 @@
 """The wheelhouse (src/wheelhouse.py): a folder of real wheels, its manifest, a damaged or missing
-wheel named in one line, a real no-index install from it; the target's environment markers; and
-the GPU set resolved for the GPU node's Python and platform, where a package registry can be
-reached."""
+wheel, a malformed manifest entry or a constraints file holding more than the pins named in one
+line, a real no-index install from it, `make install`'s commands for it; the target's environment
+markers; and the GPU set resolved for the GPU node's Python and platform, where a package
+registry can be reached."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -57,14 +60,22 @@ def wheel_of(tmp: Path, name: str, requires: list[str], out: Path) -> None:
     )  # fmt: skip
 
 
-@pytest.fixture
-def house(tmp_path) -> Path:
-    """Two wheels, one requiring the other, and their manifest."""
-    folder = tmp_path / "house"
-    wheel_of(tmp_path, "leaf", [], folder)
-    wheel_of(tmp_path, "root", ["leaf==1.0"], folder)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """Two real wheels, one requiring the other, and their manifest, in a folder whose path
+    holds a blank, as a user's may."""
+    tmp = tmp_path_factory.mktemp("built")
+    folder = tmp / "a house"
+    wheel_of(tmp, "leaf", [], folder)
+    wheel_of(tmp, "root", ["leaf==1.0"], folder)
     write_manifest(folder)
     return folder
+
+
+@pytest.fixture
+def house(built, tmp_path) -> Path:
+    """The test's own copy of `built`."""
+    return Path(shutil.copytree(built, tmp_path / "a house"))
 
 
 def verify_command(folder: Path) -> subprocess.CompletedProcess:
@@ -121,6 +132,156 @@ def test_a_wheelhouse_that_lacks_or_damages_a_wheel_is_one_line_naming_it(house,
         "no manifest": f"error: {house / MANIFEST} is missing: {house} is not a wheelhouse",
     }[fault]
     assert line.startswith(said), line
+
+
+MALFORMED = [
+    "not an object", "no file", "no sha256", "no size", "size a string", "sha256 not hex",
+    "file a path", "file ..", "name not the file's", "listed twice", "wheels not a list",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", MALFORMED)
+def test_a_malformed_manifest_entry_is_one_line_naming_the_manifest_and_the_entry(
+    house, tmp_path, fault
+):
+    """Each entry of manifest.json is an object with its five fields, of their types, its file a
+    wheel in the wheelhouse itself: a manifest edited by hand or cut short is one line, exit 1."""
+    manifest = house / MANIFEST
+    data = json.loads(manifest.read_text())
+    leaf = data["wheels"][0]
+    number = 1
+    if fault == "not an object":
+        data["wheels"][0] = leaf["file"]
+    elif fault.startswith("no "):
+        del leaf[fault[3:]]
+    elif fault == "size a string":
+        leaf["size"] = str(leaf["size"])
+    elif fault == "sha256 not hex":
+        leaf["sha256"] = leaf["sha256"][:60]
+    elif fault == "file a path":  # a whole wheel, outside the folder pip is given
+        (tmp_path / "elsewhere").mkdir()
+        (house / leaf["file"]).rename(tmp_path / "elsewhere" / leaf["file"])
+        leaf["file"] = f"../elsewhere/{leaf['file']}"
+    elif fault == "file ..":
+        leaf["file"] = ".."
+    elif fault == "name not the file's":
+        leaf["version"] = "2.0"
+    elif fault == "listed twice":
+        data["wheels"].insert(1, dict(leaf))
+        number = 2
+    else:
+        data["wheels"] = {leaf["file"]: leaf}
+    manifest.write_text(json.dumps(data))
+    result = verify_command(house)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    if fault == "wheels not a list":
+        assert line == f'error: {manifest} is not a wheelhouse manifest ("wheels" is not a list)'
+        return
+    assert line.startswith(f"error: {manifest}: wheel {number} ("), line
+    said = {
+        "not an object": "is not an object",
+        "no file": 'lacks "file"',
+        "no sha256": 'lacks "sha256"',
+        "no size": 'lacks "size"',
+        "size a string": 'its "size" is not an integer',
+        "sha256 not hex": 'its "sha256" is not 64 hexadecimal digits',
+        "file a path": 'its "file" is not the name of a wheel in the wheelhouse itself',
+        "file ..": 'its "file" is not the name of a wheel in the wheelhouse itself',
+        "name not the file's": 'its "name" and "version" are not its file\'s',
+        "listed twice": "lists leaf-1.0-py3-none-any.whl a second time",
+    }[fault]
+    assert said in line, line
+
+
+CONSTRAINED = {  # constraints.txt as found -> its first line that is not the manifest's pins
+    "an option line": ("leaf==1.0\nroot==1.0\n--find-links /elsewhere\n", '3 "--find-links'),
+    "an option line first": ("-f /elsewhere\nleaf==1.0\nroot==1.0\n", '1 "-f /elsewhere"'),
+    "a pin of another wheel": ("leaf==1.0\nroot==1.0\nstray==1.0\n", '3 "stray==1.0"'),
+    "a pin of another version": ("leaf==1.0\nroot==2.0\n", '2 "root==2.0"'),
+    "a comment": ("leaf==1.0  # the leaf\nroot==1.0\n", '1 "leaf==1.0  # the leaf"'),
+    "a pin less": ("leaf==1.0\n", 'lacks "root==1.0"'),
+    "none": (None, "is missing"),
+}
+
+
+@pytest.mark.parametrize("found", list(CONSTRAINED))
+def test_the_constraints_are_exactly_the_manifests_pins_or_one_line_naming_the_first_other(
+    house, found
+):
+    """pip takes a constraints file's option lines (`--find-links`: another source), so the
+    file holds the manifest's name==version pins and nothing else."""
+    text, said = CONSTRAINED[found]
+    constraints = house / CONSTRAINTS
+    if text is None:
+        constraints.unlink()
+    else:
+        constraints.write_text(text)
+    result = verify_command(house)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {constraints} ") and said in line, line
+
+
+@pytest.mark.parametrize("stray", ["stray-1.0.tar.gz", "stray-1.0.zip", "links.html"])
+def test_a_wheelhouse_holds_nothing_else_pip_would_take_from_it(house, stray):
+    """pip's --find-links takes a folder's sources and zips, and the links of its HTML pages,
+    beside its wheels: the wheelhouse holds none that the manifest does not list."""
+    (house / stray).write_text("<a href='file:///elsewhere/stray-1.0-py3-none-any.whl'>s</a>")
+    result = verify_command(house)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {house / stray} is not in {house / MANIFEST}"), line
+
+
+def shown(*args: str) -> list[str]:
+    """The command lines `make -n` shows for `args`, a line's continuations joined."""
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", *args, f"PYTHON={sys.executable}"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.replace("\\\n", "").splitlines() if line.strip()]
+
+
+def commands(*args: str) -> list[list[str]]:
+    """The commands `make -n` shows for `args`, each as the shell splits it."""
+    return [shlex.split(line, comments=True) for line in shown(*args)]
+
+
+def test_make_install_verifies_a_wheelhouse_with_a_blank_in_its_path_before_each_install(
+    house, tmp_path
+):
+    """`make install WHEELHOUSE=DIR`: DIR one word to the shell whatever it holds; verify runs
+    before every recipe that installs from it (install-vllm after an install without vLLM too),
+    and pip takes exactly DIR and its constraints."""
+    venv = tmp_path / "venv"
+    verify_line = [sys.executable, "-m", "src.wheelhouse", "verify", str(house)]
+    source = ["--no-index", "--find-links", str(house), "-c", str(house / CONSTRAINTS)]
+    run = commands("install", f"WHEELHOUSE={house}", f"VENV={venv}")
+    installs = [c for c in run if "install" in c and "--no-index" in c]
+    assert installs and all(c[c.index("--no-index") :][:5] == source for c in installs), run
+    assert run[0] == verify_line and run.count(verify_line) == 2, run
+    venv.mkdir()
+    (venv / ".installed").touch()  # newer than pyproject.toml: only install-vllm's recipe runs
+    run = commands("install-vllm", f"WHEELHOUSE={house}", f"VENV={venv}")
+    assert run[0] == verify_line and any("--no-index" in c for c in run), run
+    built = commands("wheelhouse", f"WHEELHOUSE={house}", f"HAVE={tmp_path / 'my freeze.txt'}")
+    (build,) = [c for c in built if "src.wheelhouse" in c and "build" in c]
+    assert build[build.index("build") + 1] == str(house)
+    assert build[build.index("--have") + 1] == str(tmp_path / "my freeze.txt")
+    # the verify line, as make writes it, run by the shell on the real wheelhouse
+    (line,) = [line for line in shown("install-vllm", f"WHEELHOUSE={house}", f"VENV={venv}")
+               if "src.wheelhouse verify" in line]  # fmt: skip
+    ran = subprocess.run(line, shell=True, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert ran.returncode == 0 and "2 wheels, each whole" in ran.stderr, ran.stderr
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", *source, "--target", str(target),
+         "root"],
+        check=True,
+    )  # fmt: skip
+    assert sorted(p.name for p in target.glob("*.py")) == ["leaf.py", "root.py"]
 
 
 def test_a_wheelhouse_is_never_built_over_a_folder_of_other_files(tmp_path):
