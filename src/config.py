@@ -238,6 +238,47 @@ def _positive(key: str, value: float | int) -> None:
     _check(value > 0, key, value, "must be > 0")
 
 
+# What every number of the config is held to before its key's own rule (`check_numbers`): it is
+# finite, and less than 2**31 in absolute value: lengths, counts and sizes reach tokenizers, torch,
+# numpy and SLURM as 32- or 64-bit integers, and no run comes near it. A seed is what numpy and
+# torch seed from (the Trainer's set_seed): an integer in [0, 2**32).
+NUMBER_LIMIT = 2**31
+SEED_LIMIT = 2**32
+SEED_KEYS = frozenset({"training.seed", "eval.seed", "generation.seeds"})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_numbers(node: Any, prefix: str = "") -> None:
+    """Every number of the schema object `node` and of those nested in it (its keys under
+    `prefix`, e.g. 'training.'; a list's items too): finite, below NUMBER_LIMIT in size, a seed
+    (SEED_KEYS) in [0, SEED_LIMIT). Each schema runs it on itself before its own rules, so that
+    they compare finite numbers; Config runs it on the whole tree, so that no key is left out."""
+    for f in fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if is_dataclass(value):
+            check_numbers(value, f"{key}.")
+            continue
+        numbers = [v for v in (value if isinstance(value, list) else [value]) if _is_number(v)]
+        if key in SEED_KEYS:
+            _check(
+                all(isinstance(v, int) and 0 <= v < SEED_LIMIT for v in numbers),
+                key,
+                value,
+                "must be in [0, 2**32): a seed that numpy and torch take",
+            )
+            continue
+        _check(all(math.isfinite(v) for v in numbers), key, value, "must be finite")
+        _check(
+            all(abs(v) < NUMBER_LIMIT for v in numbers),
+            key,
+            value,
+            f"must be less than 2**31 = {NUMBER_LIMIT} in absolute value",
+        )
+
+
 # The characters of a value that SLURM scripts hold as it is (an #SBATCH directive, a job name):
 # an allow-list, not a list of the shell's metacharacters, so that nothing a shell or sbatch reads
 # specially (a newline ends the #SBATCH line and starts a command; ; | & $ ` ( ) < > quotes,
@@ -284,9 +325,25 @@ def check_one_line(key: str, value: str) -> None:
         )
 
 
+# The bytes of one file or folder name that a file system takes (NAME_MAX of ext4, XFS, Btrfs,
+# Lustre, GPFS)
+NAME_MAX = 255
+
+
+def _bytes(name: str) -> int:
+    """`name`'s UTF-8 bytes; a lone surrogate (check_path_component refuses it) counts too."""
+    return len(name.encode("utf-8", "surrogatepass"))
+
+
+def _shown(value: str, keep: int = 40) -> str:
+    """`value` as a message shows it: its repr, its beginning only when it is long."""
+    return repr(value) if len(value) <= keep else f"{value[:keep]!r}..."
+
+
 def check_path_component(key: str, value: str) -> None:
     """`key`'s value names one folder of a path under paths.root (model.name, run_name, a
-    sweep's name): '/', '..' or an absolute path would put what is written outside it."""
+    sweep's name): '/', '..' or an absolute path would put what is written outside it, and a
+    name over NAME_MAX bytes is one the file system refuses."""
     bad = _first_bad(value, lambda c: c != "/" and c.isprintable())
     if value in ("", ".", "..") or bad is not None:
         special = {"": "is empty", ".": "is the folder itself", "..": "is the folder above"}
@@ -295,6 +352,17 @@ def check_path_component(key: str, value: str) -> None:
             f"{key}={value!r} {what}; it names one folder under paths.root: a name without "
             "'/' or control characters, other than '.' and '..'"
         )
+    if _bytes(value) > NAME_MAX:
+        raise ConfigError(
+            f"{key}={_shown(value)} is {_bytes(value)} bytes long; it names one folder under "
+            f"paths.root, and a file system takes names of at most {NAME_MAX} bytes"
+        )
+
+
+# The longest file name made of run_name: a stage's SLURM log, `%x_%A_%a.out` (src/slurm.py),
+# %x its job name `<run_name>-it<t>-<stage>` (Config.stage_run_name), %A and %a a job id and an
+# array task id, 32-bit numbers of up to 10 digits (a job that is no array has %a = 4294967294)
+SLURM_LOG_NAME = "{job}_4294967294_4294967294.out"
 
 
 def _check_shard(section: str, shard: int | None, num_shards: int | None) -> None:
@@ -369,6 +437,7 @@ class DataConfig:
     external_responses: str | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self, "data.")
         if self.max_prompts is not None:
             _positive("data.max_prompts", self.max_prompts)
 
@@ -389,6 +458,7 @@ class MethodConfig:
     tag: str = SI("eta${num:${.eta}}")  # the hyper-parameters' part of the default run_name
 
     def __post_init__(self) -> None:
+        check_numbers(self, "method.")
         check_path_component("method.tag", self.tag)  # the default run_name starts with it
         _check(self.K >= 2, "method.K", self.K, "must be >= 2 (a pair needs two responses)")
         _positive("method.eta", self.eta)
@@ -443,6 +513,7 @@ class GenerationConfig:
     in_flight: int | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self, "generation.")
         _check(self.temperature >= 0, "generation.temperature", self.temperature, "must be >= 0")
         _check(0 < self.top_p <= 1, "generation.top_p", self.top_p, "must be in (0, 1]")
         _positive("generation.max_new_tokens", self.max_new_tokens)
@@ -504,6 +575,11 @@ class RankerConfig:
         _check_shard(section, self.shard, self.num_shards)
 
 
+# The eval's bootstrap resamples at most (eval.bootstrap): each refits the length-controlled GLM,
+# some milliseconds on AlpacaEval's 805 prompts, so 100,000 take minutes
+MAX_BOOTSTRAP = 100_000
+
+
 @dataclass
 class EvalConfig:
     """The eval stage: the policy pi_t against a reference on held-out prompts (conf/eval/)."""
@@ -534,6 +610,7 @@ class EvalConfig:
     alpaca_eval: bool = False
 
     def __post_init__(self) -> None:
+        check_numbers(self, "eval.")
         _check(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0")
         _check(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
         _positive("eval.max_new_tokens", self.max_new_tokens)
@@ -541,6 +618,13 @@ class EvalConfig:
         _positive("eval.batch_size", self.batch_size)
         _positive("eval.chunk_size", self.chunk_size)
         _positive("eval.bootstrap", self.bootstrap)
+        _check(
+            self.bootstrap <= MAX_BOOTSTRAP,
+            "eval.bootstrap",
+            self.bootstrap,
+            f"must be at most {MAX_BOOTSTRAP:,}: each resample refits the length control, and "
+            "the intervals stop moving long before",
+        )
         _check(0 < self.confidence < 1, "eval.confidence", self.confidence, "must be in (0, 1)")
         earlier = re.fullmatch(r"iter(\d+)", self.reference)
         _check(
@@ -574,6 +658,7 @@ class AdapterConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        check_numbers(self, "training.lora.")
         _positive("training.lora.rank", self.rank)
         _positive("training.lora.alpha", self.alpha)
         _check(0 <= self.dropout < 1, "training.lora.dropout", self.dropout, "must be in [0, 1)")
@@ -635,6 +720,7 @@ class TrainingConfig:
     record_memory_phases: bool = False
 
     def __post_init__(self) -> None:
+        check_numbers(self, "training.")
         _positive("training.learning_rate", self.learning_rate)
         _check(
             0 <= self.warmup_ratio < 1,
@@ -705,6 +791,7 @@ class SlurmConfig:
     stages: StageRequests = field(default_factory=StageRequests)
 
     def __post_init__(self) -> None:
+        check_numbers(self, "hardware.slurm.")
         for key in ("partition", "account", "qos"):
             check_shell_word(f"hardware.slurm.{key}", getattr(self, key))
         check_shell_word("hardware.slurm.constraint", self.constraint, CONSTRAINT_OPERATORS)
@@ -748,6 +835,7 @@ class HardwareConfig:
         return self.num_nodes * self.processes_per_node
 
     def __post_init__(self) -> None:
+        check_numbers(self, "hardware.")
         _positive("hardware.num_nodes", self.num_nodes)
         _positive("hardware.processes_per_node", self.processes_per_node)
         _check(
@@ -835,6 +923,7 @@ class PlanConfig:
     vllm_bound_share: float = 0.3
 
     def __post_init__(self) -> None:
+        check_numbers(self, "plan.")
         if self.prompts is not None:
             _positive("plan.prompts", self.prompts)
         _positive("plan.gpu_tflops", self.gpu_tflops)
@@ -905,10 +994,22 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_numbers(self)  # every key, a section's own included, before the rules below
         self.ranker.check("ranker")
         if self.eval.judge is not None:
             self.eval.judge.check("eval.judge")
         _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
+        # its longest file name, a SLURM log, sets its limit (its folder's, NAME_MAX, is looser)
+        longest = max((s for s in Stage if s != Stage.all), key=lambda s: len(s.value))
+        log = SLURM_LOG_NAME.format(job=self.stage_run_name(longest))
+        if _bytes(log) > NAME_MAX:
+            tail = _bytes(log) - _bytes(self.run_name)
+            raise ConfigError(
+                f"run_name={_shown(self.run_name)} is {_bytes(self.run_name)} bytes long; the "
+                f"SLURM logs of its jobs are named `<run_name>-it{self.iter}-{longest.value}_"
+                f"<job id>_<task id>.out`, {tail} bytes more, and a file system takes names of "
+                f"at most {NAME_MAX} bytes: run_name can be {NAME_MAX - tail} bytes long"
+            )
         check_path_component("run_name", self.run_name)
         if self.hardware.slurm is not None:  # the SLURM jobs are named after it
             check_shell_word("run_name", self.run_name)
@@ -1209,6 +1310,7 @@ __all__ = [
     "REPO_ROOT",
     "Stage",
     "allowed_keys",
+    "check_numbers",
     "check_one_line",
     "check_path_component",
     "check_shell_word",

@@ -7,16 +7,22 @@ the real entry point in a subprocess.
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
+import math
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import is_dataclass
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
 import pytest
 from omegaconf import OmegaConf
 
-from src.config import REPO_ROOT, ConfigError, previous_policy, validate
+from src.config import REPO_ROOT, Config, ConfigError, previous_policy, validate
 from tests.helpers import CONF, compose_cfg, compose_raw
 
 
@@ -490,6 +496,160 @@ def test_bad_values_fail_validation_naming_the_key(override, message):
         compose_cfg(override)
 
 
+# --- numbers: finite, and of a size that what reads them takes ----------------------------------
+
+BIG = 10**20  # an int on the command line (1e20, a float, is refused for an int key as it is typed)
+SIZE_RULE = r": must be less than 2\*\*31 = 2147483648 in absolute value$"
+SEED_RULE = r": must be in \[0, 2\*\*32\): a seed that numpy and torch take$"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.seed=-1"], r"^training\.seed=-1" + SEED_RULE),
+        ([f"training.seed={2**32}"], r"^training\.seed=4294967296" + SEED_RULE),
+        ([f"training.seed={BIG}"], rf"^training\.seed={BIG}" + SEED_RULE),
+        (["eval.seed=-1"], r"^eval\.seed=-1" + SEED_RULE),
+        (["generation.seeds=[0,1,2,3,-1]"], r"^generation\.seeds=\[0, 1, 2, 3, -1\]" + SEED_RULE),
+        (["training.num_epochs=inf"], r"^training\.num_epochs=inf: must be finite$"),
+        (["training.num_epochs=1e20"], r"^training\.num_epochs=1e\+20" + SIZE_RULE),
+        (["training.schedule_epochs=inf"], r"^training\.schedule_epochs=inf: must be finite$"),
+        (["training.learning_rate=inf"], r"^training\.learning_rate=inf: must be finite$"),
+        (["training.learning_rate=1e20"], r"^training\.learning_rate=1e\+20" + SIZE_RULE),
+        (["training.max_grad_norm=inf"], r"^training\.max_grad_norm=inf: must be finite$"),
+        (["training.weight_decay=inf"], r"^training\.weight_decay=inf: must be finite$"),
+        ([f"training.lora.rank={BIG}"], rf"^training\.lora\.rank={BIG}" + SIZE_RULE),
+        (["training.lora.alpha=inf"], r"^training\.lora\.alpha=inf: must be finite$"),
+        ([f"training.max_length={BIG}"], rf"^training\.max_length={BIG}" + SIZE_RULE),
+        ([f"ranker.source_max_length={BIG}"], rf"^ranker\.source_max_length={BIG}" + SIZE_RULE),
+        ([f"eval.bootstrap={BIG}"], rf"^eval\.bootstrap={BIG}" + SIZE_RULE),
+        (["eval.bootstrap=100001"], r"^eval\.bootstrap=100001: must be at most 100,000: each"),
+        (["eval.temperature=inf"], r"^eval\.temperature=inf: must be finite$"),
+        (["generation.temperature=inf"], r"^generation\.temperature=inf: must be finite$"),
+        (["generation.temperature=1e20"], r"^generation\.temperature=1e\+20" + SIZE_RULE),
+        (["generation.kv_cache_gb=inf"], r"^generation\.kv_cache_gb=inf: must be finite$"),
+        ([f"generation.num_shards={BIG}"], rf"^generation\.num_shards={BIG}" + SIZE_RULE),
+        ([f"generation.max_new_tokens={BIG}"], rf"^generation\.max_new_tokens={BIG}" + SIZE_RULE),
+        (["method.wpo_clamp=inf"], r"^method\.wpo_clamp=inf: must be finite$"),
+        (["method.eta=inf"], r"^method\.eta=inf: must be finite$"),  # not its beta = 1/eta = 0
+        (["method.eta=1e20"], r"^method\.eta=1e\+20" + SIZE_RULE),
+        ([f"iter={BIG}"], rf"^iter={BIG}" + SIZE_RULE),
+        ([f"data.max_prompts={BIG}"], rf"^data\.max_prompts={BIG}" + SIZE_RULE),
+        (["hardware.gpu_memory_gb=inf"], r"^hardware\.gpu_memory_gb=inf: must be finite$"),
+        (["plan.gpu_tflops=inf"], r"^plan\.gpu_tflops=inf: must be finite$"),
+        (["plan.generate_tokens_per_s=inf"], r"^plan\.generate_tokens_per_s=inf: must be finite$"),
+        *(
+            (
+                ["hardware=slurm-cpu", f"hardware.slurm.{key}={BIG}"],
+                rf"^hardware\.slurm\.{re.escape(key)}={BIG}" + SIZE_RULE,
+            )
+            for key in ("time_min", "mem_gb", "cpus_per_task", "stages.train.time_min")
+        ),
+    ],
+)
+def test_a_number_the_libraries_cannot_take_is_refused_naming_its_key(overrides, message):
+    with pytest.raises(ConfigError, match=message) as refused:
+        compose_cfg("model=tiny-mistral", *overrides)
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_numbers_up_to_their_limits_are_taken():
+    cfg = compose_cfg(
+        f"training.seed={2**32 - 1}",
+        "eval.seed=0",
+        f"generation.seeds=[0,1,2,3,{2**32 - 1}]",
+        f"training.lm_head_chunk={2**31 - 1}",
+        f"plan.prompts={2**31 - 1}",
+        "eval.bootstrap=100000",
+        "method.eta=1e6",
+    )
+    assert (cfg.training.seed, cfg.generation.seeds[-1]) == (2**32 - 1, 2**32 - 1)
+    assert cfg.training.lm_head_chunk == cfg.plan.prompts == 2**31 - 1
+    assert cfg.eval.bootstrap == 100_000 and cfg.run_name.startswith("eta1e+06-")
+
+
+def numeric_keys(schema: type = Config, prefix: str = "") -> list[tuple[str, type, bool]]:
+    """(key, int or float, whether a list of them) of every number of the schema."""
+    keys = []
+    for name, hint in get_type_hints(schema).items():
+        kinds = get_args(hint) or (hint,)
+        section = next((k for k in kinds if is_dataclass(k)), None)
+        if section is not None:
+            keys += numeric_keys(section, f"{prefix}{name}.")
+        for kind in kinds:
+            listed = get_origin(kind) is list
+            if (get_args(kind)[0] if listed else kind) in (int, float):
+                keys.append((f"{prefix}{name}", get_args(kind)[0] if listed else kind, listed))
+    return keys
+
+
+@pytest.fixture(scope="module")
+def every_section():
+    """The config's tree, unresolved, with every optional section (SLURM's, the eval's judge)."""
+    raw = compose_raw("model=tiny-mistral", "hardware=slurm-cpu", "ranker@eval.judge=tiny-judge")
+    return OmegaConf.to_container(raw, resolve=False)
+
+
+def refusal(tree: dict, key: str, value) -> str:
+    """The one-line refusal of the config `tree` with `key` set to `value`."""
+    tree = copy.deepcopy(tree)
+    *path, last = key.split(".")
+    functools.reduce(dict.__getitem__, path, tree)[last] = value
+    with pytest.raises(ConfigError) as refused:
+        validate(tree)
+    assert len(str(refused.value).splitlines()) == 1, refused.value
+    return str(refused.value)
+
+
+def named(message: str, key: str, tree: dict) -> bool:
+    """Whether `message` names `key`, or a key whose value is a copy of it (`${key}`) in a
+    section validated before key's (generation.max_prompt_length: ${training.max_prompt_length})."""
+    name = re.match(r"[\w.]+", message)[0]
+    value = functools.reduce(lambda node, part: node.get(part, {}), name.split("."), tree)
+    return name == key or value == f"${{{key}}}"
+
+
+def test_every_numeric_key_refuses_inf_and_a_number_beyond_its_limit(every_section):
+    """Every key the schema types int or float, a key added later included: inf is refused
+    (an int key's type refuses it), and so is 2**31 (a seed: 2**32) or more."""
+    keys = numeric_keys()
+    assert len(keys) > 80 and ("generation.seeds", int, True) in keys
+    for key, kind, listed in keys:
+        given = (lambda v: [0, 1, 2, 3, v]) if listed else (lambda v: v)  # noqa: E731
+        message = refusal(every_section, key, given(math.inf))
+        assert named(message, key, every_section) and re.search(r"\binf\b", message), message
+        limit, rule = (2**32, SEED_RULE) if "seed" in key else (2**31, SIZE_RULE)
+        message = refusal(every_section, key, given(kind(limit)))
+        assert named(message, key, every_section) and re.search(rule, message), message
+
+
+# --- run_name's length: its folder and the file names made of it --------------------------------
+
+LOG_NAME_RULE = (
+    r" bytes long; the SLURM logs of its jobs are named `<run_name>-it{iter}-generate_<job id>_"
+    r"<task id>\.out`, {more} bytes more, and a file system takes names of at most 255 bytes: "
+    r"run_name can be {limit} bytes long$"
+)
+
+
+@pytest.mark.parametrize(("iteration", "limit"), [(1, 216), (10, 215)])
+def test_a_run_name_too_long_for_its_slurm_logs_is_refused(iteration, limit):
+    """255 bytes less `-it<t>-generate_4294967294_4294967294.out`, in bytes, not characters."""
+    assert compose_cfg(f"iter={iteration}", f"run_name={'a' * limit}").run_name == "a" * limit
+    rule = LOG_NAME_RULE.format(iter=iteration, more=255 - limit, limit=limit)
+    for name, size in (("a" * (limit + 1), limit + 1), ("a" * 300, 300), ("é" * 109, 218)):
+        with pytest.raises(ConfigError, match=rf"^run_name='{name[:40]}'\.\.\. is {size}{rule}"):
+            compose_cfg(f"iter={iteration}", f"run_name='{name}'")
+
+
+def test_a_model_name_over_255_bytes_is_refused():
+    assert compose_cfg(f"model.name={'m' * 255}").model.name == "m" * 255
+    with pytest.raises(
+        ConfigError, match=r"^model\.name='m{40}'\.\.\. is 256 bytes long; it names"
+    ):
+        compose_cfg(f"model.name={'m' * 256}")
+
+
 # --- values that become folder names and SLURM script text -------------------------------------
 
 PLAIN_NAME_RULE = (
@@ -681,6 +841,20 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
         (
             ["run_name=.."],
             "config error: run_name='..' is the folder above; it names one folder under paths.root",
+        ),
+        (
+            ["training.seed=-1"],
+            "config error: training.seed=-1: must be in [0, 2**32): a seed that numpy and torch "
+            "take",
+        ),
+        (
+            ["generation.temperature=inf", "--cfg", "job"],
+            "config error: generation.temperature=inf: must be finite",
+        ),
+        (
+            [f"run_name={'a' * 300}"],
+            f"config error: run_name='{'a' * 40}'... is 300 bytes long; the SLURM logs of its "
+            "jobs are named `<run_name>-it1-generate_<job id>_<task id>.out`, 39 bytes more",
         ),
         (  # the reported submission: the second line ran as a command of the job
             ["hardware=slurm-cpu", 'hardware.slurm.partition="debug\ntouch /tmp/x"'],
