@@ -10,6 +10,9 @@ backend's contract, kept.
 - A prompt longer than vLLM's prefill budget, and Gemma-2 with a 32-token sliding window.
 - The stage: the same rows byte for byte whatever the chunk size, across shards and after a
   kill -9 (which leaves no engine process behind); close() ends the engine.
+- An engine that dies or is stopped (SIGSTOP) mid-stream ends the stage with one line, exit 3,
+  none of its processes left, and a re-run resumes; a step waits for an engine that is slow or
+  stopped briefly.
 - The engine's arguments for a GPU (none needed): FlashInfer's all-reduce fusion off where its
   JIT would find no nvcc or ninja, accepted by vLLM's own validation; its sampler off.
 
@@ -18,6 +21,7 @@ An engine takes 25-60 s to start on 2 cores: each tiny model's is started once f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -411,6 +415,50 @@ def test_an_engine_that_dies_ends_the_stage_with_one_line_and_a_rerun_resumes(
     assert resumed_rows(tmp_path, 1, sealed) == "".join(take_shard(whole, 1, 3))
 
 
+def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
+    tmp_path, uninterrupted
+):
+    """Shard 0 of 3: vLLM's engine core stopped (SIGSTOP, as on a frozen node) mid-stream and
+    left stopped. The stage does not wait for it: exit 3, one line naming the stopped process,
+    its state and how long it has not answered; no engine process left, no rows file; the
+    re-run resumes to the same rows."""
+    proc = start_stage(tmp_path, *shard_of_three(0), *SMALL_STREAM)
+    processes: list[psutil.Process] = []
+    try:
+        core = pause_after_chunks(tmp_path, proc, 1)
+        processes = psutil.Process(proc.pid).children(recursive=True)
+        try:
+            _, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the stage still waits for an engine stopped 300 s ago")
+        alive = psutil.wait_procs([p for p in processes if p.is_running()], timeout=30)[1]
+        assert not alive, f"engine processes outlived the stage: {alive}"
+    finally:  # whatever happened: nothing of this test keeps running
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.resume()
+                process.kill()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 3, stderr[-2000:]
+    # one line of ours (multiprocessing's resource tracker may add its warning about the
+    # shared memory the killed engine left behind, as the process exits)
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert re.match(
+        rf"error: vLLM's engine process VLLM::EngineCore \(pid {core.pid}\) is stopped "
+        r"\(state T\) and has not answered for \d+ s while generating",
+        line,
+    ), line
+    assert "re-run the same command to resume" in line and "Traceback" not in stderr
+    assert not list(tmp_path.rglob("responses-shard*.jsonl"))
+    sealed = sealed_chunks(tmp_path)
+    assert 1 <= sealed < 3, "the engine stopped mid-stream"
+
+    whole = uninterrupted.read_text().splitlines(keepends=True)
+    assert resumed_rows(tmp_path, 0, sealed) == "".join(take_shard(whole, 0, 3))
+
+
 def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, uninterrupted):
     """Shard 2 of 3: the first sealed chunk truncated while the stream goes on to seal the next,
     then SIGTERM (what scancel sends). A re-run with another temperature is refused before any
@@ -671,3 +719,104 @@ def test_the_watchdog_of_a_stage_killed_before_it_started_still_ends_the_engine(
     assert watchdog.returncode == 0
     assert not psutil.wait_procs(engine, timeout=10)[1], "the engine's processes outlived it"
     core.wait()
+
+
+# a process that vLLM would name `VLLM::EngineCore`, with a worker of its own, both waiting
+ENGINE_LIKE = """
+import ctypes, subprocess, sys, time
+worker = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'VLLM::Worker'); time.sleep(120)"
+ctypes.CDLL(None).prctl(15, b"VLLM::EngineCore")
+subprocess.Popen([sys.executable, "-c", worker])
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def engine_like():
+    """An engine core and its worker (`ENGINE_LIKE`), and a generator waiting on an output queue
+    that stays empty unless the test fills it, as `step()` waits for vLLM's engine core."""
+    import queue
+    from types import SimpleNamespace
+
+    core = subprocess.Popen([sys.executable, "-c", ENGINE_LIKE])
+    processes: list[psutil.Process] = []
+    deadline = time.time() + 60
+    while time.time() < deadline:  # both started and named
+        processes = [psutil.Process(core.pid), *psutil.Process(core.pid).children()]
+        if [p.name()[:12] for p in processes] == ["VLLM::Engine", "VLLM::Worker"]:
+            break
+        time.sleep(0.05)
+    assert [p.name()[:12] for p in processes] == ["VLLM::Engine", "VLLM::Worker"]
+    generator = VLLMGenerator.__new__(VLLMGenerator)
+    outputs = queue.Queue()
+    engine = SimpleNamespace(
+        engine_core=SimpleNamespace(outputs_queue=outputs), step=lambda: [outputs.get()]
+    )
+    generator.llm, generator.engine_pids, generator.path = (
+        SimpleNamespace(llm_engine=engine), [core.pid], "tiny-mistral"
+    )  # fmt: skip
+    yield generator, outputs, processes
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.resume()
+            process.kill()
+    core.wait()
+
+
+def test_a_stopped_engine_process_ends_a_waiting_step_with_one_line(engine_like, monkeypatch):
+    """A worker of the engine stopped (SIGSTOP) for ENGINE_STOPPED_S: the step's wait ends with
+    one line naming it, its state and how long the engine has not answered; the engine's
+    processes are killed."""
+    from src.core.errors import EnvironmentFailure
+    from src.generation import vllm_backend
+
+    generator, _, processes = engine_like
+    monkeypatch.setattr(vllm_backend, "ENGINE_STOPPED_S", 1.0)
+    processes[1].suspend()
+    stopped = rf"vLLM's engine process VLLM::Worker \(pid {processes[1].pid}\) is stopped"
+    with pytest.raises(EnvironmentFailure) as raised:
+        generator.step()
+    line = str(raised.value)
+    assert re.match(rf"{stopped} \(state T\) and has not answered for \d+ s while gen", line)
+    assert "(its processes are killed); the chunks made so far are kept: re-run" in line
+    assert not psutil.wait_procs(processes, timeout=10)[1], "the engine's processes outlived it"
+
+
+def test_an_engine_stopped_briefly_or_slow_to_answer_is_waited_for(engine_like):
+    """The engine core stopped for a second and resumed (a debugger, a test pausing it), then an
+    answer three seconds after the step began: the step returns it, the engine runs on."""
+    generator, outputs, processes = engine_like
+    processes[0].suspend()
+    threading.Timer(1.0, processes[0].resume).start()
+    threading.Timer(3.0, outputs.put, ["answer"]).start()
+    assert generator.step() == ["answer"]
+    assert all(p.status() != psutil.STATUS_STOPPED for p in processes)
+
+
+def test_an_engine_that_sends_nothing_for_engine_silent_s_ends_a_waiting_step(
+    engine_like, monkeypatch
+):
+    """An engine that runs, unstopped, but answers nothing (a hung driver, a deadlock): after
+    ENGINE_SILENT_S of waiting, one line naming its core and its state; its processes killed."""
+    from src.core.errors import EnvironmentFailure
+    from src.generation import vllm_backend
+
+    generator, _, processes = engine_like
+    monkeypatch.setattr(vllm_backend, "ENGINE_SILENT_S", 2.0)
+    silent = rf"vLLM's engine process \S+ \(pid {processes[0].pid}, sleeping\) has not answered"
+    with pytest.raises(EnvironmentFailure, match=rf"^{silent} for [23] s while generating"):
+        generator.step()
+    assert not psutil.wait_procs(processes, timeout=10)[1], "the engine's processes outlived it"
+
+
+def test_a_wait_counts_only_the_time_the_stage_ran_to_see_it(engine_like):
+    """The stage itself stopped an hour (Ctrl-Z, a suspended job) with its engine: the hour is
+    not the engine's silence, nor its processes' stop."""
+    from src.generation.vllm_backend import LOOK_GAP_S, Waiting
+
+    generator, _, processes = engine_like
+    waiting = Waiting(generator.engine_pids)
+    processes[0].suspend()
+    assert waiting.stalled() is None  # first seen stopped
+    waiting.last -= 3600
+    assert waiting.stalled() is None and waiting.waited <= 2 * LOOK_GAP_S

@@ -36,7 +36,9 @@ offline loop). A call on a list of prompts (`__call__`) is the stream over that 
 The engine starts with the generator and runs in processes of its own; `close()` shuts them
 down, returning their memory before the next stage runs in this process. The loop watches
 those processes: one that dies (killed, out of memory) ends the stage with one line instead of
-a wait for outputs that never come.
+a wait for outputs that never come; so does an engine that stops answering (`Waiting`): one of
+its processes stopped (SIGSTOP: state T) for ENGINE_STOPPED_S, or no output for ENGINE_SILENT_S
+(a hung driver, a deadlock), its processes then killed.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ from src.generation.hf_backend import EngineLoad, Sample, decode_sample, sample_
 CPU_KV_CACHE_GB = 1.0  # the KV cache on CPU when generation.kv_cache_gb is null
 SHUTDOWN_TIMEOUT_S = 60  # the engine's processes exit in ~5 s; after this vLLM kills them
 LIVENESS_EVERY_S = 0.5  # how often a loop waiting for the engine checks that it still runs
+# An engine that keeps a step waiting ends the stage once one of its processes has been stopped
+# (state T: SIGSTOP, a frozen node) for ENGINE_STOPPED_S, which a healthy engine never is (the
+# bound lets a debugger's or a profiler's brief stop pass), or once it has sent nothing at all for
+# ENGINE_SILENT_S: an engine stuck without being stopped (a hung driver, a deadlock). A step
+# takes seconds on a loaded 2-core CPU (the first one after the start too), well under a second
+# on a GPU: the silence bound is far beyond a slow step, not a measure of one.
+ENGINE_STOPPED_S = 10.0
+ENGINE_SILENT_S = 1800.0
+# Between two looks at the engine no more than this counts: the stage stopped too (Ctrl-Z, a
+# suspended job) waited for nothing while it was stopped.
+LOOK_GAP_S = 5.0
 START_WATCH_SIGNAL = signal.SIGUSR2  # interrupts a start whose engine died (SIGUSR1: preemption)
 # What vLLM reads from the environment, unless the user set it: no usage reports from a
 # machine that may be offline, and its warnings without its per-step INFO lines.
@@ -260,22 +273,25 @@ class VLLMGenerator:
         )
 
     def step(self) -> list:
-        """One engine step's outputs; an engine whose processes are gone is one line.
+        """One engine step's outputs; an engine whose processes are gone, or that stops
+        answering, is one line.
 
-        vLLM's client waits on a queue that a dead engine core never fills (its own monitor
-        shuts the client down without a word to the waiting loop), so the wait happens here,
-        with a look at the engine's processes every LIVENESS_EVERY_S; a worker that dies makes
-        the core send an error, or end."""
+        vLLM's client waits on a queue that a dead or stopped engine core never fills (its own
+        monitor shuts the client down without a word to the waiting loop, and does not notice a
+        core that stops), so the wait happens here, with a look at the engine's processes every
+        LIVENESS_EVERY_S; a worker that dies makes the core send an error, or end."""
         from vllm.v1.engine.exceptions import EngineDeadError
 
         engine = self.llm.llm_engine
         queue = getattr(engine.engine_core, "outputs_queue", None)
         try:
             if queue is not None:  # None: an engine in this process, where step() cannot hang
+                waiting = Waiting(self.engine_pids)
                 with queue.not_empty:
                     while not queue.queue:
                         if not queue.not_empty.wait(LIVENESS_EVERY_S):
                             self.require_engine()
+                            self.require_answer(waiting)
             return engine.step()
         except EngineDeadError as exc:
             self.require_engine()
@@ -286,10 +302,20 @@ class VLLMGenerator:
         if dead:
             raise EnvironmentFailure(self.died(ended(dead[0])))
 
-    def died(self, what: str) -> str:
+    def require_answer(self, waiting: Waiting) -> None:
+        """An engine that keeps the step waiting too long (`Waiting.stalled`) is killed, its
+        processes with it (as a dead one's are gone), and one line."""
+        stalled = waiting.stalled()
+        if stalled:
+            for process in engine_processes(self.engine_pids):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()  # SIGKILL ends a stopped process too
+            raise EnvironmentFailure(self.died(stalled, "its processes are killed"))
+
+    def died(self, what: str, how: str = "killed, or out of memory: see the system log") -> str:
         return (
-            f"{what} while generating with {self.path} (killed, or out of memory: see the "
-            "system log); the chunks made so far are kept: re-run the same command to resume"
+            f"{what} while generating with {self.path} ({how}); the chunks made so far are "
+            "kept: re-run the same command to resume"
         )
 
     def _sample(self, tokens: list[int], finish_reason: str | None) -> Sample:
@@ -390,6 +416,54 @@ def ended(pid: int) -> str:
     except (OSError, IndexError, ValueError):
         how = ""
     return f"vLLM's engine process (pid {pid}) ended{how}"
+
+
+def engine_processes(pids: list[int]) -> list[psutil.Process]:
+    """The engine's processes (`pids`) and theirs (its workers), those that still exist."""
+    processes = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            processes += [process, *process.children(recursive=True)]
+    return processes
+
+
+class Waiting:
+    """How long a step has waited for the engine, and which of its processes were seen stopped
+    since when, in the time this process ran to look (`LOOK_GAP_S` at most between two looks)."""
+
+    def __init__(self, engine_pids: list[int]):
+        self.pids, self.waited, self.last = engine_pids, 0.0, time.monotonic()
+        self.stopped_at: dict[int, float] = {}  # pid -> self.waited when first seen stopped
+
+    def stalled(self) -> str | None:
+        """'vLLM's engine process NAME (pid N) is stopped (state T) and has not answered for
+        S s' once a process of the engine has been stopped for ENGINE_STOPPED_S, or '... (pid
+        N, sleeping) has not answered for S s' once the step has waited ENGINE_SILENT_S."""
+        now = time.monotonic()
+        self.waited += min(now - self.last, LOOK_GAP_S)
+        self.last = now
+        states = []
+        for process in engine_processes(self.pids):
+            with contextlib.suppress(psutil.Error):
+                states.append((process, process.name(), process.status()))
+        stopped = [s for s in states if s[2] == psutil.STATUS_STOPPED]
+        self.stopped_at = {p.pid: self.stopped_at.get(p.pid, self.waited) for p, *_ in stopped}
+        for process, name, _ in stopped:
+            if self.waited - self.stopped_at[process.pid] >= ENGINE_STOPPED_S:
+                return (
+                    f"vLLM's engine process {name} (pid {process.pid}) is stopped (state T) "
+                    f"and has not answered for {self.waited:.0f} s"
+                )
+        if self.waited < ENGINE_SILENT_S:
+            return None
+        if not states:  # none of its processes left to name
+            return f"vLLM's engine has not answered for {self.waited:.0f} s"
+        process, name, status = states[0]
+        return (
+            f"vLLM's engine process {name} (pid {process.pid}, {status}) has not answered for "
+            f"{self.waited:.0f} s"
+        )
 
 
 class EngineGone(Exception):
