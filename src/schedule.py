@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -112,26 +113,51 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
             )
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
-    for i, st in enumerate(states):
-        redoing = redo_from is not None and i >= redo_from
-        if st.status == "done" and not redoing:
-            skipped(st.stage)
-            continue
-        with writing(cfg, st.stage, command, whole=redoing):
-            run_stage(cfg, st.stage, runners[st.stage], command, redoing)
-        release_gpu_memory()
+    redone = [st.stage for st in states[redo_from:]] if redo_from is not None else []
+    with rewriting(cfg, redone, command):
+        for i, st in enumerate(states):
+            redoing = redo_from is not None and i >= redo_from
+            if st.status == "done" and not redoing:
+                skipped(st.stage)
+                continue
+            with writing(cfg, st.stage, command, whole=redoing):
+                run_stage(cfg, st.stage, runners[st.stage], command, redoing)
+            release_gpu_memory()
 
 
 def writing(cfg: Config, stage: Stage, command: str, whole: bool):
     """The lock on what `stage` writes (src/core/locks.py): its shard's folder for a sharded
     stage, all of it otherwise or when it is redone (the redo deletes the folder)."""
-    if stage == Stage.train and cfg.hardware.num_nodes > 1:
-        from src.training.launch import node_rank
-
-        if node_rank() not in (None, "0"):  # one training on several nodes is one writer:
-            return contextlib.nullcontext()  # its node 0 holds the lock for all of them
+    if stage == Stage.train and other_training_node(cfg):
+        return contextlib.nullcontext()
     shard = None if whole or STAGES[stage].sharded_by is None else stage_shard(cfg, stage).name
     return locks.writing(cfg.stage_dir(stage), command, shard)
+
+
+def rewriting(cfg: Config, redone: list[Stage], command: str):
+    """The locks a redo of `redone` takes before it deletes anything, all of them or none, held
+    until it ends (src/core/locks.py): those of the stages it redoes and of every later stage of
+    the iteration, which reads what they make, and, when it redoes the training, those of the
+    next iteration's stages, which start from its checkpoint. A running stage holds its own lock,
+    so a redo of anything it reads stops at once, before it deletes a file."""
+    if not redone or (Stage.train in redone and other_training_node(cfg)):
+        return contextlib.nullcontext()
+    order = list(STAGES)
+    stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
+    if Stage.train in redone:
+        following = Path(cfg.run.dir) / f"iter{cfg.iter + 1}"
+        stage_dirs += [following / s.value for s in order]
+    return locks.rewriting(stage_dirs, command)
+
+
+def other_training_node(cfg: Config) -> bool:
+    """Whether this process is a node other than node 0 of a training on several nodes: one
+    training is one writer, and its node 0 holds the locks for all of them."""
+    if cfg.hardware.num_nodes <= 1:
+        return False
+    from src.training.launch import node_rank
+
+    return node_rank() not in (None, "0")
 
 
 def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: bool) -> None:
@@ -140,12 +166,24 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     if not redoing and state_of(cfg.as_tree(), stage).status == "done":
         skipped(stage)
         return
+    if redoing and stage_dir.is_symlink():  # rmtree refuses a link, naming neither it nor why
+        raise StageError(
+            f"{stage_dir} is a symbolic link (to {os.path.realpath(stage_dir)}): a redo deletes "
+            "the stage's folder, never what a link points to; remove the link (or empty the "
+            "folder it points to), then re-run"
+        )
     if redoing and stage_dir.exists():
+        locks.require_held()
         print(f"[main] stage {stage.value}: redoing (pipeline.redo)", file=sys.stderr)
         shutil.rmtree(stage_dir)
     print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
     save_config(cfg, stage, command)
     run_tracked(cfg, stage, run)
+    try:
+        locks.require_held()  # held throughout: it was the only writer of what it made
+    except locks.LockLost:  # another may have written beside it: none of it sealed as finished
+        (stage_dir / "done.json").unlink(missing_ok=True)
+        raise
 
 
 def skipped(stage: Stage) -> None:

@@ -339,3 +339,181 @@ def test_a_partial_folder_a_kill_left_is_removed_and_one_export_did_not_make_is_
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+# --- one export per folder at a time, and an export that shares nothing with the run ---
+
+
+def whole(folder: Path) -> bool:
+    """Whether `folder` holds exactly what its record lists: an export as it was finished."""
+    from src.export.folders import MARKER
+
+    record = json.loads((folder / MARKER).read_text())
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    return found == sorted([*record["files"], MARKER])
+
+
+def paused(process: subprocess.Popen) -> bool:
+    """Whether `process` is stopped (SIGSTOP), as /proc reports its state."""
+    return Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_second_export_to_the_same_folder_is_refused_at_once_naming_the_first(lineage, tmp_path):
+    """Two real exports to one --out: the first is paused half-way (its model in place, its data
+    being assembled), the second runs to its end meanwhile (refused, exit 3, naming the first,
+    touching nothing), then the first finishes whole. The model a reader finds in --out while the
+    first is paused is whole."""
+    import signal
+    import socket
+    import time
+
+    out = tmp_path / "out"
+    args = ("iter=1", "--out", str(out))
+    root = lineage.parents[2]
+    command = [sys.executable, "-m", "src.export", "model=tiny-mistral", f"paths.root={root}"]
+    first = subprocess.Popen(
+        [*command, f"run_name={lineage.name}", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and time.monotonic() < deadline:
+            if (out / "data.partial").exists():
+                os.kill(first.pid, signal.SIGSTOP)
+                break
+            time.sleep(0.001)
+        while first.poll() is None and not paused(first) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, "the first export ended before it could be paused"
+
+        def seen() -> list[str]:
+            return sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+
+        before = seen()
+        assert {"model", "data.partial"} <= set(before) and "data" not in before, before
+        assert whole(out / "model")
+        second = export(lineage, *args)
+        line = one_line_failure(second, 3)
+        assert line.startswith(
+            f"error: {out} is being written by pid {first.pid} on {socket.gethostname()} since "
+        ), line
+        assert (
+            f"(`python -m src.export model=tiny-mistral paths.root={root} "
+            f"run_name={lineage.name} {' '.join(args)}`, " in line
+        ), line
+        assert seen() == before, "refused before touching --out"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "model"]
+    assert whole(out / "model") and whole(out / "data")
+    assert {"config.json", "model.safetensors"} <= {p.name for p in (out / "model").iterdir()}
+    assert {"ranked.parquet", "pairs.parquet"} <= {p.name for p in (out / "data").iterdir()}
+
+
+def test_a_push_uploads_whole_folders_and_holds_the_folder_while_it_uploads(
+    lineage, tmp_path, monkeypatch
+):
+    """The push path, the Hub stubbed: each folder handed to the upload is whole, and an export
+    to the same --out started during the upload is refused (exit 3) naming this one."""
+    from src.export import __main__ as entry
+
+    out = tmp_path / "out"
+    root = lineage.parents[2]
+    words = ["model=tiny-mistral", f"paths.root={root}", f"run_name={lineage.name}", "iter=1"]
+    uploads = []
+
+    def upload(folder: Path, repo: str, repo_type: str, private: bool) -> str:
+        other = export(lineage, "iter=1", "--out", str(out))
+        uploads.append((repo, repo_type, whole(folder), other.returncode, other.stderr))
+        return f"https://huggingface.co/{repo}/commit/0"
+
+    monkeypatch.setattr(entry, "require_hub_writable", lambda repo: None)
+    monkeypatch.setattr(entry, "push", upload)
+    entry.main([*words, "--out", str(out), "--push", "org/name"])
+
+    assert [u[:3] for u in uploads] == [
+        ("org/name", "model", True),
+        ("org/name-data", "dataset", True),
+    ]
+    for *_, code, stderr in uploads:
+        line = stderr.strip().splitlines()[-1]
+        assert code == 3 and line.startswith(
+            f"error: {out} is being written by pid {os.getpid()} on "
+        ), stderr[-3000:]
+    assert whole(out / "model") and whole(out / "data")
+
+
+def test_editing_the_exported_model_leaves_the_runs_checkpoint_whole(lineage, tmp_path):
+    """The exported files are copies with inodes of their own, not links: writing into the
+    exported weights in place leaves iteration 1's checkpoint as training sealed it, and
+    iteration 2 still starts from it."""
+    import shutil
+
+    from src.core.policy import checkpoint_damage
+    from src.core.records import read_record
+    from src.stages.common import require_previous_policy
+    from tests.helpers import compose_cfg
+
+    run = tmp_path / "runs" / lineage.relative_to(lineage.parents[2])  # not the module's run
+    shutil.copytree(lineage, run, symlinks=True)
+    out = tmp_path / "out"
+    result = export(run, "iter=1", "--what", "model", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = run / "iter1" / "train"
+    exported = sorted(p for p in (out / "model").iterdir() if p.is_file())
+    assert {p.name for p in train.joinpath("checkpoint").iterdir()} <= {p.name for p in exported}
+    for path in exported:
+        if (train / "checkpoint" / path.name).exists():
+            source = (train / "checkpoint" / path.name).stat()
+            assert path.stat().st_ino != source.st_ino, f"{path} shares its inode with the run"
+            assert path.read_bytes() == (train / "checkpoint" / path.name).read_bytes()
+        assert path.stat().st_nlink == 1, path
+
+    with open(out / "model" / "model.safetensors", "r+b") as f:  # an edit in place
+        f.seek(1024)
+        f.write(b"\xff" * 256)
+    assert checkpoint_damage(train / "checkpoint", read_record(train)["outputs"]) is None
+    cfg = compose_cfg(
+        "model=tiny-mistral", f"paths.root={tmp_path / 'runs'}", f"run_name={run.name}", "iter=2"
+    )
+    assert require_previous_policy(cfg) == str(train / "checkpoint")
+
+
+def test_a_copy_the_kernel_cannot_make_is_streamed(tmp_path, monkeypatch):
+    """Where copy_file_range is refused between two files (another file system on an older
+    kernel), the file is streamed instead: the same bytes, an inode of its own."""
+    import errno
+
+    from src.export import folders
+
+    def refused(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refused, raising=False)
+    source = tmp_path / "weights.bin"
+    source.write_bytes(os.urandom(3 << 20))
+    folders._copy_file(source, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    assert (tmp_path / "copy.bin").stat().st_ino != source.stat().st_ino
+
+
+def test_what_a_kill_between_the_two_renames_left_is_cleared_by_the_next_export(lineage, tmp_path):
+    """A kill after the earlier export was moved aside and before the new one took its place
+    leaves `data.replaced` and a whole `data.partial`, no `data`: the next export removes both."""
+    import shutil
+
+    args = ("iter=1", "--what", "data", "--out", str(tmp_path))
+    made = export(lineage, *args)
+    assert made.returncode == 0, made.stderr[-3000:]
+    shutil.copytree(tmp_path / "data", tmp_path / "data.partial")
+    (tmp_path / "data").rename(tmp_path / "data.replaced")
+
+    again = export(lineage, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    assert whole(tmp_path / "data")

@@ -123,7 +123,8 @@ def test_killed_mid_run_then_rerun_gives_every_prompt_once_and_the_same_output(t
     deadline = time.time() + 300
     chunks = []
     while time.time() < deadline and proc.poll() is None:
-        chunks = list((tmp_path / "killed").rglob("chunk*.jsonl"))
+        # a chunk counts once sealed: its rows are written first, then its seal
+        chunks = list((tmp_path / "killed").rglob("chunk*.sealed.json"))
         if len(chunks) >= 2:
             break
         time.sleep(0.05)

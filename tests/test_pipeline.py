@@ -17,7 +17,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.training.checkpoints import checkpoints
-from tests.helpers import SMALL, cli
+from tests.helpers import SMALL, cli, one_line_failure
 
 
 def run_dir(root: Path) -> Path:
@@ -149,6 +149,17 @@ def test_redo_reruns_the_named_stage_and_those_after_it(tmp_path):
     changed = {k.split("/")[-2] for k in after if after[k] != before[k]}
     assert changed == {"rank", "pairs", "train"}
     assert "stage generate: finished with this config, skipped" in redo.stderr
+    # a stage folder linked elsewhere (scratch space): a redo deletes no folder through the link
+    pairs = next(tmp_path.glob("*/*/*/iter1/pairs"))
+    elsewhere = tmp_path / "scratch" / "pairs"
+    elsewhere.parent.mkdir()
+    pairs.rename(elsewhere)
+    pairs.symlink_to(elsewhere)
+    kept = sorted(p.name for p in elsewhere.iterdir())
+    redone = cli(tmp_path, "iter=1", "ranker.self_term=false", "pipeline.redo=[pairs]")
+    line = one_line_failure(redone, 1)
+    assert line.startswith(f"error: {pairs} is a symbolic link (to {elsewhere}): a redo deletes")
+    assert sorted(p.name for p in elsewhere.iterdir()) == kept and pairs.is_symlink()
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from src.core import preemption
+from src.core import locks, preemption
 from src.core.artifacts import (
     atomic_path,
     atomic_write_json,
@@ -168,6 +168,7 @@ def claim(
     # a run that failed before leaving anything (a judge that would not load) has nothing to protect
     if marker.exists() and any(work.glob(leftovers)):
         raise error(f"{work} holds {what}; restore the config, or {start_over}", fix)
+    locks.require_held()  # the work is this process's alone (src/core/locks.py)
     atomic_write_text(marker, identity + "\n")
 
 
@@ -251,6 +252,7 @@ def run_chunks(
     for made_chunks, (c, rows) in enumerate(stream(todo(), progress), start=1):
         path = chunk_path(shard, c)
         text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+        locks.require_held()  # no chunk written beside another writer (src/core/locks.py)
         atomic_write_text(path, text)
         # the seal last: a chunk without one (a crash between the two writes) is made again
         atomic_write_json(seal_of(path), {**seal(text), **place(c)})
@@ -461,6 +463,7 @@ def finish_shard(
     that sees every seal reads complete siblings; the last one to finish writes done.json (two
     finishing together both write it, atomically, with the same content).
     """
+    locks.require_held()  # nothing sealed beside another writer (src/core/locks.py)
     atomic_write_json(shard.work / "counts.json", counts)
     # the chunks copied into the rows file block by block, sealed as they pass: a shard's rows
     # are never all in memory. Each chunk is checked against its seal on the way: one changed
@@ -492,6 +495,7 @@ def finish_shard(
     totals["shards"] = shard.count
     atomic_write_json(shard.stage_dir / "metrics.json", totals)
     outputs = {s.output.name: read_json(seal_of(s.output), StageError) for s in shard.siblings()}
+    locks.require_held()
     write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]}, outputs)
     return totals
 

@@ -13,6 +13,10 @@ exit 3, before anything is assembled or uploaded. Nothing is pushed without --pu
 Export replaces a `model/` or `data/` in the way only when it is its own export of the same run
 and iteration (`--force`: whatever is there); anything else ends with one line naming it, exit 1,
 before anything is made.
+
+One export at a time per `--out`: an export holds a lock on it (`.locks/<name>.lock` beside it,
+src/core/locks.py) from before it looks at what is there until its push ends; a second export to
+the same folder stops at once with one line naming the first (pid, host, command), exit 3.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from src.cli import ArgumentParser, exit_with, failure_line, failures
 from src.config import ConfigError
 from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
+from src.core.locks import writing
 from src.export.folders import (
     MARKER,
     InTheWay,
@@ -95,13 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python -m src.main", *args.overrides])
     with failures(command, where="--out" if args.out else "paths.root"):
         try:
-            export(args)
+            export(args, own_command)
         except InTheWay as err:  # fixed by this command itself, with --force
             exit_with(*failure_line(err, own_command), err)
 
 
-def export(args: argparse.Namespace) -> None:
-    """Make the folders the arguments ask for, and push them with --push."""
+def export(args: argparse.Namespace, command: str) -> None:
+    """Make the folders the arguments ask for, and push them with --push; `command`: this
+    export's, as its lock names it to a second export of the same folder."""
     iteration = [o.partition("=")[2] for o in args.overrides if override_key(o) == "iter"] or ["1"]
     if not iteration[-1].isdigit():
         raise ConfigError(f"iter={iteration[-1]}: must be an iteration number")
@@ -112,15 +118,18 @@ def export(args: argparse.Namespace) -> None:
     # per folder: the repository type the Hub files it under, and what makes it
     folders = {"model": ("model", export_model), "data": ("dataset", export_data)}
     wanted = list(folders) if args.what == "all" else [args.what]
-    for name in wanted:  # every one refused before any is made: no export left half done
-        require_replaceable(out / name, cfg, args.force)
-    made = [(kind, make(cfg, out, args.force)) for kind, make in (folders[n] for n in wanted)]
-    for kind, folder in made:
-        rows = counts_of(folder)
-        print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)
-    for kind, folder in made if args.push else []:
-        repo = args.push if kind == "model" else f"{args.push}-data"
-        print(f"[export] pushed {kind}: {push(folder, repo, kind, args.private)}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)  # a file in its way named as the user wrote it
+    with writing(out.resolve(), command):  # held until the push has read the folders
+        for name in wanted:  # every one refused before any is made: no export left half done
+            require_replaceable(out / name, cfg, args.force)
+        made = [(kind, make(cfg, out, args.force)) for kind, make in (folders[n] for n in wanted)]
+        for kind, folder in made:
+            rows = counts_of(folder)
+            print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)
+        for kind, folder in made if args.push else []:
+            repo = args.push if kind == "model" else f"{args.push}-data"
+            url = push(folder, repo, kind, args.private)
+            print(f"[export] pushed {kind}: {url}", file=sys.stderr)
 
 
 if __name__ == "__main__":

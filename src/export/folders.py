@@ -3,7 +3,9 @@ checkpoint with its model card) and the data (every prompt's K responses with th
 win matrix and win rates, and the training pairs, as parquet with a dataset card).
 
 Both are read from finished stages only (their done.json), the rows checked against their seals;
-a folder appears whole or not at all (assembled beside its place, renamed into it).
+a folder appears whole or not at all (assembled beside its place, renamed into it). The model's
+files are copies, never links: an exported file edited in place leaves the run's checkpoint as
+training sealed it.
 
 Export replaces only what it wrote itself: each folder carries a record (MARKER) of the run and
 iteration it came from and of every file in it. A folder in the way without one, of another run
@@ -14,6 +16,7 @@ or iteration, holding anything the record does not list, or a link or a file, is
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from src.config import Config, Stage
-from src.core.artifacts import atomic_write_json
+from src.core.artifacts import atomic_write_json, sync_directory
 from src.core.chunks import require_sealed
 from src.core.errors import StageError
 from src.core.policy import CARD, checkpoint_damage
@@ -77,8 +80,7 @@ PAIRS_COLUMNS = {
 
 def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     """`out/model/`: iteration t's checkpoint (merged, with its card) and, after LoRA, the adapter
-    as `out/model/adapter/`. Files are hard-linked where the file system allows (checkpoints are
-    GBs), else copied."""
+    as `out/model/adapter/`, copied (`_copy_file`: checkpoints are GBs)."""
     train = cfg.stage_dir(Stage.train)
     record = finished(train, f"stage=all iter={cfg.iter}")
     damage = checkpoint_damage(train / "checkpoint", record.get("outputs", {}))
@@ -90,9 +92,9 @@ def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
         write_model_card(cfg, train / "checkpoint")
 
     def assemble(folder: Path) -> None:
-        _link_tree(train / "checkpoint", folder)
+        _copy_tree(train / "checkpoint", folder)
         if (train / "adapter").is_dir():
-            _link_tree(train / "adapter", folder / "adapter")
+            _copy_tree(train / "adapter", folder / "adapter")
 
     return _whole(out / "model", assemble, cfg, force)
 
@@ -176,12 +178,13 @@ pairs = load_dataset("parquet", data_files="pairs.parquet")["train"]
 
 
 def require_replaceable(folder: Path, cfg: Config, force: bool = False) -> None:
-    """Refuse `folder`, and the `.partial` beside it that it is assembled in, unless each is
-    absent or export's own of this run and iteration (`force`: anything goes)."""
+    """Refuse `folder`, the `.partial` beside it that it is assembled in and the `.replaced` its
+    predecessor is moved aside to, unless each is absent or export's own of this run and
+    iteration (`force`: anything goes)."""
     if force:
         return
     origin = _origin(cfg)
-    for path, whole in ((_partial(folder), False), (folder, True)):
+    for path, whole in ((_partial(folder), False), (_replaced(folder), False), (folder, True)):
         reason = _not_ours(path, origin, whole)
         if reason:
             raise InTheWay(f"{path} {reason}; nothing was exported, --force replaces it", "--force")
@@ -193,6 +196,10 @@ def _origin(cfg: Config) -> dict:
 
 def _partial(folder: Path) -> Path:
     return folder.with_name(folder.name + ".partial")
+
+
+def _replaced(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".replaced")
 
 
 def _not_ours(path: Path, origin: dict, whole: bool) -> str | None:
@@ -237,13 +244,17 @@ def _some(names: list[str]) -> str:
 
 
 def _whole(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: bool) -> Path:
-    """`folder` made by `assemble` beside it, then renamed into place, replacing only what
-    `require_replaceable` allows. A failure or Ctrl-C leaves no `.partial` behind; one a kill
-    left is removed by the next export of the same run and iteration."""
+    """`folder` made by `assemble` beside it, written to disk, then renamed into place; what
+    `require_replaceable` allows in the way is moved aside first and removed after, so that a
+    reader finds the earlier folder or the new one, each whole, never one half made or half
+    removed. A failure or Ctrl-C leaves no `.partial` behind and the earlier folder in place; what
+    a kill leaves (`.partial`, `.replaced`) is removed by the next export of the same run and
+    iteration. One export at a time per folder: the caller holds the lock (src.export)."""
     require_replaceable(folder, cfg, force)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial(folder)
+    partial, aside = _partial(folder), _replaced(folder)
     _remove(partial)
+    _remove(aside)
     origin = _origin(cfg)
     partial.mkdir()
     try:
@@ -251,16 +262,26 @@ def _whole(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: b
         atomic_write_json(partial / MARKER, {**origin, "files": []})
         assemble(partial)
         atomic_write_json(partial / MARKER, {**origin, "files": _entries(partial)})
-        _remove(folder)
+        _sync_tree(partial)  # on disk before its name says it is whole
+        if _present(folder):
+            folder.rename(aside)  # a link is moved itself, never what it points to
         partial.rename(folder)
+        sync_directory(folder.parent)
     except BaseException as err:
         with contextlib.suppress(OSError):  # the failure that stopped the export is the news
+            if _present(aside) and not _present(folder):
+                aside.rename(folder)  # stopped between the two renames: the earlier one back
             _remove(partial)
         if isinstance(err, OSError) and err.filename is None:  # pyarrow's name no file
             said = err.strerror or " ".join(str(err).split())
             raise OSError(err.errno, said, str(folder)) from err
         raise
+    _remove(aside)
     return folder
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
 
 
 def _remove(path: Path) -> None:
@@ -271,14 +292,60 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def _copy_tree(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for f in sorted(source.iterdir()):
         if f.is_file():
+            _copy_file(f, target / f.name)
+
+
+# copy_file_range refused before it copied anything: no such call, or not between these files
+_NO_COPY_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """`source`'s content as the new file `target`, an inode of its own: never a hard link, which
+    an edit of the export in place would carry into the run's checkpoint. The kernel copies it
+    (`copy_file_range`: a reflink on btrfs and XFS, a server-side copy on NFS 4.2, else a copy
+    that never leaves the kernel), else it is streamed in blocks; never read into memory whole."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        if not _copied_in_kernel(src.fileno(), dst.fileno(), size):
+            shutil.copyfileobj(src, dst, 1 << 24)
+        dst.flush()
+        if os.fstat(dst.fileno()).st_size != size:
+            raise ExportError(f"{source} changed while it was copied to {target}; export again")
+
+
+def _copied_in_kernel(src: int, dst: int, size: int) -> bool:
+    """Copy `size` bytes of `src` to `dst` with copy_file_range; False, nothing copied, where
+    there is none."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    left = size
+    while left > 0:
+        try:
+            n = os.copy_file_range(src, dst, left)
+        except OSError as err:
+            if err.errno in _NO_COPY_RANGE and os.lseek(dst, 0, os.SEEK_CUR) == 0:
+                return False
+            raise
+        if n == 0:  # the file ended early (it changed meanwhile): the caller's size check says so
+            break
+        left -= n
+    return True
+
+
+def _sync_tree(folder: Path) -> None:
+    """Every file and folder under `folder` flushed to disk."""
+    for here, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(Path(here) / name, os.O_RDONLY)
             try:
-                os.link(f, target / f.name)
-            except OSError:  # another file system, or links not allowed
-                shutil.copy2(f, target / f.name)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_directory(Path(here))
 
 
 def counts_of(folder: Path) -> dict[str, int]:
