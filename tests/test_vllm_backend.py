@@ -421,8 +421,10 @@ def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
     """Shard 0 of 3: vLLM's engine core stopped (SIGSTOP, as on a frozen node) mid-stream and
     left stopped. The stage does not wait for it: exit 3, one line naming the stopped process,
     its state and how long it has not answered; no engine process left, no rows file; the
-    re-run resumes to the same rows."""
-    proc = start_stage(tmp_path, *shard_of_three(0), *SMALL_STREAM)
+    re-run resumes to the same rows. One sample in flight at a time: after the first chunk the
+    stream has seconds of work left, so the engine is stopped before it ends (the rows do not
+    depend on what is in flight)."""
+    proc = start_stage(tmp_path, *shard_of_three(0), "generation.in_flight=1")
     processes: list[psutil.Process] = []
     try:
         core = pause_after_chunks(tmp_path, proc, 1)
