@@ -351,6 +351,21 @@ def pause_after_chunks(root: Path, proc: subprocess.Popen, count: int) -> psutil
     pytest.fail(f"the stage ended or stalled before {count} sealed chunk(s): {proc.poll()}")
 
 
+def ended_in_one_line_and_resumes(root, proc, stderr, pattern, shard, uninterrupted) -> None:
+    """The stage of shard `shard` of 3 ended mid-stream with exit 3 and one line matching
+    `pattern` (multiprocessing's resource tracker may add its warning about the shared memory
+    a killed engine left behind), no rows file; its re-run resumes to the one-shard run's rows."""
+    assert proc.returncode == 3, stderr[-2000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert re.match(pattern, line), line
+    assert "re-run the same command to resume" in line and "Traceback" not in stderr
+    assert not list(root.rglob("responses-shard*.jsonl"))
+    sealed = sealed_chunks(root)
+    assert 1 <= sealed < 3, "the engine failed mid-stream"
+    whole = uninterrupted.read_text().splitlines(keepends=True)
+    assert resumed_rows(root, shard, sealed) == "".join(take_shard(whole, shard, 3))
+
+
 def sealed_chunks(root: Path) -> int:
     return len(list(root.rglob("chunk*.sealed.json")))
 
@@ -399,20 +414,14 @@ def test_an_engine_that_dies_ends_the_stage_with_one_line_and_a_rerun_resumes(
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the stage still waits for an engine that was killed 120 s ago")
-    assert proc.returncode == 3, stderr[-2000:]
-    # one line of ours (multiprocessing's resource tracker may add its warning about the
-    # shared memory the killed engine left behind, as the process exits)
-    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert re.match(
-        r"error: vLLM's engine process \(pid \d+\) ended( \(signal 9\))? while generating", line
+    ended_in_one_line_and_resumes(
+        tmp_path,
+        proc,
+        stderr,
+        r"error: vLLM's engine process \(pid \d+\) ended( \(signal 9\))? while generating",
+        1,
+        uninterrupted,
     )
-    assert "re-run the same command to resume" in line and "Traceback" not in stderr
-    assert not list(tmp_path.rglob("responses-shard*.jsonl"))
-    sealed = sealed_chunks(tmp_path)
-    assert 1 <= sealed < 3, "the engine died mid-stream"
-
-    whole = uninterrupted.read_text().splitlines(keepends=True)
-    assert resumed_rows(tmp_path, 1, sealed) == "".join(take_shard(whole, 1, 3))
 
 
 def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
@@ -443,22 +452,11 @@ def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    assert proc.returncode == 3, stderr[-2000:]
-    # one line of ours (multiprocessing's resource tracker may add its warning about the
-    # shared memory the killed engine left behind, as the process exits)
-    (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert re.match(
+    pattern = (
         rf"error: vLLM's engine process VLLM::EngineCore \(pid {core.pid}\) is stopped "
-        r"\(state T\) and has not answered for \d+ s while generating",
-        line,
-    ), line
-    assert "re-run the same command to resume" in line and "Traceback" not in stderr
-    assert not list(tmp_path.rglob("responses-shard*.jsonl"))
-    sealed = sealed_chunks(tmp_path)
-    assert 1 <= sealed < 3, "the engine stopped mid-stream"
-
-    whole = uninterrupted.read_text().splitlines(keepends=True)
-    assert resumed_rows(tmp_path, 0, sealed) == "".join(take_shard(whole, 0, 3))
+        r"\(state T\) and has not answered for \d+ s while generating"
+    )
+    ended_in_one_line_and_resumes(tmp_path, proc, stderr, pattern, 0, uninterrupted)
 
 
 def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, uninterrupted):
