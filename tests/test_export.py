@@ -79,15 +79,20 @@ def test_the_recipe_is_the_runs_resolved_config(lineage, t):
     assert recipe["training.max_length / max_prompt_length"] == (
         f"{tr.max_length} / {tr.max_prompt_length}"
     )
-    assert recipe["data.prompts"] == config.data.prompts
+    # as the card shows it: relative to the repository, whose data/ holds the prompts
+    assert recipe["data.prompts"] == f"data/prompts/iter{t}.jsonl"
+    assert config.data.prompts == str(REPO_ROOT / recipe["data.prompts"])
     summary = json.loads((stage / "metrics.json").read_text())["summary"]
     training = table(text, "Training")
     assert training["steps"] == str(summary["steps"])
     assert training["train_loss (mean over steps)"] == f"{summary['train_loss']:.4f}"
     command = (stage / "config.yaml").read_text().splitlines()[0].removeprefix("# ")
     assert f"```bash\n{command}\n```" in text
+    root = lineage.parents[2]
+    assert str(root) not in text and str(REPO_ROOT) not in text, "no local absolute path"
     if t == 2:
-        assert str(lineage / "iter1" / "train" / "checkpoint") in text
+        checkpoint = (lineage / "iter1" / "train" / "checkpoint").relative_to(root)
+        assert f"iteration 1's checkpoint `{checkpoint}`" in text
 
 
 def export(

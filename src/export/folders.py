@@ -132,6 +132,12 @@ def finished(stage_dir: Path, finish: str) -> dict:
 def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 
+    from src.stages.cards import card_value  # pushed to the Hub too: no local absolute path
+
+    policy, prompt_source, ranker = (
+        card_value(value, cfg.paths)
+        for value in (cfg.run.init_policy, cfg.data.prompts, cfg.ranker.model)
+    )
     data = DatasetCardData(
         pretty_name=f"{cfg.model.name} {cfg.method.name.value} {cfg.run_name} iteration {cfg.iter}",
         tags=["selfplay-lab", cfg.method.name.value, f"iter{cfg.iter}", "preference"],
@@ -148,10 +154,10 @@ def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:
     body = f"""
 # {data.pretty_name}
 
-The data of iteration {cfg.iter} of a selfplay-lab run: pi_{cfg.iter - 1} (`{cfg.run.init_policy}`)
-answered each prompt of `{cfg.data.prompts}` {cfg.method.K} times (temperature {g.temperature:g},
+The data of iteration {cfg.iter} of a selfplay-lab run: pi_{cfg.iter - 1} (`{policy}`)
+answered each prompt of `{prompt_source}` {cfg.method.K} times (temperature {g.temperature:g},
 top_p {g.top_p:g}, up to {g.max_new_tokens} new tokens, one seed per sample); the judge
-`{cfg.ranker.name}` ({cfg.ranker.kind.value}: `{cfg.ranker.model}`) scored every response and
+`{cfg.ranker.name}` ({cfg.ranker.kind.value}: `{ranker}`) scored every response and
 every pair of responses; the pairs stage kept one (chosen, rejected) pair per prompt
 (`method.pair_selection={cfg.method.pair_selection.value}`), which iteration {cfg.iter}'s training
 used.

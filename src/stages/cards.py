@@ -6,16 +6,22 @@ the eval results as `model-index`); the body says what made the checkpoint: its 
 recipe read from the run's resolved config, the training summary, the eval results with their
 intervals, the exact command and the project's version. The train stage writes it; the eval
 stage of the same iteration writes it again with its results.
+
+A card is made to be pushed to the Hub, so it shows no local absolute path (`card_value`): a
+path under the run root, the repository or the tiny models' folder is shown relative to it, a
+copy in the Hub's cache as the repository it is, any other only by its last component.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from statistics import mean
 
-from src.config import REPO_ROOT, Config, Peft, Stage
+from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, read_json
 from src.core.errors import StageError
 from src.core.policy import CARD
@@ -27,6 +33,13 @@ BASE_LICENSES = {
     "mistralai/Mistral-7B-Instruct-v0.2": "apache-2.0",
     "google/gemma-2-9b-it": "gemma",
 }
+
+# A folder of the Hub's download cache: `models--<owner>--<name>` (or datasets--, spaces--)
+_HUB_CACHE_FOLDER = re.compile(r"(?:models|datasets|spaces)--(.+)")
+# An absolute path (or one from the home directory) inside a text: after a space, `=` (an
+# override's value), a quote or an opening bracket or comma (a Hydra list), up to the next
+# space, quote, comma or closing bracket. `~` alone is not one: `~key` deletes an override.
+_PATH_IN_TEXT = re.compile(r"(?<![^\s=,\[('\"`])(?:/|~/)[^\s,\])'\"`]*")
 
 TEMPLATE = """---
 {{ card_data }}
@@ -98,8 +111,13 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
     base = cfg.model.path
     is_hub_id = _hub_id(base)
     name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{cfg.iter}"
+    eval_prompts = card_value(cfg.data.eval_prompts, cfg.paths) if cfg.data.eval_prompts else None
     results = []
     if evaluation is not None:
+        # a reference read from a file is labelled by what the file says, which may be a path
+        evaluation = evaluation | {
+            key: card_value(evaluation[key], cfg.paths) for key in ("reference", "judge")
+        }
         dataset = Path(cfg.data.eval_prompts or "eval").stem
         for metric in ("win_rate", "lc_win_rate"):
             if evaluation[metric] is None:  # no LC below AlpacaEval's 5 folds
@@ -147,21 +165,22 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
         project_version=project_version(),
         lineage=lineage(cfg),
         recipe=recipe(cfg),
-        notes=[" ".join(note.split()) for note in cfg.notes],
+        notes=[card_text(" ".join(note.split()), cfg.paths) for note in cfg.notes],
         training=training_summary(metrics),
-        evaluation=evaluation_text(evaluation),
-        command=command,
+        evaluation=evaluation_text(evaluation, eval_prompts),
+        command=card_text(command, cfg.paths),
     )
     return str(card)
 
 
 def lineage(cfg: Config) -> str:
+    policy, base = (card_value(p, cfg.paths) for p in (cfg.run.init_policy, cfg.model.path))
     if cfg.iter == 1:
-        return f"pi_1, trained from the base model `{cfg.run.init_policy}` (pi_0)."
+        return f"pi_1, trained from the base model `{policy}` (pi_0)."
     return (
-        f"pi_{cfg.iter}, trained from iteration {cfg.iter - 1}'s checkpoint "
-        f"(`{cfg.run.init_policy}`), itself descended from `{cfg.model.path}`; pi_{cfg.iter - 1} "
-        "generated the responses and was the reference model."
+        f"pi_{cfg.iter}, trained from iteration {cfg.iter - 1}'s checkpoint `{policy}`, itself "
+        f"descended from `{base}`; pi_{cfg.iter - 1} generated the responses and was the "
+        "reference model."
     )
 
 
@@ -173,9 +192,9 @@ def recipe(cfg: Config) -> list[tuple[str, object]]:
         ("method.eta / method.beta", f"{m.eta:g} / {m.beta:g}"),
         ("method.K", m.K),
         ("method.wpo_weight", m.wpo_weight),
-        ("ranker", f"{r.kind.value}: {r.model}"),
+        ("ranker", f"{r.kind.value}: {card_value(r.model, cfg.paths)}"),
         ("generation", f"temperature {g.temperature:g}, top_p {g.top_p:g}, {g.max_new_tokens} new tokens"),
-        ("data.prompts", cfg.data.prompts),
+        ("data.prompts", card_value(cfg.data.prompts, cfg.paths)),
         ("training.optimizer", t.optimizer.value),
         ("training.learning_rate", f"{t.learning_rate:g}"),
         ("training.lr_scheduler", f"{t.lr_scheduler.value}, warm-up {t.warmup_ratio:g}"),
@@ -202,7 +221,8 @@ def training_summary(metrics: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def evaluation_text(evaluation: dict | None) -> str:
+def evaluation_text(evaluation: dict | None, prompts: str | None = None) -> str:
+    """The eval section; `prompts`: the eval instructions as the card names them."""
     if evaluation is None:
         return "Not evaluated yet: `eval.enabled=true` or `stage=eval` writes the results here."
     confidence = round(100 * evaluation["confidence"])
@@ -213,7 +233,9 @@ def evaluation_text(evaluation: dict | None) -> str:
         else "no length-controlled rate (fewer instructions than AlpacaEval's 5 folds) "
     )
     text = (
-        f"Against `{evaluation['reference']}` on {evaluation['compared']} instructions, judged by "
+        f"Against `{evaluation['reference']}` on {evaluation['compared']} instructions"
+        + (f" of `{prompts}`" if prompts else "")
+        + ", judged by "
         f"`{evaluation['judge']}`: win rate {evaluation['win_rate']:.3f} "
         f"[{evaluation['win_rate_low']:.3f}, {evaluation['win_rate_high']:.3f}], "
         f"{lc}({confidence} % bootstrap intervals; length control: AlpacaEval's GLM "
@@ -228,6 +250,36 @@ def evaluation_text(evaluation: dict | None) -> str:
             f"average length {leaderboard['avg_length']} characters."
         )
     return text
+
+
+def card_value(value: str, paths: PathsConfig) -> str:
+    """`value`, a config value that may be a local path, as a model card shows it: a path under
+    `paths.root`, REPO_ROOT or `paths.tiny_dir` (as `tiny/...`) relative to the deepest of them, a
+    copy in the Hub's download cache as its repository id, any other absolute path (or one from
+    the home directory) as its last component; anything else (a hub id, a name, a relative path)
+    as it is. Lexical: it reads no file system, neither does it follow links."""
+    if not value.startswith(("/", "~/")):
+        return value
+    path = PurePosixPath(os.path.normpath(value))
+    for part in path.parts:
+        cached = _HUB_CACHE_FOLDER.fullmatch(part)
+        if cached:
+            return cached[1].replace("--", "/")
+    anchors = [(paths.root, ""), (str(REPO_ROOT), ""), (paths.tiny_dir, "tiny")]
+    folders = [(PurePosixPath(os.path.normpath(a)), label) for a, label in anchors]
+    for folder, label in sorted(folders, key=lambda f: -len(f[0].parts)):
+        # the file system's root as an anchor would show every path whole
+        if len(folder.parts) > 1 and path.is_relative_to(folder):
+            shown = PurePosixPath(label, *path.relative_to(folder).parts)
+            if shown.parts:  # the anchor itself, unlabelled: a shallower anchor may name it
+                return str(shown)
+    return path.name or value
+
+
+def card_text(text: str, paths: PathsConfig) -> str:
+    """`text` (a command line, a note) with each absolute path in it shown as `card_value`
+    shows it, the rest as it is."""
+    return _PATH_IN_TEXT.sub(lambda m: card_value(m[0], paths), text)
 
 
 def _hub_id(value: str) -> bool:
