@@ -325,6 +325,67 @@ def check_one_line(key: str, value: str) -> None:
         )
 
 
+def check_setup_line(key: str, line: str) -> None:
+    """`key` is one of `hardware.slurm.setup`'s lines: the user's own shell code, run as it is,
+    but one line of it: a line break would end the line where the config does not show it, and
+    an #SBATCH line there is one sbatch never reads (it stops at the first command)."""
+    bad = _first_bad(line, str.isprintable)
+    if bad is not None or not line.strip():
+        raise ConfigError(
+            f"{key}={line!r} {f'holds {bad}' if bad else 'is blank'}; each setup line is one "
+            "command on a line of its own in the SLURM scripts: one item per line, printable "
+            "characters only"
+        )
+    if line.lstrip().startswith("#SBATCH"):
+        option = line.lstrip().removeprefix("#SBATCH").strip() or "--name=value"
+        raise ConfigError(
+            f"{key}={line!r}: sbatch reads no #SBATCH line after the script's first command; "
+            f"put the option in hardware.slurm.sbatch (e.g. hardware.slurm.sbatch=['{option}'])"
+        )
+
+
+# An option of `hardware.slurm.sbatch`: its name as sbatch spells it in full (no short form)
+SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*")
+# The sbatch options the scripts set themselves, and where each comes from: given again in
+# `hardware.slurm.sbatch` it would contradict the script's own line (sbatch takes the last)
+SBATCH_SET_BY = {
+    **{name: f"hardware.slurm.{name}" for name in ("partition", "account", "qos", "constraint")},
+    "time": "hardware.slurm.time_min or hardware.slurm.stages.<stage>.time_min",
+    **dict.fromkeys(
+        [
+            *("cpus-per-task", "mem", "gpus-per-node", "nodes", "ntasks", "ntasks-per-node"),
+            *("array", "job-name", "output", "dependency", "requeue", "open-mode", "signal"),
+            "kill-on-invalid-dep",
+        ],
+        "src.slurm",
+    ),
+}
+
+
+def check_sbatch_option(key: str, option: str) -> None:
+    """`key` is one of `hardware.slurm.sbatch`'s options, `--name` or `--name=value`, written on
+    an #SBATCH line of its own (the value quoted by src.slurm's `sbatch_value`)."""
+    name, equals, value = option.partition("=")
+    if not SBATCH_OPTION.fullmatch(name):
+        raise ConfigError(
+            f"{key}={option!r}: an sbatch option is `--name` or `--name=value`, the name spelled "
+            "in full in lowercase letters, digits and '-' (e.g. --gres=gpu:8, --exclusive)"
+        )
+    bad = _first_bad(value, str.isprintable)
+    if bad is not None or (equals and not value):
+        raise ConfigError(
+            f"{key}={option!r} {f'holds {bad}' if bad else 'has no value after ='}; an option's "
+            "value is written on one #SBATCH line: printable characters, or no '=' at all"
+        )
+    where = SBATCH_SET_BY.get(name[2:])
+    if where == "src.slurm":
+        raise ConfigError(
+            f"{key}={option!r}: {name} is set by src.slurm, from what each job needs; drop it"
+        )
+    if where is not None:
+        raise ConfigError(f"{key}={option!r}: the scripts set {name} from {where}: set that")
+
+
 # The bytes of one file or folder name that a file system takes (NAME_MAX of ext4, XFS, Btrfs,
 # Lustre, GPFS)
 NAME_MAX = 255
@@ -789,12 +850,25 @@ class SlurmConfig:
     mem_gb: int = 64  # the node's memory
     constraint: str | None = None  # sbatch --constraint (node features, e.g. a GPU type)
     stages: StageRequests = field(default_factory=StageRequests)
+    # shell lines every job runs on its node before its stage, after the exports (e.g. `module
+    # load cuda/12.4`, `source /shared/envs/selfplay/bin/activate`): one command per item
+    setup: list[str] = field(default_factory=list)
+    # more sbatch options, each `--name` or `--name=value` (e.g. `--gres=gpu:8`, `--exclusive`,
+    # `--reservation=maint`); those the scripts set themselves are refused, naming their key
+    sbatch: list[str] = field(default_factory=list)
+    # the jobs read models and datasets from the Hugging Face cache only (HF_HUB_OFFLINE=1,
+    # HF_DATASETS_OFFLINE=1, TRANSFORMERS_OFFLINE=1); false for nodes that reach the Hub
+    offline: bool = True
 
     def __post_init__(self) -> None:
         check_numbers(self, "hardware.slurm.")
         for key in ("partition", "account", "qos"):
             check_shell_word(f"hardware.slurm.{key}", getattr(self, key))
         check_shell_word("hardware.slurm.constraint", self.constraint, CONSTRAINT_OPERATORS)
+        for i, line in enumerate(self.setup):
+            check_setup_line(f"hardware.slurm.setup[{i}]", line)
+        for i, option in enumerate(self.sbatch):
+            check_sbatch_option(f"hardware.slurm.sbatch[{i}]", option)
         _positive("hardware.slurm.time_min", self.time_min)
         _positive("hardware.slurm.cpus_per_task", self.cpus_per_task)
         _positive("hardware.slurm.mem_gb", self.mem_gb)
@@ -878,6 +952,11 @@ class PathsConfig:
     # cache of the locally built tiny models ($SELFPLAY_TINY_DIR, else .cache/tiny); `make tiny`
     # rebuilds them
     tiny_dir: str = SI("${abspath:${oc.env:SELFPLAY_TINY_DIR,${repo:.cache/tiny}}}")
+    # the Hugging Face home ($HF_HOME, else ~/.cache/huggingface): SLURM jobs get it exported,
+    # so that the nodes read the models and datasets `python -m src.assets fetch` put there
+    hf_home: str = SI("${abspath:${oc.env:HF_HOME,'~/.cache/huggingface'}}")
+    # the Hub's download cache ($HF_HUB_CACHE, else <hf_home>/hub), where huggingface_hub puts it
+    hub_cache: str = SI("${abspath:${oc.env:HF_HUB_CACHE,${.hf_home}/hub}}")
 
     def __post_init__(self) -> None:
         # an empty root would put every run directory at the file system's root

@@ -74,10 +74,16 @@ def check_arguments(args: list[str]) -> None:
 def print_job(overrides: list[str]) -> None:
     """`--cfg job`: the config a run with these overrides would get, checked as a run checks it
     and resolved (the iteration's split, the previous checkpoint): what a user checks before
-    launching. (Hydra's own `--cfg job` prints without validating.)"""
+    launching, and in comments after it where each model, judge and file it reads resolves.
+    (Hydra's own `--cfg job` prints without validating.)"""
+    from src.assets.check import listed_for, where
+
     tree = compose_tree(overrides)
-    validate(tree)
+    cfg = validate(tree)
     print(OmegaConf.to_yaml(tree, resolve=True), end="")
+    print(f"# what iteration {cfg.iter} reads besides its own outputs (python -m src.assets list):")
+    for entry in listed_for([cfg]):
+        print(f"# reads {entry.asset.label()}: {where(entry.asset, cfg)}")
 
 
 if __name__ == "__main__":

@@ -68,12 +68,19 @@ def dispatch(
     """
     runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
     ensure_tiny_models(cfg)
+    earlier = []
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
-        run_earlier_iterations(cfg, runners, command, config_for_iter)
+        earlier = unfinished_iterations(cfg, runners, config_for_iter)
+    require_assets_here([*earlier, cfg], runners, command)
+    for before in earlier:
+        print(f"[main] iteration {before.iter} is not done: running it first", file=sys.stderr)
+        run_iteration(before, runners, with_overrides(command, f"iter={before.iter}"))
     run_iteration(cfg, runners, command)
 
 
-def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
+def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
+    """The earlier iterations `stage=all` runs first: those not finished with this config (none
+    with `pipeline.require_previous`, which needs iteration t-1 trained)."""
     if cfg.pipeline.require_previous:
         previous = Path(cfg.run.init_policy)
         if read_record(previous.parent, fix=redo(cfg, "train", cfg.iter - 1)) is None:
@@ -82,14 +89,31 @@ def run_earlier_iterations(cfg, runners, command, config_for_iter) -> None:
                 "which is not finished (pipeline.require_previous=true); finish it first",
                 fix=f"iter={cfg.iter - 1}",
             )
-        return
+        return []
+    unfinished = []
     for t in range(1, cfg.iter):
         earlier = replace(config_for_iter(t), pipeline=PipelineConfig())  # never redo implicitly
         if all(state_of(earlier.as_tree(), s).status == "done" for s in runners):
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
-            continue
-        print(f"[main] iteration {t} is not done: running it first", file=sys.stderr)
-        run_iteration(earlier, runners, with_overrides(command, f"iter={t}"))
+        else:
+            unfinished.append(earlier)
+    return unfinished
+
+
+def require_assets_here(configs: list[Config], runners: dict, command: str) -> None:
+    """Every model, judge and file the stages still to run read is here (or, with the Hub
+    reachable, can be downloaded), before any of them starts: else each missing one is named and
+    the command stops with exit 3 (src/assets/check.py)."""
+    from huggingface_hub import constants
+
+    from src.assets.check import listed_for, require_assets
+
+    todo = {
+        c.iter: [s for s in runners if c.pipeline.redo or state_of(c.as_tree(), s).status != "done"]
+        for c in configs
+    }
+    online = not constants.is_offline_mode()
+    require_assets(listed_for(configs, todo), configs[-1], command.split()[3:], online)
 
 
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:

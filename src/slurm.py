@@ -17,6 +17,9 @@ one-GPU shards of an 8-GPU node run side by side on it), pairs a small CPU job, 
 whole node(s); any value can be set per stage (`hardware.slurm.stages.<stage>.cpus_per_task`,
 `.mem_gb`, `.time_min`). The scripts come from `slurm/templates/`, filled from the resolved
 config, and are written to `<run.dir>/slurm/` (logs `<run.dir>/slurm/logs/%x_%A_%a.out`).
+A site's needs are configuration (`hardware.slurm.setup`, `.sbatch`, `.offline`): each script
+exports the config's paths (`environment_lines`), runs the setup lines, then the stage; the
+clone, its venv, paths.root and HF_HOME must be on a file system every node shares.
 `--dry-run` prints the requests, the scripts and the sbatch lines only. Every value lands in a
 script as written (a value holding `@key@` is not filled in again), each word of a command
 quoted onto its one line. A chain takes at most `MAX_ITERATIONS` iterations (later ones go in
@@ -42,7 +45,16 @@ from typing import TypeVar
 
 from src import config
 from src.cli import ArgumentParser, failures
-from src.config import REPO_ROOT, SHELL_WORD, Config, ConfigError, Device, Stage, StageRequest
+from src.config import (
+    REPO_ROOT,
+    SHELL_WORD,
+    Config,
+    ConfigError,
+    Device,
+    LoggerBackend,
+    Stage,
+    StageRequest,
+)
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
 from src.core.registry import STAGES, iteration_stages
 
@@ -62,6 +74,17 @@ PROGRESS_EVERY = 25
 # A stage that takes no slot (pairs: seconds of CPU work on the ranked rows, whose memory is a
 # few GB at most) asks for this, capped at the node's
 SMALL_JOB = StageRequest(cpus_per_task=2, mem_gb=8, time_min=60)
+# The placeholders whose value is lines of shell code, each filling a line of its own: the
+# exports of `node_values` and the site's `hardware.slurm.setup`; every other value is one line
+SHELL_LINE_KEYS = ("environment", "setup")
+# What `hardware.slurm.offline` exports: the Hub's clients then read their caches only
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# File systems held in a machine's memory: what lies on one no other node sees
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+SHARED_FILE_SYSTEM = (
+    "the clone, its .venv, paths.root and HF_HOME must be on a file system every node mounts "
+    "at the same path"
+)
 
 Item = TypeVar("Item")
 
@@ -81,8 +104,10 @@ class Job:
     array: int | None  # number of array tasks, None for a single job
     after: str | None = None  # name of the job this one waits for (afterok)
 
-    def script(self, submit_line: list[str]) -> str:
-        return fill(self.template, {**self.values, "submit_line": shell_line(submit_line)})
+    def script(self, path: Path, submit_line: list[str]) -> str:
+        """The job's script, to be written to `path` (which its first lines check the node sees)."""
+        values = {"script": shell_word(str(path)), "submit_line": shell_line(submit_line)}
+        return fill(self.template, {**self.values, **values})
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -106,13 +131,15 @@ def fills_its_line(text: str, found: re.Match[str]) -> bool:
 
 
 def check_lines(template: str, key: str, value: str, own_line: bool) -> None:
-    """A value starts no line that bash runs: it is one line of printable characters (a word on a
-    command line quoted by `shell_word`, text on a comment or #SBATCH line), or, filling a line of
-    its own, lines that are all comments (#SBATCH directives). The config refuses values that
-    could break a line; this keeps a script that slipped past it from being written at all."""
+    """A value starts no line that bash runs unless it is shell code by design: it is one line of
+    printable characters (a word on a command line quoted by `shell_word`, text on a comment or
+    #SBATCH line), or, filling a line of its own, lines that are all comments (#SBATCH
+    directives), or printable lines of shell code for a key of SHELL_LINE_KEYS (the exports, the
+    site's setup). The config refuses values that could break a line; this keeps a script that
+    slipped past it from being written at all."""
     lines = value.split("\n")
-    directives = own_line and all(line.startswith("#") for line in lines)
-    if not all(line.isprintable() for line in lines) or (len(lines) > 1 and not directives):
+    several = own_line and (key in SHELL_LINE_KEYS or all(line.startswith("#") for line in lines))
+    if not all(line.isprintable() for line in lines) or (len(lines) > 1 and not several):
         raise ValueError(f"{template}: @{key}@={value!r} would break its line")
 
 
@@ -263,7 +290,82 @@ def resource_lines(cfg: Config, gpus: int) -> list[str]:
     ):
         if value:
             lines.append(f"#SBATCH --{option}={sbatch_value(value)}")
+    for option in s.sbatch:  # the site's own, after the project's (checked by the config)
+        name, equals, value = option.partition("=")
+        lines.append(f"#SBATCH {name}={sbatch_value(value)}" if equals else f"#SBATCH {name}")
     return lines
+
+
+def environment_lines(cfg: Config) -> list[str]:
+    """What a job exports on its node before its stage, from the resolved config, so that the
+    stage finds what the submitting machine's config names whatever the node's own environment
+    (a login shell's profile, `sbatch --export=NONE`): the Hugging Face home and Hub cache, the
+    run root, W&B's mode (with the wandb logger) and, with `hardware.slurm.offline`, the Hub's
+    offline switches."""
+    variables = {
+        "HF_HOME": cfg.paths.hf_home,
+        "HF_HUB_CACHE": cfg.paths.hub_cache,
+        "SELFPLAY_RUNS": cfg.paths.root,
+    }
+    if cfg.logger.backend == LoggerBackend.wandb:
+        variables["WANDB_MODE"] = cfg.logger.mode.value
+    if cfg.hardware.slurm.offline:
+        variables.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
+    return [f"export {name}={shell_word(value)}" for name, value in variables.items()]
+
+
+def node_values(cfg: Config) -> dict[str, str]:
+    """@environment@ and @setup@ of every template: the exports, then the site's setup lines
+    (`hardware.slurm.setup`), which run before the stage and may use them."""
+    return {
+        "environment": "\n".join(environment_lines(cfg)),
+        "setup": "\n".join(cfg.hardware.slurm.setup),
+    }
+
+
+def memory_file_system(path: str | Path, mountinfo: str | None = None) -> str | None:
+    """The type of the memory file system (MEMORY_FILE_SYSTEMS) that `path` lies on, else None.
+
+    The rule: `path` resolved (symlinks followed as far as it exists) lies on the mount of
+    /proc/self/mountinfo (or the text `mountinfo`) whose mount point is the longest that contains
+    it (of equal ones, the last listed: it is mounted over the others). A tmpfs or ramfs is this
+    machine's memory, which no other node sees; whether a disk is local or shared is written
+    nowhere, so a local disk passes (slurm/README.md). Without /proc (not Linux): None."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = str(Path(path).resolve())
+    found, longest = None, -1
+    for line in mountinfo.splitlines():
+        mount, _, after = line.partition(" - ")
+        if len(mount.split(" ")) < 5 or not after:
+            continue
+        # the mount point is the 5th field, with blanks and backslashes written in octal
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), mount.split(" ")[4])
+        inside = point == "/" or target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= longest:
+            found, longest = after.split(" ")[0], len(point)
+    return found if found in MEMORY_FILE_SYSTEMS else None
+
+
+def require_shared_file_systems(cfg: Config) -> None:
+    """The clone, its venv (sys.prefix), paths.root and paths.hf_home are on no memory file
+    system of this machine: a job on another node would not find them (refused before any
+    script is written)."""
+    for what, path in (
+        ("the clone", str(REPO_ROOT)),
+        ("the venv (sys.prefix)", sys.prefix),
+        ("paths.root", cfg.paths.root),
+        ("paths.hf_home", cfg.paths.hf_home),
+    ):
+        kind = memory_file_system(path)
+        if kind is not None:
+            raise ConfigError(
+                f"{what} {path} is on {kind}, this machine's memory, which the nodes do not "
+                f"see: {SHARED_FILE_SYSTEM}"
+            )
 
 
 def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None) -> Job:
@@ -290,6 +392,7 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
         "resource_lines": "\n".join([*directives, *resource_lines(cfg, need.gpus)]),
         "repo": shell_word(str(REPO_ROOT)),
         "python": shell_word(sys.executable),
+        **node_values(cfg),
         "overrides": shell_line(args),
         "nodes": str(need.nodes),
     }
@@ -329,7 +432,7 @@ def submit(jobs: list[Job], script_dir: Path, dry_run: bool) -> dict[str, str]:
     for job in jobs:
         path = script_dir / f"{job.name}.sbatch"
         line = sbatch_line(job, path, ids)
-        script = job.script(line)
+        script = job.script(path, line)
         if dry_run:
             print(f"# ---- {path}\n{script}\n# $ {shell_line(line)}\n")
             ids[job.name] = f"<{job.name}>"
@@ -370,6 +473,21 @@ def check_chain_length(iterations: int, from_iter: int) -> None:
         )
 
 
+def require_chain_assets(
+    configs: list[Config], overrides: list[str], iterations: int, from_iter: int
+) -> None:
+    """Every model, judge and prompt split of the chain's iterations in the Hub cache the jobs
+    read (or, when the nodes reach the Hub, `hardware.slurm.offline=false`, none damaged), before
+    any script is written: else each missing one is named, with the command that fetches it."""
+    from src.assets.check import listed_for, require_assets
+
+    fetch_args = ["--iterations", str(iterations), *overrides]
+    if from_iter != 1:
+        fetch_args[2:2] = ["--from-iter", str(from_iter)]
+    online = not configs[0].hardware.slurm.offline
+    require_assets(listed_for(configs), configs[0], fetch_args, online)
+
+
 def submit_chain(
     overrides: list[str], iterations: int, from_iter: int = 1, dry_run: bool = False
 ) -> dict[str, str]:
@@ -392,9 +510,11 @@ def submit_chain(
 
     if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
         require_fit(configs[0], overrides)
+    require_chain_assets(configs, overrides, iterations, from_iter)
     jobs = chain(configs, overrides)  # every request checked before anything is written
     script_dir = Path(configs[0].run.dir) / "slurm"
     if not dry_run:  # a folder the scripts cannot go to, or no sbatch: before anything is said
+        require_shared_file_systems(configs[0])
         (script_dir / "logs").mkdir(parents=True, exist_ok=True)
         require_sbatch()
     print(

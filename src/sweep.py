@@ -36,7 +36,7 @@ from src.config import (
     check_shell_word,
 )
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError, set_overrides, without_keys
+from src.core.errors import StageError, override_key, set_overrides, without_keys
 from src.slurm import (
     MAX_ARRAY_TASKS,
     WARNING_SIGNAL_S,
@@ -44,7 +44,9 @@ from src.slurm import (
     compose,
     counted,
     fill,
+    node_values,
     require_sbatch,
+    require_shared_file_systems,
     resource_lines,
     sbatch_value,
     shell_line,
@@ -152,6 +154,28 @@ def check_points(
     return configs
 
 
+# The config groups whose keys change what a run reads (src/assets/listing.py): a sweep over one
+# of them reads other assets at each point
+ASSET_GROUPS = frozenset({"model", "data", "ranker", "eval", "experiment"})
+
+
+def require_sweep_assets(
+    points: list[list[str]], base: list[str], configs: list[Config], iterations: int
+) -> None:
+    """What every point reads in every iteration is in the Hub cache the array's tasks read (or
+    can be downloaded there, `hardware.slurm.offline=false`), before anything is written or
+    queued. `configs`: the points at their last iteration; the earlier iterations are composed
+    for the first point alone unless the grid sweeps a key of `ASSET_GROUPS`."""
+    from src.assets.check import listed_for, require_assets
+
+    swept = {override_key(w).split("@")[-1].split(".")[0] for point in points for w in point}
+    each = points if swept & ASSET_GROUPS else points[:1]
+    earlier = [compose(set_overrides(base, p), t) for p in each for t in range(1, iterations)]
+    fetch_args = ["--iterations", str(iterations), *base]
+    online = not configs[0].hardware.slurm.offline
+    require_assets(listed_for([*earlier, *configs]), configs[0], fetch_args, online)
+
+
 def render(
     name: str,
     cfg: Config,
@@ -178,6 +202,8 @@ def render(
         ),
         "repo": shell_word(str(REPO_ROOT)),
         "python": shell_word(sys.executable),
+        **node_values(cfg),
+        "script": shell_word(submit_line[-1]),  # sbatch's last argument: the script's path
         "points": shell_word(str(points_file)),
         "overrides": shell_line(base),
         "iterations": str(iterations),
@@ -224,6 +250,7 @@ def submit_sweep(
     check_array_size(path, grid)
     points = grid_points(grid)
     configs = check_points(points, base, iterations)
+    require_sweep_assets(points, base, configs, iterations)
     sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
     points_file = sweep_dir / "points.txt"
     line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
@@ -232,6 +259,7 @@ def submit_sweep(
     if dry_run:
         print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shell_line(line)}")
         return None
+    require_shared_file_systems(configs[0])
     (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
     require_sbatch()
     atomic_write_text(points_file, text)

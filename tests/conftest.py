@@ -7,6 +7,7 @@ import pytest
 from src.core import threads
 from tests.slurm_cluster import (  # noqa: F401  (the session SLURM cluster, the chain it runs)
     chain_here,
+    shared_tmp_path,  # tmp_path: for a slurm test, a folder its jobs' nodes may share
     slurm_cluster,
     two_nodes,
 )

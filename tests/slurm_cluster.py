@@ -292,6 +292,26 @@ def two_nodes(slurm_cluster: SlurmCluster) -> SlurmCluster:
     return slurm_cluster
 
 
+@pytest.fixture(name="tmp_path")
+def shared_tmp_path(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """pytest's tmp_path, but for a `slurm` test one on no memory file system: its jobs write
+    under it, and src.slurm refuses a paths.root on tmpfs, which /tmp is on some machines. There
+    it is a folder under the clone's .cache/ instead (the clone, which the jobs run from, must be
+    on a file system the nodes share anyway), removed after the test."""
+    from src.slurm import memory_file_system
+
+    if request.node.get_closest_marker("slurm") is None or memory_file_system(tmp_path) is None:
+        yield tmp_path
+        return
+    base = REPO_ROOT / ".cache" / "slurm-tests"
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="test-", dir=base))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def chain_here(slurm_cluster: SlurmCluster, tmp_path_factory, tiny_dir) -> Path:
     """The lineage of two iterations of tests.helpers.SLURM_SMALL (K = 3) run here, without

@@ -882,3 +882,8 @@ def test_cfg_job_prints_the_resolved_iteration_three_config(tmp_path):
     assert printed.data.prompts == "UCLA-AGI/data-mistral-7b-instruct-sppo-iter3"
     assert printed.run.init_policy.endswith("/iter2/train/checkpoint")
     assert "${" not in result.stdout, "interpolations left unresolved"
+    # and, in comments, where what it reads resolves (src/assets)
+    reads = [ln for ln in result.stdout.splitlines() if ln.startswith("# reads ")]
+    assert reads[0].startswith("# reads made ") and reads[0].endswith(": made by this run")
+    assert "# reads dataset UCLA-AGI/data-mistral-7b-instruct-sppo-iter3 [train]: " in reads[1]
+    assert "# reads ranker llm-blender/PairRM: " in reads[2]

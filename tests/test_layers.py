@@ -15,7 +15,7 @@ LAYERS = {
     "config": ("src/config",),
     "libraries": (
         "src/cli", "src/explain", "src/generation", "src/training", "src/ranking",
-        "src/evaluation", "src/compare", "src/plan", "src/wheelhouse", "src/tiny",
+        "src/evaluation", "src/compare", "src/plan", "src/wheelhouse", "src/tiny", "src/assets",
     ),
     "stages": ("src/stages",),
     "scheduler": ("src/schedule",),

@@ -94,7 +94,8 @@ def test_full_weights_on_a_24_gb_card_are_refused_with_the_overrides_that_fit():
 
 
 def test_src_slurm_refuses_in_one_line_with_exit_2_and_queues_nothing(tmp_path):
-    args = ["--dry-run", *GEMMA, *ON_24GB, f"paths.root={tmp_path}"]
+    # the nodes reach the Hub: the recipe's weights need not be in this offline cache
+    args = ["--dry-run", *GEMMA, *ON_24GB, f"paths.root={tmp_path}", "hardware.slurm.offline=false"]
     line = one_line_failure(run("src.slurm", *args), 2)
     assert line.startswith("error: stage generate needs "), line
     assert line.endswith(
@@ -127,7 +128,7 @@ def test_on_cpu_the_memory_is_shown_and_not_checked(tiny_dir):
 def test_the_dry_run_prints_the_plan_src_plan_prints(tmp_path):
     args = [*GEMMA, "hardware=slurm-node-8gpu", f"paths.root={tmp_path}"]
     planned = run("src.plan", *args)
-    dry = run("src.slurm", "--dry-run", *args)
+    dry = run("src.slurm", "--dry-run", *args, "hardware.slurm.offline=false")
     assert planned.returncode == dry.returncode == 0, dry.stderr[-2000:]
     assert dry.stdout.startswith(planned.stdout.rstrip("\n") + "\n\n")
 

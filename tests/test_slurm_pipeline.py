@@ -140,9 +140,11 @@ def test_a_failing_stage_cancels_its_dependents(on_cluster, tmp_path):
     from src.slurm import submit_chain
 
     cluster, overrides = on_cluster
-    ids = submit_chain(
-        [*overrides, "method.K=2", f"ranker.model={tmp_path / 'no-such-judge'}"], iterations=2
-    )
+    # an external pool with no response for these prompts: the rank stage refuses it once it
+    # reads the generated rows (everything it reads exists, so the chain is queued)
+    pool = tmp_path / "unrelated-pool.jsonl"
+    pool.write_text('{"prompt_id": "elsewhere", "response": "An answer to another prompt."}\n')
+    ids = submit_chain([*overrides, "method.K=2", f"data.external_responses={pool}"], iterations=2)
     states = cluster.wait(ids.values(), timeout=600)
     by_stage = {
         name.split("-it", 1)[1]: states_of(cluster, job, states) for name, job in ids.items()
@@ -152,7 +154,7 @@ def test_a_failing_stage_cancels_its_dependents(on_cluster, tmp_path):
     for later in ("1-pairs", "1-train", "2-generate", "2-rank", "2-pairs", "2-train"):
         assert by_stage[later] == {"CANCELLED"}, (later, by_stage)
     log = next((tmp_path / "runs").rglob("*-it1-rank_*_*.out")).read_text()
-    assert "error: " in log and "no-such-judge" in log
+    assert "error: " in log and "unrelated-pool.jsonl has no external response" in log
 
 
 def states_of(cluster, job: str, states: dict[str, str]) -> set[str]:

@@ -20,6 +20,10 @@ from tests.helpers import SLURM_SMALL
 @pytest.fixture(autouse=True)
 def runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    # the real recipes are rendered here without their weights and prompt splits in this offline
+    # cache: the check that refuses such a chain is tests/test_assets.py's
+    monkeypatch.setattr("src.slurm.require_chain_assets", lambda *args: None)
+    monkeypatch.setattr("src.sweep.require_sweep_assets", lambda *args: None)
 
 
 def dry_run(capsys, *args: str) -> dict[str, str]:
@@ -382,12 +386,20 @@ def command_words(script: str) -> list[str]:
     return done.stdout.split("\0")[:-1]
 
 
-def assert_runs_only_its_template(script: str, template: str, marker: Path) -> None:
-    """The script runs its template's commands and no other line: bash reads it, and running
-    everything before `set -euo pipefail` (the header, where values on comment and #SBATCH lines
-    land) does nothing."""
+def assert_runs_only_its_template(
+    script: str, template: str, marker: Path, overrides: list[str]
+) -> None:
+    """The script runs its template's commands, the exports and setup lines of the config that
+    `overrides` compose, and no other line: bash reads it, and running everything before
+    `set -euo pipefail` (the header, where values on comment and #SBATCH lines land) does
+    nothing."""
+    from src.slurm import compose, node_values
+
     body = script.split("\n# $ ")[0]
-    assert len(shell_lines(body)) == len(shell_lines((TEMPLATES / template).read_text())), body
+    own = (TEMPLATES / template).read_text()
+    for key, lines in node_values(compose(overrides, 1)).items():
+        own = own.replace(f"@{key}@", lines)
+    assert len(shell_lines(body)) == len(shell_lines(own)), body
     checked = subprocess.run(["bash", "-n"], input=body, text=True, capture_output=True)
     assert checked.returncode == 0, checked.stderr
     header = body.split("\nset -euo pipefail\n")[0]
@@ -416,7 +428,7 @@ def test_a_value_naming_a_placeholder_is_written_as_it_is(capsys, tmp_path, monk
             "paths.root": f"\n#SBATCH --output={tmp_path}/@overrides@/tiny-mistral/sppo/",
         }[where]
         assert script.count(written) == 1, script
-        assert_runs_only_its_template(script, "stage.sbatch", marker)
+        assert_runs_only_its_template(script, "stage.sbatch", marker, overrides)
         assert command_words(script)[: len(overrides)] == overrides, "each override as given"
 
 
@@ -431,7 +443,9 @@ def test_a_sweep_named_like_a_placeholder_is_written_as_it_is(capsys, tmp_path):
     script = capsys.readouterr().out.split("# ---- ")[2].split("\n", 1)[1]
     assert script.count("\n#SBATCH --job-name=sweep-@overrides@\n") == 1
     assert script.count(f"{tmp_path}/runs/sweeps/@overrides@/logs/%x_%A_%a.out") == 1
-    assert_runs_only_its_template(script, "sweep-array.sbatch", marker)
+    assert_runs_only_its_template(
+        script, "sweep-array.sbatch", marker, ["model=tiny-mistral", "hardware=slurm-cpu", note]
+    )
     assert command_words(script)[:3] == ["model=tiny-mistral", "hardware=slurm-cpu", note]
 
 
@@ -640,3 +654,312 @@ def test_a_sweep_point_that_would_break_its_line_or_leave_the_root_is_refused(
     captured = capsys.readouterr()
     assert captured.out == "" and re.search(f"^config error: .*{message}", captured.err)
     assert not (tmp_path / "runs").exists()
+
+
+# --- a site's setup and the nodes' environment ------------------------------------------------
+
+SITE = [
+    "hardware.slurm.setup=['module load cuda/12.4','source /shared/envs/selfplay/bin/activate']",
+    "hardware.slurm.sbatch=['--gres=gpu:8','--exclusive','--foo=$(rm -rf ~)']",
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            'hardware.slurm.setup=["true\ntouch x"]',
+            "hardware.slurm.setup[0]='true\\ntouch x' holds a newline; each setup line is one "
+            "command on a line of its own in the SLURM scripts: one item per line, printable "
+            "characters only",
+        ),
+        (
+            'hardware.slurm.setup=["module load a\rb"]',
+            "'module load a\\rb' holds a carriage return",
+        ),
+        ("hardware.slurm.setup=['module load a',' ']", "hardware.slurm.setup[1]=' ' is blank"),
+        (
+            "hardware.slurm.setup=['#SBATCH --gres=gpu:8']",
+            "hardware.slurm.setup[0]='#SBATCH --gres=gpu:8': sbatch reads no #SBATCH line after "
+            "the script's first command; put the option in hardware.slurm.sbatch (e.g. "
+            "hardware.slurm.sbatch=['--gres=gpu:8'])",
+        ),
+        (
+            "hardware.slurm.sbatch=['--exclusive','--job-name=x']",
+            "hardware.slurm.sbatch[1]='--job-name=x': --job-name is set by src.slurm, from what "
+            "each job needs; drop it",
+        ),
+        (
+            "hardware.slurm.sbatch=['--partition=gpu']",
+            "hardware.slurm.sbatch[0]='--partition=gpu': the scripts set --partition from "
+            "hardware.slurm.partition: set that",
+        ),
+        (
+            "hardware.slurm.sbatch=['--time=10']",
+            "the scripts set --time from hardware.slurm.time_min or "
+            "hardware.slurm.stages.<stage>.time_min: set that",
+        ),
+        ("hardware.slurm.sbatch=['--kill-on-invalid-dep=no']", "is set by src.slurm"),
+        (
+            "hardware.slurm.sbatch=['--gres gpu:8']",
+            "hardware.slurm.sbatch[0]='--gres gpu:8': an sbatch option is `--name` or "
+            "`--name=value`, the name spelled in full in lowercase letters, digits and '-'",
+        ),
+        ("hardware.slurm.sbatch=['-p gpu']", "an sbatch option is `--name` or `--name=value`"),
+        ("hardware.slurm.sbatch=['--Gres=gpu:8']", "an sbatch option is `--name` or"),
+        ('hardware.slurm.sbatch=["--mail-user=a\nb"]', "'--mail-user=a\\nb' holds a newline"),
+        ("hardware.slurm.sbatch=['--reservation=']", "'--reservation=' has no value after ="),
+    ],
+)
+def test_a_setup_line_or_sbatch_option_that_is_not_one_safe_line_is_refused(
+    capsys, override, message
+):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dry-run", "model=tiny-mistral", "hardware=slurm-cpu", override])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("config error: hardware.slurm.") and message in line
+    assert "# ---- " not in captured.out
+
+
+def test_a_line_break_typed_in_a_setup_line_is_refused_before_any_script(tmp_path):
+    """From a shell, bash's $'\\n' puts a line break into the override: the setup line would be
+    two commands, the second one the config never shows."""
+    marker = tmp_path / "injected"
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
+    command = (
+        f"{shlex.quote(sys.executable)} -m src.slurm --dry-run model=tiny-mistral "
+        f"hardware=slurm-cpu 'hardware.slurm.setup=[\"true'$'\\n''touch {marker}\"]'"
+    )
+    done = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"config error: hardware.slurm.setup[0]='true\\ntouch {marker}' holds a newline; each "
+        "setup line is one command on a line of its own in the SLURM scripts: one item per "
+        "line, printable characters only"
+    ]
+    assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def script_parts(script: str) -> tuple[list[str], list[str]]:
+    """A rendered script's #SBATCH lines, and its lines from `cd` to the line that runs the stage
+    (that line excluded)."""
+    lines = script.split("\n# $ ")[0].splitlines()
+    directives = [line for line in lines if line.startswith("#SBATCH ")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("cd "))
+    end = next(i for i, line in enumerate(lines) if " -m src.main " in line)
+    return directives, lines[start:end]
+
+
+def exported(lines: list[str]) -> dict[str, str]:
+    """What the `export` lines among `lines` set, as bash reads them (nothing else is run)."""
+    exports = "\n".join(line for line in lines if line.startswith("export "))
+    report = "import json, os; print(json.dumps(dict(os.environ)))"
+    done = subprocess.run(["env", "-i", "bash", "-c", f"{exports}\nexec {sys.executable} -c "
+                           f"{shlex.quote(report)}"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    env = json.loads(done.stdout)
+    return {k: v for k, v in env.items() if k in exports and k not in ("PWD", "SHLVL", "_")}
+
+
+def test_every_template_exports_the_config_then_runs_the_setup_lines(capsys, tmp_path, monkeypatch):
+    """stage.sbatch, train-multinode.sbatch and sweep-array.sbatch: after `cd <clone>`, the
+    exports of the resolved config (each value one quoted word, whatever it holds), then the
+    site's setup lines as written, then the stage; the site's sbatch options after the others."""
+    from src.sweep import main as sweep
+
+    marker = tmp_path / "injected"
+    root = tmp_path / f"runs $(touch {marker}) 'a'"
+    hf_home = tmp_path / f"hf `touch {marker}`"
+    monkeypatch.setenv("SELFPLAY_RUNS", str(root))
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    scripts = dry_run(capsys, "model=tiny-mistral", "hardware=slurm-cpu", "hardware.num_nodes=2",
+                      "hardware.distributed=deepspeed", "hardware.slurm.partition=gpu", *SITE)  # fmt: skip
+    sweep(["sweeps/eta.yaml", "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu",
+           "hardware.slurm.partition=gpu", *SITE])  # fmt: skip
+    stage = {name.rsplit("-", 1)[1]: script for name, script in scripts.items()}
+    rendered = {
+        "stage.sbatch": stage["generate"],
+        "train-multinode.sbatch": stage["train"],
+        "sweep-array.sbatch": capsys.readouterr().out.split("# ---- ")[2].split("\n", 1)[1],
+    }
+    for template, script in rendered.items():
+        assert f"from slurm/templates/{template}" in script
+        directives, lines = script_parts(script)
+        assert directives[-4:] == ["#SBATCH --partition=gpu", "#SBATCH --gres=gpu:8",
+                                   "#SBATCH --exclusive", '#SBATCH --foo="$(rm -rf ~)"'], template  # fmt: skip
+        # sbatch reads directives up to the first command only
+        assert script.index(directives[-1]) < script.index("\nset -euo pipefail\n")
+        assert lines[0] == f"cd {REPO_ROOT}" and lines[1] == "export PYTHONUNBUFFERED=1"
+        assert [line.split("=")[0] for line in lines[2:9]] == [
+            "export HF_HOME", "export HF_HUB_CACHE", "export SELFPLAY_RUNS", "export WANDB_MODE",
+            "export HF_HUB_OFFLINE", "export HF_DATASETS_OFFLINE", "export TRANSFORMERS_OFFLINE",
+        ], template  # fmt: skip
+        assert lines[9:11] == ["module load cuda/12.4", "source /shared/envs/selfplay/bin/activate"]
+        assert exported(lines[:11]) == {
+            "PYTHONUNBUFFERED": "1",
+            "HF_HOME": str(hf_home),
+            "HF_HUB_CACHE": str(hf_home / "hub"),
+            "SELFPLAY_RUNS": str(root),
+            "WANDB_MODE": "offline",  # conftest's, which logger.mode reads
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }, template
+        checked = subprocess.run(["bash", "-n"], input=script.split("\n# $ ")[0], text=True,
+                                 capture_output=True)  # fmt: skip
+        assert checked.returncode == 0, (template, checked.stderr)
+    assert not marker.exists(), "no value ran as a command"
+
+
+def test_nodes_that_reach_the_hub_and_a_run_without_wandb_export_less(capsys):
+    scripts = dry_run(capsys, "model=tiny-mistral", "hardware=slurm-cpu", "logger=none",
+                      "hardware.slurm.offline=false", "paths.hf_home=/shared/hf")  # fmt: skip
+    for script in scripts.values():
+        directives, lines = script_parts(script)
+        assert exported(lines) == {
+            "PYTHONUNBUFFERED": "1",
+            "HF_HOME": "/shared/hf",
+            "HF_HUB_CACHE": "/shared/hf/hub",
+            "SELFPLAY_RUNS": os.environ["SELFPLAY_RUNS"],
+        }
+        assert lines[-1] == "", "no setup line: an empty line in its place"
+        assert not any("--gres" in line or "--exclusive" in line for line in directives)
+
+
+def test_only_the_shell_line_keys_fill_several_lines():
+    from src.slurm import SHELL_LINE_KEYS, check_lines
+
+    assert set(SHELL_LINE_KEYS) == {"environment", "setup"}
+    script = fill("stage.sbatch", {"environment": "export A=1\nexport B=2", "setup": "a\nb"})
+    assert "\nexport PYTHONUNBUFFERED=1\nexport A=1\nexport B=2\na\nb\n" in script
+    for key in SHELL_LINE_KEYS:
+        with pytest.raises(ValueError, match=rf"@{key}@='a\\n\\x1b"):
+            fill("stage.sbatch", {key: "a\n\x1b[31m"})  # each line printable
+        with pytest.raises(ValueError, match=rf"@{key}@"):
+            check_lines("t.sbatch", key, "a\nb", own_line=False)  # on a line of its own only
+    for key in ("repo", "python", "script", "overrides", "description"):
+        with pytest.raises(ValueError, match=rf"@{key}@"):
+            fill("stage.sbatch", {key: "a\nb"})
+
+
+@pytest.mark.parametrize("template", ["stage.sbatch", "train-multinode.sbatch",
+                                      "sweep-array.sbatch"])  # fmt: skip
+def test_a_node_that_does_not_see_the_clone_or_the_script_ends_the_job_with_one_line(
+    tmp_path, template
+):
+    """Run with bash here, as a node runs it: before `cd`, the clone, its Python and the script
+    itself must be where the submitting machine had them; the first one missing is named."""
+    from src.slurm import shell_word
+
+    script = tmp_path / "job.sbatch"
+    clone, python = tmp_path / "no clone", Path(sys.executable)
+    for missing, values in [
+        (clone, {"repo": clone, "python": python, "script": script}),
+        (
+            tmp_path / "gone.sbatch",
+            {"repo": REPO_ROOT, "python": python, "script": tmp_path / "gone.sbatch"},
+        ),
+    ]:
+        words = {k: shell_word(str(v)) for k, v in values.items()}
+        script.write_text(fill(template, {**words, "resource_lines": ""}))
+        done = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+        assert done.returncode == 3, done.stderr
+        assert done.stdout == "" and done.stderr.splitlines() == [
+            f"[slurm] {missing} is not on this node: the clone, its .venv, paths.root and "
+            "HF_HOME must be on a file system every node mounts at the same path"
+        ]
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+30 27 0:27 / /scratch rw,relatime shared:5 - tmpfs tmpfs rw,size=100k
+31 30 0:28 / /scratch/shared rw - nfs4 server:/export rw
+32 27 0:29 / /local\\040ram rw - ramfs ramfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "mountinfo", "kind"),
+    [
+        ("/scratch", MOUNTINFO, "tmpfs"),
+        ("/scratch/runs/x", MOUNTINFO, "tmpfs"),
+        ("/scratch/shared/runs", MOUNTINFO, None),  # the longest mount point that holds it
+        ("/scratchy/runs", MOUNTINFO, None),  # a mount point holds whole folder names only
+        ("/local ram/runs", MOUNTINFO, "ramfs"),  # the mount point's blank, in octal
+        ("/home/me", MOUNTINFO, None),
+        ("/scratch/x", MOUNTINFO + "40 27 0:40 / /scratch rw - xfs /dev/sdb rw\n", None),
+        ("/scratch/x", "", None),
+    ],
+)
+def test_a_path_on_a_memory_file_system_is_found_by_its_longest_mount_point(path, mountinfo, kind):
+    from src.slurm import memory_file_system
+
+    assert memory_file_system(path, mountinfo) == kind
+
+
+@pytest.mark.parametrize(
+    ("where", "command"),
+    [("paths.root", "src.slurm"), ("paths.hf_home", "src.slurm"), ("paths.root", "src.sweep")],
+)
+def test_a_submission_from_a_memory_file_system_is_refused_before_anything_is_written(
+    capsys, tmp_path, monkeypatch, where, command
+):
+    """What lies on tmpfs no other node sees: refused before a folder or script is made."""
+    import src.slurm
+    from src.slurm import memory_file_system
+    from src.sweep import main as sweep
+
+    memory = tmp_path / "in memory"
+    point = str(memory).replace(" ", "\\040")  # as mountinfo writes a blank
+    mountinfo = f"1 0 8:1 / / rw - ext4 /dev/sda rw\n2 1 0:9 / {point} rw - tmpfs tmpfs rw\n"
+    monkeypatch.setattr(
+        src.slurm, "memory_file_system", lambda path: memory_file_system(path, mountinfo)
+    )
+    folder = memory / "hf" if where == "paths.hf_home" else memory / "runs"
+    monkeypatch.setenv("HF_HOME" if where == "paths.hf_home" else "SELFPLAY_RUNS", str(folder))
+    args = ["model=tiny-mistral", "hardware=slurm-cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        if command == "src.sweep":
+            sweep(["sweeps/eta.yaml", *args])
+        else:
+            main(args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"config error: {where} {folder} is on tmpfs, this machine's memory, which the nodes do "
+        "not see: the clone, its .venv, paths.root and HF_HOME must be on a file system every "
+        "node mounts at the same path"
+    )
+    assert not memory.exists(), "nothing written"
+
+
+@pytest.mark.slurm
+def test_a_job_runs_the_site_setup_with_the_configs_environment(slurm_cluster, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    """On the local cluster: the setup lines run after the exports, which come from the config
+    and not from the submitting shell, and the site's sbatch option reaches SLURM."""
+    from src.slurm import compose, stage_job, submit
+
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # sbatch passes it on; the script sets 1
+    hf_home = tmp_path / "hf home"
+    probe = 'echo "[probe] PROBE=$PROBE HF_HUB_OFFLINE=$HF_HUB_OFFLINE HF_HOME=$HF_HOME"'
+    overrides = [*SLURM_SMALL, f"hardware.slurm.partition={slurm_cluster.partition}",
+                 f"paths.hf_home='{hf_home}'", f"hardware.slurm.setup=['export PROBE=ok','{probe}']",
+                 "hardware.slurm.sbatch=['--comment=probe']"]  # fmt: skip
+    cfg = compose(overrides, 1)
+    job = stage_job(cfg, Stage.pairs, overrides, after=None)
+    script_dir = Path(cfg.run.dir) / "slurm"
+    (script_dir / "logs").mkdir(parents=True)
+    ids = submit([job], script_dir, dry_run=False)
+    # pairs of an iteration that is not ranked: a stage that ends at once (and fails)
+    assert set(slurm_cluster.wait(ids.values(), timeout=180).values()) == {"FAILED"}
+    (log,) = (script_dir / "logs").glob(f"{job.name}_*.out")
+    text = log.read_text()
+    assert f"[probe] PROBE=ok HF_HUB_OFFLINE=1 HF_HOME={hf_home}\n" in text, text
+    assert "/iter1/rank is not finished" in text, text
+    assert slurm_cluster.job_record(ids[job.name])["Comment"] == "probe"

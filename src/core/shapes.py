@@ -132,13 +132,23 @@ GEMMA_2_9B = real_shape("google/gemma-2-9b-it")
 
 
 def shape_of(model: str, attention: str | None = None) -> Shape | None:
-    """The shape of `model`: a real model by its hub id, or a model folder's config.json; None
-    when neither is known here (a hub id of another model, offline)."""
+    """The shape of `model`: a real model by its hub id, or the config.json of a model folder or
+    of a hub model in the Hub cache; None when neither is known here (another model, not
+    fetched)."""
     if model in REAL_MODELS:
         return real_shape(model)
     config = Path(model) / "config.json"
     if not config.is_file():
-        return None
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            cached = try_to_load_from_cache(model, "config.json")
+        except HFValidationError:  # a path, not a hub id
+            return None
+        if not isinstance(cached, str):
+            return None
+        config = Path(cached)
     try:
         return Shape.from_config(Path(model).name, json.loads(config.read_text()), attention)
     except (KeyError, TypeError, ValueError):  # not a decoder's config, or not JSON

@@ -191,9 +191,15 @@ def _parquet_rows(path: Path, wanted: list[str | None]) -> Rows:
 
 def _hub_rows(source: str, split: str, wanted: list[str | None]) -> Rows:
     import datasets  # lazy: only hub ids need it, and importing it costs about a second
+    from huggingface_hub import constants
 
+    from src.core.hub import snapshot_folder
+
+    # Offline, `datasets` reads a hub id only from its own Arrow cache of an earlier load; a
+    # dataset fetched into the Hub cache (python -m src.assets fetch) is read from its snapshot
+    folder = snapshot_folder(source, "dataset") if constants.is_offline_mode() else None
     try:
-        dataset = datasets.load_dataset(source, split=split)
+        dataset = datasets.load_dataset(str(folder) if folder else source, split=split)
     except Exception as err:
         translated = _hub_error(source, split, err)
         if translated is None:
@@ -237,7 +243,8 @@ def _hub_error(source: str, split: str, err: Exception) -> PromptsError | None:
         )
         return PromptsUnreachable(
             f"{what} cannot be fetched offline ({reason}) and is not in the local cache: "
-            "pass a local .jsonl or .parquet prompt file instead"
+            "fetch it where the Hub is reachable (python -m src.assets fetch with this "
+            "command's overrides), or pass a local .jsonl or .parquet prompt file instead"
         )
     if _is_a(err, "DatasetNotFoundError"):
         return PromptsError(f"{what} not found on the Hub (or it is private / gated): {err}")

@@ -59,9 +59,10 @@ def policy_shape(cfg: Config) -> Shape:
     shape = shape_of(cfg.model.path, cfg.model.attn_implementation)
     if shape is None:
         raise PlanError(
-            f"model.path={cfg.model.path}: its shape is not known here (no config.json there, "
-            "and not one of the real models this project describes); point model.path at a "
-            "folder holding its config.json"
+            f"model.path={cfg.model.path}: its shape is not known here (no config.json there "
+            "nor in the Hub cache, and not one of the real models this project describes): "
+            "fetch it (python -m src.assets fetch with this command's overrides), or point "
+            "model.path at a folder holding its config.json"
         )
     return shape
 

@@ -80,8 +80,13 @@ def load_pairrm(path_or_id: str, device: str = "cpu", **kwargs: Any):
     `kwargs` go to `loadranker` (RankerConfig fields, `cache_dir`).
     """
     llm_blender = import_llm_blender()
-    # llm-blender looks for a hub id under cache_dir/<id> before trying to download it.
+    # llm-blender looks for a hub id under cache_dir/<id> before trying to download it there; a
+    # ranker fetched into the Hub cache (python -m src.assets fetch) is its snapshot folder
     cache_dir = Path(kwargs.get("cache_dir", hub_constants.HF_HUB_CACHE))
+    if not Path(path_or_id).is_dir():
+        from src.core.hub import snapshot_folder
+
+        path_or_id = str(snapshot_folder(path_or_id, hub_cache=str(cache_dir)) or path_or_id)
     folder = Path(path_or_id) if Path(path_or_id).is_dir() else cache_dir / path_or_id
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise PairRMLoadError(

@@ -1,0 +1,345 @@
+"""`python -m src.assets`: what each preset reads, fetched with the real huggingface_hub client
+from a Hub of local folders (tests/hub_server.py), checked offline; and the same check stopping
+`src.main` and `src.slurm` before any work when an asset is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from src.assets.cache import wanted_files
+from src.assets.check import listed_for
+from src.assets.listing import Asset
+from src.config import REPO_ROOT
+from tests.helpers import SMALL, compose_cfg, one_line_failure
+from tests.hub_server import LocalHub
+
+TINY = REPO_ROOT / ".cache" / "tiny"
+
+# --- the listing ----------------------------------------------------------------------------
+
+# What iterations 1-3 of each preset read from the Hub (checkpoints of the run aside)
+RECIPE = [
+    "ranker llm-blender/PairRM",
+    "model microsoft/deberta-v3-large",
+    *(f"dataset UCLA-AGI/data-mistral-7b-instruct-sppo-iter{t} [train]" for t in (1, 2, 3)),
+]
+PINNED = {
+    "mistral-7b-instruct-sppo": ["model mistralai/Mistral-7B-Instruct-v0.2", *RECIPE],
+    "mistral-7b-instruct-sppo-qlora": ["model mistralai/Mistral-7B-Instruct-v0.2", *RECIPE],
+    "gemma-2-9b-it-sppo": ["model google/gemma-2-9b-it", *RECIPE],
+    "gemma-2-9b-it-sppo-qlora": ["model google/gemma-2-9b-it", *RECIPE],
+    "gemma-2-9b-it-wpo-hb": [
+        "model google/gemma-2-9b-it",
+        "dataset HuggingFaceH4/ultrafeedback_binarized [train_prefs]",
+        "model RLHFlow/ArmoRM-Llama3-8B-v0.1",
+    ],
+    "tiny-wpo-hb": [],
+}
+
+
+def labels(configs) -> list[str]:
+    return sorted(e.asset.label() for e in listed_for(configs) if e.asset.on_hub)
+
+
+@pytest.mark.parametrize("preset", sorted(PINNED))
+def test_every_preset_lists_what_its_three_iterations_read_from_the_hub(preset):
+    assert {p.stem for p in (REPO_ROOT / "conf" / "experiment").glob("*.yaml")} == set(PINNED)
+    extra = ["data.external_responses=/data/gpt4.jsonl"] if "wpo-hb" in preset else []
+    configs = [compose_cfg(f"experiment={preset}", f"iter={t}", *extra) for t in (1, 2, 3)]
+    assert labels(configs) == sorted(PINNED[preset])
+    # the base model is read in iteration 1 only; later iterations start from the run's checkpoints
+    made = [e for e in listed_for(configs) if e.asset.kind == "made"]
+    assert [e.needs[0].iteration for e in made] == [2, 3]
+
+
+def test_eval_reads_the_base_model_the_judge_and_alpaca_evals_files_every_iteration():
+    configs = [
+        compose_cfg(
+            "experiment=mistral-7b-instruct-sppo",
+            f"iter={t}",
+            "eval.enabled=true",
+            "eval.alpaca_eval=true",
+            "data.eval_prompts=tatsu-lab/alpaca_eval-instructions",
+        )
+        for t in (1, 2)
+    ]
+    entries = {e.asset.label(): e for e in listed_for(configs)}
+    base = entries["model mistralai/Mistral-7B-Instruct-v0.2"]
+    assert "eval.reference: iterations 1-2 eval" in base.used_by()
+    alpaca = entries["dataset tatsu-lab/alpaca_eval (alpaca_eval_gpt4_baseline.json, df_gamed.csv)"]
+    assert alpaca.used_by() == "eval.alpaca_eval: iterations 1-2 eval"
+    assert "dataset tatsu-lab/alpaca_eval-instructions [train]" in entries
+
+
+def test_a_model_is_fetched_in_one_weight_format():
+    model = Asset("model", "o/m")
+    names = ["config.json", "model.safetensors", "pytorch_model.bin", "consolidated.safetensors"]
+    names += ["tf_model.h5", "onnx/model.onnx", "original/consolidated.00.pth", "tokenizer.model"]
+    # vLLM reads every *.safetensors of a repository offline: none is left out
+    assert wanted_files(model, names) == [
+        "config.json",
+        "consolidated.safetensors",
+        "model.safetensors",
+        "tokenizer.model",
+    ]
+    assert wanted_files(model, ["config.json", "pytorch_model.bin"]) == [
+        "config.json",
+        "pytorch_model.bin",
+    ]
+    part = Asset("dataset", "o/d", files=("a.json",))
+    assert wanted_files(part, ["a.json", "b.json"]) == ["a.json"]
+
+
+# --- a Hub of local folders, fetched and checked ------------------------------------------------
+
+HUB_IDS = [
+    "model.path=acme/tiny-mistral",
+    "ranker=tiny-pairrm",
+    "ranker.model=acme/tiny-pairrm",
+    "data.prompts=acme/prompts-iter${iter}",
+]
+
+
+@pytest.fixture
+def local_hub(tmp_path):
+    """The tiny models, the tiny PairRM (its backbone a repository of its own) and two prompt
+    splits as hub repositories; a pytorch_model.bin beside the policy's safetensors."""
+    served = tmp_path / "served"
+    policy = served / "tiny-mistral"
+    shutil.copytree(TINY / "tiny-mistral", policy)
+    (policy / "pytorch_model.bin").write_bytes(b"not fetched: the safetensors are")
+    ranker = served / "tiny-pairrm"
+    shutil.copytree(TINY / "tiny-pairrm", ranker, ignore=shutil.ignore_patterns("backbone"))
+    config = json.loads((ranker / "config.json").read_text())
+    (ranker / "config.json").write_text(json.dumps(config | {"model_name": "acme/tiny-deberta"}))
+    with LocalHub() as hub:
+        hub.add("model", "acme/tiny-mistral", policy)
+        hub.add("model", "acme/tiny-pairrm", ranker)
+        hub.add("model", "acme/tiny-deberta", TINY / "tiny-pairrm" / "backbone")
+        for t in (1, 2):
+            split = served / f"prompts-iter{t}" / "data"
+            split.mkdir(parents=True)
+            prompts = [f"Question {t}.{i}: what is {i} + {t}?" for i in range(6)]
+            ids = [f"p{t}-{i}" for i in range(6)]
+            table = pa.table({"prompt": prompts, "prompt_id": ids})
+            pq.write_table(table, split / "train-00000-of-00001.parquet")
+            hub.add("dataset", f"acme/prompts-iter{t}", split.parent)
+        yield hub
+
+
+def assets(tmp_path, hub, action, *args, online=False):
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0" if online else "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "SELFPLAY_RUNS": str(tmp_path / "runs"),
+    }
+    env.pop("HF_HUB_CACHE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "src.assets", action, *args, "model=tiny-mistral", *HUB_IDS],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def snapshot(tmp_path, kind, repo_id):
+    folder = tmp_path / "hf" / "hub" / f"{kind}s--{repo_id.replace('/', '--')}" / "snapshots"
+    return next(folder.iterdir())
+
+
+def test_fetch_downloads_what_the_run_reads_and_check_finds_it_whole_offline(tmp_path, local_hub):
+    fetched = assets(tmp_path, local_hub, "fetch", "--iterations", "2", online=True)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert "all 5 assets are here and whole" in fetched.stdout
+    got = local_hub.downloaded()
+    assert "acme/tiny-mistral/model.safetensors" in got
+    assert "acme/tiny-mistral/pytorch_model.bin" not in got  # one weight format
+    # the ranker's backbone, named in its config, is fetched after it
+    assert got.index("acme/tiny-deberta/model.safetensors") > got.index(
+        "acme/tiny-pairrm/config.json"
+    )
+    for t in (1, 2):
+        assert f"acme/prompts-iter{t}/data/train-00000-of-00001.parquet" in got
+    checked = assets(tmp_path, local_hub, "check", "--iterations", "2", "--verify")
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    served = len(local_hub.requests)
+    listed = assets(tmp_path, local_hub, "list", "--iterations", "2")
+    assert "acme/tiny-deberta" in listed.stdout and "in the cache" in listed.stdout
+    assert len(local_hub.requests) == served  # offline: nothing asked of the Hub
+
+
+def test_check_names_a_missing_file_and_a_truncated_one_with_the_command_that_fetches_it(
+    tmp_path, local_hub
+):
+    assert assets(tmp_path, local_hub, "fetch", online=True).returncode == 0
+    weights = snapshot(tmp_path, "model", "acme/tiny-mistral") / "model.safetensors"
+    blob = weights.resolve()
+    size = blob.stat().st_size
+    with blob.open("r+b") as f:
+        f.truncate(size - 100)
+    (
+        snapshot(tmp_path, "dataset", "acme/prompts-iter1")
+        / "data"
+        / "train-00000-of-00001.parquet"
+    ).unlink()
+    checked = assets(tmp_path, local_hub, "check")
+    assert one_line_failure(checked, 3).startswith("error: 2 of the 4 assets")
+    missing = [ln for ln in checked.stderr.splitlines() if ln.startswith("missing:")]
+    assert len(missing) == 2
+    assert f"model.safetensors has {size - 100} bytes where the Hub has {size}" in missing[0]
+    assert (
+        "fetch: python -m src.assets fetch --only acme/tiny-mistral model=tiny-mistral"
+        in missing[0]
+    )
+    assert "data/train-00000-of-00001.parquet is missing" in missing[1]
+    # same size, other content: only --verify's hashes tell
+    with blob.open("r+b") as f:
+        f.truncate(size)
+    assert (
+        assets(tmp_path, local_hub, "fetch", "--only", "acme/prompts-iter1", online=True).returncode
+        == 0
+    )
+    assert assets(tmp_path, local_hub, "check").returncode == 0
+    verified = assets(tmp_path, local_hub, "check", "--verify")
+    assert verified.returncode == 3
+    assert "model.safetensors is not the Hub's file" in verified.stderr
+
+
+def test_the_run_reads_its_hub_assets_from_the_cache_offline(tmp_path, local_hub):
+    """Fetched once, the policy, the prompt split and the PairRM with its backbone load with the
+    Hub offline: generation and ranking of iteration 1 by their hub ids."""
+    assert assets(tmp_path, local_hub, "fetch", online=True).returncode == 0
+    served = len(local_hub.requests)
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "SELFPLAY_RUNS": str(tmp_path / "runs"),
+    }
+    env.pop("HF_HUB_CACHE", None)
+    for stage in ("generate", "rank"):
+        run = subprocess.run(
+            [sys.executable, "-m", "src.main", *SMALL, *HUB_IDS, f"stage={stage}"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    ranked = list((tmp_path / "runs").glob("tiny-mistral/sppo/*/iter1/rank/ranked-*.jsonl"))
+    rows = [json.loads(line) for f in ranked for line in f.read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["win_rate"]) == 3 for r in rows)
+    assert len(local_hub.requests) == served
+
+
+def test_main_refuses_before_any_stage_naming_every_missing_asset(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "src.main", *SMALL, "logger=wandb", "iter=2", *HUB_IDS],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "1",
+            "SELFPLAY_RUNS": str(tmp_path / "runs"),
+            "WANDB_MODE": "offline",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = one_line_failure(run, 3)
+    assert "python -m src.assets fetch model=tiny-mistral" in last and "iter=2" in last
+    missing = [ln.split(" (")[0] for ln in run.stderr.splitlines() if ln.startswith("missing:")]
+    assert missing == [
+        "missing: model acme/tiny-mistral",
+        "missing: dataset acme/prompts-iter1 [train]",
+        "missing: ranker acme/tiny-pairrm",
+        "missing: dataset acme/prompts-iter2 [train]",
+    ]
+    assert not (tmp_path / "runs").exists()  # no stage folder, no W&B run
+
+
+def test_slurm_refuses_a_chain_whose_second_split_is_missing_before_any_script(tmp_path, local_hub):
+    assert assets(tmp_path, local_hub, "fetch", online=True).returncode == 0  # iteration 1's
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": local_hub.url,
+        "SELFPLAY_RUNS": str(tmp_path / "runs"),
+    }
+    env.pop("HF_HUB_CACHE", None)
+    # the jobs run offline (hardware.slurm.offline): the chain is checked though this shell is not
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.slurm",
+            "--iterations",
+            "2",
+            "--dry-run",
+            *SMALL,
+            *HUB_IDS,
+            "hardware=slurm-cpu",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = one_line_failure(run, 3)
+    assert "python -m src.assets fetch --iterations 2" in last
+    missing = [ln for ln in run.stderr.splitlines() if ln.startswith("missing:")]
+    assert len(missing) == 1 and "dataset acme/prompts-iter2 [train]" in missing[0]
+    assert "#SBATCH" not in run.stdout and not (tmp_path / "runs").exists()
+
+
+def test_sweep_refuses_an_array_whose_points_read_a_missing_split_before_any_script(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.sweep",
+            str(REPO_ROOT / "sweeps" / "eta.yaml"),
+            "--iterations",
+            "2",
+            "--dry-run",
+            *SMALL,
+            "hardware=slurm-cpu",
+            "data.prompts=acme/prompts-iter${iter}",
+        ],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "HF_HOME": str(tmp_path / "hf"),
+            "SELFPLAY_RUNS": str(tmp_path / "runs"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one_line_failure(run, 3).endswith(
+        "python -m src.assets fetch --iterations 2 "
+        + " ".join(SMALL)
+        + " hardware=slurm-cpu 'data.prompts=acme/prompts-iter${iter}' generation.shard=0 "
+        "generation.num_shards=1 ranker.shard=0 ranker.num_shards=1"
+    )
+    missing = [ln.split(" (")[0] for ln in run.stderr.splitlines() if ln.startswith("missing:")]
+    assert missing == [f"missing: dataset acme/prompts-iter{t} [train]" for t in (1, 2)]
+    assert "#SBATCH" not in run.stdout and not (tmp_path / "runs").exists()
