@@ -476,9 +476,10 @@ def check_chain_length(iterations: int, from_iter: int) -> None:
 def require_chain_assets(
     configs: list[Config], overrides: list[str], iterations: int, from_iter: int
 ) -> None:
-    """Every model, judge and prompt split of the chain's iterations in the Hub cache the jobs
-    read (or, when the nodes reach the Hub, `hardware.slurm.offline=false`, none damaged), before
-    any script is written: else each missing one is named, with the command that fetches it."""
+    """Every model, judge and prompt split of the chain's iterations whole in the Hub cache the
+    jobs read, before any script is written: else each missing one is named, with the command
+    that fetches it. Nodes that reach the Hub (`hardware.slurm.offline=false`) download what the
+    cache lacks: then only local files and folders are checked."""
     from src.assets.check import listed_for, require_assets
 
     fetch_args = ["--iterations", str(iterations), *overrides]
