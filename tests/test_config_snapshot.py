@@ -25,7 +25,13 @@ from tests.helpers import CONF, compose_raw
 
 SNAPSHOT = REPO_ROOT / "tests" / "data" / "config_snapshot.json"
 # What the config reads from the environment, fixed
-PLACEHOLDERS = {"SELFPLAY_RUNS": "/runs", "SELFPLAY_TINY_DIR": "/tiny", "WANDB_MODE": "offline"}
+PLACEHOLDERS = {
+    "SELFPLAY_RUNS": "/runs",
+    "SELFPLAY_TINY_DIR": "/tiny",
+    "WANDB_MODE": "offline",
+    "HF_HOME": "/hf",
+    "HF_HUB_CACHE": "/hf/hub",
+}
 # The one preset that cannot start without a user-supplied file (its hybrid pool)
 REQUIRED = {"gemma-2-9b-it-wpo-hb": ["data.external_responses=/data/gpt4_answers.jsonl"]}
 # Groups whose options are chosen with `group=option`; model_method is chosen by model x method
