@@ -101,9 +101,10 @@ def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
 
 
 def require_assets_here(configs: list[Config], runners: dict, command: str) -> None:
-    """Every model, judge and file the stages still to run read is here (or, with the Hub
-    reachable, can be downloaded), before any of them starts: else each missing one is named and
-    the command stops with exit 3 (src/assets/check.py)."""
+    """With the Hub offline, every model, judge and dataset the stages still to run read by hub
+    id is in the Hub cache, before any of them starts: else each missing one is named and the
+    command stops with exit 3 (src/assets/check.py). A local file or folder is left to the stage
+    that reads it, whose message names its key."""
     from huggingface_hub import constants
 
     from src.assets.check import listed_for, require_assets
@@ -112,8 +113,9 @@ def require_assets_here(configs: list[Config], runners: dict, command: str) -> N
         c.iter: [s for s in runners if c.pipeline.redo or state_of(c.as_tree(), s).status != "done"]
         for c in configs
     }
-    online = not constants.is_offline_mode()
-    require_assets(listed_for(configs, todo), configs[-1], command.split()[3:], online)
+    if constants.is_offline_mode():  # a local file or folder: the stage's own check names it
+        hub = [e for e in listed_for(configs, todo) if e.asset.on_hub]
+        require_assets(hub, configs[-1], command.split()[3:], online=False)
 
 
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:

@@ -233,8 +233,9 @@ def test_sigusr1_outside_a_stage_is_one_line_not_a_silent_end(tmp_path):
 @pytest.mark.parametrize(
     ("override", "said"),
     [
-        ("model.path=some-org/some-model-7b", "model.path='some-org/some-model-7b' is neither a"),
-        ("data.prompts=some-org/some-prompts", "Hugging Face dataset 'some-org/some-prompts'"),
+        # every hub id a run reads is looked for in the cache before any stage (src/assets)
+        ("model.path=some-org/some-model-7b", "model some-org/some-model-7b (model.path: iter"),
+        ("data.prompts=some-org/some-prompts", "dataset some-org/some-prompts [train] (data.pr"),
     ],
 )
 def test_a_hub_id_with_the_hub_offline_is_one_line(tmp_path, override, said):

@@ -222,7 +222,7 @@ def test_bad_input_is_one_line_and_writes_no_evaluation(tmp_path, evaluated):
     # a reference that cannot load fails before any answer is made, naming the key
     for reference, code, said in [
         (f"{tmp_path}/no-model", 1, f"eval.reference={tmp_path}/no-model: no such model folder"),
-        ("some-org/not-cached", 3, "eval.reference='some-org/not-cached' is neither a local"),
+        ("some-org/not-cached", 3, "model some-org/not-cached (eval.reference: iteration 1 eval)"),
     ]:
         refused = cli(root, "iter=1", "stage=eval", f"eval.reference={reference}")
         assert one_line_failure(refused, code).startswith(f"error: {said}"), refused.stderr

@@ -99,14 +99,22 @@ def require_assets(
             if entry.asset.on_hub
             else "set the key to a file or folder that exists"
         )
-        print(f"missing: {entry.asset.label()} ({entry.used_by()}): {why}; {fix}", file=sys.stderr)
+        if len(bad) > 1:  # one alone is the line that ends the command
+            print(
+                f"missing: {entry.asset.label()} ({entry.used_by()}): {why}; {fix}", file=sys.stderr
+            )
     hub = len(bad) - len(local)
     advice = (
-        f"fetch them where the Hub is reachable (into {cfg.paths.hub_cache}): "
+        f"the run reads the Hub cache alone (HF_HUB_OFFLINE): fetch "
+        f"{'it' if len(bad) == 1 else 'them'} where the Hub is reachable (into "
+        f"{cfg.paths.hub_cache}): "
         f"{fetch_command(fetch_args)}"
         if hub
-        else "point the keys named above at what exists"
+        else f"point {'the key' if len(bad) == 1 else 'the keys named above'} at what exists"
     )
     error = AssetsMissing if hub else StageError
+    if len(bad) == 1:
+        entry, why = bad[0]
+        raise error(f"{entry.asset.label()} ({entry.used_by()}): {why}; {advice}")
     read = sum(entry.asset.kind != "made" for entry in listed)
     raise error(f"{len(bad)} of the {read} assets this command reads cannot be used; {advice}")
