@@ -485,21 +485,26 @@ def test_an_sbatch_value_is_quoted_when_sbatch_would_split_it(value, written):
 @pytest.mark.slurm
 def test_sbatch_reads_a_quoted_output_path_back(slurm_cluster, tmp_path, monkeypatch):
     """A run root with a blank and a '#': the job's log lands where --output says."""
-    from src.slurm import compose, stage_job, submit
-
     root = tmp_path / "runs #1"
     monkeypatch.setenv("SELFPLAY_RUNS", str(root))  # the job inherits it
     overrides = [*SLURM_SMALL, f"hardware.slurm.partition={slurm_cluster.partition}"]
+    text, _ = failing_pairs_job(slurm_cluster, overrides)
+    assert "[main] stage pairs ->" in text and "/iter1/rank is not finished" in text, text
+
+
+def failing_pairs_job(slurm_cluster, overrides: list[str]) -> tuple[str, str]:
+    """The pairs stage of an iteration that is not ranked, submitted alone: a job that ends at
+    once and fails, its log saying why. Returns its log's text and its job id."""
+    from src.slurm import compose, stage_job, submit
+
     cfg = compose(overrides, 1)
     job = stage_job(cfg, Stage.pairs, overrides, after=None)
     script_dir = Path(cfg.run.dir) / "slurm"
     (script_dir / "logs").mkdir(parents=True)
     ids = submit([job], script_dir, dry_run=False)
     assert set(slurm_cluster.wait(ids.values(), timeout=180).values()) == {"FAILED"}
-    # the pairs of an iteration that is not ranked: the stage fails, and its log says why
     (log,) = (script_dir / "logs").glob(f"{job.name}_*.out")
-    text = log.read_text()
-    assert "[main] stage pairs ->" in text and "/iter1/rank is not finished" in text, text
+    return log.read_text(), ids[job.name]
 
 
 # --- sweeps ---------------------------------------------------------------------------------
@@ -942,8 +947,6 @@ def test_a_job_runs_the_site_setup_with_the_configs_environment(slurm_cluster, t
                                                                 monkeypatch):  # fmt: skip
     """On the local cluster: the setup lines run after the exports, which come from the config
     and not from the submitting shell, and the site's sbatch option reaches SLURM."""
-    from src.slurm import compose, stage_job, submit
-
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # sbatch passes it on; the script sets 1
     hf_home = tmp_path / "hf home"
@@ -951,15 +954,7 @@ def test_a_job_runs_the_site_setup_with_the_configs_environment(slurm_cluster, t
     overrides = [*SLURM_SMALL, f"hardware.slurm.partition={slurm_cluster.partition}",
                  f"paths.hf_home='{hf_home}'", f"hardware.slurm.setup=['export PROBE=ok','{probe}']",
                  "hardware.slurm.sbatch=['--comment=probe']"]  # fmt: skip
-    cfg = compose(overrides, 1)
-    job = stage_job(cfg, Stage.pairs, overrides, after=None)
-    script_dir = Path(cfg.run.dir) / "slurm"
-    (script_dir / "logs").mkdir(parents=True)
-    ids = submit([job], script_dir, dry_run=False)
-    # pairs of an iteration that is not ranked: a stage that ends at once (and fails)
-    assert set(slurm_cluster.wait(ids.values(), timeout=180).values()) == {"FAILED"}
-    (log,) = (script_dir / "logs").glob(f"{job.name}_*.out")
-    text = log.read_text()
+    text, job_id = failing_pairs_job(slurm_cluster, overrides)
     assert f"[probe] PROBE=ok HF_HUB_OFFLINE=1 HF_HOME={hf_home}\n" in text, text
     assert "/iter1/rank is not finished" in text, text
-    assert slurm_cluster.job_record(ids[job.name])["Comment"] == "probe"
+    assert slurm_cluster.job_record(job_id)["Comment"] == "probe"
