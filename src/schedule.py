@@ -101,21 +101,29 @@ def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
 
 
 def require_assets_here(configs: list[Config], runners: dict, command: str) -> None:
-    """With the Hub offline, every model, judge and dataset the stages still to run read by hub
-    id is in the Hub cache, before any of them starts: else each missing one is named and the
-    command stops with exit 3 (src/assets/check.py). A local file or folder is left to the stage
-    that reads it, whose message names its key."""
+    """Before any of the stages still to run starts, what they read from outside is here: the
+    OpenAI key eval.alpaca_eval=true's judge needs (no fetch makes it); with the Hub offline,
+    every model, judge and dataset they read by hub id, in the Hub cache (else each missing one
+    is named, src/assets/check.py); then an answer from OpenAI's API. Each stops the command with
+    exit 3. A local file or folder is left to the stage that reads it, whose message names its
+    key."""
     from huggingface_hub import constants
 
     from src.assets.check import listed_for, require_assets
+    from src.evaluation.alpaca_eval import require_alpaca_eval_judge
 
     todo = {
         c.iter: [s for s in runners if c.pipeline.redo or state_of(c.as_tree(), s).status != "done"]
         for c in configs
     }
-    if constants.is_offline_mode():  # a local file or folder: the stage's own check names it
+    judged = any(c.eval.alpaca_eval and Stage.eval in todo[c.iter] for c in configs)
+    if judged:
+        require_alpaca_eval_judge(reach=False)
+    if constants.is_offline_mode():
         hub = [e for e in listed_for(configs, todo) if e.asset.on_hub]
         require_assets(hub, configs[-1], command.split()[3:], online=False)
+    if judged:
+        require_alpaca_eval_judge()
 
 
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:

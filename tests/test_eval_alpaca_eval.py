@@ -1,9 +1,9 @@
 """AlpacaEval 2 itself (`src.evaluation.alpaca_eval`, eval.alpaca_eval=true), offline.
 
-Tested: what stops its evaluator is said before any answer is made, as one line with exit 3 and
-the command to run instead (no OpenAI key; the Hub offline with its files not cached; OpenAI's
-API not answering, a closed local port standing in for it); instructions that are not
-AlpacaEval's are refused before its judge is paid; the leaderboard row read back from the
+Tested: what stops its evaluator is said before any stage starts, as one line with exit 3 and
+the command to run instead (no OpenAI key, first; the Hub offline with its files not cached, as
+the assets check names them; OpenAI's API not answering, a closed local port standing in for
+it); instructions that are not AlpacaEval's are refused before its judge is paid; the leaderboard row read back from the
 results files alpaca_eval's own `evaluate` writes from annotations supplied here (its GPT-4 Turbo
 judge replaced by those annotations: the one part that needs the network), and from the rows of
 its published leaderboard; the row in the model card's model-index.
@@ -57,10 +57,13 @@ def test_with_the_hub_offline_and_its_files_not_cached_the_stage_says_which(tmp_
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     result = cli(tmp_path / "runs", "iter=1", "stage=eval", "eval.alpaca_eval=true")
     line = one_line_failure(result, 3)
-    assert (
-        "but the Hub is offline (HF_HUB_OFFLINE) and tatsu-lab/alpaca_eval's "
-        "alpaca_eval_gpt4_baseline.json is not cached" in line
+    assert line.startswith(
+        "error: dataset tatsu-lab/alpaca_eval (alpaca_eval_gpt4_baseline.json, df_gamed.csv) "
+        "(eval.alpaca_eval: iteration 1 eval): not in the Hub cache"
     ), line
+    fetch = f"python -m src.assets fetch {' '.join(SMALL)} iter=1 stage=eval eval.alpaca_eval=true"
+    assert line.endswith(fetch), line
+    assert not list((tmp_path / "runs").rglob("eval/*")), "refused before the stage starts"
 
 
 def closed_port() -> int:
@@ -71,11 +74,11 @@ def closed_port() -> int:
 
 def test_openai_not_answering_is_what_is_missing(monkeypatch):
     """A key and the Hub's files, but no answer from the API (a closed local port here)."""
-    monkeypatch.setattr(alpaca_eval.hub_constants, "is_offline_mode", lambda: False)
     url = f"http://127.0.0.1:{closed_port()}/v1/models"
     monkeypatch.setattr(alpaca_eval, "OPENAI_URL", url)
     missing = alpaca_eval_missing({"OPENAI_API_KEY": "sk-not-a-key"})
     assert missing.startswith(f"{url} does not answer ("), missing
+    assert alpaca_eval_missing({"OPENAI_API_KEY": "sk-not-a-key"}, reach=False) is None
     assert alpaca_eval_missing({}) == "OPENAI_API_KEY is not set"
 
 

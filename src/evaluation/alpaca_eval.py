@@ -11,10 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub import hf_hub_download
 
 from src.core.artifacts import atomic_write_text
+from src.core.errors import EnvironmentFailure
 from src.evaluation.answers import EvalError
 from src.generation.prompts import Prompt
 
@@ -97,21 +97,13 @@ LEADERBOARD_COLUMNS = {
 LEADERBOARD_COUNTS = ("avg_length", "n_total", "n_wins", "n_wins_base", "n_draws")
 
 
-def alpaca_eval_missing(environ=os.environ) -> str | None:
-    """What stops alpaca_eval's evaluator from running here, or None: the OpenAI key, the Hub's
-    files it reads (unless cached), an answer from OpenAI's API."""
+def alpaca_eval_missing(environ=os.environ, reach: bool = True) -> str | None:
+    """What stops alpaca_eval's judge from running here, or None: the OpenAI key, and with
+    `reach` an answer from OpenAI's API. (Its Hub files are the assets check's, src/assets.)"""
     if not environ.get("OPENAI_API_KEY"):
         return "OPENAI_API_KEY is not set"
-    if hub_constants.is_offline_mode():
-        uncached = [
-            name
-            for name in (REFERENCE_FILE, *GLM_FILES)
-            if not isinstance(
-                try_to_load_from_cache(REFERENCE_REPO, name, repo_type="dataset"), str
-            )
-        ]
-        if uncached:
-            return f"the Hub is offline (HF_HUB_OFFLINE) and {REFERENCE_REPO}'s {uncached[0]} is not cached"
+    if not reach:
+        return None
     try:
         urllib.request.urlopen(urllib.request.Request(OPENAI_URL, method="HEAD"), timeout=10)
     except urllib.error.HTTPError:
@@ -119,6 +111,19 @@ def alpaca_eval_missing(environ=os.environ) -> str | None:
     except (urllib.error.URLError, OSError) as err:
         return f"{OPENAI_URL} does not answer ({getattr(err, 'reason', err)})"
     return None
+
+
+def require_alpaca_eval_judge(reach: bool = True) -> None:
+    """Refuse, before any answer is made, an eval.alpaca_eval=true that could not be judged:
+    exit 3, with the command that makes the answers without it."""
+    missing = alpaca_eval_missing(reach=reach)
+    if missing:
+        raise EnvironmentFailure(
+            f"eval.alpaca_eval=true runs AlpacaEval 2's judge ({ANNOTATOR}, OpenAI's API), "
+            f"but {missing}: run this command again where the key and the network are "
+            "(answers made before are reused), or make the answers here without it",
+            fix="eval.alpaca_eval=false",
+        )
 
 
 def judge_with_alpaca_eval(model_outputs: Path, out_dir: Path, name: str) -> dict:

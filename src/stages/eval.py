@@ -34,9 +34,7 @@ from src.core.errors import EnvironmentFailure
 from src.core.policy import CARD, checkpoint_damage, require_loadable
 from src.core.records import read_record, stage_fingerprint, write_record
 from src.evaluation.alpaca_eval import (
-    ANNOTATOR,
     RESULTS,
-    alpaca_eval_missing,
     judge_with_alpaca_eval,
     reference_from_file,
     write_alpaca_eval,
@@ -53,16 +51,7 @@ def run(cfg: Config) -> dict:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.eval)
 
-    # setup
-    if cfg.eval.alpaca_eval:  # before any answer is made: what it needs is there or not
-        missing = alpaca_eval_missing()
-        if missing:
-            raise EnvironmentFailure(
-                f"eval.alpaca_eval=true runs AlpacaEval 2's judge ({ANNOTATOR}, OpenAI's API), "
-                f"but {missing}: run this command again where the key and the network are "
-                "(answers made before are reused), or make the answers here without it",
-                fix="eval.alpaca_eval=false",
-            )
+    # setup (eval.alpaca_eval=true's judge: checked by the scheduler before any stage starts)
     instructions = load_instructions(cfg)
     policy = answerer(cfg, f"iter{cfg.iter}")
     # both sides checked before any generation: a bad reference fails in seconds, not after
