@@ -181,6 +181,13 @@ class Outcome(Choice):
     probability = "probability"  # the judge's probability that it does (AlpacaEval 2's weighting)
 
 
+class Benchmark(Choice):
+    """What the eval stage measures beside its judge's win rate (eval.benchmarks)."""
+
+    mt_bench = "mt_bench"  # FastChat's MT-Bench, single-answer grading by eval.llm_judge
+    arena_hard = "arena_hard"  # Arena-Hard-Auto against a baseline's answers, by eval.llm_judge
+
+
 class Optimizer(Choice):
     rmsprop = "rmsprop"
     adamw = "adamw"
@@ -494,6 +501,12 @@ class DataConfig:
     max_prompts: int | None = None  # first N prompts only (smoke runs)
     eval_prompts: str | None = None  # held-out prompts for the eval stage
     eval_split: str = "train"  # the split of `eval_prompts` to read
+    # eval.benchmarks' data, the user's copies (never shipped here): FastChat's llm_judge/data
+    # folder (judge_prompts.jsonl, mt_bench/question.jsonl, mt_bench/reference_answer/gpt-4.jsonl)
+    mt_bench: str | None = None
+    # an Arena-Hard-Auto data folder, e.g. its data/arena-hard-v0.1 (question.jsonl and
+    # model_answer/<eval.arena_hard_baseline>.jsonl)
+    arena_hard: str | None = None
     # hybrid pool (WPO-HB): JSONL of external responses keyed by prompt_id or prompt text
     external_responses: str | None = None
 
@@ -636,6 +649,46 @@ class RankerConfig:
         _check_shard(section, self.shard, self.num_shards)
 
 
+@dataclass
+class LLMJudgeConfig:
+    """The chat model that grades MT-Bench and Arena-Hard (`eval.llm_judge`): OpenAI's API, any
+    OpenAI-compatible endpoint, or a model the eval stage serves itself with vLLM's
+    OpenAI-compatible server on loopback. Its `model` labels every score it gives."""
+
+    model: str = "gpt-4"  # the model the endpoint serves (with `serve`: the name it serves it as)
+    base_url: str | None = None  # null: OpenAI's API; e.g. http://judge-node:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the key; "": none is needed
+    serve: str | None = None  # a model folder or hub id this stage serves (vLLM) as `model`
+    concurrency: int = 8  # requests in flight
+    timeout_s: float = 600.0  # one request's limit
+    max_retries: int = 3  # per request, with the client's backoff
+    max_model_len: int = 4096  # the served judge's context, prompt and judgment (with `serve`)
+    start_timeout_s: float = 900.0  # how long the served judge may take to answer its first call
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "eval.llm_judge.")
+        _positive("eval.llm_judge.concurrency", self.concurrency)
+        _positive("eval.llm_judge.timeout_s", self.timeout_s)
+        _positive("eval.llm_judge.max_model_len", self.max_model_len)
+        _positive("eval.llm_judge.start_timeout_s", self.start_timeout_s)
+        _check(
+            self.max_retries >= 0, "eval.llm_judge.max_retries", self.max_retries, "must be >= 0"
+        )
+        _check(
+            self.serve is None or self.base_url is None,
+            "eval.llm_judge.base_url",
+            self.base_url,
+            "a served judge (eval.llm_judge.serve) listens on loopback: leave base_url null",
+        )
+
+
+# The data key each benchmark reads, and what the user points it at
+BENCHMARK_DATA = {Benchmark.mt_bench: "mt_bench", Benchmark.arena_hard: "arena_hard"}
+BENCHMARK_DATA_HINT = {
+    Benchmark.mt_bench: "a copy of FastChat's fastchat/llm_judge/data folder",
+    Benchmark.arena_hard: "a copy of arena-hard-auto's data/arena-hard-v0.1 folder",
+}
+
 # The eval's bootstrap resamples at most (eval.bootstrap): each refits the length-controlled GLM,
 # some milliseconds on AlpacaEval's 805 prompts, so 100,000 take minutes
 MAX_BOOTSTRAP = 100_000
@@ -669,6 +722,12 @@ class EvalConfig:
     # through OpenAI's API, against its GPT-4 Turbo reference, on its 805 instructions): needs
     # OPENAI_API_KEY and the network; its leaderboard row goes to eval.json and the model card
     alpaca_eval: bool = False
+    # more of what the model cards report, on the same policy: mt_bench (data.mt_bench),
+    # arena_hard (data.arena_hard)
+    benchmarks: list[Benchmark] = field(default_factory=list)
+    llm_judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)  # MT-Bench's, Arena-Hard's
+    # Arena-Hard's baseline: the model whose answers data.arena_hard/model_answer/<name>.jsonl holds
+    arena_hard_baseline: str = "gpt-4-0314"
 
     def __post_init__(self) -> None:
         check_numbers(self, "eval.")
@@ -687,6 +746,12 @@ class EvalConfig:
             "the intervals stop moving long before",
         )
         _check(0 < self.confidence < 1, "eval.confidence", self.confidence, "must be in (0, 1)")
+        _check(
+            len(set(self.benchmarks)) == len(self.benchmarks),
+            "eval.benchmarks",
+            [b.value for b in self.benchmarks],
+            "names a benchmark twice",
+        )
         earlier = re.fullmatch(r"iter(\d+)", self.reference)
         _check(
             earlier is None or int(earlier[1]) >= 1,
@@ -1077,6 +1142,14 @@ class Config:
         self.ranker.check("ranker")
         if self.eval.judge is not None:
             self.eval.judge.check("eval.judge")
+        for benchmark, key in BENCHMARK_DATA.items():
+            _check(
+                benchmark not in self.eval.benchmarks or getattr(self.data, key) is not None,
+                f"data.{key}",
+                None,
+                f"eval.benchmarks names {benchmark.value}: point data.{key} at its data "
+                f"({BENCHMARK_DATA_HINT[benchmark]})",
+            )
         _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
         # its longest file name, a SLURM log, sets its limit (its folder's, NAME_MAX, is looser)
         longest = max((s for s in Stage if s != Stage.all), key=lambda s: len(s.value))

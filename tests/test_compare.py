@@ -403,3 +403,22 @@ def test_wandb_path_must_be_entity_slash_project(capsys):
         main(["--wandb", "selfplay-lab"])
     assert exit_.value.code == 1
     assert capsys.readouterr().err == "error: --wandb 'selfplay-lab': expected ENTITY/PROJECT\n"
+
+
+def test_a_judged_benchmark_gets_a_column_per_judge(tmp_path):
+    """MT-Bench by GPT-4 and by a local judge are two figures, never one column."""
+    for run_name, judge, score in ((SPPO_1000, "gpt-4", 7.21), (SPPO_5000, "judge@local", 6.5)):
+        mt_bench = {"judge": judge, "mt_bench": score, "turn_1": score, "turn_2": score}
+        arena = {"judge": judge, "win_rate": 0.25, "lower": 0.2, "upper": 0.3}
+        write_iteration(
+            tmp_path, run_name, 1, eval_={**EVAL, "mt_bench": mt_bench, "arena_hard": arena}
+        )
+    run_main(["--root", str(tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "compare" / "compare.csv").open()))
+    by_run = {r["run_name"]: r for r in rows}
+    assert float(by_run[SPPO_1000]["mt_bench[gpt-4]"]) == 7.21
+    assert by_run[SPPO_1000]["mt_bench[judge@local]"] == ""
+    assert float(by_run[SPPO_5000]["mt_bench[judge@local]"]) == 6.5
+    assert float(by_run[SPPO_5000]["arena_hard[judge@local]"]) == 0.25
+    header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
+    assert "mt_bench[gpt-4]" in header and "arena_hard[gpt-4]" in header

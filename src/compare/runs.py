@@ -191,7 +191,16 @@ def eval_columns(m: Record) -> dict[str, Any]:
     leaderboard = m.section("alpaca_eval")  # AlpacaEval 2's own row
     row["alpaca_eval_lc"] = leaderboard.number("lc_win_rate")
     row["alpaca_eval_wr"] = leaderboard.number("win_rate")
+    for benchmark, key in JUDGED_HEADLINES.items():  # a column per judge: never one figure
+        section = m.section(benchmark)
+        judge = section.values.get("judge")
+        if isinstance(judge, str):
+            row[f"{benchmark}[{judge}]"] = section.number(key)
     return row
+
+
+# The figure of each benchmark graded by eval.llm_judge that src.compare shows, by the judge's name
+JUDGED_HEADLINES = {"mt_bench": "mt_bench", "arena_hard": "win_rate"}
 
 
 def log_history(metrics: dict) -> list[dict]:

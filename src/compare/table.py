@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from src.cli import ArgumentParser, failures
-from src.compare.runs import CompareError, Iteration, discover, fetch_wandb, num
+from src.compare.runs import JUDGED_HEADLINES, CompareError, Iteration, discover, fetch_wandb, num
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
 
@@ -49,7 +49,10 @@ OPTIONAL_COLUMNS = ("eval_win_rate", "eval_lc_win_rate", "alpaca_eval_lc", "alpa
 
 def columns_for(rows: list[dict]) -> list[str]:
     shown = [c for c in COLUMNS if c not in OPTIONAL_COLUMNS]
-    return shown + [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)]
+    judged = sorted(
+        {c for r in rows for c in r if c.startswith(tuple(f"{b}[" for b in JUDGED_HEADLINES))}
+    )
+    return shown + [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)] + judged
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -85,7 +85,9 @@ def identity(cfg: Config, who: Answerer, instructions: list[Prompt]) -> str:
     payload = {
         "weights": who.weights,
         "instructions": hashlib.sha256(
-            json.dumps([p.prompt for p in instructions]).encode()
+            json.dumps(
+                [[p.prompt, p.history] if p.history else p.prompt for p in instructions]
+            ).encode()
         ).hexdigest(),
         "decoding": [g.backend.value, g.temperature, g.top_p, g.max_new_tokens, cfg.eval.seed],
         "prompt_limit": g.max_prompt_length,

@@ -48,6 +48,9 @@ class Prompt:
     prompt_id: str
     prompt: str  # the raw user text; the chat template is applied later, by the backend
     dataset: str | None = None  # a row's `dataset` value (AlpacaEval's subsets), when it has one
+    # the conversation before `prompt`, (user, assistant) turns: MT-Bench's second turn follows
+    # the model's own first answer
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,16 @@ class RenderedPrompt:
     ids: array
 
 
-def prompt_ids(tokenizer, text: str) -> list[int]:
-    """`text` as the policy sees it: a user turn in the chat template, ready for the answer."""
+def prompt_ids(tokenizer, text: str, history: tuple[tuple[str, str], ...] = ()) -> list[int]:
+    """`text` as the policy sees it: a user turn in the chat template, after the (user,
+    assistant) turns of `history`, ready for the answer."""
+    turns = [
+        {"role": role, "content": content}
+        for pair in history
+        for role, content in zip(("user", "assistant"), pair, strict=True)
+    ]
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        [*turns, {"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
     )
     return tokenizer(rendered, add_special_tokens=False)["input_ids"]  # the template has the BOS
 
@@ -81,10 +87,10 @@ def render(g: GenerationConfig, tokenizer, prompts, counts: SampleCounts) -> lis
     limit = g.max_prompt_length
     out = []
     for p in prompts:
-        ids = prompt_ids(tokenizer, p.prompt)
+        ids = prompt_ids(tokenizer, p.prompt, p.history)
         text = p.prompt
         if len(ids) > limit:
-            if g.long_prompts == LongPrompts.skip:
+            if g.long_prompts == LongPrompts.skip or p.history:  # a conversation is not cut
                 counts.skipped_too_long += 1
                 continue
             # keep the end of the user's text (the question), re-rendered inside the template
@@ -117,7 +123,7 @@ def require_one_fits(
         return  # truncation keeps every prompt, or `render` has refused the limit already
     lengths = []
     for p in prompts:
-        lengths.append(len(prompt_ids(tokenizer, p.prompt)))
+        lengths.append(len(prompt_ids(tokenizer, p.prompt, p.history)))
         if lengths[-1] <= limit:
             return
     # eval answers an instruction whole or not at all; truncation needs room beside the template

@@ -33,6 +33,7 @@ from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EnvironmentFailure
 from src.core.policy import CARD, checkpoint_damage, require_loadable
 from src.core.records import read_record, stage_fingerprint, write_record
+from src.evaluation import benchmarks
 from src.evaluation.alpaca_eval import (
     RESULTS,
     judge_with_alpaca_eval,
@@ -53,6 +54,8 @@ def run(cfg: Config) -> dict:
 
     # setup (eval.alpaca_eval=true's judge: checked by the scheduler before any stage starts)
     instructions = load_instructions(cfg)
+    # before any answer is made: the benchmarks' data read, their judge answering
+    benchmark_data = benchmarks.check(cfg)
     policy = answerer(cfg, f"iter{cfg.iter}")
     # both sides checked before any generation: a bad reference fails in seconds, not after
     # the policy has answered
@@ -157,6 +160,8 @@ def run(cfg: Config) -> dict:
     )
     if cfg.eval.alpaca_eval:
         report["alpaca_eval"] = alpaca_eval_row(stage_dir, policy.label)
+    report.update(benchmarks.run(cfg, policy, benchmark_data, stage_dir))
+    report["seconds"] = time.time() - started
     atomic_write_text(  # executable for whom the umask lets read it, as the shell would make it
         stage_dir / "lm_eval.sh", lm_eval_script(policy.path, stage_dir / "lm_eval"), mode=0o777
     )

@@ -1,0 +1,286 @@
+"""The benchmarks of the eval stage (`eval.benchmarks`): what the model cards report, measured on
+the iteration's policy beside the judge's win rate.
+
+- mt_bench (src/evaluation/mt_bench.py) and arena_hard (src/evaluation/arena_hard.py): the
+  policy's answers made with the eval stage's sampler and cached as its other answers are
+  (src/evaluation/answers.py), then graded by the chat judge `eval.llm_judge`
+  (src/evaluation/judge_client.py; served here with `serve`, src/evaluation/judge_server.py).
+
+`check` runs before any answer is made: each benchmark's data read, the judge reachable (a
+served one: its model loadable). `run` then makes every answer first and starts a served judge
+after, so that two engines never hold the accelerator at once. Each result is labelled with the
+judge that gave it (`judge`): a score by `gpt-4` and one by a local model are never one figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from src.config import Benchmark, Config
+from src.evaluation import arena_hard, mt_bench
+from src.evaluation.answers import Answerer, EvalError, answers
+from src.evaluation.judge_client import (
+    Endpoint,
+    cache_path,
+    endpoint_of,
+    judge_all,
+    require_reachable,
+)
+from src.generation.prompts import Prompt
+
+JUDGED = (Benchmark.mt_bench, Benchmark.arena_hard)  # graded by eval.llm_judge
+
+
+@dataclass(frozen=True)
+class MTBenchData:
+    questions: list
+    prompts: dict
+
+
+@dataclass(frozen=True)
+class ArenaHardData:
+    questions: list
+    baseline_name: str
+    baseline: dict
+
+
+def mt_bench_files(folder: str) -> tuple[Path, Path, Path]:
+    """FastChat's llm_judge/data layout: questions, GPT-4's reference answers, judge prompts."""
+    root = Path(folder)
+    bench = root / "mt_bench"
+    return (
+        bench / "question.jsonl",
+        bench / "reference_answer" / "gpt-4.jsonl",
+        root / "judge_prompts.jsonl",
+    )
+
+
+def read_data(cfg: Config) -> dict[Benchmark, object]:
+    """Each judged benchmark's questions, prompts and baseline, read (and so checked) now."""
+    data: dict[Benchmark, object] = {}
+    if Benchmark.mt_bench in cfg.eval.benchmarks:
+        questions, references, prompts = mt_bench_files(cfg.data.mt_bench)
+        for path in (questions, prompts):
+            require_file(path, "data.mt_bench", "FastChat's fastchat/llm_judge/data folder")
+        data[Benchmark.mt_bench] = MTBenchData(
+            mt_bench.load_questions(questions, references if references.is_file() else None),
+            mt_bench.load_judge_prompts(prompts),
+        )
+    if Benchmark.arena_hard in cfg.eval.benchmarks:
+        root = Path(cfg.data.arena_hard)
+        baseline = root / "model_answer" / f"{cfg.eval.arena_hard_baseline}.jsonl"
+        require_file(
+            root / "question.jsonl",
+            "data.arena_hard",
+            "arena-hard-auto's data/arena-hard-v0.1 folder",
+        )
+        require_file(
+            baseline,
+            "eval.arena_hard_baseline",
+            "a model whose answers data.arena_hard/model_answer holds",
+        )
+        name, answers_by_uid = arena_hard.load_answers(baseline)
+        data[Benchmark.arena_hard] = ArenaHardData(
+            arena_hard.load_questions(root / "question.jsonl"), name, answers_by_uid
+        )
+    return data
+
+
+def require_file(path: Path, key: str, what: str) -> None:
+    if not path.is_file():
+        raise EvalError(f"{key}: {path} does not exist (expected {what})")
+
+
+def check(cfg: Config) -> dict[Benchmark, object]:
+    """Before any answer is made: the benchmarks' data, and a judge that can answer (exit 3
+    where not). Returns the data read."""
+    data = read_data(cfg)
+    judged = [b.value for b in cfg.eval.benchmarks if b in JUDGED]
+    j = cfg.eval.llm_judge
+    if judged and j.serve is None:
+        require_reachable(endpoint_of(j), j, " and ".join(judged))
+    elif judged:
+        from src.core.policy import require_loadable
+
+        require_loadable(j.serve, None, key="eval.llm_judge.serve")
+    return data
+
+
+def run(cfg: Config, policy: Answerer, data: dict[Benchmark, object], stage_dir: Path) -> dict:
+    """Every benchmark of eval.benchmarks on `policy`: {benchmark: its results}."""
+    results: dict[str, dict] = {}
+    made = {}
+    for benchmark, what in data.items():  # every answer before a served judge starts
+        started = time.time()
+        made[benchmark] = (ANSWER[benchmark](cfg, policy, what), time.time() - started)
+    if made:
+        with judge_endpoint(cfg, stage_dir) as endpoint:
+            for benchmark, (answered, seconds) in made.items():
+                started = time.time()
+                result = GRADE[benchmark](cfg, endpoint, data[benchmark], answered)
+                result["seconds"] = seconds + time.time() - started
+                results[benchmark.value] = result
+    return results
+
+
+@contextlib.contextmanager
+def judge_endpoint(cfg: Config, stage_dir: Path) -> Iterator[Endpoint]:
+    j = cfg.eval.llm_judge
+    if j.serve is None:
+        yield endpoint_of(j)
+        return
+    from src.core.devices import device_for
+    from src.evaluation.judge_server import served_judge
+
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
+    with served_judge(j, stage_dir, on_cpu=device.type == "cpu") as url:
+        yield endpoint_of(j, base_url=url, merge_system=not takes_system_turn(j.serve))
+
+
+def figure(value: float | None, spec: str) -> str:
+    return "none" if value is None else format(value, spec)
+
+
+def takes_system_turn(model: str) -> bool:
+    """Whether `model`'s chat template renders a system turn (Mistral-Instruct-v0.2's refuses
+    one: roles must alternate user/assistant)."""
+    from src.generation.sampling import load_tokenizer
+
+    tokenizer, _ = load_tokenizer(model, None)
+    try:
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False
+        )
+    except Exception:  # jinja's TemplateError, raised by the template's own raise_exception
+        return False
+    return True
+
+
+# --- MT-Bench -----------------------------------------------------------------------------------
+
+
+def answer_mt_bench(cfg: Config, policy: Answerer, data: MTBenchData) -> dict[int, tuple[str, str]]:
+    """The policy's two turns per question, the second after its own first, each at its
+    category's temperature (FastChat's gen_model_answer)."""
+    first = sample(
+        cfg, policy, data.questions, lambda q: Prompt(f"mt_bench-{q.question_id}-1", q.turns[0])
+    )
+    second = sample(
+        cfg,
+        policy,
+        [q for q in data.questions if q.question_id in first],
+        lambda q: Prompt(
+            f"mt_bench-{q.question_id}-2", q.turns[1], history=((q.turns[0], first[q.question_id]),)
+        ),
+    )
+    return {qid: (first[qid], second[qid]) for qid in second}
+
+
+def sample(cfg: Config, policy: Answerer, questions: list, prompt_of) -> dict[int, str]:
+    """question_id -> the policy's answer to `prompt_of(question)`, one cached answers set per
+    temperature (an instruction the policy cannot take whole is left out)."""
+    out: dict[int, str] = {}
+    by_temperature: dict[float, list] = {}
+    for q in questions:
+        by_temperature.setdefault(mt_bench.answer_temperature(q.category), []).append(q)
+    for temperature, group in by_temperature.items():
+        decoding = replace(
+            cfg.eval,
+            temperature=temperature,
+            max_new_tokens=min(cfg.eval.max_new_tokens, mt_bench.MAX_NEW_TOKENS),
+        )
+        prompts = {prompt_of(q).prompt_id: q.question_id for q in group}
+        rows = answers(replace(cfg, eval=decoding), policy, [prompt_of(q) for q in group])
+        out.update({prompts[pid]: row["output"] for pid, row in rows.items()})
+    return out
+
+
+def grade_mt_bench(cfg: Config, endpoint: Endpoint, data: MTBenchData, answered) -> dict:
+    requests = mt_bench.judge_requests(data.questions, answered, data.prompts, endpoint.model)
+    judgments, cost = judge_all(
+        endpoint,
+        cfg.eval.llm_judge,
+        requests,
+        cache_path(cfg.paths.root, endpoint, "mt_bench"),
+        "mt_bench",
+    )
+    ratings = {}
+    for key, judgment in judgments.items():
+        _, qid, turn, _ = key.split("/", 3)
+        ratings[(int(qid), int(turn.removeprefix("turn")))] = mt_bench.parse_rating(judgment.text)
+    summary = mt_bench.summarize(data.questions, ratings)
+    print(
+        f"[eval] mt_bench by {endpoint.label}: {figure(summary['mt_bench'], '.2f')} (turn 1 "
+        f"{figure(summary['turn_1'], '.2f')}, turn 2 {figure(summary['turn_2'], '.2f')}; "
+        f"{summary['unrated']} of {len(ratings)} judgments without a rating)",
+        file=sys.stderr,
+    )
+    return {
+        "judge": endpoint.label,
+        **summary,
+        "unanswered": len(data.questions) - len(answered),
+        **cost,
+    }
+
+
+# --- Arena-Hard ---------------------------------------------------------------------------------
+
+ARENA_HARD_TEMPERATURE = 0.0  # arena-hard-auto's gen_answer_config: greedy answers
+ARENA_HARD_MAX_TOKENS = 4096  # and its max_tokens
+
+
+def answer_arena_hard(cfg: Config, policy: Answerer, data: ArenaHardData) -> dict[str, str]:
+    decoding = replace(
+        cfg.eval,
+        temperature=ARENA_HARD_TEMPERATURE,
+        max_new_tokens=min(cfg.eval.max_new_tokens, ARENA_HARD_MAX_TOKENS),
+    )
+    prompts = [Prompt(f"arena_hard-{q.uid}", q.prompt) for q in data.questions]
+    rows = answers(replace(cfg, eval=decoding), policy, prompts)
+    return {pid.removeprefix("arena_hard-"): row["output"] for pid, row in rows.items()}
+
+
+def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answered) -> dict:
+    """Both games of every question judged; in v0.1 a judgment with no verdict at all asked once
+    more (the benchmark's second attempt), its verdict then the second judgment's."""
+    version = arena_hard.version_of(data.questions)
+    requests = arena_hard.judge_requests(data.questions, answered, data.baseline, endpoint.model)
+    cache = cache_path(cfg.paths.root, endpoint, "arena_hard")
+    judged, cost = judge_all(endpoint, cfg.eval.llm_judge, requests, cache, "arena_hard")
+    texts = {key: judgment.text for key, judgment in judged.items()}
+    retries = [
+        retry
+        for r in requests
+        if (retry := arena_hard.retry_request(r, texts[r.key], version)) is not None
+    ]
+    if retries:
+        again, more = judge_all(endpoint, cfg.eval.llm_judge, retries, cache, "arena_hard")
+        texts.update({key.removesuffix("/attempt2"): j.text for key, j in again.items()})
+        cost = {k: cost[k] + more[k] for k in cost}
+    verdicts = {}
+    for key, text in texts.items():
+        _, uid, game = key.split("/", 2)
+        verdicts[(uid, int(game.removeprefix("game")))] = arena_hard.parse_verdict(text, version)
+    scored = arena_hard.score(data.questions, verdicts, seed=cfg.eval.seed)
+    print(
+        f"[eval] arena_hard by {endpoint.label} against {data.baseline_name}: win rate "
+        f"{figure(scored['win_rate'], '.3f')} [{figure(scored['lower'], '.3f')}, "
+        f"{figure(scored['upper'], '.3f')}]; {scored['unjudged']} game(s) without a verdict",
+        file=sys.stderr,
+    )
+    return {
+        "judge": endpoint.label,
+        "baseline": data.baseline_name,
+        **scored,
+        "unanswered": len(data.questions) - len(answered),
+        **cost,
+    }
+
+
+ANSWER = {Benchmark.mt_bench: answer_mt_bench, Benchmark.arena_hard: answer_arena_hard}
+GRADE = {Benchmark.mt_bench: grade_mt_bench, Benchmark.arena_hard: grade_arena_hard}

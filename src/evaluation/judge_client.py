@@ -1,0 +1,268 @@
+"""The chat judge of MT-Bench and Arena-Hard (`eval.llm_judge`): any OpenAI-compatible endpoint,
+its judgments cached and resumable.
+
+- Before any answer is made, `require_reachable` says in one line (exit 3) what stops the judge:
+  no key, an endpoint that does not answer, a model it does not serve.
+- `judge_all` sends what is not cached yet, `concurrency` requests at a time, and appends each
+  judgment to the cache as it comes back; a run killed mid-benchmark pays for none of them
+  again. The count of calls (and of those cached) is printed before they start, the tokens
+  after.
+
+The cache: `<paths.root>/eval_judgments/<judge label>/<benchmark>.jsonl`, one line per judgment,
+keyed by the judge's model and endpoint and everything it is sent (a request's messages,
+temperature and token limit), so a changed answer or prompt is judged again and two runs that
+send the same request share its judgment. A line cut short by a kill is ignored on reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.config import LLMJudgeConfig
+from src.core import locks
+from src.core.errors import EnvironmentFailure
+from src.evaluation.judging import JudgeRequest
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+CACHE_DIR = "eval_judgments"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the judge answers: `model` at `base_url`, with `key` (None: no key needed)."""
+
+    model: str
+    base_url: str
+    key: str | None
+    # its chat template takes no system turn (Mistral-Instruct's): the system prompt opens the
+    # first user turn instead
+    merge_system: bool = False
+    # what its judgments are cached under besides the model: the URL, or for a judge this stage
+    # serves (on a new port each time) the model it serves
+    served: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What names the judge in every record: its model, and where it is served unless that
+        is OpenAI's API (`gpt-4` there and a local `gpt-4` are not one judge)."""
+        if self.base_url == OPENAI_BASE_URL:
+            return self.model
+        host = re.sub(r"^https?://", "", self.base_url).split("/")[0]
+        return f"{self.model}@{'local' if host.startswith(('127.0.0.1', 'localhost')) else host}"
+
+
+@dataclass
+class Judgment:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def endpoint_of(
+    j: LLMJudgeConfig, base_url: str | None = None, merge_system: bool = False
+) -> Endpoint:
+    """The endpoint `j` names (`base_url`: where this stage serves it, for `serve`)."""
+    url = base_url or j.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    key = os.environ.get(j.api_key_env) if j.api_key_env else None
+    return Endpoint(j.model, url.rstrip("/"), key, merge_system, j.serve if base_url else None)
+
+
+def sent_messages(endpoint: Endpoint, request: JudgeRequest) -> list[dict[str, str]]:
+    """The chat messages of `request` as `endpoint` takes them."""
+    messages = [{"role": role, "content": content} for role, content in request.messages]
+    if endpoint.merge_system and len(messages) > 1 and messages[0]["role"] == "system":
+        system, first, *rest = messages
+        merged = f"{system['content']}\n\n{first['content']}"
+        messages = [{"role": first["role"], "content": merged}, *rest]
+    return messages
+
+
+def client_of(endpoint: Endpoint, j: LLMJudgeConfig):
+    from openai import OpenAI
+
+    # a served judge takes any key; the client refuses to start without one
+    return OpenAI(
+        base_url=endpoint.base_url,
+        api_key=endpoint.key or "none",
+        timeout=j.timeout_s,
+        max_retries=j.max_retries,
+    )
+
+
+def require_reachable(endpoint: Endpoint, j: LLMJudgeConfig, benchmarks: str) -> None:
+    """Refuse, in one line (exit 3), a judge that cannot answer: no key for OpenAI's API or for
+    an endpoint `api_key_env` says needs one, no answer from the endpoint, or no `model` in the
+    models it serves."""
+    import openai
+
+    judge = f"{benchmarks} are judged by {endpoint.model} at {endpoint.base_url} (eval.llm_judge)"
+    if j.api_key_env and not endpoint.key:
+        raise EnvironmentFailure(
+            f"{judge}, but {j.api_key_env} is not set: set it, or name another judge "
+            "(eval.llm_judge.base_url and .model, or .serve: a model served here)"
+        )
+    try:
+        served = [m.id for m in client_of(endpoint, j).with_options(max_retries=0).models.list()]
+    except openai.AuthenticationError as err:
+        raise EnvironmentFailure(
+            f"{judge}, which refuses the key in {j.api_key_env}: {err}"
+        ) from err
+    except openai.APIError as err:
+        raise EnvironmentFailure(f"{judge}, which does not answer: {err}") from err
+    if endpoint.model not in served:
+        raise EnvironmentFailure(
+            f"{judge}, which does not serve it (it serves: {', '.join(sorted(served)[:8])}): "
+            "set eval.llm_judge.model to one of those"
+        )
+
+
+def request_id(endpoint: Endpoint, request: JudgeRequest) -> str:
+    """What a judgment is cached under: the judge (its model, and its URL or the model served
+    here) and the request exactly as sent."""
+    where = endpoint.served or endpoint.base_url
+    sent = sent_messages(endpoint, request)
+    payload = [endpoint.model, where, sent, request.temperature, request.max_tokens]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def read_cache(path: Path) -> dict[str, Judgment]:
+    """The judgments in `path` by request id; a line cut short (a kill while writing) is skipped."""
+    cached: dict[str, Judgment] = {}
+    if not path.is_file():
+        return cached
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            cached[row["id"]] = Judgment(
+                row["text"], row["prompt_tokens"], row["completion_tokens"]
+            )
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return cached
+
+
+def cache_path(root: str, endpoint: Endpoint, benchmark: str) -> Path:
+    folder = re.sub(r"[^A-Za-z0-9._@-]+", "_", endpoint.label)
+    return Path(root) / CACHE_DIR / folder / f"{benchmark}.jsonl"
+
+
+def judge_all(
+    endpoint: Endpoint,
+    j: LLMJudgeConfig,
+    requests: list[JudgeRequest],
+    cache: Path,
+    benchmark: str,
+) -> tuple[dict[str, Judgment], dict]:
+    """Every request's judgment, by request key, and what it cost (calls made, cached, tokens).
+    The judgments come from the cache where it has them; the rest from the endpoint, each
+    appended to the cache as it arrives. A judge that stops answering ends the stage with one
+    line (exit 3): the judgments made are kept, and a re-run pays only for the rest."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with locks.writing(cache.parent, wait=True):  # two runs sharing a judge share its cache
+        cached = read_cache(cache)
+        ids = {r.key: request_id(endpoint, r) for r in requests}
+        todo = [r for r in requests if ids[r.key] not in cached]
+        print(
+            f"[eval] {benchmark}: {len(requests)} judgments by {endpoint.label}, "
+            f"{len(requests) - len(todo)} cached, {len(todo)} to request",
+            file=sys.stderr,
+        )
+        made = request_each(endpoint, j, todo, cache, ids, benchmark)
+    judgments = {**cached, **made}
+    cost = {
+        "judge_calls": len(todo),
+        "judge_cached": len(requests) - len(todo),
+        "judge_prompt_tokens": sum(m.prompt_tokens for m in made.values()),
+        "judge_completion_tokens": sum(m.completion_tokens for m in made.values()),
+    }
+    if todo:
+        print(
+            f"[eval] {benchmark}: {len(todo)} judge calls, {cost['judge_prompt_tokens']:,} prompt "
+            f"and {cost['judge_completion_tokens']:,} completion tokens",
+            file=sys.stderr,
+        )
+    return {r.key: judgments[ids[r.key]] for r in requests}, cost
+
+
+def request_each(
+    endpoint: Endpoint,
+    j: LLMJudgeConfig,
+    todo: list[JudgeRequest],
+    cache: Path,
+    ids: dict[str, str],
+    benchmark: str,
+) -> dict[str, Judgment]:
+    import openai
+
+    client = client_of(endpoint, j)
+    made: dict[str, Judgment] = {}
+    started, last = time.monotonic(), 0.0
+    with (
+        ThreadPoolExecutor(j.concurrency) as pool,
+        cache.open("a", encoding="utf-8") as out,
+    ):
+        pending = {pool.submit(ask, client, endpoint, r): r for r in todo[: j.concurrency]}
+        queued = iter(todo[j.concurrency :])
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    request = pending.pop(future)
+                    judgment = future.result()
+                    made[ids[request.key]] = judgment
+                    row = {"id": ids[request.key], "key": request.key, **judgment.__dict__}
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.flush()
+                    for following in take(queued, 1):
+                        pending[pool.submit(ask, client, endpoint, following)] = following
+                if time.monotonic() - last > 30 or not pending:
+                    last = time.monotonic()
+                    print(
+                        f"[eval] {benchmark}: {len(made)}/{len(todo)} judgments "
+                        f"({time.monotonic() - started:.0f} s)",
+                        file=sys.stderr,
+                    )
+        except openai.APIError as err:
+            for future in pending:
+                future.cancel()
+            os.fsync(out.fileno())
+            what = (
+                f"refused a request ({err})"
+                if isinstance(err, openai.BadRequestError)
+                else f"stopped answering ({err})"
+            )
+            raise EnvironmentFailure(
+                f"{benchmark}: the judge {endpoint.label} {what} after {len(made)} of "
+                f"{len(todo)} judgments; they are kept in {cache}: run the command again to judge "
+                "the rest"
+            ) from err
+        os.fsync(out.fileno())
+    return made
+
+
+def take(items: Iterable, n: int) -> list:
+    return [x for _, x in zip(range(n), items, strict=False)]
+
+
+def ask(client, endpoint: Endpoint, request: JudgeRequest) -> Judgment:
+    reply = client.chat.completions.create(
+        model=endpoint.model,
+        messages=sent_messages(endpoint, request),
+        temperature=request.temperature,
+        max_tokens=request.max_tokens,
+    )
+    usage = reply.usage
+    return Judgment(
+        reply.choices[0].message.content or "",
+        usage.prompt_tokens if usage else 0,
+        usage.completion_tokens if usage else 0,
+    )

@@ -1,0 +1,235 @@
+"""The chat judge of the benchmarks (`src.evaluation.judge_client`, `src.evaluation.judge_server`).
+
+Tested against a real vLLM OpenAI-compatible server on CPU, started by the stage's own code,
+serving the tiny policy as a judge: it lists its model, answers, and its judgments are cached
+and reused (a second pass pays for nothing; a cache line cut short by a kill is asked again); a
+run killed mid-benchmark and run again pays only for the judgments it did not keep, and gets the
+same judgments as a run never killed; a judge that dies mid-benchmark ends the run with one line
+that keeps what it made. Without the server: no key, an endpoint that does not answer (a closed
+local port), a model the endpoint does not serve — each one line, exit 3, before any request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from src.config import REPO_ROOT, LLMJudgeConfig
+from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure
+from src.evaluation.judge_client import (
+    endpoint_of,
+    judge_all,
+    read_cache,
+    request_id,
+    require_reachable,
+)
+from src.evaluation.judging import JudgeRequest
+
+
+def requests(n: int, max_tokens: int = 16) -> list[JudgeRequest]:
+    return [
+        JudgeRequest(
+            f"test/{i}", (("user", f"Write a plan for the budget number {i}."),), 0.0, max_tokens
+        )
+        for i in range(n)
+    ]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the socket is
+
+
+# --- refused before any request ------------------------------------------------------------------
+
+
+def test_openais_judge_without_a_key_is_refused_in_one_line(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    j = LLMJudgeConfig()
+    with pytest.raises(EnvironmentFailure) as err:
+        require_reachable(endpoint_of(j), j, "mt_bench")
+    message = str(err.value)
+    assert message.startswith("mt_bench are judged by gpt-4 at https://api.openai.com/v1"), message
+    assert "OPENAI_API_KEY is not set" in message and "\n" not in message
+    assert err.value.exit_code == EXIT_ENVIRONMENT
+
+
+def test_an_endpoint_that_does_not_answer_is_refused_in_one_line():
+    j = LLMJudgeConfig(base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key_env="", timeout_s=5)
+    with pytest.raises(EnvironmentFailure, match=r"which does not answer: Connection error") as err:
+        require_reachable(endpoint_of(j), j, "arena_hard")
+    assert "\n" not in str(err.value)
+
+
+def test_the_label_names_where_a_judge_that_is_not_openais_is_served():
+    assert endpoint_of(LLMJudgeConfig()).label == "gpt-4"
+    local = LLMJudgeConfig(model="judge", base_url="http://127.0.0.1:8000/v1", api_key_env="")
+    assert endpoint_of(local).label == "judge@local"
+    remote = replace(local, base_url="http://judge-node:8000/v1")
+    assert endpoint_of(remote).label == "judge@judge-node:8000"
+
+
+def test_a_cache_line_cut_short_is_asked_again(tmp_path):
+    j = LLMJudgeConfig(model="m", base_url="http://127.0.0.1:1/v1", api_key_env="")
+    e = endpoint_of(j)
+    first, second = requests(2)
+    cache = tmp_path / "mt_bench.jsonl"
+    whole = {
+        "id": request_id(e, first),
+        "key": first.key,
+        "text": "[[5]]",
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+    }
+    cut = json.dumps({**whole, "id": request_id(e, second)})[:-9]
+    cache.write_text(json.dumps(whole) + "\n" + cut)
+    assert set(read_cache(cache)) == {request_id(e, first)}
+
+
+# --- a served judge ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_dir):
+    """The tiny policy served as the judge `tiny-judge` by the stage's own server code."""
+    pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm adds it)")
+    from src.evaluation.judge_server import served_judge
+
+    j = LLMJudgeConfig(
+        model="tiny-judge",
+        serve=str(tiny_dir / "tiny-mistral"),
+        api_key_env="",
+        max_model_len=1024,
+        concurrency=2,
+    )
+    folder = tmp_path_factory.mktemp("served")
+    with served_judge(j, folder, on_cpu=True) as url:
+        yield j, endpoint_of(j, base_url=url), folder
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_served_judge_answers_and_its_judgments_are_cached(served, tmp_path):
+    j, endpoint, folder = served
+    require_reachable(endpoint, j, "mt_bench")
+    asked = requests(4)
+    cache = tmp_path / "mt_bench.jsonl"
+    judged, cost = judge_all(endpoint, j, asked, cache, "mt_bench")
+    assert set(judged) == {r.key for r in asked}
+    assert all(judgment.text and judgment.completion_tokens > 0 for judgment in judged.values())
+    assert cost["judge_calls"] == 4 and cost["judge_cached"] == 0
+    assert cost["judge_completion_tokens"] == sum(x.completion_tokens for x in judged.values())
+    assert len(cache.read_text().splitlines()) == 4
+    again, cost = judge_all(endpoint, j, asked, cache, "mt_bench")
+    assert cost == {
+        "judge_calls": 0,
+        "judge_cached": 4,
+        "judge_prompt_tokens": 0,
+        "judge_completion_tokens": 0,
+    }
+    assert {k: v.text for k, v in again.items()} == {k: v.text for k, v in judged.items()}
+    assert "POST /v1/chat/completions" in (folder / "judge_server.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_model_the_endpoint_does_not_serve_is_refused_in_one_line(served):
+    j, endpoint, _ = served
+    wrong = replace(endpoint, model="gpt-4")
+    with pytest.raises(
+        EnvironmentFailure, match=r"which does not serve it \(it serves: tiny-judge\)"
+    ):
+        require_reachable(wrong, j, "arena_hard")
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+from src.config import LLMJudgeConfig
+from src.evaluation.judge_client import Endpoint, judge_all
+from src.evaluation.judging import JudgeRequest
+n, url, cache = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+asked = [
+    JudgeRequest(f"test/{i}", (("user", f"Write a plan for the budget number {i}."),), 0.0, 48)
+    for i in range(n)
+]
+judge_all(Endpoint("tiny-judge", url, None), LLMJudgeConfig(api_key_env="", concurrency=1), asked, cache, "mt_bench")
+"""
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.is_file() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_run_killed_mid_benchmark_pays_only_for_the_rest_and_judges_the_same(served, tmp_path):
+    j, endpoint, _ = served
+    n = 12
+    asked = [replace(r, max_tokens=48) for r in requests(n)]
+    cache = tmp_path / "killed.jsonl"
+    run = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(n), endpoint.base_url, str(cache)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_lines(cache, 3)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    kept = len(read_cache(cache))
+    assert 3 <= kept < n, kept
+    one_go = tmp_path / "one-go.jsonl"
+    uninterrupted, _ = judge_all(endpoint, replace(j, concurrency=1), asked, one_go, "mt_bench")
+    resumed, cost = judge_all(endpoint, replace(j, concurrency=1), asked, cache, "mt_bench")
+    assert cost["judge_cached"] == kept and cost["judge_calls"] == n - kept
+    assert {k: v.text for k, v in resumed.items()} == {k: v.text for k, v in uninterrupted.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_judge_that_dies_mid_benchmark_ends_in_one_line_keeping_what_it_made(served, tmp_path):
+    """Last in the module: it stops the served judge."""
+    j, endpoint, _ = served
+    n = 40
+    asked = [replace(r, max_tokens=64) for r in requests(n)]
+    cache = tmp_path / "dies.jsonl"
+    port = endpoint.base_url.rsplit(":", 1)[1].split("/")[0]
+    server = next(
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "vllm.entrypoints.openai.api_server" in (p.info["cmdline"] or [])
+        and port in (p.info["cmdline"] or [])
+    )
+
+    def kill_after_three():
+        wait_for_lines(cache, 3)
+        os.killpg(os.getpgid(server), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_three)
+    killer.start()
+    no_retry = replace(j, concurrency=1, max_retries=0, timeout_s=30)
+    with pytest.raises(EnvironmentFailure) as err:
+        judge_all(endpoint, no_retry, asked, cache, "mt_bench")
+    killer.join()
+    message = str(err.value)
+    kept = len(read_cache(cache))
+    assert f"the judge tiny-judge@local stopped answering after {kept} of {n} judgments" in message
+    assert "run the command again to judge the rest" in message and "\n" not in message
