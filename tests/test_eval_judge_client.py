@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import psutil
@@ -155,17 +155,17 @@ def test_a_model_the_endpoint_does_not_serve_is_refused_in_one_line(served):
 
 
 KILLED_RUN = """
-import sys
+import json, sys
 from pathlib import Path
 from src.config import LLMJudgeConfig
 from src.evaluation.judge_client import Endpoint, judge_all
 from src.evaluation.judging import JudgeRequest
-n, url, cache = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+n, endpoint, cache = int(sys.argv[1]), Endpoint(**json.loads(sys.argv[2])), Path(sys.argv[3])
 asked = [
     JudgeRequest(f"test/{i}", (("user", f"Write a plan for the budget number {i}."),), 0.0, 48)
     for i in range(n)
 ]
-judge_all(Endpoint("tiny-judge", url, None), LLMJudgeConfig(api_key_env="", concurrency=1), asked, cache, "mt_bench")
+judge_all(endpoint, LLMJudgeConfig(api_key_env="", concurrency=1), asked, cache, "mt_bench")
 """
 
 
@@ -186,7 +186,7 @@ def test_a_run_killed_mid_benchmark_pays_only_for_the_rest_and_judges_the_same(s
     asked = [replace(r, max_tokens=48) for r in requests(n)]
     cache = tmp_path / "killed.jsonl"
     run = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, str(n), endpoint.base_url, str(cache)],
+        [sys.executable, "-c", KILLED_RUN, str(n), json.dumps(asdict(endpoint)), str(cache)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stderr=subprocess.DEVNULL,
@@ -231,5 +231,6 @@ def test_a_judge_that_dies_mid_benchmark_ends_in_one_line_keeping_what_it_made(s
     killer.join()
     message = str(err.value)
     kept = len(read_cache(cache))
-    assert f"the judge tiny-judge@local stopped answering after {kept} of {n} judgments" in message
+    assert message.startswith("mt_bench: the judge tiny-judge@local stopped answering ("), message
+    assert f") after {kept} of {n} judgments; they are kept in {cache}" in message
     assert "run the command again to judge the rest" in message and "\n" not in message
