@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from src.evaluation.judge_client import (
     require_reachable,
 )
 from src.evaluation.judging import JudgeRequest
+from tests.test_eval_alpaca_eval import closed_port
 
 
 def requests(n: int, max_tokens: int = 16) -> list[JudgeRequest]:
@@ -44,12 +44,6 @@ def requests(n: int, max_tokens: int = 16) -> list[JudgeRequest]:
         )
         for i in range(n)
     ]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the socket is
 
 
 # --- refused before any request ------------------------------------------------------------------
