@@ -186,6 +186,8 @@ class Benchmark(Choice):
 
     mt_bench = "mt_bench"  # FastChat's MT-Bench, single-answer grading by eval.llm_judge
     arena_hard = "arena_hard"  # Arena-Hard-Auto against a baseline's answers, by eval.llm_judge
+    # the Open LLM Leaderboard (eval.leaderboard_tasks) through lm-evaluation-harness, in-process
+    leaderboard = "leaderboard"
 
 
 class Optimizer(Choice):
@@ -507,6 +509,10 @@ class DataConfig:
     # an Arena-Hard-Auto data folder, e.g. its data/arena-hard-v0.1 (question.jsonl and
     # model_answer/<eval.arena_hard_baseline>.jsonl)
     arena_hard: str | None = None
+    # where the leaderboard's datasets are copied: <folder>/<repo id>/, as
+    # `hf download <repo id> --repo-type dataset --local-dir <folder>/<repo id>` makes them;
+    # null (and for a dataset not there): the Hugging Face caches
+    leaderboard: str | None = None
     # hybrid pool (WPO-HB): JSONL of external responses keyed by prompt_id or prompt text
     external_responses: str | None = None
 
@@ -723,14 +729,29 @@ class EvalConfig:
     # OPENAI_API_KEY and the network; its leaderboard row goes to eval.json and the model card
     alpaca_eval: bool = False
     # more of what the model cards report, on the same policy: mt_bench (data.mt_bench),
-    # arena_hard (data.arena_hard)
+    # arena_hard (data.arena_hard), leaderboard (eval.leaderboard_tasks, data.leaderboard)
     benchmarks: list[Benchmark] = field(default_factory=list)
     llm_judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)  # MT-Bench's, Arena-Hard's
     # Arena-Hard's baseline: the model whose answers data.arena_hard/model_answer/<name>.jsonl holds
     arena_hard_baseline: str = "gpt-4-0314"
+    # the leaderboard's tasks, as lm-eval names them: "leaderboard" (v2's six: ifeval, bbh,
+    # math_hard, gpqa, musr, mmlu_pro), any of those six or a leaderboard_* subtask, and v1's
+    # arc_challenge (25-shot) and truthfulqa_mc2
+    leaderboard_tasks: list[str] = field(default_factory=lambda: ["leaderboard"])
+    # the first N documents of each leaderboard task only: a check of the setup, not the benchmark
+    leaderboard_limit: int | None = None
 
     def __post_init__(self) -> None:
         check_numbers(self, "eval.")
+        if self.leaderboard_limit is not None:
+            _positive("eval.leaderboard_limit", self.leaderboard_limit)
+        _check(
+            Benchmark.leaderboard not in self.benchmarks or bool(self.leaderboard_tasks),
+            "eval.leaderboard_tasks",
+            list(self.leaderboard_tasks),
+            "is empty while eval.benchmarks names leaderboard: name its tasks (leaderboard, "
+            "arc_challenge, truthfulqa_mc2)",
+        )
         _check(self.temperature >= 0, "eval.temperature", self.temperature, "must be >= 0")
         _check(0 < self.top_p <= 1, "eval.top_p", self.top_p, "must be in (0, 1]")
         _positive("eval.max_new_tokens", self.max_new_tokens)

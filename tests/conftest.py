@@ -59,6 +59,7 @@ os.environ.setdefault(
 # processes on one machine meets at a free port (src/training/launch.py), not a fixed one.
 SHARED_SETUP = {
     "test_config_snapshot.py": "every composition, resolved",
+    "test_eval_leaderboard.py": "the leaderboard's tasks run once on their fixture datasets",
     "test_eval_stage.py": "iteration 1 trained and evaluated",
     "test_export.py": "two iterations with their model cards",
     "test_learning.py": "one runs folder: the base model answers the eval set once",

@@ -191,6 +191,8 @@ def eval_columns(m: Record) -> dict[str, Any]:
     leaderboard = m.section("alpaca_eval")  # AlpacaEval 2's own row
     row["alpaca_eval_lc"] = leaderboard.number("lc_win_rate")
     row["alpaca_eval_wr"] = leaderboard.number("win_rate")
+    # the Open LLM Leaderboard's v2 average, normalised as the leaderboard shows it (0-100)
+    row["leaderboard"] = m.section("leaderboard").section("normalised").number("average")
     for benchmark, key in JUDGED_HEADLINES.items():  # a column per judge: never one figure
         section = m.section(benchmark)
         judge = section.values.get("judge")

@@ -42,9 +42,13 @@ COLUMNS = (
     "train_loss_final", "accuracy_last", "accuracy_mean", "margin_last", "margin_mean",
     "pairs", "mean_chosen_probs", "mean_chosen_win_rate", "mean_score_margin",
     "gen_tokens_per_s", "eval_win_rate", "eval_lc_win_rate", "alpaca_eval_lc", "alpaca_eval_wr",
+    "leaderboard",
 )  # fmt: skip
-# shown once any run has been evaluated (by AlpacaEval 2 itself: eval.alpaca_eval=true)
-OPTIONAL_COLUMNS = ("eval_win_rate", "eval_lc_win_rate", "alpaca_eval_lc", "alpaca_eval_wr")
+# shown once any run has been evaluated (by AlpacaEval 2 itself: eval.alpaca_eval=true; on the
+# Open LLM Leaderboard: eval.benchmarks=[leaderboard])
+OPTIONAL_COLUMNS = (
+    "eval_win_rate", "eval_lc_win_rate", "alpaca_eval_lc", "alpaca_eval_wr", "leaderboard",
+)  # fmt: skip
 
 
 def columns_for(rows: list[dict]) -> list[str]:

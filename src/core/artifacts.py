@@ -22,12 +22,9 @@ from src.core.errors import StageError
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str], mode: int = 0o666) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` to write to; flushed to disk and renamed over `path`
-    when the block ends, removed if it raises. For writers that want a path (parquet).
-
-    `mode`: what the umask leaves of it is the file's mode, as for a file the shell makes
-    (0o777 for a script: 0755 under umask 022, 0700 under 077)."""
+    when the block ends, removed if it raises. For writers that want a path (parquet)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,7 +35,7 @@ def atomic_path(path: str | os.PathLike[str], mode: int = 0o666) -> Iterator[Pat
             os.fsync(f.fileno())
         # mkstemp makes the file 0600: give it the mode an ordinary file gets (0644 under umask
         # 022), so that the rest of a team can read a run, and no more than the umask allows
-        os.chmod(tmp, mode & ~umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
         sync_directory(path.parent)  # the rename itself survives a crash of the node
     except OSError as err:  # a write that failed (a full disk): say which file it was
@@ -131,8 +128,8 @@ def read_json(
     return obj
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o666) -> Path:
-    with atomic_path(path, mode) as tmp:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 

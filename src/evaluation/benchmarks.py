@@ -5,10 +5,14 @@ the iteration's policy beside the judge's win rate.
   policy's answers made with the eval stage's sampler and cached as its other answers are
   (src/evaluation/answers.py), then graded by the chat judge `eval.llm_judge`
   (src/evaluation/judge_client.py; served here with `serve`, src/evaluation/judge_server.py).
+- leaderboard (src/evaluation/leaderboard.py): the Open LLM Leaderboard's tasks run by
+  lm-evaluation-harness in this process on the policy's weights (vLLM as its engine on a GPU
+  where installed, transformers elsewhere), scored raw and normalised as the leaderboard does.
 
-`check` runs before any answer is made: each benchmark's data read, the judge reachable (a
-served one: its model loadable). `run` then makes every answer first and starts a served judge
-after, so that two engines never hold the accelerator at once. Each result is labelled with the
+`check` runs before any answer is made: each benchmark's data read (offline, every leaderboard
+dataset found), the judge reachable (a served one: its model loadable). `run` then makes every
+answer and runs the leaderboard first, and starts a served judge after, so that two engines never
+hold the accelerator at once. Each result is labelled with the
 judge that gave it (`judge`): a score by `gpt-4` and one by a local model are never one figure.
 """
 
@@ -22,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Benchmark, Config
-from src.evaluation import arena_hard, mt_bench
+from src.evaluation import arena_hard, leaderboard, mt_bench
 from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.judge_client import (
     Endpoint,
@@ -88,6 +92,10 @@ def read_data(cfg: Config) -> dict[Benchmark, object]:
         data[Benchmark.arena_hard] = ArenaHardData(
             arena_hard.load_questions(root / "question.jsonl"), name, answers_by_uid
         )
+    if Benchmark.leaderboard in cfg.eval.benchmarks:
+        names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)
+        leaderboard.dataset_folders(names, cfg.data.leaderboard)  # offline: each one found
+        data[Benchmark.leaderboard] = names
     return data
 
 
@@ -117,6 +125,9 @@ def run(cfg: Config, policy: Answerer, data: dict[Benchmark, object], stage_dir:
     made = {}
     for benchmark, what in data.items():  # every answer before a served judge starts
         started = time.time()
+        if benchmark == Benchmark.leaderboard:
+            results[benchmark.value] = run_leaderboard(cfg, policy, what, stage_dir)
+            continue
         made[benchmark] = (ANSWER[benchmark](cfg, policy, what), time.time() - started)
     if made:
         with judge_endpoint(cfg, stage_dir) as endpoint:
@@ -280,6 +291,35 @@ def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answe
         "unanswered": len(data.questions) - len(answered),
         **cost,
     }
+
+
+# --- the Open LLM Leaderboard -------------------------------------------------------------------
+
+
+def run_leaderboard(cfg: Config, policy: Answerer, tasks: list[str], stage_dir: Path) -> dict:
+    """lm-eval on the policy's weights, with its chat template, as the leaderboard runs chat
+    models; lm-eval's own results file goes to <stage>/leaderboard/."""
+    import importlib.util
+
+    from src.core.devices import device_for
+
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
+    on_gpu = device.type == "cuda"
+    started = time.time()
+    result = leaderboard.run_leaderboard(
+        policy.path,
+        tasks,
+        data_dir=cfg.data.leaderboard,
+        limit=cfg.eval.leaderboard_limit,
+        batch_size=cfg.eval.batch_size,
+        output=stage_dir / "leaderboard",
+        backend="vllm" if on_gpu and importlib.util.find_spec("vllm") else "hf",
+        device=device.type,
+    )
+    normalised = result["normalised"]
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in normalised.items())
+    print(f"[eval] leaderboard (normalised, 0-100): {shown or 'no v2 task'}", file=sys.stderr)
+    return {**result, "seconds": time.time() - started}
 
 
 ANSWER = {Benchmark.mt_bench: answer_mt_bench, Benchmark.arena_hard: answer_arena_hard}

@@ -9,8 +9,7 @@ reference: the base model, an earlier iteration, any model, or a file of referen
 both models' answers, generated once and cached, src/evaluation/answers.py) -> run (the
 configured judge compares each pair of answers, PairRM in both orders; identical answers tie)
 -> cleanup (eval.json, metrics.json, judgements.jsonl; model_outputs.json and
-reference_outputs.json in AlpacaEval's format; lm_eval.sh, the Open LLM Leaderboard command for
-this checkpoint; done.json last).
+reference_outputs.json in AlpacaEval's format; done.json last).
 
 eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their bootstrap intervals
 (`*_low`, `*_high`), the standard error, wins / losses / ties, average answer lengths (characters) of both sides.
@@ -21,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -162,9 +160,6 @@ def run(cfg: Config) -> dict:
         report["alpaca_eval"] = alpaca_eval_row(stage_dir, policy.label)
     report.update(benchmarks.run(cfg, policy, benchmark_data, stage_dir))
     report["seconds"] = time.time() - started
-    atomic_write_text(  # executable for whom the umask lets read it, as the shell would make it
-        stage_dir / "lm_eval.sh", lm_eval_script(policy.path, stage_dir / "lm_eval"), mode=0o777
-    )
     atomic_write_json(stage_dir / "eval.json", report)
     atomic_write_json(stage_dir / "metrics.json", report)
     checkpoint = cfg.stage_dir(Stage.train) / "checkpoint"
@@ -294,20 +289,3 @@ def alpaca_eval_row(stage_dir: Path, label: str) -> dict:
         file=sys.stderr,
     )
     return row
-
-
-def lm_eval_script(checkpoint: str, output: Path) -> str:
-    """The Open LLM Leaderboard (v2) tasks on this checkpoint with lm-evaluation-harness."""
-    command = [
-        "lm_eval", "--model", "hf",
-        "--model_args", f"pretrained={checkpoint},dtype=bfloat16",
-        "--tasks", "leaderboard", "--apply_chat_template", "--fewshot_as_multiturn",
-        "--batch_size", "auto", "--output_path", str(output),
-    ]  # fmt: skip
-    return (
-        "#!/bin/sh\n"
-        "# The Open LLM Leaderboard v2 tasks (IFEval, BBH, MATH lvl 5, GPQA, MuSR, MMLU-Pro) on\n"
-        "# this iteration's checkpoint: needs `pip install lm-eval` and the Hub (its data sets).\n"
-        "# Several GPUs: replace `lm_eval` with `accelerate launch -m lm_eval`.\n"
-        f'{shlex.join(command)} "$@"\n'
-    )

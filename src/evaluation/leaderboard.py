@@ -1,0 +1,513 @@
+"""The Open LLM Leaderboard run in-process through lm-evaluation-harness, and its normalisation.
+
+The tasks are lm-eval's own (lm-eval 0.4.13): v2's six benchmarks are the `leaderboard` group of
+lm_eval/tasks/leaderboard/ (leaderboard_ifeval, leaderboard_bbh (24 subtasks),
+leaderboard_math_hard (7), leaderboard_gpqa (3), leaderboard_musr (3), leaderboard_mmlu_pro);
+v1's ARC and TruthfulQA are lm_eval/tasks/arc/arc_challenge.yaml (25-shot here, as v1 ran it)
+and lm_eval/tasks/truthfulqa/truthfulqa_mc2.yaml. They run through `lm_eval.simple_evaluate`
+(lm_eval/evaluator.py) on lm-eval's "hf" model (or "vllm"), with the chat template applied and
+the few-shot examples as turns of the conversation, as the leaderboard evaluates chat models
+(huggingface/leaderboards, docs/source/en/open_llm_leaderboard/submitting.md: "The chat template
+toggle activates automatically for chat models").
+
+The scores are normalised as the leaderboard does
+(https://huggingface.co/docs/leaderboards/open_llm_leaderboard/normalization, and about.md of the
+same docs for each benchmark's metric and num_choices): a score s with n choices becomes
+max(s - 1/n, 0) / (1 - 1/n) * 100, the random baseline 1/n being 0 for generative tasks; BBH and
+MuSR normalise each subtask with its own n and average them; GPQA (n = 4), MMLU-Pro (n = 10) and
+MATH Lvl 5 (generative) normalise their one score (lm-eval's group score, weighted by the
+subtasks' sizes); IFEval is the mean of its prompt-level and instruction-level strict
+accuracies; the average is the mean of the six. v1 had no normalisation: its scores stay raw.
+
+Offline, a task's dataset is read from a copy of its Hub repository: `data_dir`/<repo id>/ as
+`hf download <repo id> --repo-type dataset --local-dir` makes it, else the Hub cache's snapshot
+of the repository (`hf download` without --local-dir), else the datasets cache of an earlier
+online load (datasets reads it by the repository's id). `missing_datasets` names what is in none
+of them before any model loads.
+
+IFEval checks two of its instructions (length_constraints:number_sentences,
+change_case:capital_word_frequency) with NLTK's punkt_tab tokenizer, which lm-eval tries to
+download when it imports them and which an offline machine may lack: those prompts are then
+left out of the run, named and counted in the result's "unscored", never a crash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from statistics import fmean
+
+from src.core.artifacts import atomic_write_text
+from src.core.errors import EnvironmentFailure
+from src.core.hub import snapshot_folder
+from src.evaluation.answers import EvalError
+
+V2 = ("ifeval", "bbh", "math_hard", "gpqa", "musr", "mmlu_pro")
+PREFIX = "leaderboard_"  # lm-eval's names of v2's benchmarks: leaderboard_<name>
+GROUP = "leaderboard"  # lm-eval's group of the six
+V1 = {"arc_challenge": "acc_norm", "truthfulqa_mc2": "acc"}  # task -> its v1 metric (mc2 is acc)
+V1_FEWSHOT = {"arc_challenge": 25}  # TruthfulQA's six examples are in its prompt (0-shot)
+TASK_DIRS = ("leaderboard", "arc", "truthfulqa")  # the folders of lm_eval/tasks/ these come from
+RESULTS_FILE = "lm_eval_results.json"
+
+# about.md's num_choices (BBH's equal len(doc_to_choice) of lm-eval's bbh_mc/*.yaml;
+# object_counting's 19 counts a "0" answer the task added)
+BBH_CHOICES = {
+    f"leaderboard_bbh_{name}": n
+    for name, n in {
+        "boolean_expressions": 2,
+        "causal_judgement": 2,
+        "date_understanding": 6,
+        "disambiguation_qa": 3,
+        "formal_fallacies": 2,
+        "geometric_shapes": 11,
+        "hyperbaton": 2,
+        "logical_deduction_five_objects": 5,
+        "logical_deduction_seven_objects": 7,
+        "logical_deduction_three_objects": 3,
+        "movie_recommendation": 6,
+        "navigate": 2,
+        "object_counting": 19,
+        "penguins_in_a_table": 5,
+        "reasoning_about_colored_objects": 18,
+        "ruin_names": 6,
+        "salient_translation_error_detection": 6,
+        "snarks": 2,
+        "sports_understanding": 2,
+        "temporal_sequences": 4,
+        "tracking_shuffled_objects_five_objects": 5,
+        "tracking_shuffled_objects_seven_objects": 7,
+        "tracking_shuffled_objects_three_objects": 3,
+        "web_of_lies": 2,
+    }.items()
+}
+MUSR_CHOICES = {
+    "leaderboard_musr_murder_mysteries": 2,
+    "leaderboard_musr_object_placements": 5,
+    "leaderboard_musr_team_allocation": 3,
+}
+GPQA_SUBTASKS = tuple(f"leaderboard_gpqa_{s}" for s in ("diamond", "extended", "main"))
+MATH_SUBTASKS = tuple(
+    f"leaderboard_math_{s}_hard"
+    for s in (
+        "algebra",
+        "counting_and_prob",
+        "geometry",
+        "intermediate_algebra",
+        "num_theory",
+        "prealgebra",
+        "precalculus",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One of v2's six as the leaderboard scores it from lm-eval's results."""
+
+    task: str  # lm-eval's task, or group of `subtasks`
+    metrics: tuple[str, ...]  # the score is their mean (lm-eval's filter "none")
+    choices: int | Mapping[str, int]  # num_choices (0: generative), or each subtask's
+    subtasks: tuple[str, ...] = ()
+
+
+BENCHMARKS = {
+    "ifeval": Benchmark(
+        "leaderboard_ifeval", ("prompt_level_strict_acc", "inst_level_strict_acc"), 0
+    ),
+    "bbh": Benchmark("leaderboard_bbh", ("acc_norm",), BBH_CHOICES, tuple(BBH_CHOICES)),
+    "math_hard": Benchmark("leaderboard_math_hard", ("exact_match",), 0, MATH_SUBTASKS),
+    "gpqa": Benchmark("leaderboard_gpqa", ("acc_norm",), 4, GPQA_SUBTASKS),
+    "musr": Benchmark("leaderboard_musr", ("acc_norm",), MUSR_CHOICES, tuple(MUSR_CHOICES)),
+    "mmlu_pro": Benchmark("leaderboard_mmlu_pro", ("acc",), 10),
+}
+
+# IFEval's prompts: a response that every instruction's check can read, to find the checks
+# that need NLTK data this machine lacks
+PROBE = "A first sentence. A second one."
+PUNKT = "tokenizers/punkt_tab/english/"  # what nltk's sentence and word tokenizers load
+
+
+# --- normalisation ------------------------------------------------------------------------------
+
+
+def normalise(results: Mapping[str, Mapping]) -> dict[str, float]:
+    """lm-eval's `results` (task -> metrics) -> {benchmark: normalised score, 0-100, ...,
+    "average": their mean}, for the benchmarks of V2 whose tasks are in `results`."""
+    out = {}
+    for name, bench in BENCHMARKS.items():
+        if isinstance(bench.choices, Mapping):
+            present = [t for t in bench.subtasks if t in results]
+            if present:
+                out[name] = fmean(
+                    scaled(_score(results, t, bench.metrics), bench.choices[t]) for t in present
+                )
+        elif (raw := _raw(results, bench)) is not None:
+            out[name] = scaled(raw, bench.choices)
+    if out:
+        out["average"] = fmean(out.values())
+    return out
+
+
+def raw_scores(results: Mapping[str, Mapping]) -> dict[str, float]:
+    """{benchmark: the score the leaderboard normalises, a fraction} for V2's benchmarks and v1's
+    tasks in `results`: lm-eval's group score (weighted by the subtasks' sizes), or, when only
+    some subtasks ran, their mean; IFEval's mean of its two strict accuracies."""
+    out = {
+        name: raw for name, bench in BENCHMARKS.items() if (raw := _raw(results, bench)) is not None
+    }
+    out |= {
+        task: _score(results, task, (metric,)) for task, metric in V1.items() if task in results
+    }
+    return out
+
+
+def scaled(score: float, choices: int) -> float:
+    """The leaderboard's normalize_within_range(score, 1/choices, 1) * 100, 0 below the random
+    baseline 1/choices (0 for a generative task, choices = 0)."""
+    baseline = 1 / choices if choices else 0.0
+    return max(score - baseline, 0.0) / (1 - baseline) * 100
+
+
+def _raw(results: Mapping[str, Mapping], bench: Benchmark) -> float | None:
+    rows = [bench.task] if bench.task in results else [t for t in bench.subtasks if t in results]
+    return fmean(_score(results, t, bench.metrics) for t in rows) if rows else None
+
+
+def _score(results: Mapping[str, Mapping], task: str, metrics: Iterable[str]) -> float:
+    row = results[task]
+    missing = [m for m in metrics if f"{m},none" not in row]
+    if missing:
+        raise EvalError(f"lm-eval results: {task} has no {', '.join(f'{m},none' for m in missing)}")
+    return fmean(float(row[f"{m},none"]) for m in metrics)
+
+
+# --- tasks and their datasets -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _stock_index() -> tuple[dict, frozenset[str]]:
+    """lm-eval's entries of TASK_DIRS (name -> Entry: its YAML with includes merged) and which of
+    them are groups; indexed alone, these folders take milliseconds where all tasks take
+    seconds."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_defaults=False, include_path=_task_dirs())
+    return manager.task_index, frozenset(manager.all_groups)
+
+
+def _task_dirs() -> list[str]:
+    import lm_eval.tasks
+
+    return [str(Path(lm_eval.tasks.__file__).parent / d) for d in TASK_DIRS]
+
+
+def lm_eval_names(tasks: Iterable[str]) -> list[str]:
+    """`tasks` as lm-eval names them: V2's names become leaderboard_<name>; "leaderboard", v1's
+    tasks and lm-eval's leaderboard subtasks stay."""
+    index, _ = _stock_index()
+    tasks = list(tasks)
+    names = [PREFIX + t if t in V2 else t for t in tasks]
+    unknown = [
+        t for t, n in zip(tasks, names, strict=True) if n not in index or not _is_leaderboard(n)
+    ]
+    if unknown:
+        raise EvalError(
+            f"leaderboard tasks: unknown {', '.join(map(repr, unknown))}; choose among "
+            f"{GROUP}, {', '.join(V2)}, {', '.join(V1)} or a leaderboard_* subtask of lm-eval"
+        )
+    leaves = [leaf for name in names for leaf in _leaves(name)]
+    twice = sorted({leaf for leaf in leaves if leaves.count(leaf) > 1})
+    if twice:  # lm-eval refuses them only once the model is loaded
+        raise EvalError(f"leaderboard tasks: {', '.join(twice)} asked for more than once")
+    return names
+
+
+def _is_leaderboard(name: str) -> bool:
+    return name == GROUP or name.startswith(PREFIX) or name in V1
+
+
+def _leaves(name: str) -> list[str]:
+    index, groups = _stock_index()
+    if name not in groups:
+        return [name]
+    return [leaf for child in index[name].cfg["task"] for leaf in _leaves(child)]
+
+
+def _all_leaves(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(leaf for name in names for leaf in _leaves(name)))
+
+
+def datasets_read(names: Iterable[str]) -> dict[str, dict[str | None, list[str]]]:
+    """{repo id: {config (None: the default): [lm-eval task, ...]}} of the tasks `names` and
+    their subtasks, from lm-eval's YAMLs."""
+    index, _ = _stock_index()
+    out: dict[str, dict[str | None, list[str]]] = {}
+    for leaf in _all_leaves(names):
+        cfg = index[leaf].cfg
+        out.setdefault(cfg["dataset_path"], {}).setdefault(cfg.get("dataset_name"), []).append(leaf)
+    return out
+
+
+def local_copy(
+    repo: str, configs: Mapping[str | None, list[str]], data_dir: str | Path | None
+) -> Path | None:
+    """The folder holding a copy of dataset repository `repo` with each config of `configs`
+    (config -> the tasks reading it) and the splits those read: `data_dir`/`repo`, else the Hub
+    cache's snapshot of it; None: neither."""
+    candidates = [Path(data_dir) / repo] if data_dir is not None else []
+    candidates.append(snapshot_folder(repo, repo_type="dataset"))
+    for folder in candidates:
+        if folder is None or not folder.is_dir():
+            continue
+        if all(_holds(folder, config, _splits(tasks)) for config, tasks in configs.items()):
+            return folder
+    return None
+
+
+def _holds(folder: Path, config: str | None, splits: set[str]) -> bool:
+    """Whether the dataset copy `folder` has `config` with `splits` (its README's configs, or
+    the layout of its files: what datasets would load)."""
+    from datasets import load_dataset_builder
+
+    try:
+        files = load_dataset_builder(str(folder), config).config.data_files or {}
+    except (ValueError, FileNotFoundError):  # no such config; no data files
+        return False
+    return splits <= {str(split) for split in files}
+
+
+def _splits(tasks: Iterable[str]) -> set[str]:
+    index, _ = _stock_index()
+    keys = ("training_split", "validation_split", "test_split", "fewshot_split")
+    return {split for t in tasks for k in keys if (split := index[t].cfg.get(k))}
+
+
+def in_datasets_cache(repo: str, configs: Iterable[str | None]) -> bool:
+    """Whether an earlier online load left every config of `configs` of `repo` in the datasets
+    cache, where datasets reads it offline by the repo's id (datasets/load.py,
+    CachedDatasetModuleFactory: <cache>/<namespace>___<name>/<config>/<version>/<hash>/)."""
+    from datasets import config
+    from datasets.naming import camelcase_to_snakecase
+
+    namespace, _, name = repo.rpartition("/")
+    root = Path(config.HF_DATASETS_CACHE) / "___".join(
+        filter(None, [namespace, camelcase_to_snakecase(name)])
+    )
+    return all(any(root.glob(f"{c or 'default'}/*/*/dataset_info.json")) for c in configs)
+
+
+def missing_datasets(tasks: Iterable[str], data_dir: str | Path | None) -> list[str]:
+    """One line per dataset repository the tasks read that is neither in `data_dir` nor in the
+    Hugging Face caches (Hub, datasets), each with the command that fetches it."""
+    lines = []
+    for repo, configs in datasets_read(lm_eval_names(tasks)).items():
+        if local_copy(repo, configs, data_dir) is None and not in_datasets_cache(repo, configs):
+            readers = [t for ts in configs.values() for t in ts]
+            more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
+            where = f"in {Path(data_dir) / repo} nor " if data_dir is not None else ""
+            lines.append(
+                f"the dataset {repo} (read by {readers[0]}{more}) is neither {where}in the "
+                f"Hugging Face caches: fetch it with `{fetch_command(repo, data_dir)}`"
+            )
+    return lines
+
+
+def fetch_command(repo: str, data_dir: str | Path | None) -> str:
+    local = f" --local-dir {Path(data_dir) / repo}" if data_dir is not None else ""
+    return f"hf download {repo} --repo-type dataset{local}"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_leaderboard(
+    model_path: str,
+    tasks: list[str],
+    *,
+    data_dir: str | Path | None,
+    chat_template: bool = True,
+    limit: int | None = None,
+    batch_size: int | str = 1,
+    dtype: str | None = None,
+    output: Path,
+    backend: str = "hf",
+    device: str | None = None,
+    max_gen_toks: int | None = None,
+) -> dict:
+    """The leaderboard's `tasks` on the model at `model_path`, in this process.
+
+    `backend`: lm-eval's "hf" or "vllm"; `device`: "cuda" when torch sees a GPU, else "cpu";
+    `dtype`: bfloat16 on a GPU that computes in it, else float32; `limit`: the first `limit`
+    documents of each task (a check, not the benchmark); `max_gen_toks`: a cap on the generative
+    tasks' answers (the leaderboard's: IFEval 1280 tokens, MATH 1024). lm-eval's results are
+    written to `output`/RESULTS_FILE. Returns {"raw": raw_scores, "normalised": normalise,
+    "unscored": {task: what could not be scored here}}."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
+    names = lm_eval_names(tasks)
+    model_args, device = _model_args(backend, model_path, dtype, device)
+    folders = dataset_folders(names, data_dir)
+    with tempfile.TemporaryDirectory(prefix="leaderboard-tasks-") as overrides:
+        manager = _task_manager(names, folders, Path(overrides))
+        loaded = {name: manager.load(name) for name in names}
+        unscored = {}
+        for built in loaded.values():
+            if (ifeval := built["tasks"].get(BENCHMARKS["ifeval"].task)) is not None:
+                unscored |= _leave_out_unscorable_ifeval(ifeval)
+        tracker = EvaluationTracker()  # records the chat template and how the shots were given
+        evaluated = lm_eval.simple_evaluate(
+            model=backend,
+            model_args=model_args,
+            tasks=[
+                b["groups"][n] if n in b["groups"] else b["tasks"][n] for n, b in loaded.items()
+            ],
+            task_manager=manager,
+            batch_size=batch_size,
+            device=device,
+            limit=limit,
+            apply_chat_template=chat_template,
+            fewshot_as_multiturn=chat_template,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+            log_samples=False,
+            evaluation_tracker=tracker,
+        )
+    from lm_eval.utils import handle_non_serializable
+
+    # what lm-eval's own results file holds (EvaluationTracker.save_results_aggregated)
+    tracker.general_config_tracker.log_end_time()
+    evaluated |= asdict(tracker.general_config_tracker)
+    text = json.dumps(evaluated, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    atomic_write_text(Path(output) / RESULTS_FILE, text + "\n")
+    results = evaluated["results"]
+    return {"raw": raw_scores(results), "normalised": normalise(results), "unscored": unscored}
+
+
+def dataset_folders(names: list[str], data_dir: str | Path | None) -> dict[str, Path]:
+    """{repo id: its local copy} of the datasets the tasks read; offline, a dataset in neither a
+    local copy nor the datasets cache ends the run (one line, exit 3) before any model loads."""
+    from datasets import config
+
+    if config.HF_HUB_OFFLINE and (missing := missing_datasets(names, data_dir)):
+        raise EnvironmentFailure(
+            f"{len(missing)} of the leaderboard's datasets: " + "; ".join(missing)
+        )
+    read = datasets_read(names).items()
+    found = {repo: local_copy(repo, configs, data_dir) for repo, configs in read}
+    return {repo: folder for repo, folder in found.items() if folder is not None}
+
+
+def _model_args(
+    backend: str, model_path: str, dtype: str | None, device: str | None
+) -> tuple[dict, str | None]:
+    """lm-eval's model_args for `backend` and the device to pass (vLLM places itself)."""
+    import torch
+
+    if backend not in ("hf", "vllm"):
+        raise EvalError(f"leaderboard backend {backend!r}: choose hf or vllm")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise EnvironmentFailure(
+            "the leaderboard's vllm backend needs vLLM, which is not installed here"
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        from src.core.devices import gpu_computes_bf16
+
+        dtype = "bfloat16" if device.startswith("cuda") and gpu_computes_bf16() else "float32"
+    return {"pretrained": model_path, "dtype": dtype}, (device if backend == "hf" else None)
+
+
+def _task_manager(names: list[str], folders: Mapping[str, Path], overrides: Path):
+    """lm-eval's TaskManager of TASK_DIRS, each task that reads a local copy of its dataset (or
+    runs v1's few-shot) overridden by a YAML in `overrides` that includes lm-eval's own and
+    changes only that: lm-eval indexes a later folder's task in place of the stock one."""
+    from lm_eval.tasks import TaskManager
+
+    index, _ = _stock_index()
+    for leaf in _all_leaves(names):
+        entry = index[leaf]
+        changes = {}
+        if (folder := folders.get(entry.cfg["dataset_path"])) is not None:
+            changes["dataset_path"] = str(folder)
+        if leaf in V1_FEWSHOT:
+            changes["num_fewshot"] = V1_FEWSHOT[leaf]
+        if changes:
+            lines = [f"include: {json.dumps(str(entry.yaml_path))}", f"task: {leaf}"]
+            lines += [f"{key}: {json.dumps(value)}" for key, value in changes.items()]
+            (overrides / f"{leaf}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # each override replaces its stock task on purpose: no warning for each
+    index_log = logging.getLogger("lm_eval.tasks._index")
+    level = index_log.level
+    index_log.setLevel(logging.ERROR)
+    try:
+        return TaskManager(include_defaults=False, include_path=[*_task_dirs(), str(overrides)])
+    finally:
+        index_log.setLevel(level)
+
+
+# --- IFEval without NLTK's data -----------------------------------------------------------------
+
+
+def punkt_missing() -> bool:
+    import nltk
+
+    try:
+        nltk.data.find(PUNKT)
+    except LookupError:
+        return True
+    return False
+
+
+def unscorable_instructions(doc: Mapping) -> list[str]:
+    """The instructions of IFEval prompt `doc` whose check lm-eval cannot run here (NLTK data
+    missing), found by running each check, as lm-eval's scoring does, on PROBE."""
+    from lm_eval.tasks.leaderboard.ifeval.utils import (
+        InputExample,
+        test_instruction_following_strict,
+    )
+
+    out = []
+    for instruction, kwargs in zip(doc["instruction_id_list"], doc["kwargs"], strict=True):
+        one = InputExample(doc["key"], [instruction], doc["prompt"], [kwargs])
+        try:
+            test_instruction_following_strict(one, PROBE)
+        except LookupError:
+            out.append(instruction)
+    return out
+
+
+def _leave_out_unscorable_ifeval(task) -> dict[str, dict]:
+    """Without NLTK's punkt_tab, `task` (leaderboard_ifeval) left with the prompts lm-eval can
+    score; {task name: the prompts left out, of how many, per instruction, and why}."""
+    if not punkt_missing():
+        return {}
+    docs = task.dataset[task.config.test_split]
+    found = {doc["key"]: unscorable_instructions(doc) for doc in docs}
+    left_out = {key for key, instructions in found.items() if instructions}
+    if not left_out:
+        return {}
+    task.set_config("process_docs", lambda ds: ds.filter(lambda doc: doc["key"] not in left_out))
+    per_instruction = Counter(i for instructions in found.values() for i in instructions)
+    why = "NLTK's punkt_tab is not installed (python -m nltk.downloader punkt_tab installs it)"
+    print(
+        f"[leaderboard] {task.config.task}: {len(left_out)} of {len(docs)} prompts not scored: "
+        f"{why}; instructions {', '.join(sorted(per_instruction))}",
+        file=sys.stderr,
+    )
+    return {
+        task.config.task: {
+            "prompts": len(left_out),
+            "of": len(docs),
+            "instructions": dict(sorted(per_instruction.items())),
+            "why": why,
+        }
+    }
