@@ -661,7 +661,9 @@ class LLMJudgeConfig:
     OpenAI-compatible endpoint, or a model the eval stage serves itself with vLLM's
     OpenAI-compatible server on loopback. Its `model` labels every score it gives."""
 
-    model: str = "gpt-4"  # the model the endpoint serves (with `serve`: the name it serves it as)
+    # the model the endpoint serves (with `serve`: the name it serves it as); null: gpt-4, or with
+    # `serve` the served folder's or hub id's last part (a local model never labelled gpt-4)
+    model: str | None = None
     base_url: str | None = None  # null: OpenAI's API; e.g. http://judge-node:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the key; "": none is needed
     serve: str | None = None  # a model folder or hub id this stage serves (vLLM) as `model`
@@ -686,6 +688,13 @@ class LLMJudgeConfig:
             self.base_url,
             "a served judge (eval.llm_judge.serve) listens on loopback: leave base_url null",
         )
+
+    @property
+    def name(self) -> str:
+        """The model's name at the endpoint: `model`, else gpt-4, or a served one's own name."""
+        if self.model is not None:
+            return self.model
+        return "gpt-4" if self.serve is None else Path(self.serve.rstrip("/")).name
 
 
 # The data key each benchmark reads, and what the user points it at

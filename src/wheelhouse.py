@@ -30,8 +30,9 @@ The targets:
   bitsandbytes (QLoRA) and the rest; FlashInfer's Python package (its kernels are compiled at the
   engine's first start with `nvcc`: the folder holds no precompiled kernels).
 
-DeepSpeed, llm-blender and antlr4 (Hydra's parser) publish no wheels: their pure-Python wheels
-are built here first (`pip wheel --no-deps`), for any Python and platform.
+DeepSpeed, llm-blender, antlr4 (Hydra's parser) and four of lm-eval's requirements (langdetect,
+rouge-score, sqlitedict, word2number) publish no wheels: their pure-Python wheels are built here
+first (`pip wheel --no-deps`), for any Python and platform.
 
 `verify` checks the manifest's every entry, each wheel whole, that the folder holds nothing else
 pip's `--find-links` would take (another wheel, a source archive, an HTML page of links), and
@@ -82,7 +83,10 @@ TARGETS = {
     },
 }
 # published as source only: built into pure-Python wheels before the resolve
-SOURCE_ONLY = ["deepspeed==0.19.8", "llm-blender==0.0.2", "antlr4-python3-runtime==4.9.3"]
+SOURCE_ONLY = [
+    "deepspeed==0.19.8", "llm-blender==0.0.2", "antlr4-python3-runtime==4.9.3",
+    "langdetect==1.0.9", "rouge-score==0.1.2", "sqlitedict==2.1.0", "word2number==1.1",
+]  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -73,6 +73,12 @@ def test_the_label_names_where_a_judge_that_is_not_openais_is_served():
     assert endpoint_of(local).label == "judge@local"
     remote = replace(local, base_url="http://judge-node:8000/v1")
     assert endpoint_of(remote).label == "judge@judge-node:8000"
+    # a served model is never gpt-4 by default: it is served, and labelled, by its own name
+    served = endpoint_of(
+        LLMJudgeConfig(serve="/models/Qwen2.5-72B-Instruct/"), base_url=local.base_url
+    )
+    assert served.label == "Qwen2.5-72B-Instruct@local"
+    assert LLMJudgeConfig(serve="org/Judge-7B", model="j").name == "j"
 
 
 def test_a_cache_line_cut_short_is_asked_again(tmp_path):

@@ -73,7 +73,7 @@ def endpoint_of(
     """The endpoint `j` names (`base_url`: where this stage serves it, for `serve`)."""
     url = base_url or j.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
     key = os.environ.get(j.api_key_env) if j.api_key_env else None
-    return Endpoint(j.model, url.rstrip("/"), key, merge_system, j.serve if base_url else None)
+    return Endpoint(j.name, url.rstrip("/"), key, merge_system, j.serve if base_url else None)
 
 
 def sent_messages(endpoint: Endpoint, request: JudgeRequest) -> list[dict[str, str]]:

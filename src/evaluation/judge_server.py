@@ -39,7 +39,7 @@ def server_command(j: LLMJudgeConfig, port: int, on_cpu: bool) -> list[str]:
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(j.serve),
-        "--served-model-name", j.model,
+        "--served-model-name", j.name,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--max-model-len", str(j.max_model_len),
@@ -62,12 +62,12 @@ def served_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def served_judge(j: LLMJudgeConfig, folder: Path, on_cpu: bool) -> Iterator[str]:
-    """The base URL of `j.serve` served as `j.model` on loopback while the block runs."""
+    """The base URL of `j.serve` served as `j.name` on loopback while the block runs."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     log = folder / LOG
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"[eval] serving the judge {j.serve} as {j.model} at {url} (log: {log})", file=sys.stderr)
+    print(f"[eval] serving the judge {j.serve} as {j.name} at {url} (log: {log})", file=sys.stderr)
     with log.open("ab") as out:
         process = subprocess.Popen(
             server_command(j, port, on_cpu),
@@ -94,9 +94,9 @@ def wait_ready(process: subprocess.Popen, url: str, j: LLMJudgeConfig, log: Path
             )
         try:
             with urllib.request.urlopen(f"{url}/models", timeout=5) as reply:
-                if j.model in reply.read().decode():
+                if j.name in reply.read().decode():
                     print(
-                        f"[eval] the judge {j.model} answers ({time.monotonic() - started:.0f} s)",
+                        f"[eval] the judge {j.name} answers ({time.monotonic() - started:.0f} s)",
                         file=sys.stderr,
                     )
                     return
