@@ -1,11 +1,14 @@
 """`python -m src.assets`: what each preset reads, fetched with the real huggingface_hub client
 from a Hub of local folders (tests/hub_server.py), checked offline; and the same check stopping
-`src.main` and `src.slurm` before any work when an asset is missing."""
+`src.main` and `src.slurm` before any work when an asset is missing. The eval stage's benchmarks:
+their data folders and served judge listed and checked, the leaderboard's datasets fetched where
+the stage reads them and checked as it looks for them."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -15,11 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from src.assets.cache import wanted_files
-from src.assets.check import listed_for
+from src.assets.check import damage, listed_for, require_assets
 from src.assets.listing import Asset
 from src.config import REPO_ROOT
+from src.core.errors import StageError
+from src.evaluation import leaderboard
 from tests.helpers import SMALL, compose_cfg, one_line_failure
 from tests.hub_server import LocalHub
+from tests.test_eval_leaderboard import TRUTHFULQA, arc_rows, write_repo
 
 TINY = REPO_ROOT / ".cache" / "tiny"
 
@@ -79,6 +85,95 @@ def test_eval_reads_the_base_model_the_judge_and_alpaca_evals_files_every_iterat
     assert "dataset tatsu-lab/alpaca_eval-instructions [train]" in entries
 
 
+BENCHMARKS = [
+    "eval.enabled=true",
+    "eval.benchmarks=[mt_bench,arena_hard,leaderboard]",
+    "data.mt_bench=/data/llm_judge",
+    "data.arena_hard=/data/arena-hard-v0.1",
+    "eval.llm_judge.serve=Qwen/Qwen2.5-7B-Instruct",
+    "eval.leaderboard_tasks=[leaderboard,arc_challenge,truthfulqa_mc2]",
+]
+# the dataset repositories lm-eval's tasks of v2's six and v1's two read
+LEADERBOARD_REPOS = [
+    "DigitalLearningGmbH/MATH-lighteval",
+    "Idavidrein/gpqa",
+    "SaylorTwift/bbh",
+    "TAUR-Lab/MuSR",
+    "TIGER-Lab/MMLU-Pro",
+    "allenai/ai2_arc",
+    "truthfulqa/truthful_qa",
+    "wis-k/instruction-following-eval",
+]
+
+
+def test_eval_benchmarks_read_their_data_folders_served_judge_and_leaderboard_datasets():
+    configs = [
+        compose_cfg("experiment=mistral-7b-instruct-sppo", f"iter={t}", *BENCHMARKS) for t in (1, 2)
+    ]
+    entries = {e.asset.label(): e for e in listed_for(configs)}
+    mt_bench = entries["folder /data/llm_judge (mt_bench/question.jsonl, judge_prompts.jsonl)"]
+    assert mt_bench.used_by() == "data.mt_bench: iterations 1-2 eval"
+    arena = entries["folder /data/arena-hard-v0.1 (question.jsonl, model_answer/gpt-4-0314.jsonl)"]
+    assert arena.used_by() == "data.arena_hard: iterations 1-2 eval"
+    assert not mt_bench.asset.on_hub and not arena.asset.on_hub  # the user's copies: not fetched
+    judge = entries["model Qwen/Qwen2.5-7B-Instruct"]
+    assert judge.used_by() == "eval.llm_judge.serve: iterations 1-2 eval" and judge.asset.on_hub
+    read = {
+        e.asset.source: e
+        for e in entries.values()
+        if e.used_by() == "eval.leaderboard_tasks: iterations 1-2 eval"
+    }
+    assert sorted(read) == LEADERBOARD_REPOS
+    assert all(e.asset.on_hub and e.asset.local_dir is None for e in read.values())
+    bbh = "dataset SaylorTwift/bbh (read by leaderboard_bbh_boolean_expressions and 23 more)"
+    assert read["SaylorTwift/bbh"].asset.label() == bbh
+    # data.leaderboard: each fetched into <folder>/<repo id>; no judged benchmark: no judge served
+    cfg = compose_cfg(
+        *SMALL,
+        "stage=eval",
+        "eval.benchmarks=[leaderboard]",
+        "eval.leaderboard_tasks=[arc_challenge]",
+        "eval.llm_judge.serve=Qwen/Qwen2.5-7B-Instruct",
+        "data.leaderboard=/data/leaderboard",
+    )
+    hub = [e.asset for e in listed_for([cfg]) if e.asset.on_hub]
+    assert hub == [
+        Asset(
+            "dataset",
+            "allenai/ai2_arc",
+            tasks=("arc_challenge",),
+            local_dir="/data/leaderboard/allenai/ai2_arc",
+        )
+    ]
+
+
+def test_a_benchmark_folder_missing_a_file_names_it_and_what_to_copy_there(tmp_path):
+    data = tmp_path / "llm_judge"
+    (data / "mt_bench").mkdir(parents=True)
+    (data / "mt_bench" / "question.jsonl").write_text("{}\n")
+    cfg = compose_cfg(
+        *SMALL,
+        "stage=eval",
+        "eval.benchmarks=[mt_bench]",
+        f"data.mt_bench={data}",
+        f"eval.llm_judge.serve={tmp_path / 'no-judge'}",
+    )
+    by_key = {e.used_by(): e for e in listed_for([cfg])}
+    folder = by_key["data.mt_bench: iteration 1 eval"]
+    assert damage(folder.asset, cfg) == "judge_prompts.jsonl is missing"
+    served = by_key["eval.llm_judge.serve: iteration 1 eval"].asset
+    assert damage(served, cfg) == f"no such folder: {tmp_path / 'no-judge'}"
+    with pytest.raises(StageError) as refused:  # a local folder: exit 1, as a missing file's
+        require_assets([folder], cfg, [], online=False)
+    assert str(refused.value) == (
+        f"folder {data} (mt_bench/question.jsonl, judge_prompts.jsonl) (data.mt_bench: iteration "
+        "1 eval): judge_prompts.jsonl is missing; nothing fetches it: point the key at a copy of "
+        "FastChat's fastchat/llm_judge/data folder"
+    )
+    (data / "judge_prompts.jsonl").write_text("{}\n")
+    require_assets([folder], cfg, [], online=False)  # the reference answers: optional
+
+
 def test_a_model_is_fetched_in_one_weight_format():
     model = Asset("model", "o/m")
     names = ["config.json", "model.safetensors", "pytorch_model.bin", "consolidated.safetensors"]
@@ -108,10 +203,14 @@ HUB_IDS = [
 ]
 
 
+ARC = {"train": arc_rows(3, "train"), "validation": arc_rows(1, "val"), "test": arc_rows(2, "test")}
+
+
 @pytest.fixture
 def local_hub(tmp_path):
-    """The tiny models, the tiny PairRM (its backbone a repository of its own) and two prompt
-    splits as hub repositories; a pytorch_model.bin beside the policy's safetensors."""
+    """The tiny models, the tiny PairRM (its backbone a repository of its own), two prompt splits
+    and ARC's dataset (as its README's configs lay it out) as hub repositories; a
+    pytorch_model.bin beside the policy's safetensors."""
     served = tmp_path / "served"
     policy = served / "tiny-mistral"
     shutil.copytree(TINY / "tiny-mistral", policy)
@@ -132,21 +231,25 @@ def local_hub(tmp_path):
             table = pa.table({"prompt": prompts, "prompt_id": ids})
             pq.write_table(table, split / "train-00000-of-00001.parquet")
             hub.add("dataset", f"acme/prompts-iter{t}", split.parent)
+        write_repo(served, "allenai/ai2_arc", {"ARC-Challenge": ARC})
+        hub.add("dataset", "allenai/ai2_arc", served / "allenai/ai2_arc")
         yield hub
 
 
-def assets(tmp_path, hub, action, *args, online=False):
+def assets(tmp_path, hub, action, *args, online=False, ids=tuple(HUB_IDS)):
     env = {
         **os.environ,
         "HF_HOME": str(tmp_path / "hf"),
-        "HF_ENDPOINT": hub.url,
         "HF_HUB_OFFLINE": "0" if online else "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "SELFPLAY_RUNS": str(tmp_path / "runs"),
     }
-    env.pop("HF_HUB_CACHE", None)
+    if hub is not None:
+        env["HF_ENDPOINT"] = hub.url
+    for derived in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        env.pop(derived, None)
     return subprocess.run(
-        [sys.executable, "-m", "src.assets", action, *args, "model=tiny-mistral", *HUB_IDS],
+        [sys.executable, "-m", "src.assets", action, *args, "model=tiny-mistral", *ids],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -216,6 +319,97 @@ def test_check_names_a_missing_file_and_a_truncated_one_with_the_command_that_fe
     verified = assets(tmp_path, local_hub, "check", "--verify")
     assert verified.returncode == 3
     assert "model.safetensors is not the Hub's file" in verified.stderr
+
+
+# The eval stage of iteration 1 with the leaderboard's ARC and TruthfulQA, the tiny models its
+# other reads: the leaderboard's datasets are its only hub assets
+LEADERBOARD = [
+    "stage=eval",
+    "eval.benchmarks=[leaderboard]",
+    "eval.leaderboard_tasks=[arc_challenge,truthfulqa_mc2]",
+]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def in_hub_cache(tmp_path, repo: str, configs: dict) -> None:
+    """Where `hf download <repo> --repo-type dataset` puts a dataset: its snapshot, and the
+    branch that names it."""
+    stored = tmp_path / "hf" / "hub" / f"datasets--{repo.replace('/', '--')}"
+    write_repo(stored / "snapshots" / COMMIT, "", configs)
+    (stored / "refs").mkdir()
+    (stored / "refs" / "main").write_text(COMMIT)
+
+
+def test_check_names_each_leaderboard_dataset_no_cache_holds_as_the_eval_stage_would(
+    tmp_path, monkeypatch
+):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    hub_cache = str(tmp_path / "hf" / "hub")
+    tasks = ["arc_challenge", "truthfulqa_mc2"]
+    overrides = shlex.join([*LEADERBOARD, "model=tiny-mistral"])
+    checked = assets(tmp_path, None, "check", *LEADERBOARD, ids=())
+    assert one_line_failure(checked, 3).startswith("error: 2 of the 5 assets")
+    missing = [ln for ln in checked.stderr.splitlines() if ln.startswith("missing:")]
+    assert [ln.split(" (read by")[0] for ln in missing] == [
+        "missing: dataset allenai/ai2_arc",
+        "missing: dataset truthfulqa/truthful_qa",
+    ]
+    for line, repo in zip(missing, ["allenai/ai2_arc", "truthfulqa/truthful_qa"], strict=True):
+        assert "(eval.leaderboard_tasks: iteration 1 eval): not in the Hugging Face caches" in line
+        assert line.endswith(f"; fetch: python -m src.assets fetch --only {repo} {overrides}")
+    # the eval stage's own check names the same
+    lines = leaderboard.missing_datasets(tasks, None, hub_cache)
+    assert [ln.split(" ")[2] for ln in lines] == ["allenai/ai2_arc", "truthfulqa/truthful_qa"]
+
+    in_hub_cache(tmp_path, "allenai/ai2_arc", {"ARC-Challenge": ARC})
+    last = one_line_failure(assets(tmp_path, None, "check", *LEADERBOARD, ids=()), 3)
+    assert last.startswith(
+        "error: dataset truthfulqa/truthful_qa (read by truthfulqa_mc2) (eval.leaderboard_tasks: "
+        "iteration 1 eval): not in the Hugging Face caches; the run reads the Hub cache alone"
+    )
+    assert last.endswith(f": python -m src.assets fetch {overrides}")
+    assert [ln.split(" ")[2] for ln in leaderboard.missing_datasets(tasks, None, hub_cache)] == [
+        "truthfulqa/truthful_qa"
+    ]
+
+    in_hub_cache(
+        tmp_path, "truthfulqa/truthful_qa", {"multiple_choice": {"validation": TRUTHFULQA}}
+    )
+    checked = assets(tmp_path, None, "check", *LEADERBOARD, ids=())
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert "all 5 assets are here and whole" in checked.stdout
+    assert leaderboard.missing_datasets(tasks, None, hub_cache) == []
+    listed = assets(tmp_path, None, "list", *LEADERBOARD, ids=())
+    assert "dataset allenai/ai2_arc (read by arc_challenge)\n" in listed.stdout
+    assert "    here:    in the cache, " in listed.stdout
+
+
+def test_fetch_puts_a_leaderboard_dataset_where_the_eval_stage_reads_it(tmp_path, local_hub):
+    arc = ["stage=eval", "eval.benchmarks=[leaderboard]", "eval.leaderboard_tasks=[arc_challenge]"]
+    fetched = assets(tmp_path, local_hub, "fetch", *arc, online=True, ids=())
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert "all 4 assets are here and whole" in fetched.stdout
+    files = ["README.md", *(f"ARC-Challenge/{s}.jsonl" for s in ("train", "validation", "test"))]
+    assert sorted(local_hub.downloaded()) == sorted(f"allenai/ai2_arc/{f}" for f in files)
+    folder = snapshot(tmp_path, "dataset", "allenai/ai2_arc")
+    assert all((folder / f).is_file() for f in files)
+    # data.leaderboard: into <folder>/<repo id>, as `hf download --local-dir` lays it out, and
+    # found there with the Hub cache's copy gone
+    shutil.rmtree(tmp_path / "hf" / "hub" / "datasets--allenai--ai2_arc")
+    copies = tmp_path / "leaderboard"
+    local = [*arc, f"data.leaderboard={copies}"]
+    fetched = assets(tmp_path, local_hub, "fetch", *local, online=True, ids=())
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert all((copies / "allenai/ai2_arc" / f).is_file() for f in files)
+    assert not (tmp_path / "hf" / "hub" / "datasets--allenai--ai2_arc" / "snapshots").exists()
+    served = len(local_hub.requests)
+    checked = assets(tmp_path, local_hub, "check", *local, ids=())
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    listed = assets(tmp_path, local_hub, "list", *local, ids=())
+    assert f"    here:    in {copies / 'allenai/ai2_arc'}, " in listed.stdout
+    assert len(local_hub.requests) == served  # offline: nothing asked of the Hub
 
 
 def test_the_run_reads_its_hub_assets_from_the_cache_offline(tmp_path, local_hub):

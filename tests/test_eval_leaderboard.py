@@ -404,7 +404,7 @@ def test_a_dataset_in_neither_data_dir_nor_the_caches_is_named_with_its_fetch_co
         f"`hf download TAUR-Lab/MuSR --repo-type dataset --local-dir {data / 'TAUR-Lab/MuSR'}`"
     )
     assert missing_datasets(["mmlu_pro"], None) == [
-        "the dataset TIGER-Lab/MMLU-Pro (read by leaderboard_mmlu_pro) is neither in the Hugging "
+        "the dataset TIGER-Lab/MMLU-Pro (read by leaderboard_mmlu_pro) is not in the Hugging "
         "Face caches: fetch it with `hf download TIGER-Lab/MMLU-Pro --repo-type dataset`"
     ]
 

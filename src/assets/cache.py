@@ -9,7 +9,7 @@ and what a check expects: each present, each of its recorded size; `verify` also
 against the listing (sha256 for LFS files, git's blob id for the others). Without a listing (a
 cache filled by other means) the check reads what loading reads: a model's config, its weight
 index and every shard it names, each safetensors file's header against its size; a dataset's
-files of each split; a ranker's config and weights.
+files of each split; a ranker's config and weights; a local data folder's required files.
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ def tree_listing(asset: Asset, folder: Path, hub_cache: str) -> dict[str, dict] 
 def cached_bytes(asset: Asset, hub_cache: str) -> int | None:
     """The bytes of the asset's files in the cache, or None when it is not there."""
     folder = cached_folder(asset, hub_cache)
-    if folder is None:
-        return None
+    return None if folder is None else folder_bytes(folder)
+
+
+def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
@@ -143,7 +145,15 @@ def structure_damage(asset: Asset, folder: Path) -> str | None:
         return ranker_damage(folder)
     if asset.kind == "dataset":
         return dataset_damage(asset, folder)
+    if asset.kind == "folder":
+        return files_missing(asset, folder)
     return None
+
+
+def files_missing(asset: Asset, folder: Path) -> str | None:
+    """The first of the asset's `files` that `folder` lacks."""
+    missing = sorted(f for f in asset.files if not (folder / f).is_file())
+    return f"{missing[0]} is missing" if missing else None
 
 
 def index_damage(folder: Path) -> str | None:
@@ -179,8 +189,7 @@ def ranker_damage(folder: Path) -> str | None:
 def dataset_damage(asset: Asset, folder: Path) -> str | None:
     """A dataset's splits as `datasets` resolves them in the folder, each file readable."""
     if asset.files:
-        missing = sorted(f for f in asset.files if not (folder / f).is_file())
-        return f"{missing[0]} is missing" if missing else None
+        return files_missing(asset, folder)
     import datasets  # lazy: about a second, and only hub datasets need it
 
     try:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.assets.cache import cached_bytes, hub_damage, structure_damage
+from src.assets.cache import cached_bytes, folder_bytes, hub_damage, structure_damage
 from src.assets.listing import Asset, Listed, merged, needs
 from src.config import Config
 from src.core.errors import EnvironmentFailure, StageError
@@ -43,18 +43,29 @@ def damage(asset: Asset, cfg: Config, verify: bool = False, online: bool = False
     hub assets."""
     if asset.kind == "made":
         return None  # the stage that reads it checks it is finished and whole
+    if asset.tasks:  # a leaderboard dataset: where the eval stage looks for it, or downloads it
+        return None if online else leaderboard_absence(asset, cfg)
     if asset.on_hub:  # online, the loading library downloads what the cache lacks
         return None if online else hub_damage(asset, cfg.paths.hub_cache, verify)
     path = Path(asset.source).expanduser()
     if is_tiny(path, cfg):
         return None  # built on demand
-    if asset.kind in ("model", "ranker"):
+    if asset.kind in ("model", "ranker", "folder"):
         if not path.is_dir():
             return f"no such folder: {path}"
         return structure_damage(asset, path)
     if not path.is_file():
         return f"no such file: {path}"
     return None
+
+
+def leaderboard_absence(asset: Asset, cfg: Config) -> str | None:
+    """Where a dataset the leaderboard's tasks read was looked for, as the eval stage looks
+    (data.leaderboard's copy, the Hub cache's snapshot, the datasets cache), and not found."""
+    from src.evaluation import leaderboard
+
+    configs = leaderboard.datasets_read(asset.tasks)[asset.source]
+    return leaderboard.absent(asset.source, configs, cfg.data.leaderboard, cfg.paths.hub_cache)
 
 
 def is_tiny(path: Path, cfg: Config) -> bool:
@@ -70,7 +81,11 @@ def where(asset: Asset, cfg: Config) -> str:
     if not asset.on_hub:
         path = Path(asset.source).expanduser()
         return "built on demand" if is_tiny(path, cfg) and not path.exists() else "local"
+    if asset.local_dir is not None and Path(asset.local_dir).is_dir():
+        return f"in {asset.local_dir}, {folder_bytes(Path(asset.local_dir)) / 1e9:.2f} GB"
     size = cached_bytes(asset, cfg.paths.hub_cache)
+    if size is None and asset.tasks and leaderboard_absence(asset, cfg) is None:
+        return "in the datasets cache (an earlier load's)"
     return "not in the cache" if size is None else f"in the cache, {size / 1e9:.2f} GB"
 
 
@@ -94,14 +109,11 @@ def require_assets(
         return
     local = [entry for entry, _ in bad if not entry.asset.on_hub]
     for entry, why in bad:
-        fix = (
-            f"fetch: {fetch_command(fetch_args, entry.asset)}"
-            if entry.asset.on_hub
-            else "set the key to a file or folder that exists"
-        )
         if len(bad) > 1:  # one alone is the line that ends the command
             print(
-                f"missing: {entry.asset.label()} ({entry.used_by()}): {why}; {fix}", file=sys.stderr
+                f"missing: {entry.asset.label()} ({entry.used_by()}): {why}; "
+                f"{fix(entry.asset, fetch_args)}",
+                file=sys.stderr,
             )
     hub = len(bad) - len(local)
     advice = (
@@ -112,9 +124,21 @@ def require_assets(
         if hub
         else f"point {'the key' if len(bad) == 1 else 'the keys named above'} at what exists"
     )
+    if len(bad) == 1 and bad[0][0].asset.hint:
+        advice = fix(bad[0][0].asset, fetch_args)  # what to copy there
     error = AssetsMissing if hub else StageError
     if len(bad) == 1:
         entry, why = bad[0]
         raise error(f"{entry.asset.label()} ({entry.used_by()}): {why}; {advice}")
     read = sum(entry.asset.kind != "made" for entry in listed)
     raise error(f"{len(bad)} of the {read} assets this command reads cannot be used; {advice}")
+
+
+def fix(asset: Asset, fetch_args: Sequence[str]) -> str:
+    """What makes a missing asset here: the fetch of a hub one, else the key pointed elsewhere
+    (for a folder nothing fetches, at a copy of what)."""
+    if asset.on_hub:
+        return f"fetch: {fetch_command(fetch_args, asset)}"
+    if asset.hint:
+        return f"nothing fetches it: point the key at {asset.hint}"
+    return "set the key to a file or folder that exists"

@@ -5,15 +5,17 @@ where an interrupted one stopped), the token from the usual places (`HF_TOKEN`, 
 the files limited to what the run reads (`cache.wanted_files`: a model's weights in one format, a
 dataset's named files). huggingface_hub records the commit's full file listing beside it
 (`trees/<commit>.json`), which the offline check reads. An llm-blender ranker's backbone is read
-from the ranker's config once the ranker is here, and fetched next.
+from the ranker's config once the ranker is here, and fetched next. A leaderboard dataset with
+data.leaderboard set goes to its folder there (`local_dir`: `hf download --local-dir`'s layout).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
-from src.assets.cache import cached_bytes, wanted_files
+from src.assets.cache import cached_bytes, folder_bytes, wanted_files
 from src.assets.listing import Asset, Listed, ranker_backbone
 from src.core.errors import EnvironmentFailure
 
@@ -59,6 +61,7 @@ def fetch_one(asset: Asset, hub_cache: str) -> None:
             repo_type=asset.repo_type,
             revision=asset.revision,
             cache_dir=hub_cache,
+            local_dir=asset.local_dir,
             allow_patterns=[glob_escape(f) for f in files],
         )
     except OfflineModeIsEnabled:
@@ -69,7 +72,8 @@ def fetch_one(asset: Asset, hub_cache: str) -> None:
     except (HfHubHTTPError, OSError) as err:
         said = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise FetchFailed(f"cannot fetch {asset.source}: {said}") from None
-    size = cached_bytes(asset, hub_cache) or 0
+    local = Path(asset.local_dir) if asset.local_dir is not None else None
+    size = folder_bytes(local) if local is not None else cached_bytes(asset, hub_cache) or 0
     print(
         f"[assets] {asset.source}: {len(files)} files, {size / 1e9:.2f} GB in {folder} "
         f"({time.time() - started:.0f} s)",

@@ -6,7 +6,11 @@ the fetch and the check of `python -m src.assets`, and by the checks `src.main`,
 An `Asset` is where a file or a model comes from: a hub repository at a revision (a model, an
 llm-blender ranker, a dataset, or some files of a dataset repository), a local file or folder, a
 tiny model built on demand, or a checkpoint a stage of the run makes (listed, never fetched). A
-`Need` is one read of an asset: by which config key, in which iteration and stage.
+`Need` is one read of an asset: by which config key, in which iteration and stage. The eval
+stage's benchmarks (`eval.benchmarks`) add the judge it serves (`eval.llm_judge.serve`), the
+user's copies of MT-Bench's and Arena-Hard's data (folders nothing fetches), and the dataset
+repositories of the leaderboard's lm-eval tasks (found as the stage finds them:
+`src.evaluation.leaderboard`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from src.config import Config, JudgeKind, PromptFormat, RankerConfig, Stage
+from src.config import Benchmark, Config, JudgeKind, PromptFormat, RankerConfig, Stage
 from src.core.registry import iteration_stages
 from src.evaluation.alpaca_eval import GLM_FILES, REFERENCE_FILE, REFERENCE_REPO
 
@@ -33,20 +37,27 @@ class Asset:
 
     # model: a transformers model (weights, config, tokenizer); ranker: an llm-blender ranker
     # (RankerConfig config.json + weights; its backbone is a model of its own); dataset: a hub
-    # dataset (its `splits`) or a local prompt file; file: a local file; made: a checkpoint a
+    # dataset (its `splits`) or a local prompt file; file: a local file; folder: a local folder
+    # of which `files` are read, a copy of `hint` that nothing fetches; made: a checkpoint a
     # stage of this run makes
     kind: str
     source: str  # hub id, or a local path
     revision: str | None = None  # hub only: branch, tag or commit; None: main
     splits: tuple[str, ...] = ()  # dataset: the splits read
-    files: tuple[str, ...] = ()  # dataset: only these files of the repository (else all of it)
+    # dataset: only these files of the repository (else all of it); folder: the files it must hold
+    files: tuple[str, ...] = ()
+    # dataset: the lm-eval tasks that read it (the leaderboard's): looked for, and checked, as
+    # the eval stage looks for it (src.evaluation.leaderboard.absent)
+    tasks: tuple[str, ...] = ()
+    local_dir: str | None = None  # dataset: fetched into this folder, not the Hub cache
+    hint: str = ""  # folder: what it is a copy of
 
     @property
     def on_hub(self) -> bool:
         """A hub id (not a path that exists here, nor one that looks like a path)."""
         local = Path(self.source).expanduser()
         return (
-            self.kind != "made"
+            self.kind not in ("made", "folder")
             and bool(HUB_ID.match(self.source))
             and not local.exists()
             and not self.source.startswith((".", "~", "/"))
@@ -60,7 +71,9 @@ class Asset:
         at = f"@{self.revision}" if self.revision else ""
         part = f" [{', '.join(self.splits)}]" if self.splits else ""
         files = f" ({', '.join(self.files)})" if self.files else ""
-        return f"{self.kind} {self.source}{at}{part}{files}"
+        more = f" and {len(self.tasks) - 1} more" if len(self.tasks) > 1 else ""
+        tasks = f" (read by {self.tasks[0]}{more})" if self.tasks else ""
+        return f"{self.kind} {self.source}{at}{part}{files}{tasks}"
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,29 @@ def _eval(cfg: Config) -> list[tuple[Asset, str]]:
     if e.alpaca_eval:
         files = (REFERENCE_FILE, *GLM_FILES)
         found.append((Asset("dataset", REFERENCE_REPO, files=files), "eval.alpaca_eval"))
+    return found + _benchmarks(cfg)
+
+
+def _benchmarks(cfg: Config) -> list[tuple[Asset, str]]:
+    """eval.benchmarks': MT-Bench's and Arena-Hard's data (the user's copies, each file the
+    stage requires) and the judge the stage serves for them; the dataset repository of each of
+    the leaderboard's tasks, whole, fetched into data.leaderboard/<repo id> when set."""
+    from src.evaluation import benchmarks, leaderboard
+
+    e = cfg.eval
+    found = [
+        (Asset("folder", folder, files=files, hint=hint), key)
+        for key, (folder, files, hint) in benchmarks.data_folders(cfg).items()
+    ]
+    if e.llm_judge.serve is not None and any(b in benchmarks.JUDGED for b in e.benchmarks):
+        found.append((Asset("model", e.llm_judge.serve), "eval.llm_judge.serve"))
+    if Benchmark.leaderboard in e.benchmarks:
+        names = leaderboard.lm_eval_names(e.leaderboard_tasks)
+        for repo, configs in leaderboard.datasets_read(names).items():
+            tasks = tuple(t for ts in configs.values() for t in ts)
+            local = leaderboard.copy_folder(repo, cfg.data.leaderboard)
+            asset = Asset("dataset", repo, tasks=tasks, local_dir=local and str(local))
+            found.append((asset, "eval.leaderboard_tasks"))
     return found
 
 
@@ -218,8 +254,10 @@ def merged(all_needs: Iterable[Need]) -> list[Listed]:
         entry = by_source.setdefault(key, Listed(a))
         splits = tuple(dict.fromkeys(entry.asset.splits + a.splits))
         files = tuple(dict.fromkeys(entry.asset.files + a.files))
+        tasks = tuple(dict.fromkeys(entry.asset.tasks + a.tasks))
         # a repository read whole by one stage is fetched whole
         whole = not a.files or (entry.needs and not entry.asset.files)
-        entry.asset = Asset(a.kind, a.source, a.revision, splits, () if whole else files)
+        files = () if whole else files
+        entry.asset = replace(a, splits=splits, files=files, tasks=tasks)
         entry.needs.append(n)
     return list(by_source.values())

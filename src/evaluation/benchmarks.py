@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from src.config import Benchmark, Config
+from src.config import BENCHMARK_DATA, BENCHMARK_DATA_HINT, Benchmark, Config
 from src.evaluation import arena_hard, leaderboard, mt_bench
 from src.evaluation.answers import Answerer, EvalError, answers
 from src.evaluation.judge_client import (
@@ -64,22 +64,48 @@ def mt_bench_files(folder: str) -> tuple[Path, Path, Path]:
     )
 
 
+def arena_hard_files(folder: str, baseline: str) -> tuple[Path, Path]:
+    """arena-hard-auto's data/<bench> layout: the questions, the baseline's answers."""
+    root = Path(folder)
+    return root / "question.jsonl", root / "model_answer" / f"{baseline}.jsonl"
+
+
+def required_files(benchmark: Benchmark, cfg: Config) -> tuple[Path, ...]:
+    """The files of a judged benchmark's data that `read_data` requires (MT-Bench's GPT-4
+    reference answers are optional)."""
+    if benchmark == Benchmark.mt_bench:
+        questions, _, prompts = mt_bench_files(cfg.data.mt_bench)
+        return questions, prompts
+    return arena_hard_files(cfg.data.arena_hard, cfg.eval.arena_hard_baseline)
+
+
+def data_folders(cfg: Config) -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """{data key: (its folder, the files `read_data` requires in it, what it is a copy of)} of
+    eval.benchmarks' judged benchmarks: the user's copies, which nothing fetches."""
+    found = {}
+    for benchmark, key in BENCHMARK_DATA.items():
+        folder = getattr(cfg.data, key)
+        if benchmark in cfg.eval.benchmarks and folder is not None:
+            files = tuple(p.relative_to(folder).as_posix() for p in required_files(benchmark, cfg))
+            found[f"data.{key}"] = (folder, files, BENCHMARK_DATA_HINT[benchmark])
+    return found
+
+
 def read_data(cfg: Config) -> dict[Benchmark, object]:
     """Each judged benchmark's questions, prompts and baseline, read (and so checked) now."""
     data: dict[Benchmark, object] = {}
     if Benchmark.mt_bench in cfg.eval.benchmarks:
         questions, references, prompts = mt_bench_files(cfg.data.mt_bench)
-        for path in (questions, prompts):
+        for path in required_files(Benchmark.mt_bench, cfg):
             require_file(path, "data.mt_bench", "FastChat's fastchat/llm_judge/data folder")
         data[Benchmark.mt_bench] = MTBenchData(
             mt_bench.load_questions(questions, references if references.is_file() else None),
             mt_bench.load_judge_prompts(prompts),
         )
     if Benchmark.arena_hard in cfg.eval.benchmarks:
-        root = Path(cfg.data.arena_hard)
-        baseline = root / "model_answer" / f"{cfg.eval.arena_hard_baseline}.jsonl"
+        questions, baseline = required_files(Benchmark.arena_hard, cfg)
         require_file(
-            root / "question.jsonl",
+            questions,
             "data.arena_hard",
             "arena-hard-auto's data/arena-hard-v0.1 folder",
         )
@@ -90,7 +116,7 @@ def read_data(cfg: Config) -> dict[Benchmark, object]:
         )
         name, answers_by_uid = arena_hard.load_answers(baseline)
         data[Benchmark.arena_hard] = ArenaHardData(
-            arena_hard.load_questions(root / "question.jsonl"), name, answers_by_uid
+            arena_hard.load_questions(questions), name, answers_by_uid
         )
     if Benchmark.leaderboard in cfg.eval.benchmarks:
         names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)

@@ -257,14 +257,22 @@ def datasets_read(names: Iterable[str]) -> dict[str, dict[str | None, list[str]]
     return out
 
 
+def copy_folder(repo: str, data_dir: str | Path | None) -> Path | None:
+    """Where `data_dir` holds its copy of dataset repository `repo`: <data_dir>/<repo id>, the
+    layout `hf download --local-dir` makes (None: no data_dir)."""
+    return Path(data_dir) / repo if data_dir is not None else None
+
+
 def local_copy(
-    repo: str, configs: Mapping[str | None, list[str]], data_dir: str | Path | None
+    repo: str,
+    configs: Mapping[str | None, list[str]],
+    data_dir: str | Path | None,
+    hub_cache: str | None = None,
 ) -> Path | None:
     """The folder holding a copy of dataset repository `repo` with each config of `configs`
     (config -> the tasks reading it) and the splits those read: `data_dir`/`repo`, else the Hub
-    cache's snapshot of it; None: neither."""
-    candidates = [Path(data_dir) / repo] if data_dir is not None else []
-    candidates.append(snapshot_folder(repo, repo_type="dataset"))
+    cache's snapshot of it (`hub_cache`, default huggingface_hub's); None: neither."""
+    candidates = [copy_folder(repo, data_dir), snapshot_folder(repo, "dataset", None, hub_cache)]
     for folder in candidates:
         if folder is None or not folder.is_dir():
             continue
@@ -305,24 +313,44 @@ def in_datasets_cache(repo: str, configs: Iterable[str | None]) -> bool:
     return all(any(root.glob(f"{c or 'default'}/*/*/dataset_info.json")) for c in configs)
 
 
-def missing_datasets(tasks: Iterable[str], data_dir: str | Path | None) -> list[str]:
+def absent(
+    repo: str,
+    configs: Mapping[str | None, list[str]],
+    data_dir: str | Path | None,
+    hub_cache: str | None = None,
+) -> str | None:
+    """Where dataset repository `repo` (config -> the tasks reading it) was looked for and not
+    found whole: neither in `data_dir`'s copy nor in the Hugging Face caches (Hub, datasets);
+    None: found, and read from there offline."""
+    if local_copy(repo, configs, data_dir, hub_cache) is not None:
+        return None
+    if in_datasets_cache(repo, configs):
+        return None
+    if data_dir is None:
+        return "not in the Hugging Face caches"
+    return f"neither in {copy_folder(repo, data_dir)} nor in the Hugging Face caches"
+
+
+def missing_datasets(
+    tasks: Iterable[str], data_dir: str | Path | None, hub_cache: str | None = None
+) -> list[str]:
     """One line per dataset repository the tasks read that is neither in `data_dir` nor in the
     Hugging Face caches (Hub, datasets), each with the command that fetches it."""
     lines = []
     for repo, configs in datasets_read(lm_eval_names(tasks)).items():
-        if local_copy(repo, configs, data_dir) is None and not in_datasets_cache(repo, configs):
+        where = absent(repo, configs, data_dir, hub_cache)
+        if where is not None:
             readers = [t for ts in configs.values() for t in ts]
             more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
-            where = f"in {Path(data_dir) / repo} nor " if data_dir is not None else ""
             lines.append(
-                f"the dataset {repo} (read by {readers[0]}{more}) is neither {where}in the "
-                f"Hugging Face caches: fetch it with `{fetch_command(repo, data_dir)}`"
+                f"the dataset {repo} (read by {readers[0]}{more}) is {where}: fetch it with "
+                f"`{fetch_command(repo, data_dir)}`"
             )
     return lines
 
 
 def fetch_command(repo: str, data_dir: str | Path | None) -> str:
-    local = f" --local-dir {Path(data_dir) / repo}" if data_dir is not None else ""
+    local = f" --local-dir {copy_folder(repo, data_dir)}" if data_dir is not None else ""
     return f"hf download {repo} --repo-type dataset{local}"
 
 
