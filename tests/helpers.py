@@ -114,3 +114,30 @@ def alpaca_eval_annotations(y, policy_lengths, reference_lengths):
             "preference": 1.0 + np.asarray(y, np.float64),
         }
     )
+
+
+# An eval.json's sections: the judge's win rates (src/stages/eval.py) and eval.benchmarks'
+# results (src/evaluation/benchmarks.py)
+ALPACA = {
+    "reference": "base", "judge": "tiny-pairrm", "compared": 805, "confidence": 0.95,
+    "win_rate": 0.6, "win_rate_low": 0.55, "win_rate_high": 0.65,
+    "lc_win_rate": 0.58, "lc_win_rate_low": 0.53, "lc_win_rate_high": 0.63,
+}  # fmt: skip
+MT_BENCH = {
+    "judge": "gpt-4", "mt_bench": 7.1234, "turn_1": 7.5, "turn_2": 6.7468,
+    "per_category": {"writing": 8.0}, "rated": 159, "unrated": 1, "questions": 80,
+    "unanswered": 0, "judge_calls": 160, "seconds": 12.0,
+}  # fmt: skip
+ARENA_HARD = {
+    "judge": "qwen-judge@local", "baseline": "gpt-4-0314", "version": "v0.1",
+    "win_rate": 0.55321, "lower": 0.5012, "upper": 0.6024, "level": 0.95,
+    "games": {"game1": {"wins": 1, "ties": 0, "losses": 0}}, "unjudged": 2, "questions": 500,
+    "battles": 1100, "categories": {}, "avg_tokens": 512, "unanswered": 0, "seconds": 30.0,
+}  # fmt: skip
+LEADERBOARD = {
+    "raw": {"ifeval": 0.7, "bbh": 0.5, "math_hard": 0.07, "gpqa": 0.3, "musr": 0.4,
+            "mmlu_pro": 0.35, "arc_challenge": 0.6519, "truthfulqa_mc2": 0.58041},
+    "normalised": {"ifeval": 68.2812, "bbh": 29.7391, "math_hard": 7.33, "gpqa": 2.0134,
+                   "musr": 3.0912, "mmlu_pro": 29.3801, "average": 23.3063},
+    "unscored": {}, "limit": None, "seconds": 100.0,
+}  # fmt: skip

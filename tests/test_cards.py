@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 
 from src.config import REPO_ROOT, PathsConfig
 from src.stages.cards import card_text, card_value, model_card
-from tests.helpers import compose_cfg
+from tests.helpers import ALPACA, ARENA_HARD, LEADERBOARD, MT_BENCH, compose_cfg
 
 ROOT = "/scratch/ana/runs"
 PATHS = PathsConfig(root=ROOT, tiny_dir=f"{REPO_ROOT}/.cache/tiny")
@@ -148,3 +148,141 @@ def test_the_exported_dataset_card_shows_no_local_absolute_path(tmp_path):
     assert "pi_1 (`tiny-mistral/sppo/mine/iter1/train/checkpoint`)" in text
     assert "answered each prompt of `train.jsonl`" in text
     assert "(pairrm: `my-pairrm`)" in text
+
+
+# --- eval.benchmarks in the card -------------------------------------------------------------
+
+
+def card_of(evaluation: dict) -> str:
+    cfg = compose_cfg("model=tiny-mistral", "logger=none")
+    metrics = {"log_history": [], "summary": {"train_loss": 0.5}}
+    return model_card(cfg, metrics, evaluation, "cmd")
+
+
+def test_the_card_carries_each_benchmark_with_its_judge_and_reads_back():
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    text = card_of(
+        ALPACA | {"mt_bench": MT_BENCH, "arena_hard": ARENA_HARD, "leaderboard": LEADERBOARD}
+    )
+    card = ModelCard(text)
+    results = card.data.eval_results
+    by = {(r.dataset_name, r.metric_type): r for r in results}
+
+    mt = by["MT-Bench", "mt_bench"]
+    assert (mt.metric_value, mt.metric_name) == (7.12, "MT-Bench score (gpt-4)")
+    assert mt.dataset_args == {"judge": "gpt-4"} and mt.task_type == "text-generation"
+    assert by["MT-Bench", "turn_2"].metric_value == 6.75
+    assert by["MT-Bench", "turn_2"].metric_name == "MT-Bench turn 2 (gpt-4)"
+
+    arena = by["Arena-Hard-Auto v0.1", "win_rate"]
+    assert arena.metric_value == 55.32  # percent, as its leaderboard
+    assert arena.metric_name == "Arena-Hard v0.1 win rate % vs gpt-4-0314 (qwen-judge@local)"
+    assert arena.dataset_args == {"judge": "qwen-judge@local", "baseline": "gpt-4-0314"}
+
+    # the Open LLM Leaderboard's rows as its bot writes them (UCLA-AGI's SPPO cards): the same
+    # YAML, but for the value and the source's ?query=
+    (name,) = [entry["name"] for entry in card.data.to_dict()["model-index"]]
+    _, read_back = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert name == card.data.model_name and len(read_back) == len(results)
+    model_index = card.data.to_dict()["model-index"][0]["results"]
+    ifeval = next(e for e in model_index if e["dataset"]["name"] == "IFEval (0-Shot)")
+    assert ifeval == {
+        "task": {"type": "text-generation", "name": "Text Generation"},
+        "dataset": {"name": "IFEval (0-Shot)", "type": "HuggingFaceH4/ifeval",
+                    "args": {"num_few_shot": 0}},
+        "metrics": [{"type": "inst_level_strict_acc and prompt_level_strict_acc",
+                     "value": 68.28, "name": "strict accuracy"}],
+        "source": {"url": "https://huggingface.co/spaces/open-llm-leaderboard/open_llm_leaderboard",
+                   "name": "Open LLM Leaderboard"},
+    }  # fmt: skip
+    mmlu_pro = next(e for e in model_index if e["dataset"]["name"] == "MMLU-PRO (5-shot)")
+    assert mmlu_pro["dataset"] == {
+        "name": "MMLU-PRO (5-shot)", "type": "TIGER-Lab/MMLU-Pro", "config": "main",
+        "split": "test", "args": {"num_few_shot": 5},
+    }  # fmt: skip
+    leaderboard = {
+        r.dataset_name: (r.dataset_type, r.metric_type, r.metric_name, r.metric_value)
+        for r in results
+        if r.source_name == "Open LLM Leaderboard"
+    }
+    assert leaderboard == {
+        "IFEval (0-Shot)": ("HuggingFaceH4/ifeval",
+                            "inst_level_strict_acc and prompt_level_strict_acc",
+                            "strict accuracy", 68.28),
+        "BBH (3-Shot)": ("BBH", "acc_norm", "normalized accuracy", 29.74),
+        "MATH Lvl 5 (4-Shot)": ("hendrycks/competition_math", "exact_match", "exact match", 7.33),
+        "GPQA (0-shot)": ("Idavidrein/gpqa", "acc_norm", "acc_norm", 2.01),
+        "MuSR (0-shot)": ("TAUR-Lab/MuSR", "acc_norm", "acc_norm", 3.09),
+        "MMLU-PRO (5-shot)": ("TIGER-Lab/MMLU-Pro", "acc", "accuracy", 29.38),
+        # v1's, raw in percent, at v1's leaderboard
+        "AI2 Reasoning Challenge (25-Shot)": ("ai2_arc", "acc_norm", "normalized accuracy", 65.19),
+        "TruthfulQA (0-shot)": ("truthful_qa", "mc2", None, 58.04),
+    }  # fmt: skip
+    arc = by["AI2 Reasoning Challenge (25-Shot)", "acc_norm"]
+    assert (arc.dataset_config, arc.dataset_split, arc.dataset_args) == (
+        "ARC-Challenge",
+        "test",
+        {"num_few_shot": 25},
+    )
+    assert arc.source_url == "https://huggingface.co/spaces/HuggingFaceH4/open_llm_leaderboard"
+
+    # the body: a line per benchmark, each judged one naming its judge
+    body = " ".join(card.text.split())
+    assert (
+        "- MT-Bench (80 questions), judged by `gpt-4`: 7.12 (turn 1 7.50, turn 2 6.75), the mean "
+        "of 159 rated turns; 1 judgments without a rating."
+    ) in body
+    assert (
+        "- Arena-Hard-Auto v0.1 (500 questions), judged by `qwen-judge@local` against "
+        "`gpt-4-0314`: win rate 55.3 % [50.1, 60.2] (95 % bootstrap interval); 2 games without "
+        "a verdict."
+    ) in body
+    assert (
+        "- Open LLM Leaderboard, by lm-evaluation-harness: v2 normalised (0-100) average 23.31 "
+        "over 6 benchmarks: IFEval (0-Shot) 68.28, BBH (3-Shot) 29.74, MATH Lvl 5 (4-Shot) 7.33, "
+        "GPQA (0-shot) 2.01, MuSR (0-shot) 3.09, MMLU-PRO (5-shot) 29.38; v1 (raw, in percent): "
+        "AI2 Reasoning Challenge (25-Shot) 65.19, TruthfulQA (0-shot) 58.04."
+    ) in body
+
+
+def test_no_row_for_a_benchmark_not_run_or_a_score_that_is_none():
+    unrated = MT_BENCH | {"mt_bench": None, "turn_1": None, "turn_2": None, "rated": 0}
+    no_verdict = ARENA_HARD | {"win_rate": None, "lower": None, "upper": None}
+    only_gpqa = {"raw": {"gpqa": 0.3}, "normalised": {"gpqa": 2.0, "average": 2.0}, "unscored": {}}
+    card = ModelCard(
+        card_of(ALPACA | {"mt_bench": unrated, "arena_hard": no_verdict, "leaderboard": only_gpqa})
+    )
+    # none of the three run: the judge's win rates' rows only, no line
+    plain = ModelCard(card_of(ALPACA))
+    alpaca = {r.dataset_name for r in plain.data.eval_results}
+    assert alpaca and "MT-Bench" not in plain.text and "Open LLM Leaderboard" not in plain.text
+
+    names = {r.dataset_name for r in card.data.eval_results}
+    assert names == alpaca | {"GPQA (0-shot)"}
+    body = " ".join(card.text.split())
+    assert "judged by `gpt-4`: no turn rated; 1 judgments without a rating." in body
+    assert "against `gpt-4-0314`: no win rate (no verdict counted); 2 games" in body
+    assert "average 2.00 over 1 benchmarks: GPQA (0-shot) 2.00." in body
+
+
+def test_a_leaderboard_run_on_its_first_documents_only_is_in_the_body_not_the_model_index():
+    limited = LEADERBOARD | {"limit": 2}
+    card = ModelCard(card_of(ALPACA | {"leaderboard": limited}))
+    assert not [r for r in card.data.eval_results if r.source_name == "Open LLM Leaderboard"]
+    body = " ".join(card.text.split())
+    assert "on each task's first 2 documents only, a check of the setup, not the benchmark" in body
+
+
+def test_a_judge_served_from_a_local_folder_is_not_shown_by_its_path(tmp_path):
+    judge = str(tmp_path / "judges" / "qwen-72b")
+    text = card_of(ALPACA | {"mt_bench": MT_BENCH | {"judge": judge}})
+    assert str(tmp_path) not in text
+    assert "MT-Bench score (qwen-72b)" in text
+
+
+def test_every_leaderboard_benchmark_has_its_model_index_row():
+    from src.evaluation.leaderboard import V1, V2
+    from src.stages.cards import LEADERBOARD_ROWS
+
+    assert set(LEADERBOARD_ROWS) == set(V2) | set(V1)

@@ -134,14 +134,14 @@ def test_a_json_line_holding_a_line_separator_is_one_line(tmp_path):
 
 GOOD_QUESTION = json.dumps(v01_question(V01_UIDS[0], PROMPTS[0]))
 BAD_QUESTIONS = {
-    "not JSON": "{uid",
-    "not a JSON object": "[1, 2]",
+    "malformed JSON line": "{uid",
+    "row is a JSON list, expected an object like": "[1, 2]",
     "no 'uid' (v2.0) or 'question_id' (v0.1)": '{"category": "hard_prompt", "prompt": "p"}',
     "no string at prompt": '{"uid": "u", "category": "hard_prompt"}',
     "no string at turns[0].content": '{"question_id": "u", "category": "math", "turns": []}',
     "no string at uid": '{"uid": 7, "category": "hard_prompt", "prompt": "p"}',
     "category 'writing' is none of Arena-Hard's": '{"uid": "u", "category": "writing", "prompt": "p"}',
-    "question 328c149ed45a41c0b9d6f14659e63599 again (first on line 1)": GOOD_QUESTION,
+    "question 328c149ed45a41c0b9d6f14659e63599 again (first at {path}:1)": GOOD_QUESTION,
 }
 
 
@@ -151,7 +151,7 @@ def test_a_malformed_question_is_one_line_naming_file_and_line(tmp_path, what):
     path.write_text(f"{GOOD_QUESTION}\n\n{BAD_QUESTIONS[what]}\n", "utf-8")
     with pytest.raises(EvalError) as err:
         load_questions(path)
-    assert str(err.value).startswith(f"{path}, line 3: {what}")
+    assert str(err.value).startswith(f"{path}:3: {what.format(path=path)}")
     assert "\n" not in str(err.value)
 
 
@@ -176,7 +176,7 @@ def test_a_malformed_answer_is_one_line_naming_file_and_line(tmp_path, what):
     path.write_text(f"{GOOD_ANSWER}\n{BAD_ANSWERS[what]}\n", "utf-8")
     with pytest.raises(EvalError) as err:
         load_answers(path)
-    assert str(err.value) == f"{path}, line 2: {what}"
+    assert str(err.value) == f"{path}:2: {what}"
 
 
 def test_a_missing_or_empty_file_is_one_line(tmp_path):

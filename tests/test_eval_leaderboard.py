@@ -665,3 +665,4 @@ def test_the_stage_runs_the_leaderboard_on_its_policy_and_writes_lm_evals_result
     assert set(scores["raw"]) == {"gpqa", "arc_challenge"}
     assert scores["normalised"] == pytest.approx(normalise(written["results"]))
     assert set(scores["normalised"]) == {"gpqa", "average"} and scores["seconds"] > 0
+    assert scores["limit"] == 2  # the card shows no leaderboard figure of a run this short

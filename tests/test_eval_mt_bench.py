@@ -514,7 +514,7 @@ def test_a_judge_prompt_fastchat_could_not_use_is_refused(tmp_path):
         (
             "question.jsonl",
             '{"question_id": 82, "category": "writing", "turns": [',
-            "not a JSON line",
+            "malformed JSON line",
         ),
         (
             "question.jsonl",
@@ -526,7 +526,7 @@ def test_a_judge_prompt_fastchat_could_not_use_is_refused(tmp_path):
             '{"question_id": 82, "category": "writing", "turns": "x"}',
             "expected a question",
         ),
-        ("question.jsonl", '["a list"]', "expected a JSON object"),
+        ("question.jsonl", '["a list"]', "row is a JSON list, expected an object like"),
         ("question.jsonl", json.dumps(WRITING), "question 81 appears twice"),
         ("gpt-4.jsonl", '{"question_id": 112, "choices": []}', "expected a model answer"),
         ("judge_prompts.jsonl", '{"name": "single-v1"}', "expected a judge prompt"),
@@ -558,3 +558,17 @@ def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(EvalError) as excinfo:
         load_questions(tmp_path / "question.jsonl")
     assert one_line(excinfo) == f"{tmp_path / 'question.jsonl'} does not exist"
+
+
+def test_a_question_holding_a_line_separator_is_one_line(tmp_path):
+    write_lines(tmp_path / "question.jsonl", [{**WRITING, "turns": ["one\u2028two", "three"]}])
+    (question,) = load_questions(tmp_path / "question.jsonl")
+    assert question.turns == ("one\u2028two", "three")
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "question.jsonl"
+    path.write_bytes(json.dumps(WRITING).encode() + b"\n\xff\n")
+    with pytest.raises(EvalError) as excinfo:
+        load_questions(path)
+    assert one_line(excinfo).startswith(f"{path}: not UTF-8 text")

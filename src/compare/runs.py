@@ -182,23 +182,35 @@ def generate_columns(m: Record) -> dict[str, float | None]:
 
 
 def eval_columns(m: Record) -> dict[str, Any]:
-    """The win rates, and their intervals (not table columns: the plot's error bars)."""
+    """The win rates, and their intervals (not table columns: the plot's error bars). `m`: the
+    eval stage's eval.json, or its W&B run's summary, which holds its sections flat
+    (src/stages/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
     row: dict[str, Any] = {}
     for key in ("win_rate", "lc_win_rate"):
         row[f"eval_{key}"] = m.number(key)
         low, high = m.number(f"{key}_low"), m.number(f"{key}_high")
         row[f"eval_{key}_ci"] = (low, high) if low is not None and high is not None else None
-    leaderboard = m.section("alpaca_eval")  # AlpacaEval 2's own row
-    row["alpaca_eval_lc"] = leaderboard.number("lc_win_rate")
-    row["alpaca_eval_wr"] = leaderboard.number("win_rate")
+    alpaca = m.section("alpaca_eval")  # AlpacaEval 2's own row
+    row["alpaca_eval_lc"] = or_flat(alpaca.number("lc_win_rate"), m, "alpaca_eval.lc_win_rate")
+    row["alpaca_eval_wr"] = or_flat(alpaca.number("win_rate"), m, "alpaca_eval.win_rate")
     # the Open LLM Leaderboard's v2 average, normalised as the leaderboard shows it (0-100)
-    row["leaderboard"] = m.section("leaderboard").section("normalised").number("average")
+    average = m.section("leaderboard").section("normalised").number("average")
+    row["leaderboard"] = or_flat(average, m, "leaderboard.normalised.average")
     for benchmark, key in JUDGED_HEADLINES.items():  # a column per judge: never one figure
         section = m.section(benchmark)
         judge = section.values.get("judge")
         if isinstance(judge, str):
             row[f"{benchmark}[{judge}]"] = section.number(key)
+        for column in m.values:  # a W&B summary's, under the same name
+            if column.startswith(f"{benchmark}[") and column.endswith("]"):
+                row[column] = m.number(column)
     return row
+
+
+def or_flat(nested: float | None, m: Record, flat: str) -> float | None:
+    """A value read nested, as eval.json holds it, else the one a W&B summary holds flat, its
+    keys joined by dots."""
+    return nested if nested is not None else m.number(flat)
 
 
 # The figure of each benchmark graded by eval.llm_judge that src.compare shows, by the judge's name

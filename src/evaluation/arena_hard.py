@@ -58,16 +58,15 @@ it stays near its raw rate.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from src.evaluation.answers import EvalError
-from src.evaluation.judging import JudgeRequest
+from src.evaluation.judging import JudgeRequest, json_rows
 
 V01, V2 = "v0.1", "v2.0"
 # utils/judge_utils.py's JUDGE_SETTINGS keys, the categories of the questions
@@ -161,6 +160,11 @@ EDGE = 1e-12  # a share of 0 or 1 is an Elo of -inf or +inf: kept finite for the
 LEVELS = {V01: 0.95, V2: 0.90}  # the bootstrap intervals' coverage
 
 
+# the rows of the benchmark's files (v2.0's schema), for messages about a line that is none
+QUESTION_EXAMPLE = '{"uid": ..., "category": "hard_prompt", "prompt": ...}'
+ANSWER_EXAMPLE = '{"uid": ..., "model": ..., "messages": [..., {"content": {"answer": ...}}]}'
+
+
 @dataclass(frozen=True)
 class Question:
     uid: str  # v0.1: question_id; v2.0: uid
@@ -175,9 +179,8 @@ def load_questions(path: Path) -> list[Question]:
     """An Arena-Hard question.jsonl: v2.0's schema {uid, category, prompt} (v0.1's questions
     too since 900183d) or v0.1's {question_id, category, turns: [{content}]}."""
     questions: list[Question] = []
-    first_line: dict[str, int] = {}
-    for line, row in _rows(path):
-        where = f"{path}, line {line}"
+    first: dict[str, str] = {}  # uid -> where it first is
+    for where, row in json_rows(path, QUESTION_EXAMPLE):
         if "uid" in row:
             uid, prompt = _text(row, where, "uid"), _text(row, where, "prompt")
         elif "question_id" in row:
@@ -189,9 +192,9 @@ def load_questions(path: Path) -> list[Question]:
             raise EvalError(
                 f"{where}: category {category!r} is none of Arena-Hard's ({', '.join(VERSIONS)})"
             )
-        if uid in first_line:
-            raise EvalError(f"{where}: question {uid} again (first on line {first_line[uid]})")
-        first_line[uid] = line
+        if uid in first:
+            raise EvalError(f"{where}: question {uid} again (first at {first[uid]})")
+        first[uid] = where
         questions.append(Question(uid=uid, category=category, prompt=prompt))
     if not questions:
         raise EvalError(f"{path}: no questions")
@@ -207,8 +210,7 @@ def load_answers(path: Path) -> tuple[str, dict[str, str]]:
     last answer, as the benchmark's loader does."""
     name: str | None = None
     answers: dict[str, str] = {}
-    for line, row in _rows(path):
-        where = f"{path}, line {line}"
+    for where, row in json_rows(path, ANSWER_EXAMPLE):
         if "uid" in row:
             uid, model = _text(row, where, "uid"), _text(row, where, "model")
             answer = _text(row, where, "messages", -1, "content", "answer")
@@ -224,26 +226,6 @@ def load_answers(path: Path) -> tuple[str, dict[str, str]]:
     if name is None:
         raise EvalError(f"{path}: no answers")
     return name, answers
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalError(f"{path} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise EvalError(f"{path}: not UTF-8 text ({err.reason})") from None
-    # "\n" only: a JSON line may hold U+2028 and the like, which str.splitlines would split at
-    for line, raw in enumerate(text.split("\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise EvalError(f"{path}, line {line}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise EvalError(f"{path}, line {line}: not a JSON object")
-        yield line, row
 
 
 def _text(row: dict, where: str, *keys: str | int) -> str:

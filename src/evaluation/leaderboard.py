@@ -170,6 +170,14 @@ def raw_scores(results: Mapping[str, Mapping]) -> dict[str, float]:
     return out
 
 
+def shown_scores(result: Mapping) -> dict[str, float]:
+    """The figures of a run's result (`run_leaderboard`'s: "raw", "normalised") as the
+    leaderboards showed them, 0-100: v2's benchmarks normalised, with their "average"; v1's tasks
+    raw, in percent (v1 had no normalisation). What the model card and W&B carry."""
+    raw = result.get("raw") or {}
+    return {**(result.get("normalised") or {}), **{t: 100 * raw[t] for t in V1 if t in raw}}
+
+
 def scaled(score: float, choices: int) -> float:
     """The leaderboard's normalize_within_range(score, 1/choices, 1) * 100, 0 below the random
     baseline 1/choices (0 for a generative task, choices = 0)."""

@@ -23,16 +23,15 @@ The steps, as FastChat runs them:
 
 from __future__ import annotations
 
-import json
 import re
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 
 from src.evaluation.answers import EvalError
-from src.evaluation.judging import JudgeRequest
+from src.evaluation.judging import JudgeRequest, json_rows
 
 # common.py's temperature_config: the answers' sampling temperature per category
 TEMPERATURES: dict[str, float] = {
@@ -78,6 +77,13 @@ FIELDS: dict[tuple[bool, int], frozenset[str]] = {
     ),
 }
 
+# the rows of FastChat's files, for messages about a line that is none
+QUESTION_EXAMPLE = '{"question_id": 81, "category": "writing", "turns": ["...", "..."]}'
+ANSWER_EXAMPLE = '{"question_id": 111, "choices": [{"turns": ["...", "..."]}]}'
+PROMPT_EXAMPLE = (
+    '{"name": "single-v1", "system_prompt": ..., "prompt_template": ..., "output_format": ...}'
+)
+
 # common.py's one_score_pattern and one_score_pattern_backup: "[[7]]", else "[7]"
 ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 ONE_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
@@ -116,10 +122,10 @@ def load_questions(path: Path, reference_answers: Path | None = None) -> list[Qu
     references = _load_references(reference_answers) if reference_answers else {}
     questions: list[Question] = []
     seen: set[int] = set()
-    for line, row in _json_lines(path):
-        question = _question(row, path, line)
+    for where, row in json_rows(path, QUESTION_EXAMPLE):
+        question = _question(row, where)
         if question.question_id in seen:
-            raise EvalError(f"{path}:{line}: question {question.question_id} appears twice")
+            raise EvalError(f"{where}: question {question.question_id} appears twice")
         seen.add(question.question_id)
         if question.category in NEED_REFERENCE:
             reference = _reference(question, references, path, reference_answers)
@@ -128,11 +134,11 @@ def load_questions(path: Path, reference_answers: Path | None = None) -> list[Qu
     return questions
 
 
-def _question(row: dict, path: Path, line: int) -> Question:
+def _question(row: dict, where: str) -> Question:
     qid, category, turns = row.get("question_id"), row.get("category"), row.get("turns")
     if not (_is_int(qid) and isinstance(category, str) and _strings(turns)):
         raise EvalError(
-            f"{path}:{line}: expected a question: an integer 'question_id', a string "
+            f"{where}: expected a question: an integer 'question_id', a string "
             "'category' and 'turns', a non-empty list of strings"
         )
     return Question(qid, category, tuple(turns), None)
@@ -142,13 +148,13 @@ def _load_references(path: Path) -> dict[int, tuple[str, ...]]:
     """question_id -> the reference answer's turns; as common.load_model_answers, the last row
     of a question_id wins."""
     references: dict[int, tuple[str, ...]] = {}
-    for line, row in _json_lines(path):
+    for where, row in json_rows(path, ANSWER_EXAMPLE):
         qid, choices = row.get("question_id"), row.get("choices")
         first = choices[0] if isinstance(choices, list) and choices else None
         turns = first.get("turns") if isinstance(first, dict) else None
         if not (_is_int(qid) and _strings(turns)):
             raise EvalError(
-                f"{path}:{line}: expected a model answer: an integer 'question_id' and "
+                f"{where}: expected a model answer: an integer 'question_id' and "
                 "'choices'[0]['turns'], a non-empty list of strings"
             )
         references[qid] = tuple(turns)
@@ -181,11 +187,11 @@ def load_judge_prompts(path: Path) -> dict[str, JudgePrompt]:
     """The rows of `path` (judge_prompts.jsonl) by name; the four of single-answer grading must
     be there, in the output format FastChat parses, with the fields FastChat formats them with."""
     prompts: dict[str, JudgePrompt] = {}
-    for line, row in _json_lines(path):
+    for where, row in json_rows(path, PROMPT_EXAMPLE):
         values = [row.get(k) for k in ("name", "system_prompt", "prompt_template", "output_format")]
         if not all(isinstance(v, str) for v in values):
             raise EvalError(
-                f"{path}:{line}: expected a judge prompt: strings 'name', 'system_prompt', "
+                f"{where}: expected a judge prompt: strings 'name', 'system_prompt', "
                 "'prompt_template' and 'output_format'"
             )
         prompts[values[0]] = JudgePrompt(*values)
@@ -212,26 +218,6 @@ def _check_prompt(prompt: JudgePrompt, fields: frozenset[str], path: Path) -> No
             f"{path}: judge prompt {prompt.name}'s template asks for "
             f"{', '.join(sorted(used - fields))}; it is given {', '.join(sorted(fields))}"
         )
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalError(f"{path} does not exist") from None
-    except UnicodeDecodeError as err:
-        raise EvalError(f"{path}: not a UTF-8 text file ({err})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalError(f"{path}:{number}: not a JSON line ({err})") from None
-        if not isinstance(row, dict):
-            raise EvalError(f"{path}:{number}: expected a JSON object")
-        yield number, row
 
 
 def _is_int(value: object) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 from statistics import mean
@@ -26,6 +27,7 @@ from src.core.artifacts import atomic_write_text, read_json
 from src.core.errors import StageError
 from src.core.policy import CARD
 from src.evaluation.alpaca_eval import REFERENCE_REPO
+from src.evaluation.leaderboard import V1, shown_scores
 from src.stages.common import redo
 
 # Licenses of the bases this project knows; any other base: "other" (its own card says which)
@@ -40,6 +42,59 @@ _HUB_CACHE_FOLDER = re.compile(r"(?:models|datasets|spaces)--(.+)")
 # override's value), a quote or an opening bracket or comma (a Hydra list), up to the next
 # space, quote, comma or closing bracket. `~` alone is not one: `~key` deletes an override.
 _PATH_IN_TEXT = re.compile(r"(?<![^\s=,\[('\"`])(?:/|~/)[^\s,\])'\"`]*")
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One benchmark's row in a model card's model-index, as the Open LLM Leaderboard's bot
+    writes it."""
+
+    dataset_name: str
+    dataset_type: str
+    few_shot: int
+    metric_type: str
+    metric_name: str | None  # the bot writes none for TruthfulQA
+    dataset_config: str | None = None
+    dataset_split: str | None = None
+
+
+# The rows the leaderboard's bot writes into the cards of the models it evaluated, copied from
+# such cards' model-index: v2's six from
+# https://huggingface.co/UCLA-AGI/Llama-3-Instruct-8B-SPPO-Iter3/blob/main/README.md (the same
+# in UCLA-AGI/Gemma-2-9B-It-SPPO-Iter2's), v1's ARC and TruthfulQA from
+# https://huggingface.co/BEE-spoke-data/smol_llama-220M-GQA/blob/main/README.md, which holds
+# rows of both versions. Keyed by
+# src/evaluation/leaderboard.py's names: v2's (V2) valued by their normalised score, v1's (V1)
+# by their raw one in percent, as each version showed them.
+LEADERBOARD_ROWS = {
+    "ifeval": LeaderboardRow(
+        "IFEval (0-Shot)", "HuggingFaceH4/ifeval", 0,
+        "inst_level_strict_acc and prompt_level_strict_acc", "strict accuracy",
+    ),
+    "bbh": LeaderboardRow("BBH (3-Shot)", "BBH", 3, "acc_norm", "normalized accuracy"),
+    "math_hard": LeaderboardRow(
+        "MATH Lvl 5 (4-Shot)", "hendrycks/competition_math", 4, "exact_match", "exact match"
+    ),
+    "gpqa": LeaderboardRow("GPQA (0-shot)", "Idavidrein/gpqa", 0, "acc_norm", "acc_norm"),
+    "musr": LeaderboardRow("MuSR (0-shot)", "TAUR-Lab/MuSR", 0, "acc_norm", "acc_norm"),
+    "mmlu_pro": LeaderboardRow(
+        "MMLU-PRO (5-shot)", "TIGER-Lab/MMLU-Pro", 5, "acc", "accuracy", "main", "test"
+    ),
+    "arc_challenge": LeaderboardRow(
+        "AI2 Reasoning Challenge (25-Shot)", "ai2_arc", 25, "acc_norm", "normalized accuracy",
+        "ARC-Challenge", "test",
+    ),
+    "truthfulqa_mc2": LeaderboardRow(
+        "TruthfulQA (0-shot)", "truthful_qa", 0, "mc2", None, "multiple_choice", "validation"
+    ),
+}  # fmt: skip
+LEADERBOARD_SOURCE = "Open LLM Leaderboard"
+# The bot's source URLs end in ?query=<the model's repository>: this model is on neither
+# leaderboard, its figures are this run's, computed as the leaderboard computes them
+LEADERBOARD_URLS = {
+    "v1": "https://huggingface.co/spaces/HuggingFaceH4/open_llm_leaderboard",
+    "v2": "https://huggingface.co/spaces/open-llm-leaderboard/open_llm_leaderboard",
+}
 
 TEMPLATE = """---
 {{ card_data }}
@@ -144,6 +199,8 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
                     metric_value=round(100 * leaderboard[metric], 2),
                 )
             )
+        evaluation = judged_labels(evaluation, cfg.paths)
+        results += benchmark_results(evaluation)
     data = ModelCardData(
         model_name=name,
         base_model=base if is_hub_id else None,
@@ -171,6 +228,86 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
         command=card_text(command, cfg.paths),
     )
     return str(card)
+
+
+def judged_labels(evaluation: dict, paths: PathsConfig) -> dict:
+    """`evaluation` with its judged benchmarks' judge and baseline as a card shows them (a
+    served judge's name may be a path)."""
+    out = dict(evaluation)
+    for benchmark in ("mt_bench", "arena_hard"):
+        section = evaluation.get(benchmark)
+        if isinstance(section, dict):
+            out[benchmark] = section | {
+                key: card_value(section[key], paths)
+                for key in ("judge", "baseline")
+                if isinstance(section.get(key), str)
+            }
+    return out
+
+
+def benchmark_results(evaluation: dict) -> list:
+    """The model-index rows of eval.benchmarks' results: MT-Bench's and Arena-Hard's, each
+    naming its judge in the metric's name and the dataset's args (a score by one judge is
+    never shown as another's), and the Open LLM Leaderboard's as its bot writes them. None for
+    a benchmark not run or a score that is None, nor the leaderboard's of a run limited to each
+    task's first documents."""
+    from huggingface_hub import EvalResult
+
+    task = {"task_type": "text-generation", "task_name": "Text Generation"}
+    results = []
+    mt = evaluation.get("mt_bench")
+    for metric, what in (("mt_bench", "score"), ("turn_1", "turn 1"), ("turn_2", "turn 2")):
+        if not mt or mt.get(metric) is None:
+            continue
+        results.append(
+            EvalResult(
+                **task,
+                dataset_type="mt_bench",
+                dataset_name="MT-Bench",
+                dataset_args={"judge": mt["judge"]},
+                metric_type=metric,
+                metric_name=f"MT-Bench {what} ({mt['judge']})",
+                metric_value=round(mt[metric], 2),
+            )
+        )
+    arena = evaluation.get("arena_hard")
+    if arena and arena.get("win_rate") is not None:
+        version, baseline, judge = arena["version"], arena["baseline"], arena["judge"]
+        results.append(  # in percent, as its leaderboard
+            EvalResult(
+                **task,
+                dataset_type="arena_hard",
+                dataset_name=f"Arena-Hard-Auto {version}",
+                dataset_config=version,
+                dataset_args={"judge": judge, "baseline": baseline},
+                metric_type="win_rate",
+                metric_name=f"Arena-Hard {version} win rate % vs {baseline} ({judge})",
+                metric_value=round(100 * arena["win_rate"], 2),
+            )
+        )
+    board = evaluation.get("leaderboard")
+    if board and not board.get("limit"):
+        shown = shown_scores(board)
+        for name, row in LEADERBOARD_ROWS.items():
+            value = shown.get(name)
+            if value is None:
+                continue
+            results.append(
+                EvalResult(
+                    **task,
+                    dataset_name=row.dataset_name,
+                    dataset_type=row.dataset_type,
+                    dataset_config=row.dataset_config,
+                    dataset_split=row.dataset_split,
+                    dataset_args={"num_few_shot": row.few_shot},
+                    metric_type=row.metric_type,
+                    metric_name=row.metric_name,
+                    metric_value=round(value, 2),
+                    source_name=LEADERBOARD_SOURCE,
+                    source_url=LEADERBOARD_URLS["v1" if name in V1 else "v2"],
+                )
+            )
+    return results
 
 
 def lineage(cfg: Config) -> str:
@@ -249,7 +386,75 @@ def evaluation_text(evaluation: dict | None, prompts: str | None = None) -> str:
             f"{100 * leaderboard['win_rate']:.2f} % (SE {100 * leaderboard['standard_error']:.2f}), "
             f"average length {leaderboard['avg_length']} characters."
         )
-    return text
+    lines = benchmark_lines(evaluation)
+    return "\n\n".join([text, "\n".join(f"- {line}" for line in lines)] if lines else [text])
+
+
+def benchmark_lines(evaluation: dict) -> list[str]:
+    """A line per benchmark of eval.benchmarks that ran, each judged one's naming its judge."""
+    lines = []
+    mt = evaluation.get("mt_bench")
+    if mt:
+        score = (
+            f"{mt['mt_bench']:.2f} (turn 1 {_figure(mt['turn_1'], '.2f')}, turn 2 "
+            f"{_figure(mt['turn_2'], '.2f')}), the mean of {mt['rated']} rated turns"
+            if mt["mt_bench"] is not None
+            else "no turn rated"
+        )
+        unrated = f"; {mt['unrated']} judgments without a rating" if mt.get("unrated") else ""
+        lines.append(
+            f"MT-Bench ({mt['questions']} questions), judged by `{mt['judge']}`: {score}{unrated}."
+        )
+    arena = evaluation.get("arena_hard")
+    if arena:
+        rate = (
+            f"win rate {100 * arena['win_rate']:.1f} % [{100 * arena['lower']:.1f}, "
+            f"{100 * arena['upper']:.1f}] ({round(100 * arena['level'])} % bootstrap interval)"
+            if arena["win_rate"] is not None
+            else "no win rate (no verdict counted)"
+        )
+        unjudged = f"; {arena['unjudged']} games without a verdict" if arena.get("unjudged") else ""
+        lines.append(
+            f"Arena-Hard-Auto {arena['version']} ({arena['questions']} questions), judged by "
+            f"`{arena['judge']}` against `{arena['baseline']}`: {rate}{unjudged}."
+        )
+    board = evaluation.get("leaderboard")
+    if board:
+        lines.append(leaderboard_line(board))
+    return lines
+
+
+def leaderboard_line(board: dict) -> str:
+    scores = shown_scores(board)
+    shown = {
+        version: [
+            f"{row.dataset_name} {scores[name]:.2f}"
+            for name, row in LEADERBOARD_ROWS.items()
+            if (name in V1) == (version == "v1") and scores.get(name) is not None
+        ]
+        for version in ("v2", "v1")
+    }
+    parts = []
+    if shown["v2"]:
+        parts.append(
+            f"v2 normalised (0-100) average {_figure(scores.get('average'), '.2f')} over "
+            f"{len(shown['v2'])} benchmarks: {', '.join(shown['v2'])}"
+        )
+    if shown["v1"]:
+        parts.append(f"v1 (raw, in percent): {', '.join(shown['v1'])}")
+    line = "Open LLM Leaderboard, by lm-evaluation-harness: " + ("; ".join(parts) or "no score")
+    for task, left in (board.get("unscored") or {}).items():
+        line += f"; {task} without {left['prompts']} of its {left['of']} prompts ({left['why']})"
+    if board.get("limit"):
+        line += (
+            f"; on each task's first {board['limit']} documents only, a check of the setup, not "
+            "the benchmark (the model-index shows none of these)"
+        )
+    return line + "."
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "none" if value is None else format(value, spec)
 
 
 def card_value(value: str, paths: PathsConfig) -> str:

@@ -6,8 +6,10 @@
   a sharded stage), with resume "allow": a requeued job continues its run instead of starting
   a second one;
 - config: the resolved config plus flat `eta beta lr K iter method model stage` to filter
-  and plot by; the summary: the stage's `metrics.json` numbers (training adds its curves
-  through the Trainer's own W&B callback, which finds this run already open and logs into it).
+  and plot by; the summary: the stage's `metrics.json` numbers, flattened (`arena_hard.lower`),
+  and the eval stage's benchmark figures under keys that say what each is (`benchmark_figures`:
+  `mt_bench[gpt-4]`, `leaderboard/average`); training adds its curves through the Trainer's own
+  W&B callback, which finds this run already open and logs into it.
 
 `logger=none` tracks nothing; `logger.mode=offline` (or WANDB_MODE=offline) needs no server
 (`wandb sync` uploads later). Every stage writes its local metrics.json either way. Online, a
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from src.compare.runs import JUDGED_HEADLINES
 from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.errors import EnvironmentFailure
 from src.core.records import flatten
@@ -201,15 +204,40 @@ def finish(cfg: Config, metrics: dict[str, Any], failed: bool = False) -> None:
         os.environ.pop(var, None)
     if wandb.run is None:
         return
-    numbers = {
-        k: v
-        for k, v in flatten(metrics).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    numbers = {k: v for k, v in flatten(metrics).items() if _number(v)}
     seconds = numbers.get("seconds")
     for count in ("tokens", "comparisons"):  # generation tokens/s, judge comparisons/s
         if seconds and count in numbers:
             numbers[f"{count}_per_second"] = numbers[count] / seconds
+    numbers |= benchmark_figures(metrics)
     if numbers:
         wandb.run.summary.update(numbers)
     wandb.finish(exit_code=1 if failed else 0)
+
+
+def benchmark_figures(metrics: dict[str, Any]) -> dict[str, float]:
+    """The eval stage's benchmark figures as a researcher compares them across runs: each judged
+    benchmark's headline (src.compare's JUDGED_HEADLINES) under `<benchmark>[<judge>]`, the
+    column src.compare shows, with its interval where it has one (`arena_hard[gpt-4]/lower`,
+    `/upper`), so that figures by different judges are never one series; the Open LLM
+    Leaderboard's as it shows them (`leaderboard/<benchmark>`: v2's normalised, 0-100, and their
+    `average`; v1's raw, in percent). A figure that is None is left out."""
+    figures: dict[str, float] = {}
+    for benchmark, headline in JUDGED_HEADLINES.items():
+        section = metrics.get(benchmark)
+        if not isinstance(section, dict) or not isinstance(section.get("judge"), str):
+            continue
+        key = f"{benchmark}[{section['judge']}]"
+        for suffix, field in (("", headline), ("/lower", "lower"), ("/upper", "upper")):
+            if _number(section.get(field)):
+                figures[key + suffix] = section[field]
+    board = metrics.get("leaderboard")
+    if isinstance(board, dict):
+        from src.evaluation.leaderboard import shown_scores
+
+        figures |= {f"leaderboard/{k}": v for k, v in shown_scores(board).items() if _number(v)}
+    return figures
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
