@@ -1036,13 +1036,21 @@ class LoggerConfig:
     dir: str = SI("${paths.root}/wandb")  # W&B's local files (offline runs: `wandb sync`)
 
 
+RUNS_ENV, RUNS_DEFAULT = "SELFPLAY_RUNS", "runs"  # where runs live unless paths.root says
+
+
+def runs_root() -> Path:
+    """paths.root's default, for the commands that read runs without composing a config."""
+    return Path(os.environ.get(RUNS_ENV) or RUNS_DEFAULT).resolve()
+
+
 @dataclass
 class PathsConfig:
     """Directories (conf/paths/). All absolute after resolution."""
 
     # run directories live under here: $SELFPLAY_RUNS, else runs/ (relative paths resolve
     # against the directory you launch from), e.g. paths.root=/scratch/$USER/runs
-    root: str = SI("${abspath:${oc.env:SELFPLAY_RUNS,runs}}")
+    root: str = SI(f"${{abspath:${{oc.env:{RUNS_ENV},{RUNS_DEFAULT}}}}}")
     data_dir: str = SI("${repo:data}")  # the project's own prompt files (data/prompts/)
     # cache of the locally built tiny models ($SELFPLAY_TINY_DIR, else .cache/tiny); `make tiny`
     # rebuilds them

@@ -422,3 +422,17 @@ def test_a_judged_benchmark_gets_a_column_per_judge(tmp_path):
     assert float(by_run[SPPO_5000]["arena_hard[judge@local]"]) == 0.25
     header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
     assert "mt_bench[gpt-4]" in header and "arena_hard[gpt-4]" in header
+
+
+def test_the_audit_and_compare_read_the_runs_where_selfplay_runs_points(
+    tmp_path, monkeypatch, capsys
+):
+    """Without --root, both read $SELFPLAY_RUNS, as paths.root does (the audit read ./runs)."""
+    from src.tiny.audit import main as audit
+
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        audit([])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == f"no runs of the tiny models under {tmp_path / 'elsewhere'}\n"

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from src.cli import ArgumentParser, failures
 from src.compare.runs import JUDGED_HEADLINES, CompareError, Iteration, discover, fetch_wandb, num
+from src.config import runs_root
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     """Read the runs, write the outputs, print the table and the win-rate curves."""
-    root = (args.root or Path(os.environ.get("SELFPLAY_RUNS") or "runs")).resolve()
+    root = args.root.resolve() if args.root else runs_root()
     out = args.out.resolve() if args.out else root / "compare"
     if root.exists() and not root.is_dir() and not args.wandb:  # as the stages see paths.root
         raise EnvironmentFailure(

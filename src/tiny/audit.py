@@ -1,6 +1,6 @@
 """Audits tiny-model runs with the toy's own rule: what the judges could only learn, read off the text.
 
-    python -m src.tiny.audit [--root runs]
+    python -m src.tiny.audit [--root DIR]   (default: $SELFPLAY_RUNS, else runs)
 
 For every lineage of the tiny models under the root and every iteration: the share of helpful
 sentences and the share of well-formed answers (src/tiny/toy.py) of the policy's samples (the
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from statistics import mean
 
+from src.config import runs_root
 from src.core.artifacts import read_jsonl
 from src.tiny.toy import helpful_share, well_formed
 
@@ -58,9 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m src.tiny.audit", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--root", type=Path, default=Path("runs"), help="paths.root (default: runs)"
+        "--root", type=Path, default=None, help="paths.root (default: $SELFPLAY_RUNS, else runs)"
     )
     args = parser.parse_args(argv)
+    args.root = args.root.resolve() if args.root else runs_root()
     lineages = sorted(p for m in TINY_MODELS for p in args.root.glob(f"{m}/*/*") if p.is_dir())
     if not lineages:
         print(f"no runs of the tiny models under {args.root}", file=sys.stderr)
