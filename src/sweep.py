@@ -215,20 +215,26 @@ def render(
 def run_local(path: Path, overrides: list[str], iterations: int) -> None:
     """Every point of the sweep on this machine, one after another: iterations 1..N of its
     lineage with `python -m src.main`, as an array task runs it (finished stages are skipped, so
-    a re-run resumes). Compare the points with `python -m src.compare`."""
+    a re-run resumes). A point that fails does not stop the others, as an array's task does not;
+    the failures are named at the end. Compare the points with `python -m src.compare`."""
     base = without_keys(overrides, "iter", "stage")
     points = grid_points(load_sweep(path))
     check_points(points, base, iterations, slurm=False)
+    failed = []
     for i, point in enumerate(points, 1):
         print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shell_line(point)}", flush=True)
         run = set_overrides(base, [*point, f"iter={iterations}"])
-        command = [sys.executable, "-m", "src.main", *run]
-        done = subprocess.run(command, cwd=REPO_ROOT)
+        done = subprocess.run([sys.executable, "-m", "src.main", *run], cwd=REPO_ROOT)
         if done.returncode != 0:
-            raise StageError(
-                f"point {i} ({shell_line(point)}) failed with exit code {done.returncode}; "
-                f"the points before it are done, and a re-run resumes: {shell_line(command)}"
-            )
+            failed.append(f"point {i} ({shell_line(point)}) exit {done.returncode}")
+            print(f"[sweep] {path.stem}: {failed[-1]}; going on", file=sys.stderr, flush=True)
+    if failed:
+        again = ["python", "-m", "src.sweep", str(path), "--local", "--iterations",
+                 str(iterations), *overrides]  # fmt: skip
+        raise StageError(
+            f"{len(failed)} of {len(points)} points failed: {'; '.join(failed)} (each one's "
+            f"message above); the others are done, and a re-run resumes: {shell_line(again)}"
+        )
     print(f"[sweep] {path.stem}: {len(points)} points done; compare: python -m src.compare")
 
 

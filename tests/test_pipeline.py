@@ -371,6 +371,19 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
     env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
     command = [sys.executable, "-m", "src.sweep", str(sweep), "--local", *SMALL]
+    # point 1 lands in a lineage whose generate record was damaged by hand: it fails, and
+    # point 2 runs all the same, as an array's next task would
+    damaged = tmp_path / "runs/tiny-mistral/sppo/eta1-lr0.0001-K3/iter1/generate/done.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text("{not json")
+    failed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 points failed: point 1 (method.eta=1) exit "), last
+    assert last.endswith(f"a re-run resumes: python -m src.sweep {sweep} --local --iterations 1 "
+                         f"{' '.join(SMALL)}"), last  # fmt: skip
+    assert "point 2/2: method.eta=10" in failed.stdout
+    shutil.rmtree(damaged.parent)
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     for eta in (1, 10):
