@@ -27,6 +27,7 @@ from src.core.artifacts import atomic_write_text, read_json
 from src.core.errors import StageError
 from src.core.policy import CARD
 from src.evaluation.alpaca_eval import REFERENCE_REPO
+from src.evaluation.benchmarks import figure
 from src.evaluation.leaderboard import V1, shown_scores
 from src.stages.common import redo
 
@@ -396,8 +397,8 @@ def benchmark_lines(evaluation: dict) -> list[str]:
     mt = evaluation.get("mt_bench")
     if mt:
         score = (
-            f"{mt['mt_bench']:.2f} (turn 1 {_figure(mt['turn_1'], '.2f')}, turn 2 "
-            f"{_figure(mt['turn_2'], '.2f')}), the mean of {mt['rated']} rated turns"
+            f"{mt['mt_bench']:.2f} (turn 1 {figure(mt['turn_1'], '.2f')}, turn 2 "
+            f"{figure(mt['turn_2'], '.2f')}), the mean of {mt['rated']} rated turns"
             if mt["mt_bench"] is not None
             else "no turn rated"
         )
@@ -437,7 +438,7 @@ def leaderboard_line(board: dict) -> str:
     parts = []
     if shown["v2"]:
         parts.append(
-            f"v2 normalised (0-100) average {_figure(scores.get('average'), '.2f')} over "
+            f"v2 normalised (0-100) average {figure(scores.get('average'), '.2f')} over "
             f"{len(shown['v2'])} benchmarks: {', '.join(shown['v2'])}"
         )
     if shown["v1"]:
@@ -451,10 +452,6 @@ def leaderboard_line(board: dict) -> str:
             "the benchmark (the model-index shows none of these)"
         )
     return line + "."
-
-
-def _figure(value: float | None, spec: str) -> str:
-    return "none" if value is None else format(value, spec)
 
 
 def card_value(value: str, paths: PathsConfig) -> str:
