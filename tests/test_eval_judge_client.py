@@ -6,7 +6,8 @@ and reused (a second pass pays for nothing; a cache line cut short by a kill is 
 run killed mid-benchmark and run again pays only for the judgments it did not keep, and gets the
 same judgments as a run never killed; a judge that dies mid-benchmark ends the run with one line
 that keeps what it made. Without the server: no key, an endpoint that does not answer (a closed
-local port), a model the endpoint does not serve — each one line, exit 3, before any request.
+local port), a model the endpoint does not serve — each one line, exit 3, before any request;
+a served judge's judgments are cached under its weights (a rebuilt one judges again).
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ def test_the_label_names_where_a_judge_that_is_not_openais_is_served():
     )
     assert served.label == "Qwen2.5-72B-Instruct@local"
     assert LLMJudgeConfig(serve="org/Judge-7B", model="j").name == "j"
+
+
+def test_a_served_judge_rebuilt_in_its_folder_judges_again(tmp_path):
+    """A served judge's judgments are cached under its weights, not under its folder's name or
+    the port it was served on: the same weights served again reuse them, new weights do not."""
+    folder = tmp_path / "judge"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    j = LLMJudgeConfig(serve=str(folder), api_key_env="")
+    (request,) = requests(1)
+
+    def cached_as(port: int) -> str:
+        return request_id(endpoint_of(j, base_url=f"http://127.0.0.1:{port}/v1"), request)
+
+    first = cached_as(8001)
+    assert cached_as(8002) == first
+    (folder / "model.safetensors").write_bytes(b"retrained weights")
+    assert cached_as(8001) != first
 
 
 def test_a_cache_line_cut_short_is_asked_again(tmp_path):

@@ -56,6 +56,21 @@ class Answerer:
     weights: str  # what the path holds: its weight files' sizes and times, or a hub id@revision
 
 
+def weights_signature(path: str, revision: str | None) -> str:
+    """What identifies the weights at `path`: for a local folder its files' sizes and modification
+    times (a retrained or rebuilt model gets new answers, a rebuilt judge new judgments); for a
+    hub id, the id and revision."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{path}@{revision or 'main'}"
+    stats = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model")
+    )
+    return hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()
+
+
 @dataclass
 class AnswerCounts(SampleCounts):
     answered: int = 0

@@ -30,6 +30,7 @@ from pathlib import Path
 from src.config import LLMJudgeConfig
 from src.core import locks
 from src.core.errors import EnvironmentFailure
+from src.evaluation.answers import weights_signature
 from src.evaluation.judging import JudgeRequest
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -47,7 +48,7 @@ class Endpoint:
     # first user turn instead
     merge_system: bool = False
     # what its judgments are cached under besides the model: the URL, or for a judge this stage
-    # serves (on a new port each time) the model it serves
+    # serves (on a new port each time) its weights' signature (a rebuilt judge judges again)
     served: str | None = None
 
     @property
@@ -73,7 +74,8 @@ def endpoint_of(
     """The endpoint `j` names (`base_url`: where this stage serves it, for `serve`)."""
     url = base_url or j.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
     key = os.environ.get(j.api_key_env) if j.api_key_env else None
-    return Endpoint(j.name, url.rstrip("/"), key, merge_system, j.serve if base_url else None)
+    served = weights_signature(j.serve, None) if base_url and j.serve else None
+    return Endpoint(j.name, url.rstrip("/"), key, merge_system, served)
 
 
 def sent_messages(endpoint: Endpoint, request: JudgeRequest) -> list[dict[str, str]]:

@@ -17,7 +17,6 @@ eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their boots
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sys
@@ -38,7 +37,7 @@ from src.evaluation.alpaca_eval import (
     reference_from_file,
     write_alpaca_eval,
 )
-from src.evaluation.answers import Answerer, EvalError, answers
+from src.evaluation.answers import Answerer, EvalError, answers, weights_signature
 from src.evaluation.winrate import FOLDS, outcomes, win_rates
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix
@@ -216,20 +215,6 @@ def answerer(cfg: Config, which: str) -> Answerer:
         path, label = which, Path(which).name
         require_loadable(path, cfg.model.revision, key="eval.reference")
     return Answerer(label, path, weights_signature(path, cfg.model.revision))
-
-
-def weights_signature(path: str, revision: str | None) -> str:
-    """What identifies the weights at `path`: for a local folder its files' sizes and modification
-    times (a retrained or rebuilt model gets new answers); for a hub id, the id and revision."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return f"{path}@{revision or 'main'}"
-    stats = sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in folder.iterdir()
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model")
-    )
-    return hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()
 
 
 # --- run --------------------------------------------------------------------------------------------
