@@ -1055,6 +1055,9 @@ class PathsConfig:
     # cache of the locally built tiny models ($SELFPLAY_TINY_DIR, else .cache/tiny); `make tiny`
     # rebuilds them
     tiny_dir: str = SI("${abspath:${oc.env:SELFPLAY_TINY_DIR,${repo:.cache/tiny}}}")
+    # the tiny copies of MT-Bench's and Arena-Hard's data (conf/data/tiny.yaml), written by the
+    # first command that evaluates with them (src/tiny/benchmarks.py)
+    tiny_benchmarks: str = SI("${paths.tiny_dir}/benchmarks")
     # the Hugging Face home ($HF_HOME, else ~/.cache/huggingface): SLURM jobs get it exported,
     # so that the nodes read the models and datasets `python -m src.assets fetch` put there
     hf_home: str = SI("${abspath:${oc.env:HF_HOME,'~/.cache/huggingface'}}")

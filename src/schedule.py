@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from src.config import Config, PipelineConfig, Stage, to_yaml
+from src.config import BENCHMARK_DATA, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
@@ -44,18 +44,31 @@ def save_config(cfg: Config, stage: Stage, command: str) -> None:
 
 
 def ensure_tiny_models(cfg: Config) -> None:
-    """Build the tiny models this config points at (cached; seconds on first use)."""
+    """Build the tiny models this config points at (cached; seconds on first use, a few minutes
+    for tiny-chat-judge), and write the tiny benchmarks' data where it reads them."""
     tiny_dir = Path(cfg.paths.tiny_dir)
     models = [cfg.model.path, cfg.ranker.model]
-    if cfg.eval.judge is not None and (cfg.stage == Stage.eval or cfg.eval.enabled):
+    evaluating = cfg.stage == Stage.eval or cfg.eval.enabled
+    if cfg.eval.judge is not None and evaluating:
         models.append(cfg.eval.judge.model)
+    judged = [BENCHMARK_DATA[b] for b in cfg.eval.benchmarks if b in BENCHMARK_DATA]
+    if judged and evaluating and cfg.eval.llm_judge.serve is not None:
+        models.append(cfg.eval.llm_judge.serve)
     wanted = [Path(p) for p in models if Path(p).parent == tiny_dir]
-    if wanted:
+    tiny_data = Path(cfg.paths.tiny_benchmarks)
+    wanted_data = evaluating and any(
+        Path(getattr(cfg.data, key)).parent == tiny_data for key in judged
+    )
+    if wanted or wanted_data:
         from src import tiny  # torch and transformers load only when tiny models are used
 
         for path in wanted:
             if path.name in tiny.TINY_NAMES:
                 tiny.ensure(path.name, tiny_dir)
+        if wanted_data:
+            from src.tiny import benchmarks
+
+            benchmarks.write(tiny_data)
 
 
 def dispatch(

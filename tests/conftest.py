@@ -129,11 +129,20 @@ def tiny_dir():
     so that on a fresh clone the workers build different ones at once instead of queueing."""
     from src import tiny
 
-    names = tiny.TINY_NAMES
+    names = tiny.PIPELINE_NAMES
     start = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     for name in names[start % len(names) :] + names[: start % len(names)]:
         tiny.ensure(name, tiny.DEFAULT_CACHE_DIR)
     return tiny.DEFAULT_CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_judge(tiny_dir):
+    """tiny-chat-judge's folder, built on first use (a few minutes: the tests and commands that
+    grade MT-Bench or Arena-Hard with it are the only ones that wait for it)."""
+    from src import tiny
+
+    return tiny.ensure("tiny-chat-judge", tiny.DEFAULT_CACHE_DIR)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ TINY_WEIGHTS = {
     "tiny-pairrm": ["model.safetensors", "backbone/model.safetensors", "backbone/tokenizer.json"],
     "tiny-rm": ["model.safetensors", "tokenizer.json"],
     "tiny-judge": ["model.safetensors", "tokenizer.json"],
+    "tiny-chat-judge": ["model.safetensors", "tokenizer.json"],
 }
 # The two a `model=tiny-gemma2` command builds where none is cached: tests/test_schedule.py
 # builds them so and compares them with the shared build (tests/test_tiny_models.py rebuilds

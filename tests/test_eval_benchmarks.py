@@ -42,7 +42,7 @@ def test_a_benchmark_without_its_data_is_a_config_error_naming_the_key():
     with pytest.raises(
         ConfigError, match=r"^data\.arena_hard=None: eval\.benchmarks names arena_hard"
     ):
-        compose_cfg(*SMALL, "eval.benchmarks=[arena_hard]")
+        compose_cfg(*SMALL, "eval.benchmarks=[arena_hard]", "data.arena_hard=null")
     with pytest.raises(ConfigError, match=r"eval\.benchmarks.*names a benchmark twice"):
         compose_cfg(*SMALL, "eval.benchmarks=[mt_bench,mt_bench]", "data.mt_bench=/fastchat")
 
@@ -60,7 +60,12 @@ def test_an_arena_hard_baseline_that_is_not_there_names_its_key(tmp_path):
         tmp_path / "question.jsonl",
         [{"question_id": "q1", "category": "c", "turns": [{"content": "Hi"}]}],
     )
-    cfg = compose_cfg(*SMALL, "eval.benchmarks=[arena_hard]", f"data.arena_hard={tmp_path}")
+    cfg = compose_cfg(
+        *SMALL,
+        "eval.benchmarks=[arena_hard]",
+        f"data.arena_hard={tmp_path}",
+        "eval.arena_hard_baseline=gpt-4-0314",
+    )
     with pytest.raises(
         EvalError,
         match=r"^eval\.arena_hard_baseline: .*model_answer/gpt-4-0314\.jsonl does not exist",

@@ -157,7 +157,7 @@ def test_tiny_reward_model_scores_the_last_real_token_of_a_conversation(tiny_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in tiny.TINY_NAMES if n not in BUILT_ON_DEMAND])
+@pytest.mark.parametrize("name", [n for n in tiny.PIPELINE_NAMES if n not in BUILT_ON_DEMAND])
 def test_same_seed_same_bytes(tmp_path, tiny_dir, name):
     """Training included: a rebuild from seed 0 is byte for byte the cached seed-0 build (for
     BUILT_ON_DEMAND, tests/test_schedule.py's build on demand is that rebuild)."""
@@ -165,6 +165,22 @@ def test_same_seed_same_bytes(tmp_path, tiny_dir, name):
     for file in TINY_WEIGHTS[name]:
         assert (again / file).read_bytes() == (tiny_dir / name / file).read_bytes(), file
     assert not list(tmp_path.glob(".*")), "a staging folder was left behind"
+
+
+def test_the_chat_judge_builds_the_same_bytes_from_the_same_seed(tmp_path, monkeypatch):
+    """tiny-chat-judge's build, training and grading included, cut to a few steps (the whole of
+    it takes minutes): twice from one seed, the same bytes; from another, other weights."""
+    from src.tiny import chat_judge
+
+    monkeypatch.setitem(chat_judge.TRAINING, "steps", 3)
+    monkeypatch.setattr(chat_judge, "HELD_OUT", 4)
+    builds = [
+        tiny.build("tiny-chat-judge", tmp_path / str(i), seed=s) for i, s in enumerate((0, 0, 1))
+    ]
+    for file in TINY_WEIGHTS["tiny-chat-judge"]:
+        assert (builds[0] / file).read_bytes() == (builds[1] / file).read_bytes(), file
+    weights = TINY_WEIGHTS["tiny-chat-judge"][0]
+    assert (builds[0] / weights).read_bytes() != (builds[2] / weights).read_bytes()
 
 
 def test_another_seed_gives_other_weights_and_data(tmp_path, tiny_dir):

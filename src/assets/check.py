@@ -69,9 +69,11 @@ def leaderboard_absence(asset: Asset, cfg: Config) -> str | None:
 
 
 def is_tiny(path: Path, cfg: Config) -> bool:
+    """A tiny model, or the tiny benchmarks' data: made by the command that reads it."""
     from src.tiny.models import TINY_NAMES
 
-    return path.parent == Path(cfg.paths.tiny_dir) and path.name in TINY_NAMES
+    tiny_dir, tiny_data = Path(cfg.paths.tiny_dir), Path(cfg.paths.tiny_benchmarks)
+    return (path.parent == tiny_dir and path.name in TINY_NAMES) or path.parent == tiny_data
 
 
 def where(asset: Asset, cfg: Config) -> str:

@@ -2,6 +2,7 @@
 
 from src.tiny.models import (
     DEFAULT_CACHE_DIR,
+    PIPELINE_NAMES,
     RECORD,
     TINY_NAMES,
     build,
@@ -13,6 +14,7 @@ from src.tiny.models import (
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "PIPELINE_NAMES",
     "RECORD",
     "TINY_NAMES",
     "build",

@@ -98,11 +98,13 @@ def lm_tokenizer(
     eos: str,
     unk: str,
     pad: str | None = None,
+    words: tuple[str, ...] = (),
 ):
     """Train a byte-level BPE (no unknown bytes, ever) and wrap it for transformers.
 
     `specials` come first, so their ids are fixed; like the real tokenizers, encoding adds BOS
     (and never EOS), so a rendered chat prompt must be encoded with add_special_tokens=False.
+    `words` are kept whole: tokens of their own, after the BPE's, decoded as text.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -117,6 +119,7 @@ def lm_tokenizer(
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer)
+    bpe.add_tokens(list(words))
     bpe.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, specials.index(bos))]
     )
@@ -131,18 +134,27 @@ def lm_tokenizer(
     )
 
 
-def mistral(texts: list[str]):
-    """(MistralForCausalLM, tokenizer, generation config), random weights from torch's RNG."""
+def mistral(
+    texts: list[str],
+    sizes: dict = TINY,
+    attention: dict = POLICY_ATTENTION,
+    max_position_embeddings: int = 4096,
+    words: tuple[str, ...] = (),
+):
+    """(MistralForCausalLM, tokenizer, generation config), random weights from torch's RNG; the
+    keywords give other sizes and whole words (tiny-chat-judge's, src/tiny/chat_judge.py)."""
     from transformers import MistralConfig, MistralForCausalLM
 
     # [INST]/[/INST] are single special tokens here (plain text in the real v0.2 tokenizer) so
     # that prompts stay short.
-    tok = lm_tokenizer(texts, MISTRAL_SPECIALS, MISTRAL_CHAT_TEMPLATE, "<s>", "</s>", "<unk>")
+    tok = lm_tokenizer(
+        texts, MISTRAL_SPECIALS, MISTRAL_CHAT_TEMPLATE, "<s>", "</s>", "<unk>", words=words
+    )
     config = MistralConfig(
         vocab_size=len(tok),
-        **TINY,
-        **POLICY_ATTENTION,
-        max_position_embeddings=4096,
+        **sizes,
+        **attention,
+        max_position_embeddings=max_position_embeddings,
         rope_theta=1e6,  # v0.2's
         sliding_window=None,  # v0.2 has none
         bos_token_id=tok.bos_token_id,

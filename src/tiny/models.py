@@ -11,11 +11,13 @@ They stand in for the real models in the tests and the demo:
   trained on the toy preference: the judge of WPO-HB
 - tiny-judge:   a second PairRM, trained on the same preference from other synthetic pairs and
   another seed: the eval judge (the toy's GPT-4), never the one that ranked the training data
+- tiny-chat-judge: MistralForCausalLM taught to grade MT-Bench's and Arena-Hard's judge prompts
+  by the same preference (src/tiny/chat_judge.py): the local judge those benchmarks are served
 
 Architectures and tokenizers: src/tiny/architectures.py; the training: src/tiny/teach.py. The
 same seed and data give byte-identical folders on any machine (`BUILD_THREADS`). `ensure()`
-builds a model once into a cache directory (about a minute and a half for all five on 2 CPU
-cores):
+builds a model once into a cache directory (about a minute and a half for the pipeline's five
+on 2 CPU cores, and a few more for tiny-chat-judge, which only the benchmarks ask for):
 
     python -m src.tiny [--cache-dir DIR] [--seed N] [--force] [NAME ...]
 """
@@ -36,12 +38,15 @@ import torch
 from filelock import FileLock
 
 from src.core.artifacts import share
-from src.tiny import architectures, teach, toy
+from src.tiny import architectures, chat_judge, teach, toy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tiny"
 DATA_DIR = REPO_ROOT / "data"
-TINY_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm", "tiny-rm", "tiny-judge")
+# what the pipeline and the demo run on; tiny-chat-judge, the benchmarks' judge, is built when
+# asked for (by name, or by a config that serves it: conf/eval/tiny.yaml)
+PIPELINE_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm", "tiny-rm", "tiny-judge")
+TINY_NAMES = (*PIPELINE_NAMES, "tiny-chat-judge")
 RECORD = "tiny_build.json"  # written last: a folder without it (or with a stale one) is rebuilt
 # the code a tiny model is made by: a change to any of it rebuilds every tiny model
 BUILT_BY = (
@@ -55,6 +60,8 @@ BUILT_BY = (
     "ranking/pairrm.py",  # how a judge's inputs are encoded
     "ranking/reward_model.py",
 )
+# and the code one model alone is made by: tiny-chat-judge's lessons, Arena-Hard's judge prompt
+ALSO_BUILT_BY = {"tiny-chat-judge": ("tiny/chat_judge.py", "evaluation/arena_hard.py")}
 
 # torch's threads while a model is built: CPU kernels split their sums by thread, so another
 # count gives other bytes (tiny-gemma2 and both PairRMs, seen with 1 and 2); one thread gives
@@ -145,12 +152,31 @@ def build_reward_model(family: str) -> Callable[[Path, Path, int, list[str]], di
     return build
 
 
+def build_chat_judge(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    model, tokenizer, generation = architectures.mistral(
+        texts + chat_judge.tokenizer_texts(),
+        chat_judge.SIZES,
+        chat_judge.ATTENTION,
+        chat_judge.CONTEXT,
+        chat_judge.VERDICT_LABELS,
+    )
+    model.generation_config = GenerationConfig(**generation)
+    stats = chat_judge.teach(model, tokenizer, seed, **chat_judge.TRAINING)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return stats
+
+
 BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], dict]] = {
     "tiny-mistral": build_policy(architectures.mistral),
     "tiny-gemma2": build_policy(architectures.gemma2),
     "tiny-pairrm": build_pairrm,
     "tiny-rm": build_reward_model("mistral"),
     "tiny-judge": build_reward_model("gemma2"),
+    "tiny-chat-judge": build_chat_judge,
 }
 
 
@@ -161,7 +187,8 @@ BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], dict]] = {
 def build_identity(name: str, folder: Path, seed: int, texts: list[str]) -> dict:
     """What a finished folder must have been built from; any change means a rebuild."""
     packages = ["torch", "transformers", "tokenizers", "sentencepiece", "llm-blender"]
-    code = b"".join((REPO_ROOT / "src" / f).read_bytes() for f in BUILT_BY)
+    made_by = BUILT_BY + ALSO_BUILT_BY.get(name, ())
+    code = b"".join((REPO_ROOT / "src" / f).read_bytes() for f in made_by)
     return {
         "name": name,
         # a moved folder is rebuilt: a PairRM's config.json names its backbone by path
@@ -225,7 +252,9 @@ def ensure(name: str, cache_dir: Path, seed: int = 0, force: bool = False) -> Pa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"default: all of {TINY_NAMES}")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"of {TINY_NAMES}; default: {PIPELINE_NAMES}"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if already built")
@@ -233,5 +262,5 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in args.names if n not in TINY_NAMES]
     if unknown:
         parser.error(f"unknown tiny model(s) {', '.join(unknown)}; choose from {TINY_NAMES}")
-    for name in args.names or TINY_NAMES:
+    for name in args.names or PIPELINE_NAMES:
         print(ensure(name, args.cache_dir, args.seed, force=args.force))
