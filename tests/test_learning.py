@@ -169,7 +169,8 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
     """eval.benchmarks=[mt_bench,arena_hard] on the tiny copies of their data (src/tiny/
     benchmarks.py), graded by tiny-chat-judge served with vLLM's OpenAI-compatible server:
     iteration 3 of the climb scores above the base model on both, and the swapped control
-    below it. One served judge grades the three policies."""
+    below it (on Arena-Hard, whose answers are greedy, level with a base already at the toy's
+    floor). One served judge grades the three policies."""
     pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
     from src.evaluation import benchmarks
     from src.schedule import ensure_tiny_models
@@ -191,6 +192,7 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
     cfg = cfgs[CLIMB]
     data = benchmarks.check(cfg)
     scores: dict[str, dict] = {}
+    greedy: dict[str, list[float]] = {}  # the toy rule's share of each Arena-Hard answer
     with benchmarks.judge_endpoint(cfg, root / "judge") as endpoint:
         assert endpoint.label == "tiny-chat-judge@local"
         for name, policy in policies.items():
@@ -198,10 +200,18 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
                 answered = benchmarks.ANSWER[benchmark](cfg, policy, what)
                 result = benchmarks.GRADE[benchmark](cfg, endpoint, what, answered)
                 scores.setdefault(name, {})[benchmark.value] = result
+                if benchmark.value == "arena_hard":
+                    greedy[name] = [helpful_share(a) or 0.0 for a in answered.values()]
     mt = {name: s["mt_bench"]["mt_bench"] for name, s in scores.items()}
     arena = {name: s["arena_hard"]["win_rate"] for name, s in scores.items()}
     assert mt["swapped"] < mt["base"] < mt["trained"], mt
-    assert arena["swapped"] < arena["base"] < arena["trained"], arena
+    assert arena["base"] < arena["trained"], arena
+    # Arena-Hard's answers are greedy, and the base model's greedy answer may already be wholly
+    # evasive, the toy's floor: then the control, which cannot write worse, ties it
+    if max(greedy["base"]) == 0:
+        assert arena["swapped"] == arena["base"] and max(greedy["swapped"]) == 0, arena
+    else:
+        assert arena["swapped"] < arena["base"], arena
     assert scores["trained"]["arena_hard"]["lower"] > scores["base"]["arena_hard"]["upper"], scores
     # a judge that ends its turn: every judgment read
     assert all(s["mt_bench"]["unrated"] == 0 for s in scores.values()), scores

@@ -30,6 +30,8 @@ CASES = 48  # questions per kind of judge prompt
 MERGED = Endpoint("tiny-chat-judge", "http://127.0.0.1:1/v1", None, merge_system=True)
 
 
+# the tests below that grade wait for the judge's build on a fresh clone (~6 min): marked slow, so
+# that a worker starts it first and the benchmark tests of tests/test_learning.py find it built
 @pytest.fixture(scope="module")
 def judge(tiny_chat_judge):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,6 +65,7 @@ def test_the_toys_rating_and_verdict_rules():
     assert chat_judge.verdict(of(0, 1), of(1, 1)) == "B>>A"
 
 
+@pytest.mark.slow
 def test_its_ratings_through_fastchats_own_prompts_follow_the_toy(judge, tmp_path):
     path = tmp_path / "judge_prompts.jsonl"
     path.write_text(
@@ -105,6 +108,7 @@ def test_its_ratings_through_fastchats_own_prompts_follow_the_toy(judge, tmp_pat
     assert mean(top) > mean(bottom) + 4, (top, bottom)
 
 
+@pytest.mark.slow
 def test_its_verdicts_through_arena_hards_prompt_name_the_better_answer(judge):
     rng = random.Random(1)
     questions, model, baseline, truth = [], {}, {}, {}
@@ -127,6 +131,7 @@ def test_its_verdicts_through_arena_hards_prompt_name_the_better_answer(judge):
     assert agreement >= MIN_VERDICT_AGREEMENT, (agreement, pairs)
 
 
+@pytest.mark.slow
 def test_its_build_records_what_it_learned(tiny_chat_judge):
     import json
 
