@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import gc
 import hashlib
+import os
 import random
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ from types import SimpleNamespace
 
 from benchmarks import harness
 from benchmarks.harness import RESULTS, Benchmark, Case
+from benchmarks.stream import LENGTHS
 
 PEERS = ("ours", "hf-nrs", "reference", "vllm")
 LABEL = {"ours": "ours (shared prefill, seeded rows)", "hf-nrs": "HF num_return_sequences=K",
@@ -61,6 +63,8 @@ DEFAULTS = {
 # prompts are short, a few reach the recipe's 512-token limit (the real tokenizers need the Hub)
 PROMPT_LENGTHS = (40, 60, 80, 100, 120, 150, 150, 180, 220, 260, 320, 400, 512)
 TARGET, UNDER_LOAD = ">= 3.0", ">= 0.8"  # ours / reference; ours under load / quiet
+SPREAD_PEERS = ("ours", "vllm")  # the stage's samplers, whose `forced_length` sets each length
+WARMUP_TOKENS = 16  # each warm-up sample's length: the kernels warmed, not the split redone
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +75,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", nargs="+", choices=tuple(THREADS), help="ours' settings")
     parser.add_argument("--loads", nargs="+", type=int, help="busy processes beside a run")
     parser.add_argument("--prompts", type=int, help="tiny: the first N of the split; real: N")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="every sample's length")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="the longest sample")
+    parser.add_argument(
+        "--lengths",
+        choices=("fixed", "spread"),
+        default="fixed",
+        help="fixed: every sample --max-new-tokens long; spread: the recipe-like "
+        "spread of benchmarks/stream.py, cut at --max-new-tokens (ours, vLLM)",
+    )
     parser.add_argument("--layers", type=int, help="smoke: real architectures of N layers")
 
 
@@ -96,8 +107,12 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
     for model in args.models:  # a tiny model is built before anything is timed
         ensure_tiny_models(compose([f"model={model}"]))
+    dropped = [p for p in args.peers if p not in SPREAD_PEERS]
+    if args.lengths == "spread" and dropped:  # transformers' generate cannot force each length
+        raise SystemExit(f"error: --lengths spread runs {' and '.join(SPREAD_PEERS)} only, "
+                         f"not {', '.join(dropped)}: name --peers")  # fmt: skip
     common = {"device": args.device, "prompts": args.prompts, "layers": args.layers,
-              "max_new_tokens": args.max_new_tokens}  # fmt: skip
+              "max_new_tokens": args.max_new_tokens, "lengths": args.lengths}  # fmt: skip
     out = []
 
     def add(peer: str, model: str, b: int, threads: str, load: int) -> None:
@@ -139,15 +154,21 @@ def measure(case: Case) -> dict:
     )  # fmt: skip
     g, cuda = cfg.generation, p["device"] == "cuda"
     prompts, tokenizer, eos_ids, path, skipped = workload(cfg, case)
-    generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware)
-    generator.forced_length = lambda prompt_id, seed: g.max_new_tokens
+    traffic = Traffic.measure(path) if cuda else None  # before the engine takes the GPU
+    log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "vllm.log"
+    atexit.register(shutil.rmtree, log.parent, True)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # its choice of kernels is said at INFO
+    generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log)
+    length = partial(sample_length, p.get("lengths", "fixed"), g.max_new_tokens)
     draw, seeds = ADAPTERS[case.peer], cfg.sample_seeds
     setup_s = time.perf_counter() - started
 
     try:
         t0 = time.perf_counter()
+        generator.forced_length = lambda prompt_id, seed: min(WARMUP_TOKENS, g.max_new_tokens)
         draw(generator, sorted(prompts, key=lambda q: len(q.ids))[: g.batch_size or 8], seeds)
         warmup_s = time.perf_counter() - t0
+        generator.forced_length = length
         generator.load = EngineLoad()
         gc.collect()  # setup's garbage given back: it must not stand in for the split's peak
         with contextlib.suppress(OSError):
@@ -167,10 +188,11 @@ def measure(case: Case) -> dict:
     hwm = [Path(f"/proc/{q}/status").read_text().split("VmHWM:")[1].split()[0] for q in engine]
     engine_peak = sum(map(int, hwm)) / 1024 if engine else None
     generator.close()
-    expected = len(prompts) * len(seeds) * g.max_new_tokens
+    expected = sum(length(q.prompt_id, seed) for q in prompts for seed in seeds)
     if tokens != expected or len(texts) != len(prompts) * len(seeds):
         raise RuntimeError(f"{case.name}: {tokens} tokens in {len(texts)} samples, {expected} due")
     steps = steps or generator.load.steps  # ours and vLLM: the product's own count
+    lengths = [(len(q.ids), length(q.prompt_id, seed)) for q in prompts for seed in seeds]
     return {
         "model": p["model"], "batch": p["batch"], "threads": p["threads"], "load": case.load,
         "prompts": len(prompts), "skipped_too_long": skipped, "tokens": tokens, "split_s": seconds,
@@ -183,7 +205,76 @@ def measure(case: Case) -> dict:
         "torch_threads": torch.get_num_threads(),
         # the samples: ours must give the same ones in every run, whatever B, load or repeat
         "outputs_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16],
+        **(traffic.of(seconds, steps, lengths) if traffic else {}),
+        "engine_log": engine_lines(log),
     }  # fmt: skip
+
+
+def sample_length(lengths: str, max_new_tokens: int, prompt_id: str, seed: int) -> int:
+    """Each sample's forced length: `max_new_tokens` (fixed), or the recipe-like spread of
+    benchmarks/stream.py cut at it (spread)."""
+    from benchmarks.stream import forced_length
+
+    return (
+        max_new_tokens
+        if lengths == "fixed"
+        else min(forced_length(prompt_id, seed), max_new_tokens)
+    )
+
+
+class Traffic:
+    """What decoding must read from GPU memory, against what the GPU can read: each step reads
+    the weights once (every linear layer and the LM head; the embedding rows are a gather) and
+    each sequence's KV cache so far. Share of the decode bound = (steps x weight bytes + KV bytes
+    read) / split seconds / the measured bandwidth (a device-to-device copy, bytes read and
+    written), for the steps the engine took."""
+
+    def __init__(self, weight_bytes: int, kv_bytes_per_token: int, bandwidth: float):
+        self.weight_bytes, self.kv_bytes_per_token = weight_bytes, kv_bytes_per_token
+        self.bandwidth = bandwidth
+
+    @classmethod
+    def measure(cls, path: str) -> Traffic | None:
+        import torch
+
+        from src.core.shapes import shape_of
+
+        shape = shape_of(path)
+        if shape is None:
+            return None
+        x = torch.empty(2**30, dtype=torch.uint8, device="cuda")  # 1 GiB
+        y = torch.empty_like(x)
+        y.copy_(x)
+        torch.cuda.synchronize()
+        t0, reps = time.perf_counter(), 20
+        for _ in range(reps):
+            y.copy_(x)
+        torch.cuda.synchronize()
+        bandwidth = 2 * x.numel() * reps / (time.perf_counter() - t0)
+        del x, y
+        torch.cuda.empty_cache()
+        weights = 2 * (shape.linear_params + shape.vocab * shape.hidden)  # bf16
+        return cls(weights, shape.kv_bytes_per_token(2), bandwidth)
+
+    def of(self, seconds: float, steps: int, lengths: list[tuple[int, int]]) -> dict:
+        """`lengths`: (prompt tokens, new tokens) of every sample."""
+        # a sample's step t reads the KV of its prompt and its t tokens before it
+        kv_tokens = sum(n * p + n * (n - 1) // 2 for p, n in lengths)
+        read = steps * self.weight_bytes + kv_tokens * self.kv_bytes_per_token
+        return {"bandwidth_gbs": self.bandwidth / 1e9, "weight_gb": self.weight_bytes / 1e9,
+                "kv_bytes_per_token": self.kv_bytes_per_token, "kv_read_gb": kv_tokens
+                * self.kv_bytes_per_token / 1e9, "bytes_read_gb": read / 1e9,
+                "decode_bound_share": read / seconds / self.bandwidth}  # fmt: skip
+
+
+def engine_lines(
+    log: Path, keep: tuple[str, ...] = ("backend", "FlashAttention", "sliding")
+) -> list[str]:
+    """vLLM's log lines that say which attention kernels it chose (none for the HF backend)."""
+    if not log.is_file():
+        return []
+    return [line.strip()[-200:] for line in log.read_text(errors="replace").splitlines()
+            if any(word in line for word in keep)][:8]  # fmt: skip
 
 
 def workload(cfg, case: Case):
@@ -304,7 +395,8 @@ def engine_processes(generator) -> list[int]:
 
 
 MEDIANS = ("prompts", "split_s", "steps", "step_ms", "setup_s", "before_mb", "peak_mb",
-           "engine_peak_mb", "load_cpu_share")  # fmt: skip
+           "engine_peak_mb", "load_cpu_share", "decode_bound_share", "bandwidth_gbs",
+           "weight_gb", "kv_read_gb")  # fmt: skip
 
 
 def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
@@ -317,6 +409,7 @@ def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
             **{key: harness.median(r.get(key) for r in group) for key in MEDIANS},
             "torch_threads": sorted({r["torch_threads"] for r in group}),
             "outputs": len({r["outputs_sha256"] for r in group}),  # 1: the same in every repeat
+            "engine_log": group[0].get("engine_log", []),
         }  # fmt: skip
     same: dict[str, set] = {}  # ours' samples across B, load and repeats, per thread setting
     for r in (r for r in ok if r["peer"] == "ours"):
@@ -369,25 +462,31 @@ def tables(result: dict) -> list[dict]:
     versions = " · ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     peak = ("Peak GB: torch's peak allocation (held before the split in brackets; vLLM: –)." if gpu else
             "Peak Δ: peak RSS above the RSS before the split (vLLM: its engine's peak RSS).")  # fmt: skip
+    n = s["max_new_tokens"]
+    lengths = (f"exactly {n} new tokens per sample" if s.get("lengths", "fixed") == "fixed" else
+               f"each sample's length forced to the recipe-like spread ({LENGTHS}), cut at {n}")  # fmt: skip
     setting = harness.text(
         f"{m['date_utc']} · {m['gpu'] or m['cpu_model']} · {m['cpu_affinity']} cores · {versions}",
         "",
         f"{workload}, {'bf16' if gpu else 'fp32'}; K=5 (seeds 50·k), temperature 0.7, top-p 0.9, "
-        f"no top-k, exactly {s['max_new_tokens']} new tokens per sample; the split timed after a "
-        f"warm-up batch, median of {s['repeats']} fresh-process repeats. Load: busy processes "
+        f"no top-k, {lengths}; the split timed after a warm-up batch ({WARMUP_TOKENS} tokens per "
+        f"sample), median of {s['repeats']} fresh-process repeats. Load: busy processes "
         "beside the run (the share of the CPUs they took). Threads: the setting (torch's thread "
         "count). Steps: decoding steps (ours, vLLM: their own count). Start: the stage's setup "
         f"(model load, vLLM's engine start). {peak} Same: equal samples in every repeat.",
     )  # fmt: skip
     header = ["peer", "model", "B", "load", "threads", "tokens/s (min–max)", "split s", "steps",
               "ms/step", "start s", "peak GB" if gpu else "peak Δ MB", "same"]  # fmt: skip
+    bound = gpu and any(r.get("decode_bound_share") for r in summary.values())
+    if bound:
+        header.append("decode bound")
     rows = []
     for case in result["cases"]:
         p, r = case["params"], summary.get(case["name"])
         cells = [LABEL[case["peer"]], p["model"], p["batch"] or "all"]
         if r is None:
             why = "out of memory" if case["name"] in result["out_of_memory"] else "failed"
-            rows.append([*cells, case["load"], p["threads"], why, *[""] * 6])
+            rows.append([*cells, case["load"], p["threads"], why, *[""] * (len(header) - 6)])
             continue
         load = f"{case['load']} ({r['load_cpu_share']:.0%})" if r["load_cpu_share"] else "0"
         threads = (
@@ -402,20 +501,36 @@ def tables(result: dict) -> list[dict]:
             f"{fmt(r['tokens_per_s'], 0)} ({fmt(r['min'], 0)}–{fmt(r['max'], 0)})",
             fmt(r["split_s"], 2), fmt(r["steps"], 0), fmt(r["step_ms"]), fmt(r["setup_s"]), memory,
             "yes" if r["outputs"] == 1 else f"no ({r['outputs']})",
-        ])  # fmt: skip
+        ] + ([f"{r['decode_bound_share']:.0%}" if r.get("decode_bound_share") else "–"] if bound else []))  # fmt: skip
     ratio_rows = [
         [r["model"], r["label"], fmt(r["median"], 2),
          f"{fmt(min(r['per_repeat']), 2)}–{fmt(max(r['per_repeat']), 2)}" if r["per_repeat"] else "–",
          r["target"] or "–", {True: "yes", False: "**no**", None: "–"}[r["met"]]]
         for r in result["ratios"]
     ]  # fmt: skip
-    return [
+    blocks = [
         setting,
-        harness.table(header, rows, ["---"] * 2 + ["---:"] + ["---"] * 3 + ["---:"] * 5 + ["---"]),
+        harness.table(header, rows, ["---"] * 2 + ["---:"] + ["---"] * 3 + ["---:"] * 5 + ["---"]
+                      + ["---:"] * bound),
         harness.table(["model", "ratio (tokens/s)", "ratio of medians", "per-repeat range",
                        "target", "met"], ratio_rows, ["---", "---", "---:", "---", "---", "---"]),
         harness.text(reading(result)),
     ]  # fmt: skip
+    if bound:
+        first = next(r for r in summary.values() if r.get("bandwidth_gbs"))
+        blocks.append(harness.text(
+            "Decode bound: the bytes decoding must read for the steps the engine took (each step "
+            "the weights once: every linear layer and the LM head; each sequence's KV cache so "
+            "far), over the split's seconds, as a share of the GPU's bandwidth measured in the "
+            f"same process by a device-to-device copy ({first['bandwidth_gbs']:,.0f} GB/s, bytes "
+            "read and written). Prefill is not counted: the share is a floor on how busy memory was."
+        ))  # fmt: skip
+    if logs := {
+        c.split("/")[1]: r["engine_log"] for c, r in summary.items() if r.get("engine_log")
+    }:
+        blocks.append(harness.text("vLLM's attention kernels, from its log:", *(
+            f"- {model}: " + " · ".join(lines) for model, lines in logs.items())))  # fmt: skip
+    return blocks
 
 
 def reading(result: dict) -> str:

@@ -91,22 +91,32 @@ class Benchmark:
         args = self.parser().parse_args(argv)
         started = time.time()
         cases = self.cases(args)
-        runs, failures, waited = measure_interleaved(self, cases, args)
-        result = {
+        head = {
             "benchmark": self.name,
             "title": self.title,
             "command": " ".join(["python -m benchmarks", self.name, *argv]),
             **provenance(self.packages, self.code),
             "settings": {k: v for k, v in vars(args).items() if k != "out"},
             "cases": [asdict(c) for c in cases],
-            "runs": runs,
-            "failures": failures,
-            "seconds_waited_for_quiet": round(waited, 1),
         }
-        result.update(self.summarise(runs, args))
-        result["wall_s"] = round(time.time() - started, 1)
-        result["blocks"] = self.tables(result)
-        write(args.out, result)
+
+        def save(runs: list[dict], failures: list[dict], waited: float, done: bool) -> None:
+            """The results file as it stands: after every run, so that a run cut off (a time
+            limit, a lost machine) leaves the figures of the runs it finished."""
+            result = {**head, "runs": runs, "failures": failures,
+                      "seconds_waited_for_quiet": round(waited, 1)}  # fmt: skip
+            if not done:
+                total = len(cases) * args.repeats
+                result["partial"] = f"{len(runs) + len(failures)} of {total} runs so far"
+            result.update(self.summarise(runs, args))
+            result["wall_s"] = round(time.time() - started, 1)
+            result["blocks"] = self.tables(result)
+            write(args.out, result, quiet=not done)
+
+        runs, failures, waited = measure_interleaved(
+            self, cases, args, on_run=lambda *sofar: save(*sofar, done=False)
+        )
+        save(runs, failures, waited, done=True)
         if failures:
             sys.exit(1)
 
@@ -177,12 +187,16 @@ def run_fresh(bench: Benchmark, case: Case, timeout: int) -> tuple[dict | None, 
 
 
 def measure_interleaved(
-    bench: Benchmark, cases: list[Case], args: argparse.Namespace
+    bench: Benchmark,
+    cases: list[Case],
+    args: argparse.Namespace,
+    on_run: Callable[[list[dict], list[dict], float], None] = lambda *sofar: None,
 ) -> tuple[list[dict], list[dict], float]:
     """Every case `args.repeats` times, interleaved. Before each run, wait for a quiet machine; a
     run whose window saw other processes take more than `args.max_load` of the CPUs is measured
     again (`args.retries` times at most) and the least disturbed attempt kept, flagged
-    `contended` if even that one was. Returns (runs, failures, seconds waited)."""
+    `contended` if even that one was. `on_run(runs, failures, waited)` after each case's run.
+    Returns (runs, failures, seconds waited)."""
     runs, failures, waited = [], [], 0.0
     total = len(cases) * args.repeats
     for repeat in range(args.repeats):
@@ -212,6 +226,7 @@ def measure_interleaved(
                 best = min(tries, key=lambda r: r["other_cpu_share"])
                 best["contended"] = best["other_cpu_share"] > args.max_load
                 runs.append(best)
+            on_run(runs, failures, waited)
     return runs, failures, waited
 
 
@@ -448,6 +463,8 @@ def render(result: dict) -> str:
     dirty = " (with uncommitted changes)" if result.get("dirty") else ""
     made = f"Made by `{result['command']}` at commit {result['commit'][:12]}{dirty}."
     parts = [f"# {result['title']}", made]
+    if result.get("partial"):
+        parts.append(f"**Partial**: {result['partial']} (the command did not finish).")
     for block in result["blocks"]:
         if "text" in block:
             parts.append(block["text"])
@@ -462,13 +479,16 @@ def row_line(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def write(out: Path, result: dict) -> None:
-    """The results as JSON (every run, the settings, the machine) and as Markdown beside it."""
+def write(out: Path, result: dict, quiet: bool = False) -> None:
+    """The results as JSON (every run, the settings, the machine) and as Markdown beside it;
+    the Markdown printed too unless `quiet`."""
     from src.core.artifacts import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), render(result))
+    if quiet:
+        return
     print(render(result))
     print(f"wrote {out} and {out.with_suffix('.md')} ({result['wall_s']:.0f} s)")
 
