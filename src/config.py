@@ -1103,9 +1103,10 @@ class PlanConfig:
     # decode bound (src/plan/hours.py)
     generate_tokens_per_s: float | None = None
     gpu_memory_tbs: float = 3.35  # each GPU's memory bandwidth, TB/s: H100 SXM 3.35 (A100: 2.0)
-    # an assumption until vLLM is measured on a GPU: the share of the decode bound it reaches
-    # (each step reads the weights once and the KV cache of the sequences in it)
-    vllm_bound_share: float = 0.3
+    # the share of the decode bound vLLM reaches (each step reads the weights once and the KV
+    # cache of the sequences in it): measured for Mistral-7B on one H200, vLLM 0.26, 640 samples of
+    # the recipe-like spread (benchmarks/results/generation_gpu_vllm.md); other models: assumed
+    vllm_bound_share: float = 0.22
 
     def __post_init__(self) -> None:
         check_numbers(self, "plan.")

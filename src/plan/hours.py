@@ -7,7 +7,8 @@ are assumptions is said in every row.
   `python -m benchmarks generation --device cuda` (32 prompts x 5 samples a call); other models: the
   Mistral-7B rate scaled by parameters (an assumption: decoding reads every weight per step).
   vLLM (one stream over the shard, its engine kept full): `plan.vllm_bound_share` of the decode
-  bound, an assumption until measured on a GPU;
+  bound, measured for Mistral-7B on an H200 (benchmarks/results/generation_gpu_vllm.md), assumed
+  the same for other models;
 - ranking and training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption):
   a judge's forward 2 Psi_judge per token; a training token 6 Psi (forward 2, backward 4) plus 2 Psi
   when gradient checkpointing recomputes the forward, and the reference's forward 2 Psi once.
@@ -19,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.config import Backend, Config, JudgeKind, RefLogprobs
+from src.config import Backend, Config, JudgeKind, PlanConfig, RefLogprobs
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
 # HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
@@ -80,6 +81,10 @@ def measured_rate(rates: dict[int, float], batch: int) -> tuple[float, str]:
     return rate, f"measured at {small} and {large} prompts a call"
 
 
+# plan.vllm_bound_share's default is vLLM's measured share for this model (src/config.py)
+MEASURED_BOUND_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
+MEASURED_BOUND_SHARE = PlanConfig.vllm_bound_share
+
 # vLLM's max_num_seqs on a GPU of 70 GB or more (vLLM 0.26-0.33), when generation.max_num_seqs
 # is null
 VLLM_MAX_NUM_SEQS = 1024
@@ -110,10 +115,12 @@ def generate_rate(cfg: Config, shape: Shape, batch: int, context: float) -> tupl
     if cfg.generation.backend == Backend.vllm:
         bound, sequences = decode_bound(cfg, shape, context)
         share = cfg.plan.vllm_bound_share
+        measured = share == MEASURED_BOUND_SHARE and cfg.model.path == MEASURED_BOUND_MODEL
         return share * bound, (
-            f"assumed (vLLM not yet measured on a GPU): plan.vllm_bound_share={share:g} of the "
+            f"{'measured' if measured else 'assumed'}: plan.vllm_bound_share={share:g} of the "
             f"decode bound, {bound:,.0f} tokens/s at {sequences} sequences of {context:,.0f} "
             f"tokens on {cfg.plan.gpu_memory_tbs:g} TB/s"
+            + (" (Mistral-7B on an H200: benchmarks/results/generation_gpu_vllm.md)" if measured else "")
         )
     if cfg.model.path in MEASURED_GENERATE:
         rate, basis = measured_rate(MEASURED_GENERATE[cfg.model.path], batch)
