@@ -120,7 +120,11 @@ def generate_rate(cfg: Config, shape: Shape, batch: int, context: float) -> tupl
             f"{'measured' if measured else 'assumed'}: plan.vllm_bound_share={share:g} of the "
             f"decode bound, {bound:,.0f} tokens/s at {sequences} sequences of {context:,.0f} "
             f"tokens on {cfg.plan.gpu_memory_tbs:g} TB/s"
-            + (" (Mistral-7B on an H200: benchmarks/results/generation_gpu_vllm.md)" if measured else "")
+            + (
+                " (Mistral-7B on an H200: benchmarks/results/generation_gpu_vllm.md)"
+                if measured
+                else ""
+            )
         )
     if cfg.model.path in MEASURED_GENERATE:
         rate, basis = measured_rate(MEASURED_GENERATE[cfg.model.path], batch)
