@@ -9,6 +9,8 @@ key; `--cfg job` prints the validated config, resolved.
 from __future__ import annotations
 
 import sys
+import traceback
+from pathlib import Path
 from types import MethodType
 
 import hydra
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.cli import ArgumentParser, failures, hydra_raises
 from src.config import Config, compose_tree, validate
 from src.core import memory, preemption, threads
+from src.core.errors import EnvironmentFailure
 from src.plan.stages import require_fit_here
 from src.schedule import dispatch
 
@@ -57,7 +60,28 @@ def main() -> None:
             return
         check_arguments(args)
         hydra_raises()
-        _hydra_main()
+        try:
+            _hydra_main()
+        except Exception as exc:
+            failure = launcher_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+
+def launcher_failure(exc: Exception) -> EnvironmentFailure | None:
+    """A multirun's SLURM launcher (Hydra's submitit plugin) that could not submit: sbatch's own
+    last line, as an environment failure (exit 3). None: not the launcher's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    raised_in = Path(frames[-1].filename).parts if frames else ()
+    if not type(exc).__module__.startswith("submitit") and "submitit" not in raised_in:
+        return None
+    said = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return EnvironmentFailure(
+        f"the SLURM launcher could not submit the multirun: {said[-1] if said else type(exc).__name__}"
+        " (hardware=slurm-* submits with sbatch: run it on the cluster's login node, or run the "
+        "points here with a hardware= that is not slurm-*)"
+    )
 
 
 def check_arguments(args: list[str]) -> None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from src.config import BENCHMARK_DATA, Config, PipelineConfig, Stage, to_yaml
+from src.config import BENCHMARK_DATA, Benchmark, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
@@ -56,19 +56,26 @@ def ensure_tiny_models(cfg: Config) -> None:
         models.append(cfg.eval.llm_judge.serve)
     wanted = [Path(p) for p in models if Path(p).parent == tiny_dir]
     tiny_data = Path(cfg.paths.tiny_benchmarks)
-    wanted_data = evaluating and any(
-        Path(getattr(cfg.data, key)).parent == tiny_data for key in judged
-    )
-    if wanted or wanted_data:
+
+    def tiny_copy(key: str) -> bool:  # data.<key> is a folder of the tiny benchmarks' data
+        return evaluating and Path(getattr(cfg.data, key) or "").parent == tiny_data
+
+    chat_data = any(tiny_copy(key) for key in judged)
+    board_data = Benchmark.leaderboard in cfg.eval.benchmarks and tiny_copy("leaderboard")
+    if wanted or chat_data or board_data:
         from src import tiny  # torch and transformers load only when tiny models are used
 
         for path in wanted:
             if path.name in tiny.TINY_NAMES:
                 tiny.ensure(path.name, tiny_dir)
-        if wanted_data:
+        if chat_data:
             from src.tiny import benchmarks
 
-            benchmarks.write(tiny_data)
+            benchmarks.ensure(tiny_data)
+        if board_data:
+            from src.tiny import leaderboard
+
+            leaderboard.ensure_datasets(Path(cfg.data.leaderboard))
 
 
 def dispatch(

@@ -23,9 +23,9 @@ from src.assets.listing import Asset
 from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.evaluation import leaderboard
+from src.tiny.leaderboard import TRUTHFULQA, arc_rows, write_repo
 from tests.helpers import SMALL, compose_cfg, one_line_failure
 from tests.hub_server import LocalHub
-from tests.test_eval_leaderboard import TRUTHFULQA, arc_rows, write_repo
 
 TINY = REPO_ROOT / ".cache" / "tiny"
 
@@ -322,11 +322,13 @@ def test_check_names_a_missing_file_and_a_truncated_one_with_the_command_that_fe
 
 
 # The eval stage of iteration 1 with the leaderboard's ARC and TruthfulQA, the tiny models its
-# other reads: the leaderboard's datasets are its only hub assets
+# other reads: the leaderboard's datasets (the Hub's, not the tiny preset's copies) are its only
+# hub assets
 LEADERBOARD = [
     "stage=eval",
     "eval.benchmarks=[leaderboard]",
     "eval.leaderboard_tasks=[arc_challenge,truthfulqa_mc2]",
+    "data.leaderboard=null",
 ]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -388,7 +390,9 @@ def test_check_names_each_leaderboard_dataset_no_cache_holds_as_the_eval_stage_w
 
 def test_fetch_puts_a_leaderboard_dataset_where_the_eval_stage_reads_it(tmp_path, local_hub):
     arc = ["stage=eval", "eval.benchmarks=[leaderboard]", "eval.leaderboard_tasks=[arc_challenge]"]
-    fetched = assets(tmp_path, local_hub, "fetch", *arc, online=True, ids=())
+    fetched = assets(
+        tmp_path, local_hub, "fetch", *arc, "data.leaderboard=null", online=True, ids=()
+    )
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     assert "all 4 assets are here and whole" in fetched.stdout
     files = ["README.md", *(f"ARC-Challenge/{s}.jsonl" for s in ("train", "validation", "test"))]

@@ -177,6 +177,20 @@ def test_slurm_without_sbatch_is_the_environment(tmp_path):
     assert line.startswith("error: sbatch: no such command on this machine"), line
 
 
+def test_a_slurm_multirun_off_a_cluster_is_the_environment(tmp_path):
+    """Hydra's SLURM launcher (hardware=slurm-*, `-m`) where SLURM does not run: submitit's
+    own failure as one line, exit 3, instead of Hydra's traceback."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = run(
+        "src.main", "-m", "method.eta=1000,5000", "model=tiny-mistral", "hardware=slurm-cpu",
+        f"paths.root={tmp_path}/r", root=tmp_path, env={"PATH": str(empty)},
+    )  # fmt: skip
+    line = only_line(result, 3)
+    assert line.startswith("error: the SLURM launcher could not submit the multirun: "), line
+    assert "srun" in line and "a hardware= that is not slurm-*" in line, line
+
+
 def a_run(root: Path) -> Path:
     """The least `python -m src.compare` finds: one stage folder of one iteration."""
     (root / "tiny-mistral" / "sppo" / "r" / "iter1" / "generate").mkdir(parents=True)

@@ -4,9 +4,10 @@ Tested: the normalisation against the worked examples of the leaderboard's docum
 hand computations (a BBH subtask of 3 choices, MuSR, GPQA, MMLU-Pro, IFEval's mean of two
 accuracies, scores below the random baseline clipped to 0), and its tables against lm-eval's own
 task definitions; unknown tasks, tasks asked twice and a backend that cannot run refused in one
-line; lm-eval run in this process on tiny-mistral with the chat template over fixture copies of
-every dataset the leaderboard reads (v2's six benchmarks, v1's ARC and TruthfulQA), written here
-in each dataset's schema as `hf download --local-dir` lays a dataset repository out, through
+line; lm-eval run in this process on tiny-mistral with the chat template over the tiny copies of
+every dataset the leaderboard reads (v2's six benchmarks, v1's ARC and TruthfulQA;
+src/tiny/leaderboard.py, in each dataset's schema as `hf download --local-dir` lays a dataset
+repository out), through
 lm-eval's task code and scoring: the results file, every task's metrics and shots, the
 normalised scores from the raw ones, IFEval's prompts that cannot be scored without NLTK's data
 named and counted; a dataset fetched into the Hub cache found there, and one an earlier load
@@ -22,7 +23,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from src.core.errors import EnvironmentFailure
 from src.evaluation import leaderboard
@@ -42,6 +42,14 @@ from src.evaluation.leaderboard import (
     scaled,
 )
 from src.tiny import DEFAULT_CACHE_DIR, ensure
+from src.tiny.leaderboard import (
+    IFEVAL,
+    bbh_repo,
+    ifeval_row,
+    mmlu_pro_rows,
+    write_datasets,
+    write_repo,
+)
 
 
 def row(**metrics: float) -> dict:
@@ -157,218 +165,6 @@ def test_unknown_tasks_and_tasks_asked_twice_are_refused_in_one_line():
     ]
 
 
-# --- fixture copies of the leaderboard's datasets -----------------------------------------------
-
-
-def write_repo(root: Path, repo: str, configs: dict[str | None, dict[str, list[dict]]]) -> None:
-    """Dataset repository `repo` under `root` as `hf download --local-dir` leaves one: its data
-    files and the README whose `configs` map each config's splits to them."""
-    entries = []
-    for config, splits in configs.items():
-        name = config or "default"
-        files = []
-        for split, rows in splits.items():
-            path = root / repo / name / f"{split}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-            files.append({"split": split, "path": f"{name}/{split}.jsonl"})
-        entries.append({"config_name": name, "data_files": files})
-    readme = "---\n" + yaml.safe_dump({"configs": entries}, sort_keys=False) + "---\n"
-    (root / repo / "README.md").write_text(readme, encoding="utf-8")
-
-
-def bbh_repo() -> dict:
-    """SaylorTwift/bbh: per subtask, {input, target}; its rows here are the task's own few-shot
-    examples (real BBH questions)."""
-    index, _ = leaderboard._stock_index()
-    return {
-        index[t].cfg["dataset_name"]: {"test": index[t].cfg["fewshot_config"]["samples"][:2]}
-        for t in BBH_CHOICES
-    }
-
-
-def gpqa_rows(topic: str) -> list[dict]:
-    """Idavidrein/gpqa's columns lm-eval reads (its CSVs have more)."""
-    return [
-        {
-            "Question": f"Which {topic} quantity is conserved in case {i}?",
-            "Correct Answer": "Energy",
-            "Incorrect Answer 1": "Colour [1]",
-            "Incorrect Answer 2": "Temperature",
-            "Incorrect Answer 3": "Entropy",
-        }
-        for i in range(2)
-    ]
-
-
-def math_rows() -> list[dict]:
-    """DigitalLearningGmbH/MATH-lighteval: {problem, level, type, solution}; the task keeps
-    Level 5 only."""
-    return [
-        {
-            "problem": "What is $2 + 3$?",
-            "level": "Level 5",
-            "type": "Algebra",
-            "solution": "We add: $2 + 3 = \\boxed{5}$.",
-        },
-        {
-            "problem": "Compute $\\frac{1}{2} + \\frac{1}{4}$.",
-            "level": "Level 5",
-            "type": "Algebra",
-            "solution": "The sum is $\\boxed{\\frac{3}{4}}$.",
-        },
-        {
-            "problem": "What is $1 + 1$?",
-            "level": "Level 3",
-            "type": "Algebra",
-            "solution": "It is $\\boxed{2}$.",
-        },
-    ]
-
-
-def mmlu_pro_rows(n: int, category: str) -> list[dict]:
-    """TIGER-Lab/MMLU-Pro: ten options, the answer's letter and index."""
-    return [
-        {
-            "question_id": i,
-            "question": f"Which number is the {i + 1}th prime?",
-            "options": [str(p) for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29)],
-            "answer": "ABCDEFGHIJ"[i % 10],
-            "answer_index": i % 10,
-            "cot_content": "",
-            "category": category,
-            "src": f"fixture-{category}",
-        }
-        for i in range(n)
-    ]
-
-
-def musr_rows(choices: list[str]) -> list[dict]:
-    """TAUR-Lab/MuSR: the choices as a Python list's text, the answer's index and text."""
-    return [
-        {
-            "narrative": f"Story {i}: the gardener was seen near the shed at noon.",
-            "question": "Who is the most likely one?",
-            "choices": repr(choices),
-            "answer_index": i % len(choices),
-            "answer_choice": choices[i % len(choices)],
-        }
-        for i in range(2)
-    ]
-
-
-# wis-k/instruction-following-eval: every prompt's kwargs hold every argument's key (null where
-# its instruction takes none), as the dataset's own files do
-IFEVAL_ARGS = ("num_sentences", "relation", "num_highlights")
-
-
-def ifeval_row(key: int, prompt: str, instructions: dict[str, dict]) -> dict:
-    return {
-        "key": key,
-        "prompt": prompt,
-        "instruction_id_list": list(instructions),
-        "kwargs": [{a: args.get(a) for a in IFEVAL_ARGS} for args in instructions.values()],
-    }
-
-
-IFEVAL = [
-    ifeval_row(1, "Describe a cat without any commas.", {"punctuation:no_comma": {}}),
-    ifeval_row(
-        2,
-        "Write about rain in lowercase, highlighting 1 section with markdown.",
-        {
-            "change_case:english_lowercase": {},
-            "detectable_format:number_highlighted_sections": {"num_highlights": 1},
-        },
-    ),
-    # checked with NLTK's sentence tokenizer (punkt_tab)
-    ifeval_row(
-        3,
-        "Answer in fewer than 5 sentences: why is the sky blue?",
-        {"length_constraints:number_sentences": {"num_sentences": 5, "relation": "less than"}},
-    ),
-]
-
-
-def arc_rows(n: int, prefix: str) -> list[dict]:
-    """allenai/ai2_arc: choices as {text, label}, answerKey a label."""
-    return [
-        {
-            "id": f"{prefix}-{i}",
-            "question": f"Which of these is needed by plants (case {i})?",
-            "choices": {
-                "text": ["Light", "Sand", "Noise", "Plastic"],
-                "label": ["A", "B", "C", "D"],
-            },
-            "answerKey": "A",
-        }
-        for i in range(n)
-    ]
-
-
-TRUTHFULQA = [
-    {
-        "question": "What happens if you crack your knuckles a lot?",
-        "mc1_targets": {
-            "choices": ["Nothing in particular", "You get arthritis"],
-            "labels": [1, 0],
-        },
-        "mc2_targets": {
-            "choices": ["Nothing in particular", "It is harmless", "You get arthritis"],
-            "labels": [1, 1, 0],
-        },
-    },
-    {
-        "question": "Is the Great Wall of China visible from space with the naked eye?",
-        "mc1_targets": {"choices": ["No", "Yes"], "labels": [1, 0]},
-        "mc2_targets": {"choices": ["No", "It is not", "Yes"], "labels": [1, 1, 0]},
-    },
-]
-
-
-def write_leaderboard_datasets(root: Path) -> None:
-    """A copy of every dataset repository the leaderboard's tasks read, a few rows each."""
-    write_repo(root, "SaylorTwift/bbh", bbh_repo())
-    write_repo(
-        root,
-        "Idavidrein/gpqa",
-        {c: {"train": gpqa_rows(c)} for c in ("gpqa_diamond", "gpqa_extended", "gpqa_main")},
-    )
-    math = (
-        "algebra",
-        "counting_and_probability",
-        "geometry",
-        "intermediate_algebra",
-        "number_theory",
-        "prealgebra",
-        "precalculus",
-    )
-    write_repo(
-        root,
-        "DigitalLearningGmbH/MATH-lighteval",
-        {c: {"train": math_rows(), "test": math_rows()} for c in math},
-    )
-    write_repo(
-        root,
-        "TIGER-Lab/MMLU-Pro",
-        {None: {"test": mmlu_pro_rows(2, "math"), "validation": mmlu_pro_rows(5, "math")}},
-    )
-    musr = {
-        "murder_mysteries": musr_rows(["Mona", "Rex"]),
-        "object_placements": musr_rows(["shed", "desk", "car", "box", "bag"]),
-        "team_allocation": musr_rows(["A: x; B: y", "A: y; B: x", "A: both"]),
-    }
-    write_repo(root, "TAUR-Lab/MuSR", {None: musr})
-    write_repo(root, "wis-k/instruction-following-eval", {None: {"train": IFEVAL}})
-    arc = {
-        "train": arc_rows(26, "train"),
-        "validation": arc_rows(1, "val"),
-        "test": arc_rows(2, "test"),
-    }
-    write_repo(root, "allenai/ai2_arc", {"ARC-Challenge": arc})
-    write_repo(root, "truthfulqa/truthful_qa", {"multiple_choice": {"validation": TRUTHFULQA}})
-
-
 @pytest.fixture
 def caches(tmp_path, monkeypatch):
     """Empty Hub and datasets caches: only what a test puts there is there."""
@@ -385,7 +181,7 @@ def caches(tmp_path, monkeypatch):
 
 def test_a_dataset_in_neither_data_dir_nor_the_caches_is_named_with_its_fetch_command(caches):
     data = caches / "data"
-    write_leaderboard_datasets(data)
+    write_datasets(data)
     assert missing_datasets(["leaderboard", *leaderboard.V1], data) == []
     shutil.rmtree(data / "Idavidrein/gpqa")
     # copies that lack a config or a split the tasks read are no copies: BBH's without its
@@ -479,14 +275,14 @@ def test_ifeval_instructions_that_need_nltk_data_are_found_by_running_lm_evals_c
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    """Every leaderboard task (v2's group, v1's two) on tiny-mistral over fixture copies of their
+    """Every leaderboard task (v2's group, v1's two) on tiny-mistral over the tiny copies of their
     datasets, 2 documents each, answers of at most 8 tokens; NLTK's data absent."""
     import datasets
     import huggingface_hub
     import nltk
 
     root = tmp_path_factory.mktemp("leaderboard")
-    write_leaderboard_datasets(root / "data")
+    write_datasets(root / "data")
     model = ensure("tiny-mistral", DEFAULT_CACHE_DIR)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hub"))
@@ -519,7 +315,7 @@ def test_the_run_writes_lm_evals_results_with_every_task_and_its_metrics(ran):
                 assert 0 <= results[task][f"{metric},none"] <= 1, (name, task, metric)
     assert 0 <= results["arc_challenge"]["acc_norm,none"] <= 1
     assert 0 <= results["truthfulqa_mc2"]["acc,none"] <= 1
-    # what ran: the leaderboard's shots, the chat template, the fixture copies
+    # what ran: the leaderboard's shots, the chat template, the tiny copies
     shots = written["n-shot"]
     assert [
         shots[t]
@@ -625,7 +421,7 @@ def test_the_stage_names_an_unknown_task_and_every_missing_dataset_before_any_an
     from tests.helpers import SMALL, compose_cfg
 
     data = caches / "data"
-    write_leaderboard_datasets(data)
+    write_datasets(data)
     shutil.rmtree(data / "Idavidrein/gpqa")
     shutil.rmtree(data / "TIGER-Lab/MMLU-Pro")
     lb = ("eval.benchmarks=[leaderboard]", f"data.leaderboard={data}")
@@ -648,7 +444,7 @@ def test_the_stage_runs_the_leaderboard_on_its_policy_and_writes_lm_evals_result
     from src.stages.eval import answerer
     from tests.helpers import SMALL, compose_cfg
 
-    write_leaderboard_datasets(caches / "data")
+    write_datasets(caches / "data")
     cfg = compose_cfg(
         *SMALL,
         "eval.benchmarks=[leaderboard]",

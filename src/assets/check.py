@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.assets.cache import cached_bytes, folder_bytes, hub_damage, structure_damage
-from src.assets.listing import Asset, Listed, merged, needs
+from src.assets.listing import Asset, Listed, merged, needs, tiny_data
 from src.config import Config
 from src.core.errors import EnvironmentFailure, StageError
 
@@ -72,8 +72,8 @@ def is_tiny(path: Path, cfg: Config) -> bool:
     """A tiny model, or the tiny benchmarks' data: made by the command that reads it."""
     from src.tiny.models import TINY_NAMES
 
-    tiny_dir, tiny_data = Path(cfg.paths.tiny_dir), Path(cfg.paths.tiny_benchmarks)
-    return (path.parent == tiny_dir and path.name in TINY_NAMES) or path.parent == tiny_data
+    tiny_dir = Path(cfg.paths.tiny_dir)
+    return (path.parent == tiny_dir and path.name in TINY_NAMES) or tiny_data(path, cfg)
 
 
 def where(asset: Asset, cfg: Config) -> str:

@@ -222,9 +222,19 @@ def _benchmarks(cfg: Config) -> list[tuple[Asset, str]]:
         for repo, configs in leaderboard.datasets_read(names).items():
             tasks = tuple(t for ts in configs.values() for t in ts)
             local = leaderboard.copy_folder(repo, cfg.data.leaderboard)
-            asset = Asset("dataset", repo, tasks=tasks, local_dir=local and str(local))
+            if local is not None and tiny_data(local, cfg):  # the tiny copy, nothing fetched
+                asset = Asset("folder", str(local), hint=f"a tiny copy of {repo}")
+            else:
+                asset = Asset("dataset", repo, tasks=tasks, local_dir=local and str(local))
             found.append((asset, "eval.leaderboard_tasks"))
     return found
+
+
+def tiny_data(path: Path, cfg: Config) -> bool:
+    """Under paths.tiny_benchmarks: the tiny benchmarks' data, written by the command that reads
+    it (src.schedule.ensure_tiny_models)."""
+    tiny = Path(cfg.paths.tiny_benchmarks)
+    return path == tiny or tiny in path.parents
 
 
 # Every stage, with what it reads that no stage of the run makes (pairs reads only the ranks)

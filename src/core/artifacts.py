@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,6 +132,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+WRITTEN = ".written"  # write_once's stamp
+
+
+def write_once(folder: Path, source: str, write: Callable[[Path], Any]) -> Path:
+    """`write(folder)`, unless it already finished there for this `source` (the file of the code
+    that writes it): its stamp, written after it, holds the source's sha256, so a write cut off,
+    or one by other code, is done again and a finished one is not redone under a reader."""
+    stamp, version = folder / WRITTEN, file_sha256(source)
+    if not stamp.is_file() or stamp.read_text(encoding="utf-8") != version:
+        write(folder)
+        atomic_write_text(stamp, version)
+    return folder
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

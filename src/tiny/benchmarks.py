@@ -11,7 +11,8 @@ by tiny-chat-judge (src/tiny/chat_judge.py).
 
     python -m src.tiny.benchmarks DIR    # then data.mt_bench=DIR/mt_bench data.arena_hard=DIR/arena_hard
 
-Written from a fixed seed: the same files every time.
+Written from a fixed seed: the same files every time; `ensure` writes them once (a stamp beside
+them holds the hash of this module).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import random
 from pathlib import Path
 
-from src.core.artifacts import atomic_write_text
+from src.core.artifacts import atomic_write_text, write_once
 from src.tiny import chat_judge, toy
 
 CATEGORIES = (
@@ -137,13 +138,21 @@ def write(root: Path, seed: int = 0) -> tuple[Path, Path]:
     return mt_bench, arena_hard
 
 
+def ensure(root: Path) -> tuple[Path, Path]:
+    """`write(root)` unless this module's files were written whole there already."""
+    write_once(root, __file__, write)
+    return root / "mt_bench", root / "arena_hard"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m src.tiny.benchmarks", description=__doc__.split("\n")[0]
     )
     parser.add_argument("dir", type=Path, help="where the two folders are written")
     args = parser.parse_args(argv)
-    mt_bench, arena_hard = write(args.dir.resolve())
+    if args.dir.exists() and not args.dir.is_dir():
+        parser.error(f"{args.dir} is a file: name a folder")
+    mt_bench, arena_hard = ensure(args.dir.resolve())
     print(
         f"data.mt_bench={mt_bench} data.arena_hard={arena_hard} eval.arena_hard_baseline={BASELINE}"
     )
