@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from src.core.records import (
     state_of,
     write_record,
 )
-from src.core.registry import STAGES
+from src.core.registry import BENCHMARK_INPUTS, STAGES
 from tests.helpers import compose_cfg
 
 
@@ -123,7 +124,9 @@ def format2_fingerprint(cfg: Config, stage: Stage) -> str:
         upstream = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")["fingerprint"]
     else:
         upstream = None
-    inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs}
+    # format 2 predates AlpacaEval's and the benchmarks' keys in the eval's inputs
+    newer_eval = {"eval.alpaca_eval", "eval.benchmarks", *chain(*BENCHMARK_INPUTS.values())}
+    inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs if key not in newer_eval}
     if "training" in inputs:  # format 2 predates these keys
         newer = ("peft", "lora", "record_memory_phases", "weight_updates")
         inputs["training"] = {k: v for k, v in inputs["training"].items() if k not in newer}
@@ -203,6 +206,52 @@ def test_weight_updates_enter_the_training_fingerprint_only_where_bf16_weights_t
     assert train_fingerprint(*lora, "training.weight_updates=fp32") == train_fingerprint(*lora)
     gpu = ["model=mistral-7b-instruct-v0.2"]  # precision auto on a GPU: bf16
     assert train_fingerprint(*gpu, "training.weight_updates=fp32") != train_fingerprint(*gpu)
+
+
+def test_alpaca_eval_and_the_benchmarks_enter_the_eval_fingerprint_only_while_they_run():
+    """An eval asked for AlpacaEval 2 or another benchmark is not the eval made without it; a
+    benchmark's own settings count only while it runs, so an eval without benchmarks keeps its
+    record whatever they say."""
+
+    def eval_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval
+        )
+
+    plain = eval_fingerprint()
+    assert eval_fingerprint("eval.leaderboard_limit=2", "eval.arena_hard_baseline=x") == plain
+    assert eval_fingerprint("eval.alpaca_eval=true") != plain
+    board = ["eval.benchmarks=[leaderboard]"]
+    assert eval_fingerprint(*board) != plain
+    assert eval_fingerprint(*board, "eval.leaderboard_limit=2") != eval_fingerprint(*board)
+    assert eval_fingerprint(*board, "eval.arena_hard_baseline=x") == eval_fingerprint(*board)
+    arena = ["eval.benchmarks=[arena_hard]"]
+    assert eval_fingerprint(*arena, "eval.arena_hard_baseline=x") != eval_fingerprint(*arena)
+    assert eval_fingerprint(*arena, "eval.llm_judge.serve=/j") != eval_fingerprint(*arena)
+
+
+def test_an_eval_asked_for_a_benchmark_it_was_made_without_is_stale_naming_it(
+    tmp_path, monkeypatch
+):
+    cfg = at_root(monkeypatch, tmp_path, "eval.benchmarks=[leaderboard]")
+    finish(cfg)
+    assert state_of(cfg.as_tree(), Stage.eval).status == "done"
+    more = at_root(
+        monkeypatch, tmp_path, "eval.benchmarks=[leaderboard,mt_bench]", "eval.alpaca_eval=true"
+    )
+    state = state_of(more.as_tree(), Stage.eval)
+    assert (state.status, state.changed) == (
+        "stale",
+        [
+            "eval.alpaca_eval: False -> True",
+            "eval.benchmarks: ['leaderboard'] -> ['leaderboard', 'mt_bench']",
+        ],
+    )
+    # recorded before the benchmarks entered the fingerprint: finished where its saved config
+    # asked for what is asked now, stale (naming what changed) where not
+    finish(cfg, lambda c, stage: stage_fingerprint(c.as_tree(), stage, extras=False))
+    assert state_of(cfg.as_tree(), Stage.eval).status == "done"
+    assert state_of(more.as_tree(), Stage.eval).changed == state.changed
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from src.core.artifacts import atomic_write_json, read_json
 from src.core.errors import StageError, shown
-from src.core.registry import STAGES, Stage
+from src.core.registry import BENCHMARK_INPUTS, STAGES, Stage
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
 # inside the run relative to it); format 4 adds the record's own sha256, so a record edited by
@@ -83,7 +83,7 @@ def fingerprint_form(value: Any, tree: dict[str, Any], at: tuple[str, str] = POR
 
 
 def stage_inputs(
-    tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE
+    tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE, extras: bool = True
 ) -> dict[str, Any]:
     """The stage's inputs in `tree`, in their fingerprint form.
 
@@ -92,7 +92,10 @@ def stage_inputs(
     whatever the adapter settings say. `training.weight_updates` acts on full weights in 16 bits
     only: trained in fp32 (as on CPU) or with an adapter, it does not enter either.
     `training.record_memory_phases` says what the record keeps, not what the stage makes: it
-    never enters it.
+    never enters it. The eval stage's `eval.alpaca_eval`, `eval.benchmarks` and each benchmark's
+    own keys (`BENCHMARK_INPUTS`) enter it while they run: an eval made without them keeps its
+    record, one that asks for them again is stale (`extras=False`: none of them, as records made
+    before they entered it were fingerprinted).
     """
     inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
     training = inputs.get("training")
@@ -108,6 +111,13 @@ def stage_inputs(
         if adapter or in_fp32:
             left_out.add("weight_updates")
         inputs["training"] = {k: v for k, v in training.items() if k not in left_out}
+    if stage == Stage.eval:  # AlpacaEval 2 and the benchmarks: their keys while they run only
+        listed = [str(b) for b in inputs["eval.benchmarks"] or []] if extras else []
+        kept = {key for b in listed for key in BENCHMARK_INPUTS[b]}
+        dropped = {key for keys in BENCHMARK_INPUTS.values() for key in keys} - kept
+        dropped |= {"eval.alpaca_eval"} if not (extras and inputs["eval.alpaca_eval"]) else set()
+        dropped |= {"eval.benchmarks"} if not listed else set()
+        inputs = {k: v for k, v in inputs.items() if k not in dropped}
     return fingerprint_form(inputs, tree, at)
 
 
@@ -203,10 +213,13 @@ def write_record(
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 
-def stage_fingerprint(tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE) -> str:
+def stage_fingerprint(
+    tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE, extras: bool = True
+) -> str:
     """sha256 of the stage's inputs and of the fingerprint of what it consumes.
 
-    `at`: see `fingerprint_form`; the default makes the fingerprint of this format.
+    `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`:
+    see `stage_inputs`.
     """
     consumes = STAGES[stage].consumes
     iteration = tree["iter"]
@@ -219,7 +232,8 @@ def stage_fingerprint(tree: dict[str, Any], stage: Stage, at: tuple[str, str] = 
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None
-    payload = {"stage": stage.value, "inputs": stage_inputs(tree, stage, at), "upstream": upstream}
+    inputs = stage_inputs(tree, stage, at, extras)
+    payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -250,7 +264,12 @@ def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
             return StageState(stage, "done")
     elif record.get("format") not in PORTABLE_FORMATS:
         return StageState(stage, "stale", earlier_version=True)
-    return StageState(stage, "stale", changed_inputs(tree, stage) or upstream_changes(tree, stage))
+    changed = changed_inputs(tree, stage)
+    if not changed and record.get("fingerprint") == stage_fingerprint(tree, stage, extras=False):
+        # an eval recorded before its benchmarks entered the fingerprint, made as asked now (its
+        # saved config has the same benchmarks): still finished
+        return StageState(stage, "done")
+    return StageState(stage, "stale", changed or upstream_changes(tree, stage))
 
 
 def saved_config(tree: dict[str, Any], stage: Stage) -> dict[str, Any] | None:
@@ -269,7 +288,14 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
         return []
     before = flatten(stage_inputs(saved, stage))
     now = flatten(stage_inputs(tree, stage))
-    return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+    changed = []
+    for k in {**now, **before}:
+        # a key in the fingerprint on one side only (a benchmark's, as it is added or dropped):
+        # as it is set on the other, and not shown where it is set the same
+        old, new = before.get(k, lookup(saved, k)), now.get(k, lookup(tree, k))
+        if before.get(k) != now.get(k) and old != new:
+            changed.append(f"{k}: {old!r} -> {new!r}")
+    return changed
 
 
 def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:

@@ -49,6 +49,16 @@ class StageSpec:
     loads_model: bool = True
 
 
+# What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it
+# is listed only (src.core.records.stage_inputs), so that an eval made without a benchmark keeps
+# its record whatever that benchmark's settings say
+_CHAT_JUDGE = ("eval.llm_judge.model", "eval.llm_judge.base_url", "eval.llm_judge.serve")
+BENCHMARK_INPUTS = {
+    "mt_bench": ("data.mt_bench", *_CHAT_JUDGE),
+    "arena_hard": ("data.arena_hard", "eval.arena_hard_baseline", *_CHAT_JUDGE),
+    "leaderboard": ("data.leaderboard", "eval.leaderboard_tasks", "eval.leaderboard_limit"),
+}
+
 # What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
 # the eval stage's is `eval.judge` (or `ranker`, when it is null).
 JUDGE_INPUTS = (
@@ -135,6 +145,9 @@ STAGES: dict[Stage, StageSpec] = {
                 "generation.backend",
                 *(f"ranker.{key}" for key in JUDGE_INPUTS),
                 *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
+                "eval.alpaca_eval",
+                "eval.benchmarks",
+                *dict.fromkeys(key for keys in BENCHMARK_INPUTS.values() for key in keys),
             ),
             slots="generation.tensor_parallel_size",
             optional=True,
