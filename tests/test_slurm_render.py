@@ -36,6 +36,16 @@ def dry_run(capsys, *args: str) -> dict[str, str]:
     return scripts
 
 
+def test_a_chains_plan_names_its_iterations_and_their_gpu_hours(capsys):
+    main(["--dry-run", "--from-iter", "2", "--iterations", "4", "experiment=gemma-2-9b-it-sppo",
+          "hardware=slurm-node-8gpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("plan: gemma-2-9b-it, sppo, iterations 2-4 on hardware=slurm-node-8gpu")
+    per_iteration = next(line for line in out.splitlines() if line.startswith("| iteration |"))
+    chain = next(line for line in out.splitlines() if line.startswith("Iterations 2..4:"))
+    assert float(chain.split()[2]) == pytest.approx(3 * float(per_iteration.split("|")[5]), abs=2)
+
+
 def test_a_three_iteration_gemma_chain_on_8_gpus(capsys, tmp_path):
     scripts = dry_run(
         capsys, "--iterations", "3", "experiment=gemma-2-9b-it-sppo", "hardware=slurm-node-8gpu",

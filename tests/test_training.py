@@ -457,3 +457,19 @@ def test_full_weights_in_bf16_learn_what_the_recipes_fp32_master_weights_learn(t
     assert both / either > 0.95  # the same weights changed
     assert margins["kahan"] >= 0.6 * margins["fp32"] > 0, figures
     assert share == pytest.approx(changes["fp32"][0], rel=0.25), figures
+
+
+def test_a_run_whose_warm_up_takes_half_its_steps_is_warned_of():
+    """16 pairs in batches of 8: 2 optimizer steps, the first warming up from learning rate 0
+    (a smoke run, where eta or the learning rate barely changes what it learns)."""
+    from src.training.arguments import warmup_warning
+
+    smoke = compose_cfg("model=tiny-mistral", "training.global_batch_size=8")
+    assert warmup_warning(16, smoke).startswith(
+        "[train] warning: 1 of the schedule's 2 optimizer steps warm up from learning rate 0"
+    )
+    assert warmup_warning(400, smoke) is None  # 50 steps, 5 warming up
+    unwarmed = compose_cfg(
+        "model=tiny-mistral", "training.global_batch_size=8", "training.warmup_ratio=0"
+    )
+    assert warmup_warning(16, unwarmed) is None

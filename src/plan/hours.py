@@ -179,8 +179,9 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     return stages
 
 
-def hours_text(cfg: Config, shape: Shape) -> list[str]:
-    """The hours table `python -m src.plan` prints."""
+def hours_text(cfg: Config, shape: Shape, through: int | None = None) -> list[str]:
+    """The hours table `python -m src.plan` prints; its total over iterations 1..cfg.iter, or
+    cfg.iter..`through` (a chain that `python -m src.slurm` submits)."""
     stages = iteration_hours(cfg, shape)
     measured = previous_generation(cfg)
     prompts, source = prompt_count(cfg, measured)
@@ -188,6 +189,7 @@ def hours_text(cfg: Config, shape: Shape) -> list[str]:
         "measured in the previous iteration" if measured else "the config's limits: an upper bound"
     )
     total = sum(s.gpu_hours for s in stages)
+    first, last = (1, cfg.iter) if through is None else (cfg.iter, through)
     return [
         f"Time of one iteration: {prompts:,} prompts ({source}), K = {cfg.method.K}, lengths "
         f"{lengths}:",
@@ -200,5 +202,5 @@ def hours_text(cfg: Config, shape: Shape) -> list[str]:
         ),
         f"| iteration | | | {sum(s.hours for s in stages):.1f} | {total:.0f} | |",
         "",
-        f"Iterations 1..{cfg.iter}: {cfg.iter * total:.0f} GPU-hours.",
+        f"Iterations {first}..{last}: {(last - first + 1) * total:.0f} GPU-hours.",
     ]

@@ -314,8 +314,9 @@ def row(p: StagePlan, gpu_gb: float | None) -> str:
     return f"| {p.stage} | {p.processes} | {memory} | {fits} | {batch} |"
 
 
-def plan_text(cfg: Config) -> str:
-    """The plan as `python -m src.plan` and `python -m src.slurm --dry-run` print it."""
+def plan_text(cfg: Config, through: int | None = None) -> str:
+    """The plan as `python -m src.plan` and `python -m src.slurm --dry-run` print it; `through`:
+    the last iteration of a chain from cfg.iter (each iteration's memory is the first one's)."""
     hw = cfg.hardware
     gpu_gb = hw.gpu_memory_gb if hw.device.value == "cuda" else None
     stages = plan(cfg)
@@ -329,7 +330,13 @@ def plan_text(cfg: Config) -> str:
         else ("process", "the tensors in fp32 and the stage's own buffers, as the resident set")
     )
     lines = [
-        f"plan: {cfg.model.name}, {cfg.method.name.value}, iteration {cfg.iter} on "
+        f"plan: {cfg.model.name}, {cfg.method.name.value}, "
+        + (
+            f"iteration {cfg.iter}"
+            if through in (None, cfg.iter)
+            else f"iterations {cfg.iter}-{through}"
+        )
+        + " on "
         f"hardware={hw.name} ({gpus})",
         "",
         f"| stage | processes | GiB per {unit} | fits | per-device batch |",
@@ -345,7 +352,8 @@ def plan_text(cfg: Config) -> str:
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
     target = "cuda" if hw.device == Device.cuda else "cpu"
-    return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg)), "", install_line(target)])
+    hours = hours_text(cfg, policy_shape(cfg), through)
+    return "\n".join([*lines, "", *hours, "", install_line(target)])
 
 
 def require_fit_here(cfg: Config, overrides: list[str]) -> None:

@@ -52,6 +52,7 @@ from src.training.arguments import (
     optimizer_override,
     precision,
     training_arguments,
+    warmup_warning,
     weight_updates,
 )
 from src.training.launch import (
@@ -157,6 +158,8 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
     )
     if not pairs:
         raise TrainingError(f"{pairs_path}: no pair left to train on ({report})")
+    if (warning := warmup_warning(report.kept, cfg)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     dtype = precision(cfg)
     args = training_arguments(cfg, stage_dir, dtype)  # before the model: ZeRO-3 shards at load
     peak = Peak(args.device.type == "cuda")

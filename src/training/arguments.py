@@ -4,6 +4,7 @@ config, the one place it comes from), and the policy loaded for training with it
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -98,6 +99,23 @@ def deepspeed_on_cpu_state(cfg: Config) -> dict | None:
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
     return {"use_configured_state": True}
+
+
+def warmup_warning(pairs: int, cfg: Config) -> str | None:
+    """The line that says a run's warm-up takes half its optimizer steps or more (a smoke run of
+    a few prompts: its first step at learning rate 0, so that eta, the learning rate or K barely
+    change what it learns); None otherwise. Steps as the schedule counts them: ceil(pairs /
+    global batch) a pass, over its epochs; warm-up ceil(steps x warmup_ratio), as transformers."""
+    t = cfg.training
+    steps = math.ceil(math.ceil(pairs / t.global_batch_size) * (t.schedule_epochs or t.num_epochs))
+    warm = math.ceil(steps * t.warmup_ratio)
+    if not steps or 2 * warm < steps:
+        return None
+    return (
+        f"[train] warning: {warm} of the schedule's {steps} optimizer steps warm up from learning "
+        f"rate 0 (training.warmup_ratio={t.warmup_ratio:g}): this run barely trains; more pairs, "
+        "a smaller training.global_batch_size or training.warmup_ratio=0 give it steps that learn"
+    )
 
 
 def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
