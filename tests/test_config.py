@@ -354,6 +354,20 @@ def test_every_config_file_says_what_it_is_and_how_to_launch_it():
     assert not missing, f"config files without a header comment naming the command: {missing}"
 
 
+def test_the_readmes_table_of_config_groups_names_every_option():
+    """Each row of README's table whose first cell is a config group lists every file of that
+    group (model_method's are applied automatically, by name)."""
+    rows = re.findall(r"^\| `(\w+)` \| (.*?) \| ", (REPO_ROOT / "README.md").read_text(), re.M)
+    unlisted = {}
+    for group, options in rows:
+        if (CONF / group).is_dir() and group != "model_method":
+            listed = set(re.findall(r"`([\w.-]+)`", options))
+            files = {p.stem for p in (CONF / group).glob("*.yaml")}
+            if files - listed:
+                unlisted[group] = sorted(files - listed)
+    assert len(rows) >= 10 and not unlisted, f"README's config table lacks: {unlisted}"
+
+
 # --- one home for every value: a config file holds only what it chooses or changes -------------
 
 
