@@ -235,7 +235,9 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
             f"{len(failed)} of {len(points)} points failed: {'; '.join(failed)} (each one's "
             f"message above); the others are done, and a re-run resumes: {shell_line(again)}"
         )
-    print(f"[sweep] {path.stem}: {len(points)} points done; compare: python -m src.compare")
+    root = [o.split("=", 1)[1] for o in base if o.startswith("paths.root=")]
+    compare = shell_line(["python", "-m", "src.compare", *(["--root", root[-1]] if root else [])])
+    print(f"[sweep] {path.stem}: {len(points)} points done; compare: {compare}")
 
 
 def submit_sweep(

@@ -100,6 +100,29 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
 
 
 @pytest.mark.slow
+def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(tmp_path):
+    """Iteration 1 trained again under another config after iteration 2 was made from it:
+    iteration 2 is refused naming why, and export will not ship it."""
+    assert cli(tmp_path, "iter=2").returncode == 0
+    redone = cli(tmp_path, "iter=1", "training.warmup_ratio=0.2", "pipeline.redo=[train]")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    line = one_line_failure(cli(tmp_path, "iter=2", "training.warmup_ratio=0.2"), 1)
+    assert (
+        "iter2/generate was made with a different configuration (iteration 1's checkpoint, " in line
+    )
+    assert "which this iteration's generate started from, was trained again since)" in line
+    assert line.endswith("iter=2 training.warmup_ratio=0.2 pipeline.redo=[generate]`"), line
+    exported = subprocess.run(
+        [sys.executable, "-m", "src.export", *SMALL, f"paths.root={tmp_path}", "iter=2",
+         "--out", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    line = one_line_failure(exported, 1)
+    assert "iter2/train is stale (iteration 1's checkpoint, which this iteration's generate" in line
+    assert not any((tmp_path / "out").iterdir())  # neither the model nor the data
+
+
+@pytest.mark.slow
 def test_a_copied_run_root_keeps_its_finished_stages_and_goes_on(tmp_path):
     here, there = tmp_path / "here", tmp_path / "elsewhere" / "runs"
     first = cli(here, "iter=1")
@@ -369,8 +392,9 @@ def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
 def test_a_local_sweep_runs_every_point_here(tmp_path):
     sweep = tmp_path / "two.yaml"
     sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
-    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "src.sweep", str(sweep), "--local", *SMALL]
+    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "elsewhere")}
+    root = f"paths.root={tmp_path / 'runs'}"  # the hints keep it
+    command = [sys.executable, "-m", "src.sweep", str(sweep), "--local", *SMALL, root]
     # point 1 lands in a lineage whose generate record was damaged by hand: it fails, and
     # point 2 runs all the same, as an array's next task would
     damaged = tmp_path / "runs/tiny-mistral/sppo/eta1-lr0.0001-K3/iter1/generate/done.json"
@@ -381,7 +405,7 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 2 points failed: point 1 (method.eta=1) exit "), last
     assert last.endswith(f"a re-run resumes: python -m src.sweep {sweep} --local --iterations 1 "
-                         f"{' '.join(SMALL)}"), last  # fmt: skip
+                         f"{' '.join(SMALL)} {root}"), last  # fmt: skip
     assert "point 2/2: method.eta=10" in failed.stdout
     shutil.rmtree(damaged.parent)
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
@@ -398,6 +422,9 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
             / "done.json"
         ).is_file()
     assert "point 2/2: method.eta=10" in done.stdout
+    assert done.stdout.strip().endswith(
+        f"compare: python -m src.compare --root {tmp_path / 'runs'}"
+    )
 
     refused = subprocess.run(
         [*command, "--dry-run"], cwd=REPO_ROOT, env=env, capture_output=True, text=True

@@ -20,6 +20,7 @@ root moved or copied elsewhere keeps its finished stages.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -205,12 +206,46 @@ def write_record(
         "counts": counts,
         "timings": timings,
         "versions": versions,
+        "machine": machine(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if outputs is not None:
         record["outputs"] = outputs
     record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / "done.json", record)
+
+
+# the vector instruction sets BLAS and torch choose their kernels by: a float sum's order, and so
+# its last digits, can differ between machines that differ in them
+VECTOR_SETS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def machine() -> dict:
+    """What makes a stage's float sums, and so its last digits, differ from another machine's:
+    the CPU and its vector instruction sets, torch's thread count (None: torch not loaded), and
+    the GPU where this process uses one."""
+    import platform
+    import sys
+
+    cpu, flags = platform.processor(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    torch = sys.modules.get("torch")
+    gpu = None
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        gpu = torch.cuda.get_device_name()
+    return {
+        "cpu": cpu,
+        "vector_sets": [s for s in VECTOR_SETS if s in flags],
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "gpu": gpu,
+    }
 
 
 def stage_fingerprint(
@@ -299,14 +334,21 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
 
 
 def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
-    """`changed_inputs` of the nearest earlier stage whose inputs changed: why a stage whose
-    own inputs did not is stale."""
-    upstream = STAGES[stage].consumes
+    """Why a stage whose own inputs did not change is stale: the `changed_inputs` of the nearest
+    earlier stage whose inputs changed, else (the iteration's stages all as they were) the
+    previous iteration's checkpoint, trained again since the iteration started from it."""
+    head, upstream = stage, STAGES[stage].consumes
     while upstream is not None:
         changed = changed_inputs(tree, upstream)
         if changed:
             return [f"{upstream.value}'s {change}" for change in changed]
-        upstream = STAGES[upstream].consumes
+        head, upstream = upstream, STAGES[upstream].consumes
+    t = tree["iter"]
+    if t > 1:
+        return [
+            f"iteration {t - 1}'s checkpoint, which this iteration's {head.value} started from, "
+            f"was trained again since"
+        ]
     return []
 
 

@@ -28,7 +28,7 @@ from src.core.artifacts import atomic_write_json, sync_directory
 from src.core.chunks import require_sealed
 from src.core.errors import StageError
 from src.core.policy import CARD, checkpoint_damage
-from src.core.records import read_record
+from src.core.records import read_record, saved_config, state_of
 from src.stages.common import redo, stage_rows
 
 
@@ -82,7 +82,7 @@ def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     """`out/model/`: iteration t's checkpoint (merged, with its card) and, after LoRA, the adapter
     as `out/model/adapter/`, copied (`_copy_file`: checkpoints are GBs)."""
     train = cfg.stage_dir(Stage.train)
-    record = finished(train, f"stage=all iter={cfg.iter}")
+    record = finished(cfg, Stage.train, f"stage=all iter={cfg.iter}")
     damage = checkpoint_damage(train / "checkpoint", record.get("outputs", {}))
     if damage:
         raise ExportError(f"{train / 'checkpoint'} is damaged ({damage})", redo(cfg, "train"))
@@ -107,7 +107,7 @@ def export_data(cfg: Config, out: Path, force: bool = False) -> Path:
 
     ranked = [row for _, row in stage_rows(cfg, Stage.rank, ExportError)]
     pairs_dir = cfg.stage_dir(Stage.pairs)
-    pairs_record = finished(pairs_dir, f"stage=pairs iter={cfg.iter}")
+    pairs_record = finished(cfg, Stage.pairs, f"stage=pairs iter={cfg.iter}")
     require_sealed(pairs_dir / "pairs.parquet", ExportError, redo(cfg, "pairs"), pairs_record)
     rank_record = read_record(cfg.stage_dir(Stage.rank))
 
@@ -121,11 +121,23 @@ def export_data(cfg: Config, out: Path, force: bool = False) -> Path:
     return _whole(out / "data", assemble, cfg, force)
 
 
-def finished(stage_dir: Path, finish: str) -> dict:
-    """A stage's record; an unfinished stage is refused, with `finish`, the overrides that make it."""
+def finished(cfg: Config, stage: Stage, finish: str) -> dict:
+    """A stage's record: an unfinished stage is refused with `finish`, the overrides that make it,
+    and one that no longer matches what it was made from (its own saved config: the previous
+    iteration's checkpoint trained again since, say) with the overrides that redo it."""
+    stage_dir = cfg.stage_dir(stage)
     record = read_record(stage_dir)
     if record is None:
         raise ExportError(f"{stage_dir} is not finished (no done.json); make it first", finish)
+    made_with = saved_config(cfg.as_tree(), stage)
+    if made_with is not None:  # where the run is now (a moved root keeps its records)
+        made_with["run"] = {**made_with.get("run", {}), "dir": cfg.run.dir}
+        made_with["paths"] = {**made_with.get("paths", {}), "root": cfg.paths.root}
+    state = state_of(made_with, stage) if made_with is not None else None
+    if state is not None and state.status == "stale":
+        why = "; ".join(state.changed) or "its record is not its saved config's"
+        raise ExportError(f"{stage_dir} is stale ({why}): redo it before exporting it",
+                          redo(cfg, stage.value))  # fmt: skip
     return record
 
 
