@@ -424,6 +424,25 @@ def test_a_judged_benchmark_gets_a_column_per_judge(tmp_path):
     assert "mt_bench[gpt-4]" in header and "arena_hard[gpt-4]" in header
 
 
+def test_the_audit_names_the_machine_each_lineage_trained_on(tmp_path, capsys):
+    """A record names the machine that made it; the audit (the demo's last table) says where each
+    lineage trained, since another CPU or thread count moves a curve's digits."""
+    from src.core.records import machine, read_record, write_record
+    from src.tiny.audit import main as audit
+
+    train = tmp_path / "tiny-mistral" / "sppo" / "r" / "iter1" / "train"
+    train.mkdir(parents=True)
+    write_record(train, "0" * 64, {}, {})
+    here = machine()
+    assert read_record(train)["machine"] == here and here["cpu"]
+    audit(["--root", str(tmp_path)])
+    sets = ", ".join(here["vector_sets"]) or "no vector sets"
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"tiny-mistral/sppo/r (trained on {here['cpu']}: {sets}; {here['torch_threads']} torch "
+        "threads)"
+    )
+
+
 def test_the_audit_and_compare_read_the_runs_where_selfplay_runs_points(
     tmp_path, monkeypatch, capsys
 ):

@@ -12,6 +12,7 @@ sentences, is the eval judge being exploited, not the policy getting better.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -71,7 +72,21 @@ def main(argv: list[str] | None = None) -> None:
         lines = [
             audit_iteration(i) for i in sorted(lineage.glob("iter*"), key=lambda p: int(p.name[4:]))
         ]
-        print("\n".join([str(lineage.relative_to(args.root)), *filter(None, lines)]))
+        head = f"{lineage.relative_to(args.root)}{made_on(lineage)}"
+        print("\n".join([head, *filter(None, lines)]))
+
+
+def made_on(lineage: Path) -> str:
+    """Where its training ran, from the first record that names a machine: another CPU (its
+    vector instruction sets) or thread count sums floats in another order, and the digits of a
+    curve move with it (docs/results.md)."""
+    for record in sorted(lineage.glob("iter*/train/done.json")):
+        with contextlib.suppress(OSError, ValueError):
+            m = json.loads(record.read_text()).get("machine")
+            if m:
+                sets = ", ".join(m["vector_sets"]) or "no vector sets"
+                return f" (trained on {m['cpu']}: {sets}; {m['torch_threads']} torch threads)"
+    return ""
 
 
 if __name__ == "__main__":
