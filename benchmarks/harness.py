@@ -364,14 +364,9 @@ def git(*args: str) -> str:
 def provenance(packages: tuple[str, ...], code: tuple[str, ...]) -> dict:
     """The commit measured (and whether the measured tree differed from it), and the machine:
     CPU, GPU, memory, its load, the versions of `packages`, the hashes of the `code` measured."""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    from src.core.records import machine
+
+    cpu = machine()["cpu"]  # what a stage's record names too
     gpu = None
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         gpu = subprocess.run(
