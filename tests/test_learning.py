@@ -12,6 +12,7 @@ reaches are in the README ("The loop learns").
 from __future__ import annotations
 
 import json
+from itertools import takewhile
 from pathlib import Path
 from statistics import mean
 
@@ -93,10 +94,14 @@ def test_three_sppo_iterations_climb(root, model, name, options, capsys):
     policy, base = answers(root, model, name, 3)
     assert mean(map(helpful_share, policy)) > mean(map(helpful_share, base)) + 0.2
     assert mean(map(well_formed, policy)) >= 0.8
-    # which the audit prints for every iteration
+    # which the audit prints for every iteration, under a head naming the machine it trained on
     audit(["--root", str(root)])
-    printed = capsys.readouterr().out.split(f"{model}/sppo/{name}\n")[1]
-    assert printed.count("tiny-judge win rate") >= 3
+    head, *printed = (
+        capsys.readouterr().out.split(f"{model}/sppo/{name} (trained on ")[1].split("\n")
+    )
+    assert "torch threads)" in head, head
+    block = list(takewhile(lambda line: line.startswith("  "), printed))
+    assert sum("tiny-judge win rate" in line for line in block) >= 3, block
 
 
 def made_pairs(root: Path, model: str, run_name: str, t: int) -> Path:
