@@ -33,7 +33,7 @@ from omegaconf.errors import (
 )
 
 from src.core.choice import Choice
-from src.core.registry import STAGES, Stage
+from src.core.registry import STAGES, Stage, stage_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -715,7 +715,8 @@ class EvalConfig:
 
     enabled: bool = False  # stage=all evaluates every iteration after training it
     # "base" (the model's own path: pi_0), "iter<s>" (iteration s of this lineage), or a model
-    # directory / hub id
+    # directory / hub id. An eval against anything but the base model (or a reference_outputs
+    # file) writes into eval/vs-<name>/, beside the one against the base: each its own record
     reference: str = "base"
     # AlpacaEval-format JSON of reference answers (instruction, output, generator) used instead
     # of generating them, e.g. AlpacaEval 2's GPT-4 Turbo outputs downloaded beforehand
@@ -1137,6 +1138,10 @@ class PipelineConfig:
     # later stages of the iteration are redone with them): a list, e.g. pipeline.redo=[rank], or
     # one stage bare (pipeline.redo=rank); typed Any, as Hydra refuses a bare name for a list
     redo: Any = field(default_factory=list)
+    # true: every stage of this iteration and of the earlier ones `stage=all` runs first that was
+    # made under another config, or from a checkpoint trained again since, is redone (with the
+    # stages after it) instead of refused: the one command after a redo of an early iteration
+    redo_stale: bool = False
 
     def __post_init__(self) -> None:
         given = self.redo if isinstance(self.redo, list | tuple) else [self.redo]
@@ -1317,7 +1322,12 @@ class Config:
         return [50 * k for k in range(self.method.K)]
 
     def stage_dir(self, stage: Stage | str) -> Path:
-        return Path(self.run.iter_dir) / Stage(stage).value
+        """Where `stage` of this iteration writes (an eval against another reference than the
+        base model: a folder of its own inside the eval's, `src.core.registry.stage_folder`)."""
+        return Path(self.run.iter_dir) / self.stage_folder(stage)
+
+    def stage_folder(self, stage: Stage | str) -> str:
+        return stage_folder(Stage(stage), self.eval.reference, self.eval.reference_outputs)
 
     def shard_section(self, stage: Stage) -> GenerationConfig | RankerConfig | None:
         """The section whose `shard`, `num_shards` and `chunk_size` split `stage`
@@ -1332,8 +1342,8 @@ class Config:
 
     def stage_run_name(self, stage: Stage | str) -> str:
         """A stage's name wherever it runs: its SLURM job, its W&B run, the Trainer's run_name:
-        `<run_name>-it<t>-<stage>`."""
-        return f"{self.run_name}-it{self.iter}-{Stage(stage).value}"
+        `<run_name>-it<t>-<stage>`, an eval against another reference `...-eval-vs-<name>`."""
+        return f"{self.run_name}-it{self.iter}-{self.stage_folder(stage).replace('/', '-')}"
 
 
 def register_schema() -> None:

@@ -20,8 +20,8 @@ from src.config import BENCHMARK_DATA, Benchmark, Config, PipelineConfig, Stage,
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
-from src.core.records import StageState, read_record, state_of
-from src.core.registry import STAGES, iteration_stages
+from src.core.records import RETRAINED, StageState, read_record, state_of
+from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
 from src.stages import tracking
 from src.stages.common import redo, stage_shard
 
@@ -112,7 +112,10 @@ def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
         return []
     unfinished = []
     for t in range(1, cfg.iter):
-        earlier = replace(config_for_iter(t), pipeline=PipelineConfig())  # never redo implicitly
+        # never redo implicitly: only what is stale, and only when asked (pipeline.redo_stale)
+        earlier = replace(
+            config_for_iter(t), pipeline=PipelineConfig(redo_stale=cfg.pipeline.redo_stale)
+        )
         if all(state_of(earlier.as_tree(), s).status == "done" for s in runners):
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
         else:
@@ -152,10 +155,15 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     `pipeline.redo` names and everything after it, run the rest."""
     tree = cfg.as_tree()
     states = [state_of(tree, s) for s in runners]
-    redo_from = next((i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo), None)
+    redone = [i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo]
+    if cfg.pipeline.redo_stale:
+        redone += [i for i, st in enumerate(states) if st.status == "stale"]
+    redo_from = min(redone, default=None)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):
-            refuse(cfg, st, "restore the config, or redo it and the stages after it")
+            stale = [s.stage.value for s in states[i + 1 :] if s.status != "todo"]
+            also = f" (and so {', '.join(stale)} after it)" if stale else ""
+            refuse(cfg, st, f"restore the config, or redo it{also}")
     upstream = read_upstream(cfg, states[0].stage)
     if upstream is not None and upstream not in runners:
         st = state_of(tree, upstream)
@@ -198,10 +206,11 @@ def rewriting(cfg: Config, redone: list[Stage], command: str):
         return contextlib.nullcontext()
     order = list(STAGES)
     stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
-    if Stage.train in redone:
+    if Stage.train in redone:  # every eval of its checkpoint reads it, side by side ones too
+        stage_dirs += sorted(Path(cfg.run.iter_dir).glob(f"{Stage.eval.value}/{SIDE_EVAL}*"))
         following = Path(cfg.run.dir) / f"iter{cfg.iter + 1}"
         stage_dirs += [following / s.value for s in order]
-    return locks.rewriting(stage_dirs, command)
+    return locks.rewriting(list(dict.fromkeys(stage_dirs)), command)
 
 
 def other_training_node(cfg: Config) -> bool:
@@ -229,7 +238,7 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     if redoing and stage_dir.exists():
         locks.require_held()
         print(f"[main] stage {stage.value}: redoing (pipeline.redo)", file=sys.stderr)
-        shutil.rmtree(stage_dir)
+        clear(stage_dir)
     print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
     save_config(cfg, stage, command)
     run_tracked(cfg, stage, run)
@@ -238,6 +247,22 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     except locks.LockLost:  # another may have written beside it: none of it sealed as finished
         (stage_dir / "done.json").unlink(missing_ok=True)
         raise
+
+
+def clear(stage_dir: Path) -> None:
+    """Delete a stage's folder for its redo: all of it but the evals against other references
+    that sit inside the eval's (and their locks), each redone by its own command."""
+    kept = [p for p in stage_dir.iterdir() if p.name.startswith(SIDE_EVAL) or p.name == locks.LOCKS]
+    if not kept:
+        shutil.rmtree(stage_dir)
+        return
+    for path in stage_dir.iterdir():
+        if path in kept:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def skipped(stage: Stage) -> None:
@@ -255,6 +280,10 @@ def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
             fix,
         )
     why = "; ".join(st.changed) or "the output of an earlier stage changed"
+    if any(RETRAINED in change for change in st.changed):
+        # every later iteration is stale with it: one command redoes them all, in order
+        fix = "pipeline.redo_stale=true"
+        advice += "; every later iteration made from it is stale too"
     raise StageError(
         f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); {advice}", fix
     )

@@ -117,7 +117,7 @@ def test_a_later_iterations_card_shows_no_local_absolute_path(tmp_path):
         "win_rate": 0.6, "win_rate_low": 0.55, "win_rate_high": 0.65,
         "lc_win_rate": 0.58, "lc_win_rate_low": 0.53, "lc_win_rate_high": 0.63,
     }  # fmt: skip
-    text = model_card(cfg, metrics, evaluation, command)
+    text = model_card(cfg, metrics, [evaluation], command)
     assert_no_local_path(text, tmp_path, cfg)
 
     card = ModelCard(text)
@@ -156,7 +156,27 @@ def test_the_exported_dataset_card_shows_no_local_absolute_path(tmp_path):
 def card_of(evaluation: dict) -> str:
     cfg = compose_cfg("model=tiny-mistral", "logger=none")
     metrics = {"log_history": [], "summary": {"train_loss": 0.5}}
-    return model_card(cfg, metrics, evaluation, "cmd")
+    return model_card(cfg, metrics, [evaluation], "cmd")
+
+
+def test_evals_against_several_references_sit_side_by_side_in_the_card():
+    """Each eval's win rates under its own reference's name; a benchmark that two evals ran
+    (its figures do not depend on the reference) once."""
+    cfg = compose_cfg("model=tiny-mistral", "logger=none")
+    metrics = {"log_history": [], "summary": {"train_loss": 0.5}}
+    base = ALPACA | {"mt_bench": MT_BENCH}
+    earlier = base | {"reference": "tiny-mistral-sppo-x-iter1", "win_rate": 0.52}
+    card = ModelCard(model_card(cfg, metrics, [base, earlier], "cmd"))
+    names = [r.metric_name for r in card.data.eval_results]
+    assert f"win_rate vs {ALPACA['reference']} ({ALPACA['judge']})" in names
+    assert f"win_rate vs tiny-mistral-sppo-x-iter1 ({ALPACA['judge']})" in names
+    assert names.count("MT-Bench score (gpt-4)") == 1 and len(names) == len(set(names))
+    text = " ".join(card.text.split())
+    assert text.index(f"Against `{ALPACA['reference']}`") < text.index(
+        "Against `tiny-mistral-sppo-x-iter1`"
+    )
+    empty = model_card(cfg, metrics, [], "cmd")
+    assert "Not evaluated yet" in empty
 
 
 def test_the_card_carries_each_benchmark_with_its_judge_and_reads_back():

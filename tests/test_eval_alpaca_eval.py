@@ -219,7 +219,9 @@ def test_the_model_card_carries_the_leaderboard_row(tmp_path):
     text = evaluation_text(evaluation)
     assert "length-controlled win rate 76.73 %, win rate 77.83 % (SE 1.24)" in text
     metrics = {"log_history": [], "summary": {"train_loss": 0.5}}
-    card = model_card(compose_cfg("model=tiny-mistral", "logger=none"), metrics, evaluation, "cmd")
+    card = model_card(
+        compose_cfg("model=tiny-mistral", "logger=none"), metrics, [evaluation], "cmd"
+    )
     assert "AlpacaEval 2 lc_win_rate % (weighted_alpaca_eval_gpt4_turbo)" in card
     results = ModelCard(card).data.eval_results
     values = {(r.metric_type, r.dataset_name): r.metric_value for r in results}

@@ -20,16 +20,17 @@ EVAL_SET = REPO_ROOT / "data" / "prompts" / "eval.json"
 EXPORT_KEYS = {"instruction", "output", "generator", "dataset"}
 
 
-def eval_dir(root: Path, t: int = 1) -> Path:
-    return next(root.glob("tiny-mistral/sppo/*")) / f"iter{t}" / "eval"
+def eval_dir(root: Path, t: int = 1, side: str = "") -> Path:
+    """The eval folder of iteration t: against the base model, or `side` (`vs-<name>`)."""
+    return next(root.glob("tiny-mistral/sppo/*")) / f"iter{t}" / "eval" / side
 
 
-def report(root: Path) -> dict:
-    return json.loads((eval_dir(root) / "eval.json").read_text())
+def report(root: Path, side: str = "") -> dict:
+    return json.loads((eval_dir(root, side=side) / "eval.json").read_text())
 
 
-def judgements(root: Path) -> list[dict]:
-    lines = (eval_dir(root) / "judgements.jsonl").read_text().splitlines()
+def judgements(root: Path, side: str = "") -> list[dict]:
+    lines = (eval_dir(root, side=side) / "judgements.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -113,19 +114,22 @@ def test_the_alpaca_eval_exports_round_trip_with_the_expected_keys(evaluated):
 
 
 @pytest.mark.slow
-def test_the_policy_against_itself_is_exactly_one_half(evaluated):
+def test_the_policy_against_itself_is_exactly_one_half_beside_the_base_eval(evaluated):
     """The same model, greedy: identical answers, every one a tie, raw and LC exactly 0.5. The
-    changed reference is refused first, then redone on request; the answers come from the cache."""
+    eval against iteration 1 sits beside the one against the base model (eval/vs-iter1/), which
+    it leaves alone, and the card shows both; the answers come from the cache."""
     root, _ = evaluated
     first = report(root)
-    refused = cli(root, "iter=1", "stage=eval", "eval.reference=iter1")
-    assert refused.returncode == 1
-    assert "eval.reference: 'base' -> 'iter1'" in refused.stderr
-    assert report(root) == first, "a refused run leaves the finished evaluation alone"
-    result = cli(root, "iter=1", "stage=eval", "eval.reference=iter1", "pipeline.redo=[eval]")
+    result = cli(root, "iter=1", "stage=eval", "eval.reference=iter1")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"[main] stage eval -> {eval_dir(root, side='vs-iter1')}" in result.stderr
     assert result.stderr.count("reused from") == 2, "both sides' answers were cached"
-    r = report(root)
+    assert report(root) == first, "the eval against the base model is left as it was"
+    r = report(root, "vs-iter1")
+    assert (
+        r["reference"].endswith("-iter1")
+        and (eval_dir(root, side="vs-iter1") / "done.json").is_file()
+    )
     assert r["win_rate"] == 0.5 and r["lc_win_rate"] == 0.5
     assert r["win_rate_low"] == r["win_rate_high"] == 0.5
     assert (
@@ -135,6 +139,17 @@ def test_the_policy_against_itself_is_exactly_one_half(evaluated):
         == len(json.loads(EVAL_SET.read_text()))
     )
     assert r["length_coefficient"] == 0.0
+    card = (eval_dir(root).parent / "train" / "checkpoint" / "README.md").read_text()
+    assert "Against `tiny-mistral`" in card and f"Against `{r['reference']}`" in card
+    assert f"win_rate vs {r['reference']}" in card and "win_rate vs tiny-mistral" in card
+
+    again = cli(root, "iter=1", "stage=eval", "eval.reference=iter1")
+    assert "stage eval: finished with this config, skipped" in again.stderr
+    # a redo of the eval against the base model keeps the one beside it
+    redone = cli(root, "iter=1", "stage=eval", "pipeline.redo=[eval]")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert report(root) == {**first, "seconds": report(root)["seconds"]}
+    assert report(root, "vs-iter1") == r
 
 
 @pytest.mark.slow
@@ -143,7 +158,6 @@ def test_the_length_controlled_rate_is_alpaca_evals_own(evaluated, alpaca_eval_o
     sentence, some said twice): eval.json's lc_win_rate and standard error are what alpaca_eval's
     own code computes from the stage's judgements.jsonl."""
     root, _ = evaluated
-    assert cli(root, "iter=1", "stage=eval", "pipeline.redo=[eval]").returncode == 0
     rows = json.loads((eval_dir(root) / "reference_outputs.json").read_text())
     for i, row in enumerate(rows):
         if i % 3 == 0:
@@ -152,11 +166,9 @@ def test_the_length_controlled_rate_is_alpaca_evals_own(evaluated, alpaca_eval_o
             row["output"] = f"{row['output']} {row['output']}"
     varied = tmp_path / "varied.json"
     varied.write_text(json.dumps(rows))
-    result = cli(
-        root, "iter=1", "stage=eval", "pipeline.redo=[eval]", f"eval.reference_outputs={varied}"
-    )
+    result = cli(root, "iter=1", "stage=eval", f"eval.reference_outputs={varied}")
     assert result.returncode == 0, result.stderr[-3000:]
-    r, judged = report(root), judgements(root)
+    r, judged = report(root, "vs-varied"), judgements(root, "vs-varied")
     outcome = np.array([j["outcome"] for j in judged])
     ours = np.array([len(j["output"]) for j in judged])
     theirs = np.array([len(j["reference_output"]) for j in judged])
@@ -175,24 +187,23 @@ def test_a_file_of_reference_answers_gives_the_same_result_as_generating_them(ev
     """eval.reference_outputs reads AlpacaEval's format: the base model's exported answers give
     the judge's verdicts of the base-model evaluation again."""
     root, _ = evaluated
-    base = tmp_path / "reference_outputs.json"
-    redo = ["iter=1", "stage=eval", "pipeline.redo=[eval]"]
-    assert cli(root, *redo).returncode == 0
+    base = tmp_path / "base-answers.json"
     expected = report(root)
     base.write_text((eval_dir(root) / "reference_outputs.json").read_text())
-    result = cli(root, *redo, f"eval.reference_outputs={base}")
+    result = cli(root, "iter=1", "stage=eval", f"eval.reference_outputs={base}")
     assert result.returncode == 0, result.stderr[-3000:]
-    got = report(root)
+    got = report(root, "vs-base-answers")
     for key in ("win_rate", "lc_win_rate", "wins", "losses", "ties", "reference_avg_length"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
 
     short = tmp_path / "short.json"
     short.write_text(json.dumps(json.loads(base.read_text())[1:]))
-    missing = cli(root, *redo, f"eval.reference_outputs={short}")
+    missing = cli(root, "iter=1", "stage=eval", f"eval.reference_outputs={short}")
     assert missing.returncode == 1
     assert f"error: {short}: no reference output for 1 instruction(s)" in missing.stderr
-    assert not (eval_dir(root) / "done.json").exists(), "the redo removed the old record"
-    assert not (eval_dir(root) / "eval.json").exists(), "nothing half-written to trust"
+    assert not (eval_dir(root, side="vs-short") / "done.json").exists(), "nothing to trust"
+    assert not (eval_dir(root, side="vs-short") / "eval.json").exists()
+    assert report(root) == expected and report(root, "vs-base-answers") == got  # left alone
 
 
 @pytest.mark.slow

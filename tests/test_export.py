@@ -195,7 +195,7 @@ def test_a_preset_that_departs_from_its_published_card_says_so_in_its_cards(
 
     cfg = compose_cfg(f"experiment={experiment}")
     metrics = {"summary": {"train_loss": 0.5, "steps": 1}, "log_history": [{"loss": 0.5}]}
-    card = ModelCard(model_card(cfg, metrics, None, "python -m src.main"))
+    card = ModelCard(model_card(cfg, metrics, [], "python -m src.main"))
     data = card.data.to_dict()
     assert data["base_model"] == cfg.model.path and data["license"] == license
     assert data["datasets"] == [cfg.data.prompts]

@@ -102,7 +102,8 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
 @pytest.mark.slow
 def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(tmp_path):
     """Iteration 1 trained again under another config after iteration 2 was made from it:
-    iteration 2 is refused naming why, and export will not ship it."""
+    iteration 2 is refused naming why and every stage stale with it, and export will not ship
+    it; the one command the refusal gives (pipeline.redo_stale=true) redoes it."""
     assert cli(tmp_path, "iter=2").returncode == 0
     redone = cli(tmp_path, "iter=1", "training.warmup_ratio=0.2", "pipeline.redo=[train]")
     assert redone.returncode == 0, redone.stderr[-3000:]
@@ -111,15 +112,25 @@ def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(tmp
         "iter2/generate was made with a different configuration (iteration 1's checkpoint, " in line
     )
     assert "which this iteration's generate started from, was trained again since)" in line
-    assert line.endswith("iter=2 training.warmup_ratio=0.2 pipeline.redo=[generate]`"), line
-    exported = subprocess.run(
-        [sys.executable, "-m", "src.export", *SMALL, f"paths.root={tmp_path}", "iter=2",
-         "--out", str(tmp_path / "out")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    assert "redo it (and so rank, pairs, train after it); every later iteration" in line
+    assert line.endswith("iter=2 training.warmup_ratio=0.2 pipeline.redo_stale=true`"), line
+    export = [sys.executable, "-m", "src.export", *SMALL, f"paths.root={tmp_path}", "iter=2",
+              "--out", str(tmp_path / "out")]  # fmt: skip
+    exported = subprocess.run(export, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     line = one_line_failure(exported, 1)
     assert "iter2/train is stale (iteration 1's checkpoint, which this iteration's generate" in line
     assert not any((tmp_path / "out").iterdir())  # neither the model nor the data
+
+    before = records(tmp_path)
+    again = cli(tmp_path, "iter=2", "training.warmup_ratio=0.2", "pipeline.redo_stale=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[main] iteration 1: finished with this config" in again.stderr
+    assert again.stderr.count("redoing (pipeline.redo)") == 4, "iteration 2's four stages"
+    after = records(tmp_path)
+    assert all(after[k] == v for k, v in before.items() if "/iter1/" in k), "iteration 1 kept"
+    assert all(after[k] != v for k, v in before.items() if "/iter2/" in k), "iteration 2 redone"
+    exported = subprocess.run(export, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
 
 
 @pytest.mark.slow

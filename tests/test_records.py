@@ -279,3 +279,38 @@ def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
     assert refused.value.fix == "stage=generate iter=1 pipeline.redo=[generate]"
     with pytest.raises(StageError, match="does not match|not the object|is null|not valid"):
         state_of(cfg.as_tree(), Stage.generate)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "folder"),
+    [
+        ((), "eval"),
+        (("eval.reference=base",), "eval"),
+        (("eval.reference=iter1",), "eval/vs-iter1"),
+        (("eval.reference_outputs=/data/gpt4 turbo.json",), "eval/vs-gpt4-turbo"),
+        (("eval.reference=iter1", "eval.reference_outputs=/data/ref.jsonl"), "eval/vs-ref"),
+    ],
+)
+def test_evals_against_other_references_each_have_a_folder_inside_the_eval(
+    tmp_path, monkeypatch, overrides, folder
+):
+    """The config's, the records' and W&B's view of where an eval writes agree; every other
+    stage keeps its folder whatever the eval's reference."""
+    cfg = at_root(monkeypatch, tmp_path, "iter=2", *overrides)
+    iteration = Path(cfg.run.iter_dir)
+    assert cfg.stage_dir(Stage.eval) == iteration / folder
+    assert state_of(cfg.as_tree(), Stage.eval).status == "todo"
+    assert cfg.stage_run_name(Stage.eval).endswith(f"-it2-{folder.replace('/', '-')}")
+    for stage in (Stage.generate, Stage.train):
+        assert cfg.stage_dir(stage) == iteration / stage.value
+
+
+def test_a_damaged_record_beside_the_base_eval_names_its_own_redo(tmp_path, monkeypatch):
+    cfg = at_root(monkeypatch, tmp_path, "iter=2", "eval.reference=iter1")
+    side = cfg.stage_dir(Stage.eval)
+    side.mkdir(parents=True)
+    (side / "done.json").write_text("{")
+    with pytest.raises(StageError) as err:
+        state_of(cfg.as_tree(), Stage.eval)
+    assert str(side / "done.json") in str(err.value)
+    assert err.value.fix == "iter=2 pipeline.redo=[eval]"

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from src.core.artifacts import atomic_write_json, read_json
 from src.core.errors import StageError, shown
-from src.core.registry import BENCHMARK_INPUTS, STAGES, Stage
+from src.core.registry import BENCHMARK_INPUTS, SIDE_EVAL, STAGES, Stage, stage_folder
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
 # inside the run relative to it); format 4 adds the record's own sha256, so a record edited by
@@ -51,7 +51,10 @@ PORTABLE = ("<run>", "<root>")
 
 
 def stage_dir(tree: dict[str, Any], stage: Stage) -> Path:
-    return Path(lookup(tree, "run.iter_dir")) / stage.value
+    folder = stage_folder(
+        stage, lookup(tree, "eval.reference"), lookup(tree, "eval.reference_outputs")
+    )
+    return Path(lookup(tree, "run.iter_dir")) / folder
 
 
 def lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -152,7 +155,8 @@ def read_record(
     if not path.is_file():
         return None
     if fix is None:
-        stage, iteration = path.parent.name, path.parent.parent.name.removeprefix("iter")
+        folder = path.parent.parent if path.parent.name.startswith(SIDE_EVAL) else path.parent
+        stage, iteration = folder.name, folder.parent.name.removeprefix("iter")
         if stage in {s.value for s in STAGES} and iteration.isdigit():
             fix = redo_overrides(stage, int(iteration), running)
     again = "make the stage again" if fix else f"delete {path.parent} to make it again"
@@ -307,12 +311,48 @@ def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
     return StageState(stage, "stale", changed or upstream_changes(tree, stage))
 
 
-def saved_config(tree: dict[str, Any], stage: Stage) -> dict[str, Any] | None:
-    """The config the stage last ran with (its `config.yaml`), as plain data, or None."""
-    saved = stage_dir(tree, stage) / "config.yaml"
+def saved_config(
+    tree: dict[str, Any], stage: Stage, folder: Path | None = None
+) -> dict[str, Any] | None:
+    """The config the stage last ran with (its `config.yaml`, in `folder` or where `tree` puts
+    the stage), as plain data, or None."""
+    saved = (folder or stage_dir(tree, stage)) / "config.yaml"
     if not saved.is_file():
         return None
     return OmegaConf.to_container(OmegaConf.load(saved))
+
+
+def saved_state(
+    tree: dict[str, Any], stage: Stage, folder: Path | None = None
+) -> StageState | None:
+    """The state of the stage in `folder` (default: where `tree` puts it) judged by the config it
+    was made with, its paths moved to where `tree`'s run is now: stale when what it read changed
+    since it finished (iteration t-1's checkpoint, or this one's, trained again), whatever the
+    config asks now. None where it saved no config."""
+    made_with = saved_config(tree, stage, folder)
+    if made_with is None:
+        return None
+    return state_of(
+        relocated(made_with, lookup(tree, "run.dir"), lookup(tree, "paths.root")), stage
+    )
+
+
+def relocated(tree: dict, run_dir: str, root: str) -> dict:
+    """A saved config's paths inside its run and its root moved to `run_dir` and `root`, where the
+    run is now (a root copied elsewhere keeps its finished stages)."""
+    moves = [(lookup(tree, "run.dir"), run_dir), (lookup(tree, "paths.root"), root)]
+
+    def move(value):
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        for old, new in moves:  # the run's own folder first: it lies inside the root
+            if isinstance(value, str) and old and (value == old or value.startswith(f"{old}/")):
+                return new + value[len(old) :]
+        return value
+
+    return move(tree)
 
 
 def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
@@ -347,9 +387,13 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
     if t > 1:
         return [
             f"iteration {t - 1}'s checkpoint, which this iteration's {head.value} started from, "
-            f"was trained again since"
+            f"{RETRAINED}"
         ]
     return []
+
+
+# why a stage is stale whose iteration's stages are all as they were
+RETRAINED = "was trained again since"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,7 +28,7 @@ from src.core.artifacts import atomic_write_json, sync_directory
 from src.core.chunks import require_sealed
 from src.core.errors import StageError
 from src.core.policy import CARD, checkpoint_damage
-from src.core.records import lookup, read_record, saved_config, state_of
+from src.core.records import read_record, saved_state
 from src.stages.common import redo, stage_rows
 
 
@@ -129,33 +129,12 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
     record = read_record(stage_dir)
     if record is None:
         raise ExportError(f"{stage_dir} is not finished (no done.json); make it first", finish)
-    made_with = saved_config(cfg.as_tree(), stage)
-    if made_with is not None:  # moved with its root: its paths where the run is now
-        made_with = relocated(made_with, cfg.run.dir, cfg.paths.root)
-    state = state_of(made_with, stage) if made_with is not None else None
+    state = saved_state(cfg.as_tree(), stage)
     if state is not None and state.status == "stale":
         why = "; ".join(state.changed) or "its record is not its saved config's"
         raise ExportError(f"{stage_dir} is stale ({why}): redo it before exporting it",
                           redo(cfg, stage.value))  # fmt: skip
     return record
-
-
-def relocated(tree: dict, run_dir: str, root: str) -> dict:
-    """A saved config's paths inside its run and its root moved to `run_dir` and `root`, where the
-    run is now (a root copied elsewhere keeps its finished stages)."""
-    moves = [(lookup(tree, "run.dir"), run_dir), (lookup(tree, "paths.root"), root)]
-
-    def move(value):
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [move(v) for v in value]
-        for old, new in moves:  # the run's own folder first: it lies inside the root
-            if isinstance(value, str) and old and (value == old or value.startswith(f"{old}/")):
-                return new + value[len(old) :]
-        return value
-
-    return move(tree)
 
 
 def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:

@@ -26,6 +26,8 @@ from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, read_json
 from src.core.errors import StageError
 from src.core.policy import CARD
+from src.core.records import read_record, saved_state
+from src.core.registry import SIDE_EVAL
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.benchmarks import figure
 from src.evaluation.leaderboard import V1, shown_scores
@@ -138,18 +140,34 @@ Iteration {{ iteration }} of {{ method }} self-play preference optimisation of
 """
 
 
-def write_model_card(cfg: Config, checkpoint: Path) -> Path:
-    """`checkpoint/README.md` from the train stage's metrics.json and config.yaml and, when the
-    iteration's eval finished, its eval.json. Returns the card's path."""
+def write_model_card(cfg: Config, checkpoint: Path, writing: Path | None = None) -> Path:
+    """`checkpoint/README.md` from the train stage's metrics.json and config.yaml and the
+    eval.json of each eval of the iteration (`evaluations`). `writing`: the eval folder whose
+    stage writes the card, its record not yet written. Returns the card's path."""
     stage_dir = cfg.stage_dir(Stage.train)
     metrics = read_json(stage_dir / "metrics.json", StageError, redo(cfg, Stage.train.value))
-    report = cfg.stage_dir(Stage.eval) / "eval.json"
-    evaluation = (
-        read_json(report, StageError, redo(cfg, Stage.eval.value)) if report.is_file() else None
-    )
     return atomic_write_text(
-        checkpoint / CARD, model_card(cfg, metrics, evaluation, saved_command(stage_dir))
+        checkpoint / CARD,
+        model_card(cfg, metrics, evaluations(cfg, writing), saved_command(stage_dir)),
     )
+
+
+def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
+    """The iteration's evals, side by side: the one against the base model first, then each
+    against another reference (`eval/vs-<name>`), those finished and made from the checkpoint as
+    it is now (an eval of a checkpoint trained again since is left out), and `writing`."""
+    base = Path(cfg.run.iter_dir) / Stage.eval.value
+    found = []
+    for folder in [base, *sorted(base.glob(f"{SIDE_EVAL}*"))]:
+        report = folder / "eval.json"
+        if not report.is_file():
+            continue
+        if folder != writing:
+            state = saved_state(cfg.as_tree(), Stage.eval, folder)
+            if read_record(folder) is None or (state is not None and state.status != "done"):
+                continue
+        found.append(read_json(report, StageError, redo(cfg, Stage.eval.value)))
+    return found
 
 
 def saved_command(stage_dir: Path) -> str:
@@ -161,47 +179,25 @@ def saved_command(stage_dir: Path) -> str:
     return saved.read_text().splitlines()[0].removeprefix("# ")
 
 
-def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str) -> str:
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str) -> str:
+    """The card's text; `evaluations`: eval.json's of the iteration, the one against the base
+    model first (none: not evaluated yet)."""
+    from huggingface_hub import ModelCard, ModelCardData
 
     base = cfg.model.path
     is_hub_id = _hub_id(base)
     name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{cfg.iter}"
     eval_prompts = card_value(cfg.data.eval_prompts, cfg.paths) if cfg.data.eval_prompts else None
-    results = []
-    if evaluation is not None:
+    shown = [
         # a reference read from a file is labelled by what the file says, which may be a path
-        evaluation = evaluation | {
-            key: card_value(evaluation[key], cfg.paths) for key in ("reference", "judge")
-        }
-        dataset = Path(cfg.data.eval_prompts or "eval").stem
-        for metric in ("win_rate", "lc_win_rate"):
-            if evaluation[metric] is None:  # no LC below AlpacaEval's 5 folds
-                continue
-            results.append(
-                EvalResult(
-                    task_type="text-generation",
-                    dataset_type=dataset,
-                    dataset_name=dataset,
-                    metric_type=metric,
-                    metric_name=f"{metric} vs {evaluation['reference']} ({evaluation['judge']})",
-                    metric_value=round(evaluation[metric], 4),
-                )
-            )
-        leaderboard = evaluation.get("alpaca_eval")
-        for metric in ("lc_win_rate", "win_rate") if leaderboard else ():
-            results.append(  # in percent, as AlpacaEval's leaderboard
-                EvalResult(
-                    task_type="text-generation",
-                    dataset_type=REFERENCE_REPO,
-                    dataset_name="AlpacaEval 2",
-                    metric_type=metric,
-                    metric_name=f"AlpacaEval 2 {metric} % ({leaderboard['annotator']})",
-                    metric_value=round(100 * leaderboard[metric], 2),
-                )
-            )
-        evaluation = judged_labels(evaluation, cfg.paths)
-        results += benchmark_results(evaluation)
+        judged_labels(
+            e | {key: card_value(e[key], cfg.paths) for key in ("reference", "judge")}, cfg.paths
+        )
+        for e in evaluations
+    ]
+    results = []
+    for evaluation in shown:  # the benchmarks run by several evals: their rows once
+        results += [r for r in eval_results(cfg, evaluation) if r not in results]
     data = ModelCardData(
         model_name=name,
         base_model=base if is_hub_id else None,
@@ -225,10 +221,46 @@ def model_card(cfg: Config, metrics: dict, evaluation: dict | None, command: str
         recipe=recipe(cfg),
         notes=[card_text(" ".join(note.split()), cfg.paths) for note in cfg.notes],
         training=training_summary(metrics),
-        evaluation=evaluation_text(evaluation, eval_prompts),
+        evaluation="\n\n".join(evaluation_text(e, eval_prompts) for e in shown)
+        or evaluation_text(None),
         command=card_text(command, cfg.paths),
     )
     return str(card)
+
+
+def eval_results(cfg: Config, evaluation: dict) -> list:
+    """The model-index rows of one eval (its reference and judge as the card shows them): the
+    win rates against its reference, AlpacaEval 2's row, the benchmarks'."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    dataset = Path(cfg.data.eval_prompts or "eval").stem
+    for metric in ("win_rate", "lc_win_rate"):
+        if evaluation[metric] is None:  # no LC below AlpacaEval's 5 folds
+            continue
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                metric_type=metric,
+                metric_name=f"{metric} vs {evaluation['reference']} ({evaluation['judge']})",
+                metric_value=round(evaluation[metric], 4),
+            )
+        )
+    leaderboard = evaluation.get("alpaca_eval")
+    for metric in ("lc_win_rate", "win_rate") if leaderboard else ():
+        results.append(  # in percent, as AlpacaEval's leaderboard
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=REFERENCE_REPO,
+                dataset_name="AlpacaEval 2",
+                metric_type=metric,
+                metric_name=f"AlpacaEval 2 {metric} % ({leaderboard['annotator']})",
+                metric_value=round(100 * leaderboard[metric], 2),
+            )
+        )
+    return results + benchmark_results(evaluation)
 
 
 def judged_labels(evaluation: dict, paths: PathsConfig) -> dict:

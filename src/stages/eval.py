@@ -11,6 +11,11 @@ configured judge compares each pair of answers, PairRM in both orders; identical
 -> cleanup (eval.json, metrics.json, judgements.jsonl; model_outputs.json and
 reference_outputs.json in AlpacaEval's format; done.json last).
 
+Evals of one checkpoint against several references sit side by side: the one against the base
+model in iter<t>/eval/, each other one (eval.reference=iter1, eval.reference_outputs=<file>) in
+iter<t>/eval/vs-<name>/ (src/core/registry.py: stage_folder), each with its own record, redo and
+W&B run; the model card and src.compare show them all.
+
 eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their bootstrap intervals
 (`*_low`, `*_high`), the standard error, wins / losses / ties, average answer lengths (characters) of both sides.
 """
@@ -163,7 +168,7 @@ def run(cfg: Config) -> dict:
     atomic_write_json(stage_dir / "metrics.json", report)
     checkpoint = cfg.stage_dir(Stage.train) / "checkpoint"
     if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
-        write_model_card(cfg, checkpoint)  # the iteration's card, now with these results
+        write_model_card(cfg, checkpoint, stage_dir)  # the iteration's card, with these results
     write_record(
         stage_dir,
         stage_fingerprint(cfg.as_tree(), Stage.eval),

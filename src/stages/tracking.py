@@ -2,11 +2,12 @@
 
 - group = the lineage `<model>/<method>/<run_name>`, job_type = the stage, name
   `Config.stage_run_name` (`<run_name>-it<t>-<stage>`, `-shard<i>of<n>` added per shard), tags = `logger.tags` + method + model;
-- the run id is a hash of the run directory, the iteration and the stage (and the shard, for
-  a sharded stage), with resume "allow": a requeued job continues its run instead of starting
-  a second one;
-- config: the resolved config plus flat `eta beta lr K iter method model stage` to filter
-  and plot by; the summary: the stage's `metrics.json` numbers, flattened (`arena_hard.lower`),
+- the run id is a hash of the run directory, the iteration and the stage's folder (and the
+  shard, for a sharded stage; an eval against another reference than the base model has a
+  folder, so a run, of its own), with resume "allow": a requeued job continues its run instead
+  of starting a second one;
+- config: the resolved config plus flat `eta beta lr K iter method model stage eval_folder` to
+  filter and plot by; the summary: the stage's `metrics.json` numbers, flattened (`arena_hard.lower`),
   and the eval stage's benchmark figures under keys that say what each is (`benchmark_figures`:
   `mt_bench[gpt-4]`, `leaderboard/average`); training adds its curves through the Trainer's own
   W&B callback, which finds this run already open and logs into it.
@@ -59,7 +60,9 @@ def part(cfg: Config, stage: Stage) -> str:
 
 
 def run_id(cfg: Config, stage: Stage) -> str:
-    key = f"{Path(cfg.run.dir).resolve()}|iter{cfg.iter}|{stage.value}{part(cfg, stage)}"
+    key = (
+        f"{Path(cfg.run.dir).resolve()}|iter{cfg.iter}|{cfg.stage_folder(stage)}{part(cfg, stage)}"
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -73,6 +76,8 @@ def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
         "method": cfg.method.name.value,
         "model": cfg.model.name,
         "stage": stage.value,
+        # "" for the eval against the base model, `vs-<name>` for one against another reference
+        "eval_folder": cfg.stage_folder(stage).partition("/")[2],
     }
     return {**cfg.as_tree(), **flat}
 
