@@ -1,6 +1,8 @@
 """`python -m src.compare`: the table, the CSV and the plots from run directories written here
 by hand in the exact formats the stages write (config.yaml, done.json, metrics.json), plus
-every refusal: no runs, malformed files, an unknown --metric, an unreachable W&B server.
+every refusal: no runs, malformed files, an unknown --metric, an unreachable W&B server; the
+iterations with no finished stage left out, --only and --where, the hyper-parameter plot's
+metric, the evals against other references; and a W&B project faked in the client's shape.
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def test_eval_columns_are_left_out_when_no_run_was_evaluated(tmp_path):
     run_main(["--root", str(tmp_path)])
     header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
     assert "mean_chosen_win_rate" in header and "eval_win_rate" not in header
-    assert "alpaca_eval_lc" not in header
+    assert "alpaca_eval_lc" not in header and "[vs-" not in header
 
 
 def test_markdown_table_is_written_and_printed_with_the_output_paths(compared):
@@ -455,3 +457,341 @@ def test_the_audit_and_compare_read_the_runs_where_selfplay_runs_points(
         audit([])
     assert stopped.value.code == 1
     assert capsys.readouterr().err == f"no runs of the tiny models under {tmp_path / 'elsewhere'}\n"
+
+
+# --- iterations with no finished stage ---
+
+
+def refused(root: Path, run_name: str, t: int, stage: str = "generate") -> Path:
+    """What a refused or interrupted command leaves: the stage's folder and its config, no
+    done.json."""
+    method = LINEAGES[run_name][0]
+    iter_dir = root / MODEL / method / run_name / f"iter{t}"
+    write_stage(iter_dir, root, run_name, t, stage)
+    return iter_dir
+
+
+def drawn_lineages(monkeypatch) -> list:
+    """The (lineage, iteration) pairs the plots are drawn from, once main has run."""
+    from src.compare import plots
+
+    seen, draw_all = [], plots.draw_all
+
+    def recording(iterations, *args):
+        seen.extend((it.lineage, it.row["iter"]) for it in iterations)
+        return draw_all(iterations, *args)
+
+    monkeypatch.setattr(plots, "draw_all", recording)
+    return seen
+
+
+def test_an_iteration_with_no_finished_stage_is_left_out_with_one_line(tmp_path, monkeypatch):
+    write_iteration(tmp_path, SPPO_1000, 1)
+    refused(tmp_path, SPPO_1000, 2)  # the next iteration, interrupted in its first stage
+    refused(tmp_path, SPPO_5000, 1, "train")  # a lineage whose first command was refused
+    drawn = drawn_lineages(monkeypatch)
+    stdout, stderr = run_main(["--root", str(tmp_path)])
+
+    assert stderr == (
+        f"left out 2 iterations with no finished stage: {MODEL}/sppo/{SPPO_1000} iter2, "
+        f"{MODEL}/sppo/{SPPO_5000} iter1\n"
+    )
+    assert read_csv(tmp_path / "compare" / "compare.csv").keys() == {(SPPO_1000, 1)}
+    table = (tmp_path / "compare" / "compare.md").read_text()
+    assert len(table.splitlines()) == 3 and "| none |" not in table and SPPO_5000 not in stdout
+    assert drawn == [(f"{MODEL}/sppo/{SPPO_1000}", 1)]
+
+
+def test_nothing_finished_is_no_runs_found_naming_what_is_there(tmp_path):
+    refused(tmp_path, SPPO_5000, 1)
+    result = subprocess.run(
+        [sys.executable, "-m", "src.compare", "--root", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: no runs found under {tmp_path}: 1 iteration, none with a finished stage yet "
+        f"({MODEL}/sppo/{SPPO_5000} iter1)\n"
+    )
+    assert not (tmp_path / "compare").exists()
+
+
+# --- --only and --where ---
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The runs of build_runs, plus a refused lineage, compared by each test into its own --out."""
+    root = tmp_path_factory.mktemp("built")
+    build_runs(root)
+    refused(root, WPO, 2)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (["--only", f"{MODEL}/sppo/*"],
+         {(SPPO_1000, 1), (SPPO_1000, 2), (SPPO_5000, 1), (SPPO_5000, 2)}),
+        (["--only", "*/wpo/*", "--only", f"*/{SPPO_5000}"],  # either
+         {(WPO, 1), (SPPO_5000, 1), (SPPO_5000, 2)}),
+        (["--where", "eta=5000"], {(SPPO_5000, 1), (SPPO_5000, 2)}),  # 5000.0 in the config
+        (["--where", "eta=5e3"], {(SPPO_5000, 1), (SPPO_5000, 2)}),
+        (["--where", "lr=1e-06"], {(WPO, 1)}),
+        (["--where", "method=sppo", "--where", "iter=2"], {(SPPO_1000, 2), (SPPO_5000, 2)}),
+        (["--only", "*/sppo/*", "--where", "K=5", "--where", "stages_done=generate+rank+pairs"],
+         {(SPPO_1000, 2)}),
+    ],
+)  # fmt: skip
+def test_only_and_where_pick_the_rows(built, tmp_path, monkeypatch, filters, expected):
+    drawn = drawn_lineages(monkeypatch)
+    _, stderr = run_main(["--root", str(built), "--out", str(tmp_path), *filters])
+    assert read_csv(tmp_path / "compare.csv").keys() == expected
+    assert sorted(drawn) == sorted(
+        (f"{MODEL}/{LINEAGES[run_name][0]}/{run_name}", t) for run_name, t in expected
+    )
+    # the refused WPO iteration is named only where the filters would have kept it
+    wpo_kept = any(run_name == WPO for run_name, _ in expected)
+    assert stderr == (
+        f"left out 1 iteration with no finished stage: {MODEL}/wpo/{WPO} iter2\n"
+        if wpo_kept
+        else ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("filters", "said"),
+    [
+        (["--only", f"{MODEL}/dpo/*"],
+         f"--only '{MODEL}/dpo/*' matches no lineage with a finished stage; lineages: "
+         f"{MODEL}/sppo/{SPPO_1000}, {MODEL}/sppo/{SPPO_5000}, {MODEL}/wpo/{WPO}"),
+        (["--only", "*/wpo/*", "--only", "*/sppo/eta10-*"],  # one of two, mistyped
+         "--only '*/sppo/eta10-*' matches no lineage with a finished stage; lineages: "),
+        (["--where", "eta=10"], "--where eta=10 matches no run; eta there: 100, 1000, 5000"),
+        (["--where", "method=dpo"], "--where method=dpo matches no run; method there: sppo, wpo"),
+        (["--where", "method=sppo", "--where", "lr=1e-06"],
+         "--where lr=1e-06 matches no run of those the filters before it select; lr there: 5e-07"),
+        (["--where", "temperature=0.7"], "--where temperature=0.7: no column 'temperature'; "
+                                         "columns: K, accuracy_last, accuracy_mean, alpaca_eval_lc, "),
+    ],
+)  # fmt: skip
+def test_a_filter_that_matches_nothing_is_one_line_naming_it_and_what_there_is(
+    built, tmp_path, capsys, filters, said
+):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(built), "--out", str(tmp_path / "out"), *filters])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["eta", "=10", ""])
+def test_where_without_key_equals_value_is_a_bad_option(built, capsys, where):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(built), "--where", where])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "config error: python -m src.compare: argument --where: expected KEY=VALUE (a column "
+        f"and its value), not {where!r}; see `python -m src.compare --help`\n"
+    )
+
+
+# --- final_vs_hparams.png: the sweep's metric, not the training loss ---
+
+
+def evaluated(win_rate: float) -> dict:
+    return {**EVAL, "win_rate": win_rate, "win_rate_low": win_rate - 0.1,
+            "win_rate_high": win_rate + 0.05}  # fmt: skip
+
+
+def plotted(fig) -> dict[str, dict]:
+    """Each panel of a figure by its x label: its y label and the points of its error bars."""
+    panels = {}
+    for ax in fig.axes:
+        (bars,) = ax.containers  # one method in these runs
+        points = [tuple(p) for p in bars.lines[0].get_xydata()]
+        panels[ax.get_xlabel()] = {"ylabel": ax.get_ylabel(), "points": points,
+                                   "has_yerr": bars.has_yerr}  # fmt: skip
+    return panels
+
+
+def test_the_hparam_plot_shows_each_lineages_last_evaluated_win_rate(tmp_path):
+    from src.compare.plots import final_vs_hparams
+    from src.compare.runs import discover
+
+    write_iteration(tmp_path, SPPO_1000, 1, eval_=evaluated(0.2))
+    write_iteration(tmp_path, SPPO_1000, 2, eval_=evaluated(0.6))  # its last evaluated
+    write_iteration(tmp_path, SPPO_5000, 1, eval_=evaluated(0.45))  # its last evaluated
+    write_iteration(tmp_path, SPPO_5000, 2)  # trained, not evaluated
+    fig = final_vs_hparams(discover(tmp_path), "eval_win_rate")
+
+    # eta is the one hyper-parameter that varies (lr and K are the same in both lineages)
+    assert plotted(fig) == {
+        "eta": {"ylabel": "eval_win_rate", "points": [(1000.0, 0.6), (5000.0, 0.45)],
+                "has_yerr": True},
+    }  # fmt: skip
+    assert fig._suptitle.get_text().startswith("eval_win_rate at each lineage's last iteration")
+
+
+def test_the_hparam_plot_falls_back_to_the_final_loss_only_where_nothing_was_evaluated(tmp_path):
+    from src.compare.plots import final_vs_hparams
+    from src.compare.runs import discover
+
+    written = [write_iteration(tmp_path, run_name, 1) for run_name in (SPPO_1000, WPO)]
+    fig = final_vs_hparams(discover(tmp_path), "eval_win_rate")
+
+    final_losses = sorted(history[-2]["loss"] for _, _, _, history in written)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["eta", "lr", "K"]  # all three vary
+    for ax in fig.axes:
+        assert ax.get_ylabel() == "final train loss (no run has eval_win_rate)"
+        ys = sorted(y for bars in ax.containers for _, y in bars.lines[0].get_xydata())
+        assert ys == pytest.approx(final_losses)
+
+
+def test_hparam_metric_picks_the_column_and_an_unknown_one_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    from src.compare import plots
+
+    write_iteration(tmp_path, SPPO_1000, 1)
+    write_iteration(tmp_path, SPPO_5000, 1)
+    figures, draw = [], plots.final_vs_hparams
+
+    def recording(*args):
+        figures.append(draw(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(plots, "final_vs_hparams", recording)
+    run_main(["--root", str(tmp_path), "--hparam-metric", "mean_chosen_win_rate"])
+    (panel,) = plotted(figures[0]).values()
+    assert panel["ylabel"] == "mean_chosen_win_rate"
+    rows = read_csv(tmp_path / "compare" / "compare.csv")
+    assert sorted(y for _, y in panel["points"]) == sorted(
+        float(rows[key]["mean_chosen_win_rate"]) for key in ((SPPO_1000, 1), (SPPO_5000, 1))
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(tmp_path), "--out", str(tmp_path / "o"), "--hparam-metric", "wr"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --hparam-metric wr: not a column; columns: model, method,")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+# --- evals against other references: iter<t>/eval/vs-<name>/ ---
+
+
+def side_eval(iter_dir: Path, root: Path, run_name: str, name: str, evaluation, done=True):
+    """An eval against another reference, beside the one against the base model."""
+    folder = iter_dir / "eval" / name
+    folder.mkdir(parents=True)
+    t = int(iter_dir.name.removeprefix("iter"))
+    (folder / "config.yaml").write_text(config_text(root, run_name, t, "eval"))
+    for file in ("eval.json", "metrics.json"):
+        (folder / file).write_text(json.dumps(evaluation))
+    if done:
+        (folder / "done.json").write_text(json.dumps(done_record({"prompts": 805}, 120.0)))
+
+
+GPT4 = "vs-alpaca_eval_gpt4_baseline"  # eval.reference_outputs=alpaca_eval_gpt4_baseline.json
+
+
+def test_evals_against_other_references_get_columns_and_curves_of_their_own(tmp_path):
+    first = write_iteration(tmp_path, SPPO_5000, 1)[0]  # no eval against the base model
+    second = write_iteration(tmp_path, SPPO_5000, 2, eval_=EVAL)[0]
+    side_eval(first, tmp_path, SPPO_5000, GPT4, evaluated(0.12))
+    side_eval(second, tmp_path, SPPO_5000, GPT4, evaluated(0.2))
+    side_eval(second, tmp_path, SPPO_5000, "vs-iter1", evaluated(0.55))
+    side_eval(second, tmp_path, SPPO_5000, "vs-zephyr", evaluated(0.9), done=False)  # unfinished
+    write_iteration(tmp_path, WPO, 1)
+    stdout, stderr = run_main(["--root", str(tmp_path)])
+
+    header = (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0].split(",")
+    side = [c for c in header if "[vs-" in c]
+    assert side == [f"eval_win_rate[{GPT4}]", f"eval_lc_win_rate[{GPT4}]",
+                    "eval_win_rate[vs-iter1]", "eval_lc_win_rate[vs-iter1]"]  # fmt: skip
+    rows = read_csv(tmp_path / "compare" / "compare.csv")
+    assert [rows[(SPPO_5000, t)][f"eval_win_rate[{GPT4}]"] for t in (1, 2)] == ["0.12", "0.2"]
+    assert float(rows[(SPPO_5000, 2)]["eval_lc_win_rate[vs-iter1]"]) == EVAL["lc_win_rate"]
+    assert rows[(SPPO_5000, 1)]["eval_win_rate[vs-iter1]"] == rows[(WPO, 1)][side[0]] == ""
+    assert rows[(SPPO_5000, 1)]["stages_done"] == "generate+rank+pairs+train"
+    assert float(rows[(SPPO_5000, 2)]["eval_win_rate"]) == EVAL["win_rate"]  # the base one's
+    lineage = f"{MODEL}/sppo/{SPPO_5000}"
+    curve = stdout.split("eval win rate by iteration")[1].splitlines()
+    assert [line.strip() for line in curve[1:] if line.strip().startswith(MODEL)] == [
+        f"{lineage}: iter2 0.310 [0.220, 0.400] LC 0.270",
+        f"{lineage} vs alpaca_eval_gpt4_baseline: iter1 0.120 [0.020, 0.170] LC 0.270 | "
+        "iter2 0.200 [0.100, 0.250] LC 0.270",
+        f"{lineage} vs iter1: iter2 0.550 [0.450, 0.600] LC 0.270",
+    ]
+    assert stderr == ""
+
+
+# --- W&B, faked in the client's shape (wandb.Api().runs(project)) ---
+
+
+def wandb_run(run_name: str, t: int, job_type: str, summary=None, state="finished", **config):
+    method, eta, lr, k, _ = LINEAGES[run_name]
+    cfg = {"run_name": run_name, "iter": t, "method": method, "model": MODEL, "stage": job_type,
+           "eta": eta, "beta": 1 / eta, "lr": lr, "K": k, **config}  # fmt: skip
+    history = [{"train/loss": 10.0 - s, "train/global_step": s} for s in (1, 2)]
+    return SimpleNamespace(
+        id=f"{run_name}-it{t}-{job_type}{config.get('eval_folder', '')}",
+        group=f"{MODEL}/{method}/{run_name}", name=f"{run_name}-it{t}-{job_type}",
+        job_type=job_type, config=cfg, summary=summary or {}, state=state,
+        scan_history=lambda: history if job_type == "train" else [],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def wandb_project(monkeypatch):
+    """The runs a fake W&B project holds: the test appends them."""
+    from src.compare import runs as compare_runs
+
+    project: list = []
+    monkeypatch.setattr(compare_runs, "probe_server", lambda url, timeout: None)
+    api = SimpleNamespace(runs=lambda path: project)
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=lambda timeout: api))
+    return project
+
+
+def test_wandb_runs_are_filtered_side_evals_read_and_unfinished_ones_left_out(
+    wandb_project, tmp_path
+):
+    flat = {k: v for k, v in EVAL.items() if k != "alpaca_eval"}  # the summary, flattened
+    wandb_project += [
+        wandb_run(SPPO_5000, 2, "pairs", {"pairs": 33, "mean_chosen_win_rate": 0.6}),
+        wandb_run(SPPO_5000, 2, "train"),
+        wandb_run(SPPO_5000, 2, "eval", flat),
+        wandb_run(SPPO_5000, 2, "eval", {**flat, "win_rate": 0.55}, eval_folder="vs-iter1"),
+        wandb_run(SPPO_1000, 1, "generate", {"tokens": 9000}, state="crashed"),
+        wandb_run(WPO, 1, "pairs", {"pairs": 31}),
+    ]
+    out = tmp_path / "out"
+    stdout, stderr = run_main(["--wandb", "team/selfplay-lab", "--out", str(out),
+                               "--only", f"{MODEL}/sppo/*"])  # fmt: skip
+
+    assert (
+        stderr == f"left out 1 iteration with no finished stage: {MODEL}/sppo/{SPPO_1000} iter1\n"
+    )
+    rows = read_csv(out / "compare.csv")
+    assert rows.keys() == {(SPPO_5000, 2)}  # the run name, not the whole group
+    row = rows[(SPPO_5000, 2)]
+    assert row["stages_done"] == "pairs+train+eval"  # the side eval is no stage of its own
+    assert float(row["train_loss_final"]) == 8.0
+    assert (float(row["eval_win_rate"]), float(row["eval_win_rate[vs-iter1]"])) == (0.31, 0.55)
+    assert f"{MODEL}/sppo/{SPPO_5000} vs iter1: iter2 0.550 [0.220, 0.400] LC 0.270" in stdout
+
+    run_main(["--wandb", "team/selfplay-lab", "--out", str(out), "--where", "pairs=31"])
+    assert read_csv(out / "compare.csv").keys() == {(WPO, 1)}
+
+
+def test_wandb_with_no_finished_run_is_no_runs_found(wandb_project, tmp_path, capsys):
+    wandb_project.append(wandb_run(SPPO_1000, 1, "generate", state="failed"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--wandb", "team/selfplay-lab", "--out", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: no runs found in W&B project team/selfplay-lab: 1 iteration, none with a "
+        f"finished stage yet ({MODEL}/sppo/{SPPO_1000} iter1)\n"
+    )

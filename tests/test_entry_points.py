@@ -192,8 +192,10 @@ def test_a_slurm_multirun_off_a_cluster_is_the_environment(tmp_path):
 
 
 def a_run(root: Path) -> Path:
-    """The least `python -m src.compare` finds: one stage folder of one iteration."""
-    (root / "tiny-mistral" / "sppo" / "r" / "iter1" / "generate").mkdir(parents=True)
+    """The least `python -m src.compare` compares: one finished stage of one iteration."""
+    stage = root / "tiny-mistral" / "sppo" / "r" / "iter1" / "generate"
+    stage.mkdir(parents=True)
+    (stage / "done.json").write_text("{}")
     return root
 
 

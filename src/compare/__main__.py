@@ -1,4 +1,5 @@
-"""python -m src.compare [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--metric NAME]"""
+"""python -m src.compare [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--metric NAME]
+[--only PATTERN]... [--where KEY=VALUE]... [--hparam-metric NAME]"""
 
 from src.compare.table import main
 

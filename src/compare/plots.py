@@ -19,11 +19,13 @@ from src.compare.runs import Iteration, num  # noqa: E402
 from src.core.artifacts import atomic_path  # noqa: E402
 
 
-def draw_all(iterations: list[Iteration], out: Path, metric: str) -> list[Path]:
+def draw_all(
+    iterations: list[Iteration], out: Path, metric: str, hparam_metric: str = "eval_win_rate"
+) -> list[Path]:
     return [
         save(training_curves(iterations, metric), out / "training_curves.png"),
         save(win_rate_by_iteration(iterations), out / "win_rate_by_iteration.png"),
-        save(final_vs_hparams(iterations), out / "final_vs_hparams.png"),
+        save(final_vs_hparams(iterations, hparam_metric), out / "final_vs_hparams.png"),
     ]
 
 
@@ -113,28 +115,65 @@ def win_rate_by_iteration(iterations: list[Iteration]):
     return fig
 
 
-def final_vs_hparams(iterations: list[Iteration]):
-    # eta and lr are swept over decades, so they get a log axis; K is a small integer.
-    ys = (("train_loss_final", "final train loss"), ("margin_last", "final reward margin"))
-    xs = (("eta", "log"), ("lr", "log"), ("K", "linear"))
-    fig, axes = plt.subplots(len(ys), len(xs), figsize=(14, 8), squeeze=False)
-    for (y_key, y_label), ax_row in zip(ys, axes, strict=True):
-        for (x_key, x_scale), ax in zip(xs, ax_row, strict=True):
-            by_method = defaultdict(list)
-            for it in iterations:
-                x, y = num(it.row.get(x_key)), num(it.row.get(y_key))
-                if x is not None and y is not None and (x > 0 or x_scale == "linear"):
-                    by_method[it.row["method"]].append((x, y))
-            for method, points in sorted(by_method.items()):
-                ax.scatter(*zip(*points, strict=True), label=method)
-            ax.set(xlabel=x_key, ylabel=y_label, xscale=x_scale)
-            # losses of different methods differ by orders of magnitude (see training_curves)
-            values = [y for pts in by_method.values() for _, y in pts]
-            if y_key == "train_loss_final" and values and min(values) > 0:
-                ax.set_yscale("log")
-            if by_method:
-                ax.legend(fontsize="x-small")
-            else:
-                no_data(ax, "finished training")
+# eta and lr are swept over decades, so they get a log axis; K is a small integer. beta is
+# 1/eta (conf/method), a second panel of the same points.
+HPARAM_AXES = (("eta", "log"), ("lr", "log"), ("K", "linear"))
+
+
+def last_rows(iterations: list[Iteration], key: str) -> list[dict]:
+    """Each lineage's last iteration with a number for `key`: where that lineage got to."""
+    last: dict[str, dict] = {}
+    for it in iterations:
+        kept = last.get(it.lineage)
+        if num(it.row.get(key)) is not None and (kept is None or it.row["iter"] > kept["iter"]):
+            last[it.lineage] = it.row
+    return list(last.values())
+
+
+def final_vs_hparams(iterations: list[Iteration], metric: str = "eval_win_rate"):
+    # What a sweep is judged by (its `metric:`), not the final training loss: that grows with
+    # eta squared for SPPO and is another loss for DPO, so across a sweep it ranks nothing. The
+    # loss is the fallback only while no run has the metric at all.
+    rows, y_key, y_label = last_rows(iterations, metric), metric, metric
+    title = f"{metric} at each lineage's last iteration with it"
+    if not rows:
+        rows, y_key = last_rows(iterations, "train_loss_final"), "train_loss_final"
+        y_label = title = f"final train loss (no run has {metric})"
+    varying = [
+        (x_key, x_scale)
+        for x_key, x_scale in HPARAM_AXES
+        if len({num(r.get(x_key)) for r in rows} - {None}) > 1
+    ]
+    panels = varying or list(HPARAM_AXES)  # one point per panel: where the run sits
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.5), squeeze=False)
+    for (x_key, x_scale), ax in zip(panels, axes[0], strict=True):
+        by_method = defaultdict(list)
+        for r in rows:
+            x = num(r.get(x_key))
+            if x is not None and (x > 0 or x_scale == "linear"):
+                by_method[r["method"]].append((x, num(r[y_key]), r.get(f"{y_key}_ci"), r["iter"]))
+        for method, points in sorted(by_method.items()):
+            xs, ys, cis, ts = zip(*points, strict=True)
+            err = [[y - ci[0] if ci else 0 for y, ci in zip(ys, cis, strict=True)],
+                   [ci[1] - y if ci else 0 for y, ci in zip(ys, cis, strict=True)]]  # fmt: skip
+            ax.errorbar(xs, ys, yerr=err if any(cis) else None, fmt="o", capsize=3, label=method)
+            for x, y, t in zip(xs, ys, ts, strict=True):  # lineages may stop at different ones
+                ax.annotate(f"iter{t}", (x, y), xytext=(4, 4), textcoords="offset points",
+                            fontsize="x-small")  # fmt: skip
+        ax.set(xlabel=x_key, ylabel=y_label, xscale=x_scale)
+        values = [y for pts in by_method.values() for _, y, _, _ in pts]
+        if y_key.startswith("eval_") and "win_rate" in y_key:
+            ax.axhline(0.5, color="grey", linewidth=0.8, zorder=0)  # parity with the reference
+        # losses of different methods differ by orders of magnitude (see training_curves)
+        if y_key == "train_loss_final" and values and min(values) > 0:
+            ax.set_yscale("log")
+        if by_method:
+            ax.legend(fontsize="x-small")
+        else:
+            no_data(ax, f"run with {x_key}" if rows else "evaluated run or finished training")
+    against = (
+        "each hyper-parameter that varies" if varying else "the hyper-parameters (none varies)"
+    )
+    fig.suptitle(f"{title}, against {against}")
     fig.tight_layout()
     return fig

@@ -3,8 +3,11 @@ from the local run directories the stages write or from a W&B project.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
-number belongs), with one warning line naming the file, the key and the value. The command that
-uses this: src/compare/table.py.
+number belongs), with one warning line naming the file, the key and the value. An eval against a
+reference other than the run's own (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its
+win rates as columns `eval_win_rate[vs-<name>]`. `choose` then leaves out the iterations with
+no finished stage and applies --only and --where. The command that uses this:
+src/compare/table.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -185,11 +189,7 @@ def eval_columns(m: Record) -> dict[str, Any]:
     """The win rates, and their intervals (not table columns: the plot's error bars). `m`: the
     eval stage's eval.json, or its W&B run's summary, which holds its sections flat
     (src/stages/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
-    row: dict[str, Any] = {}
-    for key in ("win_rate", "lc_win_rate"):
-        row[f"eval_{key}"] = m.number(key)
-        low, high = m.number(f"{key}_low"), m.number(f"{key}_high")
-        row[f"eval_{key}_ci"] = (low, high) if low is not None and high is not None else None
+    row = win_rate_columns(m)
     alpaca = m.section("alpaca_eval")  # AlpacaEval 2's own row
     row["alpaca_eval_lc"] = or_flat(alpaca.number("lc_win_rate"), m, "alpaca_eval.lc_win_rate")
     row["alpaca_eval_wr"] = or_flat(alpaca.number("win_rate"), m, "alpaca_eval.win_rate")
@@ -204,6 +204,19 @@ def eval_columns(m: Record) -> dict[str, Any]:
         for column in m.values:  # a W&B summary's, under the same name
             if column.startswith(f"{benchmark}[") and column.endswith("]"):
                 row[column] = m.number(column)
+    return row
+
+
+def win_rate_columns(m: Record, reference: str = "") -> dict[str, Any]:
+    """eval_win_rate and eval_lc_win_rate, each with its bootstrap interval under `<column>_ci`;
+    `reference`: "vs-<name>" for an eval against another reference than the run's own, whose
+    columns are `eval_win_rate[vs-<name>]`, as the judged benchmarks' are by judge."""
+    row: dict[str, Any] = {}
+    for key in ("win_rate", "lc_win_rate"):
+        column = f"eval_{key}[{reference}]" if reference else f"eval_{key}"
+        row[column] = m.number(key)
+        low, high = m.number(f"{key}_low"), m.number(f"{key}_high")
+        row[f"{column}_ci"] = (low, high) if low is not None and high is not None else None
     return row
 
 
@@ -241,10 +254,18 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     row.update(pairs_columns(stages.get("pairs", Record({}))))
     row.update(generate_columns(stages.get("generate", Record({}))))
     if "eval" in stages:
-        evaluation = read_json(iter_dir / "eval" / "eval.json")
-        source = str(iter_dir / "eval" / "eval.json")
-        row.update(eval_columns(Record(evaluation, source) if evaluation else stages["eval"]))
+        row.update(eval_columns(eval_record(iter_dir / "eval", stages["eval"])))
+    # each finished eval against another reference, whether or not the base one finished
+    for side in sorted((iter_dir / "eval").glob("vs-*")):
+        if (done := finished_stage(side)) is not None:
+            row.update(win_rate_columns(eval_record(side, done), side.name))
     return it
+
+
+def eval_record(eval_dir: Path, done: Record) -> Record:
+    """An eval's eval.json, else (an older eval, or a malformed eval.json) its metrics."""
+    evaluation = read_json(eval_dir / "eval.json")
+    return Record(evaluation, str(eval_dir / "eval.json")) if evaluation else done
 
 
 def discover(root: Path) -> list[Iteration]:
@@ -308,9 +329,19 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
         cfg, summary = dict(run.config), dict(run.summary)
         where = f"W&B run {project}/{run.id}"
         group, t = run.group or run.name, int(cfg.get("iter") or 0)
-        row = {"model": cfg.get("model"), "method": cfg.get("method"), "run_name": group, "iter": t}
+        # the group is the whole lineage, <model>/<method>/<run_name> (src/stages/tracking.py)
+        run_name = group.rsplit("/", 1)[-1]
+        row = {"model": cfg.get("model"), "method": cfg.get("method"), "run_name": run_name,
+               "iter": t}  # fmt: skip
         row.update({col: cfg.get(col if col != "loss_type" else "loss") for col in HPARAMS})
         it = found.setdefault((group, t), Iteration({**row, "stages_done": ""}))
+        # a crashed, failed or still running stage is not finished, as one without a done.json
+        if getattr(run, "state", "finished") != "finished":
+            continue
+        side = cfg.get("eval_folder")  # "vs-<name>": an eval against another reference
+        if run.job_type == "eval" and isinstance(side, str) and side:
+            it.row.update(win_rate_columns(Record(summary, where, "summary."), side))
+            continue
         it.row["stages_done"] = "+".join(filter(None, [it.row["stages_done"], run.job_type]))
         if run.job_type == "train":  # the Trainer logs train/loss ... against train/global_step
             for logged in run.scan_history():
@@ -322,4 +353,110 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
             it.row.update(columns[run.job_type](Record(summary, where, "summary.")))
     if not found:
         raise CompareError(f"no runs found in W&B project {project}")
+    for it in found.values():
+        it.row["stages_done"] = it.row["stages_done"] or "none"
     return sorted(found.values(), key=lambda it: (it.lineage, it.row["iter"]))
+
+
+# --- choosing what to compare ---
+
+
+def choose(
+    iterations: list[Iteration],
+    source: str,
+    only: list[str] | None = None,
+    where: list[tuple[str, str]] | None = None,
+) -> list[Iteration]:
+    """The iterations with a finished stage that --only (globs on the lineage, any of them) and
+    --where (column=value pairs, all of them) select. Those with no finished stage, the folders a
+    refused or interrupted command leaves, are left out with one line on stderr naming them;
+    `source`: where the runs were read ("under <root>"), for the refusal when none is finished."""
+    only, where = only or [], where or []
+    done = [it for it in iterations if it.row["stages_done"] != "none"]
+    if not done:
+        raise CompareError(
+            f"no runs found {source}: {count(iterations, 'iteration')}, none with a finished "
+            f"stage yet ({names(iterations)})"
+        )
+    chosen = narrowed(done, only, where)  # a failure stays one line: refused before the note
+    unfinished = (it for it in iterations if it.row["stages_done"] == "none")
+    skipped = [it for it in unfinished if selected(it, only, where)]
+    if skipped:
+        print(
+            f"left out {count(skipped, 'iteration')} with no finished stage: {names(skipped)}",
+            file=sys.stderr,
+        )
+    return chosen
+
+
+def selected(it: Iteration, only: list[str], where: list[tuple[str, str]]) -> bool:
+    in_only = not only or any(fnmatchcase(it.lineage, pattern) for pattern in only)
+    return in_only and all(equals(it.row.get(key), value) for key, value in where)
+
+
+def narrowed(
+    iterations: list[Iteration], only: list[str], where: list[tuple[str, str]]
+) -> list[Iteration]:
+    """`selected`, filter by filter, so that a filter that matches nothing is named with the
+    values there are (a pattern or a value mistyped would otherwise compare nothing, silently)."""
+    for pattern in only:
+        if not any(fnmatchcase(it.lineage, pattern) for it in iterations):
+            lineages = sorted({it.lineage for it in iterations})
+            raise CompareError(
+                f"--only {pattern!r} matches no lineage with a finished stage; "
+                f"lineages: {listing(lineages)}"
+            )
+    chosen = [it for it in iterations if selected(it, only, [])]
+    for n, (key, value) in enumerate(where):
+        columns = {k for it in chosen for k in it.row if not k.endswith("_ci")}
+        if key not in columns:
+            raise CompareError(
+                f"--where {key}={value}: no column {key!r}; columns: {', '.join(sorted(columns))}"
+            )
+        kept = [it for it in chosen if equals(it.row.get(key), value)]
+        if not kept:
+            before = " of those the filters before it select" if only or n else ""
+            values = sorted({it.row.get(key) for it in chosen}, key=sort_key)
+            raise CompareError(
+                f"--where {key}={value} matches no run{before}; {key} there: "
+                f"{listing([shown(v) for v in values])}"
+            )
+        chosen = kept
+    return chosen
+
+
+def equals(value: Any, wanted: str) -> bool:
+    """A column's value against --where's text: as numbers where both are (eta=10 is 10.0),
+    else as text; a blank matches nothing."""
+    number = num(value)
+    if number is not None:
+        try:
+            return math.isclose(number, float(wanted), rel_tol=1e-9)
+        except ValueError:
+            return False
+    return value is not None and str(value) == wanted
+
+
+def shown(value: Any) -> str:
+    number = num(value)
+    # 5000.0 as 5000 and 5e-07 as written, yet every digit a --where needs
+    return "(blank)" if value is None else f"{number:.12g}" if number is not None else str(value)
+
+
+def sort_key(value: Any) -> tuple:
+    number = num(value)
+    return (0, number, "") if number is not None else (1, 0.0, str(value))
+
+
+def count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def names(iterations: list[Iteration]) -> str:
+    return listing([f"{it.lineage} iter{it.row['iter']}" for it in iterations])
+
+
+def listing(items: list[str], most: int = 8) -> str:
+    """`items` joined, the first `most` of them: the line stays one line."""
+    shown_items = ", ".join(items[:most])
+    return shown_items + (f", ... ({len(items)} in all)" if len(items) > most else "")

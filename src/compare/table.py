@@ -1,22 +1,37 @@
 """Compare runs: a table row per (lineage, iteration), and three plots.
 
     python -m src.compare [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--metric NAME]
+                          [--only PATTERN]... [--where KEY=VALUE]... [--hparam-metric NAME]
 
 Reads the run directories the stages write (README, "Run directories"):
     <root>/<model>/<method>/<run_name>/iter<t>/<stage>/{config.yaml, done.json, metrics.json}
 and writes compare.md, compare.csv, training_curves.png, win_rate_by_iteration.png and
 final_vs_hparams.png into --out (default <root>/compare). --metric picks the log_history key
-that training_curves.png draws (default: loss). --wandb reads the same from a W&B project.
+that training_curves.png draws (default: loss). --hparam-metric picks the column that
+final_vs_hparams.png draws, at each lineage's last iteration that has it, against each
+hyper-parameter that varies (default: eval_win_rate, the eval's win rate, with its bootstrap
+interval; the final training loss where no run has it). --wandb reads the same from a W&B
+project.
+
+--only PATTERN keeps the lineages `<model>/<method>/<run_name>` that match a glob
+(`--only 'tiny-mistral/sppo/*'`; given twice, either), --where KEY=VALUE the rows whose column
+KEY holds VALUE (`--where eta=10` matches 10.0; given twice, both); each, from the run
+directories or from W&B, must match something.
 
 Only finished stages count: values come from a stage whose done.json exists, as the stages
-themselves trust nothing else in a directory. A malformed config.yaml, done.json, metrics.json
-or eval.json is skipped with one warning line naming the file: its values stay blank (a
-malformed done.json makes its stage unfinished) and every other run is still compared. A value
-of the wrong type (text where a number belongs) is blanked with one warning line naming the file,
-the key and the value.
-A failure is one line (src.cli): exit code 1 when there is nothing to compare, --metric
-names no logged key or the W&B server cannot be reached; 2 for a bad option; 3 when the file
-system refuses (--out where a file is, or read-only; --root a file).
+themselves trust nothing else in a directory, and an iteration with no finished stage (the
+folder a refused or interrupted command leaves) is left out with one line on stderr naming it.
+An eval against another reference than the run's own (`iter<t>/eval/vs-<name>/`, e.g. vs-iter1
+for eval.reference=iter1) adds the columns eval_win_rate[vs-<name>] and
+eval_lc_win_rate[vs-<name>], and a line per lineage and reference to the printed win rates.
+A malformed config.yaml, done.json, metrics.json or eval.json is skipped with one warning line
+naming the file: its values stay blank (a malformed done.json makes its stage unfinished) and
+every other run is still compared. A value of the wrong type (text where a number belongs) is
+blanked with one warning line naming the file, the key and the value.
+A failure is one line (src.cli): exit code 1 when there is nothing to compare (no finished
+stage), --only or --where matches nothing, --metric names no logged key or --hparam-metric no
+column; 2 for a bad option (--where without `=`); 3 when the W&B server cannot be reached or the
+file system refuses (--out where a file is, or read-only; --root a file).
 
 This module holds the outputs (the table, the CSV, the printed win rates) and the command line;
 src.compare.runs reads the runs and src.compare.plots draws them.
@@ -27,12 +42,21 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from src.cli import ArgumentParser, failures
-from src.compare.runs import JUDGED_HEADLINES, CompareError, Iteration, discover, fetch_wandb, num
+from src.compare.runs import (
+    JUDGED_HEADLINES,
+    CompareError,
+    Iteration,
+    choose,
+    discover,
+    fetch_wandb,
+    num,
+)
 from src.config import runs_root
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
@@ -51,12 +75,26 @@ OPTIONAL_COLUMNS = (
 )  # fmt: skip
 
 
+# The eval against another reference than the run's own: eval_win_rate[vs-iter1], ...
+SIDE_EVAL = re.compile(r"eval_(lc_)?win_rate\[(vs-[^\]]+)\]")
+# final_vs_hparams.png's metric: the eval's win rate, which sweeps/eta-tiny.yaml's `metric:`
+# names by its W&B summary key (win_rate); the pairs' chosen win rate the other sweeps name is
+# mean_chosen_win_rate (src/sweep.py itself reads no metric)
+HPARAM_METRIC = "eval_win_rate"
+
+
 def columns_for(rows: list[dict]) -> list[str]:
     shown = [c for c in COLUMNS if c not in OPTIONAL_COLUMNS]
     judged = sorted(
         {c for r in rows for c in r if c.startswith(tuple(f"{b}[" for b in JUDGED_HEADLINES))}
     )
-    return shown + [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)] + judged
+    # a reference's win rate and its length-controlled one side by side
+    side = sorted(
+        {c for r in rows for c, v in r.items() if SIDE_EVAL.fullmatch(c) and v is not None},
+        key=lambda c: (SIDE_EVAL.fullmatch(c)[2], c.startswith("eval_lc")),
+    )
+    optional = [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)]
+    return shown + optional + side + judged
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -77,36 +115,55 @@ def csv_text(rows: list[dict], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(iterations: list[Iteration], out: Path, metric: str) -> tuple[str, list[Path]]:
+def write_outputs(
+    iterations: list[Iteration], out: Path, metric: str, hparam_metric: str = HPARAM_METRIC
+) -> tuple[str, list[Path]]:
     from src.compare import plots  # matplotlib loads only when there is something to draw
 
     rows = [it.row for it in iterations]
     columns = columns_for(rows)
     check_metric(iterations, metric)
+    check_hparam_metric(rows, hparam_metric)
     table = markdown_table(rows, columns)
     paths = [atomic_write_text(out / "compare.md", table),
              atomic_write_text(out / "compare.csv", csv_text(rows, columns))]  # fmt: skip
-    paths += plots.draw_all(iterations, out, metric)
+    paths += plots.draw_all(iterations, out, metric, hparam_metric)
     return table, paths
 
 
 def win_rate_curves(iterations: list[Iteration]) -> str:
-    """The eval win rates by iteration, one line per lineage ("" when nothing was evaluated)."""
-    lines: dict[str, list[str]] = {}
+    """The eval win rates by iteration, a line per lineage and reference: the run's own first,
+    then each other one as `<lineage> vs <name>` ("" when nothing was evaluated)."""
+    references = sorted(
+        {m[2] for it in iterations for c in it.row if (m := SIDE_EVAL.fullmatch(c))}
+    )
+    lines: dict[tuple[str, str], list[str]] = {}
     for it in iterations:
-        r = it.row
-        if r.get("eval_win_rate") is None:
-            continue
-        low, high = r.get("eval_win_rate_ci") or (None, None)
-        ci = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
-        lc = f" LC {r['eval_lc_win_rate']:.3f}" if r.get("eval_lc_win_rate") is not None else ""
-        lines.setdefault(it.lineage, []).append(f"iter{r['iter']} {r['eval_win_rate']:.3f}{ci}{lc}")
+        for reference in ("", *references):  # "": the run's own, eval_win_rate
+            suffix = f"[{reference}]" if reference else ""
+            point = curve_point(it.row, f"eval_win_rate{suffix}", f"eval_lc_win_rate{suffix}")
+            if point:
+                lines.setdefault((it.lineage, reference), []).append(point)
     if not lines:
         return ""
-    body = "\n".join(f"  {lineage}: " + " | ".join(points) for lineage, points in lines.items())
+    body = "\n".join(
+        f"  {lineage}{' vs ' + reference.removeprefix('vs-') if reference else ''}: "
+        + " | ".join(lines[lineage, reference])
+        for lineage, reference in sorted(lines)  # a lineage's lines together, its own first
+    )
     return (
         f"eval win rate by iteration (against each run's reference; bootstrap interval):\n{body}\n"
     )
+
+
+def curve_point(row: dict, key: str, lc_key: str) -> str:
+    """`iter2 0.310 [0.220, 0.400] LC 0.270`, or "" where `key` is blank."""
+    if row.get(key) is None:
+        return ""
+    low, high = row.get(f"{key}_ci") or (None, None)
+    ci = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+    lc = f" LC {row[lc_key]:.3f}" if row.get(lc_key) is not None else ""
+    return f"iter{row['iter']} {row[key]:.3f}{ci}{lc}"
 
 
 def check_metric(iterations: list[Iteration], metric: str) -> None:
@@ -114,6 +171,24 @@ def check_metric(iterations: list[Iteration], metric: str) -> None:
     if logged and metric not in logged:
         names = ", ".join(sorted(logged - {"step", "epoch"}))
         raise CompareError(f"--metric {metric}: no training log has it; logged keys: {names}")
+
+
+def check_hparam_metric(rows: list[dict], name: str) -> None:
+    columns = set(COLUMNS) | {c for r in rows for c in r if not c.endswith("_ci")}
+    if name not in columns:
+        raise CompareError(
+            f"--hparam-metric {name}: not a column; columns: {', '.join(columns_for(rows))}"
+        )
+
+
+def where_pair(text: str) -> tuple[str, str]:
+    """--where's KEY=VALUE; anything else is a bad option (argparse's error: exit code 2)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE (a column and its value), not {text!r}"
+        )
+    return key.strip(), value.strip()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,6 +200,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead")
     parser.add_argument("--metric", default="loss", help="log_history key of training_curves.png")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="PATTERN",
+        help="compare the lineages <model>/<method>/<run_name> this glob matches (repeatable: any)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--where", action="append", default=[], type=where_pair, metavar="KEY=VALUE",
+        help="compare the rows whose column KEY holds VALUE, e.g. eta=10 (repeatable: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hparam-metric", default=HPARAM_METRIC, metavar="NAME",
+        help=f"column final_vs_hparams.png draws (default: {HPARAM_METRIC})",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -143,8 +230,12 @@ def compare(args: argparse.Namespace) -> None:
             f"--root {root}: a file, not a folder; point --root (or $SELFPLAY_RUNS) at the "
             "folder of run directories"
         )
-    iterations = fetch_wandb(args.wandb) if args.wandb else discover(root)
-    table, paths = write_outputs(iterations, out, args.metric)
+    if args.wandb:
+        found, source = fetch_wandb(args.wandb), f"in W&B project {args.wandb}"
+    else:
+        found, source = discover(root), f"under {root}"
+    iterations = choose(found, source, args.only, args.where)
+    table, paths = write_outputs(iterations, out, args.metric, args.hparam_metric)
     print(table)
     curves = win_rate_curves(iterations)
     if curves:
