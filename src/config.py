@@ -1035,6 +1035,18 @@ class LoggerConfig:
     mode: WandbMode = SI("${oc.env:WANDB_MODE,online}")  # $WANDB_MODE, else online
     tags: list[str] = field(default_factory=list)  # on every run, beside the method and model
     dir: str = SI("${paths.root}/wandb")  # W&B's local files (offline runs: `wandb sync`)
+    # the sweep this run is a point of, and the keys it sweeps (set by src.sweep): the group of
+    # the lineage's curve run, and values in its config that W&B colours the points by
+    sweep: str | None = None
+    swept: list[str] = field(default_factory=list)
+    # rows of each W&B table a stage logs (the eval's answers and verdicts, a sample of the
+    # pairs); 0: no tables
+    table_rows: int = 200
+    # upload iteration t's checkpoint into its W&B artifact; false: a reference to its folder
+    upload_weights: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.table_rows >= 0, "logger.table_rows", self.table_rows, "must be >= 0 (0: none)")
 
 
 RUNS_ENV, RUNS_DEFAULT = "SELFPLAY_RUNS", "runs"  # where runs live unless paths.root says

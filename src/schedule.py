@@ -22,7 +22,7 @@ from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
 from src.core.records import RETRAINED, StageState, read_record, state_of
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
-from src.stages import tracking
+from src.stages import curves, tracking
 from src.stages.common import redo, stage_shard
 
 
@@ -176,6 +176,7 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
     redone = [st.stage for st in states[redo_from:]] if redo_from is not None else []
+    ran = []
     with rewriting(cfg, redone, command):
         for i, st in enumerate(states):
             redoing = redo_from is not None and i >= redo_from
@@ -185,6 +186,9 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
             with writing(cfg, st.stage, command, whole=redoing):
                 run_stage(cfg, st.stage, runners[st.stage], command, redoing)
             release_gpu_memory()
+            ran.append(st.stage)
+    if ran and not other_training_node(cfg) and not any(one_of_shards(cfg, s) for s in ran):
+        curves.log_curve(cfg)  # once the iteration's stages it ran are done
 
 
 def writing(cfg: Config, stage: Stage, command: str, whole: bool):
@@ -211,6 +215,12 @@ def rewriting(cfg: Config, redone: list[Stage], command: str):
         following = Path(cfg.run.dir) / f"iter{cfg.iter + 1}"
         stage_dirs += [following / s.value for s in order]
     return locks.rewriting(list(dict.fromkeys(stage_dirs)), command)
+
+
+def one_of_shards(cfg: Config, stage: Stage) -> bool:
+    """Whether this process ran one shard of several: the shards of an array run at once, and
+    the lineage's curve run is written by the unsharded stage that reads them all."""
+    return STAGES[stage].sharded_by is not None and stage_shard(cfg, stage).count > 1
 
 
 def other_training_node(cfg: Config) -> bool:
@@ -320,6 +330,6 @@ def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> N
     try:
         counts = run(cfg)
     except BaseException:
-        tracking.finish(cfg, {}, failed=True)
+        tracking.finish(cfg, stage, {}, failed=True)
         raise
-    tracking.finish(cfg, counts if isinstance(counts, dict) else {})
+    tracking.finish(cfg, stage, counts if isinstance(counts, dict) else {})

@@ -116,6 +116,13 @@ def check_array_size(path: Path, grid: dict[str, list[Any]]) -> None:
         )
 
 
+def tracked_as(name: str, grid: dict[str, list[Any]]) -> list[str]:
+    """The overrides that make every point's W&B curve run one of the sweep's: its group, and the
+    keys the sweep varies, whose values W&B colours the points by (src/stages/curves.py)."""
+    swept = [key for key, values in grid.items() if len(values) > 1]
+    return [f"logger.sweep={name}", f"logger.swept=[{','.join(swept)}]"]
+
+
 def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
     """Every combination, as Hydra overrides, in the file's order (the last key varies fastest)."""
     keys = list(grid)
@@ -217,8 +224,11 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
     lineage with `python -m src.main`, as an array task runs it (finished stages are skipped, so
     a re-run resumes). A point that fails does not stop the others, as an array's task does not;
     the failures are named at the end. Compare the points with `python -m src.compare`."""
-    base = without_keys(overrides, "iter", "stage")
-    points = grid_points(load_sweep(path))
+    grid = load_sweep(path)
+    base = set_overrides(
+        without_keys(overrides, "iter", "stage"), tracked_as(sweep_name(path), grid)
+    )
+    points = grid_points(grid)
     check_points(points, base, iterations, slurm=False)
     failed = []
     for i, point in enumerate(points, 1):
@@ -256,6 +266,7 @@ def submit_sweep(
     name = sweep_name(path)
     grid = load_sweep(path)
     check_array_size(path, grid)
+    base = set_overrides(base, tracked_as(name, grid))
     points = grid_points(grid)
     configs = check_points(points, base, iterations)
     require_sweep_assets(points, base, configs, iterations)

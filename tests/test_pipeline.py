@@ -272,7 +272,8 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
         assert shown.returncode == 0, shown.stderr
         run = json.loads(shown.stdout)
         runs[run["config"]["stage"]] = run
-    assert set(runs) == {"generate", "rank", "pairs", "train", "eval"}
+    assert set(runs) == {"generate", "rank", "pairs", "train", "eval", "curves"}
+    del runs["curves"]  # the lineage's (tests/test_tracking_curves.py)
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))  # the run directory the command line used
     cfg = compose_cfg(*SMALL, "iter=1", "logger=wandb", "logger.mode=offline", "eval.enabled=true")

@@ -532,9 +532,11 @@ def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
     script = out.split("# ---- ")[2]
     assert "#SBATCH --array=0-26%4" in script
     pinned = "generation.shard=0 generation.num_shards=1 ranker.shard=0 ranker.num_shards=1"
+    # every point's curve run in the sweep's W&B group, coloured by the keys it sweeps
+    tracked = "logger.sweep=grid 'logger.swept=[method.eta,training.learning_rate,method.K]'"
     assert (
-        f'-m src.main model=tiny-mistral hardware=slurm-cpu {pinned} "${{POINT[@]}}" iter=3 &'
-        in script
+        f'-m src.main model=tiny-mistral hardware=slurm-cpu {pinned} {tracked} "${{POINT[@]}}" '
+        "iter=3 &" in script
     )
     body = script.split("\n", 1)[1].split("\n# $ ")[0]
     assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0

@@ -43,7 +43,7 @@ def summary_of_offline_run(tmp_path: Path, monkeypatch, metrics: dict) -> dict:
         f"logger.dir={tmp_path / 'wandb'}",
     )
     tracking.start(cfg, Stage.eval)
-    tracking.finish(cfg, metrics)
+    tracking.finish(cfg, Stage.eval, metrics)
     (run_file,) = (tmp_path / "wandb").rglob("run-*.wandb")
     shown = subprocess.run(
         [

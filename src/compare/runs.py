@@ -180,9 +180,16 @@ def pairs_columns(m: Record) -> dict[str, float | None]:
     return {k: m.number(k) for k in keys}
 
 
-def generate_columns(m: Record) -> dict[str, float | None]:
-    tokens, seconds = m.number("tokens"), m.number("seconds")
-    return {"gen_tokens_per_s": tokens / seconds if tokens is not None and seconds else None}
+def generate_columns(m: Record, k: Any = None) -> dict[str, float | None]:
+    """Tokens/s, and (with `k`, the responses per prompt) the mean response length in tokens."""
+    tokens, seconds, rows = m.number("tokens"), m.number("seconds"), m.number("generated")
+    responses = rows * k if rows and isinstance(k, int) and k > 0 else None
+    return {
+        "gen_tokens_per_s": tokens / seconds if tokens is not None and seconds else None,
+        "gen_mean_response_tokens": tokens / responses
+        if tokens is not None and responses
+        else None,
+    }
 
 
 def eval_columns(m: Record) -> dict[str, Any]:
@@ -190,6 +197,8 @@ def eval_columns(m: Record) -> dict[str, Any]:
     eval stage's eval.json, or its W&B run's summary, which holds its sections flat
     (src/stages/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
     row = win_rate_columns(m)
+    row["eval_avg_length"] = m.number("avg_length")  # characters, the policy's answers
+    row["eval_reference_avg_length"] = m.number("reference_avg_length")
     alpaca = m.section("alpaca_eval")  # AlpacaEval 2's own row
     row["alpaca_eval_lc"] = or_flat(alpaca.number("lc_win_rate"), m, "alpaca_eval.lc_win_rate")
     row["alpaca_eval_wr"] = or_flat(alpaca.number("win_rate"), m, "alpaca_eval.win_rate")
@@ -252,7 +261,7 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     it = Iteration(row, log_history(train.values))
     row.update(train_columns(it.history, train.where, "log_history"))
     row.update(pairs_columns(stages.get("pairs", Record({}))))
-    row.update(generate_columns(stages.get("generate", Record({}))))
+    row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
     if "eval" in stages:
         row.update(eval_columns(eval_record(iter_dir / "eval", stages["eval"])))
     # each finished eval against another reference, whether or not the base one finished

@@ -6,8 +6,8 @@
   shard, for a sharded stage; an eval against another reference than the base model has a
   folder, so a run, of its own), with resume "allow": a requeued job continues its run instead
   of starting a second one;
-- config: the resolved config plus flat `eta beta lr K iter method model stage eval_folder` to
-  filter and plot by; the summary: the stage's `metrics.json` numbers, flattened (`arena_hard.lower`),
+- config: the resolved config plus flat `eta beta lr K method loss model iter stage eval_folder`
+  to filter and plot by; the summary: the stage's `metrics.json` numbers, flattened (`arena_hard.lower`),
   and the eval stage's benchmark figures under keys that say what each is (`benchmark_figures`:
   `mt_bench[gpt-4]`, `leaderboard/average`); training adds its curves through the Trainer's own
   W&B callback, which finds this run already open and logs into it.
@@ -33,6 +33,7 @@ from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.errors import EnvironmentFailure
 from src.core.records import flatten
 from src.core.registry import STAGES
+from src.stages import chain, tables
 from src.stages.common import stage_shard
 
 # Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
@@ -66,20 +67,28 @@ def run_id(cfg: Config, stage: Stage) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
-    flat = {
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """The keys runs are filtered, grouped and coloured by, flat (the sections hold them too)."""
+    return {
         "eta": cfg.method.eta,
         "beta": cfg.method.beta,
         "lr": cfg.training.learning_rate,
         "K": cfg.method.K,
-        "iter": cfg.iter,
         "method": cfg.method.name.value,
+        "loss": cfg.method.loss.value,
         "model": cfg.model.name,
+    }
+
+
+def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
+    return {
+        **cfg.as_tree(),
+        **flat_config(cfg),
+        "iter": cfg.iter,
         "stage": stage.value,
         # "" for the eval against the base model, `vs-<name>` for one against another reference
         "eval_folder": cfg.stage_folder(stage).partition("/")[2],
     }
-    return {**cfg.as_tree(), **flat}
 
 
 def unreachable(url: str, proxy: str | None = None, timeout: float = CONNECT_TIMEOUT) -> str | None:
@@ -197,10 +206,13 @@ def start(cfg: Config, stage: Stage) -> None:
         raise _offline_instead(
             server()[0], (str(err) or "init timed out").splitlines()[0]
         ) from None
+    chain.log_used(wandb.run, cfg, stage)
 
 
-def finish(cfg: Config, metrics: dict[str, Any], failed: bool = False) -> None:
-    """Put the stage's numbers (and rates derived from them) in the run's summary; close it."""
+def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], failed: bool = False) -> None:
+    """Put the stage's numbers (and rates derived from them) in the run's summary and, for a
+    stage that finished, its tables (src/stages/tables.py) and the artifacts it made
+    (src/stages/chain.py); close it."""
     if not enabled(cfg):
         return
     import wandb
@@ -217,6 +229,10 @@ def finish(cfg: Config, metrics: dict[str, Any], failed: bool = False) -> None:
     numbers |= benchmark_figures(metrics)
     if numbers:
         wandb.run.summary.update(numbers)
+    if not failed:
+        for key, (columns, rows) in tables.stage_tables(cfg, stage).items():
+            wandb.run.log({key: wandb.Table(columns=columns, data=rows)})
+        chain.log_produced(wandb.run, cfg, stage)
     wandb.finish(exit_code=1 if failed else 0)
 
 

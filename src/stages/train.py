@@ -294,7 +294,7 @@ def cleanup(
             {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},
         )
     if trainer.is_world_process_zero():
-        tracking.finish(cfg, {**metrics, **counts})
+        tracking.finish(cfg, Stage.train, {**metrics, **counts})
         if peak is not None:  # after the record: the plan's figure is advice, the work is saved
             print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     trainer.accelerator.wait_for_everyone()

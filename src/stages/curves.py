@@ -1,0 +1,129 @@
+"""A lineage's curve run in W&B: its figures by iteration, the run researchers compare lineages by.
+
+Each stage of an iteration is a W&B run of its own (src/stages/tracking.py), holding that stage's
+numbers; none of them draws win rate against iteration. So every lineage also has one curve run
+(job_type `curves`, name `<run_name>`, a deterministic id), written by every command that ran a
+stage of it, on its rank-0 process, once the iteration's stages it ran are done. It logs one row
+per iteration with `iteration` as the step metric (`define_metric`), holding the figures
+`python -m src.compare` shows for it — read from the same files, by the same code
+(src/compare/runs.py): the eval's win rates, their intervals and the answers' average lengths,
+each benchmark by its judge, the evals against other references; the training's final loss,
+reward margin and accuracy; the pairs' mean chosen probability and score margin; the
+generation's tokens/s and mean response length.
+
+A row holds only what the run does not hold yet: a resumed run (online, W&B gives back its
+summary, where the run keeps what it logged) adds the figures that are new or changed, so an
+iteration interrupted and resumed adds no duplicate point. An offline run cannot be resumed
+(W&B makes each `wandb.init` offline a new segment of the run, and `wandb sync` of a later
+segment replaces the earlier's history): each offline segment logs the whole curve, the last
+one complete. Sweep points carry the sweep's name as their group and the swept values in their
+config (`logger.sweep`, `logger.swept`, set by src.sweep), so W&B groups and colours them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from src.config import Config
+from src.core.records import lookup
+from src.stages.tracking import enabled, flat_config, lineage
+
+JOB_TYPE = "curves"
+STEP = "iteration"
+# the summary key where a curve run keeps what it logged: {iteration: {figure: value}}
+LOGGED = "_curve_points"
+# columns of src.compare's row that are not figures of the iteration
+NOT_FIGURES = {"model", "method", "run_name", "iter", "eta", "beta", "lr", "K", "loss_type",
+               "stages_done"}  # fmt: skip
+
+
+def curve_id(cfg: Config) -> str:
+    return hashlib.sha256(f"{Path(cfg.run.dir).resolve()}|{JOB_TYPE}".encode()).hexdigest()[:16]
+
+
+def figures(iter_dir: Path, t: int) -> dict[str, float]:
+    """Iteration t's figures, as src.compare reads them from its stages' files: the numbers of
+    its row, each interval as `<figure>_low` / `<figure>_high`."""
+    from src.compare.runs import num, read_iteration
+
+    row = read_iteration(iter_dir, t).row
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        if key in NOT_FIGURES:
+            continue
+        if key.endswith("_ci") and isinstance(value, tuple):
+            out[f"{key[:-3]}_low"], out[f"{key[:-3]}_high"] = value
+        elif (number := num(value)) is not None:
+            out[key] = number
+    return out
+
+
+def curve(cfg: Config) -> dict[int, dict[str, float]]:
+    """Every iteration of the lineage with a figure, by iteration."""
+    found = {}
+    for iter_dir in Path(cfg.run.dir).glob("iter*"):
+        match = re.fullmatch(r"iter(\d+)", iter_dir.name)
+        if match and (points := figures(iter_dir, int(match[1]))):
+            found[int(match[1])] = points
+    return dict(sorted(found.items()))
+
+
+def curve_config(cfg: Config) -> dict[str, Any]:
+    """The stage runs' flat keys (eta, beta, lr, K, method, model) with the sweep's name and the
+    values it sweeps, so that W&B colours the points of a sweep by them."""
+    tree = cfg.as_tree()
+    named = {"stage": JOB_TYPE, "lineage": lineage(cfg), "sweep": cfg.logger.sweep,
+             "run_name": cfg.run_name}  # fmt: skip
+    return flat_config(cfg) | named | {key: lookup(tree, key) for key in cfg.logger.swept}
+
+
+def log_curve(cfg: Config) -> None:
+    """Open (or resume) the lineage's curve run, log what it does not hold yet, close it; a no-op
+    with `logger=none`."""
+    if not enabled(cfg):
+        return
+    import wandb
+
+    log = cfg.logger
+    run = wandb.init(
+        project=log.project,
+        entity=log.entity,
+        group=log.sweep or lineage(cfg),
+        job_type=JOB_TYPE,
+        name=cfg.run_name,
+        id=curve_id(cfg),
+        resume="allow",
+        tags=[*log.tags, cfg.method.name.value, cfg.model.name],
+        dir=log.dir,
+        mode=log.mode.value,
+        config=curve_config(cfg),
+        reinit="create_new",  # beside a stage's run, should one be open
+    )
+    try:
+        run.define_metric(STEP)
+        run.define_metric("*", step_metric=STEP)
+        held = {t: dict(points) for t, points in (run.summary.get(LOGGED) or {}).items()}
+        for t, new in unlogged(held, curve(cfg)):
+            run.log({STEP: t, **new})
+            held[str(t)] = {**held.get(str(t), {}), **new}
+        run.summary[LOGGED] = held
+    finally:
+        run.finish()
+
+
+def unlogged(
+    held: dict[str, dict[str, float]], points: dict[int, dict[str, float]]
+) -> list[tuple[int, dict[str, float]]]:
+    """The figures of `points` (by iteration) that `held` (what the run logged, by iteration as
+    text, as a W&B summary keeps keys) does not hold with the same value, iteration by
+    iteration; iterations with none left out."""
+    rows = []
+    for t, figures_t in points.items():
+        before = held.get(str(t)) or {}
+        new = {k: v for k, v in figures_t.items() if before.get(k) != v}
+        if new:
+            rows.append((t, new))
+    return rows
