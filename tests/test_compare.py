@@ -795,3 +795,41 @@ def test_wandb_with_no_finished_run_is_no_runs_found(wandb_project, tmp_path, ca
         "error: no runs found in W&B project team/selfplay-lab: 1 iteration, none with a "
         f"finished stage yet ({MODEL}/sppo/{SPPO_1000} iter1)\n"
     )
+
+
+def curve_run(run_name: str, rows: list[dict], state: str = "finished"):
+    """A lineage's curve run (src/stages/curves.py), as W&B's client gives it."""
+    method, eta, lr, k, _ = LINEAGES[run_name]
+    cfg = {"lineage": f"{MODEL}/{method}/{run_name}", "run_name": run_name, "method": method,
+           "loss": method, "model": MODEL, "stage": "curves", "eta": eta, "beta": 1 / eta,
+           "lr": lr, "K": k, "sweep": "eta", "method.eta": eta}  # fmt: skip
+    history = [{"_step": i, **row} for i, row in enumerate(rows)]
+    return SimpleNamespace(
+        id=f"{run_name}-curves", group="eta", name=run_name, job_type="curves", config=cfg,
+        summary={}, state=state, scan_history=lambda: history,
+    )  # fmt: skip
+
+
+def test_wandb_rows_come_from_each_lineages_curve_run(wandb_project, tmp_path):
+    """The curve run's history gives every iteration's figures and intervals, in the sweep's
+    group; the stage runs add what is finished and the training's step curve."""
+    wandb_project += [
+        wandb_run(SPPO_5000, 1, "train"),
+        curve_run(SPPO_5000, [
+            {"iteration": 1, "eval_win_rate": 0.6, "eval_win_rate_low": 0.5,
+             "eval_win_rate_high": 0.7, "pairs": 30, "eval_win_rate[vs-iter1]": 0.5},
+            {"iteration": 2, "eval_win_rate": 0.8, "mean_chosen_probs": 0.9},
+        ]),
+        curve_run(SPPO_1000, [{"iteration": 1, "eval_win_rate": 0.4}], state="running"),
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    stdout, _ = run_main(["--wandb", "team/selfplay-lab", "--out", str(out)])
+    rows = read_csv(out / "compare.csv")
+    assert rows.keys() == {(SPPO_5000, 1), (SPPO_5000, 2)}, "a curve run still running: none"
+    first, second = rows[(SPPO_5000, 1)], rows[(SPPO_5000, 2)]
+    assert (first["stages_done"], second["stages_done"]) == ("train", "curves")
+    assert (float(first["eval_win_rate"]), float(second["eval_win_rate"])) == (0.6, 0.8)
+    assert float(first["pairs"]) == 30 and float(first["eval_win_rate[vs-iter1]"]) == 0.5
+    assert float(first["train_loss_final"]) == 8.0  # from the train run's history
+    assert float(second["eta"]) == 5000 and second["method"] == "sppo"
+    assert f"{MODEL}/sppo/{SPPO_5000}: iter1 0.600 [0.500, 0.700] | iter2 0.800" in stdout

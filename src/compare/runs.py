@@ -334,7 +334,10 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
     except Exception as err:  # auth, unknown project, server errors: all end the command alike
         raise CompareError(f"--wandb {project}: {one_line(err)}") from None
     found: dict[tuple[str, int], Iteration] = {}
+    curve_runs = [run for run in runs if run.job_type == CURVES]
     for run in runs:
+        if run.job_type == CURVES:
+            continue
         cfg, summary = dict(run.config), dict(run.summary)
         where = f"W&B run {project}/{run.id}"
         group, t = run.group or run.name, int(cfg.get("iter") or 0)
@@ -360,11 +363,45 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
         columns = {"pairs": pairs_columns, "generate": generate_columns, "eval": eval_columns}
         if run.job_type in columns:
             it.row.update(columns[run.job_type](Record(summary, where, "summary.")))
+    for run in curve_runs:  # a lineage's figures by iteration, one history for all of them
+        read_curve(run, found, f"W&B run {project}/{run.id}")
     if not found:
         raise CompareError(f"no runs found in W&B project {project}")
     for it in found.values():
         it.row["stages_done"] = it.row["stages_done"] or "none"
     return sorted(found.values(), key=lambda it: (it.lineage, it.row["iter"]))
+
+
+# the job type of a lineage's curve run (src/stages/curves.py), whose rows hold, by iteration,
+# the figures of this module's columns, each interval as `<column>_low` / `<column>_high`
+CURVES = "curves"
+
+
+def read_curve(run: Any, found: dict[tuple[str, int], Iteration], where: str) -> None:
+    """The rows of a lineage's curve run into `found`, over what its stage runs gave; an
+    iteration that only the curve run holds counts as finished by it (`stages_done`: curves)."""
+    if getattr(run, "state", "finished") != "finished":
+        return
+    cfg = dict(run.config)
+    lineage = cfg.get("lineage") or run.group
+    model, method, run_name = (str(lineage).split("/") + ["", "", ""])[:3]
+    for i, logged in enumerate(run.scan_history()):
+        figures = Record(dict(logged), where, f"history[{i}].")
+        t = figures.number("iteration")
+        if t is None:
+            continue
+        row = {"model": model, "method": method, "run_name": run_name, "iter": int(t),
+               "stages_done": ""}  # fmt: skip
+        row.update({col: cfg.get(col if col != "loss_type" else "loss") for col in HPARAMS})
+        it = found.setdefault((str(lineage), int(t)), Iteration(row))
+        it.row["stages_done"] = it.row["stages_done"] or CURVES
+        for key in figures.values:
+            if key.startswith("_") or key == "iteration" or key.endswith(("_low", "_high")):
+                continue
+            it.row[key] = figures.number(key)
+            low, high = figures.number(f"{key}_low"), figures.number(f"{key}_high")
+            if low is not None and high is not None:
+                it.row[f"{key}_ci"] = (low, high)
 
 
 # --- choosing what to compare ---

@@ -27,11 +27,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from src.compare.runs import CURVES as JOB_TYPE
+from src.compare.runs import num, read_iteration
 from src.config import Config
 from src.core.records import lookup
 from src.stages.tracking import enabled, flat_config, lineage
 
-JOB_TYPE = "curves"
 STEP = "iteration"
 # the summary key where a curve run keeps what it logged: {iteration: {figure: value}}
 LOGGED = "_curve_points"
@@ -47,8 +48,6 @@ def curve_id(cfg: Config) -> str:
 def figures(iter_dir: Path, t: int) -> dict[str, float]:
     """Iteration t's figures, as src.compare reads them from its stages' files: the numbers of
     its row, each interval as `<figure>_low` / `<figure>_high`."""
-    from src.compare.runs import num, read_iteration
-
     row = read_iteration(iter_dir, t).row
     out: dict[str, float] = {}
     for key, value in row.items():
