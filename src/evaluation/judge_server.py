@@ -51,7 +51,7 @@ def server_command(j: LLMJudgeConfig, port: int, on_cpu: bool) -> list[str]:
 
 
 def served_env() -> dict[str, str]:
-    from src.generation.vllm_backend import QUIET_ENV
+    from src.generation.vllm_engine import QUIET_ENV
 
     env = dict(os.environ)
     for key, value in QUIET_ENV.items():

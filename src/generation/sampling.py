@@ -158,12 +158,8 @@ def open_generator(
     device = device_for(hardware.device, hardware.name)
     dtype = generation_dtype(device)
     if g.backend == Backend.vllm:
-        from src.generation.vllm_backend import (
-            VLLMGenerator,
-            engine_args,
-            engine_env,
-            refuse_unworkable,
-        )
+        from src.generation.vllm_backend import VLLMGenerator
+        from src.generation.vllm_engine import engine_args, engine_env, refuse_unworkable
 
         refuse_unworkable(g, path, device, dtype, section)
         return VLLMGenerator(

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from src.config import ConfigError, compose
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
-from src.core.records import machine, read_record
+from src.core.machine import machine
+from src.core.records import read_record
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Row:
     figures: tuple[float | None, ...]
 
 
-# Each on 2 cores with torch 2.13.0+cpu; vector sets as src.core.records.machine names them
+# Each on 2 cores with torch 2.13.0+cpu; vector sets as src.core.machine.machine names them
 PUBLISHED = (
     Row(
         "the one that made the Measured table (its CPU not recorded)",
@@ -117,7 +118,7 @@ def measured(folders: list[Path]) -> tuple[tuple[float | None, ...], list[dict]]
 
 
 def this_row(figures: tuple[float | None, ...], machines: list[dict]) -> Row:
-    """The runs' row, named by the machine their records name: this one (src.core.records.machine)
+    """The runs' row, named by the machine their records name: this one (src.core.machine.machine)
     where they name none or its CPU and vector sets, with the torch threads they ran on; else the
     other CPUs (a root copied from elsewhere)."""
     here = machine()

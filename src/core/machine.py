@@ -1,0 +1,38 @@
+"""The machine a stage ran on, as its record names it: what makes the last digits of a figure
+differ between two machines running the same config (docs/results.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+from pathlib import Path
+
+# the vector instruction sets BLAS and torch choose their kernels by: a float sum's order, and so
+# its last digits, can differ between machines that differ in them
+VECTOR_SETS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def machine() -> dict:
+    """What makes a stage's float sums, and so its last digits, differ from another machine's:
+    the CPU and its vector instruction sets, torch's thread count (None: torch not loaded), and
+    the GPU where this process uses one."""
+    cpu, flags = platform.processor(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    torch = sys.modules.get("torch")
+    gpu = None
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        gpu = torch.cuda.get_device_name()
+    return {
+        "cpu": cpu,
+        "vector_sets": [s for s in VECTOR_SETS if s in flags],
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "gpu": gpu,
+    }
