@@ -93,7 +93,7 @@ def measure(case: Case) -> dict:
 
     threads.configure()  # as every entry point does, before torch loads
     memory.pin_mmap_threshold()
-    from src.core.chunks import Progress
+    from src.core.chunks import Silent
     from src.generation.hf_backend import EngineLoad
     from src.generation.sampling import sample_chunk, sample_stream
 
@@ -119,7 +119,7 @@ def measure(case: Case) -> dict:
         if mode == "chunked":
             made = [(c, chunk, sample_chunk(generator, chunk, seeds)) for c, chunk in todo()]
         else:
-            made = list(sample_stream(generator, todo(), seeds, Progress(None, len(rendered))))
+            made = list(sample_stream(generator, todo(), seeds, Silent()))
         wall = time.perf_counter() - started
         other_share = other.share(wall)
         if iterations is not None:

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from src.core.chunks import resolve_shard, take_shard
+from src.core.chunks import take_shard
 from src.core.errors import StageError
 from src.generation.prompts import Prompt, load_prompts
+from src.stages.common import resolve_shard
 
 ITER1 = Path(__file__).resolve().parents[1] / "data" / "prompts" / "iter1.jsonl"
 
@@ -131,11 +132,11 @@ def test_the_progress_line_says_done_in_flight_rate_and_time_left(monkeypatch):
     """Prompts done (kept from an earlier run included) of the shard's, the samples in flight
     only where a stream reports them, the rate over the last minute, the time left at this
     run's own pace; the last line says how long it took."""
-    from src.core import chunks
+    from src import cli
 
     clock = iter([0.0, 30.0, 90.0, 100.0, 100.0])
-    monkeypatch.setattr(chunks.time, "monotonic", lambda: next(clock))
-    line = chunks.Progress("[generate] shard000-of-001", total=100, unit="tokens")  # t = 0
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    line = cli.ProgressLine("[generate] shard000-of-001", total=100, unit="tokens")  # t = 0
     line.reused(20)
     line.update(done=10, work=3000.0, in_flight=40)  # t = 30
     line.update(done=40, work=9000.0)  # t = 90: the window starts at t = 30
@@ -147,3 +148,13 @@ def test_the_progress_line_says_done_in_flight_rate_and_time_left(monkeypatch):
     assert line.line(100.0, final=True).endswith(
         "60/100 prompts (60%), 86 tokens/s, done in 0:01:40"
     )
+
+
+def test_the_progress_line_speaks_the_stages_words():
+    """A stage names what it counts: the eval's answers count instructions, not prompts."""
+    from src.cli import ProgressLine
+
+    line = ProgressLine("[eval base] shard000-of-001", 8, "tokens", "instructions", "answers")
+    line.update(done=2, work=0.0, in_flight=3)
+    text = line.line(line.started)
+    assert "2/8 instructions (25%), 3 answers in flight" in text and "prompts" not in text

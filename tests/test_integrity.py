@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from src.core.artifacts import atomic_write_json, atomic_write_text, umask
-from src.core.chunks import Shard, chunk_by_chunk, finish_shard, finished_rows, run_chunks, seal_of
+from src.core.chunks import Shard, chunk_by_chunk, finish_shard, run_chunks, seal_of
 from src.core.errors import StageError
+from src.core.rows import finished_rows
 from tests.helpers import compose_cfg
 
 ITEMS = [f"q{i:02d}" for i in range(10)]  # chunks of 3: [0-2] [3-5] [6-8] [9]

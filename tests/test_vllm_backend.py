@@ -172,7 +172,7 @@ def test_the_stream_holds_its_bound_and_flat_memory_at_any_shard_size(backends):
     shard four times the size; its rows are the chunk-by-chunk calls' rows, whatever the bound."""
     import tracemalloc
 
-    from src.core.chunks import Progress
+    from src.core.chunks import Silent
     from src.generation.hf_backend import EngineLoad
     from src.generation.sampling import RenderedPrompt, sample_stream
 
@@ -200,7 +200,7 @@ def test_the_stream_holds_its_bound_and_flat_memory_at_any_shard_size(backends):
         generator.load = EngineLoad()
         tracemalloc.start()
         try:
-            made = sample_stream(generator, todo(), seeds, Progress(None, len(prompts)))
+            made = sample_stream(generator, todo(), seeds, Silent())
             for done, (c, _, samples) in enumerate(made, start=1):
                 most_open = max(most_open, taken[0] - done + 1)
                 if c < 3:

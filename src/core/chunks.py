@@ -14,8 +14,9 @@ A re-run skips the chunks that exist, so a shard killed at any point and re-run 
 row exactly once. Chunks are trusted only under the identity they were made with: a changed
 config is refused rather than silently mixed with the old rows.
 
-A chunked stage is `claim` (before its models load) then `process_shard`; a later stage reads
-the rows back with `finished_rows`.
+A chunked stage is `claim` (before its models load) then `process_shard`, shown by a progress
+line the stage makes (src/cli.py); a later stage reads the rows back with `finished_rows`
+(src/core/rows.py).
 """
 
 from __future__ import annotations
@@ -23,85 +24,25 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from src.core import locks, preemption
 from src.core.artifacts import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
-    file_sha256,
     read_json,
     read_jsonl,
 )
-from src.core.errors import StageError, shown
-from src.core.records import read_record, write_record
+from src.core.errors import StageError
+from src.core.records import write_record
 
 T = TypeVar("T")
-
-
-def resolve_shard(
-    shard: int | None,
-    num_shards: int | None,
-    env: Mapping[str, str] = os.environ,
-    section: str = "generation",
-) -> tuple[int, int]:
-    """(shard, num_shards) for this process: explicit values win, then a SLURM array, else (0, 1).
-
-    In a SLURM job array task, shard = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / step and
-    num_shards = SLURM_ARRAY_TASK_COUNT, so `--array=1-8` and `--array=0-14:2` both give shards
-    0..7 of 8. The result is checked: a shard outside [0, num_shards) would silently leave
-    prompts out of the run, so it is an error. `section` names the config keys in messages
-    (`generation.shard`, `ranker.shard`).
-    """
-    from_slurm = []
-    if "SLURM_ARRAY_TASK_ID" in env and (shard is None or num_shards is None):
-        task_id = _env_int(env, "SLURM_ARRAY_TASK_ID")
-        if num_shards is None:
-            if "SLURM_ARRAY_TASK_COUNT" not in env:
-                raise StageError(
-                    "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: "
-                    f"set {section}.num_shards"
-                )
-            num_shards = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
-            from_slurm.append(f"SLURM_ARRAY_TASK_COUNT={num_shards}")
-        if shard is None:
-            low = _env_int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
-            step = _env_int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
-            offset = task_id - low
-            # an index that is not on the step grid gives a non-integer shard: make it fail below
-            shard = offset // step if step > 0 and offset % step == 0 else -1
-            from_slurm.append(f"SLURM_ARRAY_TASK_ID={task_id}, SLURM_ARRAY_TASK_MIN={low}")
-    shard = 0 if shard is None else shard
-    num_shards = 1 if num_shards is None else num_shards
-    if num_shards < 1:
-        raise StageError(f"num_shards must be >= 1, got {num_shards}")
-    if not 0 <= shard < num_shards:
-        origin = f" (from {'; '.join(from_slurm)})" if from_slurm else ""
-        hint = (
-            f"; the array's task ids must be consecutive, or set {section}.shard"
-            if from_slurm
-            else ""
-        )
-        raise StageError(
-            f"shard {shard} is out of range for num_shards={num_shards}{origin}: "
-            f"need 0 <= shard < num_shards{hint}"
-        )
-    return shard, num_shards
-
-
-def _env_int(env: Mapping[str, str], name: str) -> int:
-    try:
-        return int(env[name])
-    except ValueError:
-        raise StageError(f"{name}={env[name]!r} is not an integer") from None
 
 
 def take_shard(items: Iterable[T], shard: int, num_shards: int) -> list[T]:
@@ -229,7 +170,7 @@ def run_chunks(
     total = len(items) if total is None else total  # type: ignore[arg-type]
     num_chunks = -(-total // chunk_size)
     tally = ChunkTally(chunks=num_chunks)
-    progress = progress or Progress(None, total)
+    progress = progress or Silent()
     counts = counts or ChunkCounts()
 
     def place(c: int) -> dict[str, Any]:
@@ -290,90 +231,28 @@ class ChunkCounts:
         """Counts over every row of the shard, reused ones too (read only if overridden)."""
 
 
-RATE_WINDOW_S = 60.0  # the progress line's rate is over this much of the recent past
+class Progress(Protocol):
+    """What a shard's work tells the stage's progress display (src/cli.py: `ProgressLine`, whose
+    words the stage chooses): items reused and made, work done, what is in flight."""
+
+    def reused(self, items: int) -> None: ...
+
+    def update(self, done: int, work: float, in_flight: int | None = None) -> None: ...
+
+    def end(self) -> None: ...
 
 
-class Progress:
-    """A shard's progress line: items done of its total, what is in flight, the rate of the last
-    minute and the time left, e.g.
-
-        [generate] shard000-of-001: 1,234/20,000 prompts (6%), 320 samples in flight,
-        2,345 tokens/s, 1:23:45 left
-
-    On a terminal one line rewritten in place at most every `tty_every_s`; in a log (a SLURM
-    task's) a line at most every `every_s` seconds, and at the end. `label` None: silent."""
-
-    def __init__(
-        self,
-        label: str | None,
-        total: int,
-        unit: str = "rows",
-        every_s: float = 30.0,
-        tty_every_s: float = 1.0,
-    ):
-        self.label, self.total, self.unit = label, total, unit
-        self.tty = sys.stderr.isatty()
-        self.every_s = tty_every_s if self.tty else every_s
-        self.started = self.shown_at = time.monotonic()
-        self.kept = 0  # items an earlier run made
-        self.done = 0  # items this run finished
-        self.work = 0.0  # units (tokens, comparisons) this run made
-        self.in_flight: int | None = None
-        self.history: deque[tuple[float, float]] = deque([(self.started, 0.0)])
+class Silent:
+    """A progress display that shows nothing."""
 
     def reused(self, items: int) -> None:
-        self.kept += items
+        pass
 
     def update(self, done: int, work: float, in_flight: int | None = None) -> None:
-        """What this run has finished (`done` items, `work` units) and has `in_flight`; the
-        figures only grow (the chunk runner says what it wrote, a stream what it finished)."""
-        self.done, self.work = max(self.done, done), max(self.work, work)
-        if in_flight is not None:
-            self.in_flight = in_flight
-        now = time.monotonic()
-        if now - self.history[-1][0] >= 1.0:
-            self.history.append((now, self.work))
-            while len(self.history) > 2 and now - self.history[1][0] >= RATE_WINDOW_S:
-                self.history.popleft()
-        if now - self.shown_at >= self.every_s:
-            self.show(now, final=False)
+        pass
 
     def end(self) -> None:
-        if self.done:
-            self.in_flight = None
-            self.show(time.monotonic(), final=True)
-
-    def line(self, now: float, final: bool = False) -> str:
-        done = self.kept + self.done
-        parts = [f"{done:,}/{self.total:,} prompts ({done / max(self.total, 1):.0%})"]
-        if self.in_flight is not None:
-            parts.append(f"{self.in_flight:,} samples in flight")
-        then, work_then = self.history[0]
-        if now - then > 0 and self.work > 0:
-            parts.append(f"{(self.work - work_then) / (now - then):,.0f} {self.unit}/s")
-        elapsed = now - self.started
-        if final:
-            parts.append(f"done in {clock(elapsed)}")
-        elif self.done:
-            parts.append(f"{clock((self.total - done) * elapsed / self.done)} left")
-        else:
-            parts.append(f"{clock(elapsed)} in")
-        return f"{self.label}: " + ", ".join(parts)
-
-    def show(self, now: float, final: bool) -> None:
-        if self.label is None:
-            return
-        self.shown_at, text = now, self.line(now, final)
-        if self.tty:
-            print(f"\r{text}\x1b[K", end="\n" if final else "", file=sys.stderr, flush=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-
-def clock(seconds: float) -> str:
-    """h:mm:ss"""
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+        pass
 
 
 def process_shard(
@@ -385,19 +264,20 @@ def process_shard(
     fingerprint: str,
     identity: str,
     label: str,
+    progress: Progress,
     shared_keys: Sequence[str] = (),
     total: int | None = None,
 ) -> dict[str, Any] | None:
-    """Run a shard claimed under `identity` with a progress line, then finish it.
+    """Run a shard claimed under `identity`, shown by `progress`, then finish it.
 
     `items`: a sequence, or a stream of `total` items; `stream`: the stage's work over the
     chunks left to make (`chunk_by_chunk(process)` for a stage that makes one at a time).
-    Returns the totals over all shards once the stage is complete, else None.
+    `label`: the stage's name in its lines. Returns the totals over all shards once the stage
+    is complete, else None.
     """
     started = time.time()
     total = len(items) if total is None else total  # type: ignore[arg-type]
-    line = Progress(f"[{label}] {shard.name}", total, counts.unit)
-    tally = run_chunks(shard, items, chunk_size, stream, identity, counts, line, total)
+    tally = run_chunks(shard, items, chunk_size, stream, identity, counts, progress, total)
     counts.reused_from_earlier_run = tally.reused
     if tally.reused:
         print(
@@ -498,56 +378,3 @@ def finish_shard(
     locks.require_held()
     write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]}, outputs)
     return totals
-
-
-def finished_rows(
-    stage_dir: Path, prefix: str, error: type[StageError], finish: str | None, redo_it: str | None
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, row) for every row of a finished stage, shard after shard, read as they are used
-    (every shard's file is checked against its seal first).
-
-    A stage without its done.json is unfinished (or killed): its files are never read. `finish`
-    and `redo_it` are the overrides that make the stage, and make it again (None: a cache that
-    the next run remakes once its folder is deleted).
-    """
-    record = stage_dir / "done.json"
-    finished = read_record(stage_dir, fix=redo_it)
-    if finished is None:
-        raise error(f"{stage_dir} is not finished (no done.json); make it first", finish)
-    again = "redo the stage" if redo_it else f"delete {stage_dir} to make it again"
-    num_shards = finished["counts"].get("shards", 1)
-    shards = (
-        Shard(stage_dir, prefix, 0, num_shards).siblings()
-        if isinstance(num_shards, int) and not isinstance(num_shards, bool) and num_shards >= 1
-        else []
-    )
-    sealed = set(finished.get("outputs", {}))
-    if not shards or (sealed and sealed != {s.output.name for s in shards}):
-        raise error(
-            f"{record}: its shard count ({shown(num_shards)}) does not match the rows files it "
-            f"sealed ({', '.join(sorted(sealed)) or 'none'}); {again}",
-            redo_it,
-        )
-    for s in shards:  # every file checked before the first row is used
-        require_sealed(s.output, error, redo_it, finished)
-    return (row for s in shards for row in read_jsonl(s.output, error))
-
-
-def require_sealed(
-    output: Path, error: type[StageError], redo_it: str | None, finished: dict | None = None
-) -> None:
-    """`output` as its stage's record (`finished`, else read from done.json beside it) sealed
-    it: present, and the same bytes when the record holds its sha256."""
-    record = output.parent / "done.json"
-    if finished is None:
-        finished = read_record(output.parent, fix=redo_it) or {}
-    again = "redo the stage" if redo_it else f"delete {output.parent} to make it again"
-    if not output.is_file():
-        raise error(
-            f"{output} is missing although {record} says the stage finished; {again}", redo_it
-        )
-    sealed = finished.get("outputs", {}).get(output.name)
-    if sealed is not None and file_sha256(output) != sealed.get("sha256"):
-        raise error(
-            f"{output} is not the file {record} recorded (truncated or edited?); {again}", redo_it
-        )

@@ -24,12 +24,14 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from src.cli import ProgressLine
 from src.config import Config, LongPrompts
 from src.core import locks
-from src.core.chunks import Progress, Shard, Todo, claim, finished_rows, process_shard
+from src.core.chunks import Progress, Shard, Todo, claim, process_shard
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.core.records import read_record
+from src.core.rows import finished_rows
 from src.generation.prompts import Prompt
 from src.generation.sampling import (
     VLLM_LOG,
@@ -180,6 +182,8 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             )
 
     with closing(generator):
+        label = f"eval {who.label}"
+        line = ProgressLine(f"[{label}] {shard.name}", len(rendered), counts.unit, "instructions")
         process_shard(
-            shard, rendered, g.chunk_size, answer, counts, key, key, label=f"eval {who.label}"
+            shard, rendered, g.chunk_size, answer, counts, key, key, label=label, progress=line
         )

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, sync_directory
-from src.core.chunks import require_sealed
 from src.core.errors import StageError
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record, saved_state
+from src.core.rows import require_sealed
 from src.stages.common import redo, stage_rows
 
 

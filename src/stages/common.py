@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from src.config import Config, RankerConfig, Stage
-from src.core.chunks import Shard, finished_rows, resolve_shard
+from src.core.chunks import Shard
 from src.core.errors import StageError
 from src.core.policy import checkpoint_damage, model_folder_damage, require_loadable
 from src.core.records import read_record, redo_overrides
 from src.core.registry import STAGES
+from src.core.rows import finished_rows
 
 if TYPE_CHECKING:
     from src.ranking.judge import Judge
@@ -80,3 +81,63 @@ def load_judge(cfg: Config, r: RankerConfig) -> Judge:
 
     policy = require_previous_policy(cfg) if uses_chat_template(r) else None
     return Judge(r, device_for(cfg.hardware.device, cfg.hardware.name), policy, cfg.model.revision)
+
+
+# --- SLURM array tasks as shards ---------------------------------------------------------
+
+
+def resolve_shard(
+    shard: int | None,
+    num_shards: int | None,
+    env: Mapping[str, str] = os.environ,
+    section: str = "generation",
+) -> tuple[int, int]:
+    """(shard, num_shards) for this process: explicit values win, then a SLURM array, else (0, 1).
+
+    In a SLURM job array task, shard = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / step and
+    num_shards = SLURM_ARRAY_TASK_COUNT, so `--array=1-8` and `--array=0-14:2` both give shards
+    0..7 of 8. The result is checked: a shard outside [0, num_shards) would silently leave
+    prompts out of the run, so it is an error. `section` names the config keys in messages
+    (`generation.shard`, `ranker.shard`).
+    """
+    from_slurm = []
+    if "SLURM_ARRAY_TASK_ID" in env and (shard is None or num_shards is None):
+        task_id = _env_int(env, "SLURM_ARRAY_TASK_ID")
+        if num_shards is None:
+            if "SLURM_ARRAY_TASK_COUNT" not in env:
+                raise StageError(
+                    "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: "
+                    f"set {section}.num_shards"
+                )
+            num_shards = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+            from_slurm.append(f"SLURM_ARRAY_TASK_COUNT={num_shards}")
+        if shard is None:
+            low = _env_int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+            step = _env_int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
+            offset = task_id - low
+            # an index that is not on the step grid gives a non-integer shard: make it fail below
+            shard = offset // step if step > 0 and offset % step == 0 else -1
+            from_slurm.append(f"SLURM_ARRAY_TASK_ID={task_id}, SLURM_ARRAY_TASK_MIN={low}")
+    shard = 0 if shard is None else shard
+    num_shards = 1 if num_shards is None else num_shards
+    if num_shards < 1:
+        raise StageError(f"num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard < num_shards:
+        origin = f" (from {'; '.join(from_slurm)})" if from_slurm else ""
+        hint = (
+            f"; the array's task ids must be consecutive, or set {section}.shard"
+            if from_slurm
+            else ""
+        )
+        raise StageError(
+            f"shard {shard} is out of range for num_shards={num_shards}{origin}: "
+            f"need 0 <= shard < num_shards{hint}"
+        )
+    return shard, num_shards
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise StageError(f"{name}={env[name]!r} is not an integer") from None

@@ -17,6 +17,7 @@ import sys
 from contextlib import closing
 from dataclasses import asdict, dataclass
 
+from src.cli import ProgressLine
 from src.config import Backend, Config, Device, Stage
 from src.core.chunks import Progress, Todo, claim, process_shard, take_shard
 from src.core.contracts import ResponseRow
@@ -124,6 +125,7 @@ def run(cfg: Config) -> dict:
             stage_fingerprint(cfg.as_tree(), Stage.generate),
             identity,
             label="generate",
+            progress=ProgressLine(f"[generate] {shard.name}", len(rendered), counts.unit),
             shared_keys=("prompts_in_split", "duplicates_dropped"),
         )
     measured = peak.bytes() if peak is not None else None

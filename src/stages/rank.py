@@ -26,6 +26,7 @@ from dataclasses import InitVar, asdict, dataclass
 
 import numpy as np
 
+from src.cli import ProgressLine
 from src.config import Config, EmptyResponses, JudgeKind, Stage, WinProb
 from src.core.chunks import ChunkCounts, chunk_by_chunk, claim, process_shard
 from src.core.contracts import RankedRow
@@ -184,6 +185,9 @@ def run(cfg: Config) -> dict:
         stage_fingerprint(cfg.as_tree(), Stage.rank),
         identity,
         label="rank",
+        progress=ProgressLine(
+            f"[rank] {shard.name}", counts.prompts_in_shard, counts.unit, items="prompts ranked"
+        ),
         shared_keys=("prompts_in_input",),
         total=counts.prompts_in_shard,
     )

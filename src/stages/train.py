@@ -28,11 +28,12 @@ from omegaconf import OmegaConf
 from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
-from src.core.chunks import claim, require_sealed
+from src.core.chunks import claim
 from src.core.errors import StageError
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
+from src.core.rows import require_sealed
 from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card
