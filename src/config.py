@@ -1038,7 +1038,7 @@ class LoggerConfig:
     # the sweep this run is a point of, and the keys it sweeps (set by src.sweep): the group of
     # the lineage's curve run, and values in its config that W&B colours the points by
     sweep: str | None = None
-    swept: list[str] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)  # the swept keys, e.g. [method.eta]
     # rows of each W&B table a stage logs (the eval's answers and verdicts, a sample of the
     # pairs); 0: no tables
     table_rows: int = 200

@@ -266,14 +266,14 @@ def submit_sweep(
     name = sweep_name(path)
     grid = load_sweep(path)
     check_array_size(path, grid)
-    base = set_overrides(base, tracked_as(name, grid))
     points = grid_points(grid)
     configs = check_points(points, base, iterations)
     require_sweep_assets(points, base, configs, iterations)
     sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
     points_file = sweep_dir / "points.txt"
     line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
-    script = render(name, configs[0], points_file, base, len(points), iterations, parallel, line)
+    tracked = set_overrides(base, tracked_as(name, grid))
+    script = render(name, configs[0], points_file, tracked, len(points), iterations, parallel, line)
     text = "".join(shell_line(p) + "\n" for p in points)
     if dry_run:
         print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shell_line(line)}")

@@ -19,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from src.assets.listing import Asset
+from src.assets.asset import Asset
 from src.core.hub import snapshot_folder
 from src.core.policy import model_folder_damage, safetensors_damage
 
