@@ -86,8 +86,8 @@ def build_large_pairrm(final: Path) -> None:
     at 0.02 every score is ~1e-5 and a check against 1e-5 would say nothing."""
     import torch
 
-    from src import tiny
     from src.tiny import architectures
+    from src.tiny import models as tiny
 
     staging = final.with_name(final.name + ".partial")
     torch.manual_seed(0)

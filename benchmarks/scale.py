@@ -56,7 +56,7 @@ def add_args(parser) -> None:
 def cases(args) -> list[Case]:
     import pyarrow.parquet as pq
 
-    from src import tiny
+    from src.tiny import models as tiny
     from src.tiny.data import SCALE_DIR, write_scale
 
     made = SCALE_DIR / "iter1.parquet"  # the prompts and models first, not in a stage's time

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import os
 import shutil
 import sys
@@ -16,66 +15,31 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from src.config import BENCHMARK_DATA, Benchmark, Config, PipelineConfig, Stage, to_yaml
+from src.config import Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, with_overrides
 from src.core.records import RETRAINED, StageState, read_record, state_of
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
-from src.stages import curves, tracking
-from src.stages.common import redo, stage_shard
+from src.stages import StageRun, curves, stage_run, tracking
+from src.stages.common import read_upstream, redo, stage_shard
+from src.tiny.on_demand import ensure_tiny_models
 
 
-def stage_runners(stages: list[Stage]) -> dict[Stage, Callable[[Config], object]]:
-    """Each stage's `run(cfg)`, from its module in src/stages/, imported once the config is valid
-    and only for the stages that run: a command that runs pairs alone does not wait ~6 s for
-    torch, the Trainer and alpaca_eval. transformers' model code goes in here too, before any
-    stage starts, where one of them loads a model: a stage's peak memory is measured from its
-    start, and that import (~150 MiB) during it would count in it (tests/test_plan_measured.py)."""
-    runners = {s: importlib.import_module(f"src.stages.{s.value}").run for s in stages}
+def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
+    """Each stage's `run(cfg)` (src/stages/__init__.py), imported once the config is valid and
+    only for the stages that run. transformers' model code goes in here too, before any stage
+    starts, where one of them loads a model: a stage's peak memory is measured from its start,
+    and that import (~150 MiB) during it would count in it (tests/test_plan_measured.py)."""
+    runners = {s: stage_run(s) for s in stages}
     if any(STAGES[s].loads_model for s in stages):
-        importlib.import_module("transformers.modeling_utils")
+        import transformers.modeling_utils  # noqa: F401
     return runners
 
 
 def save_config(cfg: Config, stage: Stage, command: str) -> None:
     """The resolved config beside the stage's output, headed by the command that made it."""
     atomic_write_text(cfg.stage_dir(stage) / "config.yaml", f"# {command}\n{to_yaml(cfg)}")
-
-
-def ensure_tiny_models(cfg: Config) -> None:
-    """Build the tiny models this config points at (cached; seconds on first use, a few minutes
-    for tiny-chat-judge), and write the tiny benchmarks' data where it reads them."""
-    tiny_dir = Path(cfg.paths.tiny_dir)
-    models = [cfg.model.path, cfg.ranker.model]
-    evaluating = cfg.stage == Stage.eval or cfg.eval.enabled
-    if cfg.eval.judge is not None and evaluating:
-        models.append(cfg.eval.judge.model)
-    judged = [BENCHMARK_DATA[b] for b in cfg.eval.benchmarks if b in BENCHMARK_DATA]
-    if judged and evaluating and cfg.eval.llm_judge.serve is not None:
-        models.append(cfg.eval.llm_judge.serve)
-    wanted = [Path(p) for p in models if Path(p).parent == tiny_dir]
-    tiny_data = Path(cfg.paths.tiny_benchmarks)
-
-    def tiny_copy(key: str) -> bool:  # data.<key> is a folder of the tiny benchmarks' data
-        return evaluating and Path(getattr(cfg.data, key) or "").parent == tiny_data
-
-    chat_data = any(tiny_copy(key) for key in judged)
-    board_data = Benchmark.leaderboard in cfg.eval.benchmarks and tiny_copy("leaderboard")
-    if wanted or chat_data or board_data:
-        from src import tiny  # torch and transformers load only when tiny models are used
-
-        for path in wanted:
-            if path.name in tiny.TINY_NAMES:
-                tiny.ensure(path.name, tiny_dir)
-        if chat_data:
-            from src.tiny import benchmarks
-
-            benchmarks.ensure(tiny_data)
-        if board_data:
-            from src.tiny import leaderboard
-
-            leaderboard.ensure_datasets(Path(cfg.data.leaderboard))
 
 
 def dispatch(
@@ -194,7 +158,7 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
 def writing(cfg: Config, stage: Stage, command: str, whole: bool):
     """The lock on what `stage` writes (src/core/locks.py): its shard's folder for a sharded
     stage, all of it otherwise or when it is redone (the redo deletes the folder)."""
-    if stage == Stage.train and other_training_node(cfg):
+    if STAGES[stage].launches_processes and other_training_node(cfg):
         return contextlib.nullcontext()
     shard = None if whole or STAGES[stage].sharded_by is None else stage_shard(cfg, stage).name
     return locks.writing(cfg.stage_dir(stage), command, shard)
@@ -206,11 +170,12 @@ def rewriting(cfg: Config, redone: list[Stage], command: str):
     the iteration, which reads what they make, and, when it redoes the training, those of the
     next iteration's stages, which start from its checkpoint. A running stage holds its own lock,
     so a redo of anything it reads stops at once, before it deletes a file."""
-    if not redone or (Stage.train in redone and other_training_node(cfg)):
+    launches = any(STAGES[s].launches_processes for s in redone)
+    if not redone or (launches and other_training_node(cfg)):
         return contextlib.nullcontext()
     order = list(STAGES)
     stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
-    if Stage.train in redone:  # every eval of its checkpoint reads it, side by side ones too
+    if any(STAGES[s].makes_policy for s in redone):  # every eval of it, side by side ones too
         stage_dirs += sorted(Path(cfg.run.iter_dir).glob(f"{Stage.eval.value}/{SIDE_EVAL}*"))
         following = Path(cfg.run.dir) / f"iter{cfg.iter + 1}"
         stage_dirs += [following / s.value for s in order]
@@ -299,16 +264,6 @@ def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
     )
 
 
-def read_upstream(cfg: Config, stage: Stage) -> Stage | None:
-    """The stage whose output `stage` reads under `cfg`: the one it consumes, unless training
-    reads a pairs file of the user's own (`training.pairs`)."""
-    upstream = STAGES[stage].consumes
-    if upstream == Stage.pairs:
-        pairs = Path(cfg.training.pairs).resolve()
-        return upstream if pairs.parent == cfg.stage_dir(Stage.pairs).resolve() else None
-    return upstream
-
-
 def release_gpu_memory() -> None:
     """Give what a finished stage held on its GPU back to the driver. On one GPU (the one-GPU
     QLoRA presets) generation, ranking, training and eval run one after the other in this
@@ -323,7 +278,7 @@ def release_gpu_memory() -> None:
 def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:
     """The stage inside its W&B run. Training opens its own, on its rank-0 process, where the
     Trainer's W&B callback logs the curves into it."""
-    if stage == Stage.train:
+    if STAGES[stage].launches_processes:
         run(cfg)
         return
     tracking.start(cfg, stage)

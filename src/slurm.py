@@ -508,6 +508,7 @@ def submit_chain(
         )
     configs = [replace(c, stage=Stage.all) for c in configs]
     from src.plan.stages import plan_text, require_fit
+    from src.wheelhouse import install_line
 
     if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
         require_fit(configs[0], overrides)
@@ -520,6 +521,7 @@ def submit_chain(
         require_sbatch()
     print(
         f"{plan_text(configs[0], through=configs[-1].iter)}\n\n"
+        f"{install_line(configs[0].hardware.device.value)}\n\n"
         "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
         file=sys.stdout if dry_run else sys.stderr,

@@ -127,7 +127,7 @@ def tiny_dir():
     """The folder holding the tiny models, built once into <repo>/.cache/tiny and reused (each
     under a file lock: workers side by side build it once). Each worker starts at another model,
     so that on a fresh clone the workers build different ones at once instead of queueing."""
-    from src import tiny
+    from src.tiny import models as tiny
 
     names = tiny.PIPELINE_NAMES
     start = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
@@ -140,7 +140,7 @@ def tiny_dir():
 def tiny_chat_judge(tiny_dir):
     """tiny-chat-judge's folder, built on first use (a few minutes: the tests and commands that
     grade MT-Bench or Arena-Hard with it are the only ones that wait for it)."""
-    from src import tiny
+    from src.tiny import models as tiny
 
     return tiny.ensure("tiny-chat-judge", tiny.DEFAULT_CACHE_DIR)
 

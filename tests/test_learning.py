@@ -178,8 +178,8 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
     floor). One served judge grades the three policies."""
     pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
     from src.evaluation import benchmarks
-    from src.schedule import ensure_tiny_models
     from src.stages.eval import answerer
+    from src.tiny.on_demand import ensure_tiny_models
 
     run(root, "model=tiny-mistral", f"run_name={CLIMB}")
     swapped_run(root)

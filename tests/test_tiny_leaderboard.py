@@ -10,8 +10,8 @@ import pytest
 
 from src.core.artifacts import WRITTEN
 from src.evaluation.leaderboard import V1, missing_datasets
-from src.schedule import ensure_tiny_models
 from src.tiny import leaderboard
+from src.tiny.on_demand import ensure_tiny_models
 from tests.helpers import SMALL, compose_cfg
 
 

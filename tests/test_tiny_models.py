@@ -13,8 +13,8 @@ import torch
 from jinja2.exceptions import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from src import tiny
 from src.ranking import blender_compat
+from src.tiny import models as tiny
 from tests.helpers import BUILT_ON_DEMAND, REPO_ROOT, TINY_WEIGHTS
 
 LMS = {"tiny-mistral": "MistralForCausalLM", "tiny-gemma2": "Gemma2ForCausalLM"}

@@ -187,7 +187,7 @@ def _benchmarks(cfg: Config) -> list[tuple[Asset, str]]:
 
 def tiny_data(path: Path, cfg: Config) -> bool:
     """Under paths.tiny_benchmarks: the tiny benchmarks' data, written by the command that reads
-    it (src.schedule.ensure_tiny_models)."""
+    it (src.tiny.on_demand)."""
     tiny = Path(cfg.paths.tiny_benchmarks)
     return path == tiny or tiny in path.parents
 

@@ -49,6 +49,15 @@ class StageSpec:
     # it loads a model through transformers (a policy or a judge): src/schedule.py imports
     # transformers' model code before any stage starts, so that no stage's peak memory counts it
     loads_model: bool = True
+    # a config key naming a file of the user's own that may stand in for what it consumes: the
+    # consumed stage is read only where that file lies in the consumed stage's folder
+    consumes_via: str | None = None
+    # it makes pi_t, the policy every eval of the iteration and the next iteration's stages read:
+    # its redo takes their locks too
+    makes_policy: bool = False
+    # its run launches processes of its own (one per GPU, on one node or several): its rank-0
+    # process opens its W&B run, and on several nodes node 0 alone holds its locks
+    launches_processes: bool = False
 
 
 # What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it
@@ -127,6 +136,9 @@ STAGES: dict[Stage, StageSpec] = {
             consumes=Stage.pairs,
             inputs=("method", "training", "model.attn_implementation"),
             slots="hardware.processes_per_node",
+            consumes_via="training.pairs",
+            makes_policy=True,
+            launches_processes=True,
         ),
         StageSpec(
             Stage.eval,

@@ -17,12 +17,14 @@ import sys
 from src.cli import failures
 from src.config import compose
 from src.plan.stages import plan_text
+from src.wheelhouse import install_line
 
 
 def main(argv: list[str] | None = None) -> None:
     overrides = list(sys.argv[1:] if argv is None else argv)
     with failures(" ".join(["python -m src.plan", *overrides]), overrides):
-        print(plan_text(compose(overrides)))
+        cfg = compose(overrides)
+        print(f"{plan_text(cfg)}\n\n{install_line(cfg.hardware.device.value)}")
 
 
 if __name__ == "__main__":

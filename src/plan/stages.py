@@ -21,10 +21,10 @@ from src.config import (
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
+from src.core.registry import iteration_stages
 from src.core.shapes import Shape, judge_weights, shape_of
 from src.plan.hours import hours_text
 from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
-from src.wheelhouse import install_line
 
 LARGEST_BATCH = 4096  # the search for the largest per-device batch stops here
 
@@ -176,7 +176,7 @@ def generate_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
     )
 
 
-def rank_plan(cfg: Config) -> StagePlan:
+def rank_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
     r = cfg.ranker
     weights = judge_weights(r.model)
     memory = None if weights is None else Memory({f"{r.model} weights": weights})
@@ -223,19 +223,31 @@ def largest_fitting(memory, gpu_gb: float | None, allowed: list[int] | None = No
     return low
 
 
-def plan(cfg: Config) -> list[StagePlan]:
-    """Every stage of an iteration, in order."""
+def cpu_plan(cfg: Config, shape: Shape, gpu_gb: float | None, stage: Stage) -> StagePlan:
+    """A stage that holds no model: one process on the CPUs."""
+    return StagePlan(stage.value, "1 (CPU)", None)
+
+
+# Each stage's plan, taking (cfg, the policy's shape, the GPU's memory in GB or None); a stage
+# missing here holds no model (cpu_plan)
+PLANNERS = {
+    Stage.generate: generate_plan,
+    Stage.rank: rank_plan,
+    Stage.train: train_plan,
+    Stage.eval: eval_plan,
+}
+
+
+def plan(cfg: Config, stages: list[Stage] | None = None) -> list[StagePlan]:
+    """The plan of each of `stages` (default: every stage of an iteration, as stage=all runs
+    them, src.core.registry), in order."""
     gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
     shape = policy_shape(cfg)
-    stages = [
-        generate_plan(cfg, shape, gpu_gb),
-        rank_plan(cfg),
-        StagePlan("pairs", "1 (CPU)", None),
-        train_plan(cfg, shape, gpu_gb),
+    wanted = iteration_stages(Stage.all, cfg.eval.enabled) if stages is None else stages
+    return [
+        PLANNERS[s](cfg, shape, gpu_gb) if s in PLANNERS else cpu_plan(cfg, shape, gpu_gb, s)
+        for s in wanted
     ]
-    if cfg.eval.enabled:
-        stages.append(eval_plan(cfg, shape, gpu_gb))
-    return stages
 
 
 def remedies(cfg: Config, stage: StagePlan) -> list[str]:
@@ -279,7 +291,7 @@ def require_fit(cfg: Config, overrides: list[str], gpu: str = "hardware.gpu_memo
                 tried = compose([*overrides, *fixes, *remedy.split()])
             except ConfigError:  # not a combination the config allows (QLoRA under ZeRO-3)
                 continue
-            fixed = next(p for p in plan(tried) if p.stage == stage.stage)
+            fixed = plan(tried, [Stage(stage.stage)])[0]
             if fixed.fits(gpu_gb):
                 fixes += remedy.split()
                 fixed_needs.append(f"{stage.stage} {fixed.memory.footprint / GIB:.1f} GiB")
@@ -351,9 +363,7 @@ def plan_text(cfg: Config, through: int | None = None) -> str:
         phase = f", peak in the {p.memory.peak_phase}" if p.memory.peak_phase else ""
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
-    target = "cuda" if hw.device == Device.cuda else "cpu"
-    hours = hours_text(cfg, policy_shape(cfg), through)
-    return "\n".join([*lines, "", *hours, "", install_line(target)])
+    return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg), through)])
 
 
 def require_fit_here(cfg: Config, overrides: list[str]) -> None:
@@ -389,8 +399,8 @@ def planned_memory(cfg: Config, stage: Stage) -> Memory | None:
     """The plan's memory of `stage` per device; None for a model whose shape it does not know
     (or a stage it gives none)."""
     try:
-        return next(p.memory for p in plan(cfg) if p.stage == stage.value)
-    except (StageError, StopIteration):
+        return plan(cfg, [stage])[0].memory
+    except StageError:
         return None
 
 

@@ -1,5 +1,5 @@
-"""What the stages share that reads the config: where a stage's shard and rows are, the policy it
-starts from, its judge, the command that redoes a stage. The storage beneath (chunks, records, checkpoints)
+"""What the stages share that reads the config: where a stage's shard and rows are, what it reads,
+the policy it starts from, its judge, the command that redoes a stage. The storage beneath (chunks, records, checkpoints)
 is in src/core and takes plain values."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from src.config import Config, RankerConfig, Stage
 from src.core.chunks import Shard
 from src.core.errors import StageError
 from src.core.policy import checkpoint_damage, model_folder_damage, require_loadable
-from src.core.records import read_record, redo_overrides
+from src.core.records import lookup, read_record, redo_overrides
 from src.core.registry import STAGES
 from src.core.rows import finished_rows
 
@@ -25,6 +25,16 @@ def redo(cfg: Config, stage: str, iteration: int | None = None) -> str:
     """The overrides that make `stage` of `iteration` (the config's by default) again, with the
     stages after it that `cfg`'s command runs."""
     return redo_overrides(stage, cfg.iter if iteration is None else iteration, str(cfg.stage))
+
+
+def read_upstream(cfg: Config, stage: Stage) -> Stage | None:
+    """The stage whose output `stage` reads under `cfg`: the one it consumes, unless the file its
+    `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
+    spec = STAGES[stage]
+    if spec.consumes is None or spec.consumes_via is None:
+        return spec.consumes
+    read = Path(lookup(cfg.as_tree(), spec.consumes_via)).resolve()
+    return spec.consumes if read.parent == cfg.stage_dir(spec.consumes).resolve() else None
 
 
 def stage_shard(cfg: Config, stage: Stage, env: Mapping[str, str] = os.environ) -> Shard:

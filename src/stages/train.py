@@ -37,7 +37,7 @@ from src.core.rows import require_sealed
 from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card
-from src.stages.common import redo, require_previous_policy
+from src.stages.common import read_upstream, redo, require_previous_policy
 from src.training import checkpoints
 from src.training.adapters import (
     merge,
@@ -225,18 +225,17 @@ def read_inputs(cfg: Config) -> tuple[Path, Iterator[dict]]:
     if cfg.training.peft == Peft.qlora:
         require_qlora_support()
     pairs_path = Path(cfg.training.pairs).resolve()
-    remake = remake_pairs(cfg, pairs_path)
+    remake = remake_pairs(cfg)
     if remake is not None and pairs_path.is_file():
         require_sealed(pairs_path, TrainingError, remake)
     return pairs_path, read_pairs(pairs_path, cfg.method.loss.value, remake)
 
 
-def remake_pairs(cfg: Config, pairs_path: Path) -> str | None:
+def remake_pairs(cfg: Config) -> str | None:
     """The overrides that remake a bad pairs file when it is the pairs stage's output; None for a
     file of the user's own (training.pairs), which only its author can correct."""
-    if pairs_path.parent != cfg.stage_dir(Stage.pairs).resolve():
-        return None
-    return redo(cfg, Stage.pairs.value)
+    upstream = read_upstream(cfg, Stage.train)
+    return None if upstream is None else redo(cfg, upstream.value)
 
 
 # --- cleanup --------------------------------------------------------------------------------------

@@ -1,25 +1,3 @@
-"""The tiny offline models and the toy task they learn (see src/tiny/models.py)."""
-
-from src.tiny.models import (
-    DEFAULT_CACHE_DIR,
-    PIPELINE_NAMES,
-    RECORD,
-    TINY_NAMES,
-    build,
-    ensure,
-    is_built,
-    main,
-    training_texts,
-)
-
-__all__ = [
-    "DEFAULT_CACHE_DIR",
-    "PIPELINE_NAMES",
-    "RECORD",
-    "TINY_NAMES",
-    "build",
-    "ensure",
-    "is_built",
-    "main",
-    "training_texts",
-]
+"""The tiny offline models and the toy task they learn (src/tiny/models.py builds them). Nothing
+is imported here, so that a command reading which tiny models it needs (src/tiny/on_demand.py)
+does not load torch."""
