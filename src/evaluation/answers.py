@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.cli import ProgressLine
 from src.config import Config, LongPrompts
 from src.core import locks
-from src.core.chunks import Progress, Shard, Todo, claim, process_shard
+from src.core.chunks import Shard, claim
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.core.records import read_record
@@ -37,11 +36,9 @@ from src.generation.sampling import (
     VLLM_LOG,
     RenderedPrompt,
     SampleCounts,
-    load_tokenizer,
     open_generator,
-    render,
-    require_one_fits,
-    sample_stream,
+    rendered_prompts,
+    sample_shard,
 )
 
 
@@ -150,10 +147,10 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
     counts = AnswerCounts()
     claim(shard.work, key, EvalError, "answers of another model or decoding", fix=None)
     print(f"[eval] answers of {who.label} ({who.path}) -> {shard.stage_dir}", file=sys.stderr)
-    tokenizer, eos_ids = load_tokenizer(who.path, cfg.model.revision)
-    rendered = render(g, tokenizer, instructions, counts)
-    if not rendered:
-        require_one_fits(g, tokenizer, instructions, cfg.data.eval_prompts, section="eval")
+    tokenizer, eos_ids, rendered = rendered_prompts(
+        g, who.path, cfg.model.revision, instructions, counts,
+        instructions, cfg.data.eval_prompts, section="eval",
+    )  # fmt: skip
     if counts.skipped_too_long:
         print(
             f"[eval] {counts.skipped_too_long} instruction(s) longer than "
@@ -165,25 +162,19 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
         g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log, section="eval"
     )
 
-    def answer(todo: Todo[RenderedPrompt], progress: Progress):
-        for c, chunk, samples in sample_stream(generator, todo, [cfg.eval.seed], progress):
-            yield (
-                c,
-                [
-                    AnswerRow(
-                        prompt_id=p.prompt_id,
-                        instruction=p.prompt,
-                        output=s.text,
-                        finish_reason=s.finish_reason,
-                        num_tokens=s.num_tokens,
-                    )
-                    for p, (s,) in zip(chunk, samples, strict=True)
-                ],
-            )
-
-    with closing(generator):
-        label = f"eval {who.label}"
-        line = ProgressLine(f"[{label}] {shard.name}", len(rendered), counts.unit, "instructions")
-        process_shard(
-            shard, rendered, g.chunk_size, answer, counts, key, key, label=label, progress=line
+    def row(p: RenderedPrompt, drawn: list) -> AnswerRow:
+        (sample,) = drawn
+        return AnswerRow(
+            prompt_id=p.prompt_id,
+            instruction=p.prompt,
+            output=sample.text,
+            finish_reason=sample.finish_reason,
+            num_tokens=sample.num_tokens,
         )
+
+    label = f"eval {who.label}"
+    line = ProgressLine(f"[{label}] {shard.name}", len(rendered), counts.unit, "instructions")
+    sample_shard(
+        generator, shard, rendered, [cfg.eval.seed], row, counts, g.chunk_size, (key, key),
+        label=label, progress=line,
+    )  # fmt: skip

@@ -7,14 +7,15 @@ vLLM as one stream over the shard, HF chunk by chunk (`sample_stream`).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
-from src.core.chunks import ChunkCounts, Progress, Todo
+from src.core.chunks import ChunkCounts, Progress, Shard, Todo, process_shard
 from src.core.devices import device_for, gpu_computes_bf16
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
@@ -80,6 +81,10 @@ class SampleCounts(ChunkCounts):
     def work(self) -> float:
         return self.tokens
 
+    def sampled(self, load) -> None:
+        """The sampler's load once every chunk is drawn (its decoding steps), for the record of
+        a stage that keeps it."""
+
 
 def render(g: GenerationConfig, tokenizer, prompts, counts: SampleCounts) -> list[RenderedPrompt]:
     """The prompts through the chat template, over-long ones skipped or truncated as `g` says
@@ -108,6 +113,26 @@ def render(g: GenerationConfig, tokenizer, prompts, counts: SampleCounts) -> lis
             counts.truncated += 1
         out.append(RenderedPrompt(p.prompt_id, text, array("i", ids)))
     return out
+
+
+def rendered_prompts(
+    g: GenerationConfig,
+    path: str,
+    revision: str | None,
+    prompts,
+    counts: SampleCounts,
+    whole,
+    source: str,
+    section: str = "generation",
+):
+    """(tokenizer, end-of-turn ids, `prompts` rendered by `render`) for the policy at `path`;
+    where `render` kept none, `whole` (the split the prompts are a shard of, read from `source`)
+    is checked to hold one that fits."""
+    tokenizer, eos_ids = load_tokenizer(path, revision)
+    rendered = render(g, tokenizer, prompts, counts)
+    if not rendered:  # over the whole split: a shard may be empty while others have prompts
+        require_one_fits(g, tokenizer, whole, source, section)
+    return tokenizer, eos_ids, rendered
 
 
 def require_one_fits(
@@ -186,6 +211,37 @@ def open_generator(
         max_new_tokens=g.max_new_tokens,
         batch_size=g.batch_size,
     )
+
+
+def sample_shard(
+    generator,
+    shard: Shard,
+    rendered: list[RenderedPrompt],
+    seeds: list[int],
+    row: Callable[[RenderedPrompt, list], dict],
+    counts: SampleCounts,
+    chunk_size: int,
+    keys: tuple[str, str],
+    label: str,
+    progress: Progress,
+    shared_keys: Sequence[str] = (),
+) -> None:
+    """One sample per seed for every rendered prompt of `shard`, each prompt's row made by
+    `row(prompt, its samples)`, written chunk by chunk and the shard finished
+    (`src.core.chunks.process_shard`, `keys`: its fingerprint and identity); the generator closed
+    after, whatever happens."""
+    fingerprint, identity = keys
+
+    def rows(todo: Todo[RenderedPrompt], progress: Progress):
+        for c, chunk, samples in sample_stream(generator, todo, seeds, progress):
+            yield c, [row(p, drawn) for p, drawn in zip(chunk, samples, strict=True)]
+        counts.sampled(generator.load)
+
+    with closing(generator):
+        process_shard(
+            shard, rendered, chunk_size, rows, counts, fingerprint, identity,
+            label=label, progress=progress, shared_keys=shared_keys,
+        )  # fmt: skip
 
 
 def sample_stream(

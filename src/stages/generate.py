@@ -14,12 +14,11 @@ chunks, so a run killed at any point and re-run ends with every prompt exactly o
 from __future__ import annotations
 
 import sys
-from contextlib import closing
 from dataclasses import asdict, dataclass
 
 from src.cli import ProgressLine
 from src.config import Backend, Config, Device, Stage
-from src.core.chunks import Progress, Todo, claim, process_shard, take_shard
+from src.core.chunks import claim, take_shard
 from src.core.contracts import ResponseRow
 from src.core.memory import Peak
 from src.core.records import chunk_identity, stage_fingerprint
@@ -29,11 +28,9 @@ from src.generation.sampling import (
     GenerationError,
     RenderedPrompt,
     SampleCounts,
-    load_tokenizer,
     open_generator,
-    render,
-    require_one_fits,
-    sample_stream,
+    rendered_prompts,
+    sample_shard,
 )
 from src.plan.stages import peak_line
 from src.stages.common import redo, require_previous_policy, stage_shard
@@ -53,6 +50,9 @@ class Counts(SampleCounts):
     def add(self, rows: list[ResponseRow]) -> None:
         self.generated += len(rows)
         self.tokens += sum(sum(r["num_tokens"]) for r in rows)
+
+    def sampled(self, load) -> None:
+        self.decoding_steps, self.step_sequences = load.steps, load.sequences
 
 
 def run(cfg: Config) -> dict:
@@ -80,54 +80,42 @@ def run(cfg: Config) -> dict:
         redo(cfg, Stage.generate.value),
     )
     path = require_previous_policy(cfg)
-    tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
-    rendered = render(g, tokenizer, mine, counts)
-    if not rendered:  # over the whole split: a shard may be empty while others have prompts
-        require_one_fits(g, tokenizer, prompt_set, d.prompts)
+    tokenizer, eos_ids, rendered = rendered_prompts(
+        g, path, cfg.model.revision, mine, counts, prompt_set, d.prompts
+    )
     say_left_out(cfg, counts)
     # HF's model is in this process (vLLM's engine is another: its memory is not measured here)
     peak = Peak(cfg.hardware.device == Device.cuda) if g.backend == Backend.hf else None
     generator = open_generator(
         g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=shard.work / VLLM_LOG
     )
+    seeds = cfg.sample_seeds
 
-    def generate(todo: Todo[RenderedPrompt], progress: Progress):
-        seeds = cfg.sample_seeds
-        for c, chunk, samples in sample_stream(generator, todo, seeds, progress):
-            yield (
-                c,
-                [
-                    ResponseRow(
-                        prompt_id=p.prompt_id,
-                        prompt=p.prompt,
-                        responses=[s.text for s in drawn],
-                        finish_reasons=[s.finish_reason for s in drawn],
-                        num_tokens=[s.num_tokens for s in drawn],
-                        seeds=seeds,
-                    )
-                    for p, drawn in zip(chunk, samples, strict=True)
-                ],
-            )
-        counts.decoding_steps, counts.step_sequences = (
-            generator.load.steps,
-            generator.load.sequences,
+    def row(p: RenderedPrompt, drawn: list) -> ResponseRow:
+        return ResponseRow(
+            prompt_id=p.prompt_id,
+            prompt=p.prompt,
+            responses=[s.text for s in drawn],
+            finish_reasons=[s.finish_reason for s in drawn],
+            num_tokens=[s.num_tokens for s in drawn],
+            seeds=seeds,
         )
 
     # run, then cleanup: the sampler (vLLM's engine processes), the shard's file, the stage's
     # record once all shards are there
-    with closing(generator):
-        process_shard(
-            shard,
-            rendered,
-            g.chunk_size,
-            generate,
-            counts,
-            stage_fingerprint(cfg.as_tree(), Stage.generate),
-            identity,
-            label="generate",
-            progress=ProgressLine(f"[generate] {shard.name}", len(rendered), counts.unit),
-            shared_keys=("prompts_in_split", "duplicates_dropped"),
-        )
+    sample_shard(
+        generator,
+        shard,
+        rendered,
+        seeds,
+        row,
+        counts,
+        g.chunk_size,
+        (stage_fingerprint(cfg.as_tree(), Stage.generate), identity),
+        label="generate",
+        progress=ProgressLine(f"[generate] {shard.name}", len(rendered), counts.unit),
+        shared_keys=("prompts_in_split", "duplicates_dropped"),
+    )
     measured = peak.bytes() if peak is not None else None
     if measured is not None:
         print(peak_line(cfg, Stage.generate, measured), file=sys.stderr, flush=True)
