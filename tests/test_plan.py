@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import REPO_ROOT
+from src.config import REPO_ROOT, Stage
 from src.plan.memory import GIB
 from src.plan.stages import DoesNotFit, plan, require_fit
 from tests.helpers import compose_cfg, one_line_failure
@@ -295,3 +295,15 @@ def test_full_weights_on_one_gpu_are_planned_with_what_keeps_their_bf16_updates(
     )
     tiny = stages("model=tiny-mistral")["train"].memory.terms()
     assert "weights (fp32)" in tiny and not any("Kahan" in k or "master" in k for k in tiny)
+
+
+def test_each_stage_is_planned_alone_as_in_the_plan_of_the_iteration():
+    """The stages come from the registry, in order, eval with eval.enabled; one stage planned
+    alone (a stage's peak line, the fit check's retry) is that stage's row of the whole plan."""
+    cfg = compose_cfg(*GEMMA, *ON_24GB, "eval.enabled=true")
+    whole = plan(cfg)
+    assert [p.stage for p in whole] == ["generate", "rank", "pairs", "train", "eval"]
+    for p in whole:
+        (alone,) = plan(cfg, [Stage(p.stage)])
+        assert alone == p
+    assert plan(cfg, [Stage.pairs])[0].memory is None  # no model held: one CPU process

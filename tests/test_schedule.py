@@ -15,6 +15,7 @@ import src.schedule as schedule
 from src.config import REPO_ROOT, Config, Stage, to_yaml
 from src.core.errors import StageError, describe
 from src.core.registry import STAGES
+from src.stages.common import read_upstream
 from tests.helpers import BUILT_ON_DEMAND, TINY_WEIGHTS, compose_cfg
 
 
@@ -137,3 +138,14 @@ def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded, tiny_d
             assert (tmp_path / "tiny" / name / file).read_bytes() == (
                 tiny_dir / name / file
             ).read_bytes(), (name, file)
+
+
+def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder():
+    """The train stage's declared `consumes_via`: the pairs stage's output is what it reads unless
+    training.pairs names a file of the user's own, which no record of this run covers."""
+    cfg = compose_cfg("logger=none")
+    assert read_upstream(cfg, Stage.train) == Stage.pairs
+    users = compose_cfg("logger=none", "training.pairs=tests/data/pairs_tiny.jsonl")
+    assert read_upstream(users, Stage.train) is None
+    assert read_upstream(cfg, Stage.rank) == Stage.generate
+    assert read_upstream(cfg, Stage.generate) is None  # pi_{t-1}, no stage of this iteration
