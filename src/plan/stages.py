@@ -223,7 +223,7 @@ def largest_fitting(memory, gpu_gb: float | None, allowed: list[int] | None = No
     return low
 
 
-def cpu_plan(cfg: Config, shape: Shape, gpu_gb: float | None, stage: Stage) -> StagePlan:
+def cpu_plan(stage: Stage) -> StagePlan:
     """A stage that holds no model: one process on the CPUs."""
     return StagePlan(stage.value, "1 (CPU)", None)
 
@@ -244,10 +244,7 @@ def plan(cfg: Config, stages: list[Stage] | None = None) -> list[StagePlan]:
     gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
     shape = policy_shape(cfg)
     wanted = iteration_stages(Stage.all, cfg.eval.enabled) if stages is None else stages
-    return [
-        PLANNERS[s](cfg, shape, gpu_gb) if s in PLANNERS else cpu_plan(cfg, shape, gpu_gb, s)
-        for s in wanted
-    ]
+    return [PLANNERS[s](cfg, shape, gpu_gb) if s in PLANNERS else cpu_plan(s) for s in wanted]
 
 
 def remedies(cfg: Config, stage: StagePlan) -> list[str]:
