@@ -90,7 +90,7 @@ def cases(args) -> list[Case]:
 def model_folder(model: str, tiny: bool) -> Path:
     """The tiny model, or the real one's random weights (built apart: no CUDA context here)."""
     if tiny:
-        from src.tiny import DEFAULT_CACHE_DIR, ensure
+        from src.tiny.models import DEFAULT_CACHE_DIR, ensure
 
         return ensure(MODELS[model][1], DEFAULT_CACHE_DIR)
     out = CACHE / model
@@ -105,7 +105,7 @@ def build(model: str) -> None:
     import transformers
 
     from src.core.shapes import REAL_MODELS
-    from src.tiny import DEFAULT_CACHE_DIR, ensure
+    from src.tiny.models import DEFAULT_CACHE_DIR, ensure
 
     hub_id, tiny = MODELS[model]
     config_class, _, kwargs, attention = REAL_MODELS[hub_id]

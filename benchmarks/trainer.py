@@ -117,7 +117,7 @@ def cases(args) -> list[Case]:
 
 
 def model_path(name: str) -> Path:
-    from src.tiny import DEFAULT_CACHE_DIR, ensure
+    from src.tiny.models import DEFAULT_CACHE_DIR, ensure
     from src.tiny.widen import widened
 
     base, vocab = MODELS[name]

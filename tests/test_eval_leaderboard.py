@@ -41,7 +41,6 @@ from src.evaluation.leaderboard import (
     run_leaderboard,
     scaled,
 )
-from src.tiny import DEFAULT_CACHE_DIR, ensure
 from src.tiny.leaderboard import (
     IFEVAL,
     bbh_repo,
@@ -50,6 +49,7 @@ from src.tiny.leaderboard import (
     write_datasets,
     write_repo,
 )
+from src.tiny.models import DEFAULT_CACHE_DIR, ensure
 
 
 def row(**metrics: float) -> dict:
