@@ -32,10 +32,14 @@ from pathlib import Path
 
 from benchmarks import harness
 from benchmarks.harness import Benchmark, Case, median, table, text
+from src.core import registry
+from src.core.registry import Stage, iteration_stages
 
 ROOT = harness.REPO_ROOT
-STAGES = ("generate", "rank", "pairs", "train")
-SHARDED = ("generate", "rank")  # split into array tasks; the others are one task each
+# an iteration without its eval, as the registry orders it; the sharded stages are split into
+# array tasks, the others are one task each
+STAGES = tuple(s.value for s in iteration_stages(Stage.all, with_eval=False))
+SHARDED = tuple(s for s in STAGES if registry.STAGES[Stage(s)].sharded_by is not None)
 BENCH_DIR = ROOT / ".cache" / "bench-scale"
 OVERRIDES = ("model=tiny-mistral", "data=scale", "logger=none", "method.K=5", "hardware=cpu")
 OVERRIDES += ("iter=1",)  # the tiny recipe at K = 5 on the CPU, without tracking

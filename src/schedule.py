@@ -18,11 +18,11 @@ from typing import NoReturn
 from src.config import Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError, with_overrides
+from src.core.errors import Redo, StageError, with_overrides
 from src.core.records import RETRAINED, StageState, read_record, state_of
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
 from src.stages import StageRun, curves, stage_run, tracking
-from src.stages.common import read_upstream, redo, stage_shard
+from src.stages.common import read_upstream, stage_shard
 from src.tiny.on_demand import ensure_tiny_models
 
 
@@ -67,7 +67,7 @@ def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
     with `pipeline.require_previous`, which needs iteration t-1 trained)."""
     if cfg.pipeline.require_previous:
         previous = Path(cfg.run.init_policy)
-        if read_record(previous.parent, fix=redo(cfg, "train", cfg.iter - 1)) is None:
+        if read_record(previous.parent) is None:
             raise StageError(
                 f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
                 "which is not finished (pipeline.require_previous=true); finish it first",
@@ -247,7 +247,7 @@ def skipped(stage: Stage) -> None:
 def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
     """A stage finished under another config (or version) than `cfg`: never trusted, and never
     redone without being asked; the fix redoes it."""
-    fix = redo(cfg, st.stage.value)
+    fix: str | Redo = Redo(st.stage, cfg.iter)
     if st.earlier_version:
         raise StageError(
             f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, whose "

@@ -328,7 +328,7 @@ def test_a_bad_pairs_stage_output_names_the_command_that_makes_it_again(case, st
     with pytest.raises(PairsError) as raised:
         run(cfg)
     assert re.match(expected(CASES[case], path), str(raised.value)), str(raised.value)
-    assert raised.value.fix == fix
+    assert raised.value.overrides(stage) == fix
 
 
 def error_line(result) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from src.core.artifacts import atomic_write_json, atomic_write_text, umask
 from src.core.chunks import Shard, chunk_by_chunk, finish_shard, run_chunks, seal_of
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.rows import finished_rows
 from tests.helpers import compose_cfg
 
@@ -112,22 +112,25 @@ def test_shards_finishing_at_the_same_time_leave_one_complete_record(tmp_path):
     assert not (tmp_path / "done.json").exists()
     totals = finish_shard(shards[0], tallies[0].chunks, {"seconds": 2.0}, "fingerprint")
     assert totals == {"seconds": 3.0, "shards": 2}
-    rows = finished_rows(tmp_path, "rows", StageError, "stage=x", "pipeline.redo=[x]")
+    rows = finished_rows(tmp_path, "rows", StageError, "stage=x")
     assert sorted(row["prompt_id"] for _, row in rows) == ITEMS
 
 
-def test_a_rows_file_that_differs_from_its_record_is_never_read(tmp_path):
-    run_shard(tmp_path, [])
-    output = tmp_path / "rows-shard000-of-001.jsonl"
-    assert (
-        len(list(finished_rows(tmp_path, "rows", StageError, "stage=x", "pipeline.redo=[x]"))) == 10
-    )
+@pytest.mark.parametrize(("folder", "fix"), [("iter2/rank", Redo("rank", 2)), ("cache", None)])
+def test_a_rows_file_that_differs_from_its_record_is_never_read(tmp_path, folder, fix):
+    """Refused with what makes the stage again, read from the folder's place in a run (a cache
+    outside that layout: deleting it is the remedy, said in the message)."""
+    stage_dir = tmp_path / folder
+    run_shard(stage_dir, [])
+    output = stage_dir / "rows-shard000-of-001.jsonl"
+    assert len(list(finished_rows(stage_dir, "rows", StageError, "stage=x"))) == 10
     output.write_bytes(output.read_bytes()[:-30])
     with pytest.raises(
         StageError, match=r"rows-shard000-of-001\.jsonl is not the file .*done\.json"
     ) as refused:
-        finished_rows(tmp_path, "rows", StageError, "stage=x", "pipeline.redo=[x]")
-    assert refused.value.fix == "pipeline.redo=[x]"
+        finished_rows(stage_dir, "rows", StageError, "stage=x")
+    assert refused.value.fix == fix
+    assert ("redo the stage" in str(refused.value)) == (fix is not None)
 
 
 @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
@@ -171,7 +174,9 @@ def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypat
         StageError, match=r"ranked-shard000-of-001\.jsonl:1: prompt_id 'q1': .*NaN"
     ) as stopped:
         pairs.run(cfg)
-    assert stopped.value.fix == "stage=rank iter=1 pipeline.redo=[rank]"  # then pairs again
+    assert (
+        stopped.value.overrides(str(cfg.stage)) == "stage=rank iter=1 pipeline.redo=[rank]"
+    )  # then pairs again
     assert not cfg.stage_dir("pairs").exists(), "nothing a re-run would trust"
 
 
@@ -203,7 +208,7 @@ def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     parquet.write_bytes(parquet.read_bytes() + b"\0")  # still readable: only the seal tells
     with pytest.raises(StageError, match=r"pairs\.parquet is not the file .*done\.json") as refused:
         train.read_inputs(cfg)
-    assert refused.value.fix == "stage=pairs iter=1 pipeline.redo=[pairs]"
+    assert refused.value.overrides(str(cfg.stage)) == "stage=pairs iter=1 pipeline.redo=[pairs]"
 
 
 def test_a_chunk_copied_over_another_with_its_seal_is_made_again(tmp_path, capsys):
@@ -226,12 +231,12 @@ def test_chunks_of_another_identity_are_refused_even_without_their_identity_file
     from src.core.chunks import claim
 
     shard = Shard(tmp_path, "rows", 0, 1)
-    claim(shard.work, "made at temperature 0.7", StageError, "rows of another config", "fix")
+    claim(shard.work, "made at temperature 0.7", StageError, "rows of another config")
     run_chunks(shard, ITEMS[:6], 3, chunk_by_chunk(process([])), "made at temperature 0.7")
     (shard.work / "identity.txt").unlink()  # lost: the chunks' seals still say what made them
     with pytest.raises(StageError, match=r"rows of another config, as chunk00000\.sealed\.json"):
-        claim(shard.work, "made at temperature 0.9", StageError, "rows of another config", "fix")
-    claim(shard.work, "made at temperature 0.7", StageError, "rows of another config", "fix")
+        claim(shard.work, "made at temperature 0.9", StageError, "rows of another config")
+    claim(shard.work, "made at temperature 0.7", StageError, "rows of another config")
     assert (shard.work / "identity.txt").read_text() == "made at temperature 0.7\n"
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from src.config import Device, Distributed, HardwareConfig
+from src.core.errors import Redo
 from src.training import launch
 from src.training.arguments import TrainingError
 
@@ -51,6 +52,22 @@ def test_a_worker_that_aborts_before_every_rank_finished_fails_the_stage(
     )
     with pytest.raises(TrainingError, match=r"training workers failed \(exit code 1\)"):
         launch.launch_workers(TWO, tmp_path, None)
+
+
+@pytest.mark.parametrize("fix", [Redo("pairs", 2), "training.max_length=512", None])
+def test_a_workers_failure_reaches_the_launcher_with_its_remedy(tmp_path, monkeypatch, fix):
+    """A worker's StageError crosses the process boundary whole: its message, its exit code and
+    its fix, a Redo still a Redo (the launching command's `stage=` decides its overrides)."""
+    workers(
+        monkeypatch,
+        "from src.core.errors import Redo\n"
+        "from src.training.arguments import TrainingError\n"
+        "from src.training.launch import report_failure\n"
+        f"sys.exit(report_failure(TrainingError('pairs.parquet: row 3 is bad', {fix!r})))",
+    )
+    with pytest.raises(TrainingError, match=r"^pairs\.parquet: row 3 is bad$") as failed:
+        launch.launch_workers(TWO, tmp_path, None)
+    assert failed.value.fix == fix
 
 
 def test_a_training_on_one_machine_meets_at_a_free_port_and_one_over_nodes_at_master_port(

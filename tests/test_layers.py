@@ -5,7 +5,10 @@ fails here, as does a module no layer names and a circle of imports between fold
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +120,33 @@ def test_the_check_sees_imports_inside_functions_and_an_upward_one(tmp_path):
     module.write_text("def f():\n    from src.stages.train import run\n")
     assert "src.stages.train" in imported_modules(module)
     assert RANK[unit_of("src.stages.train")] > RANK[unit_of("src.generation.sampling")]
+
+
+def test_the_stages_are_listed_in_the_registry_alone():
+    """A new stage is declared in src/core/registry.py (and run from its module): no other module
+    of the house writes the list of stages again, as names or as members, where it would be
+    missed."""
+    from src.core.registry import Stage
+
+    names = {s.value for s in Stage if s != Stage.all}
+    found = []
+    for path in modules():
+        if path == ROOT / "src/core/registry.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Tuple | ast.List | ast.Set):
+                continue
+            listed = {e.value for e in node.elts if isinstance(e, ast.Constant)}
+            listed |= {e.attr for e in node.elts if isinstance(e, ast.Attribute)}
+            if len(listed & names) >= 3:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, f"the stages listed outside the registry: {found}"
+
+
+def test_the_registry_check_sees_a_list_of_stages(tmp_path, monkeypatch):
+    module = tmp_path / "src" / "compare" / "runs.py"
+    module.parent.mkdir(parents=True)
+    module.write_text('STAGES = ("generate", "rank", "pairs", "train", "eval")\n')
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match=r"src/compare/runs\.py:1"):
+        test_the_stages_are_listed_in_the_registry_alone()

@@ -558,7 +558,7 @@ def test_a_bad_ranked_row_names_its_line_and_field_and_ranks_again(change, messa
         pairs_stage.run(cfg)
     assert re.match(rf"{re.escape(str(path))}:2: prompt_id 'q001': {message}", str(refused.value))
     # making the pairs again would make the same pair: ranking again is the fix
-    assert refused.value.fix == "stage=rank iter=1 pipeline.redo=[rank]"
+    assert refused.value.overrides(str(cfg.stage)) == "stage=rank iter=1 pipeline.redo=[rank]"
     assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
 
 
@@ -580,7 +580,10 @@ def test_a_blank_response_kept_by_the_ranker_makes_no_pair():
         r"both sides \(ranker\.empty_responses=drop",
         str(refused.value),
     ), str(refused.value)
-    assert refused.value.fix == "stage=rank iter=1 pipeline.redo=[rank] ranker.empty_responses=drop"
+    assert (
+        refused.value.overrides(str(cfg.stage))
+        == "stage=rank iter=1 pipeline.redo=[rank] ranker.empty_responses=drop"
+    )
     assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
 
 
@@ -667,7 +670,9 @@ def test_a_generation_with_no_rows_is_refused_by_rank_and_an_empty_ranking_by_pa
     assert str(refused.value) == (
         f"{cfg.stage_dir('generate')} holds no responses: nothing to rank; generate again"
     )
-    assert refused.value.fix == "iter=1 pipeline.redo=[generate]"  # stage=all: and on
+    assert (
+        refused.value.overrides(str(cfg.stage)) == "iter=1 pipeline.redo=[generate]"
+    )  # stage=all: and on
     assert not (cfg.stage_dir("rank") / "done.json").exists()
 
     rank = cfg.stage_dir("rank")
@@ -676,7 +681,7 @@ def test_a_generation_with_no_rows_is_refused_by_rank_and_an_empty_ranking_by_pa
     with pytest.raises(pairs_stage.PairsBuildError) as no_pairs:
         pairs_stage.run(cfg)
     assert str(no_pairs.value) == f"no pairs: {rank} holds no ranked prompts; rank again"
-    assert no_pairs.value.fix == "iter=1 pipeline.redo=[rank]"
+    assert no_pairs.value.overrides(str(cfg.stage)) == "iter=1 pipeline.redo=[rank]"
     assert not (cfg.stage_dir("pairs") / "done.json").exists()
 
 

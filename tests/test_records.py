@@ -274,9 +274,11 @@ def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
     path = stage_dir / "done.json"
     path.write_text("{x" if edit is None else json.dumps(edit(json.loads(path.read_text()))))
     with pytest.raises(StageError) as refused:
-        read_record(stage_dir, running="rank")
+        read_record(stage_dir)
     assert str(refused.value).startswith(f"{path}") and said in str(refused.value)
-    assert refused.value.fix == "stage=generate iter=1 pipeline.redo=[generate]"
+    assert (
+        refused.value.overrides(str(cfg.stage)) == "stage=generate iter=1 pipeline.redo=[generate]"
+    )
     with pytest.raises(StageError, match="does not match|not the object|is null|not valid"):
         state_of(cfg.as_tree(), Stage.generate)
 
@@ -313,4 +315,4 @@ def test_a_damaged_record_beside_the_base_eval_names_its_own_redo(tmp_path, monk
     with pytest.raises(StageError) as err:
         state_of(cfg.as_tree(), Stage.eval)
     assert str(side / "done.json") in str(err.value)
-    assert err.value.fix == "iter=2 pipeline.redo=[eval]"
+    assert err.value.overrides(str(cfg.stage)) == "iter=2 pipeline.redo=[eval]"

@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from src.core import registry
 from src.core.errors import EnvironmentFailure, StageError
 
-STAGES = ("generate", "rank", "pairs", "train", "eval")
+STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
 HPARAMS = {"eta": "method.eta", "beta": "method.beta", "lr": "training.learning_rate",
            "K": "method.K", "loss_type": "method.loss"}  # fmt: skip

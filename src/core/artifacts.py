@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 
 
 @contextmanager
@@ -109,7 +109,7 @@ def _identity(path: Path) -> tuple:
 def read_json(
     path: str | os.PathLike[str],
     error: type[StageError],
-    fix: str | None = None,
+    fix: str | Redo | None = None,
     again: str = "make it again",
 ) -> dict[str, Any]:
     """The JSON object in `path`, which this project wrote; a file that is not one (edited, or

@@ -40,7 +40,7 @@ from src.core.artifacts import (
     read_jsonl,
 )
 from src.core.errors import StageError
-from src.core.records import write_record
+from src.core.records import redo_of, write_record
 
 T = TypeVar("T")
 
@@ -85,7 +85,6 @@ def claim(
     identity: str,
     error: type[StageError],
     what: str,
-    fix: str | None,
     leftovers: str = "chunk*.jsonl",
     seals: str = "chunk*.sealed.json",
 ) -> None:
@@ -94,9 +93,11 @@ def claim(
     Used for a shard's chunks and for the Trainer's checkpoints: what a re-run resumes from.
     What they were made from is read from the directory's `identity.txt` and from each leftover's
     seal (`seals`), so that a lost or replaced identity.txt never lets another config's work
-    through. `fix`: the overrides that start the stage over (None: deleting `work` does).
+    through. Refused with what starts the stage over (`redo_of` its folder; for a cache, none:
+    deleting `work` does).
     """
     marker = work / "identity.txt"
+    fix = redo_of(work.parent)
     start_over = "start the stage over" if fix else "delete that directory to redo it"
     foreign = [p for p in sorted(work.glob(seals)) if sealed_identity(p) not in (None, identity)]
     if foreign:

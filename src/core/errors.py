@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -41,19 +42,45 @@ class Terminated(KeyboardInterrupt):
         self.signal = signal
 
 
+@dataclass(frozen=True)
+class Redo:
+    """A failure's remedy as a fact: `stage` of `iteration` made again. What the user's command
+    then sets is decided where the failure ends (`describe`), which knows the command."""
+
+    stage: str
+    iteration: int
+    also: str = ""  # overrides the stage needs besides (`ranker.empty_responses=drop`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage", str(self.stage))  # a Stage reads as its name
+
+    def overrides(self, running: str = "all") -> str:
+        """The overrides that make the stage again, with the stages after it that the command
+        runs. `pipeline.redo` acts on the stages a command runs, so a command that runs one other
+        stage (`running`: its `stage=`) is pointed at `stage` itself."""
+        fix = f"iter={self.iteration} pipeline.redo=[{self.stage}]"
+        fix = fix if running in ("all", self.stage) else f"stage={self.stage} {fix}"
+        return f"{fix} {self.also}".rstrip()
+
+
 class StageError(RuntimeError):
     """Bad input or state a stage cannot work with (a missing file, a malformed row, ...).
 
-    `fix`: the overrides (`key=value ...`) that, set on the user's own command, fix it — e.g.
-    `iter=1 pipeline.redo=[train]`; the entry point prints that command after the message.
+    `fix`: what fixes it — the overrides (`key=value ...`) to set on the user's own command, or a
+    `Redo` of the stage that made the bad input, which `describe` turns into those overrides for
+    the command at hand; the entry point prints that command after the message.
     """
 
     exit_code = EXIT_STAGE_ERROR
     label = "error"  # the word the line starts with
 
-    def __init__(self, message: str, fix: str | None = None) -> None:
+    def __init__(self, message: str, fix: str | Redo | None = None) -> None:
         super().__init__(message)
         self.fix = fix
+
+    def overrides(self, running: str = "all") -> str | None:
+        """`fix` as the overrides of a command that runs `running` (its `stage=`)."""
+        return self.fix.overrides(running) if isinstance(self.fix, Redo) else self.fix
 
 
 class EnvironmentFailure(StageError):
@@ -132,10 +159,17 @@ def shown(value: object) -> str:
     return f"a {type(value).__name__} ({str(value)[:40]!r})"
 
 
+def running_stage(command: str) -> str:
+    """The stage a command runs: its last `stage=` word, else every stage (`all`)."""
+    words = [w for w in command.split() if override_key(w) == "stage" and "=" in w]
+    return words[-1].partition("=")[2] if words else "all"
+
+
 def describe(exc: StageError, command: str) -> str:
-    """The one line a failure ends with."""
+    """The one line a failure ends with: the message, and `command` with the failure's fix."""
     line = f"{exc.label}: " + str(exc).strip().replace("\n", " ")
-    return f"{line}; run `{with_overrides(command, exc.fix)}`" if exc.fix else line
+    fix = exc.overrides(running_stage(command))
+    return f"{line}; run `{with_overrides(command, fix)}`" if fix else line
 
 
 # What the file system's refusals mean for a run, by errno; `{where}`: the setting that places

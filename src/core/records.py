@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from src.core.artifacts import atomic_write_json, read_json
-from src.core.errors import StageError, shown
+from src.core.errors import Redo, StageError, shown
 from src.core.machine import machine
 from src.core.registry import BENCHMARK_INPUTS, SIDE_EVAL, STAGES, Stage, stage_folder
 
@@ -125,12 +125,16 @@ def stage_inputs(
     return fingerprint_form(inputs, tree, at)
 
 
-def redo_overrides(stage: str, iteration: int, running: str | None) -> str:
-    """The overrides that make `stage` of `iteration` again, with the stages after it that the
-    command runs. `pipeline.redo` acts on the stages a command runs, so a command that runs one
-    other stage (`running`: its `stage=`) is pointed at `stage` itself."""
-    fix = f"iter={iteration} pipeline.redo=[{stage}]"
-    return fix if running in ("all", stage) else f"stage={stage} {fix}"
+def redo_of(stage_dir: Path) -> Redo | None:
+    """What makes again the stage whose folder is `stage_dir` (`iterT/<stage>`, or an eval
+    beside it: `iterT/eval/vs-<name>`); None for a folder outside that layout (a cache, a file of
+    the user's own), which deleting remakes."""
+    folder = Path(stage_dir)
+    folder = folder.parent if folder.name.startswith(SIDE_EVAL) else folder
+    stage, iteration = folder.name, folder.parent.name.removeprefix("iter")
+    if stage in {s.value for s in STAGES} and iteration.isdigit():
+        return Redo(stage, int(iteration))
+    return None
 
 
 def record_sha256(record: dict[str, Any]) -> str:
@@ -139,26 +143,19 @@ def record_sha256(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def read_record(
-    stage_dir: Path, running: str | None = "all", fix: str | None = None
-) -> dict[str, Any] | None:
+def read_record(stage_dir: Path) -> dict[str, Any] | None:
     """A stage's `done.json`, checked; None when there is none (the stage has not finished).
 
     The one reader of records: a record that is not what `write_record` wrote (not JSON, not an
     object, a field missing or of the wrong type, content that does not match its own sha256)
-    raises a StageError naming the file and the command that makes the stage again — never
+    raises a StageError naming the file and what makes the stage again (`redo_of`) — never
     read as "unfinished" (its outputs would be trusted by nobody, but redone silently) and never
-    believed. `fix`: that command's overrides, else made from the folder (`iterT/<stage>`) for a
-    command that runs `running`.
+    believed.
     """
     path = Path(stage_dir) / "done.json"
     if not path.is_file():
         return None
-    if fix is None:
-        folder = path.parent.parent if path.parent.name.startswith(SIDE_EVAL) else path.parent
-        stage, iteration = folder.name, folder.parent.name.removeprefix("iter")
-        if stage in {s.value for s in STAGES} and iteration.isdigit():
-            fix = redo_overrides(stage, int(iteration), running)
+    fix = redo_of(path.parent)
     again = "make the stage again" if fix else f"delete {path.parent} to make it again"
     record = read_json(path, StageError, fix, again)
     problem = record_problem(record)
@@ -232,9 +229,7 @@ def stage_fingerprint(
     if consumes is not None:
         upstream: str | None = stage_fingerprint(tree, consumes, at)
     elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
-        record = read_record(
-            Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train", lookup(tree, "stage")
-        )
+        record = read_record(Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train")
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None
@@ -253,7 +248,7 @@ class StageState:
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
-    record = read_record(stage_dir(tree, stage), lookup(tree, "stage"))
+    record = read_record(stage_dir(tree, stage))
     if record is None:
         return StageState(stage, "todo")
     if record.get("fingerprint") == stage_fingerprint(tree, stage):

@@ -10,23 +10,24 @@ from typing import Any
 from src.core.artifacts import file_sha256, read_jsonl
 from src.core.chunks import Shard
 from src.core.errors import StageError, shown
-from src.core.records import read_record
+from src.core.records import read_record, redo_of
 
 
 def finished_rows(
-    stage_dir: Path, prefix: str, error: type[StageError], finish: str | None, redo_it: str | None
+    stage_dir: Path, prefix: str, error: type[StageError], finish: str | None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row) for every row of a finished stage, shard after shard, read as they are used
     (every shard's file is checked against its seal first).
 
-    A stage without its done.json is unfinished (or killed): its files are never read. `finish`
-    and `redo_it` are the overrides that make the stage, and make it again (None: a cache that
-    the next run remakes once its folder is deleted).
+    A stage without its done.json is unfinished (or killed): its files are never read. `finish`:
+    the overrides that make the stage; bad files are refused with what makes it again
+    (`redo_of`: none for a cache, which the next run remakes once its folder is deleted).
     """
     record = stage_dir / "done.json"
-    finished = read_record(stage_dir, fix=redo_it)
+    finished = read_record(stage_dir)
     if finished is None:
         raise error(f"{stage_dir} is not finished (no done.json); make it first", finish)
+    redo_it = redo_of(stage_dir)
     again = "redo the stage" if redo_it else f"delete {stage_dir} to make it again"
     num_shards = finished["counts"].get("shards", 1)
     shards = (
@@ -42,18 +43,17 @@ def finished_rows(
             redo_it,
         )
     for s in shards:  # every file checked before the first row is used
-        require_sealed(s.output, error, redo_it, finished)
+        require_sealed(s.output, error, finished)
     return (row for s in shards for row in read_jsonl(s.output, error))
 
 
-def require_sealed(
-    output: Path, error: type[StageError], redo_it: str | None, finished: dict | None = None
-) -> None:
+def require_sealed(output: Path, error: type[StageError], finished: dict | None = None) -> None:
     """`output` as its stage's record (`finished`, else read from done.json beside it) sealed
     it: present, and the same bytes when the record holds its sha256."""
     record = output.parent / "done.json"
     if finished is None:
-        finished = read_record(output.parent, fix=redo_it) or {}
+        finished = read_record(output.parent) or {}
+    redo_it = redo_of(output.parent)
     again = "redo the stage" if redo_it else f"delete {output.parent} to make it again"
     if not output.is_file():
         raise error(

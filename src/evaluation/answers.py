@@ -126,7 +126,7 @@ def answers(cfg: Config, who: Answerer, instructions: list[Prompt]) -> dict[str,
             print(f"[eval] answers of {who.label}: reused from {where}", file=sys.stderr)
         else:
             generate(cfg, who, instructions, shard, key)
-    rows = finished_rows(where, "answers", EvalError, finish=None, redo_it=None)
+    rows = finished_rows(where, "answers", EvalError, finish=None)
     return {row["prompt_id"]: row for _, row in rows}
 
 
@@ -145,7 +145,7 @@ def cached_record(where: Path, key: str) -> bool:
 def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shard, key: str):
     g = eval_generation(cfg)
     counts = AnswerCounts()
-    claim(shard.work, key, EvalError, "answers of another model or decoding", fix=None)
+    claim(shard.work, key, EvalError, "answers of another model or decoding")
     print(f"[eval] answers of {who.label} ({who.path}) -> {shard.stage_dir}", file=sys.stderr)
     tokenizer, eos_ids, rendered = rendered_prompts(
         g, who.path, cfg.model.revision, instructions, counts,

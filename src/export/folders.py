@@ -25,11 +25,11 @@ from pathlib import Path
 
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, sync_directory
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record, saved_state
 from src.core.rows import require_sealed
-from src.stages.common import redo, stage_rows
+from src.stages.common import stage_rows
 
 
 class ExportError(StageError):
@@ -85,7 +85,9 @@ def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     record = finished(cfg, Stage.train, f"stage=all iter={cfg.iter}")
     damage = checkpoint_damage(train / "checkpoint", record.get("outputs", {}))
     if damage:
-        raise ExportError(f"{train / 'checkpoint'} is damaged ({damage})", redo(cfg, "train"))
+        raise ExportError(
+            f"{train / 'checkpoint'} is damaged ({damage})", Redo(Stage.train, cfg.iter)
+        )
     if not (train / "checkpoint" / CARD).is_file():  # trained before cards existed
         from src.stages.cards import write_model_card
 
@@ -108,7 +110,7 @@ def export_data(cfg: Config, out: Path, force: bool = False) -> Path:
     ranked = [row for _, row in stage_rows(cfg, Stage.rank, ExportError)]
     pairs_dir = cfg.stage_dir(Stage.pairs)
     pairs_record = finished(cfg, Stage.pairs, f"stage=pairs iter={cfg.iter}")
-    require_sealed(pairs_dir / "pairs.parquet", ExportError, redo(cfg, "pairs"), pairs_record)
+    require_sealed(pairs_dir / "pairs.parquet", ExportError, pairs_record)
     rank_record = read_record(cfg.stage_dir(Stage.rank))
 
     def assemble(folder: Path) -> None:
@@ -133,7 +135,7 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
     if state is not None and state.status == "stale":
         why = "; ".join(state.changed) or "its record is not its saved config's"
         raise ExportError(f"{stage_dir} is stale ({why}): redo it before exporting it",
-                          redo(cfg, stage.value))  # fmt: skip
+                          Redo(stage, cfg.iter))  # fmt: skip
     return record
 
 

@@ -24,14 +24,13 @@ from statistics import mean
 
 from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, read_json
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.policy import CARD
 from src.core.records import read_record, saved_state
 from src.core.registry import SIDE_EVAL
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.benchmarks import figure
 from src.evaluation.leaderboard import V1, shown_scores
-from src.stages.common import redo
 
 # Licenses of the bases this project knows; any other base: "other" (its own card says which)
 BASE_LICENSES = {
@@ -145,7 +144,7 @@ def write_model_card(cfg: Config, checkpoint: Path, writing: Path | None = None)
     eval.json of each eval of the iteration (`evaluations`). `writing`: the eval folder whose
     stage writes the card, its record not yet written. Returns the card's path."""
     stage_dir = cfg.stage_dir(Stage.train)
-    metrics = read_json(stage_dir / "metrics.json", StageError, redo(cfg, Stage.train.value))
+    metrics = read_json(stage_dir / "metrics.json", StageError, Redo(Stage.train, cfg.iter))
     return atomic_write_text(
         checkpoint / CARD,
         model_card(cfg, metrics, evaluations(cfg, writing), saved_command(stage_dir)),
@@ -166,7 +165,7 @@ def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
             state = saved_state(cfg.as_tree(), Stage.eval, folder)
             if read_record(folder) is None or (state is not None and state.status != "done"):
                 continue
-        found.append(read_json(report, StageError, redo(cfg, Stage.eval.value)))
+        found.append(read_json(report, StageError, Redo(Stage.eval, cfg.iter)))
     return found
 
 

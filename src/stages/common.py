@@ -1,5 +1,5 @@
 """What the stages share that reads the config: where a stage's shard and rows are, what it reads,
-the policy it starts from, its judge, the command that redoes a stage. The storage beneath (chunks, records, checkpoints)
+the policy it starts from, its judge. The storage beneath (chunks, records, checkpoints)
 is in src/core and takes plain values."""
 
 from __future__ import annotations
@@ -11,20 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from src.config import Config, RankerConfig, Stage
 from src.core.chunks import Shard
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.policy import checkpoint_damage, model_folder_damage, require_loadable
-from src.core.records import lookup, read_record, redo_overrides
+from src.core.records import lookup, read_record
 from src.core.registry import STAGES
 from src.core.rows import finished_rows
 
 if TYPE_CHECKING:
     from src.ranking.judge import Judge
-
-
-def redo(cfg: Config, stage: str, iteration: int | None = None) -> str:
-    """The overrides that make `stage` of `iteration` (the config's by default) again, with the
-    stages after it that `cfg`'s command runs."""
-    return redo_overrides(stage, cfg.iter if iteration is None else iteration, str(cfg.stage))
 
 
 def read_upstream(cfg: Config, stage: Stage) -> Stage | None:
@@ -51,9 +45,7 @@ def stage_rows(
     """(where, row) for every row of this iteration's finished `stage`, shard after shard, read
     as they are used."""
     finish = f"stage={stage.value} iter={cfg.iter}"
-    return finished_rows(
-        cfg.stage_dir(stage), STAGES[stage].rows, error, finish, redo(cfg, stage.value)
-    )
+    return finished_rows(cfg.stage_dir(stage), STAGES[stage].rows, error, finish)
 
 
 def require_previous_policy(cfg: Config) -> str:
@@ -64,7 +56,7 @@ def require_previous_policy(cfg: Config) -> str:
         require_loadable(path, cfg.model.revision)
         return path
     previous = cfg.iter - 1
-    record = read_record(Path(path).parent, fix=redo(cfg, "train", previous))
+    record = read_record(Path(path).parent)
     if record is None or not Path(path).is_dir():
         raise StageError(
             f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint, which is not "
@@ -78,7 +70,7 @@ def require_previous_policy(cfg: Config) -> str:
         raise StageError(
             f"iteration {cfg.iter} starts from iteration {previous}'s checkpoint {path}, which is "
             f"damaged ({damage}); train iteration {previous} again",
-            fix=redo(cfg, "train", previous),
+            fix=Redo(Stage.train, previous),
         )
     return path
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
-from src.core.errors import EnvironmentFailure
+from src.core.errors import EnvironmentFailure, Redo
 from src.core.policy import CARD, checkpoint_damage, require_loadable
 from src.core.records import read_record, stage_fingerprint, write_record
 from src.evaluation import benchmarks
@@ -47,7 +47,7 @@ from src.evaluation.winrate import FOLDS, outcomes, win_rates
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix
 from src.stages.cards import write_model_card
-from src.stages.common import load_judge, redo
+from src.stages.common import load_judge
 
 
 def run(cfg: Config) -> dict:
@@ -204,7 +204,7 @@ def answerer(cfg: Config, which: str) -> Answerer:
         s = int(earlier[1])
         path = str(Path(cfg.run.dir) / f"iter{s}" / "train" / "checkpoint")
         label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{s}"
-        record = read_record(Path(path).parent, fix=redo(cfg, Stage.train.value, s))
+        record = read_record(Path(path).parent)
         if record is None:
             raise EvalError(
                 f"iteration {s} is not trained: {path} has no finished training record",
@@ -214,7 +214,7 @@ def answerer(cfg: Config, which: str) -> Answerer:
         if damage:
             raise EvalError(
                 f"iteration {s}'s checkpoint {path} is damaged ({damage}); train it again",
-                fix=redo(cfg, Stage.train.value, s),
+                fix=Redo(Stage.train, s),
             )
     else:  # before any answer is made: a reference that cannot load fails first
         path, label = which, Path(which).name

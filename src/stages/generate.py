@@ -33,7 +33,7 @@ from src.generation.sampling import (
     sample_shard,
 )
 from src.plan.stages import peak_line
-from src.stages.common import redo, require_previous_policy, stage_shard
+from src.stages.common import require_previous_policy, stage_shard
 
 
 @dataclass
@@ -77,7 +77,6 @@ def run(cfg: Config) -> dict:
         identity,
         GenerationError,
         "responses generated with a different configuration (policy, prompts, sampling or K)",
-        redo(cfg, Stage.generate.value),
     )
     path = require_previous_policy(cfg)
     tokenizer, eos_ids, rendered = rendered_prompts(

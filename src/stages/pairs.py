@@ -39,11 +39,11 @@ import numpy as np
 from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow, pair_row_problem, ranked_row_problem
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.records import stage_fingerprint, write_record
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
-from src.stages.common import redo, stage_rows
+from src.stages.common import stage_rows
 
 BATCH = 256  # pairs sorted in memory at a time (one run of the merge), and written at a time
 
@@ -75,7 +75,7 @@ def run(cfg: Config) -> dict:
             try:
                 pair = pair_of(row, where, cfg.method.pair_selection)
             except PairsBuildError as bad:  # a blank response, which only ranking again leaves out
-                fix = f"{redo(cfg, Stage.rank.value)} ranker.empty_responses=drop"
+                fix = Redo(Stage.rank, cfg.iter, also="ranker.empty_responses=drop")
                 raise PairsBuildError(str(bad), fix) from None
             batch.append(pair)
             stats.append(pair_stats(pair))
@@ -87,7 +87,7 @@ def run(cfg: Config) -> dict:
         if not prompts:  # a ranking recorded before the rank stage refused to finish empty
             raise PairsBuildError(
                 f"no pairs: {cfg.stage_dir(Stage.rank)} holds no ranked prompts; rank again",
-                redo(cfg, Stage.rank.value),
+                Redo(Stage.rank, cfg.iter),
             )
         if not runs:
             raise PairsBuildError(
@@ -209,7 +209,7 @@ def ranked_rows(cfg: Config) -> Iterator[tuple[str, RankedRow]]:
         if problem:
             pid = row.get("prompt_id")
             named = f"{where}: prompt_id {pid!r}" if isinstance(pid, str) and pid.strip() else where
-            raise PairsBuildError(f"{named}: {problem}", redo(cfg, Stage.rank.value))
+            raise PairsBuildError(f"{named}: {problem}", Redo(Stage.rank, cfg.iter))
         yield where, row
 
 

@@ -30,7 +30,7 @@ from src.cli import ProgressLine
 from src.config import Config, EmptyResponses, JudgeKind, Stage, WinProb
 from src.core.chunks import ChunkCounts, chunk_by_chunk, claim, process_shard
 from src.core.contracts import RankedRow
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.records import chunk_identity, stage_fingerprint
 from src.ranking.candidates import (
     Candidates,
@@ -44,7 +44,7 @@ from src.ranking.candidates import (
     no_external,
 )
 from src.ranking.preferences import all_tied, win_matrix, win_rates
-from src.stages.common import load_judge, redo, stage_rows, stage_shard
+from src.stages.common import load_judge, stage_rows, stage_shard
 
 
 class RankError(StageError):
@@ -151,7 +151,6 @@ def run(cfg: Config) -> dict:
         RankError,
         "rankings made with a different configuration (judge or its options, the responses, "
         "the external pool)",
-        redo(cfg, Stage.rank.value),
     )
     judge = load_judge(cfg, r)
 
@@ -201,7 +200,7 @@ def nothing_to_rank(cfg: Config, prompts: int) -> RankError:
     if not prompts:  # a generation recorded before the generate stage refused to finish empty
         return RankError(
             f"{generated} holds no responses: nothing to rank; generate again",
-            redo(cfg, Stage.generate.value),
+            Redo(Stage.generate, cfg.iter),
         )
     return RankError(
         f"all {prompts} prompts of {generated} have fewer than 2 non-empty responses once "

@@ -29,7 +29,7 @@ from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.chunks import claim
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
@@ -37,7 +37,7 @@ from src.core.rows import require_sealed
 from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card
-from src.stages.common import read_upstream, redo, require_previous_policy
+from src.stages.common import read_upstream, require_previous_policy
 from src.training import checkpoints
 from src.training.adapters import (
     merge,
@@ -174,9 +174,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
             "max_length": t.max_length,
             "max_prompt_length": t.max_prompt_length,
         }
-        reference = ReferenceLogps(
-            stage_dir / "reference_logps.json", identity, redo(cfg, Stage.train.value)
-        )
+        reference = ReferenceLogps(stage_dir / "reference_logps.json", identity)
     elif t.peft == Peft.none:  # with an adapter, pi_ref is the policy with it switched off
         ref_model = load_policy(cfg, dtype)
     pad_id = (
@@ -227,15 +225,15 @@ def read_inputs(cfg: Config) -> tuple[Path, Iterator[dict]]:
     pairs_path = Path(cfg.training.pairs).resolve()
     remake = remake_pairs(cfg)
     if remake is not None and pairs_path.is_file():
-        require_sealed(pairs_path, TrainingError, remake)
+        require_sealed(pairs_path, TrainingError)
     return pairs_path, read_pairs(pairs_path, cfg.method.loss.value, remake)
 
 
-def remake_pairs(cfg: Config) -> str | None:
-    """The overrides that remake a bad pairs file when it is the pairs stage's output; None for a
+def remake_pairs(cfg: Config) -> Redo | None:
+    """What remakes a bad pairs file when it is the pairs stage's output; None for a
     file of the user's own (training.pairs), which only its author can correct."""
     upstream = read_upstream(cfg, Stage.train)
-    return None if upstream is None else redo(cfg, upstream.value)
+    return None if upstream is None else Redo(upstream, cfg.iter)
 
 
 # --- cleanup --------------------------------------------------------------------------------------
@@ -327,7 +325,6 @@ def resume_from(cfg: Config, stage_dir: Path) -> str | None:
         identity,
         TrainingError,
         "Trainer checkpoints of a run with another configuration",
-        redo(cfg, Stage.train.value),
         leftovers="checkpoint-*",
         seals=f"checkpoint-*/{checkpoints.SEAL}",
     )

@@ -20,7 +20,7 @@ import torch
 
 from src.core.artifacts import read_jsonl
 from src.core.contracts import pair_row_problem
-from src.core.errors import StageError
+from src.core.errors import Redo, StageError
 
 # the only numbers of the file a loss reads: SPPO's targets (docs/design.md §6.2); DPO/IPO read
 # none, and WPO's weights come from the policy's own log-probs, not from the file
@@ -37,14 +37,14 @@ class PairsError(StageError):
     """The pairs file cannot be trained on; the message says what and where."""
 
 
-def read_pairs(path: str | Path, loss: str, fix: str | None = None) -> Iterator[dict[str, Any]]:
+def read_pairs(path: str | Path, loss: str, fix: Redo | None = None) -> Iterator[dict[str, Any]]:
     """Rows of a pairs file (.parquet, or .jsonl for hand-made fixtures), every one checked, read
     as they are used (a parquet file a batch of rows at a time: the file is never all in memory).
 
     Every row is checked as it is tokenised, before training starts, so that a bad one stops the
     stage with its file, row and prompt_id rather than a traceback from the chat template or a
-    NaN loss hours later. `fix`: the overrides that remake the file when it is the pairs stage's
-    output; None for a file of the user's own, where the message says what to correct.
+    NaN loss hours later. `fix`: what remakes the file when it is the pairs stage's output;
+    None for a file of the user's own, where the message says what to correct.
     """
     path = Path(path)
     try:

@@ -14,13 +14,20 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
 from src.config import Device, Distributed, HardwareConfig
 from src.core import preemption, threads
 from src.core.artifacts import atomic_write_json, atomic_write_text
-from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure, StageError, describe_os_error
+from src.core.errors import (
+    EXIT_ENVIRONMENT,
+    EnvironmentFailure,
+    Redo,
+    StageError,
+    describe_os_error,
+)
 from src.training.arguments import TRAINER_DIR, TrainingError
 
 WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
@@ -153,7 +160,8 @@ def forward_until_failure(stream: IO[bytes], failures: Path) -> None:
 def report_failure(failure: BaseException) -> int:
     """Report `failure` to the launching process; the exit code the worker ends with."""
     if isinstance(failure, StageError):
-        report = {"message": str(failure), "fix": failure.fix, "exit_code": failure.exit_code}
+        fix = asdict(failure.fix) if isinstance(failure.fix, Redo) else failure.fix
+        report = {"message": str(failure), "fix": fix, "exit_code": failure.exit_code}
     else:
         assert isinstance(failure, OSError)
         report = {"message": describe_os_error(failure), "fix": None, "exit_code": EXIT_ENVIRONMENT}
@@ -184,5 +192,6 @@ def worker_failure(failures: Path) -> StageError | None:
     for path in sorted(failures.glob("rank*.json")):
         report = json.loads(path.read_text())
         kind = EnvironmentFailure if report["exit_code"] == EXIT_ENVIRONMENT else TrainingError
-        return kind(report["message"], report["fix"])
+        fix = report["fix"]
+        return kind(report["message"], Redo(**fix) if isinstance(fix, dict) else fix)
     return None

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from src.core.artifacts import atomic_write_json, read_json
+from src.core.records import redo_of
 from src.training.adapters import adapter_off, peft_model
 from src.training.arguments import TrainingError
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
@@ -33,10 +34,9 @@ class ReferenceLogps:
     checkpoint so that a resumed run (whose weights are no longer pi_ref) reads them back.
     """
 
-    def __init__(self, path: Path, identity: dict, redo: str | None):
-        self.path = path
+    def __init__(self, path: Path, identity: dict):
+        self.path = path  # in the train stage's folder, whose redo trains again from pi_ref
         self.identity = identity  # what the numbers depend on: a saved file must match it
-        self.redo = redo  # the overrides that train the stage again from pi_ref
         self.values: dict[int, tuple[float, float]] = {}
 
     def load(self) -> bool:
@@ -199,7 +199,7 @@ class PreferenceTrainer(Trainer):
                 f"({self.reference.path}) are missing, damaged or made for other inputs: the "
                 "policy is no longer pi_ref, so they cannot be made again from it; train again "
                 "from pi_ref",
-                self.reference.redo,
+                redo_of(self.reference.path.parent),
             )
         loader = DataLoader(
             self.train_dataset,

@@ -1,0 +1,56 @@
+"""The failures' remedies (src/core/errors.py): a `Redo` is a fact until the boundary, which
+turns it into the overrides of the command the user ran."""
+
+import pytest
+
+from src.core.errors import Redo, StageError, describe, running_stage
+from src.core.registry import Stage
+
+
+@pytest.mark.parametrize(
+    ("running", "overrides"),
+    [
+        ("all", "iter=2 pipeline.redo=[rank]"),  # stage=all redoes rank and what follows it
+        ("rank", "iter=2 pipeline.redo=[rank]"),
+        ("pairs", "stage=rank iter=2 pipeline.redo=[rank]"),  # one other stage: pointed at rank
+    ],
+)
+def test_a_redo_is_the_overrides_of_the_command_that_runs(running, overrides):
+    assert Redo(Stage.rank, 2).overrides(running) == overrides
+    assert Redo("rank", 2) == Redo(Stage.rank, 2), "a Stage reads as its name"
+    also = Redo(Stage.rank, 2, also="ranker.empty_responses=drop").overrides(running)
+    assert also == f"{overrides} ranker.empty_responses=drop"
+
+
+@pytest.mark.parametrize(
+    ("command", "stage"),
+    [
+        ("python -m src.main model=tiny-mistral iter=2", "all"),
+        ("python -m src.main stage=pairs iter=2", "pairs"),
+        ("python -m src.main stage=rank iter=2 stage=pairs", "pairs"),  # Hydra: the last wins
+        ("python -m src.main pipeline.stage_timeout=9 stage=train", "train"),
+    ],
+)
+def test_the_stage_a_command_runs_is_its_last_stage_word(command, stage):
+    assert running_stage(command) == stage
+
+
+def test_the_line_a_failure_ends_with_sets_its_redo_on_the_users_command():
+    """The same failure (a damaged ranking, met by the pairs stage) under the two commands that
+    meet it: each gets the command that makes the ranking again and then goes on as it would."""
+    failure = StageError("iter2/rank/done.json: its content does not match", Redo("rank", 2))
+    assert describe(failure, "python -m src.main stage=pairs iter=2 logger=none") == (
+        "error: iter2/rank/done.json: its content does not match; run "
+        "`python -m src.main stage=rank iter=2 logger=none pipeline.redo=[rank]`"
+    )
+    assert describe(failure, "python -m src.main iter=2") == (
+        "error: iter2/rank/done.json: its content does not match; run "
+        "`python -m src.main iter=2 pipeline.redo=[rank]`"
+    )
+    plain = StageError("a file of the user's own is bad", "training.pairs=good.parquet")
+    assert describe(plain, "python -m src.main stage=train").endswith(
+        "run `python -m src.main stage=train training.pairs=good.parquet`"
+    )
+    assert describe(StageError("nothing to do about it"), "python -m src.main") == (
+        "error: nothing to do about it"
+    )
