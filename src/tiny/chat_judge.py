@@ -98,11 +98,6 @@ def verdict(a: toy.ToyAnswer, b: toy.ToyAnswer) -> str:
     return better.format(">" if abs(difference) >= SIGNIFICANT else "")
 
 
-def _answer(rng: random.Random) -> toy.ToyAnswer:
-    """An answer as the judges' preference data draws them: a third with garbled sentences."""
-    return toy.sample_answer(rng, garbled=0.0 if rng.random() < 2 / 3 else rng.random())
-
-
 def _preamble(rng: random.Random, own: tuple[str, ...], corpus: list[str]) -> str:
     """Instructions: some of `own`, among English lines that say nothing about the answers."""
     lines = rng.sample(own, rng.randint(1, len(own)))
@@ -120,7 +115,7 @@ def judge_example(
     kind = rng.random()
     question = rng.choice(prompts)
     if kind < 0.45:  # Arena-Hard: its judge prompt, or others around its template
-        a, b = _answer(rng), _answer(rng)
+        a, b = toy.judged_answer(rng), toy.judged_answer(rng)
         if rng.random() < REAL_PAIRWISE_PROMPT:
             system = (
                 arena_hard.SYSTEM_PROMPT
@@ -133,14 +128,14 @@ def judge_example(
             QUESTION=question, ANSWER_A=a.text, ANSWER_B=b.text
         )
         return system, user, VERDICT.format(verdict(a, b))
-    answer = _answer(rng)
+    answer = toy.judged_answer(rng)
     system = _preamble(rng, INSTRUCTIONS, corpus)
     if kind < 0.75:
         user = SINGLE.format(question=question, answer=answer.text)
     elif kind < 0.9:  # the second turn is judged: the first answer is not the one rated
         user = CONVERSATION.format(
             question_1=question,
-            answer_1=_answer(rng).text,
+            answer_1=toy.judged_answer(rng).text,
             question_2=rng.choice(prompts),
             answer_2=answer.text,
         )

@@ -189,17 +189,18 @@ def conversations(seed: int | str, n: int) -> list[tuple[str, str, str]]:
     ]
 
 
+def judged_answer(rng: random.Random) -> ToyAnswer:
+    """An answer as the judges' training data draws them: a third with garbled sentences."""
+    return sample_answer(rng, garbled=0.0 if rng.random() < 2 / 3 else rng.random())
+
+
 def preference_data(seed: int | str, n: int) -> list[tuple[str, str, str, float]]:
     """n (prompt, answer a, answer b, P(a preferred)) rows: what the judges are trained on."""
     rng = random.Random(f"preferences-{seed}")
     prompts = training_prompts()
     rows = []
-
-    def answer() -> ToyAnswer:  # a third of the answers have garbled sentences
-        return sample_answer(rng, garbled=0.0 if rng.random() < 2 / 3 else rng.random())
-
     for _ in range(n):
-        a, b = answer(), answer()
+        a, b = judged_answer(rng), judged_answer(rng)
         rows.append((rng.choice(prompts), a.text, b.text, preference(a, b)))
     return rows
 
