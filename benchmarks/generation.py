@@ -103,7 +103,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
         if getattr(args, key) is None:
             setattr(args, key, list(value) if isinstance(value, tuple) else value)
     from src.config import compose
-    from src.schedule import ensure_tiny_models
+    from src.tiny.on_demand import ensure_tiny_models
 
     for model in args.models:  # a tiny model is built before anything is timed
         ensure_tiny_models(compose([f"model={model}"]))

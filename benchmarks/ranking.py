@@ -157,7 +157,7 @@ def measure(case: Case) -> dict:
     import torch
 
     from src.config import compose
-    from src.schedule import ensure_tiny_models
+    from src.tiny.on_demand import ensure_tiny_models
 
     p = case.params
     large = [f"ranker.model={LARGE_DIR}"] if p["backbone"] == "large" else []

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from src.assets.asset import Asset
 from src.assets.cache import wanted_files
 from src.assets.check import damage, listed_for, require_assets
-from src.assets.listing import Asset
 from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.evaluation import leaderboard

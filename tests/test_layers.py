@@ -124,8 +124,10 @@ def test_the_check_sees_imports_inside_functions_and_an_upward_one(tmp_path):
 
 def test_the_stages_are_listed_in_the_registry_alone():
     """A new stage is declared in src/core/registry.py (and run from its module): no other module
-    of the house writes the list of stages again, as names or as members, where it would be
-    missed."""
+    of the house writes the list of stages again — a tuple, list or set naming three or more,
+    as names or as members — where it would be missed. Tables keyed by stage (the planners, the
+    assets each stage reads, compare's columns per stage) hold what differs between stages and
+    are not read here."""
     from src.core.registry import Stage
 
     names = {s.value for s in Stage if s != Stage.all}

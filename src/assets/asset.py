@@ -3,11 +3,10 @@ reads, src/assets/cache.py where each one is here)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+from src.core.hub import HUB_ID
 
 
 @dataclass(frozen=True)

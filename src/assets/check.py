@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from src.assets.asset import Asset
 from src.assets.cache import cached_bytes, folder_bytes, hub_damage, structure_damage
-from src.assets.listing import Asset, Listed, merged, needs, tiny_data
+from src.assets.listing import Listed, merged, needs, tiny_data
 from src.config import Config
 from src.core.errors import EnvironmentFailure, StageError
 

@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from src.assets.asset import Asset
 from src.assets.cache import cached_bytes, folder_bytes, wanted_files
-from src.assets.listing import Asset, Listed, ranker_backbone
+from src.assets.listing import Listed, ranker_backbone
 from src.core.errors import EnvironmentFailure
 
 

@@ -344,10 +344,8 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
         group, t = run.group or run.name, int(cfg.get("iter") or 0)
         # the group is the whole lineage, <model>/<method>/<run_name> (src/stages/tracking.py)
         run_name = group.rsplit("/", 1)[-1]
-        row = {"model": cfg.get("model"), "method": cfg.get("method"), "run_name": run_name,
-               "iter": t}  # fmt: skip
-        row.update({col: cfg.get(col if col != "loss_type" else "loss") for col in HPARAMS})
-        it = found.setdefault((group, t), Iteration({**row, "stages_done": ""}))
+        row = lineage_row(cfg.get("model"), cfg.get("method"), run_name, t, cfg)
+        it = found.setdefault((group, t), Iteration(row))
         # a crashed, failed or still running stage is not finished, as one without a done.json
         if getattr(run, "state", "finished") != "finished":
             continue
@@ -378,6 +376,14 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
 CURVES = "curves"
 
 
+def lineage_row(model, method, run_name: str, t: int, config: dict) -> dict:
+    """The first columns of iteration `t`'s row as a W&B run's `config` gives them: the lineage,
+    the iteration and the hyper-parameters (the stages done are filled in as runs are read)."""
+    row = {"model": model, "method": method, "run_name": run_name, "iter": t}
+    row.update({col: config.get(col if col != "loss_type" else "loss") for col in HPARAMS})
+    return {**row, "stages_done": ""}
+
+
 def read_curve(run: Any, found: dict[tuple[str, int], Iteration], where: str) -> None:
     """The rows of a lineage's curve run into `found`, over what its stage runs gave; an
     iteration that only the curve run holds counts as finished by it (`stages_done`: curves)."""
@@ -391,15 +397,15 @@ def read_curve(run: Any, found: dict[tuple[str, int], Iteration], where: str) ->
         t = figures.number("iteration")
         if t is None:
             continue
-        row = {"model": model, "method": method, "run_name": run_name, "iter": int(t),
-               "stages_done": ""}  # fmt: skip
-        row.update({col: cfg.get(col if col != "loss_type" else "loss") for col in HPARAMS})
+        row = lineage_row(model, method, run_name, int(t), cfg)
         it = found.setdefault((str(lineage), int(t)), Iteration(row))
         it.row["stages_done"] = it.row["stages_done"] or CURVES
         for key in figures.values:
             if key.startswith("_") or key == "iteration" or key.endswith(("_low", "_high")):
                 continue
-            it.row[key] = figures.number(key)
+            value = figures.number(key)
+            if value is not None:  # a row a resumed run logged without it keeps what was read
+                it.row[key] = value
             low, high = figures.number(f"{key}_low"), figures.number(f"{key}_high")
             if low is not None and high is not None:
                 it.row[f"{key}_ci"] = (low, high)

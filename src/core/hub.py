@@ -3,7 +3,12 @@ into it (`python -m src.assets fetch`, or any huggingface_hub download) lies."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# What a source that may be a Hub repository looks like (owner/name), beside a path of this
+# machine that does not exist: the callers rule out what else it may be
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def snapshot_folder(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,13 @@ from typing import Any
 
 from src.core.artifacts import read_jsonl
 from src.core.errors import EnvironmentFailure, StageError, shown
+from src.core.hub import HUB_ID
 
 # Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
 # hub id, so a typo in a file name says "not found" instead of trying the network.
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 # `owner/name` as the Hub spells repository ids (letters, digits, '-', '_', '.').
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 _TRUE = ("1", "true", "yes", "on")
 
@@ -132,7 +131,7 @@ def load_prompts(
 def _looks_like_hub_id(source: str) -> bool:
     # A relative path like "prompts/x" matches owner/name too; it only reaches here when no
     # such file exists, and then trying the Hub is the right guess.
-    return bool(_HUB_ID.match(source)) and not source.lower().endswith(
+    return bool(HUB_ID.match(source)) and not source.lower().endswith(
         JSONL_SUFFIXES + PARQUET_SUFFIXES
     )
 

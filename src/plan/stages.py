@@ -21,7 +21,7 @@ from src.config import (
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
-from src.core.registry import iteration_stages
+from src.core.registry import STAGES, iteration_stages
 from src.core.shapes import Shape, judge_weights, shape_of
 from src.plan.hours import hours_text
 from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
@@ -228,8 +228,8 @@ def cpu_plan(stage: Stage) -> StagePlan:
     return StagePlan(stage.value, "1 (CPU)", None)
 
 
-# Each stage's plan, taking (cfg, the policy's shape, the GPU's memory in GB or None); a stage
-# missing here holds no model (cpu_plan)
+# Each stage's plan that loads a model (the registry's `loads_model`), taking (cfg, the policy's
+# shape, the GPU's memory in GB or None); a stage that loads none is one CPU process (cpu_plan)
 PLANNERS = {
     Stage.generate: generate_plan,
     Stage.rank: rank_plan,
@@ -244,7 +244,9 @@ def plan(cfg: Config, stages: list[Stage] | None = None) -> list[StagePlan]:
     gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
     shape = policy_shape(cfg)
     wanted = iteration_stages(Stage.all, cfg.eval.enabled) if stages is None else stages
-    return [PLANNERS[s](cfg, shape, gpu_gb) if s in PLANNERS else cpu_plan(s) for s in wanted]
+    return [
+        PLANNERS[s](cfg, shape, gpu_gb) if STAGES[s].loads_model else cpu_plan(s) for s in wanted
+    ]
 
 
 def remedies(cfg: Config, stage: StagePlan) -> list[str]:
