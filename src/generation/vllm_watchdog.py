@@ -1,6 +1,6 @@
 """Kills vLLM's engine processes once the stage that started them is gone.
 
-    python -m src.generation.vllm_watchdog STAGE_PID ENGINE_PID...
+    python src/generation/vllm_watchdog.py STAGE_PID ENGINE_PID...
 
 vLLM's engine does not watch its client: a stage killed with SIGKILL (or by the OOM killer)
 would leave it running, holding its memory (2.2 GB for a tiny model on CPU), and a re-run would

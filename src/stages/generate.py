@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 
-from src.cli import ProgressLine
 from src.config import Backend, Config, Device, Stage
 from src.core.chunks import claim, take_shard
 from src.core.contracts import ResponseRow
@@ -85,9 +84,6 @@ def run(cfg: Config) -> dict:
     say_left_out(cfg, counts)
     # HF's model is in this process (vLLM's engine is another: its memory is not measured here)
     peak = Peak(cfg.hardware.device == Device.cuda) if g.backend == Backend.hf else None
-    generator = open_generator(
-        g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=shard.work / VLLM_LOG
-    )
     seeds = cfg.sample_seeds
 
     def row(p: RenderedPrompt, drawn: list) -> ResponseRow:
@@ -103,16 +99,18 @@ def run(cfg: Config) -> dict:
     # run, then cleanup: the sampler (vLLM's engine processes), the shard's file, the stage's
     # record once all shards are there
     sample_shard(
-        generator,
+        lambda: open_generator(
+            g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=shard.work / VLLM_LOG
+        ),
         shard,
         rendered,
         seeds,
         row,
         counts,
         g.chunk_size,
-        (stage_fingerprint(cfg.as_tree(), Stage.generate), identity),
+        stage_fingerprint(cfg.as_tree(), Stage.generate),
+        identity,
         label="generate",
-        progress=ProgressLine(f"[generate] {shard.name}", len(rendered), counts.unit),
         shared_keys=("prompts_in_split", "duplicates_dropped"),
     )
     measured = peak.bytes() if peak is not None else None
