@@ -23,6 +23,8 @@ PYTEST_ARGS ?=
 # src/core/threads.py); 0 runs every test in pytest's own process, one at a time
 PYTEST_WORKERS ?= auto
 PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+# the fast tier (make test-fast); make test-slow runs the rest
+FAST := not slow and not distributed and not slurm
 # WHEELHOUSE=<dir>: `make install` installs from that folder only (no index), each recipe that
 # installs from it checking it first (its wheels, manifest.json and constraints.txt, which then
 # holds pins alone); `make wheelhouse` fills it for TARGET=cpu|cuda (src/wheelhouse.py). The
@@ -60,7 +62,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm wheelhouse tiny demo compare submit sweep sweep-tiny test test-fast bench lint format config clean clean-runs
+.PHONY: help install install-vllm wheelhouse tiny demo compare submit sweep sweep-tiny test test-fast test-slow bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -164,11 +166,16 @@ sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta
 	$(OFFLINE) $(PY) -m src.compare
 	$(OFFLINE) $(PY) -m src.tiny.audit
 
-test: install ## Run the test suite (what CI runs), a worker per CPU (PYTEST_WORKERS=auto)
+# Each target ends with the slowest tests and the run's total; every test's seconds (setup + call
+# + teardown) go to .cache/test-durations.jsonl (tests/durations.py; docs/testing.md)
+test: install ## Run the test suite (what CI runs), a worker per CPU (PYTEST_WORKERS=auto): ~20 min on 2 cores
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-test-fast: install ## The tests not marked slow, distributed or slurm (the edit-test loop), a worker per CPU
-	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "not slow and not distributed and not slurm" $(PYTEST_ARGS)
+test-fast: install ## The tests not marked slow, distributed or slurm (the edit-test loop): ~3 min on 2 cores
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "$(FAST)" $(PYTEST_ARGS)
+
+test-slow: install ## Only the tests marked slow, distributed or slurm (the rest of `make test`)
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "not ($(FAST))" $(PYTEST_ARGS)
 
 BENCH ?= trainer
 bench: install $(BENCH_INSTALLED) ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)

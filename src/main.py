@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from src.cli import ArgumentParser, failures, hydra_raises
-from src.config import Config, compose_tree, validate
+from src.config import REPO_ROOT, Config, compose_tree, validate
 from src.core import memory, preemption, threads
 from src.core.errors import EnvironmentFailure
 from src.plan.stages import require_fit_here
@@ -30,7 +30,9 @@ INTERRUPTED = (
 )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# conf/ by its absolute path: Hydra reads a relative one as a Python package (`pkg://conf`)
+# unless this module runs as __main__, and src.main.main() may be called from other code
+@hydra.main(version_base="1.3", config_path=str(REPO_ROOT / "conf"), config_name="config")
 def _hydra_main(raw: DictConfig) -> None:
     # The job's own overrides (one point of a multirun): what a fix is set on. Failures end the
     # process here: a SystemExit passes through Hydra untouched, where an exception would be

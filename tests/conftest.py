@@ -1,6 +1,7 @@
 """Shared test set-up: no test may touch the network, so every hub client is offline."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from tests.slurm_cluster import (  # noqa: F401  (the session SLURM cluster, the
     slurm_cluster,
     two_nodes,
 )
+
+pytest_plugins = ["tests.durations"]  # every test's time, written and summed up at the end
 
 
 def pin_worker(env=os.environ) -> None:
@@ -211,3 +214,15 @@ def fake_gpu(tmp_path, monkeypatch):
 
     yield install
     devices.gpu_computes_bf16.cache_clear()
+
+
+@pytest.fixture
+def lineage(tiny_dir, tmp_path):
+    """`lineage(name)`: a copy of the tiny lineage `name` (tests/lineages.py, made once) at
+    tmp_path/runs, for this test to change: a lineages.Copy (root, stderr, made_in)."""
+    from tests import lineages
+
+    def copy(name: str, dest: Path | None = None) -> lineages.Copy:
+        return lineages.copy(name, tiny_dir, dest or tmp_path / "runs")
+
+    return copy

@@ -4,8 +4,10 @@ does, or run that command on the tiny models."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from src.config import REPO_ROOT, Config, compose, compose_tree
@@ -65,8 +67,14 @@ def run_without_slurm(overrides: list[str], root: Path) -> Path:
 
 
 def run_main(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m src.main ARGS` for real, offline, its runs under `root`."""
-    env = {**os.environ, "SELFPLAY_RUNS": str(root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    """`python -m src.main ARGS`, offline, its runs under `root`, in this process (`entry`)."""
+    return entry("src.main", *args, env={"SELFPLAY_RUNS": str(root), **OFFLINE})
+
+
+def run_main_process(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m src.main ARGS` for real, in a fresh process: for what a process is the point of
+    (its environment read at import, locks between processes, signals)."""
+    env = {**os.environ, "SELFPLAY_RUNS": str(root), **OFFLINE}
     return subprocess.run(
         [sys.executable, "-m", "src.main", *args],
         cwd=REPO_ROOT,
@@ -79,6 +87,80 @@ def run_main(root: Path, *args: str, timeout: int = 600) -> subprocess.Completed
 
 def cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_main(root, *SMALL, *args, timeout=timeout)
+
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+# What a command's process would start afresh, restored after each `entry`
+_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1]
+
+
+def entry(
+    module: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in this process, as its process would end: the exit code its
+    failure boundary gives (src/cli.py; 1 and the traceback for an exception it lets through),
+    and what it wrote, the libraries and the processes it starts included (file descriptors 1
+    and 2 are captured too). `env` is set over the environment while it runs; the environment,
+    the working directory, sys.argv and the signal handlers are restored after.
+
+    A command costs its imports and its config once per test session this way, not once per call
+    (~8 s of CPU each). Keep a fresh process (`run_main_process`, `subprocess`) where the process
+    is what is tested: a signal or a kill, a lock between processes, a variable read at import
+    (HYDRA_FULL_ERROR, the Hub's and W&B's settings), a peak of its memory; and for DeepSpeed
+    in one process, whose process group outlives the command."""
+    import importlib
+    import traceback
+
+    try:
+        main = importlib.import_module(f"{module}.__main__").main
+    except ModuleNotFoundError:
+        main = importlib.import_module(module).main
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    saved_handlers = {s: signal.getsignal(s) for s in _SIGNALS}
+    saved_streams = sys.stdout, sys.stderr
+    code: int = 0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        for stream in saved_streams:
+            stream.flush()
+        saved_fds = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        # Python's own writes into the same files, in order with the rest (closed with them)
+        sys.stdout = open(1, "w", closefd=False, buffering=1, encoding="utf-8")  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False, buffering=1, encoding="utf-8")  # noqa: SIM115
+        try:
+            os.environ.update(env or {})
+            os.chdir(REPO_ROOT)
+            sys.argv = [f"{module.replace('.', '/')}.py", *args]
+            try:
+                returned = main()
+                code = returned if isinstance(returned, int) else 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if not isinstance(exc.code, int | None):
+                    print(exc.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 - as the interpreter ends a process with one
+                traceback.print_exc()
+                code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = saved_streams
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            os.chdir(saved_cwd)
+            sys.argv = saved_argv
+            for signum, handler in saved_handlers.items():
+                signal.signal(signum, handler)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+    return subprocess.CompletedProcess([module, *args], code, stdout, stderr)
 
 
 def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:

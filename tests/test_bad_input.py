@@ -24,7 +24,7 @@ from src.config import REPO_ROOT
 from src.core.errors import describe_os_error, with_overrides
 from src.core.policy import safetensors_damage, seal_checkpoint
 from src.core.records import write_record
-from tests.helpers import SMALL, cli, compose_cfg, one_line_failure
+from tests.helpers import SMALL, cli, compose_cfg, one_line_failure, run_main_process
 
 GENERATE = ["stage=generate"]  # with SMALL's sizes (cli runs them)
 
@@ -358,8 +358,8 @@ def test_a_safetensors_file_is_checked_against_its_header(tmp_path, content, why
 
 
 def test_a_debug_run_keeps_the_traceback(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    result = cli(tmp_path, *GENERATE, f"model.path={tmp_path}/nothing")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # read once by a process: a fresh one
+    result = run_main_process(tmp_path, *SMALL, *GENERATE, f"model.path={tmp_path}/nothing")
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert "no such model folder" in result.stderr
 

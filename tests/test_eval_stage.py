@@ -35,11 +35,12 @@ def judgements(root: Path, side: str = "") -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, tiny_dir):
     """Iteration 1 of SPPO, trained then evaluated against the base model by `stage=all`, in a
-    private run (umask 077)."""
+    private run (umask 077). Made here, not copied (tests/lineages.py): the eval's answers are
+    cached by where the policy's weights are, and the tests below reuse them."""
     root = tmp_path_factory.mktemp("eval")
-    mask = os.umask(0o077)  # inherited by the run's process
+    mask = os.umask(0o077)
     try:
         result = cli(root, "iter=1", "eval.enabled=true")
     finally:

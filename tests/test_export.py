@@ -21,17 +21,21 @@ from omegaconf import OmegaConf
 from src.config import REPO_ROOT
 from src.core.contracts import PairRow, RankedRow
 from src.core.policy import seal_checkpoint
-from tests.helpers import cli, one_line_failure
+from tests import lineages
+from tests.helpers import entry, one_line_failure
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def lineage(tmp_path_factory, tiny_dir) -> Path:
-    root = tmp_path_factory.mktemp("cards")
-    result = cli(root, "eval.enabled=true", "iter=2", "training.seed=7")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (root / "tiny-mistral" / "sppo").iterdir()
+def made(tmp_path_factory, tiny_dir) -> lineages.Copy:
+    """`cli(root, "eval.enabled=true", "iter=2", "training.seed=7")`, copied (tests/lineages.py)."""
+    return lineages.copy("evaluated-two", tiny_dir, tmp_path_factory.mktemp("cards") / "runs")
+
+
+@pytest.fixture(scope="module")
+def lineage(made) -> Path:
+    (run,) = (made.root / "tiny-mistral" / "sppo").iterdir()
     return run
 
 
@@ -64,7 +68,7 @@ def test_the_eval_results_are_the_model_index(lineage, t):
 
 
 @pytest.mark.parametrize("t", [1, 2])
-def test_the_recipe_is_the_runs_resolved_config(lineage, t):
+def test_the_recipe_is_the_runs_resolved_config(made, lineage, t):
     stage = lineage / f"iter{t}" / "train"
     config = OmegaConf.load(stage / "config.yaml")
     text = (stage / "checkpoint" / "README.md").read_text()
@@ -88,20 +92,25 @@ def test_the_recipe_is_the_runs_resolved_config(lineage, t):
     assert training["train_loss (mean over steps)"] == f"{summary['train_loss']:.4f}"
     command = (stage / "config.yaml").read_text().splitlines()[0].removeprefix("# ")
     assert f"```bash\n{command}\n```" in text
-    root = lineage.parents[2]
+    root = made.made_in  # where the run was made, and its card written
     assert str(root) not in text and str(REPO_ROOT) not in text, "no local absolute path"
     if t == 2:
-        checkpoint = (lineage / "iter1" / "train" / "checkpoint").relative_to(root)
+        checkpoint = (lineage / "iter1" / "train" / "checkpoint").relative_to(made.root)
         assert f"iteration 1's checkpoint `{checkpoint}`" in text
 
 
-def export(
+def export(lineage: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m src.export` of `lineage`, in this process (tests/helpers.py's entry)."""
+    return entry("src.export", *export_words(lineage), *args)
+
+
+def export_process(
     lineage: Path, *args: str, env: dict | None = None, preexec_fn=None
 ) -> subprocess.CompletedProcess:
-    root = lineage.parents[2]
-    command = [sys.executable, "-m", "src.export", "model=tiny-mistral", f"paths.root={root}"]
+    """`python -m src.export` of `lineage` in a fresh process: for an environment read at
+    import, a limit on the process, or a second process beside this one."""
     return subprocess.run(
-        [*command, f"run_name={lineage.name}", *args],
+        [sys.executable, "-m", "src.export", *export_words(lineage), *args],
         cwd=REPO_ROOT,
         env=env or os.environ,
         capture_output=True,
@@ -109,6 +118,10 @@ def export(
         timeout=300,
         preexec_fn=preexec_fn,
     )
+
+
+def export_words(lineage: Path) -> list[str]:
+    return ["model=tiny-mistral", f"paths.root={lineage.parents[2]}", f"run_name={lineage.name}"]
 
 
 def test_the_exported_data_loads_with_datasets_and_counts_what_the_stages_counted(
@@ -163,7 +176,8 @@ def test_a_push_that_cannot_finish_is_one_line_and_leaves_nothing(lineage, tmp_p
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     out = tmp_path / "out"
-    result = export(lineage, "iter=1", "--out", str(out), "--push", "org/name", env=env)
+    # the Hub's offline switch is read as huggingface_hub is imported: a process of its own
+    result = export_process(lineage, "iter=1", "--out", str(out), "--push", "org/name", env=env)
     line = one_line_failure(result, 3)
     assert line.startswith(f"error: {said}"), line
     assert not out.exists()
@@ -313,7 +327,7 @@ def test_a_failed_export_leaves_no_partial_folder_and_keeps_the_earlier_export(l
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
 
-    result = export(lineage, *args, preexec_fn=small_files)
+    result = export_process(lineage, *args, preexec_fn=small_files)
     assert [p.name for p in tmp_path.iterdir()] == ["data"], "no data.partial left"
     line = one_line_failure(result, 3)
     assert line.startswith("error: ") and line.endswith(f"File too large: {tmp_path / 'data'}")
@@ -433,7 +447,7 @@ def test_a_push_uploads_whole_folders_and_holds_the_folder_while_it_uploads(
     uploads = []
 
     def upload(folder: Path, repo: str, repo_type: str, private: bool) -> str:
-        other = export(lineage, "iter=1", "--out", str(out))
+        other = export_process(lineage, "iter=1", "--out", str(out))  # another process
         uploads.append((repo, repo_type, whole(folder), other.returncode, other.stderr))
         return f"https://huggingface.co/{repo}/commit/0"
 

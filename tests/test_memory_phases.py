@@ -13,7 +13,7 @@ from src.config import REPO_ROOT, Stage
 from src.core.records import stage_fingerprint
 from src.stages.train import run
 from src.training.memory_phases import GIB, PHASES, MemoryPhases
-from tests.helpers import compose_cfg, run_main
+from tests.helpers import compose_cfg, run_main_process
 
 PAIRS = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"  # 12 pairs: 2 steps of 8 and 4
 BOUNDARIES = ("start", *PHASES, "end")
@@ -177,7 +177,7 @@ def test_a_steps_phases_measure_its_activations_gradients_and_optimizer_state(tm
     keeps the optimiser's state, which no later step allocates again. (The sizes are glibc's
     bytes in use, `allocated`: the resident set hides a tensor that reuses freed memory.)"""
     runs = tmp_path / "runs"
-    result = run_main(runs, *train_overrides("training.record_memory_phases=true"))
+    result = run_main_process(runs, *train_overrides("training.record_memory_phases=true"))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(next(runs.glob("**/train/done.json")).read_text())
     phases = phases_of(record)
@@ -205,7 +205,7 @@ def test_under_deepspeed_zero3_every_phase_of_every_step_is_recorded(tmp_path):
     step wrapped by the recorder), and rank 0's phases are written, beside the plan's ZeRO-3
     terms."""
     runs = tmp_path / "runs"
-    result = run_main(
+    result = run_main_process(
         runs,
         *train_overrides(
             "training.record_memory_phases=true",

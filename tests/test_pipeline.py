@@ -17,7 +17,8 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.training.checkpoints import checkpoints
-from tests.helpers import SMALL, cli, one_line_failure
+from tests import lineages
+from tests.helpers import SMALL, cli, entry, one_line_failure
 
 
 def run_dir(root: Path) -> Path:
@@ -29,22 +30,21 @@ def records(root: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def two_iterations(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    result = cli(root, "iter=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, result.stderr
+def two_iterations(tmp_path_factory, tiny_dir):
+    """`cli(root, "iter=2")` on an empty root (tests/lineages.py): (the root, its stderr)."""
+    return lineages.copy("two-iterations", tiny_dir, tmp_path_factory.mktemp("pipeline") / "runs")
 
 
 @pytest.mark.slow
 def test_iteration_two_runs_iteration_one_first_and_starts_from_its_checkpoint(two_iterations):
-    root, stderr = two_iterations
+    root, stderr, made_in = two_iterations
     assert "[main] iteration 1 is not done: running it first" in stderr
     lineage = run_dir(root)
     for t in (1, 2):
         for stage in ("generate", "rank", "pairs", "train"):
             assert (lineage / f"iter{t}" / stage / "done.json").is_file(), (t, stage)
-    checkpoint = str(lineage / "iter1" / "train" / "checkpoint")
+    # the saved configs name the root the run was made in
+    checkpoint = str(made_in / lineage.relative_to(root) / "iter1" / "train" / "checkpoint")
     # the generator, the initial weights and the reference of iteration 2: iteration 1's model
     for stage in ("generate", "train"):
         saved = (lineage / "iter2" / stage / "config.yaml").read_text()
@@ -64,7 +64,7 @@ def test_iteration_two_runs_iteration_one_first_and_starts_from_its_checkpoint(t
 
 @pytest.mark.slow
 def test_a_second_invocation_does_no_work(two_iterations):
-    root, _ = two_iterations
+    root = two_iterations.root
     before = records(root)
     again = cli(root, "iter=2")
     assert again.returncode == 0, again.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_a_second_invocation_does_no_work(two_iterations):
 
 @pytest.mark.slow
 def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
-    root, _ = two_iterations
+    root = two_iterations.root
     before = records(root)
     refused = cli(root, "iter=2", "ranker.self_term=false")
     assert refused.returncode == 1
@@ -100,44 +100,41 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
 
 
 @pytest.mark.slow
-def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(tmp_path):
+def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(lineage, tmp_path):
     """Iteration 1 trained again under another config after iteration 2 was made from it:
     iteration 2 is refused naming why and every stage stale with it, and export will not ship
     it; the one command the refusal gives (pipeline.redo_stale=true) redoes it."""
-    assert cli(tmp_path, "iter=2").returncode == 0
-    redone = cli(tmp_path, "iter=1", "training.warmup_ratio=0.2", "pipeline.redo=[train]")
+    runs = lineage("two-iterations").root
+    redone = cli(runs, "iter=1", "training.warmup_ratio=0.2", "pipeline.redo=[train]")
     assert redone.returncode == 0, redone.stderr[-3000:]
-    line = one_line_failure(cli(tmp_path, "iter=2", "training.warmup_ratio=0.2"), 1)
+    line = one_line_failure(cli(runs, "iter=2", "training.warmup_ratio=0.2"), 1)
     assert (
         "iter2/generate was made with a different configuration (iteration 1's checkpoint, " in line
     )
     assert "which this iteration's generate started from, was trained again since)" in line
     assert "redo it (and so rank, pairs, train after it); every later iteration" in line
     assert line.endswith("iter=2 training.warmup_ratio=0.2 pipeline.redo_stale=true`"), line
-    export = [sys.executable, "-m", "src.export", *SMALL, f"paths.root={tmp_path}", "iter=2",
-              "--out", str(tmp_path / "out")]  # fmt: skip
-    exported = subprocess.run(export, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    line = one_line_failure(exported, 1)
+    export = [*SMALL, f"paths.root={runs}", "iter=2", "--out", str(tmp_path / "out")]
+    line = one_line_failure(entry("src.export", *export), 1)
     assert "iter2/train is stale (iteration 1's checkpoint, which this iteration's generate" in line
     assert not any((tmp_path / "out").iterdir())  # neither the model nor the data
 
-    before = records(tmp_path)
-    again = cli(tmp_path, "iter=2", "training.warmup_ratio=0.2", "pipeline.redo_stale=true")
+    before = records(runs)
+    again = cli(runs, "iter=2", "training.warmup_ratio=0.2", "pipeline.redo_stale=true")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[main] iteration 1: finished with this config" in again.stderr
     assert again.stderr.count("redoing (pipeline.redo)") == 4, "iteration 2's four stages"
-    after = records(tmp_path)
+    after = records(runs)
     assert all(after[k] == v for k, v in before.items() if "/iter1/" in k), "iteration 1 kept"
     assert all(after[k] != v for k, v in before.items() if "/iter2/" in k), "iteration 2 redone"
-    exported = subprocess.run(export, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    exported = entry("src.export", *export)
     assert exported.returncode == 0, exported.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_a_copied_run_root_keeps_its_finished_stages_and_goes_on(tmp_path):
+def test_a_copied_run_root_keeps_its_finished_stages_and_goes_on(lineage, tmp_path):
     here, there = tmp_path / "here", tmp_path / "elsewhere" / "runs"
-    first = cli(here, "iter=1")
-    assert first.returncode == 0, first.stderr[-2000:]
+    lineage("one-iteration", here)  # `cli(here, "iter=1")`
     shutil.copytree(here, there, copy_function=shutil.copy)  # as `cp -r`: new modification times
     shutil.rmtree(here)  # nothing may be read from where the run was made
     before = records(there)
@@ -173,24 +170,23 @@ def test_require_previous_refuses_and_names_the_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_redo_reruns_the_named_stage_and_those_after_it(tmp_path):
-    first = cli(tmp_path, "iter=1")
-    assert first.returncode == 0, first.stderr[-2000:]
-    before = records(tmp_path)
-    redo = cli(tmp_path, "iter=1", "ranker.self_term=false", "pipeline.redo=[rank]")
+def test_redo_reruns_the_named_stage_and_those_after_it(lineage):
+    runs = lineage("one-iteration").root  # `cli(runs, "iter=1")`
+    before = records(runs)
+    redo = cli(runs, "iter=1", "ranker.self_term=false", "pipeline.redo=[rank]")
     assert redo.returncode == 0, redo.stderr[-2000:]
-    after = records(tmp_path)
+    after = records(runs)
     changed = {k.split("/")[-2] for k in after if after[k] != before[k]}
     assert changed == {"rank", "pairs", "train"}
     assert "stage generate: finished with this config, skipped" in redo.stderr
     # a stage folder linked elsewhere (scratch space): a redo deletes no folder through the link
-    pairs = next(tmp_path.glob("*/*/*/iter1/pairs"))
-    elsewhere = tmp_path / "scratch" / "pairs"
+    pairs = next(runs.glob("*/*/*/iter1/pairs"))
+    elsewhere = runs / "scratch" / "pairs"
     elsewhere.parent.mkdir()
     pairs.rename(elsewhere)
     pairs.symlink_to(elsewhere)
     kept = sorted(p.name for p in elsewhere.iterdir())
-    redone = cli(tmp_path, "iter=1", "ranker.self_term=false", "pipeline.redo=[pairs]")
+    redone = cli(runs, "iter=1", "ranker.self_term=false", "pipeline.redo=[pairs]")
     line = one_line_failure(redone, 1)
     assert line.startswith(f"error: {pairs} is a symbolic link (to {elsewhere}): a redo deletes")
     assert sorted(p.name for p in elsewhere.iterdir()) == kept and pairs.is_symlink()
@@ -333,7 +329,7 @@ def test_the_compare_tool_lists_the_real_iterations_and_writes_its_plots(two_ite
 
     from src.compare import main as compare
 
-    root, _ = two_iterations
+    root = two_iterations.root
     compare(["--root", str(root), "--out", str(tmp_path)])
     rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
     assert [(r["method"], r["iter"], r["K"], float(r["eta"])) for r in rows] == [
@@ -404,15 +400,15 @@ def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
 def test_a_local_sweep_runs_every_point_here(tmp_path):
     sweep = tmp_path / "two.yaml"
     sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
-    env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path / "elsewhere")}
+    env = {"SELFPLAY_RUNS": str(tmp_path / "elsewhere")}
     root = f"paths.root={tmp_path / 'runs'}"  # the hints keep it
-    command = [sys.executable, "-m", "src.sweep", str(sweep), "--local", *SMALL, root]
+    command = [str(sweep), "--local", *SMALL, root]
     # point 1 lands in a lineage whose generate record was damaged by hand: it fails, and
     # point 2 runs all the same, as an array's next task would
     damaged = tmp_path / "runs/tiny-mistral/sppo/eta1-lr0.0001-K3/iter1/generate/done.json"
     damaged.parent.mkdir(parents=True)
     damaged.write_text("{not json")
-    failed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    failed = entry("src.sweep", *command, env=env)
     assert failed.returncode == 1, failed.stderr[-3000:]
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 2 points failed: point 1 (method.eta=1) exit "), last
@@ -420,7 +416,7 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
                          f"{' '.join(SMALL)} {root}"), last  # fmt: skip
     assert "point 2/2: method.eta=10" in failed.stdout
     shutil.rmtree(damaged.parent)
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    done = entry("src.sweep", *command, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     for eta in (1, 10):
         assert (
@@ -438,7 +434,5 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
         f"compare: python -m src.compare --root {tmp_path / 'runs'}"
     )
 
-    refused = subprocess.run(
-        [*command, "--dry-run"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
-    )
+    refused = entry("src.sweep", *command, "--dry-run", env=env)
     assert refused.returncode == 2 and "--local runs the points here" in refused.stderr

@@ -18,7 +18,7 @@ import pytest
 from src.config import Stage
 from src.plan.memory import GIB
 from src.plan.stages import plan
-from tests.helpers import compose_cfg, run_main
+from tests.helpers import compose_cfg, run_main_process
 
 WORDS = [
     "the", "model", "learns", "from", "pairs", "of", "answers", "which", "one", "people",
@@ -71,7 +71,7 @@ def test_training_peak_is_the_plans(model, pairs_per_step, tokens, peft, tmp_pat
         f"training.global_batch_size={pairs_per_step}",
         f"training.max_length={tokens}",
     ]
-    result = run_main(tmp_path / "runs", *overrides)
+    result = run_main_process(tmp_path / "runs", *overrides)
     measured, printed = measured_and_planned(result, Stage.train)
     planned = next(p for p in plan(compose_cfg(*overrides)) if p.stage == "train").memory
     assert printed == pytest.approx(planned.footprint, abs=0.0005 * GIB)
@@ -113,7 +113,7 @@ def test_generation_peak_is_the_plans(model, prompts, prompt_tokens, tmp_path, t
         f"training.max_prompt_length={prompt_tokens}",
         f"training.max_length={prompt_tokens + 256}",
     ]
-    result = run_main(tmp_path / "runs", *overrides)
+    result = run_main_process(tmp_path / "runs", *overrides)
     measured, printed = measured_and_planned(result, Stage.generate)
     rows = [json.loads(r) for r in next((tmp_path / "runs").glob("**/responses-*.jsonl")).open()]
     assert max(n for r in rows for n in r["num_tokens"]) == NEW_TOKENS  # the plan's length

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import SMALL, run_main_process
 
 FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 characters, the form of a real key
 PROXIES = ("http_proxy", "https_proxy", "all_proxy", "WANDB_HTTP_PROXY", "WANDB_HTTPS_PROXY")
@@ -79,10 +79,12 @@ def test_a_failed_wandb_init_is_one_line_and_leaves_no_run_variables(
 
 
 def test_online_with_a_key_and_no_server_fails_at_once_with_one_line(dead_server, tmp_path):
-    # cli sets WANDB_MODE=offline; the command's logger.mode=online wins over it
-    result = cli(
-        tmp_path, "logger=wandb", "logger.mode=online", "stage=generate", timeout=90
-    )  # a hang (wandb's retries) fails the test instead of passing late
+    # WANDB_MODE=offline is set; the command's logger.mode=online wins over it. A process of its
+    # own: W&B reads its server's address as it is imported. Its timeout: a hang (wandb's
+    # retries) fails the test instead of passing late
+    result = run_main_process(
+        tmp_path, *SMALL, "logger=wandb", "logger.mode=online", "stage=generate", timeout=90
+    )
     assert result.returncode == 3, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -16,7 +16,7 @@ from src.config import REPO_ROOT
 from src.core.artifacts import umask
 from src.core.errors import StageError
 from src.stages.train import run
-from tests.helpers import compose_cfg, run_main
+from tests.helpers import compose_cfg, run_main_process
 
 FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
 FIXTURE_ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
@@ -183,7 +183,7 @@ def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
 
 def train_on_the_command_line(runs: Path, *overrides: str, model: str = "tiny-mistral") -> Path:
     """`python -m src.main stage=train model=... ...` for real; returns the stage dir."""
-    result = run_main(
+    result = run_main_process(
         runs,
         "stage=train",
         f"model={model}",

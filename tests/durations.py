@@ -1,0 +1,135 @@
+"""What the suite costs, per test: setup + call + teardown, written to a file at the end of every
+run and summed up in the terminal (the slowest tests, each module's share, each worker's).
+
+Loaded by tests/conftest.py. Under pytest-xdist it runs in the controller, which sees every
+worker's reports, so the file covers the whole run. The file is JSON lines, one test a line:
+`{"test": nodeid, "module": file, "seconds": s, "worker": gwN, "outcome": ...}` and a last line
+`{"total": wall seconds, "tests": n, "workers": {gwN: busy seconds}}`. Render it as the table in
+docs/testing.md with
+
+    .venv/bin/python -m tests.durations [FILE]      # FILE: .cache/test-durations.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# where `make test` leaves it; SELFPLAY_TEST_DURATIONS=<file> puts it elsewhere
+DEFAULT_FILE = REPO_ROOT / ".cache" / "test-durations.jsonl"
+SHOWN = 25  # the slowest tests printed at the end of a run
+# A test that takes longer than this says why in its docstring, in a sentence that begins with
+# WHY (the end of a run lists those that do not; a list, not a failure: seconds vary by machine)
+LONG_S = 60.0
+WHY = "Slow:"
+
+
+def durations_file() -> Path:
+    return Path(os.environ.get("SELFPLAY_TEST_DURATIONS") or DEFAULT_FILE)
+
+
+class Durations:
+    """Sums each test's phases as their reports arrive; writes and prints them at the end."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.worker: dict[str, str] = {}
+        self.outcome: dict[str, str] = {}
+        self.says_why: set[str] = set()
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[report.nodeid] += report.duration
+        if dict(report.user_properties).get("says_why_slow"):
+            self.says_why.add(report.nodeid)
+        node = getattr(report, "node", None)  # xdist's worker, on the controller
+        self.worker[report.nodeid] = getattr(getattr(node, "gateway", None), "id", "main")
+        if report.when == "call" or report.outcome != "passed":
+            self.outcome[report.nodeid] = report.outcome
+
+    def rows(self) -> list[dict]:
+        return [
+            {
+                "test": test,
+                "module": test.partition("::")[0],
+                "seconds": round(seconds, 2),
+                "worker": self.worker[test],
+                "outcome": self.outcome.get(test, "passed"),
+            }
+            for test, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        ]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.seconds:
+            return
+        wall = time.monotonic() - self.started
+        rows = self.rows()
+        busy: dict[str, float] = defaultdict(float)
+        for row in rows:
+            busy[row["worker"]] += row["seconds"]
+        total = {"total": round(wall, 1), "tests": len(rows), "workers": dict(sorted(busy.items()))}
+        path = durations_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in [*rows, total]))
+        partial.replace(path)
+        write = terminalreporter.write_line
+        terminalreporter.section(
+            f"the {min(SHOWN, len(rows))} slowest tests (setup + call + teardown)"
+        )
+        for row in rows[:SHOWN]:
+            write(f"{row['seconds']:8.1f} s  {row['worker']:>4}  {row['test']}")
+        workers = ", ".join(f"{w} {s:,.0f} s" for w, s in total["workers"].items())
+        shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+        write(
+            f"{len(rows)} tests in {wall:,.0f} s of wall time; busy: {workers}; "
+            f"every test's time: {shown}"
+        )
+        unsaid = [
+            r["test"] for r in rows if r["seconds"] > LONG_S and r["test"] not in self.says_why
+        ]
+        if unsaid:
+            write(f"over {LONG_S:.0f} s with no '{WHY} ...' in the docstring: {', '.join(unsaid)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Each report says whether its test's docstring gives the reason it is slow (WHY): the
+    controller of a run on workers sees the reports, not the tests."""
+    outcome = yield
+    doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
+    if WHY in doc:
+        outcome.get_result().user_properties.append(("says_why_slow", True))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller (or a run without workers)
+        config.pluginmanager.register(Durations(), "selfplay-durations")
+
+
+def table(path: Path) -> str:
+    """The file as docs/testing.md shows it: each module's tests and seconds, slowest first."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+    *rows, total = lines
+    modules: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        modules[row["module"]].append(row["seconds"])
+    out = ["| module | tests | seconds | slowest test |", "| --- | ---: | ---: | ---: |"]
+    for module, seconds in sorted(modules.items(), key=lambda kv: -sum(kv[1])):
+        out.append(f"| `{module}` | {len(seconds)} | {sum(seconds):,.0f} | {max(seconds):,.0f} |")
+    busy = ", ".join(f"{w} {s:,.0f} s" for w, s in total["workers"].items())
+    out.append(f"\n{total['tests']} tests, {total['total']:,.0f} s of wall time; busy: {busy}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1]) if len(sys.argv) > 1 else durations_file()))
