@@ -52,8 +52,10 @@ os.environ.setdefault(
 # above). What two workers must not do at
 # once runs on one worker, in one group (xdist_group below):
 # - "slurm": the SLURM tests (one cluster per session: a second worker would start another).
-# - "vllm": vLLM's engines (each binds its threads to the CPUs its worker may use and holds a
-#   1 GiB KV cache; tests/test_vllm_backend.py starts each tiny model's once for the module).
+# - "vllm-<module>": a module's tests that start vLLM's engines (tests/test_vllm_backend.py starts
+#   each tiny model's once for the module). Two modules' engines may run side by side, one on
+#   each worker: each binds its threads to its worker's CPU and holds a 1 GiB KV cache (the
+#   machine has 24 GiB), so the engines' tests are not one serial chain beside the rest.
 # - a module whose tests share a module-scoped set-up (SHARED_SETUP): made once, on one worker,
 #   and used in the module's order, as in a run without workers.
 # The rest is safe side by side: the tiny models are built under a file lock each
@@ -74,11 +76,12 @@ SHARED_SETUP = {
 
 def xdist_group(item: pytest.Item) -> str | None:
     """The group `item` runs in under `--dist loadgroup` (None: any worker, beside anything)."""
-    for mark in ("slurm", "vllm"):
-        if item.get_closest_marker(mark):
-            return mark
-    module = item.path.name
-    return module.removesuffix(".py") if module in SHARED_SETUP else None
+    module = item.path.name.removesuffix(".py")
+    if item.get_closest_marker("slurm"):
+        return "slurm"
+    if item.get_closest_marker("vllm"):
+        return f"vllm-{module}"
+    return module if f"{module}.py" in SHARED_SETUP else None
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown to a run without it

@@ -3,11 +3,14 @@ does, or run that command on the tiny models."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from src.config import REPO_ROOT, Config, compose, compose_tree
@@ -99,9 +102,9 @@ def entry(
 ) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` in this process, as its process would end: the exit code its
     failure boundary gives (src/cli.py; 1 and the traceback for an exception it lets through),
-    and what it wrote, the libraries and the processes it starts included (file descriptors 1
-    and 2 are captured too). `env` is set over the environment while it runs; the environment,
-    the working directory, sys.argv and the signal handlers are restored after.
+    and what it wrote, the libraries and the processes it starts included (`captured`). `env` is
+    set over the environment while it runs; the environment, the working directory, sys.argv and
+    the signal handlers are restored after.
 
     A command costs its imports and its config once per test session this way, not once per call
     (~8 s of CPU each). Keep a fresh process (`run_main_process`, `subprocess`) where the process
@@ -117,17 +120,8 @@ def entry(
         main = importlib.import_module(module).main
     saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
     saved_handlers = {s: signal.getsignal(s) for s in _SIGNALS}
-    saved_streams = sys.stdout, sys.stderr
-    code: int = 0
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        for stream in saved_streams:
-            stream.flush()
-        saved_fds = os.dup(1), os.dup(2)
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        # Python's own writes into the same files, in order with the rest (closed with them)
-        sys.stdout = open(1, "w", closefd=False, buffering=1, encoding="utf-8")  # noqa: SIM115
-        sys.stderr = open(2, "w", closefd=False, buffering=1, encoding="utf-8")  # noqa: SIM115
+    code = 0
+    with captured() as output:
         try:
             os.environ.update(env or {})
             os.chdir(REPO_ROOT)
@@ -143,24 +137,45 @@ def entry(
                 traceback.print_exc()
                 code = 1
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            sys.stdout, sys.stderr = saved_streams
-            os.dup2(saved_fds[0], 1)
-            os.dup2(saved_fds[1], 2)
-            for fd in saved_fds:
-                os.close(fd)
             os.environ.clear()
             os.environ.update(saved_env)
             os.chdir(saved_cwd)
             sys.argv = saved_argv
             for signum, handler in saved_handlers.items():
                 signal.signal(signum, handler)
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode("utf-8", "replace")
-        stderr = err.read().decode("utf-8", "replace")
-    return subprocess.CompletedProcess([module, *args], code, stdout, stderr)
+    return subprocess.CompletedProcess([module, *args], code, output["stdout"], output["stderr"])
+
+
+@contextmanager
+def captured() -> Iterator[dict[str, str]]:
+    """What is written inside, into two files: {"stdout": ..., "stderr": ...} once the block
+    ends. Redirected
+    where it is written, at the file descriptors: 1 and 2, which the libraries and the processes
+    started inside write to, and those under sys.stdout and sys.stderr (pytest's capture files,
+    or 1 and 2). Python's stream objects are left as they are: a command run inside may shut
+    down logging's handlers (Hydra's start does), and a handler may close its stream unless it
+    is the current sys.stderr (absl's), which would close pytest's capture."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        targets = {1: out, 2: err}
+        for stream, into in ((sys.stdout, out), (sys.stderr, err)):
+            stream.flush()
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                targets.setdefault(stream.fileno(), into)
+        saved = {fd: os.dup(fd) for fd in targets}
+        written: dict[str, str] = {}
+        try:
+            for fd, into in targets.items():
+                os.dup2(into.fileno(), fd)
+            yield written
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            for name, f in (("stdout", out), ("stderr", err)):
+                f.seek(0)
+                written[name] = f.read().decode("utf-8", "replace")
 
 
 def one_line_failure(result: subprocess.CompletedProcess, code: int) -> str:

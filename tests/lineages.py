@@ -23,7 +23,7 @@ from typing import NamedTuple
 from filelock import FileLock
 
 from src.config import REPO_ROOT
-from src.tiny.models import PIPELINE_NAMES
+from src.tiny.names import PIPELINE_NAMES
 from tests.helpers import SMALL, run_main_process
 
 # name -> the overrides after SMALL

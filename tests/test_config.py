@@ -23,7 +23,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.config import REPO_ROOT, Config, ConfigError, previous_policy, validate
-from tests.helpers import CONF, compose_cfg, compose_raw
+from tests.helpers import CONF, compose_cfg, compose_raw, entry
 
 
 def options(group: str) -> list[str]:
@@ -791,18 +791,8 @@ def test_a_local_file_applies_from_the_top_with_its_package_line(tmp_path):
 
 
 def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, "SELFPLAY_RUNS": str(env_root)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "src.main", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """`python -m src.main ARGS`, in this process (tests/helpers.py's entry)."""
+    return entry("src.main", *args, env={"SELFPLAY_RUNS": str(env_root)})
 
 
 @pytest.mark.parametrize(
@@ -886,6 +876,24 @@ def test_command_line_rejects_bad_config_with_one_line(args, expected, tmp_path)
     assert lines[0].startswith(expected), lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (tmp_path / "runs").exists(), "a rejected config must not create anything"
+
+
+def test_cfg_job_loads_no_model_library():
+    """`--cfg job`, what a user waits for before launching, composes, validates and lists what
+    the iteration reads without importing torch (half of its start, ~2 s). A fresh process: what
+    it imports is the point."""
+    code = (
+        "import runpy, sys; sys.argv = ['src/main.py', *sys.argv[1:]]; "
+        "runpy.run_module('src.main', run_name='__main__'); "
+        "print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules), "
+        "file=sys.stderr)"
+    )
+    args = ["model=tiny-mistral", "eval.enabled=true", "--cfg", "job"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr[-3000:]
 
 
 def test_cfg_job_prints_the_resolved_iteration_three_config(tmp_path):

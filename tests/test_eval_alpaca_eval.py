@@ -19,7 +19,7 @@ import pytest
 
 from src.evaluation import alpaca_eval
 from src.evaluation.alpaca_eval import ANNOTATOR, alpaca_eval_missing, leaderboard_row
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from src.evaluation.winrate import GLM, length_controlled
 from tests.helpers import SMALL, alpaca_eval_annotations, cli, one_line_failure
 

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.evaluation.answers import EvalError
 from src.evaluation.arena_hard import (
     FOLLOW_UP,
     JUDGE_MAX_TOKENS,
@@ -38,6 +37,7 @@ from src.evaluation.arena_hard import (
     retry_request,
     score,
 )
+from src.evaluation.errors import EvalError
 
 # --- the benchmark's files, in its schemas -------------------------------------------------------
 

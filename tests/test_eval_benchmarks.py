@@ -20,7 +20,7 @@ import pytest
 
 from src.config import Benchmark, ConfigError
 from src.evaluation import benchmarks
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from tests.helpers import SMALL, compose_cfg
 from tests.test_eval_mt_bench import MATH, MATH_REFERENCE, SINGLE_PROMPTS, WRITING, judge_prompt_row
 

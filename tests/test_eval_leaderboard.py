@@ -26,7 +26,7 @@ import pytest
 
 from src.core.errors import EnvironmentFailure
 from src.evaluation import leaderboard
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from src.evaluation.leaderboard import (
     BBH_CHOICES,
     BENCHMARKS,

@@ -18,7 +18,7 @@ import json
 import pytest
 
 from src.core.errors import StageError
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from src.evaluation.mt_bench import (
     JUDGE_MAX_TOKENS,
     MAX_NEW_TOKENS,

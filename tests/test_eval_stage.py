@@ -239,7 +239,7 @@ def test_bad_input_is_one_line_and_writes_no_evaluation(tmp_path, evaluated):
 
 
 def test_an_unset_eval_set_is_refused_with_where_to_get_one():
-    from src.evaluation.answers import EvalError
+    from src.evaluation.errors import EvalError
     from src.stages import eval as eval_stage
     from tests.helpers import compose_cfg
 

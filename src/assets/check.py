@@ -22,6 +22,7 @@ from src.assets.cache import cached_bytes, folder_bytes, hub_damage, structure_d
 from src.assets.listing import Listed, merged, needs, tiny_data
 from src.config import Config
 from src.core.errors import EnvironmentFailure, StageError
+from src.tiny.names import TINY_NAMES
 
 FETCH = "python -m src.assets fetch"
 
@@ -71,8 +72,6 @@ def leaderboard_absence(asset: Asset, cfg: Config) -> str | None:
 
 def is_tiny(path: Path, cfg: Config) -> bool:
     """A tiny model, or the tiny benchmarks' data: made by the command that reads it."""
-    from src.tiny.models import TINY_NAMES
-
     tiny_dir = Path(cfg.paths.tiny_dir)
     return (path.parent == tiny_dir and path.name in TINY_NAMES) or tiny_data(path, cfg)
 

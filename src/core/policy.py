@@ -3,6 +3,7 @@ and the tokens that end its turn."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -157,3 +158,18 @@ def end_of_turn_ids(path: str, tokenizer) -> list[int]:
         eos = None
     eos = eos if eos is not None else tokenizer.eos_token_id
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def weights_signature(path: str, revision: str | None) -> str:
+    """What identifies the weights at `path`: for a local folder its files' sizes and modification
+    times (a retrained or rebuilt model gets new answers, a rebuilt judge new judgments); for a
+    hub id, the id and revision."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{path}@{revision or 'main'}"
+    stats = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model")
+    )
+    return hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()

@@ -15,7 +15,7 @@ from huggingface_hub import hf_hub_download
 
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from src.generation.prompts import Prompt
 
 

@@ -30,6 +30,7 @@ from src.core.contracts import AnswerRow
 from src.core.errors import StageError
 from src.core.records import read_record
 from src.core.rows import finished_rows
+from src.evaluation.errors import EvalError
 from src.generation.prompts import Prompt
 from src.generation.sampling import (
     VLLM_LOG,
@@ -41,10 +42,6 @@ from src.generation.sampling import (
 )
 
 
-class EvalError(StageError):
-    """The evaluation cannot go on; the message says what and where."""
-
-
 @dataclass(frozen=True)
 class Answerer:
     """A model that answers: where its weights are and what identifies them."""
@@ -52,21 +49,6 @@ class Answerer:
     label: str  # the `generator` name in AlpacaEval exports
     path: str
     weights: str  # what the path holds: its weight files' sizes and times, or a hub id@revision
-
-
-def weights_signature(path: str, revision: str | None) -> str:
-    """What identifies the weights at `path`: for a local folder its files' sizes and modification
-    times (a retrained or rebuilt model gets new answers, a rebuilt judge new judgments); for a
-    hub id, the id and revision."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return f"{path}@{revision or 'main'}"
-    stats = sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in folder.iterdir()
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model")
-    )
-    return hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()
 
 
 @dataclass

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from src.evaluation.judging import JudgeRequest, json_rows
 
 V01, V2 = "v0.1", "v2.0"

@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from src.config import BENCHMARK_DATA, BENCHMARK_DATA_HINT, Benchmark, Config
 from src.evaluation import arena_hard, leaderboard, mt_bench
-from src.evaluation.answers import Answerer, EvalError, answers
+from src.evaluation.errors import EvalError
 from src.evaluation.judge_client import (
     Endpoint,
     cache_path,
@@ -36,6 +37,9 @@ from src.evaluation.judge_client import (
     require_reachable,
 )
 from src.generation.prompts import Prompt
+
+if TYPE_CHECKING:  # answers.py imports torch: what lists a run's assets needs none of it
+    from src.evaluation.answers import Answerer
 
 JUDGED = (Benchmark.mt_bench, Benchmark.arena_hard)  # graded by eval.llm_judge
 
@@ -221,6 +225,8 @@ def answer_mt_bench(cfg: Config, policy: Answerer, data: MTBenchData) -> dict[in
 def sample(cfg: Config, policy: Answerer, questions: list, prompt_of) -> dict[int, str]:
     """question_id -> the policy's answer to `prompt_of(question)`, one cached answers set per
     temperature (an instruction the policy cannot take whole is left out)."""
+    from src.evaluation.answers import answers
+
     out: dict[int, str] = {}
     by_temperature: dict[float, list] = {}
     for q in questions:
@@ -272,6 +278,8 @@ ARENA_HARD_MAX_TOKENS = 4096  # and its max_tokens
 
 
 def answer_arena_hard(cfg: Config, policy: Answerer, data: ArenaHardData) -> dict[str, str]:
+    from src.evaluation.answers import answers
+
     decoding = replace(
         cfg.eval,
         temperature=ARENA_HARD_TEMPERATURE,

@@ -30,7 +30,7 @@ from pathlib import Path
 from src.config import LLMJudgeConfig
 from src.core import locks
 from src.core.errors import EnvironmentFailure
-from src.evaluation.answers import weights_signature
+from src.core.policy import weights_signature
 from src.evaluation.judging import JudgeRequest
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.core.artifacts import read_jsonl
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from statistics import fmean
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
 from src.core.hub import snapshot_folder
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 
 V2 = ("ifeval", "bbh", "math_hard", "gpqa", "musr", "mmlu_pro")
 PREFIX = "leaderboard_"  # lm-eval's names of v2's benchmarks: leaderboard_<name>

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 
-from src.evaluation.answers import EvalError
+from src.evaluation.errors import EvalError
 from src.evaluation.judging import JudgeRequest, json_rows
 
 # common.py's temperature_config: the answers' sampling temperature per category

@@ -33,7 +33,7 @@ import numpy as np
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EnvironmentFailure, Redo
-from src.core.policy import CARD, checkpoint_damage, require_loadable
+from src.core.policy import CARD, checkpoint_damage, require_loadable, weights_signature
 from src.core.records import read_record, stage_fingerprint, write_record
 from src.evaluation import benchmarks
 from src.evaluation.alpaca_eval import (
@@ -42,7 +42,8 @@ from src.evaluation.alpaca_eval import (
     reference_from_file,
     write_alpaca_eval,
 )
-from src.evaluation.answers import Answerer, EvalError, answers, weights_signature
+from src.evaluation.answers import Answerer, answers
+from src.evaluation.errors import EvalError
 from src.evaluation.winrate import FOLDS, outcomes, win_rates
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix

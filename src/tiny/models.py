@@ -39,14 +39,11 @@ from filelock import FileLock
 
 from src.core.artifacts import share
 from src.tiny import architectures, chat_judge, teach, toy
+from src.tiny.names import PIPELINE_NAMES, TINY_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tiny"
 DATA_DIR = REPO_ROOT / "data"
-# what the pipeline and the demo run on; tiny-chat-judge, the benchmarks' judge, is built when
-# asked for (by name, or by a config that serves it: conf/eval/tiny.yaml)
-PIPELINE_NAMES = ("tiny-mistral", "tiny-gemma2", "tiny-pairrm", "tiny-rm", "tiny-judge")
-TINY_NAMES = (*PIPELINE_NAMES, "tiny-chat-judge")
 RECORD = "tiny_build.json"  # written last: a folder without it (or with a stale one) is rebuilt
 # the code a tiny model is made by: a change to any of it rebuilds every tiny model
 BUILT_BY = (
