@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from src.config import REPO_ROOT, Config, compose, compose_tree
+from src.core import memory
 
 CONF = REPO_ROOT / "conf"
 
@@ -123,6 +124,11 @@ def entry(
     code = 0
     with captured() as output:
         try:
+            # glibc's mmap threshold as src.main pins it for the processes it starts, through the
+            # variable they read at their start, and not here: mallopt() would outlast the command
+            # and move where this process's later tensors are allocated, and with their alignment
+            # the last bits of what they compute (a tiny model built after would differ)
+            os.environ.setdefault(memory.MMAP_THRESHOLD_VAR, str(memory.THRESHOLD))
             os.environ.update(env or {})
             os.chdir(REPO_ROOT)
             sys.argv = [f"{module.replace('.', '/')}.py", *args]

@@ -76,6 +76,9 @@ def made(name: str, tiny_dir: Path) -> Copy:
             result = run_main_process(folder / "runs", *SMALL, *overrides)
             assert result.returncode == 0, f"lineage {name}: {result.stderr[-3000:]}"
             (folder / "stderr.txt").write_text(result.stderr)
+            for older in CACHE.glob(f"{name}-*"):  # made by code that has changed since
+                if older.is_dir() and older != folder:
+                    shutil.rmtree(older, ignore_errors=True)
     return Copy(folder / "runs", (folder / "stderr.txt").read_text(), folder / "runs")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.evaluation.winrate import GLM
-from tests.helpers import SMALL, alpaca_eval_annotations, cli, one_line_failure
+from tests.helpers import SMALL, alpaca_eval_annotations, cli, one_line_failure, run_main_process
 
 EVAL_SET = REPO_ROOT / "data" / "prompts" / "eval.json"
 EXPORT_KEYS = {"instruction", "output", "generator", "dataset"}
@@ -37,12 +37,13 @@ def judgements(root: Path, side: str = "") -> list[dict]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_dir):
     """Iteration 1 of SPPO, trained then evaluated against the base model by `stage=all`, in a
-    private run (umask 077). Made here, not copied (tests/lineages.py): the eval's answers are
-    cached by where the policy's weights are, and the tests below reuse them."""
+    private run (umask 077). Made here, in a process of its own: the umask is read once by a
+    process, and the eval's answers are cached by where the policy's weights are (a copy of a
+    lineage made elsewhere, tests/lineages.py, would answer anew)."""
     root = tmp_path_factory.mktemp("eval")
-    mask = os.umask(0o077)
+    mask = os.umask(0o077)  # inherited by the run's process
     try:
-        result = cli(root, "iter=1", "eval.enabled=true")
+        result = run_main_process(root, *SMALL, "iter=1", "eval.enabled=true")
     finally:
         os.umask(mask)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -81,6 +81,11 @@ CLIMB = "climb"  # the run at the defaults, whose first pairs the runs below reu
     ],
 )
 def test_three_sppo_iterations_climb(root, model, name, options, capsys):
+    """Each iteration beats the one before and the base model, at the demo's scale.
+
+    Slow: three whole iterations of the tiny preset as `make demo` runs them (120 prompts x 5
+    samples, ranked, trained, 150 eval answers judged), the one test of the loop at the scale its
+    published figures are made at; with vLLM each generate and each eval starts an engine."""
     if options == VLLM:
         pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
     run(root, f"model={model}", f"run_name={name}", *options)
@@ -147,7 +152,10 @@ def swapped_run(root: Path) -> None:
 
 def test_swapped_preferences_unlearn(root):
     """The negative control: the policy learns the opposite of the judges' preference, and the
-    eval judge sees it lose to the base."""
+    eval judge sees it lose to the base.
+
+    Slow: three trainings and evals at the demo's scale (iterations 2 and 3 also sample and rank
+    anew), so that a sign error anywhere in the loop shows as a climb in the wrong direction."""
     swapped_run(root)
     rates = curve(root, "tiny-mistral", "swapped")
     wins = [r["win_rate"] for r in rates]
@@ -175,7 +183,10 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
     benchmarks.py), graded by tiny-chat-judge served with vLLM's OpenAI-compatible server:
     iteration 3 of the climb scores above the base model on both, and the swapped control
     below it (on Arena-Hard, whose answers are greedy, level with a base already at the toy's
-    floor). One served judge grades the three policies."""
+    floor). One served judge grades the three policies.
+
+    Slow: tiny-chat-judge served by vLLM (its engine's start) grading three policies' answers to
+    both benchmarks; it trains the climb and the control first where they did not run before."""
     pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
     from src.evaluation import benchmarks
     from src.stages.eval import answerer

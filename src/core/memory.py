@@ -23,17 +23,18 @@ from pathlib import Path
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 THRESHOLD = 128 * 1024  # glibc's own starting value
+MMAP_THRESHOLD_VAR = "MALLOC_MMAP_THRESHOLD_"  # what glibc reads at a process's start
 
 
 def pin_mmap_threshold() -> bool:
     """Fix glibc's mmap threshold at THRESHOLD; False where this is not glibc."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if MMAP_THRESHOLD_VAR in os.environ:
         return True
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(THRESHOLD)
+    os.environ[MMAP_THRESHOLD_VAR] = str(THRESHOLD)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD))
 
 
