@@ -116,18 +116,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Durations(), "selfplay-durations")
 
 
-def table(path: Path) -> str:
-    """The file as docs/testing.md shows it: each module's tests and seconds, slowest first."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
-    *rows, total = lines
+def table(path: Path, modules_shown: int = 15) -> str:
+    """The file as docs/testing.md shows it: the modules with the most seconds (the rest summed
+    in one row), then the SHOWN slowest tests."""
+    *rows, _ = [json.loads(line) for line in path.read_text().splitlines() if line]
     modules: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         modules[row["module"]].append(row["seconds"])
+    ranked = sorted(modules.items(), key=lambda kv: -sum(kv[1]))
     out = ["| module | tests | seconds | slowest test |", "| --- | ---: | ---: | ---: |"]
-    for module, seconds in sorted(modules.items(), key=lambda kv: -sum(kv[1])):
+    for module, seconds in ranked[:modules_shown]:
         out.append(f"| `{module}` | {len(seconds)} | {sum(seconds):,.0f} | {max(seconds):,.0f} |")
-    busy = ", ".join(f"{w} {s:,.0f} s" for w, s in total["workers"].items())
-    out.append(f"\n{total['tests']} tests, {total['total']:,.0f} s of wall time; busy: {busy}")
+    rest = [s for _, seconds in ranked[modules_shown:] for s in seconds]
+    if rest:
+        label = f"the other {len(ranked) - modules_shown} modules"
+        out.append(f"| {label} | {len(rest)} | {sum(rest):,.0f} | {max(rest):,.0f} |")
+    out += ["", "| seconds | test |", "| ---: | --- |"]
+    out += [f"| {r['seconds']:.0f} | `{r['test'].split('@')[0]}` |" for r in rows[:SHOWN]]
     return "\n".join(out)
 
 

@@ -70,8 +70,9 @@ def run_without_slurm(overrides: list[str], root: Path) -> Path:
     return next(root.glob("tiny-mistral/sppo/*"))
 
 
-def run_main(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m src.main ARGS`, offline, its runs under `root`, in this process (`entry`)."""
+def run_main(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m src.main ARGS`, offline, its runs under `root`, in this process (`entry`; the
+    test's own timeout bounds it)."""
     return entry("src.main", *args, env={"SELFPLAY_RUNS": str(root), **OFFLINE})
 
 
@@ -89,8 +90,8 @@ def run_main_process(root: Path, *args: str, timeout: int = 600) -> subprocess.C
     )
 
 
-def cli(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return run_main(root, *SMALL, *args, timeout=timeout)
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_main(root, *SMALL, *args)
 
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -155,8 +156,7 @@ def entry(
 @contextmanager
 def captured() -> Iterator[dict[str, str]]:
     """What is written inside, into two files: {"stdout": ..., "stderr": ...} once the block
-    ends. Redirected
-    where it is written, at the file descriptors: 1 and 2, which the libraries and the processes
+    ends. Redirected where it is written, at the file descriptors: 1 and 2, which the libraries and the processes
     started inside write to, and those under sys.stdout and sys.stderr (pytest's capture files,
     or 1 and 2). Python's stream objects are left as they are: a command run inside may shut
     down logging's handlers (Hydra's start does), and a handler may close its stream unless it

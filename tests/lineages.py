@@ -12,6 +12,7 @@ that on a copy it makes itself), so a copy is that lineage as any test would hav
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -41,6 +42,7 @@ CACHE = REPO_ROOT / ".cache" / "test-lineages"
 MADE_FROM = ("src", "conf", "data")
 
 
+@functools.cache  # read once per session: every copy of a lineage asks for its key
 def key(overrides: tuple[str, ...], tiny_dir: Path) -> str:
     digest = hashlib.sha256()
     folders = [REPO_ROOT / f for f in MADE_FROM] + [tiny_dir / n for n in PIPELINE_NAMES]
