@@ -429,6 +429,8 @@ def test_a_judged_benchmark_gets_a_column_per_judge(tmp_path):
 def test_the_audit_names_the_machine_each_lineage_trained_on(tmp_path, capsys):
     """A record names the machine that made it; the audit (the demo's last table) says where each
     lineage trained, since another CPU or thread count moves a curve's digits."""
+    import torch
+
     from src.core.machine import machine
     from src.core.records import read_record, write_record
     from src.tiny.audit import main as audit
@@ -440,9 +442,10 @@ def test_the_audit_names_the_machine_each_lineage_trained_on(tmp_path, capsys):
     assert read_record(train)["machine"] == here and here["cpu"]
     audit(["--root", str(tmp_path)])
     sets = ", ".join(here["vector_sets"]) or "no vector sets"
+    assert here["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     assert capsys.readouterr().out.splitlines()[0] == (
-        f"tiny-mistral/sppo/r (trained on {here['cpu']}: {sets}; {here['torch_threads']} torch "
-        "threads)"
+        f"tiny-mistral/sppo/r (trained on {here['cpu']}: {sets}; {here['cpu_kernels']} kernels; "
+        f"{here['torch_threads']} torch threads)"
     )
 
 

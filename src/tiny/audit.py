@@ -77,15 +77,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def made_on(lineage: Path) -> str:
-    """Where its training ran, from the first record that names a machine: another CPU (its
-    vector instruction sets) or thread count sums floats in another order, and the digits of a
+    """Where its training ran, from the first record that names a machine: other kernels (the
+    vector instruction sets torch ran) or thread count sums floats in another order, and the digits of a
     curve move with it (docs/results.md)."""
     for record in sorted(lineage.glob("iter*/train/done.json")):
         with contextlib.suppress(OSError, ValueError):
             m = json.loads(record.read_text()).get("machine")
             if m:
                 sets = ", ".join(m["vector_sets"]) or "no vector sets"
-                return f" (trained on {m['cpu']}: {sets}; {m['torch_threads']} torch threads)"
+                ran = f"; {m['cpu_kernels']} kernels" if m.get("cpu_kernels") else ""
+                return f" (trained on {m['cpu']}: {sets}{ran}; {m['torch_threads']} torch threads)"
     return ""
 
 

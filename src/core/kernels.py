@@ -1,0 +1,37 @@
+"""The CPU kernels torch and MKL run, pinned to AVX2 wherever the CPU has it.
+
+torch chooses its vectorised kernels (softmax, norms, activations, reductions) by the widest
+vector set the CPU has, and MKL its matrix products likewise: an AVX-512 machine sums floats in
+another order than an AVX2 one, its samples drift from the first differing digit on, and the tiny
+models' builds, the demo's win rates and the tests' thresholds come out different (one
+AVX-512 machine trained a tiny-chat-judge agreeing with its rule on 0.786 of verdicts where AVX2
+machines reach 0.8). Pinned, every x86 CPU with AVX2 and FMA runs the same kernels and makes the
+same bytes for the same config and thread count (docs/results.md). The cost is the wider vectors
+on the CPU alone; a GPU's kernels are untouched.
+
+`pin()` runs when the package `src` is imported, so before any of its commands, workers or
+tests loads torch (both read their setting once, when they load). A user's own setting is kept:
+`ATEN_CPU_CAPABILITY=avx512` (or `default`) and `MKL_CBWR=AUTO` run the CPU's own widest kernels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+from src.core.machine import cpu_info
+
+# torch's own kernels (ATen), MKL's matrix products (its conditional numerical reproducibility)
+# and oneDNN's (exact GELU in float32 runs there), each at AVX2
+PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+NEEDS = {"avx2", "fma"}
+
+
+def pin(env: MutableMapping[str, str] = os.environ, flags: set[str] | None = None) -> dict:
+    """Set PINS in `env` where the CPU has AVX2 and FMA and the user has not set them; returns
+    what it set."""
+    if not NEEDS <= (cpu_info()[1] if flags is None else flags):
+        return {}
+    chosen = {key: value for key, value in PINS.items() if not env.get(key)}
+    env.update(chosen)
+    return chosen
