@@ -105,6 +105,27 @@ for _name, _fn in _RESOLVERS.items():
     OmegaConf.register_new_resolver(_name, _fn, replace=True)
 
 
+def parse_each_string_once() -> None:
+    """OmegaConf parses a string with its interpolation grammar (ANTLR, in pure Python) each time
+    it makes or resolves a node of it: a composition parses its ~35 distinct strings ~130 times,
+    a quarter of its time. A string's parse tree is the same every time and is only read (by
+    OmegaConf's grammar visitor), so each is parsed once per process; a string that does not
+    parse raises every time (exceptions are not cached). Composing then takes ~20 % less, for
+    every command's start and every test (tests/test_config.py)."""
+    import functools
+
+    import omegaconf._utils
+    import omegaconf.base
+    from omegaconf import grammar_parser
+
+    cached = functools.lru_cache(maxsize=4096)(grammar_parser.parse)
+    for module in (omegaconf.base, omegaconf._utils):  # each imported the function by its name
+        module.parse = cached
+
+
+parse_each_string_once()
+
+
 # ---------------------------------------------------------------------------------------------
 # Choices. Enum *names* are what a config file or an override writes; OmegaConf lists them in its
 # error message when a value is not one of them.

@@ -134,6 +134,24 @@ def test_iter_selects_the_prompt_split_and_the_previous_checkpoint():
     assert cfg.stage_dir("generate") == run_dir / "iter3" / "generate"
 
 
+def test_each_interpolation_is_parsed_once_and_composes_as_parsed_anew(monkeypatch):
+    """The grammar's parse trees are cached per string (src/config.py): a composition gives the
+    config it gives with OmegaConf's own parse, and a string that does not parse fails every
+    time."""
+    from omegaconf import _utils, base, grammar_parser
+    from omegaconf.errors import GrammarParseError
+
+    assert base.parse is _utils.parse and base.parse("${iter}") is base.parse("${iter}")
+    for _ in range(2):
+        with pytest.raises(GrammarParseError):
+            base.parse("${iter")
+    overrides = ("method=wpo", "iter=2", "hardware=slurm-node-8gpu")
+    cached = compose_cfg(*overrides)
+    for module in (base, _utils):
+        monkeypatch.setattr(module, "parse", grammar_parser.parse)
+    assert compose_cfg(*overrides) == cached
+
+
 def test_iteration_one_starts_from_the_base_model():
     cfg = compose_cfg("iter=1")
     assert cfg.run.init_policy == "mistralai/Mistral-7B-Instruct-v0.2"

@@ -1,5 +1,5 @@
 """`python -m src.tiny.published`, the demo's last table: the digits docs/results.md publishes
-for three machines (the same table there as in src/tiny/published.py), the demo's run folders as
+per machine (the same table there as in src/tiny/published.py), the demo's run folders as
 the Makefile's demo commands name them, and the runs' own digits beside the published ones, "-"
 where a run has not finished."""
 
