@@ -24,6 +24,7 @@ from src.config import REPO_ROOT
 from tests.helpers import CONF, compose_raw
 
 SNAPSHOT = REPO_ROOT / "tests" / "data" / "config_snapshot.json"
+PLAIN = "plain tree as OmegaConf's"  # a check's outcome beside each composition, not recorded
 # What the config reads from the environment, fixed
 PLACEHOLDERS = {
     "SELFPLAY_RUNS": "/runs",
@@ -82,14 +83,22 @@ def resolved(overrides: list[str]) -> dict:
     """{'config': the composed tree `--cfg job` prints} and, where validation refuses it,
     {'error': its one line}; plain data, the repository's path written as <repo>. (Every
     composition that validates prints its whole validated config: the test checks that too.)"""
-    from src.config import ConfigError, validate
+    from src.config import ConfigError, to_yaml, validate
 
     raw = compose_raw(*overrides)
     out = {"config": OmegaConf.to_container(raw, resolve=True)}
     try:
-        out["typed"] = OmegaConf.to_container(OmegaConf.structured(validate(raw)))
+        cfg = validate(raw)
     except ConfigError as exc:
         out["error"] = str(exc)
+    else:
+        typed = OmegaConf.structured(cfg)
+        out["typed"] = OmegaConf.to_container(typed)
+        # the plain tree and YAML read off the dataclasses, as OmegaConf's typed nodes give them
+        omegaconfs = OmegaConf.to_container(typed, resolve=True, enum_to_str=True)
+        out[PLAIN] = repr(cfg.as_tree()) == repr(omegaconfs) and to_yaml(cfg) == OmegaConf.to_yaml(
+            typed
+        )
     text = json.dumps(out, sort_keys=True, default=str)
     return json.loads(text.replace(str(REPO_ROOT), "<repo>"))
 
@@ -102,7 +111,8 @@ def resolve_all() -> dict:
 def take() -> dict:
     """The record: every composition less its validated config (checked against `config`)."""
     return {
-        name: {k: v for k, v in run.items() if k != "typed"} for name, run in resolve_all().items()
+        name: {k: v for k, v in run.items() if k not in ("typed", PLAIN)}
+        for name, run in resolve_all().items()
     }
 
 
@@ -127,6 +137,13 @@ def recorded() -> dict:
 
 def test_the_record_covers_every_composition(now, recorded):
     assert sorted(now) == sorted(recorded)
+
+
+def test_the_plain_tree_of_every_composition_is_omegaconfs(now):
+    """`Config.as_tree()` and `to_yaml` (src/config.py's plain_data) give what OmegaConf's typed
+    nodes give: the fingerprints and saved configs of runs made before are the same."""
+    validated = [name for name, run in now.items() if "error" not in run]
+    assert validated and [name for name in validated if not now[name][PLAIN]] == []
 
 
 @pytest.mark.parametrize("name", sorted(compositions()))
