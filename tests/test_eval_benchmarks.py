@@ -78,6 +78,10 @@ def test_an_arena_hard_baseline_that_is_not_there_names_its_key(tmp_path):
 def test_mt_bench_through_a_served_judge_counts_what_it_cannot_rate_and_pays_once(
     tmp_path, tiny_dir
 ):
+    """Two MT-Bench questions graded by a judge the stage serves with vLLM: four judgments, the
+    ones without a rating counted, and a second run served from the cache, paying nothing.
+
+    Slow: the served judge is vLLM's OpenAI server, started for the test (25-60 s on one CPU)."""
     pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm adds it)")
     from src.stages.eval import answerer
 

@@ -43,6 +43,10 @@ def train_log(root: Path, job: str) -> str:
 
 
 def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path, chain_here):
+    """Two iterations whose training jobs span both nodes, their first step that of one process.
+
+    Slow: two iterations of real SLURM jobs, each a fresh process, each training two launchers
+    that meet over the network namespaces before they start."""
     from src.slurm import submit_chain
 
     cluster, overrides = on_two_nodes
@@ -79,6 +83,11 @@ def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path, ch
 
 
 def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_two_nodes, tmp_path):
+    """node2's worker killed mid-training: the job fails on its own, the chain's later jobs are
+    cancelled, and a resubmission resumes from the last whole checkpoint to every step.
+
+    Slow: a training long enough to be killed after a saved checkpoint (80 steps on two nodes),
+    then the resubmitted chain's jobs, each a fresh process."""
     from src.slurm import submit_chain
 
     cluster, overrides = on_two_nodes

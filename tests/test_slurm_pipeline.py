@@ -33,6 +33,10 @@ def shard_rows(stage_dir: Path, prefix: str = "responses") -> list[dict]:
 
 
 def test_two_iterations_chained_through_slurm(on_cluster, tmp_path, chain_here):
+    """Two iterations as eight dependent SLURM jobs, byte for byte the run without SLURM.
+
+    Slow: eight real jobs on the local cluster, each a fresh process that imports its stage and
+    loads its model, one after the other as their dependencies order them."""
     from src.slurm import submit_chain
 
     cluster, overrides = on_cluster
@@ -63,7 +67,9 @@ def test_two_iterations_chained_through_slurm(on_cluster, tmp_path, chain_here):
 
 def test_two_generation_shards_share_the_node_and_run_at_the_same_time(on_cluster, tmp_path):
     """A node of 2 processes, as an 8-GPU node has 8 GPUs: each generation and ranking shard
-    asks for half of it, so SLURM runs both at once; training takes the whole node."""
+    asks for half of it, so SLURM runs both at once; training takes the whole node.
+
+    Slow: a whole iteration's jobs on the local cluster, each stage a fresh process."""
     from src.slurm import submit_chain
 
     cluster, overrides = on_cluster

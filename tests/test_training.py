@@ -252,7 +252,10 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(
     step — loss, log-probs and gradient norm — with the streamed LM head (under ZeRO-3 its weight
     is partitioned; Gemma-2 ties it to the embeddings and soft-caps the logits) and with the
     model's own full-logits head. (At step 1 the policy is the reference, so the loss alone does
-    not depend on the log-probs; the logged log-probs and the gradient norm do.)"""
+    not depend on the log-probs; the logged log-probs and the gradient norm do.)
+
+    Slow: two training processes per strategy, and the first DeepSpeed run of a session builds its
+    communication op (~20 s; kept in TORCH_EXTENSIONS_DIR after)."""
     two = [STREAMED, "hardware.processes_per_node=2", f"hardware.distributed={strategy}"]
     first = {**one_process(model), "two": first_step(tmp_path, "two", *two, model=model)}
     for name in ("two", "one-full-logits"):

@@ -101,6 +101,10 @@ def backends(request, tiny_dir):
 
 
 def test_greedy_rows_equal_the_hf_backends(backends):
+    """vLLM's greedy rows are the HF backend's, token for token, at two seeds.
+
+    Slow: the first test of each model pays for the module's engine start (the `backends`
+    fixture: 25-60 s on one CPU), which the other engine tests then share."""
     prompts = backends.prompts
     assert len(prompts) >= 100
     vllm = backends.sample("vllm", prompts, [0, 50], temperature=0.0)
@@ -169,7 +173,10 @@ def test_the_stream_holds_its_bound_and_flat_memory_at_any_shard_size(backends):
     """The stage's stream over shards of 120 and 480 prompts (chunks of 7, at most 40 samples in
     the engine): never more than 40 samples handed over, never more chunks open than those
     samples can hold up plus the one being fed, and the same peak of Python memory for the
-    shard four times the size; its rows are the chunk-by-chunk calls' rows, whatever the bound."""
+    shard four times the size; its rows are the chunk-by-chunk calls' rows, whatever the bound.
+
+    Slow: 1,200 prompts' samples (each shard size twice, under tracemalloc) through the module's
+    engine."""
     import tracemalloc
 
     from src.core.chunks import Silent
@@ -384,7 +391,10 @@ def test_a_stream_killed_mid_way_resumes_to_the_rows_of_one_shard_in_chunks_of_6
 ):
     """Shard 0 of 3 in chunks of 7, kill -9 once a chunk is sealed: the engine dies with the
     stage, the re-run makes only the missing chunks, and the shard holds the one-shard run's
-    rows (chunks of 64) for its prompts, byte for byte."""
+    rows (chunks of 64) for its prompts, byte for byte.
+
+    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
+    interrupted, and the re-run that resumes."""
     proc = start_stage(tmp_path, *shard_of_three(0), *SMALL_STREAM)
     pause_after_chunks(tmp_path, proc, 1)
     engine = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
@@ -406,7 +416,10 @@ def test_an_engine_that_dies_ends_the_stage_with_one_line_and_a_rerun_resumes(
 ):
     """Shard 1 of 3: vLLM's engine process killed mid-stream. The stage does not wait for
     outputs that never come: exit 3, one line naming the engine, no rows file; the re-run
-    resumes to the same rows."""
+    resumes to the same rows.
+
+    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
+    interrupted, and the re-run that resumes."""
     proc = start_stage(tmp_path, *shard_of_three(1), *SMALL_STREAM)
     pause_after_chunks(tmp_path, proc, 1).kill()
     try:
@@ -432,7 +445,10 @@ def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
     its state and how long it has not answered; no engine process left, no rows file; the
     re-run resumes to the same rows. One sample in flight at a time: after the first chunk the
     stream has seconds of work left, so the engine is stopped before it ends (the rows do not
-    depend on what is in flight)."""
+    depend on what is in flight).
+
+    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
+    interrupted, and the re-run that resumes."""
     proc = start_stage(tmp_path, *shard_of_three(0), "generation.in_flight=1")
     processes: list[psutil.Process] = []
     try:
@@ -463,7 +479,10 @@ def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, 
     """Shard 2 of 3: the first sealed chunk truncated while the stream goes on to seal the next,
     then SIGTERM (what scancel sends). A re-run with another temperature is refused before any
     engine starts; the re-run trusts neither the damaged chunk nor anything unsealed, says which
-    chunk it makes again, and ends with the rows of the one-shard run."""
+    chunk it makes again, and ends with the rows of the one-shard run.
+
+    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
+    interrupted, and the re-run that resumes."""
     proc = start_stage(tmp_path, *shard_of_three(2), *SMALL_STREAM)
     core = pause_after_chunks(tmp_path, proc, 1)
     chunk = next(tmp_path.rglob("chunk*.jsonl"))

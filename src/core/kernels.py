@@ -30,7 +30,7 @@ NEEDS = {"avx2", "fma"}
 def pin(env: MutableMapping[str, str] = os.environ, flags: set[str] | None = None) -> dict:
     """Set PINS in `env` where the CPU has AVX2 and FMA and the user has not set them; returns
     what it set."""
-    if not NEEDS <= (cpu_info()[1] if flags is None else flags):
+    if not NEEDS.issubset(cpu_info()[1] if flags is None else flags):
         return {}
     chosen = {key: value for key, value in PINS.items() if not env.get(key)}
     env.update(chosen)
