@@ -1,17 +1,20 @@
-"""The CPU kernels torch and MKL run, pinned to AVX2 wherever the CPU has it.
+"""The CPU kernels torch, MKL and oneDNN run, pinned to AVX2 wherever the CPU has it.
 
 torch chooses its vectorised kernels (softmax, norms, activations, reductions) by the widest
-vector set the CPU has, and MKL its matrix products likewise: an AVX-512 machine sums floats in
-another order than an AVX2 one, its samples drift from the first differing digit on, and the tiny
-models' builds, the demo's win rates and the tests' thresholds come out different (one
-AVX-512 machine trained a tiny-chat-judge agreeing with its rule on 0.786 of verdicts where AVX2
-machines reach 0.8). Pinned, every x86 CPU with AVX2 and FMA runs the same kernels and makes the
-same bytes for the same config and thread count (docs/results.md). The cost is the wider vectors
-on the CPU alone; a GPU's kernels are untouched.
+vector set the CPU has, and oneDNN (float32 exact GELU) and MKL (matrix products, on Intel CPUs)
+likewise: an AVX-512 machine sums floats in another order than an AVX2 one, its samples drift
+from the first differing digit on, and the tiny models' builds, the demo's win rates and the
+tests' thresholds come out different (one AVX-512 machine trained a tiny-chat-judge agreeing with
+its rule on 0.786 of verdicts where AVX2 machines reach 0.8; pinned, 0.863). Pinned, an AVX-512
+machine makes an AVX2 machine's digits in four of the demo's five figures (docs/results.md: the
+fifth, iteration 3, still differs by 0.013). The cost falls on the CPU alone, a GPU's kernels are
+untouched: the wider vectors, and oneDNN's bfloat16 kernels, which at AVX2 are its reference ones
+(the bf16 training test on CPU 30 -> 41 s).
 
 `pin()` runs when the package `src` is imported, so before any of its commands, workers or
-tests loads torch (both read their setting once, when they load). A user's own setting is kept:
-`ATEN_CPU_CAPABILITY=avx512` (or `default`) and `MKL_CBWR=AUTO` run the CPU's own widest kernels.
+tests loads torch (each library reads its setting once, when it loads). A user's own setting is
+kept: `ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL` runs the CPU's own widest
+kernels.
 """
 
 from __future__ import annotations
