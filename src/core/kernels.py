@@ -33,8 +33,10 @@ NEEDS = {"avx2", "fma"}
 def pin(env: MutableMapping[str, str] = os.environ, flags: set[str] | None = None) -> dict:
     """Set PINS in `env` where the CPU has AVX2 and FMA and the user has not set them; returns
     what it set."""
+    chosen = {key: value for key, value in PINS.items() if not env.get(key)}
+    if not chosen:  # a child process: its parent pinned them (or the user chose), no CPU to read
+        return {}
     if not NEEDS.issubset(cpu_info()[1] if flags is None else flags):
         return {}
-    chosen = {key: value for key, value in PINS.items() if not env.get(key)}
     env.update(chosen)
     return chosen

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def made_on(lineage: Path) -> str:
     """Where its training ran, from the first record that names a machine: other kernels (the
-    vector instruction sets torch ran) or thread count sums floats in another order, and the digits of a
-    curve move with it (docs/results.md)."""
+    vector instruction sets torch ran) or thread count sums floats in another order, and the
+    digits of a curve move with it (docs/results.md)."""
     for record in sorted(lineage.glob("iter*/train/done.json")):
         with contextlib.suppress(OSError, ValueError):
             m = json.loads(record.read_text()).get("machine")
