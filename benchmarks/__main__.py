@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.harness import RESULTS, render
 
-BENCHMARKS = ("generation", "stream", "ranking", "trainer", "train_memory", "scale")
+BENCHMARKS = ("generation", "stream", "ranking", "trainer", "train_memory", "scale", "agreement")
 
 
 def main(argv: list[str]) -> int:

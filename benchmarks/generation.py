@@ -84,6 +84,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "spread of benchmarks/stream.py, cut at --max-new-tokens (ours, vLLM)",
     )
     parser.add_argument("--layers", type=int, help="smoke: real architectures of N layers")
+    parser.add_argument(
+        "--engine-logs",
+        help="keep each vLLM case's whole log in this folder (CASE.log, written as the engine "
+        "writes it, so a run cut off leaves it); default: only its kernel lines, in the results",
+    )
 
 
 def name(peer: str, model: str, batch: int, threads: str = "auto", load: int = 0) -> str:
@@ -112,7 +117,8 @@ def cases(args: argparse.Namespace) -> list[Case]:
         raise SystemExit(f"error: --lengths spread runs {' and '.join(SPREAD_PEERS)} only, "
                          f"not {', '.join(dropped)}: name --peers")  # fmt: skip
     common = {"device": args.device, "prompts": args.prompts, "layers": args.layers,
-              "max_new_tokens": args.max_new_tokens, "lengths": args.lengths}  # fmt: skip
+              "max_new_tokens": args.max_new_tokens, "lengths": args.lengths,
+              "engine_logs": args.engine_logs}  # fmt: skip
     out = []
 
     def add(peer: str, model: str, b: int, threads: str, load: int) -> None:
@@ -155,8 +161,12 @@ def measure(case: Case) -> dict:
     g, cuda = cfg.generation, p["device"] == "cuda"
     prompts, tokenizer, eos_ids, path, skipped = workload(cfg, case)
     traffic = Traffic.measure(path) if cuda else None  # before the engine takes the GPU
-    log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "vllm.log"
-    atexit.register(shutil.rmtree, log.parent, True)
+    if p.get("engine_logs"):
+        log = Path(p["engine_logs"]) / f"{case.name.replace('/', '_')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "vllm.log"
+        atexit.register(shutil.rmtree, log.parent, True)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # its choice of kernels is said at INFO
     generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log)
     length = partial(sample_length, p.get("lengths", "fixed"), g.max_new_tokens)

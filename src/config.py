@@ -1139,9 +1139,10 @@ class PlanConfig:
     generate_tokens_per_s: float | None = None
     gpu_memory_tbs: float = 3.35  # each GPU's memory bandwidth, TB/s: H100 SXM 3.35 (A100: 2.0)
     # the share of the decode bound vLLM reaches (each step reads the weights once and the KV
-    # cache of the sequences in it): measured for Mistral-7B on one H200, vLLM 0.26, 640 samples of
-    # the recipe-like spread (benchmarks/results/generation_gpu_vllm.md); other models: assumed
-    vllm_bound_share: float = 0.22
+    # cache of the sequences in it); null: the share measured for the model with vLLM 0.26 on 640
+    # samples of the recipe-like spread (Mistral-7B 0.22 on an H200, Gemma-2-9B 0.32 on an H100:
+    # src/plan/hours.py cites the results files), for other models Mistral-7B's, assumed
+    vllm_bound_share: float | None = None
 
     def __post_init__(self) -> None:
         check_numbers(self, "plan.")
@@ -1153,7 +1154,7 @@ class PlanConfig:
             _positive("plan.generate_tokens_per_s", self.generate_tokens_per_s)
         _positive("plan.gpu_memory_tbs", self.gpu_memory_tbs)
         _check(
-            0 < self.vllm_bound_share <= 1,
+            self.vllm_bound_share is None or 0 < self.vllm_bound_share <= 1,
             "plan.vllm_bound_share",
             self.vllm_bound_share,
             "must be in (0, 1]",

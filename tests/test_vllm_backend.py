@@ -621,6 +621,19 @@ def test_flashinfers_sampler_is_off_on_a_gpu_where_no_request_uses_it():
     assert "VLLM_USE_FLASHINFER_SAMPLER" not in engine_env(torch.device("cpu"))
 
 
+def test_the_engine_is_spawned_on_a_gpu_where_asking_for_cuda_poisons_a_fork():
+    """Asking torch whether CUDA is usable (as `device_for` does before any engine starts) marks
+    every forked child as unable to open CUDA, and vLLM forks its engine unless a CUDA context
+    is open: on a GPU the engine is spawned (a forked one died at start on an H100); the CPU
+    engine keeps vLLM's own choice."""
+    import torch
+
+    from src.generation.vllm_engine import engine_env
+
+    assert engine_env(torch.device("cuda"))["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in engine_env(torch.device("cpu"))
+
+
 # --- vLLM's start ------------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ On a GPU (vLLM 0.26) the engine's first start compiles nothing: the compilation 
 kernels FlashInfer JIT-builds with nvcc (`JIT_FUSIONS`: the all-reduce + RMSNorm fusion, on by
 default at tensor parallelism > 1 on Hopper) are off where FlashInfer would find no nvcc or
 ninja, a line of vLLM's log saying which and why; FlashInfer's sampler, which seeded requests
-never use, is off.
+never use, is off; the engine's process is spawned (a forked one cannot open CUDA once this
+process has asked torch whether CUDA is usable).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def kv_cache_bytes(g: GenerationConfig, device: torch.device) -> int | None:
 
 def engine_env(device: torch.device) -> dict[str, str]:
     """What vLLM should find in the environment (where the user has not set it): QUIET_ENV; on a
-    GPU its FlashInfer sampler off; on CPU the binding of its worker's threads to the CPUs this
+    GPU its FlashInfer sampler off and its engine spawned; on CPU the binding of its worker's threads to the CPUs this
     process may use."""
     env = dict(QUIET_ENV)
     if device.type == "cuda":
@@ -196,6 +197,12 @@ def engine_env(device: torch.device) -> dict[str, str]:
         # the engine's warm-up, whose first start JIT-builds its kernels with nvcc (and fails
         # where there is none). Off, no output changes.
         env["VLLM_USE_FLASHINFER_SAMPLER"] = "0"
+        # The engine's process is spawned, not forked: `device_for` asked torch whether CUDA is
+        # usable (torch.cuda.is_available), and torch then marks any forked child as unable to
+        # open CUDA ("Cannot re-initialize CUDA in forked subprocess", its engine dead at start:
+        # seen on an H100 with vLLM 0.26). vLLM spawns by itself only where a CUDA context is
+        # already open in this process, which the stages avoid (src/core/devices.py: gpu_state).
+        env["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
     bind = cpu_binding() if device.type == "cpu" else None
     if bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = bind

@@ -7,8 +7,8 @@ are assumptions is said in every row.
   `python -m benchmarks generation --device cuda` (32 prompts x 5 samples a call); other models: the
   Mistral-7B rate scaled by parameters (an assumption: decoding reads every weight per step).
   vLLM (one stream over the shard, its engine kept full): `plan.vllm_bound_share` of the decode
-  bound, measured for Mistral-7B on an H200 (benchmarks/results/generation_gpu_vllm.md), assumed
-  the same for other models;
+  bound, measured per model (MEASURED_BOUND_SHARES: Mistral-7B on an H200, Gemma-2-9B on an
+  H100), Mistral-7B's assumed for other models;
 - ranking and training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption):
   a judge's forward 2 Psi_judge per token; a training token 6 Psi (forward 2, backward 4) plus 2 Psi
   when gradient checkpointing recomputes the forward, and the reference's forward 2 Psi once.
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.config import Backend, Config, JudgeKind, PlanConfig, RefLogprobs
+from src.config import Backend, Config, JudgeKind, RefLogprobs
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
 # HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
@@ -81,9 +81,15 @@ def measured_rate(rates: dict[int, float], batch: int) -> tuple[float, str]:
     return rate, f"measured at {small} and {large} prompts a call"
 
 
-# plan.vllm_bound_share's default is vLLM's measured share for this model (src/config.py)
-MEASURED_BOUND_MODEL = "mistralai/Mistral-7B-Instruct-v0.2"
-MEASURED_BOUND_SHARE = PlanConfig.vllm_bound_share
+# vLLM's share of the decode bound, measured per model (plan.vllm_bound_share null): vLLM 0.26,
+# one GPU, 128 prompts x K = 5 of the recipe-like spread, random bf16 weights at the real shapes
+MEASURED_BOUND_SHARES = {
+    "mistralai/Mistral-7B-Instruct-v0.2": (
+        0.22, "Mistral-7B on an H200: benchmarks/results/generation_gpu_vllm.md"),
+    "google/gemma-2-9b-it": (
+        0.32, "Gemma-2-9B on an H100: benchmarks/results/generation_gpu_gemma_vllm.md"),
+}  # fmt: skip
+ASSUMED_BOUND_SHARE = MEASURED_BOUND_SHARES["mistralai/Mistral-7B-Instruct-v0.2"][0]
 
 # vLLM's max_num_seqs on a GPU of 70 GB or more (vLLM 0.26-0.33), when generation.max_num_seqs
 # is null
@@ -114,17 +120,14 @@ def generate_rate(cfg: Config, shape: Shape, batch: int, context: float) -> tupl
         return cfg.plan.generate_tokens_per_s, "plan.generate_tokens_per_s"
     if cfg.generation.backend == Backend.vllm:
         bound, sequences = decode_bound(cfg, shape, context)
-        share = cfg.plan.vllm_bound_share
-        measured = share == MEASURED_BOUND_SHARE and cfg.model.path == MEASURED_BOUND_MODEL
+        share, source = cfg.plan.vllm_bound_share, None
+        if share is None:
+            share, source = MEASURED_BOUND_SHARES.get(cfg.model.path, (ASSUMED_BOUND_SHARE, None))
+        said = "measured" if source else "set" if cfg.plan.vllm_bound_share else "assumed"
         return share * bound, (
-            f"{'measured' if measured else 'assumed'}: plan.vllm_bound_share={share:g} of the "
-            f"decode bound, {bound:,.0f} tokens/s at {sequences} sequences of {context:,.0f} "
-            f"tokens on {cfg.plan.gpu_memory_tbs:g} TB/s"
-            + (
-                " (Mistral-7B on an H200: benchmarks/results/generation_gpu_vllm.md)"
-                if measured
-                else ""
-            )
+            f"{said}: plan.vllm_bound_share={share:g} of the decode bound, {bound:,.0f} tokens/s "
+            f"at {sequences} sequences of {context:,.0f} tokens on {cfg.plan.gpu_memory_tbs:g} TB/s"
+            + (f" ({source})" if source else "")
         )
     if cfg.model.path in MEASURED_GENERATE:
         rate, basis = measured_rate(MEASURED_GENERATE[cfg.model.path], batch)
