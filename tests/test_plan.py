@@ -16,7 +16,9 @@ from src.plan.memory import GIB
 from src.plan.stages import DoesNotFit, plan, require_fit
 from tests.helpers import compose_cfg, one_line_failure
 
-GEMMA = ["experiment=gemma-2-9b-it-sppo"]
+GEMMA = ["experiment=gemma-2-9b-it-sppo"]  # generates with vLLM
+# the preset with the HF backend, whose memory and rate follow its batch of prompts
+GEMMA_HF = [*GEMMA, "generation=hf"]
 ON_24GB = ["hardware=slurm-gpu-1", "hardware.gpu_memory_gb=24"]
 
 
@@ -60,14 +62,14 @@ def test_the_plan_of_a_recipe_on_one_8_gpu_node_fits_every_stage():
 
 @pytest.mark.parametrize("stage", ["generate", "train"])
 def test_the_largest_batch_is_the_largest_that_fits(stage):
-    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu")
-    p = stages(*GEMMA, "hardware=node-8gpu")[stage]
+    cfg = compose_cfg(*GEMMA_HF, "hardware=node-8gpu")
+    p = stages(*GEMMA_HF, "hardware=node-8gpu")[stage]
     key, largest = p.batch_key, p.largest_batch
     assert largest and largest >= p.batch
     gpu = cfg.hardware.gpu_memory_gb
-    assert stages(*GEMMA, "hardware=node-8gpu", f"{key}={largest}")[stage].fits(gpu)
+    assert stages(*GEMMA_HF, "hardware=node-8gpu", f"{key}={largest}")[stage].fits(gpu)
     if stage == "generate":
-        over = stages(*GEMMA, "hardware=node-8gpu", f"{key}={largest + 1}")[stage]
+        over = stages(*GEMMA_HF, "hardware=node-8gpu", f"{key}={largest + 1}")[stage]
         assert not over.fits(gpu)
     else:  # a per-device batch the global batch divides into: 64 pairs over 8 GPUs
         assert largest == 8 == cfg.training.global_batch_size // cfg.hardware.world_size
@@ -81,29 +83,32 @@ def test_memory_grows_with_the_batch_and_with_lengths():
 
 
 def test_full_weights_on_a_24_gb_card_are_refused_with_the_overrides_that_fit():
-    cfg = compose_cfg(*GEMMA, *ON_24GB)
+    cfg = compose_cfg(*GEMMA_HF, *ON_24GB)
     with pytest.raises(DoesNotFit) as refused:
-        require_fit(cfg, [*GEMMA, *ON_24GB])
+        require_fit(cfg, [*GEMMA_HF, *ON_24GB])
     assert refused.value.exit_code == 2
     assert refused.value.fix == "generation=vllm training.peft=qlora"
     message = str(refused.value)
     assert message.startswith("stage generate needs ")
     assert "stage train needs " in message and "hardware.gpu_memory_gb=24 (22.4 GiB)" in message
-    fixed = compose_cfg(*GEMMA, *ON_24GB, *refused.value.fix.split())
-    require_fit(fixed, [*GEMMA, *ON_24GB, *refused.value.fix.split()])  # nothing left to refuse
+    fixed = compose_cfg(*GEMMA, *ON_24GB, "training.peft=qlora")
+    require_fit(fixed, [*GEMMA, *ON_24GB, "training.peft=qlora"])  # nothing left to refuse
+    # the preset as shipped generates with vLLM, which fits: only training is refused
+    with pytest.raises(DoesNotFit) as shipped:
+        require_fit(compose_cfg(*GEMMA, *ON_24GB), [*GEMMA, *ON_24GB])
+    assert shipped.value.fix == "training.peft=qlora"
+    assert str(shipped.value).startswith("stage train needs ")
 
 
 def test_src_slurm_refuses_in_one_line_with_exit_2_and_queues_nothing(tmp_path):
     # the nodes reach the Hub: the recipe's weights need not be in this offline cache
     args = ["--dry-run", *GEMMA, *ON_24GB, f"paths.root={tmp_path}", "hardware.slurm.offline=false"]
     line = one_line_failure(run("src.slurm", *args), 2)
-    assert line.startswith("error: stage generate needs "), line
-    assert line.endswith(
-        f"run `python -m src.slurm {' '.join(args)} generation=vllm training.peft=qlora`"
-    ), line
+    assert line.startswith("error: stage train needs "), line
+    assert line.endswith(f"run `python -m src.slurm {' '.join(args)} training.peft=qlora`"), line
     assert not list(tmp_path.rglob("*.sbatch"))
     assert run("src.slurm", *args, "plan.check=false").returncode == 0
-    assert run("src.slurm", *args, "generation=vllm", "training.peft=qlora").returncode == 0
+    assert run("src.slurm", *args, "training.peft=qlora").returncode == 0
 
 
 def test_the_mistral_qlora_preset_fits_a_24_gb_card():
@@ -139,7 +144,7 @@ def test_cfg_job_and_the_plan_show_the_same_settings(tmp_path):
     import yaml
 
     args = [
-        *GEMMA,
+        *GEMMA_HF,
         "hardware=slurm-node-8gpu",
         "training.per_device_batch_size=2",
         "eval.enabled=true",
@@ -169,15 +174,18 @@ def test_cfg_job_and_the_plan_show_the_same_settings(tmp_path):
 
 
 def hours(*overrides: str) -> dict:
+    """The Gemma-2 recipe's hours on a node of 8 GPUs, generating with HF unless `overrides`
+    name the backend."""
     from src.plan.hours import iteration_hours
     from src.plan.stages import policy_shape
 
-    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", *overrides)
+    backend = [] if any(o.startswith("generation=") for o in overrides) else ["generation=hf"]
+    cfg = compose_cfg(*GEMMA, *backend, "hardware=node-8gpu", *overrides)
     return {s.stage: s for s in iteration_hours(cfg, policy_shape(cfg))}
 
 
 def test_without_a_previous_iteration_the_work_is_the_configs_limits():
-    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", "plan.prompts=1000")
+    cfg = compose_cfg(*GEMMA_HF, "hardware=node-8gpu", "plan.prompts=1000")
     generate = hours("plan.prompts=1000")["generate"]
     assert generate.tokens == 1000 * cfg.method.K * cfg.generation.max_new_tokens
     assert generate.basis == "H100, HF, measured at 8 and 32 prompts a call"
@@ -257,7 +265,7 @@ def test_a_previous_iterations_generation_gives_the_prompts_and_lengths(tmp_path
 
 
 def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain():
-    out = run("src.plan", *GEMMA, "hardware=node-8gpu", "iter=3").stdout
+    out = run("src.plan", *GEMMA_HF, "hardware=node-8gpu", "iter=3").stdout
     per_iteration = next(line for line in out.splitlines() if line.startswith("| iteration |"))
     gpu_hours = float(per_iteration.split("|")[5])
     chain = next(line for line in out.splitlines() if line.startswith("Iterations 1..3:"))

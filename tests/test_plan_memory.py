@@ -137,8 +137,8 @@ def test_the_readmes_plan_figures_are_the_plans():
 
     readme = (REPO_ROOT / "README.md").read_text()
     for command, generate, train in [
-        ("experiment=mistral-7b-instruct-sppo hardware=node-8gpu", 30.4, 29.0),
-        ("experiment=gemma-2-9b-it-sppo hardware=node-8gpu", 60.1, 31.4),
+        ("experiment=mistral-7b-instruct-sppo hardware=node-8gpu", 67.1, 29.0),
+        ("experiment=gemma-2-9b-it-sppo hardware=node-8gpu", 67.1, 31.4),
         ("experiment=mistral-7b-instruct-sppo-qlora hardware.gpu_memory_gb=24", 18.3, 9.1),
         ("experiment=gemma-2-9b-it-sppo-qlora hardware.gpu_memory_gb=24", 28.5, 13.4),
     ]:
