@@ -322,15 +322,12 @@ def uninterrupted(tmp_path_factory, tiny_dir) -> Path:
     return rows_file(stage)
 
 
-# 63 prompts: 21 a shard of 3, three chunks of 7 each. The engine is handed one prompt's samples
-# at a time (in_flight=5), and paused (SIGSTOP) the moment the first chunk is sealed: the stream
-# is then interrupted mid-way whatever the machine's speed. The re-runs stream with the default
-# bound (in_flight does not change a row).
-SMALL_STREAM = ("generation.chunk_size=7", "generation.in_flight=5")
-
-
-def shard_of_three(s: int) -> tuple[str, ...]:
-    return ("generation.chunk_size=7", f"generation.shard={s}", "generation.num_shards=3")
+# 63 prompts: 21 a shard of 3, seven chunks of 3 each. The engine is handed one prompt's samples
+# at a time (in_flight=5), and paused (SIGSTOP) the moment the chunk a step waits for is sealed:
+# the stream is then interrupted mid-way whatever the machine's speed. The last re-run streams
+# with the default bound (in_flight does not change a row).
+SHARD = ("generation.chunk_size=3", "generation.shard=0", "generation.num_shards=3")
+CHUNKS, ONE_PROMPT = 7, "generation.in_flight=5"
 
 
 def start_stage(root: Path, *overrides: str) -> subprocess.Popen:
@@ -358,101 +355,80 @@ def pause_after_chunks(root: Path, proc: subprocess.Popen, count: int) -> psutil
     pytest.fail(f"the stage ended or stalled before {count} sealed chunk(s): {proc.poll()}")
 
 
-def ended_in_one_line_and_resumes(root, proc, stderr, pattern, shard, uninterrupted) -> None:
-    """The stage of shard `shard` of 3 ended mid-stream with exit 3 and one line matching
-    `pattern` (multiprocessing's resource tracker may add its warning about the shared memory
-    a killed engine left behind), no rows file; its re-run resumes to the one-shard run's rows."""
+def sealed_chunks(root: Path) -> dict[str, int]:
+    """Each sealed chunk's file and when it was last written: a re-run that reuses a chunk
+    leaves it as it was."""
+    chunks = (s.with_name(s.name.removesuffix(".sealed.json") + ".jsonl")
+              for s in root.rglob("chunk*.sealed.json"))  # fmt: skip
+    return {str(c): c.stat().st_mtime_ns for c in chunks}
+
+
+def interrupted(root: Path, before: dict[str, int]) -> dict[str, int]:
+    """After an interrupted run: no rows file, more chunks sealed than `before` but not all of
+    them, and each chunk sealed before untouched. Returns the sealed chunks now."""
+    assert not list(root.rglob("responses-shard*.jsonl")), "interrupted before its rows file"
+    now = sealed_chunks(root)
+    assert len(before) < len(now) < CHUNKS, "interrupted mid-stream, after a chunk more"
+    assert {c: now[c] for c in before} == before, "sealed chunks are kept, never made again"
+    return now
+
+
+def ended_in_one_line(proc: subprocess.Popen, stderr: str, pattern: str) -> None:
+    """The stage ended with exit 3 and one line matching `pattern` (multiprocessing's resource
+    tracker may add its warning about the shared memory a killed engine left behind)."""
     assert proc.returncode == 3, stderr[-2000:]
     (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert re.match(pattern, line), line
     assert "re-run the same command to resume" in line and "Traceback" not in stderr
-    assert not list(root.rglob("responses-shard*.jsonl"))
-    sealed = sealed_chunks(root)
-    assert 1 <= sealed < 3, "the engine failed mid-stream"
-    whole = uninterrupted.read_text().splitlines(keepends=True)
-    assert resumed_rows(root, shard, sealed) == "".join(take_shard(whole, shard, 3))
 
 
-def sealed_chunks(root: Path) -> int:
-    return len(list(root.rglob("chunk*.sealed.json")))
-
-
-def resumed_rows(root: Path, s: int, sealed_before: int) -> str:
-    """Shard s re-run: only the chunks not sealed are made; its rows file."""
-    stage = generate(root, *shard_of_three(s))
-    counts = json.loads((stage / f"shard00{s}-of-003" / "counts.json").read_text())
-    assert counts["reused_from_earlier_run"] == 7 * sealed_before, "sealed chunks are kept"
-    assert counts["generated"] == 21 - 7 * sealed_before, "and never generated again"
-    return (stage / f"responses-shard00{s}-of-003.jsonl").read_text()
-
-
-def test_a_stream_killed_mid_way_resumes_to_the_rows_of_one_shard_in_chunks_of_64(
+def test_a_stream_interrupted_four_ways_resumes_each_time_to_the_rows_of_one_shard(
     tmp_path, uninterrupted
 ):
-    """Shard 0 of 3 in chunks of 7, kill -9 once a chunk is sealed: the engine dies with the
-    stage, the re-run makes only the missing chunks, and the shard holds the one-shard run's
-    rows (chunks of 64) for its prompts, byte for byte.
+    """Shard 0 of 3 in chunks of 3, interrupted four ways in turn, each re-run resuming from the
+    chunks the runs before it sealed (kept as they were, never generated again):
 
-    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
-    interrupted, and the re-run that resumes."""
-    proc = start_stage(tmp_path, *shard_of_three(0), *SMALL_STREAM)
+    1. kill -9 of the stage once a chunk is sealed: the engine dies with the stage.
+    2. vLLM's engine process killed mid-stream: the stage does not wait for outputs that never
+       come: exit 3, one line naming the engine.
+    3. the engine core stopped (SIGSTOP, as on a frozen node) and left stopped, one sample in
+       flight at a time (seconds of work left after a chunk, so it is stopped before the stream
+       ends): exit 3, one line naming the stopped process, its state and how long it has not
+       answered; no engine process left.
+    4. the first sealed chunk truncated while the stream goes on to seal the next, then SIGTERM
+       (what scancel sends); a re-run with another temperature is refused before any engine
+       starts.
+
+    None leaves a rows file. The last re-run trusts neither the damaged chunk nor anything
+    unsealed, names the chunk it makes again, reuses every other, and the shard holds the
+    one-shard run's rows (chunks of 64) for its prompts, byte for byte.
+
+    Slow: five stage processes, each starting vLLM's engine (25-60 s on one CPU)."""
+    proc = start_stage(tmp_path, *SHARD, ONE_PROMPT)  # 1. kill -9 of the stage
     pause_after_chunks(tmp_path, proc, 1)
-    engine = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+    engine = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert engine, "vLLM's engine ran in processes of its own"
-    gone = psutil.wait_procs([psutil.Process(pid) for pid in engine if psutil.pid_exists(pid)], 30)
+    gone = psutil.wait_procs([p for p in engine if p.is_running()], 30)
     assert not gone[1], f"engine processes outlived the killed stage: {gone[1]}"
-    assert not list(tmp_path.rglob("responses-shard*.jsonl")), "killed before its rows file"
-    sealed = sealed_chunks(tmp_path)
-    assert 1 <= sealed < 3, "killed mid-stream"
+    sealed = interrupted(tmp_path, {})
 
-    whole = uninterrupted.read_text().splitlines(keepends=True)
-    assert resumed_rows(tmp_path, 0, sealed) == "".join(take_shard(whole, 0, 3))
-
-
-def test_an_engine_that_dies_ends_the_stage_with_one_line_and_a_rerun_resumes(
-    tmp_path, uninterrupted
-):
-    """Shard 1 of 3: vLLM's engine process killed mid-stream. The stage does not wait for
-    outputs that never come: exit 3, one line naming the engine, no rows file; the re-run
-    resumes to the same rows.
-
-    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
-    interrupted, and the re-run that resumes."""
-    proc = start_stage(tmp_path, *shard_of_three(1), *SMALL_STREAM)
-    pause_after_chunks(tmp_path, proc, 1).kill()
+    proc = start_stage(tmp_path, *SHARD, ONE_PROMPT)  # 2. the engine process killed
+    pause_after_chunks(tmp_path, proc, len(sealed) + 1).kill()
     try:
         _, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the stage still waits for an engine that was killed 120 s ago")
-    ended_in_one_line_and_resumes(
-        tmp_path,
-        proc,
-        stderr,
-        r"error: vLLM's engine process \(pid \d+\) ended( \(signal 9\))? while generating",
-        1,
-        uninterrupted,
-    )
+    dead = r"error: vLLM's engine process \(pid \d+\) ended( \(signal 9\))? while generating"
+    ended_in_one_line(proc, stderr, dead)
+    sealed = interrupted(tmp_path, sealed)
 
-
-def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
-    tmp_path, uninterrupted
-):
-    """Shard 0 of 3: vLLM's engine core stopped (SIGSTOP, as on a frozen node) mid-stream and
-    left stopped. The stage does not wait for it: exit 3, one line naming the stopped process,
-    its state and how long it has not answered; no engine process left, no rows file; the
-    re-run resumes to the same rows. One sample in flight at a time: after the first chunk the
-    stream has seconds of work left, so the engine is stopped before it ends (the rows do not
-    depend on what is in flight).
-
-    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
-    interrupted, and the re-run that resumes."""
-    proc = start_stage(tmp_path, *shard_of_three(0), "generation.in_flight=1")
+    proc = start_stage(tmp_path, *SHARD, "generation.in_flight=1")  # 3. the engine stopped
     processes: list[psutil.Process] = []
     try:
-        core = pause_after_chunks(tmp_path, proc, 1)
+        core = pause_after_chunks(tmp_path, proc, len(sealed) + 1)
         processes = psutil.Process(proc.pid).children(recursive=True)
         try:
             _, stderr = proc.communicate(timeout=300)
@@ -468,52 +444,45 @@ def test_an_engine_that_stops_ends_the_stage_with_one_line_and_a_rerun_resumes(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    pattern = (
+    stopped = (
         rf"error: vLLM's engine process VLLM::EngineCore \(pid {core.pid}\) is stopped "
         r"\(state T\) and has not answered for \d+ s while generating"
     )
-    ended_in_one_line_and_resumes(tmp_path, proc, stderr, pattern, 0, uninterrupted)
+    ended_in_one_line(proc, stderr, stopped)
+    sealed = interrupted(tmp_path, sealed)
 
-
-def test_a_chunk_damaged_while_the_stream_writes_others_is_made_again(tmp_path, uninterrupted):
-    """Shard 2 of 3: the first sealed chunk truncated while the stream goes on to seal the next,
-    then SIGTERM (what scancel sends). A re-run with another temperature is refused before any
-    engine starts; the re-run trusts neither the damaged chunk nor anything unsealed, says which
-    chunk it makes again, and ends with the rows of the one-shard run.
-
-    Slow: two stage processes, each starting vLLM's engine (25-60 s on one CPU): the one
-    interrupted, and the re-run that resumes."""
-    proc = start_stage(tmp_path, *shard_of_three(2), *SMALL_STREAM)
-    core = pause_after_chunks(tmp_path, proc, 1)
-    chunk = next(tmp_path.rglob("chunk*.jsonl"))
+    proc = start_stage(tmp_path, *SHARD, ONE_PROMPT)  # 4. a sealed chunk damaged, then SIGTERM
+    core = pause_after_chunks(tmp_path, proc, len(sealed) + 1)
+    chunk = Path(min(sealed))
     chunk.write_bytes(chunk.read_bytes()[:-10])
     core.resume()
-    pause_after_chunks(tmp_path, proc, 2)
+    pause_after_chunks(tmp_path, proc, len(sealed) + 2)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert not list(tmp_path.rglob("responses-shard*.jsonl"))
+    sealed = interrupted(tmp_path, {c: t for c, t in sealed.items() if c != str(chunk)})
 
     env = {**os.environ, "SELFPLAY_RUNS": str(tmp_path)}
     refused = subprocess.run(
-        generate_command(*shard_of_three(2), "generation.temperature=0.9"), cwd=REPO_ROOT,
-        env=env, capture_output=True, text=True, timeout=300,
+        generate_command(*SHARD, "generation.temperature=0.9"), cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert refused.returncode == 1 and "[vllm] engine started" not in refused.stderr
     assert "generated with a different configuration" in refused.stderr.strip().splitlines()[-1]
 
     rerun = subprocess.run(
-        generate_command(*shard_of_three(2)), cwd=REPO_ROOT, env=env, capture_output=True,
-        text=True, timeout=600,
+        generate_command(*SHARD), cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"[chunks] {chunk}: its content" in rerun.stderr, "the damaged chunk, named"
-    counts = json.loads(next(tmp_path.rglob("shard002-of-003/counts.json")).read_text())
-    assert counts["reused_from_earlier_run"] == 7 and counts["generated"] == 14
+    counts = json.loads(next(tmp_path.rglob("shard000-of-003/counts.json")).read_text())
+    kept = len(sealed) - 1  # every sealed chunk but the damaged one
+    assert counts["reused_from_earlier_run"] == 3 * kept and counts["generated"] == 21 - 3 * kept
     stage = next(tmp_path.rglob("iter1/generate"))
     whole = uninterrupted.read_text().splitlines(keepends=True)
-    mine = (stage / "responses-shard002-of-003.jsonl").read_text()
-    assert mine == "".join(take_shard(whole, 2, 3))
+    mine = (stage / "responses-shard000-of-003.jsonl").read_text()
+    assert mine == "".join(take_shard(whole, 0, 3))
 
 
 # --- the engine's arguments on a GPU, without one ------------------------------------------------
