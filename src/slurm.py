@@ -56,6 +56,7 @@ from src.config import (
     StageRequest,
 )
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
+from src.core.records import state_of
 from src.core.registry import STAGES, iteration_stages
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
@@ -404,14 +405,22 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
 def chain(configs: list[Config], overrides: list[str]) -> list[Job]:
     """The jobs of consecutive iterations, each waiting for the one before it; with
     `eval.enabled`, iteration t's eval waits for its training, off the chain's critical path
-    (iteration t+1 does not wait for it)."""
+    (iteration t+1 does not wait for it). A stage finished with this config, nothing before it
+    queued, is not queued again (a resubmission after a failure queues what is left), and what
+    would have waited for it waits for nothing."""
     jobs: list[Job] = []
     previous_policy = None  # the job that trains the iteration's policy pi_{t-1}
     for cfg in configs:
-        names: dict[Stage, str] = {}
+        names: dict[Stage, str | None] = {}
+        tree = cfg.as_tree()
         for stage in iteration_stages(cfg.stage, cfg.eval.enabled):
             consumes = STAGES[stage].consumes
             after = names[consumes] if consumes else previous_policy
+            if after is None and state_of(tree, stage).status == "done":
+                print(f"[slurm] iteration {cfg.iter}, {stage.value}: finished with this "
+                      "config, not queued", file=sys.stderr)  # fmt: skip
+                names[stage] = None
+                continue
             jobs.append(stage_job(cfg, stage, overrides, after))
             names[stage] = jobs[-1].name
         previous_policy = names[Stage.train]
@@ -514,6 +523,10 @@ def submit_chain(
         require_fit(configs[0], overrides)
     require_chain_assets(configs, overrides, iterations, from_iter)
     jobs = chain(configs, overrides)  # every request checked before anything is written
+    if not jobs:
+        print(f"[slurm] iterations {from_iter}..{iterations} are finished with this config: "
+              "nothing to queue", file=sys.stderr)  # fmt: skip
+        return {}
     script_dir = Path(configs[0].run.dir) / "slurm"
     if not dry_run:  # a folder the scripts cannot go to, or no sbatch: before anything is said
         require_shared_file_systems(configs[0])

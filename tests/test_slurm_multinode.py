@@ -84,7 +84,8 @@ def test_two_nodes_train_as_one_and_the_chain_goes_on(on_two_nodes, tmp_path, ch
 
 def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_two_nodes, tmp_path):
     """node2's worker killed mid-training: the job fails on its own, the chain's later jobs are
-    cancelled, and a resubmission resumes from the last whole checkpoint to every step.
+    cancelled, and a resubmission queues the training alone, which resumes from the last whole
+    checkpoint to every step.
 
     Slow: a training long enough to be killed after a saved checkpoint (80 steps on two nodes),
     then the resubmitted chain's jobs, each a fresh process."""
@@ -119,6 +120,7 @@ def test_a_node_lost_mid_training_fails_the_job_and_a_resubmission_resumes(on_tw
     assert not (trainer.parent / "done.json").exists()
 
     again = submit_chain(longer, iterations=1)
+    assert list(again) == ["eta10-lr0.0001-K2-it1-train"], "generate, rank, pairs: finished"
     states = cluster.wait(again.values(), timeout=900)
     assert set(states.values()) == {"COMPLETED"}, states
     log = train_log(tmp_path / "runs", again["eta10-lr0.0001-K2-it1-train"])

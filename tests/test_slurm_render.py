@@ -26,9 +26,12 @@ def runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr("src.sweep.require_sweep_assets", lambda *args: None)
 
 
-def dry_run(capsys, *args: str) -> dict[str, str]:
+def dry_run(capsys, *args: str, said: list[str] | None = None) -> dict[str, str]:
+    """The scripts `--dry-run` prints, by job name; `said` gets what it wrote to stderr."""
     main(["--dry-run", *args])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    if said is not None:
+        said.append(err)
     scripts = {}
     for block in out.split("# ---- ")[1:]:
         path, _, body = block.partition("\n")
@@ -96,6 +99,26 @@ def test_an_enabled_eval_waits_for_its_training_and_nothing_waits_for_it(capsys)
     assert waits_for(f"{run_name}-it2-generate") == f"{run_name}-it1-train", "eval is off the chain"
     assert waits_for(f"{run_name}-it2-eval") == f"{run_name}-it2-train"
     assert re.search(r"-m src\.main .* stage=eval iter=2", scripts[f"{run_name}-it2-eval"])
+
+
+def test_a_resubmission_queues_only_what_is_not_finished(capsys, lineage, tmp_path):
+    """Iteration 1 finished (the tiny lineage, at this test's runs root): a chain of two queues
+    iteration 2 alone, its generation waiting for nothing, and says which stages it leaves; a
+    changed setting of a finished stage queues it, and what comes after it, again."""
+    from tests.helpers import SMALL
+
+    lineage("one-iteration")
+    said: list[str] = []
+    scripts = dry_run(capsys, "--iterations", "2", *SMALL, "hardware=slurm-cpu", said=said)
+    assert [name.split("-it")[1] for name in scripts] == [
+        "2-generate", "2-rank", "2-pairs", "2-train"
+    ], scripts.keys()  # fmt: skip
+    assert "--dependency" not in next(iter(scripts.values())).split("# $ ")[1]
+    for stage in ("generate", "rank", "pairs", "train"):
+        assert f"[slurm] iteration 1, {stage}: finished with this config, not queued" in said[0]
+    changed = dry_run(capsys, "--iterations", "2", *SMALL, "hardware=slurm-cpu",
+                      "ranker.self_term=false")  # fmt: skip
+    assert [name.split("-it")[1] for name in changed][:3] == ["1-rank", "1-pairs", "1-train"]
 
 
 def test_a_two_node_training_expands_the_node_rank_inside_each_task(capsys, tmp_path):
