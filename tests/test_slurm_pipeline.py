@@ -168,6 +168,11 @@ def states_of(cluster, job: str, states: dict[str, str]) -> set[str]:
 
 
 def test_the_warning_signal_saves_requeues_and_the_requeued_training_resumes(on_cluster, tmp_path):
+    """SLURM's warning signal mid-training: the job stops its stage and is requeued once, and
+    the requeued job resumes from the checkpoint it saved and trains every step.
+
+    Slow: one iteration of real SLURM jobs, each a fresh process, its training long enough to
+    be signalled mid-run, then trained again by the requeued job."""
     import time
 
     from src.slurm import submit_chain

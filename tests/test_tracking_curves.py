@@ -97,6 +97,10 @@ def iteration_dir(root: Path, t: int) -> Path:
 
 @pytest.mark.slow
 def test_the_curve_run_holds_each_iterations_figures_once_equal_to_the_files(tracked):
+    """One curve run per lineage, its figures once per iteration, equal to the files.
+
+    Slow: whichever test of this module runs first pays the `tracked` lineage (three tracked
+    commands making iterations 1-3, each a fresh process with W&B offline, ~60 s)."""
     root, runs = tracked
     segments = [r for r in runs if r.stage == JOB_TYPE]
     assert len(segments) == 4, "one per command, and one more where iteration 2 ran first"
@@ -135,6 +139,10 @@ def test_the_curve_run_holds_each_iterations_figures_once_equal_to_the_files(tra
 
 @pytest.mark.slow
 def test_the_eval_and_pairs_runs_hold_their_rows_as_tables(tracked):
+    """The eval and pairs runs hold their rows as W&B tables, equal to the files.
+
+    Slow: whichever test of this module runs first pays the `tracked` lineage (three tracked
+    commands making iterations 1-3, each a fresh process with W&B offline, ~60 s)."""
     root, runs = tracked
     eval_run = next(r for r in runs if r.stage == "eval" and r.iteration == 2)
     table = eval_run.table("answers_table")
