@@ -101,7 +101,8 @@ def test_an_enabled_eval_waits_for_its_training_and_nothing_waits_for_it(capsys)
     assert re.search(r"-m src\.main .* stage=eval iter=2", scripts[f"{run_name}-it2-eval"])
 
 
-def test_a_resubmission_queues_only_what_is_not_finished(capsys, lineage, tmp_path):
+@pytest.mark.slow  # the one-iteration lineage: made once per version of the code (~1 min)
+def test_a_resubmission_queues_only_what_is_not_finished(capsys, lineage):
     """Iteration 1 finished (the tiny lineage, at this test's runs root): a chain of two queues
     iteration 2 alone, its generation waiting for nothing, and says which stages it leaves; a
     changed setting of a finished stage queues it, and what comes after it, again."""
