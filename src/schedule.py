@@ -210,34 +210,63 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
             "the stage's folder, never what a link points to; remove the link (or empty the "
             "folder it points to), then re-run"
         )
+    aside = contextlib.nullcontext()
     if redoing and stage_dir.exists():
         locks.require_held()
         print(f"[main] stage {stage.value}: redoing (pipeline.redo)", file=sys.stderr)
-        clear(stage_dir)
-    print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
-    save_config(cfg, stage, command)
-    run_tracked(cfg, stage, run)
+        aside = set_aside(stage, stage_dir)
+    with aside:
+        print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
+        save_config(cfg, stage, command)
+        run_tracked(cfg, stage, run)
+        try:
+            locks.require_held()  # held throughout: it was the only writer of what it made
+        except locks.LockLost:  # another may have written beside it: none of it sealed as finished
+            (stage_dir / "done.json").unlink(missing_ok=True)
+            raise
+
+
+def redone_parts(stage_dir: Path) -> list[Path]:
+    """What a redo replaces in a stage's folder: all of it but the evals against other
+    references that sit inside the eval's (and their locks), each redone by its own command."""
+    return [p for p in stage_dir.iterdir()
+            if not (p.name.startswith(SIDE_EVAL) or p.name == locks.LOCKS)]  # fmt: skip
+
+
+@contextlib.contextmanager
+def set_aside(stage: Stage, stage_dir: Path):
+    """A stage's finished results, moved aside for its redo (beside its folder, renamed: no
+    copy) and deleted once the redo ends well. A redo that fails (a judge that does not answer,
+    a key not set, Ctrl-C) puts them back as they were, what it wrote removed, so a remedy the
+    product suggests never loses finished work. A process killed outright leaves them aside,
+    to the next redo of the stage, which deletes them."""
+    aside = stage_dir.with_name(f".{stage_dir.name}.before-redo")
+    remove(aside)
+    aside.mkdir()
+    for path in redone_parts(stage_dir):
+        path.rename(aside / path.name)
     try:
-        locks.require_held()  # held throughout: it was the only writer of what it made
-    except locks.LockLost:  # another may have written beside it: none of it sealed as finished
-        (stage_dir / "done.json").unlink(missing_ok=True)
+        yield
+    except locks.LockLost:  # another process may be writing there: nothing is moved back
         raise
+    except BaseException:
+        for path in redone_parts(stage_dir):
+            remove(path)
+        for path in aside.iterdir():
+            path.rename(stage_dir / path.name)
+        aside.rmdir()
+        print(f"[main] stage {stage.value}: the redo failed; its earlier results are back in "
+              f"{stage_dir}", file=sys.stderr)  # fmt: skip
+        raise
+    remove(aside)
 
 
-def clear(stage_dir: Path) -> None:
-    """Delete a stage's folder for its redo: all of it but the evals against other references
-    that sit inside the eval's (and their locks), each redone by its own command."""
-    kept = [p for p in stage_dir.iterdir() if p.name.startswith(SIDE_EVAL) or p.name == locks.LOCKS]
-    if not kept:
-        shutil.rmtree(stage_dir)
-        return
-    for path in stage_dir.iterdir():
-        if path in kept:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def remove(path: Path) -> None:
+    """Delete a file, a link (never what it points to) or a folder; nothing where none is."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def skipped(stage: Stage) -> None:

@@ -248,3 +248,27 @@ def test_an_unset_eval_set_is_refused_with_where_to_get_one():
     with pytest.raises(EvalError, match=r"data\.eval_prompts is not set: .*alpaca_eval\.json"):
         eval_stage.run(cfg)
     assert not cfg.stage_dir("eval").exists()
+
+
+def test_a_redo_that_fails_puts_the_finished_eval_back(evaluated, tmp_path):
+    """A redo the eval cannot finish (here its prompts are not JSON) ends with its error and the
+    eval's finished results back in their folder, byte for byte: what it set aside, never
+    deleted before the redo ended well. The eval beside it is left alone throughout."""
+    root, _ = evaluated
+    folder = eval_dir(root)
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+                if p.is_file() and ".locks" not in p.parts}  # fmt: skip
+
+    before = files()
+    assert "eval.json" in before and "done.json" in before
+    broken = tmp_path / "prompts.json"
+    broken.write_text('[{"instruction": "unfinished')
+    failed = cli(
+        root, "iter=1", "stage=eval", "pipeline.redo=[eval]", f"data.eval_prompts={broken}"
+    )
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert f"stage eval: the redo failed; its earlier results are back in {folder}" in failed.stderr
+    assert files() == before
+    assert not list(folder.parent.glob(".*before-redo")), "nothing left aside"
