@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -540,3 +541,18 @@ def test_sweep_refuses_an_array_whose_points_read_a_missing_split_before_any_scr
     missing = [ln.split(" (")[0] for ln in run.stderr.splitlines() if ln.startswith("missing:")]
     assert missing == [f"missing: dataset acme/prompts-iter{t} [train]" for t in (1, 2)]
     assert "#SBATCH" not in run.stdout and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # huggingface_hub tries five times more before it gives up (~24 s)
+def test_fetch_from_a_hub_that_does_not_answer_is_one_line(tmp_path):
+    """The Hub unreachable (here: nothing listens where HF_ENDPOINT points), offline mode not
+    set: one line naming the asset, the endpoint and what to check, no traceback, exit 3."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    fetched = assets(tmp_path, SimpleNamespace(url=url), "fetch", online=True)
+    line = one_line_failure(fetched, 3)
+    assert line.startswith(f"error: cannot fetch acme/tiny-mistral: the Hub ({url}) did not answer")
+    assert "HTTPS_PROXY" in line

@@ -11,6 +11,8 @@ data.leaderboard set goes to its folder there (`local_dir`: `hf download --local
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -70,6 +72,12 @@ def fetch_one(asset: Asset, hub_cache: str) -> None:
             f"cannot fetch {asset.source}: the Hub is offline here (HF_HUB_OFFLINE): fetch on a "
             "machine that reaches it (a login node), into a cache the nodes share"
         ) from None
+    except transport_errors() as err:  # no answer at all: the network, a proxy, DNS, a timeout
+        said = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FetchFailed(
+            f"cannot fetch {asset.source}: the Hub ({hub_endpoint()}) did not answer ({said}): "
+            "check the network and its proxy (HTTPS_PROXY), or fetch on a machine that reaches it"
+        ) from None
     except (HfHubHTTPError, OSError) as err:
         said = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise FetchFailed(f"cannot fetch {asset.source}: {said}") from None
@@ -81,6 +89,22 @@ def fetch_one(asset: Asset, hub_cache: str) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The errors of the HTTP client huggingface_hub calls the Hub with when no answer comes
+    (httpx2 for huggingface_hub 2, httpx before): a refused connection, DNS, a timeout."""
+    found = []
+    for client in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError):
+            found.append(importlib.import_module(client).TransportError)
+    return tuple(found)
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 def glob_escape(name: str) -> str:
