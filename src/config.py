@@ -400,7 +400,7 @@ def check_sbatch_option(key: str, option: str) -> None:
     if not SBATCH_OPTION.fullmatch(name):
         raise ConfigError(
             f"{key}={option!r}: an sbatch option is `--name` or `--name=value`, the name spelled "
-            "in full in lowercase letters, digits and '-' (e.g. --gres=gpu:8, --exclusive)"
+            "in full in lowercase letters, digits and '-' (e.g. --reservation=maint, --mail-type=FAIL)"
         )
     bad = _first_bad(value, str.isprintable)
     if bad is not None or (equals and not value):
@@ -969,10 +969,13 @@ class SlurmConfig:
     constraint: str | None = None  # sbatch --constraint (node features, e.g. a GPU type)
     stages: StageRequests = field(default_factory=StageRequests)
     # shell lines every job runs on its node before its stage, after the exports (e.g. `module
-    # load cuda/12.4`, `source /shared/envs/selfplay/bin/activate`): one command per item
+    # load cuda/12.4`, `export NCCL_SOCKET_IFNAME=ib0`): one command per item (the stage runs the
+    # clone's .venv/bin/python, so activating another environment changes nothing)
     setup: list[str] = field(default_factory=list)
-    # more sbatch options, each `--name` or `--name=value` (e.g. `--gres=gpu:8`, `--exclusive`,
-    # `--reservation=maint`); those the scripts set themselves are refused, naming their key
+    # more sbatch options, each `--name` or `--name=value` (e.g. `--reservation=maint`,
+    # `--mail-type=FAIL`); those the scripts set themselves are refused, naming their key. The
+    # scripts ask for each stage's GPUs: `--gres=gpu:8` or `--exclusive` here would give every
+    # one-GPU shard and the CPU pairs job a whole node
     sbatch: list[str] = field(default_factory=list)
     # the jobs read models and datasets from the Hugging Face cache only (HF_HUB_OFFLINE=1,
     # HF_DATASETS_OFFLINE=1, TRANSFORMERS_OFFLINE=1); false for nodes that reach the Hub
