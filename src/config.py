@@ -689,6 +689,11 @@ class LLMJudgeConfig:
     base_url: str | None = None  # null: OpenAI's API; e.g. http://judge-node:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the key; "": none is needed
     serve: str | None = None  # a model folder or hub id this stage serves (vLLM) as `model`
+    # whether the judge's chat template takes a system turn; false: the system prompt opens the
+    # first user turn (Mistral-Instruct's template refuses a system turn: vLLM's server answers
+    # 400, "Conversation roles must alternate"); null: a served judge's template says, an
+    # endpoint takes one
+    system_turn: bool | None = None
     concurrency: int = 8  # requests in flight
     timeout_s: float = 600.0  # one request's limit
     max_retries: int = 3  # per request, with the client's backoff

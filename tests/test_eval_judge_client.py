@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from src.config import REPO_ROOT, LLMJudgeConfig
+from src.config import REPO_ROOT, LLMJudgeConfig, Stage
 from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure
 from src.evaluation.judge_client import (
     endpoint_of,
@@ -48,6 +48,35 @@ def requests(n: int, max_tokens: int = 16) -> list[JudgeRequest]:
 
 
 # --- refused before any request ------------------------------------------------------------------
+
+
+def test_a_judge_whose_template_takes_no_system_turn_gets_the_system_prompt_in_its_first_turn(
+    tmp_path,
+):
+    """`eval.llm_judge.system_turn=false`, on an endpoint as on a served judge: the system
+    prompt opens the first user turn (Mistral-Instruct's template refuses a system turn); null:
+    an endpoint takes one. The key enters the eval's fingerprint only when set, so evals made
+    before it existed keep their records."""
+    from src.core.records import stage_inputs
+    from src.evaluation.benchmarks import judge_endpoint
+    from src.evaluation.judge_client import sent_messages
+    from tests.helpers import compose_cfg
+
+    asked = JudgeRequest("t/0", (("system", "Judge."), ("user", "Q?"), ("assistant", "A.")), 0.0, 8)
+    endpoint = ["eval.benchmarks=[mt_bench]", "eval.llm_judge.serve=null",
+                "eval.llm_judge.base_url=http://judge:8000/v1"]  # fmt: skip
+    for setting, messages in [
+        (None, [("system", "Judge."), ("user", "Q?"), ("assistant", "A.")]),
+        (True, [("system", "Judge."), ("user", "Q?"), ("assistant", "A.")]),
+        (False, [("user", "Judge.\n\nQ?"), ("assistant", "A.")]),
+    ]:
+        chosen = [] if setting is None else [f"eval.llm_judge.system_turn={str(setting).lower()}"]
+        cfg = compose_cfg("model=tiny-mistral", *endpoint, *chosen)
+        with judge_endpoint(cfg, tmp_path) as judge:
+            sent = [(m["role"], m["content"]) for m in sent_messages(judge, asked)]
+        assert sent == messages, setting
+        inputs = stage_inputs(cfg.as_tree(), Stage.eval)
+        assert ("eval.llm_judge.system_turn" in inputs) == (setting is not None)
 
 
 def test_openais_judge_without_a_key_is_refused_in_one_line(monkeypatch):

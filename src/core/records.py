@@ -99,7 +99,7 @@ def stage_inputs(
     never enters it. The eval stage's `eval.alpaca_eval`, `eval.benchmarks` and each benchmark's
     own keys (`BENCHMARK_INPUTS`) enter it while they run: an eval made without them keeps its
     record, one that asks for them again is stale (`extras=False`: none of them, as records made
-    before they entered it were fingerprinted).
+    before they entered it were fingerprinted); `eval.llm_judge.system_turn` only when set.
     """
     inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
     training = inputs.get("training")
@@ -121,6 +121,8 @@ def stage_inputs(
         dropped = {key for keys in BENCHMARK_INPUTS.values() for key in keys} - kept
         dropped |= {"eval.alpaca_eval"} if not (extras and inputs["eval.alpaca_eval"]) else set()
         dropped |= {"eval.benchmarks"} if not listed else set()
+        if inputs.get("eval.llm_judge.system_turn") is None:  # as records before the key read
+            dropped.add("eval.llm_judge.system_turn")
         inputs = {k: v for k, v in inputs.items() if k not in dropped}
     return fingerprint_form(inputs, tree, at)
 

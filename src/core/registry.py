@@ -63,7 +63,12 @@ class StageSpec:
 # What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it
 # is listed only (src.core.records.stage_inputs), so that an eval made without a benchmark keeps
 # its record whatever that benchmark's settings say
-_CHAT_JUDGE = ("eval.llm_judge.model", "eval.llm_judge.base_url", "eval.llm_judge.serve")
+_CHAT_JUDGE = (
+    "eval.llm_judge.model",
+    "eval.llm_judge.base_url",
+    "eval.llm_judge.serve",
+    "eval.llm_judge.system_turn",
+)
 BENCHMARK_INPUTS = {
     "mt_bench": ("data.mt_bench", *_CHAT_JUDGE),
     "arena_hard": ("data.arena_hard", "eval.arena_hard_baseline", *_CHAT_JUDGE),

@@ -173,14 +173,15 @@ def run(cfg: Config, policy: Answerer, data: dict[Benchmark, object], stage_dir:
 def judge_endpoint(cfg: Config, stage_dir: Path) -> Iterator[Endpoint]:
     j = cfg.eval.llm_judge
     if j.serve is None:
-        yield endpoint_of(j)
+        yield endpoint_of(j, merge_system=j.system_turn is False)
         return
     from src.core.devices import device_for
     from src.evaluation.judge_server import served_judge
 
     device = device_for(cfg.hardware.device, cfg.hardware.name)
+    system_turn = takes_system_turn(j.serve) if j.system_turn is None else j.system_turn
     with served_judge(j, stage_dir, on_cpu=device.type == "cpu") as url:
-        yield endpoint_of(j, base_url=url, merge_system=not takes_system_turn(j.serve))
+        yield endpoint_of(j, base_url=url, merge_system=not system_turn)
 
 
 def figure(value: float | None, spec: str) -> str:
