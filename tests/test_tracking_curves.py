@@ -162,6 +162,11 @@ def test_the_eval_and_pairs_runs_hold_their_rows_as_tables(tracked):
 
 @pytest.mark.slow
 def test_iteration_2s_checkpoint_is_made_from_iteration_1s_in_the_artifacts(tracked):
+    """W&B's artifacts chain iteration 2's training to iteration 1's checkpoint and its own
+    pairs, and its generate and eval to the checkpoints they read; no weights uploaded.
+
+    Slow: whichever test of this module runs first pays the `tracked` lineage (three tracked
+    commands making iterations 1-3, each a fresh process with W&B offline, ~60 s)."""
     _, runs = tracked
     stage = {(r.stage, r.iteration): r for r in runs if r.stage != JOB_TYPE}
     lineage = stage["train", 1].header["run_group"].replace("/", "-")  # model/method/run_name
