@@ -250,6 +250,7 @@ def set_aside(stage: Stage, stage_dir: Path):
     except locks.LockLost:  # another process may be writing there: nothing is moved back
         raise
     except BaseException:
+        stage_dir.mkdir(parents=True, exist_ok=True)  # the failed run may have removed it
         for path in redone_parts(stage_dir):
             remove(path)
         for path in aside.iterdir():
