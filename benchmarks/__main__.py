@@ -12,7 +12,16 @@ from pathlib import Path
 
 from benchmarks.harness import RESULTS, render
 
-BENCHMARKS = ("generation", "stream", "ranking", "trainer", "train_memory", "scale", "agreement")
+BENCHMARKS = (
+    "generation",
+    "stream",
+    "ranking",
+    "trainer",
+    "train_memory",
+    "scale",
+    "agreement",
+    "iteration",
+)
 
 
 def main(argv: list[str]) -> int:

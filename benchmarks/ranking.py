@@ -163,7 +163,8 @@ def measure(case: Case) -> dict:
     large = [f"ranker.model={LARGE_DIR}"] if p["backbone"] == "large" else []
     cfg = compose([*RANK_STAGE, f"ranker.batch_size={p['batch']}",
                    f"hardware={HARDWARE[p['device']]}", *large])  # fmt: skip
-    ensure_tiny_models(cfg)
+    if p["backbone"] == "tiny":  # the large one is built in `cases`; no tiny policy is read
+        ensure_tiny_models(cfg)
     prompts, responses = make_data(p["data"], p["max_prompts"])
     rank, pairrm = PEERS[case.peer](cfg, p["device"])
     sync = torch.cuda.synchronize if p["device"] == "cuda" else (lambda: None)

@@ -102,6 +102,44 @@ def test_plain_steps_bound_forward_backward_and_optimizer_step_over_accumulated_
     assert record["steps"] == 1 and record["later_steps"] is None
 
 
+def test_each_phase_is_timed_summed_over_micro_batches_and_averaged_over_the_later_steps(
+    monkeypatch,
+):
+    """A scripted clock: a phase's seconds are its micro-batches' together; the record gives each
+    phase's mean over the steps after the first (whose time holds its warm-up) and the optimizer
+    step's share of a step."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(
+        "src.training.memory_phases.time", SimpleNamespace(perf_counter=lambda: clock.now)
+    )
+    peak = ScriptedPeak()
+    peak.now = (1, 1)
+    phases = recorder(peak)
+
+    def step(forward: float, backward: float, optimizer: float) -> None:
+        state = SimpleNamespace(global_step=len(phases.steps))
+        phases.on_step_begin(None, state, None)
+        for last in (False, True):  # two micro-batches, each forward and backward as long
+            phases.accelerator.sync_gradients = last
+            clock.now += 0.5  # between micro-batches: no phase's
+            phases.forward_begins()
+            clock.now += forward / 2
+            phases.forward_done()
+            clock.now += backward / 2
+            phases.backward_done()
+        clock.now += optimizer
+        phases.on_optimizer_step(None, state, None)
+        clock.now += 0.25  # zero_grad, the scheduler
+        phases.on_step_end(None, state, None)
+
+    step(10.0, 10.0, 10.0)  # the first: its warm-up counts in no mean
+    step(2.0, 4.0, 1.0)
+    step(4.0, 8.0, 3.0)
+    record = phases.record()
+    assert record["seconds_per_step"] == {"forward": 3.0, "backward": 6.0, "optimizer_step": 2.0}
+    assert record["optimizer_step_share"] == 2.0 / 11.0
+
+
 def test_under_deepspeed_the_engines_step_bounds_the_optimizer_step():
     """accelerate's backward runs the engine's backward and then its step (clipping, the
     optimiser, zero_grad), which the recorder wraps; the Trainer's own optimizer.step() is a

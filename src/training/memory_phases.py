@@ -16,7 +16,9 @@ boundary, `allocated`):
   Trainer's `on_optimizer_step` (plain); the engine's `step`, which clips, steps the optimiser
   one sub-group at a time and clears the gradients (DeepSpeed).
 
-Each phase keeps its `peak` and what is `held` at its end; the step keeps what is held at its
+Each phase keeps its `peak` and what is `held` at its end, and its `seconds` (summed over the
+micro-batches; on a GPU the device synchronised at each boundary, so that a phase is charged for
+its own kernels); the step keeps what is held at its
 `start` (the Trainer's `on_step_begin`) and `end` (`on_step_end`, after `zero_grad`). With
 gradient accumulation a phase's peak is the largest over the micro-batches and its `held` the
 last one's. What runs between steps (logging, checkpoints) is in no phase, but still in the
@@ -27,6 +29,8 @@ Off (the default), nothing of this runs: the trainer holds None and checks it tw
 """
 
 from __future__ import annotations
+
+import time
 
 from transformers import TrainerCallback
 
@@ -46,6 +50,7 @@ class MemoryPhases(TrainerCallback):
         self.first_step_number: int | None = None
         self._step: dict | None = None  # the step being recorded
         self._phase: str | None = None  # the phase the current lap belongs to
+        self._opened = 0.0  # when the current lap began (time.perf_counter)
 
     def attach(self, trainer) -> None:
         self.accelerator = trainer.accelerator
@@ -59,12 +64,19 @@ class MemoryPhases(TrainerCallback):
         self._phase = phase
 
     def _close(self) -> dict | None:
+        if self.peak.cuda and self._phase is not None:
+            import torch
+
+            torch.cuda.synchronize()  # the phase's kernels end inside it
+        now = time.perf_counter()
         lap = self.peak.lap()
         if lap is not None and self._step is not None and self._phase is not None:
             kept = self._step.setdefault(self._phase, {})
             for key, value in lap.items():  # held: the last micro-batch's; peaks: the largest
                 kept[key] = value if key == "held" else max(kept.get(key, 0), value)
-        self._phase = None
+            seconds = self._step.setdefault("seconds", {})
+            seconds[self._phase] = seconds.get(self._phase, 0.0) + now - self._opened
+        self._phase, self._opened = None, now
         return lap
 
     def forward_begins(self) -> None:
@@ -136,12 +148,17 @@ class MemoryPhases(TrainerCallback):
         if not self.steps:
             return None
         first, later = self.steps[0], self.steps[1:]
+        timed = later or [first]  # the first step's time includes its warm-up
+        seconds = {p: sum(s["seconds"][p] for s in timed) / len(timed) for p in PHASES}
         return {
             "measure": "torch.cuda allocated" if self.peak.cuda else "resident set (VmRSS, VmHWM)",
             "steps": len(self.steps),
             "first_step_number": self.first_step_number,
             "first_step": in_gib(first),
             "later_steps": in_gib(largest(later)) if later else None,
+            # each phase's mean seconds a step over the later steps (the first where alone)
+            "seconds_per_step": seconds,
+            "optimizer_step_share": seconds["optimizer_step"] / (sum(seconds.values()) or 1.0),
         }
 
 
