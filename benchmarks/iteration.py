@@ -30,8 +30,10 @@ from pathlib import Path
 
 from benchmarks import harness
 from benchmarks.harness import Case, fmt, table, text
+from src.core import registry
 
-STAGES = ("generate", "rank", "pairs", "train")
+# the iteration's stages but the optional eval, in pipeline order (src/core/registry.py)
+STAGES = tuple(s.value for s, spec in registry.STAGES.items() if not spec.optional)
 MODELS = {"mistral-7b-instruct-v0.2": "mistral", "gemma-2-9b-it": "gemma2"}  # conf/model/
 HARDWARE = {"cuda": "gpu-1", "cpu": "cpu"}
 CPU_SCALE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -160,7 +162,6 @@ def overrides(p: dict) -> list[str]:
 
 def measure(case: Case) -> dict:
     from src.config import compose
-    from src.core.registry import Stage
     from src.plan.stages import planned_memory
 
     p, stage = case.params, case.params["stage"]
@@ -184,7 +185,7 @@ def measure(case: Case) -> dict:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         raise RuntimeError(f"stage={stage} ended {code}: {' '.join(tail)} (its log: {log})")
     record = harness.record(stage_dir)
-    planned = planned_memory(cfg, Stage(stage))
+    planned = planned_memory(cfg, registry.Stage(stage))
     run = {"wall_s": wall, "counts": record["counts"], "timings": record["timings"],
            "machine": record["machine"], "versions": record["versions"],
            "plan_peak_gib": None if planned is None else planned.peak / 2**30}  # fmt: skip

@@ -9,7 +9,7 @@ batch_size=1)` (the SPPO reference's call: K(K-1) forwards of one comparison per
         --out benchmarks/results/ranking_cpu_load.json       # beside 2 busy processes
     python -m benchmarks ranking --malloc no-mmap --out benchmarks/results/ranking_cpu_nommap.json
     python -m benchmarks ranking --backbone large --device cuda \\
-        --out benchmarks/results/ranking_cuda_large.json     # on a GPU machine
+        --out benchmarks/results/ranking_gpu_large.json      # on a GPU machine
 
 Ours: the judge the rank stage runs, `load_judge(cfg, cfg.ranker)` on the validated config of
 `python -m src.main <RANK_STAGE> ranker.batch_size=B` (raw prompts: a chat template would render
@@ -190,7 +190,7 @@ def measure(case: Case) -> dict:
         "peak_mb": None if (peak_b := peak.bytes()) is None else peak_b / 2**20,
         "dtype": str(next(pairrm.ranker.parameters()).dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
-        "scores": [[float(x) for x in row] for row in scores],  # checked, then dropped: summarise
+        "scores": [[float(x) for x in row] for row in scores],  # checked by summarise
         "tokens": lengths(pairrm, prompts, responses, p["batch"]),
     }
 
@@ -222,13 +222,14 @@ MEDIANS = ("comparisons_per_s", "ms_per_comparison", "seconds", "peak_mb", "load
 
 def summarise(runs: list[dict], args) -> dict:
     """Every run's scores against the first llm-blender run's on the same data (their max abs
-    difference stays in the run, the scores leave it; llm-blender's are kept per data set), the
-    medians per case, and ours over llm-blender on the same data, load and allocator."""
+    difference and the scores stay in the run: the harness saves after every run, and a later
+    run's comparison needs an earlier one's scores), the medians per case, and ours over
+    llm-blender on the same data, load and allocator."""
     import numpy as np
 
     reference = {r["data"]: r["scores"] for r in reversed(runs) if r["peer"] == "llm-blender"}
     for run in runs:
-        ref, mine = reference.get(run["data"]), np.array(run.pop("scores"))
+        ref, mine = reference.get(run["data"]), np.array(run["scores"])
         run["max_abs_score_diff"] = None if ref is None else float(np.abs(mine - ref).max())
     summary, ratios = {}, []
     for name, group in harness.by_case(runs).items():

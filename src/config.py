@@ -1141,7 +1141,9 @@ class PlanConfig:
     # SPPO recipe's 20,000
     prompts: int | None = None
     gpu_tflops: float = 989.0  # each GPU's dense bf16 peak: H100 SXM 989 (A100: 312)
-    mfu: float = 0.3  # an assumption: the share of that peak ranking and training reach
+    # an assumption: the share of that peak training reaches, and ranking with a judge other than
+    # PairRM (whose comparisons/s are measured: src/plan/hours.py)
+    mfu: float = 0.3
     # generation per GPU; null: HF measured on an H100 for the real models, vLLM a share of the
     # decode bound (src/plan/hours.py)
     generate_tokens_per_s: float | None = None

@@ -205,13 +205,30 @@ def test_the_generation_rate_follows_the_measured_batches(batch, rate):
 def test_the_rates_are_the_plans_settings():
     base = hours()
     assert hours("plan.mfu=0.6")["train"].hours == pytest.approx(base["train"].hours / 2)
-    assert hours("plan.mfu=0.6")["rank"].hours == pytest.approx(base["rank"].hours / 2)
+    reward_model = hours("ranker=reward-model")["rank"]  # PairRM's rank is measured, not FLOPs
+    assert hours("ranker=reward-model", "plan.mfu=0.6")["rank"].hours == pytest.approx(
+        reward_model.hours / 2
+    )
+    assert reward_model.basis.startswith("assumed MFU 0.3")
     assert hours("plan.generate_tokens_per_s=1388")["generate"].hours == pytest.approx(
         base["generate"].hours / 2
     )
     assert hours("plan.gpu_tflops=312")["train"].hours == pytest.approx(
         base["train"].hours * 989 / 312
     )
+
+
+def test_pairrms_rank_is_its_comparisons_at_the_rate_measured_on_a_gpu():
+    """K(K-1) comparisons a prompt over the rank stage's measured comparisons/s per GPU, its
+    results file named; the assumed MFU, which would make it ~14x faster, does not move it."""
+    from src.plan.hours import MEASURED_RANK_RATES
+
+    rank = hours("plan.prompts=1000")["rank"]
+    rate, source = MEASURED_RANK_RATES["llm-blender/PairRM"]
+    assert rank.hours == pytest.approx(1000 * 5 * 4 / (rate * 8) / 3600)
+    assert rank.basis == f"measured: {rate:g} comparisons/s ({source})"
+    assert (REPO_ROOT / source.rpartition(": ")[2]).is_file()
+    assert hours("plan.prompts=1000", "plan.mfu=0.6")["rank"].hours == rank.hours
 
 
 def test_vllms_rate_is_a_share_of_the_decode_bound_measured_for_each_model():

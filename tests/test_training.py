@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -196,6 +197,47 @@ def train_on_the_command_line(runs: Path, *overrides: str, model: str = "tiny-mi
 
 
 @pytest.mark.slow
+def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loads(monkeypatch):
+    """The final save needs the policy's parameters in its training dtype (fp32 on CPU) beside
+    the stage: with less free, one ENOSPC error names both sizes before anything is loaded, not
+    after the training; with enough, training starts."""
+    import src.stages.train as train_stage
+    from src.plan.stages import policy_shape
+
+    cfg = train_cfg("model=tiny-mistral")
+    need = policy_shape(cfg).params * 4 + train_stage.FULL_DISK_BYTES
+    loaded = []
+    monkeypatch.setattr(train_stage, "setup", lambda *a: loaded.append(a) or 1 / 0)
+    for free in (need - 1, need):
+        usage = shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+        monkeypatch.setattr(train_stage.shutil, "disk_usage", lambda path, u=usage: u)
+        with pytest.raises((OSError, ZeroDivisionError)) as refused:
+            run(cfg)
+        if free < need:
+            assert refused.value.errno == errno.ENOSPC and not loaded
+            assert f"{need / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free" in str(
+                refused.value
+            )
+        else:
+            assert refused.type is ZeroDivisionError and loaded  # past the check: setup ran
+
+
+def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path):
+    """safetensors deletes the shard it failed to write, so the disk has room again when the
+    error is read: its words (as an H200's 64 GB disk gave them) still make it ENOSPC; another
+    failure with room on the disk stays itself."""
+    from safetensors import SafetensorError
+
+    from src.stages.train import saving_to
+
+    full = "Error while serializing: I/O error: No space left on device (os error 28)"
+    with pytest.raises(OSError) as refused, saving_to(tmp_path):
+        raise SafetensorError(full)
+    assert refused.value.errno == errno.ENOSPC and refused.value.filename == str(tmp_path)
+    with pytest.raises(SafetensorError), saving_to(tmp_path):
+        raise SafetensorError("Error while serializing: invalid metadata")
+
+
 def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
     stage = train_on_the_command_line(tmp_path / "runs", "method=sppo")
     model = AutoModelForCausalLM.from_pretrained(stage / "checkpoint")

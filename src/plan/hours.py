@@ -9,9 +9,12 @@ are assumptions is said in every row.
   vLLM (one stream over the shard, its engine kept full): `plan.vllm_bound_share` of the decode
   bound, measured per model (MEASURED_BOUND_SHARES: Mistral-7B on an H200, Gemma-2-9B on an
   H100), Mistral-7B's assumed for other models;
-- ranking and training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption):
-  a judge's forward 2 Psi_judge per token; a training token 6 Psi (forward 2, backward 4) plus 2 Psi
-  when gradient checkpointing recomputes the forward, and the reference's forward 2 Psi once.
+- ranking: PairRM's comparisons per second, measured through the rank stage on a GPU
+  (MEASURED_RANK_RATES); another judge: FLOPs over `plan.mfu` x `plan.gpu_tflops`, a forward of
+  2 Psi_judge per token (the MFU an assumption);
+- training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption): a token 6 Psi
+  (forward 2, backward 4) plus 2 Psi when gradient checkpointing recomputes the forward, and the
+  reference's forward 2 Psi once.
 """
 
 from __future__ import annotations
@@ -91,6 +94,16 @@ MEASURED_BOUND_SHARES = {
 }  # fmt: skip
 ASSUMED_BOUND_SHARE = MEASURED_BOUND_SHARES["mistralai/Mistral-7B-Instruct-v0.2"][0]
 
+# PairRM's comparisons per second per GPU: `python -m src.main stage=rank` on a GPU at
+# DeBERTa-v3-large's shape (fp16, as llm-blender loads it there), ranker.batch_size=32, 4,000
+# comparisons of random-weight Mistral-7B responses, each near PairRM's 1,224 + 2 x 412-token
+# limits. Its FLOPs at the assumed MFU would have said 14x faster: the judge's 2 Psi per token
+# reached 4 % of the bf16 peak.
+MEASURED_RANK_RATES = {
+    "llm-blender/PairRM": (
+        21.4, "PairRM on an H200 at ranker.batch_size=32: benchmarks/results/iteration_gpu_mistral.md"),
+}  # fmt: skip
+
 # vLLM's max_num_seqs on a GPU of 70 GB or more (vLLM 0.26-0.33), when generation.max_num_seqs
 # is null
 VLLM_MAX_NUM_SEQS = 1024
@@ -162,7 +175,12 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     else:  # one score per response
         judged = prompts * k * (prompt + response)
     rank_hours = judged * 2 * judge_params / (flops_per_s * world) / 3600
-    stages.append(StageHours("rank", judged, world, rank_hours, mfu))
+    rank_basis = mfu
+    if cfg.ranker.kind == JudgeKind.pairrm and cfg.ranker.model in MEASURED_RANK_RATES:
+        rate, source = MEASURED_RANK_RATES[cfg.ranker.model]
+        rank_hours = prompts * k * (k - 1) / (rate * world) / 3600
+        rank_basis = f"measured: {rate:g} comparisons/s ({source})"
+    stages.append(StageHours("rank", judged, world, rank_hours, rank_basis))
 
     trained = prompts * t.num_epochs * 2 * (prompt + response)  # a pair per prompt at most
     per_token = (8 if t.gradient_checkpointing else 6) * shape.params

@@ -34,7 +34,7 @@ from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
 from src.core.rows import require_sealed
-from src.plan.stages import memory_terms, peak_line, planned_memory
+from src.plan.stages import memory_terms, peak_line, planned_memory, policy_shape
 from src.stages import tracking
 from src.stages.cards import write_model_card
 from src.stages.common import read_upstream, require_previous_policy
@@ -86,6 +86,7 @@ def train(cfg: Config, stage_dir: Path) -> dict:
     else:
         preemption_stop_file(stage_dir).unlink(missing_ok=True)  # left by a preempted run
         resume = resume_from(cfg, stage_dir)
+    require_disk_for_checkpoint(cfg, stage_dir)
     ready = setup(cfg, stage_dir)
     if resume and cfg.training.peft != Peft.none:
         require_adapter_base(Path(resume), cfg.run.init_policy)
@@ -116,19 +117,42 @@ def train(cfg: Config, stage_dir: Path) -> dict:
 @contextlib.contextmanager
 def saving_to(stage_dir: Path) -> Iterator[None]:
     """torch and safetensors report a full disk in their own words ("unexpected pos",
-    "file write failed", "StorageFull"), not as an OSError: when a write fails with the disk
-    (nearly) full, say it as the file system would."""
+    "file write failed", "StorageFull", safetensors' "I/O error: No space left on device (os
+    error 28)"), not as an OSError: when a write fails with the disk (nearly) full, or says it
+    was, say it as the file system would (a failed shard is deleted, so the disk may have room
+    again by the time the error is read)."""
     try:
         yield
     except (OSError, StageError):
         raise
     except Exception as err:
-        if shutil.disk_usage(stage_dir).free >= FULL_DISK_BYTES:
+        said_full = os.strerror(errno.ENOSPC) in str(err)
+        if not said_full and shutil.disk_usage(stage_dir).free >= FULL_DISK_BYTES:
             raise
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(stage_dir)) from err
 
 
 FULL_DISK_BYTES = 64 << 20  # less free space than this after a failed save: the disk is full
+
+
+def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
+    """Before anything is loaded: the disk under the stage has room for the checkpoint it saves
+    at the end (the policy's parameters in the dtype it trains in, as a whole model also when an
+    adapter trains: it is merged), else one line now, not a failed save after the training.
+    Skipped for a model whose shape is not known here."""
+    try:
+        shape = policy_shape(cfg)
+    except StageError:
+        return
+    need = shape.params * precision(cfg).itemsize + FULL_DISK_BYTES  # + tokenizer, records
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(stage_dir).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"the checkpoint needs {need / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free",
+            str(stage_dir),
+        )
 
 
 # --- setup ----------------------------------------------------------------------------------------
