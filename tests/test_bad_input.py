@@ -155,11 +155,11 @@ def test_a_full_disk_stops_the_stage_and_a_rerun_finishes_it(small_disk):
 )
 def test_a_full_disk_while_training_is_one_line(small_disk, processes):
     pairs = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
-    root = small_disk / "runs"  # 1 MiB: less than the tiny model's checkpoint
+    root = small_disk / "runs"  # 1 MiB: less than the tiny model's checkpoint, refused at start
     args = ["stage=train", f"training.pairs={pairs}", f"paths.root={root}", *processes]
     result = cli(small_disk, *args, "training.per_device_batch_size=1")
     line = one_line_failure(result, 3)
-    assert line.startswith("error: No space left on device: ") and line.endswith(
+    assert line.startswith("error: No space left on device for the checkpoint (") and line.endswith(
         "finished chunks and Trainer checkpoints are kept"
     )
     assert not records(root)

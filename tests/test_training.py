@@ -215,17 +215,17 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
             run(cfg)
         if free < need:
             assert refused.value.errno == errno.ENOSPC and not loaded
-            assert f"{need / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free" in str(
-                refused.value
-            )
+            said = f"for the checkpoint ({need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free)"
+            assert said in str(refused.value)
         else:
             assert refused.type is ZeroDivisionError and loaded  # past the check: setup ran
 
 
-def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path):
+def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path, monkeypatch):
     """safetensors deletes the shard it failed to write, so the disk has room again when the
     error is read: its words (as an H200's 64 GB disk gave them) still make it ENOSPC; another
-    failure with room on the disk stays itself."""
+    failure with room on the disk stays itself, and one with the disk (nearly) full is ENOSPC
+    whatever it says."""
     from safetensors import SafetensorError
 
     from src.stages.train import saving_to
@@ -236,6 +236,12 @@ def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path)
     assert refused.value.errno == errno.ENOSPC and refused.value.filename == str(tmp_path)
     with pytest.raises(SafetensorError), saving_to(tmp_path):
         raise SafetensorError("Error while serializing: invalid metadata")
+    # torch's own words for it ("unexpected pos") say nothing of the disk: its free space does
+    nearly_full = shutil._ntuple_diskusage(10**12, 10**12 - 4096, 4096)
+    monkeypatch.setattr("src.stages.train.shutil.disk_usage", lambda path: nearly_full)
+    with pytest.raises(OSError) as refused, saving_to(tmp_path):
+        raise RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 64")
+    assert refused.value.errno == errno.ENOSPC
 
 
 def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):

@@ -150,7 +150,8 @@ def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
     if free < need:
         raise OSError(
             errno.ENOSPC,
-            f"the checkpoint needs {need / 1e9:.1f} GB and the disk has {free / 1e9:.1f} GB free",
+            f"{os.strerror(errno.ENOSPC)} for the checkpoint ({need / 1e9:.1f} GB needed, "
+            f"{free / 1e9:.1f} GB free)",
             str(stage_dir),
         )
 
