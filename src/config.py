@@ -748,6 +748,8 @@ class EvalConfig:
     # AlpacaEval-format JSON of reference answers (instruction, output, generator) used instead
     # of generating them, e.g. AlpacaEval 2's GPT-4 Turbo outputs downloaded beforehand
     reference_outputs: str | None = None
+    # the engine that answers (hf | vllm); null: generation.backend's, the generate stage's
+    backend: Backend | None = None
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0  # nucleus sampling, when temperature > 0
     max_new_tokens: int = 2048  # a longer answer is cut

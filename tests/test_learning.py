@@ -57,9 +57,10 @@ def answers(root: Path, model: str, run_name: str, t: int) -> tuple[list[str], l
     return [r["output"] for r in rows], [r["reference_output"] for r in rows]
 
 
-# vLLM samples the responses and the eval answers as the HF backend does, from its own random
-# streams: the same climb, other draws (tests/test_vllm_backend.py)
-VLLM = ("generation=vllm", "generation.enforce_eager=true")
+# vLLM samples the responses as the HF backend does, from its own random streams: the same
+# climb, other draws. The eval answers (greedy: vLLM's rows are HF's, tests/test_vllm_backend.py)
+# come from HF, so that an engine starts for each generate stage only.
+VLLM = ("generation=vllm", "generation.enforce_eager=true", "eval.backend=hf")
 
 
 # the climb is not one seed's: other training and sampling seeds (other pairs, other batches,
@@ -85,7 +86,7 @@ def test_three_sppo_iterations_climb(root, model, name, options, capsys):
 
     Slow: three whole iterations of the tiny preset as `make demo` runs them (120 prompts x 5
     samples, ranked, trained, 150 eval answers judged), the one test of the loop at the scale its
-    published figures are made at; with vLLM each generate and each eval starts an engine."""
+    published figures are made at; with vLLM each generate stage starts an engine."""
     if options == VLLM:
         pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
     run(root, f"model={model}", f"run_name={name}", *options)

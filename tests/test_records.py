@@ -124,8 +124,13 @@ def format2_fingerprint(cfg: Config, stage: Stage) -> str:
         upstream = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")["fingerprint"]
     else:
         upstream = None
-    # format 2 predates AlpacaEval's and the benchmarks' keys in the eval's inputs
-    newer_eval = {"eval.alpaca_eval", "eval.benchmarks", *chain(*BENCHMARK_INPUTS.values())}
+    # format 2 predates AlpacaEval's and the benchmarks' keys in the eval's inputs, and its engine's
+    newer_eval = {
+        "eval.alpaca_eval",
+        "eval.benchmarks",
+        "eval.backend",
+        *chain(*BENCHMARK_INPUTS.values()),
+    }
     inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs if key not in newer_eval}
     if "training" in inputs:  # format 2 predates these keys
         newer = ("peft", "lora", "record_memory_phases", "weight_updates")
@@ -228,6 +233,31 @@ def test_alpaca_eval_and_the_benchmarks_enter_the_eval_fingerprint_only_while_th
     arena = ["eval.benchmarks=[arena_hard]"]
     assert eval_fingerprint(*arena, "eval.arena_hard_baseline=x") != eval_fingerprint(*arena)
     assert eval_fingerprint(*arena, "eval.llm_judge.serve=/j") != eval_fingerprint(*arena)
+
+
+def test_the_eval_backend_enters_the_eval_fingerprint_only_when_set():
+    """eval.backend null answers with generation.backend's engine, as every eval did before the
+    key: such records stay valid; set, it is the engine that answers and counts."""
+    from src.evaluation.answers import eval_generation
+
+    def eval_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval
+        )
+
+    plain = eval_fingerprint()
+    assert eval_fingerprint("eval.backend=vllm") != plain
+    assert eval_fingerprint("generation=vllm", "eval.backend=hf") != eval_fingerprint(
+        "generation=vllm"
+    )
+    for overrides, engine in (
+        ((), "hf"),
+        (("generation=vllm",), "vllm"),
+        (("generation=vllm", "eval.backend=hf"), "hf"),
+        (("eval.backend=vllm",), "vllm"),
+    ):
+        cfg = compose_cfg("model=tiny-mistral", *overrides)
+        assert eval_generation(cfg).backend.value == engine, overrides
 
 
 def test_an_eval_asked_for_a_benchmark_it_was_made_without_is_stale_naming_it(

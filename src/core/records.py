@@ -99,7 +99,8 @@ def stage_inputs(
     never enters it. The eval stage's `eval.alpaca_eval`, `eval.benchmarks` and each benchmark's
     own keys (`BENCHMARK_INPUTS`) enter it while they run: an eval made without them keeps its
     record, one that asks for them again is stale (`extras=False`: none of them, as records made
-    before they entered it were fingerprinted); `eval.llm_judge.system_turn` only when set.
+    before they entered it were fingerprinted); `eval.llm_judge.system_turn` and `eval.backend`
+    only when set.
     """
     inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
     training = inputs.get("training")
@@ -121,8 +122,9 @@ def stage_inputs(
         dropped = {key for keys in BENCHMARK_INPUTS.values() for key in keys} - kept
         dropped |= {"eval.alpaca_eval"} if not (extras and inputs["eval.alpaca_eval"]) else set()
         dropped |= {"eval.benchmarks"} if not listed else set()
-        if inputs.get("eval.llm_judge.system_turn") is None:  # as records before the key read
-            dropped.add("eval.llm_judge.system_turn")
+        for key in ("eval.llm_judge.system_turn", "eval.backend"):  # as records before they read
+            if inputs.get(key) is None:
+                dropped.add(key)
         inputs = {k: v for k, v in inputs.items() if k not in dropped}
     return fingerprint_form(inputs, tree, at)
 

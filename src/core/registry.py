@@ -161,6 +161,7 @@ STAGES: dict[Stage, StageSpec] = {
                 "eval.outcome",
                 "eval.bootstrap",
                 "eval.confidence",
+                "eval.backend",
                 "generation.backend",
                 *(f"ranker.{key}" for key in JUDGE_INPUTS),
                 *(f"eval.judge.{key}" for key in JUDGE_INPUTS),

@@ -65,6 +65,7 @@ def eval_generation(cfg: Config):
     e = cfg.eval
     return replace(
         cfg.generation,
+        backend=e.backend or cfg.generation.backend,
         temperature=e.temperature,
         top_p=e.top_p,
         max_new_tokens=e.max_new_tokens,

@@ -20,7 +20,7 @@ are assumptions is said in every row.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Backend, Config, JudgeKind, RefLogprobs
@@ -195,7 +195,8 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
         answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
         e = cfg.eval
         context = e.max_prompt_length + e.max_new_tokens / 2
-        rate, basis = generate_rate(cfg, shape, e.batch_size, context)
+        answering = replace(cfg, generation=replace(cfg.generation, backend=e.backend or g.backend))
+        rate, basis = generate_rate(answering, shape, e.batch_size, context)
         stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
     return stages
 
