@@ -290,6 +290,23 @@ def blender(tiny_dir):
     return blender_compat.load_pairrm(str(tiny_dir / "tiny-pairrm"))
 
 
+def test_loading_pairrm_prints_nothing_a_user_cannot_act_on(tiny_dir, capfd):
+    """No dataclasses_json warning per unset RankerConfig field, no note on the resized
+    embeddings, no loading bar, no "Successfully loaded": every rank stage printed them; and the
+    libraries' own settings are as they were afterwards."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    before = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blender_compat.load_pairrm(str(tiny_dir / "tiny-pairrm"))
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr() == ("", "")
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+
+
 def test_tiny_pairrm_is_llm_blenders_pair_ranker(blender, tiny_dir):
     assert blender.ranker_config.ranker_type == "pairranker"
     assert (blender.ranker_config.source_maxlength, blender.ranker_config.candidate_maxlength) == (

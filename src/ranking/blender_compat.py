@@ -16,9 +16,12 @@ that ranks or judges ~1 s of CPU (vLLM brings in torch's compiler).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import logging
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -103,9 +106,34 @@ def load_pairrm(path_or_id: str, device: str = "cpu", **kwargs: Any):
     finally:
         logging.disable(logging.NOTSET)
     try:
-        blender.loadranker(str(path_or_id), device=device, **kwargs)
+        with quiet_loading():
+            blender.loadranker(str(path_or_id), device=device, **kwargs)
     except ValueError as err:
         if folder.is_dir() or "not supported" not in str(err):
             raise
         raise PairRMUnreachable(_cannot_fetch(path_or_id, "could not be reached")) from err
     return blender
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence what loading a ranker prints that no user can act on: dataclasses_json's
+    RuntimeWarning for each RankerConfig field llm-blender leaves None, transformers' note on
+    the embeddings resized for the 4 tokens llm-blender's collator adds and its weight-loading
+    bar, and llm-blender's "Successfully loaded" lines (the rank stage says what it loaded, and
+    in how long). An error still raises as it would."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.disable(logging.INFO)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="dataclasses_json")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
