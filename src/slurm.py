@@ -489,13 +489,19 @@ def require_chain_assets(
     jobs read, before any script is written: else each missing one is named, with the command
     that fetches it. Nodes that reach the Hub (`hardware.slurm.offline=false`) download what the
     cache lacks: then only local files and folders are checked."""
-    from src.assets.check import listed_for, require_assets
+    from src.assets.check import AssetsMissing, listed_for, require_assets
 
     fetch_args = ["--iterations", str(iterations), *overrides]
     if from_iter != 1:
         fetch_args[2:2] = ["--from-iter", str(from_iter)]
     online = not configs[0].hardware.slurm.offline
-    require_assets(listed_for(configs), configs[0], fetch_args, online)
+    try:
+        require_assets(listed_for(configs), configs[0], fetch_args, online)
+    except AssetsMissing as err:
+        raise AssetsMissing(
+            f"{err}; or, where the nodes reach the Hub, let them download what the cache lacks: "
+            "hardware.slurm.offline=false"
+        ) from err
 
 
 def submit_chain(
@@ -521,9 +527,19 @@ def submit_chain(
 
     if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
         require_fit(configs[0], overrides)
-    require_chain_assets(configs, overrides, iterations, from_iter)
+    from src.assets.check import AssetsMissing
+
+    missing = None
+    try:
+        require_chain_assets(configs, overrides, iterations, from_iter)
+    except AssetsMissing as err:
+        if not dry_run:
+            raise
+        missing = err  # a dry run shows the scripts first, then what a submission would refuse
     jobs = chain(configs, overrides)  # every request checked before anything is written
     if not jobs:
+        if missing is not None:
+            raise missing
         print(f"[slurm] iterations {from_iter}..{iterations} are finished with this config: "
               "nothing to queue", file=sys.stderr)  # fmt: skip
         return {}
@@ -539,7 +555,10 @@ def submit_chain(
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
         file=sys.stdout if dry_run else sys.stderr,
     )
-    return submit(jobs, script_dir, dry_run)
+    submitted = submit(jobs, script_dir, dry_run)
+    if missing is not None:
+        raise missing
+    return submitted
 
 
 def main(argv: list[str] | None = None) -> None:

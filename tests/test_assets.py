@@ -474,6 +474,8 @@ def test_main_refuses_before_any_stage_naming_every_missing_asset(tmp_path):
 
 
 def test_slurm_refuses_a_chain_whose_second_split_is_missing_before_any_script(tmp_path, local_hub):
+    """A submission is refused before any script, naming the fetch and the nodes' download; a
+    dry run prints the scripts, then the same line."""
     assert assets(tmp_path, local_hub, "fetch", online=True).returncode == 0  # iteration 1's
     env = {
         **os.environ,
@@ -505,7 +507,17 @@ def test_slurm_refuses_a_chain_whose_second_split_is_missing_before_any_script(t
     last = one_line_failure(run, 3)  # one asset missing: the line that ends it names it
     assert last.startswith("error: dataset acme/prompts-iter2 [train] (data.prompts: iteration 2")
     assert "python -m src.assets fetch --iterations 2" in last
-    assert "#SBATCH" not in run.stdout and not (tmp_path / "runs").exists()
+    assert last.endswith("let them download what the cache lacks: hardware.slurm.offline=false")
+    # a dry run shows the scripts all the same, before that line; nothing is written
+    assert run.stdout.count("#SBATCH --job-name") >= 2 and not (tmp_path / "runs").exists()
+    submitted = subprocess.run(
+        [sys.executable, "-m", "src.slurm", "--iterations", "2", *SMALL, *HUB_IDS,
+         "hardware=slurm-cpu"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one_line_failure(submitted, 3) == last  # a submission: refused before any script
+    assert "#SBATCH" not in submitted.stdout + submitted.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_sweep_refuses_an_array_whose_points_read_a_missing_split_before_any_script(tmp_path):
