@@ -213,9 +213,42 @@ def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
 
     moved = tmp_path / "moved"
     moved.mkdir()
-    folder.rename(moved / "tiny-rm")  # a copied cache is rebuilt where it now lies
+    folder.rename(moved / "tiny-rm")  # a moved cache is reused where it now lies, not rebuilt
+    weights = (moved / "tiny-rm" / "model.safetensors").stat().st_mtime_ns
     tiny.ensure("tiny-rm", moved, seed=3)
     assert str(moved / "tiny-rm") in (moved / "tiny-rm" / tiny.RECORD).read_text()
+    assert (moved / "tiny-rm" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_a_builds_training_loop_says_how_far_it_is(monkeypatch, capfd):
+    """Every PROGRESS_S seconds a line with the step, the loss and the time left (none after
+    the last step, whose line is the summary)."""
+    from src.tiny import teach
+
+    monkeypatch.setattr(teach, "PROGRESS_S", 0.0)
+    weight = torch.nn.Parameter(torch.zeros(1))
+    teach.fit([weight], [[1.0]] * 4, lambda batch: ((weight - batch[0]) ** 2).sum(), 0.1, "toy")
+    lines = capfd.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines[:-1]] == [
+        f"[tiny] toy: step {n}/4 ({n / 4:.0%})" for n in (1, 2, 3)
+    ]
+    assert "s left" in lines[0] and lines[-1].startswith("[tiny] toy: 4 steps in ")
+
+
+def test_a_copied_pairrm_points_at_its_own_backbone_and_loads(tiny_dir, tmp_path, capfd):
+    """A PairRM's config.json names its backbone folder by path: a copy is reused (no rebuild)
+    with that path pointed at the copy's backbone, which llm-blender then loads."""
+    import shutil
+
+    copy = tmp_path / "cache" / "tiny-pairrm"
+    shutil.copytree(tiny_dir / "tiny-pairrm", copy)
+    weights = (copy / "model.safetensors").stat().st_mtime_ns
+    assert tiny.ensure("tiny-pairrm", copy.parent) == copy
+    assert (copy / "model.safetensors").stat().st_mtime_ns == weights
+    assert json.loads((copy / "config.json").read_text())["model_name"] == str(copy / "backbone")
+    assert f"moved here from {tiny_dir / 'tiny-pairrm'}" in capfd.readouterr().err
+    blender = blender_compat.load_pairrm(str(copy))
+    assert blender.ranker_config.model_name == str(copy / "backbone")
 
 
 @pytest.mark.parametrize("name", LMS)

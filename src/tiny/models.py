@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from src.core.artifacts import share
+from src.core.artifacts import atomic_write_text, share
 from src.tiny import architectures, chat_judge, teach, toy
 from src.tiny.names import PIPELINE_NAMES, TINY_NAMES
 
@@ -188,7 +188,7 @@ def build_identity(name: str, folder: Path, seed: int, texts: list[str]) -> dict
     code = b"".join((REPO_ROOT / "src" / f).read_bytes() for f in made_by)
     return {
         "name": name,
-        # a moved folder is rebuilt: a PairRM's config.json names its backbone by path
+        # where it was built: a PairRM's config.json names its backbone by path (`relocated`)
         "folder": str(folder),
         "seed": seed,
         "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
@@ -233,13 +233,46 @@ def is_built(folder: Path, name: str, seed: int) -> bool:
     return record == build_identity(name, folder, seed, training_texts())
 
 
+def relocated(folder: Path, name: str, seed: int) -> bool:
+    """A finished build moved or copied here from another folder (a cache copied between
+    machines, a renamed root) is the same build but for where it lies: its one path, a PairRM's
+    config.json naming its backbone folder, is pointed here and its record updated, in place of
+    a rebuild (tiny-chat-judge's takes minutes). False where it is not such a build."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("folder") in (None, str(folder)):
+        return False
+    identity = build_identity(name, folder, seed, training_texts())
+    if {k: v for k, v in record.items() if k != "training"} != {
+        **identity,
+        "folder": record["folder"],
+    }:
+        return False
+    config = folder / "config.json"
+    if (folder / "backbone").is_dir() and config.is_file():  # a PairRM: llm-blender's RankerConfig
+        ranker = json.loads(config.read_text())
+        ranker["model_name"] = str(folder / "backbone")
+        atomic_write_text(config, json.dumps(ranker, indent=2) + "\n")
+    atomic_write_text(
+        folder / RECORD,
+        json.dumps({**record, "folder": str(folder)}, indent=2, sort_keys=True) + "\n",
+    )
+    teach.log(
+        f"{name}: a finished build moved here from {record['folder']}: reused, its paths updated"
+    )
+    return True
+
+
 def ensure(name: str, cache_dir: Path, seed: int = 0, force: bool = False) -> Path:
-    """Return cache_dir/name, building it first unless a finished build of it is there."""
+    """Return cache_dir/name, building it first unless a finished build of it is there (or was
+    moved or copied there: `relocated`)."""
     folder = Path(cache_dir).resolve() / name
     folder.parent.mkdir(parents=True, exist_ok=True)
     # One builder at a time: processes that start together share one build.
     with FileLock(folder.parent / f".{name}.lock"):
-        if force or not is_built(folder, name, seed):
+        if force or not (is_built(folder, name, seed) or relocated(folder, name, seed)):
             for stale in folder.parent.glob(f".{name}.*"):  # staging left by a killed build
                 if stale.is_dir():
                     shutil.rmtree(stale)

@@ -43,6 +43,9 @@ def length_batches(items: list, size: int, length: Callable[[Any], int], seed: i
     return batches
 
 
+PROGRESS_S = 30.0  # seconds between a training loop's progress lines
+
+
 def fit(
     parameters: Sequence[torch.nn.Parameter],
     batches: list[list],
@@ -50,10 +53,11 @@ def fit(
     lr: float,
     what: str,
 ) -> float:
-    """AdamW over `batches` (one step each), linear warm-up (10 %) and decay; the last loss."""
+    """AdamW over `batches` (one step each), linear warm-up (10 %) and decay; the last loss.
+    A progress line every PROGRESS_S seconds: a build on a slow machine runs for many minutes."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     steps, warmup = len(batches), max(1, len(batches) // 10)
-    started = time.perf_counter()
+    started = said = time.perf_counter()
     loss = torch.zeros(())
     for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
@@ -63,6 +67,12 @@ def fit(
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        now = time.perf_counter()
+        if now - said >= PROGRESS_S and step + 1 < steps:
+            said, done = now, step + 1
+            left = (now - started) / done * (steps - done)
+            log(f"{what}: step {done}/{steps} ({done / steps:.0%}), loss {loss:.3f}, "
+                f"{now - started:.0f}s in, ~{left:.0f}s left")  # fmt: skip
     log(f"{what}: {steps} steps in {time.perf_counter() - started:.1f}s, last loss {loss:.3f}")
     return float(loss.detach())
 
