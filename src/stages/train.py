@@ -1,6 +1,7 @@
 """Stage `train`: pi_t from pi_{t-1} on the iteration's preference pairs.
 
-    python -m src.main stage=train model=tiny-mistral training.pairs=tests/data/pairs_tiny.jsonl
+    python -m src.main stage=train model=tiny-mistral training.pairs=tests/data/pairs_tiny.jsonl \
+        run_name=fixture   # a lineage of its own: the pipeline's iter1/train is not touched
 
 setup (tokenise the pairs, build the Trainer) -> run (train, resuming from the last Trainer
 checkpoint) -> cleanup (save the gathered checkpoint atomically, metrics.json, done.json).
