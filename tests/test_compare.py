@@ -635,7 +635,27 @@ def test_the_hparam_plot_shows_each_lineages_last_evaluated_win_rate(tmp_path):
         "eta": {"ylabel": "eval_win_rate", "points": [(1000.0, 0.6), (5000.0, 0.45)],
                 "has_yerr": True},
     }  # fmt: skip
-    assert fig._suptitle.get_text().startswith("eval_win_rate at each lineage's last iteration")
+    title = fig._suptitle
+    assert " ".join(title.get_text().split()).startswith(
+        "eval_win_rate at each lineage's last iteration"
+    )
+    fig.canvas.draw()  # wrapped to the one panel's width: not cut at either end
+    inside = fig.bbox.extents
+    left, bottom, right, top = title.get_window_extent().extents
+    assert inside[0] <= left and right <= inside[2] and top <= inside[3], (left, right, inside)
+
+
+def test_a_panel_spanning_orders_of_magnitude_gets_a_log_axis():
+    """SPPO's loss at eta = 1000 beside eta = 1 on a linear axis flattens the smaller to 0."""
+    import matplotlib.pyplot as plt
+
+    from src.compare.plots import spread_axis
+
+    for values, scale in (([0.5, 2000.0], "log"), ([1.0, 50.0], "linear"), ([0.0, 1e6], "linear")):
+        fig, ax = plt.subplots()
+        spread_axis(ax, values)
+        assert ax.get_yscale() == scale, values
+        plt.close(fig)
 
 
 def test_the_hparam_plot_falls_back_to_the_final_loss_only_where_nothing_was_evaluated(tmp_path):

@@ -6,6 +6,7 @@ so the set of files a comparison leaves is the same whatever the runs hold.
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,6 +37,23 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+LEGEND = "small"  # the legends' font: x-small was unreadable at the PNGs' 100 dpi
+DECADES = 2  # a panel whose positive values span more than this many decades gets a log axis
+
+
+def spread_axis(ax, values: list[float]) -> None:
+    """A log y-axis where positive values span orders of magnitude: SPPO's squared error grows
+    with eta squared, so at eta = 1000 beside eta = 1 a linear axis flattens the smaller to 0."""
+    if values and min(values) > 0 and max(values) / min(values) > 10**DECADES:
+        ax.set_yscale("log")
+
+
+def title_lines(text: str, width_in: float) -> str:
+    """`text` wrapped to the figure's width (about 9 characters an inch at the title's size),
+    so that a long title is not cut at both ends."""
+    return "\n".join(textwrap.wrap(text, max(30, int(9 * width_in))))
+
+
 def no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes)
 
@@ -61,7 +79,8 @@ def training_curves(iterations: list[Iteration], metric: str):
         for label, steps, values in lines:
             ax.plot(steps, values, marker=".", label=label)
         ax.set(title=f"{metric} ({loss_type} loss)", xlabel="step", ylabel=metric)
-        ax.legend(fontsize="x-small")
+        spread_axis(ax, [v for _, _, values in lines for v in values])
+        ax.legend(fontsize=LEGEND)
     if not panels:
         no_data(axes[0][0], f"training log with '{metric}'")
     fig.tight_layout()
@@ -108,7 +127,7 @@ def win_rate_by_iteration(iterations: list[Iteration]):
         ax.set_xlabel("iteration")
         ax.set_xticks(sorted({it.row["iter"] for it in iterations}))  # whole numbers
         if drawn[ax]:
-            ax.legend(fontsize="x-small")
+            ax.legend(fontsize=LEGEND)
         else:
             no_data(ax, what)
     fig.tight_layout()
@@ -165,15 +184,15 @@ def final_vs_hparams(iterations: list[Iteration], metric: str = "eval_win_rate")
         if y_key.startswith("eval_") and "win_rate" in y_key:
             ax.axhline(0.5, color="grey", linewidth=0.8, zorder=0)  # parity with the reference
         # losses of different methods differ by orders of magnitude (see training_curves)
-        if y_key == "train_loss_final" and values and min(values) > 0:
-            ax.set_yscale("log")
+        if y_key == "train_loss_final":
+            spread_axis(ax, values)
         if by_method:
-            ax.legend(fontsize="x-small")
+            ax.legend(fontsize=LEGEND)
         else:
             no_data(ax, f"run with {x_key}" if rows else "evaluated run or finished training")
     against = (
         "each hyper-parameter that varies" if varying else "the hyper-parameters (none varies)"
     )
-    fig.suptitle(f"{title}, against {against}")
+    fig.suptitle(title_lines(f"{title}, against {against}", fig.get_figwidth()))
     fig.tight_layout()
     return fig
