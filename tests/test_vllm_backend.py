@@ -603,6 +603,44 @@ def test_the_engine_is_spawned_on_a_gpu_where_asking_for_cuda_poisons_a_fork():
     assert "VLLM_WORKER_MULTIPROC_METHOD" not in engine_env(torch.device("cpu"))
 
 
+# --- the reproduction presets' engine at the real shapes, on a faked GPU -------------------------
+
+
+@pytest.mark.parametrize("preset", ["mistral-7b-instruct-sppo", "gemma-2-9b-it-sppo"])
+@pytest.mark.parametrize("hardware", ["gpu-1", "node-8gpu"])
+def test_a_presets_engine_at_the_real_shapes_is_one_per_gpu_and_passes_its_checks(
+    fake_gpu, preset, hardware
+):
+    """What `python -m src.main experiment=<preset> stage=generate` asks of vLLM on a GPU, with
+    the real model's shape (src/core/shapes.py) and no GPU here: one engine per GPU (tensor
+    parallelism 1, the node's GPUs as shards), bf16, the prompt and response limits as its
+    context (within the model's positions), vLLM sizing its KV cache from the GPU's share, the
+    engine spawned; the checks before a start pass, and a split of the heads that does not
+    divide them is refused."""
+    import torch
+
+    from src.config import ConfigError
+    from src.core.shapes import REAL_MODELS
+    from src.generation.vllm_engine import engine_args, engine_env, refuse_unworkable
+
+    fake_gpu()
+    cfg = compose_cfg(f"experiment={preset}", f"hardware={hardware}")
+    g, path, gpu = cfg.generation, cfg.model.path, torch.device("cuda")
+    assert path in REAL_MODELS and g.backend.value == "vllm" and g.tensor_parallel_size == 1
+    assert (g.num_shards or cfg.hardware.world_size) == cfg.hardware.processes_per_node
+    args = engine_args(g, path, gpu, torch.bfloat16, None, False)
+    assert args["tensor_parallel_size"] == 1 and args["dtype"] == "bfloat16"
+    assert args["max_model_len"] == g.max_prompt_length + g.max_new_tokens
+    assert args["gpu_memory_utilization"] == g.gpu_memory_utilization
+    assert "kv_cache_memory_bytes" not in args and "enable_chunked_prefill" not in args
+    assert engine_env(gpu)["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    refuse_unworkable(g, path, gpu, torch.bfloat16, "generation")
+    with pytest.raises(ConfigError, match="does not divide the .* attention heads"):
+        refuse_unworkable(
+            replace(g, tensor_parallel_size=3), path, gpu, torch.bfloat16, "generation"
+        )
+
+
 # --- vLLM's start ------------------------------------------------------------------------------
 
 
