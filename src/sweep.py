@@ -242,8 +242,9 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
         again = ["python", "-m", "src.sweep", str(path), "--local", "--iterations",
                  str(iterations), *overrides]  # fmt: skip
         raise StageError(
-            f"{len(failed)} of {len(points)} points failed: {'; '.join(failed)} (each one's "
-            f"message above); the others are done, and a re-run resumes: {shell_line(again)}"
+            f"{len(failed)} of {len(points)} points failed: {'; '.join(failed)}; the others "
+            "are done. Do what each failure's message above says, then re-run (finished stages "
+            f"are skipped): {shell_line(again)}"
         )
     root = [o.split("=", 1)[1] for o in base if o.startswith("paths.root=")]
     compare = shell_line(["python", "-m", "src.compare", *(["--root", root[-1]] if root else [])])

@@ -412,7 +412,7 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     assert failed.returncode == 1, failed.stderr[-3000:]
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 2 points failed: point 1 (method.eta=1) exit "), last
-    assert last.endswith(f"a re-run resumes: python -m src.sweep {sweep} --local --iterations 1 "
+    assert last.endswith(f"are skipped): python -m src.sweep {sweep} --local --iterations 1 "
                          f"{' '.join(SMALL)} {root}"), last  # fmt: skip
     assert "point 2/2: method.eta=10" in failed.stdout
     shutil.rmtree(damaged.parent)

@@ -284,6 +284,27 @@ def test_an_eval_asked_for_a_benchmark_it_was_made_without_is_stale_naming_it(
     assert state_of(more.as_tree(), Stage.eval).changed == state.changed
 
 
+def test_an_eval_made_with_more_benchmarks_than_asked_is_finished_for_a_request_without_them(
+    tmp_path, monkeypatch
+):
+    """A sweep's point on the lineage of an eval made with the benchmarks asks for the win rate
+    alone: that eval answers it. A benchmark asked for counts as asked (its settings, the same
+    or not), and a request for more than was made is stale."""
+    made = ["eval.benchmarks=[leaderboard,mt_bench]", "eval.leaderboard_limit=2"]
+    finish(at_root(monkeypatch, tmp_path, *made))
+
+    def status(*asked: str) -> str:
+        return state_of(at_root(monkeypatch, tmp_path, *asked).as_tree(), Stage.eval).status
+
+    assert status() == "done"  # the win rate alone
+    assert status("eval.benchmarks=[mt_bench]") == "done"
+    assert status("eval.benchmarks=[leaderboard]", "eval.leaderboard_limit=2") == "done"
+    assert status("eval.benchmarks=[leaderboard]", "eval.leaderboard_limit=3") == "stale"
+    assert status("eval.benchmarks=[arena_hard]") == "stale"
+    assert status("eval.alpaca_eval=true") == "stale"
+    assert status("eval.temperature=0.5") == "stale"  # the win rate itself asked otherwise
+
+
 @pytest.mark.parametrize(
     ("edit", "said"),
     [

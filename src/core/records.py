@@ -269,12 +269,40 @@ def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
             return StageState(stage, "done")
     elif record.get("format") not in PORTABLE_FORMATS:
         return StageState(stage, "stale", earlier_version=True)
+    if stage == Stage.eval and made_more(tree, record):
+        return StageState(stage, "done")
     changed = changed_inputs(tree, stage)
     if not changed and record.get("fingerprint") == stage_fingerprint(tree, stage, extras=False):
         # an eval recorded before its benchmarks entered the fingerprint, made as asked now (its
         # saved config has the same benchmarks): still finished
         return StageState(stage, "done")
     return StageState(stage, "stale", changed or upstream_changes(tree, stage))
+
+
+def made_more(tree: dict[str, Any], record: dict) -> bool:
+    """An eval made with benchmarks (or AlpacaEval 2) that `tree` does not ask for, and otherwise
+    as asked: its win rate and the benchmarks asked for are the ones asked for, so it is finished
+    (a sweep's point that is the lineage of an earlier benchmarked eval reuses it instead of
+    being refused). What it ran beyond the request is taken as it ran it; what the request asks
+    for, as asked."""
+    made_with = saved_config(tree, Stage.eval)
+    if made_with is None:
+        return False
+    asked, made = (set(map(str, lookup(t, "eval.benchmarks") or [])) for t in (tree, made_with))
+    alpaca = bool(lookup(tree, "eval.alpaca_eval"))
+    if not asked <= made or (alpaca and not lookup(made_with, "eval.alpaca_eval")):
+        return False
+    mine = {key for b in asked for key in BENCHMARK_INPUTS[b]}
+    theirs = {key for b in made - asked for key in BENCHMARK_INPUTS[b]} - mine
+    widened = json.loads(json.dumps(tree, default=str))
+    for key in ["eval.benchmarks", *([] if alpaca else ["eval.alpaca_eval"]), *sorted(theirs)]:
+        *parents, last = key.split(".")
+        node = widened
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node[last] = lookup(made_with, key)
+    return record.get("fingerprint") == stage_fingerprint(widened, Stage.eval)
 
 
 def saved_config(
