@@ -146,6 +146,136 @@ def test_a_cache_line_cut_short_is_asked_again(tmp_path):
     assert set(read_cache(cache)) == {request_id(e, first)}
 
 
+# --- a judge that answers garbage, a cache that was damaged -----------------------------------------
+
+ANSWER = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+          "choices": [{"index": 0, "finish_reason": "stop",
+                       "message": {"role": "assistant", "content": "Rating: [[5]]"}}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}  # fmt: skip
+MODELS = {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}
+
+
+@pytest.fixture
+def stub_judge():
+    """`stub_judge(answer, models=...)`: an OpenAI-compatible endpoint on 127.0.0.1 whose
+    /models answers `models` and whose chat completions answer ANSWER twice, then `answer`
+    (bytes, and its content type) — as a proxy, a login page or another API would."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def start(answer: tuple[bytes, str], models: tuple[bytes, str] | None = None) -> str:
+        calls = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def reply(self, body: bytes, kind: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self.reply(*(models or (json.dumps(MODELS).encode(), "application/json")))
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                calls.append(1)
+                good = (json.dumps(ANSWER).encode(), "application/json")
+                self.reply(*(good if len(calls) <= 2 else answer))
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+JSON = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ((b'{"choices": [', JSON), "JSONDecodeError"),
+        ((b"<html><body>Sign in to continue</body></html>", "text/html"), "<html><body>Sign in"),
+        ((b'{"choices": []}', JSON), "IndexError"),
+        ((b'{"choices": null}', JSON), "TypeError"),
+        (
+            (
+                json.dumps(
+                    {**ANSWER, "usage": {"prompt_tokens": "3", "completion_tokens": "2"}}
+                ).encode(),
+                JSON,
+            ),
+            "token counts ('3', '2')",
+        ),  # fmt: skip
+        ((b"[1, 2]", JSON), ""),
+    ],
+    ids=[
+        "malformed JSON",
+        "an HTML page",
+        "no choices",
+        "null choices",
+        "counts of text",
+        "a list",
+    ],
+)
+def test_a_judge_answering_what_is_no_chat_completion_ends_in_one_line_keeping_its_judgments(
+    stub_judge, tmp_path, answer, said
+):
+    """HTTP 200 with what is not a chat completion: one line naming the judge and what came
+    back, exit 3; the two judgments made before it are kept, and a re-run asks for the rest."""
+    j = LLMJudgeConfig(model="m", base_url=stub_judge(answer), api_key_env="", concurrency=1,
+                       max_retries=0, timeout_s=10)  # fmt: skip
+    endpoint, cache = endpoint_of(j), tmp_path / "mt_bench.jsonl"
+    require_reachable(endpoint, j, "mt_bench")
+    with pytest.raises(EnvironmentFailure) as failed:
+        judge_all(endpoint, j, requests(4), cache, "mt_bench")
+    message = str(failed.value)
+    assert "\n" not in message and failed.value.exit_code == EXIT_ENVIRONMENT
+    assert message.startswith(f"mt_bench: the judge {endpoint.label} answered what is not a chat")
+    assert said in message and "after 2 of 4 judgments; they are kept in" in message
+    assert [j.text for j in read_cache(cache).values()] == ["Rating: [[5]]"] * 2
+
+
+def test_a_list_of_models_that_is_not_one_is_refused_in_one_line(stub_judge):
+    for models in ((b"{not json", JSON), (b"<html>Proxy error</html>", "text/html")):
+        j = LLMJudgeConfig(model="m", base_url=stub_judge((b"", JSON), models), api_key_env="")
+        with pytest.raises(EnvironmentFailure, match="whose list of models is not one") as err:
+            require_reachable(endpoint_of(j), j, "arena_hard")
+        assert "\n" not in str(err.value)
+
+
+def test_a_damaged_cache_line_is_named_left_out_and_judged_again(tmp_path, capsys):
+    """Bytes that are not UTF-8, a text that is null or a number, a count that is text: each
+    line is named with its number and left out; the whole lines around them are read."""
+    e = endpoint_of(LLMJudgeConfig(model="m", base_url="http://127.0.0.1:1/v1", api_key_env=""))
+    first, *damaged, last = requests(6)
+
+    def line(request, **fields) -> bytes:
+        row = {"id": request_id(e, request), "key": request.key, "text": "[[5]]",
+               "prompt_tokens": 3, "completion_tokens": 2, **fields}  # fmt: skip
+        return json.dumps(row).encode() + b"\n"
+
+    cache = tmp_path / "mt_bench.jsonl"
+    cache.write_bytes(
+        line(first) + b"\xff\xfe not utf-8\n" + line(damaged[0], text=None)
+        + line(damaged[1], text=7) + line(damaged[2], prompt_tokens="3") + b"null\n" + line(last)
+    )  # fmt: skip
+    assert set(read_cache(cache)) == {request_id(e, first), request_id(e, last)}
+    named = [ln for ln in capsys.readouterr().err.splitlines() if "not a judgment" in ln]
+    assert [ln.split(": not")[0] for ln in named] == [
+        f"[eval] {cache}:{n}" for n in (2, 3, 4, 5, 6)
+    ]
+
+
 # --- a served judge ------------------------------------------------------------------------------
 
 

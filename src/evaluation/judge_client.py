@@ -114,12 +114,18 @@ def require_reachable(endpoint: Endpoint, j: LLMJudgeConfig, benchmarks: str) ->
         )
     try:
         served = [m.id for m in client_of(endpoint, j).with_options(max_retries=0).models.list()]
+        if not all(isinstance(m, str) for m in served):
+            raise TypeError(f"model ids {served[:3]!r}")
     except openai.AuthenticationError as err:
         raise EnvironmentFailure(
             f"{judge}, which refuses the key in {j.api_key_env}: {err}"
         ) from err
     except openai.APIError as err:
         raise EnvironmentFailure(f"{judge}, which does not answer: {err}") from err
+    except UNREADABLE as err:  # a proxy's or a login page's HTML, malformed JSON, another API
+        raise EnvironmentFailure(
+            f"{judge}, whose list of models is not one ({type(err).__name__}: {brief(err)})"
+        ) from err
     if endpoint.model not in served:
         raise EnvironmentFailure(
             f"{judge}, which does not serve it (it serves: {', '.join(sorted(served)[:8])}): "
@@ -137,18 +143,32 @@ def request_id(endpoint: Endpoint, request: JudgeRequest) -> str:
 
 
 def read_cache(path: Path) -> dict[str, Judgment]:
-    """The judgments in `path` by request id; a line cut short (a kill while writing) is skipped."""
+    """The judgments in `path` by request id. A line that is no judgment (cut short by a kill
+    while writing, bytes that are not UTF-8, a text or a count of another type) is left out, and
+    named unless it is the last line cut short: its request is judged again."""
     cached: dict[str, Judgment] = {}
     if not path.is_file():
         return cached
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            cached[row["id"]] = Judgment(
-                row["text"], row["prompt_tokens"], row["completion_tokens"]
-            )
-        except (json.JSONDecodeError, KeyError, TypeError):
+    lines = path.read_bytes().split(b"\n")
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            judgment = Judgment(row["text"], row["prompt_tokens"], row["completion_tokens"])
+            if not (isinstance(row["id"], str) and isinstance(judgment.text, str)) or not all(
+                type(n) is int for n in (judgment.prompt_tokens, judgment.completion_tokens)
+            ):
+                raise TypeError("a field of another type")
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            if number < len(lines) or isinstance(err, (UnicodeDecodeError, KeyError, TypeError)):
+                print(
+                    f"[eval] {path}:{number}: not a judgment ({type(err).__name__}): left out, "
+                    "its request is judged again",
+                    file=sys.stderr,
+                )
+            continue
+        cached[row["id"]] = judgment
     return cached
 
 
@@ -233,15 +253,16 @@ def request_each(
                         f"({time.monotonic() - started:.0f} s)",
                         file=sys.stderr,
                     )
-        except openai.APIError as err:
+        except (openai.APIError, UnreadableAnswer) as err:
             for future in pending:
                 future.cancel()
             os.fsync(out.fileno())
-            what = (
-                f"refused a request ({err})"
-                if isinstance(err, openai.BadRequestError)
-                else f"stopped answering ({err})"
-            )
+            if isinstance(err, UnreadableAnswer):
+                what = f"answered what is not a chat completion ({err})"
+            elif isinstance(err, openai.BadRequestError):
+                what = f"refused a request ({err})"
+            else:
+                what = f"stopped answering ({err})"
             raise EnvironmentFailure(
                 f"{benchmark}: the judge {endpoint.label} {what} after {len(made)} of "
                 f"{len(todo)} judgments; they are kept in {cache}: run the command again to judge "
@@ -255,16 +276,35 @@ def take(items: Iterable, n: int) -> list:
     return [x for _, x in zip(range(n), items, strict=False)]
 
 
+# What reading an answer that is not a chat completion raises: malformed JSON (a ValueError),
+# an HTML page (a str, with no attributes), no choices, fields of other types
+UNREADABLE = (ValueError, AttributeError, IndexError, KeyError, TypeError)
+
+
+class UnreadableAnswer(Exception):
+    """The judge answered (HTTP 200) with what is not a chat completion."""
+
+
+def brief(value: object) -> str:
+    """The start of what came back, on one line."""
+    return " ".join(str(value).split())[:80]
+
+
 def ask(client, endpoint: Endpoint, request: JudgeRequest) -> Judgment:
-    reply = client.chat.completions.create(
-        model=endpoint.model,
-        messages=sent_messages(endpoint, request),
-        temperature=request.temperature,
-        max_tokens=request.max_tokens,
-    )
-    usage = reply.usage
-    return Judgment(
-        reply.choices[0].message.content or "",
-        usage.prompt_tokens if usage else 0,
-        usage.completion_tokens if usage else 0,
-    )
+    reply = None
+    try:
+        reply = client.chat.completions.create(
+            model=endpoint.model,
+            messages=sent_messages(endpoint, request),
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+        )
+        text, usage = reply.choices[0].message.content, reply.usage
+        counts = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        if not (text is None or isinstance(text, str)) or not all(type(n) is int for n in counts):
+            raise TypeError(f"content {brief(text)!r}, token counts {counts!r}")
+    except UNREADABLE as err:
+        raw = isinstance(reply, (str, bytes, list, dict))  # not parsed: what came back, as is
+        said = reply if raw else err
+        raise UnreadableAnswer(f"{type(err).__name__}: {brief(said)}") from err
+    return Judgment(text or "", *counts)
