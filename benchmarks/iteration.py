@@ -6,7 +6,7 @@ stage's own record (done.json) beside `src.plan`'s figure for it.
     python -m benchmarks iteration --build-only       # the checkpoint, prompts and PairRM (a GPU)
     python -m benchmarks iteration --logs OUT/logs    # then the four stages, each one's log kept
     python -m benchmarks iteration --scale cpu --device cpu --prompts 8 --max-new-tokens 24 \\
-        --root /tmp/iteration-cpu --out /tmp/iteration.json   # the same code on CPU: ~5 min
+        --root /tmp/iteration-cpu --out /tmp/iteration.json   # the same code on CPU: ~90 s
 
 What is built (--root; nothing is downloaded): the policy, the model's config class at its real
 shapes (--scale cpu: 2 layers of width 128) with random bf16 weights, and a tokenizer of the real
