@@ -162,14 +162,15 @@ def overrides(p: dict) -> list[str]:
 
 def measure(case: Case) -> dict:
     from src.config import compose
-    from src.plan.stages import planned_memory
+    from src.plan.stages import planned_memory, policy_shape
 
     p, stage = case.params, case.params["stage"]
-    cfg = compose(overrides(p))
+    given = overrides(p)
+    cfg = compose(given)
     stage_dir = Path(cfg.run.iter_dir) / stage
     log = Path(p["logs"] or Path(p["root"]) / "logs") / f"{stage}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "src.main", *overrides(p), f"stage={stage}"]
+    command = [sys.executable, "-m", "src.main", *given, f"stage={stage}"]
     started = time.perf_counter()
     with log.open("w") as f:
         f.write(" ".join(command) + "\n")
@@ -197,14 +198,8 @@ def measure(case: Case) -> dict:
         history = json.loads((stage_dir / "metrics.json").read_text())["log_history"]
         rates = [h["tokens_per_second"] for h in history if "tokens_per_second" in h]
         run["tokens_per_s_after_first"] = sum(rates[1:]) / len(rates[1:]) if rates[1:] else None
-        run["params"] = parameter_count(cfg)
+        run["params"] = policy_shape(cfg).params
     return run
-
-
-def parameter_count(cfg) -> int:
-    from src.plan.stages import policy_shape
-
-    return policy_shape(cfg).params
 
 
 # --- the results file -------------------------------------------------------------------------
@@ -221,20 +216,13 @@ def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
         summary["rank_comparisons_per_s"] = (
             c["comparisons"] / c["seconds"] if c["seconds"] else None
         )
-    if "train" in by and by["train"].get("tokens_per_s_after_first"):
-        t, gpu = by["train"], harness_peak_tflops(args.device)
+    if "train" in by and by["train"].get("tokens_per_s_after_first") and args.device == "cuda":
+        from src.config import PlanConfig
+
+        t = by["train"]
         flops = 6 * t["params"] * t["tokens_per_s_after_first"]  # forward + backward, per token
-        summary["train_mfu"] = flops / gpu if gpu else None
+        summary["train_mfu"] = flops / (PlanConfig().gpu_tflops * 1e12)  # the plan's bf16 peak
     return {"summary": summary}
-
-
-def harness_peak_tflops(device: str) -> float | None:
-    """The GPU's dense bf16 peak (FLOP/s), as src.plan reads it; None on CPU."""
-    if device != "cuda":
-        return None
-    from src.config import compose
-
-    return compose(["hardware=gpu-1"]).plan.gpu_tflops * 1e12
 
 
 def tables(result: dict) -> list[dict]:

@@ -1362,6 +1362,11 @@ class Config:
         return self.training.global_batch_size // per_step
 
     @property
+    def eval_backend(self) -> Backend:
+        """The engine that answers the eval: eval.backend, else the generate stage's."""
+        return self.eval.backend or self.generation.backend
+
+    @property
     def sample_seeds(self) -> list[int]:
         """The seed of each of the K samples (50*k by default, as the SPPO reference)."""
         if self.generation.seeds is not None:

@@ -20,6 +20,7 @@ root moved or copied elsewhere keeps its finished stages.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -294,14 +295,11 @@ def made_more(tree: dict[str, Any], record: dict) -> bool:
         return False
     mine = {key for b in asked for key in BENCHMARK_INPUTS[b]}
     theirs = {key for b in made - asked for key in BENCHMARK_INPUTS[b]} - mine
-    widened = json.loads(json.dumps(tree, default=str))
+    widened = copy.deepcopy(tree)
     for key in ["eval.benchmarks", *([] if alpaca else ["eval.alpaca_eval"]), *sorted(theirs)]:
-        *parents, last = key.split(".")
-        node = widened
-        for part in parents:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node[last] = lookup(made_with, key)
+        parent, _, last = key.rpartition(".")
+        if isinstance(section := lookup(widened, parent), dict):
+            section[last] = lookup(made_with, key)
     return record.get("fingerprint") == stage_fingerprint(widened, Stage.eval)
 
 

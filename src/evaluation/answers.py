@@ -65,7 +65,7 @@ def eval_generation(cfg: Config):
     e = cfg.eval
     return replace(
         cfg.generation,
-        backend=e.backend or cfg.generation.backend,
+        backend=cfg.eval_backend,
         temperature=e.temperature,
         top_p=e.top_p,
         max_new_tokens=e.max_new_tokens,

@@ -195,7 +195,7 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
         answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
         e = cfg.eval
         context = e.max_prompt_length + e.max_new_tokens / 2
-        answering = replace(cfg, generation=replace(cfg.generation, backend=e.backend or g.backend))
+        answering = replace(cfg, generation=replace(g, backend=cfg.eval_backend))
         rate, basis = generate_rate(answering, shape, e.batch_size, context)
         stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
     return stages
