@@ -70,6 +70,7 @@ SHARED_SETUP = {
     "test_learning.py": "one runs folder: the base model answers the eval set once",
     "test_lora.py": "one process's first LoRA step, which both strategies compare with",
     "test_pipeline.py": "two iterations through the command line",
+    "test_tracking_curves.py": "three tracked iterations, read back by wandb's reader",
     "test_training.py": "one process's first steps, which every strategy compares with",
 }
 

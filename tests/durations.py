@@ -3,7 +3,9 @@ run and summed up in the terminal (the slowest tests, each module's share, each 
 
 Loaded by tests/conftest.py. Under pytest-xdist it runs in the controller, which sees every
 worker's reports, so the file covers the whole run. The file is JSON lines, one test a line:
-`{"test": nodeid, "module": file, "seconds": s, "worker": gwN, "outcome": ...}` and a last line
+`{"test": nodeid, "module": file, "seconds": s, "cpu": s, "worker": gwN, "outcome": ...}` (cpu:
+the CPU seconds of the test's process and the processes it waited for; far below seconds, the
+test waits on what it does not count: a SLURM job, a daemon, a sleep) and a last line
 `{"total": wall seconds, "tests": n, "workers": {gwN: busy seconds}}`. Render it as the table in
 docs/testing.md with
 
@@ -44,12 +46,16 @@ class Durations:
         self.worker: dict[str, str] = {}
         self.outcome: dict[str, str] = {}
         self.says_why: set[str] = set()
+        self.cpu: dict[str, float] = defaultdict(float)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.seconds[report.nodeid] += report.duration
-        if dict(report.user_properties).get("says_why_slow"):
+        properties = dict(report.user_properties)
+        if properties.get("says_why_slow"):
             self.says_why.add(report.nodeid)
+        if report.when == "teardown":
+            self.cpu[report.nodeid] = properties.get("cpu_seconds", 0.0)
         node = getattr(report, "node", None)  # xdist's worker, on the controller
         self.worker[report.nodeid] = getattr(getattr(node, "gateway", None), "id", "main")
         if report.when == "call" or report.outcome != "passed":
@@ -61,6 +67,7 @@ class Durations:
                 "test": test,
                 "module": test.partition("::")[0],
                 "seconds": round(seconds, 2),
+                "cpu": round(self.cpu[test], 2),
                 "worker": self.worker[test],
                 "outcome": self.outcome.get(test, "passed"),
             }
@@ -101,14 +108,32 @@ class Durations:
             write(f"over {LONG_S:.0f} s with no '{WHY} ...' in the docstring: {', '.join(unsaid)}")
 
 
+CPU_AT_START = pytest.StashKey[float]()
+
+
+def cpu_seconds() -> float:
+    """This process's CPU seconds and those of the children it has waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures' set-up, which the test's cost includes
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[CPU_AT_START] = cpu_seconds()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
-    """Each report says whether its test's docstring gives the reason it is slow (WHY): the
-    controller of a run on workers sees the reports, not the tests."""
+    """Each report says whether its test's docstring gives the reason it is slow (WHY), and the
+    teardown's what the test cost in CPU: the controller of a run on workers sees the reports,
+    not the tests."""
     outcome = yield
+    report = outcome.get_result()
     doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
     if WHY in doc:
-        outcome.get_result().user_properties.append(("says_why_slow", True))
+        report.user_properties.append(("says_why_slow", True))
+    if call.when == "teardown" and CPU_AT_START in item.stash:
+        report.user_properties.append(("cpu_seconds", cpu_seconds() - item.stash[CPU_AT_START]))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,14 +157,22 @@ def test_tiny_reward_model_scores_the_last_real_token_of_a_conversation(tiny_dir
     assert torch.allclose(batch[0], alone[0], atol=1e-5) and not torch.allclose(batch[0], batch[1])
 
 
+def same_bytes(again: Path, cached: Path) -> None:
+    """A build from seed 0 is byte for byte the cached seed-0 build, training included."""
+    for file in TINY_WEIGHTS[cached.name]:
+        assert (again / file).read_bytes() == (cached / file).read_bytes(), file
+
+
+# tiny-rm's rebuild is test_ensure_reuses_a_finished_build_and_redoes_any_other's first build
+REBUILT_HERE = [n for n in tiny.PIPELINE_NAMES if n not in (*BUILT_ON_DEMAND, "tiny-rm")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in tiny.PIPELINE_NAMES if n not in BUILT_ON_DEMAND])
+@pytest.mark.parametrize("name", REBUILT_HERE)
 def test_same_seed_same_bytes(tmp_path, tiny_dir, name):
     """Training included: a rebuild from seed 0 is byte for byte the cached seed-0 build (for
     BUILT_ON_DEMAND, tests/test_schedule.py's build on demand is that rebuild)."""
-    again = tiny.build(name, tmp_path / name, seed=0)
-    for file in TINY_WEIGHTS[name]:
-        assert (again / file).read_bytes() == (tiny_dir / name / file).read_bytes(), file
+    same_bytes(tiny.build(name, tmp_path / name, seed=0), tiny_dir / name)
     assert not list(tmp_path.glob(".*")), "a staging folder was left behind"
 
 
@@ -183,21 +192,16 @@ def test_the_chat_judge_builds_the_same_bytes_from_the_same_seed(tmp_path, monke
     assert (builds[0] / weights).read_bytes() != (builds[2] / weights).read_bytes()
 
 
-def test_another_seed_gives_other_weights_and_data(tmp_path, tiny_dir):
-    other = tiny.build("tiny-rm", tmp_path / "tiny-rm", seed=1)
-    assert (other / "model.safetensors").read_bytes() != (
-        tiny_dir / "tiny-rm" / "model.safetensors"
-    ).read_bytes()
-    trained = [
-        json.loads((d / tiny.RECORD).read_text())["training"] for d in (other, tiny_dir / "tiny-rm")
-    ]
-    assert trained[0] != trained[1]
-
-
 @pytest.mark.slow
-def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
+def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path, tiny_dir):
+    """A finished build is reused, a half-made one made again, another seed is another build
+    (other weights, other training data), a moved one is reused where it lies; the build from
+    seed 0 is byte for byte the cached one."""
     folder = tiny.ensure("tiny-rm", tmp_path)  # the quickest to build
     assert folder == tmp_path / "tiny-rm"
+    same_bytes(folder, tiny_dir / "tiny-rm")
+    left = [p.name for p in tmp_path.glob(".*")]
+    assert left == [".tiny-rm.lock"], "a staging folder was left behind: only ensure's lock"
     record = folder / tiny.RECORD
     built_at = record.stat().st_mtime_ns
     assert tiny.ensure("tiny-rm", tmp_path) == folder
@@ -210,6 +214,11 @@ def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path):
 
     tiny.ensure("tiny-rm", tmp_path, seed=3)  # another seed is another build
     assert '"seed": 3' in record.read_text()
+    cached = tiny_dir / "tiny-rm"
+    for_seed = {d: (d / "model.safetensors").read_bytes() for d in (folder, cached)}
+    assert for_seed[folder] != for_seed[cached], "other weights"
+    trained = [json.loads((d / tiny.RECORD).read_text())["training"] for d in (folder, cached)]
+    assert trained[0] != trained[1], "other training data"
 
     moved = tmp_path / "moved"
     moved.mkdir()
