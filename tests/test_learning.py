@@ -75,9 +75,13 @@ CLIMB = "climb"  # the run at the defaults, whose first pairs the runs below reu
     ("model", "name", "options"),
     [
         pytest.param("tiny-mistral", CLIMB, (), id="tiny-mistral"),
-        pytest.param("tiny-gemma2", "climb-seed7", OTHER_SEEDS, id="tiny-gemma2-other-seeds"),
+        # the other architecture, other seeds and the other engine in one climb
         pytest.param(
-            "tiny-mistral", "climb-vllm", VLLM, id="tiny-mistral-vllm", marks=pytest.mark.vllm
+            "tiny-gemma2",
+            "climb-seed7-vllm",
+            (*OTHER_SEEDS, *VLLM),
+            id="tiny-gemma2-other-seeds-vllm",
+            marks=pytest.mark.vllm,
         ),
     ],
 )
@@ -87,7 +91,7 @@ def test_three_sppo_iterations_climb(root, model, name, options, capsys):
     Slow: three whole iterations of the tiny preset as `make demo` runs them (120 prompts x 5
     samples, ranked, trained, 150 eval answers judged), the one test of the loop at the scale its
     published figures are made at; with vLLM each generate stage starts an engine."""
-    if options == VLLM:
+    if "generation=vllm" in options:
         pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm)")
     run(root, f"model={model}", f"run_name={name}", *options)
     rates = curve(root, model, name)

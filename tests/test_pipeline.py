@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
+from src.stages.curves import JOB_TYPE
 from src.training.checkpoints import checkpoints
 from tests import lineages
 from tests.helpers import SMALL, cli, entry, one_line_failure
+from tests.wandb_runs import offline_runs
 
 
 def run_dir(root: Path) -> Path:
@@ -398,11 +400,16 @@ def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
 
 @pytest.mark.slow
 def test_a_local_sweep_runs_every_point_here(tmp_path):
+    """Each point runs here, a failing one does not stop the next, and the points are W&B curve
+    runs of one group (the sweep's name) coloured by the swept value.
+
+    Slow: two whole iterations, each stage of them a W&B run, read back by wandb's reader."""
     sweep = tmp_path / "two.yaml"
     sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
     env = {"SELFPLAY_RUNS": str(tmp_path / "elsewhere")}
     root = f"paths.root={tmp_path / 'runs'}"  # the hints keep it
-    command = [str(sweep), "--local", *SMALL, root]
+    tracked = [*(o for o in SMALL if o != "logger=none"), "logger=wandb", "logger.mode=offline"]
+    command = [str(sweep), "--local", *tracked, root]
     # point 1 lands in a lineage whose generate record was damaged by hand: it fails, and
     # point 2 runs all the same, as an array's next task would
     damaged = tmp_path / "runs/tiny-mistral/sppo/eta1-lr0.0001-K3/iter1/generate/done.json"
@@ -413,7 +420,7 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 2 points failed: point 1 (method.eta=1) exit "), last
     assert last.endswith(f"are skipped): python -m src.sweep {sweep} --local --iterations 1 "
-                         f"{' '.join(SMALL)} {root}"), last  # fmt: skip
+                         f"{' '.join(tracked)} {root}"), last  # fmt: skip
     assert "point 2/2: method.eta=10" in failed.stdout
     shutil.rmtree(damaged.parent)
     done = entry("src.sweep", *command, env=env)
@@ -433,6 +440,11 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     assert done.stdout.strip().endswith(
         f"compare: python -m src.compare --root {tmp_path / 'runs'}"
     )
+    curves = [r for r in offline_runs(tmp_path / "runs") if r.stage == JOB_TYPE]
+    assert len({r.summary["run_id"] for r in curves}) == 2
+    assert {r.header["run_group"] for r in curves} == {"two"}
+    assert sorted(r.summary["config"]["method.eta"] for r in curves) == [1, 10]
+    assert {r.summary["config"]["sweep"] for r in curves} == {"two"}
 
     refused = entry("src.sweep", *command, "--dry-run", env=env)
     assert refused.returncode == 2 and "--local runs the points here" in refused.stderr

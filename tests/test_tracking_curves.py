@@ -2,82 +2,23 @@
 (`wandb leet inspect`): the lineage's curve run (src/stages/curves.py) holds each iteration's
 figures once, equal to the stages' files, also across a command stopped mid-iteration and
 resumed; the stages' tables hold the rows they wrote (src/stages/tables.py); the artifacts link
-iteration 2's checkpoint to iteration 1's (src/stages/chain.py); a sweep's points are curve runs
-of one group."""
+iteration 2's checkpoint to iteration 1's (src/stages/chain.py). (A sweep's points as curve runs
+of one group: tests/test_pipeline.py's local sweep.)"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from src.config import REPO_ROOT
 from src.stages.curves import JOB_TYPE, unlogged
 from src.stages.tables import EVAL_COLUMNS, PAIR_COLUMNS
-from tests.helpers import SMALL, cli
+from tests.helpers import cli
+from tests.wandb_runs import offline_runs
 
-WANDB = Path(sys.executable).with_name("wandb")
 TRACKED = ("logger=wandb", "logger.mode=offline", "eval.enabled=true")
-
-
-@dataclass
-class Run:
-    """One offline run (one segment of a resumed one): its records and its summary."""
-
-    folder: Path
-    records: list[dict]
-    summary: dict
-
-    @property
-    def stage(self) -> str | None:
-        return self.summary["config"].get("stage")
-
-    @property
-    def iteration(self) -> int | None:
-        return self.summary["config"].get("iter")
-
-    @property
-    def header(self) -> dict:
-        return next(r["run"] for r in self.records if r["type"] == "run")
-
-    def history(self) -> list[dict]:
-        return [r["history"]["item"] for r in self.records if r["type"] == "history"]
-
-    def artifacts(self, used: bool) -> dict[str, str]:
-        """name -> digest of the artifacts the run logged (used=False) or used."""
-        found = (r["artifact"] for r in self.records if r["type"] == "artifact")
-        return {a["name"]: a["digest"] for a in found if bool(a.get("use_after_commit")) == used}
-
-    def table(self, key: str) -> dict:
-        (path,) = (self.folder / "files" / "media" / "table").glob(f"{key}_*.table.json")
-        return json.loads(path.read_text())
-
-
-def inspect(folder: Path, *options: str) -> str:
-    shown = subprocess.run(
-        [str(WANDB), "leet", "inspect", "--json", *options, str(folder)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert shown.returncode == 0, shown.stderr
-    return shown.stdout
-
-
-def offline_runs(root: Path) -> list[Run]:
-    """Every offline run under the root's W&B folder, in the order they were made."""
-    folders = sorted((root / "wandb").rglob("offline-run-*"), key=lambda p: p.name)
-    return [
-        Run(
-            f,
-            [json.loads(line) for line in inspect(f).splitlines()],
-            json.loads(inspect(f, "--summary")),
-        )
-        for f in folders
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -191,24 +132,6 @@ def test_iteration_2s_checkpoint_is_made_from_iteration_1s_in_the_artifacts(trac
     uploaded = [e["path"] for e in entries if "local_path" in e]
     assert uploaded == ["record/done.json"]
     assert all(e["ref"].startswith("file://") for e in entries if "local_path" not in e)
-
-
-@pytest.mark.slow
-def test_a_sweeps_points_are_curve_runs_of_one_group_coloured_by_the_swept_value(tmp_path):
-    sweep = tmp_path / "eta-pair.yaml"
-    sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
-    shared = [o for o in SMALL if o != "logger=none"]
-    done = subprocess.run(
-        [sys.executable, "-m", "src.sweep", str(sweep), "--local", "--iterations", "1", *shared,
-         "logger=wandb", "logger.mode=offline", f"paths.root={tmp_path / 'runs'}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    curves = [r for r in offline_runs(tmp_path / "runs") if r.stage == JOB_TYPE]
-    assert len({r.summary["run_id"] for r in curves}) == 2
-    assert {r.header["run_group"] for r in curves} == {"eta-pair"}
-    assert sorted(r.summary["config"]["method.eta"] for r in curves) == [1, 10]
-    assert {r.summary["config"]["sweep"] for r in curves} == {"eta-pair"}
 
 
 def test_a_resumed_curve_run_logs_only_what_it_does_not_hold():
