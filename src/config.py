@@ -714,7 +714,9 @@ class LLMJudgeConfig:
             self.serve is None or self.base_url is None,
             "eval.llm_judge.base_url",
             self.base_url,
-            "a served judge (eval.llm_judge.serve) listens on loopback: leave base_url null",
+            f"the judge at base_url is not the one this stage serves (eval.llm_judge.serve="
+            f"{self.serve}): for the judge at base_url add eval.llm_judge.serve=null; to serve "
+            "the judge here, leave base_url null",
         )
 
     @property

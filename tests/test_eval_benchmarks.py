@@ -1,14 +1,11 @@
 """The eval stage's benchmarks (`src.evaluation.benchmarks`): what each reads, checked before any
-answer is made, and MT-Bench run through the stage's own parts.
+answer is made.
 
 Tested: eval.benchmarks naming a benchmark without its data is a config error naming the key;
 a data folder without the files FastChat's layout has, or an Arena-Hard baseline that is not
-there, is one line naming the key and the file; MT-Bench on the tiny policy, graded by a judge
-the stage serves with vLLM's OpenAI-compatible server (the tiny policy itself: it writes toy
-sentences, never a rating): the two turns are answered (the second after the policy's own
-first), every turn is judged once, the judgments without a rating are counted and the score is
-none rather than a crash, the result is labelled with the judge, and a second run pays for no
-judgment and gives the same result.
+there, is one line naming the key and the file; a second turn is rendered after the policy's
+own first. (MT-Bench through the stage's parts, graded by a judge on vLLM's OpenAI-compatible
+server: tests/test_eval_judge_client.py, beside that server's other tests.)
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import Benchmark, ConfigError
+from src.config import ConfigError
 from src.evaluation import benchmarks
 from src.evaluation.errors import EvalError
 from tests.helpers import SMALL, compose_cfg
@@ -71,55 +68,6 @@ def test_an_arena_hard_baseline_that_is_not_there_names_its_key(tmp_path):
         match=r"^eval\.arena_hard_baseline: .*model_answer/gpt-4-0314\.jsonl does not exist",
     ):
         benchmarks.read_data(cfg)
-
-
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_mt_bench_through_a_served_judge_counts_what_it_cannot_rate_and_pays_once(
-    tmp_path, tiny_dir
-):
-    """Two MT-Bench questions graded by a judge the stage serves with vLLM: four judgments, the
-    ones without a rating counted, and a second run served from the cache, paying nothing.
-
-    Slow: the served judge is vLLM's OpenAI server, started for the test (25-60 s on one CPU)."""
-    pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm adds it)")
-    from src.stages.eval import answerer
-
-    cfg = compose_cfg(
-        *SMALL,
-        f"paths.root={tmp_path / 'runs'}",
-        "eval.benchmarks=[mt_bench]",
-        f"data.mt_bench={fastchat_data(tmp_path / 'fastchat')}",
-        f"eval.llm_judge.serve={tiny_dir / 'tiny-mistral'}",
-        "eval.llm_judge.model=tiny-judge",
-        "eval.llm_judge.api_key_env=''",
-        "eval.max_new_tokens=16",
-    )
-    data = benchmarks.check(cfg)
-    assert list(data) == [Benchmark.mt_bench]
-    policy = answerer(cfg, "base")
-    stage = tmp_path / "eval"
-    first = benchmarks.run(cfg, policy, data, stage)["mt_bench"]
-    assert first["judge"] == "tiny-judge@local"
-    assert first["questions"] == 2 and first["unanswered"] == 0
-    assert first["judge_calls"] == 4 and first["judge_cached"] == 0  # two turns of two questions
-    # the tiny policy writes toy sentences, never "[[n]]": counted, and no score
-    assert first["rated"] + first["unrated"] == 4
-    if first["rated"] == 0:
-        assert first["mt_bench"] is None
-    second_turns = [
-        json.loads(line)
-        for path in (tmp_path / "runs" / "eval_answers").rglob("answers-*.jsonl")
-        for line in path.read_text().splitlines()
-        if json.loads(line)["prompt_id"].endswith("-2")
-    ]
-    assert {r["instruction"] for r in second_turns} == {WRITING["turns"][1], MATH["turns"][1]}
-    assert (stage / "judge_server.log").is_file()
-    again = benchmarks.run(cfg, policy, data, stage)["mt_bench"]
-    assert again["judge_calls"] == 0 and again["judge_cached"] == 4
-    assert {k: v for k, v in again.items() if not k.startswith(("judge_", "seconds"))} == {
-        k: v for k, v in first.items() if not k.startswith(("judge_", "seconds"))
-    }
 
 
 def test_a_second_turn_is_rendered_after_the_policys_own_first(tiny_dir):

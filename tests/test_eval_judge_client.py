@@ -7,7 +7,12 @@ run killed mid-benchmark and run again pays only for the judgments it did not ke
 same judgments as a run never killed; a judge that dies mid-benchmark ends the run with one line
 that keeps what it made. Without the server: no key, an endpoint that does not answer (a closed
 local port), a model the endpoint does not serve — each one line, exit 3, before any request;
-a served judge's judgments are cached under its weights (a rebuilt one judges again).
+a served judge's judgments are cached under its weights (a rebuilt one judges again). MT-Bench
+on the tiny policy through the stage's parts, graded by that server as one's own
+OpenAI-compatible judge (the tiny policy itself: it writes toy sentences, never a rating): the
+two turns are answered, every turn judged once, the judgments without a rating counted and the
+score none rather than a crash, the result labelled with the judge, a second run paying for no
+judgment and giving the same result.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from src.config import REPO_ROOT, LLMJudgeConfig, Stage
+from src.config import REPO_ROOT, Benchmark, LLMJudgeConfig, Stage
 from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure
+from src.evaluation import benchmarks
 from src.evaluation.judge_client import (
     endpoint_of,
     judge_all,
@@ -35,7 +41,10 @@ from src.evaluation.judge_client import (
     require_reachable,
 )
 from src.evaluation.judging import JudgeRequest
+from tests.helpers import SMALL, compose_cfg
 from tests.test_eval_alpaca_eval import closed_port
+from tests.test_eval_benchmarks import fastchat_data
+from tests.test_eval_mt_bench import MATH, WRITING
 
 
 def requests(n: int, max_tokens: int = 16) -> list[JudgeRequest]:
@@ -48,6 +57,20 @@ def requests(n: int, max_tokens: int = 16) -> list[JudgeRequest]:
 
 
 # --- refused before any request ------------------------------------------------------------------
+
+
+def test_a_judge_at_base_url_where_one_is_served_names_the_override_that_grades_with_it():
+    from src.config import ConfigError
+    from tests.helpers import compose_cfg
+
+    with pytest.raises(ConfigError) as refused:
+        compose_cfg("model=tiny-mistral", "eval.llm_judge.base_url=http://judge:8000/v1")
+    assert str(refused.value).startswith(
+        "eval.llm_judge.base_url='http://judge:8000/v1': the judge at base_url is not the one "
+        "this stage serves (eval.llm_judge.serve="
+    )
+    assert "add eval.llm_judge.serve=null" in str(refused.value)
+    assert "leave base_url null" in str(refused.value)
 
 
 def test_a_judge_whose_template_takes_no_system_turn_gets_the_system_prompt_in_its_first_turn(
@@ -289,7 +312,6 @@ def served(tmp_path_factory, tiny_dir):
         model="tiny-judge",
         serve=str(tiny_dir / "tiny-mistral"),
         api_key_env="",
-        max_model_len=1024,
         concurrency=2,
     )
     folder = tmp_path_factory.mktemp("served")
@@ -319,6 +341,56 @@ def test_a_served_judge_answers_and_its_judgments_are_cached(served, tmp_path):
     }
     assert {k: v.text for k, v in again.items()} == {k: v.text for k, v in judged.items()}
     assert "POST /v1/chat/completions" in (folder / "judge_server.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_mt_bench_through_an_openai_compatible_judge_counts_what_it_cannot_rate_and_pays_once(
+    served, tmp_path
+):
+    """Two MT-Bench questions graded by a judge on an OpenAI-compatible server of one's own
+    (the module's, as docs/stages.md configures one): four judgments, the ones without a rating
+    counted, and a second run served from the cache, paying nothing. (A judge the stage serves
+    itself grades tests/test_learning.py's MT-Bench.)"""
+    from src.stages.eval import answerer
+
+    _, endpoint, _ = served
+    cfg = compose_cfg(
+        *SMALL,
+        f"paths.root={tmp_path / 'runs'}",
+        "eval.benchmarks=[mt_bench]",
+        f"data.mt_bench={fastchat_data(tmp_path / 'fastchat')}",
+        "eval.llm_judge.serve=null",  # the tiny preset serves tiny-chat-judge
+        f"eval.llm_judge.base_url={endpoint.base_url}",
+        "eval.llm_judge.model=tiny-judge",
+        "eval.llm_judge.api_key_env=''",
+        "eval.llm_judge.system_turn=false",  # Mistral's template refuses a system turn
+        "eval.max_new_tokens=16",
+    )
+    data = benchmarks.check(cfg)
+    assert list(data) == [Benchmark.mt_bench]
+    policy = answerer(cfg, "base")
+    stage = tmp_path / "eval"
+    first = benchmarks.run(cfg, policy, data, stage)["mt_bench"]
+    assert first["judge"] == "tiny-judge@local"
+    assert first["questions"] == 2 and first["unanswered"] == 0
+    assert first["judge_calls"] == 4 and first["judge_cached"] == 0  # two turns of two questions
+    # the tiny policy writes toy sentences, never "[[n]]": counted, and no score
+    assert first["rated"] + first["unrated"] == 4
+    if first["rated"] == 0:
+        assert first["mt_bench"] is None
+    second_turns = [
+        json.loads(line)
+        for path in (tmp_path / "runs" / "eval_answers").rglob("answers-*.jsonl")
+        for line in path.read_text().splitlines()
+        if json.loads(line)["prompt_id"].endswith("-2")
+    ]
+    assert {r["instruction"] for r in second_turns} == {WRITING["turns"][1], MATH["turns"][1]}
+    again = benchmarks.run(cfg, policy, data, stage)["mt_bench"]
+    assert again["judge_calls"] == 0 and again["judge_cached"] == 4
+    assert {k: v for k, v in again.items() if not k.startswith(("judge_", "seconds"))} == {
+        k: v for k, v in first.items() if not k.startswith(("judge_", "seconds"))
+    }
 
 
 @pytest.mark.slow

@@ -223,6 +223,7 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
                 scores.setdefault(name, {})[benchmark.value] = result
                 if benchmark.value == "arena_hard":
                     greedy[name] = [helpful_share(a) or 0.0 for a in answered.values()]
+    assert (root / "judge" / "judge_server.log").is_file(), "the served judge's log, kept"
     mt = {name: s["mt_bench"]["mt_bench"] for name, s in scores.items()}
     arena = {name: s["arena_hard"]["win_rate"] for name, s in scores.items()}
     assert mt["swapped"] < mt["base"] < mt["trained"], mt
