@@ -384,7 +384,7 @@ def ended_in_one_line(proc: subprocess.Popen, stderr: str, pattern: str) -> None
     assert "re-run the same command to resume" in line and "Traceback" not in stderr
 
 
-def test_a_stream_interrupted_four_ways_resumes_each_time_to_the_rows_of_one_shard(
+def test_a_stream_interrupted_three_ways_resumes_each_time_to_the_rows_of_one_shard(
     tmp_path, uninterrupted
 ):
     """Shard 0 of 3 in chunks of 3, interrupted three ways in turn, each re-run resuming from the
