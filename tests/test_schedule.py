@@ -126,6 +126,10 @@ def test_a_command_imports_the_stages_it_runs_and_the_model_code_before_them(sta
 
 @pytest.mark.slow
 def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded, tiny_dir):
+    """A command naming tiny models that are not cached builds what it reads, nothing else, from
+    seed 0: the shared build's bytes.
+
+    Slow: two tiny models built and taught (tiny-gemma2 and tiny-pairrm: ~45 s on one CPU)."""
     monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
     cfg = compose_cfg("model=tiny-gemma2", "stage=generate")
     assert Path(cfg.model.path) == tmp_path / "tiny" / "tiny-gemma2"
