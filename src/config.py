@@ -678,6 +678,11 @@ class RankerConfig:
         _check_shard(section, self.shard, self.num_shards)
 
 
+# The prefix of OpenAI's model names: a judge this stage serves is never called so (its figures
+# would read as the published judge's)
+OPENAI_JUDGES = ("gpt-",)
+
+
 @dataclass
 class LLMJudgeConfig:
     """The chat model that grades MT-Bench and Arena-Hard (`eval.llm_judge`): OpenAI's API, any
@@ -709,6 +714,15 @@ class LLMJudgeConfig:
         _positive("eval.llm_judge.start_timeout_s", self.start_timeout_s)
         _check(
             self.max_retries >= 0, "eval.llm_judge.max_retries", self.max_retries, "must be >= 0"
+        )
+        _check(
+            self.serve is None or not (self.model or "").startswith(OPENAI_JUDGES),
+            "eval.llm_judge.model",
+            self.model,
+            f"names an OpenAI model, but the judge this stage serves (eval.llm_judge.serve="
+            f"{self.serve}) would take that name and its scores would read as that model's: to "
+            "grade with OpenAI's add eval.llm_judge.serve=null; to serve that folder, name it "
+            "otherwise (null: its folder's name)",
         )
         _check(
             self.serve is None or self.base_url is None,

@@ -73,6 +73,24 @@ def test_a_judge_at_base_url_where_one_is_served_names_the_override_that_grades_
     assert "leave base_url null" in str(refused.value)
 
 
+def test_an_openai_model_named_for_a_served_judge_names_the_override_that_grades_with_it():
+    """`eval.llm_judge.model=gpt-4` on the tiny preset, which serves tiny-chat-judge: refused,
+    not tiny-chat-judge served as gpt-4 with its scores labelled so."""
+    from src.config import ConfigError
+    from tests.helpers import compose_cfg
+
+    with pytest.raises(ConfigError) as refused:
+        compose_cfg("model=tiny-mistral", "eval.llm_judge.model=gpt-4")
+    said = str(refused.value)
+    assert said.startswith("eval.llm_judge.model='gpt-4': names an OpenAI model, but the judge ")
+    assert "add eval.llm_judge.serve=null" in said and len(said.splitlines()) == 1
+    judge = compose_cfg(
+        "model=tiny-mistral", "eval.llm_judge.model=gpt-4", "eval.llm_judge.serve=null"
+    )
+    assert judge.eval.llm_judge.name == "gpt-4" and judge.eval.llm_judge.serve is None
+    assert compose_cfg("model=tiny-mistral", "eval.llm_judge.model=tiny-judge").eval.llm_judge.serve
+
+
 def test_a_judge_whose_template_takes_no_system_turn_gets_the_system_prompt_in_its_first_turn(
     tmp_path,
 ):
