@@ -36,6 +36,15 @@ TINY_WEIGHTS = {
     "tiny-judge": ["model.safetensors", "tokenizer.json"],
     "tiny-chat-judge": ["model.safetensors", "tokenizer.json"],
 }
+
+
+def same_bytes(again: Path, cached: Path) -> None:
+    """A tiny model built again from seed 0 is byte for byte the cached seed-0 build, training
+    included: each of its TINY_WEIGHTS files."""
+    for file in TINY_WEIGHTS[cached.name]:
+        assert (again / file).read_bytes() == (cached / file).read_bytes(), (cached.name, file)
+
+
 # The two a `model=tiny-gemma2` command builds where none is cached: tests/test_schedule.py
 # builds them so and compares them with the shared build (tests/test_tiny_models.py rebuilds
 # the others)

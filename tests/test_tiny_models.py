@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.ranking import blender_compat
 from src.tiny import models as tiny
-from tests.helpers import BUILT_ON_DEMAND, REPO_ROOT, TINY_WEIGHTS
+from tests.helpers import BUILT_ON_DEMAND, REPO_ROOT, TINY_WEIGHTS, same_bytes
 
 LMS = {"tiny-mistral": "MistralForCausalLM", "tiny-gemma2": "Gemma2ForCausalLM"}
 USER_HI = [{"role": "user", "content": "hi"}]
@@ -155,12 +154,6 @@ def test_tiny_reward_model_scores_the_last_real_token_of_a_conversation(tiny_dir
         alone = model(input_ids=torch.tensor([short])).logits
     assert batch.shape == (2, 1)
     assert torch.allclose(batch[0], alone[0], atol=1e-5) and not torch.allclose(batch[0], batch[1])
-
-
-def same_bytes(again: Path, cached: Path) -> None:
-    """A build from seed 0 is byte for byte the cached seed-0 build, training included."""
-    for file in TINY_WEIGHTS[cached.name]:
-        assert (again / file).read_bytes() == (cached / file).read_bytes(), file
 
 
 # tiny-rm's rebuild is test_ensure_reuses_a_finished_build_and_redoes_any_other's first build
