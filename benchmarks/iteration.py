@@ -1,7 +1,7 @@
 """One iteration through `python -m src.main`, stage by stage, at a real model's shapes on one GPU:
-generate (vLLM), rank (PairRM at DeBERTa-v3-large's shape), pairs, train (full weights) — each a
-fresh `python -m src.main ... stage=<stage>` process as a user runs it, each figure read from the
-stage's own record (done.json) beside `src.plan`'s figure for it.
+generate (vLLM; --generation hf: the HF backend), rank (PairRM at DeBERTa-v3-large's shape),
+pairs, train (full weights) — each a fresh `python -m src.main ... stage=<stage>` process as a
+user runs it, each figure read from the stage's own record (done.json) beside `src.plan`'s.
 
     python -m benchmarks iteration --build-only       # the checkpoint, prompts and PairRM (a GPU)
     python -m benchmarks iteration --logs OUT/logs    # then the four stages, each one's log kept
@@ -47,6 +47,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="/tmp/iteration", help="the built inputs and the runs")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=320)
+    parser.add_argument("--generation", choices=("vllm", "hf"), default="vllm",
+                        help="the generate stage's engine (conf/generation/)")  # fmt: skip
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--build-only", action="store_true", help="build the inputs, run nothing")
     parser.add_argument("--logs", help="keep each stage's whole output (and vLLM's) here")
@@ -152,7 +154,7 @@ def overrides(p: dict) -> list[str]:
     root = Path(p["root"])
     ranker = f"ranker.model={ranking.LARGE_DIR}" if p["scale"] == "real" else "ranker=tiny-pairrm"
     return [
-        f"model={p['model']}", f"model.path={root / 'policy'}", "generation=vllm", ranker,
+        f"model={p['model']}", f"model.path={root / 'policy'}", f"generation={p['generation']}", ranker,
         f"data.prompts={root / 'prompts.jsonl'}",
         "data.id_column=prompt_id", "logger=none", f"hardware={HARDWARE[p['device']]}", "iter=1",
         f"paths.root={root / 'runs'}", f"generation.max_new_tokens={p['max_new_tokens']}",
@@ -250,7 +252,7 @@ def tables(result: dict) -> list[dict]:
             f"(--scale {result['settings']['scale']}), one process per stage, on "
             f"{result['machine']['gpu'] or result['machine']['cpu_model']}; "
             f"{result['settings']['prompts']} prompts, K = 5, {result['settings']['max_new_tokens']} "
-            "new tokens a response. Peak: torch's allocation on the GPU (RSS above the stage's "
+            f"new tokens a response, generated with {result['settings'].get('generation', 'vllm')}. Peak: torch's allocation on the GPU (RSS above the stage's "
             "start on CPU); the plan: `src.plan`'s peak for the same config."
         ),  # fmt: skip
         table(["stage", "process s", "what it did", "peak GiB", "plan GiB"], rows),
