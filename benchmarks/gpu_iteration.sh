@@ -57,7 +57,9 @@ train)
     df -h / /tmp /dev/shm >"$out/df.txt"
     install /tmp/site-train .whl-train/*.whl
     export PYTHONPATH=/tmp/site-train:/tmp/site-config
-    run=(python3 -m benchmarks iteration --model "$model" --root "/dev/shm/iteration-$model"
+    base=/dev/shm  # RAM-backed where it can hold a policy and a checkpoint (~30 GB at 7B)
+    [ "$(df --output=avail -BG /dev/shm | tail -1 | tr -dc 0-9)" -ge 40 ] || base=/tmp
+    run=(python3 -m benchmarks iteration --model "$model" --root "$base/iteration-$model"
          --generation hf --prompts 128 --max-new-tokens 64 --retries 0 --max-wait 5 --timeout 400)
     "${run[@]}" --logs "$out/logs" --set generation.batch_size=32 \
         --out "$out/iteration_gpu_${model%%-*}_train.json" || exit 1
