@@ -5,7 +5,6 @@ ZeRO-3, and the one-line failures. QLoRA's 4-bit base needs CUDA: its training t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -136,19 +135,21 @@ def test_a_preempted_lora_run_resumes_to_the_same_adapter(monkeypatch):
         torch.testing.assert_close(weights[1][name], tensor, rtol=1e-6, atol=1e-7)
 
 
-def test_a_resumed_adapter_of_another_base_is_refused():
+def test_a_resumed_adapter_of_another_base_is_refused(monkeypatch):
+    from src.core import preemption
     from src.training import checkpoints
 
     cfg = lora_cfg("training.save_steps=1")
-    run(cfg)
-    for config in (cfg.stage_dir("train") / "trainer").glob("checkpoint-*/adapter_config.json"):
-        edited = {**json.loads(config.read_text()), "base_model_name_or_path": "other/model"}
-        config.write_text(json.dumps(edited))
-        # saved whole so (sealed), not damaged since: resumable but for its base
-        made_by = json.loads((config.parent / checkpoints.SEAL).read_text())["identity"]
-        checkpoints.seal(config.parent, made_by)
-    shutil.rmtree(cfg.stage_dir("train") / "checkpoint")
-    (cfg.stage_dir("train") / "done.json").unlink()
+    monkeypatch.setattr(preemption, "_requested", True)  # as SIGUSR1 would: stop after step 1
+    with pytest.raises(preemption.Preempted):
+        run(cfg)
+    monkeypatch.setattr(preemption, "_requested", False)
+    (config,) = (cfg.stage_dir("train") / "trainer").glob("checkpoint-*/adapter_config.json")
+    edited = {**json.loads(config.read_text()), "base_model_name_or_path": "other/model"}
+    config.write_text(json.dumps(edited))
+    # saved whole so (sealed), not damaged since: resumable but for its base
+    made_by = json.loads((config.parent / checkpoints.SEAL).read_text())["identity"]
+    checkpoints.seal(config.parent, made_by)
     with pytest.raises(
         StageError, match=r"a LoRA adapter of the base 'other/model', but this iteration's base"
     ):

@@ -328,6 +328,23 @@ def test_full_weights_on_one_gpu_are_planned_with_what_keeps_their_bf16_updates(
     assert "weights (fp32)" in tiny and not any("Kahan" in k or "master" in k for k in tiny)
 
 
+def test_a_trainer_checkpoint_holds_what_the_step_keeps_as_written_on_a_gpu():
+    """Mistral-7B's shapes, full weights with fp32 masters and RMSprop: 72.4 GB a Trainer
+    checkpoint, as the train stage wrote into /dev/shm on an H200 (69,088 MiB,
+    benchmarks/results/logs/iteration_gpu_mistral_train/train_fp32_rerun_memory.txt); Kahan's
+    bf16 weights, compensation and state 3 x 2 bytes a parameter; a LoRA adapter alone."""
+    from src.plan.stages import policy_shape, trainer_checkpoint_bytes
+
+    def each(*overrides: str) -> float:
+        cfg = compose_cfg("stage=train", *overrides)
+        return trainer_checkpoint_bytes(cfg, policy_shape(cfg))
+
+    master = each("training.weight_updates=fp32")
+    assert master == pytest.approx(69_088 * 2**20, rel=0.005)
+    assert each() == pytest.approx(master * 6 / 10)
+    assert each("training.peft=lora") < master / 100
+
+
 def test_each_stage_is_planned_alone_as_in_the_plan_of_the_iteration():
     """The stages come from the registry, in order, eval with eval.enabled; one stage planned
     alone (a stage's peak line, the fit check's retry) is that stage's row of the whole plan."""

@@ -199,13 +199,18 @@ def train_on_the_command_line(runs: Path, *overrides: str, model: str = "tiny-mi
 @pytest.mark.slow
 def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loads(monkeypatch):
     """The final save needs the policy's parameters in its training dtype (fp32 on CPU) beside
-    the stage: with less free, one ENOSPC error names both sizes before anything is loaded, not
-    after the training; with enough, training starts."""
+    the stage, and the Trainer's checkpoint saved when the training ends (12 pairs: one) its
+    weights and optimiser state: with less free, one ENOSPC error names the sizes before
+    anything is loaded, not after the training; with enough, training starts."""
     import src.stages.train as train_stage
-    from src.plan.stages import policy_shape
+    from src.plan.stages import policy_shape, trainer_checkpoint_bytes
 
     cfg = train_cfg("model=tiny-mistral")
-    need = policy_shape(cfg).params * 4 + train_stage.FULL_DISK_BYTES
+    shape = policy_shape(cfg)
+    final = shape.params * 4 + train_stage.FULL_DISK_BYTES
+    each = trainer_checkpoint_bytes(cfg, shape)
+    assert each == shape.params * 4 * 2  # fp32 weights and RMSprop's one state
+    need = final + each
     loaded = []
     monkeypatch.setattr(train_stage, "setup", lambda *a: loaded.append(a) or 1 / 0)
     for free in (need - 1, need):
@@ -215,10 +220,36 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
             run(cfg)
         if free < need:
             assert refused.value.errno == errno.ENOSPC and not loaded
-            said = f"for the checkpoint ({need / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free)"
+            said = (
+                f"for the checkpoint ({need / 1e9:.1f} GB needed: {final / 1e9:.1f} GB the "
+                f"checkpoint, 1 x {each / 1e9:.1f} GB the Trainer's to resume from "
+                f"(training.save_steps); {free / 1e9:.1f} GB free)"
+            )
             assert said in str(refused.value)
         else:
             assert refused.type is ZeroDivisionError and loaded  # past the check: setup ran
+
+
+@pytest.mark.parametrize(
+    ("pairs", "epochs", "save_steps", "at_once"),
+    [
+        (12, 1, 200, 1),  # 2 steps: the save when the training ends
+        (12, 1, 1, 2),  # a save each step: the newest and the one kept before it
+        (16, 1, 2, 1),  # the last periodic save is the end's
+        (2_500, 1, 200, 2),  # the recipe's 313 steps: saved at 200 and at the end
+        (2_500, 3, 200, 3),  # a third written before the oldest goes
+        (None, 1, 200, 3),  # no pairs file yet: as many as can be
+    ],
+)
+def test_the_trainer_checkpoints_on_disk_at_once(tmp_path, pairs, epochs, save_steps, at_once):
+    from src.stages.train import checkpoints_at_once
+
+    path = tmp_path / "pairs.jsonl"
+    if pairs is not None:
+        path.write_text("{}\n" * pairs)
+    cfg = train_cfg(f"training.num_epochs={epochs}", f"training.save_steps={save_steps}",
+                    "training.global_batch_size=8", pairs=path)  # fmt: skip
+    assert checkpoints_at_once(cfg) == at_once
 
 
 def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path, monkeypatch):
@@ -255,6 +286,7 @@ def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
     out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids.shape[1]
     assert json.loads((stage / "done.json").read_text())["counts"]["steps"] == 2
+    assert not list((stage / "trainer").glob("checkpoint-*")), "the stage is done: they go"
     # readable by the group as the umask says: safetensors saves through a private (0600) file
     wanted = 0o666 & ~umask()
     private = [f for f in stage.rglob("*") if f.is_file() and f.stat().st_mode & 0o777 != wanted]
@@ -411,9 +443,10 @@ def test_a_resumed_run_reports_the_train_loss_of_every_step(monkeypatch, logging
     with pytest.raises(preemption.Preempted):
         run(cfg)
     monkeypatch.setattr(preemption, "_requested", False)
-    resumed, done, _ = trained(cfg)
+    resumed, done, stage = trained(cfg)
 
     assert done["counts"]["steps"] == whole["summary"]["steps"] == 4
+    assert not list((stage / "trainer").glob("checkpoint-*")), "the stage is done: they go"
     # the same steps on the same weights (CPU, fixed seed); only float rounding differs: the
     # Trainer sums step losses in float32 between logs, grouped otherwise once resumed
     assert resumed["summary"]["train_loss"] == pytest.approx(

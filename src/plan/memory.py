@@ -153,6 +153,22 @@ def layer_backward(m: Shape, s: Step) -> float:
     return max(scores, 3 * bt * m.intermediate * s.b)
 
 
+def checkpoint_bytes(m: Shape, s: Step, mode: str) -> float:
+    """One Trainer checkpoint on disk, every process's part together: the weights that train and
+    the optimiser's state as `train_memory` keeps them (modes as there) — an adapter alone for
+    LoRA and QLoRA; under ZeRO-3 the fp32 master weights and states beside the whole 16-bit model
+    that stage3_gather_16bit_weights_on_model_save writes. Mistral-7B's shapes with fp32 masters
+    and RMSprop: 72.4 GB, as written on an H200 (benchmarks/results/iteration_gpu_mistral_train)."""
+    psi, b, k = m.params, s.b, s.optimizer_states
+    if mode in ("lora", "qlora"):
+        return m.lora_params(s.rank) * 4 * (1 + k)
+    if mode == "kahan":  # the weights, their compensation and the states, in the weights' dtype
+        return psi * b * (2 + k)
+    if mode in ("master", "zero3"):
+        return psi * (b + 4 * (1 + k))
+    return psi * b * (1 + k)
+
+
 def train_memory(m: Shape, s: Step, mode: str, devices: int = 1) -> Memory:
     """A training step per device. mode: full (the Trainer's own optimizer on the weights as
     loaded: fp32 on CPU) | kahan | master (bf16 weights and their optimizer, by

@@ -24,7 +24,15 @@ from src.core.errors import EXIT_CONFIG_ERROR, StageError
 from src.core.registry import STAGES, iteration_stages
 from src.core.shapes import Shape, judge_weights, shape_of
 from src.plan.hours import hours_text
-from src.plan.memory import CUDA_CONTEXT, GIB, Memory, Step, generation_memory, train_memory
+from src.plan.memory import (
+    CUDA_CONTEXT,
+    GIB,
+    Memory,
+    Step,
+    checkpoint_bytes,
+    generation_memory,
+    train_memory,
+)
 
 LARGEST_BATCH = 4096  # the search for the largest per-device batch stops here
 
@@ -105,10 +113,10 @@ def training_mode(cfg: Config) -> tuple[str, int]:
     return "full", 1
 
 
-def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
-    t, hw = cfg.training, cfg.hardware
-    mode, devices = training_mode(cfg)
-    step = Step(
+def train_step(cfg: Config) -> Step:
+    """The memory model's step for the config's training (one process's micro-batch)."""
+    t = cfg.training
+    return Step(
         sequences=2 * t.per_device_batch_size,  # chosen and rejected
         tokens=t.max_length,
         rank=t.lora.rank,
@@ -117,6 +125,17 @@ def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         b=dtype_bytes(cfg),
         gradient_checkpointing=t.gradient_checkpointing,
     )
+
+
+def trainer_checkpoint_bytes(cfg: Config, shape: Shape) -> float:
+    """What one Trainer checkpoint of this training holds on disk (`checkpoint_bytes`)."""
+    return checkpoint_bytes(shape, train_step(cfg), training_mode(cfg)[0])
+
+
+def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
+    t, hw = cfg.training, cfg.hardware
+    mode, devices = training_mode(cfg)
+    step = train_step(cfg)
 
     def memory(pairs: int) -> Memory:
         m = train_memory(shape, replace(step, sequences=2 * pairs), mode, devices)

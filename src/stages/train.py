@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import shutil
 import socket
@@ -35,7 +36,13 @@ from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
 from src.core.rows import require_sealed
-from src.plan.stages import memory_terms, peak_line, planned_memory, policy_shape
+from src.plan.stages import (
+    memory_terms,
+    peak_line,
+    planned_memory,
+    policy_shape,
+    trainer_checkpoint_bytes,
+)
 from src.stages import tracking
 from src.stages.cards import write_model_card
 from src.stages.common import read_upstream, require_previous_policy
@@ -47,6 +54,7 @@ from src.training.adapters import (
     require_qlora_support,
 )
 from src.training.arguments import (
+    KEPT_CHECKPOINTS,
     TRAINER_DIR,
     UPDATES,
     TrainingError,
@@ -137,24 +145,51 @@ FULL_DISK_BYTES = 64 << 20  # less free space than this after a failed save: the
 
 
 def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
-    """Before anything is loaded: the disk under the stage has room for the checkpoint it saves
-    at the end (the policy's parameters in the dtype it trains in, as a whole model also when an
-    adapter trains: it is merged), else one line now, not a failed save after the training.
-    Skipped for a model whose shape is not known here."""
+    """Before anything is loaded: the disk under the stage has room for what the stage writes —
+    the Trainer's checkpoints (`checkpoints_at_once`, less those of this run already there) and
+    the checkpoint it saves at the end (the policy's parameters in the dtype it trains in, as a
+    whole model also when an adapter trains: it is merged) — else one line now, not a failed
+    save after hours of training. Skipped for a model whose shape is not known here."""
     try:
         shape = policy_shape(cfg)
     except StageError:
         return
-    need = shape.params * precision(cfg).itemsize + FULL_DISK_BYTES  # + tokenizer, records
+    final = shape.params * precision(cfg).itemsize + FULL_DISK_BYTES  # + tokenizer, records
+    saved = len(list((stage_dir / TRAINER_DIR).glob("checkpoint-*")))
+    trainer = max(0, checkpoints_at_once(cfg) - saved)
+    each = trainer_checkpoint_bytes(cfg, shape)
+    need = final + trainer * each
     stage_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(stage_dir).free
     if free < need:
         raise OSError(
             errno.ENOSPC,
-            f"{os.strerror(errno.ENOSPC)} for the checkpoint ({need / 1e9:.1f} GB needed, "
-            f"{free / 1e9:.1f} GB free)",
+            f"{os.strerror(errno.ENOSPC)} for the checkpoint ({need / 1e9:.1f} GB needed: "
+            f"{final / 1e9:.1f} GB the checkpoint, {trainer} x {each / 1e9:.1f} GB the Trainer's "
+            f"to resume from (training.save_steps); {free / 1e9:.1f} GB free)",
             str(stage_dir),
         )
+
+
+def checkpoints_at_once(cfg: Config) -> int:
+    """How many Trainer checkpoints can be on disk at once: the Trainer saves every
+    training.save_steps steps and when the training ends, and removes all but KEPT_CHECKPOINTS
+    after the newest is written. The steps are counted from the pairs file's rows (an upper
+    bound: rows dropped later only shorten the run); all that can be, where it cannot be read
+    (the reading that follows names what is wrong with it)."""
+    import pyarrow.parquet as pq
+
+    t = cfg.training
+    try:
+        if t.pairs.endswith(".parquet"):
+            pairs = pq.read_metadata(t.pairs).num_rows
+        else:  # .jsonl, a row a line
+            with open(t.pairs, "rb") as f:
+                pairs = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except (OSError, ValueError):  # missing or damaged: reported where the rows are read
+        return KEPT_CHECKPOINTS + 1
+    steps = max(1, math.ceil(pairs * t.num_epochs / t.global_batch_size))
+    return min((steps - 1) // t.save_steps + 1, KEPT_CHECKPOINTS + 1)
 
 
 # --- setup ----------------------------------------------------------------------------------------
@@ -317,12 +352,29 @@ def cleanup(
             timings,
             {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},
         )
+        remove_trainer_checkpoints(stage_dir)
     if trainer.is_world_process_zero():
         tracking.finish(cfg, Stage.train, {**metrics, **counts})
         if peak is not None:  # after the record: the plan's figure is advice, the work is saved
             print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     trainer.accelerator.wait_for_everyone()
     return counts
+
+
+def remove_trainer_checkpoints(stage_dir: Path) -> None:
+    """Once done.json is written nothing resumes from the Trainer's checkpoints: they go (the
+    optimiser's state: 43 GB each at 7B with Kahan's bf16 updates, 72 GB with fp32 masters)."""
+    folders = sorted((stage_dir / TRAINER_DIR).glob("checkpoint-*"))
+    size = sum(f.stat().st_size for d in folders for f in d.rglob("*") if f.is_file())
+    for d in folders:
+        shutil.rmtree(d)
+    if folders:
+        print(
+            f"[train] removed the Trainer's {len(folders)} checkpoint(s) to resume from "
+            f"({size / 1e9:.1f} GB): the stage is done",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def memory_phases_record(cfg: Config, phases) -> dict:

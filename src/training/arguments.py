@@ -14,6 +14,8 @@ from src.config import Config, Device, Distributed, Dtype, Peft, Stage, WeightUp
 from src.core.errors import StageError
 
 TRAINER_DIR = "trainer"  # the Trainer's output_dir in the stage dir: its checkpoints, STOP
+# Trainer checkpoints kept: the newest, and the one before in case the newest was cut off
+KEPT_CHECKPOINTS = 2
 
 
 class TrainingError(StageError):
@@ -147,7 +149,7 @@ def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
         logging_steps=t.logging_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=2,
+        save_total_limit=KEPT_CHECKPOINTS,
         report_to=["wandb"] if cfg.logger.backend.value == "wandb" else "none",
         project=cfg.logger.project,
         run_name=cfg.stage_run_name(Stage.train),
