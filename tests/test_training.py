@@ -17,6 +17,7 @@ from src.config import REPO_ROOT
 from src.core.artifacts import umask
 from src.core.errors import StageError
 from src.stages.train import run
+from src.training.arguments import TrainingError
 from tests.helpers import compose_cfg, run_main_process
 
 FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
@@ -250,6 +251,43 @@ def test_the_trainer_checkpoints_on_disk_at_once(tmp_path, pairs, epochs, save_s
     cfg = train_cfg(f"training.num_epochs={epochs}", f"training.save_steps={save_steps}",
                     "training.global_batch_size=8", pairs=path)  # fmt: skip
     assert checkpoints_at_once(cfg) == at_once
+
+
+def test_a_training_that_diverges_stops_at_its_first_non_finite_step_and_saves_nothing():
+    """learning_rate=1e9: step 1's update blows the weights up, step 2's loss is NaN (which the
+    Trainer would log as 0 and step on, then fail writing metrics.json): one line naming the
+    step and the remedy, exit code 1, no checkpoint and no record. A gradient norm that is not
+    finite stops it the same way."""
+    from src.core.errors import EXIT_STAGE_ERROR
+    from src.stages.train import setup
+
+    cfg = train_cfg("model=tiny-mistral", "training.learning_rate=1e9", "training.num_epochs=3",
+                    "training.warmup_ratio=0")  # fmt: skip
+    with pytest.raises(TrainingError) as refused:
+        run(cfg)
+    said = str(refused.value)
+    assert said.startswith("the training diverged at step 2: the loss is nan"), said
+    assert "training.learning_rate=1e+09" in said and "lower training.learning_rate" in said
+    assert refused.value.exit_code == EXIT_STAGE_ERROR
+    stage = cfg.stage_dir("train")
+    assert not (stage / "done.json").exists() and not (stage / "checkpoint").exists()
+
+    trainer = setup(train_cfg("model=tiny-mistral"), stage).trainer
+    with pytest.raises(TrainingError, match=r"^the training diverged at step 0: the gradient "):
+        trainer.log({"loss": 1.0, "grad_norm": float("inf")})
+
+
+def test_weights_that_are_not_finite_are_counted_among_the_trained_ones_only():
+    from src.stages.train import nonfinite_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert nonfinite_weights(model) == 0
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+        model[1].bias[1] = float("-inf")
+    assert nonfinite_weights(model) == 2
+    model[1].requires_grad_(False)  # frozen (a LoRA base): not trained, not checked
+    assert nonfinite_weights(model) == 1
 
 
 def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path, monkeypatch):

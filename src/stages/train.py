@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from src.config import Config, Peft, RefLogprobs, Stage, validate
@@ -58,6 +59,7 @@ from src.training.arguments import (
     TRAINER_DIR,
     UPDATES,
     TrainingError,
+    diverged,
     load_policy,
     optimizer_override,
     precision,
@@ -317,6 +319,9 @@ def cleanup(
         for name in outputs:
             shutil.rmtree(stage_dir / f"{name}.partial", ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    bad = torch.tensor(float(nonfinite_weights(trainer.model)), device=trainer.args.device)
+    if trainer.accelerator.reduce(bad, reduction="sum").item():  # none saved, none sealed
+        raise diverged(trainer.state.global_step, "its weights are not finite", trainer.args)
     # gathers ZeRO-3 shards (collective: every rank calls it); with an adapter, the adapter only
     trainer.save_model(str(stage_dir / f"{outputs[-1]}.partial"))
     counts = {**setup_.counts, "steps": trainer.state.global_step}
@@ -359,6 +364,16 @@ def cleanup(
             print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     trainer.accelerator.wait_for_everyone()
     return counts
+
+
+def nonfinite_weights(model: torch.nn.Module) -> int:
+    """How many of the trained parameters hold a value that is not finite (this process's
+    partition of each under ZeRO-3)."""
+    return sum(
+        not bool(torch.isfinite(getattr(p, "ds_tensor", p)).all())
+        for p in model.parameters()
+        if p.requires_grad
+    )
 
 
 def remove_trainer_checkpoints(stage_dir: Path) -> None:

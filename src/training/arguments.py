@@ -22,6 +22,15 @@ class TrainingError(StageError):
     """The stage cannot train; the message says what and where."""
 
 
+def diverged(step: int, what: str, args) -> TrainingError:
+    """The one line for a training whose loss, gradients or weights stopped being numbers."""
+    return TrainingError(
+        f"the training diverged at step {step}: {what} (training.learning_rate="
+        f"{args.learning_rate:g}); no checkpoint is saved: lower training.learning_rate and "
+        "train again"
+    )
+
+
 def precision(cfg: Config) -> torch.dtype:
     wanted = cfg.training.precision
     if wanted == Dtype.auto:

@@ -8,6 +8,7 @@ and per-step metrics (rewards, WPO weights, tokens/s).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import defaultdict
@@ -21,7 +22,7 @@ from transformers import Trainer, TrainerCallback
 from src.core.artifacts import atomic_write_json, read_json
 from src.core.records import redo_of
 from src.training.adapters import adapter_off, peft_model
-from src.training.arguments import TrainingError
+from src.training.arguments import TrainingError, diverged
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
 from src.training.memory_phases import MemoryPhases
 from src.training.policy_logps import batch_response_logps
@@ -174,6 +175,8 @@ class PreferenceTrainer(Trainer):
             **probs,
         )
         loss = out.losses.mean()
+        if not torch.isfinite(loss):  # the Trainer would log it as 0 and step on
+            raise diverged(self.state.global_step + 1, f"the loss is {loss.item()}", self.args)
         self._accumulate(
             {
                 **pair_metrics(out),
@@ -251,6 +254,9 @@ class PreferenceTrainer(Trainer):
             self._clock, self._tokens = now, 0
             self._sums.clear()
             self._counts.clear()
+        norm = logs.get("grad_norm")
+        if norm is not None and not math.isfinite(norm):  # the update it clipped is not finite
+            raise diverged(self.state.global_step, f"the gradient norm is {norm}", self.args)
         if "train_loss" in logs:  # the end-of-training summary, logged and then returned
             logs["train_loss"] = self._train_loss_of_every_step(logs["train_loss"])
         super().log(logs, start_time)
