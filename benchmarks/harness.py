@@ -123,7 +123,7 @@ class Benchmark:
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=f"python -m benchmarks {self.name}")
         parser.add_argument(
-            "--repeats", type=int, default=self.repeats, help="fresh-process runs per case"
+            "--repeats", type=at_least_one, default=self.repeats, help="fresh-process runs per case"
         )
         parser.add_argument("--out", type=Path, default=RESULTS / f"{self.results}.json")
         parser.add_argument("--timeout", type=int, default=self.timeout, help="seconds per run")
@@ -142,6 +142,14 @@ class Benchmark:
 
 
 # --- running cases ----------------------------------------------------------------------------
+
+
+def at_least_one(text: str) -> int:
+    """An argument counting runs: a whole number, 1 or more (0 would write an empty result)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def worker(bench: Benchmark, out: Path, case: dict) -> None:

@@ -89,3 +89,16 @@ def test_render_names_a_missing_or_malformed_file_in_one_line_and_renders_the_ot
     assert errors[2] == f"error: {partial}: not a results file the harness wrote (no 'command')"
     assert good.with_suffix(".md").read_text().startswith("# T\n")
     assert not broken.with_suffix(".md").exists() and not partial.with_suffix(".md").exists()
+
+
+@pytest.mark.parametrize("repeats", ["-1", "0"])
+def test_a_run_count_below_one_is_refused_before_anything_runs(repeats, tmp_path, capsys):
+    """`--repeats -1` exited 0 with an empty results file."""
+    from benchmarks.stream import BENCHMARK
+
+    out = tmp_path / "stream.json"
+    with pytest.raises(SystemExit) as exit_:
+        BENCHMARK.main(["--repeats", repeats, "--out", str(out)])
+    assert exit_.value.code == 2
+    assert f"argument --repeats: must be 1 or more, not {repeats}" in capsys.readouterr().err
+    assert not out.exists()

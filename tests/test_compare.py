@@ -400,6 +400,44 @@ def test_wandb_without_a_reachable_server_fails_fast_with_one_line(tmp_path, mon
     assert not (tmp_path / "compare").exists()
 
 
+def test_wandb_at_a_server_that_answers_a_web_page_names_the_url_not_the_page(
+    tmp_path, monkeypatch, capsys
+):
+    """A proxy's or a login page (HTTP 404 with HTML, as a misconfigured WANDB_BASE_URL gets):
+    one line naming the URL; the page itself is not printed."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            body = b"<!DOCTYPE html><html><body>" + b"x" * 2000 + b"</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--root", str(tmp_path), "--wandb", "my-team/selfplay-lab"])
+    finally:
+        server.shutdown()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "<" not in err and "xxx" not in err, err
+    assert err.rstrip().endswith(f"a web page came back, not W&B's API (WANDB_BASE_URL={url})")
+
+
 def test_wandb_path_must_be_entity_slash_project(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--wandb", "selfplay-lab"])

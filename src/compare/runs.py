@@ -324,16 +324,27 @@ def probe_server(url: str, timeout: float) -> None:
         )
 
 
+def without_page(said: str, url: str) -> str:
+    """W&B's error with the web page a server that is not W&B's API answered (a proxy's, a login
+    page) cut off: the URL named instead of its HTML."""
+    page = re.search(r"<(!doctype|html|head|body|title)\b", said, re.IGNORECASE)
+    if page is None:
+        return said
+    return (f"{said[: page.start()].rstrip(' :')}: a web page came back, not W&B's API "
+            f"(WANDB_BASE_URL={url})")  # fmt: skip
+
+
 def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteration]:
     if not re.fullmatch(r"[^/\s]+/[^/\s]+", project):
         raise CompareError(f"--wandb {project!r}: expected ENTITY/PROJECT")
-    probe_server(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"), timeout)
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    probe_server(url, timeout)
     import wandb
 
     try:
         runs = list(wandb.Api(timeout=int(timeout)).runs(project))
     except Exception as err:  # auth, unknown project, server errors: all end the command alike
-        raise CompareError(f"--wandb {project}: {one_line(err)}") from None
+        raise CompareError(f"--wandb {project}: {without_page(one_line(err), url)}") from None
     found: dict[tuple[str, int], Iteration] = {}
     curve_runs = [run for run in runs if run.job_type == CURVES]
     for run in runs:
