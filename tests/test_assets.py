@@ -309,13 +309,21 @@ def test_check_names_a_missing_file_and_a_truncated_one_with_the_command_that_fe
         in missing[0]
     )
     assert "data/train-00000-of-00001.parquet is missing" in missing[1]
+    # the fetch each line names replaces the cut file (huggingface_hub alone keeps it) and
+    # downloads the missing one
+    said = ""
+    for repo in ("acme/tiny-mistral", "acme/prompts-iter1"):
+        fetched = assets(tmp_path, local_hub, "fetch", "--only", repo, online=True)
+        assert fetched.returncode == 0, fetched.stderr[-2000:]
+        said += fetched.stderr
+    again = f"model.safetensors has {size - 100} bytes where the Hub has {size} (cut short or "
+    assert f"[assets] acme/tiny-mistral: {again}replaced): fetched again" in said, said[-2000:]
+    assert assets(tmp_path, local_hub, "check").returncode == 0
+    assert blob.stat().st_size == size
     # same size, other content: only --verify's hashes tell
     with blob.open("r+b") as f:
-        f.truncate(size)
-    assert (
-        assets(tmp_path, local_hub, "fetch", "--only", "acme/prompts-iter1", online=True).returncode
-        == 0
-    )
+        f.seek(size // 2)
+        f.write(b"\0" * 64)
     assert assets(tmp_path, local_hub, "check").returncode == 0
     verified = assets(tmp_path, local_hub, "check", "--verify")
     assert verified.returncode == 3

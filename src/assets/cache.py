@@ -119,6 +119,23 @@ def hub_damage(asset: Asset, hub_cache: str, verify: bool = False) -> str | None
     return structure_damage(asset, folder)
 
 
+def damaged_files(asset: Asset, hub_cache: str) -> list[tuple[Path, str]]:
+    """The files of the asset's cached snapshot that are there but not the Hub's (a size other
+    than the recorded one), each with why: what a fetch must download again, as
+    huggingface_hub keeps a file it finds in the snapshot whatever its size."""
+    folder = cached_folder(asset, hub_cache)
+    listing = None if folder is None else tree_listing(asset, folder, hub_cache)
+    if listing is None:
+        return []
+    found = []
+    for name in wanted_files(asset, list(listing)):
+        path = folder / name
+        why = file_damage(path, listing[name], verify=False)
+        if why and path.is_file():
+            found.append((path, f"{name} {why}"))
+    return found
+
+
 def file_damage(path: Path, entry: dict, verify: bool) -> str | None:
     """Why one file of a snapshot is not the one the listing records."""
     if not path.is_file():

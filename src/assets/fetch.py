@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from src.assets.asset import Asset
-from src.assets.cache import cached_bytes, folder_bytes, wanted_files
+from src.assets.cache import cached_bytes, damaged_files, folder_bytes, wanted_files
 from src.assets.listing import Listed, ranker_backbone
 from src.core.errors import EnvironmentFailure
 
@@ -51,6 +51,11 @@ def fetch_one(asset: Asset, hub_cache: str) -> None:
 
     started = time.time()
     print(f"[assets] fetching {asset.label()} ...", file=sys.stderr, flush=True)
+    for path, why in damaged_files(asset, hub_cache):
+        blob = path.resolve()  # the snapshot's link and the blob it points to: both go
+        path.unlink()
+        blob.unlink(missing_ok=True)
+        print(f"[assets] {asset.source}: {why}: fetched again", file=sys.stderr, flush=True)
     try:
         names = HfApi().list_repo_files(
             asset.source, repo_type=asset.repo_type, revision=asset.revision
