@@ -286,6 +286,78 @@ def test_a_judge_answering_what_is_no_chat_completion_ends_in_one_line_keeping_i
     assert [j.text for j in read_cache(cache).values()] == ["Rating: [[5]]"] * 2
 
 
+@pytest.mark.parametrize(
+    "silent",
+    ["", None, "Both answers are fine.", "Rating: [[ten]]"],
+    ids=["empty", "null", "no rating", "a rating that does not parse"],
+)
+def test_a_judgment_without_a_verdict_is_asked_again_by_the_next_run_not_served_as_final(
+    tmp_path, silent
+):
+    """A judge that says nothing usable for two of four requests; fixed, the next run asks
+    those two again (the two rated ones come from the cache) instead of reading the empty
+    judgments back."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from src.evaluation.mt_bench import parse_rating
+
+    contents = ["Rating: [[5]]", "Rating: [[5]]", silent, silent]
+
+    class Judge(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.reply(MODELS)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            content = contents.pop(0) if contents else "Rating: [[7]]"  # fixed once emptied
+            message = {"role": "assistant", "content": content}
+            self.reply({**ANSWER, "choices": [{**ANSWER["choices"][0], "message": message}]})
+
+        def reply(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", JSON)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    j = LLMJudgeConfig(model="m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                       api_key_env="", concurrency=1, max_retries=0, timeout_s=10)  # fmt: skip
+    endpoint, cache = endpoint_of(j), tmp_path / "mt_bench.jsonl"
+    rated = lambda text: parse_rating(text) is not None  # noqa: E731
+    try:
+        first, cost = judge_all(endpoint, j, requests(4), cache, "mt_bench", final=rated)
+        assert [rated(x.text) for x in first.values()] == [True, True, False, False]
+        assert cost["judge_calls"] == 4
+        again, cost = judge_all(endpoint, j, requests(4), cache, "mt_bench", final=rated)
+    finally:
+        server.shutdown()
+    assert (cost["judge_calls"], cost["judge_cached"]) == (2, 2)
+    assert [x.text for x in again.values()] == ["Rating: [[5]]"] * 2 + ["Rating: [[7]]"] * 2
+
+
+def test_a_benchmark_without_one_verdict_ends_the_eval_in_one_line(tmp_path):
+    """Not a figure of none with exit 0: one line naming the benchmark, the judge and what it
+    said, exit 3; one verdict among them is enough to score."""
+    from src.evaluation.benchmarks import require_a_verdict
+
+    endpoint = endpoint_of(LLMJudgeConfig(model="m", base_url="http://j:8000/v1", api_key_env=""))
+    cache = tmp_path / "arena_hard.jsonl"
+    with pytest.raises(EnvironmentFailure) as failed:
+        require_a_verdict("arena_hard", endpoint, ["I like both.", ""], 0, cache)
+    said = str(failed.value)
+    assert said.startswith(f"arena_hard: none of the 2 judgments by {endpoint.label} holds a ")
+    assert "'I like both.'" in said and str(cache) in said and "\n" not in said
+    assert failed.value.exit_code == EXIT_ENVIRONMENT
+    require_a_verdict("arena_hard", endpoint, ["I like both.", "[[A>B]]"], 1, cache)
+    require_a_verdict("arena_hard", endpoint, [], 0, cache)  # nothing was asked
+
+
 def test_a_list_of_models_that_is_not_one_is_refused_in_one_line(stub_judge):
     for models in ((b"{not json", JSON), (b"<html>Proxy error</html>", "text/html")):
         j = LLMJudgeConfig(model="m", base_url=stub_judge((b"", JSON), models), api_key_env="")
@@ -363,13 +435,15 @@ def test_a_served_judge_answers_and_its_judgments_are_cached(served, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_mt_bench_through_an_openai_compatible_judge_counts_what_it_cannot_rate_and_pays_once(
+def test_mt_bench_through_an_openai_compatible_judge_that_never_rates_ends_in_one_line(
     served, tmp_path
 ):
     """Two MT-Bench questions graded by a judge on an OpenAI-compatible server of one's own
-    (the module's, as docs/stages.md configures one): four judgments, the ones without a rating
-    counted, and a second run served from the cache, paying nothing. (A judge the stage serves
-    itself grades tests/test_learning.py's MT-Bench.)"""
+    (the module's, as docs/stages.md configures one): both turns answered through the stage's
+    parts, four judgments asked; the tiny policy as judge writes toy sentences, never a rating,
+    so the eval ends in one line (exit 3) rather than with a score of none, the judgments kept
+    and asked again by the next run, not served from the cache as final. (A judge that rates,
+    served by the stage itself, grades tests/test_learning.py's MT-Bench.)"""
     from src.stages.eval import answerer
 
     _, endpoint, _ = served
@@ -389,14 +463,14 @@ def test_mt_bench_through_an_openai_compatible_judge_counts_what_it_cannot_rate_
     assert list(data) == [Benchmark.mt_bench]
     policy = answerer(cfg, "base")
     stage = tmp_path / "eval"
-    first = benchmarks.run(cfg, policy, data, stage)["mt_bench"]
-    assert first["judge"] == "tiny-judge@local"
-    assert first["questions"] == 2 and first["unanswered"] == 0
-    assert first["judge_calls"] == 4 and first["judge_cached"] == 0  # two turns of two questions
-    # the tiny policy writes toy sentences, never "[[n]]": counted, and no score
-    assert first["rated"] + first["unrated"] == 4
-    if first["rated"] == 0:
-        assert first["mt_bench"] is None
+    for run in (1, 2):
+        with pytest.raises(EnvironmentFailure) as failed:
+            benchmarks.run(cfg, policy, data, stage)
+        said = str(failed.value)
+        assert said.startswith("mt_bench: none of the 4 judgments by tiny-judge@local holds a")
+        assert "\n" not in said and failed.value.exit_code == EXIT_ENVIRONMENT
+        (cache,) = (tmp_path / "runs").rglob("mt_bench.jsonl")  # the judge's cache
+        assert len(cache.read_text().splitlines()) == 4 * run  # asked again, appended
     second_turns = [
         json.loads(line)
         for path in (tmp_path / "runs" / "eval_answers").rglob("answers-*.jsonl")
@@ -404,11 +478,6 @@ def test_mt_bench_through_an_openai_compatible_judge_counts_what_it_cannot_rate_
         if json.loads(line)["prompt_id"].endswith("-2")
     ]
     assert {r["instruction"] for r in second_turns} == {WRITING["turns"][1], MATH["turns"][1]}
-    again = benchmarks.run(cfg, policy, data, stage)["mt_bench"]
-    assert again["judge_calls"] == 0 and again["judge_cached"] == 4
-    assert {k: v for k, v in again.items() if not k.startswith(("judge_", "seconds"))} == {
-        k: v for k, v in first.items() if not k.startswith(("judge_", "seconds"))
-    }
 
 
 @pytest.mark.slow

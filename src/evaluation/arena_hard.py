@@ -301,6 +301,14 @@ def parse_verdict(judgment: str, version: str = V01) -> str | None:
     return None
 
 
+def has_verdict(judgment: str, version: str = V01) -> bool:
+    """Whether a judgment says a verdict at all (v0.1: any label, even several different ones,
+    which then count for nothing; v2.0: one it reads): one that does not is asked again."""
+    if version == V01:
+        return re.search(V01_PATTERN, judgment) is not None
+    return parse_verdict(judgment, version) is not None
+
+
 def retry_request(request: JudgeRequest, judgment: str, version: str = V01) -> JudgeRequest | None:
     """v0.1's second attempt at a game whose judgment matched no verdict at all (none for one
     that matched several, nor in v2.0): the conversation goes on with FOLLOW_UP. The game's

@@ -19,6 +19,7 @@ judge that gave it (`judge`): a score by `gpt-4` and one by a local model are ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from src.config import BENCHMARK_DATA, BENCHMARK_DATA_HINT, Benchmark, Config
+from src.core.errors import EnvironmentFailure
 from src.evaluation import arena_hard, leaderboard, mt_bench
 from src.evaluation.errors import EvalError
 from src.evaluation.judge_client import (
     Endpoint,
+    brief,
     cache_path,
     endpoint_of,
     judge_all,
@@ -246,18 +249,22 @@ def sample(cfg: Config, policy: Answerer, questions: list, prompt_of) -> dict[in
 
 def grade_mt_bench(cfg: Config, endpoint: Endpoint, data: MTBenchData, answered) -> dict:
     requests = mt_bench.judge_requests(data.questions, answered, data.prompts, endpoint.model)
+    cache = cache_path(cfg.paths.root, endpoint, "mt_bench")
     judgments, cost = judge_all(
         endpoint,
         cfg.eval.llm_judge,
         requests,
-        cache_path(cfg.paths.root, endpoint, "mt_bench"),
+        cache,
         "mt_bench",
+        final=lambda text: mt_bench.parse_rating(text) is not None,
     )
     ratings = {}
     for key, judgment in judgments.items():
         _, qid, turn, _ = key.split("/", 3)
         ratings[(int(qid), int(turn.removeprefix("turn")))] = mt_bench.parse_rating(judgment.text)
     summary = mt_bench.summarize(data.questions, ratings)
+    texts = [judgment.text for judgment in judgments.values()]
+    require_a_verdict("mt_bench", endpoint, texts, summary["rated"], cache)
     print(
         f"[eval] mt_bench by {endpoint.label}: {figure(summary['mt_bench'], '.2f')} (turn 1 "
         f"{figure(summary['turn_1'], '.2f')}, turn 2 {figure(summary['turn_2'], '.2f')}; "
@@ -270,6 +277,20 @@ def grade_mt_bench(cfg: Config, endpoint: Endpoint, data: MTBenchData, answered)
         "unanswered": len(data.questions) - len(answered),
         **cost,
     }
+
+
+def require_a_verdict(
+    benchmark: str, endpoint: Endpoint, texts: list[str], usable: int, cache: Path
+) -> None:
+    """A benchmark whose judgments hold no verdict at all ends the eval in one line (exit 3): a
+    figure of none is not a result. What the judge said is kept, and asked again by the next run
+    (judge_all: a judgment without a verdict is never final)."""
+    if texts and not usable:
+        raise EnvironmentFailure(
+            f"{benchmark}: none of the {len(texts)} judgments by {endpoint.label} holds a verdict "
+            f"(the first said {brief(texts[0])!r}); kept in {cache}, each asked again by the next "
+            "run: check the judge and its prompt, then run the command again"
+        )
 
 
 # --- Arena-Hard ---------------------------------------------------------------------------------
@@ -297,7 +318,17 @@ def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answe
     version = arena_hard.version_of(data.questions)
     requests = arena_hard.judge_requests(data.questions, answered, data.baseline, endpoint.model)
     cache = cache_path(cfg.paths.root, endpoint, "arena_hard")
-    judged, cost = judge_all(endpoint, cfg.eval.llm_judge, requests, cache, "arena_hard")
+    final = functools.partial(arena_hard.has_verdict, version=version)
+    # v0.1 asks a judgment without a verdict once more (its second attempt): that one is final
+    # only with a verdict; in v2.0 the first is the last
+    judged, cost = judge_all(
+        endpoint,
+        cfg.eval.llm_judge,
+        requests,
+        cache,
+        "arena_hard",
+        final=(lambda text: True) if version == arena_hard.V01 else final,
+    )
     texts = {key: judgment.text for key, judgment in judged.items()}
     retries = [
         retry
@@ -305,7 +336,9 @@ def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answe
         if (retry := arena_hard.retry_request(r, texts[r.key], version)) is not None
     ]
     if retries:
-        again, more = judge_all(endpoint, cfg.eval.llm_judge, retries, cache, "arena_hard")
+        again, more = judge_all(
+            endpoint, cfg.eval.llm_judge, retries, cache, "arena_hard", final=final
+        )
         texts.update({key.removesuffix("/attempt2"): j.text for key, j in again.items()})
         cost = {k: cost[k] + more[k] for k in cost}
     verdicts = {}
@@ -313,6 +346,8 @@ def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answe
         _, uid, game = key.split("/", 2)
         verdicts[(uid, int(game.removeprefix("game")))] = arena_hard.parse_verdict(text, version)
     scored = arena_hard.score(data.questions, verdicts, seed=cfg.eval.seed)
+    usable = sum(v is not None for v in verdicts.values())
+    require_a_verdict("arena_hard", endpoint, list(texts.values()), usable, cache)
     print(
         f"[eval] arena_hard by {endpoint.label} against {data.baseline_name}: win rate "
         f"{figure(scored['win_rate'], '.3f')} [{figure(scored['lower'], '.3f')}, "

@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,23 +183,29 @@ def judge_all(
     requests: list[JudgeRequest],
     cache: Path,
     benchmark: str,
+    final: Callable[[str], bool] = lambda text: True,
 ) -> tuple[dict[str, Judgment], dict]:
     """Every request's judgment, by request key, and what it cost (calls made, cached, tokens).
-    The judgments come from the cache where it has them; the rest from the endpoint, each
-    appended to the cache as it arrives. A judge that stops answering ends the stage with one
-    line (exit 3): the judgments made are kept, and a re-run pays only for the rest."""
+    The judgments come from the cache where it has them and they are `final` (a judgment
+    without a verdict is not: each run asks for it again, a judge fixed since included); the
+    rest from the endpoint, each appended to the cache as it arrives. A judge that stops
+    answering ends the stage with one line (exit 3): the judgments made are kept, and a re-run
+    pays only for the rest."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     with locks.writing(cache.parent, wait=True):  # two runs sharing a judge share its cache
         cached = read_cache(cache)
         ids = {r.key: request_id(endpoint, r) for r in requests}
-        todo = [r for r in requests if ids[r.key] not in cached]
+        kept = {k: v for k, v in cached.items() if final(v.text)}
+        todo = [r for r in requests if ids[r.key] not in kept]
+        unfinished = sum(ids[r.key] in cached for r in todo)
+        again = f" ({unfinished} cached without a verdict, asked again)" if unfinished else ""
         print(
             f"[eval] {benchmark}: {len(requests)} judgments by {endpoint.label}, "
-            f"{len(requests) - len(todo)} cached, {len(todo)} to request",
+            f"{len(requests) - len(todo)} cached, {len(todo)} to request{again}",
             file=sys.stderr,
         )
         made = request_each(endpoint, j, todo, cache, ids, benchmark)
-    judgments = {**cached, **made}
+    judgments = {**kept, **made}
     cost = {
         "judge_calls": len(todo),
         "judge_cached": len(requests) - len(todo),
