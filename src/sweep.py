@@ -167,19 +167,25 @@ ASSET_GROUPS = frozenset({"model", "data", "ranker", "eval", "experiment"})
 
 
 def require_sweep_assets(
-    points: list[list[str]], base: list[str], configs: list[Config], iterations: int
+    points: list[list[str]],
+    base: list[str],
+    configs: list[Config],
+    iterations: int,
+    online: bool | None = None,
 ) -> None:
-    """What every point reads in every iteration is in the Hub cache the array's tasks read (or
-    can be downloaded there, `hardware.slurm.offline=false`), before anything is written or
-    queued. `configs`: the points at their last iteration; the earlier iterations are composed
-    for the first point alone unless the grid sweeps a key of `ASSET_GROUPS`."""
+    """What every point reads in every iteration is in the Hub cache the points read (or can be
+    downloaded there: `online`, by default where the array's tasks may,
+    `hardware.slurm.offline=false`), before any point starts or anything is queued. `configs`:
+    the points at their last iteration; the earlier iterations are composed for the first point
+    alone unless the grid sweeps a key of `ASSET_GROUPS`."""
     from src.assets.check import listed_for, require_assets
 
     swept = {override_key(w).split("@")[-1].split(".")[0] for point in points for w in point}
     each = points if swept & ASSET_GROUPS else points[:1]
     earlier = [compose(set_overrides(base, p), t) for p in each for t in range(1, iterations)]
     fetch_args = ["--iterations", str(iterations), *base]
-    online = not configs[0].hardware.slurm.offline
+    if online is None:
+        online = not configs[0].hardware.slurm.offline
     require_assets(listed_for([*earlier, *configs]), configs[0], fetch_args, online)
 
 
@@ -229,7 +235,11 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
         without_keys(overrides, "iter", "stage"), tracked_as(sweep_name(path), grid)
     )
     points = grid_points(grid)
-    check_points(points, base, iterations, slurm=False)
+    configs = check_points(points, base, iterations, slurm=False)
+    from huggingface_hub import constants
+
+    # every point's assets before the first starts: not each point failing after its start-up
+    require_sweep_assets(points, base, configs, iterations, not constants.is_offline_mode())
     failed = []
     for i, point in enumerate(points, 1):
         print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shell_line(point)}", flush=True)

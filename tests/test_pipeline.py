@@ -398,6 +398,30 @@ def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
     assert stage_fingerprint(a, Stage.eval) != stage_fingerprint(b, Stage.eval)
 
 
+def test_a_local_sweep_whose_points_miss_an_asset_is_refused_before_any_point_starts(
+    tmp_path, monkeypatch
+):
+    """Offline, a policy the Hub cache lacks: one line naming it and the fetch (exit 3) before
+    the first point, not each point failing after its start-up."""
+    from huggingface_hub import constants
+
+    from src import sweep as sweep_module
+    from src.assets.check import AssetsMissing
+
+    sweep = tmp_path / "two.yaml"
+    sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    started = []
+    monkeypatch.setattr(sweep_module.subprocess, "run", lambda *a, **k: started.append(a))
+    overrides = [*SMALL, "model.path=acme/absent-policy", f"paths.root={tmp_path / 'runs'}",
+                 f"paths.hub_cache={tmp_path / 'hub'}"]  # fmt: skip
+    with pytest.raises(AssetsMissing) as refused:
+        sweep_module.run_local(sweep, overrides, 1)
+    said = str(refused.value)
+    assert said.startswith("model acme/absent-policy (") and "python -m src.assets fetch" in said
+    assert refused.value.exit_code == 3 and not started
+
+
 @pytest.mark.slow
 def test_a_local_sweep_runs_every_point_here(tmp_path):
     """Each point runs here, a failing one does not stop the next, and the points are W&B curve
