@@ -31,6 +31,11 @@ SHOWN = 25  # the slowest tests printed at the end of a run
 # WHY (the end of a run lists those that do not; a list, not a failure: seconds vary by machine)
 LONG_S = 60.0
 WHY = "Slow:"
+# The fast tier (`make test-fast`: the Makefile's FAST) is the tests marked none of these; one of
+# them over FAST_S is listed at the end of a run, to be marked slow or made cheaper: the tier's
+# budget (3 minutes on 2 cores) holds only tests of a few seconds
+SLOW_MARKERS = ("slow", "distributed", "slurm")
+FAST_S = 5.0
 
 
 def durations_file() -> Path:
@@ -46,6 +51,7 @@ class Durations:
         self.worker: dict[str, str] = {}
         self.outcome: dict[str, str] = {}
         self.says_why: set[str] = set()
+        self.fast_tier: set[str] = set()
         self.cpu: dict[str, float] = defaultdict(float)
 
     @pytest.hookimpl
@@ -54,6 +60,8 @@ class Durations:
         properties = dict(report.user_properties)
         if properties.get("says_why_slow"):
             self.says_why.add(report.nodeid)
+        if properties.get("fast_tier"):
+            self.fast_tier.add(report.nodeid)
         if report.when == "teardown":
             self.cpu[report.nodeid] = properties.get("cpu_seconds", 0.0)
         node = getattr(report, "node", None)  # xdist's worker, on the controller
@@ -106,6 +114,10 @@ class Durations:
         ]
         if unsaid:
             write(f"over {LONG_S:.0f} s with no '{WHY} ...' in the docstring: {', '.join(unsaid)}")
+        heavy = [r["test"] for r in rows if r["seconds"] > FAST_S and r["test"] in self.fast_tier]
+        if heavy:
+            write(f"in the fast tier and over {FAST_S:.0f} s (mark slow, or make cheaper): "
+                  f"{', '.join(heavy)}")  # fmt: skip
 
 
 CPU_AT_START = pytest.StashKey[float]()
@@ -132,6 +144,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
     if WHY in doc:
         report.user_properties.append(("says_why_slow", True))
+    if call.when == "call" and not any(item.get_closest_marker(m) for m in SLOW_MARKERS):
+        report.user_properties.append(("fast_tier", True))
     if call.when == "teardown" and CPU_AT_START in item.stash:
         report.user_properties.append(("cpu_seconds", cpu_seconds() - item.stash[CPU_AT_START]))
 

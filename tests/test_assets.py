@@ -264,6 +264,7 @@ def snapshot(tmp_path, kind, repo_id):
     return next(folder.iterdir())
 
 
+@pytest.mark.slow
 def test_fetch_downloads_what_the_run_reads_and_check_finds_it_whole_offline(tmp_path, local_hub):
     fetched = assets(tmp_path, local_hub, "fetch", "--iterations", "2", online=True)
     assert fetched.returncode == 0, fetched.stderr[-3000:]
@@ -285,6 +286,7 @@ def test_fetch_downloads_what_the_run_reads_and_check_finds_it_whole_offline(tmp
     assert len(local_hub.requests) == served  # offline: nothing asked of the Hub
 
 
+@pytest.mark.slow
 def test_check_names_a_missing_file_and_a_truncated_one_with_the_command_that_fetches_it(
     tmp_path, local_hub
 ):
@@ -351,6 +353,7 @@ def in_hub_cache(tmp_path, repo: str, configs: dict) -> None:
     (stored / "refs" / "main").write_text(COMMIT)
 
 
+@pytest.mark.slow
 def test_check_names_each_leaderboard_dataset_no_cache_holds_as_the_eval_stage_would(
     tmp_path, monkeypatch
 ):
@@ -397,6 +400,7 @@ def test_check_names_each_leaderboard_dataset_no_cache_holds_as_the_eval_stage_w
     assert "    here:    in the cache, " in listed.stdout
 
 
+@pytest.mark.slow
 def test_fetch_puts_a_leaderboard_dataset_where_the_eval_stage_reads_it(tmp_path, local_hub):
     arc = ["stage=eval", "eval.benchmarks=[leaderboard]", "eval.leaderboard_tasks=[arc_challenge]"]
     fetched = assets(
@@ -425,6 +429,7 @@ def test_fetch_puts_a_leaderboard_dataset_where_the_eval_stage_reads_it(tmp_path
     assert len(local_hub.requests) == served  # offline: nothing asked of the Hub
 
 
+@pytest.mark.slow
 def test_the_run_reads_its_hub_assets_from_the_cache_offline(tmp_path, local_hub):
     """Fetched once, the policy, the prompt split and the PairRM with its backbone load with the
     Hub offline: generation and ranking of iteration 1 by their hub ids."""
@@ -454,6 +459,7 @@ def test_the_run_reads_its_hub_assets_from_the_cache_offline(tmp_path, local_hub
     assert len(local_hub.requests) == served
 
 
+@pytest.mark.slow
 def test_main_refuses_before_any_stage_naming_every_missing_asset(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "src.main", *SMALL, "logger=wandb", "iter=2", *HUB_IDS],
@@ -481,6 +487,7 @@ def test_main_refuses_before_any_stage_naming_every_missing_asset(tmp_path):
     assert not (tmp_path / "runs").exists()  # no stage folder, no W&B run
 
 
+@pytest.mark.slow
 def test_slurm_refuses_a_chain_whose_second_split_is_missing_before_any_script(tmp_path, local_hub):
     """A submission is refused before any script, naming the fetch and the nodes' download; a
     dry run prints the scripts, then the same line."""

@@ -165,6 +165,7 @@ def test_a_full_disk_while_training_is_one_line(small_disk, processes):
     assert not records(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "said"),
     [
@@ -357,6 +358,7 @@ def test_a_safetensors_file_is_checked_against_its_header(tmp_path, content, why
     assert said is None if why is None else said.startswith(why)
 
 
+@pytest.mark.slow
 def test_a_debug_run_keeps_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # read once by a process: a fresh one
     result = run_main_process(tmp_path, *SMALL, *GENERATE, f"model.path={tmp_path}/nothing")

@@ -450,6 +450,7 @@ def own_values(path: Path) -> tuple[dict, str]:
     return leaves, "\n".join(headers)
 
 
+@pytest.mark.slow
 def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
     """Each value a file sets differs from what the composition would hold without it: the
     schema's default (src/config.py) or what the options it builds on chose. A repeated value is
@@ -664,6 +665,7 @@ def named(message: str, key: str, tree: dict) -> bool:
     return name == key or value == f"${{{key}}}"
 
 
+@pytest.mark.slow
 def test_every_numeric_key_refuses_inf_and_a_number_beyond_its_limit(every_section):
     """Every key the schema types int or float, a key added later included: inf is refused
     (an int key's type refuses it), and so is 2**31 (a seed: 2**32) or more."""

@@ -57,6 +57,7 @@ def test_a_gpu_stage_where_cuda_is_not_usable_says_why_in_one_line(
     assert said.format(torch=torch.__version__) in message
 
 
+@pytest.mark.slow
 def test_no_cuda_context_opens_in_the_stages_process_before_vllm_starts(fake_gpu):
     """What the plan's check, the sampling dtype and vLLM's KV-cache check read of the GPU comes
     from a process of its own: a context here would hold ~0.5 GB of the GPU for the stage's life,

@@ -308,6 +308,7 @@ def test_the_commands_a_submission_writes_set_each_key_once():
     assert words == ["stage=generate", "generation.num_shards=2", "iter=1"]
 
 
+@pytest.mark.slow
 def test_a_repeated_stage_is_not_repeated_in_the_fix(tmp_path):
     result = run(
         "src.main", "model=tiny-mistral", "logger=none", "stage=pairs", "stage=rank", root=tmp_path

@@ -54,6 +54,7 @@ def test_a_worker_that_aborts_before_every_rank_finished_fails_the_stage(
         launch.launch_workers(TWO, tmp_path, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fix", [Redo("pairs", 2), "training.max_length=512", None])
 def test_a_workers_failure_reaches_the_launcher_with_its_remedy(tmp_path, monkeypatch, fix):
     """A worker's StageError crosses the process boundary whole: its message, its exit code and

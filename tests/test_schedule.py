@@ -104,7 +104,10 @@ def test_every_stage_has_its_run_function():
         assert callable(run) and run.__module__ == f"src.stages.{stage.value}"
 
 
-@pytest.mark.parametrize(("stage", "model_code"), [(Stage.pairs, False), (Stage.generate, True)])
+@pytest.mark.parametrize(
+    ("stage", "model_code"),
+    [(Stage.pairs, False), pytest.param(Stage.generate, True, marks=pytest.mark.slow)],
+)
 def test_a_command_imports_the_stages_it_runs_and_the_model_code_before_them(stage, model_code):
     """A fresh interpreter: pairs alone loads neither the other stages nor transformers' model
     code; a stage that loads a model has that code in before it starts (its peak excludes it)."""

@@ -544,6 +544,7 @@ def failing_pairs_job(slurm_cluster, overrides: list[str]) -> tuple[str, str]:
 # --- sweeps ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
     from src.sweep import main as sweep
 
@@ -567,7 +568,10 @@ def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name", ["eta", "lr", "k", "grid"])
+@pytest.mark.parametrize(
+    "name",
+    ["eta", "lr", "k", pytest.param("grid", marks=pytest.mark.slow)],  # 27 compositions
+)
 def test_every_sweep_file_expands_into_distinct_valid_points(name):
     from src.sweep import check_points, grid_points, load_sweep
 

@@ -169,6 +169,7 @@ def test_same_seed_same_bytes(tmp_path, tiny_dir, name):
     assert not list(tmp_path.glob(".*")), "a staging folder was left behind"
 
 
+@pytest.mark.slow
 def test_the_chat_judge_builds_the_same_bytes_from_the_same_seed(tmp_path, monkeypatch):
     """tiny-chat-judge's build, training and grading included, cut to a few steps (the whole of
     it takes minutes): twice from one seed, the same bytes; from another, other weights."""
@@ -304,6 +305,7 @@ def test_compat_restores_the_removed_transformers_names(tokenizers):
     assert batch["input_ids"] == tok(texts, padding="max_length", max_length=12).input_ids
 
 
+@pytest.mark.slow
 def test_llm_blender_is_imported_without_vllm_and_vllm_stays_importable():
     """A fresh interpreter (this one may hold vLLM): llm-blender, which imports vLLM wherever
     it is installed, goes without it; `import vllm` afterwards still works where vLLM is."""

@@ -78,6 +78,7 @@ def test_a_failed_wandb_init_is_one_line_and_leaves_no_run_variables(
     assert not [var for var in tracking.RUN_VARS if var in os.environ]
 
 
+@pytest.mark.slow
 def test_online_with_a_key_and_no_server_fails_at_once_with_one_line(dead_server, tmp_path):
     # WANDB_MODE=offline is set; the command's logger.mode=online wins over it. A process of its
     # own: W&B reads its server's address as it is imported. Its timeout: a hang (wandb's
