@@ -70,6 +70,32 @@ def test_an_arena_hard_baseline_that_is_not_there_names_its_key(tmp_path):
         benchmarks.read_data(cfg)
 
 
+def test_a_benchmark_without_questions_is_refused_before_any_answer(tmp_path):
+    """An empty MT-Bench question.jsonl had given a result of nothing, exit 0."""
+    data = fastchat_data(tmp_path)
+    (data / "mt_bench" / "question.jsonl").write_text("")
+    cfg = compose_cfg(*SMALL, "eval.benchmarks=[mt_bench]", f"data.mt_bench={data}")
+    with pytest.raises(EvalError, match=r"mt_bench/question\.jsonl holds no question"):
+        benchmarks.read_data(cfg)
+
+
+def test_an_arena_hard_baseline_that_answers_part_of_the_questions_is_refused(tmp_path):
+    """A baseline answering 1 of 3 questions had given a win rate on that one without a word."""
+    write_lines(
+        tmp_path / "question.jsonl",
+        [{"uid": f"q{i}", "category": "hard_prompt", "prompt": "Hi"} for i in range(3)],
+    )
+    answer = {"uid": "q1", "model": "base", "messages": [{"content": {"answer": "Hello"}}]}
+    write_lines(tmp_path / "model_answer" / "base.jsonl", [answer])
+    cfg = compose_cfg(*SMALL, "eval.benchmarks=[arena_hard]", f"data.arena_hard={tmp_path}",
+                      "eval.arena_hard_baseline=base")  # fmt: skip
+    with pytest.raises(EvalError) as refused:
+        benchmarks.read_data(cfg)
+    said = str(refused.value)
+    assert said.startswith("eval.arena_hard_baseline: ") and "base.jsonl answers 1 of the 3" in said
+    assert "(not q0 and 1 more)" in said
+
+
 def test_a_second_turn_is_rendered_after_the_policys_own_first(tiny_dir):
     from src.generation.sampling import load_tokenizer, prompt_ids
 

@@ -98,6 +98,13 @@ def data_folders(cfg: Config) -> dict[str, tuple[str, tuple[str, ...], str]]:
     return found
 
 
+def require_questions(questions: list, path: Path) -> list:
+    """A benchmark scored on no question is no result: its file must hold one."""
+    if not questions:
+        raise EvalError(f"{path} holds no question: a benchmark needs its questions")
+    return questions
+
+
 def read_data(cfg: Config) -> dict[Benchmark, object]:
     """Each judged benchmark's questions, prompts and baseline, read (and so checked) now."""
     data: dict[Benchmark, object] = {}
@@ -106,7 +113,10 @@ def read_data(cfg: Config) -> dict[Benchmark, object]:
         for path in required_files(Benchmark.mt_bench, cfg):
             require_file(path, "data.mt_bench", "FastChat's fastchat/llm_judge/data folder")
         data[Benchmark.mt_bench] = MTBenchData(
-            mt_bench.load_questions(questions, references if references.is_file() else None),
+            require_questions(
+                mt_bench.load_questions(questions, references if references.is_file() else None),
+                questions,
+            ),
             mt_bench.load_judge_prompts(prompts),
         )
     if Benchmark.arena_hard in cfg.eval.benchmarks:
@@ -122,9 +132,16 @@ def read_data(cfg: Config) -> dict[Benchmark, object]:
             "a model whose answers data.arena_hard/model_answer holds",
         )
         name, answers_by_uid = arena_hard.load_answers(baseline)
-        data[Benchmark.arena_hard] = ArenaHardData(
-            arena_hard.load_questions(questions), name, answers_by_uid
-        )
+        asked = require_questions(arena_hard.load_questions(questions), questions)
+        unanswered = [q.uid for q in asked if q.uid not in answers_by_uid]
+        if unanswered:  # a win rate against it would rest on the questions it answered alone
+            raise EvalError(
+                f"eval.arena_hard_baseline: {baseline} answers {len(asked) - len(unanswered)} of "
+                f"the {len(asked)} questions of {questions} (not {unanswered[0]}"
+                f"{f' and {len(unanswered) - 1} more' if len(unanswered) > 1 else ''}): "
+                "a baseline answers every question"
+            )
+        data[Benchmark.arena_hard] = ArenaHardData(asked, name, answers_by_uid)
     if Benchmark.leaderboard in cfg.eval.benchmarks:
         names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)
         leaderboard.dataset_folders(names, cfg.data.leaderboard)  # offline: each one found
