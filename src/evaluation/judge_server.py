@@ -5,7 +5,9 @@ for every point.
 `served_judge` starts `python -m vllm.entrypoints.openai.api_server` on a free port of
 127.0.0.1, waits until it lists its model (or its process ends, or `start_timeout_s` passes:
 one line, exit 3, the log's last lines in it), yields its base URL, and stops it after, its
-whole process group. Its log, `judge_server.log`, stays beside the stage's results.
+whole process group. Its log, `judge_server.log`, stays beside the stage's results. The
+generate stage's watchdog watches it too (src/generation/vllm_watchdog.py): a stage killed
+outright (kill -9, the OOM killer) takes its judge with it, not ~3 GB left serving for nobody.
 """
 
 from __future__ import annotations
@@ -77,11 +79,16 @@ def served_judge(j: LLMJudgeConfig, folder: Path, on_cpu: bool) -> Iterator[str]
             env=served_env(),
             start_new_session=True,  # its engine's processes go with it
         )
+    from src.generation.vllm_processes import watch
+
+    watchdog = watch([process.pid], os.environ.copy())
     try:
         wait_ready(process, url, j, log)
         yield url
     finally:
         stop(process)
+        watchdog.kill()
+        watchdog.wait()
 
 
 def wait_ready(process: subprocess.Popen, url: str, j: LLMJudgeConfig, log: Path) -> None:
