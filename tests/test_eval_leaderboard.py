@@ -43,6 +43,7 @@ from src.evaluation.leaderboard import (
 )
 from src.tiny.leaderboard import (
     IFEVAL,
+    arc_rows,
     bbh_repo,
     ifeval_row,
     mmlu_pro_rows,
@@ -218,6 +219,63 @@ def test_a_dataset_fetched_into_the_hub_cache_is_found_there(caches):
     assert leaderboard.local_copy(
         "TIGER-Lab/MMLU-Pro", {None: ["leaderboard_mmlu_pro"]}, caches / "no-data"
     ) == (stored / "snapshots" / commit)
+
+
+def arc_copy(data: Path) -> Path:
+    """A copy of ARC-Challenge alone (the test split's 2 rows), as `hf download` lays it out."""
+    arc = {"train": arc_rows(3, "train"), "validation": arc_rows(1, "val"),
+           "test": arc_rows(2, "test")}  # fmt: skip
+    write_repo(data, "allenai/ai2_arc", {"ARC-Challenge": arc})
+    return data / "allenai/ai2_arc"
+
+
+def test_a_copy_changed_since_an_earlier_load_is_read_anew_not_from_that_loads_tables(caches):
+    """datasets keys the tables it builds from a folder by the folder's name: a copy cut to one
+    row read back two (the earlier load's). Each content has its own cache."""
+    from src.evaluation.leaderboard import require_loadable
+
+    folder = arc_copy(caches / "data")
+    first = require_loadable("allenai/ai2_arc", folder, ["arc_challenge"], caches / "data")
+    test = folder / "ARC-Challenge" / "test.jsonl"
+    test.write_text(test.read_text().splitlines(keepends=True)[0])
+    second = require_loadable("allenai/ai2_arc", folder, ["arc_challenge"], caches / "data")
+    assert second != first and second.parent == first.parent
+    from datasets import load_dataset
+
+    rows = load_dataset(str(folder), "ARC-Challenge", cache_dir=str(second))
+    assert rows["test"].num_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("a row cut short", r"ARC-Challenge/test\.jsonl:2 is not a JSON row \(JSONDecodeError"),
+        ("bytes that are not UTF-8", r"test\.jsonl:1 is not a JSON row \(UnicodeDecodeError"),
+        ("a README that is not YAML", r"config ARC-Challenge cannot be loaded \("),
+        ("an empty split", r"config ARC-Challenge cannot be loaded \("),
+    ],
+    ids=["cut", "not UTF-8", "README", "empty split"],
+)
+def test_a_damaged_copy_is_one_line_naming_the_dataset_and_the_file_before_any_model_loads(
+    caches, damage, said
+):
+    from src.evaluation.leaderboard import require_loadable
+
+    folder = arc_copy(caches / "data")
+    test = folder / "ARC-Challenge" / "test.jsonl"
+    if damage == "a row cut short":
+        test.write_text(test.read_text()[:-40])
+    elif damage == "bytes that are not UTF-8":
+        test.write_bytes(b"\xff\xfe" + test.read_bytes())
+    elif damage == "a README that is not YAML":
+        (folder / "README.md").write_text("---\nconfigs: [\n---\n")
+    else:
+        test.write_text("")
+    with pytest.raises(EvalError, match=said) as refused:
+        require_loadable("allenai/ai2_arc", folder, ["arc_challenge"], caches / "data")
+    message = str(refused.value)
+    assert message.startswith("the leaderboard's copy of allenai/ai2_arc (") and "\n" not in message
+    assert "arc_challenge" in message
 
 
 def test_offline_a_missing_dataset_ends_the_run_before_any_model_loads(caches):

@@ -33,6 +33,7 @@ left out of the run, named and counted in the result's "unscored", never a crash
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -296,7 +297,7 @@ def _holds(folder: Path, config: str | None, splits: set[str]) -> bool:
 
     try:
         files = load_dataset_builder(str(folder), config).config.data_files or {}
-    except (ValueError, FileNotFoundError):  # no such config; no data files
+    except Exception:  # no such config, no data files, a README not YAML: no copy
         return False
     return splits <= {str(split) for split in files}
 
@@ -393,8 +394,11 @@ def run_leaderboard(
     names = lm_eval_names(tasks)
     model_args, device = _model_args(backend, model_path, dtype, device)
     folders = dataset_folders(names, data_dir)
+    caches = {
+        repo: require_loadable(repo, folder, names, data_dir) for repo, folder in folders.items()
+    }
     with tempfile.TemporaryDirectory(prefix="leaderboard-tasks-") as overrides:
-        manager = _task_manager(names, folders, Path(overrides))
+        manager = _task_manager(names, folders, caches, Path(overrides))
         loaded = {name: manager.load(name) for name in names}
         unscored = {}
         for built in loaded.values():
@@ -462,10 +466,77 @@ def _model_args(
     return {"pretrained": model_path, "dtype": dtype}, (device if backend == "hf" else None)
 
 
-def _task_manager(names: list[str], folders: Mapping[str, Path], overrides: Path):
+def copy_cache(folder: Path) -> Path:
+    """The datasets cache of a local copy, keyed by its content: datasets keys the Arrow tables
+    it builds from a folder by the folder's name, so a copy corrected, cut or replaced since an
+    earlier load was read back from that load's tables. Every file but hidden ones (the
+    `.cache/` that `hf download --local-dir` keeps) enters the key."""
+    from datasets import config
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        digest.update(f"{relative.as_posix()}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return Path(config.HF_DATASETS_CACHE) / "copies" / f"{folder.name}-{digest.hexdigest()[:16]}"
+
+
+def require_loadable(
+    repo: str, folder: Path, names: list[str], data_dir: str | Path | None
+) -> Path:
+    """Each config of `repo` the tasks read, loaded from its copy `folder` into the copy's own
+    cache (returned) before any model loads; a damaged copy is one line naming the dataset, the
+    file (and line) and the task: a JSON row cut short (which datasets drops without a word), a
+    README whose configs are not YAML, a split with no data, bytes that are not UTF-8."""
+    from datasets import load_dataset
+
+    cache = copy_cache(folder)
+    configs = datasets_read(names)[repo]
+    ours = data_dir is not None and folder == copy_folder(repo, data_dir)
+    fetch = fetch_command(repo, data_dir if ours else None)
+    readers = next(iter(configs.values()))
+    for path in sorted(folder.rglob("*.jsonl")):
+        if not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            require_whole_rows(path, f"the leaderboard's copy of {repo} (read by {readers[0]})")
+    for config, tasks in configs.items():
+        where = f"the leaderboard's copy of {repo} ({folder}, read by {tasks[0]})"
+        try:
+            load_dataset(str(folder), config, cache_dir=str(cache))
+        except Exception as err:  # datasets' many errors, each said in one line
+            said = " ".join(str(err).split())[:300] or type(err).__name__
+            raise EvalError(
+                f"{where}: config {config or 'default'} cannot be loaded ({type(err).__name__}: "
+                f"{said}); fetch it again: `{fetch}`"
+            ) from None
+    return cache
+
+
+def require_whole_rows(path: Path, where: str) -> None:
+    """Every line of a JSON-lines file a JSON row."""
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise EvalError(
+                    f"{where}: {path}:{number} is not a JSON row ({type(err).__name__}: cut "
+                    "short or damaged); fetch it again"
+                ) from None
+
+
+def _task_manager(
+    names: list[str], folders: Mapping[str, Path], caches: Mapping[str, Path], overrides: Path
+):
     """lm-eval's TaskManager of TASK_DIRS, each task that reads a local copy of its dataset (or
     runs v1's few-shot) overridden by a YAML in `overrides` that includes lm-eval's own and
-    changes only that: lm-eval indexes a later folder's task in place of the stock one."""
+    changes only that (a copy read into `caches`' folder for it): lm-eval indexes a later
+    folder's task in place of the stock one."""
     from lm_eval.tasks import TaskManager
 
     index, _ = _stock_index()
@@ -474,6 +545,11 @@ def _task_manager(names: list[str], folders: Mapping[str, Path], overrides: Path
         changes = {}
         if (folder := folders.get(entry.cfg["dataset_path"])) is not None:
             changes["dataset_path"] = str(folder)
+            kwargs = entry.cfg.get("dataset_kwargs") or {}
+            changes["dataset_kwargs"] = {
+                **kwargs,
+                "cache_dir": str(caches[entry.cfg["dataset_path"]]),
+            }
         if leaf in V1_FEWSHOT:
             changes["num_fewshot"] = V1_FEWSHOT[leaf]
         if changes:
