@@ -452,7 +452,7 @@ def check_path_component(key: str, value: str) -> None:
         )
 
 
-# The longest file name made of run_name: a stage's SLURM log, `%x_%A_%a.out` (src/slurm.py),
+# The longest file name made of run_name: a sharded stage's SLURM log, `%x_%A_%a.out` (src/slurm.py),
 # %x its job name `<run_name>-it<t>-<stage>` (Config.stage_run_name), %A and %a a job id and an
 # array task id, 32-bit numbers of up to 10 digits (a job that is no array has %a = 4294967294)
 SLURM_LOG_NAME = "{job}_4294967294_4294967294.out"

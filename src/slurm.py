@@ -16,7 +16,8 @@ generation, ranking or eval task its GPUs' share of the node's CPUs and memory (
 one-GPU shards of an 8-GPU node run side by side on it), pairs a small CPU job, training the
 whole node(s); any value can be set per stage (`hardware.slurm.stages.<stage>.cpus_per_task`,
 `.mem_gb`, `.time_min`). The scripts come from `slurm/templates/`, filled from the resolved
-config, and are written to `<run.dir>/slurm/` (logs `<run.dir>/slurm/logs/%x_%A_%a.out`).
+config, and are written to `<run.dir>/slurm/` (logs `<run.dir>/slurm/logs/%x_%j.out`, an
+array's `%x_%A_%a.out`).
 A site's needs are configuration (`hardware.slurm.setup`, `.sbatch`, `.offline`): each script
 exports the config's paths (`environment_lines`), runs the setup lines, then the stage; the
 clone, its venv, paths.root and HF_HOME must be on a file system every node shares.
@@ -385,7 +386,9 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
         "request": need.describe(),
         "job_name": sbatch_value(name),
-        "output": sbatch_value(f"{log_dir}/%x_%A_%a.out"),
+        # an array's task logs to <name>_<array job>_<task>.out, any other job to <name>_<job>.out
+        # (SLURM gives %a a job that is no array as 4294967294)
+        "output": sbatch_value(f"{log_dir}/{'%x_%A_%a' if array is not None else '%x_%j'}.out"),
         "time": str(need.time_min),
         "cpus": str(need.cpus),
         "mem": str(need.mem_gb),

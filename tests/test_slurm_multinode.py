@@ -38,7 +38,7 @@ def on_two_nodes(two_nodes, tmp_path, monkeypatch, tiny_dir):
 
 def train_log(root: Path, job: str) -> str:
     """The output of training job `job` (both nodes' tasks write into it)."""
-    (log,) = root.rglob(f"*-train_{job}_*.out")
+    (log,) = root.rglob(f"*-train_{job}.out")
     return log.read_text()
 
 

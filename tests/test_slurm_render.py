@@ -75,7 +75,8 @@ def test_a_three_iteration_gemma_chain_on_8_gpus(capsys, tmp_path):
     train = scripts["eta1000-lr5e-07-K5-it3-train"]
     assert "#SBATCH --gpus-per-node=8" in train and "#SBATCH --nodes=1" in train
     assert "#SBATCH --requeue" in train and "#SBATCH --signal=B:USR1@300" in train
-    assert "%x_%A_%a.out" in train
+    assert "/slurm/logs/%x_%j.out" in train  # a job that is no array: its own id
+    assert "/slurm/logs/%x_%A_%a.out" in gen  # an array's task: the array's id and its own
     assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
 
 
@@ -347,8 +348,9 @@ def test_directives_quote_a_path_with_blanks_and_a_constraint_expression(capsys,
     assert len(scripts) == 4
     assert not root.exists(), "a dry run writes nothing"
     for name, script in scripts.items():
+        log = r"%x_%A_%a" if "--array" in script else r"%x_%j"
         assert re.search(rf'^#SBATCH --output="{re.escape(str(root))}/tiny-mistral/sppo/[^"/]+'
-                         r'/slurm/logs/%x_%A_%a\.out"$', script, re.MULTILINE)  # fmt: skip
+                         rf'/slurm/logs/{log}\.out"$', script, re.MULTILINE)  # fmt: skip
         assert f"\n#SBATCH --job-name={name}\n" in script
         assert '\n#SBATCH --constraint="a100&(ib|nvlink)"\n' in script
         body = script.split("\n# $ ")[0]
@@ -537,7 +539,7 @@ def failing_pairs_job(slurm_cluster, overrides: list[str]) -> tuple[str, str]:
     (script_dir / "logs").mkdir(parents=True)
     ids = submit([job], script_dir, dry_run=False)
     assert set(slurm_cluster.wait(ids.values(), timeout=180).values()) == {"FAILED"}
-    (log,) = (script_dir / "logs").glob(f"{job.name}_*.out")
+    (log,) = (script_dir / "logs").glob(f"{job.name}_{ids[job.name]}.out")
     return log.read_text(), ids[job.name]
 
 
