@@ -17,6 +17,7 @@ judgment and giving the same result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -405,8 +406,8 @@ def served(tmp_path_factory, tiny_dir):
         concurrency=2,
     )
     folder = tmp_path_factory.mktemp("served")
-    with served_judge(j, folder, on_cpu=True) as url:
-        yield j, endpoint_of(j, base_url=url), folder
+    with served_judge(j, folder, on_cpu=True) as server:
+        yield j, endpoint_of(j, base_url=server.url, pid=server.pid), folder
 
 
 @pytest.mark.slow
@@ -530,6 +531,69 @@ def test_a_stage_killed_outright_takes_the_judge_it_serves_with_it(tmp_path):
     stage.wait()
     gone, alive = psutil.wait_procs([server], timeout=20)
     assert server in gone and not alive, "the judge's server outlived its stage"
+
+
+CHAT_SERVER = (
+    "import http.server, json, sys\n"
+    "class Judge(http.server.BaseHTTPRequestHandler):\n"
+    "    def reply(self, body):\n"
+    "        data = json.dumps(body).encode()\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Type', 'application/json')\n"
+    "        self.send_header('Content-Length', str(len(data)))\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(data)\n"
+    "    def do_GET(self):\n"
+    "        self.reply(json.loads(sys.argv[2]))\n"
+    "    def do_POST(self):\n"
+    "        self.rfile.read(int(self.headers['Content-Length']))\n"
+    "        self.reply(json.loads(sys.argv[3]))\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), Judge).serve_forever()\n"
+)
+
+
+@pytest.mark.slow
+def test_a_served_judge_stopped_mid_benchmark_ends_the_run_in_one_line(tmp_path, monkeypatch):
+    """SIGSTOP of the judge the stage serves (a frozen process, a debugger left attached): its
+    requests would each wait out timeout_s (600 s) and the run say nothing; watched as the
+    generate stage's engine is, it ends in one line once stopped for ENGINE_STOPPED_S, and the
+    server goes. (A stand-in server: the watch is the stage's.)"""
+    from src.evaluation.judge_server import free_port
+    from src.generation import vllm_processes
+
+    monkeypatch.setattr(vllm_processes, "ENGINE_STOPPED_S", 1.0)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", CHAT_SERVER, str(port), json.dumps(MODELS), json.dumps(ANSWER)],
+        start_new_session=True,
+    )
+    try:
+        j = LLMJudgeConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env="",
+                           concurrency=2, max_retries=0, timeout_s=600)  # fmt: skip
+        endpoint = replace(endpoint_of(j), pid=server.pid)
+        deadline = time.monotonic() + 30
+        while True:  # until it answers
+            try:
+                require_reachable(endpoint, j, "mt_bench")
+                break
+            except EnvironmentFailure:
+                assert time.monotonic() < deadline, "the stand-in judge did not start"
+                time.sleep(0.2)
+        os.kill(server.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(EnvironmentFailure) as failed:
+            judge_all(endpoint, j, requests(4), tmp_path / "mt_bench.jsonl", "mt_bench")
+        assert time.monotonic() - started < 60, "waited for the requests' time-out"
+        said = str(failed.value)
+        assert said.startswith(f"mt_bench: the judge {endpoint.label} stopped answering: the ")
+        assert f"(pid {server.pid}) is stopped (state T)" in said and "after 0 of 4" in said
+        assert server.wait(timeout=10) == -signal.SIGKILL  # the stage's server: it went
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 KILLED_RUN = """

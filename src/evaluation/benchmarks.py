@@ -200,8 +200,8 @@ def judge_endpoint(cfg: Config, stage_dir: Path) -> Iterator[Endpoint]:
 
     device = device_for(cfg.hardware.device, cfg.hardware.name)
     system_turn = takes_system_turn(j.serve) if j.system_turn is None else j.system_turn
-    with served_judge(j, stage_dir, on_cpu=device.type == "cpu") as url:
-        yield endpoint_of(j, base_url=url, merge_system=not system_turn)
+    with served_judge(j, stage_dir, on_cpu=device.type == "cpu") as served:
+        yield endpoint_of(j, base_url=served.url, merge_system=not system_turn, pid=served.pid)
 
 
 def figure(value: float | None, spec: str) -> str:

@@ -16,10 +16,12 @@ send the same request share its judgment. A line cut short by a kill is ignored 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +34,7 @@ from src.core import locks
 from src.core.errors import EnvironmentFailure
 from src.core.policy import weights_signature
 from src.evaluation.judging import JudgeRequest
+from src.generation.vllm_processes import LIVENESS_EVERY_S, Waiting
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 CACHE_DIR = "eval_judgments"
@@ -50,6 +53,8 @@ class Endpoint:
     # what its judgments are cached under besides the model: the URL, or for a judge this stage
     # serves (on a new port each time) its weights' signature (a rebuilt judge judges again)
     served: str | None = None
+    # the process of a judge this stage serves: one stopped while a judgment waits ends the run
+    pid: int | None = None
 
     @property
     def label(self) -> str:
@@ -69,13 +74,16 @@ class Judgment:
 
 
 def endpoint_of(
-    j: LLMJudgeConfig, base_url: str | None = None, merge_system: bool = False
+    j: LLMJudgeConfig,
+    base_url: str | None = None,
+    merge_system: bool = False,
+    pid: int | None = None,
 ) -> Endpoint:
-    """The endpoint `j` names (`base_url`: where this stage serves it, for `serve`)."""
+    """The endpoint `j` names (`base_url`, `pid`: where this stage serves it, for `serve`)."""
     url = base_url or j.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
     key = os.environ.get(j.api_key_env) if j.api_key_env else None
     served = weights_signature(j.serve, None) if base_url and j.serve else None
-    return Endpoint(j.name, url.rstrip("/"), key, merge_system, served)
+    return Endpoint(j.name, url.rstrip("/"), key, merge_system, served, pid)
 
 
 def sent_messages(endpoint: Endpoint, request: JudgeRequest) -> list[dict[str, str]]:
@@ -240,9 +248,14 @@ def request_each(
     ):
         pending = {pool.submit(ask, client, endpoint, r): r for r in todo[: j.concurrency]}
         queued = iter(todo[j.concurrency :])
+        waiting = None if endpoint.pid is None else Waiting([endpoint.pid])
         try:
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=LIVENESS_EVERY_S, return_when=FIRST_COMPLETED)
+                if waiting is not None and not done and (stalled := waiting.stalled()):
+                    raise JudgeStalled(stalled.replace("vLLM's engine", "the judge's server"))
+                if done and waiting is not None:
+                    waiting = Waiting([endpoint.pid])
                 for future in done:
                     request = pending.pop(future)
                     judgment = future.result()
@@ -259,11 +272,17 @@ def request_each(
                         f"({time.monotonic() - started:.0f} s)",
                         file=sys.stderr,
                     )
-        except (openai.APIError, UnreadableAnswer) as err:
+        except (openai.APIError, UnreadableAnswer, JudgeStalled) as err:
             for future in pending:
                 future.cancel()
             os.fsync(out.fileno())
-            if isinstance(err, UnreadableAnswer):
+            if isinstance(err, JudgeStalled):
+                # its requests would wait out eval.llm_judge.timeout_s, and the pool for them:
+                # the server is this stage's, and it goes (what served_judge would do after)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(endpoint.pid, signal.SIGKILL)
+                what = f"stopped answering: {err}"
+            elif isinstance(err, UnreadableAnswer):
                 what = f"answered what is not a chat completion ({err})"
             elif isinstance(err, openai.BadRequestError):
                 what = f"refused a request ({err})"
@@ -285,6 +304,10 @@ def take(items: Iterable, n: int) -> list:
 # What reading an answer that is not a chat completion raises: malformed JSON (a ValueError),
 # an HTML page (a str, with no attributes), no choices, fields of other types
 UNREADABLE = (ValueError, AttributeError, IndexError, KeyError, TypeError)
+
+
+class JudgeStalled(Exception):
+    """The process of a judge this stage serves is stopped while judgments wait on it."""
 
 
 class UnreadableAnswer(Exception):

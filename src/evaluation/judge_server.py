@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from src.config import LLMJudgeConfig
 from src.core.errors import EnvironmentFailure
@@ -62,9 +63,14 @@ def served_env() -> dict[str, str]:
     return env
 
 
+class Served(NamedTuple):
+    url: str  # the base URL of the OpenAI-compatible API
+    pid: int  # the server's process, watched while it judges (judge_client.request_each)
+
+
 @contextlib.contextmanager
-def served_judge(j: LLMJudgeConfig, folder: Path, on_cpu: bool) -> Iterator[str]:
-    """The base URL of `j.serve` served as `j.name` on loopback while the block runs."""
+def served_judge(j: LLMJudgeConfig, folder: Path, on_cpu: bool) -> Iterator[Served]:
+    """`j.serve` served as `j.name` on loopback while the block runs: its URL and pid."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     log = folder / LOG
@@ -84,7 +90,7 @@ def served_judge(j: LLMJudgeConfig, folder: Path, on_cpu: bool) -> Iterator[str]
     watchdog = watch([process.pid], os.environ.copy())
     try:
         wait_ready(process, url, j, log)
-        yield url
+        yield Served(url, process.pid)
     finally:
         stop(process)
         watchdog.kill()
