@@ -492,47 +492,6 @@ def test_a_model_the_endpoint_does_not_serve_is_refused_in_one_line(served):
         require_reachable(wrong, j, "arena_hard")
 
 
-STANDING_JUDGE = r"""
-import sys, time
-from pathlib import Path
-import src.evaluation.judge_server as judge_server
-from src.config import LLMJudgeConfig
-
-SERVER = (
-    "import http.server, json, sys\n"
-    "class Models(http.server.BaseHTTPRequestHandler):\n"
-    "    def do_GET(self):\n"
-    "        body = json.dumps({'data': [{'id': 'stand-in'}]}).encode()\n"
-    "        self.send_response(200)\n"
-    "        self.send_header('Content-Length', str(len(body)))\n"
-    "        self.end_headers()\n"
-    "        self.wfile.write(body)\n"
-    "    def log_message(self, *args):\n"
-    "        pass\n"
-    "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Models).serve_forever()\n"
-)
-judge_server.server_command = lambda j, port, on_cpu: [sys.executable, "-c", SERVER, str(port)]
-j = LLMJudgeConfig(model="stand-in", serve="/judges/stand-in", api_key_env="", start_timeout_s=60)
-with judge_server.served_judge(j, Path(sys.argv[1]), on_cpu=True):
-    print("serving", flush=True)
-    time.sleep(600)
-"""
-
-
-@pytest.mark.slow
-def test_a_stage_killed_outright_takes_the_judge_it_serves_with_it(tmp_path):
-    """kill -9 of the process serving a judge: the watchdog ends the server (its whole tree),
-    which otherwise stayed serving for nobody. (A stand-in server: the watchdog is vLLM's.)"""
-    stage = subprocess.Popen([sys.executable, "-c", STANDING_JUDGE, str(tmp_path)],
-                             cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert stage.stdout.readline().strip() == "serving"
-    (server,) = [p for p in psutil.Process(stage.pid).children() if "-c" in p.cmdline()]
-    os.kill(stage.pid, signal.SIGKILL)
-    stage.wait()
-    gone, alive = psutil.wait_procs([server], timeout=20)
-    assert server in gone and not alive, "the judge's server outlived its stage"
-
-
 CHAT_SERVER = (
     "import http.server, json, sys\n"
     "class Judge(http.server.BaseHTTPRequestHandler):\n"
@@ -552,6 +511,38 @@ CHAT_SERVER = (
     "        pass\n"
     "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), Judge).serve_forever()\n"
 )
+
+
+STANDING_JUDGE = r"""
+import sys, time
+from pathlib import Path
+import src.evaluation.judge_server as judge_server
+from src.config import LLMJudgeConfig
+
+chat_server, models, answer = sys.argv[2:5]
+judge_server.server_command = lambda j, port, on_cpu: [
+    sys.executable, "-c", chat_server, str(port), models, answer
+]
+j = LLMJudgeConfig(model="m", serve="/judges/stand-in", api_key_env="", start_timeout_s=60)
+with judge_server.served_judge(j, Path(sys.argv[1]), on_cpu=True):
+    print("serving", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_stage_killed_outright_takes_the_judge_it_serves_with_it(tmp_path):
+    """kill -9 of the process serving a judge: the watchdog ends the server (its whole tree),
+    which otherwise stayed serving for nobody. (A stand-in server: the watchdog is vLLM's.)"""
+    stand_in = [CHAT_SERVER, json.dumps(MODELS), json.dumps(ANSWER)]
+    stage = subprocess.Popen([sys.executable, "-c", STANDING_JUDGE, str(tmp_path), *stand_in],
+                             cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert stage.stdout.readline().strip() == "serving"
+    (server,) = [p for p in psutil.Process(stage.pid).children() if "-c" in p.cmdline()]
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait()
+    gone, alive = psutil.wait_procs([server], timeout=20)
+    assert server in gone and not alive, "the judge's server outlived its stage"
 
 
 @pytest.mark.slow
