@@ -87,6 +87,20 @@ def failure_line(
     raise exc
 
 
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code a command ends with when `exc` reaches `failures` (1: a bug's traceback)."""
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    try:
+        return failure_line(exc, "")[1]
+    except BaseException:  # a bug: failure_line re-raises it
+        return 1
+
+
 @contextmanager
 def failures(
     command: str,

@@ -314,7 +314,9 @@ def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> N
     tracking.start(cfg, stage)
     try:
         counts = run(cfg)
-    except BaseException:
-        tracking.finish(cfg, stage, {}, failed=True)
+    except BaseException as err:  # the run ends with the command's exit code (3 for a judge)
+        from src.cli import exit_code_of
+
+        tracking.finish(cfg, stage, {}, exit_code=exit_code_of(err))
         raise
     tracking.finish(cfg, stage, counts if isinstance(counts, dict) else {})

@@ -99,3 +99,34 @@ def test_a_figure_that_is_none_or_a_benchmark_not_run_has_no_key(tmp_path, monke
     assert "arena_hard[gpt-4]" in summary and "arena_hard[gpt-4]/lower" in summary
     assert "arena_hard[gpt-4]/upper" not in summary
     assert not [k for k in summary if k.startswith("leaderboard")]
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"), [("a judge that does not answer", 3), ("a bad input", 1)]
+)
+def test_a_stage_that_fails_ends_its_run_with_the_commands_exit_code(
+    tmp_path, monkeypatch, failure, code
+):
+    """A refused stage's W&B run recorded exit 1 where the command exited 3."""
+    from src.config import Stage
+    from src.core.errors import EnvironmentFailure, StageError
+    from src.schedule import run_tracked
+    from src.stages import tracking
+    from tests.wandb_runs import inspect
+
+    for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=offline",
+                      f"logger.dir={tmp_path / 'wandb'}")  # fmt: skip
+    error = EnvironmentFailure if code == 3 else StageError
+
+    def refused(_cfg):
+        raise error(failure)
+
+    with pytest.raises(error):
+        run_tracked(cfg, Stage.eval, refused)
+    (run_file,) = (tmp_path / "wandb").rglob("run-*.wandb")
+    records = [json.loads(line) for line in inspect(run_file.parent).splitlines()]
+    (ended,) = [r["exit"] for r in records if r["type"] == "exit"]
+    assert ended.get("exitCode", ended.get("exit_code")) == code, ended

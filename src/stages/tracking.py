@@ -209,10 +209,10 @@ def start(cfg: Config, stage: Stage) -> None:
     chain.log_used(wandb.run, cfg, stage)
 
 
-def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], failed: bool = False) -> None:
+def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], exit_code: int = 0) -> None:
     """Put the stage's numbers (and rates derived from them) in the run's summary and, for a
-    stage that finished, its tables (src/stages/tables.py) and the artifacts it made
-    (src/stages/chain.py); close it."""
+    stage that finished (`exit_code` 0: else the command's), its tables (src/stages/tables.py)
+    and the artifacts it made (src/stages/chain.py); close it."""
     if not enabled(cfg):
         return
     import wandb
@@ -229,11 +229,11 @@ def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], failed: bool = Fa
     numbers |= benchmark_figures(metrics)
     if numbers:
         wandb.run.summary.update(numbers)
-    if not failed:
+    if not exit_code:
         for key, (columns, rows) in tables.stage_tables(cfg, stage).items():
             wandb.run.log({key: wandb.Table(columns=columns, data=rows)})
         chain.log_produced(wandb.run, cfg, stage)
-    wandb.finish(exit_code=1 if failed else 0)
+    wandb.finish(exit_code=exit_code)
 
 
 def benchmark_figures(metrics: dict[str, Any]) -> dict[str, float]:
