@@ -8,6 +8,8 @@ key; `--cfg job` prints the validated config, resolved.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +17,7 @@ from types import MethodType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.cli import ArgumentParser, failures, hydra_raises
@@ -37,8 +40,11 @@ def _hydra_main(raw: DictConfig) -> None:
     # The job's own overrides (one point of a multirun): what a fix is set on. Failures end the
     # process here: a SystemExit passes through Hydra untouched, where an exception would be
     # reported by Hydra first ("Error executing job ...").
-    overrides = list(HydraConfig.get().overrides.task)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
     command = " ".join(["python -m src.main", *overrides])
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a job of a local multirun (Hydra's basic launcher)
+        SWEEP_DIRS.add(Path(hydra_cfg.sweep.dir))
     with failures(command, overrides, interrupted=INTERRUPTED):
         cfg = validate(raw)
         require_fit_here(cfg, overrides)  # on a GPU: what cannot fit it stops here, exit 2
@@ -69,6 +75,25 @@ def main() -> None:
             if failure is None:
                 raise
             raise failure from exc
+        finally:
+            remove_sweep_dirs()
+
+
+# the hydra.sweep.dir of each job of a multirun this process ran itself
+SWEEP_DIRS: set[Path] = set()
+
+
+def remove_sweep_dirs() -> None:
+    """A multirun run here (Hydra's basic launcher) leaves in hydra.sweep.dir only its
+    multirun.yaml and a folder per job, empty (the stages write into their run directories):
+    removed, and `multirun/` if nothing else is in it. The SLURM launcher's jobs run elsewhere,
+    and its .submitit logs keep their folder."""
+    for sweep in SWEEP_DIRS:
+        left = [p for p in sweep.rglob("*") if p.is_file() and p != sweep / "multirun.yaml"]
+        if sweep.is_dir() and not left:
+            shutil.rmtree(sweep, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                sweep.parent.rmdir()  # multirun/, when empty
 
 
 def launcher_failure(exc: Exception) -> EnvironmentFailure | None:

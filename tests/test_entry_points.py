@@ -177,6 +177,18 @@ def test_slurm_without_sbatch_is_the_environment(tmp_path):
     assert line.startswith("error: sbatch: no such command on this machine"), line
 
 
+def test_a_local_multirun_leaves_no_multirun_folder_behind(tmp_path):
+    """Hydra's basic launcher makes <paths.root>/multirun/<time>/ with its multirun.yaml and a
+    folder per job, which the stages never write into: gone when the command ends (here its
+    first job fails: a pairs stage with nothing ranked)."""
+    result = run(
+        "src.main", "-m", "method.eta=1,10", "model=tiny-mistral", "stage=pairs", "logger=none",
+        f"paths.root={tmp_path}/r", root=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert not (tmp_path / "r" / "multirun").exists(), list((tmp_path / "r").rglob("*"))
+
+
 def test_a_slurm_multirun_off_a_cluster_is_the_environment(tmp_path):
     """Hydra's SLURM launcher (hardware=slurm-*, `-m`) where SLURM does not run: submitit's
     own failure as one line, exit 3, instead of Hydra's traceback."""
