@@ -1156,8 +1156,8 @@ class PlanConfig:
 
     # false: queue even a stage the memory model says does not fit hardware.gpu_memory_gb
     check: bool = True
-    # prompts of an iteration; null: data.max_prompts, else the previous iteration's, else the
-    # SPPO recipe's 20,000
+    # prompts of an iteration; null: data.max_prompts where the split has more, else the
+    # previous iteration's, else a local split's rows, else the SPPO recipe's 20,000
     prompts: int | None = None
     gpu_tflops: float = 989.0  # each GPU's dense bf16 peak: H100 SXM 989 (A100: 312)
     # an assumption: the share of that peak training reaches, and ranking with a judge other than

@@ -194,6 +194,17 @@ def test_without_a_previous_iteration_the_work_is_the_configs_limits():
     assert generate.hours == pytest.approx(1000 * 5 * 2048 / (694 * 8) / 3600)
 
 
+def test_a_local_split_is_planned_at_its_rows_not_the_recipes_20000(tmp_path):
+    """The tiny preset on SLURM, no iteration run yet: its 120 prompts, not 20,000 assumed."""
+    from src.plan.hours import prompt_count
+
+    cfg = compose_cfg("model=tiny-mistral", "hardware=slurm-cpu", f"paths.root={tmp_path}")
+    assert prompt_count(cfg, None) == (120, f"the rows of data.prompts, {cfg.data.prompts}")
+    capped = compose_cfg("model=tiny-mistral", "data.max_prompts=8", f"paths.root={tmp_path}")
+    assert prompt_count(capped, None) == (8, "data.max_prompts")
+    assert prompt_count(compose_cfg(*GEMMA), None)[0] == 20_000  # a hub dataset: the recipe's
+
+
 @pytest.mark.parametrize(
     ("batch", "rate"), [(8, 694.0), (32, 984.0), (20, (694 + 984) / 2), (4, 347.0), (64, 984.0)]
 )
