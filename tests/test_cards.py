@@ -286,6 +286,18 @@ def test_no_row_for_a_benchmark_not_run_or_a_score_that_is_none():
     assert "average 2.00 over 1 benchmarks: GPQA (0-shot) 2.00." in body
 
 
+def test_a_benchmark_scored_on_fewer_questions_than_it_asked_says_so():
+    """A record that holds both counts: MT-Bench's questions with a rated turn, Arena-Hard's
+    counted of those asked (a record made before says its one figure, as above)."""
+    partial = {"mt_bench": MT_BENCH | {"scored": 79}, "arena_hard": ARENA_HARD | {"asked": 510}}
+    body = " ".join(ModelCard(card_of(ALPACA | partial)).text.split())
+    assert "- MT-Bench (79 of 80 questions scored), judged by `gpt-4`: 7.12" in body
+    assert "- Arena-Hard-Auto v0.1 (500 of 510 questions scored), judged by " in body
+    whole = {"mt_bench": MT_BENCH | {"scored": 80}, "arena_hard": ARENA_HARD | {"asked": 500}}
+    body = " ".join(ModelCard(card_of(ALPACA | whole)).text.split())
+    assert "MT-Bench (80 questions)" in body and "Arena-Hard-Auto v0.1 (500 questions)" in body
+
+
 def test_a_leaderboard_run_on_its_first_documents_only_is_in_the_body_not_the_model_index():
     limited = LEADERBOARD | {"limit": 2}
     card = ModelCard(card_of(ALPACA | {"leaderboard": limited}))

@@ -280,12 +280,14 @@ def grade_mt_bench(cfg: Config, endpoint: Endpoint, data: MTBenchData, answered)
         _, qid, turn, _ = key.split("/", 3)
         ratings[(int(qid), int(turn.removeprefix("turn")))] = mt_bench.parse_rating(judgment.text)
     summary = mt_bench.summarize(data.questions, ratings)
+    summary["scored"] = len({qid for (qid, _), rating in ratings.items() if rating is not None})
     texts = [judgment.text for judgment in judgments.values()]
     require_a_verdict("mt_bench", endpoint, texts, summary["rated"], cache)
     print(
         f"[eval] mt_bench by {endpoint.label}: {figure(summary['mt_bench'], '.2f')} (turn 1 "
         f"{figure(summary['turn_1'], '.2f')}, turn 2 {figure(summary['turn_2'], '.2f')}; "
-        f"{summary['unrated']} of {len(ratings)} judgments without a rating)",
+        f"{summary['unrated']} of {len(ratings)} judgments without a rating; "
+        f"{summary['scored']} of {summary['questions']} questions scored)",
         file=sys.stderr,
     )
     return {
@@ -368,13 +370,15 @@ def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answe
     print(
         f"[eval] arena_hard by {endpoint.label} against {data.baseline_name}: win rate "
         f"{figure(scored['win_rate'], '.3f')} [{figure(scored['lower'], '.3f')}, "
-        f"{figure(scored['upper'], '.3f')}]; {scored['unjudged']} game(s) without a verdict",
+        f"{figure(scored['upper'], '.3f')}]; {scored['questions']} of {len(data.questions)} "
+        f"questions scored, {scored['unjudged']} game(s) without a verdict",
         file=sys.stderr,
     )
     return {
         "judge": endpoint.label,
         "baseline": data.baseline_name,
         **scored,
+        "asked": len(data.questions),
         "unanswered": len(data.questions) - len(answered),
         **cost,
     }

@@ -422,6 +422,14 @@ def evaluation_text(evaluation: dict | None, prompts: str | None = None) -> str:
     return "\n\n".join([text, "\n".join(f"- {line}" for line in lines)] if lines else [text])
 
 
+def of(scored: int | None, asked: int | None) -> str:
+    """ "N questions", or "N of M questions scored" where fewer were scored than asked (a record
+    made before it held both: the one it holds)."""
+    if scored is None or asked is None or scored == asked:
+        return f"{asked if scored is None else scored} questions"
+    return f"{scored} of {asked} questions scored"
+
+
 def benchmark_lines(evaluation: dict) -> list[str]:
     """A line per benchmark of eval.benchmarks that ran, each judged one's naming its judge."""
     lines = []
@@ -435,7 +443,8 @@ def benchmark_lines(evaluation: dict) -> list[str]:
         )
         unrated = f"; {mt['unrated']} judgments without a rating" if mt.get("unrated") else ""
         lines.append(
-            f"MT-Bench ({mt['questions']} questions), judged by `{mt['judge']}`: {score}{unrated}."
+            f"MT-Bench ({of(mt.get('scored'), mt['questions'])}), judged by "
+            f"`{mt['judge']}`: {score}{unrated}."
         )
     arena = evaluation.get("arena_hard")
     if arena:
@@ -447,7 +456,8 @@ def benchmark_lines(evaluation: dict) -> list[str]:
         )
         unjudged = f"; {arena['unjudged']} games without a verdict" if arena.get("unjudged") else ""
         lines.append(
-            f"Arena-Hard-Auto {arena['version']} ({arena['questions']} questions), judged by "
+            f"Arena-Hard-Auto {arena['version']} ({of(arena['questions'], arena.get('asked'))}), "
+            "judged by "
             f"`{arena['judge']}` against `{arena['baseline']}`: {rate}{unjudged}."
         )
     board = evaluation.get("leaderboard")
