@@ -15,11 +15,13 @@ Iteration-dependent values are plain interpolations resolved here: the prompt sp
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -80,13 +82,39 @@ def _compact_number(x: Any, _node_: Any) -> str:
     return f"{_number(x, _node_):g}"
 
 
+# What `required` left unset while a command that shows a run without running it composed the
+# config (`showing_unset_required`); None: every other command, which refuses
+_UNSET_REQUIRED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "unset_required", default=None
+)
+
+
 def _required(why: Any, _node_: Any) -> None:
     """`key: ${required:why}` in a preset: the preset cannot run until the user sets `key`.
 
     (`???` cannot express this: OmegaConf's merge never lets `???` replace a value.)
     """
     key = _node_._get_full_key(None)
-    raise ConfigError(f"{key} is required: {why}; set {key}=<value>")
+    unset = _UNSET_REQUIRED.get()
+    if unset is None:
+        raise ConfigError(f"{key} is required: {why}; set {key}=<value>")
+    line = f"{key} is required to run: {why}; set {key}=<value>"
+    if line not in unset:
+        unset.append(line)
+    return None
+
+
+@contextlib.contextmanager
+def showing_unset_required() -> Iterator[list[str]]:
+    """Composition for a command that shows a run without running it (src.plan, src.assets
+    list): a key a preset requires and the command leaves unset is None, and named in the list
+    yielded, instead of a refusal before anything is shown."""
+    unset: list[str] = []
+    token = _UNSET_REQUIRED.set(unset)
+    try:
+        yield unset
+    finally:
+        _UNSET_REQUIRED.reset(token)
 
 
 def _gpus(device: Any, processes_per_node: Any) -> int:

@@ -583,3 +583,15 @@ def test_fetch_from_a_hub_that_does_not_answer_is_one_line(tmp_path):
     line = one_line_failure(fetched, 3)
     assert line.startswith(f"error: cannot fetch acme/tiny-mistral: the Hub ({url}) did not answer")
     assert "HTTPS_PROXY" in line
+
+
+def test_list_shows_what_a_preset_reads_and_the_file_it_requires_not_named_yet(capsys):
+    from src.assets.__main__ import main
+
+    main(["list", "experiment=gemma-2-9b-it-wpo-hb"])
+    out = capsys.readouterr().out
+    assert "model RLHFlow/ArmoRM-Llama3-8B-v0.1" in out
+    assert out.rstrip().endswith(
+        "missing: data.external_responses is required to run: the hybrid pool of WPO-HB needs a "
+        "JSONL of external responses (e.g. GPT-4-turbo answers); set data.external_responses=<value>"
+    )

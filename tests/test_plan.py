@@ -366,3 +366,17 @@ def test_each_stage_is_planned_alone_as_in_the_plan_of_the_iteration():
         (alone,) = plan(cfg, [Stage(p.stage)])
         assert alone == p
     assert plan(cfg, [Stage.pairs])[0].memory is None  # no model held: one CPU process
+
+
+def test_a_preset_that_requires_a_file_is_planned_without_it_and_says_so(capsys):
+    """WPO-HB requires its external responses before it runs; the plan is shown all the same,
+    a note naming the key, where the refusal had shown nothing. src.main still refuses."""
+    from src.config import ConfigError
+    from src.plan.__main__ import main
+
+    main(["experiment=gemma-2-9b-it-wpo-hb", "hardware=node-8gpu"])
+    out, err = capsys.readouterr()
+    assert "Iterations 1..1:" in out
+    assert err.startswith("note: data.external_responses is required to run: the hybrid pool")
+    with pytest.raises(ConfigError, match=r"^data\.external_responses is required: "):
+        compose_cfg("experiment=gemma-2-9b-it-wpo-hb")

@@ -14,6 +14,7 @@ hashes every file against the Hub's record of it).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from src import config
@@ -58,13 +59,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
     with failures(" ".join(["python -m src.assets", *words])):
         args = parser.parse_intermixed_args(words)
-        configs = iteration_configs(args.overrides, args.iterations, args.from_iter)
+        listing = args.action == "list"  # shows what a run reads, a file it requires included
+        with config.showing_unset_required() if listing else contextlib.nullcontext() as unset:
+            configs = iteration_configs(args.overrides, args.iterations, args.from_iter)
         cfg = configs[0]
         listed = listed_for(configs)
         iters = f"{configs[0].iter}-{configs[-1].iter}" if len(configs) > 1 else configs[0].iter
         print(f"# iteration {iters} of {cfg.run.dir}; Hub cache {cfg.paths.hub_cache}")
-        if args.action == "list":
+        if listing:
             print_listing(listed, cfg)
+            for line in unset:
+                print(f"missing: {line}")
             return
         if args.action == "fetch":
             if args.only:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from src.cli import failures
-from src.config import compose
+from src.config import compose, showing_unset_required
 from src.plan.stages import plan_text
 from src.wheelhouse import install_line
 
@@ -23,8 +23,11 @@ from src.wheelhouse import install_line
 def main(argv: list[str] | None = None) -> None:
     overrides = list(sys.argv[1:] if argv is None else argv)
     with failures(" ".join(["python -m src.plan", *overrides]), overrides):
-        cfg = compose(overrides)
+        with showing_unset_required() as unset:  # a required file: planned without it
+            cfg = compose(overrides)
         print(f"{plan_text(cfg)}\n\n{install_line(cfg.hardware.device.value)}")
+        for line in unset:
+            print(f"note: {line} (planned without it)", file=sys.stderr)
 
 
 if __name__ == "__main__":
