@@ -250,6 +250,7 @@ def test_an_unset_eval_set_is_refused_with_where_to_get_one():
     assert not cfg.stage_dir("eval").exists()
 
 
+@pytest.mark.slow
 def test_a_redo_that_fails_puts_the_finished_eval_back(evaluated, tmp_path):
     """A redo the eval cannot finish (here its prompts are not JSON) ends with its error and the
     eval's finished results back in their folder, byte for byte: what it set aside, never

@@ -313,6 +313,7 @@ def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path,
     assert refused.value.errno == errno.ENOSPC
 
 
+@pytest.mark.slow
 def test_command_line_trains_and_writes_a_loadable_checkpoint(tmp_path):
     stage = train_on_the_command_line(tmp_path / "runs", "method=sppo")
     model = AutoModelForCausalLM.from_pretrained(stage / "checkpoint")
