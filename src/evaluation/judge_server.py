@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from src.config import LLMJudgeConfig
 from src.core.errors import EnvironmentFailure
+from src.generation.vllm_processes import watch
 
 LOG = "judge_server.log"
 STOP_S = 30.0  # after SIGTERM, the server's process group gets this long before SIGKILL
@@ -85,8 +86,6 @@ def served_judge(j: LLMJudgeConfig, folder: Path, on_cpu: bool) -> Iterator[Serv
             env=served_env(),
             start_new_session=True,  # its engine's processes go with it
         )
-    from src.generation.vllm_processes import watch
-
     watchdog = watch([process.pid], os.environ.copy())
     try:
         wait_ready(process, url, j, log)

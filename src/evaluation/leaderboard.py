@@ -46,7 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 from statistics import fmean
 
-from src.core.artifacts import atomic_write_text
+from src.core.artifacts import atomic_write_text, read_jsonl
 from src.core.errors import EnvironmentFailure
 from src.core.hub import snapshot_folder
 from src.evaluation.errors import EvalError
@@ -499,9 +499,17 @@ def require_loadable(
     ours = data_dir is not None and folder == copy_folder(repo, data_dir)
     fetch = fetch_command(repo, data_dir if ours else None)
     readers = next(iter(configs.values()))
-    for path in sorted(folder.rglob("*.jsonl")):
-        if not any(part.startswith(".") for part in path.relative_to(folder).parts):
-            require_whole_rows(path, f"the leaderboard's copy of {repo} (read by {readers[0]})")
+    for path in sorted(folder.rglob("*.jsonl")):  # a row cut short, which datasets drops
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        try:
+            for _ in read_jsonl(path, EvalError):
+                pass
+        except EvalError as err:
+            raise EvalError(
+                f"the leaderboard's copy of {repo} (read by {readers[0]}): {err}; fetch it "
+                f"again: `{fetch}`"
+            ) from None
     for config, tasks in configs.items():
         where = f"the leaderboard's copy of {repo} ({folder}, read by {tasks[0]})"
         try:
@@ -513,21 +521,6 @@ def require_loadable(
                 f"{said}); fetch it again: `{fetch}`"
             ) from None
     return cache
-
-
-def require_whole_rows(path: Path, where: str) -> None:
-    """Every line of a JSON-lines file a JSON row."""
-    with path.open("rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise EvalError(
-                    f"{where}: {path}:{number} is not a JSON row ({type(err).__name__}: cut "
-                    "short or damaged); fetch it again"
-                ) from None
 
 
 def _task_manager(

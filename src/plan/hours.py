@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Backend, Config, JudgeKind, RefLogprobs
+from src.core.rows import count_rows
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 
 # HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
@@ -67,7 +68,7 @@ def prompt_count(cfg: Config, measured: dict | None) -> tuple[int, str]:
     split's rows (at most data.max_prompts), else the previous iteration's, else the recipe's."""
     if cfg.plan.prompts is not None:
         return cfg.plan.prompts, "plan.prompts"
-    rows = split_rows(cfg.data.prompts)
+    rows = count_rows(cfg.data.prompts)
     if cfg.data.max_prompts is not None and (rows is None or rows > cfg.data.max_prompts):
         return cfg.data.max_prompts, "data.max_prompts"
     if measured is not None:
@@ -75,23 +76,6 @@ def prompt_count(cfg: Config, measured: dict | None) -> tuple[int, str]:
     if rows is not None:
         return rows, f"the rows of data.prompts, {cfg.data.prompts}"
     return RECIPE_PROMPTS, f"assumed: the SPPO recipe's {RECIPE_PROMPTS:,}"
-
-
-def split_rows(prompts: str) -> int | None:
-    """The rows of a local prompts file (JSON lines, or parquet: its metadata); None for a hub
-    dataset or a file that cannot be counted."""
-    path = Path(prompts).expanduser()
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_metadata(path).num_rows
-        if path.suffix == ".jsonl":
-            with path.open("rb") as f:
-                return sum(1 for line in f if line.strip())
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def measured_rate(rates: dict[int, float], batch: int) -> tuple[float, str]:

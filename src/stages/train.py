@@ -36,7 +36,7 @@ from src.core.errors import Redo, StageError
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
-from src.core.rows import require_sealed
+from src.core.rows import count_rows, require_sealed
 from src.plan.stages import (
     memory_terms,
     peak_line,
@@ -179,16 +179,9 @@ def checkpoints_at_once(cfg: Config) -> int:
     after the newest is written. The steps are counted from the pairs file's rows (an upper
     bound: rows dropped later only shorten the run); all that can be, where it cannot be read
     (the reading that follows names what is wrong with it)."""
-    import pyarrow.parquet as pq
-
     t = cfg.training
-    try:
-        if t.pairs.endswith(".parquet"):
-            pairs = pq.read_metadata(t.pairs).num_rows
-        else:  # .jsonl, a row a line
-            with open(t.pairs, "rb") as f:
-                pairs = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-    except (OSError, ValueError):  # missing or damaged: reported where the rows are read
+    pairs = count_rows(t.pairs)
+    if pairs is None:
         return KEPT_CHECKPOINTS + 1
     steps = max(1, math.ceil(pairs * t.num_epochs / t.global_batch_size))
     return min((steps - 1) // t.save_steps + 1, KEPT_CHECKPOINTS + 1)
