@@ -192,9 +192,13 @@ def measure(case: Case) -> dict:
     run = {"wall_s": wall, "counts": record["counts"], "timings": record["timings"],
            "machine": record["machine"], "versions": record["versions"],
            "plan_peak_gib": None if planned is None else planned.peak / 2**30}  # fmt: skip
+    lines = log.read_text(errors="replace").splitlines()
+    if "peak_memory_gib" not in run["timings"]:  # generate's HF backend says it on the console
+        said = [line for line in lines if line.startswith(f"[{stage}] peak memory ")]
+        if said:
+            run["timings"]["peak_memory_gib"] = float(said[-1].split()[3])
     if stage == "generate":
-        started = [line for line in log.read_text(errors="replace").splitlines()
-                   if "[vllm] engine started in" in line]  # fmt: skip
+        started = [line for line in lines if "[vllm] engine started in" in line]
         run["engine_start_s"] = float(started[0].split(" in ")[1].split()[0]) if started else None
     if stage == "train":
         history = json.loads((stage_dir / "metrics.json").read_text())["log_history"]
