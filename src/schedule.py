@@ -19,7 +19,7 @@ from src.config import Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
-from src.core.records import RETRAINED, StageState, read_record, state_of
+from src.core.records import RETRAINED, TRAINED_AFTER, StageState, read_record, state_of
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
 from src.stages import StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
@@ -80,7 +80,8 @@ def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
         earlier = replace(
             config_for_iter(t), pipeline=PipelineConfig(redo_stale=cfg.pipeline.redo_stale)
         )
-        if all(state_of(earlier.as_tree(), s).status == "done" for s in runners):
+        done = all(state_of(earlier.as_tree(), s).status == "done" for s in runners)
+        if done and not (cfg.pipeline.redo_stale and stale_side_evals(earlier)):
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
         else:
             unfinished.append(earlier)
@@ -151,8 +152,44 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
                 run_stage(cfg, st.stage, runners[st.stage], command, redoing)
             release_gpu_memory()
             ran.append(st.stage)
+    if cfg.pipeline.redo_stale and not other_training_node(cfg):
+        for side in stale_side_evals(cfg):
+            print(f"[main] {side.stage_dir(Stage.eval)}: made before this checkpoint was "
+                  "trained again: redoing it (pipeline.redo_stale)", file=sys.stderr)  # fmt: skip
+            with writing(side, Stage.eval, command, whole=True):
+                run_stage(side, Stage.eval, stage_run(Stage.eval), command, redoing=True)
+            ran.append(Stage.eval)
     if ran and not other_training_node(cfg) and not any(one_of_shards(cfg, s) for s in ran):
         curves.log_curve(cfg)  # once the iteration's stages it ran are done
+
+
+def stale_side_evals(cfg: Config) -> list[Config]:
+    """The iteration's finished evals against other references (`eval/vs-<name>/`) that are
+    stale under this config with the eval settings each was made with (made before the training
+    last finished, or from another config), each as the config that makes it again; one whose
+    settings no longer compose is named and left as it is."""
+    from omegaconf import OmegaConf
+
+    from src.config import ConfigError, validate
+    from src.core.records import saved_config
+
+    found = []
+    for folder in sorted((Path(cfg.run.iter_dir) / Stage.eval.value).glob(f"{SIDE_EVAL}*")):
+        made_with = saved_config(cfg.as_tree(), Stage.eval, folder)
+        if made_with is None or read_record(folder) is None:
+            continue  # unfinished: the command that made it finishes it
+        try:
+            tree = OmegaConf.merge(OmegaConf.create(cfg.as_tree()), {"eval": made_with["eval"]})
+            side = validate(tree)
+        except (ConfigError, KeyError, TypeError) as err:
+            print(f"[main] {folder}: its eval settings do not compose now ({err}): left as "
+                  "it is", file=sys.stderr)  # fmt: skip
+            continue
+        if side.stage_dir(Stage.eval) != folder:
+            continue  # named by another rule than today's: its own command redoes it
+        if state_of(side.as_tree(), Stage.eval).status == "stale":
+            found.append(side)
+    return found
 
 
 def writing(cfg: Config, stage: Stage, command: str, whole: bool):
@@ -282,6 +319,12 @@ def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
         raise StageError(
             f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, whose "
             "records this one cannot check; to redo it and the stages after it",
+            fix,
+        )
+    if any(TRAINED_AFTER in change for change in st.changed):
+        raise StageError(
+            f"{cfg.stage_dir(st.stage)} evaluated iteration {cfg.iter}'s checkpoint before it "
+            "was trained again; to evaluate the checkpoint as it is now",
             fix,
         )
     why = "; ".join(st.changed) or "the output of an earlier stage changed"

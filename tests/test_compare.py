@@ -755,7 +755,7 @@ def side_eval(iter_dir: Path, root: Path, run_name: str, name: str, evaluation, 
         (folder / "done.json").write_text(json.dumps(done_record({"prompts": 805}, 120.0)))
 
 
-GPT4 = "vs-alpaca_eval_gpt4_baseline"  # eval.reference_outputs=alpaca_eval_gpt4_baseline.json
+GPT4 = "vs-alpaca_eval_gpt4_baseline.json"  # eval.reference_outputs=alpaca_eval_gpt4_baseline.json
 
 
 def test_evals_against_other_references_get_columns_and_curves_of_their_own(tmp_path):
@@ -782,7 +782,7 @@ def test_evals_against_other_references_get_columns_and_curves_of_their_own(tmp_
     curve = stdout.split("eval win rate by iteration")[1].splitlines()
     assert [line.strip() for line in curve[1:] if line.strip().startswith(MODEL)] == [
         f"{lineage}: iter2 0.310 [0.220, 0.400] LC 0.270",
-        f"{lineage} vs alpaca_eval_gpt4_baseline: iter1 0.120 [0.020, 0.170] LC 0.270 | "
+        f"{lineage} vs alpaca_eval_gpt4_baseline.json: iter1 0.120 [0.020, 0.170] LC 0.270 | "
         "iter2 0.200 [0.100, 0.250] LC 0.270",
         f"{lineage} vs iter1: iter2 0.550 [0.450, 0.600] LC 0.270",
     ]

@@ -170,7 +170,7 @@ def test_the_length_controlled_rate_is_alpaca_evals_own(evaluated, alpaca_eval_o
     varied.write_text(json.dumps(rows))
     result = cli(root, "iter=1", "stage=eval", f"eval.reference_outputs={varied}")
     assert result.returncode == 0, result.stderr[-3000:]
-    r, judged = report(root, "vs-varied"), judgements(root, "vs-varied")
+    r, judged = report(root, "vs-varied.json"), judgements(root, "vs-varied.json")
     outcome = np.array([j["outcome"] for j in judged])
     ours = np.array([len(j["output"]) for j in judged])
     theirs = np.array([len(j["reference_output"]) for j in judged])
@@ -194,7 +194,7 @@ def test_a_file_of_reference_answers_gives_the_same_result_as_generating_them(ev
     base.write_text((eval_dir(root) / "reference_outputs.json").read_text())
     result = cli(root, "iter=1", "stage=eval", f"eval.reference_outputs={base}")
     assert result.returncode == 0, result.stderr[-3000:]
-    got = report(root, "vs-base-answers")
+    got = report(root, "vs-base-answers.json")
     for key in ("win_rate", "lc_win_rate", "wins", "losses", "ties", "reference_avg_length"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
 
@@ -203,9 +203,9 @@ def test_a_file_of_reference_answers_gives_the_same_result_as_generating_them(ev
     missing = cli(root, "iter=1", "stage=eval", f"eval.reference_outputs={short}")
     assert missing.returncode == 1
     assert f"error: {short}: no reference output for 1 instruction(s)" in missing.stderr
-    assert not (eval_dir(root, side="vs-short") / "done.json").exists(), "nothing to trust"
-    assert not (eval_dir(root, side="vs-short") / "eval.json").exists()
-    assert report(root) == expected and report(root, "vs-base-answers") == got  # left alone
+    assert not (eval_dir(root, side="vs-short.json") / "done.json").exists(), "nothing to trust"
+    assert not (eval_dir(root, side="vs-short.json") / "eval.json").exists()
+    assert report(root) == expected and report(root, "vs-base-answers.json") == got  # left alone
 
 
 @pytest.mark.slow
@@ -273,3 +273,54 @@ def test_a_redo_that_fails_puts_the_finished_eval_back(evaluated, tmp_path):
     assert f"stage eval: the redo failed; its earlier results are back in {folder}" in failed.stderr
     assert files() == before
     assert not list(folder.parent.glob(".*before-redo")), "nothing left aside"
+
+
+@pytest.mark.slow
+def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remakes_each(
+    evaluated, tmp_path
+):
+    """Answers read from a file named iter1.json sit apart from the eval against iteration 1
+    (vs-iter1.json beside vs-iter1). Iteration 1 trained again under the same config: every eval
+    of the checkpoint before it (the base one and both beside it) is stale — `stage=eval`
+    refuses it naming its redo, the card and src.compare leave them out — and
+    `pipeline.redo_stale=true` makes each of the three again. Last in the module: it retrains
+    the lineage the tests above read.
+
+    Slow: a training and four evals, in-process (~40 s on one CPU)."""
+    from tests.helpers import entry
+
+    root, _ = evaluated
+    answers = tmp_path / "iter1.json"
+    answers.write_text((eval_dir(root) / "reference_outputs.json").read_text())
+    for reference in ("eval.reference=iter1", f"eval.reference_outputs={answers}"):
+        made = cli(root, "iter=1", "stage=eval", reference)
+        assert made.returncode == 0, made.stderr[-3000:]
+    sides = [eval_dir(root, side=s) for s in ("vs-iter1", "vs-iter1.json")]
+    assert report(root, "vs-iter1")["reference"].endswith("-iter1")
+    assert report(root, "vs-iter1.json")["reference"] != report(root, "vs-iter1")["reference"]
+
+    retrained = cli(root, "iter=1", "stage=train", "pipeline.redo=[train]")
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    refused = cli(root, "iter=1", "stage=eval")
+    line = one_line_failure(refused, 1)
+    assert line.startswith(f"error: {eval_dir(root)} evaluated iteration 1's checkpoint before "
+                           "it was trained again"), line  # fmt: skip
+    assert "pipeline.redo=[eval]" in line
+    card = eval_dir(root).parent / "train" / "checkpoint" / "README.md"
+    assert "Against `" not in card.read_text(), "no eval of the checkpoint as it is now"
+    compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    for side in sides:
+        assert f"[compare] {side}: made before iteration 1's training last finished" in (
+            compared.stderr
+        )
+    assert "[vs-" not in (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0]
+
+    redone = cli(root, "iter=1", "stage=eval", "pipeline.redo_stale=true")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    for side in sides:
+        assert f"[main] {side}: made before this checkpoint was trained again" in redone.stderr
+    assert cli(root, "iter=1", "stage=eval").returncode == 0
+    assert report(root, "vs-iter1")["win_rate"] == 0.5  # against itself, as trained now
+    references = {report(root, side)["reference"] for side in ("", "vs-iter1", "vs-iter1.json")}
+    assert all(f"Against `{r}`" in card.read_text() for r in references), "the three, made again"

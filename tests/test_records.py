@@ -340,8 +340,10 @@ def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
         ((), "eval"),
         (("eval.reference=base",), "eval"),
         (("eval.reference=iter1",), "eval/vs-iter1"),
-        (("eval.reference_outputs=/data/gpt4 turbo.json",), "eval/vs-gpt4-turbo"),
-        (("eval.reference=iter1", "eval.reference_outputs=/data/ref.jsonl"), "eval/vs-ref"),
+        (("eval.reference_outputs=/data/gpt4 turbo.json",), "eval/vs-gpt4-turbo.json"),
+        (("eval.reference=iter1", "eval.reference_outputs=/data/ref.jsonl"), "eval/vs-ref.jsonl"),
+        # answers read from a file named as an iteration are not that iteration's
+        (("eval.reference_outputs=/data/iter1.json",), "eval/vs-iter1.json"),
     ],
 )
 def test_evals_against_other_references_each_have_a_folder_inside_the_eval(

@@ -223,6 +223,29 @@ def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path, tiny_dir)
     assert (moved / "tiny-rm" / "model.safetensors").stat().st_mtime_ns == weights
 
 
+def test_the_chat_judges_build_is_keyed_by_what_it_reads_of_arena_hard(monkeypatch):
+    """tiny-chat-judge's build identity names every Arena-Hard name its lessons and grades read
+    (read from its source), changes with any of them, and not with the rest of that module."""
+    import ast
+
+    from src.evaluation import arena_hard
+    from src.tiny import chat_judge
+
+    source = ast.parse((REPO_ROOT / "src" / "tiny" / "chat_judge.py").read_text())
+    read = {n.attr for n in ast.walk(source) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "arena_hard"}  # fmt: skip
+    assert read <= set(chat_judge.FROM_ARENA_HARD), read - set(chat_judge.FROM_ARENA_HARD)
+
+    def key() -> str:
+        return tiny.build_identity("tiny-chat-judge", REPO_ROOT, 0, [])["builder_sha256"]
+
+    before = key()
+    monkeypatch.setattr(arena_hard, "JUDGE_MAX_TOKENS", 1)  # read by the eval, not the judge
+    assert key() == before
+    monkeypatch.setattr(arena_hard, "PROMPT_TEMPLATE", arena_hard.PROMPT_TEMPLATE + " ")
+    assert key() != before
+
+
 def test_a_builds_training_loop_says_how_far_it_is(monkeypatch, capfd):
     """Every PROGRESS_S seconds a line with the step, the loss and the time left (none after
     the last step, whose line is the summary)."""

@@ -30,6 +30,7 @@ import yaml
 
 from src.core import registry
 from src.core.errors import EnvironmentFailure, StageError
+from src.core.records import made_before_training
 
 STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
@@ -265,9 +266,13 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
     if "eval" in stages:
         row.update(eval_columns(eval_record(iter_dir / "eval", stages["eval"])))
-    # each finished eval against another reference, whether or not the base one finished
-    for side in sorted((iter_dir / "eval").glob("vs-*")):
-        if (done := finished_stage(side)) is not None:
+    # each finished eval against another reference, whether or not the base one finished, but
+    # one of a checkpoint trained again since (its win rate is not this checkpoint's)
+    for side in sorted((iter_dir / "eval").glob(f"{registry.SIDE_EVAL}*")):
+        if made_before_training(side):
+            print(f"[compare] {side}: made before iteration {t}'s training last "
+                  "finished, left out (pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
+        elif (done := finished_stage(side)) is not None:
             row.update(win_rate_columns(eval_record(side, done), side.name))
     return it
 

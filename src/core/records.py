@@ -26,6 +26,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,28 @@ def redo_of(stage_dir: Path) -> Redo | None:
     return None
 
 
+RECORD_TIME = "%Y-%m-%dT%H:%M:%S%z"  # a record's finished_at, to the second, with its offset
+
+
+def made_before_training(eval_dir: Path) -> bool:
+    """Whether the finished eval in `eval_dir` (`iterT/eval`, or `iterT/eval/vs-<name>`) was
+    made before iteration T's training last finished: of a checkpoint trained again since, whose
+    figures it does not hold, whatever its config says (`pipeline.redo=[train]` retrains under
+    the same one)."""
+    eval_dir = Path(eval_dir)
+    iter_dir = (eval_dir.parent if eval_dir.name.startswith(SIDE_EVAL) else eval_dir).parent
+    try:
+        made, trained = (
+            datetime.strptime(
+                json.loads((d / "done.json").read_bytes())["finished_at"], RECORD_TIME
+            )
+            for d in (eval_dir, iter_dir / Stage.train.value)
+        )
+    except (OSError, ValueError, TypeError, KeyError):  # unfinished, or a record not readable
+        return False  # (read_record names a damaged one where the stage reads it)
+    return made < trained
+
+
 def record_sha256(record: dict[str, Any]) -> str:
     """What a record's `sha256` holds: the hash of everything else in it."""
     body = {k: v for k, v in record.items() if k != "sha256"}
@@ -213,7 +236,7 @@ def write_record(
         "timings": timings,
         "versions": versions,
         "machine": machine(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": time.strftime(RECORD_TIME),
     }
     if outputs is not None:
         record["outputs"] = outputs
@@ -253,6 +276,22 @@ class StageState:
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
+    """The stage's state under `tree`: done (finished with this config), stale (finished with
+    another, or an eval of a checkpoint trained again since) or todo."""
+    state = recorded_state(tree, stage)
+    if (
+        state.status == "done"
+        and stage == Stage.eval
+        and made_before_training(stage_dir(tree, stage))
+    ):
+        return StageState(
+            stage, "stale", [f"iteration {tree['iter']}'s checkpoint {TRAINED_AFTER}"]
+        )
+    return state
+
+
+def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
+    """The stage's state by its record's fingerprint alone."""
     record = read_record(stage_dir(tree, stage))
     if record is None:
         return StageState(stage, "todo")
@@ -386,6 +425,8 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
 
 # why a stage is stale whose iteration's stages are all as they were
 RETRAINED = "was trained again since"
+# why an eval is stale whose config is as it was
+TRAINED_AFTER = "was trained again after this eval"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -139,15 +139,18 @@ Iteration {{ iteration }} of {{ method }} self-play preference optimisation of
 """
 
 
-def write_model_card(cfg: Config, checkpoint: Path, writing: Path | None = None) -> Path:
+def write_model_card(
+    cfg: Config, checkpoint: Path, writing: Path | None = None, trained_now: bool = False
+) -> Path:
     """`checkpoint/README.md` from the train stage's metrics.json and config.yaml and the
     eval.json of each eval of the iteration (`evaluations`). `writing`: the eval folder whose
-    stage writes the card, its record not yet written. Returns the card's path."""
+    stage writes the card, its record not yet written; `trained_now`: the train stage writes it,
+    and every eval there is of the checkpoint before this one. Returns the card's path."""
     stage_dir = cfg.stage_dir(Stage.train)
     metrics = read_json(stage_dir / "metrics.json", StageError, Redo(Stage.train, cfg.iter))
+    evaluated = [] if trained_now else evaluations(cfg, writing)
     return atomic_write_text(
-        checkpoint / CARD,
-        model_card(cfg, metrics, evaluations(cfg, writing), saved_command(stage_dir)),
+        checkpoint / CARD, model_card(cfg, metrics, evaluated, saved_command(stage_dir))
     )
 
 

@@ -337,7 +337,7 @@ def cleanup(
             stage_dir / "metrics.json",
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
-        write_model_card(cfg, stage_dir / "checkpoint")
+        write_model_card(cfg, stage_dir / "checkpoint", trained_now=True)
         print(
             f"[train] rank 0 on {socket.gethostname()} saved {stage_dir / 'checkpoint'}",
             file=sys.stderr,

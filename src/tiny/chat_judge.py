@@ -37,6 +37,12 @@ CONTEXT = 32768
 TRAINING = {"steps": 1200, "batch_size": 16, "lr": 3e-3}
 HELD_OUT = 240  # conversations of each kind the build grades to measure what it learned
 
+# what it reads of src/evaluation/arena_hard.py, to learn from and to grade itself with: its build
+# is keyed by these alone (src/tiny/models.py)
+FROM_ARENA_HARD = (
+    "SYSTEM_PROMPT", "CREATIVE_WRITING_PROMPT", "PROMPT_TEMPLATE", "parse_verdict", "V01_PATTERN",
+)  # fmt: skip
+
 RATING = "Rating: [[{}]]"
 VERDICT = "My final verdict is: [[{}]]"
 # Arena-Hard's five labels, each one token of the judge's vocabulary: spelt in tokens, its

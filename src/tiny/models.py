@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
+import inspect
 import json
 import shutil
 import tempfile
@@ -57,8 +59,15 @@ BUILT_BY = (
     "ranking/pairrm.py",  # how a judge's inputs are encoded
     "ranking/reward_model.py",
 )
-# and the code one model alone is made by: tiny-chat-judge's lessons, Arena-Hard's judge prompt
-ALSO_BUILT_BY = {"tiny-chat-judge": ("tiny/chat_judge.py", "evaluation/arena_hard.py")}
+# and the code one model alone is made by: tiny-chat-judge's lessons, and the names it reads of
+# Arena-Hard's module (`file:NAME,...`: their values, a function's source), so that the rest of
+# that module changes without a rebuild of minutes
+ALSO_BUILT_BY = {
+    "tiny-chat-judge": (
+        "tiny/chat_judge.py",
+        "evaluation/arena_hard.py:" + ",".join(chat_judge.FROM_ARENA_HARD),
+    )
+}
 
 # torch's threads while a model is built: CPU kernels split their sums by thread, so another
 # count gives other bytes (tiny-gemma2 and both PairRMs, seen with 1 and 2); one thread gives
@@ -184,8 +193,7 @@ BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], dict]] = {
 def build_identity(name: str, folder: Path, seed: int, texts: list[str]) -> dict:
     """What a finished folder must have been built from; any change means a rebuild."""
     packages = ["torch", "transformers", "tokenizers", "sentencepiece", "llm-blender"]
-    made_by = BUILT_BY + ALSO_BUILT_BY.get(name, ())
-    code = b"".join((REPO_ROOT / "src" / f).read_bytes() for f in made_by)
+    code = b"".join(map(source_bytes, BUILT_BY + ALSO_BUILT_BY.get(name, ())))
     return {
         "name": name,
         # where it was built: a PairRM's config.json names its backbone by path (`relocated`)
@@ -195,6 +203,17 @@ def build_identity(name: str, folder: Path, seed: int, texts: list[str]) -> dict
         "builder_sha256": hashlib.sha256(code).hexdigest(),
         "versions": {p: version(p) for p in packages},
     }
+
+
+def source_bytes(made_by: str) -> bytes:
+    """A file's bytes (`path` under src/), or of `path:NAME,...` the named objects alone: a
+    function's source, any other value's repr."""
+    path, _, names = made_by.partition(":")
+    if not names:
+        return (REPO_ROOT / "src" / path).read_bytes()
+    module = importlib.import_module("src." + path.removesuffix(".py").replace("/", "."))
+    values = (getattr(module, n) for n in names.split(","))
+    return "\0".join(inspect.getsource(v) if callable(v) else repr(v) for v in values).encode()
 
 
 def build(name: str, out_dir: Path, seed: int = 0) -> Path:
