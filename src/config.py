@@ -558,7 +558,7 @@ class DataConfig:
     # folder (judge_prompts.jsonl, mt_bench/question.jsonl, mt_bench/reference_answer/gpt-4.jsonl)
     mt_bench: str | None = None
     # an Arena-Hard-Auto data folder, e.g. its data/arena-hard-v0.1 (question.jsonl and
-    # model_answer/<eval.arena_hard_baseline>.jsonl)
+    # model_answer/<baseline>.jsonl for each baseline its categories are played against)
     arena_hard: str | None = None
     # where the leaderboard's datasets are copied: <folder>/<repo id>/, as
     # `hf download <repo id> --repo-type dataset --local-dir <folder>/<repo id>` makes them;
@@ -816,8 +816,10 @@ class EvalConfig:
     # arena_hard (data.arena_hard), leaderboard (eval.leaderboard_tasks, data.leaderboard)
     benchmarks: list[Benchmark] = field(default_factory=list)
     llm_judge: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)  # MT-Bench's, Arena-Hard's
-    # Arena-Hard's baseline: the model whose answers data.arena_hard/model_answer/<name>.jsonl holds
-    arena_hard_baseline: str = "gpt-4-0314"
+    # Arena-Hard's baseline, the model whose answers data.arena_hard/model_answer/<name>.jsonl
+    # holds: null plays each category against its own, as the benchmark does (gpt-4-0314 for
+    # v0.1; v2.0: o3-mini-2025-01-31 for hard prompts, gemini-2.0-flash-001 for creative writing)
+    arena_hard_baseline: str | None = None
     # the leaderboard's tasks, as lm-eval names them: "leaderboard" (v2's six: ifeval, bbh,
     # math_hard, gpqa, musr, mmlu_pro), any of those six or a leaderboard_* subtask, and v1's
     # arc_challenge (25-shot) and truthfulqa_mc2

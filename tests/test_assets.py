@@ -114,7 +114,7 @@ def test_eval_benchmarks_read_their_data_folders_served_judge_and_leaderboard_da
     entries = {e.asset.label(): e for e in listed_for(configs)}
     mt_bench = entries["folder /data/llm_judge (mt_bench/question.jsonl, judge_prompts.jsonl)"]
     assert mt_bench.used_by() == "data.mt_bench: iterations 1-2 eval"
-    arena = entries["folder /data/arena-hard-v0.1 (question.jsonl, model_answer/gpt-4-0314.jsonl)"]
+    arena = entries["folder /data/arena-hard-v0.1 (question.jsonl, model_answer)"]
     assert arena.used_by() == "data.arena_hard: iterations 1-2 eval"
     assert not mt_bench.asset.on_hub and not arena.asset.on_hub  # the user's copies: not fetched
     judge = entries["model Qwen/Qwen2.5-7B-Instruct"]

@@ -298,6 +298,35 @@ def test_a_benchmark_scored_on_fewer_questions_than_it_asked_says_so():
     assert "MT-Bench (80 questions)" in body and "Arena-Hard-Auto v0.1 (500 questions)" in body
 
 
+def test_arena_hard_v2_shows_each_category_against_its_own_baseline():
+    """v2.0 is never pooled: its hard prompts' figure first, each other category on its own line
+    and model-index row, each naming its baseline."""
+    hard = {"questions": 500, "win_rate": 0.3, "lower": 0.25, "upper": 0.35,
+            "baseline": "o3-mini-2025-01-31"}  # fmt: skip
+    creative = {"questions": 250, "win_rate": 0.6, "lower": 0.55, "upper": 0.65,
+                "baseline": "gemini-2.0-flash-001"}  # fmt: skip
+    v2 = ARENA_HARD | {
+        "version": "v2.0", "level": 0.9, "category": "hard_prompt", "baseline": hard["baseline"],
+        "categories": {"hard_prompt": hard, "creative_writing": creative}, **{
+            k: hard[k] for k in ("questions", "win_rate", "lower", "upper")},
+    }  # fmt: skip
+    card = ModelCard(card_of(ALPACA | {"arena_hard": v2}))
+    body = " ".join(card.text.split())
+    assert (
+        "- Arena-Hard-Auto v2.0 (500 questions), judged by `qwen-judge@local` against "
+        "`o3-mini-2025-01-31`: win rate 30.0 % [25.0, 35.0] (90 % bootstrap interval)"
+    ) in body
+    assert ("creative_writing (250 questions scored) against `gemini-2.0-flash-001`: win rate "
+            "60.0 % [55.0, 65.0] (90 % bootstrap interval).") in body  # fmt: skip
+    rows = {r.metric_name: r.metric_value for r in card.data.eval_results
+            if r.dataset_type == "arena_hard"}  # fmt: skip
+    assert rows == {
+        "Arena-Hard v2.0 hard_prompt win rate % vs o3-mini-2025-01-31 (qwen-judge@local)": 30.0,
+        "Arena-Hard v2.0 creative_writing win rate % vs gemini-2.0-flash-001 (qwen-judge@local)":
+            60.0,
+    }  # fmt: skip
+
+
 def test_a_leaderboard_run_on_its_first_documents_only_is_in_the_body_not_the_model_index():
     limited = LEADERBOARD | {"limit": 2}
     card = ModelCard(card_of(ALPACA | {"leaderboard": limited}))

@@ -507,6 +507,7 @@ def test_v2_leaves_out_a_question_whole_where_v01_leaves_out_the_game():
 
 
 def test_each_category_is_scored_on_its_own():
+    """v2.0's show_result scores each category on its own battles, against its own baseline."""
     hard, creative = v2_questions(4), v2_questions(6, "creative_writing")
     creative = [Question(f"c{i}", q.category, q.prompt) for i, q in enumerate(creative)]
     verdicts = every_game(hard, "B>A", "A>B") | every_game(creative, "A>B", "B>A")
@@ -514,7 +515,11 @@ def test_each_category_is_scored_on_its_own():
     assert result["categories"]["hard_prompt"]["questions"] == 4
     assert result["categories"]["hard_prompt"]["win_rate"] == 1.0
     assert result["categories"]["creative_writing"]["win_rate"] == 0.0
-    assert result["win_rate"] == pytest.approx(0.4, abs=0.05)  # pooled
+    # never pooled: the figure is hard_prompt's (show_result's default category), else the first
+    assert (result["category"], result["win_rate"], result["questions"]) == ("hard_prompt", 1.0, 4)
+    assert result["games"]["game1"] == {"wins": 4, "ties": 0, "losses": 0}
+    alone = score(creative, verdicts)
+    assert (alone["category"], alone["win_rate"]) == ("creative_writing", 0.0)
     assert score(hard + creative, verdicts, lengths={"q0": 100, "q1": 301})["avg_tokens"] == 200
     assert result["avg_tokens"] is None
     with pytest.raises(EvalError, match="v0.1 and v2.0"):

@@ -55,7 +55,7 @@ def test_a_data_folder_without_fastchats_files_is_named_before_any_answer(tmp_pa
 def test_an_arena_hard_baseline_that_is_not_there_names_its_key(tmp_path):
     write_lines(
         tmp_path / "question.jsonl",
-        [{"question_id": "q1", "category": "c", "turns": [{"content": "Hi"}]}],
+        [{"question_id": "q1", "category": "arena-hard-v0.1", "turns": [{"content": "Hi"}]}],
     )
     cfg = compose_cfg(
         *SMALL,
@@ -94,6 +94,39 @@ def test_an_arena_hard_baseline_that_answers_part_of_the_questions_is_refused(tm
     said = str(refused.value)
     assert said.startswith("eval.arena_hard_baseline: ") and "base.jsonl answers 1 of the 3" in said
     assert "(not q0 and 1 more)" in said
+
+
+def test_each_arena_hard_category_is_played_against_its_own_baseline(tmp_path):
+    """v2.0's hard prompts against o3-mini's answers, its creative writing against
+    gemini-2.0-flash's (the benchmark's JUDGE_SETTINGS), each file named where it is missing;
+    eval.arena_hard_baseline=<name> plays every category against that one."""
+    rows = [{"uid": "h1", "category": "hard_prompt", "prompt": "Prove it."},
+            {"uid": "c1", "category": "creative_writing", "prompt": "A poem."}]  # fmt: skip
+    write_lines(tmp_path / "question.jsonl", rows)
+
+    def answers(model: str, uids: list[str]) -> None:
+        write_lines(tmp_path / "model_answer" / f"{model}.jsonl", [
+            {"uid": u, "model": model, "messages": [{"content": {"answer": f"{model} on {u}"}}]}
+            for u in uids])  # fmt: skip
+
+    answers("o3-mini-2025-01-31", ["h1", "c1"])
+    cfg = compose_cfg(*SMALL, "eval.benchmarks=[arena_hard]", f"data.arena_hard={tmp_path}",
+                      "eval.arena_hard_baseline=null")  # fmt: skip
+    with pytest.raises(EvalError, match=r"model_answer/gemini-2\.0-flash-001\.jsonl does not"):
+        benchmarks.read_data(cfg)
+    answers("gemini-2.0-flash-001", ["c1"])
+    assert [p.name for p in benchmarks.required_files(benchmarks.Benchmark.arena_hard, cfg)] == [
+        "question.jsonl", "gemini-2.0-flash-001.jsonl", "o3-mini-2025-01-31.jsonl"]  # fmt: skip
+    data = benchmarks.read_data(cfg)[benchmarks.Benchmark.arena_hard]
+    assert data.baselines == {"hard_prompt": "o3-mini-2025-01-31",
+                              "creative_writing": "gemini-2.0-flash-001"}  # fmt: skip
+    assert data.baseline == {"h1": "o3-mini-2025-01-31 on h1", "c1": "gemini-2.0-flash-001 on c1"}
+
+    one = compose_cfg(*SMALL, "eval.benchmarks=[arena_hard]", f"data.arena_hard={tmp_path}",
+                      "eval.arena_hard_baseline=o3-mini-2025-01-31")  # fmt: skip
+    data = benchmarks.read_data(one)[benchmarks.Benchmark.arena_hard]
+    assert set(data.baselines.values()) == {"o3-mini-2025-01-31"}
+    assert data.baseline["c1"] == "o3-mini-2025-01-31 on c1"
 
 
 def test_a_second_turn_is_rendered_after_the_policys_own_first(tiny_dir):

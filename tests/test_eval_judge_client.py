@@ -665,3 +665,74 @@ def test_a_judge_that_dies_mid_benchmark_ends_in_one_line_keeping_what_it_made(s
     assert message.startswith("mt_bench: the judge tiny-judge@local stopped answering ("), message
     assert f") after {kept} of {n} judgments; they are kept in {cache}" in message
     assert "run the command again to judge the rest" in message and "\n" not in message
+
+
+def test_arena_hard_v2_plays_each_category_against_its_own_baseline_and_never_pools(tmp_path):
+    """Graded through an OpenAI-compatible judge that prefers the answer saying "good", else
+    the baseline's: the hard prompts' games see o3-mini's answers, the creative ones gemini's;
+    the figure is hard_prompt's, creative writing's beside it with its own baseline."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.test_eval_benchmarks import write_lines
+
+    seen: list[str] = []
+
+    class Judge(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.reply(MODELS)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = body["messages"][-1]["content"]
+            first = text.split("<|The Start of Assistant A's Answer|>")[1].split("<|The End")[0]
+            seen.append(text)
+            better = "good" if "good" in text else "answers"  # else the baseline's (answers)
+            verdict = "[[A>>B]]" if better in first else "[[B>>A]]"
+            message = {"role": "assistant", "content": f"My final verdict is: {verdict}"}
+            self.reply({**ANSWER, "choices": [{**ANSWER["choices"][0], "message": message}]})
+
+        def reply(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    questions = [
+        {"uid": f"h{i}", "category": "hard_prompt", "prompt": "Prove it."} for i in range(3)
+    ]
+    questions += [{"uid": f"c{i}", "category": "creative_writing", "prompt": "A poem."}
+                  for i in range(2)]  # fmt: skip
+    write_lines(tmp_path / "arena" / "question.jsonl", questions)
+    for model in ("o3-mini-2025-01-31", "gemini-2.0-flash-001"):
+        write_lines(tmp_path / "arena" / "model_answer" / f"{model}.jsonl", [
+            {"uid": q["uid"], "model": model, "messages": [{"content": {"answer": f"{model} answers"}}]}
+            for q in questions])  # fmt: skip
+    try:
+        cfg = compose_cfg(
+            *SMALL, "eval.benchmarks=[arena_hard]", f"data.arena_hard={tmp_path / 'arena'}",
+            "eval.arena_hard_baseline=null", "eval.llm_judge.serve=null", "eval.llm_judge.model=m",
+            f"eval.llm_judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+            "eval.llm_judge.api_key_env=''", f"paths.root={tmp_path / 'runs'}",
+        )  # fmt: skip
+        data = benchmarks.read_data(cfg)[Benchmark.arena_hard]
+        answered = {q["uid"]: "a good answer" if q["uid"][0] == "h" else "an answer"
+                    for q in questions}  # fmt: skip
+        result = benchmarks.grade_arena_hard(cfg, endpoint_of(cfg.eval.llm_judge), data, answered)
+    finally:
+        server.shutdown()
+    assert len(seen) == 10, "two games a question"
+    assert all("o3-mini" in t for t in seen if "Prove it." in t)
+    assert all("gemini-2.0-flash-001" in t and "o3-mini" not in t for t in seen if "A poem." in t)
+    assert (result["category"], result["baseline"], result["win_rate"]) == (
+        "hard_prompt", "o3-mini-2025-01-31", 1.0)  # fmt: skip
+    assert (result["questions"], result["asked"]) == (3, 3)
+    creative = result["categories"]["creative_writing"]
+    assert (creative["baseline"], creative["win_rate"], creative["questions"]) == (
+        "gemini-2.0-flash-001", 0.0, 2)  # fmt: skip

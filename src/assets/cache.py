@@ -168,8 +168,9 @@ def structure_damage(asset: Asset, folder: Path) -> str | None:
 
 
 def files_missing(asset: Asset, folder: Path) -> str | None:
-    """The first of the asset's `files` that `folder` lacks."""
-    missing = sorted(f for f in asset.files if not (folder / f).is_file())
+    """The first of the asset's `files` (or folders: Arena-Hard's answers' while its questions
+    cannot be read) that `folder` lacks."""
+    missing = sorted(f for f in asset.files if not (folder / f).exists())
     return f"{missing[0]} is missing" if missing else None
 
 

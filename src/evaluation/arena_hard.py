@@ -22,8 +22,10 @@ assistant A and the model's as B, game 2 swapped, each the system prompt and PRO
 filled in. v0.1: temperature 0, 4096 tokens (judge gpt-4-1106-preview, baseline gpt-4-0314).
 v2.0: temperature 0 and 16000 tokens for gpt-4.1, 1.0 and 32000 for gemini-2.5 (the alternative
 its config leaves commented out); "creative_writing" is judged under a prompt without the
-judge's own answer first (baselines: o3-mini-2025-01-31 for hard prompts, gemini-2.0-flash-001
-for creative writing). Both versions' default system prompt and template are the same text.
+judge's own answer first. Each category's games are played against its own baseline
+(JUDGE_SETTINGS: o3-mini-2025-01-31 for hard prompts, coding and math, gemini-2.0-flash-001 for
+creative writing, gpt-4-0314 for v0.1). Both versions' default system prompt and template are
+the same text.
 
 Verdicts. v0.1: `\[\[([AB<>=]+)\]\]` on the judgment as written; one distinct match is the
 verdict, several different ones are none; with no match at all the judge is asked once more
@@ -47,7 +49,10 @@ show_result resamples every model's battles together, here the model's own are).
 - v2.0: no fit: the mean of the battles' scores. The point is the mean of the bootstrap means,
   the interval their quantiles 0.05 and 0.95 (a 90% interval). A question either game of which
   has no verdict is left out whole, as is one with a verdict outside show_result's ten labels
-  (on which it fails).
+  (on which it fails). Each category is scored on its own battles against its own baseline,
+  never pooled: show_result prints one leaderboard per category it is asked for, hard_prompt
+  when asked for none, which is the figure here (`HEADLINE`; another category where the
+  questions have no hard prompt), each category's beside it.
 
 Style control (show_result's --style-control, v2.0's --control-features) is not here: it
 standardises the style differences over the battles of every model judged and fits one style
@@ -77,6 +82,17 @@ VERSIONS = {
     "math": V2,
     "creative_writing": V2,
 }
+# JUDGE_SETTINGS' baseline of each category: the model whose answers its questions' games are
+# played against (eval.arena_hard_baseline=<name> plays every category against one)
+BASELINES = {
+    "arena-hard-v0.1": "gpt-4-0314",
+    "hard_prompt": "o3-mini-2025-01-31",
+    "coding": "o3-mini-2025-01-31",
+    "math": "o3-mini-2025-01-31",
+    "creative_writing": "gemini-2.0-flash-001",
+}
+# the category show_result.py reports when asked for none (its --category default): v2.0's figure
+HEADLINE = "hard_prompt"
 
 # v0.1: config/judge_config.yaml's system_prompt; v2.0: utils/judge_utils.py's
 # OG_ARENA_HARD_PROMPT (the same text)
@@ -349,11 +365,13 @@ def score(
 
     lower, upper, level: its bootstrap interval and the interval's coverage;
     games: per game, the verdicts the win rate counts that the model won, tied and lost;
-    unjudged: games of the questions judged (either game in `verdicts`) that count for nothing:
-        no verdict, one the scoring does not know, or absent;
+    unjudged: games of the questions judged (either game in `verdicts`), of every category, that
+        count for nothing: no verdict, one the scoring does not know, or absent;
     questions, battles: the questions and the (weighted) battles the win rate counts;
-    categories: each category's win rate and interval (v2.0 reports each on its own, against its
-        own baseline; the top level pools them);
+    category: the category the win rate is of: v2.0's `HEADLINE` where the questions have one,
+        else their first category; v0.1's one;
+    categories: each category's questions, win rate and interval (v2.0 reports each on its own,
+        against its own baseline);
     avg_tokens: with `lengths` (uid -> the model's answer's tokens), their mean over the
         questions, truncated, as the v0.1 leaderboard prints it.
 
@@ -367,6 +385,8 @@ def score(
     # v2.0 leaves out a question either game of which counts for nothing, v0.1 only that game
     counts = all if version == V2 else any
     by_category: dict[str, list[list[float]]] = {}  # each counted question's battles
+    categories = list(dict.fromkeys(q.category for q in questions))
+    headline = HEADLINE if HEADLINE in categories else categories[0]
     for q in questions:
         if (q.uid, 1) not in verdicts and (q.uid, 2) not in verdicts:
             continue  # never judged
@@ -375,10 +395,10 @@ def score(
         if not counts(both):
             continue
         for g, b in zip((1, 2), both, strict=True):
-            if b:
+            if b and q.category == headline:
                 games[f"game{g}"][OUTCOMES[b[0]]] += 1
         by_category.setdefault(q.category, []).append(both[0] + both[1])
-    scores = _flat([rows for judged in by_category.values() for rows in judged])
+    scores = _flat(by_category.get(headline, []))
     avg_tokens = None
     if lengths is not None:
         mine = [lengths[q.uid] for q in questions if q.uid in lengths]
@@ -389,7 +409,8 @@ def score(
         "level": LEVELS[version],
         "games": games,
         "unjudged": unjudged,
-        "questions": sum(len(judged) for judged in by_category.values()),
+        "category": headline,
+        "questions": len(by_category.get(headline, [])),
         "battles": len(scores),
         "categories": {
             category: {

@@ -56,8 +56,8 @@ class MTBenchData:
 @dataclass(frozen=True)
 class ArenaHardData:
     questions: list
-    baseline_name: str
-    baseline: dict
+    baselines: dict  # category -> the model its games are played against
+    baseline: dict  # uid -> that model's answer to the question
 
 
 def mt_bench_files(folder: str) -> tuple[Path, Path, Path]:
@@ -71,10 +71,28 @@ def mt_bench_files(folder: str) -> tuple[Path, Path, Path]:
     )
 
 
-def arena_hard_files(folder: str, baseline: str) -> tuple[Path, Path]:
-    """arena-hard-auto's data/<bench> layout: the questions, the baseline's answers."""
+def arena_hard_files(folder: str, baseline: str | None) -> tuple[Path, ...]:
+    """arena-hard-auto's data/<bench> layout: the questions, then the answers of each baseline
+    they are played against (`baseline`, or each category's own: those of the categories the
+    questions file names; the answers' folder while it cannot be read)."""
     root = Path(folder)
-    return root / "question.jsonl", root / "model_answer" / f"{baseline}.jsonl"
+    questions = root / "question.jsonl"
+    names = [baseline] if baseline else sorted(set(arena_hard_baselines(questions, None).values()))
+    if not names:
+        return questions, root / "model_answer"
+    return (questions, *(root / "model_answer" / f"{name}.jsonl" for name in names))
+
+
+def arena_hard_baselines(questions: Path | list, baseline: str | None) -> dict[str, str]:
+    """category -> its baseline: `baseline` for every one, else each category's own
+    (arena_hard.BASELINES), for the categories of `questions` (a list, or a file not yet checked:
+    none where it cannot be read)."""
+    if isinstance(questions, Path):
+        try:
+            questions = arena_hard.load_questions(questions)
+        except (EvalError, OSError):
+            return {}
+    return {q.category: baseline or arena_hard.BASELINES[q.category] for q in questions}
 
 
 def required_files(benchmark: Benchmark, cfg: Config) -> tuple[Path, ...]:
@@ -120,33 +138,38 @@ def read_data(cfg: Config) -> dict[Benchmark, object]:
             mt_bench.load_judge_prompts(prompts),
         )
     if Benchmark.arena_hard in cfg.eval.benchmarks:
-        questions, baseline = required_files(Benchmark.arena_hard, cfg)
-        require_file(
-            questions,
-            "data.arena_hard",
-            "arena-hard-auto's data/arena-hard-v0.1 folder",
-        )
-        require_file(
-            baseline,
-            "eval.arena_hard_baseline",
-            "a model whose answers data.arena_hard/model_answer holds",
-        )
-        name, answers_by_uid = arena_hard.load_answers(baseline)
-        asked = require_questions(arena_hard.load_questions(questions), questions)
-        unanswered = [q.uid for q in asked if q.uid not in answers_by_uid]
-        if unanswered:  # a win rate against it would rest on the questions it answered alone
-            raise EvalError(
-                f"eval.arena_hard_baseline: {baseline} answers {len(asked) - len(unanswered)} of "
-                f"the {len(asked)} questions of {questions} (not {unanswered[0]}"
-                f"{f' and {len(unanswered) - 1} more' if len(unanswered) > 1 else ''}): "
-                "a baseline answers every question"
-            )
-        data[Benchmark.arena_hard] = ArenaHardData(asked, name, answers_by_uid)
+        data[Benchmark.arena_hard] = read_arena_hard(cfg)
     if Benchmark.leaderboard in cfg.eval.benchmarks:
         names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)
         leaderboard.dataset_folders(names, cfg.data.leaderboard)  # offline: each one found
         data[Benchmark.leaderboard] = names
     return data
+
+
+def read_arena_hard(cfg: Config) -> ArenaHardData:
+    """The questions, and each one's baseline answer from its category's baseline (or
+    eval.arena_hard_baseline's), every question answered."""
+    questions = required_files(Benchmark.arena_hard, cfg)[0]
+    require_file(questions, "data.arena_hard", "arena-hard-auto's data/arena-hard-v0.1 folder")
+    asked = require_questions(arena_hard.load_questions(questions), questions)
+    baselines = arena_hard_baselines(asked, cfg.eval.arena_hard_baseline)
+    answer: dict[str, str] = {}
+    for name in sorted(set(baselines.values())):
+        _, path = arena_hard_files(cfg.data.arena_hard, name)
+        require_file(path, "eval.arena_hard_baseline", f"the answers of {name}, a baseline of "
+                     f"{questions}'s categories, in data.arena_hard/model_answer")  # fmt: skip
+        answers_by_uid = arena_hard.load_answers(path)[1]
+        mine = [q.uid for q in asked if baselines[q.category] == name]
+        unanswered = [uid for uid in mine if uid not in answers_by_uid]
+        if unanswered:  # a win rate against it would rest on the questions it answered alone
+            raise EvalError(
+                f"eval.arena_hard_baseline: {path} answers {len(mine) - len(unanswered)} of "
+                f"the {len(mine)} questions of {questions} it is the baseline of (not "
+                f"{unanswered[0]}{f' and {len(unanswered) - 1} more' if len(unanswered) > 1 else ''}"
+                "): a baseline answers every question"
+            )
+        answer.update({uid: answers_by_uid[uid] for uid in mine})
+    return ArenaHardData(asked, baselines, answer)
 
 
 def require_file(path: Path, key: str, what: str) -> None:
@@ -365,20 +388,24 @@ def grade_arena_hard(cfg: Config, endpoint: Endpoint, data: ArenaHardData, answe
         _, uid, game = key.split("/", 2)
         verdicts[(uid, int(game.removeprefix("game")))] = arena_hard.parse_verdict(text, version)
     scored = arena_hard.score(data.questions, verdicts, seed=cfg.eval.seed)
+    for category, figures in scored["categories"].items():
+        figures["baseline"] = data.baselines[category]
     usable = sum(v is not None for v in verdicts.values())
     require_a_verdict("arena_hard", endpoint, list(texts.values()), usable, cache)
-    print(
-        f"[eval] arena_hard by {endpoint.label} against {data.baseline_name}: win rate "
-        f"{figure(scored['win_rate'], '.3f')} [{figure(scored['lower'], '.3f')}, "
-        f"{figure(scored['upper'], '.3f')}]; {scored['questions']} of {len(data.questions)} "
-        f"questions scored, {scored['unjudged']} game(s) without a verdict",
-        file=sys.stderr,
-    )
+    for category, c in scored["categories"].items():
+        asked = sum(q.category == category for q in data.questions)
+        print(
+            f"[eval] arena_hard {category} by {endpoint.label} against {c['baseline']}: win "
+            f"rate {figure(c['win_rate'], '.3f')} [{figure(c['lower'], '.3f')}, "
+            f"{figure(c['upper'], '.3f')}]; {c['questions']} of {asked} questions scored",
+            file=sys.stderr,
+        )
+    print(f"[eval] arena_hard: {scored['unjudged']} game(s) without a verdict", file=sys.stderr)
     return {
         "judge": endpoint.label,
-        "baseline": data.baseline_name,
+        "baseline": data.baselines[scored["category"]],
         **scored,
-        "asked": len(data.questions),
+        "asked": sum(q.category == scored["category"] for q in data.questions),
         "unanswered": len(data.questions) - len(answered),
         **cost,
     }

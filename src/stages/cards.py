@@ -29,6 +29,7 @@ from src.core.policy import CARD
 from src.core.records import read_record, saved_state
 from src.core.registry import SIDE_EVAL
 from src.evaluation.alpaca_eval import REFERENCE_REPO
+from src.evaluation.arena_hard import V01 as ARENA_V01
 from src.evaluation.benchmarks import figure
 from src.evaluation.leaderboard import V1, shown_scores
 
@@ -181,6 +182,28 @@ def saved_command(stage_dir: Path) -> str:
     return saved.read_text().splitlines()[0].removeprefix("# ")
 
 
+def arena_categories(arena: dict | None) -> list[tuple[str, dict]]:
+    """An Arena-Hard result's categories, each with its baseline, the reported one first (a
+    result made before each category had its own baseline: its one figure alone)."""
+    if not arena:
+        return []
+    shown = arena.get("category")  # None in a result pooled over its categories
+    categories = arena.get("categories") or {}
+    first = {**arena, **categories.get(shown, {}), "baseline": arena["baseline"]}
+    rest = [(k, c) for k, c in categories.items() if k != shown and "baseline" in c]
+    return [(shown, first), *rest]
+
+
+def arena_rate(figures: dict) -> str:
+    """A win rate and its bootstrap interval, in percent, as the card writes them."""
+    if figures.get("win_rate") is None:
+        return "no win rate (no verdict counted)"
+    return (
+        f"win rate {100 * figures['win_rate']:.1f} % [{100 * figures['lower']:.1f}, "
+        f"{100 * figures['upper']:.1f}] ({round(100 * figures['level'])} % bootstrap interval)"
+    )
+
+
 def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str) -> str:
     """The card's text; `evaluations`: eval.json's of the iteration, the one against the base
     model first (none: not evaluated yet)."""
@@ -306,8 +329,11 @@ def benchmark_results(evaluation: dict) -> list:
             )
         )
     arena = evaluation.get("arena_hard")
-    if arena and arena.get("win_rate") is not None:
-        version, baseline, judge = arena["version"], arena["baseline"], arena["judge"]
+    for category, c in arena_categories(arena):
+        if c.get("win_rate") is None:
+            continue
+        version, baseline, judge = arena["version"], c["baseline"], arena["judge"]
+        of = f" {category}" if category and version != ARENA_V01 else ""  # v2.0: each its own
         results.append(  # in percent, as its leaderboard
             EvalResult(
                 **task,
@@ -316,8 +342,8 @@ def benchmark_results(evaluation: dict) -> list:
                 dataset_config=version,
                 dataset_args={"judge": judge, "baseline": baseline},
                 metric_type="win_rate",
-                metric_name=f"Arena-Hard {version} win rate % vs {baseline} ({judge})",
-                metric_value=round(100 * arena["win_rate"], 2),
+                metric_name=f"Arena-Hard {version}{of} win rate % vs {baseline} ({judge})",
+                metric_value=round(100 * c["win_rate"], 2),
             )
         )
     board = evaluation.get("leaderboard")
@@ -451,18 +477,16 @@ def benchmark_lines(evaluation: dict) -> list[str]:
         )
     arena = evaluation.get("arena_hard")
     if arena:
-        rate = (
-            f"win rate {100 * arena['win_rate']:.1f} % [{100 * arena['lower']:.1f}, "
-            f"{100 * arena['upper']:.1f}] ({round(100 * arena['level'])} % bootstrap interval)"
-            if arena["win_rate"] is not None
-            else "no win rate (no verdict counted)"
-        )
         unjudged = f"; {arena['unjudged']} games without a verdict" if arena.get("unjudged") else ""
         lines.append(
             f"Arena-Hard-Auto {arena['version']} ({of(arena['questions'], arena.get('asked'))}), "
             "judged by "
-            f"`{arena['judge']}` against `{arena['baseline']}`: {rate}{unjudged}."
+            f"`{arena['judge']}` against `{arena['baseline']}`: {arena_rate(arena)}{unjudged}."
         )
+        others = [(k, c) for k, c in arena_categories(arena) if k != arena.get("category")]
+        for category, c in others:  # v2.0 scores each category on its own, never pooled
+            lines.append(f"  {category} ({c['questions']} questions scored) against "
+                         f"`{c['baseline']}`: {arena_rate({**c, 'level': arena['level']})}.")  # fmt: skip
     board = evaluation.get("leaderboard")
     if board:
         lines.append(leaderboard_line(board))
