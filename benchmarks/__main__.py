@@ -21,6 +21,7 @@ BENCHMARKS = (
     "scale",
     "agreement",
     "iteration",
+    "optimizer_step",
 )
 
 
