@@ -110,6 +110,10 @@ def test_pairs_are_tokenised_a_batch_at_a_time_into_4_byte_ids_keyed_by_their_ro
 @pytest.mark.parametrize("method", ["sppo", "wpo"])
 @pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
 def test_a_few_steps_change_every_parameter(model, method):
+    """Two steps of each method on each architecture move every parameter, finitely.
+
+    Slow (its first case): the module's first training pays the Trainer's imports and, on a
+    fresh clone, the tiny model's build (~2 min on CI's 2 cores)."""
     cfg = train_cfg(f"model={model}", f"method={method}", "training.warmup_ratio=0")
     metrics, done, stage = trained(cfg)
 
