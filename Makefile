@@ -169,10 +169,10 @@ sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta
 
 # Each target ends with the slowest tests and the run's total; every test's seconds (setup + call
 # + teardown) go to .cache/test-durations.jsonl (tests/durations.py; docs/testing.md)
-test: install ## Run the test suite (what CI runs), a worker per CPU (PYTEST_WORKERS=auto): 23 min on 2 cores (budget 20: docs/testing.md)
+test: install ## Run the test suite (what CI runs), a worker per CPU (PYTEST_WORKERS=auto): 19 min on 2 cores (budget 20: docs/testing.md)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-test-fast: install ## The tests not marked slow, distributed or slurm (the edit-test loop): 2.8 min on 2 cores (budget 3)
+test-fast: install ## The tests not marked slow, distributed or slurm (the edit-test loop): 2.6 min on 2 cores (budget 3)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "$(FAST)" $(PYTEST_ARGS)
 
 test-slow: install ## Only the tests marked slow, distributed or slurm (the rest of `make test`)
