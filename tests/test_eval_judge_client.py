@@ -242,6 +242,40 @@ def stub_judge():
 JSON = "application/json"
 
 
+@contextlib.contextmanager
+def judging(content_of):
+    """An OpenAI-compatible judge on 127.0.0.1 whose every chat completion's content is
+    `content_of(the last message's text)`; yields its base URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Judge(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.reply(MODELS)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            message = {"role": "assistant", "content": content_of(body["messages"][-1]["content"])}
+            self.reply({**ANSWER, "choices": [{**ANSWER["choices"][0], "message": message}]})
+
+        def reply(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", JSON)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize(
     ("answer", "said"),
     [
@@ -298,46 +332,19 @@ def test_a_judgment_without_a_verdict_is_asked_again_by_the_next_run_not_served_
     """A judge that says nothing usable for two of four requests; fixed, the next run asks
     those two again (the two rated ones come from the cache) instead of reading the empty
     judgments back."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from src.evaluation.mt_bench import parse_rating
 
     contents = ["Rating: [[5]]", "Rating: [[5]]", silent, silent]
-
-    class Judge(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.reply(MODELS)
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            content = contents.pop(0) if contents else "Rating: [[7]]"  # fixed once emptied
-            message = {"role": "assistant", "content": content}
-            self.reply({**ANSWER, "choices": [{**ANSWER["choices"][0], "message": message}]})
-
-        def reply(self, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", JSON)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    j = LLMJudgeConfig(model="m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
-                       api_key_env="", concurrency=1, max_retries=0, timeout_s=10)  # fmt: skip
-    endpoint, cache = endpoint_of(j), tmp_path / "mt_bench.jsonl"
     rated = lambda text: parse_rating(text) is not None  # noqa: E731
-    try:
+    # fixed once emptied
+    with judging(lambda _: contents.pop(0) if contents else "Rating: [[7]]") as base_url:
+        j = LLMJudgeConfig(model="m", base_url=base_url, api_key_env="", concurrency=1,
+                           max_retries=0, timeout_s=10)  # fmt: skip
+        endpoint, cache = endpoint_of(j), tmp_path / "mt_bench.jsonl"
         first, cost = judge_all(endpoint, j, requests(4), cache, "mt_bench", final=rated)
         assert [rated(x.text) for x in first.values()] == [True, True, False, False]
         assert cost["judge_calls"] == 4
         again, cost = judge_all(endpoint, j, requests(4), cache, "mt_bench", final=rated)
-    finally:
-        server.shutdown()
     assert (cost["judge_calls"], cost["judge_cached"]) == (2, 2)
     assert [x.text for x in again.values()] == ["Rating: [[5]]"] * 2 + ["Rating: [[7]]"] * 2
 
@@ -671,39 +678,16 @@ def test_arena_hard_v2_plays_each_category_against_its_own_baseline_and_never_po
     """Graded through an OpenAI-compatible judge that prefers the answer saying "good", else
     the baseline's: the hard prompts' games see o3-mini's answers, the creative ones gemini's;
     the figure is hard_prompt's, creative writing's beside it with its own baseline."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from tests.test_eval_benchmarks import write_lines
 
     seen: list[str] = []
 
-    class Judge(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.reply(MODELS)
+    def verdict(text: str) -> str:
+        first = text.split("<|The Start of Assistant A's Answer|>")[1].split("<|The End")[0]
+        seen.append(text)
+        better = "good" if "good" in text else "answers"  # else the baseline's (answers)
+        return f"My final verdict is: {'[[A>>B]]' if better in first else '[[B>>A]]'}"
 
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = body["messages"][-1]["content"]
-            first = text.split("<|The Start of Assistant A's Answer|>")[1].split("<|The End")[0]
-            seen.append(text)
-            better = "good" if "good" in text else "answers"  # else the baseline's (answers)
-            verdict = "[[A>>B]]" if better in first else "[[B>>A]]"
-            message = {"role": "assistant", "content": f"My final verdict is: {verdict}"}
-            self.reply({**ANSWER, "choices": [{**ANSWER["choices"][0], "message": message}]})
-
-        def reply(self, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     questions = [
         {"uid": f"h{i}", "category": "hard_prompt", "prompt": "Prove it."} for i in range(3)
     ]
@@ -714,19 +698,17 @@ def test_arena_hard_v2_plays_each_category_against_its_own_baseline_and_never_po
         write_lines(tmp_path / "arena" / "model_answer" / f"{model}.jsonl", [
             {"uid": q["uid"], "model": model, "messages": [{"content": {"answer": f"{model} answers"}}]}
             for q in questions])  # fmt: skip
-    try:
+    with judging(verdict) as base_url:
         cfg = compose_cfg(
             *SMALL, "eval.benchmarks=[arena_hard]", f"data.arena_hard={tmp_path / 'arena'}",
             "eval.arena_hard_baseline=null", "eval.llm_judge.serve=null", "eval.llm_judge.model=m",
-            f"eval.llm_judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+            f"eval.llm_judge.base_url={base_url}",
             "eval.llm_judge.api_key_env=''", f"paths.root={tmp_path / 'runs'}",
         )  # fmt: skip
         data = benchmarks.read_data(cfg)[Benchmark.arena_hard]
         answered = {q["uid"]: "a good answer" if q["uid"][0] == "h" else "an answer"
                     for q in questions}  # fmt: skip
         result = benchmarks.grade_arena_hard(cfg, endpoint_of(cfg.eval.llm_judge), data, answered)
-    finally:
-        server.shutdown()
     assert len(seen) == 10, "two games a question"
     assert all("o3-mini" in t for t in seen if "Prove it." in t)
     assert all("gemini-2.0-flash-001" in t and "o3-mini" not in t for t in seen if "A poem." in t)

@@ -71,16 +71,24 @@ def mt_bench_files(folder: str) -> tuple[Path, Path, Path]:
     )
 
 
+ARENA_HARD_QUESTIONS = "question.jsonl"  # in an arena-hard-auto data/<bench> folder
+
+
+def baseline_answers(root: Path, name: str) -> Path:
+    """Where an arena-hard-auto data folder holds model `name`'s answers."""
+    return root / "model_answer" / f"{name}.jsonl"
+
+
 def arena_hard_files(folder: str, baseline: str | None) -> tuple[Path, ...]:
     """arena-hard-auto's data/<bench> layout: the questions, then the answers of each baseline
     they are played against (`baseline`, or each category's own: those of the categories the
     questions file names; the answers' folder while it cannot be read)."""
     root = Path(folder)
-    questions = root / "question.jsonl"
+    questions = root / ARENA_HARD_QUESTIONS
     names = [baseline] if baseline else sorted(set(arena_hard_baselines(questions, None).values()))
     if not names:
         return questions, root / "model_answer"
-    return (questions, *(root / "model_answer" / f"{name}.jsonl" for name in names))
+    return (questions, *(baseline_answers(root, name) for name in names))
 
 
 def arena_hard_baselines(questions: Path | list, baseline: str | None) -> dict[str, str]:
@@ -149,13 +157,13 @@ def read_data(cfg: Config) -> dict[Benchmark, object]:
 def read_arena_hard(cfg: Config) -> ArenaHardData:
     """The questions, and each one's baseline answer from its category's baseline (or
     eval.arena_hard_baseline's), every question answered."""
-    questions = required_files(Benchmark.arena_hard, cfg)[0]
+    questions = Path(cfg.data.arena_hard) / ARENA_HARD_QUESTIONS  # read once, here
     require_file(questions, "data.arena_hard", "arena-hard-auto's data/arena-hard-v0.1 folder")
     asked = require_questions(arena_hard.load_questions(questions), questions)
     baselines = arena_hard_baselines(asked, cfg.eval.arena_hard_baseline)
     answer: dict[str, str] = {}
     for name in sorted(set(baselines.values())):
-        _, path = arena_hard_files(cfg.data.arena_hard, name)
+        path = baseline_answers(questions.parent, name)
         require_file(path, "eval.arena_hard_baseline", f"the answers of {name}, a baseline of "
                      f"{questions}'s categories, in data.arena_hard/model_answer")  # fmt: skip
         answers_by_uid = arena_hard.load_answers(path)[1]
