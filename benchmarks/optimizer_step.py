@@ -1,6 +1,7 @@
 """The optimizer step alone, at a real model's parameter shapes: the train stage's RMSprop on bf16
-weights (src/training/optimizers.py: Kahan-compensated, or with fp32 masters) against torch's
-own RMSprop (foreach) on fp32 weights, the step the target compares with (within 1.3x).
+weights (src/training/optimizers.py: Kahan-compensated, or with fp32 masters; each eager, and
+fused: compiled into one kernel, what a GPU runs by default) against torch's own RMSprop
+(foreach) on fp32 weights, the step the target compares with (within 1.3x).
 
     python -m benchmarks optimizer_step --device cuda                   # a GPU: every layer
     python -m benchmarks optimizer_step --device cpu --layers 1 \\
@@ -9,7 +10,8 @@ own RMSprop (foreach) on fp32 weights, the step the target compares with (within
 The parameters are those of the model's config class at its real shapes, built on the meta
 device (nothing is downloaded), the first --layers decoder layers with the embedding and the
 head; each gets a random gradient once. A case times --steps steps after two warm-up steps (the
-state is made in the first), synchronised on a GPU. Bytes a step: what the update must read and
+first makes the state and compiles a fused step: its seconds are reported apart), synchronised
+on a GPU. Bytes a step: what the update must read and
 write at the least (Kahan: weight, compensation and state read and written, the gradient read,
 bf16: 14 bytes a parameter; fp32 masters: 26; torch on fp32: 20), over the step's seconds: the
 share of the device's bandwidth it reaches.
@@ -23,8 +25,9 @@ import time
 from benchmarks import harness
 from benchmarks.harness import Case, fmt, table, text
 
-PEERS = ("kahan", "fp32", "torch")  # ours (training.weight_updates), then torch.optim.RMSprop
-BYTES_PER_PARAM = {"kahan": 14, "fp32": 26, "torch": 20}
+# ours (training.weight_updates, eager or fused: compiled into one kernel), then torch's RMSprop
+PEERS = ("kahan", "kahan-fused", "fp32", "fp32-fused", "torch")
+BYTES_PER_PARAM = {"kahan": 14, "fp32": 26, "torch": 20}  # by the update, eager or fused
 MODELS = {"mistral-7b-instruct-v0.2": "mistralai/Mistral-7B-Instruct-v0.2",
           "gemma-2-9b-it": "google/gemma-2-9b-it"}  # fmt: skip
 
@@ -34,6 +37,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: all)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up")
+
+
+COLUMNS = ["update", "parameters", "s a step", "first step s", "GB/s", "bytes a parameter",
+           "x torch"]  # fmt: skip
+
+
+def update_of(peer: str) -> str:
+    return peer.partition("-")[0]
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
@@ -77,14 +88,18 @@ def measure(case: Case) -> dict:
     if case.peer == "torch":
         optimizer = torch.optim.RMSprop(weights, foreach=True, **settings)
     else:
-        optimizer = Bf16RMSprop(weights, keep=WeightUpdates(case.peer), **settings)
+        keep, fused = WeightUpdates(update_of(case.peer)), case.peer.endswith("-fused")
+        optimizer = Bf16RMSprop(weights, keep=keep, fused=fused, **settings)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(2):
-        optimizer.step()
+    started = time.perf_counter()
+    optimizer.step()  # the state made, the fused step compiled
+    sync()
+    first = time.perf_counter() - started
+    optimizer.step()
     sync()
     started = time.perf_counter()
     for _ in range(p["steps"]):
@@ -92,8 +107,8 @@ def measure(case: Case) -> dict:
     sync()
     seconds = (time.perf_counter() - started) / p["steps"]
     params = sum(w.numel() for w in weights)
-    run = {"params": params, "step_s": seconds,
-           "gb_per_s": BYTES_PER_PARAM[case.peer] * params / seconds / 1e9}  # fmt: skip
+    run = {"params": params, "step_s": seconds, "first_step_s": first,
+           "gb_per_s": BYTES_PER_PARAM[update_of(case.peer)] * params / seconds / 1e9}  # fmt: skip
     if device.type == "cuda":
         run["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return run
@@ -102,7 +117,7 @@ def measure(case: Case) -> dict:
 def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
     groups = harness.by_case(runs)
     step = {peer: harness.median(r["step_s"] for r in groups.get(peer, [])) for peer in PEERS}
-    ratios = {peer: step[peer] / step["torch"] for peer in ("kahan", "fp32")
+    ratios = {peer: step[peer] / step["torch"] for peer in PEERS[:-1]
               if step[peer] and step["torch"]}  # fmt: skip
     return {"summary": {"step_s": step, "vs_torch": ratios}}
 
@@ -117,18 +132,21 @@ def tables(result: dict) -> list[dict]:
             continue
         step = harness.median(r["step_s"] for r in runs)
         rate = harness.median(r["gb_per_s"] for r in runs)
-        rows.append([peer, f"{runs[0]['params']:,}", fmt(step, 3), fmt(rate, 0),
-                     BYTES_PER_PARAM[peer], fmt(vs.get(peer), 2) if peer in vs else "1"])  # fmt: skip
+        first = harness.median(r.get("first_step_s") for r in runs)
+        rows.append([peer, f"{runs[0]['params']:,}", fmt(step, 3), fmt(first, 1), fmt(rate, 0),
+                     BYTES_PER_PARAM[update_of(peer)],
+                     fmt(vs.get(peer), 2) if peer in vs else "1"])  # fmt: skip
     layers = "every layer" if s.get("layers") is None else f"{s['layers']} decoder layer(s)"
     return [
         text(
             f"{s['model']}'s parameter shapes ({layers}, the embedding and the head), on "
             f"{result['machine']['gpu'] or result['machine']['cpu_model']}: seconds a step (median "
-            f"of the fresh-process repeats, {s['steps']} timed steps each), the bytes the update "
+            f"of the fresh-process repeats, {s['steps']} timed steps each; the first step: the "
+            "state made and a fused step compiled), the bytes the update "
             "must move at the least over those seconds, and the step against torch's RMSprop "
             "(foreach) on fp32 weights; target: Kahan within 1.3x."
         ),  # fmt: skip
-        table(["update", "parameters", "s a step", "GB/s", "bytes a parameter", "x torch"], rows),
+        table(COLUMNS, rows),
     ]
 
 

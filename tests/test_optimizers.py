@@ -53,13 +53,22 @@ def test_on_fp32_weights_the_update_is_torchs(cls):
 TOLERANCE = {WeightUpdates.fp32: (0.005, 0.001), WeightUpdates.kahan: (0.06, 0.01)}
 
 
+# the step eager, and fused: compiled by torch.compile into one kernel (C++ on the CPU, Triton on a
+# GPU), its first call a few seconds of compiling
+FUSED = [False, pytest.param(True, marks=pytest.mark.slow, id="fused")]
+
+
+@pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("keep", list(WeightUpdates))
 @pytest.mark.parametrize("cls", [Bf16RMSprop, Bf16AdamW])
-def test_bf16_weights_follow_the_fp32_sum_of_the_updates_where_pure_bf16_loses_them(cls, keep):
+def test_bf16_weights_follow_the_fp32_sum_of_the_updates_where_pure_bf16_loses_them(
+    cls, keep, fused
+):
     """At lr 5e-7 on weights ~N(0, 0.02), 50 steps of the same bf16 gradients: the bf16 weight
     plus what it keeps beside it (the Kahan compensation, or the fp32 master) is where torch's
     optimizer takes the same weights in fp32; torch's optimizer on the bf16 weights leaves most
-    of them where they were."""
+    of them where they were. Fused, to the same tolerance: a compiler that folded a cast to bf16
+    away would lose the compensation."""
     grads = [g.to(torch.bfloat16) for g in gradients(50)]  # as a bf16 model's backward gives
     start = weights(torch.bfloat16)
     reference = torch.nn.Parameter(start.detach().float())
@@ -68,7 +77,7 @@ def test_bf16_weights_follow_the_fp32_sum_of_the_updates_where_pure_bf16_loses_t
     assert (change != 0).all()
 
     ours = torch.nn.Parameter(start.detach().clone())
-    optimizer = cls([ours], lr=LR, keep=keep)
+    optimizer = cls([ours], lr=LR, keep=keep, fused=fused)
     train(optimizer, ours, grads)
     state = optimizer.state[ours]
     if keep == WeightUpdates.kahan:
@@ -98,11 +107,13 @@ def test_a_bf16_state_is_rounded_without_bias():
     assert state.double().mean().item() == pytest.approx(1.0 + 2**-9, abs=2e-5)
 
 
-def test_rmsprops_bf16_average_reaches_the_squared_gradient():
+@pytest.mark.parametrize("fused", FUSED)
+def test_rmsprops_bf16_average_reaches_the_squared_gradient(fused):
     """A constant gradient for 1,000 steps: RMSprop's running average of g^2 ends at g^2 (to
-    0.99^1000); rounded to nearest in bf16 it would stop growing a third of the way short."""
+    0.99^1000); rounded to nearest in bf16 it would stop growing a third of the way short. Fused,
+    the random bits are drawn in the kernel: as unbiased."""
     param = weights(torch.bfloat16, n=10_000)
-    optimizer = Bf16RMSprop([param], lr=LR)
+    optimizer = Bf16RMSprop([param], lr=LR, fused=fused)
     torch.manual_seed(0)
     train(optimizer, param, [torch.ones(10_000)] * 1000)
     average = optimizer.state[param]["square_avg"].double().mean().item()
@@ -156,3 +167,26 @@ def test_the_trainers_optimizer_and_its_arguments_are_kept():
     args = TrainingArguments(output_dir="unused", optim="sgd", use_cpu=True)
     with pytest.raises(ValueError, match="SGD: no form for bf16 weights"):
         optimizers.for_trainer(args, torch.nn.Linear(1, 1), WeightUpdates.kahan)
+
+
+@pytest.mark.slow
+def test_a_compiler_that_fails_leaves_the_eager_step_and_says_so_once(monkeypatch, tmp_path, capfd):
+    """No C++ compiler here (on a GPU node: no Triton, or no C compiler for its launcher): the
+    fused step's compiling fails before it touches the slice, and the run steps eagerly, to the
+    weights an eager optimizer reaches, the cause said in one line."""
+    import torch._dynamo
+    from torch._inductor import config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled before
+    monkeypatch.setattr(config.cpp, "cxx", (str(tmp_path / "no-compiler"),))
+    torch._dynamo.reset()
+    grads = gradients(3)
+    fused, eager = weights(torch.bfloat16), weights(torch.bfloat16)
+    try:
+        train(Bf16RMSprop([fused], lr=LR, keep=WeightUpdates.fp32, fused=True), fused, grads)
+    finally:
+        torch._dynamo.reset()
+    train(Bf16RMSprop([eager], lr=LR, keep=WeightUpdates.fp32), eager, grads)
+    assert torch.equal(fused, eager)
+    said = [line for line in capfd.readouterr().err.splitlines() if line.startswith("[train]")]
+    assert len(said) == 1 and "the fused optimizer step did not compile (" in said[0], said

@@ -48,7 +48,8 @@ OWN_HEAD = {(False, 2): 8, (True, 2): 10, (False, 4): 8, (True, 4): 12}
 DTYPES = {2: "bf16", 4: "fp32"}
 # The optimizers for bf16 weights (src/training/optimizers.py) step a parameter this many elements
 # at a time, holding at most this many fp32 slices of it at once, k its states per weight
-# (measured on CPU: RMSprop 5 and 2, AdamW 6 and 3)
+# (measured on CPU: RMSprop 5 and 2, AdamW 6 and 3); eager, that is: the fused step (a GPU's)
+# holds none, and the plan keeps the eager bound (the step it falls back to)
 OPTIMIZER_SLICE = 1 << 24
 STEP_SLICES = {"kahan": lambda k: 4 + k, "master": lambda k: 1 + k}
 EAGER_SAVED = 8  # bytes per attention score autograd keeps: tanh's output and the fp32 softmax's

@@ -24,11 +24,21 @@ decay, bias-corrected moments). A parameter is stepped a slice of at most `OPTIM
 elements at a time, so the step's fp32 temporaries stay a few times 64 MiB (torch's foreach step makes one as
 large as every parameter it updates). An fp32 weight is updated as torch updates it, to rounding
 (tests/test_optimizers.py).
+
+On a GPU a slice's step runs fused (`fused`, by default where the weight is on a GPU): the same
+Python, compiled by torch.compile into one kernel that reads each tensor once and writes it once,
+with no fp32 temporaries and its random bits drawn in the kernel (eager, the step is ~10
+element-wise passes over the slice, a third of its time the stochastic rounding's random bits:
+`python -m benchmarks optimizer_step`). The compiler keeps every cast to bf16 as a rounding
+(`emulate_precision_casts`: left to itself it would keep the fp32 value it casts from, and the
+compensation, the weight's rounding error, would be lost).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from itertools import chain
 
 import torch
@@ -66,14 +76,16 @@ class Bf16Optimizer(torch.optim.Optimizer):
 
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults: dict, keep: WeightUpdates):
+    def __init__(self, params, defaults: dict, keep: WeightUpdates, fused: bool | None = None):
         self.keep = WeightUpdates(keep)
+        self.fused = fused  # None: fused where the weight is on a GPU
         super().__init__(params, defaults)
 
-    def update(self, group: dict, step: int, weight, grad, states: dict) -> torch.Tensor:
-        """The fp32 update of one slice. `weight`: its exact fp32 value; `grad`: its fp32
-        gradient (a copy: may be overwritten); `states`: slices of the state tensors, each
-        written once with `store`."""
+    @staticmethod
+    def update(group: dict, step: int, weight, grad, states: dict) -> torch.Tensor:
+        """The fp32 update of one slice. `group`: the hyperparameters; `weight`: its exact fp32
+        value; `grad`: its fp32 gradient (a copy: may be overwritten); `states`: slices of the
+        state tensors, each written once with `store`."""
         raise NotImplementedError
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -122,23 +134,56 @@ class Bf16Optimizer(torch.optim.Optimizer):
         flat, grad = p.view(-1), p.grad.reshape(-1)
         tensors = {name: state[name].view(-1) for name in self.state_names}
         master, compensation = state.get(MASTER), state.get(COMPENSATION)
+        settings = {key: value for key, value in group.items() if key != "params"}
         for start in range(0, flat.numel(), OPTIMIZER_SLICE):
             part = slice(start, start + OPTIMIZER_SLICE)
-            weight = flat[part]
-            states = {name: t[part] for name, t in tensors.items()}
-            if master is not None:  # the master is the weight; the bf16 weight its rounding
-                exact = master.view(-1)[part]
-                exact.add_(self.update(group, state["step"], exact, fp32(grad[part]), states))
-                weight.copy_(exact)
-            elif compensation is not None:  # Kahan: w + (c + u), then what rounding left out
-                lost = compensation.view(-1)[part]
-                exact = fp32(weight).add_(lost.float())
-                change = self.update(group, state["step"], exact, fp32(grad[part]), states)
-                exact.add_(change)
-                weight.copy_(exact)
-                lost.copy_(exact.sub_(weight.float()))
-            else:  # an fp32 weight: as torch adds it
-                weight.add_(self.update(group, state["step"], weight, fp32(grad[part]), states))
+            self._slice_step(p)(
+                self.update, settings, state["step"], flat[part], grad[part],
+                {name: t[part] for name, t in tensors.items()},
+                None if master is None else master.view(-1)[part],
+                None if compensation is None else compensation.view(-1)[part],
+            )  # fmt: skip
+
+    def _slice_step(self, p: torch.Tensor):
+        """step_slice, or its compiled form where the step is fused."""
+        return self._fused_step if (p.is_cuda if self.fused is None else self.fused) else step_slice
+
+    def _fused_step(self, *args) -> None:
+        """The compiled step_slice. A compiler that fails (no Triton, no C++ compiler) has not
+        touched the slice: it is stepped eagerly, as is the rest of the run, said once on stderr."""
+        from torch._dynamo.exc import BackendCompilerFailed
+        from torch._inductor.exc import InductorError
+
+        try:
+            compiled_step_slice()(*args)
+        except (BackendCompilerFailed, InductorError) as error:
+            self.fused = False
+            cause = next(iter(str(error).strip().splitlines()), type(error).__name__)
+            print(f"[train] the fused optimizer step did not compile ({cause}): the step runs "
+                  "eagerly, several times slower", file=sys.stderr)  # fmt: skip
+            step_slice(*args)
+
+
+def step_slice(update, group: dict, step: int, weight, grad, states: dict, master, lost) -> None:
+    """One slice of a parameter stepped: `update` in fp32, then the weight moved as its
+    `master` (fp32) or `lost` (the Kahan compensation, bf16) say, or neither for an fp32 weight."""
+    if master is not None:  # the master is the weight; the bf16 weight its rounding
+        master.add_(update(group, step, master, fp32(grad), states))
+        weight.copy_(master)
+    elif lost is not None:  # Kahan: w + (c + u), then what rounding left out
+        exact = fp32(weight).add_(lost.float())
+        exact.add_(update(group, step, exact, fp32(grad), states))
+        weight.copy_(exact)
+        lost.copy_(exact.sub_(weight.float()))
+    else:  # an fp32 weight: as torch adds it
+        weight.add_(update(group, step, weight, fp32(grad), states))
+
+
+@functools.cache
+def compiled_step_slice():
+    """step_slice compiled once per process (a graph per update and form of weight, any slice
+    length, the learning rate and step count as inputs, not constants)."""
+    return torch.compile(step_slice, dynamic=True, options={"emulate_precision_casts": True})
 
 
 class Bf16RMSprop(Bf16Optimizer):
@@ -157,15 +202,17 @@ class Bf16RMSprop(Bf16Optimizer):
         momentum=0.0,
         centered=False,
         keep=WeightUpdates.kahan,
+        fused=None,
     ):
         if momentum or centered:
             raise ValueError(
                 "Bf16RMSprop has no momentum and is not centred (the recipes' RMSprop)"
             )
         defaults = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults, keep)
+        super().__init__(params, defaults, keep, fused)
 
-    def update(self, group, step, weight, grad, states):
+    @staticmethod
+    def update(group, step, weight, grad, states):
         if group["weight_decay"]:
             grad.add_(weight, alpha=group["weight_decay"])
         average = fp32(states["square_avg"]).mul_(group["alpha"])
@@ -189,13 +236,15 @@ class Bf16AdamW(Bf16Optimizer):
         weight_decay=1e-2,
         amsgrad=False,
         keep=WeightUpdates.kahan,
+        fused=None,
     ):
         if amsgrad:
             raise ValueError("Bf16AdamW does not implement amsgrad")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults, keep)
+        super().__init__(params, defaults, keep, fused)
 
-    def update(self, group, step, weight, grad, states):
+    @staticmethod
+    def update(group, step, weight, grad, states):
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         exp_avg = fp32(states["exp_avg"]).lerp_(grad, 1 - beta1)
         exp_avg_sq = fp32(states["exp_avg_sq"]).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
