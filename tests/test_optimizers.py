@@ -172,8 +172,8 @@ def test_the_trainers_optimizer_and_its_arguments_are_kept():
 @pytest.mark.slow
 def test_a_compiler_that_fails_leaves_the_eager_step_and_says_so_once(monkeypatch, tmp_path, capfd):
     """No C++ compiler here (on a GPU node: no Triton, or no C compiler for its launcher): the
-    fused step's compiling fails before it touches the slice, and the run steps eagerly, to the
-    weights an eager optimizer reaches, the cause said in one line."""
+    fused step's compiling, said as it starts, fails before it touches the slice, and the run
+    steps eagerly, to the weights an eager optimizer reaches, the cause said in one line."""
     import torch._dynamo
     from torch._inductor import config
 
@@ -189,4 +189,5 @@ def test_a_compiler_that_fails_leaves_the_eager_step_and_says_so_once(monkeypatc
     train(Bf16RMSprop([eager], lr=LR, keep=WeightUpdates.fp32), eager, grads)
     assert torch.equal(fused, eager)
     said = [line for line in capfd.readouterr().err.splitlines() if line.startswith("[train]")]
-    assert len(said) == 1 and "the fused optimizer step did not compile (" in said[0], said
+    assert len(said) == 2 and "compiled into one kernel at its first step" in said[0], said
+    assert "the fused optimizer step did not compile (" in said[1], said

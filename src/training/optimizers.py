@@ -79,6 +79,7 @@ class Bf16Optimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, keep: WeightUpdates, fused: bool | None = None):
         self.keep = WeightUpdates(keep)
         self.fused = fused  # None: fused where the weight is on a GPU
+        self._compiling_said = False
         super().__init__(params, defaults)
 
     @staticmethod
@@ -154,6 +155,10 @@ class Bf16Optimizer(torch.optim.Optimizer):
         from torch._dynamo.exc import BackendCompilerFailed
         from torch._inductor.exc import InductorError
 
+        if not self._compiling_said:
+            self._compiling_said = True
+            print("[train] the optimizer step is compiled into one kernel at its first step "
+                  "(torch.compile: seconds to a minute, once a run)", file=sys.stderr)  # fmt: skip
         try:
             compiled_step_slice()(*args)
         except (BackendCompilerFailed, InductorError) as error:
