@@ -37,6 +37,7 @@ from omegaconf.errors import (
 )
 
 from src.core.choice import Choice
+from src.core.errors import causes
 from src.core.registry import STAGES, Stage, stage_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -1493,11 +1494,9 @@ def allowed_keys(dotted_path: str) -> list[str] | None:
 
 def describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
     """OmegaConf's multi-line errors as one line that names the key."""
-    inner: BaseException | None = exc
-    while inner is not None:  # raised by one of our resolvers, possibly wrapped twice
+    for inner in causes(exc):  # raised by one of our resolvers, possibly wrapped twice
         if isinstance(inner, ConfigError):
             return str(inner)
-        inner = inner.__cause__ or inner.__context__
     key = getattr(exc, "full_key", None) or "?"
     msg = (getattr(exc, "msg", None) or str(exc) or type(exc).__name__).splitlines()[0]
     if isinstance(exc, ConfigKeyError | ConfigAttributeError):
@@ -1589,11 +1588,9 @@ def describe_composition_error(exc: BaseException, overrides: Sequence[str]) -> 
                     f"cannot set '{key}': '{parent}' is null with the options chosen "
                     f"({NULL_NODES[parent]})"
                 )
-    inner: BaseException | None = exc
-    while inner is not None:  # Hydra wraps OmegaConf's error, which names the key
+    for inner in causes(exc):  # Hydra wraps OmegaConf's error, which names the key
         if isinstance(inner, OmegaConfBaseException) and getattr(inner, "full_key", None):
             return _unpackaged(exc, inner) or describe_omegaconf_error(inner)
-        inner = inner.__cause__ or inner.__context__
     if isinstance(exc, OmegaConfBaseException):
         return describe_omegaconf_error(exc)
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

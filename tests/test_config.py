@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import is_dataclass
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
@@ -550,6 +551,33 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
 def test_bad_values_fail_validation_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         compose_cfg(override)
+
+
+def test_a_config_error_under_a_tracer_is_still_one_line():
+    """Under a tracer (a debugger, a profiler, coverage.py), Python 3.11 leaves OmegaConf's
+    re-raised key error its own context: a description that followed the chain to its end never
+    returned. Composed in a thread that a trace function watches, the error is the line it is
+    without one."""
+    overrides = ("hardware=slurm-gpu-1", "+hardware.slurm.foo=1")
+    raised: list[BaseException] = []
+
+    def compose_traced() -> None:
+        sys.settrace(lambda frame, event, arg: None)
+        try:
+            compose_cfg(*overrides)
+        except ConfigError as error:
+            raised.append(error)
+        finally:
+            sys.settrace(None)
+
+    thread = threading.Thread(target=compose_traced, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "composing under a tracer did not end in 60 s"
+    assert [str(e) for e in raised] == [
+        "unknown config key 'hardware.slurm.foo'; hardware.slurm accepts: partition, account, qos, "
+        "time_min, cpus_per_task, mem_gb, constraint, stages, setup, sbatch, offline"
+    ]
 
 
 # --- numbers: finite, and of a size that what reads them takes ----------------------------------

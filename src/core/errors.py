@@ -21,7 +21,7 @@ of every failure.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 EXIT_STAGE_ERROR = 1
@@ -87,6 +87,18 @@ class EnvironmentFailure(StageError):
     """The machine, not the input: the file system, the Hub or W&B cannot do what is needed."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from or while handling, each once: under a tracer (a
+    debugger, a profiler, coverage.py) OmegaConf's re-raised errors can be their own context, a
+    loop that following the chain to its end would never leave."""
+    seen: set[int] = set()
+    inner: BaseException | None = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        yield inner
+        inner = inner.__cause__ or inner.__context__
 
 
 def override_key(word: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from src.core.artifacts import read_jsonl
-from src.core.errors import EnvironmentFailure, StageError, shown
+from src.core.errors import EnvironmentFailure, StageError, causes, shown
 from src.core.hub import HUB_ID
 
 # Suffixes read as JSON Lines / parquet. A source with one of them is always a path, never a
@@ -269,13 +269,7 @@ def _is_network_error(err: BaseException | None) -> bool:
         "OfflineModeIsEnabled",
         "LocalEntryNotFoundError",
     )
-    seen = 0
-    while err is not None and seen < 10:
-        if _is_a(err, *network):
-            return True
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return False
+    return any(_is_a(inner, *network) for inner in causes(err))
 
 
 def _names(names: Sequence[str] | Any) -> str:
