@@ -62,7 +62,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm wheelhouse tiny demo compare submit sweep sweep-tiny test test-fast test-slow bench lint format config clean clean-runs
+.PHONY: help install install-vllm wheelhouse tiny demo compare submit sweep sweep-tiny test test-fast test-slow coverage bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -177,6 +177,19 @@ test-fast: install ## The tests not marked slow, distributed or slurm (the edit-
 
 test-slow: install ## Only the tests marked slow, distributed or slurm (the rest of `make test`)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) -m "not ($(FAST))" $(PYTEST_ARGS)
+
+# Line coverage of src/ by the whole suite, every Python process it starts measured too
+# (tests/coveragerc); not part of CI: the suite once more, about a third slower. coverage.py comes
+# from the package index (7.10 or newer measures subprocesses).
+coverage: install ## Line coverage of src/ by the whole suite (not in CI): its table in .cache/coverage/report.txt, pages in .cache/coverage/html/
+	$(PIP) install --quiet 'coverage>=7.10'
+	rm -rf .cache/coverage && mkdir -p .cache/coverage
+	$(OFFLINE) $(PY) -m coverage run --rcfile=tests/coveragerc -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); \
+	status=$$?; \
+	$(PY) -m coverage combine --rcfile=tests/coveragerc --quiet && \
+	$(PY) -m coverage report --rcfile=tests/coveragerc > .cache/coverage/report.txt && \
+	$(PY) -m coverage html --rcfile=tests/coveragerc --quiet -d .cache/coverage/html && \
+	grep '^TOTAL' .cache/coverage/report.txt; exit $$status
 
 BENCH ?= trainer
 bench: install $(BENCH_INSTALLED) ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)
