@@ -30,6 +30,7 @@ from src.evaluation.arena_hard import (
     V01,
     V2,
     Question,
+    has_verdict,
     judge_requests,
     load_answers,
     load_questions,
@@ -333,6 +334,11 @@ def test_v01_asks_once_more_for_a_judgment_without_any_verdict():
     assert retry_request(request, "[[A>B]] or [[B>A]]") is None  # several: no second ask
     assert retry_request(request, "[[A>B]]") is None
     assert retry_request(request, first, V2) is None
+    # a judgment the cache holds is final where it says a verdict at all: v0.1 any label (several
+    # count for nothing, not asked again), v2.0 one it reads
+    assert not has_verdict(first) and not has_verdict(first, V2)
+    assert has_verdict("[[A>B]] or [[B>A]]") and has_verdict(second)
+    assert has_verdict("[B>A]", V2) and not has_verdict("[B>A]")
 
 
 # --- scores --------------------------------------------------------------------------------------
