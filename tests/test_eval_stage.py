@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from src.config import REPO_ROOT
 from src.evaluation.winrate import GLM
@@ -283,8 +285,9 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     (vs-iter1.json beside vs-iter1). Iteration 1 trained again under the same config: every eval
     of the checkpoint before it (the base one and both beside it) is stale — `stage=eval`
     refuses it naming its redo, the card and src.compare leave them out — and
-    `pipeline.redo_stale=true` makes each of the three again. Last in the module: it retrains
-    the lineage the tests above read.
+    `pipeline.redo_stale=true` makes each of the three again, and leaves, naming it, one whose
+    saved settings no longer compose. Last in the module: it retrains the lineage the tests above
+    read.
 
     Slow: a training and four evals, in-process (~40 s on one CPU)."""
     from tests.helpers import entry
@@ -316,10 +319,24 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
         )
     assert "[vs-" not in (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0]
 
+    # two more, left as they are: one whose saved eval settings no longer compose (named), one
+    # that today's naming puts elsewhere (its own command redoes it)
+    broken, renamed = eval_dir(root, side="vs-broken"), eval_dir(root, side="vs-renamed")
+    for copy in (broken, renamed):
+        shutil.copytree(sides[0], copy)
+    saved = OmegaConf.load(broken / "config.yaml")
+    saved.eval.no_such_key = 1
+    OmegaConf.save(saved, broken / "config.yaml")
+    kept = {copy: (copy / "done.json").read_bytes() for copy in (broken, renamed)}
+
     redone = cli(root, "iter=1", "stage=eval", "pipeline.redo_stale=true")
     assert redone.returncode == 0, redone.stderr[-3000:]
     for side in sides:
         assert f"[main] {side}: made before this checkpoint was trained again" in redone.stderr
+    assert (f"[main] {broken}: its eval settings do not compose now (unknown config key "
+            "'eval.no_such_key'") in redone.stderr  # fmt: skip
+    assert f"[main] {renamed}" not in redone.stderr
+    assert {copy: (copy / "done.json").read_bytes() for copy in kept} == kept
     assert cli(root, "iter=1", "stage=eval").returncode == 0
     assert report(root, "vs-iter1")["win_rate"] == 0.5  # against itself, as trained now
     references = {report(root, side)["reference"] for side in ("", "vs-iter1", "vs-iter1.json")}
