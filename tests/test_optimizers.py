@@ -170,21 +170,30 @@ def test_the_trainers_optimizer_and_its_arguments_are_kept():
 
 
 @pytest.mark.slow
-def test_a_compiler_that_fails_leaves_the_eager_step_and_says_so_once(monkeypatch, tmp_path, capfd):
-    """No C++ compiler here (on a GPU node: no Triton, or no C compiler for its launcher): the
-    fused step's compiling, said as it starts, fails before it touches the slice, and the run
-    steps eagerly, to the weights an eager optimizer reaches, the cause said in one line."""
+@pytest.mark.parametrize("failure", ["no compiler", "an option this torch lacks"])
+def test_a_compiler_that_fails_leaves_the_eager_step_and_says_so_once(
+    failure, monkeypatch, tmp_path, capfd
+):
+    """No C++ compiler here (on a GPU node: no Triton, or no C compiler for its launcher), or a
+    torch whose inductor lacks an option the step needs (it refuses it): the fused step's
+    compiling, said as it starts, fails before it touches the slice, and the run steps eagerly,
+    to the weights an eager optimizer reaches, the cause said in one line."""
     import torch._dynamo
     from torch._inductor import config
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled before
-    monkeypatch.setattr(config.cpp, "cxx", (str(tmp_path / "no-compiler"),))
+    if failure == "no compiler":
+        monkeypatch.setattr(config.cpp, "cxx", (str(tmp_path / "no-compiler"),))
+    else:
+        monkeypatch.setitem(optimizers.COMPILE_OPTIONS, "an_option_this_torch_lacks", True)
+    optimizers.compiled_step_slice.cache_clear()
     torch._dynamo.reset()
     grads = gradients(3)
     fused, eager = weights(torch.bfloat16), weights(torch.bfloat16)
     try:
         train(Bf16RMSprop([fused], lr=LR, keep=WeightUpdates.fp32, fused=True), fused, grads)
     finally:
+        optimizers.compiled_step_slice.cache_clear()
         torch._dynamo.reset()
     train(Bf16RMSprop([eager], lr=LR, keep=WeightUpdates.fp32), eager, grads)
     assert torch.equal(fused, eager)

@@ -150,8 +150,9 @@ class Bf16Optimizer(torch.optim.Optimizer):
         return self._fused_step if (p.is_cuda if self.fused is None else self.fused) else step_slice
 
     def _fused_step(self, *args) -> None:
-        """The compiled step_slice. A compiler that fails (no Triton, no C++ compiler) has not
-        touched the slice: it is stepped eagerly, as is the rest of the run, said once on stderr."""
+        """The compiled step_slice. A compiler that fails (no Triton, no C++ compiler, an option
+        this torch lacks) has not touched the slice: it is stepped eagerly, as is the rest of the
+        run, said once on stderr."""
         from torch._dynamo.exc import BackendCompilerFailed
         from torch._inductor.exc import InductorError
 
@@ -160,13 +161,21 @@ class Bf16Optimizer(torch.optim.Optimizer):
             print("[train] the optimizer step is compiled into one kernel at its first step "
                   "(torch.compile: seconds to a minute, once a run)", file=sys.stderr)  # fmt: skip
         try:
-            compiled_step_slice()(*args)
+            compiled = compiled_step_slice()
+        except RuntimeError as error:  # an option (COMPILE_OPTIONS) this torch's inductor lacks
+            self._eager_from_now(error, args)
+            return
+        try:
+            compiled(*args)
         except (BackendCompilerFailed, InductorError) as error:
-            self.fused = False
-            cause = next(iter(str(error).strip().splitlines()), type(error).__name__)
-            print(f"[train] the fused optimizer step did not compile ({cause}): the step runs "
-                  "eagerly, several times slower", file=sys.stderr)  # fmt: skip
-            step_slice(*args)
+            self._eager_from_now(error, args)
+
+    def _eager_from_now(self, error: Exception, args: tuple) -> None:
+        self.fused = False
+        cause = next(iter(str(error).strip().splitlines()), type(error).__name__)
+        print(f"[train] the fused optimizer step did not compile ({cause[:200]}): the step runs "
+              "eagerly, several times slower", file=sys.stderr)  # fmt: skip
+        step_slice(*args)
 
 
 def step_slice(update, group: dict, step: int, weight, grad, states: dict, master, lost) -> None:
@@ -188,7 +197,12 @@ def step_slice(update, group: dict, step: int, weight, grad, states: dict, maste
 def compiled_step_slice():
     """step_slice compiled once per process (a graph per update and form of weight, any slice
     length, the learning rate and step count as inputs, not constants)."""
-    return torch.compile(step_slice, dynamic=True, options={"emulate_precision_casts": True})
+    return torch.compile(step_slice, dynamic=True, options=COMPILE_OPTIONS)
+
+
+# Without it the compiled step would lose the compensation; a torch whose inductor lacks it
+# refuses the option (RuntimeError), and the step runs eagerly
+COMPILE_OPTIONS = {"emulate_precision_casts": True}
 
 
 class Bf16RMSprop(Bf16Optimizer):
