@@ -2,7 +2,7 @@
 # vLLM 0.26.0 (the CUDA build the `vllm` extra pins) for a GPU machine that has no network and
 # takes at most ~60 MB of files per command, in two parts. Made here, installed there:
 #
-#   benchmarks/gpu_vllm.sh pack .gpu                      # here: .gpu/carry.part-aa, -ab (~110 MB)
+#   benchmarks/gpu_vllm.sh pack .gpu                      # here: .gpu/carry.part-aa, -ab (~111 MB)
 #   benchmarks/gpu_vllm.sh stash .gpu /tmp/parts          # there, one part carried per command
 #   benchmarks/gpu_vllm.sh unpack /tmp/parts /tmp/site    # there, the last command: then
 #   export PYTHONPATH=/tmp/site                           # vLLM and what its import needs
@@ -12,8 +12,12 @@
 # when present), the Rust front end (the OpenAI server's), DeepGEMM and the SM100 FMHA sources,
 # the rest recompressed with xz. Beside it: the wheels its import and offline engine ask for
 # that the machine's image (Python 3.12, torch 2.11.0+cu130, transformers 5.17) lacks, found by
-# importing vLLM's engine, worker, model and attention modules; and hydra-core and omegaconf,
-# which the project's config needs. Nothing of the OpenAI server beyond what `import vllm` loads.
+# importing vLLM's engine, worker, model and attention modules; and what the project itself needs
+# there: hydra-core and omegaconf (the config), transformers 5.23 (the image's 5.17 is below the
+# project's floor; unpacked into the xz tree like vLLM: 3.8 MB instead of a 13 MB wheel),
+# llm-blender and its dataclasses-json (the ranker), alpaca-eval and what its import asks for
+# (the eval stage's length-controlled win rate). Nothing of the OpenAI server beyond what
+# `import vllm` loads.
 set -euo pipefail
 
 VLLM=vllm==0.26.0
@@ -33,11 +37,15 @@ partial_json_parser==0.2.1.1.post7 prometheus_fastapi_instrumentator==8.1.0 pyba
 pycountry==26.2.16 pydantic==2.14.4 pydantic_core==2.50.5 pydantic_extra_types==2.11.1
 pyelftools==0.33 python_json_logger==4.2.0 python_multipart==0.0.34 pyzmq==27.3.0
 referencing==0.37.0 rpds_py==2026.9.1 setproctitle==1.3.8 sniffio==1.3.1 starlette==1.10.0
-torch_c_dlpack_ext==0.1.5 truststore==0.10.5 typing_inspection==0.4.5 xgrammar==0.2.7"
+torch_c_dlpack_ext==0.1.5 truststore==0.10.5 typing_inspection==0.4.5 xgrammar==0.2.7
+llm_blender==0.0.2 dataclasses_json==0.6.7 marshmallow==3.26.2
+alpaca_eval==0.6.6 datasets==5.2.0 fire==0.7.1 multiprocess==0.70.19 python_dotenv==1.2.4
+termcolor==3.3.0 setuptools==81.0.0"  # alpaca-eval 0.6.6 imports pkg_resources (gone in 82)
+UNPACKED="transformers==5.23.0"  # pure Python, into the xz tree beside vLLM
 SDISTS="antlr4-python3-runtime==4.9.3"  # omegaconf's: no wheel on PyPI, built here
 DROP="vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so vllm/_moe_C_stable_libtorch.abi3.so vllm/vllm-rs
 vllm/third_party/deep_gemm vllm/third_party/fmha_sm100"
-PART=55M
+PART=56M
 
 case "${1:-}" in
 pack)
@@ -51,11 +59,14 @@ pack)
          --implementation cp "${platforms[@]}")
     "${get[@]}" -d "$work/vllm" "$VLLM"
     # shellcheck disable=SC2086
+    "${get[@]}" -d "$work/unpacked" $UNPACKED
+    # shellcheck disable=SC2086
     "${get[@]}" -d "$work/carry/wheels" $WHEELS
     # shellcheck disable=SC2086
     python3 -m pip wheel -q --no-deps -w "$work/carry/wheels" $SDISTS
     mkdir "$work/tree"
-    (cd "$work/tree" && python3 -m zipfile -e "$work"/vllm/vllm-*.whl . && rm -rf $DROP)
+    (cd "$work/tree" && python3 -m zipfile -e "$work"/vllm/vllm-*.whl . && rm -rf $DROP &&
+        for w in "$work"/unpacked/*.whl; do python3 -m zipfile -e "$w" .; done)
     tar -C "$work/tree" -cf - . | xz -9 -T0 >"$work/carry/vllm.tar.xz"
     (cd "$work/carry" && sha256sum vllm.tar.xz wheels/* >SHA256SUMS)
     mkdir -p "$out"

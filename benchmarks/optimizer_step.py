@@ -4,6 +4,7 @@ fused: compiled into one kernel, what a GPU runs by default) against torch's own
 (foreach) on fp32 weights, the step the target compares with (within 1.3x).
 
     python -m benchmarks optimizer_step --device cuda                   # a GPU: every layer
+    python -m benchmarks optimizer_step --device cuda --peers kahan-fused torch   # some updates
     python -m benchmarks optimizer_step --device cpu --layers 1 \\
         --out benchmarks/results/optimizer_step_cpu.json                # the same code on CPU
 
@@ -37,6 +38,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: all)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
 
 
 COLUMNS = ["update", "parameters", "s a step", "first step s", "GB/s", "bytes a parameter",
@@ -50,7 +52,7 @@ def update_of(peer: str) -> str:
 def cases(args: argparse.Namespace) -> list[Case]:
     params = {"model": args.model, "device": args.device, "layers": args.layers,
               "steps": args.steps}  # fmt: skip
-    return [Case(peer, peer, params) for peer in PEERS]
+    return [Case(peer, peer, params) for peer in PEERS if peer in args.peers]
 
 
 def shapes(model: str, layers: int | None) -> list[tuple[int, ...]]:

@@ -10,6 +10,7 @@ batch_size=1)` (the SPPO reference's call: K(K-1) forwards of one comparison per
     python -m benchmarks ranking --malloc no-mmap --out benchmarks/results/ranking_cpu_nommap.json
     python -m benchmarks ranking --backbone large --device cuda \\
         --out benchmarks/results/ranking_gpu_large.json      # on a GPU machine
+    python -m benchmarks ranking --profile ...   # then ours once more under torch.profiler
 
 Ours: the judge the rank stage runs, `load_judge(cfg, cfg.ranker)` on the validated config of
 `python -m src.main <RANK_STAGE> ranker.batch_size=B` (raw prompts: a chat template would render
@@ -18,6 +19,9 @@ set up as `python -m src.main` sets it up (threads; glibc's mmap threshold pinne
 same ranker folder through src/ranking/blender_compat.py, the same limits, glibc's defaults (as
 SPPO's script runs). Timed: the whole call (tokenisation included, loading not) after an untimed
 call on the first prompt; peak memory by the stages' `Peak`; scores checked within SCORE_ATOL.
+--profile: ours calls once more, untimed, under torch.profiler (CPU and, on a GPU, CUDA): where
+the call's time goes by phase (llm-blender's collator, padding and the copy to the device, the
+ranker's forward) and by operator, and how much of the call the device was busy.
 """
 
 from __future__ import annotations
@@ -65,12 +69,14 @@ def add_args(parser) -> None:
     parser.add_argument("--max-prompts", type=int, help="at most this many prompts per data set")
     parser.add_argument("--backbone", choices=("tiny", "large"), default="tiny")
     parser.add_argument("--device", choices=HARDWARE, default="cpu")
+    parser.add_argument("--profile", action="store_true", help="ours once more, under the profiler")
 
 
 def cases(args) -> list[Case]:
     if args.backbone == "large" and not (LARGE_DIR / "config.json").is_file():
         build_large_pairrm(LARGE_DIR)  # once, before anything is timed
-    shared = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts}
+    shared = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts,
+              "profile": args.profile}  # fmt: skip
     out = []
     for load, malloc, data, peer in product(args.loads, args.malloc, args.datasets, args.peers):
         for b in args.batch_sizes if peer == "ours" else [1]:
@@ -85,16 +91,21 @@ def build_large_pairrm(final: Path) -> None:
     """src/tiny's PairRM builder at LARGE's sizes, untrained (~1.7 GB). Initializer range 0.1:
     at 0.02 every score is ~1e-5 and a check against 1e-5 would say nothing."""
     import torch
+    from filelock import FileLock
 
     from src.tiny import architectures
     from src.tiny import models as tiny
 
     staging = final.with_name(final.name + ".partial")
-    torch.manual_seed(0)
-    blender = architectures.pairrm(staging, final, tiny.training_texts(), **LARGE,
-                                   initializer_range=0.1)  # fmt: skip
-    architectures.save_pairrm(blender, staging)
-    staging.rename(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(final.with_name(f".{final.name}.lock")):  # benchmarks started together build once
+        if (final / "config.json").is_file():
+            return
+        torch.manual_seed(0)
+        blender = architectures.pairrm(staging, final, tiny.training_texts(), **LARGE,
+                                       initializer_range=0.1)  # fmt: skip
+        architectures.save_pairrm(blender, staging)
+        staging.rename(final)
 
 
 def make_data(name: str, max_prompts: int | None) -> tuple[list[str], list[list[str]]]:
@@ -177,7 +188,13 @@ def measure(case: Case) -> dict:
     sync()
     seconds = time.perf_counter() - started
     comparisons = sum(len(c) * (len(c) - 1) for c in responses)
+    profiled = (
+        profile(rank, pairrm, prompts, responses, sync)
+        if p.get("profile") and case.peer == "ours"
+        else None
+    )
     return {
+        "profiled": profiled,
         "other_cpu_share": window.share(seconds),  # the call's window, not the model's loading
         **p,
         "load": case.load,
@@ -192,6 +209,77 @@ def measure(case: Case) -> dict:
         "torch_threads": torch.get_num_threads(),
         "scores": [[float(x) for x in row] for row in scores],  # checked by summarise
         "tokens": lengths(pairrm, prompts, responses, p["batch"]),
+    }
+
+
+# the phases of ours' call, each the PairRMJudge method (or its ranker's) that does it
+PHASES = {"encode": "llm-blender's collator", "pad": "padding + copy to the device",
+          "forward": "the ranker's forward"}  # fmt: skip
+TOP_OPS = 12  # operators listed by the time they took
+
+
+def profile(rank, pairrm, prompts, responses, sync) -> dict:
+    """One more call under torch.profiler: each phase's wall time (its record_function range on
+    the CPU), the device's busy time (its kernels, summed) and the operators that took most."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    def labelled(label, fn):
+        def run(*args, **kwargs):
+            with record_function(label):
+                return fn(*args, **kwargs)
+
+        return run
+
+    owners = {"encode": pairrm, "pad": pairrm, "forward": pairrm.ranker}
+    methods = {"encode": "encode", "pad": "pad", "forward": "_forward"}
+    for phase, owner in owners.items():
+        setattr(owner, methods[phase], labelled(phase, getattr(owner, methods[phase])))
+    cuda = pairrm.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    try:
+        with torch_profile(activities=activities) as prof:
+            sync()
+            started = time.perf_counter()
+            rank(prompts, responses)
+            sync()
+            wall = time.perf_counter() - started
+    finally:
+        for phase, owner in owners.items():
+            delattr(owner, methods[phase])  # the class's method again
+    events = prof.key_averages()
+
+    def device_ms(e) -> float:
+        return getattr(e, "self_device_time_total", 0.0) / 1000
+
+    def cpu_ms(e) -> float:
+        return e.self_cpu_time_total / 1000
+
+    # key_averages keeps a range's CPU side and its GPU side (a kernel's, an annotation's) apart
+    on_cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    phases = {e.key: e.cpu_time_total / 1000 for e in on_cpu if e.key in PHASES}
+    ops = [e for e in on_cpu if e.key not in PHASES]  # a CPU op's device time: its kernels'
+    kernels = [e for e in events if e.device_type != DeviceType.CPU and not e.is_user_annotation]
+    # on a GPU the ops by the device time their kernels took, then what kept the CPU (launches,
+    # waits for the device, the collator)
+    ranked = sorted(ops, key=device_ms, reverse=True)[:TOP_OPS] if cuda else []
+    ranked += [e for e in sorted(ops, key=cpu_ms, reverse=True) if e not in ranked][
+        : TOP_OPS // 2 if cuda else TOP_OPS
+    ]
+    return {
+        "wall_ms": 1000 * wall,
+        "phases_ms": phases,
+        "device_busy_ms": sum(device_ms(e) for e in kernels) if cuda else None,
+        "ops": [
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_cpu_ms": cpu_ms(e),
+                "self_device_ms": device_ms(e) if cuda else None,
+            }
+            for e in ranked
+        ],  # fmt: skip
     }
 
 
@@ -306,8 +394,10 @@ def tables(result: dict) -> list[dict]:
         ["---", "---:", "---:", "---", "---:", "---", "---", "---", "---:", "---"],
     )  # fmt: skip
     measured = [r for r in ratios if r["median"] is not None]
+    profiles = profile_tables(result["runs"])
     if not measured:
-        return [setting, data, cases, harness.text("llm-blender was not measured: no ratio.")]
+        return [setting, data, cases, harness.text("llm-blender was not measured: no ratio."),
+                *profiles]  # fmt: skip
     lo, hi = (f(measured, key=lambda r: r["median"]) for f in (min, max))
     where = "{0[data]}, B = {0[batch]}, load {0[load]}, malloc {0[malloc]}".format
     met, within = (sum(bool(r[k]) for r in measured) for k in ("met", "scores_within"))
@@ -316,7 +406,45 @@ def tables(result: dict) -> list[dict]:
         f"{hi['median']:.2f}× ({where(hi)}); the {TARGET} target is met in {met} of "
         f"{len(measured)}; ours' scores are within the tolerance in {within} of {len(measured)}."
     )
-    return [setting, data, cases, ratio, reading]
+    return [setting, data, cases, ratio, reading, *profiles]
+
+
+def profile_tables(runs: list[dict]) -> list[dict]:
+    """--profile's: each profiled call's phases and device time, then its top operators."""
+    profiled = [r for r in runs if r.get("profiled")]
+    if not profiled:
+        return []
+
+    def share(ms: float | None, wall: float) -> str:
+        return "–" if ms is None else f"{fmt(ms, 1)} ({ms / wall:.0%})"
+
+    phases = harness.table(
+        ["data", "B", "call ms (profiled)", *(f"{k}: {v}" for k, v in PHASES.items()),
+         "the device busy"],
+        [[r["data"], r["batch"], fmt(pr["wall_ms"], 1),
+          *(share(pr["phases_ms"].get(k), pr["wall_ms"]) for k in PHASES),
+          share(pr["device_busy_ms"], pr["wall_ms"])]
+         for r in profiled for pr in [r["profiled"]]],
+        ["---", "---:", "---:", *["---:"] * len(PHASES), "---:"],
+    )  # fmt: skip
+    ops = harness.table(
+        ["data", "B", "operator", "calls", "self CPU ms", "self device ms"],
+        [[r["data"], r["batch"], f"`{op['name'][:60]}`", op["calls"], fmt(op["self_cpu_ms"], 1),
+          fmt(op["self_device_ms"], 1)]
+         for r in profiled for op in r["profiled"]["ops"]],
+        ["---", "---:", "---", "---:", "---:", "---:"],
+    )  # fmt: skip
+    return [
+        harness.text(
+            "Where ours' call goes (--profile: one more call under torch.profiler, its overhead "
+            "included): each phase's wall time on the CPU (the forward's: launching its kernels "
+            "and waiting for them where it reads a result), and the time the device's kernels "
+            "took, summed; then the operators that took the most (device time on a GPU, CPU time "
+            "on a CPU)."
+        ),
+        phases,
+        ops,
+    ]
 
 
 BENCHMARK = harness.Benchmark(

@@ -102,3 +102,27 @@ def test_a_run_count_below_one_is_refused_before_anything_runs(repeats, tmp_path
     assert exit_.value.code == 2
     assert f"argument --repeats: must be 1 or more, not {repeats}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_one_command_log_is_cut_into_each_stage_s_own_lines():
+    """`python -m benchmarks iteration --one-command` reads each stage's figures (its engine's
+    starts, its peak) from its own lines of stage=all's log: an eval's engine start is not
+    generate's."""
+    from benchmarks.iteration import by_stage
+
+    log = [
+        "python -m src.main ... stage=all",
+        "[main] iteration 1 of runs/x",
+        "[main] stage generate -> runs/x/iter1/generate",
+        "[vllm] engine started in 90 s: policy",
+        "[main] stage rank -> runs/x/iter1/rank",
+        "[main] stage rank: finished with this config, skipped",
+        "[main] stage eval -> runs/x/iter1/eval",
+        "[vllm] engine started in 80 s: checkpoint",
+        "[vllm] engine started in 70 s: policy",
+    ]
+    parts = by_stage(log)
+    assert parts[""] == log[:2]
+    assert parts["generate"] == log[2:4]
+    assert parts["rank"] == log[4:6], "a line naming the stage without ' -> ' does not cut"
+    assert [line for line in parts["eval"] if "engine started" in line] == log[7:]
