@@ -19,7 +19,14 @@ from src.config import Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
-from src.core.records import RETRAINED, TRAINED_AFTER, StageState, read_record, state_of
+from src.core.records import (
+    CONTENT_CHANGED,
+    RETRAINED,
+    TRAINED_AFTER,
+    StageState,
+    read_record,
+    state_of,
+)
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
 from src.stages import StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
@@ -332,9 +339,11 @@ def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
         # every later iteration is stale with it: one command redoes them all, in order
         fix = "pipeline.redo_stale=true"
         advice += "; every later iteration made from it is stale too"
-    raise StageError(
-        f"{cfg.stage_dir(st.stage)} was made with a different configuration ({why}); {advice}", fix
-    )
+    if st.changed and all(CONTENT_CHANGED in change for change in st.changed):
+        what, advice = "other input files", advice.replace("the config", "the file")
+    else:
+        what = "a different configuration"
+    raise StageError(f"{cfg.stage_dir(st.stage)} was made with {what} ({why}); {advice}", fix)
 
 
 def release_gpu_memory() -> None:

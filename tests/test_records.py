@@ -369,3 +369,34 @@ def test_a_damaged_record_beside_the_base_eval_names_its_own_redo(tmp_path, monk
         state_of(cfg.as_tree(), Stage.eval)
     assert str(side / "done.json") in str(err.value)
     assert err.value.overrides(str(cfg.stage)) == "iter=2 pipeline.redo=[eval]"
+
+
+def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_path, monkeypatch):
+    """data.prompts, training.pairs, eval.reference_outputs...: the record keeps each local
+    file's content, so an edit that keeps the name is named; a file touched but the same, or a
+    record made before contents entered (format 4, by name), stays finished."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n')
+    cfg = at_root(monkeypatch, tmp_path / "runs", f"data.prompts={prompts}")
+    finish(cfg)
+    tree = cfg.as_tree()
+    assert read_record(cfg.stage_dir(Stage.generate))["contents"]["data.prompts"]["path"] == str(
+        prompts
+    )
+    prompts.write_text('{"prompt": "a cat"}\n')  # rewritten, the same: new times
+    assert [state_of(tree, s).status for s in STAGES] == ["done"] * len(STAGES)
+
+    prompts.write_text('{"prompt": "a DOG"}\n')
+    state = state_of(tree, Stage.generate)
+    assert (state.status, state.changed) == (
+        "stale",
+        [f"data.prompts: {prompts} changed since this stage read it"],
+    )
+    assert state_of(tree, Stage.rank).changed == [
+        f"generate's data.prompts: {prompts} changed since this stage read it"
+    ]
+    assert "contents" not in read_record(cfg.stage_dir(Stage.pairs)), "read no local file"
+
+    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, contents=False), fmt=4)
+    prompts.write_text('{"prompt": "a cow"}\n')
+    assert state_of(tree, Stage.generate).status == "done", "format 4 is checked by name"

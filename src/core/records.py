@@ -10,6 +10,9 @@ after it. A stage's `done.json` stores the fingerprint it was made under:
   naming the keys that changed, unless the user asks to redo it (`pipeline.redo=[stage]`);
 - no record: the stage has not finished (it resumes from whatever it left, or starts).
 
+A local file a stage reads by a key (its prompts, pairs, reference answers: FILE_INPUTS) enters
+its fingerprint by content, so a file edited in place makes the stage stale, the file named.
+
 Each function takes the config as plain data (`Config.as_tree()`): a tree that holds `iter`,
 `run.dir`, `run.iter_dir`, `paths.root` and the stages' inputs.
 
@@ -32,19 +35,28 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from src.core.artifacts import atomic_write_json, read_json
+from src.core.artifacts import atomic_write_json, files_sha256, read_json
 from src.core.errors import Redo, StageError, shown
 from src.core.machine import machine
-from src.core.registry import BENCHMARK_INPUTS, SIDE_EVAL, STAGES, Stage, stage_folder
+from src.core.registry import (
+    BENCHMARK_INPUTS,
+    FILE_INPUTS,
+    SIDE_EVAL,
+    STAGES,
+    Stage,
+    stage_folder,
+)
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
 # inside the run relative to it); format 4 adds the record's own sha256, so a record edited by
-# hand or damaged is refused rather than believed. Format 2 hashed the paths absolute, and its
+# hand or damaged is refused rather than believed; format 5 hashes the content of the local files
+# the stage read (`input_contents`) and keeps each one's, so that a file changed is named; a
+# record of 3 or 4 is checked as it was made, by name. Format 2 hashed the paths absolute, and its
 # records are still checked as it made them, where the run then sat (`state_of`). A record of
 # any other format was made by another version of this project, and is refused with that reason
 # rather than as a config change.
-RECORD_FORMAT = 4
-PORTABLE_FORMATS = (3, RECORD_FORMAT)
+RECORD_FORMAT = 5
+PORTABLE_FORMATS = (3, 4, RECORD_FORMAT)
 ABSOLUTE_PATHS_FORMAT = 2
 KNOWN_FORMATS = (ABSOLUTE_PATHS_FORMAT, *PORTABLE_FORMATS)
 
@@ -231,7 +243,7 @@ def write_record(
             versions[name] = None
     record = {
         "format": RECORD_FORMAT,
-        "fingerprint": fingerprint,
+        "fingerprint": str(fingerprint),
         "counts": counts,
         "timings": timings,
         "versions": versions,
@@ -240,22 +252,41 @@ def write_record(
     }
     if outputs is not None:
         record["outputs"] = outputs
+    if getattr(fingerprint, "contents", None):
+        record["contents"] = fingerprint.contents
     record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 
 
+class Fingerprint(str):
+    """A stage's fingerprint, carrying the content of the files it hashed (`input_contents`):
+    `write_record` keeps them, so that a later check names the file that changed."""
+
+    contents: dict[str, dict[str, str]]
+
+    def __new__(cls, value: str, contents: dict[str, dict[str, str]]) -> Fingerprint:
+        made = super().__new__(cls, value)
+        made.contents = contents
+        return made
+
+
 def stage_fingerprint(
-    tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE, extras: bool = True
-) -> str:
-    """sha256 of the stage's inputs and of the fingerprint of what it consumes.
+    tree: dict[str, Any],
+    stage: Stage,
+    at: tuple[str, str] = PORTABLE,
+    extras: bool = True,
+    contents: bool = True,
+) -> Fingerprint:
+    """sha256 of the stage's inputs, of the content of the local files among them and of the
+    fingerprint of what it consumes.
 
     `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`:
-    see `stage_inputs`.
+    see `stage_inputs`. `contents=False`: by the files' names alone, as records before format 5.
     """
     consumes = STAGES[stage].consumes
     iteration = tree["iter"]
     if consumes is not None:
-        upstream: str | None = stage_fingerprint(tree, consumes, at)
+        upstream: str | None = stage_fingerprint(tree, consumes, at, contents=contents)
     elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
         record = read_record(Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train")
         upstream = record["fingerprint"] if record else "unfinished"
@@ -263,7 +294,49 @@ def stage_fingerprint(
         upstream = None
     inputs = stage_inputs(tree, stage, at, extras)
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    read = input_contents(tree, stage) if contents else {}
+    if read:  # only then: a stage that reads no local file keeps its fingerprint of format 4
+        payload["contents"] = {key: entry["sha256"] for key, entry in read.items()}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return Fingerprint(digest, read)
+
+
+def input_contents(tree: dict[str, Any], stage: Stage) -> dict[str, dict[str, str]]:
+    """{key: {path, stat, sha256}} for each of the stage's FILE_INPUTS that names a local file or
+    folder outside the run (a folder: its files together). The stage's record vouches for a file
+    whose size and times are as it recorded them, so that a check does not read it again."""
+    named = flatten(stage_inputs(tree, stage))
+    out: dict[str, dict[str, str]] = {}
+    recorded: dict | None = None
+    for key in FILE_INPUTS:
+        form = named.get(key)
+        if not isinstance(form, str) or form.startswith(PORTABLE[0]):
+            continue
+        path = Path(lookup(tree, key)).expanduser()
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        if not path.exists() or not files:
+            continue  # a hub id, or missing: the stage's reader says so
+        stats = [(f.relative_to(path).as_posix() if f != path else "", f.stat()) for f in files]
+        stat = hashlib.sha256(
+            "\n".join(f"{n}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}" for n, s in stats).encode()
+        ).hexdigest()
+        if recorded is None:
+            try:
+                recorded = (read_record(stage_dir(tree, stage)) or {}).get("contents") or {}
+            except StageError:  # damaged: said where the stage's state is read
+                recorded = {}
+        seen = recorded.get(key) or {}
+        if seen.get("path") == form and seen.get("stat") == stat:
+            digest = seen["sha256"]
+        else:
+            hashes = files_sha256(files)
+            digest = hashlib.sha256(
+                "\n".join(
+                    f"{n}:{hashes[f]}" for (n, _), f in zip(stats, files, strict=True)
+                ).encode()
+            ).hexdigest()
+        out[key] = {"path": form, "stat": stat, "sha256": digest}
+    return out
 
 
 @dataclass
@@ -297,6 +370,9 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
         return StageState(stage, "todo")
     if record.get("fingerprint") == stage_fingerprint(tree, stage):
         return StageState(stage, "done")
+    by_name = record.get("format") != RECORD_FORMAT  # made before files entered by content
+    if by_name and record.get("fingerprint") == stage_fingerprint(tree, stage, contents=False):
+        return StageState(stage, "done")
     if record.get("format") == ABSOLUTE_PATHS_FORMAT:
         # made before fingerprints were relative to the run: checked as it was made, with the
         # absolute paths of where the run sat then (its saved config says), moved or not
@@ -305,14 +381,16 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
             lookup(saved, "run.dir") or lookup(tree, "run.dir"),
             lookup(saved, "paths.root") or lookup(tree, "paths.root"),
         )
-        if record.get("fingerprint") == stage_fingerprint(tree, stage, then):
+        if record.get("fingerprint") == stage_fingerprint(tree, stage, then, contents=False):
             return StageState(stage, "done")
     elif record.get("format") not in PORTABLE_FORMATS:
         return StageState(stage, "stale", earlier_version=True)
     if stage == Stage.eval and made_more(tree, record):
         return StageState(stage, "done")
     changed = changed_inputs(tree, stage)
-    if not changed and record.get("fingerprint") == stage_fingerprint(tree, stage, extras=False):
+    if not changed and record.get("fingerprint") == stage_fingerprint(
+        tree, stage, extras=False, contents=not by_name
+    ):
         # an eval recorded before its benchmarks entered the fingerprint, made as asked now (its
         # saved config has the same benchmarks): still finished
         return StageState(stage, "done")
@@ -389,12 +467,12 @@ def relocated(tree: dict, run_dir: str, root: str) -> dict:
 def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
     """`key: old -> new` for the inputs that differ from the config the stage last ran with,
     in their fingerprint form (paths inside the run relative to it: a move changes none)."""
+    changed = changed_contents(tree, stage)
     saved = saved_config(tree, stage)
     if saved is None:
-        return []
+        return changed
     before = flatten(stage_inputs(saved, stage))
     now = flatten(stage_inputs(tree, stage))
-    changed = []
     for k in {**now, **before}:
         # a key in the fingerprint on one side only (a benchmark's, as it is added or dropped):
         # as it is set on the other, and not shown where it is set the same
@@ -402,6 +480,24 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
         if before.get(k) != now.get(k) and old != new:
             changed.append(f"{k}: {old!r} -> {new!r}")
     return changed
+
+
+def changed_contents(tree: dict[str, Any], stage: Stage) -> list[str]:
+    """`key: <file> changed since this stage read it` for each local file whose content differs
+    from what the stage's record kept."""
+    try:
+        record = read_record(stage_dir(tree, stage))
+    except StageError:
+        return []
+    recorded = (record or {}).get("contents") or {}
+    now = input_contents(tree, stage) if recorded else {}
+    return [
+        f"{key}: {entry['path']} {CONTENT_CHANGED}"
+        for key, entry in now.items()
+        if key in recorded
+        and recorded[key].get("path") == entry["path"]
+        and recorded[key].get("sha256") != entry["sha256"]
+    ]
 
 
 def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
@@ -425,6 +521,8 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
 
 # why a stage is stale whose iteration's stages are all as they were
 RETRAINED = "was trained again since"
+# why a stage is stale whose local input file was edited since it read it
+CONTENT_CHANGED = "changed since this stage read it"
 # why an eval is stale whose config is as it was
 TRAINED_AFTER = "was trained again after this eval"
 

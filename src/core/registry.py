@@ -75,6 +75,14 @@ BENCHMARK_INPUTS = {
     "leaderboard": ("data.leaderboard", "eval.leaderboard_tasks", "eval.leaderboard_limit"),
 }
 
+# The inputs that name a local file or folder whose content, not only its name, makes a stage's
+# output (src.core.records.input_contents): a file edited in place makes the stage stale. A path
+# inside the run (an earlier stage's output) is left out: its stage's fingerprint stands for it.
+FILE_INPUTS = (
+    "data.prompts", "data.eval_prompts", "data.external_responses", "training.pairs",
+    "eval.reference_outputs", "data.mt_bench", "data.arena_hard", "data.leaderboard",
+)  # fmt: skip
+
 # What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
 # the eval stage's is `eval.judge` (or `ranker`, when it is null).
 JUDGE_INPUTS = (
