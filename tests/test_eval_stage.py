@@ -313,11 +313,12 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     assert "Against `" not in card.read_text(), "no eval of the checkpoint as it is now"
     compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
     assert compared.returncode == 0, compared.stderr[-3000:]
-    for side in sides:
-        assert f"[compare] {side}: made before iteration 1's training last finished" in (
+    for stale in (eval_dir(root), *sides):  # the base eval too
+        assert f"[compare] {stale}: made before iteration 1's training last finished" in (
             compared.stderr
         )
-    assert "[vs-" not in (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0]
+    header = (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0]
+    assert "[vs-" not in header and "eval_win_rate" not in header
 
     # two more, left as they are: one whose saved eval settings no longer compose (named), one
     # that today's naming puts elsewhere (its own command redoes it)

@@ -264,16 +264,21 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     row.update(train_columns(it.history, train.where, "log_history"))
     row.update(pairs_columns(stages.get("pairs", Record({}))))
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
-    if "eval" in stages:
-        row.update(eval_columns(eval_record(iter_dir / "eval", stages["eval"])))
-    # each finished eval against another reference, whether or not the base one finished, but
-    # one of a checkpoint trained again since (its win rate is not this checkpoint's)
-    for side in sorted((iter_dir / "eval").glob(f"{registry.SIDE_EVAL}*")):
-        if made_before_training(side):
-            print(f"[compare] {side}: made before iteration {t}'s training last "
+    # each finished eval, the base one and those against other references (whether or not the
+    # base one finished), but one of a checkpoint trained again since: its win rate is not this
+    # checkpoint's
+    base = iter_dir / "eval"
+    for folder in [base, *sorted(base.glob(f"{registry.SIDE_EVAL}*"))]:
+        done = stages.get("eval") if folder == base else finished_stage(folder)
+        if done is None:
+            continue
+        if made_before_training(folder):
+            print(f"[compare] {folder}: made before iteration {t}'s training last "
                   "finished, left out (pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
-        elif (done := finished_stage(side)) is not None:
-            row.update(win_rate_columns(eval_record(side, done), side.name))
+        elif folder == base:
+            row.update(eval_columns(eval_record(folder, done)))
+        else:
+            row.update(win_rate_columns(eval_record(folder, done), folder.name))
     return it
 
 
