@@ -31,7 +31,7 @@ WHOLE = [
 ]  # fmt: skip
 # run_wpo.py's other form: the prompt's turns apart, the answers alone
 APART = [{"prompt": [turn("user", "Name a colour.")], "chosen": [turn("assistant", "Blue")],
-          "rejected": [turn("assistant", "Seven")]}]  # fmt: skip
+          "rejected": [turn("assistant", "Seven")], "prompt_id": 7}]  # fmt: skip
 
 
 def test_both_forms_become_pairs_that_training_reads(tmp_path):
@@ -48,7 +48,7 @@ def test_both_forms_become_pairs_that_training_reads(tmp_path):
         ("Name a prime.", "7", "8"), ("Say hi.", "Hi!", "No."), ("Name a colour.", "Blue", "Seven")]  # fmt: skip
     assert pairs[0]["prompt_id"] == "p1"
     assert len(pairs[1]["prompt_id"]) == 16, "an empty prompt_id: the prompt's sha256"
-    assert len({p["prompt_id"] for p in pairs}) == 3
+    assert pairs[2]["prompt_id"] == "7", "a number kept as given"
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,13 @@ def test_both_forms_become_pairs_that_training_reads(tmp_path):
          "`chosen` does not end in one assistant turn"),
         ({**WHOLE[0], "chosen": [turn("user", "Name a prime."), turn("assistant", " ")]},
          "chosen"),
+        ({**WHOLE[0], "chosen": WHOLE[0]["chosen"][:1]},
+         "`chosen` does not end in an assistant turn"),
+        ({**WHOLE[0], "chosen": [turn("user", "Name a prime."), turn("assistant", "7\ud800")]},
+         "`chosen` holds '\\ud800' at character 1, a lone surrogate"),
     ],
-    ids=["a system turn", "other prompts", "a string", "a user turn last", "an empty answer"],
+    ids=["a system turn", "other prompts", "a string", "a user turn last", "an empty answer",
+         "no answer", "a lone surrogate"],
 )  # fmt: skip
 def test_a_row_that_is_no_pair_is_one_line_naming_it_and_nothing_is_written(tmp_path, row, said):
     data = tmp_path / "data.jsonl"
@@ -85,7 +90,19 @@ def test_what_is_not_a_dataset_is_refused_in_one_line(tmp_path):
         ([str(tmp_path / "none.parquet"), "--out", str(tmp_path / "p.jsonl")], 1, "no such file"),
         ([str(empty), "--out", str(tmp_path / "p.jsonl")], 1, "no rows"),
         ([str(empty), "--out", str(tmp_path / "p.parquet")], 2, "the pairs file is JSON lines"),
+        ([str(empty), "--out", str(empty)], 2, f"--out {empty} is also an input"),
     ]:
         refused = entry("src.training.published_pairs", *argv)
         (line,) = refused.stderr.strip().splitlines()
         assert refused.returncode == code and said in line, refused.stderr
+
+
+def test_a_temporary_left_by_a_killed_run_goes_with_the_next_run(tmp_path):
+    data, out = tmp_path / "apart.jsonl", tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(APART[0]) + "\n")
+    left = tmp_path / ".pairs.jsonl.x1y2.tmp"  # atomic_path's, as a kill -9 leaves it
+    left.write_text("half a file")
+    done = entry("src.training.published_pairs", str(data), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"removed {left}, left by an interrupted run" in done.stderr
+    assert not left.exists() and len(out.read_text().splitlines()) == 1

@@ -13,8 +13,8 @@ ultrafeedback_binarized): `chosen` and `rejected` are conversations, lists of {r
 the prompt is `prompt` when it is a conversation, else every turn of `chosen` but its last, whose
 content is the response (`rejected`'s last turn the other). A pair here is one user turn and two
 answers: a row whose prompt is not one user turn (a system turn, several turns) is refused, with
-its file and row. `prompt_id`: the row's, else the first 16 hex digits of the sha256 of the
-prompt's text. Rows stream from parquet (a batch at a time) or JSON lines; the file is written
+its file and row, as is a text that UTF-8 cannot hold (a lone surrogate). `prompt_id`: the
+row's (a number as its digits), else the first 16 hex digits of the sha256 of the prompt's text. Rows stream from parquet (a batch at a time) or JSON lines; the file is written
 whole or not at all.
 """
 
@@ -62,6 +62,9 @@ def pair_of(where: str, row: dict[str, Any]) -> dict[str, str]:
         context, answers = turns(where, row["prompt"], "prompt"), (chosen, rejected)
     else:  # whole conversations: the prompt is what precedes each one's last turn
         context, answers = chosen[:-1], (chosen[-1:], rejected[-1:])
+        for column, answer in zip(("chosen", "rejected"), answers, strict=True):
+            if answer[0]["role"] != "assistant":  # said before the prompts are compared
+                raise PublishedPairsError(f"{where}: `{column}` does not end in an assistant turn")
         if rejected[:-1] != context:
             raise PublishedPairsError(f"{where}: `chosen` and `rejected` answer other prompts")
     if [t["role"] for t in context] != ["user"]:
@@ -73,11 +76,24 @@ def pair_of(where: str, row: dict[str, Any]) -> dict[str, str]:
         if [t["role"] for t in answer] != ["assistant"]:
             raise PublishedPairsError(f"{where}: `{column}` does not end in one assistant turn")
     text = context[0]["content"]
-    pid = row.get("prompt_id")
-    if not isinstance(pid, str) or not pid.strip():
-        pid = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return {"prompt_id": pid, "prompt": text, "chosen": answers[0][0]["content"],
+    pair = {"prompt": text, "chosen": answers[0][0]["content"],
             "rejected": answers[1][0]["content"]}  # fmt: skip
+    for column, value in pair.items():  # what the stages' readers would meet as they read it
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise PublishedPairsError(
+                f"{where}: `{column}` holds {value[err.start : err.end]!a} at character "
+                f"{err.start}, a lone surrogate: not text that UTF-8 can hold"
+            ) from None
+    pid = row.get("prompt_id")
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        pid = str(pid)  # kept as given: the pairs file's ids are strings
+    elif pid is not None and not isinstance(pid, str):
+        raise PublishedPairsError(f"{where}: its prompt_id {pid!r} is not a string or a number")
+    if not pid or not pid.strip():
+        pid = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"prompt_id": pid, **pair}
 
 
 def rows_of(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -89,7 +105,11 @@ def rows_of(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def convert(inputs: list[Path], out: Path) -> int:
-    """Every row of `inputs`, in order, into `out` (JSON lines); returns the pairs written."""
+    """Every row of `inputs`, in order, into `out` (JSON lines); returns the pairs written. A
+    temporary an interrupted run left beside `out` (a kill -9) goes first."""
+    for left in out.parent.glob(f".{out.name}.*.tmp"):
+        left.unlink(missing_ok=True)
+        print(f"[published_pairs] removed {left}, left by an interrupted run", file=sys.stderr)
     written = 0
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
         for path in inputs:
@@ -113,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         args = parser.parse_args(words)
         if args.out.suffix != ".jsonl":
             parser.error(f"--out {args.out}: the pairs file is JSON lines (.jsonl)")
+        if any(args.out.resolve() == path.resolve() for path in args.inputs):
+            parser.error(f"--out {args.out} is also an input: name another file for the pairs")
         written = convert(args.inputs, args.out)
         print(f"[published_pairs] {written:,} pairs -> {args.out} (training.pairs={args.out})")
 
