@@ -188,6 +188,23 @@ def test_a_cache_line_cut_short_is_asked_again(tmp_path):
     assert set(read_cache(cache)) == {request_id(e, first)}
 
 
+def test_a_run_after_a_cut_line_writes_whole_lines_and_the_next_run_pays_for_nothing(tmp_path):
+    """The cut line goes before the next judgment is appended: appended onto it, both would be
+    unreadable, and the run after would pay for the second again."""
+    with judging(lambda _: "Rating: [[5]]") as base_url:
+        j = LLMJudgeConfig(model="m", base_url=base_url, api_key_env="", concurrency=1,
+                           max_retries=0, timeout_s=10)  # fmt: skip
+        e, cache = endpoint_of(j), tmp_path / "mt_bench.jsonl"
+        judge_all(e, j, requests(2), cache, "mt_bench")
+        lines = cache.read_text().splitlines()
+        cache.write_text(lines[0] + "\n" + lines[1][:-9])  # the second cut by a kill
+        _, cost = judge_all(e, j, requests(2), cache, "mt_bench")
+        assert (cost["judge_calls"], cost["judge_cached"]) == (1, 1)
+        _, cost = judge_all(e, j, requests(2), cache, "mt_bench")
+    assert (cost["judge_calls"], cost["judge_cached"]) == (0, 2)
+    assert len(read_cache(cache)) == 2 and cache.read_text().endswith("}\n")
+
+
 # --- a judge that answers garbage, a cache that was damaged -----------------------------------------
 
 ANSWER = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",

@@ -180,6 +180,19 @@ def read_cache(path: Path) -> dict[str, Judgment]:
     return cached
 
 
+def drop_cut_line(path: Path) -> None:
+    """A last line cut short by a kill while it was written (no newline at its end) goes, so that
+    the next judgment appended starts a line of its own rather than joining it, unreadable."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+        print(f"[eval] {path}: its last line was cut short by a stopped run: dropped",
+              file=sys.stderr)  # fmt: skip
+
+
 def cache_path(root: str, endpoint: Endpoint, benchmark: str) -> Path:
     folder = re.sub(r"[^A-Za-z0-9._@-]+", "_", endpoint.label)
     return Path(root) / CACHE_DIR / folder / f"{benchmark}.jsonl"
@@ -202,6 +215,7 @@ def judge_all(
     cache.parent.mkdir(parents=True, exist_ok=True)
     with locks.writing(cache.parent, wait=True):  # two runs sharing a judge share its cache
         cached = read_cache(cache)
+        drop_cut_line(cache)
         ids = {r.key: request_id(endpoint, r) for r in requests}
         kept = {k: v for k, v in cached.items() if final(v.text)}
         todo = [r for r in requests if ids[r.key] not in kept]
