@@ -5,6 +5,7 @@ and a chain that cannot fit refused before anything is queued, with the override
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -229,17 +230,29 @@ def test_the_rates_are_the_plans_settings():
     )
 
 
-def test_pairrms_rank_is_its_comparisons_at_the_rate_measured_on_a_gpu():
-    """K(K-1) comparisons a prompt over the rank stage's measured comparisons/s per GPU, its
-    results file named; the assumed MFU, which would make it ~14x faster, does not move it."""
+def test_pairrms_rank_is_its_comparisons_at_the_rate_measured_on_a_gpu_at_their_length():
+    """K(K-1) comparisons a prompt over PairRM's comparisons/s per GPU measured at the length of
+    a comparison (the prompt's limit and two responses, cut to PairRM's 1,224 + 2 x 412), its
+    results file named: the nearest measured rate outside the lengths measured, a log-log line
+    between them; the assumed MFU, which would make it ~14x faster, does not move it."""
     from src.plan.hours import MEASURED_RANK_RATES
 
-    rank = hours("plan.prompts=1000")["rank"]
-    rate, source = MEASURED_RANK_RATES["llm-blender/PairRM"]
-    assert rank.hours == pytest.approx(1000 * 5 * 4 / (rate * 8) / 3600)
-    assert rank.basis == f"measured: {rate:g} comparisons/s ({source})"
+    points, source = MEASURED_RANK_RATES["llm-blender/PairRM"]
+    assert points == ((609, 89.0), (2024, 20.3))
+    for lengths, comparison, rate in [
+        (("generation.max_new_tokens=2048",), 2048, 20.3),  # cut to PairRM's limits
+        (("generation.max_new_tokens=48", "generation.max_prompt_length=128"), 224, 89.0),
+        (("generation.max_new_tokens=256",), 1024, 89.0 * (20.3 / 89.0) ** (
+            math.log(1024 / 609) / math.log(2024 / 609))),
+    ]:  # fmt: skip
+        rank = hours("plan.prompts=1000", *lengths)["rank"]
+        assert rank.hours == pytest.approx(1000 * 5 * 4 / (rate * 8) / 3600)
+        assert rank.basis.startswith(f"measured: {rate:.1f} comparisons/s at {comparison:,} ")
+    assert rank.basis.endswith(f"({source})") and 40 < rate < 50
     assert (REPO_ROOT / source.rpartition(": ")[2]).is_file()
-    assert hours("plan.prompts=1000", "plan.mfu=0.6")["rank"].hours == rank.hours
+    assert hours("plan.prompts=1000", "plan.mfu=0.6")["rank"].hours == hours("plan.prompts=1000")[
+        "rank"
+    ].hours
 
 
 def test_vllms_rate_is_a_share_of_the_decode_bound_measured_for_each_model():

@@ -9,7 +9,8 @@ are assumptions is said in every row.
   vLLM (one stream over the shard, its engine kept full): `plan.vllm_bound_share` of the decode
   bound, measured per model (MEASURED_BOUND_SHARES: Mistral-7B on an H200, Gemma-2-9B on an
   H100), Mistral-7B's assumed for other models;
-- ranking: PairRM's comparisons per second, measured through the rank stage on a GPU
+- ranking: PairRM's comparisons per second at the comparisons' length (the prompt and two
+  responses, cut to PairRM's limits), interpolated between lengths measured on a GPU
   (MEASURED_RANK_RATES); another judge: FLOPs over `plan.mfu` x `plan.gpu_tflops`, a forward of
   2 Psi_judge per token (the MFU an assumption);
 - training: FLOPs over `plan.mfu` x `plan.gpu_tflops` (the MFU is an assumption): a token 6 Psi
@@ -19,7 +20,9 @@ are assumptions is said in every row.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,15 +103,29 @@ MEASURED_BOUND_SHARES = {
 }  # fmt: skip
 ASSUMED_BOUND_SHARE = MEASURED_BOUND_SHARES["mistralai/Mistral-7B-Instruct-v0.2"][0]
 
-# PairRM's comparisons per second per GPU: `python -m src.main stage=rank` on a GPU at
-# DeBERTa-v3-large's shape (fp16, as llm-blender loads it there), ranker.batch_size=32, 4,000
-# comparisons of random-weight Mistral-7B responses, each near PairRM's 1,224 + 2 x 412-token
-# limits. Its FLOPs at the assumed MFU would have said 14x faster: the judge's 2 Psi per token
-# reached 4 % of the bf16 peak.
+# PairRM's comparisons per second per GPU by a comparison's length (PairRM tokens: the prompt and
+# both responses, the median of a measured set): the rank stage's judge at DeBERTa-v3-large's
+# shape on an H200, fp16 as llm-blender loads it there, ranker.batch_size=32. A comparison's time
+# grows faster than its length (the disentangled attention's [L, L] work): between two measured
+# lengths the rate is interpolated on a log-log line, outside them the nearest one's is taken.
+# Their FLOPs at the assumed MFU would have said 14x faster: 2 Psi a token reached 4 % of the peak.
 MEASURED_RANK_RATES = {
     "llm-blender/PairRM": (
-        21.4, "PairRM on an H200 at ranker.batch_size=32: benchmarks/results/iteration_gpu_mistral.md"),
+        ((609, 89.0), (2024, 20.3)),
+        "PairRM on an H200 at ranker.batch_size=32: benchmarks/results/ranking_gpu_large.md"),
 }  # fmt: skip
+
+
+def rank_rate(points: tuple[tuple[int, float], ...], length: float) -> float:
+    """Comparisons/s at `length` tokens a comparison from the measured (length, rate) points."""
+    if length <= points[0][0]:
+        return points[0][1]
+    for (l0, r0), (l1, r1) in itertools.pairwise(points):
+        if length <= l1:
+            share = math.log(length / l0) / math.log(l1 / l0)
+            return math.exp(math.log(r0) + share * math.log(r1 / r0))
+    return points[-1][1]
+
 
 # vLLM's max_num_seqs on a GPU of 70 GB or more (vLLM 0.26-0.33), when generation.max_num_seqs
 # is null
@@ -183,9 +200,13 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     rank_hours = judged * 2 * judge_params / (flops_per_s * world) / 3600
     rank_basis = mfu
     if cfg.ranker.kind == JudgeKind.pairrm and cfg.ranker.model in MEASURED_RANK_RATES:
-        rate, source = MEASURED_RANK_RATES[cfg.ranker.model]
+        points, source = MEASURED_RANK_RATES[cfg.ranker.model]
+        r = cfg.ranker  # llm-blender cuts a comparison to its limits
+        length = min(prompt + 2 * response, r.source_max_length + 2 * r.candidate_max_length)
+        rate = rank_rate(points, length)
         rank_hours = prompts * k * (k - 1) / (rate * world) / 3600
-        rank_basis = f"measured: {rate:g} comparisons/s ({source})"
+        rank_basis = (f"measured: {rate:.1f} comparisons/s at {length:,.0f} tokens a comparison, "
+                      f"from {', '.join(f'{r:g}/s at {n:,}' for n, r in points)} ({source})")  # fmt: skip
     stages.append(StageHours("rank", judged, world, rank_hours, rank_basis))
 
     trained = prompts * t.num_epochs * 2 * (prompt + response)  # a pair per prompt at most
