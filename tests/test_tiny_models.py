@@ -277,6 +277,18 @@ def test_a_copied_pairrm_points_at_its_own_backbone_and_loads(tiny_dir, tmp_path
     assert blender.ranker_config.model_name == str(copy / "backbone")
 
 
+def test_a_pairrm_without_its_backbone_is_not_reused_but_named(tiny_dir, tmp_path, capfd):
+    """Copied without backbone/ (or the folder lost in place), a PairRM is no finished build:
+    its config.json would read the original's backbone, or none. Named, and built again."""
+    import shutil
+
+    copy = tmp_path / "cache" / "tiny-pairrm"
+    shutil.copytree(tiny_dir / "tiny-pairrm", copy, ignore=shutil.ignore_patterns("backbone"))
+    assert not tiny.relocated(copy, "tiny-pairrm", 0)
+    assert f"tiny-pairrm: {copy} has no backbone/config.json: built again" in capfd.readouterr().err
+    assert tiny.is_built(tiny_dir / "tiny-pairrm", "tiny-pairrm", 0), "the original is whole"
+
+
 @pytest.mark.parametrize("name", LMS)
 def test_a_widened_model_has_the_new_rows_the_same_tokenizer_and_is_made_once(
     tiny_dir, tmp_path, name

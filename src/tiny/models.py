@@ -249,7 +249,24 @@ def is_built(folder: Path, name: str, seed: int) -> bool:
     except (OSError, ValueError):
         return False
     record.pop("training", None)
-    return record == build_identity(name, folder, seed, training_texts())
+    return record == build_identity(name, folder, seed, training_texts()) and whole(folder, name)
+
+
+def whole(folder: Path, name: str) -> bool:
+    """Whether a finished build's folder holds every part it is read from: its config.json and,
+    a PairRM's, the backbone folder that config names (llm-blender loads it from there); one
+    missing is named, and the build made again rather than read from elsewhere."""
+    try:
+        ranker = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        missing = "config.json"
+    else:
+        parts = ("config.json", "model.safetensors") if "model_name" in ranker else ()
+        missing = next((f"backbone/{p}" for p in parts if not (folder / "backbone" / p).is_file()),
+                       None)  # fmt: skip
+    if missing:
+        teach.log(f"{name}: {folder} has no {missing}: built again")
+    return missing is None
 
 
 def relocated(folder: Path, name: str, seed: int) -> bool:
@@ -267,7 +284,7 @@ def relocated(folder: Path, name: str, seed: int) -> bool:
     if {k: v for k, v in record.items() if k != "training"} != {
         **identity,
         "folder": record["folder"],
-    }:
+    } or not whole(folder, name):
         return False
     config = folder / "config.json"
     if (folder / "backbone").is_dir() and config.is_file():  # a PairRM: llm-blender's RankerConfig
