@@ -250,9 +250,10 @@ def test_pairrms_rank_is_its_comparisons_at_the_rate_measured_on_a_gpu_at_their_
         assert rank.basis.startswith(f"measured: {rate:.1f} comparisons/s at {comparison:,} ")
     assert rank.basis.endswith(f"({source})") and 40 < rate < 50
     assert (REPO_ROOT / source.rpartition(": ")[2]).is_file()
-    assert hours("plan.prompts=1000", "plan.mfu=0.6")["rank"].hours == hours("plan.prompts=1000")[
-        "rank"
-    ].hours
+    assert (
+        hours("plan.prompts=1000", "plan.mfu=0.6")["rank"].hours
+        == hours("plan.prompts=1000")["rank"].hours
+    )
 
 
 def test_vllms_rate_is_a_share_of_the_decode_bound_measured_for_each_model():
