@@ -7,6 +7,8 @@
 #   benchmarks/gpu_iteration.sh iteration OUT [model]  # carry .gpu/carry.part-ab .gpu/carry.sha256
 #   benchmarks/gpu_iteration.sh all       OUT [model [prompts]]  # instead: stage=all, eval included
 #
+# (`build` instead of `prepare`: the inputs alone, for a call that leaves the most to `all`)
+#
 # or, in one command without vLLM, the train stage's record at the real shapes:
 #
 #   benchmarks/gpu_iteration.sh train OUT [model [prompts [override...]]]  # carry .whl .whl-train
@@ -48,6 +50,7 @@ set -uo pipefail
 phase=$1 out=$2 model=${3:-mistral-7b-instruct-v0.2} prompts=${4:-128}
 EVAL_PROMPTS=64  # the eval's instructions (`all`)
 DEVICE=${DEVICE:-cuda} SCALE=${SCALE:-real} BACKBONE=${BACKBONE:-large} LAYERS=${LAYERS:-}
+LIMIT=${LIMIT:-460}  # `all`: seconds for the iteration's case (its command is stopped 60 s before)
 shift $(($# < 4 ? $# : 4))
 hows=("${@:-training.weight_updates=fp32}")
 [ $# -gt 0 ] || hows+=(training.peft=lora)
@@ -67,7 +70,7 @@ install() { python3 -m pip install -q --no-index --no-deps --no-compile --target
 [ ! -d .whl ] || install /tmp/site-config .whl/*.whl
 [ "$phase" = train ] || bash "$here/gpu_vllm.sh" stash .gpu /tmp/parts
 case "$phase" in
-prepare)
+build | prepare)
     mkdir -p "$out/logs" "$out/results"  # results/: the 8 files a call returns, if cut off
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/logs/gpu.csv"
     df -h / /tmp /dev/shm >"$out/logs/df.txt"
@@ -81,6 +84,7 @@ prepare)
         >"$out/logs/build_policy.log" 2>&1 || { tail -3 "$out/logs/build_policy.log"; exit 1; }
     wait
     echo "built in $(($(date +%s) - t0)) s"
+    [ "$phase" = prepare ] || exit 0
     timeout 150 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" --datasets medium \
         long --max-prompts 8 --batch-sizes 32 --repeats 1 --retries 0 --max-wait 5 --timeout 90 \
         --profile --out "$out/results/ranking_gpu_large.json" >"$out/logs/ranking.log" 2>&1
@@ -106,10 +110,10 @@ all)
     echo "vLLM unpacked in $(($(date +%s) - t0)) s"
     export PYTHONPATH=/tmp/site:/tmp/site-config
     mkdir -p "$out/results"
-    timeout 470 python3 -m benchmarks iteration --one-command --model "$model" --root "$ROOT" \
-        --scale "$SCALE" --device "$DEVICE" \
+    timeout $((LIMIT + 10)) python3 -m benchmarks iteration --one-command --model "$model" \
+        --root "$ROOT" --scale "$SCALE" --device "$DEVICE" \
         --prompts "$prompts" --eval-prompts "$EVAL_PROMPTS" --max-new-tokens 128 \
-        --logs "$out/logs" --retries 0 --max-wait 5 --timeout 460 \
+        --logs "$out/logs" --retries 0 --max-wait 5 --timeout "$LIMIT" \
         --set "experiment=${model%-v0.2}-sppo" generation.enforce_eager=true \
         training.global_batch_size=$((prompts / 2)) \
         --out "$out/results/iteration_gpu_${model%%-*}_all.json"
@@ -133,7 +137,7 @@ train)
     done
     ;;
 *)
-    echo "usage: $0 prepare|iteration|all|train OUT [model [prompts [override...]]] | logs OUT" >&2
+    echo "usage: $0 build|prepare|iteration|all|train OUT [model [prompts [override...]]] | logs OUT" >&2
     exit 2
     ;;
 esac
