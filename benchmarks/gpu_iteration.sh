@@ -30,7 +30,7 @@
 # eval's alpaca-eval: the carry holds them) installed from both parts, then the iteration and its
 # eval as one `python -m src.main stage=all eval.enabled=true` with the model's recipe
 # (experiment=<model's>-sppo), every engine eager (three engine starts in one command: CUDA
-# graphs would add ~80 s to each), 128 new tokens a response and an answer. Each stage's whole
+# graphs would add ~80 s to each), TOKENS new tokens a response and an answer. Each stage's whole
 # log is kept under OUT/logs. Every benchmark writes its results file after each case, so a
 # command cut off at its limit still returns what it measured. model: mistral-7b-instruct-v0.2
 # (default) or gemma-2-9b-it.
@@ -48,7 +48,8 @@
 # and all but its cuda130 and cpu libraries removed (4.5 MB instead of 43).
 set -uo pipefail
 phase=$1 out=$2 model=${3:-mistral-7b-instruct-v0.2} prompts=${4:-128}
-EVAL_PROMPTS=64  # the eval's instructions (`all`)
+EVAL_PROMPTS=${EVAL_PROMPTS:-64}  # the eval's instructions (`build`, `prepare`, `all`)
+TOKENS=${TOKENS:-128}  # `all`: new tokens a response and an eval answer
 DEVICE=${DEVICE:-cuda} SCALE=${SCALE:-real} BACKBONE=${BACKBONE:-large} LAYERS=${LAYERS:-}
 LIMIT=${LIMIT:-460}  # `all`: seconds for the iteration's case (its command is stopped 60 s before)
 shift $(($# < 4 ? $# : 4))
@@ -112,7 +113,7 @@ all)
     mkdir -p "$out/results"
     timeout $((LIMIT + 10)) python3 -m benchmarks iteration --one-command --model "$model" \
         --root "$ROOT" --scale "$SCALE" --device "$DEVICE" \
-        --prompts "$prompts" --eval-prompts "$EVAL_PROMPTS" --max-new-tokens 128 \
+        --prompts "$prompts" --eval-prompts "$EVAL_PROMPTS" --max-new-tokens "$TOKENS" \
         --logs "$out/logs" --retries 0 --max-wait 5 --timeout "$LIMIT" \
         --set "experiment=${model%-v0.2}-sppo" generation.enforce_eager=true \
         training.global_batch_size=$((prompts / 2)) \
