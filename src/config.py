@@ -875,6 +875,8 @@ class EvalConfig:
             "lineage's iteration s, 1 <= s <= iter), a model folder (an absolute or ./ path) or "
             "a hub id ORG/NAME",
         )
+        if earlier is not None:  # iter01 is iter1: one folder, one fingerprint
+            self.reference = f"iter{int(earlier[1])}"
 
 
 @dataclass

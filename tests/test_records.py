@@ -340,6 +340,7 @@ def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
         ((), "eval"),
         (("eval.reference=base",), "eval"),
         (("eval.reference=iter1",), "eval/vs-iter1"),
+        (("eval.reference=iter01",), "eval/vs-iter1"),  # the same iteration: the same folder
         (("eval.reference_outputs=/data/gpt4 turbo.json",), "eval/vs-gpt4-turbo.json"),
         (("eval.reference=iter1", "eval.reference_outputs=/data/ref.jsonl"), "eval/vs-ref.jsonl"),
         # answers read from a file named as an iteration are not that iteration's
