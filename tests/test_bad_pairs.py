@@ -161,6 +161,12 @@ CASES = {
         jsonl(rows_with(8, chosen=" \n\t ")),
         r"{path}:9 \(prompt_id 'fx08'\): 'chosen' is only whitespace, expected text$",
     ),
+    "a-lone-surrogate-in-chosen": Bad(
+        "p.jsonl",
+        jsonl(rows_with(3, chosen="ok \ud800")),
+        r"{path}:4 \(prompt_id 'fx03'\): 'chosen' holds '\\ud800' at character 3, a lone "
+        r"surrogate that UTF-8 cannot encode",
+    ),
     "a-blank-prompt-id": Bad(
         "p.jsonl",
         jsonl(rows_with(1, prompt_id="  ")),

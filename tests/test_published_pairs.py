@@ -67,7 +67,7 @@ def test_both_forms_become_pairs_that_training_reads(tmp_path):
         ({**WHOLE[0], "chosen": WHOLE[0]["chosen"][:1]},
          "`chosen` does not end in an assistant turn"),
         ({**WHOLE[0], "chosen": [turn("user", "Name a prime."), turn("assistant", "7\ud800")]},
-         "`chosen` holds '\\ud800' at character 1, a lone surrogate"),
+         "'chosen' holds '\\ud800' at character 1, a lone surrogate"),
     ],
     ids=["a system turn", "other prompts", "a string", "a user turn last", "an empty answer",
          "no answer", "a lone surrogate"],

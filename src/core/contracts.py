@@ -105,6 +105,11 @@ def text_problem(key: str, value: Any) -> str | None:
         return f"{key!r} is {shown(value)}, expected a string"
     if not value.strip():
         return f"{key!r} is {'empty' if not value else 'only whitespace'}, expected text"
+    try:  # a lone surrogate (JSON may escape one) fails every tokenizer and file write after
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"{key!r} holds {value[err.start]!r} at character {err.start}, a lone surrogate "
+                "that UTF-8 cannot encode; replace it or remove the row")  # fmt: skip
     return None
 
 

@@ -13,8 +13,9 @@ ultrafeedback_binarized): `chosen` and `rejected` are conversations, lists of {r
 the prompt is `prompt` when it is a conversation, else every turn of `chosen` but its last, whose
 content is the response (`rejected`'s last turn the other). A pair here is one user turn and two
 answers: a row whose prompt is not one user turn (a system turn, several turns) is refused, with
-its file and row, as is a text that UTF-8 cannot hold (a lone surrogate). `prompt_id`: the
-row's (a number as its digits), else the first 16 hex digits of the sha256 of the prompt's text. Rows stream from parquet (a batch at a time) or JSON lines; the file is written
+its file and row, as is a text the pairs file's reader refuses (blank, a lone surrogate).
+`prompt_id`: the row's (a number as its digits), else the first 16 hex digits of the sha256 of
+the prompt's text. Rows stream from parquet (a batch at a time) or JSON lines; the file is written
 whole or not at all.
 """
 
@@ -76,24 +77,16 @@ def pair_of(where: str, row: dict[str, Any]) -> dict[str, str]:
         if [t["role"] for t in answer] != ["assistant"]:
             raise PublishedPairsError(f"{where}: `{column}` does not end in one assistant turn")
     text = context[0]["content"]
-    pair = {"prompt": text, "chosen": answers[0][0]["content"],
-            "rejected": answers[1][0]["content"]}  # fmt: skip
-    for column, value in pair.items():  # what the stages' readers would meet as they read it
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise PublishedPairsError(
-                f"{where}: `{column}` holds {value[err.start : err.end]!a} at character "
-                f"{err.start}, a lone surrogate: not text that UTF-8 can hold"
-            ) from None
     pid = row.get("prompt_id")
     if isinstance(pid, int) and not isinstance(pid, bool):
         pid = str(pid)  # kept as given: the pairs file's ids are strings
     elif pid is not None and not isinstance(pid, str):
         raise PublishedPairsError(f"{where}: its prompt_id {pid!r} is not a string or a number")
     if not pid or not pid.strip():
-        pid = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return {"prompt_id": pid, **pair}
+        # surrogatepass: a text UTF-8 cannot hold is named by checked_pair, not a traceback here
+        pid = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return {"prompt_id": pid, "prompt": text, "chosen": answers[0][0]["content"],
+            "rejected": answers[1][0]["content"]}  # fmt: skip
 
 
 def rows_of(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
