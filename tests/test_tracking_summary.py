@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ALPACA, ARENA_HARD, LEADERBOARD, MT_BENCH, compose_cfg
+from tests.wandb_runs import ended_records
 
 ALPACA_EVAL_2 = {"lc_win_rate": 0.41, "win_rate": 0.38, "standard_error": 0.012}
 EVALUATION = ALPACA | {
@@ -45,6 +46,7 @@ def summary_of_offline_run(tmp_path: Path, monkeypatch, metrics: dict) -> dict:
     tracking.start(cfg, Stage.eval)
     tracking.finish(cfg, Stage.eval, metrics)
     (run_file,) = (tmp_path / "wandb").rglob("run-*.wandb")
+    ended_records(run_file.parent)  # the summary is read once the run's file is whole
     shown = subprocess.run(
         [
             str(Path(sys.executable).with_name("wandb")),
@@ -112,7 +114,6 @@ def test_a_stage_that_fails_ends_its_run_with_the_commands_exit_code(
     from src.core.errors import EnvironmentFailure, StageError
     from src.schedule import run_tracked
     from src.stages import tracking
-    from tests.wandb_runs import inspect
 
     for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
         monkeypatch.setenv(var, "")
@@ -127,6 +128,5 @@ def test_a_stage_that_fails_ends_its_run_with_the_commands_exit_code(
     with pytest.raises(error):
         run_tracked(cfg, Stage.eval, refused)
     (run_file,) = (tmp_path / "wandb").rglob("run-*.wandb")
-    records = [json.loads(line) for line in inspect(run_file.parent).splitlines()]
-    (ended,) = [r["exit"] for r in records if r["type"] == "exit"]
+    (ended,) = [r["exit"] for r in ended_records(run_file.parent) if r["type"] == "exit"]
     assert ended.get("exitCode", ended.get("exit_code")) == code, ended

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,19 @@ def inspect(folder: Path, *options: str) -> str:
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     return shown.stdout
+
+
+def ended_records(folder: Path, wait_s: float = 60.0) -> list[dict]:
+    """The records of a run finished in this process, once its file holds its exit record: the
+    wandb service this process shares writes it after `wandb.finish()` returns, and under load
+    that can come seconds later (a stage's own process waits for it as it exits). Fails if it
+    never comes."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = [json.loads(line) for line in inspect(folder).splitlines()]
+        if any(r["type"] == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
 
 
 def offline_runs(root: Path) -> list[Run]:
