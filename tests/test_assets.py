@@ -25,7 +25,7 @@ from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.evaluation import leaderboard
 from src.tiny.leaderboard import TRUTHFULQA, arc_rows, write_repo
-from tests.helpers import SMALL, compose_cfg, one_line_failure
+from tests.helpers import SMALL, compose_cfg, one_line_failure, read_only
 from tests.hub_server import LocalHub
 
 TINY = REPO_ROOT / ".cache" / "tiny"
@@ -430,24 +430,36 @@ def test_fetch_puts_a_leaderboard_dataset_where_the_eval_stage_reads_it(tmp_path
 
 
 @pytest.mark.slow
-def test_the_run_reads_its_hub_assets_from_the_cache_offline(tmp_path, local_hub):
-    """Fetched once, the policy, the prompt split and the PairRM with its backbone load with the
-    Hub offline: generation and ranking of iteration 1 by their hub ids."""
+def test_the_run_reads_its_hub_assets_from_a_read_only_cache_offline(tmp_path, local_hub):
+    """Fetched once, and then mounted read-only as the nodes of a cluster mount a shared cache: the
+    check finds every asset whole, and the policy, the prompt split and the PairRM with its
+    backbone load with the Hub offline (generation and ranking of iteration 1 by their hub ids),
+    writing nothing under the cache; a fetch finds it whole and keeps it."""
     assert assets(tmp_path, local_hub, "fetch", online=True).returncode == 0
     served = len(local_hub.requests)
+    hf = tmp_path / "hf"
+    before = sorted(str(p) for p in hf.rglob("*"))
     env = {
         **os.environ,
-        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HOME": str(hf),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "SELFPLAY_RUNS": str(tmp_path / "runs"),
+        "XDG_CACHE_HOME": str(tmp_path / "user-cache"),
     }
-    env.pop("HF_HUB_CACHE", None)
-    for stage in ("generate", "rank"):
+    for derived in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        env.pop(derived, None)
+    online = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": local_hub.url}
+    commands = [
+        (["src.assets", "fetch", "model=tiny-mistral", *HUB_IDS], online),
+        (["src.assets", "check", "model=tiny-mistral", *HUB_IDS], {}),
+        *((["src.main", *SMALL, *HUB_IDS, f"stage={stage}"], {}) for stage in ("generate", "rank")),
+    ]
+    for command, more in commands:
         run = subprocess.run(
-            [sys.executable, "-m", "src.main", *SMALL, *HUB_IDS, f"stage={stage}"],
+            read_only(hf, [sys.executable, "-m", *command]),
             cwd=REPO_ROOT,
-            env=env,
+            env=env | more,
             capture_output=True,
             text=True,
             timeout=600,
@@ -457,6 +469,7 @@ def test_the_run_reads_its_hub_assets_from_the_cache_offline(tmp_path, local_hub
     rows = [json.loads(line) for f in ranked for line in f.read_text().splitlines()]
     assert len(rows) == 4 and all(len(r["win_rate"]) == 3 for r in rows)
     assert len(local_hub.requests) == served
+    assert sorted(str(p) for p in hf.rglob("*")) == before
 
 
 @pytest.mark.slow

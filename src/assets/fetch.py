@@ -7,6 +7,8 @@ dataset's named files). huggingface_hub records the commit's full file listing b
 (`trees/<commit>.json`), which the offline check reads. An llm-blender ranker's backbone is read
 from the ranker's config once the ranker is here, and fetched next. A leaderboard dataset with
 data.leaderboard set goes to its folder there (`local_dir`: `hf download --local-dir`'s layout).
+Where that cannot be written (a shared cache mounted read-only), an asset already whole is kept as
+it is and one that is not ends the fetch, the place named.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import time
 from pathlib import Path
 
 from src.assets.asset import Asset
-from src.assets.cache import cached_bytes, damaged_files, folder_bytes, wanted_files
+from src.assets.cache import cached_bytes, damaged_files, folder_bytes, hub_damage, wanted_files
 from src.assets.listing import Listed, ranker_backbone
 from src.core.errors import EnvironmentFailure
+from src.core.hub import writable
 
 
 class FetchFailed(EnvironmentFailure):
@@ -49,6 +52,17 @@ def fetch_one(asset: Asset, hub_cache: str) -> None:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    target = Path(asset.local_dir or hub_cache)
+    if not writable(target):
+        whole = target.is_dir() if asset.local_dir else hub_damage(asset, hub_cache) is None
+        if not whole:
+            raise FetchFailed(
+                f"cannot fetch {asset.source}: {target} cannot be written here (mounted "
+                "read-only?): fetch where it can be, a login node"
+            )
+        print(f"[assets] {asset.label()}: here, in {target}, which cannot be written here: "
+              "kept as it is", file=sys.stderr, flush=True)  # fmt: skip
+        return
     started = time.time()
     print(f"[assets] fetching {asset.label()} ...", file=sys.stderr, flush=True)
     for path, why in damaged_files(asset, hub_cache):

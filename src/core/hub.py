@@ -1,9 +1,14 @@
 """The Hugging Face Hub's download cache, read without the network: where a repository fetched
-into it (`python -m src.assets fetch`, or any huggingface_hub download) lies."""
+into it (`python -m src.assets fetch`, or any huggingface_hub download) lies; and the `datasets`
+cache beside it, moved to a folder of this user's where it cannot be written (`datasets_config`).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 # What a source that may be a Hub repository looks like (owner/name), beside a path of this
@@ -40,3 +45,44 @@ def snapshot_folder(
             return None
     folder = storage / "snapshots" / commit
     return folder if folder.is_dir() else None
+
+
+def datasets_config():
+    """`datasets.config`, its cache (HF_DATASETS_CACHE, else $HF_HOME/datasets) moved to a folder
+    of this user's when this process cannot write there: a shared Hugging Face home mounted
+    read-only, as a cluster's nodes mount one, is read whole, but `datasets` takes a lock and
+    writes its Arrow tables beside the cache even to load a snapshot of the Hub cache. Said once
+    on stderr; the processes this one starts inherit the move (HF_DATASETS_CACHE)."""
+    import datasets.config as config
+
+    cache = Path(config.HF_DATASETS_CACHE)
+    if writable(cache):
+        return config
+    own = next((p for p in own_caches() if writable(p)), None)
+    if own is None:  # nowhere of this user's: the load says what it could not write
+        return config
+    print(f"[datasets] {cache} cannot be written here: its cache (the locks it takes and the "
+          f"tables it builds) is {own}", file=sys.stderr)  # fmt: skip
+    config.HF_DATASETS_CACHE = own
+    config.DOWNLOADED_DATASETS_PATH = own / config.DOWNLOADED_DATASETS_DIR
+    config.EXTRACTED_DATASETS_PATH = config.DOWNLOADED_DATASETS_PATH / config.EXTRACTED_DATASETS_DIR
+    os.environ["HF_DATASETS_CACHE"] = str(own)
+    return config
+
+
+def own_caches() -> list[Path]:
+    """This user's folders for `datasets`' cache, in order of preference."""
+    home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return [
+        Path(home) / "selfplay-lab" / "datasets",
+        Path(tempfile.gettempdir()) / f"selfplay-lab-{os.getuid()}" / "datasets",
+    ]
+
+
+def writable(folder: Path) -> bool:
+    """Whether this process may create files in `folder`, or create it: its nearest existing
+    ancestor decides (a read-only mount refuses root too)."""
+    existing = folder.expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)

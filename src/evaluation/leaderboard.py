@@ -48,7 +48,7 @@ from statistics import fmean
 
 from src.core.artifacts import atomic_write_text, read_jsonl
 from src.core.errors import EnvironmentFailure
-from src.core.hub import snapshot_folder
+from src.core.hub import datasets_config, snapshot_folder
 from src.evaluation.errors import EvalError
 
 V2 = ("ifeval", "bbh", "math_hard", "gpqa", "musr", "mmlu_pro")
@@ -295,6 +295,7 @@ def _holds(folder: Path, config: str | None, splits: set[str]) -> bool:
     the layout of its files: what datasets would load)."""
     from datasets import load_dataset_builder
 
+    datasets_config()
     try:
         files = load_dataset_builder(str(folder), config).config.data_files or {}
     except Exception:  # no such config, no data files, a README not YAML: no copy
@@ -312,9 +313,9 @@ def in_datasets_cache(repo: str, configs: Iterable[str | None]) -> bool:
     """Whether an earlier online load left every config of `configs` of `repo` in the datasets
     cache, where datasets reads it offline by the repo's id (datasets/load.py,
     CachedDatasetModuleFactory: <cache>/<namespace>___<name>/<config>/<version>/<hash>/)."""
-    from datasets import config
     from datasets.naming import camelcase_to_snakecase
 
+    config = datasets_config()
     namespace, _, name = repo.rpartition("/")
     root = Path(config.HF_DATASETS_CACHE) / "___".join(
         filter(None, [namespace, camelcase_to_snakecase(name)])
@@ -435,8 +436,7 @@ def run_leaderboard(
 def dataset_folders(names: list[str], data_dir: str | Path | None) -> dict[str, Path]:
     """{repo id: its local copy} of the datasets the tasks read; offline, a dataset in neither a
     local copy nor the datasets cache ends the run (one line, exit 3) before any model loads."""
-    from datasets import config
-
+    config = datasets_config()
     if config.HF_HUB_OFFLINE and (missing := missing_datasets(names, data_dir)):
         raise EnvironmentFailure(
             f"{len(missing)} of the leaderboard's datasets: " + "; ".join(missing)
@@ -471,8 +471,7 @@ def copy_cache(folder: Path) -> Path:
     it builds from a folder by the folder's name, so a copy corrected, cut or replaced since an
     earlier load was read back from that load's tables. Every file but hidden ones (the
     `.cache/` that `hf download --local-dir` keeps) enters the key."""
-    from datasets import config
-
+    config = datasets_config()
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)

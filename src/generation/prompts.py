@@ -195,8 +195,9 @@ def _hub_rows(source: str, split: str, wanted: list[str | None]) -> Rows:
     import datasets  # lazy: only hub ids need it, and importing it costs about a second
     from huggingface_hub import constants
 
-    from src.core.hub import snapshot_folder
+    from src.core.hub import datasets_config, snapshot_folder
 
+    datasets_config()
     # Offline, `datasets` reads a hub id only from its own Arrow cache of an earlier load; a
     # dataset fetched into the Hub cache (python -m src.assets fetch) is read from its snapshot
     folder = snapshot_folder(source, "dataset") if constants.is_offline_mode() else None
