@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from src.assets.check import damage, listed_for, require_assets
 from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.evaluation import leaderboard
+from src.tiny.benchmarks import write as write_tiny_benchmarks
 from src.tiny.leaderboard import TRUTHFULQA, arc_rows, write_repo
 from tests.helpers import SMALL, compose_cfg, one_line_failure, read_only
 from tests.hub_server import LocalHub
@@ -171,8 +173,21 @@ def test_a_benchmark_folder_missing_a_file_names_it_and_what_to_copy_there(tmp_p
         "1 eval): judge_prompts.jsonl is missing; nothing fetches it: point the key at a copy of "
         "FastChat's fastchat/llm_judge/data folder"
     )
+    # every file there, read as the eval stage reads it: what it would refuse is refused first
     (data / "judge_prompts.jsonl").write_text("{}\n")
-    require_assets([folder], cfg, [], online=False)  # the reference answers: optional
+    with pytest.raises(StageError, match=r"question\.jsonl:1: expected a question: "):
+        require_assets([folder], cfg, [], online=False)
+    write_tiny_benchmarks(tmp_path)  # MT-Bench's 80 questions, in llm_judge's layout
+    shutil.rmtree(data)
+    (tmp_path / "mt_bench").rename(data)
+    require_assets([folder], cfg, [], online=False)
+    question = data / "mt_bench" / "question.jsonl"
+    question.write_text("".join(question.read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(
+        StageError,
+        match=r"eval\): \S+/question\.jsonl is not MT-Bench's 80 questions, .*\(3 questions; ",
+    ):
+        require_assets([folder], cfg, [], online=False)
 
 
 def test_a_model_is_fetched_in_one_weight_format():
@@ -398,6 +413,47 @@ def test_check_names_each_leaderboard_dataset_no_cache_holds_as_the_eval_stage_w
     listed = assets(tmp_path, None, "list", *LEADERBOARD, ids=())
     assert "dataset allenai/ai2_arc (read by arc_challenge)\n" in listed.stdout
     assert "    here:    in the cache, " in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("damage_done", "said"),
+    [
+        ("a row cut short", r"ARC-Challenge/test\.jsonl:2: malformed JSON line: "),
+        ("bytes that are not UTF-8", r"ARC-Challenge/test\.jsonl: not UTF-8 text \("),
+        ("an empty split", r"config ARC-Challenge cannot be loaded \("),
+        ("a row without its question", r"test row 2 cannot be read as arc_challenge reads it \("),
+    ],
+    ids=["cut", "not UTF-8", "empty split", "no question"],
+)
+def test_check_verify_reads_a_leaderboard_copy_as_the_eval_stage_does(
+    tmp_path, monkeypatch, damage_done, said
+):
+    """--verify had vouched for copies the eval stage refuses ("all 4 assets are here and
+    whole"): each task is built over the copy and every document read, as the stage does."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    copies = tmp_path / "leaderboard"
+    write_repo(copies, "allenai/ai2_arc", {"ARC-Challenge": ARC})
+    cfg = compose_cfg(*SMALL, *LEADERBOARD[:2], "eval.leaderboard_tasks=[arc_challenge]",
+                      f"data.leaderboard={copies}")  # fmt: skip
+    (arc,) = [e.asset for e in listed_for([cfg]) if e.asset.tasks]
+    assert damage(arc, cfg, verify=True) is None
+    test = copies / "allenai/ai2_arc/ARC-Challenge/test.jsonl"
+    if damage_done == "a row cut short":
+        test.write_text(test.read_text()[:-40])
+    elif damage_done == "bytes that are not UTF-8":
+        test.write_bytes(b"\xff\xfe" + test.read_bytes())
+    elif damage_done == "an empty split":
+        test.write_text("")
+    else:
+        rows = [json.loads(line) for line in test.read_text().splitlines()]
+        del rows[1]["question"]
+        test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert damage(arc, cfg) is None  # found where the stage looks: the copy is read by --verify
+    why = damage(arc, cfg, verify=True)
+    assert re.search(said, why), why
+    assert why.startswith("the leaderboard's copy of allenai/ai2_arc (") and "\n" not in why
 
 
 @pytest.mark.slow

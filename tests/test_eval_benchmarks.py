@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from src.config import ConfigError
-from src.evaluation import benchmarks
+from src.evaluation import benchmarks, mt_bench
 from src.evaluation.errors import EvalError
+from src.tiny.benchmarks import write as write_tiny_benchmarks
 from tests.helpers import SMALL, compose_cfg
 from tests.test_eval_mt_bench import MATH, MATH_REFERENCE, SINGLE_PROMPTS, WRITING, judge_prompt_row
 
@@ -33,6 +34,35 @@ def fastchat_data(root: Path) -> Path:
     write_lines(root / "mt_bench" / "reference_answer" / "gpt-4.jsonl", [MATH_REFERENCE])
     write_lines(root / "judge_prompts.jsonl", [judge_prompt_row(*p) for p in SINGLE_PROMPTS])
     return root
+
+
+def two_questions(root: Path) -> benchmarks.MTBenchData:
+    """`fastchat_data`'s two questions, read as the stage reads MT-Bench's but for its count:
+    what the judging's own tests need (the stage refuses them as a cut copy)."""
+    questions, references, prompts = benchmarks.mt_bench_files(str(fastchat_data(root)))
+    return benchmarks.MTBenchData(
+        mt_bench.load_questions(questions, references), mt_bench.load_judge_prompts(prompts)
+    )
+
+
+@pytest.mark.parametrize("cut", ["3 questions", "a ninth category", "one turn"])
+def test_an_mt_bench_copy_other_than_its_80_questions_is_refused_before_any_answer(tmp_path, cut):
+    """A copy cut to 3 questions had been scored as "3 of 3 questions"."""
+    folder, _ = write_tiny_benchmarks(tmp_path)  # MT-Bench's shape: 80 questions of 8 categories
+    cfg = compose_cfg(*SMALL, "eval.benchmarks=[mt_bench]", f"data.mt_bench={folder}")
+    assert len(benchmarks.read_data(cfg)[benchmarks.Benchmark.mt_bench].questions) == 80
+    path = folder / "mt_bench" / "question.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    if cut == "3 questions":
+        rows, said = rows[:3], r"\(3 questions; questions per category: writing 3, roleplay 0, "
+    elif cut == "a ninth category":
+        rows[-1]["category"], said = "poetry", r"humanities 9, poetry 1\)"
+    else:
+        rows[5]["turns"], said = rows[5]["turns"][:1], r"question 86 has other than 2 turns\)"
+    write_lines(path, rows)
+    with pytest.raises(EvalError, match=said) as refused:
+        benchmarks.read_data(cfg)
+    assert str(refused.value).startswith(f"data.mt_bench: {path} is not MT-Bench's 80 questions")
 
 
 def test_a_benchmark_without_its_data_is_a_config_error_naming_the_key():

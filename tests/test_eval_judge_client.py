@@ -44,7 +44,7 @@ from src.evaluation.judge_client import (
 from src.evaluation.judging import JudgeRequest
 from tests.helpers import SMALL, compose_cfg
 from tests.test_eval_alpaca_eval import closed_port
-from tests.test_eval_benchmarks import fastchat_data
+from tests.test_eval_benchmarks import two_questions
 from tests.test_eval_mt_bench import MATH, WRITING
 
 
@@ -476,7 +476,7 @@ def test_mt_bench_through_an_openai_compatible_judge_that_never_rates_ends_in_on
         *SMALL,
         f"paths.root={tmp_path / 'runs'}",
         "eval.benchmarks=[mt_bench]",
-        f"data.mt_bench={fastchat_data(tmp_path / 'fastchat')}",
+        "data.mt_bench=/unread",
         "eval.llm_judge.serve=null",  # the tiny preset serves tiny-chat-judge
         f"eval.llm_judge.base_url={endpoint.base_url}",
         "eval.llm_judge.model=tiny-judge",
@@ -484,8 +484,8 @@ def test_mt_bench_through_an_openai_compatible_judge_that_never_rates_ends_in_on
         "eval.llm_judge.system_turn=false",  # Mistral's template refuses a system turn
         "eval.max_new_tokens=16",
     )
-    data = benchmarks.check(cfg)
-    assert list(data) == [Benchmark.mt_bench]
+    require_reachable(endpoint_of(cfg.eval.llm_judge), cfg.eval.llm_judge, "mt_bench")
+    data = {Benchmark.mt_bench: two_questions(tmp_path / "fastchat")}
     policy = answerer(cfg, "base")
     stage = tmp_path / "eval"
     for run in (1, 2):

@@ -152,10 +152,12 @@ def test_the_tables_match_lm_evals_own_task_definitions():
 
 
 def test_unknown_tasks_and_tasks_asked_twice_are_refused_in_one_line():
-    with pytest.raises(EvalError, match=r"^leaderboard tasks: unknown 'hellaswag', 'arc_easy'; "):
+    with pytest.raises(
+        EvalError, match=r"^eval\.leaderboard_tasks: unknown 'hellaswag', 'arc_easy'; "
+    ):
         leaderboard.lm_eval_names(["bbh", "hellaswag", "arc_easy"])
     twice = "leaderboard_mmlu_pro, leaderboard_musr_team_allocation asked for more than once"
-    with pytest.raises(EvalError, match=rf"^leaderboard tasks: {twice}$"):
+    with pytest.raises(EvalError, match=rf"^eval\.leaderboard_tasks: {twice}$"):
         leaderboard.lm_eval_names(["leaderboard", "mmlu_pro", "leaderboard_musr_team_allocation"])
     asked = ["leaderboard_bbh", "ifeval", "leaderboard_musr_team_allocation", "arc_challenge"]
     assert leaderboard.lm_eval_names(asked) == [
@@ -276,6 +278,30 @@ def test_a_damaged_copy_is_one_line_naming_the_dataset_and_the_file_before_any_m
     message = str(refused.value)
     assert message.startswith("the leaderboard's copy of allenai/ai2_arc (") and "\n" not in message
     assert "arc_challenge" in message
+
+
+@pytest.mark.parametrize("rows", ["every", "the second"])
+def test_a_row_without_a_column_its_task_reads_is_one_line_before_any_model_loads(caches, rows):
+    """A copy whose rows lack `question` had stopped lm-eval with a traceback once the model was
+    loaded (no row has it: lm-eval reads one as it builds the task), or read the row's question
+    as None (datasets fills a key some rows lack with None)."""
+    folder = arc_copy(caches / "data")
+    for split in ("train", "validation", "test") if rows == "every" else ("test",):
+        path = folder / "ARC-Challenge" / f"{split}.jsonl"
+        docs = [json.loads(line) for line in path.read_text().splitlines()]
+        for doc in docs if rows == "every" else docs[1:]:
+            del doc["question"]
+        path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    said = (
+        r"arc_challenge cannot be built from it \(UndefinedError: 'question' is undefined\)"
+        if rows == "every"
+        else r"test row 2 cannot be read as arc_challenge reads it \(no 'question'\)"
+    )
+    with pytest.raises(EvalError, match=said) as refused:
+        leaderboard.verify(["arc_challenge"], caches / "data")
+    message = str(refused.value)
+    assert message.startswith(f"the leaderboard's copy of allenai/ai2_arc ({folder}, read by ")
+    assert message.endswith(f"`{leaderboard.fetch_command('allenai/ai2_arc', caches / 'data')}`")
 
 
 def test_offline_a_missing_dataset_ends_the_run_before_any_model_loads(caches):
@@ -489,7 +515,9 @@ def test_the_stage_names_an_unknown_task_and_every_missing_dataset_before_any_an
     assert str(failure.value).startswith("2 of the leaderboard's datasets: the dataset ")
     assert "Idavidrein/gpqa" in str(failure.value) and "TIGER-Lab/MMLU-Pro" in str(failure.value)
     cfg = compose_cfg(*SMALL, *lb, "eval.leaderboard_tasks=[arc_challenge,winogrande]")
-    with pytest.raises(EvalError, match=r"^leaderboard tasks: unknown 'winogrande'; choose among"):
+    with pytest.raises(
+        EvalError, match=r"^eval\.leaderboard_tasks: unknown 'winogrande'; choose among"
+    ):
         benchmarks.check(cfg)
     assert benchmarks.check(compose_cfg(*SMALL, *lb, "eval.leaderboard_tasks=[arc_challenge]")) == {
         benchmarks.Benchmark.leaderboard: ["arc_challenge"]

@@ -46,7 +46,11 @@ def damage(asset: Asset, cfg: Config, verify: bool = False, online: bool = False
     if asset.kind == "made":
         return None  # the stage that reads it checks it is finished and whole
     if asset.tasks:  # a leaderboard dataset: where the eval stage looks for it, or downloads it
-        return None if online else leaderboard_absence(asset, cfg)
+        if online:
+            return None
+        return leaderboard_absence(asset, cfg) or (
+            leaderboard_damage(asset, cfg) if verify else None
+        )
     if asset.on_hub:  # online, the loading library downloads what the cache lacks
         return None if online else hub_damage(asset, cfg.paths.hub_cache, verify)
     path = Path(asset.source).expanduser()
@@ -55,7 +59,12 @@ def damage(asset: Asset, cfg: Config, verify: bool = False, online: bool = False
     if asset.kind in ("model", "ranker", "folder"):
         if not path.is_dir():
             return f"no such folder: {path}"
-        return structure_damage(asset, path)
+        why = structure_damage(asset, path)
+        if why is None and asset.kind == "folder":  # a benchmark's data: read as the eval reads it
+            from src.evaluation.benchmarks import folder_damage
+
+            why = folder_damage(path, cfg)
+        return why
     if not path.is_file():
         return f"no such file: {path}"
     return None
@@ -68,6 +77,19 @@ def leaderboard_absence(asset: Asset, cfg: Config) -> str | None:
 
     configs = leaderboard.datasets_read(asset.tasks)[asset.source]
     return leaderboard.absent(asset.source, configs, cfg.data.leaderboard, cfg.paths.hub_cache)
+
+
+def leaderboard_damage(asset: Asset, cfg: Config) -> str | None:
+    """Why the eval stage would stop on the leaderboard dataset found for `asset`'s tasks: each
+    task built over it and every document read, as the stage does (`leaderboard.verify`)."""
+    from src.evaluation import leaderboard
+    from src.evaluation.errors import EvalError
+
+    try:
+        leaderboard.verify(asset.tasks, cfg.data.leaderboard)
+    except (EvalError, EnvironmentFailure) as err:
+        return str(err)
+    return None
 
 
 def is_tiny(path: Path, cfg: Config) -> bool:

@@ -132,26 +132,44 @@ def require_questions(questions: list, path: Path) -> list:
 
 
 def read_data(cfg: Config) -> dict[Benchmark, object]:
-    """Each judged benchmark's questions, prompts and baseline, read (and so checked) now."""
-    data: dict[Benchmark, object] = {}
-    if Benchmark.mt_bench in cfg.eval.benchmarks:
-        questions, references, prompts = mt_bench_files(cfg.data.mt_bench)
-        for path in required_files(Benchmark.mt_bench, cfg):
-            require_file(path, "data.mt_bench", "FastChat's fastchat/llm_judge/data folder")
-        data[Benchmark.mt_bench] = MTBenchData(
-            require_questions(
-                mt_bench.load_questions(questions, references if references.is_file() else None),
-                questions,
-            ),
-            mt_bench.load_judge_prompts(prompts),
-        )
-    if Benchmark.arena_hard in cfg.eval.benchmarks:
-        data[Benchmark.arena_hard] = read_arena_hard(cfg)
-    if Benchmark.leaderboard in cfg.eval.benchmarks:
-        names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)
-        leaderboard.dataset_folders(names, cfg.data.leaderboard)  # offline: each one found
-        data[Benchmark.leaderboard] = names
-    return data
+    """Each benchmark's questions, prompts and baseline (the leaderboard's task names), read (and
+    so checked) now."""
+    return {b: READERS[b](cfg) for b in READERS if b in cfg.eval.benchmarks}
+
+
+def read_mt_bench(cfg: Config) -> MTBenchData:
+    """MT-Bench's questions, whole (`mt_bench.require_whole`), each reference-guided one with its
+    reference answer, and the judge prompts."""
+    questions, references, prompts = mt_bench_files(cfg.data.mt_bench)
+    for path in required_files(Benchmark.mt_bench, cfg):
+        require_file(path, "data.mt_bench", "FastChat's fastchat/llm_judge/data folder")
+    asked = require_questions(
+        mt_bench.load_questions(questions, references if references.is_file() else None),
+        questions,
+    )
+    mt_bench.require_whole(asked, questions)
+    return MTBenchData(asked, mt_bench.load_judge_prompts(prompts))
+
+
+def read_leaderboard(cfg: Config) -> list[str]:
+    """lm-eval's names of the leaderboard's tasks, each built over its dataset as the run builds
+    it and every document read (`leaderboard.verify`): offline, each dataset found."""
+    names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)
+    leaderboard.verify(names, cfg.data.leaderboard)
+    return names
+
+
+def folder_damage(folder: Path, cfg: Config) -> str | None:
+    """Why the eval stage would refuse `folder` as a judged benchmark's data (data.mt_bench's or
+    data.arena_hard's), read as it reads it: what `src.assets check` says before any stage."""
+    for benchmark, key in BENCHMARK_DATA.items():
+        mine = getattr(cfg.data, key)
+        if benchmark in cfg.eval.benchmarks and mine and Path(mine).expanduser() == folder:
+            try:
+                READERS[benchmark](cfg)
+            except EvalError as err:  # the check's line names the key
+                return str(err).removeprefix(f"data.{key}: ")
+    return None
 
 
 def read_arena_hard(cfg: Config) -> ArenaHardData:
@@ -178,6 +196,13 @@ def read_arena_hard(cfg: Config) -> ArenaHardData:
             )
         answer.update({uid: answers_by_uid[uid] for uid in mine})
     return ArenaHardData(asked, baselines, answer)
+
+
+READERS = {
+    Benchmark.mt_bench: read_mt_bench,
+    Benchmark.arena_hard: read_arena_hard,
+    Benchmark.leaderboard: read_leaderboard,
+}
 
 
 def require_file(path: Path, key: str, what: str) -> None:

@@ -33,6 +33,7 @@ left out of the run, named and counted in the result's "unscored", never a crash
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -40,7 +41,7 @@ import logging
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -230,13 +231,13 @@ def lm_eval_names(tasks: Iterable[str]) -> list[str]:
     ]
     if unknown:
         raise EvalError(
-            f"leaderboard tasks: unknown {', '.join(map(repr, unknown))}; choose among "
+            f"eval.leaderboard_tasks: unknown {', '.join(map(repr, unknown))}; choose among "
             f"{GROUP}, {', '.join(V2)}, {', '.join(V1)} or a leaderboard_* subtask of lm-eval"
         )
     leaves = [leaf for name in names for leaf in _leaves(name)]
     twice = sorted({leaf for leaf in leaves if leaves.count(leaf) > 1})
     if twice:  # lm-eval refuses them only once the model is loaded
-        raise EvalError(f"leaderboard tasks: {', '.join(twice)} asked for more than once")
+        raise EvalError(f"eval.leaderboard_tasks: {', '.join(twice)} asked for more than once")
     return names
 
 
@@ -394,13 +395,7 @@ def run_leaderboard(
 
     names = lm_eval_names(tasks)
     model_args, device = _model_args(backend, model_path, dtype, device)
-    folders = dataset_folders(names, data_dir)
-    caches = {
-        repo: require_loadable(repo, folder, names, data_dir) for repo, folder in folders.items()
-    }
-    with tempfile.TemporaryDirectory(prefix="leaderboard-tasks-") as overrides:
-        manager = _task_manager(names, folders, caches, Path(overrides))
-        loaded = {name: manager.load(name) for name in names}
+    with prepared(names, data_dir) as (manager, loaded):
         unscored = {}
         for built in loaded.values():
             if (ifeval := built["tasks"].get(BENCHMARKS["ifeval"].task)) is not None:
@@ -431,6 +426,139 @@ def run_leaderboard(
     atomic_write_text(Path(output) / RESULTS_FILE, text + "\n")
     results = evaluated["results"]
     return {"raw": raw_scores(results), "normalised": normalise(results), "unscored": unscored}
+
+
+@contextlib.contextmanager
+def prepared(names: list[str], data_dir: str | Path | None) -> Iterator[tuple[object, dict]]:
+    """lm-eval's TaskManager and the tasks `names` it built ({name: TaskManager.load's dict}),
+    over their datasets' copies, each copy loaded whole (`require_loadable`) and every document
+    read as its task reads it (`require_readable`): what a run evaluates, checked before any
+    model loads."""
+    folders = dataset_folders(names, data_dir)
+    caches = {
+        repo: require_loadable(repo, folder, names, data_dir) for repo, folder in folders.items()
+    }
+    index, _ = _stock_index()
+    with tempfile.TemporaryDirectory(prefix="leaderboard-tasks-") as overrides:
+        manager = _task_manager(names, folders, caches, Path(overrides))
+        loaded = {}
+        for name in names:
+            try:
+                loaded[name] = manager.load(name)
+            except Exception as err:  # lm-eval reads a first document as it builds a task
+                leaf = next((t for t in _leaves(name) if _unbuildable(manager, t)), name)
+                repo = index[leaf].cfg["dataset_path"]
+                where, fetch = _copy_named(repo, folders.get(repo), data_dir, leaf)
+                raise EvalError(
+                    f"{where}: {leaf} cannot be built from it ({_said(err)}); fetch it again: "
+                    f"`{fetch}`"
+                ) from None
+        for built in loaded.values():
+            for leaf, task in built["tasks"].items():
+                repo = index[leaf].cfg["dataset_path"]
+                require_readable(task, *_copy_named(repo, folders.get(repo), data_dir, leaf))
+        yield manager, loaded
+
+
+def verify(tasks: Iterable[str], data_dir: str | Path | None) -> None:
+    """The leaderboard's `tasks` built over their datasets as a run builds them, and every
+    document read as each task reads it: a copy the run would stop on is refused now, in one
+    line (src.assets check --verify; the eval stage before its first answer)."""
+    with prepared(lm_eval_names(tasks), data_dir):
+        pass
+
+
+def _unbuildable(manager, leaf: str) -> bool:
+    try:
+        manager.load(leaf)
+    except Exception:
+        return True
+    return False
+
+
+def _copy_named(
+    repo: str, folder: Path | None, data_dir: str | Path | None, task: str
+) -> tuple[str, str]:
+    """What a message calls the copy of `repo` a task reads (its folder, else the datasets
+    cache), and the command that fetches it again."""
+    if folder is None:
+        return f"the dataset {repo} in the datasets cache (read by {task})", fetch_command(
+            repo, None
+        )
+    ours = data_dir is not None and folder == copy_folder(repo, data_dir)
+    return (
+        f"the leaderboard's copy of {repo} ({folder}, read by {task})",
+        fetch_command(repo, data_dir if ours else None),
+    )
+
+
+def _said(err: BaseException) -> str:
+    said = " ".join(str(err).split())[:300]
+    return f"{type(err).__name__}: {said}" if said else type(err).__name__
+
+
+class _Reading(dict):
+    """A document that records the columns a function of the task reads from it."""
+
+    def __init__(self, doc: Mapping) -> None:
+        super().__init__(doc)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def _template_columns(task, template: object) -> set[str]:
+    """The columns a task's doc_to_* value reads: a column's name, or those a Jinja template
+    names (a function's are recorded as it runs: `_Reading`)."""
+    if not isinstance(template, str):
+        return set()
+    if template in (task.features or ()):
+        return {template}
+    from jinja2 import meta
+    from lm_eval.utils import env
+
+    return set(meta.find_undeclared_variables(env.parse(template)))
+
+
+def require_readable(task, where: str, fetch: str) -> None:
+    """Every document `task` evaluates and takes its shots from, read as lm-eval reads it (its
+    prompt, target and choices): a row that lacks a column the task reads, or holds none in
+    it, is one line naming the copy, the split and the row, before any model loads. (lm-eval
+    reads a missing column as None from a row of JSON Lines whose others have it, and would
+    score that row's prompt "None" without a word; or stop mid-run with a traceback.)"""
+    c = task.config
+    readers = [task.doc_to_text, task.doc_to_target]
+    if c.doc_to_choice is not None:
+        readers.append(task.doc_to_choice)
+    named = set().union(*(_template_columns(task, t) for t in (c.doc_to_text, c.doc_to_target,
+                                                                c.doc_to_choice)))  # fmt: skip
+    splits = [(c.test_split or c.validation_split, task.eval_docs)]
+    if c.fewshot_split and c.fewshot_split != splits[0][0]:
+        splits.append((c.fewshot_split, task.fewshot_docs()))
+    for split, docs in splits:
+        for row, doc in enumerate(docs or (), start=1):
+            reading = _Reading(doc)
+            try:
+                for read in readers:
+                    read(reading)
+            except Exception as err:
+                problem = _said(err)
+            else:
+                # a column of the copy empty in this row (one never there is the task's to miss)
+                empty = sorted(k for k in named | reading.read if k in doc and doc[k] is None)
+                if not empty:
+                    continue
+                problem = f"no {empty[0]!r}"
+            raise EvalError(
+                f"{where}: {split} row {row} cannot be read as {c.task} reads it ({problem}); "
+                f"fetch it again: `{fetch}`"
+            )
 
 
 def dataset_folders(names: list[str], data_dir: str | Path | None) -> dict[str, Path]:
@@ -495,8 +623,7 @@ def require_loadable(
 
     cache = copy_cache(folder)
     configs = datasets_read(names)[repo]
-    ours = data_dir is not None and folder == copy_folder(repo, data_dir)
-    fetch = fetch_command(repo, data_dir if ours else None)
+    _, fetch = _copy_named(repo, folder, data_dir, "")
     readers = next(iter(configs.values()))
     for path in sorted(folder.rglob("*.jsonl")):  # a row cut short, which datasets drops
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
@@ -510,14 +637,13 @@ def require_loadable(
                 f"again: `{fetch}`"
             ) from None
     for config, tasks in configs.items():
-        where = f"the leaderboard's copy of {repo} ({folder}, read by {tasks[0]})"
+        where, _ = _copy_named(repo, folder, data_dir, tasks[0])
         try:
             load_dataset(str(folder), config, cache_dir=str(cache))
         except Exception as err:  # datasets' many errors, each said in one line
-            said = " ".join(str(err).split())[:300] or type(err).__name__
             raise EvalError(
-                f"{where}: config {config or 'default'} cannot be loaded ({type(err).__name__}: "
-                f"{said}); fetch it again: `{fetch}`"
+                f"{where}: config {config or 'default'} cannot be loaded ({_said(err)}); fetch "
+                f"it again: `{fetch}`"
             ) from None
     return cache
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,14 @@ from statistics import fmean
 
 from src.evaluation.errors import EvalError
 from src.evaluation.judging import JudgeRequest, json_rows
+
+# MT-Bench as published (data/mt_bench/question.jsonl, ids 81-160): 80 two-turn questions, ten in
+# each of eight categories. A copy other than this is not MT-Bench, and is not scored as it.
+CATEGORIES = (
+    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+)  # fmt: skip
+QUESTIONS_PER_CATEGORY = 10
+TURNS = 2
 
 # common.py's temperature_config: the answers' sampling temperature per category
 TEMPERATURES: dict[str, float] = {
@@ -132,6 +141,27 @@ def load_questions(path: Path, reference_answers: Path | None = None) -> list[Qu
             question = Question(question.question_id, question.category, question.turns, reference)
         questions.append(question)
     return questions
+
+
+def require_whole(questions: Sequence[Question], path: Path) -> None:
+    """`questions` (of `path`) are MT-Bench's: ten in each of CATEGORIES, two turns each. A copy
+    cut short (3 questions scored as "3 of 3") or grown is refused, named, before any answer."""
+    counts = Counter(q.category for q in questions)
+    off = [f"{c} {counts[c]}" for c in (*CATEGORIES, *sorted(set(counts) - set(CATEGORIES)))
+           if counts[c] != (QUESTIONS_PER_CATEGORY if c in CATEGORIES else 0)]  # fmt: skip
+    turns = [q.question_id for q in questions if len(q.turns) != TURNS]
+    if off or turns:
+        what = (
+            f"questions per category: {', '.join(off)}"
+            if off
+            else (f"question {turns[0]} has other than {TURNS} turns")
+        )
+        raise EvalError(
+            f"data.mt_bench: {path} is not MT-Bench's {len(CATEGORIES) * QUESTIONS_PER_CATEGORY} "
+            f"questions, {QUESTIONS_PER_CATEGORY} in each of its {len(CATEGORIES)} categories "
+            f"with {TURNS} turns each ({len(questions)} questions; {what}): copy FastChat's "
+            "fastchat/llm_judge/data/mt_bench/question.jsonl whole"
+        )
 
 
 def _question(row: dict, where: str) -> Question:

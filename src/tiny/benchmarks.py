@@ -23,12 +23,9 @@ import random
 from pathlib import Path
 
 from src.core.artifacts import atomic_write_text, write_once
+from src.evaluation.mt_bench import CATEGORIES, QUESTIONS_PER_CATEGORY
 from src.tiny import chat_judge, toy
 
-CATEGORIES = (
-    "writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
-)  # fmt: skip
-QUESTIONS_PER_CATEGORY = 10
 ARENA_HARD_QUESTIONS = 100
 BASELINE = "tiny-baseline"  # eval.arena_hard_baseline=tiny-baseline
 BASELINE_SHARE = 0.5  # the baseline's answers: each sentence helpful with this probability
