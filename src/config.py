@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
+from urllib.parse import urlsplit
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import SI, DictConfig, OmegaConf
@@ -712,6 +713,11 @@ class RankerConfig:
 OPENAI_JUDGES = ("gpt-",)
 
 
+def is_http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 @dataclass
 class LLMJudgeConfig:
     """The chat model that grades MT-Bench and Arena-Hard (`eval.llm_judge`): OpenAI's API, any
@@ -752,6 +758,13 @@ class LLMJudgeConfig:
             f"{self.serve}) would take that name and its scores would read as that model's: to "
             "grade with OpenAI's add eval.llm_judge.serve=null; to serve that folder, name it "
             "otherwise (null: its folder's name)",
+        )
+        _check(
+            self.base_url is None or is_http_url(self.base_url),
+            "eval.llm_judge.base_url",
+            self.base_url,
+            "is not an http(s) URL: name the judge's OpenAI-compatible endpoint, e.g. "
+            "http://judge-node:8000/v1 (null: OpenAI's API)",
         )
         _check(
             self.serve is None or self.base_url is None,

@@ -74,6 +74,19 @@ def test_a_judge_at_base_url_where_one_is_served_names_the_override_that_grades_
     assert "leave base_url null" in str(refused.value)
 
 
+def test_a_base_url_that_is_not_an_http_url_is_a_config_error_naming_the_key():
+    """`eval.llm_judge.base_url=not-a-url` had been "does not answer", exit 3, as an endpoint
+    down is."""
+    from src.config import ConfigError
+    from tests.helpers import compose_cfg
+
+    endpoint = ["model=tiny-mistral", "eval.llm_judge.serve=null"]
+    for url in ("not-a-url", "judge-node:8000/v1", "ftp://judge/v1"):
+        with pytest.raises(ConfigError, match=r"is not an http\(s\) URL: name the judge's "):
+            compose_cfg(*endpoint, f"eval.llm_judge.base_url={url}")
+    assert compose_cfg(*endpoint, "eval.llm_judge.base_url=https://judge:8000/v1")
+
+
 def test_an_openai_model_named_for_a_served_judge_names_the_override_that_grades_with_it():
     """`eval.llm_judge.model=gpt-4` on the tiny preset, which serves tiny-chat-judge: refused,
     not tiny-chat-judge served as gpt-4 with its scores labelled so."""
