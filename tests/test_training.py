@@ -212,7 +212,9 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
 
     cfg = train_cfg("model=tiny-mistral")
     shape = policy_shape(cfg)
-    final = shape.params * 4 + train_stage.FULL_DISK_BYTES
+    # the tokenizer and records beside the weights: at most their own size (a 1.3 MB model
+    # had been refused with 60 MB free, for a fixed 64 MiB)
+    final = shape.params * 4 * 2
     each = trainer_checkpoint_bytes(cfg, shape)
     assert each == shape.params * 4 * 2  # fp32 weights and RMSprop's one state
     need = final + each
@@ -225,14 +227,26 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
             run(cfg)
         if free < need:
             assert refused.value.errno == errno.ENOSPC and not loaded
+            shown = train_stage.shown_bytes
             said = (
-                f"for the checkpoint ({need / 1e9:.1f} GB needed: {final / 1e9:.1f} GB the "
-                f"checkpoint, 1 x {each / 1e9:.1f} GB the Trainer's to resume from "
-                f"(training.save_steps); {free / 1e9:.1f} GB free)"
+                f"for the checkpoint ({shown(need, up=True)} needed: {shown(final, up=True)} "
+                f"the checkpoint, 1 x {shown(each, up=True)} the Trainer's to resume from "
+                f"(training.save_steps); {shown(free, up=False)} free)"
             )
-            assert said in str(refused.value)
+            assert said in str(refused.value) and shown(need, True) != shown(free, False)
         else:
             assert refused.type is ZeroDivisionError and loaded  # past the check: setup ran
+
+
+def test_sizes_are_shown_to_three_figures_a_need_rounded_up_and_free_space_down():
+    from src.stages.train import shown_bytes
+
+    assert shown_bytes(1_346_960, up=True) == "1.35 MB"
+    assert shown_bytes(62_914_560, up=False) == "62.9 MB"
+    assert shown_bytes(16_100_000_001, up=True) == "16.2 GB"
+    assert shown_bytes(16_199_999_999, up=False) == "16.1 GB"
+    assert shown_bytes(999, up=True) == "999 B" and shown_bytes(0, up=False) == "0 B"
+    assert shown_bytes(5_400_000, up=True) != shown_bytes(5_399_999, up=False)
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,9 @@ def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
         shape = policy_shape(cfg)
     except StageError:
         return
-    final = shape.params * precision(cfg).itemsize + FULL_DISK_BYTES  # + tokenizer, records
+    weights = shape.params * precision(cfg).itemsize
+    # + the tokenizer and the records: a few MB beside a model of GBs, less than a tiny one
+    final = weights + min(FULL_DISK_BYTES, weights)
     saved = len(list((stage_dir / TRAINER_DIR).glob("checkpoint-*")))
     trainer = max(0, checkpoints_at_once(cfg) - saved)
     each = trainer_checkpoint_bytes(cfg, shape)
@@ -166,11 +168,24 @@ def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
     if free < need:
         raise OSError(
             errno.ENOSPC,
-            f"{os.strerror(errno.ENOSPC)} for the checkpoint ({need / 1e9:.1f} GB needed: "
-            f"{final / 1e9:.1f} GB the checkpoint, {trainer} x {each / 1e9:.1f} GB the Trainer's "
-            f"to resume from (training.save_steps); {free / 1e9:.1f} GB free)",
+            f"{os.strerror(errno.ENOSPC)} for the checkpoint ({shown_bytes(need, up=True)} "
+            f"needed: {shown_bytes(final, up=True)} the checkpoint, {trainer} x "
+            f"{shown_bytes(each, up=True)} the Trainer's to resume from (training.save_steps); "
+            f"{shown_bytes(free, up=False)} free)",
             str(stage_dir),
         )
+
+
+def shown_bytes(n: float, up: bool) -> str:
+    """`n` bytes to three significant figures in the unit that keeps them (1.35 MB, 62.9 MB,
+    16.1 GB), rounded `up` (what is needed) or down (what is free): a need refused never reads
+    as equal to the space free."""
+    unit, scale = next(((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if n >= s),
+                       ("B", 1.0))  # fmt: skip
+    value = n / scale
+    decimals = max(0, 2 - math.floor(math.log10(value))) if value > 0 else 0
+    rounded = (math.ceil if up else math.floor)(value * 10**decimals) / 10**decimals
+    return f"{rounded:.{decimals}f} {unit}"
 
 
 def checkpoints_at_once(cfg: Config) -> int:
