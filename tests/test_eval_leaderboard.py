@@ -197,11 +197,24 @@ def test_a_dataset_in_neither_data_dir_nor_the_caches_is_named_with_its_fetch_co
         "Idavidrein/gpqa",
         "TAUR-Lab/MuSR",
     ]
+    assert lines[1] == (
+        "the dataset Idavidrein/gpqa (read by leaderboard_gpqa_diamond and 2 more) is neither in "
+        f"{data / 'Idavidrein/gpqa'} nor in the Hugging Face caches: fetch it with `hf download "
+        f"Idavidrein/gpqa --repo-type dataset --local-dir {data / 'Idavidrein/gpqa'}`"
+    )
+    # a copy there but not what its tasks read is said so, with what it lacks
     assert lines[2] == (
         "the dataset TAUR-Lab/MuSR (read by leaderboard_musr_murder_mysteries and 2 more) is "
-        f"neither in {data / 'TAUR-Lab/MuSR'} nor in the Hugging Face caches: fetch it with "
-        f"`hf download TAUR-Lab/MuSR --repo-type dataset --local-dir {data / 'TAUR-Lab/MuSR'}`"
+        f"in {data / 'TAUR-Lab/MuSR'}, whose config default has no split murder_mysteries, and "
+        "not in the Hugging Face caches: fetch it with `hf download TAUR-Lab/MuSR --repo-type "
+        f"dataset --local-dir {data / 'TAUR-Lab/MuSR'}`"
     )
+    (data / "SaylorTwift/bbh/README.md").write_text("---\nconfigs: [\n---\n")
+    (broken,) = missing_datasets(["bbh"], data)
+    assert (
+        f"is in {data / 'SaylorTwift/bbh'}, whose config boolean_expressions cannot be " in broken
+    )
+    assert "(ParserError: while parsing a flow node" in broken
     assert missing_datasets(["mmlu_pro"], None) == [
         "the dataset TIGER-Lab/MMLU-Pro (read by leaderboard_mmlu_pro) is not in the Hugging "
         "Face caches: fetch it with `hf download TIGER-Lab/MMLU-Pro --repo-type dataset`"

@@ -286,22 +286,23 @@ def local_copy(
     for folder in candidates:
         if folder is None or not folder.is_dir():
             continue
-        if all(_holds(folder, config, _splits(tasks)) for config, tasks in configs.items()):
+        if not any(_lacks(folder, config, _splits(tasks)) for config, tasks in configs.items()):
             return folder
     return None
 
 
-def _holds(folder: Path, config: str | None, splits: set[str]) -> bool:
-    """Whether the dataset copy `folder` has `config` with `splits` (its README's configs, or
-    the layout of its files: what datasets would load)."""
+def _lacks(folder: Path, config: str | None, splits: set[str]) -> str | None:
+    """What the dataset copy `folder` lacks of `config` with `splits` (its README's configs, or
+    the layout of its files: what datasets would load); None: nothing."""
     from datasets import load_dataset_builder
 
     datasets_config()
     try:
         files = load_dataset_builder(str(folder), config).config.data_files or {}
-    except Exception:  # no such config, no data files, a README not YAML: no copy
-        return False
-    return splits <= {str(split) for split in files}
+    except Exception as err:  # no such config, no data files, a README not YAML: no copy
+        return f"config {config or 'default'} cannot be read ({_said(err)})"
+    missing = sorted(splits - {str(split) for split in files})
+    return f"config {config or 'default'} has no split {missing[0]}" if missing else None
 
 
 def _splits(tasks: Iterable[str]) -> set[str]:
@@ -339,7 +340,13 @@ def absent(
         return None
     if data_dir is None:
         return "not in the Hugging Face caches"
-    return f"neither in {copy_folder(repo, data_dir)} nor in the Hugging Face caches"
+    copy = copy_folder(repo, data_dir)
+    lacks = copy.is_dir() and next(
+        filter(None, (_lacks(copy, c, _splits(tasks)) for c, tasks in configs.items())), None
+    )
+    if lacks:  # there, but not what the tasks read
+        return f"in {copy}, whose {lacks}, and not in the Hugging Face caches"
+    return f"neither in {copy} nor in the Hugging Face caches"
 
 
 def missing_datasets(
