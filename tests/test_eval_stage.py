@@ -301,6 +301,17 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     sides = [eval_dir(root, side=s) for s in ("vs-iter1", "vs-iter1.json")]
     assert report(root, "vs-iter1")["reference"].endswith("-iter1")
     assert report(root, "vs-iter1.json")["reference"] != report(root, "vs-iter1")["reference"]
+    # the reference answers edited in place: src.compare leaves out the eval made against them
+    # (its win rate had been shown under the file's name), and shows it again once restored
+    written = answers.read_text()
+    answers.write_text(written.replace('"output": "', '"output": "Well, ', 1))
+    compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert f"[compare] {sides[1]}: eval.reference_outputs: " in compared.stderr
+    assert "changed since this stage read it, left out" in compared.stderr
+    answers.write_text(written)
+    compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
+    assert "[compare]" not in compared.stderr, compared.stderr[-3000:]
 
     retrained = cli(root, "iter=1", "stage=train", "pipeline.redo=[train]")
     assert retrained.returncode == 0, retrained.stderr[-3000:]
@@ -337,6 +348,8 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     assert (f"[main] {broken}: its eval settings do not compose now (unknown config key "
             "'eval.no_such_key'") in redone.stderr  # fmt: skip
     assert f"[main] {renamed}" not in redone.stderr
+    # the card the base eval rewrites leaves out, naming it, what is still stale
+    assert f"[card] {broken}: stale (" in redone.stderr
     assert {copy: (copy / "done.json").read_bytes() for copy in kept} == kept
     assert cli(root, "iter=1", "stage=eval").returncode == 0
     assert report(root, "vs-iter1")["win_rate"] == 0.5  # against itself, as trained now

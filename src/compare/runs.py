@@ -27,10 +27,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from omegaconf.errors import OmegaConfBaseException
 
 from src.core import registry
 from src.core.errors import EnvironmentFailure, StageError
-from src.core.records import made_before_training
+from src.core.records import changed_contents, made_before_training, relocated, saved_config
 
 STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
@@ -265,21 +266,41 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     row.update(pairs_columns(stages.get("pairs", Record({}))))
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
-    # base one finished), but one of a checkpoint trained again since: its win rate is not this
-    # checkpoint's
+    # base one finished), but one whose figures no longer stand for what the row names
     base = iter_dir / "eval"
     for folder in [base, *sorted(base.glob(f"{registry.SIDE_EVAL}*"))]:
         done = stages.get("eval") if folder == base else finished_stage(folder)
         if done is None:
             continue
-        if made_before_training(folder):
-            print(f"[compare] {folder}: made before iteration {t}'s training last "
-                  "finished, left out (pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
+        why = outdated(folder, run_dir, t)
+        if why:
+            print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
+                  "makes it again)", file=sys.stderr)  # fmt: skip
         elif folder == base:
             row.update(eval_columns(eval_record(folder, done)))
         else:
             row.update(win_rate_columns(eval_record(folder, done), folder.name))
     return it
+
+
+def outdated(eval_dir: Path, run_dir: Path, t: int) -> list[str]:
+    """Why an eval's figures (run `run_dir`'s) are not those of iteration `t`'s checkpoint on the
+    files its config names: the checkpoint trained again after it, or a file it read (its
+    prompts, reference answers, a benchmark's copy) changed since. Its config keys may differ
+    from today's: its row shows those it ran with."""
+    why = (
+        [f"made before iteration {t}'s training last finished"]
+        if made_before_training(eval_dir)
+        else []
+    )
+    try:
+        made_with = saved_config({}, registry.Stage.eval, eval_dir)
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException):
+        made_with = None  # malformed: named where the row reads it
+    if made_with is not None:  # the run and its root where they are now
+        tree = relocated(made_with, str(run_dir), str(run_dir.parents[2]))
+        why += changed_contents(tree, registry.Stage.eval)
+    return why
 
 
 def eval_record(eval_dir: Path, done: Record) -> Record:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
@@ -167,7 +168,12 @@ def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
             continue
         if folder != writing:
             state = saved_state(cfg.as_tree(), Stage.eval, folder)
-            if read_record(folder) is None or (state is not None and state.status != "done"):
+            if read_record(folder) is None:
+                continue
+            if state is not None and state.status != "done":
+                why = "; ".join(state.changed) or "made under another config"
+                print(f"[card] {folder}: stale ({why}), left out of the model card",
+                      file=sys.stderr)  # fmt: skip
                 continue
         found.append(read_json(report, StageError, Redo(Stage.eval, cfg.iter)))
     return found
