@@ -525,20 +525,27 @@ def submit_chain(
             "hardware=slurm-* options (partition, account, time, GPUs in hardware.slurm.*)"
         )
     configs = [replace(c, stage=Stage.all) for c in configs]
+    from src.assets.check import AssetsMissing
+    from src.core.shapes import shape_of
     from src.plan.stages import plan_text, require_fit
     from src.wheelhouse import install_line
 
-    if configs[0].plan.check:  # a chain that cannot fit must not spend hours before it fails
-        require_fit(configs[0], overrides)
-    from src.assets.check import AssetsMissing
-
+    cfg = configs[0]
+    # the plan reads the model's shape from its config.json, itself an asset: where that is not
+    # here, the assets are checked first, so that it is named with every other one missing
+    planned = shape_of(cfg.model.path, cfg.model.attn_implementation) is not None
+    fit = cfg.plan.check  # a chain that cannot fit must not spend hours before it fails
+    if fit and planned:
+        require_fit(cfg, overrides)
     missing = None
     try:
         require_chain_assets(configs, overrides, iterations, from_iter)
     except AssetsMissing as err:
-        if not dry_run:
+        if not dry_run or not planned:  # (a dry run with no plan to show ends here too)
             raise
         missing = err  # a dry run shows the scripts first, then what a submission would refuse
+    if fit and not planned:  # the nodes would download the model: still no shape here to plan
+        require_fit(cfg, overrides)
     jobs = chain(configs, overrides)  # every request checked before anything is written
     if not jobs:
         if missing is not None:

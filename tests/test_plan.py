@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +296,22 @@ def test_vllms_rate_is_a_share_of_the_decode_bound_measured_for_each_model():
     assert hours(*vllm, "plan.generate_tokens_per_s=1000")["generate"].basis == (
         "plan.generate_tokens_per_s"
     )
+
+
+def test_hours_past_a_million_are_written_in_three_significant_digits():
+    """A rate set near 0 (a share of the decode bound the key allows) is hours of hundreds of
+    digits: written as the tokens are, not in full."""
+    from src.plan.hours import hours_text
+    from src.plan.stages import policy_shape
+
+    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", "plan.vllm_bound_share=1e-300")
+    lines = hours_text(cfg, policy_shape(cfg))
+    digits3 = r"\d\.\d\de\+30\d"
+    generate = next(line for line in lines if line.startswith("| generate |")).split(" | ")
+    assert all(re.fullmatch(digits3, figure) for figure in generate[3:5]), generate
+    assert re.fullmatch(rf"Iterations 1\.\.1: {digits3} GPU-hours\.", lines[-1])
+    train = next(line for line in lines if line.startswith("| train |")).split(" | ")
+    assert re.fullmatch(r"\d+\.\d", train[3]) and re.fullmatch(r"\d+", train[4])
 
 
 def test_a_previous_iterations_generation_gives_the_prompts_and_lengths(tmp_path):

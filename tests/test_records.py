@@ -235,9 +235,10 @@ def test_alpaca_eval_and_the_benchmarks_enter_the_eval_fingerprint_only_while_th
     assert eval_fingerprint(*arena, "eval.llm_judge.serve=/j") != eval_fingerprint(*arena)
 
 
-def test_the_eval_backend_enters_the_eval_fingerprint_only_when_set():
+def test_the_eval_backend_enters_the_eval_fingerprint_only_when_it_names_another_engine():
     """eval.backend null answers with generation.backend's engine, as every eval did before the
-    key: such records stay valid; set, it is the engine that answers and counts."""
+    key: such records stay valid, and that engine written out is the same eval; another engine
+    is the one that answers and counts."""
     from src.evaluation.answers import eval_generation
 
     def eval_fingerprint(*overrides: str) -> str:
@@ -246,6 +247,10 @@ def test_the_eval_backend_enters_the_eval_fingerprint_only_when_set():
         )
 
     plain = eval_fingerprint()
+    assert eval_fingerprint("eval.backend=hf") == plain
+    assert eval_fingerprint("generation=vllm", "eval.backend=vllm") == eval_fingerprint(
+        "generation=vllm"
+    )
     assert eval_fingerprint("eval.backend=vllm") != plain
     assert eval_fingerprint("generation=vllm", "eval.backend=hf") != eval_fingerprint(
         "generation=vllm"
@@ -258,6 +263,21 @@ def test_the_eval_backend_enters_the_eval_fingerprint_only_when_set():
     ):
         cfg = compose_cfg("model=tiny-mistral", *overrides)
         assert eval_generation(cfg).backend.value == engine, overrides
+
+
+def test_an_eval_recorded_with_its_default_engine_written_out_is_finished_either_way(
+    tmp_path, monkeypatch
+):
+    """Records made while eval.backend entered the fingerprint whenever set (set to hf, the
+    engine null resolves to here) are finished whether that engine is written out or not;
+    another engine is stale, named."""
+    written = at_root(monkeypatch, tmp_path, "eval.backend=hf")
+    finish(written, lambda c, stage: stage_fingerprint(c.as_tree(), stage, backend_written=True))
+    for asked in (["eval.backend=hf"], []):
+        cfg = at_root(monkeypatch, tmp_path, *asked)
+        assert state_of(cfg.as_tree(), Stage.eval).status == "done", asked
+    other = state_of(at_root(monkeypatch, tmp_path, "eval.backend=vllm").as_tree(), Stage.eval)
+    assert (other.status, other.changed) == ("stale", ["eval.backend: 'hf' -> 'vllm'"])
 
 
 def test_an_eval_asked_for_a_benchmark_it_was_made_without_is_stale_naming_it(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT, Stage
-from src.slurm import TEMPLATES, fill, main, sbatch_value
+from src.slurm import TEMPLATES, fill, main, require_chain_assets, sbatch_value
 from tests.helpers import SLURM_SMALL
 
 
@@ -254,6 +254,26 @@ def test_the_slurm_readme_shows_what_each_stage_asks_for(hardware):
     base = "model=tiny-mistral" if hardware == "slurm-cpu" else "experiment=gemma-2-9b-it-sppo"
     table = requests_table(compose([base, f"hardware={hardware}", "eval.enabled=true"], 1))
     assert table in (REPO_ROOT / "slurm" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("dry", [["--dry-run"], []], ids=["dry-run", "submission"])
+def test_a_chain_whose_model_is_missing_names_every_missing_asset(capsys, monkeypatch, dry):
+    """The plan reads the model's shape from its config.json, an asset: missing, it is named
+    with every other asset missing, a line each, then the line that ends it (exit 3)."""
+    monkeypatch.setattr("src.slurm.require_chain_assets", require_chain_assets)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*dry, "model=tiny-mistral", "hardware=slurm-cpu", "model.path=acme/tiny-mistral",
+              "ranker=tiny-pairrm", "ranker.model=acme/tiny-pairrm", "data.prompts=acme/prompts"])  # fmt: skip
+    assert exit_info.value.code == 3
+    captured = capsys.readouterr()
+    *named, last = captured.err.splitlines()
+    assert [line.split(" (")[0] for line in named] == [
+        "missing: model acme/tiny-mistral",
+        "missing: dataset acme/prompts [train]",
+        "missing: ranker acme/tiny-pairrm",
+    ]
+    assert last.startswith("error: 3 of the 3 assets this command reads cannot be used; ")
+    assert "#SBATCH" not in captured.out
 
 
 def test_a_hardware_without_slurm_resources_is_refused(capsys):

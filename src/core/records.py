@@ -101,7 +101,11 @@ def fingerprint_form(value: Any, tree: dict[str, Any], at: tuple[str, str] = POR
 
 
 def stage_inputs(
-    tree: dict[str, Any], stage: Stage, at: tuple[str, str] = PORTABLE, extras: bool = True
+    tree: dict[str, Any],
+    stage: Stage,
+    at: tuple[str, str] = PORTABLE,
+    extras: bool = True,
+    backend_written: bool = False,
 ) -> dict[str, Any]:
     """The stage's inputs in `tree`, in their fingerprint form.
 
@@ -113,8 +117,11 @@ def stage_inputs(
     never enters it. The eval stage's `eval.alpaca_eval`, `eval.benchmarks` and each benchmark's
     own keys (`BENCHMARK_INPUTS`) enter it while they run: an eval made without them keeps its
     record, one that asks for them again is stale (`extras=False`: none of them, as records made
-    before they entered it were fingerprinted); `eval.llm_judge.system_turn` and `eval.backend`
-    only when set.
+    before they entered it were fingerprinted); `eval.llm_judge.system_turn` only when set;
+    `eval.backend` only when it names another engine than null does (generation.backend's, among
+    the inputs already), so that an eval asked for with that engine written out is the eval made
+    without it. `backend_written=True`: `eval.backend` as the engine it resolves to, set or not —
+    what records made with it set to generation.backend's hold (it entered whenever set then).
     """
     inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
     training = inputs.get("training")
@@ -136,9 +143,13 @@ def stage_inputs(
         dropped = {key for keys in BENCHMARK_INPUTS.values() for key in keys} - kept
         dropped |= {"eval.alpaca_eval"} if not (extras and inputs["eval.alpaca_eval"]) else set()
         dropped |= {"eval.benchmarks"} if not listed else set()
-        for key in ("eval.llm_judge.system_turn", "eval.backend"):  # as records before they read
-            if inputs.get(key) is None:
-                dropped.add(key)
+        if inputs["eval.llm_judge.system_turn"] is None:  # as records before it was read
+            dropped.add("eval.llm_judge.system_turn")
+        engine, default = inputs["eval.backend"], inputs["generation.backend"]
+        if backend_written:
+            inputs["eval.backend"] = engine or default
+        elif engine in (None, default):
+            dropped.add("eval.backend")
         inputs = {k: v for k, v in inputs.items() if k not in dropped}
     return fingerprint_form(inputs, tree, at)
 
@@ -276,12 +287,14 @@ def stage_fingerprint(
     at: tuple[str, str] = PORTABLE,
     extras: bool = True,
     contents: bool = True,
+    backend_written: bool = False,
 ) -> Fingerprint:
     """sha256 of the stage's inputs, of the content of the local files among them and of the
     fingerprint of what it consumes.
 
-    `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`:
-    see `stage_inputs`. `contents=False`: by the files' names alone, as records before format 5.
+    `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`,
+    `backend_written`: see `stage_inputs`. `contents=False`: by the files' names alone, as
+    records before format 5.
     """
     consumes = STAGES[stage].consumes
     iteration = tree["iter"]
@@ -292,7 +305,7 @@ def stage_fingerprint(
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None
-    inputs = stage_inputs(tree, stage, at, extras)
+    inputs = stage_inputs(tree, stage, at, extras, backend_written)
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
     read = input_contents(tree, stage) if contents else {}
     if read:  # only then: a stage that reads no local file keeps its fingerprint of format 4
@@ -369,6 +382,11 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
     if record is None:
         return StageState(stage, "todo")
     if record.get("fingerprint") == stage_fingerprint(tree, stage):
+        return StageState(stage, "done")
+    if stage == Stage.eval and record.get("fingerprint") == stage_fingerprint(
+        tree, stage, backend_written=True
+    ):  # made with eval.backend set to the engine it resolves to now (every such record is of
+        # this format: the key came after it)
         return StageState(stage, "done")
     by_name = record.get("format") != RECORD_FORMAT  # made before files entered by content
     if by_name and record.get("fingerprint") == stage_fingerprint(tree, stage, contents=False):

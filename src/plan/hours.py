@@ -228,6 +228,16 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     return stages
 
 
+# Hours up to this are written in fixed point; more, in three significant digits (4.21e+300), as
+# the tokens are: a rate set near 0 (plan.vllm_bound_share=1e-300, a share the key allows) would
+# write hundreds of digits, none of them meaningful
+FIXED_POINT_HOURS = 1e6
+
+
+def hours_shown(hours: float, decimals: int) -> str:
+    return f"{hours:.{decimals}f}" if hours < FIXED_POINT_HOURS else f"{hours:.3g}"
+
+
 def hours_text(cfg: Config, shape: Shape, through: int | None = None) -> list[str]:
     """The hours table `python -m src.plan` prints; its total over iterations 1..cfg.iter, or
     cfg.iter..`through` (a chain that `python -m src.slurm` submits)."""
@@ -246,10 +256,12 @@ def hours_text(cfg: Config, shape: Shape, through: int | None = None) -> list[st
         "| stage | tokens | GPUs | hours | GPU-hours | rate |",
         "|---|---|---|---|---|---|",
         *(
-            f"| {s.stage} | {s.tokens:.3g} | {s.gpus} | {s.hours:.1f} | {s.gpu_hours:.0f} | {s.basis} |"
+            f"| {s.stage} | {s.tokens:.3g} | {s.gpus} | {hours_shown(s.hours, 1)} | "
+            f"{hours_shown(s.gpu_hours, 0)} | {s.basis} |"
             for s in stages
         ),
-        f"| iteration | | | {sum(s.hours for s in stages):.1f} | {total:.0f} | |",
+        f"| iteration | | | {hours_shown(sum(s.hours for s in stages), 1)} | "
+        f"{hours_shown(total, 0)} | |",
         "",
-        f"Iterations {first}..{last}: {(last - first + 1) * total:.0f} GPU-hours.",
+        f"Iterations {first}..{last}: {hours_shown((last - first + 1) * total, 0)} GPU-hours.",
     ]
