@@ -421,3 +421,24 @@ def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_pa
     finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, contents=False), fmt=4)
     prompts.write_text('{"prompt": "a cow"}\n')
     assert state_of(tree, Stage.generate).status == "done", "format 4 is checked by name"
+
+
+def test_a_folder_input_is_read_by_its_files_but_its_hidden_ones(tmp_path, monkeypatch):
+    """data.leaderboard, a folder of dataset copies: a file changed in it makes the eval stale;
+    the `.cache/` that `hf download --local-dir` rewrites beside each copy does not."""
+    from src.core.records import input_contents
+
+    copies = tmp_path / "leaderboard"
+    (copies / "allenai/ai2_arc/.cache/huggingface").mkdir(parents=True)
+    data = copies / "allenai/ai2_arc/test.jsonl"
+    data.write_text('{"question": "Why?"}\n')
+    metadata = copies / "allenai/ai2_arc/.cache/huggingface/test.jsonl.metadata"
+    metadata.write_text("etag 1\n")
+    cfg = at_root(monkeypatch, tmp_path / "runs", "eval.benchmarks=[leaderboard]",
+                  "eval.leaderboard_tasks=[arc_challenge]", f"data.leaderboard={copies}")  # fmt: skip
+    tree = cfg.as_tree()
+    read = input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"]
+    metadata.write_text("etag 2, downloaded again\n")
+    assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] == read
+    data.write_text('{"question": "Why not?"}\n')
+    assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] != read

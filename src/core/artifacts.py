@@ -82,6 +82,17 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def folder_files(folder: Path, pattern: str = "*") -> list[Path]:
+    """The files under `folder` (matching `pattern`) that a reader of it reads, sorted: hidden
+    ones left out, and those under a hidden folder (the `.cache/` of `hf download --local-dir`,
+    rewritten by each download)."""
+    return sorted(
+        f
+        for f in folder.rglob(pattern)
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(folder).parts)
+    )
+
+
 def files_sha256(paths: Iterable[Path]) -> dict[Path, str]:
     """sha256 of each file, several files at once (hashlib releases the GIL on large blocks, so
     a sharded checkpoint hashes at the disk's speed rather than one core's, ~2 GB/s). A file

@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from src.core.artifacts import atomic_write_json, files_sha256, read_json
+from src.core.artifacts import atomic_write_json, files_sha256, folder_files, read_json
 from src.core.errors import Redo, StageError, shown
 from src.core.machine import machine
 from src.core.registry import (
@@ -326,7 +326,7 @@ def input_contents(tree: dict[str, Any], stage: Stage) -> dict[str, dict[str, st
         if not isinstance(form, str) or form.startswith(PORTABLE[0]):
             continue
         path = Path(lookup(tree, key)).expanduser()
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        files = folder_files(path) if path.is_dir() else [path]
         if not path.exists() or not files:
             continue  # a hub id, or missing: the stage's reader says so
         stats = [(f.relative_to(path).as_posix() if f != path else "", f.stat()) for f in files]

@@ -47,7 +47,7 @@ from functools import lru_cache
 from pathlib import Path
 from statistics import fmean
 
-from src.core.artifacts import atomic_write_text, read_jsonl
+from src.core.artifacts import atomic_write_text, folder_files, read_jsonl
 from src.core.errors import EnvironmentFailure
 from src.core.hub import datasets_config, snapshot_folder
 from src.evaluation.errors import EvalError
@@ -608,10 +608,8 @@ def copy_cache(folder: Path) -> Path:
     `.cache/` that `hf download --local-dir` keeps) enters the key."""
     config = datasets_config()
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in folder_files(folder):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
         digest.update(f"{relative.as_posix()}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as f:
             while block := f.read(1 << 20):
@@ -632,9 +630,7 @@ def require_loadable(
     configs = datasets_read(names)[repo]
     _, fetch = _copy_named(repo, folder, data_dir, "")
     readers = next(iter(configs.values()))
-    for path in sorted(folder.rglob("*.jsonl")):  # a row cut short, which datasets drops
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
+    for path in folder_files(folder, "*.jsonl"):  # a row cut short, which datasets drops
         try:
             for _ in read_jsonl(path, EvalError):
                 pass
