@@ -99,15 +99,17 @@ def test_file_system_errors_are_one_line_with_what_to_do(code, advice):
 
 
 @pytest.mark.parametrize(
-    ("root", "said"),
+    ("key", "folder", "said"),
     [
-        ("/etc/hostname", "Not a directory: /etc/hostname/"),
-        ("/sys/selfplay-runs", ""),  # EPERM as root, EACCES otherwise
+        ("paths.root", "/etc/hostname", "Not a directory: /etc/hostname/"),
+        ("paths.root", "/sys/selfplay-runs", ""),  # EPERM as root, EACCES otherwise
+        # the tiny models are built there on demand, before the stage
+        ("paths.tiny_dir", "/etc/hostname", "File exists: /etc/hostname; "),
     ],
 )
-def test_a_root_that_cannot_hold_a_run_is_one_line(tmp_path, root, said):
-    line = one_line_failure(cli(tmp_path, *GENERATE, f"paths.root={root}"), 3)
-    assert line.startswith(f"error: {said}") and root in line and "paths.root" in line
+def test_a_folder_that_cannot_be_made_is_one_line_naming_its_key(tmp_path, key, folder, said):
+    line = one_line_failure(cli(tmp_path, *GENERATE, f"{key}={folder}"), 3)
+    assert line.startswith(f"error: {said}") and folder in line and key in line
 
 
 @pytest.fixture

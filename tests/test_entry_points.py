@@ -257,6 +257,31 @@ def test_compare_names_out_when_the_file_system_is_read_only(tmp_path, monkeypat
     )
 
 
+@pytest.mark.parametrize("made", [False, True], ids=["out-to-make", "out-made-its-lock-refused"])
+def test_export_names_the_folder_above_out_it_cannot_write(tmp_path, monkeypatch, capsys, made):
+    from src.export.__main__ import main
+
+    read_only = tmp_path / "read-only"
+    out = read_only / "out"
+    (out if made else read_only).mkdir(parents=True)
+    mkdir = Path.mkdir
+
+    def refused_there(self, *args, **kwargs):
+        if self.parent == read_only and not self.exists():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused_there)
+    with pytest.raises(SystemExit) as exit_:
+        main(["model=tiny-mistral", f"paths.root={tmp_path / 'runs'}", "--out", str(out)])
+    assert exit_.value.code == 3
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: the folder above it, {read_only}, cannot be written "
+        f"({os.strerror(errno.EROFS)}): an export makes --out and its lock (.locks/) there; "
+        "point --out into a folder you can write to\n"
+    )
+
+
 def trained(root: Path) -> Path:
     """A finished training of iteration 1 (run_name=r), as the export reads it."""
     train = root / "tiny-mistral" / "sppo" / "r" / "iter1" / "train"

@@ -1,9 +1,20 @@
 """The failures' remedies (src/core/errors.py): a `Redo` is a fact until the boundary, which
-turns it into the overrides of the command the user ran."""
+turns it into the overrides of the command the user ran; a refused write in a folder that a
+setting places names that setting."""
+
+import errno
+import os
 
 import pytest
 
-from src.core.errors import Redo, StageError, describe, running_stage
+from src.core.errors import (
+    EnvironmentFailure,
+    Redo,
+    StageError,
+    blamed,
+    describe,
+    running_stage,
+)
 from src.core.registry import Stage
 
 
@@ -54,3 +65,33 @@ def test_the_line_a_failure_ends_with_sets_its_redo_on_the_users_command():
     assert describe(StageError("nothing to do about it"), "python -m src.main") == (
         "error: nothing to do about it"
     )
+
+
+def refused_in_tiny_dir(filename: str | None) -> None:
+    with blamed("paths.tiny_dir", "/cache/tiny"):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), filename)
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "/cache/tiny",  # the folder itself (a file in its place)
+        "/cache/tiny/.tiny-mistral.lock",
+        "/cache",  # on the way to it
+        None,  # a write's, of no file: named as the folder
+    ],
+)
+def test_an_os_error_on_a_folder_a_key_places_is_that_keys(filename):
+    with pytest.raises(EnvironmentFailure) as failure:
+        refused_in_tiny_dir(filename)
+    assert str(failure.value) == (
+        f"{os.strerror(errno.EROFS)}: {filename or '/cache/tiny'}; the file system is read-only: "
+        "point paths.tiny_dir at a writable folder"
+    )
+
+
+@pytest.mark.parametrize("filename", ["/runs/x/done.json", "/cache/tiny-other"])
+def test_an_os_error_elsewhere_is_left_to_the_boundary(filename):
+    with pytest.raises(OSError) as kept:
+        refused_in_tiny_dir(filename)
+    assert kept.value.filename == filename

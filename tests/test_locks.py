@@ -5,6 +5,7 @@ deleted under its holder; then real `python -m src.main` commands on one run dir
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -299,6 +300,18 @@ def test_a_lock_file_replaced_between_its_open_and_its_lock_is_locked_anew(stage
         monkeypatch.setattr(fcntl, "flock", flock)
         assert replaced and is_held(lock_path(stage_dir)), "it locks a file no path names"
         locks.require_held()
+
+
+def test_a_lock_a_full_disk_cannot_sign_is_named(stage_dir, monkeypatch):
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write says it: of no file
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError) as refused, writing(stage_dir, "python -m src.main first"):
+        pytest.fail("a lock held unsigned")
+    assert refused.value.errno == errno.ENOSPC
+    assert refused.value.filename == str(lock_path(stage_dir))
+    assert locks.HELD == {}
 
 
 def file_states(*folders: Path) -> dict[str, tuple[int, str]]:

@@ -7,6 +7,7 @@ The generation output the stages read is written here by hand in the contract's 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -585,6 +586,22 @@ def test_a_blank_response_kept_by_the_ranker_makes_no_pair():
         == "stage=rank iter=1 pipeline.redo=[rank] ranker.empty_responses=drop"
     )
     assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
+
+
+def test_a_full_disk_names_the_file_the_pairs_stage_could_not_write(monkeypatch):
+    cfg = cfg_for()
+    write_generation(cfg, generation_rows(2))
+    rank_stage.run(cfg)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write says it: of no file
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError) as refused:
+        pairs_stage.run(cfg)
+    run = Path(refused.value.filename)  # a run of the sort, beside the stage's folder
+    assert refused.value.errno == errno.ENOSPC and run.name == "run00000.jsonl"
+    assert run.parent.parent == cfg.stage_dir("pairs").parent
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -6,9 +6,13 @@ eval stage that runs the leaderboard, and only then."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from src.core.artifacts import WRITTEN
+from src.core.errors import EnvironmentFailure
 from src.evaluation.leaderboard import V1, missing_datasets
 from src.tiny import leaderboard
 from src.tiny.on_demand import ensure_tiny_models
@@ -58,3 +62,20 @@ def test_both_tiny_data_commands_refuse_a_file_in_one_line(tmp_path, capsys):
         assert ended.value.code == 2
         assert capsys.readouterr().err.splitlines()[-1].endswith(f"{path} is a file: name a folder")
     assert path.read_text() == "kept\n"
+
+
+def test_a_folder_they_cannot_be_written_to_is_named_by_its_key(tmp_path, monkeypatch):
+    def read_only(folder, source, write):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+
+    monkeypatch.setattr(leaderboard, "write_once", read_only)
+    data = tmp_path / "benchmarks"
+    evaluating = compose_cfg(
+        *SMALL, f"paths.tiny_benchmarks={data}", "stage=eval", "eval.benchmarks=[leaderboard]"
+    )
+    with pytest.raises(EnvironmentFailure) as refused:
+        ensure_tiny_models(evaluating)
+    assert str(refused.value) == (
+        f"{os.strerror(errno.EROFS)}: {data / 'leaderboard'}; the file system is read-only: "
+        "point paths.tiny_benchmarks at a writable folder"
+    )

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from src.core.errors import Redo, StageError
+from src.core.errors import Redo, StageError, naming
 
 
 @contextmanager
@@ -30,19 +30,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600: give it the mode an ordinary file gets (0644 under umask
-        # 022), so that the rest of a team can read a run, and no more than the umask allows
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-        sync_directory(path.parent)  # the rename itself survives a crash of the node
-    except OSError as err:  # a write that failed (a full disk): say which file it was
-        Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
+        with naming(path):  # a write that failed (a full disk): say which file it was
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            # mkstemp makes the file 0600: give it the mode an ordinary file gets (0644 under umask
+            # 022), so that the rest of a team can read a run, and no more than the umask allows
+            os.chmod(tmp, 0o666 & ~umask())
+            os.replace(tmp, path)
+            sync_directory(path.parent)  # the rename itself survives a crash of the node
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -21,8 +21,11 @@ of every failure.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 EXIT_STAGE_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -206,3 +209,33 @@ def describe_os_error(exc: OSError, where: str = "paths.root") -> str:
     said = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
     advice = OS_ADVICE.get(exc.errno or -1, "").format(where=where)
     return "; ".join(filter(None, [f"{said}: {path}" if path else said, advice]))
+
+
+@contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError raised inside without a file re-raised naming `path`, what was being written: a
+    write's ENOSPC or EIO is said of a descriptor, and the line would say where to free space
+    without saying where the disk is."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        # one of a single argument (pyarrow's, without an errno) has its words in it alone
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+
+
+@contextmanager
+def blamed(key: str, folder: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError inside on `folder`, on the way to it or under it (or on no file: then named as
+    `folder`) ends as the failure of `key`, the setting that places that folder: the boundary
+    would tell the user to fix the command's own (paths.root, --out), which did not place it."""
+    folder = Path(folder).resolve()
+    try:
+        with naming(folder):
+            yield
+    except OSError as err:
+        path = Path(str(err.filename)).resolve()
+        if path != folder and folder not in path.parents and path not in folder.parents:
+            raise
+        raise EnvironmentFailure(describe_os_error(err, key)) from err

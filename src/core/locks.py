@@ -66,7 +66,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.core.errors import EnvironmentFailure
+from src.core.errors import EnvironmentFailure, naming
 
 LOCKS = ".locks"  # the folder of an iteration that holds its stages' locks
 
@@ -195,8 +195,9 @@ def _hold(
         fd = _lock(path, kind)
     try:
         if not shared:  # a shared lock has several holders: only an exclusive one signs it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(signature(command)) + "\n").encode(), 0)
+            with naming(path):  # a full disk refuses the signature of a new lock file
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(signature(command)) + "\n").encode(), 0)
         HELD[key] = Held(path, fd, shared, what)
         yield
     finally:

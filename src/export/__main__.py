@@ -22,7 +22,10 @@ the same folder stops at once with one line naming the first (pid, host, command
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from src.cli import ArgumentParser, exit_with, failure_line, failures
@@ -56,6 +59,23 @@ def require_hub_writable(repo: str) -> None:
             f"--push {repo}: no Hugging Face token on this machine; nothing was pushed; "
             "run `hf auth login` (or set HF_TOKEN) with a token that may write"
         )
+
+
+@contextmanager
+def parent_writable(out: Path) -> Iterator[None]:
+    """Making --out and its lock, beside it (`.locks/`): a refusal there is of the folder above
+    --out, which the boundary's line (`point --out at a writable folder`) would not name."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or err.filename is None:
+            raise
+        folder = Path(err.filename).parent
+        raise EnvironmentFailure(
+            f"--out {out}: the folder above it, {folder}, cannot be written ({err.strerror}): an "
+            "export makes --out and its lock (.locks/) there; point --out into a folder you can "
+            "write to"
+        ) from err
 
 
 def push(folder: Path, repo: str, repo_type: str, private: bool) -> str:
@@ -118,8 +138,11 @@ def export(args: argparse.Namespace, command: str) -> None:
     # per folder: the repository type the Hub files it under, and what makes it
     folders = {"model": ("model", export_model), "data": ("dataset", export_data)}
     wanted = list(folders) if args.what == "all" else [args.what]
-    out.mkdir(parents=True, exist_ok=True)  # a file in its way named as the user wrote it
-    with writing(out.resolve(), command):  # held until the push has read the folders
+    with ExitStack() as held:
+        # without --out the folder is under paths.root, which the boundary's line names
+        with parent_writable(out) if args.out else nullcontext():
+            out.mkdir(parents=True, exist_ok=True)  # a file in its way named as the user wrote it
+            held.enter_context(writing(out.resolve(), command))  # until the push read the folders
         for name in wanted:  # every one refused before any is made: no export left half done
             require_replaceable(out / name, cfg, args.force)
         made = [(kind, make(cfg, out, args.force)) for kind, make in (folders[n] for n in wanted)]

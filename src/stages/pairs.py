@@ -39,7 +39,7 @@ import numpy as np
 from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow, pair_row_problem, ranked_row_problem
-from src.core.errors import Redo, StageError
+from src.core.errors import Redo, StageError, naming
 from src.core.records import stage_fingerprint, write_record
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
@@ -152,7 +152,8 @@ def pair_stats(pair: PairRow) -> tuple[str, float, float, float, float, bool, bo
 def sorted_run(pairs: list[PairRow], path: Path) -> Path:
     """`pairs` sorted by prompt_id, as JSON Lines: one run of the merge."""
     rows = sorted(pairs, key=lambda r: r["prompt_id"])
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with naming(path):  # a full disk's refusal names no file by itself
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.config import BENCHMARK_DATA, Benchmark, Config, Stage
+from src.core.errors import blamed
 
 
 def ensure_tiny_models(cfg: Config) -> None:
@@ -30,14 +31,17 @@ def ensure_tiny_models(cfg: Config) -> None:
     if wanted or chat_data or board_data:
         from src.tiny import models as tiny
 
-        for path in wanted:
-            if path.name in tiny.TINY_NAMES:
-                tiny.ensure(path.name, tiny_dir)
-        if chat_data:
-            from src.tiny import benchmarks
+        # a folder that cannot be written is the fault of its own key, not of paths.root
+        with blamed("paths.tiny_dir", tiny_dir):
+            for path in wanted:
+                if path.name in tiny.TINY_NAMES:
+                    tiny.ensure(path.name, tiny_dir)
+        with blamed("paths.tiny_benchmarks", tiny_data):
+            if chat_data:
+                from src.tiny import benchmarks
 
-            benchmarks.ensure(tiny_data)
-        if board_data:
-            from src.tiny import leaderboard
+                benchmarks.ensure(tiny_data)
+            if board_data:
+                from src.tiny import leaderboard
 
-            leaderboard.ensure_datasets(Path(cfg.data.leaderboard))
+                leaderboard.ensure_datasets(Path(cfg.data.leaderboard))
