@@ -13,6 +13,13 @@
 #
 #   benchmarks/gpu_iteration.sh train OUT [model [prompts [override...]]]  # carry .whl .whl-train
 #
+# or, in one command, the rank stage's judge at DeBERTa-v3-large's shape with transformers' and
+# disentangled-flash's attention (ranker.attention=eager|fused) against llm-blender's
+# rank(batch_size=1), speed at medium and long lengths and the same ranking of K on 200 prompts
+# (~8 device-minutes with the machine's start; the call: timeout 600):
+#
+#   benchmarks/gpu_iteration.sh rank OUT  # carry .whl
+#
 # A device call returns at most 8 files from OUT: end it with `benchmarks/gpu_iteration.sh logs
 # OUT`, which packs OUT/logs* (each stage's whole log) and OUT/results (every benchmark's files)
 # into OUT/logs.tgz, and put each phase under a `timeout` shorter than the call's, so that the
@@ -20,8 +27,8 @@
 #
 # .whl: the config's wheels and llm-blender 0.0.2 with what its import needs (`pip download
 # --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra_core==1.3.2 omegaconf==2.3.1
-# llm-blender==0.0.2 dataclasses-json==0.6.7 marshmallow==3.26.2` and `pip wheel --no-deps -w .whl
-# antlr4-python3-runtime==4.9.3`). `prepare`: the real-shape policy, prompts, eval instructions
+# llm-blender==0.0.2 dataclasses-json==0.6.7 marshmallow==3.26.2 disentangled-flash==1.1.1` and
+# `pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3`). `prepare`: the real-shape policy, prompts, eval instructions
 # and PairRM, built at once (`python -m benchmarks iteration --build-only`); then the rank stage's
 # judge against llm-blender's rank(batch_size=1) at DeBERTa-v3-large's shape, medium and long
 # lengths, ours profiled (`--profile`); then the optimizer step alone at both models' shapes,
@@ -69,7 +76,7 @@ if [ "$phase" = logs ]; then
 fi
 install() { python3 -m pip install -q --no-index --no-deps --no-compile --target "$@"; }
 [ ! -d .whl ] || install /tmp/site-config .whl/*.whl
-[ "$phase" = train ] || bash "$here/gpu_vllm.sh" stash .gpu /tmp/parts
+case "$phase" in train | rank) ;; *) bash "$here/gpu_vllm.sh" stash .gpu /tmp/parts ;; esac
 case "$phase" in
 build | prepare)
     mkdir -p "$out/logs" "$out/results"  # results/: the 8 files a call returns, if cut off
@@ -96,6 +103,18 @@ build | prepare)
             --out "$out/results/optimizer_step_gpu_${m%%-*}.json" >"$out/logs/optimizer_$m.log" 2>&1
         tail -8 "$out/logs/optimizer_$m.log"
     done
+    ;;
+rank)
+    mkdir -p "$out/logs" "$out/results"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/logs/gpu.csv"
+    export PYTHONPATH=/tmp/site-config
+    python3 -c 'from benchmarks import ranking; ranking.build_large_pairrm(ranking.LARGE_DIR)' \
+        >"$out/logs/build_pairrm.log" 2>&1
+    timeout 540 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" \
+        --datasets medium long agreement --max-prompts 200 --batch-sizes 32 \
+        --attention eager fused --repeats 1 --retries 0 --max-wait 5 --timeout 240 \
+        --out "$out/results/ranking_gpu_fused.json" >"$out/logs/ranking.log" 2>&1
+    tail -6 "$out/logs/ranking.log"
     ;;
 iteration)
     t0=$(date +%s)
@@ -138,7 +157,7 @@ train)
     done
     ;;
 *)
-    echo "usage: $0 build|prepare|iteration|all|train OUT [model [prompts [override...]]] | logs OUT" >&2
+    echo "usage: $0 build|prepare|iteration|all|train|rank OUT [model [prompts [override...]]] | logs OUT" >&2
     exit 2
     ;;
 esac

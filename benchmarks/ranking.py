@@ -47,6 +47,9 @@ DATASETS = {
     "short": {"prompts": 48, "words": (20, 60)},  # per-forward overhead matters
     "medium": {"prompts": 48, "words": (60, 200)},
     "long": {"prompts": 8, "words": (350, 700)},  # a comparison costs ~50x a short one on CPU
+    # every ranking of K checked against llm-blender's: 200 prompts (the hand-written ones again
+    # past the first 120), responses of every length up to the candidate limit
+    "agreement": {"prompts": 200, "words": (10, 450)},
 }
 # no-mmap: glibc serves everything from its heap and never trims it, so a freed [B*heads, L, L]
 # attention temporary is reused, not page-faulted afresh (docs/performance.md, Ranking); RSS keeps its peak
@@ -64,6 +67,13 @@ def add_args(parser) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=["eager"],
+        choices=("eager", "fused"),
+        help="ours: ranker.attention (fused: disentangled-flash's kernels)",
+    )
     parser.add_argument("--loads", nargs="+", type=int, default=[0], help="busy processes beside")
     parser.add_argument("--malloc", nargs="+", default=["default"], choices=MALLOC)
     parser.add_argument("--max-prompts", type=int, help="at most this many prompts per data set")
@@ -79,10 +89,13 @@ def cases(args) -> list[Case]:
               "profile": args.profile}  # fmt: skip
     out = []
     for load, malloc, data, peer in product(args.loads, args.malloc, args.datasets, args.peers):
-        for b in args.batch_sizes if peer == "ours" else [1]:
+        ours = peer == "ours"
+        for b, attention in product(args.batch_sizes, args.attention) if ours else [(1, None)]:
             name = f"{peer}/{data}/B{b}" + (f"/load{load}" if load else "")
             name += "" if malloc == "default" else f"/{malloc}"
-            params = {**shared, "data": data, "batch": b, "malloc": malloc}
+            name += "" if attention in (None, "eager") else f"/{attention}"
+            params = {**shared, "data": data, "batch": b, "malloc": malloc,
+                      "attention": attention}  # fmt: skip
             out.append(Case(name, peer, params, env=MALLOC[malloc], load=load))
     return out
 
@@ -116,8 +129,9 @@ def make_data(name: str, max_prompts: int | None) -> tuple[list[str], list[list[
     root = harness.REPO_ROOT / "data"
     files = sorted((root / "prompts").glob("iter*.jsonl"))
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-    prompts = [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
-    prompts = prompts[: min(DATASETS[name]["prompts"], max_prompts or 10**9)]
+    written = [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
+    wanted = min(DATASETS[name]["prompts"], max_prompts or 10**9)
+    prompts = [written[i % len(written)] for i in range(wanted)]
     words = (root / "tiny" / "corpus.txt").read_text(encoding="utf-8").split()
     rng = random.Random(f"bench_ranking/{name}/0")  # a str seed is hashed stably
 
@@ -172,8 +186,9 @@ def measure(case: Case) -> dict:
 
     p = case.params
     large = [f"ranker.model={LARGE_DIR}"] if p["backbone"] == "large" else []
+    attention = [f"ranker.attention={p['attention']}"] if p.get("attention") else []
     cfg = compose([*RANK_STAGE, f"ranker.batch_size={p['batch']}",
-                   f"hardware={HARDWARE[p['device']]}", *large])  # fmt: skip
+                   f"hardware={HARDWARE[p['device']]}", *large, *attention])  # fmt: skip
     if p["backbone"] == "tiny":  # the large one is built in `cases`; no tiny policy is read
         ensure_tiny_models(cfg)
     prompts, responses = make_data(p["data"], p["max_prompts"])
@@ -303,8 +318,8 @@ def lengths(pairrm, prompts, responses, batch: int) -> dict:
     }
 
 
-SAME_IN_EVERY_RUN = ("peer", "data", "batch", "load", "malloc", "prompts", "forwards", "dtype",
-                     "tokens")  # fmt: skip
+SAME_IN_EVERY_RUN = ("peer", "data", "batch", "attention", "load", "malloc", "prompts", "forwards",
+                     "dtype", "tokens")  # fmt: skip
 MEDIANS = ("comparisons_per_s", "ms_per_comparison", "seconds", "peak_mb", "load_cpu_share")
 
 
@@ -319,6 +334,7 @@ def summarise(runs: list[dict], args) -> dict:
     for run in runs:
         ref, mine = reference.get(run["data"]), np.array(run["scores"])
         run["max_abs_score_diff"] = None if ref is None else float(np.abs(mine - ref).max())
+        run["same_rankings"] = None if ref is None else same_rankings(mine, np.array(ref))
     summary, ratios = {}, []
     for name, group in harness.by_case(runs).items():
         cps = [r["comparisons_per_s"] for r in group]
@@ -328,15 +344,27 @@ def summarise(runs: list[dict], args) -> dict:
             "comparisons_per_s_range": [min(cps), max(cps)],
             "max_abs_score_diff": max((r["max_abs_score_diff"] for r in group
                                        if r["max_abs_score_diff"] is not None), default=None),
+            "same_rankings": min((r["same_rankings"] for r in group
+                                  if r.get("same_rankings") is not None), default=None),
         }  # fmt: skip
         if s["peer"] == "ours":
-            peer = "/".join(["llm-blender", name.split("/")[1], "B1", *name.split("/")[3:]])
+            rest = [part for part in name.split("/")[3:] if part != group[0].get("attention")]
+            peer = "/".join(["llm-blender", s["data"], "B1", *rest])
             diff, atol = s["max_abs_score_diff"], SCORE_ATOL.get(s["dtype"], SCORE_ATOL["float32"])
             ratios.append({**harness.ratio(runs, name, peer, "comparisons_per_s", TARGET),
-                           **{k: s[k] for k in ("data", "batch", "load", "malloc")},
+                           **{k: s[k] for k in ("data", "batch", "load", "malloc", "attention",
+                                                "prompts", "same_rankings")},
                            "max_abs_score_diff": diff, "score_atol": atol,
                            "scores_within": None if diff is None else diff <= atol})  # fmt: skip
     return {"summary": summary, "ratios": ratios, "reference_scores": reference}
+
+
+def same_rankings(scores, reference) -> int:
+    """The prompts whose K responses `scores` rank in the order `reference` ranks them."""
+    import numpy as np
+
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return int((order == np.argsort(-reference, axis=1, kind="stable")).all(axis=1).sum())
 
 
 def tables(result: dict) -> list[dict]:
@@ -384,14 +412,17 @@ def tables(result: dict) -> list[dict]:
         ["---", "---", "---:", "---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"],
     )  # fmt: skip
     ratio = harness.table(
-        ["data", "B", "load", "malloc", "ours / llm-blender (comparisons/s)", "per-repeat range",
-         "target", "met", "max abs score diff", "within"],
-        [[r["data"], r["batch"], r["load"], r["malloc"], fmt(r["median"], 2),
+        ["data", "B", "attention", "load", "malloc", "ours / llm-blender (comparisons/s)",
+         "per-repeat range", "target", "met", "max abs score diff", "within",
+         "same ranking of K"],
+        [[r["data"], r["batch"], r.get("attention") or "eager", r["load"], r["malloc"],
+          fmt(r["median"], 2),
           f"{min(per):.2f}–{max(per):.2f}" if (per := r["per_repeat"]) else "–", r["target"],
           yes[r.get("met")], sci(r["max_abs_score_diff"]),
-          f"{yes[r['scores_within']]} (≤ {r['score_atol']:.0e})"]
+          f"{yes[r['scores_within']]} (≤ {r['score_atol']:.0e})",
+          "–" if r.get("same_rankings") is None else f"{r['same_rankings']} of {r['prompts']}"]
          for r in ratios],
-        ["---", "---:", "---:", "---", "---:", "---", "---", "---", "---:", "---"],
+        ["---", "---:", "---", "---:", "---", "---:", "---", "---", "---", "---:", "---", "---:"],
     )  # fmt: skip
     measured = [r for r in ratios if r["median"] is not None]
     profiles = profile_tables(result["runs"])
@@ -401,10 +432,14 @@ def tables(result: dict) -> list[dict]:
     lo, hi = (f(measured, key=lambda r: r["median"]) for f in (min, max))
     where = "{0[data]}, B = {0[batch]}, load {0[load]}, malloc {0[malloc]}".format
     met, within = (sum(bool(r[k]) for r in measured) for k in ("met", "scores_within"))
+    ranked = [r for r in measured if r.get("same_rankings") is not None]
+    same = sum(r["same_rankings"] for r in ranked)
     reading = harness.text(
         f"Ours / llm-blender's rank(batch_size=1): {lo['median']:.2f}× ({where(lo)}) to "
         f"{hi['median']:.2f}× ({where(hi)}); the {TARGET} target is met in {met} of "
-        f"{len(measured)}; ours' scores are within the tolerance in {within} of {len(measured)}."
+        f"{len(measured)}; ours' scores are within the tolerance in {within} of {len(measured)}; "
+        f"ours ranks each prompt's {K} responses as llm-blender does in {same} of "
+        f"{sum(r['prompts'] for r in ranked)} rankings."
     )
     return [setting, data, cases, ratio, reading, *profiles]
 

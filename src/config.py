@@ -224,6 +224,15 @@ class EmptyResponses(Choice):
     keep = "keep"  # rank them like any other response (the reference's behaviour)
 
 
+class Attention(Choice):
+    # transformers' own DeBERTa-v2 attention: the [B, heads, L, L] scores built and then gathered,
+    # added to and masked in full (what an H200 spends most of a PairRM forward on)
+    eager = "eager"
+    # disentangled-flash's exact kernels (Triton): the same attention without the [B, heads, L, L]
+    # tensors, on a CUDA GPU; elsewhere transformers' own, said in one line
+    fused = "fused"
+
+
 class PromptFormat(Choice):
     chat_template = "chat_template"  # what the reference passes to PairRM
     raw = "raw"
@@ -683,6 +692,9 @@ class RankerConfig:
     source_max_length: int = 1224  # PairRM truncation of the prompt, in PairRM tokens
     candidate_max_length: int = 412  # PairRM truncation of each response
     prompt_format: PromptFormat = PromptFormat.chat_template  # the prompt as PairRM reads it
+    attention: Attention = (
+        Attention.eager
+    )  # PairRM's DeBERTa attention (the same scores either way)
     win_prob: WinProb = WinProb.bt  # how the probability P_ij that i beats j is computed
     self_term: bool = True  # win rate includes P_ii = 1/2, so the K win rates sum to K/2
     ties: TiePolicy = TiePolicy.drop  # a prompt whose K responses all score the same
@@ -699,6 +711,12 @@ class RankerConfig:
         _positive(f"{section}.source_max_length", self.source_max_length)
         _positive(f"{section}.candidate_max_length", self.candidate_max_length)
         _positive(f"{section}.chunk_size", self.chunk_size)
+        _check(
+            self.attention == Attention.eager or self.kind == JudgeKind.pairrm,
+            f"{section}.attention",
+            self.attention.value,
+            "'fused' is PairRM's DeBERTa attention; a reward model has its own (use eager)",
+        )
         _check(
             self.win_prob == WinProb.bt or self.kind == JudgeKind.pairrm,
             f"{section}.win_prob",

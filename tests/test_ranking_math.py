@@ -174,3 +174,28 @@ def test_batched_pairrm_takes_prompts_with_different_numbers_of_candidates(blend
     assert [C.shape for C in batched] == [(2, 2), (5, 5)]
     for a, b in zip(batched, alone, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_fused_attention_falls_back_in_one_line_and_its_pytorch_path_keeps_the_scores(
+    tiny_dir, capsys
+):
+    """ranker.attention=fused: on a CPU the Triton kernels cannot run, so the ranker keeps
+    transformers' attention, said in one line; disentangled-flash's swap of the encoder itself
+    (its PyTorch path here, as its Triton path on a GPU) keeps llm-blender's scores."""
+    from src.config import Attention
+    from src.ranking.pairrm import fuse_attention, load_pairrm_judge
+
+    prompts = ["Hi?", *texts(2, 60, 11)]
+    candidates = [texts(3, n, offset=1000 * p) for p, n in enumerate((3, 40, 300))]
+    eager = PairRMJudge(load_pairrm(str(tiny_dir / "tiny-pairrm")), 1224, 412, 4)
+    reference = eager.compare(prompts, candidates)
+    judge = load_pairrm_judge(str(tiny_dir / "tiny-pairrm"), 1224, 412, 4, "cpu", Attention.fused)
+    said = [line for line in capsys.readouterr().err.splitlines() if "attention" in line]
+    assert said == ["[rank] ranker.attention=fused: its kernels need a CUDA GPU (the ranker is "
+                    "on cpu): transformers' attention instead, the same scores"]  # fmt: skip
+    backbone = judge.ranker.pretrained_model
+    assert type(backbone.encoder).__name__ == "DebertaV2Encoder"
+    assert fuse_attention(backbone, backend="torch")
+    assert type(backbone.encoder).__name__ == "DebertaV2OptimizedEncoder"
+    for ours, theirs in zip(judge.compare(prompts, candidates), reference, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)

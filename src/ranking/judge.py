@@ -28,7 +28,12 @@ class Judge:
             from src.ranking.pairrm import load_pairrm_judge
 
             self.pairrm = load_pairrm_judge(
-                r.model, r.source_max_length, r.candidate_max_length, r.batch_size, str(device)
+                r.model,
+                r.source_max_length,
+                r.candidate_max_length,
+                r.batch_size,
+                str(device),
+                r.attention,
             )
             if uses_chat_template(r):
                 self.render = policy_chat_template(policy, revision)

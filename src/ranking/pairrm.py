@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from src.config import Attention
+
 
 @dataclass
 class EncodedPrompt:
@@ -102,10 +104,42 @@ def load_pairrm_judge(
     candidate_max_length: int,
     batch_size: int,
     device: str = "cpu",
+    attention: Attention = Attention.eager,
 ) -> PairRMJudge:
     from src.ranking.blender_compat import load_pairrm
 
     started = time.time()
     blender = load_pairrm(model, device=device)
+    if attention == Attention.fused:
+        fuse_attention(blender.ranker.pretrained_model)
     print(f"[rank] PairRM {model} loaded in {time.time() - started:.1f}s", file=sys.stderr)
     return PairRMJudge(blender, source_max_length, candidate_max_length, batch_size)
+
+
+def fuse_attention(backbone, backend: str = "triton") -> bool:
+    """PairRM's DeBERTa (`backbone`, on its device) given disentangled-flash's exact attention
+    (DeBERTa-v2/v3's c2p and p2c terms): its Triton kernels compute the scores block by block and
+    never build the [B, heads, L, L] tensors that transformers' eager attention builds, gathers
+    and masks. Its runtime-length path (`inference=False`: any padded width, no length buckets),
+    run under no_grad. Where Triton cannot run (no CUDA GPU, no Triton, a head size it has no
+    kernel for) the model keeps transformers' attention, said in one line: the scores are the
+    same. `backend="torch"`: the library's PyTorch path instead, which runs anywhere (its checks
+    on CPU). Returns whether the model's attention was replaced."""
+    import importlib.util
+
+    device = next(backbone.parameters()).device.type
+    why = None
+    if backend == "triton" and device != "cuda":
+        why = f"its kernels need a CUDA GPU (the ranker is on {device})"
+    elif backend == "triton" and importlib.util.find_spec("triton") is None:
+        why = "its kernels need Triton, which is not installed here"
+    if why is None:
+        from disentangled_flash import DebertaV2OptimizedEncoder, optimize_deberta
+
+        optimize_deberta(backbone, backend=backend, inference=False)
+        if isinstance(backbone.encoder, DebertaV2OptimizedEncoder):
+            return True
+        why = "it has no kernel for this GPU or head size"
+    print(f"[rank] ranker.attention=fused: {why}: transformers' attention instead, the same "
+          "scores", file=sys.stderr)  # fmt: skip
+    return False
