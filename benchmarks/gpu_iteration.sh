@@ -85,7 +85,7 @@ build | prepare)
     export PYTHONPATH=/tmp/site-config
     t0=$(date +%s)
     # PairRM-large on the CPUs while the policy is made on the GPU (a lock: each built once)
-    python3 -c 'from benchmarks import ranking; ranking.build_large_pairrm(ranking.LARGE_DIR)' \
+    python3 -c 'from benchmarks import ranking; ranking.build_pairrm("large")' \
         >"$out/logs/build_pairrm.log" 2>&1 &
     timeout 150 python3 -m benchmarks iteration --model "$model" --root "$ROOT" --build-only \
         --scale "$SCALE" --device "$DEVICE" --prompts "$prompts" --eval-prompts "$EVAL_PROMPTS" --out "$out/results/build.json" \
@@ -108,7 +108,7 @@ rank)
     mkdir -p "$out/logs" "$out/results"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/logs/gpu.csv"
     export PYTHONPATH=/tmp/site-config
-    python3 -c 'from benchmarks import ranking; ranking.build_large_pairrm(ranking.LARGE_DIR)' \
+    python3 -c 'from benchmarks import ranking; ranking.build_pairrm("large")' \
         >"$out/logs/build_pairrm.log" 2>&1
     timeout 540 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" \
         --datasets medium long agreement --max-prompts 200 --batch-sizes 32 \

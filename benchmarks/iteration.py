@@ -94,8 +94,8 @@ def build(root: Path, model: str, scale: str, prompts: int, eval_prompts: int) -
         write_prompts(root / "prompts.jsonl", tokenizer, prompts, "prompt", seed=0)
         write_prompts(root / "eval_prompts.jsonl", tokenizer, eval_prompts, "instruction", seed=1)
         (policy / "done").write_text("")
-    if scale == "real" and not (ranking.LARGE_DIR / "config.json").is_file():
-        ranking.build_large_pairrm(ranking.LARGE_DIR)
+    if scale == "real":
+        ranking.build_pairrm("large")
 
 
 def build_policy(folder: Path, model: str, scale: str):
@@ -171,7 +171,8 @@ def overrides(p: dict) -> list[str]:
     from benchmarks import ranking
 
     root = Path(p["root"])
-    ranker = f"ranker.model={ranking.LARGE_DIR}" if p["scale"] == "real" else "ranker=tiny-pairrm"
+    ranker = (f"ranker.model={ranking.pairrm_dir('large')}" if p["scale"] == "real"
+              else "ranker=tiny-pairrm")  # fmt: skip
     evals = [
         "eval.enabled=true", f"data.eval_prompts={root / 'eval_prompts.jsonl'}",
         f"eval.max_new_tokens={p['max_new_tokens']}",

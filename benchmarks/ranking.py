@@ -57,10 +57,16 @@ MALLOC = {"default": {}, "no-mmap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRES
 # ours: the judge of `python -m src.main <RANK_STAGE> ranker.batch_size=B hardware=<HARDWARE>`
 RANK_STAGE = ["stage=rank", "model=tiny-mistral", "ranker=tiny-pairrm", "ranker.prompt_format=raw"]
 HARDWARE = {"cpu": "cpu", "cuda": "gpu-1"}
-# --backbone large: DeBERTa-v3-large's shape (PairRM's), random weights, the tiny tokenizer
-LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-         "intermediate_size": 4096, "position_buckets": 256}  # fmt: skip
-LARGE_DIR = harness.REPO_ROOT / ".cache" / "bench" / "pairrm-large"
+# --backbone base / large: DeBERTa-v3-base's and -large's shapes (PairRM's is large), random
+# weights, the tiny tokenizer; built once under .cache/bench/pairrm-<name>
+BACKBONES = {
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "position_buckets": 256},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "intermediate_size": 4096, "position_buckets": 256},
+}  # fmt: skip
+SHAPES = {"tiny": "hidden 32, 2 layers", "base": "DeBERTa-v3-base's shape",
+          "large": "DeBERTa-v3-large's shape"}  # fmt: skip
 
 
 def add_args(parser) -> None:
@@ -77,14 +83,14 @@ def add_args(parser) -> None:
     parser.add_argument("--loads", nargs="+", type=int, default=[0], help="busy processes beside")
     parser.add_argument("--malloc", nargs="+", default=["default"], choices=MALLOC)
     parser.add_argument("--max-prompts", type=int, help="at most this many prompts per data set")
-    parser.add_argument("--backbone", choices=("tiny", "large"), default="tiny")
+    parser.add_argument("--backbone", choices=SHAPES, default="tiny")
     parser.add_argument("--device", choices=HARDWARE, default="cpu")
     parser.add_argument("--profile", action="store_true", help="ours once more, under the profiler")
 
 
 def cases(args) -> list[Case]:
-    if args.backbone == "large" and not (LARGE_DIR / "config.json").is_file():
-        build_large_pairrm(LARGE_DIR)  # once, before anything is timed
+    if args.backbone in BACKBONES:
+        build_pairrm(args.backbone)  # once, before anything is timed
     shared = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts,
               "profile": args.profile}  # fmt: skip
     out = []
@@ -100,25 +106,32 @@ def cases(args) -> list[Case]:
     return out
 
 
-def build_large_pairrm(final: Path) -> None:
-    """src/tiny's PairRM builder at LARGE's sizes, untrained (~1.7 GB). Initializer range 0.1:
-    at 0.02 every score is ~1e-5 and a check against 1e-5 would say nothing."""
+def pairrm_dir(backbone: str) -> Path:
+    return harness.REPO_ROOT / ".cache" / "bench" / f"pairrm-{backbone}"
+
+
+def build_pairrm(backbone: str) -> Path:
+    """src/tiny's PairRM builder at a BACKBONES shape, untrained (large: ~1.7 GB), unless built;
+    its folder. Initializer range 0.1: at 0.02 every score is ~1e-5 and a check against 1e-5
+    would say nothing."""
     import torch
     from filelock import FileLock
 
     from src.tiny import architectures
     from src.tiny import models as tiny
 
+    final = pairrm_dir(backbone)
     staging = final.with_name(final.name + ".partial")
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(final.with_name(f".{final.name}.lock")):  # benchmarks started together build once
         if (final / "config.json").is_file():
-            return
+            return final
         torch.manual_seed(0)
-        blender = architectures.pairrm(staging, final, tiny.training_texts(), **LARGE,
-                                       initializer_range=0.1)  # fmt: skip
+        blender = architectures.pairrm(staging, final, tiny.training_texts(),
+                                       **BACKBONES[backbone], initializer_range=0.1)  # fmt: skip
         architectures.save_pairrm(blender, staging)
         staging.rename(final)
+    return final
 
 
 def make_data(name: str, max_prompts: int | None) -> tuple[list[str], list[list[str]]]:
@@ -185,11 +198,11 @@ def measure(case: Case) -> dict:
     from src.tiny.on_demand import ensure_tiny_models
 
     p = case.params
-    large = [f"ranker.model={LARGE_DIR}"] if p["backbone"] == "large" else []
+    built = [f"ranker.model={build_pairrm(p['backbone'])}"] if p["backbone"] in BACKBONES else []
     attention = [f"ranker.attention={p['attention']}"] if p.get("attention") else []
     cfg = compose([*RANK_STAGE, f"ranker.batch_size={p['batch']}",
-                   f"hardware={HARDWARE[p['device']]}", *large, *attention])  # fmt: skip
-    if p["backbone"] == "tiny":  # the large one is built in `cases`; no tiny policy is read
+                   f"hardware={HARDWARE[p['device']]}", *built, *attention])  # fmt: skip
+    if p["backbone"] == "tiny":  # the others are built in `cases`; no tiny policy is read
         ensure_tiny_models(cfg)
     prompts, responses = make_data(p["data"], p["max_prompts"])
     rank, pairrm = PEERS[case.peer](cfg, p["device"])
@@ -375,7 +388,7 @@ def tables(result: dict) -> list[dict]:
     def sci(x: float | None) -> str:
         return "–" if x is None else f"{x:.1e}"
 
-    shape = "hidden 32, 2 layers" if s["backbone"] == "tiny" else "DeBERTa-v3-large's shape"
+    shape = SHAPES[s["backbone"]]
     setting = harness.text(
         f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · {s['device']} · "
         f"torch {v['torch']} · transformers {v['transformers']} · llm-blender {v['llm-blender']}",

@@ -176,6 +176,35 @@ def test_batched_pairrm_takes_prompts_with_different_numbers_of_candidates(blend
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_cpu_forward_holds_at_most_its_budget_of_attention_scores(blender, monkeypatch):
+    """On a CPU a run of comparisons stops where its [B, heads, L, L] scores would pass
+    CPU_SCORES_BYTES (one comparison alone may pass it); the scores are those of one comparison
+    a forward."""
+    from src.ranking import pairrm
+
+    prompts = ["Hi?", *texts(2, 60, 11)]
+    candidates = [texts(3, n, offset=1000 * p) for p, n in enumerate((3, 40, 300))]
+    judge = PairRMJudge(blender, 1224, 412, 8)
+    encoded = [judge.encode(p, c) for p, c in zip(prompts, candidates, strict=True)]
+    lengths = {(p, i, j): len(e.source) + len(e.candidates[i]) + len(e.candidates[j])
+               for p, e in enumerate(encoded) for i in range(3) for j in range(3) if i != j}  # fmt: skip
+    triples = sorted(lengths, key=lengths.get)
+    budget = 3 * judge.scores_bytes * 100**2  # three comparisons of 100 tokens
+    monkeypatch.setattr(pairrm, "CPU_SCORES_BYTES", budget)
+    batches = list(judge.batches(triples, lengths.get))
+    assert [t for b in batches for t in b] == triples
+    assert all(len(b) <= 8 for b in batches)
+    for b in batches:
+        if len(b) > 1:
+            assert len(b) * judge.scores_bytes * lengths[b[-1]] ** 2 <= budget
+    alone = [b for b in batches if judge.scores_bytes * lengths[b[0]] ** 2 > budget]
+    assert alone and all(len(b) == 1 for b in alone)  # each over the budget by itself
+    assert len(batches) < len(triples)  # short ones still share a forward
+    one = PairRMJudge(blender, 1224, 412, 1).compare(prompts, candidates)
+    for ours, alone in zip(judge.compare(prompts, candidates), one, strict=True):
+        np.testing.assert_allclose(ours, alone, atol=1e-5)
+
+
 def test_fused_attention_falls_back_in_one_line_and_its_pytorch_path_keeps_the_scores(
     tiny_dir, capsys
 ):

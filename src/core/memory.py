@@ -13,29 +13,61 @@ processed. Measured on the rank stage (tiny reward model, 4 kB responses, K = 5)
 this process (mallopt, which also stops the adjustment) and, through MALLOC_MMAP_THRESHOLD_, for
 the processes it starts (training workers, vLLM's engine) — unless the user set that variable,
 which glibc then applied itself.
+
+`heap_only()` is the opposite trade for a stretch that frees and allocates the same large blocks
+over and over (PairRM's attention temporaries on a CPU, src/ranking/pairrm.py): above the fixed
+threshold each such block is an mmap of fresh pages that the kernel faults in and zeroes at every
+forward. Inside it glibc serves everything from its heap and keeps what it freed; leaving it gives
+the heap back (malloc_trim), so what the stretch held does not stay with the process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
-THRESHOLD = 128 * 1024  # glibc's own starting value
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt's parameters (malloc.h)
+THRESHOLD = 128 * 1024  # glibc's own starting value (of both thresholds)
+MMAP_MAX = 65536  # glibc's default number of mmapped blocks
 MMAP_THRESHOLD_VAR = "MALLOC_MMAP_THRESHOLD_"  # what glibc reads at a process's start
+
+
+def glibc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def pin_mmap_threshold() -> bool:
     """Fix glibc's mmap threshold at THRESHOLD; False where this is not glibc."""
     if MMAP_THRESHOLD_VAR in os.environ:
         return True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    if (libc := glibc()) is None:
         return False
     os.environ[MMAP_THRESHOLD_VAR] = str(THRESHOLD)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD))
+
+
+@contextmanager
+def heap_only() -> Iterator[None]:
+    """glibc serves every allocation from its heap and trims nothing until the block ends; then
+    its settings are glibc's defaults again (trim threshold THRESHOLD, mmap allowed) and the
+    heap's free memory goes back to the system. Nothing changes where this is not glibc."""
+    libc = glibc()
+    if libc is None or not libc.mallopt(M_MMAP_MAX, 0):
+        yield
+        return
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # an int: 2 GB of free heap top, kept
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD)
+        libc.malloc_trim(0)
 
 
 class Peak:
@@ -122,18 +154,19 @@ class Peak:
 def malloc_in_use() -> int | None:
     """glibc's bytes in use: its heaps' allocated chunks and the blocks it mapped on its own
     (mallinfo2); None where this is not glibc 2.33 or later."""
+    info = mallinfo2()
+    return None if info is None else info.uordblks + info.hblkhd
+
+
+def mallinfo2() -> Mallinfo2 | None:
+    """glibc's allocation statistics; None where this is not glibc 2.33 or later."""
     global _MALLINFO2
     if _MALLINFO2 is None:
-        try:
-            _MALLINFO2 = ctypes.CDLL("libc.so.6").mallinfo2
-        except (OSError, AttributeError):
-            _MALLINFO2 = False
-            return None
-        _MALLINFO2.restype = Mallinfo2
-    if _MALLINFO2 is False:
-        return None
-    info = _MALLINFO2()
-    return info.uordblks + info.hblkhd
+        libc = glibc()
+        _MALLINFO2 = getattr(libc, "mallinfo2", False) if libc is not None else False
+        if _MALLINFO2:
+            _MALLINFO2.restype = Mallinfo2
+    return _MALLINFO2() if _MALLINFO2 else None
 
 
 class Mallinfo2(ctypes.Structure):

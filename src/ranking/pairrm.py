@@ -15,15 +15,25 @@ masks it, so batching changes the logits only by float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from src.config import Attention
+from src.core import memory
+
+# On a CPU a forward's eager attention allocates, per layer, tens of [B, heads, L, L] temporaries
+# that its element-wise work streams through; comparisons share a forward (up to
+# ranker.batch_size) while one such tensor stays within this. Measured on the tiny PairRM, 2
+# cores, B = 32 (benchmarks/README.md, Ranking): 64 MiB and 128 MiB equally fast, 512 MiB 0.55x
+# and no bound 0.35x as fast on mixed lengths; 64 MiB needs half 128's memory.
+CPU_SCORES_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -44,7 +54,11 @@ class PairRMJudge:
         self.collator.candidate_maxlength = candidate_max_length
         self.pad_id = self.collator.tokenizer.pad_token_id
         self.batch_size = batch_size
-        self.device = next(self.ranker.parameters()).device
+        weight = next(self.ranker.parameters())
+        self.device = weight.device
+        # one comparison's [heads, L, L] attention scores at L = 1, in bytes
+        heads = self.ranker.pretrained_model.config.num_attention_heads
+        self.scores_bytes = heads * weight.element_size()
 
     def encode(self, source: str, candidates: list[str]) -> EncodedPrompt:
         batch = self.collator([{"index": 0, "source": source, "candidates": candidates}])
@@ -65,6 +79,21 @@ class PairRMJudge:
             ids[n, : len(r)] = r
             mask[n, : len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
+
+    def batches(self, triples: list, length) -> Iterator[list]:
+        """Runs of the length-sorted `triples`, each of at most `batch_size` and, on a CPU, with
+        attention scores of at most CPU_SCORES_BYTES a tensor ([B, heads, L, L] at the run's
+        longest L): one forward's temporaries stay as large as the cache and memory serve fast."""
+        budget = CPU_SCORES_BYTES if self.device.type == "cpu" else None
+        batch: list = []
+        for t in triples:
+            wider = (len(batch) + 1) * self.scores_bytes * length(t) ** 2
+            if batch and (len(batch) == self.batch_size or (budget and wider > budget)):
+                yield batch
+                batch = []
+            batch.append(t)
+        if batch:
+            yield batch
 
     @torch.no_grad()
     def compare(self, sources: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
@@ -87,14 +116,14 @@ class PairRMJudge:
 
         triples.sort(key=length)
         logits = [np.zeros((len(e.candidates),) * 2, dtype=np.float64) for e in encoded]
-        for start in range(0, len(triples), self.batch_size):
-            batch = triples[start : start + self.batch_size]
-            source = self.pad([encoded[p].source for p, _, _ in batch])
-            left = self.pad([encoded[p].candidates[i] for p, i, _ in batch])
-            right = self.pad([encoded[p].candidates[j] for p, _, j in batch])
-            out = self.ranker._forward(*source, *left, *right)["logits"]
-            for (p, i, j), value in zip(batch, out.float().cpu().tolist(), strict=True):
-                logits[p][i, j] = value
+        with memory.heap_only() if self.device.type == "cpu" else contextlib.nullcontext():
+            for batch in self.batches(triples, length):
+                source = self.pad([encoded[p].source for p, _, _ in batch])
+                left = self.pad([encoded[p].candidates[i] for p, i, _ in batch])
+                right = self.pad([encoded[p].candidates[j] for p, _, j in batch])
+                out = self.ranker._forward(*source, *left, *right)["logits"]
+                for (p, i, j), value in zip(batch, out.float().cpu().tolist(), strict=True):
+                    logits[p][i, j] = value
         return logits
 
 
