@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from itertools import permutations, product
 from pathlib import Path
@@ -211,10 +212,10 @@ def measure(case: Case) -> dict:
     peak, window = memory.Peak(p["device"] == "cuda"), harness.OtherCpu()
     window.start()
     sync()
-    started = time.perf_counter()
+    started, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     scores = rank(prompts, responses)
     sync()
-    seconds = time.perf_counter() - started
+    seconds, spent = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
     comparisons = sum(len(c) * (len(c) - 1) for c in responses)
     profiled = (
         profile(rank, pairrm, prompts, responses, sync)
@@ -232,6 +233,11 @@ def measure(case: Case) -> dict:
         "seconds": seconds,
         "comparisons_per_s": comparisons / seconds,
         "ms_per_comparison": 1000 * seconds / comparisons,
+        # the process's CPU time in its own code and in the kernel's (page faults: fresh pages
+        # faulted in and zeroed), and the faults
+        "user_s": spent.ru_utime - used.ru_utime,
+        "system_s": spent.ru_stime - used.ru_stime,
+        "minor_faults": spent.ru_minflt - used.ru_minflt,
         "peak_mb": None if (peak_b := peak.bytes()) is None else peak_b / 2**20,
         "dtype": str(next(pairrm.ranker.parameters()).dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
@@ -333,7 +339,8 @@ def lengths(pairrm, prompts, responses, batch: int) -> dict:
 
 SAME_IN_EVERY_RUN = ("peer", "data", "batch", "attention", "load", "malloc", "prompts", "forwards",
                      "dtype", "tokens")  # fmt: skip
-MEDIANS = ("comparisons_per_s", "ms_per_comparison", "seconds", "peak_mb", "load_cpu_share")
+MEDIANS = ("comparisons_per_s", "ms_per_comparison", "seconds", "user_s", "system_s", "minor_faults",
+           "peak_mb", "load_cpu_share")  # fmt: skip
 
 
 def summarise(runs: list[dict], args) -> dict:
@@ -395,9 +402,9 @@ def tables(result: dict) -> list[dict]:
         "",
         f"PairRM backbone: {s['backbone']} ({shape}); K={K}, K(K-1) comparisons per prompt; "
         "limits 1224/412 PairRM tokens; raw prompts; the whole call timed after a warm-up call; "
-        f"median of {s['repeats']} fresh-process repeats. Ours runs with the rank stage's pinned "
-        "mmap threshold, llm-blender with glibc's defaults (malloc `no-mmap`: both with "
-        "MALLOC_MMAP_MAX_=0). Peak Δ: the stages' `Peak` (RSS high-water mark above the RSS "
+        f"median of {s['repeats']} fresh-process repeats. Ours runs as the rank stage runs it "
+        "(glibc's mmap threshold pinned, its forwards on a CPU served from glibc's heap), "
+        "llm-blender with glibc's defaults (malloc `no-mmap`: both with MALLOC_MMAP_MAX_=0). Peak Δ: the stages' `Peak` (RSS high-water mark above the RSS "
         "before the call; torch's peak allocation on a GPU).",
     )
     per_data, scores = {r["data"]: r for r in summary.values()}, result["reference_scores"]
@@ -413,16 +420,20 @@ def tables(result: dict) -> list[dict]:
     )  # fmt: skip
     cases = harness.table(
         ["peer", "data", "B", "load", "malloc", "comparisons/s (min–max)", "ms/comparison",
-         "call s", "forwards", "padding", "peak Δ MB", "max abs score diff"],
+         "call s", "CPU s: user · system", "page faults", "forwards", "padding", "peak Δ MB",
+         "max abs score diff"],
         [[r["peer"], r["data"], r["batch"],
           f"{r['load']}" + ("" if r["load_cpu_share"] is None else f" ({r['load_cpu_share']:.0%})"),
           r["malloc"],
           f"{fmt(r['comparisons_per_s'])} ({'–'.join(map(fmt, r['comparisons_per_s_range']))})",
-          fmt(r["ms_per_comparison"], 2), fmt(r["seconds"], 2), r["forwards"],
+          fmt(r["ms_per_comparison"], 2), fmt(r["seconds"], 2),
+          "–" if r["user_s"] is None else f"{fmt(r['user_s'], 1)} · {fmt(r['system_s'], 1)}",
+          "–" if r["minor_faults"] is None else f"{r['minor_faults'] / 1e3:,.0f} k", r["forwards"],
           f"{r['tokens']['padding_share'] if r['peer'] == 'ours' else 0:.0%}", fmt(r["peak_mb"]),
           sci(r["max_abs_score_diff"])]
          for r in summary.values()],
-        ["---", "---", "---:", "---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:"],
+        ["---", "---", "---:", "---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:",
+         "---:", "---:"],
     )  # fmt: skip
     ratio = harness.table(
         ["data", "B", "attention", "load", "malloc", "ours / llm-blender (comparisons/s)",
