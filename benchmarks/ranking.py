@@ -2,7 +2,9 @@
 B per forward) against llm-blender's own `Blender.rank(prompts, responses, return_scores=True,
 batch_size=1)` (the SPPO reference's call: K(K-1) forwards of one comparison per prompt).
 
-    python -m benchmarks ranking        # 3 data sets x (B 4, 32; llm-blender) x 3 repeats: ~20 min
+    python -m benchmarks ranking        # 4 data sets x (B 4, 32; llm-blender) x 3 repeats: ~30 min
+    python -m benchmarks ranking --backbone base --max-prompts 2 --repeats 1 \\
+        --out benchmarks/results/ranking_cpu_base.json       # DeBERTa-v3-base's shape: ~30 min
     python -m benchmarks ranking --datasets short --max-prompts 4 --batch-sizes 4 --repeats 1 \\
         --out /tmp/ranking-smoke.json   # smoke run: ~1 min on a quiet machine
     python -m benchmarks ranking --loads 2 --datasets short medium --batch-sizes 4 \\

@@ -56,7 +56,7 @@ BUILT_BY = (
     "training/data.py",  # how a policy's conversations are tokenised and collated
     "training/policy_logps.py",  # and scored
     "training/losses.py",
-    "ranking/pairrm.py:PairRMJudge",  # how a judge's inputs are encoded and batched
+    "ranking/pairrm.py:PairRMJudge,CPU_SCORES_BYTES",  # how a judge's inputs are encoded and batched
     "ranking/reward_model.py",
 )
 # and the code one model alone is made by: tiny-chat-judge's lessons, and the names it reads of
