@@ -1,8 +1,10 @@
 """`python -m src.compare`: the table, the CSV and the plots from run directories written here
 by hand in the exact formats the stages write (config.yaml, done.json, metrics.json), plus
 every refusal: no runs, malformed files, an unknown --metric, an unreachable W&B server; the
-iterations with no finished stage left out, --only and --where, the hyper-parameter plot's
-metric, the evals against other references; and a W&B project faked in the client's shape.
+iterations with no finished stage left out, --only and --where (eta SPPO's alone, beta DPO's
+and WPO's), the hyper-parameter plot's metric and panels (each method against its own eta or
+beta), the plots' colours, styles and legends (off the data), the evals against other
+references; and a W&B project faked in the client's shape.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,11 +33,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("training_curves.png", "win_rate_by_iteration.png", "final_vs_hparams.png")
 MODEL = "tiny-mistral"
 SPPO_1000, SPPO_5000, WPO = "eta1000-lr5e-07-K5", "eta5000-lr5e-07-K5", "beta0.01-lr1e-06-K3"
-# (method, run_name, eta, lr, K, loss)
+DPO = "beta0.1-lr1e-06-K3"
+# run_name: (method, eta, lr, K, loss); beta is 1/eta (conf/method)
 LINEAGES = {
     SPPO_1000: ("sppo", 1000.0, 5e-07, 5, "sppo"),
     SPPO_5000: ("sppo", 5000.0, 5e-07, 5, "sppo"),
     WPO: ("wpo", 100.0, 1e-06, 3, "sigmoid"),
+    DPO: ("dpo", 10.0, 1e-06, 3, "sigmoid"),
 }
 
 
@@ -181,8 +186,12 @@ def test_every_run_and_iteration_is_listed_with_its_hyper_parameters(compared):
     for (run_name, t), row in rows.items():
         method, eta, lr, k, loss = LINEAGES[run_name]
         assert (row["model"], row["method"], row["iter"]) == (MODEL, method, str(t))
-        assert (float(row["eta"]), float(row["lr"]), int(row["K"])) == (eta, lr, k)
-        assert float(row["beta"]) == pytest.approx(1 / eta)
+        assert (float(row["lr"]), int(row["K"])) == (lr, k)
+        # the one its loss reads, the other blank
+        if method == "sppo":
+            assert (float(row["eta"]), row["beta"]) == (eta, "")
+        else:
+            assert (row["eta"], float(row["beta"])) == ("", pytest.approx(1 / eta))
         assert row["loss_type"] == loss
     assert compared.stderr == ""  # nothing malformed, nothing to warn about
 
@@ -580,6 +589,7 @@ def built(tmp_path_factory):
         (["--where", "eta=5000"], {(SPPO_5000, 1), (SPPO_5000, 2)}),  # 5000.0 in the config
         (["--where", "eta=5e3"], {(SPPO_5000, 1), (SPPO_5000, 2)}),
         (["--where", "lr=1e-06"], {(WPO, 1)}),
+        (["--where", "beta=0.01"], {(WPO, 1)}),
         (["--where", "method=sppo", "--where", "iter=2"], {(SPPO_1000, 2), (SPPO_5000, 2)}),
         (["--only", "*/sppo/*", "--where", "K=5", "--where", "stages_done=generate+rank+pairs"],
          {(SPPO_1000, 2)}),
@@ -609,7 +619,8 @@ def test_only_and_where_pick_the_rows(built, tmp_path, monkeypatch, filters, exp
          f"{MODEL}/sppo/{SPPO_1000}, {MODEL}/sppo/{SPPO_5000}, {MODEL}/wpo/{WPO}"),
         (["--only", "*/wpo/*", "--only", "*/sppo/eta10-*"],  # one of two, mistyped
          "--only '*/sppo/eta10-*' matches no lineage with a finished stage; lineages: "),
-        (["--where", "eta=10"], "--where eta=10 matches no run; eta there: 100, 1000, 5000"),
+        # WPO's eta (1/beta) is not its hyper-parameter: blank in its rows
+        (["--where", "eta=100"], "--where eta=100 matches no run; eta there: 1000, 5000, (blank)"),
         (["--where", "method=dpo"], "--where method=dpo matches no run; method there: sppo, wpo"),
         (["--where", "method=sppo", "--where", "lr=1e-06"],
          "--where lr=1e-06 matches no run of those the filters before it select; lr there: 5e-07"),
@@ -639,6 +650,26 @@ def test_where_without_key_equals_value_is_a_bad_option(built, capsys, where):
     )
 
 
+def test_eta_is_sppos_and_beta_dpos_and_wpos(tmp_path):
+    """A config holds both (beta = 1/eta), but DPO at beta 0.1 is no run at eta 10."""
+    from src.compare.runs import CompareError, choose, discover
+
+    for run_name in (SPPO_1000, DPO, WPO):
+        write_iteration(tmp_path, run_name, 1)
+    found = discover(tmp_path)
+
+    def picked(key: str, value: str) -> set[str]:
+        return {it.row["run_name"] for it in choose(found, "here", where=[(key, value)])}
+
+    assert picked("eta", "1000") == {SPPO_1000}
+    assert picked("beta", "0.1") == {DPO}
+    assert picked("beta", "0.01") == {WPO}
+    with pytest.raises(CompareError, match=r"eta=10 matches no run; eta there: 1000, \(blank\)"):
+        picked("eta", "10")
+    with pytest.raises(CompareError, match=r"beta there: 0\.01, 0\.1, \(blank\)$"):
+        picked("beta", "0.001")  # SPPO's beta at eta 1000
+
+
 # --- final_vs_hparams.png: the sweep's metric, not the training loss ---
 
 
@@ -651,10 +682,9 @@ def plotted(fig) -> dict[str, dict]:
     """Each panel of a figure by its x label: its y label and the points of its error bars."""
     panels = {}
     for ax in fig.axes:
-        (bars,) = ax.containers  # one method in these runs
-        points = [tuple(p) for p in bars.lines[0].get_xydata()]
+        points = sorted(tuple(p) for bars in ax.containers for p in bars.lines[0].get_xydata())
         panels[ax.get_xlabel()] = {"ylabel": ax.get_ylabel(), "points": points,
-                                   "has_yerr": bars.has_yerr}  # fmt: skip
+                                   "has_yerr": all(bars.has_yerr for bars in ax.containers)}  # fmt: skip
     return panels
 
 
@@ -700,15 +730,40 @@ def test_the_hparam_plot_falls_back_to_the_final_loss_only_where_nothing_was_eva
     from src.compare.plots import final_vs_hparams
     from src.compare.runs import discover
 
-    written = [write_iteration(tmp_path, run_name, 1) for run_name in (SPPO_1000, WPO)]
-    fig = final_vs_hparams(discover(tmp_path), "eval_win_rate")
+    runs = (SPPO_1000, WPO)
+    final = {run_name: write_iteration(tmp_path, run_name, 1)[3][-2]["loss"] for run_name in runs}
+    panels = plotted(final_vs_hparams(discover(tmp_path), "eval_win_rate"))
 
-    final_losses = sorted(history[-2]["loss"] for _, _, _, history in written)
-    assert [ax.get_xlabel() for ax in fig.axes] == ["eta", "lr", "K"]  # all three vary
-    for ax in fig.axes:
-        assert ax.get_ylabel() == "final train loss (no run has eval_win_rate)"
-        ys = sorted(y for bars in ax.containers for _, y in bars.lines[0].get_xydata())
-        assert ys == pytest.approx(final_losses)
+    def at(run_name: str, x_key: str) -> float:
+        _, eta, lr, k, _ = LINEAGES[run_name]
+        return {"eta": eta, "beta": 1 / eta, "lr": lr, "K": k}[x_key]
+
+    # each method's own eta or beta, then lr and K, which vary
+    on = {"eta": [SPPO_1000], "beta": [WPO], "lr": runs, "K": runs}
+    assert list(panels) == list(on)
+    for x_key, drawn in on.items():
+        assert panels[x_key]["ylabel"] == "final train loss (no run has eval_win_rate)"
+        expected = sorted((at(run_name, x_key), final[run_name]) for run_name in drawn)
+        got = panels[x_key]["points"]
+        assert [v for p in got for v in p] == pytest.approx([v for p in expected for v in p])
+
+
+def test_each_method_is_drawn_against_its_own_hyper_parameter(tmp_path):
+    """SPPO's lineages against eta, DPO's and WPO's against beta: DPO at beta 0.1 is not drawn
+    at eta 10 among SPPO's points, nor WPO at beta 0.01 at eta 100."""
+    from src.compare.plots import final_vs_hparams
+    from src.compare.runs import discover
+
+    rates = {SPPO_1000: 0.6, SPPO_5000: 0.45, WPO: 0.7, DPO: 0.55}
+    for run_name, rate in rates.items():
+        write_iteration(tmp_path, run_name, 1, eval_=evaluated(rate))
+    panels = plotted(final_vs_hparams(discover(tmp_path), "eval_win_rate"))
+
+    assert list(panels) == ["eta", "beta", "lr", "K"]  # lr and K vary between the methods
+    assert panels["eta"]["points"] == [(1000.0, 0.6), (5000.0, 0.45)]
+    assert panels["beta"]["points"] == [(0.01, 0.7), (0.1, 0.55)]
+    for shared in ("lr", "K"):  # every method's lineages
+        assert sorted(y for _, y in panels[shared]["points"]) == sorted(rates.values())
 
 
 def test_hparam_metric_picks_the_column_and_an_unknown_one_is_refused(
@@ -738,6 +793,114 @@ def test_hparam_metric_picks_the_column_and_an_unknown_one_is_refused(
     err = capsys.readouterr().err
     assert err.startswith("error: --hparam-metric wr: not a column; columns: model, method,")
     assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+# --- the plots' colours, styles and legends ---
+
+
+def in_memory(sppo: int, iterations: int) -> list:
+    """`sppo` SPPO lineages (eta 1, 2, ...), a DPO and a WPO one, `iterations` iterations each, as
+    src.compare.runs gives them, with every figure the plots draw: lineage i's training loss is
+    100 i + t at iteration t and its eval win rate 0.5 + 0.01 i + 0.1 t, so that a line or a
+    point says whose it is."""
+    from src.compare.runs import Iteration
+
+    lineages = [("sppo", f"eta{i}-lr5e-07-K5", {"eta": float(i), "beta": None, "loss_type": "sppo"})
+                for i in range(1, sppo + 1)]  # fmt: skip
+    lineages += [("dpo", DPO, {"eta": None, "beta": 0.1, "loss_type": "sigmoid"}),
+                 ("wpo", WPO, {"eta": None, "beta": 0.01, "loss_type": "sigmoid"})]  # fmt: skip
+    found = []
+    for i, (method, run_name, hparams) in enumerate(lineages):
+        for t in range(1, iterations + 1):
+            rate = 0.5 + 0.01 * i + 0.1 * t
+            row = {"model": MODEL, "method": method, "run_name": run_name, "iter": t, **hparams,
+                   "lr": 5e-07, "K": 5, "eval_win_rate": rate,
+                   "eval_win_rate_ci": (rate - 0.1, rate + 0.05), "eval_lc_win_rate": rate - 0.05,
+                   "mean_chosen_win_rate": 0.7 - 0.02 * t}  # fmt: skip
+            found.append(Iteration(row, [{"step": s, "loss": 100.0 * i + t} for s in (1, 2, 3)]))
+    return found
+
+
+def legend_colours(fig, lineages: set[str]) -> dict[str, str]:
+    """Each of `lineages` the figure's one legend names, with its colour there."""
+    from matplotlib.colors import to_hex
+
+    (legend,) = fig.legends
+    entries = zip(legend.get_texts(), legend.legend_handles, strict=True)
+    return {t.get_text(): to_hex(h.get_color()) for t, h in entries if t.get_text() in lineages}
+
+
+def test_a_lineage_has_a_colour_of_its_own_and_an_iteration_a_style_in_every_plot():
+    """14 lineages, more than tab10's 10 colours; two iterations each."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from src.compare import plots
+
+    iterations = in_memory(sppo=12, iterations=2)
+    lineages = {it.lineage for it in iterations}
+    whose = {it.history[0]["loss"]: (it.lineage, it.row["iter"]) for it in iterations}
+    curves = plots.training_curves(iterations, "loss")
+    colour = legend_colours(curves, lineages)
+    assert colour.keys() == lineages and len(set(colour.values())) == len(lineages)
+    colours, styles = defaultdict(set), defaultdict(set)
+    for line in (line for ax in curves.axes for line in ax.lines):
+        lineage, t = whose[line.get_ydata()[0]]
+        colours[lineage].add(to_hex(line.get_color()))
+        styles[t].add((line.get_linestyle(), line.get_marker()))
+    assert colours == {lineage: {colour[lineage]} for lineage in lineages}
+    assert len(styles[1]) == len(styles[2]) == 1 and styles[1] != styles[2]
+    marker = {t: next(iter(style))[1] for t, style in styles.items()}
+
+    # the same colours and iteration markers in the other two plots
+    win = plots.win_rate_by_iteration(iterations)
+    assert legend_colours(win, lineages) == colour
+    caps = {cap for ax in win.axes for bars in ax.containers for cap in bars.lines[1]}
+    markers = defaultdict(set)  # by iteration: the points (the lines through them have none)
+    for ax in win.axes:
+        for line in ax.lines:
+            if line.get_linestyle() == "None" and line not in caps:
+                markers[round(line.get_xdata()[0])].add(line.get_marker())
+    assert markers == {t: {marker[t]} for t in (1, 2)}
+    final = plots.final_vs_hparams(iterations)
+    assert legend_colours(final, lineages) == colour
+    last = {it.row["eval_win_rate"]: it.lineage for it in iterations if it.row["iter"] == 2}
+    points = [bars.lines[0] for ax in final.axes for bars in ax.containers]
+    assert len(points) == len(lineages)  # each on its own method's panel alone
+    for point in points:
+        assert to_hex(point.get_color()) == colour[last[point.get_ydata()[0]]]
+        assert point.get_marker() == marker[2]
+    plt.close("all")
+
+
+@pytest.mark.parametrize("plot", ["training_curves", "win_rate_by_iteration", "final_vs_hparams"])
+def test_each_legend_lies_off_the_panels_and_inside_the_picture(plot):
+    """Six lineages of three iterations (the win rates' legend once had 12 entries over the
+    points of iteration 2), then fourteen: a longer legend makes the picture taller, and leaves
+    the panels as they were."""
+    import matplotlib.pyplot as plt
+
+    from src.compare import plots
+
+    heights = []
+    for sppo in (4, 12):
+        args = ("loss",) if plot == "training_curves" else ()  # the metric it draws
+        fig = getattr(plots, plot)(in_memory(sppo=sppo, iterations=3), *args)
+        fig.canvas.draw()
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+        assert legends
+        picture = fig.bbox
+        for legend in legends:
+            box = legend.get_window_extent()
+            assert picture.x0 <= box.x0 and box.x1 <= picture.x1, (box, picture)  # not cut
+            assert picture.y0 <= box.y0 and box.y1 <= picture.y1, (box, picture)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent()), (box, ax.get_window_extent())
+        heights.append([ax.get_window_extent().height for ax in fig.axes])
+        plt.close(fig)
+    # within 2 %: the title's margin is a fraction of the picture's height (without the
+    # picture growing, the legend of fourteen takes 12 % off the panels)
+    assert heights[1] == pytest.approx(heights[0], rel=0.02)
 
 
 # --- evals against other references: iter<t>/eval/vs-<name>/ ---
@@ -793,9 +956,9 @@ def test_evals_against_other_references_get_columns_and_curves_of_their_own(tmp_
 
 
 def wandb_run(run_name: str, t: int, job_type: str, summary=None, state="finished", **config):
-    method, eta, lr, k, _ = LINEAGES[run_name]
+    method, eta, lr, k, loss = LINEAGES[run_name]
     cfg = {"run_name": run_name, "iter": t, "method": method, "model": MODEL, "stage": job_type,
-           "eta": eta, "beta": 1 / eta, "lr": lr, "K": k, **config}  # fmt: skip
+           "eta": eta, "beta": 1 / eta, "lr": lr, "K": k, "loss": loss, **config}  # fmt: skip
     history = [{"train/loss": 10.0 - s, "train/global_step": s} for s in (1, 2)]
     return SimpleNamespace(
         id=f"{run_name}-it{t}-{job_type}{config.get('eval_folder', '')}",
@@ -845,7 +1008,9 @@ def test_wandb_runs_are_filtered_side_evals_read_and_unfinished_ones_left_out(
     assert f"{MODEL}/sppo/{SPPO_5000} vs iter1: iter2 0.550 [0.220, 0.400] LC 0.270" in stdout
 
     run_main(["--wandb", "team/selfplay-lab", "--out", str(out), "--where", "pairs=31"])
-    assert read_csv(out / "compare.csv").keys() == {(WPO, 1)}
+    rows = read_csv(out / "compare.csv")
+    assert rows.keys() == {(WPO, 1)}
+    assert (rows[(WPO, 1)]["eta"], float(rows[(WPO, 1)]["beta"])) == ("", 0.01)  # its loss's
 
 
 def test_wandb_with_no_finished_run_is_no_runs_found(wandb_project, tmp_path, capsys):
@@ -861,9 +1026,9 @@ def test_wandb_with_no_finished_run_is_no_runs_found(wandb_project, tmp_path, ca
 
 def curve_run(run_name: str, rows: list[dict], state: str = "finished"):
     """A lineage's curve run (src/stages/curves.py), as W&B's client gives it."""
-    method, eta, lr, k, _ = LINEAGES[run_name]
+    method, eta, lr, k, loss = LINEAGES[run_name]
     cfg = {"lineage": f"{MODEL}/{method}/{run_name}", "run_name": run_name, "method": method,
-           "loss": method, "model": MODEL, "stage": "curves", "eta": eta, "beta": 1 / eta,
+           "loss": loss, "model": MODEL, "stage": "curves", "eta": eta, "beta": 1 / eta,
            "lr": lr, "K": k, "sweep": "eta", "method.eta": eta}  # fmt: skip
     history = [{"_step": i, **row} for i, row in enumerate(rows)]
     return SimpleNamespace(
@@ -893,5 +1058,5 @@ def test_wandb_rows_come_from_each_lineages_curve_run(wandb_project, tmp_path):
     assert (float(first["eval_win_rate"]), float(second["eval_win_rate"])) == (0.6, 0.8)
     assert float(first["pairs"]) == 30 and float(first["eval_win_rate[vs-iter1]"]) == 0.5
     assert float(first["train_loss_final"]) == 8.0  # from the train run's history
-    assert float(second["eta"]) == 5000 and second["method"] == "sppo"
+    assert (float(second["eta"]), second["beta"], second["method"]) == (5000, "", "sppo")
     assert f"{MODEL}/sppo/{SPPO_5000}: iter1 0.600 [0.500, 0.700] | iter2 0.800" in stdout

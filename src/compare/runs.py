@@ -5,8 +5,9 @@ Only a finished stage (one with a done.json) gives values; a malformed file is s
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
 number belongs), with one warning line naming the file, the key and the value. An eval against a
 reference other than the run's own (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its
-win rates as columns `eval_win_rate[vs-<name>]`. `choose` then leaves out the iterations with
-no finished stage and applies --only and --where. The command that uses this:
+win rates as columns `eval_win_rate[vs-<name>]`. Of eta and beta, a row holds the one its
+loss reads (eta: SPPO's; beta: DPO's, WPO's), the other blank. `choose` then leaves out the
+iterations with no finished stage and applies --only and --where. The command that uses this:
 src/compare/table.py.
 """
 
@@ -37,6 +38,10 @@ STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder,
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
 HPARAMS = {"eta": "method.eta", "beta": "method.beta", "lr": "training.learning_rate",
            "K": "method.K", "loss_type": "method.loss"}  # fmt: skip
+# The losses that read eta (src/training/losses.py); DPO's and IPO's read beta. A config holds
+# both, one the reciprocal of the other (conf/method), but a row shows only the one its loss
+# reads: DPO at beta = 0.1 is no run at eta = 10, for --where as for final_vs_hparams.png.
+ETA_LOSSES = frozenset({"sppo", "sppo_single", "sppo_hard"})
 WANDB_TIMEOUT_S = 5.0
 
 
@@ -102,6 +107,15 @@ class Record:
         warn(
             f"{self.where}: {self.prefix}{key} is {_SHORT.repr(value)}, not {expected}; left blank"
         )
+
+
+def own_hparam(hparams: dict[str, Any]) -> dict[str, Any]:
+    """`hparams` with eta or beta blanked, whichever its loss does not read; both kept where the
+    loss is unknown (a config without it), as nothing says which one the run was set by."""
+    loss = hparams.get("loss_type")
+    if loss is None:
+        return hparams
+    return {**hparams, ("beta" if loss in ETA_LOSSES else "eta"): None}
 
 
 def dig(tree: Any, dotted: str) -> Any:
@@ -257,7 +271,7 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
     configs = (read_config(iter_dir / s / "config.yaml") for s in reversed(STAGES))
     cfg = next((c for c in configs if c is not None), {})
-    row.update({col: dig(cfg, key) for col, key in HPARAMS.items()})
+    row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
     stages = {s: m for s in STAGES if (m := finished_stage(iter_dir / s)) is not None}
     row["stages_done"] = "+".join(stages) or "none"
     train = stages.get("train", Record({}))
@@ -422,7 +436,9 @@ def lineage_row(model, method, run_name: str, t: int, config: dict) -> dict:
     """The first columns of iteration `t`'s row as a W&B run's `config` gives them: the lineage,
     the iteration and the hyper-parameters (the stages done are filled in as runs are read)."""
     row = {"model": model, "method": method, "run_name": run_name, "iter": t}
-    row.update({col: config.get(col if col != "loss_type" else "loss") for col in HPARAMS})
+    row.update(
+        own_hparam({col: config.get(col if col != "loss_type" else "loss") for col in HPARAMS})
+    )
     return {**row, "stages_done": ""}
 
 

@@ -8,15 +8,16 @@ Reads the run directories the stages write (README, "Run directories"):
 and writes compare.md, compare.csv, training_curves.png, win_rate_by_iteration.png and
 final_vs_hparams.png into --out (default <root>/compare). --metric picks the log_history key
 that training_curves.png draws (default: loss). --hparam-metric picks the column that
-final_vs_hparams.png draws, at each lineage's last iteration that has it, against each
-hyper-parameter that varies (default: eval_win_rate, the eval's win rate, with its bootstrap
-interval; the final training loss where no run has it). --wandb reads the same from a W&B
-project.
+final_vs_hparams.png draws, at each lineage's last iteration that has it, against its method's
+own eta or beta and each other hyper-parameter that varies (default: eval_win_rate, the eval's
+win rate, with its bootstrap interval; the final training loss where no run has it). --wandb
+reads the same from a W&B project. A row's eta or beta is the one its loss reads (eta: SPPO's;
+beta: DPO's and WPO's), the other blank.
 
 --only PATTERN keeps the lineages `<model>/<method>/<run_name>` that match a glob
 (`--only 'tiny-mistral/sppo/*'`; given twice, either), --where KEY=VALUE the rows whose column
-KEY holds VALUE (`--where eta=10` matches 10.0; given twice, both); each, from the run
-directories or from W&B, must match something.
+KEY holds VALUE (`--where eta=10` matches 10.0, SPPO's runs only; given twice, both); each, from
+the run directories or from W&B, must match something.
 
 Only finished stages count: values come from a stage whose done.json exists, as the stages
 themselves trust nothing else in a directory, and an iteration with no finished stage (the
