@@ -688,7 +688,9 @@ class RankerConfig:
     name: str  # the judge's name, as records and model cards show it
     kind: JudgeKind  # pairrm: llm-blender's pairwise PairRM; reward_model: one score per response
     model: str  # hub id or local directory
-    batch_size: int = 32  # comparisons (PairRM) or sequences (reward model) per forward
+    # comparisons (PairRM) or sequences (reward model) per forward, at most: on a CPU PairRM's
+    # forwards also stop at CPU_SCORES_BYTES of attention scores (src/ranking/pairrm.py)
+    batch_size: int = 32
     source_max_length: int = 1224  # PairRM truncation of the prompt, in PairRM tokens
     candidate_max_length: int = 412  # PairRM truncation of each response
     prompt_format: PromptFormat = PromptFormat.chat_template  # the prompt as PairRM reads it
@@ -1221,7 +1223,8 @@ class PlanConfig:
     # false: queue even a stage the memory model says does not fit hardware.gpu_memory_gb
     check: bool = True
     # prompts of an iteration; null: data.max_prompts where the split has more, else the
-    # previous iteration's, else a local split's rows, else the SPPO recipe's 20,000
+    # previous iteration's, else the source's rows (a local file, the Hub cache, its dataset
+    # card: src/plan/counts.py), else the SPPO recipe's 20,000
     prompts: int | None = None
     gpu_tflops: float = 989.0  # each GPU's dense bf16 peak: H100 SXM 989 (A100: 312)
     # an assumption: the share of that peak training reaches, and ranking with a judge other than

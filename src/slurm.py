@@ -559,7 +559,7 @@ def submit_chain(
         (script_dir / "logs").mkdir(parents=True, exist_ok=True)
         require_sbatch()
     print(
-        f"{plan_text(configs[0], through=configs[-1].iter)}\n\n"
+        f"{plan_text(configs[0], through=configs[-1].iter, overrides=overrides)}\n\n"
         f"{install_line(configs[0].hardware.device.value)}\n\n"
         "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",

@@ -120,6 +120,29 @@ def test_the_mistral_qlora_preset_fits_a_24_gb_card():
     assert train.memory.footprint < 24e9 and train.memory.peak / GIB < 12
 
 
+def test_a_stage_no_batch_fits_says_the_gpu_it_needs_and_the_override_that_fits():
+    """Gemma-2-9B's QLoRA preset on 24 GB: HF generation holds the bf16 model and the KV cache of
+    even one prompt's 5 samples past the GPU. The row says the GPU a batch of 1 needs, as the
+    memory model has it, and the plan the override under which the stage fits."""
+    from src.plan.stages import gpu_holding, plan_text
+
+    overrides = ["experiment=gemma-2-9b-it-sppo-qlora", "hardware.gpu_memory_gb=24"]
+    generate = stages(*overrides)["generate"]
+    assert generate.largest_batch is None and not generate.fits(24)
+    gb = gpu_holding(generate.least)
+    one = [*overrides[:1], "generation.batch_size=1"]
+    assert stages(*one, f"hardware.gpu_memory_gb={gb}")["generate"].fits(gb)
+    assert not stages(*one, f"hardware.gpu_memory_gb={gb - 0.1:.1f}")["generate"].fits(gb - 0.1)
+    text = plan_text(compose_cfg(*overrides), overrides=overrides)
+    assert f"generation.batch_size=2 (none fits; at 1 it needs a GPU of {gb:.1f} GB) |" in text
+    remedied = stages(*overrides, "generation=vllm")["generate"]
+    assert remedied.fits(24)
+    assert (
+        f"generate fits 24 GB with generation=vllm: {remedied.memory.footprint / GIB:.1f}" in text
+    )
+    assert "fits 24 GB with" not in plan_text(compose_cfg(*overrides))  # no command: not tried
+
+
 def test_a_model_whose_shape_is_not_known_is_one_line_with_exit_1():
     result = run("src.plan", "model.path=some-org/not-here")
     line = one_line_failure(result, 1)
@@ -204,7 +227,63 @@ def test_a_local_split_is_planned_at_its_rows_not_the_recipes_20000(tmp_path):
     assert prompt_count(cfg, None) == (120, f"the rows of data.prompts, {cfg.data.prompts}")
     capped = compose_cfg("model=tiny-mistral", "data.max_prompts=8", f"paths.root={tmp_path}")
     assert prompt_count(capped, None) == (8, "data.max_prompts")
-    assert prompt_count(compose_cfg(*GEMMA), None)[0] == 20_000  # a hub dataset: the recipe's
+    # a hub dataset neither in the Hub cache nor of a known card: the recipe's
+    assert prompt_count(compose_cfg(*GEMMA, f"paths.hub_cache={tmp_path}"), None)[0] == 20_000
+
+
+def test_a_hub_split_is_counted_in_the_hub_cache_else_as_its_dataset_card_counts(tmp_path):
+    """WPO-HB's prompts, UltraFeedback's train_prefs: 61,135 rows by the card, not the SPPO
+    recipe's 20,000; where the dataset is in the Hub cache, the rows of its split's files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from src.plan.hours import hours_text, prompt_count
+    from src.plan.stages import policy_shape
+
+    repo = "HuggingFaceH4/ultrafeedback_binarized"
+    wpo = ["experiment=gemma-2-9b-it-wpo-hb", "data.external_responses=x.jsonl"]
+    cfg = compose_cfg(*wpo, f"paths.hub_cache={tmp_path}")
+    by_card = f"the rows of data.prompts, {repo} [train_prefs], by its dataset card"
+    assert prompt_count(cfg, None) == (61_135, by_card)
+    assert (
+        f"Time of one iteration: 61,135 prompts ({by_card})"
+        in hours_text(cfg, policy_shape(cfg))[0]
+    )
+    commit = "0" * 40
+    storage = tmp_path / "datasets--HuggingFaceH4--ultrafeedback_binarized"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(commit)
+    snapshot = storage / "snapshots" / commit
+    (snapshot / "data").mkdir(parents=True)
+    (snapshot / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n"
+        + "".join(f"  - split: {s}\n    path: data/{s}-*\n" for s in ("train_prefs", "test_prefs"))
+        + "---\n"
+    )
+    for split, rows in (("train_prefs", 7), ("test_prefs", 3)):
+        table = pa.table({"prompt": [f"p{i}" for i in range(rows)]})
+        pq.write_table(table, snapshot / "data" / f"{split}-00000-of-00001.parquet")
+    cached = f"the rows of data.prompts, {repo} [train_prefs] in the Hub cache"
+    assert prompt_count(cfg, None) == (7, cached)
+
+
+def test_the_eval_row_answers_the_eval_sets_instructions_not_alpacaevals_805(tmp_path):
+    """The tiny data's eval set is 150 instructions (a JSON array, as alpaca_eval.json is);
+    AlpacaEval's 805 only where data.eval_prompts is not counted, and said to be assumed."""
+    from src.plan.counts import file_rows
+
+    cfg = compose_cfg(*GEMMA, "data=tiny")
+    evaluated = hours("data=tiny", "eval.enabled=true")["eval"]
+    assert evaluated.tokens == 150 * cfg.eval.max_new_tokens
+    where = f"150 instructions (the rows of data.eval_prompts, {cfg.data.eval_prompts})"
+    assert evaluated.basis.endswith(where)
+    unset = hours("eval.enabled=true", "data.eval_prompts=null")["eval"]
+    assert unset.tokens == 805 * cfg.eval.max_new_tokens
+    assumed = "805 instructions (assumed: AlpacaEval's; data.eval_prompts is not set)"
+    assert unset.basis.endswith(assumed)
+    lines = tmp_path / "eval.json"  # JSON Lines under .json, as the prompts are read too
+    lines.write_text('{"instruction": "a"}\n\n{"instruction": "b"}\n')
+    assert file_rows(lines) == 2
 
 
 @pytest.mark.parametrize(
@@ -323,14 +402,33 @@ def test_a_previous_iterations_generation_gives_the_prompts_and_lengths(tmp_path
     assert generate.tokens == 400 * 5 * 300  # 300 tokens a sample, as iteration 1 made them
 
 
-def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain():
-    out = run("src.plan", *GEMMA_HF, "hardware=node-8gpu", "iter=3").stdout
+def test_the_plan_prints_the_hours_of_the_iteration_and_of_the_chain(tmp_path):
+    out = run("src.plan", *GEMMA_HF, "hardware=node-8gpu", "iter=3", f"paths.hub_cache={tmp_path}")
+    out = out.stdout
     per_iteration = next(line for line in out.splitlines() if line.startswith("| iteration |"))
     gpu_hours = float(per_iteration.split("|")[5])
     chain = next(line for line in out.splitlines() if line.startswith("Iterations 1..3:"))
     assert float(chain.split()[2]) == pytest.approx(3 * gpu_hours, abs=2)
     assert "assumed: the SPPO recipe's 20,000" in out and "assumed MFU 0.3" in out
     assert "H100, HF, measured at 8 and 32 prompts a call" in out
+
+
+def test_the_readmes_gpu_hours_are_the_plans(tmp_path):
+    """Each row of the README's "Will it fit?" table: its GPU-hours of iterations 1-3 are what the
+    plan of its command says, with no run before it and no dataset in the Hub cache."""
+    from src.plan.hours import hours_text
+    from src.plan.stages import policy_shape
+
+    readme = (REPO_ROOT / "README.md").read_text().splitlines()
+    rows = [line for line in readme if line.startswith("| `experiment=")]
+    assert len(rows) == 5
+    here = [f"paths.root={tmp_path}", f"paths.hub_cache={tmp_path}", "iter=3"]
+    for line in rows:
+        command, *_, figure = line.strip("| ").split(" | ")
+        overrides = command.strip("`").replace("=…", "=responses.jsonl").split()
+        cfg = compose_cfg(*overrides, *here)
+        total = hours_text(cfg, policy_shape(cfg))[-1]
+        assert total == f"Iterations 1..3: {figure.split()[0].replace(',', '')} GPU-hours.", line
 
 
 def test_src_main_on_a_gpu_checks_the_stages_it_runs_against_that_gpu(fake_gpu):

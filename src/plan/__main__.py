@@ -1,7 +1,8 @@
 """Will each stage fit, before anything is queued: `python -m src.plan <the overrides of
 src.main>` prints, for the resolved config and hardware, each stage of an iteration with its
 processes, its memory per GPU (the memory model of src/plan/memory.py, term by term), whether
-that fits `hardware.gpu_memory_gb`, and the largest per-device batch that does.
+that fits `hardware.gpu_memory_gb`, and the largest per-device batch that does; where none does,
+the GPU memory a batch of 1 needs and the override (`src.plan.stages.remedies`) that fits.
 
     python -m src.plan experiment=gemma-2-9b-it-sppo hardware=node-8gpu
     python -m src.plan experiment=gemma-2-9b-it-sppo-qlora hardware.gpu_memory_gb=24
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     with failures(" ".join(["python -m src.plan", *overrides]), overrides):
         with showing_unset_required() as unset:  # a required file: planned without it
             cfg = compose(overrides)
-        print(f"{plan_text(cfg)}\n\n{install_line(cfg.hardware.device.value)}")
+            text = plan_text(cfg, overrides=overrides)  # which composes its remedies alike
+        print(f"{text}\n\n{install_line(cfg.hardware.device.value)}")
         for line in unset:
             print(f"note: {line} (planned without it)", file=sys.stderr)
 

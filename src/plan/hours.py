@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Backend, Config, JudgeKind, RefLogprobs
-from src.core.rows import count_rows
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
+from src.plan.counts import source_rows
 
 # HF generation tokens/s per GPU by prompts a call (benchmarks/results/generation_gpu.md: H100,
 # "ours", 5 samples a prompt)
@@ -39,7 +39,7 @@ MEASURED_GENERATE = {
 RECIPE_PROMPTS = (
     20_000  # prompts of an SPPO iteration (UCLA-AGI/data-mistral-7b-instruct-sppo-iter*)
 )
-ALPACA_EVAL_INSTRUCTIONS = 805
+ALPACA_EVAL_INSTRUCTIONS = 805  # AlpacaEval 2's, where data.eval_prompts is not counted
 
 
 @dataclass
@@ -67,18 +67,32 @@ def previous_generation(cfg: Config) -> dict | None:
 
 
 def prompt_count(cfg: Config, measured: dict | None) -> tuple[int, str]:
-    """The iteration's prompts and where the figure comes from: plan.prompts, else the local
-    split's rows (at most data.max_prompts), else the previous iteration's, else the recipe's."""
+    """The iteration's prompts and where the figure comes from: plan.prompts, else
+    data.max_prompts where the split has more, else the previous iteration's, else the split's
+    rows (`source_rows`: a local file, the Hub cache, a dataset card), else the recipe's."""
     if cfg.plan.prompts is not None:
         return cfg.plan.prompts, "plan.prompts"
-    rows = count_rows(cfg.data.prompts)
+    counted = source_rows(cfg.data.prompts, cfg.data.split, cfg.paths.hub_cache)
+    rows = None if counted is None else counted[0]
     if cfg.data.max_prompts is not None and (rows is None or rows > cfg.data.max_prompts):
         return cfg.data.max_prompts, "data.max_prompts"
     if measured is not None:
         return int(measured["generated"]), "the previous iteration's"
-    if rows is not None:
-        return rows, f"the rows of data.prompts, {cfg.data.prompts}"
+    if counted is not None:
+        return rows, f"the rows of data.prompts, {counted[1]}"
     return RECIPE_PROMPTS, f"assumed: the SPPO recipe's {RECIPE_PROMPTS:,}"
+
+
+def eval_count(cfg: Config) -> tuple[int, str]:
+    """The instructions the eval stage answers and where the figure comes from: the rows of
+    data.eval_prompts (`source_rows`), else AlpacaEval's, assumed."""
+    source = cfg.data.eval_prompts
+    if not source:
+        return ALPACA_EVAL_INSTRUCTIONS, "assumed: AlpacaEval's; data.eval_prompts is not set"
+    counted = source_rows(source, cfg.data.eval_split, cfg.paths.hub_cache)
+    if counted is None:
+        return ALPACA_EVAL_INSTRUCTIONS, f"assumed: AlpacaEval's; {source} is not counted here"
+    return counted[0], f"the rows of data.eval_prompts, {counted[1]}"
 
 
 def measured_rate(rates: dict[int, float], batch: int) -> tuple[float, str]:
@@ -219,12 +233,14 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     stages.append(StageHours("train", trained, world, train_hours, mfu))
 
     if cfg.eval.enabled:
-        answered = ALPACA_EVAL_INSTRUCTIONS * cfg.eval.max_new_tokens  # the policy's answers
         e = cfg.eval
+        instructions, source = eval_count(cfg)
+        answered = instructions * e.max_new_tokens  # the policy's answers
         context = e.max_prompt_length + e.max_new_tokens / 2
         answering = replace(cfg, generation=replace(g, backend=cfg.eval_backend))
         rate, basis = generate_rate(answering, shape, e.batch_size, context)
-        stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis + "; 805"))
+        basis += f"; {instructions:,} instructions ({source})"
+        stages.append(StageHours("eval", answered, 1, answered / rate / 3600, basis))
     return stages
 
 

@@ -1,9 +1,11 @@
 """The plan of one iteration: each stage's processes and per-GPU memory for a resolved config
 (`src.plan.memory`'s model), checked against `hardware.gpu_memory_gb`, with the largest
-per-device batch that fits."""
+per-device batch that fits, or else the GPU memory a batch of 1 needs and the override that
+fits."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from src.config import (
@@ -30,6 +32,7 @@ from src.plan.memory import (
     Memory,
     Step,
     checkpoint_bytes,
+    fits,
     generation_memory,
     train_memory,
 )
@@ -55,12 +58,13 @@ class StagePlan:
     batch_key: str | None = None  # the setting of the stage's per-device batch
     batch: int | None = None
     largest_batch: int | None = None  # the largest that fits; None: not checked or none fits
+    least: float | None = None  # bytes at a per-device batch of 1: the least GPU memory it needs
     note: str = ""
 
     def fits(self, gpu_gb: float | None) -> bool | None:
         if self.memory is None or gpu_gb is None:
             return None
-        return self.memory.footprint <= gpu_gb * 1e9
+        return fits(self.memory.footprint, gpu_gb)
 
 
 def policy_shape(cfg: Config) -> Shape:
@@ -160,6 +164,7 @@ def train_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         "training.per_device_batch_size",
         t.per_device_batch_size,
         largest,
+        memory(1).footprint,
     )
 
 
@@ -192,6 +197,7 @@ def generate_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         "generation.batch_size",
         g.batch_size,
         largest_fitting(memory, gpu_gb),
+        memory(1).footprint,
     )
 
 
@@ -219,6 +225,7 @@ def eval_plan(cfg: Config, shape: Shape, gpu_gb: float | None) -> StagePlan:
         "eval.batch_size",
         e.batch_size,
         largest_fitting(memory, gpu_gb),
+        memory(1).footprint,
     )
 
 
@@ -293,6 +300,22 @@ def remedies(cfg: Config, stage: StagePlan) -> list[str]:
     return out
 
 
+def remedy_that_fits(
+    cfg: Config, overrides: list[str], stage: StagePlan, gpu_gb: float
+) -> tuple[str, StagePlan] | None:
+    """The first of `remedies` under which `stage` fits `gpu_gb`, added to the command's
+    `overrides`, and the stage's plan under it; None when none does."""
+    for remedy in remedies(cfg, stage):
+        try:
+            tried = compose([*overrides, *remedy.split()])
+        except ConfigError:  # not a combination the config allows (QLoRA under ZeRO-3)
+            continue
+        fixed = plan(tried, [Stage(stage.stage)])[0]
+        if fixed.fits(gpu_gb):
+            return remedy, fixed
+    return None
+
+
 def require_fit(cfg: Config, overrides: list[str], gpu: str = "hardware.gpu_memory_gb") -> None:
     """Refuse (exit 2) when a stage `cfg` runs (every stage of the iteration with stage=all) does
     not fit `hardware.gpu_memory_gb`: one line naming each such stage, what it needs and has,
@@ -304,22 +327,16 @@ def require_fit(cfg: Config, overrides: list[str], gpu: str = "hardware.gpu_memo
         if stage.fits(gpu_gb) is not False or cfg.stage.value not in ("all", stage.stage):
             continue
         needs.append(f"stage {stage.stage} needs {stage.memory.footprint / GIB:.1f} GiB per GPU")
-        for remedy in remedies(cfg, stage):
-            try:
-                tried = compose([*overrides, *fixes, *remedy.split()])
-            except ConfigError:  # not a combination the config allows (QLoRA under ZeRO-3)
-                continue
-            fixed = plan(tried, [Stage(stage.stage)])[0]
-            if fixed.fits(gpu_gb):
-                fixes += remedy.split()
-                fixed_needs.append(f"{stage.stage} {fixed.memory.footprint / GIB:.1f} GiB")
-                break
-        else:
+        found = remedy_that_fits(cfg, [*overrides, *fixes], stage, gpu_gb)
+        if found is None:
             raise DoesNotFit(
                 f"{'; '.join(needs)} where {has}, and no smaller batch, adapter or sharding fits "
                 "it: use GPUs with more memory (python -m src.plan shows every term; "
                 "plan.check=false queues it anyway)"
             )
+        remedy, fixed = found
+        fixes += remedy.split()
+        fixed_needs.append(f"{stage.stage} {fixed.memory.footprint / GIB:.1f} GiB")
     if needs:
         raise DoesNotFit(
             f"{'; '.join(needs)} where {has}; with {' '.join(fixes)}: "
@@ -332,21 +349,51 @@ def require_fit(cfg: Config, overrides: list[str], gpu: str = "hardware.gpu_memo
 # --- the plan as text ---------------------------------------------------------------------------
 
 
+def gpu_holding(footprint: float) -> float:
+    """The least GPU memory, in GB to a tenth, that holds `footprint` bytes (as `fits` says)."""
+    gb = math.ceil(footprint / 1e8) / 10
+    return gb if fits(footprint, gb) else round(gb + 0.1, 1)  # rounding may put it a hair under
+
+
 def row(p: StagePlan, gpu_gb: float | None) -> str:
     if p.memory is None:
-        memory, fits = ("–", "CPU") if not p.note else ("?", p.note)
+        memory, fitting = ("–", "CPU") if not p.note else ("?", p.note)
     else:
         memory = f"{p.memory.footprint / GIB:.1f}"
-        fits = {None: "not checked", True: "yes", False: "**no**"}[p.fits(gpu_gb)]
+        fitting = {None: "not checked", True: "yes", False: "**no**"}[p.fits(gpu_gb)]
     batch = "" if p.batch_key is None else f"{p.batch_key}={p.batch}"
     if p.batch_key is not None and gpu_gb is not None:
-        batch += f" (fits up to {p.largest_batch})" if p.largest_batch else " (none fits)"
-    return f"| {p.stage} | {p.processes} | {memory} | {fits} | {batch} |"
+        batch += (
+            f" (fits up to {p.largest_batch})"
+            if p.largest_batch
+            else f" (none fits; at 1 it needs a GPU of {gpu_holding(p.least):.1f} GB)"
+        )
+    return f"| {p.stage} | {p.processes} | {memory} | {fitting} | {batch} |"
 
 
-def plan_text(cfg: Config, through: int | None = None) -> str:
+def remedy_lines(cfg: Config, stages: list[StagePlan], overrides: list[str]) -> list[str]:
+    """For each stage that no per-device batch fits to the GPU: the override (`remedies`, with
+    the command's `overrides`) under which it fits, or that none does."""
+    gpu_gb = cfg.hardware.gpu_memory_gb
+    lines = []
+    for p in stages:
+        if p.fits(gpu_gb) is not False or p.largest_batch is not None:
+            continue
+        found = remedy_that_fits(cfg, overrides, p, gpu_gb)
+        lines.append(
+            f"{p.stage} fits {gpu_gb:g} GB with {found[0]}: "
+            f"{found[1].memory.footprint / GIB:.1f} GiB per GPU"
+            if found
+            else f"{p.stage}: no smaller batch, adapter or sharding fits {gpu_gb:g} GB"
+        )
+    return lines
+
+
+def plan_text(cfg: Config, through: int | None = None, overrides: list[str] | None = None) -> str:
     """The plan as `python -m src.plan` and `python -m src.slurm --dry-run` print it; `through`:
-    the last iteration of a chain from cfg.iter (each iteration's memory is the first one's)."""
+    the last iteration of a chain from cfg.iter (each iteration's memory is the first one's);
+    `overrides`: the command's, with which a stage that no batch fits is tried under each of
+    `remedies` (None: not tried)."""
     hw = cfg.hardware
     gpu_gb = hw.gpu_memory_gb if hw.device.value == "cuda" else None
     stages = plan(cfg)
@@ -359,6 +406,7 @@ def plan_text(cfg: Config, through: int | None = None) -> str:
         if on_gpu(cfg)
         else ("process", "the tensors in fp32 and the stage's own buffers, as the resident set")
     )
+    remedied = remedy_lines(cfg, stages, overrides) if gpu_gb and overrides is not None else []
     lines = [
         f"plan: {cfg.model.name}, {cfg.method.name.value}, "
         + (
@@ -372,6 +420,7 @@ def plan_text(cfg: Config, through: int | None = None) -> str:
         f"| stage | processes | GiB per {unit} | fits | per-device batch |",
         "|---|---|---|---|---|",
         *(row(p, gpu_gb) for p in stages),
+        *(["", *remedied] if remedied else []),
         "",
         f"GiB per {unit}: {held} (docs/memory.md). Terms at each stage's peak:",
     ]
