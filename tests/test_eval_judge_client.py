@@ -32,7 +32,7 @@ import psutil
 import pytest
 
 from src.config import REPO_ROOT, Benchmark, LLMJudgeConfig, Stage
-from src.core.errors import EXIT_ENVIRONMENT, EnvironmentFailure
+from src.core.errors import EXIT_ENVIRONMENT, EXIT_STAGE_ERROR, EnvironmentFailure, StageError
 from src.evaluation import benchmarks
 from src.evaluation.judge_client import (
     endpoint_of,
@@ -231,17 +231,18 @@ MODELS = {"object": "list", "data": [{"id": "m", "object": "model", "created": 0
 def stub_judge():
     """`stub_judge(answer, models=...)`: an OpenAI-compatible endpoint on 127.0.0.1 whose
     /models answers `models` and whose chat completions answer ANSWER twice, then `answer`
-    (bytes, and its content type) — as a proxy, a login page or another API would."""
+    (bytes, its content type and, if not 200, its HTTP status) — as a proxy, a login page or
+    another API would."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     servers = []
 
-    def start(answer: tuple[bytes, str], models: tuple[bytes, str] | None = None) -> str:
+    def start(answer: tuple, models: tuple[bytes, str] | None = None) -> str:
         calls = []
 
         class Handler(BaseHTTPRequestHandler):
-            def reply(self, body: bytes, kind: str) -> None:
-                self.send_response(200)
+            def reply(self, body: bytes, kind: str, status: int = 200) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -349,6 +350,27 @@ def test_a_judge_answering_what_is_no_chat_completion_ends_in_one_line_keeping_i
     assert message.startswith(f"mt_bench: the judge {endpoint.label} answered what is not a chat")
     assert said in message and "after 2 of 4 judgments; they are kept in" in message
     assert [j.text for j in read_cache(cache).values()] == ["Rating: [[5]]"] * 2
+
+
+def test_a_judge_that_refuses_the_system_turn_names_the_setting_not_a_rerun(stub_judge, tmp_path):
+    """A served template's refusal of the system turn (vLLM answers 400 with the template's own
+    words) fails the same way on every run: the line names eval.llm_judge.system_turn=false,
+    exit 1, and the judgments made before it are kept."""
+    refusal = {"error": {"message": "Conversation roles must alternate user/assistant/user/"
+                         "assistant/...", "type": "BadRequestError", "code": 400}}  # fmt: skip
+    answer = (json.dumps(refusal).encode(), "application/json", 400)
+    j = LLMJudgeConfig(model="m", base_url=stub_judge(answer), api_key_env="", concurrency=1,
+                       max_retries=0, timeout_s=10)  # fmt: skip
+    endpoint, cache = endpoint_of(j), tmp_path / "mt_bench.jsonl"
+    with pytest.raises(StageError) as failed:
+        judge_all(endpoint, j, requests(4), cache, "mt_bench")
+    message = str(failed.value)
+    assert "\n" not in message and failed.value.exit_code == EXIT_STAGE_ERROR
+    assert message.endswith("its chat template takes no system turn (eval.llm_judge.system_turn="
+                            "false puts the system prompt in the first user turn)")  # fmt: skip
+    assert "run the command again" not in message and "after 2 of 4 judgments" in message
+    assert failed.value.overrides() == "eval.llm_judge.system_turn=false"
+    assert len(read_cache(cache)) == 2
 
 
 @pytest.mark.parametrize(

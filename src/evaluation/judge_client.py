@@ -31,7 +31,7 @@ from pathlib import Path
 
 from src.config import LLMJudgeConfig
 from src.core import locks
-from src.core.errors import EnvironmentFailure
+from src.core.errors import EnvironmentFailure, StageError
 from src.core.policy import weights_signature
 from src.evaluation.judging import JudgeRequest
 from src.generation.vllm_processes import LIVENESS_EVERY_S, Waiting
@@ -302,10 +302,19 @@ def request_each(
                 what = f"refused a request ({err})"
             else:
                 what = f"stopped answering ({err})"
+            kept = f"after {len(made)} of {len(todo)} judgments; they are kept in {cache}"
+            if (isinstance(err, openai.BadRequestError) and not endpoint.merge_system
+                    and SYSTEM_TURN_REFUSED.search(str(err))):  # fmt: skip
+                # asked again the same way it refuses again: the setting is what changes it
+                raise StageError(
+                    f"{benchmark}: the judge {endpoint.label} {what} {kept}: its chat template "
+                    "takes no system turn (eval.llm_judge.system_turn=false puts the system "
+                    "prompt in the first user turn)",
+                    fix="eval.llm_judge.system_turn=false",
+                ) from err
             raise EnvironmentFailure(
-                f"{benchmark}: the judge {endpoint.label} {what} after {len(made)} of "
-                f"{len(todo)} judgments; they are kept in {cache}: run the command again to judge "
-                "the rest"
+                f"{benchmark}: the judge {endpoint.label} {what} {kept}: run the command again "
+                "to judge the rest"
             ) from err
         os.fsync(out.fileno())
     return made
@@ -318,6 +327,12 @@ def take(items: Iterable, n: int) -> list:
 # What reading an answer that is not a chat completion raises: malformed JSON (a ValueError),
 # an HTML page (a str, with no attributes), no choices, fields of other types
 UNREADABLE = (ValueError, AttributeError, IndexError, KeyError, TypeError)
+
+
+# What a server says when the judge's chat template refuses the system turn it was sent: the
+# template's own raise_exception (Mistral-Instruct: "Conversation roles must alternate
+# user/assistant/..."; Gemma: "System role not supported")
+SYSTEM_TURN_REFUSED = re.compile(r"roles must alternate|system role", re.IGNORECASE)
 
 
 class JudgeStalled(Exception):
