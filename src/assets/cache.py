@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from src.assets.asset import Asset
-from src.core.hub import datasets_config, snapshot_folder
+from src.core.hub import snapshot_folder, split_files
 from src.core.policy import model_folder_damage, safetensors_damage
 
 # Weights for other frameworks (TF, Flax, ONNX, GGUF, Core ML, OpenVINO): never read. PyTorch's
@@ -208,11 +208,8 @@ def dataset_damage(asset: Asset, folder: Path) -> str | None:
     """A dataset's splits as `datasets` resolves them in the folder, each file readable."""
     if asset.files:
         return files_missing(asset, folder)
-    import datasets  # lazy: about a second, and only hub datasets need it
-
-    datasets_config()
     try:
-        files = datasets.load_dataset_builder(str(folder)).config.data_files or {}
+        files = split_files(folder)
     except Exception as err:  # datasets raises many kinds; the message is what matters
         return f"is not a dataset `datasets` can read ({str(err).splitlines()[0]})"
     for split in asset.splits:

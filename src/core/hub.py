@@ -70,6 +70,15 @@ def datasets_config():
     return config
 
 
+def split_files(folder: Path) -> dict[str, list[str]]:
+    """The files `datasets` reads for each split of the dataset in `folder` (a snapshot of the
+    Hub cache); raises what `datasets` raises for a folder it cannot read."""
+    import datasets  # lazy: about a second, and only hub datasets need it
+
+    datasets_config()
+    return dict(datasets.load_dataset_builder(str(folder)).config.data_files or {})
+
+
 def own_caches() -> list[Path]:
     """This user's folders for `datasets`' cache, in order of preference."""
     home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

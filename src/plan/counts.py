@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from src.core.hub import HUB_ID, datasets_config, snapshot_folder
+from src.core.hub import HUB_ID, snapshot_folder, split_files
 from src.core.rows import count_rows
 
 # (dataset, split): rows, as the `dataset_info` of the dataset's card on the Hub gives them
@@ -57,11 +57,8 @@ def cached_split_rows(source: str, split: str, hub_cache: str) -> int | None:
     folder = snapshot_folder(source, "dataset", hub_cache=hub_cache)
     if folder is None:
         return None
-    import datasets  # lazy: about a second, and only a cached hub dataset needs it
-
-    datasets_config()
     try:
-        files = datasets.load_dataset_builder(str(folder)).config.data_files or {}
+        files = split_files(folder)
     except Exception:  # datasets raises many kinds: a folder it cannot read is not counted
         return None
     counts = [count_rows(f) for f in files.get(split, [])]
