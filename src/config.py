@@ -124,6 +124,24 @@ def _gpus(device: Any, processes_per_node: Any) -> int:
     return int(processes_per_node) if str(device) == "cuda" else 0
 
 
+# training.pairs as the config writes it when the pairs are the pairs stage's own
+PAIRS_STAGE_FILE = "${run.iter_dir}/pairs/pairs.parquet"
+
+
+def _pairs_source(self_play: Any, _root_: Any) -> str:
+    """run_name's last part: `self_play` (K<K>) while the pairs are the pairs stage's own; else
+    `pairs-<file name>` of training.pairs, a lineage of its own, so that a training on another
+    file never lands in (nor replaces) the checkpoint a self-play lineage made. training.pairs is
+    read as written: resolving it would need run_name."""
+    written = str(_root_.training._get_node("pairs")._value())
+    return str(self_play) if written == PAIRS_STAGE_FILE else pairs_lineage(written)
+
+
+def pairs_lineage(pairs: str) -> str:
+    """`pairs-<name>`: the run name's part that says a lineage trains on the pairs file `pairs`."""
+    return "pairs-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(pairs.rstrip("/")).stem or "file")
+
+
 _RESOLVERS = {
     "repo": lambda rel: str(REPO_ROOT / str(rel)),
     "abspath": lambda p: str(Path(str(p)).expanduser().resolve()),
@@ -132,6 +150,7 @@ _RESOLVERS = {
     "num": _compact_number,
     "gpus": _gpus,
     "required": _required,
+    "pairs_source": _pairs_source,
 }
 for _name, _fn in _RESOLVERS.items():
     OmegaConf.register_new_resolver(_name, _fn, replace=True)
@@ -944,7 +963,7 @@ class TrainingConfig:
     """The optimisation recipe (conf/training/)."""
 
     # the pairs stage's file, or one of your own (.parquet / .jsonl, e.g. tests/data/pairs_tiny.jsonl)
-    pairs: str = SI("${run.iter_dir}/pairs/pairs.parquet")
+    pairs: str = SI(PAIRS_STAGE_FILE)
     optimizer: Optimizer = Optimizer.rmsprop  # rmsprop: the SPPO recipes' optimizer
     learning_rate: float = 5e-7  # the peak, reached after the warm-up
     lr_scheduler: Scheduler = Scheduler.linear  # the learning rate's schedule after the warm-up
@@ -1296,8 +1315,11 @@ class Config:
     iter: int = 1
     # the stage of iteration `iter` to run; all: every stage in order (eval with eval.enabled=true)
     stage: Stage = Stage.all
-    # one run directory per hyper-parameter lineage; iterations of a lineage share it
-    run_name: str = SI("${method.tag}-lr${num:${training.learning_rate}}-K${method.K}")
+    # one run directory per hyper-parameter lineage; iterations of a lineage share it. Its last
+    # part: K<K>, or pairs-<file name> when training.pairs names a file of your own
+    run_name: str = SI(
+        "${method.tag}-lr${num:${training.learning_rate}}-${pairs_source:K${method.K}}"
+    )
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig
     method: MethodConfig

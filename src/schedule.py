@@ -13,9 +13,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
-from src.config import Config, PipelineConfig, Stage, to_yaml
+from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
@@ -58,13 +57,16 @@ def dispatch(
     `iter=t`); without it only iteration `cfg.iter` is considered.
     """
     runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
-    ensure_tiny_models(cfg)
     earlier = []
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
         earlier = unfinished_iterations(cfg, runners, config_for_iter)
+    refuse_stale([*earlier, cfg], runners)  # the records decide it: before any build
+    ensure_tiny_models(cfg)
     require_assets_here([*earlier, cfg], runners, command)
     for before in earlier:
-        print(f"[main] iteration {before.iter} is not done: running it first", file=sys.stderr)
+        statuses = {state_of(before.as_tree(), s).status for s in runners}
+        why = "is not done" if "todo" in statuses else "has stale stages (pipeline.redo_stale)"
+        print(f"[main] iteration {before.iter} {why}: running it first", file=sys.stderr)
         run_iteration(before, runners, with_overrides(command, f"iter={before.iter}"))
     run_iteration(cfg, runners, command)
 
@@ -121,30 +123,70 @@ def require_assets_here(configs: list[Config], runners: dict, command: str) -> N
         require_alpaca_eval_judge()
 
 
-def run_iteration(cfg: Config, runners: dict, command: str) -> None:
-    """Skip the stages finished under this config, refuse those finished under another (before
-    any work) and those that would read an earlier stage's output made under another, redo what
-    `pipeline.redo` names and everything after it, run the rest."""
-    tree = cfg.as_tree()
-    states = [state_of(tree, s) for s in runners]
+def refuse_stale(configs: list[Config], runners: dict) -> None:
+    """What `run_iteration` would refuse in any iteration the command runs, refused before any
+    of them starts (and before a tiny chat judge's build of minutes): one iteration's as it says
+    it, several iterations' as one refusal whose fix redoes each stale stage in order. Only a
+    refusal the records decide whatever is built: a change that names a key (a file whose content
+    changed may be a tiny model's, which the build makes again)."""
+    found = []
+    for c in configs:
+        refused = refusal(c, runners, [state_of(c.as_tree(), s) for s in runners])
+        if refused and (refused[0].earlier_version or any(
+            CONTENT_CHANGED not in change for change in refused[0].changed
+        )):  # fmt: skip
+            found.append((c.iter, *refused))
+    if len(found) == 1:
+        raise found[0][2]
+    if found:
+        stages = ", ".join(f"iteration {t}'s {st.stage.value}" for t, st, _ in found)
+        why = " | ".join(dict.fromkeys("; ".join(st.changed) for _, st, _ in found))
+        raise StageError(
+            f"{stages} were made with a different configuration ({why or 'an earlier version'}); "
+            "restore the config, or redo every stale stage, in order, in one command",
+            "pipeline.redo_stale=true",
+        )
+
+
+def redo_start(cfg: Config, states: list[StageState]) -> int | None:
+    """The index of the first stage `pipeline.redo` (or `pipeline.redo_stale`) redoes."""
     redone = [i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo]
     if cfg.pipeline.redo_stale:
         redone += [i for i, st in enumerate(states) if st.status == "stale"]
-    redo_from = min(redone, default=None)
+    return min(redone, default=None)
+
+
+def refusal(
+    cfg: Config, runners: dict, states: list[StageState]
+) -> tuple[StageState, StageError] | None:
+    """The stage `run_iteration` refuses and why: one finished under another config that it
+    would not redo, or the earlier stage, made under another, whose output the first reads."""
+    redo_from = redo_start(cfg, states)
     for i, st in enumerate(states):
         if st.status == "stale" and (redo_from is None or i < redo_from):
             stale = [s.stage.value for s in states[i + 1 :] if s.status != "todo"]
             also = f" (and so {', '.join(stale)} after it)" if stale else ""
-            refuse(cfg, st, f"restore the config, or redo it{also}")
+            return st, refused(cfg, st, f"restore the config, or redo it{also}")
     upstream = read_upstream(cfg, states[0].stage)
     if upstream is not None and upstream not in runners:
-        st = state_of(tree, upstream)
+        st = state_of(cfg.as_tree(), upstream)
         if st.status == "stale":  # its rows would be read as if made under this config
-            refuse(
-                cfg,
-                st,
-                f"stage {states[0].stage.value} reads it: restore the config, or redo it first",
+            first = states[0].stage.value
+            return st, refused(
+                cfg, st, f"stage {first} reads it: restore the config, or redo it first"
             )
+    return None
+
+
+def run_iteration(cfg: Config, runners: dict, command: str) -> None:
+    """Skip the stages finished under this config, refuse those finished under another (before
+    any work) and those that would read an earlier stage's output made under another, redo what
+    `pipeline.redo` names and everything after it, run the rest."""
+    states = [state_of(cfg.as_tree(), s) for s in runners]
+    refused = refusal(cfg, runners, states)
+    if refused is not None:
+        raise refused[1]
+    redo_from = redo_start(cfg, states)
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
     redone = [st.stage for st in states[redo_from:]] if redo_from is not None else []
@@ -318,18 +360,18 @@ def skipped(stage: Stage) -> None:
     print(f"[main] stage {stage.value}: finished with this config, skipped", file=sys.stderr)
 
 
-def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
+def refused(cfg: Config, st: StageState, advice: str) -> StageError:
     """A stage finished under another config (or version) than `cfg`: never trusted, and never
     redone without being asked; the fix redoes it."""
     fix: str | Redo = Redo(st.stage, cfg.iter)
     if st.earlier_version:
-        raise StageError(
+        return StageError(
             f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, whose "
             "records this one cannot check; to redo it and the stages after it",
             fix,
         )
     if any(TRAINED_AFTER in change for change in st.changed):
-        raise StageError(
+        return StageError(
             f"{cfg.stage_dir(st.stage)} evaluated iteration {cfg.iter}'s checkpoint before it "
             "was trained again; to evaluate the checkpoint as it is now",
             fix,
@@ -339,11 +381,21 @@ def refuse(cfg: Config, st: StageState, advice: str) -> NoReturn:
         # every later iteration is stale with it: one command redoes them all, in order
         fix = "pipeline.redo_stale=true"
         advice += "; every later iteration made from it is stale too"
+    if (
+        st.stage is Stage.train
+        and read_upstream(cfg, Stage.train) is None
+        and any(c.startswith("training.pairs: ") and CONTENT_CHANGED not in c for c in st.changed)
+    ):  # trained on other pairs: its redo would replace a checkpoint another recipe made
+        fix = f"run_name={cfg.run_name}-{pairs_lineage(cfg.training.pairs)}"
+        advice = (
+            "train on these pairs in a lineage of its own (a redo, pipeline.redo=[train], "
+            "would replace that checkpoint)"
+        )
     if st.changed and all(CONTENT_CHANGED in change for change in st.changed):
         what, advice = "other input files", advice.replace("the config", "the file")
     else:
         what = "a different configuration"
-    raise StageError(f"{cfg.stage_dir(st.stage)} was made with {what} ({why}); {advice}", fix)
+    return StageError(f"{cfg.stage_dir(st.stage)} was made with {what} ({why}); {advice}", fix)
 
 
 def release_gpu_memory() -> None:

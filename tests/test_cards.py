@@ -4,6 +4,7 @@ root, the repository or the tiny models' folder, never a local absolute path (sr
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -177,6 +178,26 @@ def test_evals_against_several_references_sit_side_by_side_in_the_card():
     )
     empty = model_card(cfg, metrics, [], "cmd")
     assert "Not evaluated yet" in empty
+
+
+def test_a_checkpoint_trained_on_a_pairs_file_names_that_file_not_self_play(tmp_path):
+    """What ran is what the card says: the pairs file and its sha256 (as sha256sum prints it),
+    without the self-play settings that did not apply; its name, not its local path."""
+    pairs = tmp_path / "hybrid.jsonl"
+    pairs.write_bytes(Path("tests/data/pairs_tiny.jsonl").read_bytes())
+    command = f"python -m src.main experiment=tiny-wpo-hb stage=train training.pairs={pairs}"
+    cfg = compose_cfg(*command.split()[3:], "logger=none")
+    metrics = {"log_history": [], "summary": {"train_loss": 0.5}}
+    text = model_card(cfg, metrics, [], command)
+    assert_no_local_path(text, tmp_path, cfg)
+    digest = hashlib.sha256(pairs.read_bytes()).hexdigest()
+    card = ModelCard(text)
+    assert "WPO preference optimisation on the pairs of `hybrid.jsonl`" in card.text
+    assert f"| training.pairs | hybrid.jsonl (sha256 {digest}) |" in card.text
+    assert "self-play" not in card.text and card.data.datasets is None
+    for row in ("method.K", "ranker", "generation", "data.prompts"):
+        assert f"| {row} |" not in card.text, row
+    assert f"# training.pairs: the file of sha256 {digest}\npython -m src.main" in card.text
 
 
 def test_the_card_carries_each_benchmark_with_its_judge_and_reads_back():

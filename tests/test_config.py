@@ -23,7 +23,14 @@ from typing import get_args, get_origin, get_type_hints
 import pytest
 from omegaconf import OmegaConf
 
-from src.config import REPO_ROOT, Config, ConfigError, previous_policy, validate
+from src.config import (
+    PAIRS_STAGE_FILE,
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    previous_policy,
+    validate,
+)
 from tests.helpers import CONF, compose_cfg, compose_raw, entry
 
 
@@ -234,6 +241,23 @@ def test_sppo_sets_eta_and_beta_follows():
     assert cfg.run_name == "eta5000-lr5e-07-K5"
     wpo = compose_cfg("method=wpo", "method.beta=0.05")
     assert wpo.method.eta == pytest.approx(20.0)
+
+
+def test_a_training_on_a_pairs_file_of_ones_own_is_a_lineage_of_its_own():
+    """run_name's last part says where the pairs come from: K<K> of self-play, or the file a
+    training reads (any preset's run name too), so that it never lands in a self-play lineage's
+    folder; a run name set by the user stays as it is."""
+    assert compose_cfg().run_name == "eta1000-lr5e-07-K5"
+    assert compose_cfg(f"training.pairs={PAIRS_STAGE_FILE}").run_name == "eta1000-lr5e-07-K5"
+    mine = "training.pairs=tests/data/pairs_tiny.jsonl"
+    assert compose_cfg(mine).run_name == "eta1000-lr5e-07-pairs-pairs_tiny"
+    wpo_hb = compose_cfg("experiment=tiny-wpo-hb", "data.external_responses=null", mine)
+    assert wpo_hb.run_name == "beta0.01-lr0.0001-pairs-pairs_tiny"
+    qlora = compose_cfg("experiment=mistral-7b-instruct-sppo-qlora", mine)
+    assert qlora.run_name == "eta1000-qlora-lr5e-06-pairs-pairs_tiny"
+    other = compose_cfg("training.pairs='${run.iter_dir}/pairs/my pairs (v2).jsonl'")
+    assert other.run_name == "eta1000-lr5e-07-pairs-my_pairs_v2_"
+    assert compose_cfg(mine, "run_name=mine").run_name == "mine"
 
 
 def test_default_seeds_are_the_sppo_reference_choice():

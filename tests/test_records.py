@@ -87,7 +87,8 @@ def test_what_changed_is_named_relative_to_the_run(tmp_path, monkeypatch):
     finish(at_root(monkeypatch, here))
     move(here, there)
     other = at_root(monkeypatch, there).run.dir + "/iter1/pairs/other.parquet"
-    cfg = at_root(monkeypatch, there, f"training.pairs={other}")
+    name = at_root(monkeypatch, there).run_name  # the lineage the file sits in, not its own
+    cfg = at_root(monkeypatch, there, f"training.pairs={other}", f"run_name={name}")
 
     assert state_of(cfg.as_tree(), Stage.pairs).status == "done"
     train = state_of(cfg.as_tree(), Stage.train)

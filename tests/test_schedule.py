@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 import src.schedule as schedule
 from src.config import REPO_ROOT, Config, Stage, to_yaml
 from src.core.errors import StageError, describe
+from src.core.records import stage_fingerprint, write_record
 from src.core.registry import STAGES
 from src.stages.common import read_upstream
 from tests.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
@@ -80,6 +81,52 @@ def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorde
         describe(refused.value, command),
     )
     assert recorded == [], "nothing runs over a record it cannot read"
+
+
+def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_of_its_own(
+    recorded,
+):
+    """run_name set to a finished lineage's, with a pairs file of the user's own: the fix is a
+    run name of its own, never a redo that would replace the checkpoint the other pairs made."""
+    first = "python -m src.main stage=train logger=none run_name=mine"
+    cfg = compose_cfg(*first.split()[3:])
+    schedule.dispatch(cfg, first)
+    write_record(cfg.stage_dir(Stage.train), stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+    command = f"{first} training.pairs=tests/data/pairs_tiny.jsonl"
+    with pytest.raises(StageError) as refused:
+        schedule.dispatch(compose_cfg(*command.split()[3:]), command)
+    said = describe(refused.value, command)
+    assert "train on these pairs in a lineage of its own" in said
+    assert said.endswith(
+        "run `python -m src.main stage=train logger=none run_name=mine-pairs-pairs_tiny "
+        "training.pairs=tests/data/pairs_tiny.jsonl`"
+    ), said
+    assert [s for s, _ in recorded] == [Stage.train], "nothing ran the second time"
+
+
+def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_build(
+    recorded, monkeypatch
+):
+    """`stage=all iter=2` after both iterations finished with other eval settings: one refusal,
+    before the tiny models' build, whose fix redoes every stale stage of both in one command."""
+    made = ["logger=none", "eval.enabled=true"]
+    for t in (1, 2):
+        cfg = compose_cfg(*made, f"iter={t}")
+        for stage in STAGES:
+            schedule.save_config(cfg, stage, "python -m src.main")
+            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+    monkeypatch.setattr(schedule, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
+    asked = [*made, "eval.bootstrap=10", "iter=2"]
+    command = "python -m src.main " + " ".join(asked)
+    with pytest.raises(StageError) as refused:
+        schedule.dispatch(compose_cfg(*asked), command, lambda t: compose_cfg(*asked, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert said.startswith(
+        "error: iteration 1's eval, iteration 2's eval were made with a different configuration "
+        "(eval.bootstrap: 1000 -> 10); "
+    ), said
+    assert said.endswith(f"run `{command} pipeline.redo_stale=true`"), said
+    assert recorded == []
 
 
 def test_every_stage_input_is_a_config_key():

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from statistics import mean
 
 from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
-from src.core.artifacts import atomic_write_text, read_json
+from src.core.artifacts import atomic_write_text, files_sha256, read_json
 from src.core.errors import Redo, StageError
 from src.core.policy import CARD
 from src.core.records import read_record, saved_state
@@ -33,6 +33,7 @@ from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
 from src.evaluation.benchmarks import figure
 from src.evaluation.leaderboard import V1, shown_scores
+from src.stages.common import read_upstream
 
 # Licenses of the bases this project knows; any other base: "other" (its own card says which)
 BASE_LICENSES = {
@@ -106,7 +107,7 @@ TEMPLATE = """---
 
 # {{ title }}
 
-Iteration {{ iteration }} of {{ method }} self-play preference optimisation of
+Iteration {{ iteration }} of {{ method }} {{ optimisation }} of
 `{{ base_model }}`, made by selfplay-lab {{ project_version }}.
 
 ## Lineage
@@ -136,7 +137,8 @@ Iteration {{ iteration }} of {{ method }} self-play preference optimisation of
 ## Reproduce
 
 ```bash
-{{ command }}
+{% if pairs %}# training.pairs: the file of sha256 {{ pairs }}
+{% endif %}{{ command }}
 ```
 """
 
@@ -226,13 +228,14 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
         )
         for e in evaluations
     ]
+    own_pairs = pairs_file(cfg)
     results = []
     for evaluation in shown:  # the benchmarks run by several evals: their rows once
         results += [r for r in eval_results(cfg, evaluation) if r not in results]
     data = ModelCardData(
         model_name=name,
         base_model=base if is_hub_id else None,
-        datasets=[cfg.data.prompts] if _hub_id(cfg.data.prompts) else None,
+        datasets=[cfg.data.prompts] if _hub_id(cfg.data.prompts) and not own_pairs else None,
         license=BASE_LICENSES.get(base, "other"),
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -246,6 +249,11 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
         title=name,
         iteration=cfg.iter,
         method=cfg.method.name.value.upper(),
+        optimisation=(
+            f"preference optimisation on the pairs of `{card_value(cfg.training.pairs, cfg.paths)}`"
+            if own_pairs
+            else "self-play preference optimisation"
+        ),
         base_model=base if is_hub_id else cfg.model.name,
         project_version=project_version(),
         lineage=lineage(cfg),
@@ -255,6 +263,7 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
         evaluation="\n\n".join(evaluation_text(e, eval_prompts) for e in shown)
         or evaluation_text(None),
         command=card_text(command, cfg.paths),
+        pairs=own_pairs,
     )
     return str(card)
 
@@ -388,17 +397,33 @@ def lineage(cfg: Config) -> str:
     )
 
 
+def pairs_file(cfg: Config) -> str | None:
+    """The sha256 of the pairs file the checkpoint was trained on when it is a file of the
+    user's own (training.pairs); None: the pairs stage's, made by self-play."""
+    if read_upstream(cfg, Stage.train) is not None:
+        return None
+    path = Path(cfg.training.pairs).expanduser().resolve()
+    return files_sha256([path])[path]
+
+
 def recipe(cfg: Config) -> list[tuple[str, object]]:
-    """The values that made the checkpoint, as the run's resolved config holds them."""
+    """The values that made the checkpoint, as the run's resolved config holds them: on a pairs
+    file of the user's own, that file in place of the self-play settings, which did not apply."""
     m, g, t, r = cfg.method, cfg.generation, cfg.training, cfg.ranker
-    return [
-        ("method.loss", m.loss.value),
-        ("method.eta / method.beta", f"{m.eta:g} / {m.beta:g}"),
+    digest = pairs_file(cfg)
+    source = [
         ("method.K", m.K),
-        ("method.wpo_weight", m.wpo_weight),
         ("ranker", f"{r.kind.value}: {card_value(r.model, cfg.paths)}"),
         ("generation", f"temperature {g.temperature:g}, top_p {g.top_p:g}, {g.max_new_tokens} new tokens"),
         ("data.prompts", card_value(cfg.data.prompts, cfg.paths)),
+    ] if digest is None else [
+        ("training.pairs", f"{card_value(t.pairs, cfg.paths)} (sha256 {digest})"),
+    ]  # fmt: skip
+    return [
+        ("method.loss", m.loss.value),
+        ("method.eta / method.beta", f"{m.eta:g} / {m.beta:g}"),
+        ("method.wpo_weight", m.wpo_weight),
+        *source,
         ("training.optimizer", t.optimizer.value),
         ("training.learning_rate", f"{t.learning_rate:g}"),
         ("training.lr_scheduler", f"{t.lr_scheduler.value}, warm-up {t.warmup_ratio:g}"),
