@@ -441,6 +441,19 @@ SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*")
 SBATCH_SET_BY = {
     **{name: f"hardware.slurm.{name}" for name in ("partition", "account", "qos", "constraint")},
     "time": "hardware.slurm.time_min or hardware.slurm.stages.<stage>.time_min",
+    # a node's share: src.slurm asks for each stage's own (hardware.slurm.stages.<stage>)
+    **dict.fromkeys(
+        [
+            "gres",
+            "gpus",
+            "gpus-per-task",
+            "cpus-per-gpu",
+            "mem-per-cpu",
+            "mem-per-gpu",
+            "exclusive",
+        ],
+        "hardware.slurm.stages",
+    ),
     **dict.fromkeys(
         [
             *("cpus-per-task", "mem", "gpus-per-node", "nodes", "ntasks", "ntasks-per-node"),
@@ -471,6 +484,12 @@ def check_sbatch_option(key: str, option: str) -> None:
     if where == "src.slurm":
         raise ConfigError(
             f"{key}={option!r}: {name} is set by src.slurm, from what each job needs; drop it"
+        )
+    if where == "hardware.slurm.stages":
+        raise ConfigError(
+            f"{key}={option!r}: {name} would give each job, the CPU pairs job and every one-GPU "
+            "shard too, what the whole node has; src.slurm asks for each stage's own GPUs, CPUs "
+            "and memory (hardware.slurm.stages.<stage>): drop it"
         )
     if where is not None:
         raise ConfigError(f"{key}={option!r}: the scripts set {name} from {where}: set that")
@@ -1082,9 +1101,9 @@ class SlurmConfig:
     # clone's .venv/bin/python, so activating another environment changes nothing)
     setup: list[str] = field(default_factory=list)
     # more sbatch options, each `--name` or `--name=value` (e.g. `--reservation=maint`,
-    # `--mail-type=FAIL`); those the scripts set themselves are refused, naming their key. The
-    # scripts ask for each stage's GPUs: `--gres=gpu:8` or `--exclusive` here would give every
-    # one-GPU shard and the CPU pairs job a whole node
+    # `--mail-type=FAIL`); those the scripts set themselves are refused, naming their key, and
+    # so are those that ask for a node's share (`--gres=gpu:8`, `--exclusive`): the scripts ask
+    # for each stage's own, and these would give every one-GPU shard and the CPU pairs job a node
     sbatch: list[str] = field(default_factory=list)
     # the jobs read models and datasets from the Hugging Face cache only (HF_HUB_OFFLINE=1,
     # HF_DATASETS_OFFLINE=1, TRANSFORMERS_OFFLINE=1); false for nodes that reach the Hub

@@ -727,7 +727,7 @@ def test_a_sweep_point_that_would_break_its_line_or_leave_the_root_is_refused(
 
 SITE = [
     "hardware.slurm.setup=['module load cuda/12.4','source /shared/envs/selfplay/bin/activate']",
-    "hardware.slurm.sbatch=['--gres=gpu:8','--exclusive','--foo=$(rm -rf ~)']",
+    "hardware.slurm.sbatch=['--reservation=maint','--mail-type=FAIL','--foo=$(rm -rf ~)']",
 ]
 
 
@@ -746,13 +746,20 @@ SITE = [
         ),
         ("hardware.slurm.setup=['module load a',' ']", "hardware.slurm.setup[1]=' ' is blank"),
         (
-            "hardware.slurm.setup=['#SBATCH --gres=gpu:8']",
-            "hardware.slurm.setup[0]='#SBATCH --gres=gpu:8': sbatch reads no #SBATCH line after "
-            "the script's first command; put the option in hardware.slurm.sbatch (e.g. "
-            "hardware.slurm.sbatch=['--gres=gpu:8'])",
+            "hardware.slurm.setup=['#SBATCH --reservation=maint']",
+            "hardware.slurm.setup[0]='#SBATCH --reservation=maint': sbatch reads no #SBATCH line "
+            "after the script's first command; put the option in hardware.slurm.sbatch (e.g. "
+            "hardware.slurm.sbatch=['--reservation=maint'])",
         ),
         (
-            "hardware.slurm.sbatch=['--exclusive','--job-name=x']",
+            "hardware.slurm.sbatch=['--mail-type=FAIL','--exclusive']",
+            "hardware.slurm.sbatch[1]='--exclusive': --exclusive would give each job, the CPU "
+            "pairs job and every one-GPU shard too, what the whole node has; src.slurm asks for "
+            "each stage's own GPUs, CPUs and memory (hardware.slurm.stages.<stage>): drop it",
+        ),
+        ("hardware.slurm.sbatch=['--gres=gpu:8']", "--gres would give each job"),
+        (
+            "hardware.slurm.sbatch=['--reservation=maint','--job-name=x']",
             "hardware.slurm.sbatch[1]='--job-name=x': --job-name is set by src.slurm, from what "
             "each job needs; drop it",
         ),
@@ -855,8 +862,8 @@ def test_every_template_exports_the_config_then_runs_the_setup_lines(capsys, tmp
     for template, script in rendered.items():
         assert f"from slurm/templates/{template}" in script
         directives, lines = script_parts(script)
-        assert directives[-4:] == ["#SBATCH --partition=gpu", "#SBATCH --gres=gpu:8",
-                                   "#SBATCH --exclusive", '#SBATCH --foo="$(rm -rf ~)"'], template  # fmt: skip
+        assert directives[-4:] == ["#SBATCH --partition=gpu", "#SBATCH --reservation=maint",
+                                   "#SBATCH --mail-type=FAIL", '#SBATCH --foo="$(rm -rf ~)"'], template  # fmt: skip
         # sbatch reads directives up to the first command only
         assert script.index(directives[-1]) < script.index("\nset -euo pipefail\n")
         assert lines[0] == f"cd {REPO_ROOT}" and lines[1] == "export PYTHONUNBUFFERED=1"
