@@ -208,8 +208,10 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
             with writing(side, Stage.eval, command, whole=True):
                 run_stage(side, Stage.eval, stage_run(Stage.eval), command, redoing=True)
             ran.append(Stage.eval)
-    if ran and not other_training_node(cfg) and not any(one_of_shards(cfg, s) for s in ran):
-        curves.log_curve(cfg)  # once the iteration's stages it ran are done
+    if not other_training_node(cfg) and not any(one_of_shards(cfg, s) for s in runners):
+        # once the iteration's stages it ran are done; none ran: from the records, marked so (a
+        # sweep point or a lineage made with logger=none appears in W&B all the same)
+        curves.log_curve(cfg, reused=not ran)
 
 
 def stale_side_evals(cfg: Config) -> list[Config]:

@@ -425,7 +425,8 @@ def test_a_local_sweep_whose_points_miss_an_asset_is_refused_before_any_point_st
 @pytest.mark.slow
 def test_a_local_sweep_runs_every_point_here(tmp_path):
     """Each point runs here, a failing one does not stop the next, and the points are W&B curve
-    runs of one group (the sweep's name) coloured by the swept value.
+    runs of one group (the sweep's name) coloured by the swept value, a point finished before
+    the sweep too.
 
     Slow: two whole iterations, each stage of them a W&B run, read back by wandb's reader."""
     sweep = tmp_path / "two.yaml"
@@ -467,8 +468,14 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     curves = [r for r in offline_runs(tmp_path / "runs") if r.stage == JOB_TYPE]
     assert len({r.summary["run_id"] for r in curves}) == 2
     assert {r.header["run_group"] for r in curves} == {"two"}
-    assert sorted(r.summary["config"]["method.eta"] for r in curves) == [1, 10]
     assert {r.summary["config"]["sweep"] for r in curves} == {"two"}
+    # point 2, finished before the second sweep, in the group all the same: from its records
+    assert sorted(r.summary["config"]["method.eta"] for r in curves) == [1, 10, 10]
+    (reused,) = [r for r in curves if "reused" in r.header["tags"]]
+    (made,) = [r for r in curves if r.summary["config"]["method.eta"] == 10 and r is not reused]
+    figures = [[{k: v for k, v in row.items() if not k.startswith("_")} for row in r.history()]
+               for r in (reused, made)]  # fmt: skip
+    assert figures[0] == figures[1] and "train_loss_final" in figures[0][0]
 
     refused = entry("src.sweep", *command, "--dry-run", env=env)
     assert refused.returncode == 2 and "--local runs the points here" in refused.stderr

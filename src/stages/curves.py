@@ -2,10 +2,11 @@
 
 Each stage of an iteration is a W&B run of its own (src/stages/tracking.py), holding that stage's
 numbers; none of them draws win rate against iteration. So every lineage also has one curve run
-(job_type `curves`, name `<run_name>`, a deterministic id), written by every command that ran a
-stage of it, on its rank-0 process, once the iteration's stages it ran are done. It logs one row
-per iteration with `iteration` as the step metric (`define_metric`), holding the figures
-`python -m src.compare` shows for it — read from the same files, by the same code
+(job_type `curves`, name `<run_name>`, a deterministic id), written by every command of it, on
+its rank-0 process, once the iteration's stages it ran are done; by a command that ran none (a
+sweep point already finished, a lineage made with `logger=none`) from its records, tagged
+`reused`. It logs one row per iteration with `iteration` as the step metric (`define_metric`),
+holding the figures `python -m src.compare` shows for it — read from the same files, by the same code
 (src/compare/runs.py): the eval's win rates, their intervals and the answers' average lengths,
 each benchmark by its judge, the evals against other references; the training's final loss,
 reward margin and accuracy; the pairs' mean chosen probability and score margin; the
@@ -79,9 +80,10 @@ def curve_config(cfg: Config) -> dict[str, Any]:
     return flat_config(cfg) | named | {key: lookup(tree, key) for key in cfg.logger.swept}
 
 
-def log_curve(cfg: Config) -> None:
+def log_curve(cfg: Config, reused: bool = False) -> None:
     """Open (or resume) the lineage's curve run, log what it does not hold yet, close it; a no-op
-    with `logger=none`."""
+    with `logger=none`. `reused`: the command ran no stage, its curve is the records' (tagged
+    `reused`)."""
     if not enabled(cfg):
         return
     import wandb
@@ -95,7 +97,7 @@ def log_curve(cfg: Config) -> None:
         name=cfg.run_name,
         id=curve_id(cfg),
         resume="allow",
-        tags=[*log.tags, cfg.method.name.value, cfg.model.name],
+        tags=[*log.tags, cfg.method.name.value, cfg.model.name, *(["reused"] if reused else [])],
         dir=log.dir,
         mode=log.mode.value,
         config=curve_config(cfg),
