@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
+import stat
 import sys
 import threading
 import time
@@ -28,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.config import ConfigError, describe_composition_error
 from src.core.errors import (
+    EXIT_CLOSED_PIPE,
     EXIT_CONFIG_ERROR,
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
@@ -120,6 +123,13 @@ def failures(
             exit_with(_stopped_line(STOPPED_BY[exc.signal], interrupted), EXIT_TERMINATED, exc)
         except KeyboardInterrupt as exc:
             exit_with(_stopped_line("Ctrl-C", interrupted), EXIT_INTERRUPTED, exc)
+        except BrokenPipeError as exc:
+            if not reader_gone():
+                exit_with(*failure_line(exc, command, overrides, where), exc)
+            # `| head` stopped reading what it wanted: nothing failed, nothing to say (and the
+            # flush at exit must not fail again), the code a shell gives a process SIGPIPE ended
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_CLOSED_PIPE)
         except (
             ConfigError,
             StageError,
@@ -129,6 +139,19 @@ def failures(
             AssertionError,
         ) as exc:
             exit_with(*failure_line(exc, command, overrides, where), exc)
+
+
+def reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader closed it (`... | head -n 12`, its lines read)."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):  # no file descriptor (captured), or closed
+        return False
 
 
 def _stopped_line(by: str, leaves: str) -> str:

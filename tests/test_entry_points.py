@@ -366,3 +366,17 @@ def test_slurm_scripts_set_stage_and_iter_once(tmp_path):
         words = line.split()
         assert sum(w.lstrip("+").startswith("stage=") for w in words) == 1, line
         assert sum(w.lstrip("+").startswith("iter=") for w in words) == 1, line
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """`--cfg job | head -n 12` (make demo's first screen): the reader closed the pipe, which
+    fails nothing; the exit code a shell gives a process SIGPIPE ended, and nothing said."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as closed:
+        shown = subprocess.run(
+            [sys.executable, "-c", "from src.cli import failures\nwith failures('x'):\n"
+             "    import sys\n    sys.stdout.write('a line\\n' * 100_000)\n    sys.stdout.flush()"],
+            stdout=closed, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        )  # fmt: skip
+    assert (shown.returncode, shown.stderr) == (141, "")

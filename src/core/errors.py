@@ -32,6 +32,7 @@ EXIT_CONFIG_ERROR = 2
 EXIT_ENVIRONMENT = 3
 EXIT_PREEMPTED = 4
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: its output's reader stopped reading (`| head`)
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
