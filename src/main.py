@@ -9,6 +9,7 @@ key; `--cfg job` prints the validated config, resolved.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import traceback
@@ -21,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src.cli import ArgumentParser, failures, hydra_raises
-from src.config import REPO_ROOT, Config, compose_tree, validate
+from src.config import REPO_ROOT, Config, Device, compose_tree, validate
 from src.core import memory, preemption, threads
 from src.core.errors import EnvironmentFailure
 from src.plan.stages import require_fit_here
@@ -48,12 +49,24 @@ def _hydra_main(raw: DictConfig) -> None:
     with failures(command, overrides, interrupted=INTERRUPTED):
         cfg = validate(raw)
         require_fit_here(cfg, overrides)  # on a GPU: what cannot fit it stops here, exit 2
+        quiet_libraries(cfg)
 
         def config_for_iter(t: int) -> Config:
             return validate(OmegaConf.merge(raw, {"iter": t}))
 
         preemption.install()
         dispatch(cfg, command, config_for_iter)
+
+
+def quiet_libraries(cfg: Config) -> None:
+    """Lines libraries print that are not so here, silenced before they load (and in the
+    training workers, which inherit the environment); a user's own setting wins. W&B's
+    advertisement for its Weave tracer in every run of a process that imported an LLM client (a
+    judged eval); DeepSpeed's warning, at every train stage on a CPU machine, that it found no
+    GPU (named, it has nothing to look for)."""
+    os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
+    if cfg.hardware.device == Device.cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def main() -> None:

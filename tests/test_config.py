@@ -407,6 +407,27 @@ def test_slurm_hardware_switches_hydra_to_the_submitit_launcher():
     )
 
 
+def test_libraries_log_under_their_own_names_warnings_up_on_stderr(capsys):
+    """The logging Hydra sets before the job: a library's INFO records (lm-eval's, hundreds an
+    eval) dropped, its warnings on stderr under its own name, never Hydra's `[HYDRA]` on stdout."""
+    import logging.config
+
+    raw = compose_raw(hydra_node=True)
+    configured = [logging.getLogger(), logging.getLogger("hydra")]
+    before = [(log.level, log.propagate, list(log.handlers)) for log in configured]
+    logging.config.dictConfig(OmegaConf.to_container(raw.hydra.hydra_logging, resolve=True))
+    try:
+        logging.getLogger("lm_eval.evaluator").info("building the task")
+        logging.getLogger("lm_eval.evaluator").warning("a task without a split")
+    finally:  # as it was: the handlers write to this test's captured stderr
+        for log, (level, propagate, handlers) in zip(configured, before, strict=True):
+            log.setLevel(level)
+            log.propagate = propagate
+            log.handlers[:] = handlers
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == "[lm_eval.evaluator] WARNING: a task without a split\n"
+
+
 def test_every_config_file_says_what_it_is_and_how_to_launch_it():
     missing = []
     for path in sorted(CONF.rglob("*.yaml")):

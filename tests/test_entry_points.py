@@ -380,3 +380,20 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
             stdout=closed, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
         )  # fmt: skip
     assert (shown.returncode, shown.stderr) == (141, "")
+
+
+def test_libraries_are_told_what_they_would_say_falsely_before_they_load(monkeypatch):
+    """DeepSpeed on a CPU machine (else its warning that it found no GPU, at every train stage),
+    W&B without its Weave advertisement; a user's own setting kept."""
+    from src.main import quiet_libraries
+    from tests.helpers import compose_cfg
+
+    for var in ("DS_ACCELERATOR", "WANDB_DISABLE_WEAVE"):
+        monkeypatch.delenv(var, raising=False)
+    quiet_libraries(compose_cfg("model=tiny-mistral", "hardware.device=cuda"))
+    assert "DS_ACCELERATOR" not in os.environ and os.environ["WANDB_DISABLE_WEAVE"] == "true"
+    quiet_libraries(compose_cfg("model=tiny-mistral"))
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    monkeypatch.setenv("WANDB_DISABLE_WEAVE", "false")
+    quiet_libraries(compose_cfg("model=tiny-mistral"))
+    assert os.environ["WANDB_DISABLE_WEAVE"] == "false"

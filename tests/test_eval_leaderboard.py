@@ -367,6 +367,27 @@ def test_ifeval_instructions_that_need_nltk_data_are_found_by_running_lm_evals_c
     assert leaderboard.unscorable_instructions(capitals) == ["change_case:capital_word_frequency"]
 
 
+def test_lm_evals_ifeval_modules_load_fetching_nothing_and_claiming_nothing(
+    no_punkt, capsys, monkeypatch
+):
+    """lm-eval's IFEval module, loaded where NLTK's data is missing, as a task build loads it:
+    no download tried, no "Downloaded punkt_tab" line; what else is printed passes through."""
+    import importlib
+    import sys
+
+    import nltk
+
+    tried = []
+    monkeypatch.setattr(nltk, "download", lambda *args, **kwargs: tried.append(args))
+    module = "lm_eval.tasks.ifeval.instructions_util"
+    monkeypatch.delitem(sys.modules, module, raising=False)  # imported afresh: it runs again
+    with leaderboard.nltk_never_downloads():
+        importlib.import_module(module)
+        print("a line of its own")
+    said = capsys.readouterr()
+    assert said.out == "a line of its own\n" and "punkt" not in said.err and tried == []
+
+
 # --- lm-eval in this process on tiny-mistral -----------------------------------------------------
 
 

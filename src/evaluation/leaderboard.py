@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import sys
@@ -451,7 +452,8 @@ def prepared(names: list[str], data_dir: str | Path | None) -> Iterator[tuple[ob
         loaded = {}
         for name in names:
             try:
-                loaded[name] = manager.load(name)
+                with nltk_never_downloads():
+                    loaded[name] = manager.load(name)
             except Exception as err:  # lm-eval reads a first document as it builds a task
                 leaf = next((t for t in _leaves(name) if _unbuildable(manager, t)), name)
                 repo = index[leaf].cfg["dataset_path"]
@@ -698,6 +700,26 @@ def punkt_missing() -> bool:
     except LookupError:
         return True
     return False
+
+
+@contextlib.contextmanager
+def nltk_never_downloads() -> Iterator[None]:
+    """lm-eval's IFEval modules call `nltk.download("punkt_tab")` as they load, where NLTK's
+    data is missing, and one of them then prints "Downloaded punkt_tab on rank 0" whatever came
+    of it: offline, a false line after NLTK's errors. A run reads what the machine holds: here
+    nothing is fetched, and the prompts left unscored are said once, with the command that
+    installs the data (`_leave_out_unscorable_ifeval`)."""
+    import nltk
+
+    fetch = nltk.download
+    nltk.download = lambda *args, **kwargs: False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            yield
+    finally:
+        nltk.download = fetch
+        said = [line for line in printed.getvalue().splitlines() if "punkt_tab" not in line]
+        print(*said, sep="\n", end="\n" if said else "")
 
 
 def unscorable_instructions(doc: Mapping) -> list[str]:
