@@ -10,7 +10,7 @@ import gc
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,11 +56,13 @@ def dispatch(
     `config_for_iter(t)` is the same configuration at iteration t (the command line's, with
     `iter=t`); without it only iteration `cfg.iter` is considered.
     """
-    runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
+    stages = iteration_stages(cfg.stage, cfg.eval.enabled)
     earlier = []
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
-        earlier = unfinished_iterations(cfg, runners, config_for_iter)
-    refuse_stale([*earlier, cfg], runners)  # the records decide it: before any build
+        earlier = unfinished_iterations(cfg, stages, config_for_iter)
+    # the records decide it: before the stages' libraries load (seconds) and any build (minutes)
+    refuse_stale([*earlier, cfg], stages)
+    runners = stage_runners(stages)
     ensure_tiny_models(cfg)
     require_assets_here([*earlier, cfg], runners, command)
     for before in earlier:
@@ -71,7 +73,7 @@ def dispatch(
     run_iteration(cfg, runners, command)
 
 
-def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
+def unfinished_iterations(cfg, stages: Collection[Stage], config_for_iter) -> list[Config]:
     """The earlier iterations `stage=all` runs first: those not finished with this config (none
     with `pipeline.require_previous`, which needs iteration t-1 trained)."""
     if cfg.pipeline.require_previous:
@@ -89,7 +91,7 @@ def unfinished_iterations(cfg, runners, config_for_iter) -> list[Config]:
         earlier = replace(
             config_for_iter(t), pipeline=PipelineConfig(redo_stale=cfg.pipeline.redo_stale)
         )
-        done = all(state_of(earlier.as_tree(), s).status == "done" for s in runners)
+        done = all(state_of(earlier.as_tree(), s).status == "done" for s in stages)
         if done and not (cfg.pipeline.redo_stale and stale_side_evals(earlier)):
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
         else:
@@ -123,7 +125,7 @@ def require_assets_here(configs: list[Config], runners: dict, command: str) -> N
         require_alpaca_eval_judge()
 
 
-def refuse_stale(configs: list[Config], runners: dict) -> None:
+def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
     """What `run_iteration` would refuse in any iteration the command runs, refused before any
     of them starts (and before a tiny chat judge's build of minutes): one iteration's as it says
     it, several iterations' as one refusal whose fix redoes each stale stage in order. Only a
@@ -131,7 +133,7 @@ def refuse_stale(configs: list[Config], runners: dict) -> None:
     changed may be a tiny model's, which the build makes again)."""
     found = []
     for c in configs:
-        refused = refusal(c, runners, [state_of(c.as_tree(), s) for s in runners])
+        refused = refusal(c, stages, [state_of(c.as_tree(), s) for s in stages])
         if refused and (refused[0].earlier_version or any(
             CONTENT_CHANGED not in change for change in refused[0].changed
         )):  # fmt: skip
@@ -157,7 +159,7 @@ def redo_start(cfg: Config, states: list[StageState]) -> int | None:
 
 
 def refusal(
-    cfg: Config, runners: dict, states: list[StageState]
+    cfg: Config, stages: Collection[Stage], states: list[StageState]
 ) -> tuple[StageState, StageError] | None:
     """The stage `run_iteration` refuses and why: one finished under another config that it
     would not redo, or the earlier stage, made under another, whose output the first reads."""
@@ -168,7 +170,7 @@ def refusal(
             also = f" (and so {', '.join(stale)} after it)" if stale else ""
             return st, refused(cfg, st, f"restore the config, or redo it{also}")
     upstream = read_upstream(cfg, states[0].stage)
-    if upstream is not None and upstream not in runners:
+    if upstream is not None and upstream not in stages:
         st = state_of(cfg.as_tree(), upstream)
         if st.status == "stale":  # its rows would be read as if made under this config
             first = states[0].stage.value

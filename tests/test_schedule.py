@@ -108,7 +108,8 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
     recorded, monkeypatch
 ):
     """`stage=all iter=2` after both iterations finished with other eval settings: one refusal,
-    before the tiny models' build, whose fix redoes every stale stage of both in one command."""
+    before the stages' libraries load and the tiny models' build, whose fix redoes every stale
+    stage of both in one command."""
     made = ["logger=none", "eval.enabled=true"]
     for t in (1, 2):
         cfg = compose_cfg(*made, f"iter={t}")
@@ -116,6 +117,7 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
             schedule.save_config(cfg, stage, "python -m src.main")
             write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
     monkeypatch.setattr(schedule, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
+    monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
     asked = [*made, "eval.bootstrap=10", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
