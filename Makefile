@@ -165,7 +165,7 @@ endif
 sweep: install ## SLURM: a sweep as one array, e.g. SWEEP=sweeps/eta.yaml ARGS='--dry-run model=tiny-mistral hardware=slurm-cpu'
 	$(OFFLINE) $(PY) -m src.sweep $(SWEEP) $(ARGS)
 
-sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta-tiny.yaml, 4 points x 3 iterations: 301 s on the idle 2-core machine), then the comparison
+sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta-tiny.yaml, 4 points x 3 iterations: 145 s on 2 cores after make demo, which made eta = 10), then the comparison
 	$(OFFLINE) $(PY) -m src.sweep sweeps/eta-tiny.yaml --local --iterations 3 $(ARGS)
 	$(OFFLINE) $(PY) -m src.compare
 	$(OFFLINE) $(PY) -m src.tiny.audit
