@@ -141,7 +141,8 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
     if len(found) == 1:
         raise found[0][2]
     if found:
-        stages = ", ".join(f"iteration {t}'s {st.stage.value}" for t, st, _ in found)
+        named = [f"iteration {t}'s {st.stage.value}" for t, st, _ in found]
+        stages = f"{', '.join(named[:-1])} and {named[-1]}"
         why = " | ".join(dict.fromkeys("; ".join(st.changed) for _, st, _ in found))
         raise StageError(
             f"{stages} were made with a different configuration ({why or 'an earlier version'}); "

@@ -83,20 +83,20 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
     refused = cli(root, "iter=2", "ranker.self_term=false")
     assert refused.returncode == 1
     line = refused.stderr.strip().splitlines()[-1]
-    # iteration 1 was ranked with the old judge config too: it is named first, with its command
-    assert (
-        "iter1/rank was made with a different configuration (ranker.self_term: True -> False)"
-        in line
-    )
-    assert "iter=1 ranker.self_term=false pipeline.redo=[rank]`" in line
+    # both iterations were ranked with the old judge config: one refusal, one command for both
+    assert line.startswith(
+        "error: iteration 1's rank and iteration 2's rank were made with a different "
+        "configuration (ranker.self_term: True -> False); "
+    ), line
+    assert line.endswith("iter=2 ranker.self_term=false pipeline.redo_stale=true`"), line
     assert records(root) == before, "nothing ran"
 
-    # a change in a later stage's input: only that stage is named
+    # a change in a later stage's input: only that stage is named, in each iteration
     refused = cli(root, "iter=2", "training.warmup_ratio=0.2")
     assert refused.returncode == 1
     assert (
-        "iter1/train was made with a different configuration (training.warmup_ratio: 0.1 -> 0.2)"
-        in refused.stderr
+        "iteration 1's train and iteration 2's train were made with a different configuration "
+        "(training.warmup_ratio: 0.1 -> 0.2)" in refused.stderr
     )
     assert records(root) == before
 

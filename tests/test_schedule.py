@@ -124,7 +124,7 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
         schedule.dispatch(compose_cfg(*asked), command, lambda t: compose_cfg(*asked, f"iter={t}"))
     said = describe(refused.value, command)
     assert said.startswith(
-        "error: iteration 1's eval, iteration 2's eval were made with a different configuration "
+        "error: iteration 1's eval and iteration 2's eval were made with a different configuration "
         "(eval.bootstrap: 1000 -> 10); "
     ), said
     assert said.endswith(f"run `{command} pipeline.redo_stale=true`"), said
