@@ -41,7 +41,7 @@ from src.core.choice import Choice
 from src.core.errors import causes
 from src.core.registry import STAGES, Stage, stage_folder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConfigError(ValueError):
