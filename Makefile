@@ -123,7 +123,7 @@ wheelhouse: ## Every wheel TARGET=cpu|cuda needs, into WHEELHOUSE=<dir>, with it
 		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) $(if $(PLATFORM),--platform $(PLATFORM)) \
 		$(if $(HAVE),--have $(call quote,$(HAVE)))
 
-tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm, tiny-judge (~100 s on 2 cores)
+tiny: install ## (Re)build the tiny offline models: tiny-mistral, tiny-gemma2, tiny-pairrm, tiny-rm, tiny-judge (68 s on 2 cores of an AMD EPYC)
 	$(OFFLINE) $(PY) -m src.tiny --force
 
 demo: install ## The loop learns, on the tiny models (CPU, offline): SPPO iterations 1-3, WPO-HB and DPO, each judged against the base model by the eval judge; then the comparison
@@ -165,7 +165,7 @@ endif
 sweep: install ## SLURM: a sweep as one array, e.g. SWEEP=sweeps/eta.yaml ARGS='--dry-run model=tiny-mistral hardware=slurm-cpu'
 	$(OFFLINE) $(PY) -m src.sweep $(SWEEP) $(ARGS)
 
-sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta-tiny.yaml, 4 points x 3 iterations: 301 s on the idle 2-core machine), then the comparison
+sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta-tiny.yaml, 4 points x 3 iterations: 145 s on 2 cores after make demo, which made eta = 10), then the comparison
 	$(OFFLINE) $(PY) -m src.sweep sweeps/eta-tiny.yaml --local --iterations 3 $(ARGS)
 	$(OFFLINE) $(PY) -m src.compare
 	$(OFFLINE) $(PY) -m src.tiny.audit

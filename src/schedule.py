@@ -303,7 +303,8 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     aside = contextlib.nullcontext()
     if redoing and stage_dir.exists():
         locks.require_held()
-        print(f"[main] stage {stage.value}: redoing (pipeline.redo)", file=sys.stderr)
+        asked = "pipeline.redo" if cfg.pipeline.redo else "pipeline.redo_stale"
+        print(f"[main] stage {stage.value}: redoing ({asked})", file=sys.stderr)
         aside = set_aside(stage, stage_dir)
     with aside:
         print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)

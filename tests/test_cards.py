@@ -192,7 +192,8 @@ def test_a_checkpoint_trained_on_a_pairs_file_names_that_file_not_self_play(tmp_
     assert_no_local_path(text, tmp_path, cfg)
     digest = hashlib.sha256(pairs.read_bytes()).hexdigest()
     card = ModelCard(text)
-    assert "WPO preference optimisation on the pairs of `hybrid.jsonl`" in card.text
+    said = " ".join(card.text.split())
+    assert "WPO preference optimisation of `tiny-mistral` on the pairs of `hybrid.jsonl`," in said
     assert f"| training.pairs | hybrid.jsonl (sha256 {digest}) |" in card.text
     assert "self-play" not in card.text and card.data.datasets is None
     for row in ("method.K", "ranker", "generation", "data.prompts"):

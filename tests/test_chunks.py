@@ -132,11 +132,11 @@ def test_the_progress_line_says_done_in_flight_rate_and_time_left(monkeypatch):
     """Prompts done (kept from an earlier run included) of the shard's, the samples in flight
     only where a stream reports them, the rate over the last minute, the time left at this
     run's own pace; the last line says how long it took."""
-    from src import cli
+    from src.core import progress
 
     clock = iter([0.0, 30.0, 90.0, 100.0, 100.0])
-    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
-    line = cli.ProgressLine("[generate] shard000-of-001", total=100, unit="tokens")  # t = 0
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    line = progress.ProgressLine("[generate] shard000-of-001", total=100, unit="tokens")  # t = 0
     line.reused(20)
     line.update(done=10, work=3000.0, in_flight=40)  # t = 30
     line.update(done=40, work=9000.0)  # t = 90: the window starts at t = 30
@@ -152,7 +152,7 @@ def test_the_progress_line_says_done_in_flight_rate_and_time_left(monkeypatch):
 
 def test_the_progress_line_speaks_the_stages_words():
     """A stage names what it counts: the eval's answers count instructions, not prompts."""
-    from src.cli import ProgressLine
+    from src.core.progress import ProgressLine
 
     line = ProgressLine("[eval base] shard000-of-001", 8, "tokens", "instructions", "answers")
     line.update(done=2, work=0.0, in_flight=3)

@@ -803,7 +803,7 @@ def in_memory(sppo: int, iterations: int) -> list:
     src.compare.runs gives them, with every figure the plots draw: lineage i's training loss is
     100 i + t at iteration t and its eval win rate 0.5 + 0.01 i + 0.1 t, so that a line or a
     point says whose it is."""
-    from src.compare.runs import Iteration
+    from src.stages.results import Iteration
 
     lineages = [("sppo", f"eta{i}-lr5e-07-K5", {"eta": float(i), "beta": None, "loss_type": "sppo"})
                 for i in range(1, sppo + 1)]  # fmt: skip

@@ -419,6 +419,10 @@ def test_libraries_log_under_their_own_names_warnings_up_on_stderr(capsys):
     try:
         logging.getLogger("lm_eval.evaluator").info("building the task")
         logging.getLogger("lm_eval.evaluator").warning("a task without a split")
+        chatty = logging.getLogger("vllm.engine")  # a library that sets its own level, INFO
+        chatty.setLevel(logging.INFO)
+        chatty.info("an engine step")
+        chatty.setLevel(logging.NOTSET)
     finally:  # as it was: the handlers write to this test's captured stderr
         for log, (level, propagate, handlers) in zip(configured, before, strict=True):
             log.setLevel(level)

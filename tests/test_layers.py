@@ -18,11 +18,13 @@ LAYERS = {
     "config": ("src/config",),
     "libraries": (
         "src/cli", "src/explain", "src/generation", "src/training", "src/ranking",
-        "src/evaluation", "src/compare", "src/plan", "src/wheelhouse", "src/tiny", "src/assets",
+        "src/evaluation", "src/plan", "src/wheelhouse", "src/tiny", "src/assets",
     ),
     "stages": ("src/stages",),
     "scheduler": ("src/schedule",),
-    "commands": ("src/main", "src/export", "src/slurm", "src/sweep", "benchmarks"),
+    # the tools that read what the stages made (src.compare reads an iteration's figures through
+    # src/stages/results.py, which the curve runs log)
+    "commands": ("src/main", "src/export", "src/slurm", "src/sweep", "src/compare", "benchmarks"),
 }  # fmt: skip
 RANK = {unit: rank for rank, units in enumerate(LAYERS.values()) for unit in units}
 

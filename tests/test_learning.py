@@ -224,6 +224,11 @@ def test_mt_bench_and_arena_hard_grade_the_climb_above_the_base_and_the_control_
                 if benchmark.value == "arena_hard":
                     greedy[name] = [helpful_share(a) or 0.0 for a in answered.values()]
     assert (root / "judge" / "judge_server.log").is_file(), "the served judge's log, kept"
+    for name, s in scores.items():  # docs/results.md's base column (`pytest -s` shows them)
+        mt, arena = s["mt_bench"], s["arena_hard"]
+        print(f"[benchmarks] {name}: MT-Bench {mt['mt_bench']:.2f} ({mt['turn_1']:.2f} / "
+              f"{mt['turn_2']:.2f}), Arena-Hard {arena['win_rate']:.3f} [{arena['lower']:.3f}, "
+              f"{arena['upper']:.3f}]")  # fmt: skip
     mt = {name: s["mt_bench"]["mt_bench"] for name, s in scores.items()}
     arena = {name: s["arena_hard"]["win_rate"] for name, s in scores.items()}
     assert mt["swapped"] < mt["base"] < mt["trained"], mt

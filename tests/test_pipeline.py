@@ -125,7 +125,7 @@ def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(lin
     again = cli(runs, "iter=2", "training.warmup_ratio=0.2", "pipeline.redo_stale=true")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[main] iteration 1: finished with this config" in again.stderr
-    assert again.stderr.count("redoing (pipeline.redo)") == 4, "iteration 2's four stages"
+    assert again.stderr.count("redoing (pipeline.redo_stale)") == 4, "iteration 2's four stages"
     after = records(runs)
     assert all(after[k] == v for k, v in before.items() if "/iter1/" in k), "iteration 1 kept"
     assert all(after[k] != v for k, v in before.items() if "/iter2/" in k), "iteration 2 redone"

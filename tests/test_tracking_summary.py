@@ -81,7 +81,7 @@ def test_the_eval_runs_summary_holds_each_benchmark_by_its_judge(tmp_path, monke
     assert summary["leaderboard.raw.gpqa"] == pytest.approx(0.3)
 
     # src.compare --wandb's columns from this summary are those of the local eval.json
-    from src.compare.runs import Record, eval_columns
+    from src.stages.results import Record, eval_columns
 
     from_wandb = eval_columns(Record(summary, "W&B run", "summary."))
     assert from_wandb == eval_columns(Record(EVALUATION, "eval.json"))

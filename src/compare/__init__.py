@@ -4,7 +4,8 @@ runs.py reads the runs (local run directories or W&B), table.py writes the table
 and holds the command line (its docstring is the usage), plots.py draws the plots.
 """
 
-from src.compare.runs import CompareError, Iteration, discover, fetch_wandb
+from src.compare.runs import CompareError, discover, fetch_wandb
 from src.compare.table import main
+from src.stages.results import Iteration
 
 __all__ = ["CompareError", "Iteration", "discover", "fetch_wandb", "main"]

@@ -1,326 +1,45 @@
 """Reading runs: one Iteration per (lineage, iteration), its table row and its training log,
-from the local run directories the stages write or from a W&B project.
-
-Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
-warning line naming it, its values left blank, and so is a value of the wrong type (text where a
-number belongs), with one warning line naming the file, the key and the value. An eval against a
-reference other than the run's own (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its
-win rates as columns `eval_win_rate[vs-<name>]`. Of eta and beta, a row holds the one its
-loss reads (eta: SPPO's; beta: DPO's, WPO's), the other blank. `choose` then leaves out the
-iterations with no finished stage and applies --only and --where. The command that uses this:
-src/compare/table.py.
+from the local run directories the stages write (src/stages/results.py reads an iteration's
+files) or from a W&B project. `choose` then leaves out the iterations with no finished stage and
+applies --only and --where. The command that uses this: src/compare/table.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import reprlib
 import socket
 import sys
 import threading
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-from omegaconf.errors import OmegaConfBaseException
-
-from src.core import registry
 from src.core.errors import EnvironmentFailure, StageError
-from src.core.records import changed_contents, made_before_training, relocated, saved_config
+from src.stages.results import (
+    CURVES,
+    HPARAMS,
+    STAGES,
+    Iteration,
+    Record,
+    eval_columns,
+    generate_columns,
+    num,
+    one_line,
+    own_hparam,
+    pairs_columns,
+    read_iteration,
+    train_columns,
+    win_rate_columns,
+)
 
-STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
-# Hyper-parameter column -> key in the resolved config.yaml of a stage.
-HPARAMS = {"eta": "method.eta", "beta": "method.beta", "lr": "training.learning_rate",
-           "K": "method.K", "loss_type": "method.loss"}  # fmt: skip
-# The losses that read eta (src/training/losses.py); DPO's and IPO's read beta. A config holds
-# both, one the reciprocal of the other (conf/method), but a row shows only the one its loss
-# reads: DPO at beta = 0.1 is no run at eta = 10, for --where as for final_vs_hparams.png.
-ETA_LOSSES = frozenset({"sppo", "sppo_single", "sppo_hard"})
 WANDB_TIMEOUT_S = 5.0
 
 
 class CompareError(StageError):
     """Nothing to compare, a bad argument, or a W&B server out of reach."""
-
-
-@dataclass
-class Iteration:
-    """One iteration of one lineage: its table row and its training log (for the curves)."""
-
-    row: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def lineage(self) -> str:
-        return f"{self.row['model']}/{self.row['method']}/{self.row['run_name']}"
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def num(value: Any) -> float | None:
-    """A finite number as float; anything else (missing, text, bool, NaN) as None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60  # a warning stays one readable line
-
-
-@dataclass
-class Record:
-    """Values a stage wrote and where: a value of the wrong type is blanked with a warning
-    naming the file, the key and the value, as a blank alone reads as "not measured"."""
-
-    values: dict[str, Any]
-    where: str = ""  # the file, or the W&B run
-    prefix: str = ""  # the values' place in it: "counts." in a done.json
-
-    def number(self, key: str) -> float | None:
-        value = self.values.get(key)
-        number = num(value)
-        if number is None and value is not None:
-            self.warn(key, value, "a finite number")
-        return number
-
-    def section(self, key: str) -> Record:
-        value = self.values.get(key)
-        if value is not None and not isinstance(value, dict):
-            self.warn(key, value, "an object")
-        inner = value if isinstance(value, dict) else {}
-        return Record(inner, self.where, f"{self.prefix}{key}.")
-
-    def warn(self, key: str, value: Any, expected: str) -> None:
-        warn(
-            f"{self.where}: {self.prefix}{key} is {_SHORT.repr(value)}, not {expected}; left blank"
-        )
-
-
-def own_hparam(hparams: dict[str, Any]) -> dict[str, Any]:
-    """`hparams` with eta or beta blanked, whichever its loss does not read; both kept where the
-    loss is unknown (a config without it), as nothing says which one the run was set by."""
-    loss = hparams.get("loss_type")
-    if loss is None:
-        return hparams
-    return {**hparams, ("beta" if loss in ETA_LOSSES else "eta"): None}
-
-
-def dig(tree: Any, dotted: str) -> Any:
-    for key in dotted.split("."):
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON object file's content; None when it is absent, or malformed (with a warning)."""
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        warn(f"{path}: malformed JSON ({one_line(err)}); skipped")
-        return None
-    if not isinstance(obj, dict):
-        warn(f"{path}: a JSON {type(obj).__name__}, expected an object; skipped")
-        return None
-    return obj
-
-
-def read_config(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        warn(f"{path}: malformed YAML ({one_line(err)}); skipped")
-        return None
-    if not isinstance(cfg, dict):
-        warn(f"{path}: YAML {type(cfg).__name__}, expected a mapping of config keys; skipped")
-        return None
-    return cfg
-
-
-def finished_stage(stage_dir: Path) -> Record | None:
-    """The metrics of a finished stage (None if unfinished): its metrics.json when it writes
-    one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet)."""
-    done = read_json(stage_dir / "done.json")
-    if done is None:
-        return None
-    metrics = read_json(stage_dir / "metrics.json")
-    if metrics is not None:
-        record = Record(metrics, str(stage_dir / "metrics.json"))
-    else:
-        counts = done.get("counts") if isinstance(done.get("counts"), dict) else {}
-        record = Record(counts, str(stage_dir / "done.json"), "counts.")
-    if record.values.get("seconds") is None:  # tokens/s needs a duration; done.json has one
-        record.values = {**record.values, "seconds": dig(done, "timings.seconds")}
-    return record
-
-
-# --- the columns each stage contributes (shared by local directories and W&B) ---
-
-
-def train_columns(history: list[dict], where: str, name: str) -> dict[str, float | None]:
-    """`name`: what `where` calls the history (a warning names an entry as `name[i].key`)."""
-    entries = [Record(e, where, f"{name}[{i}].") for i, e in enumerate(history)]
-
-    def series(key: str) -> list[float]:
-        return [v for e in entries if (v := e.number(key)) is not None]
-
-    loss, acc, margin = series("loss"), series("rewards/accuracies"), series("rewards/margins")
-    return {
-        "train_loss_final": loss[-1] if loss else None,
-        "accuracy_last": acc[-1] if acc else None,
-        "accuracy_mean": sum(acc) / len(acc) if acc else None,
-        "margin_last": margin[-1] if margin else None,
-        "margin_mean": sum(margin) / len(margin) if margin else None,
-    }
-
-
-def pairs_columns(m: Record) -> dict[str, float | None]:
-    keys = ("pairs", "mean_chosen_probs", "mean_chosen_win_rate", "mean_score_margin")
-    return {k: m.number(k) for k in keys}
-
-
-def generate_columns(m: Record, k: Any = None) -> dict[str, float | None]:
-    """Tokens/s, and (with `k`, the responses per prompt) the mean response length in tokens."""
-    tokens, seconds, rows = m.number("tokens"), m.number("seconds"), m.number("generated")
-    responses = rows * k if rows and isinstance(k, int) and k > 0 else None
-    return {
-        "gen_tokens_per_s": tokens / seconds if tokens is not None and seconds else None,
-        "gen_mean_response_tokens": tokens / responses
-        if tokens is not None and responses
-        else None,
-    }
-
-
-def eval_columns(m: Record) -> dict[str, Any]:
-    """The win rates, and their intervals (not table columns: the plot's error bars). `m`: the
-    eval stage's eval.json, or its W&B run's summary, which holds its sections flat
-    (src/stages/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
-    row = win_rate_columns(m)
-    row["eval_avg_length"] = m.number("avg_length")  # characters, the policy's answers
-    row["eval_reference_avg_length"] = m.number("reference_avg_length")
-    alpaca = m.section("alpaca_eval")  # AlpacaEval 2's own row
-    row["alpaca_eval_lc"] = or_flat(alpaca.number("lc_win_rate"), m, "alpaca_eval.lc_win_rate")
-    row["alpaca_eval_wr"] = or_flat(alpaca.number("win_rate"), m, "alpaca_eval.win_rate")
-    # the Open LLM Leaderboard's v2 average, normalised as the leaderboard shows it (0-100)
-    average = m.section("leaderboard").section("normalised").number("average")
-    row["leaderboard"] = or_flat(average, m, "leaderboard.normalised.average")
-    for benchmark, key in JUDGED_HEADLINES.items():  # a column per judge: never one figure
-        section = m.section(benchmark)
-        judge = section.values.get("judge")
-        if isinstance(judge, str):
-            row[f"{benchmark}[{judge}]"] = section.number(key)
-        for column in m.values:  # a W&B summary's, under the same name
-            if column.startswith(f"{benchmark}[") and column.endswith("]"):
-                row[column] = m.number(column)
-    return row
-
-
-def win_rate_columns(m: Record, reference: str = "") -> dict[str, Any]:
-    """eval_win_rate and eval_lc_win_rate, each with its bootstrap interval under `<column>_ci`;
-    `reference`: "vs-<name>" for an eval against another reference than the run's own, whose
-    columns are `eval_win_rate[vs-<name>]`, as the judged benchmarks' are by judge."""
-    row: dict[str, Any] = {}
-    for key in ("win_rate", "lc_win_rate"):
-        column = f"eval_{key}[{reference}]" if reference else f"eval_{key}"
-        row[column] = m.number(key)
-        low, high = m.number(f"{key}_low"), m.number(f"{key}_high")
-        row[f"{column}_ci"] = (low, high) if low is not None and high is not None else None
-    return row
-
-
-def or_flat(nested: float | None, m: Record, flat: str) -> float | None:
-    """A value read nested, as eval.json holds it, else the one a W&B summary holds flat, its
-    keys joined by dots."""
-    return nested if nested is not None else m.number(flat)
-
-
-# The figure of each benchmark graded by eval.llm_judge that src.compare shows, by the judge's name
-JUDGED_HEADLINES = {"mt_bench": "mt_bench", "arena_hard": "win_rate"}
-
-
-def log_history(metrics: dict) -> list[dict]:
-    history = metrics.get("log_history")
-    return [e for e in history if isinstance(e, dict)] if isinstance(history, list) else []
-
-
-# --- local run directories ---
-
-
-def read_iteration(iter_dir: Path, t: int) -> Iteration:
-    run_dir = iter_dir.parent
-    row: dict[str, Any] = {"model": run_dir.parent.parent.name, "method": run_dir.parent.name,
-                           "run_name": run_dir.name, "iter": t}  # fmt: skip
-    # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
-    configs = (read_config(iter_dir / s / "config.yaml") for s in reversed(STAGES))
-    cfg = next((c for c in configs if c is not None), {})
-    row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
-    stages = {s: m for s in STAGES if (m := finished_stage(iter_dir / s)) is not None}
-    row["stages_done"] = "+".join(stages) or "none"
-    train = stages.get("train", Record({}))
-    it = Iteration(row, log_history(train.values))
-    row.update(train_columns(it.history, train.where, "log_history"))
-    row.update(pairs_columns(stages.get("pairs", Record({}))))
-    row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
-    # each finished eval, the base one and those against other references (whether or not the
-    # base one finished), but one whose figures no longer stand for what the row names
-    base = iter_dir / "eval"
-    for folder in [base, *sorted(base.glob(f"{registry.SIDE_EVAL}*"))]:
-        done = stages.get("eval") if folder == base else finished_stage(folder)
-        if done is None:
-            continue
-        why = outdated(folder, run_dir, t)
-        if why:
-            print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
-                  "makes it again)", file=sys.stderr)  # fmt: skip
-        elif folder == base:
-            row.update(eval_columns(eval_record(folder, done)))
-        else:
-            row.update(win_rate_columns(eval_record(folder, done), folder.name))
-    return it
-
-
-def outdated(eval_dir: Path, run_dir: Path, t: int) -> list[str]:
-    """Why an eval's figures (run `run_dir`'s) are not those of iteration `t`'s checkpoint on the
-    files its config names: the checkpoint trained again after it, or a file it read (its
-    prompts, reference answers, a benchmark's copy) changed since. Its config keys may differ
-    from today's: its row shows those it ran with."""
-    why = (
-        [f"made before iteration {t}'s training last finished"]
-        if made_before_training(eval_dir)
-        else []
-    )
-    try:
-        made_with = saved_config({}, registry.Stage.eval, eval_dir)
-    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException):
-        made_with = None  # malformed: named where the row reads it
-    if made_with is not None:  # the run and its root where they are now
-        tree = relocated(made_with, str(run_dir), str(run_dir.parents[2]))
-        why += changed_contents(tree, registry.Stage.eval)
-    return why
-
-
-def eval_record(eval_dir: Path, done: Record) -> Record:
-    """An eval's eval.json, else (an older eval, or a malformed eval.json) its metrics."""
-    evaluation = read_json(eval_dir / "eval.json")
-    return Record(evaluation, str(eval_dir / "eval.json")) if evaluation else done
 
 
 def discover(root: Path) -> list[Iteration]:
@@ -429,7 +148,6 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
 
 # the job type of a lineage's curve run (src/stages/curves.py), whose rows hold, by iteration,
 # the figures of this module's columns, each interval as `<column>_low` / `<column>_high`
-CURVES = "curves"
 
 
 def lineage_row(model, method, run_name: str, t: int, config: dict) -> dict:

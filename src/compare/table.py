@@ -49,18 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from src.cli import ArgumentParser, failures
-from src.compare.runs import (
-    JUDGED_HEADLINES,
-    CompareError,
-    Iteration,
-    choose,
-    discover,
-    fetch_wandb,
-    num,
-)
+from src.compare.runs import CompareError, choose, discover, fetch_wandb
 from src.config import runs_root
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
+from src.stages.results import JUDGED_HEADLINES, Iteration, num
 
 COLUMNS = (
     "model", "method", "run_name", "iter", "eta", "beta", "lr", "K", "loss_type", "stages_done",

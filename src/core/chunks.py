@@ -233,8 +233,9 @@ class ChunkCounts:
 
 
 class Progress(Protocol):
-    """What a shard's work tells the stage's progress display (src/cli.py: `ProgressLine`, whose
-    words the stage chooses): items reused and made, work done, what is in flight."""
+    """What a shard's work tells the stage's progress display (src/core/progress.py:
+    `ProgressLine`, whose words the stage chooses): items reused and made, work done, what is in
+    flight."""
 
     def reused(self, items: int) -> None: ...
 

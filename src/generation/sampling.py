@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from src.cli import ProgressLine
 from src.config import Backend, GenerationConfig, HardwareConfig, LongPrompts, ModelConfig
 from src.core.chunks import ChunkCounts, Progress, Shard, Todo, process_shard
 from src.core.devices import device_for, gpu_computes_bf16
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
+from src.core.progress import ProgressLine
 
 
 class GenerationError(StageError):

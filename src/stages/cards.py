@@ -108,7 +108,7 @@ TEMPLATE = """---
 # {{ title }}
 
 Iteration {{ iteration }} of {{ method }} {{ optimisation }} of
-`{{ base_model }}`, made by selfplay-lab {{ project_version }}.
+`{{ base_model }}`{{ source }}, made by selfplay-lab {{ project_version }}.
 
 ## Lineage
 
@@ -249,11 +249,12 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
         title=name,
         iteration=cfg.iter,
         method=cfg.method.name.value.upper(),
-        optimisation=(
-            f"preference optimisation on the pairs of `{card_value(cfg.training.pairs, cfg.paths)}`"
-            if own_pairs
-            else "self-play preference optimisation"
-        ),
+        optimisation="preference optimisation"
+        if own_pairs
+        else "self-play preference optimisation",
+        source=f" on the pairs of `{card_value(cfg.training.pairs, cfg.paths)}`"
+        if own_pairs
+        else "",
         base_model=base if is_hub_id else cfg.model.name,
         project_version=project_version(),
         lineage=lineage(cfg),

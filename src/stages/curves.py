@@ -7,7 +7,7 @@ its rank-0 process, once the iteration's stages it ran are done; by a command th
 sweep point already finished, a lineage made with `logger=none`) from its records, tagged
 `reused`. It logs one row per iteration with `iteration` as the step metric (`define_metric`),
 holding the figures `python -m src.compare` shows for it — read from the same files, by the same code
-(src/compare/runs.py): the eval's win rates, their intervals and the answers' average lengths,
+(src/stages/results.py): the eval's win rates, their intervals and the answers' average lengths,
 each benchmark by its judge, the evals against other references; the training's final loss,
 reward margin and accuracy; the pairs' mean chosen probability and score margin; the
 generation's tokens/s and mean response length.
@@ -28,10 +28,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from src.compare.runs import CURVES as JOB_TYPE
-from src.compare.runs import num, read_iteration
 from src.config import Config
 from src.core.records import lookup
+from src.stages.results import CURVES as JOB_TYPE
+from src.stages.results import num, read_iteration
 from src.stages.tracking import enabled, flat_config, lineage
 
 STEP = "iteration"

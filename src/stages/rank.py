@@ -26,11 +26,11 @@ from dataclasses import InitVar, asdict, dataclass
 
 import numpy as np
 
-from src.cli import ProgressLine
 from src.config import Config, EmptyResponses, JudgeKind, Stage, WinProb
 from src.core.chunks import ChunkCounts, chunk_by_chunk, claim, process_shard
 from src.core.contracts import RankedRow
 from src.core.errors import Redo, StageError
+from src.core.progress import ProgressLine
 from src.core.records import chunk_identity, stage_fingerprint
 from src.ranking.candidates import (
     Candidates,

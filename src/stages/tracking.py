@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from src.compare.runs import JUDGED_HEADLINES
 from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.errors import EnvironmentFailure
 from src.core.records import flatten
 from src.core.registry import STAGES
 from src.stages import chain, tables
 from src.stages.common import stage_shard
+from src.stages.results import JUDGED_HEADLINES
 
 # Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
 # cleared when it closes, so that nothing started later in this process resumes it by accident.

@@ -69,7 +69,7 @@ class Row:
 # Each on 2 cores with torch 2.13.0+cpu; vector sets as src.core.machine.machine names them
 PUBLISHED = (
     Row(
-        "the one that made the Measured table (its CPU not recorded)",
+        "the one that made the first Measured table (its CPU not recorded)",
         None,
         (0.697, 0.817, 0.897, 0.803, 0.717),
     ),
