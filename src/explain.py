@@ -1,6 +1,6 @@
 """`python -m src.explain [KEY ...]`: each config key, its type, its default and what it means.
 
-The documentation is the comment each field carries in src/config.py (on the lines above it, or
+The documentation is the comment each field carries in src/config/ (on the lines above it, or
 after it on its own line), read from the source, so it is written once. A KEY is a section
 (`training`), a key (`training.learning_rate`) or a prefix of one; none: every key. The defaults
 shown are the schema's; what a config option or preset sets instead is shown, resolved, by

@@ -1,6 +1,6 @@
 """The one entry point: `python -m src.main [group=option ...] [key=value ...]`.
 
-Composes conf/config.yaml with Hydra, validates it against the typed schemas (src/config.py)
+Composes conf/config.yaml with Hydra, validates it against the typed schemas (src/config/)
 before any work and hands it to the scheduler (src/schedule.py). A failure ends with one line on
 stderr and the exit code of src/core/errors.py (src/cli.py): a bad config with 2, naming the
 key; `--cfg job` prints the validated config, resolved.

@@ -166,9 +166,9 @@ def test_iter_selects_the_prompt_split_and_the_previous_checkpoint():
 
 
 def test_each_interpolation_is_parsed_once_and_composes_as_parsed_anew(monkeypatch):
-    """The grammar's parse trees are cached per string (src/config.py): a composition gives the
-    config it gives with OmegaConf's own parse, and a string that does not parse fails every
-    time."""
+    """The grammar's parse trees are cached per string (src/config/compose.py): a composition
+    gives the config it gives with OmegaConf's own parse, and a string that does not parse fails
+    every time."""
     from omegaconf import _utils, base, grammar_parser
     from omegaconf.errors import GrammarParseError
 
@@ -503,7 +503,7 @@ def own_values(path: Path) -> tuple[dict, str]:
 @pytest.mark.slow
 def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
     """Each value a file sets differs from what the composition would hold without it: the
-    schema's default (src/config.py) or what the options it builds on chose. A repeated value is
+    schema's default (src/config/) or what the options it builds on chose. A repeated value is
     a second home for one fact: remove it from the file."""
     from hydra import compose, initialize_config_dir
 

@@ -140,8 +140,8 @@ def test_the_record_covers_every_composition(now, recorded):
 
 
 def test_the_plain_tree_of_every_composition_is_omegaconfs(now):
-    """`Config.as_tree()` and `to_yaml` (src/config.py's plain_data) give what OmegaConf's typed
-    nodes give: the fingerprints and saved configs of runs made before are the same."""
+    """`Config.as_tree()` and `to_yaml` (src/config/root.py's plain_data) give what OmegaConf's
+    typed nodes give: the fingerprints and saved configs of runs made before are the same."""
     validated = [name for name, run in now.items() if "error" not in run]
     assert validated and [name for name in validated if not now[name][PLAIN]] == []
 

@@ -1,5 +1,5 @@
 """`python -m src.explain`: every config key's documentation, read from its one home in
-src/config.py."""
+src/config/."""
 
 from __future__ import annotations
 

@@ -1,0 +1,96 @@
+"""`run`, `plan` and `pipeline`: this run's derived locations, what `python -m src.slurm` checks
+before it queues, and how `stage=all` chains iterations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import SI
+
+from src.config.checks import _check, _positive, check_numbers
+from src.core.registry import Stage
+
+
+@dataclass
+class RunConfig:
+    """Derived locations of this run (docs/design.md §5); override only to point at another
+    lineage's checkpoint."""
+
+    # one run directory per hyper-parameter lineage; its iterations share it
+    dir: str = SI("${paths.root}/${model.name}/${method.name}/${run_name}")
+    iter_dir: str = SI("${run.dir}/iter${iter}")  # this iteration's folder: one per stage in it
+    # generator, initial weights and reference of this iteration: pi_{iter-1}
+    init_policy: str = SI("${previous_policy:${iter},${model.path},${run.dir}}")
+
+
+@dataclass
+class PlanConfig:
+    """What `python -m src.slurm` checks before it queues (`python -m src.plan` shows it)."""
+
+    # false: queue even a stage the memory model says does not fit hardware.gpu_memory_gb
+    check: bool = True
+    # prompts of an iteration; null: data.max_prompts where the split has more, else the
+    # previous iteration's, else the source's rows (a local file, the Hub cache, its dataset
+    # card: src/plan/counts.py), else the SPPO recipe's 20,000
+    prompts: int | None = None
+    gpu_tflops: float = 989.0  # each GPU's dense bf16 peak: H100 SXM 989 (A100: 312)
+    # an assumption: the share of that peak training reaches, and ranking with a judge other than
+    # PairRM (whose comparisons/s are measured: src/plan/hours.py)
+    mfu: float = 0.3
+    # generation per GPU; null: HF measured on an H100 for the real models, vLLM a share of the
+    # decode bound (src/plan/hours.py)
+    generate_tokens_per_s: float | None = None
+    gpu_memory_tbs: float = 3.35  # each GPU's memory bandwidth, TB/s: H100 SXM 3.35 (A100: 2.0)
+    # the share of the decode bound vLLM reaches (each step reads the weights once and the KV
+    # cache of the sequences in it); null: the share measured for the model with vLLM 0.26 on 640
+    # samples of the recipe-like spread (Mistral-7B 0.22 on an H200, Gemma-2-9B 0.32 on an H100:
+    # src/plan/hours.py cites the results files), for other models Mistral-7B's, assumed
+    vllm_bound_share: float | None = None
+
+    def __post_init__(self) -> None:
+        check_numbers(self, "plan.")
+        if self.prompts is not None:
+            _positive("plan.prompts", self.prompts)
+        _positive("plan.gpu_tflops", self.gpu_tflops)
+        _check(0 < self.mfu <= 1, "plan.mfu", self.mfu, "must be in (0, 1]")
+        if self.generate_tokens_per_s is not None:
+            _positive("plan.generate_tokens_per_s", self.generate_tokens_per_s)
+        _positive("plan.gpu_memory_tbs", self.gpu_memory_tbs)
+        _check(
+            self.vllm_bound_share is None or 0 < self.vllm_bound_share <= 1,
+            "plan.vllm_bound_share",
+            self.vllm_bound_share,
+            "must be in (0, 1]",
+        )
+
+
+@dataclass
+class PipelineConfig:
+    """How `stage=all` chains iterations and treats finished stages (their records: each
+    stage's done.json)."""
+
+    # false: iteration t with iterations < t not done runs them first, saying so; true: refuse
+    # instead, naming the missing checkpoint and the command that makes it
+    require_previous: bool = False
+    # stages of THIS iteration to redo although they were finished under another config (the
+    # later stages of the iteration are redone with them): a list, e.g. pipeline.redo=[rank], or
+    # one stage bare (pipeline.redo=rank); typed Any, as Hydra refuses a bare name for a list
+    redo: Any = field(default_factory=list)
+    # true: every stage of this iteration and of the earlier ones `stage=all` runs first that was
+    # made under another config, or from a checkpoint trained again since, is redone (with the
+    # stages after it) instead of refused: the one command after a redo of an early iteration
+    redo_stale: bool = False
+
+    def __post_init__(self) -> None:
+        given = self.redo if isinstance(self.redo, list | tuple) else [self.redo]
+        given = [str(s) for s in given if s is not None]
+        names = [s.value for s in Stage if s != Stage.all]
+        _check(
+            all(s in names for s in given),
+            "pipeline.redo",
+            given,
+            f"names stages of an iteration: {', '.join(names)} (e.g. pipeline.redo=[rank]: rank "
+            "and the stages after it)",
+        )
+        self.redo = [Stage(s) for s in given]
