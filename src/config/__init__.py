@@ -13,8 +13,8 @@ Iteration-dependent values are plain interpolations resolved here: the prompt sp
 (`data.prompts: ...iter${iter}`) and the policy of iteration iter-1 (`run.init_policy`).
 
 Schemas, one per config group: model.py, method.py, data.py, generation.py, ranker.py, eval.py,
-training.py, hardware.py, logger.py, paths.py, run.py (with `plan` and `pipeline`); root.py holds
-`Config`, which is made of them. Below them: choices.py (the enums a key takes) and checks.py
+training.py, hardware.py, logger.py, paths.py, iteration.py (`run`, `plan`, `pipeline`); root.py
+holds `Config`, which is made of them. Below them: choices.py (the enums a key takes) and checks.py
 (`ConfigError` and the checks every schema runs); above them, compose.py (the resolvers,
 registered at import, composition, validation and the one-line errors). Every name is imported
 from here, `src.config`.
@@ -102,6 +102,11 @@ from src.config.hardware import (
     StageRequest,
     StageRequests,
 )
+from src.config.iteration import (
+    PipelineConfig,
+    PlanConfig,
+    RunConfig,
+)
 from src.config.logger import (
     LoggerConfig,
 )
@@ -124,11 +129,6 @@ from src.config.root import (
     Config,
     plain_data,
     register_schema,
-)
-from src.config.run import (
-    PipelineConfig,
-    PlanConfig,
-    RunConfig,
 )
 from src.config.training import (
     PAIRS_STAGE_FILE,

@@ -29,12 +29,12 @@ from src.config.data import DataConfig
 from src.config.eval import BENCHMARK_DATA, BENCHMARK_DATA_HINT, EvalConfig
 from src.config.generation import GenerationConfig
 from src.config.hardware import HardwareConfig
+from src.config.iteration import PipelineConfig, PlanConfig, RunConfig
 from src.config.logger import LoggerConfig
 from src.config.method import MethodConfig
 from src.config.model import ModelConfig
 from src.config.paths import PathsConfig
 from src.config.ranker import RankerConfig
-from src.config.run import PipelineConfig, PlanConfig, RunConfig
 from src.config.training import TrainingConfig
 from src.core.registry import STAGES, Stage, stage_folder
 
