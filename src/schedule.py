@@ -142,10 +142,10 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
         raise found[0][2]
     if found:
         named = [f"iteration {t}'s {st.stage.value}" for t, st, _ in found]
-        stages = f"{', '.join(named[:-1])} and {named[-1]}"
+        which = f"{', '.join(named[:-1])} and {named[-1]}"
         why = " | ".join(dict.fromkeys("; ".join(st.changed) for _, st, _ in found))
         raise StageError(
-            f"{stages} were made with a different configuration ({why or 'an earlier version'}); "
+            f"{which} were made with a different configuration ({why or 'an earlier version'}); "
             "restore the config, or redo every stale stage, in order, in one command",
             "pipeline.redo_stale=true",
         )
