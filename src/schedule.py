@@ -18,15 +18,9 @@ from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
-from src.core.records import (
-    CONTENT_CHANGED,
-    RETRAINED,
-    TRAINED_AFTER,
-    StageState,
-    read_record,
-    state_of,
-)
+from src.core.records import read_record
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
+from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
 from src.stages import StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
 from src.tiny.on_demand import ensure_tiny_models
@@ -225,7 +219,7 @@ def stale_side_evals(cfg: Config) -> list[Config]:
     from omegaconf import OmegaConf
 
     from src.config import ConfigError, validate
-    from src.core.records import saved_config
+    from src.core.staleness import saved_config
 
     found = []
     for folder in sorted((Path(cfg.run.iter_dir) / Stage.eval.value).glob(f"{SIDE_EVAL}*")):

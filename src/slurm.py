@@ -57,8 +57,8 @@ from src.config import (
     StageRequest,
 )
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
-from src.core.records import state_of
 from src.core.registry import STAGES, iteration_stages
+from src.core.staleness import state_of
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
 PLACEHOLDER = re.compile(r"@(\w+)@")  # a template's @key@

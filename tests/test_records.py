@@ -20,10 +20,10 @@ from src.core.records import (
     lookup,
     read_record,
     stage_fingerprint,
-    state_of,
     write_record,
 )
 from src.core.registry import BENCHMARK_INPUTS, STAGES
+from src.core.staleness import state_of
 from tests.helpers import compose_cfg
 
 

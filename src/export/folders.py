@@ -27,8 +27,9 @@ from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, sync_directory
 from src.core.errors import Redo, StageError
 from src.core.policy import CARD, checkpoint_damage
-from src.core.records import read_record, saved_state
+from src.core.records import read_record
 from src.core.rows import require_sealed
+from src.core.staleness import saved_state
 from src.stages.common import stage_rows
 
 

@@ -27,8 +27,9 @@ from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, files_sha256, read_json
 from src.core.errors import Redo, StageError
 from src.core.policy import CARD
-from src.core.records import read_record, saved_state
+from src.core.records import read_record
 from src.core.registry import SIDE_EVAL
+from src.core.staleness import saved_state
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
 from src.evaluation.benchmarks import figure

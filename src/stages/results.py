@@ -25,7 +25,8 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from src.core import registry
-from src.core.records import changed_contents, made_before_training, relocated, saved_config
+from src.core.records import made_before_training
+from src.core.staleness import changed_contents, relocated, saved_config
 
 # The W&B job type of a lineage's curve run (src/stages/curves.py), by which src.compare finds it
 CURVES = "curves"
