@@ -19,6 +19,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from src.core.shapes import GEMMA_2_9B, MISTRAL_7B, Shape
+from src.training import OPTIMIZER_SLICE
 
 GIB = 1024**3
 NF4_BYTES = (4 + 0.127) / 8  # 4-bit NF4 plus double-quantised absmax constants (QLoRA paper)
@@ -46,11 +47,10 @@ LORA_SAVED = {2: 6, 4: 5}
 # bf16 autocast (measured on the H200); in fp32 on CPU two [N, V] copies, three soft-capped
 OWN_HEAD = {(False, 2): 8, (True, 2): 10, (False, 4): 8, (True, 4): 12}
 DTYPES = {2: "bf16", 4: "fp32"}
-# The optimizers for bf16 weights (src/training/optimizers.py) step a parameter this many elements
-# at a time, holding at most this many fp32 slices of it at once, k its states per weight
+# The optimizers for bf16 weights (src/training/optimizers.py) step a parameter OPTIMIZER_SLICE
+# elements at a time, holding at most this many fp32 slices of it at once, k its states per weight
 # (measured on CPU: RMSprop 5 and 2, AdamW 6 and 3); eager, that is: the fused step (a GPU's)
 # holds none, and the plan keeps the eager bound (the step it falls back to)
-OPTIMIZER_SLICE = 1 << 24
 STEP_SLICES = {"kahan": lambda k: 4 + k, "master": lambda k: 1 + k}
 EAGER_SAVED = 8  # bytes per attention score autograd keeps: tanh's output and the fp32 softmax's
 # On CPU (fp32, glibc, which maps large tensors and returns them when freed: no allocator slack)
