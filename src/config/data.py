@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from src.config.checks import _positive, check_numbers
+from src.config.checks import _check, _positive, check_numbers
+from src.config.eval import BENCHMARK_DATA, BENCHMARK_DATA_HINT
+
+if TYPE_CHECKING:
+    from src.config.root import Config
 
 
 @dataclass
@@ -36,3 +41,16 @@ class DataConfig:
         check_numbers(self, "data.")
         if self.max_prompts is not None:
             _positive("data.max_prompts", self.max_prompts)
+
+
+def cross_checks(cfg: Config) -> None:
+    """The rules of `data` keys that other sections call for: the data of each benchmark that
+    eval.benchmarks names (here, not in eval.py: the key refused is data's)."""
+    for benchmark, key in BENCHMARK_DATA.items():
+        _check(
+            benchmark not in cfg.eval.benchmarks or getattr(cfg.data, key) is not None,
+            f"data.{key}",
+            None,
+            f"eval.benchmarks names {benchmark.value}: point data.{key} at its data "
+            f"({BENCHMARK_DATA_HINT[benchmark]})",
+        )

@@ -6,11 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from src.config.checks import _check, _model_location, _positive, check_numbers
 from src.config.choices import Backend, Benchmark, Outcome
 from src.config.ranker import RankerConfig
+
+if TYPE_CHECKING:
+    from src.config.root import Config
 
 # The prefix of OpenAI's model names: a judge this stage serves is never called so (its figures
 # would read as the published judge's)
@@ -194,3 +198,15 @@ class EvalConfig:
         )
         if earlier is not None:  # iter01 is iter1: one folder, one fingerprint
             self.reference = f"iter{int(earlier[1])}"
+
+
+def cross_checks(cfg: Config) -> None:
+    """The rules of `eval` keys that read other sections (iter)."""
+    earlier = re.fullmatch(r"iter(\d+)", cfg.eval.reference)
+    if earlier:
+        _check(
+            int(earlier[1]) <= cfg.iter,
+            "eval.reference",
+            cfg.eval.reference,
+            f"must be an iteration up to iter={cfg.iter} (a later one is not trained yet)",
+        )

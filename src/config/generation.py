@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import SI
 
 from src.config.checks import _check, _check_shard, _positive, check_numbers
 from src.config.choices import Backend, LongPrompts
+
+if TYPE_CHECKING:
+    from src.config.root import Config
 
 
 @dataclass
@@ -68,3 +72,43 @@ class GenerationConfig:
             if getattr(self, key) is not None:
                 _positive(f"generation.{key}", getattr(self, key))
         _check_shard("generation", self.shard, self.num_shards)
+
+
+def cross_checks(cfg: Config) -> None:
+    """The rules of `generation` keys that read other sections (method). The temperature's
+    `> 0` stays here, not in `GenerationConfig`'s `>= 0`: its message names method.K."""
+    if cfg.generation.seeds is not None:
+        _check(
+            len(cfg.generation.seeds) == cfg.method.K,
+            "generation.seeds",
+            cfg.generation.seeds,
+            f"needs one seed per sample: method.K={cfg.method.K} seeds",
+        )
+        repeated = sorted({s for s in cfg.generation.seeds if cfg.generation.seeds.count(s) > 1})
+        _check(
+            not repeated,
+            "generation.seeds",
+            cfg.generation.seeds,
+            f"repeats {repeated}: samples with the same seed are the same response, "
+            "and a pair of equal responses teaches nothing; give each sample its own seed",
+        )
+    _check(
+        cfg.generation.temperature > 0,
+        "generation.temperature",
+        cfg.generation.temperature,
+        f"0 decodes greedily: the method.K={cfg.method.K} responses to a prompt would all be "
+        "the same, and no pair could be preferred; sample with a temperature > 0 (e.g. 0.7)",
+    )
+
+
+def prompt_length_check(cfg: Config) -> None:
+    """generation.max_prompt_length against training's: `Config` runs it after training's
+    rules, where it ran before, so a config both refuse keeps its first message."""
+    _check(
+        cfg.generation.max_prompt_length <= cfg.training.max_prompt_length
+        or cfg.generation.long_prompts == LongPrompts.skip,
+        "generation.max_prompt_length",
+        cfg.generation.max_prompt_length,
+        f"truncating to more than training.max_prompt_length={cfg.training.max_prompt_length} "
+        "would be truncated again in training",
+    )

@@ -3,13 +3,29 @@ before it queues, and how `stage=all` chains iterations."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import SI
 
-from src.config.checks import _check, _positive, check_numbers
+from src.config.checks import (
+    NAME_MAX,
+    SLURM_LOG_NAME,
+    ConfigError,
+    _bytes,
+    _check,
+    _positive,
+    _shown,
+    check_numbers,
+    check_one_line,
+    check_path_component,
+    check_shell_word,
+)
 from src.core.registry import Stage
+
+if TYPE_CHECKING:
+    from src.config.root import Config
 
 
 @dataclass
@@ -94,3 +110,34 @@ class PipelineConfig:
             "and the stages after it)",
         )
         self.redo = [Stage(s) for s in given]
+
+
+def cross_checks(cfg: Config) -> None:
+    """The rules of `iter`, `run_name` and `run.dir`, which read other sections (hardware,
+    paths) and the names of the stages' SLURM jobs (`Config.stage_run_name`)."""
+    _check(cfg.iter >= 1, "iter", cfg.iter, "must be >= 1 (iterations count from 1)")
+    # its longest file name, a SLURM log, sets its limit (its folder's, NAME_MAX, is looser)
+    longest = max((s for s in Stage if s != Stage.all), key=lambda s: len(s.value))
+    log = SLURM_LOG_NAME.format(job=cfg.stage_run_name(longest))
+    if _bytes(log) > NAME_MAX:
+        tail = _bytes(log) - _bytes(cfg.run_name)
+        raise ConfigError(
+            f"run_name={_shown(cfg.run_name)} is {_bytes(cfg.run_name)} bytes long; the "
+            f"SLURM logs of its jobs are named `<run_name>-it{cfg.iter}-{longest.value}_"
+            f"<job id>_<task id>.out`, {tail} bytes more, and a file system takes names of "
+            f"at most {NAME_MAX} bytes: run_name can be {NAME_MAX - tail} bytes long"
+        )
+    check_path_component("run_name", cfg.run_name)
+    if cfg.hardware.slurm is not None:  # the SLURM jobs are named after it
+        check_shell_word("run_name", cfg.run_name)
+    check_one_line("run.dir", cfg.run.dir)
+    # lexically, not through symlinks: a root whose folders link to scratch space is fine,
+    # a run.dir override that climbs out of the root is not
+    root, run_dir = os.path.abspath(cfg.paths.root), os.path.abspath(cfg.run.dir)
+    _check(
+        run_dir.startswith(root.rstrip("/") + "/"),
+        "run.dir",
+        cfg.run.dir,
+        f"lies outside paths.root={cfg.paths.root!r}: a run's files go under the root; "
+        "move them with paths.root",
+    )

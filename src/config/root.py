@@ -3,8 +3,6 @@ Hydra's base schema (registered at import), and its plain data (`plain_data`).""
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -12,30 +10,25 @@ from typing import Any
 
 from omegaconf import SI
 
-from src.config.checks import (
-    NAME_MAX,
-    SLURM_LOG_NAME,
-    ConfigError,
-    _bytes,
-    _check,
-    _shown,
-    check_numbers,
-    check_one_line,
-    check_path_component,
-    check_shell_word,
-)
-from src.config.choices import Backend, Device, Distributed, Dtype, LongPrompts, Peft
+from src.config.checks import check_numbers
+from src.config.choices import Backend
 from src.config.data import DataConfig
-from src.config.eval import BENCHMARK_DATA, BENCHMARK_DATA_HINT, EvalConfig
+from src.config.data import cross_checks as data_rules
+from src.config.eval import EvalConfig
+from src.config.eval import cross_checks as eval_rules
 from src.config.generation import GenerationConfig
+from src.config.generation import cross_checks as generation_rules
+from src.config.generation import prompt_length_check as generation_prompt_length_rule
 from src.config.hardware import HardwareConfig
 from src.config.iteration import PipelineConfig, PlanConfig, RunConfig
+from src.config.iteration import cross_checks as iteration_rules
 from src.config.logger import LoggerConfig
 from src.config.method import MethodConfig
 from src.config.model import ModelConfig
 from src.config.paths import PathsConfig
 from src.config.ranker import RankerConfig
 from src.config.training import TrainingConfig
+from src.config.training import cross_checks as training_rules
 from src.core.registry import STAGES, Stage, stage_folder
 
 
@@ -74,125 +67,13 @@ class Config:
         self.ranker.check("ranker")
         if self.eval.judge is not None:
             self.eval.judge.check("eval.judge")
-        for benchmark, key in BENCHMARK_DATA.items():
-            _check(
-                benchmark not in self.eval.benchmarks or getattr(self.data, key) is not None,
-                f"data.{key}",
-                None,
-                f"eval.benchmarks names {benchmark.value}: point data.{key} at its data "
-                f"({BENCHMARK_DATA_HINT[benchmark]})",
-            )
-        _check(self.iter >= 1, "iter", self.iter, "must be >= 1 (iterations count from 1)")
-        # its longest file name, a SLURM log, sets its limit (its folder's, NAME_MAX, is looser)
-        longest = max((s for s in Stage if s != Stage.all), key=lambda s: len(s.value))
-        log = SLURM_LOG_NAME.format(job=self.stage_run_name(longest))
-        if _bytes(log) > NAME_MAX:
-            tail = _bytes(log) - _bytes(self.run_name)
-            raise ConfigError(
-                f"run_name={_shown(self.run_name)} is {_bytes(self.run_name)} bytes long; the "
-                f"SLURM logs of its jobs are named `<run_name>-it{self.iter}-{longest.value}_"
-                f"<job id>_<task id>.out`, {tail} bytes more, and a file system takes names of "
-                f"at most {NAME_MAX} bytes: run_name can be {NAME_MAX - tail} bytes long"
-            )
-        check_path_component("run_name", self.run_name)
-        if self.hardware.slurm is not None:  # the SLURM jobs are named after it
-            check_shell_word("run_name", self.run_name)
-        check_one_line("run.dir", self.run.dir)
-        # lexically, not through symlinks: a root whose folders link to scratch space is fine,
-        # a run.dir override that climbs out of the root is not
-        root, run_dir = os.path.abspath(self.paths.root), os.path.abspath(self.run.dir)
-        _check(
-            run_dir.startswith(root.rstrip("/") + "/"),
-            "run.dir",
-            self.run.dir,
-            f"lies outside paths.root={self.paths.root!r}: a run's files go under the root; "
-            "move them with paths.root",
-        )
-        if self.generation.seeds is not None:
-            _check(
-                len(self.generation.seeds) == self.method.K,
-                "generation.seeds",
-                self.generation.seeds,
-                f"needs one seed per sample: method.K={self.method.K} seeds",
-            )
-            repeated = sorted(
-                {s for s in self.generation.seeds if self.generation.seeds.count(s) > 1}
-            )
-            _check(
-                not repeated,
-                "generation.seeds",
-                self.generation.seeds,
-                f"repeats {repeated}: samples with the same seed are the same response, "
-                "and a pair of equal responses teaches nothing; give each sample its own seed",
-            )
-        _check(
-            self.generation.temperature > 0,
-            "generation.temperature",
-            self.generation.temperature,
-            f"0 decodes greedily: the method.K={self.method.K} responses to a prompt would all be "
-            "the same, and no pair could be preferred; sample with a temperature > 0 (e.g. 0.7)",
-        )
-        if self.training.peft == Peft.qlora:
-            _check(
-                self.hardware.device == Device.cuda,
-                "training.peft",
-                "qlora",
-                f"a 4-bit base needs a CUDA GPU (bitsandbytes), and hardware={self.hardware.name} "
-                "trains on the CPU; train a LoRA adapter on full weights there: training.peft=lora",
-            )
-            _check(
-                self.hardware.distributed != Distributed.deepspeed,
-                "training.peft",
-                "qlora",
-                "DeepSpeed cannot shard a 4-bit base; QLoRA trains on one GPU or under DDP "
-                "(hardware.distributed=ddp), or use training.peft=lora with ZeRO-3",
-            )
-        if (
-            self.hardware.device == Device.cpu
-            and self.hardware.distributed == Distributed.deepspeed
-        ):
-            _check(
-                self.training.precision in (Dtype.auto, Dtype.float32),
-                "training.precision",
-                self.training.precision.value,
-                "DeepSpeed on CPU trains in fp32 only (the HF Trainer takes 16 bits under "
-                "DeepSpeed on a GPU alone): use training.precision=float32, or "
-                "hardware.distributed=ddp or none",
-            )
-        if self.training.precision == Dtype.float16 and self.training.peft == Peft.none:
-            _check(
-                self.hardware.distributed == Distributed.deepspeed,
-                "training.precision",
-                "float16",
-                "full weights in fp16 need loss scaling over fp32 master weights, which DeepSpeed "
-                "keeps: add hardware.distributed=deepspeed, or train in bf16 "
-                "(training.precision=bfloat16)",
-            )
-        per_step = self.training.per_device_batch_size * self.hardware.world_size
-        _check(
-            self.training.global_batch_size % per_step == 0,
-            "training.global_batch_size",
-            self.training.global_batch_size,
-            f"must be a multiple of per_device_batch_size x world size "
-            f"= {self.training.per_device_batch_size} x {self.hardware.world_size} = {per_step}",
-        )
-        _check(
-            self.generation.max_prompt_length <= self.training.max_prompt_length
-            or self.generation.long_prompts == LongPrompts.skip,
-            "generation.max_prompt_length",
-            self.generation.max_prompt_length,
-            f"truncating to more than training.max_prompt_length={self.training.max_prompt_length} "
-            "would be truncated again in training",
-        )
-
-        earlier = re.fullmatch(r"iter(\d+)", self.eval.reference)
-        if earlier:
-            _check(
-                int(earlier[1]) <= self.iter,
-                "eval.reference",
-                self.eval.reference,
-                f"must be an iteration up to iter={self.iter} (a later one is not trained yet)",
-            )
+        data_rules(self)
+        iteration_rules(self)
+        generation_rules(self)
+        training_rules(self)
+        # after training's: where both would refuse a config, the training rule speaks first
+        generation_prompt_length_rule(self)
+        eval_rules(self)
 
     @property
     def gradient_accumulation_steps(self) -> int:

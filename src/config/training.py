@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from omegaconf import SI
 
 from src.config.checks import _check, _positive, check_numbers
-from src.config.choices import Dtype, Optimizer, Peft, RefLogprobs, Scheduler, WeightUpdates
+from src.config.choices import (
+    Device,
+    Distributed,
+    Dtype,
+    Optimizer,
+    Peft,
+    RefLogprobs,
+    Scheduler,
+    WeightUpdates,
+)
+
+if TYPE_CHECKING:
+    from src.config.root import Config
 
 # training.pairs as the config writes it when the pairs are the pairs stage's own
 PAIRS_STAGE_FILE = "${run.iter_dir}/pairs/pairs.parquet"
@@ -121,3 +134,48 @@ class TrainingConfig:
         _positive("training.max_grad_norm", self.max_grad_norm)
         _positive("training.logging_steps", self.logging_steps)
         _positive("training.save_steps", self.save_steps)
+
+
+def cross_checks(cfg: Config) -> None:
+    """The rules of `training` keys that read other sections (hardware)."""
+    if cfg.training.peft == Peft.qlora:
+        _check(
+            cfg.hardware.device == Device.cuda,
+            "training.peft",
+            "qlora",
+            f"a 4-bit base needs a CUDA GPU (bitsandbytes), and hardware={cfg.hardware.name} "
+            "trains on the CPU; train a LoRA adapter on full weights there: training.peft=lora",
+        )
+        _check(
+            cfg.hardware.distributed != Distributed.deepspeed,
+            "training.peft",
+            "qlora",
+            "DeepSpeed cannot shard a 4-bit base; QLoRA trains on one GPU or under DDP "
+            "(hardware.distributed=ddp), or use training.peft=lora with ZeRO-3",
+        )
+    if cfg.hardware.device == Device.cpu and cfg.hardware.distributed == Distributed.deepspeed:
+        _check(
+            cfg.training.precision in (Dtype.auto, Dtype.float32),
+            "training.precision",
+            cfg.training.precision.value,
+            "DeepSpeed on CPU trains in fp32 only (the HF Trainer takes 16 bits under "
+            "DeepSpeed on a GPU alone): use training.precision=float32, or "
+            "hardware.distributed=ddp or none",
+        )
+    if cfg.training.precision == Dtype.float16 and cfg.training.peft == Peft.none:
+        _check(
+            cfg.hardware.distributed == Distributed.deepspeed,
+            "training.precision",
+            "float16",
+            "full weights in fp16 need loss scaling over fp32 master weights, which DeepSpeed "
+            "keeps: add hardware.distributed=deepspeed, or train in bf16 "
+            "(training.precision=bfloat16)",
+        )
+    per_step = cfg.training.per_device_batch_size * cfg.hardware.world_size
+    _check(
+        cfg.training.global_batch_size % per_step == 0,
+        "training.global_batch_size",
+        cfg.training.global_batch_size,
+        f"must be a multiple of per_device_batch_size x world size "
+        f"= {cfg.training.per_device_batch_size} x {cfg.hardware.world_size} = {per_step}",
+    )
