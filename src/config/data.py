@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from src.config.checks import _check, _positive, check_numbers
 from src.config.eval import BENCHMARK_DATA, BENCHMARK_DATA_HINT
-
-if TYPE_CHECKING:
-    from src.config.root import Config
 
 
 @dataclass
@@ -43,7 +40,7 @@ class DataConfig:
             _positive("data.max_prompts", self.max_prompts)
 
 
-def cross_checks(cfg: Config) -> None:
+def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `data` keys that other sections call for: the data of each benchmark that
     eval.benchmarks names (here, not in eval.py: the key refused is data's)."""
     for benchmark, key in BENCHMARK_DATA.items():

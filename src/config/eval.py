@@ -6,15 +6,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlsplit
 
 from src.config.checks import _check, _model_location, _positive, check_numbers
 from src.config.choices import Backend, Benchmark, Outcome
 from src.config.ranker import RankerConfig
-
-if TYPE_CHECKING:
-    from src.config.root import Config
 
 # The prefix of OpenAI's model names: a judge this stage serves is never called so (its figures
 # would read as the published judge's)
@@ -200,7 +197,7 @@ class EvalConfig:
             self.reference = f"iter{int(earlier[1])}"
 
 
-def cross_checks(cfg: Config) -> None:
+def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `eval` keys that read other sections (iter)."""
     earlier = re.fullmatch(r"iter(\d+)", cfg.eval.reference)
     if earlier:

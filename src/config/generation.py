@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from omegaconf import SI
 
 from src.config.checks import _check, _check_shard, _positive, check_numbers
 from src.config.choices import Backend, LongPrompts
-
-if TYPE_CHECKING:
-    from src.config.root import Config
 
 
 @dataclass
@@ -74,7 +71,7 @@ class GenerationConfig:
         _check_shard("generation", self.shard, self.num_shards)
 
 
-def cross_checks(cfg: Config) -> None:
+def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `generation` keys that read other sections (method). The temperature's
     `> 0` stays here, not in `GenerationConfig`'s `>= 0`: its message names method.K."""
     if cfg.generation.seeds is not None:
@@ -101,7 +98,7 @@ def cross_checks(cfg: Config) -> None:
     )
 
 
-def prompt_length_check(cfg: Config) -> None:
+def prompt_length_check(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """generation.max_prompt_length against training's: `Config` runs it after training's
     rules, where it ran before, so a config both refuse keeps its first message."""
     _check(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import SI
 
@@ -23,9 +23,6 @@ from src.config.checks import (
     check_shell_word,
 )
 from src.core.registry import Stage
-
-if TYPE_CHECKING:
-    from src.config.root import Config
 
 
 @dataclass
@@ -112,7 +109,7 @@ class PipelineConfig:
         self.redo = [Stage(s) for s in given]
 
 
-def cross_checks(cfg: Config) -> None:
+def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `iter`, `run_name` and `run.dir`, which read other sections (hardware,
     paths) and the names of the stages' SLURM jobs (`Config.stage_run_name`)."""
     _check(cfg.iter >= 1, "iter", cfg.iter, "must be >= 1 (iterations count from 1)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from omegaconf import SI
 
@@ -18,9 +18,6 @@ from src.config.choices import (
     Scheduler,
     WeightUpdates,
 )
-
-if TYPE_CHECKING:
-    from src.config.root import Config
 
 # training.pairs as the config writes it when the pairs are the pairs stage's own
 PAIRS_STAGE_FILE = "${run.iter_dir}/pairs/pairs.parquet"
@@ -136,7 +133,7 @@ class TrainingConfig:
         _positive("training.save_steps", self.save_steps)
 
 
-def cross_checks(cfg: Config) -> None:
+def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `training` keys that read other sections (hardware)."""
     if cfg.training.peft == Peft.qlora:
         _check(
