@@ -132,8 +132,10 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
             CONTENT_CHANGED not in change for change in refused[0].changed
         )):  # fmt: skip
             found.append((c.iter, *refused))
-    if len(found) == 1:
-        raise found[0][2]
+    # a training on other pairs than its checkpoint's: a lineage of its own, never a redo of them
+    elsewhere = [err for _, _, err in found if str(err.fix).startswith("run_name=")]
+    if len(found) == 1 or elsewhere:
+        raise (elsewhere or [found[0][2]])[0]
     if found:
         named = [f"iteration {t}'s {st.stage.value}" for t, st, _ in found]
         which = f"{', '.join(named[:-1])} and {named[-1]}"

@@ -104,6 +104,25 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
     assert [s for s, _ in recorded] == [Stage.train], "nothing ran the second time"
 
 
+def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_redo(recorded):
+    """Two iterations trained on the pairs stage's pairs, asked again with a file of the user's
+    own under the same run_name: the fix is a run name of its own, not pipeline.redo_stale=true,
+    which would replace both checkpoints."""
+    made = ["logger=none", "run_name=mine"]
+    for t in (1, 2):
+        cfg = compose_cfg(*made, f"iter={t}")
+        for stage in STAGES:
+            schedule.save_config(cfg, stage, "python -m src.main")
+            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+    asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
+    command = "python -m src.main " + " ".join(asked)
+    with pytest.raises(StageError) as refused:
+        schedule.dispatch(compose_cfg(*asked), command, lambda t: compose_cfg(*asked, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert "run_name=mine-pairs-pairs_tiny" in said and "redo_stale" not in said, said
+    assert recorded == []
+
+
 def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_build(
     recorded, monkeypatch
 ):
