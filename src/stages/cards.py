@@ -259,7 +259,7 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
         base_model=base if is_hub_id else cfg.model.name,
         project_version=project_version(),
         lineage=lineage(cfg),
-        recipe=recipe(cfg),
+        recipe=recipe(cfg, own_pairs),
         notes=[card_text(" ".join(note.split()), cfg.paths) for note in cfg.notes],
         training=training_summary(metrics),
         evaluation="\n\n".join(evaluation_text(e, eval_prompts) for e in shown)
@@ -408,11 +408,11 @@ def pairs_file(cfg: Config) -> str | None:
     return files_sha256([path])[path]
 
 
-def recipe(cfg: Config) -> list[tuple[str, object]]:
+def recipe(cfg: Config, digest: str | None) -> list[tuple[str, object]]:
     """The values that made the checkpoint, as the run's resolved config holds them: on a pairs
-    file of the user's own, that file in place of the self-play settings, which did not apply."""
+    file of the user's own (`digest`, its sha256: `pairs_file`), that file in place of the
+    self-play settings, which did not apply."""
     m, g, t, r = cfg.method, cfg.generation, cfg.training, cfg.ranker
-    digest = pairs_file(cfg)
     source = [
         ("method.K", m.K),
         ("ranker", f"{r.kind.value}: {card_value(r.model, cfg.paths)}"),
