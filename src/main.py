@@ -2,7 +2,7 @@
 
 Composes conf/config.yaml with Hydra, validates it against the typed schemas (src/config/)
 before any work and hands it to the scheduler (src/schedule.py). A failure ends with one line on
-stderr and the exit code of src/core/errors.py (src/cli.py): a bad config with 2, naming the
+stderr and the exit code of src/core/errors.py (src/config/cli.py): a bad config with 2, naming the
 key; `--cfg job` prints the validated config, resolved.
 """
 
@@ -21,8 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.cli import ArgumentParser, failures, hydra_raises
 from src.config import REPO_ROOT, Config, Device, compose_tree, validate
+from src.config.cli import ArgumentParser, failures, hydra_raises
 from src.core import memory, preemption, threads
 from src.core.errors import EnvironmentFailure
 from src.plan.stages import require_fit_here

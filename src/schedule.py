@@ -421,7 +421,7 @@ def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> N
     try:
         counts = run(cfg)
     except BaseException as err:  # the run ends with the command's exit code (3 for a judge)
-        from src.cli import exit_code_of
+        from src.config.cli import exit_code_of
 
         tracking.finish(cfg, stage, {}, exit_code=exit_code_of(err))
         raise

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from src import config
-from src.cli import ArgumentParser, failures
 from src.config import (
     REPO_ROOT,
     SHELL_WORD,
@@ -56,6 +55,7 @@ from src.config import (
     Stage,
     StageRequest,
 )
+from src.config.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
 from src.core.registry import STAGES, iteration_stages
 from src.core.staleness import state_of

@@ -25,7 +25,6 @@ from typing import Any
 
 import yaml
 
-from src.cli import ArgumentParser, failures
 from src.config import (
     REPO_ROOT,
     Config,
@@ -35,6 +34,7 @@ from src.config import (
     check_path_component,
     check_shell_word,
 )
+from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, override_key, set_overrides, without_keys
 from src.slurm import (

@@ -112,7 +112,7 @@ def entry(
     module: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` in this process, as its process would end: the exit code its
-    failure boundary gives (src/cli.py; 1 and the traceback for an exception it lets through),
+    failure boundary gives (src/config/cli.py; 1 and the traceback for an exception it lets through),
     and what it wrote, the libraries and the processes it starts included (`captured`). `env` is
     set over the environment while it runs; the environment, the working directory, sys.argv and
     the signal handlers are restored after.

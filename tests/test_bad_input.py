@@ -215,7 +215,7 @@ def test_sigusr1_outside_a_stage_is_one_line_not_a_silent_end(tmp_path):
     command at once with no line and its temporary files left: now the boundary says so."""
     code = (
         "import os, signal, time\n"
-        "from src.cli import failures\n"
+        "from src.config.cli import failures\n"
         "with failures('python -m src.export', interrupted='nothing was exported'):\n"
         "    os.kill(os.getpid(), signal.SIGUSR1)\n"
         "    time.sleep(60)\n"

@@ -1,4 +1,4 @@
-"""Every command ends a failure at one boundary (src/cli.py): one line on stderr, no
+"""Every command ends a failure at one boundary (src/config/cli.py): one line on stderr, no
 traceback, and the exit code of README's table — 1 bad input, 2 bad configuration (a key, an
 option, a value, a command's own arguments, a sweep file), 3 the environment (the file system,
 sbatch, W&B credentials). Each case runs the real command, offline.
@@ -375,7 +375,7 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
     os.close(read)
     with open(write, "w") as closed:
         shown = subprocess.run(
-            [sys.executable, "-c", "from src.cli import failures\nwith failures('x'):\n"
+            [sys.executable, "-c", "from src.config.cli import failures\nwith failures('x'):\n"
              "    import sys\n    sys.stdout.write('a line\\n' * 100_000)\n    sys.stdout.flush()"],
             stdout=closed, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
         )  # fmt: skip

@@ -17,7 +17,7 @@ LAYERS = {
     "core": ("src", "src/core"),
     "config": ("src/config",),
     "libraries": (
-        "src/cli", "src/explain", "src/generation", "src/training", "src/ranking",
+        "src/explain", "src/generation", "src/training", "src/ranking",
         "src/evaluation", "src/plan", "src/wheelhouse", "src/tiny", "src/assets",
     ),
     "stages": ("src/stages",),

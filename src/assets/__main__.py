@@ -21,8 +21,8 @@ from src import config
 from src.assets.check import damage, listed_for, require_assets, where
 from src.assets.fetch import fetch_all
 from src.assets.listing import Listed
-from src.cli import ArgumentParser, failures
 from src.config import Config, ConfigError, Stage
+from src.config.cli import ArgumentParser, failures
 from src.core.errors import set_overrides, without_keys
 
 

@@ -29,7 +29,7 @@ A malformed config.yaml, done.json, metrics.json or eval.json is skipped with on
 naming the file: its values stay blank (a malformed done.json makes its stage unfinished) and
 every other run is still compared. A value of the wrong type (text where a number belongs) is
 blanked with one warning line naming the file, the key and the value.
-A failure is one line (src.cli): exit code 1 when there is nothing to compare (no finished
+A failure is one line (src.config.cli): exit code 1 when there is nothing to compare (no finished
 stage), --only or --where matches nothing, --metric names no logged key or --hparam-metric no
 column; 2 for a bad option (--where without `=`); 3 when the W&B server cannot be reached or the
 file system refuses (--out where a file is, or read-only; --root a file).
@@ -48,9 +48,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from src.cli import ArgumentParser, failures
 from src.compare.runs import CompareError, choose, discover, fetch_wandb
 from src.config import runs_root
+from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
 from src.stages.results import JUDGED_HEADLINES, Iteration, num

@@ -16,8 +16,9 @@ Schemas, one per config group: model.py, method.py, data.py, generation.py, rank
 training.py, hardware.py, logger.py, paths.py, iteration.py (`run`, `plan`, `pipeline`); root.py
 holds `Config`, which is made of them. Below them: choices.py (the enums a key takes) and checks.py
 (`ConfigError` and the checks every schema runs); above them, compose.py (the resolvers,
-registered at import, composition, validation and the one-line errors). Every name is imported
-from here, `src.config`.
+registered at import, composition, validation and the one-line errors) and, on top, cli.py: the
+boundary at which every command ends a failure (`failures`: one line and its exit code). Every
+name but cli.py's is imported from here, `src.config`; the commands import `src.config.cli`.
 """
 
 from src.config.checks import (

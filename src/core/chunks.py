@@ -15,7 +15,7 @@ row exactly once. Chunks are trusted only under the identity they were made with
 config is refused rather than silently mixed with the old rows.
 
 A chunked stage is `claim` (before its models load) then `process_shard`, shown by a progress
-line the stage makes (src/cli.py); a later stage reads the rows back with `finished_rows`
+line the stage makes (src/config/cli.py); a later stage reads the rows back with `finished_rows`
 (src/core/rows.py).
 """
 

@@ -1,7 +1,7 @@
 """The failures a user can cause or meet, and the exit code each ends every command with
 (`python -m src.main`, `src.slurm`, `src.sweep`, `src.export`, `src.compare`).
 
-Each ends the process at one boundary (src.cli) with one line on stderr that says what and
+Each ends the process at one boundary (src.config.cli) with one line on stderr that says what and
 where, followed by the user's own command with what changes when a command fixes it, and its
 exit code:
 

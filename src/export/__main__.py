@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from src.cli import ArgumentParser, exit_with, failure_line, failures
 from src.config import ConfigError
+from src.config.cli import ArgumentParser, exit_with, failure_line, failures
 from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
 from src.core.locks import writing
 from src.export.folders import (

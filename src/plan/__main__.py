@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from src.cli import failures
 from src.config import compose, showing_unset_required
+from src.config.cli import failures
 from src.plan.stages import plan_text
 from src.wheelhouse import install_line
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from src.cli import ArgumentParser, failures
+from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_path, read_jsonl
 from src.core.errors import StageError
 from src.training.data import checked_pair, parquet_rows

@@ -26,7 +26,8 @@ from typing import NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from src.config import ConfigError, describe_composition_error
+from src.config.checks import ConfigError
+from src.config.compose import describe_composition_error
 from src.core.errors import (
     EXIT_CLOSED_PIPE,
     EXIT_CONFIG_ERROR,
