@@ -1,4 +1,5 @@
-"""Atomic writes: a file either has its complete new content or does not exist.
+"""Atomic writes: a file either has its complete new content or does not exist (and the JSONL
+rows read back, each text checked to be one UTF-8 can write again).
 
 A stage killed half-way must never leave a file that a re-run would trust, so everything is
 written to a temporary name in the same directory (same filesystem, so the rename is atomic),
@@ -196,3 +197,19 @@ def read_jsonl(
                 yield where, row
     except UnicodeDecodeError as err:
         raise error(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def require_encodable(named: str, what: str, text: str, error: type[StageError]) -> None:
+    """Refuse a lone surrogate: JSON may escape one (`"\\ud800"`: half of a UTF-16 pair, as
+    text cut in the middle of an emoji leaves it) and Python's json reads it, but it is no
+    character UTF-8 can encode, so every tokenizer and every file write after this would fail
+    on it. Refused, not skipped, like any other malformed row: the file is what is wrong, and a
+    prompt quietly missing from every later stage would be harder to notice than this line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise error(
+            f"{named}: {what} holds {text[err.start]!r} at character {err.start}, a lone "
+            "surrogate (half of a UTF-16 pair, escaped in the JSON) that UTF-8 cannot encode; "
+            "replace it (with the character it was half of, or U+FFFD) or remove the row"
+        ) from None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.core.artifacts import read_jsonl
+from src.core.artifacts import read_jsonl, require_encodable
 from src.core.errors import EnvironmentFailure, StageError, causes, shown
 from src.core.hub import HUB_ID
 
@@ -326,7 +326,7 @@ def _prompt_of(
         prompt_id = str(raw_id)
         if not prompt_id.strip():
             raise PromptsError(f"{where}: {id_column!r} is empty")
-        require_encodable(where, repr(id_column), prompt_id)
+        require_encodable(where, repr(id_column), prompt_id, PromptsError)
         named = f"{where} (prompt_id {prompt_id!r})"
     else:
         prompt_id = None
@@ -341,30 +341,12 @@ def _prompt_of(
         raise PromptsError(f"{named}: {prompt_column!r} is {shown(text)}, expected a string")
     if not text.strip():
         raise PromptsError(f"{named}: the prompt is empty or only whitespace")
-    require_encodable(named, "the prompt", text)
+    require_encodable(named, "the prompt", text, PromptsError)
     dataset = row.get("dataset")
-    if isinstance(dataset, str):
-        require_encodable(named, "'dataset'", dataset)  # written back in the eval's exports
+    if isinstance(dataset, str):  # written back in the eval's exports
+        require_encodable(named, "'dataset'", dataset, PromptsError)
     return Prompt(
         prompt_id if prompt_id is not None else derive_prompt_id(text),
         text,
         dataset if isinstance(dataset, str) else None,
     )
-
-
-def require_encodable(
-    named: str, what: str, text: str, error: type[StageError] = PromptsError
-) -> None:
-    """Refuse a lone surrogate: JSON may escape one (`"\\ud800"`: half of a UTF-16 pair, as
-    text cut in the middle of an emoji leaves it) and Python's json reads it, but it is no
-    character UTF-8 can encode, so every tokenizer and every file write after this would fail
-    on it. Refused, not skipped, like any other malformed row: the file is what is wrong, and a
-    prompt quietly missing from every later stage would be harder to notice than this line."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise error(
-            f"{named}: {what} holds {text[err.start]!r} at character {err.start}, a lone "
-            "surrogate (half of a UTF-16 pair, escaped in the JSON) that UTF-8 cannot encode; "
-            "replace it (with the character it was half of, or U+FFFD) or remove the row"
-        ) from None

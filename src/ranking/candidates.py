@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from src.core.artifacts import read_jsonl
+from src.core.artifacts import read_jsonl, require_encodable
 from src.core.errors import StageError
-from src.generation.prompts import require_encodable
 
 POLICY, EXTERNAL = "policy", "external"
 ALIGNED = ("responses", "sources", "finish_reasons", "num_tokens", "seeds")
