@@ -44,7 +44,6 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
-from src import config
 from src.config import (
     REPO_ROOT,
     SHELL_WORD,
@@ -54,6 +53,7 @@ from src.config import (
     LoggerBackend,
     Stage,
     StageRequest,
+    compose,
 )
 from src.config.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
@@ -468,10 +468,6 @@ def require_sbatch() -> None:
             "sbatch: no such command on this machine; submit from a SLURM login node, or print "
             "the scripts with --dry-run"
         )
-
-
-def compose(overrides: list[str], iteration: int) -> Config:
-    return config.compose(set_overrides(overrides, [f"iter={iteration}"]))
 
 
 def check_chain_length(iterations: int, from_iter: int) -> None:

@@ -33,6 +33,7 @@ from src.config import (
     check_one_line,
     check_path_component,
     check_shell_word,
+    compose,
 )
 from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
@@ -41,7 +42,6 @@ from src.slurm import (
     MAX_ARRAY_TASKS,
     WARNING_SIGNAL_S,
     SubmitError,
-    compose,
     counted,
     fill,
     node_values,

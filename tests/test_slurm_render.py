@@ -249,7 +249,8 @@ def test_every_stage_has_a_request_section():
     "hardware", ["slurm-cpu", "slurm-gpu-1", "slurm-node-8gpu", "slurm-multinode"]
 )
 def test_the_slurm_readme_shows_what_each_stage_asks_for(hardware):
-    from src.slurm import compose, requests_table
+    from src.config import compose
+    from src.slurm import requests_table
 
     base = "model=tiny-mistral" if hardware == "slurm-cpu" else "experiment=gemma-2-9b-it-sppo"
     table = requests_table(compose([base, f"hardware={hardware}", "eval.enabled=true"], 1))
@@ -449,7 +450,8 @@ def assert_runs_only_its_template(
     `overrides` compose, and no other line: bash reads it, and running everything before
     `set -euo pipefail` (the header, where values on comment and #SBATCH lines land) does
     nothing."""
-    from src.slurm import compose, node_values
+    from src.config import compose
+    from src.slurm import node_values
 
     body = script.split("\n# $ ")[0]
     own = (TEMPLATES / template).read_text()
@@ -551,7 +553,8 @@ def test_sbatch_reads_a_quoted_output_path_back(slurm_cluster, tmp_path, monkeyp
 def failing_pairs_job(slurm_cluster, overrides: list[str]) -> tuple[str, str]:
     """The pairs stage of an iteration that is not ranked, submitted alone: a job that ends at
     once and fails, its log saying why. Returns its log's text and its job id."""
-    from src.slurm import compose, stage_job, submit
+    from src.config import compose
+    from src.slurm import stage_job, submit
 
     cfg = compose(overrides, 1)
     job = stage_job(cfg, Stage.pairs, overrides, after=None)

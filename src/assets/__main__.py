@@ -23,7 +23,7 @@ from src.assets.fetch import fetch_all
 from src.assets.listing import Listed
 from src.config import Config, ConfigError, Stage
 from src.config.cli import ArgumentParser, failures
-from src.core.errors import set_overrides, without_keys
+from src.core.errors import without_keys
 
 
 def iteration_configs(overrides: list[str], iterations: int | None, from_iter: int) -> list[Config]:
@@ -35,9 +35,7 @@ def iteration_configs(overrides: list[str], iterations: int | None, from_iter: i
     rest = without_keys(overrides, "iter")
     if from_iter > iterations:
         raise ConfigError(f"no iterations: --from-iter {from_iter} > --iterations {iterations}")
-    return [
-        config.compose(set_overrides(rest, [f"iter={t}"])) for t in range(from_iter, iterations + 1)
-    ]
+    return [config.compose(rest, t) for t in range(from_iter, iterations + 1)]
 
 
 def print_listing(listed: list[Listed], cfg: Config, verify: bool = False) -> None:

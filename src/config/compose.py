@@ -25,7 +25,7 @@ from omegaconf.errors import (
 from src.config.checks import ConfigError
 from src.config.root import Config
 from src.config.training import PAIRS_STAGE_FILE
-from src.core.errors import causes
+from src.core.errors import causes, set_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -237,8 +237,11 @@ def compose_tree(overrides: Sequence[str], hydra_node: bool = False) -> DictConf
         raise ConfigError(describe_composition_error(exc, overrides)) from exc
 
 
-def compose(overrides: Sequence[str]) -> Config:
-    """The validated config that `python -m src.main <overrides>` runs with."""
+def compose(overrides: Sequence[str], iteration: int | None = None) -> Config:
+    """The validated config that `python -m src.main <overrides>` runs with; at `iteration`, when
+    one is given, whatever iter= the overrides set (each iteration of a chain, a sweep, an export)."""
+    if iteration is not None:
+        overrides = set_overrides(overrides, [f"iter={iteration}"])
     return validate(compose_tree(overrides))
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from src.config import ConfigError
+from src.config import ConfigError, compose
 from src.config.cli import ArgumentParser, exit_with, failure_line, failures
 from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
 from src.core.locks import writing
@@ -40,7 +40,6 @@ from src.export.folders import (
     export_model,
     require_replaceable,
 )
-from src.slurm import compose
 
 
 def require_hub_writable(repo: str) -> None:
