@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from src.core.contracts import derive_prompt_id
 from src.core.errors import StageError
 from src.generation import prompts as P
-from src.generation.prompts import (
-    Prompt,
-    PromptsError,
-    derive_prompt_id,
-    load_prompts,
-)
+from src.generation.prompts import Prompt, PromptsError, load_prompts
 
 ITER1 = Path(__file__).resolve().parents[1] / "data" / "prompts" / "iter1.jsonl"
 

@@ -107,7 +107,8 @@ def test_the_recipe_sized_splits_load_as_a_split_does(tmp_path):
     """`python -m src.tiny.data --scale N`: N distinct prompts per iteration, none shared
     between iterations, in the SPPO splits' columns, loaded by the path every local split takes
     (ids derived from the text, as data=sppo derives them)."""
-    from src.generation.prompts import derive_prompt_id, load_prompts
+    from src.core.contracts import derive_prompt_id
+    from src.generation.prompts import load_prompts
 
     splits = data.scale_prompts(500)
     assert [len(s) for s in splits] == [500] * 3

@@ -11,11 +11,21 @@ command that fixes the file where one does.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NotRequired, TypedDict
 
 from src.core.errors import shown
+
+
+def derive_prompt_id(prompt: str) -> str:
+    """A stable id from the text alone: same text -> same id, on every machine and run.
+
+    64 bits of SHA-256: a collision among even millions of prompts is vanishingly unlikely, and
+    if one happened it would be caught as "same id, different text" rather than merge prompts.
+    """
+    return "p" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 class ResponseRow(TypedDict):

@@ -14,7 +14,6 @@ skipped silently; the only rows left out are exact duplicates, and those are cou
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from src.core.artifacts import read_jsonl, require_encodable
+from src.core.contracts import derive_prompt_id
 from src.core.errors import EnvironmentFailure, StageError, causes, shown
 from src.core.hub import HUB_ID
 
@@ -70,15 +70,6 @@ class PromptSet:
 
     def __iter__(self) -> Iterator[Prompt]:
         return iter(self.prompts)
-
-
-def derive_prompt_id(prompt: str) -> str:
-    """A stable id from the text alone: same text -> same id, on every machine and run.
-
-    64 bits of SHA-256: a collision among even millions of prompts is vanishingly unlikely, and
-    if one happened it would be caught as "same id, different text" rather than merge prompts.
-    """
-    return "p" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

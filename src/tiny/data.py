@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 
 from src.core.artifacts import atomic_path
-from src.generation.prompts import derive_prompt_id
+from src.core.contracts import derive_prompt_id
 from src.tiny.toy import DATA_DIR, sample_answer
 
 TASKS = (
