@@ -1,9 +1,10 @@
 """The one entry point: `python -m src.main [group=option ...] [key=value ...]`.
 
-Composes conf/config.yaml with Hydra, validates it against the typed schemas (src/config/)
-before any work and hands it to the scheduler (src/schedule.py). A failure ends with one line on
-stderr and the exit code of src/core/errors.py (src/config/cli.py): a bad config with 2, naming the
-key; `--cfg job` prints the validated config, resolved.
+Composes conf/config.yaml with Hydra and validates it against the typed schemas (src/config/)
+before any work; then the scheduler's records choose what runs (src/schedule.py), the checks
+made before any stage follow (src/assets/preflight.py), and the scheduler runs the stages. A failure
+ends with one line on stderr and the exit code of src/core/errors.py (src/config/cli.py): a bad
+config with 2, naming the key; `--cfg job` prints the validated config, resolved.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import MethodType
 
@@ -21,12 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from src.assets.preflight import preflight
 from src.config import REPO_ROOT, Config, Device, compose_tree, validate
 from src.config.cli import ArgumentParser, failures, hydra_raises
 from src.core import memory, preemption, threads
 from src.core.errors import EnvironmentFailure
-from src.plan.stages import require_fit_here
-from src.schedule import dispatch
+from src.schedule import dispatch, iterations
 
 # What Ctrl-C or SIGTERM leaves: every stage resumes
 INTERRUPTED = (
@@ -48,14 +50,27 @@ def _hydra_main(raw: DictConfig) -> None:
         SWEEP_DIRS.add(Path(hydra_cfg.sweep.dir))
     with failures(command, overrides, interrupted=INTERRUPTED):
         cfg = validate(raw)
-        require_fit_here(cfg, overrides)  # on a GPU: what cannot fit it stops here, exit 2
         quiet_libraries(cfg)
 
         def config_for_iter(t: int) -> Config:
             return validate(OmegaConf.merge(raw, {"iter": t}))
 
         preemption.install()
-        dispatch(cfg, command, config_for_iter)
+        run(cfg, command, overrides, config_for_iter)
+
+
+def run(
+    cfg: Config,
+    command: str,
+    overrides: list[str],
+    config_for_iter: Callable[[int], Config] | None = None,
+) -> None:
+    """A valid config's run: the iterations its records choose (what they refuse, refused before
+    anything loads or is built), the checks made before any stage (src/assets/preflight.py),
+    then the stages."""
+    configs = iterations(cfg, config_for_iter)
+    preflight(configs, command, overrides)
+    dispatch(configs, command)
 
 
 def quiet_libraries(cfg: Config) -> None:

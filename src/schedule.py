@@ -23,7 +23,6 @@ from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
 from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
 from src.stages import StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
-from src.tiny.on_demand import ensure_tiny_models
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
@@ -42,23 +41,23 @@ def save_config(cfg: Config, stage: Stage, command: str) -> None:
     atomic_write_text(cfg.stage_dir(stage) / "config.yaml", f"# {command}\n{to_yaml(cfg)}")
 
 
-def dispatch(
-    cfg: Config, command: str, config_for_iter: Callable[[int], Config] | None = None
-) -> None:
-    """Run the stage(s) of `cfg` — for `stage=all`, first any earlier iteration not yet done.
-
-    `config_for_iter(t)` is the same configuration at iteration t (the command line's, with
-    `iter=t`); without it only iteration `cfg.iter` is considered.
-    """
+def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = None) -> list[Config]:
+    """The iterations a command runs, in order, its own last: for `stage=all`, first any earlier
+    one not yet done (`config_for_iter(t)`: the command line's config at iter=t; without it
+    only iteration `cfg.iter` is considered). What the records refuse in any of them is refused
+    here, before the stages' libraries load (seconds) and any build (minutes)."""
     stages = iteration_stages(cfg.stage, cfg.eval.enabled)
     earlier = []
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
         earlier = unfinished_iterations(cfg, stages, config_for_iter)
-    # the records decide it: before the stages' libraries load (seconds) and any build (minutes)
     refuse_stale([*earlier, cfg], stages)
-    runners = stage_runners(stages)
-    ensure_tiny_models(cfg)
-    require_assets_here([*earlier, cfg], runners, command)
+    return [*earlier, cfg]
+
+
+def dispatch(configs: list[Config], command: str) -> None:
+    """Run the stages of each iteration `iterations` chose, the earlier ones first."""
+    *earlier, cfg = configs
+    runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
     for before in earlier:
         statuses = {state_of(before.as_tree(), s).status for s in runners}
         why = "is not done" if "todo" in statuses else "has stale stages (pipeline.redo_stale)"
@@ -91,32 +90,6 @@ def unfinished_iterations(cfg, stages: Collection[Stage], config_for_iter) -> li
         else:
             unfinished.append(earlier)
     return unfinished
-
-
-def require_assets_here(configs: list[Config], runners: dict, command: str) -> None:
-    """Before any of the stages still to run starts, what they read from outside is here: the
-    OpenAI key eval.alpaca_eval=true's judge needs (no fetch makes it); with the Hub offline,
-    every model, judge and dataset they read by hub id, in the Hub cache (else each missing one
-    is named, src/assets/check.py); then an answer from OpenAI's API. Each stops the command with
-    exit 3. A local file or folder is left to the stage that reads it, whose message names its
-    key."""
-    from huggingface_hub import constants
-
-    from src.assets.check import listed_for, require_assets
-    from src.evaluation.alpaca_eval import require_alpaca_eval_judge
-
-    todo = {
-        c.iter: [s for s in runners if c.pipeline.redo or state_of(c.as_tree(), s).status != "done"]
-        for c in configs
-    }
-    judged = any(c.eval.alpaca_eval and Stage.eval in todo[c.iter] for c in configs)
-    if judged:
-        require_alpaca_eval_judge(reach=False)
-    if constants.is_offline_mode():
-        hub = [e for e in listed_for(configs, todo) if e.asset.on_hub]
-        require_assets(hub, configs[-1], command.split()[3:], online=False)
-    if judged:
-        require_alpaca_eval_judge()
 
 
 def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:

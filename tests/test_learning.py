@@ -19,8 +19,8 @@ from statistics import mean
 import pyarrow.parquet as pq
 import pytest
 
+from src import main
 from src.config import Stage
-from src.schedule import dispatch
 from src.tiny.audit import main as audit
 from src.tiny.toy import helpful_share, well_formed
 from tests.helpers import compose_cfg
@@ -41,7 +41,7 @@ def run(root: Path, *overrides: str, stage: str = "all", iteration: int = 3) -> 
     args = [*overrides, "logger=none", "eval.enabled=true", f"paths.root={root}"]
     cfg = compose_cfg(*args, f"iter={iteration}", f"stage={stage}")
     command = " ".join(["python -m src.main", *args])
-    dispatch(cfg, command, lambda t: compose_cfg(*args, f"iter={t}", f"stage={stage}"))
+    main.run(cfg, command, [], lambda t: compose_cfg(*args, f"iter={t}", f"stage={stage}"))
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import src.assets.preflight as preflight
 import src.schedule as schedule
 from src.config import REPO_ROOT, Config, Stage, to_yaml
 from src.core.errors import StageError, describe
 from src.core.records import stage_fingerprint, write_record
 from src.core.registry import STAGES
+from src.main import run
 from src.stages.common import read_upstream
 from tests.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
@@ -36,13 +38,13 @@ def recorded(monkeypatch):
     monkeypatch.setattr(schedule, "stage_runners", runners)
     # stages replaced so read no model or dataset: the check of what they would read is
     # tests/test_assets.py's (the default config's are hub ids, not in this offline cache)
-    monkeypatch.setattr(schedule, "require_assets_here", lambda configs, runners, command: None)
+    monkeypatch.setattr(preflight, "require_assets_here", lambda configs, command: None)
     return calls
 
 
 def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
     cfg = compose_cfg("stage=rank", "iter=2", "logger=none")
-    schedule.dispatch(cfg, "python -m src.main stage=rank iter=2 logger=none")
+    run(cfg, "python -m src.main stage=rank iter=2 logger=none", [])
 
     assert [s for s, _ in recorded] == [Stage.rank] and isinstance(recorded[0][1], Config)
     saved = cfg.stage_dir(Stage.rank) / "config.yaml"
@@ -62,7 +64,7 @@ def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
 )
 def test_stage_all_runs_the_pipeline_in_order(recorded, evaluate, stages):
     cfg = compose_cfg("stage=all", "logger=none", f"eval.enabled={evaluate}")
-    schedule.dispatch(cfg, "python -m src.main")
+    run(cfg, "python -m src.main", [])
     assert [s for s, _ in recorded] == stages
     assert all((cfg.stage_dir(s) / "config.yaml").is_file() for s in stages)
 
@@ -74,7 +76,7 @@ def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorde
     (stage_dir / "done.json").write_text(json.dumps({"fingerprint": "of-an-earlier-version"}))
     command = "python -m src.main stage=pairs logger=none"
     with pytest.raises(StageError) as refused:
-        schedule.dispatch(cfg, command)
+        run(cfg, command, [])
     assert re.fullmatch(
         r"error: .* was recorded by an earlier version of selfplay-lab, .*; to redo it .*; "
         r"run `python -m src\.main stage=pairs logger=none iter=1 pipeline\.redo=\[pairs\]`",
@@ -90,11 +92,11 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
     run name of its own, never a redo that would replace the checkpoint the other pairs made."""
     first = "python -m src.main stage=train logger=none run_name=mine"
     cfg = compose_cfg(*first.split()[3:])
-    schedule.dispatch(cfg, first)
+    run(cfg, first, [])
     write_record(cfg.stage_dir(Stage.train), stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
     command = f"{first} training.pairs=tests/data/pairs_tiny.jsonl"
     with pytest.raises(StageError) as refused:
-        schedule.dispatch(compose_cfg(*command.split()[3:]), command)
+        run(compose_cfg(*command.split()[3:]), command, [])
     said = describe(refused.value, command)
     assert "train on these pairs in a lineage of its own" in said
     assert said.endswith(
@@ -117,7 +119,7 @@ def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_red
     asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
-        schedule.dispatch(compose_cfg(*asked), command, lambda t: compose_cfg(*asked, f"iter={t}"))
+        run(compose_cfg(*asked), command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
     said = describe(refused.value, command)
     assert "run_name=mine-pairs-pairs_tiny" in said and "redo_stale" not in said, said
     assert recorded == []
@@ -135,12 +137,12 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
         for stage in STAGES:
             schedule.save_config(cfg, stage, "python -m src.main")
             write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
-    monkeypatch.setattr(schedule, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
+    monkeypatch.setattr(preflight, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
     monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
     asked = [*made, "eval.bootstrap=10", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
-        schedule.dispatch(compose_cfg(*asked), command, lambda t: compose_cfg(*asked, f"iter={t}"))
+        run(compose_cfg(*asked), command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
     said = describe(refused.value, command)
     assert said.startswith(
         "error: iteration 1's eval and iteration 2's eval were made with a different configuration "
@@ -168,8 +170,8 @@ def test_every_stage_has_its_run_function():
     declared = [s for s in Stage if s != Stage.all]
     assert list(STAGES) == declared
     runners = schedule.stage_runners(declared)
-    for stage, run in runners.items():
-        assert callable(run) and run.__module__ == f"src.stages.{stage.value}"
+    for stage, stage_run in runners.items():
+        assert callable(stage_run) and stage_run.__module__ == f"src.stages.{stage.value}"
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,7 @@ def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded, tiny_d
     monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
     cfg = compose_cfg("model=tiny-gemma2", "stage=generate")
     assert Path(cfg.model.path) == tmp_path / "tiny" / "tiny-gemma2"
-    schedule.dispatch(cfg, "python -m src.main model=tiny-gemma2 stage=generate")
+    run(cfg, "python -m src.main model=tiny-gemma2 stage=generate", [])
     built = sorted(p.name for p in (tmp_path / "tiny").iterdir() if not p.name.startswith("."))
     assert built == sorted(BUILT_ON_DEMAND), "the policy and the judge it names, nothing else"
     assert (tmp_path / "tiny" / "tiny-gemma2" / "config.json").is_file()

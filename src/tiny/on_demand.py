@@ -1,5 +1,5 @@
 """The tiny models and the tiny benchmarks' data a command needs, made before its first stage
-(src.schedule.dispatch): cached, seconds on first use, a few minutes for tiny-chat-judge."""
+(src/assets/preflight.py): cached, seconds on first use, a few minutes for tiny-chat-judge."""
 
 from __future__ import annotations
 
