@@ -1,6 +1,9 @@
-"""Imports run one way (docs/design.md §3): commands → scheduler → stages → libraries → config →
-core. Every module of src/ and benchmarks/ is read; an import from a lower layer to a higher one
-fails here, as does a module no layer names and a circle of imports between folders."""
+"""Imports run one way (docs/design.md §3), in two wings. The pipeline, all that `python -m
+src.main` runs for an iteration: scheduler → stages → libraries → config → core. The tools
+standing on it: every other command (and the checks src.main makes before a stage,
+src/assets/preflight.py); src.main stands on both. Every module of src/ and benchmarks/ is read;
+an import from a lower layer to a higher one fails here, as does a module no layer names and a
+circle of imports between folders."""
 
 from __future__ import annotations
 
@@ -12,20 +15,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# lowest first; a module may import its own layer and the layers below it
+# lowest first; a module may import its own layer and the layers below it. A command inside a
+# library's package is a tool of its own, named by its module.
 LAYERS = {
     "core": ("src", "src/core"),
     "config": ("src/config",),
-    "libraries": (
-        "src/explain", "src/generation", "src/training", "src/ranking",
-        "src/evaluation", "src/plan", "src/wheelhouse", "src/tiny", "src/assets",
-    ),
+    "libraries": ("src/generation", "src/training", "src/ranking", "src/evaluation", "src/plan"),
     "stages": ("src/stages",),
     "scheduler": ("src/schedule",),
-    # the tools that read what the stages made (src.compare reads an iteration's figures through
-    # src/stages/results.py, which the curve runs log)
-    "commands": ("src/main", "src/export", "src/slurm", "src/sweep", "src/compare", "benchmarks"),
+    "tools": (
+        "src/assets", "src/tiny", "src/wheelhouse", "src/explain", "src/export", "src/compare",
+        "src/slurm", "src/sweep", "benchmarks",
+        "src/plan/__main__", "src/training/published_pairs", "src/generation/vllm_install",
+    ),
+    "entry": ("src/main",),
 }  # fmt: skip
+COMMANDS_IN_LIBRARIES = {unit for unit in LAYERS["tools"] if unit.count("/") == 2}
 RANK = {unit: rank for rank, units in enumerate(LAYERS.values()) for unit in units}
 
 
@@ -49,6 +54,8 @@ def unit_of(module: str) -> str | None:
         return "benchmarks"
     if parts[0] != "src":
         return None
+    if "/".join(parts[:3]) in COMMANDS_IN_LIBRARIES:
+        return "/".join(parts[:3])
     return "/".join(parts[:2])
 
 
@@ -122,6 +129,9 @@ def test_the_check_sees_imports_inside_functions_and_an_upward_one(tmp_path):
     module.write_text("def f():\n    from src.stages.train import run\n")
     assert "src.stages.train" in imported_modules(module)
     assert RANK[unit_of("src.stages.train")] > RANK[unit_of("src.generation.sampling")]
+    # the wings: a tool stands above the scheduler, a library's command above the library
+    assert RANK[unit_of("src.tiny.on_demand")] > RANK[unit_of("src.schedule")]
+    assert RANK[unit_of("src.plan.__main__")] > RANK[unit_of("src.plan.stages")]
 
 
 def test_the_stages_are_listed_in_the_registry_alone():
