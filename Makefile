@@ -171,7 +171,7 @@ sweep-tiny: install ## SPPO's eta on the tiny models, here, no SLURM (sweeps/eta
 	$(OFFLINE) $(PY) -m src.tiny.audit
 
 # Each target ends with the slowest tests and the run's total; every test's seconds (setup + call
-# + teardown) go to .cache/test-durations.jsonl (tests/durations.py; docs/testing.md)
+# + teardown) go to .cache/test-durations.jsonl (tests/support/durations.py; docs/testing.md)
 test: install ## Run the test suite (what CI runs), a worker per CPU (PYTEST_WORKERS=auto): 19 min on 2 cores (budget 20: docs/testing.md)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 

@@ -29,7 +29,7 @@ def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
     """Each stage's `run(cfg)` (src/stages/__init__.py), imported once the config is valid and
     only for the stages that run. transformers' model code goes in here too, before any stage
     starts, where one of them loads a model: a stage's peak memory is measured from its start,
-    and that import (~150 MiB) during it would count in it (tests/test_plan_measured.py)."""
+    and that import (~150 MiB) during it would count in it (tests/tools/test_plan_measured.py)."""
     runners = {s: stage_run(s) for s in stages}
     if any(STAGES[s].loads_model for s in stages):
         import transformers.modeling_utils  # noqa: F401

@@ -6,14 +6,8 @@ from pathlib import Path
 import pytest
 
 from src.core import threads
-from tests.slurm_cluster import (  # noqa: F401  (the session SLURM cluster, the chain it runs)
-    chain_here,
-    shared_tmp_path,  # tmp_path: for a slurm test, a folder its jobs' nodes may share
-    slurm_cluster,
-    two_nodes,
-)
 
-pytest_plugins = ["tests.durations"]  # every test's time, written and summed up at the end
+pytest_plugins = ["tests.support.durations"]  # every test's time, written and summed up at the end
 
 
 def pin_worker(env=os.environ) -> None:
@@ -52,26 +46,28 @@ os.environ.setdefault(
 # above). What two workers must not do at
 # once runs on one worker, in one group (xdist_group below):
 # - "slurm": the SLURM tests (one cluster per session: a second worker would start another).
-# - "vllm-<module>": a module's tests that start vLLM's engines (tests/test_vllm_backend.py starts
-#   each tiny model's once for the module). Two modules' engines may run side by side, one on
-#   each worker: each binds its threads to its worker's CPU and holds a 1 GiB KV cache (the
-#   machine has 24 GiB), so the engines' tests are not one serial chain beside the rest.
-# - a module whose tests share a module-scoped set-up (SHARED_SETUP): made once, on one worker,
-#   and used in the module's order, as in a run without workers.
+# - "vllm-<module>": a module's tests that start vLLM's engines
+#   (tests/generation/test_vllm_backend.py starts each tiny model's once for the module). Two
+#   modules' engines may run side by side, one on each worker: each binds its threads to its
+#   worker's CPU and holds a 1 GiB KV cache (the machine has 24 GiB), so the engines' tests are
+#   not one serial chain beside the rest.
+# - a module whose tests share a module-scoped set-up (SHARED_SETUP, by its path under tests/):
+#   made once, on one worker, and used in the module's order, as in a run without workers.
 # The rest is safe side by side: the tiny models are built under a file lock each
 # (src/tiny/models.py), DeepSpeed's extension under torch's own in TORCH_EXTENSIONS_DIR, every test
 # writes under its own tmp_path (each worker has its own base), and a training of several
 # processes on one machine meets at a free port (src/training/launch.py), not a fixed one.
+TESTS = Path(__file__).parent
 SHARED_SETUP = {
-    "test_config_snapshot.py": "every composition, resolved",
-    "test_eval_leaderboard.py": "the leaderboard's tasks run once on their fixture datasets",
-    "test_eval_stage.py": "iteration 1 trained and evaluated",
-    "test_export.py": "two iterations with their model cards",
-    "test_learning.py": "one runs folder: the base model answers the eval set once",
-    "test_lora.py": "one process's first LoRA step, which both strategies compare with",
-    "test_pipeline.py": "two iterations through the command line",
-    "test_tracking_curves.py": "three tracked iterations, read back by wandb's reader",
-    "test_training.py": "one process's first steps, which every strategy compares with",
+    "config/test_config_snapshot.py": "every composition, resolved",
+    "evaluation/test_eval_leaderboard.py": "the leaderboard's tasks run once on their fixture datasets",
+    "stages/test_eval_stage.py": "iteration 1 trained and evaluated",
+    "tools/test_export.py": "two iterations with their model cards",
+    "pipeline/test_learning.py": "one runs folder: the base model answers the eval set once",
+    "training/test_lora.py": "one process's first LoRA step, which both strategies compare with",
+    "pipeline/test_pipeline.py": "two iterations through the command line",
+    "stages/test_tracking_curves.py": "three tracked iterations, read back by wandb's reader",
+    "training/test_training.py": "one process's first steps, which every strategy compares with",
 }
 
 
@@ -82,7 +78,7 @@ def xdist_group(item: pytest.Item) -> str | None:
         return "slurm"
     if item.get_closest_marker("vllm"):
         return f"vllm-{module}"
-    return module if f"{module}.py" in SHARED_SETUP else None
+    return module if item.path.relative_to(TESTS).as_posix() in SHARED_SETUP else None
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown to a run without it
@@ -143,15 +139,6 @@ def tiny_dir():
     return tiny.DEFAULT_CACHE_DIR
 
 
-@pytest.fixture(scope="session")
-def tiny_chat_judge(tiny_dir):
-    """tiny-chat-judge's folder, built on first use (a few minutes: the tests and commands that
-    grade MT-Bench or Arena-Hard with it are the only ones that wait for it)."""
-    from src.tiny import models as tiny
-
-    return tiny.ensure("tiny-chat-judge", tiny.DEFAULT_CACHE_DIR)
-
-
 @pytest.fixture
 def alpaca_eval_offline(tmp_path, monkeypatch):
     """alpaca_eval's glm_winrate module, its one Hub download answered by a local df_gamed.csv
@@ -161,7 +148,7 @@ def alpaca_eval_offline(tmp_path, monkeypatch):
     import pandas as pd
     from alpaca_eval.metrics import glm_winrate
 
-    from tests.helpers import ALPACA_EVAL_INSTRUCTIONS
+    from tests.support.helpers import ALPACA_EVAL_INSTRUCTIONS
 
     gamed = tmp_path / "df_gamed.csv"
     rng = np.random.default_rng(0)
@@ -222,9 +209,9 @@ def fake_gpu(tmp_path, monkeypatch):
 
 @pytest.fixture
 def lineage(tiny_dir, tmp_path):
-    """`lineage(name)`: a copy of the tiny lineage `name` (tests/lineages.py, made once) at
+    """`lineage(name)`: a copy of the tiny lineage `name` (tests/support/lineages.py, made once) at
     tmp_path/runs, for this test to change: a lineages.Copy (root, stderr, made_in)."""
-    from tests import lineages
+    from tests.support import lineages
 
     def copy(name: str, dest: Path | None = None) -> lineages.Copy:
         return lineages.copy(name, tiny_dir, dest or tmp_path / "runs")

@@ -140,7 +140,7 @@ def parse_each_string_once() -> None:
     a quarter of its time. A string's parse tree is the same every time and is only read (by
     OmegaConf's grammar visitor), so each is parsed once per process; a string that does not
     parse raises every time (exceptions are not cached). Composing then takes ~20 % less, for
-    every command's start and every test (tests/test_config.py)."""
+    every command's start and every test (tests/config/test_config.py)."""
     import functools
 
     import omegaconf._utils

@@ -119,7 +119,7 @@ class Config:
 
 def plain_data(value: Any) -> Any:
     """A validated config node as plain data: what OmegaConf's `to_container(structured(value),
-    resolve=True, enum_to_str=True)` gives, key for key and type for type (tests/test_config.py
+    resolve=True, enum_to_str=True)` gives, key for key and type for type (tests/config/test_config.py
     holds the two equal for every composition), read straight off the dataclasses, which hold
     resolved values already. OmegaConf's way builds a typed node tree first: 70 ms a call, and a
     command asks for the tree of each stage it considers (the scheduler, every fingerprint)."""
@@ -138,7 +138,7 @@ def register_schema() -> None:
     """Hydra composes conf/ onto `Config`: conf/config.yaml's defaults list starts with
     `base_config`, so each default above is the config's default, a typo in a key or a value of
     the wrong type fails as it is composed, and a config file holds only what it chooses or
-    changes (tests/test_config.py checks that none repeats what it would get anyway)."""
+    changes (tests/config/test_config.py checks that none repeats what it would get anyway)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="base_config", node=Config)

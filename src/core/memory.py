@@ -7,7 +7,7 @@ block's size (up to 32 MiB). After the first batch of a stage frees its activati
 activation, tokenizer buffer and chunk of rows of that size comes from the heap instead, whose
 holes do not go back to the system: a stage's resident memory then grows with the prompts it has
 processed. Measured on the rank stage (tiny reward model, 4 kB responses, K = 5): peak 482 MB at
-200 prompts, 505 MB at 2,000; with the threshold fixed, 458 and 460 MB (tests/test_scale.py).
+200 prompts, 505 MB at 2,000; with the threshold fixed, 458 and 460 MB (tests/stages/test_scale.py).
 
 `pin_mmap_threshold()` runs in `python -m src.main` before any work: it fixes the threshold for
 this process (mallopt, which also stops the adjustment) and, through MALLOC_MMAP_THRESHOLD_, for

@@ -43,7 +43,7 @@ show_result resamples every model's battles together, here the model's own are).
   1 / (1 + 10^((R_baseline - R_model) / 400)), the interval its value at percentiles 2.5 and
   97.5 of the bootstrap fits' Elo. Every battle is the model against the baseline, so the
   likelihood has one free parameter and its maximum is where that probability equals the share
-  of battles won, ties counting half: the fit is that share (tests/test_eval_arena_hard.py runs
+  of battles won, ties counting half: the fit is that share (tests/evaluation/test_eval_arena_hard.py runs
   compute_mle_elo's regression to check it), also on the leaderboard, where each model's rating
   depends on its own battles only. A game without one of its five verdicts is left out.
 - v2.0: no fit: the mean of the battles' scores. The point is the mean of the bootstrap means,

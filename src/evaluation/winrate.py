@@ -13,7 +13,7 @@ and the raw win rate is mean(y), its standard error std(y) / sqrt(n) (ddof 1): A
 Length control is AlpacaEval's own (Dubois et al. 2024, "Length-Controlled AlpacaEval",
 arXiv 2404.04475), computed by the `alpaca_eval` package's code: `lc_win_rate` equals what
 `alpaca_eval.metrics.get_length_controlled_winrate(annotations,
-glm_name="length_controlled_minimal")` returns for the same judgements (tests/test_eval_winrate.py
+glm_name="length_controlled_minimal")` returns for the same judgements (tests/evaluation/test_eval_winrate.py
 checks this to 1e-6). That GLM, in its own terms:
 
     P(policy wins | i) = sigmoid(w_len tanh(s_i) + w_0),   s_i = d_i / std(d),
@@ -137,7 +137,7 @@ def refit_lc(
     the same design (the formula's two columns, tanh(s) and the constant, in its order) and the
     same fit as alpaca_eval's fixed-penalty path (each outcome twice, label 1 weighted y and label
     0 weighted 1 - y; liblinear, L1, no intercept, random_state 123), without patsy or pandas.
-    tests/test_eval_winrate.py checks the two agree."""
+    tests/evaluation/test_eval_winrate.py checks the two agree."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(y, np.float64)

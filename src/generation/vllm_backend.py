@@ -8,7 +8,7 @@ The contract is the HF backend's (src/generation/hf_backend.py):
   a prompt share its prefill. (One request with `n=K` would seed samples 2..K with seed+1, ...,
   not with the recipe's seeds.)
 - Texts are decoded from the token ids as the HF backend decodes them (`decode_sample`), so
-  greedy rows in fp32 are the HF backend's rows, byte for byte (tests/test_vllm_backend.py).
+  greedy rows in fp32 are the HF backend's rows, byte for byte (tests/generation/test_vllm_backend.py).
   Sampled rows agree with HF's in distribution, not token for token: vLLM draws from its own
   random stream per seed, the HF backend from a counter-based Gumbel-max stream.
 - The policy is loaded in the HF backend's dtype (bf16 on a GPU that has it, else fp32), and

@@ -15,7 +15,7 @@ takes no system turn:
   `My final verdict is: [[v]]`, v by the difference of the two shares (`verdict`).
 
 FastChat's judge prompts are not in this repository (a user's copy is read): the tiny judge never
-sees them while it learns, and tests/test_tiny_chat_judge.py grades through them.
+sees them while it learns, and tests/tools/test_tiny_chat_judge.py grades through them.
 """
 
 from __future__ import annotations

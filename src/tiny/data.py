@@ -6,7 +6,7 @@ replacement, so that an iteration has enough pairs to move the policy and the ev
 instructions for a useful interval; data/tiny/external_responses.jsonl holds one toy answer per
 training prompt, mostly helpful (the stand-in for a stronger model's answers in WPO-HB's pool).
 
-    python -m src.tiny.data      # rewrites them; tests/test_toy.py checks data/ matches
+    python -m src.tiny.data      # rewrites them; tests/tools/test_toy.py checks data/ matches
 
 Run it after changing this module; the hand-written rows are kept as they are.
 

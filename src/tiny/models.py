@@ -80,7 +80,7 @@ POLICY_PRETRAINING = {"steps": 300, "batch_size": 16, "lr": 5e-3}  # 2 answers p
 JUDGE_TRAINING = {"steps": 120, "batch_size": 32, "lr": 2e-3}
 # PairRM's (source, candidate) token limits while it learns: above every toy text (the longest
 # rendered training prompt is 316 tokens), so the encodings are those of the rank stage's
-# 1224 / 412 (tests/test_toy.py checks), and far below them, since llm-blender pads every text
+# 1224 / 412 (tests/tools/test_toy.py checks), and far below them, since llm-blender pads every text
 # to its limit before the padding is stripped
 PAIRRM_TRAINING_LIMITS = (512, 192)
 

@@ -40,7 +40,7 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 MAX_SENTENCES = 5
 
 # {t}: a topic noun. The two lists have the same number of templates and, filled, the same mean
-# length in characters (tests/test_toy.py checks both), so a share carries no length signal.
+# length in characters (tests/tools/test_toy.py checks both), so a share carries no length signal.
 HELPFUL = (
     "First, write down the main {t}.",
     "Start with a short {t} and build on it.",

@@ -134,7 +134,7 @@ def wpo_weight(align_chosen: Tensor, align_rejected: Tensor, clamp: float | None
 
 # On CPU, BLAS's kernels for products of 1 to 3 rows sum a vocabulary-long dot product one term
 # after another in fp32, where 4 rows and more get blocked partial sums: ~10x the rounding error
-# (2.3e-5 against 2.1e-6, relative, on a row of the tiny Mistral; tests/test_streamed_head.py).
+# (2.3e-5 against 2.1e-6, relative, on a row of the tiny Mistral; tests/training/test_streamed_head.py).
 BLOCKED_ROWS = 4
 
 

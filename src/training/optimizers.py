@@ -23,7 +23,7 @@ centred, no momentum, weight decay as L2 on the gradient; `torch.optim.AdamW`: d
 decay, bias-corrected moments). A parameter is stepped a slice of at most `OPTIMIZER_SLICE`
 elements at a time, so the step's fp32 temporaries stay a few times 64 MiB (torch's foreach step makes one as
 large as every parameter it updates). An fp32 weight is updated as torch updates it, to rounding
-(tests/test_optimizers.py).
+(tests/training/test_optimizers.py).
 
 On a GPU a slice's step runs fused (`fused`, by default where the weight is on a GPU): the same
 Python, compiled by torch.compile into one kernel that reads each tensor once and writes it once,

@@ -1,0 +1,1 @@
+"""The suite: a folder per package of src/ (docs/testing.md)."""

@@ -1,0 +1,1 @@
+"""src/config: the Hydra config tree, its schemas and every composition."""

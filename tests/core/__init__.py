@@ -1,0 +1,1 @@
+"""src/core: records, chunks, locks, artifacts, devices, threads, errors."""

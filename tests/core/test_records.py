@@ -1,0 +1,445 @@
+"""Stage records across a moved run root: fingerprints hash the paths inside the run relative to
+it, so a root copied or moved elsewhere keeps its finished stages (docs/design.md §5)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from itertools import chain
+from pathlib import Path
+
+import pytest
+
+from src.config import Config, Stage, to_yaml
+from src.core.artifacts import atomic_write_json
+from src.core.errors import StageError
+from src.core.records import (
+    chunk_identity,
+    fingerprint_form,
+    lookup,
+    read_record,
+    stage_fingerprint,
+    write_record,
+)
+from src.core.registry import BENCHMARK_INPUTS, STAGES
+from src.core.staleness import state_of
+from tests.support.helpers import compose_cfg
+
+
+def at_root(monkeypatch, root: Path, *overrides: str) -> Config:
+    """The config `python -m src.main` composes with SELFPLAY_RUNS=root."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(root))
+    return compose_cfg("model=tiny-mistral", "logger=none", *overrides)
+
+
+def finish(cfg: Config, fingerprint=None, fmt: int | None = None) -> None:
+    """Every stage of cfg's iteration recorded as finished, with its saved config, as a run
+    leaves it; `fmt`: the record's format, when not this version's."""
+    for stage in STAGES:
+        stage_dir = cfg.stage_dir(stage)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "config.yaml").write_text(to_yaml(cfg))
+        made = fingerprint(cfg, stage) if fingerprint else stage_fingerprint(cfg.as_tree(), stage)
+        write_record(stage_dir, made, {}, {})
+        if fmt is not None:
+            record = read_record(stage_dir)
+            atomic_write_json(stage_dir / "done.json", {**record, "format": fmt})
+
+
+def move(old: Path, new: Path) -> None:
+    """`cp -r old new` (new modification times), and the old place gone."""
+    shutil.copytree(old, new, copy_function=shutil.copy)
+    shutil.rmtree(old)
+
+
+def test_a_moved_run_root_keeps_its_finished_stages_and_their_chunks(tmp_path, monkeypatch):
+    here, there = tmp_path / "here" / "runs", tmp_path / "there" / "runs"
+    made = {}
+    for t in (1, 2):
+        made[t] = at_root(monkeypatch, here, f"iter={t}")
+        finish(made[t])
+    fingerprints = {t: {s: stage_fingerprint(made[t].as_tree(), s) for s in STAGES} for t in (1, 2)}
+    chunks = {
+        t: (
+            chunk_identity(made[t].as_tree(), Stage.generate),
+            chunk_identity(made[t].as_tree(), Stage.rank, responses="sha", external=None),
+        )
+        for t in (1, 2)
+    }
+    move(here, there)
+
+    for t in (1, 2):
+        cfg = at_root(monkeypatch, there, f"iter={t}")
+        assert Path(cfg.run.dir).is_relative_to(there)
+        assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(
+            STAGES, "done"
+        ), t
+        assert {s: stage_fingerprint(cfg.as_tree(), s) for s in STAGES} == fingerprints[t]
+        assert (
+            chunk_identity(cfg.as_tree(), Stage.generate),
+            chunk_identity(cfg.as_tree(), Stage.rank, responses="sha", external=None),
+        ) == chunks[t], "an interrupted stage's chunks are reused after a move"
+
+
+def test_what_changed_is_named_relative_to_the_run(tmp_path, monkeypatch):
+    here, there = tmp_path / "here" / "runs", tmp_path / "there" / "runs"
+    finish(at_root(monkeypatch, here))
+    move(here, there)
+    other = at_root(monkeypatch, there).run.dir + "/iter1/pairs/other.parquet"
+    name = at_root(monkeypatch, there).run_name  # the lineage the file sits in, not its own
+    cfg = at_root(monkeypatch, there, f"training.pairs={other}", f"run_name={name}")
+
+    assert state_of(cfg.as_tree(), Stage.pairs).status == "done"
+    train = state_of(cfg.as_tree(), Stage.train)
+    assert (train.status, train.earlier_version) == ("stale", False)
+    assert train.changed == [
+        "training.pairs: '<run>/iter1/pairs/pairs.parquet' -> '<run>/iter1/pairs/other.parquet'"
+    ]
+
+
+def test_only_paths_inside_the_run_root_are_written_relative_to_it(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    cfg = at_root(monkeypatch, root, "iter=2")
+    tree = cfg.as_tree()
+    assert fingerprint_form(cfg.run.init_policy, tree) == "<run>/iter1/train/checkpoint"
+    assert fingerprint_form({"pairs": [cfg.training.pairs, 3, None]}, tree) == {
+        "pairs": ["<run>/iter2/pairs/pairs.parquet", 3, None]
+    }
+    # another lineage's checkpoint, a pool kept beside the runs: under the root
+    lineage = str(root / "tiny-mistral" / "sppo" / "other" / "iter1" / "train" / "checkpoint")
+    assert (
+        fingerprint_form(lineage, tree) == "<root>/tiny-mistral/sppo/other/iter1/train/checkpoint"
+    )
+    # outside the root: the user's own prompt file, the tiny models, a folder named like the root
+    outside = [cfg.data.prompts, cfg.model.path, str(tmp_path / "runs2" / "x"), "org/model", ""]
+    assert [fingerprint_form(v, tree) for v in outside] == outside
+
+
+def format2_fingerprint(cfg: Config, stage: Stage) -> str:
+    """What records of format 2 hold: the inputs hashed as they are, absolute paths included."""
+    spec = STAGES[stage]
+    if spec.consumes is not None:
+        upstream = format2_fingerprint(cfg, spec.consumes)
+    elif cfg.iter > 1:
+        upstream = read_record(Path(cfg.run.dir) / f"iter{cfg.iter - 1}" / "train")["fingerprint"]
+    else:
+        upstream = None
+    # format 2 predates AlpacaEval's and the benchmarks' keys in the eval's inputs, and its engine's
+    newer_eval = {
+        "eval.alpaca_eval",
+        "eval.benchmarks",
+        "eval.backend",
+        *chain(*BENCHMARK_INPUTS.values()),
+    }
+    inputs = {key: lookup(cfg.as_tree(), key) for key in spec.inputs if key not in newer_eval}
+    if "training" in inputs:  # format 2 predates these keys
+        newer = ("peft", "lora", "record_memory_phases", "weight_updates")
+        inputs["training"] = {k: v for k, v in inputs["training"].items() if k not in newer}
+    payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def test_records_of_the_absolute_path_format_are_still_recognised_moved_or_not(
+    tmp_path, monkeypatch
+):
+    here, there = tmp_path / "here" / "runs", tmp_path / "there" / "runs"
+    for t in (1, 2):
+        finish(at_root(monkeypatch, here, f"iter={t}"), format2_fingerprint, fmt=2)
+    assert (
+        json.loads((at_root(monkeypatch, here).stage_dir(Stage.train) / "done.json").read_text())[
+            "format"
+        ]
+        == 2
+    )
+    for root in (here, there):
+        if root == there:
+            move(here, there)
+        for t in (1, 2):
+            cfg = at_root(monkeypatch, root, f"iter={t}")
+            assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(
+                STAGES, "done"
+            )
+
+    # a changed input is still named, for the stages after it as their upstream's
+    cfg = at_root(monkeypatch, there, "ranker.self_term=false")
+    rank, pairs = state_of(cfg.as_tree(), Stage.rank), state_of(cfg.as_tree(), Stage.pairs)
+    assert (rank.status, rank.changed, rank.earlier_version) == (
+        "stale",
+        ["ranker.self_term: True -> False"],
+        False,
+    )
+    assert (pairs.status, pairs.changed, pairs.earlier_version) == (
+        "stale",
+        ["rank's ranker.self_term: True -> False"],
+        False,
+    )
+
+
+def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_trains():
+    """A full-weight run's records do not depend on training.lora (nor on training.peft's
+    existence: records made before it stay valid); a LoRA run's depend on both."""
+
+    def train_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train
+        )
+
+    full = train_fingerprint()
+    assert train_fingerprint("training.lora.rank=4") == full
+    lora = train_fingerprint("training.peft=lora")
+    assert lora != full
+    assert train_fingerprint("training.peft=lora", "training.lora.rank=4") != lora
+    generate = compose_cfg("model=tiny-mistral", "training.peft=lora")
+    assert stage_fingerprint(generate.as_tree(), Stage.generate) == stage_fingerprint(
+        compose_cfg("model=tiny-mistral").as_tree(), Stage.generate
+    )
+
+
+def test_weight_updates_enter_the_training_fingerprint_only_where_bf16_weights_train():
+    """training.weight_updates acts on full weights in 16 bits: a run that trains in fp32 (the
+    tiny models, every CPU run so far) or an adapter keeps its records whatever it says."""
+
+    def train_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train
+        )
+
+    assert train_fingerprint("training.weight_updates=fp32") == train_fingerprint()
+    bf16 = ["training.precision=bfloat16"]
+    assert train_fingerprint(*bf16, "training.weight_updates=fp32") != train_fingerprint(*bf16)
+    lora = [*bf16, "training.peft=lora"]
+    assert train_fingerprint(*lora, "training.weight_updates=fp32") == train_fingerprint(*lora)
+    gpu = ["model=mistral-7b-instruct-v0.2"]  # precision auto on a GPU: bf16
+    assert train_fingerprint(*gpu, "training.weight_updates=fp32") != train_fingerprint(*gpu)
+
+
+def test_alpaca_eval_and_the_benchmarks_enter_the_eval_fingerprint_only_while_they_run():
+    """An eval asked for AlpacaEval 2 or another benchmark is not the eval made without it; a
+    benchmark's own settings count only while it runs, so an eval without benchmarks keeps its
+    record whatever they say."""
+
+    def eval_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval
+        )
+
+    plain = eval_fingerprint()
+    assert eval_fingerprint("eval.leaderboard_limit=2", "eval.arena_hard_baseline=x") == plain
+    assert eval_fingerprint("eval.alpaca_eval=true") != plain
+    board = ["eval.benchmarks=[leaderboard]"]
+    assert eval_fingerprint(*board) != plain
+    assert eval_fingerprint(*board, "eval.leaderboard_limit=2") != eval_fingerprint(*board)
+    assert eval_fingerprint(*board, "eval.arena_hard_baseline=x") == eval_fingerprint(*board)
+    arena = ["eval.benchmarks=[arena_hard]"]
+    assert eval_fingerprint(*arena, "eval.arena_hard_baseline=x") != eval_fingerprint(*arena)
+    assert eval_fingerprint(*arena, "eval.llm_judge.serve=/j") != eval_fingerprint(*arena)
+
+
+def test_the_eval_backend_enters_the_eval_fingerprint_only_when_it_names_another_engine():
+    """eval.backend null answers with generation.backend's engine, as every eval did before the
+    key: such records stay valid, and that engine written out is the same eval; another engine
+    is the one that answers and counts."""
+    from src.evaluation.answers import eval_generation
+
+    def eval_fingerprint(*overrides: str) -> str:
+        return stage_fingerprint(
+            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval
+        )
+
+    plain = eval_fingerprint()
+    assert eval_fingerprint("eval.backend=hf") == plain
+    assert eval_fingerprint("generation=vllm", "eval.backend=vllm") == eval_fingerprint(
+        "generation=vllm"
+    )
+    assert eval_fingerprint("eval.backend=vllm") != plain
+    assert eval_fingerprint("generation=vllm", "eval.backend=hf") != eval_fingerprint(
+        "generation=vllm"
+    )
+    for overrides, engine in (
+        ((), "hf"),
+        (("generation=vllm",), "vllm"),
+        (("generation=vllm", "eval.backend=hf"), "hf"),
+        (("eval.backend=vllm",), "vllm"),
+    ):
+        cfg = compose_cfg("model=tiny-mistral", *overrides)
+        assert eval_generation(cfg).backend.value == engine, overrides
+
+
+def test_an_eval_recorded_with_its_default_engine_written_out_is_finished_either_way(
+    tmp_path, monkeypatch
+):
+    """Records made while eval.backend entered the fingerprint whenever set (set to hf, the
+    engine null resolves to here) are finished whether that engine is written out or not;
+    another engine is stale, named."""
+    written = at_root(monkeypatch, tmp_path, "eval.backend=hf")
+    finish(written, lambda c, stage: stage_fingerprint(c.as_tree(), stage, backend_written=True))
+    for asked in (["eval.backend=hf"], []):
+        cfg = at_root(monkeypatch, tmp_path, *asked)
+        assert state_of(cfg.as_tree(), Stage.eval).status == "done", asked
+    other = state_of(at_root(monkeypatch, tmp_path, "eval.backend=vllm").as_tree(), Stage.eval)
+    assert (other.status, other.changed) == ("stale", ["eval.backend: 'hf' -> 'vllm'"])
+
+
+def test_an_eval_asked_for_a_benchmark_it_was_made_without_is_stale_naming_it(
+    tmp_path, monkeypatch
+):
+    cfg = at_root(monkeypatch, tmp_path, "eval.benchmarks=[leaderboard]")
+    finish(cfg)
+    assert state_of(cfg.as_tree(), Stage.eval).status == "done"
+    more = at_root(
+        monkeypatch, tmp_path, "eval.benchmarks=[leaderboard,mt_bench]", "eval.alpaca_eval=true"
+    )
+    state = state_of(more.as_tree(), Stage.eval)
+    assert (state.status, state.changed) == (
+        "stale",
+        [
+            "eval.alpaca_eval: False -> True",
+            "eval.benchmarks: ['leaderboard'] -> ['leaderboard', 'mt_bench']",
+        ],
+    )
+    # recorded before the benchmarks entered the fingerprint: finished where its saved config
+    # asked for what is asked now, stale (naming what changed) where not
+    finish(cfg, lambda c, stage: stage_fingerprint(c.as_tree(), stage, extras=False))
+    assert state_of(cfg.as_tree(), Stage.eval).status == "done"
+    assert state_of(more.as_tree(), Stage.eval).changed == state.changed
+
+
+def test_an_eval_made_with_more_benchmarks_than_asked_is_finished_for_a_request_without_them(
+    tmp_path, monkeypatch
+):
+    """A sweep's point on the lineage of an eval made with the benchmarks asks for the win rate
+    alone: that eval answers it. A benchmark asked for counts as asked (its settings, the same
+    or not), and a request for more than was made is stale."""
+    made = ["eval.benchmarks=[leaderboard,mt_bench]", "eval.leaderboard_limit=2"]
+    finish(at_root(monkeypatch, tmp_path, *made))
+
+    def status(*asked: str) -> str:
+        return state_of(at_root(monkeypatch, tmp_path, *asked).as_tree(), Stage.eval).status
+
+    assert status() == "done"  # the win rate alone
+    assert status("eval.benchmarks=[mt_bench]") == "done"
+    assert status("eval.benchmarks=[leaderboard]", "eval.leaderboard_limit=2") == "done"
+    assert status("eval.benchmarks=[leaderboard]", "eval.leaderboard_limit=3") == "stale"
+    assert status("eval.benchmarks=[arena_hard]") == "stale"
+    assert status("eval.alpaca_eval=true") == "stale"
+    assert status("eval.temperature=0.5") == "stale"  # the win rate itself asked otherwise
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda r: {**r, "counts": {**r["counts"], "shards": 0}}, "does not match its sha256"),
+        (lambda r: [], "holds a JSON list, not the object"),
+        (lambda r: {k: v for k, v in r.items() if k != "counts"}, "its 'counts' is null"),
+        (None, "is not valid JSON"),
+    ],
+)
+def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
+    tmp_path, monkeypatch, edit, said
+):
+    """Never believed (0 shards: nothing to rank, a record written over it), never read as
+    'unfinished' and redone silently: one error that names the file and the command."""
+    cfg = at_root(monkeypatch, tmp_path / "runs", "stage=rank")
+    stage_dir = cfg.stage_dir(Stage.generate)
+    write_record(stage_dir, "fp", {"shards": 1}, {"seconds": 1.0}, {})
+    path = stage_dir / "done.json"
+    path.write_text("{x" if edit is None else json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(StageError) as refused:
+        read_record(stage_dir)
+    assert str(refused.value).startswith(f"{path}") and said in str(refused.value)
+    assert (
+        refused.value.overrides(str(cfg.stage)) == "stage=generate iter=1 pipeline.redo=[generate]"
+    )
+    with pytest.raises(StageError, match="does not match|not the object|is null|not valid"):
+        state_of(cfg.as_tree(), Stage.generate)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "folder"),
+    [
+        ((), "eval"),
+        (("eval.reference=base",), "eval"),
+        (("eval.reference=iter1",), "eval/vs-iter1"),
+        (("eval.reference=iter01",), "eval/vs-iter1"),  # the same iteration: the same folder
+        (("eval.reference_outputs=/data/gpt4 turbo.json",), "eval/vs-gpt4-turbo.json"),
+        (("eval.reference=iter1", "eval.reference_outputs=/data/ref.jsonl"), "eval/vs-ref.jsonl"),
+        # answers read from a file named as an iteration are not that iteration's
+        (("eval.reference_outputs=/data/iter1.json",), "eval/vs-iter1.json"),
+    ],
+)
+def test_evals_against_other_references_each_have_a_folder_inside_the_eval(
+    tmp_path, monkeypatch, overrides, folder
+):
+    """The config's, the records' and W&B's view of where an eval writes agree; every other
+    stage keeps its folder whatever the eval's reference."""
+    cfg = at_root(monkeypatch, tmp_path, "iter=2", *overrides)
+    iteration = Path(cfg.run.iter_dir)
+    assert cfg.stage_dir(Stage.eval) == iteration / folder
+    assert state_of(cfg.as_tree(), Stage.eval).status == "todo"
+    assert cfg.stage_run_name(Stage.eval).endswith(f"-it2-{folder.replace('/', '-')}")
+    for stage in (Stage.generate, Stage.train):
+        assert cfg.stage_dir(stage) == iteration / stage.value
+
+
+def test_a_damaged_record_beside_the_base_eval_names_its_own_redo(tmp_path, monkeypatch):
+    cfg = at_root(monkeypatch, tmp_path, "iter=2", "eval.reference=iter1")
+    side = cfg.stage_dir(Stage.eval)
+    side.mkdir(parents=True)
+    (side / "done.json").write_text("{")
+    with pytest.raises(StageError) as err:
+        state_of(cfg.as_tree(), Stage.eval)
+    assert str(side / "done.json") in str(err.value)
+    assert err.value.overrides(str(cfg.stage)) == "iter=2 pipeline.redo=[eval]"
+
+
+def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_path, monkeypatch):
+    """data.prompts, training.pairs, eval.reference_outputs...: the record keeps each local
+    file's content, so an edit that keeps the name is named; a file touched but the same, or a
+    record made before contents entered (format 4, by name), stays finished."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n')
+    cfg = at_root(monkeypatch, tmp_path / "runs", f"data.prompts={prompts}")
+    finish(cfg)
+    tree = cfg.as_tree()
+    assert read_record(cfg.stage_dir(Stage.generate))["contents"]["data.prompts"]["path"] == str(
+        prompts
+    )
+    prompts.write_text('{"prompt": "a cat"}\n')  # rewritten, the same: new times
+    assert [state_of(tree, s).status for s in STAGES] == ["done"] * len(STAGES)
+
+    prompts.write_text('{"prompt": "a DOG"}\n')
+    state = state_of(tree, Stage.generate)
+    assert (state.status, state.changed) == (
+        "stale",
+        [f"data.prompts: {prompts} changed since this stage read it"],
+    )
+    assert state_of(tree, Stage.rank).changed == [
+        f"generate's data.prompts: {prompts} changed since this stage read it"
+    ]
+    assert "contents" not in read_record(cfg.stage_dir(Stage.pairs)), "read no local file"
+
+    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, contents=False), fmt=4)
+    prompts.write_text('{"prompt": "a cow"}\n')
+    assert state_of(tree, Stage.generate).status == "done", "format 4 is checked by name"
+
+
+def test_a_folder_input_is_read_by_its_files_but_its_hidden_ones(tmp_path, monkeypatch):
+    """data.leaderboard, a folder of dataset copies: a file changed in it makes the eval stale;
+    the `.cache/` that `hf download --local-dir` rewrites beside each copy does not."""
+    from src.core.records import input_contents
+
+    copies = tmp_path / "leaderboard"
+    (copies / "allenai/ai2_arc/.cache/huggingface").mkdir(parents=True)
+    data = copies / "allenai/ai2_arc/test.jsonl"
+    data.write_text('{"question": "Why?"}\n')
+    metadata = copies / "allenai/ai2_arc/.cache/huggingface/test.jsonl.metadata"
+    metadata.write_text("etag 1\n")
+    cfg = at_root(monkeypatch, tmp_path / "runs", "eval.benchmarks=[leaderboard]",
+                  "eval.leaderboard_tasks=[arc_challenge]", f"data.leaderboard={copies}")  # fmt: skip
+    tree = cfg.as_tree()
+    read = input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"]
+    metadata.write_text("etag 2, downloaded again\n")
+    assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] == read
+    data.write_text('{"question": "Why not?"}\n')
+    assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] != read

@@ -1,0 +1,1 @@
+"""src/evaluation: AlpacaEval, MT-Bench, Arena-Hard, the leaderboard, the judges."""

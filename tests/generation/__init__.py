@@ -1,0 +1,1 @@
+"""src/generation: prompts, the HF and vLLM backends."""

@@ -1,0 +1,225 @@
+"""The dispatcher: validates first, saves the config, runs the stages in the registry's order."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import src.assets.preflight as preflight
+import src.schedule as schedule
+from src.config import REPO_ROOT, Config, Stage, to_yaml
+from src.core.errors import StageError, describe
+from src.core.records import stage_fingerprint, write_record
+from src.core.registry import STAGES
+from src.main import run
+from src.stages.common import read_upstream
+from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
+
+
+@pytest.fixture(autouse=True)
+def runs_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every stage replaced by one that records (stage, cfg): what dispatch runs, in order."""
+    calls = []
+
+    def runners(stages):
+        return {s: (lambda cfg, s=s: calls.append((s, cfg))) for s in stages}
+
+    monkeypatch.setattr(schedule, "stage_runners", runners)
+    # stages replaced so read no model or dataset: the check of what they would read is
+    # tests/tools/test_assets.py's (the default config's are hub ids, not in this offline cache)
+    monkeypatch.setattr(preflight, "require_assets_here", lambda configs, command: None)
+    return calls
+
+
+def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
+    cfg = compose_cfg("stage=rank", "iter=2", "logger=none")
+    run(cfg, "python -m src.main stage=rank iter=2 logger=none", [])
+
+    assert [s for s, _ in recorded] == [Stage.rank] and isinstance(recorded[0][1], Config)
+    saved = cfg.stage_dir(Stage.rank) / "config.yaml"
+    text = saved.read_text()
+    assert text.splitlines()[0] == "# python -m src.main stage=rank iter=2 logger=none"
+    assert OmegaConf.create(text) == OmegaConf.create(to_yaml(cfg))
+    assert OmegaConf.create(text).run.init_policy.endswith("iter1/train/checkpoint")
+    assert list(saved.parent.iterdir()) == [saved], "no temporary files left behind"
+
+
+@pytest.mark.parametrize(
+    ("evaluate", "stages"),
+    [
+        ("false", [Stage.generate, Stage.rank, Stage.pairs, Stage.train]),
+        ("true", [Stage.generate, Stage.rank, Stage.pairs, Stage.train, Stage.eval]),
+    ],
+)
+def test_stage_all_runs_the_pipeline_in_order(recorded, evaluate, stages):
+    cfg = compose_cfg("stage=all", "logger=none", f"eval.enabled={evaluate}")
+    run(cfg, "python -m src.main", [])
+    assert [s for s, _ in recorded] == stages
+    assert all((cfg.stage_dir(s) / "config.yaml").is_file() for s in stages)
+
+
+def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorded):
+    cfg = compose_cfg("stage=pairs", "logger=none")
+    stage_dir = cfg.stage_dir(Stage.pairs)
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "done.json").write_text(json.dumps({"fingerprint": "of-an-earlier-version"}))
+    command = "python -m src.main stage=pairs logger=none"
+    with pytest.raises(StageError) as refused:
+        run(cfg, command, [])
+    assert re.fullmatch(
+        r"error: .* was recorded by an earlier version of selfplay-lab, .*; to redo it .*; "
+        r"run `python -m src\.main stage=pairs logger=none iter=1 pipeline\.redo=\[pairs\]`",
+        describe(refused.value, command),
+    )
+    assert recorded == [], "nothing runs over a record it cannot read"
+
+
+def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_of_its_own(
+    recorded,
+):
+    """run_name set to a finished lineage's, with a pairs file of the user's own: the fix is a
+    run name of its own, never a redo that would replace the checkpoint the other pairs made."""
+    first = "python -m src.main stage=train logger=none run_name=mine"
+    cfg = compose_cfg(*first.split()[3:])
+    run(cfg, first, [])
+    write_record(cfg.stage_dir(Stage.train), stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+    command = f"{first} training.pairs=tests/data/pairs_tiny.jsonl"
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*command.split()[3:]), command, [])
+    said = describe(refused.value, command)
+    assert "train on these pairs in a lineage of its own" in said
+    assert said.endswith(
+        "run `python -m src.main stage=train logger=none run_name=mine-pairs-pairs_tiny "
+        "training.pairs=tests/data/pairs_tiny.jsonl`"
+    ), said
+    assert [s for s, _ in recorded] == [Stage.train], "nothing ran the second time"
+
+
+def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_redo(recorded):
+    """Two iterations trained on the pairs stage's pairs, asked again with a file of the user's
+    own under the same run_name: the fix is a run name of its own, not pipeline.redo_stale=true,
+    which would replace both checkpoints."""
+    made = ["logger=none", "run_name=mine"]
+    for t in (1, 2):
+        cfg = compose_cfg(*made, f"iter={t}")
+        for stage in STAGES:
+            schedule.save_config(cfg, stage, "python -m src.main")
+            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+    asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
+    command = "python -m src.main " + " ".join(asked)
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*asked), command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert "run_name=mine-pairs-pairs_tiny" in said and "redo_stale" not in said, said
+    assert recorded == []
+
+
+def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_build(
+    recorded, monkeypatch
+):
+    """`stage=all iter=2` after both iterations finished with other eval settings: one refusal,
+    before the stages' libraries load and the tiny models' build, whose fix redoes every stale
+    stage of both in one command."""
+    made = ["logger=none", "eval.enabled=true"]
+    for t in (1, 2):
+        cfg = compose_cfg(*made, f"iter={t}")
+        for stage in STAGES:
+            schedule.save_config(cfg, stage, "python -m src.main")
+            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+    monkeypatch.setattr(preflight, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
+    monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
+    asked = [*made, "eval.bootstrap=10", "iter=2"]
+    command = "python -m src.main " + " ".join(asked)
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*asked), command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert said.startswith(
+        "error: iteration 1's eval and iteration 2's eval were made with a different configuration "
+        "(eval.bootstrap: 1000 -> 10); "
+    ), said
+    assert said.endswith(f"run `{command} pipeline.redo_stale=true`"), said
+    assert recorded == []
+
+
+def test_every_stage_input_is_a_config_key():
+    """A misspelt key in a StageSpec's inputs would hash as null and never change: every one
+    names a key of the composed config (eval.judge's keys: with a judge chosen, as model=tiny-* does)."""
+    tree = compose_cfg("model=tiny-mistral").as_tree()
+    for spec in STAGES.values():
+        for key in spec.inputs:
+            node = tree
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{spec.stage.value}: {key}"
+                node = node[part]
+
+
+def test_every_stage_has_its_run_function():
+    """The registry declares every stage, and the scheduler finds the run function of each in
+    src/stages/ (the real modules, imported)."""
+    declared = [s for s in Stage if s != Stage.all]
+    assert list(STAGES) == declared
+    runners = schedule.stage_runners(declared)
+    for stage, stage_run in runners.items():
+        assert callable(stage_run) and stage_run.__module__ == f"src.stages.{stage.value}"
+
+
+@pytest.mark.parametrize(
+    ("stage", "model_code"),
+    [(Stage.pairs, False), pytest.param(Stage.generate, True, marks=pytest.mark.slow)],
+)
+def test_a_command_imports_the_stages_it_runs_and_the_model_code_before_them(stage, model_code):
+    """A fresh interpreter: pairs alone loads neither the other stages nor transformers' model
+    code; a stage that loads a model has that code in before it starts (its peak excludes it)."""
+    code = (
+        "import sys; import src.schedule as s; from src.config import Stage; "
+        f"s.stage_runners([Stage.{stage.value}]); "
+        "print(sorted(m for m in sys.modules if m.startswith('src.stages.') and m.count('.') == 2)); "
+        "print('transformers.modeling_utils' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    modules, loaded = out.stdout.split("\n")[:2]
+    assert f"'src.stages.{stage.value}'" in modules
+    assert not any(f"'src.stages.{o.value}'" in modules for o in (Stage.train, Stage.eval))
+    assert loaded == str(model_code)
+
+
+@pytest.mark.slow
+def test_tiny_models_are_built_on_demand(tmp_path, monkeypatch, recorded, tiny_dir):
+    """A command naming tiny models that are not cached builds what it reads, nothing else, from
+    seed 0: the shared build's bytes.
+
+    Slow: two tiny models built and taught (tiny-gemma2 and tiny-pairrm: ~45 s on one CPU)."""
+    monkeypatch.setenv("SELFPLAY_TINY_DIR", str(tmp_path / "tiny"))
+    cfg = compose_cfg("model=tiny-gemma2", "stage=generate")
+    assert Path(cfg.model.path) == tmp_path / "tiny" / "tiny-gemma2"
+    run(cfg, "python -m src.main model=tiny-gemma2 stage=generate", [])
+    built = sorted(p.name for p in (tmp_path / "tiny").iterdir() if not p.name.startswith("."))
+    assert built == sorted(BUILT_ON_DEMAND), "the policy and the judge it names, nothing else"
+    assert (tmp_path / "tiny" / "tiny-gemma2" / "config.json").is_file()
+    for name in built:  # from seed 0, as the shared build
+        same_bytes(tmp_path / "tiny" / name, tiny_dir / name)
+
+
+def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder():
+    """The train stage's declared `consumes_via`: the pairs stage's output is what it reads unless
+    training.pairs names a file of the user's own, which no record of this run covers."""
+    cfg = compose_cfg("logger=none")
+    assert read_upstream(cfg, Stage.train) == Stage.pairs
+    users = compose_cfg("logger=none", "training.pairs=tests/data/pairs_tiny.jsonl")
+    assert read_upstream(users, Stage.train) is None
+    assert read_upstream(cfg, Stage.rank) == Stage.generate
+    assert read_upstream(cfg, Stage.generate) is None  # pi_{t-1}, no stage of this iteration

@@ -1,0 +1,1 @@
+"""src/ranking: win probabilities, pair selection, PairRM."""

@@ -1,0 +1,148 @@
+"""What a researcher compares in W&B, read back from real offline runs by wandb's own reader
+(`wandb leet inspect`): the lineage's curve run (src/stages/curves.py) holds each iteration's
+figures once, equal to the stages' files, also across a command stopped mid-iteration and
+resumed; the stages' tables hold the rows they wrote (src/stages/tables.py); the artifacts link
+iteration 2's checkpoint to iteration 1's (src/stages/chain.py). (A sweep's points as curve runs
+of one group: tests/pipeline/test_pipeline.py's local sweep.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from src.stages.curves import JOB_TYPE, unlogged
+from src.stages.tables import EVAL_COLUMNS, PAIR_COLUMNS
+from tests.support.helpers import cli
+from tests.support.wandb_runs import offline_runs
+
+TRACKED = ("logger=wandb", "logger.mode=offline", "eval.enabled=true")
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """Iterations 1 and 2, then iteration 3 stopped after its generate and resumed by a second
+    command (as a run killed mid-iteration is), every stage tracked offline."""
+    root = tmp_path_factory.mktemp("tracked")
+    for step in (("iter=2",), ("iter=3", "stage=generate"), ("iter=3",)):
+        result = cli(root, *TRACKED, *step)
+        assert result.returncode == 0, result.stderr[-3000:]
+    return root, offline_runs(root)
+
+
+def iteration_dir(root: Path, t: int) -> Path:
+    return next(root.glob("tiny-mistral/sppo/*")) / f"iter{t}"
+
+
+@pytest.mark.slow
+def test_the_curve_run_holds_each_iterations_figures_once_equal_to_the_files(tracked):
+    """One curve run per lineage, its figures once per iteration, equal to the files.
+
+    Slow: whichever test of this module runs first pays the `tracked` lineage (three tracked
+    commands making iterations 1-3, each a fresh process with W&B offline, ~60 s)."""
+    root, runs = tracked
+    segments = [r for r in runs if r.stage == JOB_TYPE]
+    assert len(segments) == 4, "one per command, and one more where iteration 2 ran first"
+    assert len({s.summary["run_id"] for s in segments}) == 1, "one run per lineage"
+    header = segments[-1].header
+    assert (
+        header["job_type"] == JOB_TYPE
+        and header["run_group"] == "tiny-mistral/sppo/" + (segments[-1].summary["name"])
+    )
+    metric = [r["metric"] for r in segments[-1].records if r["type"] == "metric"]
+    assert {"glob_name": "*", "options": {"defined": True, "step_sync": True},
+            "step_metric": "iteration"} in metric  # fmt: skip
+
+    # the command that stopped after iteration 3's generate: its figures, none of its eval's
+    stopped = {row["iteration"]: row for row in segments[-2].history()}
+    assert "gen_tokens_per_s" in stopped[3] and "eval_win_rate" not in stopped[3]
+
+    rows = segments[-1].history()
+    assert [row["iteration"] for row in rows] == [1, 2, 3], "each iteration once, in order"
+    for t, row in enumerate(rows, 1):
+        folder = iteration_dir(root, t)
+        evaluated = json.loads((folder / "eval" / "eval.json").read_text())
+        for key in ("win_rate", "lc_win_rate", "win_rate_low", "lc_win_rate_high", "avg_length"):
+            assert row[f"eval_{key}"] == pytest.approx(evaluated[key]), (t, key)
+        pairs = json.loads((folder / "pairs" / "metrics.json").read_text())
+        for key in ("mean_chosen_probs", "mean_score_margin"):
+            assert row[key] == pytest.approx(pairs[key]), (t, key)
+        trained = json.loads((folder / "train" / "metrics.json").read_text())["log_history"]
+        losses = [e["loss"] for e in trained if "loss" in e]
+        assert row["train_loss_final"] == pytest.approx(losses[-1])
+        generated = json.loads((folder / "generate" / "metrics.json").read_text())
+        assert row["gen_mean_response_tokens"] == pytest.approx(
+            generated["tokens"] / (generated["generated"] * 3)  # K = 3
+        )
+
+
+@pytest.mark.slow
+def test_the_eval_and_pairs_runs_hold_their_rows_as_tables(tracked):
+    """The eval and pairs runs hold their rows as W&B tables, equal to the files.
+
+    Slow: whichever test of this module runs first pays the `tracked` lineage (three tracked
+    commands making iterations 1-3, each a fresh process with W&B offline, ~60 s)."""
+    root, runs = tracked
+    eval_run = next(r for r in runs if r.stage == "eval" and r.iteration == 2)
+    table = eval_run.table("answers_table")
+    judged = (iteration_dir(root, 2) / "eval" / "judgements.jsonl").read_text().splitlines()
+    expected = [json.loads(line) for line in judged][:200]  # logger.table_rows
+    assert table["columns"] == EVAL_COLUMNS and len(table["data"]) == len(expected)
+    for row, j in zip(table["data"], expected, strict=True):
+        assert row[:6] == [j["prompt_id"], j["instruction"], j["output"], j["reference_output"],
+                           j["preference"], j["outcome"]]  # fmt: skip
+        assert row[6:] == [len(j["output"]), len(j["reference_output"])]
+    pairs_run = next(r for r in runs if r.stage == "pairs" and r.iteration == 2)
+    table = pairs_run.table("pairs_table")
+    written = pq.read_table(iteration_dir(root, 2) / "pairs" / "pairs.parquet").to_pylist()
+    assert table["columns"] == PAIR_COLUMNS
+    assert table["data"] == [[p[c] for c in PAIR_COLUMNS] for p in written]
+
+
+@pytest.mark.slow
+def test_iteration_2s_checkpoint_is_made_from_iteration_1s_in_the_artifacts(tracked):
+    """W&B's artifacts chain iteration 2's training to iteration 1's checkpoint and its own
+    pairs, and its generate and eval to the checkpoints they read; no weights uploaded.
+
+    Slow: whichever test of this module runs first pays the `tracked` lineage (three tracked
+    commands making iterations 1-3, each a fresh process with W&B offline, ~60 s)."""
+    _, runs = tracked
+    stage = {(r.stage, r.iteration): r for r in runs if r.stage != JOB_TYPE}
+    lineage = stage["train", 1].header["run_group"].replace("/", "-")  # model/method/run_name
+    first = stage["train", 1].artifacts(used=False)
+    second = stage["train", 2].artifacts(used=False)
+    assert set(first) == {f"{lineage}-iter1-checkpoint"}
+    checkpoint = first[f"{lineage}-iter1-checkpoint"]
+    # iteration 2's training started from it, on iteration 2's pairs, and made iteration 2's
+    assert stage["train", 2].artifacts(used=True) == {
+        f"{lineage}-iter1-checkpoint": checkpoint,
+        f"{lineage}-iter2-pairs": stage["pairs", 2].artifacts(used=False)[f"{lineage}-iter2-pairs"],
+    }
+    assert set(second) == {f"{lineage}-iter2-checkpoint"} and second != first
+    assert stage["generate", 2].artifacts(used=True) == {f"{lineage}-iter1-checkpoint": checkpoint}
+    assert stage["eval", 2].artifacts(used=True) == second
+    # a reference to the checkpoint's folder, and its record: no weights uploaded
+    logged = next(
+        r["artifact"] for r in stage["train", 1].records
+        if r["type"] == "artifact" and r["artifact"]["name"].endswith("-checkpoint")
+    )  # fmt: skip
+    entries = logged["manifest"]["contents"]
+    uploaded = [e["path"] for e in entries if "local_path" in e]
+    assert uploaded == ["record/done.json"]
+    assert all(e["ref"].startswith("file://") for e in entries if "local_path" not in e)
+
+
+def test_a_resumed_curve_run_logs_only_what_it_does_not_hold():
+    """Online, W&B gives a resumed run its summary back, where the curve run keeps what it
+    logged: a figure logged with the same value is not logged again."""
+    held = {"1": {"eval_win_rate": 0.6, "pairs": 4.0}, "2": {"pairs": 4.0}}
+    points = {
+        1: {"eval_win_rate": 0.6, "pairs": 4.0},  # all held
+        2: {"pairs": 4.0, "eval_win_rate": 0.7},  # its eval is new
+        3: {"pairs": 4.0},  # new
+    }
+    assert unlogged(held, points) == [(2, {"eval_win_rate": 0.7}), (3, {"pairs": 4.0})]
+    assert unlogged(held, {1: {"eval_win_rate": 0.65}}) == [(1, {"eval_win_rate": 0.65})]
+    assert unlogged({}, points) == list(points.items())

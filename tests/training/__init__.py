@@ -1,0 +1,1 @@
+"""src/training: the train stage's trainer, losses, optimizers, adapters, launcher."""
