@@ -1,21 +1,15 @@
 """An iteration at the recipe's size: generate -> rank -> pairs -> train on the tiny models at
 1,000 / 5,000 / 20,000 prompts (K = 5), as one shard and as eight SLURM array tasks; targets: time
-per prompt and peak memory at the largest size within 1.2x and 1.25x of the smallest.
+per prompt and peak memory at the largest size within 1.2x and 1.25x of the smallest. Commands
+(a SLURM cluster for --shards 8: `slurm/cluster.sh start`) and tables: benchmarks/README.md, Scale.
 
 Each stage runs as `python -m src.main model=tiny-mistral data=scale data.max_prompts=N
 stage=<stage>` (`harness.run_stage`) while a thread samples its process tree every 50 ms (the
 peak summed RSS, the largest VmHWM); its own seconds, without the start-up, are its record's.
-An array is one `sbatch --array --wait` per sharded stage on SLURM_CONF's cluster, the sampler in
-each task (`python -m benchmarks.scale OUT OVERRIDES...`). A case: one iteration at one size and
-layout. `--resume-check` kills (-9) generate and rank halfway (of an array, the middle task) in
-a copy of the run made before them, re-runs them (the whole array, as a user would) and compares
-the rows with the uninterrupted run's, byte for byte.
-
-    slurm/cluster.sh start /tmp/s && eval "$(slurm/cluster.sh env /tmp/s)"   # for --shards 8
-    python -m benchmarks scale --sizes 1000 5000 20000 --shards 1 8 --resume-check  # ~2 h
-    python -m benchmarks scale --sizes 20000 --shards 1 --stages train --keep --merge  # one stage
-    python -m benchmarks scale --sizes 200 --shards 1 --resume-check --retries 0 \\
-        --out /tmp/scale-smoke.json                           # smoke: ~5 minutes on 2 busy cores
+An array is one `sbatch --array --wait` per sharded stage, the sampler in each task (`python -m
+benchmarks.scale OUT OVERRIDES...`). `--resume-check` kills (-9) generate and rank halfway (of an
+array, the middle task) in a copy of the run made before them, re-runs them (the whole array, as
+a user would) and compares the rows with the uninterrupted run's, byte for byte.
 """
 
 from __future__ import annotations
