@@ -1,18 +1,9 @@
-"""Generation throughput, K samples per prompt: the generate stage's own samplers against the
-reference code's way (one pass per seed) and plain transformers, on CPU (the tiny models, quiet and
-beside busy processes) and on one GPU (the real architectures with random weights). Commands and
-tables: benchmarks/README.md, Generation.
-
-K = 5 (seeds 50·k), temperature 0.7, top-p 0.9, no top-k, every sample exactly --max-new-tokens
-tokens (--lengths spread: benchmarks/stream.py's spread). `ours`: the stage's HFGenerator
-(`open_generator` on the composed config, fed by `sample_chunk`: length-sorted batches of B
-prompts, each prefilled once, its KV cache repeated K times), its length forced by the stage's
-`forced_length` hook. `hf-nrs`: `generate(num_return_sequences=K)` on the same model and batches.
-`reference`: SPPO's scripts/generate.py on HF, per seed `set_seed(seed)` and a pass over every
-batch. `vllm`: the stage's VLLMGenerator, the split in one stream. CPU: the tiny models on the
-stage's rendered prompts, fp32, ours' threads auto (src/core/threads.py), torch (its defaults),
-one, spin100000; GPU: the real architectures, random bf16 weights, random prompt ids of 40-512
-tokens. Each case: a fresh process, a warm-up batch, then the whole split timed.
+"""Generation throughput, K samples per prompt: the generate stage's own samplers (`ours`: the HF
+backend's shared prefill; `vllm`: its one stream) against the reference code's way (`reference`:
+one pass per seed) and plain `generate(num_return_sequences=K)` (`hf-nrs`), on CPU (the tiny
+models, quiet and beside busy processes, under several thread settings) and on one GPU (the real
+architectures with random weights, with the decode bound each reaches). What is compared and how
+it is measured: docs/performance.md, Generation; commands and tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -143,14 +134,14 @@ def measure(case: Case) -> dict:
         + ([f"generation.batch_size={p['batch']}"] if p["batch"] else [])
     )  # fmt: skip
     g, cuda = cfg.generation, p["device"] == "cuda"
-    prompts, tokenizer, eos_ids, path, skipped, engine = workload(cfg, case)
+    prompts, tokenizer, eos_ids, path, skipped, engine_args = workload(cfg, case)
     traffic = Traffic.measure(path) if cuda else None  # before the engine takes the GPU
     if p.get("engine_logs"):
         log = Path(p["engine_logs"]) / f"{case.name.replace('/', '_')}.log"
     else:
         log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "vllm.log"
         atexit.register(shutil.rmtree, log.parent, True)
-    generator = harness.open_stage_generator(cfg, path, tokenizer, eos_ids, engine, log)
+    generator = harness.open_stage_generator(cfg, path, tokenizer, eos_ids, engine_args, log)
     length = partial(sample_length, p.get("lengths", "fixed"), g.max_new_tokens)
     draw, seeds = ADAPTERS[case.peer], cfg.sample_seeds
     setup_s = time.perf_counter() - started

@@ -1,16 +1,9 @@
-"""PairRM ranking throughput: the rank stage's judge (all K(K-1) comparisons of a chunk of prompts,
-B per forward) against llm-blender's own `Blender.rank(prompts, responses, return_scores=True,
-batch_size=1)` (the SPPO reference's call: K(K-1) forwards of one comparison per prompt). Commands
-and tables: benchmarks/README.md, Ranking.
-
-Ours: `load_judge(cfg, cfg.ranker)` on the validated config of `python -m src.main <RANK_STAGE>
-ranker.batch_size=B` (raw prompts: a chat template would render them alike on both sides), called
-as `rank_chunk` calls it, in a process set up as `python -m src.main` sets it up. The peer: the
-same ranker folder through src/ranking/blender_compat.py, the same limits, glibc's defaults (as
-SPPO's script runs). Timed: the whole call (tokenisation included, loading not) after an untimed
-call on the first prompt; scores checked within SCORE_ATOL. --profile: ours once more, untimed,
-under torch.profiler: each phase's time (llm-blender's collator, padding and the copy to the
-device, the ranker's forward), the device's busy time and the operators that took most.
+"""PairRM ranking throughput: the rank stage's judge (`load_judge` on the validated config of
+`python -m src.main <RANK_STAGE> ranker.batch_size=B`: all K(K-1) comparisons of a chunk, B per
+forward) against llm-blender's own `Blender.rank(..., batch_size=1)` (the SPPO reference's call),
+its scores checked within SCORE_ATOL; --profile: ours once more under torch.profiler, by phase
+and operator. What is compared and how it is measured: docs/performance.md, Ranking; commands and
+tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -359,7 +352,7 @@ def tables(result: dict) -> list[dict]:
 
     setting = harness.setting(
         result,
-        f"{s['device']}; PairRM backbone: {s['backbone']} ({SHAPES[s['backbone']]}); K={K}, K(K-1) "
+        f"device: {s['device']}; PairRM backbone: {s['backbone']} ({SHAPES[s['backbone']]}); K={K}, K(K-1) "
         "comparisons per prompt; limits 1224/412 PairRM tokens; raw prompts; the whole call timed "
         f"after a warm-up call; median of {s['repeats']} fresh-process repeats. Ours runs as the "
         "rank stage runs it (glibc's mmap threshold pinned, its forwards on a CPU served from "

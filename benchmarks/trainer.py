@@ -1,12 +1,8 @@
-"""Training tokens/s and memory: the train stage's PreferenceTrainer against TRL's DPOTrainer, CPU
-(`pip install ".[bench]"`: TRL 1.16, the peer). Commands and tables: benchmarks/README.md, Trainer.
-
-Ours: the trainer of `python -m src.main stage=train` (`src.stages.train.setup` on the composed,
-validated config; `ours-logits`: + `training.lm_head_chunk=null`, `ours-lora`: + `training.peft=
-lora`; the mmap threshold pinned as src.main pins it); TRL: DPOTrainer, bf16 and gradient
-checkpointing off. Same tiny model (`-32k`/`-256k`: src/tiny/widen.py), pairs, batch, fp32,
-optimiser, schedule, seed. Timed in-process (done.json has no steady-step figure): `train()`'s
-steady steps only, the reference precompute apart; memory by the stage's meter (`Peak`).
+"""Training tokens/s and memory: the train stage's PreferenceTrainer (`src.stages.train.setup` on
+the composed, validated config of `python -m src.main stage=train`) against TRL's DPOTrainer
+(`pip install ".[bench]"`), on CPU, same tiny model, pairs, batch, optimiser, schedule and seed;
+`train()`'s steady steps timed in-process, memory by the stage's meter (`Peak`). What is compared
+and how it is measured: docs/performance.md, Trainer; commands and tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
