@@ -206,10 +206,6 @@ def common_prefix(a: list, b: list) -> int:
     )
 
 
-def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
-    return {}  # the runs are the result: one of each peer
-
-
 def tables(result: dict) -> list[dict]:
     s = result["settings"]
     blocks = [harness.setting(
@@ -245,7 +241,7 @@ def tables(result: dict) -> list[dict]:
 
 BENCHMARK = Benchmark(
     name="agreement", title="vLLM's rows and scores against the HF backend's, one checkpoint",
-    results="agreement", cases=cases, measure=measure, summarise=summarise, tables=tables,
+    results="agreement", cases=cases, measure=measure, tables=tables,
     add_args=add_args, packages=("torch", "transformers", "vllm"),
     code=("src/generation/hf_backend.py", "src/generation/sampling.py",
           "src/generation/vllm_backend.py", "src/generation/vllm_engine.py",

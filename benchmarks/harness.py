@@ -70,8 +70,9 @@ class Benchmark:
     results: str  # the default results file, benchmarks/results/<results>.json
     cases: Callable[[argparse.Namespace], list[Case]]
     measure: Callable[[Case], dict]
-    summarise: Callable[[list[dict], argparse.Namespace], dict]
     tables: Callable[[dict], list[dict]]
+    # the summary and ratios kept in the results file (none: the runs are the result)
+    summarise: Callable[[list[dict], argparse.Namespace], dict] = lambda runs, args: {}
     add_args: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     packages: tuple[str, ...] = ("torch", "transformers")  # versions recorded with the machine
     code: tuple[str, ...] = ()  # the files measured, hashed into the record
@@ -220,7 +221,7 @@ def measure_interleaved(
                     f"[{n}/{total}] {case.name}: other load {busy:.0%} ({time.time() - t0:.0f} s)",
                     flush=True,
                 )
-                if busy <= args.max_load:
+                if busy <= args.max_load or attempt == args.retries:
                     break
                 print(f"    others took {busy:.0%} of the CPUs: measuring again", flush=True)
             if tries:
@@ -412,9 +413,10 @@ class OtherCpu:
     def start(self) -> None:
         self.machine, self.own = machine_busy_s(), tree_cpu_seconds()
 
-    def share(self, seconds: float) -> float:
+    def share(self, seconds: float, own_elsewhere: float = 0.0) -> float:
+        """`own_elsewhere`: CPU seconds of this work outside the tree (a SLURM array's tasks)."""
         machine = machine_busy_s() - self.machine
-        own = tree_cpu_seconds() - self.own
+        own = tree_cpu_seconds() - self.own + own_elsewhere
         return max(machine - own, 0.0) / (seconds * len(os.sched_getaffinity(0)))
 
 

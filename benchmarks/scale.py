@@ -176,11 +176,11 @@ def measure(case: Case) -> dict:
     for stage in p["stages"]:
         for earlier in root.rglob(f"iter1/{stage}"):
             shutil.rmtree(earlier)
-        busy, own = harness.machine_busy_s(), harness.tree_cpu_seconds()
+        others = harness.OtherCpu()
+        others.start()
         tasks, wall = stage_tasks(size, root, stage, shards)
         # others: the machine's busy time less this tree's and the array tasks'
-        own = harness.tree_cpu_seconds() - own + sum(t.get("cpu_s", 0) for t in tasks)
-        others = (harness.machine_busy_s() - busy - own) / (wall * len(os.sched_getaffinity(0)))
+        others = others.share(wall, own_elsewhere=sum(t.get("cpu_s", 0) for t in tasks))
         stage_dir, slowest = next(root.rglob(f"iter1/{stage}")), max(t["wall_s"] for t in tasks)
         work = harness.record(stage_dir)["timings"]["seconds"]  # summed over the shards
         rows.append({
@@ -192,7 +192,7 @@ def measure(case: Case) -> dict:
             "peak_tree_rss_mb": max(t["peak_tree_rss_mb"] for t in tasks),
             "peak_process_hwm_mb": max(t["peak_process_hwm_mb"] for t in tasks),
             "bytes_written": sum(f.stat().st_size for f in stage_dir.rglob("*") if f.is_file()),
-            "other_cpu_share": round(max(others, 0.0), 3),
+            "other_cpu_share": round(others, 3),
         })  # fmt: skip
         if p["resume"] and stage in SHARDED:
             rows[-1]["resume"] = resume_check(size, root, stage, shards)
