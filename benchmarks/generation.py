@@ -266,18 +266,10 @@ def workload(cfg, case: Case):
     from array import array
 
     from src.core.shapes import REAL_MODELS
-    from src.generation.sampling import RenderedPrompt, SampleCounts, load_tokenizer, render
+    from src.generation.sampling import RenderedPrompt
 
     if cfg.model.path not in REAL_MODELS:  # a tiny model: what the generate stage renders
-        from src.generation.prompts import load_prompts
-        from src.stages.common import require_previous_policy
-
-        path, d, counts = require_previous_policy(cfg), cfg.data, SampleCounts()
-        tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
-        loaded = load_prompts(d.prompts, split=d.split, prompt_column=d.prompt_column,
-                              id_column=d.id_column, max_prompts=d.max_prompts)  # fmt: skip
-        rendered = render(cfg.generation, tokenizer, loaded.prompts, counts)  # skips the long
-        return rendered, tokenizer, eos_ids, path, counts.skipped_too_long, {}
+        return *harness.stage_prompts(cfg), {}
     # the real architecture (cut to --layers for a smoke run) with random weights: HF's made by
     # the stage's loading on the device it runs on, vLLM's its dummy ones
     from src.core.devices import device_for

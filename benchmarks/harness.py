@@ -334,6 +334,22 @@ def random_model(config, device=None, dtype=None):
         return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype or torch.bfloat16)
 
 
+def stage_prompts(cfg):
+    """(rendered prompts, tokenizer, end-of-turn ids, the policy's path, prompts skipped as too
+    long): the generate stage's prompts for `cfg`, read and rendered as the stage does."""
+    from src.generation.prompts import load_prompts
+    from src.generation.sampling import SampleCounts, rendered_prompts
+    from src.stages.common import require_previous_policy
+
+    d, counts, path = cfg.data, SampleCounts(), require_previous_policy(cfg)
+    loaded = load_prompts(d.prompts, split=d.split, prompt_column=d.prompt_column,
+                          id_column=d.id_column, max_prompts=d.max_prompts)  # fmt: skip
+    tokenizer, eos_ids, rendered = rendered_prompts(
+        cfg.generation, path, cfg.model.revision, loaded.prompts, counts, loaded, d.prompts
+    )
+    return rendered, tokenizer, eos_ids, path, counts.skipped_too_long
+
+
 def open_stage_generator(cfg, path: str, tokenizer, eos_ids, engine: dict, log: Path | None,
                          generation=None):  # fmt: skip
     """The generate stage's generator for `cfg` (`open_generator`; `generation`: other settings

@@ -51,8 +51,6 @@ def cases(args) -> list[Case]:
 def setup(backend: str, prompts: int, data_dir: Path):
     """The config, prompts and sampler as `python -m src.main stage=generate` builds them."""
     from src.config import compose
-    from src.generation.prompts import load_prompts
-    from src.generation.sampling import SampleCounts, load_tokenizer, render
     from src.tiny.data import write_scale
 
     write_scale(prompts, data_dir)
@@ -62,13 +60,10 @@ def setup(backend: str, prompts: int, data_dir: Path):
         f"generation.max_new_tokens={MAX_NEW_TOKENS}", f"generation.max_num_seqs={MAX_NUM_SEQS}",
         f"generation.batch_size={HF_BATCH}",
     ])  # fmt: skip
-    g, d = cfg.generation, cfg.data
-    tokenizer, eos_ids = load_tokenizer(cfg.model.path, cfg.model.revision)
-    loaded = load_prompts(d.prompts, prompt_column=d.prompt_column, id_column=d.id_column)
-    rendered = render(g, tokenizer, loaded.prompts[:prompts], SampleCounts())
+    rendered, tokenizer, eos_ids, path, _ = harness.stage_prompts(cfg)
     # vLLM's own iteration count (`engine_iterations`) needs its stats, off in the stage
     engine = {"disable_log_stats": False}
-    generator = harness.open_stage_generator(cfg, cfg.model.path, tokenizer, eos_ids, engine, None)
+    generator = harness.open_stage_generator(cfg, path, tokenizer, eos_ids, engine, None)
     generator.forced_length = forced_length
     return cfg, rendered, generator
 
