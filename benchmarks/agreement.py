@@ -1,23 +1,17 @@
 """vLLM's rows against the HF backend's on one GPU, at a real architecture's widths: the generate
 stage's two generators (`open_generator`, generation=hf and generation=vllm) load one checkpoint
 of random bf16 weights and decode the same prompts greedily; each also scores the prompts
-teacher-forced (the log-probability of every prompt token given the ones before it: HF's forward,
-vLLM's `prompt_logprobs`), which compares the two engines' numerics position by position where
-greedy rows, once they part, say nothing more.
+teacher-forced (each prompt token's log-probability given those before it: HF's forward, vLLM's
+`prompt_logprobs`), which compares the engines' numerics position by position where greedy rows,
+once they part, say nothing more. Commands and tables: benchmarks/README.md, vLLM's rows against
+the HF backend's.
 
-    python -m benchmarks agreement --model gemma-2-9b-it --peers hf     # then, with vLLM installed:
-    python -m benchmarks agreement --model gemma-2-9b-it --peers vllm   # same --checkpoint
-    python -m benchmarks agreement --model gemma-2-9b-it --layers 2 --prompts 2 --device cpu \
-        --peers hf --out /tmp/agreement.json   # the HF half's code on CPU: ~1 min
-
-The checkpoint: the model's config class (src/core/shapes.py) cut to --layers (Gemma-2: sliding
-and global layers alternating, as in the real model), its sliding window shrunk to --window so
-that prompts longer than it cross it, weights drawn with std --init (Gemma-2's attention
-soft-cap, 50, is then reached by the largest scores); saved once to --checkpoint and reused, so
-the two peers may run in separate commands (vLLM is installed for the second). The HF peer
-leaves its rows and scores beside the weights (`hf_reference.json`); the vLLM peer compares
-with them. The contrast that shows what the check can see: HF's own scores with the sliding
-window switched off, against its scores with it, at the positions past the window.
+The checkpoint: the model's config class cut to --layers, its sliding window shrunk to --window
+so that prompts cross it, weights drawn with std --init (Gemma-2's soft-cap is then reached);
+saved once to --checkpoint and reused, so the two peers may run in separate commands (vLLM is
+installed for the second). The HF peer leaves its rows and scores beside the weights
+(`hf_reference.json`); the vLLM peer compares with them. What the check can see: HF's own scores
+with the sliding window switched off, against with it, past the window.
 """
 
 from __future__ import annotations
@@ -25,13 +19,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from benchmarks.harness import Benchmark, Case, fmt, table, text
+from benchmarks import harness
+from benchmarks.harness import Benchmark, Case, fmt, table
 
 PEERS = ("hf", "vllm")
 MODELS = ("gemma-2-9b-it", "mistral-7b-instruct-v0.2")
@@ -65,45 +58,29 @@ def prompt_lengths(n: int, window: int) -> list[int]:
                   for i in range(n))  # fmt: skip
 
 
-def build_checkpoint(p: dict, hub: str, device: str) -> Path:
+def build_checkpoint(p: dict) -> Path:
     """The cut architecture with random weights, saved once (the `done` file says it is whole)."""
-    import torch
-    import transformers
-
-    from src.core.shapes import REAL_MODELS
-
     folder = Path(p["checkpoint"])
     if (folder / "done").is_file():
         return folder
-    config_class, _, kwargs, attention = REAL_MODELS[hub]
-    config = getattr(transformers, config_class)(**kwargs, attn_implementation=attention)
-    config.num_hidden_layers, config.initializer_range = p["layers"], p["init"]
-    if hasattr(config, "layer_types"):
-        config.layer_types = config.layer_types[: p["layers"]]
+    config = harness.real_config(p["model"], num_hidden_layers=p["layers"],
+                                 initializer_range=p["init"])  # fmt: skip
     if getattr(config, "sliding_window", None):
         config.sliding_window = p["window"]
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(folder)
+    harness.random_model(config, p["device"]).save_pretrained(folder)
     (folder / "done").write_text("")
     return folder
 
 
 def measure(case: Case) -> dict:
-    from src.core import threads
-
-    threads.configure()
+    harness.as_entry_point(pin_mmap=False)
     import torch
 
     from src.config import compose
-    from src.generation import vllm_engine
-    from src.generation.sampling import open_generator
 
     p = case.params
     started = time.perf_counter()
-    cuda = p["device"] == "cuda"
-    folder = build_checkpoint(p, compose([f"model={p['model']}"]).model.path, p["device"])
+    folder = build_checkpoint(p)
     built_s = time.perf_counter() - started
     config = json.loads((folder / "config.json").read_text())
     rng = random.Random(1)
@@ -111,24 +88,20 @@ def measure(case: Case) -> dict:
                for n in prompt_lengths(p["prompts"], p["window"])]  # fmt: skip
     cfg = compose(
         [f"model={p['model']}", f"generation={case.peer}", "logger=none",
-         f"hardware={'gpu-1' if cuda else 'cpu'}",
+         f"hardware={'gpu-1' if p['device'] == 'cuda' else 'cpu'}",
          f"generation.max_new_tokens={p['max_new_tokens']}",
          f"training.max_prompt_length={max(map(len, prompts))}"]
     )  # fmt: skip
-    greedy = dataclasses.replace(cfg.generation, temperature=0.0)  # as eval decodes
-    # the prompts are ids: a sample's text is its ids (the real tokenizers need the Hub)
-    ids_only = SimpleNamespace(pad_token_id=0, decode=lambda ids, **_: " ".join(map(str, ids)))
-    engine_args = vllm_engine.engine_args
-    vllm_engine.engine_args = lambda *a: {**engine_args(*a), "skip_tokenizer_init": True}
-    log = None
-    if p.get("engine_logs"):
-        log = Path(p["engine_logs"]) / f"agreement_{case.peer}_{p['model']}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # its choice of kernels
+    log = (
+        p.get("engine_logs") and Path(p["engine_logs"]) / f"agreement_{case.peer}_{p['model']}.log"
+    )
+    eos = config["eos_token_id"]
     t0 = time.perf_counter()
-    generator = open_generator(greedy, str(folder), ids_only, [config["eos_token_id"]]
-                               if isinstance(config["eos_token_id"], int) else config["eos_token_id"],
-                               cfg.model, cfg.hardware, log=log)  # fmt: skip
+    generator = harness.open_stage_generator(
+        cfg, str(folder), harness.IDS_ONLY, [eos] if isinstance(eos, int) else eos,
+        {"skip_tokenizer_init": True}, log or None,
+        dataclasses.replace(cfg.generation, temperature=0.0),  # greedy, as eval decodes
+    )  # fmt: skip
     start_s = time.perf_counter() - t0
     ids = [f"p{i:03d}" for i in range(len(prompts))]
     rows = [row[0].text for row in generator(prompts, ids, [0])]
@@ -148,17 +121,14 @@ def measure(case: Case) -> dict:
             run[f"top_two_within_{close}"] = sum(g < close for g in gaps) / len(gaps)
     else:
         reference = json.loads((folder / REFERENCE).read_text())
-        run.update(compare(reference["scores"], scores, reference["tops"], tops,
-                           p["window"]))  # fmt: skip
-        agreed = [
-            common_prefix(a.split(), b.split())
-            for a, b in zip(reference["rows"], rows, strict=True)
-        ]
-        run.update(rows_equal=sum(a == b for a, b in zip(reference["rows"], rows, strict=True)),
+        run.update(compare(reference["scores"], scores, reference["tops"], tops, p["window"]))
+        pairs = list(zip(reference["rows"], rows, strict=True))
+        agreed = [common_prefix(a.split(), b.split()) for a, b in pairs]
+        run.update(rows_equal=sum(a == b for a, b in pairs),
                    agreed_prefix_mean=sum(agreed) / len(agreed), agreed_prefix_min=min(agreed))  # fmt: skip
     run["row_lengths"] = [len(r.split()) for r in rows]  # a row is its token ids
     generator.close()
-    if cuda:
+    if p["device"] == "cuda":
         torch.cuda.synchronize()
     return run
 
@@ -236,16 +206,10 @@ def common_prefix(a: list, b: list) -> int:
     )
 
 
-def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
-    return {}
-
-
 def tables(result: dict) -> list[dict]:
-    s, m = result["settings"], result["machine"]
-    versions = " · ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-    blocks = [text(
-        f"{m['date_utc']} · {m['gpu'] or m['cpu_model']} · {versions}",
-        "",
+    s = result["settings"]
+    blocks = [harness.setting(
+        result,
         f"{s['model']}'s config class cut to {s['layers']} layers, sliding window {s['window']} "
         f"(where the model has one), weights drawn with std {s['init']}, bf16 on a GPU; "
         f"{s['prompts']} prompts of random ids, half inside the window and half across it; "
@@ -277,7 +241,7 @@ def tables(result: dict) -> list[dict]:
 
 BENCHMARK = Benchmark(
     name="agreement", title="vLLM's rows and scores against the HF backend's, one checkpoint",
-    results="agreement", cases=cases, measure=measure, summarise=summarise, tables=tables,
+    results="agreement", cases=cases, measure=measure, tables=tables,
     add_args=add_args, packages=("torch", "transformers", "vllm"),
     code=("src/generation/hf_backend.py", "src/generation/sampling.py",
           "src/generation/vllm_backend.py", "src/generation/vllm_engine.py",

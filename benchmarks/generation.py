@@ -1,48 +1,25 @@
-"""Generation throughput, K samples per prompt: the generate stage's own samplers against the
-reference code's way (one pass per seed) and plain transformers, on CPU (the tiny models, quiet and
-beside busy processes) and on one GPU (the real architectures with random weights).
-
-    python -m benchmarks generation                   # CPU, 44 cases x 3 repeats: ~55 min on 2 cores
-    python -m benchmarks generation --models tiny-mistral --batch-sizes 8 --loads 0 --threads auto \
-        --repeats 1 --out /tmp/generation-smoke.json   # ours, hf-nrs, reference, vllm: ~3 min
-    python -m benchmarks generation --device cuda     # GPU: ~40 min on an H100 (--repeats 1: ~15)
-    python -m benchmarks generation --models mistral-7b-instruct-v0.2 --layers 1 --prompts 2 \
-        --max-new-tokens 4 --batch-sizes 2 --loads 0 --threads auto --repeats 1 --out /tmp/g.json
-        # the GPU workload's code (random weights, vLLM's dummy ones) on CPU, 1 layer: ~5 min
-
-K = 5 (seeds 50·k), temperature 0.7, top-p 0.9, no top-k, every sample exactly --max-new-tokens
-tokens. `ours`: the stage's HFGenerator, built by `open_generator` from the composed config and fed
-by `sample_chunk` (length-sorted batches of B prompts, each prefilled once, its KV cache repeated K
-times, each row its own noise stream), its length forced by the stage's `forced_length` hook.
-`hf-nrs`: `generate(num_return_sequences=K)` on the same model and batches. `reference`: SPPO's
-scripts/generate.py on HF: per seed, `set_seed(seed)` and a pass over every batch. `vllm`: the
-stage's VLLMGenerator, the split in one stream. CPU: the tiny models on the stage's prompts
-(iter1.jsonl's first 40, rendered by the stage: 39 fit 128 tokens), fp32; ours' threads: auto
-(src/core/threads.py), torch (its defaults), one, spin100000 (auto with ten times the spin). GPU:
-Mistral-7B and Gemma-2-9B from their config classes (src/core/shapes.py), random bf16 weights,
-random prompt ids of 40-512 tokens; vLLM where its CUDA build is installed. Each case: a fresh
-process, a warm-up batch, then the whole split timed.
+"""Generation throughput, K samples per prompt: the generate stage's own samplers (`ours`: the HF
+backend's shared prefill; `vllm`: its one stream) against the reference code's way (`reference`:
+one pass per seed) and plain `generate(num_return_sequences=K)` (`hf-nrs`), on CPU (the tiny
+models, quiet and beside busy processes, under several thread settings) and on one GPU (the real
+architectures with random weights, with the decode bound each reaches). What is compared and how
+it is measured: docs/performance.md, Generation; commands and tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import ctypes
-import gc
 import hashlib
-import os
 import random
 import shutil
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 from benchmarks import harness
-from benchmarks.harness import RESULTS, Benchmark, Case
+from benchmarks.harness import RESULTS, Benchmark, Case, fmt
 from benchmarks.stream import LENGTHS
 
 PEERS = ("ours", "hf-nrs", "reference", "vllm")
@@ -141,15 +118,13 @@ def cases(args: argparse.Namespace) -> list[Case]:
 def measure(case: Case) -> dict:
     p = case.params
     if p["threads"] != "torch":  # what every entry point does before torch loads
-        from src.core import threads
-
-        threads.configure()
+        harness.as_entry_point(pin_mmap=False)
     import torch
 
     from src.config import compose
     from src.core.memory import Peak
     from src.generation.hf_backend import EngineLoad
-    from src.generation.sampling import open_generator
+    from src.generation.vllm_processes import engine_processes
 
     started = time.perf_counter()
     cfg = compose(
@@ -159,16 +134,14 @@ def measure(case: Case) -> dict:
         + ([f"generation.batch_size={p['batch']}"] if p["batch"] else [])
     )  # fmt: skip
     g, cuda = cfg.generation, p["device"] == "cuda"
-    prompts, tokenizer, eos_ids, path, skipped = workload(cfg, case)
+    prompts, tokenizer, eos_ids, path, skipped, engine_args = workload(cfg, case)
     traffic = Traffic.measure(path) if cuda else None  # before the engine takes the GPU
     if p.get("engine_logs"):
         log = Path(p["engine_logs"]) / f"{case.name.replace('/', '_')}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
     else:
         log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "vllm.log"
         atexit.register(shutil.rmtree, log.parent, True)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")  # its choice of kernels is said at INFO
-    generator = open_generator(g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log)
+    generator = harness.open_stage_generator(cfg, path, tokenizer, eos_ids, engine_args, log)
     length = partial(sample_length, p.get("lengths", "fixed"), g.max_new_tokens)
     draw, seeds = ADAPTERS[case.peer], cfg.sample_seeds
     setup_s = time.perf_counter() - started
@@ -180,10 +153,10 @@ def measure(case: Case) -> dict:
         warmup_s = time.perf_counter() - t0
         generator.forced_length = length
         generator.load = EngineLoad()
-        gc.collect()  # setup's garbage given back: it must not stand in for the split's peak
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        engine = [] if cuda else engine_processes(generator)
+        harness.trim()
+        engine = (
+            [] if cuda else [q.pid for q in engine_processes(getattr(generator, "engine_pids", []))]
+        )
         for pid in engine:  # the engine's high-water marks, from here
             Path(f"/proc/{pid}/clear_refs").write_text("5")
         peak = Peak(cuda)
@@ -288,23 +261,26 @@ def engine_lines(
 
 
 def workload(cfg, case: Case):
-    """(rendered prompts, tokenizer, end-of-turn ids, the policy's path, prompts skipped)."""
+    """(rendered prompts, tokenizer, end-of-turn ids, the policy's path, prompts skipped, vLLM's
+    engine arguments beyond the stage's)."""
     from array import array
 
     from src.core.shapes import REAL_MODELS
-    from src.generation.sampling import RenderedPrompt, SampleCounts, load_tokenizer, render
+    from src.generation.sampling import RenderedPrompt
 
     if cfg.model.path not in REAL_MODELS:  # a tiny model: what the generate stage renders
-        from src.generation.prompts import load_prompts
-        from src.stages.common import require_previous_policy
+        return *harness.stage_prompts(cfg), {}
+    # the real architecture (cut to --layers for a smoke run) with random weights: HF's made by
+    # the stage's loading on the device it runs on, vLLM's its dummy ones
+    from src.core.devices import device_for
+    from src.generation import sampling
 
-        path, d, counts = require_previous_policy(cfg), cfg.data, SampleCounts()
-        tokenizer, eos_ids = load_tokenizer(path, cfg.model.revision)
-        loaded = load_prompts(d.prompts, split=d.split, prompt_column=d.prompt_column,
-                              id_column=d.id_column, max_prompts=d.max_prompts)  # fmt: skip
-        rendered = render(cfg.generation, tokenizer, loaded.prompts, counts)  # skips the long
-        return rendered, tokenizer, eos_ids, path, counts.skipped_too_long
-    config = without_weights(cfg, case.params["layers"])
+    layers = case.params["layers"]
+    config = harness.real_config(
+        cfg.model.path, **({"num_hidden_layers": layers} if layers else {})
+    )
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
+    sampling.causal_lm = lambda path, dtype, **loading: harness.random_model(config, device, dtype)
     folder = tempfile.mkdtemp(prefix="bench-generation-")
     atexit.register(shutil.rmtree, folder, True)
     config.save_pretrained(folder)  # vLLM reads the architecture from its config.json
@@ -313,40 +289,8 @@ def workload(cfg, case: Case):
     ids = range(10, config.vocab_size)
     prompts = [RenderedPrompt(f"p{i:04d}", "", array("i", rng.choices(ids, k=n)))
                for i, n in enumerate(lengths)]  # fmt: skip
-    # the real tokenizers need the Hub: the prompts are ids, and a sample's text is its ids
-    ids_only = SimpleNamespace(pad_token_id=0, decode=lambda ids, **_: " ".join(map(str, ids)))
-    return prompts, ids_only, [config.eos_token_id], folder, 0
-
-
-def without_weights(cfg, layers: int | None):
-    """The real model's config (its config class: nothing downloaded), cut to `layers` for a
-    smoke run; the stage's loading gives it random weights (HF: `causal_lm`, made on the device
-    it runs on, seconds on a GPU where its CPU takes minutes; vLLM: its dummy weights). What the
-    stage builds around the model is unchanged."""
-    import torch
-    import transformers
-
-    from src.core.devices import device_for
-    from src.core.shapes import REAL_MODELS
-    from src.generation import sampling, vllm_engine
-
-    config_class, _, kwargs, attention = REAL_MODELS[cfg.model.path]
-    config = getattr(transformers, config_class)(**kwargs, attn_implementation=attention)
-    if layers:
-        config.num_hidden_layers = layers
-        if hasattr(config, "layer_types"):  # Gemma-2 alternates sliding and global layers
-            config.layer_types = config.layer_types[:layers]
-    device = device_for(cfg.hardware.device, cfg.hardware.name)
-
-    def causal_lm(path, dtype, **loading):
-        torch.manual_seed(0)
-        with torch.device(device):
-            return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-
-    engine_args, sampling.causal_lm = vllm_engine.engine_args, causal_lm
-    vllm_engine.engine_args = lambda *a: {
-        **engine_args(*a), "load_format": "dummy", "skip_tokenizer_init": True}  # fmt: skip
-    return config
+    engine = {"load_format": "dummy", "skip_tokenizer_init": True}
+    return prompts, harness.IDS_ONLY, [config.eos_token_id], folder, 0, engine
 
 
 def stage_sampler(generator, prompts, seeds):
@@ -396,16 +340,8 @@ ADAPTERS = {"ours": stage_sampler, "vllm": stage_sampler,
             "reference": partial(hf_generate, one_pass_per_seed=True)}  # fmt: skip
 
 
-def engine_processes(generator) -> list[int]:
-    """vLLM's engine processes (on CPU the model and its KV cache live there)."""
-    import psutil
-
-    found = [psutil.Process(pid) for pid in getattr(generator, "engine_pids", [])]
-    return [p.pid for p in found + [c for p in found for c in p.children(recursive=True)]]
-
-
-MEDIANS = ("prompts", "split_s", "steps", "step_ms", "setup_s", "before_mb", "peak_mb",
-           "engine_peak_mb", "load_cpu_share", "decode_bound_share", "bandwidth_gbs",
+MEDIANS = ("tokens_per_s", "prompts", "split_s", "steps", "step_ms", "setup_s", "before_mb",
+           "peak_mb", "engine_peak_mb", "load_cpu_share", "decode_bound_share", "bandwidth_gbs",
            "weight_gb", "kv_read_gb")  # fmt: skip
 
 
@@ -413,10 +349,10 @@ def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
     ok = [r for r in runs if r.get("tokens_per_s")]
     summary = {}
     for case, group in harness.by_case(ok).items():
-        speed = [r["tokens_per_s"] for r in group]
+        m = harness.medians(group, MEDIANS)
+        low, high = m.pop("tokens_per_s_range")
         summary[case] = {
-            "tokens_per_s": harness.median(speed), "min": min(speed), "max": max(speed),
-            **{key: harness.median(r.get(key) for r in group) for key in MEDIANS},
+            **m, "min": low, "max": high,
             "torch_threads": sorted({r["torch_threads"] for r in group}),
             "outputs": len({r["outputs_sha256"] for r in group}),  # 1: the same in every repeat
             "engine_log": group[0].get("engine_log", []),
@@ -461,23 +397,21 @@ def ratios(ok: list[dict], summary: dict, args: argparse.Namespace) -> list[dict
 
 
 def tables(result: dict) -> list[dict]:
-    s, summary, m = result["settings"], result["summary"], result["machine"]
-    gpu, fmt = s["device"] == "cuda", harness.fmt
+    s, summary = result["settings"], result["summary"]
+    gpu = s["device"] == "cuda"
     prompts = next((r["prompts"] for r in summary.values()), "?")
     layers = f", cut to {s['layers']} layer(s)" if s["layers"] else ""
     workload = (f"{prompts} prompts of random ids, 40–512 tokens; the real architectures, random "
                 f"weights{layers}" if set(s["models"]) & set(REAL) else
                 f"`data/prompts/iter1.jsonl`, {prompts} prompts (of its first {s['prompts']}, those "
                 "the stage's `render` keeps at ≤ 128 tokens); the tiny models")  # fmt: skip
-    versions = " · ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     peak = ("Peak GB: torch's peak allocation (held before the split in brackets; vLLM: –)." if gpu else
             "Peak Δ: peak RSS above the RSS before the split (vLLM: its engine's peak RSS).")  # fmt: skip
     n = s["max_new_tokens"]
     lengths = (f"exactly {n} new tokens per sample" if s.get("lengths", "fixed") == "fixed" else
                f"each sample's length forced to the recipe-like spread ({LENGTHS}), cut at {n}")  # fmt: skip
-    setting = harness.text(
-        f"{m['date_utc']} · {m['gpu'] or m['cpu_model']} · {m['cpu_affinity']} cores · {versions}",
-        "",
+    setting = harness.setting(
+        result,
         f"{workload}, {'bf16' if gpu else 'fp32'}; K=5 (seeds 50·k), temperature 0.7, top-p 0.9, "
         f"no top-k, {lengths}; the split timed after a warm-up batch ({WARMUP_TOKENS} tokens per "
         f"sample), median of {s['repeats']} fresh-process repeats. Load: busy processes "
@@ -512,19 +446,18 @@ def tables(result: dict) -> list[dict]:
             fmt(r["split_s"], 2), fmt(r["steps"], 0), fmt(r["step_ms"]), fmt(r["setup_s"]), memory,
             "yes" if r["outputs"] == 1 else f"no ({r['outputs']})",
         ] + ([f"{r['decode_bound_share']:.0%}" if r.get("decode_bound_share") else "–"] if bound else []))  # fmt: skip
-    ratio_rows = [
-        [r["model"], r["label"], fmt(r["median"], 2),
-         f"{fmt(min(r['per_repeat']), 2)}–{fmt(max(r['per_repeat']), 2)}" if r["per_repeat"] else "–",
-         r["target"] or "–", {True: "yes", False: "**no**", None: "–"}[r["met"]]]
-        for r in result["ratios"]
-    ]  # fmt: skip
+    distinct = result["ours_distinct_outputs"]
     blocks = [
         setting,
         harness.table(header, rows, ["---"] * 2 + ["---:"] + ["---"] * 3 + ["---:"] * 5 + ["---"]
                       + ["---:"] * bound),
-        harness.table(["model", "ratio (tokens/s)", "ratio of medians", "per-repeat range",
-                       "target", "met"], ratio_rows, ["---", "---", "---:", "---", "---", "---"]),
-        harness.text(reading(result)),
+        harness.ratio_table(result["ratios"], {"model": lambda r: r["model"],
+                                               "ratio (tokens/s)": lambda r: r["label"]}),
+        harness.verdict(result["ratios"], lambda r: f"{r['model']}, {r['label']}",
+                        "Ours drew the same samples in every run of a model and thread setting, "
+                        "whatever B, load or repeat (each row seeded on its own)."
+                        if set(distinct.values()) <= {1}
+                        else f"Ours' samples differed between runs: {distinct} distinct sets."),
     ]  # fmt: skip
     if bound:
         first = next(r for r in summary.values() if r.get("bandwidth_gbs"))
@@ -543,24 +476,6 @@ def tables(result: dict) -> list[dict]:
     return blocks
 
 
-def reading(result: dict) -> str:
-    """What the tables show, from their numbers."""
-    said, ratios, distinct = [], result["ratios"], result["ours_distinct_outputs"]
-    if target := [r for r in ratios if r["target"] == TARGET]:
-        values = ", ".join(f"{r['median']:.2f} ({r['model']}, {r['label'][17:]})" for r in target)
-        met = sum(bool(r["met"]) for r in target)
-        said.append(f"Ours / reference: {values}; the target ≥ 3.0 met in {met} of {len(target)}.")
-    if loaded := [r["median"] for r in ratios if r["target"] == UNDER_LOAD]:
-        said.append(f"Under load ours keeps {min(loaded):.2f}–{max(loaded):.2f} of its speed.")
-    if distinct:
-        said.append(
-            "Ours drew the same samples in every run of a model and thread setting, whatever B, "
-            "load or repeat (each row seeded on its own)." if set(distinct.values()) == {1}
-            else f"Ours' samples differed between runs: {distinct} distinct sets."
-        )  # fmt: skip
-    return " ".join(said)
-
-
 BENCHMARK = Benchmark(
     name="generation", title="Generation throughput: shared prefill, vLLM, one pass per seed",
     results="generation_cpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
@@ -569,5 +484,5 @@ BENCHMARK = Benchmark(
           "src/generation/vllm_backend.py", "src/generation/vllm_engine.py",
           "src/generation/vllm_processes.py", "src/core/threads.py",
           "benchmarks/generation.py"),
-    repeats=3, timeout=900,
+    timeout=900,
 )  # fmt: skip

@@ -12,37 +12,28 @@
 # from both parts, its rows and scores against HF's (`rate`: then its Gemma-2-9B rate at the real
 # shapes), its whole log kept. Every benchmark writes its results file after each case, so a command cut off at
 # its limit still returns what it measured.
-set -uo pipefail
+source "$(dirname "$0")/gpu_carry.sh"
 phase=$1 out=$2 rate=${3:-}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-here=$(cd "$(dirname "$0")" && pwd)
 CHECKPOINT=/tmp/agreement-gemma
+QUICK=(--repeats 1 --retries 0 --max-wait 5)  # one machine, held for this command
 RATE=(--device cuda --models gemma-2-9b-it --lengths spread --max-new-tokens 320 --prompts 128
-      --batch-sizes 32 --repeats 1 --retries 0 --max-wait 5)
-bash "$here/gpu_vllm.sh" stash .gpu /tmp/parts
+      --batch-sizes 32 "${QUICK[@]}")
+stash .gpu /tmp/parts
 case "$phase" in
 hf)
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.csv"
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-config .whl/*.whl
-    export PYTHONPATH=/tmp/site-config
-    python3 -m benchmarks agreement --peers hf --checkpoint "$CHECKPOINT" --retries 0 \
-        --max-wait 5 --out "$out/agreement.json"
-    if [ "$rate" = rate ]; then
-        python3 -m benchmarks generation "${RATE[@]}" --peers ours --timeout 400 \
-            --out "$out/generation_gpu_gemma_hf.json"
-    fi
+    machine "$out"
+    install /tmp/site-config .whl/*.whl
+    phase "$out" agreement_hf 540 python3 -m benchmarks agreement --peers hf --checkpoint "$CHECKPOINT" \
+        "${QUICK[@]}" --out "$out/agreement.json"
+    [ "$rate" != rate ] || phase "$out" generation_hf 420 python3 -m benchmarks generation "${RATE[@]}" \
+        --peers ours --timeout 400 --out "$out/generation_gpu_gemma_hf.json"
     ;;
 vllm)
-    t0=$(date +%s)
-    bash "$here/gpu_vllm.sh" unpack /tmp/parts /tmp/site || exit 1
-    echo "vLLM unpacked in $(($(date +%s) - t0)) s"
-    export PYTHONPATH=/tmp/site
-    python3 -m benchmarks agreement --peers vllm --checkpoint "$CHECKPOINT" --retries 0 \
-        --max-wait 5 --timeout 300 --engine-logs "$out/logs" --out "$out/agreement.json"
-    if [ "$rate" = rate ]; then
-        python3 -m benchmarks generation "${RATE[@]}" --peers vllm --timeout 360 \
-            --engine-logs "$out/logs" --out "$out/generation_gpu_gemma_vllm.json"
-    fi
+    unpack /tmp/parts /tmp/site || exit 1
+    phase "$out" agreement_vllm 320 python3 -m benchmarks agreement --peers vllm --checkpoint "$CHECKPOINT" \
+        "${QUICK[@]}" --timeout 300 --engine-logs "$out/logs" --out "$out/agreement.json"
+    [ "$rate" != rate ] || phase "$out" generation_vllm 380 python3 -m benchmarks generation "${RATE[@]}" \
+        --peers vllm --timeout 360 --engine-logs "$out/logs" --out "$out/generation_gpu_gemma_vllm.json"
     ;;
 *)
     echo "usage: $0 hf|vllm OUT [rate]" >&2

@@ -22,8 +22,8 @@
 #
 # A device call returns at most 8 files from OUT: end it with `benchmarks/gpu_iteration.sh logs
 # OUT`, which packs OUT/logs* (each stage's whole log) and OUT/results (every benchmark's files)
-# into OUT/logs.tgz, and put each phase under a `timeout` shorter than the call's, so that the
-# packing runs even when a phase is cut off.
+# into OUT/logs.tgz; each phase runs under a `timeout` shorter than the call's, so that the
+# packing runs even when a phase is cut off (benchmarks/gpu_carry.sh).
 #
 # .whl: the config's wheels and llm-blender 0.0.2 with what its import needs (`pip download
 # --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra_core==1.3.2 omegaconf==2.3.1
@@ -53,7 +53,7 @@
 # --only-binary=:all: -d .whl-train transformers==5.23.0`. .whl-qlora (training.peft=qlora):
 # bitsandbytes installed with `pip install --no-deps --target .whl-qlora/site bitsandbytes==0.50.2`
 # and all but its cuda130 and cpu libraries removed (4.5 MB instead of 43).
-set -uo pipefail
+source "$(dirname "$0")/gpu_carry.sh"
 phase=$1 out=$2 model=${3:-mistral-7b-instruct-v0.2} prompts=${4:-128}
 EVAL_PROMPTS=${EVAL_PROMPTS:-64}  # the eval's instructions (`build`, `prepare`, `all`)
 TOKENS=${TOKENS:-128}  # `all`: new tokens a response and an eval answer
@@ -62,96 +62,72 @@ LIMIT=${LIMIT:-460}  # `all`: seconds for the iteration's case (its command is s
 shift $(($# < 4 ? $# : 4))
 hows=("${@:-training.weight_updates=fp32}")
 [ $# -gt 0 ] || hows+=(training.peft=lora)
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-here=$(cd "$(dirname "$0")" && pwd)
 # RAM-backed where it can hold a policy and a checkpoint (~40 GB at 9B; the disk has ~30 GB free),
 # and where an earlier command of this machine put it
 ROOT=/dev/shm/iteration-$model
 [ -d "$ROOT" ] || [ "$(df --output=avail -BG /dev/shm | tail -1 | tr -dc 0-9)" -ge 40 ] ||
     ROOT=/tmp/iteration-$model
-if [ "$phase" = logs ]; then
-    cd "$out" && shopt -s nullglob && set -- logs*/ result[s]/
-    [ $# -eq 0 ] || { tar czf logs.tgz "$@" && rm -rf "$@"; }
-    exit
-fi
-install() { python3 -m pip install -q --no-index --no-deps --no-compile --target "$@"; }
+QUICK=(--retries 0 --max-wait 5)  # one machine, held for this command: no waiting for quiet
+pairrm() { python3 -c 'from benchmarks import ranking; ranking.build_pairrm("large")'; }
+[ "$phase" = logs ] && { pack_logs "$out"; exit; }
 [ ! -d .whl ] || install /tmp/site-config .whl/*.whl
-case "$phase" in train | rank) ;; *) bash "$here/gpu_vllm.sh" stash .gpu /tmp/parts ;; esac
+case "$phase" in train | rank) ;; *) stash .gpu /tmp/parts ;; esac
 case "$phase" in
 build | prepare)
-    mkdir -p "$out/logs" "$out/results"  # results/: the 8 files a call returns, if cut off
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/logs/gpu.csv"
-    df -h / /tmp /dev/shm >"$out/logs/df.txt"
-    export PYTHONPATH=/tmp/site-config
+    machine "$out"
     t0=$(date +%s)
     # PairRM-large on the CPUs while the policy is made on the GPU (a lock: each built once)
-    python3 -c 'from benchmarks import ranking; ranking.build_pairrm("large")' \
-        >"$out/logs/build_pairrm.log" 2>&1 &
-    timeout 150 python3 -m benchmarks iteration --model "$model" --root "$ROOT" --build-only \
-        --scale "$SCALE" --device "$DEVICE" --prompts "$prompts" --eval-prompts "$EVAL_PROMPTS" --out "$out/results/build.json" \
-        >"$out/logs/build_policy.log" 2>&1 || { tail -3 "$out/logs/build_policy.log"; exit 1; }
+    pairrm >"$out/logs/build_pairrm.log" 2>&1 &
+    phase "$out" build_policy 150 python3 -m benchmarks iteration --model "$model" --root "$ROOT" \
+        --build-only --scale "$SCALE" --device "$DEVICE" --prompts "$prompts" \
+        --eval-prompts "$EVAL_PROMPTS" --out "$out/results/build.json" || exit 1
     wait
     echo "built in $(($(date +%s) - t0)) s"
     [ "$phase" = prepare ] || exit 0
-    timeout 150 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" --datasets medium \
-        long --max-prompts 8 --batch-sizes 32 --repeats 1 --retries 0 --max-wait 5 --timeout 90 \
-        --profile --out "$out/results/ranking_gpu_large.json" >"$out/logs/ranking.log" 2>&1
-    tail -4 "$out/logs/ranking.log"
+    phase "$out" ranking 150 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" \
+        --datasets medium long --max-prompts 8 --batch-sizes 32 --repeats 1 "${QUICK[@]}" \
+        --timeout 90 --profile --out "$out/results/ranking_gpu_large.json"
     for m in mistral-7b-instruct-v0.2 gemma-2-9b-it; do
-        timeout 100 python3 -m benchmarks optimizer_step --device "$DEVICE" --model "$m" ${LAYERS:+--layers "$LAYERS"} \
-            --peers kahan-fused torch --repeats 1 --retries 0 --max-wait 5 --timeout 90 \
-            --out "$out/results/optimizer_step_gpu_${m%%-*}.json" >"$out/logs/optimizer_$m.log" 2>&1
-        tail -8 "$out/logs/optimizer_$m.log"
+        TAIL=8 phase "$out" "optimizer_$m" 100 python3 -m benchmarks optimizer_step --device "$DEVICE" \
+            --model "$m" ${LAYERS:+--layers "$LAYERS"} --peers kahan-fused torch --repeats 1 \
+            "${QUICK[@]}" --timeout 90 --out "$out/results/optimizer_step_gpu_${m%%-*}.json"
     done
     ;;
 rank)
-    mkdir -p "$out/logs" "$out/results"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/logs/gpu.csv"
-    export PYTHONPATH=/tmp/site-config
-    python3 -c 'from benchmarks import ranking; ranking.build_pairrm("large")' \
-        >"$out/logs/build_pairrm.log" 2>&1
-    timeout 540 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" \
+    machine "$out"
+    pairrm >"$out/logs/build_pairrm.log" 2>&1
+    phase "$out" ranking 540 python3 -m benchmarks ranking --backbone "$BACKBONE" --device "$DEVICE" \
         --datasets medium long agreement --max-prompts 200 --batch-sizes 32 \
-        --attention eager fused --repeats 1 --retries 0 --max-wait 5 --timeout 240 \
-        --out "$out/results/ranking_gpu_fused.json" >"$out/logs/ranking.log" 2>&1
-    tail -6 "$out/logs/ranking.log"
+        --attention eager fused --repeats 1 "${QUICK[@]}" --timeout 240 \
+        --out "$out/results/ranking_gpu_fused.json"
     ;;
 iteration)
-    t0=$(date +%s)
-    bash "$here/gpu_vllm.sh" unpack /tmp/parts /tmp/site || exit 1
-    echo "vLLM unpacked in $(($(date +%s) - t0)) s"
-    export PYTHONPATH=/tmp/site:/tmp/site-config
-    python3 -m benchmarks iteration --model "$model" --root "$ROOT" --logs "$out/logs" \
-        --retries 0 --max-wait 5 --timeout 420 --out "$out/iteration_gpu_${model%%-*}.json"
+    unpack /tmp/parts /tmp/site || exit 1
+    phase "$out" benchmark_iteration 1800 python3 -m benchmarks iteration --model "$model" --root "$ROOT" \
+        --logs "$out/logs" "${QUICK[@]}" --timeout 420 --out "$out/iteration_gpu_${model%%-*}.json"
     ;;
 all)
-    t0=$(date +%s)
-    bash "$here/gpu_vllm.sh" unpack /tmp/parts /tmp/site || exit 1
-    echo "vLLM unpacked in $(($(date +%s) - t0)) s"
-    export PYTHONPATH=/tmp/site:/tmp/site-config
-    mkdir -p "$out/results"
-    timeout $((LIMIT + 10)) python3 -m benchmarks iteration --one-command --model "$model" \
-        --root "$ROOT" --scale "$SCALE" --device "$DEVICE" \
+    unpack /tmp/parts /tmp/site || exit 1
+    machine "$out"
+    phase "$out" benchmark_all $((LIMIT + 10)) python3 -m benchmarks iteration --one-command \
+        --model "$model" --root "$ROOT" --scale "$SCALE" --device "$DEVICE" \
         --prompts "$prompts" --eval-prompts "$EVAL_PROMPTS" --max-new-tokens "$TOKENS" \
-        --logs "$out/logs" --retries 0 --max-wait 5 --timeout "$LIMIT" \
+        --logs "$out/logs" "${QUICK[@]}" --timeout "$LIMIT" \
         --set "experiment=${model%-v0.2}-sppo" generation.enforce_eager=true \
         training.global_batch_size=$((prompts / 2)) \
         --out "$out/results/iteration_gpu_${model%%-*}_all.json"
     ;;
 train)
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.csv"
-    df -h / /tmp /dev/shm >"$out/df.txt"
+    machine "$out"
     install /tmp/site-train .whl-train/*.whl
-    export PYTHONPATH=/tmp/site-train:/tmp/site-config
-    [ -d .whl-qlora/site ] && PYTHONPATH+=:$PWD/.whl-qlora/site  # training.peft=qlora's
-    run=(python3 -m benchmarks iteration --model "$model" --root "$ROOT"
-         --generation hf --prompts "$prompts" --max-new-tokens 64 --retries 0 --max-wait 5
-         --timeout 400)
+    [ -d .whl-qlora/site ] && export PYTHONPATH+=:$PWD/.whl-qlora/site  # training.peft=qlora's
+    run=(python3 -m benchmarks iteration --model "$model" --root "$ROOT" --generation hf
+         --prompts "$prompts" --max-new-tokens 64 "${QUICK[@]}" --timeout 400)
     set=(generation.batch_size=32 training.global_batch_size=$((prompts / 2)))
-    "${run[@]}" --logs "$out/logs" --set "${set[@]}" \
+    phase "$out" benchmark_train 1800 "${run[@]}" --logs "$out/logs" --set "${set[@]}" \
         --out "$out/iteration_gpu_${model%%-*}_train.json"  # each training below runs even so
     for how in "${hows[@]}"; do
-        "${run[@]}" --stages train --logs "$out/logs-${how#*=}" \
+        phase "$out" "benchmark_train_${how#*=}" 1800 "${run[@]}" --stages train --logs "$out/logs-${how#*=}" \
             --set "${set[@]}" "$how" "pipeline.redo=[train]" \
             --out "$out/iteration_gpu_${model%%-*}_train_${how#*=}.json"
     done

@@ -17,8 +17,8 @@
 # project's floor; unpacked into the xz tree like vLLM: 3.8 MB instead of a 13 MB wheel),
 # llm-blender and its dataclasses-json (the ranker), alpaca-eval and what its import asks for
 # (the eval stage's length-controlled win rate). Nothing of the OpenAI server beyond what
-# `import vllm` loads.
-set -euo pipefail
+# `import vllm` loads. `stash` and `unpack`: benchmarks/gpu_carry.sh.
+source "$(dirname "$0")/gpu_carry.sh"
 
 VLLM=vllm==0.26.0
 WHEELS="annotated_types==0.8.0 apache_tvm_ffi==0.1.10 astor==0.8.1 blake3==1.0.11
@@ -49,6 +49,7 @@ PART=56M
 
 case "${1:-}" in
 pack)
+    set -e
     out=$2 work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     platforms=()
@@ -75,22 +76,7 @@ pack)
     (cd "$out" && sha256sum carry.part-* >carry.sha256)
     ls -l "$out"
     ;;
-stash)
-    mkdir -p "$3"
-    cp "$2"/carry.part-* "$2"/carry.sha256 "$3"/
-    ;;
-unpack)
-    parts=$2 site=$3 work=$(mktemp -d)
-    (cd "$parts" && sha256sum -c --quiet carry.sha256)
-    cat "$parts"/carry.part-* | tar -C "$work" -xf -
-    (cd "$work" && sha256sum -c --quiet SHA256SUMS)
-    mkdir -p "$site"
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
-        "$work/vllm.tar.xz" "$site"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
-        "$work"/wheels/*.whl
-    rm -rf "$work"
-    ;;
+stash | unpack) "$@" ;;
 *)
     echo "usage: $0 pack DIR | stash DIR PARTS | unpack PARTS SITE" >&2
     exit 2

@@ -1,23 +1,15 @@
 """One harness for every benchmark: a benchmark declares what to run, the harness runs it.
 
 A benchmark is a module of benchmarks/ holding `BENCHMARK = Benchmark(...)` (benchmarks/__main__.py
-lists them). What it declares, as data and small functions:
-
-- `cases(args)`: the configurations to measure, each a `Case` of plain values: the peer it runs
-  (`ours` is the project, run as a user runs it; a peer is an adapter of a few dozen lines), the
-  workload (model, sizes, stage overrides), the environment, the busy processes beside it;
-- `measure(case)`: one configuration, in a fresh interpreter. It runs the product (`python -m
-  src.main ...` through `run_stage`, or the stage's own generator / judge / trainer objects) and
-  returns what it measured, read from the stage's record where the stage keeps it;
-- `summarise(runs, args)`: the summary and ratios (plain data, kept in the results file);
-- `tables(result)`: the results file's Markdown, as blocks (`text`, `table`).
-
-The runner (`Benchmark.main`) runs every case `--repeats` times, interleaved (repeat 1 of every
-case, then repeat 2) so that the machine's drift hits every case alike; waits for a quiet machine
-before each run and measures a run again whose window other processes disturbed (`--max-load`);
-and writes the results file: the command, the commit, the machine with its load, every run, the
-summary and the blocks. Its Markdown is `render(result)`, one renderer for every file, so
-`python -m benchmarks --render` re-renders every committed results file from its JSON alone.
+lists them): its `cases(args)` (plain values: the peer, the workload, the environment, the busy
+processes beside it), `measure(case)` (one case in a fresh interpreter, on the real code of src/),
+`summarise(runs, args)` (medians and ratios, kept in the results file) and `tables(result)`. The
+harness parses the arguments, runs every case `--repeats` times interleaved, waits for a quiet
+machine and redoes a disturbed run (`--max-load`), and writes the results file (command, commit,
+machine and load, every run, the summary, the blocks); `render(result)` makes every file's
+Markdown from its JSON alone. What several benchmarks build or run (a real architecture with
+random weights, the corpus's prompts, a stage's process, a peer comparison table) is here too.
+How to read the results: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -37,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +70,9 @@ class Benchmark:
     results: str  # the default results file, benchmarks/results/<results>.json
     cases: Callable[[argparse.Namespace], list[Case]]
     measure: Callable[[Case], dict]
-    summarise: Callable[[list[dict], argparse.Namespace], dict]
     tables: Callable[[dict], list[dict]]
+    # the summary and ratios kept in the results file (none: the runs are the result)
+    summarise: Callable[[list[dict], argparse.Namespace], dict] = lambda runs, args: {}
     add_args: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     packages: tuple[str, ...] = ("torch", "transformers")  # versions recorded with the machine
     code: tuple[str, ...] = ()  # the files measured, hashed into the record
@@ -227,7 +221,7 @@ def measure_interleaved(
                     f"[{n}/{total}] {case.name}: other load {busy:.0%} ({time.time() - t0:.0f} s)",
                     flush=True,
                 )
-                if busy <= args.max_load:
+                if busy <= args.max_load or attempt == args.retries:
                     break
                 print(f"    others took {busy:.0%} of the CPUs: measuring again", flush=True)
             if tries:
@@ -238,22 +232,41 @@ def measure_interleaved(
     return runs, failures, waited
 
 
-def run_stage(overrides: Iterable[str], env: dict | None = None, timeout: int = 3600) -> None:
-    """`python -m src.main *overrides` in a fresh process, as a user runs it; raises with the
-    stage's last lines when it fails. What it measured is in its record (`record`)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "src.main", *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise RuntimeError(
-            f"python -m src.main {' '.join(overrides)} ended {proc.returncode}:\n{tail}"
-        )
+def run_stage(
+    overrides: Iterable[str],
+    env: dict | None = None,
+    timeout: float = 3600,
+    log: Path | None = None,
+    check: bool = True,
+) -> tuple[int | str, list[str]]:
+    """`python -m src.main *overrides` in a fresh process, as a user runs it, its output (the
+    command first) in `log`. A command still running after `timeout` s is stopped as a
+    scheduler's limit stops it (SIGTERM, then SIGKILL), so that what it finished stays. Returns
+    (its exit code, or why it stopped; its output's lines); `check`: raises with the last lines
+    unless it ended 0. What a stage measured is in its record (`record`)."""
+    command = [sys.executable, "-m", "src.main", *overrides]
+    with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
+        path = log or Path(tmp) / "stage.log"
+        with path.open("w") as f:
+            f.write(" ".join(command) + "\n")
+            f.flush()
+            proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})  # fmt: skip
+            try:
+                code: int | str = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()  # src.main ends its stage as a scheduler's limit would
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                code = f"stopped at {timeout:.0f} s"
+        lines = path.read_text(errors="replace").splitlines()
+    if check and code != 0:
+        tail = "\n".join(lines[-15:])
+        raise RuntimeError(f"python -m src.main {' '.join(overrides)} ended {code}:\n{tail}")
+    return code, lines
 
 
 def record(stage_dir: Path) -> dict:
@@ -264,6 +277,119 @@ def record(stage_dir: Path) -> dict:
     if found is None:
         raise RuntimeError(f"{stage_dir} has no done.json: the stage did not finish")
     return found
+
+
+# --- what several benchmarks build -----------------------------------------------------------
+
+CACHE = REPO_ROOT / ".cache" / "bench"
+# a tokenizer for prompts given as ids (the real tokenizers need the Hub): a sample's text is its ids
+IDS_ONLY = SimpleNamespace(pad_token_id=0, decode=lambda ids, **_: " ".join(map(str, ids)))
+
+
+def as_entry_point(pin_mmap: bool = True) -> None:
+    """What every entry point does before torch loads (src/core/threads.py), and what
+    `python -m src.main` does before any work (glibc's mmap threshold pinned)."""
+    from src.core import memory, threads
+
+    threads.configure()
+    if pin_mmap:
+        memory.pin_mmap_threshold()
+
+
+def trim() -> None:
+    """Freed memory back to the system: garbage of the setup must not stand in for a peak."""
+    import gc
+
+    from src.core.memory import glibc
+
+    gc.collect()
+    if (libc := glibc()) is not None:
+        libc.malloc_trim(0)
+
+
+def real_config(model: str, **changes):
+    """A real model's transformers config from its config class (src/core/shapes.py: nothing is
+    downloaded); `model`: a conf/model/ option or a hub id; `changes`: its fields changed."""
+    import transformers
+
+    from src.core.shapes import REAL_MODELS
+
+    if model not in REAL_MODELS:
+        from src.config import compose
+
+        model = compose([f"model={model}"]).model.path
+    config_class, _, kwargs, attention = REAL_MODELS[model]
+    return getattr(transformers, config_class)(**{**kwargs, **changes},
+                                               attn_implementation=attention)  # fmt: skip
+
+
+def random_model(config, device=None, dtype=None):
+    """`config`'s model with random weights (seed 0) in `dtype` (default bf16), made on `device`
+    (default: the GPU where there is one: seconds there where a CPU takes minutes)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    with torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")):
+        return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype or torch.bfloat16)
+
+
+def stage_prompts(cfg):
+    """(rendered prompts, tokenizer, end-of-turn ids, the policy's path, prompts skipped as too
+    long): the generate stage's prompts for `cfg`, read and rendered as the stage does."""
+    from src.generation.prompts import load_prompts
+    from src.generation.sampling import SampleCounts, rendered_prompts
+    from src.stages.common import require_previous_policy
+
+    d, counts, path = cfg.data, SampleCounts(), require_previous_policy(cfg)
+    loaded = load_prompts(d.prompts, split=d.split, prompt_column=d.prompt_column,
+                          id_column=d.id_column, max_prompts=d.max_prompts)  # fmt: skip
+    tokenizer, eos_ids, rendered = rendered_prompts(
+        cfg.generation, path, cfg.model.revision, loaded.prompts, counts, loaded, d.prompts
+    )
+    return rendered, tokenizer, eos_ids, path, counts.skipped_too_long
+
+
+def open_stage_generator(cfg, path: str, tokenizer, eos_ids, engine: dict, log: Path | None,
+                         generation=None):  # fmt: skip
+    """The generate stage's generator for `cfg` (`open_generator`; `generation`: other settings
+    than cfg's), vLLM's engine given `engine` beyond the stage's arguments; `log`: vLLM's whole
+    log (its kernels are said at INFO)."""
+    from src.generation import vllm_engine
+    from src.generation.sampling import open_generator
+
+    stage_args = vllm_engine.engine_args
+    vllm_engine.engine_args = lambda *a: {**stage_args(*a), **engine}
+    if log is not None:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+        log.parent.mkdir(parents=True, exist_ok=True)
+    return open_generator(generation or cfg.generation, path, tokenizer, eos_ids, cfg.model,
+                          cfg.hardware, log=log)  # fmt: skip
+
+
+def corpus_words() -> list[str]:
+    return (REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text(encoding="utf-8").split()
+
+
+def cut(rng, words: list[str], n: int) -> str:
+    """`n` consecutive words of `words` from a place `rng` draws."""
+    start = rng.randrange(len(words) - n)
+    return " ".join(words[start : start + n])
+
+
+def written_prompts() -> list[str]:
+    """The hand-written prompts of data/prompts/iter*.jsonl (src/tiny/data.py generates the rest)."""
+    from src.tiny.data import FIRST_GENERATED_ID
+
+    files = sorted((REPO_ROOT / "data" / "prompts").glob("iter*.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    return [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -303,9 +429,10 @@ class OtherCpu:
     def start(self) -> None:
         self.machine, self.own = machine_busy_s(), tree_cpu_seconds()
 
-    def share(self, seconds: float) -> float:
+    def share(self, seconds: float, own_elsewhere: float = 0.0) -> float:
+        """`own_elsewhere`: CPU seconds of this work outside the tree (a SLURM array's tasks)."""
         machine = machine_busy_s() - self.machine
-        own = tree_cpu_seconds() - self.own
+        own = tree_cpu_seconds() - self.own + own_elsewhere
         return max(machine - own, 0.0) / (seconds * len(os.sched_getaffinity(0)))
 
 
@@ -445,7 +572,43 @@ def target_met(value: float, target: str | None) -> bool | None:
     return value >= float(bound) if op == ">=" else value <= float(bound)
 
 
+def medians(group: list[dict], keys: Iterable[str]) -> dict:
+    """Each `key`'s median over a case's runs, and the range of the first key's."""
+    keys = list(keys)
+    first = [r[keys[0]] for r in group if r.get(keys[0]) is not None]
+    return {**{k: median(r.get(k) for r in group) for k in keys},
+            f"{keys[0]}_range": [min(first), max(first)] if first else None}  # fmt: skip
+
+
 # --- results files ----------------------------------------------------------------------------
+
+YES = {True: "yes", False: "**no**", None: "–"}
+
+
+def setting(result: dict, *paragraph: str) -> dict:
+    """The results' first block: when, on what (the device, the versions measured), then how."""
+    m = result["machine"]
+    versions = " · ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    where = f"{m['date_utc']} · {m['gpu'] or m['cpu_model']} · {m['cpu_affinity']} cores"
+    return text(f"{where} · {versions}", "", *paragraph)
+
+
+def ratio_table(ratios: list[dict], labels: dict[str, Callable[[dict], Any]]) -> dict:
+    """The peer comparison, one row a ratio (`harness.ratio`): its `labels` columns, the ratio of
+    the medians, its range repeat by repeat, the target and whether it is met."""
+    rows = [[*(label(r) for label in labels.values()), fmt(r["median"], 2),
+             f"{min(per):.2f}–{max(per):.2f}" if (per := r["per_repeat"]) else "–",
+             r["target"] or "–", YES[r.get("met")]] for r in ratios]  # fmt: skip
+    header = [*labels, "ratio of medians", "per-repeat range", "target", "met"]
+    return table(header, rows, ["---"] * len(labels) + ["---:", "---", "---", "---"])
+
+
+def verdict(ratios: list[dict], name: Callable[[dict], str], *more: str) -> dict:
+    """How many of the ratios with a target meet it, and which do not."""
+    judged = [r for r in ratios if r.get("met") is not None]
+    missed = [f"{name(r)} ({r['median']:.2f})" for r in judged if not r["met"]]
+    said = f"{len(judged) - len(missed)} of {len(judged)} targets met"
+    return text(said + (f"; not met: {'; '.join(missed)}." if missed else "."), *more)
 
 
 def text(*paragraph: str) -> dict:

