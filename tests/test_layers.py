@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from src.core.layout import SIDE_EVAL
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # lowest first; a module may import its own layer and the layers below it
@@ -166,7 +168,6 @@ def test_the_registry_check_sees_a_list_of_stages(tmp_path, monkeypatch):
 # (`...-sppo-iter<t>`), whose spelling is the data's, not the run's.
 LAYOUT = ROOT / "src/core/layout.py"
 ITER_BEFORE = re.compile(r"(^|[^A-Za-z0-9_])iter$")  # text an iteration's number follows
-SIDE = "vs-"
 
 
 def layout_spelt(path: Path) -> list[int]:
@@ -193,7 +194,7 @@ def spells_layout(node: ast.AST) -> bool:
             return any(p.startswith("iter") and "." not in p for p in pattern.split("/"))
         return node.func.attr in ("removeprefix", "startswith") and pattern == "iter"
     text = _text(node) or ""
-    return "iter(\\d" in text or text.startswith(SIDE)
+    return "iter(\\d" in text or text.startswith(SIDE_EVAL)
 
 
 def _text(node: ast.AST | None) -> str | None:
