@@ -18,8 +18,9 @@ from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
+from src.core.layout import SIDE_EVAL
 from src.core.records import read_record
-from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
+from src.core.registry import STAGES, iteration_stages
 from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
 from src.stages import StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
@@ -197,7 +198,7 @@ def stale_side_evals(cfg: Config) -> list[Config]:
     from src.core.staleness import saved_config
 
     found = []
-    for folder in sorted((Path(cfg.run.iter_dir) / Stage.eval.value).glob(f"{SIDE_EVAL}*")):
+    for folder in cfg.layout.side_evals(cfg.iter):
         made_with = saved_config(cfg.as_tree(), Stage.eval, folder)
         if made_with is None or read_record(folder) is None:
             continue  # unfinished: the command that made it finishes it
@@ -236,9 +237,8 @@ def rewriting(cfg: Config, redone: list[Stage], command: str):
     order = list(STAGES)
     stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
     if any(STAGES[s].makes_policy for s in redone):  # every eval of it, side by side ones too
-        stage_dirs += sorted(Path(cfg.run.iter_dir).glob(f"{Stage.eval.value}/{SIDE_EVAL}*"))
-        following = Path(cfg.run.dir) / f"iter{cfg.iter + 1}"
-        stage_dirs += [following / s.value for s in order]
+        stage_dirs += cfg.layout.side_evals(cfg.iter)
+        stage_dirs += [cfg.layout.stage_dir(cfg.iter + 1, s) for s in order]
     return locks.rewriting(list(dict.fromkeys(stage_dirs)), command)
 
 

@@ -8,10 +8,13 @@ circle of imports between folders."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
 import pytest
+
+from src.core.layout import SIDE_EVAL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,3 +167,91 @@ def test_the_registry_check_sees_a_list_of_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     with pytest.raises(AssertionError, match=r"src/compare/runs\.py:1"):
         test_the_stages_are_listed_in_the_registry_alone()
+
+
+# A run's folders are spelt in src/core/layout.py alone. Outside it, these spell them again:
+# an f-string's or a concatenation's `iter<t>`, a glob of `iter*` folders, a regex or a string
+# method that reads `iter<digits>` back, a path joined with "checkpoint" (`/ "train" /
+# "checkpoint"`) and a name that starts with the side evals' `vs-`. A name with a suffix (`iter{t}.jsonl`, a glob's
+# `iter*.parquet`) is a file, never a run's folder: the prompt files (data/prompts/iter<t>.jsonl,
+# .cache/scale/iter<t>.parquet) are named after the splits of the SPPO data sets
+# (`...-sppo-iter<t>`), whose spelling is the data's, not the run's.
+LAYOUT = ROOT / "src/core/layout.py"
+ITER_BEFORE = re.compile(r"(^|[^A-Za-z0-9_])iter$")  # text an iteration's number follows
+
+
+def layout_spelt(path: Path) -> list[int]:
+    """The lines of `path` that spell a run's folders by hand."""
+    return sorted({n.lineno for n in ast.walk(ast.parse(path.read_text())) if spells_layout(n)})
+
+
+def spells_layout(node: ast.AST) -> bool:
+    if isinstance(node, ast.JoinedStr):  # f"iter{t}", but f"iter{t}.jsonl" names a file
+        parts = [*node.values, None]
+        return any(
+            ITER_BEFORE.search(_text(parts[i - 1]) or "")
+            and isinstance(value, ast.FormattedValue)
+            and not (_text(parts[i + 1]) or "").startswith(".")
+            for i, value in enumerate(node.values[1:], 1)
+        )
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return bool(ITER_BEFORE.search(_text(node.left) or ""))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        return _text(node.right) == "checkpoint"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+        pattern = _text(node.args[0]) or ""
+        if node.func.attr in ("glob", "rglob"):  # iter*, but iter*.jsonl names files
+            return any(p.startswith("iter") and "." not in p for p in pattern.split("/"))
+        return node.func.attr in ("removeprefix", "startswith") and pattern == "iter"
+    text = _text(node) or ""
+    return "iter(\\d" in text or text.startswith(SIDE_EVAL)
+
+
+def _text(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def test_the_run_layout_is_spelt_in_its_module_alone():
+    """Every path into a run's folder is built, and read back, by src/core/layout.py."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in modules()
+        if path != LAYOUT
+        for line in layout_spelt(path)
+    ]
+    assert not found, f"the run layout spelt outside src/core/layout.py: {found}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'name = f"{run}-iter{t}-pairs"',
+        'folder = run / f"iter{t + 1}"',
+        'folder = run / ("iter" + str(t))',
+        'found = run.glob("iter*")',
+        'found = run.glob("iter*/train/done.json")',
+        'match = re.fullmatch(r"iter(\\d+)", name)',
+        't = int(folder.name.removeprefix("iter"))',
+        'path = run / "iter1" / "train" / "checkpoint"',
+        'folder = f"vs-{name}"',
+        'prefix = "vs-"',
+    ],
+)
+def test_the_layout_check_sees_a_spelling(tmp_path, monkeypatch, source):
+    module = tmp_path / "src" / "stages" / "curves.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(f"import re\n\n{source}\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match=r"src/stages/curves\.py:3"):
+        test_the_run_layout_is_spelt_in_its_module_alone()
+
+
+def test_the_layout_check_leaves_the_prompt_files_alone(tmp_path):
+    module = tmp_path / "data.py"
+    module.write_text(
+        'a = data / "prompts" / f"iter{t}.jsonl"\n'
+        'b = out / f"iter{t}.parquet"\n'
+        'c = sorted((data / "prompts").glob("iter*.jsonl"))\n'
+        '"""A docstring that names iter<t>/train/checkpoint and eval/vs-<name>."""\n'
+    )
+    assert layout_spelt(module) == []

@@ -140,7 +140,7 @@ def _train(cfg: Config) -> list[tuple[Asset, str]]:
 
 def _eval(cfg: Config) -> list[tuple[Asset, str]]:
     e = cfg.eval
-    found = [(Asset("made", str(cfg.stage_dir(Stage.train) / "checkpoint")), "pi_t")]
+    found = [(Asset("made", str(cfg.layout.checkpoint(cfg.iter))), "pi_t")]
     if cfg.data.eval_prompts:
         found.append(
             (prompts_asset(cfg.data.eval_prompts, cfg.data.eval_split), "data.eval_prompts")

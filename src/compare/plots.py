@@ -22,6 +22,7 @@ from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from src.core.artifacts import atomic_path  # noqa: E402
+from src.core.layout import iteration_name  # noqa: E402
 from src.stages.results import Iteration, num  # noqa: E402
 
 
@@ -95,7 +96,9 @@ def iteration_key(ts: set[int], line: bool) -> list[tuple[str, dict]]:
     key = []
     for t in sorted(ts):
         linestyle, marker = iteration_style(t)
-        key.append((f"iter{t}", {"marker": marker, "linestyle": linestyle if line else "none"}))
+        key.append(
+            (iteration_name(t), {"marker": marker, "linestyle": linestyle if line else "none"})
+        )
     return key
 
 

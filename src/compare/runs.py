@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from src.core.errors import EnvironmentFailure, StageError
+from src.core.layout import RunLayout, iteration_name
 from src.stages.results import (
     CURVES,
     HPARAMS,
@@ -48,10 +49,10 @@ def discover(root: Path) -> list[Iteration]:
             f"no runs found: {root} is not a directory (set --root or $SELFPLAY_RUNS)"
         )
     found = []
-    for iter_dir in root.glob("*/*/*/iter*"):
-        match = re.fullmatch(r"iter(\d+)", iter_dir.name)
-        if match and any((iter_dir / s).is_dir() for s in STAGES):
-            found.append(read_iteration(iter_dir, int(match[1])))
+    for layout in (RunLayout(run_dir) for run_dir in root.glob("*/*/*")):
+        for t in layout.iterations():
+            if any(layout.stage_dir(t, s).is_dir() for s in STAGES):
+                found.append(read_iteration(layout, t))
     if not found:
         raise CompareError(
             f"no runs found under {root}: expected <model>/<method>/<run_name>/iter<t>/<stage>/ "
@@ -282,7 +283,7 @@ def count(items: list, noun: str) -> str:
 
 
 def names(iterations: list[Iteration]) -> str:
-    return listing([f"{it.lineage} iter{it.row['iter']}" for it in iterations])
+    return listing([f"{it.lineage} {iteration_name(it.row['iter'])}" for it in iterations])
 
 
 def listing(items: list[str], most: int = 8) -> str:

@@ -53,6 +53,7 @@ from src.config import runs_root
 from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
+from src.core.layout import SIDE_EVAL, iteration_name
 from src.stages.results import JUDGED_HEADLINES, Iteration, num
 
 COLUMNS = (
@@ -70,7 +71,7 @@ OPTIONAL_COLUMNS = (
 
 
 # The eval against another reference than the run's own: eval_win_rate[vs-iter1], ...
-SIDE_EVAL = re.compile(r"eval_(lc_)?win_rate\[(vs-[^\]]+)\]")
+SIDE_EVAL_COLUMN = re.compile(rf"eval_(lc_)?win_rate\[({re.escape(SIDE_EVAL)}[^\]]+)\]")
 # final_vs_hparams.png's metric: the eval's win rate, which sweeps/eta-tiny.yaml's `metric:`
 # names by its W&B summary key (win_rate); the pairs' chosen win rate the other sweeps name is
 # mean_chosen_win_rate (src/sweep.py itself reads no metric)
@@ -84,8 +85,8 @@ def columns_for(rows: list[dict]) -> list[str]:
     )
     # a reference's win rate and its length-controlled one side by side
     side = sorted(
-        {c for r in rows for c, v in r.items() if SIDE_EVAL.fullmatch(c) and v is not None},
-        key=lambda c: (SIDE_EVAL.fullmatch(c)[2], c.startswith("eval_lc")),
+        {c for r in rows for c, v in r.items() if SIDE_EVAL_COLUMN.fullmatch(c) and v is not None},
+        key=lambda c: (SIDE_EVAL_COLUMN.fullmatch(c)[2], c.startswith("eval_lc")),
     )
     optional = [c for c in OPTIONAL_COLUMNS if any(r.get(c) is not None for r in rows)]
     return shown + optional + side + judged
@@ -129,7 +130,7 @@ def win_rate_curves(iterations: list[Iteration]) -> str:
     """The eval win rates by iteration, a line per lineage and reference: the run's own first,
     then each other one as `<lineage> vs <name>` ("" when nothing was evaluated)."""
     references = sorted(
-        {m[2] for it in iterations for c in it.row if (m := SIDE_EVAL.fullmatch(c))}
+        {m[2] for it in iterations for c in it.row if (m := SIDE_EVAL_COLUMN.fullmatch(c))}
     )
     lines: dict[tuple[str, str], list[str]] = {}
     for it in iterations:
@@ -141,7 +142,7 @@ def win_rate_curves(iterations: list[Iteration]) -> str:
     if not lines:
         return ""
     body = "\n".join(
-        f"  {lineage}{' vs ' + reference.removeprefix('vs-') if reference else ''}: "
+        f"  {lineage}{' vs ' + reference.removeprefix(SIDE_EVAL) if reference else ''}: "
         + " | ".join(lines[lineage, reference])
         for lineage, reference in sorted(lines)  # a lineage's lines together, its own first
     )
@@ -157,7 +158,7 @@ def curve_point(row: dict, key: str, lc_key: str) -> str:
     low, high = row.get(f"{key}_ci") or (None, None)
     ci = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
     lc = f" LC {row[lc_key]:.3f}" if row.get(lc_key) is not None else ""
-    return f"iter{row['iter']} {row[key]:.3f}{ci}{lc}"
+    return f"{iteration_name(row['iter'])} {row[key]:.3f}{ci}{lc}"
 
 
 def check_metric(iterations: list[Iteration], metric: str) -> None:

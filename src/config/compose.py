@@ -26,6 +26,7 @@ from src.config.checks import ConfigError
 from src.config.root import Config
 from src.config.training import PAIRS_STAGE_FILE
 from src.core.errors import causes, set_overrides
+from src.core.layout import RunLayout, iteration_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def previous_policy(iteration: int, base_model: str, run_dir: str) -> str:
     """
     if int(iteration) <= 1:
         return str(base_model)
-    return str(Path(run_dir) / f"iter{int(iteration) - 1}" / "train" / "checkpoint")
+    return str(RunLayout(run_dir).checkpoint(int(iteration) - 1))
 
 
 def _number(x: Any, _node_: Any) -> float:
@@ -124,6 +125,7 @@ _RESOLVERS = {
     "repo": lambda rel: str(REPO_ROOT / str(rel)),
     "abspath": lambda p: str(Path(str(p)).expanduser().resolve()),
     "previous_policy": previous_policy,
+    "iteration_name": iteration_name,
     "reciprocal": _reciprocal,
     "num": _compact_number,
     "gpus": _gpus,

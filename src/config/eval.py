@@ -3,7 +3,6 @@ benchmark reads."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from urllib.parse import urlsplit
 from src.config.checks import _check, _model_location, _positive, check_numbers
 from src.config.choices import Backend, Benchmark, Outcome
 from src.config.ranker import RankerConfig
+from src.core.layout import iteration_name, iteration_number
 
 # The prefix of OpenAI's model names: a judge this stage serves is never called so (its figures
 # would read as the published judge's)
@@ -178,9 +178,9 @@ class EvalConfig:
             [b.value for b in self.benchmarks],
             "names a benchmark twice",
         )
-        earlier = re.fullmatch(r"iter(\d+)", self.reference)
+        earlier = iteration_number(self.reference)
         _check(
-            earlier is None or int(earlier[1]) >= 1,
+            earlier is None or earlier >= 1,
             "eval.reference",
             self.reference,
             "iterations count from 1 (the base model is 'base')",
@@ -194,15 +194,15 @@ class EvalConfig:
             "a hub id ORG/NAME",
         )
         if earlier is not None:  # iter01 is iter1: one folder, one fingerprint
-            self.reference = f"iter{int(earlier[1])}"
+            self.reference = iteration_name(earlier)
 
 
 def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `eval` keys that read other sections (iter)."""
-    earlier = re.fullmatch(r"iter(\d+)", cfg.eval.reference)
-    if earlier:
+    earlier = iteration_number(cfg.eval.reference)
+    if earlier is not None:
         _check(
-            int(earlier[1]) <= cfg.iter,
+            earlier <= cfg.iter,
             "eval.reference",
             cfg.eval.reference,
             f"must be an iteration up to iter={cfg.iter} (a later one is not trained yet)",

@@ -32,7 +32,8 @@ class RunConfig:
 
     # one run directory per hyper-parameter lineage; its iterations share it
     dir: str = SI("${paths.root}/${model.name}/${method.name}/${run_name}")
-    iter_dir: str = SI("${run.dir}/iter${iter}")  # this iteration's folder: one per stage in it
+    # this iteration's folder: one per stage in it (src/core/layout.py)
+    iter_dir: str = SI("${run.dir}/${iteration_name:${iter}}")
     # generator, initial weights and reference of this iteration: pi_{iter-1}
     init_policy: str = SI("${previous_policy:${iter},${model.path},${run.dir}}")
 

@@ -29,7 +29,8 @@ from src.config.paths import PathsConfig
 from src.config.ranker import RankerConfig
 from src.config.training import TrainingConfig
 from src.config.training import cross_checks as training_rules
-from src.core.registry import STAGES, Stage, stage_folder
+from src.core.layout import RunLayout, stage_folder
+from src.core.registry import STAGES, Stage
 
 
 @dataclass(kw_only=True)
@@ -92,10 +93,15 @@ class Config:
             return list(self.generation.seeds)
         return [50 * k for k in range(self.method.K)]
 
+    @property
+    def layout(self) -> RunLayout:
+        """The folders of this run: its iterations, their stages and checkpoints."""
+        return RunLayout(Path(self.run.dir))
+
     def stage_dir(self, stage: Stage | str) -> Path:
         """Where `stage` of this iteration writes (an eval against another reference than the
-        base model: a folder of its own inside the eval's, `src.core.registry.stage_folder`)."""
-        return Path(self.run.iter_dir) / self.stage_folder(stage)
+        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`)."""
+        return self.layout.iteration_dir(self.iter) / self.stage_folder(stage)
 
     def stage_folder(self, stage: Stage | str) -> str:
         return stage_folder(Stage(stage), self.eval.reference, self.eval.reference_outputs)

@@ -15,7 +15,7 @@ A local file a stage reads by a key (its prompts, pairs, reference answers: FILE
 its fingerprint by content, so a file edited in place makes the stage stale, the file named.
 
 Each function takes the config as plain data (`Config.as_tree()`): a tree that holds `iter`,
-`run.dir`, `run.iter_dir`, `paths.root` and the stages' inputs.
+`run.dir`, `paths.root` and the stages' inputs.
 
 A fingerprint does not depend on where the run sits: a path inside the run directory enters it
 as `<run>/...`, one elsewhere under `paths.root` as `<root>/...` (`fingerprint_form`), so a run
@@ -34,15 +34,9 @@ from typing import Any
 
 from src.core.artifacts import atomic_write_json, files_sha256, folder_files, read_json
 from src.core.errors import Redo, StageError, shown
+from src.core.layout import RunLayout, stage_folder
 from src.core.machine import machine
-from src.core.registry import (
-    BENCHMARK_INPUTS,
-    FILE_INPUTS,
-    SIDE_EVAL,
-    STAGES,
-    Stage,
-    stage_folder,
-)
+from src.core.registry import BENCHMARK_INPUTS, FILE_INPUTS, STAGES, Stage
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
 # inside the run relative to it); format 4 adds the record's own sha256, so a record edited by
@@ -65,7 +59,7 @@ def stage_dir(tree: dict[str, Any], stage: Stage) -> Path:
     folder = stage_folder(
         stage, lookup(tree, "eval.reference"), lookup(tree, "eval.reference_outputs")
     )
-    return Path(lookup(tree, "run.iter_dir")) / folder
+    return RunLayout(lookup(tree, "run.dir")).iteration_dir(tree["iter"]) / folder
 
 
 def lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -155,12 +149,11 @@ def redo_of(stage_dir: Path) -> Redo | None:
     """What makes again the stage whose folder is `stage_dir` (`iterT/<stage>`, or an eval
     beside it: `iterT/eval/vs-<name>`); None for a folder outside that layout (a cache, a file of
     the user's own), which deleting remakes."""
-    folder = Path(stage_dir)
-    folder = folder.parent if folder.name.startswith(SIDE_EVAL) else folder
-    stage, iteration = folder.name, folder.parent.name.removeprefix("iter")
-    if stage in {s.value for s in STAGES} and iteration.isdigit():
-        return Redo(stage, int(iteration))
-    return None
+    layout = RunLayout.holding(stage_dir)
+    if layout is None:
+        return None
+    place = layout.parse(stage_dir)
+    return Redo(place.stage.value, place.iteration)
 
 
 RECORD_TIME = "%Y-%m-%dT%H:%M:%S%z"  # a record's finished_at, to the second, with its offset
@@ -171,14 +164,16 @@ def made_before_training(eval_dir: Path) -> bool:
     made before iteration T's training last finished: of a checkpoint trained again since, whose
     figures it does not hold, whatever its config says (`pipeline.redo=[train]` retrains under
     the same one)."""
-    eval_dir = Path(eval_dir)
-    iter_dir = (eval_dir.parent if eval_dir.name.startswith(SIDE_EVAL) else eval_dir).parent
+    layout = RunLayout.holding(eval_dir)
+    if layout is None:
+        return False
+    train_dir = layout.stage_dir(layout.parse(eval_dir).iteration, Stage.train)
     try:
         made, trained = (
             datetime.strptime(
                 json.loads((d / "done.json").read_bytes())["finished_at"], RECORD_TIME
             )
-            for d in (eval_dir, iter_dir / Stage.train.value)
+            for d in (Path(eval_dir), train_dir)
         )
     except (OSError, ValueError, TypeError, KeyError):  # unfinished, or a record not readable
         return False  # (read_record names a damaged one where the stage reads it)
@@ -298,7 +293,8 @@ def stage_fingerprint(
     if consumes is not None:
         upstream: str | None = stage_fingerprint(tree, consumes, at, contents=contents)
     elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
-        record = read_record(Path(lookup(tree, "run.dir")) / f"iter{iteration - 1}" / "train")
+        previous = RunLayout(lookup(tree, "run.dir")).stage_dir(iteration - 1, Stage.train)
+        record = read_record(previous)
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None

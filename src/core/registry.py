@@ -13,9 +13,7 @@ here, and nowhere else.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from src.core.choice import Choice
 
@@ -190,26 +188,3 @@ def iteration_stages(stage: Stage, with_eval: bool) -> list[Stage]:
     if stage != Stage.all:
         return [stage]
     return [s for s, spec in STAGES.items() if not spec.optional or with_eval]
-
-
-# Evals of one checkpoint against several references sit side by side: the one against the base
-# model in the eval stage's folder, each other one in a folder of its own inside it, named by its
-# reference (`iter3/eval/vs-iter1`, `iter3/eval/vs-gpt4_turbo.json`), with its own record and lock.
-SIDE_EVAL = "vs-"
-
-
-def stage_folder(
-    stage: Stage, reference: str | None = "base", reference_outputs: str | None = None
-) -> str:
-    """A stage's folder inside its iteration's: its name, and for an eval against anything but
-    the base model (`eval.reference`, `eval.reference_outputs`: the file wins, as in the stage)
-    `eval/vs-<name>`, the name the file's name (its suffix kept: answers read from `iter1.json`
-    are not iteration 1's, `vs-iter1`), the iteration (`iter1`) or the model's last path
-    component, in characters a folder name keeps."""
-    if stage != Stage.eval or (not reference_outputs and reference in (None, "base")):
-        return stage.value
-    if reference_outputs:
-        name = PurePosixPath(reference_outputs).name
-    else:
-        name = PurePosixPath(str(reference).rstrip("/")).name
-    return f"{stage.value}/{SIDE_EVAL}{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}"

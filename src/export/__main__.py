@@ -133,7 +133,7 @@ def export(args: argparse.Namespace, command: str) -> None:
     cfg = compose(without_keys(args.overrides, "iter", "stage"), int(iteration[-1]))
     if args.push:
         require_hub_writable(args.push)
-    out = args.out or Path(cfg.run.dir) / "export" / f"iter{cfg.iter}"
+    out = args.out or cfg.layout.export_dir(cfg.iter)
     # per folder: the repository type the Hub files it under, and what makes it
     folders = {"model": ("model", export_model), "data": ("dataset", export_data)}
     wanted = list(folders) if args.what == "all" else [args.what]

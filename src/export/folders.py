@@ -26,6 +26,7 @@ from pathlib import Path
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, sync_directory
 from src.core.errors import Redo, StageError
+from src.core.layout import iteration_name
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record
 from src.core.rows import require_sealed
@@ -82,20 +83,18 @@ PAIRS_COLUMNS = {
 def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     """`out/model/`: iteration t's checkpoint (merged, with its card) and, after LoRA, the adapter
     as `out/model/adapter/`, copied (`_copy_file`: checkpoints are GBs)."""
-    train = cfg.stage_dir(Stage.train)
+    train, checkpoint = cfg.stage_dir(Stage.train), cfg.layout.checkpoint(cfg.iter)
     record = finished(cfg, Stage.train, f"stage=all iter={cfg.iter}")
-    damage = checkpoint_damage(train / "checkpoint", record.get("outputs", {}))
+    damage = checkpoint_damage(checkpoint, record.get("outputs", {}))
     if damage:
-        raise ExportError(
-            f"{train / 'checkpoint'} is damaged ({damage})", Redo(Stage.train, cfg.iter)
-        )
-    if not (train / "checkpoint" / CARD).is_file():  # trained before cards existed
+        raise ExportError(f"{checkpoint} is damaged ({damage})", Redo(Stage.train, cfg.iter))
+    if not (checkpoint / CARD).is_file():  # trained before cards existed
         from src.stages.cards import write_model_card
 
-        write_model_card(cfg, train / "checkpoint")
+        write_model_card(cfg, checkpoint)
 
     def assemble(folder: Path) -> None:
-        _copy_tree(train / "checkpoint", folder)
+        _copy_tree(checkpoint, folder)
         if (train / "adapter").is_dir():
             _copy_tree(train / "adapter", folder / "adapter")
 
@@ -151,7 +150,7 @@ def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:
     )
     data = DatasetCardData(
         pretty_name=f"{cfg.model.name} {cfg.method.name.value} {cfg.run_name} iteration {cfg.iter}",
-        tags=["selfplay-lab", cfg.method.name.value, f"iter{cfg.iter}", "preference"],
+        tags=["selfplay-lab", cfg.method.name.value, iteration_name(cfg.iter), "preference"],
         configs=[
             {"config_name": "ranked", "data_files": "ranked.parquet"},
             {"config_name": "pairs", "data_files": "pairs.parquet"},

@@ -24,9 +24,8 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from src.config import Backend, Config, JudgeKind, RefLogprobs
+from src.config import Backend, Config, JudgeKind, RefLogprobs, Stage
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 from src.plan.counts import source_rows
 
@@ -58,7 +57,7 @@ class StageHours:
 def previous_generation(cfg: Config) -> dict | None:
     """The counts of the previous iteration's generate stage (this iteration's, at iter 1)."""
     iteration = max(cfg.iter - 1, 1)
-    record = Path(cfg.run.dir) / f"iter{iteration}" / "generate" / "done.json"
+    record = cfg.layout.stage_dir(iteration, Stage.generate) / "done.json"
     try:
         counts = json.loads(record.read_text()).get("counts", {})
     except (OSError, ValueError):

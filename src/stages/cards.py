@@ -26,9 +26,9 @@ from statistics import mean
 from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, files_sha256, read_json
 from src.core.errors import Redo, StageError
+from src.core.layout import iteration_name
 from src.core.policy import CARD
 from src.core.records import read_record
-from src.core.registry import SIDE_EVAL
 from src.core.staleness import saved_state
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
@@ -163,9 +163,9 @@ def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
     """The iteration's evals, side by side: the one against the base model first, then each
     against another reference (`eval/vs-<name>`), those finished and made from the checkpoint as
     it is now (an eval of a checkpoint trained again since is left out), and `writing`."""
-    base = Path(cfg.run.iter_dir) / Stage.eval.value
+    base = cfg.layout.stage_dir(cfg.iter, Stage.eval)
     found = []
-    for folder in [base, *sorted(base.glob(f"{SIDE_EVAL}*"))]:
+    for folder in [base, *cfg.layout.side_evals(cfg.iter)]:
         report = folder / "eval.json"
         if not report.is_file():
             continue
@@ -220,7 +220,7 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
 
     base = cfg.model.path
     is_hub_id = _hub_id(base)
-    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{cfg.iter}"
+    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-{iteration_name(cfg.iter)}"
     eval_prompts = card_value(cfg.data.eval_prompts, cfg.paths) if cfg.data.eval_prompts else None
     shown = [
         # a reference read from a file is labelled by what the file says, which may be a path
@@ -240,7 +240,7 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
         license=BASE_LICENSES.get(base, "other"),
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["selfplay-lab", cfg.method.name.value, f"iter{cfg.iter}"]
+        tags=["selfplay-lab", cfg.method.name.value, iteration_name(cfg.iter)]
         + ([cfg.training.peft.value] if cfg.training.peft != Peft.none else []),
         eval_results=results or None,
     )

@@ -20,16 +20,16 @@ one version. Offline, W&B refuses `use_artifact`; the run's file then records th
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from src.config import Config, Stage
+from src.core.layout import iteration_name, iteration_number
 
 RECORD = "record/done.json"  # the stage's record, inside its artifact
 
 
 def artifact_name(cfg: Config, t: int, what: str) -> str:
     """`<model>-<method>-<run_name>-iter<t>-<what>`, in the characters W&B takes."""
-    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{t}-{what}"
+    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-{iteration_name(t)}-{what}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
@@ -38,7 +38,7 @@ def stage_artifact(cfg: Config, t: int, stage: Stage):
     where that stage has not finished."""
     import wandb
 
-    stage_dir = Path(cfg.run.dir) / f"iter{t}" / stage.value
+    stage_dir = cfg.layout.stage_dir(t, stage)
     record = stage_dir / "done.json"
     if not record.is_file():
         return None
@@ -46,7 +46,7 @@ def stage_artifact(cfg: Config, t: int, stage: Stage):
     artifact = wandb.Artifact(
         artifact_name(cfg, t, what), type=kind, metadata={"iteration": t, "stage": stage.value}
     )
-    made = stage_dir / ("checkpoint" if stage == Stage.train else "pairs.parquet")
+    made = cfg.layout.checkpoint(t) if stage == Stage.train else stage_dir / "pairs.parquet"
     if stage == Stage.train and cfg.logger.upload_weights:
         artifact.add_dir(str(made), name="checkpoint")
     else:
@@ -72,16 +72,16 @@ def used(cfg: Config, stage: Stage) -> list:
         wanted.append((t, Stage.pairs))
     if stage == Stage.eval:
         wanted.append((t, Stage.train))
-        earlier = re.fullmatch(r"iter(\d+)", cfg.eval.reference)
-        if earlier and cfg.eval.reference_outputs is None:
-            wanted.append((int(earlier[1]), Stage.train))
+        earlier = iteration_number(cfg.eval.reference)
+        if earlier is not None and cfg.eval.reference_outputs is None:
+            wanted.append((earlier, Stage.train))
     artifacts = (stage_artifact(cfg, s, made_by) for s, made_by in wanted)
     return [a for a in artifacts if a is not None]
 
 
 def log_produced(run, cfg: Config, stage: Stage) -> None:
     for artifact in produced(cfg, stage):
-        run.log_artifact(artifact, aliases=["latest", f"iter{cfg.iter}"])
+        run.log_artifact(artifact, aliases=["latest", iteration_name(cfg.iter)])
 
 
 def log_used(run, cfg: Config, stage: Stage) -> None:

@@ -24,11 +24,11 @@ config (`logger.sweep`, `logger.swept`, set by src.sweep), so W&B groups and col
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
 from src.config import Config
+from src.core.layout import RunLayout
 from src.core.records import lookup
 from src.stages.results import CURVES as JOB_TYPE
 from src.stages.results import num, read_iteration
@@ -46,10 +46,10 @@ def curve_id(cfg: Config) -> str:
     return hashlib.sha256(f"{Path(cfg.run.dir).resolve()}|{JOB_TYPE}".encode()).hexdigest()[:16]
 
 
-def figures(iter_dir: Path, t: int) -> dict[str, float]:
+def figures(layout: RunLayout, t: int) -> dict[str, float]:
     """Iteration t's figures, as src.compare reads them from its stages' files: the numbers of
     its row, each interval as `<figure>_low` / `<figure>_high`."""
-    row = read_iteration(iter_dir, t).row
+    row = read_iteration(layout, t).row
     out: dict[str, float] = {}
     for key, value in row.items():
         if key in NOT_FIGURES:
@@ -63,12 +63,8 @@ def figures(iter_dir: Path, t: int) -> dict[str, float]:
 
 def curve(cfg: Config) -> dict[int, dict[str, float]]:
     """Every iteration of the lineage with a figure, by iteration."""
-    found = {}
-    for iter_dir in Path(cfg.run.dir).glob("iter*"):
-        match = re.fullmatch(r"iter(\d+)", iter_dir.name)
-        if match and (points := figures(iter_dir, int(match[1]))):
-            found[int(match[1])] = points
-    return dict(sorted(found.items()))
+    each = {t: figures(cfg.layout, t) for t in cfg.layout.iterations()}
+    return {t: points for t, points in each.items() if points}
 
 
 def curve_config(cfg: Config) -> dict[str, Any]:

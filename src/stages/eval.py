@@ -13,7 +13,7 @@ reference_outputs.json in AlpacaEval's format; done.json last).
 
 Evals of one checkpoint against several references sit side by side: the one against the base
 model in iter<t>/eval/, each other one (eval.reference=iter1, eval.reference_outputs=<file>) in
-iter<t>/eval/vs-<name>/ (src/core/registry.py: stage_folder), each with its own record, redo and
+iter<t>/eval/vs-<name>/ (src/core/layout.py: stage_folder), each with its own record, redo and
 W&B run; the model card and src.compare show them all.
 
 eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their bootstrap intervals
@@ -23,7 +23,6 @@ eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their boots
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EnvironmentFailure, Redo
+from src.core.layout import iteration_name, iteration_number
 from src.core.policy import CARD, checkpoint_damage, require_loadable, weights_signature
 from src.core.records import read_record, stage_fingerprint, write_record
 from src.evaluation import benchmarks
@@ -59,7 +59,7 @@ def run(cfg: Config) -> dict:
     instructions = load_instructions(cfg)
     # before any answer is made: the benchmarks' data read, their judge answering
     benchmark_data = benchmarks.check(cfg)
-    policy = answerer(cfg, f"iter{cfg.iter}")
+    policy = answerer(cfg, iteration_name(cfg.iter))
     # both sides checked before any generation: a bad reference fails in seconds, not after
     # the policy has answered
     if cfg.eval.reference_outputs is None:
@@ -167,7 +167,7 @@ def run(cfg: Config) -> dict:
     report["seconds"] = time.time() - started
     atomic_write_json(stage_dir / "eval.json", report)
     atomic_write_json(stage_dir / "metrics.json", report)
-    checkpoint = cfg.stage_dir(Stage.train) / "checkpoint"
+    checkpoint = cfg.layout.checkpoint(cfg.iter)
     if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
         write_model_card(cfg, checkpoint, stage_dir)  # the iteration's card, with these results
     write_record(
@@ -198,14 +198,13 @@ def load_instructions(cfg: Config) -> list[Prompt]:
 
 def answerer(cfg: Config, which: str) -> Answerer:
     """The model `which` names: 'base', 'iter<s>' (this lineage's checkpoint), or a path / hub id."""
-    earlier = re.fullmatch(r"iter(\d+)", which)
+    s = iteration_number(which)
     if which == "base":
         path, label = cfg.model.path, cfg.model.name
-    elif earlier:
-        s = int(earlier[1])
-        path = str(Path(cfg.run.dir) / f"iter{s}" / "train" / "checkpoint")
-        label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-iter{s}"
-        record = read_record(Path(path).parent)
+    elif s is not None:
+        path = str(cfg.layout.checkpoint(s))
+        label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-{iteration_name(s)}"
+        record = read_record(cfg.layout.stage_dir(s, Stage.train))
         if record is None:
             raise EvalError(
                 f"iteration {s} is not trained: {path} has no finished training record",

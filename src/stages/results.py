@@ -25,6 +25,7 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from src.core import registry
+from src.core.layout import RunLayout
 from src.core.records import made_before_training
 from src.core.staleness import changed_contents, relocated, saved_config
 
@@ -255,15 +256,15 @@ def log_history(metrics: dict) -> list[dict]:
 # --- local run directories ---
 
 
-def read_iteration(iter_dir: Path, t: int) -> Iteration:
-    run_dir = iter_dir.parent
+def read_iteration(layout: RunLayout, t: int) -> Iteration:
+    run_dir = layout.run_dir
     row: dict[str, Any] = {"model": run_dir.parent.parent.name, "method": run_dir.parent.name,
                            "run_name": run_dir.name, "iter": t}  # fmt: skip
     # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
-    configs = (read_config(iter_dir / s / "config.yaml") for s in reversed(STAGES))
+    configs = (read_config(layout.stage_dir(t, s) / "config.yaml") for s in reversed(STAGES))
     cfg = next((c for c in configs if c is not None), {})
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
-    stages = {s: m for s in STAGES if (m := finished_stage(iter_dir / s)) is not None}
+    stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
     train = stages.get("train", Record({}))
     it = Iteration(row, log_history(train.values))
@@ -272,8 +273,8 @@ def read_iteration(iter_dir: Path, t: int) -> Iteration:
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
     # base one finished), but one whose figures no longer stand for what the row names
-    base = iter_dir / "eval"
-    for folder in [base, *sorted(base.glob(f"{registry.SIDE_EVAL}*"))]:
+    base = layout.stage_dir(t, registry.Stage.eval)
+    for folder in [base, *layout.side_evals(t)]:
         done = stages.get("eval") if folder == base else finished_stage(folder)
         if done is None:
             continue

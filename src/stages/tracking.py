@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.errors import EnvironmentFailure
+from src.core.layout import iteration_name
 from src.core.records import flatten
 from src.core.registry import STAGES
 from src.stages import chain, tables
@@ -61,9 +62,8 @@ def part(cfg: Config, stage: Stage) -> str:
 
 
 def run_id(cfg: Config, stage: Stage) -> str:
-    key = (
-        f"{Path(cfg.run.dir).resolve()}|iter{cfg.iter}|{cfg.stage_folder(stage)}{part(cfg, stage)}"
-    )
+    where = f"{iteration_name(cfg.iter)}|{cfg.stage_folder(stage)}{part(cfg, stage)}"
+    key = f"{Path(cfg.run.dir).resolve()}|{where}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

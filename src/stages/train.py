@@ -33,6 +33,7 @@ from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.chunks import claim
 from src.core.errors import Redo, StageError
+from src.core.layout import CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import fingerprint_form, stage_fingerprint, write_record
@@ -322,7 +323,7 @@ def cleanup(
         timings["peak_memory_gib"] = peak / 2**30
     if setup_.phases is not None:
         timings["memory_phases"] = memory_phases_record(cfg, setup_.phases)
-    outputs = ["checkpoint"] + (["adapter"] if cfg.training.peft != Peft.none else [])
+    outputs = [CHECKPOINT] + (["adapter"] if cfg.training.peft != Peft.none else [])
     if trainer.is_world_process_zero():
         for name in outputs:
             shutil.rmtree(stage_dir / f"{name}.partial", ignore_errors=True)
@@ -339,7 +340,7 @@ def cleanup(
                 merge(
                     cfg,
                     stage_dir / "adapter.partial",
-                    stage_dir / "checkpoint.partial",
+                    stage_dir / f"{CHECKPOINT}.partial",
                     precision(cfg),
                     trainer.processing_class,
                 )
@@ -352,9 +353,9 @@ def cleanup(
             stage_dir / "metrics.json",
             {"summary": {**metrics, **counts}, "log_history": trainer.state.log_history},
         )
-        write_model_card(cfg, stage_dir / "checkpoint", trained_now=True)
+        write_model_card(cfg, stage_dir / CHECKPOINT, trained_now=True)
         print(
-            f"[train] rank 0 on {socket.gethostname()} saved {stage_dir / 'checkpoint'}",
+            f"[train] rank 0 on {socket.gethostname()} saved {stage_dir / CHECKPOINT}",
             file=sys.stderr,
             flush=True,
         )

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from src.config import runs_root
+from src.config import Stage, runs_root
 from src.core.artifacts import read_jsonl
+from src.core.layout import RunLayout, iteration_name
 from src.tiny.toy import helpful_share, well_formed
 
 TINY_MODELS = ("tiny-mistral", "tiny-gemma2")
@@ -32,17 +33,18 @@ def measure(texts: list[str]) -> str:
     return f"helpful {mean(shares):.2f}, well-formed {mean(map(well_formed, texts)):.2f}"
 
 
-def audit_iteration(iteration: Path) -> str | None:
+def audit_iteration(lineage: RunLayout, t: int) -> str | None:
     generated = [
         response
-        for path in sorted((iteration / "generate").glob("responses-*.jsonl"))
+        for path in sorted(lineage.stage_dir(t, Stage.generate).glob("responses-*.jsonl"))
         for _, row in read_jsonl(path)
         for response in row["responses"]
     ]
-    report, judged = iteration / "eval" / "eval.json", iteration / "eval" / "judgements.jsonl"
+    evaluated = lineage.stage_dir(t, Stage.eval)
+    report, judged = evaluated / "eval.json", evaluated / "judgements.jsonl"
     if not generated and not report.is_file():
         return None
-    line = f"  {iteration.name}: samples {measure(generated)}"
+    line = f"  {iteration_name(t)}: samples {measure(generated)}"
     if report.is_file() and judged.is_file():
         r = json.loads(report.read_text())
         rows = [row for _, row in read_jsonl(judged)]
@@ -69,9 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"no runs of the tiny models under {args.root}", file=sys.stderr)
         sys.exit(1)
     for lineage in lineages:
-        lines = [
-            audit_iteration(i) for i in sorted(lineage.glob("iter*"), key=lambda p: int(p.name[4:]))
-        ]
+        lines = [audit_iteration(RunLayout(lineage), t) for t in RunLayout(lineage).iterations()]
         head = f"{lineage.relative_to(args.root)}{made_on(lineage)}"
         print("\n".join([head, *filter(None, lines)]))
 
@@ -80,7 +80,8 @@ def made_on(lineage: Path) -> str:
     """Where its training ran, from the first record that names a machine: other kernels (the
     vector instruction sets torch ran) or thread count sums floats in another order, and the
     digits of a curve move with it (docs/results.md)."""
-    for record in sorted(lineage.glob("iter*/train/done.json")):
+    layout = RunLayout(lineage)
+    for record in (layout.stage_dir(t, Stage.train) / "done.json" for t in layout.iterations()):
         with contextlib.suppress(OSError, ValueError):
             m = json.loads(record.read_text()).get("machine")
             if m:

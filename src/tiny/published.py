@@ -22,6 +22,7 @@ from pathlib import Path
 
 from src.config import ConfigError, compose
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
+from src.core.layout import RunLayout
 from src.core.machine import machine
 from src.core.records import read_record
 
@@ -100,7 +101,9 @@ def eval_folders(root: Path | None, overrides: list[str]) -> tuple[Path, list[Pa
         here = Path(cfg.paths.root) if root is None else root
         lineage = here / Path(cfg.run.dir).relative_to(cfg.paths.root)
         eval_folder = cfg.stage_folder("eval")
-        folders += [lineage / f"iter{t}" / eval_folder for t in range(1, run.iterations + 1)]
+        folders += [
+            RunLayout(lineage).iteration_dir(t) / eval_folder for t in range(1, run.iterations + 1)
+        ]
     return here, folders
 
 
