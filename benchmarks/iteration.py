@@ -371,6 +371,7 @@ BENCHMARK = harness.Benchmark(
         "src/stages/generate.py",
         "src/stages/rank.py",
         "src/stages/train.py",
+        "src/stages/train_worker.py",
         "src/stages/eval.py",
     ),
     repeats=1,

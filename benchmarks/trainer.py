@@ -9,10 +9,10 @@
     python -m benchmarks trainer --models tiny-gemma2-256k --losses wpo --refs precompute \
         --pairs 16 --warmup 2 --steps 2 --out benchmarks/results/trainer_cpu_256k.json  # ~12 min
 
-Ours: the trainer of `python -m src.main stage=train` (`src.stages.train.setup` on the composed,
-validated config; `ours-logits`: + `training.lm_head_chunk=null`, `ours-lora`: + `training.peft=
-lora`; the mmap threshold pinned as src.main pins it); TRL: DPOTrainer, bf16 and gradient
-checkpointing off. Same tiny model (`-32k`/`-256k`: src/tiny/widen.py), pairs, batch, fp32,
+Ours: the trainer of `python -m src.main stage=train` (`src.stages.train_worker.setup` on the
+composed, validated config; `ours-logits`: + `training.lm_head_chunk=null`, `ours-lora`: +
+`training.peft=lora`; the mmap threshold pinned as src.main pins it); TRL: DPOTrainer, bf16 and
+gradient checkpointing off. Same tiny model (`-32k`/`-256k`: src/tiny/widen.py), pairs, batch, fp32,
 optimiser, schedule, seed. Timed in-process (done.json has no steady-step figure): `train()`'s
 steady steps only, the reference precompute apart; memory by the stage's meter (`Peak`).
 """
@@ -176,7 +176,7 @@ def timed(fn, into: dict):
 def build_ours(p: dict, tmp: str, total: int, extra: dict):
     from src.config import Stage, compose
     from src.core.memory import pin_mmap_threshold
-    from src.stages.train import setup
+    from src.stages.train_worker import setup
 
     pin_mmap_threshold()
     (base, vocab), spec, (optimizer, method, _) = MODELS[p["model"]], LENGTHS[p["lengths"]], LOSSES[p["loss"]]  # fmt: skip
@@ -375,7 +375,7 @@ BENCHMARK = Benchmark(
     packages=("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
     code=(
         *sorted(str(f.relative_to(REPO_ROOT)) for f in (REPO_ROOT / "src/training").glob("*.py")),
-        "src/stages/train.py",
+        "src/stages/train_worker.py",
         "benchmarks/trainer.py",
     ),
     timeout=600,
