@@ -324,6 +324,6 @@ BENCHMARK = harness.Benchmark(
     results="iteration_gpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
     add_args=add_args, packages=("torch", "transformers", "vllm", "llm-blender", "accelerate", "peft"),
     code=("src/stages/generate.py", "src/stages/rank.py", "src/stages/train.py",
-          "src/stages/eval.py"),
+          "src/stages/train_worker.py", "src/stages/eval.py"),
     repeats=1, timeout=1800,
 )  # fmt: skip

@@ -1,5 +1,5 @@
-"""Training tokens/s and memory: the train stage's PreferenceTrainer (`src.stages.train.setup` on
-the composed, validated config of `python -m src.main stage=train`) against TRL's DPOTrainer
+"""Training tokens/s and memory: the train stage's PreferenceTrainer (`src.stages.train_worker.setup`
+on the composed, validated config of `python -m src.main stage=train`) against TRL's DPOTrainer
 (`pip install ".[bench]"`), on CPU, same tiny model, pairs, batch, optimiser, schedule and seed;
 `train()`'s steady steps timed in-process, memory by the stage's meter (`Peak`). What is compared
 and how it is measured: docs/performance.md, Trainer; commands and tables: benchmarks/README.md.
@@ -152,7 +152,7 @@ def timed(fn, into: dict):
 
 def build_ours(p: dict, tmp: str, total: int, extra: dict):
     from src.config import Stage, compose
-    from src.stages.train import setup
+    from src.stages.train_worker import setup
 
     harness.as_entry_point()
     (base, vocab), spec, (optimizer, method, _) = MODELS[p["model"]], LENGTHS[p["lengths"]], LOSSES[p["loss"]]  # fmt: skip
@@ -331,6 +331,6 @@ BENCHMARK = Benchmark(
     results="trainer_cpu", cases=cases, measure=measure, summarise=summarise, tables=tables,
     add_args=add_args, packages=("torch", "transformers", "accelerate", "trl", "datasets", "peft"),
     code=(*sorted(str(f.relative_to(REPO_ROOT)) for f in (REPO_ROOT / "src/training").glob("*.py")),
-          "src/stages/train.py", "benchmarks/trainer.py"),
+          "src/stages/train_worker.py", "benchmarks/trainer.py"),
     timeout=600,
 )  # fmt: skip

@@ -1,6 +1,6 @@
-"""Training with more than one process: the stage relaunches itself under `accelerate launch`, one
-worker per process (`python -m src.stages.train <stage_dir>/config.yaml`), and passes a
-preemption request on to them through a stop file.
+"""Training with more than one process: the stage's launcher (src/stages/train.py) starts its
+workers under `accelerate launch`, one per process (`python -m src.stages.train_worker
+<stage_dir>/config.yaml`), and passes a preemption request on to them through a stop file.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from src.core.errors import (
 )
 from src.training.arguments import TRAINER_DIR, TrainingError
 
-WORKER_ENV = "SELFPLAY_TRAIN_WORKER"  # set in the processes `accelerate launch` starts
 RESUME_ENV = "SELFPLAY_RESUME_FROM"  # the checkpoint they resume from ("": none), chosen once
 
 
@@ -79,12 +78,12 @@ def launch_command(hw: HardwareConfig, config_path: Path) -> list[str]:
         ]
     else:  # a free port here (0: accelerate's pick), not 29500, which another training may hold
         cmd += ["--main_process_port", os.environ.get("MASTER_PORT", "0")]
-    return [*cmd, "-m", "src.stages.train", str(config_path)]
+    return [*cmd, "-m", "src.stages.train_worker", str(config_path)]
 
 
 def launch_workers(hw: HardwareConfig, stage_dir: Path, resume: str | None) -> dict:
-    """The training processes `hw` asks for, each running src.stages.train on the stage's saved
-    config and resuming from the Trainer checkpoint `resume`; their first failure is raised
+    """The training processes `hw` asks for, each running src.stages.train_worker on the stage's
+    saved config and resuming from the Trainer checkpoint `resume`; their first failure is raised
     here again."""
     config_path = stage_dir / "config.yaml"  # saved by src.main before any stage runs
     if hw.num_nodes > 1:  # one launcher per node: each says where it runs
@@ -97,10 +96,9 @@ def launch_workers(hw: HardwareConfig, stage_dir: Path, resume: str | None) -> d
     else:
         print(f"[train] launching {hw.world_size} processes", file=sys.stderr, flush=True)
     stop_file = preemption_stop_file(stage_dir)
-    stop_file.unlink(missing_ok=True)
     # off the run's disk: a worker that stops because that disk is full can still say so
     with tempfile.TemporaryDirectory(prefix="selfplay-train-") as failures:
-        env = {**os.environ, WORKER_ENV: "1", FAILURES_ENV: failures, RESUME_ENV: resume or ""}
+        env = {**os.environ, FAILURES_ENV: failures, RESUME_ENV: resume or ""}
         # each worker its share of the CPUs this process may use (else each would start the
         # count this process was given, or accelerate's cores / processes)
         env["OMP_NUM_THREADS"] = str(threads.threads_per_process(hw.processes_per_node))

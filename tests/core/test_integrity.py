@@ -184,7 +184,7 @@ def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     tmp_path, monkeypatch, tiny_dir
 ):
     from src.core.records import write_record
-    from src.stages import pairs, train
+    from src.stages import pairs, train, train_worker
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     cfg = compose_cfg("model=tiny-mistral", "logger=none", "method.K=3", "stage=train")
@@ -201,13 +201,14 @@ def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     atomic_write_text(rank_dir / "ranked-shard000-of-001.jsonl", json.dumps(row) + "\n")
     write_record(rank_dir, "test", {"shards": 1}, {})
     pairs.run(cfg)
-    _, rows = train.read_inputs(cfg)
+    train.require_inputs(cfg)
+    _, rows = train_worker.read_pairs_rows(cfg)
     assert [r["prompt_id"] for r in rows] == ["q1"]
 
     parquet = cfg.stage_dir("pairs") / "pairs.parquet"
     parquet.write_bytes(parquet.read_bytes() + b"\0")  # still readable: only the seal tells
     with pytest.raises(StageError, match=r"pairs\.parquet is not the file .*done\.json") as refused:
-        train.read_inputs(cfg)
+        train.require_inputs(cfg)
     assert refused.value.overrides(str(cfg.stage)) == "stage=pairs iter=1 pipeline.redo=[pairs]"
 
 

@@ -153,7 +153,7 @@ def test_a_full_disk_stops_the_stage_and_a_rerun_finishes_it(small_disk):
             marks=pytest.mark.distributed,  # two gloo processes
         ),
     ],
-    ids=["one process", "two processes"],  # two: the worker's failure reaches the launcher
+    ids=["one process", "two processes"],  # two: refused by the launcher, before any worker
 )
 def test_a_full_disk_while_training_is_one_line(small_disk, processes):
     pairs = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"

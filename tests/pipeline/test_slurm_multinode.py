@@ -72,7 +72,7 @@ def test_two_nodes_train_as_one_a_node_lost_resumes_and_the_chain_goes_on(
         time.sleep(0.1)
     assert trainer is not None, cluster.job_record(train)
     # node2's training worker (not its launcher) dies mid-run
-    (worker,) = cluster.node_processes("node2", "python -u -m src.stages.train")
+    (worker,) = cluster.node_processes("node2", "python -u -m src.stages.train_worker")
     os.kill(worker, signal.SIGKILL)
 
     # no hang: the job ends on its own, well before its 10-minute limit (the wait is bounded)

@@ -1,6 +1,7 @@
 """The launching side of a multi-process training (src/training/launch.py): how the end of its
-workers is read. The workers here are small scripts in place of `python -m src.stages.train`,
-started by the same launcher code; the real workers run in tests/training/test_training.py."""
+workers is read. The workers here are small scripts in place of `python -m
+src.stages.train_worker`, started by the same launcher code; the real workers run in
+tests/training/test_training.py."""
 
 import sys
 

@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from src.config import REPO_ROOT, ConfigError
 from src.core.errors import EnvironmentFailure, StageError
-from src.stages.train import run, setup
+from src.stages.train import run
+from src.stages.train_worker import setup
 from src.training.adapters import adapter_off, require_qlora_support
 from src.training.policy_logps import batch_response_logps
 from tests.support.helpers import cli, compose_cfg, one_line_failure

@@ -208,6 +208,7 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
     weights and optimiser state: with less free, one ENOSPC error names the sizes before
     anything is loaded, not after the training; with enough, training starts."""
     import src.stages.train as train_stage
+    import src.stages.train_worker as train_worker
     from src.plan.stages import policy_shape, trainer_checkpoint_bytes
 
     cfg = train_cfg("model=tiny-mistral")
@@ -219,7 +220,7 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
     assert each == shape.params * 4 * 2  # fp32 weights and RMSprop's one state
     need = final + each
     loaded = []
-    monkeypatch.setattr(train_stage, "setup", lambda *a: loaded.append(a) or 1 / 0)
+    monkeypatch.setattr(train_worker, "setup", lambda *a: loaded.append(a) or 1 / 0)
     for free in (need - 1, need):
         usage = shutil._ntuple_diskusage(10**12, 10**12 - free, free)
         monkeypatch.setattr(train_stage.shutil, "disk_usage", lambda path, u=usage: u)
@@ -277,7 +278,7 @@ def test_a_training_that_diverges_stops_at_its_first_non_finite_step_and_saves_n
     step and the remedy, exit code 1, no checkpoint and no record. A gradient norm that is not
     finite stops it the same way."""
     from src.core.errors import EXIT_STAGE_ERROR
-    from src.stages.train import setup
+    from src.stages.train_worker import setup
 
     cfg = train_cfg("model=tiny-mistral", "training.learning_rate=1e9", "training.num_epochs=3",
                     "training.warmup_ratio=0")  # fmt: skip
@@ -296,7 +297,7 @@ def test_a_training_that_diverges_stops_at_its_first_non_finite_step_and_saves_n
 
 
 def test_weights_that_are_not_finite_are_counted_among_the_trained_ones_only():
-    from src.stages.train import nonfinite_weights
+    from src.stages.train_worker import nonfinite_weights
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     assert nonfinite_weights(model) == 0
@@ -315,7 +316,7 @@ def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path,
     whatever it says."""
     from safetensors import SafetensorError
 
-    from src.stages.train import saving_to
+    from src.stages.train_worker import saving_to
 
     full = "Error while serializing: I/O error: No space left on device (os error 28)"
     with pytest.raises(OSError) as refused, saving_to(tmp_path):
@@ -325,7 +326,7 @@ def test_a_save_that_says_the_disk_was_full_is_reported_as_a_full_disk(tmp_path,
         raise SafetensorError("Error while serializing: invalid metadata")
     # torch's own words for it ("unexpected pos") say nothing of the disk: its free space does
     nearly_full = shutil._ntuple_diskusage(10**12, 10**12 - 4096, 4096)
-    monkeypatch.setattr("src.stages.train.shutil.disk_usage", lambda path: nearly_full)
+    monkeypatch.setattr("src.stages.train_worker.shutil.disk_usage", lambda path: nearly_full)
     with pytest.raises(OSError) as refused, saving_to(tmp_path):
         raise RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 64")
     assert refused.value.errno == errno.ENOSPC
