@@ -1,6 +1,7 @@
 """The iteration scheduler: which stages of which iterations run, are skipped as finished, are
 refused as made under another config, or are redone (`pipeline.redo`); each stage runs inside
-its W&B run, after its resolved config is saved beside its output.
+its W&B run, after its resolved config is saved beside its output, and the record it returns is
+written last, as its `done.json` (src/stages/__init__.py: who writes each stage's record).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
-from src.core.records import read_record
+from src.core.records import read_record, write_record
 from src.core.registry import SIDE_EVAL, STAGES, iteration_stages
 from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
-from src.stages import StageRun, curves, stage_run, tracking
+from src.stages import StageResult, StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
 from src.tiny.on_demand import ensure_tiny_models
 
@@ -411,18 +412,28 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:
-    """The stage inside its W&B run. Training opens its own, on its rank-0 process, where the
-    Trainer's W&B callback logs the curves into it."""
-    if STAGES[stage].launches_processes:
-        run(cfg)
-        return
-    tracking.start(cfg, stage)
+def run_tracked(cfg: Config, stage: Stage, run: StageRun) -> StageResult | None:
+    """The stage inside its W&B run, then its record, `done.json`, written last: after every
+    output and before the run's artifacts, which carry it (src/stages/chain.py). A stage that
+    launches processes of its own opens its W&B run on its rank-0 process, where the Trainer's
+    W&B callback logs the curves into it; one that writes its own record is not written for.
+    Returns what the stage returned (None for one that launches processes)."""
+    spec = STAGES[stage]
+    tracked = not spec.launches_processes
+    if tracked:
+        tracking.start(cfg, stage)
     try:
-        counts = run(cfg)
+        result = run(cfg)
+        if not spec.writes_record and result.record is not None:
+            locks.require_held()  # the only writer of what it made, as it finishes
+            write_record(cfg.stage_dir(stage), result.record)
     except BaseException as err:  # the run ends with the command's exit code (3 for a judge)
         from src.cli import exit_code_of
 
-        tracking.finish(cfg, stage, {}, exit_code=exit_code_of(err))
+        if tracked:
+            tracking.finish(cfg, stage, {}, exit_code=exit_code_of(err))
         raise
-    tracking.finish(cfg, stage, counts if isinstance(counts, dict) else {})
+    if not tracked:
+        return None
+    tracking.finish(cfg, stage, result.summary)
+    return result

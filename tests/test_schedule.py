@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 import src.schedule as schedule
-from src.config import REPO_ROOT, Config, Stage, to_yaml
+from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
+from src.core import locks
 from src.core.errors import StageError, describe
-from src.core.records import stage_fingerprint, write_record
+from src.core.records import Finished, read_record, stage_fingerprint, write_record
 from src.core.registry import STAGES
+from src.stages import StageResult
 from src.stages.common import read_upstream
 from tests.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
@@ -27,11 +31,14 @@ def runs_in_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Every stage replaced by one that records (stage, cfg): what dispatch runs, in order."""
+    """Every stage replaced by one that records (stage, cfg): what dispatch runs, in order; it
+    returns no record (as a shard that leaves the stage to another)."""
     calls = []
 
     def runners(stages):
-        return {s: (lambda cfg, s=s: calls.append((s, cfg))) for s in stages}
+        return {
+            s: (lambda cfg, s=s: calls.append((s, cfg)) or StageResult({}, None)) for s in stages
+        }
 
     monkeypatch.setattr(schedule, "stage_runners", runners)
     # stages replaced so read no model or dataset: the check of what they would read is
@@ -51,6 +58,32 @@ def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
     assert OmegaConf.create(text) == OmegaConf.create(to_yaml(cfg))
     assert OmegaConf.create(text).run.init_policy.endswith("iter1/train/checkpoint")
     assert list(saved.parent.iterdir()) == [saved], "no temporary files left behind"
+
+
+def test_the_record_a_stage_returns_is_written_after_it_unless_its_lock_was_lost(monkeypatch):
+    """The scheduler writes the record the stage's run returns; with the stage's lock file
+    deleted while it ran (`rm -r .locks`: another writer may be beside it), none: LockLost,
+    and no done.json to be trusted."""
+    cfg = compose_cfg("stage=pairs", "logger=none")
+    command = "python -m src.main stage=pairs logger=none"
+    stage_dir = cfg.stage_dir(Stage.pairs)
+    lose_lock = False
+
+    def pairs(cfg):
+        if lose_lock:
+            shutil.rmtree(stage_dir.parent / locks.LOCKS)
+        made = Finished(stage_fingerprint(cfg.as_tree(), Stage.pairs), {"pairs": 1}, {})
+        return StageResult({"pairs": 1}, made)
+
+    monkeypatch.setattr(schedule, "stage_runners", lambda stages: {Stage.pairs: pairs})
+    monkeypatch.setattr(schedule, "require_assets_here", lambda configs, runners, command: None)
+    schedule.dispatch(cfg, command)
+    assert read_record(stage_dir)["counts"] == {"pairs": 1}
+
+    lose_lock = True
+    with pytest.raises(locks.LockLost):
+        schedule.dispatch(replace(cfg, pipeline=PipelineConfig(redo=[Stage.pairs])), command)
+    assert not (stage_dir / "done.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -91,7 +124,9 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
     first = "python -m src.main stage=train logger=none run_name=mine"
     cfg = compose_cfg(*first.split()[3:])
     schedule.dispatch(cfg, first)
-    write_record(cfg.stage_dir(Stage.train), stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+    write_record(
+        cfg.stage_dir(Stage.train), Finished(stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+    )
     command = f"{first} training.pairs=tests/data/pairs_tiny.jsonl"
     with pytest.raises(StageError) as refused:
         schedule.dispatch(compose_cfg(*command.split()[3:]), command)
@@ -113,7 +148,9 @@ def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_red
         cfg = compose_cfg(*made, f"iter={t}")
         for stage in STAGES:
             schedule.save_config(cfg, stage, "python -m src.main")
-            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            write_record(
+                cfg.stage_dir(stage), Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            )
     asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
@@ -134,7 +171,9 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
         cfg = compose_cfg(*made, f"iter={t}")
         for stage in STAGES:
             schedule.save_config(cfg, stage, "python -m src.main")
-            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            write_record(
+                cfg.stage_dir(stage), Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            )
     monkeypatch.setattr(schedule, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
     monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
     asked = [*made, "eval.bootstrap=10", "iter=2"]

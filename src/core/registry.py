@@ -58,6 +58,8 @@ class StageSpec:
     # its run launches processes of its own (one per GPU, on one node or several): its rank-0
     # process opens its W&B run, and on several nodes node 0 alone holds its locks
     launches_processes: bool = False
+    # its rank-0 process writes its record, not the scheduler: after the checkpoint it seals
+    writes_record: bool = False
 
 
 # What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it
@@ -152,6 +154,7 @@ STAGES: dict[Stage, StageSpec] = {
             consumes_via="training.pairs",
             makes_policy=True,
             launches_processes=True,
+            writes_record=True,
         ),
         StageSpec(
             Stage.eval,

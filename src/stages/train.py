@@ -35,7 +35,7 @@ from src.core.chunks import claim
 from src.core.errors import Redo, StageError
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
-from src.core.records import fingerprint_form, stage_fingerprint, write_record
+from src.core.records import Finished, fingerprint_form, stage_fingerprint, write_record
 from src.core.rows import count_rows, require_sealed
 from src.plan.stages import (
     memory_terms,
@@ -358,13 +358,7 @@ def cleanup(
             file=sys.stderr,
             flush=True,
         )
-        write_record(
-            stage_dir,
-            stage_fingerprint(cfg.as_tree(), Stage.train),
-            counts,
-            timings,
-            {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},
-        )
+        record_training(cfg, stage_dir, counts, timings, outputs)
         remove_trainer_checkpoints(stage_dir)
     if trainer.is_world_process_zero():
         tracking.finish(cfg, Stage.train, {**metrics, **counts})
@@ -372,6 +366,17 @@ def cleanup(
             print(peak_line(cfg, Stage.train, peak), file=sys.stderr, flush=True)
     trainer.accelerator.wait_for_everyone()
     return counts
+
+
+def record_training(
+    cfg: Config, stage_dir: Path, counts: dict, timings: dict, outputs: list[str]
+) -> None:
+    """The stage's record, done.json, written by rank 0 (its spec's `writes_record`: the
+    scheduler, in the launching process, does not) once the checkpoint is saved whole: the
+    seals of every file of `outputs`."""
+    seals = {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()}
+    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
+    write_record(stage_dir, Finished(fingerprint, counts, timings, seals))
 
 
 def nonfinite_weights(model: torch.nn.Module) -> int:
