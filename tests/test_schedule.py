@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
-from src.core.errors import StageError, describe
+from src.core.errors import Redo, StageError, describe
 from src.core.records import Finished, read_record, stage_fingerprint, write_record
 from src.core.registry import STAGES
+from src.core.staleness import StageState
 from src.stages import StageResult
 from src.stages.common import read_upstream
 from tests.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
@@ -260,3 +261,63 @@ def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder(
     assert read_upstream(users, Stage.train) is None
     assert read_upstream(cfg, Stage.rank) == Stage.generate
     assert read_upstream(cfg, Stage.generate) is None  # pi_{t-1}, no stage of this iteration
+
+
+PIPELINE = [Stage.generate, Stage.rank, Stage.pairs, Stage.train]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "asked", "steps"),
+    [
+        ("todo todo todo todo", [], "run run run run"),
+        ("done done todo todo", [], "skip skip run run"),
+        ("done done done done", ["pipeline.redo=[rank]"], "skip redo redo redo"),
+        ("done done stale done", [], "skip skip refuse skip"),
+        ("done stale stale todo", ["pipeline.redo_stale=true"], "skip redo redo redo"),
+        ("done stale done done", ["pipeline.redo=[pairs]"], "skip refuse redo redo"),
+        ("done done done stale", ["pipeline.redo=[rank]"], "skip redo redo redo"),
+    ],
+)
+def test_the_plan_of_an_iteration_from_its_stages_states(statuses, asked, steps):
+    """Skip what is finished under this config, refuse what is finished under another unless a
+    redo reaches it, redo from the first stage asked for (or, with redo_stale, the first stale
+    one) to the end, run the rest; each step says why as the console says it."""
+    cfg = compose_cfg("logger=none", *asked)
+    states = [
+        StageState(stage, status, ["method.K: 3 -> 5"] if status == "stale" else [])
+        for stage, status in zip(PIPELINE, statuses.split(), strict=True)
+    ]
+    plan = schedule.plan_iteration(states, cfg)
+    assert [step.stage for step in plan] == PIPELINE
+    assert [step.action for step in plan] == steps.split()
+    for step in plan:
+        if step.action == "skip":
+            assert step.reason == "finished with this config, skipped"
+        if step.action == "redo":
+            assert step.reason == f"redoing ({asked[0].split('=')[0]})"
+        if step.action == "refuse":
+            assert step.stale.stage == step.stage and step.reason == str(step.error)
+            assert "was made with a different configuration (method.K: 3 -> 5)" in step.reason
+            assert step.error.fix == Redo(step.stage, cfg.iter)
+
+
+def test_a_record_of_an_earlier_version_is_planned_as_a_refusal_that_says_so():
+    cfg = compose_cfg("logger=none")
+    states = [StageState(Stage.generate, "done"), StageState(Stage.rank, "stale", [], True)]
+    (refused,) = [step for step in schedule.plan_iteration(states, cfg) if step.action == "refuse"]
+    assert refused.stage == Stage.rank and "recorded by an earlier version" in refused.reason
+
+
+@pytest.mark.parametrize("asked", [[], ["pipeline.redo=[rank]"]])
+def test_a_stage_run_alone_is_refused_when_what_it_reads_is_stale_even_redone(asked):
+    """stage=rank over a generation made under another config: refused, redo or not (its redo
+    would rank rows made under another config), naming the generation."""
+    cfg = compose_cfg("logger=none", "stage=rank", *asked)
+    generated = StageState(Stage.generate, "stale", ["method.K: 3 -> 5"])
+    (step,) = schedule.plan_iteration([StageState(Stage.rank, "done")], cfg, generated)
+    assert step.action == "refuse" and step.stale == generated
+    assert "stage rank reads it" in step.reason and step.error.fix == Redo(Stage.generate, 1)
+    (step,) = schedule.plan_iteration(
+        [StageState(Stage.rank, "done")], cfg, StageState(Stage.generate, "done")
+    )
+    assert step.action == ("redo" if asked else "skip")
