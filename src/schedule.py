@@ -1,6 +1,7 @@
 """The iteration scheduler: which stages of which iterations run, are skipped as finished, are
 refused as made under another config, or are redone (`pipeline.redo`); each stage runs inside
-its W&B run, after its resolved config is saved beside its output.
+its W&B run, after its resolved config is saved beside its output, and the record it returns is
+written last, as its `done.json` (src/stages/__init__.py: who writes each stage's record).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
@@ -19,10 +20,10 @@ from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
 from src.core.layout import SIDE_EVAL
-from src.core.records import read_record
+from src.core.records import read_record, write_record
 from src.core.registry import STAGES, iteration_stages
 from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
-from src.stages import StageRun, curves, stage_run, tracking
+from src.stages import StageResult, StageRun, curves, stage_run, tracking
 from src.stages.common import read_upstream, stage_shard
 
 
@@ -101,19 +102,19 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
     changed may be a tiny model's, which the build makes again)."""
     found = []
     for c in configs:
-        refused = refusal(c, stages, [state_of(c.as_tree(), s) for s in stages])
-        if refused and (refused[0].earlier_version or any(
-            CONTENT_CHANGED not in change for change in refused[0].changed
+        refused = first_refusal(iteration_plan(c, stages))
+        if refused and (refused.stale.earlier_version or any(
+            CONTENT_CHANGED not in change for change in refused.stale.changed
         )):  # fmt: skip
-            found.append((c.iter, *refused))
+            found.append((c.iter, refused))
     # a training on other pairs than its checkpoint's: a lineage of its own, never a redo of them
-    elsewhere = [err for _, _, err in found if str(err.fix).startswith("run_name=")]
+    elsewhere = [step.error for _, step in found if str(step.error.fix).startswith("run_name=")]
     if len(found) == 1 or elsewhere:
-        raise (elsewhere or [found[0][2]])[0]
+        raise (elsewhere or [found[0][1].error])[0]
     if found:
-        named = [f"iteration {t}'s {st.stage.value}" for t, st, _ in found]
+        named = [f"iteration {t}'s {step.stale.stage.value}" for t, step in found]
         which = f"{', '.join(named[:-1])} and {named[-1]}"
-        why = " | ".join(dict.fromkeys("; ".join(st.changed) for _, st, _ in found))
+        why = " | ".join(dict.fromkeys("; ".join(step.stale.changed) for _, step in found))
         raise StageError(
             f"{which} were made with a different configuration ({why or 'an earlier version'}); "
             "restore the config, or redo every stale stage, in order, in one command",
@@ -121,59 +122,101 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
         )
 
 
-def redo_start(cfg: Config, states: list[StageState]) -> int | None:
-    """The index of the first stage `pipeline.redo` (or `pipeline.redo_stale`) redoes."""
-    redone = [i for i, st in enumerate(states) if st.stage in cfg.pipeline.redo]
-    if cfg.pipeline.redo_stale:
-        redone += [i for i, st in enumerate(states) if st.status == "stale"]
-    return min(redone, default=None)
+@dataclass(frozen=True)
+class Step:
+    """What an iteration does with one of its stages, and why: `reason`, what the console says
+    of a stage skipped or redone (of a refusal: the error's message)."""
+
+    stage: Stage
+    action: str  # "skip" | "run" | "redo" | "refuse"
+    reason: str
+    # a refusal: the stage finished under another config (this one, or the one it reads) and
+    # the error that refuses it
+    stale: StageState | None = None
+    error: StageError | None = None
 
 
-def refusal(
-    cfg: Config, stages: Collection[Stage], states: list[StageState]
-) -> tuple[StageState, StageError] | None:
-    """The stage `run_iteration` refuses and why: one finished under another config that it
-    would not redo, or the earlier stage, made under another, whose output the first reads."""
-    redo_from = redo_start(cfg, states)
+SKIPPED = "finished with this config, skipped"
+
+
+def plan_iteration(
+    states: list[StageState], cfg: Config, upstream: StageState | None = None
+) -> list[Step]:
+    """Each stage's step, in order, decided from the stages' `states` alone (no file is read).
+
+    `pipeline.redo` redoes the first stage it names and every one after it; with
+    `pipeline.redo_stale`, the first stale one and every one after it. A stage finished under
+    another config before that is refused (never reused, never redone unasked), as is the first
+    stage when the stage it reads, `upstream` (its state, when this command does not run it),
+    was finished under another config: its rows would be read as if made under this one. A
+    stage finished under this config is skipped; the rest run."""
+    redone = [st.stage in cfg.pipeline.redo or (cfg.pipeline.redo_stale and st.status == "stale")
+              for st in states]  # fmt: skip
+    redo_from = redone.index(True) if any(redone) else len(states)
+    steps = []
     for i, st in enumerate(states):
-        if st.status == "stale" and (redo_from is None or i < redo_from):
-            stale = [s.stage.value for s in states[i + 1 :] if s.status != "todo"]
-            also = f" (and so {', '.join(stale)} after it)" if stale else ""
-            return st, refused(cfg, st, f"restore the config, or redo it{also}")
+        if st.status == "stale" and i < redo_from:
+            later = [s.stage.value for s in states[i + 1 :] if s.status != "todo"]
+            also = f" (and so {', '.join(later)} after it)" if later else ""
+            err = refused(cfg, st, f"restore the config, or redo it{also}")
+            steps.append(Step(st.stage, "refuse", str(err), st, err))
+        elif i == 0 and upstream is not None and upstream.status == "stale":
+            advice = f"stage {st.stage.value} reads it: restore the config, or redo it first"
+            err = refused(cfg, upstream, advice)
+            steps.append(Step(st.stage, "refuse", str(err), upstream, err))
+        elif i >= redo_from:
+            steps.append(Step(st.stage, "redo", redo_reason(cfg)))
+        elif st.status == "done":
+            steps.append(Step(st.stage, "skip", SKIPPED))
+        else:
+            steps.append(Step(st.stage, "run", "not finished with this config: running it"))
+    return steps
+
+
+def redo_reason(cfg: Config) -> str:
+    return f"redoing ({'pipeline.redo' if cfg.pipeline.redo else 'pipeline.redo_stale'})"
+
+
+def iteration_plan(cfg: Config, stages: Collection[Stage]) -> list[Step]:
+    """`plan_iteration` of the stages the command runs in iteration `cfg`, from their records
+    (and that of the stage the first one reads, when the command does not run it)."""
+    states = [state_of(cfg.as_tree(), s) for s in stages]
     upstream = read_upstream(cfg, states[0].stage)
+    read = None
     if upstream is not None and upstream not in stages:
-        st = state_of(cfg.as_tree(), upstream)
-        if st.status == "stale":  # its rows would be read as if made under this config
-            first = states[0].stage.value
-            return st, refused(
-                cfg, st, f"stage {first} reads it: restore the config, or redo it first"
-            )
-    return None
+        read = state_of(cfg.as_tree(), upstream)
+    return plan_iteration(states, cfg, read)
+
+
+def first_refusal(steps: list[Step]) -> Step | None:
+    """The refusal an iteration meets first (its stages' own before the one they read)."""
+    refusals = [step for step in steps if step.action == "refuse"]
+    own = [step for step in refusals if step.stale.stage == step.stage]
+    return (own or refusals or [None])[0]
 
 
 def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     """Skip the stages finished under this config, refuse those finished under another (before
     any work) and those that would read an earlier stage's output made under another, redo what
-    `pipeline.redo` names and everything after it, run the rest."""
-    states = [state_of(cfg.as_tree(), s) for s in runners]
-    refused = refusal(cfg, runners, states)
-    if refused is not None:
-        raise refused[1]
-    redo_from = redo_start(cfg, states)
+    `pipeline.redo` names and everything after it, run the rest (`plan_iteration`)."""
+    steps = iteration_plan(cfg, runners)
+    refusal = first_refusal(steps)
+    if refusal is not None:
+        raise refusal.error
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
-    redone = [st.stage for st in states[redo_from:]] if redo_from is not None else []
+    redone = [step.stage for step in steps if step.action == "redo"]
     ran = []
     with rewriting(cfg, redone, command):
-        for i, st in enumerate(states):
-            redoing = redo_from is not None and i >= redo_from
-            if st.status == "done" and not redoing:
-                skipped(st.stage)
+        for step in steps:
+            if step.action == "skip":
+                say(step)
                 continue
-            with writing(cfg, st.stage, command, whole=redoing):
-                run_stage(cfg, st.stage, runners[st.stage], command, redoing)
+            redoing = step.action == "redo"
+            with writing(cfg, step.stage, command, whole=redoing):
+                run_stage(cfg, step.stage, runners[step.stage], command, redoing)
             release_gpu_memory()
-            ran.append(st.stage)
+            ran.append(step.stage)
     if cfg.pipeline.redo_stale and not other_training_node(cfg):
         for side in stale_side_evals(cfg):
             print(f"[main] {side.stage_dir(Stage.eval)}: made before this checkpoint was "
@@ -262,7 +305,7 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     stage_dir = cfg.stage_dir(stage)
     # the stage may have finished between the check of its state and the taking of its lock
     if not redoing and state_of(cfg.as_tree(), stage).status == "done":
-        skipped(stage)
+        say(Step(stage, "skip", SKIPPED))
         return
     if redoing and stage_dir.is_symlink():  # rmtree refuses a link, naming neither it nor why
         raise StageError(
@@ -273,8 +316,7 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     aside = contextlib.nullcontext()
     if redoing and stage_dir.exists():
         locks.require_held()
-        asked = "pipeline.redo" if cfg.pipeline.redo else "pipeline.redo_stale"
-        print(f"[main] stage {stage.value}: redoing ({asked})", file=sys.stderr)
+        say(Step(stage, "redo", redo_reason(cfg)))
         aside = set_aside(stage, stage_dir)
     with aside:
         print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
@@ -331,8 +373,8 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def skipped(stage: Stage) -> None:
-    print(f"[main] stage {stage.value}: finished with this config, skipped", file=sys.stderr)
+def say(step: Step) -> None:
+    print(f"[main] stage {step.stage.value}: {step.reason}", file=sys.stderr)
 
 
 def refused(cfg: Config, st: StageState, advice: str) -> StageError:
@@ -384,18 +426,28 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_tracked(cfg: Config, stage: Stage, run: Callable[[Config], object]) -> None:
-    """The stage inside its W&B run. Training opens its own, on its rank-0 process, where the
-    Trainer's W&B callback logs the curves into it."""
-    if STAGES[stage].launches_processes:
-        run(cfg)
-        return
-    tracking.start(cfg, stage)
+def run_tracked(cfg: Config, stage: Stage, run: StageRun) -> StageResult | None:
+    """The stage inside its W&B run, then its record, `done.json`, written last: after every
+    output and before the run's artifacts, which carry it (src/stages/chain.py). A stage that
+    launches processes of its own opens its W&B run on its rank-0 process, where the Trainer's
+    W&B callback logs the curves into it; one that writes its own record is not written for.
+    Returns what the stage returned (None for one that launches processes)."""
+    spec = STAGES[stage]
+    tracked = not spec.launches_processes
+    if tracked:
+        tracking.start(cfg, stage)
     try:
-        counts = run(cfg)
+        result = run(cfg)
+        if not spec.writes_record and result.record is not None:
+            locks.require_held()  # the only writer of what it made, as it finishes
+            write_record(cfg.stage_dir(stage), result.record)
     except BaseException as err:  # the run ends with the command's exit code (3 for a judge)
         from src.config.cli import exit_code_of
 
-        tracking.finish(cfg, stage, {}, exit_code=exit_code_of(err))
+        if tracked:
+            tracking.finish(cfg, stage, {}, exit_code=exit_code_of(err))
         raise
-    tracking.finish(cfg, stage, counts if isinstance(counts, dict) else {})
+    if not tracked:
+        return None
+    tracking.finish(cfg, stage, result.summary)
+    return result

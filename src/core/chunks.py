@@ -8,7 +8,9 @@ or SLURM array task), and each shard into chunks:
     <stage>/shardSSS-of-NNN/chunkCCCCC.jsonl   one per chunk, each written atomically
     <stage>/shardSSS-of-NNN/counts.json        the shard's counts, once it is complete
     <stage>/<prefix>-shardSSS-of-NNN.jsonl     the shard's rows, once it is complete
-    <stage>/metrics.json, <stage>/done.json    once every shard is complete (done.json last)
+    <stage>/metrics.json                       once every shard is complete
+    <stage>/done.json                          then, last: the record the completing shard
+                                               hands back, written by its caller
 
 A re-run skips the chunks that exist, so a shard killed at any point and re-run ends with every
 row exactly once. Chunks are trusted only under the identity they were made with: a changed
@@ -40,7 +42,7 @@ from src.core.artifacts import (
     read_jsonl,
 )
 from src.core.errors import StageError
-from src.core.records import redo_of, write_record
+from src.core.records import Finished, redo_of
 
 T = TypeVar("T")
 
@@ -269,13 +271,13 @@ def process_shard(
     progress: Progress,
     shared_keys: Sequence[str] = (),
     total: int | None = None,
-) -> dict[str, Any] | None:
+) -> Finished | None:
     """Run a shard claimed under `identity`, shown by `progress`, then finish it.
 
     `items`: a sequence, or a stream of `total` items; `stream`: the stage's work over the
     chunks left to make (`chunk_by_chunk(process)` for a stage that makes one at a time).
-    `label`: the stage's name in its lines. Returns the totals over all shards once the stage
-    is complete, else None.
+    `label`: the stage's name in its lines. Returns the stage's record once every shard is
+    complete (`finish_shard`), else None.
     """
     started = time.time()
     total = len(items) if total is None else total  # type: ignore[arg-type]
@@ -335,15 +337,17 @@ def finish_shard(
     counts: dict[str, Any],
     fingerprint: str,
     shared_keys: Sequence[str] = (),
-) -> dict[str, Any] | None:
-    """Write the shard's rows and counts; when every shard is complete, the stage's done.json.
+) -> Finished | None:
+    """Write the shard's rows and counts; when every shard is complete, the stage's metrics.json.
 
-    Returns the totals over all shards once the stage is complete, else None. Counts are summed
-    over the shards except `shared_keys` (the same in every shard, e.g. the input's size).
+    Returns the stage's record once it is complete (its totals over all shards, the seals of
+    every shard's rows file), for its caller to write last, else None. Counts are summed over
+    the shards except `shared_keys` (the same in every shard, e.g. the input's size).
 
     Shards run at the same time (a SLURM array): a shard's seal is written last, so a shard
-    that sees every seal reads complete siblings; the last one to finish writes done.json (two
-    finishing together both write it, atomically, with the same content).
+    that sees every seal reads complete siblings; the last one to finish returns the record
+    (two finishing together both return it, and done.json is written atomically, with the same
+    content, by both).
     """
     locks.require_held()  # nothing sealed beside another writer (src/core/locks.py)
     atomic_write_json(shard.work / "counts.json", counts)
@@ -377,6 +381,4 @@ def finish_shard(
     totals["shards"] = shard.count
     atomic_write_json(shard.stage_dir / "metrics.json", totals)
     outputs = {s.output.name: read_json(seal_of(s.output), StageError) for s in shard.siblings()}
-    locks.require_held()
-    write_record(shard.stage_dir, fingerprint, totals, {"seconds": totals["seconds"]}, outputs)
-    return totals
+    return Finished(fingerprint, totals, {"seconds": totals["seconds"]}, outputs)

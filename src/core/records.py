@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -222,18 +223,24 @@ def record_problem(record: dict[str, Any]) -> str | None:
     return None
 
 
-def write_record(
-    stage_dir: str | os.PathLike[str],
-    fingerprint: str,
-    counts: dict,
-    timings: dict,
-    outputs: dict | None = None,
-) -> Path:
+@dataclass(frozen=True)
+class Finished:
+    """What a finished stage's record keeps of its work, as its run hands it over; `write_record`
+    adds the format, package versions, machine, time and the record's own sha256."""
+
+    fingerprint: str  # the config's (a `Fingerprint`: the contents of the files it hashed too)
+    counts: dict
+    timings: dict
+    outputs: dict | None = None  # the seal (rows, sha256) of each output the next stages check
+
+
+def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
     """`done.json`, written atomically and LAST: the only mark that a stage finished.
 
     A stage whose record exists with the same config fingerprint can be skipped; without one,
-    whatever else is in the directory is a leftover to redo, never to trust. `outputs`: the
-    seal (rows, sha256) of each rows file, checked by the stages that read them.
+    whatever else is in the directory is a leftover to redo, never to trust. Written by the
+    scheduler once a stage's run returns (src/schedule.py), by a stage whose spec says it writes
+    its own (training's rank-0 worker) and by the eval's answer cache.
     """
     from importlib.metadata import version
 
@@ -246,17 +253,17 @@ def write_record(
             versions[name] = None
     record = {
         "format": RECORD_FORMAT,
-        "fingerprint": str(fingerprint),
-        "counts": counts,
-        "timings": timings,
+        "fingerprint": str(finished.fingerprint),
+        "counts": finished.counts,
+        "timings": finished.timings,
         "versions": versions,
         "machine": machine(),
         "finished_at": time.strftime(RECORD_TIME),
     }
-    if outputs is not None:
-        record["outputs"] = outputs
-    if getattr(fingerprint, "contents", None):
-        record["contents"] = fingerprint.contents
+    if finished.outputs is not None:
+        record["outputs"] = finished.outputs
+    if getattr(finished.fingerprint, "contents", None):
+        record["contents"] = finished.fingerprint.contents
     record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / "done.json", record)
 

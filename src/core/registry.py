@@ -7,8 +7,9 @@ chunks, `src/core/chunks.py`; one W&B run per shard, `src/stages/tracking.py`; o
 task per shard, `src/slurm.py`) and how much of a node one of its tasks takes (`src/slurm.py`).
 The code that runs a stage is its module in `src/stages/`.
 
-Adding a config key that changes a stage's output means adding it to that stage's `inputs`
-here, and nowhere else.
+Every key of the config is some stage's input or declared as none's, with why (`NOT_INPUTS`):
+adding a key that changes a stage's output means adding it to that stage's `inputs` here, and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ class StageSpec:
     stage: Stage
     # the stage whose output this one reads; None: pi_{t-1}, the previous iteration's checkpoint
     consumes: Stage | None
-    # the config keys its output depends on (beyond what it consumes). Not listed on purpose:
-    # where and how fast the work runs (hardware, batch sizes, shards, chunk sizes), the logger,
-    # and names (run_name, ranker.name) — none of them changes the result.
+    # the config keys its output depends on (beyond what it consumes); a section: all its keys.
+    # The keys that change no stage's output: NOT_INPUTS.
     inputs: tuple[str, ...]
     # the node's process slots one task takes: GPUs on a GPU machine (gloo processes on CPU), of
     # hardware.processes_per_node; its SLURM job gets that share of the node's CPUs and memory.
@@ -56,6 +56,8 @@ class StageSpec:
     # its run launches processes of its own (one per GPU, on one node or several): its rank-0
     # process opens its W&B run, and on several nodes node 0 alone holds its locks
     launches_processes: bool = False
+    # its rank-0 process writes its record, not the scheduler: after the checkpoint it seals
+    writes_record: bool = False
 
 
 # What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it
@@ -150,6 +152,7 @@ STAGES: dict[Stage, StageSpec] = {
             consumes_via="training.pairs",
             makes_policy=True,
             launches_processes=True,
+            writes_record=True,
         ),
         StageSpec(
             Stage.eval,
@@ -180,6 +183,47 @@ STAGES: dict[Stage, StageSpec] = {
         ),
     )
 }
+
+
+# The config keys that are no stage's input, by why (a section: every key in it): with the
+# stages' inputs they cover every key of the schema (tests/core/test_registry.py), so that a new key
+# is declared one or the other, and one that changes a stage's output never leaves its records
+# valid.
+NOT_INPUTS: dict[str, tuple[str, ...]] = {
+    "what a command runs, redoes and checks, not what a stage makes": (
+        "stage", "eval.enabled", "pipeline", "plan", "notes",
+    ),
+    "names: of the run, its folders, its judges (where the output sits, not what it holds)": (
+        "run_name", "run.dir", "run.iter_dir", "model.name", "data.name", "ranker.name",
+        "eval.judge.name",
+    ),
+    # PairRM's attention: its two implementations give the same scores
+    "where and how fast the work runs: the same output on any machine, batch, shard, engine": (
+        "hardware",
+        "generation.batch_size", "generation.chunk_size", "generation.shard",
+        "generation.num_shards", "generation.tensor_parallel_size",
+        "generation.gpu_memory_utilization", "generation.kv_cache_gb", "generation.enforce_eager",
+        "generation.max_num_seqs", "generation.in_flight",
+        "ranker.batch_size", "ranker.attention", "ranker.chunk_size", "ranker.shard",
+        "ranker.num_shards",
+        "eval.batch_size", "eval.chunk_size",
+        "eval.judge.batch_size", "eval.judge.attention", "eval.judge.chunk_size",
+        "eval.judge.shard", "eval.judge.num_shards",
+        "eval.llm_judge.concurrency", "eval.llm_judge.timeout_s", "eval.llm_judge.max_retries",
+        "eval.llm_judge.max_model_len", "eval.llm_judge.start_timeout_s",
+    ),
+    "permissions and secrets: whether a model's own code may run, where the API key is": (
+        "model.trust_remote_code", "ranker.trust_remote_code", "eval.judge.trust_remote_code",
+        "eval.llm_judge.api_key_env",
+    ),
+    "what the rank stage does with a judge's scores, which the eval's judge does not read": (
+        "eval.judge.self_term", "eval.judge.ties", "eval.judge.empty_responses",
+    ),
+    "the logger: what W&B is told": ("logger",),
+    "where files are found and cached (an input path under paths.root is hashed relative)": (
+        "paths",
+    ),
+}  # fmt: skip
 
 
 def iteration_stages(stage: Stage, with_eval: bool) -> list[Stage]:

@@ -28,7 +28,7 @@ from src.core import locks
 from src.core.chunks import Shard, claim
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
-from src.core.records import read_record
+from src.core.records import read_record, write_record
 from src.core.rows import finished_rows
 from src.evaluation.errors import EvalError
 from src.generation.prompts import Prompt
@@ -156,7 +156,9 @@ def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shar
             g, who.path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=log, section="eval"
         )
 
-    sample_shard(
+    finished = sample_shard(
         sampler, shard, rendered, [cfg.eval.seed], row, counts, g.chunk_size, key, key,
         label=f"eval {who.label}", items="instructions",
     )  # fmt: skip
+    locks.require_held()
+    write_record(shard.stage_dir, finished)  # its one shard complete: the record, last

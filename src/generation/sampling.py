@@ -20,6 +20,7 @@ from src.core.devices import device_for, gpu_computes_bf16
 from src.core.errors import StageError
 from src.core.policy import causal_lm, end_of_turn_ids
 from src.core.progress import ProgressLine
+from src.core.records import Finished
 
 
 class GenerationError(StageError):
@@ -227,10 +228,11 @@ def sample_shard(
     label: str,
     items: str = "prompts",
     shared_keys: Sequence[str] = (),
-) -> None:
+) -> Finished | None:
     """One sample per seed for every rendered prompt of `shard`, each prompt's row made by
     `row(prompt, its samples)`, written chunk by chunk and the shard finished
-    (`src.core.chunks.process_shard`), under a progress line that counts `items`. The sampler
+    (`src.core.chunks.process_shard`: the stage's record once every shard is complete, else
+    None), under a progress line that counts `items`. The sampler
     (`open_sampler()`: vLLM's engine processes, or HF's model) is opened here and closed after,
     whatever happens."""
     progress = ProgressLine(f"[{label}] {shard.name}", len(rendered), counts.unit, items)
@@ -241,7 +243,7 @@ def sample_shard(
                 yield c, [row(p, drawn) for p, drawn in zip(chunk, samples, strict=True)]
             counts.sampled(generator.load)
 
-        process_shard(
+        return process_shard(
             shard, rendered, chunk_size, rows, counts, fingerprint, identity,
             label=label, progress=progress, shared_keys=shared_keys,
         )  # fmt: skip

@@ -1,22 +1,41 @@
 """The stages of an iteration, one module each: generate, rank, pairs, train, eval. What each one
 is to the rest of the project (its inputs, order, sharding, GPUs, whether it launches processes
 of its own) is declared in src/core/registry.py; what it does is its module's `run(cfg)`, which
-reads setup -> run -> cleanup and returns the figures its W&B run and record keep (cards.py: the
-model card that train and eval write beside the checkpoint). The scheduler (src/schedule.py)
-owns what surrounds every stage: its lock, its saved config, its W&B run, its record."""
+reads setup -> run -> cleanup and returns a `StageResult`: the figures its W&B run keeps and what
+its record holds (cards.py: the model card that train and eval write beside the checkpoint).
+
+The scheduler (src/schedule.py) owns what surrounds every stage: its lock, its saved config,
+its W&B run and its record, `done.json`, written once `run` returns, after every output. For
+generate and rank, each shard's process has a W&B run of its own, and the record comes from the
+shard that completes the stage (the others return none: the stage is not finished yet). Train
+runs in processes of its own (`StageSpec.launches_processes`, `writes_record`): its rank-0
+worker opens its W&B run, where the Trainer logs, and writes its record after the checkpoint.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from src.core.records import Finished
 from src.core.registry import Stage
 
 if TYPE_CHECKING:
     from src.config import Config
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage's run returns to the scheduler."""
+
+    summary: dict  # this process's figures: its W&B run's summary (a shard's, for a shard)
+    record: Finished | None  # what done.json holds; None: another shard completes the stage
+
+
 class StageRun(Protocol):
-    def __call__(self, cfg: Config, /) -> dict: ...
+    """A stage's `run(cfg)`; what one that writes its own record returns (train's) is not read."""
+
+    def __call__(self, cfg: Config, /) -> StageResult: ...
 
 
 def stage_run(stage: Stage) -> StageRun:

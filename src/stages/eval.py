@@ -9,7 +9,8 @@ reference: the base model, an earlier iteration, any model, or a file of referen
 both models' answers, generated once and cached, src/evaluation/answers.py) -> run (the
 configured judge compares each pair of answers, PairRM in both orders; identical answers tie)
 -> cleanup (eval.json, metrics.json, judgements.jsonl; model_outputs.json and
-reference_outputs.json in AlpacaEval's format; done.json last).
+reference_outputs.json in AlpacaEval's format; the iteration's model card; then the record,
+which the scheduler writes after them as `done.json`).
 
 Evals of one checkpoint against several references sit side by side: the one against the base
 model in iter<t>/eval/, each other one (eval.reference=iter1, eval.reference_outputs=<file>) in
@@ -34,7 +35,7 @@ from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EnvironmentFailure, Redo
 from src.core.layout import iteration_name, iteration_number
 from src.core.policy import CARD, checkpoint_damage, require_loadable, weights_signature
-from src.core.records import read_record, stage_fingerprint, write_record
+from src.core.records import Finished, read_record, stage_fingerprint
 from src.evaluation import benchmarks
 from src.evaluation.alpaca_eval import (
     RESULTS,
@@ -47,11 +48,12 @@ from src.evaluation.errors import EvalError
 from src.evaluation.winrate import FOLDS, outcomes, win_rates
 from src.generation.prompts import Prompt, load_prompts
 from src.ranking.preferences import win_matrix
+from src.stages import StageResult
 from src.stages.cards import write_model_card
 from src.stages.common import load_judge
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config) -> StageResult:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.eval)
 
@@ -134,7 +136,7 @@ def run(cfg: Config) -> dict:
         file=sys.stderr,
     )
 
-    # cleanup: every file atomically, done.json last
+    # cleanup: every file atomically (the record, written after them by the scheduler)
     judgements = [
         {
             "prompt_id": p.prompt_id,
@@ -170,13 +172,8 @@ def run(cfg: Config) -> dict:
     checkpoint = cfg.layout.checkpoint(cfg.iter)
     if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
         write_model_card(cfg, checkpoint, stage_dir)  # the iteration's card, with these results
-    write_record(
-        stage_dir,
-        stage_fingerprint(cfg.as_tree(), Stage.eval),
-        report,
-        {"seconds": report["seconds"]},
-    )
-    return report
+    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.eval)
+    return StageResult(report, Finished(fingerprint, report, {"seconds": report["seconds"]}))
 
 
 # --- setup ----------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ setup (this shard's prompts, rendered with the chat template and length-checked;
 sampler, HF or vLLM) -> run (vLLM: one stream over the shard; HF: chunk after chunk; each chunk
 of prompts written atomically the moment its last sample is drawn; a re-run skips finished
 chunks, so a run killed at any point and re-run ends with every prompt exactly once) -> cleanup
-(the sampler closed, vLLM's engine with it; the shard's `responses-shardSSS-of-NNN.jsonl`;
-`done.json` once every shard is there).
+(the sampler closed, vLLM's engine with it; the shard's `responses-shardSSS-of-NNN.jsonl`; once
+every shard is there, the stage's record, which the scheduler writes last as `done.json`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from src.generation.sampling import (
     sample_shard,
 )
 from src.plan.stages import peak_line
+from src.stages import StageResult
 from src.stages.common import require_previous_policy, stage_shard
 
 
@@ -54,7 +55,7 @@ class Counts(SampleCounts):
         self.decoding_steps, self.step_sequences = load.steps, load.sequences
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config) -> StageResult:
     g, d = cfg.generation, cfg.data
     shard = stage_shard(cfg, Stage.generate)
     counts = Counts()
@@ -98,7 +99,7 @@ def run(cfg: Config) -> dict:
 
     # run, then cleanup: the sampler (vLLM's engine processes), the shard's file, the stage's
     # record once all shards are there
-    sample_shard(
+    finished = sample_shard(
         lambda: open_generator(
             g, path, tokenizer, eos_ids, cfg.model, cfg.hardware, log=shard.work / VLLM_LOG
         ),
@@ -116,7 +117,7 @@ def run(cfg: Config) -> dict:
     measured = peak.bytes() if peak is not None else None
     if measured is not None:
         print(peak_line(cfg, Stage.generate, measured), file=sys.stderr, flush=True)
-    return asdict(counts)
+    return StageResult(asdict(counts), finished)
 
 
 def say_left_out(cfg: Config, counts: Counts) -> None:

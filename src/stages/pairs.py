@@ -19,8 +19,9 @@ as it is made (src/core/contracts.py, the checks the train stage makes of the fi
 rows are all a pair is made of, so a bad pair names its ranked file and line and the command
 that ranks again.
 
-Writes `pairs.parquet` (rows sorted by prompt_id, so sharding never changes the file), the
-counts in `metrics.json`, then `done.json`, each atomically.
+Writes `pairs.parquet` (rows sorted by prompt_id, so sharding never changes the file) and the
+counts in `metrics.json`, each atomically, and returns the record (the file's seal, the counts)
+that the scheduler writes after them as `done.json`.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow, pair_row_problem, ranked_row_problem
 from src.core.errors import Redo, StageError, naming
-from src.core.records import stage_fingerprint, write_record
+from src.core.records import Finished, stage_fingerprint
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
+from src.stages import StageResult
 from src.stages.common import stage_rows
 
 BATCH = 256  # pairs sorted in memory at a time (one run of the merge), and written at a time
@@ -52,7 +54,7 @@ class PairsBuildError(StageError):
     """The ranked rows cannot make pairs; the message says what and where."""
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config) -> StageResult:
     started = time.time()
     stage_dir = cfg.stage_dir(Stage.pairs)
 
@@ -94,7 +96,7 @@ def run(cfg: Config) -> dict:
                 f"no pairs: all {prompts} ranked prompts have tied scores (ranker.ties=drop); "
                 "the judge does not tell these responses apart"
             )
-        # cleanup: every file atomically, done.json last
+        # cleanup: every file atomically (the record, written after them, seals the pairs)
         with atomic_path(stage_dir / "pairs.parquet") as tmp:
             pairs = merge_runs(runs, tmp)
 
@@ -114,17 +116,12 @@ def run(cfg: Config) -> dict:
     }
     seconds = time.time() - started
     atomic_write_json(stage_dir / "metrics.json", counts)
-    write_record(
-        stage_dir,
+    seal = {"rows": pairs, "sha256": file_sha256(stage_dir / "pairs.parquet")}
+    finished = Finished(
         stage_fingerprint(cfg.as_tree(), Stage.pairs),
         counts,
         {"seconds": seconds},
-        {
-            "pairs.parquet": {
-                "rows": pairs,
-                "sha256": file_sha256(stage_dir / "pairs.parquet"),
-            }
-        },
+        {"pairs.parquet": seal},
     )
     print(
         f"[pairs] {counts['pairs']} pairs from {counts['prompts']} prompts "
@@ -132,7 +129,7 @@ def run(cfg: Config) -> dict:
         f"{counts['mean_chosen_probs']:.3f}",
         file=sys.stderr,
     )
-    return counts
+    return StageResult(counts, finished)
 
 
 def pair_stats(pair: PairRow) -> tuple[str, float, float, float, float, bool, bool]:

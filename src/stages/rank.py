@@ -9,7 +9,8 @@ setup (the generation output, checked; the hybrid pool's external responses; emp
 dropped when configured; the judge) -> run (chunks of prompts: all K(K-1) PairRM comparisons of
 a chunk batched across its prompts, or all its (prompt, response) sequences through the reward
 model; each chunk written atomically, so a re-run resumes) -> cleanup (the shard's
-`ranked-shardSSS-of-NNN.jsonl`; `done.json` once every shard is there).
+`ranked-shardSSS-of-NNN.jsonl`; once every shard is there, the stage's record, which the
+scheduler writes last as `done.json`).
 
 A ranked row (`RankedRow`, src/core/contracts.py) is the generation row, its per-response lists
 aligned with the candidates, plus `sources`, `scores`, `win_matrix`, `win_rate`, `judge`, and for
@@ -44,6 +45,7 @@ from src.ranking.candidates import (
     no_external,
 )
 from src.ranking.preferences import all_tied, win_matrix, win_rates
+from src.stages import StageResult
 from src.stages.common import load_judge, stage_rows, stage_shard
 
 
@@ -79,7 +81,7 @@ class Counts(ChunkCounts):
         self.all_tied = sum(all_tied(np.asarray(row["scores"])) for row in rows)
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config) -> StageResult:
     r = cfg.ranker
     shard = stage_shard(cfg, Stage.rank)
     counts = Counts(pairwise=r.kind == JudgeKind.pairrm)
@@ -175,7 +177,7 @@ def run(cfg: Config) -> dict:
         return rows
 
     # run, then cleanup: the shard's file, the stage's record once all shards are there
-    process_shard(
+    finished = process_shard(
         shard,
         mine(),
         r.chunk_size,
@@ -190,7 +192,7 @@ def run(cfg: Config) -> dict:
         shared_keys=("prompts_in_input",),
         total=counts.prompts_in_shard,
     )
-    return asdict(counts)
+    return StageResult(asdict(counts), finished)
 
 
 def nothing_to_rank(cfg: Config, prompts: int) -> RankError:

@@ -36,7 +36,7 @@ from src.core.errors import Redo, StageError
 from src.core.layout import CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
-from src.core.records import fingerprint_form, stage_fingerprint, write_record
+from src.core.records import Finished, fingerprint_form, stage_fingerprint, write_record
 from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card
@@ -291,15 +291,12 @@ def publish(
 def record_training(
     cfg: Config, stage_dir: Path, counts: dict, timings: dict, outputs: list[str]
 ) -> None:
-    """The stage's record, done.json, written by rank 0 once the checkpoint is saved whole: the
-    size and sha256 of every file of `outputs`."""
-    write_record(
-        stage_dir,
-        stage_fingerprint(cfg.as_tree(), Stage.train),
-        counts,
-        timings,
-        {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()},
-    )
+    """The stage's record, done.json, written by rank 0 (its spec's `writes_record`: the
+    scheduler, in the launching process, does not) once the checkpoint is saved whole: the
+    seals of every file of `outputs`."""
+    seals = {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()}
+    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
+    write_record(stage_dir, Finished(fingerprint, counts, timings, seals))
 
 
 def nonfinite_weights(model: torch.nn.Module) -> int:

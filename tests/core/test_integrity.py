@@ -12,8 +12,9 @@ import pytest
 from src.core.artifacts import atomic_write_json, atomic_write_text, umask
 from src.core.chunks import Shard, chunk_by_chunk, finish_shard, run_chunks, seal_of
 from src.core.errors import Redo, StageError
+from src.core.records import Finished, write_record
 from src.core.rows import finished_rows
-from tests.support.helpers import compose_cfg
+from tests.support.helpers import compose_cfg, run_recorded
 
 ITEMS = [f"q{i:02d}" for i in range(10)]  # chunks of 3: [0-2] [3-5] [6-8] [9]
 
@@ -31,7 +32,7 @@ def process(made: list[list[str]]):
 def run_shard(stage_dir, made: list[list[str]]) -> bytes:
     shard = Shard(stage_dir, "rows", 0, 1)
     tally = run_chunks(shard, ITEMS, 3, chunk_by_chunk(process(made)), "identity")
-    finish_shard(shard, tally.chunks, {"seconds": 0.0}, "fingerprint")
+    write_record(stage_dir, finish_shard(shard, tally.chunks, {"seconds": 0.0}, "fingerprint"))
     return shard.output.read_bytes()
 
 
@@ -101,7 +102,7 @@ def test_a_chunk_damaged_while_later_ones_are_made_never_reaches_the_rows_file(t
 def test_shards_finishing_at_the_same_time_leave_one_complete_record(tmp_path):
     """Two array tasks: shard 1 finishes while shard 0 is still writing its rows file (present,
     not yet sealed). Shard 1 must leave the stage unfinished, not read half of shard 0; shard 0,
-    finishing last, writes done.json over both."""
+    finishing last, hands back the record over both."""
     shards = [Shard(tmp_path, "rows", i, 2) for i in range(2)]
     tallies = [
         run_chunks(s, ITEMS[s.index :: 2], 3, chunk_by_chunk(process([])), "identity")
@@ -109,9 +110,10 @@ def test_shards_finishing_at_the_same_time_leave_one_complete_record(tmp_path):
     ]
     shards[0].output.write_text("")  # its write begun: no seal, no counts yet
     assert finish_shard(shards[1], tallies[1].chunks, {"seconds": 1.0}, "fingerprint") is None
-    assert not (tmp_path / "done.json").exists()
-    totals = finish_shard(shards[0], tallies[0].chunks, {"seconds": 2.0}, "fingerprint")
-    assert totals == {"seconds": 3.0, "shards": 2}
+    finished = finish_shard(shards[0], tallies[0].chunks, {"seconds": 2.0}, "fingerprint")
+    assert finished.counts == {"seconds": 3.0, "shards": 2}
+    assert set(finished.outputs) == {s.output.name for s in shards}
+    write_record(tmp_path, finished)
     rows = finished_rows(tmp_path, "rows", StageError, "stage=x")
     assert sorted(row["prompt_id"] for _, row in rows) == ITEMS
 
@@ -152,7 +154,6 @@ def test_json_files_never_hold_nan(tmp_path):
 
 
 def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypatch):
-    from src.core.records import write_record
     from src.stages import pairs
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
@@ -169,7 +170,7 @@ def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypat
     }
     rank_dir = cfg.stage_dir("rank")
     atomic_write_text(rank_dir / "ranked-shard000-of-001.jsonl", json.dumps(row) + "\n")
-    write_record(rank_dir, "test", {"shards": 1}, {})
+    write_record(rank_dir, Finished("test", {"shards": 1}, {}))
     with pytest.raises(
         StageError, match=r"ranked-shard000-of-001\.jsonl:1: prompt_id 'q1': .*NaN"
     ) as stopped:
@@ -183,8 +184,7 @@ def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypat
 def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     tmp_path, monkeypatch, tiny_dir
 ):
-    from src.core.records import write_record
-    from src.stages import pairs, train, train_worker
+    from src.stages import train, train_worker
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     cfg = compose_cfg("model=tiny-mistral", "logger=none", "method.K=3", "stage=train")
@@ -199,8 +199,8 @@ def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     }
     rank_dir = cfg.stage_dir("rank")
     atomic_write_text(rank_dir / "ranked-shard000-of-001.jsonl", json.dumps(row) + "\n")
-    write_record(rank_dir, "test", {"shards": 1}, {})
-    pairs.run(cfg)
+    write_record(rank_dir, Finished("test", {"shards": 1}, {}))
+    run_recorded(cfg, "pairs")
     train.require_inputs(cfg)
     _, rows = train_worker.read_pairs_rows(cfg)
     assert [r["prompt_id"] for r in rows] == ["q1"]

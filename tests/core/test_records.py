@@ -15,6 +15,7 @@ from src.config import Config, Stage, to_yaml
 from src.core.artifacts import atomic_write_json
 from src.core.errors import StageError
 from src.core.records import (
+    Finished,
     chunk_identity,
     fingerprint_form,
     lookup,
@@ -41,7 +42,7 @@ def finish(cfg: Config, fingerprint=None, fmt: int | None = None) -> None:
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "config.yaml").write_text(to_yaml(cfg))
         made = fingerprint(cfg, stage) if fingerprint else stage_fingerprint(cfg.as_tree(), stage)
-        write_record(stage_dir, made, {}, {})
+        write_record(stage_dir, Finished(made, {}, {}))
         if fmt is not None:
             record = read_record(stage_dir)
             atomic_write_json(stage_dir / "done.json", {**record, "format": fmt})
@@ -342,7 +343,7 @@ def test_a_record_that_was_edited_or_damaged_is_refused_naming_it_and_the_redo(
     'unfinished' and redone silently: one error that names the file and the command."""
     cfg = at_root(monkeypatch, tmp_path / "runs", "stage=rank")
     stage_dir = cfg.stage_dir(Stage.generate)
-    write_record(stage_dir, "fp", {"shards": 1}, {"seconds": 1.0}, {})
+    write_record(stage_dir, Finished("fp", {"shards": 1}, {"seconds": 1.0}, {}))
     path = stage_dir / "done.json"
     path.write_text("{x" if edit is None else json.dumps(edit(json.loads(path.read_text()))))
     with pytest.raises(StageError) as refused:

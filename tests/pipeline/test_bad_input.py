@@ -23,7 +23,7 @@ import pytest
 from src.config import REPO_ROOT
 from src.core.errors import describe_os_error, with_overrides
 from src.core.policy import safetensors_damage, seal_checkpoint
-from src.core.records import write_record
+from src.core.records import Finished, write_record
 from tests.support.helpers import SMALL, cli, compose_cfg, one_line_failure, run_main_process
 
 GENERATE = ["stage=generate"]  # with SMALL's sizes (cli runs them)
@@ -290,7 +290,7 @@ def trained_iteration_one(tmp_path, tiny_dir, monkeypatch):
     cfg = compose_cfg(*SMALL, "iter=2")
     checkpoint = Path(cfg.run.init_policy)
     shutil.copytree(cfg.model.path, checkpoint)
-    write_record(checkpoint.parent, "x", {}, {}, seal_checkpoint(checkpoint))
+    write_record(checkpoint.parent, Finished("x", {}, {}, seal_checkpoint(checkpoint)))
     return checkpoint
 
 
@@ -314,7 +314,7 @@ def test_a_damaged_previous_checkpoint_names_the_training_to_redo(
     else:
         weights.write_bytes(weights.read_bytes()[:-100])
     if damage == "truncated, unrecorded":  # a record without sizes: the file's own header tells
-        write_record(trained_iteration_one.parent, "x", {}, {}, {})
+        write_record(trained_iteration_one.parent, Finished("x", {}, {}, {}))
     before = records(tmp_path)
     line = one_line_failure(cli(tmp_path, *GENERATE, "iter=2"), 1)
     assert f"iteration 1's checkpoint {trained_iteration_one}, which is damaged (" in line

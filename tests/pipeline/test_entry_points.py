@@ -18,7 +18,7 @@ import pytest
 from src.config import REPO_ROOT
 from src.core.errors import set_overrides
 from src.core.policy import seal_checkpoint
-from src.core.records import write_record
+from src.core.records import Finished, write_record
 from tests.support.helpers import one_line_failure
 
 SLURM = ["--iterations", "1", "--dry-run", "model=tiny-mistral", "hardware=slurm-cpu"]
@@ -289,7 +289,7 @@ def trained(root: Path) -> Path:
     checkpoint.mkdir(parents=True)
     (checkpoint / "config.json").write_text("{}")
     (checkpoint / "README.md").write_text("# a card\n")
-    write_record(train, "fingerprint", {}, {}, seal_checkpoint(checkpoint))
+    write_record(train, Finished("fingerprint", {}, {}, seal_checkpoint(checkpoint)))
     return root
 
 

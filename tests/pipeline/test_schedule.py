@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,14 @@ from omegaconf import OmegaConf
 
 import src.assets.preflight as preflight
 import src.schedule as schedule
-from src.config import REPO_ROOT, Config, Stage, to_yaml
-from src.core.errors import StageError, describe
-from src.core.records import stage_fingerprint, write_record
+from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
+from src.core import locks
+from src.core.errors import Redo, StageError, describe
+from src.core.records import Finished, read_record, stage_fingerprint, write_record
 from src.core.registry import STAGES
+from src.core.staleness import StageState
 from src.main import run
+from src.stages import StageResult
 from src.stages.common import read_upstream
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
@@ -29,11 +34,14 @@ def runs_in_tmp(tmp_path, monkeypatch):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Every stage replaced by one that records (stage, cfg): what dispatch runs, in order."""
+    """Every stage replaced by one that records (stage, cfg): what dispatch runs, in order; it
+    returns no record (as a shard that leaves the stage to another)."""
     calls = []
 
     def runners(stages):
-        return {s: (lambda cfg, s=s: calls.append((s, cfg))) for s in stages}
+        return {
+            s: (lambda cfg, s=s: calls.append((s, cfg)) or StageResult({}, None)) for s in stages
+        }
 
     monkeypatch.setattr(schedule, "stage_runners", runners)
     # stages replaced so read no model or dataset: the check of what they would read is
@@ -53,6 +61,32 @@ def test_dispatch_saves_the_resolved_config_then_runs_the_stage(recorded):
     assert OmegaConf.create(text) == OmegaConf.create(to_yaml(cfg))
     assert OmegaConf.create(text).run.init_policy.endswith("iter1/train/checkpoint")
     assert list(saved.parent.iterdir()) == [saved], "no temporary files left behind"
+
+
+def test_the_record_a_stage_returns_is_written_after_it_unless_its_lock_was_lost(monkeypatch):
+    """The scheduler writes the record the stage's run returns; with the stage's lock file
+    deleted while it ran (`rm -r .locks`: another writer may be beside it), none: LockLost,
+    and no done.json to be trusted."""
+    cfg = compose_cfg("stage=pairs", "logger=none")
+    command = "python -m src.main stage=pairs logger=none"
+    stage_dir = cfg.stage_dir(Stage.pairs)
+    lose_lock = False
+
+    def pairs(cfg):
+        if lose_lock:
+            shutil.rmtree(stage_dir.parent / locks.LOCKS)
+        made = Finished(stage_fingerprint(cfg.as_tree(), Stage.pairs), {"pairs": 1}, {})
+        return StageResult({"pairs": 1}, made)
+
+    monkeypatch.setattr(schedule, "stage_runners", lambda stages: {Stage.pairs: pairs})
+    schedule.dispatch(schedule.iterations(cfg), command)
+    assert read_record(stage_dir)["counts"] == {"pairs": 1}
+
+    lose_lock = True
+    with pytest.raises(locks.LockLost):
+        redo = replace(cfg, pipeline=PipelineConfig(redo=[Stage.pairs]))
+        schedule.dispatch(schedule.iterations(redo), command)
+    assert not (stage_dir / "done.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +127,9 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
     first = "python -m src.main stage=train logger=none run_name=mine"
     cfg = compose_cfg(*first.split()[3:])
     run(cfg, first, [])
-    write_record(cfg.stage_dir(Stage.train), stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+    write_record(
+        cfg.stage_dir(Stage.train), Finished(stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+    )
     command = f"{first} training.pairs=tests/data/pairs_tiny.jsonl"
     with pytest.raises(StageError) as refused:
         run(compose_cfg(*command.split()[3:]), command, [])
@@ -115,7 +151,9 @@ def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_red
         cfg = compose_cfg(*made, f"iter={t}")
         for stage in STAGES:
             schedule.save_config(cfg, stage, "python -m src.main")
-            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            write_record(
+                cfg.stage_dir(stage), Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            )
     asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
@@ -136,7 +174,9 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
         cfg = compose_cfg(*made, f"iter={t}")
         for stage in STAGES:
             schedule.save_config(cfg, stage, "python -m src.main")
-            write_record(cfg.stage_dir(stage), stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            write_record(
+                cfg.stage_dir(stage), Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            )
     monkeypatch.setattr(preflight, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
     monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
     asked = [*made, "eval.bootstrap=10", "iter=2"]
@@ -223,3 +263,63 @@ def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder(
     assert read_upstream(users, Stage.train) is None
     assert read_upstream(cfg, Stage.rank) == Stage.generate
     assert read_upstream(cfg, Stage.generate) is None  # pi_{t-1}, no stage of this iteration
+
+
+PIPELINE = [Stage.generate, Stage.rank, Stage.pairs, Stage.train]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "asked", "steps"),
+    [
+        ("todo todo todo todo", [], "run run run run"),
+        ("done done todo todo", [], "skip skip run run"),
+        ("done done done done", ["pipeline.redo=[rank]"], "skip redo redo redo"),
+        ("done done stale done", [], "skip skip refuse skip"),
+        ("done stale stale todo", ["pipeline.redo_stale=true"], "skip redo redo redo"),
+        ("done stale done done", ["pipeline.redo=[pairs]"], "skip refuse redo redo"),
+        ("done done done stale", ["pipeline.redo=[rank]"], "skip redo redo redo"),
+    ],
+)
+def test_the_plan_of_an_iteration_from_its_stages_states(statuses, asked, steps):
+    """Skip what is finished under this config, refuse what is finished under another unless a
+    redo reaches it, redo from the first stage asked for (or, with redo_stale, the first stale
+    one) to the end, run the rest; each step says why as the console says it."""
+    cfg = compose_cfg("logger=none", *asked)
+    states = [
+        StageState(stage, status, ["method.K: 3 -> 5"] if status == "stale" else [])
+        for stage, status in zip(PIPELINE, statuses.split(), strict=True)
+    ]
+    plan = schedule.plan_iteration(states, cfg)
+    assert [step.stage for step in plan] == PIPELINE
+    assert [step.action for step in plan] == steps.split()
+    for step in plan:
+        if step.action == "skip":
+            assert step.reason == "finished with this config, skipped"
+        if step.action == "redo":
+            assert step.reason == f"redoing ({asked[0].split('=')[0]})"
+        if step.action == "refuse":
+            assert step.stale.stage == step.stage and step.reason == str(step.error)
+            assert "was made with a different configuration (method.K: 3 -> 5)" in step.reason
+            assert step.error.fix == Redo(step.stage, cfg.iter)
+
+
+def test_a_record_of_an_earlier_version_is_planned_as_a_refusal_that_says_so():
+    cfg = compose_cfg("logger=none")
+    states = [StageState(Stage.generate, "done"), StageState(Stage.rank, "stale", [], True)]
+    (refused,) = [step for step in schedule.plan_iteration(states, cfg) if step.action == "refuse"]
+    assert refused.stage == Stage.rank and "recorded by an earlier version" in refused.reason
+
+
+@pytest.mark.parametrize("asked", [[], ["pipeline.redo=[rank]"]])
+def test_a_stage_run_alone_is_refused_when_what_it_reads_is_stale_even_redone(asked):
+    """stage=rank over a generation made under another config: refused, redo or not (its redo
+    would rank rows made under another config), naming the generation."""
+    cfg = compose_cfg("logger=none", "stage=rank", *asked)
+    generated = StageState(Stage.generate, "stale", ["method.K: 3 -> 5"])
+    (step,) = schedule.plan_iteration([StageState(Stage.rank, "done")], cfg, generated)
+    assert step.action == "refuse" and step.stale == generated
+    assert "stage rank reads it" in step.reason and step.error.fix == Redo(Stage.generate, 1)
+    (step,) = schedule.plan_iteration(
+        [StageState(Stage.rank, "done")], cfg, StageState(Stage.generate, "done")
+    )
+    assert step.action == ("redo" if asked else "skip")

@@ -17,8 +17,7 @@ from src.config import REPO_ROOT
 from src.core.errors import StageError
 from src.generation.sampling import GenerationError
 from src.generation.vllm_engine import QUIET_ENV
-from src.stages.generate import run
-from tests.support.helpers import compose_cfg
+from tests.support.helpers import compose_cfg, run_recorded
 
 ITER1 = REPO_ROOT / "data" / "prompts" / "iter1.jsonl"
 ITER1_IDS = [json.loads(line)["prompt_id"] for line in ITER1.read_text().splitlines()]
@@ -43,7 +42,7 @@ def responses(stage_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2"])
 def test_k_responses_per_prompt_with_the_contract_schema(model):
     cfg = gen_cfg(f"model={model}", "data.max_prompts=6", "method.K=3")
-    run(cfg)
+    run_recorded(cfg, "generate")
     stage = cfg.stage_dir("generate")
     rows = responses(stage)
     assert [r["prompt_id"] for r in rows] == ITER1_IDS[:6]
@@ -73,7 +72,7 @@ def test_same_seeds_same_responses_other_seeds_other_responses():
         "model=tiny-mistral", "data.max_prompts=4", "run_name=c", "generation.seeds=[1,2,3,4,5]"
     )
     for cfg in (first, second, other):
-        run(cfg)
+        run_recorded(cfg, "generate")
     a, b, c = (responses(cfg.stage_dir("generate")) for cfg in (first, second, other))
     assert a == b, "same seeds: same responses, whatever the batch size"
     assert [r["responses"] for r in a] != [r["responses"] for r in c]
@@ -81,7 +80,7 @@ def test_same_seeds_same_responses_other_seeds_other_responses():
 
 def test_shards_partition_the_prompts_and_reproduce_the_unsharded_run():
     whole = gen_cfg("model=tiny-gemma2", "data.max_prompts=10", "run_name=whole")
-    run(whole)
+    run_recorded(whole, "generate")
     sharded = [
         gen_cfg(
             "model=tiny-gemma2",
@@ -95,7 +94,7 @@ def test_shards_partition_the_prompts_and_reproduce_the_unsharded_run():
     stage = sharded[0].stage_dir("generate")
     for i, cfg in enumerate(sharded):
         assert not (stage / "done.json").exists(), "the record waits for every shard"
-        run(cfg)
+        run_recorded(cfg, "generate")
         assert len(list(stage.glob("responses-shard*.jsonl"))) == i + 1
     ids = [r["prompt_id"] for r in responses(stage)]
     assert sorted(ids) == sorted(ITER1_IDS[:10]) and len(ids) == len(set(ids)), "no overlap, no gap"
@@ -164,7 +163,7 @@ def test_a_truncated_chunk_is_generated_again_to_the_same_bytes(capsys):
     short chunk: the re-run makes it again instead of writing a responses file that lacks
     prompts, says how much it kept, and the file equals the uninterrupted run's byte for byte."""
     cfg = gen_cfg("model=tiny-mistral", "data.max_prompts=12", "generation.chunk_size=4")
-    run(cfg)
+    run_recorded(cfg, "generate")
     stage = cfg.stage_dir("generate")
     output = stage / "responses-shard000-of-001.jsonl"
     clean = output.read_bytes()
@@ -173,7 +172,7 @@ def test_a_truncated_chunk_is_generated_again_to_the_same_bytes(capsys):
     chunk = stage / "shard000-of-001" / "chunk00001.jsonl"
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
     capsys.readouterr()
-    counts = run(cfg)
+    counts = run_recorded(cfg, "generate")
     assert counts["reused_from_earlier_run"] == 8 and counts["generated"] == 4
     assert "shard000-of-001: 8 of 12 rows kept from an earlier run, 4 made in this one" in (
         capsys.readouterr().err
@@ -182,11 +181,14 @@ def test_a_truncated_chunk_is_generated_again_to_the_same_bytes(capsys):
 
 
 def test_chunks_made_with_another_config_are_never_reused():
-    run(gen_cfg("model=tiny-mistral", "data.max_prompts=2"))
+    run_recorded(gen_cfg("model=tiny-mistral", "data.max_prompts=2"), "generate")
     with pytest.raises(
         StageError, match=r"holds responses generated with a different configuration"
     ):
-        run(gen_cfg("model=tiny-mistral", "data.max_prompts=2", "generation.temperature=1.3"))
+        run_recorded(
+            gen_cfg("model=tiny-mistral", "data.max_prompts=2", "generation.temperature=1.3"),
+            "generate",
+        )
 
 
 def test_long_prompts_are_skipped_or_truncated_and_counted(tmp_path, capsys):
@@ -198,7 +200,7 @@ def test_long_prompts_are_skipped_or_truncated_and_counted(tmp_path, capsys):
     path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[0]]))  # one repeat
     limit = "generation.max_prompt_length=40"
     skip = gen_cfg("model=tiny-gemma2", f"data.prompts={path}", limit, "run_name=skip")
-    run(skip)
+    run_recorded(skip, "generate")
     said = capsys.readouterr().err  # what done.json counts is said on the console too
     assert f"[generate] 1 rows of {path} repeat an earlier row: dropped" in said
     assert (
@@ -219,7 +221,7 @@ def test_long_prompts_are_skipped_or_truncated_and_counted(tmp_path, capsys):
         "generation.long_prompts=truncate",
         "run_name=cut",
     )
-    run(cut)
+    run_recorded(cut, "generate")
     assert "[generate] 1 prompts are longer than" in capsys.readouterr().err
     kept = responses(cut.stage_dir("generate"))
     assert [r["prompt_id"] for r in kept] == ["short", "long"]
@@ -242,7 +244,7 @@ def test_bad_prompt_files_fail_with_a_clear_message(tmp_path, content, message):
         path.write_text(content)
     cfg = gen_cfg("model=tiny-mistral", f"data.prompts={path}")
     with pytest.raises(StageError, match=message):
-        run(cfg)
+        run_recorded(cfg, "generate")
     assert not list(cfg.stage_dir("generate").glob("responses-shard*.jsonl"))
 
 
@@ -284,7 +286,7 @@ def test_the_vllm_backend_without_vllm_says_how_to_install_it(monkeypatch):
         StageError,
         match=r"generation=vllm needs vLLM, which cannot be imported here .*make install-vllm",
     ):
-        run(cfg)
+        run_recorded(cfg, "generate")
     added = set(os.environ) - set(environ)
     assert not added & set(QUIET_ENV), "the settings given to vLLM are taken back"
 
@@ -293,7 +295,7 @@ def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():
     with pytest.raises(
         StageError, match=r"iteration 1's checkpoint, which is not trained: .*; finish iteration 1"
     ) as refused:
-        run(gen_cfg("model=tiny-mistral", "iter=2"))
+        run_recorded(gen_cfg("model=tiny-mistral", "iter=2"), "generate")
     assert refused.value.fix == "stage=all iter=1"
 
 
@@ -322,7 +324,7 @@ def test_a_split_whose_every_prompt_is_too_long_stops_and_records_nothing(tmp_pa
                 r"shortest takes \d+\), so all are skipped and none is left to answer; raise "
                 r"generation\.max_prompt_length to \d+ or more",
             ) as refused:
-                run(cfg)
+                run_recorded(cfg, "generate")
             assert refused.value.fix == fix
             assert ("long_prompts=truncate to keep their end" in str(refused.value)) == bool(fix)
     stage = cfg.stage_dir("generate")
@@ -338,14 +340,15 @@ def test_a_shard_left_without_prompts_goes_on_while_the_split_has_some(tmp_path)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # shard 0's one prompt is too long, shard 2 has none (more shards than prompts)
     for shard in range(3):
-        run(
+        run_recorded(
             gen_cfg(
                 "model=tiny-mistral",
                 f"data.prompts={path}",
                 "generation.max_prompt_length=40",
                 f"generation.shard={shard}",
                 "generation.num_shards=3",
-            )
+            ),
+            "generate",
         )
     cfg = gen_cfg("model=tiny-mistral", f"data.prompts={path}", "generation.num_shards=3")
     stage = cfg.stage_dir("generate")

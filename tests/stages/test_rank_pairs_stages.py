@@ -26,11 +26,11 @@ from src.config import REPO_ROOT, ConfigError, Stage
 from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow
 from src.core.errors import StageError
-from src.core.records import stage_fingerprint, write_record
+from src.core.records import Finished, stage_fingerprint, write_record
 from src.ranking.blender_compat import PairRMLoadError, load_pairrm
 from src.ranking.judge import policy_chat_template
 from src.ranking.preferences import all_tied
-from tests.support.helpers import compose_cfg, one_line_failure
+from tests.support.helpers import compose_cfg, one_line_failure, run_recorded
 
 CORPUS = (REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text().split()
 
@@ -72,7 +72,8 @@ def write_generation(cfg, rows: list[dict], shards: int = 1, finished: bool = Tr
         )
     if finished:  # as the generate stage of this config records it: the command line checks
         write_record(
-            stage, stage_fingerprint(cfg.as_tree(), Stage.generate), {"shards": shards}, {}
+            stage,
+            Finished(stage_fingerprint(cfg.as_tree(), Stage.generate), {"shards": shards}, {}),
         )
 
 
@@ -94,7 +95,7 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
     cfg = cfg_for("ranker.batch_size=5")
     rows = generation_rows(4)
     write_generation(cfg, rows)
-    counts = rank_stage.run(cfg)
+    counts = run_recorded(cfg, "rank")
     assert counts["ranked"] == 4 and counts["comparisons"] == 4 * 3 * 2
 
     out = ranked(cfg)
@@ -124,7 +125,7 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
     )
     assert np.abs(np.array([r["scores"] for r in out]) - reference).max() <= 1e-5
 
-    pairs_counts = pairs_stage.run(cfg)
+    pairs_counts = run_recorded(cfg, "pairs")
     pairs = pairs_of(cfg)
     assert pairs_counts["pairs"] == len(pairs) == 4
     assert all(list(pair) == list(PairRow.__annotations__) for pair in pairs), (
@@ -153,7 +154,7 @@ def test_sppo_rank_then_pairs_follow_the_contract_and_llm_blender(tiny_dir):
 def test_direct_probabilities_and_no_self_term_are_switches():
     cfg = cfg_for("ranker.win_prob=direct", "ranker.self_term=false")
     write_generation(cfg, generation_rows(2))
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
     for r in ranked(cfg):
         C, P = np.array(r["comparisons"]), np.array(r["win_matrix"])
         off = ~np.eye(3, dtype=bool)
@@ -182,7 +183,7 @@ def test_wpo_with_the_reward_model_and_a_hybrid_pool(tmp_path, tiny_dir):
     )
     assert cfg.method.pair_selection.value == "wpo_tiebreak"
     write_generation(cfg, rows)
-    counts = rank_stage.run(cfg)
+    counts = run_recorded(cfg, "rank")
     assert counts["external_added"] == 4 and counts["comparisons"] == 4 * 4
 
     out = ranked(cfg)
@@ -203,7 +204,7 @@ def test_wpo_with_the_reward_model_and_a_hybrid_pool(tmp_path, tiny_dir):
     alone = judge.score([out[0]["prompt"]], [out[0]["responses"]])[0]
     np.testing.assert_allclose(out[0]["scores"], alone, atol=1e-5)
 
-    pairs_stage.run(cfg)
+    run_recorded(cfg, "pairs")
     by_id = {r["prompt_id"]: r for r in out}
     for pair in pairs_of(cfg):
         r = by_id[pair["prompt_id"]]
@@ -227,10 +228,10 @@ def test_all_tied_prompts_are_dropped_and_counted_or_kept(policy):
     rows = generation_rows(3)
     rows[1]["responses"] = ["The same answer."] * 3  # PairRM cannot tell them apart
     write_generation(cfg, rows)
-    counts = rank_stage.run(cfg)
+    counts = run_recorded(cfg, "rank")
     assert counts["all_tied"] == 1
     assert all_tied(np.array(ranked(cfg)[1]["scores"]))
-    done = pairs_stage.run(cfg)
+    done = run_recorded(cfg, "pairs")
     pairs = {p["prompt_id"]: p for p in pairs_of(cfg)}
     if policy == "drop":
         assert done["ties_dropped"] == 1 and "q001" not in pairs and len(pairs) == 2
@@ -248,9 +249,9 @@ def test_responses_with_unicode_line_separators_rank_whole():
     rows = generation_rows(2)
     rows[0]["responses"][1] = "one\u2028two\u2029three\x85four"
     write_generation(cfg, rows)
-    assert rank_stage.run(cfg)["ranked"] == 2
+    assert run_recorded(cfg, "rank")["ranked"] == 2
     assert ranked(cfg)[0]["responses"][1] == "one\u2028two\u2029three\x85four"
-    pairs_stage.run(cfg)
+    run_recorded(cfg, "pairs")
     assert len(pairs_of(cfg)) == 2
 
 
@@ -260,9 +261,9 @@ def test_every_prompt_tied_is_an_error_not_an_empty_training_set():
     for r in rows:
         r["responses"] = ["Same."] * 3
     write_generation(cfg, rows)
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
     with pytest.raises(StageError, match="no pairs: all 2 ranked prompts have tied scores"):
-        pairs_stage.run(cfg)
+        run_recorded(cfg, "pairs")
     assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
 
 
@@ -272,7 +273,7 @@ def test_empty_responses_are_dropped_and_counted_or_kept():
     rows[2]["responses"][0] = rows[2]["responses"][2] = ""  # one left: the prompt goes
     dropped = cfg_for("run_name=drop")
     write_generation(dropped, rows)
-    counts = rank_stage.run(dropped)
+    counts = run_recorded(dropped, "rank")
     assert counts["empty_responses_dropped"] == 3 and counts["prompts_dropped_too_few"] == 1
     out = ranked(dropped)
     assert [r["prompt_id"] for r in out] == ["q000", "q001"]
@@ -281,7 +282,7 @@ def test_empty_responses_are_dropped_and_counted_or_kept():
 
     kept = cfg_for("run_name=keep", "ranker.empty_responses=keep")
     write_generation(kept, rows)
-    assert rank_stage.run(kept)["empty_responses_dropped"] == 0
+    assert run_recorded(kept, "rank")["empty_responses_dropped"] == 0
     assert [len(r["responses"]) for r in ranked(kept)] == [3, 3, 3]
 
 
@@ -292,14 +293,14 @@ def test_rank_shards_reproduce_the_unsharded_run():
     rows = generation_rows(7)
     whole = cfg_for("run_name=whole")
     write_generation(whole, rows, shards=2)  # generation shards and rank shards are independent
-    rank_stage.run(whole)
-    pairs_stage.run(whole)
+    run_recorded(whole, "rank")
+    run_recorded(whole, "pairs")
 
     for s in range(3):
         cfg = cfg_for("run_name=sharded", f"ranker.shard={s}", "ranker.num_shards=3")
         if s == 0:
             write_generation(cfg, rows, shards=2)
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
         finished = (cfg.stage_dir("rank") / "done.json").exists()
         assert finished == (s == 2), "done.json only once every shard is there"
     by_id = {r["prompt_id"]: r for r in ranked(whole)}
@@ -307,14 +308,14 @@ def test_rank_shards_reproduce_the_unsharded_run():
     assert len(sharded) == 7
     for r in sharded:
         np.testing.assert_allclose(r["scores"], by_id[r["prompt_id"]]["scores"], atol=1e-6)
-    pairs_stage.run(cfg)
+    run_recorded(cfg, "pairs")
     assert [p["chosen"] for p in pairs_of(cfg)] == [p["chosen"] for p in pairs_of(whole)]
 
 
 def test_an_interrupted_rank_resumes_from_its_chunks():
     cfg = cfg_for("ranker.chunk_size=2")
     write_generation(cfg, generation_rows(5))
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
     before = ranked(cfg)
     stage = cfg.stage_dir("rank")
     # the state a kill leaves after two of three chunks: chunk files only, no shard file, no record
@@ -322,8 +323,8 @@ def test_an_interrupted_rank_resumes_from_its_chunks():
         (stage / leftover).unlink()
     (stage / "shard000-of-001" / "chunk00002.jsonl").unlink()
     with pytest.raises(StageError, match="not finished"):
-        pairs_stage.run(cfg)
-    counts = rank_stage.run(cfg)
+        run_recorded(cfg, "pairs")
+    counts = run_recorded(cfg, "rank")
     assert counts["reused_from_earlier_run"] == 4 and counts["ranked"] == 1
     assert ranked(cfg) == before
 
@@ -331,11 +332,13 @@ def test_an_interrupted_rank_resumes_from_its_chunks():
 def test_chunks_ranked_with_another_config_are_refused():
     cfg = cfg_for("ranker.chunk_size=2")
     write_generation(cfg, generation_rows(3))
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
     with pytest.raises(StageError, match="rankings made with a different configuration"):
-        rank_stage.run(cfg_for("ranker.chunk_size=2", "ranker.self_term=false"))
+        run_recorded(cfg_for("ranker.chunk_size=2", "ranker.self_term=false"), "rank")
     # how fast it runs is not what it computes: another batch size reuses the chunks
-    assert rank_stage.run(cfg_for("ranker.chunk_size=2", "ranker.batch_size=3"))["ranked"] == 0
+    assert (
+        run_recorded(cfg_for("ranker.chunk_size=2", "ranker.batch_size=3"), "rank")["ranked"] == 0
+    )
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -380,7 +383,7 @@ def test_bad_generation_rows_are_named(corrupt, message):
     corrupt(rows)
     write_generation(cfg, rows)
     with pytest.raises(StageError, match=message):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
     assert not list(cfg.stage_dir("rank").glob("**/*.jsonl")), "nothing ranked from bad input"
 
 
@@ -388,7 +391,7 @@ def test_an_unfinished_generation_is_never_read():
     cfg = cfg_for()
     write_generation(cfg, generation_rows(2), finished=False)
     with pytest.raises(StageError, match=r"generate is not finished \(no done\.json\)") as refused:
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
     assert refused.value.fix == "stage=generate iter=1"
 
 
@@ -418,14 +421,14 @@ def test_bad_external_responses_are_named(tmp_path, content, message):
     cfg = cfg_for(f"data.external_responses={path}")
     write_generation(cfg, generation_rows(3))
     with pytest.raises(StageError, match=message):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
 
 
 def test_a_missing_external_file_is_named(tmp_path):
     cfg = cfg_for(f"data.external_responses={tmp_path / 'nope.jsonl'}")
     write_generation(cfg, generation_rows(2))
     with pytest.raises(StageError, match=r"external responses file not found: .*nope\.jsonl"):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
 
 
 def test_a_nan_score_names_the_prompt_and_writes_nothing(tmp_path, tiny_dir):
@@ -441,7 +444,7 @@ def test_a_nan_score_names_the_prompt_and_writes_nothing(tmp_path, tiny_dir):
     with pytest.raises(
         StageError, match=r"non-finite score \(nan\) to response 0 of prompt_id 'q000' \(.*:1\)"
     ):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
     assert not list(cfg.stage_dir("rank").glob("**/*.jsonl"))
     assert not (cfg.stage_dir("rank") / "done.json").exists()
 
@@ -454,7 +457,7 @@ def test_the_offline_pairrm_hub_id_gets_a_clear_message():
         PairRMLoadError,
         match=r"'llm-blender/PairRM' cannot be fetched offline: pass a local ranker directory",
     ):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
 
 
 def test_an_unreachable_reward_model_gets_a_clear_message():
@@ -464,7 +467,7 @@ def test_an_unreachable_reward_model_gets_a_clear_message():
         StageError,
         match=r"cannot load the reward model 'RLHFlow/ArmoRM-Llama3-8B-v0.1'.*point ranker\.model at a local folder",
     ):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
 
 
 # --- bad ranked rows: each the rank stage could have written (a judge's or an older version's
@@ -475,7 +478,7 @@ def write_ranked_row(cfg, line: int, change) -> Path:
     """Rank 3 prompts for real, then `change` the ranked row on `line` (from 1) and seal the
     file again, as the rank stage seals what it writes."""
     write_generation(cfg, generation_rows(3))
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
     path = cfg.stage_dir("rank") / "ranked-shard000-of-001.jsonl"
     rows = [row for _, row in read_jsonl(path)]
     change(rows[line - 1])
@@ -484,7 +487,9 @@ def write_ranked_row(cfg, line: int, change) -> Path:
     atomic_write_json(path.with_suffix(".sealed.json"), seal)
     record = json.loads((cfg.stage_dir("rank") / "done.json").read_text())
     outputs = {**record["outputs"], path.name: seal}
-    write_record(cfg.stage_dir("rank"), record["fingerprint"], record["counts"], {}, outputs)
+    write_record(
+        cfg.stage_dir("rank"), Finished(record["fingerprint"], record["counts"], {}, outputs)
+    )
     return path
 
 
@@ -556,7 +561,7 @@ def test_a_bad_ranked_row_names_its_line_and_field_and_ranks_again(change, messa
     cfg = cfg_for("stage=pairs")
     path = write_ranked_row(cfg, 2, change)
     with pytest.raises(pairs_stage.PairsBuildError) as refused:
-        pairs_stage.run(cfg)
+        run_recorded(cfg, "pairs")
     assert re.match(rf"{re.escape(str(path))}:2: prompt_id 'q001': {message}", str(refused.value))
     # making the pairs again would make the same pair: ranking again is the fix
     assert refused.value.overrides(str(cfg.stage)) == "stage=rank iter=1 pipeline.redo=[rank]"
@@ -571,9 +576,9 @@ def test_a_blank_response_kept_by_the_ranker_makes_no_pair():
     # of three responses two blank: one of them is the chosen or the rejected one
     rows[1]["responses"][0], rows[1]["responses"][2] = "", " \n"
     write_generation(cfg, rows)
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
     with pytest.raises(pairs_stage.PairsBuildError) as refused:
-        pairs_stage.run(cfg)
+        run_recorded(cfg, "pairs")
     path = cfg.stage_dir("rank") / "ranked-shard000-of-001.jsonl"
     assert re.match(
         rf"{re.escape(str(path))}:2: prompt_id 'q001': the pair of responses \d and \d: "
@@ -591,14 +596,14 @@ def test_a_blank_response_kept_by_the_ranker_makes_no_pair():
 def test_a_full_disk_names_the_file_the_pairs_stage_could_not_write(monkeypatch):
     cfg = cfg_for()
     write_generation(cfg, generation_rows(2))
-    rank_stage.run(cfg)
+    run_recorded(cfg, "rank")
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write says it: of no file
 
     monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(OSError) as refused:
-        pairs_stage.run(cfg)
+        run_recorded(cfg, "pairs")
     run = Path(refused.value.filename)  # a run of the sort, beside the stage's folder
     assert refused.value.errno == errno.ENOSPC and run.name == "run00000.jsonl"
     assert run.parent.parent == cfg.stage_dir("pairs").parent
@@ -647,8 +652,8 @@ def test_a_run_that_failed_before_its_first_chunk_does_not_block_a_corrected_con
     cfg = cfg_for("ranker=pairrm")  # a hub id, offline: fails when the judge loads
     write_generation(cfg, generation_rows(2))
     with pytest.raises(PairRMLoadError):
-        rank_stage.run(cfg)
-    assert rank_stage.run(cfg_for())["ranked"] == 2
+        run_recorded(cfg, "rank")
+    assert run_recorded(cfg_for(), "rank")["ranked"] == 2
 
 
 def test_the_command_line_ends_a_bad_ranked_row_with_the_command_that_ranks_again(tmp_path):
@@ -683,7 +688,7 @@ def test_a_generation_with_no_rows_is_refused_by_rank_and_an_empty_ranking_by_pa
     cfg = cfg_for()
     write_generation(cfg, [])
     with pytest.raises(rank_stage.RankError) as refused:
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
     assert str(refused.value) == (
         f"{cfg.stage_dir('generate')} holds no responses: nothing to rank; generate again"
     )
@@ -694,9 +699,9 @@ def test_a_generation_with_no_rows_is_refused_by_rank_and_an_empty_ranking_by_pa
 
     rank = cfg.stage_dir("rank")
     atomic_write_text(rank / "ranked-shard000-of-001.jsonl", "")
-    write_record(rank, stage_fingerprint(cfg.as_tree(), Stage.rank), {"shards": 1}, {})
+    write_record(rank, Finished(stage_fingerprint(cfg.as_tree(), Stage.rank), {"shards": 1}, {}))
     with pytest.raises(pairs_stage.PairsBuildError) as no_pairs:
-        pairs_stage.run(cfg)
+        run_recorded(cfg, "pairs")
     assert str(no_pairs.value) == f"no pairs: {rank} holds no ranked prompts; rank again"
     assert no_pairs.value.overrides(str(cfg.stage)) == "iter=1 pipeline.redo=[rank]"
     assert not (cfg.stage_dir("pairs") / "done.json").exists()
@@ -713,7 +718,7 @@ def test_every_prompt_short_of_responses_is_refused_but_an_empty_shard_goes_on()
         match=r"^all 2 prompts of .*/generate have fewer than 2 non-empty responses once blank "
         r"ones are dropped \(ranker\.empty_responses=drop\): nothing to rank",
     ):
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
     assert not list(cfg.stage_dir("rank").glob("ranked-shard*.jsonl"))
 
     # one prompt left to rank: shard 1 (its prompt dropped) and shard 2 (none) finish empty
@@ -722,7 +727,7 @@ def test_every_prompt_short_of_responses_is_refused_but_an_empty_shard_goes_on()
         cfg = cfg_for("run_name=some", f"ranker.shard={s}", "ranker.num_shards=3")
         if s == 0:
             write_generation(cfg, rows)
-        rank_stage.run(cfg)
+        run_recorded(cfg, "rank")
     assert [r["prompt_id"] for r in ranked(cfg)] == ["q000"]
     done = json.loads((cfg.stage_dir("rank") / "done.json").read_text())["counts"]
     assert done["ranked"] == 1 and done["prompts_dropped_too_few"] == 1 and done["shards"] == 3

@@ -28,6 +28,16 @@ def compose_cfg(*overrides: str) -> Config:
     return compose(overrides)
 
 
+def run_recorded(cfg: Config, stage: str) -> dict:
+    """`stage`'s run as the scheduler runs it (src/schedule.py: `run_tracked`: inside its W&B
+    run, its record written once it returns); the figures its W&B run keeps."""
+    from src.core.registry import Stage
+    from src.schedule import run_tracked
+    from src.stages import stage_run
+
+    return run_tracked(cfg, Stage(stage), stage_run(Stage(stage))).summary
+
+
 # The files of each tiny model that a build from the same seed reproduces byte for byte
 TINY_WEIGHTS = {
     "tiny-mistral": ["model.safetensors", "tokenizer.json"],

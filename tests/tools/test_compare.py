@@ -479,12 +479,12 @@ def test_the_audit_names_the_machine_each_lineage_trained_on(tmp_path, capsys):
     import torch
 
     from src.core.machine import machine
-    from src.core.records import read_record, write_record
+    from src.core.records import Finished, read_record, write_record
     from src.tiny.audit import main as audit
 
     train = tmp_path / "tiny-mistral" / "sppo" / "r" / "iter1" / "train"
     train.mkdir(parents=True)
-    write_record(train, "0" * 64, {}, {})
+    write_record(train, Finished("0" * 64, {}, {}))
     here = machine()
     assert read_record(train)["machine"] == here and here["cpu"]
     audit(["--root", str(tmp_path)])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from src.config import REPO_ROOT
 from src.core import records
-from src.core.records import write_record
+from src.core.records import Finished, write_record
 from src.tiny.published import COLUMNS, DEMO_RUNS, PUBLISHED, main
 from tests.support.helpers import compose_cfg
 
@@ -85,7 +85,7 @@ def finished(folder: Path, win_rate: float, record: bool = True) -> None:
     folder.mkdir(parents=True)
     (folder / "eval.json").write_text(json.dumps({"win_rate": win_rate, "judge": "tiny-judge"}))
     if record:
-        write_record(folder, "f" * 64, {"win_rate": win_rate}, {"seconds": 1.0})
+        write_record(folder, Finished("f" * 64, {"win_rate": win_rate}, {"seconds": 1.0}))
 
 
 def printed_rows(out: str) -> dict[str, list[str]]:
