@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import shutil
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
@@ -19,8 +18,9 @@ from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
-from src.core.layout import SIDE_EVAL
+from src.core.machine import node_rank
 from src.core.records import read_record, write_record
+from src.core.redo import set_aside
 from src.core.registry import STAGES, iteration_stages
 from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
 from src.stages import StageResult, StageRun, curves, stage_run, tracking
@@ -294,11 +294,7 @@ def one_of_shards(cfg: Config, stage: Stage) -> bool:
 def other_training_node(cfg: Config) -> bool:
     """Whether this process is a node other than node 0 of a training on several nodes: one
     training is one writer, and its node 0 holds the locks for all of them."""
-    if cfg.hardware.num_nodes <= 1:
-        return False
-    from src.training.launch import node_rank
-
-    return node_rank() not in (None, "0")
+    return cfg.hardware.num_nodes > 1 and node_rank() not in (None, "0")
 
 
 def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: bool) -> None:
@@ -327,50 +323,6 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
         except locks.LockLost:  # another may have written beside it: none of it sealed as finished
             (stage_dir / "done.json").unlink(missing_ok=True)
             raise
-
-
-def redone_parts(stage_dir: Path) -> list[Path]:
-    """What a redo replaces in a stage's folder: all of it but the evals against other
-    references that sit inside the eval's (and their locks), each redone by its own command."""
-    return [p for p in stage_dir.iterdir()
-            if not (p.name.startswith(SIDE_EVAL) or p.name == locks.LOCKS)]  # fmt: skip
-
-
-@contextlib.contextmanager
-def set_aside(stage: Stage, stage_dir: Path):
-    """A stage's finished results, moved aside for its redo (beside its folder, renamed: no
-    copy) and deleted once the redo ends well. A redo that fails (a judge that does not answer,
-    a key not set, Ctrl-C) puts them back as they were, what it wrote removed, so a remedy the
-    product suggests never loses finished work. A process killed outright leaves them aside,
-    to the next redo of the stage, which deletes them."""
-    aside = stage_dir.with_name(f".{stage_dir.name}.before-redo")
-    remove(aside)
-    aside.mkdir()
-    for path in redone_parts(stage_dir):
-        path.rename(aside / path.name)
-    try:
-        yield
-    except locks.LockLost:  # another process may be writing there: nothing is moved back
-        raise
-    except BaseException:
-        stage_dir.mkdir(parents=True, exist_ok=True)  # the failed run may have removed it
-        for path in redone_parts(stage_dir):
-            remove(path)
-        for path in aside.iterdir():
-            path.rename(stage_dir / path.name)
-        aside.rmdir()
-        print(f"[main] stage {stage.value}: the redo failed; its earlier results are back in "
-              f"{stage_dir}", file=sys.stderr)  # fmt: skip
-        raise
-    remove(aside)
-
-
-def remove(path: Path) -> None:
-    """Delete a file, a link (never what it points to) or a folder; nothing where none is."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def say(step: Step) -> None:

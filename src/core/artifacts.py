@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -213,3 +214,11 @@ def require_encodable(named: str, what: str, text: str, error: type[StageError])
             "surrogate (half of a UTF-16 pair, escaped in the JSON) that UTF-8 cannot encode; "
             "replace it (with the character it was half of, or U+FFFD) or remove the row"
         ) from None
+
+
+def remove(path: Path) -> None:
+    """Delete a file, a link (never what it points to) or a folder; nothing where none is."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,9 +1,11 @@
 """The machine a stage ran on, as its record names it: what makes the last digits of a figure
-differ between two machines running the same config (docs/results.md)."""
+differ between two machines running the same config (docs/results.md); and which node of a
+training on several nodes it is."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import sys
 from pathlib import Path
@@ -45,3 +47,9 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "gpu": gpu,
     }
+
+
+def node_rank() -> str | None:
+    """This node's rank among the training's nodes: SLURM's (one srun task per node), else
+    NODE_RANK as set by hand."""
+    return os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK"))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from src.config import Config, Stage
-from src.core.artifacts import atomic_write_json, sync_directory
+from src.core.artifacts import atomic_write_json, remove, sync_directory
 from src.core.errors import Redo, StageError
 from src.core.layout import iteration_name
 from src.core.policy import CARD, checkpoint_damage
@@ -269,8 +269,8 @@ def _whole(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: b
     require_replaceable(folder, cfg, force)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial, aside = _partial(folder), _replaced(folder)
-    _remove(partial)
-    _remove(aside)
+    remove(partial)
+    remove(aside)
     origin = _origin(cfg)
     partial.mkdir()
     try:
@@ -287,25 +287,17 @@ def _whole(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: b
         with contextlib.suppress(OSError):  # the failure that stopped the export is the news
             if _present(aside) and not _present(folder):
                 aside.rename(folder)  # stopped between the two renames: the earlier one back
-            _remove(partial)
+            remove(partial)
         if isinstance(err, OSError) and err.filename is None:  # pyarrow's name no file
             said = err.strerror or " ".join(str(err).split())
             raise OSError(err.errno, said, str(folder)) from err
         raise
-    _remove(aside)
+    remove(aside)
     return folder
 
 
 def _present(path: Path) -> bool:
     return path.exists() or path.is_symlink()
-
-
-def _remove(path: Path) -> None:
-    """Remove a folder, or a file or link (a link itself, never what it points to)."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path)
 
 
 def _copy_tree(source: Path, target: Path) -> None:

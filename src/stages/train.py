@@ -22,6 +22,7 @@ from pathlib import Path
 from src.config import Config, Peft, Stage
 from src.core.chunks import claim
 from src.core.errors import StageError
+from src.core.machine import node_rank
 from src.core.records import stage_fingerprint
 from src.core.rows import count_rows, require_sealed
 from src.plan.stages import policy_shape, trainer_checkpoint_bytes
@@ -33,7 +34,6 @@ from src.training.arguments import KEPT_CHECKPOINTS, TRAINER_DIR, TrainingError,
 from src.training.launch import (
     as_one_process_group,
     launch_workers,
-    node_rank,
     preemption_stop_file,
 )
 

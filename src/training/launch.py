@@ -28,6 +28,7 @@ from src.core.errors import (
     StageError,
     describe_os_error,
 )
+from src.core.machine import node_rank
 from src.training.arguments import TRAINER_DIR, TrainingError
 
 RESUME_ENV = "SELFPLAY_RESUME_FROM"  # the checkpoint they resume from ("": none), chosen once
@@ -35,12 +36,6 @@ RESUME_ENV = "SELFPLAY_RESUME_FROM"  # the checkpoint they resume from ("": none
 
 def preemption_stop_file(stage_dir: Path) -> Path:
     return stage_dir / TRAINER_DIR / "STOP"
-
-
-def node_rank() -> str | None:
-    """This node's rank among the training's nodes: SLURM's (one srun task per node), else
-    NODE_RANK as set by hand."""
-    return os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK"))
 
 
 def as_one_process_group(hw: HardwareConfig) -> None:
