@@ -127,6 +127,25 @@ def test_core_imports_nothing_above_it():
     assert above == []
 
 
+# The library modules that take the whole `Config` (docs/design.md §3), each assembling a
+# stage's parts from many sections; every other library module takes the sections it reads.
+WHOLE_CONFIG = {
+    "src/training/arguments.py", "src/training/adapters.py",  # the Trainer's arguments, adapters
+    "src/evaluation/answers.py", "src/evaluation/benchmarks.py",  # the eval's answers, benchmarks
+    "src/plan/stages.py", "src/plan/hours.py",  # the planner
+}  # fmt: skip
+
+
+def test_a_library_takes_the_whole_config_only_where_it_is_named():
+    taking = {
+        str(path.relative_to(ROOT))
+        for unit in LAYERS["libraries"]
+        for path in (ROOT / unit).glob("*.py")
+        if any(m.startswith("src.config") and m.endswith(".Config") for m in imported_modules(path))
+    }
+    assert taking == WHOLE_CONFIG
+
+
 def test_the_check_sees_imports_inside_functions_and_an_upward_one(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from src.stages.train import run\n")
