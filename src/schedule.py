@@ -207,24 +207,25 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
     redone = [step.stage for step in steps if step.action == "redo"]
     ran = []
-    with rewriting(cfg, redone, command):
+    other_node = other_training_node(cfg)
+    with rewriting(cfg, redone, command, other_node):
         for step in steps:
             if step.action == "skip":
                 say(step)
                 continue
             redoing = step.action == "redo"
-            with writing(cfg, step.stage, command, whole=redoing):
+            with writing(cfg, step.stage, command, redoing, other_node):
                 run_stage(cfg, step.stage, runners[step.stage], command, redoing)
             release_gpu_memory()
             ran.append(step.stage)
-    if cfg.pipeline.redo_stale and not other_training_node(cfg):
+    if cfg.pipeline.redo_stale and not other_node:
         for side in stale_side_evals(cfg):
             print(f"[main] {side.stage_dir(Stage.eval)}: made before this checkpoint was "
                   "trained again: redoing it (pipeline.redo_stale)", file=sys.stderr)  # fmt: skip
-            with writing(side, Stage.eval, command, whole=True):
+            with writing(side, Stage.eval, command, True, other_node):
                 run_stage(side, Stage.eval, stage_run(Stage.eval), command, redoing=True)
             ran.append(Stage.eval)
-    if not other_training_node(cfg) and not any(one_of_shards(cfg, s) for s in runners):
+    if not other_node and not any(one_of_shards(cfg, s) for s in runners):
         # once the iteration's stages it ran are done; none ran: from the records, marked so (a
         # sweep point or a lineage made with logger=none appears in W&B all the same)
         curves.log_curve(cfg, reused=not ran)
@@ -259,23 +260,25 @@ def stale_side_evals(cfg: Config) -> list[Config]:
     return found
 
 
-def writing(cfg: Config, stage: Stage, command: str, whole: bool):
+def writing(cfg: Config, stage: Stage, command: str, whole: bool, other_node: bool):
     """The lock on what `stage` writes (src/core/locks.py): its shard's folder for a sharded
-    stage, all of it otherwise or when it is redone (the redo deletes the folder)."""
-    if STAGES[stage].launches_processes and other_training_node(cfg):
+    stage, all of it otherwise or when it is redone (the redo deletes the folder); none on a
+    training's other nodes (`other_node`: node 0 holds it)."""
+    if STAGES[stage].launches_processes and other_node:
         return contextlib.nullcontext()
     shard = None if whole or STAGES[stage].sharded_by is None else stage_shard(cfg, stage).name
     return locks.writing(cfg.stage_dir(stage), command, shard)
 
 
-def rewriting(cfg: Config, redone: list[Stage], command: str):
+def rewriting(cfg: Config, redone: list[Stage], command: str, other_node: bool = False):
     """The locks a redo of `redone` takes before it deletes anything, all of them or none, held
     until it ends (src/core/locks.py): those of the stages it redoes and of every later stage of
     the iteration, which reads what they make, and, when it redoes the training, those of the
-    next iteration's stages, which start from its checkpoint. A running stage holds its own lock,
-    so a redo of anything it reads stops at once, before it deletes a file."""
+    next iteration's stages, which start from its checkpoint; none on a training's other nodes
+    (`other_node`). A running stage holds its own lock, so a redo of anything it reads stops at
+    once, before it deletes a file."""
     launches = any(STAGES[s].launches_processes for s in redone)
-    if not redone or (launches and other_training_node(cfg)):
+    if not redone or (launches and other_node):
         return contextlib.nullcontext()
     order = list(STAGES)
     stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
