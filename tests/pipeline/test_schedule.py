@@ -142,18 +142,22 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
     assert [s for s, _ in recorded] == [Stage.train], "nothing ran the second time"
 
 
+def finish_iterations(overrides: list[str], iterations: int) -> None:
+    """Iterations 1..`iterations` of `overrides` finished: each stage's config and record."""
+    for t in range(1, iterations + 1):
+        cfg = compose_cfg(*overrides, f"iter={t}")
+        for stage in STAGES:
+            schedule.save_config(cfg, stage, "python -m src.main")
+            made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            write_record(cfg.stage_dir(stage), made)
+
+
 def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_redo(recorded):
     """Two iterations trained on the pairs stage's pairs, asked again with a file of the user's
     own under the same run_name: the fix is a run name of its own, not pipeline.redo_stale=true,
     which would replace both checkpoints."""
     made = ["logger=none", "run_name=mine"]
-    for t in (1, 2):
-        cfg = compose_cfg(*made, f"iter={t}")
-        for stage in STAGES:
-            schedule.save_config(cfg, stage, "python -m src.main")
-            write_record(
-                cfg.stage_dir(stage), Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
-            )
+    finish_iterations(made, 2)
     asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
@@ -170,13 +174,7 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
     before the stages' libraries load and the tiny models' build, whose fix redoes every stale
     stage of both in one command."""
     made = ["logger=none", "eval.enabled=true"]
-    for t in (1, 2):
-        cfg = compose_cfg(*made, f"iter={t}")
-        for stage in STAGES:
-            schedule.save_config(cfg, stage, "python -m src.main")
-            write_record(
-                cfg.stage_dir(stage), Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
-            )
+    finish_iterations(made, 2)
     monkeypatch.setattr(preflight, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
     monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
     asked = [*made, "eval.bootstrap=10", "iter=2"]
