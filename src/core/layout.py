@@ -148,11 +148,5 @@ class RunLayout:
             return Place(t, stage, parts[2].removeprefix(SIDE_EVAL))
         return Place(t, stage)
 
-    def path(self, place: Place) -> Path:
-        """The folder `place` names: `parse`'s inverse for a folder."""
-        if place.stage is None:
-            return self.iteration_dir(place.iteration)
-        return self.stage_dir(place.iteration, place.stage, place.side)
-
 
 _STAGE_NAMES = {s.value for s in STAGES}

@@ -33,7 +33,7 @@ class StageResult:
 
 
 class StageRun(Protocol):
-    """A stage's `run(cfg)`; what one that writes its own record returns (train's) is not read."""
+    """A stage's `run(cfg)`."""
 
     def __call__(self, cfg: Config, /) -> StageResult: ...
 

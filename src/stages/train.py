@@ -26,7 +26,7 @@ from src.core.machine import node_rank
 from src.core.records import stage_fingerprint
 from src.core.rows import count_rows, require_sealed
 from src.plan.stages import policy_shape, trainer_checkpoint_bytes
-from src.stages import train_worker
+from src.stages import StageResult, train_worker
 from src.stages.common import require_previous_policy
 from src.training import checkpoints
 from src.training.adapters import require_adapter_base, require_qlora_support
@@ -38,7 +38,9 @@ from src.training.launch import (
 )
 
 
-def run(cfg: Config) -> dict:
+def run(cfg: Config) -> StageResult:
+    """The training, in this process or its workers; its record is rank 0's to write (the
+    spec's `writes_record`), so none is returned."""
     stage_dir = cfg.stage_dir(Stage.train)
     require_inputs(cfg)
     preemption_stop_file(stage_dir).unlink(missing_ok=True)  # left by a preempted run
@@ -48,11 +50,11 @@ def run(cfg: Config) -> dict:
     require_disk_for_checkpoint(cfg, stage_dir)
     if cfg.hardware.world_size == 1:
         as_one_process_group(cfg.hardware)
-        return train_worker.train(cfg, stage_dir, resume)
+        return StageResult(train_worker.train(cfg, stage_dir, resume), None)
     _, rows = train_worker.read_pairs_rows(cfg)
     for _ in rows:  # every row read and checked: bad input ends here, before any worker starts
         pass
-    return launch_workers(cfg.hardware, stage_dir, resume)
+    return StageResult(launch_workers(cfg.hardware, stage_dir, resume), None)
 
 
 def require_inputs(cfg: Config) -> None:

@@ -32,8 +32,11 @@ def test_the_folders_of_a_run(tmp_path):
 )
 def test_a_folder_reads_back_as_the_place_that_built_it(tmp_path, place):
     layout = RunLayout(tmp_path)
-    assert layout.parse(layout.path(place)) == place
-    assert layout.path(layout.parse(layout.path(place))) == layout.path(place)
+    if place.stage is None:
+        folder = layout.iteration_dir(place.iteration)
+    else:
+        folder = layout.stage_dir(place.iteration, place.stage, place.side)
+    assert layout.parse(folder) == place
 
 
 def test_a_file_in_a_folder_reads_as_its_folder(tmp_path):

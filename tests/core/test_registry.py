@@ -3,26 +3,14 @@ stage's input or declared as none's, with why."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-
-from src.config import Config
 from src.core.registry import NOT_INPUTS, STAGES
+from src.explain import schema_keys
 
 
-def schema_keys(schema: type, prefix: str = "") -> list[str]:
-    """Every leaf key of the dataclass tree under `schema`, dotted (a section that may be null,
-    like eval.judge or hardware.slurm, by its keys)."""
-    keys = []
-    hints = typing.get_type_hints(schema)
-    for field in dataclasses.fields(schema):
-        kind = hints[field.name]
-        options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
-        section = next((o for o in options if dataclasses.is_dataclass(o)), None)
-        name = f"{prefix}{field.name}"
-        keys += schema_keys(section, f"{name}.") if section else [name]
-    return keys
+def leaf_keys() -> list[str]:
+    """Every leaf key of the config schema, dotted, as `python -m src.explain` lists them (a
+    section that may be null, like eval.judge or hardware.slurm, by its keys)."""
+    return [key for key, kind, _, _ in schema_keys() if kind != "section"]
 
 
 def declared_by(key: str, entries) -> list[str]:
@@ -37,14 +25,14 @@ NOT = [key for keys in NOT_INPUTS.values() for key in keys]
 def test_every_key_of_the_schema_is_an_input_of_a_stage_or_says_why_not():
     """A key added to the config that is neither would change no fingerprint: a stage whose
     output it changes would keep its record, stale, as valid."""
-    keys = schema_keys(Config)
+    keys = leaf_keys()
     assert "eval.llm_judge.system_turn" in keys and "training.lora.rank" in keys
     undeclared = [k for k in keys if not declared_by(k, INPUTS) and not declared_by(k, NOT)]
     assert undeclared == [], "an input of a stage (StageSpec.inputs) or in NOT_INPUTS, with why"
 
 
 def test_no_key_is_both_an_input_and_not_one_and_every_one_declared_is_in_the_schema():
-    keys = schema_keys(Config)
+    keys = leaf_keys()
     both = [k for k in keys if declared_by(k, INPUTS) and declared_by(k, NOT)]
     assert both == []
     assert len(NOT) == len(set(NOT)), "each key in one group"
