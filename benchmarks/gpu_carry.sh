@@ -53,7 +53,7 @@ phase() {
 }
 
 # pack_logs OUT: OUT/logs* (each stage's whole log) and OUT/results into OUT/logs.tgz
-pack_logs() {
+pack_logs() ( # a subshell: the caller stays in its own folder
     cd "$1" && shopt -s nullglob && set -- logs*/ result[s]/
     [ $# -eq 0 ] || { tar czf logs.tgz "$@" && rm -rf "$@"; }
-}
+)
