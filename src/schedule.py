@@ -16,15 +16,22 @@ from pathlib import Path
 
 from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
-from src.core.artifacts import atomic_write_text
 from src.core.errors import Redo, StageError, with_overrides
 from src.core.machine import node_rank
 from src.core.records import read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import STAGES, iteration_stages
-from src.core.staleness import CONTENT_CHANGED, RETRAINED, TRAINED_AFTER, StageState, state_of
+from src.core.staleness import (
+    CONTENT_CHANGED,
+    RETRAINED,
+    TRAINED_AFTER,
+    StageState,
+    read_upstream,
+    save_config,
+    state_of,
+)
 from src.stages import StageResult, StageRun, curves, stage_run, tracking
-from src.stages.common import read_upstream, stage_shard
+from src.stages.common import stage_shard
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
@@ -36,11 +43,6 @@ def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
     if any(STAGES[s].loads_model for s in stages):
         import transformers.modeling_utils  # noqa: F401
     return runners
-
-
-def save_config(cfg: Config, stage: Stage, command: str) -> None:
-    """The resolved config beside the stage's output, headed by the command that made it."""
-    atomic_write_text(cfg.stage_dir(stage) / "config.yaml", f"# {command}\n{to_yaml(cfg)}")
 
 
 def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = None) -> list[Config]:
@@ -61,9 +63,6 @@ def dispatch(configs: list[Config], command: str) -> None:
     *earlier, cfg = configs
     runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
     for before in earlier:
-        statuses = {state_of(before.as_tree(), s).status for s in runners}
-        why = "is not done" if "todo" in statuses else "has stale stages (pipeline.redo_stale)"
-        print(f"[main] iteration {before.iter} {why}: running it first", file=sys.stderr)
         run_iteration(before, runners, with_overrides(command, f"iter={before.iter}"))
     run_iteration(cfg, runners, command)
 
@@ -86,11 +85,13 @@ def unfinished_iterations(cfg, stages: Collection[Stage], config_for_iter) -> li
         earlier = replace(
             config_for_iter(t), pipeline=PipelineConfig(redo_stale=cfg.pipeline.redo_stale)
         )
-        done = all(state_of(earlier.as_tree(), s).status == "done" for s in stages)
-        if done and not (cfg.pipeline.redo_stale and stale_side_evals(earlier)):
+        statuses = {state_of(earlier.as_tree(), s).status for s in stages}
+        if statuses == {"done"} and not (cfg.pipeline.redo_stale and stale_side_evals(earlier)):
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
-        else:
-            unfinished.append(earlier)
+            continue
+        why = "is not done" if "todo" in statuses else "has stale stages (pipeline.redo_stale)"
+        print(f"[main] iteration {t} {why}: running it first", file=sys.stderr)
+        unfinished.append(earlier)
     return unfinished
 
 
@@ -180,11 +181,12 @@ def redo_reason(cfg: Config) -> str:
 def iteration_plan(cfg: Config, stages: Collection[Stage]) -> list[Step]:
     """`plan_iteration` of the stages the command runs in iteration `cfg`, from their records
     (and that of the stage the first one reads, when the command does not run it)."""
-    states = [state_of(cfg.as_tree(), s) for s in stages]
-    upstream = read_upstream(cfg, states[0].stage)
+    tree = cfg.as_tree()
+    states = [state_of(tree, s) for s in stages]
+    upstream = read_upstream(tree, states[0].stage)
     read = None
     if upstream is not None and upstream not in stages:
-        read = state_of(cfg.as_tree(), upstream)
+        read = state_of(tree, upstream)
     return plan_iteration(states, cfg, read)
 
 
@@ -319,7 +321,7 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
         aside = set_aside(stage, stage_dir)
     with aside:
         print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
-        save_config(cfg, stage, command)
+        save_config(stage_dir, to_yaml(cfg), command)
         run_tracked(cfg, stage, run)
         try:
             locks.require_held()  # held throughout: it was the only writer of what it made
@@ -355,7 +357,7 @@ def refused(cfg: Config, st: StageState, advice: str) -> StageError:
         advice += "; every later iteration made from it is stale too"
     if (
         st.stage is Stage.train
-        and read_upstream(cfg, Stage.train) is None
+        and read_upstream(cfg.as_tree(), Stage.train) is None
         and any(c.startswith("training.pairs: ") and CONTENT_CHANGED not in c for c in st.changed)
     ):  # trained on other pairs: its redo would replace a checkpoint another recipe made
         fix = f"run_name={cfg.run_name}-{pairs_lineage(cfg.training.pairs)}"

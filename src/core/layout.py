@@ -26,6 +26,9 @@ ITERATION = re.compile(r"iter(\d+)")
 SIDE_EVAL = "vs-"
 
 CHECKPOINT = "checkpoint"  # the train stage's model folder
+SAVED_CONFIG = (
+    "config.yaml"  # in each stage's folder: the config it ran with, headed by its command
+)
 
 
 def iteration_name(t: int) -> str:

@@ -1,8 +1,9 @@
 """A finished stage's state under a config: done (its record's fingerprint is this config's),
 stale (made under another config, of a checkpoint trained again since, or from a local file
 edited since it read it) or todo (no record), and for a stale one the keys or files that changed,
-each named as `key: old -> new` in its fingerprint form. The records and fingerprints it reads:
-src/core/records.py.
+each named as `key: old -> new` in its fingerprint form; the config a stage ran with, saved
+beside its output and read back; the stage whose output a stage reads. The records and
+fingerprints it reads: src/core/records.py.
 
 Each function takes the config as plain data (`Config.as_tree()`).
 """
@@ -16,7 +17,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError
+from src.core.layout import SAVED_CONFIG
 from src.core.records import (
     ABSOLUTE_PATHS_FORMAT,
     PORTABLE_FORMATS,
@@ -40,6 +43,16 @@ class StageState:
     # for "stale": the input keys that differ (none of its own: the nearest earlier stage's)
     changed: list[str] = field(default_factory=list)
     earlier_version: bool = False  # for "stale": recorded by another version of this project
+
+
+def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
+    """The stage whose output `stage` reads under `tree`: the one it consumes, unless the file its
+    `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
+    spec = STAGES[stage]
+    if spec.consumes is None or spec.consumes_via is None:
+        return spec.consumes
+    read = Path(lookup(tree, spec.consumes_via)).resolve()
+    return spec.consumes if read.parent == stage_dir(tree, spec.consumes).resolve() else None
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
@@ -119,12 +132,18 @@ def made_more(tree: dict[str, Any], record: dict) -> bool:
     return record.get("fingerprint") == stage_fingerprint(widened, Stage.eval)
 
 
+def save_config(folder: Path, resolved: str, command: str) -> None:
+    """The resolved config (YAML) beside a stage's output in `folder`, headed by the command that
+    made it: what `saved_config` reads back."""
+    atomic_write_text(folder / SAVED_CONFIG, f"# {command}\n{resolved}")
+
+
 def saved_config(
     tree: dict[str, Any], stage: Stage, folder: Path | None = None
 ) -> dict[str, Any] | None:
     """The config the stage last ran with (its `config.yaml`, in `folder` or where `tree` puts
     the stage), as plain data, or None."""
-    saved = (folder or stage_dir(tree, stage)) / "config.yaml"
+    saved = (folder or stage_dir(tree, stage)) / SAVED_CONFIG
     if not saved.is_file():
         return None
     return OmegaConf.to_container(OmegaConf.load(saved))

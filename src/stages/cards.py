@@ -26,15 +26,14 @@ from statistics import mean
 from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, files_sha256, read_json
 from src.core.errors import Redo, StageError
-from src.core.layout import iteration_name
+from src.core.layout import SAVED_CONFIG, iteration_name
 from src.core.policy import CARD
 from src.core.records import read_record
-from src.core.staleness import saved_state
+from src.core.staleness import read_upstream, saved_state
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
 from src.evaluation.benchmarks import figure
 from src.evaluation.leaderboard import V1, shown_scores
-from src.stages.common import read_upstream
 
 # Licenses of the bases this project knows; any other base: "other" (its own card says which)
 BASE_LICENSES = {
@@ -185,7 +184,7 @@ def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
 def saved_command(stage_dir: Path) -> str:
     """The command that made the stage: the first line of the config.yaml that `python -m
     src.main` saves beside its output (a stage run from Python has none)."""
-    saved = stage_dir / "config.yaml"
+    saved = stage_dir / SAVED_CONFIG
     if not saved.is_file():
         return "# not recorded: the stage was run from Python, not by python -m src.main"
     return saved.read_text().splitlines()[0].removeprefix("# ")
@@ -402,7 +401,7 @@ def lineage(cfg: Config) -> str:
 def pairs_file(cfg: Config) -> str | None:
     """The sha256 of the pairs file the checkpoint was trained on when it is a file of the
     user's own (training.pairs); None: the pairs stage's, made by self-play."""
-    if read_upstream(cfg, Stage.train) is not None:
+    if read_upstream(cfg.as_tree(), Stage.train) is not None:
         return None
     path = Path(cfg.training.pairs).expanduser().resolve()
     return files_sha256([path])[path]

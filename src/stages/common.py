@@ -13,22 +13,12 @@ from src.config import Config, RankerConfig, Stage
 from src.core.chunks import Shard
 from src.core.errors import Redo, StageError
 from src.core.policy import checkpoint_damage, model_folder_damage, require_loadable
-from src.core.records import lookup, read_record
+from src.core.records import read_record
 from src.core.registry import STAGES
 from src.core.rows import finished_rows
 
 if TYPE_CHECKING:
     from src.ranking.judge import Judge
-
-
-def read_upstream(cfg: Config, stage: Stage) -> Stage | None:
-    """The stage whose output `stage` reads under `cfg`: the one it consumes, unless the file its
-    `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
-    spec = STAGES[stage]
-    if spec.consumes is None or spec.consumes_via is None:
-        return spec.consumes
-    read = Path(lookup(cfg.as_tree(), spec.consumes_via)).resolve()
-    return spec.consumes if read.parent == cfg.stage_dir(spec.consumes).resolve() else None
 
 
 def stage_shard(cfg: Config, stage: Stage, env: Mapping[str, str] = os.environ) -> Shard:

@@ -25,7 +25,7 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from src.core import registry
-from src.core.layout import RunLayout
+from src.core.layout import SAVED_CONFIG, RunLayout
 from src.core.records import made_before_training
 from src.core.staleness import changed_contents, relocated, saved_config
 
@@ -261,7 +261,7 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row: dict[str, Any] = {"model": run_dir.parent.parent.name, "method": run_dir.parent.name,
                            "run_name": run_dir.name, "iter": t}  # fmt: skip
     # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
-    configs = (read_config(layout.stage_dir(t, s) / "config.yaml") for s in reversed(STAGES))
+    configs = (read_config(layout.stage_dir(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
     cfg = next((c for c in configs if c is not None), {})
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
     stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir(t, s))) is not None}

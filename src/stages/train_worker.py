@@ -37,10 +37,10 @@ from src.core.layout import CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import Finished, fingerprint_form, stage_fingerprint, write_record
+from src.core.staleness import read_upstream
 from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card
-from src.stages.common import read_upstream
 from src.training import checkpoints
 from src.training.adapters import merge, outside_zero3
 from src.training.arguments import (
@@ -207,7 +207,7 @@ def read_pairs_rows(cfg: Config) -> tuple[Path, Iterator[dict]]:
 def remake_pairs(cfg: Config) -> Redo | None:
     """What remakes a bad pairs file when it is the pairs stage's output; None for a
     file of the user's own (training.pairs), which only its author can correct."""
-    upstream = read_upstream(cfg, Stage.train)
+    upstream = read_upstream(cfg.as_tree(), Stage.train)
     return None if upstream is None else Redo(upstream, cfg.iter)
 
 

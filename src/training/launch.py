@@ -28,6 +28,7 @@ from src.core.errors import (
     StageError,
     describe_os_error,
 )
+from src.core.layout import SAVED_CONFIG
 from src.core.machine import node_rank
 from src.training.arguments import TRAINER_DIR, TrainingError
 
@@ -80,7 +81,7 @@ def launch_workers(hw: HardwareConfig, stage_dir: Path, resume: str | None) -> d
     """The training processes `hw` asks for, each running src.stages.train_worker on the stage's
     saved config and resuming from the Trainer checkpoint `resume`; their first failure is raised
     here again."""
-    config_path = stage_dir / "config.yaml"  # saved by src.main before any stage runs
+    config_path = stage_dir / SAVED_CONFIG  # saved by src.main before any stage runs
     if hw.num_nodes > 1:  # one launcher per node: each says where it runs
         print(
             f"[train] {socket.gethostname()}, node {node_rank()} of {hw.num_nodes}: launching "

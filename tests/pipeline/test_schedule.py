@@ -20,10 +20,9 @@ from src.core import locks
 from src.core.errors import Redo, StageError, describe
 from src.core.records import Finished, read_record, stage_fingerprint, write_record
 from src.core.registry import STAGES
-from src.core.staleness import StageState
+from src.core.staleness import StageState, read_upstream, save_config
 from src.main import run
 from src.stages import StageResult
-from src.stages.common import read_upstream
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
 
@@ -147,7 +146,7 @@ def finish_iterations(overrides: list[str], iterations: int) -> None:
     for t in range(1, iterations + 1):
         cfg = compose_cfg(*overrides, f"iter={t}")
         for stage in STAGES:
-            schedule.save_config(cfg, stage, "python -m src.main")
+            save_config(cfg.stage_dir(stage), to_yaml(cfg), "python -m src.main")
             made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
             write_record(cfg.stage_dir(stage), made)
 
@@ -256,11 +255,13 @@ def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder(
     """The train stage's declared `consumes_via`: the pairs stage's output is what it reads unless
     training.pairs names a file of the user's own, which no record of this run covers."""
     cfg = compose_cfg("logger=none")
-    assert read_upstream(cfg, Stage.train) == Stage.pairs
+    assert read_upstream(cfg.as_tree(), Stage.train) == Stage.pairs
     users = compose_cfg("logger=none", "training.pairs=tests/data/pairs_tiny.jsonl")
-    assert read_upstream(users, Stage.train) is None
-    assert read_upstream(cfg, Stage.rank) == Stage.generate
-    assert read_upstream(cfg, Stage.generate) is None  # pi_{t-1}, no stage of this iteration
+    assert read_upstream(users.as_tree(), Stage.train) is None
+    assert read_upstream(cfg.as_tree(), Stage.rank) == Stage.generate
+    assert (
+        read_upstream(cfg.as_tree(), Stage.generate) is None
+    )  # pi_{t-1}, no stage of this iteration
 
 
 PIPELINE = [Stage.generate, Stage.rank, Stage.pairs, Stage.train]
