@@ -140,6 +140,21 @@ def tiny_dir():
 
 
 @pytest.fixture
+def runs_in_tmp(tmp_path, monkeypatch):
+    """The runs root (`SELFPLAY_RUNS`) under this test's tmp_path: no run of another test is
+    met, reused or refused."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+
+
+@pytest.fixture(scope="module")
+def blender(tiny_dir):
+    """The tiny PairRM as llm-blender loads it (src/ranking/blender_compat.py)."""
+    from src.ranking.blender_compat import load_pairrm
+
+    return load_pairrm(str(tiny_dir / "tiny-pairrm"))
+
+
+@pytest.fixture
 def alpaca_eval_offline(tmp_path, monkeypatch):
     """alpaca_eval's glm_winrate module, its one Hub download answered by a local df_gamed.csv
     (AlpacaEval's gamed baselines and instruction difficulties, which the minimal GLM does not

@@ -46,9 +46,7 @@ EXPERIMENTS = [None, *options("experiment")]
 PRESET_REQUIREMENTS = {"gemma-2-9b-it-wpo-hb": ["data.external_responses=/data/gpt4_answers.jsonl"]}
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")  # tests/conftest.py
 
 
 def test_groups_have_the_options_the_project_promises():

@@ -25,10 +25,7 @@ from src.main import run
 from src.stages import StageResult
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
-
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp")  # tests/conftest.py
 
 
 @pytest.fixture

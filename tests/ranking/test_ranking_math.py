@@ -127,11 +127,6 @@ def texts(n: int, words: int, offset: int = 0) -> list[str]:
     return [" ".join(pool[(offset + 97 * i) % 5000 :][:words]) + f" ({i})" for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def blender(tiny_dir):
-    return load_pairrm(str(tiny_dir / "tiny-pairrm"))
-
-
 @pytest.mark.parametrize(
     ("source_max", "candidate_max", "batch_size"),
     [(1224, 412, 7), (48, 24, 64)],  # PairRM's limits; and small ones, so that truncation bites

@@ -23,9 +23,7 @@ ITER1 = REPO_ROOT / "data" / "prompts" / "iter1.jsonl"
 ITER1_IDS = [json.loads(line)["prompt_id"] for line in ITER1.read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
 
 
 def gen_cfg(*overrides: str):

@@ -35,9 +35,7 @@ from tests.support.helpers import compose_cfg, one_line_failure, run_recorded
 CORPUS = (REPO_ROOT / "data" / "tiny" / "corpus.txt").read_text().split()
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
 
 
 def cfg_for(*overrides: str):

@@ -14,10 +14,9 @@ def tiny_chat_judge(tiny_dir):
 
 
 @pytest.fixture
-def runs_in_tmp(tmp_path, monkeypatch):
+def without_assets(runs_in_tmp, monkeypatch):
     """The runs root under this test's tmp_path and no assets check, for every test of
     test_slurm_render.py and test_sweep.py (their `pytestmark`)."""
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     # the real recipes are rendered here without their weights and prompt splits in this offline
     # cache: the check that refuses such a chain is tests/tools/test_assets.py's
     monkeypatch.setattr("src.slurm.require_chain_assets", lambda *args: None)

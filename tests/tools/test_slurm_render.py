@@ -17,7 +17,7 @@ from src.config import REPO_ROOT
 from src.slurm import TEMPLATES, fill, main, require_chain_assets, sbatch_value
 from tests.support.helpers import Composed, composing
 
-pytestmark = pytest.mark.usefixtures("runs_in_tmp")  # tests/tools/conftest.py
+pytestmark = pytest.mark.usefixtures("without_assets")  # tests/tools/conftest.py
 
 
 def dry_run(capsys, *args: str, said: list[str] | None = None) -> dict[str, str]:

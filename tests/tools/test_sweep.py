@@ -11,7 +11,7 @@ import pytest
 from src.config import REPO_ROOT
 from tests.support.helpers import Composed, composing
 
-pytestmark = pytest.mark.usefixtures("runs_in_tmp")  # tests/tools/conftest.py
+pytestmark = pytest.mark.usefixtures("without_assets")  # tests/tools/conftest.py
 
 
 @pytest.mark.slow

@@ -357,11 +357,6 @@ def test_llm_blender_is_imported_without_vllm_and_vllm_stays_importable():
     assert out.stdout.split("\n")[:2] == ["False False", "LLM"]
 
 
-@pytest.fixture(scope="module")
-def blender(tiny_dir):
-    return blender_compat.load_pairrm(str(tiny_dir / "tiny-pairrm"))
-
-
 def test_loading_pairrm_prints_nothing_a_user_cannot_act_on(tiny_dir, capfd):
     """No dataclasses_json warning per unset RankerConfig field, no note on the resized
     embeddings, no loading bar, no "Successfully loaded": every rank stage printed them; and the

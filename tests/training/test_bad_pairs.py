@@ -26,9 +26,7 @@ ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]  # fx00 .
 REMAKE = "stage=pairs iter=1 pipeline.redo=[pairs]"  # the stage's output, training alone
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
 
 
 def rows_with(row: int, **changes) -> list[dict]:

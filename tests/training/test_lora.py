@@ -23,9 +23,7 @@ FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
 LORA = ("model=tiny-mistral", "logger=none", "training.peft=lora", "stage=train")
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
 
 
 def lora_cfg(*overrides: str):

@@ -19,9 +19,7 @@ PAIRS = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"  # 12 pairs: 2 steps o
 BOUNDARIES = ("start", *PHASES, "end")
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
 
 
 def train_overrides(*extra: str) -> list[str]:

@@ -24,9 +24,7 @@ FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
 FIXTURE_ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def runs_in_tmp(tmp_path, monkeypatch, tiny_dir):
-    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
 
 
 def train_cfg(*overrides: str, pairs: Path = FIXTURE):
