@@ -29,7 +29,7 @@ from src.config.paths import PathsConfig
 from src.config.ranker import RankerConfig
 from src.config.training import TrainingConfig
 from src.config.training import cross_checks as training_rules
-from src.core.layout import RunLayout, stage_folder
+from src.core.layout import RunLayout, iteration_name, stage_folder
 from src.core.registry import STAGES, Stage
 
 
@@ -116,6 +116,11 @@ class Config:
         """The config as plain, resolved data (enums as their names), as config.yaml stores it:
         what stage records, fingerprints and W&B receive."""
         return plain_data(self)
+
+    def model_label(self, t: int) -> str:
+        """`<model>-<method>-<run_name>-iter<t>`: iteration t's checkpoint as its card, the evals
+        that answer with it and its W&B artifact name it."""
+        return f"{self.model.name}-{self.method.name.value}-{self.run_name}-{iteration_name(t)}"
 
     def stage_run_name(self, stage: Stage | str) -> str:
         """A stage's name wherever it runs: its SLURM job, its W&B run, the Trainer's run_name:

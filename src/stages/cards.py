@@ -219,7 +219,7 @@ def model_card(cfg: Config, metrics: dict, evaluations: list[dict], command: str
 
     base = cfg.model.path
     is_hub_id = _hub_id(base)
-    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-{iteration_name(cfg.iter)}"
+    name = cfg.model_label(cfg.iter)
     eval_prompts = card_value(cfg.data.eval_prompts, cfg.paths) if cfg.data.eval_prompts else None
     shown = [
         # a reference read from a file is labelled by what the file says, which may be a path

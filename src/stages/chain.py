@@ -29,7 +29,7 @@ RECORD = "record/done.json"  # the stage's record, inside its artifact
 
 def artifact_name(cfg: Config, t: int, what: str) -> str:
     """`<model>-<method>-<run_name>-iter<t>-<what>`, in the characters W&B takes."""
-    name = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-{iteration_name(t)}-{what}"
+    name = f"{cfg.model_label(t)}-{what}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 

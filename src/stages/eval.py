@@ -200,7 +200,7 @@ def answerer(cfg: Config, which: str) -> Answerer:
         path, label = cfg.model.path, cfg.model.name
     elif s is not None:
         path = str(cfg.layout.checkpoint(s))
-        label = f"{cfg.model.name}-{cfg.method.name.value}-{cfg.run_name}-{iteration_name(s)}"
+        label = cfg.model_label(s)
         record = read_record(cfg.layout.stage_dir(s, Stage.train))
         if record is None:
             raise EvalError(
