@@ -380,7 +380,7 @@ def stage_job(cfg: Config, stage: Stage, overrides: list[str], after: str | None
         array = need.tasks
         own.append(f"{spec.sharded_by}.num_shards={array}")
     args = set_overrides(overrides, own)
-    log_dir = Path(cfg.run.dir) / "slurm" / "logs"
+    log_dir = cfg.layout.slurm_logs()
     directives = [f"#SBATCH --array=0-{array - 1}"] if array is not None else []
     values = {
         "description": f"iteration {cfg.iter}, stage {stage.value} of {cfg.run.dir}",
@@ -549,10 +549,11 @@ def submit_chain(
         print(f"[slurm] iterations {from_iter}..{iterations} are finished with this config: "
               "nothing to queue", file=sys.stderr)  # fmt: skip
         return {}
-    script_dir = Path(configs[0].run.dir) / "slurm"
+    logs = configs[0].layout.slurm_logs()
+    script_dir = logs.parent
     if not dry_run:  # a folder the scripts cannot go to, or no sbatch: before anything is said
         require_shared_file_systems(configs[0])
-        (script_dir / "logs").mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
         require_sbatch()
     print(
         f"{plan_text(configs[0], through=configs[-1].iter, overrides=overrides)}\n\n"

@@ -3,7 +3,9 @@
     <run_dir>/iter<t>/<stage>/            one folder per stage of iteration t
     <run_dir>/iter<t>/train/checkpoint/   iteration t's policy, iteration t+1's generator
     <run_dir>/iter<t>/eval/vs-<name>/     an eval against another reference than the base model
+    <run_dir>/iter<t>/train/adapter/      with LoRA: the adapter alone, merged into the checkpoint
     <run_dir>/export/iter<t>/             iteration t's model and data folders, as exported
+    <run_dir>/slurm/                      `python -m src.slurm`'s scripts, their logs in logs/
 
 Every module that builds such a path, lists the iterations or side evals of a run, or reads a
 folder back into its iteration and stage does it through `RunLayout`; the iteration's name
@@ -26,6 +28,7 @@ ITERATION = re.compile(r"iter(\d+)")
 SIDE_EVAL = "vs-"
 
 CHECKPOINT = "checkpoint"  # the train stage's model folder
+ADAPTER = "adapter"  # beside it, a LoRA training's adapter alone
 SAVED_CONFIG = (
     "config.yaml"  # in each stage's folder: the config it ran with, headed by its command
 )
@@ -118,6 +121,10 @@ class RunLayout:
     def export_dir(self, t: int) -> Path:
         """Where `python -m src.export` assembles iteration t's folders unless told elsewhere."""
         return self.run_dir / "export" / iteration_name(t)
+
+    def slurm_logs(self) -> Path:
+        """Where the SLURM jobs of `python -m src.slurm` log; their scripts are in its parent."""
+        return self.run_dir / "slurm" / "logs"
 
     def iterations(self) -> list[int]:
         """The iterations that have a folder in the run, in order (iter10 after iter9)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, remove, sync_directory
 from src.core.errors import Redo, StageError
-from src.core.layout import iteration_name
+from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record
 from src.core.rows import require_sealed
@@ -95,8 +95,8 @@ def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
 
     def assemble(folder: Path) -> None:
         _copy_tree(checkpoint, folder)
-        if (train / "adapter").is_dir():
-            _copy_tree(train / "adapter", folder / "adapter")
+        if (train / ADAPTER).is_dir():
+            _copy_tree(train / ADAPTER, folder / ADAPTER)
 
     return _whole(out / "model", assemble, cfg, force)
 

@@ -33,7 +33,7 @@ from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.errors import Redo, StageError
-from src.core.layout import CHECKPOINT
+from src.core.layout import ADAPTER, CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import Finished, fingerprint_form, stage_fingerprint, write_record
@@ -222,7 +222,7 @@ def save(
     the training's peak memory above the process's before the policy was loaded (bytes; None:
     not known here)."""
     trainer = ready.trainer
-    outputs = [CHECKPOINT] + (["adapter"] if cfg.training.peft != Peft.none else [])
+    outputs = [CHECKPOINT] + ([ADAPTER] if cfg.training.peft != Peft.none else [])
     if trainer.is_world_process_zero():
         for name in outputs:
             shutil.rmtree(stage_dir / f"{name}.partial", ignore_errors=True)
@@ -256,7 +256,7 @@ def publish(
         with outside_zero3(trainer.args):
             merge(
                 cfg,
-                stage_dir / "adapter.partial",
+                stage_dir / f"{ADAPTER}.partial",
                 stage_dir / f"{CHECKPOINT}.partial",
                 precision(cfg),
                 trainer.processing_class,
