@@ -27,6 +27,7 @@ from pathlib import Path
 from benchmarks import harness
 from benchmarks.harness import Case, fmt, table, text
 from src.core import registry
+from src.core.layout import RECORD
 
 # the iteration's stages but the optional eval, in pipeline order (src/core/registry.py)
 STAGES = tuple(s.value for s, spec in registry.STAGES.items() if not spec.optional)
@@ -181,9 +182,7 @@ def measure(case: Case) -> dict:
             raise RuntimeError(ended)
         return {"wall_s": wall, **figures(cfg, stage, lines, p["logs"])}
     # one command: every stage that finished, in order; a failure keeps what came before it
-    done = [
-        s for s in (*STAGES, EVAL) if (cfg.stage_dir(registry.Stage(s)) / "done.json").is_file()
-    ]
+    done = [s for s in (*STAGES, EVAL) if (cfg.stage_dir(registry.Stage(s)) / RECORD).is_file()]
     own = by_stage(lines)
     run = {"wall_s": wall,
            "stages": [{"case": s, **figures(cfg, s, own.get(s, []), p["logs"])} for s in done]}  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.errors import Redo, StageError, with_overrides
+from src.core.layout import RECORD
 from src.core.machine import node_rank
 from src.core.records import read_record, write_record
 from src.core.redo import set_aside
@@ -326,7 +327,7 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
         try:
             locks.require_held()  # held throughout: it was the only writer of what it made
         except locks.LockLost:  # another may have written beside it: none of it sealed as finished
-            (stage_dir / "done.json").unlink(missing_ok=True)
+            (stage_dir / RECORD).unlink(missing_ok=True)
             raise
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from src.core.layout import SIDE_EVAL
+from src.core.layout import ADAPTER, CHECKPOINT, RECORD, SAVED_CONFIG, SIDE_EVAL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,12 +190,13 @@ def test_the_registry_check_sees_a_list_of_stages(tmp_path, monkeypatch):
 
 # A run's folders are spelt in src/core/layout.py alone. Outside it, these spell them again:
 # an f-string's or a concatenation's `iter<t>`, a glob of `iter*` folders, a regex or a string
-# method that reads `iter<digits>` back, a path joined with "checkpoint" (`/ "train" /
-# "checkpoint"`) and a name that starts with the side evals' `vs-`. A name with a suffix (`iter{t}.jsonl`, a glob's
+# method that reads `iter<digits>` back, a path joined with a name the layout gives a stage's
+# folder (`/ "train" / "checkpoint"`, `stage_dir / "done.json"`) and a name that starts with the side evals' `vs-`. A name with a suffix (`iter{t}.jsonl`, a glob's
 # `iter*.parquet`) is a file, never a run's folder: the prompt files (data/prompts/iter<t>.jsonl,
 # .cache/scale/iter<t>.parquet) are named after the splits of the SPPO data sets
 # (`...-sppo-iter<t>`), whose spelling is the data's, not the run's.
 LAYOUT = ROOT / "src/core/layout.py"
+NAMED = {CHECKPOINT, ADAPTER, RECORD, SAVED_CONFIG}  # what a stage's folder holds, by name
 ITER_BEFORE = re.compile(r"(^|[^A-Za-z0-9_])iter$")  # text an iteration's number follows
 
 
@@ -216,7 +217,7 @@ def spells_layout(node: ast.AST) -> bool:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return bool(ITER_BEFORE.search(_text(node.left) or ""))
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-        return _text(node.right) == "checkpoint"
+        return _text(node.right) in NAMED
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
         pattern = _text(node.args[0]) or ""
         if node.func.attr in ("glob", "rglob"):  # iter*, but iter*.jsonl names files
@@ -252,6 +253,8 @@ def test_the_run_layout_is_spelt_in_its_module_alone():
         'match = re.fullmatch(r"iter(\\d+)", name)',
         't = int(folder.name.removeprefix("iter"))',
         'path = run / "iter1" / "train" / "checkpoint"',
+        'record = stage_dir / "done.json"',
+        'saved = stage_dir / "config.yaml"',
         'folder = f"vs-{name}"',
         'prefix = "vs-"',
     ],

@@ -27,11 +27,12 @@ ITERATION = re.compile(r"iter(\d+)")
 # reference (`iter3/eval/vs-iter1`, `iter3/eval/vs-gpt4_turbo.json`), with its own record and lock.
 SIDE_EVAL = "vs-"
 
+# In each stage's folder: its record, written last, the only mark that it finished
+# (src/core/records.py); the config it ran with, headed by its command (src/core/staleness.py).
+RECORD = "done.json"
+SAVED_CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint"  # the train stage's model folder
 ADAPTER = "adapter"  # beside it, a LoRA training's adapter alone
-SAVED_CONFIG = (
-    "config.yaml"  # in each stage's folder: the config it ran with, headed by its command
-)
 
 
 def iteration_name(t: int) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 from src.core.artifacts import atomic_write_json, files_sha256, folder_files, read_json
 from src.core.errors import Redo, StageError, shown
-from src.core.layout import RunLayout, stage_folder
+from src.core.layout import RECORD, RunLayout, stage_folder
 from src.core.machine import machine
 from src.core.registry import BENCHMARK_INPUTS, FILE_INPUTS, STAGES, Stage
 
@@ -171,9 +171,7 @@ def made_before_training(eval_dir: Path) -> bool:
     train_dir = layout.stage_dir(layout.parse(eval_dir).iteration, Stage.train)
     try:
         made, trained = (
-            datetime.strptime(
-                json.loads((d / "done.json").read_bytes())["finished_at"], RECORD_TIME
-            )
+            datetime.strptime(json.loads((d / RECORD).read_bytes())["finished_at"], RECORD_TIME)
             for d in (Path(eval_dir), train_dir)
         )
     except (OSError, ValueError, TypeError, KeyError):  # unfinished, or a record not readable
@@ -196,7 +194,7 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
     read as "unfinished" (its outputs would be trusted by nobody, but redone silently) and never
     believed.
     """
-    path = Path(stage_dir) / "done.json"
+    path = Path(stage_dir) / RECORD
     if not path.is_file():
         return None
     fix = redo_of(path.parent)
@@ -265,7 +263,7 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
     if getattr(finished.fingerprint, "contents", None):
         record["contents"] = finished.fingerprint.contents
     record["sha256"] = record_sha256(record)
-    return atomic_write_json(Path(stage_dir) / "done.json", record)
+    return atomic_write_json(Path(stage_dir) / RECORD, record)
 
 
 class Fingerprint(str):

@@ -10,6 +10,7 @@ from typing import Any
 from src.core.artifacts import file_sha256, read_jsonl
 from src.core.chunks import Shard
 from src.core.errors import StageError, shown
+from src.core.layout import RECORD
 from src.core.records import read_record, redo_of
 
 
@@ -23,7 +24,7 @@ def finished_rows(
     the overrides that make the stage; bad files are refused with what makes it again
     (`redo_of`: none for a cache, which the next run remakes once its folder is deleted).
     """
-    record = stage_dir / "done.json"
+    record = stage_dir / RECORD
     finished = read_record(stage_dir)
     if finished is None:
         raise error(f"{stage_dir} is not finished (no done.json); make it first", finish)
@@ -50,7 +51,7 @@ def finished_rows(
 def require_sealed(output: Path, error: type[StageError], finished: dict | None = None) -> None:
     """`output` as its stage's record (`finished`, else read from done.json beside it) sealed
     it: present, and the same bytes when the record holds its sha256."""
-    record = output.parent / "done.json"
+    record = output.parent / RECORD
     if finished is None:
         finished = read_record(output.parent) or {}
     redo_it = redo_of(output.parent)

@@ -28,6 +28,7 @@ from src.core import locks
 from src.core.chunks import Shard, claim
 from src.core.contracts import AnswerRow
 from src.core.errors import StageError
+from src.core.layout import RECORD
 from src.core.records import read_record, write_record
 from src.core.rows import finished_rows
 from src.evaluation.errors import EvalError
@@ -118,8 +119,8 @@ def cached_record(where: Path, key: str) -> bool:
     try:
         record = read_record(where)
     except StageError:
-        print(f"[eval] {where / 'done.json'} is damaged: making the answers again", file=sys.stderr)
-        (where / "done.json").unlink()
+        print(f"[eval] {where / RECORD} is damaged: making the answers again", file=sys.stderr)
+        (where / RECORD).unlink()
         return False
     return record is not None and record["fingerprint"] == key
 

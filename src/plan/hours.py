@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, replace
 
 from src.config import Backend, Config, JudgeKind, RefLogprobs, Stage
+from src.core.layout import RECORD
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 from src.plan.counts import source_rows
 
@@ -57,7 +58,7 @@ class StageHours:
 def previous_generation(cfg: Config) -> dict | None:
     """The counts of the previous iteration's generate stage (this iteration's, at iter 1)."""
     iteration = max(cfg.iter - 1, 1)
-    record = cfg.layout.stage_dir(iteration, Stage.generate) / "done.json"
+    record = cfg.layout.stage_dir(iteration, Stage.generate) / RECORD
     try:
         counts = json.loads(record.read_text()).get("counts", {})
     except (OSError, ValueError):

@@ -22,9 +22,9 @@ from __future__ import annotations
 import re
 
 from src.config import Config, Stage
-from src.core.layout import iteration_name, iteration_number
+from src.core.layout import RECORD, iteration_name, iteration_number
 
-RECORD = "record/done.json"  # the stage's record, inside its artifact
+IN_ARTIFACT = f"record/{RECORD}"  # the stage's record, inside its artifact
 
 
 def artifact_name(cfg: Config, t: int, what: str) -> str:
@@ -39,7 +39,7 @@ def stage_artifact(cfg: Config, t: int, stage: Stage):
     import wandb
 
     stage_dir = cfg.layout.stage_dir(t, stage)
-    record = stage_dir / "done.json"
+    record = stage_dir / RECORD
     if not record.is_file():
         return None
     what, kind = ("checkpoint", "model") if stage == Stage.train else ("pairs", "dataset")
@@ -51,7 +51,7 @@ def stage_artifact(cfg: Config, t: int, stage: Stage):
         artifact.add_dir(str(made), name="checkpoint")
     else:
         artifact.add_reference(made.resolve().as_uri(), checksum=False)
-    artifact.add_file(str(record), name=RECORD)
+    artifact.add_file(str(record), name=IN_ARTIFACT)
     return artifact
 
 

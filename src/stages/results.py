@@ -25,7 +25,7 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from src.core import registry
-from src.core.layout import SAVED_CONFIG, RunLayout
+from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
 from src.core.records import made_before_training
 from src.core.staleness import changed_contents, relocated, saved_config
 
@@ -150,7 +150,7 @@ def read_config(path: Path) -> dict | None:
 def finished_stage(stage_dir: Path) -> Record | None:
     """The metrics of a finished stage (None if unfinished): its metrics.json when it writes
     one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet)."""
-    done = read_json(stage_dir / "done.json")
+    done = read_json(stage_dir / RECORD)
     if done is None:
         return None
     metrics = read_json(stage_dir / "metrics.json")
@@ -158,7 +158,7 @@ def finished_stage(stage_dir: Path) -> Record | None:
         record = Record(metrics, str(stage_dir / "metrics.json"))
     else:
         counts = done.get("counts") if isinstance(done.get("counts"), dict) else {}
-        record = Record(counts, str(stage_dir / "done.json"), "counts.")
+        record = Record(counts, str(stage_dir / RECORD), "counts.")
     if record.values.get("seconds") is None:  # tokens/s needs a duration; done.json has one
         record.values = {**record.values, "seconds": dig(done, "timings.seconds")}
     return record
