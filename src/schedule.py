@@ -52,11 +52,13 @@ def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = No
     only iteration `cfg.iter` is considered). What the records refuse in any of them is refused
     here, before the stages' libraries load (seconds) and any build (minutes)."""
     stages = iteration_stages(cfg.stage, cfg.eval.enabled)
-    earlier = []
+    earlier: list[tuple[Config, str]] = []
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
         earlier = unfinished_iterations(cfg, stages, config_for_iter)
-    refuse_stale([*earlier, cfg], stages)
-    return [*earlier, cfg]
+    refuse_stale([*(c for c, _ in earlier), cfg], stages)
+    for before, why in earlier:  # said once nothing is refused
+        print(f"[main] iteration {before.iter} {why}: running it first", file=sys.stderr)
+    return [*(c for c, _ in earlier), cfg]
 
 
 def dispatch(configs: list[Config], command: str) -> None:
@@ -68,9 +70,11 @@ def dispatch(configs: list[Config], command: str) -> None:
     run_iteration(cfg, runners, command)
 
 
-def unfinished_iterations(cfg, stages: Collection[Stage], config_for_iter) -> list[Config]:
-    """The earlier iterations `stage=all` runs first: those not finished with this config (none
-    with `pipeline.require_previous`, which needs iteration t-1 trained)."""
+def unfinished_iterations(
+    cfg, stages: Collection[Stage], config_for_iter
+) -> list[tuple[Config, str]]:
+    """The earlier iterations `stage=all` runs first, each with why: those not finished with this
+    config (none with `pipeline.require_previous`, which needs iteration t-1 trained)."""
     if cfg.pipeline.require_previous:
         previous = Path(cfg.run.init_policy)
         if read_record(previous.parent) is None:
@@ -91,8 +95,7 @@ def unfinished_iterations(cfg, stages: Collection[Stage], config_for_iter) -> li
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
             continue
         why = "is not done" if "todo" in statuses else "has stale stages (pipeline.redo_stale)"
-        print(f"[main] iteration {t} {why}: running it first", file=sys.stderr)
-        unfinished.append(earlier)
+        unfinished.append((earlier, why))
     return unfinished
 
 

@@ -164,7 +164,7 @@ def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_red
 
 
 def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_build(
-    recorded, monkeypatch
+    recorded, monkeypatch, capsys
 ):
     """`stage=all iter=2` after both iterations finished with other eval settings: one refusal,
     before the stages' libraries load and the tiny models' build, whose fix redoes every stale
@@ -183,6 +183,7 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
         "(eval.bootstrap: 1000 -> 10); "
     ), said
     assert said.endswith(f"run `{command} pipeline.redo_stale=true`"), said
+    assert "running it first" not in capsys.readouterr().err  # refused, so none runs first
     assert recorded == []
 
 
