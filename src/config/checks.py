@@ -137,6 +137,33 @@ def check_setup_line(key: str, line: str) -> None:
 
 # An option of `hardware.slurm.sbatch`: its name as sbatch spells it in full (no short form)
 SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*")
+# sbatch's long options, those of Slurm 22.05 to 26.05 (src/common/slurm_opt.c: the ones sbatch
+# takes). sbatch reads an #SBATCH line with getopt_long, which takes a name given in full, else
+# any prefix of exactly one of them (`--exclus` is --exclusive): an option is checked as the one
+# sbatch reads. A prefix of several in any of these versions is refused, not guessed.
+SBATCH_OPTIONS = (
+    "account", "acctg-freq", "array", "autocomplete", "batch", "bb", "bbf", "begin", "chdir",
+    "cluster", "cluster-constraint", "clusters", "comment", "consolidate-segments",
+    "constraint", "container", "container-id", "container-type", "context", "contiguous",
+    "core-spec", "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline",
+    "delay-boot", "dependency", "distribution", "error", "exclude", "exclusive", "export",
+    "export-file", "external", "extra", "extra-node-info", "get-user-env", "gid", "gpu-bind",
+    "gpu-freq", "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres",
+    "gres-flags", "help", "hint", "hold", "ignore-pbs", "input", "job-name",
+    "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind",
+    "mem-per-cpu", "mem-per-gpu", "mem-update", "mincpus", "network", "nice", "no-kill",
+    "no-requeue", "nodefile", "nodelist", "nodes", "ntasks", "ntasks-per-core",
+    "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket", "ntasks-per-tres",
+    "oom-kill-step", "open-mode", "output", "overcommit", "oversubscribe", "parsable",
+    "partition", "power", "prefer", "priority", "profile", "propagate", "qos", "quiet",
+    "reboot", "requeue", "reservation", "resources", "resv-ports", "segment", "signal",
+    "sockets-per-node", "spread-job", "spread-segments", "stepmgr", "switches",
+    "tasks-per-node", "test-only", "thread-spec", "threads-per-core", "time", "time-min", "tmp",
+    "tres-bind", "tres-per-task", "uid", "usage", "use-min-nodes", "verbose", "version", "wait",
+    "wait-all-nodes", "wckey", "wrap",
+)  # fmt: skip
+# The names sbatch reads as another option of SBATCH_OPTIONS (the same option to getopt_long)
+SBATCH_ALIASES = {"tasks-per-node": "ntasks-per-node"}
 # The sbatch options the scripts set themselves, and where each comes from: given again in
 # `hardware.slurm.sbatch` it would contradict the script's own line (sbatch takes the last)
 SBATCH_SET_BY = {
@@ -145,13 +172,8 @@ SBATCH_SET_BY = {
     # a node's share: src.slurm asks for each stage's own (hardware.slurm.stages.<stage>)
     **dict.fromkeys(
         [
-            "gres",
-            "gpus",
-            "gpus-per-task",
-            "cpus-per-gpu",
-            "mem-per-cpu",
-            "mem-per-gpu",
-            "exclusive",
+            *("gres", "gpus", "gpus-per-task", "gpus-per-socket", "cpus-per-gpu", "mincpus"),
+            *("mem-per-cpu", "mem-per-gpu", "exclusive"),
         ],
         "hardware.slurm.stages",
     ),
@@ -164,11 +186,36 @@ SBATCH_SET_BY = {
         "src.slurm",
     ),
 }
+# The TRES of a --tres-per-task entry that ask for a node's share: CPUs and GPUs per task
+# ("cpu=4", "gres/gpu=1", "gres/gpu:a100=2"; "gres:gpu:1" as older versions wrote it)
+SHARE_TRES = re.compile(r"(cpu|gres[/:]gpu)(?=$|[=:])")
+
+
+def sbatch_option_name(key: str, option: str, name: str) -> str:
+    """The option sbatch reads `name` (`--name`) as, named in full: `name` itself, else the one
+    option of SBATCH_OPTIONS it is a prefix of (getopt_long's rule), an alias as its option."""
+    given = name[2:]
+    if given in SBATCH_OPTIONS:
+        return f"--{SBATCH_ALIASES.get(given, given)}"
+    begun = [n for n in SBATCH_OPTIONS if n.startswith(given)]
+    if len({SBATCH_ALIASES.get(n, n) for n in begun}) > 1:
+        raise ConfigError(
+            f"{key}={option!r}: `{name}` begins several sbatch options "
+            f"({', '.join(f'--{n}' for n in begun)}), which sbatch refuses as ambiguous: spell "
+            "the one you mean in full"
+        )
+    if not begun:
+        raise ConfigError(
+            f"{key}={option!r}: sbatch has no option {name} (nor one it begins): spell one of "
+            "its long options (`sbatch --help`), e.g. --reservation=maint, --mail-type=FAIL"
+        )
+    return f"--{SBATCH_ALIASES.get(begun[0], begun[0])}"
 
 
 def check_sbatch_option(key: str, option: str) -> None:
     """`key` is one of `hardware.slurm.sbatch`'s options, `--name` or `--name=value`, written on
-    an #SBATCH line of its own (the value quoted by src.slurm's `sbatch_value`)."""
+    an #SBATCH line of its own (the value quoted by src.slurm's `sbatch_value`). It is checked as
+    the option sbatch reads: `--exclus` is --exclusive, refused as --exclusive is."""
     name, equals, value = option.partition("=")
     if not SBATCH_OPTION.fullmatch(name):
         raise ConfigError(
@@ -181,19 +228,29 @@ def check_sbatch_option(key: str, option: str) -> None:
             f"{key}={option!r} {f'holds {bad}' if bad else 'has no value after ='}; an option's "
             "value is written on one #SBATCH line: printable characters, or no '=' at all"
         )
-    where = SBATCH_SET_BY.get(name[2:])
-    if where == "src.slurm":
+    read = sbatch_option_name(key, option, name)
+    # what the refusal says first: which option sbatch reads, where the name is not its own
+    said = f"{key}={option!r}: " + ("" if read == name else f"`{name}` is sbatch's {read}; ")
+    where = SBATCH_SET_BY.get(read[2:])
+    if read == "--tres-per-task" and any(
+        SHARE_TRES.match(t.strip()) for t in value.lower().split(",")
+    ):
+        where = "hardware.slurm.stages"
+    if read == "--wrap":
         raise ConfigError(
-            f"{key}={option!r}: {name} is set by src.slurm, from what each job needs; drop it"
+            f"{said}sbatch refuses --wrap beside a batch script, and each job here is a script "
+            "that runs its stage: drop it"
         )
+    if where == "src.slurm":
+        raise ConfigError(f"{said}{read} is set by src.slurm, from what each job needs; drop it")
     if where == "hardware.slurm.stages":
         raise ConfigError(
-            f"{key}={option!r}: {name} would give each job, the CPU pairs job and every one-GPU "
-            "shard too, what the whole node has; src.slurm asks for each stage's own GPUs, CPUs "
-            "and memory (hardware.slurm.stages.<stage>): drop it"
+            f"{said}{read} would give each job, the CPU pairs job and every one-GPU shard too, "
+            "what the whole node has; src.slurm asks for each stage's own GPUs, CPUs and memory "
+            "(hardware.slurm.stages.<stage>): drop it"
         )
     if where is not None:
-        raise ConfigError(f"{key}={option!r}: the scripts set {name} from {where}: set that")
+        raise ConfigError(f"{said}the scripts set {read} from {where}: set that")
 
 
 # The bytes of one file or folder name that a file system takes (NAME_MAX of ext4, XFS, Btrfs,

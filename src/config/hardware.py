@@ -58,9 +58,12 @@ class SlurmConfig:
     # clone's .venv/bin/python, so activating another environment changes nothing)
     setup: list[str] = field(default_factory=list)
     # more sbatch options, each `--name` or `--name=value` (e.g. `--reservation=maint`,
-    # `--mail-type=FAIL`); those the scripts set themselves are refused, naming their key, and
-    # so are those that ask for a node's share (`--gres=gpu:8`, `--exclusive`): the scripts ask
-    # for each stage's own, and these would give every one-GPU shard and the CPU pairs job a node
+    # `--mail-type=FAIL`), each checked as the option sbatch reads (a prefix of one option is
+    # that option, `--exclus` --exclusive; one of several, or of none, is refused); those the
+    # scripts set themselves are refused, naming their key, and so are `--wrap` and those that ask
+    # for a node's share (`--gres=gpu:8`, `--exclusive`, `--mincpus`, a cpu or gres/gpu
+    # `--tres-per-task`): the scripts ask for each stage's own, and these would give every
+    # one-GPU shard and the CPU pairs job a node
     sbatch: list[str] = field(default_factory=list)
     # the jobs read models and datasets from the Hugging Face cache only (HF_HUB_OFFLINE=1,
     # HF_DATASETS_OFFLINE=1, TRANSFORMERS_OFFLINE=1); false for nodes that reach the Hub

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The random part of a temporary's name as mkstemp makes it (CPython's tempfile): 8 characters
+RANDOM_PART = re.compile(r"[a-z0-9_]{8}")
+
+
+def temporaries(path: Path) -> list[Path]:
+    """The temporaries `atomic_path(path)` made beside `path` (a killed writer leaves its own), by
+    an exact test on each name, `.<path's name>.<mkstemp's random part>.tmp`: `path`'s name is
+    never a pattern (a `*` in it would match other files' temporaries)."""
+    prefix, suffix = f".{path.name}.", ".tmp"
+    return [
+        p
+        for p in sorted(path.parent.iterdir())
+        if p.name.startswith(prefix)
+        and p.name.endswith(suffix)
+        and RANDOM_PART.fullmatch(p.name[len(prefix) : -len(suffix)])
+    ]
 
 
 @functools.cache

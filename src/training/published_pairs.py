@@ -17,6 +17,11 @@ its file and row, as is a text the pairs file's reader refuses (blank, a lone su
 `prompt_id`: the row's (a number as its digits), else the first 16 hex digits of the sha256 of
 the prompt's text. Rows stream from parquet (a batch at a time) or JSON lines; the file is written
 whole or not at all.
+
+One conversion at a time per `--out`: it holds a lock on it (`.locks/<name>.lock` beside it,
+src/core/locks.py) for its whole run; a second conversion to the same file stops at once with one
+line naming the first (pid, host, since, command), exit 3, touching nothing. A temporary a killed
+conversion left beside `--out` is removed under that lock, so never one a live conversion writes.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from src.config.cli import ArgumentParser, failures
-from src.core.artifacts import atomic_path, read_jsonl
+from src.core.artifacts import atomic_path, read_jsonl, temporaries
 from src.core.errors import StageError
+from src.core.locks import writing
 from src.training.data import checked_pair, parquet_rows
 
 
@@ -81,7 +87,10 @@ def pair_of(where: str, row: dict[str, Any]) -> dict[str, str]:
     if isinstance(pid, int) and not isinstance(pid, bool):
         pid = str(pid)  # kept as given: the pairs file's ids are strings
     elif pid is not None and not isinstance(pid, str):
-        raise PublishedPairsError(f"{where}: its prompt_id {pid!r} is not a string or a number")
+        raise PublishedPairsError(
+            f"{where}: its prompt_id {pid!r} is neither an integer nor a string: a prompt_id is "
+            "an integer (kept as its digits) or a string, or absent (the prompt's sha256)"
+        )
     if not pid or not pid.strip():
         # surrogatepass: a text UTF-8 cannot hold is named by checked_pair, not a traceback here
         pid = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -90,6 +99,10 @@ def pair_of(where: str, row: dict[str, Any]) -> dict[str, str]:
 
 
 def rows_of(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    if path.is_dir():
+        raise PublishedPairsError(
+            f"{path}: is a folder; name the dataset's .parquet or .jsonl files in it"
+        )
     if not path.is_file():
         raise PublishedPairsError(f"{path}: no such file")
     if path.suffix == ".parquet":
@@ -97,12 +110,18 @@ def rows_of(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     return read_jsonl(path, PublishedPairsError, example='{"chosen": [...], "rejected": [...]}')
 
 
-def convert(inputs: list[Path], out: Path) -> int:
-    """Every row of `inputs`, in order, into `out` (JSON lines); returns the pairs written. A
+def convert(inputs: list[Path], out: Path, command: str) -> int:
+    """Every row of `inputs`, in order, into `out` (JSON lines), holding `out`'s lock (`command`:
+    this conversion's, as the lock names it to a second one); returns the pairs written. A
     temporary an interrupted run left beside `out` (a kill -9) goes first."""
-    for left in out.parent.glob(f".{out.name}.*.tmp"):
-        left.unlink(missing_ok=True)
-        print(f"[published_pairs] removed {left}, left by an interrupted run", file=sys.stderr)
+    with writing(out, command):
+        for left in temporaries(out):  # under the lock: no live conversion's
+            left.unlink(missing_ok=True)
+            print(f"[published_pairs] removed {left}, left by an interrupted run", file=sys.stderr)
+        return write_pairs(inputs, out)
+
+
+def write_pairs(inputs: list[Path], out: Path) -> int:
     written = 0
     with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8") as f:
         for path in inputs:
@@ -122,13 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="the dataset's .parquet or .jsonl")
     parser.add_argument("--out", type=Path, required=True, help="the pairs file (.jsonl)")
     words = sys.argv[1:] if argv is None else argv
-    with failures(" ".join(["python -m src.training.published_pairs", *words]), where="--out"):
+    command = " ".join(["python -m src.training.published_pairs", *words])
+    with failures(command, where="--out"):
         args = parser.parse_args(words)
         if args.out.suffix != ".jsonl":
             parser.error(f"--out {args.out}: the pairs file is JSON lines (.jsonl)")
         if any(args.out.resolve() == path.resolve() for path in args.inputs):
             parser.error(f"--out {args.out} is also an input: name another file for the pairs")
-        written = convert(args.inputs, args.out)
+        written = convert(args.inputs, args.out, command)
         print(f"[published_pairs] {written:,} pairs -> {args.out} (training.pairs={args.out})")
 
 

@@ -31,6 +31,7 @@ from src.config import (
     previous_policy,
     validate,
 )
+from src.config.checks import SBATCH_ALIASES, SBATCH_OPTIONS, SBATCH_SET_BY, check_sbatch_option
 from tests.support.helpers import CONF, compose_cfg, compose_raw, entry
 
 
@@ -863,6 +864,65 @@ def test_slurm_fields_take_what_sbatch_names():
     # the jobs are named after run_name: on SLURM hardware it is one word too
     with pytest.raises(ConfigError, match=rf"^run_name='my run' holds a space{SHELL_WORD_RULE}"):
         compose_cfg("hardware=slurm-cpu", "run_name='my run'")
+
+
+# what the scripts say of a node's share in hardware.slurm.sbatch, after the option's name
+NODE_SHARE = (
+    " would give each job, the CPU pairs job and every one-GPU shard too, what the whole node "
+    "has; src.slurm asks for each stage's own GPUs, CPUs and memory "
+    "(hardware.slurm.stages.<stage>): drop it"
+)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--exclus", "`--exclus` is sbatch's --exclusive; --exclusive" + NODE_SHARE),
+        ("--exclu", "`--exclu` begins several sbatch options (--exclude, --exclusive), which "
+                    "sbatch refuses as ambiguous: spell the one you mean in full"),
+        ("--gpus-per-n=8", "`--gpus-per-n` is sbatch's --gpus-per-node; --gpus-per-node is set "
+                           "by src.slurm, from what each job needs; drop it"),
+        ("--mem-per-g=80G", "`--mem-per-g` is sbatch's --mem-per-gpu; --mem-per-gpu" + NODE_SHARE),
+        ("--tasks-per-node=8", "`--tasks-per-node` is sbatch's --ntasks-per-node; "
+                               "--ntasks-per-node is set by src.slurm"),
+        ("--part=gpu", "`--part` is sbatch's --partition; the scripts set --partition from "
+                       "hardware.slurm.partition: set that"),
+        ("--tres-per-task=gres/gpu:8", ": --tres-per-task" + NODE_SHARE),
+        ("--tres-per-task=license/ansys=1,cpu=4", ": --tres-per-task" + NODE_SHARE),
+        ("--tres-per-t=gres/gpu:a100=2", "is sbatch's --tres-per-task; --tres-per-task"),
+        ("--mincpus=128", ": --mincpus" + NODE_SHARE),
+        ("--gpus-per-socket=4", ": --gpus-per-socket" + NODE_SHARE),
+        ("--wrap=hostname", ": sbatch refuses --wrap beside a batch script, and each job here "
+                            "is a script that runs its stage: drop it"),
+        ("--wra=hostname", "`--wra` is sbatch's --wrap; sbatch refuses --wrap"),
+        ("--foo=$(id)", "sbatch has no option --foo (nor one it begins): spell one of its long "
+                        "options (`sbatch --help`)"),
+    ],
+)  # fmt: skip
+def test_an_sbatch_option_is_refused_as_the_option_sbatch_reads(option, message):
+    """sbatch reads an #SBATCH line with getopt_long: a prefix of one option is that option."""
+    with pytest.raises(ConfigError) as refused:
+        check_sbatch_option("hardware.slurm.sbatch[2]", option)
+    line = str(refused.value)
+    assert line.startswith(f"hardware.slurm.sbatch[2]={option!r}: ") and message in line, line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--ntasks-per-gpu=1", "--export=NONE", "--chdir=/", "--reservation=maint", "--reser=maint",
+     "--mail-type=FAIL", "--exclude=node1", "--tres-per-task=license/ansys=1",
+     "--comment=$(rm -rf ~)"],
+)  # fmt: skip
+def test_an_sbatch_option_that_asks_for_no_nodes_share_is_taken(option):
+    check_sbatch_option("hardware.slurm.sbatch[0]", option)
+
+
+def test_every_sbatch_option_the_check_refuses_is_one_sbatch_has():
+    """A name misspelt in the refusals would never match what sbatch reads."""
+    named = {*SBATCH_SET_BY, *SBATCH_ALIASES, *SBATCH_ALIASES.values(), "wrap", "tres-per-task"}
+    assert named <= set(SBATCH_OPTIONS), named - set(SBATCH_OPTIONS)
+    assert len(set(SBATCH_OPTIONS)) == len(SBATCH_OPTIONS)
 
 
 @pytest.mark.parametrize(

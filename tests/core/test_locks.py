@@ -26,29 +26,7 @@ from src.config import REPO_ROOT, Stage
 from src.core import locks
 from src.core.chunks import Shard, chunk_by_chunk, run_chunks
 from src.core.locks import Locked, is_held, lock_path, writing
-from tests.support.helpers import SMALL, compose_cfg, one_line_failure, run_main
-
-HOLD = """
-import sys, time
-from pathlib import Path
-from src.core.locks import writing
-shard = sys.argv[2] if sys.argv[2] != "-" else None
-with writing(Path(sys.argv[1]), "python -m src.main holder", shard):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
-def holder(stage_dir: Path, shard: str | None = None) -> subprocess.Popen:
-    """A process that holds `stage_dir` (or its `shard`) until it is killed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(stage_dir), shard or "-"],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+from tests.support.helpers import SMALL, compose_cfg, holder, one_line_failure, run_main
 
 
 @pytest.fixture

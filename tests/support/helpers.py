@@ -110,6 +110,32 @@ def run_main_process(root: Path, *args: str, timeout: int = 600) -> subprocess.C
     )
 
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from src.core.locks import writing
+shard = sys.argv[2] if sys.argv[2] != "-" else None
+with writing(Path(sys.argv[1]), sys.argv[3], shard):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def holder(
+    stage_dir: Path, shard: str | None = None, command: str = "python -m src.main holder"
+) -> subprocess.Popen:
+    """A process that holds `stage_dir` (or its `shard`) until it is killed, signed `command`
+    (src/core/locks.py): another writer in this process would take this process's own lock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(stage_dir), shard or "-", command],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     return run_main(root, *SMALL, *args)
 

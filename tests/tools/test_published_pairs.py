@@ -1,6 +1,6 @@
 """src/training/published_pairs.py: a published DPO-form dataset into the pairs file
 training.pairs reads — both forms of its rows, and each row that is no pair refused in one line
-with nothing written."""
+with nothing written; one conversion at a time per --out, and only its own leftovers removed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from src.training.data import read_pairs
-from tests.support.helpers import entry
+from tests.support.helpers import entry, holder
 
 
 def turn(role: str, content: str) -> dict[str, str]:
@@ -68,9 +68,11 @@ def test_both_forms_become_pairs_that_training_reads(tmp_path):
          "`chosen` does not end in an assistant turn"),
         ({**WHOLE[0], "chosen": [turn("user", "Name a prime."), turn("assistant", "7\ud800")]},
          "'chosen' holds '\\ud800' at character 1, a lone surrogate"),
+        ({**WHOLE[0], "prompt_id": 1.5},
+         "its prompt_id 1.5 is neither an integer nor a string: a prompt_id is an integer"),
     ],
     ids=["a system turn", "other prompts", "a string", "a user turn last", "an empty answer",
-         "no answer", "a lone surrogate"],
+         "no answer", "a lone surrogate", "a float prompt_id"],
 )  # fmt: skip
 def test_a_row_that_is_no_pair_is_one_line_naming_it_and_nothing_is_written(tmp_path, row, said):
     data = tmp_path / "data.jsonl"
@@ -88,6 +90,7 @@ def test_what_is_not_a_dataset_is_refused_in_one_line(tmp_path):
     empty.write_text("")
     for argv, code, said in [
         ([str(tmp_path / "none.parquet"), "--out", str(tmp_path / "p.jsonl")], 1, "no such file"),
+        ([str(tmp_path), "--out", str(tmp_path / "p.jsonl")], 1, f"{tmp_path}: is a folder; "),
         ([str(empty), "--out", str(tmp_path / "p.jsonl")], 1, "no rows"),
         ([str(empty), "--out", str(tmp_path / "p.parquet")], 2, "the pairs file is JSON lines"),
         ([str(empty), "--out", str(empty)], 2, f"--out {empty} is also an input"),
@@ -100,9 +103,41 @@ def test_what_is_not_a_dataset_is_refused_in_one_line(tmp_path):
 def test_a_temporary_left_by_a_killed_run_goes_with_the_next_run(tmp_path):
     data, out = tmp_path / "apart.jsonl", tmp_path / "pairs.jsonl"
     data.write_text(json.dumps(APART[0]) + "\n")
-    left = tmp_path / ".pairs.jsonl.x1y2.tmp"  # atomic_path's, as a kill -9 leaves it
+    left = tmp_path / ".pairs.jsonl.x1y2z3_4.tmp"  # atomic_path's, as a kill -9 leaves it
     left.write_text("half a file")
     done = entry("src.training.published_pairs", str(data), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert f"removed {left}, left by an interrupted run" in done.stderr
     assert not left.exists() and len(out.read_text().splitlines()) == 1
+
+
+def test_a_second_conversion_to_the_same_out_is_refused_and_leaves_the_first_ones_temporary(
+    tmp_path,
+):
+    data, out = tmp_path / "apart.jsonl", tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(APART[0]) + "\n")
+    live = tmp_path / ".pairs.jsonl.a1b2c3d4.tmp"  # the first conversion's, being written
+    live.write_text("half a file")
+    first = holder(out, command=f"python -m src.training.published_pairs x --out {out}")
+    try:
+        refused = entry("src.training.published_pairs", str(data), "--out", str(out))
+    finally:
+        first.kill()
+        first.wait()
+    (line,) = refused.stderr.strip().splitlines()
+    assert refused.returncode == 3, refused.stderr
+    assert line.startswith(f"error: {out} is being written by pid {first.pid} on "), line
+    assert f"(`python -m src.training.published_pairs x --out {out}`, " in line, line
+    assert live.read_text() == "half a file" and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", live.name, data.name]
+
+
+def test_out_is_no_pattern_another_outputs_temporary_stays(tmp_path):
+    data, out = tmp_path / "apart.jsonl", tmp_path / "*.jsonl"
+    data.write_text(json.dumps(APART[0]) + "\n")
+    other = tmp_path / ".other.jsonl.a1b2c3d4.tmp"  # another conversion's, to other.jsonl
+    other.write_text("half a file")
+    done = entry("src.training.published_pairs", str(data), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "removed" not in done.stderr and other.read_text() == "half a file"
+    assert len(out.read_text().splitlines()) == 1

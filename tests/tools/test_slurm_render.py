@@ -530,7 +530,7 @@ def test_an_sbatch_value_is_quoted_when_sbatch_would_split_it(value, written):
 
 SITE = [
     "hardware.slurm.setup=['module load cuda/12.4','source /shared/envs/selfplay/bin/activate']",
-    "hardware.slurm.sbatch=['--reservation=maint','--mail-type=FAIL','--foo=$(rm -rf ~)']",
+    "hardware.slurm.sbatch=['--reservation=maint','--mail-type=FAIL','--comment=$(rm -rf ~)']",
 ]
 
 
@@ -666,7 +666,7 @@ def test_every_template_exports_the_config_then_runs_the_setup_lines(capsys, tmp
         assert f"from slurm/templates/{template}" in script
         directives, lines = script_parts(script)
         assert directives[-4:] == ["#SBATCH --partition=gpu", "#SBATCH --reservation=maint",
-                                   "#SBATCH --mail-type=FAIL", '#SBATCH --foo="$(rm -rf ~)"'], template  # fmt: skip
+                                   "#SBATCH --mail-type=FAIL", '#SBATCH --comment="$(rm -rf ~)"'], template  # fmt: skip
         # sbatch reads directives up to the first command only
         assert script.index(directives[-1]) < script.index("\nset -euo pipefail\n")
         assert lines[0] == f"cd {REPO_ROOT}" and lines[1] == "export PYTHONUNBUFFERED=1"
