@@ -44,7 +44,8 @@ def _hydra_main(raw: DictConfig) -> None:
     # process here: a SystemExit passes through Hydra untouched, where an exception would be
     # reported by Hydra first ("Error executing job ...").
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    # as written: each is a string node, which reading one by one would resolve (`${iter}`)
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     command = " ".join(["python -m src.main", *overrides])
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a job of a local multirun (Hydra's basic launcher)
         SWEEP_DIRS.add(Path(hydra_cfg.sweep.dir))

@@ -16,21 +16,13 @@ from pathlib import Path
 
 from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
-from src.core.errors import Redo, StageError, with_overrides
-from src.core.layout import RECORD
+from src.core.errors import RedoStale, StageError, with_overrides
+from src.core.layout import RECORD, RunLayout
 from src.core.machine import node_rank
-from src.core.records import read_record, write_record
+from src.core.records import read_record, read_upstream, write_record
 from src.core.redo import set_aside
-from src.core.registry import STAGES, iteration_stages
-from src.core.staleness import (
-    CONTENT_CHANGED,
-    RETRAINED,
-    TRAINED_AFTER,
-    StageState,
-    read_upstream,
-    save_config,
-    state_of,
-)
+from src.core.registry import FOLDER_INPUTS, STAGES
+from src.core.staleness import StageState, Why, redo_for, save_config, saved_config, state_of
 from src.stages import StageResult, StageRun, curves, stage_run, tracking
 from src.stages.common import stage_shard
 
@@ -51,7 +43,7 @@ def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = No
     one not yet done (`config_for_iter(t)`: the command line's config at iter=t; without it
     only iteration `cfg.iter` is considered). What the records refuse in any of them is refused
     here, before the stages' libraries load (seconds) and any build (minutes)."""
-    stages = iteration_stages(cfg.stage, cfg.eval.enabled)
+    stages = cfg.stages()
     earlier: list[tuple[Config, str]] = []
     if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
         earlier = unfinished_iterations(cfg, stages, config_for_iter)
@@ -64,7 +56,7 @@ def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = No
 def dispatch(configs: list[Config], command: str) -> None:
     """Run the stages of each iteration `iterations` chose, the earlier ones first."""
     *earlier, cfg = configs
-    runners = stage_runners(iteration_stages(cfg.stage, cfg.eval.enabled))
+    runners = stage_runners(cfg.stages())
     for before in earlier:
         run_iteration(before, runners, with_overrides(command, f"iter={before.iter}"))
     run_iteration(cfg, runners, command)
@@ -103,17 +95,18 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
     """What `run_iteration` would refuse in any iteration the command runs, refused before any
     of them starts (and before a tiny chat judge's build of minutes): one iteration's as it says
     it, several iterations' as one refusal whose fix redoes each stale stage in order. Only a
-    refusal the records decide whatever is built: a change that names a key (a file whose content
-    changed may be a tiny model's, which the build makes again)."""
+    refusal the records decide whatever is built: any but a benchmark folder's content (the tiny
+    benchmarks' data, which their build makes again)."""
     found = []
     for c in configs:
         refused = first_refusal(iteration_plan(c, stages))
         if refused and (refused.stale.earlier_version or any(
-            CONTENT_CHANGED not in change for change in refused.stale.changed
+            change.cause not in (Why.content, Why.gone) or change.key not in FOLDER_INPUTS
+            for change in refused.stale.changed
         )):  # fmt: skip
             found.append((c.iter, refused))
     # a training on other pairs than its checkpoint's: a lineage of its own, never a redo of them
-    elsewhere = [step.error for _, step in found if str(step.error.fix).startswith("run_name=")]
+    elsewhere = [step.error for _, step in found if other_pairs(step.stale)]
     if len(found) == 1 or elsewhere:
         raise (elsewhere or [found[0][1].error])[0]
     if found:
@@ -123,7 +116,7 @@ def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
         raise StageError(
             f"{which} were made with a different configuration ({why or 'an earlier version'}); "
             "restore the config, or redo every stale stage, in order, in one command",
-            "pipeline.redo_stale=true",
+            RedoStale(),
         )
 
 
@@ -245,7 +238,6 @@ def stale_side_evals(cfg: Config) -> list[Config]:
     from omegaconf import OmegaConf
 
     from src.config import ConfigError, validate
-    from src.core.staleness import saved_config
 
     found = []
     for folder in cfg.layout.side_evals(cfg.iter):
@@ -340,40 +332,57 @@ def say(step: Step) -> None:
 
 def refused(cfg: Config, st: StageState, advice: str) -> StageError:
     """A stage finished under another config (or version) than `cfg`: never trusted, and never
-    redone without being asked; the fix redoes it."""
-    fix: str | Redo = Redo(st.stage, cfg.iter)
+    redone without being asked; the fix redoes it, the remedy chosen by why it is stale."""
+    fix = redo_for(st, cfg.iter)
     if st.earlier_version:
         return StageError(
-            f"{cfg.stage_dir(st.stage)} was recorded by an earlier version of selfplay-lab, whose "
-            "records this one cannot check; to redo it and the stages after it",
+            f"{cfg.stage_dir(st.stage)} was {st.changed[0]}, whose records this one cannot "
+            "check; to redo it and the stages after it",
             fix,
         )
-    if any(TRAINED_AFTER in change for change in st.changed):
+    if st.has(Why.trained_after):
         return StageError(
             f"{cfg.stage_dir(st.stage)} evaluated iteration {cfg.iter}'s checkpoint before it "
             "was trained again; to evaluate the checkpoint as it is now",
             fix,
         )
     why = "; ".join(st.changed) or "the output of an earlier stage changed"
-    if any(RETRAINED in change for change in st.changed):
-        # every later iteration is stale with it: one command redoes them all, in order
-        fix = "pipeline.redo_stale=true"
+    if st.has(Why.retrained, Why.ancestor):  # every later iteration is stale with it
         advice += "; every later iteration made from it is stale too"
-    if (
-        st.stage is Stage.train
-        and read_upstream(cfg.as_tree(), Stage.train) is None
-        and any(c.startswith("training.pairs: ") and CONTENT_CHANGED not in c for c in st.changed)
-    ):  # trained on other pairs: its redo would replace a checkpoint another recipe made
-        fix = f"run_name={cfg.run_name}-{pairs_lineage(cfg.training.pairs)}"
+    if other_pairs(st):  # trained on other pairs: its redo would replace a checkpoint another
+        # recipe made
+        fix = f"run_name={free_run_name(cfg)}"
         advice = (
             "train on these pairs in a lineage of its own (a redo, pipeline.redo=[train], "
             "would replace that checkpoint)"
         )
-    if st.changed and all(CONTENT_CHANGED in change for change in st.changed):
+    if st.changed and all(c.kind in (Why.content, Why.gone) for c in st.changed):
         what, advice = "other input files", advice.replace("the config", "the file")
     else:
         what = "a different configuration"
     return StageError(f"{cfg.stage_dir(st.stage)} was made with {what} ({why}); {advice}", fix)
+
+
+def other_pairs(st: StageState) -> bool:
+    """A training refused because it is asked on another pairs file than the one it trained on."""
+    return st.stage is Stage.train and any(
+        c.kind == Why.value and c.key == "training.pairs" for c in st.changed
+    )
+
+
+def free_run_name(cfg: Config) -> str:
+    """A lineage name for a training on `cfg`'s pairs file that no training on other pairs
+    holds: the run name with the file's stem (`-pairs-<stem>`), numbered where that is taken."""
+    stem = pairs_lineage(cfg.training.pairs)
+    base = cfg.run_name if cfg.run_name.endswith(f"-{stem}") else f"{cfg.run_name}-{stem}"
+    name, n = base, 1
+    while True:
+        train = RunLayout(Path(cfg.run.dir).parent / name).stage_dir(cfg.iter, Stage.train)
+        made_with = saved_config(cfg.as_tree(), Stage.train, train) or {}
+        if made_with.get("training", {}).get("pairs") in (None, cfg.training.pairs):
+            return name
+        n += 1
+        name = f"{base}-{n}"
 
 
 def release_gpu_memory() -> None:

@@ -57,7 +57,8 @@ from src.config import (
 )
 from src.config.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
-from src.core.registry import STAGES, iteration_stages
+from src.core.records import read_upstream
+from src.core.registry import STAGES
 from src.core.staleness import state_of
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
@@ -271,7 +272,7 @@ def requests_table(cfg: Config) -> str:
         "| stage | tasks | nodes | GPUs per node | CPUs | memory (GB) | time (min) | of a node |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for stage in iteration_stages(Stage.all, cfg.eval.enabled):
+    for stage in cfg.stages(Stage.all):
         r = request(cfg, stage)
         rows.append(
             f"| {stage.value} | {r.tasks} | {r.nodes} | {r.gpus} | {r.cpus} | {r.mem_gb} "
@@ -416,9 +417,9 @@ def chain(configs: list[Config], overrides: list[str]) -> list[Job]:
     for cfg in configs:
         names: dict[Stage, str | None] = {}
         tree = cfg.as_tree()
-        for stage in iteration_stages(cfg.stage, cfg.eval.enabled):
-            consumes = STAGES[stage].consumes
-            after = names[consumes] if consumes else previous_policy
+        for stage in cfg.stages():
+            upstream = read_upstream(tree, stage)
+            after = names.get(upstream) if upstream else previous_policy
             if after is None and state_of(tree, stage).status == "done":
                 print(f"[slurm] iteration {cfg.iter}, {stage.value}: finished with this "
                       "config, not queued", file=sys.stderr)  # fmt: skip

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from src.assets.asset import Asset
 from src.config import Benchmark, Config, JudgeKind, PromptFormat, RankerConfig, Stage
-from src.core.registry import iteration_stages
 from src.evaluation.alpaca_eval import GLM_FILES, REFERENCE_FILE, REFERENCE_REPO
 
 # the DeBERTa an llm-blender ranker builds itself on, named in its config.json (`model_name`);
@@ -204,7 +203,7 @@ READS: dict[Stage, Callable[[Config], list[tuple[Asset, str]]]] = {
 
 def needs(cfg: Config, stages: Iterable[Stage] | None = None) -> list[Need]:
     """What `stages` of `cfg`'s iteration read (by default the stages its `stage=` runs)."""
-    chosen = iteration_stages(cfg.stage, cfg.eval.enabled) if stages is None else stages
+    chosen = cfg.stages() if stages is None else stages
     return [
         Need(asset, key, cfg.iter, stage) for stage in chosen for asset, key in READS[stage](cfg)
     ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from src.config import Config, Stage
-from src.core.registry import iteration_stages
 from src.core.staleness import state_of
 from src.plan.stages import require_fit_here
 from src.tiny.on_demand import ensure_tiny_models
@@ -39,7 +38,7 @@ def require_assets_here(configs: Sequence[Config], command: str) -> None:
     from src.assets.check import listed_for, require_assets
     from src.evaluation.alpaca_eval import require_alpaca_eval_judge
 
-    stages = iteration_stages(configs[-1].stage, configs[-1].eval.enabled)
+    stages = configs[-1].stages()
     todo = {
         c.iter: [s for s in stages if c.pipeline.redo or state_of(c.as_tree(), s).status != "done"]
         for c in configs

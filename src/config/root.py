@@ -30,7 +30,8 @@ from src.config.ranker import RankerConfig
 from src.config.training import TrainingConfig
 from src.config.training import cross_checks as training_rules
 from src.core.layout import RunLayout, iteration_name, stage_folder
-from src.core.registry import STAGES, Stage
+from src.core.records import read_upstream
+from src.core.registry import STAGES, Stage, iteration_stages
 
 
 @dataclass(kw_only=True)
@@ -111,6 +112,12 @@ class Config:
         (`generation`, `ranker`), or None for a stage that is not sharded."""
         section = STAGES[stage].sharded_by
         return getattr(self, section) if section else None
+
+    def stages(self, stage: Stage | None = None) -> list[Stage]:
+        """What `stage=` (or `stage`) runs in this iteration, in order: a training on a pairs file
+        of the user's own reads none of the stages before it, so `stage=all` runs none of them."""
+        own_pairs = read_upstream(self.as_tree(), Stage.train) is None
+        return iteration_stages(stage or self.stage, self.eval.enabled, own_pairs)
 
     def as_tree(self) -> dict[str, Any]:
         """The config as plain, resolved data (enums as their names), as config.yaml stores it:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +68,15 @@ class Redo:
         return f"{fix} {self.also}".rstrip()
 
 
+@dataclass(frozen=True)
+class RedoStale:
+    """A failure's remedy where an earlier iteration is stale: every stale stage of the lineage
+    made again, in order, which only `stage=all` reaches (it runs the earlier iterations first)."""
+
+    def overrides(self, running: str = "all") -> str:
+        return ("" if running == "all" else "stage=all ") + "pipeline.redo_stale=true"
+
+
 class StageError(RuntimeError):
     """Bad input or state a stage cannot work with (a missing file, a malformed row, ...).
 
@@ -78,13 +88,13 @@ class StageError(RuntimeError):
     exit_code = EXIT_STAGE_ERROR
     label = "error"  # the word the line starts with
 
-    def __init__(self, message: str, fix: str | Redo | None = None) -> None:
+    def __init__(self, message: str, fix: str | Redo | RedoStale | None = None) -> None:
         super().__init__(message)
         self.fix = fix
 
     def overrides(self, running: str = "all") -> str | None:
         """`fix` as the overrides of a command that runs `running` (its `stage=`)."""
-        return self.fix.overrides(running) if isinstance(self.fix, Redo) else self.fix
+        return self.fix.overrides(running) if isinstance(self.fix, Redo | RedoStale) else self.fix
 
 
 class EnvironmentFailure(StageError):
@@ -185,7 +195,13 @@ def describe(exc: StageError, command: str) -> str:
     """The one line a failure ends with: the message, and `command` with the failure's fix."""
     line = f"{exc.label}: " + str(exc).strip().replace("\n", " ")
     fix = exc.overrides(running_stage(command))
-    return f"{line}; run `{with_overrides(command, fix)}`" if fix else line
+    return f"{line}; run `{as_typed(with_overrides(command, fix))}`" if fix else line
+
+
+def as_typed(command: str) -> str:
+    """`command` as a shell is to be given it: each word a shell would expand (`${iter}`, which
+    the config resolves per iteration) single-quoted."""
+    return " ".join(shlex.quote(w) if "$" in w or "`" in w else w for w in command.split(" "))
 
 
 # What the file system's refusals mean for a run, by errno; `{where}`: the setting that places

@@ -37,18 +37,29 @@ from src.core.artifacts import atomic_write_json, files_sha256, folder_files, re
 from src.core.errors import Redo, StageError, shown
 from src.core.layout import RECORD, RunLayout, stage_folder
 from src.core.machine import machine
-from src.core.registry import BENCHMARK_INPUTS, FILE_INPUTS, STAGES, Stage
+from src.core.registry import (
+    BENCHMARK_INPUTS,
+    FILE_INPUTS,
+    FOLDER_INPUTS,
+    POLICY_INPUTS,
+    STAGES,
+    Stage,
+)
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
-# inside the run relative to it); format 4 adds the record's own sha256, so a record edited by
-# hand or damaged is refused rather than believed; format 5 hashes the content of the local files
-# the stage read (`input_contents`) and keeps each one's, so that a file changed is named; a
-# record of 3 or 4 is checked as it was made, by name. Format 2 hashed the paths absolute, and its
-# records are still checked as it made them, where the run then sat (`state_of`). A record of
-# any other format was made by another version of this project, and is refused with that reason
-# rather than as a config change.
-RECORD_FORMAT = 5
-PORTABLE_FORMATS = (3, 4, RECORD_FORMAT)
+# inside the run relative to it); format 4 adds the record's own sha256, checked from format 5 on,
+# so a record edited by hand or damaged is refused rather than believed; format 5 hashes the
+# content of the local files the stage read (`input_contents`) and keeps each one's, so that a
+# file changed is named; format 6 fingerprints a training on a pairs file of the user's own by
+# that file and the policy it starts from, not through the stages it does not read. A record of
+# 3 or 4 is checked as it was made, by name, and one of 5 (such a training) chained as it was
+# made. Format 2 hashed the paths absolute, and its records are still checked as it made them,
+# where the run then sat (`state_of`). A record of any other format was made by another version
+# of this project, and is refused with that reason rather than as a config change; one whose
+# format is not a number is damaged.
+RECORD_FORMAT = 6
+CONTENTS_FORMAT = 5  # the first to hash the files' content and to check the record's sha256
+PORTABLE_FORMATS = (3, 4, CONTENTS_FORMAT, RECORD_FORMAT)
 ABSOLUTE_PATHS_FORMAT = 2
 KNOWN_FORMATS = (ABSOLUTE_PATHS_FORMAT, *PORTABLE_FORMATS)
 
@@ -195,10 +206,14 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
     believed.
     """
     path = Path(stage_dir) / RECORD
-    if not path.is_file():
+    if not path.is_file() and not os.path.lexists(path):
         return None
     fix = redo_of(path.parent)
     again = "make the stage again" if fix else f"delete {path.parent} to make it again"
+    if not path.is_file():  # a folder or a device in its place: taken as none, the stage would
+        # run whole and then fail to write its record
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise StageError(f"{path} is {what}, not the record this project writes; {again}", fix)
     record = read_json(path, StageError, fix, again)
     problem = record_problem(record)
     if problem:
@@ -208,7 +223,10 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
 
 def record_problem(record: dict[str, Any]) -> str | None:
     """What is wrong with a parsed record (None: nothing)."""
-    if record.get("format") not in KNOWN_FORMATS:
+    made_as = record.get("format")
+    if made_as is not None and (not isinstance(made_as, int) or isinstance(made_as, bool)):
+        return f"its 'format' is {shown(made_as)}, not a whole number"
+    if made_as not in KNOWN_FORMATS:
         return None  # another version's (whose fields may differ): state_of refuses it as such
     fields = {"fingerprint": str, "counts": dict, "timings": dict}
     for key, kind in fields.items():
@@ -216,7 +234,7 @@ def record_problem(record: dict[str, Any]) -> str | None:
             return f"its {key!r} is {shown(record.get(key))}, not a {kind.__name__}"
     if "outputs" in record and not isinstance(record["outputs"], dict):
         return f"its 'outputs' is {shown(record['outputs'])}, not an object"
-    if record["format"] >= RECORD_FORMAT and record.get("sha256") != record_sha256(record):
+    if record["format"] >= CONTENTS_FORMAT and record.get("sha256") != record_sha256(record):
         return "its content does not match its sha256"
     return None
 
@@ -285,15 +303,19 @@ def stage_fingerprint(
     extras: bool = True,
     contents: bool = True,
     backend_written: bool = False,
+    read: dict[str, list[str]] | None = None,
+    chained: bool = False,
 ) -> Fingerprint:
     """sha256 of the stage's inputs, of the content of the local files among them and of the
-    fingerprint of what it consumes.
+    fingerprint of what it reads: the stage it consumes (`read_upstream`), or, where it reads no
+    stage of its iteration, the policy it starts from (pi_{t-1}, as recorded when it was trained).
 
     `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`,
     `backend_written`: see `stage_inputs`. `contents=False`: by the files' names alone, as
-    records before format 5.
+    records before format 5. `read`: see `input_contents`. `chained=True`: a training on a file
+    of the user's own chained through the stages it does not read, as records before format 6.
     """
-    consumes = STAGES[stage].consumes
+    consumes = STAGES[stage].consumes if chained else read_upstream(tree, stage)
     iteration = tree["iter"]
     if consumes is not None:
         upstream: str | None = stage_fingerprint(tree, consumes, at, contents=contents)
@@ -304,40 +326,81 @@ def stage_fingerprint(
     else:
         upstream = None
     inputs = stage_inputs(tree, stage, at, extras, backend_written)
+    if consumes is None and STAGES[stage].consumes is not None and not chained:
+        # it starts from the policy alone, as the first stage does: the policy's keys are its own
+        inputs.update(fingerprint_form({k: lookup(tree, k) for k in POLICY_INPUTS}, tree, at))
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
-    read = input_contents(tree, stage) if contents else {}
-    if read:  # only then: a stage that reads no local file keeps its fingerprint of format 4
-        payload["contents"] = {key: entry["sha256"] for key, entry in read.items()}
+    found = input_contents(tree, stage, read) if contents else {}
+    if found:  # only then: a stage that reads no local file keeps its fingerprint of format 4
+        payload["contents"] = {key: entry["sha256"] for key, entry in found.items()}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-    return Fingerprint(digest, read)
+    return Fingerprint(digest, found)
 
 
-def input_contents(tree: dict[str, Any], stage: Stage) -> dict[str, dict[str, str]]:
-    """{key: {path, stat, sha256}} for each of the stage's FILE_INPUTS that names a local file or
-    folder outside the run (a folder: its files together). The stage's record vouches for a file
-    whose size and times are as it recorded them, so that a check does not read it again."""
+def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
+    """The stage whose output `stage` reads under `tree`: the one it consumes, unless the file its
+    `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
+    spec = STAGES[stage]
+    if spec.consumes is None or spec.consumes_via is None or not lookup(tree, spec.consumes_via):
+        return spec.consumes
+    read = Path(lookup(tree, spec.consumes_via)).expanduser().resolve()
+    return spec.consumes if read.parent == stage_dir(tree, spec.consumes).resolve() else None
+
+
+# What a local input holds when it is no longer a file or folder the stage could read
+GONE = "gone"
+
+
+def input_contents(
+    tree: dict[str, Any], stage: Stage, read: dict[str, list[str]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """{key: {path, stat, sha256[, read]}} for each of the stage's FILE_INPUTS that names a local
+    file or folder outside the run: what the stage read of it, by content.
+
+    A folder enters by the files its stage read: `read[key]`, the files and sub-folders under it
+    that the stage names as it finishes (MT-Bench's question and judge files, the leaderboard's
+    dataset copies), kept in the record and read from it by a later check; without them (a
+    record made before), every file in it. A file named by a record that is gone, or has become
+    a folder, hashes as `GONE`, so the check names it. The record vouches for a file whose size,
+    inode, mtime and ctime (which every write changes, `cp -p` and `touch -d` too) are as it
+    recorded them, so that a check does not read it again.
+    """
     named = flatten(stage_inputs(tree, stage))
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, Any]] = {}
     recorded: dict | None = None
     for key in FILE_INPUTS:
         form = named.get(key)
         if not isinstance(form, str) or form.startswith(PORTABLE[0]):
             continue
-        path = Path(lookup(tree, key)).expanduser()
-        files = folder_files(path) if path.is_dir() else [path]
-        if not path.exists() or not files:
-            continue  # a hub id, or missing: the stage's reader says so
-        stats = [(f.relative_to(path).as_posix() if f != path else "", f.stat()) for f in files]
-        stat = hashlib.sha256(
-            "\n".join(f"{n}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}" for n, s in stats).encode()
-        ).hexdigest()
         if recorded is None:
             try:
                 recorded = (read_record(stage_dir(tree, stage)) or {}).get("contents") or {}
             except StageError:  # damaged: said where the stage's state is read
                 recorded = {}
         seen = recorded.get(key) or {}
-        if seen.get("path") == form and seen.get("stat") == stat:
+        seen = seen if seen.get("path") == form else {}
+        path = Path(lookup(tree, key)).expanduser()
+        parts = (read or {}).get(key, seen.get("read"))
+        if not path.exists():
+            if seen:  # it was read: now gone
+                out[key] = {"path": form, "stat": GONE, "sha256": GONE}
+            continue  # a hub id, or never read: the stage's reader says so
+        if key in FOLDER_INPUTS:
+            files = files_read(path, parts)
+        else:  # a file input replaced by a folder (or a device) is not what was read
+            files = [path] if path.is_file() else None
+        if files is None:
+            out[key] = {"path": form, "stat": GONE, "sha256": GONE}
+            continue
+        if not files and not seen:
+            continue  # an empty folder, as records before empty folders entered
+        stats = [(f.relative_to(path).as_posix() if f != path else "", f.stat()) for f in files]
+        stat = hashlib.sha256(
+            "\n".join(
+                f"{n}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}:{s.st_ctime_ns}" for n, s in stats
+            ).encode()
+        ).hexdigest()
+        if seen.get("stat") == stat:
             digest = seen["sha256"]
         else:
             hashes = files_sha256(files)
@@ -347,7 +410,28 @@ def input_contents(tree: dict[str, Any], stage: Stage) -> dict[str, dict[str, st
                 ).encode()
             ).hexdigest()
         out[key] = {"path": form, "stat": stat, "sha256": digest}
+        if parts is not None:
+            out[key]["read"] = sorted(parts)
     return out
+
+
+def files_read(path: Path, parts: list[str] | None) -> list[Path] | None:
+    """The files of the folder `path` a stage read: those under each of `parts` (a file, or a
+    folder's files), else all of them. None: `path` is not a folder, or one of `parts` is gone."""
+    if not path.is_dir():
+        return None
+    if parts is None:
+        return folder_files(path)
+    found = []
+    for part in sorted(parts):
+        under = path / part
+        if under.is_file():
+            found.append(under)
+        elif under.is_dir():
+            found += folder_files(under)
+        else:
+            return None
+    return found
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -78,10 +78,16 @@ BENCHMARK_INPUTS = {
 # The inputs that name a local file or folder whose content, not only its name, makes a stage's
 # output (src.core.records.input_contents): a file edited in place makes the stage stale. A path
 # inside the run (an earlier stage's output) is left out: its stage's fingerprint stands for it.
+# A folder among them enters by the files its stage read (the files it names as it finishes).
+FOLDER_INPUTS = ("data.mt_bench", "data.arena_hard", "data.leaderboard")
 FILE_INPUTS = (
     "data.prompts", "data.eval_prompts", "data.external_responses", "training.pairs",
-    "eval.reference_outputs", "data.mt_bench", "data.arena_hard", "data.leaderboard",
+    "eval.reference_outputs", *FOLDER_INPUTS,
 )  # fmt: skip
+
+# The policy a stage starts from where it reads no stage of its iteration: generate, and a
+# training on a pairs file of the user's own (pi_{t-1}: the base model at iteration 1)
+POLICY_INPUTS = ("run.init_policy", "model.path", "model.revision")
 
 # What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
 # the eval stage's is `eval.judge` (or `ranker`, when it is null).
@@ -103,9 +109,7 @@ STAGES: dict[Stage, StageSpec] = {
             consumes=None,
             inputs=(
                 "iter",
-                "run.init_policy",
-                "model.path",
-                "model.revision",
+                *POLICY_INPUTS,
                 "data.prompts",
                 "data.split",
                 "data.prompt_column",
@@ -226,9 +230,12 @@ NOT_INPUTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def iteration_stages(stage: Stage, with_eval: bool) -> list[Stage]:
+def iteration_stages(stage: Stage, with_eval: bool, own_pairs: bool = False) -> list[Stage]:
     """What `stage=` runs, in order: `all` every stage (the optional ones `with_eval`, i.e. with
-    `eval.enabled=true`), any other stage that one alone."""
+    `eval.enabled=true`; none before the training where it trains on a pairs file of the user's
+    own, `own_pairs`, which reads none of them), any other stage that one alone."""
     if stage != Stage.all:
         return [stage]
-    return [s for s, spec in STAGES.items() if not spec.optional or with_eval]
+    order = list(STAGES)
+    first = order.index(Stage.train) if own_pairs else 0
+    return [s for s in order[first:] if not STAGES[s].optional or with_eval]

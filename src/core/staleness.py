@@ -1,9 +1,14 @@
 """A finished stage's state under a config: done (its record's fingerprint is this config's),
-stale (made under another config, of a checkpoint trained again since, or from a local file
-edited since it read it) or todo (no record), and for a stale one the keys or files that changed,
-each named as `key: old -> new` in its fingerprint form; the config a stage ran with, saved
-beside its output and read back; the stage whose output a stage reads. The records and
-fingerprints it reads: src/core/records.py.
+stale (made under another config, of a checkpoint trained again since, from a local file edited
+since it read it, or descended from an earlier iteration that is stale) or todo (no record), and
+for a stale one each change, typed (`Change`): what the scheduler decides a remedy from, and, as
+text, `key: old -> new` in its fingerprint form; the config a stage ran with, saved beside its
+output and read back. The records and fingerprints it reads: src/core/records.py.
+
+A lineage is judged as a whole: a stage of iteration t is stale when any iteration before it is,
+judged by the config each was made with (`stale_ancestor`), so every command that reads results
+(src.main, the eval stage, src.compare, the card, src.export, W&B's curve runs) sees what a walk
+from iteration 1 sees.
 
 Each function takes the config as plain data (`Config.as_tree()`).
 """
@@ -12,62 +17,128 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError
-from src.core.layout import SAVED_CONFIG
+from src.core.choice import Choice
+from src.core.errors import Redo, RedoStale, StageError
+from src.core.layout import SAVED_CONFIG, RunLayout
 from src.core.records import (
     ABSOLUTE_PATHS_FORMAT,
-    PORTABLE_FORMATS,
+    CONTENTS_FORMAT,
+    GONE,
+    KNOWN_FORMATS,
     RECORD_FORMAT,
+    RECORD_TIME,
     flatten,
     input_contents,
     lookup,
     made_before_training,
     read_record,
+    read_upstream,
     stage_dir,
     stage_fingerprint,
     stage_inputs,
 )
-from src.core.registry import BENCHMARK_INPUTS, STAGES, Stage
+from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
+
+
+class Why(Choice):
+    """Why a finished stage is stale: what decides its remedy (src/schedule.py)."""
+
+    value = "value"  # an input key set otherwise than the stage was made with
+    content = "content"  # a local file it read changed since
+    gone = "gone"  # a local file it read is gone, or is no longer a file
+    retrained = "retrained"  # pi_{t-1}, which its iteration started from, trained again since
+    trained_after = "trained_after"  # an eval whose checkpoint was trained again after it
+    ancestor = "ancestor"  # an earlier iteration, which this one descends from, is stale
+    version = "version"  # recorded by another version of this project
+
+
+class Change(str):
+    """One reason a stage is stale: its text as the user reads it, its `kind`, the config `key`
+    it concerns (None: none), and for an ancestor's the kind of the ancestor's own (`cause`)."""
+
+    kind: Why
+    key: str | None
+    cause: Why
+
+    def __new__(cls, text: str, kind: Why, key: str | None = None, cause: Why | None = None):
+        made = super().__new__(cls, text)
+        made.kind, made.key, made.cause = kind, key, cause or kind
+        return made
+
+    def under(self, prefix: str) -> Change:
+        """The same change said of a later stage, `prefix` before its text."""
+        return Change(prefix + self, self.kind, self.key, self.cause)
 
 
 @dataclass
 class StageState:
     stage: Stage
     status: str  # "done" | "stale" | "todo"
-    # for "stale": the input keys that differ (none of its own: the nearest earlier stage's)
-    changed: list[str] = field(default_factory=list)
-    earlier_version: bool = False  # for "stale": recorded by another version of this project
+    # for "stale": why (none of its own inputs changed: the nearest earlier stage's changes)
+    changed: list[Change] = field(default_factory=list)
 
+    @property
+    def earlier_version(self) -> bool:
+        """Recorded by another version of this project, whose records this one cannot check."""
+        return any(c.kind == Why.version for c in self.changed)
 
-def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
-    """The stage whose output `stage` reads under `tree`: the one it consumes, unless the file its
-    `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
-    spec = STAGES[stage]
-    if spec.consumes is None or spec.consumes_via is None:
-        return spec.consumes
-    read = Path(lookup(tree, spec.consumes_via)).resolve()
-    return spec.consumes if read.parent == stage_dir(tree, spec.consumes).resolve() else None
+    def has(self, *kinds: Why) -> bool:
+        return any(c.kind in kinds for c in self.changed)
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
-    """The stage's state under `tree`: done (finished with this config), stale (finished with
-    another, or an eval of a checkpoint trained again since) or todo."""
+    """The stage's state under `tree`, its lineage judged as a whole: done (finished with this
+    config, and every earlier iteration as it was made), stale (finished with another, an eval of
+    a checkpoint trained again since, or descended from a stale iteration) or todo."""
+    state = own_state(tree, stage)
+    if state.status == "done" and (ancestor := stale_ancestor(tree)) is not None:
+        return StageState(stage, "stale", [ancestor])
+    return state
+
+
+def redo_for(state: StageState, iteration: int) -> Redo | RedoStale:
+    """What makes a stale stage of `iteration` again: the stage and those after it, or, where an
+    earlier iteration is the cause, every stale stage of the lineage in order."""
+    if state.has(Why.retrained, Why.ancestor):
+        return RedoStale()
+    return Redo(state.stage, iteration)
+
+
+def own_state(tree: dict[str, Any], stage: Stage) -> StageState:
+    """The stage's state under `tree` by its own record (and, for an eval, its checkpoint's)."""
     state = recorded_state(tree, stage)
     if (
         state.status == "done"
         and stage == Stage.eval
         and made_before_training(stage_dir(tree, stage))
     ):
-        return StageState(
-            stage, "stale", [f"iteration {tree['iter']}'s checkpoint {TRAINED_AFTER}"]
-        )
+        said = f"iteration {tree['iter']}'s checkpoint {TRAINED_AFTER}"
+        return StageState(stage, "stale", [Change(said, Why.trained_after)])
     return state
+
+
+def stale_ancestor(tree: dict[str, Any]) -> Change | None:
+    """Why iteration `tree['iter']` descends from a stale iteration: the first earlier
+    iteration, walking from iteration 1, whose training is stale under the config it was made
+    with because something it read changed (`READ_CHANGED`: a file it read, the checkpoint it
+    started from trained again since); None: none is. An iteration whose training is unfinished or saved no config is passed over:
+    the next one's link to it (its generate's fingerprint) says so."""
+    layout = RunLayout(lookup(tree, "run.dir"))
+    for u in range(1, tree["iter"]):
+        state = saved_state(tree, Stage.train, layout.stage_dir(u, Stage.train), whole=False)
+        if state is not None and state.has(*READ_CHANGED):
+            why = "; ".join(state.changed) or "the output of an earlier stage changed"
+            first = state.changed[0] if state.changed else Change(why, Why.value)
+            said = f"iteration {u}'s training, which this iteration descends from, is stale ({why})"
+            return Change(said, Why.ancestor, first.key, first.cause)
+    return None
 
 
 def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
@@ -75,6 +146,13 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
     record = read_record(stage_dir(tree, stage))
     if record is None:
         return StageState(stage, "todo")
+    made_as = record.get("format")
+    if made_as not in KNOWN_FORMATS:
+        later = isinstance(made_as, int) and made_as > RECORD_FORMAT
+        said = f"recorded by {'a later' if later else 'an earlier'} version of selfplay-lab" + (
+            f" (record format {made_as}; this one writes {RECORD_FORMAT})" if made_as else ""
+        )
+        return StageState(stage, "stale", [Change(said, Why.version)])
     if record.get("fingerprint") == stage_fingerprint(tree, stage):
         return StageState(stage, "done")
     if stage == Stage.eval and record.get("fingerprint") == stage_fingerprint(
@@ -82,10 +160,17 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
     ):  # made with eval.backend set to the engine it resolves to now (every such record is of
         # this format: the key came after it)
         return StageState(stage, "done")
-    by_name = record.get("format") != RECORD_FORMAT  # made before files entered by content
+    by_name = made_as < CONTENTS_FORMAT  # made before files entered by content
     if by_name and record.get("fingerprint") == stage_fingerprint(tree, stage, contents=False):
         return StageState(stage, "done")
-    if record.get("format") == ABSOLUTE_PATHS_FORMAT:
+    if (
+        made_as < RECORD_FORMAT
+        and read_upstream(tree, stage) != STAGES[stage].consumes
+        and record.get("fingerprint")
+        == stage_fingerprint(tree, stage, contents=not by_name, chained=True)
+    ):  # a training on a file of the user's own, fingerprinted as its format did
+        return StageState(stage, "done")
+    if made_as == ABSOLUTE_PATHS_FORMAT:
         # made before fingerprints were relative to the run: checked as it was made, with the
         # absolute paths of where the run sat then (its saved config says), moved or not
         saved = saved_config(tree, stage) or {}
@@ -95,8 +180,6 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
         )
         if record.get("fingerprint") == stage_fingerprint(tree, stage, then, contents=False):
             return StageState(stage, "done")
-    elif record.get("format") not in PORTABLE_FORMATS:
-        return StageState(stage, "stale", earlier_version=True)
     if stage == Stage.eval and made_more(tree, record):
         return StageState(stage, "done")
     changed = changed_inputs(tree, stage)
@@ -150,18 +233,18 @@ def saved_config(
 
 
 def saved_state(
-    tree: dict[str, Any], stage: Stage, folder: Path | None = None
+    tree: dict[str, Any], stage: Stage, folder: Path | None = None, whole: bool = True
 ) -> StageState | None:
     """The state of the stage in `folder` (default: where `tree` puts it) judged by the config it
     was made with, its paths moved to where `tree`'s run is now: stale when what it read changed
-    since it finished (iteration t-1's checkpoint, or this one's, trained again), whatever the
-    config asks now. None where it saved no config."""
+    since it finished (a file it read, iteration t-1's checkpoint or this one's trained again, an
+    earlier iteration stale), whatever the config asks now; `whole=False`: by its own record
+    alone. None where it saved no config."""
     made_with = saved_config(tree, stage, folder)
     if made_with is None:
         return None
-    return state_of(
-        relocated(made_with, lookup(tree, "run.dir"), lookup(tree, "paths.root")), stage
-    )
+    moved = relocated(made_with, lookup(tree, "run.dir"), lookup(tree, "paths.root"))
+    return (state_of if whole else own_state)(moved, stage)
 
 
 def relocated(tree: dict, run_dir: str, root: str) -> dict:
@@ -182,9 +265,10 @@ def relocated(tree: dict, run_dir: str, root: str) -> dict:
     return move(tree)
 
 
-def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
+def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[Change]:
     """`key: old -> new` for the inputs that differ from the config the stage last ran with,
-    in their fingerprint form (paths inside the run relative to it: a move changes none)."""
+    in their fingerprint form (paths inside the run relative to it: a move changes none), after
+    the local files it read that changed or are gone."""
     changed = changed_contents(tree, stage)
     saved = saved_config(tree, stage)
     if saved is None:
@@ -196,49 +280,83 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[str]:
         # as it is set on the other, and not shown where it is set the same
         old, new = before.get(k, lookup(saved, k)), now.get(k, lookup(tree, k))
         if before.get(k) != now.get(k) and old != new:
-            changed.append(f"{k}: {old!r} -> {new!r}")
+            changed.append(Change(f"{k}: {old!r} -> {new!r}", Why.value, k))
     return changed
 
 
-def changed_contents(tree: dict[str, Any], stage: Stage) -> list[str]:
-    """`key: <file> changed since this stage read it` for each local file whose content differs
-    from what the stage's record kept."""
+def changed_contents(tree: dict[str, Any], stage: Stage) -> list[Change]:
+    """For each local file the stage read whose content differs from what its record kept:
+    `key: <file> changed since this stage read it`, or, gone or no longer a file, says so."""
     try:
         record = read_record(stage_dir(tree, stage))
     except StageError:
         return []
     recorded = (record or {}).get("contents") or {}
     now = input_contents(tree, stage) if recorded else {}
-    return [
-        f"{key}: {entry['path']} {CONTENT_CHANGED}"
-        for key, entry in now.items()
-        if key in recorded
-        and recorded[key].get("path") == entry["path"]
-        and recorded[key].get("sha256") != entry["sha256"]
-    ]
+    found = []
+    for key, entry in now.items():
+        seen = recorded.get(key) or {}
+        if seen.get("path") != entry["path"] or seen.get("sha256") == entry["sha256"]:
+            continue
+        if entry["sha256"] != GONE:
+            found.append(Change(f"{key}: {entry['path']} {CONTENT_CHANGED}", Why.content, key))
+            continue
+        path = Path(lookup(tree, key)).expanduser()
+        if not path.exists():
+            what = "is gone"
+        elif path.is_dir() != (key in FOLDER_INPUTS):
+            what = "is now a folder" if path.is_dir() else "is no longer a folder"
+        else:
+            what = "lacks files"
+        found.append(Change(f"{key}: {entry['path']} {what} (this stage read it)", Why.gone, key))
+    return found
 
 
-def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[str]:
+def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[Change]:
     """Why a stage whose own inputs did not change is stale: the `changed_inputs` of the nearest
-    earlier stage whose inputs changed, else (the iteration's stages all as they were) the
-    previous iteration's checkpoint, trained again since the iteration started from it."""
-    head, upstream = stage, STAGES[stage].consumes
+    earlier stage it reads whose inputs changed, else (the iteration's stages all as they were)
+    the previous iteration's checkpoint, trained again (or unfinished) since the iteration
+    started from it."""
+    head, upstream = stage, read_upstream(tree, stage)
     while upstream is not None:
         changed = changed_inputs(tree, upstream)
         if changed:
-            return [f"{upstream.value}'s {change}" for change in changed]
-        head, upstream = upstream, STAGES[upstream].consumes
+            return [change.under(f"{upstream.value}'s ") for change in changed]
+        head, upstream = upstream, read_upstream(tree, upstream)
     t = tree["iter"]
-    if t > 1:
-        return [
-            f"iteration {t - 1}'s checkpoint, which this iteration's {head.value} started from, "
-            f"{RETRAINED}"
-        ]
-    return []
+    if t == 1:
+        return []
+    layout = RunLayout(lookup(tree, "run.dir"))
+    previous = read_record(layout.stage_dir(t - 1, Stage.train))
+    started = read_record(layout.stage_dir(t, head))
+    if previous is None:
+        since = UNFINISHED
+    elif started is not None and finished_after(previous, started):
+        since = RETRAINED
+    else:
+        return []  # nothing it read is known to have changed: the fingerprint alone says so
+    said = f"iteration {t - 1}'s checkpoint, which this iteration's {head.value} started from, "
+    return [Change(said + since, Why.retrained)]
+
+
+def finished_after(record: dict, other: dict) -> bool:
+    """Whether the stage of `record` finished after that of `other` (False where either's time
+    cannot be read)."""
+    try:
+        times = [datetime.strptime(r["finished_at"], RECORD_TIME) for r in (record, other)]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return times[0] > times[1]
+
+
+# The kinds that say what a stage read has changed since it was made (not only that its record
+# and its config disagree): what makes the stages after it, and every later iteration, stale
+READ_CHANGED = (Why.content, Why.gone, Why.retrained, Why.trained_after, Why.ancestor)
 
 
 # why a stage is stale whose iteration's stages are all as they were
 RETRAINED = "was trained again since"
+UNFINISHED = "is not finished now (its training's record is gone)"
 # why a stage is stale whose local input file was edited since it read it
 CONTENT_CHANGED = "changed since this stage read it"
 # why an eval is stale whose config is as it was

@@ -30,7 +30,7 @@ from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record
 from src.core.rows import require_sealed
-from src.core.staleness import saved_state
+from src.core.staleness import redo_for, saved_state
 from src.stages.common import stage_rows
 
 
@@ -135,7 +135,7 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
     if state is not None and state.status == "stale":
         why = "; ".join(state.changed) or "its record is not its saved config's"
         raise ExportError(f"{stage_dir} is stale ({why}): redo it before exporting it",
-                          Redo(stage, cfg.iter))  # fmt: skip
+                          redo_for(state, cfg.iter))  # fmt: skip
     return record
 
 

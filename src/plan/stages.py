@@ -23,7 +23,7 @@ from src.config import (
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
-from src.core.registry import STAGES, iteration_stages
+from src.core.registry import STAGES
 from src.core.shapes import Shape, judge_weights, shape_of
 from src.plan.hours import hours_text
 from src.plan.memory import (
@@ -269,7 +269,7 @@ def plan(cfg: Config, stages: list[Stage] | None = None) -> list[StagePlan]:
     them, src.core.registry), in order."""
     gpu_gb = cfg.hardware.gpu_memory_gb if cfg.hardware.device == Device.cuda else None
     shape = policy_shape(cfg)
-    wanted = iteration_stages(Stage.all, cfg.eval.enabled) if stages is None else stages
+    wanted = cfg.stages(Stage.all) if stages is None else stages
     return [
         PLANNERS[s](cfg, shape, gpu_gb) if STAGES[s].loads_model else cpu_plan(s) for s in wanted
     ]

@@ -25,11 +25,11 @@ from statistics import mean
 
 from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, files_sha256, read_json
-from src.core.errors import Redo, StageError
+from src.core.errors import Redo, StageError, as_typed
 from src.core.layout import SAVED_CONFIG, iteration_name
 from src.core.policy import CARD
-from src.core.records import read_record
-from src.core.staleness import read_upstream, saved_state
+from src.core.records import read_record, read_upstream
+from src.core.staleness import saved_state
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
 from src.evaluation.benchmarks import figure
@@ -187,7 +187,7 @@ def saved_command(stage_dir: Path) -> str:
     saved = stage_dir / SAVED_CONFIG
     if not saved.is_file():
         return "# not recorded: the stage was run from Python, not by python -m src.main"
-    return saved.read_text().splitlines()[0].removeprefix("# ")
+    return as_typed(saved.read_text().splitlines()[0].removeprefix("# "))
 
 
 def arena_categories(arena: dict | None) -> list[tuple[str, dict]]:

@@ -25,9 +25,9 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from src.core import registry
+from src.core.errors import StageError
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
-from src.core.records import made_before_training
-from src.core.staleness import changed_contents, relocated, saved_config
+from src.core.staleness import READ_CHANGED, saved_state
 
 # The W&B job type of a lineage's curve run (src/stages/curves.py), by which src.compare finds it
 CURVES = "curves"
@@ -290,23 +290,18 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
 
 
 def outdated(eval_dir: Path, run_dir: Path, t: int) -> list[str]:
-    """Why an eval's figures (run `run_dir`'s) are not those of iteration `t`'s checkpoint on the
-    files its config names: the checkpoint trained again after it, or a file it read (its
-    prompts, reference answers, a benchmark's copy) changed since. Its config keys may differ
-    from today's: its row shows those it ran with."""
-    why = (
-        [f"made before iteration {t}'s training last finished"]
-        if made_before_training(eval_dir)
-        else []
-    )
+    """Why an eval's figures (run `run_dir`'s) are not those of iteration `t`'s checkpoint as its
+    lineage stands now, judged by the config it was made with (`saved_state`: the checkpoint
+    trained again after it, a file it read changed since, an earlier iteration it descends from
+    stale). Its config keys may differ from today's: its row shows those it ran with."""
+    here = {"run": {"dir": str(run_dir)}, "paths": {"root": str(run_dir.parents[2])}}
     try:
-        made_with = saved_config({}, registry.Stage.eval, eval_dir)
+        state = saved_state(here, registry.Stage.eval, eval_dir)
     except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException):
-        made_with = None  # malformed: named where the row reads it
-    if made_with is not None:  # the run and its root where they are now
-        tree = relocated(made_with, str(run_dir), str(run_dir.parents[2]))
-        why += changed_contents(tree, registry.Stage.eval)
-    return why
+        return []  # malformed: named where the row reads it
+    except StageError as err:  # a record on its way damaged: not the figures of a known lineage
+        return [str(err)]
+    return list(state.changed) if state is not None and state.has(*READ_CHANGED) else []
 
 
 def eval_record(eval_dir: Path, done: Record) -> Record:

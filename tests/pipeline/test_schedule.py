@@ -20,13 +20,16 @@ from src.core import locks
 from src.core.errors import Redo, StageError, describe
 from src.core.records import Finished, read_record, stage_fingerprint, write_record
 from src.core.registry import STAGES
-from src.core.staleness import StageState, read_upstream, save_config
+from src.core.records import read_upstream
+from src.core.staleness import Change, StageState, Why, save_config
 from src.main import run
 from src.stages import StageResult
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
 pytestmark = pytest.mark.usefixtures("runs_in_tmp")  # tests/conftest.py
 
+
+K_CHANGED = Change("method.K: 3 -> 5", Why.value, "method.K")
 
 @pytest.fixture
 def recorded(monkeypatch):
@@ -283,7 +286,7 @@ def test_the_plan_of_an_iteration_from_its_stages_states(statuses, asked, steps)
     one) to the end, run the rest; each step says why as the console says it."""
     cfg = compose_cfg("logger=none", *asked)
     states = [
-        StageState(stage, status, ["method.K: 3 -> 5"] if status == "stale" else [])
+        StageState(stage, status, [K_CHANGED] if status == "stale" else [])
         for stage, status in zip(PIPELINE, statuses.split(), strict=True)
     ]
     plan = schedule.plan_iteration(states, cfg)
@@ -302,7 +305,8 @@ def test_the_plan_of_an_iteration_from_its_stages_states(statuses, asked, steps)
 
 def test_a_record_of_an_earlier_version_is_planned_as_a_refusal_that_says_so():
     cfg = compose_cfg("logger=none")
-    states = [StageState(Stage.generate, "done"), StageState(Stage.rank, "stale", [], True)]
+    earlier = Change("recorded by an earlier version of selfplay-lab", Why.version)
+    states = [StageState(Stage.generate, "done"), StageState(Stage.rank, "stale", [earlier])]
     (refused,) = [step for step in schedule.plan_iteration(states, cfg) if step.action == "refuse"]
     assert refused.stage == Stage.rank and "recorded by an earlier version" in refused.reason
 
@@ -312,7 +316,7 @@ def test_a_stage_run_alone_is_refused_when_what_it_reads_is_stale_even_redone(as
     """stage=rank over a generation made under another config: refused, redo or not (its redo
     would rank rows made under another config), naming the generation."""
     cfg = compose_cfg("logger=none", "stage=rank", *asked)
-    generated = StageState(Stage.generate, "stale", ["method.K: 3 -> 5"])
+    generated = StageState(Stage.generate, "stale", [K_CHANGED])
     (step,) = schedule.plan_iteration([StageState(Stage.rank, "done")], cfg, generated)
     assert step.action == "refuse" and step.stale == generated
     assert "stage rank reads it" in step.reason and step.error.fix == Redo(Stage.generate, 1)
