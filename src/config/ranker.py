@@ -31,7 +31,7 @@ class RankerConfig:
     prompt_format: PromptFormat = PromptFormat.chat_template  # the prompt as PairRM reads it
     attention: Attention = (
         Attention.eager
-    )  # PairRM's DeBERTa attention (the same scores either way)
+    )  # PairRM's DeBERTa attention (the same scores either way, to float rounding)
     win_prob: WinProb = WinProb.bt  # how the probability P_ij that i beats j is computed
     self_term: bool = True  # win rate includes P_ii = 1/2, so the K win rates sum to K/2
     ties: TiePolicy = TiePolicy.drop  # a prompt whose K responses all score the same

@@ -14,7 +14,10 @@ or SLURM array task), and each shard into chunks:
 
 A re-run skips the chunks that exist, so a shard killed at any point and re-run ends with every
 row exactly once. Chunks are trusted only under the identity they were made with: a changed
-config is refused rather than silently mixed with the old rows.
+config is refused rather than silently mixed with the old rows. What changes rows by float
+rounding only (how a judge's work is batched) is no part of the identity: each chunk's seal
+records it (`made_with`), and a re-run continues with what the kept chunks were made with
+(`continued`), so that the rows are one run's.
 
 A chunked stage is `claim` (before its models load) then `process_shard`, shown by a progress
 line the stage makes (src/config/cli.py); a later stage reads the rows back with `finished_rows`
@@ -116,6 +119,37 @@ def claim(
     atomic_write_text(marker, identity + "\n")
 
 
+def continued(shard: Shard, identity: str, asked: dict[str, Any], label: str) -> dict[str, Any]:
+    """The settings the stage goes on with: `asked` (config key -> value; what changes its rows
+    by float rounding only, and so is no part of `identity`), except where the chunks kept under
+    `identity` by any shard of the stage were made with other values (`made_with` in their
+    seals): those, each said in one line, so that a resume ends with the rows of one run."""
+    seals = sorted(shard.stage_dir.glob(f"shard*-of-{shard.count:03d}/chunk*.sealed.json"))
+    kept = next((m for m in (sealed_made_with(p, identity) for p in seals) if m), {})
+    settings = dict(asked)
+    for key, value in asked.items():
+        if key in kept and kept[key] != value:
+            settings[key] = kept[key]
+            print(
+                f"[{label}] {key}={value} asked; the kept rows were made at {kept[key]}: "
+                f"continuing at {kept[key]} so that the rows are one run's",
+                file=sys.stderr,
+                flush=True,
+            )
+    return settings
+
+
+def sealed_made_with(seal_path: Path, identity: str) -> dict[str, Any]:
+    """What a seal says its chunk was made with, where it was made under `identity` (else, or
+    unreadable, or none recorded: {})."""
+    try:
+        seal = json.loads(seal_path.read_text())
+        made_with = seal.get("made_with") if seal.get("identity") == identity else None
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return made_with if isinstance(made_with, dict) else {}
+
+
 def sealed_identity(seal_path: Path) -> str | None:
     """The identity a seal says its file was made under (None: unreadable, or none recorded)."""
     try:
@@ -160,6 +194,7 @@ def run_chunks(
     counts: ChunkCounts | None = None,
     progress: Progress | None = None,
     total: int | None = None,
+    made_with: dict[str, Any] | None = None,
 ) -> ChunkTally:
     """Make the chunks of `items` that a run has not made yet, each chunk's file complete or absent.
 
@@ -168,7 +203,8 @@ def run_chunks(
     `stream` again. `stream` may make several chunks at once and finish them in any order: each
     is written the moment the stream yields it. `identity`: what the shard was claimed under;
     each chunk's seal records it with the chunk's place, so a chunk is reused only under that
-    identity and only in its own place. `counts.add(rows)` counts each chunk made.
+    identity and only in its own place; `made_with` (config key -> value), what else its rows
+    were made with (`continued`). `counts.add(rows)` counts each chunk made.
     """
     total = len(items) if total is None else total  # type: ignore[arg-type]
     num_chunks = -(-total // chunk_size)
@@ -199,7 +235,8 @@ def run_chunks(
         locks.require_held()  # no chunk written beside another writer (src/core/locks.py)
         atomic_write_text(path, text)
         # the seal last: a chunk without one (a crash between the two writes) is made again
-        atomic_write_json(seal_of(path), {**seal(text), **place(c)})
+        made = {"made_with": made_with} if made_with else {}
+        atomic_write_json(seal_of(path), {**seal(text), **place(c), **made})
         tally.made += len(rows)
         counts.add(rows)
         progress.update(done=tally.made, work=counts.work)
@@ -271,17 +308,21 @@ def process_shard(
     progress: Progress,
     shared_keys: Sequence[str] = (),
     total: int | None = None,
+    made_with: dict[str, Any] | None = None,
 ) -> Finished | None:
     """Run a shard claimed under `identity`, shown by `progress`, then finish it.
 
     `items`: a sequence, or a stream of `total` items; `stream`: the stage's work over the
-    chunks left to make (`chunk_by_chunk(process)` for a stage that makes one at a time).
+    chunks left to make (`chunk_by_chunk(process)` for a stage that makes one at a time);
+    `made_with`: what its chunks' seals record they were made with (`continued`).
     `label`: the stage's name in its lines. Returns the stage's record once every shard is
     complete (`finish_shard`), else None.
     """
     started = time.time()
     total = len(items) if total is None else total  # type: ignore[arg-type]
-    tally = run_chunks(shard, items, chunk_size, stream, identity, counts, progress, total)
+    tally = run_chunks(
+        shard, items, chunk_size, stream, identity, counts, progress, total, made_with
+    )
     counts.reused_from_earlier_run = tally.reused
     if tally.reused:
         print(

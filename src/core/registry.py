@@ -201,20 +201,24 @@ NOT_INPUTS: dict[str, tuple[str, ...]] = {
         "run_name", "run.dir", "run.iter_dir", "model.name", "data.name", "ranker.name",
         "eval.judge.name",
     ),
-    # PairRM's attention: its two implementations give the same scores
     "where and how fast the work runs: the same output on any machine, batch, shard, engine": (
         "hardware",
         "generation.batch_size", "generation.chunk_size", "generation.shard",
         "generation.num_shards", "generation.tensor_parallel_size",
         "generation.gpu_memory_utilization", "generation.kv_cache_gb", "generation.enforce_eager",
         "generation.max_num_seqs", "generation.in_flight",
-        "ranker.batch_size", "ranker.attention", "ranker.chunk_size", "ranker.shard",
-        "ranker.num_shards",
         "eval.batch_size", "eval.chunk_size",
-        "eval.judge.batch_size", "eval.judge.attention", "eval.judge.chunk_size",
         "eval.judge.shard", "eval.judge.num_shards",
         "eval.llm_judge.concurrency", "eval.llm_judge.timeout_s", "eval.llm_judge.max_retries",
         "eval.llm_judge.max_model_len", "eval.llm_judge.start_timeout_s",
+    ),
+    # which comparisons share a judge's forward, and its attention's kernels: src/stages/rank.py,
+    # BATCHING; another chunk size is refused by the chunks' identity
+    "how a judge's work is batched and split: its scores equal to float rounding; a resume "
+    "continues at the batch size and attention its kept rows were made with": (
+        "ranker.batch_size", "ranker.attention", "ranker.chunk_size", "ranker.shard",
+        "ranker.num_shards",
+        "eval.judge.batch_size", "eval.judge.attention", "eval.judge.chunk_size",
     ),
     "permissions and secrets: whether a model's own code may run, where the API key is": (
         "model.trust_remote_code", "ranker.trust_remote_code", "eval.judge.trust_remote_code",

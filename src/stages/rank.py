@@ -8,7 +8,8 @@
 setup (the generation output, checked; the hybrid pool's external responses; empty responses
 dropped when configured; the judge) -> run (chunks of prompts: all K(K-1) PairRM comparisons of
 a chunk batched across its prompts, or all its (prompt, response) sequences through the reward
-model; each chunk written atomically, so a re-run resumes) -> cleanup (the shard's
+model; each chunk written atomically, so a re-run resumes, at the batch size and attention the
+kept chunks were made with) -> cleanup (the shard's
 `ranked-shardSSS-of-NNN.jsonl`; once every shard is there, the stage's record, which the
 scheduler writes last as `done.json`).
 
@@ -23,12 +24,12 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import InitVar, asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass, replace
 
 import numpy as np
 
-from src.config import Config, EmptyResponses, JudgeKind, Stage, WinProb
-from src.core.chunks import ChunkCounts, chunk_by_chunk, claim, process_shard
+from src.config import Config, EmptyResponses, JudgeKind, RankerConfig, Stage, WinProb
+from src.core.chunks import ChunkCounts, Shard, chunk_by_chunk, claim, continued, process_shard
 from src.core.contracts import RankedRow
 from src.core.errors import Redo, StageError
 from src.core.progress import ProgressLine
@@ -47,6 +48,11 @@ from src.ranking.candidates import (
 from src.ranking.preferences import all_tied, win_matrix, win_rates
 from src.stages import StageResult
 from src.stages.common import load_judge, stage_rows, stage_shard
+
+# How the judge's work is batched and computed: they move its scores by float rounding only, so
+# they are no input of the stage (src/core/registry.py), and a resume keeps the ones its kept
+# rows were made with
+BATCHING = ("batch_size", "attention")
 
 
 class RankError(StageError):
@@ -154,6 +160,7 @@ def run(cfg: Config) -> StageResult:
         "rankings made with a different configuration (judge or its options, the responses, "
         "the external pool)",
     )
+    r = as_kept_rows_were_made(shard, identity, r)
     judge = load_judge(cfg, r)
 
     def rank_chunk(chunk: list[Candidates]) -> list[RankedRow]:
@@ -191,8 +198,22 @@ def run(cfg: Config) -> StageResult:
         ),
         shared_keys=("prompts_in_input",),
         total=counts.prompts_in_shard,
+        made_with=batching(r),
     )
     return StageResult(asdict(counts), finished)
+
+
+def batching(r: RankerConfig) -> dict:
+    """The ranker's BATCHING settings, by their config keys."""
+    return {f"ranker.{key}": getattr(r, key) for key in BATCHING}
+
+
+def as_kept_rows_were_made(shard: Shard, identity: str, r: RankerConfig) -> RankerConfig:
+    """The ranker, its BATCHING settings those the stage's kept chunks were made with (each
+    change said in one line): a resume's rows are then one run's."""
+    kept = continued(shard, identity, batching(r), label="rank")
+    # the seals hold JSON: each value back to its field's type (an int, an Attention)
+    return replace(r, **{key: type(getattr(r, key))(kept[f"ranker.{key}"]) for key in BATCHING})
 
 
 def nothing_to_rank(cfg: Config, prompts: int) -> RankError:

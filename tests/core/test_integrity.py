@@ -241,6 +241,31 @@ def test_chunks_of_another_identity_are_refused_even_without_their_identity_file
     assert (shard.work / "identity.txt").read_text() == "made at temperature 0.7\n"
 
 
+def test_a_resume_continues_with_what_any_shards_kept_chunks_were_made_with(tmp_path, capsys):
+    """What changes rows by float rounding only (a judge's batch size) is no part of the
+    identity; a resume asked for another value goes on with the kept chunks' own, said in one
+    line, so that the stage's rows are one run's."""
+    from src.core.chunks import continued
+
+    first, second = Shard(tmp_path, "rows", 0, 2), Shard(tmp_path, "rows", 1, 2)
+    made_at_1 = {"x.batch_size": 1, "x.attention": "eager"}
+    run_chunks(first, ITEMS[:6], 3, chunk_by_chunk(process([])), "identity", made_with=made_at_1)
+    assert (
+        json.loads(seal_of(first.work / "chunk00001.jsonl").read_text())["made_with"] == made_at_1
+    )
+    asked = {"x.batch_size": 4, "x.attention": "eager"}
+    assert continued(second, "identity", asked, "x") == made_at_1  # another shard's chunks too
+    assert capsys.readouterr().err.splitlines() == [
+        "[x] x.batch_size=4 asked; the kept rows were made at 1: continuing at 1 so that the rows "
+        "are one run's"
+    ]
+    # chunks of another identity or another shard count, or none: as asked, silently
+    assert continued(first, "another identity", asked, "x") == asked
+    assert continued(Shard(tmp_path, "rows", 0, 3), "identity", asked, "x") == asked
+    assert continued(Shard(tmp_path / "new", "rows", 0, 2), "identity", asked, "x") == asked
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(("mask", "files", "dirs"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
 def test_a_folder_saved_private_by_a_library_is_given_the_umasks_modes(tmp_path, mask, files, dirs):
     from src.core.artifacts import share

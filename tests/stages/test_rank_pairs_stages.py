@@ -310,21 +310,45 @@ def test_rank_shards_reproduce_the_unsharded_run():
     assert [p["chosen"] for p in pairs_of(cfg)] == [p["chosen"] for p in pairs_of(whole)]
 
 
+def leave_as_killed(cfg, last_chunk: int) -> None:
+    """The state a kill leaves in a finished ranking's one shard before its chunk `last_chunk`
+    was sealed: chunk files only, no shard file, no record."""
+    stage = cfg.stage_dir("rank")
+    for leftover in ("done.json", "ranked-shard000-of-001.jsonl", "shard000-of-001/counts.json"):
+        (stage / leftover).unlink()
+    (stage / "shard000-of-001" / f"chunk{last_chunk:05d}.jsonl").unlink()
+
+
 def test_an_interrupted_rank_resumes_from_its_chunks():
     cfg = cfg_for("ranker.chunk_size=2")
     write_generation(cfg, generation_rows(5))
     run_recorded(cfg, "rank")
     before = ranked(cfg)
-    stage = cfg.stage_dir("rank")
-    # the state a kill leaves after two of three chunks: chunk files only, no shard file, no record
-    for leftover in ("done.json", "ranked-shard000-of-001.jsonl", "shard000-of-001/counts.json"):
-        (stage / leftover).unlink()
-    (stage / "shard000-of-001" / "chunk00002.jsonl").unlink()
+    leave_as_killed(cfg, last_chunk=2)
     with pytest.raises(StageError, match="not finished"):
         run_recorded(cfg, "pairs")
     counts = run_recorded(cfg, "rank")
     assert counts["reused_from_earlier_run"] == 4 and counts["ranked"] == 1
     assert ranked(cfg) == before
+
+
+def test_a_rank_resumed_at_another_batch_size_continues_at_the_kept_rows_one(capsys):
+    """The batch size moves the scores by float rounding only, so it is no part of the chunks'
+    identity; a resume asked for another goes on at the kept rows' own: the rows of one run."""
+    cfg = cfg_for("ranker.chunk_size=4", "ranker.batch_size=1")
+    write_generation(cfg, generation_rows(16))
+    run_recorded(cfg, "rank")
+    rows_file = cfg.stage_dir("rank") / "ranked-shard000-of-001.jsonl"
+    before = rows_file.read_bytes()
+    leave_as_killed(cfg, last_chunk=3)
+    capsys.readouterr()
+    counts = run_recorded(cfg_for("ranker.chunk_size=4"), "rank")  # conf/ranker/tiny-pairrm: 4
+    assert counts["reused_from_earlier_run"] == 12 and counts["ranked"] == 4
+    assert rows_file.read_bytes() == before
+    assert (
+        "[rank] ranker.batch_size=4 asked; the kept rows were made at 1: continuing at 1 so "
+        "that the rows are one run's" in capsys.readouterr().err.splitlines()
+    )
 
 
 def test_chunks_ranked_with_another_config_are_refused():
@@ -333,7 +357,7 @@ def test_chunks_ranked_with_another_config_are_refused():
     run_recorded(cfg, "rank")
     with pytest.raises(StageError, match="rankings made with a different configuration"):
         run_recorded(cfg_for("ranker.chunk_size=2", "ranker.self_term=false"), "rank")
-    # how fast it runs is not what it computes: another batch size reuses the chunks
+    # the batch size is no part of the chunks' identity: another one reuses them, as made
     assert (
         run_recorded(cfg_for("ranker.chunk_size=2", "ranker.batch_size=3"), "rank")["ranked"] == 0
     )
