@@ -109,8 +109,13 @@ def stage_inputs(
     at: tuple[str, str] = PORTABLE,
     extras: bool = True,
     backend_written: bool = False,
+    chained: bool = False,
 ) -> dict[str, Any]:
     """The stage's inputs in `tree`, in their fingerprint form.
+
+    A stage that reads no stage of its iteration though it consumes one (a training on a pairs
+    file of the user's own) starts from the policy alone, as generate does: the policy's keys
+    (`POLICY_INPUTS`) are its inputs too (`chained=True`: not, as records before format 6).
 
     `training.lora` shapes an adapter only: with `training.peft=none` neither key enters the
     fingerprint, so a full-weight run's records (made before the keys existed, too) stay valid
@@ -126,7 +131,10 @@ def stage_inputs(
     without it. `backend_written=True`: `eval.backend` as the engine it resolves to, set or not —
     what records made with it set to generation.backend's hold (it entered whenever set then).
     """
-    inputs = {key: lookup(tree, key) for key in STAGES[stage].inputs}
+    keys = STAGES[stage].inputs
+    if not chained and STAGES[stage].consumes is not None and read_upstream(tree, stage) is None:
+        keys = (*keys, *POLICY_INPUTS)
+    inputs = {key: lookup(tree, key) for key in keys}
     training = inputs.get("training")
     if isinstance(training, dict):
         left_out = {"record_memory_phases"}
@@ -303,7 +311,7 @@ def stage_fingerprint(
     extras: bool = True,
     contents: bool = True,
     backend_written: bool = False,
-    read: dict[str, list[str]] | None = None,
+    read: dict[str, Read] | None = None,
     chained: bool = False,
 ) -> Fingerprint:
     """sha256 of the stage's inputs, of the content of the local files among them and of the
@@ -325,10 +333,7 @@ def stage_fingerprint(
         upstream = record["fingerprint"] if record else "unfinished"
     else:
         upstream = None
-    inputs = stage_inputs(tree, stage, at, extras, backend_written)
-    if consumes is None and STAGES[stage].consumes is not None and not chained:
-        # it starts from the policy alone, as the first stage does: the policy's keys are its own
-        inputs.update(fingerprint_form({k: lookup(tree, k) for k in POLICY_INPUTS}, tree, at))
+    inputs = stage_inputs(tree, stage, at, extras, backend_written, chained)
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
     found = input_contents(tree, stage, read) if contents else {}
     if found:  # only then: a stage that reads no local file keeps its fingerprint of format 4
@@ -349,18 +354,22 @@ def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
 
 # What a local input holds when it is no longer a file or folder the stage could read
 GONE = "gone"
+# What a stage read of a local input (`input_contents`): the files and folders under a folder,
+# or the bytes from the start of a file
+Read = list[str] | int
 
 
 def input_contents(
-    tree: dict[str, Any], stage: Stage, read: dict[str, list[str]] | None = None
+    tree: dict[str, Any], stage: Stage, read: dict[str, Read] | None = None
 ) -> dict[str, dict[str, Any]]:
     """{key: {path, stat, sha256[, read]}} for each of the stage's FILE_INPUTS that names a local
     file or folder outside the run: what the stage read of it, by content.
 
-    A folder enters by the files its stage read: `read[key]`, the files and sub-folders under it
-    that the stage names as it finishes (MT-Bench's question and judge files, the leaderboard's
-    dataset copies), kept in the record and read from it by a later check; without them (a
-    record made before), every file in it. A file named by a record that is gone, or has become
+    An input enters by what its stage read of it, `read[key]`, which the stage names as it
+    finishes, kept in the record and read from it by a later check: of a folder, the files and
+    sub-folders under it (MT-Bench's question and judge files, the leaderboard's dataset copies);
+    of a file, the bytes read from its start (a prompts file read to data.max_prompts). Without
+    them (a record made before, a file read whole), the whole file or every file in the folder. A file named by a record that is gone, or has become
     a folder, hashes as `GONE`, so the check names it. The record vouches for a file whose size,
     inode, mtime and ctime (which every write changes, `cp -p` and `touch -d` too) are as it
     recorded them, so that a check does not read it again.
@@ -386,7 +395,7 @@ def input_contents(
                 out[key] = {"path": form, "stat": GONE, "sha256": GONE}
             continue  # a hub id, or never read: the stage's reader says so
         if key in FOLDER_INPUTS:
-            files = files_read(path, parts)
+            files = files_read(path, None if isinstance(parts, int) else parts)
         else:  # a file input replaced by a folder (or a device) is not what was read
             files = [path] if path.is_file() else None
         if files is None:
@@ -400,8 +409,10 @@ def input_contents(
                 f"{n}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}:{s.st_ctime_ns}" for n, s in stats
             ).encode()
         ).hexdigest()
-        if seen.get("stat") == stat:
+        if seen.get("stat") == stat and seen.get("read") == parts:
             digest = seen["sha256"]
+        elif isinstance(parts, int):  # the first bytes of a file, all that its stage read
+            digest = prefix_sha256(path, parts)
         else:
             hashes = files_sha256(files)
             digest = hashlib.sha256(
@@ -411,8 +422,18 @@ def input_contents(
             ).hexdigest()
         out[key] = {"path": form, "stat": stat, "sha256": digest}
         if parts is not None:
-            out[key]["read"] = sorted(parts)
+            out[key]["read"] = parts if isinstance(parts, int) else sorted(parts)
     return out
+
+
+def prefix_sha256(path: Path, size: int) -> str:
+    """sha256 of the first `size` bytes of `path` (of all of it, when it is shorter)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while size > 0 and (block := f.read(min(size, 2**20))):
+            digest.update(block)
+            size -= len(block)
+    return digest.hexdigest()
 
 
 def files_read(path: Path, parts: list[str] | None) -> list[Path] | None:
@@ -444,13 +465,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def chunk_identity(tree: dict[str, Any], stage: Stage, **content: str | None) -> str:
+def chunk_identity(
+    tree: dict[str, Any], stage: Stage, read: dict[str, Read] | None = None, **content: str | None
+) -> str:
     """What a sharded stage's chunks are made from, so that a chunk made under another identity
     is never reused: the stage's fingerprint, its chunk size (a chunk's file is one slice of the
     shard) and `content`, hashes of inputs read from files whose names alone do not say what
-    they hold (the responses being ranked, an external responses file)."""
+    they hold (the responses being ranked, an external responses file); `read`: as the record's
+    (`input_contents`)."""
     payload = {
-        "fingerprint": stage_fingerprint(tree, stage),
+        "fingerprint": stage_fingerprint(tree, stage, read=read),
         "chunk_size": lookup(tree, f"{STAGES[stage].sharded_by}.chunk_size"),
         **content,
     }

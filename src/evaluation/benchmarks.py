@@ -124,6 +124,23 @@ def data_folders(cfg: Config) -> dict[str, tuple[str, tuple[str, ...], str]]:
     return found
 
 
+def files_read(cfg: Config) -> dict[str, list[str]]:
+    """{data key: the files and folders under it that eval.benchmarks read}: MT-Bench's and
+    Arena-Hard's required files, and the leaderboard's dataset copies under data.leaderboard
+    (`<repo id>`): what the eval's record vouches for (src.core.records.input_contents), so that
+    another file or dataset beside them leaves the eval finished."""
+    read = {key: list(files) for key, (_, files, _) in data_folders(cfg).items()}
+    if Benchmark.leaderboard in cfg.eval.benchmarks and cfg.data.leaderboard is not None:
+        names = leaderboard.lm_eval_names(cfg.eval.leaderboard_tasks)
+        copies = leaderboard.dataset_folders(names, cfg.data.leaderboard)
+        read["data.leaderboard"] = [
+            repo
+            for repo, folder in copies.items()
+            if folder == leaderboard.copy_folder(repo, cfg.data.leaderboard)
+        ]
+    return read
+
+
 def require_questions(questions: list, path: Path) -> list:
     """A benchmark scored on no question is no result: its file must hold one."""
     if not questions:

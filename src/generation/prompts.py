@@ -64,6 +64,9 @@ class PromptSet:
     prompts: list[Prompt]
     duplicates_dropped: int = 0
     source: str = ""
+    # of a JSON Lines file read only in part (max_prompts): the bytes read from its start, what
+    # the stage's record vouches for (rows after them neither read nor validated)
+    bytes_read: int | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -116,7 +119,16 @@ def load_prompts(
         raise PromptsError(
             f"prompt file not found: {source} (nor is it a Hugging Face dataset id 'owner/name')"
         )
-    return _collect(rows, source, prompt_column, id_column, max_prompts)
+    prompts, duplicates, last = _collect(rows, source, prompt_column, id_column, max_prompts)
+    line = last.rpartition(":")[2] if last is not None else ""  # a JSON Lines row's `file:line`
+    read = _bytes_of_lines(path, int(line)) if path.is_file() and line.isdigit() else None
+    return PromptSet(prompts, duplicates, source, read)
+
+
+def _bytes_of_lines(path: Path, lines: int) -> int:
+    """The length in bytes of the first `lines` lines of `path`, their line ends included."""
+    with path.open("rb") as f:
+        return sum(len(line) for _, line in zip(range(lines), f, strict=False))
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -274,7 +286,9 @@ def _collect(
     prompt_column: str,
     id_column: str | None,
     max_prompts: int | None,
-) -> PromptSet:
+) -> tuple[list[Prompt], int, str | None]:
+    """The prompts, the duplicates dropped, and where the last row read was, when `max_prompts`
+    stopped the reading before the end (None: every row was read)."""
     prompts: list[Prompt] = []
     first_seen: dict[str, tuple[str, str]] = {}  # prompt_id -> (prompt, where it was first)
     duplicates = 0
@@ -293,10 +307,10 @@ def _collect(
         first_seen[prompt.prompt_id] = (prompt.prompt, where)
         prompts.append(prompt)
         if max_prompts is not None and len(prompts) >= max_prompts:
-            break
+            return prompts, duplicates, where  # the rows after it are not read
     if not prompts:
         raise PromptsError(f"{source} holds no prompts")
-    return PromptSet(prompts, duplicates, source)
+    return prompts, duplicates, None
 
 
 def _prompt_of(

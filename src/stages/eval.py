@@ -172,7 +172,7 @@ def run(cfg: Config) -> StageResult:
     checkpoint = cfg.layout.checkpoint(cfg.iter)
     if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
         write_model_card(cfg, checkpoint, stage_dir)  # the iteration's card, with these results
-    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.eval)
+    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.eval, read=benchmarks.files_read(cfg))
     return StageResult(report, Finished(fingerprint, report, {"seconds": report["seconds"]}))
 
 

@@ -71,7 +71,8 @@ def run(cfg: Config) -> StageResult:
     mine = take_shard(prompt_set.prompts, shard.index, shard.count)
     counts.prompts_in_split, counts.prompts_in_shard = len(prompt_set.prompts), len(mine)
     counts.duplicates_dropped = prompt_set.duplicates_dropped
-    identity = chunk_identity(cfg.as_tree(), Stage.generate)
+    read = {"data.prompts": prompt_set.bytes_read} if prompt_set.bytes_read is not None else None
+    identity = chunk_identity(cfg.as_tree(), Stage.generate, read)
     claim(
         shard.work,
         identity,
@@ -109,7 +110,7 @@ def run(cfg: Config) -> StageResult:
         row,
         counts,
         g.chunk_size,
-        stage_fingerprint(cfg.as_tree(), Stage.generate),
+        stage_fingerprint(cfg.as_tree(), Stage.generate, read=read),
         identity,
         label="generate",
         shared_keys=("prompts_in_split", "duplicates_dropped"),

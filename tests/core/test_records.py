@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from itertools import chain
 from pathlib import Path
@@ -24,7 +25,7 @@ from src.core.records import (
     write_record,
 )
 from src.core.registry import BENCHMARK_INPUTS, STAGES
-from src.core.staleness import state_of
+from src.core.staleness import Why, saved_state, state_of
 from tests.support.helpers import compose_cfg
 
 
@@ -444,3 +445,171 @@ def test_a_folder_input_is_read_by_its_files_but_its_hidden_ones(tmp_path, monke
     assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] == read
     data.write_text('{"question": "Why not?"}\n')
     assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] != read
+
+
+def test_a_file_rewritten_with_its_size_inode_and_mtime_is_read_again(tmp_path, monkeypatch):
+    """`cp -p`, `rsync --inplace -t`: new bytes in the same inode, the size and mtime put back.
+    The record's stat holds the ctime, which every write changes, so the file is hashed again."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n')
+    cfg = at_root(monkeypatch, tmp_path / "runs", f"data.prompts={prompts}")
+    finish(cfg)
+    made = prompts.stat()
+    with prompts.open("r+") as f:  # in place: the inode kept
+        f.write('{"prompt": "a bat"}\n')
+    os.utime(prompts, ns=(made.st_atime_ns, made.st_mtime_ns))
+    now = prompts.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        made.st_ino,
+        made.st_size,
+        made.st_mtime_ns,
+    )
+    state = state_of(cfg.as_tree(), Stage.generate)
+    assert (state.status, [c.kind for c in state.changed]) == ("stale", [Why.content])
+
+
+def test_a_file_it_read_that_is_gone_or_a_folder_is_named_as_such(tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n')
+    cfg = at_root(monkeypatch, tmp_path / "runs", f"data.prompts={prompts}")
+    finish(cfg)
+    prompts.unlink()
+    assert state_of(cfg.as_tree(), Stage.rank).changed == [
+        f"generate's data.prompts: {prompts} is gone (this stage read it)"
+    ]
+    prompts.mkdir()
+    (state,) = [state_of(cfg.as_tree(), Stage.generate)]
+    assert state.changed == [f"data.prompts: {prompts} is now a folder (this stage read it)"]
+    assert state.changed[0].kind == Why.gone
+
+
+@pytest.mark.parametrize("made_as", ["5", 5.0, True, [6]])
+def test_a_record_whose_format_is_not_a_whole_number_is_damaged(tmp_path, monkeypatch, made_as):
+    cfg = at_root(monkeypatch, tmp_path / "runs")
+    finish(cfg)
+    done = cfg.stage_dir(Stage.train) / "done.json"
+    atomic_write_json(done, {**json.loads(done.read_text()), "format": made_as})
+    with pytest.raises(StageError, match="its 'format' is .*, not a whole number"):
+        state_of(cfg.as_tree(), Stage.train)
+
+
+def test_a_record_of_an_unknown_format_is_refused_though_its_fingerprint_matches(
+    tmp_path, monkeypatch
+):
+    """format 99, the rest as written: its checks cannot be made, so it is never believed."""
+    cfg = at_root(monkeypatch, tmp_path / "runs")
+    finish(cfg, fmt=99)
+    state = state_of(cfg.as_tree(), Stage.train)
+    assert (state.status, state.earlier_version) == ("stale", True)
+    assert "recorded by a later version of selfplay-lab (record format 99" in state.changed[0]
+
+
+def test_a_record_that_is_a_folder_is_named_before_any_work(tmp_path, monkeypatch):
+    cfg = at_root(monkeypatch, tmp_path / "runs")
+    (cfg.stage_dir(Stage.generate) / "done.json").mkdir(parents=True)
+    with pytest.raises(StageError, match=r"done\.json is a folder, not the record"):
+        state_of(cfg.as_tree(), Stage.generate)
+
+
+def finish_lineage(monkeypatch, root: Path, iterations: int, *overrides: str) -> list[Config]:
+    """Iterations 1..`iterations` of one lineage finished, each with its saved config."""
+    configs = [
+        at_root(monkeypatch, root, f"iter={t}", *overrides) for t in range(1, iterations + 1)
+    ]
+    for cfg in configs:
+        finish(cfg)
+    return configs
+
+
+def test_a_later_iteration_is_stale_when_an_earlier_one_read_a_file_changed_since(
+    tmp_path, monkeypatch
+):
+    """Iteration 1's prompts edited in place: iteration 2's stages, whose records hold iteration
+    1's recorded training, are stale too, named by the first stale iteration, from the config
+    each was made with (what src.compare, the card and src.export read)."""
+    for t in (1, 2, 3):
+        (tmp_path / f"p{t}.jsonl").write_text(f'{{"prompt": "prompt {t}"}}\n')
+    one, two, three = finish_lineage(
+        monkeypatch, tmp_path / "runs", 3, f"data.prompts={tmp_path}/p${{iter}}.jsonl"
+    )
+    assert {state_of(three.as_tree(), s).status for s in STAGES} == {"done"}
+    (tmp_path / "p1.jsonl").write_text('{"prompt": "another"}\n')
+    for cfg in (two, three):
+        state = state_of(cfg.as_tree(), Stage.eval)
+        assert state.status == "stale" and [c.kind for c in state.changed] == [Why.ancestor]
+        assert state.changed[0].startswith("iteration 1's training, which this iteration")
+        assert state.changed[0].cause == Why.content
+        assert saved_state(cfg.as_tree(), Stage.train).changed == state.changed
+    (tmp_path / "p1.jsonl").write_text('{"prompt": "prompt 1"}\n')
+    assert {state_of(three.as_tree(), s).status for s in STAGES} == {"done"}
+
+
+def test_a_training_on_a_pairs_file_of_its_own_reads_that_file_and_its_policy(
+    tmp_path, monkeypatch
+):
+    """Keys of generate, rank and pairs leave it finished; its file and its starting policy do
+    not; stage=all runs the training (and eval) alone."""
+    pairs = tmp_path / "mine.jsonl"
+    pairs.write_text('{"prompt_id": "a"}\n')
+    own = (f"training.pairs={pairs}", "stage=train")
+    cfg = at_root(monkeypatch, tmp_path / "runs", *own)
+    finish(cfg)
+    for other in ("generation.temperature=0.5", "ranker.ties=drop", "data.max_prompts=4"):
+        assert state_of(at_root(monkeypatch, tmp_path / "runs", *own, other).as_tree(),
+                        Stage.train).status == "done", other  # fmt: skip
+    moved = at_root(monkeypatch, tmp_path / "runs", *own, "model.revision=other")
+    assert state_of(moved.as_tree(), Stage.train).changed == ["model.revision: None -> 'other'"]
+    assert at_root(monkeypatch, tmp_path / "runs", *own, "stage=all").stages() == [Stage.train]
+    with_eval = at_root(monkeypatch, tmp_path / "runs", *own, "stage=all", "eval.enabled=true")
+    assert with_eval.stages() == [Stage.train, Stage.eval]
+    assert at_root(monkeypatch, tmp_path / "runs", "stage=all").stages() == [
+        s for s in STAGES if not STAGES[s].optional
+    ]
+
+
+def test_a_folder_input_enters_by_the_files_its_stage_read(tmp_path, monkeypatch):
+    """The files the stage named as it finished (`read`), kept in the record: another file or
+    dataset beside them leaves it finished; one of them changed or gone makes it stale."""
+    from src.core.records import input_contents
+
+    copies = tmp_path / "leaderboard"
+    (copies / "allenai/ai2_arc").mkdir(parents=True)
+    data = copies / "allenai/ai2_arc/test.jsonl"
+    data.write_text('{"question": "Why?"}\n')
+    cfg = at_root(monkeypatch, tmp_path / "runs", "eval.benchmarks=[leaderboard]",
+                  "eval.leaderboard_tasks=[arc_challenge]", f"data.leaderboard={copies}")  # fmt: skip
+    finish(cfg, lambda c, s: stage_fingerprint(
+        c.as_tree(), s, read={"data.leaderboard": ["allenai/ai2_arc"]}
+    ))  # fmt: skip
+    tree = cfg.as_tree()
+    read = read_record(cfg.stage_dir(Stage.eval))["contents"]["data.leaderboard"]
+    assert read["read"] == ["allenai/ai2_arc"]
+    (copies / "someone/else").mkdir(parents=True)
+    (copies / "someone/else/x.jsonl").write_text('{"a": 1}\n')
+    (copies / "NOTES.txt").write_text("notes\n")
+    assert state_of(tree, Stage.eval).status == "done"
+    assert input_contents(tree, Stage.eval)["data.leaderboard"]["sha256"] == read["sha256"]
+    data.write_text('{"question": "Why not?"}\n')
+    assert [c.kind for c in state_of(tree, Stage.eval).changed] == [Why.content]
+    shutil.rmtree(copies / "allenai")
+    assert [c.kind for c in state_of(tree, Stage.eval).changed] == [Why.gone]
+
+
+def test_a_prompts_file_enters_by_the_rows_its_stage_read(tmp_path, monkeypatch):
+    """data.max_prompts=2 reads the first two rows only: a row appended (or any row after them
+    changed) leaves generate finished; one of the two changed makes it stale."""
+    from src.generation.prompts import load_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "prompt {n}"}}\n' for n in range(3)))
+    cfg = at_root(monkeypatch, tmp_path / "runs", f"data.prompts={prompts}", "data.max_prompts=2")
+    read = load_prompts(str(prompts), max_prompts=2).bytes_read
+    assert read == len('{"prompt": "prompt 0"}\n{"prompt": "prompt 1"}\n')
+    assert load_prompts(str(prompts)).bytes_read is None, "read to its end"
+    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, read={"data.prompts": read}))
+    tree = cfg.as_tree()
+    with prompts.open("a") as f:
+        f.write('{"prompt": "appended"}\n')
+    assert {state_of(tree, s).status for s in STAGES} == {"done"}
+    prompts.write_text(prompts.read_text().replace("prompt 1", "prompt one"))
+    assert [c.kind for c in state_of(tree, Stage.generate).changed] == [Why.content]

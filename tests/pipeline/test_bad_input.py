@@ -24,7 +24,14 @@ from src.config import REPO_ROOT
 from src.core.errors import describe_os_error, with_overrides
 from src.core.policy import safetensors_damage, seal_checkpoint
 from src.core.records import Finished, write_record
-from tests.support.helpers import SMALL, cli, compose_cfg, one_line_failure, run_main_process
+from tests.support.helpers import (
+    SMALL,
+    cli,
+    compose_cfg,
+    one_line_failure,
+    run_main,
+    run_main_process,
+)
 
 GENERATE = ["stage=generate"]  # with SMALL's sizes (cli runs them)
 
@@ -393,3 +400,16 @@ def test_prompts_left_unusable_stop_generate_with_one_line(tmp_path, text, overr
     line = one_line_failure(result, 1)
     assert line.startswith(f"error: {said.format(path=path)}"), line
     assert not records(tmp_path), "nothing a re-run would trust"
+
+
+def test_a_suggested_command_keeps_an_override_that_depends_on_the_iteration_as_typed(tmp_path):
+    """`data.prompts=...${iter}...`: the refusal's command sets `iter=1` beside the override as
+    the user wrote it (resolved at the iteration asked for, it would make iteration 1 from
+    iteration 2's prompts), quoted so that a shell leaves `${iter}` to the config."""
+    done = run_main(tmp_path, "model=tiny-mistral", "logger=none", "iter=2",
+                    "pipeline.require_previous=true", "data.prompts=/p/ms${iter}.jsonl")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.endswith(
+        "iter=1 pipeline.require_previous=true 'data.prompts=/p/ms${iter}.jsonl'`"
+    ), line

@@ -18,9 +18,8 @@ import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.errors import Redo, StageError, describe
-from src.core.records import Finished, read_record, stage_fingerprint, write_record
+from src.core.records import Finished, read_record, read_upstream, stage_fingerprint, write_record
 from src.core.registry import STAGES
-from src.core.records import read_upstream
 from src.core.staleness import Change, StageState, Why, save_config
 from src.main import run
 from src.stages import StageResult
@@ -30,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("runs_in_tmp")  # tests/conftest.py
 
 
 K_CHANGED = Change("method.K: 3 -> 5", Why.value, "method.K")
+
 
 @pytest.fixture
 def recorded(monkeypatch):
@@ -139,6 +139,32 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
         "training.pairs=tests/data/pairs_tiny.jsonl`"
     ), said
     assert [s for s, _ in recorded] == [Stage.train], "nothing ran the second time"
+
+
+def test_the_lineage_offered_for_other_pairs_is_one_no_other_pairs_trained(recorded):
+    """Three pairs files of one stem in turn: the name offered for the third is neither the first
+    lineage nor the second's, and never the stem twice (`...-pairs-mine-pairs-mine`)."""
+
+    def trained(pairs: Path, run_name: str) -> Config:
+        cfg = compose_cfg("stage=train", "logger=none", f"training.pairs={pairs}",
+                          f"run_name={run_name}")  # fmt: skip
+        save_config(cfg.stage_dir(Stage.train), to_yaml(cfg), "python -m src.main")
+        made = Finished(stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+        write_record(cfg.stage_dir(Stage.train), made)
+        return cfg
+
+    folders = [Path(compose_cfg().paths.root).parent / f"p{n}" for n in range(3)]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / "tests/data/pairs_tiny.jsonl", folder / "mine.jsonl")
+    first = trained(folders[0] / "mine.jsonl", "mine-pairs-mine")
+    asked = compose_cfg("stage=train", "logger=none", f"training.pairs={folders[1]}/mine.jsonl",
+                        f"run_name={first.run_name}")  # fmt: skip
+    assert schedule.free_run_name(asked) == "mine-pairs-mine-2"
+    trained(folders[1] / "mine.jsonl", "mine-pairs-mine-2")
+    third = replace(asked, training=replace(asked.training, pairs=f"{folders[2]}/mine.jsonl"))
+    assert schedule.free_run_name(third) == "mine-pairs-mine-3"
+    assert schedule.free_run_name(asked) == "mine-pairs-mine-2", "its own lineage, trained"
 
 
 def finish_iterations(overrides: list[str], iterations: int) -> None:
