@@ -74,7 +74,6 @@ from src.config.compose import (
     compose_tree,
     describe_composition_error,
     describe_omegaconf_error,
-    pairs_lineage,
     parse_each_string_once,
     previous_policy,
     schema,
@@ -132,9 +131,11 @@ from src.config.root import (
     register_schema,
 )
 from src.config.training import (
+    PAIRS_FILE,
     PAIRS_STAGE_FILE,
     AdapterConfig,
     TrainingConfig,
+    pairs_lineage,
 )
 from src.core.registry import Stage
 
@@ -173,6 +174,7 @@ __all__ = [
     "OPENAI_JUDGES",
     "Optimizer",
     "Outcome",
+    "PAIRS_FILE",
     "PAIRS_STAGE_FILE",
     "PairSelection",
     "PathsConfig",

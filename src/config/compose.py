@@ -24,7 +24,7 @@ from omegaconf.errors import (
 
 from src.config.checks import ConfigError
 from src.config.root import Config
-from src.config.training import PAIRS_STAGE_FILE
+from src.config.training import PAIRS_STAGE_FILE, pairs_lineage
 from src.core.errors import causes, set_overrides
 from src.core.layout import RunLayout, iteration_name
 
@@ -114,11 +114,6 @@ def _pairs_source(self_play: Any, _root_: Any) -> str:
     read as written: resolving it would need run_name."""
     written = str(_root_.training._get_node("pairs")._value())
     return str(self_play) if written == PAIRS_STAGE_FILE else pairs_lineage(written)
-
-
-def pairs_lineage(pairs: str) -> str:
-    """`pairs-<name>`: the run name's part that says a lineage trains on the pairs file `pairs`."""
-    return "pairs-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(pairs.rstrip("/")).stem or "file")
 
 
 _RESOLVERS = {

@@ -8,6 +8,9 @@ from typing import Any
 from src.config.checks import _check, _positive, check_numbers
 from src.config.eval import BENCHMARK_DATA, BENCHMARK_DATA_HINT
 
+# What data.prompts and data.eval_prompts name (src/generation/prompts.py reads them)
+PROMPT_SOURCE = "a .jsonl, .json or .parquet file, or a Hugging Face dataset id 'owner/name'"
+
 
 @dataclass
 class DataConfig:
@@ -38,6 +41,20 @@ class DataConfig:
         check_numbers(self, "data.")
         if self.max_prompts is not None:
             _positive("data.max_prompts", self.max_prompts)
+        # an empty name would be read as the working folder, and refused where a stage reads it
+        _check(
+            self.prompts.strip() != "",
+            "data.prompts",
+            self.prompts,
+            f"names no prompts; point it at {PROMPT_SOURCE}",
+        )
+        _check(
+            self.eval_prompts is None or self.eval_prompts.strip() != "",
+            "data.eval_prompts",
+            self.eval_prompts,
+            f"names no instructions; point it at the evaluation instructions ({PROMPT_SOURCE}: "
+            "AlpacaEval's alpaca_eval.json, say), or leave it null where no eval runs",
+        )
 
 
 def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)

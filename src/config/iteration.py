@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import SI
@@ -22,6 +23,7 @@ from src.config.checks import (
     check_path_component,
     check_shell_word,
 )
+from src.config.training import pairs_lineage
 from src.core.registry import Stage
 
 
@@ -119,11 +121,22 @@ def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     log = SLURM_LOG_NAME.format(job=cfg.stage_run_name(longest))
     if _bytes(log) > NAME_MAX:
         tail = _bytes(log) - _bytes(cfg.run_name)
-        raise ConfigError(
-            f"run_name={_shown(cfg.run_name)} is {_bytes(cfg.run_name)} bytes long; the "
-            f"SLURM logs of its jobs are named `<run_name>-it{cfg.iter}-{longest.value}_"
+        why = (
+            f"the SLURM logs of its jobs are named `<run_name>-it{cfg.iter}-{longest.value}_"
             f"<job id>_<task id>.out`, {tail} bytes more, and a file system takes names of "
             f"at most {NAME_MAX} bytes: run_name can be {NAME_MAX - tail} bytes long"
+        )
+        if not cfg.run_name.endswith(f"-{pairs_lineage(cfg.training.pairs)}"):
+            raise ConfigError(
+                f"run_name={_shown(cfg.run_name)} is {_bytes(cfg.run_name)} bytes long; {why}"
+            )
+        # named after a pairs file of the user's own: its name is what makes it long
+        raise ConfigError(
+            f"training.pairs: its file name {_shown(Path(cfg.training.pairs).name)} makes "
+            f"run_name (`<method.tag>-lr<learning rate>-pairs-<file name>`: "
+            f"{_shown(cfg.run_name)}) {_bytes(cfg.run_name)} bytes long; {why}; give the "
+            f"file a name {_bytes(log) - NAME_MAX} bytes shorter, or set run_name= to a name "
+            "of your own"
         )
     check_path_component("run_name", cfg.run_name)
     if cfg.hardware.slurm is not None:  # the SLURM jobs are named after it

@@ -39,12 +39,25 @@ class PathsConfig:
     hub_cache: str = SI("${abspath:${oc.env:HF_HUB_CACHE,${.hf_home}/hub}}")
 
     def __post_init__(self) -> None:
-        # an empty root would put every run directory at the file system's root
-        _check(
-            self.root.strip() != "",
-            "paths.root",
-            self.root,
-            "names no folder; set a folder for the run directories, e.g. "
-            "paths.root=/scratch/$USER/runs (unset, it is $SELFPLAY_RUNS, else ./runs)",
-        )
+        # an empty folder would put what is written there at the file system's root (every run
+        # directory at /, a tiny model at /tiny-mistral)
+        for key, holds in FOLDERS.items():
+            _check(
+                getattr(self, key).strip() != "",
+                f"paths.{key}",
+                getattr(self, key),
+                f"names no folder; set a folder for {holds}, or leave paths.{key} unset for its "
+                f"default (`python -m src.explain paths.{key}` says what it is)",
+            )
         check_one_line("paths.root", self.root)
+
+
+# What each folder of `paths` holds, as the refusal of an empty one says it
+FOLDERS = {
+    "root": "the run directories, e.g. paths.root=/scratch/$USER/runs",
+    "data_dir": "the project's prompt files",
+    "tiny_dir": "the tiny models",
+    "tiny_benchmarks": "the tiny benchmarks' data",
+    "hf_home": "the Hugging Face home",
+    "hub_cache": "the Hub's download cache",
+}

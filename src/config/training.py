@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import SI
@@ -21,6 +23,13 @@ from src.config.choices import (
 
 # training.pairs as the config writes it when the pairs are the pairs stage's own
 PAIRS_STAGE_FILE = "${run.iter_dir}/pairs/pairs.parquet"
+# what training.pairs names when it is a file of the user's own, as messages say it
+PAIRS_FILE = "a .parquet or .jsonl file of pairs"
+
+
+def pairs_lineage(pairs: str) -> str:
+    """`pairs-<name>`: the run name's part that says a lineage trains on the pairs file `pairs`."""
+    return "pairs-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(pairs.rstrip("/")).stem or "file")
 
 
 @dataclass
@@ -101,6 +110,14 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         check_numbers(self, "training.")
+        # an empty name would be read as the working folder (and name a lineage `pairs-file`)
+        _check(
+            self.pairs.strip() != "",
+            "training.pairs",
+            self.pairs,
+            f"names no file; point it at {PAIRS_FILE}, or leave it unset to train on the pairs "
+            "stage's",
+        )
         _positive("training.learning_rate", self.learning_rate)
         _check(
             0 <= self.warmup_ratio < 1,

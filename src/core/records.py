@@ -348,7 +348,7 @@ def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
     spec = STAGES[stage]
     if spec.consumes is None or spec.consumes_via is None or not lookup(tree, spec.consumes_via):
         return spec.consumes
-    read = Path(lookup(tree, spec.consumes_via)).expanduser().resolve()
+    read = Path(lookup(tree, spec.consumes_via)).resolve()
     return spec.consumes if read.parent == stage_dir(tree, spec.consumes).resolve() else None
 
 

@@ -143,6 +143,10 @@ def load_questions(path: Path, reference_answers: Path | None = None) -> list[Qu
     return questions
 
 
+# What mends a damaged copy of the questions
+COPY_WHOLE = "copy FastChat's fastchat/llm_judge/data/mt_bench/question.jsonl whole"
+
+
 def require_whole(questions: Sequence[Question], path: Path) -> None:
     """`questions` (of `path`) are MT-Bench's: ten in each of CATEGORIES, two turns each. A copy
     cut short (3 questions scored as "3 of 3") or grown is refused, named, before any answer."""
@@ -159,8 +163,7 @@ def require_whole(questions: Sequence[Question], path: Path) -> None:
         raise EvalError(
             f"data.mt_bench: {path} is not MT-Bench's {len(CATEGORIES) * QUESTIONS_PER_CATEGORY} "
             f"questions, {QUESTIONS_PER_CATEGORY} in each of its {len(CATEGORIES)} categories "
-            f"with {TURNS} turns each ({len(questions)} questions; {what}): copy FastChat's "
-            "fastchat/llm_judge/data/mt_bench/question.jsonl whole"
+            f"with {TURNS} turns each ({len(questions)} questions; {what}): {COPY_WHOLE}"
         )
 
 
@@ -170,6 +173,11 @@ def _question(row: dict, where: str) -> Question:
         raise EvalError(
             f"{where}: expected a question: an integer 'question_id', a string "
             "'category' and 'turns', a non-empty list of strings"
+        )
+    blank = next((n for n, turn in enumerate(turns, 1) if not turn.strip()), None)
+    if blank is not None:  # a damaged copy: answered and judged, it would score as whole
+        raise EvalError(
+            f"data.mt_bench: {where}: question {qid}'s turn {blank} is blank; {COPY_WHOLE}"
         )
     return Question(qid, category, tuple(turns), None)
 

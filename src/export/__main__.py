@@ -38,6 +38,7 @@ from src.export.folders import (
     counts_of,
     export_data,
     export_model,
+    exported,
     require_replaceable,
 )
 
@@ -103,7 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, help="folder to write (default <run.dir>/export/iter<t>)"
     )
-    parser.add_argument("--what", choices=("model", "data", "all"), default="all")
+    parser.add_argument(
+        "--what",
+        choices=("model", "data", "all"),
+        help="what to export (default all: the model and the data; the model alone for an "
+        "iteration trained on a pairs file of your own, training.pairs, which made no data)",
+    )
     parser.add_argument("--push", metavar="ORG/NAME", help="upload to the Hub (opt-in)")
     parser.add_argument("--private", action="store_true", help="create the repositories private")
     parser.add_argument(
@@ -117,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         args = parser.parse_intermixed_args(words)
     # what fixes an export is making the stages it reads: the pipeline's command, same overrides
     command = " ".join(["python -m src.main", *args.overrides])
-    with failures(command, where="--out" if args.out else "paths.root"):
+    # a folder it cannot write is --out's to move, by default under paths.root: moving the
+    # root would leave the run behind
+    with failures(command, where="--out"):
         try:
             export(args, own_command)
         except InTheWay as err:  # fixed by this command itself, with --force
@@ -136,9 +144,12 @@ def export(args: argparse.Namespace, command: str) -> None:
     out = args.out or cfg.layout.export_dir(cfg.iter)
     # per folder: the repository type the Hub files it under, and what makes it
     folders = {"model": ("model", export_model), "data": ("dataset", export_data)}
-    wanted = list(folders) if args.what == "all" else [args.what]
+    wanted = exported(args.what, cfg)
+    if args.what is None and "data" not in wanted:
+        said = f"training.pairs={cfg.training.pairs}, a file of your own"
+        print(f"[export] data: none, iteration {cfg.iter} trains on {said}", file=sys.stderr)
     with ExitStack() as held:
-        # without --out the folder is under paths.root, which the boundary's line names
+        # without --out the folder is under paths.root: the boundary's line points --out elsewhere
         with parent_writable(out) if args.out else nullcontext():
             out.mkdir(parents=True, exist_ok=True)  # a file in its way named as the user wrote it
             held.enter_context(writing(out.resolve(), command))  # until the push read the folders

@@ -28,7 +28,7 @@ from src.core.artifacts import atomic_write_json, remove, sync_directory
 from src.core.errors import Redo, StageError
 from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
-from src.core.records import read_record
+from src.core.records import read_record, read_upstream
 from src.core.rows import require_sealed
 from src.core.staleness import redo_for, saved_state
 from src.stages.common import stage_rows
@@ -121,6 +121,28 @@ def export_data(cfg: Config, out: Path, force: bool = False) -> Path:
         )
 
     return _whole(out / "data", assemble, cfg, force)
+
+
+def own_pairs(cfg: Config) -> str | None:
+    """training.pairs when iteration t trains on a pairs file of the user's own: its lineage
+    has a model and no data (ranked responses, pairs) of its own to export. None: the pairs
+    stage's file, which the run made."""
+    return cfg.training.pairs if read_upstream(cfg.as_tree(), Stage.train) is None else None
+
+
+def exported(what: str | None, cfg: Config) -> list[str]:
+    """The folders `--what` asks for (None: not given: what the iteration made, the model and
+    the data, or the model alone where it trained on a pairs file of the user's own)."""
+    pairs = own_pairs(cfg)
+    if pairs is None:
+        return ["model", "data"] if what in (None, "all") else [what]
+    if what in (None, "model"):
+        return ["model"]
+    raise ExportError(
+        f"iteration {cfg.iter} of {cfg.run.dir} trains on training.pairs={pairs}, a file of "
+        "your own, not on responses the run ranked and paired: it has no data of its own to "
+        "export; --what model exports its model"
+    )
 
 
 def finished(cfg: Config, stage: Stage, finish: str) -> dict:

@@ -21,6 +21,7 @@ import torch
 from src.core.artifacts import read_jsonl
 from src.core.contracts import pair_row_problem
 from src.core.errors import Redo, StageError
+from src.training.pairs_file import JSON_LINES, PARQUET
 
 # the only numbers of the file a loss reads: SPPO's targets (docs/design.md §6.2); DPO/IPO read
 # none, and WPO's weights come from the policy's own log-probs, not from the file
@@ -67,9 +68,9 @@ def located_rows(path: Path) -> Iterator[tuple[str, Any]]:
         )
     if not path.is_file():
         raise PairsError(f"{path} is not a file (training.pairs names a .parquet or .jsonl file)")
-    if path.suffix == ".parquet":
+    if path.suffix == PARQUET:
         return parquet_rows(path)
-    if path.suffix in (".jsonl", ".json"):
+    if path.suffix in JSON_LINES:
         return read_jsonl(path, PairsError, example=PAIR_EXAMPLE)
     raise PairsError(f"{path}: pairs must be .parquet or .jsonl, got '{path.suffix}'")
 

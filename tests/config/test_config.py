@@ -589,6 +589,27 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
         ),  # fmt: skip
         ("paths.root=", r"^paths\.root='': names no folder; set a folder for the run directories"),
         (
+            "paths.tiny_dir=",
+            r"^paths\.tiny_dir='': names no folder; set a folder for the tiny models, or leave "
+            r"paths\.tiny_dir unset for its default \(`python -m src\.explain paths\.tiny_dir`",
+        ),
+        ("paths.hub_cache=' '", r"^paths\.hub_cache=' ': names no folder; set a folder for the"),
+        (
+            "data.prompts=",
+            r"^data\.prompts='': names no prompts; point it at a \.jsonl, \.json or \.parquet "
+            r"file, or a Hugging Face dataset id 'owner/name'$",
+        ),
+        (
+            "data.eval_prompts=' '",
+            r"^data\.eval_prompts=' ': names no instructions; point it at the evaluation "
+            r"instructions \(.*\), or leave it null where no eval runs$",
+        ),
+        (
+            "training.pairs=",
+            r"^training\.pairs='': names no file; point it at a \.parquet or \.jsonl file of "
+            r"pairs, or leave it unset to train on the pairs stage's$",
+        ),
+        (
             "pipeline.redo=[rank,foo]",
             r"^pipeline\.redo=\['rank', 'foo'\]: names stages of an iteration: generate, rank, "
             r"pairs, train, eval \(e\.g\. pipeline\.redo=\[rank\]",
@@ -773,6 +794,26 @@ def test_a_run_name_too_long_for_its_slurm_logs_is_refused(iteration, limit):
     for name, size in (("a" * (limit + 1), limit + 1), ("a" * 300, 300), ("é" * 109, 218)):
         with pytest.raises(ConfigError, match=rf"^run_name='{name[:40]}'\.\.\. is {size}{rule}"):
             compose_cfg(f"iter={iteration}", f"run_name='{name}'")
+
+
+def test_a_run_name_too_long_for_its_pairs_file_name_names_the_file_and_the_fix():
+    """run_name made of training.pairs's file name (`...-pairs-<name>`): the name the user chose
+    is the cause, and a shorter one (or a run_name of their own) the fix; 263 bytes are 47 more
+    than run_name's 216."""
+    name = "q" * 240
+    with pytest.raises(ConfigError) as refused:
+        compose_cfg("method=dpo", f"training.pairs=/data/{name}.jsonl")
+    assert str(refused.value) == (
+        f"training.pairs: its file name '{'q' * 40}'... makes run_name "
+        "(`<method.tag>-lr<learning rate>-pairs-<file name>`: 'beta0.1-lr5e-07-pairs-qqqqqqqqqqqqqqqqqq'"
+        "...) 262 bytes long; the SLURM logs of its jobs are named `<run_name>-it1-generate_<job "
+        "id>_<task id>.out`, 39 bytes more, and a file system takes names of at most 255 bytes: "
+        "run_name can be 216 bytes long; give the file a name 46 bytes shorter, or set run_name= "
+        "to a name of your own"
+    )
+    assert compose_cfg(f"training.pairs=/data/{name[46:]}.jsonl").run_name.endswith(name[46:])
+    chosen = compose_cfg(f"training.pairs=/data/{name}.jsonl", "run_name=mine")
+    assert chosen.run_name == "mine"
 
 
 def test_a_model_name_over_255_bytes_is_refused():

@@ -444,6 +444,26 @@ def test_a_malformed_line_is_named_with_its_file_and_line_number(
     assert message.startswith(f"{path}:2: ") and expected in message
 
 
+@pytest.mark.parametrize("blank", ["", " \t\n"], ids=["empty", "whitespace"])
+@pytest.mark.parametrize("turn", [1, 2])
+def test_a_question_with_a_blank_turn_is_refused_naming_file_line_and_question(
+    tmp_path, turn, blank
+):
+    """A damaged copy whose two turns are both there, one of them blank: answered and judged,
+    it would count as MT-Bench whole ("80 of 80 questions scored"); refused as the questions
+    are read, before any model."""
+    turns = list(WRITING["turns"])
+    turns[turn - 1] = blank
+    path = tmp_path / "question.jsonl"
+    write_lines(path, [{**WRITING, "question_id": 82}, {**WRITING, "turns": turns}])
+    with pytest.raises(EvalError) as excinfo:
+        load_questions(path)
+    assert one_line(excinfo) == (
+        f"data.mt_bench: {path}:2: question 81's turn {turn} is blank; copy FastChat's "
+        "fastchat/llm_judge/data/mt_bench/question.jsonl whole"
+    )
+
+
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(EvalError) as excinfo:
         load_questions(tmp_path / "question.jsonl")

@@ -6,6 +6,7 @@ replaces only its own export of the same run and iteration, leaving no `.partial
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from src.config import REPO_ROOT
 from src.core.contracts import PairRow, RankedRow
 from src.core.policy import seal_checkpoint
 from tests.support import lineages
-from tests.support.helpers import entry, one_line_failure
+from tests.support.helpers import SMALL, entry, one_line_failure, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -160,6 +161,47 @@ def test_the_exported_model_is_the_checkpoint_with_its_card(lineage, tmp_path):
     checkpoint = lineage / "iter1" / "train" / "checkpoint"
     assert (model / "README.md").read_text() == (checkpoint / "README.md").read_text()
     assert not (tmp_path / "data").exists()
+
+
+PAIRS = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
+
+
+@pytest.fixture(scope="module")
+def own_pairs(tmp_path_factory, tiny_dir) -> Path:
+    """Iteration 1 trained on a pairs file of the user's own (`stage=train training.pairs=...`):
+    a lineage with a model and no generate, rank or pairs stage; its run directory."""
+    root = tmp_path_factory.mktemp("own-pairs") / "runs"
+    made = run_main(root, *SMALL, "stage=train", f"training.pairs={PAIRS}")
+    assert made.returncode == 0, made.stderr[-3000:]
+    (run,) = (root / "tiny-mistral" / "sppo").iterdir()
+    return run
+
+
+def test_an_iteration_trained_on_a_pairs_file_of_ones_own_exports_its_model(own_pairs, tmp_path):
+    """Exported as the training was run (its training.pairs): the model alone, its card naming
+    the file's sha256; the data, which it has none of, is refused when asked for, naming the
+    --what that exports what it has.
+
+    Slow: it pays for its lineage, a training on the tiny model (`own_pairs`) and the imports of
+    one in this process."""
+    words = ["model=tiny-mistral", f"paths.root={own_pairs.parents[2]}", f"training.pairs={PAIRS}"]
+    result = entry("src.export", *words, "iter=1", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["model"]
+    digest = hashlib.sha256(PAIRS.read_bytes()).hexdigest()
+    assert (
+        f"training.pairs: the file of sha256 {digest}"
+        in (tmp_path / "out/model/README.md").read_text()
+    )
+    assert f"[export] data: none, iteration 1 trains on training.pairs={PAIRS}" in result.stderr
+    for what in ("data", "all"):
+        asked = entry("src.export", *words, "iter=1", "--what", what, "--out", str(tmp_path / what))
+        assert one_line_failure(asked, 1) == (
+            f"error: iteration 1 of {own_pairs} trains on training.pairs={PAIRS}, a file of your "
+            "own, not on responses the run ranked and paired: it has no data of its own to "
+            "export; --what model exports its model"
+        )
+        assert not (tmp_path / what).exists()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 from src.config import REPO_ROOT
 from src.stages.train import run
 from src.training.data import PairsError
-from tests.support.helpers import SMALL, cli, compose_cfg
+from tests.support.helpers import SMALL, cli, compose_cfg, one_line_failure
 
 FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]  # fx00 ... fx11
@@ -392,3 +392,39 @@ def test_the_command_line_refuses_blank_text_with_one_line(tmp_path, case, own):
         assert re.match("error: " + expected(CASES[case], path).rstrip("$"), line), line
         assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE}`"), line
     assert not list((tmp_path / "runs").rglob("train/done.json"))
+
+
+NAMES = "training.pairs names a .parquet or .jsonl file of pairs"
+NOT_READ = {  # training.pairs (given tmp_path), how it is made, and what the refusal says of it
+    "missing": (lambda tmp: str(tmp / "nosuch.jsonl"), None, f"no such file; {NAMES}"),
+    "missing-relative": (
+        lambda tmp: "nosuch.jsonl",
+        None,
+        f"no such file ({Path.cwd() / 'nosuch.jsonl'}); {NAMES}",
+    ),
+    "a-folder": (lambda tmp: str(tmp / "pairs.jsonl"), Path.mkdir, f"not a file; {NAMES}"),
+    "a-csv-file": (lambda tmp: str(tmp / "p.csv"), Path.touch, f"a '.csv' file; {NAMES}"),
+    "a-url": (
+        lambda tmp: "https://example.org/pairs.jsonl",
+        None,
+        "a URL; training.pairs names a local file (a .parquet or .jsonl file of pairs): "
+        "download it first",
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", ["train", "all"])
+@pytest.mark.parametrize("case", NOT_READ)
+def test_a_pairs_file_the_training_cannot_read_is_refused_before_any_stage_or_folder(
+    tmp_path, stage, case
+):
+    """Before the stages (under stage=all, generate, rank and pairs would run first), and
+    before the lineage's folder, named after the file, is made: one line naming training.pairs
+    and the path, exit 1."""
+    value, make, said = NOT_READ[case]
+    pairs = value(tmp_path)
+    if make is not None:
+        make(Path(pairs))
+    result = cli(tmp_path / "runs", f"stage={stage}", f"training.pairs={pairs}")
+    assert one_line_failure(result, 1) == f"error: training.pairs={pairs}: {said}"
+    assert not (tmp_path / "runs").exists()
