@@ -331,7 +331,7 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
     assert compared.returncode == 0, compared.stderr[-3000:]
     for stale in (eval_dir(root), *sides):  # the base eval too
-        assert f"[compare] {stale}: made before iteration 1's training last finished" in (
+        assert f"[compare] {stale}: iteration 1's checkpoint was trained again after this eval" in (
             compared.stderr
         )
     header = (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0]
