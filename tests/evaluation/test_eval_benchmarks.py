@@ -3,8 +3,8 @@ answer is made.
 
 Tested: eval.benchmarks naming a benchmark without its data is a config error naming the key;
 a data folder without the files FastChat's layout has, or an Arena-Hard baseline that is not
-there, is one line naming the key and the file; a second turn is rendered after the policy's
-own first. (MT-Bench through the stage's parts, graded by a judge on vLLM's OpenAI-compatible
+there, is one line naming the key and the file; what each benchmark reads of its folder is named
+for the eval's record; a second turn is rendered after the policy's own first. (MT-Bench through the stage's parts, graded by a judge on vLLM's OpenAI-compatible
 server: tests/evaluation/test_eval_judge_client.py, beside that server's other tests.)
 """
 
@@ -149,3 +149,16 @@ def test_a_second_turn_is_rendered_after_the_policys_own_first(tiny_dir):
     )
     assert first < answer < second
     assert text.count("[INST]") == 2  # Mistral's template: each user turn its own [INST] block
+
+
+def test_what_a_benchmark_reads_is_what_the_eval_record_vouches_for(tmp_path):
+    """MT-Bench's copy by the files its reader requires: FastChat's own `model_judgment/` or a
+    note written beside them is not among them (src.core.records.input_contents)."""
+    folder, _ = write_tiny_benchmarks(tmp_path)
+    cfg = compose_cfg(*SMALL, "eval.benchmarks=[mt_bench]", f"data.mt_bench={folder}")
+    read = benchmarks.files_read(cfg)["data.mt_bench"]
+    assert "mt_bench/question.jsonl" in read and "judge_prompts.jsonl" in read
+    (folder / "mt_bench" / "model_judgment").mkdir()
+    (folder / "NOTES.txt").write_text("notes\n")
+    assert benchmarks.files_read(cfg)["data.mt_bench"] == read
+    assert not any(part.startswith(("NOTES", "mt_bench/model_judgment")) for part in read)
