@@ -267,6 +267,10 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
     train = stages.get("train", Record({}))
+    trained = layout.stage_dir(t, registry.Stage.train)
+    if "train" in stages and (why := outdated(registry.Stage.train, trained, run_dir)):
+        print(f"[compare] {trained}: {'; '.join(why)}: its figures are a stale iteration's "
+              "(pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
     it = Iteration(row, log_history(train.values))
     row.update(train_columns(it.history, train.where, "log_history"))
     row.update(pairs_columns(stages.get("pairs", Record({}))))
@@ -278,7 +282,7 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
         done = stages.get("eval") if folder == base else finished_stage(folder)
         if done is None:
             continue
-        why = outdated(folder, run_dir, t)
+        why = outdated(registry.Stage.eval, folder, run_dir)
         if why:
             print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
                   "makes it again)", file=sys.stderr)  # fmt: skip
@@ -289,14 +293,15 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     return it
 
 
-def outdated(eval_dir: Path, run_dir: Path, t: int) -> list[str]:
-    """Why an eval's figures (run `run_dir`'s) are not those of iteration `t`'s checkpoint as its
-    lineage stands now, judged by the config it was made with (`saved_state`: the checkpoint
-    trained again after it, a file it read changed since, an earlier iteration it descends from
-    stale). Its config keys may differ from today's: its row shows those it ran with."""
+def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> list[str]:
+    """Why a finished stage's figures (an eval's, a training's: run `run_dir`'s) are not those of
+    its iteration as its lineage stands now, judged by the config it was made with
+    (`saved_state`: the checkpoint trained again after an eval, a file it read changed since, an
+    earlier iteration it descends from stale). Its config keys may differ from today's: its row
+    shows those it ran with."""
     here = {"run": {"dir": str(run_dir)}, "paths": {"root": str(run_dir.parents[2])}}
     try:
-        state = saved_state(here, registry.Stage.eval, eval_dir)
+        state = saved_state(here, stage, stage_dir)
     except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException):
         return []  # malformed: named where the row reads it
     except StageError as err:  # a record on its way damaged: not the figures of a known lineage

@@ -23,7 +23,11 @@ import pytest
 import yaml
 
 from src.compare import main
-from src.config import REPO_ROOT
+from src.config import REPO_ROOT, to_yaml
+from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.registry import STAGES
+from src.stages.results import read_iteration
+from tests.support.helpers import compose_cfg
 
 # eval/eval.json of SPPO eta=5000, iteration 2 (the stage writes more keys; these are read)
 EVAL = {"win_rate": 0.31, "lc_win_rate": 0.27, "win_rate_low": 0.22, "win_rate_high": 0.4,
@@ -1060,3 +1064,30 @@ def test_wandb_rows_come_from_each_lineages_curve_run(wandb_project, tmp_path):
     assert float(first["train_loss_final"]) == 8.0  # from the train run's history
     assert (float(second["eta"]), second["beta"], second["method"]) == (5000, "", "sppo")
     assert f"{MODEL}/sppo/{SPPO_5000}: iter1 0.600 [0.500, 0.700] | iter2 0.800" in stdout
+
+
+def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, monkeypatch):
+    """Iteration 1's prompts edited after iteration 2 was made from it (real records, as the
+    stages write them): iteration 2's eval is left out and its training named on stderr, with the
+    reason src.main gives."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    for t in (1, 2):
+        (tmp_path / f"p{t}.jsonl").write_text(f'{{"prompt": "prompt {t}"}}\n')
+    for t in (1, 2):
+        cfg = compose_cfg("model=tiny-mistral", "logger=none", f"iter={t}",
+                          f"data.prompts={tmp_path}/p${{iter}}.jsonl")  # fmt: skip
+        for stage in STAGES:
+            cfg.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+            (cfg.stage_dir(stage) / "config.yaml").write_text(to_yaml(cfg))
+            made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            write_record(cfg.stage_dir(stage), made)
+        (cfg.stage_dir("eval") / "eval.json").write_text(json.dumps({"win_rate": 0.625}))
+    (tmp_path / "p1.jsonl").write_text('{"prompt": "another"}\n')
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        row = read_iteration(cfg.layout, 2).row
+    said = err.getvalue()
+    assert "eval_win_rate" not in row, said
+    for stage in ("train", "eval"):
+        assert f"{cfg.layout.stage_dir(2, stage)}: iteration 1's training, which this " in said
+    assert "generate's data.prompts" in said and "changed since this stage read it" in said
