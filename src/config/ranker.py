@@ -26,8 +26,8 @@ class RankerConfig:
     # comparisons (PairRM) or sequences (reward model) per forward, at most: on a CPU PairRM's
     # forwards also stop at CPU_SCORES_BYTES of attention scores (src/ranking/pairrm.py)
     batch_size: int = 32
-    source_max_length: int = 1224  # PairRM truncation of the prompt, in PairRM tokens
-    candidate_max_length: int = 412  # PairRM truncation of each response
+    source_max_length: int = 1224  # the prompt cut to this many of the judge's tokens (PairRM's)
+    candidate_max_length: int = 412  # each response cut likewise (PairRM's)
     prompt_format: PromptFormat = PromptFormat.chat_template  # the prompt as PairRM reads it
     attention: Attention = (
         Attention.eager

@@ -36,9 +36,16 @@ REAL_MODELS = {
         "eager",  # as conf/model/gemma-2-9b-it.yaml: soft-capping needs the eager kernel
     ),
 }  # fmt: skip
-# The hub judges' parameters (their model cards): PairRM is DeBERTa-v3-large with a pairwise
-# head, ArmoRM Llama-3-8B with its reward heads. A local judge's are read from its files.
-JUDGE_PARAMS = {"llm-blender/PairRM": 0.436e9, "RLHFlow/ArmoRM-Llama3-8B-v0.1": 7.51e9}
+# The hub judges' parameters: PairRM is DeBERTa-v3-large with a pairwise head, ArmoRM Llama-3-8B
+# with its reward heads (their model cards); Skywork-Reward-V2's are their base models' decoders
+# with a one-label head for the LM head (counted from Llama-3.1-8B's and Qwen3-1.7B's configs).
+# A local judge's are read from its files.
+JUDGE_PARAMS = {
+    "llm-blender/PairRM": 0.436e9,
+    "RLHFlow/ArmoRM-Llama3-8B-v0.1": 7.51e9,
+    "Skywork/Skywork-Reward-V2-Llama-3.1-8B": 7.505e9,
+    "Skywork/Skywork-Reward-V2-Qwen3-1.7B": 1.721e9,
+}
 TIED_BY_DEFAULT = {
     "gemma2": True,
     "mistral": False,

@@ -212,7 +212,13 @@ def iteration_hours(cfg: Config, shape: Shape) -> list[StageHours]:
     else:  # one score per response
         judged = prompts * k * (prompt + response)
     rank_hours = judged * 2 * judge_params / (flops_per_s * world) / 3600
-    rank_basis = mfu
+    if judge_params:
+        counted = "src/core/shapes.py" if cfg.ranker.model in JUDGE_PARAMS else "its files"
+        rank_basis = (
+            f"{mfu}, 2 FLOPs a token per judge parameter ({judge_params / 1e9:.2f}e9: {counted})"
+        )
+    else:
+        rank_basis = f"not counted: the size of {cfg.ranker.model} is not known here"
     if cfg.ranker.kind == JudgeKind.pairrm and cfg.ranker.model in MEASURED_RANK_RATES:
         points, source = MEASURED_RANK_RATES[cfg.ranker.model]
         r = cfg.ranker  # llm-blender cuts a comparison to its limits

@@ -65,6 +65,8 @@ def test_groups_have_the_options_the_project_promises():
         "tiny-pairrm",
         "tiny-reward-model",
         "tiny-judge",
+        "skywork-reward-v2-llama-3.1-8b",
+        "skywork-reward-v2-qwen3-1.7b",
     }
     assert set(HARDWARE) >= {"cpu", "gpu-1", "node-8gpu", "multinode"}
     assert any(h.startswith("slurm-") for h in HARDWARE)
@@ -331,6 +333,29 @@ def test_gemma_sppo_preset_splits_the_batch_four_by_two():
     assert c.training.global_batch_size == 64 and c.training.optimizer.value == "rmsprop"
     # the same split applies to gemma x sppo without the preset (model_method specialisation)
     assert compose_cfg("model=gemma-2-9b-it", "method=sppo").training.per_device_batch_size == 4
+
+
+SKYWORK_TRAINED_TOKENS = 16_384  # Skywork-Reward-V2's longest training conversation (its card)
+
+
+@pytest.mark.parametrize(
+    "preset", ["skywork-reward-v2-llama-3.1-8b", "skywork-reward-v2-qwen3-1.7b"]
+)
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e and "tiny" not in e])
+def test_a_skywork_judge_reads_a_recipes_whole_conversation_within_its_training_length(
+    preset, experiment
+):
+    """A plain one-label reward model (no remote code) shown the raw prompt in its own template,
+    whose cuts hold every recipe's prompt and response limits (counted in the policy's tokens)
+    and stay within the conversations it was trained on."""
+    c = compose_cfg(f"experiment={experiment}", f"ranker={preset}",
+                    *PRESET_REQUIREMENTS.get(experiment, []))  # fmt: skip
+    r, g = c.ranker, c.generation
+    assert (r.name, r.kind.value, r.prompt_format.value) == (preset, "reward_model", "raw")
+    assert not compose_cfg(f"ranker={preset}").ranker.trust_remote_code  # WPO-HB's opts in
+    assert r.source_max_length >= max(g.max_prompt_length, c.eval.max_prompt_length)
+    assert r.candidate_max_length >= max(g.max_new_tokens, c.eval.max_new_tokens)
+    assert r.source_max_length + r.candidate_max_length < SKYWORK_TRAINED_TOKENS
 
 
 def test_wpo_hb_preset_is_the_reference_recipe():

@@ -88,6 +88,28 @@ def test_eval_reads_the_base_model_the_judge_and_alpaca_evals_files_every_iterat
     assert "dataset tatsu-lab/alpaca_eval-instructions [train]" in entries
 
 
+# The reward-model presets and the hub repository each reads
+REWARD_MODELS = {
+    "reward-model": "RLHFlow/ArmoRM-Llama3-8B-v0.1",
+    "skywork-reward-v2-llama-3.1-8b": "Skywork/Skywork-Reward-V2-Llama-3.1-8B",
+    "skywork-reward-v2-qwen3-1.7b": "Skywork/Skywork-Reward-V2-Qwen3-1.7B",
+}
+
+
+@pytest.mark.parametrize("preset", sorted(REWARD_MODELS))
+def test_a_reward_model_preset_lists_its_judge_read_whole_by_the_rank_and_the_eval(preset):
+    """A reward-model preset's judge is a hub model read by the rank stage, and by the eval as
+    its judge: listed (so fetched and checked) whole, its weights, config and tokenizer with its
+    chat template; nothing of the policy, whose template a reward model does not read."""
+    rank = {e.asset.label(): e for e in listed_for([compose_cfg("stage=rank", f"ranker={preset}")])}
+    judge = rank.pop(f"model {REWARD_MODELS[preset]}")
+    assert judge.asset.on_hub and judge.asset.files == ()
+    assert judge.used_by() == "ranker.model: iteration 1 rank" and rank == {}
+    overrides = ["stage=eval", "eval.enabled=true", f"+ranker@eval.judge={preset}"]
+    evaluated = {e.asset.source: e for e in listed_for([compose_cfg(*overrides)])}
+    assert evaluated[REWARD_MODELS[preset]].used_by() == "eval.judge.model: iteration 1 eval"
+
+
 BENCHMARKS = [
     "eval.enabled=true",
     "eval.benchmarks=[mt_bench,arena_hard,leaderboard]",

@@ -310,6 +310,37 @@ def test_the_rates_are_the_plans_settings():
     )
 
 
+@pytest.mark.parametrize(
+    ("ranker", "params", "gib"),
+    [
+        ("reward-model", 7.51e9, 14.7),  # ArmoRM
+        ("skywork-reward-v2-llama-3.1-8b", 7.505e9, 14.7),
+        ("skywork-reward-v2-qwen3-1.7b", 1.721e9, 4.0),
+    ],
+)
+def test_a_reward_model_presets_judge_is_sized_before_it_is_fetched(ranker, params, gib):
+    """Each reward-model preset's judge, from its recorded size: its bf16 weights on each GPU
+    beside the CUDA context, and its rank a forward of 2 FLOPs a token per parameter over each
+    of the K responses with its prompt, at the assumed MFU, the count's source named."""
+    cfg = compose_cfg(*GEMMA, "hardware=node-8gpu", f"ranker={ranker}")
+    rank = hours(f"ranker={ranker}", "plan.prompts=1000")["rank"]
+    g, flops_per_s = cfg.generation, cfg.plan.mfu * cfg.plan.gpu_tflops * 1e12
+    assert rank.tokens == 1000 * cfg.method.K * (g.max_prompt_length + g.max_new_tokens)
+    assert 0 < rank.hours == pytest.approx(rank.tokens * 2 * params / (flops_per_s * 8) / 3600)
+    assert rank.basis.endswith(
+        f", 2 FLOPs a token per judge parameter ({params / 1e9:.2f}e9: src/core/shapes.py)"
+    )
+    memory = stages(*GEMMA, "hardware=node-8gpu", f"ranker={ranker}")["rank"].memory
+    assert memory.kept == {f"{cfg.ranker.model} weights": pytest.approx(2 * params)}
+    assert round(memory.footprint / GIB, 1) == gib
+
+
+def test_a_judge_of_unknown_size_is_not_counted_and_says_so():
+    rank = hours("ranker=reward-model", "ranker.model=acme/unknown-rm")["rank"]
+    assert rank.basis == "not counted: the size of acme/unknown-rm is not known here"
+    assert stages(*GEMMA, "ranker=reward-model", "ranker.model=acme/unknown-rm")["rank"].note
+
+
 def test_pairrms_rank_is_its_comparisons_at_the_rate_measured_on_a_gpu_at_their_length():
     """K(K-1) comparisons a prompt over PairRM's comparisons/s per GPU measured at the length of
     a comparison (the prompt's limit and two responses, cut to PairRM's 1,224 + 2 x 412), its

@@ -12,7 +12,15 @@ import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from src.config import REPO_ROOT
-from src.core.shapes import GEMMA_2_9B, MISTRAL_7B, REAL_MODELS, Shape, real_shape, shape_of
+from src.core.shapes import (
+    GEMMA_2_9B,
+    JUDGE_PARAMS,
+    MISTRAL_7B,
+    REAL_MODELS,
+    Shape,
+    real_shape,
+    shape_of,
+)
 from src.plan.memory import GIB, Step, table, train_memory
 from src.training.adapters import add_adapter
 from tests.support.helpers import compose_cfg
@@ -61,6 +69,31 @@ def test_the_real_models_configs_build_with_their_config_classes(model):
     assert Shape.from_config(real_shape(model).name, config.to_dict(), attention) == real_shape(
         model
     )
+
+
+# Skywork-Reward-V2's judges: their base models' published configs (Llama-3.1-8B, Qwen3-1.7B)
+SKYWORK_V2 = {
+    "Skywork/Skywork-Reward-V2-Llama-3.1-8B": ("LlamaConfig", dict(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8)),
+    "Skywork/Skywork-Reward-V2-Qwen3-1.7B": ("Qwen3Config", dict(
+        vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("judge", list(SKYWORK_V2))
+def test_a_skywork_judges_recorded_size_is_its_one_label_classifier(judge):
+    """The plan's size of the judge: the parameters of the sequence classifier that transformers
+    builds at its base model's config with one label (on the meta device: nothing allocated)."""
+    import torch
+    import transformers
+
+    config_class, kwargs = SKYWORK_V2[judge]
+    config = getattr(transformers, config_class)(**kwargs, num_labels=1)
+    with torch.device("meta"):
+        classifier = transformers.AutoModelForSequenceClassification.from_config(config)
+    assert JUDGE_PARAMS[judge] == pytest.approx(classifier.num_parameters(), rel=1e-3)
 
 
 def measured_rows() -> list[dict]:
