@@ -215,7 +215,7 @@ def validate(cfg: DictConfig | dict) -> Config:
 # Nodes that some compositions leave null, and what fills them.
 NULL_NODES = {
     "hardware.slurm": "hardware.slurm needs hardware=slurm-*",
-    "eval.judge": "the ranker judges; choose a judge with ranker@eval.judge=<ranker option>",
+    "eval.judge": "the ranker judges; choose a judge with +ranker@eval.judge=<ranker option>",
 }
 
 

@@ -124,7 +124,7 @@ class EvalConfig:
     outcome: Outcome = Outcome.discrete  # what a comparison scores (win_rate and lc_win_rate)
     bootstrap: int = 1000  # resamples of the prompts for the confidence intervals
     confidence: float = 0.95  # the confidence level of those intervals
-    # the judge of the eval, a ranker config (`ranker@eval.judge=<option>`); null: the ranker
+    # the judge of the eval, a ranker config (`+ranker@eval.judge=<option>`); null: the ranker
     # that ranked the training data (the real recipes judge with another model: GPT-4)
     judge: RankerConfig | None = None
     # also judge the answers with AlpacaEval 2 itself (alpaca_eval's evaluator: GPT-4 Turbo

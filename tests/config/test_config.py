@@ -1079,7 +1079,7 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
         (
             ["eval.judge.model=/judges/mine"],
             "config error: cannot set 'eval.judge.model': 'eval.judge' is null with the options "
-            "chosen (the ranker judges; choose a judge with ranker@eval.judge=<ranker option>)",
+            "chosen (the ranker judges; choose a judge with +ranker@eval.judge=<ranker option>)",
         ),
         (
             ["model.name=../../escaped"],
