@@ -76,7 +76,8 @@ class Attention(Choice):
     # added to and masked in full (what an H200 spends most of a PairRM forward on)
     eager = "eager"
     # disentangled-flash's exact kernels (Triton): the same attention without the [B, heads, L, L]
-    # tensors, on a CUDA GPU; elsewhere transformers' own, said in one line
+    # tensors, on a CUDA GPU, each forward's comparisons packed without padding (its varlen
+    # forward); elsewhere transformers' own, said in one line
     fused = "fused"
 
 

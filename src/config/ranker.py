@@ -24,7 +24,8 @@ class RankerConfig:
     kind: JudgeKind  # pairrm: llm-blender's pairwise PairRM; reward_model: one score per response
     model: str  # hub id or local directory
     # comparisons (PairRM) or sequences (reward model) per forward, at most: on a CPU PairRM's
-    # forwards also stop at CPU_SCORES_BYTES of attention scores (src/ranking/pairrm.py)
+    # forwards also stop at CPU_SCORES_BYTES of attention scores (src/ranking/pairrm.py); its
+    # packed forwards (attention=fused on a GPU) at the tokens of as many at the length limits
     batch_size: int = 32
     source_max_length: int = 1224  # the prompt cut to this many of the judge's tokens (PairRM's)
     candidate_max_length: int = 412  # each response cut likewise (PairRM's)

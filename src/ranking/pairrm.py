@@ -11,12 +11,18 @@ candidate may use `candidate_max_length + (source_max_length - longest source) /
 tokens), so per-prompt encoding is what makes the logits equal the reference's. Padding is
 then stripped and the triples re-batched; the ranker moves padding to the end of each row and
 masks it, so batching changes the logits only by float rounding.
+
+With disentangled-flash's inference encoder (`fuse_attention`, packed) a batch is not padded at
+all: its comparisons are concatenated into one [tokens, hidden] sequence split by `cu_seqlens`
+(FlashAttention's varlen layout), a batch closes at a budget of tokens, and the prefix tokens'
+states are read where llm-blender's `_forward` reads them (`forward_packed`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import sys
 import time
 from collections.abc import Iterator
@@ -43,10 +49,19 @@ class EncodedPrompt:
 
 
 class PairRMJudge:
-    """Raw comparison logits C (C_ij > 0: response i beats response j) for each prompt."""
+    """Raw comparison logits C (C_ij > 0: response i beats response j) for each prompt.
+
+    Padded batches take up to `batch_size` comparisons; packed ones (the ranker's backbone fused
+    with `packed=True`) up to `packed_tokens` tokens, by default the tokens of `batch_size`
+    comparisons at the length limits: the same memory as a padded batch at its longest."""
 
     def __init__(
-        self, blender, source_max_length: int, candidate_max_length: int, batch_size: int
+        self,
+        blender,
+        source_max_length: int,
+        candidate_max_length: int,
+        batch_size: int,
+        packed_tokens: int | None = None,
     ) -> None:
         self.ranker = blender.ranker
         self.collator = copy.copy(blender.ranker_collator)  # as rank() does, then set the limits
@@ -54,11 +69,19 @@ class PairRMJudge:
         self.collator.candidate_maxlength = candidate_max_length
         self.pad_id = self.collator.tokenizer.pad_token_id
         self.batch_size = batch_size
+        self.packed_tokens = packed_tokens or batch_size * (
+            source_max_length + 2 * candidate_max_length
+        )
         weight = next(self.ranker.parameters())
         self.device = weight.device
         # one comparison's [heads, L, L] attention scores at L = 1, in bytes
         heads = self.ranker.pretrained_model.config.num_attention_heads
         self.scores_bytes = heads * weight.element_size()
+
+    @property
+    def packed(self) -> bool:
+        """Whether the ranker's backbone takes packed batches (`fuse_attention`, packed)."""
+        return runs_packed(self.ranker.pretrained_model)
 
     def encode(self, source: str, candidates: list[str]) -> EncodedPrompt:
         batch = self.collator([{"index": 0, "source": source, "candidates": candidates}])
@@ -95,6 +118,62 @@ class PairRMJudge:
         if batch:
             yield batch
 
+    def packs(self, triples: list, length) -> Iterator[list]:
+        """Runs of the length-sorted `triples` of at most `packed_tokens` tokens together (a
+        longer comparison alone): a packed forward's work and memory grow with its tokens, not
+        with its count or its longest."""
+        batch: list = []
+        tokens = 0
+        for t in triples:
+            if batch and tokens + length(t) > self.packed_tokens:
+                yield batch
+                batch, tokens = [], 0
+            batch.append(t)
+            tokens += length(t)
+        if batch:
+            yield batch
+
+    def forward(self, rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The logits of the comparisons `rows` (source, left candidate, right candidate: token
+        ids without padding), one forward."""
+        if self.packed:
+            return self.forward_packed(rows)
+        source, left, right = (self.pad(list(part)) for part in zip(*rows, strict=True))
+        return self.ranker._forward(*source, *left, *right)["logits"]
+
+    def forward_packed(self, rows: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """`forward` through disentangled-flash's packed encoder: what llm-blender's `_forward`
+        computes for one comparison alone, for every row of the batch at once. Each comparison
+        is its three rows concatenated (`cat_ids`: every row ends with its separator, so nothing
+        moves), the generic candidate prefix made <candidate1> and <candidate2>; the states of
+        the three prefix tokens go to the ranker's head."""
+        from disentangled_flash import PackedSequenceInfo
+
+        tok = self.collator.tokenizer
+        sequences = [
+            torch.cat([s, torch.where(a == tok.cand_prefix_id, tok.cand1_prefix_id, a),
+                       torch.where(b == tok.cand_prefix_id, tok.cand2_prefix_id, b)])
+            for s, a, b in rows
+        ]  # fmt: skip
+        lengths = [len(x) for x in sequences]
+        ids = torch.cat(sequences).to(self.device)
+        positions = torch.cat([torch.arange(n) for n in lengths]).to(self.device)
+        offsets = tuple(itertools.accumulate(lengths, initial=0))
+        cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=self.device)
+        backbone = self.ranker.pretrained_model
+        # the embeddings as the padded forward makes them (its mask multiplies by 1 here), each
+        # sequence's positions from 0
+        hidden = backbone.embeddings(input_ids=ids[None], position_ids=positions[None])[0]
+        info = PackedSequenceInfo(offsets, tuple(lengths), max(lengths))
+        states = backbone.encoder.forward_packed(
+            hidden, cu_seqlens, info.max_seqlen, output_hidden_states=False, packed_info=info
+        ).last_hidden_state
+        left, right, _ = self.ranker.reduce(
+            *(states[ids == prefix] for prefix in
+              (tok.source_prefix_id, tok.cand1_prefix_id, tok.cand2_prefix_id))
+        )  # fmt: skip
+        return (left - right).mean(dim=-1)
+
     @torch.no_grad()
     def compare(self, sources: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
         """One K_p x K_p matrix of comparison logits per prompt (diagonal 0).
@@ -116,14 +195,18 @@ class PairRMJudge:
 
         triples.sort(key=length)
         logits = [np.zeros((len(e.candidates),) * 2, dtype=np.float64) for e in encoded]
+        runs = self.packs(triples, length) if self.packed else self.batches(triples, length)
         with memory.heap_only() if self.device.type == "cpu" else contextlib.nullcontext():
-            for batch in self.batches(triples, length):
-                source = self.pad([encoded[p].source for p, _, _ in batch])
-                left = self.pad([encoded[p].candidates[i] for p, i, _ in batch])
-                right = self.pad([encoded[p].candidates[j] for p, _, j in batch])
-                out = self.ranker._forward(*source, *left, *right)["logits"]
+            for batch in runs:
+                rows = [(encoded[p].source, encoded[p].candidates[i], encoded[p].candidates[j])
+                        for p, i, j in batch]  # fmt: skip
+                out = self.forward(rows)
                 for (p, i, j), value in zip(batch, out.float().cpu().tolist(), strict=True):
                     logits[p][i, j] = value
+        if self.packed:
+            # the library keeps position plans for every sequence length it has seen (on its
+            # PyTorch path an [L, L] map each): a call's lengths are not the next call's
+            self.ranker.pretrained_model.encoder.clear_inference_cache()
         return logits
 
 
@@ -145,15 +228,18 @@ def load_pairrm_judge(
     return PairRMJudge(blender, source_max_length, candidate_max_length, batch_size)
 
 
-def fuse_attention(backbone, backend: str = "triton") -> bool:
+def fuse_attention(backbone, backend: str = "triton", packed: bool = True) -> bool:
     """PairRM's DeBERTa (`backbone`, on its device) given disentangled-flash's exact attention
     (DeBERTa-v2/v3's c2p and p2c terms): its Triton kernels compute the scores block by block and
     never build the [B, heads, L, L] tensors that transformers' eager attention builds, gathers
-    and masks. Its runtime-length path (`inference=False`: any padded width, no length buckets),
-    run under no_grad. Where Triton cannot run (no CUDA GPU, no Triton, a head size it has no
-    kernel for) the model keeps transformers' attention, said in one line: the scores are the
-    same. `backend="torch"`: the library's PyTorch path instead, which runs anywhere (its checks
-    on CPU). Returns whether the model's attention was replaced."""
+    and masks. `packed`: its inference encoder, whose packed (varlen) forward takes a batch's
+    comparisons concatenated without padding (`PairRMJudge.forward_packed`); else its
+    runtime-length padded path (`inference=False`: any padded width, no length buckets), which
+    takes the padded batches transformers' attention takes. Where Triton cannot run (no CUDA GPU,
+    no Triton, a head size it has no kernel for) the model keeps transformers' attention, said in
+    one line: the scores are the same. `backend="torch"`: the library's PyTorch path instead,
+    which runs anywhere (packed: one sequence at a time; its checks on CPU). Returns whether the
+    model's attention was replaced."""
     import importlib.util
 
     device = next(backbone.parameters()).device.type
@@ -165,10 +251,16 @@ def fuse_attention(backbone, backend: str = "triton") -> bool:
     if why is None:
         from disentangled_flash import DebertaV2OptimizedEncoder, optimize_deberta
 
-        optimize_deberta(backbone, backend=backend, inference=False)
+        optimize_deberta(backbone, backend=backend, inference=packed)
         if isinstance(backbone.encoder, DebertaV2OptimizedEncoder):
             return True
         why = "it has no kernel for this GPU or head size"
     print(f"[rank] ranker.attention=fused: {why}: transformers' attention instead, the same "
           "scores", file=sys.stderr)  # fmt: skip
     return False
+
+
+def runs_packed(backbone) -> bool:
+    """Whether `backbone` has disentangled-flash's inference encoder (`fuse_attention`, packed),
+    which takes packed batches only."""
+    return getattr(backbone.encoder, "inference", False) is True

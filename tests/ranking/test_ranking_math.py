@@ -127,33 +127,51 @@ def texts(n: int, words: int, offset: int = 0) -> list[str]:
     return [" ".join(pool[(offset + 97 * i) % 5000 :][:words]) + f" ({i})" for i in range(n)]
 
 
+def mixed_lengths() -> tuple[list[str], list[list[str]]]:
+    """4 prompts and 3 responses each: short, long, and longer than 412 PairRM tokens (which
+    llm-blender lets a candidate exceed by half the room a short source leaves: the small limits
+    below truncate it), and an empty one."""
+    prompts = ["Hi?", *texts(2, 60, 11), "Explain recursion in one line."]
+    lengths = [3, 40, 8, 500]  # words
+    candidates = [texts(3, lengths[p], offset=1000 * p) for p in range(len(prompts))]
+    candidates[0][2] = ""  # an empty response is compared like any other
+    return prompts, candidates
+
+
+# PairRM's limits; and small ones, so that truncation bites
+LIMITS = [(1224, 412), (48, 24)]
+
+
+@pytest.fixture(scope="module")
+def reference(blender) -> dict[tuple[int, int], np.ndarray]:
+    """llm-blender's own `rank(batch_size=1)` (one comparison a forward) of `mixed_lengths()`
+    at each of LIMITS: the scores ours must equal."""
+    prompts, candidates = mixed_lengths()
+    return {
+        (source_max, candidate_max): blender.rank(
+            prompts,
+            candidates,
+            return_scores=True,
+            batch_size=1,
+            disable_tqdm=True,
+            source_max_length=source_max,
+            candidate_max_length=candidate_max,
+        )
+        for source_max, candidate_max in LIMITS
+    }
+
+
 @pytest.mark.parametrize(
-    ("source_max", "candidate_max", "batch_size"),
-    [(1224, 412, 7), (48, 24, 64)],  # PairRM's limits; and small ones, so that truncation bites
+    ("source_max", "candidate_max", "batch_size"), [(*LIMITS[0], 7), (*LIMITS[1], 64)]
 )
 def test_batched_pairrm_scores_equal_llm_blender_rank(
-    blender, source_max, candidate_max, batch_size
+    blender, reference, source_max, candidate_max, batch_size
 ):
-    K = 3
-    prompts = ["Hi?", *texts(2, 60, 11), "Explain recursion in one line."]
-    # words: short, long, and longer than 412 PairRM tokens (which llm-blender lets a candidate
-    # exceed by half the room a short source leaves: the small limits below truncate it)
-    lengths = [3, 40, 8, 500]
-    candidates = [texts(K, lengths[p], offset=1000 * p) for p in range(len(prompts))]
-    candidates[0][2] = ""  # an empty response is compared like any other
-    reference = blender.rank(
-        prompts,
-        candidates,
-        return_scores=True,
-        batch_size=1,
-        disable_tqdm=True,
-        source_max_length=source_max,
-        candidate_max_length=candidate_max,
-    )
+    prompts, candidates = mixed_lengths()
     judge = PairRMJudge(blender, source_max, candidate_max, batch_size)
     logits = judge.compare(prompts, candidates)
     ours = np.stack([scores_from_comparisons(C) for C in logits])
-    assert np.abs(ours - reference).max() <= 1e-5
+    assert np.abs(ours - reference[source_max, candidate_max]).max() <= 1e-5
     assert all(np.all(np.diag(C) == 0) for C in logits)
     # the comparisons are not trivially symmetric, and the scores do tell responses apart
     assert not np.allclose(logits[1], -logits[1].T)
@@ -204,8 +222,8 @@ def test_fused_attention_falls_back_in_one_line_and_its_pytorch_path_keeps_the_s
     tiny_dir, capsys
 ):
     """ranker.attention=fused: on a CPU the Triton kernels cannot run, so the ranker keeps
-    transformers' attention, said in one line; disentangled-flash's swap of the encoder itself
-    (its PyTorch path here, as its Triton path on a GPU) keeps llm-blender's scores."""
+    transformers' attention, said in one line; disentangled-flash's padded encoder itself (its
+    PyTorch path here, as its Triton path on a GPU) keeps llm-blender's scores."""
     from src.config import Attention
     from src.ranking.pairrm import fuse_attention, load_pairrm_judge
 
@@ -219,7 +237,42 @@ def test_fused_attention_falls_back_in_one_line_and_its_pytorch_path_keeps_the_s
                     "on cpu): transformers' attention instead, the same scores"]  # fmt: skip
     backbone = judge.ranker.pretrained_model
     assert type(backbone.encoder).__name__ == "DebertaV2Encoder"
-    assert fuse_attention(backbone, backend="torch")
-    assert type(backbone.encoder).__name__ == "DebertaV2OptimizedEncoder"
+    assert fuse_attention(backbone, backend="torch", packed=False)  # the padded path
+    assert type(backbone.encoder).__name__ == "DebertaV2OptimizedEncoder" and not judge.packed
     for ours, theirs in zip(judge.compare(prompts, candidates), reference, strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def packed_blender(tiny_dir):
+    """The tiny PairRM with disentangled-flash's packed encoder, through its PyTorch path."""
+    from src.ranking.pairrm import fuse_attention
+
+    blender = load_pairrm(str(tiny_dir / "tiny-pairrm"))
+    assert fuse_attention(blender.ranker.pretrained_model, backend="torch")  # packed: the default
+    return blender
+
+
+@pytest.mark.parametrize(
+    ("source_max", "candidate_max", "budget", "forwards"),
+    [
+        (*LIMITS[0], None, range(2, 24)),  # B = 4 comparisons at the limits: 8,192 tokens
+        (*LIMITS[1], None, range(2, 24)),  # 384 tokens
+        (*LIMITS[1], 1, range(24, 25)),  # each comparison alone
+        (*LIMITS[1], 10**6, range(1, 2)),  # all 24 in one forward
+    ],
+)
+def test_packed_pairrm_scores_equal_llm_blender_rank_at_any_token_budget(
+    packed_blender, reference, source_max, candidate_max, budget, forwards
+):
+    """The comparisons concatenated without padding, in forwards of at most `packed_tokens`
+    tokens, score as llm-blender's rank(batch_size=1) does, however the budget splits them."""
+    prompts, candidates = mixed_lengths()
+    judge = PairRMJudge(packed_blender, source_max, candidate_max, 4, packed_tokens=budget)
+    assert judge.packed
+    sizes = []  # the comparisons of each forward
+    judge.forward = lambda rows, forward=judge.forward: sizes.append(len(rows)) or forward(rows)
+    logits = judge.compare(prompts, candidates)
+    assert len(sizes) in forwards and sum(sizes) == 4 * 3 * 2
+    ours = np.stack([scores_from_comparisons(C) for C in logits])
+    assert np.abs(ours - reference[source_max, candidate_max]).max() <= 1e-5
