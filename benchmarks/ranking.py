@@ -2,8 +2,9 @@
 `python -m src.main <RANK_STAGE> ranker.batch_size=B`: all K(K-1) comparisons of a chunk, B per
 forward) against llm-blender's own `Blender.rank(..., batch_size=1)` (the SPPO reference's call),
 its scores checked within SCORE_ATOL; --profile: ours once more under torch.profiler, by phase
-and operator. What is compared and how it is measured: docs/performance.md, Ranking; commands and
-tables: benchmarks/README.md.
+and operator. `--judge reward-model`: a reward model by vLLM's engine against transformers'
+forward instead (benchmarks/ranking_rm.py). What is compared and how it is measured:
+docs/performance.md, Ranking; commands and tables: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from itertools import permutations, product
 from pathlib import Path
 
-from benchmarks import harness
+from benchmarks import harness, ranking_rm
 from benchmarks.harness import Case, fmt
 
 K = 5
@@ -68,9 +69,24 @@ def add_args(parser) -> None:
     parser.add_argument("--backbone", choices=SHAPES, default="tiny")
     parser.add_argument("--device", choices=HARDWARE, default="cpu")
     parser.add_argument("--profile", action="store_true", help="ours once more, under the profiler")
+    parser.add_argument(
+        "--judge",
+        choices=("pairrm", "reward-model"),
+        default="pairrm",
+        help="reward-model: vLLM against the hf forward (benchmarks/ranking_rm.py)",
+    )
+    parser.add_argument(
+        "--eager",
+        nargs="+",
+        choices=("false", "true"),
+        default=["false"],
+        help="reward-model: vLLM's engine with torch.compile (false) or without",
+    )
 
 
 def cases(args) -> list[Case]:
+    if args.judge == "reward-model":
+        return ranking_rm.cases(args)
     if args.backbone in BACKBONES:
         build_pairrm(args.backbone)  # once, before anything is timed
     shared = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts,
@@ -158,6 +174,8 @@ PEERS = {"ours": ours, "llm-blender": llm_blender}
 
 
 def measure(case: Case) -> dict:
+    if case.params.get("judge") == "reward-model":
+        return ranking_rm.measure(case)
     harness.as_entry_point(pin_mmap=case.peer == "ours")  # llm-blender: glibc's defaults
     import torch
 
@@ -309,6 +327,8 @@ def summarise(runs: list[dict], args) -> dict:
     llm-blender on the same data, load and allocator."""
     import numpy as np
 
+    if args.judge == "reward-model":
+        return ranking_rm.summarise(runs, args)
     reference = {r["data"]: r["scores"] for r in reversed(runs) if r["peer"] == "llm-blender"}
     for run in runs:
         ref, mine = reference.get(run["data"]), np.array(run["scores"])
@@ -345,6 +365,8 @@ def same_rankings(scores, reference) -> int:
 
 
 def tables(result: dict) -> list[dict]:
+    if result["settings"].get("judge") == "reward-model":
+        return ranking_rm.tables(result)
     s, summary, ratios = result["settings"], result["summary"], result["ratios"]
 
     def sci(x: float | None) -> str:
@@ -453,7 +475,9 @@ BENCHMARK = harness.Benchmark(
     cases=cases, measure=measure, summarise=summarise, tables=tables, add_args=add_args,
     packages=("torch", "transformers", "llm-blender", "tokenizers"),
     code=("src/ranking/pairrm.py", "src/ranking/judge.py", "src/ranking/blender_compat.py",
-          "src/stages/common.py", "src/core/memory.py", "benchmarks/ranking.py"),
+          "src/ranking/reward_model.py", "src/ranking/reward_model_vllm.py",
+          "src/generation/vllm_client.py", "src/stages/common.py", "src/core/memory.py",
+          "benchmarks/ranking.py", "benchmarks/ranking_rm.py"),
     repeats=3,
     timeout=900,
 )  # fmt: skip
