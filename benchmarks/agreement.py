@@ -245,6 +245,7 @@ BENCHMARK = Benchmark(
     add_args=add_args, packages=("torch", "transformers", "vllm"),
     code=("src/generation/hf_backend.py", "src/generation/sampling.py",
           "src/generation/vllm_backend.py", "src/generation/vllm_engine.py",
+          "src/generation/vllm_client.py",
           "benchmarks/agreement.py"),
     repeats=1, timeout=900,
 )  # fmt: skip

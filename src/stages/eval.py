@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from src.evaluation.answers import Answerer, answers
 from src.evaluation.errors import EvalError
 from src.evaluation.winrate import FOLDS, outcomes, win_rates
 from src.generation.prompts import Prompt, load_prompts
+from src.generation.sampling import VLLM_LOG
 from src.ranking.preferences import win_matrix
 from src.stages import StageResult
 from src.stages.cards import write_model_card
@@ -234,26 +236,35 @@ def judge(cfg: Config, compared: list[Prompt], ours: list[str], theirs: list[str
     if not todo:
         return preferences
     r = eval_judge(cfg)
-    judged = load_judge(cfg, r)
+    judged = load_judge(
+        cfg,
+        r,
+        "eval.judge" if cfg.eval.judge is not None else "ranker",
+        cfg.stage_dir(Stage.eval) / VLLM_LOG,
+        "the answers are kept: re-run the same command to judge them",
+    )
     size = r.chunk_size
     direct = r.win_prob == WinProb.direct
-    for start in range(0, len(todo), size):
-        batch = todo[start : start + size]
-        results = judged([compared[i].prompt for i in batch], [[ours[i], theirs[i]] for i in batch])
-        for i, (scores, comparisons) in zip(batch, results, strict=True):
-            p = win_matrix(scores, comparisons, direct=direct)[0, 1]
-            if not np.isfinite(p):
-                raise EvalError(
-                    f"the judge gave a non-finite preference ({p}) for prompt_id "
-                    f"{compared[i].prompt_id!r} ({compared[i].prompt[:60]!r}): check the "
-                    "judge's weights and precision"
-                )
-            preferences[i] = p
-        print(
-            f"[eval] judged {min(start + size, len(todo))}/{len(todo)} pairs of answers",
-            file=sys.stderr,
-            flush=True,
-        )
+    with closing(judged):  # the judge's engine (vLLM's) shut down whatever happens
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            results = judged(
+                [compared[i].prompt for i in batch], [[ours[i], theirs[i]] for i in batch]
+            )
+            for i, (scores, comparisons) in zip(batch, results, strict=True):
+                p = win_matrix(scores, comparisons, direct=direct)[0, 1]
+                if not np.isfinite(p):
+                    raise EvalError(
+                        f"the judge gave a non-finite preference ({p}) for prompt_id "
+                        f"{compared[i].prompt_id!r} ({compared[i].prompt[:60]!r}): check the "
+                        "judge's weights and precision"
+                    )
+                preferences[i] = p
+            print(
+                f"[eval] judged {min(start + size, len(todo))}/{len(todo)} pairs of answers",
+                file=sys.stderr,
+                flush=True,
+            )
     return preferences
 
 

@@ -3,12 +3,14 @@
     python -m src.main stage=rank model=tiny-mistral iter=1
     python -m src.main stage=rank model=tiny-mistral method=wpo ranker=tiny-reward-model \
         data.external_responses=data/tiny/external_responses.jsonl
+    python -m src.main stage=rank model=tiny-mistral method=wpo ranker=tiny-reward-model-vllm
     python -m src.main stage=rank ranker.shard=3 ranker.num_shards=8
 
 setup (the generation output, checked; the hybrid pool's external responses; empty responses
 dropped when configured; the judge) -> run (chunks of prompts: all K(K-1) PairRM comparisons of
 a chunk batched across its prompts, or all its (prompt, response) sequences through the reward
-model; each chunk written atomically, so a re-run resumes, at the batch size and attention the
+model: transformers' forward, or with ranker.backend=vllm vLLM's engine, one per shard, its
+output in the shard's vllm.log beside its chunks; each chunk written atomically, so a re-run resumes, at the batch size and attention the
 kept chunks were made with) -> cleanup (the shard's
 `ranked-shardSSS-of-NNN.jsonl`; once every shard is there, the stage's record, which the
 scheduler writes last as `done.json`).
@@ -24,6 +26,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import InitVar, asdict, dataclass, replace
 
 import numpy as np
@@ -161,7 +164,9 @@ def run(cfg: Config) -> StageResult:
         "the external pool)",
     )
     r = as_kept_rows_were_made(shard, identity, r)
-    judge = load_judge(cfg, r)
+    from src.generation.sampling import VLLM_LOG
+
+    judge = load_judge(cfg, r, log=shard.work / VLLM_LOG)
 
     def rank_chunk(chunk: list[Candidates]) -> list[RankedRow]:
         judged = judge([c.prompt for c in chunk], [c.responses for c in chunk])
@@ -183,23 +188,25 @@ def run(cfg: Config) -> StageResult:
             rows.append(row)
         return rows
 
-    # run, then cleanup: the shard's file, the stage's record once all shards are there
-    finished = process_shard(
-        shard,
-        mine(),
-        r.chunk_size,
-        chunk_by_chunk(rank_chunk),
-        counts,
-        stage_fingerprint(cfg.as_tree(), Stage.rank),
-        identity,
-        label="rank",
-        progress=ProgressLine(
-            f"[rank] {shard.name}", counts.prompts_in_shard, counts.unit, items="prompts ranked"
-        ),
-        shared_keys=("prompts_in_input",),
-        total=counts.prompts_in_shard,
-        made_with=batching(r),
-    )
+    # run, then cleanup: the shard's file, the stage's record once all shards are there; the
+    # judge's engine (vLLM's) shut down whatever happens
+    with closing(judge):
+        finished = process_shard(
+            shard,
+            mine(),
+            r.chunk_size,
+            chunk_by_chunk(rank_chunk),
+            counts,
+            stage_fingerprint(cfg.as_tree(), Stage.rank),
+            identity,
+            label="rank",
+            progress=ProgressLine(
+                f"[rank] {shard.name}", counts.prompts_in_shard, counts.unit, items="prompts ranked"
+            ),
+            shared_keys=("prompts_in_input",),
+            total=counts.prompts_in_shard,
+            made_with=batching(r),
+        )
     return StageResult(asdict(counts), finished)
 
 

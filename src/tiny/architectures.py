@@ -198,13 +198,17 @@ def gemma2(texts: list[str]):
     return Gemma2ForCausalLM(config), tok, generation
 
 
-def reward_model(texts: list[str], family: str):
+def reward_model(texts: list[str], family: str, attention: dict | None = None):
     """(a 1-label sequence classifier, tokenizer): a scalar reward read at the last non-pad token,
     as ArmoRM-style judges are. `family`: "mistral" (MistralForSequenceClassification, Mistral's
-    template) or "gemma2" (Gemma2ForSequenceClassification, Gemma-2's template).
+    template) or "gemma2" (Gemma2ForSequenceClassification, Gemma-2's template). `attention`:
+    other heads than tiny-rm's 4 of 2 dims (tiny-rm32 takes POLICY_ATTENTION's, which vLLM's CPU
+    attention serves).
 
     Unlike the policies it has a pad token of its own (real reward models ship one), so the
-    end-of-turn token the template puts after the response is read, not mistaken for padding.
+    end-of-turn token the template puts after the response is read, not mistaken for padding:
+    transformers' classifier reads the last token that is not the pad token, vLLM's pooler the
+    last token, and both read that end of turn.
     """
     from transformers import (
         Gemma2Config,
@@ -239,6 +243,7 @@ def reward_model(texts: list[str], family: str):
             "bos_token_id": tok.bos_token_id,
             "eos_token_id": tok.eos_token_id,
             "pad_token_id": tok.pad_token_id,
+            **(attention or {}),
         }
     )
     return classifier(config), tok

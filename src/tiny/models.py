@@ -11,6 +11,9 @@ They stand in for the real models in the tests and the demo:
   trained on the toy preference: the judge of WPO-HB
 - tiny-judge:   a second PairRM, trained on the same preference from other synthetic pairs and
   another seed: the eval judge (the toy's GPT-4), never the one that ranked the training data
+- tiny-rm32:    tiny-rm with the policies' attention heads (2 of 32 dims, which vLLM's CPU
+  attention serves; tiny-rm's 4 of 2 it refuses), trained the same way: the reward model that
+  vLLM serves in the tests (`ranker.backend=vllm`) and the benchmarks
 - tiny-chat-judge: MistralForCausalLM taught to grade MT-Bench's and Arena-Hard's judge prompts
   by the same preference (src/tiny/chat_judge.py): the local judge those benchmarks are served
 
@@ -143,12 +146,14 @@ def build_pairrm(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
     return stats
 
 
-def build_reward_model(family: str) -> Callable[[Path, Path, int, list[str]], dict]:
+def build_reward_model(
+    family: str, attention: dict | None = None
+) -> Callable[[Path, Path, int, list[str]], dict]:
     def build(out: Path, final: Path, seed: int, texts: list[str]) -> dict:
         from src.ranking.reward_model import RewardModelJudge
 
         torch.manual_seed(seed)
-        model, tokenizer = architectures.reward_model(texts, family)
+        model, tokenizer = architectures.reward_model(texts, family, attention)
         judge = RewardModelJudge(model, tokenizer, 1224, 412, JUDGE_TRAINING["batch_size"])
         stats = teach.train_reward_model(judge, seed, **JUDGE_TRAINING)
         model.save_pretrained(out)
@@ -182,6 +187,7 @@ BUILDERS: dict[str, Callable[[Path, Path, int, list[str]], dict]] = {
     "tiny-pairrm": build_pairrm,
     "tiny-rm": build_reward_model("mistral"),
     "tiny-judge": build_reward_model("gemma2"),
+    "tiny-rm32": build_reward_model("mistral", architectures.POLICY_ATTENTION),
     "tiny-chat-judge": build_chat_judge,
 }
 
