@@ -128,11 +128,15 @@ def stale_ancestor(tree: dict[str, Any]) -> Change | None:
     """Why iteration `tree['iter']` descends from a stale iteration: the first earlier
     iteration, walking from iteration 1, whose training is stale under the config it was made
     with because something it read changed (`READ_CHANGED`: a file it read, the checkpoint it
-    started from trained again since); None: none is. An iteration whose training is unfinished or saved no config is passed over:
-    the next one's link to it (its generate's fingerprint) says so."""
+    started from trained again since); None: none is. An iteration whose training is
+    unfinished, or saved no config (or a damaged one), is passed over: the next one's link to it
+    (its generate's fingerprint) says what it can."""
     layout = RunLayout(lookup(tree, "run.dir"))
     for u in range(1, tree["iter"]):
-        state = saved_state(tree, Stage.train, layout.stage_dir(u, Stage.train), whole=False)
+        try:
+            state = saved_state(tree, Stage.train, layout.stage_dir(u, Stage.train), whole=False)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # its saved config is damaged: passed over, as one it did not save
         if state is not None and state.has(*READ_CHANGED):
             why = "; ".join(state.changed) or "the output of an earlier stage changed"
             first = state.changed[0] if state.changed else Change(why, Why.value)
@@ -232,7 +236,8 @@ def saved_config(
     # plain YAML (the config resolved): libyaml's loader, ~15x OmegaConf's, as a lineage's walk
     # reads one per earlier iteration
     loaded = yaml.load(saved.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return {} if loaded is None else loaded
+    # emptied, or not a config (a stage run from Python saves none): as if it saved none
+    return loaded if isinstance(loaded, dict) and "iter" in loaded else None
 
 
 def saved_state(

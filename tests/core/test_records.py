@@ -613,3 +613,16 @@ def test_a_prompts_file_enters_by_the_rows_its_stage_read(tmp_path, monkeypatch)
     assert {state_of(tree, s).status for s in STAGES} == {"done"}
     prompts.write_text(prompts.read_text().replace("prompt 1", "prompt one"))
     assert [c.kind for c in state_of(tree, Stage.generate).changed] == [Why.content]
+
+
+@pytest.mark.parametrize("saved", ["", "a: [", "- a list\n"])
+def test_an_earlier_iterations_damaged_saved_config_is_passed_over_by_the_walk(
+    tmp_path, monkeypatch, saved
+):
+    """Iteration 1's training's config.yaml emptied, broken or not a config: iteration 2 is
+    judged by its own record, with no traceback (a damaged config stands: it says what was run,
+    the record decides)."""
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n')
+    _, two = finish_lineage(monkeypatch, tmp_path / "runs", 2, f"data.prompts={tmp_path}/p.jsonl")
+    (two.layout.stage_dir(1, Stage.train) / "config.yaml").write_text(saved)
+    assert {state_of(two.as_tree(), s).status for s in STAGES} == {"done"}

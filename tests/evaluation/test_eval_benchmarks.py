@@ -14,7 +14,10 @@ import json
 
 import pytest
 
-from src.config import ConfigError
+from src.config import ConfigError, Stage, to_yaml
+from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.registry import STAGES
+from src.core.staleness import Why, state_of
 from src.evaluation import benchmarks
 from src.evaluation.errors import EvalError
 from src.tiny.benchmarks import write as write_tiny_benchmarks
@@ -151,14 +154,24 @@ def test_a_second_turn_is_rendered_after_the_policys_own_first(tiny_dir):
     assert text.count("[INST]") == 2  # Mistral's template: each user turn its own [INST] block
 
 
-def test_what_a_benchmark_reads_is_what_the_eval_record_vouches_for(tmp_path):
-    """MT-Bench's copy by the files its reader requires: FastChat's own `model_judgment/` or a
-    note written beside them is not among them (src.core.records.input_contents)."""
-    folder, _ = write_tiny_benchmarks(tmp_path)
+def test_what_a_benchmark_reads_is_what_the_eval_record_vouches_for(tmp_path, monkeypatch):
+    """MT-Bench's copy enters the eval's record by the files its reader requires: FastChat's own
+    `model_judgment/` or a note written beside them leaves the eval finished; its questions
+    edited make it stale (src.core.records.input_contents)."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
+    folder, _ = write_tiny_benchmarks(tmp_path / "bench")
     cfg = compose_cfg(*SMALL, "eval.benchmarks=[mt_bench]", f"data.mt_bench={folder}")
     read = benchmarks.files_read(cfg)["data.mt_bench"]
     assert "mt_bench/question.jsonl" in read and "judge_prompts.jsonl" in read
+    for stage in STAGES:
+        cfg.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        (cfg.stage_dir(stage) / "config.yaml").write_text(to_yaml(cfg))
+        made = stage_fingerprint(cfg.as_tree(), stage, read={"data.mt_bench": read})
+        write_record(cfg.stage_dir(stage), Finished(made, {}, {}))
     (folder / "mt_bench" / "model_judgment").mkdir()
+    (folder / "mt_bench" / "model_judgment" / "gpt-4_single.jsonl").write_text("{}\n")
     (folder / "NOTES.txt").write_text("notes\n")
-    assert benchmarks.files_read(cfg)["data.mt_bench"] == read
-    assert not any(part.startswith(("NOTES", "mt_bench/model_judgment")) for part in read)
+    assert state_of(cfg.as_tree(), Stage.eval).status == "done"
+    questions = folder / "mt_bench" / "question.jsonl"
+    questions.write_text(questions.read_text().replace("?", "!", 1))
+    assert [c.kind for c in state_of(cfg.as_tree(), Stage.eval).changed] == [Why.content]
