@@ -323,15 +323,16 @@ def real_config(model: str, **changes):
                                                attn_implementation=attention)  # fmt: skip
 
 
-def random_model(config, device=None, dtype=None):
-    """`config`'s model with random weights (seed 0) in `dtype` (default bf16), made on `device`
-    (default: the GPU where there is one: seconds there where a CPU takes minutes)."""
+def random_model(config, device=None, dtype=None, auto: str = "AutoModelForCausalLM"):
+    """`config`'s model (transformers' `auto` class picks it) with random weights (seed 0) in
+    `dtype` (default bf16), made on `device` (default: the GPU where there is one: seconds there
+    where a CPU takes minutes)."""
     import torch
     import transformers
 
     torch.manual_seed(0)
     with torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")):
-        return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype or torch.bfloat16)
+        return getattr(transformers, auto).from_config(config, dtype=dtype or torch.bfloat16)
 
 
 def stage_prompts(cfg):

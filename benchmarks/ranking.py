@@ -103,6 +103,13 @@ def add_args(parser) -> None:
         help="reward-model: vLLM against the hf forward (benchmarks/ranking_rm.py)",
     )
     parser.add_argument(
+        "--rm-shape",
+        choices=ranking_rm.RANKERS,
+        default="tiny",
+        help="reward-model: the judge scored (benchmarks/ranking_rm.py: RANKERS)",
+    )
+    parser.add_argument("--rm-dir", help="reward-model: where a built --rm-shape is kept")
+    parser.add_argument(
         "--eager",
         nargs="+",
         choices=("false", "true"),
