@@ -195,7 +195,7 @@ coverage: install ## Line coverage of src/ by the whole suite (not in CI): its t
 	grep '^TOTAL' .cache/coverage/report.txt; exit $$status
 
 BENCH ?= trainer
-bench: install $(BENCH_INSTALLED) ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~20 min) | stream (~6 min) | scale | train_memory (GPU)
+bench: install $(BENCH_INSTALLED) ## One benchmark (benchmarks/README.md): BENCH=trainer (vs TRL, ~25 min) | generation | ranking (~30 min) | stream (~6 min) | scale | train_memory (GPU)
 	$(OFFLINE) $(PY) -m benchmarks $(BENCH) $(ARGS)
 
 # The bench extra (TRL) once per install key, after vLLM's packages when they go in

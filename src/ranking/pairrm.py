@@ -37,7 +37,7 @@ from src.core import memory
 # On a CPU a forward's eager attention allocates, per layer, tens of [B, heads, L, L] temporaries
 # that its element-wise work streams through; comparisons share a forward (up to
 # ranker.batch_size) while one such tensor stays within this. Measured on the tiny PairRM, 2
-# cores, B = 32 (benchmarks/README.md, Ranking): 64 MiB and 128 MiB equally fast, 512 MiB 0.55x
+# cores, B = 32 (benchmarks/results/README.md, PairRM on a CPU): 64 MiB and 128 MiB equally fast, 512 MiB 0.55x
 # and no bound 0.35x as fast on mixed lengths; 64 MiB needs half 128's memory.
 CPU_SCORES_BYTES = 64 * 2**20
 
