@@ -62,7 +62,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 	TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm wheelhouse tiny demo compare submit sweep sweep-tiny test test-fast test-slow coverage bench lint format config clean clean-runs
+.PHONY: help install install-vllm wheelhouse tiny demo compare status submit sweep sweep-tiny test test-fast test-slow coverage bench lint format config clean clean-runs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -146,6 +146,9 @@ demo: install ## The loop learns, on the tiny models (CPU, offline): SPPO iterat
 
 compare: install ## Compare runs: table + plots from the run directories into <root>/compare (ARGS='--root DIR ...')
 	$(OFFLINE) $(PY) -m src.compare $(ARGS)
+
+status: install ## Where each lineage stands: each stage finished, stale (why), running or missing, and the command that brings it up to date (ARGS='--json key=value ...')
+	$(OFFLINE) $(PY) -m src.status $(ARGS)
 
 # `make submit` alone dry-runs the reference chain: Gemma-2-9B SPPO, 3 iterations, on one 8-GPU
 # node and on two. Submit for real with SUBMIT_ARGS (no --dry-run), e.g.

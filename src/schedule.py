@@ -346,7 +346,7 @@ def refused(cfg: Config, st: StageState, advice: str) -> StageError:
             "was trained again; to evaluate the checkpoint as it is now",
             fix,
         )
-    why = "; ".join(st.changed) or "the output of an earlier stage changed"
+    why = st.why
     if st.has(Why.retrained, Why.ancestor):  # every later iteration is stale with it
         advice += "; every later iteration made from it is stale too"
     if other_pairs(st):  # trained on other pairs: its redo would replace a checkpoint another

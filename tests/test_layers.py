@@ -28,7 +28,7 @@ LAYERS = {
     "scheduler": ("src/schedule",),
     "tools": (
         "src/assets", "src/tiny", "src/wheelhouse", "src/explain", "src/export", "src/compare",
-        "src/slurm", "src/sweep", "benchmarks",
+        "src/status", "src/slurm", "src/sweep", "benchmarks",
         "src/plan/__main__", "src/training/published_pairs", "src/generation/vllm_install",
     ),
     "entry": ("src/main",),

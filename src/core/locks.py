@@ -59,10 +59,11 @@ import json
 import os
 import shlex
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,6 +279,59 @@ def is_held(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def writers(stage_dir: Path) -> list[Path]:
+    """The locks on `stage_dir`, its own and its shards', that a process holds exclusively now,
+    seen without taking one: a probe with a lock (`is_held`) would, for its instant, refuse a
+    writer that tries the lock then, so a reader that only looks (`python -m src.status`) never
+    probes. Seen are this machine's `flock` locks (/proc/locks) and whole-file byte-range locks,
+    the form NFS gives a `flock`, of any machine (`F_GETLK`, which tests without locking)."""
+    folder = stage_dir.parent / LOCKS
+    if not folder.is_dir():
+        return []
+    mine = [lock_path(stage_dir), *sorted(folder.glob(f"{stage_dir.name}-shard*.lock"))]
+    flocks = _flocked()
+    return [path for path in mine if _written(path, flocks)]
+
+
+def _flocked() -> set[tuple[int, int, int]]:
+    """(major, minor, inode) of each file a process of this machine holds a `flock` on
+    exclusively (/proc/locks: `1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> ...`, the
+    device in hex; `->` marks one waiting for it); none where there is no /proc/locks."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return set()
+    found = set()
+    for fields in (line.split() for line in lines):
+        if len(fields) > 5 and fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"]:
+            with suppress(ValueError):  # a line of another form: not one of these
+                major, minor, inode = fields[5].split(":")
+                found.add((int(major, 16), int(minor, 16), int(inode)))
+    return found
+
+
+def _written(path: Path, flocks: set[tuple[int, int, int]]) -> bool:
+    """Whether a process holds `path` exclusively: by a `flock` of this machine (`flocks`), or a
+    whole-file write lock `F_GETLK` finds (a shared test lock is refused by it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in flocks:
+            return True
+        asked = struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+        found = fcntl.fcntl(fd, fcntl.F_GETLK, asked)
+        return struct.unpack(_FLOCK, found)[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+# struct flock: l_type, l_whence, l_start, l_len, l_pid
+_FLOCK = "hhqqi"
 
 
 def described(path: Path) -> str:

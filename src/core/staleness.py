@@ -7,8 +7,8 @@ output and read back. The records and fingerprints it reads: src/core/records.py
 
 A lineage is judged as a whole: a stage of iteration t is stale when any iteration before it is,
 judged by the config each was made with (`stale_ancestor`), so every command that reads results
-(src.main, the eval stage, src.compare, the card, src.export, W&B's curve runs) sees what a walk
-from iteration 1 sees.
+(src.main, the eval stage, src.compare, src.status, the card, src.export, W&B's curve runs) sees
+what a walk from iteration 1 sees.
 
 Each function takes the config as plain data (`Config.as_tree()`).
 """
@@ -92,6 +92,11 @@ class StageState:
     def has(self, *kinds: Why) -> bool:
         return any(c.kind in kinds for c in self.changed)
 
+    @property
+    def why(self) -> str:
+        """Why it is stale, as every command says it: its changes (none named: what it read)."""
+        return "; ".join(self.changed) or "the output of an earlier stage changed"
+
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
     """The stage's state under `tree`, its lineage judged as a whole: done (finished with this
@@ -138,7 +143,7 @@ def stale_ancestor(tree: dict[str, Any]) -> Change | None:
         except (yaml.YAMLError, UnicodeDecodeError):
             continue  # its saved config is damaged: passed over, as one it did not save
         if state is not None and state.has(*READ_CHANGED):
-            why = "; ".join(state.changed) or "the output of an earlier stage changed"
+            why = state.why
             first = state.changed[0] if state.changed else Change(why, Why.value)
             said = f"iteration {u}'s training, which this iteration descends from, is stale ({why})"
             return Change(said, Why.ancestor, first.key, first.cause)

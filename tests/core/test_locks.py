@@ -378,3 +378,56 @@ def test_deleting_the_locks_of_a_running_stage_never_seals_rows_of_two_writers(t
     assert next(runs.rglob(name)).read_text() == next((tmp_path / "alone").rglob(name)).read_text()
     again = run_main(runs, *GENERATE)
     assert "different configuration" in one_line_failure(again, 1)
+
+
+def test_the_writers_of_a_stage_are_seen_without_taking_a_lock(stage_dir, monkeypatch):
+    """What a status reads: the whole stage's holder and each shard's, by probing no lock (a
+    probe would refuse a writer trying the lock in that instant); a shared hold is a shard's
+    writer's too and unsigned, so it counts through the shard's own lock."""
+    assert locks.writers(stage_dir) == [], "nothing is locked, or created, where nothing ran"
+    assert not stage_dir.parent.exists()
+
+    def no_lock(*args):
+        raise AssertionError("a lock was taken to look")
+
+    whole = holder(stage_dir)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(locks.fcntl, "flock", no_lock)
+            assert locks.writers(stage_dir) == [lock_path(stage_dir)]
+    finally:
+        whole.kill()
+        whole.wait()
+    shards = [holder(stage_dir, f"shard00{i}-of-002") for i in (0, 1)]
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(locks.fcntl, "flock", no_lock)
+            assert locks.writers(stage_dir) == [
+                lock_path(stage_dir, f"shard00{i}-of-002") for i in (0, 1)
+            ]
+    finally:
+        for proc in shards:
+            proc.kill()
+            proc.wait()
+    assert locks.writers(stage_dir) == []
+
+
+def test_a_writer_whose_lock_is_a_whole_file_byte_range_lock_is_seen(stage_dir):
+    """The form NFS gives a `flock` (a byte-range lock on the whole file, of any client), which
+    /proc/locks of this machine would not list for another machine's writer."""
+    path = lock_path(stage_dir)
+    path.parent.mkdir(parents=True)
+    path.touch()
+    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+    proc = subprocess.Popen(
+        [sys.executable, "-c", hold + "print('held', flush=True); time.sleep(600)", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert locks.writers(stage_dir) == [path]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert locks.writers(stage_dir) == []

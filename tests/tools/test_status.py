@@ -1,0 +1,230 @@
+"""`python -m src.status` (src/status.py): each lineage's stages as src.main judges them, on the
+tiny lineages (tests/support/lineages.py) — finished, stale in src.main's words (a descendant of
+an iteration trained again too), missing, running, damaged — the command that brings a lineage
+up to date, the one src.main names, and nothing under the root changed by looking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config import REPO_ROOT, Stage, compose, to_yaml
+from src.core.errors import StageError
+from src.core.records import Finished, read_record, stage_fingerprint, write_record
+from src.core.staleness import save_config
+from src.status import Cell, Iteration, Lineage, Status, as_text, main, status
+from tests.support.helpers import SMALL, entry, holder
+
+# the tiny lineages: each made once per version of the code (~1 min)
+slow = pytest.mark.slow
+MAIN = "python -m src.main"
+RETRAINED = "iteration 1's checkpoint, which this iteration's generate started from, was trained "
+
+
+def files(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root`, a file's bytes (None: a folder)."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}  # fmt: skip
+
+
+def suggested(result: subprocess.CompletedProcess) -> str:
+    """The command src.main's refusal ends with (`...; run `<command>``)."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1].rsplit("; run `", 1)[1].removesuffix("`")
+
+
+def main_at(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    return entry("src.main", *args, env={"SELFPLAY_RUNS": str(runs), "HF_HUB_OFFLINE": "1"})
+
+
+def states(row: Iteration) -> dict[str, str]:
+    return {stage: cell.state for stage, cell in row.stages.items()}
+
+
+def test_the_table_says_each_reason_once_under_it_within_100_columns():
+    damaged = "/runs/m/sppo/r/iter1/train/done.json is not valid JSON (edited or damaged?)"
+    writer = "pid 7 on node1 since 2026-01-01 00:00:00 UTC (`python -m src.main iter=2`, rank.lock)"
+    again = Cell("stale", RETRAINED + "again since")
+    rows = [
+        Iteration(1, {"generate": Cell("finished"), "train": Cell("damaged", damaged)}),
+        Iteration(2, {"generate": again, "rank": Cell("running", writer), "pairs": again,
+                      "train": Cell("missing")}),
+    ]  # fmt: skip
+    fix = f"{MAIN} iter=1 pipeline.redo=[train]"
+    text = as_text(Status("/runs", [Lineage("m/sppo/r", f"{MAIN} iter=2", rows, fix)]))
+    assert text.splitlines() == [
+        "paths.root: /runs",
+        "",
+        "m/sppo/r",
+        "  iter  generate     rank         pairs        train        eval",
+        "  1     finished     -            -            damaged [1]  -",
+        "  2     stale [2]    running [3]  stale [2]    missing      -",
+        f"  [1] {damaged}",
+        "  [2] iteration 1's checkpoint, which this iteration's generate started from, was "
+        "trained again",
+        "      since",
+        f"  [3] {writer}",
+        f"  to bring it up to date (once what runs has ended): {fix}",
+    ]
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_a_bad_override_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["model=nope"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: model=nope: no such option in config group 'model'")
+    assert len(err.splitlines()) == 1
+
+
+@slow
+def test_a_finished_lineage_is_up_to_date_and_looking_changes_nothing(lineage):
+    """The command itself, text and JSON: iteration 1's four stages finished, the eval not asked
+    for; every file and folder under the root as it was, no lock file made."""
+    runs = lineage("one-iteration").root
+    before = files(runs)
+    env = {**os.environ, "SELFPLAY_RUNS": str(runs), "HF_HUB_OFFLINE": "1"}
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "src.status", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+        return done.stdout
+
+    (run_dir,) = runs.glob("*/*/*")
+    assert run().splitlines() == [
+        f"paths.root: {runs}",
+        "",
+        str(run_dir.relative_to(runs)),
+        "  iter  generate     rank         pairs        train        eval",
+        "  1     finished     finished     finished     finished     -",
+        "  up to date",
+    ]
+    (found,) = json.loads(run("--json"))["lineages"]
+    assert found["iterations"] == [{"iter": 1, "stages": {
+        s: {"state": "finished", "why": None} for s in ("generate", "rank", "pairs", "train")
+    }}]  # fmt: skip
+    assert found["command"] is None and found["judged_as"] == f"{MAIN} {' '.join(SMALL)} iter=1"
+    assert files(runs) == before
+
+
+@slow
+def test_a_changed_setting_and_a_missing_iteration_as_src_main_says_them(lineage, monkeypatch):
+    """Named by the command's own overrides: iteration 1's training stale naming the setting,
+    iteration 2 missing, and the one command src.main's refusal gives (it redoes the training)."""
+    runs = lineage("one-iteration").root
+    monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
+    asked = [*SMALL, "iter=2", "training.warmup_ratio=0.2"]
+    (found,) = status(asked).lineages
+    one, two = found.iterations
+    assert one.stages["train"] == Cell("stale", "training.warmup_ratio: 0.1 -> 0.2")
+    assert states(one) == {"generate": "finished", "rank": "finished", "pairs": "finished",
+                           "train": "stale"}  # fmt: skip
+    assert two.stages == {s: Cell("missing") for s in ("generate", "rank", "pairs", "train")}
+    assert found.command == suggested(main_at(runs, *asked))
+    assert found.command.endswith(" iter=1 training.warmup_ratio=0.2 pipeline.redo=[train]")
+
+
+@slow
+def test_a_damaged_record_and_a_running_stage_are_shown_and_it_still_ends_0(lineage, monkeypatch):
+    """Iteration 1's training record damaged: named with the records' own error; iteration 2's
+    generation held by a writer: running, the writer named; the command src.main gives redoes
+    the training."""
+    runs = lineage("one-iteration").root
+    monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
+    (run_dir,) = runs.glob("*/*/*")
+    train = run_dir / "iter1" / Stage.train.value
+    (train / "done.json").write_text("{")
+    with pytest.raises(StageError) as damaged:
+        read_record(train)
+    proc = holder(run_dir / "iter2" / Stage.generate.value)
+    try:
+        (found,) = status([]).lineages
+    finally:
+        proc.kill()
+        proc.wait()
+    one, two = found.iterations
+    assert one.stages["train"] == Cell("damaged", str(damaged.value))
+    assert states(one)["pairs"] == "finished"
+    generate = two.stages["generate"]
+    assert generate.state == "running" and f"pid {proc.pid} on " in generate.why
+    assert "`python -m src.main holder`" in generate.why
+    assert states(two) == {"generate": "running", "rank": "missing", "pairs": "missing",
+                           "train": "missing"}  # fmt: skip
+    assert found.command == suggested(main_at(runs, *SMALL, "iter=2"))
+    assert found.command.endswith(" iter=1 pipeline.redo=[train]")
+
+
+def trained_again(runs: Path, *overrides: str) -> None:
+    """Iteration 1's training as `pipeline.redo=[train]` with `overrides` leaves it: its saved
+    config and its record, made now."""
+    cfg = compose([*SMALL, "iter=1", *overrides])
+    train = cfg.stage_dir(Stage.train)
+    made = read_record(train)
+    command = " ".join([MAIN, *SMALL, "iter=1", *overrides, "pipeline.redo=[train]"])
+    save_config(train, to_yaml(cfg), command)
+    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
+    write_record(train, Finished(fingerprint, made["counts"], made["timings"], made["outputs"]))
+
+
+@slow
+def test_a_descendant_of_an_iteration_trained_again_is_stale_naming_it(lineage, monkeypatch):
+    """Iteration 1 trained again under another setting after iteration 2 was made from it: every
+    stage of iteration 2 stale, its generation (and what reads it) because of that training, and
+    the command is the one src.main gives, which redoes every stale stage in order."""
+    runs = lineage("two-iterations").root
+    monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
+    trained_again(runs, "training.warmup_ratio=0.2")
+    (found,) = status([]).lineages  # judged as its newest command: the one that trained again
+    one, two = found.iterations
+    assert set(states(one).values()) == {"finished"}
+    for stage in ("generate", "rank", "pairs"):
+        assert two.stages[stage] == Cell("stale", RETRAINED + "again since"), stage
+    assert two.stages["train"] == Cell("stale", "training.warmup_ratio: 0.1 -> 0.2")
+    assert found.command == suggested(main_at(runs, *SMALL, "iter=2", "training.warmup_ratio=0.2"))
+    assert found.command.endswith(" iter=2 training.warmup_ratio=0.2 pipeline.redo_stale=true")
+
+
+@slow
+def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_configs(
+    lineage, monkeypatch
+):
+    runs = lineage("one-iteration").root
+    monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
+    (saved,) = runs.glob("*/*/*/iter1/train/config.yaml")
+    saved.write_text(f"# {MAIN} method=nope iter=1\n" + saved.read_text().split("\n", 1)[1])
+    (found,) = status([]).lineages
+    assert found.note.startswith(
+        "its last command does not compose now: method=nope: no such option in config group"
+    )
+    assert found.note.endswith("; judged by the config each stage was made with, no command named")
+    assert found.judged_as is None and found.command is None
+    assert states(found.iterations[0]) == {s: "finished" for s in ("generate", "rank", "pairs",
+                                                                    "train")}  # fmt: skip
+
+
+@slow
+def test_a_saved_config_that_does_not_read_leaves_its_stage_unknown_and_it_ends_0(
+    lineage, monkeypatch
+):
+    """A stale stage's changes are read from its saved config: one that is not YAML is named."""
+    runs = lineage("one-iteration").root
+    monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
+    (saved,) = runs.glob("*/*/*/iter1/train/config.yaml")
+    saved.write_text("a: [")
+    (found,) = status([*SMALL, "training.warmup_ratio=0.2"]).lineages
+    train = found.iterations[0].stages["train"]
+    assert train.state == "unknown", train
+    assert train.why.startswith(
+        "a saved config (config.yaml) it is judged by does not read: while parsing a flow node"
+    )
+    assert found.command is None
+    assert found.note == (
+        "no command named: src.main would stop at a saved config that does not read"
+    )
