@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import Config, ConfigError, compose_tree, runs_root, validate
@@ -219,8 +218,6 @@ def stage_cell(folder: Path, asked: bool, judge: Callable[[], StageState | None]
         state = judge()
     except StageError as err:  # what it is judged by reads another record, which does not read
         return Cell("unknown", str(err))
-    except UNREADABLE as err:
-        return Cell("unknown", unreadable(err))
     if state is None:
         return Cell("finished", "by its record alone: it saved no config to judge it by")
     return Cell("finished") if state.status == "done" else Cell("stale", state.why)
@@ -246,21 +243,9 @@ def brought_up_to_date(
         if fix is None:
             return None, f"src.main would refuse it: {err}"
         return as_typed(with_overrides(command, fix)), None
-    except UNREADABLE:
-        return None, "no command named: src.main would stop at a saved config that does not read"
     if all(cell.state == "finished" for row in rows for cell in row.stages.values()):
         return None, None
     return as_typed(command), None
-
-
-# A saved config that is not YAML (or not text), read where a stale stage's changes are named:
-# the parser's own error, which names no file
-UNREADABLE = (yaml.YAMLError, UnicodeDecodeError)
-
-
-def unreadable(err: Exception) -> str:
-    said = " ".join(str(err).split())
-    return f"a saved config ({SAVED_CONFIG}) it is judged by does not read: {said}"
 
 
 def name_of(run_dir: Path, root: Path) -> str:

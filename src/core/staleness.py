@@ -138,10 +138,8 @@ def stale_ancestor(tree: dict[str, Any]) -> Change | None:
     (its generate's fingerprint) says what it can."""
     layout = RunLayout(lookup(tree, "run.dir"))
     for u in range(1, tree["iter"]):
-        try:
-            state = saved_state(tree, Stage.train, layout.stage_dir(u, Stage.train), whole=False)
-        except (yaml.YAMLError, UnicodeDecodeError):
-            continue  # its saved config is damaged: passed over, as one it did not save
+        # a damaged saved config: passed over, as one it did not save (`saved_config`)
+        state = saved_state(tree, Stage.train, layout.stage_dir(u, Stage.train), whole=False)
         if state is not None and state.has(*READ_CHANGED):
             why = state.why
             first = state.changed[0] if state.changed else Change(why, Why.value)
@@ -240,7 +238,10 @@ def saved_config(
         return None
     # plain YAML (the config resolved): libyaml's loader, ~15x OmegaConf's, as a lineage's walk
     # reads one per earlier iteration
-    loaded = yaml.load(saved.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    try:
+        loaded = yaml.load(saved.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, UnicodeDecodeError):  # damaged: judged by its record alone
+        return None
     # emptied, or not a config (a stage run from Python saves none): as if it saved none
     return loaded if isinstance(loaded, dict) and "iter" in loaded else None
 
