@@ -17,9 +17,10 @@ from pathlib import Path
 from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.errors import RedoStale, StageError, with_overrides
+from src.core.fingerprints import read_upstream
 from src.core.layout import RECORD, RunLayout
 from src.core.machine import node_rank
-from src.core.records import read_record, read_upstream, write_record
+from src.core.records import read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import FOLDER_INPUTS, STAGES
 from src.core.staleness import StageState, Why, redo_for, save_config, saved_config, state_of
@@ -282,7 +283,7 @@ def rewriting(cfg: Config, redone: list[Stage], command: str, other_node: bool =
     stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
     if any(STAGES[s].makes_policy for s in redone):  # every eval of it, side by side ones too
         stage_dirs += cfg.layout.side_evals(cfg.iter)
-        stage_dirs += [cfg.layout.stage_dir(cfg.iter + 1, s) for s in order]
+        stage_dirs += [cfg.layout.stage_dir_in(cfg.iter + 1, s) for s in order]
     return locks.rewriting(list(dict.fromkeys(stage_dirs)), command)
 
 
@@ -377,7 +378,7 @@ def free_run_name(cfg: Config) -> str:
     base = cfg.run_name if cfg.run_name.endswith(f"-{stem}") else f"{cfg.run_name}-{stem}"
     name, n = base, 1
     while True:
-        train = RunLayout(Path(cfg.run.dir).parent / name).stage_dir(cfg.iter, Stage.train)
+        train = RunLayout(Path(cfg.run.dir).parent / name).stage_dir_in(cfg.iter, Stage.train)
         made_with = saved_config(cfg.as_tree(), Stage.train, train) or {}
         if made_with.get("training", {}).get("pairs") in (None, cfg.training.pairs):
             return name

@@ -51,7 +51,7 @@ def discover(root: Path) -> list[Iteration]:
     found = []
     for layout in (RunLayout(run_dir) for run_dir in root.glob("*/*/*")):
         for t in layout.iterations():
-            if any(layout.stage_dir(t, s).is_dir() for s in STAGES):
+            if any(layout.stage_dir_in(t, s).is_dir() for s in STAGES):
                 found.append(read_iteration(layout, t))
     if not found:
         raise CompareError(

@@ -29,8 +29,8 @@ from src.config.paths import PathsConfig
 from src.config.ranker import RankerConfig
 from src.config.training import TrainingConfig
 from src.config.training import cross_checks as training_rules
+from src.core.fingerprints import read_upstream
 from src.core.layout import RunLayout, iteration_name, stage_folder
-from src.core.records import read_upstream
 from src.core.registry import STAGES, Stage, iteration_stages
 
 
@@ -101,7 +101,8 @@ class Config:
 
     def stage_dir(self, stage: Stage | str) -> Path:
         """Where `stage` of this iteration writes (an eval against another reference than the
-        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`)."""
+        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`); of
+        another iteration: `layout.stage_dir_in`."""
         return self.layout.iteration_dir(self.iter) / self.stage_folder(stage)
 
     def stage_folder(self, stage: Stage | str) -> str:

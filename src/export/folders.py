@@ -26,9 +26,10 @@ from pathlib import Path
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, remove, sync_directory
 from src.core.errors import Redo, StageError
+from src.core.fingerprints import read_upstream
 from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
-from src.core.records import read_record, read_upstream
+from src.core.records import read_record
 from src.core.rows import require_sealed
 from src.core.staleness import redo_for, saved_state
 from src.stages.common import stage_rows

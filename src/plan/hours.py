@@ -58,7 +58,7 @@ class StageHours:
 def previous_generation(cfg: Config) -> dict | None:
     """The counts of the previous iteration's generate stage (this iteration's, at iter 1)."""
     iteration = max(cfg.iter - 1, 1)
-    record = cfg.layout.stage_dir(iteration, Stage.generate) / RECORD
+    record = cfg.layout.stage_dir_in(iteration, Stage.generate) / RECORD
     try:
         counts = json.loads(record.read_text()).get("counts", {})
     except (OSError, ValueError):

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config
+from src.core.fingerprints import lookup
 from src.core.layout import RunLayout
-from src.core.records import lookup
 from src.stages.results import CURVES as JOB_TYPE
 from src.stages.results import num, read_iteration
 from src.stages.tracking import enabled, flat_config, lineage

@@ -261,13 +261,13 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row: dict[str, Any] = {"model": run_dir.parent.parent.name, "method": run_dir.parent.name,
                            "run_name": run_dir.name, "iter": t}  # fmt: skip
     # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
-    configs = (read_config(layout.stage_dir(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
+    configs = (read_config(layout.stage_dir_in(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
     cfg = next((c for c in configs if c is not None), {})
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
-    stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir(t, s))) is not None}
+    stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir_in(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
     train = stages.get("train", Record({}))
-    trained = layout.stage_dir(t, registry.Stage.train)
+    trained = layout.stage_dir_in(t, registry.Stage.train)
     if "train" in stages and (why := outdated(registry.Stage.train, trained, run_dir)):
         print(f"[compare] {trained}: {'; '.join(why)}: its figures are a stale iteration's "
               "(pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
@@ -277,7 +277,7 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
     # base one finished), but one whose figures no longer stand for what the row names
-    base = layout.stage_dir(t, registry.Stage.eval)
+    base = layout.stage_dir_in(t, registry.Stage.eval)
     for folder in [base, *layout.side_evals(t)]:
         done = stages.get("eval") if folder == base else finished_stage(folder)
         if done is None:

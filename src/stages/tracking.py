@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 
 from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.errors import EnvironmentFailure
+from src.core.fingerprints import flatten
 from src.core.layout import iteration_name
-from src.core.records import flatten
 from src.core.registry import STAGES
 from src.stages import chain, tables
 from src.stages.common import stage_shard

@@ -22,8 +22,8 @@ from pathlib import Path
 from src.config import Config, Peft, Stage
 from src.core.chunks import claim
 from src.core.errors import StageError
+from src.core.fingerprints import stage_fingerprint
 from src.core.machine import node_rank
-from src.core.records import stage_fingerprint
 from src.core.rows import count_rows, require_sealed
 from src.plan.stages import policy_shape, trainer_checkpoint_bytes
 from src.stages import StageResult, train_worker

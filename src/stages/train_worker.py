@@ -33,16 +33,11 @@ from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.errors import Redo, StageError
+from src.core.fingerprints import fingerprint_form, read_upstream, stage_fingerprint
 from src.core.layout import ADAPTER, CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
-from src.core.records import (
-    Finished,
-    fingerprint_form,
-    read_upstream,
-    stage_fingerprint,
-    write_record,
-)
+from src.core.records import Finished, write_record
 from src.plan.stages import memory_terms, peak_line, planned_memory
 from src.stages import tracking
 from src.stages.cards import write_model_card

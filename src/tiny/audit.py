@@ -36,11 +36,11 @@ def measure(texts: list[str]) -> str:
 def audit_iteration(lineage: RunLayout, t: int) -> str | None:
     generated = [
         response
-        for path in sorted(lineage.stage_dir(t, Stage.generate).glob("responses-*.jsonl"))
+        for path in sorted(lineage.stage_dir_in(t, Stage.generate).glob("responses-*.jsonl"))
         for _, row in read_jsonl(path)
         for response in row["responses"]
     ]
-    evaluated = lineage.stage_dir(t, Stage.eval)
+    evaluated = lineage.stage_dir_in(t, Stage.eval)
     report, judged = evaluated / "eval.json", evaluated / "judgements.jsonl"
     if not generated and not report.is_file():
         return None
@@ -81,7 +81,7 @@ def made_on(lineage: Path) -> str:
     vector instruction sets torch ran) or thread count sums floats in another order, and the
     digits of a curve move with it (docs/results.md)."""
     layout = RunLayout(lineage)
-    for record in (layout.stage_dir(t, Stage.train) / RECORD for t in layout.iterations()):
+    for record in (layout.stage_dir_in(t, Stage.train) / RECORD for t in layout.iterations()):
         with contextlib.suppress(OSError, ValueError):
             m = json.loads(record.read_text()).get("machine")
             if m:

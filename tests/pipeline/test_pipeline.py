@@ -388,7 +388,7 @@ def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resume
 
 def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
     from src.config import Stage
-    from src.core.records import stage_fingerprint
+    from src.core.fingerprints import stage_fingerprint
     from tests.support.helpers import compose_cfg
 
     a = compose_cfg("model=tiny-mistral")

@@ -24,7 +24,8 @@ import yaml
 
 from src.compare import main
 from src.config import REPO_ROOT, to_yaml
-from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, write_record
 from src.core.registry import STAGES
 from src.stages.results import read_iteration
 from tests.support.helpers import compose_cfg
@@ -1089,5 +1090,5 @@ def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, 
     said = err.getvalue()
     assert "eval_win_rate" not in row, said
     for stage in ("train", "eval"):
-        assert f"{cfg.layout.stage_dir(2, stage)}: iteration 1's training, which this " in said
+        assert f"{cfg.layout.stage_dir_in(2, stage)}: iteration 1's training, which this " in said
     assert "generate's data.prompts" in said and "changed since this stage read it" in said
