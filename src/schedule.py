@@ -24,8 +24,9 @@ from src.core.records import read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import FOLDER_INPUTS, STAGES
 from src.core.staleness import StageState, Why, redo_for, save_config, saved_config, state_of
-from src.stages import StageResult, StageRun, curves, stage_run, tracking
+from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
+from src.stages.report import curves, tracking
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
@@ -399,7 +400,7 @@ def release_gpu_memory() -> None:
 
 def run_tracked(cfg: Config, stage: Stage, run: StageRun) -> StageResult | None:
     """The stage inside its W&B run, then its record, `done.json`, written last: after every
-    output and before the run's artifacts, which carry it (src/stages/chain.py). A stage that
+    output and before the run's artifacts, which carry it (src/stages/report/chain.py). A stage that
     launches processes of its own opens its W&B run on its rank-0 process, where the Trainer's
     W&B callback logs the curves into it; one that writes its own record is not written for.
     Returns what the stage returned (None for one that launches processes)."""

@@ -61,7 +61,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     # What a preset says about itself in every model card it makes: how it departs from the
-    # published recipe it reproduces (src/stages/cards.py)
+    # published recipe it reproduces (src/stages/report/cards.py)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -3,8 +3,9 @@
 A `StageSpec` says what a stage is to everything around it: the order of the pipeline
 (`src/schedule.py`), what its finished output depends on (the stage fingerprints and chunk
 identities, `src/core/fingerprints.py`), whether it is split into shards and by which config
-section (the chunks, `src/core/chunks.py`; one W&B run per shard, `src/stages/tracking.py`; one SLURM array
-task per shard, `src/slurm.py`) and how much of a node one of its tasks takes (`src/slurm.py`).
+section (the chunks, `src/core/chunks.py`; one W&B run per shard,
+`src/stages/report/tracking.py`; one SLURM array task per shard, `src/slurm.py`) and how much of
+a node one of its tasks takes (`src/slurm.py`).
 The code that runs a stage is its module in `src/stages/`.
 
 Every key of the config is some stage's input or declared as none's, with why (`NOT_INPUTS`):

@@ -52,8 +52,8 @@ from src.generation.prompts import Prompt, load_prompts
 from src.generation.sampling import VLLM_LOG
 from src.ranking.preferences import win_matrix
 from src.stages import StageResult
-from src.stages.cards import write_model_card
 from src.stages.common import load_judge
+from src.stages.report.cards import write_model_card
 
 
 def run(cfg: Config) -> StageResult:

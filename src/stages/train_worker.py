@@ -39,8 +39,8 @@ from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
 from src.core.records import Finished, write_record
 from src.plan.stages import memory_terms, peak_line, planned_memory
-from src.stages import tracking
-from src.stages.cards import write_model_card
+from src.stages.report import tracking
+from src.stages.report.cards import write_model_card
 from src.training import checkpoints
 from src.training.adapters import merge, outside_zero3
 from src.training.arguments import (

@@ -1,5 +1,5 @@
 """An iteration's figures as its finished stages wrote them: the row `python -m src.compare`
-shows and the lineage's curve run logs (src/stages/curves.py), read from the same files by the
+shows and the lineage's curve run logs (src/stages/report/curves.py), read from the same files by the
 same code.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
@@ -29,7 +29,7 @@ from src.core.errors import StageError
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
 from src.core.staleness import READ_CHANGED, saved_state
 
-# The W&B job type of a lineage's curve run (src/stages/curves.py), by which src.compare finds it
+# The W&B job type of a lineage's curve run (src/stages/report/curves.py), by which src.compare finds it
 CURVES = "curves"
 STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
@@ -204,7 +204,7 @@ def generate_columns(m: Record, k: Any = None) -> dict[str, float | None]:
 def eval_columns(m: Record) -> dict[str, Any]:
     """The win rates, and their intervals (not table columns: the plot's error bars). `m`: the
     eval stage's eval.json, or its W&B run's summary, which holds its sections flat
-    (src/stages/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
+    (src/stages/report/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
     row = win_rate_columns(m)
     row["eval_avg_length"] = m.number("avg_length")  # characters, the policy's answers
     row["eval_reference_avg_length"] = m.number("reference_avg_length")
