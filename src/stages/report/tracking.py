@@ -210,9 +210,9 @@ def start(cfg: Config, stage: Stage) -> None:
 
 
 def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], exit_code: int = 0) -> None:
-    """Put the stage's numbers (and rates derived from them) in the run's summary and, for a
-    stage that finished (`exit_code` 0: else the command's), its tables (src/stages/report/tables.py)
-    and the artifacts it made (src/stages/report/chain.py); close it."""
+    """Put the stage's numbers (and rates derived from them) in the run's summary and, for a stage
+    that finished (`exit_code` 0: else the command's), its tables (src/stages/report/tables.py) and
+    the artifacts it made (src/stages/report/chain.py); close it."""
     if not enabled(cfg):
         return
     import wandb

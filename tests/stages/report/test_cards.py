@@ -1,6 +1,7 @@
 """A model card is made to be pushed to the Hub: it names hub ids, and paths relative to the run
-root, the repository or the tiny models' folder, never a local absolute path (src/stages/report/cards.py,
-`card_value` and `card_text`); the data's dataset card, pushed beside it, neither."""
+root, the repository or the tiny models' folder, never a local absolute path
+(src/stages/report/cards.py, `card_value` and `card_text`); the data's dataset card, pushed beside
+it, neither."""
 
 from __future__ import annotations
 
