@@ -69,14 +69,18 @@ def made_before_training(eval_dir: Path) -> bool:
     if layout is None:
         return False
     train_dir = layout.stage_dir_in(layout.parse(eval_dir).iteration, Stage.train)
+    made, trained = finished_at(Path(eval_dir)), finished_at(train_dir)
+    return made is not None and trained is not None and made < trained
+
+
+def finished_at(stage_dir: Path) -> datetime | None:
+    """When the stage in `stage_dir` finished, as its record says; None when it has not, or its
+    record does not say (a damaged one is named where the stage itself is read)."""
     try:
-        made, trained = (
-            datetime.strptime(json.loads((d / RECORD).read_bytes())["finished_at"], RECORD_TIME)
-            for d in (Path(eval_dir), train_dir)
-        )
-    except (OSError, ValueError, TypeError, KeyError):  # unfinished, or a record not readable
-        return False  # (read_record names a damaged one where the stage reads it)
-    return made < trained
+        record = read_record(stage_dir)
+        return None if record is None else datetime.strptime(record["finished_at"], RECORD_TIME)
+    except (OSError, StageError, ValueError, TypeError, KeyError):
+        return None
 
 
 def record_sha256(record: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
-"""An iteration's figures as its finished stages wrote them: the row `python -m src.compare`
-shows and the lineage's curve run logs (src/stages/report/curves.py), read from the same files by the
-same code.
+"""An iteration's figures as its finished stages wrote them: the row `python -m src.compare` shows
+and the lineage's curve run logs (src/stages/report/curves.py), read from the same files by the same
+code.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
@@ -27,9 +27,11 @@ from omegaconf.errors import OmegaConfBaseException
 from src.core import registry
 from src.core.errors import StageError
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
+from src.core.records import record_problem
 from src.core.staleness import READ_CHANGED, saved_state
 
-# The W&B job type of a lineage's curve run (src/stages/report/curves.py), by which src.compare finds it
+# The W&B job type of a lineage's curve run (src/stages/report/curves.py), by which src.compare
+# finds it
 CURVES = "curves"
 STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
@@ -149,9 +151,14 @@ def read_config(path: Path) -> dict | None:
 
 def finished_stage(stage_dir: Path) -> Record | None:
     """The metrics of a finished stage (None if unfinished): its metrics.json when it writes
-    one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet)."""
+    one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet). Its
+    done.json is read as JSON here, with a warning where it is not, and checked as the one
+    reader of records checks it (`record_problem`, src/core/records.py)."""
     done = read_json(stage_dir / RECORD)
     if done is None:
+        return None
+    if problem := record_problem(done):
+        warn(f"{stage_dir / RECORD}: {problem}; skipped")
         return None
     metrics = read_json(stage_dir / "metrics.json")
     if metrics is not None:
