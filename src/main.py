@@ -2,9 +2,9 @@
 
 Composes conf/config.yaml with Hydra and validates it against the typed schemas (src/config/)
 before any work; then the scheduler's records choose what runs (src/schedule.py), the checks
-made before any stage follow (src/assets/preflight.py), and the scheduler runs the stages. A failure
-ends with one line on stderr and the exit code of src/core/errors.py (src/config/cli.py): a bad
-config with 2, naming the key; `--cfg job` prints the validated config, resolved.
+made before any stage follow (src/assets/preflight.py), and the scheduler runs the stages. A
+failure ends with one line on stderr and the exit code of src/core/errors.py (src/config/cli.py):
+a bad config with 2, naming the key; `--cfg job` prints the validated config, resolved.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import contextlib
 import os
 import shutil
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import MethodType
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,9 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.assets.preflight import preflight
 from src.config import REPO_ROOT, Config, Device, compose_tree, validate
-from src.config.cli import ArgumentParser, failures, hydra_raises
+from src.config.cli import check_hydra_arguments, failures, hydra_raises, launcher_failure
 from src.core import memory, preemption, threads
-from src.core.errors import EnvironmentFailure
 from src.schedule import dispatch, iterations
 
 # What Ctrl-C or SIGTERM leaves: every stage resumes
@@ -95,7 +92,7 @@ def main() -> None:
         if any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:], strict=False)):
             print_job(overrides)
             return
-        check_arguments(args)
+        check_hydra_arguments(args, "python -m src.main")
         hydra_raises()
         try:
             _hydra_main()
@@ -123,32 +120,6 @@ def remove_sweep_dirs() -> None:
             shutil.rmtree(sweep, ignore_errors=True)
             with contextlib.suppress(OSError):
                 sweep.parent.rmdir()  # multirun/, when empty
-
-
-def launcher_failure(exc: Exception) -> EnvironmentFailure | None:
-    """A multirun's SLURM launcher (Hydra's submitit plugin) that could not submit: sbatch's own
-    last line, as an environment failure (exit 3). None: not the launcher's."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    raised_in = Path(frames[-1].filename).parts if frames else ()
-    if not type(exc).__module__.startswith("submitit") and "submitit" not in raised_in:
-        return None
-    said = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return EnvironmentFailure(
-        f"the SLURM launcher could not submit the multirun: {said[-1] if said else type(exc).__name__}"
-        " (hardware=slurm-* submits with sbatch: run it on the cluster's login node, or run the "
-        "points here with a hardware= that is not slurm-*)"
-    )
-
-
-def check_arguments(args: list[str]) -> None:
-    """Parse the command line as @hydra.main will, so that a bad option is one line (Hydra's
-    parser prints its usage first, over several lines)."""
-    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
-
-    parser = get_args_parser()
-    parser.prog = "python -m src.main"
-    parser.error = MethodType(ArgumentParser.error, parser)
-    parser.parse_args(args)
 
 
 def print_job(overrides: list[str]) -> None:

@@ -17,14 +17,16 @@ from pathlib import Path
 from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
 from src.core import locks
 from src.core.errors import RedoStale, StageError, with_overrides
+from src.core.fingerprints import read_upstream
 from src.core.layout import RECORD, RunLayout
 from src.core.machine import node_rank
-from src.core.records import read_record, read_upstream, write_record
+from src.core.records import read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import FOLDER_INPUTS, STAGES
 from src.core.staleness import StageState, Why, redo_for, save_config, saved_config, state_of
-from src.stages import StageResult, StageRun, curves, stage_run, tracking
+from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
+from src.stages.report import curves, tracking
 
 
 def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
@@ -282,7 +284,7 @@ def rewriting(cfg: Config, redone: list[Stage], command: str, other_node: bool =
     stage_dirs = [cfg.stage_dir(s) for s in order[order.index(redone[0]) :]]
     if any(STAGES[s].makes_policy for s in redone):  # every eval of it, side by side ones too
         stage_dirs += cfg.layout.side_evals(cfg.iter)
-        stage_dirs += [cfg.layout.stage_dir(cfg.iter + 1, s) for s in order]
+        stage_dirs += [cfg.layout.stage_dir_in(cfg.iter + 1, s) for s in order]
     return locks.rewriting(list(dict.fromkeys(stage_dirs)), command)
 
 
@@ -377,7 +379,7 @@ def free_run_name(cfg: Config) -> str:
     base = cfg.run_name if cfg.run_name.endswith(f"-{stem}") else f"{cfg.run_name}-{stem}"
     name, n = base, 1
     while True:
-        train = RunLayout(Path(cfg.run.dir).parent / name).stage_dir(cfg.iter, Stage.train)
+        train = RunLayout(Path(cfg.run.dir).parent / name).stage_dir_in(cfg.iter, Stage.train)
         made_with = saved_config(cfg.as_tree(), Stage.train, train) or {}
         if made_with.get("training", {}).get("pairs") in (None, cfg.training.pairs):
             return name
@@ -398,7 +400,7 @@ def release_gpu_memory() -> None:
 
 def run_tracked(cfg: Config, stage: Stage, run: StageRun) -> StageResult | None:
     """The stage inside its W&B run, then its record, `done.json`, written last: after every
-    output and before the run's artifacts, which carry it (src/stages/chain.py). A stage that
+    output and before the run's artifacts, which carry it (src/stages/report/chain.py). A stage that
     launches processes of its own opens its W&B run on its rank-0 process, where the Trainer's
     W&B callback logs the curves into it; one that writes its own record is not written for.
     Returns what the stage returned (None for one that launches processes)."""

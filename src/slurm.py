@@ -57,7 +57,7 @@ from src.config import (
 )
 from src.config.cli import ArgumentParser, failures
 from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
-from src.core.records import read_upstream
+from src.core.fingerprints import read_upstream
 from src.core.registry import STAGES
 from src.core.staleness import state_of
 

@@ -125,7 +125,7 @@ def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     """The overrides of the newest command that ran in the lineage (its stages' saved configs'
     head), less ONE_RUN, with paths.root where the lineage is now; else None and why."""
     layout = RunLayout(run_dir)
-    saved = [layout.stage_dir(t, s) / SAVED_CONFIG for t in layout.iterations() for s in STAGES]
+    saved = [layout.stage_dir_in(t, s) / SAVED_CONFIG for t in layout.iterations() for s in STAGES]
     saved = [path for path in saved if path.is_file()]
     if not saved:
         return None, "no stage saved the command that ran it"
@@ -191,7 +191,7 @@ def by_saved_configs(run_dir: Path, root: Path, why: str) -> Lineage:
     for t in range(1, max(layout.iterations()) + 1):
         cells = {}
         for stage in STAGES:
-            folder = layout.stage_dir(t, stage)
+            folder = layout.stage_dir_in(t, stage)
             judge = lambda s=stage, f=folder: saved_state(where, s, f)  # noqa: E731
             cell = stage_cell(folder, folder.is_dir(), judge)
             if cell is not None:

@@ -118,7 +118,7 @@ def check_array_size(path: Path, grid: dict[str, list[Any]]) -> None:
 
 def tracked_as(name: str, grid: dict[str, list[Any]]) -> list[str]:
     """The overrides that make every point's W&B curve run one of the sweep's: its group, and the
-    keys the sweep varies, whose values W&B colours the points by (src/stages/curves.py)."""
+    keys the sweep varies, whose values W&B colours the points by (src/stages/report/curves.py)."""
     swept = [key for key, values in grid.items() if len(values) > 1]
     return [f"logger.sweep={name}", f"logger.swept=[{','.join(swept)}]"]
 

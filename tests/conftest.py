@@ -66,7 +66,7 @@ SHARED_SETUP = {
     "pipeline/test_learning.py": "one runs folder: the base model answers the eval set once",
     "training/test_lora.py": "one process's first LoRA step, which both strategies compare with",
     "pipeline/test_pipeline.py": "two iterations through the command line",
-    "stages/test_tracking_curves.py": "three tracked iterations, read back by wandb's reader",
+    "stages/report/test_tracking_curves.py": "three tracked iterations, read back by wandb's reader",
     "training/test_training.py": "one process's first steps, which every strategy compares with",
 }
 

@@ -260,11 +260,11 @@ def test_the_run_layout_is_spelt_in_its_module_alone():
     ],
 )
 def test_the_layout_check_sees_a_spelling(tmp_path, monkeypatch, source):
-    module = tmp_path / "src" / "stages" / "curves.py"
+    module = tmp_path / "src" / "stages" / "report" / "curves.py"
     module.parent.mkdir(parents=True)
     module.write_text(f"import re\n\n{source}\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    with pytest.raises(AssertionError, match=r"src/stages/curves\.py:3"):
+    with pytest.raises(AssertionError, match=r"src/stages/report/curves\.py:3"):
         test_the_run_layout_is_spelt_in_its_module_alone()
 
 

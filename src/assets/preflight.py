@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from src.config import Config, Stage
 from src.core.errors import StageError
-from src.core.records import read_upstream
+from src.core.fingerprints import read_upstream
 from src.core.staleness import state_of
 from src.plan.stages import require_fit_here
 from src.tiny.on_demand import ensure_tiny_models

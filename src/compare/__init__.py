@@ -6,6 +6,6 @@ and holds the command line (its docstring is the usage), plots.py draws the plot
 
 from src.compare.runs import CompareError, discover, fetch_wandb
 from src.compare.table import main
-from src.stages.results import Iteration
+from src.stages.report.results import Iteration
 
 __all__ = ["CompareError", "Iteration", "discover", "fetch_wandb", "main"]

@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from src.core.artifacts import atomic_path  # noqa: E402
 from src.core.layout import iteration_name  # noqa: E402
-from src.stages.results import Iteration, num  # noqa: E402
+from src.stages.report.results import Iteration, num  # noqa: E402
 
 
 def draw_all(
@@ -224,7 +224,7 @@ def win_rate_by_iteration(iterations: list[Iteration]):
 
 
 # eta and lr are swept over decades, so they get a log axis; K is a small integer. eta is
-# SPPO's and beta DPO's and WPO's (src/stages/results.py blanks the other): a panel of its own
+# SPPO's and beta DPO's and WPO's (src/stages/report/results.py blanks the other): a panel of its own
 # each, so that no method's points sit on another's axis.
 HPARAM_AXES = (("eta", "log"), ("beta", "log"), ("lr", "log"), ("K", "linear"))
 OWN = {"eta", "beta"}  # each method's own one, which its loss reads

@@ -1,5 +1,5 @@
 """Reading runs: one Iteration per (lineage, iteration), its table row and its training log,
-from the local run directories the stages write (src/stages/results.py reads an iteration's
+from the local run directories the stages write (src/stages/report/results.py reads an iteration's
 files) or from a W&B project. `choose` then leaves out the iterations with no finished stage and
 applies --only and --where. The command that uses this: src/compare/table.py.
 """
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from src.core.errors import EnvironmentFailure, StageError
 from src.core.layout import RunLayout, iteration_name
-from src.stages.results import (
+from src.stages.report.results import (
     CURVES,
     HPARAMS,
     STAGES,
@@ -51,7 +51,7 @@ def discover(root: Path) -> list[Iteration]:
     found = []
     for layout in (RunLayout(run_dir) for run_dir in root.glob("*/*/*")):
         for t in layout.iterations():
-            if any(layout.stage_dir(t, s).is_dir() for s in STAGES):
+            if any(layout.stage_dir_in(t, s).is_dir() for s in STAGES):
                 found.append(read_iteration(layout, t))
     if not found:
         raise CompareError(
@@ -118,7 +118,7 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
         cfg, summary = dict(run.config), dict(run.summary)
         where = f"W&B run {project}/{run.id}"
         group, t = run.group or run.name, int(cfg.get("iter") or 0)
-        # the group is the whole lineage, <model>/<method>/<run_name> (src/stages/tracking.py)
+        # the group is the whole lineage, <model>/<method>/<run_name> (src/stages/report/tracking.py)
         run_name = group.rsplit("/", 1)[-1]
         row = lineage_row(cfg.get("model"), cfg.get("method"), run_name, t, cfg)
         it = found.setdefault((group, t), Iteration(row))
@@ -147,7 +147,7 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
     return sorted(found.values(), key=lambda it: (it.lineage, it.row["iter"]))
 
 
-# the job type of a lineage's curve run (src/stages/curves.py), whose rows hold, by iteration,
+# the job type of a lineage's curve run (src/stages/report/curves.py), whose rows hold, by iteration,
 # the figures of this module's columns, each interval as `<column>_low` / `<column>_high`
 
 

@@ -54,7 +54,7 @@ from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
 from src.core.errors import EnvironmentFailure
 from src.core.layout import SIDE_EVAL, iteration_name
-from src.stages.results import JUDGED_HEADLINES, Iteration, num
+from src.stages.report.results import JUDGED_HEADLINES, Iteration, num
 
 COLUMNS = (
     "model", "method", "run_name", "iter", "eta", "beta", "lr", "K", "loss_type", "stages_done",

@@ -19,8 +19,11 @@ import signal
 import stat
 import sys
 import threading
+import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from types import MethodType
 from typing import NoReturn
 
 from hydra.errors import HydraException
@@ -34,6 +37,7 @@ from src.core.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
+    EnvironmentFailure,
     StageError,
     Terminated,
     describe,
@@ -195,3 +199,29 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def check_hydra_arguments(args: list[str], prog: str) -> None:
+    """Parse the command line of `prog` as @hydra.main will, so that a bad option is one line
+    (Hydra's parser prints its usage first, over several lines)."""
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
+
+    parser = get_args_parser()
+    parser.prog = prog
+    parser.error = MethodType(ArgumentParser.error, parser)
+    parser.parse_args(args)
+
+
+def launcher_failure(exc: Exception) -> EnvironmentFailure | None:
+    """A multirun's SLURM launcher (Hydra's submitit plugin) that could not submit: sbatch's own
+    last line, as an environment failure (exit 3). None: not the launcher's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    raised_in = Path(frames[-1].filename).parts if frames else ()
+    if not type(exc).__module__.startswith("submitit") and "submitit" not in raised_in:
+        return None
+    said = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return EnvironmentFailure(
+        f"the SLURM launcher could not submit the multirun: {said[-1] if said else type(exc).__name__}"
+        " (hardware=slurm-* submits with sbatch: run it on the cluster's login node, or run the "
+        "points here with a hardware= that is not slurm-*)"
+    )

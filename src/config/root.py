@@ -29,8 +29,8 @@ from src.config.paths import PathsConfig
 from src.config.ranker import RankerConfig
 from src.config.training import TrainingConfig
 from src.config.training import cross_checks as training_rules
+from src.core.fingerprints import read_upstream
 from src.core.layout import RunLayout, iteration_name, stage_folder
-from src.core.records import read_upstream
 from src.core.registry import STAGES, Stage, iteration_stages
 
 
@@ -61,7 +61,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     # What a preset says about itself in every model card it makes: how it departs from the
-    # published recipe it reproduces (src/stages/cards.py)
+    # published recipe it reproduces (src/stages/report/cards.py)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -101,7 +101,8 @@ class Config:
 
     def stage_dir(self, stage: Stage | str) -> Path:
         """Where `stage` of this iteration writes (an eval against another reference than the
-        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`)."""
+        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`); of
+        another iteration: `layout.stage_dir_in`."""
         return self.layout.iteration_dir(self.iter) / self.stage_folder(stage)
 
     def stage_folder(self, stage: Stage | str) -> str:

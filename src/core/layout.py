@@ -110,14 +110,15 @@ class RunLayout:
     def iteration_dir(self, t: int) -> Path:
         return self.run_dir / iteration_name(t)
 
-    def stage_dir(self, t: int, stage: Stage | str, side: str | None = None) -> Path:
-        """Where `stage` of iteration t writes; with `side`, the eval against that reference
-        (`side_name`)."""
+    def stage_dir_in(self, t: int, stage: Stage | str, side: str | None = None) -> Path:
+        """The folder of `stage` in iteration t: the eval's own, or with `side` the eval against
+        that reference (`side_name`). `Config.stage_dir`: the folder of the config's own stage,
+        its iteration and its eval's reference."""
         return self.iteration_dir(t) / _folder(Stage(stage), side)
 
     def checkpoint(self, t: int) -> Path:
         """Iteration t's trained policy, π_t."""
-        return self.stage_dir(t, Stage.train) / CHECKPOINT
+        return self.stage_dir_in(t, Stage.train) / CHECKPOINT
 
     def export_dir(self, t: int) -> Path:
         """Where `python -m src.export` assembles iteration t's folders unless told elsewhere."""
@@ -137,7 +138,7 @@ class RunLayout:
     def side_evals(self, t: int) -> list[Path]:
         """The folders of iteration t's evals against other references than the base model,
         by name."""
-        return sorted(self.stage_dir(t, Stage.eval).glob(f"{SIDE_EVAL}*"))
+        return sorted(self.stage_dir_in(t, Stage.eval).glob(f"{SIDE_EVAL}*"))
 
     def parse(self, path: Path) -> Place:
         """Where `path` (a folder of the run or a file in one) lies; a ValueError for a path

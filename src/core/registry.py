@@ -1,10 +1,11 @@
 """The stages of an iteration, each declared once (docs/design.md §5).
 
 A `StageSpec` says what a stage is to everything around it: the order of the pipeline
-(`src/schedule.py`), what its finished output depends on (the stage records and chunk identities,
-`src/core/records.py`), whether it is split into shards and by which config section (the
-chunks, `src/core/chunks.py`; one W&B run per shard, `src/stages/tracking.py`; one SLURM array
-task per shard, `src/slurm.py`) and how much of a node one of its tasks takes (`src/slurm.py`).
+(`src/schedule.py`), what its finished output depends on (the stage fingerprints and chunk
+identities, `src/core/fingerprints.py`), whether it is split into shards and by which config
+section (the chunks, `src/core/chunks.py`; one W&B run per shard,
+`src/stages/report/tracking.py`; one SLURM array task per shard, `src/slurm.py`) and how much of
+a node one of its tasks takes (`src/slurm.py`).
 The code that runs a stage is its module in `src/stages/`.
 
 Every key of the config is some stage's input or declared as none's, with why (`NOT_INPUTS`):
@@ -61,7 +62,7 @@ class StageSpec:
 
 
 # What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it
-# is listed only (src.core.records.stage_inputs), so that an eval made without a benchmark keeps
+# is listed only (src.core.fingerprints.stage_inputs), so that an eval made without a benchmark keeps
 # its record whatever that benchmark's settings say
 _CHAT_JUDGE = (
     "eval.llm_judge.model",
@@ -76,7 +77,7 @@ BENCHMARK_INPUTS = {
 }
 
 # The inputs that name a local file or folder whose content, not only its name, makes a stage's
-# output (src.core.records.input_contents): a file edited in place makes the stage stale. A path
+# output (src.core.fingerprints.input_contents): a file edited in place makes the stage stale. A path
 # inside the run (an earlier stage's output) is left out: its stage's fingerprint stands for it.
 # A folder among them enters by the files its stage read (the files it names as it finishes).
 FOLDER_INPUTS = ("data.mt_bench", "data.arena_hard", "data.leaderboard")

@@ -3,7 +3,8 @@ stale (made under another config, of a checkpoint trained again since, from a lo
 since it read it, or descended from an earlier iteration that is stale) or todo (no record), and
 for a stale one each change, typed (`Change`): what the scheduler decides a remedy from, and, as
 text, `key: old -> new` in its fingerprint form; the config a stage ran with, saved beside its
-output and read back. The records and fingerprints it reads: src/core/records.py.
+output and read back. The records it reads: src/core/records.py; their fingerprints:
+src/core/fingerprints.py.
 
 A lineage is judged as a whole: a stage of iteration t is stale when any iteration before it is,
 judged by the config each was made with (`stale_ancestor`), so every command that reads results
@@ -26,23 +27,25 @@ import yaml
 from src.core.artifacts import atomic_write_text
 from src.core.choice import Choice
 from src.core.errors import Redo, RedoStale, StageError
-from src.core.layout import SAVED_CONFIG, RunLayout
-from src.core.records import (
-    ABSOLUTE_PATHS_FORMAT,
-    CONTENTS_FORMAT,
+from src.core.fingerprints import (
     GONE,
-    KNOWN_FORMATS,
-    RECORD_FORMAT,
-    RECORD_TIME,
     flatten,
     input_contents,
     lookup,
-    made_before_training,
-    read_record,
     read_upstream,
     stage_dir,
     stage_fingerprint,
     stage_inputs,
+)
+from src.core.layout import SAVED_CONFIG, RunLayout
+from src.core.records import (
+    ABSOLUTE_PATHS_FORMAT,
+    CONTENTS_FORMAT,
+    KNOWN_FORMATS,
+    RECORD_FORMAT,
+    RECORD_TIME,
+    made_before_training,
+    read_record,
 )
 from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
 
@@ -139,7 +142,7 @@ def stale_ancestor(tree: dict[str, Any]) -> Change | None:
     layout = RunLayout(lookup(tree, "run.dir"))
     for u in range(1, tree["iter"]):
         # a damaged saved config: passed over, as one it did not save (`saved_config`)
-        state = saved_state(tree, Stage.train, layout.stage_dir(u, Stage.train), whole=False)
+        state = saved_state(tree, Stage.train, layout.stage_dir_in(u, Stage.train), whole=False)
         if state is not None and state.has(*READ_CHANGED):
             why = state.why
             first = state.changed[0] if state.changed else Change(why, Why.value)
@@ -341,8 +344,8 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[Change]:
     if t == 1:
         return []
     layout = RunLayout(lookup(tree, "run.dir"))
-    previous = read_record(layout.stage_dir(t - 1, Stage.train))
-    started = read_record(layout.stage_dir(t, head))
+    previous = read_record(layout.stage_dir_in(t - 1, Stage.train))
+    started = read_record(layout.stage_dir_in(t, head))
     if previous is None:
         since = UNFINISHED
     elif started is not None and finished_after(previous, started):

@@ -127,7 +127,7 @@ def data_folders(cfg: Config) -> dict[str, tuple[str, tuple[str, ...], str]]:
 def files_read(cfg: Config) -> dict[str, list[str]]:
     """{data key: the files and folders under it that eval.benchmarks read}: MT-Bench's and
     Arena-Hard's required files, and the leaderboard's dataset copies under data.leaderboard
-    (`<repo id>`): what the eval's record vouches for (src.core.records.input_contents), so that
+    (`<repo id>`): what the eval's record vouches for (src.core.fingerprints.input_contents), so that
     another file or dataset beside them leaves the eval finished."""
     read = {key: list(files) for key, (_, files, _) in data_folders(cfg).items()}
     if Benchmark.leaderboard in cfg.eval.benchmarks and cfg.data.leaderboard is not None:

@@ -26,9 +26,10 @@ from pathlib import Path
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, remove, sync_directory
 from src.core.errors import Redo, StageError
+from src.core.fingerprints import read_upstream
 from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
-from src.core.records import read_record, read_upstream
+from src.core.records import read_record
 from src.core.rows import require_sealed
 from src.core.staleness import redo_for, saved_state
 from src.stages.common import stage_rows
@@ -89,7 +90,7 @@ def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
     if damage:
         raise ExportError(f"{checkpoint} is damaged ({damage})", Redo(Stage.train, cfg.iter))
     if not (checkpoint / CARD).is_file():  # trained before cards existed
-        from src.stages.cards import write_model_card
+        from src.stages.report.cards import write_model_card
 
         write_model_card(cfg, checkpoint)
 
@@ -164,7 +165,7 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
 def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from src.stages.cards import card_value  # pushed to the Hub too: no local absolute path
+    from src.stages.report.cards import card_value  # pushed to the Hub too: no local absolute path
 
     policy, prompt_source, ranker = (
         card_value(value, cfg.paths)

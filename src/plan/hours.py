@@ -21,12 +21,12 @@ are assumptions is said in every row.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, replace
 
 from src.config import Backend, Config, JudgeKind, RefLogprobs, Stage
-from src.core.layout import RECORD
+from src.core.errors import StageError
+from src.core.records import read_record
 from src.core.shapes import JUDGE_PARAMS, MISTRAL_7B, Shape, judge_weights
 from src.plan.counts import source_rows
 
@@ -58,11 +58,11 @@ class StageHours:
 def previous_generation(cfg: Config) -> dict | None:
     """The counts of the previous iteration's generate stage (this iteration's, at iter 1)."""
     iteration = max(cfg.iter - 1, 1)
-    record = cfg.layout.stage_dir(iteration, Stage.generate) / RECORD
     try:
-        counts = json.loads(record.read_text()).get("counts", {})
-    except (OSError, ValueError):
+        record = read_record(cfg.layout.stage_dir_in(iteration, Stage.generate)) or {}
+    except (OSError, StageError):  # unreadable or damaged: the plan takes its figure elsewhere
         return None
+    counts = record.get("counts", {})
     return counts if counts.get("generated") and counts.get("tokens") else None
 
 

@@ -2,7 +2,9 @@
 is to the rest of the project (its inputs, order, sharding, GPUs, whether it launches processes
 of its own) is declared in src/core/registry.py; what it does is its module's `run(cfg)`, which
 reads setup -> run -> cleanup and returns a `StageResult`: the figures its W&B run keeps and what
-its record holds (cards.py: the model card that train and eval write beside the checkpoint).
+its record holds. What reports on the stages (their W&B runs, curves, tables and artifacts, the
+model card that train and eval write beside the checkpoint, the figures `src.compare` reads) is
+in report/.
 
 The scheduler (src/schedule.py) owns what surrounds every stage: its lock, its saved config,
 its W&B run and its record, `done.json`, written once `run` returns, after every output. For

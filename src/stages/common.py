@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from src.config import Config, RankerConfig, Stage
 from src.core.chunks import Shard
 from src.core.errors import Redo, StageError
+from src.core.fingerprints import read_upstream
 from src.core.policy import checkpoint_damage, model_folder_damage, require_loadable
 from src.core.records import read_record
 from src.core.registry import STAGES
@@ -144,3 +145,19 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
         return int(env[name])
     except ValueError:
         raise StageError(f"{name}={env[name]!r} is not an integer") from None
+
+
+def read_pairs_rows(cfg: Config) -> tuple[Path, Iterator[dict]]:
+    """The pairs file and its rows, each one checked as it is used; a bad row names what remakes
+    the file."""
+    from src.training.data import read_pairs
+
+    pairs_path = Path(cfg.training.pairs).resolve()
+    return pairs_path, read_pairs(pairs_path, cfg.method.loss.value, remake_pairs(cfg))
+
+
+def remake_pairs(cfg: Config) -> Redo | None:
+    """What remakes a bad pairs file when it is the pairs stage's output; None for a
+    file of the user's own (training.pairs), which only its author can correct."""
+    upstream = read_upstream(cfg.as_tree(), Stage.train)
+    return None if upstream is None else Redo(upstream, cfg.iter)

@@ -34,9 +34,10 @@ import numpy as np
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EnvironmentFailure, Redo
+from src.core.fingerprints import stage_fingerprint
 from src.core.layout import iteration_name, iteration_number
 from src.core.policy import CARD, checkpoint_damage, require_loadable, weights_signature
-from src.core.records import Finished, read_record, stage_fingerprint
+from src.core.records import Finished, read_record
 from src.evaluation import benchmarks
 from src.evaluation.alpaca_eval import (
     RESULTS,
@@ -51,8 +52,8 @@ from src.generation.prompts import Prompt, load_prompts
 from src.generation.sampling import VLLM_LOG
 from src.ranking.preferences import win_matrix
 from src.stages import StageResult
-from src.stages.cards import write_model_card
 from src.stages.common import load_judge
+from src.stages.report.cards import write_model_card
 
 
 def run(cfg: Config) -> StageResult:
@@ -203,7 +204,7 @@ def answerer(cfg: Config, which: str) -> Answerer:
     elif s is not None:
         path = str(cfg.layout.checkpoint(s))
         label = cfg.model_label(s)
-        record = read_record(cfg.layout.stage_dir(s, Stage.train))
+        record = read_record(cfg.layout.stage_dir_in(s, Stage.train))
         if record is None:
             raise EvalError(
                 f"iteration {s} is not trained: {path} has no finished training record",

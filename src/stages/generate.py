@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from src.config import Backend, Config, Device, Stage
 from src.core.chunks import claim, take_shard
 from src.core.contracts import ResponseRow
+from src.core.fingerprints import chunk_identity, stage_fingerprint
 from src.core.memory import Peak
-from src.core.records import chunk_identity, stage_fingerprint
 from src.generation.prompts import load_prompts
 from src.generation.sampling import (
     VLLM_LOG,

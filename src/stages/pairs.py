@@ -41,7 +41,8 @@ from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow, pair_row_problem, ranked_row_problem
 from src.core.errors import Redo, StageError, naming
-from src.core.records import Finished, stage_fingerprint
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
 from src.stages import StageResult

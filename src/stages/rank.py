@@ -35,8 +35,8 @@ from src.config import Config, EmptyResponses, JudgeKind, RankerConfig, Stage, W
 from src.core.chunks import ChunkCounts, Shard, chunk_by_chunk, claim, continued, process_shard
 from src.core.contracts import RankedRow
 from src.core.errors import Redo, StageError
+from src.core.fingerprints import chunk_identity, stage_fingerprint
 from src.core.progress import ProgressLine
-from src.core.records import chunk_identity, stage_fingerprint
 from src.ranking.candidates import (
     Candidates,
     RankInputError,

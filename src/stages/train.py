@@ -8,6 +8,7 @@ GPU and library, the pairs file, room on the disk for the checkpoint), the Train
 to resume from, then the training processes. With one process (`hardware.world_size=1`) the
 training runs here (src/stages/train_worker.py: `train`); with more, `accelerate launch` starts
 one worker per process (src/training/launch.py), each reading the config saved in the stage dir.
+The worker's module, with the Trainer and its libraries, is imported only where a worker runs.
 The workers save the checkpoint; rank 0 seals it in done.json.
 """
 
@@ -22,12 +23,12 @@ from pathlib import Path
 from src.config import Config, Peft, Stage
 from src.core.chunks import claim
 from src.core.errors import StageError
+from src.core.fingerprints import stage_fingerprint
 from src.core.machine import node_rank
-from src.core.records import stage_fingerprint
 from src.core.rows import count_rows, require_sealed
 from src.plan.stages import policy_shape, trainer_checkpoint_bytes
-from src.stages import StageResult, train_worker
-from src.stages.common import require_previous_policy
+from src.stages import StageResult
+from src.stages.common import read_pairs_rows, remake_pairs, require_previous_policy
 from src.training import checkpoints
 from src.training.adapters import require_adapter_base, require_qlora_support
 from src.training.arguments import KEPT_CHECKPOINTS, TRAINER_DIR, TrainingError, precision
@@ -36,6 +37,10 @@ from src.training.launch import (
     launch_workers,
     preemption_stop_file,
 )
+
+# What the final save writes beside the weights (the tokenizer, the records): a few MB beside a
+# model of GBs, at most the weights' own size beside a tiny one
+BESIDE_WEIGHTS_BYTES = 64 << 20
 
 
 def run(cfg: Config) -> StageResult:
@@ -48,10 +53,12 @@ def run(cfg: Config) -> StageResult:
     if resume and cfg.training.peft != Peft.none:
         require_adapter_base(Path(resume), cfg.run.init_policy)
     require_disk_for_checkpoint(cfg, stage_dir)
-    if cfg.hardware.world_size == 1:
+    if cfg.hardware.world_size == 1:  # this process is the one worker: the Trainer loads here
+        from src.stages import train_worker
+
         as_one_process_group(cfg.hardware)
         return StageResult(train_worker.train(cfg, stage_dir, resume), None)
-    _, rows = train_worker.read_pairs_rows(cfg)
+    _, rows = read_pairs_rows(cfg)
     for _ in rows:  # every row read and checked: bad input ends here, before any worker starts
         pass
     return StageResult(launch_workers(cfg.hardware, stage_dir, resume), None)
@@ -64,7 +71,7 @@ def require_inputs(cfg: Config) -> None:
     if cfg.training.peft == Peft.qlora:
         require_qlora_support()
     pairs_path = Path(cfg.training.pairs).resolve()
-    if train_worker.remake_pairs(cfg) is not None and pairs_path.is_file():
+    if remake_pairs(cfg) is not None and pairs_path.is_file():
         require_sealed(pairs_path, TrainingError)
 
 
@@ -97,8 +104,7 @@ def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
     except StageError:
         return
     weights = shape.params * precision(cfg).itemsize
-    # + the tokenizer and the records: a few MB beside a model of GBs, less than a tiny one
-    final = weights + min(train_worker.FULL_DISK_BYTES, weights)
+    final = weights + min(BESIDE_WEIGHTS_BYTES, weights)
     saved = len(list((stage_dir / TRAINER_DIR).glob("checkpoint-*")))
     trainer = max(0, checkpoints_at_once(cfg) - saved)
     each = trainer_checkpoint_bytes(cfg, shape)

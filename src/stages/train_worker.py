@@ -32,21 +32,16 @@ from omegaconf import OmegaConf
 from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
-from src.core.errors import Redo, StageError
+from src.core.errors import StageError
+from src.core.fingerprints import fingerprint_form, stage_fingerprint
 from src.core.layout import ADAPTER, CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
-from src.core.records import (
-    Finished,
-    fingerprint_form,
-    read_upstream,
-    stage_fingerprint,
-    write_record,
-)
+from src.core.records import Finished, write_record
 from src.plan.stages import memory_terms, peak_line, planned_memory
-from src.stages import tracking
-from src.stages.cards import write_model_card
-from src.training import checkpoints
+from src.stages.common import read_pairs_rows
+from src.stages.report import tracking
+from src.stages.report.cards import write_model_card
 from src.training.adapters import merge, outside_zero3
 from src.training.arguments import (
     TRAINER_DIR,
@@ -135,7 +130,12 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
 
     from src.training.data import PairCollator, PairTokenizer
     from src.training.memory_phases import MemoryPhases
-    from src.training.trainer import PreferenceTrainer, ReferenceLogps, StopAfterEpochs
+    from src.training.trainer import (
+        PreferenceTrainer,
+        ReferenceLogps,
+        SealCheckpoints,
+        StopAfterEpochs,
+    )
 
     t, method = cfg.training, cfg.method
     pairs_path, rows = read_pairs_rows(cfg)
@@ -174,7 +174,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         data_collator=PairCollator(pad_id),
         processing_class=tokenizer,
         callbacks=[
-            checkpoints.SealCheckpoints(stage_fingerprint(cfg.as_tree(), Stage.train)),
+            SealCheckpoints(stage_fingerprint(cfg.as_tree(), Stage.train)),
             preemption.trainer_callback(preemption_stop_file(stage_dir)),
             *([StopAfterEpochs(t.num_epochs)] if t.schedule_epochs else []),
         ],
@@ -198,22 +198,6 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         "truncated_responses": report.truncated_responses,
     }
     return Setup(trainer, counts, peak, phases)
-
-
-def read_pairs_rows(cfg: Config) -> tuple[Path, Iterator[dict]]:
-    """The pairs file and its rows, each one checked as it is used; a bad row names what remakes
-    the file."""
-    from src.training.data import read_pairs
-
-    pairs_path = Path(cfg.training.pairs).resolve()
-    return pairs_path, read_pairs(pairs_path, cfg.method.loss.value, remake_pairs(cfg))
-
-
-def remake_pairs(cfg: Config) -> Redo | None:
-    """What remakes a bad pairs file when it is the pairs stage's output; None for a
-    file of the user's own (training.pairs), which only its author can correct."""
-    upstream = read_upstream(cfg.as_tree(), Stage.train)
-    return None if upstream is None else Redo(upstream, cfg.iter)
 
 
 # --- save -----------------------------------------------------------------------------------------

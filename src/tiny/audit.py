@@ -20,7 +20,9 @@ from statistics import mean
 
 from src.config import Stage, runs_root
 from src.core.artifacts import read_jsonl
-from src.core.layout import RECORD, RunLayout, iteration_name
+from src.core.errors import StageError
+from src.core.layout import RunLayout, iteration_name
+from src.core.records import read_record
 from src.tiny.toy import helpful_share, well_formed
 
 TINY_MODELS = ("tiny-mistral", "tiny-gemma2")
@@ -36,11 +38,11 @@ def measure(texts: list[str]) -> str:
 def audit_iteration(lineage: RunLayout, t: int) -> str | None:
     generated = [
         response
-        for path in sorted(lineage.stage_dir(t, Stage.generate).glob("responses-*.jsonl"))
+        for path in sorted(lineage.stage_dir_in(t, Stage.generate).glob("responses-*.jsonl"))
         for _, row in read_jsonl(path)
         for response in row["responses"]
     ]
-    evaluated = lineage.stage_dir(t, Stage.eval)
+    evaluated = lineage.stage_dir_in(t, Stage.eval)
     report, judged = evaluated / "eval.json", evaluated / "judgements.jsonl"
     if not generated and not report.is_file():
         return None
@@ -81,9 +83,9 @@ def made_on(lineage: Path) -> str:
     vector instruction sets torch ran) or thread count sums floats in another order, and the
     digits of a curve move with it (docs/results.md)."""
     layout = RunLayout(lineage)
-    for record in (layout.stage_dir(t, Stage.train) / RECORD for t in layout.iterations()):
-        with contextlib.suppress(OSError, ValueError):
-            m = json.loads(record.read_text()).get("machine")
+    for t in layout.iterations():
+        with contextlib.suppress(OSError, StageError):
+            m = (read_record(layout.stage_dir_in(t, Stage.train)) or {}).get("machine")
             if m:
                 sets = ", ".join(m["vector_sets"]) or "no vector sets"
                 ran = f"; {m['cpu_kernels']} kernels" if m.get("cpu_kernels") else ""

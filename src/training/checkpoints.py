@@ -4,7 +4,9 @@ After the Trainer saves a checkpoint, every process has written its part (ZeRO-3
 states) and rank 0 seals it: `seal.json` holds the identity of the run that made it (the train
 stage's fingerprint) and each file's size and sha256. A re-run resumes from the newest checkpoint
 whose files are all as sealed; a newer one that is not (a save cut short, a file damaged or
-replaced since) is named on the console, removed and skipped for the one before it.
+replaced since) is named on the console, removed and skipped for the one before it. The
+Trainer's callback that seals them is `SealCheckpoints` (src/training/trainer.py), so that this
+module, which the train stage's launcher reads, loads neither the Trainer nor its libraries.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-
-import torch
-from transformers import TrainerCallback
 
 from src.core.artifacts import atomic_write_json, files_sha256, read_json, share
 from src.core.errors import StageError
@@ -82,16 +81,3 @@ def resume_point(output_dir: Path, identity: str, remove_damaged: bool) -> str |
         if remove_damaged:
             shutil.rmtree(folder, ignore_errors=True)
     return None
-
-
-class SealCheckpoints(TrainerCallback):
-    """Seals each checkpoint once every process has saved its part of it."""
-
-    def __init__(self, identity: str):
-        self.identity = identity
-
-    def on_save(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # each process writes its own RNG state and ZeRO shards
-        if state.is_world_process_zero:
-            seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.identity)

@@ -23,6 +23,7 @@ from src.core.artifacts import atomic_write_json, read_json
 from src.core.records import redo_of
 from src.training.adapters import adapter_off, peft_model
 from src.training.arguments import TrainingError, diverged
+from src.training.checkpoints import seal
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
 from src.training.memory_phases import MemoryPhases
 from src.training.policy_logps import batch_response_logps
@@ -320,3 +321,16 @@ class StopAfterEpochs(TrainerCallback):
         if state.epoch is not None and state.epoch >= self.epochs - 1e-9:
             control.should_training_stop = True
             control.should_save = True
+
+
+class SealCheckpoints(TrainerCallback):
+    """Seals each checkpoint once every process has saved its part of it."""
+
+    def __init__(self, identity: str):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # each process writes its own RNG state and ZeRO shards
+        if state.is_world_process_zero:
+            seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.identity)

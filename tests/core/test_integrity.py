@@ -184,7 +184,7 @@ def test_the_pairs_stage_stops_on_a_nan_score_naming_the_row(tmp_path, monkeypat
 def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     tmp_path, monkeypatch, tiny_dir
 ):
-    from src.stages import train, train_worker
+    from src.stages import common, train
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     cfg = compose_cfg("model=tiny-mistral", "logger=none", "method.K=3", "stage=train")
@@ -202,7 +202,7 @@ def test_a_pairs_file_that_differs_from_its_record_is_never_trained_on(
     write_record(rank_dir, Finished("test", {"shards": 1}, {}))
     run_recorded(cfg, "pairs")
     train.require_inputs(cfg)
-    _, rows = train_worker.read_pairs_rows(cfg)
+    _, rows = common.read_pairs_rows(cfg)
     assert [r["prompt_id"] for r in rows] == ["q1"]
 
     parquet = cfg.stage_dir("pairs") / "pairs.parquet"

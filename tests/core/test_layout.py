@@ -20,8 +20,8 @@ from src.core.registry import STAGES, Stage
 def test_the_folders_of_a_run(tmp_path):
     layout = RunLayout(tmp_path / "run")
     assert layout.iteration_dir(3) == tmp_path / "run/iter3"
-    assert layout.stage_dir(3, Stage.pairs) == tmp_path / "run/iter3/pairs"
-    assert layout.stage_dir(3, "eval", side="iter1") == tmp_path / "run/iter3/eval/vs-iter1"
+    assert layout.stage_dir_in(3, Stage.pairs) == tmp_path / "run/iter3/pairs"
+    assert layout.stage_dir_in(3, "eval", side="iter1") == tmp_path / "run/iter3/eval/vs-iter1"
     assert layout.checkpoint(2) == tmp_path / "run/iter2/train/checkpoint"
     assert layout.export_dir(2) == tmp_path / "run/export/iter2"
 
@@ -35,21 +35,21 @@ def test_a_folder_reads_back_as_the_place_that_built_it(tmp_path, place):
     if place.stage is None:
         folder = layout.iteration_dir(place.iteration)
     else:
-        folder = layout.stage_dir(place.iteration, place.stage, place.side)
+        folder = layout.stage_dir_in(place.iteration, place.stage, place.side)
     assert layout.parse(folder) == place
 
 
 def test_a_file_in_a_folder_reads_as_its_folder(tmp_path):
     layout = RunLayout(tmp_path)
     assert layout.parse(layout.checkpoint(4) / "config.json") == Place(4, Stage.train)
-    side = layout.stage_dir(2, Stage.eval, "iter1") / "eval.json"
+    side = layout.stage_dir_in(2, Stage.eval, "iter1") / "eval.json"
     assert layout.parse(side) == Place(2, Stage.eval, "iter1")
-    assert layout.parse(layout.stage_dir(2, Stage.eval) / "eval.json") == Place(2, Stage.eval)
+    assert layout.parse(layout.stage_dir_in(2, Stage.eval) / "eval.json") == Place(2, Stage.eval)
 
 
 def test_only_the_eval_has_evals_beside_it(tmp_path):
     with pytest.raises(ValueError, match="only the eval stage"):
-        RunLayout(tmp_path).stage_dir(1, Stage.train, side="iter1")
+        RunLayout(tmp_path).stage_dir_in(1, Stage.train, side="iter1")
 
 
 def test_a_path_outside_the_run_is_refused_by_name(tmp_path):
@@ -77,8 +77,8 @@ def test_the_iterations_present_in_numeric_order(tmp_path):
 def test_the_side_evals_present_by_name(tmp_path):
     layout = RunLayout(tmp_path)
     for side in ("iter2", "gpt4_turbo.json", "iter1"):
-        layout.stage_dir(3, Stage.eval, side).mkdir(parents=True)
-    (layout.stage_dir(3, Stage.eval) / "eval.json").write_text("{}")
+        layout.stage_dir_in(3, Stage.eval, side).mkdir(parents=True)
+    (layout.stage_dir_in(3, Stage.eval) / "eval.json").write_text("{}")
     assert [p.name for p in layout.side_evals(3)] == ["vs-gpt4_turbo.json", "vs-iter1", "vs-iter2"]
     assert layout.side_evals(4) == []
 
@@ -113,7 +113,7 @@ def test_the_iteration_name():
 def test_the_folder_of_an_eval_against_a_reference(reference, outputs, folder):
     assert stage_folder(Stage.eval, reference, outputs) == folder
     side = side_name(reference, outputs)
-    assert (RunLayout(Path("r")).stage_dir(1, Stage.eval, side)) == Path("r/iter1") / folder
+    assert (RunLayout(Path("r")).stage_dir_in(1, Stage.eval, side)) == Path("r/iter1") / folder
 
 
 def test_a_stage_other_than_eval_has_one_folder():

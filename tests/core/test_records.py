@@ -15,15 +15,8 @@ import pytest
 from src.config import Config, Stage, to_yaml
 from src.core.artifacts import atomic_write_json
 from src.core.errors import StageError
-from src.core.records import (
-    Finished,
-    chunk_identity,
-    fingerprint_form,
-    lookup,
-    read_record,
-    stage_fingerprint,
-    write_record,
-)
+from src.core.fingerprints import chunk_identity, fingerprint_form, lookup, stage_fingerprint
+from src.core.records import Finished, read_record, write_record
 from src.core.registry import BENCHMARK_INPUTS, STAGES
 from src.core.staleness import Why, saved_state, state_of
 from tests.support.helpers import compose_cfg
@@ -429,7 +422,7 @@ def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_pa
 def test_a_folder_input_is_read_by_its_files_but_its_hidden_ones(tmp_path, monkeypatch):
     """data.leaderboard, a folder of dataset copies: a file changed in it makes the eval stale;
     the `.cache/` that `hf download --local-dir` rewrites beside each copy does not."""
-    from src.core.records import input_contents
+    from src.core.fingerprints import input_contents
 
     copies = tmp_path / "leaderboard"
     (copies / "allenai/ai2_arc/.cache/huggingface").mkdir(parents=True)
@@ -570,7 +563,7 @@ def test_a_training_on_a_pairs_file_of_its_own_reads_that_file_and_its_policy(
 def test_a_folder_input_enters_by_the_files_its_stage_read(tmp_path, monkeypatch):
     """The files the stage named as it finished (`read`), kept in the record: another file or
     dataset beside them leaves it finished; one of them changed or gone makes it stale."""
-    from src.core.records import input_contents
+    from src.core.fingerprints import input_contents
 
     copies = tmp_path / "leaderboard"
     (copies / "allenai/ai2_arc").mkdir(parents=True)
@@ -624,5 +617,5 @@ def test_an_earlier_iterations_damaged_saved_config_is_passed_over_by_the_walk(
     the record decides)."""
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n')
     _, two = finish_lineage(monkeypatch, tmp_path / "runs", 2, f"data.prompts={tmp_path}/p.jsonl")
-    (two.layout.stage_dir(1, Stage.train) / "config.yaml").write_text(saved)
+    (two.layout.stage_dir_in(1, Stage.train) / "config.yaml").write_text(saved)
     assert {state_of(two.as_tree(), s).status for s in STAGES} == {"done"}

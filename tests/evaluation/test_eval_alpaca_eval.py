@@ -197,7 +197,7 @@ def test_a_leaderboard_file_that_is_not_alpaca_evals_is_refused(tmp_path, text, 
 def test_the_model_card_carries_the_leaderboard_row(tmp_path):
     from huggingface_hub import ModelCard
 
-    from src.stages.cards import evaluation_text, model_card
+    from src.stages.report.cards import evaluation_text, model_card
     from tests.support.helpers import compose_cfg
 
     path = tmp_path / ANNOTATOR / "leaderboard.csv"

@@ -15,7 +15,8 @@ import json
 import pytest
 
 from src.config import ConfigError, Stage, to_yaml
-from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, write_record
 from src.core.registry import STAGES
 from src.core.staleness import Why, state_of
 from src.evaluation import benchmarks
@@ -157,7 +158,7 @@ def test_a_second_turn_is_rendered_after_the_policys_own_first(tiny_dir):
 def test_what_a_benchmark_reads_is_what_the_eval_record_vouches_for(tmp_path, monkeypatch):
     """MT-Bench's copy enters the eval's record by the files its reader requires: FastChat's own
     `model_judgment/` or a note written beside them leaves the eval finished; its questions
-    edited make it stale (src.core.records.input_contents)."""
+    edited make it stale (src.core.fingerprints.input_contents)."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     folder, _ = write_tiny_benchmarks(tmp_path / "bench")
     cfg = compose_cfg(*SMALL, "eval.benchmarks=[mt_bench]", f"data.mt_bench={folder}")

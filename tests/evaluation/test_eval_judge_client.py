@@ -110,7 +110,7 @@ def test_a_judge_whose_template_takes_no_system_turn_gets_the_system_prompt_in_i
     prompt opens the first user turn (Mistral-Instruct's template refuses a system turn); null:
     an endpoint takes one. The key enters the eval's fingerprint only when set, so evals made
     before it existed keep their records."""
-    from src.core.records import stage_inputs
+    from src.core.fingerprints import stage_inputs
     from src.evaluation.benchmarks import judge_endpoint
     from src.evaluation.judge_client import sent_messages
     from tests.support.helpers import compose_cfg

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT
-from src.stages.curves import JOB_TYPE
+from src.stages.report.curves import JOB_TYPE
 from src.training.checkpoints import checkpoints
 from tests.support import lineages
 from tests.support.helpers import SMALL, cli, entry, one_line_failure
@@ -253,7 +253,7 @@ def test_a_killed_training_resumes_from_its_last_whole_checkpoint(tmp_path, dama
 @pytest.mark.slow
 def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_path, monkeypatch):
     from src.config import Stage
-    from src.stages import tracking
+    from src.stages.report import tracking
     from tests.support.helpers import compose_cfg
 
     result = cli(tmp_path, "iter=1", "logger=wandb", "logger.mode=offline", "eval.enabled=true")
@@ -271,7 +271,7 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
         run = json.loads(shown.stdout)
         runs[run["config"]["stage"]] = run
     assert set(runs) == {"generate", "rank", "pairs", "train", "eval", "curves"}
-    del runs["curves"]  # the lineage's (tests/stages/test_tracking_curves.py)
+    del runs["curves"]  # the lineage's (tests/stages/report/test_tracking_curves.py)
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))  # the run directory the command line used
     cfg = compose_cfg(*SMALL, "iter=1", "logger=wandb", "logger.mode=offline", "eval.enabled=true")
@@ -309,7 +309,7 @@ def test_each_stage_is_an_offline_wandb_run_with_the_config_and_its_metrics(tmp_
 def test_online_wandb_without_an_api_key_is_one_clear_line(tmp_path, monkeypatch):
     from src.config import Stage
     from src.core.errors import StageError
-    from src.stages import tracking
+    from src.stages.report import tracking
     from tests.support.helpers import compose_cfg
 
     for var in ("WANDB_API_KEY", "WANDB_MODE"):
@@ -388,7 +388,7 @@ def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resume
 
 def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
     from src.config import Stage
-    from src.core.records import stage_fingerprint
+    from src.core.fingerprints import stage_fingerprint
     from tests.support.helpers import compose_cfg
 
     a = compose_cfg("model=tiny-mistral")

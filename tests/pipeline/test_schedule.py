@@ -18,7 +18,8 @@ import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.errors import Redo, StageError, describe
-from src.core.records import Finished, read_record, read_upstream, stage_fingerprint, write_record
+from src.core.fingerprints import read_upstream, stage_fingerprint
+from src.core.records import Finished, read_record, write_record
 from src.core.registry import STAGES
 from src.core.staleness import Change, StageState, Why, save_config
 from src.main import run

@@ -28,7 +28,8 @@ import torch
 from src.config import ConfigError, Stage
 from src.core.artifacts import atomic_write_text, read_jsonl
 from src.core.errors import EnvironmentFailure
-from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, write_record
 from src.generation.vllm_processes import new_children
 from src.ranking.reward_model import load_reward_model_judge, pooled_pad_id
 from src.ranking.reward_model_vllm import VLLMRewardJudge, load_vllm_reward_judge, scored_tokens

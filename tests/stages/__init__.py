@@ -1,1 +1,1 @@
-"""src/stages: each stage through its own code, its cards and its W&B tracking."""
+"""src/stages: each stage through its own code; report/: what reports on them."""

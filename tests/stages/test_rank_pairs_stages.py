@@ -26,7 +26,8 @@ from src.config import REPO_ROOT, ConfigError, Stage
 from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow
 from src.core.errors import StageError
-from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, write_record
 from src.ranking.blender_compat import PairRMLoadError, load_pairrm
 from src.ranking.judge import policy_chat_template
 from src.ranking.preferences import all_tied

@@ -18,7 +18,8 @@ import pytest
 
 from src.config import REPO_ROOT, Stage
 from src.core.artifacts import atomic_write_text
-from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, write_record
 from src.tiny.toy import sample_answer
 from tests.support.helpers import compose_cfg
 

@@ -24,9 +24,10 @@ import yaml
 
 from src.compare import main
 from src.config import REPO_ROOT, to_yaml
-from src.core.records import Finished, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, write_record
 from src.core.registry import STAGES
-from src.stages.results import read_iteration
+from src.stages.report.results import read_iteration
 from tests.support.helpers import compose_cfg
 
 # eval/eval.json of SPPO eta=5000, iteration 2 (the stage writes more keys; these are read)
@@ -807,7 +808,7 @@ def in_memory(sppo: int, iterations: int) -> list:
     src.compare.runs gives them, with every figure the plots draw: lineage i's training loss is
     100 i + t at iteration t and its eval win rate 0.5 + 0.01 i + 0.1 t, so that a line or a
     point says whose it is."""
-    from src.stages.results import Iteration
+    from src.stages.report.results import Iteration
 
     lineages = [("sppo", f"eta{i}-lr5e-07-K5", {"eta": float(i), "beta": None, "loss_type": "sppo"})
                 for i in range(1, sppo + 1)]  # fmt: skip
@@ -1029,7 +1030,7 @@ def test_wandb_with_no_finished_run_is_no_runs_found(wandb_project, tmp_path, ca
 
 
 def curve_run(run_name: str, rows: list[dict], state: str = "finished"):
-    """A lineage's curve run (src/stages/curves.py), as W&B's client gives it."""
+    """A lineage's curve run (src/stages/report/curves.py), as W&B's client gives it."""
     method, eta, lr, k, loss = LINEAGES[run_name]
     cfg = {"lineage": f"{MODEL}/{method}/{run_name}", "run_name": run_name, "method": method,
            "loss": loss, "model": MODEL, "stage": "curves", "eta": eta, "beta": 1 / eta,
@@ -1089,5 +1090,5 @@ def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, 
     said = err.getvalue()
     assert "eval_win_rate" not in row, said
     for stage in ("train", "eval"):
-        assert f"{cfg.layout.stage_dir(2, stage)}: iteration 1's training, which this " in said
+        assert f"{cfg.layout.stage_dir_in(2, stage)}: iteration 1's training, which this " in said
     assert "generate's data.prompts" in said and "changed since this stage read it" in said

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from src.config import REPO_ROOT, Config
-from src.core.records import flatten
+from src.core.fingerprints import flatten
 from src.explain import choices, field_docs, main, schema_keys
 from tests.support.helpers import compose_cfg
 

@@ -246,7 +246,7 @@ def test_a_preset_that_departs_from_its_published_card_says_so_in_its_cards(
 ):
     """The real recipes' cards, made from their resolved configs (training summary stubbed):
     the Hub base model and license, the prompt dataset, and the preset's `notes`."""
-    from src.stages.cards import model_card
+    from src.stages.report.cards import model_card
     from tests.support.helpers import compose_cfg
 
     cfg = compose_cfg(f"experiment={experiment}")

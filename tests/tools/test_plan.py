@@ -540,3 +540,23 @@ def test_a_preset_that_requires_a_file_is_planned_without_it_and_says_so(capsys)
     assert err.startswith("note: data.external_responses is required to run: the hybrid pool")
     with pytest.raises(ConfigError, match=r"^data\.external_responses is required: "):
         compose_cfg("experiment=gemma-2-9b-it-wpo-hb")
+
+
+def test_the_previous_generation_is_read_from_its_record_a_damaged_one_passed_over(
+    tmp_path, monkeypatch
+):
+    """The prompts and tokens the plan takes from iteration t-1's generate stage come from its
+    record as the one reader of records checks it: an edited record gives none."""
+    from src.core.records import Finished, write_record
+    from src.plan.hours import previous_generation
+
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
+    cfg = compose_cfg("model=tiny-mistral", "logger=none", "iter=2")
+    folder = cfg.layout.stage_dir_in(1, Stage.generate)
+    counts = {"generated": 39, "tokens": 9000}
+    write_record(folder, Finished("ab" * 32, counts, {"seconds": 80.0}))
+    assert previous_generation(cfg) == counts
+    record = json.loads((folder / "done.json").read_text())
+    edited = {**record, "counts": {**counts, "generated": 40}}  # its sha256 left as it was
+    (folder / "done.json").write_text(json.dumps(edited))
+    assert previous_generation(cfg) is None

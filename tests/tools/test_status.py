@@ -15,7 +15,8 @@ import pytest
 
 from src.config import REPO_ROOT, Stage, compose, to_yaml
 from src.core.errors import StageError
-from src.core.records import Finished, read_record, stage_fingerprint, write_record
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, read_record, write_record
 from src.core.staleness import save_config
 from src.status import Cell, Iteration, Lineage, Status, as_text, main, status
 from tests.support.helpers import SMALL, entry, holder

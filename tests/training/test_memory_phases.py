@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from src.config import REPO_ROOT, Stage
-from src.core.records import stage_fingerprint
+from src.core.fingerprints import stage_fingerprint
 from src.stages.train import run
 from src.training.memory_phases import GIB, PHASES, MemoryPhases
 from tests.support.helpers import compose_cfg, run_main_process

@@ -237,6 +237,18 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
             assert refused.type is ZeroDivisionError and loaded  # past the check: setup ran
 
 
+def test_the_launcher_loads_neither_its_worker_nor_the_trainers_libraries():
+    """The train stage's launcher (src/stages/train.py) imports no worker: its module, the
+    Trainer, transformers and peft load only where a worker runs (in this process with one)."""
+    loaded = ("src.stages.train_worker", "transformers", "peft")
+    code = f"import sys, src.stages.train; print([m for m in {loaded} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_sizes_are_shown_to_three_figures_a_need_rounded_up_and_free_space_down():
     from src.stages.train import shown_bytes
 

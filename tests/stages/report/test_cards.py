@@ -1,6 +1,7 @@
 """A model card is made to be pushed to the Hub: it names hub ids, and paths relative to the run
-root, the repository or the tiny models' folder, never a local absolute path (src/stages/cards.py,
-`card_value` and `card_text`); the data's dataset card, pushed beside it, neither."""
+root, the repository or the tiny models' folder, never a local absolute path
+(src/stages/report/cards.py, `card_value` and `card_text`); the data's dataset card, pushed beside
+it, neither."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from src.config import REPO_ROOT, PathsConfig
-from src.stages.cards import card_text, card_value, model_card
+from src.stages.report.cards import card_text, card_value, model_card
 from tests.support.helpers import ALPACA, ARENA_HARD, LEADERBOARD, MT_BENCH, compose_cfg
 
 ROOT = "/scratch/ana/runs"
@@ -366,6 +367,6 @@ def test_a_judge_served_from_a_local_folder_is_not_shown_by_its_path(tmp_path):
 
 def test_every_leaderboard_benchmark_has_its_model_index_row():
     from src.evaluation.leaderboard import V1, V2
-    from src.stages.cards import LEADERBOARD_ROWS
+    from src.stages.report.cards import LEADERBOARD_ROWS
 
     assert set(LEADERBOARD_ROWS) == set(V2) | set(V1)

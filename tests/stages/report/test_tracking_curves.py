@@ -1,9 +1,9 @@
 """What a researcher compares in W&B, read back from real offline runs by wandb's own reader
-(`wandb leet inspect`): the lineage's curve run (src/stages/curves.py) holds each iteration's
-figures once, equal to the stages' files, also across a command stopped mid-iteration and
-resumed; the stages' tables hold the rows they wrote (src/stages/tables.py); the artifacts link
-iteration 2's checkpoint to iteration 1's (src/stages/chain.py). (A sweep's points as curve runs
-of one group: tests/pipeline/test_pipeline.py's local sweep.)"""
+(`wandb leet inspect`): the lineage's curve run (src/stages/report/curves.py) holds each
+iteration's figures once, equal to the stages' files, also across a command stopped mid-iteration
+and resumed; the stages' tables hold the rows they wrote (src/stages/report/tables.py); the
+artifacts link iteration 2's checkpoint to iteration 1's (src/stages/report/chain.py). (A sweep's
+points as curve runs of one group: tests/pipeline/test_pipeline.py's local sweep.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from src.stages.curves import JOB_TYPE, unlogged
-from src.stages.tables import EVAL_COLUMNS, PAIR_COLUMNS
+from src.stages.report.curves import JOB_TYPE, unlogged
+from src.stages.report.tables import EVAL_COLUMNS, PAIR_COLUMNS
 from tests.support.helpers import cli
 from tests.support.wandb_runs import offline_runs
 

@@ -1,6 +1,6 @@
-"""An iteration's figures as its finished stages wrote them: the row `python -m src.compare`
-shows and the lineage's curve run logs (src/stages/curves.py), read from the same files by the
-same code.
+"""An iteration's figures as its finished stages wrote them: the row `python -m src.compare` shows
+and the lineage's curve run logs (src/stages/report/curves.py), read from the same files by the same
+code.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
@@ -27,9 +27,11 @@ from omegaconf.errors import OmegaConfBaseException
 from src.core import registry
 from src.core.errors import StageError
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
+from src.core.records import record_problem
 from src.core.staleness import READ_CHANGED, saved_state
 
-# The W&B job type of a lineage's curve run (src/stages/curves.py), by which src.compare finds it
+# The W&B job type of a lineage's curve run (src/stages/report/curves.py), by which src.compare
+# finds it
 CURVES = "curves"
 STAGES = tuple(stage.value for stage in registry.STAGES)  # each stage's folder, in pipeline order
 # Hyper-parameter column -> key in the resolved config.yaml of a stage.
@@ -149,9 +151,14 @@ def read_config(path: Path) -> dict | None:
 
 def finished_stage(stage_dir: Path) -> Record | None:
     """The metrics of a finished stage (None if unfinished): its metrics.json when it writes
-    one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet)."""
+    one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet). Its
+    done.json is read as JSON here, with a warning where it is not, and checked as the one
+    reader of records checks it (`record_problem`, src/core/records.py)."""
     done = read_json(stage_dir / RECORD)
     if done is None:
+        return None
+    if problem := record_problem(done):
+        warn(f"{stage_dir / RECORD}: {problem}; skipped")
         return None
     metrics = read_json(stage_dir / "metrics.json")
     if metrics is not None:
@@ -204,7 +211,7 @@ def generate_columns(m: Record, k: Any = None) -> dict[str, float | None]:
 def eval_columns(m: Record) -> dict[str, Any]:
     """The win rates, and their intervals (not table columns: the plot's error bars). `m`: the
     eval stage's eval.json, or its W&B run's summary, which holds its sections flat
-    (src/stages/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
+    (src/stages/report/tracking.py: `alpaca_eval.win_rate`, `mt_bench[gpt-4]`)."""
     row = win_rate_columns(m)
     row["eval_avg_length"] = m.number("avg_length")  # characters, the policy's answers
     row["eval_reference_avg_length"] = m.number("reference_avg_length")
@@ -261,13 +268,13 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row: dict[str, Any] = {"model": run_dir.parent.parent.name, "method": run_dir.parent.name,
                            "run_name": run_dir.name, "iter": t}  # fmt: skip
     # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
-    configs = (read_config(layout.stage_dir(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
+    configs = (read_config(layout.stage_dir_in(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
     cfg = next((c for c in configs if c is not None), {})
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
-    stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir(t, s))) is not None}
+    stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir_in(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
     train = stages.get("train", Record({}))
-    trained = layout.stage_dir(t, registry.Stage.train)
+    trained = layout.stage_dir_in(t, registry.Stage.train)
     if "train" in stages and (why := outdated(registry.Stage.train, trained, run_dir)):
         print(f"[compare] {trained}: {'; '.join(why)}: its figures are a stale iteration's "
               "(pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
@@ -277,7 +284,7 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
     # base one finished), but one whose figures no longer stand for what the row names
-    base = layout.stage_dir(t, registry.Stage.eval)
+    base = layout.stage_dir_in(t, registry.Stage.eval)
     for folder in [base, *layout.side_evals(t)]:
         done = stages.get("eval") if folder == base else finished_stage(folder)
         if done is None:

@@ -26,9 +26,10 @@ from statistics import mean
 from src.config import REPO_ROOT, Config, PathsConfig, Peft, Stage
 from src.core.artifacts import atomic_write_text, files_sha256, read_json
 from src.core.errors import Redo, StageError, as_typed
+from src.core.fingerprints import read_upstream
 from src.core.layout import SAVED_CONFIG, iteration_name
 from src.core.policy import CARD
-from src.core.records import read_record, read_upstream
+from src.core.records import read_record
 from src.core.staleness import saved_state
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
@@ -162,7 +163,7 @@ def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
     """The iteration's evals, side by side: the one against the base model first, then each
     against another reference (`eval/vs-<name>`), those finished and made from the checkpoint as
     it is now (an eval of a checkpoint trained again since is left out), and `writing`."""
-    base = cfg.layout.stage_dir(cfg.iter, Stage.eval)
+    base = cfg.layout.stage_dir_in(cfg.iter, Stage.eval)
     found = []
     for folder in [base, *cfg.layout.side_evals(cfg.iter)]:
         report = folder / "eval.json"

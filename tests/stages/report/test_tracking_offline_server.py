@@ -28,7 +28,7 @@ def dead_server(monkeypatch) -> str:
 
 
 def test_the_reachability_check_tells_a_listening_port_from_a_closed_one():
-    from src.stages.tracking import unreachable
+    from src.stages.report.tracking import unreachable
 
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
@@ -47,7 +47,7 @@ def test_a_failed_wandb_init_is_one_line_and_leaves_no_run_variables(
 
     from src.config import Stage
     from src.core.errors import EnvironmentFailure
-    from src.stages import tracking
+    from src.stages.report import tracking
     from tests.support.helpers import compose_cfg
 
     def init(**_):

@@ -38,7 +38,7 @@ def stage_artifact(cfg: Config, t: int, stage: Stage):
     where that stage has not finished."""
     import wandb
 
-    stage_dir = cfg.layout.stage_dir(t, stage)
+    stage_dir = cfg.layout.stage_dir_in(t, stage)
     record = stage_dir / RECORD
     if not record.is_file():
         return None

@@ -1,16 +1,16 @@
 """A lineage's curve run in W&B: its figures by iteration, the run researchers compare lineages by.
 
-Each stage of an iteration is a W&B run of its own (src/stages/tracking.py), holding that stage's
-numbers; none of them draws win rate against iteration. So every lineage also has one curve run
-(job_type `curves`, name `<run_name>`, a deterministic id), written by every command of it, on
-its rank-0 process, once the iteration's stages it ran are done; by a command that ran none (a
-sweep point already finished, a lineage made with `logger=none`) from its records, tagged
-`reused`. It logs one row per iteration with `iteration` as the step metric (`define_metric`),
-holding the figures `python -m src.compare` shows for it — read from the same files, by the same code
-(src/stages/results.py): the eval's win rates, their intervals and the answers' average lengths,
-each benchmark by its judge, the evals against other references; the training's final loss,
-reward margin and accuracy; the pairs' mean chosen probability and score margin; the
-generation's tokens/s and mean response length.
+Each stage of an iteration is a W&B run of its own (src/stages/report/tracking.py), holding that
+stage's numbers; none of them draws win rate against iteration. So every lineage also has one curve
+run (job_type `curves`, name `<run_name>`, a deterministic id), written by every command of it, on
+its rank-0 process, once the iteration's stages it ran are done; by a command that ran none (a sweep
+point already finished, a lineage made with `logger=none`) from its records, tagged `reused`. It
+logs one row per iteration with `iteration` as the step metric (`define_metric`), holding the
+figures `python -m src.compare` shows for it — read from the same files, by the same code
+(src/stages/report/results.py): the eval's win rates, their intervals and the answers' average
+lengths, each benchmark by its judge, the evals against other references; the training's final loss,
+reward margin and accuracy; the pairs' mean chosen probability and score margin; the generation's
+tokens/s and mean response length.
 
 A row holds only what the run does not hold yet: a resumed run (online, W&B gives back its
 summary, where the run keeps what it logged) adds the figures that are new or changed, so an
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config
+from src.core.fingerprints import lookup
 from src.core.layout import RunLayout
-from src.core.records import lookup
-from src.stages.results import CURVES as JOB_TYPE
-from src.stages.results import num, read_iteration
-from src.stages.tracking import enabled, flat_config, lineage
+from src.stages.report.results import CURVES as JOB_TYPE
+from src.stages.report.results import num, read_iteration
+from src.stages.report.tracking import enabled, flat_config, lineage
 
 STEP = "iteration"
 # the summary key where a curve run keeps what it logged: {iteration: {figure: value}}

@@ -1,4 +1,4 @@
-"""The eval stage's W&B run summary (src/stages/tracking.py `finish`), read back from a real
+"""The eval stage's W&B run summary (src/stages/report/tracking.py `finish`), read back from a real
 offline run with wandb's own tooling: the benchmarks' figures under keys that carry the judge
 (`mt_bench[gpt-4]`, `arena_hard[<judge>]` and its interval) and the Open LLM Leaderboard's as it
 shows them (`leaderboard/<benchmark>`, `leaderboard/average`), beside metrics.json's numbers
@@ -29,7 +29,7 @@ def summary_of_offline_run(tmp_path: Path, monkeypatch, metrics: dict) -> dict:
     """The summary of the eval stage's offline W&B run that `metrics` finished, as `wandb leet
     inspect` reads it from the run's file."""
     from src.config import Stage
-    from src.stages import tracking
+    from src.stages.report import tracking
 
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     # start sets these for the process: monkeypatch puts back what was there (set first, so that
@@ -81,7 +81,7 @@ def test_the_eval_runs_summary_holds_each_benchmark_by_its_judge(tmp_path, monke
     assert summary["leaderboard.raw.gpqa"] == pytest.approx(0.3)
 
     # src.compare --wandb's columns from this summary are those of the local eval.json
-    from src.stages.results import Record, eval_columns
+    from src.stages.report.results import Record, eval_columns
 
     from_wandb = eval_columns(Record(summary, "W&B run", "summary."))
     assert from_wandb == eval_columns(Record(EVALUATION, "eval.json"))
@@ -113,7 +113,7 @@ def test_a_stage_that_fails_ends_its_run_with_the_commands_exit_code(
     from src.config import Stage
     from src.core.errors import EnvironmentFailure, StageError
     from src.schedule import run_tracked
-    from src.stages import tracking
+    from src.stages.report import tracking
 
     for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
         monkeypatch.setenv(var, "")

@@ -30,12 +30,12 @@ from urllib.parse import urlsplit
 
 from src.config import Config, LoggerBackend, Stage, WandbMode
 from src.core.errors import EnvironmentFailure
+from src.core.fingerprints import flatten
 from src.core.layout import iteration_name
-from src.core.records import flatten
 from src.core.registry import STAGES
-from src.stages import chain, tables
 from src.stages.common import stage_shard
-from src.stages.results import JUDGED_HEADLINES
+from src.stages.report import chain, tables
+from src.stages.report.results import JUDGED_HEADLINES
 
 # Set while a stage's run is open, so that the Trainer's callback (or a child process) joins it;
 # cleared when it closes, so that nothing started later in this process resumes it by accident.
@@ -210,9 +210,9 @@ def start(cfg: Config, stage: Stage) -> None:
 
 
 def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], exit_code: int = 0) -> None:
-    """Put the stage's numbers (and rates derived from them) in the run's summary and, for a
-    stage that finished (`exit_code` 0: else the command's), its tables (src/stages/tables.py)
-    and the artifacts it made (src/stages/chain.py); close it."""
+    """Put the stage's numbers (and rates derived from them) in the run's summary and, for a stage
+    that finished (`exit_code` 0: else the command's), its tables (src/stages/report/tables.py) and
+    the artifacts it made (src/stages/report/chain.py); close it."""
     if not enabled(cfg):
         return
     import wandb

@@ -1,0 +1,1 @@
+"""src/stages/report: the model card, W&B tracking, the curve run, tables and artifacts."""
