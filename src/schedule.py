@@ -68,8 +68,8 @@ def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = No
     """The iterations a command runs, in order, its own last, each planned once from its records
     (`Plan`): for `stage=all`, first any earlier one not yet done (`config_for_iter(t)`: the
     command line's config at iter=t; without it only iteration `cfg.iter` is considered).
-    Nothing is refused here: the checks made before any stage (src/assets/preflight.py) refuse
-    what the plans refuse (`refuse`) once the machine and the keys are known to do."""
+    What the plans refuse is refused among the checks made before any stage, after the machine
+    and the keys (src/assets/preflight.py; `refuse`)."""
     stages = cfg.stages()
     earlier: list[Plan] = []
     # none with pipeline.require_previous, which needs iteration t-1 trained instead (`refuse`)
@@ -601,7 +601,8 @@ def other_training_node(cfg: Config) -> bool:
 def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: bool) -> None:
     stage_dir = cfg.stage_dir(stage)
     # another command may have finished it between its plan (no record then) and its lock
-    if not redoing and read_record(stage_dir) and state_of(cfg.as_tree(), stage).status == "done":
+    appeared = not redoing and read_record(stage_dir) is not None
+    if appeared and state_of(cfg.as_tree(), stage).status == "done":
         say(Step(stage, "skip", SKIPPED))
         return
     if redoing and stage_dir.is_symlink():  # rmtree refuses a link, naming neither it nor why
