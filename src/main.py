@@ -1,10 +1,12 @@
 """The one entry point: `python -m src.main [group=option ...] [key=value ...]`.
 
 Composes conf/config.yaml with Hydra and validates it against the typed schemas (src/config/)
-before any work; then the scheduler's records choose what runs (src/schedule.py), the checks
-made before any stage follow (src/assets/preflight.py), and the scheduler runs the stages. A
-failure ends with one line on stderr and the exit code of src/core/errors.py (src/config/cli.py):
-a bad config with 2, naming the key; `--cfg job` prints the validated config, resolved.
+before any work; then the scheduler plans each iteration from its records (src/schedule.py), the
+checks made before any stage follow the plans, cheapest first (src/assets/preflight.py: the
+machine and the keys, then what the records refuse, then the rest), and the scheduler runs them.
+A failure ends with one line on stderr and the exit code of src/core/errors.py
+(src/config/cli.py): a bad config with 2, naming the key; `--cfg job` prints the validated
+config, resolved.
 """
 
 from __future__ import annotations
@@ -63,12 +65,12 @@ def run(
     overrides: list[str],
     config_for_iter: Callable[[int], Config] | None = None,
 ) -> None:
-    """A valid config's run: the iterations its records choose (what they refuse, refused before
-    anything loads or is built), the checks made before any stage (src/assets/preflight.py),
-    then the stages."""
-    configs = iterations(cfg, config_for_iter)
-    preflight(configs, command, overrides)
-    dispatch(configs, command)
+    """A valid config's run: the iterations it runs, each planned once from its records; the
+    checks made before any stage, what the records refuse among them, before anything loads, is
+    built or is written (src/assets/preflight.py); then the stages, as planned."""
+    plans = iterations(cfg, config_for_iter)
+    preflight(plans, command, overrides)
+    dispatch(plans, command)
 
 
 def quiet_libraries(cfg: Config) -> None:

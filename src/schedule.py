@@ -2,6 +2,13 @@
 refused as made under another config, or are redone (`pipeline.redo`); each stage runs inside
 its W&B run, after its resolved config is saved beside its output, and the record it returns is
 written last, as its `done.json` (src/stages/__init__.py: who writes each stage's record).
+
+Each iteration is planned once from its records (`iterations`: a `Plan` each), and the rest
+follows the plans: the checks made before any stage (src/assets/preflight.py), what is refused
+and the remedy offered, chosen by the kind of each change (`refuse`, REMEDIES), what runs
+(`dispatch`). An iteration is planned again only after an earlier one of the same command
+trained, and a stage's state is looked at again only where its record appeared once its lock is
+held.
 """
 
 from __future__ import annotations
@@ -9,21 +16,40 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import sys
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 
-from src.config import Config, PipelineConfig, Stage, pairs_lineage, to_yaml
+from src.config import (
+    Config,
+    ConfigError,
+    PipelineConfig,
+    Stage,
+    pairs_lineage,
+    to_yaml,
+    with_section,
+)
 from src.core import locks
+from src.core.choice import Choice
 from src.core.errors import RedoStale, StageError, with_overrides
 from src.core.fingerprints import read_upstream
-from src.core.layout import RECORD, RunLayout
+from src.core.layout import RECORD
 from src.core.machine import node_rank
 from src.core.records import read_record, write_record
 from src.core.redo import set_aside
-from src.core.registry import FOLDER_INPUTS, STAGES
-from src.core.staleness import StageState, Why, redo_for, save_config, saved_config, state_of
+from src.core.registry import EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
+from src.core.staleness import (
+    StageState,
+    Why,
+    redo_for,
+    relocated,
+    save_config,
+    saved_config,
+    state_of,
+)
 from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
 from src.stages.report import curves, tracking
@@ -40,86 +66,58 @@ def stage_runners(stages: list[Stage]) -> dict[Stage, StageRun]:
     return runners
 
 
-def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = None) -> list[Config]:
-    """The iterations a command runs, in order, its own last: for `stage=all`, first any earlier
-    one not yet done (`config_for_iter(t)`: the command line's config at iter=t; without it
-    only iteration `cfg.iter` is considered). What the records refuse in any of them is refused
-    here, before the stages' libraries load (seconds) and any build (minutes)."""
+def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = None) -> list[Plan]:
+    """The iterations a command runs, in order, its own last, each planned once from its records
+    (`Plan`): for `stage=all`, first any earlier one not yet done (`config_for_iter(t)`: the
+    command line's config at iter=t; without it only iteration `cfg.iter` is considered).
+    What the plans refuse is refused among the checks made before any stage, after the machine
+    and the keys (src/assets/preflight.py; `refuse`)."""
     stages = cfg.stages()
-    earlier: list[tuple[Config, str]] = []
-    if cfg.stage == Stage.all and cfg.iter > 1 and config_for_iter is not None:
-        earlier = unfinished_iterations(cfg, stages, config_for_iter)
-    refuse_stale([*(c for c, _ in earlier), cfg], stages)
-    for before, why in earlier:  # said once nothing is refused
-        print(f"[main] iteration {before.iter} {why}: running it first", file=sys.stderr)
-    return [*(c for c, _ in earlier), cfg]
+    earlier: list[Plan] = []
+    # none with pipeline.require_previous, which needs iteration t-1 trained instead (`refuse`)
+    if (
+        cfg.stage == Stage.all
+        and cfg.iter > 1
+        and config_for_iter
+        and not cfg.pipeline.require_previous
+    ):
+        earlier = earlier_plans(cfg, stages, config_for_iter)
+    return [*earlier, plan_of(cfg, stages)]
 
 
-def dispatch(configs: list[Config], command: str) -> None:
-    """Run the stages of each iteration `iterations` chose, the earlier ones first."""
-    *earlier, cfg = configs
-    runners = stage_runners(cfg.stages())
-    for before in earlier:
-        run_iteration(before, runners, with_overrides(command, f"iter={before.iter}"))
-    run_iteration(cfg, runners, command)
+def dispatch(plans: list[Plan], command: str) -> None:
+    """Run each planned iteration (`iterations`), the earlier ones first. One after an iteration
+    that trained is planned again: its stages read that checkpoint."""
+    runners = stage_runners(plans[-1].cfg.stages())
+    for before in plans[:-1]:  # said once nothing is refused
+        print(f"[main] iteration {before.cfg.iter} {before.why}: running it first", file=sys.stderr)
+    trained = False
+    for plan in plans:
+        if trained:
+            plan = replace(plan_of(plan.cfg, runners), why=plan.why)
+        own = plan.cfg.iter == plans[-1].cfg.iter
+        said = command if own else with_overrides(command, f"iter={plan.cfg.iter}")
+        ran = run_iteration(plan, runners, said)
+        trained = trained or any(STAGES[s].makes_policy for s in ran)
 
 
-def unfinished_iterations(
-    cfg, stages: Collection[Stage], config_for_iter
-) -> list[tuple[Config, str]]:
-    """The earlier iterations `stage=all` runs first, each with why: those not finished with this
-    config (none with `pipeline.require_previous`, which needs iteration t-1 trained)."""
-    if cfg.pipeline.require_previous:
-        previous = Path(cfg.run.init_policy)
-        if read_record(previous.parent) is None:
-            raise StageError(
-                f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
-                "which is not finished (pipeline.require_previous=true); finish it first",
-                fix=f"iter={cfg.iter - 1}",
-            )
-        return []
-    unfinished = []
+def earlier_plans(cfg: Config, stages: Collection[Stage], config_for_iter) -> list[Plan]:
+    """The plans of the earlier iterations `stage=all` runs first, each with why: those not
+    finished with this config."""
+    plans = []
     for t in range(1, cfg.iter):
         # never redo implicitly: only what is stale, and only when asked (pipeline.redo_stale)
         earlier = replace(
             config_for_iter(t), pipeline=PipelineConfig(redo_stale=cfg.pipeline.redo_stale)
         )
-        statuses = {state_of(earlier.as_tree(), s).status for s in stages}
-        if statuses == {"done"} and not (cfg.pipeline.redo_stale and stale_side_evals(earlier)):
+        plan = plan_of(earlier, stages)
+        if not plan.needs():
             print(f"[main] iteration {t}: finished with this config", file=sys.stderr)
             continue
-        why = "is not done" if "todo" in statuses else "has stale stages (pipeline.redo_stale)"
-        unfinished.append((earlier, why))
-    return unfinished
-
-
-def refuse_stale(configs: list[Config], stages: Collection[Stage]) -> None:
-    """What `run_iteration` would refuse in any iteration the command runs, refused before any
-    of them starts (and before a tiny chat judge's build of minutes): one iteration's as it says
-    it, several iterations' as one refusal whose fix redoes each stale stage in order. Only a
-    refusal the records decide whatever is built: any but a benchmark folder's content (the tiny
-    benchmarks' data, which their build makes again)."""
-    found = []
-    for c in configs:
-        refused = first_refusal(iteration_plan(c, stages))
-        if refused and (refused.stale.earlier_version or any(
-            change.cause not in (Why.content, Why.gone) or change.key not in FOLDER_INPUTS
-            for change in refused.stale.changed
-        )):  # fmt: skip
-            found.append((c.iter, refused))
-    # a training on other pairs than its checkpoint's: a lineage of its own, never a redo of them
-    elsewhere = [step.error for _, step in found if other_pairs(step.stale)]
-    if len(found) == 1 or elsewhere:
-        raise (elsewhere or [found[0][1].error])[0]
-    if found:
-        named = [f"iteration {t}'s {step.stale.stage.value}" for t, step in found]
-        which = f"{', '.join(named[:-1])} and {named[-1]}"
-        why = " | ".join(dict.fromkeys("; ".join(step.stale.changed) for _, step in found))
-        raise StageError(
-            f"{which} were made with a different configuration ({why or 'an earlier version'}); "
-            "restore the config, or redo every stale stage, in order, in one command",
-            RedoStale(),
-        )
+        todo = any(step.status == "todo" for step in plan.steps)
+        why = "is not done" if todo else "has stale stages (pipeline.redo_stale)"
+        plans.append(replace(plan, why=why))
+    return plans
 
 
 @dataclass(frozen=True)
@@ -134,6 +132,54 @@ class Step:
     # the error that refuses it
     stale: StageState | None = None
     error: StageError | None = None
+    status: str = "todo"  # the stage's own state as planned: "done" | "stale" | "todo"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One iteration a command runs, planned once from its records: its config, each of its
+    stages' steps (`plan_iteration`), with `pipeline.redo_stale` the finished evals against other
+    references (`side_evals`, each as the config that makes it again) and those of them that are
+    stale (`stale_sides`); for an earlier iteration run first, `why`."""
+
+    cfg: Config
+    steps: list[Step]
+    side_evals: list[Config] = field(default_factory=list)
+    stale_sides: list[Config] = field(default_factory=list)
+    why: str = ""
+
+    @property
+    def refusal(self) -> Step | None:
+        return first_refusal(self.steps)
+
+    def running(self) -> list[Stage]:
+        """The stages it runs (run or redone; the eval, where an eval beside it is redone)."""
+        ran = [step.stage for step in self.steps if step.action in ("run", "redo")]
+        return self.with_sides(ran)
+
+    def needs(self) -> list[Stage]:
+        """The stages it runs, or the remedy of what it refuses would run: each from the first
+        that is not skipped (a redo makes the stages after it again)."""
+        actions = [step.action for step in self.steps]
+        first = next((i for i, a in enumerate(actions) if a != "skip"), len(actions))
+        return self.with_sides([step.stage for step in self.steps[first:]])
+
+    def replaced(self) -> list[Stage]:
+        """The finished stages a redo of every stale one (pipeline.redo_stale) makes again: each
+        from the first stale one on."""
+        statuses = [step.status for step in self.steps]
+        if "stale" not in statuses:
+            return []
+        return [s.stage for s in self.steps[statuses.index("stale") :] if s.status != "todo"]
+
+    def with_sides(self, stages: list[Stage]) -> list[Stage]:
+        return [*stages, Stage.eval] if self.stale_sides and Stage.eval not in stages else stages
+
+
+def plan_of(cfg: Config, stages: Collection[Stage]) -> Plan:
+    """Iteration `cfg`'s plan for the `stages` the command runs, from their records."""
+    sides = side_evals(cfg) if cfg.pipeline.redo_stale else []
+    return Plan(cfg, iteration_plan(cfg, stages), sides, stale_evals(sides))
 
 
 SKIPPED = "finished with this config, skipped"
@@ -156,18 +202,15 @@ def plan_iteration(
     steps = []
     for i, st in enumerate(states):
         if st.status == "stale" and i < redo_from:
-            later = [s.stage.value for s in states[i + 1 :] if s.status != "todo"]
-            also = f" (and so {', '.join(later)} after it)" if later else ""
-            err = refused(cfg, st, f"restore the config, or redo it{also}")
-            steps.append(Step(st.stage, "refuse", str(err), st, err))
+            err = refused(cfg, st, later=[s.stage for s in states[i + 1 :] if s.status != "todo"])
+            steps.append(Step(st.stage, "refuse", str(err), st, err, st.status))
         elif i == 0 and upstream is not None and upstream.status == "stale":
-            advice = f"stage {st.stage.value} reads it: restore the config, or redo it first"
-            err = refused(cfg, upstream, advice)
-            steps.append(Step(st.stage, "refuse", str(err), upstream, err))
+            err = refused(cfg, upstream, reader=st.stage)
+            steps.append(Step(st.stage, "refuse", str(err), upstream, err, st.status))
         elif i >= redo_from:
-            steps.append(Step(st.stage, "redo", redo_reason(cfg)))
+            steps.append(Step(st.stage, "redo", redo_reason(cfg), status=st.status))
         elif st.status == "done":
-            steps.append(Step(st.stage, "skip", SKIPPED))
+            steps.append(Step(st.stage, "skip", SKIPPED, status=st.status))
         else:
             steps.append(Step(st.stage, "run", "not finished with this config: running it"))
     return steps
@@ -196,14 +239,269 @@ def first_refusal(steps: list[Step]) -> Step | None:
     return (own or refusals or [None])[0]
 
 
-def run_iteration(cfg: Config, runners: dict, command: str) -> None:
-    """Skip the stages finished under this config, refuse those finished under another (before
-    any work) and those that would read an earlier stage's output made under another, redo what
-    `pipeline.redo` names and everything after it, run the rest (`plan_iteration`)."""
-    steps = iteration_plan(cfg, runners)
-    refusal = first_refusal(steps)
-    if refusal is not None:
-        raise refusal.error
+# --- refusals and their remedies ----------------------------------------------------------------
+
+
+class Refusal(Choice):
+    """What decides the remedy offered for a stage finished under another config (`refusal_of`):
+    the kinds and keys of its changes, never their wording."""
+
+    version = "version"  # recorded by another version of this project
+    trained_after = "trained_after"  # an eval of a checkpoint trained again after it
+    experiment = "experiment"  # another experiment (EXPERIMENT_INPUTS): a lineage of its own
+    lineage = "lineage"  # what an earlier iteration made changed since: every stale stage redone
+    files = "files"  # a local file it read changed, or is gone
+    config = "config"  # an input set otherwise, of the same experiment
+
+
+# Another experiment's advice: the lineage of its own first (the fix), then the redo, with what it
+# would replace
+ELSEWHERE = "{doing} in a lineage of its own, or replace {replaced} ({redo})"
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """What a refusal says after the stage's folder, and its fix: `redo` makes the stage again
+    with those after it (where an earlier iteration is the cause, every stale stage: `redo_for`);
+    `lineage` runs the command as a lineage of its own (`lineage_fix`), the redo named second
+    with what it would replace. In `said`: {why}, the changes; {first}, the first of them;
+    {reads}, `stage <s> reads it: ` where the stage refused is the one the command's first stage
+    reads; {after}, what its redo makes besides; {doing}, {replaced}, {redo}: another experiment's
+    (`experiment_advice`)."""
+
+    said: str
+    fix: str  # "redo" | "lineage"
+
+
+REMEDIES = {
+    Refusal.version: Remedy(
+        "was {first}, whose records this one cannot check; to redo it and the stages after it",
+        "redo",
+    ),
+    Refusal.trained_after: Remedy(
+        "evaluated iteration {iteration}'s checkpoint before it was trained again; to evaluate "
+        "the checkpoint as it is now",
+        "redo",
+    ),
+    Refusal.experiment: Remedy(
+        "was made with a different configuration ({why}); {reads}" + ELSEWHERE, "lineage"
+    ),
+    Refusal.lineage: Remedy(
+        "was made with a different configuration ({why}); {reads}restore the config, or redo "
+        "it{after}; every later iteration made from it is stale too",
+        "redo",
+    ),
+    Refusal.files: Remedy(
+        "was made with other input files ({why}); {reads}restore the file, or redo it{after}",
+        "redo",
+    ),
+    Refusal.config: Remedy(
+        "was made with a different configuration ({why}); {reads}restore the config, or redo "
+        "it{after}",
+        "redo",
+    ),
+}
+# Stages of several iterations refused at once, in one line: every stale stage redone in order,
+# or, where one is another experiment, the lineage of its own first
+SEVERAL = "{which} were made with a different configuration ({why}); "
+SEVERAL_REDONE = "restore the config, or redo every stale stage, in order, in one command"
+
+# The stages a lineage's policy is made from (a redo of one replaces what an experiment trained),
+# in order: every stage up to the one that makes the policy
+POLICY_MADE_FROM = list(STAGES)[: [s.makes_policy for s in STAGES.values()].index(True) + 1]
+
+
+def refusal_of(st: StageState) -> Refusal:
+    """What decides the remedy for the stale stage `st`: a record of another version; an eval of
+    a checkpoint trained again; another experiment (`experiment_key`); a change in what an
+    earlier iteration made; local files alone; else the config."""
+    if st.earlier_version:
+        return Refusal.version
+    if st.has(Why.trained_after):
+        return Refusal.trained_after
+    if experiment_key(st) is not None:
+        return Refusal.experiment
+    if st.has(Why.retrained, Why.ancestor):
+        return Refusal.lineage
+    if st.changed and all(c.kind in (Why.content, Why.gone) for c in st.changed):
+        return Refusal.files
+    return Refusal.config
+
+
+def experiment_key(st: StageState) -> str | None:
+    """The first input set otherwise that makes `st` another experiment (EXPERIMENT_INPUTS), in a
+    stage the lineage's policy is made from (an eval's redo replaces that eval alone); None."""
+    if st.stage not in POLICY_MADE_FROM:
+        return None
+    keys = [c.key for c in st.changed if c.kind == Why.value and c.key in EXPERIMENT_INPUTS]
+    return keys[0] if keys else None
+
+
+def refused(
+    cfg: Config, st: StageState, later: Sequence[Stage] = (), reader: Stage | None = None
+) -> StageError:
+    """The refusal of `st`, a stage finished under another config (or version) than `cfg`: never
+    trusted, and never redone without being asked. `later`: the finished stages after it, which
+    its redo makes again; `reader`: the command's stage that reads it, where it is not its own.
+    What it says and its fix: by why it is stale (`refusal_of`, REMEDIES)."""
+    kind = refusal_of(st)
+    remedy = REMEDIES[kind]
+    fix = redo_for(st, cfg.iter)
+    words = {
+        "why": st.why,
+        "first": st.changed[0] if st.changed else "",
+        "iteration": cfg.iter,
+        "reads": f"stage {reader.value} reads it: " if reader else "",
+        "after": " first" if reader else also(later),
+    }
+    if remedy.fix == "lineage":
+        replaced = [(cfg.iter, [st.stage, *([] if reader else later)])]
+        words |= experiment_advice(cfg, st, replaced, fix.overrides(cfg.stage.value))
+        fix = lineage_fix(cfg, experiment_key(st), [(cfg, st.stage)])
+    return StageError(f"{cfg.stage_dir(st.stage)} {remedy.said.format(**words)}", fix)
+
+
+def also(later: Sequence[Stage]) -> str:
+    return f" (and so {', '.join(s.value for s in later)} after it)" if later else ""
+
+
+def experiment_advice(
+    cfg: Config, st: StageState, replaced: list[tuple[int, list[Stage]]], redo: str
+) -> dict[str, str]:
+    """The words of another experiment's refusal: what the command does in a lineage of its
+    own, and what the redo named second (its overrides, `redo`) would replace."""
+    return {
+        "doing": EXPERIMENT_INPUTS[experiment_key(st)],
+        "replaced": f"{replacing(replaced)} in {cfg.run_name}",
+        "redo": redo,
+    }
+
+
+def replacing(made: list[tuple[int, list[Stage]]]) -> str:
+    """Finished stages of iterations, as a refusal names what a redo replaces: `iterations 1
+    and 2's generate, rank, pairs and train`."""
+    by_stages: dict[tuple[Stage, ...], list[int]] = {}
+    for t, stages in made:
+        by_stages.setdefault(tuple(stages), []).append(t)
+    return listed(
+        f"iteration{'s' if len(ts) > 1 else ''} {listed(map(str, ts))}'s "
+        f"{listed(s.value for s in stages)}"
+        for stages, ts in by_stages.items()
+    )
+
+
+def listed(words) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    words = list(words)
+    return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+def refuse(plans: Sequence[Plan]) -> None:
+    """What the plans refuse, before any of them starts (and before a tiny chat judge's build of
+    minutes): one iteration's as it says it; several iterations' as one refusal, whose fix redoes
+    each stale stage in order, or, where one is another experiment, runs the command as a lineage
+    of its own. Only a refusal the records decide whatever is built: any but a benchmark
+    folder's content (the tiny benchmarks' data, which their build makes again), left to the
+    iteration itself."""
+    require_previous(plans[-1].cfg)
+    found = [(p, step) for p in plans if (step := p.refusal) is not None and not rebuilt(step)]
+    if len(found) == 1:
+        raise found[0][1].error
+    if found:
+        raise refused_together(plans, found)
+
+
+def rebuilt(step: Step) -> bool:
+    """A refusal whose every change is in a benchmark folder's content, which its build makes
+    again."""
+    return not step.stale.earlier_version and all(
+        c.cause in (Why.content, Why.gone) and c.key in FOLDER_INPUTS for c in step.stale.changed
+    )
+
+
+def refused_together(plans: Sequence[Plan], found: list[tuple[Plan, Step]]) -> StageError:
+    """The one refusal of stale stages of several iterations (`refuse`)."""
+    which = listed(f"iteration {p.cfg.iter}'s {step.stale.stage.value}" for p, step in found)
+    why = " | ".join(dict.fromkeys("; ".join(step.stale.changed) for _, step in found))
+    said = SEVERAL.format(which=which, why=why or "an earlier version")
+    experiments = [step.stale for _, step in found if refusal_of(step.stale) == Refusal.experiment]
+    if not experiments:
+        return StageError(said + SEVERAL_REDONE, RedoStale())
+    cfg = plans[-1].cfg
+    replaced = [(p.cfg.iter, p.replaced()) for p in plans if p.replaced()]
+    words = experiment_advice(cfg, experiments[0], replaced, RedoStale().overrides(cfg.stage.value))
+    made = [(p.cfg, step.stale.stage) for p, step in found]
+    fix = lineage_fix(cfg, experiment_key(experiments[0]), made)
+    return StageError(said + ELSEWHERE.format(**words), fix)
+
+
+def require_previous(cfg: Config) -> None:
+    """`pipeline.require_previous=true`: `stage=all` at iteration t refused unless iteration t-1
+    is trained, instead of running it first."""
+    if not (cfg.pipeline.require_previous and cfg.stage == Stage.all and cfg.iter > 1):
+        return
+    previous = Path(cfg.run.init_policy)
+    if read_record(previous.parent) is None:
+        raise StageError(
+            f"iteration {cfg.iter} starts from iteration {cfg.iter - 1}'s checkpoint {previous}, "
+            "which is not finished (pipeline.require_previous=true); finish it first",
+            fix=f"iter={cfg.iter - 1}",
+        )
+
+
+def lineage_fix(cfg: Config, key: str, made: Sequence[tuple[Config, Stage]]) -> str:
+    """The overrides that run `cfg`'s command, another experiment by `key`, as a lineage of its
+    own: a run name of its own (`free_run_name`), and `stage=all` where the command runs one
+    stage that reads what that lineage has yet to make (an earlier stage's, iteration t-1's)."""
+    fix = f"run_name={free_run_name(cfg, key, made)}"
+    first = cfg.stages()[0]
+    if cfg.stage != Stage.all and (cfg.iter > 1 or read_upstream(cfg.as_tree(), first)):
+        fix += " stage=all"
+    return fix
+
+
+def free_run_name(cfg: Config, key: str, made: Sequence[tuple[Config, Stage]]) -> str:
+    """A lineage name for `cfg`'s command, another experiment than its lineage's by `key`: the
+    run name with `key`'s value (`lineage_word`), numbered where that lineage holds one of
+    `made` (an iteration's config and a stage of it) made otherwise."""
+    word = lineage_word(key, attrgetter(key)(cfg))
+    base = cfg.run_name if cfg.run_name.endswith(f"-{word}") else f"{cfg.run_name}-{word}"
+    name, n = base, 1
+    while any(state_of(renamed(c, name), stage).status == "stale" for c, stage in made):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def lineage_word(key: str, value: object) -> str:
+    """What a lineage's name says of the `value` of `key` that makes it another experiment: a
+    pairs file's `pairs-<name>` (as the default run_name says it), a path's last part, a name as
+    it is, else the key's last part with the value (`wpo_clamp2.0`)."""
+    if key == "training.pairs":
+        return pairs_lineage(str(value))
+    leaf = key.rpartition(".")[2]
+    said = Path(str(value)).name if isinstance(value, str) else f"{leaf}{value}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", said)[:40].strip("._-") or leaf
+
+
+def renamed(cfg: Config, name: str) -> dict:
+    """`cfg` as plain data in the lineage `name` beside its own: its paths inside the run moved."""
+    tree = relocated(cfg.as_tree(), str(Path(cfg.run.dir).parent / name), cfg.paths.root)
+    tree["run_name"] = name
+    return tree
+
+
+# --- running a plan ------------------------------------------------------------------------------
+
+
+def run_iteration(plan: Plan, runners: dict, command: str) -> list[Stage]:
+    """Follow `plan`: refuse what it refuses (before any work), skip the stages finished under
+    this config, redo what `pipeline.redo` names and everything after it, run the rest; then,
+    with `pipeline.redo_stale`, the stale evals beside the iteration's own. Returns the stages
+    it ran."""
+    cfg, steps = plan.cfg, plan.steps
+    if plan.refusal is not None:
+        raise plan.refusal.error
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
     print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
     redone = [step.stage for step in steps if step.action == "redo"]
@@ -220,7 +518,9 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
             release_gpu_memory()
             ran.append(step.stage)
     if cfg.pipeline.redo_stale and not other_node:
-        for side in stale_side_evals(cfg):
+        # trained here: the evals beside it are of the checkpoint as it was, each looked at again
+        trained = any(STAGES[s].makes_policy for s in ran)
+        for side in stale_evals(plan.side_evals) if trained else plan.stale_sides:
             print(f"[main] {side.stage_dir(Stage.eval)}: made before this checkpoint was "
                   "trained again: redoing it (pipeline.redo_stale)", file=sys.stderr)  # fmt: skip
             with writing(side, Stage.eval, command, True, other_node):
@@ -230,34 +530,34 @@ def run_iteration(cfg: Config, runners: dict, command: str) -> None:
         # once the iteration's stages it ran are done; none ran: from the records, marked so (a
         # sweep point or a lineage made with logger=none appears in W&B all the same)
         curves.log_curve(cfg, reused=not ran)
+    return ran
 
 
-def stale_side_evals(cfg: Config) -> list[Config]:
-    """The iteration's finished evals against other references (`eval/vs-<name>/`) that are
-    stale under this config with the eval settings each was made with (made before the training
-    last finished, or from another config), each as the config that makes it again; one whose
-    settings no longer compose is named and left as it is."""
-    from omegaconf import OmegaConf
-
-    from src.config import ConfigError, validate
-
+def side_evals(cfg: Config) -> list[Config]:
+    """The iteration's finished evals against other references (`eval/vs-<name>/`), each as the
+    config that makes it again, with the eval settings it was made with; one whose settings no
+    longer compose is named and left as it is, one named by another rule than today's is left to
+    its own command."""
     found = []
     for folder in cfg.layout.side_evals(cfg.iter):
         made_with = saved_config(cfg.as_tree(), Stage.eval, folder)
         if made_with is None or read_record(folder) is None:
             continue  # unfinished: the command that made it finishes it
         try:
-            tree = OmegaConf.merge(OmegaConf.create(cfg.as_tree()), {"eval": made_with["eval"]})
-            side = validate(tree)
+            side = with_section(cfg, "eval", made_with["eval"])
         except (ConfigError, KeyError, TypeError) as err:
             print(f"[main] {folder}: its eval settings do not compose now ({err}): left as "
                   "it is", file=sys.stderr)  # fmt: skip
             continue
-        if side.stage_dir(Stage.eval) != folder:
-            continue  # named by another rule than today's: its own command redoes it
-        if state_of(side.as_tree(), Stage.eval).status == "stale":
+        if side.stage_dir(Stage.eval) == folder:
             found.append(side)
     return found
+
+
+def stale_evals(sides: list[Config]) -> list[Config]:
+    """Those of the evals `sides` that are stale under the eval settings each was made with
+    (made before the training last finished, or from another config)."""
+    return [side for side in sides if state_of(side.as_tree(), Stage.eval).status == "stale"]
 
 
 def writing(cfg: Config, stage: Stage, command: str, whole: bool, other_node: bool):
@@ -302,8 +602,9 @@ def other_training_node(cfg: Config) -> bool:
 
 def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: bool) -> None:
     stage_dir = cfg.stage_dir(stage)
-    # the stage may have finished between the check of its state and the taking of its lock
-    if not redoing and state_of(cfg.as_tree(), stage).status == "done":
+    # another command may have finished it between its plan (no record then) and its lock
+    appeared = not redoing and read_record(stage_dir) is not None
+    if appeared and state_of(cfg.as_tree(), stage).status == "done":
         say(Step(stage, "skip", SKIPPED))
         return
     if redoing and stage_dir.is_symlink():  # rmtree refuses a link, naming neither it nor why
@@ -330,61 +631,6 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
 
 def say(step: Step) -> None:
     print(f"[main] stage {step.stage.value}: {step.reason}", file=sys.stderr)
-
-
-def refused(cfg: Config, st: StageState, advice: str) -> StageError:
-    """A stage finished under another config (or version) than `cfg`: never trusted, and never
-    redone without being asked; the fix redoes it, the remedy chosen by why it is stale."""
-    fix = redo_for(st, cfg.iter)
-    if st.earlier_version:
-        return StageError(
-            f"{cfg.stage_dir(st.stage)} was {st.changed[0]}, whose records this one cannot "
-            "check; to redo it and the stages after it",
-            fix,
-        )
-    if st.has(Why.trained_after):
-        return StageError(
-            f"{cfg.stage_dir(st.stage)} evaluated iteration {cfg.iter}'s checkpoint before it "
-            "was trained again; to evaluate the checkpoint as it is now",
-            fix,
-        )
-    why = st.why
-    if st.has(Why.retrained, Why.ancestor):  # every later iteration is stale with it
-        advice += "; every later iteration made from it is stale too"
-    if other_pairs(st):  # trained on other pairs: its redo would replace a checkpoint another
-        # recipe made
-        fix = f"run_name={free_run_name(cfg)}"
-        advice = (
-            "train on these pairs in a lineage of its own (a redo, pipeline.redo=[train], "
-            "would replace that checkpoint)"
-        )
-    if st.changed and all(c.kind in (Why.content, Why.gone) for c in st.changed):
-        what, advice = "other input files", advice.replace("the config", "the file")
-    else:
-        what = "a different configuration"
-    return StageError(f"{cfg.stage_dir(st.stage)} was made with {what} ({why}); {advice}", fix)
-
-
-def other_pairs(st: StageState) -> bool:
-    """A training refused because it is asked on another pairs file than the one it trained on."""
-    return st.stage is Stage.train and any(
-        c.kind == Why.value and c.key == "training.pairs" for c in st.changed
-    )
-
-
-def free_run_name(cfg: Config) -> str:
-    """A lineage name for a training on `cfg`'s pairs file that no training on other pairs
-    holds: the run name with the file's stem (`-pairs-<stem>`), numbered where that is taken."""
-    stem = pairs_lineage(cfg.training.pairs)
-    base = cfg.run_name if cfg.run_name.endswith(f"-{stem}") else f"{cfg.run_name}-{stem}"
-    name, n = base, 1
-    while True:
-        train = RunLayout(Path(cfg.run.dir).parent / name).stage_dir_in(cfg.iter, Stage.train)
-        made_with = saved_config(cfg.as_tree(), Stage.train, train) or {}
-        if made_with.get("training", {}).get("pairs") in (None, cfg.training.pairs):
-            return name
-        n += 1
-        name = f"{base}-{n}"
 
 
 def release_gpu_memory() -> None:

@@ -80,6 +80,7 @@ from src.config.compose import (
     showing_unset_required,
     to_yaml,
     validate,
+    with_section,
 )
 from src.config.data import (
     DataConfig,
@@ -227,4 +228,5 @@ __all__ = [
     "showing_unset_required",
     "to_yaml",
     "validate",
+    "with_section",
 ]

@@ -212,6 +212,13 @@ def validate(cfg: DictConfig | dict) -> Config:
     return typed
 
 
+def with_section(cfg: Config, section: str, saved: Any) -> Config:
+    """`cfg` with its `section` as a stage's saved config sets it (an eval's against another
+    reference: its own eval settings), checked as a command's config is: ConfigError where it no
+    longer composes."""
+    return validate(OmegaConf.merge(OmegaConf.create(cfg.as_tree()), {section: saved}))
+
+
 # Nodes that some compositions leave null, and what fills them.
 NULL_NODES = {
     "hardware.slurm": "hardware.slurm needs hardware=slurm-*",

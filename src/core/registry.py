@@ -105,6 +105,24 @@ JUDGE_INPUTS = (
     "win_prob",
 )
 
+# The inputs whose value makes another experiment, not the same one made otherwise: the engine
+# that samples, the judge that ranks, the pairs trained on, a method setting the default run_name
+# does not name (its K, eta or beta and learning rate it names, and so separates). A lineage's
+# stages made with another value of one are never replaced unasked: src/schedule.py offers a
+# lineage of its own first. Each with what a command asking for another value does.
+EXPERIMENT_INPUTS = {
+    "generation.backend": "generate with this engine",
+    "ranker.kind": "rank with this judge",
+    "ranker.model": "rank with this judge",
+    "ranker.backend": "rank with this judge",
+    "training.pairs": "train on these pairs",
+    "method.loss": "train with this method",
+    "method.label_smoothing": "train with this method",
+    "method.wpo_weight": "train with this method",
+    "method.wpo_clamp": "train with this method",
+    "method.pair_selection": "train with this method",
+}
+
 # In pipeline order: each stage consumes the output of one before it.
 STAGES: dict[Stage, StageSpec] = {
     spec.stage: spec

@@ -3,7 +3,7 @@ stage's input or declared as none's, with why."""
 
 from __future__ import annotations
 
-from src.core.registry import NOT_INPUTS, STAGES
+from src.core.registry import EXPERIMENT_INPUTS, NOT_INPUTS, STAGES, Stage
 from src.explain import schema_keys
 
 
@@ -39,3 +39,12 @@ def test_no_key_is_both_an_input_and_not_one_and_every_one_declared_is_in_the_sc
     assert [e for e in NOT if not declared_by(e, keys) and not any(
         k.startswith(f"{e}.") for k in keys
     )] == [], "a key no longer in the schema"  # fmt: skip
+
+
+def test_what_makes_another_experiment_is_read_by_a_stage_the_policy_is_made_from():
+    """Each of EXPERIMENT_INPUTS is a key of the schema that a stage up to the training reads: a
+    misspelt one would never make another experiment."""
+    order = list(STAGES)
+    made_from = {key for s in order[: order.index(Stage.train) + 1] for key in STAGES[s].inputs}
+    keys = leaf_keys()
+    assert [k for k in EXPERIMENT_INPUTS if k not in keys or not declared_by(k, made_from)] == []

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import src.assets.preflight as preflight
 import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
-from src.core.errors import Redo, StageError, describe
+from src.core.errors import EnvironmentFailure, Redo, StageError, describe
 from src.core.fingerprints import read_upstream, stage_fingerprint
 from src.core.records import Finished, read_record, write_record
 from src.core.registry import STAGES
@@ -46,7 +47,9 @@ def recorded(monkeypatch):
     monkeypatch.setattr(schedule, "stage_runners", runners)
     # stages replaced so read no model or dataset: the check of what they would read is
     # tests/tools/test_assets.py's (the default config's are hub ids, not in this offline cache)
-    monkeypatch.setattr(preflight, "require_assets_here", lambda configs, command: None)
+    monkeypatch.setattr(preflight, "require_assets_here", lambda plans, command: None)
+    # nor run on a device: the default hardware's GPU is not asked for on this CPU machine
+    monkeypatch.setattr(preflight, "require_machine", lambda plans: None)
     return calls
 
 
@@ -146,6 +149,9 @@ def test_the_lineage_offered_for_other_pairs_is_one_no_other_pairs_trained(recor
     """Three pairs files of one stem in turn: the name offered for the third is neither the first
     lineage nor the second's, and never the stem twice (`...-pairs-mine-pairs-mine`)."""
 
+    def free_run_name(cfg: Config) -> str:
+        return schedule.free_run_name(cfg, "training.pairs", [(cfg, Stage.train)])
+
     def trained(pairs: Path, run_name: str) -> Config:
         cfg = compose_cfg("stage=train", "logger=none", f"training.pairs={pairs}",
                           f"run_name={run_name}")  # fmt: skip
@@ -161,11 +167,11 @@ def test_the_lineage_offered_for_other_pairs_is_one_no_other_pairs_trained(recor
     first = trained(folders[0] / "mine.jsonl", "mine-pairs-mine")
     asked = compose_cfg("stage=train", "logger=none", f"training.pairs={folders[1]}/mine.jsonl",
                         f"run_name={first.run_name}")  # fmt: skip
-    assert schedule.free_run_name(asked) == "mine-pairs-mine-2"
+    assert free_run_name(asked) == "mine-pairs-mine-2"
     trained(folders[1] / "mine.jsonl", "mine-pairs-mine-2")
     third = replace(asked, training=replace(asked.training, pairs=f"{folders[2]}/mine.jsonl"))
-    assert schedule.free_run_name(third) == "mine-pairs-mine-3"
-    assert schedule.free_run_name(asked) == "mine-pairs-mine-2", "its own lineage, trained"
+    assert free_run_name(third) == "mine-pairs-mine-3"
+    assert free_run_name(asked) == "mine-pairs-mine-2", "its own lineage, trained"
 
 
 def finish_iterations(overrides: list[str], iterations: int) -> None:
@@ -178,10 +184,10 @@ def finish_iterations(overrides: list[str], iterations: int) -> None:
             write_record(cfg.stage_dir(stage), made)
 
 
-def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_redo(recorded):
+def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_first(recorded):
     """Two iterations trained on the pairs stage's pairs, asked again with a file of the user's
-    own under the same run_name: the fix is a run name of its own, not pipeline.redo_stale=true,
-    which would replace both checkpoints."""
+    own under the same run_name: the fix is a run name of its own; pipeline.redo_stale=true is
+    named second, with the two checkpoints it would replace."""
     made = ["logger=none", "run_name=mine"]
     finish_iterations(made, 2)
     asked = [*made, "training.pairs=tests/data/pairs_tiny.jsonl", "iter=2"]
@@ -189,7 +195,11 @@ def test_other_pairs_in_several_finished_iterations_are_told_a_lineage_not_a_red
     with pytest.raises(StageError) as refused:
         run(compose_cfg(*asked), command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
     said = describe(refused.value, command)
-    assert "run_name=mine-pairs-pairs_tiny" in said and "redo_stale" not in said, said
+    assert said.endswith(
+        "train on these pairs in a lineage of its own, or replace iterations 1 and 2's train in "
+        "mine (pipeline.redo_stale=true); run `python -m src.main logger=none "
+        "run_name=mine-pairs-pairs_tiny training.pairs=tests/data/pairs_tiny.jsonl iter=2`"
+    ), said
     assert recorded == []
 
 
@@ -351,3 +361,176 @@ def test_a_stage_run_alone_is_refused_when_what_it_reads_is_stale_even_redone(as
         [StageState(Stage.rank, "done")], cfg, StageState(Stage.generate, "done")
     )
     assert step.action == ("redo" if asked else "skip")
+
+
+# --- remedies, chosen by kind -------------------------------------------------------------------
+
+BACKEND = Change("generation.backend: 'hf' -> 'vllm'", Why.value, "generation.backend")
+TEMPERATURE = Change("generation.temperature: 0.7 -> 0.9", Why.value, "generation.temperature")
+JUDGE = Change("rank's ranker.model: 'a' -> 'b'", Why.value, "ranker.model")
+EDITED = Change(
+    "data.prompts: p.jsonl changed since this stage read it", Why.content, "data.prompts"
+)
+RETRAINED = Change("iteration 1's checkpoint ... was trained again since", Why.retrained)
+ANCESTOR = Change("iteration 1's training ... is stale", Why.ancestor, "data.prompts", Why.content)
+AFTER = Change("iteration 1's checkpoint was trained again after this eval", Why.trained_after)
+EARLIER = Change("recorded by an earlier version of selfplay-lab", Why.version)
+
+
+@pytest.mark.parametrize(
+    ("stage", "changes", "kind"),
+    [
+        (Stage.generate, [BACKEND], "experiment"),
+        (Stage.generate, [TEMPERATURE, BACKEND], "experiment"),  # any one makes it another
+        (Stage.pairs, [JUDGE], "experiment"),  # the judge, said of the rank it reads
+        (Stage.eval, [BACKEND], "config"),  # an eval's redo replaces that eval alone
+        (Stage.generate, [TEMPERATURE], "config"),  # the same experiment, made otherwise
+        (Stage.rank, [K_CHANGED], "config"),  # a setting the run name separates
+        (Stage.generate, [EDITED], "files"),
+        (Stage.generate, [EDITED, TEMPERATURE], "config"),
+        (Stage.generate, [RETRAINED], "lineage"),
+        (Stage.train, [ANCESTOR], "lineage"),
+        (Stage.eval, [AFTER], "trained_after"),
+        (Stage.generate, [EARLIER], "version"),
+    ],
+)
+def test_the_remedy_of_a_stale_stage_is_chosen_by_the_kinds_and_keys_of_its_changes(
+    stage, changes, kind
+):
+    assert schedule.refusal_of(StageState(stage, "stale", changes)) == kind
+
+
+def test_another_experiment_is_offered_a_lineage_of_its_own_then_the_redo_it_would_make():
+    """The engine set otherwise than a finished iteration's: the fix is a run name of its own,
+    the redo is named second with what it replaces; a setting of the same experiment (the
+    temperature) is redone, as before."""
+    cfg = compose_cfg("model=tiny-mistral", "logger=none", "generation=vllm")
+    finished = [StageState(s, "done") for s in PIPELINE[1:]]
+    (refused, *rest) = schedule.plan_iteration(
+        [StageState(Stage.generate, "stale", [BACKEND]), *finished], cfg
+    )
+    assert refused.action == "refuse" and [s.action for s in rest] == ["skip"] * 3
+    assert refused.error.fix == f"run_name={cfg.run_name}-vllm"
+    assert str(refused.error).endswith(
+        "was made with a different configuration (generation.backend: 'hf' -> 'vllm'); generate "
+        "with this engine in a lineage of its own, or replace iteration 1's generate, rank, "
+        f"pairs and train in {cfg.run_name} (iter=1 pipeline.redo=[generate])"
+    ), refused.error
+    (same, *_) = schedule.plan_iteration(
+        [StageState(Stage.generate, "stale", [TEMPERATURE]), *finished], cfg
+    )
+    assert same.error.fix == Redo(Stage.generate, 1)
+    assert str(same.error).endswith(
+        "restore the config, or redo it (and so rank, pairs, train after it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "word"),
+    [
+        ("generation.backend", "vllm", "vllm"),
+        ("ranker.model", "/models/Skywork-Reward-V2", "Skywork-Reward-V2"),
+        ("method.wpo_clamp", 2.0, "wpo_clamp2.0"),
+        ("training.pairs", "data/my pairs.jsonl", "pairs-my_pairs"),
+    ],
+)
+def test_a_lineage_of_its_own_is_named_by_what_makes_it_another_experiment(key, value, word):
+    assert schedule.lineage_word(key, value) == word
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_a_finished_lineage_asked_for_another_engine_names_its_own_lineage_first(recorded):
+    """`iter=3 generation=vllm` over two iterations generated by transformers: one refusal, the
+    lineage of its own its fix, the redo of both iterations second; nothing written. The command
+    it offers runs, in that lineage, every iteration."""
+    made = ["model=tiny-mistral", "logger=none", "eval.enabled=true"]
+    finish_iterations(made, 2)
+    asked = [*made, "generation=vllm", "iter=3"]
+    command = "python -m src.main " + " ".join(asked)
+    cfg = compose_cfg(*asked)
+    root = Path(cfg.paths.root)
+    before = files_under(root)
+    with pytest.raises(StageError) as refused:
+        run(cfg, command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert said.startswith(
+        "error: iteration 1's generate and iteration 2's generate were made with a different "
+        "configuration (generation.backend: 'hf' -> 'vllm'); generate with this engine in a "
+        "lineage of its own, or replace iterations 1 and 2's generate, rank, pairs, train and "
+        f"eval in {cfg.run_name} (pipeline.redo_stale=true); run `{command} "
+        f"run_name={cfg.run_name}-vllm`"
+    ), said
+    assert files_under(root) == before and recorded == []
+
+    own = [*asked, f"run_name={cfg.run_name}-vllm"]
+    run(compose_cfg(*own), f"{command} run_name={cfg.run_name}-vllm", [],
+        lambda t: compose_cfg(*own, f"iter={t}"))  # fmt: skip
+    assert {c.run_name for _, c in recorded} == {f"{cfg.run_name}-vllm"}
+    assert [(c.iter, s) for s, c in recorded] == [(t, s) for t in (1, 2, 3) for s in STAGES]
+    assert set(before) < set(files_under(root)), "the finished lineage kept, beside the new one"
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="CUDA is usable here: nothing to refuse"
+)
+def test_a_gpu_asked_for_on_a_cpu_build_is_refused_first_and_nothing_is_written(tmp_path):
+    """The default recipe (hardware=gpu-1) on this CPU build of torch, its models not in the
+    offline cache: the machine is named, not the assets nor the records, and no folder is made;
+    so too over a finished iteration that the command's other judge settings make stale."""
+    root = tmp_path / "runs"
+    cfg = compose_cfg("iter=3")
+    with pytest.raises(
+        EnvironmentFailure, match=r"^hardware=gpu-1 asks for CUDA, but torch .* CPU build"
+    ):
+        run(cfg, "python -m src.main iter=3", [], lambda t: compose_cfg(f"iter={t}"))
+    assert files_under(root) == []
+
+    finish_iterations(["logger=none"], 1)
+    before = files_under(root)
+    asked = ["logger=none", "ranker.self_term=false"]
+    with pytest.raises(EnvironmentFailure, match="asks for CUDA"):
+        run(compose_cfg(*asked), "python -m src.main " + " ".join(asked), [])
+    assert files_under(root) == before
+
+
+def test_a_missing_key_is_named_before_a_refusal_whose_remedy_would_need_it(recorded, monkeypatch):
+    """eval.alpaca_eval=true over evals made without it, and no OpenAI key: the key is named,
+    with the command that needs none, before the refusal of the evals (whose redo would need
+    the key), and nothing is written."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    made = ["model=tiny-mistral", "logger=none", "eval.enabled=true"]
+    finish_iterations(made, 2)
+    asked = [*made, "eval.alpaca_eval=true", "iter=2"]
+    command = "python -m src.main " + " ".join(asked)
+    cfg = compose_cfg(*asked)
+    before = files_under(Path(cfg.paths.root))
+    with pytest.raises(EnvironmentFailure) as refused:
+        run(cfg, command, [], lambda t: compose_cfg(*asked, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert "OPENAI_API_KEY is not set" in said, said
+    assert said.endswith(f"run `{command.replace('alpaca_eval=true', 'alpaca_eval=false')}`"), said
+    assert files_under(Path(cfg.paths.root)) == before and recorded == []
+
+
+def test_each_stage_state_is_planned_once_and_again_only_after_an_earlier_training(
+    recorded, monkeypatch
+):
+    """`iter=2` on an empty root: iteration 1's stages' states are read once, by the plan (none
+    appeared by the time each one's lock is held); iteration 2's are planned again after
+    iteration 1 trained, which its stages read."""
+    counted = Counter()
+    state_of = schedule.state_of
+
+    def counting(tree, stage):
+        counted[tree["iter"], stage] += 1
+        return state_of(tree, stage)
+
+    monkeypatch.setattr(schedule, "state_of", counting)
+    asked = ["logger=none", "iter=2"]
+    run(compose_cfg(*asked), "python -m src.main " + " ".join(asked), [],
+        lambda t: compose_cfg(*asked, f"iter={t}"))  # fmt: skip
+    assert [(c.iter, s) for s, c in recorded] == [(t, s) for t in (1, 2) for s in PIPELINE]
+    assert counted == {(t, s): t for t in (1, 2) for s in PIPELINE}
