@@ -414,8 +414,11 @@ def refuse(plans: Sequence[Plan]) -> None:
 def rebuilt(step: Step) -> bool:
     """A refusal whose every change is in a benchmark folder's content, which its build makes
     again."""
-    return not step.stale.earlier_version and all(
-        c.cause in (Why.content, Why.gone) and c.key in FOLDER_INPUTS for c in step.stale.changed
+    changed = step.stale.changed  # none named (what it read changed): not a folder's
+    return (
+        bool(changed)
+        and not step.stale.earlier_version
+        and all(c.cause in (Why.content, Why.gone) and c.key in FOLDER_INPUTS for c in changed)
     )
 
 

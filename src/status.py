@@ -229,15 +229,11 @@ def brought_up_to_date(
     """What brings the lineage up to date and, where none is named, why: `command` with the fix
     of what src.main would refuse in it, or `command` itself while a stage is missing or
     running; (None, None): it is up to date."""
-    from src.schedule import first_refusal, iteration_plan, iterations
+    from src.schedule import iterations, refuse
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # what it would run first, said
-            planned = iterations(cfg, config_for_iter)
-        for c in planned:  # a refusal made as an iteration starts (its plan: from the records)
-            refusal = first_refusal(iteration_plan(c, c.stages()))
-            if refusal is not None:
-                raise refusal.error
+            refuse(iterations(cfg, config_for_iter))  # as src.main's checks refuse its plans
     except StageError as err:
         fix = err.overrides(running_stage(command))
         if fix is None:
