@@ -8,6 +8,7 @@ of one group: tests/pipeline/test_pipeline.py's local sweep.)"""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -199,3 +200,35 @@ def test_a_damaged_sweep_record_is_one_line_naming_it_and_what_records_it_again(
     # the sweep's own command records it anew
     again = compose_cfg("model=tiny-mistral", f"paths.root={tmp_path}", "logger.sweep=eta-tiny")
     assert sweep_of(again) == ("eta-tiny", []) == sweep_of(cfg)
+
+
+def test_the_runs_of_one_command_open_without_wandbs_note_of_changed_variables(
+    tmp_path, monkeypatch, capfd
+):
+    """The stages of one command open a W&B run each, and then the curve run, in one process:
+    none of them has wandb say that variables changed since its first run are ignored (every
+    run takes its settings as arguments; the variables name the open run to the Trainer's
+    callback and the child processes, and do while it is open)."""
+    import wandb
+
+    from src.config import Stage
+    from src.stages import tracking
+    from src.stages.curves import log_curve
+    from tests.support.helpers import compose_cfg
+
+    for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
+        monkeypatch.setenv(var, "")  # set first: monkeypatch removes again what was absent
+        monkeypatch.delenv(var)
+    wandb.teardown()  # W&B as a command's process starts it: no run opened before
+    cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=offline",
+                      f"paths.root={tmp_path}")  # fmt: skip
+    for stage in (Stage.generate, Stage.rank):
+        tracking.start(cfg, stage)
+        assert os.environ["WANDB_RUN_ID"] == tracking.run_id(cfg, stage)
+        assert os.environ["WANDB_JOB_TYPE"] == stage.value
+        tracking.finish(cfg, stage, {"seconds": 1.0})
+        assert not any(var in os.environ for var in tracking.RUN_VARS)
+    log_curve(cfg)
+    said = capfd.readouterr().err
+    assert "wandb" in said  # W&B's own lines: the offline runs it made
+    assert "environment variables will be ignored" not in said, said
