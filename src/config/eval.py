@@ -117,7 +117,8 @@ class EvalConfig:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0  # nucleus sampling, when temperature > 0
     max_new_tokens: int = 2048  # a longer answer is cut
-    seed: int = 0  # the sampling seed when temperature > 0
+    # the sampling seed when temperature > 0, and the leaderboard's documents' (GPQA's choices)
+    seed: int = 0
     max_prompt_length: int = 2048  # in policy tokens, after the chat template
     batch_size: int = 8  # prompts per generate call
     chunk_size: int = 64  # prompts per answers file written: the unit of resume

@@ -199,9 +199,18 @@ def describe(exc: StageError, command: str) -> str:
 
 
 def as_typed(command: str) -> str:
-    """`command` as a shell is to be given it: each word a shell would expand (`${iter}`, which
-    the config resolves per iteration) single-quoted."""
-    return " ".join(shlex.quote(w) if "$" in w or "`" in w else w for w in command.split(" "))
+    """`command` as a shell is to be given it, each word as the README writes it: one holding
+    anything a shell reads as more than itself (a list's or glob's `[ ] * ?`, which zsh refuses
+    unmatched, `{ }`, `$` of `${iter}` that the config resolves per iteration, a space, a
+    quote) single-quoted whole, and an override's empty value as `key=''`."""
+    return " ".join(typed_word(w) for w in command.split())
+
+
+def typed_word(word: str) -> str:
+    """One word of a command as a shell is to be given it (`as_typed`)."""
+    if word.endswith("=") and "=" not in word[:-1]:
+        return shlex.quote(word) + "''"
+    return shlex.quote(word)
 
 
 # What the file system's refusals mean for a run, by errno; `{where}`: the setting that places

@@ -6,6 +6,7 @@
     <run_dir>/iter<t>/train/adapter/      with LoRA: the adapter alone, merged into the checkpoint
     <run_dir>/export/iter<t>/             iteration t's model and data folders, as exported
     <run_dir>/slurm/                      `python -m src.slurm`'s scripts, their logs in logs/
+    <run_dir>/sweep.json                  the sweep that last ran the lineage as a point
 
 Every module that builds such a path, lists the iterations or side evals of a run, or reads a
 folder back into its iteration and stage does it through `RunLayout`; the iteration's name
@@ -31,6 +32,9 @@ SIDE_EVAL = "vs-"
 # (src/core/records.py); the config it ran with, headed by its command (src/core/staleness.py).
 RECORD = "done.json"
 SAVED_CONFIG = "config.yaml"
+# In the lineage's folder: the sweep that last ran it as a point, {"sweep": name, "swept": keys}
+# (src/stages/report/curves.py), which keeps its curve run in the sweep's W&B group
+SWEEP_RECORD = "sweep.json"
 CHECKPOINT = "checkpoint"  # the train stage's model folder
 ADAPTER = "adapter"  # beside it, a LoRA training's adapter alone
 

@@ -483,6 +483,7 @@ def run_leaderboard(cfg: Config, policy: Answerer, tasks: list[str], stage_dir: 
         output=stage_dir / "leaderboard",
         backend="vllm" if on_gpu and importlib.util.find_spec("vllm") else "hf",
         device=device.type,
+        seed=cfg.eval.seed,
     )
     normalised = result["normalised"]
     shown = ", ".join(f"{k} {v:.2f}" for k, v in normalised.items())

@@ -34,11 +34,14 @@ left out of the run, named and counted in the result's "unscored", never a crash
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import io
 import json
 import logging
+import random
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -389,42 +392,45 @@ def run_leaderboard(
     backend: str = "hf",
     device: str | None = None,
     max_gen_toks: int | None = None,
+    seed: int = 0,
 ) -> dict:
     """The leaderboard's `tasks` on the model at `model_path`, in this process.
 
     `backend`: lm-eval's "hf" or "vllm"; `device`: "cuda" when torch sees a GPU, else "cpu";
     `dtype`: bfloat16 on a GPU that computes in it, else float32; `limit`: the first `limit`
     documents of each task (a check, not the benchmark); `max_gen_toks`: a cap on the generative
-    tasks' answers (the leaderboard's: IFEval 1280 tokens, MATH 1024). lm-eval's results are
-    written to `output`/RESULTS_FILE. Returns {"raw": raw_scores, "normalised": normalise,
+    tasks' answers (the leaderboard's: IFEval 1280 tokens, MATH 1024); `seed`: what the tasks'
+    documents are drawn with (GPQA's order of choices: `seeded_documents`). lm-eval's results
+    are written to `output`/RESULTS_FILE. Returns {"raw": raw_scores, "normalised": normalise,
     "unscored": {task: what could not be scored here}}."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
     names = lm_eval_names(tasks)
     model_args, device = _model_args(backend, model_path, dtype, device)
-    with prepared(names, data_dir) as (manager, loaded):
+    with seeded_documents(seed), prepared(names, data_dir) as (manager, loaded):
         unscored = {}
         for built in loaded.values():
             if (ifeval := built["tasks"].get(BENCHMARKS["ifeval"].task)) is not None:
                 unscored |= _leave_out_unscorable_ifeval(ifeval)
         tracker = EvaluationTracker()  # records the chat template and how the shots were given
-        evaluated = lm_eval.simple_evaluate(
-            model=backend,
-            model_args=model_args,
-            tasks=[
-                b["groups"][n] if n in b["groups"] else b["tasks"][n] for n, b in loaded.items()
-            ],
-            task_manager=manager,
-            batch_size=batch_size,
-            device=device,
-            limit=limit,
-            apply_chat_template=chat_template,
-            fewshot_as_multiturn=chat_template,
-            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
-            log_samples=False,
-            evaluation_tracker=tracker,
-        )
+        with lm_eval_said_once():
+            evaluated = lm_eval.simple_evaluate(
+                model=backend,
+                model_args=model_args,
+                tasks=[
+                    b["groups"][n] if n in b["groups"] else b["tasks"][n] for n, b in loaded.items()
+                ],
+                task_manager=manager,
+                batch_size=batch_size,
+                device=device,
+                limit=limit,
+                apply_chat_template=chat_template,
+                fewshot_as_multiturn=chat_template,
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+                log_samples=False,
+                evaluation_tracker=tracker,
+            )
     from lm_eval.utils import handle_non_serializable
 
     # what lm-eval's own results file holds (EvaluationTracker.save_results_aggregated)
@@ -434,6 +440,92 @@ def run_leaderboard(
     atomic_write_text(Path(output) / RESULTS_FILE, text + "\n")
     results = evaluated["results"]
     return {"raw": raw_scores(results), "normalised": normalise(results), "unscored": unscored}
+
+
+class _Dropped(logging.Filter):
+    """A logger's records whose message begins as `pattern` says, dropped and counted."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern, self.count = re.compile(pattern), 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.pattern.match(record.getMessage()):
+            self.count += 1
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def lm_eval_said_once() -> Iterator[None]:
+    """lm-eval's warnings that every leaderboard run meets, said once or not at all: the
+    leaderboard group's note of each metric that most of its tasks lack (its benchmarks score
+    different metrics, each read from its own task: seven lines a run); and a note for each
+    prompt that the policy's chat template refused its system turn, which lm-eval then leaves
+    out (the task's description: Mistral's template takes none), said here once, counted.
+    lm-eval's other warnings are left as they are."""
+    template = _Dropped(r"Failed to apply chat template\. removing the system role")
+    drops = {
+        "lm_eval.models.huggingface": template,
+        "lm_eval.models.vllm_causallms": template,
+        "lm_eval.api.group": _Dropped(r"Group '.*': metric '.*' is missing in \d+/\d+ tasks"),
+    }
+    for name, dropped in drops.items():
+        logging.getLogger(name).addFilter(dropped)
+    try:
+        yield
+    finally:
+        for name, dropped in drops.items():
+            logging.getLogger(name).removeFilter(dropped)
+        if template.count:
+            print(
+                "[leaderboard] the chat template takes no system turn: lm-eval left the task's "
+                f"description out of {template.count} prompts",
+                file=sys.stderr,
+            )
+
+
+@contextlib.contextmanager
+def seeded_documents(seed: int) -> Iterator[None]:
+    """lm-eval's tasks read their documents (each time they are asked for them: test_docs,
+    validation_docs, training_docs, fewshot_docs) with Python's `random` seeded with `seed`, and
+    never from the datasets cache. GPQA's process_docs shuffles each question's four choices with
+    the unseeded global `random` (lm_eval/tasks/leaderboard/gpqa/utils.py), and datasets keeps
+    the first shuffle a machine drew in its cache, under a key the seed is no part of: the
+    letter of each right answer, and GPQA's score, were whatever that first load drew. Seeded at
+    each read (with the task's name: GPQA's three subtasks are not shuffled alike), every read
+    is the same documents (the requests built and the answers scored among them), and the same
+    seed the same figures; `random` is left as it was found."""
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+
+    reads = {
+        name: ConfigurableTask.__dict__[name]
+        for name in ("training_docs", "validation_docs", "test_docs", "fewshot_docs")
+    }
+
+    def seeded(read):
+        @functools.wraps(read)
+        def documents(task):
+            state, caching = random.getstate(), datasets.is_caching_enabled()
+            random.seed(f"{seed}/{task.config.task}")  # a str seeds alike in every process
+            datasets.disable_caching()
+            try:
+                return read(task)
+            finally:
+                random.setstate(state)
+                if caching:
+                    datasets.enable_caching()
+
+        return documents
+
+    for name, read in reads.items():
+        setattr(ConfigurableTask, name, seeded(read))
+    try:
+        yield
+    finally:
+        for name, read in reads.items():
+            setattr(ConfigurableTask, name, read)
 
 
 @contextlib.contextmanager

@@ -48,8 +48,8 @@ def bbh_repo() -> dict:
     }
 
 
-def gpqa_rows(topic: str) -> list[dict]:
-    """Idavidrein/gpqa's columns lm-eval reads (its CSVs have more)."""
+def gpqa_rows(topic: str, n: int = 2) -> list[dict]:
+    """`n` rows in Idavidrein/gpqa's columns lm-eval reads (its CSVs have more)."""
     return [
         {
             "Question": f"Which {topic} quantity is conserved in case {i}?",
@@ -58,7 +58,7 @@ def gpqa_rows(topic: str) -> list[dict]:
             "Incorrect Answer 2": "Temperature",
             "Incorrect Answer 3": "Entropy",
         }
-        for i in range(2)
+        for i in range(n)
     ]
 
 

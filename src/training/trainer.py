@@ -9,6 +9,7 @@ and per-step metrics (rewards, WPO weights, tokens/s).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
 
 from src.core.artifacts import atomic_write_json, read_json
 from src.core.records import redo_of
@@ -27,6 +27,16 @@ from src.training.checkpoints import seal
 from src.training.losses import pair_metrics, preference_loss, wpo_weight
 from src.training.memory_phases import MemoryPhases
 from src.training.policy_logps import batch_response_logps
+
+# transformers' W&B integration, imported with the Trainer, prints "[INFO] Running in WANDB
+# offline mode" on stdout whenever WANDB_MODE=offline, whatever the run tracks (logger=none too;
+# an offline W&B run says so itself): imported with the variable out of its sight, it is quiet
+_wandb_mode = os.environ.pop("WANDB_MODE", None)
+try:
+    from transformers import Trainer, TrainerCallback
+finally:
+    if _wandb_mode is not None:
+        os.environ["WANDB_MODE"] = _wandb_mode
 
 
 class ReferenceLogps:

@@ -11,6 +11,7 @@ from src.core.errors import (
     EnvironmentFailure,
     Redo,
     StageError,
+    as_typed,
     blamed,
     describe,
     running_stage,
@@ -52,11 +53,11 @@ def test_the_line_a_failure_ends_with_sets_its_redo_on_the_users_command():
     failure = StageError("iter2/rank/done.json: its content does not match", Redo("rank", 2))
     assert describe(failure, "python -m src.main stage=pairs iter=2 logger=none") == (
         "error: iter2/rank/done.json: its content does not match; run "
-        "`python -m src.main stage=rank iter=2 logger=none pipeline.redo=[rank]`"
+        "`python -m src.main stage=rank iter=2 logger=none 'pipeline.redo=[rank]'`"
     )
     assert describe(failure, "python -m src.main iter=2") == (
         "error: iter2/rank/done.json: its content does not match; run "
-        "`python -m src.main iter=2 pipeline.redo=[rank]`"
+        "`python -m src.main iter=2 'pipeline.redo=[rank]'`"
     )
     plain = StageError("a file of the user's own is bad", "training.pairs=good.parquet")
     assert describe(plain, "python -m src.main stage=train").endswith(
@@ -65,6 +66,33 @@ def test_the_line_a_failure_ends_with_sets_its_redo_on_the_users_command():
     assert describe(StageError("nothing to do about it"), "python -m src.main") == (
         "error: nothing to do about it"
     )
+
+
+@pytest.mark.parametrize(
+    ("word", "typed"),
+    [
+        ("eval.benchmarks=[mt_bench,arena_hard]", "'eval.benchmarks=[mt_bench,arena_hard]'"),
+        ("pipeline.redo=[rank]", "'pipeline.redo=[rank]'"),  # zsh: "no matches found" unquoted
+        ("eval.llm_judge.api_key_env=", "eval.llm_judge.api_key_env=''"),  # the README's
+        ("paths.root=/scratch/${iter}", "'paths.root=/scratch/${iter}'"),  # resolved per iteration
+        ("data.prompts=*.jsonl", "'data.prompts=*.jsonl'"),
+        ("run_name=it?", "'run_name=it?'"),
+        ("+eval.extra={a:1}", "'+eval.extra={a:1}'"),
+        ("~logger.sweep", "'~logger.sweep'"),
+        ("run_name=it's", "'run_name=it'\"'\"'s'"),
+        ("model=tiny-mistral", "model=tiny-mistral"),
+        ("+training.lr=1e-05", "+training.lr=1e-05"),
+        ("data.eval_prompts=/data/alpaca_eval.json", "data.eval_prompts=/data/alpaca_eval.json"),
+        ("--force", "--force"),
+    ],
+)
+def test_a_suggested_command_quotes_each_word_a_shell_would_read_as_more_than_itself(word, typed):
+    """As the README types them: a shell given the line passes each word on as it was."""
+    import shlex
+
+    line = as_typed(f"python -m src.main iter=2 {word}")
+    assert line == f"python -m src.main iter=2 {typed}"
+    assert shlex.split(line)[-1] == word
 
 
 def refused_in_tiny_dir(filename: str | None) -> None:

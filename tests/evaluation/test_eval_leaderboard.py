@@ -18,7 +18,12 @@ before any model loads.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import random
+import re
 import shutil
 from pathlib import Path
 
@@ -37,14 +42,17 @@ from src.evaluation.leaderboard import (
     V2,
     missing_datasets,
     normalise,
+    prepared,
     raw_scores,
     run_leaderboard,
     scaled,
+    seeded_documents,
 )
 from src.tiny.leaderboard import (
     IFEVAL,
     arc_rows,
     bbh_repo,
+    gpqa_rows,
     ifeval_row,
     mmlu_pro_rows,
     write_datasets,
@@ -391,10 +399,21 @@ def test_lm_evals_ifeval_modules_load_fetching_nothing_and_claiming_nothing(
 # --- lm-eval in this process on tiny-mistral -----------------------------------------------------
 
 
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
     """Every leaderboard task (v2's group, v1's two) on tiny-mistral over the tiny copies of their
-    datasets, 2 documents each, answers of at most 8 tokens; NLTK's data absent."""
+    datasets, 2 documents each, answers of at most 8 tokens; NLTK's data absent. Returns what
+    the run returned, lm-eval's results file, and what the run said: its lines on stderr and
+    the messages of lm-eval's log records."""
     import datasets
     import huggingface_hub
     import nltk
@@ -402,7 +421,12 @@ def ran(tmp_path_factory):
     root = tmp_path_factory.mktemp("leaderboard")
     write_datasets(root / "data")
     model = ensure("tiny-mistral", DEFAULT_CACHE_DIR)
-    with pytest.MonkeyPatch.context() as patch:
+    logged = Records()
+    logging.getLogger("lm_eval").addHandler(logged)
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        contextlib.redirect_stderr(io.StringIO()) as printed,
+    ):
         patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hub"))
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "datasets"))
         patch.setattr(nltk.data, "path", [str(root / "nltk_data")])
@@ -415,13 +439,14 @@ def ran(tmp_path_factory):
             output=root / "out",
             max_gen_toks=8,
         )
+    logging.getLogger("lm_eval").removeHandler(logged)
     written = json.loads((root / "out" / RESULTS_FILE).read_text(encoding="utf-8"))
-    return returned, written
+    return returned, written, (printed.getvalue().splitlines(), logged.messages)
 
 
 @pytest.mark.slow
 def test_the_run_writes_lm_evals_results_with_every_task_and_its_metrics(ran):
-    _, written = ran
+    _, written, _ = ran
     results = written["results"]
     leaves = [*BBH_CHOICES, *GPQA_SUBTASKS, *MATH_SUBTASKS, *MUSR_CHOICES]
     leaves += ["leaderboard_ifeval", "leaderboard_mmlu_pro", "arc_challenge", "truthfulqa_mc2"]
@@ -459,7 +484,7 @@ def test_the_run_writes_lm_evals_results_with_every_task_and_its_metrics(ran):
 
 @pytest.mark.slow
 def test_the_normalised_scores_follow_from_the_raw_ones(ran):
-    returned, written = ran
+    returned, written, _ = ran
     results = written["results"]
     assert returned["raw"] == pytest.approx(raw_scores(results))
     assert returned["normalised"] == pytest.approx(normalise(results))
@@ -481,7 +506,7 @@ def test_the_normalised_scores_follow_from_the_raw_ones(ran):
 
 @pytest.mark.slow
 def test_without_nltk_data_ifeval_scores_the_other_prompts_and_counts_those_left_out(ran):
-    returned, written = ran
+    returned, written, _ = ran
     assert returned["unscored"] == {
         "leaderboard_ifeval": {
             "prompts": 1,
@@ -492,6 +517,22 @@ def test_without_nltk_data_ifeval_scores_the_other_prompts_and_counts_those_left
         }
     }
     assert written["n-samples"]["leaderboard_ifeval"] == {"original": 2, "effective": 2}
+
+
+@pytest.mark.slow
+def test_lm_evals_warnings_that_every_run_meets_are_said_once_or_not_at_all(ran):
+    """Of lm-eval's warnings, the leaderboard group's notes of the metrics most of its tasks lack
+    (seven a run) are not said, and a note for each prompt that tiny-mistral's chat template
+    refused its system turn is said once, counted, by the run."""
+    _, _, (lines, messages) = ran
+    assert not [m for m in messages if m.startswith(("Group 'leaderboard'", "Failed to apply"))]
+    dropped = [line for line in lines if "chat template takes no system turn" in line]
+    assert len(dropped) == 1, lines
+    assert re.fullmatch(
+        r"\[leaderboard\] the chat template takes no system turn: lm-eval left the task's "
+        r"description out of [1-9]\d* prompts",
+        dropped[0],
+    )
 
 
 @pytest.mark.slow
@@ -529,6 +570,68 @@ def test_a_dataset_an_earlier_load_left_in_the_datasets_cache_is_read_from_there
     assert written["chat_template"] is None and written["fewshot_as_multiturn"] is False
     assert written["n-samples"]["leaderboard_bbh_navigate"]["original"] == 2
     assert returned["normalised"] == pytest.approx(normalise(written["results"]))
+
+
+# --- GPQA's shuffled choices, drawn by the seed ---------------------------------------------------
+
+GPQA_ROWS = 16  # per subtask: two shuffles of their choices are never alike
+
+
+def write_gpqa(data: Path) -> None:
+    configs = ("gpqa_diamond", "gpqa_extended", "gpqa_main")
+    write_repo(data, "Idavidrein/gpqa", {c: {"train": gpqa_rows(c, GPQA_ROWS)} for c in configs})
+
+
+def gpqa_answers(data: Path) -> dict[str, list[str]]:
+    """Each GPQA subtask's right answers, in order, as its documents are read."""
+    with prepared(list(GPQA_SUBTASKS), data) as (_, loaded):
+        tasks = {leaf: t for built in loaded.values() for leaf, t in built["tasks"].items()}
+        return {leaf: [doc["answer"] for doc in task.eval_docs] for leaf, task in tasks.items()}
+
+
+def test_gpqa_shuffles_its_choices_by_the_seed_whatever_random_held_and_the_cache_kept(caches):
+    """lm-eval shuffles each GPQA question's choices with Python's `random` as it reads the
+    documents, and datasets keeps the first shuffle in its cache: read under the seed, the
+    answers are the seed's, whatever state `random` was in and whatever shuffle an earlier
+    load left in the cache; another seed, other answers."""
+    data = caches / "data"
+    write_gpqa(data)
+    random.seed(1)  # two processes' `random` are never in the same state
+    with seeded_documents(0):
+        first = gpqa_answers(data)
+    random.seed(2)
+    unseeded = gpqa_answers(data)  # an earlier load, kept in the datasets cache
+    assert unseeded != first
+    with seeded_documents(0):
+        assert gpqa_answers(data) == first
+    with seeded_documents(1):
+        assert gpqa_answers(data) != first
+    assert gpqa_answers(data) == unseeded, "outside, lm-eval reads its documents as it would"
+
+
+@pytest.mark.slow
+def test_two_evaluations_of_a_checkpoint_with_the_same_seed_score_gpqa_alike(caches, monkeypatch):
+    """tiny-mistral on GPQA twice with seed 0, as two machines would run it: each with its own
+    datasets cache and its `random` in a state of its own; lm-eval's results for GPQA are the
+    same, digit for digit."""
+    import datasets
+
+    data = caches / "data"
+    write_gpqa(data)
+    model = ensure("tiny-mistral", DEFAULT_CACHE_DIR)
+
+    def gpqa_results(machine: str, state: int) -> dict:
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(caches / machine))
+        random.seed(state)
+        run_leaderboard(
+            str(model), ["gpqa"], data_dir=data, dtype="float32", output=caches / machine, seed=0
+        )
+        written = json.loads((caches / machine / RESULTS_FILE).read_text(encoding="utf-8"))
+        return {t: row for t, row in written["results"].items() if t.startswith("leaderboard_gpqa")}
+
+    first = gpqa_results("first", 1)
+    assert set(first) == {"leaderboard_gpqa", *GPQA_SUBTASKS}
+    assert gpqa_results("second", 2) == first
 
 
 # --- in the eval stage (eval.benchmarks=[leaderboard]) -------------------------------------------

@@ -284,7 +284,7 @@ def test_a_stage_never_reads_an_earlier_stage_made_under_another_config(tmp_path
         "/iter1/generate was made with a different configuration (generation.temperature: " in line
     )
     assert "0.7 -> 0.9); stage rank reads it" in line
-    fix = "stage=generate generation.temperature=0.9 iter=1 pipeline.redo=[generate]"
+    fix = "stage=generate generation.temperature=0.9 iter=1 'pipeline.redo=[generate]'"
     assert line.endswith(f"run `python -m src.main {' '.join(SMALL)} {fix}`"), line
     assert records(tmp_path) == before, "nothing recorded as finished"
 
@@ -334,7 +334,7 @@ def test_a_damaged_previous_checkpoint_names_the_training_to_redo(
     }[damage]
     assert why in line
     assert line.endswith(
-        f"run `python -m src.main {' '.join(SMALL)} stage=train iter=1 pipeline.redo=[train]`"
+        f"run `python -m src.main {' '.join(SMALL)} stage=train iter=1 'pipeline.redo=[train]'`"
     )
     assert records(tmp_path) == before, "nothing recorded as finished"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -377,7 +378,7 @@ def test_a_repeated_stage_is_not_repeated_in_the_fix(tmp_path):
         "src.main", "model=tiny-mistral", "logger=none", "stage=pairs", "stage=rank", root=tmp_path
     )
     line = one_line_failure(result, 1)
-    command = line.rsplit("; run `", 1)[1].removesuffix("`").split()
+    command = shlex.split(line.rsplit("; run `", 1)[1].removesuffix("`"))
     keys = [w.lstrip("+~").partition("=")[0] for w in command[3:]]
     assert sorted(keys) == sorted(set(keys)), command
     assert "stage=generate" in command and "stage=rank" not in command, command

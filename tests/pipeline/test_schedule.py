@@ -116,7 +116,7 @@ def test_a_record_of_an_earlier_version_is_refused_with_the_redo_command(recorde
         run(cfg, command, [])
     assert re.fullmatch(
         r"error: .* was recorded by an earlier version of selfplay-lab, .*; to redo it .*; "
-        r"run `python -m src\.main stage=pairs logger=none iter=1 pipeline\.redo=\[pairs\]`",
+        r"run `python -m src\.main stage=pairs logger=none iter=1 \'pipeline\.redo=\[pairs\]\'`",
         describe(refused.value, command),
     )
     assert recorded == [], "nothing runs over a record it cannot read"

@@ -697,7 +697,7 @@ def test_the_command_line_ends_a_bad_ranked_row_with_the_command_that_ranks_agai
     ), line
     assert line.endswith(
         "; run `python -m src.main model=tiny-mistral logger=none method.K=3 stage=rank iter=1 "
-        "pipeline.redo=[rank]`"
+        "'pipeline.redo=[rank]'`"
     ), line
     assert not (cfg.stage_dir("pairs") / "pairs.parquet").exists()
 

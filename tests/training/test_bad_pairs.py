@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from src.config import REPO_ROOT
+from src.core.errors import as_typed
 from src.stages.train import run
 from src.training.data import PairsError
 from tests.support.helpers import SMALL, cli, compose_cfg, one_line_failure
@@ -24,6 +25,7 @@ from tests.support.helpers import SMALL, cli, compose_cfg, one_line_failure
 FIXTURE = REPO_ROOT / "tests" / "data" / "pairs_tiny.jsonl"
 ROWS = [json.loads(line) for line in FIXTURE.read_text().splitlines()]  # fx00 ... fx11
 REMAKE = "stage=pairs iter=1 pipeline.redo=[pairs]"  # the stage's output, training alone
+REMAKE_TYPED = as_typed(REMAKE)  # as the refusal's command writes it
 
 
 pytestmark = pytest.mark.usefixtures("runs_in_tmp", "tiny_dir")  # tests/conftest.py
@@ -363,7 +365,7 @@ def test_the_command_line_ends_a_bad_stage_output_with_the_command_that_remakes_
     result = cli(tmp_path / "runs", "stage=train")
     line = error_line(result)
     assert line.startswith(f"error: {path}: cannot read as parquet (")
-    assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE}`")
+    assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE_TYPED}`")
     assert not (cfg.stage_dir("train") / "done.json").exists()
 
 
@@ -390,7 +392,7 @@ def test_the_command_line_refuses_blank_text_with_one_line(tmp_path, case, own):
         assert re.fullmatch("error: " + expected(CASES[case], path), line), line
     else:
         assert re.match("error: " + expected(CASES[case], path).rstrip("$"), line), line
-        assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE}`"), line
+        assert line.endswith(f"; run `python -m src.main {' '.join(SMALL)} {REMAKE_TYPED}`"), line
     assert not list((tmp_path / "runs").rglob("train/done.json"))
 
 

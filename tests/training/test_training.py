@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -175,6 +176,24 @@ def test_identical_and_overlong_pairs_are_handled_as_documented(tmp_path):
     assert all(
         torch.isfinite(torch.tensor(e["loss"])) for e in metrics["log_history"] if "loss" in e
     )
+
+
+def test_the_trainer_is_imported_without_transformers_notice_of_wandbs_offline_mode():
+    """transformers prints "[INFO] Running in WANDB offline mode" on stdout as its W&B
+    integration is imported, whenever WANDB_MODE=offline, whatever the run tracks (a
+    logger=none training too): the trainer imports it without a word, and leaves the variable
+    as it was. A fresh process: transformers says it once, at its first import."""
+    shown = subprocess.run(
+        [sys.executable, "-c", "import os, src.training.trainer; print(os.environ['WANDB_MODE'])"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["offline"]
+    assert "WANDB" not in shown.stderr, shown.stderr
 
 
 def test_a_missing_previous_checkpoint_names_the_command_that_makes_it():

@@ -18,7 +18,9 @@ iteration interrupted and resumed adds no duplicate point. An offline run cannot
 (W&B makes each `wandb.init` offline a new segment of the run, and `wandb sync` of a later
 segment replaces the earlier's history): each offline segment logs the whole curve, the last
 one complete. Sweep points carry the sweep's name as their group and the swept values in their
-config (`logger.sweep`, `logger.swept`, set by src.sweep), so W&B groups and colours them.
+config (`logger.sweep`, `logger.swept`, set by src.sweep), so W&B groups and colours them; the
+sweep is recorded in the lineage's folder (SWEEP_RECORD), so that a later command on the lineage,
+which names none, writes its segments in the same group (a sync of a segment sets the run's).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config
+from src.core.artifacts import atomic_write_json, read_json
+from src.core.errors import StageError
 from src.core.fingerprints import lookup
-from src.core.layout import RunLayout
+from src.core.layout import SWEEP_RECORD, RunLayout
 from src.stages.report.results import CURVES as JOB_TYPE
 from src.stages.report.results import num, read_iteration
 from src.stages.report.tracking import enabled, flat_config, lineage
@@ -67,19 +71,40 @@ def curve(cfg: Config) -> dict[int, dict[str, float]]:
     return {t: points for t, points in each.items() if points}
 
 
-def curve_config(cfg: Config) -> dict[str, Any]:
+def sweep_of(cfg: Config) -> tuple[str | None, list[str]]:
+    """The sweep the lineage is a point of and the keys it sweeps: the command's own
+    (`logger.sweep`, `logger.swept`: src.sweep sets them on each point it launches), recorded
+    in the lineage's folder; else the last one recorded there; (None, []): no sweep ran it."""
+    path = Path(cfg.run.dir) / SWEEP_RECORD
+    if cfg.logger.sweep:
+        sweep, swept = cfg.logger.sweep, list(cfg.logger.swept)
+        atomic_write_json(path, {"sweep": sweep, "swept": swept})
+        return sweep, swept
+    if not path.is_file():
+        return None, []
+    again = "name its sweep again on the command (logger.sweep=<name> 'logger.swept=[<keys>]')"
+    recorded = read_json(path, StageError, again=again)
+    sweep, swept = recorded.get("sweep"), recorded.get("swept")
+    if not (isinstance(sweep, str) and sweep and isinstance(swept, list)
+            and all(isinstance(key, str) for key in swept)):  # fmt: skip
+        raise StageError(f"{path} is not the sweep this project records (edited?); {again}")
+    return sweep, swept
+
+
+def curve_config(cfg: Config, sweep: str | None, swept: list[str]) -> dict[str, Any]:
     """The stage runs' flat keys (eta, beta, lr, K, method, model) with the sweep's name and the
-    values it sweeps, so that W&B colours the points of a sweep by them."""
+    values it sweeps (`sweep_of`), so that W&B colours the points of a sweep by them."""
     tree = cfg.as_tree()
-    named = {"stage": JOB_TYPE, "lineage": lineage(cfg), "sweep": cfg.logger.sweep,
+    named = {"stage": JOB_TYPE, "lineage": lineage(cfg), "sweep": sweep,
              "run_name": cfg.run_name}  # fmt: skip
-    return flat_config(cfg) | named | {key: lookup(tree, key) for key in cfg.logger.swept}
+    return flat_config(cfg) | named | {key: lookup(tree, key) for key in swept}
 
 
 def log_curve(cfg: Config, reused: bool = False) -> None:
-    """Open (or resume) the lineage's curve run, log what it does not hold yet, close it; a no-op
-    with `logger=none`. `reused`: the command ran no stage, its curve is the records' (tagged
-    `reused`)."""
+    """Open (or resume) the lineage's curve run, log what it does not hold yet, close it; with
+    `logger=none`, only the sweep that runs the lineage is recorded (`sweep_of`). `reused`: the
+    command ran no stage, its curve is the records' (tagged `reused`)."""
+    sweep, swept = sweep_of(cfg)
     if not enabled(cfg):
         return
     import wandb
@@ -88,7 +113,7 @@ def log_curve(cfg: Config, reused: bool = False) -> None:
     run = wandb.init(
         project=log.project,
         entity=log.entity,
-        group=log.sweep or lineage(cfg),
+        group=sweep or lineage(cfg),
         job_type=JOB_TYPE,
         name=cfg.run_name,
         id=curve_id(cfg),
@@ -96,7 +121,7 @@ def log_curve(cfg: Config, reused: bool = False) -> None:
         tags=[*log.tags, cfg.method.name.value, cfg.model.name, *(["reused"] if reused else [])],
         dir=log.dir,
         mode=log.mode.value,
-        config=curve_config(cfg),
+        config=curve_config(cfg, sweep, swept),
         reinit="create_new",  # beside a stage's run, should one be open
     )
     try:

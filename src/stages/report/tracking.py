@@ -156,17 +156,10 @@ def start(cfg: Config, stage: Stage) -> None:
 
     log = cfg.logger
     Path(log.dir).mkdir(parents=True, exist_ok=True)
-    # the Trainer's callback and any child process read these: they join this run
+    # the Trainer's callback and any child process read these, the same for every run of the
+    # process; the run's own (RUN_VARS) are set once it is open (`joined`)
     os.environ.update(
-        {
-            "WANDB_DIR": log.dir,
-            "WANDB_MODE": log.mode.value,
-            "WANDB_PROJECT": log.project,
-            "WANDB_RUN_ID": run_id(cfg, stage),
-            "WANDB_RESUME": "allow",
-            "WANDB_RUN_GROUP": lineage(cfg),
-            "WANDB_JOB_TYPE": stage.value,
-        }
+        {"WANDB_DIR": log.dir, "WANDB_MODE": log.mode.value, "WANDB_PROJECT": log.project}
     )
     if log.entity:
         os.environ["WANDB_ENTITY"] = log.entity
@@ -206,7 +199,23 @@ def start(cfg: Config, stage: Stage) -> None:
         raise _offline_instead(
             server()[0], (str(err) or "init timed out").splitlines()[0]
         ) from None
+    joined(cfg, stage)
     chain.log_used(wandb.run, cfg, stage)
+
+
+def joined(cfg: Config, stage: Stage) -> None:
+    """The stage's run, open, named to the Trainer's callback and to any child process, which
+    join it. Set after wandb.init: a wandb.init after the process's first says, on the
+    terminal, that the variables changed since that first one are ignored (this process's runs
+    take theirs as arguments), at every stage."""
+    os.environ.update(
+        {
+            "WANDB_RUN_ID": run_id(cfg, stage),
+            "WANDB_RESUME": "allow",
+            "WANDB_RUN_GROUP": lineage(cfg),
+            "WANDB_JOB_TYPE": stage.value,
+        }
+    )
 
 
 def finish(cfg: Config, stage: Stage, metrics: dict[str, Any], exit_code: int = 0) -> None:

@@ -8,6 +8,7 @@ points as curve runs of one group: tests/pipeline/test_pipeline.py's local sweep
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -146,3 +147,88 @@ def test_a_resumed_curve_run_logs_only_what_it_does_not_hold():
     assert unlogged(held, points) == [(2, {"eval_win_rate": 0.7}), (3, {"pairs": 4.0})]
     assert unlogged(held, {1: {"eval_win_rate": 0.65}}) == [(1, {"eval_win_rate": 0.65})]
     assert unlogged({}, points) == list(points.items())
+
+
+def test_a_lineage_a_sweep_ran_keeps_its_curve_run_in_the_sweeps_group(tmp_path, monkeypatch):
+    """`make sweep-tiny`'s η = 10: the sweep's command (logger.sweep, set by src.sweep) writes a
+    segment of the lineage's curve run in the sweep's group, and the next command on the
+    lineage, which names no sweep, one in the same group with the same swept values, so that a
+    sync keeps the point in the sweep (a sync of a segment sets the run's group). A lineage no
+    sweep ran keeps its own group. Real offline runs, read back by wandb's reader."""
+    from src.stages.report import tracking
+    from src.stages.report.curves import log_curve
+    from tests.support.helpers import compose_cfg
+    from tests.support.wandb_runs import ended_records, offline_runs
+
+    for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
+        monkeypatch.setenv(var, "")  # set first: monkeypatch removes again what was absent
+        monkeypatch.delenv(var)
+    tracked = ("model=tiny-mistral", "logger=wandb", "logger.mode=offline",
+               f"paths.root={tmp_path}")  # fmt: skip
+    log_curve(compose_cfg(*tracked, "logger.sweep=eta-tiny", "logger.swept=[method.eta]"))
+    log_curve(compose_cfg(*tracked))
+    log_curve(compose_cfg(*tracked, "run_name=alone"))
+    for run_file in (tmp_path / "wandb").rglob("run-*.wandb"):
+        ended_records(run_file.parent)
+    segments = [(r.header["run_group"], r.summary["config"]) for r in offline_runs(tmp_path)]
+    lineage = "tiny-mistral/sppo/" + segments[0][1]["run_name"]
+    assert [(group, config["sweep"], config.get("method.eta")) for group, config in segments] == [
+        ("eta-tiny", "eta-tiny", 10),
+        ("eta-tiny", "eta-tiny", 10),
+        ("tiny-mistral/sppo/alone", None, None),
+    ]
+    assert segments[0][1]["lineage"] == segments[1][1]["lineage"] == lineage
+
+
+@pytest.mark.parametrize("text", ["{not json", '["eta-tiny"]', '{"sweep": "", "swept": []}',
+                                  '{"sweep": "eta-tiny", "swept": "method.eta"}'])  # fmt: skip
+def test_a_damaged_sweep_record_is_one_line_naming_it_and_what_records_it_again(tmp_path, text):
+    from src.core.errors import StageError
+    from src.core.layout import SWEEP_RECORD
+    from src.stages.report.curves import sweep_of
+    from tests.support.helpers import compose_cfg
+
+    cfg = compose_cfg("model=tiny-mistral", f"paths.root={tmp_path}")
+    record = Path(cfg.run.dir) / SWEEP_RECORD
+    record.parent.mkdir(parents=True)
+    record.write_text(text)
+    with pytest.raises(StageError) as refused:
+        sweep_of(cfg)
+    said = str(refused.value)
+    assert said.startswith(f"{record} ") and "\n" not in said
+    assert said.endswith("(logger.sweep=<name> 'logger.swept=[<keys>]')")
+    # the sweep's own command records it anew
+    again = compose_cfg("model=tiny-mistral", f"paths.root={tmp_path}", "logger.sweep=eta-tiny")
+    assert sweep_of(again) == ("eta-tiny", []) == sweep_of(cfg)
+
+
+def test_the_runs_of_one_command_open_without_wandbs_note_of_changed_variables(
+    tmp_path, monkeypatch, capfd
+):
+    """The stages of one command open a W&B run each, and then the curve run, in one process:
+    none of them has wandb say that variables changed since its first run are ignored (every
+    run takes its settings as arguments; the variables name the open run to the Trainer's
+    callback and the child processes, and do while it is open)."""
+    import wandb
+
+    from src.config import Stage
+    from src.stages.report import tracking
+    from src.stages.report.curves import log_curve
+    from tests.support.helpers import compose_cfg
+
+    for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
+        monkeypatch.setenv(var, "")  # set first: monkeypatch removes again what was absent
+        monkeypatch.delenv(var)
+    wandb.teardown()  # W&B as a command's process starts it: no run opened before
+    cfg = compose_cfg("model=tiny-mistral", "logger=wandb", "logger.mode=offline",
+                      f"paths.root={tmp_path}")  # fmt: skip
+    for stage in (Stage.generate, Stage.rank):
+        tracking.start(cfg, stage)
+        assert os.environ["WANDB_RUN_ID"] == tracking.run_id(cfg, stage)
+        assert os.environ["WANDB_JOB_TYPE"] == stage.value
+        tracking.finish(cfg, stage, {"seconds": 1.0})
+        assert not any(var in os.environ for var in tracking.RUN_VARS)
+    log_curve(cfg)
+    said = capfd.readouterr().err
+    assert "wandb" in said  # W&B's own lines: the offline runs it made
+    assert "environment variables will be ignored" not in said, said

@@ -5,6 +5,7 @@ wandb's ~100 s of retries with a traceback."""
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 
 import pytest
@@ -86,7 +87,7 @@ def test_online_with_a_key_and_no_server_fails_at_once_with_one_line(dead_server
     assert lines[-1].startswith(f"error: W&B server {dead_server} ")
     assert "wandb sync" in lines[-1]
     assert lines[-1].endswith("`")
-    command = lines[-1].rsplit("; run `", 1)[1].removesuffix("`").split()
+    command = shlex.split(lines[-1].rsplit("; run `", 1)[1].removesuffix("`"))
     assert command[:3] == ["python", "-m", "src.main"], command
     assert "logger.mode=offline" in command and "logger.mode=online" not in command
     assert "stage=generate" in command
