@@ -129,7 +129,7 @@ def test_a_changed_setting_and_a_missing_iteration_as_src_main_says_them(lineage
                            "train": "stale"}  # fmt: skip
     assert two.stages == {s: Cell("missing") for s in ("generate", "rank", "pairs", "train")}
     assert found.command == suggested(main_at(runs, *asked))
-    assert found.command.endswith(" iter=1 training.warmup_ratio=0.2 pipeline.redo=[train]")
+    assert found.command.endswith(" iter=1 training.warmup_ratio=0.2 'pipeline.redo=[train]'")
 
 
 @slow
@@ -159,7 +159,7 @@ def test_a_damaged_record_and_a_running_stage_are_shown_and_it_still_ends_0(line
     assert states(two) == {"generate": "running", "rank": "missing", "pairs": "missing",
                            "train": "missing"}  # fmt: skip
     assert found.command == suggested(main_at(runs, *SMALL, "iter=2"))
-    assert found.command.endswith(" iter=1 pipeline.redo=[train]")
+    assert found.command.endswith(" iter=1 'pipeline.redo=[train]'")
 
 
 def trained_again(runs: Path, *overrides: str) -> None:
