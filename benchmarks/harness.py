@@ -307,6 +307,12 @@ def trim() -> None:
         libc.malloc_trim(0)
 
 
+# --scale cpu: a real model's config class at 2 layers of width 128 (heads of 32 dims, which
+# vLLM's CPU attention serves): a GPU run rehearsed on a CPU
+CPU_SCALE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32}  # fmt: skip
+
+
 def real_config(model: str, **changes):
     """A real model's transformers config from its config class (src/core/shapes.py: nothing is
     downloaded); `model`: a conf/model/ option or a hub id; `changes`: its fields changed."""

@@ -36,8 +36,6 @@ ALL = "all"  # the case of --one-command: `stage=all eval.enabled=true`
 STOP_S = 60  # a command still running this long before the case's --timeout is stopped
 MODELS = {"mistral-7b-instruct-v0.2": "mistral", "gemma-2-9b-it": "gemma2"}  # conf/model/
 HARDWARE = {"cuda": "gpu-1", "cpu": "cpu"}
-CPU_SCALE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32}  # fmt: skip
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +107,7 @@ def build_policy(folder: Path, model: str, scale: str):
     if family == "gemma2":  # a turn ends at <eos> or <end_of_turn>, as gemma-2-9b-it's
         ends.append(tok.convert_tokens_to_ids("<end_of_turn>"))
     ids = {"bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id}
-    config = harness.real_config(model, **(CPU_SCALE if scale == "cpu" else {}), **ids,
+    config = harness.real_config(model, **(harness.CPU_SCALE if scale == "cpu" else {}), **ids,
                                  eos_token_id=tok.eos_token_id)  # fmt: skip
     policy = harness.random_model(config)
     policy.generation_config = transformers.GenerationConfig(**ids, eos_token_id=ends)

@@ -10,7 +10,6 @@ transformers' forward instead (benchmarks/ranking_rm.py).
 
 from __future__ import annotations
 
-import random
 import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,29 +19,24 @@ from pathlib import Path
 
 from benchmarks import harness, ranking_rm
 from benchmarks.harness import Case, fmt
+from benchmarks.ranking_data import (
+    DATASETS,
+    HARDWARE,
+    SCORE_ATOL,
+    K,
+    make_data,
+    same_rankings,
+)
 
-K = 5
 TARGET = ">= 5.0"  # ours / llm-blender, comparisons per second
-SCORE_ATOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}  # max abs score difference
 # 32: the PairRM ranker's default; 4: tiny-pairrm's (conf/ranker/). 64 was never faster than 32
 # in any earlier run and needs up to 15 GB on long (results/ranking_cpu_nommap.md): opt-in.
 BATCH_SIZES = (4, 32)
-# Responses: runs of words cut from data/tiny/corpus.txt, lengths uniform in `words`. llm-blender
-# lets a candidate use 412 + (1224 - source length) // 2 tokens (~1,000 here): only long is cut.
-DATASETS = {
-    "short": {"prompts": 48, "words": (20, 60)},  # per-forward overhead matters
-    "medium": {"prompts": 48, "words": (60, 200)},
-    "long": {"prompts": 8, "words": (350, 700)},  # a comparison costs ~50x a short one on CPU
-    # every ranking of K checked against llm-blender's: 200 prompts (the hand-written ones again
-    # past the first 120), responses of every length up to the candidate limit
-    "agreement": {"prompts": 200, "words": (10, 450)},
-}
 # no-mmap: glibc serves everything from its heap and never trims it, so a freed [B*heads, L, L]
 # attention temporary is reused, not page-faulted afresh (docs/performance.md, Ranking); RSS keeps its peak
 MALLOC = {"default": {}, "no-mmap": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}}
 # ours: the judge of `python -m src.main <RANK_STAGE> ranker.batch_size=B hardware=<HARDWARE>`
 RANK_STAGE = ["stage=rank", "model=tiny-mistral", "ranker=tiny-pairrm", "ranker.prompt_format=raw"]
-HARDWARE = {"cpu": "cpu", "cuda": "gpu-1"}
 # --backbone base / large: DeBERTa-v3-base's and -large's shapes (PairRM's is large), random
 # weights, the tiny tokenizer; built once under .cache/bench/pairrm-<name>
 BACKBONES = {
@@ -178,17 +172,6 @@ def build_pairrm(backbone: str) -> Path:
         architectures.save_pairrm(blender, staging)
         staging.rename(final)
     return final
-
-
-def make_data(name: str, max_prompts: int | None) -> tuple[list[str], list[list[str]]]:
-    """The hand-written prompts and K responses each, the same for a name always (the old
-    script's seed, so its data sets stay)."""
-    written, words = harness.written_prompts(), harness.corpus_words()
-    wanted = min(DATASETS[name]["prompts"], max_prompts or 10**9)
-    prompts = [written[i % len(written)] for i in range(wanted)]
-    rng = random.Random(f"bench_ranking/{name}/0")  # a str seed is hashed stably
-    return prompts, [[harness.cut(rng, words, rng.randint(*DATASETS[name]["words"]))
-                      for _ in range(K)] for _ in prompts]  # fmt: skip
 
 
 # --- the two sides: (rank(prompts, responses) -> scores [n, K], the PairRMJudge underneath) ---
@@ -492,14 +475,6 @@ def summarise(runs: list[dict], args) -> dict:
                            "max_abs_score_diff": diff, "score_atol": atol,
                            "scores_within": None if diff is None else diff <= atol})  # fmt: skip
     return {"runs": runs, "summary": summary, "ratios": ratios, "reference_scores": reference}
-
-
-def same_rankings(scores, reference) -> int:
-    """The prompts whose K responses `scores` rank in the order `reference` ranks them."""
-    import numpy as np
-
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return int((order == np.argsort(-reference, axis=1, kind="stable")).all(axis=1).sum())
 
 
 def tables(result: dict) -> list[dict]:

@@ -3,7 +3,7 @@ it, by vLLM's engine (`ranker.backend=vllm`) against transformers' forward (`ran
 on the same conversations in one run (benchmarks/ranking.py's data sets, K responses a prompt):
 records (conversations) per second and tokens per second, each data set's call timed alone in one
 process, the judge's start (the model loaded; vLLM's engine started) reported apart; vLLM's scores
-against the hf forward's of the same run (within ranking.SCORE_ATOL for the judge's dtype: fp32's
+against the hf forward's of the same run (within ranking_data.SCORE_ATOL for the judge's dtype: fp32's
 is the one the tests hold it to) and its
 rankings of each prompt's K responses. `--eager`: vLLM's engine also (or only) without
 torch.compile (generation.enforce_eager=true), as the tests start it. `--rm-shape llama-8b`: a
@@ -16,9 +16,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks import harness, ranking  # ranking imports this module: its names read late
-from benchmarks.harness import Case, fmt
-from benchmarks.iteration import CPU_SCALE
+from benchmarks import harness
+from benchmarks.harness import CPU_SCALE, Case, fmt
+from benchmarks.ranking_data import HARDWARE, SCORE_ATOL, make_data, same_rankings
 
 RANK_STAGE = ["stage=rank", "model=tiny-mistral"]
 # --rm-shape: the reward model and the conf/ranker/ preset that loads it. tiny: tiny-rm32
@@ -112,7 +112,6 @@ def measure(case: Case) -> dict:
     harness.as_entry_point()
     import torch
 
-    from benchmarks.ranking import make_data
     from src.config import compose
     from src.ranking.reward_model import judge_dtype
     from src.stages.common import load_judge
@@ -122,7 +121,7 @@ def measure(case: Case) -> dict:
     eager = [f"generation.enforce_eager={str(p['eager']).lower()}"] if "eager" in p else []
     built = [] if p["rm_shape"] == "tiny" else [f"ranker.model={p['rm_dir']}"]
     cfg = compose([*RANK_STAGE, f"ranker={RANKERS[p['rm_shape']]}", *built,
-                   f"hardware={ranking.HARDWARE[p['device']]}", f"ranker.backend={p['backend']}",
+                   f"hardware={HARDWARE[p['device']]}", f"ranker.backend={p['backend']}",
                    *eager])  # fmt: skip
     if not built:
         ensure_tiny_models(cfg)  # before anything is timed
@@ -170,7 +169,7 @@ def summarise(runs: list[dict], args) -> dict:
     prompts ranked alike), the medians per peer and data set, and each vLLM peer over hf."""
     import numpy as np
 
-    same_rankings, atol = ranking.same_rankings, ranking.SCORE_ATOL[runs[0]["dtype"]]
+    atol = SCORE_ATOL[runs[0]["dtype"]]
     reference = next((r["per_data"] for r in reversed(runs) if r["peer"] == "hf"), {})
     for run in runs:
         for name, d in run["per_data"].items():

@@ -23,11 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.assets.preflight import preflight
+from src.assets.preflight import preflight, require_machine_and_keys
 from src.config import REPO_ROOT, Config, Device, compose_tree, validate
 from src.config.cli import check_hydra_arguments, failures, hydra_raises, launcher_failure
 from src.core import memory, preemption, threads
-from src.schedule import dispatch, iterations
+from src.schedule import dispatch, iterations, refuse
 
 # What Ctrl-C or SIGTERM leaves: every stage resumes
 INTERRUPTED = (
@@ -66,9 +66,12 @@ def run(
     config_for_iter: Callable[[int], Config] | None = None,
 ) -> None:
     """A valid config's run: the iterations it runs, each planned once from its records; the
-    checks made before any stage, what the records refuse among them, before anything loads, is
-    built or is written (src/assets/preflight.py); then the stages, as planned."""
+    checks made before any stage, cheapest first, before anything loads, is built or is written
+    (src/assets/preflight.py): the machine and the keys, what the records refuse, the rest; then
+    the stages, as planned."""
     plans = iterations(cfg, config_for_iter)
+    require_machine_and_keys(plans)
+    refuse(plans)
     preflight(plans, command, overrides)
     dispatch(plans, command)
 

@@ -1,39 +1,55 @@
 """Every check `python -m src.main` makes before a stage runs, cheapest first, and nothing
-written before any of them refuses: the machine (a GPU asked for where CUDA is not usable here)
-and the keys from the environment (the OpenAI key AlpacaEval's judge needs), for what the command
-runs or the remedy of what it refuses would run; what the records refuse (src/schedule.py:
-`refuse`); a pairs file of the user's own that the training would read (training.pairs); the
-plan's fit on this machine's GPU (a run that cannot fit stops in a second, not at its first
-out-of-memory an hour in); the tiny models the command names (built where missing: minutes,
-once); then what the stages still to run read from outside (with the Hub offline, every model,
-judge and dataset read by hub id, in the Hub cache; an answer from OpenAI's API).
+written before any of them refuses. First (`require_machine_and_keys`) the machine (a GPU asked
+for where CUDA is not usable here) and the keys from the environment (the OpenAI key AlpacaEval's
+judge needs), for what the command runs or the remedy of what it refuses would run; then what the
+records refuse (src/schedule.py: `refuse`); then (`preflight`) a pairs file of the user's own that
+the training would read (training.pairs); the plan's fit on this machine's GPU (a run that cannot
+fit stops in a second, not at its first out-of-memory an hour in); the tiny models the command
+names (built where missing: minutes, once); then what the stages still to run read from outside
+(with the Hub offline, every model, judge and dataset read by hub id, in the Hub cache; an answer
+from OpenAI's API).
 
-It follows the plans the records made (src/schedule.py: `iterations`), each iteration's once.
+Each follows the plans the records made (src/schedule.py: `iterations`), each iteration's once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from src.config import Device, Peft, Stage
+from src.config import Config, Device, Peft, Stage
 from src.core.errors import StageError
 from src.core.fingerprints import read_upstream
 from src.core.registry import STAGES
 from src.plan.stages import require_fit_here
-from src.schedule import Plan, refuse
 from src.tiny.on_demand import ensure_tiny_models
 from src.training.pairs_file import own_pairs_problem
 
 
-def preflight(plans: Sequence[Plan], command: str, overrides: list[str]) -> None:
-    """The checks for the iterations a command runs (`plans`, in order, its own last)."""
-    cfg = plans[-1].cfg
+class Plan(Protocol):
+    """What the checks read of an iteration's plan (src/schedule.py: `Plan`, which stands above
+    them): its config, the stages it runs and those it or its remedy would run."""
+
+    cfg: Config
+
+    def running(self) -> list[Stage]: ...
+
+    def needs(self) -> list[Stage]: ...
+
+
+def require_machine_and_keys(plans: Sequence[Plan]) -> None:
+    """The checks made before the records are looked at: they cost nothing and no remedy of a
+    refusal gets past them."""
     require_machine(plans)
     require_keys(plans)
-    refuse(plans)
+
+
+def preflight(plans: Sequence[Plan], command: str, overrides: list[str]) -> None:
+    """The checks made once the records refuse nothing, for the iterations a command runs
+    (`plans`, in order, its own last)."""
     require_own_pairs(plans)
-    require_fit_here(cfg, overrides)  # on a GPU: what cannot fit stops here, exit 2
-    ensure_tiny_models(cfg)
+    require_fit_here(plans[-1].cfg, overrides)  # on a GPU: what cannot fit stops here, exit 2
+    ensure_tiny_models(plans[-1].cfg)
     require_assets_here(plans, command)
 
 
