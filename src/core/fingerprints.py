@@ -71,8 +71,8 @@ def fingerprint_form(value: Any, tree: dict[str, Any], at: Anchors = PORTABLE) -
     `paths.root` `<root>/...`, another inside the clone (REPO_ROOT) `<repo>/...`, each by the
     deepest of them that holds it (the runs root is the clone's runs/ by default), so that a
     fingerprint depends on paths relative to the run and the clone, not on where they sit;
-    anything else (a model dir, a prompt file elsewhere) is kept as it is; sections and lists
-    item by item. `at`: what to write for the run directory, the root and the clone instead —
+    anything else (a model or a prompt file elsewhere, a hub id) is kept as it is; sections and
+    lists item by item. `at`: what to write for the run directory, the root and the clone instead —
     format 2 hashed the absolute paths, which is `at=(its run.dir, its paths.root, None)`.
     """
     if isinstance(value, dict):
