@@ -26,10 +26,7 @@ from src.config.checks import ConfigError
 from src.config.root import Config
 from src.config.training import PAIRS_STAGE_FILE, pairs_lineage
 from src.core.errors import causes, set_overrides
-from src.core.layout import RunLayout, iteration_name
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
+from src.core.layout import REPO_ROOT, RunLayout, iteration_name
 
 # ---------------------------------------------------------------------------------------------
 # Resolvers. Registered at import so Hydra's `--cfg job --resolve`, the compose API in tests and

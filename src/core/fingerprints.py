@@ -14,9 +14,11 @@ its fingerprint by content, so a file edited in place makes the stage stale, the
 Each function takes the config as plain data (`Config.as_tree()`): a tree that holds `iter`,
 `run.dir`, `paths.root` and the stages' inputs.
 
-A fingerprint does not depend on where the run sits: a path inside the run directory enters it
-as `<run>/...`, one elsewhere under `paths.root` as `<root>/...` (`fingerprint_form`), so a run
-root moved or copied elsewhere keeps its finished stages.
+A fingerprint does not depend on where the run or the clone sits: a path inside the run directory
+enters it as `<run>/...`, one elsewhere under `paths.root` as `<root>/...`, one elsewhere in the
+clone (REPO_ROOT: its data/, the tiny models in .cache/tiny) as `<repo>/...` (`fingerprint_form`),
+so a run root moved or copied elsewhere, a clone renamed, or a run copied to another clone keeps
+its finished stages.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from src.core.artifacts import files_sha256, folder_files
 from src.core.errors import StageError
-from src.core.layout import RunLayout, stage_folder
+from src.core.layout import REPO_ROOT, RunLayout, stage_folder
 from src.core.records import read_record
 from src.core.registry import (
     BENCHMARK_INPUTS,
@@ -39,8 +41,12 @@ from src.core.registry import (
     Stage,
 )
 
-# What a fingerprint writes, at the head of a path, for the run directory and for paths.root.
-PORTABLE = ("<run>", "<root>")
+# What a fingerprint writes, at the head of a path, for the run directory, paths.root and the clone
+# (REPO_ROOT). None: paths in that folder are kept absolute, as records before format 7 kept the
+# clone's (`CLONE_ABSOLUTE`).
+Anchors = tuple[str | None, str | None, str | None]
+PORTABLE: Anchors = ("<run>", "<root>", "<repo>")
+CLONE_ABSOLUTE: Anchors = ("<run>", "<root>", None)
 
 
 def stage_dir(tree: dict[str, Any], stage: Stage) -> Path:
@@ -58,32 +64,38 @@ def lookup(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def fingerprint_form(value: Any, tree: dict[str, Any], at: tuple[str, str] = PORTABLE) -> Any:
+def fingerprint_form(value: Any, tree: dict[str, Any], at: Anchors = PORTABLE) -> Any:
     """`value`, from the config `tree`, as fingerprints hash it and `changed` shows it.
 
     A path inside the run directory (`run.dir`) is written `<run>/...`, another inside
-    `paths.root` `<root>/...`, so that a fingerprint depends on paths relative to the run, not on
-    where its root sits; anything else (a model dir, a prompt file elsewhere) is kept as it is;
-    sections and lists item by item. `at`: what to write for the run directory and the root
-    instead — format 2 hashed the absolute paths, which is `at=(its run.dir, its paths.root)`.
+    `paths.root` `<root>/...`, another inside the clone (REPO_ROOT) `<repo>/...`, each by the
+    deepest of them that holds it (the runs root is the clone's runs/ by default), so that a
+    fingerprint depends on paths relative to the run and the clone, not on where they sit;
+    anything else (a model or a prompt file elsewhere, a hub id) is kept as it is; sections and
+    lists item by item. `at`: what to write for the run directory, the root and the clone instead —
+    format 2 hashed the absolute paths, which is `at=(its run.dir, its paths.root, None)`.
     """
     if isinstance(value, dict):
         return {k: fingerprint_form(v, tree, at) for k, v in value.items()}
     if isinstance(value, list):
         return [fingerprint_form(v, tree, at) for v in value]
     if isinstance(value, str):
-        places = (lookup(tree, "run.dir"), lookup(tree, "paths.root"))
+        places = (lookup(tree, "run.dir"), lookup(tree, "paths.root"), REPO_ROOT)
+        held = []
         for place, written in zip(places, at, strict=True):
             base = str(place).rstrip("/")
-            if place and (value == base or value.startswith(base + "/")):
-                return written.rstrip("/") + value[len(base) :]
+            if place and written is not None and (value == base or value.startswith(base + "/")):
+                held.append((base, written))
+        if held:
+            base, written = max(held, key=lambda h: len(h[0]))
+            return written.rstrip("/") + value[len(base) :]
     return value
 
 
 def stage_inputs(
     tree: dict[str, Any],
     stage: Stage,
-    at: tuple[str, str] = PORTABLE,
+    at: Anchors = PORTABLE,
     extras: bool = True,
     backend_written: bool = False,
     chained: bool = False,
@@ -157,7 +169,7 @@ class Fingerprint(str):
 def stage_fingerprint(
     tree: dict[str, Any],
     stage: Stage,
-    at: tuple[str, str] = PORTABLE,
+    at: Anchors = PORTABLE,
     extras: bool = True,
     contents: bool = True,
     backend_written: bool = False,
@@ -185,7 +197,7 @@ def stage_fingerprint(
         upstream = None
     inputs = stage_inputs(tree, stage, at, extras, backend_written, chained)
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
-    found = input_contents(tree, stage, read) if contents else {}
+    found = input_contents(tree, stage, read, at) if contents else {}
     if found:  # only then: a stage that reads no local file keeps its fingerprint of format 4
         payload["contents"] = {key: entry["sha256"] for key, entry in found.items()}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -210,7 +222,7 @@ Read = list[str] | int
 
 
 def input_contents(
-    tree: dict[str, Any], stage: Stage, read: dict[str, Read] | None = None
+    tree: dict[str, Any], stage: Stage, read: dict[str, Read] | None = None, at: Anchors = PORTABLE
 ) -> dict[str, dict[str, Any]]:
     """{key: {path, stat, sha256[, read]}} for each of the stage's FILE_INPUTS that names a local
     file or folder outside the run: what the stage read of it, by content.
@@ -222,9 +234,10 @@ def input_contents(
     them (a record made before, a file read whole), the whole file or every file in the folder. A file named by a record that is gone, or has become
     a folder, hashes as `GONE`, so the check names it. The record vouches for a file whose size,
     inode, mtime and ctime (which every write changes, `cp -p` and `touch -d` too) are as it
-    recorded them, so that a check does not read it again.
+    recorded them, so that a check does not read it again. Each is named by its path in its
+    fingerprint form (`at`: as its record's format wrote it).
     """
-    named = flatten(stage_inputs(tree, stage))
+    named = flatten(stage_inputs(tree, stage, at))
     out: dict[str, dict[str, Any]] = {}
     recorded: dict | None = None
     for key in FILE_INPUTS:

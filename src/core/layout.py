@@ -23,6 +23,11 @@ from src.core.registry import STAGES, Stage
 
 ITERATION = re.compile(r"iter(\d+)")
 
+# The clone this code runs from: conf/'s `${repo:...}` paths lie in it (its data/, .cache/tiny),
+# and records name a path in it relative to it (`<repo>/...`, src/core/fingerprints.py), so that
+# a clone renamed or a run copied to another clone keeps its finished stages.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 # Evals of one checkpoint against several references sit side by side: the one against the base
 # model in the eval stage's folder, each other one in a folder of its own inside it, named by its
 # reference (`iter3/eval/vs-iter1`, `iter3/eval/vs-gpt4_turbo.json`), with its own record and lock.

@@ -33,15 +33,19 @@ from src.core.registry import Stage
 # so a record edited by hand or damaged is refused rather than believed; format 5 hashes the
 # content of the local files the stage read (`input_contents`) and keeps each one's, so that a
 # file changed is named; format 6 fingerprints a training on a pairs file of the user's own by
-# that file and the policy it starts from, not through the stages it does not read. A record of
-# 3 or 4 is checked as it was made, by name, and one of 5 (such a training) chained as it was
-# made. Format 2 hashed the paths absolute, and its records are still checked as it made them,
-# where the run then sat (`state_of`). A record of any other format was made by another version
-# of this project, and is refused with that reason rather than as a config change; one whose
-# format is not a number is damaged.
-RECORD_FORMAT = 6
+# that file and the policy it starts from, not through the stages it does not read; format 7
+# writes the paths in the clone relative to it (`<repo>/...`, `fingerprint_form`), so that a clone
+# renamed, or a run copied to another, keeps its stages. A record of 3 or 4 is checked as it was
+# made, by name, one of 5 (such a training) chained, and one before 7 with the clone's paths
+# absolute, as it was made. Format 2 hashed the paths absolute, and its records are still checked
+# as it made them, where the run then sat (`state_of`). A record of any other format was made by
+# another version of this project, and is refused with that reason rather than as a config
+# change; one whose format is not a number is damaged.
+RECORD_FORMAT = 7
 CONTENTS_FORMAT = 5  # the first to hash the files' content and to check the record's sha256
-PORTABLE_FORMATS = (3, 4, CONTENTS_FORMAT, RECORD_FORMAT)
+OWN_PAIRS_FORMAT = 6  # the first to fingerprint a training on a pairs file of the user's own
+REPO_FORMAT = 7  # the first to write the paths in the clone relative to it
+PORTABLE_FORMATS = (3, 4, CONTENTS_FORMAT, OWN_PAIRS_FORMAT, REPO_FORMAT)
 ABSOLUTE_PATHS_FORMAT = 2
 KNOWN_FORMATS = (ABSOLUTE_PATHS_FORMAT, *PORTABLE_FORMATS)
 

@@ -28,7 +28,11 @@ from src.core.artifacts import atomic_write_text
 from src.core.choice import Choice
 from src.core.errors import Redo, RedoStale, StageError
 from src.core.fingerprints import (
+    CLONE_ABSOLUTE,
     GONE,
+    PORTABLE,
+    Anchors,
+    fingerprint_form,
     flatten,
     input_contents,
     lookup,
@@ -37,13 +41,15 @@ from src.core.fingerprints import (
     stage_fingerprint,
     stage_inputs,
 )
-from src.core.layout import SAVED_CONFIG, RunLayout
+from src.core.layout import REPO_ROOT, SAVED_CONFIG, RunLayout
 from src.core.records import (
     ABSOLUTE_PATHS_FORMAT,
     CONTENTS_FORMAT,
     KNOWN_FORMATS,
+    OWN_PAIRS_FORMAT,
     RECORD_FORMAT,
     RECORD_TIME,
+    REPO_FORMAT,
     made_before_training,
     read_record,
 )
@@ -163,21 +169,22 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
             f" (record format {made_as}; this one writes {RECORD_FORMAT})" if made_as else ""
         )
         return StageState(stage, "stale", [Change(said, Why.version)])
-    if record.get("fingerprint") == stage_fingerprint(tree, stage):
+    at = anchors(made_as)
+    if record.get("fingerprint") == stage_fingerprint(tree, stage, at):
         return StageState(stage, "done")
     if stage == Stage.eval and record.get("fingerprint") == stage_fingerprint(
-        tree, stage, backend_written=True
+        tree, stage, at, backend_written=True
     ):  # made with eval.backend set to the engine it resolves to now (every such record is of
-        # this format: the key came after it)
+        # format 5 or later: the key came after format 4)
         return StageState(stage, "done")
     by_name = made_as < CONTENTS_FORMAT  # made before files entered by content
-    if by_name and record.get("fingerprint") == stage_fingerprint(tree, stage, contents=False):
+    if by_name and record.get("fingerprint") == stage_fingerprint(tree, stage, at, contents=False):
         return StageState(stage, "done")
     if (
-        made_as < RECORD_FORMAT
+        made_as < OWN_PAIRS_FORMAT
         and read_upstream(tree, stage) != STAGES[stage].consumes
         and record.get("fingerprint")
-        == stage_fingerprint(tree, stage, contents=not by_name, chained=True)
+        == stage_fingerprint(tree, stage, at, contents=not by_name, chained=True)
     ):  # a training on a file of the user's own, fingerprinted as its format did
         return StageState(stage, "done")
     if made_as == ABSOLUTE_PATHS_FORMAT:
@@ -187,14 +194,15 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
         then = (
             lookup(saved, "run.dir") or lookup(tree, "run.dir"),
             lookup(saved, "paths.root") or lookup(tree, "paths.root"),
+            None,
         )
         if record.get("fingerprint") == stage_fingerprint(tree, stage, then, contents=False):
             return StageState(stage, "done")
-    if stage == Stage.eval and made_more(tree, record):
+    if stage == Stage.eval and made_more(tree, record, at):
         return StageState(stage, "done")
     changed = changed_inputs(tree, stage)
     if not changed and record.get("fingerprint") == stage_fingerprint(
-        tree, stage, extras=False, contents=not by_name
+        tree, stage, at, extras=False, contents=not by_name
     ):
         # an eval recorded before its benchmarks entered the fingerprint, made as asked now (its
         # saved config has the same benchmarks): still finished
@@ -202,7 +210,13 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
     return StageState(stage, "stale", changed or upstream_changes(tree, stage))
 
 
-def made_more(tree: dict[str, Any], record: dict) -> bool:
+def anchors(made_as: int) -> Anchors:
+    """What a record of format `made_as` wrote for the run, its root and the clone in the paths
+    it hashed (`fingerprint_form`): before format 7, the clone's paths absolute."""
+    return PORTABLE if made_as >= REPO_FORMAT else CLONE_ABSOLUTE
+
+
+def made_more(tree: dict[str, Any], record: dict, at: Anchors = PORTABLE) -> bool:
     """An eval made with benchmarks (or AlpacaEval 2) that `tree` does not ask for, and otherwise
     as asked: its win rate and the benchmarks asked for are the ones asked for, so it is finished
     (a sweep's point that is the lineage of an earlier benchmarked eval reuses it instead of
@@ -222,31 +236,41 @@ def made_more(tree: dict[str, Any], record: dict) -> bool:
         parent, _, last = key.rpartition(".")
         if isinstance(section := lookup(widened, parent), dict):
             section[last] = lookup(made_with, key)
-    return record.get("fingerprint") == stage_fingerprint(widened, Stage.eval)
+    return record.get("fingerprint") == stage_fingerprint(widened, Stage.eval, at)
+
+
+# Under a saved config's command: the clone it ran from (`saved_config`)
+CLONE_LINE = "# repo: "
 
 
 def save_config(folder: Path, resolved: str, command: str) -> None:
     """The resolved config (YAML) beside a stage's output in `folder`, headed by the command that
-    made it: what `saved_config` reads back."""
-    atomic_write_text(folder / SAVED_CONFIG, f"# {command}\n{resolved}")
+    made it and the clone it ran from: what `saved_config` reads back."""
+    atomic_write_text(folder / SAVED_CONFIG, f"# {command}\n{CLONE_LINE}{REPO_ROOT}\n{resolved}")
 
 
 def saved_config(
     tree: dict[str, Any], stage: Stage, folder: Path | None = None
 ) -> dict[str, Any] | None:
     """The config the stage last ran with (its `config.yaml`, in `folder` or where `tree` puts
-    the stage), as plain data, or None."""
+    the stage), as plain data, or None. Its paths in the clone it ran from (its header names it;
+    a config saved before headers did is taken as made here) are moved to this clone (REPO_ROOT),
+    so that a clone renamed, or a run copied to another, is judged by this clone's files."""
     saved = (folder or stage_dir(tree, stage)) / SAVED_CONFIG
     if not saved.is_file():
         return None
     # plain YAML (the config resolved): libyaml's loader, ~15x OmegaConf's, as a lineage's walk
     # reads one per earlier iteration
     try:
-        loaded = yaml.load(saved.read_bytes(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        text = saved.read_bytes()
+        loaded = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (yaml.YAMLError, UnicodeDecodeError):  # damaged: judged by its record alone
         return None
-    # emptied, or not a config (a stage run from Python saves none): as if it saved none
-    return loaded if isinstance(loaded, dict) and "iter" in loaded else None
+    if not (isinstance(loaded, dict) and "iter" in loaded):
+        return None  # emptied, or not a config (a stage run from Python saves none): none saved
+    header = [line for line in text.split(b"\n", 2)[:2] if line.startswith(CLONE_LINE.encode())]
+    made_in = header[0][len(CLONE_LINE) :].decode(errors="replace") if header else None
+    return moved(loaded, [(made_in, str(REPO_ROOT))]) if made_in != str(REPO_ROOT) else loaded
 
 
 def saved_state(
@@ -267,14 +291,20 @@ def saved_state(
 def relocated(tree: dict, run_dir: str, root: str) -> dict:
     """A saved config's paths inside its run and its root moved to `run_dir` and `root`, where the
     run is now (a root copied elsewhere keeps its finished stages)."""
-    moves = [(lookup(tree, "run.dir"), run_dir), (lookup(tree, "paths.root"), root)]
+    # the run's own folder first: it lies inside the root
+    return moved(tree, [(lookup(tree, "run.dir"), run_dir), (lookup(tree, "paths.root"), root)])
+
+
+def moved(tree: dict, moves: list[tuple[str | None, str]]) -> dict:
+    """`tree` with each path inside the old folder of one of `moves` (the first that holds it)
+    moved to its new one; an old folder None moves nothing."""
 
     def move(value):
         if isinstance(value, dict):
             return {k: move(v) for k, v in value.items()}
         if isinstance(value, list):
             return [move(v) for v in value]
-        for old, new in moves:  # the run's own folder first: it lies inside the root
+        for old, new in moves:
             if isinstance(value, str) and old and (value == old or value.startswith(f"{old}/")):
                 return new + value[len(old) :]
         return value
@@ -284,8 +314,8 @@ def relocated(tree: dict, run_dir: str, root: str) -> dict:
 
 def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[Change]:
     """`key: old -> new` for the inputs that differ from the config the stage last ran with,
-    in their fingerprint form (paths inside the run relative to it: a move changes none), after
-    the local files it read that changed or are gone."""
+    in their fingerprint form (paths in the run, its root and the clone relative to them: a move
+    changes none), after the local files it read that changed or are gone."""
     changed = changed_contents(tree, stage)
     saved = saved_config(tree, stage)
     if saved is None:
@@ -295,7 +325,8 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[Change]:
     for k in {**now, **before}:
         # a key in the fingerprint on one side only (a benchmark's, as it is added or dropped):
         # as it is set on the other, and not shown where it is set the same
-        old, new = before.get(k, lookup(saved, k)), now.get(k, lookup(tree, k))
+        old = before.get(k, fingerprint_form(lookup(saved, k), saved))
+        new = now.get(k, fingerprint_form(lookup(tree, k), tree))
         if before.get(k) != now.get(k) and old != new:
             changed.append(Change(f"{k}: {old!r} -> {new!r}", Why.value, k))
     return changed
@@ -309,7 +340,10 @@ def changed_contents(tree: dict[str, Any], stage: Stage) -> list[Change]:
     except StageError:
         return []
     recorded = (record or {}).get("contents") or {}
-    now = input_contents(tree, stage) if recorded else {}
+    # named as the record named them: the clone's paths absolute before format 7
+    made_as = (record or {}).get("format")
+    at = anchors(made_as) if made_as in KNOWN_FORMATS else PORTABLE
+    now = input_contents(tree, stage, at=at) if recorded else {}
     found = []
     for key, entry in now.items():
         seen = recorded.get(key) or {}

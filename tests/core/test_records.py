@@ -1,5 +1,6 @@
-"""Stage records across a moved run root: fingerprints hash the paths inside the run relative to
-it, so a root copied or moved elsewhere keeps its finished stages (docs/design.md §5)."""
+"""Stage records across a moved run root or clone: fingerprints hash the paths inside the run, its
+root and the clone relative to them, so a root copied or moved elsewhere, a clone renamed or a run
+copied to another clone keeps its finished stages (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from src.config import Config, Stage, to_yaml
+from src.config import REPO_ROOT, Config, Stage, to_yaml
+from src.core import fingerprints, staleness
 from src.core.artifacts import atomic_write_json
 from src.core.errors import StageError
-from src.core.fingerprints import chunk_identity, fingerprint_form, lookup, stage_fingerprint
-from src.core.records import Finished, read_record, write_record
+from src.core.fingerprints import (
+    CLONE_ABSOLUTE,
+    chunk_identity,
+    fingerprint_form,
+    lookup,
+    stage_fingerprint,
+)
+from src.core.records import Finished, read_record, record_sha256, write_record
 from src.core.registry import BENCHMARK_INPUTS, STAGES
-from src.core.staleness import Why, saved_state, state_of
+from src.core.staleness import Why, save_config, saved_state, state_of
 from tests.support.helpers import compose_cfg
 
 
@@ -34,12 +42,12 @@ def finish(cfg: Config, fingerprint=None, fmt: int | None = None) -> None:
     for stage in STAGES:
         stage_dir = cfg.stage_dir(stage)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / "config.yaml").write_text(to_yaml(cfg))
+        save_config(stage_dir, to_yaml(cfg), f"python -m src.main iter={cfg.iter}")
         made = fingerprint(cfg, stage) if fingerprint else stage_fingerprint(cfg.as_tree(), stage)
         write_record(stage_dir, Finished(made, {}, {}))
         if fmt is not None:
-            record = read_record(stage_dir)
-            atomic_write_json(stage_dir / "done.json", {**record, "format": fmt})
+            record = {**read_record(stage_dir), "format": fmt}
+            atomic_write_json(stage_dir / "done.json", {**record, "sha256": record_sha256(record)})
 
 
 def move(old: Path, new: Path) -> None:
@@ -93,7 +101,9 @@ def test_what_changed_is_named_relative_to_the_run(tmp_path, monkeypatch):
     ]
 
 
-def test_only_paths_inside_the_run_root_are_written_relative_to_it(tmp_path, monkeypatch):
+def test_paths_in_the_run_its_root_and_the_clone_are_written_relative_to_them(
+    tmp_path, monkeypatch
+):
     root = tmp_path / "runs"
     cfg = at_root(monkeypatch, root, "iter=2")
     tree = cfg.as_tree()
@@ -106,9 +116,92 @@ def test_only_paths_inside_the_run_root_are_written_relative_to_it(tmp_path, mon
     assert (
         fingerprint_form(lineage, tree) == "<root>/tiny-mistral/sppo/other/iter1/train/checkpoint"
     )
-    # outside the root: the user's own prompt file, the tiny models, a folder named like the root
-    outside = [cfg.data.prompts, cfg.model.path, str(tmp_path / "runs2" / "x"), "org/model", ""]
+    # the clone's prompts and tiny models (`${repo:...}`)
+    assert [fingerprint_form(v, tree) for v in (cfg.data.prompts, cfg.model.path)] == [
+        "<repo>/data/prompts/iter2.jsonl",
+        "<repo>/.cache/tiny/tiny-mistral",
+    ]
+    # outside all three: the user's own file, a folder named like the root or the clone
+    outside = [str(tmp_path / "runs2" / "x"), f"{REPO_ROOT}2/data", "org/model", ""]
     assert [fingerprint_form(v, tree) for v in outside] == outside
+    # a root inside the clone (its runs/, the default): the deepest folder that holds a path
+    inside = {"run": {"dir": f"{REPO_ROOT}/runs/m/sppo/x"}, "paths": {"root": f"{REPO_ROOT}/runs"}}
+    assert [fingerprint_form(f"{REPO_ROOT}/runs/{p}", inside) for p in ("m/sppo/x/a", "b")] == [
+        "<run>/a",
+        "<root>/b",
+    ]
+    # records before format 7 hashed the clone's paths absolute
+    assert fingerprint_form(cfg.model.path, tree, CLONE_ABSOLUTE) == cfg.model.path
+
+
+def in_clone(monkeypatch, clone: Path, *overrides: str) -> Config:
+    """The config `python -m src.main` composes in a clone at `clone` (its data/ and .cache/tiny,
+    its runs/), and this code run from there: its records and saved configs name that clone."""
+    for module in (fingerprints, staleness):
+        monkeypatch.setattr(module, "REPO_ROOT", clone)
+    return at_root(monkeypatch, clone / "runs", f"paths.data_dir={clone}/data",
+                   f"paths.tiny_dir={clone}/.cache/tiny", *overrides)  # fmt: skip
+
+
+def test_a_renamed_clone_keeps_its_finished_stages_unless_a_file_they_read_differs(
+    tmp_path, monkeypatch
+):
+    """The tiny models, the prompts and the runs in the clone, the clone renamed (copied, the
+    old name gone): every stage of both iterations is finished and a changed key is named alone,
+    no path among the changes; a prompts file whose content differs there is named, for
+    iteration 1 and, through its saved config moved to this clone, for iteration 2."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(REPO_ROOT / "data" / "prompts", here / "data" / "prompts")
+    for t in (1, 2):
+        finish(in_clone(monkeypatch, here, f"iter={t}"))
+    made = read_record(in_clone(monkeypatch, here).stage_dir(Stage.generate))
+    assert made["contents"]["data.prompts"]["path"] == "<repo>/data/prompts/iter1.jsonl"
+    move(here, there)
+
+    for t in (1, 2):
+        tree = in_clone(monkeypatch, there, f"iter={t}").as_tree()
+        assert {s: state_of(tree, s).status for s in STAGES} == dict.fromkeys(STAGES, "done"), t
+        assert saved_state(tree, Stage.train).status == "done", t
+    other = in_clone(monkeypatch, there, "ranker.self_term=false").as_tree()
+    assert state_of(other, Stage.rank).changed == ["ranker.self_term: True -> False"]
+
+    prompts = there / "data" / "prompts" / "iter1.jsonl"
+    prompts.write_text(prompts.read_text().replace("a", "b", 1))
+    said = "data.prompts: <repo>/data/prompts/iter1.jsonl changed since this stage read it"
+    assert state_of(in_clone(monkeypatch, there).as_tree(), Stage.generate).changed == [said]
+    (two,) = state_of(in_clone(monkeypatch, there, "iter=2").as_tree(), Stage.generate).changed
+    assert (two.kind, two.cause) == (Why.ancestor, Why.content) and said in two
+
+
+def test_a_record_made_before_the_clones_paths_were_relative_is_checked_as_it_was_made(
+    tmp_path, monkeypatch
+):
+    """Format 6 hashed the clone's paths absolute: a record made in this clone is finished (its
+    prompts by the rows it read, which it names by that path), a file it read changed is named
+    by the path it kept; in a renamed clone it is stale, as it was."""
+    from src.generation.prompts import load_prompts
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(REPO_ROOT / "data" / "prompts", here / "data" / "prompts")
+    cfg = in_clone(monkeypatch, here, "data.max_prompts=2")
+    prompts = here / "data" / "prompts" / "iter1.jsonl"
+    read = {"data.prompts": load_prompts(str(prompts), max_prompts=2).bytes_read}
+    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, read=read), fmt=6)
+    kept = read_record(cfg.stage_dir(Stage.generate))["contents"]["data.prompts"]
+    assert (kept["path"], kept["read"]) == (str(prompts), read["data.prompts"])
+    assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(STAGES, "done")
+    rank = in_clone(monkeypatch, here, "data.max_prompts=2", "ranker.self_term=false").as_tree()
+    assert state_of(rank, Stage.rank).changed == ["ranker.self_term: True -> False"]
+
+    move(here, there)
+    tree = in_clone(monkeypatch, there, "data.max_prompts=2").as_tree()
+    assert {state_of(tree, s).status for s in STAGES} == {"stale"}
+    move(there, here)
+    prompts.write_text(prompts.read_text().replace("a", "b", 1))
+    tree = in_clone(monkeypatch, here, "data.max_prompts=2").as_tree()
+    assert state_of(tree, Stage.generate).changed == [
+        f"data.prompts: {prompts} changed since this stage read it"
+    ]
 
 
 def format2_fingerprint(cfg: Config, stage: Stage) -> str:
@@ -414,7 +507,8 @@ def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_pa
     ]
     assert "contents" not in read_record(cfg.stage_dir(Stage.pairs)), "read no local file"
 
-    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, contents=False), fmt=4)
+    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, contents=False),
+           fmt=4)  # fmt: skip
     prompts.write_text('{"prompt": "a cow"}\n')
     assert state_of(tree, Stage.generate).status == "done", "format 4 is checked by name"
 

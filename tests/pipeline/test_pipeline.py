@@ -17,9 +17,10 @@ import pytest
 
 from src.config import REPO_ROOT
 from src.stages.report.curves import JOB_TYPE
+from src.tiny.names import PIPELINE_NAMES
 from src.training.checkpoints import checkpoints
 from tests.support import lineages
-from tests.support.helpers import SMALL, cli, entry, one_line_failure
+from tests.support.helpers import OFFLINE, SMALL, cli, entry, one_line_failure
 from tests.support.wandb_runs import offline_runs
 
 
@@ -156,6 +157,43 @@ def test_a_copied_run_root_keeps_its_finished_stages_and_goes_on(lineage, tmp_pa
     saved = (lineage / "iter2" / "generate" / "config.yaml").read_text()
     assert f"init_policy: {lineage / 'iter1' / 'train' / 'checkpoint'}" in saved
     assert records(there).items() >= before.items(), "iteration 1 untouched"
+
+
+@pytest.mark.slow
+def test_a_run_copied_to_another_clone_keeps_every_stage(lineage, tmp_path, tiny_dir):
+    """Another clone (its own src/, conf/, data/ and tiny models) holding a copy of the runs:
+    `python -m src.main` run from it finds every stage of both iterations finished; there, a
+    prompts file whose content differs is named, and nothing runs."""
+    clone, caches = tmp_path / "clone", shutil.ignore_patterns("__pycache__")
+    for part in lineages.MADE_FROM:
+        shutil.copytree(REPO_ROOT / part, clone / part, ignore=caches)
+    for name in PIPELINE_NAMES:
+        shutil.copytree(tiny_dir / name, clone / ".cache" / "tiny" / name)
+    runs = lineage("two-iterations", clone / "runs").root  # `cli(runs, "iter=2")` in this clone
+    before = records(runs)
+
+    def from_clone(*args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "SELFPLAY_TINY_DIR"}
+        return subprocess.run(
+            [sys.executable, "-m", "src.main", *SMALL, *args],
+            cwd=clone,
+            env={**env, **OFFLINE, "SELFPLAY_RUNS": str(runs)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    again = from_clone("iter=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[main] iteration 1: finished with this config" in again.stderr
+    assert again.stderr.count("finished with this config, skipped") == 4
+    assert records(runs) == before, "no stage was made again"
+
+    prompts = clone / "data" / "prompts" / "iter1.jsonl"
+    prompts.write_text(prompts.read_text().replace("a", "b", 1))
+    line = one_line_failure(from_clone("iter=2"), 1)
+    assert "data.prompts: <repo>/data/prompts/iter1.jsonl changed since this stage read it" in line
+    assert records(runs) == before
 
 
 @pytest.mark.slow
