@@ -23,8 +23,10 @@ Only finished stages count: values come from a stage whose done.json exists, as 
 themselves trust nothing else in a directory, and an iteration with no finished stage (the
 folder a refused or interrupted command leaves) is left out with one line on stderr naming it.
 An eval against another reference than the run's own (`iter<t>/eval/vs-<name>/`, e.g. vs-iter1
-for eval.reference=iter1) adds the columns eval_win_rate[vs-<name>] and
-eval_lc_win_rate[vs-<name>], and a line per lineage and reference to the printed win rates.
+for eval.reference=iter1) or by other judges (vs-base@<by> for eval.judged_by=<by>) adds the
+columns eval_win_rate[vs-<name>] and eval_lc_win_rate[vs-<name>], and a line per lineage and
+reference to the printed win rates; its MT-Bench and Arena-Hard figures are columns by their judge
+(mt_bench[<judge>]), beside the run's own judge's.
 A malformed config.yaml, done.json, metrics.json or eval.json is skipped with one warning line
 naming the file: its values stay blank (a malformed done.json makes its stage unfinished) and
 every other run is still compared. A value of the wrong type (text where a number belongs) is

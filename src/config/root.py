@@ -101,12 +101,14 @@ class Config:
 
     def stage_dir(self, stage: Stage | str) -> Path:
         """Where `stage` of this iteration writes (an eval against another reference than the
-        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`); of
-        another iteration: `layout.stage_dir_in`."""
+        base model, or by other judges: a folder of its own inside the eval's,
+        `src.core.layout.stage_folder`); of another iteration: `layout.stage_dir_in`."""
         return self.layout.iteration_dir(self.iter) / self.stage_folder(stage)
 
     def stage_folder(self, stage: Stage | str) -> str:
-        return stage_folder(Stage(stage), self.eval.reference, self.eval.reference_outputs)
+        return stage_folder(
+            Stage(stage), self.eval.reference, self.eval.reference_outputs, self.eval.judged_by
+        )
 
     def shard_section(self, stage: Stage) -> GenerationConfig | RankerConfig | None:
         """The section whose `shard`, `num_shards` and `chunk_size` split `stage`

@@ -46,7 +46,10 @@ PORTABLE = ("<run>", "<root>")
 def stage_dir(tree: dict[str, Any], stage: Stage) -> Path:
     """`Config.stage_dir` of the config as plain data: where `stage` of its iteration writes."""
     folder = stage_folder(
-        stage, lookup(tree, "eval.reference"), lookup(tree, "eval.reference_outputs")
+        stage,
+        lookup(tree, "eval.reference"),
+        lookup(tree, "eval.reference_outputs"),
+        lookup(tree, "eval.judged_by"),
     )
     return RunLayout(lookup(tree, "run.dir")).iteration_dir(tree["iter"]) / folder
 

@@ -12,10 +12,12 @@ configured judge compares each pair of answers, PairRM in both orders; identical
 reference_outputs.json in AlpacaEval's format; the iteration's model card; then the record,
 which the scheduler writes after them as `done.json`).
 
-Evals of one checkpoint against several references sit side by side: the one against the base
-model in iter<t>/eval/, each other one (eval.reference=iter1, eval.reference_outputs=<file>) in
-iter<t>/eval/vs-<name>/ (src/core/layout.py: stage_folder), each with its own record, redo and
-W&B run; the model card and src.compare show them all.
+Evals of one checkpoint against several references, or by several judges, sit side by side: the
+one against the base model in iter<t>/eval/, each other one (eval.reference=iter1,
+eval.reference_outputs=<file>) in iter<t>/eval/vs-<name>/, each by other judges
+(eval.judged_by=<by>) in iter<t>/eval/vs-<name>@<by>/ (vs-base@<by> against the base model;
+src/core/layout.py: stage_folder), each with its own record, redo and W&B run; the model card and
+src.compare show them all.
 
 eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their bootstrap intervals
 (`*_low`, `*_high`), the standard error, wins / losses / ties, average answer lengths (characters) of both sides.

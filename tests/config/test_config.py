@@ -602,6 +602,11 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
         ),
         ("eval.reference=iter2", r"^eval\.reference='iter2': must be an iteration up to iter=1"),
         ("eval.confidence=95", r"^eval\.confidence=95\.0: must be in \(0, 1\)$"),
+        (
+            "eval.judged_by=.hidden",
+            r"^eval\.judged_by='\.hidden': names the folder of an eval by other judges "
+            r"\(eval/vs-<reference>@<name>\): letters, digits",
+        ),
         ("eval.bootstrap=0", r"^eval\.bootstrap=0: must be > 0$"),
         ("eval.outcome=hard", r"^eval\.outcome: Invalid value 'hard', expected one of \[discrete"),
         *(

@@ -227,6 +227,51 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
     assert recorded == []
 
 
+def test_evals_by_other_judges_are_offered_a_folder_beside_the_finished_ones_first(recorded):
+    """Evals finished by the lineage's judge, asked for with another: the fix judges the
+    checkpoint again in eval/vs-base@<judge>/, beside the finished eval, which it keeps; the redo
+    that would replace that eval's figures is named second. Several iterations at once: one
+    refusal, one fix, numbered where a folder of that name holds an eval made otherwise."""
+    made = ["logger=none", "eval.enabled=true"]
+    finish_iterations(made, 2)
+    first = compose_cfg(*made, "iter=2")
+    judge = ["+ranker@eval.judge=tiny-pairrm"]
+    one = [*made, *judge, "stage=eval", "iter=2"]
+    command = "python -m src.main " + " ".join(one)
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*one), command, [])
+    said = describe(refused.value, command)
+    assert said.startswith(
+        f"error: {first.stage_dir(Stage.eval)} was judged by other judges (eval.judge."
+    ), said
+    assert said.endswith(
+        "; keep those figures and judge again beside them, in iter2/eval/vs-base@tiny-pairrm/ "
+        f"(eval.judged_by=tiny-pairrm), or replace iteration 2's eval in {first.run_name} "
+        f"(iter=2 pipeline.redo=[eval]); run `{command} eval.judged_by=tiny-pairrm`"
+    ), said
+    run(compose_cfg(*one, "eval.judged_by=tiny-pairrm"), command, [])
+    (ran,) = [(s, c.stage_dir(s)) for s, c in recorded]
+    assert ran == (Stage.eval, first.stage_dir(Stage.eval) / "vs-base@tiny-pairrm")
+    assert read_record(first.stage_dir(Stage.eval)) is not None, "the first judge's eval kept"
+
+    other = compose_cfg(*made, *judge, "eval.judged_by=tiny-pairrm", "eval.bootstrap=10")
+    write_record(other.stage_dir(Stage.eval),
+                 Finished(stage_fingerprint(other.as_tree(), Stage.eval), {}, {}))  # fmt: skip
+    every = [*made, *judge, "iter=2"]
+    command = "python -m src.main " + " ".join(every)
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*every), command, [], lambda t: compose_cfg(*every, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert said.startswith("error: iteration 1's eval and iteration 2's eval were made "), said
+    assert said.endswith(
+        "; keep those figures and judge again beside them, in each iteration's "
+        "eval/vs-base@tiny-pairrm-2/ (eval.judged_by=tiny-pairrm-2), or replace iterations 1 "
+        f"and 2's eval in {first.run_name} (pipeline.redo_stale=true); run `{command} "
+        "eval.judged_by=tiny-pairrm-2`"
+    ), said
+    assert len(recorded) == 1
+
+
 def test_every_stage_input_is_a_config_key():
     """A misspelt key in a StageSpec's inputs would hash as null and never change: every one
     names a key of the composed config (eval.judge's keys: with a judge chosen, as model=tiny-* does)."""
@@ -375,6 +420,9 @@ RETRAINED = Change("iteration 1's checkpoint ... was trained again since", Why.r
 ANCESTOR = Change("iteration 1's training ... is stale", Why.ancestor, "data.prompts", Why.content)
 AFTER = Change("iteration 1's checkpoint was trained again after this eval", Why.trained_after)
 EARLIER = Change("recorded by an earlier version of selfplay-lab", Why.version)
+EVAL_JUDGE = Change("eval.judge.model: 'a' -> 'b'", Why.value, "eval.judge.model")
+CHAT_JUDGE = Change("eval.llm_judge.model: 'a' -> 'b'", Why.value, "eval.llm_judge.model")
+EVAL_TEMPERATURE = Change("eval.temperature: 0.0 -> 0.7", Why.value, "eval.temperature")
 
 
 @pytest.mark.parametrize(
@@ -391,6 +439,10 @@ EARLIER = Change("recorded by an earlier version of selfplay-lab", Why.version)
         (Stage.generate, [RETRAINED], "lineage"),
         (Stage.train, [ANCESTOR], "lineage"),
         (Stage.eval, [AFTER], "trained_after"),
+        (Stage.eval, [EVAL_JUDGE, CHAT_JUDGE], "judges"),  # its judges alone: judged again
+        (Stage.eval, [JUDGE], "judges"),  # the ranker, its judge where eval.judge is null
+        (Stage.eval, [CHAT_JUDGE, EVAL_TEMPERATURE], "config"),  # answered otherwise too
+        (Stage.rank, [JUDGE], "experiment"),
         (Stage.generate, [EARLIER], "version"),
     ],
 )

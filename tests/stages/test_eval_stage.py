@@ -4,6 +4,7 @@ file of reference answers; the AlpacaEval export; bad input refused with nothing
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -160,6 +161,38 @@ def test_the_policy_against_itself_is_exactly_one_half_beside_the_base_eval(eval
     assert redone.returncode == 0, redone.stderr[-3000:]
     assert report(root) == {**first, "seconds": report(root)["seconds"]}
     assert report(root, "vs-iter1") == r
+
+
+@pytest.mark.slow
+def test_a_second_judge_is_offered_a_folder_beside_the_first_and_compare_shows_both(
+    evaluated, tmp_path
+):
+    """The eval judged by the tiny preset's tiny-judge, asked for with tiny-pairrm: refused, the
+    fix judging the checkpoint in eval/vs-base@tiny-pairrm/ instead of replacing the first
+    judge's figures; that command answers from the cache, leaves the first eval as it was, and
+    src.compare shows both judges' win rates."""
+    from tests.support.helpers import entry
+
+    root, _ = evaluated
+    first = report(root)
+    asked = ("iter=1", "stage=eval", "ranker@eval.judge=tiny-pairrm")
+    line = one_line_failure(cli(root, *asked), 1)
+    assert line.startswith(f"error: {eval_dir(root)} was judged by other judges (eval.judge."), line
+    assert line.endswith(" eval.judged_by=tiny-pairrm`"), line
+    judged = cli(root, *asked, "eval.judged_by=tiny-pairrm")
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    assert judged.stderr.count("reused from") == 2, "both sides' answers were cached"
+    assert report(root) == first, "the first judge's eval is left as it was"
+    second = report(root, "vs-base@tiny-pairrm")
+    assert (first["judge"], second["judge"]) == ("tiny-judge", "tiny-pairrm")
+    assert second["reference"] == first["reference"] and second["policy"] == first["policy"]
+
+    compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    with (tmp_path / "compare" / "compare.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["eval_win_rate"]) == first["win_rate"]
+    assert float(row["eval_win_rate[vs-base@tiny-pairrm]"]) == second["win_rate"]
 
 
 @pytest.mark.slow

@@ -957,6 +957,34 @@ def test_evals_against_other_references_get_columns_and_curves_of_their_own(tmp_
     assert stderr == ""
 
 
+def judged(win_rate: float, judge: str, mt_bench: float, arena_hard: float) -> dict:
+    """An eval.json whose MT-Bench and Arena-Hard `judge` graded."""
+    return {**evaluated(win_rate),
+            "mt_bench": {"judge": judge, "mt_bench": mt_bench, "turn_1": 1.0, "turn_2": 1.0},
+            "arena_hard": {"judge": judge, "win_rate": arena_hard, "lower": 0.0, "upper": 1.0}}  # fmt: skip
+
+
+def test_a_second_judges_figures_sit_beside_the_firsts(tmp_path):
+    """eval.judged_by: the checkpoint judged again by other judges, in eval/vs-base@<name>/: its
+    win rate has columns of its own, its MT-Bench and Arena-Hard figures columns by its judge
+    beside the first judge's, which stand as they were (an eval by the same judge beside them
+    adds no figure of that judge's)."""
+    iter_dir = write_iteration(tmp_path, SPPO_5000, 1, eval_=judged(0.31, "gpt-4", 7.25, 0.5))[0]
+    side_eval(iter_dir, tmp_path, SPPO_5000, "vs-base@gpt-4o", judged(0.4, "gpt-4o", 8.5, 0.75))
+    side_eval(iter_dir, tmp_path, SPPO_5000, "vs-iter1", judged(0.5, "gpt-4", 9.0, 0.9))
+    stdout, stderr = run_main(["--root", str(tmp_path)])
+
+    row = read_csv(tmp_path / "compare" / "compare.csv")[(SPPO_5000, 1)]
+    assert (row["mt_bench[gpt-4]"], row["mt_bench[gpt-4o]"]) == ("7.25", "8.5")
+    assert (row["arena_hard[gpt-4]"], row["arena_hard[gpt-4o]"]) == ("0.5", "0.75")
+    assert (row["eval_win_rate"], row["eval_win_rate[vs-base@gpt-4o]"]) == ("0.31", "0.4")
+    lineage = f"{MODEL}/sppo/{SPPO_5000}"
+    assert f"{lineage} vs base@gpt-4o: iter1 0.400 [0.300, 0.450] LC 0.270" in stdout
+    header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
+    assert "| mt_bench[gpt-4] |" in header and "| mt_bench[gpt-4o] |" in header
+    assert stderr == ""
+
+
 # --- W&B, faked in the client's shape (wandb.Api().runs(project)) ---
 
 

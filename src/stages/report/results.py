@@ -5,8 +5,9 @@ code.
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
 number belongs), with one warning line naming the file, the key and the value. An eval against a
-reference other than the run's own (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its
-win rates as columns `eval_win_rate[vs-<name>]`. Of eta and beta, a row holds the one its
+reference other than the run's own, or by other judges (`iter<t>/eval/vs-<name>/`, a run of its
+own in W&B) adds its win rates as columns `eval_win_rate[vs-<name>]`, and its judged benchmarks'
+figures by their judge (`add_side`). Of eta and beta, a row holds the one its
 loss reads (eta: SPPO's; beta: DPO's, WPO's), the other blank. The column functions serve a W&B
 run's summary as well (src/compare/runs.py).
 """
@@ -221,7 +222,15 @@ def eval_columns(m: Record) -> dict[str, Any]:
     # the Open LLM Leaderboard's v2 average, normalised as the leaderboard shows it (0-100)
     average = m.section("leaderboard").section("normalised").number("average")
     row["leaderboard"] = or_flat(average, m, "leaderboard.normalised.average")
-    for benchmark, key in JUDGED_HEADLINES.items():  # a column per judge: never one figure
+    return row | judged_columns(m)
+
+
+def judged_columns(m: Record) -> dict[str, float | None]:
+    """The headline of each benchmark graded by eval.llm_judge, a column per judge
+    (`mt_bench[gpt-4]`): a score by one judge is never shown as another's. `m`: as
+    `eval_columns`'."""
+    row = {}
+    for benchmark, key in JUDGED_HEADLINES.items():
         section = m.section(benchmark)
         judge = section.values.get("judge")
         if isinstance(judge, str):
@@ -230,6 +239,18 @@ def eval_columns(m: Record) -> dict[str, Any]:
             if column.startswith(f"{benchmark}[") and column.endswith("]"):
                 row[column] = m.number(column)
     return row
+
+
+def add_side(row: dict[str, Any], m: Record, side: str) -> None:
+    """What an eval beside the iteration's own (`side`: its folder, `vs-<name>`) adds to its
+    `row`: its win rates, under its folder's name, and each judged benchmark's headline by a judge
+    the row has none of yet (the same judge's figure of the same checkpoint: the first read
+    stands, the iteration's own eval's first), so that a second judge's figures sit beside the
+    first's (`eval.judged_by`). `m`: as `eval_columns`'."""
+    for column, value in judged_columns(m).items():
+        if row.get(column) is None:
+            row[column] = value
+    row.update(win_rate_columns(m, side))
 
 
 def win_rate_columns(m: Record, reference: str = "") -> dict[str, Any]:
@@ -296,7 +317,7 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
         elif folder == base:
             row.update(eval_columns(eval_record(folder, done)))
         else:
-            row.update(win_rate_columns(eval_record(folder, done), folder.name))
+            add_side(row, eval_record(folder, done), folder.name)
     return it
 
 
