@@ -575,7 +575,7 @@ def run_iteration(plan: Plan, runners: dict, command: str) -> list[Stage]:
     if plan.refusal is not None:
         raise plan.refusal.error
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
-    print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
+    print(f"[main] policy pi_{max(cfg.iter - 1, 0)}: {cfg.run.init_policy}", file=sys.stderr)
     redone = [step.stage for step in steps if step.action == "redo"]
     ran = []
     other_node = other_training_node(cfg)

@@ -38,7 +38,8 @@ from src.core.registry import STAGES, Stage, iteration_stages
 class Config:
     """The whole composed configuration of one invocation."""
 
-    # iteration t (1-based): generator, initial weights and reference are iteration t-1's policy
+    # iteration t (1-based): generator, initial weights and reference are iteration t-1's policy;
+    # 0 with stage=eval alone: the base policy itself evaluated (iter0/eval)
     iter: int = 1
     # the stage of iteration `iter` to run; all: every stage in order (eval with eval.enabled=true)
     stage: Stage = Stage.all

@@ -4,6 +4,7 @@
     <run_dir>/iter<t>/train/checkpoint/   iteration t's policy, iteration t+1's generator
     <run_dir>/iter<t>/eval/vs-<name>/     an eval against another reference than the base model
     <run_dir>/iter<t>/eval/vs-<name>@<by>/  one by other judges (eval.judged_by), vs-base@<by> too
+    <run_dir>/iter0/eval/                 the base model's own eval (`stage=eval iter=0`)
     <run_dir>/iter<t>/train/adapter/      with LoRA: the adapter alone, merged into the checkpoint
     <run_dir>/export/iter<t>/             iteration t's model and data folders, as exported
     <run_dir>/slurm/                      `python -m src.slurm`'s scripts, their logs in logs/

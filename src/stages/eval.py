@@ -1,6 +1,7 @@
 """Stage `eval`: the policy of iteration t against a reference on held-out instructions.
 
     python -m src.main stage=eval model=tiny-mistral iter=2
+    python -m src.main stage=eval model=tiny-mistral iter=0   # the base model: iteration 0
     python -m src.main stage=eval iter=3 eval.reference=iter1 data.eval_prompts=alpaca_eval.json
     python -m src.main model=tiny-mistral iter=3 eval.enabled=true   # after every iteration
 
@@ -199,8 +200,13 @@ def load_instructions(cfg: Config) -> list[Prompt]:
 
 
 def answerer(cfg: Config, which: str) -> Answerer:
-    """The model `which` names: 'base', 'iter<s>' (this lineage's checkpoint), or a path / hub id."""
+    """The model `which` names: 'base', 'iter<s>' (this lineage's checkpoint; iter0: pi_0, the
+    policy iteration 1 starts from, `run.init_policy`), or a path / hub id."""
     s = iteration_number(which)
+    key = "eval.reference"
+    if s == 0:  # `stage=eval iter=0`: the base model's own figures
+        s, key = None, "run.init_policy"
+        which = "base" if cfg.run.init_policy == cfg.model.path else cfg.run.init_policy
     if which == "base":
         path, label = cfg.model.path, cfg.model.name
     elif s is not None:
@@ -220,7 +226,7 @@ def answerer(cfg: Config, which: str) -> Answerer:
             )
     else:  # before any answer is made: a reference that cannot load fails first
         path, label = which, Path(which).name
-        require_loadable(path, cfg.model.revision, key="eval.reference")
+        require_loadable(path, cfg.model.revision, key=key)
     return Answerer(label, path, weights_signature(path, cfg.model.revision))
 
 

@@ -347,6 +347,21 @@ def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder(
     )  # pi_{t-1}, no stage of this iteration
 
 
+def test_the_base_models_eval_reads_the_base_model_alone():
+    """`stage=eval iter=0` evaluates pi_0 itself: its eval reads no stage, and its fingerprint is
+    made of the base policy and the eval's own keys, so that a lineage's method and training
+    settings leave it finished, and another base model does not."""
+    base = ["logger=none", "stage=eval", "iter=0"]
+    cfg = compose_cfg(*base)
+    assert cfg.stage_dir(Stage.eval) == cfg.layout.iteration_dir(0) / "eval"
+    assert read_upstream(cfg.as_tree(), Stage.eval) is None
+    made = stage_fingerprint(cfg.as_tree(), Stage.eval)
+    for other in ("method.K=3", "training.learning_rate=1e-6", "generation.temperature=0.5"):
+        assert stage_fingerprint(compose_cfg(*base, other).as_tree(), Stage.eval) == made, other
+    for other in ("model=tiny-gemma2", "eval.temperature=0.5"):
+        assert stage_fingerprint(compose_cfg(*base, other).as_tree(), Stage.eval) != made, other
+
+
 PIPELINE = [Stage.generate, Stage.rank, Stage.pairs, Stage.train]
 
 
