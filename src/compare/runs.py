@@ -33,6 +33,7 @@ from src.stages.report.results import (
     own_hparam,
     pairs_columns,
     read_iteration,
+    setting,
     train_columns,
 )
 
@@ -125,6 +126,7 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
         # a crashed, failed or still running stage is not finished, as one without a done.json
         if getattr(run, "state", "finished") != "finished":
             continue
+        it.setting = it.setting or setting(cfg)  # a stage run's config holds the whole tree
         # "vs-<name>": an eval against another reference, or by other judges (vs-<name>@<by>)
         side = cfg.get("eval_folder")
         if run.job_type == "eval" and isinstance(side, str) and side:

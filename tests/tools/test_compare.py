@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -46,6 +47,10 @@ LINEAGES = {
     WPO: ("wpo", 100.0, 1e-06, 3, "sigmoid"),
     DPO: ("dpo", 10.0, 1e-06, 3, "sigmoid"),
 }
+# lineages of SPPO eta=5000 at other seeds (training.seed), and one sampled otherwise
+SEEDS = tuple(f"{SPPO_5000}-s{n}" for n in (1, 2, 3))
+HOTTER = f"{SPPO_5000}-t0.9"
+LINEAGES.update(dict.fromkeys((*SEEDS, HOTTER), LINEAGES[SPPO_5000]))
 
 
 # --- the files the stages write ---
@@ -983,6 +988,100 @@ def test_a_second_judges_figures_sit_beside_the_firsts(tmp_path):
     header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
     assert "| mt_bench[gpt-4] |" in header and "| mt_bench[gpt-4o] |" in header
     assert stderr == ""
+
+
+# --- lineages pooled by seed (--by seed) ---
+
+
+def set_saved(iter_dir: Path, key: str, value) -> None:
+    """`key` (dotted) set to `value` in the config.yaml each stage of `iter_dir` saved."""
+    for saved in iter_dir.glob("*/config.yaml"):
+        head, body = saved.read_text().split("\n", 1)
+        cfg = yaml.safe_load(body)
+        *sections, last = key.split(".")
+        node = cfg
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+        saved.write_text(f"{head}\n{yaml.safe_dump(cfg)}")
+
+
+def test_by_seed_pools_the_lineages_that_differ_by_their_seeds_alone(tmp_path):
+    """Three lineages at training.seed 1, 2, 3, otherwise alike, and one sampled at another
+    temperature: --by seed makes the three one, named in brace form, each figure their mean with
+    their min-max (the table, the CSV, the printed curve, the plots' error bars and training
+    band); the fourth is never pooled and keeps its bootstrap interval."""
+    from src.compare.plots import training_curves, win_rate_by_iteration
+    from src.compare.pool import by_seed
+    from src.compare.runs import discover
+
+    for n, run_name in enumerate(SEEDS, start=1):
+        for t in (1, 2):
+            win_rate = round(0.2 * t + 0.1 * n, 10)
+            iter_dir = write_iteration(tmp_path, run_name, t, eval_=evaluated(win_rate))[0]
+            set_saved(iter_dir, "training.seed", n)
+    hotter = write_iteration(tmp_path, HOTTER, 1, eval_=evaluated(0.9))[0]
+    set_saved(hotter, "generation.temperature", 0.9)
+    alone = {(r, t): row for (r, t), row in compare_rows(tmp_path, []).items()}
+    stdout, _ = run_main(["--root", str(tmp_path), "--by", "seed"])
+
+    pool = f"{SPPO_5000}-s{{1,2,3}}"
+    rows = read_csv(tmp_path / "compare" / "compare.csv")
+    assert sorted(rows) == [(pool, 1), (pool, 2), (HOTTER, 1)]
+    first = rows[(pool, 1)]
+    assert first["seeds"] == "3" and rows[(HOTTER, 1)]["seeds"] == ""
+    assert float(first["eval_win_rate"]) == pytest.approx(0.4, abs=1e-12)
+    assert (float(first["eval_win_rate_min"]), float(first["eval_win_rate_max"])) == (0.3, 0.5)
+    losses = [float(alone[(r, 1)]["train_loss_final"]) for r in SEEDS]
+    assert float(first["train_loss_final"]) == pytest.approx(sum(losses) / 3, rel=1e-12)
+    assert float(first["train_loss_final_max"]) == max(losses)
+    assert rows[(HOTTER, 1)]["eval_win_rate_min"] == "", "a lineage alone: no spread"
+    table = (tmp_path / "compare" / "compare.md").read_text()
+    assert f"| {pool} | 1 |" in table and "| 0.4 [0.3, 0.5] |" in table
+    assert (f"{MODEL}/sppo/{pool}: iter1 0.400 [0.300, 0.500] LC 0.270 | "
+            "iter2 0.600 [0.500, 0.700] LC 0.270") in stdout  # fmt: skip
+    assert f"{MODEL}/sppo/{HOTTER}: iter1 0.900 [0.800, 0.950] LC 0.270" in stdout
+
+    pooled = by_seed(discover(tmp_path))
+    (ev, _) = win_rate_by_iteration(pooled).axes[:2]
+    # the win rate's bars (left of each iteration; the LC's are right of it): low to high
+    bars = sorted((x, *np.round(segment[:, 1], 12)) for bar in ev.containers
+                  for segment in bar.lines[2][0].get_segments() if (x := segment[0, 0]) % 1 > 0.5)  # fmt: skip
+    assert bars == [(0.97, 0.3, 0.5), (0.97, 0.8, 0.95), (1.97, 0.5, 0.7)]
+    (curves,) = training_curves(pooled, "loss").axes[:1]
+    assert len(curves.collections) == 2, "a band around each of the pool's two curves alone"
+
+
+def test_lineages_alike_but_for_their_seeds_and_names_share_a_setting():
+    """What --by seed compares, on composed configs: every stage's inputs, where each lineage's
+    own folder is its run's, less the seeds; any other input set otherwise parts them."""
+    from src.stages.report.results import setting
+
+    def of(*overrides: str) -> str | None:
+        return setting(compose_cfg("model=tiny-mistral", "logger=none", "iter=2", *overrides)
+                       .as_tree())  # fmt: skip
+
+    first = of("run_name=a", "training.seed=1")
+    assert of("run_name=b", "training.seed=2", "eval.seed=3", "generation.seeds=[1,2,3,4,5]") == (
+        first
+    )
+    assert of("run_name=c", "generation.temperature=0.9") != first
+    assert of("run_name=d", "iter=3") != first, "another iteration"
+
+
+def test_lineages_whose_configs_are_not_known_are_never_pooled():
+    """A lineage only a W&B curve run holds has no setting to compare: it stays as it is."""
+    from src.compare.pool import by_seed
+    from src.stages.report.results import Iteration
+
+    alone = [Iteration({"model": MODEL, "method": "sppo", "run_name": name, "iter": 1,
+                        "stages_done": "curves", "eval_win_rate": 0.5}) for name in SEEDS]  # fmt: skip
+    assert by_seed(alone) == alone
+
+
+def compare_rows(root: Path, args: list[str]) -> dict[tuple[str, int], dict[str, str]]:
+    run_main(["--root", str(root), "--out", str(root / "unpooled"), *args])
+    return read_csv(root / "unpooled" / "compare.csv")
 
 
 # --- W&B, faked in the client's shape (wandb.Api().runs(project)) ---

@@ -14,6 +14,7 @@ run's summary as well (src/compare/runs.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import reprlib
@@ -25,8 +26,10 @@ from typing import Any
 import yaml
 from omegaconf.errors import OmegaConfBaseException
 
+from src.config import SEED_KEYS
 from src.core import registry
 from src.core.errors import StageError
+from src.core.fingerprints import fingerprint_form, flatten
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
 from src.core.records import record_problem
 from src.core.staleness import READ_CHANGED, saved_state
@@ -46,10 +49,12 @@ ETA_LOSSES = frozenset({"sppo", "sppo_single", "sppo_hard"})
 
 @dataclass
 class Iteration:
-    """One iteration of one lineage: its table row and its training log (for the curves)."""
+    """One iteration of one lineage: its table row, its training log (for the curves) and what it
+    was made with but its seeds (`setting`; None: not known)."""
 
     row: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    setting: str | None = None
 
     @property
     def lineage(self) -> str:
@@ -111,6 +116,20 @@ def own_hparam(hparams: dict[str, Any]) -> dict[str, Any]:
     if loss is None:
         return hparams
     return {**hparams, ("beta" if loss in ETA_LOSSES else "eta"): None}
+
+
+def setting(cfg: dict) -> str | None:
+    """What an iteration was made with but its seeds, as a digest: every stage's inputs in the
+    config it ran with (`cfg`: a saved config.yaml, a W&B stage run's config), in their
+    fingerprint form (a path inside its run relative to it), less the seeds (SEED_KEYS). Two
+    lineages whose iterations share it differ by their seeds alone. None for a config that
+    holds no run (a curve run's flat keys)."""
+    if not isinstance(dig(cfg, "run.dir"), str) or not isinstance(cfg.get("iter"), int):
+        return None
+    inputs = {key: dig(cfg, key) for spec in registry.STAGES.values() for key in spec.inputs}
+    flat = flatten(fingerprint_form(inputs, cfg))
+    kept = {key: value for key, value in flat.items() if key not in SEED_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def dig(tree: Any, dotted: str) -> Any:
@@ -299,7 +318,7 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     if "train" in stages and (why := outdated(registry.Stage.train, trained, run_dir)):
         print(f"[compare] {trained}: {'; '.join(why)}: its figures are a stale iteration's "
               "(pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
-    it = Iteration(row, log_history(train.values))
+    it = Iteration(row, log_history(train.values), setting(cfg))
     row.update(train_columns(it.history, train.where, "log_history"))
     row.update(pairs_columns(stages.get("pairs", Record({}))))
     row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
