@@ -1194,10 +1194,11 @@ def test_wandb_rows_come_from_each_lineages_curve_run(wandb_project, tmp_path):
     assert f"{MODEL}/sppo/{SPPO_5000}: iter1 0.600 [0.500, 0.700] | iter2 0.800" in stdout
 
 
-def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, monkeypatch):
+def test_a_stale_iterations_figures_are_left_out_each_stage_named(tmp_path, monkeypatch):
     """Iteration 1's prompts edited after iteration 2 was made from it (real records, as the
-    stages write them): iteration 2's eval is left out and its training named on stderr, with the
-    reason src.main gives."""
+    stages write them): iteration 2's figures, its training's as its eval's, are left out, each
+    stage named on stderr with the reason src.main gives; the row still says which stages
+    finished."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     for t in (1, 2):
         (tmp_path / f"p{t}.jsonl").write_text(f'{{"prompt": "prompt {t}"}}\n')
@@ -1210,12 +1211,26 @@ def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, 
             made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
             write_record(cfg.stage_dir(stage), made)
         (cfg.stage_dir("eval") / "eval.json").write_text(json.dumps({"win_rate": 0.625}))
-    (tmp_path / "p1.jsonl").write_text('{"prompt": "another"}\n')
+        (cfg.stage_dir("train") / "metrics.json").write_text(
+            json.dumps({"log_history": log_history(1.0, 2, wpo=False)})
+        )
+        (cfg.stage_dir("pairs") / "metrics.json").write_text(json.dumps({"pairs": 3}))
+        generated = {"tokens": 900, "seconds": 9.0}
+        (cfg.stage_dir("generate") / "metrics.json").write_text(json.dumps(generated))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        row = read_iteration(cfg.layout, 2).row
+        before = read_iteration(cfg.layout, 2)
+    assert err.getvalue() == "" and before.row["train_loss_final"] == 0.8
+    (tmp_path / "p1.jsonl").write_text('{"prompt": "another"}\n')
+    with contextlib.redirect_stderr(err):
+        it = read_iteration(cfg.layout, 2)
     said = err.getvalue()
-    assert "eval_win_rate" not in row, said
-    for stage in ("train", "eval"):
-        assert f"{cfg.layout.stage_dir_in(2, stage)}: iteration 1's training, which this " in said
+    assert "eval_win_rate" not in it.row and it.history == [], said
+    for column in ("train_loss_final", "accuracy_mean", "pairs", "gen_tokens_per_s"):
+        assert before.row[column] is not None and it.row[column] is None, column
+    assert it.row["stages_done"] == "generate+rank+pairs+train+eval"
+    for stage in ("generate", "pairs", "train", "eval"):
+        folder = cfg.layout.stage_dir_in(2, stage)
+        assert f"[compare] {folder}: iteration 1's training, which this iteration " in said
+    assert said.count(", left out (pipeline.redo_stale=true makes it again)\n") == 4, said
     assert "generate's data.prompts" in said and "changed since this stage read it" in said

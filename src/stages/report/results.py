@@ -4,7 +4,10 @@ code.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
-number belongs), with one warning line naming the file, the key and the value. An eval against a
+number belongs), with one warning line naming the file, the key and the value. A finished stage
+whose figures no longer stand for its iteration as the lineage is now (made from a checkpoint
+trained again since, from a file edited since, descended from a stale iteration) is left out
+likewise, named on stderr with why (`standing`). An eval against a
 reference other than the run's own, or by other judges (`iter<t>/eval/vs-<name>/`, a run of its
 own in W&B) adds its win rates as columns `eval_win_rate[vs-<name>]`, and its judged benchmarks'
 figures by their judge (`add_side`). Of eta and beta, a row holds the one its
@@ -313,36 +316,47 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
     stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir_in(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
-    train = stages.get("train", Record({}))
-    trained = layout.stage_dir_in(t, registry.Stage.train)
-    if "train" in stages and (why := outdated(registry.Stage.train, trained, run_dir)):
-        print(f"[compare] {trained}: {'; '.join(why)}: its figures are a stale iteration's "
-              "(pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
+    # each finished stage's figures, but those that no longer stand for what the row names: a
+    # stage of a stale iteration (one descended from a checkpoint trained again since, ...)
+    figures = {s: m for s, m in stages.items()
+               if s in FIGURED and standing(layout.stage_dir_in(t, s), run_dir)}  # fmt: skip
+    train = figures.get("train", Record({}))
     it = Iteration(row, log_history(train.values), setting(cfg))
     row.update(train_columns(it.history, train.where, "log_history"))
-    row.update(pairs_columns(stages.get("pairs", Record({}))))
-    row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
+    row.update(pairs_columns(figures.get("pairs", Record({}))))
+    row.update(generate_columns(figures.get("generate", Record({})), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
-    # base one finished), but one whose figures no longer stand for what the row names
+    # base one finished), likewise
     base = layout.stage_dir_in(t, registry.Stage.eval)
     for folder in [base, *layout.side_evals(t)]:
         done = stages.get("eval") if folder == base else finished_stage(folder)
-        if done is None:
+        if done is None or not standing(folder, run_dir):
             continue
-        why = outdated(registry.Stage.eval, folder, run_dir)
-        if why:
-            print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
-                  "makes it again)", file=sys.stderr)  # fmt: skip
-        elif folder == base:
+        if folder == base:
             row.update(eval_columns(eval_record(folder, done)))
         else:
             add_side(row, eval_record(folder, done), folder.name)
     return it
 
 
+# The stages before the eval whose figures a row shows (the rank stage's it shows none of)
+FIGURED = ("generate", "pairs", "train")
+
+
+def standing(folder: Path, run_dir: Path) -> bool:
+    """Whether the finished stage in `folder` (of run `run_dir`) stands for its iteration as its
+    lineage is now (`outdated`); one that does not is named on stderr, with why, and its figures
+    are left out: a row never shows a stale stage's figures as the lineage's."""
+    why = outdated(RunLayout(run_dir).parse(folder).stage, folder, run_dir)
+    if why:
+        print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
+              "makes it again)", file=sys.stderr)  # fmt: skip
+    return not why
+
+
 def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> list[str]:
-    """Why a finished stage's figures (an eval's, a training's: run `run_dir`'s) are not those of
-    its iteration as its lineage stands now, judged by the config it was made with
+    """Why a finished stage's figures (run `run_dir`'s) are not those of its iteration as its
+    lineage stands now, judged by the config it was made with
     (`saved_state`: the checkpoint trained again after an eval, a file it read changed since, an
     earlier iteration it descends from stale). Its config keys may differ from today's: its row
     shows those it ran with."""
