@@ -271,7 +271,7 @@ class Remedy:
     with those after it (where an earlier iteration is the cause, every stale stage: `redo_for`);
     `lineage` runs the command as a lineage of its own (`lineage_fix`), the redo named second
     with what it would replace; `beside` judges an eval again in a folder of its own beside the
-    finished one (`judges_fix`), the redo named second. In `said`: {why}, the changes; {first},
+    finished one (`judges_advice`), the redo named second. In `said`: {why}, the changes; {first},
     the first of them; {reads}, `stage <s> reads it: ` where the stage refused is the one the
     command's first stage reads; {after}, what its redo makes besides; {doing}, {replaced},
     {redo}: another experiment's (`experiment_advice`); {side}, {name}, {replaced}, {redo}: other

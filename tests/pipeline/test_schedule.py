@@ -272,6 +272,23 @@ def test_evals_by_other_judges_are_offered_a_folder_beside_the_finished_ones_fir
     assert len(recorded) == 1
 
 
+@pytest.mark.parametrize(
+    ("keys", "name"),
+    [
+        (["eval.judge.model"], "tiny-pairrm"),  # the pairwise judge: its model's name
+        (["eval.llm_judge.model"], "gpt-4o"),  # the chat judge: its name
+        (
+            ["eval.llm_judge.base_url", "ranker.backend", "eval.llm_judge.model"],
+            "tiny-pairrm_gpt-4o",
+        ),
+    ],
+)
+def test_the_folder_offered_to_other_judges_is_named_by_the_judges_changed(keys, name):
+    cfg = compose_cfg("logger=none", "stage=eval", "+ranker@eval.judge=tiny-pairrm",
+                      "eval.llm_judge.model=openai/gpt-4o")  # fmt: skip
+    assert schedule.judges_name(cfg, [cfg], keys) == name
+
+
 def test_every_stage_input_is_a_config_key():
     """A misspelt key in a StageSpec's inputs would hash as null and never change: every one
     names a key of the composed config (eval.judge's keys: with a judge chosen, as model=tiny-* does)."""

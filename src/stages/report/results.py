@@ -7,12 +7,12 @@ warning line naming it, its values left blank, and so is a value of the wrong ty
 number belongs), with one warning line naming the file, the key and the value. A finished stage
 whose figures no longer stand for its iteration as the lineage is now (made from a checkpoint
 trained again since, from a file edited since, descended from a stale iteration) is left out
-likewise, named on stderr with why (`standing`). An eval against a
-reference other than the run's own, or by other judges (`iter<t>/eval/vs-<name>/`, a run of its
-own in W&B) adds its win rates as columns `eval_win_rate[vs-<name>]`, and its judged benchmarks'
-figures by their judge (`add_side`). Of eta and beta, a row holds the one its
-loss reads (eta: SPPO's; beta: DPO's, WPO's), the other blank. The column functions serve a W&B
-run's summary as well (src/compare/runs.py).
+likewise, named on stderr with why (`standing`). An eval against a reference other than the
+run's own, or by other judges (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its win
+rates as columns `eval_win_rate[vs-<name>]`, and its judged benchmarks' figures by their judge
+(`add_side`). Of eta and beta, a row holds the one its loss reads (eta: SPPO's; beta: DPO's,
+WPO's), the other blank. The column functions serve a W&B run's summary as well
+(src/compare/runs.py).
 """
 
 from __future__ import annotations
@@ -316,15 +316,19 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
     stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir_in(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
-    # each finished stage's figures, but those that no longer stand for what the row names: a
-    # stage of a stale iteration (one descended from a checkpoint trained again since, ...)
-    figures = {s: m for s, m in stages.items()
-               if s in FIGURED and standing(layout.stage_dir_in(t, s), run_dir)}  # fmt: skip
-    train = figures.get("train", Record({}))
+
+    def figures(stage: str) -> Record:
+        """A finished stage's figures, but none where they no longer stand for what the row
+        names: a stage of a stale iteration (descended from a checkpoint trained again since)."""
+        done = stages.get(stage)
+        current = done is not None and standing(layout.stage_dir_in(t, stage), run_dir)
+        return done if current else Record({})
+
+    train = figures("train")
     it = Iteration(row, log_history(train.values), setting(cfg))
     row.update(train_columns(it.history, train.where, "log_history"))
-    row.update(pairs_columns(figures.get("pairs", Record({}))))
-    row.update(generate_columns(figures.get("generate", Record({})), row["K"]))
+    row.update(pairs_columns(figures("pairs")))
+    row.update(generate_columns(figures("generate"), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
     # base one finished), likewise
     base = layout.stage_dir_in(t, registry.Stage.eval)
@@ -337,10 +341,6 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
         else:
             add_side(row, eval_record(folder, done), folder.name)
     return it
-
-
-# The stages before the eval whose figures a row shows (the rank stage's it shows none of)
-FIGURED = ("generate", "pairs", "train")
 
 
 def standing(folder: Path, run_dir: Path) -> bool:
