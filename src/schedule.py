@@ -36,11 +36,11 @@ from src.core import locks
 from src.core.choice import Choice
 from src.core.errors import RedoStale, StageError, with_overrides
 from src.core.fingerprints import read_upstream
-from src.core.layout import RECORD
+from src.core.layout import RECORD, iteration_name, stage_folder
 from src.core.machine import node_rank
 from src.core.records import read_record, write_record
 from src.core.redo import set_aside
-from src.core.registry import EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
+from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
 from src.core.staleness import (
     StageState,
     Why,
@@ -249,6 +249,7 @@ class Refusal(Choice):
     version = "version"  # recorded by another version of this project
     trained_after = "trained_after"  # an eval of a checkpoint trained again after it
     experiment = "experiment"  # another experiment (EXPERIMENT_INPUTS): a lineage of its own
+    judges = "judges"  # an eval by other judges (EVAL_JUDGE_INPUTS): a folder of its own beside it
     lineage = "lineage"  # what an earlier iteration made changed since: every stale stage redone
     files = "files"  # a local file it read changed, or is gone
     config = "config"  # an input set otherwise, of the same experiment
@@ -257,6 +258,11 @@ class Refusal(Choice):
 # Another experiment's advice: the lineage of its own first (the fix), then the redo, with what it
 # would replace
 ELSEWHERE = "{doing} in a lineage of its own, or replace {replaced} ({redo})"
+# Other judges' advice: their eval beside the finished one first (the fix), then the redo
+BESIDE = (
+    "keep those figures and judge again beside them, in {side} (eval.judged_by={name}), or "
+    "replace {replaced} ({redo})"
+)
 
 
 @dataclass(frozen=True)
@@ -264,13 +270,15 @@ class Remedy:
     """What a refusal says after the stage's folder, and its fix: `redo` makes the stage again
     with those after it (where an earlier iteration is the cause, every stale stage: `redo_for`);
     `lineage` runs the command as a lineage of its own (`lineage_fix`), the redo named second
-    with what it would replace. In `said`: {why}, the changes; {first}, the first of them;
-    {reads}, `stage <s> reads it: ` where the stage refused is the one the command's first stage
-    reads; {after}, what its redo makes besides; {doing}, {replaced}, {redo}: another experiment's
-    (`experiment_advice`)."""
+    with what it would replace; `beside` judges an eval again in a folder of its own beside the
+    finished one (`judges_advice`), the redo named second. In `said`: {why}, the changes; {first},
+    the first of them; {reads}, `stage <s> reads it: ` where the stage refused is the one the
+    command's first stage reads; {after}, what its redo makes besides; {doing}, {replaced},
+    {redo}: another experiment's (`experiment_advice`); {side}, {name}, {replaced}, {redo}: other
+    judges' (`judges_advice`)."""
 
     said: str
-    fix: str  # "redo" | "lineage"
+    fix: str  # "redo" | "lineage" | "beside"
 
 
 REMEDIES = {
@@ -286,6 +294,7 @@ REMEDIES = {
     Refusal.experiment: Remedy(
         "was made with a different configuration ({why}); {reads}" + ELSEWHERE, "lineage"
     ),
+    Refusal.judges: Remedy("was judged by other judges ({why}); " + BESIDE, "beside"),
     Refusal.lineage: Remedy(
         "was made with a different configuration ({why}); {reads}restore the config, or redo "
         "it{after}; every later iteration made from it is stale too",
@@ -302,7 +311,8 @@ REMEDIES = {
     ),
 }
 # Stages of several iterations refused at once, in one line: every stale stage redone in order,
-# or, where one is another experiment, the lineage of its own first
+# or, where one is another experiment, the lineage of its own first; evals all by other judges,
+# their folders beside them first
 SEVERAL = "{which} were made with a different configuration ({why}); "
 SEVERAL_REDONE = "restore the config, or redo every stale stage, in order, in one command"
 
@@ -321,6 +331,8 @@ def refusal_of(st: StageState) -> Refusal:
         return Refusal.trained_after
     if experiment_key(st) is not None:
         return Refusal.experiment
+    if judged_otherwise(st):
+        return Refusal.judges
     if st.has(Why.retrained, Why.ancestor):
         return Refusal.lineage
     if st.changed and all(c.kind in (Why.content, Why.gone) for c in st.changed):
@@ -335,6 +347,16 @@ def experiment_key(st: StageState) -> str | None:
         return None
     keys = [c.key for c in st.changed if c.kind == Why.value and c.key in EXPERIMENT_INPUTS]
     return keys[0] if keys else None
+
+
+def judged_otherwise(st: StageState) -> bool:
+    """Whether `st` is an eval whose every change is one of its judges' keys (EVAL_JUDGE_INPUTS):
+    the same checkpoint, judged otherwise."""
+    return (
+        st.stage == Stage.eval
+        and bool(st.changed)
+        and all(c.kind == Why.value and c.key in EVAL_JUDGE_INPUTS for c in st.changed)
+    )
 
 
 def refused(
@@ -358,6 +380,9 @@ def refused(
         replaced = [(cfg.iter, [st.stage, *([] if reader else later)])]
         words |= experiment_advice(cfg, st, replaced, fix.overrides(cfg.stage.value))
         fix = lineage_fix(cfg, experiment_key(st), [(cfg, st.stage)])
+    elif remedy.fix == "beside":
+        words |= judges_advice(cfg, [cfg], [st], fix.overrides(cfg.stage.value))
+        fix = f"eval.judged_by={words['name']}"
     return StageError(f"{cfg.stage_dir(st.stage)} {remedy.said.format(**words)}", fix)
 
 
@@ -375,6 +400,43 @@ def experiment_advice(
         "replaced": f"{replacing(replaced)} in {cfg.run_name}",
         "redo": redo,
     }
+
+
+def judges_advice(
+    cfg: Config, evaluated: Sequence[Config], stale: Sequence[StageState], redo: str
+) -> dict[str, str]:
+    """The words of the refusal of evals by other judges (those of `evaluated`, iterations of
+    `cfg`'s command, each `stale`): the name of their folder beside the finished ones
+    (`judges_name`), that folder, and what the redo named second (`redo`) would replace."""
+    name = judges_name(cfg, evaluated, [c.key for st in stale for c in st.changed])
+    folder = stage_folder(Stage.eval, cfg.eval.reference, cfg.eval.reference_outputs, name)
+    where = f"{iteration_name(cfg.iter)}/" if len(evaluated) == 1 else "each iteration's "
+    replaced = f"{replacing([(c.iter, [Stage.eval]) for c in evaluated])} in {cfg.run_name}"
+    return {"name": name, "side": f"{where}{folder}/", "replaced": replaced, "redo": redo}
+
+
+def judges_name(cfg: Config, evaluated: Sequence[Config], keys: Sequence[str]) -> str:
+    """A name for the judges `cfg` asks for (`eval.judged_by`), by those of its judges whose keys
+    are among `keys`: the pairwise judge's model, the chat judge's name; numbered where the folder
+    it names holds an eval of one of `evaluated` made otherwise."""
+    words = []
+    if any(k.startswith(("ranker.", "eval.judge.")) for k in keys):
+        words.append(lineage_word("model", (cfg.eval.judge or cfg.ranker).model))
+    if any(k.startswith("eval.llm_judge.") for k in keys):
+        words.append(lineage_word("model", cfg.eval.llm_judge.name))
+    base = "_".join(dict.fromkeys(words)) or "judges"
+    name, n = base, 1
+    while any(state_of(judged_by(c, name), Stage.eval).status == "stale" for c in evaluated):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def judged_by(cfg: Config, name: str) -> dict:
+    """`cfg` as plain data, its eval by the judges named `name` (`eval.judged_by`)."""
+    tree = cfg.as_tree()
+    tree["eval"] = {**tree["eval"], "judged_by": name}
+    return tree
 
 
 def replacing(made: list[tuple[int, list[Stage]]]) -> str:
@@ -427,7 +489,14 @@ def refused_together(plans: Sequence[Plan], found: list[tuple[Plan, Step]]) -> S
     which = listed(f"iteration {p.cfg.iter}'s {step.stale.stage.value}" for p, step in found)
     why = " | ".join(dict.fromkeys("; ".join(step.stale.changed) for _, step in found))
     said = SEVERAL.format(which=which, why=why or "an earlier version")
-    experiments = [step.stale for _, step in found if refusal_of(step.stale) == Refusal.experiment]
+    kinds = [refusal_of(step.stale) for _, step in found]
+    if all(kind == Refusal.judges for kind in kinds):
+        evaluated, stale = [p.cfg for p, _ in found], [step.stale for _, step in found]
+        cfg = plans[-1].cfg
+        words = judges_advice(cfg, evaluated, stale, RedoStale().overrides(cfg.stage.value))
+        return StageError(said + BESIDE.format(**words), f"eval.judged_by={words['name']}")
+    experiments = [step.stale for (_, step), kind in zip(found, kinds, strict=True)
+                   if kind == Refusal.experiment]  # fmt: skip
     if not experiments:
         return StageError(said + SEVERAL_REDONE, RedoStale())
     cfg = plans[-1].cfg
@@ -506,7 +575,7 @@ def run_iteration(plan: Plan, runners: dict, command: str) -> list[Stage]:
     if plan.refusal is not None:
         raise plan.refusal.error
     print(f"[main] iteration {cfg.iter} of {cfg.run.dir}", file=sys.stderr)
-    print(f"[main] policy pi_{cfg.iter - 1}: {cfg.run.init_policy}", file=sys.stderr)
+    print(f"[main] policy pi_{max(cfg.iter - 1, 0)}: {cfg.run.init_policy}", file=sys.stderr)
     redone = [step.stage for step in steps if step.action == "redo"]
     ran = []
     other_node = other_training_node(cfg)

@@ -105,7 +105,13 @@ def lineages(root: Path) -> list[Path]:
     """The lineage folders under `root` (<model>/<method>/<run_name>) with an iteration's."""
     if not root.is_dir():
         return []
-    return sorted(d for d in root.glob("*/*/*") if d.is_dir() and RunLayout(d).iterations())
+    return sorted(d for d in root.glob("*/*/*") if d.is_dir() and trained_iterations(d))
+
+
+def trained_iterations(run_dir: Path) -> list[int]:
+    """The iterations of the lineage in `run_dir` that have a folder, but iteration 0: the base
+    model's own eval (`stage=eval iter=0`), no iteration of the lineage to bring up to date."""
+    return [t for t in RunLayout(run_dir).iterations() if t > 0]
 
 
 def of_root(run_dir: Path, root: Path) -> Lineage:
@@ -125,7 +131,11 @@ def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     """The overrides of the newest command that ran in the lineage (its stages' saved configs'
     head), less ONE_RUN, with paths.root where the lineage is now; else None and why."""
     layout = RunLayout(run_dir)
-    saved = [layout.stage_dir_in(t, s) / SAVED_CONFIG for t in layout.iterations() for s in STAGES]
+    saved = [
+        layout.stage_dir_in(t, s) / SAVED_CONFIG
+        for t in trained_iterations(run_dir)
+        for s in STAGES
+    ]
     saved = [path for path in saved if path.is_file()]
     if not saved:
         return None, "no stage saved the command that ran it"
@@ -151,7 +161,7 @@ def judged(run_dir: Path, root: Path, words: list[str]) -> Lineage:
     cfg = validate(raw)
     if Path(cfg.run.dir).resolve() != run_dir.resolve():
         raise Elsewhere(f"its last command makes {cfg.run.dir} now")
-    last = max([cfg.iter, *RunLayout(run_dir).iterations()])
+    last = max([cfg.iter, *trained_iterations(run_dir)])
     config_for_iter = configs_of(raw)
     rows = [Iteration(t, cells_of(config_for_iter(t))) for t in range(1, last + 1)]
     command = " ".join([MAIN, *set_overrides(words, [f"iter={last}"])])
@@ -188,7 +198,7 @@ def by_saved_configs(run_dir: Path, root: Path, why: str) -> Lineage:
     layout = RunLayout(run_dir)
     where = {"run": {"dir": str(run_dir)}, "paths": {"root": str(root)}}
     rows = []
-    for t in range(1, max(layout.iterations()) + 1):
+    for t in range(1, max(trained_iterations(run_dir)) + 1):
         cells = {}
         for stage in STAGES:
             folder = layout.stage_dir_in(t, stage)

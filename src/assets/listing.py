@@ -139,7 +139,9 @@ def _train(cfg: Config) -> list[tuple[Asset, str]]:
 
 def _eval(cfg: Config) -> list[tuple[Asset, str]]:
     e = cfg.eval
-    found = [(Asset("made", str(cfg.layout.checkpoint(cfg.iter))), "pi_t")]
+    # pi_t: iteration t's checkpoint; at iteration 0 the base policy itself
+    made = [(Asset("made", str(cfg.layout.checkpoint(cfg.iter))), "pi_t")]
+    found = _policy(cfg) if cfg.iter == 0 else made
     if cfg.data.eval_prompts:
         found.append(
             (prompts_asset(cfg.data.eval_prompts, cfg.data.eval_split), "data.eval_prompts")

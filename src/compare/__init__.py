@@ -1,7 +1,8 @@
 """Compare runs: a table row per (lineage, iteration), and three plots (`python -m src.compare`).
 
-runs.py reads the runs (local run directories or W&B), table.py writes the table and the CSV
-and holds the command line (its docstring is the usage), plots.py draws the plots.
+runs.py reads the runs (local run directories or W&B), pool.py pools lineages by seed (`--by
+seed`), table.py writes the table and the CSV and holds the command line (its docstring is the
+usage), plots.py draws the plots.
 """
 
 from src.compare.runs import CompareError, discover, fetch_wandb

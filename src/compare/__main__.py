@@ -1,5 +1,5 @@
 """python -m src.compare [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--metric NAME]
-[--only PATTERN]... [--where KEY=VALUE]... [--hparam-metric NAME]"""
+[--only PATTERN]... [--where KEY=VALUE]... [--hparam-metric NAME] [--by seed]"""
 
 from src.compare.table import main
 

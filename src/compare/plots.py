@@ -1,5 +1,8 @@
 """The three plots of `python -m src.compare`, drawn with matplotlib's Agg backend (no display).
 
+Lineages pooled by seed (`--by seed`) are drawn as one: their means, and their min-max as the
+error bars of a figure and the band around a training curve.
+
 Each is written atomically and always: a plot with nothing to show says so in its middle,
 so the set of files a comparison leaves is the same whatever the runs hold. A lineage has one
 colour of its own in all three and an iteration one marker (in the training curves also a line
@@ -21,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from src.compare.pool import Pooled  # noqa: E402
 from src.core.artifacts import atomic_path  # noqa: E402
 from src.core.layout import iteration_name  # noqa: E402
 from src.stages.report.results import Iteration, num  # noqa: E402
@@ -155,6 +159,9 @@ def training_curves(iterations: list[Iteration], metric: str):
             linestyle, marker = iteration_style(it.row["iter"])
             ax.plot(steps, values, color=colours[it.lineage], linestyle=linestyle, marker=marker,
                     markersize=4, markevery=max(1, len(steps) // CURVE_MARKERS))  # fmt: skip
+            if isinstance(it, Pooled) and (band := it.spread.get(metric)):  # the seeds' min-max
+                low, high = zip(*(band[s] for s in steps), strict=True)
+                ax.fill_between(steps, low, high, color=colours[it.lineage], alpha=0.2, lw=0)
         ax.set(title=f"{metric} ({loss_type} loss)", xlabel="step", ylabel=metric)
         spread_axis(ax, [v for _, _, values in lines for v in values])
     drawn = [it for lines in panels.values() for it, _, _ in lines]

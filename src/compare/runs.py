@@ -25,6 +25,7 @@ from src.stages.report.results import (
     STAGES,
     Iteration,
     Record,
+    add_side,
     eval_columns,
     generate_columns,
     num,
@@ -32,8 +33,8 @@ from src.stages.report.results import (
     own_hparam,
     pairs_columns,
     read_iteration,
+    setting,
     train_columns,
-    win_rate_columns,
 )
 
 WANDB_TIMEOUT_S = 5.0
@@ -125,9 +126,11 @@ def fetch_wandb(project: str, timeout: float = WANDB_TIMEOUT_S) -> list[Iteratio
         # a crashed, failed or still running stage is not finished, as one without a done.json
         if getattr(run, "state", "finished") != "finished":
             continue
-        side = cfg.get("eval_folder")  # "vs-<name>": an eval against another reference
+        it.setting = it.setting or setting(cfg)  # a stage run's config holds the whole tree
+        # "vs-<name>": an eval against another reference, or by other judges (vs-<name>@<by>)
+        side = cfg.get("eval_folder")
         if run.job_type == "eval" and isinstance(side, str) and side:
-            it.row.update(win_rate_columns(Record(summary, where, "summary."), side))
+            add_side(it.row, Record(summary, where, "summary."), side)
             continue
         it.row["stages_done"] = "+".join(filter(None, [it.row["stages_done"], run.job_type]))
         if run.job_type == "train":  # the Trainer logs train/loss ... against train/global_step

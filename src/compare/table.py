@@ -2,6 +2,7 @@
 
     python -m src.compare [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--metric NAME]
                           [--only PATTERN]... [--where KEY=VALUE]... [--hparam-metric NAME]
+                          [--by seed]
 
 Reads the run directories the stages write (README, "Run directories"):
     <root>/<model>/<method>/<run_name>/iter<t>/<stage>/{config.yaml, done.json, metrics.json}
@@ -14,6 +15,10 @@ win rate, with its bootstrap interval; the final training loss where no run has 
 reads the same from a W&B project. A row's eta or beta is the one its loss reads (eta: SPPO's;
 beta: DPO's and WPO's), the other blank.
 
+--by seed pools the lineages that differ by their seeds alone (src/compare/pool.py): a row per
+pool and iteration, each figure the mean over the seeds, their min-max beside it in the table
+(`<column>_min`, `<column>_max` in the CSV) and as the plots' error bars and training bands.
+
 --only PATTERN keeps the lineages `<model>/<method>/<run_name>` that match a glob
 (`--only 'tiny-mistral/sppo/*'`; given twice, either), --where KEY=VALUE the rows whose column
 KEY holds VALUE (`--where eta=10` matches 10.0, SPPO's runs only; given twice, both); each, from
@@ -23,8 +28,10 @@ Only finished stages count: values come from a stage whose done.json exists, as 
 themselves trust nothing else in a directory, and an iteration with no finished stage (the
 folder a refused or interrupted command leaves) is left out with one line on stderr naming it.
 An eval against another reference than the run's own (`iter<t>/eval/vs-<name>/`, e.g. vs-iter1
-for eval.reference=iter1) adds the columns eval_win_rate[vs-<name>] and
-eval_lc_win_rate[vs-<name>], and a line per lineage and reference to the printed win rates.
+for eval.reference=iter1) or by other judges (vs-base@<by> for eval.judged_by=<by>) adds the
+columns eval_win_rate[vs-<name>] and eval_lc_win_rate[vs-<name>], and a line per lineage and
+reference to the printed win rates; its MT-Bench and Arena-Hard figures are columns by their judge
+(mt_bench[<judge>]), beside the run's own judge's.
 A malformed config.yaml, done.json, metrics.json or eval.json is skipped with one warning line
 naming the file: its values stay blank (a malformed done.json makes its stage unfinished) and
 every other run is still compared. A value of the wrong type (text where a number belongs) is
@@ -46,8 +53,8 @@ import io
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
+from src.compare.pool import by_seed
 from src.compare.runs import CompareError, choose, discover, fetch_wandb
 from src.config import runs_root
 from src.config.cli import ArgumentParser, failures
@@ -80,6 +87,8 @@ HPARAM_METRIC = "eval_win_rate"
 
 def columns_for(rows: list[dict]) -> list[str]:
     shown = [c for c in COLUMNS if c not in OPTIONAL_COLUMNS]
+    if any("seeds" in r for r in rows):  # pooled (--by seed): how many lineages each row pools
+        shown.insert(shown.index("stages_done") + 1, "seeds")
     judged = sorted(
         {c for r in rows for c in r if c.startswith(tuple(f"{b}[" for b in JUDGED_HEADLINES))}
     )
@@ -93,21 +102,40 @@ def columns_for(rows: list[dict]) -> list[str]:
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value: Any) -> str:
+    def cell(row: dict, column: str) -> str:
+        value = row.get(column)
         text = "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+        if pooled(row, column) and row["seeds"] > 1:  # the seeds' min-max beside the mean
+            low, high = row[f"{column}_ci"]
+            text += f" [{low:.4g}, {high:.4g}]"
         return text.replace("|", "\\|")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
+    if "seeds" in columns:  # pooled: each figure's min and max over the seeds after it
+        columns = [x for c in columns for x in (c, *spread_columns(rows, c))]
+        rows = [r | {f"{c}_{end}": r[f"{c}_ci"][i] for c in columns if pooled(r, c)
+                     for i, end in enumerate(("min", "max"))} for r in rows]  # fmt: skip
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)  # None is written as an empty cell; floats in full precision
     return buffer.getvalue()
+
+
+def spread_columns(rows: list[dict], column: str) -> tuple[str, ...]:
+    """`<column>_min` and `<column>_max` where a pooled row has a spread of `column`."""
+    return (f"{column}_min", f"{column}_max") if any(pooled(r, column) for r in rows) else ()
+
+
+def pooled(row: dict, column: str) -> bool:
+    """Whether `row` pools lineages (--by seed) and holds the seeds' min-max of `column` (a row
+    of a lineage alone keeps its bootstrap intervals)."""
+    return bool(row.get("seeds")) and bool(row.get(f"{column}_ci"))
 
 
 def write_outputs(
@@ -141,14 +169,15 @@ def win_rate_curves(iterations: list[Iteration]) -> str:
                 lines.setdefault((it.lineage, reference), []).append(point)
     if not lines:
         return ""
+    interval = "bootstrap interval"
+    if any("seeds" in it.row for it in iterations):
+        interval += "; a pool of seeds: its mean [min, max]"
     body = "\n".join(
         f"  {lineage}{' vs ' + reference.removeprefix(SIDE_EVAL) if reference else ''}: "
         + " | ".join(lines[lineage, reference])
         for lineage, reference in sorted(lines)  # a lineage's lines together, its own first
     )
-    return (
-        f"eval win rate by iteration (against each run's reference; bootstrap interval):\n{body}\n"
-    )
+    return f"eval win rate by iteration (against each run's reference; {interval}):\n{body}\n"
 
 
 def curve_point(row: dict, key: str, lc_key: str) -> str:
@@ -204,6 +233,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="compare the rows whose column KEY holds VALUE, e.g. eta=10 (repeatable: all)",
     )  # fmt: skip
     parser.add_argument(
+        "--by", choices=["seed"], default=None,
+        help="pool the lineages that differ by their seeds alone: each figure's mean and min-max",
+    )  # fmt: skip
+    parser.add_argument(
         "--hparam-metric", default=HPARAM_METRIC, metavar="NAME",
         help=f"column final_vs_hparams.png draws (default: {HPARAM_METRIC})",
     )  # fmt: skip
@@ -230,6 +263,8 @@ def compare(args: argparse.Namespace) -> None:
     else:
         found, source = discover(root), f"under {root}"
     iterations = choose(found, source, args.only, args.where)
+    if args.by == "seed":
+        iterations = by_seed(iterations)
     table, paths = write_outputs(iterations, out, args.metric, args.hparam_metric)
     print(table)
     curves = win_rate_curves(iterations)

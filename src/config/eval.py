@@ -3,6 +3,7 @@ benchmark reads."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from src.config.checks import _check, _model_location, _positive, check_numbers
 from src.config.choices import Backend, Benchmark, Outcome
 from src.config.ranker import RankerConfig
 from src.core.layout import iteration_name, iteration_number
+
+# What `eval.judged_by` may be: one folder name, in characters any file system, W&B run name and
+# SLURM job name keeps
+JUDGED_BY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 # The prefix of OpenAI's model names: a judge this stage serves is never called so (its figures
 # would read as the published judge's)
@@ -109,6 +114,10 @@ class EvalConfig:
     # directory / hub id. An eval against anything but the base model (or a reference_outputs
     # file) writes into eval/vs-<name>/, beside the one against the base: each its own record
     reference: str = "base"
+    # a name for this eval's judges (eval.judge, eval.llm_judge) where they are not the ones the
+    # lineage's own evals use: the eval goes to eval/vs-<reference>@<name>/ (vs-base@<name>
+    # against the base model), beside those, each judge's figures kept; null: the lineage's own
+    judged_by: str | None = None
     # AlpacaEval-format JSON of reference answers (instruction, output, generator) used instead
     # of generating them, e.g. AlpacaEval 2's GPT-4 Turbo outputs downloaded beforehand
     reference_outputs: str | None = None
@@ -178,6 +187,13 @@ class EvalConfig:
             "eval.benchmarks",
             [b.value for b in self.benchmarks],
             "names a benchmark twice",
+        )
+        _check(
+            self.judged_by is None or bool(JUDGED_BY_NAME.fullmatch(self.judged_by)),
+            "eval.judged_by",
+            self.judged_by,
+            "names the folder of an eval by other judges (eval/vs-<reference>@<name>): letters, "
+            "digits, '.', '_' and '-', not starting with '.' or '-' (e.g. gpt-4o)",
         )
         earlier = iteration_number(self.reference)
         _check(

@@ -115,7 +115,14 @@ class PipelineConfig:
 def cross_checks(cfg: Any) -> None:  # cfg: the composed Config (root.py)
     """The rules of `iter`, `run_name` and `run.dir`, which read other sections (hardware,
     paths) and the names of the stages' SLURM jobs (`Config.stage_run_name`)."""
-    _check(cfg.iter >= 1, "iter", cfg.iter, "must be >= 1 (iterations count from 1)")
+    _check(cfg.iter >= 0, "iter", cfg.iter, "must be >= 0 (iterations count from 1)")
+    _check(
+        cfg.iter > 0 or cfg.stage == Stage.eval,
+        "iter",
+        cfg.iter,
+        f"iteration 0 is the base policy (run.init_policy) itself, which only stage=eval "
+        f"evaluates, not stage={cfg.stage.value}; iterations count from 1",
+    )
     # its longest file name, a SLURM log, sets its limit (its folder's, NAME_MAX, is looser)
     longest = max((s for s in Stage if s != Stage.all), key=lambda s: len(s.value))
     log = SLURM_LOG_NAME.format(job=cfg.stage_run_name(longest))

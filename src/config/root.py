@@ -38,7 +38,8 @@ from src.core.registry import STAGES, Stage, iteration_stages
 class Config:
     """The whole composed configuration of one invocation."""
 
-    # iteration t (1-based): generator, initial weights and reference are iteration t-1's policy
+    # iteration t (1-based): generator, initial weights and reference are iteration t-1's policy;
+    # 0 with stage=eval alone: the base policy itself evaluated (iter0/eval)
     iter: int = 1
     # the stage of iteration `iter` to run; all: every stage in order (eval with eval.enabled=true)
     stage: Stage = Stage.all
@@ -101,12 +102,14 @@ class Config:
 
     def stage_dir(self, stage: Stage | str) -> Path:
         """Where `stage` of this iteration writes (an eval against another reference than the
-        base model: a folder of its own inside the eval's, `src.core.layout.stage_folder`); of
-        another iteration: `layout.stage_dir_in`."""
+        base model, or by other judges: a folder of its own inside the eval's,
+        `src.core.layout.stage_folder`); of another iteration: `layout.stage_dir_in`."""
         return self.layout.iteration_dir(self.iter) / self.stage_folder(stage)
 
     def stage_folder(self, stage: Stage | str) -> str:
-        return stage_folder(Stage(stage), self.eval.reference, self.eval.reference_outputs)
+        return stage_folder(
+            Stage(stage), self.eval.reference, self.eval.reference_outputs, self.eval.judged_by
+        )
 
     def shard_section(self, stage: Stage) -> GenerationConfig | RankerConfig | None:
         """The section whose `shard`, `num_shards` and `chunk_size` split `stage`

@@ -52,7 +52,10 @@ CLONE_ABSOLUTE: Anchors = ("<run>", "<root>", None)
 def stage_dir(tree: dict[str, Any], stage: Stage) -> Path:
     """`Config.stage_dir` of the config as plain data: where `stage` of its iteration writes."""
     folder = stage_folder(
-        stage, lookup(tree, "eval.reference"), lookup(tree, "eval.reference_outputs")
+        stage,
+        lookup(tree, "eval.reference"),
+        lookup(tree, "eval.reference_outputs"),
+        lookup(tree, "eval.judged_by"),
     )
     return RunLayout(lookup(tree, "run.dir")).iteration_dir(tree["iter"]) / folder
 
@@ -208,6 +211,8 @@ def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
     """The stage whose output `stage` reads under `tree`: the one it consumes, unless the file its
     `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
     spec = STAGES[stage]
+    if tree["iter"] == 0:  # iteration 0 is pi_0 itself, which its eval reads: no stage made it
+        return None
     if spec.consumes is None or spec.consumes_via is None or not lookup(tree, spec.consumes_via):
         return spec.consumes
     read = Path(lookup(tree, spec.consumes_via)).resolve()

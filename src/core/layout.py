@@ -3,6 +3,8 @@
     <run_dir>/iter<t>/<stage>/            one folder per stage of iteration t
     <run_dir>/iter<t>/train/checkpoint/   iteration t's policy, iteration t+1's generator
     <run_dir>/iter<t>/eval/vs-<name>/     an eval against another reference than the base model
+    <run_dir>/iter<t>/eval/vs-<name>@<by>/  one by other judges (eval.judged_by), vs-base@<by> too
+    <run_dir>/iter0/eval/                 the base model's own eval (`stage=eval iter=0`)
     <run_dir>/iter<t>/train/adapter/      with LoRA: the adapter alone, merged into the checkpoint
     <run_dir>/export/iter<t>/             iteration t's model and data folders, as exported
     <run_dir>/slurm/                      `python -m src.slurm`'s scripts, their logs in logs/
@@ -32,6 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # model in the eval stage's folder, each other one in a folder of its own inside it, named by its
 # reference (`iter3/eval/vs-iter1`, `iter3/eval/vs-gpt4_turbo.json`), with its own record and lock.
 SIDE_EVAL = "vs-"
+# An eval by other judges than the lineage's own (`eval.judged_by`), of the same checkpoint against
+# the same reference, sits beside those too: `vs-<reference>@<judges>` (`vs-base@gpt-4o`).
+JUDGED_BY = "@"
 
 # In each stage's folder: its record, written last, the only mark that it finished
 # (src/core/records.py); the config it ran with, headed by its command (src/core/staleness.py).
@@ -55,12 +60,18 @@ def iteration_number(name: str) -> int | None:
     return int(match[1]) if match else None
 
 
-def side_name(reference: str | None, reference_outputs: str | None) -> str | None:
+def side_name(
+    reference: str | None, reference_outputs: str | None, judged_by: str | None = None
+) -> str | None:
     """The name an eval against `reference` (a model, `iter<t>`) or against the answers in
     `reference_outputs` (the file wins, as in the stage) gives its folder, after `vs-`; None for
     the eval against the base model, which has the eval's folder itself. The file's name keeps its
     suffix (answers read from `iter1.json` are not iteration 1's, `vs-iter1`); a model's is its
-    last path component; either in characters a folder name keeps."""
+    last path component; either in characters a folder name keeps, which `@` is not: an eval by
+    other judges (`judged_by`) adds `@<judged_by>` to that name, `base@<judged_by>` against the
+    base model."""
+    if judged_by:
+        return f"{side_name(reference, reference_outputs) or 'base'}{JUDGED_BY}{judged_by}"
     if not reference_outputs and reference in (None, "base"):
         return None
     if reference_outputs:
@@ -71,11 +82,15 @@ def side_name(reference: str | None, reference_outputs: str | None) -> str | Non
 
 
 def stage_folder(
-    stage: Stage, reference: str | None = "base", reference_outputs: str | None = None
+    stage: Stage,
+    reference: str | None = "base",
+    reference_outputs: str | None = None,
+    judged_by: str | None = None,
 ) -> str:
     """A stage's folder inside its iteration's: its name, and for an eval against anything but
-    the base model (`eval.reference`, `eval.reference_outputs`) `eval/vs-<side_name>`."""
-    side = side_name(reference, reference_outputs) if stage == Stage.eval else None
+    the base model (`eval.reference`, `eval.reference_outputs`) or by other judges
+    (`eval.judged_by`) `eval/vs-<side_name>`."""
+    side = side_name(reference, reference_outputs, judged_by) if stage == Stage.eval else None
     return _folder(stage, side)
 
 

@@ -105,6 +105,16 @@ JUDGE_INPUTS = (
     "win_prob",
 )
 
+# The eval's judges: its pairwise judge (eval.judge, or the ranker where it is null) and the chat
+# judge of its benchmarks. An eval asked for with other judges than a finished one of the same
+# checkpoint is that checkpoint judged otherwise, not the same eval made otherwise:
+# src/schedule.py offers it a folder of its own beside the finished one first (eval.judged_by).
+EVAL_JUDGE_INPUTS = (
+    *(f"ranker.{key}" for key in JUDGE_INPUTS),
+    *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
+    *_CHAT_JUDGE,
+)
+
 # The inputs whose value makes another experiment, not the same one made otherwise: the engine
 # that samples, the judge that ranks, the pairs trained on, a method setting the default run_name
 # does not name (its K, eta or beta and learning rate it names, and so separates). A lineage's
@@ -222,7 +232,7 @@ NOT_INPUTS: dict[str, tuple[str, ...]] = {
     ),
     "names: of the run, its folders, its judges (where the output sits, not what it holds)": (
         "run_name", "run.dir", "run.iter_dir", "model.name", "data.name", "ranker.name",
-        "eval.judge.name",
+        "eval.judge.name", "eval.judged_by",
     ),
     "where and how fast the work runs: the same output on any machine, batch, shard, engine": (
         "hardware",

@@ -375,7 +375,7 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[Change]:
             return [change.under(f"{upstream.value}'s ") for change in changed]
         head, upstream = upstream, read_upstream(tree, upstream)
     t = tree["iter"]
-    if t == 1:
+    if t <= 1:  # iteration 1 starts from pi_0, which no stage made (iteration 0 is pi_0 itself)
         return []
     layout = RunLayout(lookup(tree, "run.dir"))
     previous = read_record(layout.stage_dir_in(t - 1, Stage.train))

@@ -1,6 +1,7 @@
 """Stage `eval`: the policy of iteration t against a reference on held-out instructions.
 
     python -m src.main stage=eval model=tiny-mistral iter=2
+    python -m src.main stage=eval model=tiny-mistral iter=0   # the base model: iteration 0
     python -m src.main stage=eval iter=3 eval.reference=iter1 data.eval_prompts=alpaca_eval.json
     python -m src.main model=tiny-mistral iter=3 eval.enabled=true   # after every iteration
 
@@ -12,10 +13,12 @@ configured judge compares each pair of answers, PairRM in both orders; identical
 reference_outputs.json in AlpacaEval's format; the iteration's model card; then the record,
 which the scheduler writes after them as `done.json`).
 
-Evals of one checkpoint against several references sit side by side: the one against the base
-model in iter<t>/eval/, each other one (eval.reference=iter1, eval.reference_outputs=<file>) in
-iter<t>/eval/vs-<name>/ (src/core/layout.py: stage_folder), each with its own record, redo and
-W&B run; the model card and src.compare show them all.
+Evals of one checkpoint against several references, or by several judges, sit side by side: the
+one against the base model in iter<t>/eval/, each other one (eval.reference=iter1,
+eval.reference_outputs=<file>) in iter<t>/eval/vs-<name>/, each by other judges
+(eval.judged_by=<by>) in iter<t>/eval/vs-<name>@<by>/ (vs-base@<by> against the base model;
+src/core/layout.py: stage_folder), each with its own record, redo and W&B run; the model card and
+src.compare show them all.
 
 eval.json: win_rate and lc_win_rate (src/evaluation/winrate.py) with their bootstrap intervals
 (`*_low`, `*_high`), the standard error, wins / losses / ties, average answer lengths (characters) of both sides.
@@ -197,8 +200,13 @@ def load_instructions(cfg: Config) -> list[Prompt]:
 
 
 def answerer(cfg: Config, which: str) -> Answerer:
-    """The model `which` names: 'base', 'iter<s>' (this lineage's checkpoint), or a path / hub id."""
+    """The model `which` names: 'base', 'iter<s>' (this lineage's checkpoint; iter0: pi_0, the
+    policy iteration 1 starts from, `run.init_policy`), or a path / hub id."""
     s = iteration_number(which)
+    key = "eval.reference"
+    if s == 0:  # `stage=eval iter=0`: the base model's own figures
+        s, key = None, "run.init_policy"
+        which = "base" if cfg.run.init_policy == cfg.model.path else cfg.run.init_policy
     if which == "base":
         path, label = cfg.model.path, cfg.model.name
     elif s is not None:
@@ -218,7 +226,7 @@ def answerer(cfg: Config, which: str) -> Answerer:
             )
     else:  # before any answer is made: a reference that cannot load fails first
         path, label = which, Path(which).name
-        require_loadable(path, cfg.model.revision, key="eval.reference")
+        require_loadable(path, cfg.model.revision, key=key)
     return Answerer(label, path, weights_signature(path, cfg.model.revision))
 
 

@@ -563,7 +563,12 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
     ("override", "message"),
     [
         ("method.eta=-1", r"^method\.eta=-1\.0: must be > 0$"),
-        ("iter=0", r"^iter=0: must be >= 1"),
+        ("iter=-1", r"^iter=-1: must be >= 0"),
+        (
+            "iter=0",
+            r"^iter=0: iteration 0 is the base policy \(run\.init_policy\) itself, which only "
+            r"stage=eval evaluates, not stage=all; iterations count from 1$",
+        ),
         ("method.K=1", r"^method\.K=1: must be >= 2"),
         ("+method.foo=1", r"^unknown config key 'method\.foo'; method accepts: name, loss, K, eta"),
         ("iter=abc", r"^iter: Value 'abc' of type 'str' could not be converted to Integer$"),
@@ -602,6 +607,11 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
         ),
         ("eval.reference=iter2", r"^eval\.reference='iter2': must be an iteration up to iter=1"),
         ("eval.confidence=95", r"^eval\.confidence=95\.0: must be in \(0, 1\)$"),
+        (
+            "eval.judged_by=.hidden",
+            r"^eval\.judged_by='\.hidden': names the folder of an eval by other judges "
+            r"\(eval/vs-<reference>@<name>\): letters, digits",
+        ),
         ("eval.bootstrap=0", r"^eval\.bootstrap=0: must be > 0$"),
         ("eval.outcome=hard", r"^eval\.outcome: Invalid value 'hard', expected one of \[discrete"),
         *(
@@ -1058,10 +1068,10 @@ def run_main(*args: str, env_root: Path) -> subprocess.CompletedProcess:
             ["method.eta=oops", "--cfg", "job"],
             "config error: method.eta: Value 'oops' of type 'str' could not be converted to Float",
         ),
-        (["iter=0", "--cfg", "job"], "config error: iter=0: must be >= 1"),
+        (["iter=-1", "--cfg", "job"], "config error: iter=-1: must be >= 0"),
         (["generation.top_p=5", "--cfg", "job"], "config error: generation.top_p=5.0: must be in"),
         (["method.eta=-1"], "config error: method.eta=-1.0: must be > 0"),
-        (["iter=0"], "config error: iter=0: must be >= 1"),
+        (["iter=0"], "config error: iter=0: iteration 0 is the base policy (run.init_policy)"),
         (["method.K=1"], "config error: method.K=1: must be >= 2"),
         (
             ["training.optimizer=sgd"],

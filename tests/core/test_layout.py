@@ -101,19 +101,25 @@ def test_the_iteration_name():
 
 
 @pytest.mark.parametrize(
-    "reference, outputs, folder",
+    "reference, outputs, judged_by, folder",
     [
-        ("base", None, "eval"),
-        (None, None, "eval"),
-        ("iter1", None, "eval/vs-iter1"),
-        ("/models/My Model/", None, "eval/vs-My-Model"),
-        ("iter1", "/answers/iter1.json", "eval/vs-iter1.json"),  # the file wins
+        ("base", None, None, "eval"),
+        (None, None, None, "eval"),
+        ("iter1", None, None, "eval/vs-iter1"),
+        ("/models/My Model/", None, None, "eval/vs-My-Model"),
+        ("iter1", "/answers/iter1.json", None, "eval/vs-iter1.json"),  # the file wins
+        # by other judges (eval.judged_by): beside the evals by the lineage's own
+        ("base", None, "gpt-4o", "eval/vs-base@gpt-4o"),
+        ("iter1", None, "gpt-4o", "eval/vs-iter1@gpt-4o"),
+        ("iter1", "/answers/a b.json", "gpt-4o", "eval/vs-a-b.json@gpt-4o"),
     ],
 )
-def test_the_folder_of_an_eval_against_a_reference(reference, outputs, folder):
-    assert stage_folder(Stage.eval, reference, outputs) == folder
-    side = side_name(reference, outputs)
-    assert (RunLayout(Path("r")).stage_dir_in(1, Stage.eval, side)) == Path("r/iter1") / folder
+def test_the_folder_of_an_eval_against_a_reference(reference, outputs, judged_by, folder):
+    assert stage_folder(Stage.eval, reference, outputs, judged_by) == folder
+    side = side_name(reference, outputs, judged_by)
+    layout = RunLayout(Path("r"))
+    assert layout.stage_dir_in(1, Stage.eval, side) == Path("r/iter1") / folder
+    assert layout.parse(layout.stage_dir_in(1, Stage.eval, side)) == Place(1, Stage.eval, side)
 
 
 def test_a_stage_other_than_eval_has_one_folder():

@@ -227,6 +227,68 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
     assert recorded == []
 
 
+def test_evals_by_other_judges_are_offered_a_folder_beside_the_finished_ones_first(recorded):
+    """Evals finished by the lineage's judge, asked for with another: the fix judges the
+    checkpoint again in eval/vs-base@<judge>/, beside the finished eval, which it keeps; the redo
+    that would replace that eval's figures is named second. Several iterations at once: one
+    refusal, one fix, numbered where a folder of that name holds an eval made otherwise."""
+    made = ["logger=none", "eval.enabled=true"]
+    finish_iterations(made, 2)
+    first = compose_cfg(*made, "iter=2")
+    judge = ["+ranker@eval.judge=tiny-pairrm"]
+    one = [*made, *judge, "stage=eval", "iter=2"]
+    command = "python -m src.main " + " ".join(one)
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*one), command, [])
+    said = describe(refused.value, command)
+    assert said.startswith(
+        f"error: {first.stage_dir(Stage.eval)} was judged by other judges (eval.judge."
+    ), said
+    assert said.endswith(
+        "; keep those figures and judge again beside them, in iter2/eval/vs-base@tiny-pairrm/ "
+        f"(eval.judged_by=tiny-pairrm), or replace iteration 2's eval in {first.run_name} "
+        f"(iter=2 pipeline.redo=[eval]); run `{command} eval.judged_by=tiny-pairrm`"
+    ), said
+    run(compose_cfg(*one, "eval.judged_by=tiny-pairrm"), command, [])
+    (ran,) = [(s, c.stage_dir(s)) for s, c in recorded]
+    assert ran == (Stage.eval, first.stage_dir(Stage.eval) / "vs-base@tiny-pairrm")
+    assert read_record(first.stage_dir(Stage.eval)) is not None, "the first judge's eval kept"
+
+    other = compose_cfg(*made, *judge, "eval.judged_by=tiny-pairrm", "eval.bootstrap=10")
+    write_record(other.stage_dir(Stage.eval),
+                 Finished(stage_fingerprint(other.as_tree(), Stage.eval), {}, {}))  # fmt: skip
+    every = [*made, *judge, "iter=2"]
+    command = "python -m src.main " + " ".join(every)
+    with pytest.raises(StageError) as refused:
+        run(compose_cfg(*every), command, [], lambda t: compose_cfg(*every, f"iter={t}"))
+    said = describe(refused.value, command)
+    assert said.startswith("error: iteration 1's eval and iteration 2's eval were made "), said
+    assert said.endswith(
+        "; keep those figures and judge again beside them, in each iteration's "
+        "eval/vs-base@tiny-pairrm-2/ (eval.judged_by=tiny-pairrm-2), or replace iterations 1 "
+        f"and 2's eval in {first.run_name} (pipeline.redo_stale=true); run `{command} "
+        "eval.judged_by=tiny-pairrm-2`"
+    ), said
+    assert len(recorded) == 1
+
+
+@pytest.mark.parametrize(
+    ("keys", "name"),
+    [
+        (["eval.judge.model"], "tiny-pairrm"),  # the pairwise judge: its model's name
+        (["eval.llm_judge.model"], "gpt-4o"),  # the chat judge: its name
+        (
+            ["eval.llm_judge.base_url", "ranker.backend", "eval.llm_judge.model"],
+            "tiny-pairrm_gpt-4o",
+        ),
+    ],
+)
+def test_the_folder_offered_to_other_judges_is_named_by_the_judges_changed(keys, name):
+    cfg = compose_cfg("logger=none", "stage=eval", "+ranker@eval.judge=tiny-pairrm",
+                      "eval.llm_judge.model=openai/gpt-4o")  # fmt: skip
+    assert schedule.judges_name(cfg, [cfg], keys) == name
+
+
 def test_every_stage_input_is_a_config_key():
     """A misspelt key in a StageSpec's inputs would hash as null and never change: every one
     names a key of the composed config (eval.judge's keys: with a judge chosen, as model=tiny-* does)."""
@@ -302,6 +364,21 @@ def test_training_reads_the_pairs_stage_only_through_a_pairs_file_in_its_folder(
     )  # pi_{t-1}, no stage of this iteration
 
 
+def test_the_base_models_eval_reads_the_base_model_alone():
+    """`stage=eval iter=0` evaluates pi_0 itself: its eval reads no stage, and its fingerprint is
+    made of the base policy and the eval's own keys, so that a lineage's method and training
+    settings leave it finished, and another base model does not."""
+    base = ["logger=none", "stage=eval", "iter=0"]
+    cfg = compose_cfg(*base)
+    assert cfg.stage_dir(Stage.eval) == cfg.layout.iteration_dir(0) / "eval"
+    assert read_upstream(cfg.as_tree(), Stage.eval) is None
+    made = stage_fingerprint(cfg.as_tree(), Stage.eval)
+    for other in ("method.K=3", "training.learning_rate=1e-6", "generation.temperature=0.5"):
+        assert stage_fingerprint(compose_cfg(*base, other).as_tree(), Stage.eval) == made, other
+    for other in ("model=tiny-gemma2", "eval.temperature=0.5"):
+        assert stage_fingerprint(compose_cfg(*base, other).as_tree(), Stage.eval) != made, other
+
+
 PIPELINE = [Stage.generate, Stage.rank, Stage.pairs, Stage.train]
 
 
@@ -375,6 +452,9 @@ RETRAINED = Change("iteration 1's checkpoint ... was trained again since", Why.r
 ANCESTOR = Change("iteration 1's training ... is stale", Why.ancestor, "data.prompts", Why.content)
 AFTER = Change("iteration 1's checkpoint was trained again after this eval", Why.trained_after)
 EARLIER = Change("recorded by an earlier version of selfplay-lab", Why.version)
+EVAL_JUDGE = Change("eval.judge.model: 'a' -> 'b'", Why.value, "eval.judge.model")
+CHAT_JUDGE = Change("eval.llm_judge.model: 'a' -> 'b'", Why.value, "eval.llm_judge.model")
+EVAL_TEMPERATURE = Change("eval.temperature: 0.0 -> 0.7", Why.value, "eval.temperature")
 
 
 @pytest.mark.parametrize(
@@ -391,6 +471,10 @@ EARLIER = Change("recorded by an earlier version of selfplay-lab", Why.version)
         (Stage.generate, [RETRAINED], "lineage"),
         (Stage.train, [ANCESTOR], "lineage"),
         (Stage.eval, [AFTER], "trained_after"),
+        (Stage.eval, [EVAL_JUDGE, CHAT_JUDGE], "judges"),  # its judges alone: judged again
+        (Stage.eval, [JUDGE], "judges"),  # the ranker, its judge where eval.judge is null
+        (Stage.eval, [CHAT_JUDGE, EVAL_TEMPERATURE], "config"),  # answered otherwise too
+        (Stage.rank, [JUDGE], "experiment"),
         (Stage.generate, [EARLIER], "version"),
     ],
 )

@@ -4,6 +4,7 @@ file of reference answers; the AlpacaEval export; bad input refused with nothing
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -160,6 +161,78 @@ def test_the_policy_against_itself_is_exactly_one_half_beside_the_base_eval(eval
     assert redone.returncode == 0, redone.stderr[-3000:]
     assert report(root) == {**first, "seconds": report(root)["seconds"]}
     assert report(root, "vs-iter1") == r
+
+
+@pytest.mark.slow
+def test_a_second_judge_is_offered_a_folder_beside_the_first_and_compare_shows_both(
+    evaluated, tmp_path
+):
+    """The eval judged by the tiny preset's tiny-judge, asked for with tiny-pairrm: refused, the
+    fix judging the checkpoint in eval/vs-base@tiny-pairrm/ instead of replacing the first
+    judge's figures; that command answers from the cache, leaves the first eval as it was, and
+    src.compare shows both judges' win rates."""
+    from tests.support.helpers import entry
+
+    root, _ = evaluated
+    first = report(root)
+    asked = ("iter=1", "stage=eval", "ranker@eval.judge=tiny-pairrm")
+    line = one_line_failure(cli(root, *asked), 1)
+    assert line.startswith(f"error: {eval_dir(root)} was judged by other judges (eval.judge."), line
+    assert line.endswith(" eval.judged_by=tiny-pairrm`"), line
+    judged = cli(root, *asked, "eval.judged_by=tiny-pairrm")
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    assert judged.stderr.count("reused from") == 2, "both sides' answers were cached"
+    assert report(root) == first, "the first judge's eval is left as it was"
+    second = report(root, "vs-base@tiny-pairrm")
+    assert (first["judge"], second["judge"]) == ("tiny-judge", "tiny-pairrm")
+    assert second["reference"] == first["reference"] and second["policy"] == first["policy"]
+
+    compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    with (tmp_path / "compare" / "compare.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["eval_win_rate"]) == first["win_rate"]
+    assert float(row["eval_win_rate[vs-base@tiny-pairrm]"]) == second["win_rate"]
+
+
+@pytest.mark.slow
+def test_the_base_model_is_evaluated_as_iteration_0_and_compared_as_such(evaluated, tmp_path):
+    """`stage=eval iter=0`: the base model's own eval, in iter0/eval/ (its answers the cache's,
+    made as iteration 1's reference), against itself by default: every answer a tie. src.compare
+    shows it as iteration 0, beside iteration 1; any other stage at iteration 0 is refused. On a
+    copy of the lineage: the module's last test counts the evals of the lineage it reads."""
+    from tests.support.helpers import entry
+
+    root, _ = evaluated
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy, symlinks=True)
+    made = cli(copy, "iter=0", "stage=eval")
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert f"[main] stage eval -> {eval_dir(copy, 0)}" in made.stderr
+    assert made.stderr.count("reused from") == 2, "both sides' answers were cached"
+    base = json.loads((eval_dir(copy, 0) / "eval.json").read_text())
+    assert base["policy"] == base["reference"] == "tiny-mistral"
+    assert base["win_rate"] == base["lc_win_rate"] == 0.5 and base["ties"] == base["compared"]
+    assert sorted(p.name for p in eval_dir(copy, 0).parent.parent.iterdir()) == ["iter0", "iter1"]
+    stages = [p.name for p in eval_dir(copy, 0).parent.iterdir() if p.name != ".locks"]
+    assert stages == ["eval"], "no stage but the eval at iteration 0"
+
+    out = tmp_path / "compare"
+    compared = entry("src.compare", "--root", str(copy), "--out", str(out))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    with (out / "compare.csv").open() as f:
+        rows = {int(r["iter"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == [0, 1] and rows[0]["stages_done"] == "eval"
+    assert (float(rows[0]["eval_win_rate"]), float(rows[1]["eval_win_rate"])) == (
+        0.5,
+        report(root)["win_rate"],
+    )
+    assert ": iter0 0.500 [0.500, 0.500] LC 0.500 | iter1 " in compared.stdout
+
+    refused = cli(copy, "iter=0", "stage=generate")
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        "config error: iter=0: iteration 0 is the base policy (run.init_policy) itself"
+    ), refused.stderr
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -46,6 +47,10 @@ LINEAGES = {
     WPO: ("wpo", 100.0, 1e-06, 3, "sigmoid"),
     DPO: ("dpo", 10.0, 1e-06, 3, "sigmoid"),
 }
+# lineages of SPPO eta=5000 at other seeds (training.seed), and one sampled otherwise
+SEEDS = tuple(f"{SPPO_5000}-s{n}" for n in (1, 2, 3))
+HOTTER = f"{SPPO_5000}-t0.9"
+LINEAGES.update(dict.fromkeys((*SEEDS, HOTTER), LINEAGES[SPPO_5000]))
 
 
 # --- the files the stages write ---
@@ -957,6 +962,128 @@ def test_evals_against_other_references_get_columns_and_curves_of_their_own(tmp_
     assert stderr == ""
 
 
+def judged(win_rate: float, judge: str, mt_bench: float, arena_hard: float) -> dict:
+    """An eval.json whose MT-Bench and Arena-Hard `judge` graded."""
+    return {**evaluated(win_rate),
+            "mt_bench": {"judge": judge, "mt_bench": mt_bench, "turn_1": 1.0, "turn_2": 1.0},
+            "arena_hard": {"judge": judge, "win_rate": arena_hard, "lower": 0.0, "upper": 1.0}}  # fmt: skip
+
+
+def test_a_second_judges_figures_sit_beside_the_firsts(tmp_path):
+    """eval.judged_by: the checkpoint judged again by other judges, in eval/vs-base@<name>/: its
+    win rate has columns of its own, its MT-Bench and Arena-Hard figures columns by its judge
+    beside the first judge's, which stand as they were (an eval by the same judge beside them
+    adds no figure of that judge's)."""
+    iter_dir = write_iteration(tmp_path, SPPO_5000, 1, eval_=judged(0.31, "gpt-4", 7.25, 0.5))[0]
+    side_eval(iter_dir, tmp_path, SPPO_5000, "vs-base@gpt-4o", judged(0.4, "gpt-4o", 8.5, 0.75))
+    side_eval(iter_dir, tmp_path, SPPO_5000, "vs-iter1", judged(0.5, "gpt-4", 9.0, 0.9))
+    stdout, stderr = run_main(["--root", str(tmp_path)])
+
+    row = read_csv(tmp_path / "compare" / "compare.csv")[(SPPO_5000, 1)]
+    assert (row["mt_bench[gpt-4]"], row["mt_bench[gpt-4o]"]) == ("7.25", "8.5")
+    assert (row["arena_hard[gpt-4]"], row["arena_hard[gpt-4o]"]) == ("0.5", "0.75")
+    assert (row["eval_win_rate"], row["eval_win_rate[vs-base@gpt-4o]"]) == ("0.31", "0.4")
+    lineage = f"{MODEL}/sppo/{SPPO_5000}"
+    assert f"{lineage} vs base@gpt-4o: iter1 0.400 [0.300, 0.450] LC 0.270" in stdout
+    header = (tmp_path / "compare" / "compare.md").read_text().splitlines()[0]
+    assert "| mt_bench[gpt-4] |" in header and "| mt_bench[gpt-4o] |" in header
+    assert stderr == ""
+
+
+# --- lineages pooled by seed (--by seed) ---
+
+
+def set_saved(iter_dir: Path, key: str, value) -> None:
+    """`key` (dotted) set to `value` in the config.yaml each stage of `iter_dir` saved."""
+    for saved in iter_dir.glob("*/config.yaml"):
+        head, body = saved.read_text().split("\n", 1)
+        cfg = yaml.safe_load(body)
+        *sections, last = key.split(".")
+        node = cfg
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+        saved.write_text(f"{head}\n{yaml.safe_dump(cfg)}")
+
+
+def test_by_seed_pools_the_lineages_that_differ_by_their_seeds_alone(tmp_path):
+    """Three lineages at training.seed 1, 2, 3, otherwise alike, and one sampled at another
+    temperature: --by seed makes the three one, named in brace form, each figure their mean with
+    their min-max (the table, the CSV, the printed curve, the plots' error bars and training
+    band); the fourth is never pooled and keeps its bootstrap interval."""
+    from src.compare.plots import training_curves, win_rate_by_iteration
+    from src.compare.pool import by_seed
+    from src.compare.runs import discover
+
+    for n, run_name in enumerate(SEEDS, start=1):
+        for t in (1, 2):
+            win_rate = round(0.2 * t + 0.1 * n, 10)
+            iter_dir = write_iteration(tmp_path, run_name, t, eval_=evaluated(win_rate))[0]
+            set_saved(iter_dir, "training.seed", n)
+    hotter = write_iteration(tmp_path, HOTTER, 1, eval_=evaluated(0.9))[0]
+    set_saved(hotter, "generation.temperature", 0.9)
+    alone = {(r, t): row for (r, t), row in compare_rows(tmp_path, []).items()}
+    stdout, _ = run_main(["--root", str(tmp_path), "--by", "seed"])
+
+    pool = f"{SPPO_5000}-s{{1,2,3}}"
+    rows = read_csv(tmp_path / "compare" / "compare.csv")
+    assert sorted(rows) == [(pool, 1), (pool, 2), (HOTTER, 1)]
+    first = rows[(pool, 1)]
+    assert first["seeds"] == "3" and rows[(HOTTER, 1)]["seeds"] == ""
+    assert float(first["eval_win_rate"]) == pytest.approx(0.4, abs=1e-12)
+    assert (float(first["eval_win_rate_min"]), float(first["eval_win_rate_max"])) == (0.3, 0.5)
+    losses = [float(alone[(r, 1)]["train_loss_final"]) for r in SEEDS]
+    assert float(first["train_loss_final"]) == pytest.approx(sum(losses) / 3, rel=1e-12)
+    assert float(first["train_loss_final_max"]) == max(losses)
+    assert rows[(HOTTER, 1)]["eval_win_rate_min"] == "", "a lineage alone: no spread"
+    table = (tmp_path / "compare" / "compare.md").read_text()
+    assert f"| {pool} | 1 |" in table and "| 0.4 [0.3, 0.5] |" in table
+    assert (f"{MODEL}/sppo/{pool}: iter1 0.400 [0.300, 0.500] LC 0.270 | "
+            "iter2 0.600 [0.500, 0.700] LC 0.270") in stdout  # fmt: skip
+    assert f"{MODEL}/sppo/{HOTTER}: iter1 0.900 [0.800, 0.950] LC 0.270" in stdout
+
+    pooled = by_seed(discover(tmp_path))
+    (ev, _) = win_rate_by_iteration(pooled).axes[:2]
+    # the win rate's bars (left of each iteration; the LC's are right of it): low to high
+    bars = sorted((x, *np.round(segment[:, 1], 12)) for bar in ev.containers
+                  for segment in bar.lines[2][0].get_segments() if (x := segment[0, 0]) % 1 > 0.5)  # fmt: skip
+    assert bars == [(0.97, 0.3, 0.5), (0.97, 0.8, 0.95), (1.97, 0.5, 0.7)]
+    (curves,) = training_curves(pooled, "loss").axes[:1]
+    assert len(curves.collections) == 2, "a band around each of the pool's two curves alone"
+
+
+def test_lineages_alike_but_for_their_seeds_and_names_share_a_setting():
+    """What --by seed compares, on composed configs: every stage's inputs, where each lineage's
+    own folder is its run's, less the seeds; any other input set otherwise parts them."""
+    from src.stages.report.results import setting
+
+    def of(*overrides: str) -> str | None:
+        return setting(compose_cfg("model=tiny-mistral", "logger=none", "iter=2", *overrides)
+                       .as_tree())  # fmt: skip
+
+    first = of("run_name=a", "training.seed=1")
+    assert of("run_name=b", "training.seed=2", "eval.seed=3", "generation.seeds=[1,2,3,4,5]") == (
+        first
+    )
+    assert of("run_name=c", "generation.temperature=0.9") != first
+    assert of("run_name=d", "iter=3") != first, "another iteration"
+
+
+def test_lineages_whose_configs_are_not_known_are_never_pooled():
+    """A lineage only a W&B curve run holds has no setting to compare: it stays as it is."""
+    from src.compare.pool import by_seed
+    from src.stages.report.results import Iteration
+
+    alone = [Iteration({"model": MODEL, "method": "sppo", "run_name": name, "iter": 1,
+                        "stages_done": "curves", "eval_win_rate": 0.5}) for name in SEEDS]  # fmt: skip
+    assert by_seed(alone) == alone
+
+
+def compare_rows(root: Path, args: list[str]) -> dict[tuple[str, int], dict[str, str]]:
+    run_main(["--root", str(root), "--out", str(root / "unpooled"), *args])
+    return read_csv(root / "unpooled" / "compare.csv")
+
+
 # --- W&B, faked in the client's shape (wandb.Api().runs(project)) ---
 
 
@@ -1067,10 +1194,11 @@ def test_wandb_rows_come_from_each_lineages_curve_run(wandb_project, tmp_path):
     assert f"{MODEL}/sppo/{SPPO_5000}: iter1 0.600 [0.500, 0.700] | iter2 0.800" in stdout
 
 
-def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, monkeypatch):
+def test_a_stale_iterations_figures_are_left_out_each_stage_named(tmp_path, monkeypatch):
     """Iteration 1's prompts edited after iteration 2 was made from it (real records, as the
-    stages write them): iteration 2's eval is left out and its training named on stderr, with the
-    reason src.main gives."""
+    stages write them): iteration 2's figures, its training's as its eval's, are left out, each
+    stage named on stderr with the reason src.main gives; the row still says which stages
+    finished."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path / "runs"))
     for t in (1, 2):
         (tmp_path / f"p{t}.jsonl").write_text(f'{{"prompt": "prompt {t}"}}\n')
@@ -1083,12 +1211,26 @@ def test_a_stale_iterations_evals_are_left_out_and_its_training_named(tmp_path, 
             made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
             write_record(cfg.stage_dir(stage), made)
         (cfg.stage_dir("eval") / "eval.json").write_text(json.dumps({"win_rate": 0.625}))
-    (tmp_path / "p1.jsonl").write_text('{"prompt": "another"}\n')
+        (cfg.stage_dir("train") / "metrics.json").write_text(
+            json.dumps({"log_history": log_history(1.0, 2, wpo=False)})
+        )
+        (cfg.stage_dir("pairs") / "metrics.json").write_text(json.dumps({"pairs": 3}))
+        generated = {"tokens": 900, "seconds": 9.0}
+        (cfg.stage_dir("generate") / "metrics.json").write_text(json.dumps(generated))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        row = read_iteration(cfg.layout, 2).row
+        before = read_iteration(cfg.layout, 2)
+    assert err.getvalue() == "" and before.row["train_loss_final"] == 0.8
+    (tmp_path / "p1.jsonl").write_text('{"prompt": "another"}\n')
+    with contextlib.redirect_stderr(err):
+        it = read_iteration(cfg.layout, 2)
     said = err.getvalue()
-    assert "eval_win_rate" not in row, said
-    for stage in ("train", "eval"):
-        assert f"{cfg.layout.stage_dir_in(2, stage)}: iteration 1's training, which this " in said
+    assert "eval_win_rate" not in it.row and it.history == [], said
+    for column in ("train_loss_final", "accuracy_mean", "pairs", "gen_tokens_per_s"):
+        assert before.row[column] is not None and it.row[column] is None, column
+    assert it.row["stages_done"] == "generate+rank+pairs+train+eval"
+    for stage in ("generate", "pairs", "train", "eval"):
+        folder = cfg.layout.stage_dir_in(2, stage)
+        assert f"[compare] {folder}: iteration 1's training, which this iteration " in said
+    assert said.count(", left out (pipeline.redo_stale=true makes it again)\n") == 4, said
     assert "generate's data.prompts" in said and "changed since this stage read it" in said

@@ -19,7 +19,7 @@ from src.core.fingerprints import stage_fingerprint
 from src.core.records import Finished, read_record, write_record
 from src.core.staleness import save_config
 from src.status import Cell, Iteration, Lineage, Status, as_text, main, status
-from tests.support.helpers import SMALL, entry, holder
+from tests.support.helpers import SMALL, compose_cfg, entry, holder
 
 # the tiny lineages: each made once per version of the code (~1 min)
 slow = pytest.mark.slow
@@ -208,6 +208,29 @@ def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_co
     assert found.judged_as is None and found.command is None
     assert states(found.iterations[0]) == {s: "finished" for s in ("generate", "rank", "pairs",
                                                                     "train")}  # fmt: skip
+
+
+def test_the_base_models_eval_is_no_iteration_of_its_lineage_to_judge(tmp_path, monkeypatch):
+    """iter0/eval, the base model's own eval (`stage=eval iter=0`): a lineage with it alone is
+    none to bring up to date, and one with iterations is judged by their command, even where the
+    base model's eval ran last."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
+
+    def finished(command: str) -> None:
+        cfg = compose_cfg(*command.split()[3:])
+        for stage in cfg.stages():
+            save_config(cfg.stage_dir(stage), to_yaml(cfg), command)
+            write_record(cfg.stage_dir(stage),
+                         Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {}))  # fmt: skip
+
+    base = f"{MAIN} logger=none stage=eval iter=0"
+    finished(base)
+    assert status([]).lineages == []
+    finished(f"{MAIN} logger=none iter=1")
+    finished(base)
+    (found,) = status([]).lineages
+    assert found.judged_as == f"{MAIN} logger=none iter=1" and found.command is None
+    assert [row.iter for row in found.iterations] == [1]
 
 
 @slow

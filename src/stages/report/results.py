@@ -4,15 +4,20 @@ code.
 
 Only a finished stage (one with a done.json) gives values; a malformed file is skipped with one
 warning line naming it, its values left blank, and so is a value of the wrong type (text where a
-number belongs), with one warning line naming the file, the key and the value. An eval against a
-reference other than the run's own (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its
-win rates as columns `eval_win_rate[vs-<name>]`. Of eta and beta, a row holds the one its
-loss reads (eta: SPPO's; beta: DPO's, WPO's), the other blank. The column functions serve a W&B
-run's summary as well (src/compare/runs.py).
+number belongs), with one warning line naming the file, the key and the value. A finished stage
+whose figures no longer stand for its iteration as the lineage is now (made from a checkpoint
+trained again since, from a file edited since, descended from a stale iteration) is left out
+likewise, named on stderr with why (`standing`). An eval against a reference other than the
+run's own, or by other judges (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its win
+rates as columns `eval_win_rate[vs-<name>]`, and its judged benchmarks' figures by their judge
+(`add_side`). Of eta and beta, a row holds the one its loss reads (eta: SPPO's; beta: DPO's,
+WPO's), the other blank. The column functions serve a W&B run's summary as well
+(src/compare/runs.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import reprlib
@@ -24,8 +29,10 @@ from typing import Any
 import yaml
 from omegaconf.errors import OmegaConfBaseException
 
+from src.config import SEED_KEYS
 from src.core import registry
 from src.core.errors import StageError
+from src.core.fingerprints import fingerprint_form, flatten
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
 from src.core.records import record_problem
 from src.core.staleness import READ_CHANGED, saved_state
@@ -45,10 +52,12 @@ ETA_LOSSES = frozenset({"sppo", "sppo_single", "sppo_hard"})
 
 @dataclass
 class Iteration:
-    """One iteration of one lineage: its table row and its training log (for the curves)."""
+    """One iteration of one lineage: its table row, its training log (for the curves) and what it
+    was made with but its seeds (`setting`; None: not known)."""
 
     row: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    setting: str | None = None
 
     @property
     def lineage(self) -> str:
@@ -110,6 +119,20 @@ def own_hparam(hparams: dict[str, Any]) -> dict[str, Any]:
     if loss is None:
         return hparams
     return {**hparams, ("beta" if loss in ETA_LOSSES else "eta"): None}
+
+
+def setting(cfg: dict) -> str | None:
+    """What an iteration was made with but its seeds, as a digest: every stage's inputs in the
+    config it ran with (`cfg`: a saved config.yaml, a W&B stage run's config), in their
+    fingerprint form (a path inside its run relative to it), less the seeds (SEED_KEYS). Two
+    lineages whose iterations share it differ by their seeds alone. None for a config that
+    holds no run (a curve run's flat keys)."""
+    if not isinstance(dig(cfg, "run.dir"), str) or not isinstance(cfg.get("iter"), int):
+        return None
+    inputs = {key: dig(cfg, key) for spec in registry.STAGES.values() for key in spec.inputs}
+    flat = flatten(fingerprint_form(inputs, cfg))
+    kept = {key: value for key, value in flat.items() if key not in SEED_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def dig(tree: Any, dotted: str) -> Any:
@@ -221,7 +244,15 @@ def eval_columns(m: Record) -> dict[str, Any]:
     # the Open LLM Leaderboard's v2 average, normalised as the leaderboard shows it (0-100)
     average = m.section("leaderboard").section("normalised").number("average")
     row["leaderboard"] = or_flat(average, m, "leaderboard.normalised.average")
-    for benchmark, key in JUDGED_HEADLINES.items():  # a column per judge: never one figure
+    return row | judged_columns(m)
+
+
+def judged_columns(m: Record) -> dict[str, float | None]:
+    """The headline of each benchmark graded by eval.llm_judge, a column per judge
+    (`mt_bench[gpt-4]`): a score by one judge is never shown as another's. `m`: as
+    `eval_columns`'."""
+    row = {}
+    for benchmark, key in JUDGED_HEADLINES.items():
         section = m.section(benchmark)
         judge = section.values.get("judge")
         if isinstance(judge, str):
@@ -230,6 +261,18 @@ def eval_columns(m: Record) -> dict[str, Any]:
             if column.startswith(f"{benchmark}[") and column.endswith("]"):
                 row[column] = m.number(column)
     return row
+
+
+def add_side(row: dict[str, Any], m: Record, side: str) -> None:
+    """What an eval beside the iteration's own (`side`: its folder, `vs-<name>`) adds to its
+    `row`: its win rates, under its folder's name, and each judged benchmark's headline by a judge
+    the row has none of yet (the same judge's figure of the same checkpoint: the first read
+    stands, the iteration's own eval's first), so that a second judge's figures sit beside the
+    first's (`eval.judged_by`). `m`: as `eval_columns`'."""
+    for column, value in judged_columns(m).items():
+        if row.get(column) is None:
+            row[column] = value
+    row.update(win_rate_columns(m, side))
 
 
 def win_rate_columns(m: Record, reference: str = "") -> dict[str, Any]:
@@ -273,36 +316,47 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
     stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir_in(t, s))) is not None}
     row["stages_done"] = "+".join(stages) or "none"
-    train = stages.get("train", Record({}))
-    trained = layout.stage_dir_in(t, registry.Stage.train)
-    if "train" in stages and (why := outdated(registry.Stage.train, trained, run_dir)):
-        print(f"[compare] {trained}: {'; '.join(why)}: its figures are a stale iteration's "
-              "(pipeline.redo_stale=true makes it again)", file=sys.stderr)  # fmt: skip
-    it = Iteration(row, log_history(train.values))
+
+    def figures(stage: str) -> Record:
+        """A finished stage's figures, but none where they no longer stand for what the row
+        names: a stage of a stale iteration (descended from a checkpoint trained again since)."""
+        done = stages.get(stage)
+        current = done is not None and standing(layout.stage_dir_in(t, stage), run_dir)
+        return done if current else Record({})
+
+    train = figures("train")
+    it = Iteration(row, log_history(train.values), setting(cfg))
     row.update(train_columns(it.history, train.where, "log_history"))
-    row.update(pairs_columns(stages.get("pairs", Record({}))))
-    row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
+    row.update(pairs_columns(figures("pairs")))
+    row.update(generate_columns(figures("generate"), row["K"]))
     # each finished eval, the base one and those against other references (whether or not the
-    # base one finished), but one whose figures no longer stand for what the row names
+    # base one finished), likewise
     base = layout.stage_dir_in(t, registry.Stage.eval)
     for folder in [base, *layout.side_evals(t)]:
         done = stages.get("eval") if folder == base else finished_stage(folder)
-        if done is None:
+        if done is None or not standing(folder, run_dir):
             continue
-        why = outdated(registry.Stage.eval, folder, run_dir)
-        if why:
-            print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
-                  "makes it again)", file=sys.stderr)  # fmt: skip
-        elif folder == base:
+        if folder == base:
             row.update(eval_columns(eval_record(folder, done)))
         else:
-            row.update(win_rate_columns(eval_record(folder, done), folder.name))
+            add_side(row, eval_record(folder, done), folder.name)
     return it
 
 
+def standing(folder: Path, run_dir: Path) -> bool:
+    """Whether the finished stage in `folder` (of run `run_dir`) stands for its iteration as its
+    lineage is now (`outdated`); one that does not is named on stderr, with why, and its figures
+    are left out: a row never shows a stale stage's figures as the lineage's."""
+    why = outdated(RunLayout(run_dir).parse(folder).stage, folder, run_dir)
+    if why:
+        print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
+              "makes it again)", file=sys.stderr)  # fmt: skip
+    return not why
+
+
 def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> list[str]:
-    """Why a finished stage's figures (an eval's, a training's: run `run_dir`'s) are not those of
-    its iteration as its lineage stands now, judged by the config it was made with
+    """Why a finished stage's figures (run `run_dir`'s) are not those of its iteration as its
+    lineage stands now, judged by the config it was made with
     (`saved_state`: the checkpoint trained again after an eval, a file it read changed since, an
     earlier iteration it descends from stale). Its config keys may differ from today's: its row
     shows those it ran with."""

@@ -86,7 +86,8 @@ def tracked_config(cfg: Config, stage: Stage) -> dict[str, Any]:
         **flat_config(cfg),
         "iter": cfg.iter,
         "stage": stage.value,
-        # "" for the eval against the base model, `vs-<name>` for one against another reference
+        # "" for the eval against the base model, `vs-<name>` for one against another reference or
+        # by other judges
         "eval_folder": cfg.stage_folder(stage).partition("/")[2],
     }
 
