@@ -31,7 +31,7 @@ from src.stages import StageResult
 from src.stages.common import read_pairs_rows, remake_pairs, require_previous_policy
 from src.training import checkpoints
 from src.training.adapters import require_adapter_base, require_qlora_support
-from src.training.arguments import KEPT_CHECKPOINTS, TRAINER_DIR, TrainingError, precision
+from src.training.arguments import KEPT_CHECKPOINTS, TRAINER_DIR, TrainingError, weight_bytes
 from src.training.launch import (
     as_one_process_group,
     launch_workers,
@@ -103,7 +103,7 @@ def require_disk_for_checkpoint(cfg: Config, stage_dir: Path) -> None:
         shape = policy_shape(cfg)
     except StageError:
         return
-    weights = shape.params * precision(cfg).itemsize
+    weights = shape.params * weight_bytes(cfg)
     final = weights + min(BESIDE_WEIGHTS_BYTES, weights)
     saved = len(list((stage_dir / TRAINER_DIR).glob("checkpoint-*")))
     trainer = max(0, checkpoints_at_once(cfg) - saved)

@@ -15,16 +15,20 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from src.config import Config, Peft
 from src.core.errors import EnvironmentFailure, StageError
 from src.core.policy import ADAPTER_CONFIG, adapter_base, causal_lm
 
+if TYPE_CHECKING:  # torch loads where a worker runs, not in the launcher that imports these
+    import torch
+
 
 def require_qlora_support() -> None:
     """A 4-bit base needs a CUDA device and bitsandbytes, checked before any model loads."""
+    import torch
+
     if not torch.cuda.is_available():
         raise EnvironmentFailure(
             "training.peft=qlora: no CUDA device is visible to this process (bitsandbytes' "
@@ -42,6 +46,8 @@ def require_qlora_support() -> None:
 def quantization(cfg: Config, dtype: torch.dtype) -> dict:
     """`from_pretrained` arguments of the base under QLoRA: 4-bit NF4 with double quantisation
     (the QLoRA paper's setting), computing in the training dtype, on this process's GPU."""
+    import torch
+
     if cfg.training.peft != Peft.qlora:
         return {}
     from transformers import BitsAndBytesConfig
@@ -59,6 +65,7 @@ def quantization(cfg: Config, dtype: torch.dtype) -> dict:
 
 def add_adapter(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     """`model` frozen, with a fresh LoRA adapter on `training.lora.target_modules`."""
+    import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = cfg.training.lora

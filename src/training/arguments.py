@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from src.config import Config, Device, Distributed, Dtype, Peft, Stage, WeightUpdates
 from src.core.errors import StageError
+
+if TYPE_CHECKING:  # torch loads where a worker runs, not in the launcher that imports these
+    import torch
 
 TRAINER_DIR = "trainer"  # the Trainer's output_dir in the stage dir: its checkpoints, STOP
 # Trainer checkpoints kept: the newest, and the one before in case the newest was cut off
@@ -31,7 +33,18 @@ def diverged(step: int, what: str, args) -> TrainingError:
     )
 
 
+def weight_bytes(cfg: Config) -> int:
+    """The bytes of a weight in `precision(cfg)`, asking torch only where `auto` meets a GPU
+    (whether it does bf16): the launcher's disk check loads no torch on a CPU."""
+    wanted = cfg.training.precision
+    if wanted == Dtype.auto and cfg.hardware.device == Device.cuda:
+        return precision(cfg).itemsize
+    return 2 if wanted in (Dtype.bfloat16, Dtype.float16) else 4
+
+
 def precision(cfg: Config) -> torch.dtype:
+    import torch
+
     wanted = cfg.training.precision
     if wanted == Dtype.auto:
         on_gpu = cfg.hardware.device == Device.cuda and torch.cuda.is_available()
@@ -47,6 +60,8 @@ def weight_updates(cfg: Config, dtype: torch.dtype) -> WeightUpdates | None:
     """How the Trainer's optimizer keeps updates smaller than a 16-bit weight's spacing when it
     updates 16-bit weights itself (`training.weight_updates`); None where it does not: training
     in fp32, an adapter (fp32), DeepSpeed (fp32 partitions)."""
+    import torch
+
     if (
         dtype == torch.float32
         or cfg.training.peft != Peft.none
@@ -77,6 +92,8 @@ def optimizer_override(cfg: Config, args, model, dtype: torch.dtype) -> tuple | 
 
 def deepspeed_config(cfg: Config, dtype: torch.dtype) -> dict:
     """ZeRO from `hardware`; batch sizes and clipping left "auto" for the Trainer to fill."""
+    import torch
+
     return {
         "bf16": {"enabled": dtype == torch.bfloat16},
         "fp16": {"enabled": dtype == torch.float16},  # dynamic loss scaling by default
@@ -130,6 +147,7 @@ def warmup_warning(pairs: int, cfg: Config) -> str | None:
 
 
 def training_arguments(cfg: Config, stage_dir: Path, dtype: torch.dtype):
+    import torch
     from transformers import TrainingArguments
 
     t, hw = cfg.training, cfg.hardware

@@ -258,14 +258,26 @@ def test_a_disk_without_room_for_the_checkpoint_is_refused_before_the_policy_loa
 
 def test_the_launcher_loads_neither_its_worker_nor_the_trainers_libraries():
     """The train stage's launcher (src/stages/train.py) imports no worker: its module, the
-    Trainer, transformers and peft load only where a worker runs (in this process with one)."""
-    loaded = ("src.stages.train_worker", "transformers", "peft")
+    Trainer, torch, transformers and peft load only where a worker runs (in this process with
+    one)."""
+    loaded = ("src.stages.train_worker", "torch", "transformers", "peft")
     code = f"import sys, src.stages.train; print([m for m in {loaded} if m in sys.modules])"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16", "float16", "float32"])
+def test_the_launchers_weight_bytes_are_the_trainings_dtypes(dtype):
+    """The disk check's bytes a weight (no torch in the launcher) are those of the dtype the
+    workers train in."""
+    from src.training.arguments import precision, weight_bytes
+
+    adapter = ["training.peft=lora"] if dtype == "float16" else []  # fp16 full weights: DeepSpeed
+    cfg = compose_cfg("model=tiny-mistral", "hardware=cpu", f"training.precision={dtype}", *adapter)
+    assert weight_bytes(cfg) == precision(cfg).itemsize
 
 
 def test_sizes_are_shown_to_three_figures_a_need_rounded_up_and_free_space_down():
