@@ -363,8 +363,8 @@ def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> list[str]
     here = {"run": {"dir": str(run_dir)}, "paths": {"root": str(run_dir.parents[2])}}
     try:
         state = saved_state(here, stage, stage_dir)
-    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException):
-        return []  # malformed: named where the row reads it
+    except OmegaConfBaseException:  # a saved config that is YAML but no config: named where
+        return []  # the row reads it (one that is not YAML is read as none saved)
     except StageError as err:  # a record on its way damaged: not the figures of a known lineage
         return [str(err)]
     return list(state.changed) if state is not None and state.has(*READ_CHANGED) else []
