@@ -35,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import Config, ConfigError, compose_tree, runs_root, validate
+from src.config import Config, ConfigError, Stage, compose_tree, runs_root, validate
 from src.config.cli import ArgumentParser, failures
 from src.core import locks
 from src.core.errors import (
@@ -47,7 +47,7 @@ from src.core.errors import (
     with_overrides,
     without_keys,
 )
-from src.core.layout import SAVED_CONFIG, RunLayout
+from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
 from src.core.records import read_record
 from src.core.registry import STAGES
 from src.core.staleness import StageState, saved_state, state_of
@@ -109,9 +109,13 @@ def lineages(root: Path) -> list[Path]:
 
 
 def trained_iterations(run_dir: Path) -> list[int]:
-    """The iterations of the lineage in `run_dir` that have a folder, but iteration 0: the base
-    model's own eval (`stage=eval iter=0`), no iteration of the lineage to bring up to date."""
-    return [t for t in RunLayout(run_dir).iterations() if t > 0]
+    """The iterations of the lineage in `run_dir` begun, or whose stage a process is writing,
+    but iteration 0: the base model's own eval (`stage=eval iter=0`), no iteration of the
+    lineage to bring up to date."""
+    layout = RunLayout(run_dir)
+    writing = [t for t in layout.iterations(locked=True)
+               if any(locks.writers(layout.stage_dir_in(t, s)) for s in STAGES)]  # fmt: skip
+    return sorted({*layout.iterations(), *writing} - {0})
 
 
 def of_root(run_dir: Path, root: Path) -> Lineage:
@@ -146,6 +150,12 @@ def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     if head != said and not head.startswith(f"{said} "):
         return None, f"{newest} is headed by no `{MAIN}` command"
     words = without_keys(head.removeprefix(said).split(), *ONE_RUN)
+    # a lineage whose iterations were evaluated is brought up to date with its evals, even where
+    # its newest command (a retrained stage, say) ran none
+    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file()
+                    for t in trained_iterations(run_dir))  # fmt: skip
+    if evaluated and not any(override_key(w) == "eval.enabled" for w in words):
+        words = [*words, "eval.enabled=true"]
     if root != runs_root() or any(override_key(w) == "paths.root" for w in words):
         words = set_overrides(words, [f"paths.root={root}"])
     return words, ""

@@ -45,6 +45,7 @@ SAVED_CONFIG = "config.yaml"
 # In the lineage's folder: the sweep that last ran it as a point, {"sweep": name, "swept": keys}
 # (src/stages/report/curves.py), which keeps its curve run in the sweep's W&B group
 SWEEP_RECORD = "sweep.json"
+LOCKS = ".locks"  # the folder of an iteration that holds its stages' locks (src/core/locks.py)
 CHECKPOINT = "checkpoint"  # the train stage's model folder
 ADAPTER = "adapter"  # beside it, a LoRA training's adapter alone
 
@@ -112,6 +113,11 @@ class Place:
     side: str | None = None
 
 
+def begun(folder: Path) -> bool:
+    """Whether an iteration's folder holds anything but its stages' locks."""
+    return folder.is_dir() and any(p.name != LOCKS for p in folder.iterdir())
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The folders of the run in `run_dir`, one lineage's iterations."""
@@ -152,11 +158,15 @@ class RunLayout:
         """Where the SLURM jobs of `python -m src.slurm` log; their scripts are in its parent."""
         return self.run_dir / "slurm" / "logs"
 
-    def iterations(self) -> list[int]:
-        """The iterations that have a folder in the run, in order (iter10 after iter9)."""
+    def iterations(self, locked: bool = False) -> list[int]:
+        """The iterations that have a folder in the run, in order (iter10 after iter9); not one
+        whose folder holds only its locks (a redo of a training locks the next iteration's
+        stages, which start from its checkpoint, whether or not that iteration was begun),
+        unless `locked`."""
         if not self.run_dir.is_dir():
             return []
-        found = (iteration_number(p.name) for p in self.run_dir.iterdir() if p.is_dir())
+        found = (iteration_number(p.name) for p in self.run_dir.iterdir()
+                 if (p.is_dir() if locked else begun(p)))  # fmt: skip
         return sorted(t for t in found if t is not None)
 
     def side_evals(self, t: int) -> list[Path]:

@@ -68,8 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.core.errors import EnvironmentFailure, naming
-
-LOCKS = ".locks"  # the folder of an iteration that holds its stages' locks
+from src.core.layout import LOCKS
 
 
 class Locked(EnvironmentFailure):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from src.core.layout import (
+    LOCKS,
     Place,
     RunLayout,
     iteration_name,
@@ -62,12 +63,17 @@ def test_a_path_outside_the_run_is_refused_by_name(tmp_path):
         layout.parse(tmp_path / "run/iter1/.locks")
 
 
-def test_the_iterations_present_in_numeric_order(tmp_path):
+def test_the_iterations_begun_in_numeric_order(tmp_path):
+    """An iteration is a folder holding a stage's; one holding only the locks a redo of the
+    training before it took (or nothing) is none."""
     layout = RunLayout(tmp_path)
     assert layout.iterations() == []
     for t in (10, 9, 1, 2):
-        layout.iteration_dir(t).mkdir()
+        layout.stage_dir_in(t, Stage.generate).mkdir(parents=True)
     (tmp_path / "iter3").write_text("a file, not an iteration's folder")
+    (tmp_path / "iter4" / LOCKS).mkdir(parents=True)
+    (tmp_path / "iter4" / LOCKS / "generate.lock").write_text("")
+    (tmp_path / "iter5").mkdir()
     (tmp_path / "iterx").mkdir()
     (tmp_path / "export").mkdir()
     assert layout.iterations() == [1, 2, 9, 10]

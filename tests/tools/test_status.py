@@ -75,6 +75,26 @@ def test_the_table_says_each_reason_once_under_it_within_100_columns():
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
+def test_an_evaluated_lineage_is_judged_with_its_evals_whatever_its_newest_command_ran(tmp_path):
+    """The newest command (a retrained stage's, which ran no eval) judges the lineage, and with
+    its evals, where an iteration was evaluated: their stale ones are brought up to date too. A
+    folder holding only the locks a redo took is no iteration."""
+    from src.status import last_command
+
+    run = tmp_path / "m" / "sppo" / "r"
+    for stage, head in (("eval", "iter=1 eval.enabled=true"),
+                        ("train", "iter=1 pipeline.redo=[train] training.seed=3")):  # fmt: skip
+        (run / "iter1" / stage).mkdir(parents=True)
+        (run / "iter1" / stage / "config.yaml").write_text(f"# {MAIN} model=m {head}\n")
+    os.utime(run / "iter1" / "eval" / "config.yaml", (0, 0))  # the eval's ran first
+    (run / "iter2" / ".locks").mkdir(parents=True)
+    newest = ["model=m", "iter=1", "training.seed=3"]
+    assert last_command(run, tmp_path)[0] == [*newest, f"paths.root={tmp_path}"]
+    (run / "iter1" / "eval" / "done.json").write_text("{}")
+    words, _ = last_command(run, tmp_path)
+    assert words == [*newest, "eval.enabled=true", f"paths.root={tmp_path}"]
+
+
 def test_a_bad_override_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["model=nope"])

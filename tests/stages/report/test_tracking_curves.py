@@ -170,7 +170,10 @@ def test_a_lineage_a_sweep_ran_keeps_its_curve_run_in_the_sweeps_group(tmp_path,
     log_curve(compose_cfg(*tracked, "run_name=alone"))
     for run_file in (tmp_path / "wandb").rglob("run-*.wandb"):
         ended_records(run_file.parent)
-    segments = [(r.header["run_group"], r.summary["config"]) for r in offline_runs(tmp_path)]
+    # the runs' folders are named by the second they started: three runs of one second are in
+    # no order
+    segments = sorted(((r.header["run_group"], r.summary["config"]) for r in offline_runs(tmp_path)),
+                      key=lambda segment: segment[0])  # fmt: skip
     lineage = "tiny-mistral/sppo/" + segments[0][1]["run_name"]
     assert [(group, config["sweep"], config.get("method.eta")) for group, config in segments] == [
         ("eta-tiny", "eta-tiny", 10),
