@@ -25,7 +25,7 @@ from pathlib import Path
 
 from src.config import Config, Stage
 from src.core.artifacts import atomic_write_json, remove, sync_directory
-from src.core.errors import Redo, StageError
+from src.core.errors import Redo, RedoStale, StageError
 from src.core.fingerprints import read_upstream
 from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
@@ -157,8 +157,13 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
     state = saved_state(cfg.as_tree(), stage)
     if state is not None and state.status == "stale":
         why = "; ".join(state.changed) or "its record is not its saved config's"
-        raise ExportError(f"{stage_dir} is stale ({why}): redo it before exporting it",
-                          redo_for(state, cfg.iter))  # fmt: skip
+        said = f"{stage_dir} is stale ({why}): redo it before exporting it"
+        fix = redo_for(state, cfg.iter)
+        if isinstance(fix, RedoStale):  # the cause is an earlier iteration's, made with settings
+            # the export's overrides need not carry: the lineage's own command redoes it
+            raise ExportError(f"{said}; `python -m src.status` names the command that brings "
+                              "its lineage up to date")  # fmt: skip
+        raise ExportError(said, fix)
     return record
 
 
