@@ -113,9 +113,10 @@ def trained_iterations(run_dir: Path) -> list[int]:
     but iteration 0: the base model's own eval (`stage=eval iter=0`), no iteration of the
     lineage to bring up to date."""
     layout = RunLayout(run_dir)
-    writing = [t for t in layout.iterations(locked=True)
+    begun = layout.iterations()
+    writing = [t for t in set(layout.iterations(locked=True)) - set(begun)  # only locks there
                if any(locks.writers(layout.stage_dir_in(t, s)) for s in STAGES)]  # fmt: skip
-    return sorted({*layout.iterations(), *writing} - {0})
+    return sorted({*begun, *writing} - {0})
 
 
 def of_root(run_dir: Path, root: Path) -> Lineage:
