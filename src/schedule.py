@@ -612,7 +612,7 @@ def side_evals(cfg: Config) -> list[Config]:
     its own command."""
     found = []
     for folder in cfg.layout.side_evals(cfg.iter):
-        made_with = saved_config(cfg.as_tree(), Stage.eval, folder)
+        made_with = saved_config(folder)
         if made_with is None or read_record(folder) is None:
             continue  # unfinished: the command that made it finishes it
         try:

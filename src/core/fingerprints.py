@@ -178,6 +178,7 @@ def stage_fingerprint(
     backend_written: bool = False,
     read: dict[str, Read] | None = None,
     chained: bool = False,
+    record: dict[str, Any] | None = None,
 ) -> Fingerprint:
     """sha256 of the stage's inputs, of the content of the local files among them and of the
     fingerprint of what it reads: the stage it consumes (`read_upstream`), or, where it reads no
@@ -185,8 +186,9 @@ def stage_fingerprint(
 
     `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`,
     `backend_written`: see `stage_inputs`. `contents=False`: by the files' names alone, as
-    records before format 5. `read`: see `input_contents`. `chained=True`: a training on a file
-    of the user's own chained through the stages it does not read, as records before format 6.
+    records before format 5. `read`, `record`: see `input_contents`. `chained=True`: a training on
+    a file of the user's own chained through the stages it does not read, as records before
+    format 6.
     """
     consumes = STAGES[stage].consumes if chained else read_upstream(tree, stage)
     iteration = tree["iter"]
@@ -194,13 +196,13 @@ def stage_fingerprint(
         upstream: str | None = stage_fingerprint(tree, consumes, at, contents=contents)
     elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
         previous = RunLayout(lookup(tree, "run.dir")).stage_dir_in(iteration - 1, Stage.train)
-        record = read_record(previous)
-        upstream = record["fingerprint"] if record else "unfinished"
+        trained = read_record(previous)
+        upstream = trained["fingerprint"] if trained else "unfinished"
     else:
         upstream = None
     inputs = stage_inputs(tree, stage, at, extras, backend_written, chained)
     payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
-    found = input_contents(tree, stage, read, at) if contents else {}
+    found = input_contents(tree, stage, read, at, record) if contents else {}
     if found:  # only then: a stage that reads no local file keeps its fingerprint of format 4
         payload["contents"] = {key: entry["sha256"] for key, entry in found.items()}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -227,7 +229,11 @@ Read = list[str] | int
 
 
 def input_contents(
-    tree: dict[str, Any], stage: Stage, read: dict[str, Read] | None = None, at: Anchors = PORTABLE
+    tree: dict[str, Any],
+    stage: Stage,
+    read: dict[str, Read] | None = None,
+    at: Anchors = PORTABLE,
+    record: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{key: {path, stat, sha256[, read]}} for each of the stage's FILE_INPUTS that names a local
     file or folder outside the run: what the stage read of it, by content.
@@ -240,11 +246,12 @@ def input_contents(
     a folder, hashes as `GONE`, so the check names it. The record vouches for a file whose size,
     inode, mtime and ctime (which every write changes, `cp -p` and `touch -d` too) are as it
     recorded them, so that a check does not read it again. Each is named by its path in its
-    fingerprint form (`at`: as its record's format wrote it).
+    fingerprint form (`at`: as its record's format wrote it). `record`: the stage's, where its
+    caller read it already (None: read here).
     """
     named = flatten(stage_inputs(tree, stage, at))
     out: dict[str, dict[str, Any]] = {}
-    recorded: dict | None = None
+    recorded = None if record is None else record.get("contents") or {}
     for key in FILE_INPUTS:
         form = named.get(key)
         if not isinstance(form, str) or form.startswith(PORTABLE[0]):

@@ -18,7 +18,6 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from src.core.artifacts import atomic_write_json, read_json
 from src.core.errors import Redo, StageError, shown
 from src.core.layout import RECORD, RunLayout
 from src.core.machine import machine
-from src.core.registry import Stage
 
 # Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
 # inside the run relative to it); format 4 adds the record's own sha256, checked from format 5 on,
@@ -62,29 +60,6 @@ def redo_of(stage_dir: Path) -> Redo | None:
 
 
 RECORD_TIME = "%Y-%m-%dT%H:%M:%S%z"  # a record's finished_at, to the second, with its offset
-
-
-def made_before_training(eval_dir: Path) -> bool:
-    """Whether the finished eval in `eval_dir` (`iterT/eval`, or `iterT/eval/vs-<name>`) was
-    made before iteration T's training last finished: of a checkpoint trained again since, whose
-    figures it does not hold, whatever its config says (`pipeline.redo=[train]` retrains under
-    the same one)."""
-    layout = RunLayout.holding(eval_dir)
-    if layout is None:
-        return False
-    train_dir = layout.stage_dir_in(layout.parse(eval_dir).iteration, Stage.train)
-    made, trained = finished_at(Path(eval_dir)), finished_at(train_dir)
-    return made is not None and trained is not None and made < trained
-
-
-def finished_at(stage_dir: Path) -> datetime | None:
-    """When the stage in `stage_dir` finished, as its record says; None when it has not, or its
-    record does not say (a damaged one is named where the stage itself is read)."""
-    try:
-        record = read_record(stage_dir)
-        return None if record is None else datetime.strptime(record["finished_at"], RECORD_TIME)
-    except (OSError, StageError, ValueError, TypeError, KeyError):
-        return None
 
 
 def record_sha256(record: dict[str, Any]) -> str:

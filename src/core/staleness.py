@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,6 @@ from src.core.records import (
     RECORD_FORMAT,
     RECORD_TIME,
     REPO_FORMAT,
-    made_before_training,
     read_record,
 )
 from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
@@ -107,6 +107,31 @@ class StageState:
         return "; ".join(self.changed) or "the output of an earlier stage changed"
 
 
+@dataclass
+class Kept:
+    """What a stage's folder holds, each read once while its state is judged: its record (None:
+    the stage has not finished) and, when first asked for, the config it was made with."""
+
+    folder: Path
+    record: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, folder: Path, strict: bool = True) -> Kept:
+        """The folder's record, checked (`read_record`): a damaged one raises the StageError that
+        names it, or, `strict=False`, is taken as none (an earlier stage's, which its own state
+        names where it is read)."""
+        try:
+            return cls(folder, read_record(folder))
+        except StageError:
+            if strict:
+                raise
+            return cls(folder, None)
+
+    @cached_property
+    def saved(self) -> dict[str, Any] | None:
+        return saved_config(self.folder)
+
+
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
     """The stage's state under `tree`, its lineage judged as a whole: done (finished with this
     config, and every earlier iteration as it was made), stale (finished with another, an eval of
@@ -127,12 +152,9 @@ def redo_for(state: StageState, iteration: int) -> Redo | RedoStale:
 
 def own_state(tree: dict[str, Any], stage: Stage) -> StageState:
     """The stage's state under `tree` by its own record (and, for an eval, its checkpoint's)."""
-    state = recorded_state(tree, stage)
-    if (
-        state.status == "done"
-        and stage == Stage.eval
-        and made_before_training(stage_dir(tree, stage))
-    ):
+    kept = Kept.read(stage_dir(tree, stage))
+    state = recorded_state(tree, stage, kept)
+    if state.status == "done" and stage == Stage.eval and made_before_training(kept):
         said = f"iteration {tree['iter']}'s checkpoint {TRAINED_AFTER}"
         return StageState(stage, "stale", [Change(said, Why.trained_after)])
     return state
@@ -157,9 +179,9 @@ def stale_ancestor(tree: dict[str, Any]) -> Change | None:
     return None
 
 
-def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
+def recorded_state(tree: dict[str, Any], stage: Stage, kept: Kept) -> StageState:
     """The stage's state by its record's fingerprint alone."""
-    record = read_record(stage_dir(tree, stage))
+    record = kept.record
     if record is None:
         return StageState(stage, "todo")
     made_as = record.get("format")
@@ -170,10 +192,10 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
         )
         return StageState(stage, "stale", [Change(said, Why.version)])
     at = anchors(made_as)
-    if record.get("fingerprint") == stage_fingerprint(tree, stage, at):
+    if record.get("fingerprint") == stage_fingerprint(tree, stage, at, record=record):
         return StageState(stage, "done")
     if stage == Stage.eval and record.get("fingerprint") == stage_fingerprint(
-        tree, stage, at, backend_written=True
+        tree, stage, at, backend_written=True, record=record
     ):  # made with eval.backend set to the engine it resolves to now (every such record is of
         # format 5 or later: the key came after format 4)
         return StageState(stage, "done")
@@ -190,7 +212,7 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
     if made_as == ABSOLUTE_PATHS_FORMAT:
         # made before fingerprints were relative to the run: checked as it was made, with the
         # absolute paths of where the run sat then (its saved config says), moved or not
-        saved = saved_config(tree, stage) or {}
+        saved = kept.saved or {}
         then = (
             lookup(saved, "run.dir") or lookup(tree, "run.dir"),
             lookup(saved, "paths.root") or lookup(tree, "paths.root"),
@@ -198,11 +220,11 @@ def recorded_state(tree: dict[str, Any], stage: Stage) -> StageState:
         )
         if record.get("fingerprint") == stage_fingerprint(tree, stage, then, contents=False):
             return StageState(stage, "done")
-    if stage == Stage.eval and made_more(tree, record, at):
+    if stage == Stage.eval and made_more(tree, kept, at):
         return StageState(stage, "done")
-    changed = changed_inputs(tree, stage)
+    changed = changed_inputs(tree, stage, kept)
     if not changed and record.get("fingerprint") == stage_fingerprint(
-        tree, stage, at, extras=False, contents=not by_name
+        tree, stage, at, extras=False, contents=not by_name, record=record
     ):
         # an eval recorded before its benchmarks entered the fingerprint, made as asked now (its
         # saved config has the same benchmarks): still finished
@@ -216,13 +238,13 @@ def anchors(made_as: int) -> Anchors:
     return PORTABLE if made_as >= REPO_FORMAT else CLONE_ABSOLUTE
 
 
-def made_more(tree: dict[str, Any], record: dict, at: Anchors = PORTABLE) -> bool:
+def made_more(tree: dict[str, Any], kept: Kept, at: Anchors = PORTABLE) -> bool:
     """An eval made with benchmarks (or AlpacaEval 2) that `tree` does not ask for, and otherwise
     as asked: its win rate and the benchmarks asked for are the ones asked for, so it is finished
     (a sweep's point that is the lineage of an earlier benchmarked eval reuses it instead of
     being refused). What it ran beyond the request is taken as it ran it; what the request asks
     for, as asked."""
-    made_with = saved_config(tree, Stage.eval)
+    made_with = kept.saved
     if made_with is None:
         return False
     asked, made = (set(map(str, lookup(t, "eval.benchmarks") or [])) for t in (tree, made_with))
@@ -236,7 +258,8 @@ def made_more(tree: dict[str, Any], record: dict, at: Anchors = PORTABLE) -> boo
         parent, _, last = key.rpartition(".")
         if isinstance(section := lookup(widened, parent), dict):
             section[last] = lookup(made_with, key)
-    return record.get("fingerprint") == stage_fingerprint(widened, Stage.eval, at)
+    fingerprint = stage_fingerprint(widened, Stage.eval, at, record=kept.record)
+    return (kept.record or {}).get("fingerprint") == fingerprint
 
 
 # Under a saved config's command: the clone it ran from (`saved_config`)
@@ -249,14 +272,11 @@ def save_config(folder: Path, resolved: str, command: str) -> None:
     atomic_write_text(folder / SAVED_CONFIG, f"# {command}\n{CLONE_LINE}{REPO_ROOT}\n{resolved}")
 
 
-def saved_config(
-    tree: dict[str, Any], stage: Stage, folder: Path | None = None
-) -> dict[str, Any] | None:
-    """The config the stage last ran with (its `config.yaml`, in `folder` or where `tree` puts
-    the stage), as plain data, or None. Its paths in the clone it ran from (its header names it;
+def saved_config(folder: Path) -> dict[str, Any] | None:
+    """The config the stage in `folder` last ran with (its `config.yaml`), as plain data, or None. Its paths in the clone it ran from (its header names it;
     a config saved before headers did is taken as made here) are moved to this clone (REPO_ROOT),
     so that a clone renamed, or a run copied to another, is judged by this clone's files."""
-    saved = (folder or stage_dir(tree, stage)) / SAVED_CONFIG
+    saved = folder / SAVED_CONFIG
     if not saved.is_file():
         return None
     # plain YAML (the config resolved): libyaml's loader, ~15x OmegaConf's, as a lineage's walk
@@ -281,7 +301,7 @@ def saved_state(
     since it finished (a file it read, iteration t-1's checkpoint or this one's trained again, an
     earlier iteration stale), whatever the config asks now; `whole=False`: by its own record
     alone. None where it saved no config."""
-    made_with = saved_config(tree, stage, folder)
+    made_with = saved_config(folder or stage_dir(tree, stage))
     if made_with is None:
         return None
     moved = relocated(made_with, lookup(tree, "run.dir"), lookup(tree, "paths.root"))
@@ -312,12 +332,12 @@ def moved(tree: dict, moves: list[tuple[str | None, str]]) -> dict:
     return move(tree)
 
 
-def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[Change]:
+def changed_inputs(tree: dict[str, Any], stage: Stage, kept: Kept) -> list[Change]:
     """`key: old -> new` for the inputs that differ from the config the stage last ran with,
     in their fingerprint form (paths in the run, its root and the clone relative to them: a move
     changes none), after the local files it read that changed or are gone."""
-    changed = changed_contents(tree, stage)
-    saved = saved_config(tree, stage)
+    changed = changed_contents(tree, stage, kept.record)
+    saved = kept.saved
     if saved is None:
         return changed
     before = flatten(stage_inputs(saved, stage))
@@ -332,18 +352,16 @@ def changed_inputs(tree: dict[str, Any], stage: Stage) -> list[Change]:
     return changed
 
 
-def changed_contents(tree: dict[str, Any], stage: Stage) -> list[Change]:
-    """For each local file the stage read whose content differs from what its record kept:
+def changed_contents(tree: dict[str, Any], stage: Stage, record: dict | None) -> list[Change]:
+    """For each local file the stage read whose content differs from what its `record` kept:
     `key: <file> changed since this stage read it`, or, gone or no longer a file, says so."""
-    try:
-        record = read_record(stage_dir(tree, stage))
-    except StageError:
-        return []
     recorded = (record or {}).get("contents") or {}
+    if not recorded:
+        return []
     # named as the record named them: the clone's paths absolute before format 7
-    made_as = (record or {}).get("format")
+    made_as = record.get("format")
     at = anchors(made_as) if made_as in KNOWN_FORMATS else PORTABLE
-    now = input_contents(tree, stage, at=at) if recorded else {}
+    now = input_contents(tree, stage, at=at, record=record)
     found = []
     for key, entry in now.items():
         seen = recorded.get(key) or {}
@@ -370,7 +388,7 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[Change]:
     started from it."""
     head, upstream = stage, read_upstream(tree, stage)
     while upstream is not None:
-        changed = changed_inputs(tree, upstream)
+        changed = changed_inputs(tree, upstream, Kept.read(stage_dir(tree, upstream), strict=False))
         if changed:
             return [change.under(f"{upstream.value}'s ") for change in changed]
         head, upstream = upstream, read_upstream(tree, upstream)
@@ -388,6 +406,22 @@ def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[Change]:
         return []  # nothing it read is known to have changed: the fingerprint alone says so
     said = f"iteration {t - 1}'s checkpoint, which this iteration's {head.value} started from, "
     return [Change(said + since, Why.retrained)]
+
+
+def made_before_training(kept: Kept) -> bool:
+    """Whether the finished eval in `kept` (`iterT/eval`, or `iterT/eval/vs-<name>`) was made
+    before iteration T's training last finished: of a checkpoint trained again since, whose
+    figures it does not hold, whatever its config says (`pipeline.redo=[train]` retrains under
+    the same one)."""
+    layout = RunLayout.holding(kept.folder)
+    if layout is None or kept.record is None:
+        return False
+    train_dir = layout.stage_dir_in(layout.parse(kept.folder).iteration, Stage.train)
+    try:
+        trained = read_record(train_dir)
+    except (OSError, StageError):  # damaged: named where the training itself is read
+        return False
+    return trained is not None and finished_after(trained, kept.record)
 
 
 def finished_after(record: dict, other: dict) -> bool:
