@@ -12,11 +12,12 @@ command that brings the lineage up to date, the one src.main names: its refusal'
 
 A lineage is judged as src.main judges a command. With overrides, theirs, composed as src.main
 composes them; without, every lineage of paths.root, each by the newest command that ran in it
-(the head of its stages' saved configs), paths.root set where the lineage is now. Either way
-`stage=` and `pipeline.redo*` are left out (they say how one run goes, not where the lineage
-stands) and the command is the lineage's last iteration's, which runs the earlier ones first. A
-lineage whose command does not compose now, or composes to another folder, is judged stage by
-stage by the config each stage was made with, and no command is named.
+(the head of its stages' saved configs: src/config/cli.py's `last_command`), paths.root set
+where the lineage is now. Either way `stage=` and `pipeline.redo*` are left out (they say how
+one run goes, not where the lineage stands) and the command is the lineage's last iteration's,
+which runs the earlier ones first. A lineage whose command does not compose now, or composes to
+another folder, is judged stage by stage by the config each stage was made with, and no command
+is named.
 
 It writes and creates nothing and takes no lock (a writer trying a lock while a probe held it
 would stop); it ends 0 whatever the lineages hold, 2 for a bad override (one line).
@@ -35,26 +36,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import Config, ConfigError, Stage, compose_tree, runs_root, validate
-from src.config.cli import ArgumentParser, failures
+from src.config import Config, ConfigError, compose_tree, validate
+from src.config.cli import (
+    MAIN,
+    ONE_RUN,
+    ArgumentParser,
+    failures,
+    last_command,
+    trained_iterations,
+)
 from src.core import locks
 from src.core.errors import (
     StageError,
     as_typed,
-    override_key,
     running_stage,
     set_overrides,
     with_overrides,
     without_keys,
 )
-from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
+from src.core.layout import RunLayout
 from src.core.records import read_record
 from src.core.registry import STAGES
 from src.core.staleness import StageState, saved_state, state_of
 
-MAIN = "python -m src.main"
-# what says how one run goes, not where a lineage stands
-ONE_RUN = ("stage", "pipeline.redo", "pipeline.redo_stale")
 WIDTH = 100  # of the text's wrapped lines
 COLUMN = 13  # a stage's column: "running [12]"
 
@@ -108,17 +112,6 @@ def lineages(root: Path) -> list[Path]:
     return sorted(d for d in root.glob("*/*/*") if d.is_dir() and trained_iterations(d))
 
 
-def trained_iterations(run_dir: Path) -> list[int]:
-    """The iterations of the lineage in `run_dir` begun, or whose stage a process is writing,
-    but iteration 0: the base model's own eval (`stage=eval iter=0`), no iteration of the
-    lineage to bring up to date."""
-    layout = RunLayout(run_dir)
-    begun = layout.iterations()
-    writing = [t for t in set(layout.iterations(locked=True)) - set(begun)  # only locks there
-               if any(locks.writers(layout.stage_dir_in(t, s)) for s in STAGES)]  # fmt: skip
-    return sorted({*begun, *writing} - {0})
-
-
 def of_root(run_dir: Path, root: Path) -> Lineage:
     """A lineage found under `root`, judged as its newest command."""
     words, why = last_command(run_dir, root)
@@ -130,36 +123,6 @@ def of_root(run_dir: Path, root: Path) -> Lineage:
         return by_saved_configs(run_dir, root, f"its last command does not compose now: {err}")
     except Elsewhere as err:
         return by_saved_configs(run_dir, root, str(err))
-
-
-def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
-    """The overrides of the newest command that ran in the lineage (its stages' saved configs'
-    head), less ONE_RUN, with paths.root where the lineage is now; else None and why."""
-    layout = RunLayout(run_dir)
-    saved = [
-        layout.stage_dir_in(t, s) / SAVED_CONFIG
-        for t in trained_iterations(run_dir)
-        for s in STAGES
-    ]
-    saved = [path for path in saved if path.is_file()]
-    if not saved:
-        return None, "no stage saved the command that ran it"
-    newest = max(saved, key=lambda path: path.stat().st_mtime)
-    with newest.open("rb") as f:
-        head = f.readline().decode("utf-8", "replace").strip()
-    said = f"# {MAIN}"
-    if head != said and not head.startswith(f"{said} "):
-        return None, f"{newest} is headed by no `{MAIN}` command"
-    words = without_keys(head.removeprefix(said).split(), *ONE_RUN)
-    # a lineage whose iterations were evaluated is brought up to date with its evals, even where
-    # its newest command (a retrained stage, say) ran none
-    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file()
-                    for t in trained_iterations(run_dir))  # fmt: skip
-    if evaluated and not any(override_key(w) == "eval.enabled" for w in words):
-        words = [*words, "eval.enabled=true"]
-    if root != runs_root() or any(override_key(w) == "paths.root" for w in words):
-        words = set_overrides(words, [f"paths.root={root}"])
-    return words, ""
 
 
 class Elsewhere(Exception):

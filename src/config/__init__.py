@@ -17,8 +17,9 @@ training.py, hardware.py, logger.py, paths.py, iteration.py (`run`, `plan`, `pip
 holds `Config`, which is made of them. Below them: choices.py (the enums a key takes) and checks.py
 (`ConfigError` and the checks every schema runs); above them, compose.py (the resolvers,
 registered at import, composition, validation and the one-line errors) and, on top, cli.py: the
-boundary at which every command ends a failure (`failures`: one line and its exit code). Every
-name but cli.py's is imported from here, `src.config`; the commands import `src.config.cli`.
+boundary at which every command ends a failure (`failures`: one line and its exit code), and a
+lineage's newest command as the commands read it (`last_command`). Every name but cli.py's is
+imported from here, `src.config`; the commands import `src.config.cli`.
 """
 
 from src.config.checks import (

@@ -8,6 +8,10 @@ Inside it a `ConfigError` or a composition error Hydra or OmegaConf raises ends 
 a `StageError` with its own (and the user's command with its fix), an `OSError` with 3 and
 Ctrl-C with 130, SIGTERM, SIGHUP and SIGUSR1 with 143 (`STOPPED_BY`); anything else is a bug and
 keeps its traceback. `HYDRA_FULL_ERROR=1` keeps the traceback of every failure.
+
+And what one command reads of the commands that ran before it: a lineage's newest `python -m
+src.main` command (`last_command`), which src.status judges the lineage by and src.export's
+refusal of a stale lineage names, with what redoes it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.config.checks import ConfigError
 from src.config.compose import describe_composition_error
+from src.config.paths import runs_root
+from src.core import locks
 from src.core.errors import (
     EXIT_CLOSED_PIPE,
     EXIT_CONFIG_ERROR,
@@ -42,7 +48,12 @@ from src.core.errors import (
     Terminated,
     describe,
     describe_os_error,
+    override_key,
+    set_overrides,
+    without_keys,
 )
+from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
+from src.core.registry import STAGES, Stage
 
 # The user's own HYDRA_FULL_ERROR, kept once `hydra_raises` has set the variable for Hydra
 _full_error: bool | None = None
@@ -225,3 +236,51 @@ def launcher_failure(exc: Exception) -> EnvironmentFailure | None:
         " (hardware=slurm-* submits with sbatch: run it on the cluster's login node, or run the "
         "points here with a hardware= that is not slurm-*)"
     )
+
+
+# --- a lineage's newest command ---
+
+MAIN = "python -m src.main"
+# what says how one run goes, not where a lineage stands
+ONE_RUN = ("stage", "pipeline.redo", "pipeline.redo_stale")
+
+
+def trained_iterations(run_dir: Path) -> list[int]:
+    """The iterations of the lineage in `run_dir` begun, or whose stage a process is writing,
+    but iteration 0: the base model's own eval (`stage=eval iter=0`), no iteration of the
+    lineage to bring up to date."""
+    layout = RunLayout(run_dir)
+    begun = layout.iterations()
+    writing = [t for t in set(layout.iterations(locked=True)) - set(begun)  # only locks there
+               if any(locks.writers(layout.stage_dir_in(t, s)) for s in STAGES)]  # fmt: skip
+    return sorted({*begun, *writing} - {0})
+
+
+def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
+    """The overrides of the newest command that ran in the lineage (its stages' saved configs'
+    head), less ONE_RUN, with paths.root where the lineage is now; else None and why."""
+    layout = RunLayout(run_dir)
+    saved = [
+        layout.stage_dir_in(t, s) / SAVED_CONFIG
+        for t in trained_iterations(run_dir)
+        for s in STAGES
+    ]
+    saved = [path for path in saved if path.is_file()]
+    if not saved:
+        return None, "no stage saved the command that ran it"
+    newest = max(saved, key=lambda path: path.stat().st_mtime)
+    with newest.open("rb") as f:
+        head = f.readline().decode("utf-8", "replace").strip()
+    said = f"# {MAIN}"
+    if head != said and not head.startswith(f"{said} "):
+        return None, f"{newest} is headed by no `{MAIN}` command"
+    words = without_keys(head.removeprefix(said).split(), *ONE_RUN)
+    # a lineage whose iterations were evaluated is brought up to date with its evals, even where
+    # its newest command (a retrained stage, say) ran none
+    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file()
+                    for t in trained_iterations(run_dir))  # fmt: skip
+    if evaluated and not any(override_key(w) == "eval.enabled" for w in words):
+        words = [*words, "eval.enabled=true"]
+    if root != runs_root() or any(override_key(w) == "paths.root" for w in words):
+        words = set_overrides(words, [f"paths.root={root}"])
+    return words, ""

@@ -29,18 +29,21 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from src.config import ConfigError, compose
-from src.config.cli import ArgumentParser, exit_with, failure_line, failures
+from src.config.cli import MAIN, ArgumentParser, exit_with, failure_line, failures
 from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
 from src.core.locks import writing
 from src.export.folders import (
+    FOLDERS,
     MARKER,
     InTheWay,
+    assembled,
     counts_of,
-    export_data,
-    export_model,
     exported,
     require_replaceable,
 )
+
+# per folder: the repository type the Hub files it under
+HUB_TYPE = {"model": "model", "data": "dataset"}
 
 
 def require_hub_writable(repo: str) -> None:
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     with failures(own_command):
         args = parser.parse_intermixed_args(words)
     # what fixes an export is making the stages it reads: the pipeline's command, same overrides
-    command = " ".join(["python -m src.main", *args.overrides])
+    command = " ".join([MAIN, *args.overrides])
     # a folder it cannot write is --out's to move, by default under paths.root: moving the
     # root would leave the run behind
     with failures(command, where="--out"):
@@ -142,12 +145,13 @@ def export(args: argparse.Namespace, command: str) -> None:
     if args.push:
         require_hub_writable(args.push)
     out = args.out or cfg.layout.export_dir(cfg.iter)
-    # per folder: the repository type the Hub files it under, and what makes it
-    folders = {"model": ("model", export_model), "data": ("dataset", export_data)}
     wanted = exported(args.what, cfg)
     if args.what is None and "data" not in wanted:
         said = f"training.pairs={cfg.training.pairs}, a file of your own"
         print(f"[export] data: none, iteration {cfg.iter} trains on {said}", file=sys.stderr)
+    # the stages each folder is made from judged before --out or its lock is made: a refusal
+    # leaves nothing behind
+    makers = {name: FOLDERS[name](cfg) for name in wanted}
     with ExitStack() as held:
         # without --out the folder is under paths.root: the boundary's line points --out elsewhere
         with parent_writable(out) if args.out else nullcontext():
@@ -155,7 +159,8 @@ def export(args: argparse.Namespace, command: str) -> None:
             held.enter_context(writing(out.resolve(), command))  # until the push read the folders
         for name in wanted:  # every one refused before any is made: no export left half done
             require_replaceable(out / name, cfg, args.force)
-        made = [(kind, make(cfg, out, args.force)) for kind, make in (folders[n] for n in wanted)]
+        made = [(HUB_TYPE[name], assembled(out / name, make, cfg, args.force))
+                for name, make in makers.items()]  # fmt: skip
         for kind, folder in made:
             rows = counts_of(folder)
             print(f"[export] {kind}: {folder}" + (f" {rows}" if rows else ""), file=sys.stderr)

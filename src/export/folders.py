@@ -2,10 +2,11 @@
 checkpoint with its model card) and the data (every prompt's K responses with the judge's scores,
 win matrix and win rates, and the training pairs, as parquet with a dataset card).
 
-Both are read from finished stages only (their done.json), the rows checked against their seals;
-a folder appears whole or not at all (assembled beside its place, renamed into it). The model's
-files are copies, never links: an exported file edited in place leaves the run's checkpoint as
-training sealed it.
+Both are read from finished stages only (their done.json), each judged, finished and not stale,
+before anything is made or locked (`model_folder`, `data_folder`), the rows checked against their
+seals as they are read; a folder appears whole or not at all (assembled beside its place, renamed
+into it). The model's files are copies, never links: an exported file edited in place leaves the
+run's checkpoint as training sealed it.
 
 Export replaces only what it wrote itself: each folder carries a record (MARKER) of the run and
 iteration it came from and of every file in it. A folder in the way without one, of another run
@@ -24,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from src.config import Config, Stage
+from src.config.cli import MAIN, last_command
 from src.core.artifacts import atomic_write_json, remove, sync_directory
-from src.core.errors import Redo, RedoStale, StageError
+from src.core.errors import Redo, RedoStale, StageError, as_typed, set_overrides
 from src.core.fingerprints import read_upstream
 from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
@@ -81,47 +83,53 @@ PAIRS_COLUMNS = {
 }
 
 
-def export_model(cfg: Config, out: Path, force: bool = False) -> Path:
-    """`out/model/`: iteration t's checkpoint (merged, with its card) and, after LoRA, the adapter
-    as `out/model/adapter/`, copied (`_copy_file`: checkpoints are GBs)."""
+def model_folder(cfg: Config) -> Callable[[Path], None]:
+    """What makes `model/`: iteration t's checkpoint (merged, with its card) and, after LoRA, the
+    adapter as `model/adapter/`, copied (`_copy_file`: checkpoints are GBs). Its training is
+    judged now (`finished`); the checkpoint's bytes, hashed, as the folder is assembled."""
     train, checkpoint = cfg.stage_dir(Stage.train), cfg.layout.checkpoint(cfg.iter)
     record = finished(cfg, Stage.train, f"stage=all iter={cfg.iter}")
-    damage = checkpoint_damage(checkpoint, record.get("outputs", {}))
-    if damage:
-        raise ExportError(f"{checkpoint} is damaged ({damage})", Redo(Stage.train, cfg.iter))
-    if not (checkpoint / CARD).is_file():  # trained before cards existed
-        from src.stages.report.cards import write_model_card
-
-        write_model_card(cfg, checkpoint)
 
     def assemble(folder: Path) -> None:
+        damage = checkpoint_damage(checkpoint, record.get("outputs", {}))
+        if damage:
+            raise ExportError(f"{checkpoint} is damaged ({damage})", Redo(Stage.train, cfg.iter))
+        if not (checkpoint / CARD).is_file():  # trained before cards existed
+            from src.stages.report.cards import write_model_card
+
+            write_model_card(cfg, checkpoint)
         _copy_tree(checkpoint, folder)
         if (train / ADAPTER).is_dir():
             _copy_tree(train / ADAPTER, folder / ADAPTER)
 
-    return _whole(out / "model", assemble, cfg, force)
+    return assemble
 
 
-def export_data(cfg: Config, out: Path, force: bool = False) -> Path:
-    """`out/data/`: ranked.parquet (one row per prompt), pairs.parquet (one per pair) and a
-    dataset card (README.md) whose configs name both files."""
+def data_folder(cfg: Config) -> Callable[[Path], None]:
+    """What makes `data/`: ranked.parquet (one row per prompt), pairs.parquet (one per pair) and a
+    dataset card (README.md) whose configs name both files. Its rank and pairs stages are judged
+    now (`finished`); their rows, checked against their seals, as the folder is assembled."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ranked = [row for _, row in stage_rows(cfg, Stage.rank, ExportError)]
-    pairs_dir = cfg.stage_dir(Stage.pairs)
+    rank_record = finished(cfg, Stage.rank, f"stage=rank iter={cfg.iter}")
     pairs_record = finished(cfg, Stage.pairs, f"stage=pairs iter={cfg.iter}")
-    require_sealed(pairs_dir / "pairs.parquet", ExportError, pairs_record)
-    rank_record = read_record(cfg.stage_dir(Stage.rank))
+    pairs_dir = cfg.stage_dir(Stage.pairs)
 
     def assemble(folder: Path) -> None:
+        ranked = [row for _, row in stage_rows(cfg, Stage.rank, ExportError)]
+        require_sealed(pairs_dir / "pairs.parquet", ExportError, pairs_record)
         pq.write_table(pa.Table.from_pylist(ranked), folder / "ranked.parquet")
         shutil.copyfile(pairs_dir / "pairs.parquet", folder / "pairs.parquet")
         (folder / CARD).write_text(
             dataset_card(cfg, len(ranked), rank_record["counts"], pairs_record["counts"])
         )
 
-    return _whole(out / "data", assemble, cfg, force)
+    return assemble
+
+
+# What makes each folder, by its name (`--what`)
+FOLDERS = {"model": model_folder, "data": data_folder}
 
 
 def own_pairs(cfg: Config) -> str | None:
@@ -148,8 +156,9 @@ def exported(what: str | None, cfg: Config) -> list[str]:
 
 def finished(cfg: Config, stage: Stage, finish: str) -> dict:
     """A stage's record: an unfinished stage is refused with `finish`, the overrides that make it,
-    and one that no longer matches what it was made from (its own saved config: the previous
-    iteration's checkpoint trained again since, say) with the overrides that redo it."""
+    and one that no longer matches what it was made from (its own saved config: a file it read
+    edited since, say) with the overrides that redo it, or, where an earlier iteration is the
+    cause (trained again since), with the lineage's own command that does (`lineage_redo`)."""
     stage_dir = cfg.stage_dir(stage)
     record = read_record(stage_dir)
     if record is None:
@@ -161,10 +170,20 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
         fix = redo_for(state, cfg.iter)
         if isinstance(fix, RedoStale):  # the cause is an earlier iteration's, made with settings
             # the export's overrides need not carry: the lineage's own command redoes it
-            raise ExportError(f"{said}; `python -m src.status` names the command that brings "
-                              "its lineage up to date")  # fmt: skip
+            raise ExportError(f"{said}; {lineage_redo(cfg)}")
         raise ExportError(said, fix)
     return record
+
+
+def lineage_redo(cfg: Config) -> str:
+    """What redoes every stale stage of iteration t's lineage, in its own settings: its newest
+    `python -m src.main` command (`last_command`) at iteration t with pipeline.redo_stale=true;
+    where none can be read, `python -m src.status`, which says why."""
+    words, _ = last_command(Path(cfg.run.dir), Path(cfg.paths.root))
+    if words is None:
+        return "`python -m src.status` names the command that brings its lineage up to date"
+    redo = set_overrides(words, [f"iter={cfg.iter}", RedoStale().overrides()])
+    return f"run `{as_typed(' '.join([MAIN, *redo]))}`"
 
 
 def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:
@@ -287,7 +306,7 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:3]) + more
 
 
-def _whole(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: bool) -> Path:
+def assembled(folder: Path, assemble: Callable[[Path], None], cfg: Config, force: bool) -> Path:
     """`folder` made by `assemble` beside it, written to disk, then renamed into place; what
     `require_replaceable` allows in the way is moved aside first and removed after, so that a
     reader finds the earlier folder or the new one, each whole, never one half made or half

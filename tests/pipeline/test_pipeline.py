@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from src.stages.report.curves import JOB_TYPE
 from src.tiny.names import PIPELINE_NAMES
 from src.training.checkpoints import checkpoints
 from tests.support import lineages
-from tests.support.helpers import OFFLINE, SMALL, cli, entry, one_line_failure
+from tests.support.helpers import OFFLINE, SMALL, cli, entry, one_line_failure, run_main
 from tests.support.wandb_runs import offline_runs
 
 
@@ -106,7 +107,7 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
 def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(lineage, tmp_path):
     """Iteration 1 trained again under another config after iteration 2 was made from it:
     iteration 2 is refused naming why and every stage stale with it, and export will not ship
-    it; the one command the refusal gives (pipeline.redo_stale=true) redoes it."""
+    it; the one command the refusals give (pipeline.redo_stale=true) redoes it."""
     runs = lineage("two-iterations").root
     redone = cli(runs, "iter=1", "training.warmup_ratio=0.2", "pipeline.redo=[train]")
     assert redone.returncode == 0, redone.stderr[-3000:]
@@ -120,13 +121,14 @@ def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(lin
     export = [*SMALL, f"paths.root={runs}", "iter=2", "--out", str(tmp_path / "out")]
     line = one_line_failure(entry("src.export", *export), 1)
     assert "iter2/train is stale (iteration 1's checkpoint, which this iteration's generate" in line
-    # not a redo built from the export's own overrides, which need not carry the lineage's
-    assert line.endswith("`python -m src.status` names the command that brings its lineage up "
-                         "to date"), line  # fmt: skip
-    assert not any((tmp_path / "out").iterdir())  # neither the model nor the data
+    # the lineage's own command, not a redo built from the export's overrides, which lack its
+    # setting: pasted, it redoes iteration 2
+    redo = f"iter=2 training.warmup_ratio=0.2 paths.root={runs} pipeline.redo_stale=true`"
+    assert line.endswith(redo), line
+    assert not (tmp_path / "out").exists()  # neither the model nor the data
 
     before = records(runs)
-    again = cli(runs, "iter=2", "training.warmup_ratio=0.2", "pipeline.redo_stale=true")
+    again = run_main(runs, *shlex.split(line.rsplit("; run `", 1)[1].removesuffix("`"))[3:])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[main] iteration 1: finished with this config" in again.stderr
     assert again.stderr.count("redoing (pipeline.redo_stale)") == 4, "iteration 2's four stages"

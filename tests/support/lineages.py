@@ -8,6 +8,7 @@ a file lock, so that pytest-xdist workers side by side make it once and a later 
 same code makes it not at all. A test gets its own copy, which it may change or damage: the
 product resumes, redoes and exports a run root that was moved (tests/pipeline/test_pipeline.py checks
 that on a copy it makes itself), so a copy is that lineage as any test would have made it.
+`trained_again` leaves a copy as a retraining of iteration 1 would, without training.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from typing import NamedTuple
 
 from filelock import FileLock
 
-from src.config import REPO_ROOT
+from src.config import REPO_ROOT, Stage, compose, to_yaml
+from src.config.cli import MAIN
+from src.core.fingerprints import stage_fingerprint
+from src.core.records import Finished, read_record, write_record
+from src.core.staleness import save_config
 from src.tiny.names import PIPELINE_NAMES
 from tests.support.helpers import SMALL, run_main_process
 
@@ -91,3 +96,16 @@ def copy(name: str, tiny_dir: Path, dest: Path) -> Copy:
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", "--reflink=auto", str(original.root), str(dest)], check=True)
     return original._replace(root=dest)
+
+
+def trained_again(root: Path, *overrides: str) -> None:
+    """Iteration 1's training of the lineage under `root` as `pipeline.redo=[train]` with
+    `overrides` leaves it, made now: its saved config, headed by that command, and its record
+    (its checkpoint as it was: what is judged is the record's time and fingerprint)."""
+    cfg = compose([*SMALL, f"paths.root={root}", "iter=1", *overrides])
+    train = cfg.stage_dir(Stage.train)
+    made = read_record(train)
+    command = " ".join([MAIN, *SMALL, "iter=1", *overrides, "pipeline.redo=[train]"])
+    save_config(train, to_yaml(cfg), command)
+    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
+    write_record(train, Finished(fingerprint, made["counts"], made["timings"], made["outputs"]))

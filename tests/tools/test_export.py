@@ -233,6 +233,28 @@ def test_exporting_an_unfinished_iteration_is_one_line(lineage, tmp_path):
     assert line.endswith(f"run `{made_by}`"), line
 
 
+def test_an_iteration_descended_from_one_trained_again_is_refused_naming_its_lineages_command(
+    tiny_dir, tmp_path
+):
+    """Iteration 1 trained again under another setting after iteration 2 was made from it: the
+    export of iteration 2 is refused naming the command src.status names, the lineage's newest at
+    iteration 2 with pipeline.redo_stale=true (the export's own overrides lack the setting), and
+    before anything is made: no export folder, no lock beside it."""
+    from src.status import status
+
+    runs = lineages.copy("two-iterations", tiny_dir, tmp_path / "runs").root
+    lineages.trained_again(runs, "training.warmup_ratio=0.2")
+    (run,) = (runs / "tiny-mistral" / "sppo").iterdir()
+    line = one_line_failure(export(run, "iter=2"), 1)
+    assert line.startswith(f"error: {run / 'iter2' / 'train'} is stale (iteration 1's checkpoint")
+    (found,) = status([f"paths.root={runs}"]).lineages
+    assert found.command.endswith(
+        f" iter=2 training.warmup_ratio=0.2 paths.root={runs} pipeline.redo_stale=true"
+    )
+    assert line.endswith(f"; run `{found.command}`"), line
+    assert not (run / "export").exists(), "neither the folder nor its lock"
+
+
 @pytest.mark.parametrize(
     ("experiment", "said", "license"),
     [

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from src.config import REPO_ROOT, Stage, compose, to_yaml
+from src.config import REPO_ROOT, Stage, to_yaml
 from src.core.errors import StageError
 from src.core.fingerprints import stage_fingerprint
 from src.core.records import Finished, read_record, write_record
 from src.core.staleness import save_config
 from src.status import Cell, Iteration, Lineage, Status, as_text, main, status
+from tests.support import lineages
 from tests.support.helpers import SMALL, compose_cfg, entry, holder
 
 # the tiny lineages: each made once per version of the code (~1 min)
@@ -79,7 +80,7 @@ def test_an_evaluated_lineage_is_judged_with_its_evals_whatever_its_newest_comma
     """The newest command (a retrained stage's, which ran no eval) judges the lineage, and with
     its evals, where an iteration was evaluated: their stale ones are brought up to date too. A
     folder holding only the locks a redo took is no iteration."""
-    from src.status import last_command
+    from src.config.cli import last_command
 
     run = tmp_path / "m" / "sppo" / "r"
     for stage, head in (("eval", "iter=1 eval.enabled=true"),
@@ -182,18 +183,6 @@ def test_a_damaged_record_and_a_running_stage_are_shown_and_it_still_ends_0(line
     assert found.command.endswith(" iter=1 'pipeline.redo=[train]'")
 
 
-def trained_again(runs: Path, *overrides: str) -> None:
-    """Iteration 1's training as `pipeline.redo=[train]` with `overrides` leaves it: its saved
-    config and its record, made now."""
-    cfg = compose([*SMALL, "iter=1", *overrides])
-    train = cfg.stage_dir(Stage.train)
-    made = read_record(train)
-    command = " ".join([MAIN, *SMALL, "iter=1", *overrides, "pipeline.redo=[train]"])
-    save_config(train, to_yaml(cfg), command)
-    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
-    write_record(train, Finished(fingerprint, made["counts"], made["timings"], made["outputs"]))
-
-
 @slow
 def test_a_descendant_of_an_iteration_trained_again_is_stale_naming_it(lineage, monkeypatch):
     """Iteration 1 trained again under another setting after iteration 2 was made from it: every
@@ -201,7 +190,7 @@ def test_a_descendant_of_an_iteration_trained_again_is_stale_naming_it(lineage, 
     the command is the one src.main gives, which redoes every stale stage in order."""
     runs = lineage("two-iterations").root
     monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
-    trained_again(runs, "training.warmup_ratio=0.2")
+    lineages.trained_again(runs, "training.warmup_ratio=0.2")
     (found,) = status([]).lineages  # judged as its newest command: the one that trained again
     one, two = found.iterations
     assert set(states(one).values()) == {"finished"}

@@ -7,7 +7,7 @@ warning line naming it, its values left blank, and so is a value of the wrong ty
 number belongs), with one warning line naming the file, the key and the value. A finished stage
 whose figures no longer stand for its iteration as the lineage is now (made from a checkpoint
 trained again since, from a file edited since, descended from a stale iteration) is left out
-likewise, named on stderr with why (`standing`). An eval against a reference other than the
+likewise, named on stderr with why (`standing`), and is no stage done (`stages_done`). An eval against a reference other than the
 run's own, or by other judges (`iter<t>/eval/vs-<name>/`, a run of its own in W&B) adds its win
 rates as columns `eval_win_rate[vs-<name>]`, and its judged benchmarks' figures by their judge
 (`add_side`). Of eta and beta, a row holds the one its loss reads (eta: SPPO's; beta: DPO's,
@@ -314,31 +314,24 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     configs = (read_config(layout.stage_dir_in(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
     cfg = next((c for c in configs if c is not None), {})
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
-    stages = {s: m for s in STAGES if (m := finished_stage(layout.stage_dir_in(t, s))) is not None}
+    made = ((s, layout.stage_dir_in(t, s)) for s in STAGES)
+    # a finished stage that no longer stands is no stage done: its figures are left out too
+    stages = {s: m for s, folder in made
+              if (m := finished_stage(folder)) is not None and standing(folder, run_dir)}  # fmt: skip
     row["stages_done"] = "+".join(stages) or "none"
-
-    def figures(stage: str) -> Record:
-        """A finished stage's figures, but none where they no longer stand for what the row
-        names: a stage of a stale iteration (descended from a checkpoint trained again since)."""
-        done = stages.get(stage)
-        current = done is not None and standing(layout.stage_dir_in(t, stage), run_dir)
-        return done if current else Record({})
-
-    train = figures("train")
+    train = stages.get("train", Record({}))
     it = Iteration(row, log_history(train.values), setting(cfg))
     row.update(train_columns(it.history, train.where, "log_history"))
-    row.update(pairs_columns(figures("pairs")))
-    row.update(generate_columns(figures("generate"), row["K"]))
-    # each finished eval, the base one and those against other references (whether or not the
-    # base one finished), likewise
-    base = layout.stage_dir_in(t, registry.Stage.eval)
-    for folder in [base, *layout.side_evals(t)]:
-        done = stages.get("eval") if folder == base else finished_stage(folder)
-        if done is None or not standing(folder, run_dir):
-            continue
-        if folder == base:
-            row.update(eval_columns(eval_record(folder, done)))
-        else:
+    row.update(pairs_columns(stages.get("pairs", Record({}))))
+    row.update(generate_columns(stages.get("generate", Record({})), row["K"]))
+    if "eval" in stages:
+        base = layout.stage_dir_in(t, registry.Stage.eval)
+        row.update(eval_columns(eval_record(base, stages["eval"])))
+    # each finished eval against another reference (whether or not the base one finished),
+    # likewise
+    for folder in layout.side_evals(t):
+        done = finished_stage(folder)
+        if done is not None and standing(folder, run_dir):
             add_side(row, eval_record(folder, done), folder.name)
     return it
 
