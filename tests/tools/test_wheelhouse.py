@@ -428,7 +428,8 @@ def gpu_set(tmp_path_factory) -> dict[str, str]:
     why = registry_unreachable(tmp)
     if why:
         pytest.skip(why)
-    from src.wheelhouse import SOURCE_ONLY, TARGETS, pip, resolve
+    from src.core.install import TARGETS
+    from src.wheelhouse import SOURCE_ONLY, pip, resolve
 
     folder = tmp / "house"
     pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
