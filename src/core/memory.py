@@ -19,6 +19,10 @@ over and over (PairRM's attention temporaries on a CPU, src/ranking/pairrm.py): 
 threshold each such block is an mmap of fresh pages that the kernel faults in and zeroes at every
 forward. Inside it glibc serves everything from its heap and keeps what it freed; leaving it gives
 the heap back (malloc_trim), so what the stretch held does not stay with the process.
+
+`OPTIMIZER_SLICE` bounds a training step's fp32 temporaries: the optimizers for bf16 weights
+(src/training/optimizers.py) step a parameter that many elements at a time, and the planner's
+memory model (src/plan/memory.py), which runs without torch, reads the same figure.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt's paramet
 THRESHOLD = 128 * 1024  # glibc's own starting value (of both thresholds)
 MMAP_MAX = 65536  # glibc's default number of mmapped blocks
 MMAP_THRESHOLD_VAR = "MALLOC_MMAP_THRESHOLD_"  # what glibc reads at a process's start
+OPTIMIZER_SLICE = 1 << 24  # elements a step's slice holds: 64 MiB each in fp32
 
 
 def glibc() -> ctypes.CDLL | None:

@@ -18,7 +18,6 @@ import sys
 from src.config import compose, showing_unset_required
 from src.config.cli import failures
 from src.plan.stages import plan_text
-from src.wheelhouse import install_line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         with showing_unset_required() as unset:  # a required file: planned without it
             cfg = compose(overrides)
             text = plan_text(cfg, overrides=overrides)  # which composes its remedies alike
-        print(f"{text}\n\n{install_line(cfg.hardware.device.value)}")
+        print(text)
         for line in unset:
             print(f"note: {line} (planned without it)", file=sys.stderr)
 

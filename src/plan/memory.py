@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from src.core.memory import OPTIMIZER_SLICE
 from src.core.shapes import GEMMA_2_9B, MISTRAL_7B, Shape
-from src.training import OPTIMIZER_SLICE
 
 GIB = 1024**3
 NF4_BYTES = (4 + 0.127) / 8  # 4-bit NF4 plus double-quantised absmax constants (QLoRA paper)

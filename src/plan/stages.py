@@ -23,6 +23,7 @@ from src.config import (
     compose,
 )
 from src.core.errors import EXIT_CONFIG_ERROR, StageError
+from src.core.install import install_line
 from src.core.registry import STAGES
 from src.core.shapes import Shape, judge_weights, shape_of
 from src.plan.hours import hours_text
@@ -390,10 +391,10 @@ def remedy_lines(cfg: Config, stages: list[StagePlan], overrides: list[str]) -> 
 
 
 def plan_text(cfg: Config, through: int | None = None, overrides: list[str] | None = None) -> str:
-    """The plan as `python -m src.plan` and `python -m src.slurm --dry-run` print it; `through`:
-    the last iteration of a chain from cfg.iter (each iteration's memory is the first one's);
-    `overrides`: the command's, with which a stage that no batch fits is tried under each of
-    `remedies` (None: not tried)."""
+    """The plan as `python -m src.plan` and `python -m src.slurm --dry-run` print it, ending with
+    what the nodes install (`install_line`). `through`: the last iteration of a chain from
+    cfg.iter (each iteration's memory is the first one's); `overrides`: the command's, with which
+    a stage that no batch fits is tried under each of `remedies` (None: not tried)."""
     hw = cfg.hardware
     gpu_gb = hw.gpu_memory_gb if hw.device.value == "cuda" else None
     stages = plan(cfg)
@@ -430,7 +431,8 @@ def plan_text(cfg: Config, through: int | None = None, overrides: list[str] | No
         phase = f", peak in the {p.memory.peak_phase}" if p.memory.peak_phase else ""
         lines.append(f"  {p.stage}{phase}:")
         lines += [f"    {v / GIB:7.2f}  {k}" for k, v in p.memory.terms().items()]
-    return "\n".join([*lines, "", *hours_text(cfg, policy_shape(cfg), through)])
+    hours = hours_text(cfg, policy_shape(cfg), through)
+    return "\n".join([*lines, "", *hours, "", install_line(hw.device.value)])
 
 
 def require_fit_here(cfg: Config, overrides: list[str]) -> None:

@@ -44,7 +44,7 @@ from itertools import chain
 import torch
 
 from src.config import WeightUpdates
-from src.training import OPTIMIZER_SLICE  # elements stepped at a time: 64 MiB each in fp32
+from src.core.memory import OPTIMIZER_SLICE
 
 # the state that holds a bf16 weight's exact value, or what its rounding left out
 MASTER, COMPENSATION = "master", "compensation"

