@@ -347,25 +347,25 @@ def standing(folder: Path, run_dir: Path) -> bool:
     are left out: a row never shows a stale stage's figures as the lineage's."""
     why = outdated(RunLayout(run_dir).parse(folder).stage, folder, run_dir)
     if why:
-        print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
+        print(f"[compare] {folder}: {why}, left out (pipeline.redo_stale=true "
               "makes it again)", file=sys.stderr)  # fmt: skip
     return not why
 
 
-def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> list[str]:
+def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> str | None:
     """Why a finished stage's figures (run `run_dir`'s) are not those of its iteration as its
     lineage stands now, judged by the config it was made with
     (`saved_state`: the checkpoint trained again after an eval, a file it read changed since, an
-    earlier iteration it descends from stale). Its config keys may differ from today's: its row
-    shows those it ran with."""
+    earlier iteration it descends from stale), in the words of `StageState.why`; None: they
+    are. Its config keys may differ from today's: its row shows those it ran with."""
     here = {"run": {"dir": str(run_dir)}, "paths": {"root": str(run_dir.parents[2])}}
     try:
         state = saved_state(here, stage, stage_dir)
     except OmegaConfBaseException:  # a saved config that is YAML but no config: named where
-        return []  # the row reads it (one that is not YAML is read as none saved)
+        return None  # the row reads it (one that is not YAML is read as none saved)
     except StageError as err:  # a record on its way damaged: not the figures of a known lineage
-        return [str(err)]
-    return list(state.changed) if state is not None and state.has(*READ_CHANGED) else []
+        return str(err)
+    return state.why if state is not None and state.has(*READ_CHANGED) else None
 
 
 def eval_record(eval_dir: Path, done: Record) -> Record:
