@@ -41,6 +41,8 @@ from src.core import locks
 from src.core.errors import (
     StageError,
     as_typed,
+    command_line,
+    command_words,
     override_key,
     running_stage,
     set_overrides,
@@ -150,7 +152,8 @@ def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     said = f"# {MAIN}"
     if head != said and not head.startswith(f"{said} "):
         return None, f"{newest} is headed by no `{MAIN}` command"
-    words = without_keys(head.removeprefix(said).split(), *ONE_RUN)
+    # the command as `command_line` wrote it: a value holding a blank is one word
+    words = without_keys(command_words(head.removeprefix(said)), *ONE_RUN)
     # a lineage whose iterations were evaluated is brought up to date with its evals, even where
     # its newest command (a retrained stage, say) ran none
     evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file()
@@ -175,7 +178,7 @@ def judged(run_dir: Path, root: Path, words: list[str]) -> Lineage:
     last = max([cfg.iter, *trained_iterations(run_dir)])
     config_for_iter = configs_of(raw)
     rows = [Iteration(t, cells_of(config_for_iter(t))) for t in range(1, last + 1)]
-    command = " ".join([MAIN, *set_overrides(words, [f"iter={last}"])])
+    command = command_line(MAIN, set_overrides(words, [f"iter={last}"]))
     remedy, note = brought_up_to_date(config_for_iter(last), config_for_iter, command, rows)
     return Lineage(name_of(run_dir, root), as_typed(command), rows, remedy, note)
 
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m src.status", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="the same, as JSON")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    with failures(" ".join(["python -m src.status", *words]), [w for w in words if "=" in w]):
+    with failures(command_line("python -m src.status", words), [w for w in words if "=" in w]):
         args = parser.parse_intermixed_args(words)
         found = status(args.overrides)
         print(json.dumps(asdict(found), indent=2) if args.json else as_text(found))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT, Stage, compose, to_yaml
-from src.core.errors import StageError
+from src.core.errors import StageError, as_typed, command_line
 from src.core.fingerprints import stage_fingerprint
 from src.core.records import Finished, read_record, write_record
 from src.core.staleness import save_config
@@ -93,6 +93,25 @@ def test_an_evaluated_lineage_is_judged_with_its_evals_whatever_its_newest_comma
     (run / "iter1" / "eval" / "done.json").write_text("{}")
     words, _ = last_command(run, tmp_path)
     assert words == [*newest, "eval.enabled=true", f"paths.root={tmp_path}"]
+
+
+def test_a_saved_command_is_read_back_word_for_word_a_value_with_a_blank_whole(tmp_path):
+    """The head of a saved config is written by `command_line` and read by its inverse: a value
+    holding a blank (or a quote) is one word, quoted back as one; a head written before words
+    were quoted reads as it was written."""
+    from src.status import last_command
+
+    run = tmp_path / "m" / "sppo" / "r"
+    train = run / "iter1" / "train"
+    train.mkdir(parents=True)
+    words = ["model=m", "iter=1", "eval.llm_judge.system_turn=be fair", "run_name=it's"]
+    save_config(train, "iter: 1\n", command_line(MAIN, words))
+    assert last_command(run, tmp_path)[0] == [*words, f"paths.root={tmp_path}"]
+    assert as_typed(command_line(MAIN, words)).endswith(
+        " 'eval.llm_judge.system_turn=be fair' 'run_name=it'\"'\"'s'"
+    )
+    (train / "config.yaml").write_text(f"# {MAIN} model=m iter=1 run_name=it's\n")
+    assert last_command(run, tmp_path)[0] == [*words[:2], words[3], f"paths.root={tmp_path}"]
 
 
 def test_a_bad_override_is_one_line_and_exit_2(capsys):
