@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -249,10 +250,15 @@ def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_co
                                                                     "train")}  # fmt: skip
 
 
-def test_the_base_models_eval_is_no_iteration_of_its_lineage_to_judge(tmp_path, monkeypatch):
+def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others(
+    tmp_path, monkeypatch
+):
     """iter0/eval, the base model's own eval (`stage=eval iter=0`): a lineage with it alone is
-    none to bring up to date, and one with iterations is judged by their command, even where the
-    base model's eval ran last."""
+    none to bring up to date; one with iterations is judged by their command, even where the base
+    model's eval ran last, and shows it as iteration 0, eval alone, in text and JSON: stale where
+    that command's settings differ from those it was made with, its redo the command once the
+    iterations are up to date; judged by its own saved config where the command does not
+    compose."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
 
     def finished(command: str) -> None:
@@ -262,14 +268,30 @@ def test_the_base_models_eval_is_no_iteration_of_its_lineage_to_judge(tmp_path, 
             write_record(cfg.stage_dir(stage),
                          Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {}))  # fmt: skip
 
-    base = f"{MAIN} logger=none stage=eval iter=0"
+    base = f"{MAIN} logger=none stage=eval iter=0 eval.temperature=0.5"
     finished(base)
     assert status([]).lineages == []
     finished(f"{MAIN} logger=none iter=1")
     finished(base)
-    (found,) = status([]).lineages
-    assert found.judged_as == f"{MAIN} logger=none iter=1" and found.command is None
-    assert [row.iter for row in found.iterations] == [1]
+    found = status([])
+    (lineage,) = found.lineages
+    assert lineage.judged_as == f"{MAIN} logger=none iter=1"
+    assert [row.iter for row in lineage.iterations] == [0, 1]
+    stale = Cell("stale", "eval.temperature: 0.5 -> 0.0")
+    assert lineage.iterations[0].stages == {"eval": stale}
+    assert lineage.command == f"{MAIN} logger=none iter=0 stage=eval 'pipeline.redo=[eval]'"
+    assert "  0     -            -            -            -            stale [1]" in (
+        as_text(found).splitlines()
+    )
+    (shown,) = json.loads(json.dumps(asdict(found)))["lineages"]
+    assert shown["iterations"][0] == {"iter": 0, "stages": {"eval": asdict(stale)}}
+
+    (run_dir,) = tmp_path.glob("*/*/*")
+    for saved in run_dir.glob("iter1/*/config.yaml"):  # a command that does not compose now
+        saved.write_text(f"# {MAIN} method=nope iter=1\n" + saved.read_text().split("\n", 1)[1])
+    (lineage,) = status([]).lineages
+    assert lineage.judged_as is None
+    assert lineage.iterations[0].stages == {"eval": Cell("finished")}, "as it was made"
 
 
 @slow
