@@ -27,6 +27,7 @@ from src.assets.preflight import preflight, require_machine_and_keys
 from src.config import REPO_ROOT, Config, Device, compose_tree, validate
 from src.config.cli import check_hydra_arguments, failures, hydra_raises, launcher_failure
 from src.core import memory, preemption, threads
+from src.core.errors import command_line
 from src.schedule import dispatch, iterations, refuse
 
 # What Ctrl-C or SIGTERM leaves: every stage resumes
@@ -45,7 +46,7 @@ def _hydra_main(raw: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     # as written: each is a string node, which reading one by one would resolve (`${iter}`)
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
-    command = " ".join(["python -m src.main", *overrides])
+    command = command_line("python -m src.main", overrides)
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a job of a local multirun (Hydra's basic launcher)
         SWEEP_DIRS.add(Path(hydra_cfg.sweep.dir))
     with failures(command, overrides, interrupted=INTERRUPTED):
@@ -92,7 +93,7 @@ def main() -> None:
     memory.pin_mmap_threshold()
     args = sys.argv[1:]
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
-    command = " ".join(["python -m src.main", *overrides])
+    command = command_line("python -m src.main", overrides)
     with failures(command, overrides, interrupted=INTERRUPTED):
         if any(a in ("--cfg", "-c") and b == "job" for a, b in zip(args, args[1:], strict=False)):
             print_job(overrides)

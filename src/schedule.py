@@ -145,7 +145,7 @@ class Plan:
     cfg: Config
     steps: list[Step]
     side_evals: list[Config] = field(default_factory=list)
-    stale_sides: list[Config] = field(default_factory=list)
+    stale_sides: list[tuple[Config, StageState]] = field(default_factory=list)
     why: str = ""
 
     @property
@@ -287,9 +287,7 @@ REMEDIES = {
         "redo",
     ),
     Refusal.trained_after: Remedy(
-        "evaluated iteration {iteration}'s checkpoint before it was trained again; to evaluate "
-        "the checkpoint as it is now",
-        "redo",
+        "is stale ({why}); to evaluate the checkpoint as it is now", "redo"
     ),
     Refusal.experiment: Remedy(
         "was made with a different configuration ({why}); {reads}" + ELSEWHERE, "lineage"
@@ -372,7 +370,6 @@ def refused(
     words = {
         "why": st.why,
         "first": st.changed[0] if st.changed else "",
-        "iteration": cfg.iter,
         "reads": f"stage {reader.value} reads it: " if reader else "",
         "after": " first" if reader else also(later),
     }
@@ -592,9 +589,9 @@ def run_iteration(plan: Plan, runners: dict, command: str) -> list[Stage]:
     if cfg.pipeline.redo_stale and not other_node:
         # trained here: the evals beside it are of the checkpoint as it was, each looked at again
         trained = any(STAGES[s].makes_policy for s in ran)
-        for side in stale_evals(plan.side_evals) if trained else plan.stale_sides:
-            print(f"[main] {side.stage_dir(Stage.eval)}: made before this checkpoint was "
-                  "trained again: redoing it (pipeline.redo_stale)", file=sys.stderr)  # fmt: skip
+        for side, state in stale_evals(plan.side_evals) if trained else plan.stale_sides:
+            print(f"[main] {side.stage_dir(Stage.eval)}: stale ({state.why}): redoing it "
+                  "(pipeline.redo_stale)", file=sys.stderr)  # fmt: skip
             with writing(side, Stage.eval, command, True, other_node):
                 run_stage(side, Stage.eval, stage_run(Stage.eval), command, redoing=True)
             ran.append(Stage.eval)
@@ -626,10 +623,11 @@ def side_evals(cfg: Config) -> list[Config]:
     return found
 
 
-def stale_evals(sides: list[Config]) -> list[Config]:
+def stale_evals(sides: list[Config]) -> list[tuple[Config, StageState]]:
     """Those of the evals `sides` that are stale under the eval settings each was made with
-    (made before the training last finished, or from another config)."""
-    return [side for side in sides if state_of(side.as_tree(), Stage.eval).status == "stale"]
+    (made before the training last finished, or from another config), each with its state."""
+    states = [(side, state_of(side.as_tree(), Stage.eval)) for side in sides]
+    return [(side, state) for side, state in states if state.status == "stale"]
 
 
 def writing(cfg: Config, stage: Stage, command: str, whole: bool, other_node: bool):

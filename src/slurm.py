@@ -56,7 +56,13 @@ from src.config import (
     compose,
 )
 from src.config.cli import ArgumentParser, failures
-from src.core.errors import EnvironmentFailure, StageError, set_overrides, without_keys
+from src.core.errors import (
+    EnvironmentFailure,
+    StageError,
+    command_line,
+    set_overrides,
+    without_keys,
+)
 from src.core.fingerprints import read_upstream
 from src.core.registry import STAGES
 from src.core.staleness import state_of
@@ -591,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-iter", type=int, default=1, help="first iteration to submit")
     parser.add_argument("--dry-run", action="store_true", help="print scripts and sbatch lines")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    with failures(" ".join(["python -m src.slurm", *words])):
+    with failures(command_line("python -m src.slurm", words)):
         args = parser.parse_intermixed_args(words)
         submit_chain(args.overrides, args.iterations, args.from_iter, args.dry_run)
 

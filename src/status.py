@@ -6,9 +6,11 @@
 
 For each iteration of a lineage, each stage: finished, stale (why, in src.main's words:
 src/core/staleness.py), running (its lock's holder: src/core/locks.py), missing, damaged (its
-record's own error) or unknown (its state needs a record that does not read, named); and the one
+record's own error) or unknown (its state needs a record that does not read, named); iteration 0,
+where the lineage has it, its eval alone (the base model's own, `stage=eval iter=0`); and the one
 command that brings the lineage up to date, the one src.main names: its refusal's fix
-(src/schedule.py), else, while a stage is missing, the command itself.
+(src/schedule.py), else, while a stage is missing, the command itself; once its iterations are up
+to date, that of iteration 0's eval (`stage=eval iter=0`).
 
 A lineage is judged as src.main judges a command. With overrides, theirs, composed as src.main
 composes them; without, every lineage of paths.root, each by the newest command that ran in it
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import Config, ConfigError, compose_tree, validate
+from src.config import Config, ConfigError, Stage, compose_tree, validate
 from src.config.cli import (
     MAIN,
     ONE_RUN,
@@ -49,6 +51,7 @@ from src.core import locks
 from src.core.errors import (
     StageError,
     as_typed,
+    command_line,
     running_stage,
     set_overrides,
     with_overrides,
@@ -138,18 +141,41 @@ def judged(run_dir: Path, root: Path, words: list[str]) -> Lineage:
     last = max([cfg.iter, *trained_iterations(run_dir)])
     config_for_iter = configs_of(raw)
     rows = [Iteration(t, cells_of(config_for_iter(t))) for t in range(1, last + 1)]
-    command = " ".join([MAIN, *set_overrides(words, [f"iter={last}"])])
+    command = command_line(MAIN, set_overrides(words, [f"iter={last}"]))
     remedy, note = brought_up_to_date(config_for_iter(last), config_for_iter, command, rows)
-    return Lineage(name_of(run_dir, root), as_typed(command), rows, remedy, note)
+    base = base_model_judged(run_dir, config_for_iter)
+    if base and remedy is None and note is None:  # its iterations up to date: then iteration 0
+        again = command_line(MAIN, set_overrides(words, ["iter=0", "stage=eval"]))
+        remedy, note = brought_up_to_date(config_for_iter(0), config_for_iter, again, base)
+    return Lineage(name_of(run_dir, root), as_typed(command), base + rows, remedy, note)
+
+
+def base_model_judged(run_dir: Path, config_for_iter: Callable[[int], Config]) -> list[Iteration]:
+    """Iteration 0's row (`base_model_row`), judged as `python -m src.main stage=eval iter=0`
+    with the settings of the lineage's command judges it."""
+    if not RunLayout(run_dir).stage_dir_in(0, Stage.eval).is_dir():
+        return []  # no config composed where there is none
+    cfg = config_for_iter(0)
+    return base_model_row(cfg.stage_dir(Stage.eval), lambda: state_of(cfg.as_tree(), Stage.eval))
+
+
+def base_model_row(folder: Path, judge: Callable[[], StageState | None]) -> list[Iteration]:
+    """Iteration 0, where the lineage has it: the base model's own eval (`stage=eval iter=0`) in
+    `folder`, finished (judged by `judge`), running or damaged; none otherwise, as no command of
+    the lineage's iterations makes it."""
+    cell = stage_cell(folder, False, judge)
+    return [] if cell is None else [Iteration(0, {Stage.eval.value: cell})]
 
 
 def configs_of(raw: DictConfig) -> Callable[[int], Config]:
-    """The composed config at each iteration, as src.main makes it (each made once)."""
+    """The composed config at each iteration, as src.main makes it (each made once); at
+    iteration 0, the base model's, its eval's (`stage=eval iter=0`)."""
     made: dict[int, Config] = {}
 
     def config_for_iter(t: int) -> Config:
         if t not in made:
-            made[t] = validate(OmegaConf.merge(raw, {"iter": t}))
+            at = {"iter": t, **({"stage": Stage.eval.value} if t == 0 else {})}
+            made[t] = validate(OmegaConf.merge(raw, at))
         return made[t]
 
     return config_for_iter
@@ -171,7 +197,8 @@ def by_saved_configs(run_dir: Path, root: Path, why: str) -> Lineage:
     """A lineage no command judges (`why`): each stage by the config it was made with."""
     layout = RunLayout(run_dir)
     where = {"run": {"dir": str(run_dir)}, "paths": {"root": str(root)}}
-    rows = []
+    base = layout.stage_dir_in(0, Stage.eval)
+    rows = base_model_row(base, lambda: saved_state(where, Stage.eval, base))
     for t in range(1, max(trained_iterations(run_dir)) + 1):
         cells = {}
         for stage in STAGES:
@@ -283,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m src.status", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="the same, as JSON")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    with failures(" ".join(["python -m src.status", *words]), [w for w in words if "=" in w]):
+    with failures(command_line("python -m src.status", words), [w for w in words if "=" in w]):
         args = parser.parse_intermixed_args(words)
         found = status(args.overrides)
         print(json.dumps(asdict(found), indent=2) if args.json else as_text(found))

@@ -37,7 +37,7 @@ from src.config import (
 )
 from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
-from src.core.errors import StageError, override_key, set_overrides, without_keys
+from src.core.errors import StageError, command_line, override_key, set_overrides, without_keys
 from src.slurm import (
     MAX_ARRAY_TASKS,
     WARNING_SIGNAL_S,
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         "--local", action="store_true", help="run the points here, one after another (no SLURM)"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every point")
-    with failures(" ".join(["python -m src.sweep", *words])):
+    with failures(command_line("python -m src.sweep", words)):
         args = parser.parse_intermixed_args(words)
         if args.local and (args.dry_run or args.parallel):
             parser.error(

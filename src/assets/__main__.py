@@ -23,7 +23,7 @@ from src.assets.fetch import fetch_all
 from src.assets.listing import Listed
 from src.config import Config, ConfigError, Stage
 from src.config.cli import ArgumentParser, failures
-from src.core.errors import without_keys
+from src.core.errors import command_line, without_keys
 
 
 def iteration_configs(overrides: list[str], iterations: int | None, from_iter: int) -> list[Config]:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", help="fetch: this hub id alone (repeatable)")
     parser.add_argument("--verify", action="store_true", help="check: hash every file too")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    with failures(" ".join(["python -m src.assets", *words])):
+    with failures(command_line("python -m src.assets", words)):
         args = parser.parse_intermixed_args(words)
         listing = args.action == "list"  # shows what a run reads, a file it requires included
         with config.showing_unset_required() if listing else contextlib.nullcontext() as unset:

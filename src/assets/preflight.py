@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from src.config import Config, Device, Peft, Stage
-from src.core.errors import StageError
+from src.core.errors import StageError, command_words
 from src.core.fingerprints import read_upstream
 from src.core.registry import STAGES
 from src.plan.stages import require_fit_here
@@ -113,6 +113,6 @@ def require_assets_here(plans: Sequence[Plan], command: str) -> None:
     configs = [plan.cfg for plan in plans]
     if constants.is_offline_mode():
         hub = [e for e in listed_for(configs, todo) if e.asset.on_hub]
-        require_assets(hub, configs[-1], command.split()[3:], online=False)
+        require_assets(hub, configs[-1], command_words(command)[3:], online=False)
     if any(c.eval.alpaca_eval and Stage.eval in todo[c.iter] for c in configs):
         require_alpaca_eval_judge()

@@ -59,7 +59,7 @@ from src.compare.runs import CompareError, choose, discover, fetch_wandb
 from src.config import runs_root
 from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_write_text
-from src.core.errors import EnvironmentFailure
+from src.core.errors import EnvironmentFailure, command_line
 from src.core.layout import SIDE_EVAL, iteration_name
 from src.stages.report.results import JUDGED_HEADLINES, Iteration, num
 
@@ -245,7 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     words = sys.argv[1:] if argv is None else argv
-    with failures(" ".join(["python -m src.compare", *words]), where="--out"):
+    with failures(command_line("python -m src.compare", words), where="--out"):
         compare(parse_args(words))
 
 

@@ -46,6 +46,7 @@ from src.core.errors import (
     EnvironmentFailure,
     StageError,
     Terminated,
+    command_words,
     describe,
     describe_os_error,
     override_key,
@@ -274,7 +275,8 @@ def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     said = f"# {MAIN}"
     if head != said and not head.startswith(f"{said} "):
         return None, f"{newest} is headed by no `{MAIN}` command"
-    words = without_keys(head.removeprefix(said).split(), *ONE_RUN)
+    # the command as `command_line` wrote it: a value holding a blank is one word
+    words = without_keys(command_words(head.removeprefix(said)), *ONE_RUN)
     # a lineage whose iterations were evaluated is brought up to date with its evals, even where
     # its newest command (a retrained stage, say) ran none
     evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file()

@@ -171,9 +171,34 @@ def without_keys(words: Sequence[str], *keys: str) -> list[str]:
 
 
 def with_overrides(command: str, overrides: str) -> str:
-    """`command` with each `key=value` of `overrides` set (`set_overrides`)."""
-    # as the entry point joined them: one word per override
-    return " ".join(set_overrides(command.split(), overrides.split()))
+    """`command` (`command_line`) with each `key=value` of `overrides` set (`set_overrides`)."""
+    return " ".join(map(held_word, set_overrides(command_words(command), overrides.split())))
+
+
+def command_line(program: str, words: Sequence[str]) -> str:
+    """A command as the commands hold it (what `failures` sets a fix on, a lock names, a saved
+    config is headed by): `program`, then its words, each that a split at blanks would not give
+    back whole (a blank, a quote, a backslash in it) shell-quoted; `command_words` reads it back."""
+    return " ".join([program, *map(held_word, words)])
+
+
+def held_word(word: str) -> str:
+    """One word of a command as `command_line` holds it."""
+    try:
+        whole = shlex.split(word) == [word]
+    except ValueError:  # an unclosed quote
+        whole = False
+    return word if whole else shlex.quote(word)
+
+
+def command_words(command: str) -> list[str]:
+    """The words of `command`, as `command_line` holds them; one held before words were quoted
+    (the head of an older saved config) that a shell would not read (an unclosed quote), split at
+    blanks, as it was written."""
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
 
 
 def shown(value: object) -> str:
@@ -187,7 +212,7 @@ def shown(value: object) -> str:
 
 def running_stage(command: str) -> str:
     """The stage a command runs: its last `stage=` word, else every stage (`all`)."""
-    words = [w for w in command.split() if override_key(w) == "stage" and "=" in w]
+    words = [w for w in command_words(command) if override_key(w) == "stage" and "=" in w]
     return words[-1].partition("=")[2] if words else "all"
 
 
@@ -203,7 +228,7 @@ def as_typed(command: str) -> str:
     anything a shell reads as more than itself (a list's or glob's `[ ] * ?`, which zsh refuses
     unmatched, `{ }`, `$` of `${iter}` that the config resolves per iteration, a space, a
     quote) single-quoted whole, and an override's empty value as `key=''`."""
-    return " ".join(typed_word(w) for w in command.split())
+    return " ".join(typed_word(w) for w in command_words(command))
 
 
 def typed_word(word: str) -> str:

@@ -13,6 +13,11 @@ from src.core.errors import EnvironmentFailure, StageError
 
 ADAPTER_CONFIG = "adapter_config.json"  # what peft saves beside a LoRA adapter's weights
 CARD = "README.md"  # a checkpoint's model card: rewritten after training, so never sealed
+# a tiny model's build record (src/tiny/models.py): where and how it was built, rewritten where
+# its folder moves, so no part of the model
+TINY_BUILD = "tiny_build.json"
+# the files of a model folder a model is loaded from: weights, configs, tokenizer, chat template
+MODEL_FILES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
 
 
 def require_loadable(path: str, revision: str | None, key: str = "model.path") -> None:
@@ -161,15 +166,16 @@ def end_of_turn_ids(path: str, tokenizer) -> list[int]:
 
 
 def weights_signature(path: str, revision: str | None) -> str:
-    """What identifies the weights at `path`: for a local folder its files' sizes and modification
-    times (a retrained or rebuilt model gets new answers, a rebuilt judge new judgments); for a
-    hub id, the id and revision."""
+    """What identifies the model at `path`: for a local folder the content of the files it is
+    loaded from (MODEL_FILES), by name — a retrained or rebuilt model gets new answers, a rebuilt
+    judge new judgments, while a folder moved or copied (a clone renamed, a run copied to another
+    clone) or files written again as they were keep theirs; for a hub id, the id and revision.
+    A checkpoint's files were hashed as the stage checked it (`checkpoint_damage`): not read
+    again."""
     folder = Path(path)
     if not folder.is_dir():
         return f"{path}@{revision or 'main'}"
-    stats = sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in folder.iterdir()
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".model")
-    )
-    return hashlib.sha256(json.dumps([str(folder.resolve()), stats]).encode()).hexdigest()
+    files = [f for f in sorted(folder.iterdir())
+             if f.is_file() and f.suffix in MODEL_FILES and f.name != TINY_BUILD]  # fmt: skip
+    digests = files_sha256(files)
+    return hashlib.sha256(json.dumps([[f.name, digests[f]] for f in files]).encode()).hexdigest()

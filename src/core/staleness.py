@@ -268,7 +268,8 @@ CLONE_LINE = "# repo: "
 
 def save_config(folder: Path, resolved: str, command: str) -> None:
     """The resolved config (YAML) beside a stage's output in `folder`, headed by the command that
-    made it and the clone it ran from: what `saved_config` reads back."""
+    made it (as `command_line` holds it: `command_words` reads its words back) and the clone it
+    ran from: what `saved_config` reads back."""
     atomic_write_text(folder / SAVED_CONFIG, f"# {command}\n{CLONE_LINE}{REPO_ROOT}\n{resolved}")
 
 

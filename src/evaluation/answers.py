@@ -9,10 +9,11 @@ answers live outside the iteration directories, in a cache keyed by what they de
         answers-shard000-of-001.jsonl                      every answer, once all are made
         done.json                                          written last
 
-The identity covers the weights (a local model's weight files, sizes and modification times; a
-hub model's id and revision), the instructions and the decoding settings, so a retrained
-checkpoint or another eval set never reuses stale answers, and two runs needing the same answers
-share them (chunk writes are atomic: two writers of one chunk write the same thing).
+The identity covers the model (a local model's files by content, wherever its folder lies; a hub
+model's id and revision: `weights_signature`), the instructions and the decoding settings, so a
+retrained checkpoint or another eval set never reuses stale answers, two runs needing the same
+answers share them (chunk writes are atomic: two writers of one chunk write the same thing), and
+a clone renamed, or a runs root copied to another clone, reuses its answers.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Answerer:
 
     label: str  # the `generator` name in AlpacaEval exports
     path: str
-    weights: str  # what the path holds: its weight files' sizes and times, or a hub id@revision
+    weights: str  # what identifies its model: `weights_signature`
 
 
 @dataclass

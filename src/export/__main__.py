@@ -30,7 +30,13 @@ from pathlib import Path
 
 from src.config import ConfigError, compose
 from src.config.cli import MAIN, ArgumentParser, exit_with, failure_line, failures
-from src.core.errors import EnvironmentFailure, StageError, override_key, without_keys
+from src.core.errors import (
+    EnvironmentFailure,
+    StageError,
+    command_line,
+    override_key,
+    without_keys,
+)
 from src.core.locks import writing
 from src.export.folders import (
     FOLDERS,
@@ -121,11 +127,11 @@ def main(argv: list[str] | None = None) -> None:
         help="replace whatever is in the way (by default only this run's own earlier export)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m src.main")
-    own_command = " ".join(["python -m src.export", *words])
+    own_command = command_line("python -m src.export", words)
     with failures(own_command):
         args = parser.parse_intermixed_args(words)
     # what fixes an export is making the stages it reads: the pipeline's command, same overrides
-    command = " ".join([MAIN, *args.overrides])
+    command = command_line(MAIN, args.overrides)
     # a folder it cannot write is --out's to move, by default under paths.root: moving the
     # root would leave the run behind
     with failures(command, where="--out"):

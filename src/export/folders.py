@@ -165,8 +165,7 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
         raise ExportError(f"{stage_dir} is not finished (no done.json); make it first", finish)
     state = saved_state(cfg.as_tree(), stage)
     if state is not None and state.status == "stale":
-        why = "; ".join(state.changed) or "its record is not its saved config's"
-        said = f"{stage_dir} is stale ({why}): redo it before exporting it"
+        said = f"{stage_dir} is stale ({state.why}): redo it before exporting it"
         fix = redo_for(state, cfg.iter)
         if isinstance(fix, RedoStale):  # the cause is an earlier iteration's, made with settings
             # the export's overrides need not carry: the lineage's own command redoes it

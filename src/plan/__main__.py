@@ -17,12 +17,13 @@ import sys
 
 from src.config import compose, showing_unset_required
 from src.config.cli import failures
+from src.core.errors import command_line
 from src.plan.stages import plan_text
 
 
 def main(argv: list[str] | None = None) -> None:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    with failures(" ".join(["python -m src.plan", *overrides]), overrides):
+    with failures(command_line("python -m src.plan", overrides), overrides):
         with showing_unset_required() as unset:  # a required file: planned without it
             cfg = compose(overrides)
             text = plan_text(cfg, overrides=overrides)  # which composes its remedies alike

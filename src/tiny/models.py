@@ -43,13 +43,15 @@ import torch
 from filelock import FileLock
 
 from src.core.artifacts import atomic_write_text, share
+from src.core.policy import TINY_BUILD
 from src.tiny import architectures, chat_judge, teach, toy
 from src.tiny.names import PIPELINE_NAMES, TINY_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "tiny"
 DATA_DIR = REPO_ROOT / "data"
-RECORD = "tiny_build.json"  # written last: a folder without it (or with a stale one) is rebuilt
+# written last: a folder without it (or with a stale one) is rebuilt
+RECORD = TINY_BUILD
 # the code a tiny model is made by: a change to any of it rebuilds every tiny model
 BUILT_BY = (
     "tiny/models.py",

@@ -35,7 +35,7 @@ from typing import Any
 
 from src.config.cli import ArgumentParser, failures
 from src.core.artifacts import atomic_path, read_jsonl, temporaries
-from src.core.errors import StageError
+from src.core.errors import StageError, command_line
 from src.core.locks import writing
 from src.training.data import checked_pair, parquet_rows
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="the dataset's .parquet or .jsonl")
     parser.add_argument("--out", type=Path, required=True, help="the pairs file (.jsonl)")
     words = sys.argv[1:] if argv is None else argv
-    command = " ".join(["python -m src.training.published_pairs", *words])
+    command = command_line("python -m src.training.published_pairs", words)
     with failures(command, where="--out"):
         args = parser.parse_args(words)
         if args.out.suffix != ".jsonl":

@@ -13,8 +13,11 @@ from src.core.errors import (
     StageError,
     as_typed,
     blamed,
+    command_line,
+    command_words,
     describe,
     running_stage,
+    with_overrides,
 )
 from src.core.registry import Stage
 
@@ -93,6 +96,24 @@ def test_a_suggested_command_quotes_each_word_a_shell_would_read_as_more_than_it
     line = as_typed(f"python -m src.main iter=2 {word}")
     assert line == f"python -m src.main iter=2 {typed}"
     assert shlex.split(line)[-1] == word
+
+
+def test_a_value_with_a_blank_stays_one_word_through_a_fix_and_the_suggested_command():
+    """A command held by `command_line`: its fix set (`with_overrides`), its stage read
+    (`running_stage`) and its line typed (`as_typed`) each see a value holding a blank as one
+    word."""
+    command = command_line("python -m src.main", ["stage=eval", "eval.llm_judge.system_turn=a b"])
+    fixed = with_overrides(command, "iter=2 pipeline.redo=[eval]")
+    assert command_words(fixed)[3:] == [
+        "stage=eval", "eval.llm_judge.system_turn=a b", "iter=2", "pipeline.redo=[eval]"
+    ]  # fmt: skip
+    assert running_stage(fixed) == "eval"
+    assert as_typed(fixed) == (
+        "python -m src.main stage=eval 'eval.llm_judge.system_turn=a b' iter=2 "
+        "'pipeline.redo=[eval]'"
+    )
+    plain = command_line("python -m src.main", ["iter=2", "pipeline.redo=[eval]"])
+    assert plain == "python -m src.main iter=2 pipeline.redo=[eval]", "held as typed when it can"
 
 
 def refused_in_tiny_dir(filename: str | None) -> None:

@@ -484,6 +484,19 @@ def test_the_remedy_of_a_stale_stage_is_chosen_by_the_kinds_and_keys_of_its_chan
     assert schedule.refusal_of(StageState(stage, "stale", changes)) == kind
 
 
+def test_an_eval_of_a_checkpoint_trained_again_is_refused_in_the_words_every_command_uses():
+    """src.main's refusal says why the eval is stale as src.status, src.compare, the card and
+    src.export say it (`StageState.why`), then its redo."""
+    cfg = compose_cfg("model=tiny-mistral", "logger=none", "iter=1", "stage=eval")
+    state = StageState(Stage.eval, "stale", [AFTER])
+    refused = schedule.refused(cfg, state)
+    assert str(refused) == (
+        f"{cfg.stage_dir(Stage.eval)} is stale ({state.why}); to evaluate the checkpoint as it "
+        "is now"
+    )
+    assert refused.overrides("eval") == "iter=1 pipeline.redo=[eval]"
+
+
 def test_another_experiment_is_offered_a_lineage_of_its_own_then_the_redo_it_would_make():
     """The engine set otherwise than a finished iteration's: the fix is a run name of its own,
     the redo is named second with what it replaces; a setting of the same experiment (the

@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.config import REPO_ROOT
+from src.core.staleness import TRAINED_AFTER
 from src.evaluation.winrate import GLM
 from tests.support.helpers import (
     SMALL,
@@ -26,6 +27,8 @@ from tests.support.helpers import (
 )
 
 EVAL_SET = REPO_ROOT / "data" / "prompts" / "eval.json"
+# why an eval of iteration 1's checkpoint trained again since is stale, in every command's words
+TRAINED = f"iteration 1's checkpoint {TRAINED_AFTER}"
 EXPORT_KEYS = {"instruction", "output", "generator", "dataset"}
 
 
@@ -396,17 +399,14 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     refused = cli(root, "iter=1", "stage=eval")
     line = one_line_failure(refused, 1)
-    assert line.startswith(f"error: {eval_dir(root)} evaluated iteration 1's checkpoint before "
-                           "it was trained again"), line  # fmt: skip
+    assert line.startswith(f"error: {eval_dir(root)} is stale ({TRAINED}); to evaluate"), line
     assert "pipeline.redo=[eval]" in line
     card = eval_dir(root).parent / "train" / "checkpoint" / "README.md"
     assert "Against `" not in card.read_text(), "no eval of the checkpoint as it is now"
     compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
     assert compared.returncode == 0, compared.stderr[-3000:]
     for stale in (eval_dir(root), *sides):  # the base eval too
-        assert f"[compare] {stale}: iteration 1's checkpoint was trained again after this eval" in (
-            compared.stderr
-        )
+        assert f"[compare] {stale}: {TRAINED}, left out" in compared.stderr
     header = (tmp_path / "compare" / "compare.csv").read_text().splitlines()[0]
     assert "[vs-" not in header and "eval_win_rate" not in header
 
@@ -423,7 +423,7 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     redone = cli(root, "iter=1", "stage=eval", "pipeline.redo_stale=true")
     assert redone.returncode == 0, redone.stderr[-3000:]
     for side in sides:
-        assert f"[main] {side}: made before this checkpoint was trained again" in redone.stderr
+        assert f"[main] {side}: stale ({TRAINED}): redoing it" in redone.stderr
     assert (f"[main] {broken}: its eval settings do not compose now (unknown config key "
             "'eval.no_such_key'") in redone.stderr  # fmt: skip
     assert f"[main] {renamed}" not in redone.stderr

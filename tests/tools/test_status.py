@@ -9,12 +9,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from src.config import REPO_ROOT, Stage, to_yaml
-from src.core.errors import StageError
+from src.core.errors import StageError, as_typed, command_line
 from src.core.fingerprints import stage_fingerprint
 from src.core.records import Finished, read_record, write_record
 from src.core.staleness import save_config
@@ -94,6 +95,25 @@ def test_an_evaluated_lineage_is_judged_with_its_evals_whatever_its_newest_comma
     (run / "iter1" / "eval" / "done.json").write_text("{}")
     words, _ = last_command(run, tmp_path)
     assert words == [*newest, "eval.enabled=true", f"paths.root={tmp_path}"]
+
+
+def test_a_saved_command_is_read_back_word_for_word_a_value_with_a_blank_whole(tmp_path):
+    """The head of a saved config is written by `command_line` and read by its inverse: a value
+    holding a blank (or a quote) is one word, quoted back as one; a head written before words
+    were quoted reads as it was written."""
+    from src.config.cli import last_command
+
+    run = tmp_path / "m" / "sppo" / "r"
+    train = run / "iter1" / "train"
+    train.mkdir(parents=True)
+    words = ["model=m", "iter=1", "eval.llm_judge.system_turn=be fair", "run_name=it's"]
+    save_config(train, "iter: 1\n", command_line(MAIN, words))
+    assert last_command(run, tmp_path)[0] == [*words, f"paths.root={tmp_path}"]
+    assert as_typed(command_line(MAIN, words)).endswith(
+        " 'eval.llm_judge.system_turn=be fair' 'run_name=it'\"'\"'s'"
+    )
+    (train / "config.yaml").write_text(f"# {MAIN} model=m iter=1 run_name=it's\n")
+    assert last_command(run, tmp_path)[0] == [*words[:2], words[3], f"paths.root={tmp_path}"]
 
 
 def test_a_bad_override_is_one_line_and_exit_2(capsys):
@@ -219,10 +239,15 @@ def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_co
                                                                     "train")}  # fmt: skip
 
 
-def test_the_base_models_eval_is_no_iteration_of_its_lineage_to_judge(tmp_path, monkeypatch):
+def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others(
+    tmp_path, monkeypatch
+):
     """iter0/eval, the base model's own eval (`stage=eval iter=0`): a lineage with it alone is
-    none to bring up to date, and one with iterations is judged by their command, even where the
-    base model's eval ran last."""
+    none to bring up to date; one with iterations is judged by their command, even where the base
+    model's eval ran last, and shows it as iteration 0, eval alone, in text and JSON: stale where
+    that command's settings differ from those it was made with, its redo the command once the
+    iterations are up to date; judged by its own saved config where the command does not
+    compose."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
 
     def finished(command: str) -> None:
@@ -232,14 +257,30 @@ def test_the_base_models_eval_is_no_iteration_of_its_lineage_to_judge(tmp_path, 
             write_record(cfg.stage_dir(stage),
                          Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {}))  # fmt: skip
 
-    base = f"{MAIN} logger=none stage=eval iter=0"
+    base = f"{MAIN} logger=none stage=eval iter=0 eval.temperature=0.5"
     finished(base)
     assert status([]).lineages == []
     finished(f"{MAIN} logger=none iter=1")
     finished(base)
-    (found,) = status([]).lineages
-    assert found.judged_as == f"{MAIN} logger=none iter=1" and found.command is None
-    assert [row.iter for row in found.iterations] == [1]
+    found = status([])
+    (lineage,) = found.lineages
+    assert lineage.judged_as == f"{MAIN} logger=none iter=1"
+    assert [row.iter for row in lineage.iterations] == [0, 1]
+    stale = Cell("stale", "eval.temperature: 0.5 -> 0.0")
+    assert lineage.iterations[0].stages == {"eval": stale}
+    assert lineage.command == f"{MAIN} logger=none iter=0 stage=eval 'pipeline.redo=[eval]'"
+    assert "  0     -            -            -            -            stale [1]" in (
+        as_text(found).splitlines()
+    )
+    (shown,) = json.loads(json.dumps(asdict(found)))["lineages"]
+    assert shown["iterations"][0] == {"iter": 0, "stages": {"eval": asdict(stale)}}
+
+    (run_dir,) = tmp_path.glob("*/*/*")
+    for saved in run_dir.glob("iter1/*/config.yaml"):  # a command that does not compose now
+        saved.write_text(f"# {MAIN} method=nope iter=1\n" + saved.read_text().split("\n", 1)[1])
+    (lineage,) = status([]).lineages
+    assert lineage.judged_as is None
+    assert lineage.iterations[0].stages == {"eval": Cell("finished")}, "as it was made"
 
 
 @slow

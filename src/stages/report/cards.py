@@ -174,8 +174,7 @@ def evaluations(cfg: Config, writing: Path | None = None) -> list[dict]:
             if read_record(folder) is None:
                 continue
             if state is not None and state.status != "done":
-                why = "; ".join(state.changed) or "made under another config"
-                print(f"[card] {folder}: stale ({why}), left out of the model card",
+                print(f"[card] {folder}: stale ({state.why}), left out of the model card",
                       file=sys.stderr)  # fmt: skip
                 continue
         found.append(read_json(report, StageError, Redo(Stage.eval, cfg.iter)))

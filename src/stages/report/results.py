@@ -143,33 +143,29 @@ def dig(tree: Any, dotted: str) -> Any:
     return tree
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON object file's content; None when it is absent, or malformed (with a warning)."""
+# What a file read here is parsed with, and what its content must be, by its format (a stage's
+# JSON files; a saved config.yaml)
+FORMATS = {
+    "JSON": (json.loads, "a JSON {}, expected an object"),
+    "YAML": (yaml.safe_load, "YAML {}, expected a mapping of config keys"),
+}
+
+
+def read_mapping(path: Path, form: str = "JSON") -> dict | None:
+    """The object (the mapping) a file of format `form` holds (FORMATS); None when it is absent,
+    or malformed (with a warning)."""
     if not path.is_file():
         return None
+    parse, expected = FORMATS[form]
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        warn(f"{path}: malformed JSON ({one_line(err)}); skipped")
+        obj = parse(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
+        warn(f"{path}: malformed {form} ({one_line(err)}); skipped")
         return None
     if not isinstance(obj, dict):
-        warn(f"{path}: a JSON {type(obj).__name__}, expected an object; skipped")
+        warn(f"{path}: {expected.format(type(obj).__name__)}; skipped")
         return None
     return obj
-
-
-def read_config(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        warn(f"{path}: malformed YAML ({one_line(err)}); skipped")
-        return None
-    if not isinstance(cfg, dict):
-        warn(f"{path}: YAML {type(cfg).__name__}, expected a mapping of config keys; skipped")
-        return None
-    return cfg
 
 
 def finished_stage(stage_dir: Path) -> Record | None:
@@ -177,13 +173,13 @@ def finished_stage(stage_dir: Path) -> Record | None:
     one, else the counts of its done.json (rank, pairs, generate write no metrics.json yet). Its
     done.json is read as JSON here, with a warning where it is not, and checked as the one
     reader of records checks it (`record_problem`, src/core/records.py)."""
-    done = read_json(stage_dir / RECORD)
+    done = read_mapping(stage_dir / RECORD)
     if done is None:
         return None
     if problem := record_problem(done):
         warn(f"{stage_dir / RECORD}: {problem}; skipped")
         return None
-    metrics = read_json(stage_dir / "metrics.json")
+    metrics = read_mapping(stage_dir / "metrics.json")
     if metrics is not None:
         record = Record(metrics, str(stage_dir / "metrics.json"))
     else:
@@ -311,7 +307,9 @@ def read_iteration(layout: RunLayout, t: int) -> Iteration:
     row: dict[str, Any] = {"model": run_dir.parent.parent.name, "method": run_dir.parent.name,
                            "run_name": run_dir.name, "iter": t}  # fmt: skip
     # Each stage saves the config it ran with; train's comes first, as only train uses the lr.
-    configs = (read_config(layout.stage_dir_in(t, s) / SAVED_CONFIG) for s in reversed(STAGES))
+    configs = (
+        read_mapping(layout.stage_dir_in(t, s) / SAVED_CONFIG, "YAML") for s in reversed(STAGES)
+    )
     cfg = next((c for c in configs if c is not None), {})
     row.update(own_hparam({col: dig(cfg, key) for col, key in HPARAMS.items()}))
     made = ((s, layout.stage_dir_in(t, s)) for s in STAGES)
@@ -342,28 +340,28 @@ def standing(folder: Path, run_dir: Path) -> bool:
     are left out: a row never shows a stale stage's figures as the lineage's."""
     why = outdated(RunLayout(run_dir).parse(folder).stage, folder, run_dir)
     if why:
-        print(f"[compare] {folder}: {'; '.join(why)}, left out (pipeline.redo_stale=true "
+        print(f"[compare] {folder}: {why}, left out (pipeline.redo_stale=true "
               "makes it again)", file=sys.stderr)  # fmt: skip
     return not why
 
 
-def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> list[str]:
+def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> str | None:
     """Why a finished stage's figures (run `run_dir`'s) are not those of its iteration as its
     lineage stands now, judged by the config it was made with
     (`saved_state`: the checkpoint trained again after an eval, a file it read changed since, an
-    earlier iteration it descends from stale). Its config keys may differ from today's: its row
-    shows those it ran with."""
+    earlier iteration it descends from stale), in the words of `StageState.why`; None: they
+    are. Its config keys may differ from today's: its row shows those it ran with."""
     here = {"run": {"dir": str(run_dir)}, "paths": {"root": str(run_dir.parents[2])}}
     try:
         state = saved_state(here, stage, stage_dir)
     except OmegaConfBaseException:  # a saved config that is YAML but no config: named where
-        return []  # the row reads it (one that is not YAML is read as none saved)
+        return None  # the row reads it (one that is not YAML is read as none saved)
     except StageError as err:  # a record on its way damaged: not the figures of a known lineage
-        return [str(err)]
-    return list(state.changed) if state is not None and state.has(*READ_CHANGED) else []
+        return str(err)
+    return state.why if state is not None and state.has(*READ_CHANGED) else None
 
 
 def eval_record(eval_dir: Path, done: Record) -> Record:
     """An eval's eval.json, else (an older eval, or a malformed eval.json) its metrics."""
-    evaluation = read_json(eval_dir / "eval.json")
+    evaluation = read_mapping(eval_dir / "eval.json")
     return Record(evaluation, str(eval_dir / "eval.json")) if evaluation else done

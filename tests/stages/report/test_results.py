@@ -19,3 +19,21 @@ def test_a_stage_whose_record_was_edited_gives_no_figures_with_one_warning(tmp_p
     assert finished_stage(stage_dir) is None
     said = f"warning: {done}: its content does not match its sha256; skipped\n"
     assert capsys.readouterr().err == said
+
+
+def test_a_malformed_json_or_yaml_file_is_named_with_its_format_and_skipped(tmp_path, capsys):
+    """A stage's JSON file and a saved config.yaml are read alike: absent, malformed or not a
+    mapping, none, with one warning naming the file and what is wrong."""
+    from src.stages.report.results import read_mapping
+
+    assert read_mapping(tmp_path / "absent.json") is None
+    cases = [("a.json", "JSON", "[1, 2]", "a JSON list, expected an object"),
+             ("b.json", "JSON", '{"a": [', "malformed JSON ("),
+             ("config.yaml", "YAML", "- 1\n", "YAML list, expected a mapping of config keys"),
+             ("bad.yaml", "YAML", "method: [unclosed\n", "malformed YAML (")]  # fmt: skip
+    for name, form, text, problem in cases:
+        (tmp_path / name).write_text(text)
+        assert read_mapping(tmp_path / name, form) is None
+        assert capsys.readouterr().err.startswith(f"warning: {tmp_path / name}: {problem}")
+    (tmp_path / "c.yaml").write_text("iter: 1\n")
+    assert read_mapping(tmp_path / "c.yaml", "YAML") == {"iter": 1}
