@@ -2,7 +2,8 @@
 
 Each stage of an iteration is a W&B run of its own (src/stages/report/tracking.py), holding that
 stage's numbers; none of them draws win rate against iteration. So every lineage also has one curve
-run (job_type `curves`, name `<run_name>`, a deterministic id), written by every command of it, on
+run (job_type `curves`, a deterministic id; named by what its sweep varies, `method.eta=10`,
+else `<run_name>`: `curve_name`), written by every command of it, on
 its rank-0 process, once the iteration's stages it ran are done; by a command that ran none (a sweep
 point already finished, a lineage made with `logger=none`) from its records, tagged `reused`. It
 logs one row per iteration with `iteration` as the step metric (`define_metric`), holding the
@@ -91,13 +92,33 @@ def sweep_of(cfg: Config) -> tuple[str | None, list[str]]:
     return sweep, swept
 
 
+def swept_values(cfg: Config, swept: list[str]) -> dict[str, Any]:
+    """The lineage's value of each key its sweep varies (`sweep_of`), by key."""
+    tree = cfg.as_tree()
+    return {key: lookup(tree, key) for key in swept}
+
+
 def curve_config(cfg: Config, sweep: str | None, swept: list[str]) -> dict[str, Any]:
     """The stage runs' flat keys (eta, beta, lr, K, method, model) with the sweep's name and the
-    values it sweeps (`sweep_of`), so that W&B colours the points of a sweep by them."""
-    tree = cfg.as_tree()
+    values it sweeps, so that W&B colours the points of a sweep by them."""
     named = {"stage": JOB_TYPE, "lineage": lineage(cfg), "sweep": sweep,
              "run_name": cfg.run_name}  # fmt: skip
-    return flat_config(cfg) | named | {key: lookup(tree, key) for key in swept}
+    return flat_config(cfg) | named | swept_values(cfg, swept)
+
+
+def curve_name(cfg: Config, swept: list[str]) -> str:
+    """The curve run's display name: a sweep's point by the values it sweeps, written as the
+    sweep's overrides write them (`method.eta=10`: a number as the run directory's name writes
+    it, a config group by the option chosen), so that W&B's run list names each point by what
+    varies; a lineage no sweep ran (or a sweep of one point) by its run_name."""
+    if not swept:
+        return cfg.run_name
+    shown = []
+    for key, value in swept_values(cfg, swept).items():
+        if isinstance(value, dict):  # a config group (model, method): the option's name
+            value = value.get("name")
+        shown.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(shown)
 
 
 def log_curve(cfg: Config, reused: bool = False) -> None:
@@ -115,7 +136,7 @@ def log_curve(cfg: Config, reused: bool = False) -> None:
         entity=log.entity,
         group=sweep or lineage(cfg),
         job_type=JOB_TYPE,
-        name=cfg.run_name,
+        name=curve_name(cfg, swept),
         id=curve_id(cfg),
         resume="allow",
         tags=[*log.tags, cfg.method.name.value, cfg.model.name, *(["reused"] if reused else [])],

@@ -172,15 +172,31 @@ def test_a_lineage_a_sweep_ran_keeps_its_curve_run_in_the_sweeps_group(tmp_path,
         ended_records(run_file.parent)
     # the runs' folders are named by the second they started: three runs of one second are in
     # no order
-    segments = sorted(((r.header["run_group"], r.summary["config"]) for r in offline_runs(tmp_path)),
-                      key=lambda segment: segment[0])  # fmt: skip
+    segments = sorted(((r.header["run_group"], r.summary["config"], r.summary["name"])
+                       for r in offline_runs(tmp_path)), key=lambda segment: segment[0])  # fmt: skip
     lineage = "tiny-mistral/sppo/" + segments[0][1]["run_name"]
-    assert [(group, config["sweep"], config.get("method.eta")) for group, config in segments] == [
-        ("eta-tiny", "eta-tiny", 10),
-        ("eta-tiny", "eta-tiny", 10),
-        ("tiny-mistral/sppo/alone", None, None),
-    ]
+    # named by what the sweep varies, the lineage no sweep ran by its run_name
+    assert [(group, config["sweep"], config.get("method.eta"), name)
+            for group, config, name in segments] == [
+        ("eta-tiny", "eta-tiny", 10, "method.eta=10"),
+        ("eta-tiny", "eta-tiny", 10, "method.eta=10"),
+        ("tiny-mistral/sppo/alone", None, None, "alone"),
+    ]  # fmt: skip
     assert segments[0][1]["lineage"] == segments[1][1]["lineage"] == lineage
+
+
+def test_a_sweeps_point_is_named_by_the_values_it_sweeps_as_its_overrides_write_them():
+    """W&B's run list names a sweep's curve runs by what varies between them, each value as the
+    sweep's override writes it (a number as in the run's directory name, a config group by the
+    option chosen); a lineage no sweep varies keeps its run_name."""
+    from src.stages.report.curves import curve_name
+    from tests.support.helpers import compose_cfg
+
+    cfg = compose_cfg("model=tiny-mistral", "method.eta=10", "training.learning_rate=2.5e-7")
+    assert curve_name(cfg, ["method.eta"]) == "method.eta=10"
+    assert (curve_name(cfg, ["training.learning_rate", "method.K", "model"])
+            == "training.learning_rate=2.5e-07 method.K=5 model=tiny-mistral")  # fmt: skip
+    assert curve_name(cfg, []) == cfg.run_name == "eta10-lr2.5e-07-K5"
 
 
 @pytest.mark.parametrize("text", ["{not json", '["eta-tiny"]', '{"sweep": "", "swept": []}',
