@@ -103,6 +103,8 @@ def status(overrides: list[str]) -> Status:
     cfg = validate(compose_tree(overrides))  # a bad override refused as src.main refuses it
     root = Path(cfg.paths.root)
     words = without_keys(overrides, *ONE_RUN)
+    if cfg.iter == 0:  # the base model's eval: shown as its lineage's row 0, the lineage judged
+        words = without_keys(words, "iter")  # as a whole (iter=0 alone composes with stage=eval)
     if without_keys(words, "paths.root"):
         return Status(str(root), [judged(Path(cfg.run.dir), root, words)])
     return Status(str(root), [of_root(run_dir, root) for run_dir in lineages(root)])

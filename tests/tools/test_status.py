@@ -274,6 +274,8 @@ def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others
     )
     (shown,) = json.loads(json.dumps(asdict(found)))["lineages"]
     assert shown["iterations"][0] == {"iter": 0, "stages": {"eval": asdict(stale)}}
+    # named by the command that made it: the same lineage
+    assert status(["logger=none", "stage=eval", "iter=0"]).lineages == [lineage]
 
     (run_dir,) = tmp_path.glob("*/*/*")
     for saved in run_dir.glob("iter1/*/config.yaml"):  # a command that does not compose now
