@@ -258,57 +258,6 @@ def test_compare_names_out_when_the_file_system_is_read_only(tmp_path, monkeypat
     )
 
 
-@pytest.mark.parametrize("made", [False, True], ids=["out-to-make", "out-made-its-lock-refused"])
-def test_export_names_the_folder_above_out_it_cannot_write(tmp_path, monkeypatch, capsys, made):
-    from src.export.__main__ import main
-
-    read_only = tmp_path / "read-only"
-    out = read_only / "out"
-    (out if made else read_only).mkdir(parents=True)
-    mkdir = Path.mkdir
-
-    def refused_there(self, *args, **kwargs):
-        if self.parent == read_only and not self.exists():
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
-        return mkdir(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", refused_there)
-    with pytest.raises(SystemExit) as exit_:
-        main(["model=tiny-mistral", f"paths.root={tmp_path / 'runs'}", "--out", str(out)])
-    assert exit_.value.code == 3
-    assert capsys.readouterr().err == (
-        f"error: --out {out}: the folder above it, {read_only}, cannot be written "
-        f"({os.strerror(errno.EROFS)}): an export makes --out and its lock (.locks/) there; "
-        "point --out into a folder you can write to\n"
-    )
-
-
-def test_export_to_a_read_only_run_root_points_out_elsewhere(tmp_path, monkeypatch, capsys):
-    """Without --out the export's folder is under the run (<run.dir>/export/iter<t>): where the
-    run root cannot be written, the fix is --out; a paths.root moved elsewhere would leave the
-    run behind. Read-only as a mount makes it, whoever runs the test (root too)."""
-    from src.export.__main__ import main
-    from tests.support.helpers import compose_cfg
-
-    root = tmp_path / "runs"
-    mkdir = Path.mkdir
-
-    def read_only(self, *args, **kwargs):
-        if self == root or root in self.parents:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
-        return mkdir(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", read_only)
-    with pytest.raises(SystemExit) as exit_:
-        main(["model=tiny-mistral", f"paths.root={root}", "iter=1"])
-    assert exit_.value.code == 3
-    out = compose_cfg("model=tiny-mistral", f"paths.root={root}").layout.export_dir(1)
-    assert capsys.readouterr().err == (
-        f"error: {os.strerror(errno.EROFS)}: {out}; the file system is read-only: point --out "
-        "at a writable folder\n"
-    )
-
-
 def trained(root: Path) -> Path:
     """A finished training of iteration 1 (run_name=r), as the export reads it."""
     train = root / "tiny-mistral" / "sppo" / "r" / "iter1" / "train"

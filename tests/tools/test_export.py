@@ -6,6 +6,7 @@ replaces only its own export of the same run and iteration, leaving no `.partial
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -602,3 +603,60 @@ def test_what_a_kill_between_the_two_renames_left_is_cleared_by_the_next_export(
     assert again.returncode == 0, again.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
     assert whole(tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    "made_out", [False, True], ids=["out-to-make", "out-made-its-lock-refused"]
+)
+def test_export_names_the_folder_above_out_it_cannot_write(
+    lineage, tmp_path, monkeypatch, capsys, made_out
+):
+    """Its stages judged finished, the export makes --out and its lock: where the folder above
+    cannot be written, that folder is named."""
+    from src.export.__main__ import main
+
+    read_only = tmp_path / "read-only"
+    out = read_only / "out"
+    (out if made_out else read_only).mkdir(parents=True)
+    mkdir = Path.mkdir
+
+    def refused_there(self, *args, **kwargs):
+        if self.parent == read_only and not self.exists():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refused_there)
+    with pytest.raises(SystemExit) as exit_:
+        main([*export_words(lineage), "iter=1", "--out", str(out)])
+    assert exit_.value.code == 3
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: the folder above it, {read_only}, cannot be written "
+        f"({os.strerror(errno.EROFS)}): an export makes --out and its lock (.locks/) there; "
+        "point --out into a folder you can write to\n"
+    )
+
+
+def test_export_to_a_read_only_run_root_points_out_elsewhere(lineage, monkeypatch, capsys):
+    """Without --out the export's folder is under the run (<run.dir>/export/iter<t>): where the
+    run root cannot be written, the fix is --out; a paths.root moved elsewhere would leave the
+    run behind. Read-only as a mount makes it, whoever runs the test (root too)."""
+    from src.export.__main__ import main
+    from tests.support.helpers import compose_cfg
+
+    root = lineage.parents[2]
+    mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self == root or root in self.parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(SystemExit) as exit_:
+        main([*export_words(lineage), "iter=1"])
+    assert exit_.value.code == 3
+    out = compose_cfg(*export_words(lineage)).layout.export_dir(1)
+    assert capsys.readouterr().err == (
+        f"error: {os.strerror(errno.EROFS)}: {out}; the file system is read-only: point --out "
+        "at a writable folder\n"
+    )
