@@ -27,7 +27,14 @@ from pathlib import Path
 from src.config import Config, Stage
 from src.config.cli import MAIN, last_command
 from src.core.artifacts import atomic_write_json, remove, sync_directory
-from src.core.errors import Redo, RedoStale, StageError, as_typed, set_overrides
+from src.core.errors import (
+    Redo,
+    RedoStale,
+    StageError,
+    as_typed,
+    command_line,
+    set_overrides,
+)
 from src.core.fingerprints import read_upstream
 from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
@@ -182,7 +189,7 @@ def lineage_redo(cfg: Config) -> str:
     if words is None:
         return "`python -m src.status` names the command that brings its lineage up to date"
     redo = set_overrides(words, [f"iter={cfg.iter}", RedoStale().overrides()])
-    return f"run `{as_typed(' '.join([MAIN, *redo]))}`"
+    return f"run `{as_typed(command_line(MAIN, redo))}`"
 
 
 def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:
