@@ -49,6 +49,7 @@ from src.config.cli import (
 )
 from src.core import locks
 from src.core.errors import (
+    RedoStale,
     StageError,
     as_typed,
     command_line,
@@ -63,6 +64,7 @@ from src.core.registry import STAGES
 from src.core.staleness import StageState, saved_state, state_of
 
 WIDTH = 100  # of the text's wrapped lines
+SIDE = f"{Stage.eval.value}/"  # an eval beside the base model's, by its folder: eval/vs-<name>
 COLUMN = 13  # a stage's column: "running [12]"
 
 
@@ -184,7 +186,10 @@ def configs_of(raw: DictConfig) -> Callable[[int], Config]:
 
 
 def cells_of(cfg: Config) -> dict[str, Cell]:
-    """Each stage of `cfg`'s iteration judged by `cfg`, as src.main judges it."""
+    """Each stage of `cfg`'s iteration judged by `cfg`, as src.main judges it; then each eval
+    beside the base model's (`eval/vs-<name>`), as `pipeline.redo_stale` judges it."""
+    from src.schedule import side_evals
+
     tree, asked = cfg.as_tree(), cfg.stages()
     cells = {}
     for stage in STAGES:
@@ -192,6 +197,11 @@ def cells_of(cfg: Config) -> dict[str, Cell]:
         cell = stage_cell(cfg.stage_dir(stage), stage in asked, judge)
         if cell is not None:
             cells[stage.value] = cell
+    for side in side_evals(cfg):  # beside the base model's: each by the settings it was made with
+        folder, tree = side.stage_dir(Stage.eval), side.as_tree()
+        cell = stage_cell(folder, False, lambda tree=tree: state_of(tree, Stage.eval))
+        if cell is not None:
+            cells[SIDE + folder.name] = cell
     return cells
 
 
@@ -252,8 +262,12 @@ def brought_up_to_date(
         if fix is None:
             return None, f"src.main would refuse it: {err}"
         return as_typed(with_overrides(command, fix)), None
-    if all(cell.state == "finished" for row in rows for cell in row.stages.values()):
+    cells = {name: cell for row in rows for name, cell in row.stages.items()}
+    if all(cell.state == "finished" for cell in cells.values()):
         return None, None
+    if any(name.startswith(SIDE) and cell.state == "stale" for name, cell in cells.items()):
+        # src.main redoes an eval beside the base model's only with pipeline.redo_stale
+        return as_typed(with_overrides(command, RedoStale().overrides())), None
     return as_typed(command), None
 
 
@@ -287,9 +301,9 @@ def lineage_text(lineage: Lineage) -> str:
         return f"{cell.state} [{reasons.setdefault(cell.why, len(reasons) + 1)}]"
 
     lines = [lineage.lineage, row("iter", names)]
-    lines += [
-        row(str(it.iter), [shown(it.stages.get(n)) for n in names]) for it in lineage.iterations
-    ]
+    for it in lineage.iterations:
+        lines.append(row(str(it.iter), [shown(it.stages.get(n)) for n in names]))
+        lines += [row("", [f"{n}: {shown(c)}"]) for n, c in it.stages.items() if n.startswith(SIDE)]
     for why, n in reasons.items():
         lines += textwrap.wrap(why, WIDTH, initial_indent=f"  [{n}] ", subsequent_indent=" " * 6)
     if lineage.note:

@@ -239,6 +239,38 @@ def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_co
                                                                     "train")}  # fmt: skip
 
 
+def finished(command: str) -> Path:
+    """Each stage `command` runs, recorded finished as it makes it (no stage runs); its run."""
+    cfg = compose_cfg(*command.split()[3:])
+    for stage in cfg.stages():
+        save_config(cfg.stage_dir(stage), to_yaml(cfg), command)
+        write_record(cfg.stage_dir(stage),
+                     Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {}))  # fmt: skip
+    return Path(cfg.run.dir)
+
+
+def test_an_eval_beside_the_base_models_shows_under_its_iteration_as_redo_stale_judges_it(
+    tmp_path, monkeypatch
+):
+    """An eval by another judge (or against another reference: `eval/vs-<name>`) shows under its
+    iteration, judged by the eval settings it was made with; stale, what brings the lineage up to
+    date is its command with pipeline.redo_stale=true, the only one that redoes such an eval."""
+    monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
+    command = f"{MAIN} logger=none iter=1 eval.enabled=true"
+    finished(command)
+    side = finished(f"{command} stage=eval eval.judged_by=other") / "iter1" / "eval"
+    (folder,) = side.glob("vs-*")
+    name = f"eval/{folder.name}"
+    found = status([])
+    (lineage,) = found.lineages
+    assert lineage.iterations[0].stages[name] == Cell("finished") and lineage.command is None
+    assert f"        {name}: finished" in as_text(found).splitlines()
+    write_record(folder, Finished("made otherwise", {}, {}))
+    (lineage,) = status([]).lineages
+    assert lineage.iterations[0].stages[name].state == "stale"
+    assert lineage.command == f"{command} pipeline.redo_stale=true"
+
+
 def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others(
     tmp_path, monkeypatch
 ):
@@ -249,14 +281,6 @@ def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others
     iterations are up to date; judged by its own saved config where the command does not
     compose."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
-
-    def finished(command: str) -> None:
-        cfg = compose_cfg(*command.split()[3:])
-        for stage in cfg.stages():
-            save_config(cfg.stage_dir(stage), to_yaml(cfg), command)
-            write_record(cfg.stage_dir(stage),
-                         Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {}))  # fmt: skip
-
     base = f"{MAIN} logger=none stage=eval iter=0 eval.temperature=0.5"
     finished(base)
     assert status([]).lineages == []
