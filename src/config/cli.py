@@ -260,12 +260,8 @@ def trained_iterations(run_dir: Path) -> list[int]:
 def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     """The overrides of the newest command that ran in the lineage (its stages' saved configs'
     head), less ONE_RUN, with paths.root where the lineage is now; else None and why."""
-    layout = RunLayout(run_dir)
-    saved = [
-        layout.stage_dir_in(t, s) / SAVED_CONFIG
-        for t in trained_iterations(run_dir)
-        for s in STAGES
-    ]
+    layout, trained = RunLayout(run_dir), trained_iterations(run_dir)
+    saved = [layout.stage_dir_in(t, s) / SAVED_CONFIG for t in trained for s in STAGES]
     saved = [path for path in saved if path.is_file()]
     if not saved:
         return None, "no stage saved the command that ran it"
@@ -279,8 +275,7 @@ def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     words = without_keys(command_words(head.removeprefix(said)), *ONE_RUN)
     # a lineage whose iterations were evaluated is brought up to date with its evals, even where
     # its newest command (a retrained stage, say) ran none
-    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file()
-                    for t in trained_iterations(run_dir))  # fmt: skip
+    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file() for t in trained)
     if evaluated and not any(override_key(w) == "eval.enabled" for w in words):
         words = [*words, "eval.enabled=true"]
     if root != runs_root() or any(override_key(w) == "paths.root" for w in words):

@@ -274,9 +274,10 @@ def save_config(folder: Path, resolved: str, command: str) -> None:
 
 
 def saved_config(folder: Path) -> dict[str, Any] | None:
-    """The config the stage in `folder` last ran with (its `config.yaml`), as plain data, or None. Its paths in the clone it ran from (its header names it;
-    a config saved before headers did is taken as made here) are moved to this clone (REPO_ROOT),
-    so that a clone renamed, or a run copied to another, is judged by this clone's files."""
+    """The config the stage in `folder` last ran with (its `config.yaml`), as plain data, or
+    None. Its paths in the clone it ran from (its header names it; a config saved before headers
+    did is taken as made here) are moved to this clone (REPO_ROOT), so that a clone renamed, or a
+    run copied to another, is judged by this clone's files."""
     saved = folder / SAVED_CONFIG
     if not saved.is_file():
         return None
