@@ -41,15 +41,8 @@ from src.core.machine import node_rank
 from src.core.records import read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
-from src.core.staleness import (
-    StageState,
-    Why,
-    redo_for,
-    relocated,
-    save_config,
-    saved_config,
-    state_of,
-)
+from src.core.saved import relocated, save_config, saved_config
+from src.core.state import StageState, Why, redo_for, state_of
 from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
 from src.stages.report import curves, tracking
@@ -250,6 +243,7 @@ class Refusal(Choice):
     trained_after = "trained_after"  # an eval of a checkpoint trained again after it
     experiment = "experiment"  # another experiment (EXPERIMENT_INPUTS): a lineage of its own
     judges = "judges"  # an eval by other judges (EVAL_JUDGE_INPUTS): a folder of its own beside it
+    remade = "remade"  # a stage it read was made again (other bytes), or one of its outputs lost
     lineage = "lineage"  # what an earlier iteration made changed since: every stale stage redone
     files = "files"  # a local file it read changed, or is gone
     config = "config"  # an input set otherwise, of the same experiment
@@ -292,6 +286,7 @@ REMEDIES = {
     Refusal.experiment: Remedy(
         "was made with a different configuration ({why}); {reads}" + ELSEWHERE, "lineage"
     ),
+    Refusal.remade: Remedy("is stale ({why}); to make it again from what it reads now", "redo"),
     Refusal.judges: Remedy("was judged by other judges ({why}); " + BESIDE, "beside"),
     Refusal.lineage: Remedy(
         "was made with a different configuration ({why}); {reads}restore the config, or redo "
@@ -333,6 +328,8 @@ def refusal_of(st: StageState) -> Refusal:
         return Refusal.judges
     if st.has(Why.retrained, Why.ancestor):
         return Refusal.lineage
+    if st.has(Why.remade, Why.damaged):
+        return Refusal.remade
     if st.changed and all(c.kind in (Why.content, Why.gone) for c in st.changed):
         return Refusal.files
     return Refusal.config

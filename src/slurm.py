@@ -65,7 +65,7 @@ from src.core.errors import (
 )
 from src.core.fingerprints import read_upstream
 from src.core.registry import STAGES
-from src.core.staleness import state_of
+from src.core.state import state_of
 
 TEMPLATES = REPO_ROOT / "slurm" / "templates"
 PLACEHOLDER = re.compile(r"@(\w+)@")  # a template's @key@

@@ -5,7 +5,7 @@
     python -m src.status --json paths.root=/scratch/runs
 
 For each iteration of a lineage, each stage: finished, stale (why, in src.main's words:
-src/core/staleness.py), running (its lock's holder: src/core/locks.py), missing, damaged (its
+src/core/state.py), running (its lock's holder: src/core/locks.py), missing, damaged (its
 record's own error) or unknown (its state needs a record that does not read, named); iteration 0,
 where the lineage has it, its eval alone (the base model's own, `stage=eval iter=0`); and the one
 command that brings the lineage up to date, the one src.main names: its refusal's fix
@@ -61,7 +61,7 @@ from src.core.errors import (
 from src.core.layout import RunLayout
 from src.core.records import read_record
 from src.core.registry import STAGES
-from src.core.staleness import StageState, saved_state, state_of
+from src.core.state import StageState, saved_state, state_of
 
 WIDTH = 100  # of the text's wrapped lines
 SIDE = f"{Stage.eval.value}/"  # an eval beside the base model's, by its folder: eval/vs-<name>

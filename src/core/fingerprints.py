@@ -1,30 +1,20 @@
-"""Stage fingerprints: what a finished stage's output depends on, hashed (docs/design.md §5); the
-records that store them: src/core/records.py; what a stage's state is under a config, and why it
-is stale: src/core/staleness.py.
-
-A stage's output depends on a few config keys (its `inputs` in src/core/registry.py) and on the
-output of the stage it consumes — for `generate`, on the previous iteration's checkpoint. Its fingerprint hashes
-both, chaining back to iteration 1, so a change anywhere upstream changes every fingerprint
-after it. A sharded stage's chunks are reused under their identity (`chunk_identity`): its
-fingerprint and what its chunks are cut from.
-
-A local file a stage reads by a key (its prompts, pairs, reference answers: FILE_INPUTS) enters
-its fingerprint by content, so a file edited in place makes the stage stale, the file named.
+"""The forms a stage's manifest (src/core/identity.py) holds of what it read: its config keys
+(`stage_inputs`: its `inputs` in src/core/registry.py, with the rules of which enter when) and
+the local files it read by a key, by content (`input_contents`: its prompts, a pairs file, the
+benchmarks' data — FILE_INPUTS), so a file edited in place makes the stage stale, the file named.
 
 Each function takes the config as plain data (`Config.as_tree()`): a tree that holds `iter`,
 `run.dir`, `paths.root` and the stages' inputs.
 
-A fingerprint does not depend on where the run or the clone sits: a path inside the run directory
-enters it as `<run>/...`, one elsewhere under `paths.root` as `<root>/...`, one elsewhere in the
-clone (REPO_ROOT: its data/, the tiny models in .cache/tiny) as `<repo>/...` (`fingerprint_form`),
-so a run root moved or copied elsewhere, a clone renamed, or a run copied to another clone keeps
-its finished stages.
+No form depends on where the run or the clone sits: a path inside the run directory is written
+`<run>/...`, one elsewhere under `paths.root` `<root>/...`, one elsewhere in the clone (REPO_ROOT:
+its data/, the tiny models in .cache/tiny) `<repo>/...` (`fingerprint_form`), so a run root moved
+or copied elsewhere, a clone renamed, or a run copied to another clone keeps its finished stages.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -157,58 +147,6 @@ def stage_inputs(
     return fingerprint_form(inputs, tree, at)
 
 
-class Fingerprint(str):
-    """A stage's fingerprint, carrying the content of the files it hashed (`input_contents`):
-    `write_record` keeps them, so that a later check names the file that changed."""
-
-    contents: dict[str, dict[str, str]]
-
-    def __new__(cls, value: str, contents: dict[str, dict[str, str]]) -> Fingerprint:
-        made = super().__new__(cls, value)
-        made.contents = contents
-        return made
-
-
-def stage_fingerprint(
-    tree: dict[str, Any],
-    stage: Stage,
-    at: Anchors = PORTABLE,
-    extras: bool = True,
-    contents: bool = True,
-    backend_written: bool = False,
-    read: dict[str, Read] | None = None,
-    chained: bool = False,
-    record: dict[str, Any] | None = None,
-) -> Fingerprint:
-    """sha256 of the stage's inputs, of the content of the local files among them and of the
-    fingerprint of what it reads: the stage it consumes (`read_upstream`), or, where it reads no
-    stage of its iteration, the policy it starts from (pi_{t-1}, as recorded when it was trained).
-
-    `at`: see `fingerprint_form`; the default makes the fingerprint of this format. `extras`,
-    `backend_written`: see `stage_inputs`. `contents=False`: by the files' names alone, as
-    records before format 5. `read`, `record`: see `input_contents`. `chained=True`: a training on
-    a file of the user's own chained through the stages it does not read, as records before
-    format 6.
-    """
-    consumes = STAGES[stage].consumes if chained else read_upstream(tree, stage)
-    iteration = tree["iter"]
-    if consumes is not None:
-        upstream: str | None = stage_fingerprint(tree, consumes, at, contents=contents)
-    elif iteration > 1:  # the previous iteration's checkpoint, as recorded when it was trained
-        previous = RunLayout(lookup(tree, "run.dir")).stage_dir_in(iteration - 1, Stage.train)
-        trained = read_record(previous)
-        upstream = trained["fingerprint"] if trained else "unfinished"
-    else:
-        upstream = None
-    inputs = stage_inputs(tree, stage, at, extras, backend_written, chained)
-    payload = {"stage": stage.value, "inputs": inputs, "upstream": upstream}
-    found = input_contents(tree, stage, read, at, record) if contents else {}
-    if found:  # only then: a stage that reads no local file keeps its fingerprint of format 4
-        payload["contents"] = {key: entry["sha256"] for key, entry in found.items()}
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-    return Fingerprint(digest, found)
-
-
 def read_upstream(tree: dict[str, Any], stage: Stage) -> Stage | None:
     """The stage whose output `stage` reads under `tree`: the one it consumes, unless the file its
     `consumes_via` key names lies elsewhere (a file of the user's own: `training.pairs`)."""
@@ -258,47 +196,66 @@ def input_contents(
             continue
         if recorded is None:
             try:
-                recorded = (read_record(stage_dir(tree, stage)) or {}).get("contents") or {}
+                kept = read_record(stage_dir(tree, stage)) or {}
+                # format 8 keeps them in its manifest, earlier formats beside it
+                recorded = (kept.get("manifest") or {}).get("files") or kept.get("contents") or {}
             except StageError:  # damaged: said where the stage's state is read
                 recorded = {}
         seen = recorded.get(key) or {}
         seen = seen if seen.get("path") == form else {}
         path = Path(lookup(tree, key)).expanduser()
-        parts = (read or {}).get(key, seen.get("read"))
-        if not path.exists():
-            if seen:  # it was read: now gone
-                out[key] = {"path": form, "stat": GONE, "sha256": GONE}
-            continue  # a hub id, or never read: the stage's reader says so
-        if key in FOLDER_INPUTS:
-            files = files_read(path, None if isinstance(parts, int) else parts)
-        else:  # a file input replaced by a folder (or a device) is not what was read
-            files = [path] if path.is_file() else None
-        if files is None:
-            out[key] = {"path": form, "stat": GONE, "sha256": GONE}
-            continue
-        if not files and not seen:
-            continue  # an empty folder, as records before empty folders entered
-        stats = [(f.relative_to(path).as_posix() if f != path else "", f.stat()) for f in files]
-        stat = hashlib.sha256(
-            "\n".join(
-                f"{n}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}:{s.st_ctime_ns}" for n, s in stats
-            ).encode()
-        ).hexdigest()
-        if seen.get("stat") == stat and seen.get("read") == parts:
-            digest = seen["sha256"]
-        elif isinstance(parts, int):  # the first bytes of a file, all that its stage read
-            digest = prefix_sha256(path, parts)
-        else:
-            hashes = files_sha256(files)
-            digest = hashlib.sha256(
-                "\n".join(
-                    f"{n}:{hashes[f]}" for (n, _), f in zip(stats, files, strict=True)
-                ).encode()
-            ).hexdigest()
-        out[key] = {"path": form, "stat": stat, "sha256": digest}
-        if parts is not None:
-            out[key]["read"] = parts if isinstance(parts, int) else sorted(parts)
+        entry = file_entry(key, path, form, (read or {}).get(key, seen.get("read")), seen)
+        if entry is not None:
+            out[key] = entry
     return out
+
+
+def file_entry(
+    key: str, path: Path, form: str, parts: Read | None, seen: dict[str, Any]
+) -> dict[str, Any] | None:
+    """{path, stat, sha256[, read]}: what a stage read of the local input `key` at `path` (`parts`,
+    `input_contents`), by content, named `form`; `seen`: the record's entry, which vouches for
+    files whose stat is as it kept it. None: nothing to name (a hub id, an empty folder never
+    read)."""
+    if not path.exists():
+        # it was read: now gone; else a hub id, or never read: the stage's reader says so
+        return {"path": form, "stat": GONE, "sha256": GONE} if seen else None
+    if key in FOLDER_INPUTS:
+        files = files_read(path, None if isinstance(parts, int) else parts)
+    else:  # a file input replaced by a folder (or a device) is not what was read
+        files = [path] if path.is_file() else None
+    if files is None:
+        return {"path": form, "stat": GONE, "sha256": GONE}
+    if not files and not seen:
+        return None  # an empty folder, as records before empty folders entered
+    stats = [(f.relative_to(path).as_posix() if f != path else "", f.stat()) for f in files]
+    stat = hashlib.sha256(
+        "\n".join(
+            f"{n}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}:{s.st_ctime_ns}" for n, s in stats
+        ).encode()
+    ).hexdigest()
+    if seen.get("stat") == stat and seen.get("read") == parts:
+        digest = seen["sha256"]
+    elif isinstance(parts, int):  # the first bytes of a file, all that its stage read
+        digest = prefix_sha256(path, parts)
+    else:
+        hashes = files_sha256(files)
+        digest = hashlib.sha256(
+            "\n".join(f"{n}:{hashes[f]}" for (n, _), f in zip(stats, files, strict=True)).encode()
+        ).hexdigest()
+    entry = {"path": form, "stat": stat, "sha256": digest}
+    if parts is not None:
+        entry["read"] = parts if isinstance(parts, int) else sorted(parts)
+    return entry
+
+
+def resolved(form: str, run_dir: str, root: str) -> Path:
+    """The path a portable form (`fingerprint_form`) names where the run, its root and the clone
+    are now."""
+    for anchor, place in zip(PORTABLE, (run_dir, root, str(REPO_ROOT)), strict=True):
+        if form == anchor or form.startswith(anchor + "/"):
+            return Path(str(place) + form[len(anchor) :])
+    return Path(form).expanduser()
 
 
 def prefix_sha256(path: Path, size: int) -> str:
@@ -338,19 +295,3 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def chunk_identity(
-    tree: dict[str, Any], stage: Stage, read: dict[str, Read] | None = None, **content: str | None
-) -> str:
-    """What a sharded stage's chunks are made from, so that a chunk made under another identity
-    is never reused: the stage's fingerprint, its chunk size (a chunk's file is one slice of the
-    shard) and `content`, hashes of inputs read from files whose names alone do not say what
-    they hold (the responses being ranked, an external responses file); `read`: as the record's
-    (`input_contents`)."""
-    payload = {
-        "fingerprint": stage_fingerprint(tree, stage, read=read),
-        "chunk_size": lookup(tree, f"{STAGES[stage].sharded_by}.chunk_size"),
-        **content,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

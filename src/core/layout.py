@@ -39,7 +39,7 @@ SIDE_EVAL = "vs-"
 JUDGED_BY = "@"
 
 # In each stage's folder: its record, written last, the only mark that it finished
-# (src/core/records.py); the config it ran with, headed by its command (src/core/staleness.py).
+# (src/core/records.py); the config it ran with, headed by its command (src/core/saved.py).
 RECORD = "done.json"
 SAVED_CONFIG = "config.yaml"
 # In the lineage's folder: the sweep that last ran it as a point, {"sweep": name, "swept": keys}

@@ -165,6 +165,13 @@ def end_of_turn_ids(path: str, tokenizer) -> list[int]:
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+def model_files(folder: Path) -> list[Path]:
+    """The files a local model is loaded from (MODEL_FILES), in order; a tiny model's build record,
+    rewritten where its folder moves, is none of them."""
+    return [f for f in sorted(folder.iterdir())
+            if f.is_file() and f.suffix in MODEL_FILES and f.name != TINY_BUILD]  # fmt: skip
+
+
 def weights_signature(path: str, revision: str | None) -> str:
     """What identifies the model at `path`: for a local folder the content of the files it is
     loaded from (MODEL_FILES), by name — a retrained or rebuilt model gets new answers, a rebuilt
@@ -175,7 +182,6 @@ def weights_signature(path: str, revision: str | None) -> str:
     folder = Path(path)
     if not folder.is_dir():
         return f"{path}@{revision or 'main'}"
-    files = [f for f in sorted(folder.iterdir())
-             if f.is_file() and f.suffix in MODEL_FILES and f.name != TINY_BUILD]  # fmt: skip
+    files = model_files(folder)
     digests = files_sha256(files)
     return hashlib.sha256(json.dumps([[f.name, digests[f]] for f in files]).encode()).hexdigest()

@@ -1,13 +1,13 @@
 """Stage records: a finished stage's `done.json`, which finished work a run may reuse
-(docs/design.md §5), written and read here alone. The fingerprint it stores:
-src/core/fingerprints.py; what a finished stage's state is under a config, and why it is stale:
-src/core/staleness.py.
+(docs/design.md §5), written and read here alone. The manifest and key it stores:
+src/core/identity.py; what a finished stage's state is, and why it is stale: src/core/state.py.
 
-A stage's `done.json` stores the fingerprint it was made under:
+A stage's `done.json` stores what it read (its manifest), the key made from it and the seals of
+what it made:
 
-- the same fingerprint: the work is done, skip it;
-- another fingerprint: it was made under another config; never reused silently — refused,
-  naming the keys that changed, unless the user asks to redo it (`pipeline.redo=[stage]`);
+- the key of what it would read now: the work is done, skip it;
+- another key: it was made from something else; never reused silently — refused, naming what
+  differs, unless the user asks to redo it (`pipeline.redo=[stage]`);
 - no record: the stage has not finished (it resumes from whatever it left, or starts).
 """
 
@@ -26,26 +26,19 @@ from src.core.errors import Redo, StageError, shown
 from src.core.layout import RECORD, RunLayout
 from src.core.machine import machine
 
-# Bumped when what a record holds changes. Formats 3 and 4 hash the same fingerprint (the paths
-# inside the run relative to it); format 4 adds the record's own sha256, checked from format 5 on,
-# so a record edited by hand or damaged is refused rather than believed; format 5 hashes the
-# content of the local files the stage read (`input_contents`) and keeps each one's, so that a
-# file changed is named; format 6 fingerprints a training on a pairs file of the user's own by
-# that file and the policy it starts from, not through the stages it does not read; format 7
-# writes the paths in the clone relative to it (`<repo>/...`, `fingerprint_form`), so that a clone
-# renamed, or a run copied to another, keeps its stages. A record of 3 or 4 is checked as it was
-# made, by name, one of 5 (such a training) chained, and one before 7 with the clone's paths
-# absolute, as it was made. Format 2 hashed the paths absolute, and its records are still checked
-# as it made them, where the run then sat (`state_of`). A record of any other format was made by
-# another version of this project, and is refused with that reason rather than as a config
-# change; one whose format is not a number is damaged.
-RECORD_FORMAT = 7
+# Bumped when what a record holds changes. Format 8 keeps the stage's manifest (what it read:
+# src/core/identity.py), its key and its outputs' identity; records of formats 2 to 7 kept a
+# fingerprint of the config alone and are judged as they were made (src/core/migrate.py). A
+# record of any other format was made by another version of this project, and is refused with
+# that reason rather than as a config change; one whose format is not a number is damaged.
+RECORD_FORMAT = 8
 CONTENTS_FORMAT = 5  # the first to hash the files' content and to check the record's sha256
 OWN_PAIRS_FORMAT = 6  # the first to fingerprint a training on a pairs file of the user's own
 REPO_FORMAT = 7  # the first to write the paths in the clone relative to it
 PORTABLE_FORMATS = (3, 4, CONTENTS_FORMAT, OWN_PAIRS_FORMAT, REPO_FORMAT)
 ABSOLUTE_PATHS_FORMAT = 2
-KNOWN_FORMATS = (ABSOLUTE_PATHS_FORMAT, *PORTABLE_FORMATS)
+LEGACY_FORMATS = (ABSOLUTE_PATHS_FORMAT, *PORTABLE_FORMATS)
+KNOWN_FORMATS = (*LEGACY_FORMATS, RECORD_FORMAT)
 
 
 def redo_of(stage_dir: Path) -> Redo | None:
@@ -100,12 +93,14 @@ def record_problem(record: dict[str, Any]) -> str | None:
         return f"its 'format' is {shown(made_as)}, not a whole number"
     if made_as not in KNOWN_FORMATS:
         return None  # another version's (whose fields may differ): state_of refuses it as such
-    fields = {"fingerprint": str, "counts": dict, "timings": dict}
+    fields = {"key" if made_as == RECORD_FORMAT else "fingerprint": str, "counts": dict,
+              "timings": dict}  # fmt: skip
     for key, kind in fields.items():
         if not isinstance(record.get(key), kind):
             return f"its {key!r} is {shown(record.get(key))}, not a {kind.__name__}"
-    if "outputs" in record and not isinstance(record["outputs"], dict):
-        return f"its 'outputs' is {shown(record['outputs'])}, not an object"
+    for key in ("outputs", "manifest", "stats"):
+        if key in record and not isinstance(record[key], dict):
+            return f"its {key!r} is {shown(record[key])}, not an object"
     if record["format"] >= CONTENTS_FORMAT and record.get("sha256") != record_sha256(record):
         return "its content does not match its sha256"
     return None
@@ -116,21 +111,25 @@ class Finished:
     """What a finished stage's record keeps of its work, as its run hands it over; `write_record`
     adds the format, package versions, machine, time and the record's own sha256."""
 
-    fingerprint: str  # the config's (a `Fingerprint`: the contents of the files it hashed too)
+    key: str  # what it was made from (a `Key`: the manifest it was made from too)
     counts: dict
     timings: dict
-    outputs: dict | None = None  # the seal (rows, sha256) of each output the next stages check
+    outputs: dict | None = None  # the seal (rows or bytes, sha256) of each output it made
 
 
 def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
     """`done.json`, written atomically and LAST: the only mark that a stage finished.
 
-    A stage whose record exists with the same config fingerprint can be skipped; without one,
+    A stage whose record holds the key of what it would read now is finished; without one,
     whatever else is in the directory is a leftover to redo, never to trust. Written by the
     scheduler once a stage's run returns (src/schedule.py), by a stage whose spec says it writes
-    its own (training's rank-0 worker) and by the eval's answer cache.
+    its own (training's rank-0 worker) and by the eval's answer cache. Beside the outputs' seals
+    it keeps each output file's stat (`stats`), which vouches for it unchanged without reading
+    it again (src/core/state.py).
     """
     from importlib.metadata import version
+
+    from src.core.identity import out_id, stat_signature
 
     packages = ("torch", "transformers", "accelerate", "deepspeed", "datasets", "llm-blender")
     versions = {}
@@ -139,18 +138,22 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
             versions[name] = version(name)
         except Exception:  # not installed (e.g. an optional extra): record its absence
             versions[name] = None
-    record = {
-        "format": RECORD_FORMAT,
-        "fingerprint": str(finished.fingerprint),
+    record: dict[str, Any] = {"format": RECORD_FORMAT, "key": str(finished.key)}
+    made = getattr(finished.key, "manifest", None)
+    if made is not None:
+        record["manifest"] = made
+    if finished.outputs is not None:
+        record["outputs"] = finished.outputs
+        record["out_id"] = out_id(record)
+        folder = Path(stage_dir)
+        record["stats"] = {name: stat_signature([folder / name], folder / name)
+                           for name in finished.outputs if (folder / name).is_file()}  # fmt: skip
+    record |= {
         "counts": finished.counts,
         "timings": finished.timings,
         "versions": versions,
         "machine": machine(),
         "finished_at": time.strftime(RECORD_TIME),
     }
-    if finished.outputs is not None:
-        record["outputs"] = finished.outputs
-    if getattr(finished.fingerprint, "contents", None):
-        record["contents"] = finished.fingerprint.contents
     record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / RECORD, record)

@@ -59,6 +59,10 @@ class StageSpec:
     launches_processes: bool = False
     # its rank-0 process writes its record, not the scheduler: after the checkpoint it seals
     writes_record: bool = False
+    # what its outputs mean: raised by hand when a change of its code makes the outputs it made
+    # before wrong (every record made under another version is stale, naming it), never for a
+    # change that leaves them right
+    version: int = 1
 
 
 # What each of eval.benchmarks reads beside the answers: keys of the eval stage's inputs while it

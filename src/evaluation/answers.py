@@ -123,7 +123,7 @@ def cached_record(where: Path, key: str) -> bool:
         print(f"[eval] {where / RECORD} is damaged: making the answers again", file=sys.stderr)
         (where / RECORD).unlink()
         return False
-    return record is not None and record["fingerprint"] == key
+    return record is not None and record.get("key") == key
 
 
 def generate(cfg: Config, who: Answerer, instructions: list[Prompt], shard: Shard, key: str):

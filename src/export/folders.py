@@ -40,7 +40,7 @@ from src.core.layout import ADAPTER, iteration_name
 from src.core.policy import CARD, checkpoint_damage
 from src.core.records import read_record
 from src.core.rows import require_sealed
-from src.core.staleness import redo_for, saved_state
+from src.core.state import redo_for, saved_state
 from src.stages.common import stage_rows
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from src.config import Config, Outcome, RankerConfig, Stage, WinProb
 from src.core.artifacts import atomic_write_json, atomic_write_text
 from src.core.errors import EnvironmentFailure, Redo
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.layout import iteration_name, iteration_number
 from src.core.policy import CARD, checkpoint_damage, require_loadable, weights_signature
 from src.core.records import Finished, read_record
@@ -178,7 +178,7 @@ def run(cfg: Config) -> StageResult:
     checkpoint = cfg.layout.checkpoint(cfg.iter)
     if Path(policy.path).resolve() == checkpoint.resolve() and (checkpoint / CARD).is_file():
         write_model_card(cfg, checkpoint, stage_dir)  # the iteration's card, with these results
-    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.eval, read=benchmarks.files_read(cfg))
+    fingerprint = stage_key(cfg.as_tree(), Stage.eval, read=benchmarks.files_read(cfg))
     return StageResult(report, Finished(fingerprint, report, {"seconds": report["seconds"]}))
 
 

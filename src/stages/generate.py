@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from src.config import Backend, Config, Device, Stage
 from src.core.chunks import claim, take_shard
 from src.core.contracts import ResponseRow
-from src.core.fingerprints import chunk_identity, stage_fingerprint
+from src.core.identity import chunk_identity, stage_key
 from src.core.memory import Peak
 from src.generation.prompts import load_prompts
 from src.generation.sampling import (
@@ -110,7 +110,7 @@ def run(cfg: Config) -> StageResult:
         row,
         counts,
         g.chunk_size,
-        stage_fingerprint(cfg.as_tree(), Stage.generate, read=read),
+        stage_key(cfg.as_tree(), Stage.generate, read=read),
         identity,
         label="generate",
         shared_keys=("prompts_in_split", "duplicates_dropped"),

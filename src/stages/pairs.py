@@ -41,7 +41,7 @@ from src.config import Config, PairSelection, Stage, TiePolicy
 from src.core.artifacts import atomic_path, atomic_write_json, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow, pair_row_problem, ranked_row_problem
 from src.core.errors import Redo, StageError, naming
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished
 from src.ranking.candidates import EXTERNAL
 from src.ranking.preferences import TIE_ATOL, all_tied
@@ -119,7 +119,7 @@ def run(cfg: Config) -> StageResult:
     atomic_write_json(stage_dir / "metrics.json", counts)
     seal = {"rows": pairs, "sha256": file_sha256(stage_dir / "pairs.parquet")}
     finished = Finished(
-        stage_fingerprint(cfg.as_tree(), Stage.pairs),
+        stage_key(cfg.as_tree(), Stage.pairs),
         counts,
         {"seconds": seconds},
         {"pairs.parquet": seal},

@@ -35,7 +35,7 @@ from src.config import Config, EmptyResponses, JudgeKind, RankerConfig, Stage, W
 from src.core.chunks import ChunkCounts, Shard, chunk_by_chunk, claim, continued, process_shard
 from src.core.contracts import RankedRow
 from src.core.errors import Redo, StageError
-from src.core.fingerprints import chunk_identity, stage_fingerprint
+from src.core.identity import chunk_identity, stage_key
 from src.core.progress import ProgressLine
 from src.ranking.candidates import (
     Candidates,
@@ -197,7 +197,7 @@ def run(cfg: Config) -> StageResult:
             r.chunk_size,
             chunk_by_chunk(rank_chunk),
             counts,
-            stage_fingerprint(cfg.as_tree(), Stage.rank),
+            stage_key(cfg.as_tree(), Stage.rank),
             identity,
             label="rank",
             progress=ProgressLine(

@@ -23,7 +23,7 @@ from pathlib import Path
 from src.config import Config, Peft, Stage
 from src.core.chunks import claim
 from src.core.errors import StageError
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.machine import node_rank
 from src.core.rows import count_rows, require_sealed
 from src.plan.stages import policy_shape, trainer_checkpoint_bytes
@@ -81,7 +81,7 @@ def resume_from(cfg: Config, stage_dir: Path) -> str | None:
     configuration are refused. Decided once per node, before any worker starts; node 0 removes
     the damaged ones."""
     output_dir = stage_dir / TRAINER_DIR
-    identity = stage_fingerprint(cfg.as_tree(), Stage.train)
+    identity = stage_key(cfg.as_tree(), Stage.train)
     claim(
         output_dir,
         identity,

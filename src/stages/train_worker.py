@@ -33,7 +33,8 @@ from src.config import Config, Peft, RefLogprobs, Stage, validate
 from src.core import preemption
 from src.core.artifacts import atomic_write_json, file_sha256, share
 from src.core.errors import StageError
-from src.core.fingerprints import fingerprint_form, stage_fingerprint
+from src.core.fingerprints import fingerprint_form
+from src.core.identity import stage_key
 from src.core.layout import ADAPTER, CHECKPOINT
 from src.core.memory import Peak
 from src.core.policy import end_of_turn_ids, seal_checkpoint
@@ -174,7 +175,7 @@ def setup(cfg: Config, stage_dir: Path) -> Setup:
         data_collator=PairCollator(pad_id),
         processing_class=tokenizer,
         callbacks=[
-            SealCheckpoints(stage_fingerprint(cfg.as_tree(), Stage.train)),
+            SealCheckpoints(stage_key(cfg.as_tree(), Stage.train)),
             preemption.trainer_callback(preemption_stop_file(stage_dir)),
             *([StopAfterEpochs(t.num_epochs)] if t.schedule_epochs else []),
         ],
@@ -284,7 +285,7 @@ def record_training(
     scheduler, in the launching process, does not) once the checkpoint is saved whole: the
     seals of every file of `outputs`."""
     seals = {k: v for name in outputs for k, v in seal_checkpoint(stage_dir / name).items()}
-    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
+    fingerprint = stage_key(cfg.as_tree(), Stage.train)
     write_record(stage_dir, Finished(fingerprint, counts, timings, seals))
 
 

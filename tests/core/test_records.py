@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 
 from src.config import REPO_ROOT, Config, Stage, to_yaml
-from src.core import fingerprints, staleness
+from src.core import fingerprints, saved
 from src.core.artifacts import atomic_write_json
 from src.core.errors import StageError
-from src.core.fingerprints import (
-    CLONE_ABSOLUTE,
-    chunk_identity,
-    fingerprint_form,
-    lookup,
-    stage_fingerprint,
-)
+from src.core.fingerprints import CLONE_ABSOLUTE, fingerprint_form, lookup
+from src.core.identity import chunk_identity, stage_key
+from src.core.migrate import legacy_fingerprint
 from src.core.records import Finished, read_record, record_sha256, write_record
 from src.core.registry import BENCHMARK_INPUTS, STAGES
-from src.core.staleness import Why, save_config, saved_state, state_of
+from src.core.saved import save_config
+from src.core.state import Why, saved_state, state_of
 from tests.support.helpers import compose_cfg
 
 
@@ -38,16 +35,23 @@ def at_root(monkeypatch, root: Path, *overrides: str) -> Config:
 
 def finish(cfg: Config, fingerprint=None, fmt: int | None = None) -> None:
     """Every stage of cfg's iteration recorded as finished, with its saved config, as a run
-    leaves it; `fmt`: the record's format, when not this version's."""
+    leaves it, its key `fingerprint(cfg, stage)` (default: `stage_key`); `fmt`: a record of that
+    earlier format, its fingerprint (default: `legacy_fingerprint`) and the contents it hashed,
+    as that version wrote it."""
     for stage in STAGES:
         stage_dir = cfg.stage_dir(stage)
         stage_dir.mkdir(parents=True, exist_ok=True)
         save_config(stage_dir, to_yaml(cfg), f"python -m src.main iter={cfg.iter}")
-        made = fingerprint(cfg, stage) if fingerprint else stage_fingerprint(cfg.as_tree(), stage)
-        write_record(stage_dir, Finished(made, {}, {}))
-        if fmt is not None:
-            record = {**read_record(stage_dir), "format": fmt}
-            atomic_write_json(stage_dir / "done.json", {**record, "sha256": record_sha256(record)})
+        if fmt is None:
+            made = fingerprint(cfg, stage) if fingerprint else stage_key(cfg.as_tree(), stage)
+            write_record(stage_dir, Finished(made, {}, {}))
+            continue
+        made = fingerprint(cfg, stage) if fingerprint else legacy_fingerprint(cfg.as_tree(), stage)
+        record = {"format": fmt, "fingerprint": str(made), "counts": {}, "timings": {},
+                  "finished_at": "2026-11-01T00:00:00+0000"}  # fmt: skip
+        if getattr(made, "contents", None):
+            record["contents"] = made.contents
+        atomic_write_json(stage_dir / "done.json", {**record, "sha256": record_sha256(record)})
 
 
 def move(old: Path, new: Path) -> None:
@@ -62,7 +66,7 @@ def test_a_moved_run_root_keeps_its_finished_stages_and_their_chunks(tmp_path, m
     for t in (1, 2):
         made[t] = at_root(monkeypatch, here, f"iter={t}")
         finish(made[t])
-    fingerprints = {t: {s: stage_fingerprint(made[t].as_tree(), s) for s in STAGES} for t in (1, 2)}
+    fingerprints = {t: {s: stage_key(made[t].as_tree(), s) for s in STAGES} for t in (1, 2)}
     chunks = {
         t: (
             chunk_identity(made[t].as_tree(), Stage.generate),
@@ -78,7 +82,7 @@ def test_a_moved_run_root_keeps_its_finished_stages_and_their_chunks(tmp_path, m
         assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(
             STAGES, "done"
         ), t
-        assert {s: stage_fingerprint(cfg.as_tree(), s) for s in STAGES} == fingerprints[t]
+        assert {s: stage_key(cfg.as_tree(), s) for s in STAGES} == fingerprints[t]
         assert (
             chunk_identity(cfg.as_tree(), Stage.generate),
             chunk_identity(cfg.as_tree(), Stage.rank, responses="sha", external=None),
@@ -137,7 +141,7 @@ def test_paths_in_the_run_its_root_and_the_clone_are_written_relative_to_them(
 def in_clone(monkeypatch, clone: Path, *overrides: str) -> Config:
     """The config `python -m src.main` composes in a clone at `clone` (its data/ and .cache/tiny,
     its runs/), and this code run from there: its records and saved configs name that clone."""
-    for module in (fingerprints, staleness):
+    for module in (fingerprints, saved):
         monkeypatch.setattr(module, "REPO_ROOT", clone)
     return at_root(monkeypatch, clone / "runs", f"paths.data_dir={clone}/data",
                    f"paths.tiny_dir={clone}/.cache/tiny", *overrides)  # fmt: skip
@@ -155,7 +159,7 @@ def test_a_renamed_clone_keeps_its_finished_stages_unless_a_file_they_read_diffe
     for t in (1, 2):
         finish(in_clone(monkeypatch, here, f"iter={t}"))
     made = read_record(in_clone(monkeypatch, here).stage_dir(Stage.generate))
-    assert made["contents"]["data.prompts"]["path"] == "<repo>/data/prompts/iter1.jsonl"
+    assert made["manifest"]["files"]["data.prompts"]["path"] == "<repo>/data/prompts/iter1.jsonl"
     move(here, there)
 
     for t in (1, 2):
@@ -186,7 +190,7 @@ def test_a_record_made_before_the_clones_paths_were_relative_is_checked_as_it_wa
     cfg = in_clone(monkeypatch, here, "data.max_prompts=2")
     prompts = here / "data" / "prompts" / "iter1.jsonl"
     read = {"data.prompts": load_prompts(str(prompts), max_prompts=2).bytes_read}
-    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, read=read), fmt=6)
+    finish(cfg, lambda c, s: legacy_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, read=read), fmt=6)
     kept = read_record(cfg.stage_dir(Stage.generate))["contents"]["data.prompts"]
     assert (kept["path"], kept["read"]) == (str(prompts), read["data.prompts"])
     assert {s: state_of(cfg.as_tree(), s).status for s in STAGES} == dict.fromkeys(STAGES, "done")
@@ -269,9 +273,7 @@ def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_tr
     existence: records made before it stay valid); a LoRA run's depend on both."""
 
     def train_fingerprint(*overrides: str) -> str:
-        return stage_fingerprint(
-            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train
-        )
+        return stage_key(compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train)
 
     full = train_fingerprint()
     assert train_fingerprint("training.lora.rank=4") == full
@@ -279,7 +281,7 @@ def test_adapter_settings_enter_the_training_fingerprint_only_when_an_adapter_tr
     assert lora != full
     assert train_fingerprint("training.peft=lora", "training.lora.rank=4") != lora
     generate = compose_cfg("model=tiny-mistral", "training.peft=lora")
-    assert stage_fingerprint(generate.as_tree(), Stage.generate) == stage_fingerprint(
+    assert stage_key(generate.as_tree(), Stage.generate) == stage_key(
         compose_cfg("model=tiny-mistral").as_tree(), Stage.generate
     )
 
@@ -289,9 +291,7 @@ def test_weight_updates_enter_the_training_fingerprint_only_where_bf16_weights_t
     tiny models, every CPU run so far) or an adapter keeps its records whatever it says."""
 
     def train_fingerprint(*overrides: str) -> str:
-        return stage_fingerprint(
-            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train
-        )
+        return stage_key(compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.train)
 
     assert train_fingerprint("training.weight_updates=fp32") == train_fingerprint()
     bf16 = ["training.precision=bfloat16"]
@@ -308,9 +308,7 @@ def test_alpaca_eval_and_the_benchmarks_enter_the_eval_fingerprint_only_while_th
     record whatever they say."""
 
     def eval_fingerprint(*overrides: str) -> str:
-        return stage_fingerprint(
-            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval
-        )
+        return stage_key(compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval)
 
     plain = eval_fingerprint()
     assert eval_fingerprint("eval.leaderboard_limit=2", "eval.arena_hard_baseline=x") == plain
@@ -331,9 +329,7 @@ def test_the_eval_backend_enters_the_eval_fingerprint_only_when_it_names_another
     from src.evaluation.answers import eval_generation
 
     def eval_fingerprint(*overrides: str) -> str:
-        return stage_fingerprint(
-            compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval
-        )
+        return stage_key(compose_cfg("model=tiny-mistral", *overrides).as_tree(), Stage.eval)
 
     plain = eval_fingerprint()
     assert eval_fingerprint("eval.backend=hf") == plain
@@ -361,7 +357,7 @@ def test_an_eval_recorded_with_its_default_engine_written_out_is_finished_either
     engine null resolves to here) are finished whether that engine is written out or not;
     another engine is stale, named."""
     written = at_root(monkeypatch, tmp_path, "eval.backend=hf")
-    finish(written, lambda c, stage: stage_fingerprint(c.as_tree(), stage, backend_written=True))
+    finish(written, lambda c, s: legacy_fingerprint(c.as_tree(), s, backend_written=True), fmt=7)
     for asked in (["eval.backend=hf"], []):
         cfg = at_root(monkeypatch, tmp_path, *asked)
         assert state_of(cfg.as_tree(), Stage.eval).status == "done", asked
@@ -388,7 +384,7 @@ def test_an_eval_asked_for_a_benchmark_it_was_made_without_is_stale_naming_it(
     )
     # recorded before the benchmarks entered the fingerprint: finished where its saved config
     # asked for what is asked now, stale (naming what changed) where not
-    finish(cfg, lambda c, stage: stage_fingerprint(c.as_tree(), stage, extras=False))
+    finish(cfg, lambda c, stage: legacy_fingerprint(c.as_tree(), stage, extras=False), fmt=7)
     assert state_of(cfg.as_tree(), Stage.eval).status == "done"
     assert state_of(more.as_tree(), Stage.eval).changed == state.changed
 
@@ -490,9 +486,9 @@ def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_pa
     cfg = at_root(monkeypatch, tmp_path / "runs", f"data.prompts={prompts}")
     finish(cfg)
     tree = cfg.as_tree()
-    assert read_record(cfg.stage_dir(Stage.generate))["contents"]["data.prompts"]["path"] == str(
-        prompts
-    )
+    assert read_record(cfg.stage_dir(Stage.generate))["manifest"]["files"]["data.prompts"][
+        "path"
+    ] == str(prompts)
     prompts.write_text('{"prompt": "a cat"}\n')  # rewritten, the same: new times
     assert [state_of(tree, s).status for s in STAGES] == ["done"] * len(STAGES)
 
@@ -505,9 +501,9 @@ def test_a_finished_stage_is_stale_when_a_file_it_read_is_edited_in_place(tmp_pa
     assert state_of(tree, Stage.rank).changed == [
         f"generate's data.prompts: {prompts} changed since this stage read it"
     ]
-    assert "contents" not in read_record(cfg.stage_dir(Stage.pairs)), "read no local file"
+    assert not read_record(cfg.stage_dir(Stage.pairs))["manifest"]["files"], "read no local file"
 
-    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, contents=False),
+    finish(cfg, lambda c, s: legacy_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, contents=False),
            fmt=4)  # fmt: skip
     prompts.write_text('{"prompt": "a cow"}\n')
     assert state_of(tree, Stage.generate).status == "done", "format 4 is checked by name"
@@ -665,11 +661,11 @@ def test_a_folder_input_enters_by_the_files_its_stage_read(tmp_path, monkeypatch
     data.write_text('{"question": "Why?"}\n')
     cfg = at_root(monkeypatch, tmp_path / "runs", "eval.benchmarks=[leaderboard]",
                   "eval.leaderboard_tasks=[arc_challenge]", f"data.leaderboard={copies}")  # fmt: skip
-    finish(cfg, lambda c, s: stage_fingerprint(
+    finish(cfg, lambda c, s: stage_key(
         c.as_tree(), s, read={"data.leaderboard": ["allenai/ai2_arc"]}
     ))  # fmt: skip
     tree = cfg.as_tree()
-    read = read_record(cfg.stage_dir(Stage.eval))["contents"]["data.leaderboard"]
+    read = read_record(cfg.stage_dir(Stage.eval))["manifest"]["files"]["data.leaderboard"]
     assert read["read"] == ["allenai/ai2_arc"]
     (copies / "someone/else").mkdir(parents=True)
     (copies / "someone/else/x.jsonl").write_text('{"a": 1}\n')
@@ -693,7 +689,7 @@ def test_a_prompts_file_enters_by_the_rows_its_stage_read(tmp_path, monkeypatch)
     read = load_prompts(str(prompts), max_prompts=2).bytes_read
     assert read == len('{"prompt": "prompt 0"}\n{"prompt": "prompt 1"}\n')
     assert load_prompts(str(prompts)).bytes_read is None, "read to its end"
-    finish(cfg, lambda c, s: stage_fingerprint(c.as_tree(), s, read={"data.prompts": read}))
+    finish(cfg, lambda c, s: stage_key(c.as_tree(), s, read={"data.prompts": read}))
     tree = cfg.as_tree()
     with prompts.open("a") as f:
         f.write('{"prompt": "appended"}\n')

@@ -15,10 +15,10 @@ import json
 import pytest
 
 from src.config import ConfigError, Stage, to_yaml
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished, write_record
 from src.core.registry import STAGES
-from src.core.staleness import Why, state_of
+from src.core.state import Why, state_of
 from src.evaluation import benchmarks
 from src.evaluation.errors import EvalError
 from src.tiny.benchmarks import write as write_tiny_benchmarks
@@ -167,7 +167,7 @@ def test_what_a_benchmark_reads_is_what_the_eval_record_vouches_for(tmp_path, mo
     for stage in STAGES:
         cfg.stage_dir(stage).mkdir(parents=True, exist_ok=True)
         (cfg.stage_dir(stage) / "config.yaml").write_text(to_yaml(cfg))
-        made = stage_fingerprint(cfg.as_tree(), stage, read={"data.mt_bench": read})
+        made = stage_key(cfg.as_tree(), stage, read={"data.mt_bench": read})
         write_record(cfg.stage_dir(stage), Finished(made, {}, {}))
     (folder / "mt_bench" / "model_judgment").mkdir()
     (folder / "mt_bench" / "model_judgment" / "gpt-4_single.jsonl").write_text("{}\n")

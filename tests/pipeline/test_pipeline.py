@@ -431,14 +431,14 @@ def test_sigusr1_makes_training_save_a_checkpoint_and_stop_then_the_rerun_resume
 
 def test_the_eval_judge_is_an_input_of_the_eval_stage_only():
     from src.config import Stage
-    from src.core.fingerprints import stage_fingerprint
+    from src.core.identity import stage_key
     from tests.support.helpers import compose_cfg
 
     a = compose_cfg("model=tiny-mistral")
     b = compose_cfg("model=tiny-mistral", "eval.judge.model=/judges/another")
     a, b = a.as_tree(), b.as_tree()
-    assert stage_fingerprint(a, Stage.train) == stage_fingerprint(b, Stage.train)
-    assert stage_fingerprint(a, Stage.eval) != stage_fingerprint(b, Stage.eval)
+    assert stage_key(a, Stage.train) == stage_key(b, Stage.train)
+    assert stage_key(a, Stage.eval) != stage_key(b, Stage.eval)
 
 
 def test_a_local_sweep_whose_points_miss_an_asset_is_refused_before_any_point_starts(

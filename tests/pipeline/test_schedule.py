@@ -19,10 +19,12 @@ import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.errors import EnvironmentFailure, Redo, StageError, describe
-from src.core.fingerprints import read_upstream, stage_fingerprint
+from src.core.fingerprints import read_upstream
+from src.core.identity import stage_key
 from src.core.records import Finished, read_record, write_record
 from src.core.registry import STAGES
-from src.core.staleness import Change, StageState, Why, save_config
+from src.core.saved import save_config
+from src.core.state import Change, StageState, Why
 from src.main import run
 from src.stages import StageResult
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
@@ -78,7 +80,7 @@ def test_the_record_a_stage_returns_is_written_after_it_unless_its_lock_was_lost
     def pairs(cfg):
         if lose_lock:
             shutil.rmtree(stage_dir.parent / locks.LOCKS)
-        made = Finished(stage_fingerprint(cfg.as_tree(), Stage.pairs), {"pairs": 1}, {})
+        made = Finished(stage_key(cfg.as_tree(), Stage.pairs), {"pairs": 1}, {})
         return StageResult({"pairs": 1}, made)
 
     monkeypatch.setattr(schedule, "stage_runners", lambda stages: {Stage.pairs: pairs})
@@ -131,7 +133,7 @@ def test_training_on_other_pairs_where_a_checkpoint_was_made_is_told_a_lineage_o
     cfg = compose_cfg(*first.split()[3:])
     run(cfg, first, [])
     write_record(
-        cfg.stage_dir(Stage.train), Finished(stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+        cfg.stage_dir(Stage.train), Finished(stage_key(cfg.as_tree(), Stage.train), {}, {})
     )
     command = f"{first} training.pairs=tests/data/pairs_tiny.jsonl"
     with pytest.raises(StageError) as refused:
@@ -156,7 +158,7 @@ def test_the_lineage_offered_for_other_pairs_is_one_no_other_pairs_trained(recor
         cfg = compose_cfg("stage=train", "logger=none", f"training.pairs={pairs}",
                           f"run_name={run_name}")  # fmt: skip
         save_config(cfg.stage_dir(Stage.train), to_yaml(cfg), "python -m src.main")
-        made = Finished(stage_fingerprint(cfg.as_tree(), Stage.train), {}, {})
+        made = Finished(stage_key(cfg.as_tree(), Stage.train), {}, {})
         write_record(cfg.stage_dir(Stage.train), made)
         return cfg
 
@@ -180,7 +182,7 @@ def finish_iterations(overrides: list[str], iterations: int) -> None:
         cfg = compose_cfg(*overrides, f"iter={t}")
         for stage in STAGES:
             save_config(cfg.stage_dir(stage), to_yaml(cfg), "python -m src.main")
-            made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            made = Finished(stage_key(cfg.as_tree(), stage), {}, {})
             write_record(cfg.stage_dir(stage), made)
 
 
@@ -256,7 +258,7 @@ def test_evals_by_other_judges_are_offered_a_folder_beside_the_finished_ones_fir
 
     other = compose_cfg(*made, *judge, "eval.judged_by=tiny-pairrm", "eval.bootstrap=10")
     write_record(other.stage_dir(Stage.eval),
-                 Finished(stage_fingerprint(other.as_tree(), Stage.eval), {}, {}))  # fmt: skip
+                 Finished(stage_key(other.as_tree(), Stage.eval), {}, {}))  # fmt: skip
     every = [*made, *judge, "iter=2"]
     command = "python -m src.main " + " ".join(every)
     with pytest.raises(StageError) as refused:
@@ -372,11 +374,11 @@ def test_the_base_models_eval_reads_the_base_model_alone():
     cfg = compose_cfg(*base)
     assert cfg.stage_dir(Stage.eval) == cfg.layout.iteration_dir(0) / "eval"
     assert read_upstream(cfg.as_tree(), Stage.eval) is None
-    made = stage_fingerprint(cfg.as_tree(), Stage.eval)
+    made = stage_key(cfg.as_tree(), Stage.eval)
     for other in ("method.K=3", "training.learning_rate=1e-6", "generation.temperature=0.5"):
-        assert stage_fingerprint(compose_cfg(*base, other).as_tree(), Stage.eval) == made, other
+        assert stage_key(compose_cfg(*base, other).as_tree(), Stage.eval) == made, other
     for other in ("model=tiny-gemma2", "eval.temperature=0.5"):
-        assert stage_fingerprint(compose_cfg(*base, other).as_tree(), Stage.eval) != made, other
+        assert stage_key(compose_cfg(*base, other).as_tree(), Stage.eval) != made, other
 
 
 PIPELINE = [Stage.generate, Stage.rank, Stage.pairs, Stage.train]

@@ -28,7 +28,7 @@ import torch
 from src.config import ConfigError, Stage
 from src.core.artifacts import atomic_write_text, read_jsonl
 from src.core.errors import EnvironmentFailure
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished, write_record
 from src.generation.vllm_processes import new_children
 from src.ranking.reward_model import load_reward_model_judge, pooled_pad_id
@@ -136,7 +136,7 @@ def test_what_the_engine_cannot_serve_is_refused_before_it_starts(
 def test_the_backend_is_an_input_of_the_judges_stages_its_tensor_parallelism_none():
     def fingerprint(stage: Stage, *overrides: str) -> str:
         cfg = compose_cfg("model=tiny-mistral", "ranker=tiny-reward-model", *overrides)
-        return stage_fingerprint(cfg.as_tree(), stage)
+        return stage_key(cfg.as_tree(), stage)
 
     for stage in (Stage.rank, Stage.eval):
         assert fingerprint(stage) != fingerprint(stage, "ranker.backend=vllm")
@@ -206,7 +206,7 @@ def test_rank_with_vllm_through_the_command_line_equals_the_hf_forward(
     generated = cfg.stage_dir(Stage.generate)
     atomic_write_text(generated / "responses-shard000-of-001.jsonl",
                       "".join(json.dumps(r) + "\n" for r in rows))  # fmt: skip
-    write_record(generated, Finished(stage_fingerprint(cfg.as_tree(), Stage.generate),
+    write_record(generated, Finished(stage_key(cfg.as_tree(), Stage.generate),
                                      {"shards": 1}, {}))  # fmt: skip
     before = {p.pid for p in psutil.Process().children()}
 

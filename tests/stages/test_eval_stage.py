@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.config import REPO_ROOT
-from src.core.staleness import TRAINED_AFTER
+from src.core.state import TRAINED_AFTER
 from src.evaluation.winrate import GLM
 from tests.support.helpers import (
     SMALL,
@@ -364,8 +364,10 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     evaluated, tmp_path
 ):
     """Answers read from a file named iter1.json sit apart from the eval against iteration 1
-    (vs-iter1.json beside vs-iter1). Iteration 1 trained again under the same config: every eval
-    of the checkpoint before it (the base one and both beside it) is stale — `stage=eval`
+    (vs-iter1.json beside vs-iter1). Iteration 1 trained again with another seed (other bytes:
+    a training made again with the same bytes leaves its evals as they are, tests/core/
+    test_state.py): every eval of the checkpoint before it (the base one and both beside it) is
+    stale — `stage=eval`
     refuses it naming its redo, the card and src.compare leave them out — and
     `pipeline.redo_stale=true` makes each of the three again, and leaves, naming it, one whose
     saved settings no longer compose. Last in the module: it retrains the lineage the tests above
@@ -395,9 +397,10 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
     assert "[compare]" not in compared.stderr, compared.stderr[-3000:]
 
-    retrained = cli(root, "iter=1", "stage=train", "pipeline.redo=[train]")
+    seed = "training.seed=7"
+    retrained = cli(root, "iter=1", "stage=train", "pipeline.redo=[train]", seed)
     assert retrained.returncode == 0, retrained.stderr[-3000:]
-    refused = cli(root, "iter=1", "stage=eval")
+    refused = cli(root, "iter=1", "stage=eval", seed)
     line = one_line_failure(refused, 1)
     assert line.startswith(f"error: {eval_dir(root)} is stale ({TRAINED}); to evaluate"), line
     assert "pipeline.redo=[eval]" in line
@@ -420,7 +423,7 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     OmegaConf.save(saved, broken / "config.yaml")
     kept = {copy: (copy / "done.json").read_bytes() for copy in (broken, renamed)}
 
-    redone = cli(root, "iter=1", "stage=eval", "pipeline.redo_stale=true")
+    redone = cli(root, "iter=1", "stage=eval", "pipeline.redo_stale=true", seed)
     assert redone.returncode == 0, redone.stderr[-3000:]
     for side in sides:
         assert f"[main] {side}: stale ({TRAINED}): redoing it" in redone.stderr
@@ -430,7 +433,7 @@ def test_the_evals_of_a_checkpoint_trained_again_are_stale_and_redo_stale_remake
     # the card the base eval rewrites leaves out, naming it, what is still stale
     assert f"[card] {broken}: stale (" in redone.stderr
     assert {copy: (copy / "done.json").read_bytes() for copy in kept} == kept
-    assert cli(root, "iter=1", "stage=eval").returncode == 0
+    assert cli(root, "iter=1", "stage=eval", seed).returncode == 0
     assert report(root, "vs-iter1")["win_rate"] == 0.5  # against itself, as trained now
     references = {report(root, side)["reference"] for side in ("", "vs-iter1", "vs-iter1.json")}
     assert all(f"Against `{r}`" in card.read_text() for r in references), "the three, made again"

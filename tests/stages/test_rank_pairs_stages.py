@@ -26,7 +26,7 @@ from src.config import REPO_ROOT, ConfigError, Stage
 from src.core.artifacts import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
 from src.core.contracts import PairRow, RankedRow
 from src.core.errors import StageError
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import Key, stage_key
 from src.core.records import Finished, write_record
 from src.ranking.blender_compat import PairRMLoadError, load_pairrm
 from src.ranking.judge import policy_chat_template
@@ -72,7 +72,7 @@ def write_generation(cfg, rows: list[dict], shards: int = 1, finished: bool = Tr
     if finished:  # as the generate stage of this config records it: the command line checks
         write_record(
             stage,
-            Finished(stage_fingerprint(cfg.as_tree(), Stage.generate), {"shards": shards}, {}),
+            Finished(stage_key(cfg.as_tree(), Stage.generate), {"shards": shards}, {}),
         )
 
 
@@ -511,7 +511,8 @@ def write_ranked_row(cfg, line: int, change) -> Path:
     record = json.loads((cfg.stage_dir("rank") / "done.json").read_text())
     outputs = {**record["outputs"], path.name: seal}
     write_record(
-        cfg.stage_dir("rank"), Finished(record["fingerprint"], record["counts"], {}, outputs)
+        cfg.stage_dir("rank"),
+        Finished(Key(record["key"], record["manifest"]), record["counts"], {}, outputs),
     )
     return path
 
@@ -722,7 +723,7 @@ def test_a_generation_with_no_rows_is_refused_by_rank_and_an_empty_ranking_by_pa
 
     rank = cfg.stage_dir("rank")
     atomic_write_text(rank / "ranked-shard000-of-001.jsonl", "")
-    write_record(rank, Finished(stage_fingerprint(cfg.as_tree(), Stage.rank), {"shards": 1}, {}))
+    write_record(rank, Finished(stage_key(cfg.as_tree(), Stage.rank), {"shards": 1}, {}))
     with pytest.raises(pairs_stage.PairsBuildError) as no_pairs:
         run_recorded(cfg, "pairs")
     assert str(no_pairs.value) == f"no pairs: {rank} holds no ranked prompts; rank again"

@@ -18,7 +18,7 @@ import pytest
 
 from src.config import REPO_ROOT, Stage
 from src.core.artifacts import atomic_write_text
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished, write_record
 from src.tiny.toy import sample_answer
 from tests.support.helpers import compose_cfg
@@ -56,9 +56,7 @@ def write_generation(root, n: int) -> None:
         stage / "responses-shard000-of-001.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
     )
     # as the generate stage of this config records it: a stage run alone checks what it reads
-    write_record(
-        stage, Finished(stage_fingerprint(cfg.as_tree(), Stage.generate), {"shards": 1}, {})
-    )
+    write_record(stage, Finished(stage_key(cfg.as_tree(), Stage.generate), {"shards": 1}, {}))
 
 
 def response(rng: random.Random) -> str:

@@ -26,9 +26,9 @@ from filelock import FileLock
 
 from src.config import REPO_ROOT, Stage, compose, to_yaml
 from src.config.cli import MAIN
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished, read_record, write_record
-from src.core.staleness import save_config
+from src.core.saved import save_config
 from src.tiny.names import PIPELINE_NAMES
 from tests.support.helpers import SMALL, run_main_process
 
@@ -101,11 +101,17 @@ def copy(name: str, tiny_dir: Path, dest: Path) -> Copy:
 def trained_again(root: Path, *overrides: str) -> None:
     """Iteration 1's training of the lineage under `root` as `pipeline.redo=[train]` with
     `overrides` leaves it, made now: its saved config, headed by that command, and its record
-    (its checkpoint as it was: what is judged is the record's time and fingerprint)."""
+    (its checkpoint made again with other bytes: its generation config written with one blank
+    more, which loads as it did, sealed anew)."""
+    from src.core.policy import seal_checkpoint
+
     cfg = compose([*SMALL, f"paths.root={root}", "iter=1", *overrides])
     train = cfg.stage_dir(Stage.train)
     made = read_record(train)
     command = " ".join([MAIN, *SMALL, "iter=1", *overrides, "pipeline.redo=[train]"])
     save_config(train, to_yaml(cfg), command)
-    fingerprint = stage_fingerprint(cfg.as_tree(), Stage.train)
-    write_record(train, Finished(fingerprint, made["counts"], made["timings"], made["outputs"]))
+    written = train / "checkpoint" / "generation_config.json"
+    written.write_text(written.read_text() + " ")
+    key = stage_key(cfg.as_tree(), Stage.train)
+    seals = seal_checkpoint(train / "checkpoint")
+    write_record(train, Finished(key, made["counts"], made["timings"], seals))

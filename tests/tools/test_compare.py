@@ -25,7 +25,7 @@ import yaml
 
 from src.compare import main
 from src.config import REPO_ROOT, to_yaml
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished, write_record
 from src.core.registry import STAGES
 from src.stages.report.results import read_iteration
@@ -1207,7 +1207,7 @@ def test_a_stale_iterations_figures_are_left_out_each_stage_named(tmp_path, monk
         for stage in STAGES:
             cfg.stage_dir(stage).mkdir(parents=True, exist_ok=True)
             (cfg.stage_dir(stage) / "config.yaml").write_text(to_yaml(cfg))
-            made = Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {})
+            made = Finished(stage_key(cfg.as_tree(), stage), {}, {})
             write_record(cfg.stage_dir(stage), made)
         (cfg.stage_dir("eval") / "eval.json").write_text(json.dumps({"win_rate": 0.625}))
         (cfg.stage_dir("train") / "metrics.json").write_text(

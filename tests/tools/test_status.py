@@ -16,9 +16,9 @@ import pytest
 
 from src.config import REPO_ROOT, Stage, to_yaml
 from src.core.errors import StageError, as_typed, command_line
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.core.records import Finished, read_record, write_record
-from src.core.staleness import save_config
+from src.core.saved import save_config
 from src.status import Cell, Iteration, Lineage, Status, as_text, main, status
 from tests.support import lineages
 from tests.support.helpers import SMALL, compose_cfg, entry, holder
@@ -245,7 +245,7 @@ def finished(command: str) -> Path:
     for stage in cfg.stages():
         save_config(cfg.stage_dir(stage), to_yaml(cfg), command)
         write_record(cfg.stage_dir(stage),
-                     Finished(stage_fingerprint(cfg.as_tree(), stage), {}, {}))  # fmt: skip
+                     Finished(stage_key(cfg.as_tree(), stage), {}, {}))  # fmt: skip
     return Path(cfg.run.dir)
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from src.config import REPO_ROOT, Stage
-from src.core.fingerprints import stage_fingerprint
+from src.core.identity import stage_key
 from src.stages.train import run
 from src.training.memory_phases import GIB, PHASES, MemoryPhases
 from tests.support.helpers import compose_cfg, run_main_process
@@ -199,7 +199,7 @@ def test_the_record_keeps_the_phases_only_when_asked(tmp_path):
 def test_recording_the_phases_leaves_the_fingerprint_as_it_is():
     """It says what the record keeps, not what the stage makes: a finished stage stays done."""
     fingerprints = {
-        stage_fingerprint(compose_cfg(*train_overrides(*flag)).as_tree(), Stage.train)
+        stage_key(compose_cfg(*train_overrides(*flag)).as_tree(), Stage.train)
         for flag in ([], ["training.record_memory_phases=true"])
     }
     assert len(fingerprints) == 1

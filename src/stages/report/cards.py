@@ -30,7 +30,7 @@ from src.core.fingerprints import read_upstream
 from src.core.layout import SAVED_CONFIG, iteration_name
 from src.core.policy import CARD
 from src.core.records import read_record
-from src.core.staleness import saved_state
+from src.core.state import saved_state
 from src.evaluation.alpaca_eval import REFERENCE_REPO
 from src.evaluation.arena_hard import V01 as ARENA_V01
 from src.evaluation.benchmarks import figure
