@@ -32,7 +32,7 @@ from src.config import (
     to_yaml,
     with_section,
 )
-from src.core import locks
+from src.core import locks, reuse
 from src.core.choice import Choice
 from src.core.errors import RedoStale, StageError, with_overrides
 from src.core.fingerprints import read_upstream
@@ -688,12 +688,35 @@ def run_stage(cfg: Config, stage: Stage, run: Callable, command: str, redoing: b
     with aside:
         print(f"[main] stage {stage.value} -> {stage_dir}", file=sys.stderr)
         save_config(stage_dir, to_yaml(cfg), command)
-        run_tracked(cfg, stage, run)
+        with reusable(cfg, stage, redoing) as source:
+            if source is None:
+                run_tracked(cfg, stage, run)
+            else:
+                reuse.take(cfg.as_tree(), stage, source)
         try:
             locks.require_held()  # held throughout: it was the only writer of what it made
         except locks.LockLost:  # another may have written beside it: none of it sealed as finished
             (stage_dir / RECORD).unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def reusable(cfg: Config, stage: Stage, redoing: bool):
+    """The finished stage of another lineage whose outputs `stage` takes instead of computing
+    them (src/core/reuse.py), or None: none read what it reads, `pipeline.reuse=false`, a redo
+    (which computes what it was asked to), an eval (its answers are cached by their own key), a
+    stage this process makes a part of (one shard of several, a training on several nodes: each
+    process would take the whole). Held under the key's lock: another process wanting the key
+    waits, then takes what this one made."""
+    several = one_of_shards(cfg, stage) or (
+        STAGES[stage].launches_processes and cfg.hardware.num_nodes > 1
+    )
+    if redoing or several or not cfg.pipeline.reuse or stage == Stage.eval:
+        yield None
+        return
+    tree = cfg.as_tree()
+    with reuse.key_lock(tree, stage):
+        yield reuse.found(tree, stage)
 
 
 def say(step: Step) -> None:

@@ -97,6 +97,11 @@ class PipelineConfig:
     # made under another config, or from a checkpoint trained again since, is redone (with the
     # stages after it) instead of refused: the one command after a redo of an early iteration
     redo_stale: bool = False
+    # true: a stage that would read what a finished stage of the same iteration in another
+    # lineage under paths.root read (the same key: params, files by content, the outputs of the
+    # stages it reads) takes that stage's outputs instead of computing them (a sweep's points
+    # share their first iteration's generate and rank); false: every stage computes its own
+    reuse: bool = True
 
     def __post_init__(self) -> None:
         given = self.redo if isinstance(self.redo, list | tuple) else [self.redo]

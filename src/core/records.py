@@ -117,7 +117,9 @@ class Finished:
     outputs: dict | None = None  # the seal (rows or bytes, sha256) of each output it made
 
 
-def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
+def write_record(
+    stage_dir: str | os.PathLike[str], finished: Finished, reused_from: str | None = None
+) -> Path:
     """`done.json`, written atomically and LAST: the only mark that a stage finished.
 
     A stage whose record holds the key of what it would read now is finished; without one,
@@ -125,7 +127,8 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
     scheduler once a stage's run returns (src/schedule.py), by a stage whose spec says it writes
     its own (training's rank-0 worker) and by the eval's answer cache. Beside the outputs' seals
     it keeps each output file's stat (`stats`), which vouches for it unchanged without reading
-    it again (src/core/state.py).
+    it again (src/core/state.py). `reused_from`: the stage whose outputs it took, having read
+    the same (src/core/reuse.py).
     """
     from importlib.metadata import version
 
@@ -148,6 +151,8 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished) -> Path:
         folder = Path(stage_dir)
         record["stats"] = {name: stat_signature([folder / name], folder / name)
                            for name in finished.outputs if (folder / name).is_file()}  # fmt: skip
+    if reused_from is not None:
+        record["reused_from"] = reused_from
     record |= {
         "counts": finished.counts,
         "timings": finished.timings,

@@ -493,6 +493,8 @@ def test_a_local_sweep_runs_every_point_here(tmp_path):
     shutil.rmtree(damaged.parent)
     done = entry("src.sweep", *command, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    # point 1 takes point 2's generate, rank and pairs (eta is read by the training alone)
+    assert done.stderr.count("reused from") == 3, done.stderr[-3000:]
     for eta in (1, 10):
         assert (
             tmp_path
