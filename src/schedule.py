@@ -34,6 +34,7 @@ from src.config import (
 )
 from src.core import locks, reuse
 from src.core.choice import Choice
+from src.core.diff import Why
 from src.core.errors import RedoStale, StageError, with_overrides
 from src.core.fingerprints import read_upstream
 from src.core.layout import RECORD, iteration_name, stage_folder
@@ -42,7 +43,7 @@ from src.core.records import read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
 from src.core.saved import relocated, save_config, saved_config
-from src.core.state import StageState, Why, redo_for, state_of
+from src.core.state import StageState, redo_for, state_of
 from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
 from src.stages.report import curves, tracking

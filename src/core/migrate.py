@@ -16,6 +16,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from src.core.diff import (
+    CONTENT_CHANGED,
+    READ_CHANGED,
+    RETRAINED,
+    TRAINED_AFTER,
+    UNFINISHED,
+    Change,
+    Why,
+)
 from src.core.errors import StageError
 from src.core.fingerprints import (
     CLONE_ABSOLUTE,
@@ -44,17 +53,7 @@ from src.core.records import (
     read_record,
 )
 from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
-from src.core.state import (
-    CONTENT_CHANGED,
-    READ_CHANGED,
-    RETRAINED,
-    TRAINED_AFTER,
-    UNFINISHED,
-    Change,
-    Kept,
-    StageState,
-    Why,
-)
+from src.core.state import Kept, StageState
 
 KNOWN_FORMATS = LEGACY_FORMATS
 

@@ -22,64 +22,36 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from src.core.artifacts import files_sha256
-from src.core.choice import Choice
+from src.core.diff import (
+    PREFIXED,
+    Change,
+    Why,
+    covers,
+    damage,
+    file_changes,
+    link_changes,
+    other_version,
+    param_changes,
+)
 from src.core.errors import Redo, RedoStale, StageError
 from src.core.fingerprints import (
-    GONE,
-    fingerprint_form,
-    flatten,
     lookup,
     read_upstream,
     resolved,
     stage_dir,
 )
 from src.core.identity import (
-    MODEL_KEYS,
     Link,
     files_now,
     key_of,
     links,
     manifest,
     out_id,
-    stat_signature,
 )
 from src.core.layout import RunLayout
 from src.core.records import LEGACY_FORMATS, RECORD_FORMAT, read_record
-from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
+from src.core.registry import STAGES, Stage
 from src.core.saved import relocated, saved_config
-
-
-class Why(Choice):
-    """Why a finished stage is stale: what decides its remedy (src/schedule.py)."""
-
-    value = "value"  # an input key set otherwise than the stage was made with
-    content = "content"  # a local file it read changed since
-    gone = "gone"  # a local file it read is gone, or is no longer a file
-    retrained = "retrained"  # pi_{t-1}, which its iteration started from, trained again since
-    trained_after = "trained_after"  # an eval whose checkpoint was trained again after it
-    ancestor = "ancestor"  # an earlier iteration, which this one descends from, is stale
-    remade = "remade"  # a stage of its iteration it read was made again since, other bytes
-    damaged = "damaged"  # one of its own outputs is missing or not as it sealed it
-    version = "version"  # recorded by another version of this project
-
-
-class Change(str):
-    """One reason a stage is stale: its text as the user reads it, its `kind`, the config `key`
-    it concerns (None: none), and for an ancestor's the kind of the ancestor's own (`cause`)."""
-
-    kind: Why
-    key: str | None
-    cause: Why
-
-    def __new__(cls, text: str, kind: Why, key: str | None = None, cause: Why | None = None):
-        made = super().__new__(cls, text)
-        made.kind, made.key, made.cause = kind, key, cause or kind
-        return made
-
-    def under(self, prefix: str) -> Change:
-        """The same change said of a later stage, `prefix` before its text."""
-        return Change(prefix + self, self.kind, self.key, self.cause)
 
 
 @dataclass
@@ -125,21 +97,6 @@ class Kept:
     @cached_property
     def saved(self) -> dict[str, Any] | None:
         return saved_config(self.folder)
-
-
-# The kinds that say what a stage read, or made, has changed since it was made (not only that its
-# record and the command's config disagree): what makes the stages after it, and every later
-# iteration, stale
-READ_CHANGED = (
-    Why.content, Why.gone, Why.retrained, Why.trained_after, Why.ancestor, Why.remade, Why.damaged,
-)  # fmt: skip
-# what a stage read of another of its iteration, as a later stage says it ("generate's ...")
-PREFIXED = (Why.value, Why.content, Why.gone, Why.damaged)
-
-RETRAINED = "was trained again since"
-UNFINISHED = "is not finished now (its training's record is gone)"
-CONTENT_CHANGED = "changed since this stage read it"
-TRAINED_AFTER = "was trained again after this eval"
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
@@ -239,7 +196,7 @@ class Judge:
                  for k, e in made["files"].items()}  # fmt: skip
         own_pairs = all(link.iteration != t for link in reads)
         changes = (
-            damage(kept)
+            damage(kept.folder, kept.record)
             or file_changes(made["files"], files, where.get)
             or link_changes(stage, t, own_pairs, made["upstream"], now)
         )
@@ -265,7 +222,7 @@ class Judge:
         config: its params, its files, the outputs it reads, its version; and its own outputs."""
         record, made = kept.record, manifest_of(kept.record)
         now = manifest(self.tree, stage, record=record)
-        changes = damage(kept)
+        changes = damage(kept.folder, kept.record)
         if made.get("version", STAGES[stage].version) != STAGES[stage].version:
             said = f"made by version {made.get('version')} of the {stage.value} stage, which is "
             changes.append(Change(said + f"{STAGES[stage].version} now", Why.version))
@@ -274,7 +231,7 @@ class Judge:
             where = lambda key: Path(str(lookup(self.tree, key))).expanduser()  # noqa: E731
             found = file_changes(made["files"], now["files"], where)
             if not covered:
-                found = param_changes(self.tree, kept, made["params"], now["params"]) + found
+                found = param_changes(self.tree, kept.saved, made["params"], now["params"]) + found
             t, own_pairs = self.tree["iter"], read_upstream(self.tree, stage) is None
             found = found or link_changes(stage, t, own_pairs, made["upstream"], now["upstream"])
             if not (found or covered):  # a manifest of other entries than this version's
@@ -312,121 +269,3 @@ def ancestry(u: int, read: StageState) -> list[Change]:
     first = read.changed[0] if read.changed else Change(read.why, Why.value)
     said = f"iteration {u}'s training, which this iteration descends from, is stale ({read.why})"
     return [Change(said, Why.ancestor, first.key, first.cause)]
-
-
-def other_version(made_as: Any) -> Change:
-    later = isinstance(made_as, int) and made_as > RECORD_FORMAT
-    said = f"recorded by {'a later' if later else 'an earlier'} version of selfplay-lab" + (
-        f" (record format {made_as}; this one writes {RECORD_FORMAT})" if made_as else ""
-    )
-    return Change(said, Why.version)
-
-
-def damage(kept: Kept) -> list[Change]:
-    """Each of the stage's own outputs that is missing or not as it sealed it: its size, then
-    its content, read again only where its stat differs from what the record kept."""
-    record = kept.record or {}
-    stats = record.get("stats") or {}
-    found, hashed = [], {}
-    for name, seal in (record.get("outputs") or {}).items():
-        path = kept.folder / name
-        if not path.is_file():
-            found.append(Change(f"{name} is missing", Why.damaged))
-        elif "bytes" in seal and path.stat().st_size != seal["bytes"]:
-            size = path.stat().st_size
-            said = f"{name} has {size} bytes where it was made with {seal['bytes']}"
-            found.append(Change(said, Why.damaged))
-        elif "sha256" in seal and stats.get(name) != stat_signature([path], path):
-            hashed[path] = (name, seal["sha256"])
-    for path, digest in files_sha256(hashed).items():
-        name, sealed = hashed[path]
-        if digest != sealed:
-            said = f"{name} is not the file this stage made (its content changed)"
-            found.append(Change(said, Why.damaged))
-    return found
-
-
-def param_changes(
-    tree: dict[str, Any], kept: Kept, before: dict[str, Any], now: dict[str, Any]
-) -> list[Change]:
-    """`key: old -> new` for each param set otherwise than the stage was made with, in its
-    portable form; a key read on one side only (a benchmark's, as it is added or dropped) as it
-    is set on the other, and not shown where it is set the same."""
-    before, now = flatten(before), flatten(now)
-    saved = kept.saved or {}
-    changed = []
-    for k in {**now, **before}:
-        old = before.get(k, fingerprint_form(lookup(saved, k), saved))
-        new = now.get(k, fingerprint_form(lookup(tree, k), tree))
-        if before.get(k) != now.get(k) and old != new:
-            changed.append(Change(f"{k}: {old!r} -> {new!r}", Why.value, k))
-    return changed
-
-
-def file_changes(before: dict[str, Any], now: dict[str, Any], where) -> list[Change]:
-    """For each local file the stage read whose content differs from what it read:
-    `key: <file> changed since this stage read it`, or, gone or no longer a file, says so
-    (`where(key)`: the path it reads now)."""
-    found = []
-    for key, entry in now.items():
-        seen = before.get(key) or {}
-        if seen.get("path") != entry["path"] or seen.get("sha256") == entry["sha256"]:
-            continue
-        if entry["sha256"] != GONE:
-            found.append(Change(f"{key}: {entry['path']} {CONTENT_CHANGED}", Why.content, key))
-            continue
-        path = where(key)
-        if not path.exists():
-            what = "is gone"
-        elif path.is_dir() != (key in FOLDER_INPUTS or key in MODEL_KEYS):
-            what = "is now a folder" if path.is_dir() else "is no longer a folder"
-        else:
-            what = "lacks files"
-        found.append(Change(f"{key}: {entry['path']} {what} (this stage read it)", Why.gone, key))
-    return found
-
-
-def link_changes(
-    stage: Stage, t: int, own_pairs: bool, before: dict[str, str], now: dict[str, str]
-) -> list[Change]:
-    """Why a stage of iteration `t` whose params and files are as it read them is stale: a stage
-    output it read (`before`: as recorded, `now`: as its record says now) made again since with
-    other bytes, or not finished now. `own_pairs`: it reads no stage of its iteration (a training
-    on a pairs file of the user's own), so that its iteration's chain starts from it."""
-    found = []
-    for name, made in now.items():
-        if before.get(name) == made:
-            continue
-        link = Link.parse(name)
-        since = UNFINISHED if made == "unfinished" else RETRAINED
-        if link.stage == Stage.train and stage == Stage.eval and link.iteration == t:
-            said = f"iteration {t}'s checkpoint {TRAINED_AFTER}"
-            found.append(Change(said, Why.trained_after))
-        elif link.stage == Stage.train and link.iteration == t - 1 and stage != Stage.eval:
-            head = stage if own_pairs else Stage.generate  # where the iteration's chain starts
-            said = f"iteration {t - 1}'s checkpoint, which this iteration's {head.value} "
-            found.append(Change(said + f"started from, {since}", Why.retrained))
-        elif link.stage == Stage.train:
-            said = f"iteration {link.iteration}'s checkpoint, which this stage reads, {since}"
-            found.append(Change(said, Why.retrained))
-        else:
-            said = f"{link.stage.value} was made again since {stage.value} read it"
-            found.append(Change(said, Why.remade))
-    return found
-
-
-def covers(stage: Stage, made: dict[str, Any], now: dict[str, Any]) -> bool:
-    """The one exception to "the same params": an eval made with benchmarks (or AlpacaEval 2)
-    that the command does not ask for, and otherwise as asked, is done — its win rate and the
-    benchmarks asked for are those asked for."""
-    if stage != Stage.eval:
-        return False
-    asked = set(map(str, now.get("eval.benchmarks") or []))
-    ran = set(map(str, made.get("eval.benchmarks") or []))
-    if not asked <= ran or (now.get("eval.alpaca_eval") and not made.get("eval.alpaca_eval")):
-        return False
-    extra = {key for b in ran - asked for key in BENCHMARK_INPUTS[b]}
-    extra -= {key for b in asked for key in BENCHMARK_INPUTS[b]}
-    extra |= {"eval.benchmarks", "eval.alpaca_eval"}
-    kept = lambda params: {k: v for k, v in params.items() if k not in extra}  # noqa: E731
-    return kept(made) == kept(now)

@@ -16,6 +16,7 @@ import pytest
 from src.config import REPO_ROOT, Config, Stage, to_yaml
 from src.core import fingerprints, saved
 from src.core.artifacts import atomic_write_json
+from src.core.diff import Why
 from src.core.errors import StageError
 from src.core.fingerprints import CLONE_ABSOLUTE, fingerprint_form, lookup
 from src.core.identity import chunk_identity, stage_key
@@ -23,7 +24,7 @@ from src.core.migrate import legacy_fingerprint
 from src.core.records import Finished, read_record, record_sha256, write_record
 from src.core.registry import BENCHMARK_INPUTS, STAGES
 from src.core.saved import save_config
-from src.core.state import Why, saved_state, state_of
+from src.core.state import saved_state, state_of
 from tests.support.helpers import compose_cfg
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from src.config import Config, Stage
+from src.core.diff import Why
 from src.core.fingerprints import stage_inputs
 from src.core.identity import key_of, out_id, stage_key
 from src.core.records import RECORD_FORMAT, Finished, read_record, write_record
 from src.core.registry import STAGES
-from src.core.state import Why, state_of
+from src.core.state import state_of
 from src.status import status
 from tests.support.helpers import SMALL, cli, compose_cfg, entry, one_line_failure
 

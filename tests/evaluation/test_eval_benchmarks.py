@@ -15,10 +15,11 @@ import json
 import pytest
 
 from src.config import ConfigError, Stage, to_yaml
+from src.core.diff import Why
 from src.core.identity import stage_key
 from src.core.records import Finished, write_record
 from src.core.registry import STAGES
-from src.core.state import Why, state_of
+from src.core.state import state_of
 from src.evaluation import benchmarks
 from src.evaluation.errors import EvalError
 from src.tiny.benchmarks import write as write_tiny_benchmarks

@@ -18,13 +18,14 @@ import src.assets.preflight as preflight
 import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
+from src.core.diff import Change, Why
 from src.core.errors import EnvironmentFailure, Redo, StageError, describe
 from src.core.fingerprints import read_upstream
 from src.core.identity import stage_key
 from src.core.records import Finished, read_record, write_record
 from src.core.registry import STAGES
 from src.core.saved import save_config
-from src.core.state import Change, StageState, Why
+from src.core.state import StageState
 from src.main import run
 from src.stages import StageResult
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes

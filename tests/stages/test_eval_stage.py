@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from src.config import REPO_ROOT
-from src.core.state import TRAINED_AFTER
+from src.core.diff import TRAINED_AFTER
 from src.evaluation.winrate import GLM
 from tests.support.helpers import (
     SMALL,

@@ -31,11 +31,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.config import SEED_KEYS
 from src.core import registry
+from src.core.diff import READ_CHANGED
 from src.core.errors import StageError
 from src.core.fingerprints import fingerprint_form, flatten
 from src.core.layout import RECORD, SAVED_CONFIG, RunLayout
 from src.core.records import record_problem
-from src.core.state import READ_CHANGED, saved_state
+from src.core.state import saved_state
 
 # The W&B job type of a lineage's curve run (src/stages/report/curves.py), by which src.compare
 # finds it
