@@ -39,7 +39,8 @@ from src.core.errors import RedoStale, StageError, with_overrides
 from src.core.fingerprints import read_upstream
 from src.core.layout import RECORD, iteration_name, stage_folder
 from src.core.machine import node_rank
-from src.core.records import read_record, write_record
+from src.core.migrate import migrate
+from src.core.records import RECORD_FORMAT, read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
 from src.core.saved import relocated, save_config, saved_config
@@ -578,6 +579,7 @@ def run_iteration(plan: Plan, runners: dict, command: str) -> list[Stage]:
         for step in steps:
             if step.action == "skip":
                 say(step)
+                migrated(cfg, step.stage, command, other_node)
                 continue
             redoing = step.action == "redo"
             with writing(cfg, step.stage, command, redoing, other_node):
@@ -718,6 +720,17 @@ def reusable(cfg: Config, stage: Stage, redoing: bool):
     tree = cfg.as_tree()
     with reuse.key_lock(tree, stage):
         yield reuse.found(tree, stage)
+
+
+def migrated(cfg: Config, stage: Stage, command: str, other_node: bool) -> None:
+    """A finished stage's record of an earlier format rewritten as this version writes it, once,
+    by the first command that skips it (src/core/migrate.py), under its lock; left as it is while
+    another process writes there (it is judged as it was made meanwhile)."""
+    record = read_record(cfg.stage_dir(stage))
+    if other_node or record is None or record.get("format") == RECORD_FORMAT:
+        return
+    with contextlib.suppress(locks.Locked), locks.writing(cfg.stage_dir(stage), command):
+        migrate(cfg.as_tree(), stage, cfg.stage_dir(stage))
 
 
 def say(step: Step) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from src.core.fingerprints import (
     stage_inputs,
 )
 from src.core.identity import links
-from src.core.layout import RunLayout
+from src.core.layout import RECORD, RunLayout
 from src.core.records import (
     ABSOLUTE_PATHS_FORMAT,
     CONTENTS_FORMAT,
@@ -61,14 +63,15 @@ KNOWN_FORMATS = LEGACY_FORMATS
 def legacy_state(tree: dict[str, Any], stage: Stage, kept: Kept) -> StageState:
     """The stage of a record of an earlier format under `tree`, by its own record (and, for an
     eval, its checkpoint's), as its format was checked; stale where a stage it reads was made by
-    this version since (which such a record cannot have read)."""
+    this version since (which such a record cannot have read; one whose record was only
+    rewritten as this version's, `migrate`, was not made again)."""
     for link in links(tree, stage):
         folder = RunLayout(lookup(tree, "run.dir")).stage_dir_in(link.iteration, link.stage)
         try:
             read = read_record(folder)
         except StageError:  # damaged: named where that stage's own state is read
             continue
-        if read is not None and read.get("format") == RECORD_FORMAT:
+        if read is not None and read.get("format") == RECORD_FORMAT and "migrated_from" not in read:
             said = f"{link.stage.value} of iteration {link.iteration} was made again since"
             return StageState(stage, "stale", [Change(said, Why.remade)])
     state = recorded_state(tree, stage, kept)
@@ -76,6 +79,33 @@ def legacy_state(tree: dict[str, Any], stage: Stage, kept: Kept) -> StageState:
         said = f"iteration {tree['iter']}'s checkpoint {TRAINED_AFTER}"
         return StageState(stage, "stale", [Change(said, Why.trained_after)])
     return state
+
+
+def migrate(tree: dict[str, Any], stage: Stage, folder: Path) -> bool:
+    """Rewrite the record in `folder`, of an earlier format and finished under `tree`, as this
+    version writes it: the manifest of what it reads now (which its format checked it read: the
+    same config, the same files), the old record kept beside it as `done.v<format>.json`, one
+    line saying so. Returns whether it did. Its writer holds the stage's lock."""
+    kept = Kept.read(folder)
+    record = kept.record
+    if record is None or record.get("format") not in LEGACY_FORMATS:
+        return False
+    if legacy_state(tree, stage, kept).status != "done":
+        return False
+    from src.core.identity import Key, key_of, manifest
+    from src.core.records import Finished, write_record
+
+    contents = record.get("contents") or {}
+    read = {k: entry["read"] for k, entry in contents.items() if "read" in entry}
+    made = manifest(tree, stage, read=read or None)
+    kept_as = folder / f"done.v{record['format']}.json"
+    shutil.copy2(folder / RECORD, kept_as)
+    finished = Finished(Key(key_of(stage, made), made), record["counts"], record["timings"],
+                        record.get("outputs"))  # fmt: skip
+    write_record(folder, finished, migrated_from=record["format"])
+    print(f"[main] {folder}: its record of format {record['format']} rewritten as format "
+          f"{RECORD_FORMAT} (the old one kept as {kept_as.name})", file=sys.stderr)  # fmt: skip
+    return True
 
 
 def legacy_intact(tree: dict[str, Any] | None, stage: Stage, kept: Kept) -> StageState:

@@ -117,9 +117,7 @@ class Finished:
     outputs: dict | None = None  # the seal (rows or bytes, sha256) of each output it made
 
 
-def write_record(
-    stage_dir: str | os.PathLike[str], finished: Finished, reused_from: str | None = None
-) -> Path:
+def write_record(stage_dir: str | os.PathLike[str], finished: Finished, **noted: Any) -> Path:
     """`done.json`, written atomically and LAST: the only mark that a stage finished.
 
     A stage whose record holds the key of what it would read now is finished; without one,
@@ -127,8 +125,9 @@ def write_record(
     scheduler once a stage's run returns (src/schedule.py), by a stage whose spec says it writes
     its own (training's rank-0 worker) and by the eval's answer cache. Beside the outputs' seals
     it keeps each output file's stat (`stats`), which vouches for it unchanged without reading
-    it again (src/core/state.py). `reused_from`: the stage whose outputs it took, having read
-    the same (src/core/reuse.py).
+    it again (src/core/state.py). `noted`: where its outputs came from, kept in it as given —
+    `reused_from` (the stage whose outputs it took, having read the same: src/core/reuse.py),
+    `migrated_from` (the format of the record it replaces: src/core/migrate.py).
     """
     from importlib.metadata import version
 
@@ -151,8 +150,7 @@ def write_record(
         folder = Path(stage_dir)
         record["stats"] = {name: stat_signature([folder / name], folder / name)
                            for name in finished.outputs if (folder / name).is_file()}  # fmt: skip
-    if reused_from is not None:
-        record["reused_from"] = reused_from
+    record |= noted
     record |= {
         "counts": finished.counts,
         "timings": finished.timings,

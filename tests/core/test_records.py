@@ -21,7 +21,7 @@ from src.core.errors import StageError
 from src.core.fingerprints import CLONE_ABSOLUTE, fingerprint_form, lookup
 from src.core.identity import chunk_identity, stage_key
 from src.core.migrate import legacy_fingerprint
-from src.core.records import Finished, read_record, record_sha256, write_record
+from src.core.records import RECORD_FORMAT, Finished, read_record, record_sha256, write_record
 from src.core.registry import BENCHMARK_INPUTS, STAGES
 from src.core.saved import save_config
 from src.core.state import saved_state, state_of
@@ -710,3 +710,35 @@ def test_an_earlier_iterations_damaged_saved_config_is_passed_over_by_the_walk(
     _, two = finish_lineage(monkeypatch, tmp_path / "runs", 2, f"data.prompts={tmp_path}/p.jsonl")
     (two.layout.stage_dir_in(1, Stage.train) / "config.yaml").write_text(saved)
     assert {state_of(two.as_tree(), s).status for s in STAGES} == {"done"}
+
+
+@pytest.mark.parametrize("fmt", [2, 4, 6, 7])
+def test_a_finished_record_of_an_earlier_format_is_rewritten_once_by_the_command_that_skips_it(
+    tmp_path, monkeypatch, fmt
+):
+    """src.main skips each finished stage recorded by an earlier version and rewrites its record
+    as this version writes it (its manifest, key and outputs' identity), the old one kept beside
+    it, one line each; the stages stay finished, and a second run rewrites nothing."""
+    from tests.support.helpers import entry
+
+    fingerprint = {
+        2: format2_fingerprint,
+        4: lambda c, s: legacy_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE, contents=False),
+        6: lambda c, s: legacy_fingerprint(c.as_tree(), s, CLONE_ABSOLUTE),
+        7: None,
+    }[fmt]
+    cfg = at_root(monkeypatch, tmp_path / "runs")
+    finish(cfg, fingerprint, fmt=fmt)
+    stages = [s for s in STAGES if not STAGES[s].optional]
+    env = {"SELFPLAY_RUNS": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1"}
+    ran = entry("src.main", "model=tiny-mistral", "logger=none", "iter=1", env=env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    for stage in stages:
+        folder = cfg.stage_dir(stage)
+        said = f"[main] {folder}: its record of format {fmt} rewritten as format {RECORD_FORMAT}"
+        assert said in ran.stderr, stage
+        assert read_record(folder)["format"] == RECORD_FORMAT
+        assert json.loads((folder / f"done.v{fmt}.json").read_text())["format"] == fmt
+        assert state_of(cfg.as_tree(), stage).status == "done", stage
+    again = entry("src.main", "model=tiny-mistral", "logger=none", "iter=1", env=env)
+    assert again.returncode == 0 and "rewritten" not in again.stderr, again.stderr[-3000:]
