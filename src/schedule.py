@@ -44,7 +44,7 @@ from src.core.records import RECORD_FORMAT, read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
 from src.core.saved import relocated, save_config, saved_config
-from src.core.state import StageState, redo_for, state_of
+from src.core.state import Judge, StageState, redo_for, state_of
 from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
 from src.stages.report import curves, tracking
@@ -219,11 +219,12 @@ def iteration_plan(cfg: Config, stages: Collection[Stage]) -> list[Step]:
     """`plan_iteration` of the stages the command runs in iteration `cfg`, from their records
     (and that of the stage the first one reads, when the command does not run it)."""
     tree = cfg.as_tree()
-    states = [state_of(tree, s) for s in stages]
+    judge = Judge(tree)  # each stage judged once, those it reads too
+    states = [judge.state(s) for s in stages]
     upstream = read_upstream(tree, states[0].stage)
     read = None
     if upstream is not None and upstream not in stages:
-        read = state_of(tree, upstream)
+        read = judge.state(upstream)
     return plan_iteration(states, cfg, read)
 
 

@@ -61,7 +61,7 @@ from src.core.errors import (
 from src.core.layout import RunLayout
 from src.core.records import read_record
 from src.core.registry import STAGES
-from src.core.state import StageState, saved_state, state_of
+from src.core.state import Judge, StageState, saved_state, state_of
 
 WIDTH = 100  # of the text's wrapped lines
 SIDE = f"{Stage.eval.value}/"  # an eval beside the base model's, by its folder: eval/vs-<name>
@@ -191,9 +191,10 @@ def cells_of(cfg: Config) -> dict[str, Cell]:
     from src.schedule import side_evals
 
     tree, asked = cfg.as_tree(), cfg.stages()
+    judged = Judge(tree)  # each stage judged once, those it reads too
     cells = {}
     for stage in STAGES:
-        judge = lambda stage=stage: state_of(tree, stage)  # noqa: E731 - one per stage
+        judge = lambda stage=stage: judged.state(stage)  # noqa: E731 - one per stage
         cell = stage_cell(cfg.stage_dir(stage), stage in asked, judge)
         if cell is not None:
             cells[stage.value] = cell

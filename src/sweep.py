@@ -15,27 +15,23 @@ than one SLURM array takes (`src.slurm.MAX_ARRAY_TASKS`) is refused before any i
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from src.config import (
     REPO_ROOT,
     Config,
     ConfigError,
     Device,
-    check_one_line,
     check_path_component,
     check_shell_word,
     compose,
 )
 from src.config.cli import ArgumentParser, failures
+from src.config.grid import grid_points, load_sweep, positive_int
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, command_line, override_key, set_overrides, without_keys
 from src.slurm import (
@@ -55,53 +51,12 @@ from src.slurm import (
 )
 
 
-def load_sweep(path: Path) -> dict[str, list[Any]]:
-    """The grid of a sweep file: Hydra key -> the values it takes."""
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        sweep = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(sweep, dict) or not isinstance(sweep.get("parameters"), dict):
-        raise ConfigError(f"{path}: a sweep needs a `parameters:` mapping (W&B's sweep format)")
-    if sweep.get("method", "grid") != "grid":
-        raise ConfigError(
-            f"{path}: method {sweep['method']!r} is for W&B agents (`wandb sweep {path}`); "
-            "a SLURM array needs method: grid"
-        )
-    grid = {}
-    for key, spec in sweep["parameters"].items():
-        if isinstance(spec, dict) and isinstance(spec.get("values"), list) and spec["values"]:
-            grid[key] = spec["values"]
-        elif isinstance(spec, dict) and "value" in spec:
-            grid[key] = [spec["value"]]
-        else:
-            raise ConfigError(f"{path}: parameter {key!r} needs `values: [...]` (or `value:`)")
-        # the points file holds one point per line, which an array task reads back with sed
-        check_one_line(f"{path}: parameters", str(key))
-        for value in grid[key]:
-            check_one_line(f"{path}: parameters.{key}", str(value))
-    return grid
-
-
 def sweep_name(path: Path) -> str:
     """The sweep's name, its file's stem: the folder of its points and script under paths.root
     (`sweeps/<name>`), and its SLURM job's name."""
     check_path_component("sweep name", path.stem)
     check_shell_word("sweep name", path.stem)
     return path.stem
-
-
-def positive_int(text: str) -> int:
-    """--parallel: the array's throttle `%N`, which SLURM reads only for N >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
-    return value
 
 
 def check_array_size(path: Path, grid: dict[str, list[Any]]) -> None:
@@ -122,15 +77,6 @@ def tracked_as(name: str, grid: dict[str, list[Any]]) -> list[str]:
     keys the sweep varies, whose values W&B colours the points by (src/stages/report/curves.py)."""
     swept = [key for key, values in grid.items() if len(values) > 1]
     return [f"logger.sweep={name}", f"logger.swept=[{','.join(swept)}]"]
-
-
-def grid_points(grid: dict[str, list[Any]]) -> list[list[str]]:
-    """Every combination, as Hydra overrides, in the file's order (the last key varies fastest)."""
-    keys = list(grid)
-    return [
-        [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
-        for values in itertools.product(*grid.values())
-    ]
 
 
 def check_points(

@@ -560,3 +560,27 @@ def test_the_previous_generation_is_read_from_its_record_a_damaged_one_passed_ov
     edited = {**record, "counts": {**counts, "generated": 40}}  # its sha256 left as it was
     (folder / "done.json").write_text(json.dumps(edited))
     assert previous_generation(cfg) is None
+
+
+def test_a_sweep_is_priced_with_the_stages_its_points_share_counted_once(tmp_path):
+    """Two etas over two iterations: iteration 1's generate and rank, which read no eta, are
+    computed once; its training and every stage of iteration 2 (made from each point's own
+    checkpoint) once a point; the saving is what the shared stages cost the second point."""
+    from src.plan.hours import iteration_hours
+    from src.plan.stages import policy_shape
+    from tests.support.helpers import entry
+
+    sweep = tmp_path / "eta.yaml"
+    sweep.write_text("method: grid\nparameters:\n  method.eta:\n    values: [1, 10]\n")
+    recipe = ("model=mistral-7b-instruct-v0.2", "hardware=node-8gpu")
+    priced = entry("src.plan", "--sweep", str(sweep), "--iterations", "2", *recipe)
+    assert priced.returncode == 0, priced.stderr[-3000:]
+    rows = re.findall(r"^\| (\w+) \| (\d) \| (\d) of 2 \|", priced.stdout, re.M)
+    assert {(stage, t): n for stage, t, n in rows} == {
+        ("generate", "1"): "1", ("rank", "1"): "1", ("train", "1"): "2",
+        ("generate", "2"): "2", ("rank", "2"): "2", ("train", "2"): "2",
+    }  # fmt: skip
+    cfg = compose_cfg(*recipe, "method.eta=1", "iter=1")
+    hours = {s.stage: s.gpu_hours for s in iteration_hours(cfg, policy_shape(cfg))}
+    saved = float(re.search(r": ([\d.e+]+) saved", priced.stdout).group(1))
+    assert saved == pytest.approx(hours["generate"] + hours["rank"], abs=1)

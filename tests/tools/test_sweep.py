@@ -43,7 +43,8 @@ def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
     ["eta", "lr", "k", pytest.param("grid", marks=pytest.mark.slow)],  # 27 compositions
 )
 def test_every_sweep_file_expands_into_distinct_valid_points(name):
-    from src.sweep import check_points, grid_points, load_sweep
+    from src.config.grid import grid_points, load_sweep
+    from src.sweep import check_points
 
     points = grid_points(load_sweep(REPO_ROOT / "sweeps" / f"{name}.yaml"))
     configs = check_points(points, ["model=tiny-mistral", "hardware=slurm-cpu"], 1)
