@@ -165,3 +165,31 @@ def test_a_base_model_replaced_in_place_makes_what_was_made_from_it_stale(tmp_pa
     assert state_of(one.as_tree(), Stage.rank).changed == [f"generate's {said}"]
     (ancestor,) = state_of(two.as_tree(), Stage.generate).changed
     assert (ancestor.kind, ancestor.cause) == (Why.ancestor, Why.content) and said in ancestor
+
+
+def test_a_damaged_record_leaves_no_stage_that_read_it_trusted_in_any_command(
+    lineage, tmp_path, monkeypatch
+):
+    """Iteration 1's rank record garbled: every stage that read it, iteration 2's too, is not
+    finished in src.status (unknown, naming the record), src.main refuses iteration 2, src.export
+    refuses it and src.compare leaves its figures out, each naming the damaged record."""
+    root = lineage("two-iterations").root
+    damaged = stage_dirs_of(root, 1)[Stage.rank] / "done.json"
+    damaged.write_text("garbage\n")
+    (found,) = status_at(root, monkeypatch)
+    one, two = found.iterations[0].stages, found.iterations[1].stages
+    assert one["rank"].state == "damaged" and one["generate"].state == "finished"
+    for cell in (one["pairs"], one["train"], *two.values()):
+        assert cell.state == "unknown" and str(damaged) in cell.why, cell
+    refused = one_line_failure(cli(root, "iter=2"), 1)
+    assert str(damaged) in refused
+    exported = entry("src.export", *SMALL, f"paths.root={root}", "iter=2", "--what", "model")
+    assert exported.returncode == 1 and str(damaged) in exported.stderr, exported.stderr[-2000:]
+    compared = entry("src.compare", "--root", str(root), "--out", str(tmp_path / "compare"))
+    iteration2 = stage_dirs_of(root, 2)[Stage.train]
+    assert f"[compare] {iteration2}: " in compared.stderr, compared.stderr[-3000:]
+
+
+def stage_dirs_of(root: Path, t: int) -> dict[Stage, Path]:
+    cfg = compose_cfg(*SMALL, f"paths.root={root}", f"iter={t}")
+    return {stage: cfg.stage_dir(stage) for stage in STAGES}
