@@ -34,7 +34,7 @@ from src.config import (
 )
 from src.core import locks, reuse
 from src.core.choice import Choice
-from src.core.diff import Why
+from src.core.diff import StageState, Why
 from src.core.errors import RedoStale, StageError, with_overrides
 from src.core.fingerprints import read_upstream
 from src.core.layout import RECORD, iteration_name, stage_folder
@@ -44,7 +44,7 @@ from src.core.records import RECORD_FORMAT, read_record, write_record
 from src.core.redo import set_aside
 from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
 from src.core.saved import relocated, save_config, saved_config
-from src.core.state import Judge, StageState, redo_for, state_of
+from src.core.state import Judge, redo_for, state_of
 from src.stages import StageResult, StageRun, stage_run
 from src.stages.common import stage_shard
 from src.stages.report import curves, tracking

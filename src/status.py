@@ -48,6 +48,7 @@ from src.config.cli import (
     trained_iterations,
 )
 from src.core import locks
+from src.core.diff import StageState
 from src.core.errors import (
     RedoStale,
     StageError,
@@ -61,7 +62,7 @@ from src.core.errors import (
 from src.core.layout import RunLayout
 from src.core.records import read_record
 from src.core.registry import STAGES
-from src.core.state import Judge, StageState, saved_state, state_of
+from src.core.state import Judge, saved_state, state_of
 
 WIDTH = 100  # of the text's wrapped lines
 SIDE = f"{Stage.eval.value}/"  # an eval beside the base model's, by its folder: eval/vs-<name>

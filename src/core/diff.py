@@ -2,19 +2,25 @@
 would read now, each difference typed (`Why`) and worded once (`Change`) — a param set otherwise
 (`key: old -> new`), a file changed or gone, a stage output it read made again since, one of its
 own outputs damaged, another version. The scheduler decides remedies from the kinds and keys,
-never from the words (src/schedule.py); src/core/state.py decides finished or stale."""
+never from the words (src/schedule.py); src/core/state.py decides finished or stale. Also the
+two things a judgement is made of: a stage's state (`StageState`) and its folder as read once
+(`Kept`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from src.core.artifacts import files_sha256
 from src.core.choice import Choice
+from src.core.errors import StageError
 from src.core.fingerprints import GONE, fingerprint_form, flatten, lookup
 from src.core.identity import MODEL_KEYS, Link, stat_signature
-from src.core.records import RECORD_FORMAT
+from src.core.records import RECORD_FORMAT, read_record
 from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, Stage
+from src.core.saved import saved_config
 
 
 class Why(Choice):
@@ -47,6 +53,51 @@ class Change(str):
     def under(self, prefix: str) -> Change:
         """The same change said of a later stage, `prefix` before its text."""
         return Change(prefix + self, self.kind, self.key, self.cause)
+
+
+@dataclass
+class StageState:
+    stage: Stage
+    status: str  # "done" | "stale" | "todo"
+    # for "stale": why (none of its own inputs changed: the nearest earlier stage's changes)
+    changed: list[Change] = field(default_factory=list)
+
+    @property
+    def earlier_version(self) -> bool:
+        """Recorded by another version of this project, whose records this one cannot check."""
+        return any(c.kind == Why.version for c in self.changed)
+
+    def has(self, *kinds: Why) -> bool:
+        return any(c.kind in kinds for c in self.changed)
+
+    @property
+    def why(self) -> str:
+        """Why it is stale, as every command says it: its changes (none named: what it read)."""
+        return "; ".join(self.changed) or "the output of an earlier stage changed"
+
+
+@dataclass
+class Kept:
+    """What a stage's folder holds, each read once while its state is judged: its record (None:
+    the stage has not finished) and, when first asked for, the config it was made with."""
+
+    folder: Path
+    record: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, folder: Path, strict: bool = True) -> Kept:
+        """The folder's record, checked (`read_record`): a damaged one raises the StageError that
+        names it, or, `strict=False`, is taken as none."""
+        try:
+            return cls(folder, read_record(folder))
+        except StageError:
+            if strict:
+                raise
+            return cls(folder, None)
+
+    @cached_property
+    def saved(self) -> dict[str, Any] | None:
+        return saved_config(self.folder)
 
 
 # The kinds that say what a stage read, or made, has changed since it was made (not only that its

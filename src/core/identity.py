@@ -39,15 +39,13 @@ from src.core.fingerprints import (
     stage_inputs,
 )
 from src.core.layout import RunLayout, iteration_number
-from src.core.records import read_record
+from src.core.records import out_id, read_record, stat_signature
 from src.core.registry import STAGES, Stage
 
 # The base model a stage reads (pi_0), by the content of its files where it is a local folder
 BASE_MODEL = "model.path"
 # The keys that may name a model folder read by content (`model_files_read`)
 MODEL_KEYS = (BASE_MODEL, "ranker.model", "eval.judge.model")
-# What an upstream link holds while the stage it names has no finished record
-UNFINISHED = "unfinished"
 
 
 @dataclass(frozen=True)
@@ -96,15 +94,6 @@ def reads_base_model(tree: dict[str, Any], stage: Stage) -> bool:
     if stage == Stage.eval:
         return t == 0 or lookup(tree, "eval.reference") == "base"
     return False
-
-
-def out_id(record: dict[str, Any] | None) -> str:
-    """The identity of what a finished stage made: the sha256 of the seals of its outputs (each
-    file's rows or bytes and sha256) as its record keeps them; `UNFINISHED` without a record."""
-    if record is None:
-        return UNFINISHED
-    outputs = record.get("outputs") or {}
-    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()
 
 
 def upstream(tree: dict[str, Any], stage: Stage) -> dict[str, str]:
@@ -172,17 +161,6 @@ def files_now(recorded: dict[str, Any], run_dir: str, root: str) -> dict[str, An
         if entry is not None:
             now[key] = entry
     return now
-
-
-def stat_signature(files: list[Path], folder: Path) -> str:
-    """What vouches for files unchanged since they were hashed: each one's name, size, inode,
-    mtime and ctime (which every write changes, `cp -p` and `touch -d` too)."""
-    lines = []
-    for f in files:
-        s = f.stat()
-        name = f.relative_to(folder).as_posix() if f != folder else ""
-        lines.append(f"{name}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}:{s.st_ctime_ns}")
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def manifest(

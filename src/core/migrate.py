@@ -25,6 +25,8 @@ from src.core.diff import (
     TRAINED_AFTER,
     UNFINISHED,
     Change,
+    Kept,
+    StageState,
     Why,
 )
 from src.core.errors import StageError
@@ -55,7 +57,6 @@ from src.core.records import (
     read_record,
 )
 from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
-from src.core.state import Kept, StageState
 
 KNOWN_FORMATS = LEGACY_FORMATS
 

@@ -52,6 +52,9 @@ def redo_of(stage_dir: Path) -> Redo | None:
     return Redo(place.stage.value, place.iteration)
 
 
+# What a stage output read holds while the stage that makes it has no finished record
+UNFINISHED = "unfinished"
+
 RECORD_TIME = "%Y-%m-%dT%H:%M:%S%z"  # a record's finished_at, to the second, with its offset
 
 
@@ -131,8 +134,6 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished, **noted:
     """
     from importlib.metadata import version
 
-    from src.core.identity import out_id, stat_signature
-
     packages = ("torch", "transformers", "accelerate", "deepspeed", "datasets", "llm-blender")
     versions = {}
     for name in packages:
@@ -160,3 +161,23 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished, **noted:
     }
     record["sha256"] = record_sha256(record)
     return atomic_write_json(Path(stage_dir) / RECORD, record)
+
+
+def out_id(record: dict[str, Any] | None) -> str:
+    """The identity of what a finished stage made: the sha256 of the seals of its outputs (each
+    file's rows or bytes and sha256) as its record keeps them; `UNFINISHED` without a record."""
+    if record is None:
+        return UNFINISHED
+    outputs = record.get("outputs") or {}
+    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()
+
+
+def stat_signature(files: list[Path], folder: Path) -> str:
+    """What vouches for files unchanged since they were hashed: each one's name, size, inode,
+    mtime and ctime (which every write changes, `cp -p` and `touch -d` too)."""
+    lines = []
+    for f in files:
+        s = f.stat()
+        name = f.relative_to(folder).as_posix() if f != folder else ""
+        lines.append(f"{name}:{s.st_size}:{s.st_ino}:{s.st_mtime_ns}:{s.st_ctime_ns}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from src.core import locks
+from src.core.diff import Kept
 from src.core.fingerprints import fingerprint_form, lookup, stage_dir
 from src.core.identity import Key, manifest
 from src.core.layout import LOCKS, RECORD, SAVED_CONFIG, iteration_name
 from src.core.records import RECORD_FORMAT, Finished, write_record
 from src.core.registry import Stage
-from src.core.state import Judge, Kept
+from src.core.state import Judge
 
 # Where the keys' locks live under paths.root (`key_lock`)
 KEYS = ".keys"

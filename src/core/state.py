@@ -17,14 +17,14 @@ Each function takes the config as plain data (`Config.as_tree()`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from src.core.diff import (
     PREFIXED,
     Change,
+    Kept,
+    StageState,
     Why,
     covers,
     damage,
@@ -33,7 +33,7 @@ from src.core.diff import (
     other_version,
     param_changes,
 )
-from src.core.errors import Redo, RedoStale, StageError
+from src.core.errors import Redo, RedoStale
 from src.core.fingerprints import (
     lookup,
     read_upstream,
@@ -49,54 +49,10 @@ from src.core.identity import (
     out_id,
 )
 from src.core.layout import RunLayout
+from src.core.migrate import legacy_intact, legacy_state
 from src.core.records import LEGACY_FORMATS, RECORD_FORMAT, read_record
 from src.core.registry import STAGES, Stage
-from src.core.saved import relocated, saved_config
-
-
-@dataclass
-class StageState:
-    stage: Stage
-    status: str  # "done" | "stale" | "todo"
-    # for "stale": why (none of its own inputs changed: the nearest earlier stage's changes)
-    changed: list[Change] = field(default_factory=list)
-
-    @property
-    def earlier_version(self) -> bool:
-        """Recorded by another version of this project, whose records this one cannot check."""
-        return any(c.kind == Why.version for c in self.changed)
-
-    def has(self, *kinds: Why) -> bool:
-        return any(c.kind in kinds for c in self.changed)
-
-    @property
-    def why(self) -> str:
-        """Why it is stale, as every command says it: its changes (none named: what it read)."""
-        return "; ".join(self.changed) or "the output of an earlier stage changed"
-
-
-@dataclass
-class Kept:
-    """What a stage's folder holds, each read once while its state is judged: its record (None:
-    the stage has not finished) and, when first asked for, the config it was made with."""
-
-    folder: Path
-    record: dict[str, Any] | None
-
-    @classmethod
-    def read(cls, folder: Path, strict: bool = True) -> Kept:
-        """The folder's record, checked (`read_record`): a damaged one raises the StageError that
-        names it, or, `strict=False`, is taken as none."""
-        try:
-            return cls(folder, read_record(folder))
-        except StageError:
-            if strict:
-                raise
-            return cls(folder, None)
-
-    @cached_property
-    def saved(self) -> dict[str, Any] | None:
-        return saved_config(self.folder)
+from src.core.saved import relocated
 
 
 def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
@@ -157,8 +113,6 @@ class Judge:
             return StageState(stage, "todo")
         made_as = kept.record.get("format")
         if made_as in LEGACY_FORMATS:
-            from src.core.migrate import legacy_state
-
             own = legacy_state(self.tree, stage, kept)
         elif made_as != RECORD_FORMAT:
             return StageState(stage, "stale", [other_version(made_as)])
@@ -183,8 +137,6 @@ class Judge:
             return StageState(stage, "todo")
         made_as = kept.record.get("format")
         if made_as in LEGACY_FORMATS:
-            from src.core.migrate import legacy_intact
-
             return legacy_intact(self.made_with(kept, layout), stage, kept)
         if made_as != RECORD_FORMAT:
             return StageState(stage, "stale", [other_version(made_as)])

@@ -18,14 +18,14 @@ import src.assets.preflight as preflight
 import src.schedule as schedule
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
-from src.core.diff import Change, Why
+from src.core.diff import Change, StageState, Why
 from src.core.errors import EnvironmentFailure, Redo, StageError, describe
 from src.core.fingerprints import read_upstream
 from src.core.identity import stage_key
 from src.core.records import Finished, read_record, write_record
 from src.core.registry import STAGES
 from src.core.saved import save_config
-from src.core.state import StageState
+from src.core.state import Judge
 from src.main import run
 from src.stages import StageResult
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
@@ -622,13 +622,13 @@ def test_each_stage_state_is_planned_once_and_again_only_after_an_earlier_traini
     appeared by the time each one's lock is held); iteration 2's are planned again after
     iteration 1 trained, which its stages read."""
     counted = Counter()
-    state_of = schedule.state_of
+    judged = Judge._state  # a stage's state made, not asked for again (`Judge.state`)
 
-    def counting(tree, stage):
-        counted[tree["iter"], stage] += 1
-        return state_of(tree, stage)
+    def counting(judge, stage, folder):
+        counted[judge.tree["iter"], stage] += 1
+        return judged(judge, stage, folder)
 
-    monkeypatch.setattr(schedule, "state_of", counting)
+    monkeypatch.setattr(Judge, "_state", counting)
     asked = ["logger=none", "iter=2"]
     run(compose_cfg(*asked), "python -m src.main " + " ".join(asked), [],
         lambda t: compose_cfg(*asked, f"iter={t}"))  # fmt: skip
