@@ -18,8 +18,7 @@ composes them; without, every lineage of paths.root, each by the newest command 
 where the lineage is now. Either way `stage=` and `pipeline.redo*` are left out (they say how
 one run goes, not where the lineage stands) and the command is the lineage's last iteration's,
 which runs the earlier ones first. A lineage whose command does not compose now, or composes to
-another folder, is judged stage by stage by the config each stage was made with, and no command
-is named.
+another folder, is judged stage by stage, each by its own record, and no command is named.
 
 It writes and creates nothing and takes no lock (a writer trying a lock while a probe held it
 would stop); it ends 0 whatever the lineages hold, 2 for a bad override (one line).
@@ -222,7 +221,7 @@ def by_saved_configs(run_dir: Path, root: Path, why: str) -> Lineage:
             if cell is not None:
                 cells[stage.value] = cell
         rows.append(Iteration(t, cells))
-    note = f"{why}; judged by the config each stage was made with, no command named"
+    note = f"{why}; each stage judged by its own record, no command named"
     return Lineage(name_of(run_dir, root), None, rows, None, note)
 
 

@@ -61,12 +61,11 @@ def state_of(tree: dict[str, Any], stage: Stage) -> StageState:
 
 
 def saved_state(
-    tree: dict[str, Any], stage: Stage, folder: Path | None = None, whole: bool = True
+    tree: dict[str, Any], stage: Stage, folder: Path | None = None
 ) -> StageState | None:
     """The stage in `folder` (default: where `tree` puts it) judged by its own record alone, as a
     view that runs no command judges it (`Judge.intact`); `tree` need only say where the run and
-    its root are now. None where it has no record. `whole`: kept for the callers' signature."""
-    del whole
+    its root are now. None where it has no record."""
     folder = folder or stage_dir(tree, stage)
     if read_record(folder) is None:
         return None

@@ -233,7 +233,7 @@ def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_co
     assert found.note.startswith(
         "its last command does not compose now: method=nope: no such option in config group"
     )
-    assert found.note.endswith("; judged by the config each stage was made with, no command named")
+    assert found.note.endswith("; each stage judged by its own record, no command named")
     assert found.judged_as is None and found.command is None
     assert states(found.iterations[0]) == {s: "finished" for s in ("generate", "rank", "pairs",
                                                                     "train")}  # fmt: skip

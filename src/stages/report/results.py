@@ -348,10 +348,10 @@ def standing(folder: Path, run_dir: Path) -> bool:
 
 def outdated(stage: registry.Stage, stage_dir: Path, run_dir: Path) -> str | None:
     """Why a finished stage's figures (run `run_dir`'s) are not those of its iteration as its
-    lineage stands now, judged by the config it was made with
-    (`saved_state`: the checkpoint trained again after an eval, a file it read changed since, an
-    earlier iteration it descends from stale), in the words of `StageState.why`; None: they
-    are. Its config keys may differ from today's: its row shows those it ran with."""
+    lineage stands now, judged by its own record (`saved_state`: a stage it read made again
+    since, a file it read changed since, one of its outputs damaged, an earlier iteration it
+    descends from stale), in the words of `StageState.why`; None: they are. Its config keys may
+    differ from today's: its row shows those it ran with."""
     here = {"run": {"dir": str(run_dir)}, "paths": {"root": str(run_dir.parents[2])}}
     try:
         state = saved_state(here, stage, stage_dir)
