@@ -38,8 +38,8 @@ from src.core.records import RECORD_FORMAT, Finished, write_record
 from src.core.registry import Stage
 from src.core.state import Judge
 
-# Where the keys' locks live under paths.root (`key_lock`)
-KEYS = ".keys"
+# A key's lock, beside the lineages under paths.root (`key_lock`): <root>/.locks/key-<...>.lock
+KEY = "key-"
 # What a stage's folder holds that is its lineage's own, never taken from another: its record and
 # saved config, its locks and a redo's leftovers (dot-names), the work folders of its shards and
 # of its training (chunks and resume state, which the record's outputs do not need)
@@ -60,8 +60,8 @@ def key_lock(tree: dict[str, Any], stage: Stage) -> Iterator[None]:
     """Held while this process finds or computes `stage`'s key: another process wanting the same
     key waits here until it is made, then takes it."""
     root = Path(lookup(tree, "paths.root"))
-    name = f"{stage.value}@{tree['iter']}-{lookup_key(tree, stage)[:32]}"
-    with locks.writing(root / KEYS / name, wait=True):
+    name = f"{KEY}{stage.value}@{tree['iter']}-{lookup_key(tree, stage)[:32]}"
+    with locks.writing(root / name, wait=True):  # its lock file: <root>/.locks/<name>.lock
         yield
 
 
