@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from src.core.diff import (
-    CONTENT_CHANGED,
     READ_CHANGED,
     RETRAINED,
     TRAINED_AFTER,
@@ -28,16 +27,15 @@ from src.core.diff import (
     Kept,
     StageState,
     Why,
+    file_changes,
+    param_changes,
 )
 from src.core.errors import StageError
 from src.core.fingerprints import (
     CLONE_ABSOLUTE,
-    GONE,
     PORTABLE,
     Anchors,
     Read,
-    fingerprint_form,
-    flatten,
     input_contents,
     lookup,
     read_upstream,
@@ -56,7 +54,7 @@ from src.core.records import (
     REPO_FORMAT,
     read_record,
 )
-from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
+from src.core.registry import BENCHMARK_INPUTS, STAGES, Stage
 
 KNOWN_FORMATS = LEGACY_FORMATS
 
@@ -262,16 +260,9 @@ def changed_inputs(tree: dict[str, Any], stage: Stage, kept: Kept) -> list[Chang
     saved = kept.saved
     if saved is None:
         return changed
-    before = flatten(stage_inputs(saved, stage))
-    now = flatten(stage_inputs(tree, stage))
-    for k in {**now, **before}:
-        # a key in the fingerprint on one side only (a benchmark's, as it is added or dropped):
-        # as it is set on the other, and not shown where it is set the same
-        old = before.get(k, fingerprint_form(lookup(saved, k), saved))
-        new = now.get(k, fingerprint_form(lookup(tree, k), tree))
-        if before.get(k) != now.get(k) and old != new:
-            changed.append(Change(f"{k}: {old!r} -> {new!r}", Why.value, k))
-    return changed
+    return changed + param_changes(
+        tree, saved, stage_inputs(saved, stage), stage_inputs(tree, stage)
+    )
 
 
 def changed_contents(tree: dict[str, Any], stage: Stage, record: dict | None) -> list[Change]:
@@ -284,23 +275,7 @@ def changed_contents(tree: dict[str, Any], stage: Stage, record: dict | None) ->
     made_as = record.get("format")
     at = anchors(made_as) if made_as in KNOWN_FORMATS else PORTABLE
     now = input_contents(tree, stage, at=at, record=record)
-    found = []
-    for key, entry in now.items():
-        seen = recorded.get(key) or {}
-        if seen.get("path") != entry["path"] or seen.get("sha256") == entry["sha256"]:
-            continue
-        if entry["sha256"] != GONE:
-            found.append(Change(f"{key}: {entry['path']} {CONTENT_CHANGED}", Why.content, key))
-            continue
-        path = Path(lookup(tree, key)).expanduser()
-        if not path.exists():
-            what = "is gone"
-        elif path.is_dir() != (key in FOLDER_INPUTS):
-            what = "is now a folder" if path.is_dir() else "is no longer a folder"
-        else:
-            what = "lacks files"
-        found.append(Change(f"{key}: {entry['path']} {what} (this stage read it)", Why.gone, key))
-    return found
+    return file_changes(recorded, now, lambda key: Path(lookup(tree, key)).expanduser())
 
 
 def upstream_changes(tree: dict[str, Any], stage: Stage) -> list[Change]:

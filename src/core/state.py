@@ -67,9 +67,8 @@ def saved_state(
     view that runs no command judges it (`Judge.intact`); `tree` need only say where the run and
     its root are now. None where it has no record."""
     folder = folder or stage_dir(tree, stage)
-    if read_record(folder) is None:
-        return None
-    return Judge(tree).intact(folder)
+    state = Judge(tree).intact(folder)
+    return None if state.status == "todo" else state
 
 
 def redo_for(state: StageState, iteration: int) -> Redo | RedoStale:
