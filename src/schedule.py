@@ -197,10 +197,11 @@ def plan_iteration(
     steps = []
     for i, st in enumerate(states):
         if st.status == "stale" and i < redo_from:
-            err = refused(cfg, st, later=[s.stage for s in states[i + 1 :] if s.status != "todo"])
+            later = [s.stage for s in states[i + 1 :] if s.status != "todo"]
+            err = st.unread or refused(cfg, st, later=later)
             steps.append(Step(st.stage, "refuse", str(err), st, err, st.status))
         elif i == 0 and upstream is not None and upstream.status == "stale":
-            err = refused(cfg, upstream, reader=st.stage)
+            err = upstream.unread or refused(cfg, upstream, reader=st.stage)
             steps.append(Step(st.stage, "refuse", str(err), upstream, err, st.status))
         elif i >= redo_from:
             steps.append(Step(st.stage, "redo", redo_reason(cfg), status=st.status))

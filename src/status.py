@@ -8,17 +8,20 @@ For each iteration of a lineage, each stage: finished, stale (why, in src.main's
 src/core/state.py), running (its lock's holder: src/core/locks.py), missing, damaged (its
 record's own error) or unknown (its state needs a record that does not read, named); iteration 0,
 where the lineage has it, its eval alone (the base model's own, `stage=eval iter=0`); and the one
-command that brings the lineage up to date, the one src.main names: its refusal's fix
-(src/schedule.py), else, while a stage is missing, the command itself; once its iterations are up
-to date, that of iteration 0's eval (`stage=eval iter=0`).
+command that brings the lineage a step nearer to up to date.
 
-A lineage is judged as src.main judges a command. With overrides, theirs, composed as src.main
-composes them; without, every lineage of paths.root, each by the newest command that ran in it
-(the head of its stages' saved configs: src/config/cli.py's `last_command`), paths.root set
-where the lineage is now. Either way `stage=` and `pipeline.redo*` are left out (they say how
-one run goes, not where the lineage stands) and the command is the lineage's last iteration's,
-which runs the earlier ones first. A lineage whose command does not compose now, or composes to
-another folder, is judged stage by stage, each by its own record, and no command is named.
+Without overrides every lineage of paths.root is shown, each stage judged by its own record:
+intact while what it read, its own outputs and the stages it read are as recorded, whatever
+command made it — a lineage whose iterations were made with other settings (a training redone
+at another rate) is judged as it was made, never by its newest command. The command named makes
+the first stage that is not intact again as it was made (its own saved command, with
+`pipeline.redo=[<stage>]`) and replaces nothing that is; with every stage intact and one
+missing, the lineage's newest command (the head of its stages' saved configs:
+src/config/cli.py's `last_command`) at its last iteration. With overrides, the lineage they
+name judged as src.main judges that command (composed as src.main composes it, `stage=` and
+`pipeline.redo*` left out: they say how one run goes, not where the lineage stands), the
+command named being src.main's refusal's fix, else, while a stage is missing, the command itself;
+once its iterations are up to date, that of iteration 0's eval (`stage=eval iter=0`).
 
 It writes and creates nothing and takes no lock (a writer trying a lock while a probe held it
 would stop); it ends 0 whatever the lineages hold, 2 for a bad override (one line).
@@ -44,24 +47,28 @@ from src.config.cli import (
     ArgumentParser,
     failures,
     last_command,
+    saved_command,
     trained_iterations,
 )
 from src.core import locks
-from src.core.diff import StageState
+from src.core.diff import StageState, Why
 from src.core.errors import (
     RedoStale,
     StageError,
     as_typed,
     command_line,
+    override,
     running_stage,
     set_overrides,
     with_overrides,
     without_keys,
 )
-from src.core.layout import RunLayout
+from src.core.fingerprints import lookup, read_upstream
+from src.core.layout import SAVED_CONFIG, RunLayout
 from src.core.records import read_record
 from src.core.registry import STAGES
-from src.core.state import Judge, saved_state, state_of
+from src.core.saved import relocated, saved_config
+from src.core.state import Judge, state_of
 
 WIDTH = 100  # of the text's wrapped lines
 SIDE = f"{Stage.eval.value}/"  # an eval beside the base model's, by its folder: eval/vs-<name>
@@ -100,8 +107,9 @@ class Status:
 
 
 def status(overrides: list[str]) -> Status:
-    """The lineage `python -m src.main <overrides>` runs, or, when they name none (paths.root at
-    most), every lineage under paths.root."""
+    """The lineage `python -m src.main <overrides>` runs, judged as that command; or, when they
+    name none (paths.root at most), every lineage under paths.root, each stage by its own
+    record."""
     cfg = validate(compose_tree(overrides))  # a bad override refused as src.main refuses it
     root = Path(cfg.paths.root)
     words = without_keys(overrides, *ONE_RUN)
@@ -109,7 +117,7 @@ def status(overrides: list[str]) -> Status:
         words = without_keys(words, "iter")  # as a whole (iter=0 alone composes with stage=eval)
     if without_keys(words, "paths.root"):
         return Status(str(root), [judged(Path(cfg.run.dir), root, words)])
-    return Status(str(root), [of_root(run_dir, root) for run_dir in lineages(root)])
+    return Status(str(root), [by_records(run_dir, root) for run_dir in lineages(root)])
 
 
 def lineages(root: Path) -> list[Path]:
@@ -119,31 +127,25 @@ def lineages(root: Path) -> list[Path]:
     return sorted(d for d in root.glob("*/*/*") if d.is_dir() and trained_iterations(d))
 
 
-def of_root(run_dir: Path, root: Path) -> Lineage:
-    """A lineage found under `root`, judged as its newest command."""
-    words, why = last_command(run_dir, root)
-    if words is None:
-        return by_saved_configs(run_dir, root, why)
-    try:
-        return judged(run_dir, root, words)
-    except ConfigError as err:
-        return by_saved_configs(run_dir, root, f"its last command does not compose now: {err}")
-    except Elsewhere as err:
-        return by_saved_configs(run_dir, root, str(err))
-
-
 class Elsewhere(Exception):
     """A lineage's command composes to another folder than the lineage's."""
 
 
-def judged(run_dir: Path, root: Path, words: list[str]) -> Lineage:
-    """The lineage in `run_dir` judged as `python -m src.main <words>` at its last iteration."""
+def composed(run_dir: Path, words: list[str]) -> tuple[DictConfig, Config]:
+    """`python -m src.main <words>`'s config, composed and validated; Elsewhere where it makes
+    another lineage than the one in `run_dir`."""
     raw = compose_tree(words)
     cfg = validate(raw)
     if Path(cfg.run.dir).resolve() != run_dir.resolve():
-        raise Elsewhere(f"its last command makes {cfg.run.dir} now")
-    last = max([cfg.iter, *trained_iterations(run_dir)])
+        raise Elsewhere(f"its command makes {cfg.run.dir} now")
+    return raw, cfg
+
+
+def judged(run_dir: Path, root: Path, words: list[str]) -> Lineage:
+    """The lineage in `run_dir` judged as `python -m src.main <words>` at its last iteration."""
+    raw, cfg = composed(run_dir, words)
     config_for_iter = configs_of(raw)
+    last = max([cfg.iter, *trained_iterations(run_dir)])
     rows = [Iteration(t, cells_of(config_for_iter(t))) for t in range(1, last + 1)]
     command = command_line(MAIN, set_overrides(words, [f"iter={last}"]))
     remedy, note = brought_up_to_date(config_for_iter(last), config_for_iter, command, rows)
@@ -155,19 +157,13 @@ def judged(run_dir: Path, root: Path, words: list[str]) -> Lineage:
 
 
 def base_model_judged(run_dir: Path, config_for_iter: Callable[[int], Config]) -> list[Iteration]:
-    """Iteration 0's row (`base_model_row`), judged as `python -m src.main stage=eval iter=0`
-    with the settings of the lineage's command judges it."""
+    """Iteration 0's row, the base model's own eval (`stage=eval iter=0`) where the lineage has
+    it, judged as `python -m src.main stage=eval iter=0` with the settings of the lineage's
+    command judges it."""
     if not RunLayout(run_dir).stage_dir_in(0, Stage.eval).is_dir():
         return []  # no config composed where there is none
     cfg = config_for_iter(0)
-    return base_model_row(cfg.stage_dir(Stage.eval), lambda: state_of(cfg.as_tree(), Stage.eval))
-
-
-def base_model_row(folder: Path, judge: Callable[[], StageState | None]) -> list[Iteration]:
-    """Iteration 0, where the lineage has it: the base model's own eval (`stage=eval iter=0`) in
-    `folder`, finished (judged by `judge`), running or damaged; none otherwise, as no command of
-    the lineage's iterations makes it."""
-    cell = stage_cell(folder, False, judge)
+    cell = stage_cell(cfg.stage_dir(Stage.eval), False, lambda: state_of(cfg.as_tree(), Stage.eval))
     return [] if cell is None else [Iteration(0, {Stage.eval.value: cell})]
 
 
@@ -206,29 +202,136 @@ def cells_of(cfg: Config) -> dict[str, Cell]:
     return cells
 
 
-def by_saved_configs(run_dir: Path, root: Path, why: str) -> Lineage:
-    """A lineage no command judges (`why`): each stage by the config it was made with."""
+def by_records(run_dir: Path, root: Path) -> Lineage:
+    """A lineage found under `root`, each stage judged by its own record (`Judge.intact`: what it
+    read, its own outputs and the stages it read as recorded), never by another stage's command;
+    a stage its newest command runs without a record, missing. Named: the command that makes
+    the first stage not intact again and replaces nothing that is (`remaking`); else, while a
+    stage is missing or running, the newest command as src.main would judge it."""
+    words, why = last_command(run_dir, root)
+    raw = newest = None
+    try:
+        raw, newest = (None, None) if words is None else composed(run_dir, words)
+    except ConfigError as err:
+        why = f"its last command does not compose now: {err}"
+    except Elsewhere as err:
+        why = str(err)
+    judge = Judge({"run": {"dir": str(run_dir)}, "paths": {"root": str(root)}})
     layout = RunLayout(run_dir)
-    where = {"run": {"dir": str(run_dir)}, "paths": {"root": str(root)}}
+    found: list[tuple[int, str, Path, Cell | None]] = []  # (iteration, name, folder, cell)
     base = layout.stage_dir_in(0, Stage.eval)
-    rows = base_model_row(base, lambda: saved_state(where, Stage.eval, base))
-    for t in range(1, max(trained_iterations(run_dir)) + 1):
-        cells = {}
+    found.append((0, Stage.eval.value, base, stage_cell(base, False, lambda: judge.intact(base))))
+    wanted = newest.stages() if newest else []
+    for t in range(1, max([*trained_iterations(run_dir), newest.iter if newest else 0]) + 1):
         for stage in STAGES:
             folder = layout.stage_dir_in(t, stage)
-            judge = lambda s=stage, f=folder: saved_state(where, s, f)  # noqa: E731
-            cell = stage_cell(folder, folder.is_dir(), judge)
-            if cell is not None:
-                cells[stage.value] = cell
-        rows.append(Iteration(t, cells))
-    note = f"{why}; each stage judged by its own record, no command named"
-    return Lineage(name_of(run_dir, root), None, rows, None, note)
+            asked = stage in wanted or folder.is_dir()
+            cell = stage_cell(folder, asked, lambda f=folder: judge.intact(f))
+            found.append((t, stage.value, folder, cell))
+        for side in layout.side_evals(t):
+            cell = stage_cell(side, False, lambda f=side: judge.intact(f))
+            found.append((t, SIDE + side.name, side, cell))
+    found = [entry for entry in found if entry[3] is not None]
+    rows = {t: Iteration(t, {}) for t, *_ in found}
+    for t, name, _, cell in found:
+        rows[t].stages[name] = cell
+    lineage = Lineage(name_of(run_dir, root), None, list(rows.values()), None)
+    bad = [(t, folder) for t, _, folder, cell in found if cell.state in NOT_INTACT]
+    if bad:
+        lineage.command, lineage.note = remaking(run_dir, root, *bad[0])
+    elif any(cell.state in ("missing", "running") for *_, cell in found):
+        if newest is None:
+            lineage.note = f"{why}; no command named"
+        else:
+            command = command_line(MAIN, set_overrides(words, [f"iter={newest.iter}"]))
+            lineage.command, lineage.note = brought_up_to_date(
+                newest, configs_of(raw), command, lineage.iterations
+            )
+    return lineage
 
 
-def stage_cell(folder: Path, asked: bool, judge: Callable[[], StageState | None]) -> Cell | None:
+# a stage's cell that its own command makes again (`remaking`)
+NOT_INTACT = ("stale", "damaged", "unknown")
+
+
+def remaking(run_dir: Path, root: Path, t: int, folder: Path) -> tuple[str | None, str | None]:
+    """The command that makes the stage in `folder` (iteration t) again as it was made, and
+    nothing intact: its own saved command at iteration t with `pipeline.redo=[<stage>]`, each
+    stage of its iteration it reads as that stage was made (its settings where they differ,
+    `as_made`); the first of these that src.main would not refuse: the iteration, earlier ones
+    first; the iteration alone (`pipeline.require_previous=true`); the stage alone. (None, why)
+    where none is."""
+    stage = RunLayout(run_dir).parse(folder).stage
+    words, why = saved_command(folder / SAVED_CONFIG, root)
+    if words is None:
+        return None, f"{why}; no command named"
+    at = [f"iter={t}", *([f"stage={Stage.eval.value}"] if t == 0 else [])]
+    tries = [[], ["pipeline.require_previous=true"], [f"stage={stage.value}"]] if t else [[]]
+    refusal = None
+    try:
+        made = as_made(composed(run_dir, set_overrides(words, at))[1], stage)
+        for extra in tries:
+            attempt = set_overrides(words, [*at, *made, *extra, f"pipeline.redo=[{stage.value}]"])
+            refusal = refusal_of(configs_of(composed(run_dir, attempt)[0]), t)
+            if refusal is None:
+                return as_typed(command_line(MAIN, attempt)), None
+    except (ConfigError, Elsewhere) as err:
+        return None, f"{folder}'s command does not compose now ({err}); no command named"
+    return None, f"src.main would refuse to make {folder} again: {refusal}"
+
+
+def as_made(cfg: Config, stage: Stage) -> list[str]:
+    """`key=value` for each setting the stages of its iteration that `stage` reads (those they
+    read too) were made with otherwise than `cfg` says: their own saved configs' values."""
+    tree, made = cfg.as_tree(), {}
+    judge = Judge(tree)
+    read = read_upstream(tree, stage)
+    while read is not None:
+        saved = saved_config(cfg.stage_dir(read))
+        saved = saved and relocated(saved, str(cfg.run.dir), str(cfg.paths.root))
+        for change in judge.state(read).changed if saved is not None else []:
+            if change.kind == Why.value and change.key is not None:
+                made.setdefault(change.key, lookup(saved, change.key))
+        read = read_upstream(tree, read)
+    return [override(key, value) for key, value in made.items()]
+
+
+def refusal_of(config_for_iter: Callable[[int], Config], t: int) -> StageError | None:
+    """What src.main's checks would refuse of its command at iteration t, or None."""
+    from src.schedule import iterations, refuse
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # what it would run first, said
+            refuse(iterations(config_for_iter(t), config_for_iter))
+    except StageError as err:
+        return err
+    return None
+
+
+def brought_up_to_date(
+    cfg: Config, config_for_iter: Callable[[int], Config], command: str, rows: list[Iteration]
+) -> tuple[str | None, str | None]:
+    """What brings the lineage up to date and, where none is named, why: `command` with the fix
+    of what src.main would refuse in it, or `command` itself while a stage is missing or
+    running; (None, None): it is up to date."""
+    err = refusal_of(config_for_iter, cfg.iter)
+    if err is not None:
+        fix = err.overrides(running_stage(command))
+        if fix is None:
+            return None, f"src.main would refuse it: {err}"
+        return as_typed(with_overrides(command, fix)), None
+    cells = {name: cell for row in rows for name, cell in row.stages.items()}
+    if all(cell.state == "finished" for cell in cells.values()):
+        return None, None
+    if any(name.startswith(SIDE) and cell.state == "stale" for name, cell in cells.items()):
+        # src.main redoes an eval beside the base model's only with pipeline.redo_stale
+        return as_typed(with_overrides(command, RedoStale().overrides())), None
+    return as_typed(command), None
+
+
+def stage_cell(folder: Path, asked: bool, judge: Callable[[], StageState]) -> Cell | None:
     """The stage in `folder`: running while a process holds its lock, damaged when its record
-    does not read, missing without one (None: not asked for either), else as `judge` says
-    (None from it: finished by its record alone, no saved config to judge it by)."""
+    does not read, missing without one (None: not asked for either), else as `judge` says."""
     holders = locks.writers(folder)
     if holders:
         return Cell("running", "; ".join(locks.described(path) for path in holders))
@@ -242,34 +345,7 @@ def stage_cell(folder: Path, asked: bool, judge: Callable[[], StageState | None]
         state = judge()
     except StageError as err:  # what it is judged by reads another record, which does not read
         return Cell("unknown", str(err))
-    if state is None:
-        return Cell("finished", "by its record alone: it saved no config to judge it by")
     return Cell("finished") if state.status == "done" else Cell("stale", state.why)
-
-
-def brought_up_to_date(
-    cfg: Config, config_for_iter: Callable[[int], Config], command: str, rows: list[Iteration]
-) -> tuple[str | None, str | None]:
-    """What brings the lineage up to date and, where none is named, why: `command` with the fix
-    of what src.main would refuse in it, or `command` itself while a stage is missing or
-    running; (None, None): it is up to date."""
-    from src.schedule import iterations, refuse
-
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # what it would run first, said
-            refuse(iterations(cfg, config_for_iter))  # as src.main's checks refuse its plans
-    except StageError as err:
-        fix = err.overrides(running_stage(command))
-        if fix is None:
-            return None, f"src.main would refuse it: {err}"
-        return as_typed(with_overrides(command, fix)), None
-    cells = {name: cell for row in rows for name, cell in row.stages.items()}
-    if all(cell.state == "finished" for cell in cells.values()):
-        return None, None
-    if any(name.startswith(SIDE) and cell.state == "stale" for name, cell in cells.items()):
-        # src.main redoes an eval beside the base model's only with pipeline.redo_stale
-        return as_typed(with_overrides(command, RedoStale().overrides())), None
-    return as_typed(command), None
 
 
 def name_of(run_dir: Path, root: Path) -> str:

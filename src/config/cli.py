@@ -259,25 +259,33 @@ def trained_iterations(run_dir: Path) -> list[int]:
 
 def last_command(run_dir: Path, root: Path) -> tuple[list[str] | None, str]:
     """The overrides of the newest command that ran in the lineage (its stages' saved configs'
-    head), less ONE_RUN, with paths.root where the lineage is now; else None and why."""
+    head, `saved_command`); a lineage whose iterations were evaluated with eval.enabled=true,
+    even where its newest command (a retrained stage, say) ran none; else None and why."""
     layout, trained = RunLayout(run_dir), trained_iterations(run_dir)
     saved = [layout.stage_dir_in(t, s) / SAVED_CONFIG for t in trained for s in STAGES]
     saved = [path for path in saved if path.is_file()]
     if not saved:
         return None, "no stage saved the command that ran it"
-    newest = max(saved, key=lambda path: path.stat().st_mtime)
-    with newest.open("rb") as f:
-        head = f.readline().decode("utf-8", "replace").strip()
+    words, why = saved_command(max(saved, key=lambda path: path.stat().st_mtime), root)
+    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file() for t in trained)
+    if words is not None and evaluated and "eval.enabled" not in map(override_key, words):
+        words = [*words, "eval.enabled=true"]
+    return words, why
+
+
+def saved_command(saved: Path, root: Path) -> tuple[list[str] | None, str]:
+    """The overrides of the `python -m src.main` command that heads the saved config `saved`,
+    less ONE_RUN, with paths.root where the lineage is now; else None and why."""
+    try:
+        with saved.open("rb") as f:
+            head = f.readline().decode("utf-8", "replace").strip()
+    except OSError:
+        return None, f"{saved.parent} saved no command that made it"
     said = f"# {MAIN}"
     if head != said and not head.startswith(f"{said} "):
-        return None, f"{newest} is headed by no `{MAIN}` command"
+        return None, f"{saved} is headed by no `{MAIN}` command"
     # the command as `command_line` wrote it: a value holding a blank is one word
     words = without_keys(command_words(head.removeprefix(said)), *ONE_RUN)
-    # a lineage whose iterations were evaluated is brought up to date with its evals, even where
-    # its newest command (a retrained stage, say) ran none
-    evaluated = any((layout.stage_dir_in(t, Stage.eval) / RECORD).is_file() for t in trained)
-    if evaluated and not any(override_key(w) == "eval.enabled" for w in words):
-        words = [*words, "eval.enabled=true"]
     if root != runs_root() or any(override_key(w) == "paths.root" for w in words):
         words = set_overrides(words, [f"paths.root={root}"])
     return words, ""

@@ -19,7 +19,7 @@ from src.core.errors import StageError
 from src.core.fingerprints import GONE, fingerprint_form, flatten, lookup
 from src.core.identity import MODEL_KEYS, Link, stat_signature
 from src.core.records import RECORD_FORMAT, read_record
-from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, Stage
+from src.core.registry import BENCHMARK_INPUTS, FOLDER_INPUTS, STAGES, Stage
 from src.core.saved import saved_config
 
 
@@ -61,6 +61,8 @@ class StageState:
     status: str  # "done" | "stale" | "todo"
     # for "stale": why (none of its own inputs changed: the nearest earlier stage's changes)
     changed: list[Change] = field(default_factory=list)
+    # a record that does not read: its error, which names the file and the redo
+    unread: StageError | None = None
 
     @property
     def earlier_version(self) -> bool:
@@ -121,6 +123,16 @@ def other_version(made_as: Any) -> Change:
         f" (record format {made_as}; this one writes {RECORD_FORMAT})" if made_as else ""
     )
     return Change(said, Why.version)
+
+
+def stage_version(stage: Stage, made: dict[str, Any]) -> list[Change]:
+    """The stage's version, where the manifest `made` names another than this one's."""
+    was, now = made.get("version", STAGES[stage].version), STAGES[stage].version
+    if was == now:
+        return []
+    return [
+        Change(f"made by version {was} of the {stage.value} stage, which is {now} now", Why.version)
+    ]
 
 
 def damage(folder: Path, record: dict[str, Any]) -> list[Change]:

@@ -165,6 +165,14 @@ def _less_nested(word: str, key: str) -> str | None:
     return f"{prefix}{parent}={Override._get_value_element_as_str(tree)}"
 
 
+def override(key: str, value: object) -> str:
+    """`key=value` as Hydra reads it back: its own rendering of the value (a blank escaped, a
+    list in brackets, None as null)."""
+    from hydra.core.override_parser.types import Override
+
+    return f"{key}={Override._get_value_element_as_str(value)}"
+
+
 def without_keys(words: Sequence[str], *keys: str) -> list[str]:
     """`words` less every override that sets, adds or deletes one of `keys`."""
     return [w for w in words if override_key(w) not in keys]

@@ -32,8 +32,9 @@ from src.core.diff import (
     link_changes,
     other_version,
     param_changes,
+    stage_version,
 )
-from src.core.errors import Redo, RedoStale
+from src.core.errors import Redo, RedoStale, StageError
 from src.core.fingerprints import (
     lookup,
     read_upstream,
@@ -48,10 +49,10 @@ from src.core.identity import (
     manifest,
     out_id,
 )
-from src.core.layout import RunLayout
+from src.core.layout import RECORD, RunLayout
 from src.core.migrate import legacy_intact, legacy_state
 from src.core.records import LEGACY_FORMATS, RECORD_FORMAT, read_record
-from src.core.registry import STAGES, Stage
+from src.core.registry import Stage
 from src.core.saved import relocated
 
 
@@ -106,7 +107,10 @@ class Judge:
         return self._seen["intact", folder]
 
     def _state(self, stage: Stage, folder: Path) -> StageState:
-        kept = Kept.read(folder)
+        try:
+            kept = Kept.read(folder)
+        except StageError as err:  # made again by a redo; refused in its own words otherwise
+            return StageState(stage, "stale", [Change(str(err), Why.damaged)], unread=err)
         if kept.record is None:
             return StageState(stage, "todo")
         made_as = kept.record.get("format")
@@ -139,6 +143,9 @@ class Judge:
         if made_as != RECORD_FORMAT:
             return StageState(stage, "stale", [other_version(made_as)])
         made = manifest_of(kept.record)
+        if stage_version(stage, made) or key_of(stage, made) != kept.record.get("key"):
+            said = stage_version(stage, made) or [Change(KEY_EDITED, Why.damaged)]
+            return StageState(stage, "stale", said)
         files = files_now(made["files"], str(layout.run_dir), lookup(self.tree, "paths.root"))
         reads = [Link.parse(name) for name in made["upstream"]]
         now = {link.name: out_id(read_record(self.folder_of(link, layout))) for link in reads}
@@ -172,10 +179,7 @@ class Judge:
         config: its params, its files, the outputs it reads, its version; and its own outputs."""
         record, made = kept.record, manifest_of(kept.record)
         now = manifest(self.tree, stage, record=record)
-        changes = damage(kept.folder, kept.record)
-        if made.get("version", STAGES[stage].version) != STAGES[stage].version:
-            said = f"made by version {made.get('version')} of the {stage.value} stage, which is "
-            changes.append(Change(said + f"{STAGES[stage].version} now", Why.version))
+        changes = damage(kept.folder, kept.record) + stage_version(stage, made)
         if key_of(stage, now) != record["key"]:
             covered = covers(stage, made["params"], now["params"])
             where = lambda key: Path(str(lookup(self.tree, key))).expanduser()  # noqa: E731
@@ -188,6 +192,10 @@ class Judge:
                 found = [Change("recorded with another manifest than it reads now", Why.version)]
             changes += found
         return StageState(stage, "stale" if changes else "done", changes)
+
+
+# a record whose key is not its manifest's: edited, or put together from two records
+KEY_EDITED = f"its {RECORD}'s key is not that of the manifest it holds (edited since it was made?)"
 
 
 def said_after(link: Link, read: StageState, same: bool) -> list[Change]:

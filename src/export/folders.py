@@ -25,15 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from src.config import Config, Stage
-from src.config.cli import MAIN, last_command
 from src.core.artifacts import atomic_write_json, remove, sync_directory
 from src.core.errors import (
     Redo,
     RedoStale,
     StageError,
-    as_typed,
-    command_line,
-    set_overrides,
 )
 from src.core.fingerprints import read_upstream
 from src.core.layout import ADAPTER, iteration_name
@@ -182,14 +178,15 @@ def finished(cfg: Config, stage: Stage, finish: str) -> dict:
 
 
 def lineage_redo(cfg: Config) -> str:
-    """What redoes every stale stage of iteration t's lineage, in its own settings: its newest
-    `python -m src.main` command (`last_command`) at iteration t with pipeline.redo_stale=true;
-    where none can be read, `python -m src.status`, which says why."""
-    words, _ = last_command(Path(cfg.run.dir), Path(cfg.paths.root))
-    if words is None:
-        return "`python -m src.status` names the command that brings its lineage up to date"
-    redo = set_overrides(words, [f"iter={cfg.iter}", RedoStale().overrides()])
-    return f"run `{as_typed(command_line(MAIN, redo))}`"
+    """What makes the first stage of iteration t's lineage that is not intact again, in the
+    settings it was made with, as src.status names it (src/status.py's `by_records`); where it
+    names none, why."""
+    from src.status import by_records
+
+    found = by_records(Path(cfg.run.dir), Path(cfg.paths.root))
+    if found.command is None:
+        return f"`python -m src.status` names no command: {found.note}"
+    return f"run `{found.command}`"
 
 
 def dataset_card(cfg: Config, prompts: int, ranking: dict, pairs: dict) -> str:

@@ -238,9 +238,9 @@ def test_an_iteration_descended_from_one_trained_again_is_refused_naming_its_lin
     tiny_dir, tmp_path
 ):
     """Iteration 1 trained again under another setting after iteration 2 was made from it: the
-    export of iteration 2 is refused naming the command src.status names, the lineage's newest at
-    iteration 2 with pipeline.redo_stale=true (the export's own overrides lack the setting), and
-    before anything is made: no export folder, no lock beside it."""
+    export of iteration 2 is refused naming the command src.status names, iteration 2's own made
+    again (the export's own overrides lack its settings), and before anything is made: no export
+    folder, no lock beside it."""
     from src.status import status
 
     runs = lineages.copy("two-iterations", tiny_dir, tmp_path / "runs").root
@@ -250,7 +250,7 @@ def test_an_iteration_descended_from_one_trained_again_is_refused_naming_its_lin
     assert line.startswith(f"error: {run / 'iter2' / 'train'} is stale (iteration 1's checkpoint")
     (found,) = status([f"paths.root={runs}"]).lineages
     assert found.command.endswith(
-        f" iter=2 training.warmup_ratio=0.2 paths.root={runs} pipeline.redo_stale=true"
+        f" iter=2 paths.root={runs} pipeline.require_previous=true 'pipeline.redo=[generate]'"
     )
     assert line.endswith(f"; run `{found.command}`"), line
     assert not (run / "export").exists(), "neither the folder nor its lock"

@@ -19,6 +19,7 @@ from src.core.errors import StageError, as_typed, command_line
 from src.core.identity import stage_key
 from src.core.records import Finished, read_record, write_record
 from src.core.saved import save_config
+from src.core.state import KEY_EDITED
 from src.status import Cell, Iteration, Lineage, Status, as_text, main, status
 from tests.support import lineages
 from tests.support.helpers import SMALL, compose_cfg, entry, holder
@@ -94,7 +95,7 @@ def test_an_evaluated_lineage_is_judged_with_its_evals_whatever_its_newest_comma
     assert last_command(run, tmp_path)[0] == [*newest, f"paths.root={tmp_path}"]
     (run / "iter1" / "eval" / "done.json").write_text("{}")
     words, _ = last_command(run, tmp_path)
-    assert words == [*newest, "eval.enabled=true", f"paths.root={tmp_path}"]
+    assert words == [*newest, f"paths.root={tmp_path}", "eval.enabled=true"]
 
 
 def test_a_saved_command_is_read_back_word_for_word_a_value_with_a_blank_whole(tmp_path):
@@ -152,7 +153,7 @@ def test_a_finished_lineage_is_up_to_date_and_looking_changes_nothing(lineage):
     assert found["iterations"] == [{"iter": 1, "stages": {
         s: {"state": "finished", "why": None} for s in ("generate", "rank", "pairs", "train")
     }}]  # fmt: skip
-    assert found["command"] is None and found["judged_as"] == f"{MAIN} {' '.join(SMALL)} iter=1"
+    assert found["command"] is None and found["judged_as"] is None
     assert files(runs) == before
 
 
@@ -203,40 +204,81 @@ def test_a_damaged_record_and_a_running_stage_are_shown_and_it_still_ends_0(line
     assert found.command.endswith(" iter=1 'pipeline.redo=[train]'")
 
 
+def planned(command: str) -> list[tuple[int, list[str]]]:
+    """What `command` (src.main's, as typed) would do, planned as src.main plans it: each
+    iteration it runs and each stage's action."""
+    from src.config.compose import compose_tree
+    from src.schedule import iterations
+    from src.status import configs_of
+
+    words = [w.strip("'") for w in command.split()[3:]]
+    config_for_iter = configs_of(compose_tree(words))
+    cfg = config_for_iter(compose_cfg(*words).iter)
+    return [(p.cfg.iter, [s.action for s in p.steps]) for p in iterations(cfg, config_for_iter)]
+
+
 @slow
 def test_a_descendant_of_an_iteration_trained_again_is_stale_naming_it(lineage, monkeypatch):
-    """Iteration 1 trained again under another setting after iteration 2 was made from it: every
-    stage of iteration 2 stale, its generation (and what reads it) because of that training, and
-    the command is the one src.main gives, which redoes every stale stage in order."""
+    """Iteration 1 trained again under another setting after iteration 2 was made from it: each
+    stage by its own record, iteration 1 finished (its training too, made at its own setting),
+    every stage of iteration 2 stale because of that training; the command named remakes
+    iteration 2 with the settings it was made with, running nothing of iteration 1."""
     runs = lineage("two-iterations").root
     monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
     lineages.trained_again(runs, "training.warmup_ratio=0.2")
-    (found,) = status([]).lineages  # judged as its newest command: the one that trained again
+    (found,) = status([]).lineages
     one, two = found.iterations
     assert set(states(one).values()) == {"finished"}
-    for stage in ("generate", "rank", "pairs"):
+    for stage in ("generate", "rank", "pairs", "train"):
         assert two.stages[stage] == Cell("stale", RETRAINED + "again since"), stage
-    assert two.stages["train"] == Cell("stale", "training.warmup_ratio: 0.1 -> 0.2")
-    assert found.command == suggested(main_at(runs, *SMALL, "iter=2", "training.warmup_ratio=0.2"))
-    assert found.command.endswith(" iter=2 training.warmup_ratio=0.2 pipeline.redo_stale=true")
+    assert found.command == (f"{MAIN} {' '.join(SMALL)} iter=2 pipeline.require_previous=true "
+                             "'pipeline.redo=[generate]'")  # fmt: skip
+    assert planned(found.command) == [(2, ["redo"] * 4)]
 
 
 @slow
-def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_saved_configs(
+def test_a_lineage_retrained_at_another_setting_keeps_its_evals_settings_and_what_is_intact(
     lineage, monkeypatch
 ):
+    """An evaluated lineage whose iteration 1 was trained again at another setting by a command
+    naming no eval settings: iteration 1's generate, rank, pairs and training finished, its eval
+    stale (of the checkpoint as it was), iteration 2 stale; the command named makes that eval
+    again in the settings it was made with, reading the training as it was made, and replaces
+    nothing else."""
+    runs = lineage("evaluated-two").root
+    monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
+    lineages.trained_again(runs, "training.seed=7", "training.warmup_ratio=0.2")
+    (found,) = status([]).lineages
+    one, two = found.iterations
+    assert states(one) == {**{s: "finished" for s in ("generate", "rank", "pairs", "train")},
+                           "eval": "stale"}  # fmt: skip
+    assert set(states(two).values()) == {"stale"}
+    assert found.command == (f"{MAIN} {' '.join(SMALL)} eval.enabled=true iter=1 training.seed=7 "
+                             "training.warmup_ratio=0.2 'pipeline.redo=[eval]'")  # fmt: skip
+    assert planned(found.command) == [(1, ["skip"] * 4 + ["redo"])]
+
+
+@slow
+def test_a_lineage_whose_last_command_does_not_compose_is_judged_by_its_records(
+    lineage, monkeypatch
+):
+    """Each stage by its own record whatever its command: finished; a stage missing, no command
+    is named, and why."""
     runs = lineage("one-iteration").root
     monkeypatch.setenv("SELFPLAY_RUNS", str(runs))
     (saved,) = runs.glob("*/*/*/iter1/train/config.yaml")
     saved.write_text(f"# {MAIN} method=nope iter=1\n" + saved.read_text().split("\n", 1)[1])
     (found,) = status([]).lineages
+    assert found.judged_as is None and found.command is None and found.note is None
+    assert states(found.iterations[0]) == {s: "finished" for s in ("generate", "rank", "pairs",
+                                                                    "train")}  # fmt: skip
+    (saved.parent / "done.json").unlink()
+    (found,) = status([]).lineages
+    assert found.iterations[0].stages["train"] == Cell("missing")
     assert found.note.startswith(
         "its last command does not compose now: method=nope: no such option in config group"
     )
-    assert found.note.endswith("; each stage judged by its own record, no command named")
-    assert found.judged_as is None and found.command is None
-    assert states(found.iterations[0]) == {s: "finished" for s in ("generate", "rank", "pairs",
-                                                                    "train")}  # fmt: skip
+    assert found.note.endswith("; no command named") and found.command is None
 
 
 def finished(command: str) -> Path:
@@ -249,12 +291,12 @@ def finished(command: str) -> Path:
     return Path(cfg.run.dir)
 
 
-def test_an_eval_beside_the_base_models_shows_under_its_iteration_as_redo_stale_judges_it(
+def test_an_eval_beside_the_base_models_shows_under_its_iteration_judged_by_its_own_record(
     tmp_path, monkeypatch
 ):
     """An eval by another judge (or against another reference: `eval/vs-<name>`) shows under its
-    iteration, judged by the eval settings it was made with; stale, what brings the lineage up to
-    date is its command with pipeline.redo_stale=true, the only one that redoes such an eval."""
+    iteration, judged by its own record; one whose record's key is not its manifest's is stale,
+    and the command named makes that eval again, by the command that made it, and nothing else."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
     command = f"{MAIN} logger=none iter=1 eval.enabled=true"
     finished(command)
@@ -267,29 +309,32 @@ def test_an_eval_beside_the_base_models_shows_under_its_iteration_as_redo_stale_
     assert f"        {name}: finished" in as_text(found).splitlines()
     write_record(folder, Finished("made otherwise", {}, {}))
     (lineage,) = status([]).lineages
-    assert lineage.iterations[0].stages[name].state == "stale"
-    assert lineage.command == f"{command} pipeline.redo_stale=true"
+    assert lineage.iterations[0].stages[name] == Cell("stale", KEY_EDITED)
+    assert lineage.command == f"{command} eval.judged_by=other 'pipeline.redo=[eval]'"
 
 
 def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others(
     tmp_path, monkeypatch
 ):
     """iter0/eval, the base model's own eval (`stage=eval iter=0`): a lineage with it alone is
-    none to bring up to date; one with iterations is judged by their command, even where the base
-    model's eval ran last, and shows it as iteration 0, eval alone, in text and JSON: stale where
-    that command's settings differ from those it was made with, its redo the command once the
-    iterations are up to date; judged by its own saved config where the command does not
-    compose."""
+    none to bring up to date; one with iterations shows it as iteration 0, eval alone, in text
+    and JSON, by its own record: finished with the settings it was made with, whatever command
+    ran last; judged as a command with other settings (named by that command's overrides), stale
+    naming them, its redo the command once the iterations are up to date."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))
     base = f"{MAIN} logger=none stage=eval iter=0 eval.temperature=0.5"
     finished(base)
     assert status([]).lineages == []
     finished(f"{MAIN} logger=none iter=1")
     finished(base)
-    found = status([])
+    (lineage,) = status([]).lineages
+    assert lineage.judged_as is None and lineage.command is None and lineage.note is None
+    assert [row.iter for row in lineage.iterations] == [0, 1]
+    assert lineage.iterations[0].stages == {"eval": Cell("finished")}, "as it was made"
+
+    found = status(["logger=none", "iter=1"])
     (lineage,) = found.lineages
     assert lineage.judged_as == f"{MAIN} logger=none iter=1"
-    assert [row.iter for row in lineage.iterations] == [0, 1]
     stale = Cell("stale", "eval.temperature: 0.5 -> 0.0")
     assert lineage.iterations[0].stages == {"eval": stale}
     assert lineage.command == f"{MAIN} logger=none iter=0 stage=eval 'pipeline.redo=[eval]'"
@@ -298,15 +343,8 @@ def test_the_base_models_eval_is_iteration_0_of_its_lineage_judged_as_the_others
     )
     (shown,) = json.loads(json.dumps(asdict(found)))["lineages"]
     assert shown["iterations"][0] == {"iter": 0, "stages": {"eval": asdict(stale)}}
-    # named by the command that made it: the same lineage
+    # named by the command that made iteration 0: the same lineage, judged as that command
     assert status(["logger=none", "stage=eval", "iter=0"]).lineages == [lineage]
-
-    (run_dir,) = tmp_path.glob("*/*/*")
-    for saved in run_dir.glob("iter1/*/config.yaml"):  # a command that does not compose now
-        saved.write_text(f"# {MAIN} method=nope iter=1\n" + saved.read_text().split("\n", 1)[1])
-    (lineage,) = status([]).lineages
-    assert lineage.judged_as is None
-    assert lineage.iterations[0].stages == {"eval": Cell("finished")}, "as it was made"
 
 
 @slow
