@@ -1,7 +1,7 @@
 """The one entry point: `python -m src.main [group=option ...] [key=value ...]`.
 
 Composes conf/config.yaml with Hydra and validates it against the typed schemas (src/config/)
-before any work; then the scheduler plans each iteration from its records (src/schedule.py), the
+before any work; then the scheduler plans each iteration from its records (src/schedule/), the
 checks made before any stage follow the plans, cheapest first (src/assets/preflight.py: the
 machine and the keys, then what the records refuse, then the rest), and the scheduler runs them.
 A failure ends with one line on stderr and the exit code of src/core/errors.py
@@ -28,7 +28,9 @@ from src.config import REPO_ROOT, Config, Device, compose_tree, validate
 from src.config.cli import check_hydra_arguments, failures, hydra_raises, launcher_failure
 from src.core import memory, preemption, threads
 from src.core.errors import command_line
-from src.schedule import dispatch, iterations, refuse
+from src.schedule.plan import iterations
+from src.schedule.remedies import refuse
+from src.schedule.run import dispatch
 
 # What Ctrl-C or SIGTERM leaves: every stage resumes
 INTERRUPTED = (

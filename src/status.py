@@ -184,7 +184,7 @@ def configs_of(raw: DictConfig) -> Callable[[int], Config]:
 def cells_of(cfg: Config) -> dict[str, Cell]:
     """Each stage of `cfg`'s iteration judged by `cfg`, as src.main judges it; then each eval
     beside the base model's (`eval/vs-<name>`), as `pipeline.redo_stale` judges it."""
-    from src.schedule import side_evals
+    from src.schedule.plan import side_evals
 
     tree, asked = cfg.as_tree(), cfg.stages()
     judged = Judge(tree)  # each stage judged once, those it reads too
@@ -298,7 +298,8 @@ def as_made(cfg: Config, stage: Stage) -> list[str]:
 
 def refusal_of(config_for_iter: Callable[[int], Config], t: int) -> StageError | None:
     """What src.main's checks would refuse of its command at iteration t, or None."""
-    from src.schedule import iterations, refuse
+    from src.schedule.plan import iterations
+    from src.schedule.remedies import refuse
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # what it would run first, said

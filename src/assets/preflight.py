@@ -2,14 +2,14 @@
 written before any of them refuses. First (`require_machine_and_keys`) the machine (a GPU asked
 for where CUDA is not usable here) and the keys from the environment (the OpenAI key AlpacaEval's
 judge needs), for what the command runs or the remedy of what it refuses would run; then what the
-records refuse (src/schedule.py: `refuse`); then (`preflight`) a pairs file of the user's own that
+records refuse (src/schedule/remedies.py: `refuse`); then (`preflight`) a pairs file of the user's own that
 the training would read (training.pairs); the plan's fit on this machine's GPU (a run that cannot
 fit stops in a second, not at its first out-of-memory an hour in); the tiny models the command
 names (built where missing: minutes, once); then what the stages still to run read from outside
 (with the Hub offline, every model, judge and dataset read by hub id, in the Hub cache; an answer
 from OpenAI's API).
 
-Each follows the plans the records made (src/schedule.py: `iterations`), each iteration's once.
+Each follows the plans the records made (src/schedule/plan.py: `iterations`), each iteration's once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from src.training.pairs_file import own_pairs_problem
 
 
 class Plan(Protocol):
-    """What the checks read of an iteration's plan (src/schedule.py: `Plan`, which stands above
+    """What the checks read of an iteration's plan (src/schedule/plan.py: `Plan`, which stands above
     them): its config, the stages it runs and those it or its remedy would run."""
 
     cfg: Config

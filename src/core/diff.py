@@ -2,7 +2,7 @@
 would read now, each difference typed (`Why`) and worded once (`Change`) — a param set otherwise
 (`key: old -> new`), a file changed or gone, a stage output it read made again since, one of its
 own outputs damaged, another version. The scheduler decides remedies from the kinds and keys,
-never from the words (src/schedule.py); src/core/state.py decides finished or stale. Also the
+never from the words (src/schedule/remedies.py); src/core/state.py decides finished or stale. Also the
 two things a judgement is made of: a stage's state (`StageState`) and its folder as read once
 (`Kept`)."""
 
@@ -24,7 +24,7 @@ from src.core.saved import saved_config
 
 
 class Why(Choice):
-    """Why a finished stage is stale: what decides its remedy (src/schedule.py)."""
+    """Why a finished stage is stale: what decides its remedy (src/schedule/remedies.py)."""
 
     value = "value"  # an input key set otherwise than the stage was made with
     content = "content"  # a local file it read changed since

@@ -24,7 +24,7 @@ What a running stage reads is protected by its own lock. A finished stage is rew
 redo takes, before it deletes anything and until it ends, the locks of the stages it rewrites,
 of every later stage of the iteration (each reads what the one before it made) and, when it
 rewrites the training, of every stage of the next iteration (which starts from its checkpoint):
-all of them or none (`rewriting`, src/schedule.py). So a redo refuses at once while a stage that
+all of them or none (`rewriting`, src/schedule/run.py). So a redo refuses at once while a stage that
 reads what it would rewrite runs, and none of those stages starts while it runs. (Readers taking
 their inputs' locks shared would need no more locks, but a shared hold is a shard writer's too,
 and unsigned: the refusal could not name who reads.) A lock this process holds is taken again
@@ -38,7 +38,7 @@ it locks the one the path names now), and a holder checks the same of every lock
 (`require_held`) before each file of a shard that a re-run trusts — its identity, each chunk,
 its rows, done.json — and once its stage returns. Finding one gone, it stops with one line
 (`LockLost`, exit 3) before writing more there; a stage that returned loses its done.json
-(src/schedule.py). The writer that came in keeps its own rows only, and nothing two processes
+(src/schedule/run.py). The writer that came in keeps its own rows only, and nothing two processes
 wrote at once is sealed as finished. Locking folders instead, which deleting `.locks` would not
 touch, fails over NFS: there `flock` on a folder is local to one client, and an exclusive lock
 needs a file open for writing.

@@ -125,7 +125,7 @@ def write_record(stage_dir: str | os.PathLike[str], finished: Finished, **noted:
 
     A stage whose record holds the key of what it would read now is finished; without one,
     whatever else is in the directory is a leftover to redo, never to trust. Written by the
-    scheduler once a stage's run returns (src/schedule.py), by a stage whose spec says it writes
+    scheduler once a stage's run returns (src/schedule/run.py), by a stage whose spec says it writes
     its own (training's rank-0 worker) and by the eval's answer cache. Beside the outputs' seals
     it keeps each output file's stat (`stats`), which vouches for it unchanged without reading
     it again (src/core/state.py). `noted`: where its outputs came from, kept in it as given —

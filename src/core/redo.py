@@ -1,6 +1,6 @@
 """A redo's moves on disk: a stage's finished results set aside for it (renamed beside the
 stage's folder, no copy), put back as they were when it fails, deleted once it ends well. The
-scheduler (src/schedule.py) decides what is redone and holds the locks; this only moves files."""
+scheduler (src/schedule/) decides what is redone and holds the locks; this only moves files."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The stages of an iteration, each declared once (docs/design.md §5).
 
 A `StageSpec` says what a stage is to everything around it: the order of the pipeline
-(`src/schedule.py`), what its finished output depends on (the stage fingerprints and chunk
+(`src/schedule/`), what its finished output depends on (the stage fingerprints and chunk
 identities, `src/core/fingerprints.py`), whether it is split into shards and by which config
 section (the chunks, `src/core/chunks.py`; one W&B run per shard,
 `src/stages/report/tracking.py`; one SLURM array task per shard, `src/slurm.py`) and how much of
@@ -45,7 +45,7 @@ class StageSpec:
     sharded_by: str | None = None
     rows: str | None = None  # its rows files: <rows>-shardSSS-of-NNN.jsonl
     optional: bool = False  # in `stage=all` only with `eval.enabled=true`
-    # it loads a model through transformers (a policy or a judge): src/schedule.py imports
+    # it loads a model through transformers (a policy or a judge): src/schedule/run.py imports
     # transformers' model code before any stage starts, so that no stage's peak memory counts it
     loads_model: bool = True
     # a config key naming a file of the user's own that may stand in for what it consumes: the
@@ -112,7 +112,7 @@ JUDGE_INPUTS = (
 # The eval's judges: its pairwise judge (eval.judge, or the ranker where it is null) and the chat
 # judge of its benchmarks. An eval asked for with other judges than a finished one of the same
 # checkpoint is that checkpoint judged otherwise, not the same eval made otherwise:
-# src/schedule.py offers it a folder of its own beside the finished one first (eval.judged_by).
+# src/schedule/remedies.py offers it a folder of its own beside the finished one first (eval.judged_by).
 EVAL_JUDGE_INPUTS = (
     *(f"ranker.{key}" for key in JUDGE_INPUTS),
     *(f"eval.judge.{key}" for key in JUDGE_INPUTS),
@@ -122,7 +122,7 @@ EVAL_JUDGE_INPUTS = (
 # The inputs whose value makes another experiment, not the same one made otherwise: the engine
 # that samples, the judge that ranks, the pairs trained on, a method setting the default run_name
 # does not name (its K, eta or beta and learning rate it names, and so separates). A lineage's
-# stages made with another value of one are never replaced unasked: src/schedule.py offers a
+# stages made with another value of one are never replaced unasked: src/schedule/remedies.py offers a
 # lineage of its own first. Each with what a command asking for another value does.
 EXPERIMENT_INPUTS = {
     "generation.backend": "generate with this engine",

@@ -13,7 +13,7 @@ written as its own (the same manifest and key, `reused_from` naming where they c
 Two processes wanting one key at once: the first computes under the key's lock, the second waits
 for it (`key_lock`) and takes what it made, so no key is computed twice at once and nothing made
 by two is mixed. A stage made in parts by several processes (the shards of a SLURM array, a
-training on several nodes) computes its own (src/schedule.py, `reusable`).
+training on several nodes) computes its own (src/schedule/run.py, `reusable`).
 """
 
 from __future__ import annotations

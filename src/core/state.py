@@ -143,7 +143,8 @@ class Judge:
         if made_as != RECORD_FORMAT:
             return StageState(stage, "stale", [other_version(made_as)])
         made = manifest_of(kept.record)
-        if stage_version(stage, made) or key_of(stage, made) != kept.record.get("key"):
+        edited = "manifest" in kept.record and key_of(stage, made) != kept.record["key"]
+        if stage_version(stage, made) or edited:
             said = stage_version(stage, made) or [Change(KEY_EDITED, Why.damaged)]
             return StageState(stage, "stale", said)
         files = files_now(made["files"], str(layout.run_dir), lookup(self.tree, "paths.root"))

@@ -6,7 +6,7 @@ its record holds. What reports on the stages (their W&B runs, curves, tables and
 model card that train and eval write beside the checkpoint, the figures `src.compare` reads) is
 in report/.
 
-The scheduler (src/schedule.py) owns what surrounds every stage: its lock, its saved config,
+The scheduler (src/schedule/run.py) owns what surrounds every stage: its lock, its saved config,
 its W&B run and its record, `done.json`, written once `run` returns, after every output. For
 generate and rank, each shard's process has a W&B run of its own, and the record comes from the
 shard that completes the stage (the others return none: the stage is not finished yet). Train

@@ -215,7 +215,7 @@ def test_a_rewrite_takes_all_its_locks_before_anything_or_none(tmp_path):
 def test_a_redo_locks_the_later_stages_and_after_the_training_the_next_iteration(
     tmp_path, monkeypatch
 ):
-    """What a redo of iteration 1 takes (src/schedule.py): its stage and every later one of the
+    """What a redo of iteration 1 takes (src/schedule/run.py): its stage and every later one of the
     iteration; a redo of the training also iteration 2's stages, which start from its
     checkpoint. A shard of iteration 2's generate running refuses the one, not the other."""
     monkeypatch.setenv("SELFPLAY_RUNS", str(tmp_path))

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import src.assets.preflight as preflight
-import src.schedule as schedule
+import src.schedule.run as running
 from src.config import REPO_ROOT, Config, PipelineConfig, Stage, to_yaml
 from src.core import locks
 from src.core.diff import Change, StageState, Why
@@ -27,6 +27,9 @@ from src.core.registry import STAGES
 from src.core.saved import save_config
 from src.core.state import Judge
 from src.main import run
+from src.schedule import remedies
+from src.schedule.plan import iterations, plan_iteration
+from src.schedule.run import dispatch, stage_runners
 from src.stages import StageResult
 from tests.support.helpers import BUILT_ON_DEMAND, compose_cfg, same_bytes
 
@@ -47,7 +50,7 @@ def recorded(monkeypatch):
             s: (lambda cfg, s=s: calls.append((s, cfg)) or StageResult({}, None)) for s in stages
         }
 
-    monkeypatch.setattr(schedule, "stage_runners", runners)
+    monkeypatch.setattr(running, "stage_runners", runners)
     # stages replaced so read no model or dataset: the check of what they would read is
     # tests/tools/test_assets.py's (the default config's are hub ids, not in this offline cache)
     monkeypatch.setattr(preflight, "require_assets_here", lambda plans, command: None)
@@ -84,14 +87,14 @@ def test_the_record_a_stage_returns_is_written_after_it_unless_its_lock_was_lost
         made = Finished(stage_key(cfg.as_tree(), Stage.pairs), {"pairs": 1}, {})
         return StageResult({"pairs": 1}, made)
 
-    monkeypatch.setattr(schedule, "stage_runners", lambda stages: {Stage.pairs: pairs})
-    schedule.dispatch(schedule.iterations(cfg), command)
+    monkeypatch.setattr(running, "stage_runners", lambda stages: {Stage.pairs: pairs})
+    dispatch(iterations(cfg), command)
     assert read_record(stage_dir)["counts"] == {"pairs": 1}
 
     lose_lock = True
     with pytest.raises(locks.LockLost):
         redo = replace(cfg, pipeline=PipelineConfig(redo=[Stage.pairs]))
-        schedule.dispatch(schedule.iterations(redo), command)
+        dispatch(iterations(redo), command)
     assert not (stage_dir / "done.json").exists()
 
 
@@ -153,7 +156,7 @@ def test_the_lineage_offered_for_other_pairs_is_one_no_other_pairs_trained(recor
     lineage nor the second's, and never the stem twice (`...-pairs-mine-pairs-mine`)."""
 
     def free_run_name(cfg: Config) -> str:
-        return schedule.free_run_name(cfg, "training.pairs", [(cfg, Stage.train)])
+        return remedies.free_run_name(cfg, "training.pairs", [(cfg, Stage.train)])
 
     def trained(pairs: Path, run_name: str) -> Config:
         cfg = compose_cfg("stage=train", "logger=none", f"training.pairs={pairs}",
@@ -215,7 +218,7 @@ def test_stale_stages_of_several_iterations_are_one_refusal_made_before_any_buil
     made = ["logger=none", "eval.enabled=true"]
     finish_iterations(made, 2)
     monkeypatch.setattr(preflight, "ensure_tiny_models", lambda cfg: pytest.fail("built first"))
-    monkeypatch.setattr(schedule, "stage_runners", lambda stages: pytest.fail("imported first"))
+    monkeypatch.setattr(running, "stage_runners", lambda stages: pytest.fail("imported first"))
     asked = [*made, "eval.bootstrap=10", "iter=2"]
     command = "python -m src.main " + " ".join(asked)
     with pytest.raises(StageError) as refused:
@@ -289,7 +292,7 @@ def test_evals_by_other_judges_are_offered_a_folder_beside_the_finished_ones_fir
 def test_the_folder_offered_to_other_judges_is_named_by_the_judges_changed(keys, name):
     cfg = compose_cfg("logger=none", "stage=eval", "+ranker@eval.judge=tiny-pairrm",
                       "eval.llm_judge.model=openai/gpt-4o")  # fmt: skip
-    assert schedule.judges_name(cfg, [cfg], keys) == name
+    assert remedies.judges_name(cfg, [cfg], keys) == name
 
 
 def test_every_stage_input_is_a_config_key():
@@ -309,7 +312,7 @@ def test_every_stage_has_its_run_function():
     src/stages/ (the real modules, imported)."""
     declared = [s for s in Stage if s != Stage.all]
     assert list(STAGES) == declared
-    runners = schedule.stage_runners(declared)
+    runners = stage_runners(declared)
     for stage, stage_run in runners.items():
         assert callable(stage_run) and stage_run.__module__ == f"src.stages.{stage.value}"
 
@@ -322,7 +325,7 @@ def test_a_command_imports_the_stages_it_runs_and_the_model_code_before_them(sta
     """A fresh interpreter: pairs alone loads neither the other stages nor transformers' model
     code; a stage that loads a model has that code in before it starts (its peak excludes it)."""
     code = (
-        "import sys; import src.schedule as s; from src.config import Stage; "
+        "import sys; import src.schedule.run as s; from src.config import Stage; "
         f"s.stage_runners([Stage.{stage.value}]); "
         "print(sorted(m for m in sys.modules if m.startswith('src.stages.') and m.count('.') == 2)); "
         "print('transformers.modeling_utils' in sys.modules)"
@@ -406,7 +409,7 @@ def test_the_plan_of_an_iteration_from_its_stages_states(statuses, asked, steps)
         StageState(stage, status, [K_CHANGED] if status == "stale" else [])
         for stage, status in zip(PIPELINE, statuses.split(), strict=True)
     ]
-    plan = schedule.plan_iteration(states, cfg)
+    plan = plan_iteration(states, cfg)
     assert [step.stage for step in plan] == PIPELINE
     assert [step.action for step in plan] == steps.split()
     for step in plan:
@@ -424,7 +427,7 @@ def test_a_record_of_an_earlier_version_is_planned_as_a_refusal_that_says_so():
     cfg = compose_cfg("logger=none")
     earlier = Change("recorded by an earlier version of selfplay-lab", Why.version)
     states = [StageState(Stage.generate, "done"), StageState(Stage.rank, "stale", [earlier])]
-    (refused,) = [step for step in schedule.plan_iteration(states, cfg) if step.action == "refuse"]
+    (refused,) = [step for step in plan_iteration(states, cfg) if step.action == "refuse"]
     assert refused.stage == Stage.rank and "recorded by an earlier version" in refused.reason
 
 
@@ -434,10 +437,10 @@ def test_a_stage_run_alone_is_refused_when_what_it_reads_is_stale_even_redone(as
     would rank rows made under another config), naming the generation."""
     cfg = compose_cfg("logger=none", "stage=rank", *asked)
     generated = StageState(Stage.generate, "stale", [K_CHANGED])
-    (step,) = schedule.plan_iteration([StageState(Stage.rank, "done")], cfg, generated)
+    (step,) = plan_iteration([StageState(Stage.rank, "done")], cfg, generated)
     assert step.action == "refuse" and step.stale == generated
     assert "stage rank reads it" in step.reason and step.error.fix == Redo(Stage.generate, 1)
-    (step,) = schedule.plan_iteration(
+    (step,) = plan_iteration(
         [StageState(Stage.rank, "done")], cfg, StageState(Stage.generate, "done")
     )
     assert step.action == ("redo" if asked else "skip")
@@ -484,7 +487,7 @@ EVAL_TEMPERATURE = Change("eval.temperature: 0.0 -> 0.7", Why.value, "eval.tempe
 def test_the_remedy_of_a_stale_stage_is_chosen_by_the_kinds_and_keys_of_its_changes(
     stage, changes, kind
 ):
-    assert schedule.refusal_of(StageState(stage, "stale", changes)) == kind
+    assert remedies.refusal_of(StageState(stage, "stale", changes)) == kind
 
 
 def test_an_eval_of_a_checkpoint_trained_again_is_refused_in_the_words_every_command_uses():
@@ -492,7 +495,7 @@ def test_an_eval_of_a_checkpoint_trained_again_is_refused_in_the_words_every_com
     src.export say it (`StageState.why`), then its redo."""
     cfg = compose_cfg("model=tiny-mistral", "logger=none", "iter=1", "stage=eval")
     state = StageState(Stage.eval, "stale", [AFTER])
-    refused = schedule.refused(cfg, state)
+    refused = remedies.refused(cfg, state)
     assert str(refused) == (
         f"{cfg.stage_dir(Stage.eval)} is stale ({state.why}); to evaluate the checkpoint as it "
         "is now"
@@ -506,7 +509,7 @@ def test_another_experiment_is_offered_a_lineage_of_its_own_then_the_redo_it_wou
     temperature) is redone, as before."""
     cfg = compose_cfg("model=tiny-mistral", "logger=none", "generation=vllm")
     finished = [StageState(s, "done") for s in PIPELINE[1:]]
-    (refused, *rest) = schedule.plan_iteration(
+    (refused, *rest) = plan_iteration(
         [StageState(Stage.generate, "stale", [BACKEND]), *finished], cfg
     )
     assert refused.action == "refuse" and [s.action for s in rest] == ["skip"] * 3
@@ -516,7 +519,7 @@ def test_another_experiment_is_offered_a_lineage_of_its_own_then_the_redo_it_wou
         "with this engine in a lineage of its own, or replace iteration 1's generate, rank, "
         f"pairs and train in {cfg.run_name} (iter=1 pipeline.redo=[generate])"
     ), refused.error
-    (same, *_) = schedule.plan_iteration(
+    (same, *_) = plan_iteration(
         [StageState(Stage.generate, "stale", [TEMPERATURE]), *finished], cfg
     )
     assert same.error.fix == Redo(Stage.generate, 1)
@@ -535,7 +538,7 @@ def test_another_experiment_is_offered_a_lineage_of_its_own_then_the_redo_it_wou
     ],
 )
 def test_a_lineage_of_its_own_is_named_by_what_makes_it_another_experiment(key, value, word):
-    assert schedule.lineage_word(key, value) == word
+    assert remedies.lineage_word(key, value) == word
 
 
 def files_under(root: Path) -> list[str]:

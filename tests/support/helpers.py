@@ -29,10 +29,10 @@ def compose_cfg(*overrides: str) -> Config:
 
 
 def run_recorded(cfg: Config, stage: str) -> dict:
-    """`stage`'s run as the scheduler runs it (src/schedule.py: `run_tracked`: inside its W&B
+    """`stage`'s run as the scheduler runs it (src/schedule/run.py: `run_tracked`: inside its W&B
     run, its record written once it returns); the figures its W&B run keeps."""
     from src.core.registry import Stage
-    from src.schedule import run_tracked
+    from src.schedule.run import run_tracked
     from src.stages import stage_run
 
     return run_tracked(cfg, Stage(stage), stage_run(Stage(stage))).summary

@@ -16,7 +16,7 @@ import pytest
 
 from src.config import REPO_ROOT, Stage, to_yaml
 from src.core.errors import StageError, as_typed, command_line
-from src.core.identity import stage_key
+from src.core.identity import Key, stage_key
 from src.core.records import Finished, read_record, write_record
 from src.core.saved import save_config
 from src.core.state import KEY_EDITED
@@ -208,7 +208,7 @@ def planned(command: str) -> list[tuple[int, list[str]]]:
     """What `command` (src.main's, as typed) would do, planned as src.main plans it: each
     iteration it runs and each stage's action."""
     from src.config.compose import compose_tree
-    from src.schedule import iterations
+    from src.schedule.plan import iterations
     from src.status import configs_of
 
     words = [w.strip("'") for w in command.split()[3:]]
@@ -307,7 +307,8 @@ def test_an_eval_beside_the_base_models_shows_under_its_iteration_judged_by_its_
     (lineage,) = found.lineages
     assert lineage.iterations[0].stages[name] == Cell("finished") and lineage.command is None
     assert f"        {name}: finished" in as_text(found).splitlines()
-    write_record(folder, Finished("made otherwise", {}, {}))
+    made = read_record(folder)["manifest"]
+    write_record(folder, Finished(Key("made otherwise", made), {}, {}))
     (lineage,) = status([]).lineages
     assert lineage.iterations[0].stages[name] == Cell("stale", KEY_EDITED)
     assert lineage.command == f"{command} eval.judged_by=other 'pipeline.redo=[eval]'"

@@ -112,7 +112,7 @@ def test_a_stage_that_fails_ends_its_run_with_the_commands_exit_code(
     """A refused stage's W&B run recorded exit 1 where the command exited 3."""
     from src.config import Stage
     from src.core.errors import EnvironmentFailure, StageError
-    from src.schedule import run_tracked
+    from src.schedule.run import run_tracked
     from src.stages.report import tracking
 
     for var in ("WANDB_DIR", "WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", *tracking.RUN_VARS):
