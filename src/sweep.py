@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from src.config import (
     REPO_ROOT,
     Config,
@@ -29,11 +31,15 @@ from src.config import (
     check_path_component,
     check_shell_word,
     compose,
+    compose_tree,
+    validate,
 )
 from src.config.cli import ArgumentParser, failures
 from src.config.grid import grid_points, load_sweep, positive_int
 from src.core.artifacts import atomic_write_text
 from src.core.errors import StageError, command_line, override_key, set_overrides, without_keys
+from src.core.registry import STAGES, Stage
+from src.plan.sweep import read_chain
 from src.slurm import (
     MAX_ARRAY_TASKS,
     WARNING_SIGNAL_S,
@@ -79,15 +85,29 @@ def tracked_as(name: str, grid: dict[str, list[Any]]) -> list[str]:
     return [f"logger.sweep={name}", f"logger.swept=[{','.join(swept)}]"]
 
 
-def check_points(
-    points: list[list[str]], base: list[str], iterations: int, slurm: bool = True
-) -> list[Config]:
-    """Every point composes and validates before anything is submitted; lineages are distinct;
-    for a SLURM array (`slurm`), the hardware has SLURM resources and one node."""
-    configs = [
-        compose(set_overrides(base, point), iterations)
-        for point in counted(points, "[sweep] points composed")
+def composed(points: list[list[str]], base: list[str]) -> list[DictConfig]:
+    """Each point's config as composed, before its iteration is set (`at`)."""
+    return [
+        compose_tree(set_overrides(base, p)) for p in counted(points, "[sweep] points composed")
     ]
+
+
+def at(trees: list[DictConfig], t: int) -> list[Config]:
+    """The points' configs (`composed`) at iteration t, each validated, as `iter=t` makes it."""
+    return [validate(OmegaConf.merge(tree, {"iter": t})) for tree in trees]
+
+
+def check_points(
+    points: list[list[str]],
+    base: list[str],
+    iterations: int,
+    slurm: bool = True,
+    trees: list[DictConfig] | None = None,
+) -> list[Config]:
+    """Every point composes and validates before anything is submitted (`trees`: as `composed`
+    made them); lineages are distinct; for a SLURM array (`slurm`), the hardware has SLURM
+    resources and one node."""
+    configs = at(trees or composed(points, base), iterations)
     dirs = [c.run.dir for c in configs]
     if len(set(dirs)) != len(dirs):
         raise ConfigError(
@@ -141,6 +161,7 @@ def render(
     iterations: int,
     parallel: int | None,
     submit_line: list[str],
+    shared: str,
 ) -> str:
     s, hw = cfg.hardware.slurm, cfg.hardware
     values = {
@@ -164,6 +185,7 @@ def render(
         "overrides": shell_line(base),
         "iterations": str(iterations),
         "submit_line": shell_line(submit_line),
+        "shared": shared,
     }
     return fill("sweep-array.sbatch", values)
 
@@ -221,28 +243,80 @@ def submit_sweep(
     grid = load_sweep(path)
     check_array_size(path, grid)
     points = grid_points(grid)
-    configs = check_points(points, base, iterations)
+    trees = composed(points, base)
+    configs = check_points(points, base, iterations, trees=trees)
     require_sweep_assets(points, base, configs, iterations)
     sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
     points_file = sweep_dir / "points.txt"
-    line = ["sbatch", "--parsable", str(sweep_dir / f"{name}.sbatch")]
+    script_path = sweep_dir / f"{name}.sbatch"
+    shared = shared_stages(trees) if all(c.pipeline.reuse for c in configs) else []
+    first = [shared_line(name, i, stages, script_path) for i, stages in shared]
+    line = ["sbatch", "--parsable", *(["--dependency=afterok:<shared>"] if first else []),
+            str(script_path)]  # fmt: skip
     tracked = set_overrides(base, tracked_as(name, grid))
-    script = render(name, configs[0], points_file, tracked, len(points), iterations, parallel, line)
+    said = shared_said(points, shared)
+    script = render(
+        name, configs[0], points_file, tracked, len(points), iterations, parallel, line, said
+    )
     text = "".join(shell_line(p) + "\n" for p in points)
     if dry_run:
-        print(f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n# $ {shell_line(line)}")
+        before = "".join(f"# $ {shell_line(f)}\n" for f in first)
+        print(
+            f"# ---- {points_file}\n{text}\n# ---- {line[-1]}\n{script}\n{before}# $ {shell_line(line)}"
+        )
         return None
     require_shared_file_systems(configs[0])
     (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
     require_sbatch()
     atomic_write_text(points_file, text)
-    atomic_write_text(sweep_dir / f"{name}.sbatch", script)
+    atomic_write_text(script_path, script)
+    jobs = [submitted(f) for f in first]
+    if jobs:
+        line[2] = f"--dependency=afterok:{':'.join(jobs)}"
+        print(f"[sweep] {name}: what several points share first, once: job(s) {', '.join(jobs)}")
+    job = submitted(line)
+    print(f"[sweep] {name}: {len(points)} points, array job {job}; logs in {sweep_dir / 'logs'}")
+    return job
+
+
+def submitted(line: list[str]) -> str:
     done = subprocess.run(line, capture_output=True, text=True)
     if done.returncode != 0:
         raise SubmitError(f"sbatch refused {line[-1]}: {done.stderr.strip()}")
-    job = done.stdout.strip().split(";")[0]
-    print(f"[sweep] {name}: {len(points)} points, array job {job}; logs in {sweep_dir / 'logs'}")
-    return job
+    return done.stdout.strip().split(";")[0]
+
+
+def shared_stages(trees: list[DictConfig]) -> list[tuple[int, list[Stage]]]:
+    """The stages of iteration 1 that several points read the same (what they and every stage
+    before them read: src/plan/sweep.py's `read_chain`), each as the points' first that makes
+    them and the stages it makes, in order: the array then takes them from that lineage
+    (src/core/reuse.py) instead of making them side by side, or waiting for each other."""
+    made = [[c] for c in at(trees, 1)]
+    order = [s for s in STAGES if s != Stage.eval]
+    chains = [[read_chain(cfgs, s) for s in order] for cfgs in made]
+    shared: dict[str, tuple[int, list[Stage]]] = {}
+    for i, mine in enumerate(chains):
+        deepest = [k for k, chain in enumerate(mine)
+                   if sum(other[k] == chain for other in chains) > 1]  # fmt: skip
+        if deepest:
+            shared.setdefault(mine[deepest[-1]], (i, order[: deepest[-1] + 1]))
+    return list(shared.values())
+
+
+def shared_line(name: str, point: int, stages: list[Stage], script: Path) -> list[str]:
+    """The sbatch line of the job that makes `stages` of iteration 1 once, as point `point`
+    (task `point` of the sweep's own script, SWEEP_SHARED naming the stages)."""
+    said = " ".join(s.value for s in stages)
+    return ["sbatch", "--parsable", f"--array={point}", f"--job-name=sweep-{name}-shared",
+            f"--export=ALL,SWEEP_SHARED={said}", str(script)]  # fmt: skip
+
+
+def shared_said(points: list[list[str]], shared: list[tuple[int, list[Stage]]]) -> str:
+    if not shared:
+        return "No stage is read the same by several points: each task makes its own."
+    made = "; ".join(f"{', '.join(s.value for s in stages)} as point {i} ({shell_line(points[i])})"
+                     for i, stages in shared)  # fmt: skip
+    return f"Made once before the array (SWEEP_SHARED), which waits for it: iteration 1's {made}."
 
 
 def main(argv: list[str] | None = None) -> None:

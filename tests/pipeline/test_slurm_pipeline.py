@@ -121,6 +121,9 @@ def test_two_generation_shards_share_the_node_and_run_at_the_same_time(on_cluste
 
 
 def test_a_four_point_sweep_is_one_array_and_the_compare_tool_ranks_it(on_cluster, tmp_path):
+    """Iteration 1's generate, rank and pairs, which the points of one K read the same, made once
+    for each K before the array, and taken by the other point of that K; the compare tool ranks
+    the four lineages."""
     from src.compare import main as compare
     from src.sweep import submit_sweep
 
@@ -135,6 +138,13 @@ def test_a_four_point_sweep_is_one_array_and_the_compare_tool_ranks_it(on_cluste
     assert all(
         r["ArrayTaskThrottle"] == "2" for r in cluster.job_records(job) if "ArrayTaskThrottle" in r
     )
+
+    for stage in ("generate", "rank", "pairs"):
+        records = [
+            json.loads(r.read_text()) for r in (tmp_path / "runs").rglob(f"iter1/{stage}/done.json")
+        ]
+        made = sorted("reused_from" in r for r in records)
+        assert made == [False, False, True, True], f"{stage}: made once for each K"
 
     compare(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")])
     rows = list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))

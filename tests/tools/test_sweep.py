@@ -31,8 +31,15 @@ def test_the_grid_sweep_is_one_throttled_array_of_27_lineages(capsys, tmp_path):
     tracked = "logger.sweep=grid 'logger.swept=[method.eta,training.learning_rate,method.K]'"
     assert (
         f'-m src.main model=tiny-mistral hardware=slurm-cpu {pinned} {tracked} "${{POINT[@]}}" '
-        "iter=3 &" in script
+        '"$@" &' in script
     )
+    assert "\n  run iter=3\n" in script
+    # iteration 1's generate, rank and pairs, which the points of one K read the same: made once
+    # for each K, as its first point, before the array, which waits for them
+    first = [line for line in out.splitlines() if "SWEEP_SHARED=" in line]
+    assert [line.split("--array=")[1].split()[0] for line in first] == ["0", "1", "2"]
+    assert all("'--export=ALL,SWEEP_SHARED=generate rank pairs'" in line for line in first)
+    assert out.splitlines()[-1].startswith("# $ sbatch --parsable '--dependency=afterok:<shared>' ")
     body = script.split("\n", 1)[1].split("\n# $ ")[0]
     assert subprocess.run(["bash", "-n"], input=body, text=True).returncode == 0
     assert not (tmp_path / "runs").exists()
@@ -89,7 +96,7 @@ def test_a_grid_larger_than_one_array_is_refused_before_its_points_are_composed(
     import src.sweep
     from src.sweep import main as sweep
 
-    monkeypatch.setattr(src.sweep, "compose", composing)
+    monkeypatch.setattr(src.sweep, "compose_tree", composing)
     path = tmp_path / "s.yaml"
     values = ", ".join(str(v) for v in range(1, 101))
     path.write_text(f"parameters:\n  method.eta: {{values: [{values}]}}\n"
