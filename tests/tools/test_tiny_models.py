@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -188,23 +189,22 @@ def test_the_chat_judge_builds_the_same_bytes_from_the_same_seed(tmp_path, monke
 
 @pytest.mark.slow
 def test_ensure_reuses_a_finished_build_and_redoes_any_other(tmp_path, tiny_dir):
-    """A finished build is reused, a half-made one made again, another seed is another build
-    (other weights, other training data), a moved one is reused where it lies; the build from
-    seed 0 is byte for byte the cached one."""
-    folder = tiny.ensure("tiny-rm", tmp_path)  # the quickest to build
-    assert folder == tmp_path / "tiny-rm"
-    same_bytes(folder, tiny_dir / "tiny-rm")
-    left = [p.name for p in tmp_path.glob(".*")]
-    assert left == [".tiny-rm.lock"], "a staging folder was left behind: only ensure's lock"
-    record = folder / tiny.RECORD
-    built_at = record.stat().st_mtime_ns
+    """A finished build is reused, a half-made one made again (from seed 0, byte for byte the
+    cached build), another seed is another build (other weights, other training data), a moved
+    one is reused where it lies."""
+    folder = tmp_path / "tiny-rm"  # the quickest to build
+    shutil.copytree(tiny_dir / "tiny-rm", folder)
+    record, weights = folder / tiny.RECORD, folder / "model.safetensors"
+    built_at = weights.stat().st_mtime_ns
     assert tiny.ensure("tiny-rm", tmp_path) == folder
-    assert record.stat().st_mtime_ns == built_at  # reused
+    assert weights.stat().st_mtime_ns == built_at  # reused
 
     (folder / "model.safetensors").write_bytes(b"half-written")
     record.unlink()  # as if killed before the record was written
-    tiny.ensure("tiny-rm", tmp_path)
-    assert record.is_file() and (folder / "model.safetensors").stat().st_size > 100_000
+    assert tiny.ensure("tiny-rm", tmp_path) == folder
+    same_bytes(folder, tiny_dir / "tiny-rm")
+    left = [p.name for p in tmp_path.glob(".*")]
+    assert left == [".tiny-rm.lock"], "a staging folder was left behind: only ensure's lock"
 
     tiny.ensure("tiny-rm", tmp_path, seed=3)  # another seed is another build
     assert '"seed": 3' in record.read_text()
