@@ -157,7 +157,7 @@ def test_tiny_reward_model_scores_the_last_real_token_of_a_conversation(tiny_dir
     assert torch.allclose(batch[0], alone[0], atol=1e-5) and not torch.allclose(batch[0], batch[1])
 
 
-# tiny-rm's rebuild is test_ensure_reuses_a_finished_build_and_redoes_any_other's first build
+# tiny-rm's rebuild is test_ensure_reuses_a_finished_build_and_redoes_any_other's, of a half-made one
 REBUILT_HERE = [n for n in tiny.PIPELINE_NAMES if n not in (*BUILT_ON_DEMAND, "tiny-rm")]
 
 
