@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from src import schedule
 from src.config import REPO_ROOT, Stage
 from src.core import locks
 from src.core.chunks import Shard, chunk_by_chunk, run_chunks
 from src.core.locks import Locked, is_held, lock_path, writing
+from src.schedule.run import rewriting
 from tests.support.helpers import SMALL, compose_cfg, holder, one_line_failure, run_main
 
 
@@ -223,13 +223,13 @@ def test_a_redo_locks_the_later_stages_and_after_the_training_the_next_iteration
     following = Path(cfg.run.dir) / "iter2" / "generate"
     proc = holder(following, "shard000-of-001")
     try:
-        with schedule.rewriting(cfg, [Stage.pairs], "python -m src.main stage=pairs"):
+        with rewriting(cfg, [Stage.pairs], "python -m src.main stage=pairs"):
             taken = [d.name for d in Path(cfg.run.iter_dir).iterdir() if d.name != ".locks"]
             held = [s for s in Stage if s != Stage.all and is_held(lock_path(cfg.stage_dir(s)))]
         assert taken == [] and held == [Stage.pairs, Stage.train, Stage.eval]
         with (
             pytest.raises(Locked) as refused,
-            schedule.rewriting(cfg, [Stage.train], "python -m src.main stage=train"),
+            rewriting(cfg, [Stage.train], "python -m src.main stage=train"),
         ):
             pytest.fail("a redo of the training got in while iteration 2 reads its checkpoint")
         assert str(refused.value).startswith(f"{following} is being written by pid {proc.pid} ")

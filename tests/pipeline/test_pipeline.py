@@ -107,7 +107,8 @@ def test_a_changed_hyper_parameter_is_refused_unless_redone(two_iterations):
 def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(lineage, tmp_path):
     """Iteration 1 trained again under another config after iteration 2 was made from it:
     iteration 2 is refused naming why and every stage stale with it, and export will not ship
-    it; the one command the refusals give (pipeline.redo_stale=true) redoes it."""
+    it; the command src.main's refusal gives (pipeline.redo_stale=true) and the one export's
+    names (src.status's: iteration 2 made again as it was made) each redo it."""
     runs = lineage("two-iterations").root
     redone = cli(runs, "iter=1", "training.warmup_ratio=0.2", "pipeline.redo=[train]")
     assert redone.returncode == 0, redone.stderr[-3000:]
@@ -121,17 +122,16 @@ def test_an_iteration_made_from_a_checkpoint_trained_again_since_is_named_so(lin
     export = [*SMALL, f"paths.root={runs}", "iter=2", "--out", str(tmp_path / "out")]
     line = one_line_failure(entry("src.export", *export), 1)
     assert "iter2/train is stale (iteration 1's checkpoint, which this iteration's generate" in line
-    # the lineage's own command, not a redo built from the export's overrides, which lack its
-    # setting: pasted, it redoes iteration 2
-    redo = f"iter=2 training.warmup_ratio=0.2 paths.root={runs} pipeline.redo_stale=true`"
+    # the command src.status names, not a redo built from the export's overrides: pasted, it
+    # makes iteration 2 again as it was made, and nothing of iteration 1
+    redo = f"iter=2 paths.root={runs} pipeline.require_previous=true 'pipeline.redo=[generate]'`"
     assert line.endswith(redo), line
     assert not (tmp_path / "out").exists()  # neither the model nor the data
 
     before = records(runs)
     again = run_main(runs, *shlex.split(line.rsplit("; run `", 1)[1].removesuffix("`"))[3:])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "[main] iteration 1: finished with this config" in again.stderr
-    assert again.stderr.count("redoing (pipeline.redo_stale)") == 4, "iteration 2's four stages"
+    assert again.stderr.count("redoing (pipeline.redo)") == 4, "iteration 2's four stages"
     after = records(runs)
     assert all(after[k] == v for k, v in before.items() if "/iter1/" in k), "iteration 1 kept"
     assert all(after[k] != v for k, v in before.items() if "/iter2/" in k), "iteration 2 redone"
