@@ -305,10 +305,9 @@ def shared_stages(trees: list[DictConfig]) -> list[tuple[int, list[Stage]]]:
 
 def shared_line(name: str, point: int, stages: list[Stage], script: Path) -> list[str]:
     """The sbatch line of the job that makes `stages` of iteration 1 once, as point `point`
-    (task `point` of the sweep's own script, SWEEP_SHARED naming the stages)."""
-    said = " ".join(s.value for s in stages)
+    (task `point` of the sweep's own script, SWEEP_SHARED naming the last of them)."""
     return ["sbatch", "--parsable", f"--array={point}", f"--job-name=sweep-{name}-shared",
-            f"--export=ALL,SWEEP_SHARED={said}", str(script)]  # fmt: skip
+            f"--export=ALL,SWEEP_SHARED={stages[-1].value}", str(script)]  # fmt: skip
 
 
 def shared_said(points: list[list[str]], shared: list[tuple[int, list[Stage]]]) -> str:

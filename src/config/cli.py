@@ -243,7 +243,7 @@ def launcher_failure(exc: Exception) -> EnvironmentFailure | None:
 
 MAIN = "python -m src.main"
 # what says how one run goes, not where a lineage stands
-ONE_RUN = ("stage", "pipeline.redo", "pipeline.redo_stale")
+ONE_RUN = ("stage", "pipeline.redo", "pipeline.redo_stale", "pipeline.until")
 
 
 def trained_iterations(run_dir: Path) -> list[int]:

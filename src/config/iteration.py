@@ -102,8 +102,13 @@ class PipelineConfig:
     # stages it reads) takes that stage's outputs instead of computing them (a sweep's points
     # share their first iteration's generate and rank); false: every stage computes its own
     reuse: bool = True
+    # with stage=all: the last stage of the iteration this command runs (pipeline.until=pairs:
+    # its data, not its training; src.sweep makes a sweep's shared stages so, in one process);
+    # null: every stage
+    until: Stage | None = None
 
     def __post_init__(self) -> None:
+        _check(self.until != Stage.all, "pipeline.until", "all", "names a stage: null runs all")
         given = self.redo if isinstance(self.redo, list | tuple) else [self.redo]
         given = [str(s) for s in given if s is not None]
         names = [s.value for s in Stage if s != Stage.all]

@@ -118,10 +118,13 @@ class Config:
         return getattr(self, section) if section else None
 
     def stages(self, stage: Stage | None = None) -> list[Stage]:
-        """What `stage=` (or `stage`) runs in this iteration, in order: a training on a pairs file
-        of the user's own reads none of the stages before it, so `stage=all` runs none of them."""
+        """What `stage=` (or `stage`) runs in this iteration, in order, up to `pipeline.until`: a
+        training on a pairs file of the user's own reads none of the stages before it, so
+        `stage=all` runs none of them."""
         own_pairs = read_upstream(self.as_tree(), Stage.train) is None
-        return iteration_stages(stage or self.stage, self.eval.enabled, own_pairs)
+        stages = iteration_stages(stage or self.stage, self.eval.enabled, own_pairs)
+        until = self.pipeline.until
+        return stages[: stages.index(until) + 1] if until in stages[:-1] else stages
 
     def as_tree(self) -> dict[str, Any]:
         """The config as plain, resolved data (enums as their names), as config.yaml stores it:

@@ -650,6 +650,7 @@ def test_no_config_file_repeats_what_it_would_get_anyway(tmp_path):
             r"pairs, train, eval \(e\.g\. pipeline\.redo=\[rank\]",
         ),
         ("pipeline.redo=all", r"^pipeline\.redo=\['all'\]: names stages of an iteration"),
+        ("pipeline.until=all", r"^pipeline\.until='all': names a stage: null runs all"),
     ],
 )
 def test_bad_values_fail_validation_naming_the_key(override, message):
@@ -1025,6 +1026,19 @@ def test_pipeline_redo_is_a_list_of_stages_or_one_bare_stage(override, stages):
     cfg = compose_cfg(*([override] if override else []))
     assert cfg.pipeline.redo == [Stage(s) for s in stages]
     assert cfg.as_tree()["pipeline"]["redo"] == stages
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stages"),
+    [
+        ((), ["generate", "rank", "pairs", "train"]),
+        (("pipeline.until=pairs",), ["generate", "rank", "pairs"]),
+        (("pipeline.until=eval",), ["generate", "rank", "pairs", "train"]),  # no eval asked for
+        (("pipeline.until=rank", "stage=train"), ["train"]),  # one stage: that stage
+    ],
+)
+def test_pipeline_until_is_the_last_stage_stage_all_runs(overrides, stages):
+    assert [s.value for s in compose_cfg(*overrides).stages()] == stages
 
 
 def test_a_local_file_applies_from_the_top_with_its_package_line(tmp_path):
