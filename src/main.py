@@ -28,8 +28,7 @@ from src.config import REPO_ROOT, Config, Device, compose_tree, validate
 from src.config.cli import check_hydra_arguments, failures, hydra_raises, launcher_failure
 from src.core import memory, preemption, threads
 from src.core.errors import command_line
-from src.schedule.plan import iterations
-from src.schedule.remedies import refuse
+from src.schedule.plan import iterations, refuse
 from src.schedule.run import dispatch
 
 # What Ctrl-C or SIGTERM leaves: every stage resumes

@@ -298,8 +298,7 @@ def as_made(cfg: Config, stage: Stage) -> list[str]:
 
 def refusal_of(config_for_iter: Callable[[int], Config], t: int) -> StageError | None:
     """What src.main's checks would refuse of its command at iteration t, or None."""
-    from src.schedule.plan import iterations
-    from src.schedule.remedies import refuse
+    from src.schedule.plan import iterations, refuse
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # what it would run first, said

@@ -2,7 +2,7 @@
 written before any of them refuses. First (`require_machine_and_keys`) the machine (a GPU asked
 for where CUDA is not usable here) and the keys from the environment (the OpenAI key AlpacaEval's
 judge needs), for what the command runs or the remedy of what it refuses would run; then what the
-records refuse (src/schedule/remedies.py: `refuse`); then (`preflight`) a pairs file of the user's own that
+records refuse (src/schedule/plan.py: `refuse`); then (`preflight`) a pairs file of the user's own that
 the training would read (training.pairs); the plan's fit on this machine's GPU (a run that cannot
 fit stops in a second, not at its first out-of-memory an hour in); the tiny models the command
 names (built where missing: minutes, once); then what the stages still to run read from outside

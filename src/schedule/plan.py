@@ -1,13 +1,14 @@
 """Planning an iteration: which stages of which iterations a command runs, skips as finished,
 refuses as made under another config, or redoes (`pipeline.redo`, `pipeline.redo_stale`). Each
 iteration is planned once from its records (`iterations`: a `Plan` each, its stages' `Step`s),
-each stage judged once (src/core/state.py); what a plan refuses is worded by
-src/schedule/remedies.py, what it runs is run by src/schedule/run.py."""
+each stage judged once (src/core/state.py); what the plans refuse is refused before any of them
+starts (`refuse`), worded by src/schedule/remedies.py; what they run is run by
+src/schedule/run.py."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 from src.config import Config, ConfigError, PipelineConfig, Stage, with_section
@@ -17,7 +18,7 @@ from src.core.fingerprints import read_upstream
 from src.core.records import read_record
 from src.core.saved import saved_config
 from src.core.state import Judge, state_of
-from src.schedule.remedies import refused
+from src.schedule.remedies import rebuilt, refused, refused_together, require_previous
 
 
 def iterations(cfg: Config, config_for_iter: Callable[[int], Config] | None = None) -> list[Plan]:
@@ -177,6 +178,23 @@ def first_refusal(steps: list[Step]) -> Step | None:
     refusals = [step for step in steps if step.action == "refuse"]
     own = [step for step in refusals if step.stale.stage == step.stage]
     return (own or refusals or [None])[0]
+
+
+def refuse(plans: Sequence[Plan]) -> None:
+    """What the plans refuse, before any of them starts (and before a tiny chat judge's build of
+    minutes): one iteration's as it says it; several iterations' as one refusal, whose fix redoes
+    each stale stage in order, or, where one is another experiment, runs the command as a lineage
+    of its own. Only a refusal the records decide whatever is built: any but a benchmark
+    folder's content (the tiny benchmarks' data, which their build makes again), left to the
+    iteration itself."""
+    require_previous(plans[-1].cfg)
+    found = [(p, step) for p in plans if (step := p.refusal) and not rebuilt(step.stale)]
+    if len(found) == 1:
+        raise found[0][1].error
+    if found:
+        replaced = [(p.cfg.iter, p.replaced()) for p in plans if p.replaced()]
+        stale = [(p.cfg, step.stale) for p, step in found]
+        raise refused_together(plans[-1].cfg, stale, replaced)
 
 
 def side_evals(cfg: Config) -> list[Config]:

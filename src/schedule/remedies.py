@@ -1,7 +1,8 @@
 """What a plan refuses, and the remedy offered: chosen by the kind of each change (`refusal_of`,
 REMEDIES), never by its words — a redo of the stage and those after it, a lineage of its own
 for another experiment, a folder beside a finished eval for other judges; several iterations'
-refusals as one (`refuse`), before any stage starts."""
+refusals as one (`refused_together`, which src/schedule/plan.py's `refuse` raises before any
+stage starts)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from src.config import Config, Stage, pairs_lineage
 from src.core.choice import Choice
@@ -22,9 +22,6 @@ from src.core.records import read_record
 from src.core.registry import EVAL_JUDGE_INPUTS, EXPERIMENT_INPUTS, FOLDER_INPUTS, STAGES
 from src.core.saved import relocated
 from src.core.state import redo_for, state_of
-
-if TYPE_CHECKING:
-    from src.schedule.plan import Plan, Step
 
 
 class Refusal(Choice):
@@ -244,51 +241,37 @@ def listed(words) -> str:
     return ", ".join(words[:-1]) + f" and {words[-1]}" if len(words) > 1 else "".join(words)
 
 
-def refuse(plans: Sequence[Plan]) -> None:
-    """What the plans refuse, before any of them starts (and before a tiny chat judge's build of
-    minutes): one iteration's as it says it; several iterations' as one refusal, whose fix redoes
-    each stale stage in order, or, where one is another experiment, runs the command as a lineage
-    of its own. Only a refusal the records decide whatever is built: any but a benchmark
-    folder's content (the tiny benchmarks' data, which their build makes again), left to the
-    iteration itself."""
-    require_previous(plans[-1].cfg)
-    found = [(p, step) for p in plans if (step := p.refusal) is not None and not rebuilt(step)]
-    if len(found) == 1:
-        raise found[0][1].error
-    if found:
-        raise refused_together(plans, found)
-
-
-def rebuilt(step: Step) -> bool:
+def rebuilt(stale: StageState) -> bool:
     """A refusal whose every change is in a benchmark folder's content, which its build makes
     again."""
-    changed = step.stale.changed  # none named (what it read changed): not a folder's
+    changed = stale.changed  # none named (what it read changed): not a folder's
     return (
         bool(changed)
-        and not step.stale.earlier_version
+        and not stale.earlier_version
         and all(c.cause in (Why.content, Why.gone) and c.key in FOLDER_INPUTS for c in changed)
     )
 
 
-def refused_together(plans: Sequence[Plan], found: list[tuple[Plan, Step]]) -> StageError:
-    """The one refusal of stale stages of several iterations (`refuse`)."""
-    which = listed(f"iteration {p.cfg.iter}'s {step.stale.stage.value}" for p, step in found)
-    why = " | ".join(dict.fromkeys("; ".join(step.stale.changed) for _, step in found))
+def refused_together(
+    cfg: Config, found: list[tuple[Config, StageState]], replaced: list[tuple[int, list[Stage]]]
+) -> StageError:
+    """The one refusal of stale stages of several iterations of `cfg`'s command (`found`: each
+    iteration's config and its stage refused; `replaced`: the finished stages a redo of every
+    stale one makes again, by iteration)."""
+    which = listed(f"iteration {c.iter}'s {st.stage.value}" for c, st in found)
+    why = " | ".join(dict.fromkeys("; ".join(st.changed) for _, st in found))
     said = SEVERAL.format(which=which, why=why or "an earlier version")
-    kinds = [refusal_of(step.stale) for _, step in found]
+    kinds = [refusal_of(st) for _, st in found]
     if all(kind == Refusal.judges for kind in kinds):
-        evaluated, stale = [p.cfg for p, _ in found], [step.stale for _, step in found]
-        cfg = plans[-1].cfg
+        evaluated, stale = [c for c, _ in found], [st for _, st in found]
         words = judges_advice(cfg, evaluated, stale, RedoStale().overrides(cfg.stage.value))
         return StageError(said + BESIDE.format(**words), f"eval.judged_by={words['name']}")
-    experiments = [step.stale for (_, step), kind in zip(found, kinds, strict=True)
+    experiments = [st for (_, st), kind in zip(found, kinds, strict=True)
                    if kind == Refusal.experiment]  # fmt: skip
     if not experiments:
         return StageError(said + SEVERAL_REDONE, RedoStale())
-    cfg = plans[-1].cfg
-    replaced = [(p.cfg.iter, p.replaced()) for p in plans if p.replaced()]
     words = experiment_advice(cfg, experiments[0], replaced, RedoStale().overrides(cfg.stage.value))
-    made = [(p.cfg, step.stale.stage) for p, step in found]
+    made = [(c, st.stage) for c, st in found]
     fix = lineage_fix(cfg, experiment_key(experiments[0]), made)
     return StageError(said + ELSEWHERE.format(**words), fix)
 
