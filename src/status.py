@@ -38,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from src.config import Config, ConfigError, Stage, compose_tree, validate
+from src.config import Config, ConfigError, Stage, at_iteration, compose_tree, validate
 from src.config.cli import (
     MAIN,
     ONE_RUN,
@@ -174,8 +174,7 @@ def configs_of(raw: DictConfig) -> Callable[[int], Config]:
 
     def config_for_iter(t: int) -> Config:
         if t not in made:
-            at = {"iter": t, **({"stage": Stage.eval.value} if t == 0 else {})}
-            made[t] = validate(OmegaConf.merge(raw, at))
+            made[t] = at_iteration(raw, t)
         return made[t]
 
     return config_for_iter

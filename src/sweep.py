@@ -21,18 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src.config import (
     REPO_ROOT,
     Config,
     ConfigError,
     Device,
+    at_iteration,
     check_path_component,
     check_shell_word,
-    compose,
     compose_tree,
-    validate,
 )
 from src.config.cli import ArgumentParser, failures
 from src.config.grid import grid_points, load_sweep, positive_int
@@ -92,11 +91,6 @@ def composed(points: list[list[str]], base: list[str]) -> list[DictConfig]:
     ]
 
 
-def at(trees: list[DictConfig], t: int) -> list[Config]:
-    """The points' configs (`composed`) at iteration t, each validated, as `iter=t` makes it."""
-    return [validate(OmegaConf.merge(tree, {"iter": t})) for tree in trees]
-
-
 def check_points(
     points: list[list[str]],
     base: list[str],
@@ -107,7 +101,7 @@ def check_points(
     """Every point composes and validates before anything is submitted (`trees`: as `composed`
     made them); lineages are distinct; for a SLURM array (`slurm`), the hardware has SLURM
     resources and one node."""
-    configs = at(trees or composed(points, base), iterations)
+    configs = [at_iteration(tree, iterations) for tree in trees or composed(points, base)]
     dirs = [c.run.dir for c in configs]
     if len(set(dirs)) != len(dirs):
         raise ConfigError(
@@ -136,18 +130,19 @@ ASSET_GROUPS = frozenset({"model", "data", "ranker", "eval", "experiment"})
 def require_sweep_assets(
     points: list[list[str]],
     base: list[str],
+    trees: list[DictConfig],
     configs: list[Config],
     iterations: int,
     online: bool | None = None,
 ) -> None:
     """What every point reads in every iteration is in the Hub cache the points read (or can be
     downloaded there: `online`, by default where the array's tasks may,
-    `hardware.slurm.offline=false`), before any point starts or anything is queued. `configs`:
-    the points at their last iteration; the earlier iterations are composed for the first point
-    alone unless the grid sweeps a key of `ASSET_GROUPS`."""
+    `hardware.slurm.offline=false`), before any point starts or anything is queued. `trees`: the
+    points as composed (`composed`); `configs`: at their last iteration; the earlier iterations
+    are read for the first point alone unless the grid sweeps a key of `ASSET_GROUPS`."""
     swept = {override_key(w).split("@")[-1].split(".")[0] for point in points for w in point}
-    each = points if swept & ASSET_GROUPS else points[:1]
-    earlier = [compose(set_overrides(base, p), t) for p in each for t in range(1, iterations)]
+    each = trees if swept & ASSET_GROUPS else trees[:1]
+    earlier = [at_iteration(tree, t) for tree in each for t in range(1, iterations)]
     fetch_args = ["--iterations", str(iterations), *base]
     require_job_assets([*earlier, *configs], configs[0], fetch_args, online)
 
@@ -200,11 +195,13 @@ def run_local(path: Path, overrides: list[str], iterations: int) -> None:
         without_keys(overrides, "iter", "stage"), tracked_as(sweep_name(path), grid)
     )
     points = grid_points(grid)
-    configs = check_points(points, base, iterations, slurm=False)
+    trees = composed(points, base)
+    configs = check_points(points, base, iterations, slurm=False, trees=trees)
     from huggingface_hub import constants
 
     # every point's assets before the first starts: not each point failing after its start-up
-    require_sweep_assets(points, base, configs, iterations, not constants.is_offline_mode())
+    online = not constants.is_offline_mode()
+    require_sweep_assets(points, base, trees, configs, iterations, online)
     failed = []
     for i, point in enumerate(points, 1):
         print(f"[sweep] {path.stem}: point {i}/{len(points)}: {shell_line(point)}", flush=True)
@@ -245,7 +242,7 @@ def submit_sweep(
     points = grid_points(grid)
     trees = composed(points, base)
     configs = check_points(points, base, iterations, trees=trees)
-    require_sweep_assets(points, base, configs, iterations)
+    require_sweep_assets(points, base, trees, configs, iterations)
     sweep_dir = Path(configs[0].paths.root) / "sweeps" / name
     points_file = sweep_dir / "points.txt"
     script_path = sweep_dir / f"{name}.sbatch"
@@ -291,7 +288,7 @@ def shared_stages(trees: list[DictConfig]) -> list[tuple[int, list[Stage]]]:
     before them read: src/plan/sweep.py's `read_chain`), each as the points' first that makes
     them and the stages it makes, in order: the array then takes them from that lineage
     (src/core/reuse.py) instead of making them side by side, or waiting for each other."""
-    made = [[c] for c in at(trees, 1)]
+    made = [[at_iteration(tree, 1)] for tree in trees]
     order = [s for s in STAGES if s != Stage.eval]
     chains = [[read_chain(cfgs, s) for s in order] for cfgs in made]
     shared: dict[str, tuple[int, list[Stage]]] = {}

@@ -279,6 +279,13 @@ def compose_tree(overrides: Sequence[str], hydra_node: bool = False) -> DictConf
         raise ConfigError(describe_composition_error(exc, overrides)) from exc
 
 
+def at_iteration(tree: DictConfig, t: int) -> Config:
+    """The validated config of a composition (`compose_tree`) at iteration t, as `iter=t` makes
+    it (iteration 0, the base model's, with its eval: `stage=eval iter=0`): a merge, no
+    composition again, for every iteration of a chain, a sweep or a lineage's view."""
+    return validate(OmegaConf.merge(tree, {"iter": t, **({"stage": "eval"} if t == 0 else {})}))
+
+
 def compose(overrides: Sequence[str], iteration: int | None = None) -> Config:
     """The validated config that `python -m src.main <overrides>` runs with; at `iteration`, when
     one is given, whatever iter= the overrides set (each iteration of a chain, a sweep, an export)."""
